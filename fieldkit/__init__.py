@@ -1,0 +1,6 @@
+"""fieldkit: an offline-first field kit for point-of-care ultrasound."""
+
+__version__ = "0.1.0"
+
+# Version of the on-disk layout. A data dir written by a newer layout is refused.
+DATA_FORMAT_VERSION = 1

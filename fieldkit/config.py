@@ -1,0 +1,162 @@
+"""The kit's settings: every one has a default, a type and a help line.
+
+`DIR/fieldkit.toml` holds the values an operator changed; anything missing takes its default.
+`render_toml()` writes a file with every setting documented, which is what `fieldkit init`
+puts in a new data dir. A test fails when a setting is not documented in the README.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    help: str
+
+
+# Dotted name -> Setting. The part before the first dot is the TOML table.
+SETTINGS: dict[str, Setting] = {
+    # kit identity
+    "kit.id": Setting("", "Kit identifier, unique across a hospital's kits (set by `fieldkit init --kit-id`)."),
+    "kit.issuer_of_patient_id": Setting("", "Issuer of Patient ID stamped on every stored DICOM object (default: FIELDKIT-<kit.id>)."),
+    "kit.uid_root": Setting("2.25", "UID root for objects the kit creates; 2.25 means UUID-derived UIDs."),
+    # web
+    "http.bind": Setting("0.0.0.0", "Address the HTTPS server listens on (the kit's own Wi-Fi)."),
+    "http.port": Setting(8443, "HTTPS port for tablets, the API and DICOMweb."),
+    "http.threads": Setting(16, "Worker threads of the HTTPS server (live-update streams each hold one)."),
+    "http.max_request_mb": Setting(1024, "Largest request body accepted, in MiB (a long cine upload)."),
+    "http.session_idle_minutes": Setting(15, "A tablet session expires after this many idle minutes."),
+    # DIMSE receiver
+    "dicom.port": Setting(11112, "DICOM C-STORE/C-ECHO port for handheld probes."),
+    "dicom.ae_title": Setting("FIELDKIT", "The kit's own AE title."),
+    "dicom.allow_any_ae": Setting(False, "Accept associations from any calling AE title (demo only)."),
+    "dicom.allowed_ae_titles": Setting([], "Calling AE titles allowed to send when allow_any_ae is false."),
+    "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB."),
+    # store
+    "store.compact_min_mb": Setting(8, "The journal is compacted once it holds this many MiB of superseded records."),
+    # security
+    "security.passphrase_min_length": Setting(12, "Shortest kit passphrase accepted."),
+    "security.scrypt_n": Setting(2**15, "scrypt cost (N) for deriving the passphrase key; recorded with the wrapped key."),
+    # power and heat policy, hardware profile (provisioning and hardware)
+    "power.enabled": Setting(True, "Slow down non-urgent work when the battery is low or the box is hot."),
+    "power.battery_low_percent": Setting(25.0, "On battery below this charge (%), analyse fewer cine frames and defer bulk image sync."),
+    "power.battery_critical_percent": Setting(10.0, "On battery below this charge (%), also pause inference for non-urgent patients."),
+    "power.low_battery_frame_stride": Setting(2, "On low battery analyse every Nth cine frame (doubled when critical)."),
+    "power.temperature_limit_c": Setting(0.0, "Pause non-urgent inference at or above this temperature (°C); 0 means the hardware profile's limit."),
+    "power.probe_interval_seconds": Setting(10.0, "How often the battery and temperature sensors are read, in seconds."),
+    "power.fake_probe_file": Setting("", "Testing only: a JSON file whose keys (battery_percent, on_battery, temperature_c, ...) replace sensor readings."),
+    "hardware.profile": Setting("generic-x86-2c4g", "Hardware profile name (a file in hardware/): expected cores, memory, disk, temperature limit."),
+    "hardware.profiles_dir": Setting("", "Folder of hardware profile files; empty means the profiles installed with the kit."),
+}
+
+
+class Config:
+    """Read-only view of the settings, with defaults filled in."""
+
+    def __init__(self, values: dict[str, Any] | None = None):
+        merged = {name: s.default for name, s in SETTINGS.items()}
+        for name, value in (values or {}).items():
+            if name not in SETTINGS:
+                raise ConfigError(f"unknown setting {name!r} (see `fieldkit.toml` comments for the list)")
+            merged[name] = _coerce(name, value)
+        self._values = merged
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise ConfigError(f"unknown setting {name!r}") from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name, default)
+
+    def with_overrides(self, **dotted: Any) -> "Config":
+        """A copy with some settings replaced; keys use '__' for '.' (http__port=0)."""
+        values = dict(self._values)
+        values.update({k.replace("__", "."): v for k, v in dotted.items()})
+        return Config(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def issuer_of_patient_id(self) -> str:
+        return self["kit.issuer_of_patient_id"] or f"FIELDKIT-{self['kit.id'] or 'KIT'}"
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} is missing (run `fieldkit init` first)") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls(_flatten(raw))
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = SETTINGS[name].default
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return value
+    else:
+        return value
+    raise ConfigError(f"setting {name} must be {type(default).__name__}, got {value!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def render_toml(values: dict[str, Any] | None = None) -> str:
+    """Every setting, grouped by table, each with its help line and default."""
+    values = values or {}
+    lines = ["# fieldkit configuration. Every setting is listed with its default;",
+             "# change a value and restart `fieldkit serve`.", ""]
+    current = None
+    for name, setting in SETTINGS.items():
+        table, key = name.split(".", 1)
+        if table != current:
+            lines += ["", f"[{table}]"]
+            current = table
+        lines.append(f"# {setting.help} (default: {_toml_value(setting.default)})")
+        lines.append(f"{key} = {_toml_value(values.get(name, setting.default))}")
+    return "\n".join(lines).lstrip() + "\n"

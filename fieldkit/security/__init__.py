@@ -1,0 +1,1 @@
+"""Keys, authenticated encryption, TLS material, accounts and audit (layer 1)."""

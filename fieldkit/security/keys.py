@@ -1,0 +1,155 @@
+"""The data key and the ways it is wrapped.
+
+One random 256-bit data key encrypts everything. It is never stored bare: `keys/keyring.json`
+holds it wrapped (AES-256-GCM) by a key derived from the kit passphrase with scrypt
+(parameters recorded beside it) and by the device key in `keys/device.key` (0600), which
+lets `serve` start unattended after a power cut. Changing the passphrase rewraps the same
+data key; no data is re-encrypted. Destroying the keyring makes the data unreadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ..errors import KeyUnavailable, UnsupportedVersion
+from .crypto import InvalidTag, Sealer, random_key
+
+KEYRING_VERSION = 1
+KEYS_DIR = "keys"
+KEYRING_FILE = "keyring.json"
+DEVICE_KEY_FILE = "device.key"
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode(), validate=True)
+
+
+def _passphrase_key(passphrase: str, kdf: dict) -> bytes:
+    return Scrypt(salt=_unb64(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
+        passphrase.encode("utf-8"))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, durably (temp, fsync, rename, fsync dir)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Keyring:
+    """The wrapped data key of one data dir."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir) / KEYS_DIR
+        self.path = self.dir / KEYRING_FILE
+        self.device_key_path = self.dir / DEVICE_KEY_FILE
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    # creation -------------------------------------------------------------------------
+    def create(self, passphrase: str, scrypt_n: int = 2**15) -> bytes:
+        """A new random data key, wrapped by the passphrase and a new device key."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_key = random_key()
+        device_key = random_key()
+        _write_private(self.device_key_path, device_key)
+        kdf = {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": _b64(os.urandom(16))}
+        doc = {
+            "version": KEYRING_VERSION,
+            "kdf": kdf,
+            "wrapped": {
+                "passphrase": _b64(Sealer(_passphrase_key(passphrase, kdf)).seal(data_key, b"passphrase")),
+                "device": _b64(Sealer(device_key).seal(data_key, b"device")),
+            },
+        }
+        _write_private(self.path, json.dumps(doc, indent=1).encode())
+        return data_key
+
+    # unwrapping -----------------------------------------------------------------------
+    def _load(self) -> dict:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise KeyUnavailable(f"key file {self.path} is missing: this data dir cannot be opened "
+                                 "(was the kit erased?)") from None
+        except (ValueError, UnicodeDecodeError):
+            raise KeyUnavailable(f"key file {self.path} is corrupt (not valid JSON)") from None
+        if not isinstance(doc, dict) or "version" not in doc:
+            raise KeyUnavailable(f"key file {self.path} is corrupt (no version)")
+        if doc["version"] > KEYRING_VERSION:
+            raise UnsupportedVersion(f"key file {self.path} was written by a newer fieldkit "
+                                     f"(format {doc['version']}, this one reads {KEYRING_VERSION}); upgrade fieldkit")
+        return doc
+
+    def unlock_with_passphrase(self, passphrase: str) -> bytes:
+        doc = self._load()
+        try:
+            key = _passphrase_key(passphrase, doc["kdf"])
+            return Sealer(key).open(_unb64(doc["wrapped"]["passphrase"]), b"passphrase")
+        except InvalidTag:
+            raise KeyUnavailable("wrong passphrase") from None
+        except (KeyError, TypeError, ValueError):
+            raise KeyUnavailable(f"key file {self.path} is corrupt") from None
+
+    def unlock_with_device_key(self) -> bytes:
+        doc = self._load()
+        try:
+            device_key = self.device_key_path.read_bytes()
+        except FileNotFoundError:
+            raise KeyUnavailable(f"device key {self.device_key_path} is missing; start with "
+                                 "--passphrase-file or unlock with the kit passphrase") from None
+        if len(device_key) != 32:
+            raise KeyUnavailable(f"device key {self.device_key_path} is corrupt (wrong length)")
+        try:
+            return Sealer(device_key).open(_unb64(doc["wrapped"]["device"]), b"device")
+        except InvalidTag:
+            raise KeyUnavailable(f"device key {self.device_key_path} does not match this kit's key file") from None
+        except (KeyError, TypeError, ValueError):
+            raise KeyUnavailable(f"key file {self.path} is corrupt") from None
+
+    def change_passphrase(self, old: str, new: str) -> None:
+        """Rewrap the same data key under a new passphrase (fresh salt); data is untouched."""
+        data_key = self.unlock_with_passphrase(old)
+        doc = self._load()
+        kdf = dict(doc["kdf"], salt=_b64(os.urandom(16)))
+        doc["kdf"] = kdf
+        doc["wrapped"]["passphrase"] = _b64(Sealer(_passphrase_key(new, kdf)).seal(data_key, b"passphrase"))
+        _write_private(self.path, json.dumps(doc, indent=1).encode())
+
+    def destroy(self) -> None:
+        """Crypto-erase: overwrite the wrapped keys and the device key, then unlink them."""
+        for path in (self.path, self.device_key_path):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            with open(path, "r+b") as fh:
+                fh.write(os.urandom(max(size, 64)))
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

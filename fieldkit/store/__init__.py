@@ -1,0 +1,200 @@
+"""The store: one process, one lock, encrypted and durable (layer 2).
+
+`Store.open()` takes an OS lock on the data dir (a second process is refused), replays the
+journal into TinyDB's memory, and indexes the queue. `write(fn)` runs `fn(db)` under the
+lock; whatever it changed becomes one sealed journal record, durable when `write` returns
+(group commit: concurrent writers share fsyncs). See HACKING.md for the API.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from .. import DATA_FORMAT_VERSION
+from ..config import Config
+from ..errors import StorageFull, StoreBusy, UnsupportedVersion
+from ..events import EventBus
+from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
+from ..security.crypto import Sealer, derive_subkey
+from .blobs import BlobRef, BlobStore, EncryptedSpool
+from .documents import MemoryStorage, make_tinydb
+from .journal import Journal, fsync_dir, storage_error
+from .queue import Queue
+
+__all__ = ["Store", "BlobRef", "EncryptedSpool", "FORMAT_FILE", "LOCK_FILE", "write_format", "check_format"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_FILE = "FORMAT"
+LOCK_FILE = "kit.lock"
+
+
+def write_format(data_dir: Path) -> None:
+    path = Path(data_dir) / FORMAT_FILE
+    path.write_text(json.dumps({"format": DATA_FORMAT_VERSION}) + "\n")
+
+
+def check_format(data_dir: Path) -> None:
+    path = Path(data_dir) / FORMAT_FILE
+    try:
+        fmt = json.loads(path.read_text())["format"]
+    except FileNotFoundError:
+        from ..errors import ConfigError
+        raise ConfigError(f"{data_dir} is not a fieldkit data dir (no {FORMAT_FILE}); run `fieldkit init`") from None
+    except (ValueError, KeyError, TypeError):
+        raise UnsupportedVersion(f"{path} is unreadable; this data dir cannot be opened") from None
+    if fmt > DATA_FORMAT_VERSION:
+        raise UnsupportedVersion(f"data dir {data_dir} was written by a newer fieldkit (format {fmt}, "
+                                 f"this one reads up to {DATA_FORMAT_VERSION}); upgrade fieldkit")
+
+
+def acquire_dir_lock(data_dir: Path) -> int:
+    """An exclusive OS lock on the data dir, held for the life of the process."""
+    path = Path(data_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreBusy(f"data dir {data_dir} is in use by another fieldkit process (pid {holder}); "
+                        "stop it first, or run the command while it runs so it goes through the kit") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def dir_is_locked(data_dir: Path) -> bool:
+    """True when a running kit holds the data dir (used by commands to pick local vs. remote)."""
+    path = Path(data_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class Store:
+    def __init__(self, data_dir: Path, data_key: bytes, config: Config, lock_fd: int):
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self._lock_fd = lock_fd
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pending: list[dict] = []
+        self.events = EventBus()
+        self._storage = MemoryStorage(self._pending.append)
+        self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")))
+        self.blobs = BlobStore(self.data_dir / "blobs", Sealer(derive_subkey(data_key, "blob")),
+                               derive_subkey(data_key, "blob-id"))
+        self.db = make_tinydb(self._storage)
+        self.queue = Queue(self)
+        self.resumed_leases = 0
+
+    @classmethod
+    def open(cls, data_dir: Path, data_key: bytes, config: Config | None = None) -> "Store":
+        data_dir = Path(data_dir)
+        check_format(data_dir)
+        lock_fd = acquire_dir_lock(data_dir)
+        try:
+            store = cls(data_dir, data_key, config or Config(), lock_fd)
+            store._load()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    def _load(self) -> None:
+        self._storage.data = {}
+        for record in self._journal.open():
+            self._storage.apply(record)
+        self._pending.clear()
+        self.db.clear_cache()
+        for table in list(self.db._tables.values()):
+            table._next_id = None
+        self.queue = Queue(self)
+        self.resumed_leases = self.write(self.queue.load)
+        if self.resumed_leases:
+            log.info("resumed %d queue rows leased before the last stop", self.resumed_leases)
+
+    # documents -------------------------------------------------------------------------
+    def read(self, fn):
+        with self._lock:
+            return fn(self.db)
+
+    def write(self, fn):
+        """Run fn(db); its changes are one journal record, durable when this returns."""
+        with self._lock:
+            self._depth += 1
+            try:
+                result = fn(self.db)
+            finally:
+                self._depth -= 1
+                ticket = self._commit() if self._depth == 0 else None
+            outermost = self._depth == 0
+        if outermost and ticket:
+            self._journal.wait_durable(ticket)
+            self._maybe_compact()
+        return result
+
+    def _commit(self) -> int | None:
+        if not self._pending:
+            return None
+        batch = self._pending[0] if len(self._pending) == 1 else {"batch": list(self._pending)}
+        self._pending.clear()
+        try:
+            return self._journal.append(batch)
+        except StorageFull:
+            # Memory ran ahead of the disk: reload what is durable, so nothing unacknowledged
+            # is visible and nothing acknowledged is lost.
+            self._journal.close()
+            self._journal = Journal(self._journal.path, self._journal._sealer)
+            self._load()
+            raise
+
+    def _maybe_compact(self) -> None:
+        min_bytes = int(self.config["store.compact_min_mb"]) * (1 << 20)
+        with self._lock:
+            if self._journal.needs_compaction(min_bytes):
+                try:
+                    self._journal.compact(self._storage.snapshot_records())
+                except StorageFull as exc:
+                    log.warning("journal compaction postponed: %s", exc)
+
+    def compact(self) -> None:
+        with self._lock:
+            self._journal.compact(self._storage.snapshot_records())
+
+    # summaries -------------------------------------------------------------------------
+    def counts(self) -> dict:
+        def fn(db):
+            return {"instances": len(db.table(T_INSTANCES)), "patients": len(db.table(T_PATIENTS)),
+                    "findings": len(db.table(T_FINDINGS))}
+        out = self.read(fn)
+        out["queue"] = self.queue.counts()
+        return out
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal.size
+
+    def close(self) -> None:
+        with self._lock:
+            self._journal.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None

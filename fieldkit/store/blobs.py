@@ -1,0 +1,247 @@
+"""Encrypted, content-addressed blobs: DICOM files, thumbnails, overlays.
+
+A blob is written as it streams in, in sealed chunks of at most 1 MiB, so a 200 MB cine
+never needs 200 MB of memory and no plaintext ever touches the disk. Its address is an
+HMAC-SHA256 of the content under a key derived from the data key: identical content is
+stored once, and the address says nothing to someone without the key.
+
+File layout (`blobs/ab/<address>`):
+
+    header   b"FKB1" | 16-byte file id
+    chunk    u32 length | sealed(chunk)    AAD = file id | u64 index | u8 last
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import NotFound, StoreCorrupt
+from ..security.crypto import InvalidTag, Sealer, random_key
+from .journal import fsync_dir, storage_error, _write_all
+
+MAGIC = b"FKB1"
+CHUNK = 1 << 20
+_LEN = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    addr: str
+    size: int
+
+
+def _aad(file_id: bytes, index: int, last: bool) -> bytes:
+    return file_id + struct.pack(">QB", index, 1 if last else 0)
+
+
+class _SealedFileWriter:
+    """Chunks → sealed frames in one file; shared by blobs and the temp spool."""
+
+    def __init__(self, path: Path, sealer: Sealer):
+        self.path = path
+        self._sealer = sealer
+        self._file_id = os.urandom(16)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._buf = bytearray()
+        self._index = 0
+        self.size = 0
+        _write_all(self._fd, MAGIC + self._file_id)
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        self.size += len(data)
+        while len(self._buf) > CHUNK:
+            self._emit(bytes(self._buf[:CHUNK]), last=False)
+            del self._buf[:CHUNK]
+        return len(data)
+
+    def _emit(self, chunk: bytes, last: bool) -> None:
+        sealed = self._sealer.seal(chunk, _aad(self._file_id, self._index, last))
+        _write_all(self._fd, _LEN.pack(len(sealed)) + sealed)
+        self._index += 1
+
+    def finish(self, sync: bool) -> None:
+        self._emit(bytes(self._buf), last=True)
+        self._buf.clear()
+        if sync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
+
+
+def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound(f"blob {path.name} is not in the store") from None
+    with fh:
+        head = fh.read(4 + 16)
+        if len(head) < 20 or head[:4] != MAGIC:
+            raise StoreCorrupt(path, 0, "not a fieldkit blob")
+        file_id, index, offset = head[4:], 0, 20
+        while True:
+            raw_len = fh.read(4)
+            if len(raw_len) < 4:
+                raise StoreCorrupt(path, offset, "blob is truncated")
+            (length,) = _LEN.unpack(raw_len)
+            sealed = fh.read(length)
+            for last in (False, True):
+                try:
+                    chunk = sealer.open(sealed, _aad(file_id, index, last))
+                    break
+                except InvalidTag:
+                    continue
+            else:
+                raise StoreCorrupt(path, offset, "blob chunk fails its authentication tag")
+            yield chunk
+            if last:
+                return
+            index += 1
+            offset += 4 + length
+
+
+class BlobWriter:
+    """Use as a context manager; `ref` is set when the block exits without error."""
+
+    def __init__(self, store: "BlobStore"):
+        self._store = store
+        self._mac = hmac.new(store._id_key, digestmod=hashlib.sha256)
+        self._tmp = store._tmp_path()
+        self._out = _SealedFileWriter(self._tmp, store._sealer)
+        self.ref: BlobRef | None = None
+
+    def write(self, data: bytes) -> int:
+        self._mac.update(data)
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            self._out.abort()
+            raise storage_error(exc, self._tmp) from None
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._out.abort()
+            return
+        try:
+            self._out.finish(sync=True)
+            self.ref = self._store._commit(self._tmp, self._mac.hexdigest(), self._out.size)
+        except OSError as exc:
+            self._out.abort()
+            raise storage_error(exc, self._tmp) from None
+
+
+class EncryptedSpool:
+    """A temp file for data being received (an upload): sealed with a key that exists only
+    in memory, so whatever a crash leaves behind is noise. Write, then `chunks()`."""
+
+    def __init__(self, path: Path):
+        self._out = _SealedFileWriter(path, Sealer(random_key()))
+        self._path = path
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._out.size
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        if not self._done:
+            self._out.finish(sync=False)
+            self._done = True
+        return _read_sealed_file(self._path, self._out._sealer)
+
+    def read_all(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def close(self) -> None:
+        if not self._done:
+            self._out.abort()
+        self._path.unlink(missing_ok=True)
+        self._done = True
+
+    def __enter__(self) -> "EncryptedSpool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BlobStore:
+    def __init__(self, root: Path, sealer: Sealer, id_key: bytes):
+        self.root = Path(root)
+        self._sealer = sealer
+        self._id_key = id_key
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
+            leftover.unlink()
+
+    def _tmp_path(self) -> Path:
+        return self._tmp / os.urandom(12).hex()
+
+    def path(self, addr: str) -> Path:
+        if len(addr) != 64 or not all(c in "0123456789abcdef" for c in addr):
+            raise NotFound(f"{addr!r} is not a blob address")
+        return self.root / addr[:2] / addr
+
+    def _commit(self, tmp: Path, addr: str, size: int) -> BlobRef:
+        dest = self.path(addr)
+        if dest.exists():
+            tmp.unlink()
+            return BlobRef(addr, size)
+        new_dir = not dest.parent.exists()
+        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        if new_dir:
+            fsync_dir(self.root)
+        return BlobRef(addr, size)
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        with self.writer() as w:
+            w.write(data)
+        return w.ref
+
+    def put_stream(self, chunks) -> BlobRef:
+        with self.writer() as w:
+            for chunk in chunks:
+                w.write(chunk)
+        return w.ref
+
+    def iter_chunks(self, addr: str) -> Iterator[bytes]:
+        return _read_sealed_file(self.path(addr), self._sealer)
+
+    def get_bytes(self, addr: str) -> bytes:
+        return b"".join(self.iter_chunks(addr))
+
+    def exists(self, addr: str) -> bool:
+        try:
+            return self.path(addr).exists()
+        except NotFound:
+            return False
+
+    def delete(self, addr: str) -> None:
+        self.path(addr).unlink(missing_ok=True)
+
+    def open_spool(self) -> EncryptedSpool:
+        return EncryptedSpool(self._tmp_path())
