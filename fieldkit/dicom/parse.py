@@ -1,0 +1,238 @@
+"""Reading and checking a received DICOM object before anything is stored.
+
+Every path into the kit (C-STORE, STOW-RS, upload, import) goes through `read_part10` or
+`read_dimse`, then `check`. A refused object raises InvalidDicom whose `code` says which
+DIMSE status / STOW failure reason fits and whose message says why, naming the bad value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_fragments
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_dataset
+
+from ..errors import BadInput
+from . import uids
+from .frames import frame_count, has_pixels
+
+# Reason codes (mapped to DIMSE statuses and STOW FailureReason in one place each)
+UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
+UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+CANNOT_UNDERSTAND = "cannot_understand"
+DOES_NOT_MATCH_SOP_CLASS = "does_not_match_sop_class"
+TOO_LARGE = "too_large"
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+MAX_FRAME_PIXELS = 1 << 26   # 64 Mpx in one frame: no probe comes near; a decode bomb does
+MAX_FRAMES = 100_000
+
+
+class InvalidDicom(BadInput):
+    """A refused object; `code` is one of the reason codes above."""
+
+    def __init__(self, message: str, code: str = CANNOT_UNDERSTAND, sop_instance_uid: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.sop_instance_uid = sop_instance_uid
+
+
+def valid_uid(value: object) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and bool(_UID_RE.match(text))
+
+
+def read_part10(source: bytes | BinaryIO) -> Dataset:
+    """A Part-10 file (preamble, DICM, file meta) -> Dataset, or InvalidDicom."""
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        ds = pydicom.dcmread(fp, force=False)
+    except InvalidDicomError:
+        raise InvalidDicom("not a DICOM Part-10 file (no 'DICM' prefix and file meta header)") from None
+    except Exception as exc:
+        raise InvalidDicom(f"DICOM file cannot be parsed: {_short(exc)}") from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise InvalidDicom("DICOM file meta header lacks TransferSyntaxUID (0002,0010)")
+    if len(ds) == 0:
+        # pydicom drops the whole dataset when an undefined-length item runs off the end
+        raise InvalidDicom("file holds no readable dataset after its header: truncated or damaged")
+    return ds
+
+
+def read_dimse(raw: bytes | BinaryIO, transfer_syntax: str) -> Dataset:
+    """A bare dataset as received over DIMSE, in the presentation context's syntax."""
+    from pynetdicom.dsutils import decode
+
+    fp = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+    ts = pydicom.uid.UID(str(transfer_syntax))
+    try:
+        ds = decode(fp, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+    except Exception as exc:
+        raise InvalidDicom(f"dataset cannot be parsed: {_short(exc)}") from None
+    if len(ds) == 0:
+        raise InvalidDicom("dataset is empty or cut short before its first complete element")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds
+
+
+def check(ds: Dataset) -> dict:
+    """Refuse what the kit cannot keep faithfully; return the catalogue facts of `ds`."""
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    def refuse(message: str, code: str = CANNOT_UNDERSTAND):
+        raise InvalidDicom(message, code, sop_uid if valid_uid(sop_uid) else "")
+
+    _check_truncation(ds, refuse)
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if ts not in uids.ACCEPTED_TRANSFER_SYNTAXES:
+        refuse(f"transfer syntax {ts or '(none)'} is not one the kit accepts", UNSUPPORTED_TRANSFER_SYNTAX)
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if not valid_uid(sop_class):
+        refuse(f"SOPClassUID is missing or not a valid UID: {sop_class[:70]!r}")
+    if sop_class not in uids.ACCEPTED_SOP_CLASSES:
+        refuse(f"SOP class {sop_class} ({pydicom.uid.UID(sop_class).name}) is not stored by the kit; "
+               "it keeps ultrasound, secondary capture and structured reports", UNSUPPORTED_SOP_CLASS)
+    meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    if meta_class and meta_class != sop_class:
+        refuse(f"file meta says SOP class {meta_class} but the dataset says {sop_class}",
+               DOES_NOT_MATCH_SOP_CLASS)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "")
+        if not valid_uid(value):
+            refuse(f"{keyword} is missing or not a valid UID: {value[:70]!r}", DOES_NOT_MATCH_SOP_CLASS)
+    meta_inst = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    if meta_inst and meta_inst != sop_uid:
+        refuse(f"file meta says SOP instance {meta_inst} but the dataset says {sop_uid}")
+
+    facts = {"sop_instance_uid": sop_uid, "sop_class_uid": sop_class,
+             "study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
+             "transfer_syntax": ts, "frames": 0, "rows": 0, "columns": 0, "frame_time_ms": None,
+             "is_image": sop_class in uids.IMAGE_STORAGE_CLASSES}
+    if sop_class in uids.SR_STORAGE_CLASSES:
+        if "ContentSequence" not in ds and "ValueType" not in ds:
+            refuse("structured report has no content (ContentSequence missing: truncated?)",
+                   DOES_NOT_MATCH_SOP_CLASS)
+        return facts
+    if not has_pixels(ds):
+        refuse("image object has no Pixel Data (7FE0,0010): missing or truncated", DOES_NOT_MATCH_SOP_CLASS)
+    facts.update(_check_pixels(ds, ts, refuse))
+    return facts
+
+
+def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        n = frame_count(ds)
+    except Exception as exc:
+        refuse(f"image pixel description is incomplete or not numeric: {_short(exc)}", DOES_NOT_MATCH_SOP_CLASS)
+    if rows < 1 or cols < 1 or rows * cols > MAX_FRAME_PIXELS:
+        refuse(f"image size {rows}x{cols} is outside what the kit accepts")
+    if spp not in (1, 3) or bits not in (1, 8, 16, 32) or n > MAX_FRAMES:
+        refuse(f"unsupported pixel layout: SamplesPerPixel={spp}, BitsAllocated={bits}, frames={n}")
+    if "PhotometricInterpretation" not in ds:
+        refuse("PhotometricInterpretation (0028,0004) is missing", DOES_NOT_MATCH_SOP_CLASS)
+    if "PixelData" not in ds:
+        refuse("only integer Pixel Data (7FE0,0010) is accepted")
+    value = ds["PixelData"].value
+    if value is None:
+        refuse("Pixel Data has no value")
+    if ts in uids.NATIVE_SYNTAXES:
+        need = (rows * cols * spp * n * bits + 7) // 8
+        if len(value) < need:
+            refuse(f"Pixel Data holds {len(value)} bytes but {rows}x{cols}x{spp} samples "
+                   f"x {bits} bits x {n} frame(s) need {need}: truncated or wrong length")
+    else:
+        try:
+            fragments = sum(1 for _ in generate_fragments(value))
+        except Exception as exc:
+            refuse(f"encapsulated Pixel Data is damaged: {_short(exc)}")
+        if fragments < 1:
+            refuse("encapsulated Pixel Data holds no fragments")
+        if not uids.is_video(ts) and n > 1 and fragments < n:
+            # a frame may span fragments, never the other way round
+            refuse(f"encapsulated Pixel Data holds {fragments} fragment(s) for {n} frames: truncated")
+    frame_time = None
+    for keyword in ("FrameTime",):
+        try:
+            if keyword in ds and ds.get(keyword) not in (None, ""):
+                frame_time = float(ds.get(keyword))
+        except (TypeError, ValueError):
+            frame_time = None
+    if frame_time is None and "CineRate" in ds:
+        try:
+            rate = float(ds.CineRate)
+            frame_time = 1000.0 / rate if rate > 0 else None
+        except (TypeError, ValueError):
+            pass
+    return {"frames": n, "rows": rows, "columns": cols, "frame_time_ms": frame_time}
+
+
+def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
+    """pydicom keeps a short last value rather than failing; the kit must not store it."""
+    if depth > 16:
+        refuse("sequences nested more than 16 deep")
+    for elem in ds._dict.values():
+        if isinstance(elem, RawDataElement):
+            if elem.value is not None and elem.length not in (0xFFFFFFFF,) and len(elem.value) < elem.length:
+                refuse(f"element ({elem.tag.group:04X},{elem.tag.element:04X}) is cut short: "
+                       f"{len(elem.value)} of {elem.length} bytes (truncated file)")
+        elif elem.VR == "SQ":
+            for item in elem.value or []:
+                _check_truncation(item, refuse, depth + 1)
+
+
+def content_digest(ds: Dataset) -> str:
+    """SHA-256 of the dataset as received (file meta excluded), before the kit stamps it:
+    the same capture sent twice, by any path, has the same digest."""
+    h = hashlib.sha256()
+    buf = _HashWriter(h)
+    fp = pydicom.filebase.DicomFileLike(buf)
+    fp.is_little_endian = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
+    fp.is_implicit_VR = ds.original_encoding[0] if ds.original_encoding[0] is not None else False
+    write_dataset(fp, ds)
+    return h.hexdigest()
+
+
+class _HashWriter:
+    def __init__(self, h):
+        self._h = h
+        self._n = 0
+
+    def write(self, data) -> int:
+        self._h.update(data)
+        self._n += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._n
+
+    def seek(self, *args):  # write_dataset only seeks for undefined lengths it never uses here
+        raise io.UnsupportedOperation("seek")
+
+
+def encode_part10(ds: Dataset, implementation_version: str = "FIELDKIT") -> bytes:
+    """The Part-10 file the kit stores: file meta rebuilt for this object, dataset kept in
+    its transfer syntax (deflated stays deflated, big endian stays big endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    meta.ImplementationVersionName = implementation_version
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
