@@ -189,6 +189,7 @@ class BlobStore:
         self._sealer = sealer
         self._id_key = id_key
         self._tmp = self.root / "tmp"
+        self.root.mkdir(mode=0o700, exist_ok=True)
         self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
             leftover.unlink()

@@ -1,0 +1,194 @@
+"""The running kit: the one place that wires config, keys, store, services and web (layer 4).
+
+`open_kit()` unlocks the data key and opens the store; `serve()` runs the HTTPS server in
+the foreground and starts every background service in SERVICES as a thread of this one
+process. Commands that change the store while the kit runs reach it through CONTROL_OPS
+over a Unix socket (see fieldkit/cli/control.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .errors import FieldkitError, KitLocked
+from .security.keys import Keyring
+from .store import Store
+
+log = logging.getLogger("fieldkit")
+
+CONFIG_FILE = "fieldkit.toml"
+RUN_FILE = "run.json"
+SOCKET_FILE = "kit.sock"
+
+# Background services started by `serve`, in order: (name, "module:function").
+# Each function takes the Kit and returns an object with .stop(). Add one line per service.
+SERVICES: list[tuple[str, str]] = [
+]
+
+# Operations the running kit performs for a command line client: op -> "module:function".
+# Each function is fn(kit, args: dict, emit) -> JSON-able result; emit(dict) streams progress.
+CONTROL_OPS: dict[str, str] = {
+    "status": "fieldkit.runtime:op_status",
+}
+
+
+def resolve(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class Kit:
+    """What every service and blueprint is given: config, store, paths, events, probes."""
+
+    def __init__(self, data_dir: Path, config: Config, store: Store, keyring: Keyring):
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self._store = store
+        self.keyring = keyring
+        self.version = __version__
+        self.started_at = time.time()
+        self.services: dict[str, object] = {}
+        self.hardware = None  # a hardware probe (fieldkit.hardware) when one is wired
+        self.http_port: int | None = None
+        self.dicom_port: int | None = None
+        self._events = store.events
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise KitLocked("the kit is locked: unlock it with the kit passphrase")
+        return self._store
+
+    @property
+    def events(self):
+        return self._events
+
+    @property
+    def locked(self) -> bool:
+        return self._store is None
+
+    def status(self) -> dict:
+        out = {"kit_id": self.config["kit.id"], "version": self.version, "locked": self.locked,
+               "uptime_s": round(time.time() - self.started_at, 1)}
+        if not self.locked:
+            out.update(self.store.counts())
+        out["services"] = sorted(self.services)
+        return out
+
+    def close(self) -> None:
+        self.stop_services()
+        if self._store is not None:
+            self._store.close()
+
+    def start_services(self, names: list[str] | None = None) -> None:
+        for name, spec in SERVICES:
+            if names is not None and name not in names:
+                continue
+            self.services[name] = resolve(spec)(self)
+            log.info("service %s started", name)
+
+    def stop_services(self) -> None:
+        for name, service in reversed(list(self.services.items())):
+            try:
+                service.stop()
+            except Exception:  # one stuck service must not keep the others running
+                log.exception("service %s did not stop cleanly", name)
+        self.services.clear()
+
+
+def load_config(data_dir: Path) -> Config:
+    return Config.load(Path(data_dir) / CONFIG_FILE)
+
+
+def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | None = None) -> Kit:
+    """Unlock the data key (passphrase if given, else the device key) and open the store."""
+    data_dir = Path(data_dir)
+    config = config or load_config(data_dir)
+    keyring = Keyring(data_dir)
+    from .store import check_format
+    check_format(data_dir)
+    key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
+    store = Store.open(data_dir, key, config)
+    return Kit(data_dir, config, store, keyring)
+
+
+def op_status(kit: Kit, args: dict, emit) -> dict:
+    return kit.status()
+
+
+def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
+          dicom_port: int | None = None, ready=None) -> None:
+    """Run until SIGTERM/SIGINT: HTTPS (cheroot, TLS), control socket, every service."""
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    from .cli.control import ControlServer
+    from .security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+    from .web import create_app
+
+    overrides = {}
+    if bind is not None:
+        overrides["http.bind"] = bind
+    if http_port is not None:
+        overrides["http.port"] = http_port
+    if dicom_port is not None:
+        overrides["dicom.port"] = dicom_port
+    if overrides:
+        values = kit.config.as_dict()
+        values.update(overrides)
+        kit.config = Config(values)
+
+    app = create_app(kit)
+    server = wsgi.Server((kit.config["http.bind"], kit.config["http.port"]), app,
+                         numthreads=kit.config["http.threads"], server_name="fieldkit",
+                         timeout=30, shutdown_timeout=5)
+    server.max_request_body_size = kit.config["http.max_request_mb"] * (1 << 20)
+    tls = kit.data_dir / TLS_DIR
+    server.ssl_adapter = BuiltinSSLAdapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    server.prepare()
+    kit.http_port = server.bind_addr[1]
+
+    control = ControlServer(kit, kit.data_dir / SOCKET_FILE, CONTROL_OPS)
+    control.start()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        kit.start_services()
+        host = kit.config["http.bind"]
+        shown = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
+        info = {"pid": os.getpid(), "url": f"https://{shown}:{kit.http_port}/", "http_port": kit.http_port,
+                "dicom_port": kit.dicom_port, "ae_title": kit.config["dicom.ae_title"]}
+        (kit.data_dir / RUN_FILE).write_text(json.dumps(info) + "\n")
+        print(f"fieldkit {kit.version} serving {info['url']} (DICOM port {kit.dicom_port}, "
+              f"AE title {info['ae_title']}); Ctrl-C to stop", flush=True)
+        if ready:
+            ready(info)
+        http = threading.Thread(target=server.serve, name="https", daemon=True)
+        http.start()
+        while not stop.wait(0.5) and http.is_alive():
+            pass
+    finally:
+        stop.set()
+        server.stop()
+        control.stop()
+        kit.close()
+        (kit.data_dir / RUN_FILE).unlink(missing_ok=True)
+        log.info("fieldkit stopped")

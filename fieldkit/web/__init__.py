@@ -1,0 +1,90 @@
+"""The Flask app factory (layer 4): one blueprint per area, every asset local.
+
+Blueprints are listed in BLUEPRINTS as "module:attribute"; each blueprint module declares
+the permission of each of its endpoints in a module-level ROUTE_PERMISSIONS dict, which
+the access guard (fieldkit.web.auth) enforces. A route without a declaration is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flask import Flask, jsonify, request
+
+from ..errors import FieldkitError
+
+# "module:attribute" of each blueprint, registered in this order. Add one line per area.
+BLUEPRINTS: list[str] = [
+    "fieldkit.web.api:bp",
+]
+
+
+def _load(spec: str):
+    module, _, attr = spec.partition(":")
+    mod = importlib.import_module(module)
+    return mod, getattr(mod, attr)
+
+
+def create_app(kit, testing: bool = False) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=testing,
+        MAX_CONTENT_LENGTH=kit.config["http.max_request_mb"] * (1 << 20),
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["fieldkit"] = kit
+    route_permissions: dict[str, str] = {}
+    for spec in BLUEPRINTS:
+        module, bp = _load(spec)
+        app.register_blueprint(bp)
+        route_permissions.update(getattr(module, "ROUTE_PERMISSIONS", {}))
+    app.extensions["fieldkit.route_permissions"] = route_permissions
+
+    try:
+        auth = importlib.import_module("fieldkit.web.auth")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fieldkit.web.auth":
+            raise
+    else:
+        auth.init_app(app)
+
+    @app.errorhandler(FieldkitError)
+    def fieldkit_error(exc: FieldkitError):
+        return _error(exc.http_status, exc.message)
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return _error(413, f"request body larger than {kit.config['http.max_request_mb']} MiB")
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return _error(404, "not found")
+
+    @app.errorhandler(405)
+    def not_allowed(exc):
+        return _error(405, f"{request.method} is not allowed here")
+
+    @app.errorhandler(500)
+    def internal(exc):
+        return _error(500, "internal error (details are in the kit's log)")
+
+    return app
+
+
+def _error(status: int, message: str):
+    wants_json = request.path.startswith(("/api/", "/dicom-web/", "/healthz")) or \
+        request.accept_mimetypes.best == "application/json"
+    if wants_json:
+        return jsonify({"error": message, "status": status}), status
+    from markupsafe import escape
+    return (f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>",
+            status, {"Content-Type": "text/html; charset=utf-8"})
+
+
+def kit_of(app=None):
+    """The Kit serving this request."""
+    from flask import current_app
+    return (app or current_app).extensions["fieldkit"]
