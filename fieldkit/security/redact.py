@@ -1,0 +1,171 @@
+"""Keep secrets and patient data out of logs, whoever logs them.
+
+`install()` is called once by the kit's logging setup. It replaces the log-record factory,
+so every record from every logger (the kit's, Flask's, cheroot's, pynetdicom's) is
+redacted when it is created: its message is formatted and scrubbed, its arguments dropped,
+its traceback formatted and scrubbed. Callers do nothing special; a forgotten `%r` of a
+dataset or a header dict is still caught.
+
+What is scrubbed:
+- bearer tokens (`fkt_…`), `Authorization:` / `Cookie:` header values, session cookies;
+- `key=value`, `key: value`, `"key": "value"` pairs whose key names a secret or a patient
+  attribute (password, pin, passphrase, token, csrf, PatientName, PatientID, birth date…);
+- DICOM person names (`FAMILY^GIVEN`) and DICOM element dumps of patient attributes;
+- any value registered with `remember()` (ingest registers the names and IDs it sees), kept
+  in memory only, bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import traceback
+from collections import OrderedDict
+
+from .tokens import TOKEN_RE
+
+MASK = "[redacted]"
+
+_SECRET_KEYS = (
+    r"pass(?:word|phrase|wd)?|pin|secret|token|access_token|api[_-]?key|csrf(?:_token)?|x-csrf-token|"
+    r"session(?:_id)?|fk_session|__Host-fk_session|__Host-fk_pre|cookie|set-cookie|authorization|"
+    r"patient_?name|patient_?id|patientname|patientid|patient_?birth_?date|patientbirthdate|"
+    r"other_?patient_?(?:ids|names)|otherpatientids|otherpatientnames|patientaddress|"
+    r"patientmothersbirthname|patienttelephonenumbers|issuer_?of_?patient_?id|"
+    r"accession_?number|accessionnumber|name|q|query|birth_?date"
+)
+
+_PATTERNS = [
+    # Authorization / Cookie headers: the whole rest of the value
+    (re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie)(\s*[:=]\s*)([^\r\n]+)"), r"\1\2" + MASK),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    (TOKEN_RE, MASK),
+    # "key": "value"  /  'key': 'value'  (JSON, dict reprs)
+    (re.compile(r"""(?i)(["'](?:""" + _SECRET_KEYS + r""")["']\s*:\s*)(["'])(?:\\.|(?!\2).)*\2"""), r"\1\2" + MASK + r"\2"),
+    # "key": value-without-quotes (numbers, PersonName objects in reprs)
+    (re.compile(r"""(?i)(["'](?:""" + _SECRET_KEYS + r""")["']\s*:\s*)(?!["'\[{])[^,}\]\s]+"""), r"\1" + MASK),
+    # key=value in query strings, form bodies, keyword reprs (value up to a delimiter)
+    (re.compile(r"""(?i)(?<![A-Za-z0-9_])((?:""" + _SECRET_KEYS + r""")=)(["']?)[^&\s,;)'"]*\2"""), r"\1\2" + MASK + r"\2"),
+    # pydicom element dumps: (0010,0010) Patient's Name  PN: 'Doe^John'
+    (re.compile(r"(?i)(\(0010,\s?[0-9a-f]{4}\)[^\n:]*:\s*)(.+)"), r"\1" + MASK),
+    (re.compile(r"(?i)(Patient'?s?\s?(?:Name|ID|Birth Date|Address|Sex)\s*[:=]\s*)(.+)"), r"\1" + MASK),
+    # DICOM person names FAMILY^GIVEN^MIDDLE (a caret never appears in ordinary log text)
+    (re.compile(r"[^\s'\"=:,^()\[\]{}<>]*\^[^\s'\",()\[\]{}<>]*"), MASK),
+]
+
+# ----------------------------------------------------------------------------- remembered values
+
+_remembered: "OrderedDict[str, None]" = OrderedDict()
+_remember_lock = threading.Lock()
+_remember_re: re.Pattern | None = None
+_REMEMBER_MAX = 5000
+_REMEMBER_MIN_LEN = 3  # shorter values would redact ordinary words and numbers
+
+
+def remember(*values) -> None:
+    """Register patient names, IDs and the like so that they are masked wherever they
+    appear in a log line. In memory only; the oldest are forgotten past a bound."""
+    global _remember_re
+    added = False
+    with _remember_lock:
+        for v in values:
+            if v is None:
+                continue
+            s = str(v).strip()
+            candidates = {s}
+            if "^" in s:  # a PN: also its components and its human-readable form
+                parts = [p for p in s.split("^") if p]
+                candidates.update(parts)
+                candidates.add(" ".join(parts))
+            for c in candidates:
+                if len(c) >= _REMEMBER_MIN_LEN and c not in _remembered:
+                    _remembered[c] = None
+                    added = True
+            while len(_remembered) > _REMEMBER_MAX:
+                _remembered.popitem(last=False)
+        if added:
+            alts = sorted(_remembered, key=len, reverse=True)
+            _remember_re = re.compile("|".join(re.escape(a) for a in alts), re.IGNORECASE)
+
+
+def forget_all() -> None:
+    global _remember_re
+    with _remember_lock:
+        _remembered.clear()
+        _remember_re = None
+
+
+def redact(text: str) -> str:
+    """Scrub one string."""
+    if not text:
+        return text
+    rx = _remember_re
+    if rx is not None:
+        text = rx.sub(MASK, text)
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+# ----------------------------------------------------------------------------- logging hook
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _scrub_record(record: logging.LogRecord) -> logging.LogRecord:
+    if getattr(record, "_fk_redacted", False):
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string must not make a log call raise
+        message = f"{record.msg!r} {record.args!r}"
+    record.msg = redact(message)
+    record.args = None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        # Keep exc_info for handlers that check it, but formatters use exc_text first.
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    record._fk_redacted = True
+    return record
+
+
+class RedactingFilter(logging.Filter):
+    """For handlers created outside `install()`'s reach (belt and braces)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _scrub_record(record)
+        return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Scrubs the fully formatted line, tracebacks included."""
+
+    def __init__(self, inner: logging.Formatter | None = None):
+        super().__init__()
+        self.inner = inner or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def install() -> None:
+    """Install redaction for the whole process (idempotent): every record created from
+    now on is scrubbed, and every handler already on the root logger gets a redacting
+    formatter too (for lines built outside the record message, such as tracebacks
+    formatted by a custom formatter)."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            previous = logging.getLogRecordFactory()
+
+            def factory(*args, **kwargs):
+                return _scrub_record(previous(*args, **kwargs))
+
+            logging.setLogRecordFactory(factory)
+            _installed = True
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler.formatter, RedactingFormatter):
+                handler.setFormatter(RedactingFormatter(handler.formatter))

@@ -1,0 +1,414 @@
+"""Accounts, bearer tokens and the audit trail, kept in the store.
+
+Everything here lives in the store's encrypted journal (TinyDB tables), so it is
+encrypted and authenticated at rest like patient data:
+
+- `users`: one document per person: name, case-folded key, role, Argon2id hash,
+  disabled flag, lockout state, timestamps. Never a plaintext secret.
+- `tokens`: one document per bearer token: id, SHA-256 digest, role, label, owner,
+  expiry, revocation. The plaintext is returned once by `create_token` and never stored.
+- `audit`: the hash-chained events (see `fieldkit.security.audit`), and `audit_head`:
+  the (seq, hash, at) of the last one, which catches a truncated tail.
+
+The latest audit time doubles as a high-water mark of the clock: expiry checks use
+max(wall clock, last audit time), so a device clock that jumps backwards cannot revive an
+expired token.
+
+Argon2 verification (~0.1 s) happens outside the store lock; attempts on one account are
+serialised by a per-account lock so that parallel guesses cannot outrun the lockout.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinydb import Query
+
+from ..errors import BadInput, Conflict, NotFound
+from ..records import T_TOKENS, T_USERS
+from ..security import audit as _audit
+from ..security import passwords as pw
+from ..security import roles as _roles
+from ..security import tokens as _tokens
+
+T_AUDIT = "audit"
+T_AUDIT_HEAD = "audit_head"
+
+SYSTEM = "system"  # actor for the kit itself and for the command line without a user
+
+CLOCK: pw.Clock = pw.SYSTEM_CLOCK  # replaced in tests to move time without sleeping
+_LOCKOUT = pw.Lockout()
+_stripes = [threading.Lock() for _ in range(64)]
+
+
+def _account_lock(key: str) -> threading.Lock:
+    return _stripes[hash(key) % len(_stripes)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is making a request: a person (kind "user") or a token (kind "token")."""
+
+    kind: str
+    name: str  # user name, or "token:<id>"
+    role: str
+    id: str = ""  # token id, or the user key
+    label: str = ""
+
+    @property
+    def actor(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    ok: bool
+    principal: Principal | None = None
+    reason: str = ""  # for the audit trail; the person only sees a generic message
+    retry_after: float = 0.0  # seconds until the lockout ends
+
+
+# ----------------------------------------------------------------------------- time
+
+def _now(store, clock: pw.Clock | None = None) -> float:
+    """Wall time, never earlier than the latest audit event (a clock that went back)."""
+    wall = (clock or CLOCK).wall()
+    head = store.read(lambda db: db.table(T_AUDIT_HEAD).get(doc_id=1))
+    return max(wall, float(head["at"])) if head else wall
+
+
+# ----------------------------------------------------------------------------- users
+
+def _public_user(doc: dict) -> dict:
+    return {
+        "name": doc["name"], "role": doc["role"], "disabled": bool(doc.get("disabled")),
+        "created": doc.get("created", 0.0), "last_login": doc.get("last_login", 0.0),
+        "locked": bool((doc.get("lockout") or {}).get("delay")),
+        "failures": int((doc.get("lockout") or {}).get("failures") or 0),
+    }
+
+
+def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM,
+                actor_role: str = "", min_pin: int = 6, min_password: int = 10) -> dict:
+    """Create a person's account. Refuses a bad name, a weak secret, a machine role and a
+    name already taken (case-insensitively). Returns the account without its hash."""
+    name = pw.check_username(name)
+    if role not in _roles.HUMAN_ROLES:
+        raise BadInput(f"role {role!r} is not a role for a person (choose from {', '.join(_roles.HUMAN_ROLES)}; "
+                       "machines get a token: `fieldkit token create --role ROLE`)")
+    secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
+    key = pw.username_key(name)
+    hashed = pw.hash_secret(secret)  # slow: outside the store lock
+    now = CLOCK.wall()
+    doc = {"name": name, "key": key, "role": role, "hash": hashed, "disabled": False,
+           "created": now, "updated": now, "last_login": 0.0, "lockout": pw.Lockout.success()}
+
+    def tx(db):
+        users = db.table(T_USERS)
+        if users.get(Query().key == key) is not None:
+            raise Conflict(f"a user named {name!r} already exists")
+        users.insert(doc)
+        _append(db, now, actor, actor_role, "user.create", name, _audit.OK, {"role": role})
+
+    store.write(tx)
+    return _public_user(doc)
+
+
+def get_user(store, name: str) -> dict | None:
+    key = pw.username_key(name) if isinstance(name, str) else ""
+    doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    return _public_user(doc) if doc else None
+
+
+def list_users(store) -> list[dict]:
+    docs = store.read(lambda db: db.table(T_USERS).all())
+    return sorted((_public_user(d) for d in docs), key=lambda u: u["name"].casefold())
+
+
+def count_admins(store) -> int:
+    return sum(1 for u in list_users(store) if u["role"] == _roles.ADMIN and not u["disabled"])
+
+
+def _update_user(store, name: str, changes_fn, action: str, actor: str, actor_role: str,
+                 detail: dict | None = None) -> dict:
+    key = pw.username_key(name) if isinstance(name, str) else ""
+    now = CLOCK.wall()
+    out: dict = {}
+
+    def tx(db):
+        users = db.table(T_USERS)
+        doc = users.get(Query().key == key)
+        if doc is None:
+            raise NotFound(f"no user named {name!r}")
+        changes = changes_fn(dict(doc), db)
+        changes["updated"] = now
+        users.update(changes, doc_ids=[doc.doc_id])
+        out.update(dict(doc, **changes))
+        _append(db, now, actor, actor_role, action, doc["name"], _audit.OK, detail)
+
+    store.write(tx)
+    return _public_user(out)
+
+
+def set_disabled(store, name: str, disabled: bool, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    """Disable (or re-enable) an account. The last enabled admin cannot be disabled."""
+    def changes(doc, db):
+        if disabled and doc["role"] == _roles.ADMIN and not doc.get("disabled"):
+            admins = [d for d in db.table(T_USERS).all() if d["role"] == _roles.ADMIN and not d.get("disabled")]
+            if len(admins) <= 1:
+                raise Conflict("refusing to disable the last enabled admin (add another admin first)")
+        return {"disabled": bool(disabled)}
+
+    return _update_user(store, name, changes, "user.disable" if disabled else "user.enable", actor, actor_role)
+
+
+def reset_secret(store, name: str, secret: str, *, actor: str = SYSTEM, actor_role: str = "",
+                 min_pin: int = 6, min_password: int = 10) -> dict:
+    """Set a new PIN/password; also clears the lockout."""
+    secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
+    hashed = pw.hash_secret(secret)
+    return _update_user(store, name, lambda doc, db: {"hash": hashed, "lockout": pw.Lockout.success()},
+                        "user.reset", actor, actor_role)
+
+
+def clear_lockout(store, name: str, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    return _update_user(store, name, lambda doc, db: {"lockout": pw.Lockout.success()},
+                        "user.unlock", actor, actor_role)
+
+
+def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = None,
+                 remote: str = "") -> LoginResult:
+    """Check a sign-in. Every outcome is audited. While an account is locked out, even
+    the right secret is refused until the backoff ends."""
+    lockout = lockout or _LOCKOUT
+    if not isinstance(name, str) or not isinstance(secret, str) or len(name) > 4 * pw.MAX_NAME_LENGTH:
+        pw.burn_verify("")
+        audit_append(store, actor="?", role="", action="login", outcome=_audit.FAILED,
+                     detail={"reason": "malformed", "remote": remote})
+        return LoginResult(False, reason="malformed")
+    key = pw.username_key(name)
+    typed = pw.normalize_login_secret(secret)
+    shown_name = name if len(name) <= pw.MAX_NAME_LENGTH else name[:pw.MAX_NAME_LENGTH] + "…"
+    with _account_lock(key):
+        doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+        if doc is None:
+            pw.burn_verify(typed)
+            audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.FAILED,
+                         detail={"reason": "unknown user", "remote": remote})
+            return LoginResult(False, reason="unknown user")
+        remaining, reanchored = lockout.remaining(key, doc.get("lockout"))
+        if reanchored is not None:
+            store.write(lambda db: db.table(T_USERS).update({"lockout": reanchored}, Query().key == key))
+            audit_append(store, actor=doc["name"], role=doc["role"], action="clock.backwards",
+                         outcome=_audit.OK, detail={"note": "lockout restarted: the clock went backwards"})
+        if remaining > 0:
+            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
+                         detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
+            return LoginResult(False, reason="locked out", retry_after=remaining)
+        good = pw.verify_secret(doc["hash"], typed)
+        if good and doc.get("disabled"):
+            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
+                         detail={"reason": "account disabled", "remote": remote})
+            return LoginResult(False, reason="account disabled")
+        now = CLOCK.wall()
+        if not good:
+            new_state = lockout.failure(key, doc.get("lockout"))
+
+            def fail_tx(db):
+                db.table(T_USERS).update({"lockout": new_state}, Query().key == key)
+                _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.FAILED,
+                        {"reason": "wrong secret", "failures": new_state["failures"], "remote": remote})
+
+            store.write(fail_tx)
+            return LoginResult(False, reason="wrong secret", retry_after=new_state["delay"])
+        changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
+        if pw.needs_rehash(doc["hash"]):
+            changes["hash"] = pw.hash_secret(typed)
+
+        def ok_tx(db):
+            db.table(T_USERS).update(changes, Query().key == key)
+            _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK, {"remote": remote})
+
+        store.write(ok_tx)
+        return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
+
+
+def user_principal(store, name: str) -> Principal | None:
+    """The current principal for a signed-in name, or None if the account is gone or
+    disabled (a session of a disabled user stops working at its next request)."""
+    key = pw.username_key(name)
+    doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    if doc is None or doc.get("disabled"):
+        return None
+    return Principal("user", doc["name"], doc["role"], id=key)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def _public_token(doc: dict, now: float | None = None) -> dict:
+    now = CLOCK.wall() if now is None else now
+    expires = float(doc.get("expires") or 0.0)
+    state = "revoked" if doc.get("revoked") else ("expired" if expires and now >= expires else "active")
+    return {"id": doc["id"], "role": doc["role"], "label": doc.get("label", ""), "owner": doc.get("owner", ""),
+            "created": doc.get("created", 0.0), "expires": expires, "revoked": float(doc.get("revoked") or 0.0),
+            "last_used": float(doc.get("last_used") or 0.0), "state": state}
+
+
+def create_token(store, role: str, expires: float | None = None, label: str = "", *,
+                 owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> str:
+    """Create a bearer token scoped to `role`; `expires` is an absolute time (seconds since
+    the epoch) or None for no expiry. Returns the plaintext token: shown once, never stored."""
+    token, _info = create_token_info(store, role, expires, label, owner=owner, actor=actor, actor_role=actor_role)
+    return token
+
+
+def create_token_info(store, role: str, expires: float | None = None, label: str = "", *,
+                      owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> tuple[str, dict]:
+    if not _roles.is_role(role):
+        raise BadInput(f"unknown role {role!r} (choose from {', '.join(_roles.ROLES)})")
+    label = str(label or "")
+    if len(label) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise BadInput("the token label must be at most 128 printable characters")
+    now = CLOCK.wall()
+    if expires is not None and float(expires) <= now:
+        raise BadInput("the token's expiry is in the past")
+    token = _tokens.new_token()
+    doc = {"id": _tokens.new_id(), "digest": _tokens.token_digest(token), "role": role, "label": label,
+           "owner": owner, "created": now, "expires": float(expires or 0.0), "revoked": 0.0, "last_used": 0.0}
+
+    def tx(db):
+        db.table(T_TOKENS).insert(doc)
+        _append(db, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
+                {"role": role, "label": label, "expires": doc["expires"]})
+
+    store.write(tx)
+    return token, _public_token(doc, now)
+
+
+_last_used_flush: dict[str, float] = {}
+
+
+def verify_token(store, token: str, *, remote: str = "", audit_failure: bool = True) -> Principal | None:
+    """The principal for a bearer token, or None when it is unknown, revoked or expired
+    (or its owner's account is disabled). Failures are audited."""
+    if not isinstance(token, str) or not _tokens.looks_like_token(token):
+        if audit_failure:
+            audit_append(store, actor="?", role="", action="token.use", outcome=_audit.FAILED,
+                         detail={"reason": "malformed token", "remote": remote})
+        return None
+    digest = _tokens.token_digest(token)
+    doc = store.read(lambda db: db.table(T_TOKENS).get(Query().digest == digest))
+    reason = ""
+    if doc is None:
+        reason = "unknown token"
+    elif doc.get("revoked"):
+        reason = "revoked token"
+    else:
+        expires = float(doc.get("expires") or 0.0)
+        if expires and _now(store) >= expires:
+            reason = "expired token"
+        elif doc.get("owner"):
+            owner = store.read(lambda db: db.table(T_USERS).get(Query().key == pw.username_key(doc["owner"])))
+            if owner is None or owner.get("disabled"):
+                reason = "token owner disabled"
+    if reason:
+        if audit_failure:
+            audit_append(store, actor=f"token:{doc['id']}" if doc else "?", role=doc["role"] if doc else "",
+                         action="token.use", outcome=_audit.FAILED, detail={"reason": reason, "remote": remote})
+        return None
+    now = CLOCK.wall()
+    if now - _last_used_flush.get(doc["id"], 0.0) > 600:  # bounded writes: "last used" to ten minutes
+        _last_used_flush[doc["id"]] = now
+        store.write(lambda db: db.table(T_TOKENS).update({"last_used": now}, Query().id == doc["id"]))
+    return Principal("token", f"token:{doc['id']}", doc["role"], id=doc["id"], label=doc.get("label", ""))
+
+
+def list_tokens(store) -> list[dict]:
+    now = _now(store)
+    docs = store.read(lambda db: db.table(T_TOKENS).all())
+    return sorted((_public_token(d, now) for d in docs), key=lambda t: t["created"])
+
+
+def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    now = CLOCK.wall()
+    out: dict = {}
+
+    def tx(db):
+        table = db.table(T_TOKENS)
+        doc = table.get(Query().id == str(token_id))
+        if doc is None:
+            raise NotFound(f"no token with id {token_id!r} (see `fieldkit token list`)")
+        if not doc.get("revoked"):
+            table.update({"revoked": now}, doc_ids=[doc.doc_id])
+            _append(db, now, actor, actor_role, "token.revoke", f"token:{doc['id']}", _audit.OK, None)
+        out.update(table.get(doc_id=doc.doc_id))
+
+    store.write(tx)
+    return _public_token(out, now)
+
+
+# ----------------------------------------------------------------------------- audit
+
+def _append(db, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
+            detail: dict | str | None) -> dict:
+    """Append one event inside an open store transaction (the store lock orders the chain)."""
+    head_table = db.table(T_AUDIT_HEAD)
+    head = head_table.get(doc_id=1)
+    prev = None
+    if head:
+        prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]}
+    event = _audit.make_event(prev, at=at, actor=actor, role=role, action=action, object=obj,
+                              outcome=outcome, detail=detail)
+    db.table(T_AUDIT).insert(event)
+    new_head = {"seq": event["seq"], "hash": event["hash"], "at": max(at, prev["at"] if prev else at)}
+    if head:
+        head_table.update(new_head, doc_ids=[1])
+    else:
+        head_table.insert(new_head)
+    return event
+
+
+def audit_append(store, *, actor: str, role: str = "", action: str, object: str = "",
+                 outcome: str = _audit.OK, detail: dict | str | None = None, at: float | None = None) -> dict:
+    """Append an event to the trail (durable when this returns)."""
+    at = CLOCK.wall() if at is None else at
+    box: dict = {}
+    store.write(lambda db: box.update(_append(db, at, actor, role, action, object, outcome, detail)))
+    return box
+
+
+def audit_events(store, since_seq: int = 0, limit: int | None = None) -> list[dict]:
+    """Events with seq > since_seq, in chain order (stored order)."""
+    def q(db):
+        evs = [dict(e) for e in db.table(T_AUDIT).all() if int(e.get("seq", 0) or 0) > since_seq] \
+            if since_seq else [dict(e) for e in db.table(T_AUDIT).all()]
+        return evs[:limit] if limit else evs
+    return store.read(q)
+
+
+def audit_head(store) -> tuple[int, str] | None:
+    head = store.read(lambda db: db.table(T_AUDIT_HEAD).get(doc_id=1))
+    return (int(head["seq"]), head["hash"]) if head else None
+
+
+def audit_verify(store) -> _audit.VerifyResult:
+    events, head = store.read(lambda db: ([dict(e) for e in db.table(T_AUDIT).all()],
+                                          db.table(T_AUDIT_HEAD).get(doc_id=1)))
+    expected = (int(head["seq"]), head["hash"]) if head else None
+    return _audit.verify_chain(events, expected_head=expected)
+
+
+def audit_export(store, since_seq: int = 0, *, kit_id: str = "") -> dict:
+    """A JSON document of the events after `since_seq`, with the link it continues from,
+    so the receiver can check it against the head of its previous export."""
+    events = audit_events(store, since_seq)
+    start = None
+    if since_seq:
+        prev = store.read(lambda db: db.table(T_AUDIT).get(Query().seq == since_seq))
+        start = [since_seq, prev["hash"]] if prev else None
+    head = audit_head(store)
+    return {"format": "fieldkit-audit/1", "kit": kit_id, "exported": CLOCK.wall(),
+            "start": start if start else [0, _audit.GENESIS], "head": list(head) if head else None,
+            "events": events}
