@@ -1,0 +1,82 @@
+"""Shared fixtures: an initialised kit on a temp dir, its store, a running `fieldkit serve`,
+and `need()` for real peers (dcmtk, Orthanc, Chromium).
+
+Area fixtures live in tests/fixtures/<area>.py and are loaded here as plugins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kitproc import PASSPHRASE, KitProcess, init_kit
+
+pytest_plugins = sorted(f"fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py")
+                        if not p.name.startswith("_"))
+
+PEERS = {
+    "storescu": "dcmtk (apt-get install dcmtk)",
+    "echoscu": "dcmtk (apt-get install dcmtk)",
+    "Orthanc": "orthanc and orthanc-dicomweb (apt-get install orthanc orthanc-dicomweb)",
+    "chromium": "chromium (apt-get install chromium)",
+    "systemd-analyze": "systemd (apt-get install systemd)",
+}
+
+
+def need_peer(tool: str) -> str:
+    """Path of a peer program; a missing peer fails the test under CI=true, else skips it."""
+    path = shutil.which(tool) or (f"/usr/bin/{tool}" if os.path.exists(f"/usr/bin/{tool}") else None)
+    if path:
+        return path
+    hint = PEERS.get(tool, tool)
+    message = f"{tool} is not installed: install {hint} (make test does this when run as root)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def need():
+    return need_peer
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A freshly initialised kit (demo settings: any AE title accepted)."""
+    return init_kit(tmp_path / "kit")
+
+
+@pytest.fixture
+def store(data_dir):
+    from fieldkit.runtime import open_kit
+
+    kit = open_kit(data_dir)
+    yield kit.store
+    kit.close()
+
+
+@pytest.fixture
+def kit(data_dir):
+    """An opened Kit (no services, no server) for in-process tests."""
+    from fieldkit.runtime import open_kit
+
+    kit = open_kit(data_dir)
+    yield kit
+    kit.close()
+
+
+@pytest.fixture
+def kit_server(data_dir):
+    """A real `fieldkit serve` on loopback over HTTPS (random ports); stopped afterwards."""
+    proc = KitProcess(data_dir)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def passphrase() -> str:
+    return PASSPHRASE

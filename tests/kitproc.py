@@ -1,0 +1,127 @@
+"""Start, stop and kill real `fieldkit` processes for tests (importable from any test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+PASSPHRASE = "test passphrase for the kit"
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin password 123"
+FIELDKIT = [sys.executable, "-m", "fieldkit"]
+
+
+def run_cli(*args, check: bool = True, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(FIELDKIT + [str(a) for a in args], capture_output=True, text=True,
+                          input=input, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fieldkit {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def init_kit(data_dir: Path, *extra, admin: bool = True) -> Path:
+    secrets = data_dir.parent / f".{data_dir.name}-secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "passphrase").write_text(PASSPHRASE + "\n")
+    (secrets / "admin").write_text(ADMIN_PASSWORD + "\n")
+    args = ["init", "--data-dir", data_dir, "--passphrase-file", secrets / "passphrase",
+            "--kit-id", "TEST1", "--demo"]
+    if admin and _have_accounts():
+        args += ["--admin-user", ADMIN_USER, "--admin-password-file", secrets / "admin"]
+    run_cli(*args, *extra)
+    return data_dir
+
+
+def _have_accounts() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("fieldkit.store.accounts") is not None
+
+
+class KitProcess:
+    """`fieldkit serve` as a child process on loopback with random ports."""
+
+    def __init__(self, data_dir: Path, env: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+
+    @property
+    def ca(self) -> str:
+        return str(self.data_dir / "tls" / "ca.pem")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.info['http_port']}"
+
+    @property
+    def http_port(self) -> int:
+        return self.info["http_port"]
+
+    @property
+    def dicom_port(self) -> int | None:
+        return self.info.get("dicom_port")
+
+    def start(self, timeout: float = 60.0, *extra) -> "KitProcess":
+        run_file = self.data_dir / "run.json"
+        run_file.unlink(missing_ok=True)
+        env = dict(os.environ, **(self.env or {}))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(FIELDKIT + ["serve", "--data-dir", str(self.data_dir), "--bind", "127.0.0.1",
+                                                 "--http-port", "0", "--dicom-port", "0", *extra],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fieldkit serve exited {self.proc.returncode}:\n{self.log()}")
+            if run_file.exists():
+                try:
+                    self.info = json.loads(run_file.read_text())
+                except ValueError:
+                    time.sleep(0.05)
+                    continue
+                if self.info.get("pid") == self.proc.pid:
+                    return self
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"fieldkit serve did not start within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except FileNotFoundError:
+            return ""
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, verify=self.ca, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, verify=self.ca, timeout=kw.pop("timeout", 30), **kw)
+
+    def token(self, role: str = "admin") -> str:
+        out = run_cli("token", "create", "--data-dir", self.data_dir, "--role", role).stdout
+        return out.strip().splitlines()[-1].strip()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)

@@ -1,0 +1,301 @@
+"""The encrypted journal store: durability, damage detection, the queue, and bad input."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fieldkit.errors import KeyUnavailable, NotFound, StorageFull, StoreBusy, StoreCorrupt, UnsupportedVersion
+from fieldkit.records import DONE, FAILED, LEASED, READY
+from fieldkit.runtime import open_kit
+from fieldkit.store import Store
+
+
+def _journal(data_dir: Path) -> Path:
+    return data_dir / "db" / "journal.fkj"
+
+
+def _fill(store, n: int, prefix: str = "p") -> None:
+    for i in range(n):
+        store.write(lambda db, i=i: db.table("patients").insert({"id": f"{prefix}{i}", "n": i}))
+
+
+def test_records_and_blobs_survive_reopen(data_dir):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 20)
+    kit.store.write(lambda db: db.table("patients").update({"n": -1}, doc_ids=[3]))
+    kit.store.write(lambda db: db.table("patients").remove(doc_ids=[5]))
+    big = os.urandom(3 * (1 << 20) + 17)
+    ref = kit.store.blobs.put_bytes(big)
+    kit.close()
+
+    kit = open_kit(data_dir)
+    docs = kit.store.read(lambda db: {d["id"]: d["n"] for d in db.table("patients").all()})
+    assert len(docs) == 19 and docs["p2"] == -1 and "p4" not in docs
+    assert kit.store.blobs.get_bytes(ref.addr) == big
+    # a new insert gets a fresh doc id, never a reused one
+    new_id = kit.store.write(lambda db: db.table("patients").insert({"id": "new"}))
+    assert new_id == 21
+    kit.close()
+
+
+def test_identical_blobs_are_stored_once(store):
+    a = store.blobs.put_bytes(b"same content" * 1000)
+    b = store.blobs.put_stream([b"same content" * 500, b"same content" * 500])
+    assert a == b
+    files = [p for p in (store.data_dir / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp"]
+    assert len(files) == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.5, 0.99])
+def test_torn_tail_is_cut_and_everything_before_it_kept(data_dir, fraction):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 10)
+    good_size = kit.store.journal_bytes
+    _fill(kit.store, 1, prefix="torn")
+    full_size = kit.store.journal_bytes
+    kit.close()
+    path = _journal(data_dir)
+    cut_at = good_size + 1 + int(fraction * (full_size - good_size - 2))
+    with open(path, "r+b") as fh:  # a crash mid-append leaves a prefix of the last record
+        fh.truncate(cut_at)
+    kit = open_kit(data_dir)
+    ids = kit.store.read(lambda db: sorted(d["id"] for d in db.table("patients").all()))
+    assert ids == sorted(f"p{i}" for i in range(10))
+    assert path.stat().st_size == good_size
+    _fill(kit.store, 1, prefix="after")  # appends continue cleanly after the cut
+    kit.close()
+    kit = open_kit(data_dir)
+    assert kit.store.read(lambda db: len(db.table("patients"))) == 11
+    kit.close()
+    # the cut bytes are kept aside (sealed), not silently thrown away
+    assert len(list(path.parent.glob("journal.fkj.torn-*"))) == 1
+
+
+def test_zero_filled_tail_is_cut(data_dir):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 3)
+    kit.close()
+    with open(_journal(data_dir), "ab") as fh:
+        fh.write(bytes(4096))
+    kit = open_kit(data_dir)
+    assert kit.store.read(lambda db: len(db.table("patients"))) == 3
+    _fill(kit.store, 1, prefix="after")
+    kit.close()
+    kit = open_kit(data_dir)
+    assert kit.store.read(lambda db: len(db.table("patients"))) == 4
+    kit.close()
+
+
+def test_flipped_byte_mid_file_is_refused_naming_file_and_offset(data_dir):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 10)
+    kit.close()
+    path = _journal(data_dir)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt) as err:
+        open_kit(data_dir)
+    assert str(path) in str(err.value)
+    assert err.value.offset <= middle
+    # nothing was cut or rewritten by the failed open
+    assert path.read_bytes() == bytes(data)
+
+
+def test_flipped_byte_in_a_blob_is_refused(store):
+    ref = store.blobs.put_bytes(os.urandom(5000))
+    path = store.blobs.path(ref.addr)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x80
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt):
+        store.blobs.get_bytes(ref.addr)
+
+
+def test_truncated_blob_is_refused(store):
+    ref = store.blobs.put_bytes(os.urandom(3 << 20))
+    path = store.blobs.path(ref.addr)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - (1 << 20) - 100)
+    with pytest.raises(StoreCorrupt):
+        store.blobs.get_bytes(ref.addr)
+
+
+def test_unknown_blob_is_not_found(store):
+    with pytest.raises(NotFound):
+        store.blobs.get_bytes("0" * 64)
+    with pytest.raises(NotFound):
+        store.blobs.get_bytes("../../etc/passwd")
+
+
+def test_queue_lifecycle_priorities_and_idempotency(store):
+    q = store.queue
+    low = q.enqueue("infer", {"n": "low"}, priority=90)
+    high = q.enqueue("infer", {"n": "high"}, priority=10)
+    again = q.enqueue("sync", {"sop": "1.2"}, key="1.2")
+    assert q.enqueue("sync", {"sop": "1.2"}, key="1.2") == again  # one live row per key
+    first = q.lease("infer")
+    assert first.id == high and first.state == LEASED and first.attempts == 1
+    q.fail(first.id, "link down", retry_in=3600)
+    assert q.lease("infer").id == low  # the failed one waits for its next attempt
+    q.ack(low)
+    sync = q.lease("sync")
+    q.fail(sync.id, "hospital refused: bad SOP class", permanent=True)
+    counts = q.counts()
+    assert counts["infer"] == {"ready": 1, "leased": 0, "done": 1, "failed": 0}
+    assert counts["sync"] == {"ready": 0, "leased": 0, "done": 0, "failed": 1}
+    failed = q.rows(state=FAILED)
+    assert [r.last_error for r in failed] == ["hospital refused: bad SOP class"]
+    q.retry(sync.id)
+    assert q.lease("sync").id == sync.id
+    q.fail(sync.id, "still refused", permanent=True)
+    q.dismiss(sync.id)
+    assert q.get(sync.id).state == DONE  # dismissed, still visible
+
+
+def test_queue_reprioritise(store):
+    q = store.queue
+    a = q.enqueue("sync", {"n": "a"}, priority=50)
+    b = q.enqueue("sync", {"n": "b"}, priority=60)
+    q.set_priority(b, 5)
+    assert q.lease("sync").id == b
+    assert q.lease("sync").id == a
+
+
+def test_leases_left_by_a_crash_return_to_ready(data_dir):
+    kit = open_kit(data_dir)
+    row = kit.store.queue.enqueue("infer", {"sop": "x"})
+    assert kit.store.queue.lease("infer").id == row
+    kit.close()  # as if the process died with the lease held
+    kit = open_kit(data_dir)
+    assert kit.store.resumed_leases == 1
+    again = kit.store.queue.lease("infer")
+    assert again.id == row and again.attempts == 2
+    kit.close()
+
+
+def test_expired_lease_is_reclaimed_while_running(store):
+    q = store.queue
+    row = q.enqueue("infer", {})
+    q.lease("infer", lease_seconds=0.01)
+    time.sleep(0.05)
+    again = q.lease("infer")
+    assert again is not None and again.id == row
+
+
+def test_compaction_keeps_everything_and_shrinks_the_journal(data_dir):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 50)
+    for _ in range(20):
+        kit.store.write(lambda db: db.table("patients").update({"n": 0}, doc_ids=list(range(1, 51))))
+    before = _journal(data_dir).stat().st_size
+    kit.store.compact()
+    after = _journal(data_dir).stat().st_size
+    assert after < before
+    _fill(kit.store, 1, prefix="late")
+    kit.close()
+    kit = open_kit(data_dir)
+    assert kit.store.read(lambda db: len(db.table("patients"))) == 51
+    kit.close()
+
+
+def test_write_cost_does_not_grow_with_the_store(store):
+    """A write appends a record the size of the change, not of the database."""
+    _fill(store, 2000)
+    before = store.journal_bytes
+    store.write(lambda db: db.table("patients").update({"n": 1}, doc_ids=[7]))
+    assert store.journal_bytes - before < 400
+
+
+def test_second_open_is_refused(data_dir):
+    kit = open_kit(data_dir)
+    with pytest.raises(StoreBusy, match="in use by another fieldkit process"):
+        open_kit(data_dir)
+    kit.close()
+
+
+def test_wrong_passphrase(data_dir):
+    with pytest.raises(KeyUnavailable, match="wrong passphrase"):
+        open_kit(data_dir, passphrase="not the passphrase")
+
+
+def test_right_passphrase_opens(data_dir, passphrase):
+    open_kit(data_dir, passphrase=passphrase).close()
+
+
+def test_missing_and_corrupt_key_files(data_dir):
+    device = data_dir / "keys" / "device.key"
+    saved = device.read_bytes()
+    device.write_bytes(os.urandom(32))
+    with pytest.raises(KeyUnavailable, match="does not match"):
+        open_kit(data_dir)
+    device.unlink()
+    with pytest.raises(KeyUnavailable, match="missing"):
+        open_kit(data_dir)
+    device.write_bytes(saved)
+    ring = data_dir / "keys" / "keyring.json"
+    ring.write_text("{not json")
+    with pytest.raises(KeyUnavailable, match="corrupt"):
+        open_kit(data_dir)
+
+
+def test_data_dir_from_a_newer_version_is_refused(data_dir):
+    (data_dir / "FORMAT").write_text('{"format": 999}\n')
+    with pytest.raises(UnsupportedVersion, match="newer fieldkit"):
+        open_kit(data_dir)
+
+
+def test_disk_full_acknowledges_nothing_and_damages_nothing(data_dir, monkeypatch):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 5)
+    import fieldkit.store.journal as journal
+
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_disk(fd, data):
+        calls["n"] += 1
+        written = real_write(fd, bytes(data)[: len(data) // 2])  # half lands, then ENOSPC
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal.os, "write", full_disk)
+    with pytest.raises(StorageFull, match="disk full"):
+        kit.store.write(lambda db: db.table("patients").insert({"id": "lost"}))
+    monkeypatch.setattr(journal.os, "write", real_write)
+    # memory went back to what is durable; the store keeps working
+    assert kit.store.read(lambda db: len(db.table("patients"))) == 5
+    _fill(kit.store, 1, prefix="after")
+    kit.close()
+    kit = open_kit(data_dir)
+    ids = kit.store.read(lambda db: sorted(d["id"] for d in db.table("patients").all()))
+    assert ids == ["after0", "p0", "p1", "p2", "p3", "p4"]
+    kit.close()
+
+
+def test_read_only_journal_file(data_dir, monkeypatch):
+    """A journal that cannot be written (read-only media) fails with one clear message."""
+    kit = open_kit(data_dir)
+    import fieldkit.store.journal as journal
+
+    def read_only(fd, data):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(journal.os, "write", read_only)
+    with pytest.raises(StorageFull, match="read-only"):
+        kit.store.write(lambda db: db.table("patients").insert({"id": "x"}))
+    kit.close()
+
+
+def test_encrypted_spool_holds_no_plaintext(store):
+    canary = b"SPOOL-CANARY-7f3a" * 1000
+    with store.blobs.open_spool() as spool:
+        spool.write(canary)
+        for path in (store.data_dir / "blobs" / "tmp").iterdir():
+            assert b"SPOOL-CANARY" not in path.read_bytes()
+        assert spool.read_all() == canary
+    assert not any((store.data_dir / "blobs" / "tmp").iterdir())
