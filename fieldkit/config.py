@@ -54,6 +54,15 @@ SETTINGS: dict[str, Setting] = {
     "power.fake_probe_file": Setting("", "Testing only: a JSON file whose keys (battery_percent, on_battery, temperature_c, ...) replace sensor readings."),
     "hardware.profile": Setting("generic-x86-2c4g", "Hardware profile name (a file in hardware/): expected cores, memory, disk, temperature limit."),
     "hardware.profiles_dir": Setting("", "Folder of hardware profile files; empty means the profiles installed with the kit."),
+    # on-device AI (inference)
+    "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
+    "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive."),
+    "inference.model_dirs": Setting([], "Extra directories of signed model bundles; the bundled models/ and DIR/models are always searched."),
+    "inference.trusted_keys": Setting(["ed25519:Txpd1eFnbBEHInXzEn+vmbBixB2SAIAaretkltpAEkY="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's key for the bundled reference models."),
+    "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding)."),
+    "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding)."),
+    "inference.batch_size": Setting(16, "Frames per onnxruntime call."),
+    "inference.lease_seconds": Setting(300, "How long a leased infer job is held before another attempt may take it."),
 }
 
 

@@ -1,0 +1,64 @@
+"""Frame preprocessing shared by the runner, the training script and the tests.
+
+One implementation, so the numbers a model was trained on are the numbers it sees on the
+kit. Which steps a model wants is written in its manifest entry ("preprocessing"); only
+the values below are understood, anything else refuses to load the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+SUPPORTED = {
+    "colour": {"luma-bt601"},
+    "resample": {"bilinear"},
+    "layout": {"NCHW"},
+}
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def check_spec(spec: dict) -> None:
+    """Raise ValueError naming the first preprocessing value this code cannot do."""
+    for key, allowed in SUPPORTED.items():
+        if spec.get(key) not in allowed:
+            raise ValueError(f"preprocessing {key}={spec.get(key)!r} is not supported (supported: {sorted(allowed)})")
+    size = spec.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 16 <= v <= 1024 for v in size)):
+        raise ValueError(f"preprocessing size={size!r} must be [height, width] in 16..1024")
+    if not isinstance(spec.get("scale"), (int, float)):
+        raise ValueError(f"preprocessing scale={spec.get('scale')!r} must be a number")
+
+
+def to_gray(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB or (N, H, W) -> (N, H, W) uint8 luma."""
+    if frames.ndim == 3:
+        return frames.astype(np.uint8, copy=False)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (N, H, W, 3) RGB or (N, H, W) grey, got shape {frames.shape}")
+    return np.clip(frames.astype(np.float32) @ _LUMA + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_gray(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, h, w) uint8, antialiased bilinear (Pillow)."""
+    h, w = size
+    out = np.empty((gray.shape[0], h, w), np.uint8)
+    for i, frame in enumerate(gray):
+        out[i] = np.asarray(Image.fromarray(frame).resize((w, h), Image.BILINEAR))
+    return out
+
+
+def preprocess(frames: np.ndarray, spec: dict) -> np.ndarray:
+    """Frames as decoded -> the model's float32 input tensor (N, 1, h, w)."""
+    gray = resize_gray(to_gray(frames), tuple(spec["size"]))
+    return (gray.astype(np.float32) * float(spec["scale"]))[:, None, :, :]
+
+
+def colour_fraction(frames: np.ndarray) -> float:
+    """Share of pixels that are strongly coloured (colour-flow Doppler, not greyscale B-mode)."""
+    if frames.ndim != 4:
+        return 0.0
+    f = frames.astype(np.int16)
+    chroma = f.max(axis=-1) - f.min(axis=-1)
+    return float((chroma > 80).mean())

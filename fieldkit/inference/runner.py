@@ -1,0 +1,301 @@
+"""One instance in, one analysis out: decode -> sample frames -> gate -> lung / FAST models.
+
+Pure with respect to the store: `analyse(ds, registry, ...)` reads a pydicom Dataset and
+returns an `Analysis`; the worker stores it. Every way an input can be unusable ends in a
+"not assessable" result with the reason, never an exception:
+
+- no pixel data, pixels that do not decode, frames too small or of an unexpected layout;
+- colour-flow Doppler on the frame (the models read greyscale B-mode only);
+- the view gate says the frames are not a lung / FAST view, or not usable (no contact,
+  too dark, saturated), or is unsure (below its probability threshold).
+
+Cine frames are sampled: every `policy.frame_stride`-th frame (the power policy: battery
+low or box hot), at most `inference.max_frames` (evenly spread), and no further frames
+once `inference.time_budget_seconds` is spent. What was skipped and why is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import postprocess as post
+from .preprocess import colour_fraction, preprocess
+
+MIN_SIDE = 64  # smaller frames carry too little to say anything
+COLOUR_LIMIT = 0.01  # share of strongly coloured pixels above which a frame counts as colour Doppler
+VIEW_SHARE = 0.5  # share of analysed frames that must be the model's view
+
+CLINICAL = ("lung", "fast")
+VIEW_OF = {"lung": 0, "fast": 1}
+
+
+@dataclass
+class Result:
+    """One clinical model's finding for one instance (stored as one findings row)."""
+    task: str
+    model: dict  # name, version, sha256
+    assessable: bool
+    reason: str
+    confidence: float
+    result: dict
+    view: str
+    quality: str
+    frames: list[int]  # 1-based frame numbers the result rests on
+
+
+@dataclass
+class Analysis:
+    frames_total: int = 0
+    frames_analysed: int = 0
+    frame_numbers: list[int] = field(default_factory=list)  # 1-based, analysed
+    subsampled: bool = False
+    subsample_reasons: list[str] = field(default_factory=list)
+    view: str = "unknown"
+    quality: str = "unknown"
+    gate: dict = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    skipped: str = ""  # set when the instance is not an image at all
+    timing_ms: dict = field(default_factory=dict)
+    overlay_frame: np.ndarray | None = None  # (H, W, 3) uint8 of the frame the overlay shows
+    overlay: dict = field(default_factory=dict)  # what to draw on it
+    image_size: tuple[int, int] = (0, 0)
+
+
+def select_frames(n: int, stride: int, max_frames: int) -> tuple[list[int], list[str]]:
+    """0-based frame indices to analyse and why any were left out."""
+    reasons = []
+    idx = list(range(0, n, max(1, stride)))
+    if stride > 1 and n > 1:
+        reasons.append(f"every {stride}th frame (power policy)")
+    if len(idx) > max_frames > 0:
+        pick = np.linspace(0, len(idx) - 1, max_frames).round().astype(int)
+        idx = [idx[i] for i in sorted(set(pick.tolist()))]
+        reasons.append(f"{len(idx)} of {n} frames, evenly spread (inference.max_frames={max_frames})")
+    return idx, reasons
+
+
+def _model_id(m) -> dict:
+    return {"name": m.name, "version": m.version, "sha256": m.sha256}
+
+
+def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ...] = (),
+            max_frames: int = 120, time_budget_s: float = 60.0, batch_size: int = 16,
+            decode=None) -> Analysis:
+    t0 = time.perf_counter()
+    a = Analysis()
+    gate = registry.get("gate")
+    clinical = {t: registry.get(t) for t in CLINICAL if registry.get(t) is not None}
+
+    def not_assessable(reason: str, view="unknown", quality="unknown") -> Analysis:
+        a.results = [Result(t, _model_id(m), False, reason, 0.0, {}, view, quality, a.frame_numbers)
+                     for t, m in clinical.items()]
+        a.view, a.quality = view, quality
+        a.timing_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        return a
+
+    if not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+        a.skipped = "the object has no pixel data (not an image)"
+        return a
+    try:
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return not_assessable(f"NumberOfFrames is not a number: {ds.get('NumberOfFrames')!r}")
+    a.frames_total = max(1, n)
+    if gate is None:
+        return not_assessable("no verified view/quality gate model is loaded")
+    idx, reasons = select_frames(a.frames_total, frame_stride, max_frames)
+    if frame_stride > 1 and power_reasons:
+        reasons[0] = f"{reasons[0]}: {'; '.join(power_reasons)}"
+
+    # decode, preprocess and gate in batches, so a long cine never sits in memory at once
+    decode = decode or _decode
+    spec = gate.entry["preprocessing"]
+    used, probs, keep = [], [], {}
+    t_decode = t_pre = t_gate = 0.0
+    for start in range(0, len(idx), batch_size):
+        if time.perf_counter() - t0 > time_budget_s and used:
+            reasons.append(f"time budget of {time_budget_s:g}s reached after {len(used)} frames")
+            break
+        chunk = idx[start:start + batch_size]
+        t = time.perf_counter()
+        try:
+            frames = decode(ds, chunk)
+        except Exception as exc:  # any codec failure is a reason, not a crash
+            return not_assessable(f"pixel data does not decode: {str(exc)[:200]}")
+        t_decode += time.perf_counter() - t
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            return not_assessable(f"unexpected frame layout {frames.shape} {frames.dtype} (want frames x rows x cols x RGB)")
+        if min(frames.shape[1:3]) < MIN_SIDE:
+            return not_assessable(f"frames of {frames.shape[1]}x{frames.shape[2]} pixels are too small (< {MIN_SIDE})")
+        a.image_size = frames.shape[1:3]
+        t = time.perf_counter()
+        colour = colour_fraction(frames)
+        if colour > COLOUR_LIMIT:
+            a.frame_numbers = [i + 1 for i in chunk]
+            a.overlay_frame = frames[len(frames) // 2]
+            return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
+                                  "the models read greyscale B-mode only", view="other", quality="colour Doppler")
+        x = preprocess(frames, spec)
+        t_pre += time.perf_counter() - t
+        t = time.perf_counter()
+        probs.append(post.softmax(gate.run(x)[0]))
+        t_gate += time.perf_counter() - t
+        for j, i in enumerate(chunk):
+            keep[i] = (frames[j], x[j])
+        used += chunk
+        if len(keep) > 3 * batch_size:  # hold only what the clinical models may need
+            _trim(keep, used)
+    a.frame_numbers = [i + 1 for i in used]
+    a.frames_analysed = len(used)
+    a.subsampled = a.frames_analysed < a.frames_total
+    a.subsample_reasons = reasons if a.subsampled else []
+    p = np.concatenate(probs)
+    labels = registry.get("gate").entry["labels"]
+    min_prob = float(gate.thresholds.get("min_prob", 0.6))
+    decided = np.where(p.max(1) >= min_prob, p.argmax(1), -1)
+    names = [labels[d] if d >= 0 else "uncertain" for d in decided]
+    counts = {k: names.count(k) for k in sorted(set(names))}
+    top = max(counts, key=counts.get)
+    a.gate = {"per_frame": [{"frame": f, "label": nm, "p": round(float(p[i].max()), 3)}
+                            for i, (f, nm) in enumerate(zip(a.frame_numbers, names))],
+              "counts": counts, "model": _model_id(gate)}
+    a.view = top if top in ("lung", "fast", "other") else "unknown"
+    poor = {k: v for k, v in counts.items() if k in ("no_contact", "too_dark", "saturated")}
+    a.quality = max(poor, key=poor.get) if poor and sum(poor.values()) * 2 >= len(names) else "good"
+    a.timing_ms.update(decode=round(t_decode * 1000, 1), preprocess=round(t_pre * 1000, 1), gate=round(t_gate * 1000, 1))
+
+    # the last frames are the ones still in memory; re-decode the rest only when needed
+    for task, model in clinical.items():
+        want = VIEW_OF[task]
+        rows = [i for i, d in enumerate(decided) if d == want]
+        share = len(rows) / max(1, len(decided))
+        if share < VIEW_SHARE:
+            reason = _why_not(task, counts, len(names), min_prob)
+            a.results.append(Result(task, _model_id(model), False, reason, 0.0,
+                                    {"view_share": round(share, 3)}, a.view, a.quality, a.frame_numbers))
+            continue
+        t = time.perf_counter()
+        chosen = [used[i] for i in rows]
+        frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec)
+        outs = _batched(model, x, batch_size)
+        conf = float(np.mean(p[rows, want]))
+        fn = _lung if task == "lung" else _fast
+        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames.shape[1:3])
+        result["view_share"] = round(share, 3)
+        a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
+                                [c + 1 for c in chosen]))
+        a.overlay_frame, a.overlay = frames[overlay_i], overlay
+        a.timing_ms[task] = round((time.perf_counter() - t) * 1000, 1)
+    if a.overlay_frame is None and keep:
+        a.overlay_frame = keep[used[len(used) // 2]][0] if used[len(used) // 2] in keep else next(iter(keep.values()))[0]
+    a.timing_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+    return a
+
+
+def _why_not(task: str, counts: dict, n: int, min_prob: float) -> str:
+    view = "lung" if task == "lung" else "FAST (abdominal)"
+    parts = ", ".join(f"{k} {v}/{n}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"not a {view} view of usable quality (view/quality gate per frame: {parts}; threshold p>={min_prob:g})"
+
+
+def _decode(ds, indices):
+    from ..dicom.frames import decode_frames
+    return decode_frames(ds, indices)
+
+
+def _trim(keep: dict, used: list[int]) -> None:
+    for i in list(keep)[:-32]:
+        keep.pop(i, None)
+
+
+def _gather(ds, chosen, keep, decode, spec, gate_spec):
+    """Frames and model inputs for the chosen indices: from memory when still held."""
+    missing = [i for i in chosen if i not in keep]
+    if missing:
+        for start in range(0, len(missing), 16):
+            part = missing[start:start + 16]
+            fr = decode(ds, part)
+            xs = preprocess(fr, gate_spec)
+            for j, i in enumerate(part):
+                keep[i] = (fr[j], xs[j])
+    frames = np.stack([keep[i][0] for i in chosen])
+    if spec == gate_spec:
+        x = np.stack([keep[i][1] for i in chosen])
+    else:
+        x = preprocess(frames, spec)
+    return frames, x
+
+
+def _batched(model, x, batch_size):
+    outs = None
+    for s in range(0, len(x), batch_size):
+        o = model.run(x[s:s + batch_size])
+        outs = [[v] for v in o] if outs is None else [a + [v] for a, v in zip(outs, o)]
+    return [np.concatenate(v) for v in outs]
+
+
+def _lung(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
+    th = model.thresholds
+    cols, rows = outs
+    h, w = size
+    in_h, in_w = model.entry["input"]["shape"][2:]
+    probs = post.sigmoid(cols)
+    per_frame = []
+    for f, pc, pr in zip(frame_numbers, probs, rows):
+        n, runs = post.count_blines(pc, float(th["bline"]))
+        scale = w / pc.shape[0]
+        per_frame.append({"frame": f, "b_lines": n,
+                          "columns": [[round(a * scale), round(b * scale)] for a, b in runs],
+                          "pleura_row": round(post.pleura_row(pr, in_h) * h / in_h)})
+    counts = [r["b_lines"] for r in per_frame]
+    pattern_min = int(th.get("pattern_min_blines", 3))
+    pattern = "B-line pattern" if max(counts) >= pattern_min else "A-line pattern"
+    best = int(np.argmax(counts))
+    result = {"b_line_counts": counts, "max_b_lines": max(counts), "pattern": pattern,
+              "pattern_rule": f">= {pattern_min} B-lines in a frame", "frames": per_frame,
+              "pleural_line_row": int(np.median([r["pleura_row"] for r in per_frame])),
+              "column_evidence": [round(float(v), 3) for v in probs[best]]}
+    overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
+               "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}
+    return result, best, overlay
+
+
+def _fast(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
+    th = model.thresholds
+    (logits,) = outs
+    h, w = size
+    masks = np.stack([post.fluid_mask(l, float(th["pixel"])) for l in logits])
+    areas = masks.reshape(len(masks), -1).sum(1)
+    min_px = int(th["min_area_px"])
+    with_fluid = int((areas >= min_px).sum())
+    present = with_fluid >= max(1, int(np.ceil(0.3 * len(masks))))
+    best = int(np.argmax(areas))
+    px_per_cell = (h / masks.shape[1]) * (w / masks.shape[2])
+    result = {"fluid_present": bool(present), "frames_with_fluid": with_fluid,
+              "fluid_area_px": int(round(float(areas[best]) * px_per_cell)),
+              "fluid_area_fraction": round(float(areas[best]) / masks[0].size, 4),
+              "frame_of_max_area": frame_numbers[best],
+              "area_per_frame_px": [int(round(float(v) * px_per_cell)) for v in areas]}
+    overlay = {"kind": "fast", "mask": masks[best], "frame": frame_numbers[best]}
+    return result, best, overlay
+
+
+def area_cm2(ds, area_px: int) -> float | None:
+    """Physical area when the image carries an ultrasound region calibration in cm."""
+    try:
+        region = ds.SequenceOfUltrasoundRegions[0]
+        if int(region.PhysicalUnitsXDirection) == 3 and int(region.PhysicalUnitsYDirection) == 3:
+            return round(area_px * float(region.PhysicalDeltaX) * float(region.PhysicalDeltaY), 2)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def summary(a: Analysis) -> dict[str, Any]:
+    return {"view": a.view, "quality": a.quality, "frames_total": a.frames_total,
+            "frames_analysed": a.frames_analysed, "subsampled": a.subsampled,
+            "results": {r.task: {"assessable": r.assessable, "reason": r.reason, **r.result} for r in a.results}}

@@ -1,0 +1,149 @@
+"""An analysis as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) via highdicom.
+
+Each clinical model gives one measurement group (TID 1501) that references the source
+instance and the frames it read, names the algorithm (name, version and model SHA-256 as
+a parameter), and carries its results: per-frame B-line counts and the clip pattern, or
+free-fluid presence and area, or a "not assessable" evaluation with the reason.
+
+Handheld exports often lack attributes highdicom insists on (type-2 patient and study
+attributes, which it copies from the evidence). The SR is built against a header-only copy
+of the source with those filled in as empty values, which is what type 2 allows, so a
+sparse export still gets its report. No 3D coordinates are used, so a missing Frame of
+Reference does not matter.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+
+import highdicom as hd
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .runner import Analysis
+
+SCHEME = "99FIELDKIT"  # private coding scheme (PS3.16: "99" prefix) for concepts with no standard code
+
+
+def _code(value: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning)
+
+
+BLINE_COUNT = _code("BLC", "B-line count")
+MAX_BLINE_COUNT = _code("BLMAX", "Maximum B-line count in a frame")
+LUNG_PATTERN = _code("LPAT", "Lung ultrasound pattern")
+A_PATTERN = _code("APAT", "A-line pattern")
+B_PATTERN = _code("BPAT", "B-line pattern")
+FREE_FLUID = _code("FFL", "Free fluid")
+ASSESSABILITY = _code("ASSESS", "Assessability")
+NOT_ASSESSABLE = _code("NA", "Not assessable")
+ASSESSABLE = _code("OK", "Assessable")
+PLEURA_ROW = _code("PLROW", "Pleural line row")
+UNIT_LINES = CodedConcept(value="{lines}", scheme_designator="UCUM", meaning="lines")
+UNIT_PX = CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
+
+TYPE2 = {  # type-2 attributes highdicom copies from the evidence: present, possibly empty
+    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "",
+    "StudyID": "", "AccessionNumber": "", "ReferringPhysicianName": "",
+    "StudyDate": "", "StudyTime": "",
+}
+
+
+def derived_uid(root: str, *parts: str) -> str:
+    """A UID that is the same for the same inputs, so a re-run yields the same SR UID."""
+    n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
+    root = (root or "2.25").rstrip(".")
+    if root == "2.25":
+        return f"2.25.{n}"
+    uid = f"{root}.1{n}"
+    return uid[:64].rstrip(".")
+
+
+def evidence_header(ds: Dataset) -> Dataset:
+    """Header-only copy of the source with missing type-2 attributes present and empty."""
+    header = Dataset()
+    for elem in ds:
+        if elem.tag.group == 0x7FE0:  # pixel data: the SR only references it
+            continue
+        header.add(copy.deepcopy(elem))
+    header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
+    for keyword, empty in TYPE2.items():
+        if keyword not in header or header.get(keyword) is None:
+            setattr(header, keyword, empty)
+    if not header.get("StudyDate"):
+        # highdicom formats the study date/time; an empty one is valid DICOM but trips it
+        now = datetime.datetime.now()
+        header.StudyDate = header.get("ContentDate") or header.get("SeriesDate") or now.strftime("%Y%m%d")
+        header.StudyTime = header.get("ContentTime") or header.get("SeriesTime") or now.strftime("%H%M%S")
+    return header
+
+
+def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id: str = "",
+             manufacturer: str = "fieldkit", device_uid: str | None = None) -> Dataset:
+    source_uid = str(ds.SOPInstanceUID)
+    models = ",".join(f"{r.model['name']}={r.model['sha256']}" for r in analysis.results)
+    evidence = evidence_header(ds)
+    frames = analysis.frame_numbers if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
+
+    groups = []
+    for r in analysis.results:
+        algo = hd.sr.AlgorithmIdentification(name=r.model["name"], version=r.model["version"],
+                                             parameters=[f"sha256={r.model['sha256']}"])
+        source = [hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=source_uid,
+            referenced_frame_numbers=(r.frames or analysis.frame_numbers) if frames else None)]
+        site = codes.SCT.Lung if r.task == "lung" else codes.SCT.Abdomen
+        evaluations = [hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if r.assessable else NOT_ASSESSABLE)]
+        measurements = []
+        if r.assessable and r.task == "lung":
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                LUNG_PATTERN, B_PATTERN if r.result["pattern"] == "B-line pattern" else A_PATTERN))
+            measurements.append(hd.sr.Measurement(MAX_BLINE_COUNT, float(r.result["max_b_lines"]), UNIT_LINES,
+                                                  algorithm_id=algo))
+            for fr in r.result["frames"]:
+                refs = [hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), source_uid,
+                                                        [fr["frame"]] if frames else None)]
+                measurements.append(hd.sr.Measurement(BLINE_COUNT, float(fr["b_lines"]), UNIT_LINES,
+                                                      algorithm_id=algo, referenced_images=refs))
+            measurements.append(hd.sr.Measurement(PLEURA_ROW, float(r.result["pleural_line_row"]), UNIT_PX,
+                                                  algorithm_id=algo))
+        elif r.assessable and r.task == "fast":
+            present = r.result["fluid_present"]
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                FREE_FLUID, codes.DCM.Present if present else codes.DCM.Absent))
+            if r.result.get("fluid_area_cm2") is not None:
+                measurements.append(hd.sr.Measurement(codes.SCT.Area, float(r.result["fluid_area_cm2"]),
+                                                      codes.UCUM.SquareCentimeter, algorithm_id=algo))
+            else:
+                measurements.append(hd.sr.Measurement(codes.SCT.Area, float(r.result["fluid_area_px"]), UNIT_PX,
+                                                      algorithm_id=algo))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(uid_root, source_uid, r.model["name"], "track"),
+                                                         identifier=f"{r.model['name']} {r.model['version']}"),
+            finding_type=LUNG_PATTERN if r.task == "lung" else FREE_FLUID,
+            algorithm_id=algo, finding_sites=[hd.sr.FindingSite(site)],
+            measurements=measurements or None, qualitative_evaluations=evaluations, source_images=source))
+
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid or derived_uid(uid_root, "fieldkit-device", kit_id), name=f"fieldkit {kit_id}".strip(),
+            manufacturer_name=manufacturer))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.Ultrasonography,
+        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[evidence], content=report,
+        series_instance_uid=derived_uid(uid_root, source_uid, "sr-series"),
+        series_number=999, sop_instance_uid=derived_uid(uid_root, source_uid, models, "sr"),
+        instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
+        series_description="fieldkit AI findings (not for diagnosis)")
+    # the report belongs to the same patient record as its source, whatever highdicom copied
+    for keyword in ("PatientID", "IssuerOfPatientID"):
+        if keyword in ds:
+            setattr(sr, keyword, ds.data_element(keyword).value)
+    return sr

@@ -1,0 +1,162 @@
+"""Held-out metrics of the reference models on freshly simulated data (numpy + onnxruntime).
+
+The training script writes these numbers (with 95 % confidence intervals) into each
+manifest entry and model card; the tests call the same functions with other seeds and
+fail when a model does worse than its card says.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import simulator as S  # noqa: E402
+from fieldkit.inference import postprocess as post  # noqa: E402
+from fieldkit.inference.preprocess import preprocess  # noqa: E402
+
+SPEC = {"colour": "luma-bt601", "size": [128, 128], "resample": "bilinear", "scale": 1 / 255, "layout": "NCHW"}
+LUNG_BINS = 64  # per-column B-line evidence bins over the input width
+PLEURA_BINS = 32
+FLUID_SIZE = 64
+
+
+# ----------------------------------------------------------------------- targets
+
+def lung_targets(s: S.Sample, w: int, h: int):
+    cols = np.zeros(LUNG_BINS, np.float32)
+    for c0, c1 in s.bline_cols:
+        b0 = int(np.clip(c0 / w * LUNG_BINS, 0, LUNG_BINS - 1))
+        b1 = int(np.clip(c1 / w * LUNG_BINS, 0, LUNG_BINS - 1))
+        cols[b0:b1 + 1] = 1
+    row = int(np.clip(s.pleura_row / h * PLEURA_BINS, 0, PLEURA_BINS - 1))
+    return cols, row
+
+
+def fluid_target(s: S.Sample) -> np.ndarray:
+    from PIL import Image
+    m = Image.fromarray(s.fluid_mask.astype(np.uint8) * 255).resize((FLUID_SIZE, FLUID_SIZE), Image.BILINEAR)
+    return (np.asarray(m) >= 128).astype(np.float32)
+
+
+def make_gate_set(n_per_class: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for label in range(len(S.GATE_CLASSES)):
+        for _ in range(n_per_class):
+            s = S.simulate_gate(rng, label)
+            xs.append(preprocess(s.image[None], SPEC)[0])
+            ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
+def make_lung_set(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xs, cols, rows, counts = [], [], [], []
+    for _ in range(n):
+        s = S.simulate_lung(rng)
+        h, w = s.image.shape[:2]
+        xs.append(preprocess(s.image[None], SPEC)[0])
+        c, r = lung_targets(s, w, h)
+        cols.append(c); rows.append(r); counts.append(len(s.bline_cols))
+    return np.stack(xs), np.stack(cols), np.array(rows), np.array(counts)
+
+
+def make_fast_set(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xs, masks = [], []
+    for _ in range(n):
+        s = S.simulate_fast(rng)
+        xs.append(preprocess(s.image[None], SPEC)[0])
+        masks.append(fluid_target(s))
+    return np.stack(xs), np.stack(masks)
+
+
+# ----------------------------------------------------------------------- statistics
+
+def wilson(k: int, n: int, z: float = 1.96):
+    """Proportion with its Wilson 95 % interval."""
+    if n == 0:
+        return {"value": None, "ci95": [None, None], "n": 0}
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return {"value": round(p, 4), "ci95": [round(max(0, c - h), 4), round(min(1, c + h), 4)], "n": n}
+
+
+def bootstrap_mean(values, seed=0, reps=1000):
+    v = np.asarray(values, float)
+    if len(v) == 0:
+        return {"value": None, "ci95": [None, None], "n": 0}
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (reps, len(v)))].mean(axis=1)
+    return {"value": round(float(v.mean()), 4),
+            "ci95": [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)],
+            "n": int(len(v))}
+
+
+def _run(session, x, batch=64):
+    name = session.get_inputs()[0].name
+    outs = None
+    for i in range(0, len(x), batch):
+        o = session.run(None, {name: x[i:i + batch]})
+        outs = [[a] for a in o] if outs is None else [p + [a] for p, a in zip(outs, o)]
+    return [np.concatenate(p) for p in outs]
+
+
+# ----------------------------------------------------------------------- metrics
+
+def gate_metrics(session, thresholds: dict, n_per_class=60, seed=10_001):
+    x, y = make_gate_set(n_per_class, seed)
+    probs = post.softmax(_run(session, x)[0])
+    pred = np.where(probs.max(axis=1) >= thresholds["min_prob"], probs.argmax(axis=1), -1)
+    out = {"accuracy": wilson(int((pred == y).sum()), len(y))}
+    for i, name in ((0, "lung"), (1, "fast")):
+        pos = y == i
+        out[f"{name}_sensitivity"] = wilson(int((pred[pos] == i).sum()), int(pos.sum()))
+        out[f"{name}_specificity"] = wilson(int((pred[~pos] != i).sum()), int((~pos).sum()))
+    bad = y >= 3
+    out["poor_quality_sensitivity"] = wilson(int((pred[bad] >= 3).sum()), int(bad.sum()))
+    return out
+
+
+def lung_metrics(session, thresholds: dict, n=300, seed=20_001):
+    x, _, rows, counts = make_lung_set(n, seed)
+    cols_logit, row_logit = _run(session, x)
+    probs = post.sigmoid(cols_logit)
+    pred = np.array([post.count_blines(p, thresholds["bline"])[0] for p in probs])
+    pat_true = counts >= thresholds["pattern_min_blines"]
+    pat_pred = pred >= thresholds["pattern_min_blines"]
+    tp = int((pat_true & pat_pred).sum()); fp = int((~pat_true & pat_pred).sum()); fn = int((pat_true & ~pat_pred).sum())
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    row_px = np.array([post.pleura_row(r, SPEC["size"][0]) for r in row_logit])
+    row_true = (rows + 0.5) * SPEC["size"][0] / PLEURA_BINS
+    return {
+        "bline_pattern_sensitivity": wilson(tp, int(pat_true.sum())),
+        "bline_pattern_specificity": wilson(int((~pat_true & ~pat_pred).sum()), int((~pat_true).sum())),
+        "bline_pattern_f1": {"value": round(f1, 4), "n": n},
+        "bline_count_exact": wilson(int((pred == counts).sum()), n),
+        "bline_count_within_1": wilson(int((np.abs(pred - counts) <= 1).sum()), n),
+        "pleura_row_mae_px": bootstrap_mean(np.abs(row_px - row_true), seed),
+    }
+
+
+def fast_metrics(session, thresholds: dict, n=200, seed=30_001):
+    x, masks = make_fast_set(n, seed)
+    logits = _run(session, x)[0]
+    pred = np.stack([post.fluid_mask(l, thresholds["pixel"]) for l in logits])
+    min_px = thresholds["min_area_px"]
+    present_true = masks.reshape(n, -1).sum(1) >= min_px
+    present_pred = pred.reshape(n, -1).sum(1) >= min_px
+    dices = [post.dice(p, m > 0.5) for p, m, t in zip(pred, masks, present_true) if t]
+    return {
+        "fluid_sensitivity": wilson(int((present_pred & present_true).sum()), int(present_true.sum())),
+        "fluid_specificity": wilson(int((~present_pred & ~present_true).sum()), int((~present_true).sum())),
+        "fluid_dice_positive": bootstrap_mean(dices, seed),
+    }

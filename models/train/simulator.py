@@ -1,0 +1,474 @@
+"""A small, physics-inspired B-mode ultrasound simulator (numpy only).
+
+No real lung or FAST data can be had for training, so the reference models learn from
+this. It is deliberately simple but follows how a scanner forms an image:
+
+1. An *echogenicity map* is drawn in the beam domain (depth x scan line): tissue layers,
+   organs, fluid (anechoic), bone (bright surface, acoustic shadow), the pleura and its
+   artefacts (A-line reverberations at multiples of the pleural depth, B-lines: bright
+   vertical ring-down artefacts from the pleura to the bottom of the image).
+2. *Speckle*: the map multiplies fully developed speckle (the intensity of a complex
+   Gaussian field smoothed by an axial/lateral point-spread function, so grains are
+   elongated laterally as on a real scanner).
+3. *Depth gain*: attenuation exp(-2 a f z) partly compensated by time-gain compensation,
+   then log compression to a dynamic range and an overall gain; too little gain gives a
+   "too dark" frame, too much a "saturated" one.
+4. *Scan conversion* to a display frame for a convex, phased (sector) or linear probe,
+   with black outside the field of view and vendor-style text clutter in the margins.
+
+Every generator takes a `numpy.random.Generator` and returns a `Sample`: the display
+frame (H, W, 3) uint8 RGB plus its ground truth in display coordinates. Runtime is a few
+milliseconds per frame, so tests can simulate fresh held-out sets.
+
+Classes of the view/quality gate (index = label):
+    0 lung, 1 fast (abdominal), 2 other, 3 no_contact, 4 too_dark, 5 saturated
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+GATE_CLASSES = ("lung", "fast", "other", "no_contact", "too_dark", "saturated")
+BEAM_DEPTH = 160  # samples along a scan line
+BEAM_LINES = 128  # scan lines
+DISPLAY_SIZES = ((240, 320), (256, 256), (300, 400), (480, 640))
+
+
+@dataclass
+class Geometry:
+    kind: str  # convex | phased | linear
+    height: int
+    width: int
+    apex_x: float
+    apex_y: float
+    r0: float  # radius of the probe face (0 for phased)
+    depth_px: float  # imaging depth in display pixels
+    half_angle: float  # radians (convex/phased)
+    half_width: float  # display pixels (linear)
+
+    def beam_index(self):
+        """Per display pixel: (depth sample, scan line) indices and an in-view mask."""
+        yy, xx = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
+        if self.kind == "linear":
+            d = (yy - self.apex_y) / self.depth_px
+            l = (xx - (self.apex_x - self.half_width)) / (2 * self.half_width)
+        else:
+            dx, dy = xx - self.apex_x, yy - self.apex_y
+            r = np.sqrt(dx * dx + dy * dy)
+            theta = np.arctan2(dx, dy)
+            d = (r - self.r0) / self.depth_px
+            l = (theta + self.half_angle) / (2 * self.half_angle)
+        inside = (d >= 0) & (d < 1) & (l >= 0) & (l < 1)
+        di = np.clip((d * BEAM_DEPTH).astype(np.int32), 0, BEAM_DEPTH - 1)
+        li = np.clip((l * BEAM_LINES).astype(np.int32), 0, BEAM_LINES - 1)
+        return di, li, inside
+
+    def to_display(self, depth_frac: float, line_frac: float) -> tuple[float, float]:
+        """(row, col) in the display of a beam-domain point."""
+        if self.kind == "linear":
+            return (self.apex_y + depth_frac * self.depth_px,
+                    self.apex_x - self.half_width + line_frac * 2 * self.half_width)
+        theta = (line_frac * 2 - 1) * self.half_angle
+        r = self.r0 + depth_frac * self.depth_px
+        return self.apex_y + r * np.cos(theta), self.apex_x + r * np.sin(theta)
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    gate: int  # index into GATE_CLASSES
+    pleura_row: float = -1.0  # lung: display row of the pleural line at the centre line
+    bline_cols: list = field(default_factory=list)  # lung: (col_start, col_end) display columns
+    fluid_mask: np.ndarray | None = None  # fast: (H, W) bool
+    params: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- geometry
+
+def random_geometry(rng, kind: str, size=None) -> Geometry:
+    h, w = size or DISPLAY_SIZES[rng.integers(len(DISPLAY_SIZES))]
+    top = h * rng.uniform(0.04, 0.12)
+    if kind == "linear":
+        depth = h * rng.uniform(0.75, 0.9)
+        return Geometry("linear", h, w, w / 2 + rng.uniform(-0.05, 0.05) * w, top, 0.0, depth,
+                        0.0, w * rng.uniform(0.25, 0.38))
+    if kind == "phased":
+        depth = h * rng.uniform(0.8, 0.92)
+        return Geometry("phased", h, w, w / 2 + rng.uniform(-0.04, 0.04) * w, top, 0.0, depth,
+                        np.radians(rng.uniform(36, 45)), 0.0)
+    r0 = h * rng.uniform(0.12, 0.3)
+    depth = h * rng.uniform(0.7, 0.85)
+    return Geometry("convex", h, w, w / 2 + rng.uniform(-0.04, 0.04) * w, top - r0, r0, depth,
+                    np.radians(rng.uniform(28, 40)), 0.0)
+
+
+# ------------------------------------------------------------------------- primitives
+
+def _smooth(a, axis, k):
+    """Box-smooth along one axis with a window of k samples (cheap PSF)."""
+    if k <= 1:
+        return a
+    c = np.cumsum(a, axis=axis)
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (1, 0)
+    c = np.pad(c, pad)
+    n = a.shape[axis]
+    lo = np.clip(np.arange(n) - k // 2, 0, n)
+    hi = np.clip(np.arange(n) + (k - k // 2), 0, n)
+    out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis))
+    shape = [1] * a.ndim
+    shape[axis] = n
+    return out / (hi - lo).reshape(shape)
+
+
+def speckle(rng, shape=(BEAM_DEPTH, BEAM_LINES), axial=2, lateral=3):
+    z = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    z = _smooth(_smooth(z, 0, axial), 1, lateral)
+    s = np.abs(z) ** 2
+    return s / s.mean()
+
+
+def texture(rng, scale, shape=(BEAM_DEPTH, BEAM_LINES)):
+    """Smooth random field around 1 (tissue inhomogeneity)."""
+    t = rng.standard_normal(shape)
+    k = max(2, int(scale))
+    t = _smooth(_smooth(t, 0, k), 1, k)
+    t = (t - t.mean()) / (t.std() + 1e-6)
+    return np.exp(0.35 * t)
+
+
+def _grid():
+    d = np.linspace(0, 1, BEAM_DEPTH, dtype=np.float64)[:, None]
+    l = np.linspace(0, 1, BEAM_LINES, dtype=np.float64)[None, :]
+    return d, l
+
+
+def ellipse(cd, cl, rd, rl, angle=0.0):
+    d, l = _grid()
+    ca, sa = np.cos(angle), np.sin(angle)
+    u = ((d - cd) * ca + (l - cl) * sa) / rd
+    v = (-(d - cd) * sa + (l - cl) * ca) / rl
+    return u * u + v * v
+
+
+def shadow_below(mask):
+    """True below the first True of each scan line (acoustic shadow of bone/gas)."""
+    return np.maximum.accumulate(mask, axis=0)
+
+
+# ----------------------------------------------------------------------- image formation
+
+def form_image(rng, echo, geom: Geometry, gain_db=None, clutter=True, noise_floor=1e-3):
+    """Echogenicity map -> speckled, attenuated, log-compressed, scan-converted RGB frame."""
+    d, _ = _grid()
+    atten = np.exp(-rng.uniform(1.0, 2.5) * d)  # residual after TGC
+    env = echo * speckle(rng) * atten + noise_floor * speckle(rng)
+    dr = rng.uniform(45, 60)
+    if gain_db is None:
+        gain_db = rng.uniform(-4, 4)
+    db = 10 * np.log10(env + 1e-9) + gain_db
+    beam = np.clip((db + 0.5 * dr + 5) / dr, 0, 1) * 255  # soft tissue lands mid-grey
+    di, li, inside = geom.beam_index()
+    gray = np.where(inside, beam[di, li], 0).astype(np.uint8)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    if clutter:
+        add_clutter(rng, rgb, geom)
+    return rgb
+
+
+def add_clutter(rng, rgb, geom):
+    """Vendor UI: text blocks in the margins, a depth scale, an orientation marker."""
+    h, w, _ = rgb.shape
+    for _ in range(rng.integers(2, 9)):
+        th = int(rng.integers(5, 10) * h / 240)
+        tw = int(rng.integers(15, 60) * w / 320)
+        y = int(rng.integers(0, max(1, h - th)))
+        x = int(rng.choice([rng.integers(0, max(1, w // 6)), rng.integers(max(1, w - w // 5 - tw), max(2, w - tw))]))
+        block = rng.random((th, tw)) < 0.45
+        val = int(rng.integers(150, 256))
+        rgb[y:y + th, x:x + tw][block] = val
+    # depth scale dots
+    x = int(min(w - 3, geom.apex_x + geom.half_width + w * 0.3)) if geom.kind == "linear" else int(w * rng.uniform(0.8, 0.95))
+    for y in np.linspace(geom.apex_y + geom.r0 + 2, min(h - 2, geom.apex_y + geom.r0 + geom.depth_px), 6):
+        yy = int(np.clip(y, 0, h - 2))
+        rgb[yy:yy + 2, x:x + 2] = 200
+    if rng.random() < 0.5:  # orientation marker, sometimes coloured
+        y, x = int(h * 0.05), int(w * rng.uniform(0.2, 0.8))
+        rgb[y:y + 3, x:x + 3] = rng.integers(100, 256, 3)
+
+
+# ----------------------------------------------------------------------------- lung
+
+def lung_echo(rng, n_blines=None, consolidation=None):
+    """Beam-domain lung: chest wall, ribs, pleura, A-lines or B-lines, consolidation."""
+    d, l = _grid()
+    p = rng.uniform(0.18, 0.4)  # pleural depth (fraction of imaging depth)
+    echo = np.full((BEAM_DEPTH, BEAM_LINES), 0.25) * texture(rng, 8)
+    # chest wall: muscle fascia layers
+    for fd in rng.uniform(0.03, p - 0.03, rng.integers(1, 4)):
+        echo += 1.2 * np.exp(-((d - fd) / 0.006) ** 2)
+    # ribs: bright curved cap at or just above the pleural depth, then shadow
+    ribs = []
+    for _ in range(rng.integers(0, 3)):
+        c, half = rng.uniform(0.05, 0.95), rng.uniform(0.06, 0.12)
+        ribs.append((c, half))
+    below = d > p
+    air = below.astype(float)
+    echo = np.where(below, 0.02 * texture(rng, 12), echo)
+    pleura = 2.5 * np.exp(-((d - p) / 0.007) ** 2)
+    sliding = texture(rng, 3)  # lung sliding gives a shimmering, granular pleura
+    echo += pleura * sliding
+    if n_blines is None:
+        n_blines = int(rng.choice([0, 0, 0, 1, 2, 3, 4, 5, 6, 7]))
+    # A-lines: reverberations of the pleura at multiples of its depth, fading with depth
+    a_strength = rng.uniform(0.5, 1.2) * (1.0 if n_blines <= 2 else rng.uniform(0.1, 0.6))
+    k = 2
+    while k * p < 1:
+        echo += air * a_strength * 0.7 ** (k - 2) * np.exp(-((d - k * p) / 0.008) ** 2)
+        k += 1
+    # B-lines: laser-like vertical artefacts from the pleura to the bottom, erasing A-lines
+    blines = []
+    lo, hi = 0.06, 0.94
+    tries = 0
+    while len(blines) < n_blines and tries < 200:
+        tries += 1
+        c = rng.uniform(lo, hi)
+        wdt = rng.uniform(0.008, 0.025)
+        if any(abs(c - b[0]) < (wdt + b[1]) + 0.04 for b in blines):
+            continue
+        if any(abs(c - rc) < rh for rc, rh in ribs):
+            continue  # under a rib, the pleura is not seen
+        blines.append((c, wdt))
+    for c, wdt in blines:
+        prof = np.exp(-((l - c) / wdt) ** 2)
+        strength = rng.uniform(1.0, 2.5)
+        echo = np.where(below, echo * (1 - 0.8 * prof) + air * strength * prof, echo)
+    if consolidation is None:
+        consolidation = rng.random() < 0.15
+    if consolidation:
+        c, wl = rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.25)
+        depth = rng.uniform(0.1, 0.3)
+        region = below & (np.abs(l - c) < wl) & (d < p + depth * (1 - ((l - c) / wl) ** 2))
+        tissue = 0.35 * texture(rng, 6)
+        bronchi = (rng.random(echo.shape) < 0.01) * 3.0
+        echo = np.where(region, tissue + bronchi, echo)
+    # rib shadows last: nothing below the rib surface shows
+    for c, half in ribs:
+        span = np.abs(l - c) < half
+        rd = p - rng.uniform(0.0, 0.04)
+        cap = span & (np.abs(d - rd - 0.03 * ((l - c) / half) ** 2) < 0.008)
+        echo = np.where(span & (d > rd), 0.01, echo)
+        echo = np.where(cap, 3.0, echo)
+    return echo, p, blines, ribs
+
+
+def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=None) -> Sample:
+    if geom is None:
+        geom = random_geometry(rng, "linear" if rng.random() < 0.5 else "convex")
+    echo, p, blines, ribs = lung_echo(rng, n_blines, consolidation)
+    img = form_image(rng, echo, geom, gain_db)
+    row = geom.to_display(p, 0.5)[0]
+    cols = []
+    for c, wdt in blines:
+        x0 = geom.to_display(p, max(0.0, c - wdt))[1]
+        x1 = geom.to_display(p, min(1.0, c + wdt))[1]
+        cols.append((float(min(x0, x1)), float(max(x0, x1))))
+    return Sample(img, 0, pleura_row=float(row), bline_cols=sorted(cols),
+                  params={"n_blines": len(blines), "pleura_depth": p, "ribs": len(ribs), "probe": geom.kind})
+
+
+def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320)):
+    """A short lung clip: fixed anatomy, B-lines drifting a little with respiration."""
+    geom = random_geometry(rng, "convex", size)
+    seed = int(rng.integers(2**31))
+    frames, truth = [], []
+    for i in range(n_frames):
+        r = np.random.default_rng(seed)  # same anatomy every frame...
+        s = simulate_lung(r, n_blines=n_blines, geom=geom, gain_db=0.0, consolidation=False)
+        frames.append(s.image)
+        truth.append(s)
+    return np.stack(frames), truth
+
+
+# ----------------------------------------------------------------------------- FAST
+
+def fast_echo(rng, fluid=None):
+    """Beam-domain abdomen: liver/spleen parenchyma, kidney, or bladder; optional fluid."""
+    d, l = _grid()
+    window = rng.choice(["ruq", "luq", "pelvis"])
+    echo = 0.3 * texture(rng, 10)
+    wall = rng.uniform(0.06, 0.14)
+    for fd in rng.uniform(0.02, wall, rng.integers(1, 3)):
+        echo += 1.0 * np.exp(-((d - fd) / 0.006) ** 2)
+    fluid_mask = np.zeros(echo.shape, bool)
+    if fluid is None:
+        fluid = rng.random() < 0.5
+    if window in ("ruq", "luq"):
+        # liver (RUQ) or spleen (LUQ): homogeneous parenchyma
+        organ = (d > wall) & (ellipse(0.45, rng.uniform(0.35, 0.6), 0.45, 0.6) < 1)
+        echo = np.where(organ, (0.55 if window == "ruq" else 0.5) * texture(rng, 5), echo)
+        # kidney: hypoechoic cortex ellipse with a bright central sinus
+        kd, kl = rng.uniform(0.55, 0.7), rng.uniform(0.4, 0.65)
+        ang = rng.uniform(-0.6, 0.6)
+        kq = ellipse(kd, kl, 0.16, 0.28, ang)
+        echo = np.where(kq < 1, 0.25 * texture(rng, 4), echo)
+        echo = np.where(kq < 0.3, 1.4 * texture(rng, 3), echo)
+        # diaphragm: bright curve deep to the organ
+        dia = np.abs(d - (0.85 - 0.25 * (l - 0.5) ** 2)) < 0.012
+        echo = np.where(dia, 2.5, echo)
+        if fluid:  # Morison's pouch / splenorenal recess: anechoic crescent around the kidney
+            thick = rng.uniform(0.06, 0.25)
+            outer = ellipse(kd, kl, 0.16 + thick * 0.3, 0.28 + thick * 0.4, ang)
+            arc = (outer < 1) & (kq >= 1) & (d < kd + rng.uniform(-0.05, 0.1))
+            fluid_mask = arc
+    else:
+        # pelvis: bladder (anechoic, smooth wall, posterior enhancement) and bowel
+        bd, bl = rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.6)
+        bq = ellipse(bd, bl, rng.uniform(0.15, 0.25), rng.uniform(0.2, 0.32))
+        echo = np.where((bq < 1.25) & (bq >= 1), 1.8, echo)
+        below = shadow_below(bq < 1) & (bq >= 1.25)
+        echo = np.where(below, echo * 1.8, echo)
+        bladder = bq < 1
+        echo = np.where(bladder, 0.004, echo)
+        for _ in range(rng.integers(1, 4)):  # bowel loops: bright rings with gas shadow
+            q = ellipse(rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.9), 0.05, 0.08)
+            ring = (q < 1) & (q > 0.5) & (bq >= 1.3)
+            echo = np.where(ring, 1.6, echo)
+        if fluid:  # free fluid in the pouch behind/beside the bladder: sharp-cornered triangle
+            fd, fl = bd + rng.uniform(0.15, 0.3), bl + rng.uniform(-0.2, 0.2)
+            tri = (np.abs(l - fl) < rng.uniform(0.06, 0.18) * (1 - np.abs(d - fd) / 0.1)) & (np.abs(d - fd) < 0.1)
+            fluid_mask = tri & (bq >= 1.25)
+    echo = np.where(fluid_mask, 0.004, echo)
+    # posterior acoustic enhancement below fluid
+    enh = shadow_below(fluid_mask) & ~fluid_mask
+    echo = np.where(enh, echo * 1.4, echo)
+    return echo, fluid_mask, window
+
+
+def simulate_fast(rng, fluid=None, geom=None, gain_db=None) -> Sample:
+    if geom is None:
+        geom = random_geometry(rng, "convex")
+    echo, fmask, window = fast_echo(rng, fluid)
+    img = form_image(rng, echo, geom, gain_db)
+    di, li, inside = geom.beam_index()
+    disp_mask = inside & fmask[di, li]
+    return Sample(img, 1, fluid_mask=disp_mask,
+                  params={"window": str(window), "fluid": bool(disp_mask.sum() > 0), "probe": geom.kind})
+
+
+# ----------------------------------------------------------------------------- other
+
+def _other_echo(rng):
+    d, l = _grid()
+    kind = rng.choice(["cardiac", "soft_tissue", "vessel", "thyroid", "ob", "muscle"])
+    echo = 0.3 * texture(rng, rng.uniform(3, 12))
+    if kind == "cardiac":
+        # apical view: chambers (blood is anechoic) separated by bright myocardium and valves
+        echo = 0.04 * texture(rng, 8)
+        myo = 0.9 * texture(rng, 4)
+        for cd, cl in ((0.35, 0.38), (0.35, 0.62), (0.72, 0.38), (0.72, 0.62)):
+            q = ellipse(cd + rng.uniform(-.05, .05), cl + rng.uniform(-.05, .05), rng.uniform(.12, .2), rng.uniform(.1, .15))
+            echo = np.where((q < 1.6) & (q >= 1), myo, echo)
+        septum = np.abs(l - 0.5 - rng.uniform(-0.03, 0.03)) < 0.03
+        echo = np.where(septum & (d > 0.15), myo * 1.3, echo)
+        valve = np.abs(d - rng.uniform(0.5, 0.58)) < 0.01
+        echo = np.where(valve, 2.0, echo)
+    elif kind == "soft_tissue":
+        for _ in range(rng.integers(1, 5)):
+            q = ellipse(rng.uniform(.2, .8), rng.uniform(.1, .9), rng.uniform(.05, .2), rng.uniform(.1, .3), rng.uniform(-1, 1))
+            echo = np.where(q < 1, rng.uniform(0.05, 1.0) * texture(rng, 4), echo)
+    elif kind == "vessel":
+        for _ in range(rng.integers(1, 3)):
+            c, r = rng.uniform(0.3, 0.7), rng.uniform(0.04, 0.1)
+            tube = np.abs(d - c - 0.1 * (l - 0.5)) < r
+            echo = np.where(np.abs(np.abs(d - c - 0.1 * (l - 0.5)) - r) < 0.01, 1.5, echo)
+            echo = np.where(tube, 0.004, echo)
+    elif kind == "thyroid":
+        echo = np.where(d < 0.55, 0.7 * texture(rng, 3), 0.2 * texture(rng, 8))
+        q = ellipse(0.4, rng.uniform(0.1, 0.3), 0.08, 0.08)
+        echo = np.where(q < 1, 0.004, echo)
+        echo = np.where(shadow_below(np.abs(l - 0.5) < 0.06) & (d > 0.2), 0.02, echo)  # trachea
+    elif kind == "ob":
+        sac = ellipse(0.5, 0.5, 0.3, 0.4)
+        echo = np.where(sac < 1, 0.004, echo)
+        fetus = ellipse(0.55, 0.5, 0.1, 0.18, rng.uniform(-1, 1))
+        echo = np.where(fetus < 1, 0.6 * texture(rng, 3), echo)
+    else:  # muscle: oblique fibrillar pattern
+        ang = rng.uniform(-0.5, 0.5)
+        stripes = 0.5 + 0.5 * np.sin(((d - 0.1) * np.cos(ang) + l * np.sin(ang)) * rng.uniform(40, 90))
+        echo = 0.2 + 0.6 * stripes * texture(rng, 4)
+        echo = np.where(d > rng.uniform(0.6, 0.8), 2.0 * (d < 0.85) + 0.01, echo)  # bone cortex + shadow
+    return echo, str(kind)
+
+
+def simulate_other(rng, geom=None) -> Sample:
+    echo, kind = _other_echo(rng)
+    if geom is None:
+        probe = {"cardiac": "phased", "thyroid": "linear", "vessel": "linear", "muscle": "linear"}.get(kind)
+        probe = probe or rng.choice(["convex", "linear", "phased"])
+        geom = random_geometry(rng, probe)
+    img = form_image(rng, echo, geom)
+    if rng.random() < 0.35:
+        add_colour_doppler(rng, img, geom)
+    return Sample(img, 2, params={"kind": kind, "probe": geom.kind})
+
+
+def add_colour_doppler(rng, rgb, geom):
+    """A colour-flow box with red/blue flow blobs and a colour bar."""
+    h, w, _ = rgb.shape
+    y0, x0 = int(h * rng.uniform(0.2, 0.4)), int(w * rng.uniform(0.25, 0.45))
+    y1, x1 = y0 + int(h * rng.uniform(0.2, 0.35)), x0 + int(w * rng.uniform(0.2, 0.35))
+    rgb[y0, x0:x1] = rgb[y1, x0:x1] = 220
+    rgb[y0:y1, x0] = rgb[y0:y1, x1] = 220
+    flow = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.1, 0.5)
+    red = rng.random() < 0.6
+    col = np.array([230, rng.integers(40, 200), 20] if red else [20, rng.integers(40, 160), 230], np.uint8)
+    rgb[y0:y1, x0:x1][flow] = col
+    bar_x = int(w * 0.02)
+    rgb[int(h * 0.2):int(h * 0.35), bar_x:bar_x + 5] = [230, 200, 20]
+    rgb[int(h * 0.35):int(h * 0.5), bar_x:bar_x + 5] = [20, 60, 230]
+
+
+# ---------------------------------------------------------------------------- quality
+
+def simulate_no_contact(rng) -> Sample:
+    """Probe in air: a few bright reverberation bands at the face, then only noise."""
+    geom = random_geometry(rng, rng.choice(["convex", "linear", "phased"]))
+    d, _ = _grid()
+    echo = np.zeros((BEAM_DEPTH, BEAM_LINES))
+    gap = rng.uniform(0.02, 0.05)
+    for k in range(1, rng.integers(2, 7)):
+        echo += 2.0 * 0.55 ** k * np.exp(-((d - k * gap) / 0.004) ** 2)
+    img = form_image(rng, echo + 1e-4, geom)
+    return Sample(img, 3, params={"probe": geom.kind})
+
+
+def _any_view(rng):
+    pick = rng.integers(3)
+    return (simulate_lung, simulate_fast, simulate_other)[pick]
+
+
+def simulate_too_dark(rng) -> Sample:
+    view = _any_view(rng)
+    s = view(rng) if view is simulate_other else view(rng, gain_db=rng.uniform(-45, -30))
+    if view is simulate_other:
+        s.image = (s.image.astype(np.float32) * rng.uniform(0.05, 0.2)).astype(np.uint8)
+    return Sample(s.image, 4, params={"from": s.params})
+
+
+def simulate_saturated(rng) -> Sample:
+    view = _any_view(rng)
+    s = view(rng) if view is simulate_other else view(rng, gain_db=rng.uniform(25, 40))
+    if view is simulate_other:
+        s.image = np.clip(s.image.astype(np.float32) * rng.uniform(3, 6) + 60, 0, 255).astype(np.uint8)
+    return Sample(s.image, 5, params={"from": s.params})
+
+
+GENERATORS = (simulate_lung, simulate_fast, simulate_other, simulate_no_contact,
+              simulate_too_dark, simulate_saturated)
+
+
+def simulate_gate(rng, label: int) -> Sample:
+    return GENERATORS[label](rng)
