@@ -1,0 +1,266 @@
+"""`fieldkit doctor`: one line per check, a fix for each failure, non-zero exit on failure.
+
+Every test runs the installed `fieldkit` command on a kit made by `fieldkit init`; only the
+battery and temperature sensors are faked (through `power.fake_probe_file`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fieldkit.config import Config, render_toml
+
+FIELDKIT = [str(Path(sys.executable).parent / "fieldkit")]
+PASSPHRASE = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*FIELDKIT, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def set_config(data_dir: Path, **dotted) -> None:
+    path = data_dir / "fieldkit.toml"
+    values = Config.load(path).as_dict()
+    values.update({k.replace("__", "."): v for k, v in dotted.items()})
+    path.write_text(render_toml(values))
+
+
+@pytest.fixture
+def kit(tmp_path) -> Path:
+    """A fresh kit on free ports, with one valid model bundle and sensors faked healthy."""
+    data_dir = tmp_path / "kit"
+    (tmp_path / "pp").write_text(PASSPHRASE + "\n")
+    result = run("init", "--data-dir", data_dir, "--passphrase-file", tmp_path / "pp", "--kit-id", "DOC1")
+    assert result.returncode == 0, result.stderr
+    set_config(data_dir, http__port=free_port(), dicom__port=free_port(), http__bind="127.0.0.1",
+               power__fake_probe_file=str(tmp_path / "power.json"))
+    write_power(data_dir, battery_percent=90, on_battery=False, temperature_c=45)
+    make_model_bundle(data_dir)
+    return data_dir
+
+
+def write_power(data_dir: Path, **values) -> None:
+    path = Path(Config.load(data_dir / "fieldkit.toml")["power.fake_probe_file"])
+    path.write_text(json.dumps(values))
+
+
+def make_model_bundle(data_dir: Path) -> Path:
+    """A signed bundle in DIR/models, signed by a key the kit is told to trust."""
+    from fieldkit.inference import bundle as B
+    bundle = data_dir / "models" / "view-gate"
+    bundle.mkdir(parents=True)
+    (bundle / "model.onnx").write_bytes(b"\x08\x07" + os.urandom(256))
+    entry = {"name": "view-gate", "version": "1.0.0", "task": "gate", "file": "model.onnx",
+             "input": {"shape": [1, 1, 64, 64]}, "preprocessing": {}, "outputs": ["p"],
+             "labels": ["lung"], "thresholds": {}, "intended_views": ["lung"], "model_card": "test"}
+    (bundle / B.MANIFEST).write_text(json.dumps(entry))
+    key = B.new_private_key()
+    B.sign_bundle(bundle, key)
+    trusted = Config.load(data_dir / "fieldkit.toml")["inference.trusted_keys"]
+    set_config(data_dir, inference__trusted_keys=[*trusted, B.public_key_text(key.public_key())])
+    return bundle / "model.onnx"
+
+
+def doctor(data_dir: Path, *extra) -> tuple[int, dict]:
+    result = run("doctor", "--data-dir", data_dir, "--json", "--timeout", 3, *extra)
+    assert result.stdout, result.stderr
+    report = json.loads(result.stdout)
+    return result.returncode, {c["name"]: c for c in report["checks"]}
+
+
+def failed(checks: dict) -> set[str]:
+    return {name for name, c in checks.items() if c["status"] == "fail"}
+
+
+def test_healthy_kit_exits_zero_with_a_line_per_check(kit):
+    result = run("doctor", "--data-dir", kit)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("cpu", "memory", "disk", "clock", "battery", "temperature", "https port",
+                 "dicom port", "tls", "models", "hospital", "queue"):
+        assert sum(line.split("] ", 1)[-1].startswith(name + ":") for line in lines) == 1, name
+    assert "[FAIL]" not in result.stdout
+    assert "battery: 90%, on mains" in result.stdout
+    assert "model bundle(s) verified" in result.stdout
+
+
+def test_no_sensors_is_not_a_failure(kit):
+    set_config(kit, power__fake_probe_file="")   # the real probe: this machine has none or real ones
+    code, checks = doctor(kit)
+    assert checks["battery"]["status"] == "ok" and checks["temperature"]["status"] in ("ok", "warn")
+    if "no battery sensor" not in checks["battery"]["message"]:
+        assert "%" in checks["battery"]["message"]
+
+
+def test_low_battery_fails_with_its_own_line(kit):
+    write_power(kit, battery_percent=12, on_battery=True, temperature_c=45)
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"battery"}
+    assert "12%" in checks["battery"]["message"] and checks["battery"]["fix"]
+
+
+def test_high_temperature_fails_with_its_own_line(kit):
+    write_power(kit, battery_percent=90, on_battery=False, temperature_c=91)
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"temperature"}
+    assert "91 °C" in checks["temperature"]["message"] and "shade" in checks["temperature"]["fix"]
+
+
+def test_full_disk_fails(kit):
+    write_power(kit, battery_percent=90, on_battery=False, temperature_c=45,
+                disk_free_bytes=200_000_000, disk_total_bytes=128_000_000_000)
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"disk"}
+    assert "0.2 GB free" in checks["disk"]["message"]
+
+
+def _reissue_server_cert(data_dir: Path, not_before: dt.datetime, not_after: dt.datetime,
+                         signer_key=None) -> None:
+    tls = data_dir / "tls"
+    ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
+    ca_key = signer_key or serialization.load_pem_private_key((tls / "ca.key").read_bytes(), None)
+    key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), None)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "kit")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .sign(ca_key, hashes.SHA256()))
+    (tls / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_expired_certificate_fails(kit):
+    now = dt.datetime.now(dt.timezone.utc)
+    _reissue_server_cert(kit, now - dt.timedelta(days=400), now - dt.timedelta(days=2))
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"tls"}
+    assert "expired" in checks["tls"]["message"]
+
+
+def test_certificate_expiring_soon_warns(kit):
+    now = dt.datetime.now(dt.timezone.utc)
+    _reissue_server_cert(kit, now - dt.timedelta(days=1), now + dt.timedelta(days=10))
+    code, checks = doctor(kit)
+    assert code == 0 and checks["tls"]["status"] == "warn" and "expires in" in checks["tls"]["message"]
+
+
+def test_certificate_from_another_ca_fails(kit):
+    now = dt.datetime.now(dt.timezone.utc)
+    _reissue_server_cert(kit, now, now + dt.timedelta(days=100), signer_key=ec.generate_private_key(ec.SECP256R1()))
+    code, checks = doctor(kit)
+    assert code == 1 and "not issued by the kit's CA" in checks["tls"]["message"]
+
+
+def test_tampered_model_fails(kit):
+    onnx = kit / "models" / "view-gate" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[10] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"models"}
+    assert "view-gate" in checks["models"]["message"] and "SHA-256 mismatch" in checks["models"]["message"]
+
+
+def test_unreachable_hospital_fails(kit):
+    set_config(kit, hospital__url=f"http://127.0.0.1:{free_port()}/dicom-web")
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"hospital"}
+    assert "does not answer" in checks["hospital"]["message"]
+
+
+def test_port_taken_by_another_program_fails(kit):
+    port = Config.load(kit / "fieldkit.toml")["dicom.port"]
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", port))
+        squatter.listen(1)
+        code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"dicom port"}
+    assert f"{port} is in use by process {os.getpid()}" in checks["dicom port"]["message"]
+
+
+def test_clock_behind_the_kits_own_files_fails(kit):
+    future = time.time() + 3 * 3600
+    os.utime(kit / "fieldkit.toml", (future, future))
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"clock"}
+    assert "went backwards" in checks["clock"]["fix"]
+
+
+def test_queue_backlog_and_oldest_unsent(kit):
+    from fieldkit.security.keys import Keyring
+    from fieldkit.store import Store
+    store = Store.open(kit, Keyring(kit).unlock_with_device_key(), Config.load(kit / "fieldkit.toml"))
+    try:
+        store.queue.enqueue("sync", {"what": "image"}, priority=90)
+        store.queue.enqueue("sync", {"what": "finding"}, priority=15)
+        store.queue.enqueue("infer", {"what": "cine"})
+    finally:
+        store.close()
+    code, checks = doctor(kit)
+    assert code == 0
+    msg = checks["queue"]["message"]
+    assert msg.startswith("2 item(s) waiting to sync, oldest unsent ") and "1 waiting for analysis" in msg
+
+
+def test_missing_data_dir_is_a_clean_error(tmp_path):
+    result = run("doctor", "--data-dir", tmp_path / "nope")
+    assert result.returncode != 0
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_running_kit_ports_and_queue_through_the_kit(kit):
+    proc = subprocess.Popen([*FIELDKIT, "serve", "--data-dir", str(kit)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (kit / "run.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        code, checks = doctor(kit)
+        assert checks["https port"]["status"] == "ok", checks["https port"]
+        assert "in use by the kit" in checks["https port"]["message"]
+        assert checks["queue"]["status"] == "ok" and "waiting to sync" in checks["queue"]["message"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_hospital_answers_and_checks_credentials(kit, tmp_path):
+    from fixtures.orthanc import _require_orthanc, start_orthanc
+    _require_orthanc()
+    hospital = start_orthanc(tmp_path / "orthanc", username="kit", password="s3cret-pass")
+    try:
+        (kit / "hospital.pw").write_text("s3cret-pass\n")
+        set_config(kit, hospital__url=hospital.base_url, hospital__auth="basic",
+                   hospital__username="kit", hospital__password_file="hospital.pw")
+        code, checks = doctor(kit)
+        assert code == 0 and checks["hospital"]["status"] == "ok", checks["hospital"]
+        assert "HTTP 200" in checks["hospital"]["message"]
+        (kit / "hospital.pw").write_text("wrong\n")
+        code, checks = doctor(kit)
+        assert code == 1 and failed(checks) == {"hospital"}
+        assert "refuses the kit's credentials (HTTP 401)" in checks["hospital"]["message"]
+        assert "s3cret" not in json.dumps(checks)
+    finally:
+        hospital.stop()
