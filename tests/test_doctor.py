@@ -45,7 +45,7 @@ def set_config(data_dir: Path, **dotted) -> None:
 
 
 @pytest.fixture
-def kit(tmp_path) -> Path:
+def doctor_kit(tmp_path) -> Path:
     """A fresh kit on free ports, with one valid model bundle and sensors faked healthy."""
     data_dir = tmp_path / "kit"
     (tmp_path / "pp").write_text(PASSPHRASE + "\n")
@@ -91,7 +91,8 @@ def failed(checks: dict) -> set[str]:
     return {name for name, c in checks.items() if c["status"] == "fail"}
 
 
-def test_healthy_kit_exits_zero_with_a_line_per_check(kit):
+def test_healthy_kit_exits_zero_with_a_line_per_check(doctor_kit):
+    kit = doctor_kit
     result = run("doctor", "--data-dir", kit)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -103,30 +104,34 @@ def test_healthy_kit_exits_zero_with_a_line_per_check(kit):
     assert "model bundle(s) verified" in result.stdout
 
 
-def test_no_sensors_is_not_a_failure(kit):
-    set_config(kit, power__fake_probe_file="")   # the real probe: this machine has none or real ones
+def test_no_sensors_is_not_a_failure(doctor_kit):
+    kit = doctor_kit
+    set_config(doctor_kit, power__fake_probe_file="")   # the real probe: this machine has none or real ones
     code, checks = doctor(kit)
     assert checks["battery"]["status"] == "ok" and checks["temperature"]["status"] in ("ok", "warn")
     if "no battery sensor" not in checks["battery"]["message"]:
         assert "%" in checks["battery"]["message"]
 
 
-def test_low_battery_fails_with_its_own_line(kit):
-    write_power(kit, battery_percent=12, on_battery=True, temperature_c=45)
+def test_low_battery_fails_with_its_own_line(doctor_kit):
+    kit = doctor_kit
+    write_power(doctor_kit, battery_percent=12, on_battery=True, temperature_c=45)
     code, checks = doctor(kit)
     assert code == 1 and failed(checks) == {"battery"}
     assert "12%" in checks["battery"]["message"] and checks["battery"]["fix"]
 
 
-def test_high_temperature_fails_with_its_own_line(kit):
-    write_power(kit, battery_percent=90, on_battery=False, temperature_c=91)
+def test_high_temperature_fails_with_its_own_line(doctor_kit):
+    kit = doctor_kit
+    write_power(doctor_kit, battery_percent=90, on_battery=False, temperature_c=91)
     code, checks = doctor(kit)
     assert code == 1 and failed(checks) == {"temperature"}
     assert "91 °C" in checks["temperature"]["message"] and "shade" in checks["temperature"]["fix"]
 
 
-def test_full_disk_fails(kit):
-    write_power(kit, battery_percent=90, on_battery=False, temperature_c=45,
+def test_full_disk_fails(doctor_kit):
+    kit = doctor_kit
+    write_power(doctor_kit, battery_percent=90, on_battery=False, temperature_c=45,
                 disk_free_bytes=200_000_000, disk_total_bytes=128_000_000_000)
     code, checks = doctor(kit)
     assert code == 1 and failed(checks) == {"disk"}
@@ -146,29 +151,33 @@ def _reissue_server_cert(data_dir: Path, not_before: dt.datetime, not_after: dt.
     (tls / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def test_expired_certificate_fails(kit):
+def test_expired_certificate_fails(doctor_kit):
+    kit = doctor_kit
     now = dt.datetime.now(dt.timezone.utc)
-    _reissue_server_cert(kit, now - dt.timedelta(days=400), now - dt.timedelta(days=2))
+    _reissue_server_cert(doctor_kit, now - dt.timedelta(days=400), now - dt.timedelta(days=2))
     code, checks = doctor(kit)
     assert code == 1 and failed(checks) == {"tls"}
     assert "expired" in checks["tls"]["message"]
 
 
-def test_certificate_expiring_soon_warns(kit):
+def test_certificate_expiring_soon_warns(doctor_kit):
+    kit = doctor_kit
     now = dt.datetime.now(dt.timezone.utc)
-    _reissue_server_cert(kit, now - dt.timedelta(days=1), now + dt.timedelta(days=10))
+    _reissue_server_cert(doctor_kit, now - dt.timedelta(days=1), now + dt.timedelta(days=10))
     code, checks = doctor(kit)
     assert code == 0 and checks["tls"]["status"] == "warn" and "expires in" in checks["tls"]["message"]
 
 
-def test_certificate_from_another_ca_fails(kit):
+def test_certificate_from_another_ca_fails(doctor_kit):
+    kit = doctor_kit
     now = dt.datetime.now(dt.timezone.utc)
-    _reissue_server_cert(kit, now, now + dt.timedelta(days=100), signer_key=ec.generate_private_key(ec.SECP256R1()))
+    _reissue_server_cert(doctor_kit, now, now + dt.timedelta(days=100), signer_key=ec.generate_private_key(ec.SECP256R1()))
     code, checks = doctor(kit)
     assert code == 1 and "not issued by the kit's CA" in checks["tls"]["message"]
 
 
-def test_tampered_model_fails(kit):
+def test_tampered_model_fails(doctor_kit):
+    kit = doctor_kit
     onnx = kit / "models" / "view-gate" / "model.onnx"
     data = bytearray(onnx.read_bytes())
     data[10] ^= 0xFF
@@ -178,14 +187,16 @@ def test_tampered_model_fails(kit):
     assert "view-gate" in checks["models"]["message"] and "SHA-256 mismatch" in checks["models"]["message"]
 
 
-def test_unreachable_hospital_fails(kit):
-    set_config(kit, hospital__url=f"http://127.0.0.1:{free_port()}/dicom-web")
+def test_unreachable_hospital_fails(doctor_kit):
+    kit = doctor_kit
+    set_config(doctor_kit, hospital__url=f"http://127.0.0.1:{free_port()}/dicom-web")
     code, checks = doctor(kit)
     assert code == 1 and failed(checks) == {"hospital"}
     assert "does not answer" in checks["hospital"]["message"]
 
 
-def test_port_taken_by_another_program_fails(kit):
+def test_port_taken_by_another_program_fails(doctor_kit):
+    kit = doctor_kit
     port = Config.load(kit / "fieldkit.toml")["dicom.port"]
     with socket.socket() as squatter:
         squatter.bind(("0.0.0.0", port))
@@ -195,7 +206,8 @@ def test_port_taken_by_another_program_fails(kit):
     assert f"{port} is in use by process {os.getpid()}" in checks["dicom port"]["message"]
 
 
-def test_clock_behind_the_kits_own_files_fails(kit):
+def test_clock_behind_the_kits_own_files_fails(doctor_kit):
+    kit = doctor_kit
     future = time.time() + 3 * 3600
     os.utime(kit / "fieldkit.toml", (future, future))
     code, checks = doctor(kit)
@@ -203,10 +215,11 @@ def test_clock_behind_the_kits_own_files_fails(kit):
     assert "went backwards" in checks["clock"]["fix"]
 
 
-def test_queue_backlog_and_oldest_unsent(kit):
+def test_queue_backlog_and_oldest_unsent(doctor_kit):
+    kit = doctor_kit
     from fieldkit.security.keys import Keyring
     from fieldkit.store import Store
-    store = Store.open(kit, Keyring(kit).unlock_with_device_key(), Config.load(kit / "fieldkit.toml"))
+    store = Store.open(doctor_kit, Keyring(kit).unlock_with_device_key(), Config.load(kit / "fieldkit.toml"))
     try:
         store.queue.enqueue("sync", {"what": "image"}, priority=90)
         store.queue.enqueue("sync", {"what": "finding"}, priority=15)
@@ -225,34 +238,29 @@ def test_missing_data_dir_is_a_clean_error(tmp_path):
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_running_kit_ports_and_queue_through_the_kit(kit):
-    proc = subprocess.Popen([*FIELDKIT, "serve", "--data-dir", str(kit)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def test_running_kit_ports_and_queue_through_the_kit(doctor_kit):
+    from kitproc import KitProcess
+    server = KitProcess(doctor_kit).start()
     try:
-        deadline = time.monotonic() + 30
-        while not (kit / "run.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
-        code, checks = doctor(kit)
-        assert checks["https port"]["status"] == "ok", checks["https port"]
-        assert "in use by the kit" in checks["https port"]["message"]
+        code, checks = doctor(doctor_kit)
+        for name in ("https port", "dicom port"):
+            assert checks[name]["status"] == "ok", checks[name]
+            assert "in use by the kit" in checks[name]["message"]
+        assert str(server.http_port) in checks["https port"]["message"]
         assert checks["queue"]["status"] == "ok" and "waiting to sync" in checks["queue"]["message"]
+        assert code == 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
-def test_hospital_answers_and_checks_credentials(kit, tmp_path):
-    from fixtures.orthanc import _require_orthanc, start_orthanc
-    _require_orthanc()
+def test_hospital_answers_and_checks_credentials(doctor_kit, tmp_path, need):
+    kit = doctor_kit
+    from fixtures.orthanc import start_orthanc
+    need("Orthanc")
     hospital = start_orthanc(tmp_path / "orthanc", username="kit", password="s3cret-pass")
     try:
         (kit / "hospital.pw").write_text("s3cret-pass\n")
-        set_config(kit, hospital__url=hospital.base_url, hospital__auth="basic",
+        set_config(doctor_kit, hospital__url=hospital.base_url, hospital__auth="basic",
                    hospital__username="kit", hospital__password_file="hospital.pw")
         code, checks = doctor(kit)
         assert code == 0 and checks["hospital"]["status"] == "ok", checks["hospital"]

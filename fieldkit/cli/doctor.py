@@ -167,8 +167,11 @@ def check_temperature(ctx: Context) -> Check:
 
 def check_ports(ctx: Context) -> list[Check]:
     out = []
+    # A running kit may have been started with other ports (--http-port): it records them.
+    running = _run_info(ctx.data_dir) if ctx.kit_running else {}
     for name, setting in (("https port", "http.port"), ("dicom port", "dicom.port")):
-        port = int(ctx.config[setting])
+        actual = running.get("http_port" if setting == "http.port" else "dicom_port")
+        port = int(actual or ctx.config[setting])
         bind = ctx.config["http.bind"] if setting == "http.port" else ctx.config.get("dicom.bind", "0.0.0.0")
         free = _port_free(bind, port)
         if free:
@@ -361,6 +364,14 @@ def _kit_running(data_dir: Path) -> bool:
     except ImportError:
         return False
     return dir_is_locked(data_dir)
+
+
+def _run_info(data_dir: Path) -> dict:
+    try:
+        info = json.loads((data_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _kit_pid(data_dir: Path) -> int | None:
