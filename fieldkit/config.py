@@ -44,6 +44,16 @@ SETTINGS: dict[str, Setting] = {
     # security
     "security.passphrase_min_length": Setting(12, "Shortest kit passphrase accepted."),
     "security.scrypt_n": Setting(2**15, "scrypt cost (N) for deriving the passphrase key; recorded with the wrapped key."),
+    # accounts, sessions, lockout, request limits (security)
+    "security.pin_min_length": Setting(6, "Fewest digits in a PIN (a secret of digits only)."),
+    "security.password_min_length": Setting(10, "Fewest characters in a password (any secret that is not all digits)."),
+    "security.login_free_failures": Setting(5, "Wrong PINs/passwords allowed before the account is locked out."),
+    "security.login_backoff_seconds": Setting(30.0, "First lockout, in seconds; it doubles with every further wrong attempt."),
+    "security.login_backoff_max_seconds": Setting(900.0, "Longest lockout, in seconds."),
+    "security.session_max_hours": Setting(12.0, "A tablet session ends after this many hours even when in use."),
+    "security.auto_lock_minutes": Setting(0, "Lock the kit (drop the data key) after this many minutes with no signed-in person active; 0 never auto-locks."),
+    "security.token_days": Setting(365, "Default lifetime of a bearer token in days (`fieldkit token create --days`); 0 means no expiry."),
+    "security.max_body_kb": Setting(1024, "Largest request body, in KiB, for endpoints that do not declare a larger one (uploads do)."),
     # power and heat policy, hardware profile (provisioning and hardware)
     "power.enabled": Setting(True, "Slow down non-urgent work when the battery is low or the box is hot."),
     "power.battery_low_percent": Setting(25.0, "On battery below this charge (%), analyse fewer cine frames and defer bulk image sync."),

@@ -32,12 +32,17 @@ SOCKET_FILE = "kit.sock"
 # Background services started by `serve`, in order: (name, "module:function").
 # Each function takes the Kit and returns an object with .stop(). Add one line per service.
 SERVICES: list[tuple[str, str]] = [
+    ("autolock", "fieldkit.web.auth:start_autolock"),
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
 # Each function is fn(kit, args: dict, emit) -> JSON-able result; emit(dict) streams progress.
 CONTROL_OPS: dict[str, str] = {
     "status": "fieldkit.runtime:op_status",
+    # accounts, tokens, audit, lock/erase (security)
+    **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
+        "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
+        "token.list", "token.revoke", "audit.verify", "audit.export", "lock", "unlock", "erase")},
 }
 
 

@@ -56,11 +56,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     # A clinician examines, documents and exports; also sees the queues to know what reached the hospital.
     CLINICIAN: frozenset({
         PATIENTS_READ, PATIENTS_WRITE, TRIAGE_WRITE, FINDINGS_WRITE, INGEST_UPLOAD,
-        DICOMWEB_READ, EXPORT, QUEUE_READ, STATUS_READ, KIT_LOCK,
+        DICOMWEB_READ, EXPORT, QUEUE_READ, STATUS_READ,
     }),
     # A triage officer registers and tags patients and captures images; does not sign findings or export.
     TRIAGE: frozenset({
-        PATIENTS_READ, TRIAGE_WRITE, INGEST_UPLOAD, QUEUE_READ, STATUS_READ, KIT_LOCK,
+        PATIENTS_READ, TRIAGE_WRITE, INGEST_UPLOAD, QUEUE_READ, STATUS_READ,
     }),
     # The admin runs the kit: accounts, tokens, audit, queues, settings. In a field team the
     # admin is often also a clinician, so reading patients is allowed (and audited).
