@@ -62,7 +62,7 @@ def decode_frames(ds: Dataset, indices: Iterable[int] | None = None) -> np.ndarr
         try:
             arr = pixel_array(ds, index=i) if n > 1 else pixel_array(ds)
         except Exception as exc:  # codecs raise many types; callers need one with a reason
-            raise DecodeError(f"pixel data does not decode ({_ts_label(ts)}): {_short(exc)}") from None
+            raise DecodeError(f"pixel data does not decode: {_short(exc)} [{_ts_label(ts)}]") from None
         out.append(_normalise(ds, arr))
     return np.stack(out)
 
@@ -137,7 +137,7 @@ def _decode_video(ds: Dataset, ts: str, wanted: list[int]) -> np.ndarray:
                 if i >= last:
                     break
     except Exception as exc:
-        raise DecodeError(f"video stream does not decode ({_ts_label(ts)}): {_short(exc)}") from None
+        raise DecodeError(f"video stream does not decode: {_short(exc)} [{_ts_label(ts)}]") from None
     missing = [i for i in wanted if i not in got]
     if missing:
         raise DecodeError(f"video stream holds {len(got) and max(got) + 1 or 0} decodable frame(s); "

@@ -148,8 +148,8 @@ def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
     if ts in uids.NATIVE_SYNTAXES:
         need = (rows * cols * spp * n * bits + 7) // 8
         if len(value) < need:
-            refuse(f"Pixel Data holds {len(value)} bytes but {rows}x{cols}x{spp} samples "
-                   f"x {bits} bits x {n} frame(s) need {need}: truncated or wrong length")
+            refuse(f"Pixel Data truncated or wrong length: {len(value)} bytes, {need} needed for "
+                   f"{rows}x{cols}x{spp} samples x {bits} bits x {n} frame(s)")
     else:
         try:
             fragments = sum(1 for _ in generate_fragments(value))

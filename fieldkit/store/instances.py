@@ -1,0 +1,307 @@
+"""The instance catalogue: storing a received DICOM object, and finding it again (layer 2).
+
+`put_instance` is the one way an object enters the kit, whatever the path (C-STORE,
+STOW-RS, upload, import, objects the kit makes). In order:
+
+1. read and check it (refusals raise InvalidDicom with a reason code and a message);
+2. same SOP Instance UID already held with the same content: a duplicate, nothing written;
+3. decode the first frame (proves the pixels decode; makes the thumbnail);
+4. link it to a kit patient (fieldkit.store.patients.link) and stamp the kit PatientID and
+   IssuerOfPatientID on the stored copy;
+5. write the Part-10 file and the thumbnail as encrypted blobs, then in ONE store.write:
+   the patient (if new), the catalogue row, an `infer` job and a `sync` job.
+
+Same UID with different content is kept as a conflict (row flagged, the other copy kept
+under `conflicts`), never silently overwritten. Nothing is acknowledged before the
+store.write returned, which is when it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+from pydicom.dataset import Dataset
+from tinydb import Query
+
+from ..dicom import parse, uids
+from ..dicom.frames import DecodeError, decode_frame
+from ..dicom.identity import source_identity, stamp
+from ..dicom.thumbnails import thumbnail_jpeg
+from ..errors import TooLarge
+from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
+from . import patients
+
+log = logging.getLogger(__name__)
+_I = Query()
+SOURCES = ("dimse", "stow", "upload", "import", "kit")
+STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
+
+
+class _Raced(Exception):
+    """Another writer linked the same study/patient first: decide again."""
+
+
+# sop uid -> TinyDB doc id, per store; checked on every use, rebuilt when stale.
+_index_lock = threading.Lock()
+_indexes: "weakref.WeakKeyDictionary[Any, dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+def _doc_for(db, store, sop_uid: str) -> dict | None:
+    table = db.table(T_INSTANCES)
+    with _index_lock:
+        index = _indexes.get(store)
+        if index is None or len(index) != len(table):
+            index = {doc["sop_instance_uid"]: doc.doc_id for doc in table.all()}
+            _indexes[store] = index
+        doc_id = index.get(sop_uid)
+    if doc_id is None:
+        return None
+    doc = table.get(doc_id=doc_id)
+    if doc is None or doc.get("sop_instance_uid") != sop_uid:
+        with _index_lock:
+            _indexes.pop(store, None)
+        rows = table.search(_I.sop_instance_uid == sop_uid)
+        return rows[0] if rows else None
+    return doc
+
+
+def _remember(store, sop_uid: str, doc_id: int) -> None:
+    with _index_lock:
+        index = _indexes.get(store)
+        if index is not None:
+            index[sop_uid] = doc_id
+
+
+def get_instance(store, sop_uid: str) -> dict | None:
+    return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, store, sop_uid)))
+
+
+def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: str | None = None,
+                 from_picture: bool = False) -> dict:
+    """Store one object. `data` is a Part-10 file, or (with `transfer_syntax`) a bare
+    dataset as received over DIMSE, or a pydicom Dataset the kit built.
+
+    Returns {"status": "stored"|"duplicate"|"conflict", "sop_instance_uid", "patient_id",
+    "instance": row, "message"}; raises parse.InvalidDicom (a BadInput) when refused.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        if len(data) > cap:
+            raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
+                           f"{store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
+        ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
+    facts = parse.check(ds)
+    sop_uid = facts["sop_instance_uid"]
+    digest = parse.content_digest(ds)
+
+    existing = get_instance(store, sop_uid)
+    if existing and digest in _digests(existing):
+        return _result(DUPLICATE, existing, "already stored with identical content")
+
+    decode_error, thumb = "", None
+    if facts["is_image"]:
+        try:
+            thumb = thumbnail_jpeg(decode_frame(ds, 0))
+        except DecodeError as exc:
+            if not uids.is_video(facts["transfer_syntax"]):
+                raise parse.InvalidDicom(str(exc), parse.CANNOT_UNDERSTAND, sop_uid) from None
+            decode_error = str(exc)  # kept as sent (stored and synced); flagged for the UI
+        except Exception as exc:  # a codec failing in an unexpected way is still a refusal
+            raise parse.InvalidDicom(f"pixel data does not decode: {str(exc)[:200]}",
+                                     parse.CANNOT_UNDERSTAND, sop_uid) from None
+
+    src = source_identity(ds)
+    issuer = store.config.issuer_of_patient_id
+    meta = _descriptive(ds)
+    original_ids = {k: ds[k] for k in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence") if k in ds}
+    for _attempt in range(5):
+        for keyword in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence"):
+            if keyword in original_ids:
+                ds[keyword] = original_ids[keyword]
+            elif keyword in ds:
+                del ds[keyword]
+        linked = store.read(lambda db: _link(db, src, issuer, facts))
+        new_patient = None
+        if linked is None:
+            new_patient = patients.make_row(
+                store.read(patients._fresh_id), name=src.name, birth_date=src.birth_date,
+                sex=src.sex if src.sex in ("M", "F", "O") else "",
+                aliases=[] if src.is_generic or not src.patient_id else [[src.issuer, src.patient_id]])
+            pid = new_patient["id"]
+        else:
+            pid = linked["id"]
+        stamp(ds, pid, issuer)
+        blob = store.blobs.put_bytes(parse.encode_part10(ds))
+        thumb_ref = store.blobs.put_bytes(thumb) if thumb else None
+        now = time.time()
+        row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
+                                           "series_instance_uid", "transfer_syntax", "frames", "rows",
+                                           "columns", "frame_time_ms")},
+               "patient_id": pid, "modality": str(ds.get("Modality", "") or ""),
+               "study_date": str(ds.get("StudyDate", "") or ""), "blob": blob.addr, "size": blob.size,
+               "thumbnail": thumb_ref.addr if thumb_ref else None, "source": source,
+               "from_picture": bool(from_picture), "conflict": False, "received_at": now,
+               "decode_error": decode_error, "digest": digest, "conflicts": [], **meta}
+        try:
+            status, stored = store.write(lambda db: _commit(store, db, row, linked, new_patient, src, issuer, facts))
+        except _Raced:
+            continue
+        break
+    else:
+        raise RuntimeError("could not link the instance to a patient after 5 attempts")
+    if status == STORED:
+        store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+        return _result(STORED, stored, "stored")
+    if status == CONFLICT:
+        log.warning("instance stored as a conflict: same SOP Instance UID, different content")
+        store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+        return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
+                                         "kept as a conflict for review, the first copy is unchanged")
+    return _result(DUPLICATE, stored, "already stored with identical content")
+
+
+def _link(db, src, issuer: str, facts: dict) -> dict | None:
+    return patients.link(db, patient_id=src.patient_id, issuer=src.issuer, kit_issuer=issuer,
+                         is_generic=src.is_generic, study_instance_uid=facts["study_instance_uid"])
+
+
+def _commit(store, db, row: dict, linked, new_patient, src, issuer, facts):
+    """Inside store.write: validation first (may raise _Raced), then every change."""
+    sop_uid = row["sop_instance_uid"]
+    existing = _doc_for(db, store, sop_uid)
+    if existing is not None:
+        if row["digest"] in _digests(existing):
+            return DUPLICATE, dict(existing)
+        copy = {k: row[k] for k in ("blob", "size", "digest", "source", "received_at", "patient_id")}
+        conflicts = list(existing.get("conflicts") or []) + [copy]
+        db.table(T_INSTANCES).update({"conflict": True, "conflicts": conflicts}, doc_ids=[existing.doc_id])
+        return CONFLICT, {**existing, "conflict": True, "conflicts": conflicts}
+    now_linked = _link(db, src, issuer, facts)
+    if (now_linked or {}).get("id") != (linked or {}).get("id"):
+        raise _Raced()
+    if new_patient is not None:
+        if patients._get(db, new_patient["id"]):
+            raise _Raced()
+        db.table(T_PATIENTS).insert(new_patient)
+        triage = new_patient["triage"]
+    else:
+        triage = linked.get("triage", "none")
+    doc_id = db.table(T_INSTANCES).insert(row)
+    _remember(store, sop_uid, doc_id)
+    if facts["is_image"]:
+        store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=PRIORITY_NORMAL, key=sop_uid)
+    what = "image" if facts["is_image"] else "finding"
+    store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=sync_priority(triage, what), key=sop_uid)
+    return STORED, row
+
+
+def _digests(row: dict) -> set[str]:
+    return {row.get("digest")} | {c.get("digest") for c in row.get("conflicts") or []}
+
+
+def _result(status: str, row: dict, message: str) -> dict:
+    return {"status": status, "sop_instance_uid": row["sop_instance_uid"], "patient_id": row["patient_id"],
+            "instance": dict(row), "message": message}
+
+
+_DESCRIPTIVE = {
+    "study_time": "StudyTime", "accession_number": "AccessionNumber", "study_description": "StudyDescription",
+    "study_id": "StudyID", "referring_physician": "ReferringPhysicianName", "series_number": "SeriesNumber",
+    "series_description": "SeriesDescription", "instance_number": "InstanceNumber",
+    "photometric_interpretation": "PhotometricInterpretation", "manufacturer": "Manufacturer",
+}
+
+
+def _descriptive(ds: Dataset) -> dict:
+    """Attributes QIDO-RS answers with, copied as text (never interpreted)."""
+    out = {}
+    for key, keyword in _DESCRIPTIVE.items():
+        try:
+            value = ds.get(keyword, "")
+            out[key] = "" if value is None else str(value)[:256]
+        except Exception:
+            out[key] = ""
+    return out
+
+
+# -- queries (QIDO-RS and the UI) --------------------------------------------------------
+
+def instance_rows(store, *, patient_id: str | None = None, study_uid: str | None = None,
+                  series_uid: str | None = None) -> list[dict]:
+    def fn(db):
+        rows = db.table(T_INSTANCES).all()
+        out = []
+        for r in rows:
+            if patient_id is not None and r["patient_id"] != patient_id:
+                continue
+            if study_uid is not None and r["study_instance_uid"] != study_uid:
+                continue
+            if series_uid is not None and r["series_instance_uid"] != series_uid:
+                continue
+            out.append(dict(r))
+        return out
+    return store.read(fn)
+
+
+def patient_map(store) -> dict[str, dict]:
+    return store.read(lambda db: {p["id"]: dict(p) for p in db.table(T_PATIENTS).all()})
+
+
+def studies(store, rows: list[dict] | None = None) -> list[dict]:
+    """Group instance rows into studies: one dict per study, newest first."""
+    rows = instance_rows(store) if rows is None else rows
+    pats = patient_map(store)
+    by_study: dict[str, dict] = {}
+    for r in rows:
+        s = by_study.setdefault(r["study_instance_uid"], {
+            "study_instance_uid": r["study_instance_uid"], "patient_id": r["patient_id"],
+            "study_date": r.get("study_date", ""), "study_time": r.get("study_time", ""),
+            "accession_number": r.get("accession_number", ""), "study_description": r.get("study_description", ""),
+            "study_id": r.get("study_id", ""), "referring_physician": r.get("referring_physician", ""),
+            "modalities": set(), "series": set(), "instances": 0, "received_at": r["received_at"]})
+        s["modalities"].add(r.get("modality") or "")
+        s["series"].add(r["series_instance_uid"])
+        s["instances"] += 1
+        s["received_at"] = max(s["received_at"], r["received_at"])
+    out = []
+    for s in by_study.values():
+        p = pats.get(s["patient_id"], {})
+        s["patient"] = p
+        s["modalities"] = sorted(m for m in s["modalities"] if m)
+        s["series"] = len(s["series"])
+        out.append(s)
+    out.sort(key=lambda s: s["received_at"], reverse=True)
+    return out
+
+
+def series(store, rows: list[dict]) -> list[dict]:
+    by_series: dict[str, dict] = {}
+    for r in rows:
+        s = by_series.setdefault(r["series_instance_uid"], {
+            "series_instance_uid": r["series_instance_uid"], "study_instance_uid": r["study_instance_uid"],
+            "patient_id": r["patient_id"], "modality": r.get("modality", ""),
+            "series_number": r.get("series_number", ""), "series_description": r.get("series_description", ""),
+            "instances": 0, "received_at": r["received_at"]})
+        s["instances"] += 1
+    return sorted(by_series.values(), key=lambda s: (str(s["series_number"]).zfill(8), s["received_at"]))
+
+
+def read_dataset(store, sop_uid: str, stop_before_pixels: bool = False) -> Dataset:
+    """The stored Part-10 object, parsed (what WADO-RS, inference and sync read)."""
+    import io
+
+    import pydicom
+
+    from ..errors import NotFound
+    row = get_instance(store, sop_uid)
+    if row is None:
+        raise NotFound(f"no instance {sop_uid}")
+    return pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])), stop_before_pixels=stop_before_pixels)
