@@ -39,6 +39,10 @@ SETTINGS: dict[str, Setting] = {
     "dicom.allow_any_ae": Setting(False, "Accept associations from any calling AE title (demo only)."),
     "dicom.allowed_ae_titles": Setting([], "Calling AE titles allowed to send when allow_any_ae is false."),
     "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB."),
+    # ingest (DIMSE bind address, uploads, import)
+    "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
+    "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle."),
+    "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb)."),
     # store
     "store.compact_min_mb": Setting(8, "The journal is compacted once it holds this many MiB of superseded records."),
     # security
