@@ -68,6 +68,27 @@ SETTINGS: dict[str, Setting] = {
     "power.fake_probe_file": Setting("", "Testing only: a JSON file whose keys (battery_percent, on_battery, temperature_c, ...) replace sensor readings."),
     "hardware.profile": Setting("generic-x86-2c4g", "Hardware profile name (a file in hardware/): expected cores, memory, disk, temperature limit."),
     "hardware.profiles_dir": Setting("", "Folder of hardware profile files; empty means the profiles installed with the kit."),
+    # hospital endpoint and sync (sync)
+    "hospital.url": Setting("", "DICOMweb root of the hospital PACS (e.g. https://pacs.example/dicom-web); empty disables sync."),
+    "hospital.auth": Setting("none", "Authentication to the hospital: none, basic, bearer or client-cert."),
+    "hospital.username": Setting("", "User name for HTTP Basic authentication."),
+    "hospital.password_file": Setting("", "File holding the Basic password (owner-only permissions; relative paths are under the data dir)."),
+    "hospital.token_file": Setting("", "File holding the bearer token (owner-only permissions; relative paths are under the data dir)."),
+    "hospital.client_cert": Setting("", "PEM client certificate for client-cert authentication."),
+    "hospital.client_key": Setting("", "PEM private key of the client certificate (if not inside client_cert)."),
+    "hospital.ca_bundle": Setting("", "PEM bundle of CAs to trust for the hospital's TLS certificate; empty means the system store."),
+    "hospital.connect_timeout_seconds": Setting(10.0, "Give up connecting to the hospital after this many seconds."),
+    "hospital.read_timeout_seconds": Setting(60.0, "Give up on a hospital that stops answering for this many seconds."),
+    "sync.enabled": Setting(True, "Run the sync worker in `fieldkit serve` (needs hospital.url)."),
+    "sync.bandwidth_kbps": Setting(0, "Cap on upload rate in kilobits/s, to leave room on a shared link; 0 means no cap."),
+    "sync.metered": Setting(False, "Metered link: send triage, identity and findings only, until images are allowed."),
+    "sync.allow_images": Setting(False, "On a metered link, send images too (set by `fieldkit sync allow-images`)."),
+    "sync.windows": Setting([], "Time windows (local, \"HH:MM-HH:MM\") in which sync may send; empty means any time."),
+    "sync.transcode": Setting("auto", "Lossless compression on the wire: auto, jpeg-ls, jpeg2000, rle or none. Lossy is never used."),
+    "sync.batch_max_kb": Setting(512, "Small instances are grouped into one STOW-RS request up to this many KiB."),
+    "sync.batch_max_count": Setting(32, "Most instances in one STOW-RS request."),
+    "sync.backoff_max_seconds": Setting(300.0, "Longest wait between attempts while the hospital is unreachable."),
+    "sync.retention_days": Setting(0, "Keep local copies this many days after the hospital confirmed them, then purge pixel data (keeping a tombstone); 0 keeps them forever."),
     # on-device AI (inference)
     "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
     "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive."),
@@ -183,3 +204,15 @@ def render_toml(values: dict[str, Any] | None = None) -> str:
         lines.append(f"# {setting.help} (default: {_toml_value(setting.default)})")
         lines.append(f"{key} = {_toml_value(values.get(name, setting.default))}")
     return "\n".join(lines).lstrip() + "\n"
+
+
+def settings_markdown() -> str:
+    """The settings table of the README (regenerate with `make docs`)."""
+    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    for name, setting in SETTINGS.items():
+        rows.append(f"| `{name}` | `{_toml_value(setting.default)}` | {setting.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())

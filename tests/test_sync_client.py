@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fieldkit.sync import client as c
-from fixtures.orthanc import orthanc, start_orthanc, _require_orthanc, free_port  # noqa: F401
+from fixtures.orthanc import start_orthanc, _require_orthanc, free_port
 from fixtures.sync import corpus
 
 

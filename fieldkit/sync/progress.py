@@ -1,0 +1,165 @@
+"""Sync progress for people: per-item state, bytes, link rate, ETA.
+
+Per-instance state lives in the catalogue (`instances` rows): sync_state
+(queued | sending | confirmed | quarantined), sync_reason, confirmed_at, retrieve_url.
+Bytes in flight and the measured rate live in the running worker (they change many times
+a second and are worthless after a restart).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fieldkit.records import DONE, FAILED, KIND_SYNC, LEASED, READY, T_INSTANCES, T_META
+
+QUEUED, SENDING, CONFIRMED, QUARANTINED = "queued", "sending", "confirmed", "quarantined"
+STATS_DOC = "sync_stats"
+
+
+class Meter:
+    """Link rate from bytes actually written, smoothed (EWMA over ~10 s windows)."""
+
+    def __init__(self, half_life: float = 10.0):
+        self.half_life = half_life
+        self.rate = 0.0
+        self._lock = threading.Lock()
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._window_bytes += n
+            now = time.monotonic()
+            span = now - self._window_start
+            if span >= 1.0:
+                sample = self._window_bytes / span
+                alpha = min(1.0, span / self.half_life)
+                self.rate = sample if self.rate == 0 else (1 - alpha) * self.rate + alpha * sample
+                self._window_start, self._window_bytes = now, 0
+
+
+class Live:
+    """What the running worker is doing right now (thread-safe)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sending: dict[str, dict] = {}   # uid -> {"done": n, "total": n, "lane": ...}
+        self.link = "not started"
+        self.link_up = False
+        self.last_error = ""
+        self.meter = Meter()
+
+    def begin(self, uid: str, total: int, lane: str) -> None:
+        with self.lock:
+            self.sending[uid] = {"uid": uid, "done": 0, "total": total, "lane": lane}
+
+    def progress(self, uid: str, done: int) -> None:
+        with self.lock:
+            entry = self.sending.get(uid)
+            if entry is not None:
+                delta = max(0, done - entry["done"])
+                entry["done"] = done
+            else:
+                delta = 0
+        if delta:
+            self.meter.add(delta)
+
+    def end(self, uid: str) -> None:
+        with self.lock:
+            self.sending.pop(uid, None)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"link": self.link, "link_up": self.link_up, "last_error": self.last_error,
+                    "rate_bytes_per_s": round(self.meter.rate, 1),
+                    "sending": [dict(v) for v in self.sending.values()]}
+
+
+def stats(db) -> dict:
+    from tinydb import Query
+    docs = db.table(T_META).search(Query().name == STATS_DOC)
+    base = {"name": STATS_DOC, "sent_bytes": 0, "confirmed_bytes": 0, "confirmed_wire_bytes": 0,
+            "resent_instances": 0, "resent_bytes": 0, "confirmed": 0, "quarantined": 0,
+            "first_confirmed_at": 0.0}
+    if docs:
+        base.update({k: v for k, v in docs[0].items()})
+    return base
+
+
+def bump_stats(db, **deltas) -> None:
+    from tinydb import Query
+    cur = stats(db)
+    for k, v in deltas.items():
+        if k == "first_confirmed_at":
+            cur[k] = cur[k] or v
+        else:
+            cur[k] = cur.get(k, 0) + v
+    table = db.table(T_META)
+    if table.search(Query().name == STATS_DOC):
+        table.update(cur, Query().name == STATS_DOC)
+    else:
+        table.insert(cur)
+
+
+def status(store, worker=None, limit: int = 50) -> dict:
+    """Everything `fieldkit status` and GET /api/v1/status show about sync."""
+    def fn(db):
+        rows = [d for d in db.table("queue").all() if d["kind"] == KIND_SYNC]
+        insts = {d.get("sop_instance_uid"): d for d in db.table(T_INSTANCES).all()}
+        return rows, insts, stats(db)
+    rows, insts, st = store.read(fn)
+    counts = {QUEUED: 0, SENDING: 0, CONFIRMED: 0, QUARANTINED: 0}
+    queue_bytes = 0
+    items = []
+    live = worker.live.snapshot() if worker is not None else None
+    in_flight = {s["uid"]: s for s in (live or {}).get("sending", [])}
+    for row in rows:
+        payload = row.get("payload") or {}
+        uid = payload.get("sop_instance_uid", "")
+        inst = insts.get(uid) if uid else None
+        size = int((inst or {}).get("size") or 0)
+        if row["state"] == DONE:
+            if row.get("dismissed"):
+                continue
+            state = CONFIRMED
+        elif row["state"] == FAILED:
+            state = QUARANTINED
+        elif uid in in_flight:
+            state = SENDING
+        else:
+            state = QUEUED
+        counts[state] += 1
+        if state in (QUEUED, SENDING):
+            queue_bytes += size - (in_flight.get(uid, {}).get("done", 0) if uid in in_flight else 0)
+        if state != CONFIRMED or len(items) < limit:
+            entry = {"row_id": row["id"], "state": state, "priority": row["priority"],
+                     "attempts": row.get("attempts", 0), "size": size}
+            if uid:
+                entry["sop_instance_uid"] = uid
+                entry["patient_id"] = (inst or {}).get("patient_id", "")
+            else:
+                entry.update({k: payload.get(k) for k in ("patient_id", "what")})
+            if state == QUARANTINED:
+                entry["reason"] = (inst or {}).get("sync_reason") or row.get("last_error", "")
+            elif row.get("last_error") and state == QUEUED:
+                entry["last_error"] = row["last_error"]
+            if uid in in_flight:
+                entry.update(bytes_done=in_flight[uid]["done"], bytes_total=in_flight[uid]["total"])
+            if state == CONFIRMED and inst:
+                entry["retrieve_url"] = inst.get("retrieve_url", "")
+            items.append(entry)
+    order = {SENDING: 0, QUARANTINED: 1, QUEUED: 2, CONFIRMED: 3}
+    items.sort(key=lambda e: (order[e["state"]], e["priority"]))
+    out = {"counts": counts, "queue_bytes": queue_bytes, "items": items[:limit],
+           "resent_instances": st["resent_instances"], "resent_bytes": st["resent_bytes"],
+           "sent_bytes": st["sent_bytes"], "confirmed_bytes": st["confirmed_bytes"],
+           "confirmed_wire_bytes": st["confirmed_wire_bytes"]}
+    if live is not None:
+        out.update(link=live["link"], link_up=live["link_up"], last_error=live["last_error"],
+                   rate_bytes_per_s=live["rate_bytes_per_s"])
+        rate = live["rate_bytes_per_s"]
+        # the wire carries fewer bytes than the originals when transcoding helps
+        ratio = (st["confirmed_wire_bytes"] / st["confirmed_bytes"]) if st["confirmed_bytes"] else 1.0
+        out["eta_seconds"] = round(queue_bytes * ratio / rate, 1) if rate > 0 and queue_bytes else (0.0 if not queue_bytes else None)
+    return out
