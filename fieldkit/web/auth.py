@@ -142,9 +142,11 @@ class KitState:
     generation: int = 0  # bumped at lock: every older session dies
     lock: threading.RLock = field(default_factory=threading.RLock)
     held_fd: int | None = None  # the data-dir lock kept while the store is closed
+    stopped_services: list = field(default_factory=list)  # restarted at unlock
     last_human: float = 0.0  # monotonic time of the last request by a signed-in person
     unlock_lockout: pw.Lockout = field(default_factory=lambda: pw.Lockout(clock=accounts.CLOCK))
     unlock_state: dict = field(default_factory=dict)
+    unlock_failures: int = 0
     login_lockout: pw.Lockout | None = None
     pre_secret: bytes = field(default_factory=lambda: os.urandom(32))
     denials: list = field(default_factory=lambda: [0.0, 0, 0])  # window start, count, suppressed
@@ -420,7 +422,7 @@ def _guard():
     app = current_app
     kit = _kit()
     st = kit_state(kit)
-    g.principal = None
+    g.principal, g.auth, g.session_key = None, "", None
     if request.url_rule is None:
         return None  # no such route or method: Flask answers 404/405
     endpoint = request.endpoint
@@ -547,7 +549,7 @@ def login():
     if kit.locked:
         return redirect(url_for("auth.unlock"), 303)
     nxt = _safe_next(request.values.get("next"))
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return render_template("login.html", error="", next=nxt, username="")
     data = _form_or_json()
     name, secret = data.get("username", ""), data.get("password", "")
@@ -613,6 +615,7 @@ def lock_kit(kit, *, actor: str = accounts.SYSTEM, role: str = "") -> bool:
             accounts.audit_append(kit.store, actor=actor, role=role, action="kit.lock", object="kit")
         except FieldkitError as exc:
             log.warning("could not audit the lock: %s", exc.message)
+        st.stopped_services = list(kit.services)
         kit.stop_services()
         store = kit._store
         kit._store = None
@@ -642,6 +645,7 @@ def unlock_kit(kit, passphrase: str, *, remote: str = "") -> bool:
             key = kit.keyring.unlock_with_passphrase(passphrase if isinstance(passphrase, str) else "")
         except KeyUnavailable:
             st.unlock_state = st.unlock_lockout.failure("__kit__", st.unlock_state)
+            st.unlock_failures += 1  # audited at the next unlock (the trail is closed now)
             log.warning("unlock refused: wrong passphrase (from %s)", remote or "the command line")
             raise
         st.unlock_state = {}
@@ -652,8 +656,10 @@ def unlock_kit(kit, passphrase: str, *, remote: str = "") -> bool:
         store.events = kit.events  # live-update subscribers keep their bus
         kit._store = store
         accounts.audit_append(store, actor="passphrase", role="", action="kit.unlock", object="kit",
-                              detail={"remote": remote})
-        kit.start_services()
+                              detail={"remote": remote, "failed_attempts_while_locked": st.unlock_failures})
+        st.unlock_failures = 0
+        if st.stopped_services:
+            kit.start_services(st.stopped_services)
     log.warning("kit unlocked")
     return True
 
@@ -670,7 +676,7 @@ class UnlockThrottled(FieldkitError):
 @bp.route("/unlock", methods=["GET", "POST"])
 def unlock():
     kit = _kit()
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         if not kit.locked:
             return redirect(url_for("auth.login"), 303)
         return render_template("login.html", unlock=True, error="", next="/", username="")

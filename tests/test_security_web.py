@@ -1,0 +1,250 @@
+"""Sessions, CSRF, headers, brute force, tokens, lock/unlock and size limits through the
+real Flask app over a real store (test client; the running-kit tests use HTTPS)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from fieldkit.security import roles as R
+from fieldkit.store import accounts
+from fieldkit.web.auth import (PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, permission_for,
+                               route_permissions)
+
+from fixtures.security import HTTPS, ROLE_SECRETS, csrf_from
+
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _set_cookie_headers(resp, name):
+    return [h for h in resp.headers.getlist("Set-Cookie") if h.startswith(name + "=")]
+
+
+def _sign_in(client, name, secret, **extra):
+    page = client.get("/login", base_url=HTTPS)
+    return client.post("/login", base_url=HTTPS, data={"username": name, "password": secret,
+                                                       "csrf_token": csrf_from(page.text), **extra})
+
+
+def test_security_headers_on_every_kind_of_response(sec_app):
+    c = sec_app.test_client()
+    responses = [c.get(p, base_url=HTTPS) for p in ("/login", "/healthz", "/api/v1/status", "/no/such/page",
+                                                    "/auth/login.css")]
+    responses.append(c.post("/login", base_url=HTTPS, data={}))  # refused: no CSRF
+    for r in responses:
+        for name, value in SECURITY_HEADERS.items():
+            assert r.headers.get(name) == value, (r.request.path, name)
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp and "script-src 'self'" in csp
+    assert "max-age=" in SECURITY_HEADERS["Strict-Transport-Security"]
+
+
+def test_login_page_has_no_inline_script_or_style(sec_app):
+    html = sec_app.test_client().get("/login", base_url=HTTPS).text
+    assert "<script" not in html.lower() and "style=" not in html.lower() and "<style" not in html.lower()
+    assert 'name="csrf_token"' in html
+
+
+def test_session_cookie_flags_and_rotation_at_sign_in(sec_app, kit):
+    accounts.create_user(kit.store, "amina", "604817", R.CLINICIAN)
+    c = sec_app.test_client()
+    r1 = _sign_in(c, "amina", "604817")
+    assert r1.status_code == 303
+    (cookie,) = _set_cookie_headers(r1, SESSION_COOKIE)
+    flags = [f.strip().lower() for f in cookie.split(";")]
+    assert "secure" in flags and "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+    assert not any(f.startswith("domain=") for f in flags)
+    first = cookie.split(";")[0].split("=", 1)[1]
+    r2 = _sign_in(c, "amina", "604817")  # signing in again, with the old cookie sent
+    second = _set_cookie_headers(r2, SESSION_COOKIE)[0].split(";")[0].split("=", 1)[1]
+    assert first != second
+    old = sec_app.test_client()
+    old.set_cookie(SESSION_COOKIE, first, domain="localhost")
+    assert old.get("/api/v1/session", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 401
+
+
+def test_forged_replayed_and_idle_sessions_are_refused(fake_clock, sec_app, kit):
+    accounts.create_user(kit.store, "amina", "604817", R.CLINICIAN)
+    forged = sec_app.test_client()
+    forged.set_cookie(SESSION_COOKIE, "A" * 43, domain="localhost")
+    assert forged.get("/api/v1/session", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 401
+    c = sec_app.test_client()
+    _sign_in(c, "amina", "604817")
+    sid = c.get_cookie(SESSION_COOKIE, domain="localhost").value
+    info = c.get("/api/v1/session", base_url=HTTPS).json
+    assert info["user"] == "amina" and info["role"] == "clinician"
+    # idle a little less than the limit: still signed in (and the use resets the idle timer)
+    idle = kit.config["http.session_idle_minutes"] * 60
+    fake_clock.advance(idle - 5)
+    assert c.get("/api/v1/session", base_url=HTTPS).status_code == 200
+    fake_clock.advance(idle + 1)
+    assert c.get("/api/v1/session", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 401
+    # sign out, then replay the old cookie
+    c2 = sec_app.test_client()
+    _sign_in(c2, "amina", "604817")
+    sid2 = c2.get_cookie(SESSION_COOKIE, domain="localhost").value
+    csrf = c2.get("/api/v1/session", base_url=HTTPS).json["csrf_token"]
+    assert c2.post("/logout", base_url=HTTPS, headers={"X-CSRF-Token": csrf}).status_code == 303
+    replay = sec_app.test_client()
+    replay.set_cookie(SESSION_COOKIE, sid2, domain="localhost")
+    assert replay.get("/api/v1/session", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 401
+    assert sid != sid2
+
+
+def test_anonymous_html_request_is_sent_to_sign_in_with_a_safe_next(sec_app):
+    c = sec_app.test_client()
+    r = c.get("/api/v1/status", base_url=HTTPS, headers={"Accept": "text/html"})
+    assert r.status_code == 401  # API paths answer JSON
+    r = c.get("/login?next=//evil.example/x", base_url=HTTPS)
+    assert 'value="/"' in r.text and "evil.example" not in r.text
+
+
+def test_every_state_changing_route_refuses_missing_or_wrong_csrf(sec_app, kit, role_clients):
+    table = route_permissions(sec_app)
+    checked = []
+    for rule in sec_app.url_map.iter_rules():
+        for method in sorted(rule.methods & STATE_CHANGING):
+            permission = permission_for(table, rule.endpoint, method)
+            url = rule.build({a: "no-such-thing" for a in rule.arguments}, append_unknown=False)[1]
+            if permission == R.PUBLIC:
+                c = role_clients[None]
+                r = c.open(method, url, data={"username": "u-admin", "password": ROLE_SECRETS["admin"]})
+                assert r.status_code == 403, (method, url)
+                r = c.open(method, url, data={"username": "u-admin", "password": ROLE_SECRETS["admin"],
+                                              "csrf_token": "0" * 64})
+                assert r.status_code == 403, (method, url)
+                checked.append(url)
+                continue
+            holders = [r for r in R.HUMAN_ROLES if R.has_permission(r, permission)]
+            if not holders:
+                continue  # only tokens may call it: no cookie, so no CSRF to forge
+            client = role_clients[holders[0]]
+            if not client.session_alive():
+                client.sign_in()
+            for headers in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": ""}):
+                r = client.open(method, url, csrf=False, headers=headers, json={})
+                assert r.status_code == 403 and b"CSRF" in r.data, (method, url, headers, r.status_code)
+            r = client.open(method, url, csrf=False, data={"csrf_token": "wrong"})
+            assert r.status_code == 403, (method, url)
+            assert not kit.locked, f"{url} acted without a CSRF token"
+            checked.append(url)
+    assert "/login" in checked and "/admin/lock" in checked and "/api/v1/users" in checked
+    denials = [e for e in accounts.audit_events(kit.store) if e["outcome"] == "denied"
+               and (e["detail"] or {}).get("reason") == "csrf"]
+    assert denials
+
+
+def test_csrf_token_from_another_session_is_refused(sec_app, kit, role_clients):
+    admin, other = role_clients["admin"], role_clients["clinician"]
+    r = admin.open("POST", "/api/v1/tokens", csrf=False, headers={"X-CSRF-Token": other.csrf},
+                   json={"role": "probe"})
+    assert r.status_code == 403
+    r = admin.open("POST", "/api/v1/tokens", json={"role": "probe", "label": "ok"})
+    assert r.status_code == 201 and r.json["token"].startswith("fkt_")
+
+
+def test_brute_force_is_slowed_and_audited(fake_clock, sec_app, kit):
+    accounts.create_user(kit.store, "amina", "604817", R.CLINICIAN)
+    free = kit.config["security.login_free_failures"]
+    c = sec_app.test_client()
+    for i in range(free):
+        assert _sign_in(c, "amina", f"99999{i}").status_code == 401
+    r = _sign_in(c, "amina", "604817")  # the right PIN, during the backoff
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert c.get_cookie(SESSION_COOKIE, domain="localhost") is None
+    fake_clock.advance(kit.config["security.login_backoff_seconds"] + 1)
+    assert _sign_in(c, "amina", "604817").status_code == 303
+    outcomes = [(e["action"], e["outcome"]) for e in accounts.audit_events(kit.store) if e["action"] == "login"]
+    assert outcomes.count(("login", "failed")) == free and ("login", "denied") in outcomes
+
+
+def test_typed_markup_is_rendered_inert(sec_app):
+    c = sec_app.test_client()
+    payload = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+    r = _sign_in(c, payload, "604817")
+    assert r.status_code == 401
+    assert "<script>alert(1)" not in r.text and "<img src=x onerror" not in r.text
+    assert "&lt;script&gt;" in r.text or "&#34;&gt;&lt;script" in r.text
+
+
+def test_tokens_bearer_basic_revoked_expired(fake_clock, sec_app, kit):
+    c = sec_app.test_client()
+    token, info = accounts.create_token_info(kit.store, R.SYNC, fake_clock.wall() + 60, "hospital")
+    ok = c.get("/api/v1/status", base_url=HTTPS, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and "queue" in ok.json
+    basic = base64.b64encode(f"token:{token}".encode()).decode()
+    assert c.get("/api/v1/status", base_url=HTTPS, headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    wrong = base64.b64encode(b"admin:admin").decode()
+    assert c.get("/api/v1/status", base_url=HTTPS, headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    # scoped: the sync role may not manage users
+    assert c.get("/api/v1/users", base_url=HTTPS, headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    fake_clock.advance(61)
+    assert c.get("/api/v1/status", base_url=HTTPS, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    t2 = accounts.create_token(kit.store, R.SYNC, None, "second")
+    accounts.revoke_token(kit.store, [t for t in accounts.list_tokens(kit.store) if t["label"] == "second"][0]["id"])
+    assert c.get("/api/v1/status", base_url=HTTPS, headers={"Authorization": f"Bearer {t2}"}).status_code == 401
+    # a token never needs (or is helped by) a CSRF token, and a cookie cannot stand in for it
+    t3 = accounts.create_token(kit.store, R.ADMIN, None, "automation")
+    r = c.post("/api/v1/tokens", base_url=HTTPS, headers={"Authorization": f"Bearer {t3}"}, json={"role": "probe"})
+    assert r.status_code == 201
+
+
+def test_disabled_user_loses_the_session_at_once(sec_app, kit, role_clients):
+    clin = role_clients["clinician"]
+    assert clin.open("GET", "/api/v1/session").status_code == 200
+    accounts.set_disabled(kit.store, "u-clinician", True)
+    assert clin.open("GET", "/api/v1/session").status_code == 401
+
+
+def test_bodies_over_the_endpoint_limit_are_refused(sec_app, kit, role_clients):
+    admin = role_clients["admin"]
+    big = b"x" * (kit.config["security.max_body_kb"] * 1024 + 1)
+    r = admin.open("POST", "/api/v1/users", data=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert accounts.get_user(kit.store, "x") is None
+
+
+def test_lock_refuses_everything_but_unlock_and_drops_sessions(sec_app, kit, role_clients, passphrase):
+    admin, clin = role_clients["admin"], role_clients["clinician"]
+    assert clin.open("POST", "/admin/lock").status_code == 403  # only admins hold the button
+    r = admin.open("POST", "/admin/lock")
+    assert r.status_code == 200 and kit.locked
+    table = route_permissions(sec_app)
+    for rule in sec_app.url_map.iter_rules():
+        if rule.endpoint in ("auth.unlock", "auth.login", "auth.login_css", "api.healthz", "static"):
+            continue
+        url = rule.build({a: "x" for a in rule.arguments}, append_unknown=False)[1]
+        for method in sorted(rule.methods - {"OPTIONS", "HEAD"}):
+            r = admin.open(method, url, json={} if method in STATE_CHANGING else None)
+            assert r.status_code == 423, (method, url, r.status_code)
+    assert role_clients[None].client.get("/healthz", base_url=HTTPS).json["locked"] is True
+    anon = sec_app.test_client()
+    page = anon.get("/unlock", base_url=HTTPS)
+    assert page.status_code == 200 and "passphrase" in page.text
+    bad = anon.post("/unlock", base_url=HTTPS, data={"passphrase": "not it at all", "csrf_token": csrf_from(page.text)})
+    assert bad.status_code == 401 and kit.locked
+    good = anon.post("/unlock", base_url=HTTPS, data={"passphrase": passphrase, "csrf_token": csrf_from(page.text)})
+    assert good.status_code == 303 and not kit.locked
+    # every session from before the lock is gone
+    assert admin.open("GET", "/api/v1/session").status_code == 401
+    events = accounts.audit_events(kit.store)
+    actions = [e["action"] for e in events]
+    unlock_event = events[actions.index("kit.unlock")]
+    assert actions.index("kit.lock") < actions.index("kit.unlock")
+    assert unlock_event["detail"]["failed_attempts_while_locked"] == 1
+    assert accounts.audit_verify(kit.store).ok
+
+
+def test_unlock_attempts_are_throttled(fake_clock, sec_app, kit):
+    from fieldkit.web.auth import UnlockThrottled, lock_kit, unlock_kit
+    from fieldkit.errors import KeyUnavailable
+
+    lock_kit(kit)
+    for _ in range(5):
+        with pytest.raises(KeyUnavailable):
+            unlock_kit(kit, "wrong passphrase!!")
+    with pytest.raises(UnlockThrottled):
+        unlock_kit(kit, "test passphrase for the kit")
+    fake_clock.advance(31)
+    assert unlock_kit(kit, "test passphrase for the kit") and not kit.locked
