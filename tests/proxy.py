@@ -7,7 +7,8 @@ subject to:
 
     rate            bytes/s shared by all connections (a slow link), None = no limit
     stalled         hold every byte (a link that hangs) while set
-    cut_after       close the next connections after this many request bytes (list, FIFO)
+    cut_after       cut the next forwarded requests whose body is longer than the value,
+                    after that many bytes (list, FIFO)
     refuse          accept and close at once (hospital unreachable)
     respond_with    canned (status, body, headers) answers for the next requests (FIFO)
     intercept       fn(head: bytes, body: bytes) -> (status, body, headers) | None
@@ -120,11 +121,14 @@ class Proxy:
             head, rest = _read_head(client)
             if head is None:
                 return
+            length = _content_length(head)
             with self._lock:
                 self.requests += 1
                 canned = self.respond_with.pop(0) if self.respond_with else None
-                cut = self.cut_after.pop(0) if self.cut_after else None
-            length = _content_length(head)
+                # a cut is armed on the next forwarded request whose body is long enough
+                cut = None
+                if canned is None and self.cut_after and length > self.cut_after[0]:
+                    cut = self.cut_after.pop(0)
             if canned is not None or self.intercept is not None:
                 body = rest + _read_exact(client, max(0, length - len(rest)))
                 answer = canned or self.intercept(head, body)

@@ -20,8 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from fieldkit.records import (DONE, FAILED, KIND_SYNC, LEASED, READY, T_INSTANCES, T_PATIENTS,
-                              QueueRow, sync_priority)
+from fieldkit.records import DONE, FAILED, KIND_SYNC, READY, T_INSTANCES, QueueRow, sync_priority
 
 EXPRESS, BULK = "express", "bulk"
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -183,11 +182,12 @@ class Pool:
 def reprioritise_patient(store, patient_id: str, triage: str | None = None) -> int:
     """After a re-triage: give every live sync row of this patient the priority of its new
     category. Returns how many rows changed. Call after the patient record is updated."""
+    from fieldkit.store.patients import resolve_row
+
     def fn(db):
-        from tinydb import Query
         if triage is None:
-            docs = db.table(T_PATIENTS).search(Query().patient_id == patient_id)
-            tri = str(docs[0].get("triage") or "none") if docs else "none"
+            row = resolve_row(db, patient_id)
+            tri = str((row or {}).get("triage") or "none")
         else:
             tri = triage
         changes = []

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from fieldkit.errors import ConfigError, PermanentError, TransientError
-from fieldkit.records import T_INSTANCES, T_PATIENTS
+from fieldkit.records import T_INSTANCES
 
 from . import progress as pg
 from .client import (HospitalBusy, HospitalConfigError, LinkDown, Part, RateLimiter,
@@ -200,12 +200,12 @@ class SyncWorker:
     def _prepare(self, client: StowClient, item: Item) -> Prepared | None:
         row = item.row
         if item.instance is None:  # triage / identity update
-            from tinydb import Query
+            from fieldkit.store.patients import resolve_row
             from .updates import build_update
             pid = row.payload.get("patient_id", "")
-            docs = self.store.read(lambda db: db.table(T_PATIENTS).search(Query().patient_id == pid))
+            prow = self.store.read(lambda db: resolve_row(db, pid)) or {}
             when = dt.datetime.fromtimestamp(row.created or time.time(), dt.timezone.utc)
-            data, uid = build_update(pid, self.issuer, dict(docs[0]) if docs else {}, self.kit_id,
+            data, uid = build_update(prow.get("id") or pid, self.issuer, dict(prow), self.kit_id,
                                      item.what or "triage", when)
             return Prepared(item, Part.from_bytes(uid, data), uid)
         uid = item.uid
@@ -229,6 +229,9 @@ class SyncWorker:
             self._quarantine_row(row.id, uid, "the stored DICOM file is missing (purged or damaged)")
             return None
         ts = str(doc.get("transfer_syntax") or "")
+        restamped = self._restamp_if_moved(doc, addr)
+        if restamped is not None:  # merged into another patient since it was stored
+            return Prepared(item, Part.from_bytes(uid, restamped), uid, ts, False, resend)
         syntaxes = tuple(s for s in self.syntaxes if s not in self.refused_syntaxes)
         if syntaxes and doc.get("sync_wire") != "original":
             from fieldkit.dicom.transcode import transcode, worth_trying
@@ -240,6 +243,25 @@ class SyncWorker:
                 return Prepared(item, Part.from_bytes(uid, data), uid, ts, False, resend)
         part = Part(uid, size, lambda: self.store.blobs.iter_chunks(addr))
         return Prepared(item, part, uid, ts, False, resend)
+
+    def _restamp_if_moved(self, doc: dict, addr: str) -> bytes | None:
+        """The stored bytes carry the PatientID of the time of capture; after a merge the
+        catalogue names another patient, and the hospital must get the current one."""
+        import io
+        import pydicom
+        first = next(iter(self.store.blobs.iter_chunks(addr)), b"")
+        try:
+            head = pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True)
+            if str(head.get("PatientID", "")) == str(doc.get("patient_id", "")):
+                return None
+        except Exception:  # header larger than a chunk, or odd: check on the full object
+            pass
+        from fieldkit.dicom.identity import stamp
+        from fieldkit.dicom.parse import encode_part10
+        ds = pydicom.dcmread(io.BytesIO(self.store.blobs.get_bytes(addr)))
+        if not stamp(ds, str(doc.get("patient_id", "")), self.issuer):
+            return None
+        return encode_part10(ds)
 
     def _send(self, client: StowClient, lane: str, batch: list[Item]) -> None:
         prepared: list[Prepared] = []

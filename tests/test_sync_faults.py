@@ -1,0 +1,136 @@
+"""Sync through a misbehaving link (tests/proxy.py) to a real Orthanc: slow, stalled,
+cut mid-body, 503/429, a permanent refusal; and priority on a slow link."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from fieldkit.records import T_INSTANCES, sync_priority
+from fieldkit.sync.worker import SyncWorker
+from fixtures.sync import add_to_store, corpus, finding_sr, sync_config
+from proxy import Proxy
+
+
+@pytest.fixture
+def proxy(orthanc):
+    p = Proxy(orthanc.http_port)
+    yield p
+    p.stop()
+
+
+def wait_until(cond, timeout: float, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def catalogue(store):
+    return {d["sop_instance_uid"]: dict(d) for d in store.read(lambda db: db.table(T_INSTANCES).all())}
+
+
+def test_slow_link_cuts_503_429_and_a_stall_still_end_all_confirmed_once(kit, orthanc, proxy):
+    items = corpus("T-0301", copies=3)
+    add_to_store(kit.store, items)
+    proxy.rate = 400_000
+    proxy.cut_after = [50_000, 120_000, 10_000]
+    proxy.respond_with = [(503, b"busy", {"Retry-After": "1"}), (429, b"slow down", {})]
+    cfg = sync_config(kit.config, proxy.url(), sync__batch_max_kb=300,
+                      hospital__read_timeout_seconds=2.0)
+    worker = SyncWorker(kit.store, cfg, kit.data_dir, poll=0.05).start()
+    try:
+        # a stall in the middle: the kit times out and comes back
+        assert wait_until(lambda: worker.status()["counts"]["confirmed"] >= 2, 60)
+        proxy.stalled.set()
+        time.sleep(3)
+        proxy.stalled.clear()
+        assert wait_until(lambda: worker.status()["counts"]["confirmed"] == len(items), 120), worker.status()
+    finally:
+        worker.stop()
+    assert proxy.cuts >= 3
+    assert orthanc.instance_count() == len(items)
+    st = worker.status()
+    assert st["counts"]["quarantined"] == 0
+    assert st["sent_bytes"] > st["confirmed_wire_bytes"]  # cut bytes were counted as waste
+    assert all(d["sync_state"] == "confirmed" for d in catalogue(kit.store).values())
+
+
+def _failed_sop_body(uid: str, code: int) -> bytes:
+    return json.dumps({"00081198": {"vr": "SQ", "Value": [{
+        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.6.1"]},
+        "00081155": {"vr": "UI", "Value": [uid]},
+        "00081197": {"vr": "US", "Value": [code]}}]}}).encode()
+
+
+def test_permanent_refusal_quarantines_that_one_and_the_rest_go_through(kit, orthanc, proxy):
+    items = corpus("T-0302")
+    add_to_store(kit.store, items)
+    victim = str(items[2][1].SOPInstanceUID)
+
+    def intercept(head, body):
+        if victim.encode() in body:
+            return 400, _failed_sop_body(victim, 0xA900), {"Content-Type": "application/dicom+json"}
+        return None
+
+    proxy.intercept = intercept
+    worker = SyncWorker(kit.store, sync_config(kit.config, proxy.url()), kit.data_dir)
+    st = worker.run_once(timeout=60)
+    assert st["counts"]["confirmed"] == 3 and st["counts"]["quarantined"] == 1
+    bad = [i for i in st["items"] if i["state"] == "quarantined"][0]
+    assert bad["sop_instance_uid"] == victim
+    assert "data set does not match SOP class" in bad["reason"] and "0xA900" in bad["reason"]
+    doc = catalogue(kit.store)[victim]
+    assert doc["sync_state"] == "quarantined" and "0xA900" in doc["sync_reason"]
+    assert kit.store.blobs.exists(doc["blob"])  # never deleted
+    assert orthanc.instance_count() == 3
+    row = [r for r in kit.store.queue.rows("sync") if r.payload.get("sop_instance_uid") == victim][0]
+    assert row.state == "failed"
+
+
+def test_garbage_answer_and_custom_400_body_lose_nothing(kit, orthanc, proxy):
+    items = corpus("T-0303")[:2]
+    add_to_store(kit.store, items)
+    proxy.respond_with = [(200, b"<html>captive portal</html>", {"Content-Type": "text/html"}),
+                          (400, b"Bad request: we do not like you", {"Content-Type": "text/plain"})]
+    worker = SyncWorker(kit.store, sync_config(kit.config, proxy.url()), kit.data_dir, poll=0.05).start()
+    try:
+        assert wait_until(lambda: worker.status()["counts"]["confirmed"]
+                          + worker.status()["counts"]["quarantined"] == 2, 60)
+    finally:
+        worker.stop()
+    st = worker.status()
+    # the HTML page was a transient "not a STOW-RS response"; the plain 400 made the batch
+    # split, and each instance alone then went through
+    assert st["counts"]["confirmed"] == 2, st
+    assert orthanc.instance_count() == 2
+
+
+def test_new_red_finding_overtakes_queued_images_on_a_slow_link(kit, orthanc, proxy):
+    # ~50 MB of images for a green patient, then a red finding arrives
+    items = corpus("T-0304", copies=56)
+    add_to_store(kit.store, items, triage="green")
+    proxy.rate = 1_500_000
+    worker = SyncWorker(kit.store, sync_config(kit.config, proxy.url()), kit.data_dir, poll=0.05).start()
+    try:
+        assert wait_until(lambda: worker.status()["counts"]["confirmed"] >= 4, 60)
+        on_wire_or_done = {u for u, d in catalogue(kit.store).items()
+                           if d.get("sync_state") in ("sending", "confirmed")}
+        red_study = str(corpus("T-0399")[0][1].StudyInstanceUID)
+        data, sr = finding_sr("T-0399", red_study, "pneumothorax: present")
+        rows = add_to_store(kit.store, [(data, sr)], triage="red")
+        assert kit.store.queue.get(rows[0]).priority == sync_priority("red", "finding")
+        uid = str(sr.SOPInstanceUID)
+        assert wait_until(lambda: catalogue(kit.store)[uid].get("sync_state") == "confirmed", 30)
+    finally:
+        worker.stop()
+    cat = catalogue(kit.store)
+    red_at = cat[uid]["confirmed_at"]
+    overtaken = [u for u, d in cat.items() if u != uid and d.get("confirmed_at", 1e18) < red_at
+                 and u not in on_wire_or_done]
+    assert overtaken == []
+    assert sum(1 for d in cat.values() if d.get("sync_state") != "confirmed") > 100  # most still queued
