@@ -34,6 +34,7 @@ SOCKET_FILE = "kit.sock"
 SERVICES: list[tuple[str, str]] = [
     ("autolock", "fieldkit.web.auth:start_autolock"),
     ("dicom", "fieldkit.ingest.dimse:start"),
+    ("sync", "fieldkit.sync.worker:start"),
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
