@@ -34,6 +34,7 @@ SOCKET_FILE = "kit.sock"
 SERVICES: list[tuple[str, str]] = [
     ("autolock", "fieldkit.web.auth:start_autolock"),
     ("dicom", "fieldkit.ingest.dimse:start"),
+    ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),
 ]
 
@@ -55,6 +56,8 @@ def resolve(spec: str):
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .security.redact import install  # secrets and patient data never reach a log
+    install()
 
 
 class Kit:

@@ -1,0 +1,162 @@
+"""The inference worker: a thread of `fieldkit serve` that drains `infer` jobs.
+
+Contract, per job (payload {"sop_instance_uid"}):
+- the job is leased, not taken: if the process dies mid-job, the lease expires (or is
+  resumed at startup) and the job runs again;
+- an input the models cannot judge is a *result* ("not assessable" with the reason) and
+  the job is acknowledged; an object with no pixels (an SR) is skipped with the reason;
+  only real errors (store, codec crash, bug) fail the job, with retries then quarantine;
+- results land as: the overlay blob, the SR (stored like any instance, so it goes onto
+  the sync queue), then the findings rows (replacing any from an earlier attempt), then
+  the ack. The SR's UID is derived from the source and the models, so a re-run after a
+  crash finds it already stored instead of making a second one;
+- when the power policy pauses non-urgent inference (hot box, critical battery), jobs of
+  patients not tagged red are put back for later; the frame stride is applied always.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..records import KIND_INFER
+from . import findings, overlay, runner, sr
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+IDLE_SECONDS = 0.5
+PAUSED_RETRY_SECONDS = 30.0
+
+
+def _policy(kit):
+    """The power policy now: from the kit's probe when one is wired, else the shared monitor."""
+    from ..hardware import policy as hp
+    probe = getattr(kit, "hardware", None)
+    try:
+        if probe is not None and hasattr(probe, "read"):
+            return hp.decide(probe.read(), kit.config)
+        return hp.current_policy(kit.config, kit.data_dir)
+    except Exception:  # a flaky sensor must never stop inference
+        log.warning("power policy unavailable; running at full speed")
+        return hp.NORMAL
+
+
+def process(kit, registry: Registry, sop_uid: str, policy=None) -> dict:
+    """Analyse one stored instance and store its findings. Returns a short outcome dict."""
+    from ..store.instances import get_instance, put_instance, read_dataset
+    store, config = kit.store, kit.config
+    row = get_instance(store, sop_uid)
+    if row is None:
+        return {"outcome": "skipped", "reason": f"instance {sop_uid} is not in the catalogue"}
+    ds = read_dataset(store, sop_uid)
+    policy = policy or _policy(kit)
+    t0 = time.perf_counter()
+    a = runner.analyse(ds, registry, frame_stride=policy.frame_stride, power_reasons=tuple(policy.reasons),
+                       max_frames=int(config.get("inference.max_frames") or 120),
+                       time_budget_s=float(config.get("inference.time_budget_seconds") or 60.0),
+                       batch_size=int(config.get("inference.batch_size") or 16))
+    if a.skipped:
+        return {"outcome": "skipped", "reason": a.skipped}
+    if not a.results:
+        return {"outcome": "skipped", "reason": "no verified lung or FAST model is loaded"}
+    for r in a.results:
+        if r.task == "fast" and r.assessable:
+            r.result["fluid_area_cm2"] = runner.area_cm2(ds, r.result["fluid_area_px"])
+    overlay_addr = None
+    if a.overlay_frame is not None:
+        overlay_addr = store.blobs.put_bytes(overlay.render(a.overlay_frame, a.overlay)).addr
+    sr_ds = sr.build_sr(ds, a, uid_root=config.get("kit.uid_root") or "2.25", kit_id=config.get("kit.id") or "")
+    sr_uid = str(sr_ds.SOPInstanceUID)
+    if get_instance(store, sr_uid) is None:
+        put_instance(store, sr_ds, "kit")
+    a.timing_ms["job"] = round((time.perf_counter() - t0) * 1000, 1)
+    rows = findings.rows_for(a, source=row, overlay=overlay_addr, sr_uid=sr_uid)
+    findings.replace(store, sop_uid, rows)
+    store.events.publish("finding.stored", sop_instance_uid=sop_uid, patient_id=row.get("patient_id", ""),
+                         sr_sop_instance_uid=sr_uid)
+    return {"outcome": "analysed", "sr": sr_uid, "findings": [r["id"] for r in rows],
+            "assessable": {r["task"]: r["assessable"] for r in rows}}
+
+
+class Worker:
+    def __init__(self, kit, registry: Registry | None = None):
+        self.kit = kit
+        self.registry = registry or Registry(kit.config, kit.data_dir)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self.processed = 0
+        self.last_error = ""
+
+    def start(self) -> "Worker":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def status(self) -> dict:
+        return {"running": self._thread.is_alive(), "processed": self.processed,
+                "last_error": self.last_error, "models": self.registry.status()}
+
+    def _loop(self) -> None:
+        lease = float(self.kit.config.get("inference.lease_seconds") or 300)
+        while not self._stop.is_set():
+            try:
+                job = self.kit.store.queue.lease(KIND_INFER, lease_seconds=lease)
+            except Exception:
+                log.exception("could not lease an infer job")
+                self._stop.wait(5.0)
+                continue
+            if job is None:
+                self._stop.wait(IDLE_SECONDS)
+                continue
+            self._run(job)
+
+    def _run(self, job) -> None:
+        store = self.kit.store
+        uid = str(job.payload.get("sop_instance_uid", ""))
+        try:
+            policy = _policy(self.kit)
+            if policy.pause_non_urgent_inference and self._triage(uid) != "red":
+                store.queue.fail(job.id, f"deferred: {policy.summary()}", retry_in=PAUSED_RETRY_SECONDS)
+                return
+            log.info("infer job %s: analysing (attempt %d)", job.id, job.attempts)
+            outcome = process(self.kit, self.registry, uid, policy)
+            if outcome["outcome"] == "skipped":
+                log.info("infer job %s skipped: %s", job.id, outcome["reason"])
+                store.events.publish("inference.skipped", sop_instance_uid=uid, reason=outcome["reason"])
+            store.queue.ack(job.id)
+            self.processed += 1
+        except Exception as exc:  # a real error: retry, then quarantine with the reason
+            self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.exception("infer job %s failed (attempt %d)", job.id, job.attempts)
+            try:
+                store.queue.fail(job.id, self.last_error, permanent=job.attempts >= MAX_ATTEMPTS,
+                                 retry_in=30.0 * job.attempts)
+            except Exception:
+                log.exception("could not record the failure of infer job %s", job.id)
+
+    def _triage(self, uid: str) -> str:
+        from ..store.instances import get_instance
+        from ..store.patients import get_patient
+        pid = (get_instance(self.kit.store, uid) or {}).get("patient_id")
+        return ((get_patient(self.kit.store, pid) if pid else None) or {}).get("triage", "none")
+
+
+class _Off:
+    def stop(self) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {"running": False, "reason": "inference.enabled is false"}
+
+
+def start(kit):
+    """SERVICES entry: the running inference worker (call .stop() to end it)."""
+    if not kit.config.get("inference.enabled", True):
+        return _Off()
+    return Worker(kit).start()

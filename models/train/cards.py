@@ -1,0 +1,145 @@
+"""Write models/<name>/MODEL_CARD.md from each signed manifest (metrics, thresholds,
+training facts) plus what the model answered on the real ultrasound files in pydicom.
+
+    python models/train/cards.py            # after train.py; needs no torch
+
+The cards are documentation: they are not signed, the numbers in them come from the
+signed manifest, and the tests recompute those numbers on fresh simulated data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+REAL_FILES = {
+    "examples_ybr_color.dcm": "SonoSite 30-frame cine, apical cardiac view (JPEG baseline, YBR_FULL_422)",
+    "examples_rgb_color.dcm": "lymph node with colour Doppler, single frame (RGB)",
+    "examples_palette.dcm": "obstetric convex frame, mostly dark (PALETTE COLOR)",
+    "examples_jpeg2k.dcm": "lymph node with colour Doppler, single frame (JPEG 2000 lossless, YBR_RCT)",
+}
+
+SIMULATOR = """\
+Training and test images come from `models/train/simulator.py` (numpy only, seeded): an
+echogenicity map in the beam domain (160 depth samples x 128 scan lines), multiplied by
+fully developed speckle (intensity of a complex Gaussian field smoothed by a 2-sample axial
+x 3-line lateral PSF), attenuated by exp(-a*depth) with a = 1.0-2.5 after TGC, log-compressed
+to a 45-60 dB dynamic range with -4..+4 dB gain, and scan-converted to a 240x320, 256x256,
+300x400 or 480x640 display for a convex (probe radius 12-30 % of the height, 56-80 deg
+sector), phased (72-90 deg) or linear probe, with vendor-style text clutter in the margins.
+Lung: chest wall with 1-3 fascia lines, pleural line at 18-40 % depth with a granular
+"sliding" texture, 0-2 ribs (bright cap, full shadow), A-lines at multiples of the pleural
+depth (fading 0.7x each), 0-7 B-lines (width 0.8-2.5 % of the sector, at least 4 %
+apart, never under a rib) that erase the A-lines, consolidation in 15 % of frames.
+FAST: RUQ/LUQ (liver or spleen parenchyma, kidney with cortex and bright sinus,
+diaphragm) or pelvis (bladder with posterior enhancement, bowel rings); free fluid in half
+the frames as an anechoic crescent around the kidney (thickness 6-25 % of depth) or a
+sharp-cornered triangle behind the bladder. Other views: apical cardiac (phased),
+soft-tissue masses, vessels, thyroid with trachea, obstetric sac, muscle over bone, a third
+of them with a colour-Doppler box. Quality: no contact (face reverberations only), too
+dark (-45..-30 dB gain) and saturated (+25..+40 dB gain)."""
+
+
+def _fmt(m: dict) -> str:
+    v = m.get("value")
+    if v is None:
+        return "n/a"
+    ci = m.get("ci95")
+    if ci and ci[0] is not None:
+        return f"{v:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f}, n={m['n']})"
+    return f"{v:.3f} (n={m['n']})"
+
+
+def real_file_answers() -> list[str]:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from fieldkit.config import Config
+    from fieldkit.inference import runner
+    from fieldkit.inference.registry import Registry
+    reg = Registry(Config())
+    lines = []
+    for name, what in REAL_FILES.items():
+        a = runner.analyse(pydicom.dcmread(get_testdata_file(name)), reg)
+        res = "; ".join(f"{r.task}: {'assessable' if r.assessable else 'not assessable'}"
+                        + (f" ({r.reason})" if r.reason else "") for r in a.results)
+        lines.append(f"- `{name}` ({what}): gate per frame {a.gate.get('counts', {})}; {res}")
+    return lines
+
+
+def write_card(bundle_dir: Path, real: list[str]) -> None:
+    e = json.loads((bundle_dir / "manifest.json").read_text())
+    metrics = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in e.get("metrics", {}).items())
+    pre = e["preprocessing"]
+    card = f"""# {e['name']} {e['version']}
+
+**Not validated on patients; not for diagnosis.** This is a reference model trained only on
+simulated images, to exercise the kit end to end. A hospital must validate and sign its
+own model before any clinical use (see `models/README.md`).
+
+{e.get('summary', '')}
+
+| | |
+|---|---|
+| task | `{e['task']}` |
+| file | `{e['file']}` ({e.get('size_bytes', 0) / 1024:.0f} KiB), SHA-256 `{e['sha256']}` |
+| signed by key | `{e['key_id']}` |
+| input | `{e['input']['name']}` {e['input']['shape']} float32 |
+| preprocessing | RGB -> luma (BT.601), resize the whole frame to {pre['size'][0]}x{pre['size'][1]} (bilinear, antialiased), x{pre['scale']:.6f} |
+| outputs | {'; '.join(f'`{k}`: {v}' for k, v in e['outputs'].items())} |
+| labels | {', '.join(e['labels'])} |
+| thresholds | {', '.join(f'{k}={v}' for k, v in e['thresholds'].items())} |
+| intended views | {', '.join(e['intended_views'])} |
+| training | {e['training']['data']}, seed {e['training']['seed']}, {e['training']['seconds']} s on 2 CPU cores, torch {e['training']['torch']} |
+
+## Held-out simulated test metrics
+
+Freshly simulated images never seen in training (their own seed); 95 % confidence
+intervals are Wilson intervals for proportions and bootstrap percentile intervals for means.
+The tests (`tests/test_models_metrics.py`) recompute these on another fresh set and fail
+when a model falls below the lower bound here.
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Simulator
+
+{SIMULATOR}
+
+## Real images it was checked against
+
+pydicom's ultrasound test files (none is a lung or FAST view, so every lung and FAST
+answer must be "not assessable"); what the kit answered with this model set:
+
+{chr(10).join(real)}
+
+## Limitations
+
+- Trained and tested on simulated images only: the simulator's idea of a B-line, a
+  pleural line or free fluid is simpler than a patient's. Metrics here say the model
+  learned the simulator, not that it works on people.
+- The view gate abstains below its probability threshold and whenever colour-flow
+  Doppler is on the frame; real views it has never seen may still be misread.
+- Input is the whole frame resized to a square; unusual aspect ratios or heavy on-screen
+  annotations shift what the model sees.
+- Not validated on patients; not for diagnosis.
+"""
+    (bundle_dir / e["model_card"]).write_text(card, encoding="utf-8")
+
+
+def main():
+    real = real_file_answers()
+    for manifest in sorted((ROOT / "models").glob("*/manifest.json")):
+        write_card(manifest.parent, real)
+        print("wrote", manifest.parent / "MODEL_CARD.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Inference benchmarks (measured, never asserted). Prints ratio lines:
+
+1. pipeline throughput (decode + preprocess + infer + postprocess, the real runner) versus
+   bare onnxruntime `session.run` on the same preprocessed tensors, same run, for the
+   SonoSite cine (gate only: it is not a lung view) and a simulated lung cine (gate + lung);
+2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
+   matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
+3. capture-to-finding latency of the 30-frame SonoSite cine (stored in a real kit store,
+   then decrypted, decoded, analysed, SR + findings written) divided by the clip's own
+   duration (Number of Frames x Frame Time).
+
+    python tests/bench/bench_inference.py
+"""
+
+from __future__ import annotations
+
+import os
+
+# one BLAS thread, like one onnxruntime intra-op thread: the same budget on both sides
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import pydicom  # noqa: E402
+from onnx import shape_inference  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from fieldkit.config import Config  # noqa: E402
+from fieldkit.inference import runner  # noqa: E402
+from fieldkit.inference.preprocess import preprocess  # noqa: E402
+from fieldkit.inference.registry import Registry  # noqa: E402
+
+REPEATS = 5
+
+
+def best(fn, repeats=REPEATS):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)
+
+
+def model_flops(path: Path, batch: int = 1) -> float:
+    """Multiply-adds x 2 of Conv, ConvTranspose, Gemm and MatMul nodes at this batch size."""
+    m = onnx.load(str(path))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    m = shape_inference.infer_shapes(m)
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    inits = {i.name: list(i.dims) for i in m.graph.initializer}
+    flops = 0.0
+    for node in m.graph.node:
+        if node.op_type == "Conv":
+            w = inits[node.input[1]]  # (Cout, Cin/group, kh, kw)
+            out = shapes[node.output[0]]
+            flops += 2.0 * np.prod(out) * np.prod(w[1:])
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0]) or inits.get(node.input[0])
+            b = shapes.get(node.input[1]) or inits.get(node.input[1])
+            flops += 2.0 * np.prod(a) * b[-1]
+    return flops
+
+
+def matmul_peak(n: int = 1024) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    t, _ = best(lambda: a @ b, 7)
+    return 2.0 * n ** 3 / t
+
+
+def bench_pipeline(reg, ds, label, tasks):
+    frames = runner._decode(ds, range(int(ds.get("NumberOfFrames", 1) or 1)))
+    tensors = {t: preprocess(frames, reg.get(t).entry["preprocessing"]) for t in tasks}
+    a = runner.analyse(ds, reg)
+    ran = ["gate"] + [r.task for r in a.results if r.assessable]
+    assert set(ran) == set(tasks), (label, ran)
+
+    def bare():
+        for t in tasks:
+            x = tensors[t]
+            for s in range(0, len(x), 16):
+                reg.get(t).run(x[s:s + 16])
+
+    t_pipe, _ = best(lambda: runner.analyse(ds, reg))
+    t_bare, _ = best(bare)
+    n = len(frames)
+    print(f"pipeline_vs_bare_session_run[{label}]: {t_bare / t_pipe:.2f} "
+          f"(pipeline {n / t_pipe:.0f} frames/s, bare session.run {n / t_bare:.0f} frames/s, {n} frames; target >= 0.8)")
+    return t_bare / t_pipe
+
+
+def bench_flops(reg, peak):
+    out = {}
+    for task in ("gate", "lung", "fast"):
+        m = reg.get(task)
+        batch = 16
+        x = np.random.default_rng(0).random((batch, 1, *m.entry["preprocessing"]["size"]), dtype=np.float32)
+        m.run(x)
+        t, _ = best(lambda: m.run(x), 7)
+        flops = model_flops(m.bundle.model_path, batch)
+        rate = flops / t
+        out[task] = rate / peak
+        print(f"onnxruntime_flops_vs_matmul_peak[{m.name}]: {rate / peak:.2f} "
+              f"({rate / 1e9:.1f} GFLOP/s of {peak / 1e9:.1f} GFLOP/s numpy peak, 1 thread; "
+              f"{flops / batch / 1e6:.1f} MFLOP/frame, batch {batch}; target >= 0.30)")
+    return out
+
+
+def bench_latency(reg):
+    from kitproc import init_kit
+
+    from fieldkit.hardware.policy import NORMAL
+    from fieldkit.inference import findings, worker
+    from fieldkit.runtime import open_kit
+    from fieldkit.store.instances import put_instance
+
+    path = get_testdata_file("examples_ybr_color.dcm")
+    ds = pydicom.dcmread(path)
+    clip_s = int(ds.NumberOfFrames) * float(ds.FrameTime) / 1000.0
+    data = Path(path).read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = init_kit(Path(tmp) / "kit")
+        kit = open_kit(data_dir)
+        try:
+            times = []
+            for i in range(3):
+                # a fresh SOP Instance UID each round, so every round is a real store + analysis
+                d = pydicom.dcmread(path)
+                d.SOPInstanceUID = f"{d.SOPInstanceUID}.{i + 1}"
+                d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID
+                import io
+                buf = io.BytesIO()
+                d.save_as(buf)
+                raw = buf.getvalue()
+                t = time.perf_counter()
+                uid = put_instance(kit.store, raw, "dimse")["sop_instance_uid"]
+                worker.process(kit, reg, uid, NORMAL)
+                times.append(time.perf_counter() - t)
+                assert len(findings.for_instance(kit.store, uid)) == 2
+        finally:
+            kit.close()
+    lat = min(times)
+    print(f"capture_to_finding_over_clip_duration[examples_ybr_color.dcm]: {lat / clip_s:.2f} "
+          f"(latency {lat * 1000:.0f} ms best of 3, median {statistics.median(times) * 1000:.0f} ms; "
+          f"clip {clip_s:.2f} s = {ds.NumberOfFrames} frames x {float(ds.FrameTime):.3f} ms; target <= 1.0; "
+          f"input {len(data) // 1024} KiB)")
+
+
+def main():
+    from fixtures.inference import lung_cine_dataset
+    reg = Registry(Config({"inference.threads": 1}))
+    assert all(reg.get(t) for t in ("gate", "lung", "fast")), reg.status()
+    peak = matmul_peak()
+    bench_pipeline(reg, pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")), "examples_ybr_color.dcm", ["gate"])
+    lung, _ = lung_cine_dataset(n_frames=30, n_blines=4, seed=5)
+    bench_pipeline(reg, lung, "simulated lung cine 30x240x320 RGB", ["gate", "lung"])
+    bench_flops(reg, peak)
+    bench_latency(reg)
+
+
+if __name__ == "__main__":
+    main()

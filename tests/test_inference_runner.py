@@ -1,0 +1,155 @@
+"""The runner on real ultrasound files and on bad input, and the SR it makes.
+
+None of pydicom's ultrasound files is a lung or FAST view (an apical cardiac cine, a
+lymph-node Doppler study, an obstetric frame), so every lung and FAST result on them
+must be "not assessable": a B-line count or a fluid finding on any of them is a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from fieldkit.inference import runner, sr
+from fixtures.inference import PYDICOM_US_FILES, lung_cine_dataset
+
+
+def _read(name):
+    return pydicom.dcmread(get_testdata_file(name))
+
+
+def _roundtrip(ds):
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("name", PYDICOM_US_FILES)
+def test_real_non_lung_non_fast_files_are_not_assessable(registry, name):
+    ds = _read(name)
+    a = runner.analyse(ds, registry)
+    assert not a.skipped
+    assert {r.task for r in a.results} == {"lung", "fast"}
+    for r in a.results:
+        assert r.assessable is False, (name, r.task, r.reason)
+        assert r.reason  # says why
+        assert "b_line_counts" not in r.result and "fluid_present" not in r.result
+    assert a.frames_total == int(ds.get("NumberOfFrames", 1) or 1)
+
+
+@pytest.mark.parametrize("name", PYDICOM_US_FILES)
+def test_sr_of_a_real_file_parses_back_with_the_algorithm_and_not_assessable(registry, name):
+    ds = _read(name)
+    a = runner.analyse(ds, registry)
+    report = _roundtrip(sr.build_sr(ds, a))
+    parsed = hd.sr.Comprehensive3DSR.from_dataset(report)
+    assert parsed.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert report.StudyInstanceUID == ds.StudyInstanceUID
+    groups = parsed.content.get_observation_groups() if hasattr(parsed.content, "get_observation_groups") else None
+    text = str(report)
+    for r in a.results:
+        assert f"sha256={r.model['sha256']}" in text
+        assert r.model["name"] in text
+    assert text.count("Not assessable") == 2
+    ref = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    del groups
+
+
+def test_sr_for_a_sparse_handheld_export(registry):
+    """No patient name/sex/birth date, no study ID, no Frame of Reference: still a report."""
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=2)
+    for keyword in ("PatientName", "PatientSex", "PatientBirthDate", "StudyID", "AccessionNumber",
+                    "ReferringPhysicianName", "FrameOfReferenceUID", "StudyDate", "StudyTime"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds = _roundtrip(ds)
+    a = runner.analyse(ds, registry)
+    report = _roundtrip(sr.build_sr(ds, a))
+    assert report.PatientID == ds.PatientID
+    assert "PatientName" in report and str(report.PatientName) == ""
+    again = sr.build_sr(ds, a)
+    assert again.SOPInstanceUID == report.SOPInstanceUID  # a re-run names the same report
+
+
+def test_simulated_lung_cine_gives_b_line_counts(registry):
+    ds, truth = lung_cine_dataset(n_frames=8, n_blines=4, seed=11)
+    a = runner.analyse(_roundtrip(ds), registry)
+    lung = next(r for r in a.results if r.task == "lung")
+    fast = next(r for r in a.results if r.task == "fast")
+    assert lung.assessable, lung.reason
+    assert not fast.assessable  # a lung view is not a FAST view
+    assert len(lung.result["b_line_counts"]) == 8
+    true = len(truth[0].bline_cols)
+    assert np.median(lung.result["b_line_counts"]) == pytest.approx(true, abs=1)
+    assert lung.result["pattern"] == "B-line pattern"
+    assert abs(lung.result["pleural_line_row"] - truth[0].pleura_row) < 15
+    assert len(lung.result["column_evidence"]) == 64
+
+
+def test_an_sr_instance_is_skipped_with_the_reason(registry):
+    ds = _read("examples_ybr_color.dcm")
+    report = sr.build_sr(ds, runner.analyse(ds, registry))
+    a = runner.analyse(report, registry)
+    assert a.skipped and "no pixel data" in a.skipped
+    assert a.results == []
+
+
+def test_a_cine_of_2000_frames_is_sampled_and_finishes(registry):
+    ds = _read("examples_ybr_color.dcm")
+    frames = runner._decode(ds, [0])[0]
+
+    def decode(_ds, indices):  # 2000 frames without building a 2000-frame file
+        return np.repeat(frames[None], len(indices), axis=0)
+
+    big = copy.deepcopy(ds)
+    big.NumberOfFrames = 2000
+    a = runner.analyse(big, registry, max_frames=60, decode=decode)
+    assert a.frames_total == 2000 and a.frames_analysed == 60
+    assert a.subsampled and any("max_frames" in r for r in a.subsample_reasons)
+    assert all(not r.assessable for r in a.results)
+
+
+def test_time_budget_stops_a_long_job_and_says_so(registry):
+    ds = _read("examples_ybr_color.dcm")
+    a = runner.analyse(ds, registry, time_budget_s=0.0, batch_size=4)
+    assert a.frames_analysed == 4 and a.subsampled
+    assert any("time budget" in r for r in a.subsample_reasons)
+
+
+def test_power_policy_stride_is_applied_and_recorded(registry):
+    from fieldkit.hardware.policy import decide
+    from fieldkit.hardware.probe import FakeProbe
+    from fieldkit.config import Config
+    policy = decide(FakeProbe(battery_percent=15.0, on_battery=True, temperature_c=40.0).read(), Config())
+    assert policy.frame_stride == 2
+    ds = _read("examples_ybr_color.dcm")
+    a = runner.analyse(ds, registry, frame_stride=policy.frame_stride, power_reasons=policy.reasons)
+    assert a.frames_analysed == 15 and a.frame_numbers[:3] == [1, 3, 5]
+    assert a.subsampled and "battery low" in a.subsample_reasons[0]
+    idle = decide(FakeProbe(battery_percent=100.0, on_battery=False, temperature_c=40.0).read(), Config())
+    assert runner.analyse(ds, registry, frame_stride=idle.frame_stride).frames_analysed == 30
+
+
+@pytest.mark.parametrize("frames, why", [
+    (np.zeros((1, 240, 320), np.uint8), "unexpected frame layout"),
+    (np.zeros((1, 240, 320, 4), np.uint8), "unexpected frame layout"),
+    (np.zeros((1, 32, 32, 3), np.uint8), "too small"),
+])
+def test_unexpected_frames_are_not_assessable(registry, frames, why):
+    ds = _read("examples_rgb_color.dcm")
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: frames)
+    assert all(not r.assessable and why in r.reason for r in a.results)
+
+
+def test_pixels_that_do_not_decode_are_not_assessable(registry):
+    ds = _read("examples_ybr_color.dcm")
+    ds.PixelData = ds.PixelData[:200]  # truncated JPEG stream
+    a = runner.analyse(ds, registry)
+    assert all(not r.assessable and "does not decode" in r.reason for r in a.results)

@@ -1,0 +1,178 @@
+"""The inference worker against a real store: findings rows, the encrypted overlay, the SR
+stored as an instance and queued for sync, idempotent re-runs, and a SIGKILL mid-job."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from fieldkit.hardware.policy import NORMAL
+from fieldkit.inference import findings, worker
+from fieldkit.records import KIND_INFER, KIND_SYNC
+from fieldkit.store.instances import get_instance, put_instance, read_dataset
+from fixtures.inference import PYDICOM_US_FILES, dataset_bytes, lung_cine_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sync_rows(store, uid):
+    return [r for r in store.queue.rows(kind=KIND_SYNC) if r.payload.get("sop_instance_uid") == uid]
+
+
+def test_lung_cine_job_writes_findings_overlay_and_sr(kit, registry):
+    ds, truth = lung_cine_dataset(n_frames=6, n_blines=4, seed=21)
+    stored = put_instance(kit.store, dataset_bytes(ds), "upload")
+    uid = stored["sop_instance_uid"]
+    out = worker.process(kit, registry, uid, NORMAL)
+    assert out["outcome"] == "analysed"
+
+    rows = {r["task"]: r for r in findings.for_instance(kit.store, uid)}
+    assert set(rows) == {"lung", "fast"}
+    lung = rows["lung"]
+    assert lung["assessable"] and lung["model"] == "lung-bline" and len(lung["model_sha256"]) == 64
+    assert lung["patient_id"] == stored["patient_id"]
+    assert lung["frames_analysed"] == lung["frames_total"] == 6 and not lung["subsampled"]["value"]
+    assert lung["result"]["pattern"] == "B-line pattern"
+    assert not rows["fast"]["assessable"] and rows["fast"]["reason"]
+
+    png = kit.store.blobs.get_bytes(lung["overlay"])
+    assert Image.open(io.BytesIO(png)).size == (320, 240)
+
+    sr_uid = lung["sr_sop_instance_uid"]
+    sr_row = get_instance(kit.store, sr_uid)
+    assert sr_row is not None and sr_row["patient_id"] == stored["patient_id"]
+    assert _sync_rows(kit.store, sr_uid), "the SR is queued for the hospital"
+    report = read_dataset(kit.store, sr_uid)
+    hd.sr.Comprehensive3DSR.from_dataset(report)
+    counts = [float(item.MeasuredValueSequence[0].NumericValue)
+              for item in _walk(report) if _name(item) == "B-line count"]
+    assert counts == [float(c) for c in lung["result"]["b_line_counts"]]
+
+
+def test_rerun_replaces_findings_and_keeps_one_sr(kit, registry):
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=1, seed=22)
+    uid = put_instance(kit.store, dataset_bytes(ds), "upload")["sop_instance_uid"]
+    first = worker.process(kit, registry, uid, NORMAL)
+    second = worker.process(kit, registry, uid, NORMAL)
+    assert first["sr"] == second["sr"]
+    assert len(findings.for_instance(kit.store, uid)) == 2
+    assert len(_sync_rows(kit.store, first["sr"])) == 1
+
+
+@pytest.mark.parametrize("name", PYDICOM_US_FILES)
+def test_real_files_through_the_worker_queue_are_not_assessable(kit, registry, name):
+    data = Path(get_testdata_file(name)).read_bytes()
+    uid = put_instance(kit.store, data, "upload")["sop_instance_uid"]
+    w = worker.Worker(kit, registry).start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and kit.store.queue.counts()[KIND_INFER].get("done", 0) < 1:
+            time.sleep(0.1)
+    finally:
+        w.stop()
+    assert kit.store.queue.counts()[KIND_INFER]["done"] >= 1, w.status()
+    rows = findings.for_instance(kit.store, uid)
+    assert {r["task"] for r in rows} == {"lung", "fast"}
+    for r in rows:
+        assert r["assessable"] is False and r["reason"]
+        assert "b_line_counts" not in r["result"] and "fluid_present" not in r["result"]
+
+
+def test_worker_pauses_non_urgent_jobs_when_hot(kit, registry):
+    from fieldkit.hardware.probe import FakeProbe
+    ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=23)
+    put_instance(kit.store, dataset_bytes(ds), "upload")
+    kit.hardware = FakeProbe(battery_percent=90.0, on_battery=False, temperature_c=99.0)
+    w = worker.Worker(kit, registry).start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not [r for r in kit.store.queue.rows(kind=KIND_INFER)
+                                                   if "deferred" in r.last_error]:
+            time.sleep(0.1)
+    finally:
+        w.stop()
+    rows = kit.store.queue.rows(kind=KIND_INFER)
+    assert rows and all(r.state != "done" for r in rows)
+    assert any("deferred" in r.last_error and "hot" in r.last_error for r in rows)
+    assert findings.all_findings(kit.store) == []
+
+
+CHILD = r"""
+import sys, time, logging
+from pathlib import Path
+from fieldkit.runtime import open_kit
+from fieldkit.inference import worker
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+kit = open_kit(Path(sys.argv[1]))
+w = worker.Worker(kit)
+print("ready", flush=True)
+w.start()
+time.sleep(120)
+"""
+
+
+def test_sigkill_mid_job_then_restart_gives_exactly_one_set_of_findings(data_dir, registry):
+    from fieldkit.runtime import open_kit
+    kit = open_kit(data_dir)
+    ds, _ = lung_cine_dataset(n_frames=60, n_blines=3, seed=24, size=(480, 640))
+    uid = put_instance(kit.store, dataset_bytes(ds), "upload")["sop_instance_uid"]
+    kit.close()
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline:
+            line = child.stderr.readline()
+            if "analysing" in line or not line:
+                break
+        assert "analysing" in line, "the child never started the job"
+        time.sleep(0.3)  # well inside a 60-frame 640x480 job
+        assert child.poll() is None, "the job finished before it could be killed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+
+    kit = open_kit(data_dir)
+    try:
+        assert findings.for_instance(kit.store, uid) == []
+        row = [r for r in kit.store.queue.rows(kind=KIND_INFER) if r.payload["sop_instance_uid"] == uid][0]
+        assert row.state == "ready"  # the lease came back: the job was not lost
+        w = worker.Worker(kit, registry).start()
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and kit.store.queue.get(row.id).state != "done":
+                time.sleep(0.2)
+        finally:
+            w.stop()
+        assert kit.store.queue.get(row.id).state == "done"
+        rows = findings.for_instance(kit.store, uid)
+        assert sorted(r["task"] for r in rows) == ["fast", "lung"]
+        srs = {r["sr_sop_instance_uid"] for r in rows}
+        assert len(srs) == 1 and get_instance(kit.store, srs.pop()) is not None
+    finally:
+        kit.close()
+
+
+def _walk(ds):
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
+def _name(item):
+    seq = getattr(item, "ConceptNameCodeSequence", None)
+    return seq[0].CodeMeaning if seq else ""
