@@ -559,6 +559,8 @@ class Provisioner:
         if self.live:
             changed = any(s.outcome in ("created", "changed") for s in self.steps)
             self.run_cmd(["systemctl", "daemon-reload"])
+            if "hostapd.service" in units:
+                self.run_cmd(["systemctl", "unmask", "hostapd.service"])  # Debian ships it masked
             self.run_cmd(["systemctl", "enable", *units])
             if changed:
                 self.run_cmd(["systemctl", "restart", *units])
