@@ -58,6 +58,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .security.redact import install  # secrets and patient data never reach a log
     install()
+    from .security.redact import install  # secrets and patient data never reach a log
+    install()
 
 
 class Kit:

@@ -96,10 +96,33 @@ def forget_all() -> None:
         _remember_re = None
 
 
+# Where a patient value shows up in a recognisable shape, the value itself is remembered,
+# so a later bare mention ("failed for PID-4242") is masked too.
+_LEARN = [
+    re.compile(r"\(0010,\s?00(?:10|20|30|1000|1001)\)[^\n:]*:\s*'?([^'\n]+?)'?\s*$", re.M | re.I),
+    re.compile(r"Patient'?s?\s?(?:Name|ID)\s*[:=]\s*'?([^'\n,]+?)'?\s*(?:$|,)", re.M | re.I),
+    re.compile(r"""["']?(?:PatientName|PatientID|patient_name|patient_id|OtherPatientIDs)["']?\s*[:=]\s*["']?([^"',}\s][^"',}]*)""",
+               re.I),
+    re.compile(r"[^\s'\"=:,^()\[\]{}<>]+\^[^\s'\",()\[\]{}<>]*"),
+]
+
+
+def _learn(text: str) -> None:
+    found = []
+    for rx in _LEARN:
+        for m in rx.finditer(text):
+            value = (m.group(1) if rx.groups else m.group(0)).strip().strip("'\"")
+            if value and value != MASK and len(value) <= 128:
+                found.append(value)
+    if found:
+        remember(*found)
+
+
 def redact(text: str) -> str:
     """Scrub one string."""
     if not text:
         return text
+    _learn(text)
     rx = _remember_re
     if rx is not None:
         text = rx.sub(MASK, text)
@@ -169,3 +192,14 @@ def install() -> None:
         for handler in logging.getLogger().handlers:
             if not isinstance(handler.formatter, RedactingFormatter):
                 handler.setFormatter(RedactingFormatter(handler.formatter))
+
+
+def cheroot_error_log(logger: logging.Logger | None = None):
+    """A replacement for cheroot's `HTTPServer.error_log` (which writes to stderr directly,
+    bypassing logging): `server.error_log = cheroot_error_log()`."""
+    logger = logger or logging.getLogger("cheroot")
+
+    def error_log(msg="", level=20, traceback=False):
+        logger.log(level, "%s", msg, exc_info=bool(traceback))
+
+    return error_log

@@ -1,0 +1,120 @@
+"""No secrets or patient data in logs: the redaction installed by the logging setup, in a
+fresh interpreter, and a real running kit that ingests a canary patient and signs people in."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import pydicom
+import requests
+
+from fieldkit.security import redact
+from fieldkit.security.tokens import new_token
+
+from fixtures.dcmtk import pydicom_file, store_responses, storescu
+from kitproc import ADMIN_PASSWORD, ADMIN_USER
+
+
+def test_redact_scrubs_the_usual_shapes():
+    token = new_token()
+    cases = {
+        f"Authorization: Bearer {token}": token,
+        f"using token {token}": token,
+        "Cookie: __Host-fk_session=abcdefSECRET1": "abcdefSECRET1",
+        '{"username": "amina", "password": "hunter2 hunter2"}': "hunter2",
+        "POST /login username=amina&password=s3cr3t-pw&csrf_token=zzzCSRFzzz": "s3cr3t-pw",
+        "form pin=604817 ok": "604817",
+        "stored instance for CANARY^Zq7x^^": "Zq7x",
+        "{'PatientName': 'Doe^Jane', 'PatientID': 'PID-4242'}": "PID-4242",
+        "(0010,0020) Patient ID  LO: 'PID-4242'": "PID-4242",
+        "search q=Okonkwo&limit=5": "Okonkwo",
+    }
+    for line, secret in cases.items():
+        out = redact.redact(line)
+        assert secret not in out, (line, out)
+        assert redact.MASK in out
+    assert redact.redact("stored 3 instances in 0.2 s") == "stored 3 instances in 0.2 s"
+
+
+def test_remembered_values_are_masked_anywhere():
+    redact.remember("Okafor^Chidi", "TAG-889911")
+    try:
+        assert "TAG-889911" not in redact.redact("merged record TAG-889911 into P7")
+        assert "Chidi" not in redact.redact("identified as Chidi Okafor")
+    finally:
+        redact.forget_all()
+
+
+def test_the_logging_setup_redacts_every_logger_and_traceback(tmp_path):
+    token = new_token()
+    script = textwrap.dedent(f"""
+        import logging
+        from fieldkit.runtime import setup_logging
+        setup_logging()
+        import pydicom
+        from pydicom.data import get_testdata_file
+        ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+        ds.PatientName = "CANARY^Qx81"
+        ds.PatientID = "CANARYID7731"
+        logging.getLogger("werkzeug").info("GET /api?token=%s HTTP/1.1", "{token}")
+        logging.getLogger("pynetdicom").debug("dataset %s", ds)
+        logging.getLogger("pynetdicom").warning("dataset %r", ds)
+        logging.getLogger("x").warning("headers %s", {{"Authorization": "Bearer {token}"}})
+        logging.getLogger("x").warning("patient %s", ds.PatientName)
+        try:
+            raise KeyError(str(ds.PatientName) + " password=pw-in-exception-77")
+        except KeyError:
+            logging.getLogger("fieldkit").exception("failed for %s", ds.PatientID)
+        print("DONE")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "DONE" in proc.stdout, proc.stderr
+    log = proc.stderr
+    assert "WARNING" in log and "Traceback" in log
+    for secret in (token, "Qx81", "CANARYID7731", "pw-in-exception-77"):
+        assert secret not in log, secret
+
+
+def _canary_file(tmp_path, name, pid):
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    ds.PatientName = name
+    ds.PatientID = pid
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "probe" / "canary.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_running_kit_logs_no_canary_token_or_password(kit_server, tmp_path, need):
+    need("storescu")
+    name, pid = "CANARYLOG^Wq19x", "CANARYPID5521"
+    sent = storescu(kit_server.dicom_port, [_canary_file(tmp_path, name, pid)])
+    assert store_responses(sent) and all("Success" in s for s in store_responses(sent)), sent.stdout + sent.stderr
+    s = requests.Session()
+    page = s.get(kit_server.url + "/login", timeout=30, verify=kit_server.ca)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    bad = s.post(kit_server.url + "/login", data={"username": ADMIN_USER, "password": "wrong " + ADMIN_PASSWORD,
+                                                  "csrf_token": csrf}, timeout=30, verify=kit_server.ca)
+    assert bad.status_code == 401
+    ok = s.post(kit_server.url + "/login", data={"username": ADMIN_USER, "password": ADMIN_PASSWORD,
+                                                 "csrf_token": csrf}, timeout=30, allow_redirects=False,
+                verify=kit_server.ca)
+    assert ok.status_code == 303
+    token = kit_server.token("admin")
+    r = requests.get(kit_server.url + "/api/v1/status", headers={"Authorization": f"Bearer {token}"},
+                     verify=kit_server.ca, timeout=30)
+    assert r.status_code == 200 and r.json()["instances"] >= 1
+    requests.get(kit_server.url + "/api/v1/status?access_token=" + token, verify=kit_server.ca, timeout=30)
+    kit_server.stop()
+    log = kit_server.log()
+    assert log, "the kit wrote no log at all"
+    logs = [kit_server.log_path.read_text(errors="replace")]
+    logs += [p.read_text(errors="replace") for p in kit_server.data_dir.rglob("*.log")]
+    for text in logs:
+        for secret in ("Wq19x", "CANARYLOG", pid, token, ADMIN_PASSWORD):
+            assert secret not in text, f"{secret!r} found in a log"
