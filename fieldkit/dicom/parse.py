@@ -183,8 +183,8 @@ def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
     for elem in ds._dict.values():
         if isinstance(elem, RawDataElement):
             if elem.value is not None and elem.length not in (0xFFFFFFFF,) and len(elem.value) < elem.length:
-                refuse(f"element ({elem.tag.group:04X},{elem.tag.element:04X}) is cut short: "
-                       f"{len(elem.value)} of {elem.length} bytes (truncated file)")
+                refuse(f"truncated file: element ({elem.tag.group:04X},{elem.tag.element:04X}) has "
+                       f"{len(elem.value)} of {elem.length} bytes")
         elif elem.VR == "SQ":
             for item in elem.value or []:
                 _check_truncation(item, refuse, depth + 1)

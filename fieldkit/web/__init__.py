@@ -16,6 +16,9 @@ from ..errors import FieldkitError
 # "module:attribute" of each blueprint, registered in this order. Add one line per area.
 BLUEPRINTS: list[str] = [
     "fieldkit.web.api:bp",
+    "fieldkit.web.dicomweb:bp",
+    "fieldkit.web.upload:bp",
+    "fieldkit.web.onboarding:bp",
 ]
 
 

@@ -1,0 +1,146 @@
+"""DICOMweb on a running kit, driven by dicomweb-client (a client nobody here wrote)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+
+from fieldkit.dicom.frames import decode_frames
+from fixtures.dcmtk import SHIPPED, pydicom_file, sample_files, store_responses, storescu
+
+
+def _client(kit_server, role="dicomweb-client") -> DICOMwebClient:
+    session = requests.Session()
+    session.verify = kit_server.ca
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment beats session.verify
+    return DICOMwebClient(url=f"{kit_server.url}/dicom-web", session=session,
+                          headers={"Authorization": f"Bearer {kit_server.token(role)}"})
+
+
+def _fresh(name: str) -> pydicom.Dataset:
+    ds = pydicom.dcmread(pydicom_file(name))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_storescu_then_wado_rs_gives_back_the_same_pixels(kit_server, need, tmp_path):
+    need("storescu")
+    client = _client(kit_server)
+    for path, flag, label in sample_files(tmp_path):
+        assert store_responses(storescu(kit_server.dicom_port, [path], flag, "-R")) == ["Success"], label
+        original = pydicom.dcmread(path)
+        got = client.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID,
+                                       original.SOPInstanceUID)
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert got.IssuerOfPatientID == "FIELDKIT-TEST1" and got.PatientID.startswith("U-")
+        if label in SHIPPED or label in ("deflated", "jpeg-ls", "rle"):
+            np.testing.assert_array_equal(got.pixel_array, original.pixel_array, err_msg=label)
+        else:
+            np.testing.assert_array_equal(decode_frames(got), decode_frames(original), err_msg=label)
+    # metadata, frames and rendered frames of the SonoSite cine
+    cine = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
+    meta = client.retrieve_instance_metadata(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID)
+    assert meta["00080018"]["Value"] == [cine.SOPInstanceUID] and meta["00280008"]["Value"] in ([30], ["30"])
+    frames = client.retrieve_instance_frames(cine.StudyInstanceUID, cine.SeriesInstanceUID,
+                                             cine.SOPInstanceUID, frame_numbers=[1, 30])
+    expected = cine.pixel_array
+    assert frames[0] == expected[0].tobytes() and frames[1] == expected[29].tobytes()
+    png = client.retrieve_instance_frames_rendered(cine.StudyInstanceUID, cine.SeriesInstanceUID,
+                                                   cine.SOPInstanceUID, frame_numbers=[2],
+                                                   media_types=("image/png",))
+    from PIL import Image
+    img = np.asarray(Image.open(io.BytesIO(png)))
+    np.testing.assert_array_equal(img, decode_frames(cine, [1])[0])
+    # explicit VR little endian on request: the JPEG cine comes back decompressed
+    plain = client.retrieve_instance(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID,
+                                     media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    assert plain.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.abs(plain.pixel_array.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_stow_mixed_batch_lists_what_was_stored_and_why_not(kit_server):
+    client = _client(kit_server)
+    good = [_fresh("examples_rgb_color.dcm"), _fresh("examples_jpeg2k.dcm")]
+    truncated = _bytes(_fresh("examples_palette.dcm"))
+    truncated = truncated[: len(truncated) // 2]
+    url = f"{kit_server.url}/dicom-web/studies"
+    boundary = "b0undary"
+    parts = [_bytes(d) for d in good] + [truncated, b"this is not DICOM at all"]
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+                    for p in parts) + f"--{boundary}--\r\n".encode()
+    token = kit_server.token("dicomweb-client")
+    r = requests.post(url, data=body, verify=kit_server.ca, timeout=60,
+                      headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json",
+                               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 202, r.text
+    resp = pydicom.Dataset.from_json(r.json())
+    assert sorted(i.ReferencedSOPInstanceUID for i in resp.ReferencedSOPSequence) == \
+        sorted(d.SOPInstanceUID for d in good)
+    assert len(resp.FailedSOPSequence) == 2
+    assert all(i.FailureReason in (0xC000, 0xA900) for i in resp.FailedSOPSequence)
+    reasons = [i.get((0x0000, 0x0902)).value for i in resp.FailedSOPSequence]
+    assert any("truncated" in x or "Pixel Data" in x for x in reasons) and any("DICM" in x for x in reasons)
+    # and through dicomweb-client itself: all good -> 200 with a ReferencedSOPSequence
+    more = [_fresh("examples_rgb_color.dcm")]
+    out = client.store_instances(more)
+    assert [i.ReferencedSOPInstanceUID for i in out.ReferencedSOPSequence] == [more[0].SOPInstanceUID]
+    found = client.search_for_instances(search_filters={"SOPInstanceUID": more[0].SOPInstanceUID})
+    assert len(found) == 1
+    # none stored -> 409; a broken boundary -> 400; the kit keeps running
+    r = requests.post(url, data=body.replace(b"b0undary", b"other"), verify=kit_server.ca, timeout=60,
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 400 and "boundary" in r.json()["error"]
+    bad_only = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + b"junk\r\n"
+                + f"--{boundary}--\r\n".encode())
+    r = requests.post(url, data=bad_only, verify=kit_server.ca, timeout=60,
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 409
+    assert kit_server.get("/healthz").status_code in (200, 204)
+
+
+def test_qido_matching_keys_and_paging(kit_server):
+    client = _client(kit_server)
+    a, b = _fresh("examples_rgb_color.dcm"), _fresh("examples_palette.dcm")
+    a.StudyDate, b.StudyDate = "20240105", "20240320"
+    a.StudyInstanceUID, b.StudyInstanceUID = generate_uid(), generate_uid()
+    a.PatientID, b.PatientID = "PROBE-A", "PROBE-B"
+    client.store_instances([a, b])
+    studies = client.search_for_studies()
+    assert len(studies) == 2
+    in_range = client.search_for_studies(search_filters={"StudyDate": "20240101-20240131"})
+    assert [s["0020000D"]["Value"][0] for s in in_range] == [a.StudyInstanceUID]
+    pid = in_range[0]["00100020"]["Value"][0]
+    assert pid.startswith("U-")
+    assert len(client.search_for_studies(search_filters={"PatientID": pid})) == 1
+    assert len(client.search_for_studies(search_filters={"ModalitiesInStudy": "US"})) == 2
+    assert len(client.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})) == 0
+    assert len(client.search_for_studies(limit=1)) == 1
+    assert len(client.search_for_studies(limit=1, offset=1)) == 1
+    series = client.search_for_series(b.StudyInstanceUID)
+    assert [s["0020000E"]["Value"][0] for s in series] == [b.SeriesInstanceUID]
+    inst = client.search_for_instances(b.StudyInstanceUID, b.SeriesInstanceUID)
+    assert [i["00080018"]["Value"][0] for i in inst] == [b.SOPInstanceUID]
+
+
+def test_dicomweb_needs_a_token_with_the_right_role(kit_server):
+    r = kit_server.get("/dicom-web/studies")
+    assert r.status_code == 401
+    token = kit_server.token("probe")
+    r = kit_server.get("/dicom-web/studies", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
