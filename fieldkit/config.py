@@ -68,6 +68,7 @@ SETTINGS: dict[str, Setting] = {
     "power.fake_probe_file": Setting("", "Testing only: a JSON file whose keys (battery_percent, on_battery, temperature_c, ...) replace sensor readings."),
     "hardware.profile": Setting("generic-x86-2c4g", "Hardware profile name (a file in hardware/): expected cores, memory, disk, temperature limit."),
     "hardware.profiles_dir": Setting("", "Folder of hardware profile files; empty means the profiles installed with the kit."),
+    "onboarding.kit_url": Setting("", "Address tablets use to reach the kit, shown in the onboarding QR code (e.g. https://fieldkit.lan:8443/); empty: the address the page was opened with."),
     # hospital endpoint and sync (sync)
     "hospital.url": Setting("", "DICOMweb root of the hospital PACS (e.g. https://pacs.example/dicom-web); empty disables sync."),
     "hospital.auth": Setting("none", "Authentication to the hospital: none, basic, bearer or client-cert."),

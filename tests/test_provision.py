@@ -76,6 +76,7 @@ def test_provision_twice_then_the_kit_serves_https(answers, tmp_path, need):
         "/etc/systemd/system/fieldkit.service"
     config = Config.load(data / "fieldkit.toml")
     assert config["kit.id"] == "K-0042" and config["hardware.profile"] == "generic-x86-2c4g"
+    assert config["onboarding.kit_url"] == "https://fieldkit.lan:8443/"
     assert config["hospital.auth"] == "basic" and config["hospital.password_file"] == "hospital-password"
     assert "hospital-secret" not in (data / "fieldkit.toml").read_text()
     hostapd = (root / "etc/hostapd/fieldkit.conf").read_text()

@@ -450,6 +450,7 @@ class Provisioner:
                      "dicom.port": self.a.dicom_port})
         if self.a.network_mode != "none":
             want["http.bind"] = "0.0.0.0"
+            want["onboarding.kit_url"] = f"https://{self.a.kit_name}:{self.a.http_port}/"
         if self.a.hospital_url:
             want["hospital.url"] = self.a.hospital_url
             want["hospital.auth"] = self.a.hospital_auth
