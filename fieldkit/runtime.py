@@ -33,6 +33,7 @@ SOCKET_FILE = "kit.sock"
 # Each function takes the Kit and returns an object with .stop(). Add one line per service.
 SERVICES: list[tuple[str, str]] = [
     ("autolock", "fieldkit.web.auth:start_autolock"),
+    ("power", "fieldkit.hardware.service:start"),
     ("dicom", "fieldkit.ingest.dimse:start"),
     ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),

@@ -203,3 +203,43 @@ def test_broken_profile_names_file_and_field(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_profile_file(target)
     assert "generic-x86-2c4g.toml" in str(info.value)
+
+
+# -- the service serve runs ------------------------------------------------------------
+
+def test_power_service_sets_the_kit_monitor_and_publishes_changes(tmp_path, fake_power):
+    import queue as _queue
+    import time as _time
+    from fieldkit.events import EventBus
+    from fieldkit.hardware import current_policy
+    from fieldkit.hardware.service import start
+
+    class FakeKit:  # only what the service uses of the real Kit
+        def __init__(self):
+            self.config = Config({**fake_power.settings, "power.probe_interval_seconds": 1.0})
+            self.data_dir = tmp_path
+            self.events = EventBus()
+            self.hardware = None
+
+    kit = FakeKit()
+    fake_power.set(battery_percent=80, on_battery=True, temperature_c=40)
+    events = kit.events.subscribe()
+    service = start(kit)
+    try:
+        assert kit.hardware is service.monitor
+        assert current_policy(kit.config, kit.data_dir).normal
+        fake_power.set(battery_percent=9, on_battery=True, temperature_c=40)
+        deadline = _time.monotonic() + 10
+        while service.state()["policy"]["frame_stride"] == 1 and _time.monotonic() < deadline:
+            _time.sleep(0.2)
+        assert service.state()["policy"]["frame_stride"] == 4
+        assert current_policy(kit.config, kit.data_dir).pause_non_urgent_inference
+        topics = []
+        while True:
+            try:
+                topics.append(events.get(timeout=0.1).topic)
+            except _queue.Empty:
+                break
+        assert topics.count("power.policy") == 2  # the first policy, then the change
+    finally:
+        service.stop()
