@@ -43,6 +43,7 @@ SERVICES: list[tuple[str, str]] = [
 # Each function is fn(kit, args: dict, emit) -> JSON-able result; emit(dict) streams progress.
 CONTROL_OPS: dict[str, str] = {
     "status": "fieldkit.runtime:op_status",
+    "import": "fieldkit.cli.ingest:op_import",  # USB/folder import (ingest)
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
