@@ -81,6 +81,7 @@ def stats(db) -> dict:
     docs = db.table(T_META).search(Query().name == STATS_DOC)
     base = {"name": STATS_DOC, "sent_bytes": 0, "confirmed_bytes": 0, "confirmed_wire_bytes": 0,
             "resent_instances": 0, "resent_bytes": 0, "confirmed": 0, "quarantined": 0,
+            "found_by_qido": 0,
             "first_confirmed_at": 0.0}
     if docs:
         base.update({k: v for k, v in docs[0].items()})
@@ -154,7 +155,7 @@ def status(store, worker=None, limit: int = 50) -> dict:
     out = {"counts": counts, "queue_bytes": queue_bytes, "items": items[:limit],
            "resent_instances": st["resent_instances"], "resent_bytes": st["resent_bytes"],
            "sent_bytes": st["sent_bytes"], "confirmed_bytes": st["confirmed_bytes"],
-           "confirmed_wire_bytes": st["confirmed_wire_bytes"]}
+           "confirmed_wire_bytes": st["confirmed_wire_bytes"], "found_by_qido": st["found_by_qido"]}
     if live is not None:
         out.update(link=live["link"], link_up=live["link_up"], last_error=live["last_error"],
                    rate_bytes_per_s=live["rate_bytes_per_s"])
@@ -163,3 +164,34 @@ def status(store, worker=None, limit: int = 50) -> dict:
         ratio = (st["confirmed_wire_bytes"] / st["confirmed_bytes"]) if st["confirmed_bytes"] else 1.0
         out["eta_seconds"] = round(queue_bytes * ratio / rate, 1) if rate > 0 and queue_bytes else (0.0 if not queue_bytes else None)
     return out
+
+
+def kit_status(kit) -> dict:
+    """The `sync` block of the kit's status (GET /api/v1/status, `fieldkit status`)."""
+    worker = getattr(kit, "services", {}).get("sync")
+    out = status(kit.store, worker if hasattr(worker, "pool") else None)
+    if worker is not None and not hasattr(worker, "pool"):
+        out["link"] = worker.live.link  # Idle: why sync is not running
+        out["link_up"] = False
+    return out
+
+
+def format_lines(st: dict) -> list[str]:
+    """Human lines for `fieldkit sync status`."""
+    c = st["counts"]
+    lines = [f"sync: {c['confirmed']} confirmed, {c['sending']} sending, {c['queued']} queued, "
+             f"{c['quarantined']} quarantined; {st['queue_bytes'] / 1e6:.1f} MB to send"]
+    if "link" in st:
+        rate = st.get("rate_bytes_per_s") or 0
+        eta = st.get("eta_seconds")
+        lines.append(f"link: {st['link']}" + (f"; {rate * 8 / 1000:.0f} kbit/s" if rate else "")
+                     + (f"; ETA {eta / 60:.1f} min" if eta else ""))
+    if st.get("resent_instances"):
+        lines.append(f"re-sent: {st['resent_instances']} instances, {st['resent_bytes'] / 1e6:.1f} MB")
+    for item in st["items"]:
+        if item["state"] in ("sending", "quarantined"):
+            what = item.get("sop_instance_uid") or f"{item.get('what')} {item.get('patient_id')}"
+            extra = (f"{item.get('bytes_done', 0)}/{item.get('bytes_total', 0)} bytes" if item["state"] == "sending"
+                     else item.get("reason", ""))
+            lines.append(f"  {item['state']:11} {what}  {extra}")
+    return lines

@@ -411,7 +411,7 @@ class SyncWorker:
                     {"sync_state": pg.CONFIRMED, "confirmed_at": now, "retrieve_url": retrieve_url or "",
                      "sync_reason": "", "sync_alone": False},
                     Query().sop_instance_uid == p.uid)
-            pg.bump_stats(db, confirmed=1, confirmed_bytes=size,
+            pg.bump_stats(db, confirmed=1, confirmed_bytes=size, found_by_qido=1 if asked else 0,
                           confirmed_wire_bytes=0 if asked else p.part.size, first_confirmed_at=now)
             self.store.queue.ack(p.item.row.id)
         self.store.write(fn)
