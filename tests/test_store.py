@@ -65,7 +65,7 @@ def test_torn_tail_is_cut_and_everything_before_it_kept(data_dir, fraction):
     kit = open_kit(data_dir)
     ids = kit.store.read(lambda db: sorted(d["id"] for d in db.table("patients").all()))
     assert ids == sorted(f"p{i}" for i in range(10))
-    assert path.stat().st_size == good_size
+    assert path.stat().st_size == good_size and kit.store.journal_bytes == good_size
     _fill(kit.store, 1, prefix="after")  # appends continue cleanly after the cut
     kit.close()
     kit = open_kit(data_dir)
@@ -73,6 +73,19 @@ def test_torn_tail_is_cut_and_everything_before_it_kept(data_dir, fraction):
     kit.close()
     # the cut bytes are kept aside (sealed), not silently thrown away
     assert len(list(path.parent.glob("journal.fkj.torn-*"))) == 1
+
+
+def test_data_after_the_end_of_the_journal_is_refused(data_dir):
+    kit = open_kit(data_dir)
+    _fill(kit.store, 3)
+    end = kit.store.journal_bytes
+    kit.close()
+    path = _journal(data_dir)
+    with open(path, "r+b") as fh:  # a stray byte in the preallocated zeros, far past the end
+        fh.seek(end + 5000)
+        fh.write(b"\x07")
+    with pytest.raises(StoreCorrupt):
+        open_kit(data_dir)
 
 
 def test_zero_filled_tail_is_cut(data_dir):
@@ -93,10 +106,11 @@ def test_zero_filled_tail_is_cut(data_dir):
 def test_flipped_byte_mid_file_is_refused_naming_file_and_offset(data_dir):
     kit = open_kit(data_dir)
     _fill(kit.store, 10)
+    used = kit.store.journal_bytes
     kit.close()
     path = _journal(data_dir)
     data = bytearray(path.read_bytes())
-    middle = len(data) // 2
+    middle = used // 2
     data[middle] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(StoreCorrupt) as err:
@@ -255,18 +269,20 @@ def test_disk_full_acknowledges_nothing_and_damages_nothing(data_dir, monkeypatc
     _fill(kit.store, 5)
     import fieldkit.store.journal as journal
 
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = {"n": 0}
 
-    def full_disk(fd, data):
+    def full_disk(fd, data, offset):
         calls["n"] += 1
-        written = real_write(fd, bytes(data)[: len(data) // 2])  # half lands, then ENOSPC
-        raise OSError(28, "No space left on device")
+        if calls["n"] == 1:
+            real_pwrite(fd, bytes(data)[: len(data) // 2], offset)  # half lands, then ENOSPC
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(journal.os, "write", full_disk)
+    monkeypatch.setattr(journal.os, "pwrite", full_disk)
     with pytest.raises(StorageFull, match="disk full"):
         kit.store.write(lambda db: db.table("patients").insert({"id": "lost"}))
-    monkeypatch.setattr(journal.os, "write", real_write)
+    monkeypatch.setattr(journal.os, "pwrite", real_pwrite)
     # memory went back to what is durable; the store keeps working
     assert kit.store.read(lambda db: len(db.table("patients"))) == 5
     _fill(kit.store, 1, prefix="after")
@@ -282,10 +298,10 @@ def test_read_only_journal_file(data_dir, monkeypatch):
     kit = open_kit(data_dir)
     import fieldkit.store.journal as journal
 
-    def read_only(fd, data):
+    def read_only(fd, data, offset):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(journal.os, "write", read_only)
+    monkeypatch.setattr(journal.os, "pwrite", read_only)
     with pytest.raises(StorageFull, match="read-only"):
         kit.store.write(lambda db: db.table("patients").insert({"id": "x"}))
     kit.close()

@@ -136,8 +136,11 @@ class Store:
         with self._lock:
             return fn(self.db)
 
-    def write(self, fn):
-        """Run fn(db); its changes are one journal record, durable when this returns."""
+    def write(self, fn, durable: bool = True):
+        """Run fn(db); its changes are one journal record, durable when this returns.
+
+        durable=False skips the wait for fsync, for changes a crash may lose harmlessly
+        (a lease: leases return to ready at open anyway); the next durable write covers it."""
         with self._lock:
             self._depth += 1
             try:
@@ -146,7 +149,7 @@ class Store:
                 self._depth -= 1
                 ticket = self._commit() if self._depth == 0 else None
             outermost = self._depth == 0
-        if outermost and ticket:
+        if outermost and ticket and durable:
             self._journal.wait_durable(ticket)
             self._maybe_compact()
         return result

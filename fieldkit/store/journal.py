@@ -41,6 +41,9 @@ FORMAT = 1
 HEADER = struct.Struct(">4sI16s")
 FRAME = struct.Struct(">II")
 MAX_RECORD = 1 << 30
+# The file is extended in steps of real zeros, so that a commit overwrites blocks that
+# already exist: its fdatasync then flushes data only, not file-size metadata as well.
+PREALLOC = 1 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,6 +57,13 @@ def fsync_dir(path: Path) -> None:
 def _frame(sealed: bytes) -> bytes:
     n = struct.pack(">I", len(sealed))
     return n + struct.pack(">I", zlib.crc32(n)) + sealed
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -78,7 +88,8 @@ class Journal:
         self._fd: int | None = None
         self._file_id = b""
         self._seq = 0  # number of records in the file
-        self._end = 0  # bytes written (maybe not yet durable)
+        self._end = 0  # end of the last record (maybe not yet durable)
+        self._alloc = 0  # physical size: records, then zeros
         self._durable_end = 0
         self._syncing = False
         self._cond = threading.Condition()
@@ -100,7 +111,7 @@ class Journal:
         except OSError as exc:
             raise storage_error(exc, self.path) from None
         yield from self._replay()
-        os.lseek(self._fd, self._end, os.SEEK_SET)
+        self._alloc = os.fstat(self._fd).st_size
         self._durable_end = self._end
         self.size_after_compaction = self._end
 
@@ -133,11 +144,15 @@ class Journal:
             frame = os.pread(fd, FRAME.size, off)
             if len(frame) < FRAME.size:
                 torn = "incomplete record header"
+            elif not any(frame):
+                if self._zeros_from(off, size):
+                    break  # the preallocated, never-written rest of the file
+                raise StoreCorrupt(self.path, off, "data found after the end of the journal")
             else:
                 length, crc = FRAME.unpack(frame)
                 if zlib.crc32(frame[:4]) != crc or length > MAX_RECORD:
-                    if not any(os.pread(fd, min(size - off, 1 << 20), off)):
-                        torn = "zero-filled tail"
+                    if self._zeros_from(off + FRAME.size, size):
+                        torn = "half-written record header"
                     else:
                         raise StoreCorrupt(self.path, off, "record header checksum does not match")
                 elif off + FRAME.size + length > size:
@@ -147,7 +162,7 @@ class Journal:
                     try:
                         plain = self._sealer.open(sealed, self._aad(seq))
                     except InvalidTag:
-                        if off + FRAME.size + length == size:
+                        if self._zeros_from(off + FRAME.size + length, size):
                             torn = "last record fails its authentication tag"
                         else:
                             raise StoreCorrupt(self.path, off, "record fails its authentication tag "
@@ -161,11 +176,22 @@ class Journal:
             size = off
         self._seq, self._end = seq, off
 
+    def _zeros_from(self, off: int, size: int) -> bool:
+        """True when every byte from `off` to the end of the file is zero."""
+        while off < size:
+            block = os.pread(self._fd, min(size - off, 1 << 20), off)
+            if not block:
+                return True
+            if any(block):
+                return False
+            off += len(block)
+        return True
+
     def _cut(self, off: int, size: int, why: str) -> None:
         """Keep the torn bytes beside the journal (they are sealed) and truncate."""
         keep = self.path.with_name(f"{self.path.name}.torn-{int(time.time())}-{off}")
         with open(keep, "wb") as fh:
-            fh.write(os.pread(self._fd, size - off, off))
+            fh.write(os.pread(self._fd, size - off, off).rstrip(b"\0"))
             fh.flush()
             os.fsync(fh.fileno())
         os.ftruncate(self._fd, off)
@@ -181,17 +207,32 @@ class Journal:
         plain = json.dumps(record, separators=(",", ":")).encode()
         data = _frame(self._sealer.seal(plain, self._aad(self._seq)))
         start = self._end
+        if start + len(data) > self._alloc:
+            self._extend(start + len(data))
         try:
-            _write_all(self._fd, data)
+            _pwrite_all(self._fd, data, start)
         except OSError as exc:
             try:  # never leave half a record in front of later ones
-                os.ftruncate(self._fd, start)
+                _pwrite_all(self._fd, bytes(len(data)), start)
             except OSError:
                 pass
             raise storage_error(exc, self.path) from None
         self._seq += 1
         self._end = start + len(data)
         return self._end
+
+    def _extend(self, needed: int) -> None:
+        new_alloc = max(needed, self._alloc) + PREALLOC
+        try:
+            _pwrite_all(self._fd, bytes(new_alloc - self._alloc), self._alloc)
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._alloc)
+            except OSError:
+                pass
+            raise storage_error(exc, self.path) from None
+        self._alloc = new_alloc
 
     def wait_durable(self, ticket: int) -> None:
         """Return once everything up to `ticket` is fsynced; one fsync serves many writers."""
@@ -246,7 +287,7 @@ class Journal:
             tmp.unlink(missing_ok=True)
             raise storage_error(exc, self.path) from None
         os.close(self._fd)
-        self._fd, self._seq, self._end = fd, seq, end
+        self._fd, self._seq, self._end, self._alloc = fd, seq, end, end
         self._durable_end = end
         self.size_after_compaction = end
 

@@ -135,7 +135,9 @@ class Queue:
                 return QueueRow.from_doc(new)
             return None
 
-        return self._store.write(fn)
+        # Not waiting for fsync: a lease lost in a crash only means the row is ready again,
+        # which is what a crash does to every lease anyway.
+        return self._store.write(fn, durable=False)
 
     def _priority_of(self, db, row_id: str) -> int:
         doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))

@@ -1,0 +1,63 @@
+# fieldkit: `make demo` runs a demo kit, `make test` runs every test.
+.ONESHELL:
+.SHELLFLAGS := -ec
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DATA ?= demo-data
+DEMO_PORT ?= 8443
+DEMO_DICOM_PORT ?= 11112
+PEERS := dcmtk orthanc orthanc-dicomweb chromium
+
+.PHONY: demo test soak bench install install-test peers clean docs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# The real peers the tests talk to. Installed when missing and we are root.
+peers:
+	@if command -v storescu >/dev/null && command -v Orthanc >/dev/null && [ -x /usr/bin/chromium ] \
+	    && dpkg -s orthanc-dicomweb >/dev/null 2>&1; then \
+	  echo "peers present: $(PEERS)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PEERS) >/dev/null; \
+	else \
+	  echo "not root: install $(PEERS) with apt-get to run every test"; \
+	fi
+
+demo: install
+	$(BIN)/fieldkit demo --data-dir $(DEMO_DATA) --http-port $(DEMO_PORT) --dicom-port $(DEMO_DICOM_PORT)
+
+test: install-test peers
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+soak: install-test peers
+	CRASH_ROUNDS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_crash.py $(SOAK_TESTS)
+
+bench: install-test peers
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info
+
+# Regenerate the README's settings table from fieldkit/config.py.
+docs: install
+	$(BIN)/python - <<'PY'
+	import re, pathlib
+	from fieldkit.config import settings_markdown
+	p = pathlib.Path("README.md"); t = p.read_text()
+	t = re.sub(r"<!-- settings -->.*<!-- /settings -->", lambda m: "<!-- settings -->\n" + settings_markdown() + "\n<!-- /settings -->", t, flags=re.S)
+	p.write_text(t)
+	PY
