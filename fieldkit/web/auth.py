@@ -98,6 +98,7 @@ ROUTE_PERMISSIONS = {
     "auth.token_revoke": R.USERS_MANAGE,
     "auth.audit_events": R.AUDIT_READ,
     "auth.audit_verify": R.AUDIT_READ,
+    "auth.openapi": R.AUTHENTICATED,
 }
 
 # What still answers while the kit is locked
@@ -821,6 +822,12 @@ def audit_verify():
     result = accounts.audit_verify(_kit().store)
     return jsonify({"ok": result.ok, "count": result.count, "broken_seq": result.broken_seq,
                     "message": result.message()}), (200 if result.ok else 409)
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    from .openapi import describe
+    return jsonify(describe(current_app))
 
 
 _LOGIN_CSS = """
