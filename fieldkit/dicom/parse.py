@@ -85,11 +85,16 @@ def read_dimse(raw: bytes | BinaryIO, transfer_syntax: str) -> Dataset:
 
 def check(ds: Dataset) -> dict:
     """Refuse what the kit cannot keep faithfully; return the catalogue facts of `ds`."""
+    def early(message: str, code: str = CANNOT_UNDERSTAND):
+        raise InvalidDicom(message, code)
+
+    _check_truncation(ds, early)
+    _materialise(ds, early)
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+
     def refuse(message: str, code: str = CANNOT_UNDERSTAND):
         raise InvalidDicom(message, code, sop_uid if valid_uid(sop_uid) else "")
 
-    _check_truncation(ds, refuse)
     ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     if ts not in uids.ACCEPTED_TRANSFER_SYNTAXES:
         refuse(f"transfer syntax {ts or '(none)'} is not one the kit accepts", UNSUPPORTED_TRANSFER_SYNTAX)
@@ -174,6 +179,25 @@ def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
         except (TypeError, ValueError):
             pass
     return {"frames": n, "rows": rows, "columns": cols, "frame_time_ms": frame_time}
+
+
+def _materialise(ds: Dataset, refuse) -> None:
+    """Convert every element now, so a value pydicom cannot read is a refusal here rather
+    than an exception deep in writing or decoding later."""
+    current = None
+    try:
+        for elem in ds.file_meta.iterall() if getattr(ds, "file_meta", None) is not None else ():
+            current = elem.tag
+        for elem in ds.iterall():
+            current = elem.tag
+            if elem.tag.group in (0x0000, 0x0002) and elem.tag.element != 0:
+                refuse(f"element ({elem.tag.group:04X},{elem.tag.element:04X}) of the command or file meta "
+                       "group sits inside the dataset")
+    except InvalidDicom:
+        raise
+    except Exception as exc:
+        where = f" after ({current.group:04X},{current.element:04X})" if current is not None else ""
+        refuse(f"element cannot be read{where}: {_short(exc)}")
 
 
 def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:

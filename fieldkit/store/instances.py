@@ -100,7 +100,7 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
     facts = parse.check(ds)
     sop_uid = facts["sop_instance_uid"]
-    digest = parse.content_digest(ds)
+    digest = _encoded(lambda: parse.content_digest(ds), sop_uid)
 
     existing = get_instance(store, sop_uid)
     if existing and digest in _digests(existing):
@@ -139,7 +139,7 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         else:
             pid = linked["id"]
         stamp(ds, pid, issuer)
-        blob = store.blobs.put_bytes(parse.encode_part10(ds))
+        blob = store.blobs.put_bytes(_encoded(lambda: parse.encode_part10(ds), sop_uid))
         thumb_ref = store.blobs.put_bytes(thumb) if thumb else None
         now = time.time()
         row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
@@ -166,6 +166,16 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
                                          "kept as a conflict for review, the first copy is unchanged")
     return _result(DUPLICATE, stored, "already stored with identical content")
+
+
+def _encoded(fn, sop_uid: str):
+    """pydicom refusing to write an object back is malformed input, not a kit fault."""
+    try:
+        return fn()
+    except Exception as exc:
+        log.warning("object refused, cannot be re-encoded: %s", type(exc).__name__)
+        raise parse.InvalidDicom(f"object cannot be re-encoded: {str(exc)[:160]}",
+                                 parse.CANNOT_UNDERSTAND, sop_uid) from None
 
 
 def _link(db, src, issuer: str, facts: dict) -> dict | None:
