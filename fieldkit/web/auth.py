@@ -148,6 +148,7 @@ class KitState:
     unlock_lockout: pw.Lockout = field(default_factory=lambda: pw.Lockout(clock=accounts.CLOCK))
     unlock_state: dict = field(default_factory=dict)
     unlock_failures: int = 0
+    recent_views: dict = field(default_factory=dict)  # (actor, path) -> monotonic time of the last "view" event
     login_lockout: pw.Lockout | None = None
     pre_secret: bytes = field(default_factory=lambda: os.urandom(32))
     denials: list = field(default_factory=lambda: [0.0, 0, 0])  # window start, count, suppressed
@@ -435,6 +436,8 @@ def _guard():
         return _deny(403, "this route is not declared in the kit's permission table", audit=False)
 
     limit = route_max_bytes(app).get(endpoint, int(kit.config.get("security.max_body_kb", 1024)) * 1024)
+    if app.config.get("MAX_CONTENT_LENGTH"):
+        limit = min(limit, app.config["MAX_CONTENT_LENGTH"])  # http.max_request_mb caps every endpoint
     request.max_content_length = limit
     request.max_form_memory_size = min(limit, 1 << 20)
     if request.content_length is not None and request.content_length > limit:
@@ -483,9 +486,28 @@ def _after(response: Response) -> Response:
             status = response.status_code
             outcome = _audit.OK if status < 400 else (_audit.DENIED if status in (401, 403) else _audit.FAILED)
             action = "view" if request.method in ("GET", "HEAD") else request.method.lower()
+            if action == "view" and _recently_viewed(kit, principal.actor, request.path):
+                return response
             _audit_quiet(kit, actor=principal.actor, role=principal.role, action=action,
                          obj=f"{request.endpoint} {request.path}", outcome=outcome, detail={"status": status})
     return response
+
+
+def _recently_viewed(kit, actor: str, path: str, window: float = 60.0) -> bool:
+    """One "view" event per person and object per minute: a board that loads forty
+    thumbnails, or a cine that streams, is one look, not forty durable writes."""
+    st = kit_state(kit)
+    now = _mono()
+    key = (actor, path)
+    with st.lock:
+        last = st.recent_views.get(key)
+        if last is not None and 0 <= now - last < window:
+            return True
+        st.recent_views[key] = now
+        if len(st.recent_views) > 5000:
+            for k in [k for k, t in st.recent_views.items() if now - t >= window]:
+                del st.recent_views[k]
+    return False
 
 
 def _template_globals():
