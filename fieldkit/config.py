@@ -99,6 +99,10 @@ SETTINGS: dict[str, Setting] = {
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding)."),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call."),
     "inference.lease_seconds": Setting(300, "How long a leased infer job is held before another attempt may take it."),
+    # tablet UI (live updates)
+    "ui.live_max_streams": Setting(0, "Most live-update streams open at once (each holds an HTTPS worker thread); 0 means http.threads minus 4. Tablets over the limit poll instead."),
+    "ui.live_heartbeat_seconds": Setting(10, "Seconds between keep-alive lines on an idle live-update stream."),
+    "ui.live_max_seconds": Setting(300, "A live-update stream is closed after this many seconds; the tablet reconnects and refreshes its view."),
 }
 
 

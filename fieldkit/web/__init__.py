@@ -19,6 +19,9 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.dicomweb:bp",
     "fieldkit.web.upload:bp",
     "fieldkit.web.onboarding:bp",
+    "fieldkit.web.ui:bp",  # tablet UI pages, manifest, service worker
+    "fieldkit.web.ui_api:bp",  # JSON behind the tablet UI
+    "fieldkit.web.live:bp",  # live updates (Server-Sent Events)
 ]
 
 

@@ -1,0 +1,201 @@
+// Shared by every page: API calls with CSRF, sign-in recovery that keeps what was typed,
+// the live-update stream (with a polling fallback), the stale banner and the service
+// worker. Data is only ever put in the page with textContent (never innerHTML).
+
+const DRAFT_PREFIX = "fieldkit.draft.";
+
+export function csrfToken() {
+  const m = document.querySelector('meta[name="csrf-token"]');
+  return m ? m.getAttribute("content") : "";
+}
+
+export class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+// Save every form marked data-draft, so a sign-in round trip loses nothing typed.
+export function saveDrafts() {
+  document.querySelectorAll("form[data-draft]").forEach((form) => {
+    const values = {};
+    form.querySelectorAll("input, select, textarea").forEach((el) => {
+      if (!el.name || el.type === "hidden" || el.type === "password") return;
+      if (el.type === "radio" || el.type === "checkbox") { if (el.checked) values[el.name] = el.value; }
+      else if (el.value) values[el.name] = el.value;
+    });
+    try { sessionStorage.setItem(DRAFT_PREFIX + form.dataset.draft, JSON.stringify(values)); } catch (e) { /* full */ }
+  });
+}
+
+export function restoreDrafts() {
+  document.querySelectorAll("form[data-draft]").forEach((form) => {
+    const key = DRAFT_PREFIX + form.dataset.draft;
+    let values = null;
+    try { values = JSON.parse(sessionStorage.getItem(key) || "null"); } catch (e) { values = null; }
+    if (!values) return;
+    sessionStorage.removeItem(key);
+    Object.entries(values).forEach(([name, value]) => {
+      form.querySelectorAll(`[name="${CSS.escape(name)}"]`).forEach((el) => {
+        if (el.type === "radio" || el.type === "checkbox") el.checked = el.value === value;
+        else el.value = value;
+        el.dispatchEvent(new Event("change", { bubbles: true }));
+      });
+    });
+  });
+}
+
+export function toSignIn() {
+  saveDrafts();
+  const next = location.pathname + location.search;
+  location.assign("/login?next=" + encodeURIComponent(next));
+}
+
+let staleShown = false;
+
+export function showStale(text) {
+  const b = document.getElementById("stale-banner");
+  if (!b) return;
+  b.textContent = text;
+  b.hidden = false;
+  staleShown = true;
+  document.body.classList.add("is-stale");
+}
+
+export function clearStale() {
+  const b = document.getElementById("stale-banner");
+  if (b && staleShown) { b.hidden = true; b.textContent = ""; }
+  staleShown = false;
+  document.body.classList.remove("is-stale");
+}
+
+export function showError(text) {
+  const b = document.getElementById("error-banner");
+  if (!b) return;
+  b.textContent = text || "";
+  b.hidden = !text;
+}
+
+// fetch JSON; POSTs carry the CSRF token. 401 -> sign in again (drafts kept).
+export async function api(path, { method = "GET", body = undefined } = {}) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") { headers["X-CSRF-Token"] = csrfToken(); headers["Content-Type"] = "application/json"; }
+  let res;
+  try {
+    res = await fetch(path, { method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, "The kit cannot be reached. Check the kit's Wi-Fi.");
+  }
+  if (res.status === 401) { toSignIn(); throw new ApiError(401, "Signed out: sign in again."); }
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) throw new ApiError(res.status, (data && data.error) || `The kit answered ${res.status}.`);
+  if (res.headers.get("X-Fieldkit-Stale")) {
+    const at = Number(res.headers.get("X-Fieldkit-Cached-At") || 0);
+    data.__stale = at || true;
+  }
+  return data;
+}
+
+export function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+export const TRIAGE_LABEL = { red: "Immediate", yellow: "Delayed", green: "Minor", black: "Deceased",
+  grey: "Expectant", none: "Not triaged" };
+
+export function fmtTime(t) {
+  if (!t) return "–";
+  const d = new Date(t * 1000);
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+export function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  if (n < 1024) return `${n} B`;
+  if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1 << 30) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  return `${(n / (1 << 30)).toFixed(2)} GiB`;
+}
+
+function setLiveState(text, ok) {
+  const s = document.getElementById("live-state");
+  if (s) { s.textContent = text; s.dataset.state = ok ? "live" : "down"; }
+}
+
+// Live updates: onEvent(topic, data) for every event; onResync() after (re)connecting or
+// while polling, so a view that missed events fetches its state again.
+export function live(onEvent, onResync, topics) {
+  let es = null;
+  let pollTimer = null;
+  let retryTimer = null;
+  let failures = 0;
+  const all = topics || ["instance.stored", "instance.conflict", "finding.stored", "finding.reviewed",
+    "inference.skipped", "patient.updated", "patient.merged", "sync.confirmed", "sync.quarantined", "sync.retry",
+    "power.policy"];
+
+  function startPolling() {
+    if (pollTimer) return;
+    pollTimer = setInterval(() => onResync && onResync(), 5000);
+  }
+  function stopPolling() { if (pollTimer) { clearInterval(pollTimer); pollTimer = null; } }
+
+  function connect() {
+    retryTimer = null;
+    es = new EventSource("/api/v1/live");
+    es.addEventListener("hello", () => {
+      failures = 0;
+      stopPolling();
+      setLiveState("live", true);
+      onResync && onResync();
+    });
+    all.forEach((t) => es.addEventListener(t, (ev) => {
+      let data = {};
+      try { data = JSON.parse(ev.data); } catch (e) { data = {}; }
+      onEvent(t, data);
+    }));
+    es.addEventListener("error", () => {
+      if (es.readyState === EventSource.CLOSED) {
+        // refused (busy or signed out) or the kit is gone: poll, try again later
+        es.close();
+        failures += 1;
+        setLiveState(navigator.onLine ? "reconnecting…" : "offline", false);
+        startPolling();
+        const delay = Math.min(30000, 2000 * failures) + Math.random() * 2000;
+        if (!retryTimer) retryTimer = setTimeout(connect, delay);
+      } else {
+        setLiveState("reconnecting…", false);
+      }
+    });
+  }
+  connect();
+  window.addEventListener("pagehide", () => { if (es) es.close(); stopPolling(); });
+}
+
+// Service worker: the app shell and the last board survive a reload without the kit.
+export function registerServiceWorker(onControl) {
+  if (!("serviceWorker" in navigator)) return;
+  navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => { /* insecure context */ });
+  if (onControl) navigator.serviceWorker.addEventListener("controllerchange", onControl);
+}
+
+function wireLogout() {
+  const f = document.getElementById("logout-form");
+  if (!f) return;
+  f.addEventListener("submit", () => {
+    // the cached board holds patient data: drop it on sign-out
+    if (navigator.serviceWorker && navigator.serviceWorker.controller) {
+      navigator.serviceWorker.controller.postMessage({ type: "signout" });
+    }
+    if (window.caches) caches.delete("fieldkit-data-v1");
+  });
+}
+
+// Each page calls this once its own handlers are wired.
+export function initPage(onControl) {
+  restoreDrafts();
+  wireLogout();
+  registerServiceWorker(onControl);
+}

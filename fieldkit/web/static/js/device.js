@@ -1,0 +1,40 @@
+// Device page: battery, temperature, disk, power policy, queues, models, kit ID, version.
+import { api, el, fmtBytes, initPage, live, showError } from "./common.js";
+
+function set(id, text) { document.getElementById(id).textContent = text; }
+
+function q(counts) {
+  if (!counts) return "–";
+  return `${counts.ready || 0} waiting · ${counts.leased || 0} working · ${counts.done || 0} done · ${counts.failed || 0} failed`;
+}
+
+async function refresh() {
+  try {
+    const d = await api("/api/v1/ui/device");
+    set("dv-kit", d.kit_id || "–");
+    set("dv-version", d.version);
+    const r = (d.power && d.power.reading) || {};
+    set("dv-battery", r.battery_percent === null || r.battery_percent === undefined ? "no battery sensor"
+      : `${Math.round(r.battery_percent)}%${r.on_battery ? " (on battery)" : " (charging / mains)"}`);
+    set("dv-temp", r.temperature_c === null || r.temperature_c === undefined ? "no temperature sensor" : `${r.temperature_c.toFixed(1)} °C`);
+    set("dv-disk", r.disk_free_bytes ? `${fmtBytes(r.disk_free_bytes)} free of ${fmtBytes(r.disk_total_bytes)}` : "–");
+    const pol = (d.power && d.power.policy) || {};
+    set("dv-policy", (pol.reasons && pol.reasons.length) ? pol.reasons.join("; ") : (d.power && d.power.error ? d.power.error : "full speed"));
+    set("dv-infer", q(d.queues && d.queues.infer));
+    set("dv-sync", q(d.queues && d.queues.sync));
+    set("dv-live", `${d.live.open} open of ${d.live.max}`);
+    const models = (d.inference && d.inference.models) || [];
+    const list = document.getElementById("dv-models");
+    if (Array.isArray(models) && models.length) {
+      list.replaceChildren(...models.map((m) => el("li", "", typeof m === "string" ? m
+        : `${m.name || "?"} v${m.version || "?"} — ${m.status || (m.loaded ? "loaded" : "not loaded")}${m.reason ? ": " + m.reason : ""}`)));
+    } else {
+      list.replaceChildren(el("li", "", d.inference && d.inference.running ? "no model loaded" : `inference not running${d.inference && d.inference.reason ? ": " + d.inference.reason : ""}`));
+    }
+    showError("");
+  } catch (e) { if (e.status !== 401) showError(e.message); }
+}
+refresh();
+setInterval(refresh, 10000);
+live((t) => { if (t === "power.policy") refresh(); }, () => refresh(), ["power.policy"]);
+initPage();

@@ -1,0 +1,118 @@
+// New patient: tag number (typed, or scanned where the browser has BarcodeDetector), the
+// START assistant proposing a category, the clinician confirming or overriding it.
+import { api, initPage, TRIAGE_LABEL } from "./common.js";
+import { startCategory } from "./start.js";
+
+const form = document.getElementById("new-patient");
+const answers = {};
+const proposal = document.getElementById("proposal");
+const errorBox = document.getElementById("form-error");
+
+function chosen() {
+  const r = form.querySelector('input[name="triage"]:checked');
+  return r ? r.value : null;
+}
+
+function markChoices() {
+  form.querySelectorAll(".tri-choice").forEach((l) => l.classList.toggle("checked", l.querySelector("input").checked));
+}
+
+function choose(cat) {
+  form.querySelectorAll('input[name="triage"]').forEach((r) => { r.checked = r.value === cat; });
+  markChoices();
+}
+
+function update() {
+  const { cat, next } = startCategory(answers);
+  // show the questions on the path so far, and the next one
+  const path = [];
+  for (const q of ["walking", "breathing", "breathing_after_airway", "rr_over_30", "perfusion_poor", "obeys"]) {
+    if (q in answers) path.push(q);
+  }
+  form.querySelectorAll(".q").forEach((div) => {
+    const q = div.dataset.q;
+    div.hidden = !(q in answers || q === next);
+    div.querySelectorAll(".yn-b").forEach((b) => {
+      const v = answers[q];
+      b.setAttribute("aria-pressed", String((v === true && b.dataset.v === "yes") || (v === false && b.dataset.v === "no")));
+    });
+  });
+  if (cat !== "none") {
+    proposal.textContent = `START proposes: ${TRIAGE_LABEL[cat]} (${cat}). Confirm below, or choose another category.`;
+    choose(cat);
+  } else {
+    proposal.textContent = "Answer the questions, or choose a category below.";
+  }
+}
+
+// an answer drops later answers that no longer apply
+const ORDER = ["walking", "breathing", "breathing_after_airway", "rr_over_30", "perfusion_poor", "obeys"];
+form.querySelectorAll(".q").forEach((div) => {
+  div.querySelectorAll(".yn-b").forEach((b) => b.addEventListener("click", () => {
+    const q = div.dataset.q;
+    ORDER.slice(ORDER.indexOf(q)).forEach((k) => delete answers[k]);
+    answers[q] = b.dataset.v === "yes";
+    update();
+  }));
+});
+document.getElementById("start-reset").addEventListener("click", () => {
+  ORDER.forEach((k) => delete answers[k]);
+  form.querySelectorAll('input[name="triage"]').forEach((r) => { r.checked = false; });
+  markChoices();
+  update();
+});
+form.querySelectorAll('input[name="triage"]').forEach((r) => r.addEventListener("change", markChoices));
+
+form.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  errorBox.hidden = true;
+  const triage = chosen();
+  if (!triage) {
+    errorBox.textContent = "Choose a category (or answer the START questions).";
+    errorBox.hidden = false;
+    return;
+  }
+  const btn = document.getElementById("create");
+  btn.disabled = true;
+  try {
+    const out = await api("/api/v1/ui/patients", { method: "POST",
+      body: { tag: document.getElementById("tag").value, triage, answers } });
+    location.assign("/#" + encodeURIComponent(out.patient.id));
+  } catch (e) {
+    if (e.status !== 401) { errorBox.textContent = e.message; errorBox.hidden = false; }
+  } finally { btn.disabled = false; }
+});
+
+// Tag scanning with the tablet camera, where the browser offers BarcodeDetector
+async function setupScan() {
+  if (!("BarcodeDetector" in window) || !navigator.mediaDevices) return;
+  let formats = [];
+  try { formats = await window.BarcodeDetector.getSupportedFormats(); } catch (e) { return; }
+  if (!formats.length) return;
+  const btn = document.getElementById("scan");
+  const video = document.getElementById("scan-video");
+  btn.hidden = false;
+  btn.addEventListener("click", async () => {
+    let stream;
+    try { stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }); }
+    catch (e) { btn.textContent = "Camera not available: type the tag"; return; }
+    const detector = new window.BarcodeDetector({ formats });
+    video.srcObject = stream; video.hidden = false; await video.play();
+    const started = Date.now();
+    const stop = () => { stream.getTracks().forEach((t) => t.stop()); video.hidden = true; };
+    const tick = async () => {
+      if (Date.now() - started > 30000) { stop(); return; }
+      try {
+        const codes = await detector.detect(video);
+        if (codes.length) { document.getElementById("tag").value = codes[0].rawValue.slice(0, 64); stop(); return; }
+      } catch (e) { stop(); return; }
+      requestAnimationFrame(tick);
+    };
+    tick();
+  });
+}
+
+update();
+setupScan();
+initPage();
+markChoices();
