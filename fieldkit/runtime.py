@@ -170,6 +170,9 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
                          numthreads=kit.config["http.threads"], server_name="fieldkit",
                          timeout=30, shutdown_timeout=5)
     server.max_request_body_size = kit.config["http.max_request_mb"] * (1 << 20)
+    server.max_request_header_size = 64 * 1024  # oversized headers are refused (413), not buffered
+    from .security.redact import cheroot_error_log
+    server.error_log = cheroot_error_log()  # cheroot writes to stderr itself: route it through redaction
     tls = kit.data_dir / TLS_DIR
     server.ssl_adapter = BuiltinSSLAdapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
     server.prepare()

@@ -72,3 +72,23 @@ def test_scan_running_kit_finds_no_server_error_and_no_open_route(kit_server, tm
     assert kit_server.get("/healthz").json()["ok"]
     print(out[-3000:])
     assert "Traceback" not in kit_server.log()
+
+
+def test_running_kit_refuses_oversized_headers_plain_http_and_bad_tokens(kit_server):
+    import requests
+
+    r = kit_server.get("/healthz", headers={"X-Padding": "a" * 200_000})
+    assert r.status_code in (413, 431, 400)
+    assert kit_server.get("/healthz").status_code == 200
+    # plain HTTP to the HTTPS port gets no answer from the application
+    try:
+        plain = requests.get(f"http://127.0.0.1:{kit_server.http_port}/api/v1/status", timeout=10)
+        assert plain.status_code == 400 and "queue" not in plain.text
+    except requests.exceptions.ConnectionError:
+        pass
+    forged = "fkt_" + "A" * 43
+    assert kit_server.get("/api/v1/status", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert kit_server.get("/api/v1/status", headers={"Authorization": "Bearer " + "x" * 5000}).status_code == 401
+    events = json.loads(run_cli("audit", "export", "--data-dir", kit_server.data_dir).stdout)["events"]
+    reasons = [(e.get("detail") or {}).get("reason") for e in events if e["action"] == "token.use"]
+    assert "unknown token" in reasons and "malformed token" in reasons
