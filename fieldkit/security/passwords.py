@@ -28,8 +28,14 @@ MAX_SECRET_LENGTH = 256  # bounded work per attempt (Argon2 is fed the whole sec
 MAX_NAME_LENGTH = 64
 
 
+# One Argon2 computation at a time: on a 2-core kit a burst of sign-in attempts (or an
+# attacker's flood) must queue rather than starve the web server and the DICOM receiver.
+_ARGON2_SLOT = threading.BoundedSemaphore(1)
+
+
 def hash_secret(secret: str) -> str:
-    return _HASHER.hash(secret)
+    with _ARGON2_SLOT:
+        return _HASHER.hash(secret)
 
 
 def verify_secret(stored_hash: str, secret: str) -> bool:
@@ -37,12 +43,13 @@ def verify_secret(stored_hash: str, secret: str) -> bool:
     if not isinstance(secret, str) or len(secret) > MAX_SECRET_LENGTH:
         return False
     try:
-        return _HASHER.verify(stored_hash, secret)
+        with _ARGON2_SLOT:
+            return _HASHER.verify(stored_hash, secret)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-def needs_rehash(stored_hash: str) -> bool:
+def needs_rehash(stored_hash: str) -> bool:  # (cheap: parses the parameters only)
     try:
         return _HASHER.check_needs_rehash(stored_hash)
     except InvalidHashError:
@@ -59,7 +66,7 @@ def burn_verify(secret: str) -> None:
     global _dummy_hash
     with _dummy_lock:
         if _dummy_hash is None:
-            _dummy_hash = _HASHER.hash("fieldkit-no-such-user")
+            _dummy_hash = hash_secret("fieldkit-no-such-user")
     verify_secret(_dummy_hash, secret)
 
 
