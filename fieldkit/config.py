@@ -58,6 +58,7 @@ SETTINGS: dict[str, Setting] = {
     "security.auto_lock_minutes": Setting(0, "Lock the kit (drop the data key) after this many minutes with no signed-in person active; 0 never auto-locks."),
     "security.token_days": Setting(365, "Default lifetime of a bearer token in days (`fieldkit token create --days`); 0 means no expiry."),
     "security.max_body_kb": Setting(1024, "Largest request body, in KiB, for endpoints that do not declare a larger one (uploads do)."),
+    "security.audit_sync_minutes": Setting(15.0, "Send new audit events to the hospital (as an SR document, by STOW-RS) this often, in minutes; 0 only with `fieldkit audit sync`."),
     # power and heat policy, hardware profile (provisioning and hardware)
     "power.enabled": Setting(True, "Slow down non-urgent work when the battery is low or the box is hot."),
     "power.battery_low_percent": Setting(25.0, "On battery below this charge (%), analyse fewer cine frames and defer bulk image sync."),

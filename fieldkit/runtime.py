@@ -33,6 +33,7 @@ SOCKET_FILE = "kit.sock"
 # Each function takes the Kit and returns an object with .stop(). Add one line per service.
 SERVICES: list[tuple[str, str]] = [
     ("autolock", "fieldkit.web.auth:start_autolock"),
+    ("audit-sync", "fieldkit.cli.security:start_audit_sync"),
     ("power", "fieldkit.hardware.service:start"),
     ("dicom", "fieldkit.ingest.dimse:start"),
     ("inference", "fieldkit.inference.worker:start"),
@@ -47,7 +48,7 @@ CONTROL_OPS: dict[str, str] = {
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
-        "token.list", "token.revoke", "audit.verify", "audit.export", "lock", "unlock", "erase")},
+        "token.list", "token.revoke", "audit.verify", "audit.export", "audit.sync", "lock", "unlock", "erase")},
 }
 
 
@@ -58,8 +59,6 @@ def resolve(spec: str):
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .security.redact import install  # secrets and patient data never reach a log
-    install()
     from .security.redact import install  # secrets and patient data never reach a log
     install()
 

@@ -163,3 +163,19 @@ def test_retention_purges_pixels_keeps_tombstone(kit, orthanc):
     for uid, d in after.items():
         assert d["blob"] == "" and d["purged_at"] and uid in d["retrieve_url"]
     assert not any(kit.store.blobs.exists(b) for b in blobs)
+
+
+def test_low_battery_defers_bulk_images_but_not_red_or_findings(kit, orthanc):
+    from types import SimpleNamespace
+    green = corpus("T-0505")[:2]
+    red = corpus("T-0506")[:1]
+    sr_data, sr = finding_sr("T-0505", str(green[0][1].StudyInstanceUID))
+    add_to_store(kit.store, green + [(sr_data, sr)], triage="green")
+    add_to_store(kit.store, red, triage="red")
+    low = SimpleNamespace(defer_bulk_sync=True)
+    worker = SyncWorker(kit.store, sync_config(kit.config, orthanc.base_url), kit.data_dir,
+                        power_policy=lambda: low)
+    st = worker.run_once(timeout=30)
+    done = {i["sop_instance_uid"] for i in st["items"] if i["state"] == "confirmed"}
+    assert done == {str(sr.SOPInstanceUID), str(red[0][1].SOPInstanceUID)}
+    assert st["counts"]["queued"] == 2

@@ -156,13 +156,14 @@ class Pool:
             if not self._lease_one():
                 break
 
-    def take(self, lane: str, allowed: bool = True) -> list[Item]:
+    def take(self, lane: str, max_priority: int | None = None) -> list[Item]:
+        """The next batch for `lane`; with `max_priority`, only items at least that urgent
+        (the power policy defers bulk images but never a red-tagged patient's)."""
         with self.lock:
             self.refill()
             self._refresh_priorities()
-            if not allowed:
-                return []
-            batch = form_batch([i for i in self.items.values() if i.lane == lane],
+            batch = form_batch([i for i in self.items.values() if i.lane == lane
+                                and (max_priority is None or i.priority <= max_priority)],
                                self.max_bytes, self.max_count)
             for item in batch:
                 del self.items[item.row.id]

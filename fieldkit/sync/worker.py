@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from fieldkit.errors import ConfigError, PermanentError, TransientError
-from fieldkit.records import T_INSTANCES
+from fieldkit.records import T_INSTANCES, sync_priority
 
 from . import progress as pg
 from .client import (HospitalBusy, HospitalConfigError, LinkDown, Part, RateLimiter,
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 QIDO_BEFORE_RESEND_BYTES = 32 * 1024   # below this a re-send costs less than asking
 UNKNOWN_LIMIT = 3                       # times a hospital may ignore one instance sent alone
 RETENTION_INTERVAL = 3600.0
+POWER_INTERVAL = 10.0
 
 
 @dataclass
@@ -70,7 +71,7 @@ def in_windows(windows: list[str], now: dt.datetime | None = None) -> bool:
 
 class SyncWorker:
     def __init__(self, store, config, data_dir=None, *, endpoint=None, poll: float = 0.25,
-                 kit_id: str = "", issuer: str = ""):
+                 kit_id: str = "", issuer: str = "", power_policy=None):
         from fieldkit.dicom.transcode import target_syntaxes
 
         self.store = store
@@ -95,6 +96,9 @@ class SyncWorker:
         self._flight_lock = threading.Lock()
         self._once = False
         self._last_purge = 0.0
+        self.power_policy = power_policy
+        self._power_checked = -POWER_INTERVAL
+        self._power_defer = False
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> "SyncWorker":
@@ -133,9 +137,19 @@ class SyncWorker:
         return True, ""
 
     def _drained(self) -> bool:
+        """Nothing in flight and nothing that may go now (for --once)."""
         with self._flight_lock:
             busy = self._in_flight
-        return busy == 0 and len(self.pool) == 0 and self.pool._min_ready_priority() is None
+        if busy:
+            return False
+        limit = self._power_limit()
+        with self.pool.lock:
+            eligible = [i for i in self.pool.items.values()
+                        if not (i.lane == BULK and limit is not None and i.priority > limit)]
+            full = len(self.pool) >= self.pool.lookahead_count
+        if eligible:
+            return False
+        return full or self.pool._min_ready_priority() is None
 
     def _lane(self, lane: str) -> None:
         client = StowClient(self.endpoint, limiter=self.limiter)
@@ -159,8 +173,9 @@ class SyncWorker:
                         self._link_down(reason)
                         continue
                 self._maybe_purge()
+                limit = self._power_limit() if lane == BULK else None
                 with self._flight_lock:
-                    batch = self.pool.take(lane)
+                    batch = self.pool.take(lane, max_priority=limit)
                     self._in_flight += 1 if batch else 0
                 if not batch:
                     if self._once and self._drained():
@@ -177,6 +192,20 @@ class SyncWorker:
             self.live.last_error = f"sync {lane} lane stopped by an internal error (see log)"
         finally:
             client.close()
+
+    def _power_limit(self) -> int | None:
+        """While the power policy defers bulk sync (low battery, hot box), only red-tagged
+        patients' images go. Read at most every POWER_INTERVAL seconds."""
+        if self.power_policy is None:
+            return None
+        now = time.monotonic()
+        if now - self._power_checked >= POWER_INTERVAL:
+            self._power_checked = now
+            try:
+                self._power_defer = bool(getattr(self.power_policy(), "defer_bulk_sync", False))
+            except Exception:  # a flaky sensor must never stop sync
+                self._power_defer = False
+        return sync_priority("red", "image") if self._power_defer else None
 
     def _link_down(self, reason: str, at_least: float = 0.0) -> float:
         delay = self.backoff.failure(at_least)
@@ -446,6 +475,19 @@ class Idle:
         pass
 
 
+def _power_policy_of(kit):
+    if not kit.config.get("power.enabled", True):
+        return None
+
+    def policy():
+        from fieldkit.hardware import policy as hp
+        probe = getattr(kit, "hardware", None)
+        if probe is not None and hasattr(probe, "read"):
+            return hp.decide(probe.read(), kit.config)
+        return hp.current_policy(kit.config, kit.data_dir)
+    return policy
+
+
 def start(kit):
     """Service entry for `fieldkit serve` (runtime.SERVICES)."""
     config = kit.config
@@ -454,7 +496,7 @@ def start(kit):
     if not config["hospital.url"]:
         return Idle("no hospital configured (fieldkit hospital set --url …)")
     try:
-        worker = SyncWorker(kit.store, config, kit.data_dir)
+        worker = SyncWorker(kit.store, config, kit.data_dir, power_policy=_power_policy_of(kit))
     except ConfigError as exc:
         log.error("sync not started: %s", exc)
         return Idle(f"sync not started: {exc}")
