@@ -98,6 +98,9 @@ class Kit:
                "uptime_s": round(time.time() - self.started_at, 1)}
         if not self.locked:
             out.update(self.store.counts())
+            out["oldest_unsent"] = self.store.queue.oldest("sync")
+        if self.hardware is not None and hasattr(self.hardware, "state"):
+            out["power"] = self.hardware.state()
         out["services"] = sorted(self.services)
         return out
 

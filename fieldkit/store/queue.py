@@ -207,6 +207,14 @@ class Queue:
     def counts(self) -> dict[str, dict[str, int]]:
         return self._store.read(lambda db: {k: dict(v) for k, v in self._counts.items()})
 
+    def oldest(self, kind: str) -> float | None:
+        """Creation time of the oldest row of `kind` still waiting (ready or leased)."""
+        def fn(db):
+            waiting = [d["created"] for d in self._table(db).all()
+                       if d["kind"] == kind and d["state"] in (READY, LEASED)]
+            return min(waiting) if waiting else None
+        return self._store.read(fn)
+
     def rows(self, kind: str | None = None, state: str | None = None) -> list[QueueRow]:
         def fn(db):
             return [QueueRow.from_doc(d) for d in self._table(db).all()
