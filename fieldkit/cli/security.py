@@ -90,6 +90,10 @@ def op_audit_export(kit, args, emit):
     return accounts.audit_export(kit.store, int(args.get("since", 0)), kit_id=kit.config["kit.id"])
 
 
+def op_audit_sync(kit, args, emit):
+    return sync_audit_once(kit)
+
+
 def op_lock(kit, args, emit):
     from ..web.auth import lock_kit
     return {"locked": True, "changed": lock_kit(kit, actor=args.get("actor", accounts.SYSTEM), role="operator")}
@@ -107,6 +111,96 @@ def op_erase(kit, args, emit):
     lock_kit(kit, actor=args.get("actor", accounts.SYSTEM), role="operator")
     kit.keyring.destroy()
     return {"erased": True}
+
+
+# ----------------------------------------------------------------------------- audit to the hospital
+
+AUDIT_SYNC_BATCH = 5000  # events per SR document (about 2 MB of JSON)
+
+
+def sync_audit_once(kit) -> dict:
+    """Send the events the hospital has not yet confirmed, as audit SRs over the same
+    STOW-RS link as the studies (see fieldkit.security.audit_dicom). An event counts as
+    synced only when the hospital lists the document as stored. Sending is not itself
+    audited (it would always leave one more event to send)."""
+    import logging
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from ..errors import PermanentError
+    from ..security.audit_dicom import audit_sr, to_bytes
+    from ..sync.client import Part, StowClient, failure_text
+    from ..sync.hospital import endpoint_from_config
+
+    store = kit.store
+    client = StowClient(endpoint_from_config(kit.config, kit.data_dir))
+    kit_id = kit.config["kit.id"] or "KIT"
+    sent = documents = 0
+    try:
+        for _ in range(10_000):  # bounded: at most this many documents per call
+            seq, head_hash = accounts.audit_synced(store)
+            export = accounts.audit_export(store, seq, kit_id=kit_id, limit=AUDIT_SYNC_BATCH)
+            if not export["events"]:
+                break
+            if list(export["start"]) != [seq, head_hash]:
+                raise PermanentError(f"the audit trail no longer continues the copy the hospital holds "
+                                     f"(event {seq} differs): run `fieldkit audit verify`")
+            ds = audit_sr(export, kit_id=kit_id, issuer=kit.config.issuer_of_patient_id)
+            uid = ds.SOPInstanceUID
+            result = client.store([Part.from_bytes(uid, to_bytes(ds), ExplicitVRLittleEndian)])
+            if uid not in result.stored:
+                code, text = result.failed.get(uid, (None, "not listed as stored"))
+                raise PermanentError(f"the hospital did not store the audit document: "
+                                     f"{failure_text(code) if code is not None else text}")
+            last = export["events"][-1]
+            accounts.audit_mark_synced(store, last["seq"], last["hash"], uid)
+            sent += len(export["events"])
+            documents += 1
+    finally:
+        client.close()
+    seq, _ = accounts.audit_synced(store)
+    if sent:
+        logging.getLogger(__name__).info("audit trail synced: %d events in %d documents, up to event %d",
+                                         sent, documents, seq)
+    return {"events": sent, "documents": documents, "synced_up_to": seq}
+
+
+class AuditSync:
+    """Background service: every `security.audit_sync_minutes`, send new audit events to
+    the hospital (when one is configured and the kit is unlocked)."""
+
+    def __init__(self, kit):
+        import threading
+
+        self.kit = kit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import logging
+
+        log = logging.getLogger(__name__)
+        minutes = float(self.kit.config.get("security.audit_sync_minutes", 15) or 0)
+        if minutes <= 0 or not str(self.kit.config.get("hospital.url", "") or "").strip():
+            return
+        while not self._stop.wait(minutes * 60):
+            if self.kit.locked:
+                continue
+            try:
+                sync_audit_once(self.kit)
+            except FieldkitError as exc:
+                log.warning("audit sync postponed: %s", exc.message)
+            except Exception:  # never let the thread die: try again next round
+                log.exception("audit sync failed")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def start_audit_sync(kit) -> AuditSync:
+    return AuditSync(kit)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -263,6 +357,16 @@ def audit_verify(data_dir):
     click.echo(r["message"])
     if not r["ok"]:
         sys.exit(1)
+
+
+@audit.command("sync")
+@DATA_DIR
+def audit_sync(data_dir):
+    """Send the events the hospital has not confirmed yet, now (as audit SR documents by
+    STOW-RS to hospital.url); `serve` also does this every security.audit_sync_minutes."""
+    r = run_op(data_dir, "audit.sync", {})
+    click.echo(f"{r['events']} events sent in {r['documents']} documents; the hospital holds the trail "
+               f"up to event {r['synced_up_to']}")
 
 
 @audit.command("export")

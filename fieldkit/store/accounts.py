@@ -35,6 +35,7 @@ from ..security import tokens as _tokens
 
 T_AUDIT = "audit"
 T_AUDIT_HEAD = "audit_head"
+T_AUDIT_SYNC = "audit_sync"  # the last event the hospital confirmed
 
 SYSTEM = "system"  # actor for the kit itself and for the command line without a user
 
@@ -400,10 +401,10 @@ def audit_verify(store) -> _audit.VerifyResult:
     return _audit.verify_chain(events, expected_head=expected)
 
 
-def audit_export(store, since_seq: int = 0, *, kit_id: str = "") -> dict:
-    """A JSON document of the events after `since_seq`, with the link it continues from,
-    so the receiver can check it against the head of its previous export."""
-    events = audit_events(store, since_seq)
+def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | None = None) -> dict:
+    """A JSON document of the events after `since_seq` (at most `limit`), with the link it
+    continues from, so the receiver can check it against the head of its previous export."""
+    events = audit_events(store, since_seq, limit)
     start = None
     if since_seq:
         prev = store.read(lambda db: db.table(T_AUDIT).get(Query().seq == since_seq))
@@ -412,3 +413,23 @@ def audit_export(store, since_seq: int = 0, *, kit_id: str = "") -> dict:
     return {"format": "fieldkit-audit/1", "kit": kit_id, "exported": CLOCK.wall(),
             "start": start if start else [0, _audit.GENESIS], "head": list(head) if head else None,
             "events": events}
+
+
+def audit_synced(store) -> tuple[int, str]:
+    """(seq, hash) of the last event the hospital confirmed; (0, GENESIS) before the first."""
+    doc = store.read(lambda db: db.table(T_AUDIT_SYNC).get(doc_id=1))
+    return (int(doc["seq"]), doc["hash"]) if doc else (0, _audit.GENESIS)
+
+
+def audit_mark_synced(store, seq: int, hash_: str, sop_instance_uid: str = "") -> None:
+    """Record that the hospital stored the events up to `seq` (never moves backwards)."""
+    def tx(db):
+        table = db.table(T_AUDIT_SYNC)
+        doc = table.get(doc_id=1)
+        new = {"seq": int(seq), "hash": hash_, "at": CLOCK.wall(), "sop_instance_uid": sop_instance_uid}
+        if doc is None:
+            table.insert(new)
+        elif int(doc["seq"]) < int(seq):
+            table.update(new, doc_ids=[1])
+
+    store.write(tx)

@@ -1,0 +1,90 @@
+"""The audit trail as a DICOM document, so it travels to the hospital by the same STOW-RS
+link as the studies.
+
+Each export (the events after the last one the hospital confirmed) becomes one Basic Text
+SR: patient "<kit id>-AUDIT" (with the kit's Issuer of Patient ID), one study and one
+series per kit, and a single TEXT content item holding the JSON export
+(`fieldkit-audit/1`, see fieldkit.store.accounts.audit_export). The SOP Instance UID is
+derived from the kit and the range of events, so re-sending the same export is harmless.
+The hospital checks that each export continues the previous one (its "start" link is the
+previous "head"), which `read_audit_sr` + `verify_chain(start=...)` make one call each.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+SCHEME = "99FIELDKIT"  # private coding scheme for the two concepts below
+TITLE = ("AUDIT", "Audit trail export")
+EVENTS = ("AUDITJSON", "Audit events (fieldkit-audit/1 JSON)")
+
+
+def _code(value: tuple[str, str]) -> Dataset:
+    c = Dataset()
+    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value[0], SCHEME, value[1]
+    return c
+
+
+def _uid(*parts) -> str:
+    return generate_uid(entropy_srcs=["fieldkit-audit", *[str(p) for p in parts]])
+
+
+def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
+    """A Basic Text SR carrying `export` (a fieldkit-audit/1 document)."""
+    if export.get("format") != "fieldkit-audit/1" or not export.get("events"):
+        raise ValueError("an audit SR needs a fieldkit-audit/1 export with at least one event")
+    first, last = export["events"][0]["seq"], export["events"][-1]["seq"]
+    now = _dt.datetime.now(_dt.timezone.utc)
+    ds = Dataset()
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = _uid(kit_id, first, last, export["events"][-1]["hash"])
+    ds.Modality = "SR"
+    ds.PatientName = f"{kit_id}^AUDIT TRAIL"
+    ds.PatientID = f"{kit_id}-AUDIT"
+    ds.IssuerOfPatientID = issuer
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyInstanceUID = _uid(kit_id, "study")
+    ds.SeriesInstanceUID = _uid(kit_id, "series")
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "AUDIT", 1, int(last)
+    ds.StudyDescription = ds.SeriesDescription = f"fieldkit {kit_id} audit trail"
+    ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.Manufacturer = "fieldkit"
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.ConceptNameCodeSequence = Sequence([_code(TITLE)])
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    item.ConceptNameCodeSequence = Sequence([_code(EVENTS)])
+    item.TextValue = json.dumps(export, separators=(",", ":"), ensure_ascii=False)
+    ds.ContentSequence = Sequence([item])
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: user names may be in any script
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def read_audit_sr(ds: Dataset) -> dict:
+    """The export carried by an audit SR (what the hospital side calls)."""
+    for item in ds.get("ContentSequence", []):
+        code = item.ConceptNameCodeSequence[0]
+        if code.CodeValue == EVENTS[0] and code.CodingSchemeDesignator == SCHEME:
+            return json.loads(item.TextValue)
+    raise ValueError("not a fieldkit audit SR (no audit events item)")
