@@ -170,3 +170,25 @@ def test_fuzz_response_parser_never_crashes(body, ctype):
         return
     assert set(out) == {"stored", "failed", "warnings"}
     assert all(isinstance(k, str) for k in out["stored"])
+
+
+def test_tls_certificate_not_trusted_or_not_matching_is_a_clear_config_error(kit_server):
+    # the kit's own HTTPS server stands in for a TLS hospital endpoint
+    url = f"https://127.0.0.1:{kit_server.http_port}/dicom-web"
+    untrusted = c.StowClient(c.Endpoint(url, connect_timeout=3, read_timeout=5))
+    with pytest.raises(c.HospitalConfigError, match="TLS"):
+        untrusted.store([c.Part.from_bytes("1.2.3", b"x" * 10)])
+    # a name the certificate does not carry, even with the right CA
+    mismatch = c.StowClient(c.Endpoint(f"https://127.0.0.2:{kit_server.http_port}/dicom-web",
+                                       ca_bundle=kit_server.ca, connect_timeout=3, read_timeout=5))
+    with pytest.raises((c.HospitalConfigError, c.LinkDown)) as err:
+        mismatch.probe()
+    assert "TLS" in str(err.value) or "cannot reach" in str(err.value)
+    # trusted: TLS succeeds and whatever answers is judged on its body, not mistaken for TLS
+    trusted = c.StowClient(c.Endpoint(url, ca_bundle=kit_server.ca, connect_timeout=3, read_timeout=5))
+    try:
+        trusted.probe()
+    except c.HospitalConfigError as exc:
+        assert "TLS" not in str(exc)
+    except (c.BadResponse, c.HospitalBusy):
+        pass

@@ -421,7 +421,10 @@ class StowClient:
 
     def _request(self, method: str, url: str, **kw) -> requests.Response:
         try:
-            r = self.session.request(method, url, timeout=self.timeouts, stream=True, **kw)
+            # verify/cert passed per request: requests lets REQUESTS_CA_BUNDLE from the
+            # environment override session.verify, which would ignore hospital.ca_bundle
+            r = self.session.request(method, url, timeout=self.timeouts, stream=True,
+                                     verify=self.session.verify, cert=self.session.cert, **kw)
         except requests.exceptions.SSLError as exc:
             raise HospitalConfigError(f"TLS with the hospital failed (certificate does not "
                                       f"match or is not trusted): {_short(exc)}") from None
