@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pydicom
-import pytest
 
 from fieldkit.records import T_INSTANCES
 from fieldkit.sync.worker import SyncWorker

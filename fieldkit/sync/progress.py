@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fieldkit.records import DONE, FAILED, KIND_SYNC, LEASED, READY, T_INSTANCES, T_META
+from fieldkit.records import DONE, FAILED, KIND_SYNC, T_INSTANCES, T_META
 
 QUEUED, SENDING, CONFIRMED, QUARANTINED = "queued", "sending", "confirmed", "quarantined"
 STATS_DOC = "sync_stats"

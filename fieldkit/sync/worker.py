@@ -21,7 +21,7 @@ from fieldkit.errors import ConfigError, PermanentError, TransientError
 from fieldkit.records import T_INSTANCES, sync_priority
 
 from . import progress as pg
-from .client import (HospitalBusy, HospitalConfigError, LinkDown, Part, RateLimiter,
+from .client import (HospitalConfigError, LinkDown, Part, RateLimiter,
                      RequestRefused, StowClient, StowResult, is_transient_failure)
 from .hospital import endpoint_from_config
 from .link import Backoff, probe
