@@ -99,6 +99,8 @@ class Kit:
         if not self.locked:
             out.update(self.store.counts())
             out["oldest_unsent"] = self.store.queue.oldest("sync")
+            from .sync.progress import kit_status
+            out["sync"] = kit_status(self)
         if self.hardware is not None and hasattr(self.hardware, "state"):
             out["power"] = self.hardware.state()
         out["services"] = sorted(self.services)

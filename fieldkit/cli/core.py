@@ -122,6 +122,10 @@ def status(data_dir: Path, as_json: bool):
             click.echo(f"{key:10} {result[key]}")
     for kind, counts in result.get("queue", {}).items():
         click.echo(f"queue {kind:5} " + "  ".join(f"{s} {n}" for s, n in counts.items()))
+    if result.get("sync"):
+        from ..sync.progress import format_lines
+        for line in format_lines(result["sync"]):
+            click.echo(line)
 
 
 @click.group()
