@@ -108,7 +108,8 @@ def test_cli_models_list_and_verify(model_copy, tmp_path):
     runner = CliRunner()
     out = runner.invoke(main, ["models", "verify"])
     assert out.exit_code == 0, out.output
-    assert out.output.count("verified") == 3
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("verified") for line in lines), out.output
     out = runner.invoke(main, ["models", "list"])
     assert out.exit_code == 0 and "lung-bline" in out.output and "view-quality" in out.output
 

@@ -112,7 +112,6 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         reasons[0] = f"{reasons[0]}: {'; '.join(power_reasons)}"
 
     # decode, preprocess and gate in batches, so a long cine never sits in memory at once
-    decode = decode or _decode
     spec = gate.entry["preprocessing"]
     used, probs, keep = [], [], {}
     t_decode = t_pre = t_gate = 0.0
@@ -123,20 +122,19 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         chunk = idx[start:start + batch_size]
         t = time.perf_counter()
         try:
-            frames = decode(ds, chunk)
+            frames, colour = _decode_batch(ds, chunk, decode)
+        except LayoutError as exc:
+            return not_assessable(str(exc))
         except Exception as exc:  # any codec failure is a reason, not a crash
             return not_assessable(f"pixel data does not decode: {str(exc)[:200]}")
         t_decode += time.perf_counter() - t
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            return not_assessable(f"unexpected frame layout {frames.shape} {frames.dtype} (want frames x rows x cols x RGB)")
         if min(frames.shape[1:3]) < MIN_SIDE:
             return not_assessable(f"frames of {frames.shape[1]}x{frames.shape[2]} pixels are too small (< {MIN_SIDE})")
         a.image_size = frames.shape[1:3]
         t = time.perf_counter()
-        colour = colour_fraction(frames)
         if colour > COLOUR_LIMIT:
             a.frame_numbers = [i + 1 for i in chunk]
-            a.overlay_frame = frames[len(frames) // 2]
+            a.overlay_frame = _rgb(frames[len(frames) // 2])
             return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                   "the models read greyscale B-mode only", view="other", quality="colour Doppler")
         x = preprocess(frames, spec)
@@ -188,10 +186,11 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 [c + 1 for c in chosen]))
-        a.overlay_frame, a.overlay = frames[overlay_i], overlay
+        a.overlay_frame, a.overlay = _rgb(frames[overlay_i]), overlay
         a.timing_ms[task] = round((time.perf_counter() - t) * 1000, 1)
     if a.overlay_frame is None and keep:
-        a.overlay_frame = keep[used[len(used) // 2]][0] if used[len(used) // 2] in keep else next(iter(keep.values()))[0]
+        mid = used[len(used) // 2]
+        a.overlay_frame = _rgb(keep[mid][0] if mid in keep else next(iter(keep.values()))[0])
     a.timing_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
     return a
 
@@ -202,9 +201,28 @@ def _why_not(task: str, counts: dict, n: int, min_prob: float) -> str:
     return f"not a {view} view of usable quality (view/quality gate per frame: {parts}; threshold p>={min_prob:g})"
 
 
+class LayoutError(ValueError):
+    """Decoded frames are not frames x rows x cols x RGB uint8."""
+
+
 def _decode(ds, indices):
     from ..dicom.frames import decode_frames
     return decode_frames(ds, indices)
+
+
+def _decode_batch(ds, indices, decode=None):
+    """(frames, colour share): luma frames by the fast path, or what `decode` gives (RGB)."""
+    if decode is None:
+        from .decode import luma_frames
+        return luma_frames(ds, indices)
+    frames = decode(ds, indices)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise LayoutError(f"unexpected frame layout {frames.shape} {frames.dtype} (want frames x rows x cols x RGB)")
+    return frames, colour_fraction(frames)
+
+
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    return frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, axis=2)
 
 
 def _trim(keep: dict, used: list[int]) -> None:
@@ -218,7 +236,7 @@ def _gather(ds, chosen, keep, decode, spec, gate_spec):
     if missing:
         for start in range(0, len(missing), 16):
             part = missing[start:start + 16]
-            fr = decode(ds, part)
+            fr, _ = _decode_batch(ds, part, decode)
             xs = preprocess(fr, gate_spec)
             for j, i in enumerate(part):
                 keep[i] = (fr[j], xs[j])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import datetime
 import hashlib
+import warnings
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
@@ -24,6 +25,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from .runner import Analysis
+
+# highdicom warns about odd person names by quoting them: patient data must not reach a log
+warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name",
+                        category=UserWarning, module=r"highdicom\.")
 
 SCHEME = "99FIELDKIT"  # private coding scheme (PS3.16: "99" prefix) for concepts with no standard code
 
@@ -94,7 +99,7 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
                                              parameters=[f"sha256={r.model['sha256']}"])
         source = [hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=source_uid,
-            referenced_frame_numbers=(r.frames or analysis.frame_numbers) if frames else None)]
+            referenced_frame_numbers=(r.frames or analysis.frame_numbers or None) if frames else None)]
         site = codes.SCT.Lung if r.task == "lung" else codes.SCT.Abdomen
         evaluations = [hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if r.assessable else NOT_ASSESSABLE)]
         measurements = []

@@ -280,14 +280,17 @@ def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=Non
 
 
 def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320)):
-    """A short lung clip: fixed anatomy, B-lines drifting a little with respiration."""
+    """A short lung clip: the same anatomy and B-lines in every frame (a probe held still),
+    with fresh electronic noise per frame. Returns (frames (n, H, W, 3) uint8, [Sample])."""
     geom = random_geometry(rng, "convex", size)
     seed = int(rng.integers(2**31))
     frames, truth = [], []
     for i in range(n_frames):
-        r = np.random.default_rng(seed)  # same anatomy every frame...
-        s = simulate_lung(r, n_blines=n_blines, geom=geom, gain_db=0.0, consolidation=False)
-        frames.append(s.image)
+        s = simulate_lung(np.random.default_rng(seed), n_blines=n_blines, geom=geom, gain_db=0.0,
+                          consolidation=False)
+        noise = rng.normal(0, 2.0, s.image.shape[:2])[:, :, None]
+        img = np.where(s.image > 0, np.clip(s.image + noise, 1, 255), 0).astype(np.uint8)
+        frames.append(img)
         truth.append(s)
     return np.stack(frames), truth
 

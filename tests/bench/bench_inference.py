@@ -83,7 +83,7 @@ def matmul_peak(n: int = 1024) -> float:
 
 
 def bench_pipeline(reg, ds, label, tasks):
-    frames = runner._decode(ds, range(int(ds.get("NumberOfFrames", 1) or 1)))
+    frames, _ = runner._decode_batch(ds, list(range(int(ds.get("NumberOfFrames", 1) or 1))))
     tensors = {t: preprocess(frames, reg.get(t).entry["preprocessing"]) for t in tasks}
     a = runner.analyse(ds, reg)
     ran = ["gate"] + [r.task for r in a.results if r.assessable]
