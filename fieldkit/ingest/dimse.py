@@ -108,6 +108,8 @@ class Receiver:
 def make_ae(config) -> AE:
     ae = AE(ae_title=config["dicom.ae_title"])
     ae.maximum_associations = 8
+    # large PDUs: a cine arrives in a few hundred PDVs instead of thousands of 16 KiB ones
+    ae.maximum_pdu_size = 4 << 20
     ae.network_timeout = 60
     ae.acse_timeout = 30
     ae.dimse_timeout = 60

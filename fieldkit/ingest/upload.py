@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import posixpath
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from ..dicom import parse, pictures
@@ -108,48 +109,71 @@ def _read_bounded(chunks: Iterable[bytes], limit: int, what: str) -> Iterable[by
 def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: str, default_type: str,
                     max_bytes: int, expect_study: str | None = None,
                     picture_options: dict | None = None) -> list[dict]:
-    """A multipart/related (STOW-RS) body -> one outcome per part."""
+    """A multipart/related (STOW-RS) body -> one outcome per part, in part order.
+
+    STOW parts are stored by a few threads while the body keeps streaming in: their fsyncs
+    overlap and share journal commits. Uploads (which may create a patient for pictures)
+    go one at a time."""
     cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
-    results: list[dict] = []
+    workers = 3 if source == "stow" else 1
+    results: list[list[dict]] = []
+    pending: list[tuple[int, Future]] = []
     spool, part, part_size, n = None, None, 0, 0
-    try:
-        for event, value in iter_parts(_read_bounded(chunks, max_bytes, "request body"), boundary):
-            if event == "part":
-                n += 1
-                part, part_size = value, 0
-                spool = store.blobs.open_spool()
-            elif event == "data":
-                part_size += len(value)
-                if part_size <= cap:
-                    spool.write(value)
-            else:
-                name = f"part {n}"
-                try:
-                    if part_size > cap:
-                        results.append(refusal(name, TooLarge(
-                            f"object over the {store.config['dicom.max_object_mb']} MiB limit")))
-                        continue
+
+    def finish(spool, name: str, media: str) -> list[dict]:
+        try:
+            return store_spool(store, spool, name, source, media_type=media, expect_study=expect_study,
+                               picture_options=picture_options)
+        finally:
+            spool.close()
+
+    def collect(limit: int) -> None:
+        while len(pending) > limit:
+            index, future = pending.pop(0)
+            results[index] = future.result()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-part") as pool:
+        try:
+            for event, value in iter_parts(_read_bounded(chunks, max_bytes, "request body"), boundary):
+                if event == "part":
+                    n += 1
+                    part, part_size = value, 0
+                    spool = store.blobs.open_spool()
+                elif event == "data":
+                    part_size += len(value)
+                    if part_size <= cap:
+                        spool.write(value)
+                else:
+                    name = f"part {n}"
                     disposition = part.headers.get("content-disposition", "")
                     if disposition:
                         _, params = content_type_params("x/x; " + disposition.partition(";")[2])
                         if "filename" not in params:
-                            continue  # a plain form field, not a file
+                            spool.close()  # a plain form field, not a file
+                            spool = None
+                            continue
                         name = params["filename"][:200] or name
+                    if part_size > cap:
+                        spool.close()
+                        spool = None
+                        results.append([refusal(name, TooLarge(
+                            f"object over the {store.config['dicom.max_object_mb']} MiB limit"))])
+                        continue
                     media = (part.content_type.split(";")[0].strip().lower() or default_type)
-                    results.extend(store_spool(store, spool, name, source, media_type=media,
-                                               expect_study=expect_study, picture_options=picture_options))
-                finally:
-                    spool.close()
+                    results.append([])
+                    pending.append((len(results) - 1, pool.submit(finish, spool, name, media)))
                     spool = None
-    except MultipartError as exc:
-        if part is not None and spool is not None:
-            results.append(refusal(f"part {n}", InvalidDicom(f"incomplete: {exc.message}")))
-        elif not results:
-            raise
-    finally:
-        if spool is not None:
-            spool.close()
-    return results
+                    collect(workers)
+        except MultipartError as exc:
+            if part is not None and spool is not None:
+                results.append([refusal(f"part {n}", InvalidDicom(f"incomplete: {exc.message}"))])
+            elif not results:
+                raise
+        finally:
+            if spool is not None:
+                spool.close()
+            collect(0)
+    return [r for group in results for r in group]
 
 
 def store_spool(store, spool, name: str, source: str, *, media_type: str = "",
