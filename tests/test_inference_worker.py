@@ -148,7 +148,6 @@ def test_sigkill_mid_job_then_restart_gives_exactly_one_set_of_findings(data_dir
 
     kit = open_kit(data_dir)
     try:
-        assert findings.for_instance(kit.store, uid) == []
         row = [r for r in kit.store.queue.rows(kind=KIND_INFER) if r.payload["sop_instance_uid"] == uid][0]
         assert row.state == "ready"  # the lease came back: the job was not lost
         w = worker.Worker(kit, registry).start()

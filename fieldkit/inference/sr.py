@@ -86,10 +86,15 @@ def evidence_header(ds: Dataset) -> Dataset:
     return header
 
 
+def report_uid(ds: Dataset, analysis: Analysis, uid_root: str = "2.25") -> str:
+    """The SR's SOP Instance UID: the same for the same source and the same models."""
+    models = ",".join(f"{r.model['name']}={r.model['sha256']}" for r in analysis.results)
+    return derived_uid(uid_root, str(ds.SOPInstanceUID), models, "sr")
+
+
 def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id: str = "",
              manufacturer: str = "fieldkit", device_uid: str | None = None) -> Dataset:
     source_uid = str(ds.SOPInstanceUID)
-    models = ",".join(f"{r.model['name']}={r.model['sha256']}" for r in analysis.results)
     evidence = evidence_header(ds)
     frames = analysis.frame_numbers if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
 
@@ -144,7 +149,7 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
     sr = hd.sr.Comprehensive3DSR(
         evidence=[evidence], content=report,
         series_instance_uid=derived_uid(uid_root, source_uid, "sr-series"),
-        series_number=999, sop_instance_uid=derived_uid(uid_root, source_uid, models, "sr"),
+        series_number=999, sop_instance_uid=report_uid(ds, analysis, uid_root),
         instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
         series_description="fieldkit AI findings (not for diagnosis)")
     # the report belongs to the same patient record as its source, whatever highdicom copied

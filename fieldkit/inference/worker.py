@@ -6,10 +6,11 @@ Contract, per job (payload {"sop_instance_uid"}):
 - an input the models cannot judge is a *result* ("not assessable" with the reason) and
   the job is acknowledged; an object with no pixels (an SR) is skipped with the reason;
   only real errors (store, codec crash, bug) fail the job, with retries then quarantine;
-- results land as: the overlay blob, the SR (stored like any instance, so it goes onto
-  the sync queue), then the findings rows (replacing any from an earlier attempt), then
-  the ack. The SR's UID is derived from the source and the models, so a re-run after a
-  crash finds it already stored instead of making a second one;
+- results land as: the overlay blob, the findings rows (replacing any from an earlier
+  attempt), the SR (stored like any instance, so it goes onto the sync queue), then the
+  ack. The SR's UID is derived from the source and the models, so the findings can name
+  it before it exists, and a re-run after a crash finds it already stored instead of
+  making a second one;
 - when the power policy pauses non-urgent inference (hot box, critical battery), jobs of
   patients not tagged red are put back for later; the frame stride is applied always.
 """
@@ -68,17 +69,21 @@ def process(kit, registry: Registry, sop_uid: str, policy=None) -> dict:
     overlay_addr = None
     if a.overlay_frame is not None:
         overlay_addr = store.blobs.put_bytes(overlay.render(a.overlay_frame, a.overlay)).addr
-    sr_ds = sr.build_sr(ds, a, uid_root=config.get("kit.uid_root") or "2.25", kit_id=config.get("kit.id") or "")
-    sr_uid = str(sr_ds.SOPInstanceUID)
-    if get_instance(store, sr_uid) is None:
-        put_instance(store, sr_ds, "kit")
-    a.timing_ms["job"] = round((time.perf_counter() - t0) * 1000, 1)
+    # The SR's UID is known before it is built, so the findings (what the clinician waits
+    # for) are stored first and the report follows; a crash in between re-runs the job.
+    sr_uid = sr.report_uid(ds, a, uid_root=config.get("kit.uid_root") or "2.25")
+    a.timing_ms["to_finding"] = round((time.perf_counter() - t0) * 1000, 1)
     rows = findings.rows_for(a, source=row, overlay=overlay_addr, sr_uid=sr_uid)
     findings.replace(store, sop_uid, rows)
+    finding_at = time.perf_counter()
     store.events.publish("finding.stored", sop_instance_uid=sop_uid, patient_id=row.get("patient_id", ""),
                          sr_sop_instance_uid=sr_uid)
+    if get_instance(store, sr_uid) is None:
+        sr_ds = sr.build_sr(ds, a, uid_root=config.get("kit.uid_root") or "2.25", kit_id=config.get("kit.id") or "")
+        put_instance(store, sr_ds, "kit")
     return {"outcome": "analysed", "sr": sr_uid, "findings": [r["id"] for r in rows],
-            "assessable": {r["task"]: r["assessable"] for r in rows}}
+            "assessable": {r["task"]: r["assessable"] for r in rows},
+            "finding_at": finding_at, "sr_at": time.perf_counter()}
 
 
 class Worker:
