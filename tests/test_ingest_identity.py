@@ -1,0 +1,120 @@
+"""Identity linking, de-duplication, conflicts and patient merges in the catalogue."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from fieldkit.dicom.parse import InvalidDicom
+from fieldkit.records import KIND_INFER, KIND_SYNC, sync_priority
+from fieldkit.store import instances, patients
+from fixtures.dcmtk import pydicom_file
+
+
+def capture(patient_id="", study=None, issuer=None, name="rgb") -> bytes:
+    file = {"rgb": "examples_rgb_color.dcm", "cine": "examples_ybr_color.dcm"}[name]
+    ds = pydicom.dcmread(pydicom_file(file))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    if issuer is not None:
+        ds.IssuerOfPatientID = issuer
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_triage_tag_number_and_kit_id_link_to_the_patient(store):
+    tagged = patients.create_patient(store, tag="T-0042", triage="red")
+    assert tagged["id"] == "T-0042"
+    r = instances.put_instance(store, capture("T-0042"), "dimse")
+    assert r["status"] == "stored" and r["patient_id"] == "T-0042"
+    other = patients.create_patient(store, name="Doe^Jane")
+    r2 = instances.put_instance(store, capture(other["id"], issuer=store.config.issuer_of_patient_id), "stow")
+    assert r2["patient_id"] == other["id"]
+    # the red patient's image goes to the hospital first
+    rows = {q.payload["sop_instance_uid"]: q for q in store.queue.rows(kind=KIND_SYNC)}
+    assert rows[r["sop_instance_uid"]].priority == sync_priority("red", "image")
+    assert rows[r["sop_instance_uid"]].priority < rows[r2["sop_instance_uid"]].priority
+
+
+def test_unknown_ids_make_one_new_patient_per_probe_id_and_study(store):
+    study = generate_uid()
+    a = instances.put_instance(store, capture("SONO-77", study), "dimse")
+    b = instances.put_instance(store, capture("SONO-77", study, name="cine"), "dimse")
+    c = instances.put_instance(store, capture("SONO-77"), "dimse")  # same probe id, new study
+    assert a["patient_id"].startswith("U-") and a["patient_id"] == b["patient_id"] == c["patient_id"]
+    d = instances.put_instance(store, capture("ANONYMOUS"), "dimse")
+    e = instances.put_instance(store, capture("ANONYMOUS"), "dimse")
+    assert d["patient_id"] != e["patient_id"] != a["patient_id"]  # placeholders never link
+    assert len(patients.list_patients(store)) == 3
+    assert len(store.queue.rows(kind=KIND_INFER)) == 5
+
+
+def test_duplicate_is_stored_once_and_conflict_is_kept_aside(store):
+    data = capture("P1")
+    first = instances.put_instance(store, data, "dimse")
+    assert instances.put_instance(store, data, "import")["status"] == "duplicate"
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = bytes(len(ds.PixelData))
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    conflict = instances.put_instance(store, buf.getvalue(), "stow")
+    assert conflict["status"] == "conflict"
+    row = instances.get_instance(store, first["sop_instance_uid"])
+    assert row["conflict"] and row["blob"] == first["instance"]["blob"]
+    kept = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["conflicts"][0]["blob"])))
+    assert kept.PixelData == ds.PixelData  # the other copy is kept, not dropped
+    assert instances.put_instance(store, buf.getvalue(), "stow")["status"] == "duplicate"
+    assert len(store.queue.rows(kind=KIND_INFER)) == 1
+
+
+def test_merge_moves_captures_and_requeues_them(store):
+    unknown = instances.put_instance(store, capture("SONO-1"), "dimse")
+    known = patients.create_patient(store, tag="T-7", name="Roe^Richard")
+    for q in store.queue.rows(kind=KIND_SYNC):
+        store.queue.ack(store.queue.lease(KIND_SYNC).id)
+    merged = patients.merge_patients(store, unknown["patient_id"], "T-7")
+    assert merged["id"] == "T-7"
+    assert instances.get_instance(store, unknown["sop_instance_uid"])["patient_id"] == "T-7"
+    assert patients.get_patient(store, unknown["patient_id"])["id"] == "T-7"  # follows the merge
+    ready = [q.payload["sop_instance_uid"] for q in store.queue.rows(kind=KIND_SYNC, state="ready")]
+    assert ready == [unknown["sop_instance_uid"]]
+    # later captures from the same probe id land on the identified patient
+    assert instances.put_instance(store, capture("SONO-1"), "dimse")["patient_id"] == "T-7"
+    with pytest.raises(Exception, match="already the same"):
+        patients.merge_patients(store, "T-7", unknown["patient_id"])
+
+
+def test_concurrent_captures_of_one_study_make_one_patient(store):
+    study = generate_uid()
+    blobs = [capture("SONO-9", study) for _ in range(8)]
+    results, errors = [], []
+
+    def send(data):
+        try:
+            results.append(instances.put_instance(store, data, "dimse"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 8
+    assert len({r["patient_id"] for r in results}) == 1
+    assert len(patients.list_patients(store)) == 1
+
+
+def test_refusals_leave_nothing_behind(store):
+    with pytest.raises(InvalidDicom):
+        instances.put_instance(store, b"not dicom", "upload")
+    assert instances.instance_rows(store) == [] and patients.list_patients(store) == []
+    assert store.queue.counts()[KIND_INFER]["ready"] == 0
