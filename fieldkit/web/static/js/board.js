@@ -40,7 +40,6 @@ function render() {
     const badge = li.querySelector(".sync-badge");
     badge.textContent = SYNC_LABEL[p.sync] || p.sync;
     badge.dataset.sync = p.sync;
-    a.setAttribute("aria-label", `${TRIAGE_LABEL[p.triage]}: ${p.tag ? "tag " + p.tag : p.id}${p.name ? ", " + p.name : ""}`);
     frag.appendChild(li);
   });
   list.replaceChildren(frag);

@@ -43,7 +43,11 @@ export function restoreDrafts() {
   });
 }
 
+let leaving = false;
+
 export function toSignIn() {
+  if (leaving) return; // several requests may find the session gone at once
+  leaving = true;
   saveDrafts();
   const next = location.pathname + location.search;
   location.assign("/login?next=" + encodeURIComponent(next));

@@ -8,6 +8,7 @@ const pid = root.dataset.patientId;
 let current = null; // the patient JSON
 let selected = null; // uid of the capture in the player
 const ZONES = ["R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4"];
+const noteDrafts = {}; // finding id -> note being typed (survives re-renders from live updates)
 
 // ----------------------------------------------------------------------------- rendering
 function renderHead(p) {
@@ -84,15 +85,17 @@ function renderFindings(p) {
     const noteId = `note-${f.id}`;
     note.id = noteId;
     li.querySelector("label").setAttribute("for", noteId);
-    acc.setAttribute("aria-pressed", String(review && review.decision === "accepted"));
-    rej.setAttribute("aria-pressed", String(review && review.decision === "rejected"));
+    acc.setAttribute("aria-pressed", String(!!review && review.decision === "accepted"));
+    rej.setAttribute("aria-pressed", String(!!review && review.decision === "rejected"));
+    note.value = f.id in noteDrafts ? noteDrafts[f.id] : ((review && review.note) || "");
+    note.addEventListener("input", () => { noteDrafts[f.id] = note.value; });
     if (review) {
-      note.value = review.note || "";
       li.querySelector(".f-state").textContent = `${review.decision} by ${review.by || "?"} at ${fmtTime(review.at)}${review.note ? " — " + review.note : ""}`;
     }
     const send = async (decision) => {
       try {
         await api(`/api/v1/ui/findings/${encodeURIComponent(f.id)}/review`, { method: "POST", body: { decision, note: note.value } });
+        delete noteDrafts[f.id];
         await load();
       } catch (e) { if (e.status !== 401) showError(e.message); }
     };
@@ -119,7 +122,7 @@ function renderZones(p) {
   const frag = document.createDocumentFragment();
   ["R1", "R2", "L1", "L2", "R3", "R4", "L3", "L4"].forEach((z) => {
     const d = el("div", "zone");
-    d.setAttribute("role", "cell");
+    d.setAttribute("role", "listitem");
     d.dataset.zone = z;
     d.appendChild(el("span", "zn", z));
     d.appendChild(el("span", "zc", z in counts ? String(counts[z]) : "–"));
@@ -326,6 +329,7 @@ document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click",
 
 const details = document.getElementById("details");
 details.addEventListener("input", () => { details.dataset.touched = "1"; });
+details.addEventListener("change", () => { details.dataset.touched = "1"; }); // also a restored draft
 details.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const box = document.getElementById("details-error");

@@ -1,0 +1,285 @@
+"""The tablet UI in a real Chromium against a real `fieldkit serve` over HTTPS.
+
+Journeys, in order on one kit: sign in; a new patient through the START assistant lands on
+the board in its colour; a capture pushed by storescu appears live (thumbnail, then the
+finding) on an already-open patient page; the cine plays and the AI overlay toggles; a
+second tablet sees a re-triage live (and the patient's sync rows move up the queue); a
+hostile PatientName and note stay text; a lost session keeps what was typed; axe-core
+finds no serious problem; the layout fits tablets in both orientations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import need_peer
+from fixtures.ui import (ADMIN_PASSWORD, ADMIN_USER, LANDSCAPE, TABLET, axe_violations, capture_file, new_context,
+                         push, shot, sign_in)
+
+pytestmark = pytest.mark.timeout(300)
+
+TAG = "T-100"
+XSS = '<img src=x onerror="window.__pwned=1">"><script>window.__pwned=2</script>'
+RED = "rgb(176, 0, 32)"
+YELLOW = "rgb(255, 212, 0)"
+
+
+@pytest.fixture(scope="module")
+def tablet(ui_browser, ui_kit):
+    """The clinician's tablet: one signed-in context for the module."""
+    ctx = new_context(ui_browser, ui_kit)
+    page = ctx.new_page()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.dialogs = dialogs
+    sign_in(page)
+    yield page
+    ctx.close()
+
+
+def test_admin_signs_in_and_sees_the_board_without_new_patient(ui_browser, ui_kit):
+    ctx = new_context(ui_browser, ui_kit)
+    page = ctx.new_page()
+    page.goto("/")
+    assert "/login" in page.url  # not signed in: sign-in first
+    sign_in(page, ADMIN_USER, ADMIN_PASSWORD)
+    page.wait_for_selector("#counts")
+    assert page.locator("a[href='/patients/new']").count() == 0  # admin may not triage
+    page.goto("/device")
+    page.wait_for_function("() => document.getElementById('dv-kit').textContent === 'TEST1'")
+    assert page.locator("#dv-version").inner_text() != "–"
+    shot(page, "device")
+    ctx.close()
+
+
+def test_new_patient_with_start_assistant_appears_in_its_colour(tablet):
+    page = tablet
+    page.goto("/patients/new")
+    page.fill("#tag", TAG)
+    page.click("[data-q=walking] [data-v=no]")
+    page.click("[data-q=breathing] [data-v=yes]")
+    page.click("[data-q=rr_over_30] [data-v=yes]")
+    assert "Immediate" in page.inner_text("#proposal")
+    assert page.is_checked("input[name=triage][value=red]")  # proposed, to be confirmed
+    shot(page, "new-patient-start")
+    page.click("#create")
+    page.wait_for_url("**/#*", timeout=10000)
+    card = page.locator(f"li.card[data-patient-id='{TAG}']")
+    card.wait_for(timeout=10000)
+    assert card.get_attribute("data-triage") == "red"
+    assert card.evaluate("e => getComputedStyle(e).backgroundColor") == RED
+    assert page.inner_text("[data-count=red]") == "1"
+    shot(page, "board-after-new-patient")
+
+
+def test_start_override_and_history(tablet):
+    """The clinician overrides the proposal; the server records both."""
+    page = tablet
+    page.goto("/patients/new")
+    page.fill("#tag", "T-101")
+    page.click("[data-q=walking] [data-v=yes]")
+    assert page.is_checked("input[name=triage][value=green]")
+    page.check("input[name=triage][value=yellow]")
+    page.click("#create")
+    card = page.locator("li.card[data-patient-id='T-101']")
+    card.wait_for(timeout=10000)
+    assert card.get_attribute("data-triage") == "yellow"
+    data = page.evaluate("fetch('/api/v1/ui/patients/T-101').then(r => r.json())")
+    assert data["triage_history"][-1]["triage"] == "yellow"
+    assert data["triage_history"][-1]["proposed"] == "green"
+
+
+def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, tmp_path):
+    need_peer("storescu")
+    page = tablet
+    page.goto(f"/patients/{TAG}")
+    page.wait_for_selector("#no-captures:not([hidden])")
+    page.wait_for_function("() => document.getElementById('live-state').dataset.state === 'live'", timeout=15000)
+    push(ui_kit, capture_file(tmp_path, patient_id=TAG))
+    # no reload: the live stream brings the thumbnail, then the finding
+    thumb = page.locator("#thumbs li.thumb img")
+    thumb.wait_for(timeout=30000)
+    page.wait_for_function("() => [...document.querySelectorAll('#thumbs img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.locator("#findings li.finding").first.wait_for(timeout=120000)
+    finding = page.locator("#findings li.finding").first
+    assert "model" in finding.locator(".f-meta").inner_text()
+    shot(page, "patient-live-capture")
+
+    page.click("#thumbs .thumb-btn")
+    page.wait_for_selector("#cine[data-ready=true]", timeout=30000)
+    assert page.get_attribute("#cine", "data-frames") == "30"
+    page.click("#play")
+    start = int(page.get_attribute("#cine", "data-frame"))
+    page.wait_for_function(f"() => Number(document.getElementById('cine').dataset.frame) > {start} + 5", timeout=5000)
+    page.click("#play")  # pause
+    assert page.get_attribute("#cine", "data-playing") == "false"
+    paused = int(page.get_attribute("#cine", "data-frame"))
+    page.click("#step-fwd")
+    assert int(page.get_attribute("#cine", "data-frame")) == (paused + 1) % 30
+    page.wait_for_selector("#overlay-layer[data-ready=true]", timeout=30000)
+    page.click("#overlay-toggle")
+    assert page.get_attribute("#overlay-toggle", "aria-pressed") == "true"
+    drawn = page.evaluate("""() => { const c = document.getElementById('overlay-layer');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert drawn > 50, "the overlay layer drew nothing"
+    shot(page, "patient-cine-overlay-on")
+    page.click("#overlay-toggle")
+    blank = page.evaluate("""() => { const c = document.getElementById('overlay-layer');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert blank == 0
+
+
+def test_finding_review_with_hostile_note_stays_text(tablet):
+    page = tablet
+    page.goto(f"/patients/{TAG}")
+    finding = page.locator("#findings li.finding").first
+    finding.wait_for(timeout=15000)
+    finding.locator(".f-note").fill(XSS)
+    finding.locator(".f-accept").click()
+    page.wait_for_function("() => document.querySelector('#findings .f-state').textContent.includes('accepted')")
+    assert XSS in page.locator("#findings .f-state").first.inner_text()
+    assert page.locator("#findings img[src='x']").count() == 0
+    assert page.evaluate("window.__pwned === undefined")
+    data = page.evaluate(f"fetch('/api/v1/ui/patients/{TAG}').then(r => r.json())")
+    review = [f for c in data["captures"] for f in c["findings"] if f.get("review")][0]["review"]
+    assert review["decision"] == "accepted" and review["note"] == XSS
+
+
+def test_second_tablet_sees_retriage_live_and_sync_rows_move_up(tablet, ui_browser, ui_kit):
+    other = new_context(ui_browser, ui_kit, viewport=LANDSCAPE)
+    board = other.new_page()
+    sign_in(board)
+    card = board.locator(f"li.card[data-patient-id='{TAG}']")
+    card.wait_for(timeout=10000)
+    board.wait_for_function("() => document.getElementById('live-state').dataset.state === 'live'", timeout=15000)
+    before = tablet.evaluate("fetch('/api/v1/ui/sync').then(r => r.json())")
+    page = tablet
+    page.goto(f"/patients/{TAG}")
+    page.click("button.tri-btn[data-triage=yellow]")
+    page.wait_for_selector("button.tri-btn[data-triage=yellow][aria-pressed=true]")
+    # the other tablet, without reloading
+    board.wait_for_selector(f"li.card[data-patient-id='{TAG}'][data-triage=yellow]", timeout=10000)
+    assert card.evaluate("e => getComputedStyle(e).backgroundColor") == YELLOW
+    shot(board, "second-tablet-retriage")
+    other.close()
+    history = page.evaluate(f"fetch('/api/v1/ui/patients/{TAG}').then(r => r.json())")["triage_history"]
+    assert [h["triage"] for h in history] == ["red", "yellow"]
+    after = page.evaluate("fetch('/api/v1/ui/sync').then(r => r.json())")
+    mine = [i for i in after["items"] if i.get("patient_id") == TAG and i.get("sop_instance_uid")
+            and i["state"] in ("queued", "sending")]
+    was = {i["row_id"]: i["priority"] for i in before["items"]}
+    assert mine, "the capture's sync rows should still be pending (no hospital configured)"
+    for item in mine:  # red -> yellow: images 10 -> 30, findings 5 -> 25 (records.sync_priority)
+        assert (was.get(item["row_id"]), item["priority"]) in ((10, 30), (5, 25)), item
+    assert any(i.get("what") == "triage" and i.get("patient_id") == TAG for i in after["items"])
+
+
+def test_hostile_patient_name_from_dicom_is_inert(tablet, ui_kit, tmp_path):
+    need_peer("storescu")
+    page = tablet
+    push(ui_kit, capture_file(tmp_path, patient_id="PROBE-XSS-1", patient_name=XSS, name="xss.dcm"))
+    page.goto("/")
+    card = page.locator("li.card", has_text="onerror")
+    card.wait_for(timeout=15000)
+    assert card.locator(".pname").inner_text() == XSS
+    assert page.locator("li.card img").count() == 0 and page.locator("li.card script").count() == 0
+    card.locator("a").click()
+    page.wait_for_url("**/patients/**")
+    page.wait_for_function("() => (document.getElementById('p-title') || {}).textContent?.includes('onerror')")
+    assert page.inner_text("#p-title") == XSS
+    assert page.locator("#patient img[src='x']").count() == 0
+    assert page.evaluate("window.__pwned === undefined") and not page.dialogs
+    shot(page, "xss-name-inert")
+
+
+def test_expired_session_keeps_what_was_typed(tablet, ui_browser, ui_kit):
+    ctx = new_context(ui_browser, ui_kit)
+    page = ctx.new_page()
+    sign_in(page, next_path=f"/patients/{TAG}")
+    page.wait_for_selector("#p-title:not(:empty)")
+    page.fill("#d-name", "Jane Doe")
+    page.fill("#d-note", "arrived by boat")
+    ctx.clear_cookies()  # the session is gone (expired, or the kit restarted)
+    try:  # a live refresh may hit the 401 first and go to sign-in by itself: same outcome
+        page.click("#details button[type=submit]", timeout=3000, no_wait_after=True)
+    except Exception:
+        pass
+    page.wait_for_selector("#username", timeout=10000)
+    assert "/login" in page.url
+    page.fill("#username", "clin1")
+    page.fill("#password", "clinician password 1")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**/patients/{TAG}", timeout=10000)
+    assert page.input_value("#d-name") == "Jane Doe"
+    assert page.input_value("#d-note") == "arrived by boat"
+    page.click("#details button[type=submit]")
+    page.wait_for_function("() => document.getElementById('notes').textContent.includes('arrived by boat')")
+    assert page.inner_text("#p-title") == "Jane Doe"
+    ctx.close()
+
+
+def test_merge_unidentified_into_identified(tablet, ui_kit):
+    page = tablet
+    board = page.evaluate("fetch('/api/v1/ui/board').then(r => r.json())")
+    xss = [p for p in board["patients"] if p["name"] == XSS][0]
+    # make it unidentified-looking: the merge offers identified patients for unnamed ones
+    page.goto("/patients/new")
+    page.fill("#tag", "T-102")
+    page.check("input[name=triage][value=green]")
+    page.click("#create")
+    page.locator("li.card[data-patient-id='T-102']").wait_for(timeout=10000)
+    page.goto("/patients/T-102")
+    page.wait_for_selector("#merge-wrap:not([hidden])")
+    page.select_option("#merge-into", xss["id"])
+    page.click("#merge button[type=submit]")
+    page.wait_for_url(f"**/patients/{xss['id']}", timeout=10000)
+    board = page.evaluate("fetch('/api/v1/ui/board').then(r => r.json())")
+    assert "T-102" not in [p["id"] for p in board["patients"]]
+
+
+@pytest.mark.parametrize("viewport", [TABLET, {"width": 1024, "height": 768}, LANDSCAPE, {"width": 800, "height": 1280}],
+                         ids=["768x1024", "1024x768", "1280x800", "800x1280"])
+def test_fits_tablets_with_touch_sized_controls(tablet, viewport):
+    page = tablet
+    page.set_viewport_size(viewport)
+    for path in ("/", f"/patients/{TAG}", "/patients/new", "/sync"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle") if path != f"/patients/{TAG}" else page.wait_for_selector("#thumbs li")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {viewport}"
+        small = page.evaluate("""() => [...document.querySelectorAll('button, a.btn, a.nav, .card-link, input, select, textarea, .tri-choice')]
+            .filter(e => e.offsetParent !== null && e.type !== 'hidden' && e.type !== 'radio')
+            .map(e => [e.id || e.className || e.tagName, e.getBoundingClientRect()])
+            .filter(([n, r]) => r.width < 44 || r.height < 44).map(([n, r]) => `${n} ${Math.round(r.width)}x${Math.round(r.height)}`)""")
+        assert not small, f"touch targets under 44 px on {path}: {small}"
+    w, h = viewport["width"], viewport["height"]
+    page.goto("/")
+    page.wait_for_selector("li.card")
+    shot(page, f"board-{w}x{h}")
+    page.set_viewport_size(TABLET)
+
+
+@pytest.mark.parametrize("theme", ["day", "night"])
+def test_accessibility_axe_main_pages(tablet, theme):
+    page = tablet
+    page.goto("/")
+    page.evaluate(f"localStorage.setItem('fieldkit.theme', '{theme}')")
+    problems = {}
+    for path, ready in (("/", "li.card"), ("/patients/new", "#proposal"), (f"/patients/{TAG}", "#thumbs li"),
+                        ("/sync", "#s-counts:not(:empty)"), ("/device", "#dv-models li")):
+        page.goto(path)
+        page.wait_for_selector(ready, timeout=15000)
+        time.sleep(0.3)
+        assert page.get_attribute("html", "data-theme") == theme
+        bad = axe_violations(page)
+        if bad:
+            problems[path] = bad
+    if theme == "night":
+        shot(page, "device-night")
+    page.evaluate("localStorage.removeItem('fieldkit.theme')")
+    assert not problems, json.dumps(problems, indent=1)
