@@ -289,7 +289,9 @@ def patient(pid):
 def _finding_json(f: dict) -> dict:
     return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable", "reason", "confidence",
                                   "result", "frames", "frames_analysed", "frames_total", "view", "quality",
-                                  "created", "review", "review_history")} | {"has_overlay": bool(f.get("overlay"))}
+                                  "created", "review", "review_history")} | {
+        # the overlay shows evidence; a finding that abstained has none to show
+        "has_overlay": bool(f.get("overlay")) and bool(f.get("assessable"))}
 
 
 @bp.post("/patients/<pid>/triage")

@@ -243,7 +243,7 @@ const player = (() => {
   }
 
   async function setFindings(c) {
-    const f = c.findings.find((x) => x.has_overlay);
+    const f = c.findings.find((x) => x.has_overlay && x.assessable);
     const myToken = token;
     if (!f) { overlayImg = null; ovBtn.disabled = true; layer.dataset.ready = "false"; draw(); return; }
     if (layer.dataset.finding === f.id && overlayImg) return;
