@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import zlib
 from typing import BinaryIO
 
 import pydicom
@@ -17,7 +18,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import write_dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from ..errors import BadInput
 from . import uids
@@ -89,7 +91,15 @@ def check(ds: Dataset) -> dict:
         raise InvalidDicom(message, code)
 
     _check_truncation(ds, early)
-    _materialise(ds, early)
+    try:
+        return _check(ds)
+    except InvalidDicom:
+        raise
+    except Exception as exc:  # pydicom cannot read a value it was asked for: malformed input
+        raise InvalidDicom(f"element cannot be read: {_short(exc)}") from None
+
+
+def _check(ds: Dataset) -> dict:
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
 
     def refuse(message: str, code: str = CANNOT_UNDERSTAND):
@@ -119,7 +129,8 @@ def check(ds: Dataset) -> dict:
     facts = {"sop_instance_uid": sop_uid, "sop_class_uid": sop_class,
              "study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
              "transfer_syntax": ts, "frames": 0, "rows": 0, "columns": 0, "frame_time_ms": None,
-             "is_image": sop_class in uids.IMAGE_STORAGE_CLASSES}
+             "is_image": sop_class in uids.IMAGE_STORAGE_CLASSES,
+             "modality": str(ds.get("Modality", "") or "")[:16], "study_date": str(ds.get("StudyDate", "") or "")[:8]}
     if sop_class in uids.SR_STORAGE_CLASSES:
         if "ContentSequence" not in ds and "ValueType" not in ds:
             refuse("structured report has no content (ContentSequence missing: truncated?)",
@@ -181,30 +192,14 @@ def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
     return {"frames": n, "rows": rows, "columns": cols, "frame_time_ms": frame_time}
 
 
-def _materialise(ds: Dataset, refuse) -> None:
-    """Convert every element now, so a value pydicom cannot read is a refusal here rather
-    than an exception deep in writing or decoding later."""
-    current = None
-    try:
-        for elem in ds.file_meta.iterall() if getattr(ds, "file_meta", None) is not None else ():
-            current = elem.tag
-        for elem in ds.iterall():
-            current = elem.tag
-            if elem.tag.group in (0x0000, 0x0002) and elem.tag.element != 0:
-                refuse(f"element ({elem.tag.group:04X},{elem.tag.element:04X}) of the command or file meta "
-                       "group sits inside the dataset")
-    except InvalidDicom:
-        raise
-    except Exception as exc:
-        where = f" after ({current.group:04X},{current.element:04X})" if current is not None else ""
-        refuse(f"element cannot be read{where}: {_short(exc)}")
-
-
 def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
     """pydicom keeps a short last value rather than failing; the kit must not store it."""
     if depth > 16:
         refuse("sequences nested more than 16 deep")
-    for elem in ds._dict.values():
+    for tag, elem in ds._dict.items():
+        if tag >> 16 in (0x0000, 0x0002) and tag & 0xFFFF:
+            refuse(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) of the command or file meta group "
+                   "sits inside the dataset")
         if isinstance(elem, RawDataElement):
             if elem.value is not None and elem.length not in (0xFFFFFFFF,) and len(elem.value) < elem.length:
                 refuse(f"truncated file: element ({elem.tag.group:04X},{elem.tag.element:04X}) has "
@@ -214,47 +209,77 @@ def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
                 _check_truncation(item, refuse, depth + 1)
 
 
+# PatientID .. OtherPatientIDsSequence: the only part of a dataset the kit's stamp changes
+IDENTITY_FIRST, IDENTITY_LAST = 0x00100020, 0x00101002
+
+
+class Encoded:
+    """The dataset encoded once, in its own transfer syntax, as three slices: before the
+    identity attributes, the identity attributes, after them (pixel data included).
+
+    `digest` is the SHA-256 of the dataset as received (file meta excluded), before the
+    kit stamps it: the same capture sent twice, by any path, has the same digest. After
+    stamping, `part10()` re-encodes only the small identity slice, so the pixel data is
+    encoded once per object, not twice. Values pydicom has not converted are written back
+    byte for byte.
+    """
+
+    def __init__(self, ds: Dataset):
+        self._ds = ds
+        implicit, little = ds.original_encoding
+        self._implicit = True if implicit is None and little is None else bool(implicit)
+        self._little = True if little is None else bool(little)
+        if ds.original_encoding == (None, None):
+            ds.set_original_encoding(self._implicit, self._little, ds._character_set)
+        tags = sorted(ds.keys())
+        self._head = self._encode([t for t in tags if t < IDENTITY_FIRST])
+        self._tail = self._encode([t for t in tags if t > IDENTITY_LAST])
+        ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
+        h = hashlib.sha256(self._head)
+        h.update(ident)
+        h.update(self._tail)
+        self.digest = h.hexdigest()
+
+    def _encode(self, tags: list) -> bytes:
+        sub = Dataset({t: self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
+        sub.set_original_encoding(self._implicit, self._little, self._ds.original_character_set)
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = self._implicit, self._little
+        write_dataset(fp, sub, parent_encoding=self._ds._character_set)
+        return fp.getvalue()
+
+    def part10(self, implementation_version: str = "FIELDKIT") -> bytes:
+        """The Part-10 file the kit stores: file meta rebuilt for this object, dataset kept
+        in its transfer syntax (deflated stays deflated, big endian stays big endian)."""
+        ds = self._ds
+        tags = sorted(ds.keys())
+        ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = implementation_version
+        out = DicomBytesIO()
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=True)
+        body = self._head + ident + self._tail
+        if str(meta.TransferSyntaxUID) == uids.DEFLATED_LE:
+            packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+            body = packer.compress(body) + packer.flush()
+            if len(body) % 2:
+                body += b"\0"
+        ds.file_meta = meta
+        return out.getvalue() + body
+
+
 def content_digest(ds: Dataset) -> str:
-    """SHA-256 of the dataset as received (file meta excluded), before the kit stamps it:
-    the same capture sent twice, by any path, has the same digest."""
-    h = hashlib.sha256()
-    buf = _HashWriter(h)
-    fp = pydicom.filebase.DicomFileLike(buf)
-    fp.is_little_endian = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
-    fp.is_implicit_VR = ds.original_encoding[0] if ds.original_encoding[0] is not None else False
-    write_dataset(fp, ds)
-    return h.hexdigest()
-
-
-class _HashWriter:
-    def __init__(self, h):
-        self._h = h
-        self._n = 0
-
-    def write(self, data) -> int:
-        self._h.update(data)
-        self._n += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._n
-
-    def seek(self, *args):  # write_dataset only seeks for undefined lengths it never uses here
-        raise io.UnsupportedOperation("seek")
+    """See Encoded.digest."""
+    return Encoded(ds).digest
 
 
 def encode_part10(ds: Dataset, implementation_version: str = "FIELDKIT") -> bytes:
-    """The Part-10 file the kit stores: file meta rebuilt for this object, dataset kept in
-    its transfer syntax (deflated stays deflated, big endian stays big endian)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-    meta.ImplementationVersionName = implementation_version
-    ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return Encoded(ds).part10(implementation_version)
 
 
 def _short(exc: BaseException) -> str:

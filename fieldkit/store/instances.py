@@ -103,7 +103,8 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
     facts = parse.check(ds)
     sop_uid = facts["sop_instance_uid"]
-    digest = _encoded(lambda: parse.content_digest(ds), sop_uid)
+    encoded = _encoded(lambda: parse.Encoded(ds), sop_uid)  # the one full encoding
+    digest = encoded.digest
 
     existing = get_instance(store, sop_uid)
     if existing and digest in _digests(existing):
@@ -121,10 +122,11 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
             raise parse.InvalidDicom(f"pixel data does not decode: {str(exc)[:200]}",
                                      parse.CANNOT_UNDERSTAND, sop_uid) from None
 
-    src = source_identity(ds)
+    src = _encoded(lambda: source_identity(ds), sop_uid)
     issuer = store.config.issuer_of_patient_id
     meta = _descriptive(ds)
-    original_ids = {k: ds[k] for k in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence") if k in ds}
+    original_ids = _encoded(lambda: {k: ds[k] for k in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence")
+                                     if k in ds}, sop_uid)
     for _attempt in range(5):
         for keyword in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence"):
             if keyword in original_ids:
@@ -141,17 +143,17 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
             pid = new_patient["id"]
         else:
             pid = linked["id"]
-        stamp(ds, pid, issuer)
+        _encoded(lambda: stamp(ds, pid, issuer), sop_uid)
         # the two blobs are fsynced in parallel: the disk merges the flushes
         thumb_future = _blob_pool.submit(store.blobs.put_bytes, thumb) if thumb else None
-        blob = store.blobs.put_bytes(_encoded(lambda: parse.encode_part10(ds), sop_uid))
+        blob = store.blobs.put_bytes(_encoded(encoded.part10, sop_uid))
         thumb_ref = thumb_future.result() if thumb_future else None
         now = time.time()
         row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
                                            "series_instance_uid", "transfer_syntax", "frames", "rows",
                                            "columns", "frame_time_ms")},
-               "patient_id": pid, "modality": str(ds.get("Modality", "") or ""),
-               "study_date": str(ds.get("StudyDate", "") or ""), "blob": blob.addr, "size": blob.size,
+               "patient_id": pid, "modality": facts["modality"],
+               "study_date": facts["study_date"], "blob": blob.addr, "size": blob.size,
                "thumbnail": thumb_ref.addr if thumb_ref else None, "source": source,
                "from_picture": bool(from_picture), "conflict": False, "received_at": now,
                "decode_error": decode_error, "digest": digest, "conflicts": [], **meta}
@@ -174,7 +176,7 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
 
 
 def _encoded(fn, sop_uid: str):
-    """pydicom refusing to write an object back is malformed input, not a kit fault."""
+    """pydicom failing on a value it reads or writes back is malformed input, not a kit fault."""
     try:
         return fn()
     except Exception as exc:
