@@ -146,14 +146,20 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.SCT.Ultrasonography,
         imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[evidence], content=report,
-        series_instance_uid=derived_uid(uid_root, source_uid, "sr-series"),
-        series_number=999, sop_instance_uid=report_uid(ds, analysis, uid_root),
-        instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
-        series_description="fieldkit AI findings (not for diagnosis)")
+    with warnings.catch_warnings():  # also where a caller reset the filters
+        warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent", category=UserWarning)
+        sr = _document(evidence, report, uid_root, source_uid, ds, analysis, manufacturer)
     # the report belongs to the same patient record as its source, whatever highdicom copied
     for keyword in ("PatientID", "IssuerOfPatientID"):
         if keyword in ds:
             setattr(sr, keyword, ds.data_element(keyword).value)
     return sr
+
+
+def _document(evidence, report, uid_root, source_uid, ds, analysis, manufacturer):
+    return hd.sr.Comprehensive3DSR(
+        evidence=[evidence], content=report,
+        series_instance_uid=derived_uid(uid_root, source_uid, "sr-series"),
+        series_number=999, sop_instance_uid=report_uid(ds, analysis, uid_root),
+        instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
+        series_description="fieldkit AI findings (not for diagnosis)")

@@ -90,7 +90,7 @@ own model before any clinical use (see `models/README.md`).
 | task | `{e['task']}` |
 | file | `{e['file']}` ({e.get('size_bytes', 0) / 1024:.0f} KiB), SHA-256 `{e['sha256']}` |
 | signed by key | `{e['key_id']}` |
-| input | `{e['input']['name']}` {e['input']['shape']} float32 |
+| input | `{e['input']['name']}` [N, {', '.join(str(v) for v in e['input']['shape'][1:])}] float32 |
 | preprocessing | RGB -> luma (BT.601), resize the whole frame to {pre['size'][0]}x{pre['size'][1]} (bilinear, antialiased), x{pre['scale']:.6f} |
 | outputs | {'; '.join(f'`{k}`: {v}' for k, v in e['outputs'].items())} |
 | labels | {', '.join(e['labels'])} |
