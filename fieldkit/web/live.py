@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, stream_with_context
+from flask import Blueprint, Response, current_app
 
 from ..security import roles as R
 from . import kit_of
@@ -126,7 +126,8 @@ def stream():
             bus.unsubscribe(q)
             _give_slot(app)
 
-    resp = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    # the generator uses only what it captured above, so it needs no request context
+    resp = Response(generate(), mimetype="text/event-stream")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
