@@ -50,8 +50,10 @@ _PATTERNS = [
     # pydicom element dumps: (0010,0010) Patient's Name  PN: 'Doe^John'
     (re.compile(r"(?i)(\(0010,\s?[0-9a-f]{4}\)[^\n:]*:\s*)(.+)"), r"\1" + MASK),
     (re.compile(r"(?i)(Patient'?s?\s?(?:Name|ID|Birth Date|Address|Sex)\s*[:=]\s*)(.+)"), r"\1" + MASK),
-    # DICOM person names FAMILY^GIVEN^MIDDLE (a caret never appears in ordinary log text)
-    (re.compile(r"[^\s'\"=:,^()\[\]{}<>]*\^[^\s'\",()\[\]{}<>]*"), MASK),
+    # DICOM person names FAMILY^GIVEN^MIDDLE: a word joined by a caret (a row of carets
+    # under a traceback line is left alone)
+    (re.compile(r"[^\s'\"=:,()\[\]{}<>]*\^[^\s'\",()\[\]{}<>]*"),
+     lambda m: MASK if re.search(r"\w", m.group(0)) else m.group(0)),
 ]
 
 # ----------------------------------------------------------------------------- remembered values
@@ -199,7 +201,16 @@ def cheroot_error_log(logger: logging.Logger | None = None):
     bypassing logging): `server.error_log = cheroot_error_log()`."""
     logger = logger or logging.getLogger("cheroot")
 
+    import ssl
+    import sys
+
+    quiet = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError, TimeoutError)
+
     def error_log(msg="", level=20, traceback=False):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, quiet):  # a client that went away mid-response: one line, no traceback
+            logger.info("%s (%s)", msg, exc.__class__.__name__)
+            return
         logger.log(level, "%s", msg, exc_info=bool(traceback))
 
     return error_log
