@@ -144,3 +144,23 @@ def test_dicomweb_needs_a_token_with_the_right_role(kit_server):
     token = kit_server.token("probe")
     r = kit_server.get("/dicom-web/studies", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 403
+
+
+def test_stow_to_a_named_study_refuses_other_studies_and_wado_404s_unknown(kit_server):
+    client = _client(kit_server)
+    ds = _fresh("examples_rgb_color.dcm")
+    wrong = generate_uid()
+    token = kit_server.token("dicomweb-client")
+    boundary = "bb"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + _bytes(ds)
+            + f"\r\n--{boundary}--\r\n".encode())
+    r = requests.post(f"{kit_server.url}/dicom-web/studies/{wrong}", data=body, verify=kit_server.ca, timeout=60,
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 409
+    failed = pydicom.Dataset.from_json(r.json()).FailedSOPSequence[0]
+    assert failed.FailureReason == 0xA900 and failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert client.search_for_instances(search_filters={"SOPInstanceUID": ds.SOPInstanceUID}) == []
+    r = kit_server.get(f"/dicom-web/studies/{wrong}/series/{wrong}/instances/{wrong}",
+                       headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 404

@@ -81,6 +81,8 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=300)
+    ap.add_argument("--no-workers", action="store_true",
+                    help="turn the inference and sync workers off (ingest alone)")
     args = ap.parse_args()
     n = args.instances
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -93,6 +95,10 @@ def main() -> None:
         print(f"corpus: {n} instances, {size_mb:.0f} MB ({n // 10} 30-frame JPEG cines)")
 
         data_dir = init_kit(work / "kit")
+        if args.no_workers:  # ingest alone: no inference or sync competing for the 2 cores
+            toml = data_dir / "fieldkit.toml"
+            text = toml.read_text().replace("enabled = true", "enabled = false")
+            toml.write_text(text)
         kit = KitProcess(data_dir).start()
         orthanc = start_orthanc(work / "orthanc", extra={"DicomAlwaysAllowStore": True,
                                                          "DicomAlwaysAllowEcho": True,
