@@ -78,6 +78,7 @@ def test_access_matrix_by_enumeration(sec_app, kit, role_clients, passphrase):
                     problems.append(f"{where}: expected {expected}, got {r.status_code}")
             if r.status_code >= 500:
                 problems.append(f"{where}: server error {r.status_code}")
+            r.close()  # streaming endpoints (live updates) hold their generator until closed
             if kit.locked:
                 unlock_kit(kit, passphrase)
     assert checked > 0
