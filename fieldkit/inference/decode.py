@@ -55,5 +55,10 @@ def _jpeg_luma(ds, indices):
     gray = np.stack(out)
     if int(ds.get("SamplesPerPixel", 1) or 1) == 1 or str(ds.PhotometricInterpretation) == "MONOCHROME2":
         return gray, 0.0
-    colour = colour_fraction(decode_frames(ds, [indices[len(indices) // 2]]))
-    return gray, colour
+    # one frame in colour (libjpeg's own YCbCr -> RGB) for the colour-Doppler check
+    mid = Image.open(io.BytesIO(get_frame(ds.PixelData, indices[len(indices) // 2], number_of_frames=n)))
+    if str(ds.PhotometricInterpretation) == "RGB" and mid.mode == "RGB":
+        rgb = np.asarray(mid)  # stored as RGB: no colour transform in the stream
+    else:
+        rgb = np.asarray(mid.convert("RGB"))
+    return gray, colour_fraction(rgb[None])

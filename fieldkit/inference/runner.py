@@ -114,39 +114,39 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     # decode, preprocess and gate in batches, so a long cine never sits in memory at once
     spec = gate.entry["preprocessing"]
     used, probs, keep = [], [], {}
-    t_decode = t_pre = t_gate = 0.0
-    for start in range(0, len(idx), batch_size):
-        if time.perf_counter() - t0 > time_budget_s and used:
-            reasons.append(f"time budget of {time_budget_s:g}s reached after {len(used)} frames")
-            break
-        chunk = idx[start:start + batch_size]
-        t = time.perf_counter()
-        try:
-            frames, colour = _decode_batch(ds, chunk, decode)
-        except LayoutError as exc:
-            return not_assessable(str(exc))
-        except Exception as exc:  # any codec failure is a reason, not a crash
-            return not_assessable(f"pixel data does not decode: {str(exc)[:200]}")
-        t_decode += time.perf_counter() - t
-        if min(frames.shape[1:3]) < MIN_SIDE:
-            return not_assessable(f"frames of {frames.shape[1]}x{frames.shape[2]} pixels are too small (< {MIN_SIDE})")
-        a.image_size = frames.shape[1:3]
-        t = time.perf_counter()
-        if colour > COLOUR_LIMIT:
-            a.frame_numbers = [i + 1 for i in chunk]
-            a.overlay_frame = _rgb(frames[len(frames) // 2])
-            return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
-                                  "the models read greyscale B-mode only", view="other", quality="colour Doppler")
-        x = preprocess(frames, spec)
-        t_pre += time.perf_counter() - t
-        t = time.perf_counter()
-        probs.append(post.softmax(gate.run(x)[0]))
-        t_gate += time.perf_counter() - t
-        for j, i in enumerate(chunk):
-            keep[i] = (frames[j], x[j])
-        used += chunk
-        if len(keep) > 3 * batch_size:  # hold only what the clinical models may need
-            _trim(keep, used)
+    t_prep = t_gate = 0.0
+    batches = _prepared(ds, idx, batch_size, decode, spec)
+    try:
+        for k, item in enumerate(batches):
+            if time.perf_counter() - t0 > time_budget_s and used:
+                reasons.append(f"time budget of {time_budget_s:g}s reached after {len(used)} frames")
+                break
+            chunk = idx[k * batch_size:(k + 1) * batch_size]
+            try:
+                frames, colour, x, seconds = item.result()
+            except LayoutError as exc:
+                return not_assessable(str(exc))
+            except Exception as exc:  # any codec failure is a reason, not a crash
+                return not_assessable(f"pixel data does not decode: {str(exc)[:200]}")
+            t_prep += seconds
+            if min(frames.shape[1:3]) < MIN_SIDE:
+                return not_assessable(f"frames of {frames.shape[1]}x{frames.shape[2]} pixels are too small (< {MIN_SIDE})")
+            a.image_size = frames.shape[1:3]
+            if colour > COLOUR_LIMIT:
+                a.frame_numbers = [i + 1 for i in chunk]
+                a.overlay_frame = _rgb(frames[len(frames) // 2])
+                return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
+                                      "the models read greyscale B-mode only", view="other", quality="colour Doppler")
+            t = time.perf_counter()
+            probs.append(post.softmax(gate.run(x)[0]))
+            t_gate += time.perf_counter() - t
+            for j, i in enumerate(chunk):
+                keep[i] = (frames[j], x[j])
+            used += chunk
+            if len(keep) > 3 * batch_size:  # hold only what the clinical models may need
+                _trim(keep, used)
+    finally:
+        batches.close()
     a.frame_numbers = [i + 1 for i in used]
     a.frames_analysed = len(used)
     a.subsampled = a.frames_analysed < a.frames_total
@@ -164,7 +164,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     a.view = top if top in ("lung", "fast", "other") else "unknown"
     poor = {k: v for k, v in counts.items() if k in ("no_contact", "too_dark", "saturated")}
     a.quality = max(poor, key=poor.get) if poor and sum(poor.values()) * 2 >= len(names) else "good"
-    a.timing_ms.update(decode=round(t_decode * 1000, 1), preprocess=round(t_pre * 1000, 1), gate=round(t_gate * 1000, 1))
+    a.timing_ms.update(decode_preprocess=round(t_prep * 1000, 1), gate=round(t_gate * 1000, 1))
 
     # the last frames are the ones still in memory; re-decode the rest only when needed
     for task, model in clinical.items():
@@ -219,6 +219,33 @@ def _decode_batch(ds, indices, decode=None):
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise LayoutError(f"unexpected frame layout {frames.shape} {frames.dtype} (want frames x rows x cols x RGB)")
     return frames, colour_fraction(frames)
+
+
+def _prepared(ds, idx, batch_size, decode, spec):
+    """Futures of (frames, colour share, model input, seconds), one per batch. The next
+    batch is decoded and preprocessed on a helper thread while the caller runs the model
+    on this one (codecs, Pillow and onnxruntime release the GIL), so decoding overlaps
+    inference instead of adding to it. At most one batch is prepared ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prep(chunk):
+        t = time.perf_counter()
+        frames, colour = _decode_batch(ds, chunk, decode)
+        x = preprocess(frames, spec) if colour <= COLOUR_LIMIT and min(frames.shape[1:3]) >= MIN_SIDE else None
+        return frames, colour, x, time.perf_counter() - t
+
+    chunks = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-decode")
+    try:
+        ahead = pool.submit(prep, chunks[0]) if chunks else None
+        for n in range(len(chunks)):
+            current = ahead
+            ahead = pool.submit(prep, chunks[n + 1]) if n + 1 < len(chunks) else None
+            yield current
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+        pool.shutdown(wait=True)
 
 
 def _rgb(frame: np.ndarray) -> np.ndarray:
