@@ -64,7 +64,14 @@ def test_rerun_replaces_findings_and_keeps_one_sr(kit, registry):
     ds, _ = lung_cine_dataset(n_frames=4, n_blines=1, seed=22)
     uid = put_instance(kit.store, dataset_bytes(ds), "upload")["sop_instance_uid"]
     first = worker.process(kit, registry, uid, NORMAL)
+    lung_id = next(r["id"] for r in findings.for_instance(kit.store, uid) if r["task"] == "lung")
+    review = {"decision": "accepted", "note": "", "by": "dr", "at": 1.0}
+    kit.store.write(lambda db: db.table("findings").update({"review": review, "review_history": [review]},
+                                                           doc_ids=[d.doc_id for d in db.table("findings").all()
+                                                                    if d["id"] == lung_id]))
     second = worker.process(kit, registry, uid, NORMAL)
+    lung = next(r for r in findings.for_instance(kit.store, uid) if r["task"] == "lung")
+    assert lung["review"] == review  # a clinician's review survives a re-run of the same model
     assert first["sr"] == second["sr"]
     assert len(findings.for_instance(kit.store, uid)) == 2
     assert len(_sync_rows(kit.store, first["sr"])) == 1

@@ -16,6 +16,7 @@ from ..records import T_FINDINGS
 from .runner import Analysis
 
 _F = Query()
+KEPT_ON_RERUN = ("review", "review_history")  # written by people, not by the models
 
 
 def finding_id(sop_instance_uid: str, model_name: str) -> str:
@@ -54,8 +55,17 @@ def replace(store, sop_instance_uid: str, rows: list[dict]) -> None:
 
     def fn(db):
         table = db.table(T_FINDINGS)
-        table.remove((_F.sop_instance_uid == sop_instance_uid) & _F.model.one_of(sorted(models)))
-        table.insert_multiple(rows)
+        match = (_F.sop_instance_uid == sop_instance_uid) & _F.model.one_of(sorted(models))
+        old = {r["id"]: r for r in table.search(match)}
+        new = []
+        for r in rows:
+            before = old.get(r["id"])
+            if before and before.get("model_sha256") == r["model_sha256"]:
+                # the same model re-run (after a crash): a clinician's review still applies
+                r = {**r, **{k: before[k] for k in KEPT_ON_RERUN if k in before}}
+            new.append(r)
+        table.remove(match)
+        table.insert_multiple(new)
 
     store.write(fn)
 

@@ -73,6 +73,30 @@ def real_file_answers() -> list[str]:
     return lines
 
 
+def speed(bundle_dir: Path, entry: dict) -> str:
+    """Bare onnxruntime time per frame on this machine: one thread, batches of 16."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from fieldkit.inference.registry import session_options
+    sess = ort.InferenceSession(str(bundle_dir / entry["file"]), sess_options=session_options(1),
+                                providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((16, 1, *entry["preprocessing"]["size"]), dtype=np.float32)
+    sess.run(None, {"image": x})
+    best = min(_timed(lambda: sess.run(None, {"image": x})) for _ in range(7))
+    return (f"{best / 16 * 1000:.2f} ms per frame ({16 / best:.0f} frames/s) with one onnxruntime thread, "
+            f"batches of 16, measured on the development machine (2 shared cores) when this card was written")
+
+
+def _timed(fn) -> float:
+    import time
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def write_card(bundle_dir: Path, real: list[str]) -> None:
     e = json.loads((bundle_dir / "manifest.json").read_text())
     metrics = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in e.get("metrics", {}).items())
@@ -96,6 +120,7 @@ own model before any clinical use (see `models/README.md`).
 | labels | {', '.join(e['labels'])} |
 | thresholds | {', '.join(f'{k}={v}' for k, v in e['thresholds'].items())} |
 | intended views | {', '.join(e['intended_views'])} |
+| speed | {speed(bundle_dir, e)} |
 | training | {e['training']['data']}, seed {e['training']['seed']}, {e['training']['seconds']} s on 2 CPU cores, torch {e['training']['torch']} |
 
 ## Held-out simulated test metrics
