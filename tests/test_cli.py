@@ -18,16 +18,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_command_has_help():
+    from click.testing import CliRunner
+
     from fieldkit.cli import main
+
+    runner = CliRunner()
+    seen = []
 
     def walk(group, prefix):
         for name, cmd in group.commands.items():
-            out = run_cli(*prefix, name, "--help").stdout
-            assert "Usage:" in out and (cmd.help or "").split("\n")[0][:20] in out
+            result = runner.invoke(main, [*prefix, name, "--help"])
+            assert result.exit_code == 0, result.output
+            assert "Usage:" in result.output
+            first_line = (cmd.help or "").strip().split("\n")[0]
+            assert first_line, f"`fieldkit {' '.join(prefix + [name])}` has no help text"
+            assert first_line[:20] in result.output
+            seen.append(" ".join(prefix + [name]))
             if hasattr(cmd, "commands"):
                 walk(cmd, prefix + [name])
 
     walk(main, [])
+    for command in ("init", "serve", "status", "passphrase change", "demo"):
+        assert command in seen
+    assert "Usage:" in run_cli("--help").stdout  # and the real console entry point answers
 
 
 def test_init_writes_a_documented_config_keys_and_tls(data_dir):
