@@ -34,6 +34,7 @@ SOCKET_FILE = "kit.sock"
 SERVICES: list[tuple[str, str]] = [
     ("autolock", "fieldkit.web.auth:start_autolock"),
     ("audit-sync", "fieldkit.cli.security:start_audit_sync"),
+    ("redact-learner", "fieldkit.cli.security:start_redact_learner"),
     ("power", "fieldkit.hardware.service:start"),
     ("dicom", "fieldkit.ingest.dimse:start"),
     ("inference", "fieldkit.inference.worker:start"),
@@ -92,6 +93,16 @@ class Kit:
     @property
     def locked(self) -> bool:
         return self._store is None
+
+    def lock(self, actor: str = "system") -> bool:
+        """Drop the data key (see fieldkit.web.auth.lock_kit)."""
+        from .web.auth import lock_kit
+        return lock_kit(self, actor=actor)
+
+    def unlock(self, passphrase: str) -> bool:
+        """Take the data key back with the kit passphrase (see fieldkit.web.auth.unlock_kit)."""
+        from .web.auth import unlock_kit
+        return unlock_kit(self, passphrase)
 
     def status(self) -> dict:
         out = {"kit_id": self.config["kit.id"], "version": self.version, "locked": self.locked,

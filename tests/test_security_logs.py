@@ -118,3 +118,27 @@ def test_a_running_kit_logs_no_canary_token_or_password(kit_server, tmp_path, ne
     for text in logs:
         for secret in ("Wq19x", "CANARYLOG", pid, token, ADMIN_PASSWORD):
             assert secret not in text, f"{secret!r} found in a log"
+
+
+def test_patients_are_registered_with_the_redactor_as_they_arrive(kit):
+    import time
+
+    from fieldkit.cli.security import start_redact_learner
+    from fieldkit.store import patients
+
+    redact.forget_all()
+    patients.create_patient(kit.store, tag="TAG-40417", name="Okonkwo^Adaeze")
+    learner = start_redact_learner(kit)  # preloads what is already stored
+    try:
+        deadline = time.monotonic() + 10
+        while "TAG-40417" in redact.redact("tag TAG-40417") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "TAG-40417" not in redact.redact("moved TAG-40417 to red")
+        later = patients.create_patient(kit.store, name="Bello^Tunde")  # published as an event
+        while later["id"] in redact.redact(later["id"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = redact.redact(f"GET /patients/{later['id']} for Tunde Bello")
+        assert later["id"] not in line and "Tunde" not in line
+    finally:
+        learner.stop()
+        redact.forget_all()
