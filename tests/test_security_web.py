@@ -248,3 +248,26 @@ def test_unlock_attempts_are_throttled(fake_clock, sec_app, kit):
         unlock_kit(kit, "test passphrase for the kit")
     fake_clock.advance(31)
     assert unlock_kit(kit, "test passphrase for the kit") and not kit.locked
+
+
+def test_auto_lock_after_no_signed_in_person_for_the_configured_time(fake_clock, kit, passphrase):
+    import time
+
+    from fieldkit.web.auth import AutoLock, kit_state
+
+    kit.config = kit.config.with_overrides(security__auto_lock_minutes=2)
+    kit_state(kit).last_human = fake_clock.mono()
+    service = AutoLock(kit, interval=0.02)
+    try:
+        fake_clock.advance(100)  # under two minutes: stays unlocked
+        time.sleep(0.2)
+        assert not kit.locked
+        fake_clock.advance(30)
+        deadline = time.monotonic() + 10
+        while not kit.locked and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert kit.locked
+        assert kit.unlock(passphrase) and not kit.locked
+        assert [e for e in accounts.audit_events(kit.store) if e["action"] == "kit.lock"][-1]["actor"] == "auto-lock"
+    finally:
+        service.stop()
