@@ -153,6 +153,29 @@ def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, t
     assert _opaque_pixels(page) == 0
 
 
+def test_capture_that_does_not_decode_shows_a_placeholder_with_the_reason(tablet, ui_kit, tmp_path):
+    need_peer("storescu")
+    from pydicom.encaps import encapsulate
+    from fixtures.dcmtk import video_dataset
+    ds = video_dataset("h264", frames=4)
+    ds.PixelData = encapsulate([b"\x00\x00\x01\x09not a video stream" * 40])
+    ds.PatientID = TAG
+    path = tmp_path / "broken.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    page = tablet
+    page.goto(f"/patients/{TAG}")
+    page.wait_for_selector("#thumbs li")
+    push(ui_kit, path, flag="-xn")  # kept as sent (and synced); flagged for people
+    failed = page.locator("#thumbs li[data-failed='1']")
+    failed.wait_for(timeout=30000)
+    text = failed.inner_text()
+    assert "Cannot show this capture:" in text and "video" in text.lower()
+    failed.locator("button").click()
+    page.wait_for_selector("#player-error:not([hidden])", timeout=15000)
+    assert "cannot be played" in page.inner_text("#player-error")
+    shot(page, "capture-decode-failed")
+
+
 def test_finding_review_with_hostile_note_stays_text(tablet):
     page = tablet
     page.goto(f"/patients/{TAG}")
