@@ -132,3 +132,57 @@ def test_cli_keygen_and_sign_make_a_bundle_the_kit_trusts(model_copy, tmp_path):
     assert out.exit_code == 0, out.output
     trusted = B.trusted_keys([public])
     assert B.verify_bundle(B.read_bundle(model_copy / "lung_bline"), trusted).ok
+
+
+def test_random_manifests_are_refused_with_a_reason_never_a_crash(tmp_path):
+    """Fuzz the manifest reader: whatever JSON a bundle holds, the registry names a reason."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                          max_leaves=8)
+    base = json.loads((BUILTIN_DIR / "lung_bline" / "manifest.json").read_text())
+    onnx_bytes = (BUILTIN_DIR / "lung_bline" / "model.onnx").read_bytes()
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(sorted(base)), values, st.booleans())
+    def check(field, value, drop):
+        d = tmp_path / "fuzz"
+        d.mkdir(exist_ok=True)
+        (d / "model.onnx").write_bytes(onnx_bytes)
+        entry = dict(base)
+        if drop:
+            entry.pop(field)
+        else:
+            entry[field] = value
+        (d / "manifest.json").write_text(json.dumps(entry))
+        reg = Registry(Config(), dirs=[tmp_path])
+        (row,) = reg.status()
+        changed = drop or value != base[field]
+        if changed and field not in ("metrics", "training", "summary", "size_bytes"):
+            assert not row["ok"] or field in ("model_card",), (field, value, row)
+        if not row["ok"]:
+            assert row["status"].startswith("refused"), row
+
+    check()
+
+
+def test_a_refused_model_leaves_the_kit_working(kit, model_copy):
+    """One tampered model: the kit still ingests, and the other models still report."""
+    from fieldkit.hardware.policy import NORMAL
+    from fieldkit.inference import findings, worker
+    from fieldkit.store.instances import put_instance
+    from fixtures.inference import dataset_bytes, lung_cine_dataset
+
+    onnx_file = model_copy / "lung_bline" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    reg = Registry(Config(), dirs=[model_copy])
+    assert reg.get("lung") is None and reg.get("gate") is not None
+    ds, _ = lung_cine_dataset(n_frames=3, n_blines=3, seed=41)
+    stored = put_instance(kit.store, dataset_bytes(ds), "upload")
+    assert stored["status"] == "stored"
+    out = worker.process(kit, reg, stored["sop_instance_uid"], NORMAL)
+    assert out["outcome"] == "analysed"
+    rows = findings.for_instance(kit.store, stored["sop_instance_uid"])
+    assert [r["model"] for r in rows] == ["fast-fluid"]  # no finding from a model that was refused

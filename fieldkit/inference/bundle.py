@@ -26,6 +26,9 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024
 REQUIRED = ("name", "version", "task", "file", "sha256", "input", "preprocessing", "outputs",
             "labels", "thresholds", "intended_views", "model_card", "key_id", "signature")
 TASKS = ("gate", "lung", "fast")
+TYPES = {"name": str, "version": str, "task": str, "file": str, "sha256": str, "input": dict,
+         "preprocessing": dict, "outputs": dict, "labels": list, "thresholds": dict,
+         "intended_views": list, "model_card": str, "key_id": str, "signature": str}
 
 
 class BundleError(Exception):
@@ -146,6 +149,12 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
     missing = [k for k in REQUIRED if k not in e]
     if missing:
         return _refuse(bundle, f"manifest lacks {', '.join(missing)}")
+    wrong = [k for k, t in TYPES.items() if not isinstance(e[k], t)]
+    if wrong:
+        return _refuse(bundle, f"manifest field(s) of the wrong type: {', '.join(wrong)}")
+    shape = e["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[1:])):
+        return _refuse(bundle, f"manifest input.shape {shape!r} is not [N, C, H, W]")
     if e["task"] not in TASKS:
         return _refuse(bundle, f"unknown task {e['task']!r} (known: {', '.join(TASKS)})")
     model = bundle.model_path
@@ -163,7 +172,7 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
         return _refuse(bundle, f"signed by key {e['key_id']}, which is not in inference.trusted_keys")
     try:
         pub.verify(base64.b64decode(e["signature"], validate=True), canonical(e))
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return _refuse(bundle, "bad signature (manifest or model changed after signing, or wrong key)")
     bundle.ok, bundle.status = True, "verified"
     return bundle

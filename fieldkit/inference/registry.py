@@ -94,7 +94,12 @@ class Registry:
             trusted, self.key_problem = {}, str(exc)
         threads = int(self.config.get("inference.threads") or 1)
         for path in B.discover(self.dirs):
-            bundle = B.verify_bundle(B.read_bundle(path), trusted)
+            try:
+                bundle = B.verify_bundle(B.read_bundle(path), trusted)
+            except Exception as exc:  # a manifest no check foresaw: refused, never a crash
+                bundle = B.read_bundle(path)
+                bundle.ok, bundle.status = False, f"refused: manifest malformed ({_short(exc)})"
+                bundle.problems.append(bundle.status)
             self.bundles.append(bundle)
             if not bundle.ok:
                 log.warning("model bundle %s refused: %s", path.name, bundle.status)

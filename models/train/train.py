@@ -3,7 +3,9 @@
     python models/train/train.py --key SIGNING_KEY.pem          # everything, ~10 min on 2 cores
     python models/train/train.py --only gate --key ...          # one model
 
-CPU only, seeded (same seed, same library versions -> same weights). Needs the `train`
+CPU only and seeded: the same seed gives the same simulated data and the same training
+order (weights may still differ in the last bits between machines, as multi-threaded float
+sums do; the metrics in the manifest are what the tests hold a retrained model to). Needs the `train`
 extra (`pip install -e .[train]`: PyTorch CPU and onnx). Writes for each model
 `models/<name>/{model.onnx, manifest.json, MODEL_CARD.md}` with held-out metrics and their
 95 % confidence intervals, then signs the manifest with the given Ed25519 key.
