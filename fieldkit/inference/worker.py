@@ -140,8 +140,9 @@ class Worker:
             self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
             log.exception("infer job %s failed (attempt %d)", job.id, job.attempts)
             try:
-                store.queue.fail(job.id, self.last_error, permanent=job.attempts >= MAX_ATTEMPTS,
-                                 retry_in=30.0 * job.attempts)
+                # attempts also count power-policy deferrals: quarantine only after repeated real errors
+                permanent = job.attempts >= MAX_ATTEMPTS and not job.last_error.startswith("deferred")
+                store.queue.fail(job.id, self.last_error, permanent=permanent, retry_in=30.0 * min(job.attempts, 10))
             except Exception:
                 log.exception("could not record the failure of infer job %s", job.id)
 
