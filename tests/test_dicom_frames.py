@@ -130,3 +130,29 @@ def test_uids_under_the_kit_root_are_valid():
     for root in ("2.25", "1.2.826.0.1.3680043.10.999", "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19.20"):
         uid = uids.new_uid(root)
         assert parse.valid_uid(uid) and uid.startswith(root + ".") and len(uid) <= 64
+
+
+def test_stored_copies_are_well_formed_for_dcmtk(need, tmp_path):
+    """What the kit stores must read cleanly in a toolkit that is not pydicom."""
+    import subprocess
+
+    from PIL import Image
+
+    from fieldkit.dicom import pictures
+    from fixtures.dcmtk import sample_files
+
+    need("storescu")  # dcmdump ships with it (dcmtk)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "PNG")
+    built = [pictures.picture_to_dataset(buf.getvalue(), patient_id="U-1", issuer="FIELDKIT-T")]
+    read = [pydicom.dcmread(p) for p, _, _ in sample_files(tmp_path / "s")]
+    for i, ds in enumerate(built + read):
+        enc = parse.Encoded(ds)
+        stamp(ds, "U-1", "FIELDKIT-T")
+        path = tmp_path / f"out{i}.dcm"
+        path.write_bytes(enc.part10())
+        proc = subprocess.run(["dcmdump", str(path)], capture_output=True, text=True, timeout=60)
+        problems = [line for line in (proc.stdout + proc.stderr).splitlines() if line[:2] in ("E:", "W:")]
+        assert proc.returncode == 0 and problems == [], (i, problems[:3])
+        again = pydicom.dcmread(path)
+        assert again.PatientID == "U-1" and again.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
 
 from ..errors import BadInput
 from . import uids
@@ -226,10 +226,12 @@ class Encoded:
 
     def __init__(self, ds: Dataset):
         self._ds = ds
-        implicit, little = ds.original_encoding
-        self._implicit = True if implicit is None and little is None else bool(implicit)
-        self._little = True if little is None else bool(little)
+        # the encoding the file meta will announce (a dataset built in memory has no
+        # original encoding; one read from bytes was read in this very syntax)
+        ts = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
+        self._implicit, self._little = ts.is_implicit_VR, ts.is_little_endian
         if ds.original_encoding == (None, None):
+            correct_ambiguous_vr(ds, self._little)  # e.g. Pixel Data "OB or OW" -> OB/OW
             ds.set_original_encoding(self._implicit, self._little, ds._character_set)
         tags = sorted(ds.keys())
         self._head = self._encode([t for t in tags if t < IDENTITY_FIRST])
