@@ -182,3 +182,37 @@ def _walk(ds):
 def _name(item):
     seq = getattr(item, "ConceptNameCodeSequence", None)
     return seq[0].CodeMeaning if seq else ""
+
+
+def test_a_real_error_is_retried_then_quarantined_with_the_reason(kit, registry):
+    """Not assessable is a result; a crash inside the runner is an error: retried, then kept as failed."""
+    ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=25)
+    put_instance(kit.store, dataset_bytes(ds), "upload")
+
+    class Exploding:  # a gate whose session dies mid-run (e.g. out of memory)
+        def __getattr__(self, name):
+            return getattr(registry.get("gate"), name)
+
+        def run(self, x):
+            raise RuntimeError("onnxruntime: bad allocation")
+
+    class Broken:
+        def get(self, task):
+            return Exploding() if task == "gate" else registry.get(task)
+
+        def status(self):
+            return []
+
+    w = worker.Worker(kit, Broken())
+    for attempt in range(worker.MAX_ATTEMPTS):
+        job = kit.store.queue.lease(KIND_INFER)
+        assert job is not None and job.attempts == attempt + 1
+        w._run(job)
+        row = kit.store.queue.get(job.id)
+        assert "bad allocation" in row.last_error
+        if attempt + 1 < worker.MAX_ATTEMPTS:
+            assert row.state == "ready" and row.next_at > time.time()  # backs off before retrying
+            skew = 3600.0 * (attempt + 1)
+            kit.store.queue._clock = lambda: time.time() + skew  # let the back-off pass
+    assert kit.store.queue.get(job.id).state == "failed"
+    assert findings.all_findings(kit.store) == []
