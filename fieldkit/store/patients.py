@@ -98,7 +98,7 @@ def _fresh_id(db) -> str:
 
 
 def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
-         study_instance_uid: str) -> dict | None:
+         study_instance_uid: str, study_patient_id: str | None = None) -> dict | None:
     """The existing kit patient a capture belongs to, or None (a new one is needed).
 
     1. PatientID names a kit patient (kit issuer or none): that patient;
@@ -115,12 +115,13 @@ def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
         rows = pats.search(_P.tag == patient_id)
         if rows:
             return resolve_row(db, rows[0]["id"])
-    if study_instance_uid:
+    if study_patient_id is None and study_instance_uid:  # callers with an index pass it in
         rows = db.table(T_INSTANCES).search(Query().study_instance_uid == study_instance_uid)
-        if rows:
-            row = resolve_row(db, rows[0]["patient_id"])
-            if row:
-                return row
+        study_patient_id = rows[0]["patient_id"] if rows else ""
+    if study_patient_id:
+        row = resolve_row(db, study_patient_id)
+        if row:
+            return row
     if patient_id and not is_generic:
         alias = [issuer, patient_id]
         rows = pats.search(_P.aliases.test(lambda a: alias in a))
