@@ -57,6 +57,26 @@ TYPE2 = {  # type-2 attributes highdicom copies from the evidence: present, poss
 }
 
 
+DATES_TIMES = ("StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "ContentDate", "ContentTime",
+               "PatientBirthDate", "AcquisitionDate", "AcquisitionTime")
+
+
+def _date_time(keyword: str, value) -> str | None:
+    """A DA/TM value highdicom will accept: as sent when valid, repaired when it is an old
+    ACR-NEMA form ("14:04:38", "2001.01.02"), else None (dropped rather than invented)."""
+    from pydicom.valuerep import DA, TM
+    kind = DA if keyword.endswith("Date") else TM
+    text = str(value or "").strip()
+    stripped = text.replace(":", "").replace(".", "").replace("-", "") if kind is DA else text.replace(":", "")
+    for candidate in (stripped, text):
+        try:
+            if candidate == "" or kind(candidate) is not None:
+                return candidate
+        except ValueError:
+            continue
+    return None
+
+
 def derived_uid(root: str, *parts: str) -> str:
     """A UID that is the same for the same inputs, so a re-run yields the same SR UID."""
     n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
@@ -78,6 +98,13 @@ def evidence_header(ds: Dataset) -> Dataset:
     for keyword, empty in TYPE2.items():
         if keyword not in header or header.get(keyword) is None:
             setattr(header, keyword, empty)
+    for keyword in DATES_TIMES:
+        if keyword in header:
+            fixed = _date_time(keyword, header[keyword].value)
+            if fixed is None:
+                del header[keyword]
+            else:
+                setattr(header, keyword, fixed)
     if not header.get("StudyDate"):
         # highdicom formats the study date/time; an empty one is valid DICOM but trips it
         now = datetime.datetime.now()

@@ -23,6 +23,7 @@ REAL_FILES = {
     "examples_rgb_color.dcm": "lymph node with colour Doppler, single frame (RGB)",
     "examples_palette.dcm": "obstetric convex frame, mostly dark (PALETTE COLOR)",
     "examples_jpeg2k.dcm": "lymph node with colour Doppler, single frame (JPEG 2000 lossless, YBR_RCT)",
+    "ExplVR_BigEnd.dcm": "60x80 RGB ultrasound thumbnail (explicit VR big endian)",
 }
 
 SIMULATOR = """\
