@@ -77,6 +77,20 @@ def test_sr_for_a_sparse_handheld_export(registry):
     assert again.SOPInstanceUID == report.SOPInstanceUID  # a re-run names the same report
 
 
+def test_sr_for_a_source_with_malformed_descriptors(registry):
+    """Values highdicom refuses to copy (a bad date, a bad time, a name too long) still give a report."""
+    ds, _ = lung_cine_dataset(n_frames=2, n_blines=1)
+    ds = _roundtrip(ds)
+    ds["StudyDate"].value = "not-a-date"
+    ds["StudyTime"].value = "25:99"
+    ds.ReferringPhysicianName = "x" * 400
+    ds.AccessionNumber = "y" * 100
+    a = runner.analyse(ds, registry)
+    report = _roundtrip(sr.build_sr(ds, a))
+    assert report.StudyInstanceUID == ds.StudyInstanceUID and report.PatientID == ds.PatientID
+    hd.sr.Comprehensive3DSR.from_dataset(report)
+
+
 def test_simulated_lung_cine_gives_b_line_counts(registry):
     ds, truth = lung_cine_dataset(n_frames=8, n_blines=4, seed=11)
     a = runner.analyse(_roundtrip(ds), registry)

@@ -87,11 +87,20 @@ def derived_uid(root: str, *parts: str) -> str:
     return uid[:64].rstrip(".")
 
 
-def evidence_header(ds: Dataset) -> Dataset:
-    """Header-only copy of the source with missing type-2 attributes present and empty."""
+MINIMAL = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+           "PatientID", "IssuerOfPatientID", "NumberOfFrames")
+
+
+def evidence_header(ds: Dataset, minimal: bool = False) -> Dataset:
+    """Header-only copy of the source with missing type-2 attributes present and empty.
+
+    minimal: only the identifying attributes, for a source whose other attributes are too
+    malformed for highdicom (the report then carries empty patient/study descriptors)."""
     header = Dataset()
     for elem in ds:
         if elem.tag.group == 0x7FE0:  # pixel data: the SR only references it
+            continue
+        if minimal and elem.keyword not in MINIMAL:
             continue
         header.add(copy.deepcopy(elem))
     header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
@@ -175,7 +184,13 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
         imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
     with warnings.catch_warnings():  # also where a caller reset the filters
         warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent", category=UserWarning)
-        sr = _document(evidence, report, uid_root, source_uid, ds, analysis, manufacturer)
+        try:
+            sr = _document(evidence, report, uid_root, source_uid, ds, analysis, manufacturer)
+        except (ValueError, TypeError, AttributeError):
+            # some attribute of the source that highdicom copies is malformed: report
+            # against the identifying attributes only rather than fail the job
+            sr = _document(evidence_header(ds, minimal=True), report, uid_root, source_uid, ds, analysis,
+                           manufacturer)
     # the report belongs to the same patient record as its source, whatever highdicom copied
     for keyword in ("PatientID", "IssuerOfPatientID"):
         if keyword in ds:
