@@ -3,7 +3,7 @@
 - START: the server's rule (ui_api.start_category) on every combination of answers, and
   the tablet's copy (static/js/start.js, run by node) agreeing with it on all of them.
 - The SSE stream of a real `fieldkit serve`: events arrive as they happen, the number of
-  streams is capped (503 + Retry-After beyond it), and a stream ends promptly when the
+  streams is capped (429 + Retry-After beyond it), and a stream ends promptly when the
   server stops instead of holding the shutdown.
 """
 
@@ -136,7 +136,7 @@ def test_stream_delivers_events_caps_streams_and_ends_on_stop(tmp_path):
         a.wait_for("hello")
         # a third tablet is told to come back later (and polls meanwhile)
         c = s.get(kit.url + "/api/v1/live", stream=True, timeout=10)
-        assert c.status_code == 503 and int(c.headers["Retry-After"]) > 0
+        assert c.status_code == 429 and int(c.headers["Retry-After"]) > 0
         c.close()
         # a change made by another tablet reaches both open streams
         r = s.post(kit.url + "/api/v1/ui/patients", json={"tag": "L-1", "triage": "red"}, timeout=30)

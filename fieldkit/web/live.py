@@ -7,7 +7,7 @@ UID, queue row id), never names: a page that hears of a change fetches what it s
 Bounded on every side, because every open stream holds one of the HTTPS server's worker
 threads:
 - at most `ui.live_max_streams` streams at once (0: the server's thread count minus a
-  reserve kept for page and API requests); one more is answered 503 with Retry-After and
+  reserve kept for page and API requests); one more is answered 429 with Retry-After and
   the page falls back to polling until a slot frees;
 - a stream ends after `ui.live_max_seconds` (the browser reconnects and the page
   refreshes its view, so nothing is missed for long);
@@ -94,8 +94,8 @@ def stream():
     kit = kit_of()
     cfg = kit.config
     if not _take_slot(app, max_streams(cfg)):
-        return Response(json.dumps({"error": "too many live streams open; polling instead", "status": 503}),
-                        status=503, mimetype="application/json", headers={"Retry-After": "15"})
+        return Response(json.dumps({"error": "too many live streams open; polling instead", "status": 429}),
+                        status=429, mimetype="application/json", headers={"Retry-After": "15"})
     heartbeat = max(1.0, float(cfg.get("ui.live_heartbeat_seconds", 15)))
     lifetime = max(5.0, float(cfg.get("ui.live_max_seconds", 300)))
     bus = kit.events
