@@ -239,6 +239,21 @@ def test_hostile_patient_name_from_dicom_is_inert(tablet, ui_kit, tmp_path):
     shot(page, "xss-name-inert")
 
 
+def test_admin_sees_a_patient_read_only(ui_browser, ui_kit):
+    ctx = new_context(ui_browser, ui_kit)
+    page = ctx.new_page()
+    sign_in(page, ADMIN_USER, ADMIN_PASSWORD, next_path=f"/patients/{TAG}")
+    page.wait_for_selector("#findings li.finding")
+    assert page.locator("button.tri-btn").count() == 0 and page.locator("#details").count() == 0
+    assert page.locator("#findings .f-review:visible").count() == 0
+    r = page.evaluate(f"""() => fetch('/api/v1/ui/patients/{TAG}/triage', {{method: 'POST',
+        headers: {{'Content-Type': 'application/json', 'X-CSRF-Token':
+        document.querySelector('meta[name=csrf-token]').content}}, body: JSON.stringify({{triage: 'black'}})}})
+        .then(r => r.status)""")
+    assert r == 403  # the server refuses it too, not just the page
+    ctx.close()
+
+
 def test_expired_session_keeps_what_was_typed(tablet, ui_browser, ui_kit):
     ctx = new_context(ui_browser, ui_kit)
     page = ctx.new_page()

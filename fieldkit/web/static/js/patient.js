@@ -99,6 +99,7 @@ function renderFindings(p) {
         await load();
       } catch (e) { if (e.status !== 401) showError(e.message); }
     };
+    if (!canReview) li.querySelector(".f-review").hidden = true;
     acc.addEventListener("click", () => send("accepted"));
     rej.addEventListener("click", () => send("rejected"));
     frag.appendChild(li);
@@ -132,9 +133,12 @@ function renderZones(p) {
   grid.replaceChildren(frag);
 }
 
+const canReview = root.dataset.canReview === "yes";
+const canEdit = root.dataset.canEdit === "yes";
+
 function renderDetails(p) {
   const form = document.getElementById("details");
-  if (!form.dataset.touched) {
+  if (form && !form.dataset.touched) {
     document.getElementById("d-name").value = p.name || "";
     document.getElementById("d-age").value = p.age === null || p.age === undefined ? "" : String(p.age);
     document.getElementById("d-sex").value = p.sex || "";
@@ -146,7 +150,7 @@ function renderDetails(p) {
     `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
   const mw = document.getElementById("merge-wrap");
   const sel = document.getElementById("merge-into");
-  mw.hidden = !(p.merge_targets && p.merge_targets.length);
+  mw.hidden = !canEdit || !(p.merge_targets && p.merge_targets.length);
   sel.replaceChildren(...(p.merge_targets || []).map((o) => {
     const opt = el("option", "", `${o.name}${o.tag ? " (tag " + o.tag + ")" : ""} — ${o.id}`);
     opt.value = o.id;
@@ -298,6 +302,7 @@ function openCapture(c) {
 }
 
 function ensureZoneSelect(c) {
+  if (!canEdit) return;
   let sel = document.getElementById("zone-select");
   if (!sel) {
     const wrap = el("div", "field");
@@ -327,10 +332,10 @@ document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click",
   } catch (e) { if (e.status !== 401) showError(e.message); }
 }));
 
-const details = document.getElementById("details");
-details.addEventListener("input", () => { details.dataset.touched = "1"; });
-details.addEventListener("change", () => { details.dataset.touched = "1"; }); // also a restored draft
-details.addEventListener("submit", async (ev) => {
+const details = document.getElementById("details"); // absent for roles that may not edit
+if (details) details.addEventListener("input", () => { details.dataset.touched = "1"; });
+if (details) details.addEventListener("change", () => { details.dataset.touched = "1"; }); // also a restored draft
+if (details) details.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const box = document.getElementById("details-error");
   box.hidden = true;
