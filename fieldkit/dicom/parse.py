@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
 import zlib
 from typing import BinaryIO
 
@@ -158,7 +159,7 @@ def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
         refuse("PhotometricInterpretation (0028,0004) is missing", DOES_NOT_MATCH_SOP_CLASS)
     if "PixelData" not in ds:
         refuse("only integer Pixel Data (7FE0,0010) is accepted")
-    value = ds["PixelData"].value
+    value = ds.get_item(PIXEL_DATA).value  # raw access: no conversion, no copy of a large value
     if value is None:
         refuse("Pixel Data has no value")
     if ts in uids.NATIVE_SYNTAXES:
@@ -213,15 +214,18 @@ def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
 IDENTITY_FIRST, IDENTITY_LAST = 0x00100020, 0x00101002
 
 
+PIXEL_DATA = 0x7FE00010
+
+
 class Encoded:
-    """The dataset encoded once, in its own transfer syntax, as three slices: before the
-    identity attributes, the identity attributes, after them (pixel data included).
+    """The dataset encoded once, in its own transfer syntax, in slices: before the identity
+    attributes, the identity attributes, after them. In the last slice the Pixel Data value
+    is not copied: a value as received is referenced and written out byte for byte, so a
+    large cine sits in memory once, not three times.
 
     `digest` is the SHA-256 of the dataset as received (file meta excluded), before the
     kit stamps it: the same capture sent twice, by any path, has the same digest. After
-    stamping, `part10()` re-encodes only the small identity slice, so the pixel data is
-    encoded once per object, not twice. Values pydicom has not converted are written back
-    byte for byte.
+    stamping, `write_part10()` re-encodes only the small identity slice.
     """
 
     def __init__(self, ds: Dataset):
@@ -235,12 +239,31 @@ class Encoded:
             ds.set_original_encoding(self._implicit, self._little, ds._character_set)
         tags = sorted(ds.keys())
         self._head = self._encode([t for t in tags if t < IDENTITY_FIRST])
-        self._tail = self._encode([t for t in tags if t > IDENTITY_LAST])
-        ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
+        tail = [t for t in tags if t > IDENTITY_LAST]
+        pixel = ds.get_item(PIXEL_DATA) if PIXEL_DATA in tail else None
+        if isinstance(pixel, RawDataElement) and pixel.value is not None and \
+                (self._implicit or pixel.VR in ("OB", "OW")):
+            self._tail = [self._encode([t for t in tail if t < PIXEL_DATA]), *self._raw_pixels(pixel),
+                          self._encode([t for t in tail if t > PIXEL_DATA])]
+        else:
+            self._tail = [self._encode(tail)]
         h = hashlib.sha256(self._head)
-        h.update(ident)
-        h.update(self._tail)
+        h.update(self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST]))
+        for piece in self._tail:
+            h.update(piece)
         self.digest = h.hexdigest()
+
+    def _raw_pixels(self, raw: RawDataElement) -> list:
+        e = "<" if self._little else ">"
+        undefined = raw.length == 0xFFFFFFFF
+        value = raw.value
+        pad = b"\0" if not undefined and len(value) % 2 else b""
+        length = 0xFFFFFFFF if undefined else len(value) + len(pad)
+        header = struct.pack(e + "HH", 0x7FE0, 0x0010)
+        header += struct.pack(e + "L", length) if self._implicit else \
+            raw.VR.encode() + b"\0\0" + struct.pack(e + "L", length)
+        trailer = struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else pad
+        return [header, value, trailer]
 
     def _encode(self, tags: list) -> bytes:
         sub = Dataset({t: self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
@@ -250,9 +273,10 @@ class Encoded:
         write_dataset(fp, sub, parent_encoding=self._ds._character_set)
         return fp.getvalue()
 
-    def part10(self, implementation_version: str = "FIELDKIT") -> bytes:
-        """The Part-10 file the kit stores: file meta rebuilt for this object, dataset kept
-        in its transfer syntax (deflated stays deflated, big endian stays big endian)."""
+    def write_part10(self, write, implementation_version: str = "FIELDKIT") -> None:
+        """Write the Part-10 file the kit stores, piece by piece, to `write`: file meta
+        rebuilt for this object, dataset kept in its transfer syntax (deflated stays
+        deflated, big endian stays big endian)."""
         ds = self._ds
         tags = sorted(ds.keys())
         ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
@@ -265,14 +289,27 @@ class Encoded:
         out = DicomBytesIO()
         out.write(b"\0" * 128 + b"DICM")
         write_file_meta_info(out, meta, enforce_standard=True)
-        body = self._head + ident + self._tail
+        write(out.getvalue())
+        pieces = [self._head, ident, *self._tail]
         if str(meta.TransferSyntaxUID) == uids.DEFLATED_LE:
             packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-            body = packer.compress(body) + packer.flush()
-            if len(body) % 2:
-                body += b"\0"
+            size = 0
+            for piece in pieces:
+                chunk = packer.compress(piece)
+                size += len(chunk)
+                write(chunk)
+            chunk = packer.flush()
+            size += len(chunk)
+            write(chunk + (b"\0" if (size % 2) else b""))
+        else:
+            for piece in pieces:
+                write(piece)
         ds.file_meta = meta
-        return out.getvalue() + body
+
+    def part10(self, implementation_version: str = "FIELDKIT") -> bytes:
+        out: list[bytes] = []
+        self.write_part10(out.append, implementation_version)
+        return b"".join(out)
 
 
 def content_digest(ds: Dataset) -> str:

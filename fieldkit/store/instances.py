@@ -166,7 +166,9 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         _encoded(lambda: stamp(ds, pid, issuer), sop_uid)
         # the two blobs are fsynced in parallel: the disk merges the flushes
         thumb_future = _blob_pool.submit(store.blobs.put_bytes, thumb) if thumb else None
-        blob = store.blobs.put_bytes(_encoded(encoded.part10, sop_uid))
+        with store.blobs.writer() as writer:  # streamed: the pixel data is not copied again
+            _encoded(lambda: encoded.write_part10(_chunked(writer.write)), sop_uid)
+        blob = writer.ref
         thumb_ref = thumb_future.result() if thumb_future else None
         now = time.time()
         row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
@@ -193,6 +195,16 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
         return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
                                          "kept as a conflict for review, the first copy is unchanged")
     return _result(DUPLICATE, stored, "already stored with identical content")
+
+
+def _chunked(write, size: int = 1 << 20):
+    """Hand a large piece to the blob writer in 1 MiB slices (views, not copies), so the
+    writer never buffers a whole cine."""
+    def out(piece) -> None:
+        view = memoryview(piece)
+        for start in range(0, len(view), size):
+            write(view[start:start + size])
+    return out
 
 
 def _encoded(fn, sop_uid: str):
