@@ -17,6 +17,10 @@ class SpoolReader(io.RawIOBase):
         self._cache: dict[int, bytes] = {}
         self._chunk_size: int | None = None
 
+    @property
+    def name(self) -> str:  # readers (pydicom) ask; there is no file name to give
+        return "<encrypted spool>"
+
     def readable(self) -> bool:
         return True
 
@@ -59,3 +63,9 @@ class SpoolReader(io.RawIOBase):
         b[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def open_reader(spool) -> io.BufferedReader:
+    """A buffered reader over the spool: read(n) returns n bytes unless the end came first
+    (the raw reader may return less, at a chunk boundary)."""
+    return io.BufferedReader(SpoolReader(spool), buffer_size=1 << 20)

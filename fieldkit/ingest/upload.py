@@ -27,7 +27,7 @@ from ..dicom.parse import InvalidDicom
 from ..errors import BadInput, FieldkitError, TooLarge
 from ..store import instances, patients
 from .multipart import MultipartError, content_type_params, iter_parts
-from .spoolio import SpoolReader
+from .spoolio import open_reader
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,17 @@ def refusal(name: str, exc: BaseException) -> dict:
     return outcome(name, REFUSED, reason, sop_instance_uid=uid, code=code)
 
 
-def store_dicom_bytes(store, data: bytes, name: str, source: str, expect_study: str | None = None) -> dict:
-    """One Part-10 object -> outcome. Storage failures (disk full, locked) propagate."""
+def store_dicom_bytes(store, data, name: str, source: str, expect_study: str | None = None) -> dict:
+    """One Part-10 object (bytes, or a reader over a spool: then it is read once, straight
+    into the dataset) -> outcome. Storage failures (disk full, locked) propagate."""
     try:
-        if expect_study is not None:
+        if expect_study is not None or not isinstance(data, (bytes, bytearray)):
             ds = parse.read_part10(data)
-            if str(ds.get("StudyInstanceUID", "")) != expect_study:
+            if expect_study is not None and str(ds.get("StudyInstanceUID", "")) != expect_study:
                 raise InvalidDicom(f"instance belongs to study {str(ds.get('StudyInstanceUID', ''))[:64]}, "
                                    f"not to {expect_study} named in the request",
                                    parse.DOES_NOT_MATCH_SOP_CLASS, str(ds.get("SOPInstanceUID", "")))
+            data = ds
         result = instances.put_instance(store, data, source)
     except BadInput as exc:
         out = refusal(name, exc)
@@ -84,11 +86,17 @@ def store_dicom_bytes(store, data: bytes, name: str, source: str, expect_study: 
                    sop_class_uid=row["sop_class_uid"], patient_id=row["patient_id"])
 
 
-def _peek_class(data: bytes) -> str:
+def _peek_class(data) -> str:
     try:
         import io
 
         import pydicom
+        if isinstance(data, pydicom.Dataset):
+            value = str(data.get("SOPClassUID", ""))
+            return value if parse.valid_uid(value) else ""
+        if not isinstance(data, (bytes, bytearray)):
+            data.seek(0)
+            data = data.read(1 << 16)
         ds = pydicom.dcmread(io.BytesIO(data[: 1 << 16]), stop_before_pixels=True,
                              specific_tags=["SOPClassUID"])
         value = str(ds.get("SOPClassUID", ""))
@@ -188,7 +196,9 @@ def store_spool(store, spool, name: str, source: str, *, media_type: str = "",
                                          "image/png", "image/jpeg", "application/x-zip-compressed"):
         return [refusal(name, InvalidDicom(f"media type {media_type[:60]} is not accepted here"))]
     if kind == DICOM:
-        return [store_dicom_bytes(store, spool.read_all(), name, source, expect_study)]
+        if spool.size > int(store.config["dicom.max_object_mb"]) * (1 << 20):
+            return [refusal(name, TooLarge(f"object over the {store.config['dicom.max_object_mb']} MiB limit"))]
+        return [store_dicom_bytes(store, open_reader(spool), name, source, expect_study)]
     if kind == ZIP and source != "stow":
         return store_zip(store, spool, name, source)
     if kind in (PNG, JPEG) and source != "stow":
@@ -218,7 +228,7 @@ def store_zip(store, spool, name: str, source: str) -> list[dict]:
     max_ratio = float(store.config["ingest.max_zip_ratio"])
     results: list[dict] = []
     try:
-        zf = zipfile.ZipFile(SpoolReader(spool))
+        zf = zipfile.ZipFile(open_reader(spool))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         return [refusal(name, InvalidDicom(f"zip bundle cannot be read: {str(exc)[:120]}"))]
     with zf:
