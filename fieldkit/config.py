@@ -30,7 +30,7 @@ SETTINGS: dict[str, Setting] = {
     # web
     "http.bind": Setting("0.0.0.0", "Address the HTTPS server listens on (the kit's own Wi-Fi)."),
     "http.port": Setting(8443, "HTTPS port for tablets, the API and DICOMweb."),
-    "http.threads": Setting(16, "Worker threads of the HTTPS server (live-update streams each hold one)."),
+    "http.threads": Setting(32, "Worker threads of the HTTPS server; each live-update stream holds one, so set this to the number of tablets plus 8."),
     "http.max_request_mb": Setting(1024, "Largest request body accepted, in MiB (a long cine upload)."),
     "http.session_idle_minutes": Setting(15, "A tablet session expires after this many idle minutes."),
     # DIMSE receiver

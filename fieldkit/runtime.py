@@ -114,6 +114,9 @@ class Kit:
             out["sync"] = kit_status(self)
         if self.hardware is not None and hasattr(self.hardware, "state"):
             out["power"] = self.hardware.state()
+        inference = self.services.get("inference")
+        if inference is not None and hasattr(inference, "status"):
+            out["inference"] = inference.status()
         out["services"] = sorted(self.services)
         return out
 
