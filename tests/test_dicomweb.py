@@ -169,3 +169,34 @@ def test_stow_to_a_named_study_refuses_other_studies_and_wado_404s_unknown(kit_s
     r = kit_server.get(f"/dicom-web/studies/{wrong}/series/{wrong}/instances/{wrong}",
                        headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 404
+
+
+def test_study_and_series_retrieve_metadata_rendered_and_thumbnail(kit_server):
+    client = _client(kit_server)
+    study, series = generate_uid(), generate_uid()
+    sent = []
+    for name in ("examples_rgb_color.dcm", "examples_jpeg2k.dcm", "examples_ybr_color.dcm"):
+        ds = _fresh(name)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        sent.append(ds)
+    client.store_instances(sent)
+    got = client.retrieve_study(study)
+    assert sorted(d.SOPInstanceUID for d in got) == sorted(d.SOPInstanceUID for d in sent)
+    assert len(client.retrieve_series(study, series)) == 3
+    meta = client.retrieve_study_metadata(study)
+    assert len(meta) == 3 and all("7FE00010" in m and "BulkDataURI" in m["7FE00010"] for m in meta)
+    assert len(client.retrieve_series_metadata(study, series)) == 3
+    jpeg = client.retrieve_instance_rendered(study, series, sent[0].SOPInstanceUID)
+    from PIL import Image
+    img = Image.open(io.BytesIO(jpeg))
+    assert img.format == "JPEG" and img.size == (320, 240)
+    token = kit_server.token("dicomweb-client")
+    thumb = kit_server.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sent[2].SOPInstanceUID}/thumbnail",
+                           headers={"Authorization": f"Bearer {token}"})
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (256, 192)
+    j2k = client.retrieve_instance_frames(study, series, sent[1].SOPInstanceUID, frame_numbers=[1],
+                                          media_types=(("image/jp2", "1.2.840.10008.1.2.4.90"),))
+    assert j2k[0] == pydicom.encaps.generate_frames(sent[1].PixelData, number_of_frames=1).__next__()
+    series_found = client.search_for_series(search_filters={"Modality": "US", "StudyInstanceUID": study})
+    assert [s["0020000E"]["Value"][0] for s in series_found] == [series]
+    assert series_found[0]["00201209"]["Value"] == [3]
