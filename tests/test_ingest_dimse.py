@@ -193,3 +193,22 @@ def test_sigkill_mid_batch_loses_nothing_storescu_saw_succeed(kit_server, tmp_pa
             kit.store.blobs.get_bytes(instances.get_instance(kit.store, uid)["blob"])
     finally:
         kit.close()
+
+
+def test_structured_report_is_stored_and_synced_but_not_analysed(dimse_kit):
+    path = pydicom_file("test-SR.dcm")
+    assert store_responses(storescu(dimse_kit.receiver.port, [path])) == ["Success"]
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    row = instances.get_instance(dimse_kit.store, uid)
+    assert row is not None and row["thumbnail"] is None and row["frames"] == 0
+    assert dimse_kit.store.queue.rows(kind=KIND_INFER) == []
+    sync = dimse_kit.store.queue.rows(kind=KIND_SYNC)
+    assert [q.payload["sop_instance_uid"] for q in sync] == [uid]
+
+
+def test_unsupported_sop_class_is_refused_at_association(dimse_kit):
+    proc = storescu(dimse_kit.receiver.port, [pydicom_file("MR_small.dcm")])
+    assert proc.returncode != 0 or store_responses(proc) == []
+    assert "No presentation context" in proc.stdout + proc.stderr or "no acceptable" in \
+        (proc.stdout + proc.stderr).lower()
+    assert instances.instance_rows(dimse_kit.store) == []
