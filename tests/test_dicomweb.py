@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pydicom
-import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid

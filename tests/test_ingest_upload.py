@@ -7,8 +7,6 @@ import zipfile
 
 import numpy as np
 import pydicom
-import pytest
-import requests
 from PIL import Image
 from pydicom.uid import generate_uid
 

@@ -20,7 +20,7 @@ import logging
 import posixpath
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Iterable
 
 from ..dicom import parse, pictures
 from ..dicom.parse import InvalidDicom
@@ -351,5 +351,3 @@ def summarize(results: list[dict]) -> dict:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return counts
 
-
-ProgressFn = Callable[[dict], None]

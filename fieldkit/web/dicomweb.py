@@ -19,7 +19,7 @@ import uuid
 
 import pydicom
 from flask import Blueprint, Response, jsonify, request
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.encaps import generate_frames
 
 from ..dicom import uids
