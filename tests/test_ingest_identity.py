@@ -118,3 +118,22 @@ def test_refusals_leave_nothing_behind(store):
         instances.put_instance(store, b"not dicom", "upload")
     assert instances.instance_rows(store) == [] and patients.list_patients(store) == []
     assert store.queue.counts()[KIND_INFER]["ready"] == 0
+
+
+def test_odd_patient_values_never_reach_a_log_or_warning(store, caplog, recwarn):
+    import logging
+
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName = "Secretname^" + "Q" * 80
+    ds.PatientBirthDate = "19801332x"
+    ds.PatientID = "PID-" + "7" * 70  # longer than LO allows
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with caplog.at_level(logging.DEBUG):
+        result = instances.put_instance(store, buf.getvalue(), "upload")
+    assert result["status"] == "stored"
+    said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
+    assert "Secretname" not in said and "19801332x" not in said and "7777777" not in said
+    kept = instances.read_dataset(store, result["sop_instance_uid"])
+    assert kept.PatientBirthDate == "19801332x"  # kept as sent
