@@ -211,3 +211,21 @@ def test_unsupported_sop_class_is_refused_at_association(dimse_kit):
     assert "No presentation context" in proc.stdout + proc.stderr or "no acceptable" in \
         (proc.stdout + proc.stderr).lower()
     assert instances.instance_rows(dimse_kit.store) == []
+
+
+def test_bad_receiver_settings_are_clear_config_errors(dimse_kit):
+    from fieldkit.errors import ConfigError
+    from fieldkit.ingest import dimse
+
+    taken = dimse_kit.config.with_overrides(dicom__port=dimse_kit.receiver.port)
+    for config, words in ((taken, "cannot listen"),
+                          (dimse_kit.config.with_overrides(dicom__ae_title="X" * 17), "AE title"),
+                          (dimse_kit.config.with_overrides(dicom__allow_any_ae=False,
+                                                           dicom__allowed_ae_titles=["Y" * 17]), "allowed_ae_titles")):
+        class Probe:
+            pass
+        probe = Probe()
+        probe.config, probe.store, probe.dicom_port = config, dimse_kit.store, None
+        with pytest.raises(ConfigError, match=words):
+            dimse.start(probe)
+    assert echoscu(dimse_kit.receiver.port).returncode == 0

@@ -17,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ..dicom import parse, uids
-from ..errors import FieldkitError, KitLocked, StorageFull, TooLarge
+from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
 from ..store.instances import CONFLICT, put_instance
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,10 @@ class Receiver:
 
 
 def make_ae(config) -> AE:
-    ae = AE(ae_title=config["dicom.ae_title"])
+    try:
+        ae = AE(ae_title=config["dicom.ae_title"])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"dicom.ae_title {config['dicom.ae_title']!r} is not a usable AE title: {exc}") from None
     ae.maximum_associations = 8
     # large PDUs: a cine arrives in a few hundred PDVs instead of thousands of 16 KiB ones
     ae.maximum_pdu_size = 4 << 20
@@ -120,7 +123,10 @@ def make_ae(config) -> AE:
         # an empty list refuses every caller: a provisioned kit is closed until configured
         allowed = [str(t) for t in config["dicom.allowed_ae_titles"]]
         # (pynetdicom reads an empty list as "anyone", so use a random title nobody has)
-        ae.require_calling_aet = allowed or [secrets.token_hex(8).upper()]
+        try:
+            ae.require_calling_aet = allowed or [secrets.token_hex(8).upper()]
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"dicom.allowed_ae_titles holds an unusable AE title: {exc}") from None
     return ae
 
 
@@ -129,8 +135,12 @@ def start(kit) -> Receiver:
     config = kit.config
     ae = make_ae(config)
     handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo)]
-    server = ae.start_server((config["dicom.bind"], int(config["dicom.port"])), block=False,
-                             evt_handlers=handlers)
+    try:
+        server = ae.start_server((config["dicom.bind"], int(config["dicom.port"])), block=False,
+                                 evt_handlers=handlers)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for DICOM on {config['dicom.bind']}:{config['dicom.port']}: "
+                          f"{exc.strerror or exc} (another receiver running? see dicom.port)") from None
     port = server.server_address[1]
     kit.dicom_port = port
     log.info("DIMSE receiver listening on port %d as %s", port, config["dicom.ae_title"])
