@@ -64,3 +64,16 @@ def test_uploads_larger_than_a_spool_chunk_are_read_whole(store):
             zf.writestr("b.dcm", _cine_bytes(11))
         out = store_stream(store, [zbuf.getvalue()], "bundle.zip", "upload", 1 << 30)
         assert [r["status"] for r in out] == ["stored", "stored"], out
+
+
+def test_multipart_parts_small_in_memory_large_through_the_spool(store):
+    from fieldkit.ingest.upload import store_multipart
+
+    small, large = _cine_bytes(2), _cine_bytes(22)  # ~0.5 MB and ~5 MB (over the 4 MiB threshold)
+    body = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in (small, large, small))
+    body += b"--B--\r\n"
+    chunks = [body[i:i + 300_000] for i in range(0, len(body), 300_000)]
+    out = store_multipart(store, chunks, "B", source="stow", default_type="application/dicom", max_bytes=1 << 30)
+    assert [r["status"] for r in out] == ["stored", "stored", "duplicate"], out
+    frames = {instances.get_instance(store, r["sop_instance_uid"])["frames"] for r in out}
+    assert frames == {2, 22}

@@ -27,7 +27,7 @@ from ..dicom.parse import InvalidDicom
 from ..errors import BadInput, FieldkitError, TooLarge
 from ..store import instances, patients
 from .multipart import MultipartError, content_type_params, iter_parts
-from .spoolio import open_reader
+from .spoolio import PartBuffer, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: st
                 if event == "part":
                     n += 1
                     part, part_size = value, 0
-                    spool = store.blobs.open_spool()
+                    spool = PartBuffer(store.blobs.open_spool)
                 elif event == "data":
                     part_size += len(value)
                     if part_size <= cap:
