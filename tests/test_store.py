@@ -315,3 +315,13 @@ def test_encrypted_spool_holds_no_plaintext(store):
             assert b"SPOOL-CANARY" not in path.read_bytes()
         assert spool.read_all() == canary
     assert not any((store.data_dir / "blobs" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [1 << 20], [(1 << 20) + 1], [(1 << 20) - 1, 1, 1],
+                                   [3 * (1 << 20) + 5], [10, 2 << 20, 7, (1 << 20) - 17, 1 << 20]])
+def test_blobs_round_trip_across_chunk_boundaries(store, sizes):
+    parts = [os.urandom(n) for n in sizes]
+    ref = store.blobs.put_stream(parts)
+    assert ref.size == sum(sizes)
+    assert store.blobs.get_bytes(ref.addr) == b"".join(parts)
+    assert store.blobs.put_bytes(b"".join(parts)) == ref  # the address depends on content only

@@ -54,12 +54,23 @@ class _SealedFileWriter:
         _write_all(self._fd, MAGIC + self._file_id)
 
     def write(self, data: bytes) -> int:
-        self._buf += data
-        self.size += len(data)
-        while len(self._buf) > CHUNK:
-            self._emit(bytes(self._buf[:CHUNK]), last=False)
-            del self._buf[:CHUNK]
-        return len(data)
+        view = memoryview(data).cast("B")
+        total = len(view)
+        self.size += total
+        # Fill the pending chunk, then seal whole chunks straight from the caller's buffer:
+        # no copy of a big write is kept, and nothing is shifted in memory.
+        if self._buf:
+            take = min(CHUNK - len(self._buf), len(view))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) == CHUNK and view:
+                self._emit(bytes(self._buf), last=False)
+                self._buf.clear()
+        while len(view) > CHUNK:
+            self._emit(bytes(view[:CHUNK]), last=False)
+            view = view[CHUNK:]
+        self._buf += view
+        return total
 
     def _emit(self, chunk: bytes, last: bool) -> None:
         sealed = self._sealer.seal(chunk, _aad(self._file_id, self._index, last))
