@@ -70,7 +70,7 @@ def make_model_bundle(data_dir: Path) -> Path:
     bundle.mkdir(parents=True)
     (bundle / "model.onnx").write_bytes(b"\x08\x07" + os.urandom(256))
     entry = {"name": "view-gate", "version": "1.0.0", "task": "gate", "file": "model.onnx",
-             "input": {"shape": [1, 1, 64, 64]}, "preprocessing": {}, "outputs": ["p"],
+             "input": {"shape": [1, 1, 64, 64]}, "preprocessing": {}, "outputs": {"p": "probability"},
              "labels": ["lung"], "thresholds": {}, "intended_views": ["lung"], "model_card": "test"}
     (bundle / B.MANIFEST).write_text(json.dumps(entry))
     key = B.new_private_key()
