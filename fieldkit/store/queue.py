@@ -39,13 +39,14 @@ class Queue:
     def load(self, db) -> int:
         """Index every row; leases left by a crash go back to ready. Returns how many."""
         table = db.table(T_QUEUE)
+        raw = db.storage.read().get(T_QUEUE, {})  # the live rows, without copying 100 000 dicts
         resumed = []
-        for doc in table.all():
-            doc_id, row = doc.doc_id, dict(doc)
-            if row["state"] == LEASED:
+        for key, doc in raw.items():
+            doc_id = int(key)
+            if doc["state"] == LEASED:
                 resumed.append(doc_id)
-                row.update(state=READY, lease_until=0.0)
-            self._index(row, doc_id)
+                doc = dict(doc, state=READY, lease_until=0.0)
+            self._index(doc, doc_id)
         if resumed:
             table.update({"state": READY, "lease_until": 0.0}, doc_ids=resumed)
         return len(resumed)

@@ -42,6 +42,7 @@ def kit_store(root: Path, size: int, key: bytes) -> Store:
     store = Store.open(root, key, Config())
     rows = [_row(i) for i in range(size)]
     store.write(lambda db: db.table("queue").insert_multiple(rows))
+    store.compact()  # as a store that grew over days looks: snapshot records of 2 000 rows
     store.close()
     return Store.open(root, key, Config())
 
