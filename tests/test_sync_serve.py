@@ -75,3 +75,38 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(data_dir, ortha
         assert st["resent_instances"] + st["found_by_qido"] > 0, f"seed {seed}"
     finally:
         kit.close()
+
+
+def test_status_commands_read_sync_state_from_a_running_kit(data_dir, orthanc, need):
+    """`fieldkit status` and `fieldkit sync status` ask the running kit (it holds the store),
+    and both show its sync state: confirmed count, link, queue."""
+    need("Orthanc")
+    import json
+    items = corpus("T-0402")
+    kit = open_kit(data_dir)
+    try:
+        add_to_store(kit.store, items, triage="yellow")
+    finally:
+        kit.close()
+    _configure(data_dir, orthanc.base_url)
+    proc = KitProcess(data_dir)
+    try:
+        proc.start()
+        deadline = time.monotonic() + 60
+        st = {}
+        while time.monotonic() < deadline:
+            st = json.loads(run_cli("sync", "status", "--data-dir", data_dir, "--json").stdout)
+            if st["counts"]["confirmed"] == len(items):
+                break
+            time.sleep(0.5)
+        assert st["counts"]["confirmed"] == len(items) and st["counts"]["quarantined"] == 0
+        assert st["link_up"] is True
+        text = run_cli("sync", "status", "--data-dir", data_dir).stdout
+        assert f"{len(items)} confirmed" in text
+        whole = json.loads(run_cli("status", "--data-dir", data_dir, "--json").stdout)
+        assert whole["sync"]["counts"]["confirmed"] == len(items)
+        plain = run_cli("status", "--data-dir", data_dir).stdout
+        assert f"{len(items)} confirmed" in plain and "queue sync" in plain
+    finally:
+        proc.stop()
+    assert orthanc.instance_count() == len(items)
