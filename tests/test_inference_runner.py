@@ -166,3 +166,66 @@ def test_pixels_that_do_not_decode_are_not_assessable(registry):
     ds.PixelData = ds.PixelData[:200]  # truncated JPEG stream
     a = runner.analyse(ds, registry)
     assert all(not r.assessable and "does not decode" in r.reason for r in a.results)
+
+
+def _native_rgb_cine(planar: int = 0, n_frames: int = 8):
+    ds, truth = lung_cine_dataset(n_frames=n_frames, n_blines=4, seed=3)
+    if planar:
+        rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(n_frames, int(ds.Rows), int(ds.Columns), 3)
+        ds.PixelData = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)).tobytes()
+        ds.PlanarConfiguration = 1
+    return _roundtrip(ds), truth
+
+
+@pytest.mark.parametrize("planar", [0, 1])
+def test_uncompressed_rgb_read_directly_gives_the_decoders_luma(planar):
+    from PIL import Image
+
+    from fieldkit.dicom.frames import decode_frames
+    from fieldkit.inference.decode import _native_rgb, luma_frames
+    ds, _ = _native_rgb_cine(planar)
+    assert _native_rgb(ds, [1, 5]) is not None  # the direct path is the one taken
+    gray, colour = luma_frames(ds, [1, 5, 6])
+    rgb = decode_frames(ds, [1, 5, 6])
+    want = np.stack([np.asarray(Image.fromarray(f).convert("L")) for f in rgb])
+    assert np.array_equal(gray, want)
+    assert colour == 0.0
+
+
+def test_results_do_not_depend_on_how_frames_are_batched(registry):
+    ds, _ = _native_rgb_cine(n_frames=20)
+    ref = runner.analyse(ds, registry, batch_size=16)
+    for bs in (1, 5, 32):
+        a = runner.analyse(ds, registry, batch_size=bs)
+        assert a.frame_numbers == ref.frame_numbers == list(range(1, 21))
+        assert [g["label"] for g in a.gate["per_frame"]] == [g["label"] for g in ref.gate["per_frame"]]
+        assert [g["p"] for g in a.gate["per_frame"]] == pytest.approx([g["p"] for g in ref.gate["per_frame"]], abs=2e-3)
+        lung = [r for r in a.results if r.task == "lung"][0]
+        assert lung.assessable and lung.result["b_line_counts"] == \
+            [r for r in ref.results if r.task == "lung"][0].result["b_line_counts"]
+
+
+def test_colour_doppler_later_in_a_cine_is_still_caught(registry):
+    ds, _ = _native_rgb_cine(n_frames=32)
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(32, int(ds.Rows), int(ds.Columns), 3).copy()
+    rgb[16:, 60:180, 100:220] = (220, 30, 30)  # a colour-flow box on the second half only
+    ds.PixelData = rgb.tobytes()
+    a = runner.analyse(ds, registry, batch_size=16)
+    assert all(not r.assessable and "colour-flow Doppler" in r.reason for r in a.results)
+    assert a.quality == "colour Doppler"
+
+
+def test_a_frame_that_fails_mid_cine_is_not_assessable_and_nothing_hangs(registry):
+    import threading
+    ds = _read("examples_ybr_color.dcm")
+    frames = runner._decode(ds, [0])[0]
+
+    def decode(_ds, indices):
+        if max(indices) >= 12:
+            raise ValueError("corrupt frame 13")
+        return np.repeat(frames[None], len(indices), axis=0)
+
+    before = threading.active_count()
+    a = runner.analyse(ds, registry, decode=decode, batch_size=4)
+    assert all(not r.assessable and "corrupt frame 13" in r.reason for r in a.results)
+    assert threading.active_count() == before  # the decode helper thread has ended

@@ -111,19 +111,19 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     if frame_stride > 1 and power_reasons:
         reasons[0] = f"{reasons[0]}: {'; '.join(power_reasons)}"
 
-    # decode, preprocess and gate in batches, so a long cine never sits in memory at once
+    # decode + preprocess (helper thread) and gate (this thread) as a pipeline, in batches,
+    # so a long cine never sits in memory at once
     spec = gate.entry["preprocessing"]
     used, probs, keep = [], [], {}
     t_prep = t_gate = 0.0
     batches = _prepared(ds, idx, batch_size, decode, spec)
     try:
-        for k, item in enumerate(batches):
+        for item in batches:
             if time.perf_counter() - t0 > time_budget_s and used:
                 reasons.append(f"time budget of {time_budget_s:g}s reached after {len(used)} frames")
                 break
-            chunk = idx[k * batch_size:(k + 1) * batch_size]
             try:
-                frames, colour, x, seconds = item.result()
+                chunk, frames, colour, x, seconds = item
             except LayoutError as exc:
                 return not_assessable(str(exc))
             except Exception as exc:  # any codec failure is a reason, not a crash
@@ -210,42 +210,112 @@ def _decode(ds, indices):
     return decode_frames(ds, indices)
 
 
-def _decode_batch(ds, indices, decode=None):
-    """(frames, colour share): luma frames by the fast path, or what `decode` gives (RGB)."""
+def _decode_batch(ds, indices, decode=None, colour_at=-1):
+    """(frames, colour share): luma frames by the fast path, or what `decode` gives (RGB).
+    `colour_at`: the frame whose colour the fast path checks (see decode.luma_frames)."""
     if decode is None:
         from .decode import luma_frames
-        return luma_frames(ds, indices)
+        return luma_frames(ds, indices, colour_at)
     frames = decode(ds, indices)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise LayoutError(f"unexpected frame layout {frames.shape} {frames.dtype} (want frames x rows x cols x RGB)")
     return frames, colour_fraction(frames)
 
 
+PREP_CHUNK = 4  # frames the helper thread decodes + preprocesses at a time
+
+
+class _Failed:
+    """A chunk that did not decode: the consumer sees the exception when it gets there."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __iter__(self):
+        raise self.exc
+
+
 def _prepared(ds, idx, batch_size, decode, spec):
-    """Futures of (frames, colour share, model input, seconds), one per batch. The next
-    batch is decoded and preprocessed on a helper thread while the caller runs the model
-    on this one (codecs, Pillow and onnxruntime release the GIL), so decoding overlaps
-    inference instead of adding to it. At most one batch is prepared ahead."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Yields (indices, frames, colour share, model input, seconds) batches of at most
+    `batch_size` frames.
+
+    A helper thread decodes and preprocesses small chunks (PREP_CHUNK frames) into a
+    bounded queue while the caller runs the model; each batch the caller gets is what is
+    ready (at least one chunk), so the model starts after a few frames, not a whole batch,
+    and decoding overlaps inference (codecs, Pillow and onnxruntime release the GIL; the
+    helper thread inherits the worker thread's priority). Colour is checked on the middle
+    frame of every `batch_size` frames, as if decoded batch by batch."""
+    import queue
+    import threading
+
+    size = max(1, min(PREP_CHUNK, batch_size))
+    chunks = [idx[s:s + size] for s in range(0, len(idx), size)]
+    probes = {idx[s + len(idx[s:s + batch_size]) // 2] for s in range(0, len(idx), batch_size)}
+    q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size // size))
+    stop = threading.Event()
 
     def prep(chunk):
         t = time.perf_counter()
-        frames, colour = _decode_batch(ds, chunk, decode)
+        at = next((i for i in chunk if i in probes), None)
+        frames, colour = _decode_batch(ds, chunk, decode, at)
         x = preprocess(frames, spec) if colour <= COLOUR_LIMIT and min(frames.shape[1:3]) >= MIN_SIDE else None
-        return frames, colour, x, time.perf_counter() - t
+        return chunk, frames, colour, x, time.perf_counter() - t
 
-    chunks = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-decode")
+    def produce():
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            try:
+                item = prep(chunk)
+            except Exception as exc:
+                item = _Failed(exc)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, _Failed):
+                return
+
+    helper = threading.Thread(target=produce, name="inference-decode", daemon=True)
+    helper.start()
     try:
-        ahead = pool.submit(prep, chunks[0]) if chunks else None
-        for n in range(len(chunks)):
-            current = ahead
-            ahead = pool.submit(prep, chunks[n + 1]) if n + 1 < len(chunks) else None
-            yield current
+        carry, taken = None, 0
+        while taken < len(chunks) or carry is not None:
+            if carry is None:
+                carry = q.get()
+                taken += 1
+            parts, carry = [carry], None
+            while not isinstance(parts[0], _Failed) and taken < len(chunks):
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+                if isinstance(nxt, _Failed) or not _joinable(parts, nxt, batch_size):
+                    carry = nxt
+                    break
+                parts.append(nxt)
+            yield parts[0] if len(parts) == 1 else _join(parts)
+            if isinstance(parts[0], _Failed):
+                return  # the helper has stopped; nothing more will come
     finally:
-        if ahead is not None:
-            ahead.cancel()
-        pool.shutdown(wait=True)
+        stop.set()
+        helper.join()
+
+
+def _joinable(parts, nxt, batch_size) -> bool:
+    """Chunks join one model batch when it stays within batch_size and all passed the
+    checks (a chunk that is too small or coloured is handed on alone, with its reason)."""
+    return (sum(len(p[0]) for p in parts) + len(nxt[0]) <= batch_size
+            and all(p[3] is not None for p in parts) and nxt[3] is not None
+            and all(p[1].shape[1:] == nxt[1].shape[1:] for p in parts))
+
+
+def _join(parts):
+    return ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
+            max(p[2] for p in parts), np.concatenate([p[3] for p in parts]), sum(p[4] for p in parts))
 
 
 def _rgb(frame: np.ndarray) -> np.ndarray:
