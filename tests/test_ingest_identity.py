@@ -84,8 +84,11 @@ def test_merge_moves_captures_and_requeues_them(store):
     assert merged["id"] == "T-7"
     assert instances.get_instance(store, unknown["sop_instance_uid"])["patient_id"] == "T-7"
     assert patients.get_patient(store, unknown["patient_id"])["id"] == "T-7"  # follows the merge
-    ready = [q.payload["sop_instance_uid"] for q in store.queue.rows(kind=KIND_SYNC, state="ready")]
-    assert ready == [unknown["sop_instance_uid"]]
+    ready = store.queue.rows(kind=KIND_SYNC, state="ready")
+    assert [q.payload["sop_instance_uid"] for q in ready if "sop_instance_uid" in q.payload] == \
+        [unknown["sop_instance_uid"]]
+    # and the identity change itself, under both kit IDs (fieldkit.sync.updates)
+    assert sorted(q.payload.get("what", "") for q in ready if "what" in q.payload) == ["merge", "merged"]
     # later captures from the same probe id land on the identified patient
     assert instances.put_instance(store, capture("SONO-1"), "dimse")["patient_id"] == "T-7"
     with pytest.raises(Exception, match="already the same"):

@@ -52,6 +52,9 @@ def process(kit, registry: Registry, sop_uid: str, policy=None) -> dict:
     row = get_instance(store, sop_uid)
     if row is None:
         return {"outcome": "skipped", "reason": f"instance {sop_uid} is not in the catalogue"}
+    if row.get("purged_at") or not row.get("blob"):  # retention kept only a tombstone
+        return {"outcome": "skipped", "reason": "pixel data purged after the hospital confirmed it; "
+                f"retrieve it at {row.get('retrieve_url') or 'the hospital'}"}
     ds = read_dataset(store, sop_uid)
     policy = policy or _policy(kit)
     t0 = time.perf_counter()

@@ -153,7 +153,11 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
 
 def merge_patients(store, from_id: str, into_id: str) -> dict:
     """Fold `from_id` into `into_id` (e.g. an unidentified patient who was identified):
-    its captures move to `into_id` and go to the hospital again with the new identity."""
+    its captures move to `into_id`; those the hospital has not confirmed yet go with the
+    new identity. The change itself travels as two status documents (see
+    fieldkit.sync.updates): one under the surviving ID naming the merged one, and a last
+    one under the merged ID naming the survivor. Captures the hospital already confirmed
+    are not re-sent (same UIDs, different content: a PACS keeps one or the other)."""
     def fn(db):
         src, dst = resolve_row(db, from_id), resolve_row(db, into_id)
         if not src:
@@ -168,11 +172,22 @@ def merge_patients(store, from_id: str, into_id: str) -> dict:
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
         pats.update({"aliases": aliases, "updated": now, **fill}, _P.id == dst["id"])
         pats.update({"merged_into": dst["id"], "updated": now}, _P.id == src["id"])
-        moved = [r["sop_instance_uid"] for r in insts.search(Query().patient_id == src["id"])]
+        src_rows = insts.search(Query().patient_id == src["id"])
+        moved = [r["sop_instance_uid"] for r in src_rows]
         insts.update({"patient_id": dst["id"]}, Query().patient_id == src["id"])
-        priority = sync_priority(dst.get("triage", "none"), "image")
-        for uid in moved:
-            store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": uid}, priority=priority, key=uid)
+        triage = dst.get("triage", "none")
+        for r in src_rows:
+            if r.get("sync_state") == "confirmed":
+                continue
+            is_sr = str(r.get("sop_class_uid") or "").startswith("1.2.840.10008.5.1.4.1.1.88.")
+            store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": r["sop_instance_uid"]},
+                                priority=sync_priority(triage, "finding" if is_sr else "image"),
+                                key=r["sop_instance_uid"])
+        # identity first: the hospital learns of the merge before any re-stamped image
+        store.queue.enqueue(KIND_SYNC, {"patient_id": dst["id"], "what": "merge", "merged": src["id"]},
+                            priority=sync_priority(triage, "triage"), key=f"merge:{src['id']}:{dst['id']}")
+        store.queue.enqueue(KIND_SYNC, {"patient_id": src["id"], "what": "merged", "into": dst["id"]},
+                            priority=sync_priority(triage, "triage"), key=f"merged:{src['id']}:{dst['id']}")
         dst.update(aliases=aliases, updated=now, **fill)
         return dst, moved
 

@@ -197,7 +197,7 @@ def reprioritise_patient(store, patient_id: str, triage: str | None = None) -> i
                 continue
             p = d.get("payload") or {}
             if p.get("patient_id") == patient_id:
-                what = p.get("what", "triage")
+                what = "finding" if p.get("what") == "review" else "triage"
             elif "sop_instance_uid" in p:
                 inst = instance_doc(db, p["sop_instance_uid"])
                 if not inst or inst.get("patient_id") != patient_id:

@@ -5,11 +5,21 @@ how they handle overwrites). Instead each change becomes a small new object: a B
 SR "Field triage status" in a per-patient kit study, carrying the kit PatientID with the
 kit's Issuer of Patient ID, the current name/birth date/sex the kit knows, and the triage
 category. The newest such document (ContentDate/Time) is the current state; older ones
-are the history. UIDs are derived from the content, so re-sending the same state gives
-the same object (harmless) and a new state gives a new one.
+are the history. UIDs are derived from the content and the time the change was queued,
+so re-sending one queued change gives the same object (harmless), and every change,
+even back to an earlier state (red -> yellow -> red), is a new object.
+
+Merges: the surviving patient's document lists the kit IDs merged into it as Other
+Patient IDs; the merged (old) kit ID gets a last document of its own, under its old
+PatientID, that names the surviving ID ("Merged into" and Other Patient IDs), so a
+hospital that filed images under the old ID finds where they belong.
+
+Reviews: a clinician's accept/reject of a finding travels as a Basic Text SR "Clinician
+review of finding" in the finding's study, referencing the finding's SR by UID and
+carrying the verdict, the note, who and when.
 
 Patient documents are read leniently: `triage`, `name` (or `patient_name`),
-`birth_date`, `sex`, `tag`.
+`birth_date`, `sex`, `tag`, `merged_ids`, `merged_into`.
 """
 
 from __future__ import annotations
@@ -38,7 +48,10 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return c
 
 
-_CODES = {"Triage category": "FK-TRIAGE", "Update": "FK-UPDATE", "Triage tag": "FK-TAG"}
+_CODES = {"Triage category": "FK-TRIAGE", "Update": "FK-UPDATE", "Triage tag": "FK-TAG",
+          "Merged kit ID": "FK-MERGED", "Merged into": "FK-MERGED-INTO",
+          "Verdict": "FK-VERDICT", "Note": "FK-NOTE", "Reviewer": "FK-REVIEWER",
+          "Reviewed finding": "FK-FINDING-REF", "Finding": "FK-FINDING", "Reviewed at": "FK-REVIEWED-AT"}
 
 
 def _text(name: str, value: str) -> Dataset:
@@ -50,24 +63,71 @@ def _text(name: str, value: str) -> Dataset:
     return item
 
 
+def _item(value_type: str, name: str) -> Dataset:
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = Sequence([_code(_CODES[name], "99FIELDKIT", name)])
+    return item
+
+
 def patient_state(doc: dict) -> dict:
-    return {"triage": str(doc.get("triage") or "none"),
-            "name": str(doc.get("name") or doc.get("patient_name") or ""),
-            "birth_date": str(doc.get("birth_date") or ""),
-            "sex": str(doc.get("sex") or "")[:1].upper(),
-            "tag": str(doc.get("tag") or doc.get("triage_tag") or "")}
+    state = {"triage": str(doc.get("triage") or "none"),
+             "name": str(doc.get("name") or doc.get("patient_name") or ""),
+             "birth_date": str(doc.get("birth_date") or ""),
+             "sex": str(doc.get("sex") or "")[:1].upper(),
+             "tag": str(doc.get("tag") or doc.get("triage_tag") or "")}
+    # only present when set, so documents of never-merged patients keep their UIDs
+    if doc.get("merged_ids"):
+        state["merged_ids"] = sorted(str(x) for x in doc["merged_ids"])
+    if doc.get("merged_into"):
+        state["merged_into"] = str(doc["merged_into"])
+    return state
+
+
+def _patient_module(ds: Dataset, patient_id: str, issuer: str, state: dict) -> None:
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = issuer
+    ds.PatientName = "^".join(p.strip() for p in state["name"].split(",", 1)) if state["name"] else ""
+    ds.PatientBirthDate = state["birth_date"] if len(state["birth_date"]) == 8 else ""
+    ds.PatientSex = state["sex"] if state["sex"] in ("M", "F", "O") else ""
+    others = list(state.get("merged_ids") or [])
+    if state.get("merged_into"):
+        others.append(state["merged_into"])
+    if others:  # the same person under other kit IDs (PS3.3 C.7.1.1)
+        seq = []
+        for other in others:
+            o = Dataset()
+            o.PatientID = other
+            o.IssuerOfPatientID = issuer
+            o.TypeOfPatientID = "TEXT"
+            seq.append(o)
+        ds.OtherPatientIDsSequence = Sequence(seq)
+
+
+def _part10(ds: Dataset) -> bytes:
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
                  what: str, when: dt.datetime | None = None) -> tuple[bytes, str]:
     """-> (Part-10 bytes, SOP Instance UID) of the status document for this patient."""
     state = patient_state(patient_doc)
-    fingerprint = json.dumps(state, sort_keys=True)
-    sop_uid = _uid("fieldkit-update", kit_id, issuer, patient_id, fingerprint)
-    study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
-    series_uid = _uid("fieldkit-status-series", kit_id, issuer, patient_id)
     # `when` is the time the change was queued, so a re-send is byte-identical
     stamp = (when or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d%H%M%S")
+    fingerprint = json.dumps(state, sort_keys=True)
+    sop_uid = _uid("fieldkit-update", kit_id, issuer, patient_id, fingerprint, what, stamp)
+    study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
+    series_uid = _uid("fieldkit-status-series", kit_id, issuer, patient_id)
 
     ds = Dataset()
     ds.SOPClassUID = BASIC_TEXT_SR
@@ -75,11 +135,7 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.Modality = "SR"
-    ds.PatientID = patient_id
-    ds.IssuerOfPatientID = issuer
-    ds.PatientName = "^".join(p.strip() for p in state["name"].split(",", 1)) if state["name"] else ""
-    ds.PatientBirthDate = state["birth_date"] if len(state["birth_date"]) == 8 else ""
-    ds.PatientSex = state["sex"] if state["sex"] in ("M", "F", "O") else ""
+    _patient_module(ds, patient_id, issuer, state)
     ds.StudyDate = ds.ContentDate = stamp[:8]
     ds.StudyTime = ds.ContentTime = stamp[8:]
     ds.StudyDescription = "Field kit triage and identity"
@@ -99,15 +155,163 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
              _text("Update", what)]
     if state["tag"]:
         items.append(_text("Triage tag", state["tag"]))
+    for other in state.get("merged_ids") or []:
+        items.append(_text("Merged kit ID", other))
+    if state.get("merged_into"):
+        items.append(_text("Merged into", state["merged_into"]))
     ds.ContentSequence = Sequence(items)
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    return _part10(ds), sop_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
-    ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue(), sop_uid
+
+def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str, finding: dict,
+                 target: dict, review: dict) -> tuple[bytes, str]:
+    """-> (Part-10 bytes, SOP Instance UID) of the document carrying one review of a finding.
+
+    `target` is the catalogue row of the object the review is about (the finding's SR, or
+    its source image when the finding has no SR): its UIDs go into the reference.
+    `review` is {"decision", "note", "by", "at"}, as kept on the finding row."""
+    state = patient_state(patient_doc)
+    at = float(review.get("at") or 0.0)
+    stamp = dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    decision = str(review.get("decision") or "")
+    note, by = str(review.get("note") or ""), str(review.get("by") or "")
+    ref_uid, ref_class = str(target["sop_instance_uid"]), str(target.get("sop_class_uid") or "")
+    study_uid = str(target.get("study_instance_uid") or finding.get("study_instance_uid") or "")
+    if not study_uid:
+        study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
+    sop_uid = _uid("fieldkit-review", kit_id, str(finding.get("id", "")), ref_uid, decision, note, by, f"{at:.6f}")
+
+    ds = Dataset()
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = _uid("fieldkit-review-series", kit_id, study_uid)
+    ds.Modality = "SR"
+    _patient_module(ds, patient_id, issuer, state)
+    ds.StudyDate = ds.ContentDate = stamp[:8]
+    ds.StudyTime = ds.ContentTime = stamp[8:]
+    ds.StudyDescription = "Field kit findings"
+    ds.SeriesDescription = "Clinician review of findings"
+    ds.SeriesNumber = 9001
+    ds.InstanceNumber = int(sop_uid[-8:]) or 1
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.Manufacturer = "fieldkit"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    if target.get("series_instance_uid"):  # the evidence this document refers to (1C)
+        sop = Dataset()
+        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
+        series = Dataset()
+        series.SeriesInstanceUID = str(target["series_instance_uid"])
+        series.ReferencedSOPSequence = Sequence([sop])
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = Sequence([series])
+        ds.CurrentRequestedProcedureEvidenceSequence = Sequence([study])
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ConceptNameCodeSequence = Sequence([_code("FK-REVIEW", "99FIELDKIT", "Clinician review of finding")])
+    ref = _item("COMPOSITE", "Reviewed finding")
+    sop = Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
+    ref.ReferencedSOPSequence = Sequence([sop])
+    items = [ref, _text("Verdict", decision)]
+    what = " ".join(x for x in (str(finding.get("task") or ""), str(finding.get("model") or ""),
+                                str(finding.get("model_version") or "")) if x)
+    if what:
+        items.append(_text("Finding", what))
+    if note:
+        items.append(_text("Note", note))
+    if by:
+        items.append(_text("Reviewer", by))
+    when = _item("DATETIME", "Reviewed at")
+    when.DateTime = stamp
+    items.append(when)
+    ds.ContentSequence = Sequence(items)
+    return _part10(ds), sop_uid
+
+
+def review_row_key(finding_id: str, review: dict) -> str:
+    return f"review:{finding_id}:{float(review.get('at') or 0.0):.6f}"
+
+
+def enqueue_review(store, finding: dict, review: dict) -> str:
+    """Queue one saved review of `finding` for the hospital, at the "finding" priority of
+    the patient's triage. Called right after the review is stored."""
+    from fieldkit.records import KIND_SYNC, sync_priority
+    from fieldkit.store.patients import resolve_row
+
+    pid = str(finding.get("patient_id") or "")
+    prow = store.read(lambda db: resolve_row(db, pid)) or {}
+    entry = {k: review.get(k) for k in ("decision", "note", "by", "at")}
+    return store.queue.enqueue(KIND_SYNC, {"patient_id": prow.get("id") or pid, "what": "review",
+                                           "finding_id": str(finding.get("id", "")), "review": entry},
+                               priority=sync_priority(str(prow.get("triage") or "none"), "finding"),
+                               key=review_row_key(str(finding.get("id", "")), entry))
+
+
+def merged_ids(db, pid: str) -> list[str]:
+    """Kit IDs that were merged (directly or through others) into patient `pid`."""
+    from fieldkit.records import T_PATIENTS
+    from fieldkit.store.patients import resolve_row
+    return sorted(str(r["id"]) for r in db.table(T_PATIENTS).all()
+                  if r.get("merged_into") and r["id"] != pid and (resolve_row(db, r["id"]) or {}).get("id") == pid)
+
+
+def document_for(store, payload: dict, created: float, issuer: str, kit_id: str) -> tuple[bytes, str]:
+    """The document a non-instance sync row stands for -> (Part-10 bytes, SOP Instance UID).
+
+    what = "review": a review of a finding; "merged": the last status of a kit ID that was
+    merged into another; anything else ("triage", "merge", "identity"): the patient's
+    current status. Raises PermanentError when what it refers to is gone from the kit."""
+    from tinydb import Query
+
+    from fieldkit.errors import PermanentError
+    from fieldkit.records import T_FINDINGS, T_INSTANCES, T_PATIENTS
+    from fieldkit.store.patients import resolve_row
+
+    pid = str(payload.get("patient_id", ""))
+    what = str(payload.get("what") or "triage")
+    when = dt.datetime.fromtimestamp(created or 0.0, dt.timezone.utc)
+
+    if what == "review":
+        fid = str(payload.get("finding_id", ""))
+
+        def fn(db):
+            found = db.table(T_FINDINGS).search(Query().id == fid)
+            if not found:
+                return None
+            f = dict(found[0])
+            uid = f.get("sr_sop_instance_uid") or f.get("sop_instance_uid")
+            target = db.table(T_INSTANCES).search(Query().sop_instance_uid == uid)
+            prow = resolve_row(db, str(f.get("patient_id") or pid)) or {}
+            return f, (dict(target[0]) if target else {"sop_instance_uid": uid}), prow
+        got = store.read(fn)
+        if got is None:
+            raise PermanentError(f"finding {fid} is no longer on the kit; its review cannot be sent")
+        finding, target, prow = got
+        if not target.get("sop_instance_uid"):
+            raise PermanentError(f"finding {fid} names no object to review")
+        return build_review(patient_id=prow.get("id") or pid, issuer=issuer, patient_doc=prow, kit_id=kit_id,
+                            finding=finding, target=target, review=dict(payload.get("review") or {}))
+
+    if what == "merged":  # under the old ID: where this patient went
+        def fn(db):
+            rows = db.table(T_PATIENTS).search(Query().id == pid)
+            old = dict(rows[0]) if rows else {}
+            new = resolve_row(db, pid) or {}
+            return old, new
+        old, new = store.read(fn)
+        into = str(payload.get("into") or new.get("id") or old.get("merged_into") or "")
+        doc = {**new, "tag": old.get("tag") or "", "merged_into": into}
+        doc.pop("merged_ids", None)
+        return build_update(pid, issuer, doc, kit_id, f"merged into {into}", when)
+
+    def fn(db):
+        prow = resolve_row(db, pid) or {}
+        return prow, merged_ids(db, prow.get("id") or pid)
+    prow, merged = store.read(fn)
+    doc = dict(prow, merged_ids=merged)
+    return build_update(prow.get("id") or pid, issuer, doc, kit_id, what, when)

@@ -228,14 +228,10 @@ class SyncWorker:
     # ---- one request -------------------------------------------------------------------
     def _prepare(self, client: StowClient, item: Item) -> Prepared | None:
         row = item.row
-        if item.instance is None:  # triage / identity update
-            from fieldkit.store.patients import resolve_row
-            from .updates import build_update
-            pid = row.payload.get("patient_id", "")
-            prow = self.store.read(lambda db: resolve_row(db, pid)) or {}
-            when = dt.datetime.fromtimestamp(row.created or time.time(), dt.timezone.utc)
-            data, uid = build_update(prow.get("id") or pid, self.issuer, dict(prow), self.kit_id,
-                                     item.what or "triage", when)
+        if item.instance is None:  # triage / identity / merge update, or a review
+            from .updates import document_for
+            data, uid = document_for(self.store, dict(row.payload or {}), row.created or time.time(),
+                                     self.issuer, self.kit_id)
             return Prepared(item, Part.from_bytes(uid, data), uid)
         uid = item.uid
         doc = self.store.read(lambda db: instance_doc(db, uid))

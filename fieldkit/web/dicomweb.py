@@ -280,17 +280,41 @@ def search_instances(study: str | None = None, series: str | None = None):
 
 # -- WADO-RS ------------------------------------------------------------------------------
 
+class _Gone(NotFound):
+    """Purged by retention after the hospital confirmed it: only a tombstone is left."""
+    http_status = 410
+
+
+def _purged(row: dict) -> bool:
+    return bool(row.get("purged_at")) or not row.get("blob")
+
+
+def _gone(rows: list[dict]) -> _Gone:
+    urls = sorted({r.get("retrieve_url") or "" for r in rows} - {""})
+    where = f"retrieve it from the hospital: {' '.join(urls[:20])}" if urls else "retrieve it from the hospital"
+    what = "this instance was" if len(rows) == 1 else f"these {len(rows)} instances were"
+    return _Gone(f"{what} sent to the hospital and purged from the kit; {where}")
+
+
 def _rows_for(study: str, series: str | None = None, instance: str | None = None) -> list[dict]:
+    """Catalogue rows whose objects the kit still holds. Instances purged by retention are
+    left out of a study or series; asked for alone (or all purged), they answer 410 Gone
+    naming the hospital's retrieve URL."""
     store = kit_of().store
     if instance:
         row = catalogue.get_instance(store, instance)
         if row is None or row["study_instance_uid"] != study or (series and row["series_instance_uid"] != series):
             raise NotFound(f"no instance {instance[:64]} in that study/series")
+        if _purged(row):
+            raise _gone([row])
         return [row]
     rows = catalogue.instance_rows(store, study_uid=study, series_uid=series)
     if not rows:
         raise NotFound(f"no {'series' if series else 'study'} {(series or study)[:64]} on this kit")
-    return rows
+    held = [r for r in rows if not _purged(r)]
+    if not held:
+        raise _gone(rows)
+    return held
 
 
 def _accepted_syntax() -> str | None:

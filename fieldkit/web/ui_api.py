@@ -272,7 +272,10 @@ def patient(pid):
             "uid": r["sop_instance_uid"], "received_at": r.get("received_at"), "frames": r.get("frames") or 1,
             "frame_time_ms": r.get("frame_time_ms"), "modality": r.get("modality", ""),
             "description": r.get("series_description") or r.get("study_description") or "",
-            "has_thumbnail": bool(r.get("thumbnail")), "decode_error": r.get("decode_error") or "",
+            "has_thumbnail": bool(r.get("thumbnail")) and not _purged(r),
+            # a purged capture shows the same placeholder as one that did not decode, saying why
+            "decode_error": _purged_text(r) if _purged(r) else (r.get("decode_error") or ""),
+            "purged": _purged(r), "retrieve_url": r.get("retrieve_url") or "",
             "sync": str(r.get("sync_state") or "queued"), "sync_reason": r.get("sync_reason") or "",
             "zone": r.get("lung_zone") or "",
             "findings": by_uid.get(r["sop_instance_uid"], []),
@@ -363,10 +366,31 @@ def merge(pid):
 
 # ----------------------------------------------------------------------------- images
 
+class Gone(NotFound):
+    http_status = 410
+
+
+def _purged(row: dict) -> bool:
+    """Retention kept only a tombstone: the hospital has the object, the kit does not."""
+    return bool(row.get("purged_at")) or not row.get("blob")
+
+
+def _purged_text(row: dict) -> str:
+    url = row.get("retrieve_url") or ""
+    return "sent to the hospital and purged from this kit" + (f"; retrieve it at {url}" if url else "")
+
+
 def _instance_or_404(store, uid: str) -> dict:
     row = catalogue.get_instance(store, uid)
     if row is None:
         raise NotFound("no such capture on this kit")
+    return row
+
+
+def _held_or_410(store, uid: str) -> dict:
+    row = _instance_or_404(store, uid)
+    if _purged(row):
+        raise Gone(_purged_text(row))
     return row
 
 
@@ -378,7 +402,7 @@ def _image(data: bytes, mimetype: str) -> Response:
 @bp.get("/instances/<uid>/thumbnail.jpg")
 def thumbnail(uid):
     store = kit_of().store
-    row = _instance_or_404(store, uid)
+    row = _held_or_410(store, uid)
     if not row.get("thumbnail"):
         raise NotFound(row.get("decode_error") or "this capture has no thumbnail")
     return _image(store.blobs.get_bytes(row["thumbnail"]), "image/jpeg")
@@ -464,6 +488,9 @@ def _build_clip(store, row: dict) -> dict:
 def cine(uid):
     store = kit_of().store
     row = _instance_or_404(store, uid)
+    if _purged(row):
+        return jsonify({"error": _purged_text(row), "purged": True,
+                        "retrieve_url": row.get("retrieve_url") or ""}), 410
     if row.get("decode_error"):
         return jsonify({"error": row["decode_error"]}), 422
     clip = CLIPS.get(store, row)
@@ -475,7 +502,7 @@ def cine(uid):
 @bp.get("/instances/<uid>/sprite.jpg")
 def sprite(uid):
     store = kit_of().store
-    row = _instance_or_404(store, uid)
+    row = _held_or_410(store, uid)
     clip = CLIPS.get(store, row)
     if "error" in clip:
         raise NotFound(clip["error"])
@@ -493,7 +520,7 @@ def overlay(fid):
     f = store.read(lambda db: (lambda r: dict(r[0]) if r else None)(db.table(T_FINDINGS).search(_F.id == fid)))
     if f is None or not f.get("overlay"):
         raise NotFound("this finding has no overlay")
-    row = _instance_or_404(store, f["sop_instance_uid"])
+    row = _held_or_410(store, f["sop_instance_uid"])
     clip = CLIPS.get(store, row)
     if "error" in clip:
         raise NotFound(clip["error"])
@@ -555,8 +582,11 @@ def review(fid):
             raise NotFound("no such finding")
         hist = list(rows[0].get("review_history") or []) + [entry]
         table.update({"review": entry, "review_history": hist}, _F.id == fid)
-        return dict(rows[0], review=entry, review_history=hist)
+        f = dict(rows[0], review=entry, review_history=hist)
+        enqueue_review(store, f, entry)  # to the hospital with the next sync, in this same record
+        return f
 
+    from ..sync.updates import enqueue_review
     f = store.write(fn)
     store.events.publish("finding.reviewed", finding_id=fid, sop_instance_uid=f["sop_instance_uid"],
                          patient_id=f.get("patient_id", ""))
