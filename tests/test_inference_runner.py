@@ -14,6 +14,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from fieldkit.inference import runner, sr
@@ -229,3 +231,45 @@ def test_a_frame_that_fails_mid_cine_is_not_assessable_and_nothing_hangs(registr
     a = runner.analyse(ds, registry, decode=decode, batch_size=4)
     assert all(not r.assessable and "corrupt frame 13" in r.reason for r in a.results)
     assert threading.active_count() == before  # the decode helper thread has ended
+
+
+def test_jpeg_cine_luma_fast_path_equals_pillow_frame_by_frame():
+    from PIL import Image
+    from pydicom.encaps import get_frame
+
+    from fieldkit.inference.decode import _jpeg_luma, _sof
+    ds = _read("examples_ybr_color.dcm")
+    gray, _ = _jpeg_luma(ds, list(range(30)), None)
+    want = []
+    for i in range(30):
+        img = Image.open(io.BytesIO(get_frame(ds.PixelData, i, number_of_frames=30)))
+        img.draft("L", img.size)
+        want.append(np.asarray(img.convert("L")))
+    assert np.array_equal(gray, np.stack(want))
+    assert _sof(get_frame(ds.PixelData, 3, number_of_frames=30)) == (240, 320, 3)
+
+
+def test_a_jpeg_cine_with_a_frame_of_another_size_is_not_decoded_as_garbage(registry):
+    from PIL import Image
+    from pydicom.encaps import encapsulate, get_frame
+
+    from fieldkit.inference.decode import _jpeg_luma
+    ds = _read("examples_ybr_color.dcm")
+    frames = [get_frame(ds.PixelData, i, number_of_frames=30) for i in range(4)]
+    wider = io.BytesIO()
+    Image.open(io.BytesIO(frames[2])).convert("RGB").resize((336, 240)).save(wider, "JPEG", quality=90)
+    frames[2] = wider.getvalue()
+    ds.PixelData = encapsulate(frames)
+    ds.NumberOfFrames = 4
+    with pytest.raises(ValueError, match="frame 3 is 336x240"):
+        _jpeg_luma(ds, [0, 1, 2, 3], None)
+    a = runner.analyse(ds, registry)  # the general decoder then has its say; no B-lines from garbage
+    assert all(not r.assessable for r in a.results)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | st.builds(lambda tail: b"\xff\xd8" + tail, st.binary(max_size=64)))
+def test_the_jpeg_header_scan_never_crashes(data):
+    from fieldkit.inference.decode import _sof
+    out = _sof(data)
+    assert out is None or (len(out) == 3 and all(isinstance(v, int) for v in out))

@@ -85,12 +85,27 @@ def _native_rgb(ds, indices):
 def _jpeg_luma(ds, indices, colour_at):
     from pydicom.encaps import get_frame
     n = int(ds.get("NumberOfFrames", 1) or 1)
-    out = []
-    for i in indices:
-        img = Image.open(io.BytesIO(get_frame(ds.PixelData, i, number_of_frames=n)))
-        img.draft("L", img.size)
-        out.append(np.asarray(img.convert("L")))
-    gray = np.stack(out)
+    gray, header = None, None
+    for k, i in enumerate(indices):
+        data = get_frame(ds.PixelData, i, number_of_frames=n)
+        if header is not None and _sof(data) == header:
+            # the frames of a cine share their header (checked: same size and components):
+            # straight to the decoder with the settings Pillow chose for the first one,
+            # skipping its header parsing in Python (about a third of the time)
+            img = Image.frombytes("L", (header[1], header[0]), data, "jpeg", "L", "")
+        else:
+            img = Image.open(io.BytesIO(data))
+            img.draft("L", img.size)  # libjpeg hands back the luma component only
+            args = tuple(img.tile[0][3]) if len(img.tile) == 1 else None
+            img = img.convert("L")
+            if k == 0:
+                gray = np.empty((len(indices), img.size[1], img.size[0]), np.uint8)
+                sof = _sof(data)
+                header = sof if args == ("L", "") and sof and (sof[1], sof[0]) == img.size else None
+            elif img.size != (gray.shape[2], gray.shape[1]):
+                raise ValueError(f"frame {i + 1} is {img.size[0]}x{img.size[1]}, "
+                                 f"frame {indices[0] + 1} {gray.shape[2]}x{gray.shape[1]}")
+        gray[k] = np.asarray(img)
     if colour_at is None or int(ds.get("SamplesPerPixel", 1) or 1) == 1 \
             or str(ds.PhotometricInterpretation) == "MONOCHROME2":
         return gray, 0.0
@@ -101,3 +116,21 @@ def _jpeg_luma(ds, indices, colour_at):
     else:
         rgb = np.asarray(mid.convert("RGB"))
     return gray, colour_fraction(rgb[None])
+
+
+def _sof(data: bytes):
+    """(height, width, components) from a JPEG stream's baseline/extended SOF header, or
+    None when the stream is anything else or the header cannot be found simply."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, end = 2, min(len(data), 65536)
+    while i + 9 < end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xC0, 0xC1):
+            return (int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"), data[i + 9])
+        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
+            return None  # another coding process, or scan data before a frame header
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None

@@ -182,7 +182,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         outs = _batched(model, x, batch_size)
         conf = float(np.mean(p[rows, want]))
         fn = _lung if task == "lung" else _fast
-        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames.shape[1:3])
+        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2])
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 [c + 1 for c in chosen]))
@@ -328,20 +328,21 @@ def _trim(keep: dict, used: list[int]) -> None:
 
 
 def _gather(ds, chosen, keep, decode, spec, gate_spec):
-    """Frames and model inputs for the chosen indices: from memory when still held."""
+    """Frames (a list: only one is drawn on, no need to copy them all) and model inputs
+    for the chosen indices: from memory when still held."""
     missing = [i for i in chosen if i not in keep]
     if missing:
         for start in range(0, len(missing), 16):
             part = missing[start:start + 16]
-            fr, _ = _decode_batch(ds, part, decode)
+            fr, _ = _decode_batch(ds, part, decode, None)  # colour was checked on the way in
             xs = preprocess(fr, gate_spec)
             for j, i in enumerate(part):
                 keep[i] = (fr[j], xs[j])
-    frames = np.stack([keep[i][0] for i in chosen])
+    frames = [keep[i][0] for i in chosen]
     if spec == gate_spec:
         x = np.stack([keep[i][1] for i in chosen])
     else:
-        x = preprocess(frames, spec)
+        x = preprocess(np.stack(frames), spec)
     return frames, x
 
 
