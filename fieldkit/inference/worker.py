@@ -18,6 +18,7 @@ Contract, per job (payload {"sop_instance_uid"}):
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -111,6 +112,7 @@ class Worker:
                 "last_error": self.last_error, "models": self.registry.status()}
 
     def _loop(self) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # ingest keeps its core
         lease = float(self.kit.config.get("inference.lease_seconds") or 300)
         while not self._stop.is_set():
             try:

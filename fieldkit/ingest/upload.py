@@ -15,6 +15,7 @@ size (zip bombs), and bundles stop after `ingest.max_zip_members` members.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import posixpath
@@ -114,6 +115,11 @@ def _read_bounded(chunks: Iterable[bytes], limit: int, what: str) -> Iterable[by
         yield chunk
 
 
+# STOW parts of all requests share a few long-lived threads: starting threads for every
+# request cost more than a small part takes to store
+_stow_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ingest-part")
+
+
 def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: str, default_type: str,
                     max_bytes: int, expect_study: str | None = None,
                     picture_options: dict | None = None) -> list[dict]:
@@ -138,9 +144,16 @@ def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: st
     def collect(limit: int) -> None:
         while len(pending) > limit:
             index, future = pending.pop(0)
-            results[index] = future.result()
+            try:
+                results[index] = future.result()
+            except BaseException:
+                for _, rest in pending:  # nothing of this request keeps running unseen
+                    rest.exception()
+                pending.clear()
+                raise
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-part") as pool:
+    with (contextlib.nullcontext(_stow_pool) if source == "stow" else
+          ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-part")) as pool:
         try:
             for event, value in iter_parts(_read_bounded(chunks, max_bytes, "request body"), boundary):
                 if event == "part":

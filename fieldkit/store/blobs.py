@@ -219,7 +219,8 @@ class BlobStore:
             tmp.unlink()
             return BlobRef(addr, size)
         new_dir = not dest.parent.exists()
-        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        if new_dir:  # a mkdir of an existing directory still costs a metadata lookup
+            dest.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         if new_dir:
