@@ -273,3 +273,31 @@ def test_the_jpeg_header_scan_never_crashes(data):
     from fieldkit.inference.decode import _sof
     out = _sof(data)
     assert out is None or (len(out) == 3 and all(isinstance(v, int) for v in out))
+
+
+def test_frames_come_out_in_order_when_both_threads_decode(registry):
+    import threading
+    import time as _time
+    ds = _read("examples_ybr_color.dcm")
+    spec = registry.get("gate").entry["preprocessing"]
+    who = set()
+
+    def decode(_ds, indices):  # slow enough that the caller takes a share of the chunks
+        who.add(threading.get_ident())
+        _time.sleep(0.004 * (1 + indices[0] % 3))
+        return np.stack([np.full((96, 128, 3), i, np.uint8) for i in indices])
+
+    before = threading.active_count()
+    idx = list(range(0, 58, 2))  # a stride, as the power policy makes
+    got = list(runner._prepared(ds, idx, 8, decode, spec))
+    assert [i for g in got for i in g[0]] == idx
+    for chunk, frames, colour, x, _ in got:
+        assert len(chunk) <= 8 and colour == 0.0
+        assert [int(f[0, 0, 0]) for f in frames] == chunk  # each frame is the one named
+        assert np.allclose(x[:, 0, 0, 0], np.array(chunk) / 255.0, atol=1e-6)
+    assert len(who) == 2 and threading.get_ident() in who
+    assert threading.active_count() == before
+    early = runner._prepared(ds, idx, 8, decode, spec)
+    next(early)
+    early.close()  # a caller that stops early (time budget) leaves no thread behind
+    assert threading.active_count() == before

@@ -237,71 +237,93 @@ class _Failed:
 
 def _prepared(ds, idx, batch_size, decode, spec):
     """Yields (indices, frames, colour share, model input, seconds) batches of at most
-    `batch_size` frames.
+    `batch_size` frames, in frame order.
 
-    A helper thread decodes and preprocesses small chunks (PREP_CHUNK frames) into a
-    bounded queue while the caller runs the model; each batch the caller gets is what is
-    ready (at least one chunk), so the model starts after a few frames, not a whole batch,
-    and decoding overlaps inference (codecs, Pillow and onnxruntime release the GIL; the
-    helper thread inherits the worker thread's priority). Colour is checked on the middle
-    frame of every `batch_size` frames, as if decoded batch by batch."""
-    import queue
+    Frames are decoded and preprocessed in small chunks (PREP_CHUNK frames) by a helper
+    thread while the caller runs the model (codecs, Pillow and onnxruntime release the
+    GIL; the helper inherits the worker thread's priority). Each batch the caller gets is
+    what is ready (at least one chunk), so the model starts after a few frames, not a
+    whole batch. When nothing is ready the caller prepares the next unclaimed chunk itself
+    rather than wait: decoding a frame costs about as much as analysing it, so with two
+    cores both threads share both kinds of work. The helper runs at most a few batches
+    ahead. Colour is checked on the middle frame of every `batch_size` frames, as if
+    decoded batch by batch."""
     import threading
 
     size = max(1, min(PREP_CHUNK, batch_size))
     chunks = [idx[s:s + size] for s in range(0, len(idx), size)]
     probes = {idx[s + len(idx[s:s + batch_size]) // 2] for s in range(0, len(idx), batch_size)}
-    q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size // size))
-    stop = threading.Event()
+    ahead = max(2, 2 * batch_size // size)  # chunks the helper may hold ready
+    done: dict[int, object] = {}
+    claimed = [0]  # next chunk nobody has claimed
+    stop = [False]
+    cond = threading.Condition()
 
-    def prep(chunk):
-        t = time.perf_counter()
-        at = next((i for i in chunk if i in probes), None)
-        frames, colour = _decode_batch(ds, chunk, decode, at)
-        x = preprocess(frames, spec) if colour <= COLOUR_LIMIT and min(frames.shape[1:3]) >= MIN_SIDE else None
-        return chunk, frames, colour, x, time.perf_counter() - t
+    def prep(k):
+        chunk = chunks[k]
+        try:
+            t = time.perf_counter()
+            at = next((i for i in chunk if i in probes), None)
+            frames, colour = _decode_batch(ds, chunk, decode, at)
+            x = preprocess(frames, spec) if colour <= COLOUR_LIMIT and min(frames.shape[1:3]) >= MIN_SIDE else None
+            item = (chunk, frames, colour, x, time.perf_counter() - t)
+        except Exception as exc:
+            item = _Failed(exc)
+        with cond:
+            done[k] = item
+            if isinstance(item, _Failed):
+                stop[0] = True  # nothing after a chunk that fails is needed
+            cond.notify_all()
+
+    def claim(limit):
+        """Next chunk number to prepare, or None (call with cond held)."""
+        if stop[0] or claimed[0] >= len(chunks) or claimed[0] >= limit:
+            return None
+        claimed[0] += 1
+        return claimed[0] - 1
+
+    nxt = [0]  # next chunk the caller hands on
 
     def produce():
-        for chunk in chunks:
-            if stop.is_set():
+        while True:
+            with cond:
+                k = claim(nxt[0] + ahead)
+                while k is None and not stop[0] and claimed[0] < len(chunks):
+                    cond.wait(0.2)
+                    k = claim(nxt[0] + ahead)
+            if k is None:
                 return
-            try:
-                item = prep(chunk)
-            except Exception as exc:
-                item = _Failed(exc)
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, _Failed):
-                return
+            prep(k)
 
     helper = threading.Thread(target=produce, name="inference-decode", daemon=True)
     helper.start()
     try:
-        carry, taken = None, 0
-        while taken < len(chunks) or carry is not None:
-            if carry is None:
-                carry = q.get()
-                taken += 1
-            parts, carry = [carry], None
-            while not isinstance(parts[0], _Failed) and taken < len(chunks):
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-                if isinstance(nxt, _Failed) or not _joinable(parts, nxt, batch_size):
-                    carry = nxt
-                    break
-                parts.append(nxt)
+        while nxt[0] < len(chunks):
+            with cond:
+                first = done.pop(nxt[0], None)
+                mine = claim(len(chunks)) if first is None else None
+                while first is None and mine is None:
+                    cond.wait(0.2)
+                    first = done.pop(nxt[0], None)
+                    mine = claim(len(chunks)) if first is None else None
+            if first is None:
+                prep(mine)  # nothing ready: do a share of the decoding here
+                continue
+            parts = [first]
+            with cond:
+                nxt[0] += 1
+                while not isinstance(first, _Failed) and nxt[0] in done \
+                        and not isinstance(done[nxt[0]], _Failed) and _joinable(parts, done[nxt[0]], batch_size):
+                    parts.append(done.pop(nxt[0]))
+                    nxt[0] += 1
+                cond.notify_all()
             yield parts[0] if len(parts) == 1 else _join(parts)
-            if isinstance(parts[0], _Failed):
-                return  # the helper has stopped; nothing more will come
+            if isinstance(first, _Failed):
+                return
     finally:
-        stop.set()
+        with cond:
+            stop[0] = True
+            cond.notify_all()
         helper.join()
 
 
