@@ -3,6 +3,9 @@
 1. pipeline throughput (decode + preprocess + infer + postprocess, the real runner) versus
    bare onnxruntime `session.run` on the same preprocessed tensors, same run, for the
    SonoSite cine (gate only: it is not a lung view) and a simulated lung cine (gate + lung);
+   best of 15 interleaved runs each, with the median ratio, the cores the pipeline got
+   (process CPU time / wall time: it overlaps decoding with inference on the second core)
+   and the load average, since on a busy machine that second core may not be there;
 2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
    matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
 3. capture-to-finding latency of the 30-frame SonoSite cine (stored in a real kit store,
