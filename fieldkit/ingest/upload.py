@@ -117,7 +117,8 @@ def _read_bounded(chunks: Iterable[bytes], limit: int, what: str) -> Iterable[by
 
 # STOW parts of all requests share a few long-lived threads: starting threads for every
 # request cost more than a small part takes to store
-_stow_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ingest-part")
+STOW_THREADS = 3
+_stow_pool = ThreadPoolExecutor(max_workers=STOW_THREADS, thread_name_prefix="ingest-part")
 
 
 def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: str, default_type: str,
@@ -129,7 +130,7 @@ def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: st
     overlap and share journal commits. Uploads (which may create a patient for pictures)
     go one at a time."""
     cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
-    workers = 3 if source == "stow" else 1
+    workers = STOW_THREADS if source == "stow" else 1
     results: list[list[dict]] = []
     pending: list[tuple[int, Future]] = []
     spool, part, part_size, n = None, None, 0, 0

@@ -29,9 +29,9 @@ from pydicom.dataset import Dataset
 from tinydb import Query
 
 from ..dicom import parse, uids
-from ..dicom.frames import DecodeError, decode_frame
+from ..dicom.frames import DecodeError
 from ..dicom.identity import source_identity, stamp
-from ..dicom.thumbnails import thumbnail_jpeg
+from ..dicom.thumbnails import thumbnail_of
 from ..errors import TooLarge
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
 from . import patients
@@ -147,7 +147,7 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
     decode_error, thumb = "", None
     if facts["is_image"]:
         try:
-            thumb = thumbnail_jpeg(decode_frame(ds, 0))
+            thumb = thumbnail_of(ds)
         except DecodeError as exc:
             if not uids.is_video(facts["transfer_syntax"]):
                 raise parse.InvalidDicom(str(exc), parse.CANNOT_UNDERSTAND, sop_uid) from None
