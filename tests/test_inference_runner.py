@@ -301,3 +301,26 @@ def test_frames_come_out_in_order_when_both_threads_decode(registry):
     next(early)
     early.close()  # a caller that stops early (time budget) leaves no thread behind
     assert threading.active_count() == before
+
+
+def test_the_decode_helper_runs_at_the_inference_threads_priority(registry):
+    import os
+    import threading
+    import time
+    ds = _read("examples_ybr_color.dcm")
+    spec = registry.get("gate").entry["preprocessing"]
+    seen = {}
+
+    def decode(_ds, indices):
+        seen[threading.get_native_id()] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        time.sleep(0.003)  # slow enough that both threads take chunks
+        return np.zeros((len(indices), 96, 128, 3), np.uint8)
+
+    def worker():  # as the inference worker does: lower its own thread's priority first
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        list(runner._prepared(ds, list(range(40)), 8, decode, spec))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert len(seen) == 2 and set(seen.values()) == {10}  # caller and helper alike
