@@ -41,6 +41,7 @@ SETTINGS: dict[str, Setting] = {
     "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB."),
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
+    "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),
     "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle."),
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb)."),
     # store

@@ -37,6 +37,7 @@ SERVICES: list[tuple[str, str]] = [
     ("redact-learner", "fieldkit.cli.security:start_redact_learner"),
     ("power", "fieldkit.hardware.service:start"),
     ("dicom", "fieldkit.ingest.dimse:start"),
+    ("dicom-tls", "fieldkit.ingest.dimse_tls:start"),
     ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),
 ]
@@ -210,7 +211,8 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
         host = kit.config["http.bind"]
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
         info = {"pid": os.getpid(), "url": f"https://{shown}:{kit.http_port}/", "http_port": kit.http_port,
-                "dicom_port": kit.dicom_port, "ae_title": kit.config["dicom.ae_title"]}
+                "dicom_port": kit.dicom_port, "dicom_tls_port": getattr(kit, "dicom_tls_port", None),
+                "ae_title": kit.config["dicom.ae_title"]}
         (kit.data_dir / RUN_FILE).write_text(json.dumps(info) + "\n")
         print(f"fieldkit {kit.version} serving {info['url']} (DICOM port {kit.dicom_port}, "
               f"AE title {info['ae_title']}); Ctrl-C to stop", flush=True)

@@ -125,3 +125,13 @@ class KitProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+
+def set_config(data_dir: Path, **dotted) -> None:
+    """Change settings in DIR/fieldkit.toml (keys use '__' for '.'), as an operator would."""
+    from fieldkit.config import Config, render_toml
+
+    path = Path(data_dir) / "fieldkit.toml"
+    values = Config.load(path).as_dict()
+    values.update({k.replace("__", "."): v for k, v in dotted.items()})
+    path.write_text(render_toml(values))
