@@ -23,6 +23,7 @@ PEERS = {
     "Orthanc": "orthanc and orthanc-dicomweb (apt-get install orthanc orthanc-dicomweb)",
     "chromium": "chromium (apt-get install chromium)",
     "systemd-analyze": "systemd (apt-get install systemd)",
+    "node": "nodejs (apt-get install nodejs)",
 }
 
 

@@ -46,10 +46,8 @@ def test_start_rule(answers, expected):
     assert start_category(answers) == expected
 
 
-def test_tablet_start_rule_matches_the_kit_on_every_combination():
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (the browser tests cover start.js too)")
+def test_tablet_start_rule_matches_the_kit_on_every_combination(need):
+    node = need("node")
     combos = [dict(zip(START_QUESTIONS, values)) for values in itertools.product((True, False, None),
                                                                                     repeat=len(START_QUESTIONS))]
     combos = [{k: v for k, v in c.items() if v is not None} for c in combos]
