@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config
-from .errors import FieldkitError, KitLocked
+from .errors import KitLocked
 from .security.keys import Keyring
 from .store import Store
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from kitproc import FIELDKIT, KitProcess, run_cli
+from kitproc import FIELDKIT, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 

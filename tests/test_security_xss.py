@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pydicom
-import pytest
 
 from fixtures.dcmtk import pydicom_file, store_responses, storescu
 from kitproc import run_cli

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from fieldkit.errors import KeyUnavailable, NotFound, StorageFull, StoreBusy, StoreCorrupt, UnsupportedVersion
-from fieldkit.records import DONE, FAILED, LEASED, READY
+from fieldkit.records import DONE, FAILED, LEASED
 from fieldkit.runtime import open_kit
-from fieldkit.store import Store
 
 
 def _journal(data_dir: Path) -> Path:

@@ -23,7 +23,7 @@ from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
-from .journal import Journal, fsync_dir, storage_error
+from .journal import Journal, storage_error
 from .queue import Queue
 
 __all__ = ["Store", "BlobRef", "EncryptedSpool", "FORMAT_FILE", "LOCK_FILE", "write_format", "check_format"]

@@ -8,7 +8,6 @@ Run: python tests/bench/bench_store.py   (part of `make bench`)
 from __future__ import annotations
 
 import json
-import resource
 import sqlite3
 import statistics
 import sys
