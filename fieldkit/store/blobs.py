@@ -200,6 +200,7 @@ class BlobStore:
         self._sealer = sealer
         self._id_key = id_key
         self._tmp = self.root / "tmp"
+        self._durable_dirs: set[str] = set()  # fan-out directories whose entry this process fsynced
         self.root.mkdir(mode=0o700, exist_ok=True)
         self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
@@ -214,17 +215,24 @@ class BlobStore:
         return self.root / addr[:2] / addr
 
     def _commit(self, tmp: Path, addr: str, size: int) -> BlobRef:
+        """Move a finished (fsynced) blob into place; durable, directory entries included,
+        when this returns. A fan-out directory's own entry in the root is fsynced once per
+        process (then remembered), so a blob is never acknowledged while the directory
+        that holds it could vanish in a power cut - even when another thread created that
+        directory a moment ago, or an earlier run created it and was killed."""
         dest = self.path(addr)
+        parent = dest.parent
+        known = parent.name in self._durable_dirs
+        if not known:
+            parent.mkdir(mode=0o700, exist_ok=True)
         if dest.exists():
-            tmp.unlink()
-            return BlobRef(addr, size)
-        new_dir = not dest.parent.exists()
-        if new_dir:  # a mkdir of an existing directory still costs a metadata lookup
-            dest.parent.mkdir(mode=0o700, exist_ok=True)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if new_dir:
+            tmp.unlink()  # same content already here: its entry is fsynced just below
+        else:
+            os.replace(tmp, dest)
+        fsync_dir(parent)
+        if not known:
             fsync_dir(self.root)
+            self._durable_dirs.add(parent.name)  # only after the root's fsync returned
         return BlobRef(addr, size)
 
     def writer(self) -> BlobWriter:
