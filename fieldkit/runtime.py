@@ -59,6 +59,17 @@ def resolve(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each busy thread its own malloc arena and keeps what it freed there:
+    with HTTP, DIMSE and ingest threads each passing objects of a few MB through, the
+    kit's resident memory grew by ~30 MB of idle arenas. Two arenas serve two cores."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .security.redact import install  # secrets and patient data never reach a log
@@ -172,6 +183,7 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     from .security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
     from .web import create_app
 
+    limit_malloc_arenas()
     overrides = {}
     if bind is not None:
         overrides["http.bind"] = bind

@@ -34,7 +34,7 @@ import click
 
 from .. import __version__
 from ..config import SETTINGS, Config, render_toml
-from ..errors import BadInput, ConfigError, FieldkitError
+from ..errors import ConfigError, FieldkitError
 
 TEMPLATES = Path("provisioning") / "templates"
 STATE_FILE = "etc/fieldkit/provisioning.json"

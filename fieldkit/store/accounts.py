@@ -21,7 +21,7 @@ serialised by a per-account lock so that parallel guesses cannot outrun the lock
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tinydb import Query

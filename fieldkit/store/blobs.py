@@ -151,9 +151,9 @@ class BlobWriter:
         try:
             self._out.finish(sync=True)
             self.ref = self._store._commit(self._tmp, self._mac.hexdigest(), self._out.size)
-        except OSError as exc:
+        except OSError as err:
             self._out.abort()
-            raise storage_error(exc, self._tmp) from None
+            raise storage_error(err, self._tmp) from None
 
 
 class EncryptedSpool:

@@ -49,19 +49,6 @@ class _Raced(Exception):
 _blob_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-blob")
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each busy thread its own malloc arena and keeps what it freed there:
-    with HTTP, DIMSE and ingest threads each passing objects of a few MB through, the
-    kit's resident memory grew by ~30 MB of idle arenas. Two arenas serve two cores."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-_limit_malloc_arenas()
-
 # Per store: sop uid -> TinyDB doc id, and study uid -> doc id of one of its instances, so
 # that linking and de-duplication cost the same with 10 or 100 000 instances. Every use is
 # checked against the row it points to; a stale index is rebuilt.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fieldkit.records import DONE, FAILED, KIND_SYNC, READY, T_INSTANCES, QueueRow, sync_priority
 

@@ -55,7 +55,6 @@ import hmac
 import logging
 import os
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
