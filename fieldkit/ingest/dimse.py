@@ -130,18 +130,25 @@ def make_ae(config) -> AE:
     return ae
 
 
-def start(kit) -> Receiver:
-    """Start the receiver on dicom.bind:dicom.port (0 = any free port) in its own thread."""
+def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
+    """A receiver on dicom.bind:port (0 = any free port) in its own thread."""
     config = kit.config
     ae = make_ae(config)
     handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo)]
     try:
-        server = ae.start_server((config["dicom.bind"], int(config["dicom.port"])), block=False,
-                                 evt_handlers=handlers)
+        server = ae.start_server((config["dicom.bind"], port), block=False, evt_handlers=handlers,
+                                 ssl_context=ssl_context)
     except OSError as exc:
-        raise ConfigError(f"cannot listen for DICOM on {config['dicom.bind']}:{config['dicom.port']}: "
-                          f"{exc.strerror or exc} (another receiver running? see dicom.port)") from None
-    port = server.server_address[1]
-    kit.dicom_port = port
-    log.info("DIMSE receiver listening on port %d as %s", port, config["dicom.ae_title"])
-    return Receiver(server, port)
+        raise ConfigError(f"cannot listen for DICOM on {config['dicom.bind']}:{port}: "
+                          f"{exc.strerror or exc} (another receiver running? see {setting})") from None
+    bound = server.server_address[1]
+    log.info("DIMSE receiver%s listening on port %d as %s", " (TLS)" if ssl_context else "", bound,
+             config["dicom.ae_title"])
+    return Receiver(server, bound)
+
+
+def start(kit) -> Receiver:
+    """Start the plain receiver on dicom.bind:dicom.port."""
+    receiver = listen(kit, int(kit.config["dicom.port"]), "dicom.port")
+    kit.dicom_port = receiver.port
+    return receiver

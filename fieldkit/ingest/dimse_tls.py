@@ -7,15 +7,9 @@ or newer only. Off unless `dicom.tls_port` is set.
 
 from __future__ import annotations
 
-import logging
 import ssl
 
-from pynetdicom import evt
-
-from ..errors import ConfigError
-from .dimse import Receiver, handle_echo, handle_store, make_ae
-
-log = logging.getLogger(__name__)
+from .dimse import listen
 
 
 def server_context(data_dir) -> ssl.SSLContext:
@@ -30,23 +24,13 @@ def server_context(data_dir) -> ssl.SSLContext:
 
 def start(kit):
     """Start the TLS receiver on dicom.bind:dicom.tls_port; nothing when the port is -1."""
-    config = kit.config
-    port = int(config["dicom.tls_port"])
+    port = int(kit.config["dicom.tls_port"])
     if port < 0:
         kit.dicom_tls_port = None
         return _Off()
-    ae = make_ae(config)
-    handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo)]
-    try:
-        server = ae.start_server((config["dicom.bind"], port), block=False, evt_handlers=handlers,
-                                 ssl_context=server_context(kit.data_dir))
-    except OSError as exc:
-        raise ConfigError(f"cannot listen for DICOM over TLS on {config['dicom.bind']}:{port}: "
-                          f"{exc.strerror or exc} (see dicom.tls_port)") from None
-    bound = server.server_address[1]
-    kit.dicom_tls_port = bound
-    log.info("DICOM TLS receiver listening on port %d as %s", bound, config["dicom.ae_title"])
-    return Receiver(server, bound)
+    receiver = listen(kit, port, "dicom.tls_port", ssl_context=server_context(kit.data_dir))
+    kit.dicom_tls_port = receiver.port
+    return receiver
 
 
 class _Off:

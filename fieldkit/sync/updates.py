@@ -118,6 +118,31 @@ def _part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def _text_sr(sop_uid: str, study_uid: str, series_uid: str, patient_id: str, issuer: str, state: dict,
+             stamp: str, study_description: str, series_description: str, series_number: int) -> Dataset:
+    """The header every Basic Text SR the kit writes shares (content items are added after)."""
+    ds = Dataset()
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "SR"
+    _patient_module(ds, patient_id, issuer, state)
+    ds.StudyDate = ds.ContentDate = stamp[:8]
+    ds.StudyTime = ds.ContentTime = stamp[8:]
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = series_description
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = int(sop_uid[-8:]) or 1
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.Manufacturer = "fieldkit"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    return ds
+
+
 def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
                  what: str, when: dt.datetime | None = None) -> tuple[bytes, str]:
     """-> (Part-10 bytes, SOP Instance UID) of the status document for this patient."""
@@ -129,25 +154,8 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
     study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
     series_uid = _uid("fieldkit-status-series", kit_id, issuer, patient_id)
 
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "SR"
-    _patient_module(ds, patient_id, issuer, state)
-    ds.StudyDate = ds.ContentDate = stamp[:8]
-    ds.StudyTime = ds.ContentTime = stamp[8:]
-    ds.StudyDescription = "Field kit triage and identity"
-    ds.SeriesDescription = "Triage status"
-    ds.SeriesNumber = 9000
-    ds.InstanceNumber = int(sop_uid[-8:]) or 1
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.Manufacturer = "fieldkit"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
+    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp,
+                  "Field kit triage and identity", "Triage status", 9000)
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.ConceptNameCodeSequence = Sequence([_code("FK-STATUS", "99FIELDKIT", "Field triage status")])
@@ -181,25 +189,8 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
         study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
     sop_uid = _uid("fieldkit-review", kit_id, str(finding.get("id", "")), ref_uid, decision, note, by, f"{at:.6f}")
 
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = _uid("fieldkit-review-series", kit_id, study_uid)
-    ds.Modality = "SR"
-    _patient_module(ds, patient_id, issuer, state)
-    ds.StudyDate = ds.ContentDate = stamp[:8]
-    ds.StudyTime = ds.ContentTime = stamp[8:]
-    ds.StudyDescription = "Field kit findings"
-    ds.SeriesDescription = "Clinician review of findings"
-    ds.SeriesNumber = 9001
-    ds.InstanceNumber = int(sop_uid[-8:]) or 1
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.Manufacturer = "fieldkit"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
+    ds = _text_sr(sop_uid, study_uid, _uid("fieldkit-review-series", kit_id, study_uid), patient_id, issuer,
+                  state, stamp, "Field kit findings", "Clinician review of findings", 9001)
     if target.get("series_instance_uid"):  # the evidence this document refers to (1C)
         sop = Dataset()
         sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
