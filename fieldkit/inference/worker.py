@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 IDLE_SECONDS = 0.5
 PAUSED_RETRY_SECONDS = 30.0
+MAX_YIELD_SECONDS = 5.0
 
 
 def _policy(kit):
@@ -98,6 +99,9 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self.processed = 0
         self.last_error = ""
+        self.yielded_seconds = 0.0
+        self._arrivals = kit.events.subscribe()
+        self._last_arrival = 0.0
 
     def start(self) -> "Worker":
         self._thread.start()
@@ -106,10 +110,33 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        self.kit.events.unsubscribe(self._arrivals)
+
+    def _yield_to_ingest(self) -> None:
+        """While a probe is sending, wait (bounded): inference shares the interpreter with
+        the receiver, and the probe waits for each answer; findings catch up right after."""
+        window = float(self.kit.config.get("inference.yield_to_ingest_ms") or 0) / 1000.0
+        if window <= 0:
+            return
+        started = time.monotonic()
+        while not self._stop.is_set():
+            while True:  # note the newest capture that came from outside the kit
+                try:
+                    event = self._arrivals.get_nowait()
+                except Exception:
+                    break
+                if event.topic == "instance.stored" and event.data.get("source") != "kit":
+                    self._last_arrival = time.monotonic()
+            quiet_for = time.monotonic() - self._last_arrival
+            if quiet_for >= window or time.monotonic() - started >= MAX_YIELD_SECONDS:
+                break
+            self._stop.wait(window - quiet_for)
+        self.yielded_seconds += time.monotonic() - started
 
     def status(self) -> dict:
         return {"running": self._thread.is_alive(), "processed": self.processed,
-                "last_error": self.last_error, "models": self.registry.status()}
+                "last_error": self.last_error, "yielded_to_ingest_s": round(self.yielded_seconds, 1),
+                "models": self.registry.status()}
 
     def _loop(self) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # ingest keeps its core
@@ -124,6 +151,7 @@ class Worker:
             if job is None:
                 self._stop.wait(IDLE_SECONDS)
                 continue
+            self._yield_to_ingest()
             self._run(job)
 
     def _run(self, job) -> None:

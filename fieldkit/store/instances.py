@@ -188,7 +188,8 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
     else:
         raise RuntimeError("could not link the instance to a patient after 5 attempts")
     if status == STORED:
-        store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+        store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
+                             source=source)
         return _result(STORED, stored, "stored")
     if status == CONFLICT:
         log.warning("instance stored as a conflict: same SOP Instance UID, different content")
