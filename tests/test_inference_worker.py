@@ -248,3 +248,18 @@ def test_worker_waits_while_a_probe_is_sending_then_catches_up(kit, registry):
         w.stop()
     assert kit.store.queue.counts()[KIND_INFER]["done"] >= 1
     assert w.status()["yielded_to_ingest_s"] >= 1.0
+
+
+def test_a_single_capture_is_analysed_at_once(kit, registry):
+    w = worker.Worker(kit, registry).start()
+    try:
+        ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=60)
+        t0 = time.monotonic()
+        put_instance(kit.store, dataset_bytes(ds), "dimse")
+        deadline = t0 + 30
+        while time.monotonic() < deadline and kit.store.queue.counts()[KIND_INFER]["done"] < 1:
+            time.sleep(0.02)
+    finally:
+        w.stop()
+    assert kit.store.queue.counts()[KIND_INFER]["done"] == 1
+    assert w.status()["yielded_to_ingest_s"] < 0.1

@@ -101,7 +101,7 @@ class Worker:
         self.last_error = ""
         self.yielded_seconds = 0.0
         self._arrivals = kit.events.subscribe()
-        self._last_arrival = 0.0
+        self._last_arrival = self._prev_arrival = -1e9
 
     def start(self) -> "Worker":
         self._thread.start()
@@ -113,22 +113,25 @@ class Worker:
         self.kit.events.unsubscribe(self._arrivals)
 
     def _yield_to_ingest(self) -> None:
-        """While a probe is sending, wait (bounded): inference shares the interpreter with
-        the receiver, and the probe waits for each answer; findings catch up right after."""
+        """While a probe is sending a burst, wait (bounded): inference shares the interpreter
+        with the receiver, and the probe waits for each answer; findings catch up right after.
+        A capture that comes on its own is analysed at once."""
         window = float(self.kit.config.get("inference.yield_to_ingest_ms") or 0) / 1000.0
         if window <= 0:
             return
         started = time.monotonic()
         while not self._stop.is_set():
-            while True:  # note the newest capture that came from outside the kit
+            while True:  # note when the last two captures from outside the kit came
                 try:
                     event = self._arrivals.get_nowait()
                 except Exception:
                     break
                 if event.topic == "instance.stored" and event.data.get("source") != "kit":
-                    self._last_arrival = time.monotonic()
+                    self._prev_arrival, self._last_arrival = self._last_arrival, time.monotonic()
             quiet_for = time.monotonic() - self._last_arrival
-            if quiet_for >= window or time.monotonic() - started >= MAX_YIELD_SECONDS:
+            # one capture on its own is analysed at once; a stream of them is a burst
+            in_burst = self._last_arrival - self._prev_arrival < window
+            if quiet_for >= window or not in_burst or time.monotonic() - started >= MAX_YIELD_SECONDS:
                 break
             self._stop.wait(window - quiet_for)
         self.yielded_seconds += time.monotonic() - started
