@@ -135,3 +135,22 @@ def set_config(data_dir: Path, **dotted) -> None:
     values = Config.load(path).as_dict()
     values.update({k.replace("__", "."): v for k, v in dotted.items()})
     path.write_text(render_toml(values))
+
+
+def wait_until(cond, timeout: float, step: float = 0.1) -> bool:
+    """Poll `cond` until it holds or `timeout` seconds pass (bounded); its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def dataset_bytes(ds) -> bytes:
+    """A pydicom Dataset as the Part-10 bytes a probe would send."""
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from fieldkit.dicom.frames import decode_frames
 from fixtures.dcmtk import SHIPPED, pydicom_file, sample_files, store_responses, storescu
+from kitproc import dataset_bytes
 
 
 def _client(kit_server, role="dicomweb-client") -> DICOMwebClient:
@@ -27,12 +28,6 @@ def _fresh(name: str) -> pydicom.Dataset:
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
-
-
-def _bytes(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_storescu_then_wado_rs_gives_back_the_same_pixels(kit_server, need, tmp_path):
@@ -73,11 +68,11 @@ def test_storescu_then_wado_rs_gives_back_the_same_pixels(kit_server, need, tmp_
 def test_stow_mixed_batch_lists_what_was_stored_and_why_not(kit_server):
     client = _client(kit_server)
     good = [_fresh("examples_rgb_color.dcm"), _fresh("examples_jpeg2k.dcm")]
-    truncated = _bytes(_fresh("examples_palette.dcm"))
+    truncated = dataset_bytes(_fresh("examples_palette.dcm"))
     truncated = truncated[: len(truncated) // 2]
     url = f"{kit_server.url}/dicom-web/studies"
     boundary = "b0undary"
-    parts = [_bytes(d) for d in good] + [truncated, b"this is not DICOM at all"]
+    parts = [dataset_bytes(d) for d in good] + [truncated, b"this is not DICOM at all"]
     # dicomweb-client's own multipart STOW (the public store_instances() only takes
     # datasets, which cannot be truncated or non-DICOM)
     resp = client._http_post_multipart_application_dicom(url, parts)
@@ -96,7 +91,7 @@ def test_stow_mixed_batch_lists_what_was_stored_and_why_not(kit_server):
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
                     for p in parts) + f"--{boundary}--\r\n".encode()
     token = kit_server.token("dicomweb-client")
-    mixed = [_bytes(_fresh("examples_rgb_color.dcm")), b"junk"]
+    mixed = [dataset_bytes(_fresh("examples_rgb_color.dcm")), b"junk"]
     r = requests.post(url, verify=kit_server.ca, timeout=60, data=b"".join(
         f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in mixed)
         + f"--{boundary}--\r\n".encode(), headers={
@@ -155,7 +150,7 @@ def test_stow_to_a_named_study_refuses_other_studies_and_wado_404s_unknown(kit_s
     wrong = generate_uid()
     token = kit_server.token("dicomweb-client")
     boundary = "bb"
-    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + _bytes(ds)
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset_bytes(ds)
             + f"\r\n--{boundary}--\r\n".encode())
     r = requests.post(f"{kit_server.url}/dicom-web/studies/{wrong}", data=body, verify=kit_server.ca, timeout=60,
                       headers={"Authorization": f"Bearer {token}",

@@ -20,6 +20,7 @@ from fieldkit.ingest.dimse import PROCESSING_FAILURE
 from fieldkit.ingest.upload import store_dicom_bytes
 from fieldkit.store import instances
 from fixtures.dcmtk import pydicom_file
+from kitproc import dataset_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on every odd VR
 
@@ -43,29 +44,23 @@ def _small(ds: pydicom.Dataset, size: int = 24) -> pydicom.Dataset:
     return ds
 
 
-def _save(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def seeds() -> list[bytes]:
     out = []
     rgb = _small(pydicom.dcmread(pydicom_file("examples_rgb_color.dcm")))
-    out.append(_save(rgb))
+    out.append(dataset_bytes(rgb))
     cine = _small(pydicom.dcmread(pydicom_file("examples_ybr_color.dcm")))
-    out.append(_save(cine))
+    out.append(dataset_bytes(cine))
     pal = pydicom.dcmread(pydicom_file("examples_palette.dcm"))
     arr = pal.pixel_array[:24, :24]
     pal.Rows = pal.Columns = 24
     pal.PixelData = np.ascontiguousarray(arr).tobytes()
     pal.SOPInstanceUID = generate_uid()
-    out.append(_save(pal))
+    out.append(dataset_bytes(pal))
     for syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless):
         # openjpeg wants more than a few resolution levels' worth of pixels
         ds = _small(pydicom.dcmread(pydicom_file("examples_rgb_color.dcm")), 64 if syntax == JPEG2000Lossless else 24)
         ds.compress(syntax)
-        out.append(_save(ds))
+        out.append(dataset_bytes(ds))
     jpg = _small(pydicom.dcmread(pydicom_file("examples_rgb_color.dcm")))
     buf = io.BytesIO()
     Image.fromarray(jpg.pixel_array).save(buf, "JPEG", quality=90)
@@ -73,10 +68,10 @@ def seeds() -> list[bytes]:
     jpg["PixelData"].VR = "OB"
     jpg.PhotometricInterpretation = "YBR_FULL_422"
     jpg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    out.append(_save(jpg))
+    out.append(dataset_bytes(jpg))
     dfl = _small(pydicom.dcmread(pydicom_file("examples_rgb_color.dcm")))
     dfl.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    out.append(_save(dfl))
+    out.append(dataset_bytes(dfl))
     out.append(open(pydicom_file("ExplVR_BigEnd.dcm"), "rb").read())
     return out
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from kitproc import wait_until
+
 from fieldkit.records import T_INSTANCES, sync_priority
 from fieldkit.sync.worker import SyncWorker
 from fixtures.sync import add_to_store, corpus, finding_sr, sync_config
@@ -21,13 +23,6 @@ def proxy(orthanc):
     p.stop()
 
 
-def wait_until(cond, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def catalogue(store):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pydicom
@@ -12,6 +11,7 @@ from fieldkit.records import T_INSTANCES
 from fieldkit.sync.worker import SyncWorker
 from fixtures.orthanc import start_orthanc, _require_orthanc
 from fixtures.sync import add_to_store, corpus, finding_sr, sync_config
+from kitproc import wait_until
 
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 
@@ -20,13 +20,6 @@ def instances(store):
     return {d["sop_instance_uid"]: dict(d) for d in store.read(lambda db: db.table(T_INSTANCES).all())}
 
 
-def wait_until(cond, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def test_once_sends_everything_once_with_kit_identity_and_lossless_pixels(kit, orthanc):
