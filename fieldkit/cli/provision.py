@@ -35,6 +35,7 @@ import click
 from .. import __version__
 from ..config import SETTINGS, Config, render_toml
 from ..errors import ConfigError, FieldkitError
+from ..security.files import write_atomic
 
 TEMPLATES = Path("provisioning") / "templates"
 STATE_FILE = "etc/fieldkit/provisioning.json"
@@ -364,7 +365,7 @@ class Provisioner:
     def _write_state(self, path: Path, doc: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if _read_json(path) != doc:
-            _atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+            write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
     # -- steps ----------------------------------------------------------------------------
     def step_user(self) -> None:
@@ -598,7 +599,7 @@ class Provisioner:
         if current != data:
             outcome = "created" if current is None else "changed"
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data, mode)
+            write_atomic(path, data, mode)
         elif path.stat().st_mode & 0o7777 != mode:
             os.chmod(path, mode)
             outcome = "changed"
@@ -710,18 +711,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def default_source() -> Path | None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import KeyUnavailable, UnsupportedVersion
 from .crypto import InvalidTag, Sealer, random_key
+from .files import write_atomic
 
 KEYRING_VERSION = 1
 KEYS_DIR = "keys"
@@ -38,23 +39,6 @@ def _passphrase_key(passphrase: str, kdf: dict) -> bytes:
         passphrase.encode("utf-8"))
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read, durably (temp, fsync, rename, fsync dir)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class Keyring:
     """The wrapped data key of one data dir."""
 
@@ -72,7 +56,7 @@ class Keyring:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_key = random_key()
         device_key = random_key()
-        _write_private(self.device_key_path, device_key)
+        write_atomic(self.device_key_path, device_key)
         kdf = {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": _b64(os.urandom(16))}
         doc = {
             "version": KEYRING_VERSION,
@@ -82,7 +66,7 @@ class Keyring:
                 "device": _b64(Sealer(device_key).seal(data_key, b"device")),
             },
         }
-        _write_private(self.path, json.dumps(doc, indent=1).encode())
+        write_atomic(self.path, json.dumps(doc, indent=1).encode())
         return data_key
 
     # unwrapping -----------------------------------------------------------------------
@@ -134,7 +118,7 @@ class Keyring:
         kdf = dict(doc["kdf"], salt=_b64(os.urandom(16)))
         doc["kdf"] = kdf
         doc["wrapped"]["passphrase"] = _b64(Sealer(_passphrase_key(new, kdf)).seal(data_key, b"passphrase"))
-        _write_private(self.path, json.dumps(doc, indent=1).encode())
+        write_atomic(self.path, json.dumps(doc, indent=1).encode())
 
     def destroy(self) -> None:
         """Crypto-erase: overwrite the wrapped keys and the device key, then unlink them."""

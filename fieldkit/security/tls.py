@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import socket
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .files import write_atomic
 
 TLS_DIR = "tls"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -26,15 +27,6 @@ def _name(common_name: str, kit_id: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fieldkit"),
                       x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kit_id or "kit"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def create_tls(data_dir: Path, kit_id: str, hostnames: list[str] | None = None,
@@ -71,10 +63,10 @@ def create_tls(data_dir: Path, kit_id: str, hostnames: list[str] | None = None,
             .sign(ca_key, hashes.SHA256()))
     pem_key = dict(encoding=serialization.Encoding.PEM, format=serialization.PrivateFormat.PKCS8,
                    encryption_algorithm=serialization.NoEncryption())
-    _write(tls / CA_KEY, ca_key.private_bytes(**pem_key), 0o600)
-    _write(tls / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(tls / SERVER_KEY, key.private_bytes(**pem_key), 0o600)
-    _write(tls / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM)
+    write_atomic(tls / CA_KEY, ca_key.private_bytes(**pem_key), 0o600)
+    write_atomic(tls / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(tls / SERVER_KEY, key.private_bytes(**pem_key), 0o600)
+    write_atomic(tls / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM)
            + ca.public_bytes(serialization.Encoding.PEM), 0o644)
     return tls / CA_CERT
 
