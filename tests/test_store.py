@@ -324,3 +324,21 @@ def test_blobs_round_trip_across_chunk_boundaries(store, sizes):
     assert ref.size == sum(sizes)
     assert store.blobs.get_bytes(ref.addr) == b"".join(parts)
     assert store.blobs.put_bytes(b"".join(parts)) == ref  # the address depends on content only
+
+
+def test_oldest_waiting_row_follows_the_queue(store):
+    q = store.queue
+    assert q.oldest("sync") is None
+    first = q.enqueue("sync", {"n": 1})
+    time.sleep(0.01)
+    second = q.enqueue("sync", {"n": 2})
+    created = {r.id: r.created for r in q.rows(kind="sync")}
+    assert q.oldest("sync") == created[first]
+    row = q.lease("sync")
+    assert row.id == first and q.oldest("sync") == created[first]  # leased still waits
+    q.ack(first)
+    assert q.oldest("sync") == created[second]
+    q.fail(q.lease("sync").id, "refused", permanent=True)
+    assert q.oldest("sync") is None  # a quarantined row is shown, not waiting
+    q.retry(second)
+    assert q.oldest("sync") == created[second]

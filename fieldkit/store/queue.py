@@ -33,6 +33,7 @@ class Queue:
         self._leases: list = []                                  # (lease_until, id)
         self._live_keys: dict[tuple[str, str], str] = {}
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
+        self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
         self._clock = time.time
 
     # loading ---------------------------------------------------------------------------
@@ -56,6 +57,8 @@ class Queue:
         if doc_id is not None:
             self._doc_ids[row_id] = doc_id
         self._counts[kind][state] += 1
+        if state in (READY, LEASED):
+            self._waiting[kind][row_id] = doc["created"]
         if state != DONE and doc.get("key"):
             self._live_keys[(kind, doc["key"])] = row_id
         if state == READY:
@@ -88,6 +91,10 @@ class Queue:
         if new["state"] != old["state"]:
             self._counts[kind][old["state"]] -= 1
             self._counts[kind][new["state"]] += 1
+            if new["state"] in (READY, LEASED):
+                self._waiting[kind][row_id] = old["created"]
+            else:
+                self._waiting[kind].pop(row_id, None)
             if new["state"] == DONE and old.get("key"):
                 self._live_keys.pop((kind, old["key"]), None)
         return new
@@ -210,11 +217,7 @@ class Queue:
 
     def oldest(self, kind: str) -> float | None:
         """Creation time of the oldest row of `kind` still waiting (ready or leased)."""
-        def fn(db):
-            waiting = [d["created"] for d in self._table(db).all()
-                       if d["kind"] == kind and d["state"] in (READY, LEASED)]
-            return min(waiting) if waiting else None
-        return self._store.read(fn)
+        return self._store.read(lambda db: min(self._waiting[kind].values(), default=None))
 
     def rows(self, kind: str | None = None, state: str | None = None) -> list[QueueRow]:
         def fn(db):
