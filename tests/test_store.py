@@ -342,3 +342,14 @@ def test_oldest_waiting_row_follows_the_queue(store):
     assert q.oldest("sync") is None  # a quarantined row is shown, not waiting
     q.retry(second)
     assert q.oldest("sync") == created[second]
+
+
+def test_blob_reader_seeks_and_reads_a_header_without_the_rest(store):
+    data = os.urandom(3 * (1 << 20) + 123)
+    ref = store.blobs.put_bytes(data)
+    with store.blobs.open(ref.addr, ref.size) as fh:
+        assert fh.read(132) == data[:132]
+        fh.seek(2 * (1 << 20) + 7)
+        assert fh.read(50) == data[2 * (1 << 20) + 7: 2 * (1 << 20) + 57]
+        fh.seek(0)
+        assert fh.read() == data

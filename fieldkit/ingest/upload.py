@@ -28,7 +28,8 @@ from ..dicom.parse import InvalidDicom
 from ..errors import BadInput, FieldkitError, TooLarge
 from ..store import instances, patients
 from .multipart import MultipartError, content_type_params, iter_parts
-from .spoolio import PartBuffer, open_reader
+from ..store.blobs import open_reader
+from .spoolio import PartBuffer
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -194,6 +195,83 @@ class EncryptedSpool:
         self.close()
 
 
+class SealedReader(io.RawIOBase):
+    """A seekable, read-only file over sealed chunks (a spool or a blob), for readers that
+    seek (zipfile reads its central directory first; pydicom stops before the pixels). Chunks
+    are decrypted on demand; nothing is written in clear and at most two sit in memory.
+    `source` has `.size` and `.chunks()`."""
+
+    def __init__(self, source):
+        self._spool = source
+        self._size = source.size
+        self._pos = 0
+        self._iter = None
+        self._next_index = 0     # index of the chunk the iterator yields next
+        self._cache: dict[int, bytes] = {}
+        self._chunk_size: int | None = None
+
+    @property
+    def name(self) -> str:  # readers (pydicom) ask; there is no file name to give
+        return "<encrypted store>"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _chunk(self, index: int) -> bytes:
+        if index in self._cache:
+            return self._cache[index]
+        if self._iter is None or index < self._next_index:
+            self._iter = iter(self._spool.chunks())
+            self._next_index = 0
+        data = b""
+        while self._next_index <= index:
+            data = next(self._iter, b"")
+            if self._chunk_size is None and data:
+                self._chunk_size = len(data)
+            self._next_index += 1
+        if len(self._cache) >= 2:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[index] = data
+        return data
+
+    def readinto(self, b) -> int:
+        if self._pos >= self._size:
+            return 0
+        if self._chunk_size is None:
+            self._chunk(0)
+        size = self._chunk_size or self._size
+        index, within = divmod(self._pos, size)
+        data = self._chunk(index)[within: within + len(b)]
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def open_reader(spool) -> io.BufferedReader:
+    """A buffered reader over the spool: read(n) returns n bytes unless the end came first
+    (the raw reader may return less, at a chunk boundary)."""
+    return io.BufferedReader(SealedReader(spool), buffer_size=1 << 20)
+
+
+class _BlobSource:
+    def __init__(self, store: "BlobStore", addr: str, size: int):
+        self._store, self._addr, self.size = store, addr, size
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._store.iter_chunks(self._addr)
+
+
 class BlobStore:
     def __init__(self, root: Path, sealer: Sealer, id_key: bytes):
         self.root = Path(root)
@@ -251,6 +329,11 @@ class BlobStore:
 
     def iter_chunks(self, addr: str) -> Iterator[bytes]:
         return _read_sealed_file(self.path(addr), self._sealer)
+
+    def open(self, addr: str, size: int) -> io.BufferedReader:
+        """A seekable reader decrypting on demand: a header can be read without the pixels.
+        `size` is the blob's plaintext size, as its catalogue row records it."""
+        return open_reader(_BlobSource(self, addr, size))
 
     def get_bytes(self, addr: str) -> bytes:
         return b"".join(self.iter_chunks(addr))

@@ -356,4 +356,7 @@ def read_dataset(store, sop_uid: str, stop_before_pixels: bool = False) -> Datas
     row = get_instance(store, sop_uid)
     if row is None:
         raise NotFound(f"no instance {sop_uid}")
-    return pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])), stop_before_pixels=stop_before_pixels)
+    if stop_before_pixels:  # decrypt only the chunks the header needs, not a whole cine
+        with store.blobs.open(row["blob"], row["size"]) as fh:
+            return pydicom.dcmread(fh, stop_before_pixels=True)
+    return pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))

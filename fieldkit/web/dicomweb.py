@@ -419,7 +419,8 @@ def _metadata(rows: list[dict]) -> Response:
     store = kit_of().store
     out = []
     for row in rows:
-        ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])), stop_before_pixels=True)
+        with store.blobs.open(row["blob"], row["size"]) as fh:  # header only: no pixels decrypted
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
         url = _instance_url(row)
         item = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda elem, url=url: url)
         if row["rows"]:
