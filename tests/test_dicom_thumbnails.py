@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from fieldkit.dicom.frames import DecodeError, decode_frame
-from fieldkit.dicom.thumbnails import THUMB_MAX_SIDE, _jpeg_preview, thumbnail_jpeg, thumbnail_of
+from fieldkit.dicom.thumbnails import (THUMB_MAX_SIDE, _jpeg_preview, _native_rgb_preview, thumbnail_jpeg,
+                                       thumbnail_of)
 
 
 def _pixels(jpeg: bytes) -> np.ndarray:
@@ -61,7 +62,17 @@ def test_cut_short_first_frame_is_left_to_the_decoder():
         assert thumbnail_of(ds) == expected
 
 
-def test_preview_longest_side_is_bounded():
-    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))  # 320 x 240
+@pytest.mark.parametrize("name", ["examples_rgb_color.dcm", "examples_ybr_color.dcm", "JPEG2000.dcm"])
+def test_preview_longest_side_is_bounded_and_keeps_the_aspect(name):
+    ds = pydicom.dcmread(get_testdata_file(name))
     img = Image.open(io.BytesIO(thumbnail_of(ds)))
-    assert img.size == (THUMB_MAX_SIDE, THUMB_MAX_SIDE * 3 // 4)
+    cols, rows = int(ds.Columns), int(ds.Rows)
+    assert THUMB_MAX_SIDE // 2 < max(img.size) <= THUMB_MAX_SIDE
+    assert abs(img.size[0] / img.size[1] - cols / rows) < 0.02
+
+
+def test_native_rgb_preview_is_the_decoded_picture():
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+    assert _native_rgb_preview(ds, THUMB_MAX_SIDE) is not None  # no decoder on the way
+    quick, full = _pixels(thumbnail_of(ds)), _pixels(thumbnail_jpeg(decode_frame(ds, 0)))
+    assert quick.shape == full.shape and np.abs(quick - full).mean() < 1.0

@@ -19,8 +19,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset
 
 from ..errors import BadInput
 from . import uids
@@ -215,21 +216,32 @@ IDENTITY_FIRST, IDENTITY_LAST = 0x00100020, 0x00101002
 
 
 PIXEL_DATA = 0x7FE00010
+# explicit VR: these VRs have a 4-byte length after two reserved bytes, the others 2 bytes
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH",
+                        "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 
 
 class Encoded:
     """The dataset encoded once, in its own transfer syntax, in slices: before the identity
-    attributes, the identity attributes, after them. In the last slice the Pixel Data value
-    is not copied: a value as received is referenced and written out byte for byte, so a
-    large cine sits in memory once, not three times.
+    attributes, the identity attributes, after them. Elements nobody converted or changed
+    are copied as they were received (header and value bytes), so only what the kit reads
+    or stamps goes through pydicom's writer; the Pixel Data value is referenced, not
+    copied, so a large cine sits in memory once.
+
+    `raw` is the dataset's element dict as read (`dict(ds._dict)` before anything looked
+    at the elements); without it, whatever is still unconverted is copied.
 
     `digest` is the SHA-256 of the dataset as received (file meta excluded), before the
     kit stamps it: the same capture sent twice, by any path, has the same digest. After
     stamping, `write_part10()` re-encodes only the small identity slice.
     """
 
-    def __init__(self, ds: Dataset):
+    def __init__(self, ds: Dataset, raw: dict | None = None):
         self._ds = ds
+        # elements as read, before anything looked at them: written back byte for byte
+        # plain int keys: pydicom's tag type compares in Python, and this is the hot path
+        self._raw = {int(t): e for t, e in (ds._dict if raw is None else raw).items()}
         # the encoding the file meta will announce (a dataset built in memory has no
         # original encoding; one read from bytes was read in this very syntax)
         ts = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
@@ -237,10 +249,10 @@ class Encoded:
         if ds.original_encoding == (None, None):
             correct_ambiguous_vr(ds, self._little)  # e.g. Pixel Data "OB or OW" -> OB/OW
             ds.set_original_encoding(self._implicit, self._little, ds._character_set)
-        tags = sorted(ds.keys())
+        tags = sorted(map(int, ds._dict))
         self._head = self._encode([t for t in tags if t < IDENTITY_FIRST])
         tail = [t for t in tags if t > IDENTITY_LAST]
-        pixel = ds.get_item(PIXEL_DATA) if PIXEL_DATA in tail else None
+        pixel = self._raw.get(PIXEL_DATA) if PIXEL_DATA in tail else None
         if isinstance(pixel, RawDataElement) and pixel.value is not None and \
                 (self._implicit or pixel.VR in ("OB", "OW")):
             self._tail = [self._encode([t for t in tail if t < PIXEL_DATA]), *self._raw_pixels(pixel),
@@ -265,8 +277,48 @@ class Encoded:
         trailer = struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else pad
         return [header, value, trailer]
 
+    def _as_received(self, tag: int) -> bytes | None:
+        """An element never converted, written back exactly as it came (header and value),
+        or None when it has to go through pydicom (converted, changed, odd length, or an
+        encoding that does not match the dataset's)."""
+        raw = self._raw.get(tag)
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes) or \
+                raw.is_implicit_VR != self._implicit or raw.is_little_endian != self._little:
+            return None
+        value, length = raw.value, raw.length
+        undefined = length == 0xFFFFFFFF
+        if not undefined and (length != len(value) or length % 2):
+            return None
+        e = "<" if self._little else ">"
+        head = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)
+        if self._implicit:
+            head += struct.pack(e + "L", length)
+        elif raw.VR in _LONG_VRS:
+            head += raw.VR.encode() + b"\0\0" + struct.pack(e + "L", length)
+        elif raw.VR in _SHORT_VRS and not undefined:
+            head += raw.VR.encode() + struct.pack(e + "H", length)
+        else:
+            return None
+        return head + value + (struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else b"")
+
     def _encode(self, tags: list) -> bytes:
-        sub = Dataset({t: self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
+        """Elements in tag order: those as received copied, the rest encoded by pydicom."""
+        out, pending = [], []
+        for t in tags:
+            same = self._as_received(t) if not IDENTITY_FIRST <= t <= IDENTITY_LAST else None
+            if same is None:
+                pending.append(t)
+                continue
+            if pending:
+                out.append(self._pydicom_encode(pending))
+                pending = []
+            out.append(same)
+        if pending:
+            out.append(self._pydicom_encode(pending))
+        return b"".join(out)
+
+    def _pydicom_encode(self, tags: list) -> bytes:
+        sub = Dataset({BaseTag(t): self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
         sub.set_original_encoding(self._implicit, self._little, self._ds.original_character_set)
         fp = DicomBytesIO()
         fp.is_implicit_VR, fp.is_little_endian = self._implicit, self._little
@@ -278,20 +330,13 @@ class Encoded:
         rebuilt for this object, dataset kept in its transfer syntax (deflated stays
         deflated, big endian stays big endian)."""
         ds = self._ds
-        tags = sorted(ds.keys())
+        tags = sorted(map(int, ds._dict))
         ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = implementation_version
-        out = DicomBytesIO()
-        out.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(out, meta, enforce_standard=True)
-        write(out.getvalue())
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        write(b"\0" * 128 + b"DICM" + file_meta_bytes(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts,
+                                                      implementation_version))
         pieces = [self._head, ident, *self._tail]
-        if str(meta.TransferSyntaxUID) == uids.DEFLATED_LE:
+        if ts == uids.DEFLATED_LE:
             packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
             size = 0
             for piece in pieces:
@@ -304,12 +349,33 @@ class Encoded:
         else:
             for piece in pieces:
                 write(piece)
-        ds.file_meta = meta
 
     def part10(self, implementation_version: str = "FIELDKIT") -> bytes:
         out: list[bytes] = []
         self.write_part10(out.append, implementation_version)
         return b"".join(out)
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
+                    implementation_version: str = "FIELDKIT") -> bytes:
+    """The file meta group (0002) of a stored copy, explicit VR little endian as PS3.10
+    requires. Built directly: it is six fixed elements, and pydicom's generic writer costs
+    more than the rest of storing a still image."""
+    def element(elem: int, vr: bytes, value: bytes) -> bytes:
+        if vr == b"OB":
+            return struct.pack("<HH2s2xL", 0x0002, elem, vr, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+    def uid(value: str) -> bytes:
+        data = value.encode("ascii")
+        return data + b"\0" * (len(data) % 2)
+
+    version = implementation_version.encode("ascii")[:16]
+    body = (element(0x0001, b"OB", b"\0\1") + element(0x0002, b"UI", uid(sop_class)) +
+            element(0x0003, b"UI", uid(sop_instance)) + element(0x0010, b"UI", uid(transfer_syntax)) +
+            element(0x0012, b"UI", uid(pydicom.uid.PYDICOM_IMPLEMENTATION_UID)) +
+            element(0x0013, b"SH", version + b" " * (len(version) % 2)))
+    return element(0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
 def content_digest(ds: Dataset) -> str:

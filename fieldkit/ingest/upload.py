@@ -15,12 +15,10 @@ size (zip bombs), and bundles stop after `ingest.max_zip_members` members.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import posixpath
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable
 
 from ..dicom import parse, pictures
@@ -62,18 +60,25 @@ def refusal(name: str, exc: BaseException) -> dict:
     return outcome(name, REFUSED, reason, sop_instance_uid=uid, code=code)
 
 
-def store_dicom_bytes(store, data, name: str, source: str, expect_study: str | None = None) -> dict:
+def store_dicom_bytes(store, data, name: str, source: str, expect_study: str | None = None,
+                      batch: "instances.Batch | None" = None) -> dict:
     """One Part-10 object (bytes, or a reader over a spool: then it is read once, straight
-    into the dataset) -> outcome. Storage failures (disk full, locked) propagate."""
+    into the dataset) -> outcome. Storage failures (disk full, locked) propagate. In a
+    batch, a stored object's outcome carries its `batch_index` until the batch commits."""
     try:
+        raw = None
         if expect_study is not None or not isinstance(data, (bytes, bytearray)):
             ds = parse.read_part10(data)
+            raw = dict(ds._dict)  # the elements as received, before anything converts them
             if expect_study is not None and str(ds.get("StudyInstanceUID", "")) != expect_study:
                 raise InvalidDicom(f"instance belongs to study {str(ds.get('StudyInstanceUID', ''))[:64]}, "
                                    f"not to {expect_study} named in the request",
                                    parse.DOES_NOT_MATCH_SOP_CLASS, str(ds.get("SOPInstanceUID", "")))
             data = ds
-        result = instances.put_instance(store, data, source)
+        if batch is not None:
+            index = batch.add(data, raw=raw)
+            return {**outcome(name, "pending"), "batch_index": index}
+        result = instances.put_instance(store, data, source, raw=raw)
     except BadInput as exc:
         out = refusal(name, exc)
         out["sop_class_uid"] = _peek_class(data)
@@ -116,91 +121,77 @@ def _read_bounded(chunks: Iterable[bytes], limit: int, what: str) -> Iterable[by
         yield chunk
 
 
-# STOW parts of all requests share a few long-lived threads: starting threads for every
-# request cost more than a small part takes to store
-STOW_THREADS = 3
-_stow_pool = ThreadPoolExecutor(max_workers=STOW_THREADS, thread_name_prefix="ingest-part")
-
-
 def store_multipart(store, chunks: Iterable[bytes], boundary: str, *, source: str, default_type: str,
                     max_bytes: int, expect_study: str | None = None,
                     picture_options: dict | None = None) -> list[dict]:
-    """A multipart/related (STOW-RS) body -> one outcome per part, in part order.
+    """A multipart/related (STOW-RS) or form body -> one outcome per part, in part order.
 
-    STOW parts are stored by a few threads while the body keeps streaming in: their fsyncs
-    overlap and share journal commits. Uploads (which may create a patient for pictures)
-    go one at a time."""
+    Each part is stored as soon as it has arrived, while the client is still sending the
+    next. The DICOM parts of a STOW-RS request form one batch (instances.Batch): their
+    blobs are fsynced in the background and their catalogue rows written in one journal
+    record at the end, so the request costs one durable commit, not one per part."""
     cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
-    workers = STOW_THREADS if source == "stow" else 1
+    batch = instances.Batch(store, source) if source == "stow" else None
     results: list[list[dict]] = []
-    pending: list[tuple[int, Future]] = []
     spool, part, part_size, n = None, None, 0, 0
-
-    def finish(spool, name: str, media: str) -> list[dict]:
-        try:
-            return store_spool(store, spool, name, source, media_type=media, expect_study=expect_study,
-                               picture_options=picture_options)
-        finally:
-            spool.close()
-
-    def collect(limit: int) -> None:
-        while len(pending) > limit:
-            index, future = pending.pop(0)
-            try:
-                results[index] = future.result()
-            except BaseException:
-                for _, rest in pending:  # nothing of this request keeps running unseen
-                    rest.exception()
-                pending.clear()
-                raise
-
-    with (contextlib.nullcontext(_stow_pool) if source == "stow" else
-          ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-part")) as pool:
-        try:
-            for event, value in iter_parts(_read_bounded(chunks, max_bytes, "request body"), boundary):
-                if event == "part":
-                    n += 1
-                    part, part_size = value, 0
-                    spool = PartBuffer(store.blobs.open_spool)
-                elif event == "data":
-                    part_size += len(value)
-                    if part_size <= cap:
-                        spool.write(value)
-                else:
-                    name = f"part {n}"
-                    disposition = part.headers.get("content-disposition", "")
-                    if disposition:
-                        _, params = content_type_params("x/x; " + disposition.partition(";")[2])
-                        if "filename" not in params:
-                            spool.close()  # a plain form field, not a file
-                            spool = None
-                            continue
-                        name = params["filename"][:200] or name
-                    if part_size > cap:
-                        spool.close()
+    try:
+        for event, value in iter_parts(_read_bounded(chunks, max_bytes, "request body"), boundary):
+            if event == "part":
+                n += 1
+                part, part_size = value, 0
+                spool = PartBuffer(store.blobs.open_spool)
+            elif event == "data":
+                part_size += len(value)
+                if part_size <= cap:
+                    spool.write(value)
+            else:
+                name = f"part {n}"
+                disposition = part.headers.get("content-disposition", "")
+                if disposition:
+                    _, params = content_type_params("x/x; " + disposition.partition(";")[2])
+                    if "filename" not in params:
+                        spool.close()  # a plain form field, not a file
                         spool = None
-                        results.append([refusal(name, TooLarge(
-                            f"object over the {store.config['dicom.max_object_mb']} MiB limit"))])
                         continue
+                    name = params["filename"][:200] or name
+                if part_size > cap:
+                    results.append([refusal(name, TooLarge(
+                        f"object over the {store.config['dicom.max_object_mb']} MiB limit"))])
+                else:
                     media = (part.content_type.split(";")[0].strip().lower() or default_type)
-                    results.append([])
-                    pending.append((len(results) - 1, pool.submit(finish, spool, name, media)))
-                    spool = None
-                    collect(workers)
-        except MultipartError as exc:
-            if part is not None and spool is not None:
-                results.append([refusal(f"part {n}", InvalidDicom(f"incomplete: {exc.message}"))])
-            elif not results:
-                raise
-        finally:
-            if spool is not None:
+                    results.append(store_spool(store, spool, name, source, media_type=media,
+                                               expect_study=expect_study, picture_options=picture_options,
+                                               batch=batch))
                 spool.close()
-            collect(0)
+                spool = None
+    except MultipartError as exc:
+        if part is not None and spool is not None:
+            results.append([refusal(f"part {n}", InvalidDicom(f"incomplete: {exc.message}"))])
+        elif not results:
+            raise
+    finally:
+        if spool is not None:
+            spool.close()
+    if batch is not None:
+        stored = batch.commit()
+        results = [[_from_batch(r, stored) for r in group] for group in results]
     return [r for group in results for r in group]
 
 
+def _from_batch(out: dict, stored: list[dict]) -> dict:
+    """A part's outcome once its batch is committed."""
+    index = out.pop("batch_index", None)
+    if index is None:
+        return out
+    row = stored[index]["instance"]
+    return outcome(out["name"], stored[index]["status"], stored[index]["message"],
+                   sop_instance_uid=row["sop_instance_uid"], sop_class_uid=row["sop_class_uid"],
+                   patient_id=row["patient_id"])
+
+
 def store_spool(store, spool, name: str, source: str, *, media_type: str = "",
-                expect_study: str | None = None, picture_options: dict | None = None) -> list[dict]:
+                expect_study: str | None = None, picture_options: dict | None = None,
+                batch: "instances.Batch | None" = None) -> list[dict]:
     """A spooled file of any supported kind -> outcomes (a zip gives one per member)."""
     head = b""
     for chunk in spool.chunks():
@@ -213,7 +204,7 @@ def store_spool(store, spool, name: str, source: str, *, media_type: str = "",
     if kind == DICOM:
         if spool.size > int(store.config["dicom.max_object_mb"]) * (1 << 20):
             return [refusal(name, TooLarge(f"object over the {store.config['dicom.max_object_mb']} MiB limit"))]
-        return [store_dicom_bytes(store, open_reader(spool), name, source, expect_study)]
+        return [store_dicom_bytes(store, open_reader(spool), name, source, expect_study, batch)]
     if kind == ZIP and source != "stow":
         return store_zip(store, spool, name, source)
     if kind in (PNG, JPEG) and source != "stow":

@@ -18,6 +18,7 @@ import hmac
 import io
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -78,13 +79,17 @@ class _SealedFileWriter:
         _write_all(self._fd, _LEN.pack(len(sealed)) + sealed)
         self._index += 1
 
-    def finish(self, sync: bool) -> None:
+    def finish(self, sync: bool, close: bool = True) -> int:
+        """Seal the last chunk; fsync when asked; returns the fd when `close` is False
+        (the caller then owns it: a batch fsyncs it later, off the caller's thread)."""
         self._emit(bytes(self._buf), last=True)
         self._buf.clear()
         if sync:
             os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        if close:
+            os.close(fd)
+        return fd
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -125,10 +130,12 @@ def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
 
 
 class BlobWriter:
-    """Use as a context manager; `ref` is set when the block exits without error."""
+    """Use as a context manager; `ref` is set when the block exits without error. In a
+    batch, the blob is durable (and readable at its address) only after `batch.wait()`."""
 
-    def __init__(self, store: "BlobStore"):
+    def __init__(self, store: "BlobStore", batch: "BlobBatch | None" = None):
         self._store = store
+        self._batch = batch
         self._mac = hmac.new(store._id_key, digestmod=hashlib.sha256)
         self._tmp = store._tmp_path()
         self._out = _SealedFileWriter(self._tmp, store._sealer)
@@ -150,11 +157,61 @@ class BlobWriter:
             self._out.abort()
             return
         try:
+            if self._batch is not None:
+                fd = self._out.finish(sync=False, close=False)
+                self.ref = BlobRef(self._mac.hexdigest(), self._out.size)
+                self._batch._add(fd, self._tmp, self.ref.addr)
+                return
             self._out.finish(sync=True)
             self.ref = self._store._commit(self._tmp, self._mac.hexdigest(), self._out.size)
         except OSError as err:
             self._out.abort()
             raise storage_error(err, self._tmp) from None
+
+
+# fsyncs of batched blobs run here, overlapping the caller's parsing and encoding (an
+# fsync waits on the disk, not on the interpreter); two, so the disk can merge flushes
+_sync_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-sync")
+
+
+class BlobBatch:
+    """Blobs written now and made durable together: each file is fsynced and moved into
+    place by a background thread as soon as it is written, while the caller goes on with
+    the next object; `wait()` returns once every blob of the batch, and the directory
+    entries that name them, are durable. Nothing may refer to a batched blob durably (a
+    catalogue row) before `wait()` returned."""
+
+    def __init__(self, store: "BlobStore"):
+        self._store = store
+        self._jobs: list[tuple[Future, Path]] = []
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self._store, self)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        with self.writer() as w:
+            w.write(data)
+        return w.ref
+
+    def _add(self, fd: int, tmp: Path, addr: str) -> None:
+        self._jobs.append((_sync_pool.submit(self._store._sync_and_place, fd, tmp, addr), tmp))
+
+    def wait(self) -> None:
+        """Raise the first storage error (after every job ended: none is left running)."""
+        jobs, self._jobs = self._jobs, []
+        error, parents = None, set()
+        for future, tmp in jobs:
+            try:
+                parents.add(future.result())
+            except OSError as exc:
+                error = error or storage_error(exc, tmp)
+        if error is None:
+            try:
+                self._store._sync_dirs(parents)
+            except OSError as exc:
+                error = storage_error(exc, self._store.root)
+        if error is not None:
+            raise error from None
 
 
 class EncryptedSpool:
@@ -294,24 +351,44 @@ class BlobStore:
 
     def _commit(self, tmp: Path, addr: str, size: int) -> BlobRef:
         """Move a finished (fsynced) blob into place; durable, directory entries included,
-        when this returns. A fan-out directory's own entry in the root is fsynced once per
-        process (then remembered), so a blob is never acknowledged while the directory
-        that holds it could vanish in a power cut - even when another thread created that
-        directory a moment ago, or an earlier run created it and was killed."""
+        when this returns."""
+        self._sync_dirs({self._place(tmp, addr)})
+        return BlobRef(addr, size)
+
+    def _place(self, tmp: Path, addr: str) -> Path:
+        """Rename a finished blob to its address; returns the directory to fsync."""
         dest = self.path(addr)
-        parent = dest.parent
-        known = parent.name in self._durable_dirs
-        if not known:
-            parent.mkdir(mode=0o700, exist_ok=True)
+        if dest.parent.name not in self._durable_dirs:
+            dest.parent.mkdir(mode=0o700, exist_ok=True)
         if dest.exists():
-            tmp.unlink()  # same content already here: its entry is fsynced just below
+            tmp.unlink()  # same content already here: its entry is fsynced with the directory
         else:
             os.replace(tmp, dest)
-        fsync_dir(parent)
-        if not known:
+        return dest.parent
+
+    def _sync_and_place(self, fd: int, tmp: Path, addr: str) -> Path:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._place(tmp, addr)
+
+    def _sync_dirs(self, parents: set[Path]) -> None:
+        """fsync the fan-out directories that got new entries. A fan-out directory's own
+        entry in the root is fsynced once per process (then remembered), so a blob is never
+        acknowledged while the directory that holds it could vanish in a power cut - even
+        when another thread created that directory a moment ago, or an earlier run created
+        it and was killed."""
+        new = False
+        for parent in parents:
+            fsync_dir(parent)
+            new = new or parent.name not in self._durable_dirs
+        if new:
             fsync_dir(self.root)
-            self._durable_dirs.add(parent.name)  # only after the root's fsync returned
-        return BlobRef(addr, size)
+            self._durable_dirs.update(p.name for p in parents)  # only after the root's fsync
+
+    def batch(self) -> BlobBatch:
+        return BlobBatch(self)
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)

@@ -1,15 +1,17 @@
 """The instance catalogue: storing a received DICOM object, and finding it again (layer 2).
 
-`put_instance` is the one way an object enters the kit, whatever the path (C-STORE,
-STOW-RS, upload, import, objects the kit makes). In order:
+`put_instance` (one object) and `Batch` (the parts of a STOW-RS request) are the one way
+an object enters the kit, whatever the path (C-STORE, STOW-RS, upload, import, objects
+the kit makes). In order:
 
 1. read and check it (refusals raise InvalidDicom with a reason code and a message);
 2. same SOP Instance UID already held with the same content: a duplicate, nothing written;
 3. decode the first frame (proves the pixels decode; makes the thumbnail);
 4. link it to a kit patient (fieldkit.store.patients.link) and stamp the kit PatientID and
    IssuerOfPatientID on the stored copy;
-5. write the Part-10 file and the thumbnail as encrypted blobs, then in ONE store.write:
-   the patient (if new), the catalogue row, an `infer` job and a `sync` job.
+5. write the Part-10 file (elements copied as received, the identity re-encoded) and the
+   thumbnail as encrypted blobs, then in ONE store.write (for the whole batch): the
+   patient (if new), the catalogue row, an `infer` job and a `sync` job.
 
 Same UID with different content is kept as a conflict (row flagged, the other copy kept
 under `conflicts`), never silently overwritten. Nothing is acknowledged before the
@@ -22,7 +24,6 @@ import logging
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -44,9 +45,6 @@ STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
 
 class _Raced(Exception):
     """Another writer linked the same study/patient first: decide again."""
-
-
-_blob_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-blob")
 
 
 # Per store: sop uid -> TinyDB doc id, and study uid -> doc id of one of its instances, so
@@ -105,98 +103,197 @@ def get_instance(store, sop_uid: str) -> dict | None:
 
 
 def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: str | None = None,
-                 from_picture: bool = False) -> dict:
+                 from_picture: bool = False, raw: dict | None = None) -> dict:
     """Store one object. `data` is a Part-10 file, or (with `transfer_syntax`) a bare
-    dataset as received over DIMSE, or a pydicom Dataset the kit built.
+    dataset as received over DIMSE, or a pydicom Dataset (read from bytes - then `raw` is
+    its element dict as read, before anything converted an element - or built by the kit).
 
     Returns {"status": "stored"|"duplicate"|"conflict", "sop_instance_uid", "patient_id",
     "instance": row, "message"}; raises parse.InvalidDicom (a BadInput) when refused.
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}")
-    cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        if len(data) > cap:
-            raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
-                           f"{store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
-        ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
-    facts = parse.check(ds)
-    sop_uid = facts["sop_instance_uid"]
-    encoded = _encoded(lambda: parse.Encoded(ds), sop_uid)  # the one full encoding
-    digest = encoded.digest
+    batch = Batch(store, source)
+    batch.add(data, transfer_syntax=transfer_syntax, from_picture=from_picture, raw=raw)
+    return batch.commit()[0]
 
-    existing = get_instance(store, sop_uid)
-    if existing and digest in _digests(existing):
-        return _result(DUPLICATE, existing, "already stored with identical content")
 
-    decode_error, thumb = "", None
-    if facts["is_image"]:
-        try:
-            thumb = thumbnail_of(ds)
-        except DecodeError as exc:
-            if not uids.is_video(facts["transfer_syntax"]):
-                raise parse.InvalidDicom(str(exc), parse.CANNOT_UNDERSTAND, sop_uid) from None
-            decode_error = str(exc)  # kept as sent (stored and synced); flagged for the UI
-        except Exception as exc:  # a codec failing in an unexpected way is still a refusal
-            raise parse.InvalidDicom(f"pixel data does not decode: {str(exc)[:200]}",
-                                     parse.CANNOT_UNDERSTAND, sop_uid) from None
+class _Item:
+    """One object between its checks and its catalogue row."""
 
-    src = _encoded(lambda: source_identity(ds), sop_uid)
-    issuer = store.config.issuer_of_patient_id
-    meta = _descriptive(ds)
-    original_ids = _encoded(lambda: {k: ds[k] for k in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence")
-                                     if k in ds}, sop_uid)
-    for _attempt in range(5):
-        for keyword in ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence"):
-            if keyword in original_ids:
-                ds[keyword] = original_ids[keyword]
+    def __init__(self, ds: Dataset, facts: dict, encoded, src, original_ids: dict, thumb: bytes | None,
+                 decode_error: str, meta: dict, from_picture: bool):
+        self.ds, self.facts, self.encoded, self.src = ds, facts, encoded, src
+        self.original_ids, self.thumb, self.decode_error = original_ids, thumb, decode_error
+        self.meta, self.from_picture = meta, from_picture
+        self.linked: dict | None = None
+        self.new_patient: dict | None = None
+        self.row: dict = {}
+
+
+class Batch:
+    """Objects stored together (the parts of one STOW-RS request, or a single object).
+
+    `add` reads, checks, links and writes each object as it comes (refusals raise there,
+    one object at a time); its blobs are fsynced in the background meanwhile. `commit`
+    waits for those fsyncs, then writes every catalogue row, queue job and new patient in
+    ONE store.write, and returns one result per added object, in order. Nothing is
+    acknowledged before `commit` returned, which is when all of it is durable.
+
+    Objects of one batch that need the same new patient (same probe PatientID, or same
+    study) get one: later objects reuse the patient an earlier one will create."""
+
+    def __init__(self, store, source: str):
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}")
+        self.store, self.source = store, source
+        self._blobs = store.blobs.batch()
+        self._entries: list = []  # a final result (duplicate) or an _Item
+        self._new_by_study: dict[str, dict] = {}
+        self._new_by_alias: dict[tuple[str, str], dict] = {}
+
+    def add(self, data: bytes | Dataset, *, transfer_syntax: str | None = None, from_picture: bool = False,
+            raw: dict | None = None) -> int:
+        """Take one object (see put_instance for `data` and `raw`); returns its index in
+        `commit()`'s results. Raises parse.InvalidDicom when it is refused."""
+        store = self.store
+        cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
+        if isinstance(data, Dataset):
+            ds = data
+        else:
+            if len(data) > cap:
+                raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
+                               f"{store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
+            ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
+            raw = dict(ds._dict)  # the elements as received, before checking converts any
+        facts = parse.check(ds)
+        sop_uid = facts["sop_instance_uid"]
+        encoded = _encoded(lambda: parse.Encoded(ds, raw), sop_uid)  # the one full encoding
+
+        existing = get_instance(store, sop_uid)
+        if existing and encoded.digest in _digests(existing):
+            self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
+            return len(self._entries) - 1
+
+        decode_error, thumb = "", None
+        if facts["is_image"]:
+            try:
+                thumb = thumbnail_of(ds)
+            except DecodeError as exc:
+                if not uids.is_video(facts["transfer_syntax"]):
+                    raise parse.InvalidDicom(str(exc), parse.CANNOT_UNDERSTAND, sop_uid) from None
+                decode_error = str(exc)  # kept as sent (stored and synced); flagged for the UI
+            except Exception as exc:  # a codec failing in an unexpected way is still a refusal
+                raise parse.InvalidDicom(f"pixel data does not decode: {str(exc)[:200]}",
+                                         parse.CANNOT_UNDERSTAND, sop_uid) from None
+
+        item = _Item(ds, facts, encoded, _encoded(lambda: source_identity(ds), sop_uid),
+                     _encoded(lambda: {k: ds[k] for k in _IDENTITY_KEYWORDS if k in ds}, sop_uid),
+                     thumb, decode_error, _descriptive(ds), from_picture)
+        self._link(item, in_batch=True)
+        self._write(item, self._blobs)
+        self._entries.append(item)
+        return len(self._entries) - 1
+
+    def _link(self, item: _Item, in_batch: bool) -> None:
+        """Decide the kit patient (existing, or a new row inserted at commit)."""
+        store, src, facts = self.store, item.src, item.facts
+        issuer = store.config.issuer_of_patient_id
+        item.linked = store.read(lambda db: _link(db, store, src, issuer, facts))
+        item.new_patient = None
+        if item.linked is not None:
+            return
+        study = facts["study_instance_uid"]
+        alias = (src.issuer, src.patient_id) if src.patient_id and not src.is_generic else None
+        if in_batch:
+            earlier = self._new_by_study.get(study) or (self._new_by_alias.get(alias) if alias else None)
+            if earlier is not None:
+                item.linked = earlier  # created by an earlier object of this batch
+                return
+        item.new_patient = patients.make_row(
+            store.read(patients._fresh_id), name=src.name, birth_date=src.birth_date,
+            sex=src.sex if src.sex in ("M", "F", "O") else "", aliases=[list(alias)] if alias else [])
+        if in_batch:
+            self._new_by_study[study] = item.new_patient
+            if alias:
+                self._new_by_alias[alias] = item.new_patient
+
+    def _write(self, item: _Item, blobs) -> None:
+        """Stamp the kit identity on the copy and write it (and the preview) as blobs."""
+        ds, sop_uid = item.ds, item.facts["sop_instance_uid"]
+        for keyword in _IDENTITY_KEYWORDS:  # from the identity as received (again, on a retry)
+            if keyword in item.original_ids:
+                ds[keyword] = item.original_ids[keyword]
             elif keyword in ds:
                 del ds[keyword]
-        linked = store.read(lambda db: _link(db, store, src, issuer, facts))
-        new_patient = None
-        if linked is None:
-            new_patient = patients.make_row(
-                store.read(patients._fresh_id), name=src.name, birth_date=src.birth_date,
-                sex=src.sex if src.sex in ("M", "F", "O") else "",
-                aliases=[] if src.is_generic or not src.patient_id else [[src.issuer, src.patient_id]])
-            pid = new_patient["id"]
-        else:
-            pid = linked["id"]
-        _encoded(lambda: stamp(ds, pid, issuer), sop_uid)
-        # the two blobs are fsynced in parallel: the disk merges the flushes
-        thumb_future = _blob_pool.submit(store.blobs.put_bytes, thumb) if thumb else None
-        with store.blobs.writer() as writer:  # streamed: the pixel data is not copied again
-            _encoded(lambda: encoded.write_part10(_chunked(writer.write)), sop_uid)
-        blob = writer.ref
-        thumb_ref = thumb_future.result() if thumb_future else None
-        now = time.time()
-        row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
-                                           "series_instance_uid", "transfer_syntax", "frames", "rows",
-                                           "columns", "frame_time_ms")},
-               "patient_id": pid, "modality": facts["modality"],
-               "study_date": facts["study_date"], "blob": blob.addr, "size": blob.size,
-               "thumbnail": thumb_ref.addr if thumb_ref else None, "source": source,
-               "from_picture": bool(from_picture), "conflict": False, "received_at": now,
-               "decode_error": decode_error, "digest": digest, "conflicts": [], **meta}
-        try:
-            status, stored = store.write(lambda db: _commit(store, db, row, linked, new_patient, src, issuer, facts))
-        except _Raced:
-            continue
-        break
-    else:
+        pid = (item.new_patient or item.linked)["id"]
+        _encoded(lambda: stamp(ds, pid, self.store.config.issuer_of_patient_id), sop_uid)
+        thumb_ref = blobs.put_bytes(item.thumb) if item.thumb else None
+        with blobs.writer() as writer:  # streamed: the pixel data is not copied again
+            _encoded(lambda: item.encoded.write_part10(_chunked(writer.write)), sop_uid)
+        facts = item.facts
+        item.row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
+                                               "series_instance_uid", "transfer_syntax", "frames", "rows",
+                                               "columns", "frame_time_ms")},
+                    "patient_id": pid, "modality": facts["modality"],
+                    "study_date": facts["study_date"], "blob": writer.ref.addr, "size": writer.ref.size,
+                    "thumbnail": thumb_ref.addr if thumb_ref else None, "source": self.source,
+                    "from_picture": bool(item.from_picture), "conflict": False, "received_at": time.time(),
+                    "decode_error": item.decode_error, "digest": item.encoded.digest, "conflicts": [],
+                    **item.meta}
+
+    def commit(self) -> list[dict]:
+        store = self.store
+        self._blobs.wait()
+        items = [e for e in self._entries if isinstance(e, _Item)]
+        if items:
+            issuer = store.config.issuer_of_patient_id
+
+            def fn(db):
+                out = []
+                for item in items:
+                    try:
+                        out.append(_commit(store, db, item.row, item.linked, item.new_patient, item.src,
+                                           issuer, item.facts))
+                    except _Raced:
+                        out.append(None)
+                return out
+            done = dict(zip(map(id, items), store.write(fn)))
+            for item in items:
+                if done[id(item)] is None:  # another writer linked this study/patient first
+                    done[id(item)] = self._retry(item)
+        results = []
+        for entry in self._entries:
+            results.append(entry if isinstance(entry, dict) else self._announce(*done[id(entry)]))
+        return results
+
+    def _retry(self, item: _Item):
+        store, issuer = self.store, self.store.config.issuer_of_patient_id
+        for _attempt in range(5):
+            self._link(item, in_batch=False)
+            blobs = store.blobs.batch()
+            self._write(item, blobs)
+            blobs.wait()
+            try:
+                return store.write(lambda db: _commit(store, db, item.row, item.linked, item.new_patient,
+                                                      item.src, issuer, item.facts))
+            except _Raced:
+                continue
         raise RuntimeError("could not link the instance to a patient after 5 attempts")
-    if status == STORED:
-        store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
-                             source=source)
-        return _result(STORED, stored, "stored")
-    if status == CONFLICT:
-        log.warning("instance stored as a conflict: same SOP Instance UID, different content")
-        store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
-        return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
-                                         "kept as a conflict for review, the first copy is unchanged")
-    return _result(DUPLICATE, stored, "already stored with identical content")
+
+    def _announce(self, status: str, stored: dict) -> dict:
+        store, sop_uid = self.store, stored["sop_instance_uid"]
+        if status == STORED:
+            store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
+                                 source=self.source)
+            return _result(STORED, stored, "stored")
+        if status == CONFLICT:
+            log.warning("instance stored as a conflict: same SOP Instance UID, different content")
+            store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+            return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
+                                             "kept as a conflict for review, the first copy is unchanged")
+        return _result(DUPLICATE, stored, "already stored with identical content")
+
+
+_IDENTITY_KEYWORDS = ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence")
 
 
 def _chunked(write, size: int = 1 << 20):
