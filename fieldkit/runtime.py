@@ -173,11 +173,49 @@ def op_status(kit: Kit, args: dict, emit) -> dict:
     return kit.status()
 
 
+def _tls_adapter(cert: str, key: str):
+    """cheroot's TLS adapter, with a socket reader that reads request bodies in one go.
+
+    cheroot reads sockets through pure-Python buffered I/O, which fetches a large read one
+    TLS record (16 KiB) at a time into a fresh buffer the size of the whole read: for a
+    STOW-RS body that is most of the server's time. Reads of 64 KiB and more go straight
+    from the socket into a single buffer; request lines and headers are read as before."""
+    from cheroot.makefile import StreamReader
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    class BodyReader(StreamReader):
+        def read(self, size=-1):
+            if size is None or size < (64 << 10):
+                return super().read(size)
+            with self._read_lock:
+                buffered = self._read_buf[self._read_pos:self._read_pos + size]
+                self._read_pos += len(buffered)
+                buf = bytearray(size)
+                buf[:len(buffered)] = buffered
+                got, view = len(buffered), memoryview(buf)
+                while got < size:
+                    n = self.raw.readinto(view[got:])
+                    if not n:  # end of stream (or a non-blocking socket with nothing yet)
+                        break
+                    got += n
+                view.release()
+            self.bytes_read += got
+            del buf[got:]
+            return bytes(buf)
+
+    class Adapter(BuiltinSSLAdapter):
+        def makefile(self, sock, mode="r", bufsize=-1):
+            if "r" in mode:
+                return BodyReader(sock, mode, bufsize if bufsize > 0 else 8192)
+            return super().makefile(sock, mode, bufsize)
+
+    return Adapter(cert, key)
+
+
 def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
           dicom_port: int | None = None, ready=None) -> None:
     """Run until SIGTERM/SIGINT: HTTPS (cheroot, TLS), control socket, every service."""
     from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
 
     from .cli.control import ControlServer
     from .security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
@@ -205,7 +243,7 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     from .security.redact import cheroot_error_log
     server.error_log = cheroot_error_log()  # cheroot writes to stderr itself: route it through redaction
     tls = kit.data_dir / TLS_DIR
-    server.ssl_adapter = BuiltinSSLAdapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
     server.prepare()
     kit.http_port = server.bind_addr[1]
 

@@ -140,3 +140,52 @@ def test_odd_patient_values_never_reach_a_log_or_warning(store, caplog, recwarn)
     assert "Secretname" not in said and "19801332x" not in said and "7777777" not in said
     kept = instances.read_dataset(store, result["sop_instance_uid"])
     assert kept.PatientBirthDate == "19801332x"  # kept as sent
+
+
+def test_one_batch_makes_one_patient_per_probe_id_and_per_study(store):
+    """The parts of one STOW request are linked before any of them is committed: those
+    that need the same new patient must still get one."""
+    study_a, study_b = generate_uid(), generate_uid()
+    batch = instances.Batch(store, "stow")
+    for data in (capture("SONO-5", study_a), capture("SONO-5"),           # same probe id
+                 capture("ANONYMOUS", study_b), capture("", study_b),      # same study, no usable id
+                 capture("ANONYMOUS")):                                    # a patient of its own
+        batch.add(data)
+    assert instances.instance_rows(store) == []  # nothing visible before the commit
+    results = batch.commit()
+    assert [r["status"] for r in results] == ["stored"] * 5
+    pids = [r["patient_id"] for r in results]
+    assert pids[0] == pids[1] and pids[2] == pids[3] and len(set(pids)) == 3
+    assert len(patients.list_patients(store)) == 3
+    assert len(store.queue.rows(kind=KIND_INFER)) == 5 and len(store.queue.rows(kind=KIND_SYNC)) == 5
+
+
+def test_batch_after_a_concurrent_writer_took_the_study_relinks(store):
+    """Another path stores the same study between a batch's linking and its commit: the
+    batch's object is re-linked and re-stamped, not filed under a second new patient."""
+    study = generate_uid()
+    batch = instances.Batch(store, "stow")
+    batch.add(capture("ANONYMOUS", study))
+    other = instances.put_instance(store, capture("ANONYMOUS", study), "dimse")
+    [result] = batch.commit()
+    assert result["status"] == "stored" and result["patient_id"] == other["patient_id"]
+    assert len(patients.list_patients(store)) == 1
+    stored = instances.read_dataset(store, result["sop_instance_uid"])
+    assert stored.PatientID == other["patient_id"]
+
+
+def test_stored_copy_is_the_received_dataset_but_for_the_stamped_identity(store):
+    sent = capture("SONO-1")
+    result = instances.put_instance(store, sent, "stow")
+    row = instances.get_instance(store, result["sop_instance_uid"])
+    kept = store.blobs.get_bytes(row["blob"])
+    a, b = pydicom.dcmread(io.BytesIO(sent)), pydicom.dcmread(io.BytesIO(kept))
+    assert b.PatientID == result["patient_id"] and b.IssuerOfPatientID == store.config.issuer_of_patient_id
+    assert [o.PatientID for o in b.OtherPatientIDsSequence] == ["SONO-1"]
+    stamped = {0x00100020, 0x00100021, 0x00101002}
+    for elem in a:
+        if elem.tag not in stamped:
+            assert b[elem.tag].value == elem.value, elem.keyword
+    # the pixel data and everything around it are the bytes that were sent
+    assert kept.endswith(sent[sent.index(b"\xe0\x7f\x10\x00"):])
+    assert b.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID

@@ -353,3 +353,30 @@ def test_blob_reader_seeks_and_reads_a_header_without_the_rest(store):
         assert fh.read(50) == data[2 * (1 << 20) + 7: 2 * (1 << 20) + 57]
         fh.seek(0)
         assert fh.read() == data
+
+
+def test_batched_blobs_are_durable_and_readable_after_wait(store):
+    batch = store.blobs.batch()
+    datas = [os.urandom(n) for n in (10, 1 << 20, (1 << 20) + 3)]
+    refs = [batch.put_bytes(d) for d in datas]
+    batch.wait()
+    for ref, data in zip(refs, datas):
+        assert store.blobs.get_bytes(ref.addr) == data
+    assert not any((store.data_dir / "blobs" / "tmp").iterdir())  # every file moved into place
+    assert store.blobs.put_bytes(datas[0]) == refs[0]  # same address as an unbatched write
+
+
+def test_batched_blob_that_cannot_be_synced_fails_the_wait(store, monkeypatch):
+    import fieldkit.store.blobs as blobs
+
+    batch = store.blobs.batch()
+    real = os.fsync
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs.os, "fsync", failing)
+    batch.put_bytes(b"x" * 100)
+    with pytest.raises(StorageFull):
+        batch.wait()
+    monkeypatch.setattr(blobs.os, "fsync", real)

@@ -45,7 +45,8 @@ def source_identity(ds: Dataset) -> SourceIdentity:
 
 def stamp(ds: Dataset, patient_id: str, issuer: str) -> bool:
     """Set PatientID/IssuerOfPatientID to the kit's; keep a differing source ID in
-    OtherPatientIDsSequence. Returns True when anything changed (a coercion)."""
+    OtherPatientIDsSequence. Returns True when anything changed (a coercion). Only these
+    three attributes change (parse.STAMPED_TAGS: the stored copy re-encodes just them)."""
     before = source_identity(ds)
     if before.patient_id == patient_id and before.issuer == issuer:
         return False

@@ -213,6 +213,8 @@ def _check_truncation(ds: Dataset, refuse, depth: int = 0) -> None:
 
 # PatientID .. OtherPatientIDsSequence: the only part of a dataset the kit's stamp changes
 IDENTITY_FIRST, IDENTITY_LAST = 0x00100020, 0x00101002
+# what dicom.identity.stamp sets: PatientID, IssuerOfPatientID, OtherPatientIDsSequence
+STAMPED_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002})
 
 
 PIXEL_DATA = 0x7FE00010
@@ -260,7 +262,7 @@ class Encoded:
         else:
             self._tail = [self._encode(tail)]
         h = hashlib.sha256(self._head)
-        h.update(self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST]))
+        h.update(self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST], stamped=()))
         for piece in self._tail:
             h.update(piece)
         self.digest = h.hexdigest()
@@ -301,11 +303,12 @@ class Encoded:
             return None
         return head + value + (struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else b"")
 
-    def _encode(self, tags: list) -> bytes:
-        """Elements in tag order: those as received copied, the rest encoded by pydicom."""
+    def _encode(self, tags: list, stamped=STAMPED_TAGS) -> bytes:
+        """Elements in tag order: those as received copied, the rest (and those the stamp
+        may have changed) encoded by pydicom."""
         out, pending = [], []
         for t in tags:
-            same = self._as_received(t) if not IDENTITY_FIRST <= t <= IDENTITY_LAST else None
+            same = None if t in stamped else self._as_received(t)
             if same is None:
                 pending.append(t)
                 continue
