@@ -156,3 +156,34 @@ def test_stored_copies_are_well_formed_for_dcmtk(need, tmp_path):
         assert proc.returncode == 0 and problems == [], (i, problems[:3])
         again = pydicom.dcmread(path)
         assert again.PatientID == "U-1" and again.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+@pytest.mark.parametrize("source_id, issuer", [("SONO-77", ""), ("SONO-77", "PROBE-A"), ("", ""),
+                                                ("Müller-1", ""), ("A\\B", "")])
+def test_stamped_identity_is_encoded_as_pydicom_would(syntax, source_id, issuer):
+    """The stored copy's identity slice is written directly when it is plain text; it must
+    be byte for byte what pydicom's writer makes, and anything else goes to pydicom."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    ds.PatientID = source_id
+    if issuer:
+        ds.IssuerOfPatientID = issuer
+    ds.file_meta.TransferSyntaxUID = syntax
+    uid = pydicom.uid.UID(syntax)
+    if not uid.is_little_endian:  # big endian: the pixel bytes are words
+        ds.PixelData = ds.PixelData
+    enc = parse.Encoded(ds)
+    stamp(ds, "U-ABC123", "FIELDKIT-K1")
+    ident = [t for t in sorted(map(int, ds._dict)) if parse.IDENTITY_FIRST <= t <= parse.IDENTITY_LAST]
+    sub = pydicom.Dataset({pydicom.tag.BaseTag(t): ds.get_item(t) for t in ident})
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
+    write_dataset(fp, sub)
+    assert enc._pydicom_encode(ident) == fp.getvalue()
+    back = parse.read_part10(enc.part10())
+    assert back.PatientID == "U-ABC123" and back.IssuerOfPatientID == "FIELDKIT-K1"
+    if source_id and "\\" not in source_id:  # a backslash makes two values; pydicom's business
+        assert [o.PatientID for o in back.OtherPatientIDsSequence] == [source_id]

@@ -321,12 +321,49 @@ class Encoded:
         return b"".join(out)
 
     def _pydicom_encode(self, tags: list) -> bytes:
+        quick = self._plain_text(self._ds, tags)
+        if quick is not None:
+            return quick
         sub = Dataset({BaseTag(t): self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
         sub.set_original_encoding(self._implicit, self._little, self._ds.original_character_set)
         fp = DicomBytesIO()
         fp.is_implicit_VR, fp.is_little_endian = self._implicit, self._little
         write_dataset(fp, sub, parent_encoding=self._ds._character_set)
         return fp.getvalue()
+
+    def _plain_text(self, ds: Dataset, tags: list, depth: int = 0) -> bytes | None:
+        """The stamped identity (short ASCII text values, a sequence of them) encoded
+        directly, as pydicom would; None for anything else, which pydicom then encodes.
+        pydicom's generic writer costs more per stamp than copying a whole still."""
+        e = "<" if self._little else ">"
+        out = []
+        for t in tags:
+            elem = ds.get_item(t)
+            if isinstance(elem, RawDataElement) or elem is None:
+                return None
+            if elem.VR == "SQ" and depth == 0 and elem.value is not None:
+                items = []
+                for item in elem.value:
+                    body = self._plain_text(item, sorted(map(int, item._dict)), depth + 1)
+                    if body is None:
+                        return None
+                    items.append(struct.pack(e + "HHL", 0xFFFE, 0xE000, len(body)) + body)
+                value, vr = b"".join(items), "SQ"
+            elif elem.VR in ("LO", "SH", "CS") and isinstance(elem.value, str) and elem.value.isascii() \
+                    and "\\" not in elem.value:
+                value, vr = elem.value.encode("ascii"), elem.VR
+                value += b" " * (len(value) % 2)
+            else:
+                return None
+            head = struct.pack(e + "HH", t >> 16, t & 0xFFFF)
+            if self._implicit:
+                head += struct.pack(e + "L", len(value))
+            elif vr == "SQ":
+                head += b"SQ\0\0" + struct.pack(e + "L", len(value))
+            else:
+                head += vr.encode() + struct.pack(e + "H", len(value))
+            out.append(head + value)
+        return b"".join(out)
 
     def write_part10(self, write, implementation_version: str = "FIELDKIT") -> None:
         """Write the Part-10 file the kit stores, piece by piece, to `write`: file meta

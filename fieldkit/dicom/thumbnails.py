@@ -75,10 +75,12 @@ def _native_rgb_preview(ds: Dataset, max_side: int) -> bytes | None:
 def _jpeg_preview(ds: Dataset, max_side: int) -> bytes | None:
     try:
         ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        if ts not in (uids.JPEG_BASELINE, uids.JPEG_EXTENDED):
+            return None
         pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
         spp, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 0) or 0)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if ts not in (uids.JPEG_BASELINE, uids.JPEG_EXTENDED) or bits != 8:
+        if bits != 8:
             return None
         if not ((spp == 3 and pi in ("YBR_FULL_422", "YBR_FULL")) or
                 (spp == 1 and pi == "MONOCHROME2" and not _has_luts(ds))):

@@ -18,6 +18,8 @@ import hmac
 import io
 import os
 import struct
+import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +47,11 @@ def _aad(file_id: bytes, index: int, last: bool) -> bytes:
 class _SealedFileWriter:
     """Chunks → sealed frames in one file; shared by blobs and the temp spool."""
 
-    def __init__(self, path: Path, sealer: Sealer):
+    def __init__(self, path: Path, sealer: Sealer, fd: int | None = None):
         self.path = path
         self._sealer = sealer
         self._file_id = os.urandom(16)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if fd is None else fd
         self._buf = bytearray()
         self._index = 0
         self.size = 0
@@ -137,8 +139,8 @@ class BlobWriter:
         self._store = store
         self._batch = batch
         self._mac = hmac.new(store._id_key, digestmod=hashlib.sha256)
-        self._tmp = store._tmp_path()
-        self._out = _SealedFileWriter(self._tmp, store._sealer)
+        self._tmp, fd = store._take_tmp() if batch is not None else (store._tmp_path(), None)
+        self._out = _SealedFileWriter(self._tmp, store._sealer, fd)
         self.ref: BlobRef | None = None
 
     def write(self, data: bytes) -> int:
@@ -195,6 +197,7 @@ class BlobBatch:
 
     def _add(self, fd: int, tmp: Path, addr: str) -> None:
         self._jobs.append((_sync_pool.submit(self._store._sync_and_place, fd, tmp, addr), tmp))
+        self._store._refill_tmp()
 
     def wait(self) -> None:
         """Raise the first storage error (after every job ended: none is left running)."""
@@ -336,6 +339,8 @@ class BlobStore:
         self._id_key = id_key
         self._tmp = self.root / "tmp"
         self._durable_dirs: set[str] = set()  # fan-out directories whose entry this process fsynced
+        self._spare: deque[tuple[Path, int]] = deque()  # temp files created ahead, open for writing
+        self._refilling = threading.Lock()
         self.root.mkdir(mode=0o700, exist_ok=True)
         self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
@@ -343,6 +348,30 @@ class BlobStore:
 
     def _tmp_path(self) -> Path:
         return self._tmp / os.urandom(12).hex()
+
+    # Creating a file waits on the file system's journal, which the background fsyncs keep
+    # busy: batched writers take temp files the sync threads created ahead of time.
+    SPARE_FILES = 8
+
+    def _take_tmp(self) -> tuple[Path, int | None]:
+        try:
+            return self._spare.popleft()
+        except IndexError:
+            return self._tmp_path(), None
+
+    def _refill_tmp(self) -> None:
+        if len(self._spare) < self.SPARE_FILES // 2 and self._refilling.acquire(blocking=False):
+            _sync_pool.submit(self._create_spares)
+
+    def _create_spares(self) -> None:
+        try:
+            while len(self._spare) < self.SPARE_FILES:
+                path = self._tmp_path()
+                self._spare.append((path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+        except OSError:
+            pass  # writers create their own file and report the error themselves
+        finally:
+            self._refilling.release()
 
     def path(self, addr: str) -> Path:
         if len(addr) != 64 or not all(c in "0123456789abcdef" for c in addr):
