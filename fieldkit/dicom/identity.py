@@ -43,11 +43,11 @@ def source_identity(ds: Dataset) -> SourceIdentity:
     )
 
 
-def stamp(ds: Dataset, patient_id: str, issuer: str) -> bool:
+def stamp(ds: Dataset, patient_id: str, issuer: str, before: SourceIdentity | None = None) -> bool:
     """Set PatientID/IssuerOfPatientID to the kit's; keep a differing source ID in
     OtherPatientIDsSequence. Returns True when anything changed (a coercion). Only these
     three attributes change (parse.STAMPED_TAGS: the stored copy re-encodes just them)."""
-    before = source_identity(ds)
+    before = before or source_identity(ds)  # callers that read it already pass it in
     if before.patient_id == patient_id and before.issuer == issuer:
         return False
     if before.patient_id and before.patient_id != patient_id:

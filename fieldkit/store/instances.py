@@ -225,7 +225,7 @@ class Batch:
             elif keyword in ds:
                 del ds[keyword]
         pid = (item.new_patient or item.linked)["id"]
-        _encoded(lambda: stamp(ds, pid, self.store.config.issuer_of_patient_id), sop_uid)
+        _encoded(lambda: stamp(ds, pid, self.store.config.issuer_of_patient_id, item.src), sop_uid)
         thumb_ref = blobs.put_bytes(item.thumb) if item.thumb else None
         with blobs.writer() as writer:  # streamed: the pixel data is not copied again
             _encoded(lambda: item.encoded.write_part10(_chunked(writer.write)), sop_uid)
