@@ -77,3 +77,25 @@ def test_multipart_parts_small_in_memory_large_through_the_spool(store):
     assert [r["status"] for r in out] == ["stored", "stored", "duplicate"], out
     frames = {instances.get_instance(store, r["sop_instance_uid"])["frames"] for r in out}
     assert frames == {2, 22}
+
+
+def test_a_stow_batch_of_large_cines_holds_about_one_at_a_time(store):
+    """The parts of one STOW request are committed together; the objects themselves must
+    not wait in memory for that commit."""
+    from fieldkit.ingest.upload import store_multipart
+
+    cines = [_cine_bytes(40) for _ in range(4)]  # ~9 MB each: every one goes through the spool
+    boundary = "cine-boundary"
+    body = b"".join(b"\r\n--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + c
+                    for c in cines) + b"\r\n--" + boundary.encode() + b"--"
+    chunks = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+    del body
+    tracemalloc.start()
+    try:
+        results = store_multipart(store, iter(chunks), boundary, source="stow",
+                                  default_type="application/dicom", max_bytes=1 << 30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r["status"] for r in results] == ["stored"] * 4
+    assert peak < 2.5 * len(cines[0]), f"peak {peak / 1e6:.0f} MB for 4 objects of {len(cines[0]) / 1e6:.0f} MB"

@@ -124,6 +124,7 @@ class _Item:
         self.ds, self.facts, self.encoded, self.src = ds, facts, encoded, src
         self.original_ids, self.thumb, self.decode_error = original_ids, thumb, decode_error
         self.meta, self.from_picture = meta, from_picture
+        self.digest = encoded.digest
         self.linked: dict | None = None
         self.new_patient: dict | None = None
         self.row: dict = {}
@@ -190,6 +191,9 @@ class Batch:
                      thumb, decode_error, _descriptive(ds), from_picture)
         self._link(item, in_batch=True)
         self._write(item, self._blobs)
+        # let go of the parsed object: a batch of large cines must not sit in memory until
+        # its commit (a rare retry reads the written copy back)
+        item.ds = item.encoded = item.thumb = None
         self._entries.append(item)
         return len(self._entries) - 1
 
@@ -218,7 +222,11 @@ class Batch:
 
     def _write(self, item: _Item, blobs) -> None:
         """Stamp the kit identity on the copy and write it (and the preview) as blobs."""
-        ds, sop_uid = item.ds, item.facts["sop_instance_uid"]
+        sop_uid = item.facts["sop_instance_uid"]
+        if item.ds is None:  # a retry: the copy written first differs only in its identity
+            ds = parse.read_part10(self.store.blobs.open(item.row["blob"], item.row["size"]))
+            item.ds, item.encoded = ds, _encoded(lambda: parse.Encoded(ds), sop_uid)
+        ds = item.ds
         for keyword in _IDENTITY_KEYWORDS:  # from the identity as received (again, on a retry)
             if keyword in item.original_ids:
                 ds[keyword] = item.original_ids[keyword]
@@ -226,7 +234,7 @@ class Batch:
                 del ds[keyword]
         pid = (item.new_patient or item.linked)["id"]
         _encoded(lambda: stamp(ds, pid, self.store.config.issuer_of_patient_id, item.src), sop_uid)
-        thumb_ref = blobs.put_bytes(item.thumb) if item.thumb else None
+        thumb = blobs.put_bytes(item.thumb).addr if item.thumb else item.row.get("thumbnail")
         with blobs.writer() as writer:  # streamed: the pixel data is not copied again
             _encoded(lambda: item.encoded.write_part10(_chunked(writer.write)), sop_uid)
         facts = item.facts
@@ -235,9 +243,9 @@ class Batch:
                                                "columns", "frame_time_ms")},
                     "patient_id": pid, "modality": facts["modality"],
                     "study_date": facts["study_date"], "blob": writer.ref.addr, "size": writer.ref.size,
-                    "thumbnail": thumb_ref.addr if thumb_ref else None, "source": self.source,
+                    "thumbnail": thumb, "source": self.source,
                     "from_picture": bool(item.from_picture), "conflict": False, "received_at": time.time(),
-                    "decode_error": item.decode_error, "digest": item.encoded.digest, "conflicts": [],
+                    "decode_error": item.decode_error, "digest": item.digest, "conflicts": [],
                     **item.meta}
 
     def commit(self) -> list[dict]:
@@ -271,6 +279,7 @@ class Batch:
             self._link(item, in_batch=False)
             blobs = store.blobs.batch()
             self._write(item, blobs)
+            item.ds = item.encoded = None
             blobs.wait()
             try:
                 return store.write(lambda db: _commit(store, db, item.row, item.linked, item.new_patient,
