@@ -200,3 +200,17 @@ def test_parallel_guesses_cannot_outrun_the_lockout(sec_store, fake_clock):
     assert reasons.count("locked out") >= len(guesses) - 3
     assert accounts.verify_login(sec_store, "amina", "483920", lockout=lockout).reason == "locked out"
     assert accounts.audit_verify(sec_store).ok
+
+
+def test_names_that_are_not_accounts_are_slowed_the_same_way(sec_store, fake_clock):
+    """A lockout only for real accounts would tell an attacker which names exist."""
+    lockout = pw.Lockout(pw.LockoutPolicy(free_failures=3, base_delay=30, max_delay=600), fake_clock)
+    accounts.create_user(sec_store, "amina", "483920", roles.CLINICIAN)
+    real = [accounts.verify_login(sec_store, "amina", "999999", lockout=lockout) for _ in range(4)]
+    ghost = [accounts.verify_login(sec_store, "nobody-here", "999999", lockout=lockout) for _ in range(4)]
+    assert [r.reason for r in real][-1] == [r.reason for r in ghost][-1] == "locked out"
+    assert [r.retry_after > 0 for r in real] == [r.retry_after > 0 for r in ghost]
+    fake_clock.advance(31)
+    assert accounts.verify_login(sec_store, "nobody-here", "999999", lockout=lockout).reason == "unknown user"
+    denied = [e for e in accounts.audit_events(sec_store) if e["outcome"] == "denied"]
+    assert {e["actor"] for e in denied} == {"amina", "nobody-here"}

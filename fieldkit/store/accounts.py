@@ -21,6 +21,8 @@ serialised by a per-account lock so that parallel guesses cannot outrun the lock
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,10 +197,7 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
     with _account_lock(key):
         doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
         if doc is None:
-            pw.burn_verify(typed)
-            audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.FAILED,
-                         detail={"reason": "unknown user", "remote": remote})
-            return LoginResult(False, reason="unknown user")
+            return _unknown_user(store, key, shown_name, typed, lockout, remote)
         remaining, reanchored = lockout.remaining(key, doc.get("lockout"))
         if reanchored is not None:
             store.write(lambda db: db.table(T_USERS).update({"lockout": reanchored}, Query().key == key))
@@ -234,6 +233,34 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
 
         store.write(ok_tx)
         return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
+
+
+# Names that are not accounts get the same backoff as accounts (kept in memory only):
+# otherwise "Too many attempts" after N guesses would tell which names exist.
+_unknown_lockouts: "weakref.WeakKeyDictionary[Any, OrderedDict[str, dict]]" = weakref.WeakKeyDictionary()
+_unknown_guard = threading.Lock()
+_UNKNOWN_KEPT = 10_000
+
+
+def _unknown_user(store, key: str, shown_name: str, typed: str, lockout: pw.Lockout, remote: str) -> LoginResult:
+    with _unknown_guard:
+        states = _unknown_lockouts.setdefault(store, OrderedDict())
+        state = states.get(key)
+    remaining, _ = lockout.remaining(key, state)
+    if remaining > 0:
+        audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.DENIED,
+                     detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
+        return LoginResult(False, reason="locked out", retry_after=remaining)
+    pw.burn_verify(typed)
+    new_state = lockout.failure(key, state)
+    with _unknown_guard:
+        states[key] = new_state
+        states.move_to_end(key)
+        while len(states) > _UNKNOWN_KEPT:
+            states.popitem(last=False)
+    audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.FAILED,
+                 detail={"reason": "unknown user", "remote": remote})
+    return LoginResult(False, reason="unknown user", retry_after=new_state["delay"])
 
 
 def user_principal(store, name: str) -> Principal | None:
