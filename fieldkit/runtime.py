@@ -179,14 +179,14 @@ def _tls_adapter(cert: str, key: str):
 
     cheroot reads sockets through pure-Python buffered I/O, which fetches a large read one
     TLS record (16 KiB) at a time into a fresh buffer the size of the whole read: for a
-    STOW-RS body that is most of the server's time. Reads of 64 KiB and more go straight
+    STOW-RS body that is most of the server's time. Reads of 64 KiB to 16 MiB go straight
     from the socket into a single buffer; request lines and headers are read as before."""
     from cheroot.makefile import StreamReader
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
     class BodyReader(StreamReader):
         def read(self, size=-1):
-            if size is None or size < (64 << 10):
+            if size is None or not (64 << 10) <= size <= (16 << 20):  # the kit reads bodies in 1 MiB
                 return super().read(size)
             with self._read_lock:
                 buffered = self._read_buf[self._read_pos:self._read_pos + size]
