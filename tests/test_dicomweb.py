@@ -193,3 +193,28 @@ def test_study_and_series_retrieve_metadata_rendered_and_thumbnail(kit_server):
     series_found = client.search_for_series(search_filters={"Modality": "US", "StudyInstanceUID": study})
     assert [s["0020000E"]["Value"][0] for s in series_found] == [series]
     assert series_found[0]["00201209"]["Value"] == [3]
+
+
+def test_large_stow_bodies_arrive_whole_chunked_or_not(kit_server):
+    """A multi-megabyte STOW body, sent chunked in odd-sized pieces and sent with a
+    Content-Length, is read whole: every part stored, pixels intact."""
+    token = kit_server.token("dicomweb-client")
+    http = requests.Session()
+    http.verify, http.trust_env = kit_server.ca, False
+    for chunked in (True, False):
+        sent = [_fresh("examples_ybr_color.dcm") for _ in range(4)] + [_fresh("examples_rgb_color.dcm") for _ in range(8)]
+        boundary = "large-body-boundary"
+        body = b"".join(b"\r\n--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + dataset_bytes(d)
+                        for d in sent) + b"\r\n--" + boundary.encode() + b"--"
+        assert len(body) > 2 << 20
+        pieces = [body[i:i + 777_777] for i in range(0, len(body), 777_777)]
+        r = http.post(f"{kit_server.url}/dicom-web/studies", data=iter(pieces) if chunked else body,
+                      timeout=120, headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        assert r.status_code == 200, r.text[:300]
+        stored = {i["00081155"]["Value"][0] for i in r.json()["00081199"]["Value"]}
+        assert stored == {str(d.SOPInstanceUID) for d in sent}
+        client = _client(kit_server)
+        back = client.retrieve_instance(str(sent[0].StudyInstanceUID), str(sent[0].SeriesInstanceUID),
+                                        str(sent[0].SOPInstanceUID))
+        assert back.PixelData == sent[0].PixelData
