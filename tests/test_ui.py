@@ -271,8 +271,13 @@ def test_expired_session_keeps_what_was_typed(tablet, ui_browser, ui_kit):
     page.fill("#username", "clin1")
     page.fill("#password", "clinician password 1")
     page.click("button[type=submit]")
-    page.wait_for_url(f"**/patients/{TAG}", timeout=10000)
-    assert page.input_value("#d-name") == "Jane Doe"
+    # back where the session ran out; "commit", not "load": the page's previews need not
+    # all have arrived for the drafts to come back (a busy kit serves them a little later)
+    try:
+        page.wait_for_url(f"**/patients/{TAG}", timeout=20000, wait_until="commit")
+    except Exception:
+        raise AssertionError(f"signing in again led to {page.url}: {page.inner_text('body')[:300]!r}") from None
+    page.wait_for_function("() => document.getElementById('d-name')?.value === 'Jane Doe'", timeout=15000)
     assert page.input_value("#d-note") == "arrived by boat"
     page.click("#details button[type=submit]")
     page.wait_for_function("() => document.getElementById('notes').textContent.includes('arrived by boat')")
