@@ -212,6 +212,8 @@ def test_large_stow_bodies_arrive_whole_chunked_or_not(kit_server):
                       timeout=120, headers={"Authorization": f"Bearer {token}",
                                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
         assert r.status_code == 200, r.text[:300]
+        spent = {k: float(v) for k, v in (item.split(";dur=") for item in r.headers["Server-Timing"].split(", "))}
+        assert set(spent) == {"parts", "body", "commit"} and spent["parts"] > 0 and min(spent.values()) >= 0
         stored = {i["00081155"]["Value"][0] for i in r.json()["00081199"]["Value"]}
         assert stored == {str(d.SOPInstanceUID) for d in sent}
         client = _client(kit_server)

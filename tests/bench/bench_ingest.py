@@ -3,7 +3,9 @@
 - storescu of a 300-instance ultrasound corpus (mostly single-frame RGB, some 30-frame
   JPEG cines, fresh UIDs) into a running `fieldkit serve` and into Orthanc: instances/s;
 - STOW-RS of a second copy of the corpus (fresh UIDs) with dicomweb-client, in requests of
-  10 instances: instances/s;
+  10 instances: instances/s, and where a kit request's time goes (the kit's Server-Timing
+  header: storing the parts, reading the body, the durable commit; the rest is the client
+  and the HTTP exchange);
 - the kit's peak RSS during the run (VmHWM).
 
 Run: python tests/bench/bench_ingest.py [--instances N]. Prints ratio lines; asserts nothing.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,12 +66,29 @@ def storescu(port: int, aec: str, paths: list[Path]) -> float:
     return elapsed
 
 
-def stow(client: DICOMwebClient, paths: list[Path], batch: int = 10) -> float:
+def stow(client: DICOMwebClient, paths: list[Path], batch: int = 10, session: requests.Session | None = None,
+         spent: list | None = None) -> float:
+    """STOW-RS the files in requests of `batch`; with the client's `session` and `spent`,
+    one dict per request: its wall time and the kit's Server-Timing entries (ms)."""
     datasets = [pydicom.dcmread(p) for p in paths]
+    timings: list[dict] = []
+    if spent is not None:
+        session.hooks["response"].append(lambda r, *a, **k: timings.append(
+            {k: float(v) for k, v in (i.split(";dur=") for i in r.headers.get("Server-Timing", "").split(", ") if i)}))
     start = time.perf_counter()
     for i in range(0, len(datasets), batch):
+        begun = time.perf_counter()
         client.store_instances(datasets[i:i + batch])
+        if spent is not None and timings:
+            spent.append({**timings[-1], "wall": (time.perf_counter() - begun) * 1000})
     return time.perf_counter() - start
+
+
+def stow_breakdown(spent: list[dict]) -> str:
+    med = {k: statistics.median(s[k] for s in spent) for k in ("wall", "parts", "body", "commit")}
+    outside = med["wall"] - med["parts"] - med["body"] - med["commit"]
+    return (f"kit STOW request (median of {len(spent)}): {med['wall']:.1f} ms = parts {med['parts']:.1f} + "
+            f"body {med['body']:.1f} + commit {med['commit']:.1f} + outside the kit's handler {outside:.1f}")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -118,9 +138,12 @@ def main() -> None:
         plain = requests.Session()
         plain.trust_env = False
         orthanc_client = DICOMwebClient(orthanc.base_url, session=plain)
-        t_kit_stow = stow(kit_client, stow_kit)
+        spent: list[dict] = []
+        t_kit_stow = stow(kit_client, stow_kit, session=session, spent=spent)
         t_orthanc_stow = stow(orthanc_client, stow_orthanc)
         print(f"STOW-RS: kit {n / t_kit_stow:.1f} inst/s, Orthanc {n / t_orthanc_stow:.1f} inst/s")
+        print(stow_breakdown(spent))
+        print(f"Orthanc STOW request: {t_orthanc_stow / (n / 10) * 1000:.1f} ms")
         print(f"ratio stow kit/orthanc = {t_orthanc_stow / t_kit_stow:.2f} (target >= 1.5)")
         rss = peak_rss_mb(kit.proc.pid)
         print(f"kit peak RSS = {rss:.0f} MB (target <= 300)")
