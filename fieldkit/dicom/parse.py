@@ -224,6 +224,20 @@ _SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "I
                         "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 
 
+def element_header(tag: int, vr: str | None, length: int, implicit: bool = False, little: bool = True) -> bytes | None:
+    """The bytes before an element's value (tag, VR, length) in the given encoding, or
+    None when the VR cannot carry that length in explicit VR (then pydicom decides)."""
+    e = "<" if little else ">"
+    head = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack(e + "L", length)
+    if vr in _LONG_VRS:
+        return head + vr.encode() + b"\0\0" + struct.pack(e + "L", length)
+    if vr in _SHORT_VRS and length <= 0xFFFF:
+        return head + vr.encode() + struct.pack(e + "H", length)
+    return None
+
+
 class Encoded:
     """The dataset encoded once, in its own transfer syntax, in slices: before the identity
     attributes, the identity attributes, after them. Elements nobody converted or changed
@@ -268,16 +282,15 @@ class Encoded:
         self.digest = h.hexdigest()
 
     def _raw_pixels(self, raw: RawDataElement) -> list:
-        e = "<" if self._little else ">"
         undefined = raw.length == 0xFFFFFFFF
         value = raw.value
         pad = b"\0" if not undefined and len(value) % 2 else b""
         length = 0xFFFFFFFF if undefined else len(value) + len(pad)
-        header = struct.pack(e + "HH", 0x7FE0, 0x0010)
-        header += struct.pack(e + "L", length) if self._implicit else \
-            raw.VR.encode() + b"\0\0" + struct.pack(e + "L", length)
-        trailer = struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else pad
-        return [header, value, trailer]
+        header = element_header(PIXEL_DATA, raw.VR, length, self._implicit, self._little)
+        return [header, value, self._delimiter() if undefined else pad]
+
+    def _delimiter(self) -> bytes:
+        return struct.pack("<HHL" if self._little else ">HHL", 0xFFFE, 0xE0DD, 0)
 
     def _as_received(self, tag: int) -> bytes | None:
         """An element never converted, written back exactly as it came (header and value),
@@ -291,17 +304,10 @@ class Encoded:
         undefined = length == 0xFFFFFFFF
         if not undefined and (length != len(value) or length % 2):
             return None
-        e = "<" if self._little else ">"
-        head = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)
-        if self._implicit:
-            head += struct.pack(e + "L", length)
-        elif raw.VR in _LONG_VRS:
-            head += raw.VR.encode() + b"\0\0" + struct.pack(e + "L", length)
-        elif raw.VR in _SHORT_VRS and not undefined:
-            head += raw.VR.encode() + struct.pack(e + "H", length)
-        else:
+        head = element_header(tag, raw.VR, length, self._implicit, self._little)
+        if head is None:
             return None
-        return head + value + (struct.pack(e + "HHL", 0xFFFE, 0xE0DD, 0) if undefined else b"")
+        return head + value + (self._delimiter() if undefined else b"")
 
     def _encode(self, tags: list, stamped=STAMPED_TAGS) -> bytes:
         """Elements in tag order: those as received copied, the rest (and those the stamp
@@ -355,13 +361,9 @@ class Encoded:
                 value += b" " * (len(value) % 2)
             else:
                 return None
-            head = struct.pack(e + "HH", t >> 16, t & 0xFFFF)
-            if self._implicit:
-                head += struct.pack(e + "L", len(value))
-            elif vr == "SQ":
-                head += b"SQ\0\0" + struct.pack(e + "L", len(value))
-            else:
-                head += vr.encode() + struct.pack(e + "H", len(value))
+            head = element_header(t, vr, len(value), self._implicit, self._little)
+            if head is None:
+                return None
             out.append(head + value)
         return b"".join(out)
 
@@ -401,21 +403,19 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
     """The file meta group (0002) of a stored copy, explicit VR little endian as PS3.10
     requires. Built directly: it is six fixed elements, and pydicom's generic writer costs
     more than the rest of storing a still image."""
-    def element(elem: int, vr: bytes, value: bytes) -> bytes:
-        if vr == b"OB":
-            return struct.pack("<HH2s2xL", 0x0002, elem, vr, len(value)) + value
-        return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+    def element(elem: int, vr: str, value: bytes) -> bytes:
+        return element_header(0x00020000 | elem, vr, len(value)) + value
 
     def uid(value: str) -> bytes:
         data = value.encode("ascii")
         return data + b"\0" * (len(data) % 2)
 
     version = implementation_version.encode("ascii")[:16]
-    body = (element(0x0001, b"OB", b"\0\1") + element(0x0002, b"UI", uid(sop_class)) +
-            element(0x0003, b"UI", uid(sop_instance)) + element(0x0010, b"UI", uid(transfer_syntax)) +
-            element(0x0012, b"UI", uid(pydicom.uid.PYDICOM_IMPLEMENTATION_UID)) +
-            element(0x0013, b"SH", version + b" " * (len(version) % 2)))
-    return element(0x0000, b"UL", struct.pack("<L", len(body))) + body
+    body = (element(0x0001, "OB", b"\0\1") + element(0x0002, "UI", uid(sop_class)) +
+            element(0x0003, "UI", uid(sop_instance)) + element(0x0010, "UI", uid(transfer_syntax)) +
+            element(0x0012, "UI", uid(pydicom.uid.PYDICOM_IMPLEMENTATION_UID)) +
+            element(0x0013, "SH", version + b" " * (len(version) % 2)))
+    return element(0x0000, "UL", struct.pack("<L", len(body))) + body
 
 
 def content_digest(ds: Dataset) -> str:
