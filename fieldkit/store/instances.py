@@ -128,6 +128,7 @@ class _Item:
         self.linked: dict | None = None
         self.new_patient: dict | None = None
         self.row: dict = {}
+        self.outcome: tuple[str, dict] | None = None  # (status, row) once committed
 
 
 class Batch:
@@ -253,28 +254,20 @@ class Batch:
         self._blobs.wait()
         items = [e for e in self._entries if isinstance(e, _Item)]
         if items:
-            issuer = store.config.issuer_of_patient_id
-
             def fn(db):
-                out = []
                 for item in items:
                     try:
-                        out.append(_commit(store, db, item.row, item.linked, item.new_patient, item.src,
-                                           issuer, item.facts))
+                        item.outcome = _commit(store, db, item)
                     except _Raced:
-                        out.append(None)
-                return out
-            done = dict(zip(map(id, items), store.write(fn)))
+                        item.outcome = None
+            store.write(fn)
             for item in items:
-                if done[id(item)] is None:  # another writer linked this study/patient first
-                    done[id(item)] = self._retry(item)
-        results = []
-        for entry in self._entries:
-            results.append(entry if isinstance(entry, dict) else self._announce(*done[id(entry)]))
-        return results
+                if item.outcome is None:  # another writer linked this study/patient first
+                    item.outcome = self._retry(item)
+        return [entry if isinstance(entry, dict) else self._announce(*entry.outcome) for entry in self._entries]
 
     def _retry(self, item: _Item):
-        store, issuer = self.store, self.store.config.issuer_of_patient_id
+        store = self.store
         for _attempt in range(5):
             self._link(item, in_batch=False)
             blobs = store.blobs.batch()
@@ -282,8 +275,7 @@ class Batch:
             item.ds = item.encoded = None
             blobs.wait()
             try:
-                return store.write(lambda db: _commit(store, db, item.row, item.linked, item.new_patient,
-                                                      item.src, issuer, item.facts))
+                return store.write(lambda db: _commit(store, db, item))
             except _Raced:
                 continue
         raise RuntimeError("could not link the instance to a patient after 5 attempts")
@@ -331,8 +323,9 @@ def _link(db, store, src, issuer: str, facts: dict) -> dict | None:
                          study_patient_id=_study_patient(db, store, facts["study_instance_uid"]))
 
 
-def _commit(store, db, row: dict, linked, new_patient, src, issuer, facts):
+def _commit(store, db, item: _Item):
     """Inside store.write: validation first (may raise _Raced), then every change."""
+    row, linked, new_patient, facts = item.row, item.linked, item.new_patient, item.facts
     sop_uid = row["sop_instance_uid"]
     existing = _doc_for(db, store, sop_uid)
     if existing is not None:
@@ -342,7 +335,7 @@ def _commit(store, db, row: dict, linked, new_patient, src, issuer, facts):
         conflicts = list(existing.get("conflicts") or []) + [copy]
         db.table(T_INSTANCES).update({"conflict": True, "conflicts": conflicts}, doc_ids=[existing.doc_id])
         return CONFLICT, {**existing, "conflict": True, "conflicts": conflicts}
-    now_linked = _link(db, store, src, issuer, facts)
+    now_linked = _link(db, store, item.src, store.config.issuer_of_patient_id, facts)
     if (now_linked or {}).get("id") != (linked or {}).get("id"):
         raise _Raced()
     if new_patient is not None:
