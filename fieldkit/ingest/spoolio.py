@@ -28,6 +28,10 @@ class PartBuffer:
             self._parts = []
         return len(data)
 
+    @property
+    def in_memory(self) -> bool:
+        return self._spool is None
+
     def chunks(self):
         if self._spool is not None:
             return self._spool.chunks()

@@ -215,7 +215,9 @@ def store_spool(store, spool, name: str, source: str, *, media_type: str = "",
     if kind == DICOM:
         if spool.size > int(store.config["dicom.max_object_mb"]) * (1 << 20):
             return [refusal(name, TooLarge(f"object over the {store.config['dicom.max_object_mb']} MiB limit"))]
-        return [store_dicom_bytes(store, open_reader(spool), name, source, expect_study, batch)]
+        # a part still in memory is read as it is; a spooled one through the decrypting reader
+        data = spool.read_all() if getattr(spool, "in_memory", False) else open_reader(spool)
+        return [store_dicom_bytes(store, data, name, source, expect_study, batch)]
     if kind == ZIP and source != "stow":
         return store_zip(store, spool, name, source)
     if kind in (PNG, JPEG) and source != "stow":
