@@ -148,7 +148,7 @@ def test_stored_copies_are_well_formed_for_dcmtk(need, tmp_path):
     read = [pydicom.dcmread(p) for p, _, _ in sample_files(tmp_path / "s")]
     for i, ds in enumerate(built + read):
         enc = parse.Encoded(ds)
-        stamp(ds, "U-1", "FIELDKIT-T")
+        stamp(enc.identity, "U-1", "FIELDKIT-T", source_identity(ds))
         path = tmp_path / f"out{i}.dcm"
         path.write_bytes(enc.part10())
         proc = subprocess.run(["dcmdump", str(path)], capture_output=True, text=True, timeout=60)
@@ -176,9 +176,9 @@ def test_stamped_identity_is_encoded_as_pydicom_would(syntax, source_id, issuer)
     if not uid.is_little_endian:  # big endian: the pixel bytes are words
         ds.PixelData = ds.PixelData
     enc = parse.Encoded(ds)
-    stamp(ds, "U-ABC123", "FIELDKIT-K1")
-    ident = [t for t in sorted(map(int, ds._dict)) if parse.IDENTITY_FIRST <= t <= parse.IDENTITY_LAST]
-    sub = pydicom.Dataset({pydicom.tag.BaseTag(t): ds.get_item(t) for t in ident})
+    stamp(enc.identity, "U-ABC123", "FIELDKIT-K1", source_identity(ds))
+    ident = sorted(map(int, enc.identity._dict))
+    sub = pydicom.Dataset({pydicom.tag.BaseTag(t): enc.identity.get_item(t) for t in ident})
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
     write_dataset(fp, sub)

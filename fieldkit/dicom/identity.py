@@ -47,8 +47,9 @@ def stamp(ds: Dataset, patient_id: str, issuer: str, before: SourceIdentity | No
     """Set PatientID/IssuerOfPatientID to the kit's; keep a differing source ID in
     OtherPatientIDsSequence. Returns True when anything changed (a coercion). Only these
     three attributes change (parse.STAMPED_TAGS: the stored copy re-encodes just them)."""
-    before = before or source_identity(ds)  # callers that read it already pass it in
-    if before.patient_id == patient_id and before.issuer == issuer:
+    before = before or source_identity(ds)  # the identity as received (callers that read it pass it in)
+    if str(ds.get("PatientID", "") or "").strip() == patient_id and \
+            str(ds.get("IssuerOfPatientID", "") or "").strip() == issuer:
         return False
     if before.patient_id and before.patient_id != patient_id:
         others = list(ds.get("OtherPatientIDsSequence", []) or [])

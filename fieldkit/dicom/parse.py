@@ -47,6 +47,9 @@ class InvalidDicom(BadInput):
         self.code = code
         self.sop_instance_uid = sop_instance_uid
 
+    def __reduce__(self):  # a refusal made in a parser helper process travels back whole
+        return InvalidDicom, (self.message, self.code, self.sop_instance_uid)
+
 
 def valid_uid(value: object) -> bool:
     text = str(value or "")
@@ -248,9 +251,13 @@ class Encoded:
     `raw` is the dataset's element dict as read (`dict(ds._dict)` before anything looked
     at the elements); without it, whatever is still unconverted is copied.
 
+    Once built it no longer needs the dataset: `identity` is a small dataset holding the
+    identity attributes (PatientID .. OtherPatientIDsSequence), which the kit stamps
+    (dicom.identity.stamp) before `write_part10()` re-encodes just that slice. So an
+    Encoded can be made in a helper process and sent back (it pickles).
+
     `digest` is the SHA-256 of the dataset as received (file meta excluded), before the
-    kit stamps it: the same capture sent twice, by any path, has the same digest. After
-    stamping, `write_part10()` re-encodes only the small identity slice.
+    kit stamps it: the same capture sent twice, by any path, has the same digest.
     """
 
     def __init__(self, ds: Dataset, raw: dict | None = None):
@@ -265,6 +272,9 @@ class Encoded:
         if ds.original_encoding == (None, None):
             correct_ambiguous_vr(ds, self._little)  # e.g. Pixel Data "OB or OW" -> OB/OW
             ds.set_original_encoding(self._implicit, self._little, ds._character_set)
+        self.transfer_syntax = str(ts)
+        self.sop_class, self.sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+        self._charset = ds._character_set
         tags = sorted(map(int, ds._dict))
         self._head = self._encode([t for t in tags if t < IDENTITY_FIRST])
         tail = [t for t in tags if t > IDENTITY_LAST]
@@ -275,11 +285,17 @@ class Encoded:
                           self._encode([t for t in tail if t > PIXEL_DATA])]
         else:
             self._tail = [self._encode(tail)]
+        ident = [t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST]
         h = hashlib.sha256(self._head)
-        h.update(self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST], stamped=()))
+        h.update(self._encode(ident, stamped=()))
         for piece in self._tail:
             h.update(piece)
         self.digest = h.hexdigest()
+        # from here on only the identity slice is encoded again: keep just that
+        self.identity = Dataset({BaseTag(t): ds.get_item(t) for t in ident}, parent_encoding=self._charset)
+        self.identity.set_original_encoding(self._implicit, self._little, ds.original_character_set)
+        self._raw = {t: self._raw[t] for t in ident if t in self._raw}
+        self._ds = self.identity
 
     def _raw_pixels(self, raw: RawDataElement) -> list:
         undefined = raw.length == 0xFFFFFFFF
@@ -330,11 +346,11 @@ class Encoded:
         quick = self._plain_text(self._ds, tags)
         if quick is not None:
             return quick
-        sub = Dataset({BaseTag(t): self._ds.get_item(t) for t in tags}, parent_encoding=self._ds._character_set)
+        sub = Dataset({BaseTag(t): self._ds.get_item(t) for t in tags}, parent_encoding=self._charset)
         sub.set_original_encoding(self._implicit, self._little, self._ds.original_character_set)
         fp = DicomBytesIO()
         fp.is_implicit_VR, fp.is_little_endian = self._implicit, self._little
-        write_dataset(fp, sub, parent_encoding=self._ds._character_set)
+        write_dataset(fp, sub, parent_encoding=self._charset)
         return fp.getvalue()
 
     def _plain_text(self, ds: Dataset, tags: list, depth: int = 0) -> bytes | None:
@@ -371,11 +387,9 @@ class Encoded:
         """Write the Part-10 file the kit stores, piece by piece, to `write`: file meta
         rebuilt for this object, dataset kept in its transfer syntax (deflated stays
         deflated, big endian stays big endian)."""
-        ds = self._ds
-        tags = sorted(map(int, ds._dict))
-        ident = self._encode([t for t in tags if IDENTITY_FIRST <= t <= IDENTITY_LAST])
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        write(b"\0" * 128 + b"DICM" + file_meta_bytes(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts,
+        ident = self._encode(sorted(map(int, self.identity._dict)))
+        ts = self.transfer_syntax
+        write(b"\0" * 128 + b"DICM" + file_meta_bytes(self.sop_class, self.sop_instance, ts,
                                                       implementation_version))
         pieces = [self._head, ident, *self._tail]
         if ts == uids.DEFLATED_LE:

@@ -4,12 +4,13 @@
 an object enters the kit, whatever the path (C-STORE, STOW-RS, upload, import, objects
 the kit makes). In order:
 
-1. read and check it (refusals raise InvalidDicom with a reason code and a message);
+1. prepare it (dicom.prepare: read and check it - refusals raise InvalidDicom with a
+   reason code and a message -, decode the first frame, which proves the pixels decode
+   and makes the thumbnail; STOW-RS parts come prepared by a helper process);
 2. same SOP Instance UID already held with the same content: a duplicate, nothing written;
-3. decode the first frame (proves the pixels decode; makes the thumbnail);
-4. link it to a kit patient (fieldkit.store.patients.link) and stamp the kit PatientID and
+3. link it to a kit patient (fieldkit.store.patients.link) and stamp the kit PatientID and
    IssuerOfPatientID on the stored copy;
-5. write the Part-10 file (elements copied as received, the identity re-encoded) and the
+4. write the Part-10 file (elements copied as received, the identity re-encoded) and the
    thumbnail as encrypted blobs, then in ONE store.write (for the whole batch): the
    patient (if new), the catalogue row, an `infer` job and a `sync` job.
 
@@ -29,10 +30,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from tinydb import Query
 
-from ..dicom import parse, uids
-from ..dicom.frames import DecodeError
-from ..dicom.identity import source_identity, stamp
-from ..dicom.thumbnails import thumbnail_of
+from ..dicom import parse
+from ..dicom.identity import stamp
+from ..dicom.prepare import Prepared, guarded, prepare
 from ..errors import TooLarge
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
 from . import patients
@@ -119,12 +119,11 @@ def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: 
 class _Item:
     """One object between its checks and its catalogue row."""
 
-    def __init__(self, ds: Dataset, facts: dict, encoded, src, original_ids: dict, thumb: bytes | None,
-                 decode_error: str, meta: dict, from_picture: bool):
-        self.ds, self.facts, self.encoded, self.src = ds, facts, encoded, src
-        self.original_ids, self.thumb, self.decode_error = original_ids, thumb, decode_error
-        self.meta, self.from_picture = meta, from_picture
-        self.digest = encoded.digest
+    def __init__(self, prepared: Prepared, from_picture: bool):
+        self.facts, self.src, self.digest = prepared.facts, prepared.source, prepared.encoded.digest
+        self.encoded: parse.Encoded | None = prepared.encoded
+        self.thumb, self.decode_error, self.meta = prepared.thumbnail, prepared.decode_error, prepared.descriptive
+        self.from_picture = from_picture
         self.linked: dict | None = None
         self.new_patient: dict | None = None
         self.row: dict = {}
@@ -151,50 +150,29 @@ class Batch:
         self._entries: list = []  # a final result (duplicate) or an _Item
         self._new_by_study: dict[str, dict] = {}
         self._new_by_alias: dict[tuple[str, str], dict] = {}
+        self._cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
 
     def add(self, data: bytes | Dataset, *, transfer_syntax: str | None = None, from_picture: bool = False,
             raw: dict | None = None) -> int:
         """Take one object (see put_instance for `data` and `raw`); returns its index in
         `commit()`'s results. Raises parse.InvalidDicom when it is refused."""
-        store = self.store
-        cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
-        if isinstance(data, Dataset):
-            ds = data
-        else:
-            if len(data) > cap:
-                raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
-                               f"{store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
-            ds = parse.read_dimse(data, transfer_syntax) if transfer_syntax else parse.read_part10(data)
-            raw = dict(ds._dict)  # the elements as received, before checking converts any
-        facts = parse.check(ds)
-        sop_uid = facts["sop_instance_uid"]
-        encoded = _encoded(lambda: parse.Encoded(ds, raw), sop_uid)  # the one full encoding
+        if not isinstance(data, Dataset) and len(data) > self._cap:
+            raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
+                           f"{self.store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
+        return self.add_prepared(prepare(data, transfer_syntax=transfer_syntax, raw=raw), from_picture=from_picture)
 
-        existing = get_instance(store, sop_uid)
-        if existing and encoded.digest in _digests(existing):
+    def add_prepared(self, prepared: Prepared, *, from_picture: bool = False) -> int:
+        """Take one object already prepared (dicom.prepare); returns its index in `commit()`'s results."""
+        existing = get_instance(self.store, prepared.sop_instance_uid)
+        if existing and prepared.encoded.digest in _digests(existing):
             self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
             return len(self._entries) - 1
-
-        decode_error, thumb = "", None
-        if facts["is_image"]:
-            try:
-                thumb = thumbnail_of(ds)
-            except DecodeError as exc:
-                if not uids.is_video(facts["transfer_syntax"]):
-                    raise parse.InvalidDicom(str(exc), parse.CANNOT_UNDERSTAND, sop_uid) from None
-                decode_error = str(exc)  # kept as sent (stored and synced); flagged for the UI
-            except Exception as exc:  # a codec failing in an unexpected way is still a refusal
-                raise parse.InvalidDicom(f"pixel data does not decode: {str(exc)[:200]}",
-                                         parse.CANNOT_UNDERSTAND, sop_uid) from None
-
-        item = _Item(ds, facts, encoded, _encoded(lambda: source_identity(ds), sop_uid),
-                     _encoded(lambda: {k: ds[k] for k in _IDENTITY_KEYWORDS if k in ds}, sop_uid),
-                     thumb, decode_error, _descriptive(ds), from_picture)
+        item = _Item(prepared, from_picture)
         self._link(item, in_batch=True)
         self._write(item, self._blobs)
-        # let go of the parsed object: a batch of large cines must not sit in memory until
+        # let go of the encoded copy: a batch of large cines must not sit in memory until
         # its commit (a rare retry reads the written copy back)
-        item.ds = item.encoded = item.thumb = None
+        item.encoded = item.thumb = None
         self._entries.append(item)
         return len(self._entries) - 1
 
@@ -224,20 +202,16 @@ class Batch:
     def _write(self, item: _Item, blobs) -> None:
         """Stamp the kit identity on the copy and write it (and the preview) as blobs."""
         sop_uid = item.facts["sop_instance_uid"]
-        if item.ds is None:  # a retry: the copy written first differs only in its identity
-            ds = parse.read_part10(self.store.blobs.open(item.row["blob"], item.row["size"]))
-            item.ds, item.encoded = ds, _encoded(lambda: parse.Encoded(ds), sop_uid)
-        ds = item.ds
-        for keyword in _IDENTITY_KEYWORDS:  # from the identity as received (again, on a retry)
-            if keyword in item.original_ids:
-                ds[keyword] = item.original_ids[keyword]
-            elif keyword in ds:
-                del ds[keyword]
+        if item.encoded is None:  # a retry: the copy written first differs only in its identity
+            with self.store.blobs.open(item.row["blob"], item.row["size"]) as fh:
+                item.encoded = prepare(fh, thumbnail=False).encoded
+        encoded = item.encoded
         pid = (item.new_patient or item.linked)["id"]
-        _encoded(lambda: stamp(ds, pid, self.store.config.issuer_of_patient_id, item.src), sop_uid)
+        # stamped from the identity as received (item.src), also on a retry
+        guarded(lambda: stamp(encoded.identity, pid, self.store.config.issuer_of_patient_id, item.src), sop_uid)
         thumb = blobs.put_bytes(item.thumb).addr if item.thumb else item.row.get("thumbnail")
         with blobs.writer() as writer:  # streamed: the pixel data is not copied again
-            _encoded(lambda: item.encoded.write_part10(_chunked(writer.write)), sop_uid)
+            guarded(lambda: encoded.write_part10(_chunked(writer.write)), sop_uid)
         facts = item.facts
         item.row = {**{k: facts[k] for k in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
                                                "series_instance_uid", "transfer_syntax", "frames", "rows",
@@ -272,7 +246,7 @@ class Batch:
             self._link(item, in_batch=False)
             blobs = store.blobs.batch()
             self._write(item, blobs)
-            item.ds = item.encoded = None
+            item.encoded = None
             blobs.wait()
             try:
                 return store.write(lambda db: _commit(store, db, item))
@@ -294,9 +268,6 @@ class Batch:
         return _result(DUPLICATE, stored, "already stored with identical content")
 
 
-_IDENTITY_KEYWORDS = ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence")
-
-
 def _chunked(write, size: int = 1 << 20):
     """Hand a large piece to the blob writer in 1 MiB slices (views, not copies), so the
     writer never buffers a whole cine."""
@@ -305,16 +276,6 @@ def _chunked(write, size: int = 1 << 20):
         for start in range(0, len(view), size):
             write(view[start:start + size])
     return out
-
-
-def _encoded(fn, sop_uid: str):
-    """pydicom failing on a value it reads or writes back is malformed input, not a kit fault."""
-    try:
-        return fn()
-    except Exception as exc:
-        log.warning("object refused, cannot be re-encoded: %s", type(exc).__name__)
-        raise parse.InvalidDicom(f"object cannot be re-encoded: {str(exc)[:160]}",
-                                 parse.CANNOT_UNDERSTAND, sop_uid) from None
 
 
 def _link(db, store, src, issuer: str, facts: dict) -> dict | None:
@@ -361,26 +322,6 @@ def _digests(row: dict) -> set[str]:
 def _result(status: str, row: dict, message: str) -> dict:
     return {"status": status, "sop_instance_uid": row["sop_instance_uid"], "patient_id": row["patient_id"],
             "instance": dict(row), "message": message}
-
-
-_DESCRIPTIVE = {
-    "study_time": "StudyTime", "accession_number": "AccessionNumber", "study_description": "StudyDescription",
-    "study_id": "StudyID", "referring_physician": "ReferringPhysicianName", "series_number": "SeriesNumber",
-    "series_description": "SeriesDescription", "instance_number": "InstanceNumber",
-    "photometric_interpretation": "PhotometricInterpretation", "manufacturer": "Manufacturer",
-}
-
-
-def _descriptive(ds: Dataset) -> dict:
-    """Attributes QIDO-RS answers with, copied as text (never interpreted)."""
-    out = {}
-    for key, keyword in _DESCRIPTIVE.items():
-        try:
-            value = ds.get(keyword, "")
-            out[key] = "" if value is None else str(value)[:256]
-        except Exception:
-            out[key] = ""
-    return out
 
 
 # -- queries (QIDO-RS and the UI) --------------------------------------------------------
