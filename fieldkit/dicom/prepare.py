@@ -3,8 +3,8 @@ needs neither the store nor a key: read and check the object, encode the copy to
 (all of it but the identity, which the store stamps once the patient is known), make its
 preview, and read the identity it came with and the attributes QIDO-RS answers with.
 
-STOW-RS parts are prepared in helper processes (fieldkit.ingest.parsers), everything else
-in the process that received it; a `Prepared` pickles, so both give the store the same.
+A `Prepared` keeps only what storing needs (the encoded pieces and the small identity
+dataset), not the parsed dataset.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the kit makes). In order:
 
 1. prepare it (dicom.prepare: read and check it - refusals raise InvalidDicom with a
    reason code and a message -, decode the first frame, which proves the pixels decode
-   and makes the thumbnail; STOW-RS parts come prepared by a helper process);
+   and makes the thumbnail);
 2. same SOP Instance UID already held with the same content: a duplicate, nothing written;
 3. link it to a kit patient (fieldkit.store.patients.link) and stamp the kit PatientID and
    IssuerOfPatientID on the stored copy;
