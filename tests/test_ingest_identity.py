@@ -189,3 +189,22 @@ def test_stored_copy_is_the_received_dataset_but_for_the_stamped_identity(store)
     # the pixel data and everything around it are the bytes that were sent
     assert kept.endswith(sent[sent.index(b"\xe0\x7f\x10\x00"):])
     assert b.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
+
+
+@pytest.mark.parametrize("damage", ["lost", "truncated"])
+def test_a_preview_lost_in_a_power_cut_is_made_again(store, damage):
+    """Previews are written without fsync (they can be made again): one that a power cut
+    lost or cut short must not break the tablet's list; it is remade from the capture."""
+    from PIL import Image
+
+    result = instances.put_instance(store, capture("SONO-9"), "stow")
+    row = instances.get_instance(store, result["sop_instance_uid"])
+    first = instances.thumbnail_bytes(store, row)
+    path = store.blobs.path(row["thumbnail"])
+    if damage == "lost":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:40])
+    again = instances.thumbnail_bytes(store, instances.get_instance(store, row["sop_instance_uid"]))
+    assert Image.open(io.BytesIO(again)).size == Image.open(io.BytesIO(first)).size
+    assert store.blobs.get_bytes(instances.get_instance(store, row["sop_instance_uid"])["thumbnail"]) == again

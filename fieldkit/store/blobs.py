@@ -135,9 +135,10 @@ class BlobWriter:
     """Use as a context manager; `ref` is set when the block exits without error. In a
     batch, the blob is durable (and readable at its address) only after `batch.wait()`."""
 
-    def __init__(self, store: "BlobStore", batch: "BlobBatch | None" = None):
+    def __init__(self, store: "BlobStore", batch: "BlobBatch | None" = None, durable: bool = True):
         self._store = store
         self._batch = batch
+        self._durable = durable
         self._mac = hmac.new(store._id_key, digestmod=hashlib.sha256)
         self._tmp, fd = store._take_tmp() if batch is not None else (store._tmp_path(), None)
         self._out = _SealedFileWriter(self._tmp, store._sealer, fd)
@@ -162,7 +163,11 @@ class BlobWriter:
             if self._batch is not None:
                 fd = self._out.finish(sync=False, close=False)
                 self.ref = BlobRef(self._mac.hexdigest(), self._out.size)
-                self._batch._add(fd, self._tmp, self.ref.addr)
+                self._batch._add(fd, self._tmp, self.ref.addr, self._durable)
+                return
+            if not self._durable:
+                self.ref = BlobRef(self._mac.hexdigest(), self._out.size)
+                self._store._close_and_replace(self._out.finish(sync=False, close=False), self._tmp, self.ref.addr)
                 return
             self._out.finish(sync=True)
             self.ref = self._store._commit(self._tmp, self._mac.hexdigest(), self._out.size)
@@ -195,8 +200,16 @@ class BlobBatch:
             w.write(data)
         return w.ref
 
-    def _add(self, fd: int, tmp: Path, addr: str) -> None:
-        self._jobs.append((_sync_pool.submit(self._store._sync_and_place, fd, tmp, addr), tmp))
+    def put_cache(self, data: bytes) -> BlobRef:
+        """A blob the kit can make again (see BlobStore.put_cache): put in place by the
+        batch's threads, without fsync."""
+        with BlobWriter(self._store, self, durable=False) as w:
+            w.write(data)
+        return w.ref
+
+    def _add(self, fd: int, tmp: Path, addr: str, durable: bool = True) -> None:
+        job = self._store._sync_and_place if durable else self._store._close_and_replace
+        self._jobs.append((_sync_pool.submit(job, fd, tmp, addr), tmp))
         self._store._refill_tmp()
 
     def wait(self) -> None:
@@ -205,12 +218,12 @@ class BlobBatch:
         error, parents = None, set()
         for future, tmp in jobs:
             try:
-                parents.add(future.result())
+                parents.add(future.result())  # None for a blob that is not fsynced
             except OSError as exc:
                 error = error or storage_error(exc, tmp)
         if error is None:
             try:
-                self._store._sync_dirs(parents)
+                self._store._sync_dirs(parents - {None})
             except OSError as exc:
                 error = storage_error(exc, self._store.root)
         if error is not None:
@@ -402,6 +415,12 @@ class BlobStore:
             os.close(fd)
         return self._place(tmp, addr)
 
+    def _close_and_replace(self, fd: int, tmp: Path, addr: str) -> None:
+        os.close(fd)
+        dest = self.path(addr)
+        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(tmp, dest)  # always: what is there may be a copy a power cut damaged
+
     def _sync_dirs(self, parents: set[Path]) -> None:
         """fsync the fan-out directories that got new entries. A fan-out directory's own
         entry in the root is fsynced once per process (then remembered), so a blob is never
@@ -424,6 +443,14 @@ class BlobStore:
 
     def put_bytes(self, data: bytes) -> BlobRef:
         with self.writer() as w:
+            w.write(data)
+        return w.ref
+
+    def put_cache(self, data: bytes) -> BlobRef:
+        """A blob the kit can make again (a preview): sealed and put in place like any
+        other, but not fsynced. A power cut may lose or truncate it; its reader then makes
+        it again (see store.instances.thumbnail_bytes). Saves two fsyncs per capture."""
+        with BlobWriter(self, durable=False) as w:
             w.write(data)
         return w.ref
 

@@ -33,7 +33,9 @@ from tinydb import Query
 from ..dicom import parse
 from ..dicom.identity import stamp
 from ..dicom.prepare import Prepared, guarded, prepare
-from ..errors import TooLarge
+from ..dicom.frames import DecodeError
+from ..dicom.thumbnails import thumbnail_of
+from ..errors import NotFound, StoreCorrupt, TooLarge
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
 from . import patients
 
@@ -209,7 +211,7 @@ class Batch:
         pid = (item.new_patient or item.linked)["id"]
         # stamped from the identity as received (item.src), also on a retry
         guarded(lambda: stamp(encoded.identity, pid, self.store.config.issuer_of_patient_id, item.src), sop_uid)
-        thumb = blobs.put_bytes(item.thumb).addr if item.thumb else item.row.get("thumbnail")
+        thumb = blobs.put_cache(item.thumb).addr if item.thumb else item.row.get("thumbnail")
         with blobs.writer() as writer:  # streamed: the pixel data is not copied again
             guarded(lambda: encoded.write_part10(_chunked(writer.write)), sop_uid)
         facts = item.facts
@@ -386,13 +388,32 @@ def series(store, rows: list[dict]) -> list[dict]:
     return sorted(by_series.values(), key=lambda s: (str(s["series_number"]).zfill(8), s["received_at"]))
 
 
+def thumbnail_bytes(store, row: dict) -> bytes:
+    """A capture's JPEG preview. Previews are written without fsync (BlobStore.put_cache):
+    one that a power cut lost or damaged is made again from the capture and put back."""
+    try:
+        return store.blobs.get_bytes(row["thumbnail"])
+    except (NotFound, StoreCorrupt):
+        pass
+    try:
+        data = thumbnail_of(read_dataset(store, row["sop_instance_uid"]))
+    except DecodeError:
+        raise NotFound("the preview was lost and the capture cannot be decoded to make it again") from None
+    ref = store.blobs.put_cache(data)
+    if ref.addr != row["thumbnail"]:  # made by another version of the encoder
+        sop_uid = row["sop_instance_uid"]
+        store.write(lambda db: db.table(T_INSTANCES).update({"thumbnail": ref.addr},
+                                                            Query().sop_instance_uid == sop_uid))
+    log.warning("a capture's preview was missing or damaged; it was made again")
+    return data
+
+
 def read_dataset(store, sop_uid: str, stop_before_pixels: bool = False) -> Dataset:
     """The stored Part-10 object, parsed (what WADO-RS, inference and sync read)."""
     import io
 
     import pydicom
 
-    from ..errors import NotFound
     row = get_instance(store, sop_uid)
     if row is None:
         raise NotFound(f"no instance {sop_uid}")

@@ -531,7 +531,7 @@ def thumbnail(study, series, instance):
     row = _rows_for(study, series, instance)[0]
     if not row.get("thumbnail"):
         raise NotFound("this instance has no thumbnail")
-    return Response(kit_of().store.blobs.get_bytes(row["thumbnail"]), content_type="image/jpeg",
+    return Response(catalogue.thumbnail_bytes(kit_of().store, row), content_type="image/jpeg",
                     headers={"Cache-Control": "private, max-age=3600"})
 
 

@@ -405,7 +405,7 @@ def thumbnail(uid):
     row = _held_or_410(store, uid)
     if not row.get("thumbnail"):
         raise NotFound(row.get("decode_error") or "this capture has no thumbnail")
-    return _image(store.blobs.get_bytes(row["thumbnail"]), "image/jpeg")
+    return _image(catalogue.thumbnail_bytes(store, row), "image/jpeg")
 
 
 class _Clips:
