@@ -6,6 +6,8 @@
   10 instances: instances/s, and where a kit request's time goes (the kit's Server-Timing
   header: storing the parts, reading the body, the durable commit; the rest is the client
   and the HTTP exchange);
+- the ceiling: the same client against the kit's server stack (TLS included) with a route
+  that only reads the body, and what a 1.5x ratio would leave per instance for the kit;
 - the kit's peak RSS during the run (VmHWM).
 
 Run: python tests/bench/bench_ingest.py [--instances N]. Prints ratio lines; asserts nothing.
@@ -91,6 +93,46 @@ def stow_breakdown(spent: list[dict]) -> str:
             f"body {med['body']:.1f} + commit {med['commit']:.1f} + outside the kit's handler {outside:.1f}")
 
 
+def ceiling_stow(data_dir: Path, ca: str, paths: list[Path]) -> float:
+    """The same client against a server that does nothing but read the body: the kit's
+    server stack (cheroot, Flask, the kit's TLS adapter and certificate) with one route
+    that reads the request and answers `{}`. What is left of Orthanc's time after this is
+    the budget for everything the kit does with the parts."""
+    import socket
+    import threading
+
+    from cheroot import wsgi
+    from flask import Flask, Response, request
+
+    from fieldkit.runtime import _tls_adapter
+    from fieldkit.security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+
+    app = Flask("ceiling")
+
+    @app.post("/dicom-web/studies")
+    def studies():
+        for _ in iter(lambda: request.stream.read(1 << 20), b""):
+            pass
+        return Response("{}", content_type="application/dicom+json")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = wsgi.Server(("127.0.0.1", port), app, numthreads=4)
+    tls = data_dir / TLS_DIR
+    server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        session = requests.Session()
+        session.verify, session.trust_env = ca, False
+        return stow(DICOMwebClient(f"https://127.0.0.1:{port}/dicom-web", session=session), paths)
+    finally:
+        server.stop()
+        thread.join(10)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -145,6 +187,10 @@ def main() -> None:
         print(stow_breakdown(spent))
         print(f"Orthanc STOW request: {t_orthanc_stow / (n / 10) * 1000:.1f} ms")
         print(f"ratio stow kit/orthanc = {t_orthanc_stow / t_kit_stow:.2f} (target >= 1.5)")
+        t_ceiling = ceiling_stow(data_dir, kit.ca, stow_kit)
+        print(f"ceiling: a TLS server of the kit's stack that only reads the body: "
+              f"{t_ceiling / (n / 10) * 1000:.1f} ms/request, {t_orthanc_stow / t_ceiling:.2f}x Orthanc; "
+              f"a 1.5x kit has {(t_orthanc_stow / 1.5 - t_ceiling) / n * 1000:.2f} ms per instance for its work")
         rss = peak_rss_mb(kit.proc.pid)
         print(f"kit peak RSS = {rss:.0f} MB (target <= 300)")
     finally:
