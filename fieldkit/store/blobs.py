@@ -449,7 +449,7 @@ class BlobStore:
     def put_cache(self, data: bytes) -> BlobRef:
         """A blob the kit can make again (a preview): sealed and put in place like any
         other, but not fsynced. A power cut may lose or truncate it; its reader then makes
-        it again (see store.instances.thumbnail_bytes). Saves two fsyncs per capture."""
+        it again (see store.instances.thumbnail_bytes). Saves an fsync per capture."""
         with BlobWriter(self, durable=False) as w:
             w.write(data)
         return w.ref

@@ -161,10 +161,10 @@ class Batch:
         if not isinstance(data, Dataset) and len(data) > self._cap:
             raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
                            f"{self.store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
-        return self.add_prepared(prepare(data, transfer_syntax=transfer_syntax, raw=raw), from_picture=from_picture)
+        return self._accept(prepare(data, transfer_syntax=transfer_syntax, raw=raw), from_picture)
 
-    def add_prepared(self, prepared: Prepared, *, from_picture: bool = False) -> int:
-        """Take one object already prepared (dicom.prepare); returns its index in `commit()`'s results."""
+    def _accept(self, prepared: Prepared, from_picture: bool) -> int:
+        """Link and write an object once prepared; its index in `commit()`'s results."""
         existing = get_instance(self.store, prepared.sop_instance_uid)
         if existing and prepared.encoded.digest in _digests(existing):
             self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
