@@ -47,9 +47,6 @@ class InvalidDicom(BadInput):
         self.code = code
         self.sop_instance_uid = sop_instance_uid
 
-    def __reduce__(self):  # a refusal made in a parser helper process travels back whole
-        return InvalidDicom, (self.message, self.code, self.sop_instance_uid)
-
 
 def valid_uid(value: object) -> bool:
     text = str(value or "")
@@ -253,8 +250,7 @@ class Encoded:
 
     Once built it no longer needs the dataset: `identity` is a small dataset holding the
     identity attributes (PatientID .. OtherPatientIDsSequence), which the kit stamps
-    (dicom.identity.stamp) before `write_part10()` re-encodes just that slice. So an
-    Encoded can be made in a helper process and sent back (it pickles).
+    (dicom.identity.stamp) before `write_part10()` re-encodes just that slice.
 
     `digest` is the SHA-256 of the dataset as received (file meta excluded), before the
     kit stamps it: the same capture sent twice, by any path, has the same digest.

@@ -24,6 +24,7 @@ from typing import Iterable
 
 from ..dicom import parse, pictures
 from ..dicom.parse import InvalidDicom
+from ..dicom.prepare import Prepared, prepare
 from ..errors import BadInput, FieldkitError, TooLarge
 from ..store import instances, patients
 from .multipart import MultipartError, content_type_params, iter_parts
@@ -67,19 +68,15 @@ def store_dicom_bytes(store, data, name: str, source: str, expect_study: str | N
     into the dataset) -> outcome. Storage failures (disk full, locked) propagate. In a
     batch, a stored object's outcome carries its `batch_index` until the batch commits."""
     try:
-        raw = None
         if expect_study is not None or not isinstance(data, (bytes, bytearray)):
-            ds = parse.read_part10(data)
-            raw = dict(ds._dict)  # the elements as received, before anything converts them
-            if expect_study is not None and str(ds.get("StudyInstanceUID", "")) != expect_study:
-                raise InvalidDicom(f"instance belongs to study {str(ds.get('StudyInstanceUID', ''))[:64]}, "
+            data = prepare(data)
+            if expect_study is not None and data.facts["study_instance_uid"] != expect_study:
+                raise InvalidDicom(f"instance belongs to study {data.facts['study_instance_uid']}, "
                                    f"not to {expect_study} named in the request",
-                                   parse.DOES_NOT_MATCH_SOP_CLASS, str(ds.get("SOPInstanceUID", "")))
-            data = ds
+                                   parse.DOES_NOT_MATCH_SOP_CLASS, data.sop_instance_uid)
         if batch is not None:
-            index = batch.add(data, raw=raw)
-            return {**outcome(name, "pending"), "batch_index": index}
-        result = instances.put_instance(store, data, source, raw=raw)
+            return {**outcome(name, "pending"), "batch_index": batch.add(data)}
+        result = instances.put_instance(store, data, source)
     except BadInput as exc:
         out = refusal(name, exc)
         out["sop_class_uid"] = _peek_class(data)
@@ -99,6 +96,8 @@ def _peek_class(data) -> str:
         import io
 
         import pydicom
+        if isinstance(data, Prepared):
+            return data.facts["sop_class_uid"]
         if isinstance(data, pydicom.Dataset):
             value = str(data.get("SOPClassUID", ""))
             return value if parse.valid_uid(value) else ""

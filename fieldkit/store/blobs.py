@@ -176,6 +176,12 @@ class BlobWriter:
             raise storage_error(err, self._tmp) from None
 
 
+def _put(writer: BlobWriter, data: bytes) -> BlobRef:
+    with writer:
+        writer.write(data)
+    return writer.ref
+
+
 # fsyncs of batched blobs run here, overlapping the caller's parsing and encoding (an
 # fsync waits on the disk, not on the interpreter); two, so the disk can merge flushes
 _sync_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-sync")
@@ -196,16 +202,12 @@ class BlobBatch:
         return BlobWriter(self._store, self)
 
     def put_bytes(self, data: bytes) -> BlobRef:
-        with self.writer() as w:
-            w.write(data)
-        return w.ref
+        return _put(self.writer(), data)
 
     def put_cache(self, data: bytes) -> BlobRef:
         """A blob the kit can make again (see BlobStore.put_cache): put in place by the
         batch's threads, without fsync."""
-        with BlobWriter(self._store, self, durable=False) as w:
-            w.write(data)
-        return w.ref
+        return _put(BlobWriter(self._store, self, durable=False), data)
 
     def _add(self, fd: int, tmp: Path, addr: str, durable: bool = True) -> None:
         job = self._store._sync_and_place if durable else self._store._close_and_replace
@@ -442,17 +444,13 @@ class BlobStore:
         return BlobWriter(self)
 
     def put_bytes(self, data: bytes) -> BlobRef:
-        with self.writer() as w:
-            w.write(data)
-        return w.ref
+        return _put(self.writer(), data)
 
     def put_cache(self, data: bytes) -> BlobRef:
         """A blob the kit can make again (a preview): sealed and put in place like any
         other, but not fsynced. A power cut may lose or truncate it; its reader then makes
         it again (see store.instances.thumbnail_bytes). Saves an fsync per capture."""
-        with BlobWriter(self, durable=False) as w:
-            w.write(data)
-        return w.ref
+        return _put(BlobWriter(self, durable=False), data)
 
     def put_stream(self, chunks) -> BlobRef:
         with self.writer() as w:

@@ -104,11 +104,12 @@ def get_instance(store, sop_uid: str) -> dict | None:
     return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, store, sop_uid)))
 
 
-def put_instance(store, data: bytes | Dataset, source: str, *, transfer_syntax: str | None = None,
+def put_instance(store, data: bytes | Dataset | Prepared, source: str, *, transfer_syntax: str | None = None,
                  from_picture: bool = False, raw: dict | None = None) -> dict:
     """Store one object. `data` is a Part-10 file, or (with `transfer_syntax`) a bare
     dataset as received over DIMSE, or a pydicom Dataset (read from bytes - then `raw` is
-    its element dict as read, before anything converted an element - or built by the kit).
+    its element dict as read, before anything converted an element - or built by the kit),
+    or an object already prepared (dicom.prepare.prepare).
 
     Returns {"status": "stored"|"duplicate"|"conflict", "sop_instance_uid", "patient_id",
     "instance": row, "message"}; raises parse.InvalidDicom (a BadInput) when refused.
@@ -154,10 +155,12 @@ class Batch:
         self._new_by_alias: dict[tuple[str, str], dict] = {}
         self._cap = int(store.config["dicom.max_object_mb"]) * (1 << 20)
 
-    def add(self, data: bytes | Dataset, *, transfer_syntax: str | None = None, from_picture: bool = False,
-            raw: dict | None = None) -> int:
+    def add(self, data: bytes | Dataset | Prepared, *, transfer_syntax: str | None = None,
+            from_picture: bool = False, raw: dict | None = None) -> int:
         """Take one object (see put_instance for `data` and `raw`); returns its index in
         `commit()`'s results. Raises parse.InvalidDicom when it is refused."""
+        if isinstance(data, Prepared):
+            return self._accept(data, from_picture)
         if not isinstance(data, Dataset) and len(data) > self._cap:
             raise TooLarge(f"object of {len(data) >> 20} MiB is over the kit's "
                            f"{self.store.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
