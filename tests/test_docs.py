@@ -19,3 +19,30 @@ def test_every_setting_is_documented_in_the_readme():
 def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+ROOT = README.parent
+_DOC_NAME = __import__("re").compile(r"(?<![\w/.-])([\w/-]+\.md)\b")
+
+
+def cited_documents(text: str) -> set[str]:
+    """The Markdown documents a text names (README.md, models/README.md, ...)."""
+    return set(_DOC_NAME.findall(text))
+
+
+def test_no_file_cites_a_document_that_is_not_in_the_repository():
+    sources = [p for p in ROOT.rglob("*") if p.suffix in (".md", ".py", ".toml", ".html", ".js")
+               and not ({".venv", ".git", "vendor", "node_modules"} & set(p.relative_to(ROOT).parts))]
+    missing = []
+    for path in sources:
+        for name in cited_documents(path.read_text(errors="replace")):
+            here = (path.parent / name, ROOT / name)
+            if not any(p.is_file() for p in here) and not list(ROOT.glob(f"**/{Path(name).name}")):
+                missing.append(f"{path.relative_to(ROOT)} cites {name}")
+    assert missing == [], "documents cited but not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_citation_check_sees_a_missing_document():
+    absent = "NOT-IN-REPO" + ".md"  # spelt in two pieces so this file does not cite it
+    assert cited_documents(f"see {absent} and `models/README.md`.") == {absent, "models/README.md"}
+    assert not (ROOT / absent).exists()

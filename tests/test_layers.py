@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, enforced: a module imports only its own layer or lower ones,
+"""The layers of ARCHITECTURE.md, enforced: a module imports only its own layer or lower ones,
 and ingest, inference and sync never import each other."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_layers_import_only_downwards():
         module = ".".join(rel.parts).removesuffix(".__init__")
         area = _area(module) if module != "fieldkit" else "__init__"
         layer = LAYERS.get(area)
-        assert layer is not None, f"{module}: area {area!r} has no layer in DESIGN.md's table"
+        assert layer is not None, f"{module}: area {area!r} has no layer in ARCHITECTURE.md's table"
         for imported in _imports(path, module):
             if not imported.startswith("fieldkit"):
                 continue
