@@ -51,7 +51,9 @@ def stamp(ds: Dataset, patient_id: str, issuer: str, before: SourceIdentity | No
     if str(ds.get("PatientID", "") or "").strip() == patient_id and \
             str(ds.get("IssuerOfPatientID", "") or "").strip() == issuer:
         return False
-    if before.patient_id and before.patient_id != patient_id:
+    # The source identity is kept when it names someone else: another ID, or the same ID
+    # under another issuer (a tag number typed on a probe set up with its vendor's issuer).
+    if before.patient_id and (before.patient_id != patient_id or before.issuer not in ("", issuer)):
         others = list(ds.get("OtherPatientIDsSequence", []) or [])
         if not any(str(o.get("PatientID", "")) == before.patient_id
                    and str(o.get("IssuerOfPatientID", "")) == before.issuer for o in others):
