@@ -129,3 +129,60 @@ def test_new_red_finding_overtakes_queued_images_on_a_slow_link(kit, orthanc, pr
                  and u not in on_wire_or_done]
     assert overtaken == []
     assert sum(1 for d in cat.values() if d.get("sync_state") != "confirmed") > 100  # most still queued
+
+
+def _forward(port: int, head: bytes, body: bytes) -> tuple[int, bytes, dict]:
+    """Send one intercepted request on to the hospital and return its answer."""
+    import http.client
+
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    headers.pop("Content-Length", None)
+    headers.pop("Accept-Encoding", None)  # a plain body, so the test can rewrite it
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {"Content-Type": resp.getheader("Content-Type", "")}
+    finally:
+        conn.close()
+
+
+def test_a_200_that_leaves_an_instance_out_never_confirms_it(kit, orthanc, proxy):
+    """A PACS that drops one instance but still answers 200 for the request: the instance it
+    does not list is not confirmed (so retention never purges it), the rest are."""
+    items = corpus("T-0305")
+    add_to_store(kit.store, items)
+    victim = str(items[1][1].SOPInstanceUID)
+    stripped = []
+
+    def intercept(head, body):
+        if not head.startswith(b"POST") or victim.encode() not in body:
+            return None
+        status, answer, headers = _forward(orthanc.http_port, head, body)
+        doc = json.loads(answer)
+        listed = doc.get("00081199", {}).get("Value", [])
+        kept = [item for item in listed if item["00081155"]["Value"][0] != victim]
+        assert len(kept) == len(listed) - 1, "the hospital should have listed the instance"
+        doc["00081199"]["Value"] = kept
+        for oid in orthanc.rest("/instances"):  # the PACS drops it after answering
+            if orthanc.rest(f"/instances/{oid}/simplified-tags")["SOPInstanceUID"] == victim:
+                orthanc.rest(f"/instances/{oid}", method="DELETE")
+        stripped.append(status)
+        return 200, json.dumps(doc).encode(), headers
+
+    proxy.intercept = intercept
+    worker = SyncWorker(kit.store, sync_config(kit.config, proxy.url()), kit.data_dir, poll=0.05).start()
+    try:
+        assert wait_until(lambda: worker.status()["counts"]["confirmed"] == len(items) - 1
+                          and catalogue(kit.store)[victim]["sync_state"] == "quarantined", 90)
+    finally:
+        worker.stop()
+    assert stripped and set(stripped) == {200}
+    cat = catalogue(kit.store)
+    assert cat[victim]["sync_state"] != "confirmed" and not cat[victim].get("confirmed_at")
+    assert "without mentioning it" in cat[victim]["sync_reason"]
+    assert all(cat[str(ds.SOPInstanceUID)]["sync_state"] == "confirmed" for _, ds in items
+               if str(ds.SOPInstanceUID) != victim)
+    assert orthanc.instance_count() == len(items) - 1
