@@ -1,0 +1,99 @@
+"""The view/quality gate decides, frame by frame, whether the clinical models may speak.
+Its outputs are injected here (below, just at and above the manifest's `min_prob`), so the
+oracle is the threshold itself, not the gate model's opinion of a simulated image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+
+from fieldkit.inference import runner
+from fixtures.inference import lung_cine_dataset
+
+N_FRAMES = 8
+
+
+class _InjectedGate:
+    """The real gate's bundle and identity, with chosen per-frame probabilities."""
+
+    def __init__(self, real, probs: np.ndarray):
+        self._real, self._probs = real, probs
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        # logits whose softmax is exactly the wanted row (up to float rounding)
+        return [np.log(np.repeat(self._probs[None, :], len(x), axis=0))]
+
+
+class _Registry:
+    def __init__(self, real, gate):
+        self._real, self._gate = real, gate
+
+    def get(self, task):
+        return self._gate if task == "gate" else self._real.get(task)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def _lung_probs(labels: list[str], p_lung: float) -> np.ndarray:
+    rest = (1.0 - p_lung) / (len(labels) - 1)
+    return np.array([p_lung if name == "lung" else rest for name in labels], dtype=np.float64)
+
+
+def _lung_cine():
+    ds, truth = lung_cine_dataset(n_frames=N_FRAMES, n_blines=4, seed=5)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue())), truth
+
+
+@pytest.mark.parametrize("offset, assessable", [(-0.05, False), (-0.001, False), (0.001, True), (0.05, True)])
+def test_lung_speaks_only_on_frames_the_gate_was_sure_of(registry, offset, assessable):
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    p_lung = min_prob + offset
+    assert int(np.argmax(_lung_probs(labels, p_lung))) == labels.index("lung")  # lung is the best class
+    ds, truth = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _lung_probs(labels, p_lung))))
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable is assessable, lung.reason
+    if assessable:
+        # "confidence" is the gate's mean probability of the view on the frames used
+        assert lung.confidence == pytest.approx(p_lung, abs=1e-3)
+        assert np.median(lung.result["b_line_counts"]) == pytest.approx(len(truth[0].bline_cols), abs=1)
+    else:
+        assert "uncertain" in lung.reason and f"p>={min_prob:g}" in lung.reason
+        assert "b_line_counts" not in lung.result
+    assert a.gate["counts"] == ({"lung": N_FRAMES} if assessable else {"uncertain": N_FRAMES})
+
+
+def test_half_sure_frames_are_not_enough(registry):
+    """Half the frames above the threshold is below the required view share: abstain."""
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    frames = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
+
+    class PerFrame(_InjectedGate):
+        def __init__(self, real):
+            super().__init__(real, sure)
+            self._next = 0
+
+        def run(self, x):
+            rows = np.stack(frames[self._next:self._next + len(x)])
+            self._next += len(x)
+            return [np.log(rows)]
+
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    lung = next(r for r in a.results if r.task == "lung")
+    assert not lung.assessable
+    assert a.gate["counts"] == {"lung": 3, "uncertain": 5}
