@@ -42,6 +42,9 @@ SETTINGS: dict[str, Setting] = {
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),
+    # worklist (the kit's Modality Worklist for probes)
+    "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched."),
+    "worklist.procedure": Setting("POCUS eFAST / lung", "Procedure named on every worklist item (the probe shows it)."),
     "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle."),
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb)."),
     # store

@@ -7,6 +7,7 @@ lists, so the kit says the same "yes" everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from pydicom.uid import UID
@@ -85,6 +86,16 @@ def transfer_syntax_name(uid: str) -> str:
         return {"1.2.840.10008.1.2.4.107": "HEVC/H.265 Main Profile / Level 5.1",
                 "1.2.840.10008.1.2.4.108": "HEVC/H.265 Main 10 Profile / Level 5.1"}.get(str(uid), str(uid))
     return name
+
+
+def derived_uid(root: str, *parts: str) -> str:
+    """A UID that is the same for the same inputs (a re-run, a stable encounter), under the
+    kit's root: 2.25 gives the UUID-derived form, another root a digest suffix cut to 64."""
+    n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
+    root = (root or "2.25").rstrip(".")
+    if root == "2.25":
+        return f"2.25.{n}"
+    return f"{root}.1{n}"[:64].rstrip(".")
 
 
 def new_uid(root: str = "2.25") -> str:

@@ -185,7 +185,7 @@ class Batch:
         """Decide the kit patient (existing, or a new row inserted at commit)."""
         store, src, facts = self.store, item.src, item.facts
         issuer = store.config.issuer_of_patient_id
-        item.linked = store.read(lambda db: _link(db, store, src, issuer, facts))
+        item.linked = store.read(lambda db: _link(db, store, src, issuer, facts, item.meta))
         item.new_patient = None
         if item.linked is not None:
             return
@@ -283,10 +283,12 @@ def _chunked(write, size: int = 1 << 20):
     return out
 
 
-def _link(db, store, src, issuer: str, facts: dict) -> dict | None:
+def _link(db, store, src, issuer: str, facts: dict, meta: dict | None = None) -> dict | None:
     return patients.link(db, patient_id=src.patient_id, issuer=src.issuer, kit_issuer=issuer,
                          is_generic=src.is_generic, study_instance_uid=facts["study_instance_uid"],
-                         study_patient_id=_study_patient(db, store, facts["study_instance_uid"]))
+                         study_patient_id=_study_patient(db, store, facts["study_instance_uid"]),
+                         accession=(meta or {}).get("accession_number", ""),
+                         uid_root=store.config["kit.uid_root"])
 
 
 def _commit(store, db, item: _Item):
@@ -301,7 +303,7 @@ def _commit(store, db, item: _Item):
         conflicts = list(existing.get("conflicts") or []) + [copy]
         db.table(T_INSTANCES).update({"conflict": True, "conflicts": conflicts}, doc_ids=[existing.doc_id])
         return CONFLICT, {**existing, "conflict": True, "conflicts": conflicts}
-    now_linked = _link(db, store, item.src, store.config.issuer_of_patient_id, facts)
+    now_linked = _link(db, store, item.src, store.config.issuer_of_patient_id, facts, item.meta)
     if (now_linked or {}).get("id") != (linked or {}).get("id"):
         raise _Raced()
     if new_patient is not None:

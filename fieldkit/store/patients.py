@@ -10,10 +10,13 @@ A merged patient keeps its row with `merged_into` set; lookups follow that point
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+import weakref
 
 from tinydb import Query
 
+from ..dicom import worklist
 from ..errors import BadInput, NotFound
 from ..records import KIND_SYNC, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
 
@@ -97,20 +100,63 @@ def _fresh_id(db) -> str:
     raise RuntimeError("could not find a free patient id")
 
 
+class _Encounters:
+    """Worklist AccessionNumber / StudyInstanceUID -> patient id, grown as patients are
+    added (an encounter's values never change, so entries are never stale)."""
+
+    def __init__(self):
+        self.by_value: dict[str, str] = {}
+        self.seen: set[str] = set()
+
+    def find(self, db, values: tuple[str, ...], kit_issuer: str, uid_root: str) -> str | None:
+        rows = db.table(T_PATIENTS)
+        if len(self.seen) != len(rows):
+            for row in rows:
+                if row["id"] not in self.seen:
+                    self.seen.add(row["id"])
+                    for value in worklist.encounter(kit_issuer, row["id"], uid_root):
+                        self.by_value[value] = row["id"]
+        return next((self.by_value[v] for v in values if v in self.by_value), None)
+
+
+_encounters: "weakref.WeakKeyDictionary[object, dict[tuple[str, str], _Encounters]]" = weakref.WeakKeyDictionary()
+_encounters_lock = threading.Lock()
+
+
+def worklist_patient(db, *, accession: str, study_instance_uid: str, kit_issuer: str,
+                     uid_root: str) -> dict | None:
+    """The patient whose worklist item carried this AccessionNumber or StudyInstanceUID."""
+    values = tuple(v for v in (accession, study_instance_uid) if v)
+    if not values:
+        return None
+    with _encounters_lock:
+        per_db = _encounters.setdefault(db, {})
+        table = per_db.setdefault((kit_issuer, uid_root), _Encounters())
+        pid = table.find(db, values, kit_issuer, uid_root)
+    return resolve_row(db, pid) if pid else None
+
+
 def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
-         study_instance_uid: str, study_patient_id: str | None = None) -> dict | None:
+         study_instance_uid: str, study_patient_id: str | None = None, accession: str = "",
+         uid_root: str = "2.25") -> dict | None:
     """The existing kit patient a capture belongs to, or None (a new one is needed).
 
     1. PatientID names a kit patient (kit issuer or none): that patient;
-    2. PatientID is a triage tag number: that patient;
-    3. the study already has captures: their patient;
-    4. the probe's own ID was seen before: that patient.
+    2. AccessionNumber or StudyInstanceUID of a patient's worklist item: that patient
+       (the probe picked them from the kit's worklist, whatever name it typed);
+    3. PatientID is a triage tag number: that patient;
+    4. the study already has captures: their patient;
+    5. the probe's own ID was seen before: that patient.
     """
     pats = db.table(T_PATIENTS)
     if patient_id and issuer in ("", kit_issuer):
         row = resolve_row(db, patient_id)
         if row:
             return row
+    row = worklist_patient(db, accession=accession, study_instance_uid=study_instance_uid,
+                           kit_issuer=kit_issuer, uid_root=uid_root)
+    if row:
+        return row
     if patient_id:
         rows = pats.search(_P.tag == patient_id)
         if rows:
