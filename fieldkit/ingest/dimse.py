@@ -14,12 +14,12 @@ import threading
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import ModalityWorklistInformationFind, StorageCommitmentPushModel, Verification
 
 from ..dicom import parse, uids
 from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
 from ..store.instances import CONFLICT, put_instance
-from . import worklist
+from . import commitment, worklist
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def make_ae(config) -> AE:
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.add_supported_context(StorageCommitmentPushModel)
     for sop_class in uids.ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(uids.ACCEPTED_TRANSFER_SYNTAXES))
     if not config["dicom.allow_any_ae"]:
@@ -137,7 +138,9 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     config = kit.config
     ae = make_ae(config)
     handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo),
-                (evt.EVT_C_FIND, worklist.handle_find, [kit])]
+                (evt.EVT_C_FIND, worklist.handle_find, [kit]),
+                (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
+                (evt.EVT_DIMSE_SENT, commitment.on_sent)]
     try:
         server = ae.start_server((config["dicom.bind"], port), block=False, evt_handlers=handlers,
                                  ssl_context=ssl_context)

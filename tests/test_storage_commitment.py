@@ -1,0 +1,104 @@
+"""Storage Commitment Push Model with pynetdicom as the probe: the report lists exactly the
+instances the kit holds, and each one it does not hold with the reason."""
+
+from __future__ import annotations
+
+import threading
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel, UltrasoundImageStorage
+
+from fieldkit.ingest import commitment
+
+WELL_KNOWN = "1.2.840.10008.1.20.1.1"
+
+
+def _capture() -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def _ref(cls: str, uid: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = cls, uid
+    return item
+
+
+def test_the_probe_learns_what_is_held_and_what_is_not(dimse_kit):
+    reports, got = [], threading.Event()
+
+    def on_report(event):
+        reports.append((event.event_type, event.event_information))
+        got.set()
+        return 0x0000, None
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(UltrasoundImageStorage, ["1.2.840.10008.1.2.1"])
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", dimse_kit.receiver.port, ae_title="FIELDKIT",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assert assoc.is_established
+    try:
+        sent = []
+        for _ in range(3):
+            ds = _capture()
+            ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+            assert assoc.send_c_store(ds).Status == 0x0000
+            sent.append(str(ds.SOPInstanceUID))
+        never_sent = generate_uid()
+        wrong_class = _ref("1.2.840.10008.5.1.4.1.1.7", sent[2])  # held, but not as Secondary Capture
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        request.ReferencedSOPSequence = Sequence([_ref(UltrasoundImageStorage, u) for u in sent[:2]]
+                                                 + [_ref(UltrasoundImageStorage, never_sent), wrong_class])
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
+        assert status.Status == 0x0000
+        assert got.wait(30), "no N-EVENT-REPORT came"
+    finally:
+        assoc.release()
+    (event_type, info), = reports
+    assert event_type == commitment.SOME_FAILED
+    assert info.TransactionUID == request.TransactionUID
+    assert sorted(i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence) == sorted(sent[:2])
+    failed = {(i.ReferencedSOPInstanceUID, int(i.FailureReason)) for i in info.FailedSOPSequence}
+    assert failed == {(never_sent, commitment.NO_SUCH_INSTANCE), (sent[2], commitment.CLASS_INSTANCE_CONFLICT)}
+
+
+def test_all_committed_and_bad_requests(dimse_kit):
+    reports, got = [], threading.Event()
+
+    def on_report(event):
+        reports.append(event.event_type)
+        got.set()
+        return 0x0000, None
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(UltrasoundImageStorage, ["1.2.840.10008.1.2.1"])
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", dimse_kit.receiver.port, ae_title="FIELDKIT",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        ds = _capture()
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+        assert assoc.send_c_store(ds).Status == 0x0000
+        empty = Dataset()
+        empty.TransactionUID = generate_uid()
+        status, _ = assoc.send_n_action(empty, 1, StorageCommitmentPushModel, WELL_KNOWN)
+        assert status.Status == commitment.INVALID_ARGUMENT  # nothing to commit
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        request.ReferencedSOPSequence = Sequence([_ref(UltrasoundImageStorage, ds.SOPInstanceUID)])
+        status, _ = assoc.send_n_action(request, 7, StorageCommitmentPushModel, WELL_KNOWN)
+        assert status.Status == commitment.NO_SUCH_ACTION_TYPE
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
+        assert status.Status == 0x0000 and got.wait(30)
+    finally:
+        assoc.release()
+    assert reports == [commitment.ALL_COMMITTED]
