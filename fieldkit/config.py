@@ -44,6 +44,7 @@ SETTINGS: dict[str, Setting] = {
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),
     # worklist (the kit's Modality Worklist for probes)
     "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched."),
+    "worklist.session_minutes": Setting(20.0, "A probe session (captures from one probe go to one patient) ends after this many minutes."),
     "worklist.procedure": Setting("POCUS eFAST / lung", "Procedure named on every worklist item (the probe shows it)."),
     "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle."),
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb)."),

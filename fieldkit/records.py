@@ -16,6 +16,7 @@ T_QUEUE = "queue"
 T_USERS = "users"
 T_TOKENS = "tokens"
 T_META = "meta"
+T_PROBES = "probes"
 
 # Queue vocabulary
 KIND_INFER = "infer"

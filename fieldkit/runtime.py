@@ -48,6 +48,7 @@ SERVICES: list[tuple[str, str]] = [
 CONTROL_OPS: dict[str, str] = {
     "status": "fieldkit.runtime:op_status",
     "import": "fieldkit.cli.ingest:op_import",  # USB/folder import (ingest)
+    **{op: f"fieldkit.cli.probes:op_{op.replace('.', '_')}" for op in ("probes.add", "probes.list", "probes.remove")},
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",

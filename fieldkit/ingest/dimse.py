@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -18,6 +19,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, StorageCommitm
 
 from ..dicom import parse, uids
 from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
+from ..store import probes
 from ..store.instances import CONFLICT, put_instance
 from . import commitment, worklist
 
@@ -72,7 +74,7 @@ def handle_store(event, kit) -> Dataset:
         if len(raw) > cap:
             raise TooLarge(f"object over the {kit.config['dicom.max_object_mb']} MiB limit")
         requested_class = str(event.request.AffectedSOPClassUID)
-        result = put_instance(store, raw, "dimse", transfer_syntax=ts)
+        result = put_instance(store, raw, "dimse", transfer_syntax=ts, calling_ae=str(calling).strip())
         if result["instance"]["sop_class_uid"] != requested_class:
             # stored already (it is a valid object); tell the probe its request was odd
             return _status(WARNING_COERCION, "SOP class differs from the C-STORE request")
@@ -92,13 +94,58 @@ def handle_echo(event) -> int:
     return SUCCESS
 
 
+class RefusedCallers:
+    """Associations refused for their calling AE title, for the device page: (AE, address)
+    -> count, first and last time. Bounded, so a flood cannot grow it; the first refusal of
+    a caller is audited, repeats only counted."""
+
+    LIMIT = 100
+
+    def __init__(self, store):
+        self._store = store
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], dict] = {}
+
+    def on_rejected(self, event) -> None:
+        ae = str(event.assoc.requestor.ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        now = time.time()
+        with self._lock:
+            entry = self._seen.get((ae, address))
+            first = entry is None
+            if first:
+                if len(self._seen) >= self.LIMIT:
+                    del self._seen[min(self._seen, key=lambda k: self._seen[k]["last"])]
+                entry = self._seen[(ae, address)] = {"ae": ae, "address": address, "count": 0, "first": now}
+            entry["count"] += 1
+            entry["last"] = now
+        if first:
+            try:
+                from ..store import accounts
+                accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.association.refused",
+                                      object=address, outcome="denied", detail={"reason": "calling AE title not allowed"})
+            except Exception as exc:  # a locked or full store must not break the receiver
+                log.info("refused association not audited: %s", type(exc).__name__)
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return sorted((dict(e) for e in self._seen.values()), key=lambda e: -e["last"])
+
+
 class Receiver:
     """A running DIMSE server; `.port` is the bound port, `.stop()` shuts it down."""
 
-    def __init__(self, server, port: int):
+    def __init__(self, server, port: int, refused: RefusedCallers | None = None):
         self._server = server
         self.port = port
+        self.refused = refused
         self._stopped = threading.Event()
+
+    def allow(self, config, registered: list[str]) -> None:
+        """Re-read who may call (a probe was registered or removed while running)."""
+        titles = allowed_titles(config, registered)
+        if titles is not None:
+            self._server.ae.require_calling_aet = titles
 
     def stop(self) -> None:
         if not self._stopped.is_set():
@@ -106,7 +153,7 @@ class Receiver:
             self._server.shutdown()
 
 
-def make_ae(config) -> AE:
+def make_ae(config, registered: list[str] = ()) -> AE:
     try:
         ae = AE(ae_title=config["dicom.ae_title"])
     except (ValueError, TypeError) as exc:
@@ -122,22 +169,32 @@ def make_ae(config) -> AE:
     ae.add_supported_context(StorageCommitmentPushModel)
     for sop_class in uids.ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(uids.ACCEPTED_TRANSFER_SYNTAXES))
-    if not config["dicom.allow_any_ae"]:
-        # an empty list refuses every caller: a provisioned kit is closed until configured
-        allowed = [str(t) for t in config["dicom.allowed_ae_titles"]]
-        # (pynetdicom reads an empty list as "anyone", so use a random title nobody has)
+    titles = allowed_titles(config, registered)
+    if titles is not None:
         try:
-            ae.require_calling_aet = allowed or [secrets.token_hex(8).upper()]
+            ae.require_calling_aet = titles
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"dicom.allowed_ae_titles holds an unusable AE title: {exc}") from None
     return ae
 
 
+def allowed_titles(config, registered: list[str]) -> list[str] | None:
+    """Calling AE titles let in (the setting plus registered probes); None: anyone."""
+    if config["dicom.allow_any_ae"]:
+        return None
+    # an empty list refuses every caller: a provisioned kit is closed until configured
+    allowed = [str(t) for t in config["dicom.allowed_ae_titles"]] + list(registered)
+    # (pynetdicom reads an empty list as "anyone", so use a random title nobody has)
+    return allowed or [secrets.token_hex(8).upper()]
+
+
 def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     """A receiver on dicom.bind:port (0 = any free port) in its own thread."""
     config = kit.config
-    ae = make_ae(config)
+    ae = make_ae(config, probes.registered_titles(kit.store))
+    refused = RefusedCallers(kit.store)
     handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo),
+                (evt.EVT_REJECTED, refused.on_rejected),
                 (evt.EVT_C_FIND, worklist.handle_find, [kit]),
                 (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
                 (evt.EVT_DIMSE_SENT, commitment.on_sent)]
@@ -150,7 +207,7 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     bound = server.server_address[1]
     log.info("DIMSE receiver%s listening on port %d as %s", " (TLS)" if ssl_context else "", bound,
              config["dicom.ae_title"])
-    return Receiver(server, bound)
+    return Receiver(server, bound, refused)
 
 
 def start(kit) -> Receiver:
@@ -158,3 +215,27 @@ def start(kit) -> Receiver:
     receiver = listen(kit, int(kit.config["dicom.port"]), "dicom.port")
     kit.dicom_port = receiver.port
     return receiver
+
+
+def register_probe(kit, ae: str, *, name: str = "", host: str = "", actor: str = "", role: str = "") -> dict:
+    """Register a probe (audited); the running receivers let it in at once."""
+    from ..store import accounts
+    row = probes.add_probe(kit.store, ae, name=name, host=host)
+    accounts.audit_append(kit.store, actor=actor or accounts.SYSTEM, role=role, action="probe.add", object=row["ae"])
+    refresh_allowed(kit)
+    return row
+
+
+def unregister_probe(kit, ae: str, *, actor: str = "", role: str = "") -> None:
+    from ..store import accounts
+    probes.remove_probe(kit.store, ae)
+    accounts.audit_append(kit.store, actor=actor or accounts.SYSTEM, role=role, action="probe.remove", object=ae)
+    refresh_allowed(kit)
+
+
+def refresh_allowed(kit) -> None:
+    """Tell the running receivers who may call now (the setting plus registered probes)."""
+    registered = probes.registered_titles(kit.store)
+    for service in kit.services.values():
+        if isinstance(service, Receiver):
+            service.allow(kit.config, registered)

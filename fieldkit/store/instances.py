@@ -37,7 +37,7 @@ from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
-from . import patients
+from . import patients, probes
 
 log = logging.getLogger(__name__)
 _I = Query()
@@ -105,8 +105,8 @@ def get_instance(store, sop_uid: str) -> dict | None:
 
 
 def put_instance(store, data: bytes | Dataset | Prepared, source: str, *, transfer_syntax: str | None = None,
-                 from_picture: bool = False, raw: dict | None = None) -> dict:
-    """Store one object. `data` is a Part-10 file, or (with `transfer_syntax`) a bare
+                 from_picture: bool = False, raw: dict | None = None, calling_ae: str = "") -> dict:
+    """Store one object (`calling_ae`: the probe that sent it over DIMSE). `data` is a Part-10 file, or (with `transfer_syntax`) a bare
     dataset as received over DIMSE, or a pydicom Dataset (read from bytes - then `raw` is
     its element dict as read, before anything converted an element - or built by the kit),
     or an object already prepared (dicom.prepare.prepare).
@@ -114,7 +114,7 @@ def put_instance(store, data: bytes | Dataset | Prepared, source: str, *, transf
     Returns {"status": "stored"|"duplicate"|"conflict", "sop_instance_uid", "patient_id",
     "instance": row, "message"}; raises parse.InvalidDicom (a BadInput) when refused.
     """
-    batch = Batch(store, source)
+    batch = Batch(store, source, calling_ae=calling_ae)
     batch.add(data, transfer_syntax=transfer_syntax, from_picture=from_picture, raw=raw)
     return batch.commit()[0]
 
@@ -122,8 +122,10 @@ def put_instance(store, data: bytes | Dataset | Prepared, source: str, *, transf
 class _Item:
     """One object between its checks and its catalogue row."""
 
-    def __init__(self, prepared: Prepared, from_picture: bool):
+    def __init__(self, prepared: Prepared, from_picture: bool, calling_ae: str = ""):
         self.facts, self.src, self.digest = prepared.facts, prepared.source, prepared.encoded.digest
+        self.calling_ae = calling_ae  # the probe that sent it (DIMSE), for probe sessions
+        self.linked_by = ""
         self.encoded: parse.Encoded | None = prepared.encoded
         self.thumb, self.decode_error, self.meta = prepared.thumbnail, prepared.decode_error, prepared.descriptive
         self.from_picture = from_picture
@@ -145,10 +147,10 @@ class Batch:
     Objects of one batch that need the same new patient (same probe PatientID, or same
     study) get one: later objects reuse the patient an earlier one will create."""
 
-    def __init__(self, store, source: str):
+    def __init__(self, store, source: str, calling_ae: str = ""):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}")
-        self.store, self.source = store, source
+        self.store, self.source, self.calling_ae = store, source, calling_ae
         self._blobs = store.blobs.batch()
         self._entries: list = []  # a final result (duplicate) or an _Item
         self._new_by_study: dict[str, dict] = {}
@@ -172,7 +174,7 @@ class Batch:
         if existing and prepared.encoded.digest in _digests(existing):
             self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
             return len(self._entries) - 1
-        item = _Item(prepared, from_picture)
+        item = _Item(prepared, from_picture, self.calling_ae)
         self._link(item, in_batch=True)
         self._write(item, self._blobs)
         # let go of the encoded copy: a batch of large cines must not sit in memory until
@@ -185,7 +187,7 @@ class Batch:
         """Decide the kit patient (existing, or a new row inserted at commit)."""
         store, src, facts = self.store, item.src, item.facts
         issuer = store.config.issuer_of_patient_id
-        item.linked = store.read(lambda db: _link(db, store, src, issuer, facts, item.meta))
+        item.linked, item.linked_by = store.read(lambda db: _link(db, store, item, issuer))
         item.new_patient = None
         if item.linked is not None:
             return
@@ -226,6 +228,7 @@ class Batch:
                     "thumbnail": thumb, "source": self.source,
                     "from_picture": bool(item.from_picture), "conflict": False, "received_at": time.time(),
                     "decode_error": item.decode_error, "digest": item.digest, "conflicts": [],
+                    "linked_by": item.linked_by or "new patient",
                     **item.meta}
 
     def commit(self) -> list[dict]:
@@ -283,12 +286,13 @@ def _chunked(write, size: int = 1 << 20):
     return out
 
 
-def _link(db, store, src, issuer: str, facts: dict, meta: dict | None = None) -> dict | None:
-    return patients.link(db, patient_id=src.patient_id, issuer=src.issuer, kit_issuer=issuer,
-                         is_generic=src.is_generic, study_instance_uid=facts["study_instance_uid"],
-                         study_patient_id=_study_patient(db, store, facts["study_instance_uid"]),
-                         accession=(meta or {}).get("accession_number", ""),
-                         uid_root=store.config["kit.uid_root"])
+def _link(db, store, item: _Item, issuer: str) -> tuple[dict | None, str]:
+    src, study = item.src, item.facts["study_instance_uid"]
+    return patients.link_with_reason(
+        db, patient_id=src.patient_id, issuer=src.issuer, kit_issuer=issuer, is_generic=src.is_generic,
+        study_instance_uid=study, study_patient_id=_study_patient(db, store, study),
+        accession=(item.meta or {}).get("accession_number", ""), uid_root=store.config["kit.uid_root"],
+        session_patient_id=probes.session_patient(db, item.calling_ae))
 
 
 def _commit(store, db, item: _Item):
@@ -303,7 +307,7 @@ def _commit(store, db, item: _Item):
         conflicts = list(existing.get("conflicts") or []) + [copy]
         db.table(T_INSTANCES).update({"conflict": True, "conflicts": conflicts}, doc_ids=[existing.doc_id])
         return CONFLICT, {**existing, "conflict": True, "conflicts": conflicts}
-    now_linked = _link(db, store, item.src, store.config.issuer_of_patient_id, facts, item.meta)
+    now_linked, _ = _link(db, store, item, store.config.issuer_of_patient_id)
     if (now_linked or {}).get("id") != (linked or {}).get("id"):
         raise _Raced()
     if new_patient is not None:

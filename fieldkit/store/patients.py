@@ -136,44 +136,59 @@ def worklist_patient(db, *, accession: str, study_instance_uid: str, kit_issuer:
     return resolve_row(db, pid) if pid else None
 
 
-def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
-         study_instance_uid: str, study_patient_id: str | None = None, accession: str = "",
-         uid_root: str = "2.25") -> dict | None:
-    """The existing kit patient a capture belongs to, or None (a new one is needed).
+# Why a capture went to the patient it went to (kept on the catalogue row as `linked_by`).
+BY_PATIENT_ID, BY_WORKLIST, BY_TAG, BY_PROBE_SESSION, BY_STUDY, BY_PROBE_ID = (
+    "patient id", "worklist", "tag", "probe session", "study", "probe's patient id")
+
+
+def link(db, **facts) -> dict | None:
+    """The existing kit patient a capture belongs to, or None (see link_with_reason)."""
+    return link_with_reason(db, **facts)[0]
+
+
+def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
+                     study_instance_uid: str, study_patient_id: str | None = None, accession: str = "",
+                     uid_root: str = "2.25", session_patient_id: str | None = None) -> tuple[dict | None, str]:
+    """(the existing kit patient a capture belongs to, why), or (None, "") for a new one.
 
     1. PatientID names a kit patient (kit issuer or none): that patient;
     2. AccessionNumber or StudyInstanceUID of a patient's worklist item: that patient
        (the probe picked them from the kit's worklist, whatever name it typed);
     3. PatientID is a triage tag number: that patient;
-    4. the study already has captures: their patient;
-    5. the probe's own ID was seen before: that patient.
+    4. the sending probe is in a probe session: its patient;
+    5. the study already has captures: their patient;
+    6. the probe's own ID was seen before: that patient.
     """
     pats = db.table(T_PATIENTS)
     if patient_id and issuer in ("", kit_issuer):
         row = resolve_row(db, patient_id)
         if row:
-            return row
+            return row, BY_PATIENT_ID
     row = worklist_patient(db, accession=accession, study_instance_uid=study_instance_uid,
                            kit_issuer=kit_issuer, uid_root=uid_root)
     if row:
-        return row
+        return row, BY_WORKLIST
     if patient_id:
         rows = pats.search(_P.tag == patient_id)
         if rows:
-            return resolve_row(db, rows[0]["id"])
+            return resolve_row(db, rows[0]["id"]), BY_TAG
+    if session_patient_id:
+        row = resolve_row(db, session_patient_id)
+        if row:
+            return row, BY_PROBE_SESSION
     if study_patient_id is None and study_instance_uid:  # callers with an index pass it in
         rows = db.table(T_INSTANCES).search(Query().study_instance_uid == study_instance_uid)
         study_patient_id = rows[0]["patient_id"] if rows else ""
     if study_patient_id:
         row = resolve_row(db, study_patient_id)
         if row:
-            return row
+            return row, BY_STUDY
     if patient_id and not is_generic:
         alias = [issuer, patient_id]
         rows = pats.search(_P.aliases.test(lambda a: alias in a))
         if rows:
-            return resolve_row(db, rows[0]["id"])
-    return None
+            return resolve_row(db, rows[0]["id"]), BY_PROBE_ID
+    return None, ""
 
 
 def set_triage(store, pid: str, category: str, by: str = "") -> dict:

@@ -1,0 +1,90 @@
+"""Registered probes and probe sessions, for tablets: the device page lists probes and the
+callers the DICOM receiver refused (with an "allow" for admins); a patient's page binds a
+probe to that patient ("scan this patient with probe …")."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from ..errors import BadInput
+from ..security import roles as R
+from ..ingest import dimse
+from ..store import probes
+from . import kit_of
+
+bp = Blueprint("probes", __name__)
+
+ROUTE_PERMISSIONS = {
+    "probes.list_probes": R.PATIENTS_READ,
+    "probes.add_probe": R.SETTINGS_MANAGE,
+    "probes.remove_probe": R.SETTINGS_MANAGE,
+    "probes.start_session": R.TRIAGE_WRITE,
+    "probes.end_session": R.TRIAGE_WRITE,
+}
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadInput("send a JSON object (Content-Type: application/json)")
+    return data
+
+
+def _probe_field(data: dict) -> str:
+    value = data.get("probe", data.get("ae"))
+    if not isinstance(value, str):
+        raise BadInput("name the probe by its AE title: {\"probe\": \"LUMIFY1\"}")
+    return probes.check_ae(value)
+
+
+def _principal():
+    from .auth import current_principal
+    p = current_principal()
+    return (p.actor, p.role) if p else ("", "")
+
+
+@bp.get("/api/v1/probes")
+def list_probes():
+    kit = kit_of()
+    refused = []
+    for name in ("dicom", "dicom-tls"):
+        tracker = getattr(kit.services.get(name), "refused", None)
+        refused += tracker.list() if tracker is not None else []
+    return jsonify({"probes": probes.list_probes(kit.store), "refused": refused})
+
+
+@bp.post("/api/v1/probes")
+def add_probe():
+    kit, data = kit_of(), _body()
+    ae = _probe_field(data)
+    name, host = data.get("name", ""), data.get("host", "")
+    if not isinstance(name, str) or not isinstance(host, str):
+        raise BadInput("name and host must be text")
+    actor, role = _principal()
+    return jsonify(dimse.register_probe(kit, ae, name=name, host=host, actor=actor, role=role)), 201
+
+
+@bp.delete("/api/v1/probes/<ae>")
+def remove_probe(ae):
+    kit = kit_of()
+    actor, role = _principal()
+    dimse.unregister_probe(kit, probes.check_ae(ae), actor=actor, role=role)
+    return jsonify({"removed": ae})
+
+
+@bp.post("/api/v1/ui/patients/<pid>/probe-session")
+def start_session(pid):
+    kit, data = kit_of(), _body()
+    actor, _ = _principal()
+    session = probes.start_session(kit.store, _probe_field(data), pid,
+                                   minutes=float(kit.config["worklist.session_minutes"]), by=actor)
+    kit.events.publish("patient.updated", patient_id=session["patient_id"])
+    return jsonify(session), 201
+
+
+@bp.delete("/api/v1/ui/patients/<pid>/probe-session")
+def end_session(pid):
+    kit, data = kit_of(), _body()
+    ended = probes.end_session(kit.store, _probe_field(data), pid)
+    kit.events.publish("patient.updated", patient_id=pid)
+    return jsonify({"ended": ended})
