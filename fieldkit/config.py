@@ -42,6 +42,8 @@ SETTINGS: dict[str, Setting] = {
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),
+    # patients
+    "patients.merge_undo_seconds": Setting(60.0, "A merge made on a tablet can be undone for this many seconds; nothing of it is sent to the hospital meanwhile."),
     # worklist (the kit's Modality Worklist for probes)
     "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched."),
     "worklist.session_minutes": Setting(20.0, "A probe session (captures from one probe go to one patient) ends after this many minutes."),

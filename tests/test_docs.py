@@ -46,3 +46,14 @@ def test_the_citation_check_sees_a_missing_document():
     absent = "NOT-IN-REPO" + ".md"  # spelt in two pieces so this file does not cite it
     assert cited_documents(f"see {absent} and `models/README.md`.") == {absent, "models/README.md"}
     assert not (ROOT / absent).exists()
+
+
+def test_the_generated_config_file_reads_back_with_every_setting():
+    """Settings of one section must sit together in SETTINGS, or the TOML repeats a table."""
+    import tomllib
+
+    from fieldkit.config import Config, render_toml
+
+    parsed = tomllib.loads(render_toml(Config().as_dict()))
+    flat = {f"{section}.{key}": value for section, table in parsed.items() for key, value in table.items()}
+    assert set(flat) == set(SETTINGS)

@@ -65,10 +65,11 @@ def list_patients(store, include_merged: bool = False) -> list[dict]:
 
 
 def find_patients(store, text: str) -> list[dict]:
-    """Patients whose id, tag or name contains `text` (case-insensitive), merged ones left out."""
+    """Patients whose id, any tag (merged ones too) or name contains `text` (case-insensitive);
+    merged-away records left out (their tags find the survivor)."""
     needle = (text or "").strip().lower()
     return [p for p in list_patients(store)
-            if needle in p["id"].lower() or needle in str(p.get("tag") or "").lower()
+            if needle in p["id"].lower() or any(needle in t.lower() for t in all_tags(p))
             or needle in (p.get("name") or "").lower()]
 
 
@@ -212,13 +213,21 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
     return row
 
 
-def merge_patients(store, from_id: str, into_id: str) -> dict:
-    """Fold `from_id` into `into_id` (e.g. an unidentified patient who was identified):
-    its captures move to `into_id`; those the hospital has not confirmed yet go with the
-    new identity. The change itself travels as two status documents (see
-    fieldkit.sync.updates): one under the surviving ID naming the merged one, and a last
-    one under the merged ID naming the survivor. Captures the hospital already confirmed
-    are not re-sent (same UIDs, different content: a PACS keeps one or the other)."""
+# Which category a merged patient keeps: the most urgent one; "none" (not triaged) says
+# nothing, so any category recorded for either record beats it.
+MERGE_URGENCY = ("red", "yellow", "green", "grey", "black", "none")
+
+
+def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seconds: float = 0.0) -> dict:
+    """Fold `from_id` into `into_id` (e.g. an unidentified patient who was identified),
+    losing nothing: the survivor keeps the most urgent category, every tag (a merged tag
+    still finds it), both triage histories interleaved by time, every capture and finding.
+    Captures the hospital has not confirmed yet go with the new identity. The change
+    travels as two status documents (see fieldkit.sync.updates): one under the surviving
+    ID naming the merged one, and a last one under the merged ID naming the survivor.
+    Nothing of the merge is sent during `undo_seconds`, in which `unmerge` splits the two
+    back exactly as they were. Captures the hospital already confirmed are not re-sent
+    (same UIDs, different content: a PACS keeps one or the other)."""
     def fn(db):
         src, dst = resolve_row(db, from_id), resolve_row(db, into_id)
         if not src:
@@ -229,30 +238,84 @@ def merge_patients(store, from_id: str, into_id: str) -> dict:
             raise BadInput(f"{from_id} and {into_id} are already the same patient")
         now = time.time()
         pats, insts = db.table(T_PATIENTS), db.table(T_INSTANCES)
+        before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags")}
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
-        pats.update({"aliases": aliases, "updated": now, **fill}, _P.id == dst["id"])
-        pats.update({"merged_into": dst["id"], "updated": now}, _P.id == src["id"])
+        triage = min(dst.get("triage") or "none", src.get("triage") or "none", key=MERGE_URGENCY.index)
+        tags = [t for t in dict.fromkeys(all_tags(dst) + all_tags(src)) if t]
+        history = sorted(list(dst.get("triage_history") or []) + list(src.get("triage_history") or []),
+                         key=lambda h: h.get("at", 0))
+        history.append({"triage": triage, "at": now, "by": by, "merged": src["id"]})
+        changes = {"aliases": aliases, "updated": now, "triage": triage, "tags": tags,
+                   "triage_history": history, **fill}
+        pats.update(changes, _P.id == dst["id"])
         src_rows = insts.search(Query().patient_id == src["id"])
         moved = [r["sop_instance_uid"] for r in src_rows]
         insts.update({"patient_id": dst["id"]}, Query().patient_id == src["id"])
-        triage = dst.get("triage", "none")
+        delay = max(0.0, float(undo_seconds))
+        queued = []
+        # identity first: the hospital learns of the merge before any re-stamped image
+        queued.append(store.queue.enqueue(KIND_SYNC, {"patient_id": dst["id"], "what": "merge", "merged": src["id"]},
+                                          priority=sync_priority(triage, "triage"),
+                                          key=f"merge:{src['id']}:{dst['id']}", delay=delay))
+        queued.append(store.queue.enqueue(KIND_SYNC, {"patient_id": src["id"], "what": "merged", "into": dst["id"]},
+                                          priority=sync_priority(triage, "triage"),
+                                          key=f"merged:{src['id']}:{dst['id']}", delay=delay))
         for r in src_rows:
             if r.get("sync_state") == "confirmed":
                 continue
             is_sr = str(r.get("sop_class_uid") or "").startswith("1.2.840.10008.5.1.4.1.1.88.")
-            store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": r["sop_instance_uid"]},
-                                priority=sync_priority(triage, "finding" if is_sr else "image"),
-                                key=r["sop_instance_uid"])
-        # identity first: the hospital learns of the merge before any re-stamped image
-        store.queue.enqueue(KIND_SYNC, {"patient_id": dst["id"], "what": "merge", "merged": src["id"]},
-                            priority=sync_priority(triage, "triage"), key=f"merge:{src['id']}:{dst['id']}")
-        store.queue.enqueue(KIND_SYNC, {"patient_id": src["id"], "what": "merged", "into": dst["id"]},
-                            priority=sync_priority(triage, "triage"), key=f"merged:{src['id']}:{dst['id']}")
-        dst.update(aliases=aliases, updated=now, **fill)
+            queued.append(store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": r["sop_instance_uid"]},
+                                              priority=sync_priority(triage, "finding" if is_sr else "image"),
+                                              key=r["sop_instance_uid"], delay=delay))
+        undo = {"until": now + delay, "into": dst["id"], "moved": moved, "survivor_before": before,
+                "queued": queued, "by": by}
+        pats.update({"merged_into": dst["id"], "updated": now, "merge_undo": undo}, _P.id == src["id"])
+        dst.update(changes)
         return dst, moved
 
     dst, moved = store.write(fn)
     store.events.publish("patient.merged", patient_id=dst["id"], merged=from_id, instances=len(moved))
     store.events.publish("patient.updated", patient_id=dst["id"])
     return dst
+
+
+def unmerge(store, merged_id: str, *, by: str = "") -> dict:
+    """Split a merge back while its undo window is open: both records as they were before
+    it, the captures back where they came from, and nothing of the merge sent."""
+    def fn(db):
+        src = _get(db, merged_id)
+        if not src or not src.get("merged_into"):
+            raise NotFound(f"patient {merged_id} is not merged into another")
+        undo = src.get("merge_undo") or {}
+        now = time.time()
+        if not undo or now > undo["until"]:
+            raise BadInput(f"the merge of {merged_id} can no longer be undone (its undo time is over and the "
+                           "hospital may have been told); fix the identity with an edit instead")
+        dst = _get(db, undo["into"])
+        if dst is None or dst.get("merged_into"):
+            raise BadInput(f"{undo['into']} was merged again since; undo that merge first")
+        for row_id in undo["queued"]:
+            store.queue.cancel(row_id, f"merge of {merged_id} undone")
+        pats, insts = db.table(T_PATIENTS), db.table(T_INSTANCES)
+        restored = {k: v for k, v in undo["survivor_before"].items() if v is not None or k == "tags"}
+        history = list(restored.get("triage_history") or [])
+        restored["triage_history"] = history
+        pats.update({**restored, "updated": now}, _P.id == dst["id"])
+        moved = set(undo["moved"])
+        insts.update({"patient_id": src["id"]}, Query().sop_instance_uid.one_of(sorted(moved)))
+        src_history = list(src.get("triage_history") or []) + [{"triage": src.get("triage", "none"), "at": now,
+                                                                "by": by, "unmerged_from": dst["id"]}]
+        pats.update({"merged_into": None, "merge_undo": None, "updated": now, "triage_history": src_history},
+                    _P.id == src["id"])
+        return dict(_get(db, src["id"])), dst["id"]
+
+    src, dst_id = store.write(fn)
+    store.events.publish("patient.updated", patient_id=src["id"])
+    store.events.publish("patient.updated", patient_id=dst_id)
+    return src
+
+
+def all_tags(row: dict) -> list[str]:
+    """Every triage tag number a patient record carries (its own and merged ones)."""
+    return [t for t in [row.get("tag")] + list(row.get("tags") or []) if t]

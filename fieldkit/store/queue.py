@@ -199,6 +199,17 @@ class Queue:
             self._set(db, row_id, doc, state=DONE, dismissed=reason)
         self._store.write(fn)
 
+    def cancel(self, row_id: str, reason: str) -> bool:
+        """Withdraw a row nobody has started (ready, maybe delayed): done, marked cancelled.
+        A leased or finished row is left alone (False)."""
+        def fn(db):
+            doc = self._get(db, row_id)
+            if doc["state"] != READY:
+                return False
+            self._set(db, row_id, doc, state=DONE, dismissed=f"cancelled: {reason}"[:2000])
+            return True
+        return self._store.write(fn)
+
     def set_priority(self, row_id: str, priority: int) -> None:
         def fn(db):
             doc = self._get(db, row_id)

@@ -22,7 +22,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.ui:bp",  # tablet UI pages, manifest, service worker
     "fieldkit.web.ui_api:bp",  # JSON behind the tablet UI
     "fieldkit.web.live:bp",  # live updates (Server-Sent Events)
-    "fieldkit.web.probes:bp",  # registered probes, probe sessions
+    "fieldkit.web.linking:bp",  # registered probes, probe sessions, undoing a merge
 ]
 
 

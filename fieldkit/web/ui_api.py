@@ -359,7 +359,8 @@ def merge(pid):
     into = _text(data, "into", 64)
     if not into:
         raise BadInput("say which patient to merge into")
-    dst = pstore.merge_patients(store, pid, into)
+    dst = pstore.merge_patients(store, pid, into, by=_actor(),
+                                undo_seconds=float(kit_of().config["patients.merge_undo_seconds"]))
     after_triage_change(store, dst["id"], dst.get("triage") or "none")
     return jsonify({"patient": _public_patient(dst)})
 

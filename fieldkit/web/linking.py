@@ -1,6 +1,6 @@
-"""Registered probes and probe sessions, for tablets: the device page lists probes and the
-callers the DICOM receiver refused (with an "allow" for admins); a patient's page binds a
-probe to that patient ("scan this patient with probe …")."""
+"""How captures and records get to the right patient, for tablets: registered probes and the
+callers the DICOM receiver refused (device page, "allow" for admins), probe sessions ("scan
+this patient with probe …") and undoing a merge while its undo time is open."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from flask import Blueprint, jsonify, request
 from ..errors import BadInput
 from ..security import roles as R
 from ..ingest import dimse
-from ..store import probes
+from ..store import patients, probes
 from . import kit_of
 
-bp = Blueprint("probes", __name__)
+bp = Blueprint("linking", __name__)
 
 ROUTE_PERMISSIONS = {
-    "probes.list_probes": R.PATIENTS_READ,
-    "probes.add_probe": R.SETTINGS_MANAGE,
-    "probes.remove_probe": R.SETTINGS_MANAGE,
-    "probes.start_session": R.TRIAGE_WRITE,
-    "probes.end_session": R.TRIAGE_WRITE,
+    "linking.list_probes": R.PATIENTS_READ,
+    "linking.add_probe": R.SETTINGS_MANAGE,
+    "linking.remove_probe": R.SETTINGS_MANAGE,
+    "linking.start_session": R.TRIAGE_WRITE,
+    "linking.end_session": R.TRIAGE_WRITE,
+    "linking.unmerge": R.PATIENTS_WRITE,
 }
 
 
@@ -88,3 +89,18 @@ def end_session(pid):
     ended = probes.end_session(kit.store, _probe_field(data), pid)
     kit.events.publish("patient.updated", patient_id=pid)
     return jsonify({"ended": ended})
+
+
+@bp.post("/api/v1/ui/patients/<pid>/unmerge")
+def unmerge(pid):
+    """Split a merged record back out of the patient it was merged into (undo)."""
+    from .ui_api import after_triage_change
+
+    store = kit_of().store
+    actor, _ = _principal()
+    survivor = (patients.get_patient(store, pid, follow_merges=True) or {}).get("id")
+    row = patients.unmerge(store, pid, by=actor)
+    for p in (row, patients.get_patient(store, survivor) if survivor else None):
+        if p:  # sync rows at each record's own priority again, and the hospital told
+            after_triage_change(store, p["id"], p.get("triage") or "none")
+    return jsonify({"patient": {k: row.get(k) for k in ("id", "tag", "name", "triage")}})
