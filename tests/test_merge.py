@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fieldkit.records import KIND_SYNC
+from fieldkit.records import KIND_SYNC, sync_priority
 from fieldkit.store import instances, patients
 from test_ingest_identity import capture
 
@@ -96,3 +96,55 @@ def test_unmerge_through_the_tablet_api(kit, role_clients):
     assert P.get_patient(kit.store, probe["id"])["triage"] == "none"
     r = clin.open("POST", f"/api/v1/ui/patients/{red['id']}/unmerge")
     assert r.status_code == 404 and "not merged" in r.text
+
+
+def test_an_unlinked_capture_is_unassigned_then_assigned_and_undone(kit, role_clients):
+    from fieldkit.store import accounts
+
+    store = kit.store
+    red = patients.create_patient(store, tag="T-1005", triage="red")
+    yellow = patients.create_patient(store, tag="T-1006", triage="yellow")
+    lost = instances.put_instance(store, capture("ANONYMOUS"), "dimse")  # nobody could link it
+    holder = patients.get_patient(store, lost["patient_id"])
+    assert patients.is_unassigned(holder) and not patients.is_unassigned(red)
+    sop = lost["sop_instance_uid"]
+    tri, clin = role_clients["triage"], role_clients["clinician"]
+    r = tri.open("POST", f"/api/v1/ui/instances/{sop}/assign", json={"patient": "T-1005", "from": holder["id"]})
+    assert r.status_code == 200, r.text
+    row = instances.get_instance(store, sop)
+    assert row["patient_id"] == red["id"] and row["linked_by"] == "assigned"
+    assert _immediate(store) == [red["id"]]  # the patient stayed; only the capture moved
+    assert patients.get_patient(store, holder["id"]) is not None
+    sync = [q for q in store.queue.rows(kind=KIND_SYNC) if q.payload.get("sop_instance_uid") == sop]
+    assert [q.priority for q in sync if q.state == "ready"] == [sync_priority("red", "image")]
+    assert patients.get_patient(store, red["id"])["triage_history"][-1]["assigned"] == sop
+    assert any(e["action"] == "capture.assign" for e in accounts.audit_events(store))
+    # a second tablet that still saw it unassigned is refused, nothing changes
+    r = clin.open("POST", f"/api/v1/ui/instances/{sop}/assign", json={"patient": "T-1006", "from": holder["id"]})
+    assert r.status_code == 400 and "moved meanwhile" in r.text
+    assert instances.get_instance(store, sop)["patient_id"] == red["id"]
+    # undo: the same call back; re-assigning later is always possible
+    r = tri.open("POST", f"/api/v1/ui/instances/{sop}/assign", json={"patient": holder["id"], "from": "T-1005"})
+    assert r.status_code == 200 and instances.get_instance(store, sop)["patient_id"] == holder["id"]
+    r = clin.open("POST", f"/api/v1/ui/instances/{sop}/assign", json={"patient": "T-1006"})
+    assert r.status_code == 200 and instances.get_instance(store, sop)["patient_id"] == yellow["id"]
+    assert len(instances.get_instance(store, sop)["assigned"]) == 3
+
+
+def test_assign_bad_input_is_refused_and_changes_nothing(kit, role_clients):
+    store = kit.store
+    dead = patients.create_patient(store, tag="T-9", triage="black")
+    cap = instances.put_instance(store, capture("ANONYMOUS"), "dimse")
+    sop, tri = cap["sop_instance_uid"], role_clients["triage"]
+    for body, status, words in (({"patient": "T-404"}, 404, "no patient"),
+                                ({"patient": dead["id"]}, 400, "deceased"),
+                                ({"patient": cap["patient_id"]}, 400, "already on"),
+                                ({}, 400, "say which patient"),
+                                ({"patient": 5}, 400, "say which patient")):
+        r = tri.open("POST", f"/api/v1/ui/instances/{sop}/assign", json=body)
+        assert r.status_code == status and words in r.text, (body, r.text)
+    r = tri.open("POST", "/api/v1/ui/instances/1.2.3.404/assign", json={"patient": dead["id"]})
+    assert r.status_code == 404
+    assert instances.get_instance(store, sop)["patient_id"] == cap["patient_id"]
+    assert role_clients["admin"].open("POST", f"/api/v1/ui/instances/{sop}/assign",
+                                      json={"patient": "T-9"}).status_code == 403

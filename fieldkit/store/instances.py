@@ -200,7 +200,8 @@ class Batch:
                 return
         item.new_patient = patients.make_row(
             store.read(patients._fresh_id), name=src.name, birth_date=src.birth_date,
-            sex=src.sex if src.sex in ("M", "F", "O") else "", aliases=[list(alias)] if alias else [])
+            sex=src.sex if src.sex in ("M", "F", "O") else "", aliases=[list(alias)] if alias else [],
+            origin=patients.ORIGIN_CAPTURE)
         if in_batch:
             self._new_by_study[study] = item.new_patient
             if alias:

@@ -28,14 +28,20 @@ def new_patient_id() -> str:
     return "U-" + secrets.token_hex(3).upper()
 
 
+# Where a patient record came from: a person registered it, or a capture nobody could link
+# made it (its captures wait in the board's "unassigned" tray until someone assigns them).
+ORIGIN_PERSON, ORIGIN_CAPTURE = "person", "capture"
+
+
 def make_row(pid: str, *, tag: str | None = None, name: str = "", birth_date: str = "", sex: str = "",
-             triage: str = "none", aliases: list | None = None, now: float | None = None) -> dict:
+             triage: str = "none", aliases: list | None = None, now: float | None = None,
+             origin: str = ORIGIN_PERSON) -> dict:
     if triage not in TRIAGE_CATEGORIES:
         raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}, got {triage!r}")
     now = now or time.time()
     return {"id": pid, "tag": tag, "name": name, "birth_date": birth_date, "sex": sex,
             "triage": triage, "triage_history": [], "merged_into": None,
-            "created": now, "updated": now, "aliases": [list(a) for a in (aliases or [])]}
+            "created": now, "updated": now, "aliases": [list(a) for a in (aliases or [])], "origin": origin}
 
 
 def _get(db, pid: str) -> dict | None:
@@ -319,3 +325,52 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
 def all_tags(row: dict) -> list[str]:
     """Every triage tag number a patient record carries (its own and merged ones)."""
     return [t for t in [row.get("tag")] + list(row.get("tags") or []) if t]
+
+
+def is_unassigned(row: dict) -> bool:
+    """A record a capture made that nobody has triaged, tagged or named: its captures are
+    "unassigned" (shown in the tray, never as a patient below the triaged ones)."""
+    return (row.get("origin") == ORIGIN_CAPTURE and not row.get("merged_into") and not all_tags(row)
+            and (row.get("triage") or "none") == "none")
+
+
+def assign_capture(store, sop_uid: str, to_pid: str, *, expected_from: str | None = None, by: str = "") -> dict:
+    """Move one capture (never a patient) to another patient. `expected_from` is the patient
+    the person saw it on: if it moved meanwhile (two tablets at once) nothing changes.
+    The capture's pending sync row takes the new patient's priority; the move is kept on the
+    capture and in the target's triage history. Returns {"capture", "from", "to"}."""
+    def fn(db):
+        insts = db.table(T_INSTANCES)
+        rows = insts.search(Query().sop_instance_uid == sop_uid)
+        if not rows:
+            raise NotFound(f"no capture {sop_uid}")
+        row = rows[0]
+        target = resolve_row(db, to_pid)
+        if target is None:
+            raise NotFound(f"no patient {to_pid}")
+        if target.get("triage") == "black":
+            raise BadInput(f"patient {target['id']} is recorded as deceased: captures are not assigned to them")
+        current = row["patient_id"]
+        if expected_from is not None and (resolve_row(db, expected_from) or {}).get("id") != \
+                (resolve_row(db, current) or {}).get("id"):
+            raise BadInput(f"the capture was moved meanwhile (it is now on {current}); look again before moving it")
+        if (resolve_row(db, current) or {}).get("id") == target["id"]:
+            raise BadInput(f"the capture is already on {target['id']}")
+        now = time.time()
+        moves = list(row.get("assigned") or []) + [{"from": current, "to": target["id"], "at": now, "by": by}]
+        insts.update({"patient_id": target["id"], "assigned": moves, "linked_by": "assigned"}, doc_ids=[row.doc_id])
+        history = list(target.get("triage_history") or []) + [
+            {"triage": target.get("triage", "none"), "at": now, "by": by, "assigned": sop_uid, "from": current}]
+        db.table(T_PATIENTS).update({"triage_history": history, "updated": now}, _P.id == target["id"])
+        if row.get("sync_state") != "confirmed":
+            is_sr = str(row.get("sop_class_uid") or "").startswith("1.2.840.10008.5.1.4.1.1.88.")
+            priority = sync_priority(target.get("triage", "none"), "finding" if is_sr else "image")
+            row_id = store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=priority, key=sop_uid)
+            if store.queue.get(row_id).state == "ready":
+                store.queue.set_priority(row_id, priority)
+        return {"capture": sop_uid, "from": current, "to": target["id"]}
+
+    moved = store.write(fn)
+    for pid in (moved["from"], moved["to"]):
+        store.events.publish("patient.updated", patient_id=pid)
+    return moved

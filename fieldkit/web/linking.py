@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 from ..errors import BadInput
 from ..security import roles as R
 from ..ingest import dimse
-from ..store import patients, probes
+from ..store import accounts, patients, probes
 from . import kit_of
 
 bp = Blueprint("linking", __name__)
@@ -21,6 +21,7 @@ ROUTE_PERMISSIONS = {
     "linking.start_session": R.TRIAGE_WRITE,
     "linking.end_session": R.TRIAGE_WRITE,
     "linking.unmerge": R.PATIENTS_WRITE,
+    "linking.assign": R.TRIAGE_WRITE,
 }
 
 
@@ -104,3 +105,20 @@ def unmerge(pid):
         if p:  # sync rows at each record's own priority again, and the hospital told
             after_triage_change(store, p["id"], p.get("triage") or "none")
     return jsonify({"patient": {k: row.get(k) for k in ("id", "tag", "name", "triage")}})
+
+
+@bp.post("/api/v1/ui/instances/<uid>/assign")
+def assign(uid):
+    """Move one capture to a patient (never the patient): {"patient": id, "from": id seen}.
+    Undo is the same call back to "from"."""
+    kit, data = kit_of(), _body()
+    target, seen = data.get("patient"), data.get("from")
+    if not isinstance(target, str) or not target.strip():
+        raise BadInput("say which patient the capture goes to: {\"patient\": \"T-1005\"}")
+    if seen is not None and not isinstance(seen, str):
+        raise BadInput("from must be the patient id the capture was seen on")
+    actor, role = _principal()
+    moved = patients.assign_capture(kit.store, uid, target.strip(), expected_from=seen, by=actor)
+    accounts.audit_append(kit.store, actor=actor, role=role, action="capture.assign", object=uid,
+                          detail={"from": moved["from"], "to": moved["to"]})
+    return jsonify(moved)
