@@ -56,7 +56,7 @@ def key_id(backup_key: bytes) -> str:
 
 def _io_error(exc: OSError, target: Path) -> Exception:
     if exc.errno == errno.ENOSPC:
-        return StorageFull(f"the backup target {target} is full; the previous backup there is unchanged "
+        return StorageFull(f"the backup target {target} is full; nothing there was changed "
                            "(free space or use a bigger stick)")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return StorageFull(f"the backup target {target} is read-only ({os.strerror(exc.errno)}); "
@@ -256,8 +256,8 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
     st = os.statvfs(target)
     if st.f_bavail * st.f_frsize < need:
         raise StorageFull(f"the backup target {target} has {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free and "
-                          f"this backup needs about {need / 2**20:.1f} MiB more; the previous backup there is "
-                          "unchanged (free space or use a bigger stick)")
+                          f"this backup needs about {need / 2**20:.1f} MiB more; nothing there was changed "
+                          "(free space or use a bigger stick)")
     copied_bytes, dirs = 0, set()
     for i, (addr, path) in enumerate(todo):
         dest = target / "blobs" / addr[:2] / addr
