@@ -223,11 +223,13 @@ def filled(data_dir):
 
 
 def test_backup_holds_no_device_key_and_nothing_in_clear(filled, tmp_path):
+    set_config(filled, hospital__url="https://pacs.hospital.example/dicom-web")
     target = tmp_path / "b"
     backup_cli(filled, target)
     blobs = b"".join(p.read_bytes() for p in target.rglob("*") if p.is_file())
-    secrets = [(filled / "keys" / "device.key").read_bytes(), b"BK-0001", b"PRIVATE KEY", b"TEST1\"",
-               b"hospital", b"examples"]
+    # the marker names the kit (so a person can tell sticks apart); nothing else is readable
+    secrets = [(filled / "keys" / "device.key").read_bytes(), b"BK-0001", b"PRIVATE KEY", b"BEGIN CERT",
+               b"pacs.hospital", b"1.2.840.10008", b"DICM"]
     for s in secrets:
         assert s not in blobs, s
     keyring = json.loads((target / "keys" / "keyring.json").read_text())

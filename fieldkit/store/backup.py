@@ -255,7 +255,7 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
     need = sum(p.stat().st_size for _, p in todo if p.exists()) + (1 << 20)
     st = os.statvfs(target)
     if st.f_bavail * st.f_frsize < need:
-        raise StorageFull(f"the backup target {target} has {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free and "
+        raise StorageFull(f"the backup target {target} is full: {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free, "
                           f"this backup needs about {need / 2**20:.1f} MiB more; nothing there was changed "
                           "(free space or use a bigger stick)")
     copied_bytes, dirs = 0, set()
