@@ -27,8 +27,8 @@ CONFIG_FILE = "fieldkit.toml"  # runtime.CONFIG_FILE; the backup holds it sealed
 KIT_FILES = [CONFIG_FILE, TLS_DIR, SECRETS_DIR]
 
 
-def _run_backup(kit, target: Path, emit) -> dict:
-    scheduler = kit.services.get("backup")
+def _run_backup(kit, target: Path, emit, scheduler=None) -> dict:
+    scheduler = scheduler or kit.services.get("backup")
     try:
         result = store_backup.backup(kit.store, target, KIT_FILES, kit.config["kit.id"], emit)
     except FieldkitError as exc:
@@ -78,7 +78,7 @@ class BackupScheduler:
             if self._due_in() > 0:
                 continue
             try:
-                _run_backup(self.kit, Path(self.path), lambda progress: None)
+                _run_backup(self.kit, Path(self.path), lambda progress: None, scheduler=self)
                 log.info("scheduled backup to %s done", self.path)
             except FieldkitError as exc:
                 log.warning("scheduled backup to %s failed: %s", self.path, exc.message)
