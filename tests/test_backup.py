@@ -403,24 +403,48 @@ def test_flipped_bytes_anywhere_in_a_backup_give_a_clear_error_or_a_whole_restor
 
 # -- scheduled backups --------------------------------------------------------------------
 
-def test_scheduled_backup_runs_and_its_result_is_in_the_status(filled, tmp_path):
+def test_scheduled_backup_runs_and_its_result_is_on_the_status_and_the_device_page(tmp_path, need):
+    need("chromium")
+    from playwright.sync_api import sync_playwright
+
+    from fixtures.ui import launch_chromium, new_context, sign_in
+    from kitproc import ADMIN_PASSWORD, ADMIN_USER
+
     target = tmp_path / "stick" / "b"
     target.parent.mkdir()
-    set_config(filled, backup__path=str(target), backup__every_hours=1.0)
-    kit = KitProcess(filled).start()
+
+    def prepare(data_dir):
+        kit = open_kit(data_dir)
+        try:
+            add_to_store(kit.store, corpus("BK-0002"))
+        finally:
+            kit.close()
+        set_config(data_dir, backup__path=str(target), backup__every_hours=1.0)
+
+    from fixtures.ui import start_ui_kit
+    (tmp_path / "ui").mkdir()
+    kit = start_ui_kit(tmp_path / "ui", before_serve=prepare)
     try:
         auth = {"Authorization": f"Bearer {kit.token('admin')}"}
         assert wait_until(lambda: (kit.get("/api/v1/status", headers=auth).json().get("backup") or {}).get("ok"),
                           60), kit.log()
         st = kit.get("/api/v1/status", headers=auth).json()["backup"]
         assert st["target"] == str(target) and st["generation"] == 1 and st["scheduled"] is True
-        assert st["next_at"] > st["at"] + 3500
-        device = kit.get("/api/v1/ui/device", headers=auth).json()
-        assert device["backup"]["ok"] is True
+        assert st["next_at"] > st["at"] + 3500  # the next one in an hour, not again now
+        with sync_playwright() as pw:
+            browser = launch_chromium(pw, kit.data_dir)
+            try:
+                page = new_context(browser, kit).new_page()
+                sign_in(page, ADMIN_USER, ADMIN_PASSWORD, "/device")
+                page.goto("/device")
+                page.wait_for_function("() => document.getElementById('dv-backup').textContent.endsWith(': ok')")
+                assert str(target) in page.locator("#dv-backup").inner_text()
+            finally:
+                browser.close()
     finally:
         kit.stop()
     restore_cli(target, tmp_path / "r", passphrase_file(tmp_path))
-    assert sop_uids(tmp_path / "r") == sop_uids(filled)
+    assert sop_uids(tmp_path / "r") == sop_uids(kit.data_dir)
 
 
 # -- data format and migrations -----------------------------------------------------------

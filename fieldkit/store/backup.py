@@ -171,6 +171,14 @@ def _check_target(target: Path, kid: str) -> dict | None:
 def backup(store, target: Path, include: list[str], kit_id: str, emit=lambda progress: None) -> dict:
     """Back `store` up into `target` (incremental); returns what was done."""
     target = Path(target).absolute()
+    report = emit
+
+    def emit(progress: dict) -> None:  # a client that went away does not stop the backup
+        try:
+            report(progress)
+        except OSError:
+            pass
+
     sealer = Sealer(store._backup_key)
     kid = key_id(store._backup_key)
     with _one_at_a_time:
