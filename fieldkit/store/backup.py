@@ -181,6 +181,8 @@ def backup(store, target: Path, include: list[str], kit_id: str, emit=lambda pro
 
     sealer = Sealer(store._backup_key)
     kid = key_id(store._backup_key)
+    if target.resolve().is_relative_to(store.data_dir.resolve()):
+        raise BadInput(f"backup target {target} is inside the data dir: a backup must be on other media")
     with _one_at_a_time:
         marker = _check_target(target, kid)
         created: list[Path] = []  # removed again if this backup fails
