@@ -119,8 +119,8 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
     target.parent.mkdir()
     kit = KitProcess(src).start()
     try:
-        token = kit.token("admin")
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = {"Authorization": f"Bearer {kit.token('admin')}"}
+        qido = {"Authorization": f"Bearer {kit.token('dicomweb-client')}", "Accept": "application/dicom+json"}
 
         def status():
             return kit.get("/api/v1/status", headers=auth).json()
@@ -138,11 +138,10 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
                                  stderr=subprocess.STDOUT, text=True)
         try:
             assert wait_until(lambda: status()["instances"] >= 4 + 5, 60), "the burst did not start"
-            qido = {"Authorization": f"Bearer {kit.token('dicomweb-client')}", "Accept": "application/dicom+json"}
             found = kit.get("/dicom-web/instances", headers=qido).json()
             before = {d["00080018"]["Value"][0] for d in found}  # catalogued (so acknowledged or about to be)
+            assert probe.poll() is None, "the burst ended before the backup started"
             out = backup_cli(src, target).stdout
-            assert probe.poll() is None, "the burst ended before the backup did: it did not overlap"
         finally:
             probe_out = probe.communicate(timeout=180)[0]
         assert store_responses(subprocess.CompletedProcess([], 0, probe_out, "")) == ["Success"] * len(burst)
@@ -332,6 +331,8 @@ def test_target_not_empty_or_of_another_kit_is_refused(filled, tmp_path):
     r = backup_cli(filled, other, check=False)
     assert r.returncode == 2 and "not empty and holds no fieldkit backup" in r.stderr
     assert tree(other) == kept
+    r = backup_cli(filled, filled / "backup", check=False)
+    assert r.returncode == 2 and "inside the data dir" in r.stderr and not (filled / "backup").exists()
     another = init_kit(tmp_path / "another")
     backup_cli(another, tmp_path / "b")
     kept = tree(tmp_path / "b")
