@@ -499,3 +499,20 @@ def test_a_store_noting_a_newer_format_is_refused(data_dir):
         kit.close()
     r = run_cli("status", "--data-dir", data_dir, check=False)
     assert r.returncode == 9 and f"holds format {DATA_FORMAT_VERSION + 1}" in r.stderr
+
+
+def test_an_upgrade_cut_before_format_was_rewritten_finishes_at_the_next_open(tmp_path):
+    """The migration's journal record landed, the FORMAT file did not (a power cut between)."""
+    old = _old_kit(tmp_path)
+    kit = open_kit(old)
+    size = kit.store.journal_bytes
+    kit.close()
+    (old / "FORMAT").write_text(json.dumps({"format": 1}) + "\n")
+    kit = open_kit(old)
+    try:
+        assert kit.store.journal_bytes == size  # no step ran twice: the store knew its format
+        meta = kit.store.read(lambda db: [dict(d) for d in db.table(T_META).all()])
+        assert [d for d in meta if d.get("name") == "data_format"] == [{"name": "data_format", "format": 2}]
+    finally:
+        kit.close()
+    assert json.loads((old / "FORMAT").read_text())["format"] == DATA_FORMAT_VERSION

@@ -7,6 +7,9 @@ whole or not at all, and a crash mid-upgrade resumes at the step that did not la
 Before the first step the journal is copied aside (still sealed) as
 `db/journal.fkj.format-<n>`, so a faulty migration can be undone by hand. `FORMAT`
 (the file `check_format` reads before anything is opened) is rewritten last.
+
+A step must check everything before it changes anything: like any `Store.write`, what it
+changed before raising is committed.
 """
 
 from __future__ import annotations
