@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..errors import FieldkitError
+from ..runtime import CONFIG_FILE
 from ..security.tls import TLS_DIR
 from ..store import backup as store_backup
 from ..sync.hospital import SECRETS_DIR
@@ -23,8 +24,7 @@ from .core import DATA_DIR, read_secret_file
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "fieldkit.toml"  # runtime.CONFIG_FILE; the backup holds it sealed
-KIT_FILES = [CONFIG_FILE, TLS_DIR, SECRETS_DIR]
+KIT_FILES = [CONFIG_FILE, TLS_DIR, SECRETS_DIR]  # held sealed in a backup, with the store
 
 
 def _run_backup(kit, target: Path, emit, scheduler=None) -> dict:
