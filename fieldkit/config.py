@@ -108,6 +108,9 @@ SETTINGS: dict[str, Setting] = {
     "inference.batch_size": Setting(16, "Frames per onnxruntime call."),
     "inference.yield_to_ingest_ms": Setting(300, "Inference waits while a burst of captures is arriving (two or more, each within this many ms of the last), at most 5 s per job, so a probe is received at full speed; 0 turns this off."),
     "inference.lease_seconds": Setting(300, "How long a leased infer job is held before another attempt may take it."),
+    # backups (fieldkit backup / restore)
+    "backup.path": Setting("", "Directory for scheduled backups (e.g. a mounted USB stick); empty turns scheduled backups off. Restoring one needs the kit passphrase."),
+    "backup.every_hours": Setting(24.0, "Hours between scheduled backups to backup.path; each copies only what is new."),
     # tablet UI (live updates)
     "ui.live_max_streams": Setting(0, "Most live-update streams open at once (each holds an HTTPS worker thread); 0 means http.threads minus 4. Tablets over the limit poll instead."),
     "ui.live_heartbeat_seconds": Setting(10, "Seconds between keep-alive lines on an idle live-update stream."),

@@ -41,6 +41,7 @@ SERVICES: list[tuple[str, str]] = [
     ("dicom-tls", "fieldkit.ingest.dimse_tls:start"),
     ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),
+    ("backup", "fieldkit.cli.backup:start_scheduled"),  # scheduled backups (backup.path)
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
@@ -49,6 +50,7 @@ CONTROL_OPS: dict[str, str] = {
     "status": "fieldkit.runtime:op_status",
     "import": "fieldkit.cli.ingest:op_import",  # USB/folder import (ingest)
     **{op: f"fieldkit.cli.probes:op_{op.replace('.', '_')}" for op in ("probes.add", "probes.list", "probes.remove")},
+    "backup": "fieldkit.cli.backup:op_backup",  # incremental backup (store.backup)
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
@@ -131,6 +133,9 @@ class Kit:
         inference = self.services.get("inference")
         if inference is not None and hasattr(inference, "status"):
             out["inference"] = inference.status()
+        backup = self.services.get("backup")
+        if backup is not None:
+            out["backup"] = backup.status()
         out["services"] = sorted(self.services)
         return out
 

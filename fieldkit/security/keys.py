@@ -120,6 +120,22 @@ class Keyring:
         doc["wrapped"]["passphrase"] = _b64(Sealer(_passphrase_key(new, kdf)).seal(data_key, b"passphrase"))
         write_atomic(self.path, json.dumps(doc, indent=1).encode())
 
+    # backups ---------------------------------------------------------------------------
+    def passphrase_only(self) -> bytes:
+        """The key file without the device wrapping: what a backup holds, so that a stolen
+        backup cannot be opened without the passphrase."""
+        doc = self._load()
+        doc["wrapped"] = {"passphrase": doc["wrapped"]["passphrase"]}
+        return json.dumps(doc, indent=1).encode()
+
+    def add_device_key(self, data_key: bytes) -> None:
+        """Wrap `data_key` by a new device key (a restored kit restarts unattended)."""
+        doc = self._load()
+        device_key = random_key()
+        write_atomic(self.device_key_path, device_key)
+        doc["wrapped"]["device"] = _b64(Sealer(device_key).seal(data_key, b"device"))
+        write_atomic(self.path, json.dumps(doc, indent=1).encode())
+
     def destroy(self) -> None:
         """Crypto-erase: overwrite the wrapped keys and the device key, then unlink them."""
         for path in (self.path, self.device_key_path):

@@ -104,6 +104,7 @@ class Store:
         self.db = make_tinydb(self._storage)
         self.queue = Queue(self)
         self.resumed_leases = 0
+        self._backup_key = derive_subkey(data_key, "backup")  # seals backup manifests (store.backup)
 
     @classmethod
     def open(cls, data_dir: Path, data_key: bytes, config: Config | None = None) -> "Store":
@@ -113,6 +114,8 @@ class Store:
         try:
             store = cls(data_dir, data_key, config or Config(), lock_fd)
             store._load()
+            from .migrations import upgrade
+            upgrade(store)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -181,6 +184,25 @@ class Store:
     def compact(self) -> None:
         with self._lock:
             self._journal.compact(self._storage.snapshot_records())
+
+    def snapshot_to(self, path: Path) -> dict[str, int]:
+        """Write the live state, as of one instant, as a sealed journal at `path` (a new
+        file; fsynced, put in place by rename). The store lock is held only while the
+        tables are copied (documents are replaced on change, never edited in place, so
+        the copies share them); sealing and writing run unlocked. Returns the row count
+        of every table in the snapshot."""
+        with self._lock:
+            state = {name: dict(table) for name, table in self._storage.data.items()}
+        frozen = MemoryStorage(lambda record: None)
+        frozen.data = state
+        journal = Journal(Path(path), self._journal._sealer)
+        try:
+            for _ in journal.open():
+                raise FileExistsError(f"{path} already holds a journal")
+            journal.compact(frozen.snapshot_records())
+        finally:
+            journal.close()
+        return {name: len(table) for name, table in state.items()}
 
     # summaries -------------------------------------------------------------------------
     def counts(self) -> dict:

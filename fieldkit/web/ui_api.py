@@ -634,4 +634,7 @@ def device():
         out["inference"] = {"running": False, "reason": str(exc)[:200]}
     from .live import max_streams, open_streams
     out["live"] = {"open": open_streams(), "max": max_streams(kit.config)}
+    backup = kit.services.get("backup")
+    if backup is not None:
+        out["backup"] = backup.status()
     return jsonify(out)

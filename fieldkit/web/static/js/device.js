@@ -8,6 +8,12 @@ function q(counts) {
   return `${counts.ready || 0} waiting · ${counts.leased || 0} working · ${counts.done || 0} done · ${counts.failed || 0} failed`;
 }
 
+function backupText(b) {
+  if (!b || !b.at) return b && b.scheduled ? `none yet (every ${b.every_hours} h to ${b.path})` : "never (set backup.path)";
+  const when = new Date(b.at * 1000).toLocaleString();
+  return b.ok ? `${when} to ${b.target}: ok` : `${when} to ${b.target}: FAILED — ${b.error}`;
+}
+
 async function refresh() {
   try {
     const d = await api("/api/v1/ui/device");
@@ -23,6 +29,7 @@ async function refresh() {
     set("dv-infer", q(d.queues && d.queues.infer));
     set("dv-sync", q(d.queues && d.queues.sync));
     set("dv-live", `${d.live.open} open of ${d.live.max}`);
+    set("dv-backup", backupText(d.backup));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
