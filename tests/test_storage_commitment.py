@@ -31,7 +31,8 @@ def _ref(cls: str, uid: str) -> Dataset:
     return item
 
 
-def test_the_probe_learns_what_is_held_and_what_is_not(dimse_kit):
+def _probe(port: int):
+    """A probe's association (store + commitment) and the reports it receives."""
     reports, got = [], threading.Event()
 
     def on_report(event):
@@ -42,9 +43,13 @@ def test_the_probe_learns_what_is_held_and_what_is_not(dimse_kit):
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(UltrasoundImageStorage, ["1.2.840.10008.1.2.1"])
     ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate("127.0.0.1", dimse_kit.receiver.port, ae_title="FIELDKIT",
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assoc = ae.associate("127.0.0.1", port, ae_title="FIELDKIT", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     assert assoc.is_established
+    return assoc, reports, got
+
+
+def test_the_probe_learns_what_is_held_and_what_is_not(dimse_kit):
+    assoc, reports, got = _probe(dimse_kit.receiver.port)
     try:
         sent = []
         for _ in range(3):
@@ -72,18 +77,7 @@ def test_the_probe_learns_what_is_held_and_what_is_not(dimse_kit):
 
 
 def test_all_committed_and_bad_requests(dimse_kit):
-    reports, got = [], threading.Event()
-
-    def on_report(event):
-        reports.append(event.event_type)
-        got.set()
-        return 0x0000, None
-
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(UltrasoundImageStorage, ["1.2.840.10008.1.2.1"])
-    ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate("127.0.0.1", dimse_kit.receiver.port, ae_title="FIELDKIT",
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assoc, reports, got = _probe(dimse_kit.receiver.port)
     try:
         ds = _capture()
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
@@ -101,4 +95,4 @@ def test_all_committed_and_bad_requests(dimse_kit):
         assert status.Status == 0x0000 and got.wait(30)
     finally:
         assoc.release()
-    assert reports == [commitment.ALL_COMMITTED]
+    assert [event_type for event_type, _ in reports] == [commitment.ALL_COMMITTED]

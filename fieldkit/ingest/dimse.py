@@ -18,6 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind, StorageCommitmentPushModel, Verification
 
 from ..dicom import parse, uids
+from ..dicom.status import status as _status
 from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
 from ..store import probes
 from ..store.instances import CONFLICT, put_instance
@@ -52,15 +53,6 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, FieldkitError):
         return ERROR_CANNOT_UNDERSTAND if exc.http_status < 500 else PROCESSING_FAILURE, exc.message
     return PROCESSING_FAILURE, "internal error while storing; nothing was kept (see the kit log)"
-
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        # ErrorComment is LO: 64 characters, no backslash
-        ds.ErrorComment = comment.replace("\\", "/")[:64]
-    return ds
 
 
 def handle_store(event, kit) -> Dataset:

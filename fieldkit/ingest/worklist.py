@@ -14,6 +14,7 @@ import logging
 from pydicom.dataset import Dataset
 
 from ..dicom import worklist as wl
+from ..dicom.status import status as _status
 from ..store import patients
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,6 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
-
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment.replace("\\", "/")[:64]
-    return ds
 
 
 def items(kit) -> list[Dataset]:
