@@ -26,6 +26,7 @@ from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
 from .journal import Journal, storage_error
 from .queue import Queue
+from .space import DiskSpace
 
 __all__ = ["Store", "BlobRef", "EncryptedSpool", "FORMAT_FILE", "LOCK_FILE", "write_format", "check_format"]
 
@@ -106,6 +107,7 @@ class Store:
                                derive_subkey(data_key, "blob-id"))
         self.db = make_tinydb(self._storage)
         self.queue = Queue(self)
+        self.space = DiskSpace(self.data_dir, config, lambda: self._journal.reserve_left)
         self.resumed_leases = 0
         self._compact_failed_at = float("-inf")
 
