@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from fieldkit.runtime import open_kit
 from fieldkit.store.documents import MemoryStorage
 from fieldkit.store.journal import Journal
 from fieldkit.store.space import CapturesRefused, DiskSpace
+from fixtures.durability import fill_disk
 from kitproc import set_config
 
 
@@ -170,21 +170,28 @@ class _FakeStat:
 
 
 def test_watermarks_refuse_below_warn_below_resume_above(data_dir):
-    """The levels follow free space (statvfs given in: the real one is the tmpfs test's)."""
+    """The levels follow free space (statvfs given in: the real one is the tmpfs tests')."""
     set_config(data_dir, store__warn_free_mb=1000, store__refuse_free_mb=200)
     kit = open_kit(data_dir)
     free = {"mb": 5000.0}
     now = {"t": 0.0}
-    space = DiskSpace(data_dir, kit.config, statvfs=lambda path: _FakeStat(free["mb"]), clock=lambda: now["t"])
+    reads = []
+
+    def statvfs(path):
+        reads.append(path)
+        return _FakeStat(free["mb"])
+
+    space = DiskSpace(data_dir, kit.config, statvfs=statvfs, clock=lambda: now["t"])
     assert space.state()["level"] == "ok" and "message" not in space.state()
     space.check_capture()
+    assert len(reads) == 1  # plenty of space: statvfs is read at most once a second
     free["mb"] = 900
-    assert space.state()["level"] == "ok"  # cached: statvfs is read at most once a second
+    assert space.state()["level"] == "ok"
     now["t"] += 1.0
     low = space.state()
     assert low["level"] == "low" and "sync to the hospital" in low["message"] and low["accepting_captures"]
     space.check_capture()
-    free["mb"], now["t"] = 150, now["t"] + 1.0
+    free["mb"] = 150  # under the warn mark every capture looks again, within the second
     with pytest.raises(CapturesRefused, match="new captures are refused") as err:
         space.check_capture()
     assert err.value.http_status == 507 and "150 MiB free" in str(err.value)[:64]
@@ -195,40 +202,6 @@ def test_watermarks_refuse_below_warn_below_resume_above(data_dir):
     # the kit's status carries the same block
     assert kit.status()["disk"]["level"] in ("ok", "low", "full")
     kit.close()
-
-
-# -- a real full disk: a small tmpfs ----------------------------------------------------------
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 48 MiB tmpfs, unmounted afterwards (needs root, as CI runs)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the tests as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill_disk(path: Path, chunk: int = 1 << 20) -> int:
-    """Write zeros into `path` until the disk is full; returns the bytes written."""
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        while True:
-            try:
-                written += os.write(fd, bytes(chunk))
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if chunk == 1:
-                    return written
-                chunk //= 16
-    finally:
-        os.close(fd)
 
 
 def test_real_full_disk_keeps_acks_and_leases_going_on_the_reserve(small_disk):

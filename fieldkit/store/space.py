@@ -3,9 +3,10 @@
 Two watermarks: below `store.warn_free_mb` the board and the device page warn and say what
 to do; below `store.refuse_free_mb` new captures are refused (before the disk is actually
 full), while reads, sign-in, acknowledgements, leases and operator actions keep working
-(the journal also keeps a preallocated reserve for them). The check is one `statvfs`,
-cached for a second: cheap for every capture, never made per chunk. When space returns,
-the next check lets captures in again; nothing needs a restart.
+(the journal also keeps a preallocated reserve for them). The check is one `statvfs` per
+capture, never per chunk: cached for a second while space is plentiful, read afresh for
+each capture once under the warn mark (a fast sender fills megabytes in a second). When
+space returns, the next check lets captures in again; nothing needs a restart.
 """
 
 from __future__ import annotations
@@ -40,20 +41,20 @@ class DiskSpace:
         self._checked_at = float("-inf")
         self._free = self._total = 0
 
-    def _read(self) -> tuple[int, int]:
-        """(free, total) bytes, at most CACHE_SECONDS old."""
+    def _read(self, max_age: float) -> tuple[int, int]:
+        """(free, total) bytes, at most `max_age` seconds old."""
         with self._lock:
             now = self._clock()
-            if now - self._checked_at >= CACHE_SECONDS:
+            if now - self._checked_at >= max_age:
                 st = self._statvfs(self.path)
                 self._free, self._total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
                 self._checked_at = now
             return self._free, self._total
 
-    def state(self) -> dict:
+    def state(self, max_age: float = CACHE_SECONDS) -> dict:
         """The disk block of the kit's status: free space, level (ok, low, full), and what
         to do about it."""
-        free, total = self._read()
+        free, total = self._read(max_age)
         warn_mb, refuse_mb = int(self._config["store.warn_free_mb"]), int(self._config["store.refuse_free_mb"])
         free_mb = free / (1 << 20)
         level = FULL if free_mb < refuse_mb else LOW if free_mb < warn_mb else OK
@@ -71,6 +72,8 @@ class DiskSpace:
     def check_capture(self) -> None:
         """Raise CapturesRefused when free space is under the refuse mark."""
         state = self.state()
+        if state["level"] != OK:
+            state = self.state(max_age=0)
         if state["level"] == FULL:
             # the first 64 characters become the DIMSE ErrorComment: the reason comes first
             raise CapturesRefused(state["message"])
