@@ -61,7 +61,7 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
     kit.log_path = tmp_path / "serve.log"  # the log is not what fills the disk
     kit.start()
     try:
-        writer, reader = kit.token("dicomweb-client"), kit.token("clinician")
+        writer, reader = kit.token("probe"), kit.token("clinician")
         auth = {"Authorization": f"Bearer {reader}"}
 
         acknowledged, refused = [], None
@@ -76,6 +76,9 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
         assert refused is not None and len(acknowledged) >= 3
         assert refused.headers["Content-Type"].startswith("application/json")
         assert "new captures are refused" in refused.json()["error"]
+        upload = kit.post("/api/v1/upload", data=capture()[0], headers={
+            "Authorization": f"Bearer {writer}", "Content-Type": "application/dicom", "X-Filename": "a.dcm"})
+        assert upload.status_code == 507 and "new captures are refused" in upload.json()["error"]
         assert wait_until(lambda: kit.get("/api/v1/status", headers=auth).json()["queue"]["sync"]["leased"] > 0, 20)
         status = kit.get("/api/v1/status", headers=auth).json()
         assert status["disk"]["level"] == "full" and "sync to the hospital" in status["disk"]["message"]

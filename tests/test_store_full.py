@@ -250,3 +250,39 @@ def test_real_full_disk_keeps_acks_and_leases_going_on_the_reserve(small_disk):
     assert kit.store.queue.counts()["sync"]["done"] == 1
     assert kit.store.queue.counts()["infer"]["ready"] == 1
     kit.close()
+
+
+def test_watermarks_through_the_web_api(data_dir):
+    """The same levels as a tablet and a STOW client see them (free space given in)."""
+    from fieldkit.web import create_app
+    from kitproc import run_cli
+
+    tokens = {role: run_cli("token", "create", "--data-dir", data_dir, "--role", role).stdout.strip().splitlines()[-1]
+              for role in ("probe", "clinician")}
+    set_config(data_dir, store__warn_free_mb=1000, store__refuse_free_mb=200)
+    kit = open_kit(data_dir)
+    free = {"mb": 150.0}
+    kit.store.space._statvfs = lambda path: _FakeStat(free["mb"])
+    kit.store.space._checked_at = float("-inf")
+    client = create_app(kit, testing=True).test_client()
+
+    def get(path, role="clinician"):
+        return client.get(path, base_url="https://localhost", headers={"Authorization": f"Bearer {tokens[role]}"})
+
+    def stow():
+        return client.post("/dicom-web/studies", base_url="https://localhost", data=b"--b\r\n\r\n--b--\r\n", headers={
+            "Authorization": f"Bearer {tokens['probe']}", "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+
+    answer = stow()
+    assert answer.status_code == 507 and "new captures are refused" in answer.json["error"]
+    device = get("/api/v1/ui/device").json["disk"]
+    assert device["level"] == "full" and "purge studies the hospital confirmed" in device["message"]
+    assert get("/api/v1/status").json["disk"]["accepting_captures"] is False
+    free["mb"] = 500
+    kit.store.space._checked_at = float("-inf")
+    assert get("/api/v1/status").json["disk"]["level"] == "low"
+    assert stow().status_code == 400  # past the watermark: the (empty) body is read and judged
+    free["mb"] = 5000
+    kit.store.space._checked_at = float("-inf")
+    assert get("/api/v1/status").json["disk"]["level"] == "ok"
+    kit.close()
