@@ -255,7 +255,11 @@ def test_real_full_disk_keeps_acks_and_leases_going_on_the_reserve(small_disk):
 def test_watermarks_through_the_web_api(data_dir):
     """The same levels as a tablet and a STOW client see them (free space given in)."""
     from fieldkit.web import create_app
-    from kitproc import run_cli
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from kitproc import dataset_bytes, run_cli
 
     tokens = {role: run_cli("token", "create", "--data-dir", data_dir, "--role", role).stdout.strip().splitlines()[-1]
               for role in ("probe", "clinician")}
@@ -270,7 +274,10 @@ def test_watermarks_through_the_web_api(data_dir):
         return client.get(path, base_url="https://localhost", headers={"Authorization": f"Bearer {tokens[role]}"})
 
     def stow():
-        return client.post("/dicom-web/studies", base_url="https://localhost", data=b"--b\r\n\r\n--b--\r\n", headers={
+        ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + dataset_bytes(ds) + b"\r\n--b--\r\n"
+        return client.post("/dicom-web/studies", base_url="https://localhost", data=body, headers={
             "Authorization": f"Bearer {tokens['probe']}", "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
 
     answer = stow()
@@ -281,7 +288,7 @@ def test_watermarks_through_the_web_api(data_dir):
     free["mb"] = 500
     kit.store.space._checked_at = float("-inf")
     assert get("/api/v1/status").json["disk"]["level"] == "low"
-    assert stow().status_code == 400  # past the watermark: the (empty) body is read and judged
+    assert stow().status_code == 200  # above the refuse mark: captures are taken again
     free["mb"] = 5000
     kit.store.space._checked_at = float("-inf")
     assert get("/api/v1/status").json["disk"]["level"] == "ok"
