@@ -293,3 +293,30 @@ def test_watermarks_through_the_web_api(data_dir):
     kit.store.space._checked_at = float("-inf")
     assert get("/api/v1/status").json["disk"]["level"] == "ok"
     kit.close()
+
+
+def test_blob_and_spool_writes_that_fail_leave_no_file_behind(store, monkeypatch):
+    import fieldkit.store.blobs as blobs
+
+    tmp = store.data_dir / "blobs" / "tmp"
+    monkeypatch.setattr(blobs, "_write_all", _enospc)  # not even the file header lands
+    with pytest.raises(StorageFull, match="disk full"):
+        store.blobs.put_bytes(b"x" * 100)
+    with pytest.raises(StorageFull, match="disk full"):
+        store.blobs.open_spool()
+    monkeypatch.undo()
+    with store.blobs.open_spool() as spool:
+        spool.write(b"y" * 100)
+        monkeypatch.setattr(blobs, "_write_all", _enospc)
+        with pytest.raises(StorageFull, match="disk full"):
+            spool.write(os.urandom(3 << 20))  # a cine's worth: whole chunks are sealed and written
+    monkeypatch.undo()
+    batch = store.blobs.batch()
+    monkeypatch.setattr(blobs.os, "fsync", lambda fd: _enospc())
+    batch.put_bytes(b"z" * 100)
+    with pytest.raises(StorageFull, match="disk full"):
+        batch.wait()
+    monkeypatch.undo()
+    # what is left in tmp is only the empty files made ahead for the next batch
+    assert all(p.stat().st_size == 0 for p in tmp.iterdir())
+    assert store.blobs.get_bytes(store.blobs.put_bytes(b"after").addr) == b"after"
