@@ -125,6 +125,7 @@ class Kit:
                "uptime_s": round(time.time() - self.started_at, 1)}
         if not self.locked:
             out.update(self.store.counts())
+            out["disk"] = self.store.space.state()
             out["oldest_unsent"] = self.store.queue.oldest("sync")
             from .sync.progress import kit_status
             out["sync"] = kit_status(self)

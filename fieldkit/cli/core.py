@@ -121,6 +121,10 @@ def status(data_dir: Path, as_json: bool):
             click.echo(f"{key:10} {result[key]}")
     for kind, counts in result.get("queue", {}).items():
         click.echo(f"queue {kind:5} " + "  ".join(f"{s} {n}" for s, n in counts.items()))
+    disk = result.get("disk")
+    if disk:
+        click.echo(f"disk       {disk['free_bytes'] / (1 << 30):.1f} GiB free ({disk['level']})"
+                   + (f": {disk['message']}" if disk.get("message") else ""))
     if result.get("sync"):
         from ..sync.progress import format_lines
         for line in format_lines(result["sync"]):

@@ -66,6 +66,7 @@ def handle_store(event, kit) -> Dataset:
         if len(raw) > cap:
             raise TooLarge(f"object over the {kit.config['dicom.max_object_mb']} MiB limit")
         requested_class = str(event.request.AffectedSOPClassUID)
+        store.space.check_capture()
         result = put_instance(store, raw, "dimse", transfer_syntax=ts, calling_ae=str(calling).strip())
         if result["instance"]["sop_class_uid"] != requested_class:
             # stored already (it is a valid object); tell the probe its request was odd

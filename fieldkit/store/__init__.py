@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from .. import DATA_FORMAT_VERSION
@@ -25,6 +26,7 @@ from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
 from .journal import Journal, storage_error
 from .queue import Queue
+from .space import DiskSpace
 
 __all__ = ["Store", "BlobRef", "EncryptedSpool", "FORMAT_FILE", "LOCK_FILE", "write_format", "check_format"]
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_FILE = "FORMAT"
 LOCK_FILE = "kit.lock"
+COMPACT_RETRY_SECONDS = 60.0
 
 
 def write_format(data_dir: Path) -> None:
@@ -98,13 +101,16 @@ class Store:
         self._pending: list[dict] = []
         self.events = EventBus()
         self._storage = MemoryStorage(self._pending.append)
-        self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")))
+        self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")),
+                                reserve=int(config["store.reserve_mb"]) << 20)
         self.blobs = BlobStore(self.data_dir / "blobs", Sealer(derive_subkey(data_key, "blob")),
                                derive_subkey(data_key, "blob-id"))
         self.db = make_tinydb(self._storage)
         self.queue = Queue(self)
+        self.space = DiskSpace(self.data_dir, config, lambda: self._journal.reserve_left)
         self.resumed_leases = 0
         self._backup_key = derive_subkey(data_key, "backup")  # seals backup manifests (store.backup)
+        self._compact_failed_at = float("-inf")
 
     @classmethod
     def open(cls, data_dir: Path, data_key: bytes, config: Config | None = None) -> "Store":
@@ -122,17 +128,18 @@ class Store:
         return store
 
     def _load(self) -> None:
-        self._storage.data = {}
+        """Replay the journal into memory. Called once, by `open`: nothing is written here."""
         for record in self._journal.open():
             self._storage.apply(record)
         self._pending.clear()
+        self._storage.committed()
         self.db.clear_cache()
         for table in list(self.db._tables.values()):
             table._next_id = None
-        self.queue = Queue(self)
-        self.resumed_leases = self.write(self.queue.load)
+        self.resumed_leases = self.queue.load(self.db)
         if self.resumed_leases:
             log.info("resumed %d queue rows leased before the last stop", self.resumed_leases)
+        self._journal.ensure_reserve()
 
     # documents -------------------------------------------------------------------------
     def read(self, fn):
@@ -163,22 +170,31 @@ class Store:
         batch = self._pending[0] if len(self._pending) == 1 else {"batch": list(self._pending)}
         self._pending.clear()
         try:
-            return self._journal.append(batch)
+            ticket = self._journal.append(batch)
         except StorageFull:
-            # Memory ran ahead of the disk: reload what is durable, so nothing unacknowledged
-            # is visible and nothing acknowledged is lost.
-            self._journal.close()
-            self._journal = Journal(self._journal.path, self._journal._sealer)
-            self._load()
+            # The journal is as it was: put memory back to match it, so nothing that was
+            # not journaled stays visible (and nothing journaled is touched).
+            self._rollback()
             raise
+        self._storage.committed()
+        return ticket
+
+    def _rollback(self) -> None:
+        self._storage.rollback()
+        for table in list(self.db._tables.values()):
+            table.clear_cache()
+        self.queue.reindex(self.db)
 
     def _maybe_compact(self) -> None:
         min_bytes = int(self.config["store.compact_min_mb"]) * (1 << 20)
         with self._lock:
-            if self._journal.needs_compaction(min_bytes):
+            if self._journal.needs_compaction(min_bytes) and \
+                    time.monotonic() - self._compact_failed_at >= COMPACT_RETRY_SECONDS:
                 try:
                     self._journal.compact(self._storage.snapshot_records())
                 except StorageFull as exc:
+                    # a full disk: not again at every write (each try rewrites the state)
+                    self._compact_failed_at = time.monotonic()
                     log.warning("journal compaction postponed: %s", exc)
 
     def compact(self) -> None:

@@ -55,7 +55,11 @@ class _SealedFileWriter:
         self._buf = bytearray()
         self._index = 0
         self.size = 0
-        _write_all(self._fd, MAGIC + self._file_id)
+        try:
+            _write_all(self._fd, MAGIC + self._file_id)
+        except OSError:
+            self.abort()  # a full disk leaves no file behind
+            raise
 
     def write(self, data: bytes) -> int:
         view = memoryview(data).cast("B")
@@ -141,7 +145,10 @@ class BlobWriter:
         self._durable = durable
         self._mac = hmac.new(store._id_key, digestmod=hashlib.sha256)
         self._tmp, fd = store._take_tmp() if batch is not None else (store._tmp_path(), None)
-        self._out = _SealedFileWriter(self._tmp, store._sealer, fd)
+        try:
+            self._out = _SealedFileWriter(self._tmp, store._sealer, fd)
+        except OSError as exc:
+            raise storage_error(exc, self._tmp) from None
         self.ref: BlobRef | None = None
 
     def write(self, data: bytes) -> int:
@@ -223,6 +230,7 @@ class BlobBatch:
                 parents.add(future.result())  # None for a blob that is not fsynced
             except OSError as exc:
                 error = error or storage_error(exc, tmp)
+                tmp.unlink(missing_ok=True)  # never left half-written behind
         if error is None:
             try:
                 self._store._sync_dirs(parents - {None})
@@ -237,7 +245,10 @@ class EncryptedSpool:
     in memory, so whatever a crash leaves behind is noise. Write, then `chunks()`."""
 
     def __init__(self, path: Path):
-        self._out = _SealedFileWriter(path, Sealer(random_key()))
+        try:
+            self._out = _SealedFileWriter(path, Sealer(random_key()))
+        except OSError as exc:
+            raise storage_error(exc, path) from None
         self._path = path
         self._done = False
 
@@ -246,11 +257,19 @@ class EncryptedSpool:
         return self._out.size
 
     def write(self, data: bytes) -> int:
-        return self._out.write(data)
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            self.close()
+            raise storage_error(exc, self._path) from None
 
     def chunks(self) -> Iterator[bytes]:
         if not self._done:
-            self._out.finish(sync=False)
+            try:
+                self._out.finish(sync=False)
+            except OSError as exc:
+                self.close()
+                raise storage_error(exc, self._path) from None
             self._done = True
         return _read_sealed_file(self._path, self._out._sealer)
 

@@ -26,6 +26,12 @@ class _TrackingView(MutableMapping):
         self._handed_out: dict[str, tuple[dict, dict]] = {}
         self.puts: set[str] = set()
         self.dels: set[str] = set()
+        self.before: dict[str, dict | None] = {}  # pre-images (None: absent), to roll back
+
+    def _note_before(self, key: str) -> None:
+        if key not in self.before:
+            handed = self._handed_out.get(key)
+            self.before[key] = handed[0] if handed else self._raw.get(key)
 
     def __getitem__(self, doc_id) -> dict:
         key = str(doc_id)
@@ -38,6 +44,7 @@ class _TrackingView(MutableMapping):
 
     def __setitem__(self, doc_id, doc: dict) -> None:
         key = str(doc_id)
+        self._note_before(key)
         self._handed_out.pop(key, None)
         self._raw[key] = doc
         self.puts.add(key)
@@ -45,6 +52,7 @@ class _TrackingView(MutableMapping):
 
     def __delitem__(self, doc_id) -> None:
         key = str(doc_id)
+        self._note_before(key)
         del self._raw[key]
         self._handed_out.pop(key, None)
         self.puts.discard(key)
@@ -62,6 +70,7 @@ class _TrackingView(MutableMapping):
     def finish(self) -> tuple[dict[str, dict], list[str]]:
         for key, (original, copy) in self._handed_out.items():
             if self._raw.get(key) is original and copy != original:
+                self._note_before(key)
                 self._raw[key] = copy
                 self.puts.add(key)
         return {k: self._raw[k] for k in self.puts}, sorted(self.dels)
@@ -77,7 +86,7 @@ class JournalTable(Table):
         finally:
             puts, dels = view.finish()
             if puts or dels:
-                self._storage.record_change(self.name, puts, dels)
+                self._storage.record_change(self.name, puts, dels, view.before)
             self.clear_cache()
 
 
@@ -87,17 +96,34 @@ class MemoryStorage(Storage):
     def __init__(self, on_change):
         self.data: dict[str, dict[str, Any]] = {}
         self._on_change = on_change
+        # Inverse change records of what changed since the last commit, oldest first.
+        self._undo: list[dict] = []
 
     def read(self) -> dict:
         return self.data
 
     def write(self, data: dict) -> None:
-        # Only TinyDB.drop_table(s) comes here: journal the full replacement (rare).
+        # Only TinyDB.drop_table(s) comes here (JournalDB hands a new dict): journal the
+        # full replacement (rare).
+        self._undo.append({"reset": self.data})
         self.data = data
         self._on_change({"reset": data})
 
-    def record_change(self, table: str, puts: dict, dels: list) -> None:
+    def record_change(self, table: str, puts: dict, dels: list, before: dict | None = None) -> None:
+        if before is not None:
+            self._undo.append({"t": table, "p": {k: v for k, v in before.items() if v is not None},
+                               "d": [k for k, v in before.items() if v is None]})
         self._on_change({"t": table, "p": puts, "d": dels})
+
+    def committed(self) -> None:
+        """The changes so far are in the journal: nothing to roll back any more."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Undo every change since the last commit (its journal append failed), newest
+        first, through `apply` like any other change record."""
+        while self._undo:
+            self.apply(self._undo.pop())
 
     def apply(self, record: dict) -> None:
         """Replay one journal record into memory."""
@@ -124,7 +150,17 @@ class MemoryStorage(Storage):
                 yield {"t": name, "p": dict(items[i:i + per_record]), "d": []}
 
 
+class JournalDB(TinyDB):
+    def drop_table(self, name: str) -> None:
+        # TinyDB's own deletes the table from the live dict in place; hand the storage a new
+        # dict instead, so that the old one stays whole for a rollback.
+        self._tables.pop(name, None)
+        data = self.storage.read()
+        if name in data:
+            self.storage.write({k: v for k, v in data.items() if k != name})
+
+
 def make_tinydb(storage: MemoryStorage) -> TinyDB:
-    db = TinyDB(storage=lambda: storage)
+    db = JournalDB(storage=lambda: storage)
     db.table_class = JournalTable
     return db

@@ -44,6 +44,9 @@ MAX_RECORD = 1 << 30
 # The file is extended in steps of real zeros, so that a commit overwrites blocks that
 # already exist: its fdatasync then flushes data only, not file-size metadata as well.
 PREALLOC = 1 << 20
+# After a failed extension (disk full), records go into the reserve without trying to
+# extend again for this long: a full disk must not cost every commit a doomed write.
+EXTEND_RETRY_SECONDS = 2.0
 
 
 def fsync_dir(path: Path) -> None:
@@ -82,9 +85,14 @@ def storage_error(exc: OSError, path: Path) -> StorageFull:
 
 
 class Journal:
-    def __init__(self, path: Path, sealer: Sealer):
+    def __init__(self, path: Path, sealer: Sealer, reserve: int = 0):
         self.path = Path(path)
         self._sealer = sealer
+        # Zeros kept preallocated past the end, so that records (acks, leases, operator
+        # actions) can still be written once the disk has no space left for anything else.
+        self.reserve = reserve
+        self._extend_failed_at: float | None = None
+        self._opened = False
         self._fd: int | None = None
         self._file_id = b""
         self._seq = 0  # number of records in the file
@@ -114,6 +122,7 @@ class Journal:
         self._alloc = os.fstat(self._fd).st_size
         self._durable_end = self._end
         self.size_after_compaction = self._end
+        self._opened = True
 
     def _create(self, path: Path) -> None:
         self._file_id = os.urandom(16)
@@ -203,12 +212,23 @@ class Journal:
 
     # writing ---------------------------------------------------------------------------
     def append(self, record: dict) -> int:
-        """Append one record (caller holds the store lock). Returns a durability ticket."""
+        """Append one record (caller holds the store lock). Returns a durability ticket.
+
+        On failure (StorageFull) the journal is exactly as before: same end, record count
+        and allocation, and no byte of the failed record left in the file."""
+        if not self._opened:
+            raise RuntimeError("journal written before it was opened")
         plain = json.dumps(record, separators=(",", ":")).encode()
         data = _frame(self._sealer.seal(plain, self._aad(self._seq)))
         start = self._end
-        if start + len(data) > self._alloc:
-            self._extend(start + len(data))
+        end = start + len(data)
+        if end > self._alloc:
+            self._extend(end + self.reserve)
+        elif end + self.reserve > self._alloc and not self._extend_failed_recently():
+            try:
+                self._extend(end + self.reserve)
+            except StorageFull as exc:  # the record fits in the reserve: write it there
+                log.warning("journal writing into its reserve (%d bytes left): %s", self.reserve_left, exc)
         try:
             _pwrite_all(self._fd, data, start)
         except OSError as exc:
@@ -218,8 +238,26 @@ class Journal:
                 pass
             raise storage_error(exc, self.path) from None
         self._seq += 1
-        self._end = start + len(data)
+        self._end = end
         return self._end
+
+    def ensure_reserve(self) -> None:
+        """Top the reserve up (after open); a full disk is logged, not raised."""
+        if self._end + self.reserve > self._alloc:
+            try:
+                self._extend(self._end + self.reserve)
+            except StorageFull as exc:
+                log.warning("journal reserve not complete (%d of %d bytes): %s",
+                            self.reserve_left, self.reserve, exc)
+
+    @property
+    def reserve_left(self) -> int:
+        """Preallocated bytes still free past the last record."""
+        return max(0, self._alloc - self._end)
+
+    def _extend_failed_recently(self) -> bool:
+        return self._extend_failed_at is not None and \
+            time.monotonic() - self._extend_failed_at < EXTEND_RETRY_SECONDS
 
     def _extend(self, needed: int) -> None:
         new_alloc = max(needed, self._alloc) + PREALLOC
@@ -231,7 +269,9 @@ class Journal:
                 os.ftruncate(self._fd, self._alloc)
             except OSError:
                 pass
+            self._extend_failed_at = time.monotonic()
             raise storage_error(exc, self.path) from None
+        self._extend_failed_at = None
         self._alloc = new_alloc
 
     def wait_durable(self, ticket: int) -> None:
@@ -262,34 +302,46 @@ class Journal:
         return self._end > max(min_bytes, 2 * self.size_after_compaction)
 
     def compact(self, records: Iterator[dict]) -> None:
-        """Rewrite the journal as `records` (the live state); atomic by rename."""
+        """Rewrite the journal as `records` (the live state), with its reserve; atomic by
+        rename. On failure the journal and this object are as they were."""
+        if not self._opened:
+            raise RuntimeError("journal compacted before it was opened")
         tmp = self.path.with_name(self.path.name + ".tmp")
         old_id = self._file_id
-        try:
-            self._create(tmp)
-            fd = os.open(tmp, os.O_RDWR)
-        except OSError as exc:
-            raise storage_error(exc, tmp) from None
+        fd = None
         seq, end = 0, HEADER.size
         try:
+            tmp.unlink(missing_ok=True)  # left by a compaction that failed
+            self._create(tmp)
+            fd = os.open(tmp, os.O_RDWR)
             os.lseek(fd, 0, os.SEEK_END)
             for rec in records:
                 plain = json.dumps(rec, separators=(",", ":")).encode()
                 data = _frame(self._sealer.seal(plain, self._aad(seq)))
                 _write_all(fd, data)
                 seq, end = seq + 1, end + len(data)
+            alloc = end + self.reserve + PREALLOC
+            for off in range(end, alloc, PREALLOC):
+                _write_all(fd, bytes(min(PREALLOC, alloc - off)))
             os.fsync(fd)
             os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
         except OSError as exc:
-            os.close(fd)
-            self._file_id = old_id
-            tmp.unlink(missing_ok=True)
+            if fd is not None:
+                os.close(fd)
+            self._file_id = old_id  # later records stay sealed for the file that is kept
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             raise storage_error(exc, self.path) from None
         os.close(self._fd)
-        self._fd, self._seq, self._end, self._alloc = fd, seq, end, end
+        self._fd, self._seq, self._end, self._alloc = fd, seq, end, alloc
         self._durable_end = end
         self.size_after_compaction = end
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as exc:  # the rename is done; a later fsync of the dir will carry it
+            log.warning("journal compaction: directory fsync failed: %s", exc)
 
     def close(self) -> None:
         if self._fd is not None:

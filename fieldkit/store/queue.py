@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 class Queue:
     def __init__(self, store: "Store"):
         self._store = store
+        self._clock = time.time
+        self._clear_index()
+
+    def _clear_index(self) -> None:
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
         self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
@@ -34,23 +38,29 @@ class Queue:
         self._live_keys: dict[tuple[str, str], str] = {}
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
         self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
-        self._clock = time.time
 
     # loading ---------------------------------------------------------------------------
     def load(self, db) -> int:
-        """Index every row; leases left by a crash go back to ready. Returns how many."""
-        table = db.table(T_QUEUE)
+        """At open: leases left by a crash go back to ready, then every row is indexed.
+        Returns how many leases were reset.
+
+        The reset is made in memory only (nothing is written while the store opens): the
+        journal keeps saying "leased" until the row next changes, and a later open resets
+        it again."""
         raw = db.storage.read().get(T_QUEUE, {})  # the live rows, without copying 100 000 dicts
-        resumed = []
-        for key, doc in raw.items():
-            doc_id = int(key)
-            if doc["state"] == LEASED:
-                resumed.append(doc_id)
-                doc = dict(doc, state=READY, lease_until=0.0)
-            self._index(doc, doc_id)
+        resumed = {key: dict(doc, state=READY, lease_until=0.0)
+                   for key, doc in raw.items() if doc["state"] == LEASED}
         if resumed:
-            table.update({"state": READY, "lease_until": 0.0}, doc_ids=resumed)
+            db.storage.apply({"t": T_QUEUE, "p": resumed, "d": []})
+        self.reindex(db)
         return len(resumed)
+
+    def reindex(self, db) -> None:
+        """Rebuild the in-memory index from the rows in memory (at open, after a rollback)."""
+        self._clear_index()
+        for key, doc in db.storage.read().get(T_QUEUE, {}).items():
+            self._index(doc, int(key))
+        db.table(T_QUEUE).clear_cache()
 
     def _index(self, doc: dict, doc_id=None) -> None:
         kind, state, row_id = doc["kind"], doc["state"], doc["id"]

@@ -67,6 +67,7 @@ def stow(study: str | None = None):
     part_type = (params.get("type") or "application/dicom").lower()
     if part_type != "application/dicom":
         return _problem(415, f"part type {part_type[:60]} is not accepted: send application/dicom parts")
+    store.space.check_capture()  # 507 with the reason, before the body is read
     limit = int(kit.config["http.max_request_mb"]) * (1 << 20)
     chunks = iter(lambda: request.stream.read(1 << 20), b"")
     timing: dict = {}

@@ -619,7 +619,7 @@ def sync_retry(row_id):
 def device():
     kit = kit_of()
     out = {"kit_id": kit.config["kit.id"], "version": kit.version, "uptime_s": round(time.time() - kit.started_at),
-           "queues": kit.store.queue.counts()}
+           "queues": kit.store.queue.counts(), "disk": kit.store.space.state()}
     try:
         from ..hardware.policy import monitor_for
         monitor = kit.hardware or monitor_for(kit.config, kit.data_dir)

@@ -27,6 +27,7 @@ ROUTE_MAX_BYTES = {"upload.upload": 1 << 40}
 def upload():
     kit = kit_of()
     store = kit.store
+    store.space.check_capture()  # 507 with the reason, before the body is read
     limit = int(kit.config["http.max_request_mb"]) * (1 << 20)
     options = {"patient_id": request.args.get("patient_id", "").strip(),
                "acquired_at": request.args.get("acquired_at", "").strip(),

@@ -83,6 +83,19 @@ document.querySelectorAll(".count").forEach((b) => b.addEventListener("click", (
 document.getElementById("board-search").addEventListener("input", render);
 document.getElementById("board-sort").addEventListener("change", render);
 
+// Disk space: a banner when the kit's disk runs low (what to do) or captures are refused.
+async function diskBanner() {
+  const box = document.getElementById("disk-banner");
+  try {
+    const disk = (await api("/api/v1/status")).disk;
+    box.hidden = !disk || disk.level === "ok";
+    box.dataset.level = (disk && disk.level) || "";
+    box.textContent = (disk && disk.message) ? `Storage: ${disk.message}.` : "";
+  } catch (e) { /* the board's own errors are shown by refresh() */ }
+}
+
 refresh();
+diskBanner();
+setInterval(diskBanner, 30000);
 live(() => soon(), () => soon());
 initPage(() => refresh());

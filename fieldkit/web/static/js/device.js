@@ -24,6 +24,8 @@ async function refresh() {
       : `${Math.round(r.battery_percent)}%${r.on_battery ? " (on battery)" : " (charging / mains)"}`);
     set("dv-temp", r.temperature_c === null || r.temperature_c === undefined ? "no temperature sensor" : `${r.temperature_c.toFixed(1)} °C`);
     set("dv-disk", r.disk_free_bytes ? `${fmtBytes(r.disk_free_bytes)} free of ${fmtBytes(r.disk_total_bytes)}` : "–");
+    set("dv-space", !d.disk ? "–" : d.disk.message || "enough space; captures accepted");
+    document.getElementById("dv-space").dataset.level = (d.disk && d.disk.level) || "";
     const pol = (d.power && d.power.policy) || {};
     set("dv-policy", (pol.reasons && pol.reasons.length) ? pol.reasons.join("; ") : (d.power && d.power.error ? d.power.error : "full speed"));
     set("dv-infer", q(d.queues && d.queues.infer));
