@@ -46,6 +46,7 @@ SETTINGS: dict[str, Setting] = {
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb)."),
     # store
     "store.compact_min_mb": Setting(8, "The journal is compacted once it holds this many MiB of superseded records."),
+    "store.scrub_days": Setting(7.0, "The background scrub reads and verifies every stored capture once in this many days, paced and at low priority (paused on low battery or heat); 0 turns it off."),
     # security
     "security.passphrase_min_length": Setting(12, "Shortest kit passphrase accepted."),
     "security.scrypt_n": Setting(2**15, "scrypt cost (N) for deriving the passphrase key; recorded with the wrapped key."),

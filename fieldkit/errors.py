@@ -89,6 +89,7 @@ class StoreCorrupt(FieldkitError):
         self.path = str(path)
         self.offset = offset
         self.seq = seq
+        self.reason = reason
 
 
 class UnsupportedVersion(FieldkitError):

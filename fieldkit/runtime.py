@@ -41,6 +41,7 @@ SERVICES: list[tuple[str, str]] = [
     ("dicom-tls", "fieldkit.ingest.dimse_tls:start"),
     ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),
+    ("scrub", "fieldkit.store.scrub:start"),
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
@@ -48,6 +49,7 @@ SERVICES: list[tuple[str, str]] = [
 CONTROL_OPS: dict[str, str] = {
     "status": "fieldkit.runtime:op_status",
     "import": "fieldkit.cli.ingest:op_import",  # USB/folder import (ingest)
+    "store.scrub": "fieldkit.cli.store:op_scrub",  # verify every stored capture now (doctor --scrub)
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
@@ -125,11 +127,16 @@ class Kit:
             out["oldest_unsent"] = self.store.queue.oldest("sync")
             from .sync.progress import kit_status
             out["sync"] = kit_status(self)
+            from .store.scrub import damage
+            out["damage"] = damage(self.store)
         if self.hardware is not None and hasattr(self.hardware, "state"):
             out["power"] = self.hardware.state()
         inference = self.services.get("inference")
         if inference is not None and hasattr(inference, "status"):
             out["inference"] = inference.status()
+        scrub = self.services.get("scrub")
+        if scrub is not None and hasattr(scrub, "status"):
+            out["scrub"] = scrub.status()
         out["services"] = sorted(self.services)
         return out
 

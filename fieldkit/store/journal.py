@@ -186,8 +186,8 @@ class Journal:
                     f"{self.path.parent.parent}` to keep every record that still authenticates "
                     "(the damaged file is kept aside)"))
             found = self._next_record(off, end, seq, size)
-            losses.append({"seq": seq, "last_seq": found[1] - 1 if found else None, "offset": off,
-                           "reason": value})
+            last = found[1] - 1 if found else (seq if end > off and self._zeros_from(end, size) else None)
+            losses.append({"seq": seq, "last_seq": last, "offset": off, "reason": value})
             if found is None:
                 break
             off, seq = found

@@ -633,4 +633,8 @@ def device():
         out["inference"] = {"running": False, "reason": str(exc)[:200]}
     from .live import max_streams, open_streams
     out["live"] = {"open": open_streams(), "max": max_streams(kit.config)}
+    from ..store.scrub import damage
+    scrub = kit.services.get("scrub")
+    out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
+    out["damage"] = damage(kit.store)
     return jsonify(out)
