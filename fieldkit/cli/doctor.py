@@ -4,7 +4,10 @@ Exit status 0 when nothing failed (warnings allowed), 1 when any check failed. `
 prints the same checks as a JSON object for machines (fleet monitoring, provisioning).
 
 Doctor never takes the data dir away from a running kit: when `fieldkit serve` holds the
-lock, the queue is read through the kit's HTTPS status endpoint instead of the store.
+lock, the store and the queue are read through the kit's control socket instead. Otherwise
+doctor opens the store once (which authenticates every journal record): a store that does
+not open fails the `store` check with the salvage command as the remedy, and the queue is
+then not read. `--scrub` also reads and verifies every stored capture now.
 """
 
 from __future__ import annotations
