@@ -17,8 +17,8 @@ the kit makes). In order:
 Same UID with different content is kept as a conflict (row flagged, the other copy kept
 under `conflicts`), never silently overwritten. Same UID with the same content while the
 stored copy is missing or fails verification is a repair: the damaged file is set aside,
-the re-sent copy written in its place and the damage record cleared ("stored"). Nothing is acknowledged before the
-store.write returned, which is when it is durable.
+the re-sent copy written in its place and the damage record cleared ("stored"). Nothing
+is acknowledged before the store.write returned, which is when it is durable.
 """
 
 from __future__ import annotations

@@ -177,8 +177,8 @@ class Journal:
                     self._cut(off, size, value)
                     size = off
                 else:
-                    losses.append({"seq": seq, "offset": off, "reason": f"torn final write ({value}); "
-                                   "it was never acknowledged"})
+                    losses.append({"seq": seq, "last_seq": seq, "offset": off, "torn": True,
+                                   "reason": f"torn final write ({value}); it was never acknowledged"})
                 break
             if losses is None:
                 raise StoreCorrupt(self.path, off, value, seq=seq, remedy=(

@@ -33,7 +33,7 @@ JOURNAL = Path("db") / "journal.fkj"
 class Report:
     journal: str
     records_kept: int = 0
-    losses: list[dict] = field(default_factory=list)  # {"seq", "last_seq", "offset", "reason"}
+    losses: list[dict] = field(default_factory=list)  # {"seq", "last_seq", "offset", "reason"[, "torn"]}
     kept_aside: str = ""  # the original, renamed
     patients: int = 0
     instances: int = 0
@@ -59,7 +59,7 @@ class Report:
 
 
 def _span(loss: dict) -> str:
-    first, last = loss["seq"], loss.get("last_seq", loss["seq"])
+    first, last = loss["seq"], loss["last_seq"]
     if last is None:
         return f"records {first} to the end of the journal"
     return f"record {first}" if last == first else f"records {first}-{last}"
@@ -67,7 +67,7 @@ def _span(loss: dict) -> str:
 
 def _damaged(losses: list[dict]) -> bool:
     """True when anything but a torn final write was lost (that one the kit cuts itself)."""
-    return any(not loss["reason"].startswith("torn final write") for loss in losses)
+    return any(not loss.get("torn") for loss in losses)
 
 
 def salvage(data_dir: Path, data_key: bytes) -> Report:
