@@ -205,3 +205,28 @@ def test_record_number_is_in_the_refusal(data_dir):
     with pytest.raises(StoreCorrupt) as err:
         open_kit(data_dir)
     assert err.value.seq == n and f"(record {n})" in str(err.value)
+
+
+def test_salvage_puts_back_captures_whose_catalogue_rows_were_lost(data_dir):
+    from pydicom.data import get_testdata_file
+
+    from fieldkit.store import instances
+    kit = open_kit(data_dir)
+    spans, uids = [], []
+    for name in ("examples_rgb_color.dcm", "examples_palette.dcm", "examples_ybr_color.dcm"):
+        start = kit.store.journal_bytes
+        result = instances.put_instance(kit.store, open(get_testdata_file(name), "rb").read(), "upload")
+        spans.append((start, kit.store.journal_bytes))
+        uids.append(result["sop_instance_uid"])
+    kit.close()
+    path = _journal(data_dir)
+    _flip(path, spans[1][0] + 60)  # the record that catalogued the second capture
+    out = run_cli("store", "salvage", "--data-dir", data_dir)
+    assert "lost record" in out.stdout
+    assert f"put back 1 capture(s) whose catalogue rows were lost (their files were whole): {uids[1]}" in out.stdout
+    kit = open_kit(data_dir)
+    try:
+        assert sorted(r["sop_instance_uid"] for r in instances.instance_rows(kit.store)) == sorted(uids)
+        assert instances.read_dataset(kit.store, uids[1]).pixel_array.shape
+    finally:
+        kit.close()

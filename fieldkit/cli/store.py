@@ -10,7 +10,7 @@ from ..errors import StoreBusy
 from ..runtime import load_config
 from ..security.keys import Keyring
 from ..store import Store, check_format, dir_is_locked
-from ..store.salvage import salvage as salvage_store
+from ..store.salvage import readopt_captures, salvage as salvage_store
 from .core import DATA_DIR, read_secret_file
 
 
@@ -39,9 +39,13 @@ def salvage(data_dir: Path, passphrase_file):
     if report.changed:
         store = Store.open(data_dir, key, load_config(data_dir))  # proves the result opens
         try:
+            back = [r for r in readopt_captures(store) if r["status"] == "stored"]
             counts = store.counts()
         finally:
             store.close()
+        if back:
+            click.echo(f"put back {len(back)} capture(s) whose catalogue rows were lost (their files were whole): "
+                       + ", ".join(r["sop_instance_uid"] for r in back))
         click.echo(f"the salvaged store opens: {counts['patients']} patients, {counts['instances']} instances")
 
 

@@ -8,6 +8,9 @@ fsync, rename, fsync the directory. The original is first kept aside under a new
 moment without a journal), never deleted. It takes the data dir lock, so it refuses to
 run while the kit runs.
 
+`readopt_captures(store)` then puts back the captures whose catalogue rows were lost: their
+blobs are still on disk, whole and encrypted.
+
 On a store with no damage it changes nothing and says so (`Report.changed` is False):
 salvage is safe to run "just in case". A torn final write is not damage (the kit cuts it
 at the next start, see journal.py).
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..records import T_INSTANCES, T_PATIENTS
+from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from . import acquire_dir_lock, check_format
 from .documents import MemoryStorage
@@ -103,3 +106,36 @@ def salvage(data_dir: Path, data_key: bytes) -> Report:
         return report
     finally:
         os.close(lock_fd)
+
+
+def readopt_captures(store) -> list[dict]:
+    """Captures whose catalogue rows were in lost records are still whole, encrypted blobs:
+    put each one back through the catalogue (as an import). Run on the salvaged store.
+    Previews and overlays are images, not DICOM, and stay unreferenced."""
+    from ..errors import FieldkitError
+    from . import instances
+
+    def referenced(db) -> set[str]:
+        out: set[str] = set()
+        for row in db.table(T_INSTANCES).all():
+            out.update({row.get("blob"), row.get("thumbnail")})
+            out.update(c.get("blob") for c in row.get("conflicts") or [])
+        out.update(f.get("overlay") for f in db.table(T_FINDINGS).all())
+        return out
+
+    known = store.read(referenced)
+    results = []
+    for path in sorted(store.blobs.root.glob("[0-9a-f][0-9a-f]/*")):
+        if path.name in known:
+            continue
+        try:
+            data = store.blobs.get_bytes(path.name)
+        except FieldkitError:  # damaged too: the scrub will list it if a row points at it
+            continue
+        if data[128:132] != b"DICM":
+            continue
+        try:
+            results.append(instances.put_instance(store, data, "import"))
+        except FieldkitError:
+            continue
+    return results
