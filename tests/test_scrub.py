@@ -164,3 +164,14 @@ def test_scrub_off_when_days_is_zero(kit, days):
     service = scrub.start(kit)
     assert service.status()["running"] is False
     service.stop()
+
+
+def test_a_stopped_check_decides_nothing(store):
+    data = open(pydicom_file("examples_rgb_color.dcm"), "rb").read()
+    row = instances.put_instance(store, data, "upload")["instance"]
+    scrub.record_damage(store, row["sop_instance_uid"], row["blob"], "found earlier")
+    with pytest.raises(scrub.Stopped):
+        scrub.check(store, row["sop_instance_uid"], row["blob"], pause=lambda: True)
+    assert [d["reason"] for d in scrub.damage(store)] == ["found earlier"]  # not cleared by a stop
+    assert scrub.check(store, row["sop_instance_uid"], row["blob"]) is None  # whole: cleared
+    assert scrub.damage(store) == []

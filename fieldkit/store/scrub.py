@@ -24,7 +24,7 @@ from typing import Callable
 
 from tinydb import Query
 
-from ..errors import NotFound, StoreCorrupt
+from ..errors import KitLocked, NotFound, StoreCorrupt
 from ..records import T_DAMAGE, T_INSTANCES
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,17 @@ POWER_WAIT_SECONDS = 60.0
 _D = Query()
 
 
+class Stopped(Exception):
+    """The scrub was asked to stop in the middle of a blob: nothing was decided about it."""
+
+
 def verify_blob(store, addr: str, pause: Callable[[], bool] | None = None) -> str | None:
-    """None when the blob reads back whole; else why not. `pause()` runs after each chunk
-    and returns True to stop early (then the blob counts as whole)."""
+    """None when the blob reads back whole; else why not. `pause()` runs after each chunk;
+    when it returns True the check stops (raises Stopped)."""
     try:
         for _chunk in store.blobs.iter_chunks(addr):
             if pause is not None and pause():
-                return None
+                raise Stopped()
     except NotFound:
         return "the blob file is missing"
     except StoreCorrupt as exc:
@@ -143,7 +147,9 @@ class Scrubber:
             started = time.monotonic()
             try:
                 self._one_pass(started)
-            except Exception:  # e.g. the kit was locked: try again next period
+            except KitLocked:
+                pass  # no data key while locked: the next period tries again
+            except Exception:  # a scrub problem must not end the service: try again next period
                 log.exception("scrub pass stopped")
             left = self.period_s - (time.monotonic() - started)
             if self._stop.wait(max(left, min(self.period_s, 60.0))):
@@ -161,7 +167,10 @@ class Scrubber:
             while not self._power_ok():
                 if self._stop.wait(POWER_WAIT_SECONDS):
                     return
-            check(store, sop_uid, addr, self._pace)
+            try:
+                check(store, sop_uid, addr, self._pace)
+            except Stopped:
+                return
             self.checked += 1
         self.passes += 1
         self.last_pass_at = time.time()
