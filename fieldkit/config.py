@@ -55,6 +55,7 @@ SETTINGS: dict[str, Setting] = {
     "store.reserve_mb": Setting(8, "MiB kept preallocated at the end of the journal, so that acknowledgements, leases and operator actions are still recorded when the disk is full."),
     "store.warn_free_mb": Setting(10240, "Below this much free space (MiB) on the data dir's disk the board and device page warn and say what to do."),
     "store.refuse_free_mb": Setting(2048, "Below this much free space (MiB) new captures are refused (DIMSE 0xA700, HTTP 507) before the disk is full; reads and the rest keep working."),
+    "store.scrub_days": Setting(7.0, "The background scrub reads and verifies every stored capture once in this many days, paced and at low priority (paused on low battery or heat); 0 turns it off."),
     # security
     "security.passphrase_min_length": Setting(12, "Shortest kit passphrase accepted."),
     "security.scrypt_n": Setting(2**15, "scrypt cost (N) for deriving the passphrase key; recorded with the wrapped key."),

@@ -82,11 +82,14 @@ class StoreCorrupt(FieldkitError):
     exit_code = 8
     http_status = 500
 
-    def __init__(self, path, offset: int, reason: str):
-        super().__init__(f"store file {path} is damaged at byte offset {offset}: {reason}; "
-                         "refusing to open (restore from backup or contact support)")
+    def __init__(self, path, offset: int, reason: str, seq: int | None = None,
+                 remedy: str = "refusing to open (restore from backup or contact support)"):
+        where = f"byte offset {offset}" + (f" (record {seq})" if seq is not None else "")
+        super().__init__(f"store file {path} is damaged at {where}: {reason}; {remedy}")
         self.path = str(path)
         self.offset = offset
+        self.seq = seq
+        self.reason = reason
 
 
 class UnsupportedVersion(FieldkitError):

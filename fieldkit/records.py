@@ -17,6 +17,7 @@ T_USERS = "users"
 T_TOKENS = "tokens"
 T_META = "meta"
 T_PROBES = "probes"
+T_DAMAGE = "damage"  # blobs the scrub (or a read) found damaged or missing, until repaired
 
 # Queue vocabulary
 KIND_INFER = "infer"

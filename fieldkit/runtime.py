@@ -42,6 +42,7 @@ SERVICES: list[tuple[str, str]] = [
     ("inference", "fieldkit.inference.worker:start"),
     ("sync", "fieldkit.sync.worker:start"),
     ("backup", "fieldkit.cli.backup:start_scheduled"),  # scheduled backups (backup.path)
+    ("scrub", "fieldkit.store.scrub:start"),
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
@@ -51,6 +52,7 @@ CONTROL_OPS: dict[str, str] = {
     "import": "fieldkit.cli.ingest:op_import",  # USB/folder import (ingest)
     **{op: f"fieldkit.cli.probes:op_{op.replace('.', '_')}" for op in ("probes.add", "probes.list", "probes.remove")},
     "backup": "fieldkit.cli.backup:op_backup",  # incremental backup (store.backup)
+    "store.scrub": "fieldkit.cli.store:op_scrub",  # verify every stored capture now (doctor --scrub)
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
@@ -129,6 +131,8 @@ class Kit:
             out["oldest_unsent"] = self.store.queue.oldest("sync")
             from .sync.progress import kit_status
             out["sync"] = kit_status(self)
+            from .store.scrub import damage
+            out["damage"] = damage(self.store)
         if self.hardware is not None and hasattr(self.hardware, "state"):
             out["power"] = self.hardware.state()
         inference = self.services.get("inference")
@@ -137,6 +141,9 @@ class Kit:
         backup = self.services.get("backup")
         if backup is not None:
             out["backup"] = backup.status()
+        scrub = self.services.get("scrub")
+        if scrub is not None and hasattr(scrub, "status"):
+            out["scrub"] = scrub.status()
         out["services"] = sorted(self.services)
         return out
 

@@ -4,7 +4,10 @@ Exit status 0 when nothing failed (warnings allowed), 1 when any check failed. `
 prints the same checks as a JSON object for machines (fleet monitoring, provisioning).
 
 Doctor never takes the data dir away from a running kit: when `fieldkit serve` holds the
-lock, the queue is read through the kit's HTTPS status endpoint instead of the store.
+lock, the store and the queue are read through the kit's control socket instead. Otherwise
+doctor opens the store once (which authenticates every journal record): a store that does
+not open fails the `store` check with the salvage command as the remedy, and the queue is
+then not read. `--scrub` also reads and verifies every stored capture now.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +27,7 @@ import click
 import psutil
 
 from ..config import Config
-from ..errors import FieldkitError
+from ..errors import FieldkitError, KeyUnavailable, StoreCorrupt
 from ..hardware import Reading, load_profile, probe_from_config, temperature_limit
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -56,6 +59,8 @@ class Context:
     profile_error: str
     kit_running: bool
     timeout: float
+    scrub: bool = False   # --scrub: verify every stored capture now
+    cache: dict = field(default_factory=dict)  # what the store said, read once for all checks
 
 
 # -- the checks --------------------------------------------------------------------------
@@ -279,9 +284,38 @@ def check_hospital(ctx: Context) -> Check:
                  + (f", auth {ctx.config.get('hospital.auth')})" if ctx.config.get("hospital.auth", "none") != "none" else ")"))
 
 
+def check_store(ctx: Context) -> Check:
+    """The journal opens (every record authenticates) and no stored capture is known damaged;
+    with --scrub every capture is read and verified now."""
+    salvage = (f"stop the kit if it runs, then run `fieldkit store salvage --data-dir {ctx.data_dir}`: it keeps "
+               "every record that still authenticates, names what was lost and keeps the damaged file aside")
+    try:
+        facts = _store_facts(ctx)
+    except StoreCorrupt as exc:
+        where = f"byte offset {exc.offset}" + (f", record {exc.seq}" if exc.seq is not None else "")
+        return Check("store", FAIL, f"{exc.path} is damaged at {where}: {exc.reason}; the kit will not start", salvage)
+    except KeyUnavailable as exc:
+        return Check("store", WARN, f"cannot unlock the store to verify it: {exc}", "run doctor as the kit's service user")
+    except FieldkitError as exc:
+        return Check("store", FAIL, f"the store does not open: {exc}", "see the message; " + salvage)
+    damaged = facts["damage"]
+    if damaged:
+        first = damaged[0]
+        return Check("store", FAIL, f"{len(damaged)} stored capture(s) fail verification (first: SOP Instance UID "
+                     f"{first['sop_instance_uid']}, {first['reason']})",
+                     "send those captures again from the probe, or import them again: a re-sent copy repairs the "
+                     "stored one (the device page lists them)")
+    text = f"opens and verifies ({facts['patients']} patients, {facts['instances']} instances"
+    if facts.get("checked") is not None:
+        text += f", {facts['checked']} stored captures read and verified"
+    return Check("store", OK, text + ")")
+
+
 def check_queue(ctx: Context) -> Check:
     try:
         summary = _queue_summary(ctx)
+    except (StoreCorrupt, KeyUnavailable):
+        return Check("queue", WARN, "not read: the store did not open (see the store check)")
     except FieldkitError as exc:
         return Check("queue", WARN, f"cannot read the queue: {exc}", "start the kit, or run doctor as the service user")
     except Exception as exc:
@@ -302,11 +336,11 @@ def check_queue(ctx: Context) -> Check:
 
 CHECKS: list[Callable[[Context], Check | list[Check]]] = [
     check_profile, check_cpu, check_memory, check_disk, check_clock, check_battery,
-    check_temperature, check_ports, check_tls, check_models, check_hospital, check_queue,
+    check_temperature, check_ports, check_tls, check_models, check_hospital, check_store, check_queue,
 ]
 
 
-def run_checks(data_dir: Path, config: Config, timeout: float = 5.0) -> list[Check]:
+def run_checks(data_dir: Path, config: Config, timeout: float = 5.0, scrub: bool = False) -> list[Check]:
     data_dir = Path(data_dir)
     profile, profile_error = None, ""
     try:
@@ -314,7 +348,7 @@ def run_checks(data_dir: Path, config: Config, timeout: float = 5.0) -> list[Che
     except FieldkitError as exc:
         profile_error = str(exc)
     reading = probe_from_config(config, data_dir, profile).read()
-    ctx = Context(data_dir, config, reading, profile, profile_error, _kit_running(data_dir), timeout)
+    ctx = Context(data_dir, config, reading, profile, profile_error, _kit_running(data_dir), timeout, scrub)
     out: list[Check] = []
     for check in CHECKS:
         try:
@@ -333,7 +367,8 @@ def run_checks(data_dir: Path, config: Config, timeout: float = 5.0) -> list[Che
               envvar="FIELDKIT_DATA_DIR", help="The kit's data directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the hospital and the kit.")
-def doctor(data_dir: Path, as_json: bool, timeout: float) -> None:
+@click.option("--scrub", is_flag=True, help="Also read and verify every stored capture now (takes a while).")
+def doctor(data_dir: Path, as_json: bool, timeout: float, scrub: bool) -> None:
     """Check the box and the kit against its hardware profile; exit 1 if anything failed."""
     if not data_dir.is_dir():
         raise click.ClickException(f"data dir {data_dir} does not exist (run `fieldkit init` or `fieldkit provision`)")
@@ -341,7 +376,7 @@ def doctor(data_dir: Path, as_json: bool, timeout: float) -> None:
         config = Config.load(data_dir / "fieldkit.toml")
     except FieldkitError as exc:
         raise click.ClickException(str(exc))
-    checks = run_checks(data_dir, config, timeout)
+    checks = run_checks(data_dir, config, timeout, scrub)
     failed = [c for c in checks if c.status == FAIL]
     if as_json:
         click.echo(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=1))
@@ -514,15 +549,42 @@ def _age(seconds: float) -> str:
 def _queue_summary(ctx: Context) -> dict[str, Any]:
     if ctx.kit_running:
         return _queue_from_kit(ctx)
+    return summarise_rows(_store_facts(ctx)["queue_rows"], time.time())
+
+
+def _store_facts(ctx: Context) -> dict[str, Any]:
+    """Counts, queue rows and damage, read once: from the running kit, or by opening the
+    store (which verifies every journal record). Raises what opening raised, every time."""
+    if "facts" not in ctx.cache:
+        try:
+            ctx.cache["facts"] = _read_store(ctx)
+        except FieldkitError as exc:
+            ctx.cache["facts"] = exc
+    facts = ctx.cache["facts"]
+    if isinstance(facts, FieldkitError):
+        raise facts
+    return facts
+
+
+def _read_store(ctx: Context) -> dict[str, Any]:
+    from ..store.scrub import damage, scrub_all
+    if ctx.kit_running:
+        from .control import call
+        checked = call(ctx.data_dir, "store.scrub", {})["checked"] if ctx.scrub else None
+        status = call(ctx.data_dir, "status", {}, timeout=ctx.timeout)
+        return {"patients": status.get("patients", 0), "instances": status.get("instances", 0),
+                "damage": status.get("damage") or [], "checked": checked}
     from ..security.keys import Keyring
     from ..store import Store
     data_key = Keyring(ctx.data_dir).unlock_with_device_key()
     store = Store.open(ctx.data_dir, data_key, ctx.config)
     try:
-        rows = store.queue.rows()
+        checked = scrub_all(store)["checked"] if ctx.scrub else None
+        counts = store.counts()
+        return {"patients": counts["patients"], "instances": counts["instances"], "damage": damage(store),
+                "queue_rows": store.queue.rows(), "checked": checked}
     finally:
         store.close()
-    return summarise_rows(rows, time.time())
 
 
 def summarise_rows(rows, now: float) -> dict[str, Any]:

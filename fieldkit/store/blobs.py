@@ -19,6 +19,7 @@ import io
 import os
 import struct
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,6 +105,10 @@ class _SealedFileWriter:
         self.path.unlink(missing_ok=True)
 
 
+# A damaged blob is one capture, not the store: the kit keeps running and says how to repair it.
+BLOB_REMEDY = "this stored copy cannot be read; send the capture again (or import it again) to repair it"
+
+
 def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
     try:
         fh = open(path, "rb")
@@ -112,12 +117,12 @@ def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
     with fh:
         head = fh.read(4 + 16)
         if len(head) < 20 or head[:4] != MAGIC:
-            raise StoreCorrupt(path, 0, "not a fieldkit blob")
+            raise StoreCorrupt(path, 0, "not a fieldkit blob", remedy=BLOB_REMEDY)
         file_id, index, offset = head[4:], 0, 20
         while True:
             raw_len = fh.read(4)
             if len(raw_len) < 4:
-                raise StoreCorrupt(path, offset, "blob is truncated")
+                raise StoreCorrupt(path, offset, "blob is truncated", remedy=BLOB_REMEDY)
             (length,) = _LEN.unpack(raw_len)
             sealed = fh.read(length)
             for last in (False, True):
@@ -127,7 +132,7 @@ def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
                 except InvalidTag:
                     continue
             else:
-                raise StoreCorrupt(path, offset, "blob chunk fails its authentication tag")
+                raise StoreCorrupt(path, offset, "blob chunk fails its authentication tag", remedy=BLOB_REMEDY)
             yield chunk
             if last:
                 return
@@ -493,6 +498,20 @@ class BlobStore:
             return self.path(addr).exists()
         except NotFound:
             return False
+
+    def set_aside(self, addr: str) -> Path | None:
+        """Move a damaged blob off its address, so that a good copy can take its place; it
+        is kept (sealed) under `damaged/`, never deleted. None when there was no file."""
+        src, aside = self.path(addr), self.root / "damaged"
+        aside.mkdir(mode=0o700, exist_ok=True)
+        dest = aside / f"{addr}.{time.time_ns()}"
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            return None
+        fsync_dir(src.parent)
+        fsync_dir(aside)
+        return dest
 
     def delete(self, addr: str) -> None:
         self.path(addr).unlink(missing_ok=True)

@@ -15,8 +15,10 @@ the kit makes). In order:
    patient (if new), the catalogue row, an `infer` job and a `sync` job.
 
 Same UID with different content is kept as a conflict (row flagged, the other copy kept
-under `conflicts`), never silently overwritten. Nothing is acknowledged before the
-store.write returned, which is when it is durable.
+under `conflicts`), never silently overwritten. Same UID with the same content while the
+stored copy is missing or fails verification is a repair: the damaged file is set aside,
+the re-sent copy written in its place and the damage record cleared ("stored"). Nothing
+is acknowledged before the store.write returned, which is when it is durable.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
 from . import patients, probes
+from .scrub import clear_damage, verify_blob
 
 log = logging.getLogger(__name__)
 _I = Query()
 SOURCES = ("dimse", "stow", "upload", "import", "kit")
 STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
+REPAIRED = "repaired"  # answered as "stored"
 
 
 class _Raced(Exception):
@@ -133,6 +137,7 @@ class _Item:
         self.new_patient: dict | None = None
         self.row: dict = {}
         self.outcome: tuple[str, dict] | None = None  # (status, row) once committed
+        self.repairs: str | None = None  # address of the damaged copy this one replaces
 
 
 class Batch:
@@ -171,11 +176,19 @@ class Batch:
     def _accept(self, prepared: Prepared, from_picture: bool) -> int:
         """Link and write an object once prepared; its index in `commit()`'s results."""
         existing = get_instance(self.store, prepared.sop_instance_uid)
-        if existing and prepared.encoded.digest in _digests(existing):
+        repair = (existing is not None and prepared.encoded.digest == existing.get("digest")
+                  and existing.get("blob") and verify_blob(self.store, existing["blob"]) is not None)
+        if existing and prepared.encoded.digest in _digests(existing) and not repair:
             self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
             return len(self._entries) - 1
         item = _Item(prepared, from_picture, self.calling_ae)
-        self._link(item, in_batch=True)
+        if repair:  # the same capture again, and the stored copy is damaged: it takes its place
+            self.store.blobs.set_aside(existing["blob"])
+            item.repairs = existing["blob"]
+            item.linked = {"id": existing["patient_id"]}
+            item.linked_by = existing.get("linked_by", "")
+        else:
+            self._link(item, in_batch=True)
         self._write(item, self._blobs)
         # let go of the encoded copy: a batch of large cines must not sit in memory until
         # its commit (a rare retry reads the written copy back)
@@ -269,6 +282,10 @@ class Batch:
             store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
                                  source=self.source)
             return _result(STORED, stored, "stored")
+        if status == REPAIRED:
+            log.warning("a damaged stored capture was repaired by a re-sent identical copy")
+            store.events.publish("instance.repaired", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+            return _result(STORED, stored, "the stored copy was damaged: replaced by this identical one")
         if status == CONFLICT:
             log.warning("instance stored as a conflict: same SOP Instance UID, different content")
             store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
@@ -302,6 +319,12 @@ def _commit(store, db, item: _Item):
     sop_uid = row["sop_instance_uid"]
     existing = _doc_for(db, store, sop_uid)
     if existing is not None:
+        if item.repairs is not None and row["digest"] == existing.get("digest"):
+            fix = {"blob": row["blob"], "size": row["size"], "thumbnail": row["thumbnail"] or existing.get("thumbnail")}
+            db.table(T_INSTANCES).update(fix, doc_ids=[existing.doc_id])
+            clear_damage(db, item.repairs)
+            clear_damage(db, row["blob"])
+            return REPAIRED, {**existing, **fix}
         if row["digest"] in _digests(existing):
             return DUPLICATE, dict(existing)
         copy = {k: row[k] for k in ("blob", "size", "digest", "source", "received_at", "patient_id")}

@@ -11,11 +11,23 @@ commit appends one record (no fsync); `wait_durable()` then fsyncs, and threads 
 committed meanwhile share that one fsync (group commit). Write cost is proportional to
 the record, never to the size of the store.
 
-At open, a torn final record (a crash mid-append) is cut off; the cut bytes are kept
-beside the journal (still sealed) and reported. Damage anywhere before the last record
-is refused with the file and offset: never skipped, never "repaired" by dropping the
-good records after it. Compaction rewrites the live state to a temp file, fsyncs it,
-renames it over the journal and fsyncs the directory.
+Torn or damaged, by one rule. The file is extended with real zeros ahead of its end, and
+a disk writes whole 512-byte sectors, so a crash mid-append leaves the record's sectors
+that never reached the disk still zero - and nothing written after them. A record (or
+record header) that fails its check is a *torn write* only when it is the last thing in
+the file and unwritten sectors explain the failure: every byte from a 512-byte boundary
+inside it to the end of the file is zero (for a header: a boundary inside its 8 bytes),
+or the file ends inside it. Anything else is *damage*: a complete-length record that
+fails its tag with no such sign, a bad header with data after it, data after the zeros.
+A flipped bit leaves no zero sector, so it is always damage, even in the last record.
+
+At open, a torn write is cut off; the cut bytes are kept beside the journal (still
+sealed) and reported. Damage is refused with the file, byte offset and record number:
+never skipped, never cut. `salvage_records()` reads past damage instead (for `fieldkit
+store salvage`): after a damaged record it finds the next one by scanning for a frame
+whose sealed bytes authenticate under a following record number (a bounded search), and
+reports what it could not read. Compaction rewrites the live state to a temp file,
+fsyncs it, renames it over the journal and fsyncs the directory.
 """
 
 from __future__ import annotations
@@ -47,6 +59,13 @@ PREALLOC = 1 << 20
 # After a failed extension (disk full), records go into the reserve without trying to
 # extend again for this long: a full disk must not cost every commit a doomed write.
 EXTEND_RETRY_SECONDS = 2.0
+SECTOR = 512
+# A zero run shorter than a GCM tag can occur by chance in sealed bytes: a torn write must
+# have lost at least this much of its record to be told apart from damage.
+MIN_TORN = 16
+# How far salvage looks past a damaged record for the next one that authenticates.
+SCAN_RECORDS = 16
+SCAN_BYTES = 64 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -136,7 +155,13 @@ class Journal:
     def _aad(self, seq: int) -> bytes:
         return self._file_id + struct.pack(">Q", seq)
 
-    def _replay(self) -> Iterator[dict]:
+    def salvage_records(self, losses: list[dict]) -> Iterator[dict]:
+        """Yield every record that still authenticates, before and after damage, without
+        changing the file; append to `losses` what could not be read (by record number)."""
+        self._fd = os.open(self.path, os.O_RDONLY)
+        yield from self._replay(losses)
+
+    def _replay(self, losses: list[dict] | None = None) -> Iterator[dict]:
         fd = self._fd
         size = os.fstat(fd).st_size
         head = os.pread(fd, HEADER.size, 0)
@@ -149,41 +174,110 @@ class Journal:
             raise UnsupportedVersion(f"{self.path} was written by a newer fieldkit (journal format {fmt}); upgrade fieldkit")
         off, seq = HEADER.size, 0
         while off < size:
-            torn = None
-            frame = os.pread(fd, FRAME.size, off)
-            if len(frame) < FRAME.size:
-                torn = "incomplete record header"
-            elif not any(frame):
-                if self._zeros_from(off, size):
-                    break  # the preallocated, never-written rest of the file
-                raise StoreCorrupt(self.path, off, "data found after the end of the journal")
-            else:
-                length, crc = FRAME.unpack(frame)
-                if zlib.crc32(frame[:4]) != crc or length > MAX_RECORD:
-                    if self._zeros_from(off + FRAME.size, size):
-                        torn = "half-written record header"
-                    else:
-                        raise StoreCorrupt(self.path, off, "record header checksum does not match")
-                elif off + FRAME.size + length > size:
-                    torn = "record extends past the end of the file"
+            kind, value, end = self._read_at(off, seq, size)
+            if kind == "record":
+                yield json.loads(value)
+                off, seq = end, seq + 1
+                continue
+            if kind == "end":
+                break  # the preallocated, never-written rest of the file
+            if kind == "torn":
+                if losses is None:
+                    self._cut(off, size, value)
+                    size = off
                 else:
-                    sealed = os.pread(fd, length, off + FRAME.size)
-                    try:
-                        plain = self._sealer.open(sealed, self._aad(seq))
-                    except InvalidTag:
-                        if self._zeros_from(off + FRAME.size + length, size):
-                            torn = "last record fails its authentication tag"
-                        else:
-                            raise StoreCorrupt(self.path, off, "record fails its authentication tag "
-                                               "(changed, moved or from another key)") from None
-                    else:
-                        yield json.loads(plain)
-                        off += FRAME.size + length
-                        seq += 1
-                        continue
-            self._cut(off, size, torn)
-            size = off
+                    losses.append({"seq": seq, "last_seq": seq, "offset": off, "torn": True,
+                                   "reason": f"torn final write ({value}); it was never acknowledged"})
+                break
+            if losses is None:
+                raise StoreCorrupt(self.path, off, value, seq=seq, remedy=(
+                    "refusing to open. Run `fieldkit store salvage --data-dir "
+                    f"{self.path.parent.parent}` to keep every record that still authenticates "
+                    "(the damaged file is kept aside)"))
+            found = self._next_record(off, end, seq, size)
+            last = found[1] - 1 if found else (seq if end > off and self._zeros_from(end, size) else None)
+            losses.append({"seq": seq, "last_seq": last, "offset": off, "reason": value})
+            if found is None:
+                break
+            off, seq = found
         self._seq, self._end = seq, off
+
+    def _read_at(self, off: int, seq: int, size: int) -> tuple[str, object, int]:
+        """One record at `off`: ("record", plaintext, end), ("end", None, off) for the
+        preallocated zeros, ("torn", why, off) or ("damage", why, end or off)."""
+        frame = os.pread(self._fd, FRAME.size, off)
+        if len(frame) < FRAME.size:
+            return "torn", "the file ends inside a record header", off
+        if not any(frame):
+            if self._zeros_from(off, size):
+                return "end", None, off
+            return "damage", "data found after the end of the journal", off
+        length, crc = FRAME.unpack(frame)
+        if zlib.crc32(frame[:4]) != crc or length > MAX_RECORD:
+            if self._unwritten_from(off, off + FRAME.size, size):
+                return "torn", "half-written record header", off
+            return "damage", "record header checksum does not match", off
+        end = off + FRAME.size + length
+        if end > size:
+            return "torn", "record extends past the end of the file", off
+        sealed = os.pread(self._fd, length, off + FRAME.size)
+        try:
+            return "record", self._sealer.open(sealed, self._aad(seq)), end
+        except InvalidTag:
+            if self._unwritten_from(off, end - MIN_TORN + 1, size):
+                return "torn", "last record was not completely written", off
+            return "damage", "record fails its authentication tag (changed, moved or from another key)", end
+
+    def _unwritten_from(self, off: int, before: int, size: int) -> bool:
+        """True when, from a 512-byte boundary after `off` and before `before`, every byte
+        to the end of the file is zero: sectors a crash never wrote."""
+        last = off
+        at = size
+        while at > off:  # the last non-zero byte, read backwards (the zeros are ~1 MiB)
+            start = max(off, at - (1 << 20))
+            kept = os.pread(self._fd, at - start, start).rstrip(b"\0")
+            if kept:
+                last = start + len(kept) - 1
+                break
+            at = start
+        boundary = (last // SECTOR + 1) * SECTOR
+        return boundary < min(before, size)
+
+    def _next_record(self, off: int, end: int, seq: int, size: int) -> tuple[int, int] | None:
+        """(offset, record number) of the first record after the damaged one at `off` that
+        authenticates as one of the next SCAN_RECORDS records; None when none does within
+        SCAN_BYTES. `end` is where the damaged record ends when its header was sound."""
+        def authenticates(at: int) -> int | None:
+            frame = os.pread(self._fd, FRAME.size, at)
+            if len(frame) < FRAME.size:
+                return None
+            length, crc = FRAME.unpack(frame)
+            if zlib.crc32(frame[:4]) != crc or length > MAX_RECORD or at + FRAME.size + length > size:
+                return None
+            sealed = os.pread(self._fd, length, at + FRAME.size)
+            for n in range(seq + 1, seq + 1 + SCAN_RECORDS):
+                try:
+                    self._sealer.open(sealed, self._aad(n))
+                    return n
+                except InvalidTag:
+                    continue
+            return None
+
+        if end > off and (n := authenticates(end)) is not None:
+            return end, n
+        limit = min(size, off + SCAN_BYTES)
+        at = off + 1
+        while at < limit - FRAME.size:
+            block = os.pread(self._fd, min(1 << 20, limit - at) + FRAME.size, at)
+            view = memoryview(block)
+            for i in range(len(block) - FRAME.size + 1):
+                # a frame's crc covers its length: a cheap filter before trying the tag
+                if zlib.crc32(view[i:i + 4]) == int.from_bytes(view[i + 4:i + 8], "big"):
+                    n = authenticates(at + i)
+                    if n is not None:
+                        return at + i, n
+            at += len(block) - FRAME.size + 1
+        return None
 
     def _zeros_from(self, off: int, size: int) -> bool:
         """True when every byte from `off` to the end of the file is zero."""

@@ -637,4 +637,8 @@ def device():
     backup = kit.services.get("backup")
     if backup is not None:
         out["backup"] = backup.status()
+    from ..store.scrub import damage
+    scrub = kit.services.get("scrub")
+    out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
+    out["damage"] = damage(kit.store)
     return jsonify(out)

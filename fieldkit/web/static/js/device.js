@@ -32,6 +32,13 @@ async function refresh() {
     set("dv-sync", q(d.queues && d.queues.sync));
     set("dv-live", `${d.live.open} open of ${d.live.max}`);
     set("dv-backup", backupText(d.backup));
+    const damage = d.damage || [];
+    const sc = d.scrub || {};
+    set("dv-scrub", damage.length ? `${damage.length} damaged (see below)`
+      : (sc.running ? `verified every ${+(sc.period_days || 0).toFixed(2)} days, no damage found` : `no damage found (scrub off${sc.reason ? ": " + sc.reason : ""})`));
+    document.getElementById("dv-damage-panel").hidden = !damage.length;
+    document.getElementById("dv-damage").replaceChildren(...damage.map((x) =>
+      el("li", "", `capture ${x.sop_instance_uid} (blob ${String(x.blob).slice(0, 12)}…): ${x.reason}`)));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
