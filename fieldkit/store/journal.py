@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from .. import fsio
 from ..errors import StorageFull, StoreCorrupt, UnsupportedVersion
 from ..security.crypto import InvalidTag, Sealer
 
@@ -47,11 +48,7 @@ PREALLOC = 1 << 20
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsio.fsync_dir(path)
 
 
 def _frame(sealed: bytes) -> bytes:
@@ -62,14 +59,14 @@ def _frame(sealed: bytes) -> bytes:
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = fsio.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = fsio.write(fd, view)
         view = view[written:]
 
 
@@ -99,15 +96,15 @@ class Journal:
     # opening ---------------------------------------------------------------------------
     def open(self) -> Iterator[dict]:
         """Open (or create) the journal and yield its records in order."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(self.path.parent, 0o700)
         tmp = self.path.with_name(self.path.name + ".tmp")
         if tmp.exists():  # a compaction that did not finish: the journal itself is intact
-            tmp.unlink()
+            fsio.unlink(tmp)
         if not self.path.exists():
             self._create(self.path)
             fsync_dir(self.path.parent)
         try:
-            self._fd = os.open(self.path, os.O_RDWR)
+            self._fd = fsio.open(self.path, os.O_RDWR)
         except OSError as exc:
             raise storage_error(exc, self.path) from None
         yield from self._replay()
@@ -117,10 +114,10 @@ class Journal:
 
     def _create(self, path: Path) -> None:
         self._file_id = os.urandom(16)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = fsio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, HEADER.pack(MAGIC, FORMAT, self._file_id))
-            os.fsync(fd)
+            fsio.fsync(fd)
         finally:
             os.close(fd)
 
@@ -190,12 +187,14 @@ class Journal:
     def _cut(self, off: int, size: int, why: str) -> None:
         """Keep the torn bytes beside the journal (they are sealed) and truncate."""
         keep = self.path.with_name(f"{self.path.name}.torn-{int(time.time())}-{off}")
-        with open(keep, "wb") as fh:
-            fh.write(os.pread(self._fd, size - off, off).rstrip(b"\0"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.ftruncate(self._fd, off)
-        os.fsync(self._fd)
+        fd = fsio.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, os.pread(self._fd, size - off, off).rstrip(b"\0"))
+            fsio.fsync(fd)
+        finally:
+            os.close(fd)
+        fsio.ftruncate(self._fd, off)
+        fsio.fsync(self._fd)
         fsync_dir(self.path.parent)
         self.cut_bytes = size - off
         log.warning("journal %s: cut a torn final write at offset %d (%d bytes, %s); kept in %s",
@@ -225,10 +224,10 @@ class Journal:
         new_alloc = max(needed, self._alloc) + PREALLOC
         try:
             _pwrite_all(self._fd, bytes(new_alloc - self._alloc), self._alloc)
-            os.fsync(self._fd)
+            fsio.fsync(self._fd)
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, self._alloc)
+                fsio.ftruncate(self._fd, self._alloc)
             except OSError:
                 pass
             raise storage_error(exc, self.path) from None
@@ -245,7 +244,7 @@ class Journal:
                 target = self._end
                 self._cond.release()
                 try:
-                    os.fdatasync(self._fd)
+                    fsio.fdatasync(self._fd)
                 except OSError as exc:
                     raise storage_error(exc, self.path) from None
                 finally:
@@ -267,7 +266,7 @@ class Journal:
         old_id = self._file_id
         try:
             self._create(tmp)
-            fd = os.open(tmp, os.O_RDWR)
+            fd = fsio.open(tmp, os.O_RDWR)
         except OSError as exc:
             raise storage_error(exc, tmp) from None
         seq, end = 0, HEADER.size
@@ -278,8 +277,8 @@ class Journal:
                 data = _frame(self._sealer.seal(plain, self._aad(seq)))
                 _write_all(fd, data)
                 seq, end = seq + 1, end + len(data)
-            os.fsync(fd)
-            os.replace(tmp, self.path)
+            fsio.fsync(fd)
+            fsio.replace(tmp, self.path)
             fsync_dir(self.path.parent)
         except OSError as exc:
             os.close(fd)
