@@ -80,14 +80,17 @@ def pwrite_all(fd: int, data, offset: int) -> None:
 
 
 def makedirs(path, mode: int = 0o777) -> None:
-    """`os.makedirs(path, mode, exist_ok=True)` through the seam (each new level is an
-    entry in its parent: durable only once the parent is fsynced)."""
+    """`os.makedirs(path, mode, exist_ok=True)` through the seam; a directory it creates is
+    durable when it returns (its parent is fsynced), so files made in it later cannot
+    vanish with it in a power cut."""
     path = os.fspath(path)
-    parent = os.path.dirname(path.rstrip(os.sep))
-    if parent and parent != path and not os.path.isdir(parent):
+    parent = os.path.dirname(path.rstrip(os.sep)) or "."
+    if parent != path and not os.path.isdir(parent):
         makedirs(parent, mode)
     try:
         mkdir(path, mode)
     except FileExistsError:
         if not os.path.isdir(path):
             raise
+        return
+    fsync_dir(parent)
