@@ -36,15 +36,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_TEMPLATE = None
-
-
 def _dicom(rng: random.Random) -> bytes:
     """A real single-frame capture (pydicom's RGB test file) with a fresh identity."""
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        _TEMPLATE = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
-    ds = _TEMPLATE.copy()
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(rng.random())])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientID = f"PC{rng.randrange(10**6)}"

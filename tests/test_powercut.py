@@ -35,16 +35,23 @@ def scratch():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _cut_points(log: list, n: int, rng: random.Random) -> list[int]:
+    """Half anywhere, half just before a sync (where the most is unsynced)."""
+    syncs = [i for i, entry in enumerate(log) if entry[0] == "sync"]
+    anywhere = rng.sample(range(len(log) + 1), n - n // 2)
+    return anywhere + rng.sample(syncs, min(n // 2, len(syncs)))
+
+
 def _cut_runs(scratch: Path, total: int, recorder=Recorder, seed0: int = 0, stop_at_first=False):
     """Run workloads and check crash images until `total` cuts; returns (problems, stats)."""
-    problems, stats, done, seed = [], {"cuts": 0, "damage_refused": 0}, 0, seed0
-    while done < total:
+    problems, stats, seed = [], {"cuts": 0, "damage_refused": 0}, seed0
+    while stats["cuts"] < total:
         root = scratch / f"run{seed}"
         rec = run_workload(root, seed, recorder=recorder)
         assert rec.unknown_writes == 0, "a file under the data dir was written outside the seam"
         rng = random.Random(seed)
-        n = min(CUTS_PER_RUN, total - done, len(rec.log) + 1)
-        for pos, state in rec.crash_images(rng.sample(range(len(rec.log) + 1), n), scratch / "image", rng):
+        n = min(CUTS_PER_RUN, total - stats["cuts"], len(rec.log) + 1)
+        for pos, state in rec.crash_images(_cut_points(rec.log, n, rng), scratch / "image", rng):
             found = check_image(scratch / "image", state, stats)
             problems += [f"seed {seed} cut at {pos}/{len(rec.log)} ({state.mode}): {p}" for p in found]
             if not found and (scratch / "image" / "db").exists() and stats["cuts"] % 10 == 0:
@@ -54,7 +61,6 @@ def _cut_runs(scratch: Path, total: int, recorder=Recorder, seed0: int = 0, stop
             stats["cuts"] += 1
             if problems and stop_at_first:
                 return problems, stats
-        done += n
         shutil.rmtree(root)
         seed += 1
     return problems, stats
@@ -226,7 +232,7 @@ def test_cut_during_provisioning_writes_keeps_the_kit(scratch):
     config = data_dir / "fieldkit.toml"
     config.write_text(render_toml({"kit.id": "K-PC"}))
     old = config.read_bytes()
-    prov = Provisioner(Answers(kit_id="K-PC", network_mode="none"), root=host, source=host, echo=lambda s: None)
+    prov = Provisioner(Answers(kit_id="K-PC", network_mode="none", http_port=9443), root=host, source=host, echo=lambda s: None)
     with Recorder(host) as rec:
         prov.step_config()
         rec.ack("config", True)
