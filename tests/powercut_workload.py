@@ -78,7 +78,9 @@ class Writer:
         self.rec.ack(("patient", tag), value)
 
     def _payload(self) -> bytes:
-        return self.rng.randbytes(self.rng.choice((1, 700, 5000, 40_000, 1_100_000)))
+        # now and then more than one 1 MiB chunk, so that a cut can tear a blob between chunks
+        size = self.rng.choices((1, 700, 5000, 40_000, 1_100_000), weights=(3, 3, 3, 3, 1))[0]
+        return self.rng.randbytes(size)
 
     def _blob(self) -> None:
         data = self._payload()
