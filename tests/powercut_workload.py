@@ -190,7 +190,7 @@ def check_image(image: Path, state, stats: dict) -> list[str]:
         return [f"refused to open: {exc.message} (synced records end at {synced})"]
     problems = []
     try:
-        stats["torn_cut"] = stats.get("torn_cut", 0) + bool(store._journal.cut_bytes)
+        torn = bool(store._journal.cut_bytes)
         for key, (acked, newer) in state.expected.items():
             problem = _check(store, key, acked, newer)
             if problem:
@@ -198,6 +198,12 @@ def check_image(image: Path, state, stats: dict) -> list[str]:
     finally:
         store.close()
     stats["opened"] = stats.get("opened", 0) + 1
+    if torn:  # the cut is final: the next start finds nothing more to cut
+        stats["torn_cut"] = stats.get("torn_cut", 0) + 1
+        store = Store.open(image, KEY, Config(CONFIG))
+        if store._journal.cut_bytes:
+            problems.append("a second open cut the journal again")
+        store.close()
     return problems
 
 
@@ -225,6 +231,27 @@ def _check(store: Store, key: tuple, acked, newer: list) -> str | None:
     except (NotFound, StoreCorrupt) as exc:
         return f"lost: {exc}"
     raise AssertionError(f"unknown key {key}")
+
+
+def damaged_blob_is_refused(image: Path, state) -> bool | None:
+    """Flip one byte of an acknowledged blob: reading it must fail, never return other
+    bytes. None when nothing was acknowledged."""
+    addrs = [key[1] for key in state.expected if key[0] == "blob"]
+    if not addrs:
+        return None
+    store = Store.open(image, KEY, Config(CONFIG))
+    try:
+        path = store.blobs.path(addrs[0])
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(data)
+        try:
+            store.blobs.get_bytes(addrs[0])
+        except StoreCorrupt:
+            return True
+        return False
+    finally:
+        store.close()
 
 
 def damage_is_refused(image: Path) -> bool | None:

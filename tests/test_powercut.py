@@ -22,7 +22,8 @@ from fieldkit.store import Store, write_format
 from fieldkit.store.journal import Journal
 
 from powercut import Recorder, scratch_root
-from powercut_workload import CONFIG, KEY, Writer, check_image, damage_is_refused, run_workload
+from powercut_workload import (KEY, Writer, check_image, damage_is_refused, damaged_blob_is_refused,
+                               run_workload)
 
 CUTS = int(os.environ.get("POWERCUT_CUTS", "1000"))
 CUTS_PER_RUN = 40
@@ -55,6 +56,9 @@ def _cut_runs(scratch: Path, total: int, recorder=Recorder, seed0: int = 0, stop
             found = check_image(scratch / "image", state, stats)
             problems += [f"seed {seed} cut at {pos}/{len(rec.log)} ({state.mode}): {p}" for p in found]
             if not found and (scratch / "image" / "db").exists() and stats["cuts"] % 10 == 0:
+                refused = damaged_blob_is_refused(scratch / "image", state)
+                assert refused is not False, f"seed {seed} cut {pos}: a damaged blob was read"
+                stats["damage_refused"] += bool(refused)
                 refused = damage_is_refused(scratch / "image")
                 assert refused is not False, f"seed {seed} cut {pos}: a damaged record was accepted"
                 stats["damage_refused"] += bool(refused)
@@ -97,6 +101,22 @@ class SyncsTheWrongFile(Recorder):
         self.fsync_dir(self.root / "db")
 
 
+class NoBlobSync(Recorder):
+    """Planted bug: a blob's content is not fsynced before it is moved into place."""
+
+    def fsync(self, fd):
+        if f"{os.sep}blobs{os.sep}" not in os.readlink(f"/proc/self/fd/{fd}"):
+            super().fsync(fd)
+
+
+class NoBlobDirSync(Recorder):
+    """Planted bug: the fan-out directory that names a new blob is not fsynced."""
+
+    def fsync_dir(self, path):
+        if Path(path).parent.name != "blobs":
+            super().fsync_dir(path)
+
+
 @pytest.fixture
 def ack_before_sync(monkeypatch):
     """Planted bug: write() returns at once; the record is synced at the next commit."""
@@ -110,9 +130,13 @@ def ack_before_sync(monkeypatch):
     monkeypatch.setattr(Journal, "append", append)
 
 
-@pytest.mark.parametrize("plant", ["no_sync", "wrong_file", "ack_before_sync"])
+PLANTS = {"no_sync": NoDataSync, "wrong_file": SyncsTheWrongFile, "ack_before_sync": Recorder,
+          "no_blob_sync": NoBlobSync, "no_blob_dir_sync": NoBlobDirSync}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_planted_durability_bugs_are_caught(scratch, plant, request):
-    recorder = {"no_sync": NoDataSync, "wrong_file": SyncsTheWrongFile}.get(plant, Recorder)
+    recorder = PLANTS[plant]
     if plant == "ack_before_sync":
         request.getfixturevalue("ack_before_sync")
     problems, stats = _cut_runs(scratch, 400, recorder=recorder, stop_at_first=True)
