@@ -9,6 +9,7 @@ call time (`fsio.fsync(fd)`, never `from fieldkit.fsio import fsync`). Reads sta
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 NAMES = ("open", "close", "write", "pwrite", "ftruncate", "fsync", "fdatasync", "replace",
          "unlink", "mkdir", "fsync_dir")
@@ -34,22 +35,6 @@ def fsync_dir(path) -> None:
         close(fd)
 
 
-class OsFiles:
-    """The production implementation, as an object (what `install()` puts back)."""
-
-    open = staticmethod(os.open)
-    close = staticmethod(os.close)
-    write = staticmethod(os.write)
-    pwrite = staticmethod(os.pwrite)
-    ftruncate = staticmethod(os.ftruncate)
-    fsync = staticmethod(os.fsync)
-    fdatasync = staticmethod(os.fdatasync)
-    replace = staticmethod(os.replace)
-    unlink = staticmethod(os.unlink)
-    mkdir = staticmethod(os.mkdir)
-    fsync_dir = staticmethod(fsync_dir)
-
-
 def install(impl) -> object:
     """Route every seam function to `impl` (an object with the NAMES); returns the one it
     replaces, so that `install(previous)` restores it."""
@@ -58,25 +43,15 @@ def install(impl) -> object:
     return previous
 
 
-def current():
+def current() -> SimpleNamespace:
     """The implementation in use, as an object with the NAMES."""
-    impl = type("Files", (), {})()
-    for name in NAMES:
-        setattr(impl, name, globals()[name])
-    return impl
+    return SimpleNamespace(**{name: globals()[name] for name in NAMES})
 
 
 def write_all(fd: int, data) -> None:
     view = memoryview(data).cast("B")
     while view:
         view = view[write(fd, view):]
-
-
-def pwrite_all(fd: int, data, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def makedirs(path, mode: int = 0o777) -> None:

@@ -180,11 +180,12 @@ def check_image(image: Path, state, stats: dict) -> list[str]:
     try:
         store = Store.open(image, KEY, Config(CONFIG))
     except StoreCorrupt as exc:
-        # Allowed only for data past what was ever synced: writes that were never
-        # acknowledged reached the disk out of order (a later record without an earlier one).
+        # Allowed only for data past what was ever synced, when writes that were never
+        # acknowledged reached the disk out of order (a later record without an earlier
+        # one): the kit cannot tell that from damage. Never when writeback kept order.
         m = re.search(r"store file (\S+) is damaged at byte offset (\d+)", exc.message)
         synced = records_end(state.durable_bytes(*JOURNAL))
-        if m and m.group(1).endswith("journal.fkj") and int(m.group(2)) >= synced:
+        if state.mode == "scatter" and m and m.group(1).endswith("journal.fkj") and int(m.group(2)) >= synced:
             stats["refused_unsynced"] = stats.get("refused_unsynced", 0) + 1
             return []
         return [f"refused to open: {exc.message} (synced records end at {synced})"]

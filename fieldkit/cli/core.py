@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .. import config as config_mod
+from .. import config as config_mod, fsio
 from ..errors import BadInput, ConfigError
 from ..runtime import CONFIG_FILE, open_kit, serve as run_server, setup_logging
 from ..security.files import write_atomic
@@ -67,7 +67,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
 
     created = not data_dir.exists()
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(data_dir, 0o700)
         values = {"kit.id": kit_id}
         if demo:
             values.update({"dicom.allow_any_ae": True, "http.bind": "127.0.0.1"})
