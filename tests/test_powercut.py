@@ -53,9 +53,11 @@ def _cut_runs(scratch: Path, total: int, recorder=Recorder, seed0: int = 0, stop
         rng = random.Random(seed)
         n = min(CUTS_PER_RUN, total - stats["cuts"], len(rec.log) + 1)
         for pos, state in rec.crash_images(_cut_points(rec.log, n, rng), scratch / "image", rng):
+            opened = stats.get("opened", 0)
             found = check_image(scratch / "image", state, stats)
             problems += [f"seed {seed} cut at {pos}/{len(rec.log)} ({state.mode}): {p}" for p in found]
-            if not found and (scratch / "image" / "db").exists() and stats["cuts"] % 10 == 0:
+            opened = stats.get("opened", 0) > opened
+            if opened and not found and (scratch / "image" / "db").exists() and stats["cuts"] % 10 == 0:
                 refused = damaged_blob_is_refused(scratch / "image", state)
                 assert refused is not False, f"seed {seed} cut {pos}: a damaged blob was read"
                 stats["damage_refused"] += bool(refused)

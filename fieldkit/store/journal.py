@@ -100,8 +100,9 @@ class Journal:
         tmp = self.path.with_name(self.path.name + ".tmp")
         if tmp.exists():  # a compaction that did not finish: the journal itself is intact
             fsio.unlink(tmp)
-        if not self.path.exists():
-            self._create(self.path)
+        if not self.path.exists():  # made whole under the temp name: a cut never leaves half a header
+            self._create(tmp)
+            fsio.replace(tmp, self.path)
             fsync_dir(self.path.parent)
         try:
             self._fd = fsio.open(self.path, os.O_RDWR)
