@@ -43,9 +43,9 @@ def _cut_points(log: list, n: int, rng: random.Random) -> list[int]:
     return anywhere + rng.sample(syncs, min(n // 2, len(syncs)))
 
 
-def _cut_runs(scratch: Path, total: int, recorder=Recorder, seed0: int = 0, stop_at_first=False):
+def _cut_runs(scratch: Path, total: int, recorder=Recorder, stop_at_first=False):
     """Run workloads and check crash images until `total` cuts; returns (problems, stats)."""
-    problems, stats, seed = [], {"cuts": 0, "damage_refused": 0}, seed0
+    problems, stats, seed = [], {"cuts": 0, "damage_refused": 0}, 0
     while stats["cuts"] < total:
         root = scratch / f"run{seed}"
         rec = run_workload(root, seed, recorder=recorder)
