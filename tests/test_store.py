@@ -266,7 +266,7 @@ def test_data_dir_from_a_newer_version_is_refused(data_dir):
 def test_disk_full_acknowledges_nothing_and_damages_nothing(data_dir, monkeypatch):
     kit = open_kit(data_dir)
     _fill(kit.store, 5)
-    from fieldkit import fsio
+    import fieldkit.store.journal as journal
 
     real_pwrite = os.pwrite
     calls = {"n": 0}
@@ -278,10 +278,10 @@ def test_disk_full_acknowledges_nothing_and_damages_nothing(data_dir, monkeypatc
             raise OSError(28, "No space left on device")
         return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(fsio, "pwrite", full_disk)
+    monkeypatch.setattr(journal.os, "pwrite", full_disk)
     with pytest.raises(StorageFull, match="disk full"):
         kit.store.write(lambda db: db.table("patients").insert({"id": "lost"}))
-    monkeypatch.setattr(fsio, "pwrite", real_pwrite)
+    monkeypatch.setattr(journal.os, "pwrite", real_pwrite)
     # memory went back to what is durable; the store keeps working
     assert kit.store.read(lambda db: len(db.table("patients"))) == 5
     _fill(kit.store, 1, prefix="after")
@@ -295,12 +295,12 @@ def test_disk_full_acknowledges_nothing_and_damages_nothing(data_dir, monkeypatc
 def test_read_only_journal_file(data_dir, monkeypatch):
     """A journal that cannot be written (read-only media) fails with one clear message."""
     kit = open_kit(data_dir)
-    from fieldkit import fsio
+    import fieldkit.store.journal as journal
 
     def read_only(fd, data, offset):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(fsio, "pwrite", read_only)
+    monkeypatch.setattr(journal.os, "pwrite", read_only)
     with pytest.raises(StorageFull, match="read-only"):
         kit.store.write(lambda db: db.table("patients").insert({"id": "x"}))
     kit.close()
@@ -368,7 +368,7 @@ def test_batched_blobs_are_durable_and_readable_after_wait(store):
 
 
 def test_batched_blob_that_cannot_be_synced_fails_the_wait(store, monkeypatch):
-    from fieldkit import fsio
+    import fieldkit.store.blobs as blobs
 
     batch = store.blobs.batch()
     real = os.fsync
@@ -376,8 +376,8 @@ def test_batched_blob_that_cannot_be_synced_fails_the_wait(store, monkeypatch):
     def failing(fd):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(fsio, "fsync", failing)
+    monkeypatch.setattr(blobs.os, "fsync", failing)
     batch.put_bytes(b"x" * 100)
     with pytest.raises(StorageFull):
         batch.wait()
-    monkeypatch.setattr(fsio, "fsync", real)
+    monkeypatch.setattr(blobs.os, "fsync", real)
