@@ -43,8 +43,9 @@ demo: install
 test: install-test peers
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# 20 000 simulated power cuts (POWERCUT_CUTS; prints cuts per second) and 500 SIGKILL rounds
 soak: install-test peers
-	CRASH_ROUNDS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_crash.py $(SOAK_TESTS)
+	POWERCUT_CUTS=20000 CRASH_ROUNDS=500 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_powercut.py tests/test_crash.py $(SOAK_TESTS)
 
 bench: install-test peers
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,5 +1,7 @@
-"""Child process for the crash test: writes records and blobs in a loop and prints each
-acknowledged one (after write()/put returned, i.e. after fsync) until it is killed."""
+"""Child process for the SIGKILL test: writes records and blobs in a loop and prints each
+acknowledged one (after write()/put returned, i.e. after fsync) until it is killed. Thread 0
+also leases inference rows and holds them, as a worker killed mid-job would (LEASE lines).
+READY is printed before any writer starts, so no ACK line can come before or inside it."""
 
 import hashlib
 import random
@@ -26,13 +28,16 @@ def writer(thread: int) -> None:
             {"id": rid, "blob": ref.addr, "sha": hashlib.sha256(payload).hexdigest()}))
         if i % 3 == 0:
             store.queue.enqueue("infer", {"rid": rid}, key=rid)
+        leased = store.queue.lease("infer") if thread == 0 and i % 4 == 0 else None
         with print_lock:
             print(f"ACK {rid} {ref.addr} {hashlib.sha256(payload).hexdigest()}", flush=True)
+            if leased is not None:
+                print(f"LEASE {leased.id}", flush=True)
 
 
+print("READY", flush=True)
 threads = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(3)]
 for t in threads:
     t.start()
-print("READY", flush=True)
 for t in threads:
     t.join()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
 import threading
 import time
 
@@ -63,27 +64,53 @@ def test_sigkill_mid_stow_loses_nothing_a_response_listed(kit_server):
     acknowledged: list[str] = []
     stop = threading.Event()
     errors: list[Exception] = []
+    changed = threading.Condition()
+    in_flight = {"request": 0, "sending": False}
 
     def send() -> None:
         for batch in _batches(40, 8):
             if stop.is_set():
                 return
+            with changed:
+                in_flight["request"] += 1
+                in_flight["sending"] = True
+                changed.notify_all()
             try:
                 answer = client.store_instances(batch)
             except Exception as exc:  # the kit died under this request: nothing of it was promised
                 errors.append(exc)
                 return
-            acknowledged.extend(str(item.ReferencedSOPInstanceUID) for item in answer.ReferencedSOPSequence)
+            with changed:
+                in_flight["sending"] = False
+                acknowledged.extend(str(item.ReferencedSOPInstanceUID) for item in answer.ReferencedSOPSequence)
+                changed.notify_all()
+
+    def blob_count() -> int:
+        return sum(len(files) for folder, _, files in os.walk(kit_server.data_dir / "blobs")
+                   if os.path.basename(folder) != "tmp")
 
     sender = threading.Thread(target=send)
     sender.start()
+    killed_in = None
     deadline = time.monotonic() + 120
-    while len(acknowledged) < 24 and sender.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    kit_server.kill()  # mid-request: a batch is being stored right now
+    while killed_in is None and sender.is_alive() and time.monotonic() < deadline:
+        with changed:  # three batches acknowledged, and the next one on its way
+            changed.wait_for(lambda: (len(acknowledged) >= 24 and in_flight["sending"])
+                             or not sender.is_alive(), timeout=60)
+            request, before = in_flight["request"], blob_count()
+        # kill once the kit is storing this request's objects (new blobs), before it answers
+        while sender.is_alive() and in_flight["request"] == request and in_flight["sending"]:
+            if blob_count() > before:
+                kit_server.kill()
+                killed_in = request
+                break
+            time.sleep(0.002)  # a bounded poll: the loop ends when the request does
     stop.set()
     sender.join(60)
-    assert not sender.is_alive() and len(acknowledged) >= 24, errors
+    assert killed_in is not None and not sender.is_alive() and len(acknowledged) >= 24, errors
+    # the kill landed mid-request: the request in flight failed, its batch was never listed
+    assert len(errors) == 1 and isinstance(errors[0], requests.ConnectionError), errors
+    assert len(acknowledged) == 8 * (killed_in - 1)
     KitProcess(kit_server.data_dir).start().stop()  # a restart recovers the journal
     from fieldkit.runtime import open_kit
     kit = open_kit(kit_server.data_dir)

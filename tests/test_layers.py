@@ -9,7 +9,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "fieldkit"
 
 LAYERS = {
-    "config": 0, "errors": 0, "records": 0, "events": 0, "__init__": 0,
+    "config": 0, "errors": 0, "records": 0, "events": 0, "fsio": 0, "__init__": 0,
     "security": 1, "hardware": 1, "dicom": 1,
     "store": 2,
     "ingest": 3, "inference": 3, "sync": 3,

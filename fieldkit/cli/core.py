@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
-from .. import config as config_mod
+from .. import config as config_mod, fsio
 from ..errors import BadInput, ConfigError
 from ..runtime import CONFIG_FILE, open_kit, serve as run_server, setup_logging
+from ..security.files import write_atomic
 from ..security.keys import Keyring
 from ..security.tls import ca_fingerprint, create_tls
 from ..store import Store, write_format
@@ -66,11 +67,11 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
 
     created = not data_dir.exists()
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(data_dir, 0o700)
         values = {"kit.id": kit_id}
         if demo:
             values.update({"dicom.allow_any_ae": True, "http.bind": "127.0.0.1"})
-        (data_dir / CONFIG_FILE).write_text(config_mod.render_toml(values))
+        write_atomic(data_dir / CONFIG_FILE, config_mod.render_toml(values).encode())
         cfg = config_mod.Config.load(data_dir / CONFIG_FILE)
         write_format(data_dir)
         data_key = Keyring(data_dir).create(passphrase, scrypt_n=cfg["security.scrypt_n"])

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from .. import __version__
+from .. import __version__, fsio
 from ..config import SETTINGS, Config, render_toml
 from ..errors import ConfigError, FieldkitError
 from ..security.files import write_atomic
@@ -363,7 +363,7 @@ class Provisioner:
         return changed
 
     def _write_state(self, path: Path, doc: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs(path.parent)
         if _read_json(path) != doc:
             write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
@@ -598,7 +598,7 @@ class Provisioner:
             current = None
         if current != data:
             outcome = "created" if current is None else "changed"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            fsio.makedirs(path.parent)
             write_atomic(path, data, mode)
         elif path.stat().st_mode & 0o7777 != mode:
             os.chmod(path, mode)

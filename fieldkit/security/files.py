@@ -5,24 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import fsio
+
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` with `mode`: temp file, fsync, rename, fsync the directory.
     Readers see the old content or the new, never half of either."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = fsio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[fsio.write(fd, view):]
         os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-        os.fsync(fd)
+        fsio.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsio.replace(tmp, path)
+    fsio.fsync_dir(path.parent)

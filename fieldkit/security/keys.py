@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from .. import fsio
 from ..errors import KeyUnavailable, UnsupportedVersion
 from .crypto import InvalidTag, Sealer, random_key
 from .files import write_atomic
@@ -53,7 +54,7 @@ class Keyring:
     # creation -------------------------------------------------------------------------
     def create(self, passphrase: str, scrypt_n: int = 2**15) -> bytes:
         """A new random data key, wrapped by the passphrase and a new device key."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(self.dir, 0o700)
         data_key = random_key()
         device_key = random_key()
         write_atomic(self.device_key_path, device_key)
@@ -143,13 +144,11 @@ class Keyring:
                 size = path.stat().st_size
             except FileNotFoundError:
                 continue
-            with open(path, "r+b") as fh:
-                fh.write(os.urandom(max(size, 64)))
-                fh.flush()
-                os.fsync(fh.fileno())
-            path.unlink()
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            fd = fsio.open(path, os.O_WRONLY)
+            try:
+                fsio.write_all(fd, os.urandom(max(size, 64)))
+                fsio.fsync(fd)
+            finally:
+                os.close(fd)
+            fsio.unlink(path)
+        fsio.fsync_dir(self.dir)

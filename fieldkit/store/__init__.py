@@ -22,6 +22,7 @@ from ..errors import StorageFull, StoreBusy, UnsupportedVersion
 from ..events import EventBus
 from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
+from ..security.files import write_atomic
 from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
 from .journal import Journal, storage_error
@@ -39,7 +40,7 @@ COMPACT_RETRY_SECONDS = 60.0
 
 def write_format(data_dir: Path) -> None:
     path = Path(data_dir) / FORMAT_FILE
-    path.write_text(json.dumps({"format": DATA_FORMAT_VERSION}) + "\n")
+    write_atomic(path, (json.dumps({"format": DATA_FORMAT_VERSION}) + "\n").encode(), 0o644)
 
 
 def check_format(data_dir: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .. import fsio
 from ..errors import NotFound, StoreCorrupt
 from ..security.crypto import InvalidTag, Sealer, random_key
 from .journal import fsync_dir, storage_error, _write_all
@@ -52,7 +53,7 @@ class _SealedFileWriter:
         self.path = path
         self._sealer = sealer
         self._file_id = os.urandom(16)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if fd is None else fd
+        self._fd = fsio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if fd is None else fd
         self._buf = bytearray()
         self._index = 0
         self.size = 0
@@ -92,7 +93,7 @@ class _SealedFileWriter:
         self._emit(bytes(self._buf), last=True)
         self._buf.clear()
         if sync:
-            os.fsync(self._fd)
+            fsio.fsync(self._fd)
         fd, self._fd = self._fd, -1
         if close:
             os.close(fd)
@@ -102,7 +103,7 @@ class _SealedFileWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.path.unlink(missing_ok=True)
+        _unlink_missing_ok(self.path)
 
 
 # A damaged blob is one capture, not the store: the kit keeps running and says how to repair it.
@@ -138,6 +139,13 @@ def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
                 return
             index += 1
             offset += 4 + length
+
+
+def _unlink_missing_ok(path: Path) -> None:
+    try:
+        fsio.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class BlobWriter:
@@ -284,7 +292,7 @@ class EncryptedSpool:
     def close(self) -> None:
         if not self._done:
             self._out.abort()
-        self._path.unlink(missing_ok=True)
+        _unlink_missing_ok(self._path)
         self._done = True
 
     def __enter__(self) -> "EncryptedSpool":
@@ -380,10 +388,10 @@ class BlobStore:
         self._durable_dirs: set[str] = set()  # fan-out directories whose entry this process fsynced
         self._spare: deque[tuple[Path, int]] = deque()  # temp files created ahead, open for writing
         self._refilling = threading.Lock()
-        self.root.mkdir(mode=0o700, exist_ok=True)
-        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(self.root, 0o700)
+        fsio.makedirs(self._tmp, 0o700)
         for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
-            leftover.unlink()
+            fsio.unlink(leftover)
 
     def _tmp_path(self) -> Path:
         return self._tmp / os.urandom(12).hex()
@@ -406,7 +414,7 @@ class BlobStore:
         try:
             while len(self._spare) < self.SPARE_FILES:
                 path = self._tmp_path()
-                self._spare.append((path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+                self._spare.append((path, fsio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
         except OSError:
             pass  # writers create their own file and report the error themselves
         finally:
@@ -427,16 +435,16 @@ class BlobStore:
         """Rename a finished blob to its address; returns the directory to fsync."""
         dest = self.path(addr)
         if dest.parent.name not in self._durable_dirs:
-            dest.parent.mkdir(mode=0o700, exist_ok=True)
+            fsio.makedirs(dest.parent, 0o700)
         if dest.exists():
-            tmp.unlink()  # same content already here: its entry is fsynced with the directory
+            fsio.unlink(tmp)  # same content already here: its entry is fsynced with the directory
         else:
-            os.replace(tmp, dest)
+            fsio.replace(tmp, dest)
         return dest.parent
 
     def _sync_and_place(self, fd: int, tmp: Path, addr: str) -> Path:
         try:
-            os.fsync(fd)
+            fsio.fsync(fd)
         finally:
             os.close(fd)
         return self._place(tmp, addr)
@@ -444,8 +452,8 @@ class BlobStore:
     def _close_and_replace(self, fd: int, tmp: Path, addr: str) -> None:
         os.close(fd)
         dest = self.path(addr)
-        dest.parent.mkdir(mode=0o700, exist_ok=True)
-        os.replace(tmp, dest)  # always: what is there may be a copy a power cut damaged
+        fsio.makedirs(dest.parent, 0o700)
+        fsio.replace(tmp, dest)  # always: what is there may be a copy a power cut damaged
 
     def _sync_dirs(self, parents: set[Path]) -> None:
         """fsync the fan-out directories that got new entries. A fan-out directory's own
@@ -506,7 +514,7 @@ class BlobStore:
         aside.mkdir(mode=0o700, exist_ok=True)
         dest = aside / f"{addr}.{time.time_ns()}"
         try:
-            os.replace(src, dest)
+            fsio.replace(src, dest)
         except FileNotFoundError:
             return None
         fsync_dir(src.parent)
@@ -514,7 +522,7 @@ class BlobStore:
         return dest
 
     def delete(self, addr: str) -> None:
-        self.path(addr).unlink(missing_ok=True)
+        _unlink_missing_ok(self.path(addr))
 
     def open_spool(self) -> EncryptedSpool:
         return EncryptedSpool(self._tmp_path())

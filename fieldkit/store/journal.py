@@ -12,14 +12,17 @@ committed meanwhile share that one fsync (group commit). Write cost is proportio
 the record, never to the size of the store.
 
 Torn or damaged, by one rule. The file is extended with real zeros ahead of its end, and
-a disk writes whole 512-byte sectors, so a crash mid-append leaves the record's sectors
-that never reached the disk still zero - and nothing written after them. A record (or
-record header) that fails its check is a *torn write* only when it is the last thing in
-the file and unwritten sectors explain the failure: every byte from a 512-byte boundary
-inside it to the end of the file is zero (for a header: a boundary inside its 8 bytes),
-or the file ends inside it. Anything else is *damage*: a complete-length record that
-fails its tag with no such sign, a bad header with data after it, data after the zeros.
-A flipped bit leaves no zero sector, so it is always damage, even in the last record.
+a disk writes whole 512-byte sectors, so a crash mid-append leaves the sectors of a
+record that never reached the disk still zero. A record (or record header) that fails its
+check is a *torn write* when unwritten sectors explain the failure: the file ends inside
+it; or every byte from a 512-byte boundary inside it to the end of the file is zero; or
+it holds a whole zero sector, or zeros from its start to the end of its sector (writes of
+later records may have reached the disk before it: a power cut keeps unsynced writes in
+any order). Every acknowledgement waits for an fsync that covers all earlier records, so
+nothing from a torn record on was ever acknowledged. Anything else is *damage*: a
+complete record that fails its tag with no zero sector, a bad header with written data
+around it. Sealed bytes hold no such zero run by chance and a flipped bit makes none, so
+a flipped byte is always damage, even in the last record.
 
 At open, a torn write is cut off; the cut bytes are kept beside the journal (still
 sealed) and reported. Damage is refused with the file, byte offset and record number:
@@ -43,6 +46,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from .. import fsio
 from ..errors import StorageFull, StoreCorrupt, UnsupportedVersion
 from ..security.crypto import InvalidTag, Sealer
 
@@ -60,6 +64,7 @@ PREALLOC = 1 << 20
 # extend again for this long: a full disk must not cost every commit a doomed write.
 EXTEND_RETRY_SECONDS = 2.0
 SECTOR = 512
+_ZERO_SECTOR = bytes(SECTOR)
 # A zero run shorter than a GCM tag can occur by chance in sealed bytes: a torn write must
 # have lost at least this much of its record to be told apart from damage.
 MIN_TORN = 16
@@ -69,11 +74,7 @@ SCAN_BYTES = 64 << 20
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsio.fsync_dir(path)
 
 
 def _frame(sealed: bytes) -> bytes:
@@ -84,14 +85,14 @@ def _frame(sealed: bytes) -> bytes:
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = fsio.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = fsio.write(fd, view)
         view = view[written:]
 
 
@@ -126,15 +127,16 @@ class Journal:
     # opening ---------------------------------------------------------------------------
     def open(self) -> Iterator[dict]:
         """Open (or create) the journal and yield its records in order."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsio.makedirs(self.path.parent, 0o700)
         tmp = self.path.with_name(self.path.name + ".tmp")
         if tmp.exists():  # a compaction that did not finish: the journal itself is intact
-            tmp.unlink()
-        if not self.path.exists():
-            self._create(self.path)
+            fsio.unlink(tmp)
+        if not self.path.exists():  # made whole under the temp name: a cut never leaves half a header
+            self._create(tmp)
+            fsio.replace(tmp, self.path)
             fsync_dir(self.path.parent)
         try:
-            self._fd = os.open(self.path, os.O_RDWR)
+            self._fd = fsio.open(self.path, os.O_RDWR)
         except OSError as exc:
             raise storage_error(exc, self.path) from None
         yield from self._replay()
@@ -145,10 +147,10 @@ class Journal:
 
     def _create(self, path: Path) -> None:
         self._file_id = os.urandom(16)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = fsio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, HEADER.pack(MAGIC, FORMAT, self._file_id))
-            os.fsync(fd)
+            fsio.fsync(fd)
         finally:
             os.close(fd)
 
@@ -211,10 +213,14 @@ class Journal:
         if not any(frame):
             if self._zeros_from(off, size):
                 return "end", None, off
+            if self._sectors_unwritten(off, off + 2 * SECTOR, size):
+                return "torn", "a record that never reached the disk, with later unsynced bytes after it", off
             return "damage", "data found after the end of the journal", off
         length, crc = FRAME.unpack(frame)
         if zlib.crc32(frame[:4]) != crc or length > MAX_RECORD:
-            if self._unwritten_from(off, off + FRAME.size, size):
+            boundary = (off // SECTOR + 1) * SECTOR
+            if self._unwritten_from(off, off + FRAME.size, size) or (
+                    boundary < off + FRAME.size and self._sectors_unwritten(boundary, boundary + SECTOR, size)):
                 return "torn", "half-written record header", off
             return "damage", "record header checksum does not match", off
         end = off + FRAME.size + length
@@ -226,6 +232,8 @@ class Journal:
         except InvalidTag:
             if self._unwritten_from(off, end - MIN_TORN + 1, size):
                 return "torn", "last record was not completely written", off
+            if self._sectors_unwritten(off, end, size):
+                return "torn", "record with sectors that never reached the disk", off
             return "damage", "record fails its authentication tag (changed, moved or from another key)", end
 
     def _unwritten_from(self, off: int, before: int, size: int) -> bool:
@@ -242,6 +250,28 @@ class Journal:
             at = start
         boundary = (last // SECTOR + 1) * SECTOR
         return boundary < min(before, size)
+
+    def _sectors_unwritten(self, off: int, end: int, size: int) -> bool:
+        """True when [off, end) holds sectors a crash never wrote: from `off` to the end of
+        its 512-byte sector all zeros (at least MIN_TORN bytes), or a whole aligned sector
+        inside it all zeros. Sealed bytes hold no such run by chance, and a flipped bit makes
+        none. Writes that reached the disk out of order (a later record without an earlier
+        one) look like this, and since every acknowledgement waits for an fsync that covers
+        all earlier records, nothing from here on was ever acknowledged."""
+        end = min(end, size)
+        boundary = (off // SECTOR + 1) * SECTOR
+        head = min(boundary, end) - off
+        if head >= MIN_TORN and not any(os.pread(self._fd, head, off)):
+            return True
+        at = boundary
+        while at + SECTOR <= end:
+            block = os.pread(self._fd, min(end - at, 1 << 20) // SECTOR * SECTOR, at)
+            if not block:
+                break
+            if any(block[i:i + SECTOR] == _ZERO_SECTOR for i in range(0, len(block), SECTOR)):
+                return True
+            at += len(block)
+        return False
 
     def _next_record(self, off: int, end: int, seq: int, size: int) -> tuple[int, int] | None:
         """(offset, record number) of the first record after the damaged one at `off` that
@@ -293,12 +323,14 @@ class Journal:
     def _cut(self, off: int, size: int, why: str) -> None:
         """Keep the torn bytes beside the journal (they are sealed) and truncate."""
         keep = self.path.with_name(f"{self.path.name}.torn-{int(time.time())}-{off}")
-        with open(keep, "wb") as fh:
-            fh.write(os.pread(self._fd, size - off, off).rstrip(b"\0"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.ftruncate(self._fd, off)
-        os.fsync(self._fd)
+        fd = fsio.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, os.pread(self._fd, size - off, off).rstrip(b"\0"))
+            fsio.fsync(fd)
+        finally:
+            os.close(fd)
+        fsio.ftruncate(self._fd, off)
+        fsio.fsync(self._fd)
         fsync_dir(self.path.parent)
         self.cut_bytes = size - off
         log.warning("journal %s: cut a torn final write at offset %d (%d bytes, %s); kept in %s",
@@ -357,10 +389,10 @@ class Journal:
         new_alloc = max(needed, self._alloc) + PREALLOC
         try:
             _pwrite_all(self._fd, bytes(new_alloc - self._alloc), self._alloc)
-            os.fsync(self._fd)
+            fsio.fsync(self._fd)
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, self._alloc)
+                fsio.ftruncate(self._fd, self._alloc)
             except OSError:
                 pass
             self._extend_failed_at = time.monotonic()
@@ -379,7 +411,7 @@ class Journal:
                 target = self._end
                 self._cond.release()
                 try:
-                    os.fdatasync(self._fd)
+                    fsio.fdatasync(self._fd)
                 except OSError as exc:
                     raise storage_error(exc, self.path) from None
                 finally:
@@ -407,7 +439,7 @@ class Journal:
         try:
             tmp.unlink(missing_ok=True)  # left by a compaction that failed
             self._create(tmp)
-            fd = os.open(tmp, os.O_RDWR)
+            fd = fsio.open(tmp, os.O_RDWR)
             os.lseek(fd, 0, os.SEEK_END)
             for rec in records:
                 plain = json.dumps(rec, separators=(",", ":")).encode()
@@ -417,8 +449,8 @@ class Journal:
             alloc = end + self.reserve + PREALLOC
             for off in range(end, alloc, PREALLOC):
                 _write_all(fd, bytes(min(PREALLOC, alloc - off)))
-            os.fsync(fd)
-            os.replace(tmp, self.path)
+            fsio.fsync(fd)
+            fsio.replace(tmp, self.path)
         except OSError as exc:
             if fd is not None:
                 os.close(fd)
