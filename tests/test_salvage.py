@@ -101,6 +101,11 @@ def test_flipped_byte_is_refused_then_salvaged(data_dir, case):
     assert checks["store"]["status"] == "ok", checks["store"]
 
 
+def _zeros_from(path, offset: int) -> bool:
+    data = path.read_bytes()
+    return len(data) >= offset and not any(data[offset:])
+
+
 def test_torn_tail_as_a_crash_leaves_it_is_cut(data_dir):
     """A crash mid-append: the record's sectors from some 512-byte boundary on never reached
     the disk, so they are still the preallocated zeros, and nothing follows them."""
@@ -119,7 +124,7 @@ def test_torn_tail_as_a_crash_leaves_it_is_cut(data_dir):
         fh.write(bytes(end - boundary))
     assert path.stat().st_size == size  # written in place, not truncated
     assert _patients(data_dir) == sorted(f"p{i}" for i in range(10))
-    assert path.stat().st_size == start
+    assert _zeros_from(path, start)  # cut there (the reserve is preallocated zeros again)
     assert len(list(path.parent.glob("journal.fkj.torn-*"))) == 1
 
 
@@ -147,21 +152,42 @@ def test_torn_record_header_as_a_crash_leaves_it_is_cut(data_dir):
         fh.seek(boundary)
         fh.write(bytes(2000))
     assert _patients(data_dir) == ["p0", "p1", "p2"]
-    assert path.stat().st_size == start
+    assert _zeros_from(path, start)
 
 
-def test_zeroed_sectors_with_data_after_them_are_damage(data_dir):
-    """Zeros inside a record are a crash's sign only when nothing follows: a zeroed sector
-    in the middle of the journal is refused, and salvage finds the records after it."""
+def test_a_zeroed_sector_with_writes_after_it_is_an_unsynced_tail_and_is_cut(data_dir):
+    """A power cut may keep later unsynced writes and lose an earlier one: a record with a
+    whole sector still zero was never completely written, so nothing from it on was ever
+    acknowledged (an acknowledgement waits for an fsync covering every earlier record).
+    Its bytes and everything after are cut and kept aside; the kit opens."""
     kit = open_kit(data_dir)
     spans = _fill(kit, 6)
     kit.close()
     path = _journal(data_dir)
     start, end = spans[2]
     boundary = (start // SECTOR + 1) * SECTOR
+    assert boundary + SECTOR <= end  # a whole sector inside the record
     with open(path, "r+b") as fh:
         fh.seek(boundary)
         fh.write(bytes(SECTOR))
+    assert _patients(data_dir) == ["p0", "p1"]
+    assert _zeros_from(path, start)
+    kept = list(path.parent.glob("journal.fkj.torn-*"))
+    assert len(kept) == 1 and kept[0].stat().st_size > end - boundary  # the later records too
+
+
+def test_a_flipped_byte_next_to_zeros_is_still_damage(data_dir):
+    """Zeros a record never had are the sign of a crash; a flipped byte makes none."""
+    kit = open_kit(data_dir)
+    spans = _fill(kit, 6)
+    kit.close()
+    path = _journal(data_dir)
+    start, end = spans[2]
+    with open(path, "r+b") as fh:
+        fh.seek(start + 40)
+        byte = fh.read(1)
+        fh.seek(start + 40)
+        fh.write(bytes([byte[0] ^ 0x04]))
     with pytest.raises(StoreCorrupt) as err:
         open_kit(data_dir)
     assert err.value.offset == start

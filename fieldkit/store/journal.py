@@ -162,6 +162,7 @@ class Journal:
         changing the file; append to `losses` what could not be read (by record number)."""
         self._fd = os.open(self.path, os.O_RDONLY)
         yield from self._replay(losses)
+        self._opened = True  # read whole: `compact` may now write the salvaged journal
 
     def _replay(self, losses: list[dict] | None = None) -> Iterator[dict]:
         fd = self._fd
@@ -230,7 +231,9 @@ class Journal:
         try:
             return "record", self._sealer.open(sealed, self._aad(seq)), end
         except InvalidTag:
-            if self._unwritten_from(off, end - MIN_TORN + 1, size):
+            # the last record, its sectors from a boundary inside it never written: even one
+            # lost byte is a torn write (a flipped bit leaves no zero sector behind it)
+            if self._unwritten_from(off, end, size):
                 return "torn", "last record was not completely written", off
             if self._sectors_unwritten(off, end, size):
                 return "torn", "record with sectors that never reached the disk", off
