@@ -151,6 +151,45 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
     return row
 
 
+def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
+    """Keep what the START assistant proposed next to the triage the clinician chose last."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid}")
+        hist = list(row.get("triage_history") or [])
+        if hist:
+            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
+            db.table(T_PATIENTS).update({"triage_history": hist}, _P.id == row["id"])
+    store.write(fn)
+
+
+def update_details(store, pid: str, *, name: str | None = None, age: int | None = None, sex: str | None = None,
+                   note: str | None = None, by: str = "") -> dict:
+    """Name, age, sex (None: unchanged) and a note appended with its author; returns the row."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid[:64]}")
+        now = time.time()
+        changes = {"updated": now}
+        if name is not None:
+            changes["name"] = name
+        if age is not None:
+            changes["age"] = age
+        if sex is not None:
+            changes["sex"] = sex
+        if note:
+            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": by, "at": now}]
+        db.table(T_PATIENTS).update(changes, _P.id == row["id"])
+        row.update(changes)
+        return row
+
+    row = store.write(fn)
+    store.events.publish("patient.updated", patient_id=row["id"])
+    return row
+
+
 def merge_patients(store, from_id: str, into_id: str) -> dict:
     """Fold `from_id` into `into_id` (e.g. an unidentified patient who was identified):
     its captures move to `into_id`; those the hospital has not confirmed yet go with the

@@ -15,13 +15,15 @@ import time
 from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request
-from tinydb import Query
 
 from ..errors import BadInput, NotFound
-from ..records import KIND_SYNC, T_FINDINGS, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
+from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
 from ..security import roles as R
+from ..store import clinician
 from ..store import instances as catalogue
 from ..store import patients as pstore
+from ..store.board import findings_of, public_patient, sync_badge
+from ..store.board import rows_for as board_rows
 from . import kit_of
 
 bp = Blueprint("ui_api", __name__, url_prefix="/api/v1/ui")
@@ -48,7 +50,6 @@ ROUTE_PERMISSIONS = {
 SEXES = ("", "M", "F", "O")
 MAX_TEXT = 2000
 MAX_NAME = 200
-_F, _P, _I = Query(), Query(), Query()
 
 
 # ----------------------------------------------------------------------------- START
@@ -153,22 +154,6 @@ def _patient_or_404(store, pid: str) -> dict:
     return row
 
 
-def _sync_badge(states: list[str]) -> str:
-    if not states:
-        return "none"
-    if "quarantined" in states:
-        return "quarantined"
-    if all(s == "confirmed" for s in states):
-        return "confirmed"
-    if "sending" in states:
-        return "sending"
-    return "queued"
-
-
-def _public_patient(p: dict) -> dict:
-    return {k: p.get(k) for k in ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")}
-
-
 def after_triage_change(store, pid: str, triage: str) -> None:
     """Carry a triage (or identity) change on: the patient's pending sync rows get the
     priority of the new category, and a status document is queued for the hospital."""
@@ -182,38 +167,11 @@ def after_triage_change(store, pid: str, triage: str) -> None:
 # ----------------------------------------------------------------------------- board
 
 def board_data(store) -> dict:
-    def fn(db):
-        pats = [dict(p) for p in db.table(T_PATIENTS).all() if not p.get("merged_into")]
-        insts = db.table(T_INSTANCES).all()
-        fnds = db.table(T_FINDINGS).all()
-        return pats, insts, fnds
-    pats, insts, fnds = store.read(fn)
-    captures: dict[str, int] = {}
-    states: dict[str, list[str]] = {}
-    last: dict[str, float] = {}
-    for r in insts:
-        pid = r.get("patient_id")
-        if str(r.get("modality") or "") != "SR":
-            captures[pid] = captures.get(pid, 0) + 1
-        states.setdefault(pid, []).append(str(r.get("sync_state") or "queued"))
-        last[pid] = max(last.get(pid, 0.0), float(r.get("received_at") or 0))
-    findings: dict[str, int] = {}
-    for f in fnds:
-        if f.get("assessable"):
-            findings[f.get("patient_id")] = findings.get(f.get("patient_id"), 0) + 1
-    counts = {c: 0 for c in TRIAGE_CATEGORIES}
-    cards = []
-    for p in pats:
-        tri = p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none"
-        counts[tri] += 1
-        card = _public_patient(p)
-        card.update(triage=tri, captures=captures.get(p["id"], 0), findings=findings.get(p["id"], 0),
-                    sync=_sync_badge(states.get(p["id"], [])), last_capture=last.get(p["id"], 0.0),
-                    identified=bool(p.get("name")))
-        cards.append(card)
-    cards.sort(key=lambda c: (TRIAGE_CATEGORIES.index(c["triage"]) if c["triage"] != "none" else 4.5,
-                              -(c.get("updated") or 0)))
-    return {"patients": cards, "counts": counts, "total": len(cards), "at": time.time()}
+    """The whole board, with the live-stream position it reflects (`live_id`): a tablet
+    opens its stream from there and patches the board with the rows the stream sends."""
+    bus = store.events
+    live_id = f"{bus.epoch}.{bus.last_seq}"  # taken first: what happens next is sent again, harmlessly
+    return board_rows(store).board() | {"live_id": live_id}
 
 
 @bp.get("/board")
@@ -239,20 +197,9 @@ def create_patient():
     if category != "none":
         row = pstore.set_triage(store, row["id"], category, by=_actor())
         if proposed is not None:
-            _note_proposal(store, row["id"], proposed, answers)
+            pstore.note_proposal(store, row["id"], proposed, answers)
         after_triage_change(store, row["id"], category)
-    return jsonify({"patient": _public_patient(row), "proposed": proposed}), 201
-
-
-def _note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
-    """Keep what the START assistant proposed next to what the clinician chose."""
-    def fn(db):
-        row = pstore.resolve_row(db, pid)
-        hist = list(row.get("triage_history") or [])
-        if hist:
-            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
-            db.table(T_PATIENTS).update({"triage_history": hist}, _P.id == row["id"])
-    store.write(fn)
+    return jsonify({"patient": public_patient(row), "proposed": proposed}), 201
 
 
 @bp.get("/patients/<pid>")
@@ -260,7 +207,7 @@ def patient(pid):
     store = kit_of().store
     p = _patient_or_404(store, pid)
     rows = catalogue.instance_rows(store, patient_id=p["id"])
-    fnds = store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).search(_F.patient_id == p["id"])])
+    fnds = findings_of(store, p["id"])
     by_uid: dict[str, list] = {}
     for f in fnds:
         by_uid.setdefault(f["sop_instance_uid"], []).append(_finding_json(f))
@@ -280,12 +227,13 @@ def patient(pid):
             "zone": r.get("lung_zone") or "",
             "findings": by_uid.get(r["sop_instance_uid"], []),
         })
-    others = [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
-              for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]
-    out = _public_patient(p)
+    # only an unidentified patient is offered the identified ones to be merged into
+    others = [] if p.get("name") else [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
+                                       for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]
+    out = public_patient(p)
     out.update(triage_history=p.get("triage_history") or [], notes=p.get("notes") or [],
-               captures=captures, merge_targets=others if not p.get("name") else [],
-               sync=_sync_badge([c["sync"] for c in captures]))
+               captures=captures, merge_targets=others,
+               sync=sync_badge([c["sync"] for c in captures]))
     return jsonify(out)
 
 
@@ -305,7 +253,7 @@ def triage(pid):
     _patient_or_404(store, pid)
     row = pstore.set_triage(store, pid, category, by=_actor())
     after_triage_change(store, row["id"], category)
-    return jsonify({"patient": _public_patient(row), "triage_history": row.get("triage_history")})
+    return jsonify({"patient": public_patient(row), "triage_history": row.get("triage_history")})
 
 
 @bp.post("/patients/<pid>/details")
@@ -325,30 +273,10 @@ def details(pid):
             raise BadInput("age must be between 0 and 130")
     if sex is not None and sex not in SEXES:
         raise BadInput("sex must be M, F, O or empty")
-    actor = _actor()
-
-    def fn(db):
-        row = pstore.resolve_row(db, pid)
-        if not row:
-            raise NotFound(f"no patient {pid[:64]}")
-        changes = {"updated": time.time()}
-        if name is not None:
-            changes["name"] = name
-        if age is not None:
-            changes["age"] = age
-        if sex is not None:
-            changes["sex"] = sex
-        if note:
-            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": time.time()}]
-        db.table(T_PATIENTS).update(changes, _P.id == row["id"])
-        row.update(changes)
-        return row
-
-    row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    row = pstore.update_details(store, pid, name=name, age=age, sex=sex, note=note, by=_actor())
     if name is not None or sex is not None:  # identity travels to the hospital
         after_triage_change(store, row["id"], row.get("triage") or "none")
-    return jsonify({"patient": _public_patient(row), "notes": row.get("notes") or []})
+    return jsonify({"patient": public_patient(row), "notes": row.get("notes") or []})
 
 
 @bp.post("/patients/<pid>/merge")
@@ -361,7 +289,7 @@ def merge(pid):
         raise BadInput("say which patient to merge into")
     dst = pstore.merge_patients(store, pid, into)
     after_triage_change(store, dst["id"], dst.get("triage") or "none")
-    return jsonify({"patient": _public_patient(dst)})
+    return jsonify({"patient": public_patient(dst)})
 
 
 # ----------------------------------------------------------------------------- images
@@ -517,7 +445,7 @@ def overlay(fid):
     from PIL import Image
 
     store = kit_of().store
-    f = store.read(lambda db: (lambda r: dict(r[0]) if r else None)(db.table(T_FINDINGS).search(_F.id == fid)))
+    f = clinician.get_finding(store, fid)
     if f is None or not f.get("overlay"):
         raise NotFound("this finding has no overlay")
     row = _held_or_410(store, f["sop_instance_uid"])
@@ -549,16 +477,7 @@ def zone(uid):
     value = _body().get("zone", "")
     if value not in LUNG_ZONES + ("",):
         raise BadInput(f"zone must be one of {', '.join(LUNG_ZONES)} or empty")
-
-    def fn(db):
-        rows = db.table(T_INSTANCES).search(_I.sop_instance_uid == uid)
-        if not rows:
-            raise NotFound("no such capture on this kit")
-        db.table(T_INSTANCES).update({"lung_zone": value}, _I.sop_instance_uid == uid)
-        return rows[0].get("patient_id", "")
-
-    pid = store.write(fn)
-    store.events.publish("patient.updated", patient_id=pid)
+    clinician.set_lung_zone(store, uid, value)
     return jsonify({"uid": uid, "zone": value})
 
 
@@ -574,22 +493,9 @@ def review(fid):
         raise BadInput("decision must be accepted, rejected or pending")
     note = _text(data, "note", MAX_TEXT) or ""
     entry = {"decision": decision, "note": note, "by": _actor(), "at": time.time()}
-
-    def fn(db):
-        table = db.table(T_FINDINGS)
-        rows = table.search(_F.id == fid)
-        if not rows:
-            raise NotFound("no such finding")
-        hist = list(rows[0].get("review_history") or []) + [entry]
-        table.update({"review": entry, "review_history": hist}, _F.id == fid)
-        f = dict(rows[0], review=entry, review_history=hist)
-        enqueue_review(store, f, entry)  # to the hospital with the next sync, in this same record
-        return f
-
     from ..sync.updates import enqueue_review
-    f = store.write(fn)
-    store.events.publish("finding.reviewed", finding_id=fid, sop_instance_uid=f["sop_instance_uid"],
-                         patient_id=f.get("patient_id", ""))
+    # queued for the hospital in the same journal record as the review itself
+    f = clinician.review_finding(store, fid, entry, also=lambda f: enqueue_review(store, f, entry))
     return jsonify(_finding_json(f))
 
 
