@@ -27,6 +27,7 @@ _F = Query()
 # Topics after which a patient's card may look different; the others leave it as it was
 BOARD_TOPICS = frozenset({"instance.stored", "instance.conflict", "finding.stored", "patient.updated",
                           "patient.merged", "sync.confirmed", "sync.quarantined"})
+BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
 
 
@@ -56,6 +57,17 @@ def findings_of(store, patient_id: str) -> list[dict]:
     return store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).search(_F.patient_id == patient_id)])
 
 
+def _card(p: dict, insts: list[dict], findings: list[dict]) -> dict:
+    card = public_patient(p)
+    card.update(triage=triage_of(p),
+                captures=sum(1 for r in insts if str(r.get("modality") or "") != "SR"),
+                findings=sum(1 for f in findings if f.get("assessable")),
+                sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
+                last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
+                identified=bool(p.get("name")))
+    return card
+
+
 def compute_row(store, patient_id: str, patient: dict | None = None) -> tuple[dict | None, int]:
     """The board card of one patient from their own rows, and how many rows it read;
     None for a patient who is not on the board (unknown, or merged into another)."""
@@ -64,14 +76,23 @@ def compute_row(store, patient_id: str, patient: dict | None = None) -> tuple[di
         return None, 1
     insts = catalogue.instance_rows(store, patient_id=patient_id)
     findings = findings_of(store, patient_id)
-    card = public_patient(p)
-    card.update(triage=triage_of(p),
-                captures=sum(1 for r in insts if str(r.get("modality") or "") != "SR"),
-                findings=sum(1 for f in findings if f.get("assessable")),
-                sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
-                last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
-                identified=bool(p.get("name")))
-    return card, 1 + len(insts) + len(findings)
+    return _card(p, insts, findings), 1 + len(insts) + len(findings)
+
+
+def compute_rows(store, patients: list[dict]) -> tuple[dict[str, dict], int]:
+    """The cards of many patients at once (a cold board): one pass over the instance and
+    finding rows instead of one lookup per patient."""
+    wanted = {p["id"]: p for p in patients if not p.get("merged_into")}
+    insts: dict[str, list[dict]] = {pid: [] for pid in wanted}
+    findings: dict[str, list[dict]] = {pid: [] for pid in wanted}
+    all_insts = catalogue.instance_rows(store)
+    all_findings = store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).all()])
+    for r in all_insts:
+        insts.get(r.get("patient_id"), []).append(r)
+    for f in all_findings:
+        findings.get(f.get("patient_id"), []).append(f)
+    cards = {pid: _card(p, insts[pid], findings[pid]) for pid, p in wanted.items()}
+    return cards, len(patients) + len(all_insts) + len(all_findings)
 
 
 def concerned(store, event: Event) -> list[str]:
@@ -153,16 +174,29 @@ class BoardRows:
     def board(self) -> dict:
         """The whole board: every live patient's card, counts per category."""
         self._catch_up()
-        cards = []
-        for p in pstore.list_patients(self.store):
-            card = self._get(p["id"], p)
+        patients = pstore.list_patients(self.store)
+        with self._lock:
+            missing = [p for p in patients if p["id"] not in self._rows]
+            generation = self._generation
+        if len(missing) > BULK_FROM:
+            cards, read = compute_rows(self.store, missing)
+            with self._lock:
+                self.stats.computed += len(cards)
+                self.stats.rows_read += read
+                if self._generation == generation:
+                    self._rows.update(cards)
+        else:
+            cards = {}
+        out = []
+        for p in patients:
+            card = cards.get(p["id"]) or self._get(p["id"], p)
             if card is not None:
-                cards.append(dict(card))
-        cards.sort(key=sort_key)
+                out.append(dict(card))
+        out.sort(key=sort_key)
         counts = {c: 0 for c in TRIAGE_CATEGORIES}
-        for card in cards:
+        for card in out:
             counts[card["triage"]] += 1
-        return {"patients": cards, "counts": counts, "total": len(cards), "at": time.time()}
+        return {"patients": out, "counts": counts, "total": len(out), "at": time.time()}
 
 
 _caches_lock = threading.Lock()
