@@ -5,14 +5,15 @@ can keep the last board and a second tablet can refresh a view when the live str
 says something changed. Every write checks its input first and answers with the new
 state. Text from DICOM and from people is returned as data; the pages put it in the DOM
 with textContent only.
+
+Views only: the START rule is in start_rule, the player's images in clip_images and their
+cache in clip_cache, the board's rows in store.board, and every read and write goes
+through the store's modules.
 """
 
 from __future__ import annotations
 
-import io
-import threading
 import time
-from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -25,6 +26,11 @@ from ..store import patients as pstore
 from ..store.board import findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import kit_of
+from .clip_cache import CLIPS
+from .clip_images import evidence_layer
+from .start_rule import START_QUESTIONS, parse_answers, start_category
+
+__all__ = ["bp", "ROUTE_PERMISSIONS", "START_QUESTIONS", "start_category", "board_data"]
 
 bp = Blueprint("ui_api", __name__, url_prefix="/api/v1/ui")
 
@@ -50,66 +56,6 @@ ROUTE_PERMISSIONS = {
 SEXES = ("", "M", "F", "O")
 MAX_TEXT = 2000
 MAX_NAME = 200
-
-
-# ----------------------------------------------------------------------------- START
-
-START_QUESTIONS = ("walking", "breathing", "breathing_after_airway", "rr_over_30", "perfusion_poor", "obeys")
-
-
-def start_category(answers: dict) -> str:
-    """The START category proposed by the answers (the clinician confirms or overrides).
-
-    walking -> green; not breathing even after the airway is opened -> black; breathing only
-    after the airway is opened -> red; respiratory rate > 30 -> red; radial pulse absent or
-    capillary refill > 2 s -> red; does not obey simple commands -> red; else yellow.
-    Unanswered questions that the path needs give "none" (no proposal yet)."""
-    def yes(k):
-        return answers.get(k) is True
-
-    def no(k):
-        return answers.get(k) is False
-
-    if yes("walking"):
-        return "green"
-    if not no("walking"):
-        return "none"
-    if no("breathing"):
-        if no("breathing_after_airway"):
-            return "black"
-        if yes("breathing_after_airway"):
-            return "red"
-        return "none"
-    if not yes("breathing"):
-        return "none"
-    if yes("rr_over_30"):
-        return "red"
-    if not no("rr_over_30"):
-        return "none"
-    if yes("perfusion_poor"):
-        return "red"
-    if not no("perfusion_poor"):
-        return "none"
-    if no("obeys"):
-        return "red"
-    if yes("obeys"):
-        return "yellow"
-    return "none"
-
-
-def _answers(raw) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BadInput("answers must be an object of yes/no values")
-    out = {}
-    for k, v in raw.items():
-        if k not in START_QUESTIONS:
-            raise BadInput(f"unknown START question {str(k)[:40]!r}")
-        if v is not None and not isinstance(v, bool):
-            raise BadInput(f"answer to {k} must be true, false or null")
-        out[k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -182,7 +128,7 @@ def board():
 @bp.post("/start")
 def start():
     data = _body()
-    return jsonify({"proposed": start_category(_answers(data.get("answers")))})
+    return jsonify({"proposed": start_category(parse_answers(data.get("answers")))})
 
 
 @bp.post("/patients")
@@ -191,7 +137,7 @@ def create_patient():
     data = _body()
     tag = _text(data, "tag", 64) or None
     category = _category(data.get("triage", "none"))
-    answers = _answers(data.get("answers"))
+    answers = parse_answers(data.get("answers"))
     proposed = start_category(answers) if answers else None
     row = pstore.create_patient(store, tag=tag)
     if category != "none":
@@ -336,82 +282,6 @@ def thumbnail(uid):
     return _image(catalogue.thumbnail_bytes(store, row), "image/jpeg")
 
 
-class _Clips:
-    """Decoded cines, downscaled, for the player: a small in-memory LRU (never on disk)."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self.items: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-        self.building: dict[str, threading.Lock] = {}
-
-    def get(self, store, row: dict) -> dict:
-        key = row["blob"]
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-            build_lock = self.building.setdefault(key, threading.Lock())
-        with build_lock:  # one decode per clip, however many tablets open it at once
-            with self.lock:
-                if key in self.items:
-                    return self.items[key]
-            clip = _build_clip(store, row)
-            with self.lock:
-                self.items[key] = clip
-                self.building.pop(key, None)
-                while len(self.items) > self.size:
-                    self.items.popitem(last=False)
-            return clip
-
-
-CLIPS = _Clips()
-TILE_MAX_W = 480
-MAX_PLAYER_FRAMES = 240
-
-
-def _build_clip(store, row: dict) -> dict:
-    import numpy as np
-    from PIL import Image
-
-    from ..dicom.frames import DecodeError, decode_frames
-
-    ds = catalogue.read_dataset(store, row["sop_instance_uid"])
-    n = int(row.get("frames") or 1)
-    idx = list(range(n)) if n <= MAX_PLAYER_FRAMES else \
-        [int(i) for i in np.linspace(0, n - 1, MAX_PLAYER_FRAMES).round()]
-    try:
-        frames = decode_frames(ds, idx)
-    except DecodeError as exc:
-        return {"error": str(exc)}
-    h, w = frames.shape[1:3]
-    scale = min(1.0, TILE_MAX_W / w)
-    tw, th = max(1, int(w * scale)), max(1, int(h * scale))
-    cols = max(1, int(np.ceil(np.sqrt(len(frames)))))
-    rows_ = int(np.ceil(len(frames) / cols))
-    sheet = Image.new("RGB", (cols * tw, rows_ * th))
-    small = []
-    for i, f in enumerate(frames):
-        img = Image.fromarray(np.ascontiguousarray(f), "RGB")
-        if scale < 1.0:
-            img = img.resize((tw, th), Image.Resampling.BILINEAR)
-        small.append(np.asarray(img))
-        sheet.paste(img, ((i % cols) * tw, (i // cols) * th))
-    buf = io.BytesIO()
-    sheet.save(buf, "JPEG", quality=82)
-    ft = row.get("frame_time_ms")
-    try:
-        ft = float(ft) if ft else None
-    except (TypeError, ValueError):
-        ft = None
-    if not ft or not (5 <= ft <= 2000):
-        ft = 1000.0 / 30
-    ft *= (n / len(frames))  # a subsampled long clip keeps its real duration
-    return {"sprite": buf.getvalue(), "small": np.stack(small), "meta": {
-        "frames": len(frames), "source_frames": n, "frame_time_ms": round(ft, 3), "tile_w": tw, "tile_h": th,
-        "cols": cols, "width": int(w), "height": int(h)}}
-
-
 @bp.get("/instances/<uid>/cine")
 def cine(uid):
     store = kit_of().store
@@ -441,9 +311,6 @@ def sprite(uid):
 def overlay(fid):
     """The model's evidence as a transparent layer the player draws over every frame: the
     overlay image made by inference, minus the frame it was drawn on."""
-    import numpy as np
-    from PIL import Image
-
     store = kit_of().store
     f = clinician.get_finding(store, fid)
     if f is None or not f.get("overlay"):
@@ -452,19 +319,7 @@ def overlay(fid):
     clip = CLIPS.get(store, row)
     if "error" in clip:
         raise NotFound(clip["error"])
-    meta = clip["meta"]
-    drawn = Image.open(io.BytesIO(store.blobs.get_bytes(f["overlay"]))).convert("RGB")
-    drawn = np.asarray(drawn.resize((meta["tile_w"], meta["tile_h"]), Image.Resampling.BILINEAR)).astype(np.int16)
-    small = clip["small"].astype(np.int16)
-    diffs = np.abs(small - drawn[None]).reshape(len(small), -1).mean(axis=1)
-    base = small[int(np.argmin(diffs))]
-    changed = np.abs(drawn - base).max(axis=2) > 24
-    rgba = np.zeros(drawn.shape[:2] + (4,), np.uint8)
-    rgba[..., :3] = np.clip(drawn, 0, 255).astype(np.uint8)
-    rgba[..., 3] = np.where(changed, 235, 0).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    return _image(buf.getvalue(), "image/png")
+    return _image(evidence_layer(store.blobs.get_bytes(f["overlay"]), clip), "image/png")
 
 
 LUNG_ZONES = ("R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4")
