@@ -209,3 +209,10 @@ def test_a_stream_far_behind_gets_one_refetch_not_a_flood(ui):  # noqa: F811
     kit.events.publish("patient.updated", patient_id="after")
     assert stream.until("patient.updated")[-1][2] == {"patient_id": "after"}
     stream.close()
+
+
+def test_the_tablet_views_read_and_write_through_the_store_modules():
+    from pathlib import Path
+    web = Path(__file__).resolve().parent.parent / "fieldkit" / "web"
+    for name in ("ui_api.py", "live.py", "start_rule.py", "clip_images.py", "clip_cache.py"):
+        assert "db.table(" not in (web / name).read_text(), f"{name} reaches into the store's tables"
