@@ -69,7 +69,7 @@ def test_a_patients_row_equals_their_row_on_the_full_board_after_each_change(sto
     uid = catalogue.instance_rows(store, patient_id="A-1")[0]["sop_instance_uid"]
     changes = [
         ("A-1", lambda: pstore.set_triage(store, "A-1", "red", by="t")),
-        ("A-2", lambda: pstore.update_details(store, "A-2", name="Ada Example", age=40, sex="F", note="n")),
+        ("A-2", lambda: pstore.update_details(store, "A-2", name="Ada Example", age=40, sex="F", note="n", actor="t")),
         ("A-3", lambda: grow(store, ["A-3"], 1)),
         ("A-1", lambda: add_finding(store, uid, "A-1")),
         ("A-1", lambda: add_finding(store, uid, "A-1", assessable=False)),  # replaced: no longer counted

@@ -165,22 +165,20 @@ def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
 
 
 def update_details(store, pid: str, *, name: str | None = None, age: int | None = None, sex: str | None = None,
-                   note: str | None = None, by: str = "") -> dict:
-    """Name, age, sex (None: unchanged) and a note appended with its author; returns the row."""
+                   note: str = "", actor: str = "") -> dict:
+    """Change what people know of a patient (name, age, sex) and/or add a note; returns
+    the row. Who follows up (e.g. sending the new identity to the hospital) is the caller's."""
     def fn(db):
         row = resolve_row(db, pid)
         if not row:
             raise NotFound(f"no patient {pid[:64]}")
         now = time.time()
-        changes = {"updated": now}
-        if name is not None:
-            changes["name"] = name
-        if age is not None:
-            changes["age"] = age
-        if sex is not None:
-            changes["sex"] = sex
+        changes: dict = {"updated": now}
+        for key, value in (("name", name), ("age", age), ("sex", sex)):
+            if value is not None:
+                changes[key] = value
         if note:
-            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": by, "at": now}]
+            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": now}]
         db.table(T_PATIENTS).update(changes, _P.id == row["id"])
         row.update(changes)
         return row

@@ -219,7 +219,7 @@ def details(pid):
             raise BadInput("age must be between 0 and 130")
     if sex is not None and sex not in SEXES:
         raise BadInput("sex must be M, F, O or empty")
-    row = pstore.update_details(store, pid, name=name, age=age, sex=sex, note=note, by=_actor())
+    row = pstore.update_details(store, pid, name=name, age=age, sex=sex, note=note or "", actor=_actor())
     if name is not None or sex is not None:  # identity travels to the hospital
         after_triage_change(store, row["id"], row.get("triage") or "none")
     return jsonify({"patient": public_patient(row), "notes": row.get("notes") or []})
