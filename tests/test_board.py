@@ -216,3 +216,23 @@ def test_the_tablet_views_read_and_write_through_the_store_modules():
     web = Path(__file__).resolve().parent.parent / "fieldkit" / "web"
     for name in ("ui_api.py", "live.py", "start_rule.py", "clip_images.py", "clip_cache.py"):
         assert "db.table(" not in (web / name).read_text(), f"{name} reaches into the store's tables"
+
+
+def test_any_last_event_id_is_resumed_or_refused_never_an_error():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fieldkit.web.live import _resume_point
+
+    bus = EventBus(history=8)
+    for i in range(12):
+        bus.publish("patient.updated", patient_id=str(i))
+    good = {f"{bus.epoch}.{n}": n for n in range(4, 13)}  # what the history still covers
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(max_size=40), st.sampled_from(sorted(good) + [f"{bus.epoch}.3", f"{bus.epoch}.13",
+                                                                            f"{bus.epoch}.-1", f"{bus.epoch}.٣", f"{bus.epoch}.٤"])))
+    def check(last_id):
+        assert _resume_point(bus, last_id) == good.get(last_id.strip())
+
+    check()

@@ -92,7 +92,7 @@ def _resume_point(bus, last_id: str) -> int | None:
     """The bus position after `last_id` ("<bus>.<n>", as sent), when the history still
     holds everything since then; None otherwise (the page fetches its view)."""
     epoch, _, seq = str(last_id).strip().partition(".")
-    if epoch != bus.epoch or not seq.isdigit() or len(seq) > 18:
+    if epoch != bus.epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         return None
     missed = bus.since(int(seq))
     if missed is None or len(missed) > MAX_REPLAY:
