@@ -4,8 +4,9 @@ Each stream reads the kit's event bus (fieldkit.events) and forwards events as
 `id: <bus>.<n>` / `event: <topic>` / `data: <json>` lines. Events carry ids only (patient
 id, SOP Instance UID, queue row id), never names. A board opens its stream with `board=1`
 and also gets, before each event that changes a card, that patient's new card
-(`board.row`: `{"id": ..., "row": {...} | null}`, null when the patient left the board),
-so it patches itself instead of fetching the whole board again.
+(`board.row`: `{"id": ..., "row": {...} | null}`, null when the patient left the board;
+the card is what the board itself shows, under the same permission), so it patches
+itself instead of fetching the whole board again.
 
 Resuming: a stream reconnected with `Last-Event-ID` (the browser sends it by itself) or
 `?last=` starts after that event, replayed from the bus's short history; `hello` says
