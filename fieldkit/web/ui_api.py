@@ -39,6 +39,7 @@ ROUTE_PERMISSIONS = {
     "ui_api.start": R.AUTHENTICATED,  # pure function of the answers, no patient data
     "ui_api.create_patient": R.TRIAGE_WRITE,
     "ui_api.patient": R.PATIENTS_READ,
+    "ui_api.merge_targets": R.PATIENTS_READ,
     "ui_api.triage": R.TRIAGE_WRITE,
     "ui_api.details": R.PATIENTS_WRITE,
     "ui_api.merge": R.PATIENTS_WRITE,
@@ -173,14 +174,23 @@ def patient(pid):
             "zone": r.get("lung_zone") or "",
             "findings": by_uid.get(r["sop_instance_uid"], []),
         })
-    # only an unidentified patient is offered the identified ones to be merged into
-    others = [] if p.get("name") else [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
-                                       for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]
     out = public_patient(p)
     out.update(triage_history=p.get("triage_history") or [], notes=p.get("notes") or [],
-               captures=captures, merge_targets=others,
+               captures=captures,
                sync=sync_badge([c["sync"] for c in captures]))
     return jsonify(out)
+
+
+@bp.get("/patients/<pid>/merge-targets")
+def merge_targets(pid):
+    """The identified patients an unidentified one can be merged into (none for an identified
+    one). Apart from the patient page, which reads only that patient's rows."""
+    store = kit_of().store
+    p = _patient_or_404(store, pid)
+    if p.get("name"):
+        return jsonify({"targets": []})
+    return jsonify({"targets": [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
+                                for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]})
 
 
 def _finding_json(f: dict) -> dict:
