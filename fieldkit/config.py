@@ -118,7 +118,7 @@ SETTINGS: dict[str, Setting] = {
     # tablet UI (live updates)
     "ui.live_max_streams": Setting(0, "Most live-update streams open at once (each holds an HTTPS worker thread); 0 means http.threads minus 4. Tablets over the limit poll instead."),
     "ui.live_heartbeat_seconds": Setting(10, "Seconds between keep-alive lines on an idle live-update stream."),
-    "ui.live_max_seconds": Setting(300, "A live-update stream is closed after this many seconds; the tablet reconnects and refreshes its view."),
+    "ui.live_max_seconds": Setting(300, "A live-update stream is closed after this many seconds; the tablet reconnects and resumes after the last event it had."),
 }
 
 

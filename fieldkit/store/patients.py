@@ -219,6 +219,43 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
     return row
 
 
+def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
+    """Keep what the START assistant proposed next to the triage the clinician chose last."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid}")
+        hist = list(row.get("triage_history") or [])
+        if hist:
+            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
+            db.table(T_PATIENTS).update({"triage_history": hist}, _P.id == row["id"])
+    store.write(fn)
+
+
+def update_details(store, pid: str, *, name: str | None = None, age: int | None = None, sex: str | None = None,
+                   note: str = "", actor: str = "") -> dict:
+    """Change what people know of a patient (name, age, sex) and/or add a note; returns
+    the row. Who follows up (e.g. sending the new identity to the hospital) is the caller's."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid[:64]}")
+        now = time.time()
+        changes: dict = {"updated": now}
+        for key, value in (("name", name), ("age", age), ("sex", sex)):
+            if value is not None:
+                changes[key] = value
+        if note:
+            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": now}]
+        db.table(T_PATIENTS).update(changes, _P.id == row["id"])
+        row.update(changes)
+        return row
+
+    row = store.write(fn)
+    store.events.publish("patient.updated", patient_id=row["id"])
+    return row
+
+
 # Which category a merged patient keeps: the most urgent one; "none" (not triaged) says
 # nothing, so any category recorded for either record beats it.
 MERGE_URGENCY = ("red", "yellow", "green", "grey", "black", "none")

@@ -5,24 +5,32 @@ can keep the last board and a second tablet can refresh a view when the live str
 says something changed. Every write checks its input first and answers with the new
 state. Text from DICOM and from people is returned as data; the pages put it in the DOM
 with textContent only.
+
+Views only: the START rule is in start_rule, the player's images in clip_images and their
+cache in clip_cache, the board's rows in store.board, and every read and write goes
+through the store's modules.
 """
 
 from __future__ import annotations
 
-import io
-import threading
 import time
-from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request
-from tinydb import Query
 
 from ..errors import BadInput, NotFound
-from ..records import KIND_SYNC, T_FINDINGS, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
+from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
 from ..security import roles as R
+from ..store import clinician
 from ..store import instances as catalogue
 from ..store import patients as pstore
+from ..store.board import findings_of, public_patient, sync_badge
+from ..store.board import rows_for as board_rows
 from . import kit_of
+from .clip_cache import CLIPS
+from .clip_images import evidence_layer
+from .start_rule import START_QUESTIONS, parse_answers, start_category
+
+__all__ = ["bp", "ROUTE_PERMISSIONS", "START_QUESTIONS", "start_category", "board_data"]
 
 bp = Blueprint("ui_api", __name__, url_prefix="/api/v1/ui")
 
@@ -31,6 +39,7 @@ ROUTE_PERMISSIONS = {
     "ui_api.start": R.AUTHENTICATED,  # pure function of the answers, no patient data
     "ui_api.create_patient": R.TRIAGE_WRITE,
     "ui_api.patient": R.PATIENTS_READ,
+    "ui_api.merge_targets": R.PATIENTS_READ,
     "ui_api.triage": R.TRIAGE_WRITE,
     "ui_api.details": R.PATIENTS_WRITE,
     "ui_api.merge": R.PATIENTS_WRITE,
@@ -48,67 +57,6 @@ ROUTE_PERMISSIONS = {
 SEXES = ("", "M", "F", "O")
 MAX_TEXT = 2000
 MAX_NAME = 200
-_F, _P, _I = Query(), Query(), Query()
-
-
-# ----------------------------------------------------------------------------- START
-
-START_QUESTIONS = ("walking", "breathing", "breathing_after_airway", "rr_over_30", "perfusion_poor", "obeys")
-
-
-def start_category(answers: dict) -> str:
-    """The START category proposed by the answers (the clinician confirms or overrides).
-
-    walking -> green; not breathing even after the airway is opened -> black; breathing only
-    after the airway is opened -> red; respiratory rate > 30 -> red; radial pulse absent or
-    capillary refill > 2 s -> red; does not obey simple commands -> red; else yellow.
-    Unanswered questions that the path needs give "none" (no proposal yet)."""
-    def yes(k):
-        return answers.get(k) is True
-
-    def no(k):
-        return answers.get(k) is False
-
-    if yes("walking"):
-        return "green"
-    if not no("walking"):
-        return "none"
-    if no("breathing"):
-        if no("breathing_after_airway"):
-            return "black"
-        if yes("breathing_after_airway"):
-            return "red"
-        return "none"
-    if not yes("breathing"):
-        return "none"
-    if yes("rr_over_30"):
-        return "red"
-    if not no("rr_over_30"):
-        return "none"
-    if yes("perfusion_poor"):
-        return "red"
-    if not no("perfusion_poor"):
-        return "none"
-    if no("obeys"):
-        return "red"
-    if yes("obeys"):
-        return "yellow"
-    return "none"
-
-
-def _answers(raw) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BadInput("answers must be an object of yes/no values")
-    out = {}
-    for k, v in raw.items():
-        if k not in START_QUESTIONS:
-            raise BadInput(f"unknown START question {str(k)[:40]!r}")
-        if v is not None and not isinstance(v, bool):
-            raise BadInput(f"answer to {k} must be true, false or null")
-        out[k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,22 +101,6 @@ def _patient_or_404(store, pid: str) -> dict:
     return row
 
 
-def _sync_badge(states: list[str]) -> str:
-    if not states:
-        return "none"
-    if "quarantined" in states:
-        return "quarantined"
-    if all(s == "confirmed" for s in states):
-        return "confirmed"
-    if "sending" in states:
-        return "sending"
-    return "queued"
-
-
-def _public_patient(p: dict) -> dict:
-    return {k: p.get(k) for k in ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")}
-
-
 def after_triage_change(store, pid: str, triage: str) -> None:
     """Carry a triage (or identity) change on: the patient's pending sync rows get the
     priority of the new category, and a status document is queued for the hospital."""
@@ -182,38 +114,11 @@ def after_triage_change(store, pid: str, triage: str) -> None:
 # ----------------------------------------------------------------------------- board
 
 def board_data(store) -> dict:
-    def fn(db):
-        pats = [dict(p) for p in db.table(T_PATIENTS).all() if not p.get("merged_into")]
-        insts = db.table(T_INSTANCES).all()
-        fnds = db.table(T_FINDINGS).all()
-        return pats, insts, fnds
-    pats, insts, fnds = store.read(fn)
-    captures: dict[str, int] = {}
-    states: dict[str, list[str]] = {}
-    last: dict[str, float] = {}
-    for r in insts:
-        pid = r.get("patient_id")
-        if str(r.get("modality") or "") != "SR":
-            captures[pid] = captures.get(pid, 0) + 1
-        states.setdefault(pid, []).append(str(r.get("sync_state") or "queued"))
-        last[pid] = max(last.get(pid, 0.0), float(r.get("received_at") or 0))
-    findings: dict[str, int] = {}
-    for f in fnds:
-        if f.get("assessable"):
-            findings[f.get("patient_id")] = findings.get(f.get("patient_id"), 0) + 1
-    counts = {c: 0 for c in TRIAGE_CATEGORIES}
-    cards = []
-    for p in pats:
-        tri = p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none"
-        counts[tri] += 1
-        card = _public_patient(p)
-        card.update(triage=tri, captures=captures.get(p["id"], 0), findings=findings.get(p["id"], 0),
-                    sync=_sync_badge(states.get(p["id"], [])), last_capture=last.get(p["id"], 0.0),
-                    identified=bool(p.get("name")))
-        cards.append(card)
-    cards.sort(key=lambda c: (TRIAGE_CATEGORIES.index(c["triage"]) if c["triage"] != "none" else 4.5,
-                              -(c.get("updated") or 0)))
-    return {"patients": cards, "counts": counts, "total": len(cards), "at": time.time()}
+    """The whole board, with the live-stream position it reflects (`live_id`): a tablet
+    opens its stream from there and patches the board with the rows the stream sends."""
+    bus = store.events
+    live_id = f"{bus.epoch}.{bus.last_seq}"  # taken first: what happens next is sent again, harmlessly
+    return board_rows(store).board() | {"live_id": live_id}
 
 
 @bp.get("/board")
@@ -224,7 +129,7 @@ def board():
 @bp.post("/start")
 def start():
     data = _body()
-    return jsonify({"proposed": start_category(_answers(data.get("answers")))})
+    return jsonify({"proposed": start_category(parse_answers(data.get("answers")))})
 
 
 @bp.post("/patients")
@@ -233,26 +138,15 @@ def create_patient():
     data = _body()
     tag = _text(data, "tag", 64) or None
     category = _category(data.get("triage", "none"))
-    answers = _answers(data.get("answers"))
+    answers = parse_answers(data.get("answers"))
     proposed = start_category(answers) if answers else None
     row = pstore.create_patient(store, tag=tag)
     if category != "none":
         row = pstore.set_triage(store, row["id"], category, by=_actor())
         if proposed is not None:
-            _note_proposal(store, row["id"], proposed, answers)
+            pstore.note_proposal(store, row["id"], proposed, answers)
         after_triage_change(store, row["id"], category)
-    return jsonify({"patient": _public_patient(row), "proposed": proposed}), 201
-
-
-def _note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
-    """Keep what the START assistant proposed next to what the clinician chose."""
-    def fn(db):
-        row = pstore.resolve_row(db, pid)
-        hist = list(row.get("triage_history") or [])
-        if hist:
-            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
-            db.table(T_PATIENTS).update({"triage_history": hist}, _P.id == row["id"])
-    store.write(fn)
+    return jsonify({"patient": public_patient(row), "proposed": proposed}), 201
 
 
 @bp.get("/patients/<pid>")
@@ -260,7 +154,7 @@ def patient(pid):
     store = kit_of().store
     p = _patient_or_404(store, pid)
     rows = catalogue.instance_rows(store, patient_id=p["id"])
-    fnds = store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).search(_F.patient_id == p["id"])])
+    fnds = findings_of(store, p["id"])
     by_uid: dict[str, list] = {}
     for f in fnds:
         by_uid.setdefault(f["sop_instance_uid"], []).append(_finding_json(f))
@@ -280,13 +174,23 @@ def patient(pid):
             "zone": r.get("lung_zone") or "",
             "findings": by_uid.get(r["sop_instance_uid"], []),
         })
-    others = [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
-              for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]
-    out = _public_patient(p)
+    out = public_patient(p)
     out.update(triage_history=p.get("triage_history") or [], notes=p.get("notes") or [],
-               captures=captures, merge_targets=others if not p.get("name") else [],
-               sync=_sync_badge([c["sync"] for c in captures]))
+               captures=captures,
+               sync=sync_badge([c["sync"] for c in captures]))
     return jsonify(out)
+
+
+@bp.get("/patients/<pid>/merge-targets")
+def merge_targets(pid):
+    """The identified patients an unidentified one can be merged into (none for an identified
+    one). Apart from the patient page, which reads only that patient's rows."""
+    store = kit_of().store
+    p = _patient_or_404(store, pid)
+    if p.get("name"):
+        return jsonify({"targets": []})
+    return jsonify({"targets": [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
+                                for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]})
 
 
 def _finding_json(f: dict) -> dict:
@@ -305,7 +209,7 @@ def triage(pid):
     _patient_or_404(store, pid)
     row = pstore.set_triage(store, pid, category, by=_actor())
     after_triage_change(store, row["id"], category)
-    return jsonify({"patient": _public_patient(row), "triage_history": row.get("triage_history")})
+    return jsonify({"patient": public_patient(row), "triage_history": row.get("triage_history")})
 
 
 @bp.post("/patients/<pid>/details")
@@ -325,30 +229,10 @@ def details(pid):
             raise BadInput("age must be between 0 and 130")
     if sex is not None and sex not in SEXES:
         raise BadInput("sex must be M, F, O or empty")
-    actor = _actor()
-
-    def fn(db):
-        row = pstore.resolve_row(db, pid)
-        if not row:
-            raise NotFound(f"no patient {pid[:64]}")
-        changes = {"updated": time.time()}
-        if name is not None:
-            changes["name"] = name
-        if age is not None:
-            changes["age"] = age
-        if sex is not None:
-            changes["sex"] = sex
-        if note:
-            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": time.time()}]
-        db.table(T_PATIENTS).update(changes, _P.id == row["id"])
-        row.update(changes)
-        return row
-
-    row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    row = pstore.update_details(store, pid, name=name, age=age, sex=sex, note=note or "", actor=_actor())
     if name is not None or sex is not None:  # identity travels to the hospital
         after_triage_change(store, row["id"], row.get("triage") or "none")
-    return jsonify({"patient": _public_patient(row), "notes": row.get("notes") or []})
+    return jsonify({"patient": public_patient(row), "notes": row.get("notes") or []})
 
 
 @bp.post("/patients/<pid>/merge")
@@ -362,7 +246,7 @@ def merge(pid):
     dst = pstore.merge_patients(store, pid, into, by=_actor(),
                                 undo_seconds=float(kit_of().config["patients.merge_undo_seconds"]))
     after_triage_change(store, dst["id"], dst.get("triage") or "none")
-    return jsonify({"patient": _public_patient(dst)})
+    return jsonify({"patient": public_patient(dst)})
 
 
 # ----------------------------------------------------------------------------- images
@@ -409,82 +293,6 @@ def thumbnail(uid):
     return _image(catalogue.thumbnail_bytes(store, row), "image/jpeg")
 
 
-class _Clips:
-    """Decoded cines, downscaled, for the player: a small in-memory LRU (never on disk)."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self.items: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-        self.building: dict[str, threading.Lock] = {}
-
-    def get(self, store, row: dict) -> dict:
-        key = row["blob"]
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-            build_lock = self.building.setdefault(key, threading.Lock())
-        with build_lock:  # one decode per clip, however many tablets open it at once
-            with self.lock:
-                if key in self.items:
-                    return self.items[key]
-            clip = _build_clip(store, row)
-            with self.lock:
-                self.items[key] = clip
-                self.building.pop(key, None)
-                while len(self.items) > self.size:
-                    self.items.popitem(last=False)
-            return clip
-
-
-CLIPS = _Clips()
-TILE_MAX_W = 480
-MAX_PLAYER_FRAMES = 240
-
-
-def _build_clip(store, row: dict) -> dict:
-    import numpy as np
-    from PIL import Image
-
-    from ..dicom.frames import DecodeError, decode_frames
-
-    ds = catalogue.read_dataset(store, row["sop_instance_uid"])
-    n = int(row.get("frames") or 1)
-    idx = list(range(n)) if n <= MAX_PLAYER_FRAMES else \
-        [int(i) for i in np.linspace(0, n - 1, MAX_PLAYER_FRAMES).round()]
-    try:
-        frames = decode_frames(ds, idx)
-    except DecodeError as exc:
-        return {"error": str(exc)}
-    h, w = frames.shape[1:3]
-    scale = min(1.0, TILE_MAX_W / w)
-    tw, th = max(1, int(w * scale)), max(1, int(h * scale))
-    cols = max(1, int(np.ceil(np.sqrt(len(frames)))))
-    rows_ = int(np.ceil(len(frames) / cols))
-    sheet = Image.new("RGB", (cols * tw, rows_ * th))
-    small = []
-    for i, f in enumerate(frames):
-        img = Image.fromarray(np.ascontiguousarray(f), "RGB")
-        if scale < 1.0:
-            img = img.resize((tw, th), Image.Resampling.BILINEAR)
-        small.append(np.asarray(img))
-        sheet.paste(img, ((i % cols) * tw, (i // cols) * th))
-    buf = io.BytesIO()
-    sheet.save(buf, "JPEG", quality=82)
-    ft = row.get("frame_time_ms")
-    try:
-        ft = float(ft) if ft else None
-    except (TypeError, ValueError):
-        ft = None
-    if not ft or not (5 <= ft <= 2000):
-        ft = 1000.0 / 30
-    ft *= (n / len(frames))  # a subsampled long clip keeps its real duration
-    return {"sprite": buf.getvalue(), "small": np.stack(small), "meta": {
-        "frames": len(frames), "source_frames": n, "frame_time_ms": round(ft, 3), "tile_w": tw, "tile_h": th,
-        "cols": cols, "width": int(w), "height": int(h)}}
-
-
 @bp.get("/instances/<uid>/cine")
 def cine(uid):
     store = kit_of().store
@@ -514,30 +322,15 @@ def sprite(uid):
 def overlay(fid):
     """The model's evidence as a transparent layer the player draws over every frame: the
     overlay image made by inference, minus the frame it was drawn on."""
-    import numpy as np
-    from PIL import Image
-
     store = kit_of().store
-    f = store.read(lambda db: (lambda r: dict(r[0]) if r else None)(db.table(T_FINDINGS).search(_F.id == fid)))
+    f = clinician.get_finding(store, fid)
     if f is None or not f.get("overlay"):
         raise NotFound("this finding has no overlay")
     row = _held_or_410(store, f["sop_instance_uid"])
     clip = CLIPS.get(store, row)
     if "error" in clip:
         raise NotFound(clip["error"])
-    meta = clip["meta"]
-    drawn = Image.open(io.BytesIO(store.blobs.get_bytes(f["overlay"]))).convert("RGB")
-    drawn = np.asarray(drawn.resize((meta["tile_w"], meta["tile_h"]), Image.Resampling.BILINEAR)).astype(np.int16)
-    small = clip["small"].astype(np.int16)
-    diffs = np.abs(small - drawn[None]).reshape(len(small), -1).mean(axis=1)
-    base = small[int(np.argmin(diffs))]
-    changed = np.abs(drawn - base).max(axis=2) > 24
-    rgba = np.zeros(drawn.shape[:2] + (4,), np.uint8)
-    rgba[..., :3] = np.clip(drawn, 0, 255).astype(np.uint8)
-    rgba[..., 3] = np.where(changed, 235, 0).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    return _image(buf.getvalue(), "image/png")
+    return _image(evidence_layer(store.blobs.get_bytes(f["overlay"]), clip), "image/png")
 
 
 LUNG_ZONES = ("R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4")
@@ -550,16 +343,7 @@ def zone(uid):
     value = _body().get("zone", "")
     if value not in LUNG_ZONES + ("",):
         raise BadInput(f"zone must be one of {', '.join(LUNG_ZONES)} or empty")
-
-    def fn(db):
-        rows = db.table(T_INSTANCES).search(_I.sop_instance_uid == uid)
-        if not rows:
-            raise NotFound("no such capture on this kit")
-        db.table(T_INSTANCES).update({"lung_zone": value}, _I.sop_instance_uid == uid)
-        return rows[0].get("patient_id", "")
-
-    pid = store.write(fn)
-    store.events.publish("patient.updated", patient_id=pid)
+    clinician.set_lung_zone(store, uid, value)
     return jsonify({"uid": uid, "zone": value})
 
 
@@ -575,22 +359,9 @@ def review(fid):
         raise BadInput("decision must be accepted, rejected or pending")
     note = _text(data, "note", MAX_TEXT) or ""
     entry = {"decision": decision, "note": note, "by": _actor(), "at": time.time()}
-
-    def fn(db):
-        table = db.table(T_FINDINGS)
-        rows = table.search(_F.id == fid)
-        if not rows:
-            raise NotFound("no such finding")
-        hist = list(rows[0].get("review_history") or []) + [entry]
-        table.update({"review": entry, "review_history": hist}, _F.id == fid)
-        f = dict(rows[0], review=entry, review_history=hist)
-        enqueue_review(store, f, entry)  # to the hospital with the next sync, in this same record
-        return f
-
     from ..sync.updates import enqueue_review
-    f = store.write(fn)
-    store.events.publish("finding.reviewed", finding_id=fid, sop_instance_uid=f["sop_instance_uid"],
-                         patient_id=f.get("patient_id", ""))
+    # queued for the hospital in the same journal record as the review itself
+    f = clinician.review_finding(store, fid, entry, also=lambda f: enqueue_review(store, f, entry))
     return jsonify(_finding_json(f))
 
 

@@ -1,7 +1,9 @@
 // The triage board: a card per patient, coloured by category, counts on top, sort and
-// filter, kept current by the live stream. Works from the service worker's copy when the
-// kit is unreachable (marked stale).
-import { api, el, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
+// filter. Fetched once; then the live stream sends the card of each patient who changed
+// ("board.row") and the board patches itself; it fetches the whole board again only when
+// the stream says it cannot replay what was missed. Works from the service worker's copy
+// when the kit is unreachable (marked stale).
+import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
 
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
@@ -9,6 +11,28 @@ const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending",
 let state = { patients: [], counts: {} };
 let filter = null;
 let inflight = null;
+
+// One card, filled in place (a card that changes keeps its element).
+function fillCard(li, p) {
+  li.className = `card tri-${p.triage}`;
+  li.dataset.patientId = p.id;
+  li.dataset.triage = p.triage;
+  li.querySelector("a").href = "/patients/" + encodeURIComponent(p.id);
+  li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
+  li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
+  li.querySelector(".pname").textContent = p.name || (p.age ? `${p.age} y` : "Unidentified");
+  li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
+  li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
+  const badge = li.querySelector(".sync-badge");
+  badge.textContent = SYNC_LABEL[p.sync] || p.sync;
+  badge.dataset.sync = p.sync;
+}
+
+function countsOf(patients) {
+  const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
+  patients.forEach((p) => { counts[p.triage] = (counts[p.triage] || 0) + 1; });
+  return counts;
+}
 
 function render() {
   const list = document.getElementById("board");
@@ -24,26 +48,32 @@ function render() {
   if (sort === "recent") rows.sort((a, b) => Math.max(b.updated, b.last_capture) - Math.max(a.updated, a.last_capture));
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
   else rows.sort((a, b) => (ORDER[a.triage] - ORDER[b.triage]) || (b.updated - a.updated));
+  const shown = new Map();
+  list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.patientId, li));
   const frag = document.createDocumentFragment();
   rows.forEach((p) => {
-    const li = tpl.content.firstElementChild.cloneNode(true);
-    li.classList.add(`tri-${p.triage}`);
-    li.dataset.patientId = p.id;
-    li.dataset.triage = p.triage;
-    const a = li.querySelector("a");
-    a.href = "/patients/" + encodeURIComponent(p.id);
-    li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
-    li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
-    li.querySelector(".pname").textContent = p.name || (p.age ? `${p.age} y` : "Unidentified");
-    li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
-    li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
-    const badge = li.querySelector(".sync-badge");
-    badge.textContent = SYNC_LABEL[p.sync] || p.sync;
-    badge.dataset.sync = p.sync;
+    const li = shown.get(p.id) || tpl.content.firstElementChild.cloneNode(true);
+    fillCard(li, p);
     frag.appendChild(li);
   });
   list.replaceChildren(frag);
   document.getElementById("board-empty").hidden = state.patients.length > 0;
+}
+
+let drawing = null;
+function redrawSoon() { // a burst of rows (a cine push, a sync batch) is drawn once
+  if (!drawing) drawing = requestAnimationFrame(() => { drawing = null; render(); });
+}
+
+// A patient's new card from the live stream, or their removal (row null: merged away).
+function patch(id, row) {
+  const i = state.patients.findIndex((p) => p.id === id);
+  if (row && i >= 0) state.patients[i] = row;
+  else if (row) state.patients.push(row);
+  else if (i >= 0) state.patients.splice(i, 1);
+  else return;
+  state.counts = countsOf(state.patients);
+  redrawSoon();
 }
 
 async function refresh() {
@@ -62,17 +92,13 @@ async function refresh() {
       }
       showError("");
       render();
+      return data;
     } catch (e) {
       if (e.status !== 401) showError(e.message);
+      return null;
     } finally { inflight = null; }
   })();
   return inflight;
-}
-
-let pending = null;
-function soon() { // coalesce bursts of events (a cine push, a sync batch) into one fetch
-  if (pending) return;
-  pending = setTimeout(() => { pending = null; refresh(); }, 250);
 }
 
 document.querySelectorAll(".count").forEach((b) => b.addEventListener("click", () => {
@@ -94,8 +120,11 @@ async function diskBanner() {
   } catch (e) { /* the board's own errors are shown by refresh() */ }
 }
 
-refresh();
 diskBanner();
 setInterval(diskBanner, 30000);
-live(() => soon(), () => soon());
+refresh().then((data) => {
+  // the stream starts where the fetched board stands; from then on, only changed cards come
+  live((topic, data) => { if (topic === "board.row") patch(data.id, data.row); },
+    () => refresh(), [], { board: true, since: data && !data.__stale ? data.live_id : "" });
+});
 initPage(() => refresh());

@@ -129,36 +129,47 @@ function setLiveState(text, ok) {
   if (s) { s.textContent = text; s.dataset.state = ok ? "live" : "down"; }
 }
 
-// Live updates: onEvent(topic, data) for every event; onResync() after (re)connecting or
-// while polling, so a view that missed events fetches its state again.
-export function live(onEvent, onResync, topics) {
+// Live updates: onEvent(topic, data) for every event; onResync() when the view must be
+// fetched again: after (re)connecting when the kit could not replay what was missed (the
+// stream says `resumed: false` or sends `refetch`), and while polling. A stream that
+// drops resumes from the last event id, so a few missed events cost no refetch.
+// opts.board: also receive "board.row" (a patient's new card); opts.since: the event id
+// the view was fetched at (the board's live_id), so nothing between is lost.
+export function live(onEvent, onResync, topics, opts = {}) {
   let es = null;
   let pollTimer = null;
   let retryTimer = null;
   let failures = 0;
-  const all = topics || ["instance.stored", "instance.conflict", "finding.stored", "finding.reviewed",
+  let lastId = opts.since || "";
+  const all = (topics || ["instance.stored", "instance.conflict", "finding.stored", "finding.reviewed",
     "inference.skipped", "patient.updated", "patient.merged", "sync.confirmed", "sync.quarantined", "sync.retry",
-    "power.policy"];
+    "power.policy"]).concat(opts.board ? ["board.row"] : []);
 
   function startPolling() {
     if (pollTimer) return;
     pollTimer = setInterval(() => onResync && onResync(), 5000);
   }
   function stopPolling() { if (pollTimer) { clearInterval(pollTimer); pollTimer = null; } }
+  function remember(ev) { if (ev.lastEventId) lastId = ev.lastEventId; }
+  function parse(ev) { try { return JSON.parse(ev.data); } catch (e) { return {}; } }
 
   function connect() {
     retryTimer = null;
-    es = new EventSource("/api/v1/live");
-    es.addEventListener("hello", () => {
+    const q = new URLSearchParams();
+    if (opts.board) q.set("board", "1");
+    if (lastId) q.set("last", lastId); // a new EventSource does not send Last-Event-ID itself
+    es = new EventSource("/api/v1/live" + (q.toString() ? "?" + q : ""));
+    es.addEventListener("hello", (ev) => {
+      remember(ev);
       failures = 0;
       stopPolling();
       setLiveState("live", true);
-      onResync && onResync();
+      if (!parse(ev).resumed) onResync && onResync();
     });
+    es.addEventListener("refetch", (ev) => { remember(ev); onResync && onResync(); });
     all.forEach((t) => es.addEventListener(t, (ev) => {
-      let data = {};
-      try { data = JSON.parse(ev.data); } catch (e) { data = {}; }
-      onEvent(t, data);
+      remember(ev);
+      onEvent(t, parse(ev));
     }));
     es.addEventListener("error", () => {
       if (es.readyState === EventSource.CLOSED) {
@@ -170,7 +181,7 @@ export function live(onEvent, onResync, topics) {
         const delay = Math.min(30000, 2000 * failures) + Math.random() * 2000;
         if (!retryTimer) retryTimer = setTimeout(connect, delay);
       } else {
-        setLiveState("reconnecting…", false);
+        setLiveState("reconnecting…", false); // the browser reconnects, sending Last-Event-ID
       }
     });
   }

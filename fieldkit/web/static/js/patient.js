@@ -148,14 +148,27 @@ function renderDetails(p) {
   const hist = document.getElementById("history");
   hist.replaceChildren(...(p.triage_history || []).map((h) => el("li", `h-${h.triage}`,
     `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
-  const mw = document.getElementById("merge-wrap");
-  const sel = document.getElementById("merge-into");
-  mw.hidden = !canEdit || !(p.merge_targets && p.merge_targets.length);
-  sel.replaceChildren(...(p.merge_targets || []).map((o) => {
-    const opt = el("option", "", `${o.name}${o.tag ? " (tag " + o.tag + ")" : ""} — ${o.id}`);
-    opt.value = o.id;
-    return opt;
-  }));
+  if (!canEdit || p.name) document.getElementById("merge-wrap").hidden = true;
+  else if (!mergeTargetsAsked) loadMergeTargets();
+}
+
+// Who an unidentified patient can be merged into: asked once per page load, not with every
+// refresh of the patient (the list spans all patients; the patient's own JSON does not).
+let mergeTargetsAsked = false;
+async function loadMergeTargets() {
+  mergeTargetsAsked = true;
+  try {
+    const { targets } = await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/merge-targets`);
+    const sel = document.getElementById("merge-into");
+    const chosen = sel.value;
+    sel.replaceChildren(...targets.map((o) => {
+      const opt = el("option", "", `${o.name}${o.tag ? " (tag " + o.tag + ")" : ""} — ${o.id}`);
+      opt.value = o.id;
+      return opt;
+    }));
+    if (targets.some((o) => o.id === chosen)) sel.value = chosen;
+    document.getElementById("merge-wrap").hidden = !targets.length || !!(current && current.name);
+  } catch (e) { if (e.status !== 401) showError(e.message); }
 }
 
 function renderZoneSelect(c) {

@@ -1,0 +1,212 @@
+"""The triage board: one row per live patient, each computed from that patient's own rows
+and cached until that patient changes (layer 2).
+
+Every write that changes what a card shows publishes an event naming the patient (or one
+of their captures) once it has committed. The cache reads the event bus's history
+(fieldkit.events) before answering and drops the rows of the patients those events name,
+so the whole board costs one computation per patient once, and then each change costs
+O(that patient): the live stream sends the changed rows, never the whole board.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from tinydb import Query
+
+from ..events import Event
+from ..records import T_FINDINGS, TRIAGE_CATEGORIES
+from . import instances as catalogue
+from . import patients as pstore
+
+_F = Query()
+
+# Topics after which a patient's card may look different; the others leave it as it was
+BOARD_TOPICS = frozenset({"instance.stored", "instance.conflict", "finding.stored", "patient.updated",
+                          "patient.merged", "sync.confirmed", "sync.quarantined"})
+BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
+PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
+
+
+def public_patient(p: dict) -> dict:
+    return {k: p.get(k) for k in PUBLIC_FIELDS}
+
+
+def sync_badge(states: list[str]) -> str:
+    if not states:
+        return "none"
+    if "quarantined" in states:
+        return "quarantined"
+    if all(s == "confirmed" for s in states):
+        return "confirmed"
+    if "sending" in states:
+        return "sending"
+    return "queued"
+
+
+def triage_of(row: dict) -> str:
+    return row.get("triage") if row.get("triage") in TRIAGE_CATEGORIES else "none"
+
+
+def findings_of(store, patient_id: str) -> list[dict]:
+    """A patient's findings. Interim: a scan of the findings table, until the store's
+    findings module answers this from its by-patient index."""
+    return store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).search(_F.patient_id == patient_id)])
+
+
+def _card(p: dict, insts: list[dict], findings: list[dict]) -> dict:
+    card = public_patient(p)
+    card.update(triage=triage_of(p),
+                captures=sum(1 for r in insts if str(r.get("modality") or "") != "SR"),
+                findings=sum(1 for f in findings if f.get("assessable")),
+                sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
+                last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
+                identified=bool(p.get("name")))
+    return card
+
+
+def compute_row(store, patient_id: str, patient: dict | None = None) -> tuple[dict | None, int]:
+    """The board card of one patient from their own rows, and how many rows it read;
+    None for a patient who is not on the board (unknown, or merged into another)."""
+    p = patient if patient is not None else pstore.get_patient(store, patient_id, follow_merges=False)
+    if p is None or p.get("merged_into"):
+        return None, 1
+    insts = catalogue.instance_rows(store, patient_id=patient_id)
+    findings = findings_of(store, patient_id)
+    return _card(p, insts, findings), 1 + len(insts) + len(findings)
+
+
+def compute_rows(store, patients: list[dict]) -> tuple[dict[str, dict], int]:
+    """The cards of many patients at once (a cold board): one pass over the instance and
+    finding rows instead of one lookup per patient."""
+    wanted = {p["id"]: p for p in patients if not p.get("merged_into")}
+    insts: dict[str, list[dict]] = {pid: [] for pid in wanted}
+    findings: dict[str, list[dict]] = {pid: [] for pid in wanted}
+    all_insts = catalogue.instance_rows(store)
+    all_findings = store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).all()])
+    for r in all_insts:
+        insts.get(r.get("patient_id"), []).append(r)
+    for f in all_findings:
+        findings.get(f.get("patient_id"), []).append(f)
+    cards = {pid: _card(p, insts[pid], findings[pid]) for pid, p in wanted.items()}
+    return cards, len(patients) + len(all_insts) + len(all_findings)
+
+
+def concerned(store, event: Event) -> list[str]:
+    """The patients whose card `event` may change (the merged one too, who leaves the board)."""
+    if event.topic not in BOARD_TOPICS:
+        return []
+    data = event.data
+    pids = [str(data[k]) for k in ("patient_id", "merged") if data.get(k)]
+    if not pids and data.get("sop_instance_uid"):
+        row = catalogue.get_instance(store, str(data["sop_instance_uid"]))
+        if row and row.get("patient_id"):
+            pids.append(row["patient_id"])
+    return list(dict.fromkeys(pids))
+
+
+def sort_key(card: dict):
+    return (TRIAGE_CATEGORIES.index(card["triage"]) if card["triage"] != "none" else 4.5, -(card.get("updated") or 0))
+
+
+@dataclass
+class Stats:
+    computed: int = 0    # rows computed (cache misses)
+    rows_read: int = 0   # patient, instance and finding rows those computations read
+    cleared: int = 0     # times the whole cache was dropped (the bus history had moved on)
+
+
+class BoardRows:
+    """Per-patient board rows of one store, cached and dropped when the patient changes."""
+
+    def __init__(self, store):
+        self.store = store
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._catching_up = threading.Lock()
+        self._rows: dict[str, dict | None] = {}
+        self._cursor = store.events.last_seq
+        self._generation = 0  # bumped when rows are dropped: a computation begun before is not kept
+
+    def _catch_up(self) -> None:
+        bus = self.store.events
+        with self._catching_up:  # one reader at a time, so no reader answers before its events are applied
+            events = bus.since(self._cursor)
+            if events is None:  # more happened than the history keeps: start over
+                with self._lock:
+                    self._rows.clear()
+                    self._cursor = bus.last_seq
+                    self._generation += 1
+                    self.stats.cleared += 1
+                return
+            if not events:
+                return
+            stale = [pid for e in events for pid in concerned(self.store, e)]
+            with self._lock:
+                for pid in stale:
+                    self._rows.pop(pid, None)
+                self._cursor = events[-1].seq
+                if stale:
+                    self._generation += 1
+
+    def _get(self, pid: str, patient: dict | None = None) -> dict | None:
+        with self._lock:
+            if pid in self._rows:
+                return self._rows[pid]
+            generation = self._generation
+        row, read = compute_row(self.store, pid, patient)
+        with self._lock:
+            self.stats.computed += 1
+            self.stats.rows_read += read
+            if self._generation == generation:
+                self._rows[pid] = row
+        return row
+
+    def row(self, pid: str) -> dict | None:
+        """The card of patient `pid` as it is now, None when they are not on the board."""
+        self._catch_up()
+        row = self._get(pid)
+        return dict(row) if row is not None else None
+
+    def board(self) -> dict:
+        """The whole board: every live patient's card, counts per category."""
+        self._catch_up()
+        patients = pstore.list_patients(self.store)
+        with self._lock:
+            missing = [p for p in patients if p["id"] not in self._rows]
+            generation = self._generation
+        if len(missing) > BULK_FROM:
+            cards, read = compute_rows(self.store, missing)
+            with self._lock:
+                self.stats.computed += len(cards)
+                self.stats.rows_read += read
+                if self._generation == generation:
+                    self._rows.update(cards)
+        else:
+            cards = {}
+        out = []
+        for p in patients:
+            card = cards.get(p["id"]) or self._get(p["id"], p)
+            if card is not None:
+                out.append(dict(card))
+        out.sort(key=sort_key)
+        counts = {c: 0 for c in TRIAGE_CATEGORIES}
+        for card in out:
+            counts[card["triage"]] += 1
+        return {"patients": out, "counts": counts, "total": len(out), "at": time.time()}
+
+
+_caches_lock = threading.Lock()
+_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def rows_for(store) -> BoardRows:
+    """The one board cache of `store` (made on first use)."""
+    with _caches_lock:
+        rows = _caches.get(store)
+        if rows is None:
+            rows = _caches[store] = BoardRows(store)
+        return rows
