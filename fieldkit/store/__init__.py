@@ -88,6 +88,15 @@ def dir_is_locked(data_dir: Path) -> bool:
     return False
 
 
+# Fields the store keeps indexes on (see documents.MemoryStorage): what the kit looks rows
+# up by - patient, study, series, SOP Instance UID (QIDO's keys among them), finding ids.
+INDEXED = {
+    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+    T_PATIENTS: ("id", "tag"),
+    T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
+}
+
+
 class Store:
     def __init__(self, data_dir: Path, data_key: bytes, config: Config, lock_fd: int):
         self.data_dir = Path(data_dir)
@@ -97,7 +106,7 @@ class Store:
         self._depth = 0
         self._pending: list[dict] = []
         self.events = EventBus()
-        self._storage = MemoryStorage(self._pending.append)
+        self._storage = MemoryStorage(self._pending.append, INDEXED)
         self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")))
         self.blobs = BlobStore(self.data_dir / "blobs", Sealer(derive_subkey(data_key, "blob")),
                                derive_subkey(data_key, "blob-id"))
@@ -119,7 +128,7 @@ class Store:
         return store
 
     def _load(self) -> None:
-        self._storage.data = {}
+        self._storage.clear()
         for record in self._journal.open():
             self._storage.apply(record)
         self._pending.clear()
