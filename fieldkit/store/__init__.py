@@ -19,7 +19,7 @@ from .. import DATA_FORMAT_VERSION
 from ..config import Config
 from ..errors import StorageFull, StoreBusy, UnsupportedVersion
 from ..events import EventBus
-from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
+from ..records import T_FINDINGS, T_INSTANCES, T_META, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
@@ -94,6 +94,7 @@ INDEXED = {
     T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
     T_PATIENTS: ("id", "tag"),
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
+    T_META: ("name",),
 }
 
 

@@ -60,6 +60,25 @@ def _study_patient(db, study_uid: str) -> str:
     return db.storage.doc(T_INSTANCES, key)["patient_id"] if key else ""
 
 
+def _update(db, sop_uid: str, fields: dict) -> None:
+    keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", sop_uid)
+    if keys:
+        db.table(T_INSTANCES).update(fields, doc_ids=[int(k) for k in keys])
+
+
+SYNC_FIELDS = {"sync_state", "sync_reason", "sync_wire", "sync_wire_syntax", "sync_alone", "confirmed_at",
+               "retrieve_url"}
+
+
+def set_sync_state(store, sop_uid: str, **fields) -> None:
+    """Record how sending `sop_uid` to the hospital went (sync_state, sync_reason,
+    confirmed_at, retrieve_url, ...). Joins the caller's store.write when inside one."""
+    unknown = set(fields) - SYNC_FIELDS
+    if unknown:
+        raise ValueError(f"not a sync field: {', '.join(sorted(unknown))}")
+    store.write(lambda db: _update(db, sop_uid, fields))
+
+
 def get_instance(store, sop_uid: str) -> dict | None:
     return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, sop_uid)))
 
@@ -501,8 +520,7 @@ def thumbnail_bytes(store, row: dict) -> bytes:
     ref = store.blobs.put_cache(data)
     if ref.addr != row["thumbnail"]:  # made by another version of the encoder
         sop_uid = row["sop_instance_uid"]
-        store.write(lambda db: db.table(T_INSTANCES).update({"thumbnail": ref.addr},
-                                                            Query().sop_instance_uid == sop_uid))
+        store.write(lambda db: _update(db, sop_uid, {"thumbnail": ref.addr}))
     log.warning("a capture's preview was missing or damaged; it was made again")
     return data
 
