@@ -12,9 +12,23 @@ from dataclasses import dataclass, field
 import time
 
 
+# Topics: every publisher and subscriber spells them through these names.
+INSTANCE_STORED = "instance.stored"
+INSTANCE_CONFLICT = "instance.conflict"
+PATIENT_UPDATED = "patient.updated"
+PATIENT_MERGED = "patient.merged"
+FINDING_STORED = "finding.stored"
+FINDING_REVIEWED = "finding.reviewed"
+INFERENCE_SKIPPED = "inference.skipped"
+SYNC_CONFIRMED = "sync.confirmed"
+SYNC_QUARANTINED = "sync.quarantined"
+SYNC_RETRY = "sync.retry"
+POWER_POLICY = "power.policy"
+
+
 @dataclass(frozen=True)
 class Event:
-    topic: str  # e.g. "instance.stored", "finding.created", "patient.updated", "sync.confirmed"
+    topic: str  # one of the topics above
     data: dict = field(default_factory=dict)
     at: float = field(default_factory=time.time)
 

@@ -92,7 +92,7 @@ def dir_is_locked(data_dir: Path) -> bool:
 # up by - patient, study, series, SOP Instance UID (QIDO's keys among them), finding ids.
 INDEXED = {
     T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
-    T_PATIENTS: ("id", "tag"),
+    T_PATIENTS: ("id", "tag", "merged_into"),
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
     T_META: ("name",),
 }

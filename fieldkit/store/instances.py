@@ -36,8 +36,9 @@ from ..dicom.prepare import Prepared, guarded, prepare
 from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
+from ..events import INSTANCE_CONFLICT, INSTANCE_STORED
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
-from . import patients
+from . import findings, patients
 
 log = logging.getLogger(__name__)
 _I = Query()
@@ -241,12 +242,12 @@ class Batch:
     def _announce(self, status: str, stored: dict) -> dict:
         store, sop_uid = self.store, stored["sop_instance_uid"]
         if status == STORED:
-            store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
+            store.events.publish(INSTANCE_STORED, sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
                                  source=self.source)
             return _result(STORED, stored, "stored")
         if status == CONFLICT:
             log.warning("instance stored as a conflict: same SOP Instance UID, different content")
-            store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+            store.events.publish(INSTANCE_CONFLICT, sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
             return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
                                              "kept as a conflict for review, the first copy is unchanged")
         return _result(DUPLICATE, stored, "already stored with identical content")
@@ -504,6 +505,47 @@ def search_series(store, *, study_uids=None, series_uids=None, match: Match | No
             rows = filter(in_study, rows)
         return _window(series(store, rows), offset, limit)
     return store.read(fn)
+
+
+# -- retention (fieldkit.sync.retention decides which, this keeps the books) ------------------
+
+def _pixel_refs(row: dict) -> set[str]:
+    """Blobs an instance row holds: the object, its preview, conflicting copies."""
+    refs = {row.get("blob"), row.get("thumbnail")} | {c.get("blob") for c in row.get("conflicts") or []}
+    return refs - {None, ""}
+
+
+def purge_plan(store, expired: Callable[[dict], bool]) -> tuple[list[dict], list[str], set[str]]:
+    """Rows still holding pixels for which `expired(row)` is true -> (those rows, ids of
+    their findings with an overlay, blob addresses nothing that stays points at). Blobs are
+    content-addressed: one is doomed only when no live instance, conflicting copy or
+    finding of a live instance still uses it."""
+    def pick(db):
+        rows = _table(db).values()
+        victims = [dict(r) for r in rows if not r.get("purged_at") and r.get("blob") and expired(r)]
+        going = {v["sop_instance_uid"] for v in victims}
+        keep: set[str] = set()
+        doomed: set[str] = set()
+        for r in rows:
+            if not r.get("purged_at"):
+                (doomed if r["sop_instance_uid"] in going else keep).update(_pixel_refs(r))
+        overlays = findings.with_overlays(db)
+        for f in overlays:
+            (doomed if f["sop_instance_uid"] in going else keep).add(f["overlay"])
+        return victims, [f["id"] for f in overlays if f["sop_instance_uid"] in going], doomed - keep
+    return store.read(pick)
+
+
+def mark_purged(store, victims: list[dict], finding_ids: list[str], now: float) -> None:
+    """Leave a tombstone for each purged instance (UIDs, patient, confirmation, retrieve
+    URL stay; `blob` and `thumbnail` become ""), and drop its findings' overlays."""
+    def mark(db):
+        for v in victims:
+            conflicts = [{**c, "blob": ""} for c in v.get("conflicts") or []]
+            _update(db, v["sop_instance_uid"], {"purged_at": now, "blob": "", "thumbnail": "",
+                                                "purged_blob_size": v.get("size", 0), "conflicts": conflicts})
+        findings.clear_overlays(db, finding_ids)
+    store.write(mark)
 
 
 def thumbnail_bytes(store, row: dict) -> bytes:

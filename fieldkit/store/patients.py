@@ -15,6 +15,7 @@ import time
 from tinydb import Query
 
 from ..errors import BadInput, NotFound
+from ..events import PATIENT_MERGED, PATIENT_UPDATED
 from ..records import KIND_SYNC, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
 
 _P = Query()
@@ -35,9 +36,20 @@ def make_row(pid: str, *, tag: str | None = None, name: str = "", birth_date: st
             "created": now, "updated": now, "aliases": [list(a) for a in (aliases or [])]}
 
 
+def _keys(db, field: str, value) -> list[str]:
+    return db.storage.keys(T_PATIENTS, field, value)
+
+
 def _get(db, pid: str) -> dict | None:
-    rows = db.table(T_PATIENTS).search(_P.id == pid)
-    return dict(rows[0]) if rows else None
+    keys = _keys(db, "id", pid)
+    return dict(db.storage.doc(T_PATIENTS, keys[0])) if keys else None
+
+
+def update_fields(db, pid: str, fields: dict) -> None:
+    """Inside store.write: set `fields` on the row of `pid` (no merge followed)."""
+    keys = _keys(db, "id", pid)
+    if keys:
+        db.table(T_PATIENTS).update(fields, doc_ids=[int(k) for k in keys])
 
 
 def resolve_row(db, pid: str) -> dict | None:
@@ -48,6 +60,18 @@ def resolve_row(db, pid: str) -> dict | None:
         row = _get(db, row["merged_into"]) or row
         hops += 1
     return row
+
+
+def merged_ids(db, pid: str) -> list[str]:
+    """Kit IDs that were merged (directly or through others) into patient `pid`."""
+    found, todo = set(), [pid]
+    while todo and len(found) < 10_000:
+        for key in _keys(db, "merged_into", todo.pop()):
+            other = db.storage.doc(T_PATIENTS, key)["id"]
+            if other not in found and other != pid:
+                found.add(other)
+                todo.append(other)
+    return sorted(found)
 
 
 def get_patient(store, pid: str, follow_merges: bool = True) -> dict | None:
@@ -77,7 +101,7 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
         raise BadInput(f"triage tag {tag[:70]!r} is not a usable patient ID (printable, at most 64 characters)")
 
     def fn(db):
-        if tag is not None and (_get(db, tag) or db.table(T_PATIENTS).search(_P.tag == tag)):
+        if tag is not None and (_get(db, tag) or _keys(db, "tag", tag)):
             raise BadInput(f"a patient with tag {tag} already exists")
         pid = tag or _fresh_id(db)
         row = make_row(pid, tag=tag, name=name, birth_date=birth_date, sex=sex, triage=triage)
@@ -85,7 +109,7 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
         return row
 
     row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
 
 
@@ -112,12 +136,12 @@ def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
         if row:
             return row
     if patient_id:
-        rows = pats.search(_P.tag == patient_id)
-        if rows:
-            return resolve_row(db, rows[0]["id"])
-    if study_patient_id is None and study_instance_uid:  # callers with an index pass it in
-        rows = db.table(T_INSTANCES).search(Query().study_instance_uid == study_instance_uid)
-        study_patient_id = rows[0]["patient_id"] if rows else ""
+        keys = _keys(db, "tag", patient_id)
+        if keys:
+            return resolve_row(db, db.storage.doc(T_PATIENTS, keys[0])["id"])
+    if study_patient_id is None and study_instance_uid:
+        key = db.storage.last_key(T_INSTANCES, "study_instance_uid", study_instance_uid)
+        study_patient_id = db.storage.doc(T_INSTANCES, key)["patient_id"] if key else ""
     if study_patient_id:
         row = resolve_row(db, study_patient_id)
         if row:
@@ -141,13 +165,36 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
             raise NotFound(f"no patient {pid}")
         now = time.time()
         history = list(row.get("triage_history") or []) + [{"triage": category, "at": now, "by": by}]
-        db.table(T_PATIENTS).update({"triage": category, "triage_history": history, "updated": now},
-                                    _P.id == row["id"])
+        update_fields(db, row["id"], {"triage": category, "triage_history": history, "updated": now})
         row.update(triage=category, triage_history=history, updated=now)
         return row
 
     row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
+    return row
+
+
+def update_details(store, pid: str, *, name: str | None = None, age: str | None = None, sex: str | None = None,
+                   note: str = "", actor: str = "") -> dict:
+    """Change what people know of a patient (name, age, sex) and/or add a note; returns
+    the row. Who follows up (e.g. sending the new identity to the hospital) is the caller's."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid[:64]}")
+        now = time.time()
+        changes: dict = {"updated": now}
+        for key, value in (("name", name), ("age", age), ("sex", sex)):
+            if value is not None:
+                changes[key] = value
+        if note:
+            changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": now}]
+        update_fields(db, row["id"], changes)
+        row.update(changes)
+        return row
+
+    row = store.write(fn)
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
 
 
@@ -167,14 +214,15 @@ def merge_patients(store, from_id: str, into_id: str) -> dict:
         if src["id"] == dst["id"]:
             raise BadInput(f"{from_id} and {into_id} are already the same patient")
         now = time.time()
-        pats, insts = db.table(T_PATIENTS), db.table(T_INSTANCES)
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
-        pats.update({"aliases": aliases, "updated": now, **fill}, _P.id == dst["id"])
-        pats.update({"merged_into": dst["id"], "updated": now}, _P.id == src["id"])
-        src_rows = insts.search(Query().patient_id == src["id"])
+        update_fields(db, dst["id"], {"aliases": aliases, "updated": now, **fill})
+        update_fields(db, src["id"], {"merged_into": dst["id"], "updated": now})
+        keys = db.storage.keys(T_INSTANCES, "patient_id", src["id"])
+        src_rows = [dict(db.storage.doc(T_INSTANCES, k)) for k in keys]
         moved = [r["sop_instance_uid"] for r in src_rows]
-        insts.update({"patient_id": dst["id"]}, Query().patient_id == src["id"])
+        if keys:
+            db.table(T_INSTANCES).update({"patient_id": dst["id"]}, doc_ids=[int(k) for k in keys])
         triage = dst.get("triage", "none")
         for r in src_rows:
             if r.get("sync_state") == "confirmed":
@@ -192,6 +240,6 @@ def merge_patients(store, from_id: str, into_id: str) -> dict:
         return dst, moved
 
     dst, moved = store.write(fn)
-    store.events.publish("patient.merged", patient_id=dst["id"], merged=from_id, instances=len(moved))
-    store.events.publish("patient.updated", patient_id=dst["id"])
+    store.events.publish(PATIENT_MERGED, patient_id=dst["id"], merged=from_id, instances=len(moved))
+    store.events.publish(PATIENT_UPDATED, patient_id=dst["id"])
     return dst

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from fieldkit.errors import ConfigError, PermanentError, TransientError
+from fieldkit.events import SYNC_CONFIRMED, SYNC_QUARANTINED
 from fieldkit.records import sync_priority
 from fieldkit.store.instances import get_instance, set_sync_state
 
@@ -438,7 +439,7 @@ class SyncWorker:
             self.store.queue.ack(p.item.row.id)
         self.store.write(fn)
         self._unknown.pop(p.uid, None)
-        self.store.events.publish("sync.confirmed", sop_instance_uid=p.uid,
+        self.store.events.publish(SYNC_CONFIRMED, sop_instance_uid=p.uid,
                                   patient_id=(p.item.instance or {}).get("patient_id")
                                   or p.item.row.payload.get("patient_id", ""))
 
@@ -450,7 +451,7 @@ class SyncWorker:
             self.store.queue.fail(row_id, reason, permanent=True)
         self.store.write(fn)
         log.warning("sync: quarantined %s: %s", row_id, reason)
-        self.store.events.publish("sync.quarantined", row_id=row_id, sop_instance_uid=uid, reason=reason)
+        self.store.events.publish(SYNC_QUARANTINED, row_id=row_id, sop_instance_uid=uid, reason=reason)
 
 
 class Idle:
