@@ -96,6 +96,10 @@ INDEXED = {
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
     T_META: ("name",),
 }
+# Fields whose text values repeat across rows and tables: kept once in memory (documents.py).
+SHARED = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id", "sop_class_uid",
+                    "transfer_syntax", "modality", "source", "study_date", "manufacturer",
+                    "photometric_interpretation", "kind", "state", "key", "payload", "what"})
 
 
 class Store:
@@ -107,7 +111,7 @@ class Store:
         self._depth = 0
         self._pending: list[dict] = []
         self.events = EventBus()
-        self._storage = MemoryStorage(self._pending.append, INDEXED)
+        self._storage = MemoryStorage(self._pending.append, INDEXED, SHARED)
         self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")))
         self.blobs = BlobStore(self.data_dir / "blobs", Sealer(derive_subkey(data_key, "blob")),
                                derive_subkey(data_key, "blob-id"))

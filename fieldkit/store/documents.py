@@ -15,6 +15,7 @@ they return, not a scan of the table.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
@@ -118,12 +119,16 @@ class FieldIndex:
 class MemoryStorage(Storage):
     """The live state; changes reach disk through `record_change` (see Store).
 
-    `indexed` names the fields indexed per table: {"instances": ("patient_id", ...)}."""
+    `indexed` names the fields indexed per table: {"instances": ("patient_id", ...)}.
+    `shared` names fields whose text values repeat across documents (UIDs a queue row and
+    a catalogue row both hold, a modality): held once in memory, as are all field names."""
 
-    def __init__(self, on_change, indexed: dict[str, tuple[str, ...]] | None = None):
+    def __init__(self, on_change, indexed: dict[str, tuple[str, ...]] | None = None,
+                 shared: frozenset[str] = frozenset()):
         self.data: dict[str, dict[str, Any]] = {}
         self._on_change = on_change
         self._indexed = dict(indexed or {})
+        self._shared = shared
         self._indexes: dict[str, dict[str, FieldIndex]] = {}
         self._reindex_all()
 
@@ -143,19 +148,39 @@ class MemoryStorage(Storage):
 
     def record_change(self, table: str, puts: dict, dels: list) -> None:
         """A live write: the docs are already in `data` (TinyDB's updaters put them)."""
-        self._changed(table, puts, dels)
         self._on_change({"t": table, "p": puts, "d": dels})
+        live = self.data[table]
+        compacted = {key: self._compact(doc) for key, doc in puts.items()}
+        live.update(compacted)
+        self._changed(table, compacted, dels)
+
+    def _compact(self, doc):
+        """The same document, holding its field names and shared values once per process
+        (a journal record decodes into fresh strings; 100 000 rows repeat them)."""
+        if not isinstance(doc, dict):
+            return doc
+        shared, intern = self._shared, sys.intern
+        out = {}
+        for k, v in doc.items():
+            if k in shared:
+                if type(v) is str and len(v) <= 128:
+                    v = intern(v)
+                elif type(v) is dict:
+                    v = self._compact(v)
+            out[intern(k)] = v
+        return out
 
     def apply(self, record: dict) -> None:
         """Replay one journal record into memory (also how a change is undone: replaying
         the inverse record keeps the indexes right)."""
         for rec in record.get("batch", [record]):
             if "reset" in rec:
-                self.data = rec["reset"]
+                self.data = {name: {key: self._compact(doc) for key, doc in docs.items()}
+                             for name, docs in rec["reset"].items()}
                 self._reindex_all()
                 continue
             table = self.data.setdefault(rec["t"], {})
-            puts = rec.get("p", {})
+            puts = {key: self._compact(doc) for key, doc in rec.get("p", {}).items()}
             table.update(puts)
             for key in rec.get("d", ()):
                 table.pop(key, None)

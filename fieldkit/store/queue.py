@@ -66,13 +66,12 @@ class Queue:
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
         self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
         self._oldest: dict[str, list] = {k: [] for k in KINDS}  # (created, id), stale entries skipped
-        self._bytes: dict[str, dict[str, int]] = {k: {} for k in KINDS}  # ready/leased: id -> size
         self._waiting_bytes = {k: 0 for k in KINDS}
         self._failed: dict[str, dict[str, None]] = {k: {} for k in KINDS}
         self._done: dict[str, deque] = {k: deque() for k in KINDS}  # done ids in the table, oldest first
         self._dismissed = {k: 0 for k in KINDS}  # done rows a person gave up on (archived included)
         self._archived = {k: {"done": 0, "dismissed": 0} for k in KINDS}
-        self._by_subject: dict[tuple[str, str], dict[str, None]] = {}  # rows not done
+        self._by_subject: dict[tuple[str, str], dict[str, None]] = {}  # rows not done, not keyed by subject
         self._clock = time.time
 
     # loading ---------------------------------------------------------------------------
@@ -112,7 +111,8 @@ class Queue:
         elif doc.get("dismissed"):
             self._dismissed[kind] += 1
         if state != DONE:
-            self._by_subject.setdefault((kind, _subject(doc)), {})[row_id] = None
+            if doc.get("key") != _subject(doc):  # the others are found through _live_keys
+                self._by_subject.setdefault((kind, _subject(doc)), {})[row_id] = None
             if doc.get("key"):
                 self._live_keys[(kind, doc["key"])] = row_id
         if state == READY:
@@ -133,13 +133,12 @@ class Queue:
             return
         self._waiting[kind][row_id] = doc["created"]
         heapq.heappush(self._oldest[kind], (doc["created"], row_id))
-        size = self._size_of(db, doc)
-        self._bytes[kind][row_id] = size
-        self._waiting_bytes[kind] += size
+        self._waiting_bytes[kind] += self._size_of(db, doc)
 
-    def _unwait(self, kind: str, row_id: str) -> None:
-        if self._waiting[kind].pop(row_id, None) is not None:
-            self._waiting_bytes[kind] -= self._bytes[kind].pop(row_id, 0)
+    def _unwait(self, db, doc: dict) -> None:
+        if self._waiting[doc["kind"]].pop(doc["id"], None) is not None:
+            # an instance's size never changes once stored: the same figure comes off
+            self._waiting_bytes[doc["kind"]] -= self._size_of(db, doc)
 
     @staticmethod
     def _size_of(db, doc: dict) -> int:
@@ -194,7 +193,7 @@ class Queue:
             if new["state"] in (READY, LEASED):
                 self._wait(db, new)
             else:
-                self._unwait(kind, row_id)
+                self._unwait(db, old)
             if old["state"] == FAILED:
                 self._failed[kind].pop(row_id, None)
             if new["state"] == FAILED:
@@ -404,9 +403,17 @@ class Queue:
 
     def live_rows(self, kind: str, subjects) -> list[QueueRow]:
         """Rows of `kind` not done about any of `subjects` (SOP Instance UIDs, patient ids)."""
+        wanted = {str(s) for s in subjects}
+
         def fn(db):
-            ids = {i: None for s in subjects for i in self._by_subject.get((kind, str(s)), {})}
-            return list(self._rows_by_id(db, ids))
+            ids: dict[str, None] = {}
+            for s in wanted:
+                ids.update(self._by_subject.get((kind, s), {}))
+                row_id = self._live_keys.get((kind, s))
+                if row_id is not None:
+                    ids[row_id] = None
+            # a key equal to a subject may belong to a row about something else: check
+            return [r for r in self._rows_by_id(db, ids) if _subject({"payload": r.payload}) in wanted]
         return self._store.read(fn)
 
     def rows(self, kind: str | None = None, state: str | None = None) -> list[QueueRow]:
