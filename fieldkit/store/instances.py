@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from pydicom.dataset import Dataset
-from tinydb import Query
 from tinydb.table import Document
 
 from ..dicom import parse
@@ -41,7 +40,6 @@ from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PAT
 from . import findings, patients
 
 log = logging.getLogger(__name__)
-_I = Query()
 SOURCES = ("dimse", "stow", "upload", "import", "kit")
 STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
 
@@ -422,38 +420,36 @@ def _study_summary(rows: list[dict]) -> dict:
             "received_at": max(r["received_at"] for r in rows)}
 
 
-def studies(store, rows: list[dict] | None = None) -> list[dict]:
-    """Group instance rows into studies: one dict per study, newest first."""
-    if rows is None:
-        return search_studies(store)
-    by_study: dict[str, list] = {}
-    for r in rows:
-        by_study.setdefault(r["study_instance_uid"], []).append(r)
-    out = [_study_summary(group) for group in by_study.values()]
-    pats = patient_map(store, {s["patient_id"] for s in out})
-    for s in out:
-        s["patient"] = pats.get(s["patient_id"], {})
-    out.sort(key=lambda s: s["received_at"], reverse=True)
-    return out
+def _newest_studies(table: dict) -> Iterator[str]:
+    """Every study, the one with the newest row first: rows sit in the table in the order
+    they were stored, so walking it backwards finds them without sorting every study."""
+    seen: set[str] = set()
+    for row in reversed(table.values()):
+        uid = row["study_instance_uid"]
+        if uid not in seen:
+            seen.add(uid)
+            yield uid
 
 
 def search_studies(store, *, patient_id: str | None = None, study_uids=None, match: Match | None = None,
                    modalities: set[str] | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
-    """QIDO-RS study search, newest first. Studies are ordered by their latest row (found
-    through the study index), then tested one by one until the page is full: only the
-    studies returned are summed up. A study matches when one of its rows matches `match`
+    """QIDO-RS study search, newest first. Studies are taken in the order of their latest
+    row and tested one by one until the page is full: only the studies returned are summed
+    up. A study matches when one of its rows matches `match`
     (and, with `modalities`, holds one of them); its figures count the matching rows."""
     def fn(db):
         storage, table = db.storage, _table(db)
-        if study_uids is not None:
-            uids = [u for u in dict.fromkeys(study_uids) if storage.count(T_INSTANCES, "study_instance_uid", u)]
-        elif patient_id is not None:
-            uids = list(dict.fromkeys(table[k]["study_instance_uid"]
-                                      for k in storage.keys(T_INSTANCES, "patient_id", patient_id)))
+        if study_uids is not None or patient_id is not None:
+            if study_uids is not None:
+                uids = [u for u in dict.fromkeys(study_uids) if storage.count(T_INSTANCES, "study_instance_uid", u)]
+            else:
+                uids = list(dict.fromkeys(table[k]["study_instance_uid"]
+                                          for k in storage.keys(T_INSTANCES, "patient_id", patient_id)))
+            latest = {u: table[storage.last_key(T_INSTANCES, "study_instance_uid", u)]["received_at"]
+                      for u in uids}
+            uids.sort(key=latest.__getitem__, reverse=True)
         else:
-            uids = storage.values(T_INSTANCES, "study_instance_uid")
-        latest = {u: table[storage.last_key(T_INSTANCES, "study_instance_uid", u)]["received_at"] for u in uids}
-        uids.sort(key=latest.__getitem__, reverse=True)
+            uids = _newest_studies(table)
         out, skip = [], offset
         for uid in uids:
             keys = storage.keys(T_INSTANCES, "study_instance_uid", uid)
@@ -475,7 +471,8 @@ def search_studies(store, *, patient_id: str | None = None, study_uids=None, mat
     return store.read(fn)
 
 
-def series(store, rows: list[dict]) -> list[dict]:
+def _series_of(rows) -> list[dict]:
+    """Group instance rows into series, in series number order."""
     by_series: dict[str, dict] = {}
     for r in rows:
         s = by_series.setdefault(r["series_instance_uid"], {
@@ -503,7 +500,7 @@ def search_series(store, *, study_uids=None, series_uids=None, match: Match | No
                                                    for k in storage.keys(T_INSTANCES, "study_instance_uid", uid)})
                 return held[uid]
             rows = filter(in_study, rows)
-        return _window(series(store, rows), offset, limit)
+        return _window(_series_of(rows), offset, limit)
     return store.read(fn)
 
 
