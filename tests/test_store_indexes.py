@@ -160,4 +160,6 @@ def test_live_rows_find_a_patients_sync_rows_for_re_triage(data_dir):
     assert reprioritise_patient(store, pid) == 3
     assert {r.priority for r in store.queue.live_rows(KIND_SYNC, uids)} == {10}
     assert store.read(lambda db: db.storage.keys(T_PATIENTS, "id", pid)) != []
+    assert instances.set_lung_zone(store, uids[0], "R1") == pid
+    assert instances.get_instance(store, uids[0])["lung_zone"] == "R1"
     kit.close()

@@ -78,6 +78,18 @@ def set_sync_state(store, sop_uid: str, **fields) -> None:
     store.write(lambda db: _update(db, sop_uid, fields))
 
 
+def set_lung_zone(store, sop_uid: str, zone: str) -> str:
+    """Record which lung zone a capture was taken in ("" clears it); returns its patient.
+    The caller checks `zone` against the zones it offers."""
+    def fn(db):
+        doc = _doc_for(db, sop_uid)
+        if doc is None:
+            raise NotFound("no such capture on this kit")
+        _update(db, sop_uid, {"lung_zone": zone})
+        return doc.get("patient_id", "")
+    return store.write(fn)
+
+
 def get_instance(store, sop_uid: str) -> dict | None:
     return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, sop_uid)))
 
