@@ -23,9 +23,23 @@ BOARD_ROW = "board.row"   # a patient's new board row, or its removal (row: null
 REFETCH = "refetch"       # the stream could not replay what was missed: fetch the view again
 
 
+# Topics: every publisher and subscriber spells them through these names.
+INSTANCE_STORED = "instance.stored"
+INSTANCE_CONFLICT = "instance.conflict"
+PATIENT_UPDATED = "patient.updated"
+PATIENT_MERGED = "patient.merged"
+FINDING_STORED = "finding.stored"
+FINDING_REVIEWED = "finding.reviewed"
+INFERENCE_SKIPPED = "inference.skipped"
+SYNC_CONFIRMED = "sync.confirmed"
+SYNC_QUARANTINED = "sync.quarantined"
+SYNC_RETRY = "sync.retry"
+POWER_POLICY = "power.policy"
+
+
 @dataclass(frozen=True)
 class Event:
-    topic: str  # e.g. "instance.stored", "finding.created", "patient.updated", "sync.confirmed"
+    topic: str  # one of the topics above
     data: dict = field(default_factory=dict)
     at: float = field(default_factory=time.time)
     seq: int = 0  # 1, 2, 3... in publishing order, per bus

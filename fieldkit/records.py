@@ -6,7 +6,7 @@ Table names of the store live here too, so that every layer spells them the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 # TinyDB tables owned by the store facade
 T_PATIENTS = "patients"
@@ -51,6 +51,98 @@ class QueueRow:
     @classmethod
     def from_doc(cls, doc: dict) -> "QueueRow":
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+class InstanceRow(TypedDict, total=False):
+    """A catalogue row (`instances` table): what the kit looks up and lists about a stored
+    object. The object itself is the encrypted blob `blob`; its preview is `thumbnail`."""
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str              # the kit patient (merges rewrite it)
+    modality: str
+    study_date: str
+    transfer_syntax: str
+    frames: int
+    rows: int
+    columns: int
+    frame_time_ms: float | None
+    blob: str                    # "" once purged by retention
+    size: int
+    thumbnail: str
+    source: str                  # dimse | stow | upload | import | kit
+    from_picture: bool
+    conflict: bool
+    conflicts: list[dict]        # other copies received under the same UID
+    received_at: float
+    decode_error: str
+    digest: str
+    # descriptive text QIDO-RS answers with (dicom.prepare.descriptive)
+    study_time: str
+    accession_number: str
+    study_description: str
+    study_id: str
+    referring_physician: str
+    series_number: str
+    series_description: str
+    instance_number: str
+    photometric_interpretation: str
+    manufacturer: str
+    # sync and retention
+    sync_state: str              # queued | sending | confirmed | quarantined
+    sync_reason: str
+    confirmed_at: float
+    retrieve_url: str
+    purged_at: float
+    lung_zone: str
+
+
+class PatientRow(TypedDict, total=False):
+    """A kit patient (`patients` table); see fieldkit.store.patients."""
+    id: str                      # the triage tag number, or U-XXXXXX
+    tag: str | None
+    name: str
+    birth_date: str
+    sex: str
+    age: str
+    triage: str
+    triage_history: list[dict]
+    merged_into: str | None
+    created: float
+    updated: float
+    aliases: list[list[str]]     # (issuer, PatientID) pairs probes used
+    notes: list[dict]
+
+
+class FindingRow(TypedDict, total=False):
+    """A model's result on one instance (`findings` table); see fieldkit.store.findings."""
+    id: str                      # sha256(sop uid, model name)[:24]
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    task: str
+    model: str
+    model_version: str
+    model_sha256: str
+    view: str
+    quality: Any
+    assessable: bool
+    reason: str
+    confidence: float
+    result: Any
+    overlay: str | None
+    sr_sop_instance_uid: str | None
+    frames_analysed: int
+    frames_total: int
+    frames: list
+    subsampled: dict
+    gate: dict
+    timing_ms: dict
+    created: float
+    review: dict
+    review_history: list[dict]
 
 
 # Triage categories (START, plus SALT's expectant) and how urgent each is for sync.

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from ..errors import BadInput, ConfigError, FieldkitError
+from ..events import FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED
 from ..security import roles as R
 from ..store import accounts, dir_is_locked
 from .control import call, run_op
@@ -210,7 +211,7 @@ class RedactLearner:
     birth date and the probes' own IDs, at start and whenever a patient or capture event
     is published, so that they are masked in any log line, whatever its shape."""
 
-    TOPICS = ("patient.updated", "patient.merged", "instance.stored", "instance.conflict", "finding.stored")
+    TOPICS = (PATIENT_UPDATED, PATIENT_MERGED, INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED)
 
     def __init__(self, kit):
         import queue as _queue

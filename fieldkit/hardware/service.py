@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..events import POWER_POLICY
 from .policy import monitor_for
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class PowerService:
                 log.warning("power policy: %s", policy.summary())
             self._last = policy
             try:
-                self.kit.events.publish("power.policy", **policy.as_dict())
+                self.kit.events.publish(POWER_POLICY, **policy.as_dict())
             except Exception:
                 log.debug("no event bus to publish the power policy on")
 

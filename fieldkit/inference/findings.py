@@ -1,8 +1,7 @@
-"""Findings in the store: one row per (source instance, model), replaced on a re-run.
+"""Finding rows made from an analysis: one per (source instance, model).
 
-A job that is killed half-way and run again must leave exactly one set of findings, so
-the write is "delete the rows for this instance and these models, insert the new ones",
-in one store.write (one journal record: all or nothing).
+They are kept by fieldkit.store.findings, which replaces a re-run's rows in one journal
+record (a job killed half-way and run again leaves exactly one set).
 """
 
 from __future__ import annotations
@@ -10,13 +9,8 @@ from __future__ import annotations
 import hashlib
 import time
 
-from tinydb import Query
-
-from ..records import T_FINDINGS
+from ..store.findings import all_findings, for_instance, replace  # noqa: F401  (where the worker looks)
 from .runner import Analysis
-
-_F = Query()
-KEPT_ON_RERUN = ("review", "review_history")  # written by people, not by the models
 
 
 def finding_id(sop_instance_uid: str, model_name: str) -> str:
@@ -49,30 +43,3 @@ def rows_for(analysis: Analysis, *, source: dict, overlay: str | None, sr_uid: s
     return rows
 
 
-def replace(store, sop_instance_uid: str, rows: list[dict]) -> None:
-    """Drop this instance's earlier findings from the same models, then insert `rows`."""
-    models = {r["model"] for r in rows}
-
-    def fn(db):
-        table = db.table(T_FINDINGS)
-        match = (_F.sop_instance_uid == sop_instance_uid) & _F.model.one_of(sorted(models))
-        old = {r["id"]: r for r in table.search(match)}
-        new = []
-        for r in rows:
-            before = old.get(r["id"])
-            if before and before.get("model_sha256") == r["model_sha256"]:
-                # the same model re-run (after a crash): a clinician's review still applies
-                r = {**r, **{k: before[k] for k in KEPT_ON_RERUN if k in before}}
-            new.append(r)
-        table.remove(match)
-        table.insert_multiple(new)
-
-    store.write(fn)
-
-
-def for_instance(store, sop_instance_uid: str) -> list[dict]:
-    return store.read(lambda db: [dict(r) for r in db.table(T_FINDINGS).search(_F.sop_instance_uid == sop_instance_uid)])
-
-
-def all_findings(store) -> list[dict]:
-    return store.read(lambda db: [dict(r) for r in db.table(T_FINDINGS).all()])

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 
+from ..events import FINDING_STORED, INFERENCE_SKIPPED, INSTANCE_STORED
 from ..records import KIND_INFER
 from . import findings, overlay, runner, sr
 from .registry import Registry
@@ -81,7 +82,7 @@ def process(kit, registry: Registry, sop_uid: str, policy=None) -> dict:
     rows = findings.rows_for(a, source=row, overlay=overlay_addr, sr_uid=sr_uid)
     findings.replace(store, sop_uid, rows)
     finding_at = time.perf_counter()
-    store.events.publish("finding.stored", sop_instance_uid=sop_uid, patient_id=row.get("patient_id", ""),
+    store.events.publish(FINDING_STORED, sop_instance_uid=sop_uid, patient_id=row.get("patient_id", ""),
                          sr_sop_instance_uid=sr_uid)
     if get_instance(store, sr_uid) is None:
         sr_ds = sr.build_sr(ds, a, uid_root=config.get("kit.uid_root") or "2.25", kit_id=config.get("kit.id") or "")
@@ -126,7 +127,7 @@ class Worker:
                     event = self._arrivals.get_nowait()
                 except Exception:
                     break
-                if event.topic == "instance.stored" and event.data.get("source") != "kit":
+                if event.topic == INSTANCE_STORED and event.data.get("source") != "kit":
                     self._prev_arrival, self._last_arrival = self._last_arrival, time.monotonic()
             quiet_for = time.monotonic() - self._last_arrival
             # one capture on its own is analysed at once; a stream of them is a burst
@@ -169,7 +170,7 @@ class Worker:
             outcome = process(self.kit, self.registry, uid, policy)
             if outcome["outcome"] == "skipped":
                 log.info("infer job %s skipped: %s", job.id, outcome["reason"])
-                store.events.publish("inference.skipped", sop_instance_uid=uid, reason=outcome["reason"])
+                store.events.publish(INFERENCE_SKIPPED, sop_instance_uid=uid, reason=outcome["reason"])
             store.queue.ack(job.id)
             self.processed += 1
         except Exception as exc:  # a real error: retry, then quarantine with the reason

@@ -20,7 +20,7 @@ from .. import DATA_FORMAT_VERSION
 from ..config import Config
 from ..errors import StorageFull, StoreBusy, UnsupportedVersion
 from ..events import EventBus
-from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
+from ..records import T_FINDINGS, T_INSTANCES, T_META, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from ..security.files import write_atomic
 from .blobs import BlobRef, BlobStore, EncryptedSpool
@@ -92,6 +92,20 @@ def dir_is_locked(data_dir: Path) -> bool:
     return False
 
 
+# Fields the store keeps indexes on (see documents.MemoryStorage): what the kit looks rows
+# up by - patient, study, series, SOP Instance UID (QIDO's keys among them), finding ids.
+INDEXED = {
+    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+    T_PATIENTS: ("id", "tag", "merged_into"),
+    T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
+    T_META: ("name",),
+}
+# Fields whose text values repeat across rows and tables: kept once in memory (documents.py).
+SHARED = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id", "sop_class_uid",
+                    "transfer_syntax", "modality", "source", "study_date", "manufacturer",
+                    "photometric_interpretation", "kind", "state", "key", "payload", "what"})
+
+
 class Store:
     def __init__(self, data_dir: Path, data_key: bytes, config: Config, lock_fd: int):
         self.data_dir = Path(data_dir)
@@ -101,7 +115,7 @@ class Store:
         self._depth = 0
         self._pending: list[dict] = []
         self.events = EventBus()
-        self._storage = MemoryStorage(self._pending.append)
+        self._storage = MemoryStorage(self._pending.append, INDEXED, SHARED)
         self._journal = Journal(self.data_dir / "db" / "journal.fkj", Sealer(derive_subkey(data_key, "db")),
                                 reserve=int(config["store.reserve_mb"]) << 20)
         self.blobs = BlobStore(self.data_dir / "blobs", Sealer(derive_subkey(data_key, "blob")),
@@ -130,6 +144,7 @@ class Store:
 
     def _load(self) -> None:
         """Replay the journal into memory. Called once, by `open`: nothing is written here."""
+        self._storage.clear()
         for record in self._journal.open():
             self._storage.apply(record)
         self._pending.clear()

@@ -4,11 +4,18 @@ TinyDB's stock `Table._update_table` rebuilds the whole table dict on every writ
 the whole database to the storage. `JournalTable` instead lets TinyDB's own updaters run on
 a view that records which documents were set, changed or removed, and hands only those to
 the storage as one journal record. Documents are held in memory (the database is
-metadata; pixels live in blobs), so reads cost what TinyDB's reads cost.
+metadata; pixels live in blobs).
+
+Secondary indexes (`FieldIndex`, one per indexed field of a table) are kept by the storage
+itself, in `_changed`, the one place every change passes through: a live write
+(`record_change`), a journal record replayed at open (`apply`) and a whole-table
+replacement (`write`, `clear`). Reads by patient, study, series or UID then cost what
+they return, not a scan of the table.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
@@ -90,14 +97,51 @@ class JournalTable(Table):
             self.clear_cache()
 
 
-class MemoryStorage(Storage):
-    """The live state; changes reach disk through `record_change` (see Store)."""
+class FieldIndex:
+    """value -> the doc keys holding it (in the order they got it), and back."""
 
-    def __init__(self, on_change):
+    def __init__(self):
+        self.keys_of: dict[Any, dict[str, None]] = {}
+        self.value_of: dict[str, Any] = {}
+
+    def put(self, key: str, doc: dict, field: str) -> None:
+        value = doc.get(field)
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            value = None  # only scalar values are indexed
+        old = self.value_of.get(key)
+        if key in self.value_of and old == value:
+            return
+        self.drop(key)
+        if value is not None:
+            self.value_of[key] = value
+            self.keys_of.setdefault(value, {})[key] = None
+
+    def drop(self, key: str) -> None:
+        if key in self.value_of:
+            value = self.value_of.pop(key)
+            keys = self.keys_of[value]
+            keys.pop(key, None)
+            if not keys:
+                del self.keys_of[value]
+
+
+class MemoryStorage(Storage):
+    """The live state; changes reach disk through `record_change` (see Store).
+
+    `indexed` names the fields indexed per table: {"instances": ("patient_id", ...)}.
+    `shared` names fields whose text values repeat across documents (UIDs a queue row and
+    a catalogue row both hold, a modality): held once in memory, as are all field names."""
+
+    def __init__(self, on_change, indexed: dict[str, tuple[str, ...]] | None = None,
+                 shared: frozenset[str] = frozenset()):
         self.data: dict[str, dict[str, Any]] = {}
         self._on_change = on_change
         # Inverse change records of what changed since the last commit, oldest first.
         self._undo: list[dict] = []
+        self._indexed = dict(indexed or {})
+        self._shared = shared
+        self._indexes: dict[str, dict[str, FieldIndex]] = {}
+        self._reindex_all()
 
     def read(self) -> dict:
         return self.data
@@ -107,13 +151,41 @@ class MemoryStorage(Storage):
         # full replacement (rare).
         self._undo.append({"reset": self.data})
         self.data = data
+        self._reindex_all()
         self._on_change({"reset": data})
 
+    def clear(self) -> None:
+        """Forget everything held (before a replay)."""
+        self.data = {}
+        self._reindex_all()
+
     def record_change(self, table: str, puts: dict, dels: list, before: dict | None = None) -> None:
+        """A live write: the docs are already in `data` (TinyDB's updaters put them);
+        `before` holds their pre-images (None: the doc was new), for a rollback."""
         if before is not None:
             self._undo.append({"t": table, "p": {k: v for k, v in before.items() if v is not None},
                                "d": [k for k, v in before.items() if v is None]})
         self._on_change({"t": table, "p": puts, "d": dels})
+        live = self.data[table]
+        compacted = {key: self._compact(doc) for key, doc in puts.items()}
+        live.update(compacted)
+        self._changed(table, compacted, dels)
+
+    def _compact(self, doc):
+        """The same document, holding its field names and shared values once per process
+        (a journal record decodes into fresh strings; 100 000 rows repeat them)."""
+        if not isinstance(doc, dict):
+            return doc
+        shared, intern = self._shared, sys.intern
+        out = {}
+        for k, v in doc.items():
+            if k in shared:
+                if type(v) is str and len(v) <= 128:
+                    v = intern(v)
+                elif type(v) is dict:
+                    v = self._compact(v)
+            out[intern(k)] = v
+        return out
 
     def committed(self) -> None:
         """The changes so far are in the journal: nothing to roll back any more."""
@@ -126,18 +198,58 @@ class MemoryStorage(Storage):
             self.apply(self._undo.pop())
 
     def apply(self, record: dict) -> None:
-        """Replay one journal record into memory."""
-        if "reset" in record:
-            self.data = record["reset"]
-            return
+        """Replay one journal record into memory (also how a change is undone: replaying
+        the inverse record keeps the indexes right)."""
         for rec in record.get("batch", [record]):
             if "reset" in rec:
-                self.data = rec["reset"]
+                self.data = {name: {key: self._compact(doc) for key, doc in docs.items()}
+                             for name, docs in rec["reset"].items()}
+                self._reindex_all()
                 continue
             table = self.data.setdefault(rec["t"], {})
-            table.update(rec.get("p", {}))
+            puts = {key: self._compact(doc) for key, doc in rec.get("p", {}).items()}
+            table.update(puts)
             for key in rec.get("d", ()):
                 table.pop(key, None)
+            self._changed(rec["t"], puts, rec.get("d", ()))
+
+    # indexes -----------------------------------------------------------------------------
+    def _changed(self, table: str, puts: dict, dels) -> None:
+        """Every change of every table passes here: keep the indexes in step."""
+        indexes = self._indexes.get(table)
+        if not indexes:
+            return
+        for field, index in indexes.items():
+            for key, doc in puts.items():
+                index.put(key, doc, field)
+            for key in dels:
+                index.drop(key)
+
+    def _reindex_all(self) -> None:
+        self._indexes = {t: {f: FieldIndex() for f in fields} for t, fields in self._indexed.items()}
+        for table in self._indexed:
+            self._changed(table, self.data.get(table, {}), ())
+
+    def keys(self, table: str, field: str, value) -> list[str]:
+        """Keys of the docs of `table` whose `field` is `value`, in table order."""
+        keys = self._indexes[table][field].keys_of.get(value)
+        return sorted(keys, key=int) if keys else []
+
+    def values(self, table: str, field: str) -> list:
+        """The distinct values of an indexed field."""
+        return list(self._indexes[table][field].keys_of)
+
+    def last_key(self, table: str, field: str, value) -> str | None:
+        """The key that took `value` last (the newest row of a study, say)."""
+        keys = self._indexes[table][field].keys_of.get(value)
+        return next(reversed(keys)) if keys else None
+
+    def count(self, table: str, field: str, value) -> int:
+        return len(self._indexes[table][field].keys_of.get(value, ()))
+
+    def doc(self, table: str, key: str) -> dict | None:
+        """The live doc (not a copy: callers copy what they hand out)."""
+        return self.data.get(table, {}).get(key)
 
     def snapshot_records(self, per_record: int = 2000):
         """The live state as journal records, for compaction."""

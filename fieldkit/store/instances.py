@@ -23,14 +23,13 @@ is acknowledged before the store.write returned, which is when it is durable.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
 import time
-import weakref
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 from pydicom.dataset import Dataset
-from tinydb import Query
+from tinydb.table import Document
 
 from ..dicom import parse
 from ..dicom.identity import stamp
@@ -38,12 +37,12 @@ from ..dicom.prepare import Prepared, guarded, prepare
 from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
+from ..events import INSTANCE_CONFLICT, INSTANCE_STORED
 from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
-from . import patients, probes
+from . import findings, patients, probes
 from .scrub import clear_damage, verify_blob
 
 log = logging.getLogger(__name__)
-_I = Query()
 SOURCES = ("dimse", "stow", "upload", "import", "kit")
 STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
 REPAIRED = "repaired"  # answered as "stored"
@@ -53,59 +52,50 @@ class _Raced(Exception):
     """Another writer linked the same study/patient first: decide again."""
 
 
-# Per store: sop uid -> TinyDB doc id, and study uid -> doc id of one of its instances, so
-# that linking and de-duplication cost the same with 10 or 100 000 instances. Every use is
-# checked against the row it points to; a stale index is rebuilt.
-_index_lock = threading.Lock()
-_indexes: "weakref.WeakKeyDictionary[Any, tuple[dict[str, int], dict[str, int]]]" = weakref.WeakKeyDictionary()
+def _doc_for(db, sop_uid: str) -> Document | None:
+    """The live row of `sop_uid` (through the store's SOP Instance UID index)."""
+    keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", sop_uid)
+    return Document(db.storage.doc(T_INSTANCES, keys[0]), int(keys[0])) if keys else None
 
 
-def _index(db, store) -> tuple[dict[str, int], dict[str, int]]:
-    table = db.table(T_INSTANCES)
-    index = _indexes.get(store)
-    if index is None or len(index[0]) != len(table):
-        by_sop, by_study = {}, {}
-        for doc in table.all():
-            by_sop[doc["sop_instance_uid"]] = doc.doc_id
-            by_study.setdefault(doc["study_instance_uid"], doc.doc_id)
-        index = _indexes[store] = (by_sop, by_study)
-    return index
+def _study_patient(db, study_uid: str) -> str:
+    key = db.storage.last_key(T_INSTANCES, "study_instance_uid", study_uid)
+    return db.storage.doc(T_INSTANCES, key)["patient_id"] if key else ""
 
 
-def _lookup(db, store, which: int, key: str, field: str) -> dict | None:
-    table = db.table(T_INSTANCES)
-    with _index_lock:
-        doc_id = _index(db, store)[which].get(key)
-    if doc_id is None:
-        return None
-    doc = table.get(doc_id=doc_id)
-    if doc is not None and doc.get(field) == key:
-        return doc
-    with _index_lock:
-        _indexes.pop(store, None)
-    rows = table.search(Query()[field] == key)
-    return rows[0] if rows else None
+def _update(db, sop_uid: str, fields: dict) -> None:
+    keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", sop_uid)
+    if keys:
+        db.table(T_INSTANCES).update(fields, doc_ids=[int(k) for k in keys])
 
 
-def _doc_for(db, store, sop_uid: str) -> dict | None:
-    return _lookup(db, store, 0, sop_uid, "sop_instance_uid")
+SYNC_FIELDS = {"sync_state", "sync_reason", "sync_wire", "sync_wire_syntax", "sync_alone", "confirmed_at",
+               "retrieve_url"}
 
 
-def _study_patient(db, store, study_uid: str) -> str:
-    doc = _lookup(db, store, 1, study_uid, "study_instance_uid")
-    return doc["patient_id"] if doc else ""
+def set_sync_state(store, sop_uid: str, **fields) -> None:
+    """Record how sending `sop_uid` to the hospital went (sync_state, sync_reason,
+    confirmed_at, retrieve_url, ...). Joins the caller's store.write when inside one."""
+    unknown = set(fields) - SYNC_FIELDS
+    if unknown:
+        raise ValueError(f"not a sync field: {', '.join(sorted(unknown))}")
+    store.write(lambda db: _update(db, sop_uid, fields))
 
 
-def _remember(store, row: dict, doc_id: int) -> None:
-    with _index_lock:
-        index = _indexes.get(store)
-        if index is not None:
-            index[0][row["sop_instance_uid"]] = doc_id
-            index[1].setdefault(row["study_instance_uid"], doc_id)
+def set_lung_zone(store, sop_uid: str, zone: str) -> str:
+    """Record which lung zone a capture was taken in ("" clears it); returns its patient.
+    The caller checks `zone` against the zones it offers."""
+    def fn(db):
+        doc = _doc_for(db, sop_uid)
+        if doc is None:
+            raise NotFound("no such capture on this kit")
+        _update(db, sop_uid, {"lung_zone": zone})
+        return doc.get("patient_id", "")
+    return store.write(fn)
 
 
 def get_instance(store, sop_uid: str) -> dict | None:
-    return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, store, sop_uid)))
+    return store.read(lambda db: (lambda d: dict(d) if d else None)(_doc_for(db, sop_uid)))
 
 
 def put_instance(store, data: bytes | Dataset | Prepared, source: str, *, transfer_syntax: str | None = None,
@@ -279,7 +269,7 @@ class Batch:
     def _announce(self, status: str, stored: dict) -> dict:
         store, sop_uid = self.store, stored["sop_instance_uid"]
         if status == STORED:
-            store.events.publish("instance.stored", sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
+            store.events.publish(INSTANCE_STORED, sop_instance_uid=sop_uid, patient_id=stored["patient_id"],
                                  source=self.source)
             return _result(STORED, stored, "stored")
         if status == REPAIRED:
@@ -288,7 +278,7 @@ class Batch:
             return _result(STORED, stored, "the stored copy was damaged: replaced by this identical one")
         if status == CONFLICT:
             log.warning("instance stored as a conflict: same SOP Instance UID, different content")
-            store.events.publish("instance.conflict", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+            store.events.publish(INSTANCE_CONFLICT, sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
             return _result(CONFLICT, stored, "SOP Instance UID already held with different content: "
                                              "kept as a conflict for review, the first copy is unchanged")
         return _result(DUPLICATE, stored, "already stored with identical content")
@@ -308,7 +298,7 @@ def _link(db, store, item: _Item, issuer: str) -> tuple[dict | None, str]:
     src, study = item.src, item.facts["study_instance_uid"]
     return patients.link_with_reason(
         db, patient_id=src.patient_id, issuer=src.issuer, kit_issuer=issuer, is_generic=src.is_generic,
-        study_instance_uid=study, study_patient_id=_study_patient(db, store, study),
+        study_instance_uid=study, study_patient_id=_study_patient(db, study),
         accession=(item.meta or {}).get("accession_number", ""), uid_root=store.config["kit.uid_root"],
         session_patient_id=probes.session_patient(db, item.calling_ae))
 
@@ -317,7 +307,7 @@ def _commit(store, db, item: _Item):
     """Inside store.write: validation first (may raise _Raced), then every change."""
     row, linked, new_patient, facts = item.row, item.linked, item.new_patient, item.facts
     sop_uid = row["sop_instance_uid"]
-    existing = _doc_for(db, store, sop_uid)
+    existing = _doc_for(db, sop_uid)
     if existing is not None:
         if item.repairs is not None and row["digest"] == existing.get("digest"):
             fix = {"blob": row["blob"], "size": row["size"], "thumbnail": row["thumbnail"] or existing.get("thumbnail")}
@@ -341,8 +331,7 @@ def _commit(store, db, item: _Item):
         triage = new_patient["triage"]
     else:
         triage = linked.get("triage", "none")
-    doc_id = db.table(T_INSTANCES).insert(row)
-    _remember(store, row, doc_id)
+    db.table(T_INSTANCES).insert(row)
     if facts["is_image"]:
         store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=PRIORITY_NORMAL, key=sop_uid)
     what = "image" if facts["is_image"] else "finding"
@@ -360,56 +349,172 @@ def _result(status: str, row: dict, message: str) -> dict:
 
 
 # -- queries (QIDO-RS and the UI) --------------------------------------------------------
+#
+# Every query starts from the store's indexes (patient, study, series, SOP Instance UID),
+# checks the live rows in place, applies offset/limit, and copies only what it returns.
+# `match(row, patient)` is an extra test on the live row and its patient (read-only).
+
+Match = Callable[[dict, dict], bool]
+
+
+def _table(db) -> dict[str, dict]:
+    return db.storage.read().get(T_INSTANCES, {})
+
+
+def _candidates(db, patient_id, study_uids, series_uids, sop_uids) -> list[str] | None:
+    """Keys of the rows that may match, from the most selective index asked; None: all."""
+    storage = db.storage
+    for field, values in (("sop_instance_uid", sop_uids), ("series_instance_uid", series_uids),
+                          ("study_instance_uid", study_uids),
+                          ("patient_id", None if patient_id is None else [patient_id])):
+        if values is not None:
+            keys = {k for v in values for k in storage.keys(T_INSTANCES, field, v)}
+            return sorted(keys, key=int)
+    return None
+
+
+def _patient_of(db) -> Callable[[str], dict]:
+    storage, cache = db.storage, {}
+
+    def get(pid: str) -> dict:
+        if pid not in cache:
+            keys = storage.keys(T_PATIENTS, "id", pid)
+            cache[pid] = storage.doc(T_PATIENTS, keys[0]) if keys else {}
+        return cache[pid]
+    return get
+
+
+def _matching(db, patient_id=None, study_uids=None, series_uids=None, sop_uids=None,
+              match: Match | None = None, keys: list[str] | None = None) -> Iterator[dict]:
+    """The live rows meeting every condition given (not copies: never change them)."""
+    table = _table(db)
+    if keys is None:
+        keys = _candidates(db, patient_id, study_uids, series_uids, sop_uids)
+    docs = table.values() if keys is None else (table[k] for k in keys if k in table)
+    patient = _patient_of(db) if match is not None else None
+    for d in docs:
+        if patient_id is not None and d["patient_id"] != patient_id:
+            continue
+        if study_uids is not None and d["study_instance_uid"] not in study_uids:
+            continue
+        if series_uids is not None and d["series_instance_uid"] not in series_uids:
+            continue
+        if sop_uids is not None and d["sop_instance_uid"] not in sop_uids:
+            continue
+        if match is not None and not match(d, patient(d["patient_id"])):
+            continue
+        yield d
+
+
+def _window(items, offset: int, limit: int | None) -> list:
+    items = list(items) if not isinstance(items, list) else items
+    return items[offset:offset + limit] if limit else items[offset:]
+
 
 def instance_rows(store, *, patient_id: str | None = None, study_uid: str | None = None,
-                  series_uid: str | None = None) -> list[dict]:
+                  series_uid: str | None = None, match: Match | None = None, offset: int = 0,
+                  limit: int | None = None, sort: Callable[[dict], Any] | None = None) -> list[dict]:
+    """Catalogue rows (copies), filtered through the indexes; `sort` orders them before
+    offset/limit are applied. Without `sort`, in the order they were stored."""
     def fn(db):
-        rows = db.table(T_INSTANCES).all()
-        out = []
-        for r in rows:
-            if patient_id is not None and r["patient_id"] != patient_id:
+        rows = _matching(db, patient_id, None if study_uid is None else (study_uid,),
+                         None if series_uid is None else (series_uid,), match=match)
+        if sort is not None:
+            rows = sorted(rows, key=sort)
+        elif limit:
+            rows = itertools.islice(rows, offset, offset + limit)
+            return [dict(r) for r in rows]
+        return [dict(r) for r in _window(rows, offset, limit)]
+    return store.read(fn)
+
+
+def search_instances(store, *, patient_id=None, study_uids=None, series_uids=None, sop_uids=None,
+                     match: Match | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+    """QIDO-RS instance search: study, series, instance number, time of receipt order."""
+    def fn(db):
+        rows = sorted(_matching(db, patient_id, study_uids, series_uids, sop_uids, match),
+                      key=lambda r: (r["study_instance_uid"], r["series_instance_uid"],
+                                     str(r.get("instance_number") or "").zfill(8), r["received_at"]))
+        return [dict(r) for r in _window(rows, offset, limit)]
+    return store.read(fn)
+
+
+def patient_map(store, ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """Patients by id (copies): those named in `ids`, or every one."""
+    if ids is None:
+        return store.read(lambda db: {p["id"]: dict(p) for p in db.table(T_PATIENTS).all()})
+
+    def fn(db):
+        patient = _patient_of(db)
+        return {pid: dict(patient(pid)) for pid in set(ids) if patient(pid)}
+    return store.read(fn)
+
+
+def _study_summary(rows: list[dict]) -> dict:
+    first = rows[0]
+    return {"study_instance_uid": first["study_instance_uid"], "patient_id": first["patient_id"],
+            "study_date": first.get("study_date", ""), "study_time": first.get("study_time", ""),
+            "accession_number": first.get("accession_number", ""),
+            "study_description": first.get("study_description", ""), "study_id": first.get("study_id", ""),
+            "referring_physician": first.get("referring_physician", ""),
+            "modalities": sorted({r.get("modality") or "" for r in rows} - {""}),
+            "series": len({r["series_instance_uid"] for r in rows}), "instances": len(rows),
+            "received_at": max(r["received_at"] for r in rows)}
+
+
+def _newest_studies(table: dict) -> Iterator[str]:
+    """Every study, the one with the newest row first: rows sit in the table in the order
+    they were stored, so walking it backwards finds them without sorting every study."""
+    seen: set[str] = set()
+    for row in reversed(table.values()):
+        uid = row["study_instance_uid"]
+        if uid not in seen:
+            seen.add(uid)
+            yield uid
+
+
+def search_studies(store, *, patient_id: str | None = None, study_uids=None, match: Match | None = None,
+                   modalities: set[str] | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+    """QIDO-RS study search, newest first. Studies are taken in the order of their latest
+    row and tested one by one until the page is full: only the studies returned are summed
+    up. A study matches when one of its rows matches `match`
+    (and, with `modalities`, holds one of them); its figures count the matching rows."""
+    def fn(db):
+        storage, table = db.storage, _table(db)
+        if study_uids is not None or patient_id is not None:
+            if study_uids is not None:
+                uids = [u for u in dict.fromkeys(study_uids) if storage.count(T_INSTANCES, "study_instance_uid", u)]
+            else:
+                uids = list(dict.fromkeys(table[k]["study_instance_uid"]
+                                          for k in storage.keys(T_INSTANCES, "patient_id", patient_id)))
+            latest = {u: table[storage.last_key(T_INSTANCES, "study_instance_uid", u)]["received_at"]
+                      for u in uids}
+            uids.sort(key=latest.__getitem__, reverse=True)
+        else:
+            uids = _newest_studies(table)
+        out, skip = [], offset
+        for uid in uids:
+            keys = storage.keys(T_INSTANCES, "study_instance_uid", uid)
+            rows = list(_matching(db, patient_id, (uid,), match=match, keys=keys))
+            if not rows:
                 continue
-            if study_uid is not None and r["study_instance_uid"] != study_uid:
+            if modalities and not modalities & {table[k].get("modality") or "" for k in keys}:
                 continue
-            if series_uid is not None and r["series_instance_uid"] != series_uid:
+            if skip:
+                skip -= 1
                 continue
-            out.append(dict(r))
+            out.append(_study_summary(rows))
+            if limit and len(out) >= limit:
+                break
+        patient = _patient_of(db)
+        for s in out:
+            s["patient"] = dict(patient(s["patient_id"]))
         return out
     return store.read(fn)
 
 
-def patient_map(store) -> dict[str, dict]:
-    return store.read(lambda db: {p["id"]: dict(p) for p in db.table(T_PATIENTS).all()})
-
-
-def studies(store, rows: list[dict] | None = None) -> list[dict]:
-    """Group instance rows into studies: one dict per study, newest first."""
-    rows = instance_rows(store) if rows is None else rows
-    pats = patient_map(store)
-    by_study: dict[str, dict] = {}
-    for r in rows:
-        s = by_study.setdefault(r["study_instance_uid"], {
-            "study_instance_uid": r["study_instance_uid"], "patient_id": r["patient_id"],
-            "study_date": r.get("study_date", ""), "study_time": r.get("study_time", ""),
-            "accession_number": r.get("accession_number", ""), "study_description": r.get("study_description", ""),
-            "study_id": r.get("study_id", ""), "referring_physician": r.get("referring_physician", ""),
-            "modalities": set(), "series": set(), "instances": 0, "received_at": r["received_at"]})
-        s["modalities"].add(r.get("modality") or "")
-        s["series"].add(r["series_instance_uid"])
-        s["instances"] += 1
-        s["received_at"] = max(s["received_at"], r["received_at"])
-    out = []
-    for s in by_study.values():
-        p = pats.get(s["patient_id"], {})
-        s["patient"] = p
-        s["modalities"] = sorted(m for m in s["modalities"] if m)
-        s["series"] = len(s["series"])
-        out.append(s)
-    out.sort(key=lambda s: s["received_at"], reverse=True)
-    return out
-
-
-def series(store, rows: list[dict]) -> list[dict]:
+def _series_of(rows) -> list[dict]:
+    """Group instance rows into series, in series number order."""
     by_series: dict[str, dict] = {}
     for r in rows:
         s = by_series.setdefault(r["series_instance_uid"], {
@@ -419,6 +524,67 @@ def series(store, rows: list[dict]) -> list[dict]:
             "instances": 0, "received_at": r["received_at"]})
         s["instances"] += 1
     return sorted(by_series.values(), key=lambda s: (str(s["series_number"]).zfill(8), s["received_at"]))
+
+
+def search_series(store, *, study_uids=None, series_uids=None, match: Match | None = None,
+                  modalities: set[str] | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+    """QIDO-RS series search: summaries built from the live rows, then the page."""
+    def fn(db):
+        rows = _matching(db, None, study_uids, series_uids, None, match)
+        if modalities:
+            storage, table = db.storage, _table(db)
+            held: dict[str, bool] = {}
+
+            def in_study(r):
+                uid = r["study_instance_uid"]
+                if uid not in held:
+                    held[uid] = bool(modalities & {table[k].get("modality") or ""
+                                                   for k in storage.keys(T_INSTANCES, "study_instance_uid", uid)})
+                return held[uid]
+            rows = filter(in_study, rows)
+        return _window(_series_of(rows), offset, limit)
+    return store.read(fn)
+
+
+# -- retention (fieldkit.sync.retention decides which, this keeps the books) ------------------
+
+def _pixel_refs(row: dict) -> set[str]:
+    """Blobs an instance row holds: the object, its preview, conflicting copies."""
+    refs = {row.get("blob"), row.get("thumbnail")} | {c.get("blob") for c in row.get("conflicts") or []}
+    return refs - {None, ""}
+
+
+def purge_plan(store, expired: Callable[[dict], bool]) -> tuple[list[dict], list[str], set[str]]:
+    """Rows still holding pixels for which `expired(row)` is true -> (those rows, ids of
+    their findings with an overlay, blob addresses nothing that stays points at). Blobs are
+    content-addressed: one is doomed only when no live instance, conflicting copy or
+    finding of a live instance still uses it."""
+    def pick(db):
+        rows = _table(db).values()
+        victims = [dict(r) for r in rows if not r.get("purged_at") and r.get("blob") and expired(r)]
+        going = {v["sop_instance_uid"] for v in victims}
+        keep: set[str] = set()
+        doomed: set[str] = set()
+        for r in rows:
+            if not r.get("purged_at"):
+                (doomed if r["sop_instance_uid"] in going else keep).update(_pixel_refs(r))
+        overlays = findings.with_overlays(db)
+        for f in overlays:
+            (doomed if f["sop_instance_uid"] in going else keep).add(f["overlay"])
+        return victims, [f["id"] for f in overlays if f["sop_instance_uid"] in going], doomed - keep
+    return store.read(pick)
+
+
+def mark_purged(store, victims: list[dict], finding_ids: list[str], now: float) -> None:
+    """Leave a tombstone for each purged instance (UIDs, patient, confirmation, retrieve
+    URL stay; `blob` and `thumbnail` become ""), and drop its findings' overlays."""
+    def mark(db):
+        for v in victims:
+            conflicts = [{**c, "blob": ""} for c in v.get("conflicts") or []]
+            _update(db, v["sop_instance_uid"], {"purged_at": now, "blob": "", "thumbnail": "",
+                                                "purged_blob_size": v.get("size", 0), "conflicts": conflicts})
+        findings.clear_overlays(db, finding_ids)
+    store.write(mark)
 
 
 def thumbnail_bytes(store, row: dict) -> bytes:
@@ -435,8 +601,7 @@ def thumbnail_bytes(store, row: dict) -> bytes:
     ref = store.blobs.put_cache(data)
     if ref.addr != row["thumbnail"]:  # made by another version of the encoder
         sop_uid = row["sop_instance_uid"]
-        store.write(lambda db: db.table(T_INSTANCES).update({"thumbnail": ref.addr},
-                                                            Query().sop_instance_uid == sop_uid))
+        store.write(lambda db: _update(db, sop_uid, {"thumbnail": ref.addr}))
     log.warning("a capture's preview was missing or damaged; it was made again")
     return data
 

@@ -18,6 +18,7 @@ from tinydb import Query
 
 from ..dicom import worklist
 from ..errors import BadInput, NotFound
+from ..events import PATIENT_MERGED, PATIENT_UPDATED
 from ..records import KIND_SYNC, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
 
 _P = Query()
@@ -44,9 +45,20 @@ def make_row(pid: str, *, tag: str | None = None, name: str = "", birth_date: st
             "created": now, "updated": now, "aliases": [list(a) for a in (aliases or [])], "origin": origin}
 
 
+def _keys(db, field: str, value) -> list[str]:
+    return db.storage.keys(T_PATIENTS, field, value)
+
+
 def _get(db, pid: str) -> dict | None:
-    rows = db.table(T_PATIENTS).search(_P.id == pid)
-    return dict(rows[0]) if rows else None
+    keys = _keys(db, "id", pid)
+    return dict(db.storage.doc(T_PATIENTS, keys[0])) if keys else None
+
+
+def update_fields(db, pid: str, fields: dict) -> None:
+    """Inside store.write: set `fields` on the row of `pid` (no merge followed)."""
+    keys = _keys(db, "id", pid)
+    if keys:
+        db.table(T_PATIENTS).update(fields, doc_ids=[int(k) for k in keys])
 
 
 def resolve_row(db, pid: str) -> dict | None:
@@ -57,6 +69,18 @@ def resolve_row(db, pid: str) -> dict | None:
         row = _get(db, row["merged_into"]) or row
         hops += 1
     return row
+
+
+def merged_ids(db, pid: str) -> list[str]:
+    """Kit IDs that were merged (directly or through others) into patient `pid`."""
+    found, todo = set(), [pid]
+    while todo and len(found) < 10_000:
+        for key in _keys(db, "merged_into", todo.pop()):
+            other = db.storage.doc(T_PATIENTS, key)["id"]
+            if other not in found and other != pid:
+                found.add(other)
+                todo.append(other)
+    return sorted(found)
 
 
 def get_patient(store, pid: str, follow_merges: bool = True) -> dict | None:
@@ -87,7 +111,7 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
         raise BadInput(f"triage tag {tag[:70]!r} is not a usable patient ID (printable, at most 64 characters)")
 
     def fn(db):
-        if tag is not None and (_get(db, tag) or db.table(T_PATIENTS).search(_P.tag == tag)):
+        if tag is not None and (_get(db, tag) or _keys(db, "tag", tag)):
             raise BadInput(f"a patient with tag {tag} already exists")
         pid = tag or _fresh_id(db)
         row = make_row(pid, tag=tag, name=name, birth_date=birth_date, sex=sex, triage=triage)
@@ -95,7 +119,7 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
         return row
 
     row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
 
 
@@ -107,40 +131,57 @@ def _fresh_id(db) -> str:
     raise RuntimeError("could not find a free patient id")
 
 
-class _Encounters:
-    """Worklist AccessionNumber / StudyInstanceUID -> patient id, grown as patients are
-    added (an encounter's values never change, so entries are never stale)."""
+class _Lookup:
+    """What names a patient without being an indexed field: the worklist AccessionNumber and
+    StudyInstanceUID (derived from the kit's issuer and the patient id) and the (issuer,
+    PatientID) aliases probes used. Neither changes on a row once it exists (a merge gives
+    the survivor the merged row's aliases, and the merged row keeps them: resolve_row
+    follows it), so each new row is read once: rows come in doc-id order and ids only grow."""
 
-    def __init__(self):
-        self.by_value: dict[str, str] = {}
-        self.seen: set[str] = set()
+    def __init__(self, kit_issuer: str, uid_root: str):
+        self.kit_issuer, self.uid_root = kit_issuer, uid_root
+        self.by_value: dict = {}
+        self.last_key = 0
 
-    def find(self, db, values: tuple[str, ...], kit_issuer: str, uid_root: str) -> str | None:
-        rows = db.table(T_PATIENTS)
-        if len(self.seen) != len(rows):
-            for row in rows:
-                if row["id"] not in self.seen:
-                    self.seen.add(row["id"])
-                    for value in worklist.encounter(kit_issuer, row["id"], uid_root):
-                        self.by_value[value] = row["id"]
-        return next((self.by_value[v] for v in values if v in self.by_value), None)
+    def catch_up(self, db) -> None:
+        raw = db.storage.read().get(T_PATIENTS, {})
+        new = []
+        for key in reversed(raw):
+            if int(key) <= self.last_key:
+                break
+            new.append(key)
+        for key in reversed(new):
+            row = raw[key]
+            for value in worklist.encounter(self.kit_issuer, row["id"], self.uid_root):
+                self.by_value.setdefault(value, row["id"])
+            for alias in row.get("aliases") or []:
+                self.by_value.setdefault(("alias", *alias), row["id"])
+        if new:
+            self.last_key = int(new[0])
+
+    def find(self, db, values) -> dict | None:
+        self.catch_up(db)
+        pid = next((self.by_value[v] for v in values if v in self.by_value), None)
+        return resolve_row(db, pid) if pid else None
 
 
-_encounters: "weakref.WeakKeyDictionary[object, dict[tuple[str, str], _Encounters]]" = weakref.WeakKeyDictionary()
-_encounters_lock = threading.Lock()
+_lookups: "weakref.WeakKeyDictionary[object, dict[tuple[str, str], _Lookup]]" = weakref.WeakKeyDictionary()
+_lookups_lock = threading.Lock()
+
+
+def _lookup(db, values, kit_issuer: str, uid_root: str) -> dict | None:
+    with _lookups_lock:
+        per_db = _lookups.setdefault(db, {})
+        lookup = per_db.get((kit_issuer, uid_root)) or per_db.setdefault((kit_issuer, uid_root),
+                                                                          _Lookup(kit_issuer, uid_root))
+        return lookup.find(db, values)
 
 
 def worklist_patient(db, *, accession: str, study_instance_uid: str, kit_issuer: str,
                      uid_root: str) -> dict | None:
     """The patient whose worklist item carried this AccessionNumber or StudyInstanceUID."""
     values = tuple(v for v in (accession, study_instance_uid) if v)
-    if not values:
-        return None
-    with _encounters_lock:
-        per_db = _encounters.setdefault(db, {})
-        table = per_db.setdefault((kit_issuer, uid_root), _Encounters())
-        pid = table.find(db, values, kit_issuer, uid_root)
-    return resolve_row(db, pid) if pid else None
+    return _lookup(db, values, kit_issuer, uid_root) if values else None
 
 
 # Why a capture went to the patient it went to (kept on the catalogue row as `linked_by`).
@@ -166,7 +207,6 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
     5. the study already has captures: their patient;
     6. the probe's own ID was seen before: that patient.
     """
-    pats = db.table(T_PATIENTS)
     if patient_id and issuer in ("", kit_issuer):
         row = resolve_row(db, patient_id)
         if row:
@@ -176,25 +216,24 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
     if row:
         return row, BY_WORKLIST
     if patient_id:
-        rows = pats.search(_P.tag == patient_id)
-        if rows:
-            return resolve_row(db, rows[0]["id"]), BY_TAG
+        keys = _keys(db, "tag", patient_id)
+        if keys:
+            return resolve_row(db, db.storage.doc(T_PATIENTS, keys[0])["id"]), BY_TAG
     if session_patient_id:
         row = resolve_row(db, session_patient_id)
         if row:
             return row, BY_PROBE_SESSION
-    if study_patient_id is None and study_instance_uid:  # callers with an index pass it in
-        rows = db.table(T_INSTANCES).search(Query().study_instance_uid == study_instance_uid)
-        study_patient_id = rows[0]["patient_id"] if rows else ""
+    if study_patient_id is None and study_instance_uid:
+        key = db.storage.last_key(T_INSTANCES, "study_instance_uid", study_instance_uid)
+        study_patient_id = db.storage.doc(T_INSTANCES, key)["patient_id"] if key else ""
     if study_patient_id:
         row = resolve_row(db, study_patient_id)
         if row:
             return row, BY_STUDY
     if patient_id and not is_generic:
-        alias = [issuer, patient_id]
-        rows = pats.search(_P.aliases.test(lambda a: alias in a))
-        if rows:
-            return resolve_row(db, rows[0]["id"]), BY_PROBE_ID
+        row = _lookup(db, [("alias", issuer, patient_id)], kit_issuer, uid_root)
+        if row:
+            return row, BY_PROBE_ID
     return None, ""
 
 
@@ -209,30 +248,16 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
             raise NotFound(f"no patient {pid}")
         now = time.time()
         history = list(row.get("triage_history") or []) + [{"triage": category, "at": now, "by": by}]
-        db.table(T_PATIENTS).update({"triage": category, "triage_history": history, "updated": now},
-                                    _P.id == row["id"])
+        update_fields(db, row["id"], {"triage": category, "triage_history": history, "updated": now})
         row.update(triage=category, triage_history=history, updated=now)
         return row
 
     row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
 
 
-def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
-    """Keep what the START assistant proposed next to the triage the clinician chose last."""
-    def fn(db):
-        row = resolve_row(db, pid)
-        if not row:
-            raise NotFound(f"no patient {pid}")
-        hist = list(row.get("triage_history") or [])
-        if hist:
-            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
-            db.table(T_PATIENTS).update({"triage_history": hist}, _P.id == row["id"])
-    store.write(fn)
-
-
-def update_details(store, pid: str, *, name: str | None = None, age: int | None = None, sex: str | None = None,
+def update_details(store, pid: str, *, name: str | None = None, age: str | None = None, sex: str | None = None,
                    note: str = "", actor: str = "") -> dict:
     """Change what people know of a patient (name, age, sex) and/or add a note; returns
     the row. Who follows up (e.g. sending the new identity to the hospital) is the caller's."""
@@ -247,13 +272,26 @@ def update_details(store, pid: str, *, name: str | None = None, age: int | None 
                 changes[key] = value
         if note:
             changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": now}]
-        db.table(T_PATIENTS).update(changes, _P.id == row["id"])
+        update_fields(db, row["id"], changes)
         row.update(changes)
         return row
 
     row = store.write(fn)
-    store.events.publish("patient.updated", patient_id=row["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
+
+
+def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
+    """Keep what the START assistant proposed next to the triage the clinician chose last."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid}")
+        hist = list(row.get("triage_history") or [])
+        if hist:
+            hist[-1] = dict(hist[-1], proposed=proposed, answers=answers)
+            update_fields(db, row["id"], {"triage_history": hist})
+    store.write(fn)
 
 
 # Which category a merged patient keeps: the most urgent one; "none" (not triaged) says
@@ -280,7 +318,6 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
         if src["id"] == dst["id"]:
             raise BadInput(f"{from_id} and {into_id} are already the same patient")
         now = time.time()
-        pats, insts = db.table(T_PATIENTS), db.table(T_INSTANCES)
         before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags")}
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
@@ -291,10 +328,12 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
         history.append({"triage": triage, "at": now, "by": by, "merged": src["id"]})
         changes = {"aliases": aliases, "updated": now, "triage": triage, "tags": tags,
                    "triage_history": history, **fill}
-        pats.update(changes, _P.id == dst["id"])
-        src_rows = insts.search(Query().patient_id == src["id"])
+        update_fields(db, dst["id"], changes)
+        keys = db.storage.keys(T_INSTANCES, "patient_id", src["id"])
+        src_rows = [dict(db.storage.doc(T_INSTANCES, k)) for k in keys]
         moved = [r["sop_instance_uid"] for r in src_rows]
-        insts.update({"patient_id": dst["id"]}, Query().patient_id == src["id"])
+        if keys:
+            db.table(T_INSTANCES).update({"patient_id": dst["id"]}, doc_ids=[int(k) for k in keys])
         delay = max(0.0, float(undo_seconds))
         queued = []
         # identity first: the hospital learns of the merge before any re-stamped image
@@ -313,13 +352,13 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
                                               key=r["sop_instance_uid"], delay=delay))
         undo = {"until": now + delay, "into": dst["id"], "moved": moved, "survivor_before": before,
                 "queued": queued, "by": by}
-        pats.update({"merged_into": dst["id"], "updated": now, "merge_undo": undo}, _P.id == src["id"])
+        update_fields(db, src["id"], {"merged_into": dst["id"], "updated": now, "merge_undo": undo})
         dst.update(changes)
         return dst, moved
 
     dst, moved = store.write(fn)
-    store.events.publish("patient.merged", patient_id=dst["id"], merged=from_id, instances=len(moved))
-    store.events.publish("patient.updated", patient_id=dst["id"])
+    store.events.publish(PATIENT_MERGED, patient_id=dst["id"], merged=from_id, instances=len(moved))
+    store.events.publish(PATIENT_UPDATED, patient_id=dst["id"])
     return dst
 
 
@@ -340,22 +379,21 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
             raise BadInput(f"{undo['into']} was merged again since; undo that merge first")
         for row_id in undo["queued"]:
             store.queue.cancel(row_id, f"merge of {merged_id} undone")
-        pats, insts = db.table(T_PATIENTS), db.table(T_INSTANCES)
         restored = {k: v for k, v in undo["survivor_before"].items() if v is not None or k == "tags"}
-        history = list(restored.get("triage_history") or [])
-        restored["triage_history"] = history
-        pats.update({**restored, "updated": now}, _P.id == dst["id"])
-        moved = set(undo["moved"])
-        insts.update({"patient_id": src["id"]}, Query().sop_instance_uid.one_of(sorted(moved)))
+        restored["triage_history"] = list(restored.get("triage_history") or [])
+        update_fields(db, dst["id"], {**restored, "updated": now})
+        keys = [k for uid in undo["moved"] for k in db.storage.keys(T_INSTANCES, "sop_instance_uid", uid)]
+        if keys:
+            db.table(T_INSTANCES).update({"patient_id": src["id"]}, doc_ids=[int(k) for k in keys])
         src_history = list(src.get("triage_history") or []) + [{"triage": src.get("triage", "none"), "at": now,
                                                                 "by": by, "unmerged_from": dst["id"]}]
-        pats.update({"merged_into": None, "merge_undo": None, "updated": now, "triage_history": src_history},
-                    _P.id == src["id"])
+        update_fields(db, src["id"], {"merged_into": None, "merge_undo": None, "updated": now,
+                                      "triage_history": src_history})
         return dict(_get(db, src["id"])), dst["id"]
 
     src, dst_id = store.write(fn)
-    store.events.publish("patient.updated", patient_id=src["id"])
-    store.events.publish("patient.updated", patient_id=dst_id)
+    store.events.publish(PATIENT_UPDATED, patient_id=src["id"])
+    store.events.publish(PATIENT_UPDATED, patient_id=dst_id)
     return src
 
 
@@ -377,11 +415,10 @@ def assign_capture(store, sop_uid: str, to_pid: str, *, expected_from: str | Non
     The capture's pending sync row takes the new patient's priority; the move is kept on the
     capture and in the target's triage history. Returns {"capture", "from", "to"}."""
     def fn(db):
-        insts = db.table(T_INSTANCES)
-        rows = insts.search(Query().sop_instance_uid == sop_uid)
-        if not rows:
+        keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", sop_uid)
+        if not keys:
             raise NotFound(f"no capture {sop_uid}")
-        row = rows[0]
+        row = dict(db.storage.doc(T_INSTANCES, keys[0]))
         target = resolve_row(db, to_pid)
         if target is None:
             raise NotFound(f"no patient {to_pid}")
@@ -395,10 +432,11 @@ def assign_capture(store, sop_uid: str, to_pid: str, *, expected_from: str | Non
             raise BadInput(f"the capture is already on {target['id']}")
         now = time.time()
         moves = list(row.get("assigned") or []) + [{"from": current, "to": target["id"], "at": now, "by": by}]
-        insts.update({"patient_id": target["id"], "assigned": moves, "linked_by": "assigned"}, doc_ids=[row.doc_id])
+        db.table(T_INSTANCES).update({"patient_id": target["id"], "assigned": moves, "linked_by": "assigned"},
+                                     doc_ids=[int(keys[0])])
         history = list(target.get("triage_history") or []) + [
             {"triage": target.get("triage", "none"), "at": now, "by": by, "assigned": sop_uid, "from": current}]
-        db.table(T_PATIENTS).update({"triage_history": history, "updated": now}, _P.id == target["id"])
+        update_fields(db, target["id"], {"triage_history": history, "updated": now})
         if row.get("sync_state") != "confirmed":
             is_sr = str(row.get("sop_class_uid") or "").startswith("1.2.840.10008.5.1.4.1.1.88.")
             priority = sync_priority(target.get("triage", "none"), "finding" if is_sr else "image")
@@ -409,5 +447,5 @@ def assign_capture(store, sop_uid: str, to_pid: str, *, expected_from: str | Non
 
     moved = store.write(fn)
     for pid in (moved["from"], moved["to"]):
-        store.events.publish("patient.updated", patient_id=pid)
+        store.events.publish(PATIENT_UPDATED, patient_id=pid)
     return moved

@@ -6,6 +6,13 @@ state ready → leased → done | failed, attempts, next-attempt time, last erro
 by a crash return to ready at open; a lease that expires while the kit runs (a stuck
 worker) returns to ready at the next lease. Failed rows stay until a person retries or
 dismisses them.
+
+Done rows do not stay: the newest `KEEP_DONE` of each kind remain (recent history, shown
+by sync status), older ones are compacted out of the table in the same journal record
+that finishes a row, leaving only their number in an archive document (`meta` table,
+`queue_archive`: done and dismissed counts per kind), so `counts()` still counts them.
+Counts, waiting bytes and the oldest waiting row are kept up to date as rows move, so
+status never scans the table.
 """
 
 from __future__ import annotations
@@ -14,13 +21,37 @@ import heapq
 import itertools
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Iterator
 
 from ..errors import BadInput, NotFound
-from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_QUEUE, QueueRow
+from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_INSTANCES, T_QUEUE, QueueRow
+from . import meta
 
 if TYPE_CHECKING:
     from . import Store
+
+KEEP_DONE = 256          # done rows kept in the table per kind; older ones are only counted
+COMPACT_STEP = 512       # at most this many archived per write (an old backlog drains gradually)
+ARCHIVE = "queue_archive"
+UPDATE_BYTES = 2048      # what a triage/identity update weighs on the wire, about
+
+
+def _heap_order(heap: list) -> Iterator:
+    """A heap's entries smallest first, without popping: O(k log k) for the first k."""
+    frontier = [(heap[0], 0)] if heap else []
+    while frontier:
+        entry, i = heapq.heappop(frontier)
+        yield entry
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
+
+
+def _subject(doc: dict) -> str:
+    """What a row is about: an instance (SOP Instance UID) or a patient (an update)."""
+    payload = doc.get("payload") or {}
+    return str(payload.get("sop_instance_uid") or payload.get("patient_id") or "")
 
 
 class Queue:
@@ -38,6 +69,13 @@ class Queue:
         self._live_keys: dict[tuple[str, str], str] = {}
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
         self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
+        self._oldest: dict[str, list] = {k: [] for k in KINDS}  # (created, id), stale entries skipped
+        self._waiting_bytes = {k: 0 for k in KINDS}
+        self._failed: dict[str, dict[str, None]] = {k: {} for k in KINDS}
+        self._done: dict[str, deque] = {k: deque() for k in KINDS}  # done ids in the table, oldest first
+        self._dismissed = {k: 0 for k in KINDS}  # done rows a person gave up on (archived included)
+        self._archived = {k: {"done": 0, "dismissed": 0} for k in KINDS}
+        self._by_subject: dict[tuple[str, str], dict[str, None]] = {}  # rows not done, not keyed by subject
 
     # loading ---------------------------------------------------------------------------
     def load(self, db) -> int:
@@ -58,19 +96,36 @@ class Queue:
     def reindex(self, db) -> None:
         """Rebuild the in-memory index from the rows in memory (at open, after a rollback)."""
         self._clear_index()
+        archive = meta.get(db, ARCHIVE) or {}
+        for kind in KINDS:
+            self._archived[kind] = dict({"done": 0, "dismissed": 0}, **archive.get(kind, {}))
+            self._counts[kind][DONE] += sum(self._archived[kind].values())
+            self._dismissed[kind] += self._archived[kind]["dismissed"]
+        done = []
         for key, doc in db.storage.read().get(T_QUEUE, {}).items():
-            self._index(doc, int(key))
+            if doc["state"] == DONE:
+                done.append((doc["updated"], doc["kind"], doc["id"]))
+            self._index(db, doc, int(key))
+        for _, kind, row_id in sorted(done):
+            self._done[kind].append(row_id)
         db.table(T_QUEUE).clear_cache()
 
-    def _index(self, doc: dict, doc_id=None) -> None:
+    def _index(self, db, doc: dict, doc_id=None) -> None:
         kind, state, row_id = doc["kind"], doc["state"], doc["id"]
         if doc_id is not None:
             self._doc_ids[row_id] = doc_id
         self._counts[kind][state] += 1
         if state in (READY, LEASED):
-            self._waiting[kind][row_id] = doc["created"]
-        if state != DONE and doc.get("key"):
-            self._live_keys[(kind, doc["key"])] = row_id
+            self._wait(db, doc)
+        elif state == FAILED:
+            self._failed[kind][row_id] = None
+        elif doc.get("dismissed"):
+            self._dismissed[kind] += 1
+        if state != DONE:
+            if doc.get("key") != _subject(doc):  # the others are found through _live_keys
+                self._by_subject.setdefault((kind, _subject(doc)), {})[row_id] = None
+            if doc.get("key"):
+                self._live_keys[(kind, doc["key"])] = row_id
         if state == READY:
             self._push_ready(doc)
         elif state == LEASED:
@@ -81,6 +136,51 @@ class Queue:
             heapq.heappush(self._delayed[doc["kind"]], (doc["next_at"], next(self._seq), doc["id"]))
         else:
             heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), doc["id"]))
+
+    def _wait(self, db, doc: dict) -> None:
+        """The row starts waiting (ready or leased): count it and its bytes."""
+        kind, row_id = doc["kind"], doc["id"]
+        if row_id in self._waiting[kind]:
+            return
+        self._waiting[kind][row_id] = doc["created"]
+        heapq.heappush(self._oldest[kind], (doc["created"], row_id))
+        self._waiting_bytes[kind] += self._size_of(db, doc)
+
+    def _unwait(self, db, doc: dict) -> None:
+        if self._waiting[doc["kind"]].pop(doc["id"], None) is not None:
+            # an instance's size never changes once stored: the same figure comes off
+            self._waiting_bytes[doc["kind"]] -= self._size_of(db, doc)
+
+    @staticmethod
+    def _size_of(db, doc: dict) -> int:
+        uid = (doc.get("payload") or {}).get("sop_instance_uid")
+        if not uid:
+            return UPDATE_BYTES
+        keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", uid)
+        return int(db.storage.doc(T_INSTANCES, keys[0]).get("size") or 0) if keys else 0
+
+    def _finished(self, db, doc: dict) -> None:
+        """The row is done: keep it among the recent ones, archive the oldest beyond those."""
+        kind = doc["kind"]
+        self._done[kind].append(doc["id"])
+        subject = (kind, _subject(doc))
+        self._by_subject.get(subject, {}).pop(doc["id"], None)
+        if not self._by_subject.get(subject, True):
+            del self._by_subject[subject]
+        if doc.get("dismissed"):
+            self._dismissed[kind] += 1
+        drop, done = [], self._done[kind]
+        while len(done) > KEEP_DONE and len(drop) < COMPACT_STEP:
+            row_id = done.popleft()
+            doc_id = self._doc_ids.pop(row_id, None)
+            old = self._table(db).get(doc_id=doc_id) if doc_id is not None else None
+            if old is None:
+                continue
+            drop.append(doc_id)
+            self._archived[kind]["dismissed" if old.get("dismissed") else "done"] += 1
+        if drop:
+            self._table(db).remove(doc_ids=drop)
+            meta.put(db, ARCHIVE, {k: dict(v) for k, v in self._archived.items()})
 
     # helpers ---------------------------------------------------------------------------
     def _table(self, db):
@@ -102,11 +202,17 @@ class Queue:
             self._counts[kind][old["state"]] -= 1
             self._counts[kind][new["state"]] += 1
             if new["state"] in (READY, LEASED):
-                self._waiting[kind][row_id] = old["created"]
+                self._wait(db, new)
             else:
-                self._waiting[kind].pop(row_id, None)
-            if new["state"] == DONE and old.get("key"):
-                self._live_keys.pop((kind, old["key"]), None)
+                self._unwait(db, old)
+            if old["state"] == FAILED:
+                self._failed[kind].pop(row_id, None)
+            if new["state"] == FAILED:
+                self._failed[kind][row_id] = None
+            if new["state"] == DONE:
+                if old.get("key"):
+                    self._live_keys.pop((kind, old["key"]), None)
+                self._finished(db, new)
         return new
 
     # the API ---------------------------------------------------------------------------
@@ -124,7 +230,7 @@ class Queue:
                    "attempts": 0, "next_at": now + delay, "payload": payload, "last_error": "",
                    "key": key or "", "created": now, "updated": now, "lease_until": 0.0}
             doc_id = self._table(db).insert(doc)
-            self._index(doc, doc_id)
+            self._index(db, doc, doc_id)
             return doc["id"]
 
         return self._store.write(fn)
@@ -238,7 +344,99 @@ class Queue:
 
     def oldest(self, kind: str) -> float | None:
         """Creation time of the oldest row of `kind` still waiting (ready or leased)."""
-        return self._store.read(lambda db: min(self._waiting[kind].values(), default=None))
+        def fn(db):
+            heap, waiting = self._oldest[kind], self._waiting[kind]
+            while heap and waiting.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)  # no longer waiting (or waiting again, pushed anew)
+            return heap[0][0] if heap else None
+        return self._store.read(fn)
+
+    def waiting_bytes(self, kind: str) -> int:
+        """Bytes of the instances that rows of `kind` still wait to handle."""
+        return self._store.read(lambda db: self._waiting_bytes[kind])
+
+    def dismissed(self, kind: str) -> int:
+        """Done rows of `kind` that a person dismissed (archived ones included)."""
+        return self._store.read(lambda db: self._dismissed[kind])
+
+    def _rows_by_id(self, db, ids) -> Iterator[QueueRow]:
+        for row_id in ids:
+            doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+            if doc is not None:
+                yield QueueRow.from_doc(doc)
+
+    def _dismissed_row(self, db, row_id: str) -> bool:
+        return bool((db.storage.doc(T_QUEUE, str(self._doc_ids.get(row_id, -1))) or {}).get("dismissed"))
+
+    def rows_by_id(self, row_ids) -> list[QueueRow]:
+        """The rows still in the table among `row_ids` (done ones may have been archived)."""
+        return self._store.read(lambda db: list(self._rows_by_id(db, row_ids)))
+
+    def first(self, kind: str, state: str, limit: int) -> list[QueueRow]:
+        """Up to `limit` rows of `kind` in `state`, without a scan: ready ones most urgent
+        first (due before delayed), failed ones in the order they failed, done ones newest
+        first (only the recent ones the table keeps), leased ones in no particular order."""
+        def fn(db):
+            if state == READY:
+                ids: dict[str, None] = {}
+                for heap in (self._ready[kind], self._delayed[kind]):
+                    for _, _, row_id in _heap_order(heap):
+                        if len(ids) >= limit:
+                            break
+                        doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                        if doc is not None and doc["state"] == READY:
+                            ids[row_id] = None
+                return list(self._rows_by_id(db, ids))
+            if state == FAILED:
+                return list(self._rows_by_id(db, itertools.islice(self._failed[kind], limit)))
+            if state == DONE:
+                rows = (r for r in self._rows_by_id(db, reversed(self._done[kind])) if not self._dismissed_row(db, r.id))
+                return list(itertools.islice(rows, limit))
+            rows = (r for r in self._rows_by_id(db, self._waiting[kind]) if r.state == LEASED)
+            return list(itertools.islice(rows, limit))
+        return self._store.read(fn)
+
+    def min_ready_priority(self, kind: str) -> int | None:
+        """The most urgent priority among rows of `kind` ready to lease now."""
+        def fn(db):
+            now, best = self._clock(), None
+            for priority, _, row_id in _heap_order(self._ready[kind]):
+                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                if doc is not None and doc["state"] == READY and doc["priority"] == priority \
+                        and doc["next_at"] <= now:
+                    best = priority
+                    break
+            for next_at, _, row_id in _heap_order(self._delayed[kind]):
+                if next_at > now:
+                    break
+                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                if doc is not None and doc["state"] == READY and doc["next_at"] <= now:
+                    best = doc["priority"] if best is None else min(best, doc["priority"])
+            return best
+        return self._store.read(fn)
+
+    def priorities(self, row_ids) -> dict[str, int]:
+        """Current priority of each row still in the table."""
+        return {r.id: r.priority for r in self.rows_by_id(row_ids)}
+
+    def live_id(self, kind: str, key: str) -> str | None:
+        """The row of (kind, key) not yet done, if any."""
+        return self._store.read(lambda db: self._live_keys.get((kind, key)))
+
+    def live_rows(self, kind: str, subjects) -> list[QueueRow]:
+        """Rows of `kind` not done about any of `subjects` (SOP Instance UIDs, patient ids)."""
+        wanted = {str(s) for s in subjects}
+
+        def fn(db):
+            ids: dict[str, None] = {}
+            for s in wanted:
+                ids.update(self._by_subject.get((kind, s), {}))
+                row_id = self._live_keys.get((kind, s))
+                if row_id is not None:
+                    ids[row_id] = None
+            # a key equal to a subject may belong to a row about something else: check
+            return [r for r in self._rows_by_id(db, ids) if _subject({"payload": r.payload}) in wanted]
+        return self._store.read(fn)
 
     def rows(self, kind: str | None = None, state: str | None = None) -> list[QueueRow]:
         def fn(db):

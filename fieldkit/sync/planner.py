@@ -20,7 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fieldkit.records import DONE, FAILED, KIND_SYNC, READY, T_INSTANCES, QueueRow, sync_priority
+from fieldkit.records import DONE, FAILED, KIND_SYNC, QueueRow, sync_priority
+from fieldkit.store.instances import get_instance, instance_rows
+from fieldkit.store.patients import resolve_row
 
 EXPRESS, BULK = "express", "bulk"
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -45,18 +47,12 @@ class Item:
         return self.row.payload.get("what", "")
 
 
-def instance_doc(db, uid: str) -> dict | None:
-    from tinydb import Query
-    docs = db.table(T_INSTANCES).search(Query().sop_instance_uid == uid)
-    return dict(docs[0]) if docs else None
-
-
 def classify(store, row: QueueRow) -> Item:
     """Queue row -> Item with its lane and size (raises KeyError for an unknown instance)."""
     payload = row.payload or {}
     if "sop_instance_uid" in payload:
         uid = payload["sop_instance_uid"]
-        doc = store.read(lambda db: instance_doc(db, uid))
+        doc = get_instance(store, uid)
         if doc is None:
             raise KeyError(uid)
         is_sr = str(doc.get("sop_class_uid", "")).startswith(SR_CLASS_PREFIX)
@@ -110,26 +106,14 @@ class Pool:
         return True
 
     def _min_ready_priority(self) -> int | None:
-        now = time.time()
-
-        def fn(db):
-            best = None
-            for d in db.table("queue").all():
-                if d["kind"] == KIND_SYNC and d["state"] == READY and d["next_at"] <= now:
-                    if best is None or d["priority"] < best:
-                        best = d["priority"]
-            return best
-        return self.store.read(fn)
+        return self.store.queue.min_ready_priority(KIND_SYNC)
 
     def _refresh_priorities(self) -> None:
         """Pick up re-triage (set_priority) of rows already in the pool."""
         ids = list(self.items)
         if not ids:
             return
-
-        def fn(db):
-            return {d["id"]: d["priority"] for d in db.table("queue").all() if d["id"] in self.items}
-        current = self.store.read(fn)
+        current = self.store.queue.priorities(ids)
         for row_id, prio in current.items():
             item = self.items[row_id]
             if prio != item.row.priority:
@@ -183,31 +167,28 @@ class Pool:
 def reprioritise_patient(store, patient_id: str, triage: str | None = None) -> int:
     """After a re-triage: give every live sync row of this patient the priority of its new
     category. Returns how many rows changed. Call after the patient record is updated."""
-    from fieldkit.store.patients import resolve_row
-
     def fn(db):
         if triage is None:
             row = resolve_row(db, patient_id)
             tri = str((row or {}).get("triage") or "none")
         else:
             tri = triage
+        captures = {r["sop_instance_uid"]: r for r in instance_rows(store, patient_id=patient_id)}
         changes = []
-        for d in db.table("queue").all():
-            if d["kind"] != KIND_SYNC or d["state"] in (DONE, FAILED):
+        for d in store.queue.live_rows(KIND_SYNC, [patient_id, *captures]):
+            if d.state in (DONE, FAILED):
                 continue
-            p = d.get("payload") or {}
+            p = d.payload or {}
             if p.get("patient_id") == patient_id:
                 what = "finding" if p.get("what") == "review" else "triage"
-            elif "sop_instance_uid" in p:
-                inst = instance_doc(db, p["sop_instance_uid"])
-                if not inst or inst.get("patient_id") != patient_id:
-                    continue
+            elif p.get("sop_instance_uid") in captures:
+                inst = captures[p["sop_instance_uid"]]
                 what = "finding" if str(inst.get("sop_class_uid", "")).startswith(SR_CLASS_PREFIX) else "image"
             else:
                 continue
             prio = sync_priority(tri, what)
-            if prio != d["priority"]:
-                changes.append((d["id"], prio))
+            if prio != d.priority:
+                changes.append((d.id, prio))
         for row_id, prio in changes:
             store.queue.set_priority(row_id, prio)
         return len(changes)

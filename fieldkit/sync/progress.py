@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-from fieldkit.records import DONE, FAILED, KIND_SYNC, T_INSTANCES, T_META
+from fieldkit.records import DONE, FAILED, KIND_SYNC, LEASED, READY
+from fieldkit.store import meta
+from fieldkit.store.instances import get_instance
 
 QUEUED, SENDING, CONFIRMED, QUARANTINED = "queued", "sending", "confirmed", "quarantined"
 STATS_DOC = "sync_stats"
@@ -77,82 +79,73 @@ class Live:
 
 
 def stats(db) -> dict:
-    from tinydb import Query
-    docs = db.table(T_META).search(Query().name == STATS_DOC)
     base = {"name": STATS_DOC, "sent_bytes": 0, "confirmed_bytes": 0, "confirmed_wire_bytes": 0,
             "resent_instances": 0, "resent_bytes": 0, "confirmed": 0, "quarantined": 0,
             "found_by_qido": 0,
             "first_confirmed_at": 0.0}
-    if docs:
-        base.update({k: v for k, v in docs[0].items()})
+    base.update(meta.get(db, STATS_DOC) or {})
     return base
 
 
 def bump_stats(db, **deltas) -> None:
-    from tinydb import Query
     cur = stats(db)
     for k, v in deltas.items():
         if k == "first_confirmed_at":
             cur[k] = cur[k] or v
         else:
             cur[k] = cur.get(k, 0) + v
-    table = db.table(T_META)
-    if table.search(Query().name == STATS_DOC):
-        table.update(cur, Query().name == STATS_DOC)
-    else:
-        table.insert(cur)
+    meta.put(db, STATS_DOC, cur)
 
 
 def status(store, worker=None, limit: int = 50) -> dict:
-    """Everything `fieldkit status` and GET /api/v1/status show about sync."""
-    def fn(db):
-        rows = [d for d in db.table("queue").all() if d["kind"] == KIND_SYNC]
-        insts = {d.get("sop_instance_uid"): d for d in db.table(T_INSTANCES).all()}
-        return rows, insts, stats(db)
-    rows, insts, st = store.read(fn)
-    counts = {QUEUED: 0, SENDING: 0, CONFIRMED: 0, QUARANTINED: 0}
-    queue_bytes = 0
-    items = []
+    """Everything `fieldkit status` and GET /api/v1/status show about sync. Counts and
+    bytes come from counters the queue keeps; only the rows listed are looked at."""
+    q = store.queue
     live = worker.live.snapshot() if worker is not None else None
     in_flight = {s["uid"]: s for s in (live or {}).get("sending", [])}
-    for row in rows:
-        payload = row.get("payload") or {}
+
+    def fn(db):
+        qc = q.counts()[KIND_SYNC]
+        sending = q.rows_by_id([i for i in (q.live_id(KIND_SYNC, u) for u in in_flight) if i])
+        sending = [r for r in sending if r.state in (READY, LEASED)]
+        counts = {SENDING: len(sending), QUEUED: qc[READY] + qc[LEASED] - len(sending),
+                  CONFIRMED: qc[DONE] - q.dismissed(KIND_SYNC), QUARANTINED: qc[FAILED]}
+        sending_ids = {r.id for r in sending}
+        queued = q.first(KIND_SYNC, READY, limit)
+        if len(queued) < limit:
+            queued += [r for r in q.first(KIND_SYNC, LEASED, limit + len(sending_ids))
+                       if r.id not in sending_ids][:limit - len(queued)]
+        listed = ([(SENDING, r) for r in sending] + [(QUARANTINED, r) for r in q.first(KIND_SYNC, FAILED, limit)]
+                  + [(QUEUED, r) for r in queued]
+                  + [(CONFIRMED, r) for r in q.first(KIND_SYNC, DONE, limit)])
+        return counts, listed, stats(db), q.waiting_bytes(KIND_SYNC)
+    counts, listed, st, queue_bytes = store.read(fn)
+    queue_bytes -= sum(s.get("done", 0) for s in in_flight.values())
+    items = []
+    for state, row in listed:
+        payload = row.payload or {}
         uid = payload.get("sop_instance_uid", "")
-        inst = insts.get(uid) if uid else None
+        inst = get_instance(store, uid) if uid else None
         size = int((inst or {}).get("size") or 0)
-        if row["state"] == DONE:
-            if row.get("dismissed"):
-                continue
-            state = CONFIRMED
-        elif row["state"] == FAILED:
-            state = QUARANTINED
-        elif uid in in_flight:
-            state = SENDING
+        entry = {"row_id": row.id, "state": state, "priority": row.priority,
+                 "attempts": row.attempts, "size": size}
+        if uid:
+            entry["sop_instance_uid"] = uid
+            entry["patient_id"] = (inst or {}).get("patient_id", "")
         else:
-            state = QUEUED
-        counts[state] += 1
-        if state in (QUEUED, SENDING):
-            queue_bytes += size - (in_flight.get(uid, {}).get("done", 0) if uid in in_flight else 0)
-        if state != CONFIRMED or len(items) < limit:
-            entry = {"row_id": row["id"], "state": state, "priority": row["priority"],
-                     "attempts": row.get("attempts", 0), "size": size}
-            if uid:
-                entry["sop_instance_uid"] = uid
-                entry["patient_id"] = (inst or {}).get("patient_id", "")
-            else:
-                entry.update({k: payload.get(k) for k in ("patient_id", "what")})
-            if state == QUARANTINED:
-                entry["reason"] = (inst or {}).get("sync_reason") or row.get("last_error", "")
-            elif row.get("last_error") and state == QUEUED:
-                entry["last_error"] = row["last_error"]
-            if uid in in_flight:
-                entry.update(bytes_done=in_flight[uid]["done"], bytes_total=in_flight[uid]["total"])
-            if state == CONFIRMED and inst:
-                entry["retrieve_url"] = inst.get("retrieve_url", "")
-            items.append(entry)
+            entry.update({k: payload.get(k) for k in ("patient_id", "what")})
+        if state == QUARANTINED:
+            entry["reason"] = (inst or {}).get("sync_reason") or row.last_error
+        elif row.last_error and state == QUEUED:
+            entry["last_error"] = row.last_error
+        if uid in in_flight:
+            entry.update(bytes_done=in_flight[uid]["done"], bytes_total=in_flight[uid]["total"])
+        if state == CONFIRMED and inst:
+            entry["retrieve_url"] = inst.get("retrieve_url", "")
+        items.append(entry)
     order = {SENDING: 0, QUARANTINED: 1, QUEUED: 2, CONFIRMED: 3}
     items.sort(key=lambda e: (order[e["state"]], e["priority"]))
-    out = {"counts": counts, "queue_bytes": queue_bytes, "items": items[:limit],
+    out = {"counts": counts, "queue_bytes": max(0, queue_bytes), "items": items[:limit],
            "resent_instances": st["resent_instances"], "resent_bytes": st["resent_bytes"],
            "sent_bytes": st["sent_bytes"], "confirmed_bytes": st["confirmed_bytes"],
            "confirmed_wire_bytes": st["confirmed_wire_bytes"], "found_by_qido": st["found_by_qido"]}

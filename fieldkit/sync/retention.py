@@ -13,13 +13,7 @@ from __future__ import annotations
 
 import time
 
-from fieldkit.records import T_FINDINGS, T_INSTANCES
-
-
-def _pixel_refs(row: dict) -> set[str]:
-    """Blobs an instance row holds: the object, its preview, conflicting copies."""
-    refs = {row.get("blob"), row.get("thumbnail")} | {c.get("blob") for c in row.get("conflicts") or []}
-    return refs - {None, ""}
+from fieldkit.store import instances
 
 
 def purge_expired(store, retention_days: int, now: float | None = None) -> int:
@@ -28,36 +22,11 @@ def purge_expired(store, retention_days: int, now: float | None = None) -> int:
         return 0
     now = now or time.time()
     cutoff = now - retention_days * 86400.0
-
-    def pick(db):
-        rows = db.table(T_INSTANCES).all()
-        victims = [dict(r) for r in rows if r.get("sync_state") == "confirmed" and not r.get("purged_at")
-                   and r.get("blob") and float(r.get("confirmed_at") or now) < cutoff]
-        going = {v["sop_instance_uid"] for v in victims}
-        keep: set[str] = set()
-        doomed: set[str] = set()
-        for r in rows:
-            if not r.get("purged_at"):
-                (doomed if r["sop_instance_uid"] in going else keep).update(_pixel_refs(r))
-        findings = [dict(f) for f in db.table(T_FINDINGS).all() if f.get("overlay")]
-        for f in findings:
-            (doomed if f.get("sop_instance_uid") in going else keep).add(f["overlay"])
-        return victims, [f["id"] for f in findings if f.get("sop_instance_uid") in going], doomed - keep
-
-    victims, finding_ids, doomed = store.read(pick)
+    victims, finding_ids, doomed = instances.purge_plan(
+        store, lambda r: r.get("sync_state") == "confirmed" and float(r.get("confirmed_at") or now) < cutoff)
     if not victims:
         return 0
-    from tinydb import Query
-
-    def mark(db):
-        t = db.table(T_INSTANCES)
-        for v in victims:
-            conflicts = [{**c, "blob": ""} for c in v.get("conflicts") or []]
-            t.update({"purged_at": now, "blob": "", "thumbnail": "", "purged_blob_size": v.get("size", 0),
-                      "conflicts": conflicts}, Query().sop_instance_uid == v["sop_instance_uid"])
-        if finding_ids:
-            db.table(T_FINDINGS).update({"overlay": ""}, Query().id.one_of(finding_ids))
-    store.write(mark)  # the tombstone is durable before any file goes
+    instances.mark_purged(store, victims, finding_ids, now)  # the tombstone is durable before any file goes
     for addr in sorted(doomed):
         store.blobs.delete(addr)
     return len(victims)

@@ -245,10 +245,8 @@ def enqueue_review(store, finding: dict, review: dict) -> str:
 
 def merged_ids(db, pid: str) -> list[str]:
     """Kit IDs that were merged (directly or through others) into patient `pid`."""
-    from fieldkit.records import T_PATIENTS
-    from fieldkit.store.patients import resolve_row
-    return sorted(str(r["id"]) for r in db.table(T_PATIENTS).all()
-                  if r.get("merged_into") and r["id"] != pid and (resolve_row(db, r["id"]) or {}).get("id") == pid)
+    from fieldkit.store.patients import merged_ids as merged
+    return merged(db, pid)
 
 
 def document_for(store, payload: dict, created: float, issuer: str, kit_id: str) -> tuple[bytes, str]:
@@ -257,11 +255,9 @@ def document_for(store, payload: dict, created: float, issuer: str, kit_id: str)
     what = "review": a review of a finding; "merged": the last status of a kit ID that was
     merged into another; anything else ("triage", "merge", "identity"): the patient's
     current status. Raises PermanentError when what it refers to is gone from the kit."""
-    from tinydb import Query
-
     from fieldkit.errors import PermanentError
-    from fieldkit.records import T_FINDINGS, T_INSTANCES, T_PATIENTS
-    from fieldkit.store.patients import resolve_row
+    from fieldkit.store import findings, instances
+    from fieldkit.store.patients import get_patient, resolve_row
 
     pid = str(payload.get("patient_id", ""))
     what = str(payload.get("what") or "triage")
@@ -271,14 +267,13 @@ def document_for(store, payload: dict, created: float, issuer: str, kit_id: str)
         fid = str(payload.get("finding_id", ""))
 
         def fn(db):
-            found = db.table(T_FINDINGS).search(Query().id == fid)
-            if not found:
+            f = findings.get(store, fid)
+            if f is None:
                 return None
-            f = dict(found[0])
             uid = f.get("sr_sop_instance_uid") or f.get("sop_instance_uid")
-            target = db.table(T_INSTANCES).search(Query().sop_instance_uid == uid)
+            target = instances.get_instance(store, uid)
             prow = resolve_row(db, str(f.get("patient_id") or pid)) or {}
-            return f, (dict(target[0]) if target else {"sop_instance_uid": uid}), prow
+            return f, (target or {"sop_instance_uid": uid}), prow
         got = store.read(fn)
         if got is None:
             raise PermanentError(f"finding {fid} is no longer on the kit; its review cannot be sent")
@@ -290,10 +285,7 @@ def document_for(store, payload: dict, created: float, issuer: str, kit_id: str)
 
     if what == "merged":  # under the old ID: where this patient went
         def fn(db):
-            rows = db.table(T_PATIENTS).search(Query().id == pid)
-            old = dict(rows[0]) if rows else {}
-            new = resolve_row(db, pid) or {}
-            return old, new
+            return get_patient(store, pid, follow_merges=False) or {}, resolve_row(db, pid) or {}
         old, new = store.read(fn)
         into = str(payload.get("into") or new.get("id") or old.get("merged_into") or "")
         doc = {**new, "tag": old.get("tag") or "", "merged_into": into}

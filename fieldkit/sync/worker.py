@@ -18,14 +18,16 @@ import time
 from dataclasses import dataclass
 
 from fieldkit.errors import ConfigError, PermanentError, TransientError
-from fieldkit.records import T_INSTANCES, sync_priority
+from fieldkit.events import SYNC_CONFIRMED, SYNC_QUARANTINED
+from fieldkit.records import sync_priority
+from fieldkit.store.instances import get_instance, set_sync_state
 
 from . import progress as pg
 from .client import (HospitalConfigError, LinkDown, Part, RateLimiter,
                      RequestRefused, StowClient, StowResult, is_transient_failure)
 from .hospital import endpoint_from_config
 from .link import Backoff, probe
-from .planner import BULK, EXPRESS, Item, Pool, instance_doc
+from .planner import BULK, EXPRESS, Item, Pool
 from .retention import purge_expired
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,7 @@ class Prepared:
 
 
 def _update_instance(store, uid: str, **fields) -> None:
-    from tinydb import Query
-    store.write(lambda db: db.table(T_INSTANCES).update(fields, Query().sop_instance_uid == uid))
+    set_sync_state(store, uid, **fields)
 
 
 def in_windows(windows: list[str], now: dt.datetime | None = None) -> bool:
@@ -234,7 +235,7 @@ class SyncWorker:
                                      self.issuer, self.kit_id)
             return Prepared(item, Part.from_bytes(uid, data), uid)
         uid = item.uid
-        doc = self.store.read(lambda db: instance_doc(db, uid))
+        doc = get_instance(self.store, uid)
         if doc is None:
             self._quarantine_row(row.id, "", f"instance {uid} is no longer in the kit's catalogue")
             return None
@@ -426,37 +427,31 @@ class SyncWorker:
         self.store.queue.fail(p.item.row.id, f"{reason}; re-sending in the original syntax", retry_in=0.0)
 
     def _confirm(self, p: Prepared, retrieve_url: str, asked: bool = False) -> None:
-        from tinydb import Query
         now = time.time()
         size = int((p.item.instance or {}).get("size") or p.part.size)
 
         def fn(db):
             if p.item.instance is not None:
-                db.table(T_INSTANCES).update(
-                    {"sync_state": pg.CONFIRMED, "confirmed_at": now, "retrieve_url": retrieve_url or "",
-                     "sync_reason": "", "sync_alone": False},
-                    Query().sop_instance_uid == p.uid)
+                set_sync_state(self.store, p.uid, sync_state=pg.CONFIRMED, confirmed_at=now,
+                               retrieve_url=retrieve_url or "", sync_reason="", sync_alone=False)
             pg.bump_stats(db, confirmed=1, confirmed_bytes=size, found_by_qido=1 if asked else 0,
                           confirmed_wire_bytes=0 if asked else p.part.size, first_confirmed_at=now)
             self.store.queue.ack(p.item.row.id)
         self.store.write(fn)
         self._unknown.pop(p.uid, None)
-        self.store.events.publish("sync.confirmed", sop_instance_uid=p.uid,
+        self.store.events.publish(SYNC_CONFIRMED, sop_instance_uid=p.uid,
                                   patient_id=(p.item.instance or {}).get("patient_id")
                                   or p.item.row.payload.get("patient_id", ""))
 
     def _quarantine_row(self, row_id: str, uid: str, reason: str) -> None:
-        from tinydb import Query
-
         def fn(db):
             if uid:
-                db.table(T_INSTANCES).update({"sync_state": pg.QUARANTINED, "sync_reason": reason},
-                                             Query().sop_instance_uid == uid)
+                set_sync_state(self.store, uid, sync_state=pg.QUARANTINED, sync_reason=reason)
             pg.bump_stats(db, quarantined=1)
             self.store.queue.fail(row_id, reason, permanent=True)
         self.store.write(fn)
         log.warning("sync: quarantined %s: %s", row_id, reason)
-        self.store.events.publish("sync.quarantined", row_id=row_id, sop_instance_uid=uid, reason=reason)
+        self.store.events.publish(SYNC_QUARANTINED, row_id=row_id, sop_instance_uid=uid, reason=reason)
 
 
 class Idle:

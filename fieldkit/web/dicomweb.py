@@ -174,30 +174,41 @@ def _row_matches(row: dict, patient: dict, f: dict) -> bool:
     return all(checks[k](v) for k, v in f.items() if k in checks)
 
 
-def _query_rows(study: str | None = None, series: str | None = None):
-    store = kit_of().store
+def _uid_list(pattern: str) -> list[str]:
+    return [p.strip() for p in pattern.replace("\\", ",").split(",")]
+
+
+def _query() -> dict:
+    """The request's filters, split into what the store's indexes answer (UIDs, an exact
+    PatientID) and a row test for the rest, plus offset/limit."""
     f = _filters()
-    rows = catalogue.instance_rows(store, study_uid=study, series_uid=series)
-    pats = catalogue.patient_map(store)
-    modalities = f.pop("ModalitiesInStudy", None)
-    rows = [r for r in rows if _row_matches(r, pats.get(r["patient_id"], {}), f)]
-    if modalities:
-        wanted = {m.strip() for m in modalities.replace("\\", ",").split(",")}
-        in_study: dict[str, set] = {}
-        for r in catalogue.instance_rows(store, study_uid=study):
-            in_study.setdefault(r["study_instance_uid"], set()).add(r.get("modality") or "")
-        rows = [r for r in rows if wanted & in_study.get(r["study_instance_uid"], set())]
-    return store, rows, pats
-
-
-def _page(items: list) -> list:
     try:
         offset = max(0, int(request.args.get("offset", 0)))
-        limit = int(request.args.get("limit", 0))
+        limit = max(0, int(request.args.get("limit", 0)))
     except ValueError:
         raise BadInput("limit and offset must be whole numbers") from None
-    items = items[offset:]
-    return items[:limit] if limit > 0 else items
+    q = {"offset": offset, "limit": limit or None}
+    modalities = f.pop("ModalitiesInStudy", None)
+    if modalities:
+        q["modalities"] = set(_uid_list(modalities))
+    pid = f.get("PatientID")
+    if pid and "*" not in pid and "?" not in pid:
+        q["patient_id"] = pid
+    for key, arg in (("StudyInstanceUID", "study_uids"), ("SeriesInstanceUID", "series_uids"),
+                     ("SOPInstanceUID", "sop_uids")):
+        if key in f:
+            q[arg] = _uid_list(f[key])
+    if f:
+        q["match"] = lambda row, patient: _row_matches(row, patient, f)
+    return q
+
+
+def _scoped(q: dict, study: str | None, series: str | None = None) -> dict:
+    """Narrow the query to the study/series of the URL path."""
+    for uid, arg in ((study, "study_uids"), (series, "series_uids")):
+        if uid is not None:
+            q[arg] = [uid] if uid in q.get(arg, [uid]) else []
+    return q
 
 
 def _v(vr: str, value) -> dict:
@@ -263,25 +274,39 @@ def _dicom_json(items: list) -> Response:
 
 @bp.get("/studies", endpoint="search_studies")
 def search_studies():
-    store, rows, pats = _query_rows()
-    return _dicom_json([_study_json(s, pats) for s in _page(catalogue.studies(store, rows))])
+    store = kit_of().store
+    q = _query()
+    q.pop("series_uids", None)  # checked row by row in `match`
+    q.pop("sop_uids", None)
+    found = catalogue.search_studies(store, **q)
+    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found])
 
 
 @bp.get("/series", endpoint="search_series")
 @bp.get("/studies/<study>/series", endpoint="search_study_series")
 def search_series(study: str | None = None):
-    store, rows, _ = _query_rows(study)
-    return _dicom_json([_series_json(s) for s in _page(catalogue.series(store, rows))])
+    q = _scoped(_query(), study)
+    q.pop("patient_id", None)  # a row test in `match` still checks it
+    q.pop("sop_uids", None)
+    found = catalogue.search_series(kit_of().store, **q)
+    return _dicom_json([_series_json(s) for s in found])
 
 
 @bp.get("/instances", endpoint="search_instances")
 @bp.get("/studies/<study>/instances", endpoint="search_study_instances")
 @bp.get("/studies/<study>/series/<series>/instances", endpoint="search_series_instances")
 def search_instances(study: str | None = None, series: str | None = None):
-    _, rows, pats = _query_rows(study, series)
-    rows.sort(key=lambda r: (r["study_instance_uid"], r["series_instance_uid"],
-                             str(r.get("instance_number") or "").zfill(8), r["received_at"]))
-    return _dicom_json([_instance_json(r, pats) for r in _page(rows)])
+    store = kit_of().store
+    q = _scoped(_query(), study, series)
+    if "modalities" in q:  # ModalitiesInStudy is a study key: kept for the study's rows
+        wanted, match = q.pop("modalities"), q.get("match")
+        in_study = {s["study_instance_uid"] for s in catalogue.search_studies(
+            store, study_uids=q.get("study_uids"), patient_id=q.get("patient_id"), modalities=wanted)}
+        q["match"] = lambda row, patient: (row["study_instance_uid"] in in_study
+                                           and (match is None or match(row, patient)))
+    rows = catalogue.search_instances(store, **q)
+    pats = catalogue.patient_map(store, {r["patient_id"] for r in rows})
+    return _dicom_json([_instance_json(r, pats) for r in rows])
 
 
 # -- WADO-RS ------------------------------------------------------------------------------

@@ -98,9 +98,9 @@ def time_to_red(root, orthanc, proxy):
         proxy.refuse = False
         t0 = time.monotonic()
         uid = str(sr.SOPInstanceUID)
-        from fieldkit.sync.planner import instance_doc
+        from fieldkit.store.instances import get_instance
         while time.monotonic() - t0 < 600:
-            doc = kit.store.read(lambda db: instance_doc(db, uid))
+            doc = get_instance(kit.store, uid)
             if doc.get("sync_state") == "confirmed":
                 break
             time.sleep(0.05)
