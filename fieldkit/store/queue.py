@@ -6,17 +6,22 @@ state ready → leased → done | failed, attempts, next-attempt time, last erro
 by a crash return to ready at open; a lease that expires while the kit runs (a stuck
 worker) returns to ready at the next lease. Failed rows stay until a person retries or
 dismisses them.
+
+Time: the persisted `next_at` and `lease_until` are wall-clock times (shown to people, and
+the next start re-bases them), but inside a run the queue decides on in-memory monotonic
+deadlines, so setting the device clock can neither expire a lease early, freeze it, nor
+turn a 30 s retry into an hour or into nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import time
 import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import BadInput, NotFound
+from ..security.passwords import SYSTEM_CLOCK, Clock
 from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_QUEUE, QueueRow
 
 if TYPE_CHECKING:
@@ -24,17 +29,19 @@ if TYPE_CHECKING:
 
 
 class Queue:
-    def __init__(self, store: "Store"):
+    def __init__(self, store: "Store", clock: Clock = SYSTEM_CLOCK):
         self._store = store
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
         self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
         self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (next_at, seq, id)
-        self._leases: list = []                                  # (lease_until, id)
+        self._leases: list = []                                  # (lease deadline, id)
+        self._lease_due: dict[str, float] = {}                   # leased: id -> monotonic deadline
+        self._due: dict[str, float] = {}                         # ready: id -> monotonic not-before
         self._live_keys: dict[tuple[str, str], str] = {}
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
         self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
-        self._clock = time.time
+        self.clock = clock  # wall() for what is persisted, mono() for what is decided
 
     # loading ---------------------------------------------------------------------------
     def load(self, db) -> int:
@@ -64,13 +71,29 @@ class Queue:
         if state == READY:
             self._push_ready(doc)
         elif state == LEASED:
-            heapq.heappush(self._leases, (doc["lease_until"], row_id))
+            self._hold(row_id, self._rebased(doc["lease_until"]))
 
-    def _push_ready(self, doc: dict) -> None:
-        if doc["next_at"] > self._clock():
-            heapq.heappush(self._delayed[doc["kind"]], (doc["next_at"], next(self._seq), doc["id"]))
+    def _rebased(self, wall_time: float) -> float:
+        """A persisted wall-clock time as a monotonic one (when read from the store)."""
+        return self.clock.mono() + (wall_time - self.clock.wall())
+
+    def _hold(self, row_id: str, deadline: float) -> None:
+        self._lease_due[row_id] = deadline
+        heapq.heappush(self._leases, (deadline, row_id))
+
+    def _push_ready(self, doc: dict, due: float | None = None) -> None:
+        """Index a ready row; `due` is its monotonic not-before time (default: the one it
+        has, else its persisted next_at re-based)."""
+        row_id = doc["id"]
+        if due is None:
+            due = self._due.get(row_id)
+        if due is None:
+            due = self._rebased(doc["next_at"])
+        self._due[row_id] = due
+        if due > self.clock.mono():
+            heapq.heappush(self._delayed[doc["kind"]], (due, next(self._seq), row_id))
         else:
-            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), doc["id"]))
+            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), row_id))
 
     # helpers ---------------------------------------------------------------------------
     def _table(self, db):
@@ -84,11 +107,15 @@ class Queue:
         return doc
 
     def _set(self, db, row_id: str, old: dict, **fields) -> dict:
-        fields["updated"] = self._clock()
+        fields["updated"] = self.clock.wall()
         self._table(db).update(fields, doc_ids=[self._doc_ids[row_id]])
         new = dict(old, **fields)
         kind = old["kind"]
         if new["state"] != old["state"]:
+            if new["state"] != READY:
+                self._due.pop(row_id, None)
+            if old["state"] == LEASED:
+                self._lease_due.pop(row_id, None)
             self._counts[kind][old["state"]] -= 1
             self._counts[kind][new["state"]] += 1
             if new["state"] in (READY, LEASED):
@@ -109,11 +136,12 @@ class Queue:
         def fn(db):
             if key and (kind, key) in self._live_keys:
                 return self._live_keys[(kind, key)]
-            now = self._clock()
+            now = self.clock.wall()
             doc = {"id": uuid.uuid4().hex, "kind": kind, "priority": int(priority), "state": READY,
                    "attempts": 0, "next_at": now + delay, "payload": payload, "last_error": "",
                    "key": key or "", "created": now, "updated": now, "lease_until": 0.0}
             doc_id = self._table(db).insert(doc)
+            self._due[doc["id"]] = self.clock.mono() + delay
             self._index(doc, doc_id)
             return doc["id"]
 
@@ -123,7 +151,7 @@ class Queue:
         """The most urgent ready row of `kind`, now leased to the caller; None if none."""
 
         def fn(db):
-            now = self._clock()
+            now = self.clock.mono()
             self._reclaim_expired(db, now)
             delayed, ready = self._delayed[kind], self._ready[kind]
             while delayed and delayed[0][0] <= now:
@@ -134,12 +162,13 @@ class Queue:
                 doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
                 if doc is None or doc["state"] != READY or doc["priority"] != priority:
                     continue  # superseded entry (re-prioritised, retried, …)
-                if doc["next_at"] > now:
-                    heapq.heappush(delayed, (doc["next_at"], next(self._seq), row_id))
+                due = self._due.get(row_id, now)
+                if due > now:
+                    heapq.heappush(delayed, (due, next(self._seq), row_id))
                     continue
                 new = self._set(db, row_id, doc, state=LEASED, attempts=doc["attempts"] + 1,
-                                lease_until=now + lease_seconds)
-                heapq.heappush(self._leases, (new["lease_until"], row_id))
+                                lease_until=self.clock.wall() + lease_seconds)
+                self._hold(row_id, now + lease_seconds)
                 return QueueRow.from_doc(new)
             return None
 
@@ -154,11 +183,13 @@ class Queue:
     def _reclaim_expired(self, db, now: float) -> None:
         while self._leases and self._leases[0][0] <= now:
             until, row_id = heapq.heappop(self._leases)
+            if self._lease_due.get(row_id) != until:
+                continue  # acked, failed or leased again since
             doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-            if doc and doc["state"] == LEASED and doc["lease_until"] == until:
+            if doc and doc["state"] == LEASED:
                 new = self._set(db, row_id, doc, state=READY, lease_until=0.0,
                                 last_error="lease expired (worker stopped or stuck)")
-                self._push_ready(new)
+                self._push_ready(new, due=now)
 
     def ack(self, row_id: str) -> None:
         def fn(db):
@@ -176,8 +207,8 @@ class Queue:
                 self._set(db, row_id, doc, state=FAILED, last_error=error[:2000], lease_until=0.0)
             else:
                 new = self._set(db, row_id, doc, state=READY, last_error=error[:2000], lease_until=0.0,
-                                next_at=self._clock() + retry_in)
-                self._push_ready(new)
+                                next_at=self.clock.wall() + retry_in)
+                self._push_ready(new, due=self.clock.mono() + retry_in)
         self._store.write(fn)
 
     def retry(self, row_id: str) -> None:
@@ -186,8 +217,8 @@ class Queue:
             doc = self._get(db, row_id)
             if doc["state"] != FAILED:
                 raise BadInput(f"queue row {row_id} is {doc['state']}, not failed")
-            new = self._set(db, row_id, doc, state=READY, next_at=self._clock(), attempts=0)
-            self._push_ready(new)
+            new = self._set(db, row_id, doc, state=READY, next_at=self.clock.wall(), attempts=0)
+            self._push_ready(new, due=self.clock.mono())
         self._store.write(fn)
 
     def dismiss(self, row_id: str, reason: str = "dismissed") -> None:

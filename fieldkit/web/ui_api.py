@@ -633,4 +633,5 @@ def device():
         out["inference"] = {"running": False, "reason": str(exc)[:200]}
     from .live import max_streams, open_streams
     out["live"] = {"open": open_streams(), "max": max_streams(kit.config)}
+    out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
     return jsonify(out)
