@@ -25,6 +25,7 @@ import dataclasses
 import io
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,12 +101,18 @@ def _template(n: int) -> bytes:
 _TEMPLATE = _template(0)
 
 
-def capture(n: int) -> bytes:
+def capture(n: int, patient_id: bool = True) -> bytes:
     """Instance n: patient n // 10, its one study, a 64×48 grey US frame. Deterministic, so
     the kit and Orthanc get the same objects. Every varying value has a fixed length, so a
-    byte substitution in one encoded template makes it (pydicom per object is the slow part)."""
+    byte substitution in one encoded template makes it (pydicom per object is the slow part).
+
+    The kit gets them without the probe's PatientID (`patient_id=False`), as an emergency
+    probe sends: the kit links them by study. With one, today's linking scans every patient
+    for every capture, and growing to 100 000 rows would take hours."""
     p = n // PER_PATIENT
     out = _TEMPLATE
+    if not patient_id:  # PatientID (0010,0020) LO "SCALE000000 " -> empty
+        out = out.replace(b"\x10\x00\x20\x00LO\x0c\x00SCALE000000 ", b"\x10\x00\x20\x00LO\x00\x00")
     for old, new in ((b"2.25.77000000000", f"2.25.77{n:09d}"), (b"2.25.78000000000", f"2.25.78{p:09d}"),
                      (b"2.25.79000000000", f"2.25.79{p:09d}"), (b"SCALE000000", f"SCALE{p:06d}"),
                      (b"Scale^000000", f"Scale^{p:06d}"), (b"ACC000000", f"ACC{p:06d}"),
@@ -133,8 +140,11 @@ def grow(data_dir: Path, start: int, stop: int) -> float:
             batch = Batch(kit.store, "import")
             for n in range(first, min(stop, first + BATCH)):
                 # every frame is the same, so its preview is made once, not 100 000 times
-                batch.add(dataclasses.replace(prepare(capture(n), thumbnail=False), thumbnail=thumb))
+                batch.add(dataclasses.replace(prepare(capture(n, patient_id=False), thumbnail=False),
+                                              thumbnail=thumb))
             batch.commit()
+            if (first + BATCH) % 10000 == 0:
+                print(f"    {first + BATCH} rows, {time.perf_counter() - t0:.0f} s", flush=True)
         kit.store.write(lambda db: db.table(T_QUEUE).update({"state": DONE, "lease_until": 0.0},
                                                             lambda d: d["state"] != DONE))
     finally:
@@ -228,13 +238,16 @@ def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], se
                 errors.append(f"{kind}: {detail}")
 
     def tablet(n: int) -> None:
-        try:
-            s = _signed_in(kit)
-            st = Stream(s, kit.url)
-        except Exception as exc:
-            with lock:
-                errors.append(f"tablet {n} sign-in/stream: {exc}")
-            return
+        st = None
+        while st is None:  # a slow kit times sign-ins out: the tablet tries again, as a person would
+            try:
+                s = _signed_in(kit)
+                st = Stream(s, kit.url)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"tablet {n} sign-in/stream: {str(exc)[:120]}")
+                if stop.wait(2.0):
+                    return
         with lock:
             streams.append(st)
         rng = random.Random(n)
@@ -304,7 +317,12 @@ def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], se
 
 # -- the run -------------------------------------------------------------------------------
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so every process it started is stopped
     results: dict[int, dict] = {}
     qido: dict[int, dict] = {}
     soak: dict = {}
