@@ -110,3 +110,17 @@ def test_serve_watches_the_clock(kit_server):
                             headers={"Authorization": f"Bearer {kit_server.token('admin')}"}).json()
     assert "clock" in status["services"]
     assert status["clock"] == {"jumps": [], "last_jump": None}
+
+
+def test_the_sync_planner_sees_what_lease_would_give_across_a_jump(store, clock):
+    urgent = store.queue.enqueue(KIND_SYNC, {"n": 1}, priority=10)
+    store.queue.enqueue(KIND_SYNC, {"n": 2}, priority=50)
+    row = store.queue.lease(KIND_SYNC)
+    assert row.id == urgent
+    store.queue.fail(row.id, "hospital unreachable", retry_in=30.0)
+    clock.jump_wall(HOUR)
+    assert store.queue.most_urgent_ready(KIND_SYNC) == 50  # the urgent row still waits its 30 s
+    clock.jump_wall(-2 * HOUR)
+    clock.advance(31)
+    assert store.queue.most_urgent_ready(KIND_SYNC) == 10
+    assert store.queue.lease(KIND_SYNC).id == urgent

@@ -154,9 +154,7 @@ class Queue:
             now = self.clock.mono()
             self._reclaim_expired(db, now)
             delayed, ready = self._delayed[kind], self._ready[kind]
-            while delayed and delayed[0][0] <= now:
-                _, _, row_id = heapq.heappop(delayed)
-                heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
+            self._promote(db, kind, now)
             while ready:
                 priority, _, row_id = heapq.heappop(ready)
                 doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
@@ -175,6 +173,33 @@ class Queue:
         # Not waiting for fsync: a lease lost in a crash only means the row is ready again,
         # which is what a crash does to every lease anyway.
         return self._store.write(fn, durable=False)
+
+    def most_urgent_ready(self, kind: str) -> int | None:
+        """The priority of the most urgent row of `kind` that lease() would hand out now."""
+        def fn(db):
+            now = self.clock.mono()
+            self._promote(db, kind, now)
+            ready = self._ready[kind]
+            while ready:
+                priority, _, row_id = ready[0]
+                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                if doc is None or doc["state"] != READY or doc["priority"] != priority:
+                    heapq.heappop(ready)  # superseded entry, as lease() would drop it
+                    continue
+                if self._due.get(row_id, now) > now:
+                    heapq.heappop(ready)
+                    heapq.heappush(self._delayed[kind], (self._due[row_id], next(self._seq), row_id))
+                    continue
+                return priority
+            return None
+        return self._store.read(fn)
+
+    def _promote(self, db, kind: str, now: float) -> None:
+        """Delayed rows whose time has come join the ready heap."""
+        delayed, ready = self._delayed[kind], self._ready[kind]
+        while delayed and delayed[0][0] <= now:
+            _, _, row_id = heapq.heappop(delayed)
+            heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
 
     def _priority_of(self, db, row_id: str) -> int:
         doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fieldkit.records import DONE, FAILED, KIND_SYNC, READY, T_INSTANCES, QueueRow, sync_priority
+from fieldkit.records import DONE, FAILED, KIND_SYNC, T_INSTANCES, QueueRow, sync_priority
 
 EXPRESS, BULK = "express", "bulk"
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -110,16 +110,7 @@ class Pool:
         return True
 
     def _min_ready_priority(self) -> int | None:
-        now = time.time()
-
-        def fn(db):
-            best = None
-            for d in db.table("queue").all():
-                if d["kind"] == KIND_SYNC and d["state"] == READY and d["next_at"] <= now:
-                    if best is None or d["priority"] < best:
-                        best = d["priority"]
-            return best
-        return self.store.read(fn)
+        return self.store.queue.most_urgent_ready(KIND_SYNC)
 
     def _refresh_priorities(self) -> None:
         """Pick up re-triage (set_priority) of rows already in the pool."""
