@@ -21,8 +21,8 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import BadInput, NotFound
-from ..security.passwords import SYSTEM_CLOCK, Clock
 from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_QUEUE, QueueRow
+from ..security.passwords import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from . import Store
@@ -34,7 +34,7 @@ class Queue:
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
         self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
-        self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (next_at, seq, id)
+        self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (due, seq, id)
         self._leases: list = []                                  # (lease deadline, id)
         self._lease_due: dict[str, float] = {}                   # leased: id -> monotonic deadline
         self._due: dict[str, float] = {}                         # ready: id -> monotonic not-before
