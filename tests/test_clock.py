@@ -136,7 +136,7 @@ def test_the_device_page_says_whether_the_clock_jumped(ui_browser, ui_kit):
         page = ctx.new_page()
         sign_in(page, ADMIN_USER, ADMIN_PASSWORD)
         page.goto("/device")
-        page.wait_for_function("() => document.getElementById('dv-clock').textContent !== '–'")
+        page.wait_for_function("() => document.getElementById('dv-clock').textContent !== '–'", timeout=60000)
         assert page.locator("#dv-clock").inner_text() == "steady since the kit started"
 
         # Setting this machine's clock is not for a test to do: the kit's real answer is
@@ -153,7 +153,8 @@ def test_the_device_page_says_whether_the_clock_jumped(ui_browser, ui_kit):
 
         page.route("**/api/v1/ui/device", with_jump)
         page.reload()
-        page.wait_for_function("() => document.getElementById('dv-clock').textContent.startsWith('jumped')")
+        page.wait_for_function("() => document.getElementById('dv-clock').textContent.startsWith('jumped')",
+                               timeout=60000)
         text = page.locator("#dv-clock").inner_text()
         assert text.startswith("jumped backwards 1.0 h at ") and text.endswith("times recorded around it may be off")
     finally:
