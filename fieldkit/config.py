@@ -39,6 +39,8 @@ SETTINGS: dict[str, Setting] = {
     "dicom.allow_any_ae": Setting(False, "Accept associations from any calling AE title (demo only)."),
     "dicom.allowed_ae_titles": Setting([], "Calling AE titles allowed to send when allow_any_ae is false."),
     "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB."),
+    "dicom.max_associations": Setting(16, "Most DICOM associations received at once (per port); one more is refused with A-ASSOCIATE-RJ (transient), so the probe can retry."),
+    "dicom.idle_timeout_s": Setting(60, "Seconds an association may stay silent before its slot is released; a connection that never asks for an association is dropped after at most 30 s."),
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),

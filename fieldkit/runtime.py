@@ -37,6 +37,7 @@ SERVICES: list[tuple[str, str]] = [
     ("audit-sync", "fieldkit.cli.security:start_audit_sync"),
     ("redact-learner", "fieldkit.cli.security:start_redact_learner"),
     ("power", "fieldkit.hardware.service:start"),
+    ("clock", "fieldkit.hardware.clock:start"),
     ("dicom", "fieldkit.ingest.dimse:start"),
     ("dicom-tls", "fieldkit.ingest.dimse_tls:start"),
     ("inference", "fieldkit.inference.worker:start"),
@@ -94,6 +95,7 @@ class Kit:
         self.started_at = time.time()
         self.services: dict[str, object] = {}
         self.hardware = None  # a hardware probe (fieldkit.hardware) when one is wired
+        self.clock_watch = None  # fieldkit.hardware.clock.ClockWatch once serve runs
         self.http_port: int | None = None
         self.dicom_port: int | None = None
         self._events = store.events
@@ -135,6 +137,8 @@ class Kit:
             out["damage"] = damage(self.store)
         if self.hardware is not None and hasattr(self.hardware, "state"):
             out["power"] = self.hardware.state()
+        if self.clock_watch is not None:
+            out["clock"] = self.clock_watch.state()
         inference = self.services.get("inference")
         if inference is not None and hasattr(inference, "status"):
             out["inference"] = inference.status()

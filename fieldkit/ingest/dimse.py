@@ -151,11 +151,15 @@ def make_ae(config, registered: list[str] = ()) -> AE:
         ae = AE(ae_title=config["dicom.ae_title"])
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"dicom.ae_title {config['dicom.ae_title']!r} is not a usable AE title: {exc}") from None
-    ae.maximum_associations = 8
+    ae.maximum_associations = max(1, int(config["dicom.max_associations"]))
     # large PDUs: a cine arrives in a few hundred PDVs instead of thousands of 16 KiB ones
     ae.maximum_pdu_size = 4 << 20
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
+    # Every connection holds a slot until its thread ends, so silence must end it: a socket
+    # that never sends an A-ASSOCIATE-RQ goes after acse_timeout, an association that stops
+    # talking after network_timeout (pynetdicom's idle timer).
+    idle = max(1.0, float(config["dicom.idle_timeout_s"]))
+    ae.network_timeout = idle
+    ae.acse_timeout = min(30.0, idle)
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)

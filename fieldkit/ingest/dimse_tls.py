@@ -12,10 +12,20 @@ import ssl
 from .dimse import listen
 
 
+class _HandshakeInAssociationThread(ssl.SSLContext):
+    """pynetdicom wraps an accepted socket in its one accept thread, and a blocking handshake
+    there lets a connection that sends nothing stop every other probe. Deferred, the
+    handshake runs on the association's first read, under its timeouts."""
+
+    def wrap_socket(self, sock, *args, **kwargs):
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def server_context(data_dir) -> ssl.SSLContext:
     from ..security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
 
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = _HandshakeInAssociationThread(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     tls = data_dir / TLS_DIR
     ctx.load_cert_chain(str(tls / SERVER_CERT), str(tls / SERVER_KEY))

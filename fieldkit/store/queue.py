@@ -13,19 +13,24 @@ that finishes a row, leaving only their number in an archive document (`meta` ta
 `queue_archive`: done and dismissed counts per kind), so `counts()` still counts them.
 Counts, waiting bytes and the oldest waiting row are kept up to date as rows move, so
 status never scans the table.
+
+Time: the persisted `next_at` and `lease_until` are wall-clock times (shown to people, and
+the next start re-bases them), but inside a run the queue decides on in-memory monotonic
+deadlines, so setting the device clock can neither expire a lease early, freeze it, nor
+turn a 30 s retry into an hour or into nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import BadInput, NotFound
 from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_INSTANCES, T_QUEUE, QueueRow
+from ..security.passwords import SYSTEM_CLOCK, Clock
 from . import meta
 
 if TYPE_CHECKING:
@@ -55,17 +60,19 @@ def _subject(doc: dict) -> str:
 
 
 class Queue:
-    def __init__(self, store: "Store"):
+    def __init__(self, store: "Store", clock: Clock = SYSTEM_CLOCK):
         self._store = store
-        self._clock = time.time
+        self.clock = clock  # wall() for what is persisted, mono() for what is decided
         self._clear_index()
 
     def _clear_index(self) -> None:
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
         self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
-        self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (next_at, seq, id)
-        self._leases: list = []                                  # (lease_until, id)
+        self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (due, seq, id)
+        self._leases: list = []                                  # (lease deadline, id)
+        self._lease_due: dict[str, float] = {}                   # leased: id -> monotonic deadline
+        self._due: dict[str, float] = {}                         # ready: id -> monotonic not-before
         self._live_keys: dict[tuple[str, str], str] = {}
         self._counts = {k: {s: 0 for s in STATES} for k in KINDS}
         self._waiting: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # ready/leased: id -> created
@@ -129,13 +136,29 @@ class Queue:
         if state == READY:
             self._push_ready(doc)
         elif state == LEASED:
-            heapq.heappush(self._leases, (doc["lease_until"], row_id))
+            self._hold(row_id, self._rebased(doc["lease_until"]))
 
-    def _push_ready(self, doc: dict) -> None:
-        if doc["next_at"] > self._clock():
-            heapq.heappush(self._delayed[doc["kind"]], (doc["next_at"], next(self._seq), doc["id"]))
+    def _rebased(self, wall_time: float) -> float:
+        """A persisted wall-clock time as a monotonic one (when read from the store)."""
+        return self.clock.mono() + (wall_time - self.clock.wall())
+
+    def _hold(self, row_id: str, deadline: float) -> None:
+        self._lease_due[row_id] = deadline
+        heapq.heappush(self._leases, (deadline, row_id))
+
+    def _push_ready(self, doc: dict, due: float | None = None) -> None:
+        """Index a ready row; `due` is its monotonic not-before time (default: the one it
+        has, else its persisted next_at re-based)."""
+        row_id = doc["id"]
+        if due is None:
+            due = self._due.get(row_id)
+        if due is None:
+            due = self._rebased(doc["next_at"])
+        self._due[row_id] = due
+        if due > self.clock.mono():
+            heapq.heappush(self._delayed[doc["kind"]], (due, next(self._seq), row_id))
         else:
-            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), doc["id"]))
+            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), row_id))
 
     def _wait(self, db, doc: dict) -> None:
         """The row starts waiting (ready or leased): count it and its bytes."""
@@ -194,11 +217,15 @@ class Queue:
         return doc
 
     def _set(self, db, row_id: str, old: dict, **fields) -> dict:
-        fields["updated"] = self._clock()
+        fields["updated"] = self.clock.wall()
         self._table(db).update(fields, doc_ids=[self._doc_ids[row_id]])
         new = dict(old, **fields)
         kind = old["kind"]
         if new["state"] != old["state"]:
+            if new["state"] != READY:
+                self._due.pop(row_id, None)
+            if old["state"] == LEASED:
+                self._lease_due.pop(row_id, None)
             self._counts[kind][old["state"]] -= 1
             self._counts[kind][new["state"]] += 1
             if new["state"] in (READY, LEASED):
@@ -225,11 +252,12 @@ class Queue:
         def fn(db):
             if key and (kind, key) in self._live_keys:
                 return self._live_keys[(kind, key)]
-            now = self._clock()
+            now = self.clock.wall()
             doc = {"id": uuid.uuid4().hex, "kind": kind, "priority": int(priority), "state": READY,
                    "attempts": 0, "next_at": now + delay, "payload": payload, "last_error": "",
                    "key": key or "", "created": now, "updated": now, "lease_until": 0.0}
             doc_id = self._table(db).insert(doc)
+            self._due[doc["id"]] = self.clock.mono() + delay
             self._index(db, doc, doc_id)
             return doc["id"]
 
@@ -239,29 +267,55 @@ class Queue:
         """The most urgent ready row of `kind`, now leased to the caller; None if none."""
 
         def fn(db):
-            now = self._clock()
+            now = self.clock.mono()
             self._reclaim_expired(db, now)
             delayed, ready = self._delayed[kind], self._ready[kind]
-            while delayed and delayed[0][0] <= now:
-                _, _, row_id = heapq.heappop(delayed)
-                heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
+            self._promote(db, kind, now)
             while ready:
                 priority, _, row_id = heapq.heappop(ready)
                 doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
                 if doc is None or doc["state"] != READY or doc["priority"] != priority:
                     continue  # superseded entry (re-prioritised, retried, …)
-                if doc["next_at"] > now:
-                    heapq.heappush(delayed, (doc["next_at"], next(self._seq), row_id))
+                due = self._due.get(row_id, now)
+                if due > now:
+                    heapq.heappush(delayed, (due, next(self._seq), row_id))
                     continue
                 new = self._set(db, row_id, doc, state=LEASED, attempts=doc["attempts"] + 1,
-                                lease_until=now + lease_seconds)
-                heapq.heappush(self._leases, (new["lease_until"], row_id))
+                                lease_until=self.clock.wall() + lease_seconds)
+                self._hold(row_id, now + lease_seconds)
                 return QueueRow.from_doc(new)
             return None
 
         # Not waiting for fsync: a lease lost in a crash only means the row is ready again,
         # which is what a crash does to every lease anyway.
         return self._store.write(fn, durable=False)
+
+    def most_urgent_ready(self, kind: str) -> int | None:
+        """The priority of the most urgent row of `kind` that lease() would hand out now."""
+        def fn(db):
+            now = self.clock.mono()
+            self._promote(db, kind, now)
+            ready = self._ready[kind]
+            while ready:
+                priority, _, row_id = ready[0]
+                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                if doc is None or doc["state"] != READY or doc["priority"] != priority:
+                    heapq.heappop(ready)  # superseded entry, as lease() would drop it
+                    continue
+                if self._due.get(row_id, now) > now:
+                    heapq.heappop(ready)
+                    heapq.heappush(self._delayed[kind], (self._due[row_id], next(self._seq), row_id))
+                    continue
+                return priority
+            return None
+        return self._store.read(fn)
+
+    def _promote(self, db, kind: str, now: float) -> None:
+        """Delayed rows whose time has come join the ready heap."""
+        delayed, ready = self._delayed[kind], self._ready[kind]
+        while delayed and delayed[0][0] <= now:
+            _, _, row_id = heapq.heappop(delayed)
+            heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
 
     def _priority_of(self, db, row_id: str) -> int:
         doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
@@ -270,11 +324,13 @@ class Queue:
     def _reclaim_expired(self, db, now: float) -> None:
         while self._leases and self._leases[0][0] <= now:
             until, row_id = heapq.heappop(self._leases)
+            if self._lease_due.get(row_id) != until:
+                continue  # acked, failed or leased again since
             doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-            if doc and doc["state"] == LEASED and doc["lease_until"] == until:
+            if doc and doc["state"] == LEASED:
                 new = self._set(db, row_id, doc, state=READY, lease_until=0.0,
                                 last_error="lease expired (worker stopped or stuck)")
-                self._push_ready(new)
+                self._push_ready(new, due=now)
 
     def ack(self, row_id: str) -> None:
         def fn(db):
@@ -292,8 +348,8 @@ class Queue:
                 self._set(db, row_id, doc, state=FAILED, last_error=error[:2000], lease_until=0.0)
             else:
                 new = self._set(db, row_id, doc, state=READY, last_error=error[:2000], lease_until=0.0,
-                                next_at=self._clock() + retry_in)
-                self._push_ready(new)
+                                next_at=self.clock.wall() + retry_in)
+                self._push_ready(new, due=self.clock.mono() + retry_in)
         self._store.write(fn)
 
     def retry(self, row_id: str) -> None:
@@ -302,8 +358,8 @@ class Queue:
             doc = self._get(db, row_id)
             if doc["state"] != FAILED:
                 raise BadInput(f"queue row {row_id} is {doc['state']}, not failed")
-            new = self._set(db, row_id, doc, state=READY, next_at=self._clock(), attempts=0)
-            self._push_ready(new)
+            new = self._set(db, row_id, doc, state=READY, next_at=self.clock.wall(), attempts=0)
+            self._push_ready(new, due=self.clock.mono())
         self._store.write(fn)
 
     def dismiss(self, row_id: str, reason: str = "dismissed") -> None:
@@ -394,25 +450,6 @@ class Queue:
                 return list(itertools.islice(rows, limit))
             rows = (r for r in self._rows_by_id(db, self._waiting[kind]) if r.state == LEASED)
             return list(itertools.islice(rows, limit))
-        return self._store.read(fn)
-
-    def min_ready_priority(self, kind: str) -> int | None:
-        """The most urgent priority among rows of `kind` ready to lease now."""
-        def fn(db):
-            now, best = self._clock(), None
-            for priority, _, row_id in _heap_order(self._ready[kind]):
-                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-                if doc is not None and doc["state"] == READY and doc["priority"] == priority \
-                        and doc["next_at"] <= now:
-                    best = priority
-                    break
-            for next_at, _, row_id in _heap_order(self._delayed[kind]):
-                if next_at > now:
-                    break
-                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-                if doc is not None and doc["state"] == READY and doc["next_at"] <= now:
-                    best = doc["priority"] if best is None else min(best, doc["priority"])
-            return best
         return self._store.read(fn)
 
     def priorities(self, row_ids) -> dict[str, int]:

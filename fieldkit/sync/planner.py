@@ -106,7 +106,7 @@ class Pool:
         return True
 
     def _min_ready_priority(self) -> int | None:
-        return self.store.queue.min_ready_priority(KIND_SYNC)
+        return self.store.queue.most_urgent_ready(KIND_SYNC)
 
     def _refresh_priorities(self) -> None:
         """Pick up re-triage (set_priority) of rows already in the pool."""

@@ -412,4 +412,5 @@ def device():
     scrub = kit.services.get("scrub")
     out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
     out["damage"] = damage(kit.store)
+    out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
     return jsonify(out)

@@ -1,7 +1,17 @@
 // Device page: battery, temperature, disk, power policy, queues, models, kit ID, version.
-import { api, el, fmtBytes, initPage, live, showError } from "./common.js";
+import { api, el, fmtBytes, fmtTime, initPage, live, showError } from "./common.js";
 
 function set(id, text) { document.getElementById(id).textContent = text; }
+
+function clockText(c) {
+  if (!c) return "–";
+  const j = c.last_jump;
+  if (!j) return "steady since the kit started";
+  const s = Math.abs(j.seconds);
+  const size = s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`;
+  const n = c.jumps.length > 1 ? ` (${c.jumps.length} jumps)` : "";
+  return `jumped ${j.seconds > 0 ? "forwards" : "backwards"} ${size} at ${fmtTime(j.at)}${n}: times recorded around it may be off`;
+}
 
 function q(counts) {
   if (!counts) return "–";
@@ -39,6 +49,7 @@ async function refresh() {
     document.getElementById("dv-damage-panel").hidden = !damage.length;
     document.getElementById("dv-damage").replaceChildren(...damage.map((x) =>
       el("li", "", `capture ${x.sop_instance_uid} (blob ${String(x.blob).slice(0, 12)}…): ${x.reason}`)));
+    set("dv-clock", clockText(d.clock));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {

@@ -1,0 +1,427 @@
+"""Scale benchmark (measured, never asserted): does the kit stay as fast at 100 000
+instance rows as at 1 000?
+
+One kit grows to each size in turn (small generated US images, 10 captures per patient,
+one study each, put through the store API in-process), then a real `fieldkit serve` runs
+on it with simulated tablets (each signed in, holding the live stream open and fetching
+the board, a patient and the status like the tablet pages do), a DICOMweb client running
+QIDO, and storescu as the probe sending 5 cines per association. At every size it prints
+p95 latencies and the probe's C-STORE rate; at the end one ratio line per figure (largest
+size ÷ smallest), QIDO against a real Orthanc holding the same instances (measured side by
+side while both are idle), and the serve RSS over a longer soak at the largest size.
+
+    SCALE_SIZES=1000,10000,100000  sizes to grow to (cumulative, ascending)
+    SCALE_SECONDS=30               load duration at each size
+    SCALE_SOAK_SECONDS=60          load duration at the largest size (RSS sampled; the issue's figure is 600)
+    SCALE_TABLETS=20
+    SCALE_ORTHANC_MAX=10000        most instances loaded into Orthanc (0: no Orthanc)
+
+    python tests/bench/bench_scale.py   (part of `make bench`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+import requests  # noqa: E402
+from pydicom.dataset import FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from fixtures.ui import capture_file, start_ui_kit  # noqa: E402
+from kitproc import KitProcess  # noqa: E402
+from test_ui_live import Stream, _signed_in  # noqa: E402
+
+SIZES = [int(s) for s in os.environ.get("SCALE_SIZES", "1000,10000,100000").split(",")]
+SECONDS = float(os.environ.get("SCALE_SECONDS", "30"))
+SOAK_SECONDS = float(os.environ.get("SCALE_SOAK_SECONDS", "60"))
+TABLETS = int(os.environ.get("SCALE_TABLETS", "20"))
+ORTHANC_MAX = int(os.environ.get("SCALE_ORTHANC_MAX", "10000"))
+PER_PATIENT = 10
+BATCH = 500
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+# -- the generated captures (synthetic images, no patient data) ----------------------------
+
+def _template(n: int) -> bytes:
+    p = n // PER_PATIENT
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = US_IMAGE
+    ds.SOPClassUID = US_IMAGE
+    ds.SOPInstanceUID = f"2.25.77{n:09d}"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = f"2.25.78{p:09d}"
+    ds.SeriesInstanceUID = f"2.25.79{p:09d}"
+    ds.PatientID = f"SCALE{p:06d}"
+    ds.PatientName = f"Scale^{p:06d}"
+    ds.AccessionNumber = f"ACC{p:06d}"
+    ds.StudyDate = f"2026{1 + p % 12:02d}{1 + p % 28:02d}"
+    ds.StudyID = "1"
+    ds.Modality = "US"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = n % PER_PATIENT + 1
+    ds.Rows, ds.Columns = 48, 64
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+_TEMPLATE = _template(0)
+
+
+def capture(n: int, patient_id: bool = True) -> bytes:
+    """Instance n: patient n // 10, its one study, a 64×48 grey US frame. Deterministic, so
+    the kit and Orthanc get the same objects. Every varying value has a fixed length, so a
+    byte substitution in one encoded template makes it (pydicom per object is the slow part).
+
+    The kit gets them without the probe's PatientID (`patient_id=False`), as an emergency
+    probe sends: the kit links them by study. With one, today's linking scans every patient
+    for every capture, and growing to 100 000 rows would take hours."""
+    p = n // PER_PATIENT
+    out = _TEMPLATE
+    if not patient_id:  # PatientID (0010,0020) LO "SCALE000000 " -> empty
+        out = out.replace(b"\x10\x00\x20\x00LO\x0c\x00SCALE000000 ", b"\x10\x00\x20\x00LO\x00\x00")
+    for old, new in ((b"2.25.77000000000", f"2.25.77{n:09d}"), (b"2.25.78000000000", f"2.25.78{p:09d}"),
+                     (b"2.25.79000000000", f"2.25.79{p:09d}"), (b"SCALE000000", f"SCALE{p:06d}"),
+                     (b"Scale^000000", f"Scale^{p:06d}"), (b"ACC000000", f"ACC{p:06d}"),
+                     (b"20260101", f"2026{1 + p % 12:02d}{1 + p % 28:02d}")):
+        out = out.replace(old, new.encode())
+    inum = str(n % PER_PATIENT + 1).encode()
+    # InstanceNumber (IS, padded to even length): tag 0020,0013
+    out = out.replace(b"\x20\x00\x13\x00IS\x02\x001 ", b"\x20\x00\x13\x00IS\x02\x00" + inum.ljust(2))
+    return out
+
+
+def grow(data_dir: Path, start: int, stop: int) -> float:
+    """Put instances start..stop-1 through the store API; their jobs are then marked done,
+    as on a kit that has been analysing and syncing all along. Returns seconds taken."""
+    from fieldkit.records import DONE, T_QUEUE
+    from fieldkit.runtime import open_kit
+    from fieldkit.dicom.prepare import prepare
+    from fieldkit.store.instances import Batch
+
+    t0 = time.perf_counter()
+    thumb = prepare(capture(0)).thumbnail
+    kit = open_kit(data_dir)
+    try:
+        for first in range(start, stop, BATCH):
+            batch = Batch(kit.store, "import")
+            for n in range(first, min(stop, first + BATCH)):
+                # every frame is the same, so its preview is made once, not 100 000 times
+                batch.add(dataclasses.replace(prepare(capture(n, patient_id=False), thumbnail=False),
+                                              thumbnail=thumb))
+            batch.commit()
+            if (first + BATCH) % 10000 == 0:
+                print(f"    {first + BATCH} rows, {time.perf_counter() - t0:.0f} s", flush=True)
+        kit.store.write(lambda db: db.table(T_QUEUE).update({"state": DONE, "lease_until": 0.0},
+                                                            lambda d: d["state"] != DONE))
+    finally:
+        kit.close()
+    return time.perf_counter() - t0
+
+
+def load_orthanc(orthanc, start: int, stop: int) -> float:
+    t0 = time.perf_counter()
+    local = threading.local()
+
+    def post(n: int) -> None:
+        s = getattr(local, "s", None) or requests.Session()
+        local.s = s
+        r = s.post(orthanc.rest_url + "/instances", data=capture(n), auth=orthanc.auth, timeout=60)
+        r.raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post, range(start, stop)))
+    return time.perf_counter() - t0
+
+
+# -- the load ------------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def kit_ids(kit: KitProcess, size: int) -> tuple[list[str], list[str]]:
+    """(kit patient ids, study UIDs) of the generated captures, as the kit's QIDO gives them."""
+    token = kit.token("dicomweb-client")
+    pids = []
+    studies = [f"2.25.78{p:09d}" for p in range(size // PER_PATIENT)]
+    for study in random.Random(1).sample(studies, min(20, len(studies))):
+        r = requests.get(kit.url + f"/dicom-web/studies?StudyInstanceUID={study}", verify=kit.ca, timeout=60,
+                         headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"})
+        r.raise_for_status()
+        pids.append(r.json()[0]["00100020"]["Value"][0])
+    return pids, studies
+
+
+def qido_pair(kit: KitProcess, token: str, orthanc, studies: list[str], rounds: int = 30) -> dict:
+    """QIDO one-study and a filtered study search, kit and Orthanc alternating, both idle."""
+    rng = random.Random(2)
+    kit_s, orth_s = requests.Session(), requests.Session()
+    kit_s.verify, kit_s.trust_env, orth_s.trust_env = kit.ca, False, False
+    kit_s.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"})
+    orth_s.headers["Accept"] = "application/dicom+json"
+    orth_s.auth = orthanc.auth
+    out = {"kit one-study": [], "orthanc one-study": [], "kit search": [], "orthanc search": []}
+    for _ in range(rounds):
+        study = rng.choice(studies)
+        acc = "ACC" + study[-6:]
+        for who, s, base in (("kit", kit_s, kit.url + "/dicom-web"), ("orthanc", orth_s, orthanc.base_url)):
+            for what, path in (("one-study", f"/studies/{study}/instances"),
+                               ("search", f"/studies?AccessionNumber={acc}&StudyDate=20260101-20261231")):
+                t0 = time.perf_counter()
+                r = s.get(base + path, timeout=60)
+                dt = time.perf_counter() - t0
+                if r.status_code == 200 and r.json():
+                    out[f"{who} {what}"].append(dt)
+    return out
+
+
+def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], seconds: float,
+             sample_rss: bool) -> dict:
+    lat: dict[str, list[float]] = {"board": [], "patient": [], "status": [], "qido": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    streams: list[Stream] = []
+    probe: list[tuple[int, float]] = []
+    rss: list[tuple[float, float]] = []
+    token = kit.token("dicomweb-client")
+
+    def timed(s: requests.Session, kind: str, url: str, **kw) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = s.get(url, timeout=120, **kw)
+            ok, detail = r.status_code == 200, f"HTTP {r.status_code}"
+        except requests.RequestException as exc:
+            ok, detail = False, type(exc).__name__
+        dt = time.perf_counter() - t0
+        with lock:
+            if ok:
+                lat[kind].append(dt)
+            else:
+                errors.append(f"{kind}: {detail}")
+
+    def tablet(n: int) -> None:
+        st = None
+        while st is None:  # a slow kit times sign-ins out: the tablet tries again, as a person would
+            try:
+                s = _signed_in(kit)
+                st = Stream(s, kit.url)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"tablet {n} sign-in/stream: {str(exc)[:120]}")
+                if stop.wait(2.0):
+                    return
+        with lock:
+            streams.append(st)
+        rng = random.Random(n)
+        while not stop.is_set():
+            timed(s, "board", kit.url + "/api/v1/ui/board")
+            if stop.wait(0.5):
+                break
+            timed(s, "patient", kit.url + f"/api/v1/ui/patients/{rng.choice(pids)}")
+            if stop.wait(0.5):
+                break
+            if n % 4 == 0:  # a few tablets have the device page open
+                timed(s, "status", kit.url + "/api/v1/status")
+                stop.wait(0.5)
+        st.resp.close()
+
+    def pacs() -> None:
+        s = requests.Session()
+        s.verify, s.trust_env = kit.ca, False
+        s.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"})
+        rng = random.Random(3)
+        while not stop.wait(0.5):
+            timed(s, "qido", kit.url + f"/dicom-web/studies/{rng.choice(studies)}/instances")
+
+    def prober() -> None:
+        cines = [capture_file(tmp, patient_id=f"PROBE{k}", name=f"cine{k}.dcm") for k in range(5)]
+        while not stop.is_set():
+            for c in cines:  # fresh UIDs each round, so every C-STORE stores
+                ds = pydicom.dcmread(c)
+                ds.SOPInstanceUID = generate_uid()
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.save_as(c, enforce_file_format=True)
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(["storescu", "-xy", "-aec", "FIELDKIT", "127.0.0.1", str(kit.dicom_port),
+                                       *map(str, cines)], capture_output=True, text=True, timeout=300)
+                ok = proc.returncode == 0
+            except subprocess.TimeoutExpired:
+                ok = False
+            with lock:
+                if ok:
+                    probe.append((len(cines), time.perf_counter() - t0))
+                else:
+                    errors.append("storescu failed")
+            stop.wait(1.0)
+
+    def sampler() -> None:
+        t0 = time.monotonic()
+        while not stop.wait(5.0):
+            rss.append((time.monotonic() - t0, rss_mb(kit.proc.pid)))
+
+    threads = [threading.Thread(target=tablet, args=(n,), daemon=True) for n in range(TABLETS)]
+    threads += [threading.Thread(target=pacs, daemon=True), threading.Thread(target=prober, daemon=True)]
+    if sample_rss:
+        threads.append(threading.Thread(target=sampler, daemon=True))
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join(330)
+    held = sum(1 for st in streams if st.resp.status_code == 200)
+    sent = sum(n for n, _ in probe)
+    rate = sent / sum(dt for _, dt in probe) if probe else float("nan")
+    return {"lat": lat, "errors": errors, "held": held, "rate": rate, "sent": sent, "rss": rss,
+            "hung": sum(t.is_alive() for t in threads)}
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so every process it started is stopped
+    results: dict[int, dict] = {}
+    qido: dict[int, dict] = {}
+    soak: dict = {}
+    orthanc = None
+
+    def config(data_dir):
+        from kitproc import set_config
+        set_config(data_dir, http__threads=TABLETS + 12)
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        tmp = Path(tmp)
+        kit = start_ui_kit(tmp, before_serve=config)  # init + clinician account
+        kit.stop()
+        try:
+            if ORTHANC_MAX > 0:
+                from fixtures.orthanc import start_orthanc
+                try:
+                    orthanc = start_orthanc(tmp / "orthanc", extra={"HttpThreadsCount": 4})
+                except RuntimeError as exc:
+                    print(f"no Orthanc comparison: {exc}")
+            have = in_orthanc = 0
+            for size in SIZES:
+                took = grow(kit.data_dir, have, size)
+                print(f"grew the kit {have} -> {size} instance rows in {took:.0f} s "
+                      f"({(size - have) / took:.0f} rows/s, in-process store API)", flush=True)
+                have = size
+                if orthanc is not None and in_orthanc < min(size, ORTHANC_MAX):
+                    top = min(size, ORTHANC_MAX)
+                    took = load_orthanc(orthanc, in_orthanc, top)
+                    print(f"loaded Orthanc {in_orthanc} -> {top} instances in {took:.0f} s "
+                          f"({(top - in_orthanc) / took:.0f}/s over REST)", flush=True)
+                    in_orthanc = top
+                kit = KitProcess(kit.data_dir)
+                t0 = time.perf_counter()
+                kit.start(timeout=600)
+                print(f"  serve started on {size} rows in {time.perf_counter() - t0:.1f} s; "
+                      f"RSS {rss_mb(kit.proc.pid):.0f} MB", flush=True)
+                try:
+                    pids, studies = kit_ids(kit, size)
+                    if orthanc is not None and in_orthanc == size:
+                        qido[size] = qido_pair(kit, kit.token("dicomweb-client"), orthanc, studies[:in_orthanc // PER_PATIENT])
+                    last = size == SIZES[-1]
+                    res = run_load(kit, tmp, pids, studies, SOAK_SECONDS if last else SECONDS, sample_rss=last)
+                    res["rss_end"] = rss_mb(kit.proc.pid)
+                    results[size] = res
+                    report_size(size, res)
+                    if size in qido:
+                        report_qido(size, qido[size])
+                    if last:
+                        soak = res
+                finally:
+                    kit.stop(timeout=60)
+        finally:
+            kit.stop(timeout=60)
+            if orthanc is not None:
+                orthanc.stop(timeout=10)
+    report_ratios(results, qido, soak)
+
+
+def report_size(size: int, res: dict) -> None:
+    lat = res["lat"]
+    parts = [f"{k} p50 {pct(v, .5) * 1e3:.0f} p95 {pct(v, .95) * 1e3:.0f} ms (n={len(v)})" for k, v in lat.items()]
+    print(f"  @ {size} rows, {TABLETS} tablets ({res['held']} live streams held): " + "; ".join(parts))
+    print(f"  probe: {res['sent']} cines, {res['rate']:.2f} C-STORE/s; serve RSS {res['rss_end']:.0f} MB; "
+          f"errors {len(res['errors'])}" + (f" (first: {res['errors'][:3]})" if res["errors"] else "")
+          + (f"; {res['hung']} load threads did not stop" if res["hung"] else ""), flush=True)
+
+
+def report_qido(size: int, q: dict) -> None:
+    for what in ("one-study", "search"):
+        k, o = statistics.median(q[f"kit {what}"] or [float("nan")]), statistics.median(q[f"orthanc {what}"] or [float("nan")])
+        print(f"  QIDO {what} @ {size} (idle, alternating): kit median {k * 1e3:.1f} ms, Orthanc {o * 1e3:.1f} ms")
+
+
+def report_ratios(results: dict, qido: dict, soak: dict) -> None:
+    if not results:
+        return
+    lo, hi = min(results), max(results)
+    print(f"== ratios, {hi} rows ÷ {lo} rows (targets from the issue)")
+    for kind, name in (("board", "board"), ("patient", "patient page"), ("qido", "QIDO one-study"),
+                       ("status", "/api/v1/status")):
+        a, b = pct(results[lo]["lat"][kind], .95), pct(results[hi]["lat"][kind], .95)
+        print(f"{name} p95 ratio {hi}/{lo}: {b / a:.2f} ({a * 1e3:.0f} -> {b * 1e3:.0f} ms; target <= 1.5)")
+    a, b = results[lo]["rate"], results[hi]["rate"]
+    print(f"probe C-STORE rate ratio {hi}/{lo}: {b / a:.2f} ({a:.2f} -> {b:.2f} /s; target >= 0.9)")
+    if qido:
+        at = max(qido)
+        q = qido[at]
+        for what in ("one-study", "search"):
+            k, o = statistics.median(q[f"kit {what}"] or [float("nan")]), statistics.median(q[f"orthanc {what}"] or [float("nan")])
+            print(f"QIDO {what} speed kit/Orthanc at {at} instances: {o / k:.2f} (kit {k * 1e3:.1f} ms, "
+                  f"Orthanc {o * 1e3:.1f} ms; target >= 1.0)" + ("" if at == hi else f" [Orthanc capped at {at}]"))
+    if soak.get("rss"):
+        samples = soak["rss"]
+        half = samples[-1][0] / 2
+        first = next(r for t, r in samples if t >= half)
+        print(f"serve RSS after {samples[-1][0]:.0f} s of load at {hi} rows: {samples[-1][1]:.0f} MB "
+              f"(target <= 500); growth over the last half: {samples[-1][1] - first:+.0f} MB (target 0)")
+
+
+if __name__ == "__main__":
+    main()
