@@ -36,7 +36,7 @@ from ..dicom.prepare import Prepared, guarded, prepare
 from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
-from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
+from ..records import KIND_INFER, KIND_SYNC, T_INSTANCES, T_PATIENTS, infer_priority, sync_priority
 from . import patients
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def _commit(store, db, item: _Item):
     doc_id = db.table(T_INSTANCES).insert(row)
     _remember(store, row, doc_id)
     if facts["is_image"]:
-        store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=PRIORITY_NORMAL, key=sop_uid)
+        store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=infer_priority(triage), key=sop_uid)
     what = "image" if facts["is_image"] else "finding"
     store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=sync_priority(triage, what), key=sop_uid)
     return STORED, row

@@ -17,10 +17,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import BadInput, NotFound
-from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_QUEUE, QueueRow
+from ..records import DONE, FAILED, KIND_INFER, KINDS, LEASED, READY, STATES, T_QUEUE, QueueRow
 
 if TYPE_CHECKING:
     from . import Store
+
+
+NEWEST_FIRST = (KIND_INFER,)
 
 
 class Queue:
@@ -28,7 +31,7 @@ class Queue:
         self._store = store
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
-        self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
+        self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, order, id)
         self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (next_at, seq, id)
         self._leases: list = []                                  # (lease_until, id)
         self._live_keys: dict[tuple[str, str], str] = {}
@@ -70,7 +73,12 @@ class Queue:
         if doc["next_at"] > self._clock():
             heapq.heappush(self._delayed[doc["kind"]], (doc["next_at"], next(self._seq), doc["id"]))
         else:
-            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), doc["id"]))
+            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], self._order(doc), doc["id"]))
+
+    def _order(self, doc: dict) -> float:
+        """Order within one priority: oldest first, but newest first for infer rows (the
+        capture just taken is the one a clinician is waiting on; a backlog can wait)."""
+        return -doc["created"] if doc["kind"] in NEWEST_FIRST else next(self._seq)
 
     # helpers ---------------------------------------------------------------------------
     def _table(self, db):
@@ -128,7 +136,9 @@ class Queue:
             delayed, ready = self._delayed[kind], self._ready[kind]
             while delayed and delayed[0][0] <= now:
                 _, _, row_id = heapq.heappop(delayed)
-                heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
+                doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+                if doc is not None:
+                    heapq.heappush(ready, (doc["priority"], self._order(doc), row_id))
             while ready:
                 priority, _, row_id = heapq.heappop(ready)
                 doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
@@ -146,10 +156,6 @@ class Queue:
         # Not waiting for fsync: a lease lost in a crash only means the row is ready again,
         # which is what a crash does to every lease anyway.
         return self._store.write(fn, durable=False)
-
-    def _priority_of(self, db, row_id: str) -> int:
-        doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-        return doc["priority"] if doc else 0
 
     def _reclaim_expired(self, db, now: float) -> None:
         while self._leases and self._leases[0][0] <= now:
