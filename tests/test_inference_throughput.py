@@ -126,12 +126,17 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
         assert done() < n, "every job finished before the kill"
     finally:
         kit.kill()
-    kit = KitProcess(data_dir).start()
+    kit = KitProcess(data_dir)
+    logged_before = kit.log_path.stat().st_size
+    kit.start()
     try:
         get = _api(kit, token)
         assert wait_until(lambda: get("/api/v1/status").json()["queue"][KIND_INFER]["done"] == n, timeout=240), \
             kit.log()
-        assert "resumed" in kit.log(), "the kill did not fall inside a group of leased jobs"
+        with open(kit.log_path, "rb") as fh:
+            fh.seek(logged_before)
+            restart_log = fh.read().decode(errors="replace")
+        assert "resumed" in restart_log, "the kill did not fall inside a group of leased jobs"
     finally:
         kit.stop()
 
@@ -155,13 +160,24 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
         store_kit.close()
 
 
-def test_a_red_finding_arrives_while_a_probe_keeps_sending(kit_server, need, tmp_path):
+def test_a_red_finding_arrives_while_a_probe_keeps_sending(data_dir, need, tmp_path):
     need("storescu")
+    from fieldkit.runtime import open_kit
+    opened = open_kit(data_dir)
+    try:
+        pstore.create_patient(opened.store, tag="R7", triage="red")  # tagged at the scene, then scanned
+    finally:
+        opened.close()
+    kit_server = KitProcess(data_dir).start()
+    try:
+        _red_finding_during_burst(kit_server, tmp_path)
+    finally:
+        kit_server.stop()
+
+
+def _red_finding_during_burst(kit_server, tmp_path):
     token = kit_server.token("admin")
     get = _api(kit_server, token)
-    r = kit_server.post("/api/v1/ui/patients", json={"tag": "R7", "triage": "red"},
-                        headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 201, r.text
     burst = []
     for i in range(40):
         path = tmp_path / f"b{i}.dcm"

@@ -18,6 +18,7 @@ import copy
 import datetime
 import functools
 import hashlib
+import logging
 import warnings
 
 import highdicom as hd
@@ -26,6 +27,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from .runner import Analysis
+
+# highdicom logs every module it copies at INFO, naming the source's UIDs: a cost per
+# report, and nothing an operator needs
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 # highdicom warns about odd person names by quoting them: patient data must not reach a log
 warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name",
