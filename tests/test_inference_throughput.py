@@ -131,8 +131,9 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     kit.start()
     try:
         get = _api(kit, token)
-        assert wait_until(lambda: get("/api/v1/status").json()["queue"][KIND_INFER]["done"] == n, timeout=240), \
-            kit.log()
+        # n finding jobs, then n report jobs (the SRs)
+        assert wait_until(lambda: get("/api/v1/status").json()["queue"][KIND_INFER]["done"] == 2 * n,
+                          timeout=300), kit.log()
         with open(kit.log_path, "rb") as fh:
             fh.seek(logged_before)
             restart_log = fh.read().decode(errors="replace")

@@ -1,18 +1,20 @@
 """The inference worker: a thread of `fieldkit serve` that drains `infer` jobs.
 
-Contract, per job (payload {"sop_instance_uid"}):
+Contract, per job (payload {"sop_instance_uid"}, plus "report": true for a report job):
 - the job is leased, not taken: if the process dies mid-job, the lease expires (or is
   resumed at startup) and the job runs again;
 - an input the models cannot judge is a *result* ("not assessable" with the reason) and
   the job is acknowledged; an object with no pixels (an SR) is skipped with the reason;
   only real errors (store, codec crash, bug) fail the job, with retries then quarantine;
 - results land as: the overlay blob (fsynced first), then in ONE journal record the
-  findings rows (replacing any from an earlier attempt), the SR (stored like any
-  instance, so it goes onto the sync queue) and the ack. Jobs are stored in groups
-  (`inference.commit_group`, none held back more than GROUP_SECONDS): one fsync for the
-  group, all of it or none of it after a crash. The SR's UID is derived from the source
-  and the models, so a re-run after a crash finds it already stored instead of making a
-  second one;
+  findings rows (replacing any from an earlier attempt), a report job for the SR and the
+  ack. Jobs are stored in groups (`inference.commit_group`, none held back more than
+  GROUP_SECONDS): one fsync for the group, all of it or none of it after a crash;
+- the SR (for the hospital, which gets it at the next sync) is built by its report job,
+  queued after every finding job (it costs several times what the finding does), from
+  the findings rows, and stored like any instance, so it goes onto the sync queue. Its
+  UID is derived from the source and the models, so the findings name it before it
+  exists, and a re-run after a crash finds it already stored instead of making a second;
 - jobs are leased red patients first, newest capture first (store.queue's order); while
   a probe sends a burst the worker yields, but at most
   `inference.max_ingest_delay_seconds` at a time;
@@ -28,7 +30,7 @@ import queue
 import threading
 import time
 
-from ..records import KIND_INFER
+from ..records import KIND_INFER, PRIORITY_BULK
 from . import findings, overlay, runner, sr
 from .registry import Registry
 
@@ -38,6 +40,9 @@ MAX_ATTEMPTS = 3
 IDLE_SECONDS = 0.5
 PAUSED_RETRY_SECONDS = 30.0
 GROUP_SECONDS = 0.25  # longest a finding waits for the rest of its commit group
+# Reports (SRs) are for the hospital, which gets them at the next sync; building one costs
+# several times what the finding does, so report jobs run after every finding job
+PRIORITY_REPORT = PRIORITY_BULK
 
 
 def _policy(kit):
@@ -56,14 +61,17 @@ def _policy(kit):
 class Done:
     """One analysed job whose results are not stored yet (see commit)."""
 
-    def __init__(self, job, sop_uid: str, outcome: dict, source: dict | None = None, rows=(), sr_ds=None):
+    def __init__(self, job, sop_uid: str, outcome: dict, source: dict | None = None, rows=()):
         self.job, self.sop_uid, self.outcome = job, sop_uid, outcome
-        self.source, self.rows, self.sr_ds = source, list(rows), sr_ds
+        self.source, self.rows = source, list(rows)
+        self.sr_ds = None  # the SR to store with the findings
+        self.report_later = False  # or: queue a report job for it
 
 
-def analyse(kit, registry: Registry, sop_uid: str, policy=None, blobs=None, job=None) -> Done:
-    """Analyse one stored instance: its findings rows and SR, ready for `commit`. The
-    overlay goes into `blobs` (a blob batch, durable after its wait) or is stored at once."""
+def analyse(kit, registry: Registry, sop_uid: str, policy=None, blobs=None, job=None, report: bool = True) -> Done:
+    """Analyse one stored instance: its findings rows, ready for `commit`. The overlay goes
+    into `blobs` (a blob batch, durable after its wait) or is stored at once. The SR is
+    built now with `report`, else `commit` queues a report job for it."""
     from ..store.instances import get_instance, read_dataset
     store, config = kit.store, kit.config
     row = get_instance(store, sop_uid)
@@ -96,12 +104,47 @@ def analyse(kit, registry: Registry, sop_uid: str, policy=None, blobs=None, job=
     sr_uid = sr.report_uid(ds, a, uid_root=uid_root)
     a.timing_ms["to_finding"] = round((time.perf_counter() - t0) * 1000, 1)
     rows = findings.rows_for(a, source=row, overlay=overlay_addr, sr_uid=sr_uid)
-    sr_ds = None
-    if get_instance(store, sr_uid) is None:
-        sr_ds = sr.build_sr(ds, a, uid_root=uid_root, kit_id=config.get("kit.id") or "")
     outcome = {"outcome": "analysed", "sr": sr_uid, "findings": [r["id"] for r in rows],
                "assessable": {r["task"]: r["assessable"] for r in rows}}
-    return Done(job, sop_uid, outcome, row, rows, sr_ds)
+    done = Done(job, sop_uid, outcome, row, rows)
+    if get_instance(store, sr_uid) is None:
+        if report:
+            done.sr_ds = sr.build_sr(ds, a, uid_root=uid_root, kit_id=config.get("kit.id") or "")
+        else:
+            done.report_later = True
+    return done
+
+
+def build_report(kit, sop_uid: str, job=None) -> Done:
+    """A report job: the SR of findings already stored, built from their rows (the
+    findings name the SR's UID; nothing to do when it is stored already or the findings
+    were replaced by a run of other models)."""
+    from ..store.instances import get_instance, read_dataset
+    store, config = kit.store, kit.config
+    rows = sorted(findings.for_instance(store, sop_uid), key=lambda r: runner.CLINICAL.index(r["task"])
+                  if r["task"] in runner.CLINICAL else len(runner.CLINICAL))
+    done = Done(job, sop_uid, {"outcome": "reported", "sr": rows[0]["sr_sop_instance_uid"] if rows else None})
+    if not rows or get_instance(store, rows[0]["sr_sop_instance_uid"]) is not None:
+        return done
+    ds = read_dataset(store, sop_uid, stop_before_pixels=True)  # the report needs the header only
+    a = _analysis_of(rows)
+    uid_root = config.get("kit.uid_root") or "2.25"
+    if sr.report_uid(ds, a, uid_root=uid_root) == rows[0]["sr_sop_instance_uid"]:
+        done.sr_ds = sr.build_sr(ds, a, uid_root=uid_root, kit_id=config.get("kit.id") or "")
+    return done
+
+
+def _analysis_of(rows: list[dict]) -> runner.Analysis:
+    """What an SR needs of an analysis, read back from its findings rows."""
+    first = rows[0]
+    a = runner.Analysis(frames_total=first.get("frames_total") or 0, frames_analysed=first.get("frames_analysed") or 0,
+                        view=first.get("view") or "unknown", quality=first.get("quality") or "unknown")
+    a.frame_numbers = sorted({f for r in rows for f in r.get("frames") or []})
+    a.results = [runner.Result(r["task"], {"name": r["model"], "version": r["model_version"], "sha256": r["model_sha256"]},
+                               bool(r["assessable"]), r.get("reason") or "", float(r.get("confidence") or 0.0),
+                               dict(r.get("result") or {}), r.get("view") or "", r.get("quality") or "",
+                               list(r.get("frames") or [])) for r in rows]
+    return a
 
 
 def commit(kit, done: list[Done], blobs=None) -> None:
@@ -122,6 +165,9 @@ def commit(kit, done: list[Done], blobs=None) -> None:
         for d in done:
             if d.rows:
                 findings.replace(store, d.sop_uid, d.rows)
+            if d.report_later:  # after every finding job: reports wait for idle time
+                store.queue.enqueue(KIND_INFER, {"sop_instance_uid": d.sop_uid, "report": True},
+                                    priority=PRIORITY_REPORT, key=f"report:{d.sop_uid}")
         reports.commit()
         for d in done:
             if d.job is not None:
@@ -134,12 +180,12 @@ def commit(kit, done: list[Done], blobs=None) -> None:
         if d.outcome["outcome"] == "analysed":
             store.events.publish("finding.stored", sop_instance_uid=d.sop_uid,
                                  patient_id=(d.source or {}).get("patient_id", ""), sr_sop_instance_uid=d.outcome["sr"])
-        else:
+        elif d.outcome["outcome"] == "skipped":
             store.events.publish("inference.skipped", sop_instance_uid=d.sop_uid, reason=d.outcome["reason"])
 
 
 def process(kit, registry: Registry, sop_uid: str, policy=None) -> dict:
-    """Analyse one stored instance and store its findings. Returns a short outcome dict."""
+    """Analyse one stored instance and store its findings and SR. Returns a short outcome dict."""
     done = analyse(kit, registry, sop_uid, policy)
     commit(kit, [done])
     return done.outcome
@@ -252,8 +298,10 @@ class Worker:
             if policy.pause_non_urgent_inference and self._triage(uid) != "red":
                 store.queue.fail(job.id, f"deferred: {policy.summary()}", retry_in=PAUSED_RETRY_SECONDS)
                 return None
+            if job.payload.get("report"):
+                return build_report(self.kit, uid, job=job)
             log.info("infer job %s: analysing (attempt %d)", job.id, job.attempts)
-            d = analyse(self.kit, self.registry, uid, policy, blobs=blobs, job=job)
+            d = analyse(self.kit, self.registry, uid, policy, blobs=blobs, job=job, report=False)
             if d.outcome["outcome"] == "skipped":
                 log.info("infer job %s skipped: %s", job.id, d.outcome["reason"])
             return d
