@@ -186,7 +186,7 @@ def bench_latency(reg):
           f"clip {clip_s:.2f} s = {ds.NumberOfFrames} frames x {float(ds.FrameTime):.3f} ms; target <= 1.0; "
           f"input {len(data) // 1024} KiB)")
     print(f"capture_to_sr_stored_over_clip_duration[examples_ybr_color.dcm]: {min(sr_times) / clip_s:.2f} "
-          f"(latency {min(sr_times) * 1000:.0f} ms best of 3: the SR follows the finding)")
+          f"(latency {min(sr_times) * 1000:.0f} ms best of 3: worker.process stores the SR with the finding)")
 
 
 def bench_jobs(reg, n=60, rounds=3):
