@@ -39,6 +39,14 @@ def test_infer_queue_leases_red_patients_first_then_the_newest_capture(kit):
     assert leased == ["red-new", "red-old", "yellow-new", "yellow-old", "none-new", "none-old"]
 
 
+def test_a_patient_tagged_red_after_the_scan_is_analysed_first(kit):
+    first = put_instance(kit.store, dataset_bytes(_capture(130)), "dimse")
+    put_instance(kit.store, dataset_bytes(_capture(131)), "dimse")
+    pstore.set_triage(kit.store, first["patient_id"], "red")
+    job = kit.store.queue.lease(KIND_INFER)
+    assert job.payload["sop_instance_uid"] == first["sop_instance_uid"]
+
+
 def test_a_deferred_red_job_still_goes_before_newer_ordinary_ones(kit):
     """Put back (power policy) and ready again: its place is by triage and capture time."""
     pstore.create_patient(kit.store, tag="R2", triage="red")

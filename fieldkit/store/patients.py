@@ -15,7 +15,7 @@ import time
 from tinydb import Query
 
 from ..errors import BadInput, NotFound
-from ..records import KIND_SYNC, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
+from ..records import KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority, sync_priority
 
 _P = Query()
 MAX_MERGE_HOPS = 32
@@ -131,7 +131,8 @@ def link(db, *, patient_id: str, issuer: str, kit_issuer: str, is_generic: bool,
 
 
 def set_triage(store, pid: str, category: str, by: str = "") -> dict:
-    """Record a triage category (history kept) and re-prioritise the patient's sync rows."""
+    """Record a triage category (history kept) and re-prioritise the patient's infer rows
+    (its sync rows are re-prioritised by the sync planner)."""
     if category not in TRIAGE_CATEGORIES:
         raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}, got {category!r}")
 
@@ -147,8 +148,22 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
         return row
 
     row = store.write(fn)
+    _reprioritise_inference(store, row["id"], category)
     store.events.publish("patient.updated", patient_id=row["id"])
     return row
+
+
+def _reprioritise_inference(store, pid: str, category: str) -> None:
+    """The patient's captures still waiting for analysis move to the new category's place
+    (a patient tagged red after the scan is analysed before the others)."""
+    from .instances import get_instance
+    priority = infer_priority(category)
+    for job in store.queue.rows(kind=KIND_INFER, state=READY):
+        if job.payload.get("report") or job.priority == priority:
+            continue  # a report job keeps its place after every finding job
+        inst = get_instance(store, str(job.payload.get("sop_instance_uid", "")))
+        if inst and inst.get("patient_id") == pid:
+            store.queue.set_priority(job.id, priority)
 
 
 def merge_patients(store, from_id: str, into_id: str) -> dict:
