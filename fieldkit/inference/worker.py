@@ -232,8 +232,7 @@ class Worker:
         `inference.max_ingest_delay_seconds`, after which the worker runs at least as long
         before it yields again, so findings (red patients first) keep coming during a
         continuous import. A capture that comes on its own is analysed at once."""
-        window = float(self.kit.config.get("inference.yield_to_ingest_ms") or 0) / 1000.0
-        bound = float(self.kit.config.get("inference.max_ingest_delay_seconds") or 0)
+        window, bound = self._yield_limits()
         if window <= 0 or bound <= 0 or time.monotonic() - self._worked_since < bound:
             return
         started = time.monotonic()
@@ -253,6 +252,19 @@ class Worker:
             self.yielded_seconds += waited
             self._worked_since = time.monotonic()
 
+    def _yield_limits(self) -> tuple[float, float]:
+        """(burst window, longest wait) in seconds."""
+        return (float(self.kit.config.get("inference.yield_to_ingest_ms") or 0) / 1000.0,
+                float(self.kit.config.get("inference.max_ingest_delay_seconds") or 0))
+
+    def _may_yield(self) -> bool:
+        """True when the next _yield_to_ingest may wait (a burst is under way)."""
+        window, bound = self._yield_limits()
+        self._note_arrivals()
+        return (window > 0 and bound > 0 and time.monotonic() - self._worked_since >= bound
+                and self._last_arrival - self._prev_arrival < window
+                and time.monotonic() - self._last_arrival < window)
+
     def status(self) -> dict:
         return {"running": self._thread.is_alive(), "processed": self.processed,
                 "last_error": self.last_error, "yielded_to_ingest_s": round(self.yielded_seconds, 1),
@@ -266,6 +278,9 @@ class Worker:
         blobs = None
         first_at = 0.0
         while not self._stop.is_set():
+            if done and self._may_yield():  # results never wait out a yield
+                self._commit(done, blobs)
+                done, blobs = [], None
             self._yield_to_ingest()
             try:
                 job = self.kit.store.queue.lease(KIND_INFER, lease_seconds=lease)
