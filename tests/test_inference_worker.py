@@ -230,5 +230,5 @@ def test_a_single_capture_is_analysed_at_once(kit, registry):
             time.sleep(0.02)
     finally:
         w.stop()
-    assert kit.store.queue.counts()[KIND_INFER]["done"] == 1
+    assert kit.store.queue.counts()[KIND_INFER]["done"] >= 1  # the finding job (its report job may follow)
     assert w.status()["yielded_to_ingest_s"] < 0.1
