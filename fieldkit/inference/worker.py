@@ -140,7 +140,8 @@ def _analysis_of(rows: list[dict]) -> runner.Analysis:
     a = runner.Analysis(frames_total=first.get("frames_total") or 0, frames_analysed=first.get("frames_analysed") or 0,
                         view=first.get("view") or "unknown", quality=first.get("quality") or "unknown")
     a.frame_numbers = sorted({f for r in rows for f in r.get("frames") or []})
-    a.results = [runner.Result(r["task"], {"name": r["model"], "version": r["model_version"], "sha256": r["model_sha256"]},
+    a.results = [runner.Result(r["task"],
+                               {"name": r["model"], "version": r["model_version"], "sha256": r["model_sha256"]},
                                bool(r["assessable"]), r.get("reason") or "", float(r.get("confidence") or 0.0),
                                dict(r.get("result") or {}), r.get("view") or "", r.get("quality") or "",
                                list(r.get("frames") or [])) for r in rows]

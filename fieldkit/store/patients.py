@@ -15,7 +15,8 @@ import time
 from tinydb import Query
 
 from ..errors import BadInput, NotFound
-from ..records import KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority, sync_priority
+from ..records import (KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority,
+                       sync_priority)
 
 _P = Query()
 MAX_MERGE_HOPS = 32

@@ -223,7 +223,8 @@ def bench_jobs(reg, n=60, rounds=3):
                         time.sleep(0.005)
                     finding_rates.append(n / (time.perf_counter() - t))
                     finding_cpus.append((time.process_time() - c) / n)
-                    while (counts()[KIND_INFER]["ready"] or counts()[KIND_INFER]["leased"]) and time.monotonic() < deadline:
+                    while time.monotonic() < deadline and (counts()[KIND_INFER]["ready"]
+                                                           or counts()[KIND_INFER]["leased"]):
                         time.sleep(0.005)
                     whole_rates.append(n / (time.perf_counter() - t))
                     cpus.append((time.process_time() - c) / n)
