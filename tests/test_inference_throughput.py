@@ -135,12 +135,15 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     try:
         get = _api(kit, token)
 
-        def done():
-            return get("/api/v1/status").json()["queue"][KIND_INFER]["done"]
-        assert wait_until(lambda: done() >= 1, timeout=120, step=0.02), kit.log()
-        assert done() < 2 * n, "every job (n findings, n reports) finished before the kill"
+        seen = [{}]
+
+        def mid_group():  # a group stored, and the next one leased and under way
+            seen[0] = get("/api/v1/status").json()["queue"][KIND_INFER]
+            return seen[0].get("done", 0) >= 1 and seen[0].get("leased", 0) >= 1
+        assert wait_until(mid_group, timeout=120, step=0.02), kit.log()
     finally:
         kit.kill()
+    assert seen[0]["done"] < 2 * n, "every job (n findings, n reports) finished before the kill"
     kit = KitProcess(data_dir)
     logged_before = kit.log_path.stat().st_size
     kit.start()
