@@ -40,8 +40,9 @@ def test_infer_queue_leases_red_patients_first_then_the_newest_capture(kit):
 
 
 def test_a_patient_tagged_red_after_the_scan_is_analysed_first(kit):
-    first = put_instance(kit.store, dataset_bytes(_capture(130)), "dimse")
-    put_instance(kit.store, dataset_bytes(_capture(131)), "dimse")
+    first = put_instance(kit.store, dataset_bytes(_capture(130, "PROBE-A")), "dimse")
+    later = put_instance(kit.store, dataset_bytes(_capture(131, "PROBE-B")), "dimse")
+    assert first["patient_id"] != later["patient_id"]
     pstore.set_triage(kit.store, first["patient_id"], "red")
     job = kit.store.queue.lease(KIND_INFER)
     assert job.payload["sop_instance_uid"] == first["sop_instance_uid"]
