@@ -112,7 +112,9 @@ SETTINGS: dict[str, Setting] = {
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding)."),
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding)."),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call."),
-    "inference.yield_to_ingest_ms": Setting(300, "Inference waits while a burst of captures is arriving (two or more, each within this many ms of the last), at most 5 s per job, so a probe is received at full speed; 0 turns this off."),
+    "inference.yield_to_ingest_ms": Setting(300, "Inference waits while a burst of captures is arriving (two or more, each within this many ms of the last), so a probe is received at full speed; 0 turns this off."),
+    "inference.max_ingest_delay_seconds": Setting(2.0, "Longest inference waits for a burst of captures at a time; it then works at least as long before it yields again, so findings keep coming during a continuous import."),
+    "inference.commit_group": Setting(8, "Findings, reports and acknowledgements of up to this many jobs are stored in one durable write (one fsync); none waits more than 0.25 s for the rest of its group."),
     "inference.lease_seconds": Setting(300, "How long a leased infer job is held before another attempt may take it."),
     # backups (fieldkit backup / restore)
     "backup.path": Setting("", "Directory for scheduled backups (e.g. a mounted USB stick); empty turns scheduled backups off. Restoring one needs the kit passphrase."),

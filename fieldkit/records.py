@@ -155,3 +155,9 @@ def sync_priority(triage: str, what: str) -> int:
     triage/identity updates, then findings, then images (lower number goes first)."""
     offset = {"triage": 0, "finding": 5, "image": 10}.get(what, 10)
     return _TRIAGE_RANK.get(triage or "none", 30) + offset
+
+
+def infer_priority(triage: str) -> int:
+    """Priority of an infer row: red before yellow before green (the queue leases the
+    newest capture first within one priority)."""
+    return _TRIAGE_RANK.get(triage or "none", 30)

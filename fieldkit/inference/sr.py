@@ -1,8 +1,8 @@
 """An analysis as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) via highdicom.
 
 Each clinical model gives one measurement group (TID 1501) that references the source
-instance and the frames it read, names the algorithm (name, version and model SHA-256 as
-a parameter), and carries its results: per-frame B-line counts and the clip pattern, or
+instance and the frames it read, names the algorithm once for the group (name, version and
+model SHA-256 as a parameter), and carries its results: per-frame B-line counts and the clip pattern, or
 free-fluid presence and area, or a "not assessable" evaluation with the reason.
 
 Handheld exports often lack attributes highdicom insists on (type-2 patient and study
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import hashlib
+import logging
 import warnings
 
 import highdicom as hd
@@ -25,6 +27,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from .runner import Analysis
+
+# highdicom logs every module it copies at INFO, naming the source's UIDs: a cost per
+# report, and nothing an operator needs
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 # highdicom warns about odd person names by quoting them: patient data must not reach a log
 warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name",
@@ -128,6 +134,15 @@ def report_uid(ds: Dataset, analysis: Analysis, uid_root: str = "2.25") -> str:
     return derived_uid(uid_root, str(ds.SOPInstanceUID), models, "sr")
 
 
+@functools.lru_cache(maxsize=32)
+def _algorithm(name: str, version: str, sha256: str) -> hd.sr.AlgorithmIdentification:
+    """The model's identification, made once per model and named once per measurement
+    group (TID 1501 "Algorithm Identification"), which covers every measurement of the
+    group: repeating it on each measurement tripled the content items, and building and
+    copying content items is most of what a report costs."""
+    return hd.sr.AlgorithmIdentification(name=name, version=version, parameters=[f"sha256={sha256}"])
+
+
 def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id: str = "",
              manufacturer: str = "fieldkit", device_uid: str | None = None) -> Dataset:
     source_uid = str(ds.SOPInstanceUID)
@@ -136,8 +151,7 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
 
     groups = []
     for r in analysis.results:
-        algo = hd.sr.AlgorithmIdentification(name=r.model["name"], version=r.model["version"],
-                                             parameters=[f"sha256={r.model['sha256']}"])
+        algo = _algorithm(r.model["name"], r.model["version"], r.model["sha256"])
         source = [hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=source_uid,
             referenced_frame_numbers=(r.frames or analysis.frame_numbers or None) if frames else None)]
@@ -147,25 +161,22 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
         if r.assessable and r.task == "lung":
             evaluations.append(hd.sr.QualitativeEvaluation(
                 LUNG_PATTERN, B_PATTERN if r.result["pattern"] == "B-line pattern" else A_PATTERN))
-            measurements.append(hd.sr.Measurement(MAX_BLINE_COUNT, float(r.result["max_b_lines"]), UNIT_LINES,
-                                                  algorithm_id=algo))
+            measurements.append(hd.sr.Measurement(MAX_BLINE_COUNT, float(r.result["max_b_lines"]), UNIT_LINES))
             for fr in r.result["frames"]:
                 refs = [hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), source_uid,
                                                         [fr["frame"]] if frames else None)]
                 measurements.append(hd.sr.Measurement(BLINE_COUNT, float(fr["b_lines"]), UNIT_LINES,
-                                                      algorithm_id=algo, referenced_images=refs))
-            measurements.append(hd.sr.Measurement(PLEURA_ROW, float(r.result["pleural_line_row"]), UNIT_PX,
-                                                  algorithm_id=algo))
+                                                      referenced_images=refs))
+            measurements.append(hd.sr.Measurement(PLEURA_ROW, float(r.result["pleural_line_row"]), UNIT_PX))
         elif r.assessable and r.task == "fast":
             present = r.result["fluid_present"]
             evaluations.append(hd.sr.QualitativeEvaluation(
                 FREE_FLUID, codes.DCM.Present if present else codes.DCM.Absent))
             if r.result.get("fluid_area_cm2") is not None:
                 measurements.append(hd.sr.Measurement(codes.SCT.Area, float(r.result["fluid_area_cm2"]),
-                                                      codes.UCUM.SquareCentimeter, algorithm_id=algo))
+                                                      codes.UCUM.SquareCentimeter))
             else:
-                measurements.append(hd.sr.Measurement(codes.SCT.Area, float(r.result["fluid_area_px"]), UNIT_PX,
-                                                      algorithm_id=algo))
+                measurements.append(hd.sr.Measurement(codes.SCT.Area, float(r.result["fluid_area_px"]), UNIT_PX))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(uid_root, source_uid, r.model["name"], "track"),
                                                          identifier=f"{r.model['name']} {r.model['version']}"),

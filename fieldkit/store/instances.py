@@ -38,7 +38,7 @@ from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
 from ..events import INSTANCE_CONFLICT, INSTANCE_STORED
-from ..records import KIND_INFER, KIND_SYNC, PRIORITY_NORMAL, T_INSTANCES, T_PATIENTS, sync_priority
+from ..records import KIND_INFER, KIND_SYNC, T_INSTANCES, T_PATIENTS, infer_priority, sync_priority
 from . import findings, patients, probes
 from .scrub import clear_damage, verify_blob
 
@@ -333,7 +333,7 @@ def _commit(store, db, item: _Item):
         triage = linked.get("triage", "none")
     db.table(T_INSTANCES).insert(row)
     if facts["is_image"]:
-        store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=PRIORITY_NORMAL, key=sop_uid)
+        store.queue.enqueue(KIND_INFER, {"sop_instance_uid": sop_uid}, priority=infer_priority(triage), key=sop_uid)
     what = "image" if facts["is_image"] else "finding"
     store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=sync_priority(triage, what), key=sop_uid)
     return STORED, row

@@ -19,7 +19,8 @@ from tinydb import Query
 from ..dicom import worklist
 from ..errors import BadInput, NotFound
 from ..events import PATIENT_MERGED, PATIENT_UPDATED
-from ..records import KIND_SYNC, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, sync_priority
+from ..records import (KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority,
+                       sync_priority)
 
 _P = Query()
 MAX_MERGE_HOPS = 32
@@ -238,7 +239,8 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
 
 
 def set_triage(store, pid: str, category: str, by: str = "") -> dict:
-    """Record a triage category (history kept) and re-prioritise the patient's sync rows."""
+    """Record a triage category (history kept) and re-prioritise the patient's infer rows
+    (its sync rows are re-prioritised by the sync planner)."""
     if category not in TRIAGE_CATEGORIES:
         raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}, got {category!r}")
 
@@ -253,8 +255,21 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
         return row
 
     row = store.write(fn)
+    _reprioritise_inference(store, row["id"], category)
     store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
     return row
+
+
+def _reprioritise_inference(store, pid: str, category: str) -> None:
+    """The patient's captures still waiting for analysis move to the new category's place
+    (a patient tagged red after the scan is analysed before the others)."""
+    priority = infer_priority(category)
+    uids = store.read(lambda db: [db.storage.doc(T_INSTANCES, k)["sop_instance_uid"]
+                                  for k in db.storage.keys(T_INSTANCES, "patient_id", pid)])
+    for job in store.queue.live_rows(KIND_INFER, uids):
+        if job.state != READY or job.payload.get("report") or job.priority == priority:
+            continue  # a report job keeps its place after every finding job
+        store.queue.set_priority(job.id, priority)
 
 
 def update_details(store, pid: str, *, name: str | None = None, age: str | None = None, sex: str | None = None,

@@ -29,7 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import BadInput, NotFound
-from ..records import DONE, FAILED, KINDS, LEASED, READY, STATES, T_INSTANCES, T_QUEUE, QueueRow
+from ..records import DONE, FAILED, KIND_INFER, KINDS, LEASED, READY, STATES, T_INSTANCES, T_QUEUE, QueueRow
 from ..security.passwords import SYSTEM_CLOCK, Clock
 from . import meta
 
@@ -59,6 +59,9 @@ def _subject(doc: dict) -> str:
     return str(payload.get("sop_instance_uid") or payload.get("patient_id") or "")
 
 
+NEWEST_FIRST = (KIND_INFER,)
+
+
 class Queue:
     def __init__(self, store: "Store", clock: Clock = SYSTEM_CLOCK):
         self._store = store
@@ -68,7 +71,7 @@ class Queue:
     def _clear_index(self) -> None:
         self._seq = itertools.count()
         self._doc_ids: dict[str, int] = {}
-        self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, seq, id)
+        self._ready: dict[str, list] = {k: [] for k in KINDS}    # (priority, order, id)
         self._delayed: dict[str, list] = {k: [] for k in KINDS}  # (due, seq, id)
         self._leases: list = []                                  # (lease deadline, id)
         self._lease_due: dict[str, float] = {}                   # leased: id -> monotonic deadline
@@ -158,7 +161,7 @@ class Queue:
         if due > self.clock.mono():
             heapq.heappush(self._delayed[doc["kind"]], (due, next(self._seq), row_id))
         else:
-            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], next(self._seq), row_id))
+            heapq.heappush(self._ready[doc["kind"]], (doc["priority"], self._order(doc), row_id))
 
     def _wait(self, db, doc: dict) -> None:
         """The row starts waiting (ready or leased): count it and its bytes."""
@@ -315,11 +318,14 @@ class Queue:
         delayed, ready = self._delayed[kind], self._ready[kind]
         while delayed and delayed[0][0] <= now:
             _, _, row_id = heapq.heappop(delayed)
-            heapq.heappush(ready, (self._priority_of(db, row_id), next(self._seq), row_id))
+            doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
+            if doc is not None:
+                heapq.heappush(ready, (doc["priority"], self._order(doc), row_id))
 
-    def _priority_of(self, db, row_id: str) -> int:
-        doc = self._table(db).get(doc_id=self._doc_ids.get(row_id, -1))
-        return doc["priority"] if doc else 0
+    def _order(self, doc: dict) -> float:
+        """Order within one priority: oldest first, but newest first for infer rows (the
+        capture just taken is the one a clinician is waiting on; a backlog can wait)."""
+        return -doc["created"] if doc["kind"] in NEWEST_FIRST else next(self._seq)
 
     def _reclaim_expired(self, db, now: float) -> None:
         while self._leases and self._leases[0][0] <= now:
