@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
-import hashlib
 import logging
 import warnings
 
@@ -26,6 +25,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from ..dicom.uids import derived_uid
 from .runner import Analysis
 
 # highdicom logs every module it copies at INFO, naming the source's UIDs: a cost per
@@ -81,16 +81,6 @@ def _date_time(keyword: str, value) -> str | None:
         except ValueError:
             continue
     return None
-
-
-def derived_uid(root: str, *parts: str) -> str:
-    """A UID that is the same for the same inputs, so a re-run yields the same SR UID."""
-    n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
-    root = (root or "2.25").rstrip(".")
-    if root == "2.25":
-        return f"2.25.{n}"
-    uid = f"{root}.1{n}"
-    return uid[:64].rstrip(".")
 
 
 MINIMAL = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",

@@ -15,18 +15,17 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from tinydb import Query
-
-from ..events import Event
-from ..records import T_FINDINGS, TRIAGE_CATEGORIES
+from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
+                      SYNC_CONFIRMED, SYNC_QUARANTINED)
+from ..records import TRIAGE_CATEGORIES
+from . import findings
 from . import instances as catalogue
 from . import patients as pstore
 
-_F = Query()
 
 # Topics after which a patient's card may look different; the others leave it as it was
-BOARD_TOPICS = frozenset({"instance.stored", "instance.conflict", "finding.stored", "patient.updated",
-                          "patient.merged", "sync.confirmed", "sync.quarantined"})
+BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PATIENT_UPDATED, PATIENT_MERGED,
+                          SYNC_CONFIRMED, SYNC_QUARANTINED})
 BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
 
@@ -52,16 +51,15 @@ def triage_of(row: dict) -> str:
 
 
 def findings_of(store, patient_id: str) -> list[dict]:
-    """A patient's findings. Interim: a scan of the findings table, until the store's
-    findings module answers this from its by-patient index."""
-    return store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).search(_F.patient_id == patient_id)])
+    """A patient's findings (through the findings' by-patient index)."""
+    return findings.for_patient(store, patient_id)
 
 
-def _card(p: dict, insts: list[dict], findings: list[dict]) -> dict:
+def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
     card = public_patient(p)
     card.update(triage=triage_of(p),
                 captures=sum(1 for r in insts if str(r.get("modality") or "") != "SR"),
-                findings=sum(1 for f in findings if f.get("assessable")),
+                findings=sum(1 for f in fnds if f.get("assessable")),
                 sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
                 last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
                 identified=bool(p.get("name")))
@@ -75,8 +73,8 @@ def compute_row(store, patient_id: str, patient: dict | None = None) -> tuple[di
     if p is None or p.get("merged_into"):
         return None, 1
     insts = catalogue.instance_rows(store, patient_id=patient_id)
-    findings = findings_of(store, patient_id)
-    return _card(p, insts, findings), 1 + len(insts) + len(findings)
+    fnds = findings_of(store, patient_id)
+    return _card(p, insts, fnds), 1 + len(insts) + len(fnds)
 
 
 def compute_rows(store, patients: list[dict]) -> tuple[dict[str, dict], int]:
@@ -84,14 +82,14 @@ def compute_rows(store, patients: list[dict]) -> tuple[dict[str, dict], int]:
     finding rows instead of one lookup per patient."""
     wanted = {p["id"]: p for p in patients if not p.get("merged_into")}
     insts: dict[str, list[dict]] = {pid: [] for pid in wanted}
-    findings: dict[str, list[dict]] = {pid: [] for pid in wanted}
+    found: dict[str, list[dict]] = {pid: [] for pid in wanted}
     all_insts = catalogue.instance_rows(store)
-    all_findings = store.read(lambda db: [dict(f) for f in db.table(T_FINDINGS).all()])
+    all_findings = findings.all_findings(store)
     for r in all_insts:
         insts.get(r.get("patient_id"), []).append(r)
     for f in all_findings:
-        findings.get(f.get("patient_id"), []).append(f)
-    cards = {pid: _card(p, insts[pid], findings[pid]) for pid, p in wanted.items()}
+        found.get(f.get("patient_id"), []).append(f)
+    cards = {pid: _card(p, insts[pid], found[pid]) for pid, p in wanted.items()}
     return cards, len(patients) + len(all_insts) + len(all_findings)
 
 
