@@ -231,7 +231,7 @@ class Store:
         try:
             for _ in journal.open():
                 raise FileExistsError(f"{path} already holds a journal")
-            journal.compact(frozen.snapshot_records())
+            journal.compact(frozen.snapshot_records(), spare=False)
         finally:
             journal.close()
         return {name: len(table) for name, table in state.items()}

@@ -430,8 +430,9 @@ class Journal:
     def needs_compaction(self, min_bytes: int) -> bool:
         return self._end > max(min_bytes, 2 * self.size_after_compaction)
 
-    def compact(self, records: Iterator[dict]) -> None:
-        """Rewrite the journal as `records` (the live state), with its reserve; atomic by
+    def compact(self, records: Iterator[dict], spare: bool = True) -> None:
+        """Rewrite the journal as `records` (the live state), with its reserve and room to
+        grow unless `spare` is False (a copy nobody appends to: a backup); atomic by
         rename. On failure the journal and this object are as they were."""
         if not self._opened:
             raise RuntimeError("journal compacted before it was opened")
@@ -449,7 +450,7 @@ class Journal:
                 data = _frame(self._sealer.seal(plain, self._aad(seq)))
                 _write_all(fd, data)
                 seq, end = seq + 1, end + len(data)
-            alloc = end + self.reserve + PREALLOC
+            alloc = end + self.reserve + PREALLOC if spare else end
             for off in range(end, alloc, PREALLOC):
                 _write_all(fd, bytes(min(PREALLOC, alloc - off)))
             fsio.fsync(fd)
