@@ -187,10 +187,11 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
     link2 = Proxy(orthanc.http_port)
     sent_again, bodies = [], []
 
-    def watch(head: bytes, body: bytes):  # every request body on its way to the hospital
+    def watch(head: bytes, body: bytes):  # every instance on its way to the hospital
         if head.startswith(b"POST"):
-            sent_again.extend(uid for uid in confirmed if uid.encode() in body)
-            bodies.append(body)
+            uids = _stow_part_uids(head, body)
+            sent_again.extend(uid for uid in uids if uid in confirmed)
+            bodies.append(uids)
         return None  # forward it
 
     link2.intercept = watch
@@ -219,7 +220,26 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
     # what the hospital had confirmed before the backup was not sent again
     assert sent_again == []
     to_send = restored_uids - confirmed  # and what it lacked was seen on the way (the check can see UIDs)
-    assert to_send and all(any(uid.encode() in b for b in bodies) for uid in to_send)
+    assert to_send and all(any(uid in b for b in bodies) for uid in to_send)
+
+
+def _stow_part_uids(head: bytes, body: bytes) -> list[str]:
+    """The SOP Instance UID of every part of a STOW-RS request (a report that merely
+    references a confirmed instance is not that instance sent again)."""
+    import re
+
+    match = re.search(rb'boundary="?([^";\r\n]+)', head)
+    if not match:
+        return []
+    uids = []
+    for part in body.split(b"--" + match.group(1))[1:]:
+        _, sep, payload = part.partition(b"\r\n\r\n")
+        if not sep or not payload.strip(b"-\r\n"):
+            continue
+        ds = pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True, force=True)
+        if "SOPInstanceUID" in ds:
+            uids.append(str(ds.SOPInstanceUID))
+    return uids
 
 
 # -- in-process backups of a store (fast) --------------------------------------------------
