@@ -31,10 +31,11 @@ import threading
 import time
 from pathlib import Path
 
-from .. import DATA_FORMAT_VERSION
+from .. import DATA_FORMAT_VERSION, fsio
 from ..config import Config
 from ..errors import BadInput, KeyUnavailable, StorageFull, UnsupportedVersion
 from ..security.crypto import InvalidTag, Sealer, derive_subkey
+from ..security.files import write_atomic
 from ..security.keys import KEYRING_FILE, KEYS_DIR, Keyring
 from .journal import fsync_dir
 
@@ -64,41 +65,21 @@ def _io_error(exc: OSError, target: Path) -> Exception:
     return StorageFull(f"cannot write the backup at {target}: {exc.strerror}")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, data, mode)
 
 
 def _copy_hashing(src: Path, dest: Path) -> tuple[int, str]:
     """Copy src to dest (fsynced); returns (size, SHA-256 of the bytes copied)."""
     digest, size = hashlib.sha256(), 0
     with open(src, "rb") as fin:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = fsio.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             while chunk := fin.read(COPY_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
+                fsio.write_all(fd, chunk)
+            fsio.fsync(fd)
         finally:
             os.close(fd)
     return size, digest.hexdigest()
@@ -247,7 +228,7 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
     journal_name = f"db/journal-{generation}.fkj"
     tables = store.snapshot_to(tmp / "journal.fkj")
     created.append(target / journal_name)
-    os.replace(tmp / "journal.fkj", target / journal_name)
+    fsio.replace(tmp / "journal.fkj", target / journal_name)
     fsync_dir(target / "db")
     journal = {"name": journal_name, "size": (target / journal_name).stat().st_size,
                "sha256": _sha256((target / journal_name).read_bytes())}
@@ -281,7 +262,7 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
             continue  # deleted since it was listed (retention): no longer in the store
         if addr not in have:
             created.append(dest)
-        os.replace(part, dest)
+        fsio.replace(part, dest)
         dirs.add(dest.parent)
         blobs[addr] = [size, digest]
         copied_bytes += size
