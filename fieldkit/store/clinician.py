@@ -11,10 +11,6 @@ from ..events import FINDING_REVIEWED, PATIENT_UPDATED
 from . import findings, instances
 
 
-def get_finding(store, finding_id: str) -> dict | None:
-    return findings.get(store, finding_id)
-
-
 def set_lung_zone(store, sop_instance_uid: str, zone: str) -> str:
     """Record the zone of a capture ("" clears it); returns its patient's id."""
     pid = instances.set_lung_zone(store, sop_instance_uid, zone)

@@ -11,7 +11,7 @@ import importlib
 
 from flask import Flask, jsonify, request
 
-from ..errors import FieldkitError
+from ..errors import BadInput, FieldkitError
 
 # "module:attribute" of each blueprint, registered in this order. Add one line per area.
 BLUEPRINTS: list[str] = [
@@ -89,6 +89,14 @@ def _error(status: int, message: str):
     from markupsafe import escape
     return (f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>",
             status, {"Content-Type": "text/html; charset=utf-8"})
+
+
+def json_object() -> dict:
+    """The request's JSON body, which must be an object (else a clear 400)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadInput("send a JSON object (Content-Type: application/json)")
+    return data
 
 
 def kit_of(app=None):

@@ -4,13 +4,13 @@ this patient with probe …") and undoing a merge while its undo time is open.""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from ..errors import BadInput
 from ..security import roles as R
 from ..ingest import dimse
 from ..store import accounts, patients, probes
-from . import kit_of
+from . import json_object as _body, kit_of
 
 bp = Blueprint("linking", __name__)
 
@@ -23,13 +23,6 @@ ROUTE_PERMISSIONS = {
     "linking.unmerge": R.PATIENTS_WRITE,
     "linking.assign": R.TRIAGE_WRITE,
 }
-
-
-def _body() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadInput("send a JSON object (Content-Type: application/json)")
-    return data
 
 
 def _probe_field(data: dict) -> str:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from ..errors import BadInput, NotFound
 from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
 from ..security import roles as R
-from ..store import clinician
+from ..store import clinician, findings
 from ..store import instances as catalogue
 from ..store import patients as pstore
 from ..store.board import findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
-from . import kit_of
+from . import json_object as _body, kit_of
 from .clip_cache import CLIPS
 from .clip_images import evidence_layer
 from .start_rule import START_QUESTIONS, parse_answers, start_category
@@ -60,13 +60,6 @@ MAX_NAME = 200
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _body() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadInput("send a JSON object (Content-Type: application/json)")
-    return data
-
 
 def _text(data: dict, key: str, limit: int) -> str | None:
     if key not in data or data[key] is None:
@@ -323,7 +316,7 @@ def overlay(fid):
     """The model's evidence as a transparent layer the player draws over every frame: the
     overlay image made by inference, minus the frame it was drawn on."""
     store = kit_of().store
-    f = clinician.get_finding(store, fid)
+    f = findings.get(store, fid)
     if f is None or not f.get("overlay"):
         raise NotFound("this finding has no overlay")
     row = _held_or_410(store, f["sop_instance_uid"])
