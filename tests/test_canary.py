@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ def _encodings(text: str) -> list[bytes]:
 
 def _files_containing(root: Path, needles: list[bytes], since: float) -> list[Path]:
     hits = []
-    for path in root.rglob("*"):
+    # os.walk, not rglob: other tests' temp dirs may vanish while this one looks
+    paths = (Path(d) / f for d, _, files in os.walk(root) for f in files)
+    for path in paths:
         try:
             if not path.is_file() or path.stat().st_mtime < since - 1:
                 continue
