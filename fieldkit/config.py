@@ -72,6 +72,7 @@ SETTINGS: dict[str, Setting] = {
     "security.token_days": Setting(365, "Default lifetime of a bearer token in days (`fieldkit token create --days`); 0 means no expiry."),
     "security.max_body_kb": Setting(1024, "Largest request body, in KiB, for endpoints that do not declare a larger one (uploads do)."),
     "security.audit_sync_minutes": Setting(15.0, "Send new audit events to the hospital (as an SR document, by STOW-RS) this often, in minutes; 0 only with `fieldkit audit sync`."),
+    "security.tpm_tcti": Setting("device:/dev/tpmrm0", "How tpm2-tools reach the TPM that seals the device key (key mode tpm): `device:/dev/tpmrm0`, or `swtpm:host=H,port=N` for a software TPM."),
     # power and heat policy, hardware profile (provisioning and hardware)
     "power.enabled": Setting(True, "Slow down non-urgent work when the battery is low or the box is hot."),
     "power.battery_low_percent": Setting(25.0, "On battery below this charge (%), analyse fewer cine frames and defer bulk image sync."),

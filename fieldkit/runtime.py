@@ -21,7 +21,9 @@ from pathlib import Path
 from . import __version__
 from .config import Config
 from .errors import KitLocked
+from .events import EventBus
 from .security.keys import Keyring
+from .security.tpm import sealer_for
 from .store import Store
 
 log = logging.getLogger("fieldkit")
@@ -44,6 +46,13 @@ SERVICES: list[tuple[str, str]] = [
     ("sync", "fieldkit.sync.worker:start"),
     ("backup", "fieldkit.cli.backup:start_scheduled"),  # scheduled backups (backup.path)
     ("scrub", "fieldkit.store.scrub:start"),
+]
+
+# What answers for a service while the kit is locked (same names as SERVICES): the DICOM
+# receivers stay on their ports and refuse every C-STORE with a status saying why.
+LOCKED_SERVICES: list[tuple[str, str]] = [
+    ("dicom", "fieldkit.ingest.dimse:start_locked"),
+    ("dicom-tls", "fieldkit.ingest.dimse_tls:start_locked"),
 ]
 
 # Operations the running kit performs for a command line client: op -> "module:function".
@@ -86,7 +95,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 class Kit:
     """What every service and blueprint is given: config, store, paths, events, probes."""
 
-    def __init__(self, data_dir: Path, config: Config, store: Store, keyring: Keyring):
+    def __init__(self, data_dir: Path, config: Config, store: Store | None, keyring: Keyring):
         self.data_dir = Path(data_dir)
         self.config = config
         self._store = store
@@ -94,11 +103,12 @@ class Kit:
         self.version = __version__
         self.started_at = time.time()
         self.services: dict[str, object] = {}
+        self.locked_services: dict[str, object] = {}  # LOCKED_SERVICES running while locked
         self.hardware = None  # a hardware probe (fieldkit.hardware) when one is wired
         self.clock_watch = None  # fieldkit.hardware.clock.ClockWatch once serve runs
         self.http_port: int | None = None
         self.dicom_port: int | None = None
-        self._events = store.events
+        self._events = store.events if store is not None else EventBus()
 
     @property
     def store(self) -> Store:
@@ -153,6 +163,7 @@ class Kit:
 
     def close(self) -> None:
         self.stop_services()
+        self.stop_locked_services()
         if self._store is not None:
             self._store.close()
 
@@ -162,6 +173,20 @@ class Kit:
                 continue
             self.services[name] = resolve(spec)(self)
             log.info("service %s started", name)
+
+    def start_locked_services(self, names: list[str] | None = None) -> None:
+        for name, spec in LOCKED_SERVICES:
+            if names is None or name in names:
+                self.locked_services[name] = resolve(spec)(self)
+                log.info("service %s answers while locked", name)
+
+    def stop_locked_services(self) -> None:
+        for name, service in reversed(list(self.locked_services.items())):
+            try:
+                service.stop()
+            except Exception:
+                log.exception("locked service %s did not stop cleanly", name)
+        self.locked_services.clear()
 
     def stop_services(self) -> None:
         for name, service in reversed(list(self.services.items())):
@@ -176,16 +201,35 @@ def load_config(data_dir: Path) -> Config:
     return Config.load(Path(data_dir) / CONFIG_FILE)
 
 
-def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | None = None) -> Kit:
-    """Unlock the data key (passphrase if given, else the device key) and open the store."""
+def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | None = None, *,
+             allow_locked: bool = False) -> Kit:
+    """Unlock the data key (passphrase if given, else the device key, file or TPM) and open
+    the store. A kit in key mode "passphrase" has no device key: with `allow_locked` (what
+    `serve` asks for) it comes back locked, holding the data dir, for an admin to unlock."""
     data_dir = Path(data_dir)
     config = config or load_config(data_dir)
-    keyring = Keyring(data_dir)
+    keyring = Keyring(data_dir, sealer=sealer_for(config))
     from .store import check_format
     check_format(data_dir)
+    if passphrase is None and allow_locked and keyring.mode == "passphrase":
+        return _locked_kit(data_dir, config, keyring)
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     store = Store.open(data_dir, key, config)
     return Kit(data_dir, config, store, keyring)
+
+
+def _locked_kit(data_dir: Path, config: Config, keyring: Keyring) -> Kit:
+    """A kit that starts without its key: every service waits for the unlock."""
+    from .store import acquire_dir_lock
+    from .web.auth import kit_state
+
+    fd = acquire_dir_lock(data_dir)  # a second process is refused while locked too
+    kit = Kit(data_dir, config, None, keyring)
+    state = kit_state(kit)
+    state.held_fd = fd
+    state.stopped_services = [name for name, _ in SERVICES]  # started by the unlock
+    log.warning("kit started locked (key mode passphrase): an admin must unlock it on the unlock page")
+    return kit
 
 
 def op_status(kit: Kit, args: dict, emit) -> dict:
@@ -280,7 +324,10 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        kit.start_services()
+        if kit.locked:
+            kit.start_locked_services()
+        else:
+            kit.start_services()
         host = kit.config["http.bind"]
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
         info = {"pid": os.getpid(), "url": f"https://{shown}:{kit.http_port}/", "http_port": kit.http_port,

@@ -13,7 +13,8 @@ from .. import config as config_mod, fsio
 from ..errors import BadInput, ConfigError
 from ..runtime import CONFIG_FILE, open_kit, serve as run_server, setup_logging
 from ..security.files import write_atomic
-from ..security.keys import Keyring
+from ..security.keys import KEY_MODES, Keyring
+from ..security.tpm import sealer_for
 from ..security.tls import ca_fingerprint, create_tls
 from ..store import Store, write_format
 from .control import run_op
@@ -49,7 +50,13 @@ def _check_passphrase(passphrase: str, minimum: int) -> None:
 @click.option("--admin-password-file", type=click.Path(path_type=Path), help="File holding the first admin's password.")
 @click.option("--demo", is_flag=True, help="Demo kit: accept DICOM from any AE title, bind to loopback.")
 @click.option("--hostname", "hostnames", multiple=True, help="Extra host name for the HTTPS certificate.")
-def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames):
+@click.option("--key-mode", type=click.Choice(KEY_MODES), default="device", show_default=True,
+              help="How the kit restarts: tpm (device key sealed to this box's TPM 2.0), passphrase (starts "
+                   "locked until an admin unlocks it), device (key file on the disk: protects nothing if "
+                   "the disk is stolen).")
+@click.option("--tpm-tcti", help="How to reach the TPM for --key-mode tpm (setting security.tpm_tcti).")
+def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames, key_mode,
+         tpm_tcti):
     """Create a new kit: config, wrapped data key, device key, TLS CA and certificate."""
     if (data_dir / CONFIG_FILE).exists() or (data_dir / "keys").exists():
         raise ConfigError(f"{data_dir} already holds a kit; refusing to overwrite it")
@@ -71,10 +78,14 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
         values = {"kit.id": kit_id}
         if demo:
             values.update({"dicom.allow_any_ae": True, "http.bind": "127.0.0.1"})
+        if tpm_tcti:
+            values["security.tpm_tcti"] = tpm_tcti
         write_atomic(data_dir / CONFIG_FILE, config_mod.render_toml(values).encode())
         cfg = config_mod.Config.load(data_dir / CONFIG_FILE)
         write_format(data_dir)
-        data_key = Keyring(data_dir).create(passphrase, scrypt_n=cfg["security.scrypt_n"])
+        sealer = sealer_for(cfg) if key_mode == "tpm" else None
+        data_key = Keyring(data_dir, sealer=sealer).create(passphrase, scrypt_n=cfg["security.scrypt_n"],
+                                                           mode=key_mode)
         ca = create_tls(data_dir, kit_id, hostnames=list(hostnames))
         store = Store.open(data_dir, data_key, cfg)
         try:
@@ -88,6 +99,9 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
             shutil.rmtree(data_dir, ignore_errors=True)
         raise
     click.echo(f"kit {kit_id} created in {data_dir}")
+    click.echo({"tpm": "key mode tpm: the device key is sealed to this box's TPM; the kit restarts unattended",
+                "passphrase": "key mode passphrase: `fieldkit serve` starts locked until an admin unlocks it",
+                "device": "key mode device: the kit restarts unattended, and a stolen disk opens fully"}[key_mode])
     click.echo(f"tablets and clients trust {ca} (SHA-256 {ca_fingerprint(data_dir)})")
     if not admin_user:
         click.echo("no account yet: add one with `fieldkit users add`")
@@ -103,7 +117,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
 def serve(data_dir: Path, bind, http_port, dicom_port, passphrase_file):
     """Run the kit: HTTPS, DICOM receiver, inference and sync, in one process."""
     setup_logging()
-    kit = open_kit(data_dir, passphrase=read_secret_file(passphrase_file, "passphrase"))
+    kit = open_kit(data_dir, passphrase=read_secret_file(passphrase_file, "passphrase"), allow_locked=True)
     run_server(kit, bind=bind, http_port=http_port, dicom_port=dicom_port)
 
 

@@ -87,6 +87,15 @@ def handle_echo(event) -> int:
     return SUCCESS
 
 
+LOCKED_COMMENT = "kit locked: an admin must unlock it"
+
+
+def handle_store_locked(event) -> Dataset:
+    """EVT_C_STORE while the kit is locked: nothing can be stored, so nothing is kept."""
+    log.info("C-STORE from %s refused: the kit is locked", str(event.assoc.requestor.ae_title).strip())
+    return _status(REFUSED_OUT_OF_RESOURCES, LOCKED_COMMENT)
+
+
 class RefusedCallers:
     """Associations refused for their calling AE title, for the device page: (AE, address)
     -> count, first and last time. Bounded, so a flood cannot grow it; the first refusal of
@@ -186,15 +195,22 @@ def allowed_titles(config, registered: list[str]) -> list[str] | None:
 
 
 def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
-    """A receiver on dicom.bind:port (0 = any free port) in its own thread."""
+    """A receiver on dicom.bind:port (0 = any free port) in its own thread. While the kit
+    is locked the registered probes are sealed in the store, so any caller is let in and
+    hears C-ECHO answered and every C-STORE refused (0xA700, "kit locked ...")."""
     config = kit.config
-    ae = make_ae(config, probes.registered_titles(kit.store))
-    refused = RefusedCallers(kit.store)
-    handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo),
-                (evt.EVT_REJECTED, refused.on_rejected),
-                (evt.EVT_C_FIND, worklist.handle_find, [kit]),
-                (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
-                (evt.EVT_DIMSE_SENT, commitment.on_sent)]
+    if kit.locked:
+        ae, refused = make_ae(config), None
+        ae.require_calling_aet = []
+        handlers = [(evt.EVT_C_STORE, handle_store_locked), (evt.EVT_C_ECHO, handle_echo)]
+    else:
+        ae = make_ae(config, probes.registered_titles(kit.store))
+        refused = RefusedCallers(kit.store)
+        handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo),
+                    (evt.EVT_REJECTED, refused.on_rejected),
+                    (evt.EVT_C_FIND, worklist.handle_find, [kit]),
+                    (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
+                    (evt.EVT_DIMSE_SENT, commitment.on_sent)]
     try:
         server = ae.start_server((config["dicom.bind"], port), block=False, evt_handlers=handlers,
                                  ssl_context=ssl_context)
@@ -208,10 +224,14 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
 
 
 def start(kit) -> Receiver:
-    """Start the plain receiver on dicom.bind:dicom.port."""
-    receiver = listen(kit, int(kit.config["dicom.port"]), "dicom.port")
+    """Start the plain receiver on dicom.bind:dicom.port (port 0: a free port, then the
+    same one again after a lock and unlock, so probes and run.json keep one port)."""
+    receiver = listen(kit, int(kit.config["dicom.port"]) or (kit.dicom_port or 0), "dicom.port")
     kit.dicom_port = receiver.port
     return receiver
+
+
+start_locked = start  # the same listener; `listen` answers "locked" while kit.locked
 
 
 def register_probe(kit, ae: str, *, name: str = "", host: str = "", actor: str = "", role: str = "") -> dict:

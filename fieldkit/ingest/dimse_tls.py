@@ -38,9 +38,13 @@ def start(kit):
     if port < 0:
         kit.dicom_tls_port = None
         return _Off()
-    receiver = listen(kit, port, "dicom.tls_port", ssl_context=server_context(kit.data_dir))
+    receiver = listen(kit, port or (getattr(kit, "dicom_tls_port", None) or 0), "dicom.tls_port",
+                      ssl_context=server_context(kit.data_dir))
     kit.dicom_tls_port = receiver.port
     return receiver
+
+
+start_locked = start  # `listen` answers "locked" while kit.locked
 
 
 class _Off:

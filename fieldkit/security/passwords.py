@@ -10,6 +10,9 @@ the account locked for the full delay instead of unlocking it or locking it for 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import threading
 import time
 import unicodedata
@@ -33,18 +36,27 @@ MAX_NAME_LENGTH = 64
 _ARGON2_SLOT = threading.BoundedSemaphore(1)
 
 
-def hash_secret(secret: str) -> str:
+def peppered(secret: str, pepper: bytes | None) -> str:
+    """What Argon2 is fed: with the kit's pepper (a key derived from the data key, never on
+    disk), HMAC-SHA256(pepper, secret). A hash taken away without the pepper cannot be
+    brute-forced offline, however short the PIN."""
+    if pepper is None:
+        return secret
+    return base64.b64encode(hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).digest()).decode()
+
+
+def hash_secret(secret: str, pepper: bytes | None = None) -> str:
     with _ARGON2_SLOT:
-        return _HASHER.hash(secret)
+        return _HASHER.hash(peppered(secret, pepper))
 
 
-def verify_secret(stored_hash: str, secret: str) -> bool:
+def verify_secret(stored_hash: str, secret: str, pepper: bytes | None = None) -> bool:
     """Constant-work check of `secret` against an Argon2 hash; never raises on a mismatch."""
     if not isinstance(secret, str) or len(secret) > MAX_SECRET_LENGTH:
         return False
     try:
         with _ARGON2_SLOT:
-            return _HASHER.verify(stored_hash, secret)
+            return _HASHER.verify(stored_hash, peppered(secret, pepper))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

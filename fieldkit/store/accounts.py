@@ -103,9 +103,9 @@ def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM
                        "machines get a token: `fieldkit token create --role ROLE`)")
     secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
     key = pw.username_key(name)
-    hashed = pw.hash_secret(secret)  # slow: outside the store lock
+    hashed = pw.hash_secret(secret, store.pepper)  # slow: outside the store lock
     now = CLOCK.wall()
-    doc = {"name": name, "key": key, "role": role, "hash": hashed, "disabled": False,
+    doc = {"name": name, "key": key, "role": role, "hash": hashed, "peppered": True, "disabled": False,
            "created": now, "updated": now, "last_login": 0.0, "lockout": pw.Lockout.success()}
 
     def tx(db):
@@ -171,8 +171,9 @@ def reset_secret(store, name: str, secret: str, *, actor: str = SYSTEM, actor_ro
                  min_pin: int = 6, min_password: int = 10) -> dict:
     """Set a new PIN/password; also clears the lockout."""
     secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
-    hashed = pw.hash_secret(secret)
-    return _update_user(store, name, lambda doc, db: {"hash": hashed, "lockout": pw.Lockout.success()},
+    hashed = pw.hash_secret(secret, store.pepper)
+    return _update_user(store, name, lambda doc, db: {"hash": hashed, "peppered": True,
+                                                       "lockout": pw.Lockout.success()},
                         "user.reset", actor, actor_role)
 
 
@@ -207,7 +208,8 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
             audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
                          detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
             return LoginResult(False, reason="locked out", retry_after=remaining)
-        good = pw.verify_secret(doc["hash"], typed)
+        # hashes made before the pepper verify as they are, and are rehashed with it below
+        good = pw.verify_secret(doc["hash"], typed, store.pepper if doc.get("peppered") else None)
         if good and doc.get("disabled"):
             audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
                          detail={"reason": "account disabled", "remote": remote})
@@ -224,8 +226,9 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
             store.write(fail_tx)
             return LoginResult(False, reason="wrong secret", retry_after=new_state["delay"])
         changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
-        if pw.needs_rehash(doc["hash"]):
-            changes["hash"] = pw.hash_secret(typed)
+        if pw.needs_rehash(doc["hash"]) or not doc.get("peppered"):
+            changes["hash"] = pw.hash_secret(typed, store.pepper)
+            changes["peppered"] = True
 
         def ok_tx(db):
             db.table(T_USERS).update(changes, Query().key == key)

@@ -645,14 +645,19 @@ def lock_kit(kit, *, actor: str = accounts.SYSTEM, role: str = "") -> bool:
         st.held_fd = acquire_dir_lock(kit.data_dir)
         st.generation += 1
         st.sessions.clear()
+        kit.start_locked_services(st.stopped_services)  # probes hear "locked", not silence
     log.warning("kit locked: the data key is no longer in memory")
     return True
 
 
-def unlock_kit(kit, passphrase: str, *, remote: str = "") -> bool:
+def unlock_kit(kit, passphrase: str, *, remote: str = "", admin: tuple[str, str] | None = None) -> bool:
     """Unwrap the data key with the kit passphrase and reopen the store. Wrong passphrases
-    are throttled like PINs. Returns False when it was not locked."""
-    from ..store import Store
+    are throttled like PINs. Returns False when it was not locked.
+
+    With `admin` (name, PIN/password), the account must be an enabled admin of this kit,
+    checked in the reopened store; otherwise the store closes again and the kit stays
+    locked, with the same answer as a wrong passphrase."""
+    from ..store import Store, acquire_dir_lock
 
     st = kit_state(kit)
     with st.lock:
@@ -670,16 +675,29 @@ def unlock_kit(kit, passphrase: str, *, remote: str = "") -> bool:
             st.unlock_failures += 1  # audited at the next unlock (the trail is closed now)
             log.warning("unlock refused: wrong passphrase (from %s)", remote or "the command line")
             raise
-        st.unlock_state = {}
         if st.held_fd is not None:
             os.close(st.held_fd)
             st.held_fd = None
         store = Store.open(kit.data_dir, key, kit.config)
         store.events = kit.events  # live-update subscribers keep their bus
+        actor = "passphrase"
+        if admin is not None:
+            result = accounts.verify_login(store, admin[0], admin[1], remote=remote, lockout=st.login_lockout)
+            if not result.ok or result.principal.role != R.ADMIN:
+                store.close()
+                st.held_fd = acquire_dir_lock(kit.data_dir)
+                st.unlock_state = st.unlock_lockout.failure("__kit__", st.unlock_state)
+                st.unlock_failures += 1
+                log.warning("unlock refused: not an admin's sign-in (from %s)", remote or "?")
+                raise KeyUnavailable("wrong passphrase or admin sign-in")
+            actor = f"passphrase+{result.principal.actor}"
+        st.unlock_state = {}
         kit._store = store
-        accounts.audit_append(store, actor="passphrase", role="", action="kit.unlock", object="kit",
+        accounts.audit_append(store, actor=actor, role=R.ADMIN if admin is not None else "", action="kit.unlock",
+                              object="kit",
                               detail={"remote": remote, "failed_attempts_while_locked": st.unlock_failures})
         st.unlock_failures = 0
+        kit.stop_locked_services()  # they hold the DICOM ports the real receivers take over
         if st.stopped_services:
             kit.start_services(st.stopped_services)
     log.warning("kit unlocked")
@@ -695,25 +713,42 @@ class UnlockThrottled(FieldkitError):
         self.retry_after = remaining
 
 
+def _unlock_needs_admin(kit) -> bool:
+    """A kit that keeps no key on disk (key mode passphrase) is unlocked over the network
+    only by an admin who also knows the passphrase."""
+    try:
+        return kit.keyring.mode == "passphrase"
+    except FieldkitError:
+        return True
+
+
 @bp.route("/unlock", methods=["GET", "POST"])
 def unlock():
     kit = _kit()
+    need_admin = _unlock_needs_admin(kit)
+
+    def page(error: str, status: int = 200):
+        return make_response(render_template("login.html", unlock=True, need_admin=need_admin, error=error,
+                                             next="/", username=""), status)
+
     if request.method in ("GET", "HEAD"):
         if not kit.locked:
             return redirect(url_for("auth.login"), 303)
-        return render_template("login.html", unlock=True, error="", next="/", username="")
+        return page("")
     data = _form_or_json()
     passphrase = data.get("passphrase", "")
+    admin = None
+    if need_admin:
+        name, secret = data.get("username", ""), data.get("password", "")
+        admin = (name, secret) if isinstance(name, str) and isinstance(secret, str) else ("", "")
     try:
-        unlock_kit(kit, passphrase, remote=request.remote_addr or "")
+        unlock_kit(kit, passphrase, remote=request.remote_addr or "", admin=admin)
     except UnlockThrottled as exc:
-        resp = make_response(render_template("login.html", unlock=True, error=exc.message, next="/", username=""),
-                             429)
+        resp = page(exc.message, 429)
         resp.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return resp
     except KeyUnavailable:
-        return render_template("login.html", unlock=True, error="Wrong kit passphrase.", next="/",
-                               username=""), 401
+        return page("Wrong admin sign-in or kit passphrase." if need_admin else "Wrong kit passphrase.", 401)
     if request.is_json:
         return jsonify({"ok": True, "locked": False})
     return redirect(url_for("auth.login"), 303)
