@@ -24,6 +24,8 @@ PEERS = {
     "chromium": "chromium (apt-get install chromium)",
     "systemd-analyze": "systemd (apt-get install systemd)",
     "node": "nodejs (apt-get install nodejs)",
+    "swtpm": "swtpm (apt-get install swtpm swtpm-tools)",
+    "tpm2_createprimary": "tpm2-tools (apt-get install tpm2-tools)",
 }
 
 
