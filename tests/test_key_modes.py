@@ -163,3 +163,44 @@ def test_a_passphrase_kit_serves_locked_refuses_probes_and_runs_once_an_admin_un
         assert _files_containing(data_dir, _encodings(CANARY) + [CANARY_ID.encode()], started) == []
     finally:
         kit.stop()
+
+
+# ----------------------------------------------------------------------------- PIN pepper
+
+def _user_doc(store, name: str) -> dict:
+    return store.read(lambda db: next(d for d in db.table("users").all() if d["name"] == name))
+
+
+def test_a_stored_pin_hash_does_not_verify_without_the_kits_pepper(sec_store):
+    import os
+
+    from fieldkit.security import passwords as pw
+    from fieldkit.store import accounts
+
+    accounts.create_user(sec_store, "nurse", "493817", "clinician")
+    stolen_hash = _user_doc(sec_store, "nurse")["hash"]
+    assert stolen_hash.startswith("$argon2id$")
+    # what an offline attacker can test with the hash alone: the PIN itself
+    assert not pw.verify_secret(stolen_hash, "493817")
+    assert not pw.verify_secret(stolen_hash, "493817", os.urandom(32))  # another kit's pepper
+    assert pw.verify_secret(stolen_hash, "493817", sec_store.pepper)
+    assert accounts.verify_login(sec_store, "nurse", "493817").ok
+    assert not accounts.verify_login(sec_store, "nurse", "493818").ok
+
+
+def test_hashes_from_before_the_pepper_still_sign_in_and_are_rehashed_with_it(sec_store, fake_clock):
+    from fieldkit.security import passwords as pw
+    from fieldkit.store import accounts
+
+    accounts.create_user(sec_store, "medic", "720461", "triage")
+    old_hash = pw.hash_secret("720461")  # as the kit hashed PINs before the pepper
+    sec_store.write(lambda db: db.table("users").update({"hash": old_hash, "peppered": False},
+                                                        lambda d: d["name"] == "medic"))
+    assert not accounts.verify_login(sec_store, "medic", "000000").ok  # a wrong PIN changes nothing
+    assert _user_doc(sec_store, "medic")["hash"] == old_hash
+    fake_clock.advance(60)
+    assert accounts.verify_login(sec_store, "medic", "720461").ok  # no lock-out on upgrade
+    doc = _user_doc(sec_store, "medic")
+    assert doc["peppered"] is True and doc["hash"] != old_hash
+    assert not pw.verify_secret(doc["hash"], "720461")
+    assert accounts.verify_login(sec_store, "medic", "720461").ok
