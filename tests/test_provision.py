@@ -218,9 +218,32 @@ def test_unit_key_check_catches_missing_hardening():
     text = (REPO / "provisioning/templates/fieldkit.service").read_text()
     good = text.replace("${", "{").format(http_port=8443, dicom_port=11112, user="fieldkit",
                                           data_dir="/var/lib/fieldkit", log_dir="/var/log/fieldkit",
-                                          fieldkit_bin="/opt/fieldkit/venv/bin/fieldkit")
+                                          fieldkit_bin="/opt/fieldkit/venv/bin/fieldkit",
+                                          device_access="PrivateDevices=yes")
     assert check_unit_keys(good) == []
     assert "[Service] NoNewPrivileges=yes is missing" in check_unit_keys(good.replace("NoNewPrivileges=yes\n", ""))
     assert any("ReadWritePaths" in p for p in check_unit_keys(good.replace(
         "ReadWritePaths=/var/lib/fieldkit", "ReadWritePaths=/var/lib/fieldkit /etc")))
     assert any("User" in p for p in check_unit_keys(good.replace("User=fieldkit", "User=root")))
+
+
+def test_key_mode_passphrase_is_provisioned_and_the_tpm_unit_sees_only_the_tpm(answers, tmp_path, need):
+    from fieldkit.cli.provision import DEVICE_ACCESS
+    from fieldkit.security.keys import Keyring
+
+    answers.write_text(answers.read_text().replace('key_mode = "device"', 'key_mode = "passphrase"'))
+    root = tmp_path / "root"
+    root.mkdir()
+    result = provision(answers, root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = root / "var/lib/fieldkit"
+    assert Keyring(data).mode == "passphrase" and not (data / "keys" / "device.key").exists()
+    unit = root / "etc/systemd/system/fieldkit.service"
+    assert "PrivateDevices=yes" in unit.read_text()
+
+    tpm_unit = tmp_path / "fieldkit.service"
+    tpm_unit.write_text(unit.read_text().replace("PrivateDevices=yes", DEVICE_ACCESS["tpm"]))
+    assert check_unit_keys(tpm_unit.read_text()) == []
+    assert "DeviceAllow=/dev/tpmrm0 rw" in tpm_unit.read_text()
+    need("systemd-analyze")
+    assert verify_unit(tpm_unit, root) == []

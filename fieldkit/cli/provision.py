@@ -82,6 +82,7 @@ class Answers:
     dhcp_end: str = "10.42.0.250"
     time_mode: str = "chrony"
     time_servers: list[str] = field(default_factory=lambda: ["pool.ntp.org"])
+    key_mode: str = "device"
 
 
 # (table.key, attribute, kind, required). kind: str, int, path, list, or a tuple of choices.
@@ -115,6 +116,7 @@ FIELDS: list[tuple[str, str, Any, bool]] = [
     ("network.dhcp_end", "dhcp_end", str, False),
     ("time.mode", "time_mode", ("chrony", "timesyncd", "none"), False),
     ("time.servers", "time_servers", "list", False),
+    ("security.key_mode", "key_mode", ("tpm", "passphrase", "device"), False),
 ]
 
 
@@ -434,7 +436,7 @@ class Provisioner:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(self.host_fieldkit()), "init", "--data-dir", str(self.data_dir),
                "--passphrase-file", str(self.a.passphrase_file), "--kit-id", self.a.kit_id,
-               "--hostname", self.a.kit_name]
+               "--hostname", self.a.kit_name, "--key-mode", self.a.key_mode]
         if self.a.admin_user:
             cmd += ["--admin-user", self.a.admin_user, "--admin-password-file", str(self.a.admin_password_file)]
         self.run_cmd(cmd)
@@ -497,7 +499,8 @@ class Provisioner:
     def step_unit(self) -> None:
         unit = self.render("fieldkit.service", user=self.a.user, data_dir=self.a.data_dir,
                            fieldkit_bin=str(self.fieldkit_bin), log_dir=self.log_dir,
-                           http_port=self.a.http_port, dicom_port=self.a.dicom_port)
+                           http_port=self.a.http_port, dicom_port=self.a.dicom_port,
+                           device_access=DEVICE_ACCESS[self.a.key_mode])
         path = "/etc/systemd/system/fieldkit.service"
         self.write(path, unit, 0o644)
         problems = verify_unit(self.host(path), self.root)
@@ -639,6 +642,15 @@ def verify_unit(path: Path, root: Path = Path("/")) -> list[str]:
     return problems
 
 
+# The unit's device lines per key mode: a kit whose device key is sealed to the TPM sees
+# the kernel's TPM resource manager (group tss) and no other device.
+DEVICE_ACCESS = {
+    "tpm": "PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=/dev/tpmrm0 rw\nSupplementaryGroups=tss",
+    "passphrase": "PrivateDevices=yes",
+    "device": "PrivateDevices=yes",
+}
+
+
 REQUIRED_UNIT_KEYS = {
     "Restart": "on-failure", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
     "ProtectHome": "yes", "PrivateTmp": "yes", "SocketBindDeny": "any",
@@ -731,10 +743,15 @@ def ask_answers(workdir: Path) -> Answers:
             fh.write(value + "\n")
         return path
 
-    raw: dict[str, dict[str, Any]] = {"kit": {}, "secrets": {}, "hospital": {}, "network": {}, "time": {}}
+    raw: dict[str, dict[str, Any]] = {"kit": {}, "secrets": {}, "hospital": {}, "network": {}, "time": {},
+                                      "security": {}}
     raw["kit"]["id"] = click.prompt("Kit ID (letters, digits, '-')")
     raw["kit"]["profile"] = click.prompt("Hardware profile", default="generic-x86-2c4g")
     raw["secrets"]["passphrase_file"] = str(secret("passphrase", "Kit passphrase"))
+    raw["security"]["key_mode"] = click.prompt(
+        "Key mode (tpm: sealed to this box's TPM; passphrase: an admin unlocks after each boot; "
+        "device: a key file, a stolen disk opens)", type=click.Choice(["tpm", "passphrase", "device"]),
+        default="tpm" if Path("/dev/tpmrm0").exists() else "device")
     admin = click.prompt("First admin account name", default="admin")
     raw["secrets"]["admin_user"] = admin
     raw["secrets"]["admin_password_file"] = str(secret("admin", f"Password for {admin}"))
