@@ -575,8 +575,9 @@ def _read_store(ctx: Context) -> dict[str, Any]:
         return {"patients": status.get("patients", 0), "instances": status.get("instances", 0),
                 "damage": status.get("damage") or [], "checked": checked}
     from ..security.keys import Keyring
+    from ..security.tpm import sealer_for
     from ..store import Store
-    data_key = Keyring(ctx.data_dir).unlock_with_device_key()
+    data_key = Keyring(ctx.data_dir, sealer=sealer_for(ctx.config)).unlock_with_device_key()
     store = Store.open(ctx.data_dir, data_key, ctx.config)
     try:
         checked = scrub_all(store)["checked"] if ctx.scrub else None

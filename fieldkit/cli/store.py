@@ -9,6 +9,7 @@ import click
 from ..errors import StoreBusy
 from ..runtime import load_config
 from ..security.keys import Keyring
+from ..security.tpm import sealer_for
 from ..store import Store, check_format, dir_is_locked
 from ..store.salvage import readopt_captures, salvage as salvage_store
 from .core import DATA_DIR, read_secret_file
@@ -30,7 +31,7 @@ def salvage(data_dir: Path, passphrase_file):
         raise StoreBusy(f"data dir {data_dir} is in use by a running kit: stop `fieldkit serve` first, "
                         "then run the salvage")
     check_format(data_dir)
-    keyring = Keyring(data_dir)
+    keyring = Keyring(data_dir, sealer=sealer_for(load_config(data_dir)))
     passphrase = read_secret_file(passphrase_file, "passphrase")
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     report = salvage_store(data_dir, key)
