@@ -204,3 +204,40 @@ def test_hashes_from_before_the_pepper_still_sign_in_and_are_rehashed_with_it(se
     assert doc["peppered"] is True and doc["hash"] != old_hash
     assert not pw.verify_secret(doc["hash"], "720461")
     assert accounts.verify_login(sec_store, "medic", "720461").ok
+
+
+def test_a_kit_locked_while_running_answers_probes_locked_then_stores_on_the_same_port(kit, passphrase):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import UltrasoundMultiFrameImageStorage, Verification
+
+    from fieldkit.ingest import dimse
+    from fieldkit.web.auth import lock_kit, unlock_kit
+
+    kit.config = kit.config.with_overrides(dicom__port=0, dicom__bind="127.0.0.1")
+    kit.services["dicom"] = dimse.start(kit)
+    port = kit.dicom_port
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+
+    def send():
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(UltrasoundMultiFrameImageStorage, ds.file_meta.TransferSyntaxUID)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="FIELDKIT")
+        assert assoc.is_established
+        try:
+            echo = assoc.send_c_echo()
+            status = assoc.send_c_store(ds)
+            return echo.Status, status.Status, str(status.get("ErrorComment", ""))
+        finally:
+            assoc.release()
+
+    try:
+        assert lock_kit(kit)
+        assert send() == (0x0000, 0xA700, "kit locked: an admin must unlock it")
+        assert unlock_kit(kit, passphrase)
+        assert kit.dicom_port == port and not kit.locked_services
+        assert send()[:2] == (0x0000, 0x0000)
+        assert instances.get_instance(kit.store, ds.SOPInstanceUID) is not None
+    finally:
+        kit.stop_services()
+        kit.stop_locked_services()
