@@ -682,7 +682,12 @@ def unlock_kit(kit, passphrase: str, *, remote: str = "", admin: tuple[str, str]
         store.events = kit.events  # live-update subscribers keep their bus
         actor = "passphrase"
         if admin is not None:
-            result = accounts.verify_login(store, admin[0], admin[1], remote=remote, lockout=st.login_lockout)
+            try:
+                result = accounts.verify_login(store, admin[0], admin[1], remote=remote, lockout=st.login_lockout)
+            except BaseException:
+                store.close()
+                st.held_fd = acquire_dir_lock(kit.data_dir)
+                raise
             if not result.ok or result.principal.role != R.ADMIN:
                 store.close()
                 st.held_fd = acquire_dir_lock(kit.data_dir)
