@@ -136,8 +136,8 @@ class Keyring:
         doc = self._load()
         mode = _mode_of(doc)
         if mode == "passphrase":
-            raise KeyUnavailable("this kit keeps no key on its disk (key mode passphrase): unlock it with "
-                                 "the kit passphrase (--passphrase-file, or the unlock page of `fieldkit serve`)")
+            raise KeyUnavailable("this kit keeps no key on its disk (key mode passphrase): start `fieldkit serve` "
+                                 "and unlock it (unlock page or `fieldkit unlock`), or give --passphrase-file")
         if mode == "tpm":
             return self._unlock_with_tpm(doc)
         try:
