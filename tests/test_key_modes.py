@@ -241,3 +241,35 @@ def test_a_kit_locked_while_running_answers_probes_locked_then_stores_on_the_sam
     finally:
         kit.stop_services()
         kit.stop_locked_services()
+
+
+def test_damaged_key_files_get_one_clear_refusal(tmp_path):
+    import json
+    import os
+    import random
+
+    from fieldkit.security.tpm import Tpm2Sealer, _split
+
+    class Unreachable(Tpm2Sealer):  # only _split runs: the blob is refused before any TPM call
+        def _run(self, args, what, stdin=None):
+            raise AssertionError("a damaged blob reached the TPM")
+
+    rng = random.Random(14)
+    for n in range(300):
+        blob = b"FKTPM1" + os.urandom(rng.randrange(0, 40)) if n % 2 else os.urandom(rng.randrange(0, 300))
+        try:
+            pub, priv = _split(blob)
+        except KeyUnavailable:
+            continue
+        assert len(pub) + len(priv) + 10 == len(blob)
+
+    ring = Keyring(tmp_path / "kit", sealer=Unreachable("swtpm:host=127.0.0.1,port=9"))
+    (tmp_path / "kit" / "keys").mkdir(parents=True)
+    base = {"version": 2, "mode": "tpm", "kdf": {"name": "scrypt", "n": 1024, "r": 8, "p": 1, "salt": "AAAA"},
+            "wrapped": {"passphrase": "AAAA", "tpm": "AAAA"}, "tpm_sealed": "AAAA"}
+    for doc in (dict(base, mode="floppy"), dict(base, tpm_sealed="not base64!"), dict(base, tpm_sealed=None),
+                {k: v for k, v in base.items() if k != "tpm_sealed"}, dict(base, version=3)):
+        ring.path.write_text(json.dumps(doc))
+        with pytest.raises((KeyUnavailable, __import__("fieldkit.errors").errors.UnsupportedVersion)) as refused:
+            ring.unlock_with_device_key()
+        assert "\n" not in refused.value.message and len(refused.value.message) < 300

@@ -127,7 +127,7 @@ class Keyring:
             return Sealer(key).open(_unb64(doc["wrapped"]["passphrase"]), b"passphrase")
         except InvalidTag:
             raise KeyUnavailable("wrong passphrase") from None
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyUnavailable(f"key file {self.path} is corrupt") from None
 
     def unlock_with_device_key(self) -> bytes:
@@ -151,7 +151,7 @@ class Keyring:
             return Sealer(device_key).open(_unb64(doc["wrapped"]["device"]), b"device")
         except InvalidTag:
             raise KeyUnavailable(f"device key {self.device_key_path} does not match this kit's key file") from None
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyUnavailable(f"key file {self.path} is corrupt") from None
 
     def _unlock_with_tpm(self, doc: dict) -> bytes:
@@ -160,7 +160,7 @@ class Keyring:
                                  "(setting security.tpm_tcti); unlock it with the kit passphrase")
         try:
             sealed, wrapped = _unb64(doc["tpm_sealed"]), _unb64(doc["wrapped"]["tpm"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyUnavailable(f"key file {self.path} is corrupt (no TPM-sealed key)") from None
         device_key = self.sealer.unseal(sealed)  # KeyUnavailable when this is not the kit's TPM
         try:
