@@ -199,7 +199,7 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     is locked the registered probes are sealed in the store, so any caller is let in and
     hears C-ECHO answered and every C-STORE refused (0xA700, "kit locked ...")."""
     config = kit.config
-    if kit.locked:
+    if getattr(kit, "locked", False):
         ae, refused = make_ae(config), None
         ae.require_calling_aet = []
         handlers = [(evt.EVT_C_STORE, handle_store_locked), (evt.EVT_C_ECHO, handle_echo)]
