@@ -185,7 +185,25 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
     check_format(data_dir)
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     store = Store.open(data_dir, key, config)
+    try:
+        seal_plain_keys(data_dir, key, store, config)
+    except BaseException:
+        store.close()
+        raise
     return Kit(data_dir, config, store, keyring)
+
+
+def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config) -> None:
+    """A kit from before secrets were sealed keeps its CA key and hospital credentials in
+    plaintext files: seal them by the data key and overwrite the plaintext (once; a no-op after)."""
+    from .security.tls import seal_plain_ca_key
+    from .sync.hospital import seal_plain_secrets
+
+    if seal_plain_ca_key(data_dir, data_key):
+        log.warning("the kit CA's key was a plaintext file: it is now sealed by the data key")
+    sealed = seal_plain_secrets(data_dir, store.secrets, config)
+    if sealed:
+        log.warning("hospital secret files sealed by the data key: %s", ", ".join(sealed))
 
 
 def op_status(kit: Kit, args: dict, emit) -> dict:

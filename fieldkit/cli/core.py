@@ -49,7 +49,10 @@ def _check_passphrase(passphrase: str, minimum: int) -> None:
 @click.option("--admin-password-file", type=click.Path(path_type=Path), help="File holding the first admin's password.")
 @click.option("--demo", is_flag=True, help="Demo kit: accept DICOM from any AE title, bind to loopback.")
 @click.option("--hostname", "hostnames", multiple=True, help="Extra host name for the HTTPS certificate.")
-def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames):
+@click.option("--subnet", "subnets", multiple=True,
+              help="The kit's Wi-Fi subnet, e.g. 10.42.0.0/24 (repeatable): the kit CA may vouch only for "
+                   "addresses in it, loopback and its own host names.")
+def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames, subnets=()):
     """Create a new kit: config, wrapped data key, device key, TLS CA and certificate."""
     if (data_dir / CONFIG_FILE).exists() or (data_dir / "keys").exists():
         raise ConfigError(f"{data_dir} already holds a kit; refusing to overwrite it")
@@ -75,7 +78,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
         cfg = config_mod.Config.load(data_dir / CONFIG_FILE)
         write_format(data_dir)
         data_key = Keyring(data_dir).create(passphrase, scrypt_n=cfg["security.scrypt_n"])
-        ca = create_tls(data_dir, kit_id, hostnames=list(hostnames))
+        ca = create_tls(data_dir, kit_id, data_key, hostnames=list(hostnames), subnets=list(subnets) or None)
         store = Store.open(data_dir, data_key, cfg)
         try:
             if admin_user:

@@ -134,7 +134,7 @@ def sync_audit_once(kit) -> dict:
     from ..sync.hospital import endpoint_from_config
 
     store = kit.store
-    client = StowClient(endpoint_from_config(kit.config, kit.data_dir))
+    client = StowClient(endpoint_from_config(kit.config, kit.data_dir, store.secrets))
     kit_id = kit.config["kit.id"] or "KIT"
     sent = documents = 0
     try:
