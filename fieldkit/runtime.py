@@ -54,6 +54,7 @@ CONTROL_OPS: dict[str, str] = {
     **{op: f"fieldkit.cli.probes:op_{op.replace('.', '_')}" for op in ("probes.add", "probes.list", "probes.remove")},
     "backup": "fieldkit.cli.backup:op_backup",  # incremental backup (store.backup)
     "store.scrub": "fieldkit.cli.store:op_scrub",  # verify every stored capture now (doctor --scrub)
+    "hospital.set": "fieldkit.cli.sync:op_hospital_set",  # seal hospital secrets, save settings, audit
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
@@ -191,6 +192,13 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
         store.close()
         raise
     return Kit(data_dir, config, store, keyring)
+
+
+def unlock_data_key(data_dir: Path, passphrase: str | None = None) -> bytes:
+    """The data key alone, without opening the store (works while `serve` runs): for
+    commands that only read or write sealed files (`tls renew`, `hospital test`, doctor)."""
+    keyring = Keyring(data_dir)
+    return keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
 
 
 def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config) -> None:

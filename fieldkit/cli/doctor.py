@@ -470,28 +470,27 @@ def _ntp_synchronized() -> bool | None:
 
 
 def _hospital_session(ctx: Context):
-    """A requests session authenticated the way the sync worker is (hospital.* settings)."""
+    """A requests session authenticated the way the sync worker is (hospital.* settings,
+    sealed secrets opened in memory)."""
     import requests
-    cfg = ctx.config
+
+    from ..sync.hospital import endpoint_from_config
+    from .sync import _secret_box
+    try:
+        ep = endpoint_from_config(ctx.config, ctx.data_dir, _secret_box(ctx.data_dir))
+    except FieldkitError as exc:
+        raise ValueError(exc.message) from None
     session = requests.Session()
     session.headers["User-Agent"] = "fieldkit-doctor"
-    mode = str(cfg.get("hospital.auth", "none") or "none")
-    if mode == "basic":
-        password_file = str(cfg.get("hospital.password_file", "") or "")
-        password = _resolve(ctx, password_file).read_text().strip() if password_file else ""
-        session.auth = (str(cfg.get("hospital.username", "")), password)
-    elif mode == "bearer":
-        token = _resolve(ctx, str(cfg.get("hospital.token_file", ""))).read_text().strip()
-        session.headers["Authorization"] = f"Bearer {token}"
-    elif mode == "client-cert":
-        cert = str(_resolve(ctx, str(cfg.get("hospital.client_cert", ""))))
-        key = str(cfg.get("hospital.client_key", "") or "")
-        session.cert = (cert, str(_resolve(ctx, key))) if key else cert
-    elif mode != "none":
-        raise ValueError(f"unknown hospital.auth {mode!r} (none, basic, bearer, client-cert)")
-    ca = str(cfg.get("hospital.ca_bundle", "") or "")
-    if ca:
-        session.verify = str(_resolve(ctx, ca))
+    session.endpoint = ep  # keeps an in-memory client key open while the session lives
+    if ep.auth_mode == "basic":
+        session.auth = (ep.username, ep.password)
+    elif ep.auth_mode == "bearer":
+        session.headers["Authorization"] = f"Bearer {ep.token}"
+    elif ep.auth_mode == "client-cert":
+        session.cert = (ep.client_cert, ep.client_key) if ep.client_key else ep.client_cert
+    if ep.ca_bundle:
+        session.verify = ep.ca_bundle
     return session
 
 

@@ -6,17 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..security.keys import Keyring
+from ..runtime import unlock_data_key
 from ..security.tls import SERVER_DAYS, renew_server
 from ..store import dir_is_locked
 from .core import DATA_DIR, read_secret_file
-
-
-def unlock_data_key(data_dir: Path, passphrase_file: Path | None) -> bytes:
-    """The data key without opening the store (so it works while `serve` runs)."""
-    passphrase = read_secret_file(passphrase_file, "passphrase")
-    keyring = Keyring(data_dir)
-    return keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
 
 
 @click.group()
@@ -33,7 +26,7 @@ def tls():
 def tls_renew(data_dir: Path, days: int, passphrase_file):
     """Issue a new server key and certificate from the same kit CA, for the same names and
     addresses: onboarded tablets keep trusting the kit."""
-    cert = renew_server(data_dir, unlock_data_key(data_dir, passphrase_file), days)
+    cert = renew_server(data_dir, unlock_data_key(data_dir, read_secret_file(passphrase_file, "passphrase")), days)
     click.echo(f"server certificate renewed: serial {cert.serial_number:x}, valid until "
                f"{cert.not_valid_after_utc:%Y-%m-%d}, issued by the same kit CA")
     if dir_is_locked(data_dir):

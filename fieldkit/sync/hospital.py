@@ -10,10 +10,12 @@ outside the data dir is the operator's own and is read as it is.
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fieldkit.errors import ConfigError
+from fieldkit.errors import BadInput, ConfigError
 from fieldkit.security.secrets import MemoryFile, SecretBox, is_sealed, within
 
 from .client import Endpoint
@@ -84,6 +86,35 @@ def secret_files(data_dir: Path, config) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def check_url(url: str, allow_plain_http: bool = False) -> str | None:
+    """Refuse a hospital URL with credentials in it (without repeating them) or plain http://
+    to a host other than this machine unless allowed; returns a warning for allowed plain http."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        raise BadInput("the hospital URL is not a valid URL (e.g. https://pacs.example/dicom-web)") from None
+    if "@" in parts.netloc:
+        raise BadInput("the hospital URL must not carry credentials (user:password@host): nothing was saved; "
+                       "give the user with --username and the password with --password-file, which the kit "
+                       "keeps sealed")
+    if parts.scheme not in ("http", "https") or not host:
+        raise BadInput("the hospital URL must start with https:// and name a host (e.g. https://pacs.example/dicom-web)")
+    if parts.scheme == "http" and not _loopback(host):
+        if not allow_plain_http:
+            raise BadInput(f"http:// would send studies and credentials unencrypted to {host}: use https://, "
+                           "or add --allow-plain-http if the network to the hospital is trusted")
+        return f"warning: studies and credentials go unencrypted over http:// to {host}"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def endpoint_from_config(config, data_dir: Path | None = None, secrets: SecretBox | None = None) -> Endpoint:
     """The endpoint the settings describe; `secrets` opens the sealed credential files."""
     url = str(config["hospital.url"] or "").strip()
@@ -91,6 +122,9 @@ def endpoint_from_config(config, data_dir: Path | None = None, secrets: SecretBo
         raise ConfigError("no hospital configured (fieldkit hospital set --url …)")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"hospital.url must start with https:// (or http:// on a trusted network): {url!r}")
+    if "@" in urlsplit(url).netloc:  # a hand-edited TOML: never send (or show) those credentials
+        raise ConfigError("hospital.url carries credentials (user:password@host): remove them and use "
+                          "`fieldkit hospital set --username … --password-file …`")
     mode = str(config["hospital.auth"] or "none")
     if mode not in AUTH_MODES:
         raise ConfigError(f"hospital.auth must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
