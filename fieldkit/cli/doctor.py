@@ -220,13 +220,15 @@ def check_tls(ctx: Context) -> Check:
     for label, c in (("server certificate", cert), ("CA certificate", ca)):
         if c.not_valid_after_utc <= now:
             return Check("tls", FAIL, f"the {label} expired on {c.not_valid_after_utc:%Y-%m-%d}",
-                         "re-issue the kit's certificate (and re-onboard tablets if the CA changed); check the clock first")
+                         "check the clock first; then `fieldkit tls renew` for the server certificate "
+                         "(a new kit CA means onboarding every tablet again)")
         if c.not_valid_before_utc > now:
             return Check("tls", FAIL, f"the {label} is not valid until {c.not_valid_before_utc:%Y-%m-%d}",
                          "the clock is wrong: set the time")
     days = (cert.not_valid_after_utc - now).days
     if days < CERT_RENEW_DAYS:
-        return Check("tls", WARN, f"server certificate expires in {days} days", "re-issue it before it expires")
+        return Check("tls", WARN, f"server certificate expires in {days} days",
+                     "run `fieldkit tls renew` (same CA: tablets keep trusting the kit), then restart the kit")
     return Check("tls", OK, f"server certificate valid for {days} more days, issued by the kit's CA")
 
 
