@@ -11,11 +11,14 @@ import json
 import ssl
 import threading
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings, strategies as st
 
+from fieldkit.errors import BadInput, ConfigError
 from fieldkit.security.secrets import is_sealed
 from fixtures.orthanc import start_orthanc
 from fixtures.sync import add_to_store, corpus
@@ -150,8 +153,6 @@ def test_plaintext_secrets_from_an_older_kit_are_sealed_at_the_first_open(data_d
     finally:
         kit.close()
     # sealed files do not open without the data key, nor under another name
-    import pytest
-    from fieldkit.errors import ConfigError
     with pytest.raises(ConfigError, match="sealed by the data key"):
         endpoint_from_config(kit.config, data_dir, None)
     (data_dir / "secrets" / "hospital-password").rename(data_dir / "secrets" / "other")
@@ -253,3 +254,32 @@ def test_erase_leaves_no_private_key_and_no_secret(data_dir, tmp_path):
     assert not any(n.startswith(("keys/", "secrets/")) or n.endswith((".key", ".sealed")) for n in names), names
     for needle in (PASSWORD.encode(), TOKEN.encode(), key.private_numbers().private_value.to_bytes(32, "big")):
         assert containing(data_dir, needle) == []
+
+
+# ---- fuzz: what `hospital set` parses refuses bad input with BadInput only --------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=80), st.sampled_from(["", "http://", "https://", "https://u:pw@"]), st.booleans())
+def test_fuzz_hospital_urls_are_accepted_or_refused_cleanly(tail, head, allow):
+    from fieldkit.sync.hospital import check_url
+    url = head + tail
+    try:
+        warning = check_url(url, allow)
+    except BadInput as exc:
+        if "@" in url and "pw" in url:
+            assert "pw@" not in exc.message
+        return
+    assert warning is None or warning.startswith("warning: ")
+    assert "@" not in url.split("//", 1)[-1].split("/", 1)[0].split("?")[0].split("#")[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from([b"", b"-----BEGIN PRIVATE KEY-----\n", b"-----BEGIN CERTIFICATE-----\n"]))
+def test_fuzz_client_key_and_certificate_files_refuse_cleanly(body, head):
+    from fieldkit.cli.sync import _pem_key, _split_client_cert
+    for parse in (_pem_key, _split_client_cert):
+        try:
+            parse(head + body, "f.pem")
+        except BadInput:
+            pass
