@@ -477,9 +477,9 @@ def _hospital_session(ctx: Context):
     import requests
 
     from ..sync.hospital import endpoint_from_config
-    from .sync import _secret_box
+    from .sync import open_secret_box
     try:
-        ep = endpoint_from_config(ctx.config, ctx.data_dir, _secret_box(ctx.data_dir))
+        ep = endpoint_from_config(ctx.config, ctx.data_dir, open_secret_box(ctx.data_dir))
     except FieldkitError as exc:
         raise ValueError(exc.message) from None
     session = requests.Session()

@@ -202,7 +202,7 @@ def hospital_test(data_dir: Path):
     from ..sync.hospital import endpoint_from_config
     from ..sync.link import probe
     cfg = config_mod.Config.load(Path(data_dir) / CONFIG_FILE)
-    ep = endpoint_from_config(cfg, data_dir, _secret_box(data_dir))
+    ep = endpoint_from_config(cfg, data_dir, open_secret_box(data_dir))
     up, reason = probe(ep.base_url)
     if not up:
         raise Conflict(f"hospital unreachable: {reason}")
@@ -210,7 +210,7 @@ def hospital_test(data_dir: Path):
     click.echo(f"hospital OK: {ep.base_url} answers DICOMweb QIDO with the configured credentials")
 
 
-def _secret_box(data_dir: Path):
+def open_secret_box(data_dir: Path):
     """What opens the sealed hospital secrets, or None when the data key cannot be had
     unattended (then a sealed secret is reported as such)."""
     from ..errors import KeyUnavailable
