@@ -230,6 +230,19 @@ def test_client_key_is_sealed_and_opened_in_memory_for_a_server_that_requires_it
         assert is_sealed(data_dir / "secrets" / "hospital-client-key")
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
         assert seen and dict(x[0] for x in seen[-1])["commonName"] == "kit TEST1"
+        from fieldkit.runtime import open_kit
+        from fieldkit.sync.client import StowClient
+        from fieldkit.sync.hospital import endpoint_from_config
+        kit = open_kit(data_dir)  # the first open seals nothing more, and the sync client connects
+        try:
+            client = StowClient(endpoint_from_config(kit.config, data_dir, kit.store.secrets))
+            try:
+                client.probe()
+            finally:
+                client.close()
+        finally:
+            kit.close()
+        assert len(seen) == 2 and not is_sealed(data_dir / "secrets" / "hospital-client.pem")
     finally:
         server.shutdown()
         server.server_close()

@@ -59,12 +59,11 @@ def write_secret(data_dir: Path, secrets: SecretBox, setting: str, value: bytes)
 
 def seal_plain_secrets(data_dir: Path, secrets: SecretBox, config) -> list[str]:
     """Seal every plaintext secret file inside the data dir (those the settings name, and
-    anything under secrets/), overwriting the plaintext. Returns the files sealed."""
+    the ones `hospital set` writes under secrets/), overwriting the plaintext. Returns the
+    files sealed. (The client certificate beside them is public and stays as it is.)"""
     data_dir = Path(data_dir)
     paths = [_resolve(data_dir, str(config[s])) for s in SECRET_FILES if config[s]]
-    folder = data_dir / SECRETS_DIR
-    if folder.is_dir():
-        paths += sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    paths += [data_dir / SECRETS_DIR / name for name in SECRET_FILES.values()]
     sealed = []
     for path in dict.fromkeys(paths):
         if path.is_file() and not path.is_symlink() and within(data_dir, path) and not is_sealed(path):
