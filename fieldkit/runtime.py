@@ -63,6 +63,7 @@ CONTROL_OPS: dict[str, str] = {
     **{op: f"fieldkit.cli.probes:op_{op.replace('.', '_')}" for op in ("probes.add", "probes.list", "probes.remove")},
     "backup": "fieldkit.cli.backup:op_backup",  # incremental backup (store.backup)
     "store.scrub": "fieldkit.cli.store:op_scrub",  # verify every stored capture now (doctor --scrub)
+    "hospital.set": "fieldkit.cli.sync:op_hospital_set",  # seal hospital secrets, save settings, audit
     # accounts, tokens, audit, lock/erase (security)
     **{op: f"fieldkit.cli.security:op_{op.replace('.', '_')}" for op in (
         "users.add", "users.list", "users.disable", "users.reset", "users.unlock", "token.create",
@@ -215,6 +216,11 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
         return _locked_kit(data_dir, config, keyring)
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     store = Store.open(data_dir, key, config)
+    try:
+        seal_plain_keys(data_dir, key, store, config)
+    except BaseException:
+        store.close()
+        raise
     return Kit(data_dir, config, store, keyring)
 
 
@@ -230,6 +236,26 @@ def _locked_kit(data_dir: Path, config: Config, keyring: Keyring) -> Kit:
     state.stopped_services = [name for name, _ in SERVICES]  # started by the unlock
     log.warning("kit started locked (key mode passphrase): an admin must unlock it on the unlock page")
     return kit
+
+
+def unlock_data_key(data_dir: Path, passphrase: str | None = None) -> bytes:
+    """The data key alone, without opening the store (works while `serve` runs): for
+    commands that only read or write sealed files (`tls renew`, `hospital test`, doctor)."""
+    keyring = Keyring(data_dir, sealer=sealer_for(load_config(data_dir)))
+    return keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
+
+
+def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config) -> None:
+    """A kit from before secrets were sealed keeps its CA key and hospital credentials in
+    plaintext files: seal them by the data key and overwrite the plaintext (once; a no-op after)."""
+    from .security.tls import seal_plain_ca_key
+    from .sync.hospital import seal_plain_secrets
+
+    if seal_plain_ca_key(data_dir, data_key):
+        log.warning("the kit CA's key was a plaintext file: it is now sealed by the data key")
+    sealed = seal_plain_secrets(data_dir, store.secrets, config)
+    if sealed:
+        log.warning("hospital secret files sealed by the data key: %s", ", ".join(sealed))
 
 
 def op_status(kit: Kit, args: dict, emit) -> dict:

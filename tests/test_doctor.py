@@ -142,7 +142,12 @@ def _reissue_server_cert(data_dir: Path, not_before: dt.datetime, not_after: dt.
                          signer_key=None) -> None:
     tls = data_dir / "tls"
     ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-    ca_key = signer_key or serialization.load_pem_private_key((tls / "ca.key").read_bytes(), None)
+    if signer_key is None:  # the kit CA's key is sealed by the data key
+        from fieldkit.runtime import unlock_data_key
+        from fieldkit.security.secrets import SecretBox
+        signer_key = serialization.load_pem_private_key(
+            SecretBox(unlock_data_key(data_dir)).open(tls / "ca.key.sealed"), None)
+    ca_key = signer_key
     key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), None)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "kit")]))
             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -259,13 +264,16 @@ def test_hospital_answers_and_checks_credentials(doctor_kit, tmp_path, need):
     need("Orthanc")
     hospital = start_orthanc(tmp_path / "orthanc", username="kit", password="s3cret-pass")
     try:
-        (kit / "hospital.pw").write_text("s3cret-pass\n")
-        set_config(doctor_kit, hospital__url=hospital.base_url, hospital__auth="basic",
-                   hospital__username="kit", hospital__password_file="hospital.pw")
+        pw = tmp_path / "hospital.pw"
+        pw.write_text("s3cret-pass\n")
+        r = run("hospital", "set", "--data-dir", kit, "--url", hospital.base_url, "--auth", "basic",
+                "--username", "kit", "--password-file", pw)
+        assert r.returncode == 0, r.stderr
         code, checks = doctor(kit)
         assert code == 0 and checks["hospital"]["status"] == "ok", checks["hospital"]
         assert "HTTP 200" in checks["hospital"]["message"]
-        (kit / "hospital.pw").write_text("wrong\n")
+        pw.write_text("wrong\n")
+        assert run("hospital", "set", "--data-dir", kit, "--password-file", pw).returncode == 0
         code, checks = doctor(kit)
         assert code == 1 and failed(checks) == {"hospital"}
         assert "refuses the kit's credentials (HTTP 401)" in checks["hospital"]["message"]

@@ -50,13 +50,16 @@ def _check_passphrase(passphrase: str, minimum: int) -> None:
 @click.option("--admin-password-file", type=click.Path(path_type=Path), help="File holding the first admin's password.")
 @click.option("--demo", is_flag=True, help="Demo kit: accept DICOM from any AE title, bind to loopback.")
 @click.option("--hostname", "hostnames", multiple=True, help="Extra host name for the HTTPS certificate.")
+@click.option("--subnet", "subnets", multiple=True,
+              help="The kit's Wi-Fi subnet, e.g. 10.42.0.0/24 (repeatable): the kit CA may vouch only for "
+                   "addresses in it, loopback and its own host names.")
 @click.option("--key-mode", type=click.Choice(KEY_MODES), default="device", show_default=True,
               help="How the kit restarts: tpm (device key sealed to this box's TPM 2.0), passphrase (starts "
                    "locked until an admin unlocks it), device (key file on the disk: protects nothing if "
                    "the disk is stolen).")
 @click.option("--tpm-tcti", help="How to reach the TPM for --key-mode tpm (setting security.tpm_tcti).")
-def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames, key_mode,
-         tpm_tcti):
+def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_file, demo, hostnames, subnets,
+         key_mode, tpm_tcti):
     """Create a new kit: config, wrapped data key, device key, TLS CA and certificate."""
     if (data_dir / CONFIG_FILE).exists() or (data_dir / "keys").exists():
         raise ConfigError(f"{data_dir} already holds a kit; refusing to overwrite it")
@@ -86,7 +89,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
         sealer = sealer_for(cfg) if key_mode == "tpm" else None
         data_key = Keyring(data_dir, sealer=sealer).create(passphrase, scrypt_n=cfg["security.scrypt_n"],
                                                            mode=key_mode)
-        ca = create_tls(data_dir, kit_id, hostnames=list(hostnames))
+        ca = create_tls(data_dir, kit_id, data_key, hostnames=list(hostnames), subnets=list(subnets) or None)
         store = Store.open(data_dir, data_key, cfg)
         try:
             if admin_user:

@@ -220,13 +220,15 @@ def check_tls(ctx: Context) -> Check:
     for label, c in (("server certificate", cert), ("CA certificate", ca)):
         if c.not_valid_after_utc <= now:
             return Check("tls", FAIL, f"the {label} expired on {c.not_valid_after_utc:%Y-%m-%d}",
-                         "re-issue the kit's certificate (and re-onboard tablets if the CA changed); check the clock first")
+                         "check the clock first; then `fieldkit tls renew` for the server certificate "
+                         "(a new kit CA means onboarding every tablet again)")
         if c.not_valid_before_utc > now:
             return Check("tls", FAIL, f"the {label} is not valid until {c.not_valid_before_utc:%Y-%m-%d}",
                          "the clock is wrong: set the time")
     days = (cert.not_valid_after_utc - now).days
     if days < CERT_RENEW_DAYS:
-        return Check("tls", WARN, f"server certificate expires in {days} days", "re-issue it before it expires")
+        return Check("tls", WARN, f"server certificate expires in {days} days",
+                     "run `fieldkit tls renew` (same CA: tablets keep trusting the kit), then restart the kit")
     return Check("tls", OK, f"server certificate valid for {days} more days, issued by the kit's CA")
 
 
@@ -470,28 +472,27 @@ def _ntp_synchronized() -> bool | None:
 
 
 def _hospital_session(ctx: Context):
-    """A requests session authenticated the way the sync worker is (hospital.* settings)."""
+    """A requests session authenticated the way the sync worker is (hospital.* settings,
+    sealed secrets opened in memory)."""
     import requests
-    cfg = ctx.config
+
+    from ..sync.hospital import endpoint_from_config
+    from .sync import open_secret_box
+    try:
+        ep = endpoint_from_config(ctx.config, ctx.data_dir, open_secret_box(ctx.data_dir))
+    except FieldkitError as exc:
+        raise ValueError(exc.message) from None
     session = requests.Session()
     session.headers["User-Agent"] = "fieldkit-doctor"
-    mode = str(cfg.get("hospital.auth", "none") or "none")
-    if mode == "basic":
-        password_file = str(cfg.get("hospital.password_file", "") or "")
-        password = _resolve(ctx, password_file).read_text().strip() if password_file else ""
-        session.auth = (str(cfg.get("hospital.username", "")), password)
-    elif mode == "bearer":
-        token = _resolve(ctx, str(cfg.get("hospital.token_file", ""))).read_text().strip()
-        session.headers["Authorization"] = f"Bearer {token}"
-    elif mode == "client-cert":
-        cert = str(_resolve(ctx, str(cfg.get("hospital.client_cert", ""))))
-        key = str(cfg.get("hospital.client_key", "") or "")
-        session.cert = (cert, str(_resolve(ctx, key))) if key else cert
-    elif mode != "none":
-        raise ValueError(f"unknown hospital.auth {mode!r} (none, basic, bearer, client-cert)")
-    ca = str(cfg.get("hospital.ca_bundle", "") or "")
-    if ca:
-        session.verify = str(_resolve(ctx, ca))
+    session.endpoint = ep  # keeps an in-memory client key open while the session lives
+    if ep.auth_mode == "basic":
+        session.auth = (ep.username, ep.password)
+    elif ep.auth_mode == "bearer":
+        session.headers["Authorization"] = f"Bearer {ep.token}"
+    elif ep.auth_mode == "client-cert":
+        session.cert = (ep.client_cert, ep.client_key) if ep.client_key else ep.client_cert
+    if ep.ca_bundle:
+        session.verify = ep.ca_bundle
     return session
 
 

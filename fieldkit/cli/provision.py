@@ -436,7 +436,8 @@ class Provisioner:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(self.host_fieldkit()), "init", "--data-dir", str(self.data_dir),
                "--passphrase-file", str(self.a.passphrase_file), "--kit-id", self.a.kit_id,
-               "--hostname", self.a.kit_name, "--key-mode", self.a.key_mode]
+               "--hostname", self.a.kit_name, "--key-mode", self.a.key_mode,
+               "--subnet", str(ipaddress.ip_network(f"{self.a.address}/{self.a.prefix}", strict=False))]
         if self.a.admin_user:
             cmd += ["--admin-user", self.a.admin_user, "--admin-password-file", str(self.a.admin_password_file)]
         self.run_cmd(cmd)

@@ -134,7 +134,7 @@ def sync_audit_once(kit) -> dict:
     from ..sync.hospital import endpoint_from_config
 
     store = kit.store
-    client = StowClient(endpoint_from_config(kit.config, kit.data_dir))
+    client = StowClient(endpoint_from_config(kit.config, kit.data_dir, store.secrets))
     kit_id = kit.config["kit.id"] or "KIT"
     sent = documents = 0
     try:
@@ -490,18 +490,20 @@ def unlock(data_dir, passphrase_file):
 @DATA_DIR
 @click.option("--confirm", "confirm_id", help="The kit ID, to confirm without a prompt.")
 def erase(data_dir, confirm_id):
-    """Crypto-erase the kit: overwrite and delete the wrapped data key and the device key,
-    so that everything stored becomes unreadable noise. There is no undo."""
+    """Crypto-erase the kit: overwrite and delete the wrapped data key, the device key, the
+    TLS private keys and the hospital secrets, so that everything stored becomes unreadable
+    noise. Names every file it removed. There is no undo."""
     from ..runtime import load_config
-    from ..security.keys import Keyring
+    from .erase import erase_key_files, key_files
 
     data_dir = Path(data_dir)
     try:
-        kit_id = load_config(data_dir)["kit.id"]
+        config = load_config(data_dir)
+        kit_id = config["kit.id"]
     except ConfigError:
-        kit_id = ""
-    keyring = Keyring(data_dir)
-    if not keyring.exists() and not keyring.device_key_path.exists():
+        config, kit_id = None, ""
+    present = [str(p.relative_to(data_dir)) for p in key_files(data_dir, config)]
+    if not present:
         raise FieldkitError(f"{data_dir} holds no kit keys (already erased, or not a kit)")
     expected = kit_id or data_dir.name
     if confirm_id is None:
@@ -511,12 +513,16 @@ def erase(data_dir, confirm_id):
         confirm_id = click.prompt(f"Type the kit ID ({expected}) to erase it")
     if confirm_id != expected:
         raise BadInput("the kit ID does not match: nothing was erased")
-    if dir_is_locked(data_dir):
-        call(data_dir, "erase", {"actor": _actor()})
+    running = dir_is_locked(data_dir)
+    if running:
+        call(data_dir, "erase", {"actor": _actor()})  # the kit drops the key and destroys the keyring
+    erase_key_files(data_dir, config)
+    removed = [name for name in present if not (data_dir / name).exists()]
+    click.echo("removed: " + ", ".join(removed))
+    if running:
         click.echo("kit erased (the running kit is locked for good: stop it)")
     else:
-        keyring.destroy()
-        click.echo("kit erased: the wrapped keys are destroyed; the data left on disk is unreadable")
+        click.echo("kit erased: every key and secret is destroyed; the data left on disk is unreadable")
 
 
 COMMANDS = [users, token, audit, lock, unlock, erase]

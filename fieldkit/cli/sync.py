@@ -12,6 +12,8 @@ from .. import config as config_mod
 from ..errors import BadInput, Conflict
 from ..runtime import CONFIG_FILE, open_kit
 from ..store import dir_is_locked
+from ..sync.hospital import AUTH_MODES, SECRET_FILES, SECRETS_DIR, check_url
+from .control import run_op
 from .core import DATA_DIR, read_secret_file
 
 
@@ -41,52 +43,145 @@ def hospital():
 
 @hospital.command("set")
 @DATA_DIR
-@click.option("--url", help="DICOMweb root, e.g. https://pacs.example/dicom-web.")
-@click.option("--auth", type=click.Choice(["none", "basic", "bearer", "client-cert"]))
+@click.option("--url", help="DICOMweb root, e.g. https://pacs.example/dicom-web (no credentials in it).")
+@click.option("--allow-plain-http", is_flag=True, help="Accept an http:// URL to a host other than this machine.")
+@click.option("--auth", type=click.Choice(list(AUTH_MODES)))
 @click.option("--username", help="User for HTTP Basic.")
-@click.option("--password-file", type=click.Path(path_type=Path), help="File holding the Basic password (copied owner-only into the data dir).")
-@click.option("--token-file", type=click.Path(path_type=Path), help="File holding the bearer token (copied owner-only into the data dir).")
-@click.option("--client-cert", type=click.Path(path_type=Path), help="PEM client certificate.")
-@click.option("--client-key", type=click.Path(path_type=Path), help="PEM key of the client certificate.")
+@click.option("--password-file", type=click.Path(path_type=Path), help="File holding the Basic password (sealed into the data dir).")
+@click.option("--token-file", type=click.Path(path_type=Path), help="File holding the bearer token (sealed into the data dir).")
+@click.option("--client-cert", type=click.Path(path_type=Path), help="PEM client certificate (a key inside it is sealed apart).")
+@click.option("--client-key", type=click.Path(path_type=Path), help="Unencrypted PEM key of the client certificate (sealed into the data dir).")
 @click.option("--ca-bundle", type=click.Path(path_type=Path), help="PEM CA bundle to trust for the hospital.")
 @click.option("--bandwidth-kbps", type=int, help="Upload cap in kbit/s (0: none).")
 @click.option("--metered/--not-metered", default=None, help="Metered link: findings only until images are allowed.")
 @click.option("--allow-images/--no-images", default=None, help="On a metered link, send images too.")
 @click.option("--window", "windows", multiple=True, help="HH:MM-HH:MM when sync may send (repeatable; 'any' clears).")
 @click.option("--retention-days", type=int, help="Purge pixel data this many days after confirmation (0: keep).")
-def hospital_set(data_dir: Path, url, auth, username, password_file, token_file, client_cert, client_key,
-                 ca_bundle, bandwidth_kbps, metered, allow_images, windows, retention_days):
+def hospital_set(data_dir: Path, url, allow_plain_http, auth, username, password_file, token_file, client_cert,
+                 client_key, ca_bundle, bandwidth_kbps, metered, allow_images, windows, retention_days):
     """Change hospital settings in fieldkit.toml (restart `serve` to apply). Secrets are
-    copied into DIR/secrets/ with owner-only permissions; the TOML only names the file."""
-    from ..sync.hospital import write_secret
+    sealed by the data key into DIR/secrets/; the TOML only names the file. Audited."""
+    from .security import _actor
     values = _load_values(data_dir)
     changes = {"hospital.url": url, "hospital.auth": auth, "hospital.username": username,
                "sync.bandwidth_kbps": bandwidth_kbps, "sync.metered": metered,
                "sync.allow_images": allow_images, "sync.retention_days": retention_days}
-    for name, path in (("hospital.client_cert", client_cert), ("hospital.client_key", client_key),
-                       ("hospital.ca_bundle", ca_bundle)):
-        if path is not None:
-            if not Path(path).is_file():
-                raise BadInput(f"{path} does not exist")
-            changes[name] = str(Path(path).resolve())
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise BadInput(f"the hospital URL must start with https:// (or http://): {url!r}")
+    warning = check_url(url, allow_plain_http) if url is not None else None
+    if ca_bundle is not None:
+        if not Path(ca_bundle).is_file():
+            raise BadInput(f"{ca_bundle} does not exist")
+        changes["hospital.ca_bundle"] = str(Path(ca_bundle).resolve())
+    secrets: dict[str, str] = {}
     if password_file is not None:
-        changes["hospital.password_file"] = write_secret(
-            data_dir, "hospital-password", read_secret_file(password_file, "password"))
+        secrets["hospital.password_file"] = read_secret_file(password_file, "password").strip()
     if token_file is not None:
-        changes["hospital.token_file"] = write_secret(
-            data_dir, "hospital-token", read_secret_file(token_file, "token"))
+        secrets["hospital.token_file"] = read_secret_file(token_file, "token").strip()
+    if client_key is not None:
+        secrets["hospital.client_key"] = _pem_key(_read_bytes(client_key, "client key"), client_key)
+    if client_cert is not None:
+        cert_pem, key_pem = _split_client_cert(_read_bytes(client_cert, "client certificate"), client_cert)
+        changes["hospital.client_cert"] = f"{SECRETS_DIR}/{CLIENT_CERT_FILE}"
+        secrets["cert"] = cert_pem
+        if key_pem and "hospital.client_key" not in secrets:
+            secrets["hospital.client_key"] = key_pem
     if windows:
         from ..sync.worker import in_windows
         ws = [] if list(windows) == ["any"] else list(windows)
         in_windows(ws)  # validates the format
         changes["sync.windows"] = ws
-    values.update({k: v for k, v in changes.items() if v is not None})
-    _save_values(data_dir, values)
-    shown = {k: v for k, v in changes.items() if v is not None}
-    click.echo("hospital settings saved: " + ", ".join(f"{k}={v}" for k, v in shown.items())
+    changes = {k: v for k, v in changes.items() if v is not None}
+    _check_auth({**values, **changes}, secrets, data_dir)
+    r = run_op(data_dir, "hospital.set", {"changes": changes, "secrets": secrets, "actor": _actor()})
+    if warning:
+        click.echo(warning, err=True)
+    click.echo("hospital settings saved: " + ", ".join(f"{k}={v}" for k, v in r["saved"].items())
                + (" (restart `fieldkit serve` to apply)" if dir_is_locked(data_dir) else ""))
+
+
+CLIENT_CERT_FILE = "hospital-client.pem"
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read the {what} file {path}: {exc.strerror}") from None
+
+
+def _pem_key(data: bytes, path) -> str:
+    """The key as PEM text, if it parses as an unencrypted private key (else a clear refusal)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise BadInput(f"the client key {path} is encrypted: give it unencrypted (the kit seals it itself)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise BadInput(f"the client key {path} is not a PEM private key") from None
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _split_client_cert(data: bytes, path) -> tuple[str, str | None]:
+    """(the certificates as PEM, the private key in the file as PEM or None)."""
+    import re
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise BadInput(f"the client certificate {path} holds no PEM certificate") from None
+    block = re.search(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", data, re.S)
+    key = _pem_key(block.group(0), path) if block else None
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs).decode(), key
+
+
+def _check_auth(values: dict, secrets: dict, data_dir: Path) -> None:
+    """The auth kind and the fields it needs, before anything is written."""
+    mode = values.get("hospital.auth") or "none"
+    if mode not in AUTH_MODES:
+        raise BadInput(f"hospital.auth must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
+
+    def have(setting):
+        return setting in secrets or bool(values.get(setting))
+
+    if mode == "basic" and not values.get("hospital.username"):
+        raise BadInput("--auth basic needs --username")
+    need = {"basic": ("hospital.password_file", "--password-file"), "bearer": ("hospital.token_file", "--token-file"),
+            "client-cert": ("hospital.client_cert", "--client-cert")}.get(mode)
+    if need and not have(need[0]):
+        raise BadInput(f"--auth {mode} needs {need[1]}")
+    if mode == "client-cert" and not have("hospital.client_key"):
+        raise BadInput("--auth client-cert needs the certificate's key: --client-key (or a key inside --client-cert)")
+
+
+def op_hospital_set(kit, args, emit):
+    """Seal the secrets, write the settings, audit which settings changed (never a value)."""
+    from ..store import accounts
+    from ..sync.hospital import write_secret
+    changes = dict(args.get("changes") or {})
+    secrets = dict(args.get("secrets") or {})
+    values = _load_values(kit.data_dir)
+    cert = secrets.pop("cert", None)
+    saved = {k: v for k, v in changes.items()}
+    for setting in secrets:
+        if setting not in SECRET_FILES:
+            raise BadInput(f"{setting} is not a secret setting")
+        changes[setting] = f"{SECRETS_DIR}/{SECRET_FILES[setting]}"
+    config_mod.Config({**values, **changes})  # refuse a bad value before anything is written
+    for setting, value in secrets.items():
+        changes[setting] = write_secret(kit.data_dir, kit.store.secrets, setting, value.encode())
+        saved[setting] = changes[setting]
+    if cert is not None:
+        from ..security.files import write_atomic
+        write_atomic(Path(kit.data_dir) / SECRETS_DIR / CLIENT_CERT_FILE, cert.encode(), 0o600)
+    values.update(changes)
+    _save_values(kit.data_dir, values)
+    url = str(values.get("hospital.url") or "")
+    accounts.audit_append(kit.store, actor=args.get("actor", accounts.SYSTEM), role="operator",
+                          action="hospital.set", object=url, detail={"settings": sorted(changes)})
+    return {"saved": saved}
 
 
 @hospital.command("show")
@@ -107,12 +202,24 @@ def hospital_test(data_dir: Path):
     from ..sync.hospital import endpoint_from_config
     from ..sync.link import probe
     cfg = config_mod.Config.load(Path(data_dir) / CONFIG_FILE)
-    ep = endpoint_from_config(cfg, data_dir)
+    ep = endpoint_from_config(cfg, data_dir, open_secret_box(data_dir))
     up, reason = probe(ep.base_url)
     if not up:
         raise Conflict(f"hospital unreachable: {reason}")
     StowClient(ep).probe()
     click.echo(f"hospital OK: {ep.base_url} answers DICOMweb QIDO with the configured credentials")
+
+
+def open_secret_box(data_dir: Path):
+    """What opens the sealed hospital secrets, or None when the data key cannot be had
+    unattended (then a sealed secret is reported as such)."""
+    from ..errors import KeyUnavailable
+    from ..runtime import unlock_data_key
+    from ..security.secrets import SecretBox
+    try:
+        return SecretBox(unlock_data_key(data_dir))
+    except KeyUnavailable:
+        return None
 
 
 @click.group(invoke_without_command=True)

@@ -23,6 +23,7 @@ from ..events import EventBus
 from ..records import T_FINDINGS, T_INSTANCES, T_META, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from ..security.files import write_atomic
+from ..security.secrets import SecretBox
 from .blobs import BlobRef, BlobStore, EncryptedSpool
 from .documents import MemoryStorage, make_tinydb
 from .journal import Journal, storage_error
@@ -126,6 +127,7 @@ class Store:
         self.resumed_leases = 0
         self._backup_key = derive_subkey(data_key, "backup")  # seals backup manifests (store.backup)
         self.pepper = derive_subkey(data_key, "pin-pepper")  # mixed into PIN/password hashes (accounts)
+        self.secrets = SecretBox(data_key)  # opens the kit's sealed secret files (hospital credentials)
         self._compact_failed_at = float("-inf")
 
     @classmethod

@@ -383,6 +383,7 @@ class Endpoint:
     ca_bundle: str = ""                   # PEM bundle to trust instead of the system store
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    keep: tuple = field(default=(), compare=False)  # what must live as long as the endpoint (in-memory key file)
 
     def __repr__(self) -> str:  # never print secrets
         return f"Endpoint({self.base_url!r}, auth={self.auth_mode})"

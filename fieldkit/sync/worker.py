@@ -77,7 +77,7 @@ class SyncWorker:
 
         self.store = store
         self.config = config
-        self.endpoint = endpoint or endpoint_from_config(config, data_dir)
+        self.endpoint = endpoint or endpoint_from_config(config, data_dir, store.secrets)
         kbps = int(config["sync.bandwidth_kbps"] or 0)
         self.limiter = RateLimiter(kbps * 1000 / 8 if kbps > 0 else None)
         self.backoff = Backoff(base=1.0, cap=float(config["sync.backoff_max_seconds"]))

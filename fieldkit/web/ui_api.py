@@ -406,4 +406,7 @@ def device():
     out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
     out["damage"] = damage(kit.store)
     out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
+    from ..security.tls import server_expiry
+    expires = server_expiry(kit.data_dir)  # what is on disk: a renewed one is served after a restart
+    out["tls"] = {"server_expires": expires.timestamp() if expires else None}
     return jsonify(out)

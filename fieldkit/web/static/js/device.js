@@ -24,6 +24,14 @@ function backupText(b) {
   return b.ok ? `${when} to ${b.target}: ok` : `${when} to ${b.target}: FAILED — ${b.error}`;
 }
 
+function tlsText(t) {
+  if (!t || !t.server_expires) return "no server certificate found";
+  const days = Math.floor((t.server_expires * 1000 - Date.now()) / 86400000);
+  const when = new Date(t.server_expires * 1000).toLocaleDateString();
+  return days < 0 ? `EXPIRED on ${when}: run \`fieldkit tls renew\``
+    : `valid until ${when} (${days} days)${days < 30 ? ": run `fieldkit tls renew` soon" : ""}`;
+}
+
 async function refresh() {
   try {
     const d = await api("/api/v1/ui/device");
@@ -50,6 +58,7 @@ async function refresh() {
     document.getElementById("dv-damage").replaceChildren(...damage.map((x) =>
       el("li", "", `capture ${x.sop_instance_uid} (blob ${String(x.blob).slice(0, 12)}…): ${x.reason}`)));
     set("dv-clock", clockText(d.clock));
+    set("dv-tls", tlsText(d.tls));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
