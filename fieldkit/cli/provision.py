@@ -38,6 +38,7 @@ from ..errors import ConfigError, FieldkitError
 from ..security.files import write_atomic
 
 TEMPLATES = Path("provisioning") / "templates"
+LOCK_FILE = Path("provisioning") / "requirements.lock"
 STATE_FILE = "etc/fieldkit/provisioning.json"
 KIT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -408,10 +409,8 @@ class Provisioner:
         have = subprocess.run([str(python), "-c", "import fieldkit; print(fieldkit.__version__)"],
                               capture_output=True, text=True).stdout.strip()
         if have != want:
-            cmd = [str(python), "-m", "pip", "install", "--quiet", "--upgrade"]
-            if self.wheelhouse:
-                cmd += ["--no-index", "--find-links", str(self.wheelhouse)]
-            self.run_cmd(cmd + [str(self.source)])
+            for cmd in pip_install_commands(python, self.source, self.wheelhouse):
+                self.run_cmd(cmd)
             outcome = "changed" if outcome == "unchanged" else outcome
         self.record("python environment", outcome, f"fieldkit {want} in {self.venv}")
         # hardware profiles travel with the installed package (profiles.default_profiles_dir)
@@ -634,6 +633,16 @@ class Provisioner:
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise ProvisionError(f"`{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''}` failed: " + " / ".join(tail))
+
+
+def pip_install_commands(python: Path, source: Path, wheelhouse: Path | None) -> list[list[str]]:
+    """Install the locked dependencies (pinned, every file's hash checked), then fieldkit
+    itself without resolving anything again, so the box gets exactly the tested versions."""
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    if wheelhouse:
+        pip += ["--no-index", "--find-links", str(wheelhouse)]
+    return [pip + ["--require-hashes", "-r", str(Path(source) / LOCK_FILE)],
+            pip + ["--upgrade", "--no-deps", str(source)]]
 
 
 def verify_unit(path: Path, root: Path = Path("/"), ports: set[int] | None = None) -> list[str]:
