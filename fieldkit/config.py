@@ -18,6 +18,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import re
 import tomllib
 from dataclasses import KW_ONLY, dataclass
@@ -361,7 +362,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):
@@ -371,7 +372,7 @@ def _coerce(name: str, value: Any) -> Any:
             return value
     else:
         return value
-    kind = {bool: "true or false", int: "a whole number", float: "a number", str: "text (in quotes)",
+    kind = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text (in quotes)",
             list: "a list"}[type(default)]
     allowed = SETTINGS[name].allowed()
     raise ConfigError(f"{name} must be {kind}" + (f" ({allowed})" if allowed else "") + f", got {value!r}")

@@ -78,6 +78,14 @@ def out_of_range(setting) -> list:
     return out
 
 
+def test_infinite_or_nan_numbers_are_refused(tmp_path):
+    path = tmp_path / "fieldkit.toml"
+    for text in ("inf", "nan", "-inf"):
+        path.write_text(f"[hospital]\nread_timeout_seconds = {text}\n")
+        with pytest.raises(ConfigError, match="hospital.read_timeout_seconds must be a finite number"):
+            Config.load(path)
+
+
 def wrong_type(setting):
     d = setting.default
     return "eighty" if isinstance(d, (bool, int, float)) else (5 if isinstance(d, str) else "not a list")
