@@ -74,20 +74,13 @@ def test_the_copyleft_check_tells_gpl_from_lgpl():
 
 def test_no_gpl_or_agpl_in_the_default_install():
     closure = runtime_closure()
-    assert "python-gdcm" in closure and "pylibjpeg-libjpeg" not in closure
+    assert "imagecodecs" in closure and "pylibjpeg-libjpeg" not in closure
     licences = {name: licence_of(dist) for name, dist in sorted(closure.items())}
     unknown = [name for name, text in licences.items() if not text]
     copyleft = {name: text for name, text in licences.items() if COPYLEFT.search(text)}
     table = "\n".join(f"  {name} {dist.version}: {licences[name]}" for name, dist in sorted(closure.items()))
     assert copyleft == {}, f"GPL/AGPL in the default install:\n{table}"
     assert unknown == [], f"no licence declared:\n{table}"
-
-
-def test_gpl_decoder_is_only_an_opt_in_extra():
-    extras = PYPROJECT["project"]["optional-dependencies"]
-    assert [canonicalize_name(Requirement(r).name) for r in extras["jpeg12"]] == ["pylibjpeg-libjpeg"]
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "fieldkit[jpeg12]" in readme and "GPL-3.0" in readme
 
 
 def parse_lock() -> dict[str, tuple[str, list[str]]]:
@@ -121,7 +114,7 @@ def test_the_lock_file_pins_and_hashes_every_runtime_dependency():
     # and everything they pull in here (this platform's markers), so --require-hashes succeeds
     missing = sorted(set(runtime_closure()) - set(entries))
     assert missing == [], f"in the default install but not in the lock file: {missing}"
-    # the opt-in GPL decoder and the test tools stay out
+    # the GPL decoder and the test tools stay out
     assert "pylibjpeg-libjpeg" not in entries and "pytest" not in entries
 
 
