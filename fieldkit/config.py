@@ -293,7 +293,7 @@ class Config:
                 continue
             allowed = SETTINGS[name].problem(merged[name]) if check_values else None
             if allowed:
-                problems.append(f"{name} = {_toml_value(merged[name])} is not allowed; allowed: {allowed}")
+                problems.append(f"{name} = {_shown(merged[name])} is not allowed; allowed: {allowed}")
         if check_values and not problems:
             problems += _cross_problems(merged)
         if problems:
@@ -376,6 +376,11 @@ def _coerce(name: str, value: Any) -> Any:
             list: "a list"}[type(default)]
     allowed = SETTINGS[name].allowed()
     raise ConfigError(f"{name} must be {kind}" + (f" ({allowed})" if allowed else "") + f", got {value!r}")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: as TOML, with any user:password in a URL hidden."""
+    return re.sub(r"(://)[^/@\s\"]*@", r"\1***@", _toml_value(value))
 
 
 def _toml_value(value: Any) -> str:

@@ -86,6 +86,15 @@ def test_infinite_or_nan_numbers_are_refused(tmp_path):
             Config.load(path)
 
 
+def test_a_refused_url_does_not_echo_its_password(tmp_path):
+    path = tmp_path / "fieldkit.toml"
+    path.write_text('[hospital]\nurl = "https://kit:s3cret@pacs.example/dicom-web"\n')
+    with pytest.raises(ConfigError) as caught:
+        Config.load(path)
+    assert "s3cret" not in caught.value.message
+    assert 'hospital.url = "https://***@pacs.example/dicom-web"' in caught.value.message
+
+
 def wrong_type(setting):
     d = setting.default
     return "eighty" if isinstance(d, (bool, int, float)) else (5 if isinstance(d, str) else "not a list")
