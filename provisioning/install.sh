@@ -10,7 +10,8 @@
 #
 # Environment:
 #   FIELDKIT_INSTALL_DIR  where the Python environment lives (default /opt/fieldkit)
-#   FIELDKIT_WHEELHOUSE   a folder of wheels to install from without a network
+#   FIELDKIT_WHEELHOUSE   a folder of wheels to install from without a network (it must hold
+#                         the files provisioning/requirements.lock pins, with those hashes)
 #   FIELDKIT_SKIP_APT=1   do not call apt-get (the packages are already in the image)
 set -eu
 
@@ -35,11 +36,19 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
+pip_install() {
+    if [ -n "${FIELDKIT_WHEELHOUSE:-}" ]; then
+        "$VENV/bin/pip" install --quiet --no-index --find-links "$FIELDKIT_WHEELHOUSE" "$@"
+    else
+        "$VENV/bin/pip" install --quiet "$@"
+    fi
+}
+# The locked dependencies first (pinned, every file's hash checked), then fieldkit itself
+# without resolving again: the box runs exactly the versions the tests ran with.
+pip_install --require-hashes -r "$HERE/provisioning/requirements.lock"
+pip_install --upgrade --no-deps "$HERE"
 if [ -n "${FIELDKIT_WHEELHOUSE:-}" ]; then
-    "$VENV/bin/pip" install --quiet --no-index --find-links "$FIELDKIT_WHEELHOUSE" "$HERE"
     set -- --wheelhouse "$FIELDKIT_WHEELHOUSE" "$@"
-else
-    "$VENV/bin/pip" install --quiet "$HERE"
 fi
 
 exec "$VENV/bin/fieldkit" provision --source "$HERE" "$@"

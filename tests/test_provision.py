@@ -219,8 +219,10 @@ def test_unit_key_check_catches_missing_hardening():
     good = text.replace("${", "{").format(http_port=8443, dicom_port=11112, user="fieldkit",
                                           data_dir="/var/lib/fieldkit", log_dir="/var/log/fieldkit",
                                           fieldkit_bin="/opt/fieldkit/venv/bin/fieldkit",
-                                          device_access="PrivateDevices=yes")
+                                          device_access="PrivateDevices=yes", dicom_tls_allow="")
     assert check_unit_keys(good) == []
+    assert check_unit_keys(good, {8443, 11112}) == []
+    assert any("SocketBindAllow" in p for p in check_unit_keys(good, {8443, 11112, 2762}))
     assert "[Service] NoNewPrivileges=yes is missing" in check_unit_keys(good.replace("NoNewPrivileges=yes\n", ""))
     assert any("ReadWritePaths" in p for p in check_unit_keys(good.replace(
         "ReadWritePaths=/var/lib/fieldkit", "ReadWritePaths=/var/lib/fieldkit /etc")))
@@ -247,3 +249,55 @@ def test_key_mode_passphrase_is_provisioned_and_the_tpm_unit_sees_only_the_tpm(a
     assert "DeviceAllow=/dev/tpmrm0 rw" in tpm_unit.read_text()
     need("systemd-analyze")
     assert verify_unit(tpm_unit, root) == []
+
+
+def test_the_unit_allows_the_dicom_tls_port_when_it_is_set(answers, tmp_path, need):
+    root = tmp_path / "root"
+    root.mkdir()
+    unit = root / "etc/systemd/system/fieldkit.service"
+    data = root / "var/lib/fieldkit"
+    assert provision(answers, root).returncode == 0
+    text = unit.read_text()
+    assert [ln for ln in text.splitlines() if ln.startswith("SocketBindAllow=")] == \
+        ["SocketBindAllow=tcp:8443", "SocketBindAllow=tcp:11112"]
+
+    # from the answers file
+    answers.write_text(answers.read_text().replace("dicom_port = 11112", "dicom_port = 11112\ndicom_tls_port = 2762"))
+    again = provision(answers, root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert any(ln.split() == ["changed", "/etc/systemd/system/fieldkit.service"] for ln in again.stdout.splitlines())
+    assert Config.load(data / "fieldkit.toml")["dicom.tls_port"] == 2762
+    text = unit.read_text()
+    assert [ln for ln in text.splitlines() if ln.startswith("SocketBindAllow=")] == \
+        ["SocketBindAllow=tcp:8443", "SocketBindAllow=tcp:11112", "SocketBindAllow=tcp:2762"]
+    assert check_unit_keys(text, {8443, 11112, 2762}) == []
+    need("systemd-analyze")
+    assert verify_unit(unit, root, {8443, 11112, 2762}) == []
+
+    # set by hand in fieldkit.toml (answers silent about it): the next run follows it
+    answers.write_text(answers.read_text().replace("dicom_tls_port = 2762\n", ""))
+    from kitproc import set_config
+    set_config(data, dicom__tls_port=11113)
+    assert provision(answers, root).returncode == 0
+    assert "SocketBindAllow=tcp:11113" in unit.read_text() and "tcp:2762" not in unit.read_text()
+    assert verify_unit(unit, root, {8443, 11112, 11113}) == []
+
+    # "any free port" cannot be allowed in advance: a clear stop, and the unit is untouched
+    set_config(data, dicom__tls_port=0)
+    before = unit.read_text()
+    stopped = provision(answers, root)
+    assert stopped.returncode == 2 and "dicom.tls_port = 0" in stopped.stderr, stopped.stderr
+    assert unit.read_text() == before
+
+
+@pytest.mark.parametrize("value,message", [
+    (0, "service.dicom_tls_port must be between 1 and 65535"),
+    (11112, "service.dicom_tls_port must differ"),
+])
+def test_a_bad_dicom_tls_port_answer_stops_before_anything_is_written(answers, tmp_path, value, message):
+    answers.write_text(answers.read_text().replace("dicom_port = 11112", f"dicom_port = 11112\ndicom_tls_port = {value}"))
+    root = tmp_path / "root"
+    root.mkdir()
+    result = provision(answers, root)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert list(root.iterdir()) == []

@@ -38,6 +38,7 @@ from ..errors import ConfigError, FieldkitError
 from ..security.files import write_atomic
 
 TEMPLATES = Path("provisioning") / "templates"
+LOCK_FILE = Path("provisioning") / "requirements.lock"
 STATE_FILE = "etc/fieldkit/provisioning.json"
 KIT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -70,6 +71,7 @@ class Answers:
     install_dir: str = "/opt/fieldkit"
     http_port: int = 8443
     dicom_port: int = 11112
+    dicom_tls_port: int | None = None  # None: keep dicom.tls_port as fieldkit.toml has it
     network_mode: str = "hostapd"
     interface: str = "wlan0"
     ssid: str = ""
@@ -104,6 +106,7 @@ FIELDS: list[tuple[str, str, Any, bool]] = [
     ("service.install_dir", "install_dir", str, False),
     ("service.http_port", "http_port", int, False),
     ("service.dicom_port", "dicom_port", int, False),
+    ("service.dicom_tls_port", "dicom_tls_port", int, False),
     ("network.mode", "network_mode", ("hostapd", "networkmanager", "none"), False),
     ("network.interface", "interface", str, False),
     ("network.ssid", "ssid", str, False),
@@ -186,6 +189,12 @@ def validate(a: Answers) -> None:
             problems.append(f"{name} must be between 1 and 65535, got {port}")
     if a.http_port == a.dicom_port:
         problems.append("service.http_port and service.dicom_port must differ")
+    if a.dicom_tls_port is not None:
+        if not (a.dicom_tls_port == -1 or 1 <= a.dicom_tls_port <= 65535):
+            problems.append(f"service.dicom_tls_port must be between 1 and 65535 (or -1 for none), "
+                            f"got {a.dicom_tls_port}: the unit allows only the ports it names")
+        elif a.dicom_tls_port in (a.http_port, a.dicom_port):
+            problems.append("service.dicom_tls_port must differ from service.http_port and service.dicom_port")
     minimum = SETTINGS["security.passphrase_min_length"].default
     passphrase = _secret(a.passphrase_file, "secrets.passphrase_file", problems)
     if passphrase is not None and len(passphrase) < minimum:
@@ -402,10 +411,8 @@ class Provisioner:
         have = subprocess.run([str(python), "-c", "import fieldkit; print(fieldkit.__version__)"],
                               capture_output=True, text=True).stdout.strip()
         if have != want:
-            cmd = [str(python), "-m", "pip", "install", "--quiet", "--upgrade"]
-            if self.wheelhouse:
-                cmd += ["--no-index", "--find-links", str(self.wheelhouse)]
-            self.run_cmd(cmd + [str(self.source)])
+            for cmd in pip_install_commands(python, self.source, self.wheelhouse):
+                self.run_cmd(cmd)
             outcome = "changed" if outcome == "unchanged" else outcome
         self.record("python environment", outcome, f"fieldkit {want} in {self.venv}")
         # hardware profiles travel with the installed package (profiles.default_profiles_dir)
@@ -452,6 +459,8 @@ class Provisioner:
         want = dict(values)
         want.update({"hardware.profile": self.a.profile, "http.port": self.a.http_port,
                      "dicom.port": self.a.dicom_port})
+        if self.a.dicom_tls_port is not None:
+            want["dicom.tls_port"] = self.a.dicom_tls_port
         if self.a.network_mode != "none":
             want["http.bind"] = "0.0.0.0"
             want["onboarding.kit_url"] = f"https://{self.a.kit_name}:{self.a.http_port}/"
@@ -469,7 +478,7 @@ class Provisioner:
                     want[setting] = name  # relative: resolved under the data dir
             self._check_hospital()
         want = {k: v for k, v in want.items() if k in SETTINGS}
-        Config(want)  # validates types before writing
+        Config(want)  # validates every value before writing
         self.write(str(Path(self.a.data_dir) / "fieldkit.toml"), render_toml(want), 0o600)
 
     def _check_hospital(self) -> None:
@@ -498,13 +507,22 @@ class Provisioner:
                     f"{self.a.data_dir} owner-only" + ("" if self.live else " (owner not set in --root mode)"))
 
     def step_unit(self) -> None:
+        # The unit denies binding any port it does not name: the DICOM TLS port is named when
+        # the kit's settings turn it on (from the answers, or set by hand in fieldkit.toml).
+        tls_port = Config.load(self.data_dir / "fieldkit.toml")["dicom.tls_port"]
+        if tls_port == 0:
+            raise ProvisionError("dicom.tls_port = 0 (any free port) cannot be allowed by the unit; "
+                                 "set service.dicom_tls_port in the answers (or -1 for none)")
+        ports = {self.a.http_port, self.a.dicom_port} | ({tls_port} if tls_port > 0 else set())
+        tls_allow = (f"SocketBindAllow=tcp:{tls_port}" if tls_port > 0
+                     else "# no DICOM TLS port (dicom.tls_port = -1)")
         unit = self.render("fieldkit.service", user=self.a.user, data_dir=self.a.data_dir,
                            fieldkit_bin=str(self.fieldkit_bin), log_dir=self.log_dir,
                            http_port=self.a.http_port, dicom_port=self.a.dicom_port,
-                           device_access=DEVICE_ACCESS[self.a.key_mode])
+                           device_access=DEVICE_ACCESS[self.a.key_mode], dicom_tls_allow=tls_allow)
         path = "/etc/systemd/system/fieldkit.service"
         self.write(path, unit, 0o644)
-        problems = verify_unit(self.host(path), self.root)
+        problems = verify_unit(self.host(path), self.root, ports)
         if problems:
             raise ProvisionError("the generated unit does not verify: " + "; ".join(problems))
 
@@ -620,11 +638,22 @@ class Provisioner:
             raise ProvisionError(f"`{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''}` failed: " + " / ".join(tail))
 
 
-def verify_unit(path: Path, root: Path = Path("/")) -> list[str]:
+def pip_install_commands(python: Path, source: Path, wheelhouse: Path | None) -> list[list[str]]:
+    """Install the locked dependencies (pinned, every file's hash checked), then fieldkit
+    itself without resolving anything again, so the box gets exactly the tested versions."""
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    if wheelhouse:
+        pip += ["--no-index", "--find-links", str(wheelhouse)]
+    return [pip + ["--require-hashes", "-r", str(Path(source) / LOCK_FILE)],
+            pip + ["--upgrade", "--no-deps", str(source)]]
+
+
+def verify_unit(path: Path, root: Path = Path("/"), ports: set[int] | None = None) -> list[str]:
     """Problems with a unit file: `systemd-analyze verify` where it is installed, and always
-    our own check that the hardening the kit relies on is present."""
+    our own check that the hardening the kit relies on is present (and, given `ports`, that
+    exactly those may be bound)."""
     text = path.read_text(encoding="utf-8")
-    problems = check_unit_keys(text)
+    problems = check_unit_keys(text, ports)
     tool = shutil.which("systemd-analyze")
     if tool:
         # In --root mode the unit's paths are the target's: verify a copy whose absolute
@@ -658,8 +687,9 @@ REQUIRED_UNIT_KEYS = {
 }
 
 
-def check_unit_keys(text: str) -> list[str]:
-    """Parse the unit (systemd's ini dialect) and check sections, keys and hardening."""
+def check_unit_keys(text: str, ports: set[int] | None = None) -> list[str]:
+    """Parse the unit (systemd's ini dialect) and check sections, keys and hardening; with
+    `ports`, that SocketBindAllow= names exactly those TCP ports."""
     sections: dict[str, dict[str, list[str]]] = {}
     current = None
     problems = []
@@ -688,8 +718,11 @@ def check_unit_keys(text: str) -> list[str]:
     if len(rw) != 1 or len(rw[0].split()) != 1:
         problems.append("[Service] ReadWritePaths must name the data dir only")
     allowed = service.get("SocketBindAllow", [])
-    if len(allowed) != 2:
-        problems.append("[Service] SocketBindAllow must list exactly the HTTPS and DICOM ports")
+    if ports is not None and sorted(allowed) != sorted(f"tcp:{p}" for p in ports):
+        problems.append(f"[Service] SocketBindAllow must list exactly the kit's ports {sorted(ports)}, "
+                        f"not {allowed}")
+    elif len(allowed) not in (2, 3):
+        problems.append("[Service] SocketBindAllow must list the HTTPS and DICOM ports (and the DICOM TLS port)")
     if not sections.get("Install", {}).get("WantedBy"):
         problems.append("[Install] WantedBy is missing (the kit would not start at boot)")
     if service.get("User", ["root"])[0] == "root":

@@ -8,3 +8,8 @@ from pydicom import config as _pydicom_config
 # what it relies on itself (fieldkit.dicom.parse) and keeps the rest as sent.
 _pydicom_config.settings.reading_validation_mode = _pydicom_config.IGNORE
 _pydicom_config.settings.writing_validation_mode = _pydicom_config.IGNORE
+
+# Lossless and 12-bit JPEG through libjpeg-turbo (permissive; see jpeg_turbo.py).
+from . import jpeg_turbo as _jpeg_turbo  # noqa: E402
+
+_jpeg_turbo.register()

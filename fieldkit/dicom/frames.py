@@ -4,7 +4,8 @@ One function for the whole kit (thumbnails, inference, rendered WADO frames), so
 photometric interpretation and transfer syntax is handled in one place:
 
 - native and deflated/big-endian data, JPEG family, JPEG-LS, JPEG 2000 and RLE go through
-  pydicom's pixel decoders (pylibjpeg, pyjpegls and openjpeg are installed for them);
+  pydicom's pixel decoders (Pillow, and libjpeg-turbo for lossless and 12-bit JPEG through
+  jpeg_turbo.py; pyjpegls, openjpeg and pylibjpeg-rle for the rest);
   YBR_FULL/YBR_FULL_422 come back as RGB, and YBR_RCT/ICT are undone by the JPEG 2000 codec;
 - PALETTE COLOR goes through the palette; MONOCHROME1/2 through the modality and VOI LUTs
   (window, else the frame's own range), MONOCHROME1 inverted so bright means echo;
