@@ -25,7 +25,8 @@ from pydicom.uid import generate_uid
 
 from conftest import need_peer
 from fixtures.dcmtk import store_responses, storescu
-from fixtures.ui import ADMIN_PASSWORD, ADMIN_USER, launch_chromium, new_context, sign_in, start_ui_kit
+from fixtures.ui import (ADMIN_PASSWORD, ADMIN_USER, axe_violations, launch_chromium, new_context, shot, sign_in,
+                         start_ui_kit)
 from kitproc import run_cli, set_config
 from test_ui_board_live import api_session
 from test_worklist import PROBE_KEYS, findscu
@@ -176,7 +177,7 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     tray_top = page.locator("#tray").bounding_box()["y"]
     assert all(tray_top < c.bounding_box()["y"] for c in page.locator("li.card").all())
 
-    item.get_by_role("button", name=re.compile(r"^Assign the capture of .* to a patient$")).click()
+    item.get_by_role("button", name=re.compile(r"^Assign to patient: capture of .* from probe STORESCU$")).click()
     dialog = page.get_by_role("dialog", name="Assign capture to a patient")
     dialog.wait_for()
     query = dialog.get_by_role("textbox", name=re.compile("tag number"))
@@ -193,6 +194,8 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     assert dialog.locator("#assign-thumb").evaluate("img => img.complete && img.naturalWidth > 0")
     assert dialog.locator("#assign-cat").inner_text() == "Immediate"
     assert "tri-red" in dialog.locator("#assign-cat").get_attribute("class")
+    shot(page, "assign-confirm")
+    assert not axe_violations(page)
     confirm.click()
     card = page.locator("li.card[data-patient-id='T-502']")
     page.wait_for_function("() => document.querySelector(\"li.card[data-patient-id='T-502'] .caps\")"
@@ -209,7 +212,7 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     assert page.evaluate("() => window.__lowest") == immediate, "the Immediate count dropped"
 
     # two tablets at once: the one that looks at a stale tray is told, and nothing changes twice
-    item.get_by_role("button", name=re.compile("^Assign the capture")).click()
+    item.get_by_role("button", name=re.compile("^Assign to patient")).click()
     query.fill("T-502")
     query.press("Enter")
     dialog.get_by_role("button", name="Assign to Tag T-502").wait_for()
@@ -226,7 +229,7 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     thumb = page.locator(f"li.thumb[data-uid='{sop}']")
     thumb.wait_for()
     assert "assigned by hand" in thumb.inner_text()
-    assert thumb.get_by_role("button", name="Move capture 1 to another patient").is_visible()
+    assert thumb.get_by_role("button", name="Move to another patient: capture 1").is_visible()
 
 
 def test_merge_only_from_the_menu_and_undo_keeps_red_on_the_board(kit, api, page, browser):
@@ -263,8 +266,11 @@ def test_merge_only_from_the_menu_and_undo_keeps_red_on_the_board(kit, api, page
     assert dialog.locator("#merge-dst-cat").inner_text() == "Immediate"
     assert dialog.locator("#merge-src-name").inner_text() == "Doe, Jane"  # a person's name, no "^"
     assert "stays Immediate" in dialog.inner_text()
+    shot(page, "merge-confirm")
+    assert not axe_violations(page)
     confirm.click()
-    page.get_by_text("tag T-602").wait_for(timeout=15000)  # the survivor carries both tags
+    # the survivor carries both tags
+    page.wait_for_function("() => document.getElementById('p-sub').textContent.includes('tag T-602')", timeout=15000)
     assert "Tag T-602 merged into Tag T-601" in page.locator("#undo-bar").inner_text()
 
     board.locator("li.card[data-patient-id='T-602']").wait_for(state="detached", timeout=20000)
@@ -278,7 +284,7 @@ def test_merge_only_from_the_menu_and_undo_keeps_red_on_the_board(kit, api, page
     page.get_by_role("button", name="Undo merge").click()
     board.locator("li.card[data-patient-id='T-602']").wait_for(timeout=20000)
     page.locator("#undo-bar").wait_for(state="hidden")
-    assert page.get_by_text("tag T-602").count() == 0
+    page.wait_for_function("() => !document.getElementById('p-sub').textContent.includes('tag T-602')", timeout=15000)
     assert board.locator("li.card[data-patient-id='T-602']").get_attribute("data-triage") == "yellow"
     assert int(board.locator("[data-count=red]").inner_text()) == immediate
     assert board.evaluate("() => window.__lowest") == immediate, "the Immediate count dropped"
@@ -310,6 +316,8 @@ def test_scan_this_patient_with_a_registered_probe(kit, api, page, tmp_path):
     page.goto("/")
     page.locator(f"li.tray-item[data-uid='{sop}']").wait_for(timeout=20000)  # after the session: the tray
     assert "Lumify tent B" in page.locator(f"li.tray-item[data-uid='{sop}']").inner_text()
+    shot(page, "board-tray")
+    assert not axe_violations(page)
 
 
 def test_the_device_page_allows_a_refused_probe(kit, browser, tmp_path):
@@ -321,6 +329,7 @@ def test_the_device_page_allows_a_refused_probe(kit, browser, tmp_path):
     refused = page.get_by_role("list", name="Refused callers").get_by_role("listitem").filter(has_text="CLARIUS9")
     refused.wait_for(timeout=15000)
     assert re.search(r"CLARIUS9 from 127\.0\.0\.1: refused 1 time, last at \d\d:\d\d", refused.inner_text())
+    assert not axe_violations(page)
     refused.get_by_role("button", name="Allow CLARIUS9").click()
     row = page.locator("#probe-rows tr[data-ae=CLARIUS9]")
     row.wait_for(timeout=15000)

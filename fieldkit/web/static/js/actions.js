@@ -57,11 +57,10 @@ export function offerUndo(text, label, onUndo, seconds) {
   $("undo-text").textContent = text;
   btn.disabled = false;
   const show = () => {
-    const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
-    btn.textContent = `${label} (${left} s)`;
+    $("undo-left").textContent = `${Math.max(0, Math.ceil((until - Date.now()) / 1000))} s`;
   };
+  btn.textContent = label;
   show();
-  btn.setAttribute("aria-label", label);
   undoAction = onUndo;
   bar.hidden = false;
   undoTick = setInterval(show, 1000);

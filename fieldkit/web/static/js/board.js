@@ -51,7 +51,7 @@ function renderTray() {
   const banner = document.getElementById("unassigned-banner");
   tray.hidden = !items.length;
   banner.hidden = !items.length;
-  banner.textContent = `${items.length} unassigned capture${items.length === 1 ? "" : "s"}: assign ${items.length === 1 ? "it" : "them"} to ${items.length === 1 ? "its patient" : "their patients"}`;
+  document.getElementById("unassigned-link").textContent = `${items.length} unassigned capture${items.length === 1 ? "" : "s"}: assign ${items.length === 1 ? "it" : "them"} to ${items.length === 1 ? "its patient" : "their patients"}`;
   banner.dataset.count = String(items.length);
   const tpl = document.getElementById("tray-template");
   const list = document.getElementById("tray-items");
@@ -78,7 +78,7 @@ function renderTray() {
     li.querySelector(".tray-view").setAttribute("aria-label", `View the capture of ${fmtTime(c.received_at)}`);
     li.querySelector(".t-meta").textContent = meta;
     const btn = li.querySelector(".tray-assign");
-    if (btn) btn.setAttribute("aria-label", `Assign the capture of ${fmtTime(c.received_at)} from ${probeText(c.probe)} to a patient`);
+    if (btn) btn.setAttribute("aria-label", `Assign to patient: capture of ${fmtTime(c.received_at)} from ${probeText(c.probe)}`);
     frag.appendChild(li);
   });
   list.replaceChildren(frag);

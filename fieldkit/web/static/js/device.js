@@ -69,6 +69,7 @@ initPage();
 // ----------------------------------------------------------------------------- probes (admins)
 // Registered probes (add, remove) and the callers the DICOM receiver refused ("Allow").
 const probesPanel = document.getElementById("probes-panel");
+let lastProbes = "";
 
 async function probeAction(fn) {
   const box = document.getElementById("probe-add-error");
@@ -90,6 +91,9 @@ function button(text, label, onClick) {
 async function refreshProbes() {
   let data;
   try { data = await api("/api/v1/probes"); } catch (e) { if (e.status !== 401) showError(e.message); return; }
+  const seen = JSON.stringify(data);
+  if (seen === lastProbes) return; // unchanged: the buttons stay the ones a finger is on
+  lastProbes = seen;
   const now = Date.now() / 1000;
   document.getElementById("probe-rows").replaceChildren(...data.probes.map((p) => {
     const tr = document.createElement("tr");

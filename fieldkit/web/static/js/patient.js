@@ -63,12 +63,11 @@ function renderThumbs(p) {
     li.querySelector(".t-sync").textContent = c.sync === "confirmed" ? "at hospital" : (c.sync === "quarantined" ? "refused by hospital" : c.sync);
     li.querySelector(".t-linked").textContent = linkedText(c);
     btn.setAttribute("aria-current", String(c.uid === selected));
-    btn.setAttribute("aria-label", `Capture ${i + 1}, ${fmtTime(c.received_at)}: play`);
     btn.addEventListener("click", () => openCapture(c));
     if (canTriage) { // re-assigning is always possible, from the capture itself
       const move = el("button", "btn move", p.unassigned ? "Assign to patient" : "Move to another patient");
       move.type = "button";
-      move.setAttribute("aria-label", `${p.unassigned ? "Assign" : "Move"} capture ${i + 1} to ${p.unassigned ? "a" : "another"} patient`);
+      move.setAttribute("aria-label", `${move.textContent}: capture ${i + 1}`);
       move.addEventListener("click", () => assignCapture({ uid: c.uid, from: p.id, hasThumbnail: !!c.has_thumbnail,
         label: `Capture ${i + 1} of ${who(p)}, ${fmtTime(c.received_at)}`, onDone: () => load() }));
       li.appendChild(move);
