@@ -27,7 +27,9 @@ from conftest import need_peer
 from fixtures.dcmtk import store_responses, storescu
 from fixtures.ui import (ADMIN_PASSWORD, ADMIN_USER, axe_violations, launch_chromium, new_context, shot, sign_in,
                          start_ui_kit)
-from kitproc import run_cli, set_config
+from fixtures.orthanc import _require_orthanc, dicomweb_plugin, orthanc_binary, start_orthanc
+from kitproc import run_cli, set_config, wait_until
+from test_sync_serve import _configure as configure_hospital
 from test_ui_board_live import api_session
 from test_worklist import PROBE_KEYS, findscu
 
@@ -37,10 +39,23 @@ KNOWN_PROBES = ["STORESCU", "FINDSCU", "PROBE"]  # let in by the setting; others
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def hospital(tmp_path_factory):
+    """A real Orthanc as the hospital, when installed (the probe journey needs it)."""
+    if not (orthanc_binary() and dicomweb_plugin()):
+        yield None
+        return
+    handle = start_orthanc(tmp_path_factory.mktemp("hospital"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, hospital):
     def closed_receiver(data_dir):
         set_config(data_dir, dicom__allow_any_ae=False, dicom__allowed_ae_titles=KNOWN_PROBES,
                    patients__merge_undo_seconds=40)
+        if hospital is not None:
+            configure_hospital(data_dir, hospital.base_url)
 
     kit = start_ui_kit(tmp_path_factory.mktemp("tray"), before_serve=closed_receiver)
     yield kit
@@ -122,8 +137,10 @@ def tray_items(page):
     return page.get_by_role("list", name="Unassigned captures").get_by_role("listitem")
 
 
-def test_probe_journey_worklist_capture_lands_live_on_the_red_patient(kit, api, page, browser, tmp_path):
+def test_probe_journey_worklist_capture_lands_live_on_the_red_patient(kit, hospital, api, page, browser, tmp_path):
     need_peer("findscu")
+    if hospital is None:
+        _require_orthanc()
     red = register(api, kit, "T-501", "red")
     page.goto(f"/patients/{red['id']}")
     page.get_by_text("No captures yet").wait_for()
@@ -153,6 +170,14 @@ def test_probe_journey_worklist_capture_lands_live_on_the_red_patient(kit, api, 
     assert still_same_document(board)
     assert board.locator("#tray").is_hidden()  # nothing unassigned: it filed itself
     board_ctx.close()
+
+    # the hospital receives it under the patient's kit ID
+    def at_hospital():
+        found = hospital.rest("/tools/find", "POST", json={"Level": "Instance", "Query": {"SOPInstanceUID": sop}})
+        return found and hospital.rest(f"/instances/{found[0]}/simplified-tags")
+    assert wait_until(at_hospital, timeout=90, step=0.5), "the capture never reached the hospital"
+    tags = at_hospital()
+    assert (tags["PatientID"], tags["AccessionNumber"]) == ("T-501", picked.AccessionNumber)
 
 
 def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, api, page, tmp_path):
