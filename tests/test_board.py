@@ -248,17 +248,3 @@ def test_any_last_event_id_is_resumed_or_refused_never_an_error():
         assert _resume_point(bus, last_id) == good.get(last_id.strip())
 
     check()
-
-
-def test_merge_targets_are_asked_apart_from_the_patient_page(ui):  # noqa: F811
-    kit, app = ui
-    t = Tablet(app, "clin", "clin password 123")
-    for tag in ("M-1", "M-2"):
-        assert t.post("/api/v1/ui/patients", {"tag": tag, "triage": "green"}).status_code == 201
-    assert t.post("/api/v1/ui/patients/M-2/details", {"name": "Kim Example"}).status_code == 200
-    page = t.get("/api/v1/ui/patients/M-1").json
-    assert page["id"] == "M-1" and "merge_targets" not in page
-    assert t.get("/api/v1/ui/patients/M-1/merge-targets").json == {
-        "targets": [{"id": "M-2", "name": "Kim Example", "tag": "M-2"}]}
-    assert t.get("/api/v1/ui/patients/M-2/merge-targets").json == {"targets": []}  # already identified
-    assert t.get("/api/v1/ui/patients/nobody/merge-targets").status_code == 404

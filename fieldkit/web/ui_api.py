@@ -40,7 +40,6 @@ ROUTE_PERMISSIONS = {
     "ui_api.start": R.AUTHENTICATED,  # pure function of the answers, no patient data
     "ui_api.create_patient": R.TRIAGE_WRITE,
     "ui_api.patient": R.PATIENTS_READ,
-    "ui_api.merge_targets": R.PATIENTS_READ,
     "ui_api.triage": R.TRIAGE_WRITE,
     "ui_api.details": R.PATIENTS_WRITE,
     "ui_api.merge": R.PATIENTS_WRITE,
@@ -177,18 +176,6 @@ def patient(pid):
                tags=pstore.all_tags(p), probe_sessions=probes.sessions_for(store, p["id"]),
                sync=sync_badge([c["sync"] for c in captures]))
     return jsonify(out)
-
-
-@bp.get("/patients/<pid>/merge-targets")
-def merge_targets(pid):
-    """The identified patients an unidentified one can be merged into (none for an identified
-    one). Apart from the patient page, which reads only that patient's rows."""
-    store = kit_of().store
-    p = _patient_or_404(store, pid)
-    if p.get("name"):
-        return jsonify({"targets": []})
-    return jsonify({"targets": [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
-                                for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]})
 
 
 def _finding_json(f: dict) -> dict:

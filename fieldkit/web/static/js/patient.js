@@ -194,7 +194,12 @@ function renderSessions(p) {
     return li;
   }));
   if (probeList === null) loadProbes();
+  // a session ends by itself at its time: look again then, so the page never shows one that ended
+  clearTimeout(sessionTimer);
+  const ends = (p.probe_sessions || []).map((s) => s.until * 1000 - Date.now());
+  if (ends.length) sessionTimer = setTimeout(load, Math.max(1000, Math.min(...ends) + 500));
 }
+let sessionTimer = null;
 
 async function loadProbes() {
   probeList = [];
