@@ -55,7 +55,8 @@ def reference_board(store) -> dict[str, dict]:
             "identified": bool(p.get("name")),
             "tags": [t for t in [p.get("tag")] + list(p.get("tags") or []) if t],
             "display_name": format_person_name(p.get("name")),
-            "name_from_probe": bool(p.get("name")) and p.get("origin") == "capture" and not p.get("name_confirmed"),
+            "name_from_probe": bool(p.get("name")) and not p.get("name_confirmed")
+            and (p.get("origin") == "capture" or p.get("name_from") == "probe"),
             "unassigned": unassigned,
             "tray": [{"uid": r["sop_instance_uid"], "received_at": r["received_at"], "probe": r.get("calling_ae") or "",
                       "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}

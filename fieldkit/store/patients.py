@@ -341,6 +341,8 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
         before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags")}
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
+        if "name" in fill and name_from_probe(src):
+            fill["name_from"] = "probe"  # still the probe's guess on the survivor, until confirmed
         triage = min(dst.get("triage") or "none", src.get("triage") or "none", key=MERGE_URGENCY.index)
         tags = [t for t in dict.fromkeys(all_tags(dst) + all_tags(src)) if t]
         history = sorted(list(dst.get("triage_history") or []) + list(src.get("triage_history") or []),
@@ -424,7 +426,8 @@ def all_tags(row: dict) -> list[str]:
 
 def name_from_probe(row: dict) -> bool:
     """The name came with a capture (a probe typed it) and no person has confirmed it yet."""
-    return bool(row.get("name")) and row.get("origin") == ORIGIN_CAPTURE and not row.get("name_confirmed")
+    return bool(row.get("name")) and not row.get("name_confirmed") and (
+        row.get("origin") == ORIGIN_CAPTURE or row.get("name_from") == "probe")
 
 
 def confirm_name(store, pid: str, *, by: str = "") -> dict:
