@@ -343,6 +343,12 @@ def test_scan_this_patient_with_a_registered_probe(kit, api, page, tmp_path):
     assert "Lumify tent B" in page.locator(f"li.tray-item[data-uid='{sop}']").inner_text()
     shot(page, "board-tray")
     assert not axe_violations(page)
+    page.evaluate("localStorage.setItem('fieldkit.theme', 'night')")  # and in a dark tent
+    page.reload()
+    page.locator(f"li.tray-item[data-uid='{sop}']").wait_for(timeout=20000)
+    assert page.get_attribute("html", "data-theme") == "night"
+    assert not axe_violations(page)
+    page.evaluate("localStorage.removeItem('fieldkit.theme')")
 
 
 def test_the_device_page_allows_a_refused_probe(kit, browser, tmp_path):
