@@ -3,6 +3,7 @@
 // that shows both sides, and the undo bar offered after every move. What the kit sends is
 // put in the page with textContent only.
 import { api, showError, TRIAGE_LABEL } from "./common.js";
+import { setupScan } from "./scan.js";
 
 export const ASSIGN_UNDO_SECONDS = 15;
 
@@ -169,6 +170,7 @@ function wireAssign() {
   $("assign-confirm").addEventListener("click", confirmAssign);
   $("assign-cancel").addEventListener("click", () => { assigning = null; $("assign-dialog").close(); });
   $("assign-dialog").addEventListener("close", () => { assigning = null; });
+  setupScan($("assign-scan"), $("assign-video"), $("assign-query"), () => form.requestSubmit());
 }
 
 wireUndo();
