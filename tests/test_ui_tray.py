@@ -133,8 +133,14 @@ def watch_lowest(page, selector: str):
     }""", selector)
 
 
-def tray_items(page):
-    return page.get_by_role("list", name="Unassigned captures").get_by_role("listitem")
+def small_controls(page, within: str) -> list[str]:
+    """Visible buttons and fields under `within` smaller than 44 px either way (gloves)."""
+    return page.evaluate("""sel => [...document.querySelectorAll(sel)].flatMap(root =>
+        [...root.querySelectorAll('button, input, select, a')])
+        .filter(e => e.offsetParent !== null)
+        .map(e => [e.id || e.className || e.tagName, e.getBoundingClientRect()])
+        .filter(([n, r]) => r.width < 44 || r.height < 44).map(([n, r]) => `${n} ${Math.round(r.width)}x${Math.round(r.height)}`)""",
+                         within)
 
 
 def test_probe_journey_worklist_capture_lands_live_on_the_red_patient(kit, hospital, api, page, browser, tmp_path):
@@ -202,9 +208,20 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     tray_top = page.locator("#tray").bounding_box()["y"]
     assert all(tray_top < c.bounding_box()["y"] for c in page.locator("li.card").all())
 
-    item.get_by_role("button", name=re.compile(r"^Assign to patient: capture of .* from probe STORESCU$")).click()
+    assign = item.get_by_role("button", name=re.compile(r"^Assign to patient: capture of .* from probe STORESCU$"))
+    # reachable from the keyboard, and big enough for a gloved finger
+    page.locator("#main").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if assign.evaluate("b => b === document.activeElement"):
+            break
+    else:
+        raise AssertionError("the Assign button cannot be reached with Tab")
+    page.keyboard.press("Enter")
     dialog = page.get_by_role("dialog", name="Assign capture to a patient")
     dialog.wait_for()
+    assert dialog.get_by_role("textbox").evaluate("e => e === document.activeElement")  # ready for the scanner
+    assert small_controls(page, "#tray, #assign-dialog") == []
     query = dialog.get_by_role("textbox", name=re.compile("tag number"))
     for typed, words in (("T-999", "No patient has tag T-999"), ("T-503", "recorded as deceased")):
         query.fill(typed)
@@ -228,6 +245,7 @@ def test_an_unlinked_capture_waits_in_the_tray_and_is_assigned_then_undone(kit, 
     item.wait_for(state="detached", timeout=20000)
     assert page.locator("#tray").is_hidden() and page.locator("#unassigned-banner").is_hidden()
     undo = page.get_by_role("button", name="Undo")
+    undo.wait_for()  # (the live stream may tell the board before the tablet hears its own answer)
     assert "assigned to Tag T-502" in page.locator("#undo-bar").inner_text()
 
     undo.click()  # the capture goes back to the tray, the patient stays
@@ -296,6 +314,7 @@ def test_merge_only_from_the_menu_and_undo_keeps_red_on_the_board(kit, api, page
     confirm.click()
     # the survivor carries both tags
     page.wait_for_function("() => document.getElementById('p-sub').textContent.includes('tag T-602')", timeout=15000)
+    page.get_by_role("button", name="Undo merge").wait_for()
     assert "Tag T-602 merged into Tag T-601" in page.locator("#undo-bar").inner_text()
 
     board.locator("li.card[data-patient-id='T-602']").wait_for(state="detached", timeout=20000)
