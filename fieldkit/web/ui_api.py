@@ -17,10 +17,10 @@ import time
 
 from flask import Blueprint, Response, jsonify
 
+from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
 from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
 from ..security import roles as R
-from ..dicom.names import format_person_name
 from ..store import clinician, findings, probes
 from ..store import instances as catalogue
 from ..store import patients as pstore
@@ -229,10 +229,11 @@ def merge(pid):
     if not into:
         raise BadInput("say which patient to merge into")
     undo_seconds = float(kit_of().config["patients.merge_undo_seconds"])
-    dst = pstore.merge_patients(store, pid, into, by=_actor(), undo_seconds=undo_seconds)
+    merged = _patient_or_404(store, pid)["id"]  # the record itself, also when named by a merged tag
+    dst = pstore.merge_patients(store, merged, into, by=_actor(), undo_seconds=undo_seconds)
     after_triage_change(store, dst["id"], dst.get("triage") or "none")
     # the tablet offers undo (POST .../<merged>/unmerge) for as long as the kit allows it
-    return jsonify({"patient": public_patient(dst), "merged": pid, "undo_seconds": undo_seconds})
+    return jsonify({"patient": public_patient(dst), "merged": merged, "undo_seconds": undo_seconds})
 
 
 @bp.post("/patients/<pid>/confirm-name")
