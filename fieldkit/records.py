@@ -96,6 +96,8 @@ class InstanceRow(TypedDict, total=False):
     retrieve_url: str
     purged_at: float
     lung_zone: str
+    linked_by: str               # why it is on its patient (fieldkit.store.patients BY_*), or "assigned"
+    calling_ae: str              # the probe (calling AE title) that sent it over DIMSE
 
 
 class PatientRow(TypedDict, total=False):
@@ -113,6 +115,8 @@ class PatientRow(TypedDict, total=False):
     updated: float
     aliases: list[list[str]]     # (issuer, PatientID) pairs probes used
     notes: list[dict]
+    origin: str                  # person | capture (a capture nobody could link made it)
+    name_confirmed: dict | None  # {"by", "at"}: a person confirmed a name a probe supplied
 
 
 class FindingRow(TypedDict, total=False):

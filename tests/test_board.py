@@ -24,6 +24,7 @@ from fieldkit.records import TRIAGE_CATEGORIES
 from fieldkit.runtime import open_kit
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore
+from fieldkit.dicom.names import format_person_name
 from fieldkit.store.board import concerned, rows_for
 from fixtures.board import grow
 from kitproc import init_kit
@@ -37,6 +38,9 @@ def reference_board(store) -> dict[str, dict]:
     cards = {}
     for p in pstore.list_patients(store):
         mine = [r for r in insts if r["patient_id"] == p["id"]]
+        # a record only a capture made, untriaged, untagged: its captures wait in the tray
+        unassigned = (p.get("origin") == "capture" and not p.get("tag") and not p.get("tags")
+                      and (p.get("triage") or "none") == "none")
         states = [str(r.get("sync_state") or "queued") for r in mine]
         sync = ("none" if not states else "quarantined" if "quarantined" in states
                 else "confirmed" if all(s == "confirmed" for s in states)
@@ -48,7 +52,16 @@ def reference_board(store) -> dict[str, dict]:
             "captures": len([r for r in mine if r.get("modality") != "SR"]),
             "findings": len([f for f in fnds if f["patient_id"] == p["id"] and f.get("assessable")]),
             "sync": sync, "last_capture": max([float(r["received_at"]) for r in mine], default=0.0),
-            "identified": bool(p.get("name"))}
+            "identified": bool(p.get("name")),
+            "tags": [t for t in [p.get("tag")] + list(p.get("tags") or []) if t],
+            "display_name": format_person_name(p.get("name")),
+            "name_from_probe": bool(p.get("name")) and not p.get("name_confirmed")
+            and (p.get("origin") == "capture" or p.get("name_from") == "probe"),
+            "unassigned": unassigned,
+            "tray": [{"uid": r["sop_instance_uid"], "received_at": r["received_at"], "probe": r.get("calling_ae") or "",
+                      "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}
+                     for r in sorted(mine, key=lambda r: r["received_at"]) if r.get("modality") != "SR"]
+            if unassigned else []}
     return cards
 
 
@@ -236,17 +249,3 @@ def test_any_last_event_id_is_resumed_or_refused_never_an_error():
         assert _resume_point(bus, last_id) == good.get(last_id.strip())
 
     check()
-
-
-def test_merge_targets_are_asked_apart_from_the_patient_page(ui):  # noqa: F811
-    kit, app = ui
-    t = Tablet(app, "clin", "clin password 123")
-    for tag in ("M-1", "M-2"):
-        assert t.post("/api/v1/ui/patients", {"tag": tag, "triage": "green"}).status_code == 201
-    assert t.post("/api/v1/ui/patients/M-2/details", {"name": "Kim Example"}).status_code == 200
-    page = t.get("/api/v1/ui/patients/M-1").json
-    assert page["id"] == "M-1" and "merge_targets" not in page
-    assert t.get("/api/v1/ui/patients/M-1/merge-targets").json == {
-        "targets": [{"id": "M-2", "name": "Kim Example", "tag": "M-2"}]}
-    assert t.get("/api/v1/ui/patients/M-2/merge-targets").json == {"targets": []}  # already identified
-    assert t.get("/api/v1/ui/patients/nobody/merge-targets").status_code == 404

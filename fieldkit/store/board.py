@@ -15,6 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from ..dicom.names import format_person_name
 from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
                       SYNC_CONFIRMED, SYNC_QUARANTINED)
 from ..records import TRIAGE_CATEGORIES
@@ -55,14 +56,28 @@ def findings_of(store, patient_id: str) -> list[dict]:
     return findings.for_patient(store, patient_id)
 
 
+def tray_item(r: dict) -> dict:
+    """An unassigned capture as the board's tray shows it (no name: the probe's is not trusted)."""
+    return {"uid": r["sop_instance_uid"], "received_at": r.get("received_at"), "probe": r.get("calling_ae") or "",
+            "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}
+
+
 def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
     card = public_patient(p)
+    images = [r for r in insts if str(r.get("modality") or "") != "SR"]
+    unassigned = pstore.is_unassigned(p)
     card.update(triage=triage_of(p),
-                captures=sum(1 for r in insts if str(r.get("modality") or "") != "SR"),
+                captures=len(images),
                 findings=sum(1 for f in fnds if f.get("assessable")),
                 sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
                 last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
-                identified=bool(p.get("name")))
+                identified=bool(p.get("name")),
+                tags=pstore.all_tags(p),  # merged tags too: a search by any of them finds the survivor
+                display_name=format_person_name(p.get("name")), name_from_probe=pstore.name_from_probe(p),
+                # a record only a capture made: its captures wait in the tray, it is no patient card
+                unassigned=unassigned,
+                tray=[tray_item(r) for r in sorted(images, key=lambda r: r.get("received_at") or 0)]
+                if unassigned else [])
     return card
 
 
@@ -193,8 +208,10 @@ class BoardRows:
         out.sort(key=sort_key)
         counts = {c: 0 for c in TRIAGE_CATEGORIES}
         for card in out:
-            counts[card["triage"]] += 1
-        return {"patients": out, "counts": counts, "total": len(out), "at": time.time()}
+            if not card["unassigned"]:
+                counts[card["triage"]] += 1
+        return {"patients": out, "counts": counts, "total": len(out), "at": time.time(),
+                "unassigned": sum(len(card["tray"]) for card in out)}
 
 
 _caches_lock = threading.Lock()

@@ -233,6 +233,7 @@ class Batch:
                     "from_picture": bool(item.from_picture), "conflict": False, "received_at": time.time(),
                     "decode_error": item.decode_error, "digest": item.digest, "conflicts": [],
                     "linked_by": item.linked_by or "new patient",
+                    "calling_ae": item.calling_ae,  # the probe that sent it, shown on unassigned captures
                     **item.meta}
 
     def commit(self) -> list[dict]:

@@ -200,7 +200,8 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
                      uid_root: str = "2.25", session_patient_id: str | None = None) -> tuple[dict | None, str]:
     """(the existing kit patient a capture belongs to, why), or (None, "") for a new one.
 
-    1. PatientID names a kit patient (kit issuer or none): that patient;
+    1. PatientID names a kit patient (kit issuer or none): that patient (by "worklist" when
+       the AccessionNumber or StudyInstanceUID is that patient's worklist item too);
     2. AccessionNumber or StudyInstanceUID of a patient's worklist item: that patient
        (the probe picked them from the kit's worklist, whatever name it typed);
     3. PatientID is a triage tag number: that patient;
@@ -210,8 +211,10 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
     """
     if patient_id and issuer in ("", kit_issuer):
         row = resolve_row(db, patient_id)
-        if row:
-            return row, BY_PATIENT_ID
+        if row:  # stamped from the kit's worklist when its encounter names the same patient
+            picked = worklist_patient(db, accession=accession, study_instance_uid=study_instance_uid,
+                                      kit_issuer=kit_issuer, uid_root=uid_root)
+            return row, BY_WORKLIST if picked and picked["id"] == row["id"] else BY_PATIENT_ID
     row = worklist_patient(db, accession=accession, study_instance_uid=study_instance_uid,
                            kit_issuer=kit_issuer, uid_root=uid_root)
     if row:
@@ -285,6 +288,8 @@ def update_details(store, pid: str, *, name: str | None = None, age: str | None 
         for key, value in (("name", name), ("age", age), ("sex", sex)):
             if value is not None:
                 changes[key] = value
+        if name is not None:  # a name a person typed is theirs, not the probe's
+            changes["name_confirmed"] = {"by": actor, "at": now} if name else None
         if note:
             changes["notes"] = list(row.get("notes") or []) + [{"text": note, "by": actor, "at": now}]
         update_fields(db, row["id"], changes)
@@ -336,6 +341,8 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
         before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags")}
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
+        if "name" in fill and name_from_probe(src):
+            fill["name_from"] = "probe"  # still the probe's guess on the survivor, until confirmed
         triage = min(dst.get("triage") or "none", src.get("triage") or "none", key=MERGE_URGENCY.index)
         tags = [t for t in dict.fromkeys(all_tags(dst) + all_tags(src)) if t]
         history = sorted(list(dst.get("triage_history") or []) + list(src.get("triage_history") or []),
@@ -415,6 +422,29 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
 def all_tags(row: dict) -> list[str]:
     """Every triage tag number a patient record carries (its own and merged ones)."""
     return [t for t in [row.get("tag")] + list(row.get("tags") or []) if t]
+
+
+def name_from_probe(row: dict) -> bool:
+    """The name came with a capture (a probe typed it) and no person has confirmed it yet."""
+    return bool(row.get("name")) and not row.get("name_confirmed") and (
+        row.get("origin") == ORIGIN_CAPTURE or row.get("name_from") == "probe")
+
+
+def confirm_name(store, pid: str, *, by: str = "") -> dict:
+    """A person confirms the name a probe supplied (it is then shown as the patient's name)."""
+    def fn(db):
+        row = resolve_row(db, pid)
+        if not row:
+            raise NotFound(f"no patient {pid[:64]}")
+        if not row.get("name"):
+            raise BadInput(f"patient {row['id']} has no name to confirm")
+        confirmed = {"by": by, "at": time.time()}
+        update_fields(db, row["id"], {"name_confirmed": confirmed, "updated": confirmed["at"]})
+        return dict(row, name_confirmed=confirmed, updated=confirmed["at"])
+
+    row = store.write(fn)
+    store.events.publish(PATIENT_UPDATED, patient_id=row["id"])
+    return row
 
 
 def is_unassigned(row: dict) -> bool:

@@ -17,10 +17,11 @@ import time
 
 from flask import Blueprint, Response, jsonify
 
+from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
 from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
 from ..security import roles as R
-from ..store import clinician, findings
+from ..store import clinician, findings, probes
 from ..store import instances as catalogue
 from ..store import patients as pstore
 from ..store.board import findings_of, public_patient, sync_badge
@@ -39,10 +40,10 @@ ROUTE_PERMISSIONS = {
     "ui_api.start": R.AUTHENTICATED,  # pure function of the answers, no patient data
     "ui_api.create_patient": R.TRIAGE_WRITE,
     "ui_api.patient": R.PATIENTS_READ,
-    "ui_api.merge_targets": R.PATIENTS_READ,
     "ui_api.triage": R.TRIAGE_WRITE,
     "ui_api.details": R.PATIENTS_WRITE,
     "ui_api.merge": R.PATIENTS_WRITE,
+    "ui_api.confirm_name": R.PATIENTS_WRITE,
     "ui_api.thumbnail": R.PATIENTS_READ,
     "ui_api.cine": R.PATIENTS_READ,
     "ui_api.sprite": R.PATIENTS_READ,
@@ -165,25 +166,16 @@ def patient(pid):
             "purged": _purged(r), "retrieve_url": r.get("retrieve_url") or "",
             "sync": str(r.get("sync_state") or "queued"), "sync_reason": r.get("sync_reason") or "",
             "zone": r.get("lung_zone") or "",
+            "linked_by": r.get("linked_by") or "", "probe": r.get("calling_ae") or "",
             "findings": by_uid.get(r["sop_instance_uid"], []),
         })
     out = public_patient(p)
     out.update(triage_history=p.get("triage_history") or [], notes=p.get("notes") or [],
-               captures=captures,
+               captures=captures, display_name=format_person_name(p.get("name")),
+               name_from_probe=pstore.name_from_probe(p), unassigned=pstore.is_unassigned(p),
+               tags=pstore.all_tags(p), probe_sessions=probes.sessions_for(store, p["id"]),
                sync=sync_badge([c["sync"] for c in captures]))
     return jsonify(out)
-
-
-@bp.get("/patients/<pid>/merge-targets")
-def merge_targets(pid):
-    """The identified patients an unidentified one can be merged into (none for an identified
-    one). Apart from the patient page, which reads only that patient's rows."""
-    store = kit_of().store
-    p = _patient_or_404(store, pid)
-    if p.get("name"):
-        return jsonify({"targets": []})
-    return jsonify({"targets": [{"id": o["id"], "name": o.get("name") or "", "tag": o.get("tag") or ""}
-                                for o in pstore.list_patients(store) if o["id"] != p["id"] and o.get("name")]})
 
 
 def _finding_json(f: dict) -> dict:
@@ -236,10 +228,20 @@ def merge(pid):
     into = _text(data, "into", 64)
     if not into:
         raise BadInput("say which patient to merge into")
-    dst = pstore.merge_patients(store, pid, into, by=_actor(),
-                                undo_seconds=float(kit_of().config["patients.merge_undo_seconds"]))
+    undo_seconds = float(kit_of().config["patients.merge_undo_seconds"])
+    merged = _patient_or_404(store, pid)["id"]  # the record itself, also when named by a merged tag
+    dst = pstore.merge_patients(store, merged, into, by=_actor(), undo_seconds=undo_seconds)
     after_triage_change(store, dst["id"], dst.get("triage") or "none")
-    return jsonify({"patient": public_patient(dst)})
+    # the tablet offers undo (POST .../<merged>/unmerge) for as long as the kit allows it
+    return jsonify({"patient": public_patient(dst), "merged": merged, "undo_seconds": undo_seconds})
+
+
+@bp.post("/patients/<pid>/confirm-name")
+def confirm_name(pid):
+    """A clinician confirms the name a probe supplied: shown from then on as the patient's name."""
+    row = pstore.confirm_name(kit_of().store, pid, by=_actor())
+    return jsonify({"patient": public_patient(row), "display_name": format_person_name(row.get("name")),
+                    "name_from_probe": pstore.name_from_probe(row)})
 
 
 # ----------------------------------------------------------------------------- images

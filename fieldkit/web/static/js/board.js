@@ -4,6 +4,7 @@
 // the stream says it cannot replay what was missed. Works from the service worker's copy
 // when the kit is unreachable (marked stale).
 import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
+import { assignCapture, shownName } from "./actions.js";
 
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
@@ -11,6 +12,8 @@ const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending",
 let state = { patients: [], counts: {} };
 let filter = null;
 let inflight = null;
+let probeNames = {}; // registered probes: AE title -> label
+const canAssign = document.getElementById("tray").dataset.canAssign === "yes";
 
 // One card, filled in place (a card that changes keeps its element).
 function fillCard(li, p) {
@@ -20,7 +23,7 @@ function fillCard(li, p) {
   li.querySelector("a").href = "/patients/" + encodeURIComponent(p.id);
   li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
   li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
-  li.querySelector(".pname").textContent = p.name || (p.age ? `${p.age} y` : "Unidentified");
+  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "Unidentified");
   li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
   li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
   const badge = li.querySelector(".sync-badge");
@@ -30,11 +33,59 @@ function fillCard(li, p) {
 
 function countsOf(patients) {
   const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
-  patients.forEach((p) => { counts[p.triage] = (counts[p.triage] || 0) + 1; });
+  patients.forEach((p) => { if (!p.unassigned) counts[p.triage] = (counts[p.triage] || 0) + 1; });
   return counts;
 }
 
+function probeText(ae) {
+  if (!ae) return "probe unknown";
+  return probeNames[ae] ? `probe ${probeNames[ae]} (${ae})` : `probe ${ae}`;
+}
+
+// The tray: every capture of a record only a capture made, oldest first, above the cards.
+function renderTray() {
+  const items = [];
+  state.patients.filter((p) => p.unassigned).forEach((p) => (p.tray || []).forEach((c) => items.push([p, c])));
+  items.sort((a, b) => (a[1].received_at || 0) - (b[1].received_at || 0));
+  const tray = document.getElementById("tray");
+  const banner = document.getElementById("unassigned-banner");
+  tray.hidden = !items.length;
+  banner.hidden = !items.length;
+  document.getElementById("unassigned-link").textContent = `${items.length} unassigned capture${items.length === 1 ? "" : "s"}: assign ${items.length === 1 ? "it" : "them"} to ${items.length === 1 ? "its patient" : "their patients"}`;
+  banner.dataset.count = String(items.length);
+  const tpl = document.getElementById("tray-template");
+  const list = document.getElementById("tray-items");
+  const shown = new Map();
+  list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.uid, li));
+  const frag = document.createDocumentFragment();
+  items.forEach(([p, c]) => {
+    let li = shown.get(c.uid);
+    if (!li) {
+      li = tpl.content.firstElementChild.cloneNode(true);
+      li.dataset.uid = c.uid;
+      const img = li.querySelector("img");
+      if (c.has_thumbnail) img.src = `/api/v1/ui/instances/${encodeURIComponent(c.uid)}/thumbnail.jpg`;
+      else img.replaceWith(Object.assign(document.createElement("span"), { className: "failed", textContent: "no image" }));
+      const btn = li.querySelector(".tray-assign");
+      if (!canAssign) btn.remove();
+      else btn.addEventListener("click", () => assignCapture({ uid: li.dataset.uid, from: li.dataset.from,
+        label: li.dataset.label, hasThumbnail: !!li.querySelector("img"), onDone: () => {} }));
+    }
+    const meta = `${fmtTime(c.received_at)} · ${probeText(c.probe)} · ${c.frames} frame${c.frames === 1 ? "" : "s"}`;
+    li.dataset.from = p.id;
+    li.dataset.label = `Unassigned capture, ${meta}`;
+    li.querySelector(".tray-view").href = "/patients/" + encodeURIComponent(p.id);
+    li.querySelector(".tray-view").setAttribute("aria-label", `View the capture of ${fmtTime(c.received_at)}`);
+    li.querySelector(".t-meta").textContent = meta;
+    const btn = li.querySelector(".tray-assign");
+    if (btn) btn.setAttribute("aria-label", `Assign to patient: capture of ${fmtTime(c.received_at)} from ${probeText(c.probe)}`);
+    frag.appendChild(li);
+  });
+  list.replaceChildren(frag);
+}
+
 function render() {
+  renderTray();
   const list = document.getElementById("board");
   const tpl = document.getElementById("card-template");
   const q = document.getElementById("board-search").value.trim().toLowerCase();
@@ -43,8 +94,8 @@ function render() {
     const c = document.querySelector(`[data-count="${cat}"]`);
     if (c) c.textContent = String(n);
   });
-  let rows = state.patients.filter((p) => (!filter || p.triage === filter) &&
-    (!q || [p.id, p.tag, p.name].some((v) => (v || "").toLowerCase().includes(q))));
+  let rows = state.patients.filter((p) => !p.unassigned && (!filter || p.triage === filter) &&
+    (!q || [p.id, p.tag, p.name, p.display_name, ...(p.tags || [])].some((v) => (v || "").toLowerCase().includes(q))));
   if (sort === "recent") rows.sort((a, b) => Math.max(b.updated, b.last_capture) - Math.max(a.updated, a.last_capture));
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
   else rows.sort((a, b) => (ORDER[a.triage] - ORDER[b.triage]) || (b.updated - a.updated));
@@ -57,7 +108,7 @@ function render() {
     frag.appendChild(li);
   });
   list.replaceChildren(frag);
-  document.getElementById("board-empty").hidden = state.patients.length > 0;
+  document.getElementById("board-empty").hidden = state.patients.some((p) => !p.unassigned);
 }
 
 let drawing = null;
@@ -120,6 +171,16 @@ async function diskBanner() {
   } catch (e) { /* the board's own errors are shown by refresh() */ }
 }
 
+// Registered probes' labels, for the tray (asked once; an AE title alone is shown meanwhile)
+async function loadProbes() {
+  try {
+    const { probes } = await api("/api/v1/probes");
+    probeNames = Object.fromEntries(probes.filter((p) => p.name).map((p) => [p.ae, p.name]));
+    redrawSoon();
+  } catch (e) { /* the tray still shows AE titles */ }
+}
+
+loadProbes();
 diskBanner();
 setInterval(diskBanner, 30000);
 refresh().then((data) => {

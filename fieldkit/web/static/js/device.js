@@ -74,3 +74,70 @@ refresh();
 setInterval(refresh, 10000);
 live((t) => { if (t === "power.policy") refresh(); }, () => refresh(), ["power.policy"]);
 initPage();
+
+// ----------------------------------------------------------------------------- probes (admins)
+// Registered probes (add, remove) and the callers the DICOM receiver refused ("Allow").
+const probesPanel = document.getElementById("probes-panel");
+let lastProbes = "";
+
+async function probeAction(fn) {
+  const box = document.getElementById("probe-add-error");
+  box.hidden = true;
+  try {
+    await fn();
+    await refreshProbes();
+  } catch (e) { if (e.status !== 401) { box.textContent = e.message; box.hidden = false; } }
+}
+
+function button(text, label, onClick) {
+  const b = el("button", "btn", text);
+  b.type = "button";
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+async function refreshProbes() {
+  let data;
+  try { data = await api("/api/v1/probes"); } catch (e) { if (e.status !== 401) showError(e.message); return; }
+  const seen = JSON.stringify(data);
+  if (seen === lastProbes) return; // unchanged: the buttons stay the ones a finger is on
+  lastProbes = seen;
+  const now = Date.now() / 1000;
+  document.getElementById("probe-rows").replaceChildren(...data.probes.map((p) => {
+    const tr = document.createElement("tr");
+    tr.dataset.ae = p.ae;
+    const live = p.session && p.session.until > now ? `patient ${p.session.patient_id} until ${fmtTime(p.session.until)}` : "–";
+    [p.ae, p.name || "–", p.host || "–", live].forEach((t) => tr.appendChild(el("td", "", t)));
+    const td = el("td");
+    td.appendChild(button("Remove", `Remove probe ${p.ae}`, () => probeAction(() =>
+      api(`/api/v1/probes/${encodeURIComponent(p.ae)}`, { method: "DELETE" }))));
+    tr.appendChild(td);
+    return tr;
+  }));
+  document.getElementById("no-registered").hidden = data.probes.length > 0;
+  const registered = new Set(data.probes.map((p) => p.ae));
+  const refused = data.refused.filter((r) => !registered.has(r.ae));
+  document.getElementById("no-refused").hidden = refused.length > 0;
+  document.getElementById("refused").replaceChildren(...refused.map((r) => {
+    const li = el("li", "", `${r.ae} from ${r.address}: refused ${r.count} time${r.count === 1 ? "" : "s"}, last at ${fmtTime(r.last)} `);
+    li.dataset.ae = r.ae;
+    li.appendChild(button("Allow", `Allow ${r.ae}`, () => probeAction(() =>
+      api("/api/v1/probes", { method: "POST", body: { probe: r.ae, host: r.address } }))));
+    return li;
+  }));
+}
+
+if (probesPanel) {
+  refreshProbes();
+  setInterval(refreshProbes, 10000);
+  document.getElementById("probe-add").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const body = { probe: document.getElementById("pa-ae").value, name: document.getElementById("pa-name").value,
+      host: document.getElementById("pa-host").value };
+    probeAction(async () => {
+      await api("/api/v1/probes", { method: "POST", body });
+      ev.target.reset();
+    });
+  });
+}

@@ -1,6 +1,7 @@
 // New patient: tag number (typed, or scanned where the browser has BarcodeDetector), the
 // START assistant proposing a category, the clinician confirming or overriding it.
 import { api, initPage, TRIAGE_LABEL } from "./common.js";
+import { setupScan } from "./scan.js";
 import { startCategory } from "./start.js";
 
 const form = document.getElementById("new-patient");
@@ -83,36 +84,7 @@ form.addEventListener("submit", async (ev) => {
   } finally { btn.disabled = false; }
 });
 
-// Tag scanning with the tablet camera, where the browser offers BarcodeDetector
-async function setupScan() {
-  if (!("BarcodeDetector" in window) || !navigator.mediaDevices) return;
-  let formats = [];
-  try { formats = await window.BarcodeDetector.getSupportedFormats(); } catch (e) { return; }
-  if (!formats.length) return;
-  const btn = document.getElementById("scan");
-  const video = document.getElementById("scan-video");
-  btn.hidden = false;
-  btn.addEventListener("click", async () => {
-    let stream;
-    try { stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }); }
-    catch (e) { btn.textContent = "Camera not available: type the tag"; return; }
-    const detector = new window.BarcodeDetector({ formats });
-    video.srcObject = stream; video.hidden = false; await video.play();
-    const started = Date.now();
-    const stop = () => { stream.getTracks().forEach((t) => t.stop()); video.hidden = true; };
-    const tick = async () => {
-      if (Date.now() - started > 30000) { stop(); return; }
-      try {
-        const codes = await detector.detect(video);
-        if (codes.length) { document.getElementById("tag").value = codes[0].rawValue.slice(0, 64); stop(); return; }
-      } catch (e) { stop(); return; }
-      requestAnimationFrame(tick);
-    };
-    tick();
-  });
-}
-
 update();
-setupScan();
+setupScan(document.getElementById("scan"), document.getElementById("scan-video"), document.getElementById("tag"));
 initPage();
 markChoices();

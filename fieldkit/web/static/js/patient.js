@@ -1,7 +1,10 @@
 // Patient page: captures (thumbnails in time order), the cine player with the AI overlay,
-// findings with accept/reject and a note, lung zones, details, notes, merge, re-triage.
+// findings with accept/reject and a note, lung zones, details, notes, re-triage; scanning
+// with a probe (probe sessions), moving a capture to another patient, and merging another
+// record in (only from the "More actions" menu, confirmed, undoable).
 // Everything the kit sends is put in the page with textContent.
 import { api, el, fmtTime, initPage, live, showError, TRIAGE_LABEL } from "./common.js";
+import { assignCapture, fillPill, findPatient, offerUndo, shownName, who } from "./actions.js";
 
 const root = document.getElementById("patient");
 const pid = root.dataset.patientId;
@@ -15,14 +18,26 @@ function renderHead(p) {
   const pill = document.getElementById("p-cat");
   pill.className = `cat-pill tri-${p.triage}`;
   pill.textContent = TRIAGE_LABEL[p.triage] || p.triage;
-  document.getElementById("p-title").textContent = p.name ? p.name : (p.tag ? `Tag ${p.tag}` : p.id);
+  document.getElementById("p-title").textContent = p.unassigned ? `Unassigned captures (${p.id})`
+    : (p.display_name && !p.name_from_probe ? p.display_name : (p.tag ? `Tag ${p.tag}` : p.id));
   const bits = [`ID ${p.id}`];
-  if (p.tag) bits.push(`tag ${p.tag}`);
+  (p.tags || (p.tag ? [p.tag] : [])).forEach((t) => bits.push(`tag ${t}`));
   if (p.age !== null && p.age !== undefined) bits.push(`${p.age} y`);
   if (p.sex) bits.push(p.sex);
   document.getElementById("p-sub").textContent = bits.join(" · ");
   document.title = `${p.tag ? "Tag " + p.tag : p.id} · fieldkit`;
   document.querySelectorAll(".tri-btn").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.triage === p.triage)));
+  document.getElementById("p-probe-name").hidden = !p.name_from_probe;
+  document.getElementById("p-probe-name-text").textContent = p.name_from_probe ? `${shownName(p)}: not confirmed by a clinician` : "";
+}
+
+const LINKED = { "worklist": "linked by worklist", "probe session": "linked by probe session", "assigned": "assigned by hand",
+  "tag": "linked by tag number", "patient id": "linked by patient ID", "study": "linked by its study",
+  "probe's patient id": "linked by the probe's patient ID", "new patient": "no patient found" };
+
+function linkedText(c) {
+  const why = LINKED[c.linked_by] || (c.linked_by ? `linked by ${c.linked_by}` : "");
+  return c.probe ? `${why}${why ? " · " : ""}probe ${c.probe}` : why;
 }
 
 function renderThumbs(p) {
@@ -46,8 +61,17 @@ function renderThumbs(p) {
     const zone = c.zone ? ` · zone ${c.zone}` : "";
     li.querySelector(".t-meta").textContent = `#${i + 1} ${fmtTime(c.received_at)} · ${c.frames} frame${c.frames === 1 ? "" : "s"}${zone}`;
     li.querySelector(".t-sync").textContent = c.sync === "confirmed" ? "at hospital" : (c.sync === "quarantined" ? "refused by hospital" : c.sync);
+    li.querySelector(".t-linked").textContent = linkedText(c);
     btn.setAttribute("aria-current", String(c.uid === selected));
     btn.addEventListener("click", () => openCapture(c));
+    if (canTriage) { // re-assigning is always possible, from the capture itself
+      const move = el("button", "btn move", p.unassigned ? "Assign to patient" : "Move to another patient");
+      move.type = "button";
+      move.setAttribute("aria-label", `${move.textContent}: capture ${i + 1}`);
+      move.addEventListener("click", () => assignCapture({ uid: c.uid, from: p.id, hasThumbnail: !!c.has_thumbnail,
+        label: `Capture ${i + 1} of ${who(p)}, ${fmtTime(c.received_at)}`, onDone: () => load() }));
+      li.appendChild(move);
+    }
     frag.appendChild(li);
   });
   list.replaceChildren(frag);
@@ -135,11 +159,14 @@ function renderZones(p) {
 
 const canReview = root.dataset.canReview === "yes";
 const canEdit = root.dataset.canEdit === "yes";
+const canTriage = root.dataset.canTriage === "yes";
+let shownNameValue = null; // the name the details form was filled with: sent only when changed
 
 function renderDetails(p) {
   const form = document.getElementById("details");
   if (form && !form.dataset.touched) {
-    document.getElementById("d-name").value = p.name || "";
+    shownNameValue = p.display_name || "";
+    document.getElementById("d-name").value = shownNameValue;
     document.getElementById("d-age").value = p.age === null || p.age === undefined ? "" : String(p.age);
     document.getElementById("d-sex").value = p.sex || "";
   }
@@ -148,27 +175,50 @@ function renderDetails(p) {
   const hist = document.getElementById("history");
   hist.replaceChildren(...(p.triage_history || []).map((h) => el("li", `h-${h.triage}`,
     `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
-  if (!canEdit || p.name) document.getElementById("merge-wrap").hidden = true;
-  else if (!mergeTargetsAsked) loadMergeTargets();
 }
 
-// Who an unidentified patient can be merged into: asked once per page load, not with every
-// refresh of the patient (the list spans all patients; the patient's own JSON does not).
-let mergeTargetsAsked = false;
-async function loadMergeTargets() {
-  mergeTargetsAsked = true;
+// ----------------------------------------------------------------------------- probe sessions
+let probeList = null; // registered probes, asked once per page load
+
+function renderSessions(p) {
+  const list = document.getElementById("sessions");
+  if (!list) return;
+  list.replaceChildren(...(p.probe_sessions || []).map((s) => {
+    const li = el("li", "", `Probe ${s.name ? s.name + " (" + s.probe + ")" : s.probe} is scanning this patient until ${fmtTime(s.until)}`);
+    li.dataset.probe = s.probe;
+    const end = el("button", "btn", "End probe session");
+    end.type = "button";
+    end.setAttribute("aria-label", `End probe session of ${s.probe}`);
+    end.addEventListener("click", () => probeCall("DELETE", s.probe));
+    li.appendChild(end);
+    return li;
+  }));
+  if (probeList === null) loadProbes();
+  // a session ends by itself at its time: look again then, so the page never shows one that ended
+  clearTimeout(sessionTimer);
+  const ends = (p.probe_sessions || []).map((s) => s.until * 1000 - Date.now());
+  if (ends.length) sessionTimer = setTimeout(load, Math.max(1000, Math.min(...ends) + 500));
+}
+let sessionTimer = null;
+
+async function loadProbes() {
+  probeList = [];
   try {
-    const { targets } = await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/merge-targets`);
-    const sel = document.getElementById("merge-into");
-    const chosen = sel.value;
-    sel.replaceChildren(...targets.map((o) => {
-      const opt = el("option", "", `${o.name}${o.tag ? " (tag " + o.tag + ")" : ""} — ${o.id}`);
-      opt.value = o.id;
-      return opt;
-    }));
-    if (targets.some((o) => o.id === chosen)) sel.value = chosen;
-    document.getElementById("merge-wrap").hidden = !targets.length || !!(current && current.name);
+    probeList = (await api("/api/v1/probes")).probes;
   } catch (e) { if (e.status !== 401) showError(e.message); }
+  const sel = document.getElementById("probe-pick");
+  sel.replaceChildren(...probeList.map((pr) => Object.assign(el("option", "", pr.name ? `${pr.name} (${pr.ae})` : pr.ae), { value: pr.ae })));
+  document.getElementById("probe-start").hidden = !probeList.length;
+  document.getElementById("no-probes").hidden = probeList.length > 0;
+}
+
+async function probeCall(method, probe) {
+  const box = document.getElementById("probe-error");
+  box.hidden = true;
+  try {
+    await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/probe-session`, { method, body: { probe } });
+    await load();
+  } catch (e) { if (e.status !== 401) { box.textContent = e.message; box.hidden = false; } }
 }
 
 function renderZoneSelect(c) {
@@ -186,6 +236,7 @@ async function load() {
     renderThumbs(p);
     renderFindings(p);
     renderDetails(p);
+    renderSessions(p);
     const sel = p.captures.find((c) => c.uid === selected);
     if (sel) { renderZoneSelect(sel); player.setFindings(sel); }
     showError("");
@@ -352,8 +403,10 @@ if (details) details.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const box = document.getElementById("details-error");
   box.hidden = true;
-  const body = { name: document.getElementById("d-name").value, age: document.getElementById("d-age").value,
+  const body = { age: document.getElementById("d-age").value,
     sex: document.getElementById("d-sex").value, note: document.getElementById("d-note").value };
+  const typed = document.getElementById("d-name").value;
+  if (typed.trim() !== (shownNameValue || "")) body.name = typed; // a name someone typed, not the one shown
   try {
     await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/details`, { method: "POST", body });
     document.getElementById("d-note").value = "";
@@ -364,15 +417,100 @@ if (details) details.addEventListener("submit", async (ev) => {
   }
 });
 
-document.getElementById("merge").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const into = document.getElementById("merge-into").value;
-  if (!into) return;
+const probeGo = document.getElementById("probe-go");
+if (probeGo) probeGo.addEventListener("click", () => probeCall("POST", document.getElementById("probe-pick").value));
+
+const confirmName = document.getElementById("confirm-name");
+if (confirmName) confirmName.addEventListener("click", async () => {
   try {
-    const out = await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/merge`, { method: "POST", body: { into } });
-    location.assign("/patients/" + encodeURIComponent(out.patient.id));
+    await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/confirm-name`, { method: "POST", body: {} });
+    await load();
   } catch (e) { if (e.status !== 401) showError(e.message); }
 });
+
+// The menu: merging is rare, so it lives here, never on the page itself and never pre-selected.
+const menuBtn = document.getElementById("menu-btn");
+function closeMenu() { menuBtn.setAttribute("aria-expanded", "false"); document.getElementById("patient-menu").hidden = true; }
+if (menuBtn) {
+  menuBtn.addEventListener("click", () => {
+    const open = menuBtn.getAttribute("aria-expanded") !== "true";
+    menuBtn.setAttribute("aria-expanded", String(open));
+    document.getElementById("patient-menu").hidden = !open;
+    if (open) document.getElementById("merge-open").focus();
+  });
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeMenu(); });
+  document.getElementById("merge-open").addEventListener("click", () => { closeMenu(); openMerge(); });
+}
+
+// ----------------------------------------------------------------------------- merge
+let mergeSource = null; // the other record, found by its tag
+
+function mergeError(text) {
+  const box = document.getElementById("merge-error");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+function side(prefix, p) {
+  fillPill(document.getElementById(`${prefix}-cat`), p.triage);
+  document.getElementById(prefix).textContent = who(p);
+  document.getElementById(`${prefix}-name`).textContent = shownName(p);
+}
+
+function openMerge() {
+  mergeSource = null;
+  document.getElementById("merge-query").value = "";
+  document.getElementById("merge-both").hidden = true;
+  document.getElementById("merge-question").hidden = true;
+  document.getElementById("merge-confirm").hidden = true;
+  mergeError("");
+  document.getElementById("merge-dialog").showModal();
+  document.getElementById("merge-query").focus();
+}
+
+if (document.getElementById("merge-form")) {
+  document.getElementById("merge-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    mergeError("");
+    mergeSource = null;
+    document.getElementById("merge-confirm").hidden = true;
+    try {
+      const other = await findPatient(document.getElementById("merge-query").value);
+      if (other.id === current.id) throw new Error(`${who(other)} is this patient.`);
+      mergeSource = other;
+      side("merge-src", other);
+      side("merge-dst", current);
+      document.getElementById("merge-both").hidden = false;
+      const kept = [current.triage, other.triage].sort((a, b) => MERGE_URGENCY.indexOf(a) - MERGE_URGENCY.indexOf(b))[0];
+      const q = document.getElementById("merge-question");
+      q.textContent = `Merge ${who(other)} (${TRIAGE_LABEL[other.triage]}) into ${who(current)} (${TRIAGE_LABEL[current.triage]})? ` +
+        `${who(current)} stays ${TRIAGE_LABEL[kept]} and keeps both tags.`;
+      q.hidden = false;
+      const ok = document.getElementById("merge-confirm");
+      ok.textContent = `Merge ${who(other)} into ${who(current)}`;
+      ok.hidden = false;
+      ok.focus();
+    } catch (e) { if (e.status !== 401) mergeError(e.message); }
+  });
+  document.getElementById("merge-cancel").addEventListener("click", () => document.getElementById("merge-dialog").close());
+  document.getElementById("merge-confirm").addEventListener("click", async () => {
+    const other = mergeSource;
+    if (!other) return;
+    try {
+      const out = await api(`/api/v1/ui/patients/${encodeURIComponent(other.id)}/merge`, { method: "POST", body: { into: current.id } });
+      document.getElementById("merge-dialog").close();
+      const seconds = Math.max(0, (out.undo_seconds || 0) - 1); // the kit's own window, a second to spare
+      if (seconds > 0) {
+        offerUndo(`${who(other)} merged into ${who(current)}.`, "Undo merge", async () => {
+          await api(`/api/v1/ui/patients/${encodeURIComponent(out.merged)}/unmerge`, { method: "POST", body: {} });
+          await load();
+        }, seconds);
+      }
+      await load();
+    } catch (e) { if (e.status !== 401) mergeError(e.message); }
+  });
+}
+const MERGE_URGENCY = ["red", "yellow", "green", "grey", "black", "none"];
 
 // ----------------------------------------------------------------------------- live
 let pending = null;
