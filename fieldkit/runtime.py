@@ -185,6 +185,15 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
     check_format(data_dir)
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     store = Store.open(data_dir, key, config)
+    from .errors import FieldkitError
+    from .store import accounts
+    try:
+        accounts.audit_config(store, config.as_dict())
+    except FieldkitError as exc:  # a full disk must not keep the kit from opening
+        log.warning("could not record the settings in the audit trail: %s", exc.message)
+    except BaseException:
+        store.close()
+        raise
     return Kit(data_dir, config, store, keyring)
 
 

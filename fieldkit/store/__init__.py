@@ -125,6 +125,7 @@ class Store:
         self.space = DiskSpace(self.data_dir, config, lambda: self._journal.reserve_left)
         self.resumed_leases = 0
         self._backup_key = derive_subkey(data_key, "backup")  # seals backup manifests (store.backup)
+        self.audit_key = derive_subkey(data_key, "audit")  # keys the audit chain (store.accounts)
         self._compact_failed_at = float("-inf")
 
     @classmethod

@@ -113,7 +113,7 @@ def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM
         if users.get(Query().key == key) is not None:
             raise Conflict(f"a user named {name!r} already exists")
         users.insert(doc)
-        _append(db, now, actor, actor_role, "user.create", name, _audit.OK, {"role": role})
+        _append(db, store.audit_key, now, actor, actor_role, "user.create", name, _audit.OK, {"role": role})
 
     store.write(tx)
     return _public_user(doc)
@@ -149,7 +149,7 @@ def _update_user(store, name: str, changes_fn, action: str, actor: str, actor_ro
         changes["updated"] = now
         users.update(changes, doc_ids=[doc.doc_id])
         out.update(dict(doc, **changes))
-        _append(db, now, actor, actor_role, action, doc["name"], _audit.OK, detail)
+        _append(db, store.audit_key, now, actor, actor_role, action, doc["name"], _audit.OK, detail)
 
     store.write(tx)
     return _public_user(out)
@@ -218,7 +218,7 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
 
             def fail_tx(db):
                 db.table(T_USERS).update({"lockout": new_state}, Query().key == key)
-                _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.FAILED,
+                _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.FAILED,
                         {"reason": "wrong secret", "failures": new_state["failures"], "remote": remote})
 
             store.write(fail_tx)
@@ -229,7 +229,7 @@ def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = 
 
         def ok_tx(db):
             db.table(T_USERS).update(changes, Query().key == key)
-            _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK, {"remote": remote})
+            _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK, {"remote": remote})
 
         store.write(ok_tx)
         return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
@@ -308,7 +308,7 @@ def create_token_info(store, role: str, expires: float | None = None, label: str
 
     def tx(db):
         db.table(T_TOKENS).insert(doc)
-        _append(db, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
+        _append(db, store.audit_key, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
                 {"role": role, "label": label, "expires": doc["expires"]})
 
     store.write(tx)
@@ -370,7 +370,7 @@ def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str =
             raise NotFound(f"no token with id {token_id!r} (see `fieldkit token list`)")
         if not doc.get("revoked"):
             table.update({"revoked": now}, doc_ids=[doc.doc_id])
-            _append(db, now, actor, actor_role, "token.revoke", f"token:{doc['id']}", _audit.OK, None)
+            _append(db, store.audit_key, now, actor, actor_role, "token.revoke", f"token:{doc['id']}", _audit.OK, None)
         out.update(table.get(doc_id=doc.doc_id))
 
     store.write(tx)
@@ -379,18 +379,21 @@ def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str =
 
 # ----------------------------------------------------------------------------- audit
 
-def _append(db, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
+def _append(db, key: bytes, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
             detail: dict | str | None) -> dict:
-    """Append one event inside an open store transaction (the store lock orders the chain)."""
+    """Append one event inside an open store transaction (the store lock orders the chain).
+    `key` is the store's audit key: a trail that is not keyed yet (a new kit, or one from
+    an older fieldkit) first gets the marker event from which every event is keyed."""
     head_table = db.table(T_AUDIT_HEAD)
     head = head_table.get(doc_id=1)
-    prev = None
-    if head:
-        prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]}
-    event = _audit.make_event(prev, at=at, actor=actor, role=role, action=action, object=obj,
-                              outcome=outcome, detail=detail)
-    db.table(T_AUDIT).insert(event)
-    new_head = {"seq": event["seq"], "hash": event["hash"], "at": max(at, prev["at"] if prev else at)}
+    prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]} if head else None
+    if not (head and head.get("keyed")):
+        prev = _insert_event(db, prev, key, at, SYSTEM, "", _audit.MARKER, "audit", _audit.OK,
+                             {"note": "from here on every event is keyed (HMAC-SHA256)",
+                              "unkeyed_events": prev["seq"] if prev else 0})
+    event = _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail)
+    new_head = {"seq": event["seq"], "hash": event["hash"], "at": max(at, prev["at"] if prev else at),
+                "keyed": True, "mac": _audit.head_mac(key, event["seq"], event["hash"])}
     if head:
         head_table.update(new_head, doc_ids=[1])
     else:
@@ -398,12 +401,19 @@ def _append(db, at: float, actor: str, role: str, action: str, obj: str, outcome
     return event
 
 
+def _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail) -> dict:
+    event = _audit.make_event(prev, at=at, actor=actor, role=role, action=action, object=obj,
+                              outcome=outcome, detail=detail, key=key)
+    db.table(T_AUDIT).insert(event)
+    return dict(event, at=max(at, float(prev["at"])) if prev else at)
+
+
 def audit_append(store, *, actor: str, role: str = "", action: str, object: str = "",
                  outcome: str = _audit.OK, detail: dict | str | None = None, at: float | None = None) -> dict:
     """Append an event to the trail (durable when this returns)."""
     at = CLOCK.wall() if at is None else at
     box: dict = {}
-    store.write(lambda db: box.update(_append(db, at, actor, role, action, object, outcome, detail)))
+    store.write(lambda db: box.update(_append(db, store.audit_key, at, actor, role, action, object, outcome, detail)))
     return box
 
 
@@ -422,10 +432,18 @@ def audit_head(store) -> tuple[int, str] | None:
 
 
 def audit_verify(store) -> _audit.VerifyResult:
+    """Every link and every keyed hash, under the kit's key, and the recorded head's tag."""
     events, head = store.read(lambda db: ([dict(e) for e in db.table(T_AUDIT).all()],
                                           db.table(T_AUDIT_HEAD).get(doc_id=1)))
     expected = (int(head["seq"]), head["hash"]) if head else None
-    return _audit.verify_chain(events, expected_head=expected)
+    result = _audit.verify_chain(events, expected_head=expected, key=store.audit_key, require_keyed=True)
+    if result.ok and events and not head:
+        return _audit.VerifyResult(False, result.count, int(events[-1]["seq"]), "the recorded head of the trail is gone")
+    if result.ok and head and not _tokens.same(str(head.get("mac", "")),
+                                              _audit.head_mac(store.audit_key, head["seq"], head["hash"])):
+        return _audit.VerifyResult(False, result.count, int(head["seq"]),
+                                   "the recorded head of the trail was changed without the kit's key")
+    return result
 
 
 def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | None = None) -> dict:
@@ -440,6 +458,48 @@ def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | No
     return {"format": "fieldkit-audit/1", "kit": kit_id, "exported": CLOCK.wall(),
             "start": start if start else [0, _audit.GENESIS], "head": list(head) if head else None,
             "events": events}
+
+
+_SECRET_WORDS = ("password", "token", "secret", "key")
+
+
+def audit_config(store, values: dict) -> dict | None:
+    """Record the settings the kit runs with: the first time a baseline, afterwards one
+    `config.change` event naming what changed since the last open (the file is edited by
+    hand, by `hospital set` or by provisioning: the kit notices at its next open). Also
+    starts the keyed part of an older trail. Returns the event written, if any."""
+    def shown(name, value):
+        if any(w in name for w in _SECRET_WORDS) and value:
+            return "(set)"  # a path to a secret file, never printed in the trail
+        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+    now = [(str(k), shown(str(k), v)) for k, v in sorted(values.items())]
+    box: dict = {}
+
+    def tx(db):
+        from . import meta
+        seen = meta.get(db, "config_seen")
+        old = dict(seen["values"]) if seen else None
+        head = db.table(T_AUDIT_HEAD).get(doc_id=1)
+        if old is None:
+            box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.baseline", "config",
+                               _audit.OK, {"settings": len(now)}))
+        else:
+            new = dict(now)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if changed:
+                detail = {"changed": ", ".join(changed)[:400]}
+                detail.update({k: f"{old.get(k)!r} -> {new.get(k)!r}" for k in changed[:14]})
+                box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.change", "config",
+                                   _audit.OK, detail))
+            elif head and not head.get("keyed"):
+                box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "kit.open", "kit", _audit.OK, None))
+            else:
+                return
+        meta.put(db, "config_seen", {"values": [list(p) for p in now]})
+
+    store.write(tx)
+    return box or None
 
 
 def audit_synced(store) -> tuple[int, str]:
