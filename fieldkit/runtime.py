@@ -154,6 +154,12 @@ class Kit:
     def close(self) -> None:
         self.stop_services()
         if self._store is not None:
+            from .errors import FieldkitError
+            from .store import accounts
+            try:  # sign-in failures still counted in memory reach the trail
+                accounts.flush_signin_audit(self._store, flush_all=True)
+            except FieldkitError as exc:
+                log.warning("could not record the last sign-in failures: %s", exc.message)
             self._store.close()
 
     def start_services(self, names: list[str] | None = None) -> None:

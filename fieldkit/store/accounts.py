@@ -14,15 +14,15 @@ The latest audit time doubles as a high-water mark of the clock: expiry checks u
 max(wall clock, last audit time), so a device clock that jumps backwards cannot revive an
 expired token.
 
-Argon2 verification (~0.1 s) happens outside the store lock; attempts on one account are
-serialised by a per-account lock so that parallel guesses cannot outrun the lockout.
+Argon2 verification (~0.1 s) happens outside the store lock, in the Argon2 queue
+(`security.passwords.Argon2Gate`); who may try and how often is `security.signin`'s rule,
+held in memory per kit (`signin_guard`).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..security import audit as _audit
 from ..security import passwords as pw
 from ..security import roles as _roles
 from ..security import tokens as _tokens
+from ..security.signin import SigninGuard, SigninPolicy
 
 T_AUDIT = "audit"
 T_AUDIT_HEAD = "audit_head"
@@ -42,12 +43,6 @@ T_AUDIT_SYNC = "audit_sync"  # the last event the hospital confirmed
 SYSTEM = "system"  # actor for the kit itself and for the command line without a user
 
 CLOCK: pw.Clock = pw.SYSTEM_CLOCK  # replaced in tests to move time without sleeping
-_LOCKOUT = pw.Lockout()
-_stripes = [threading.Lock() for _ in range(64)]
-
-
-def _account_lock(key: str) -> threading.Lock:
-    return _stripes[hash(key) % len(_stripes)]
 
 
 @dataclass(frozen=True)
@@ -84,12 +79,12 @@ def _now(store, clock: pw.Clock | None = None) -> float:
 
 # ----------------------------------------------------------------------------- users
 
-def _public_user(doc: dict) -> dict:
+def _public_user(doc: dict, store=None) -> dict:
+    locked_from = signin_guard(store).locked_addresses(doc["key"]) if store is not None else 0
     return {
         "name": doc["name"], "role": doc["role"], "disabled": bool(doc.get("disabled")),
         "created": doc.get("created", 0.0), "last_login": doc.get("last_login", 0.0),
-        "locked": bool((doc.get("lockout") or {}).get("delay")),
-        "failures": int((doc.get("lockout") or {}).get("failures") or 0),
+        "locked": bool(locked_from), "locked_addresses": locked_from,
     }
 
 
@@ -122,12 +117,12 @@ def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM
 def get_user(store, name: str) -> dict | None:
     key = pw.username_key(name) if isinstance(name, str) else ""
     doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
-    return _public_user(doc) if doc else None
+    return _public_user(doc, store) if doc else None
 
 
 def list_users(store) -> list[dict]:
     docs = store.read(lambda db: db.table(T_USERS).all())
-    return sorted((_public_user(d) for d in docs), key=lambda u: u["name"].casefold())
+    return sorted((_public_user(d, store) for d in docs), key=lambda u: u["name"].casefold())
 
 
 def count_admins(store) -> int:
@@ -172,95 +167,97 @@ def reset_secret(store, name: str, secret: str, *, actor: str = SYSTEM, actor_ro
     """Set a new PIN/password; also clears the lockout."""
     secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
     hashed = pw.hash_secret(secret)
+    signin_guard(store).clear_account(pw.username_key(name) if isinstance(name, str) else "")
     return _update_user(store, name, lambda doc, db: {"hash": hashed, "lockout": pw.Lockout.success()},
                         "user.reset", actor, actor_role)
 
 
 def clear_lockout(store, name: str, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    signin_guard(store).clear_account(pw.username_key(name) if isinstance(name, str) else "")
     return _update_user(store, name, lambda doc, db: {"lockout": pw.Lockout.success()},
                         "user.unlock", actor, actor_role)
 
 
-def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = None,
-                 remote: str = "") -> LoginResult:
-    """Check a sign-in. Every outcome is audited. While an account is locked out, even
-    the right secret is refused until the backoff ends."""
-    lockout = lockout or _LOCKOUT
+_guards: "weakref.WeakKeyDictionary[Any, SigninGuard]" = weakref.WeakKeyDictionary()
+_guards_lock = threading.Lock()
+
+
+def signin_guard(store, policy: SigninPolicy | None = None) -> SigninGuard:
+    """The sign-in limits of the kit that owns `store` (made with `policy` at first use)."""
+    with _guards_lock:
+        guard = _guards.get(store)
+        if guard is None:
+            guard = _guards[store] = SigninGuard(policy, CLOCK)
+        return guard
+
+
+def flush_signin_audit(store, *, flush_all: bool = False) -> int:
+    """Write the summaries of the sign-in failure windows that ended; returns how many."""
+    rows = signin_guard(store).due(flush_all)
+    for row in rows:
+        audit_append(store, actor=row["remote"] or "?", role="", action="login.failures", object="login",
+                     outcome=_audit.FAILED, detail=row)
+    return len(rows)
+
+
+def verify_login(store, name: str, secret: str, *, remote: str = "", policy: SigninPolicy | None = None) -> LoginResult:
+    """Check a sign-in. Successes are audited one by one, failures in compacted form (the
+    first of an address at once, the rest as a summary per window). An address that keeps
+    guessing is delayed, then blocked; the account itself is never locked for everyone."""
+    guard = signin_guard(store, policy)
+    flush_signin_audit(store)
     if not isinstance(name, str) or not isinstance(secret, str) or len(name) > 4 * pw.MAX_NAME_LENGTH:
-        pw.burn_verify("")
-        audit_append(store, actor="?", role="", action="login", outcome=_audit.FAILED,
-                     detail={"reason": "malformed", "remote": remote})
-        return LoginResult(False, reason="malformed")
+        return _refused(store, guard, remote, "?", "", "malformed")
     key = pw.username_key(name)
     typed = pw.normalize_login_secret(secret)
     shown_name = name if len(name) <= pw.MAX_NAME_LENGTH else name[:pw.MAX_NAME_LENGTH] + "…"
-    with _account_lock(key):
-        doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    admission = guard.admit(remote, key)
+    if not admission.ok:
+        return _refused(store, guard, remote, shown_name, "", admission.reason, admission.retry_after)
+    doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    try:
         if doc is None:
-            return _unknown_user(store, key, shown_name, typed, lockout, remote)
-        remaining, reanchored = lockout.remaining(key, doc.get("lockout"))
-        if reanchored is not None:
-            store.write(lambda db: db.table(T_USERS).update({"lockout": reanchored}, Query().key == key))
-            audit_append(store, actor=doc["name"], role=doc["role"], action="clock.backwards",
-                         outcome=_audit.OK, detail={"note": "lockout restarted: the clock went backwards"})
-        if remaining > 0:
-            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
-                         detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
-            return LoginResult(False, reason="locked out", retry_after=remaining)
-        good = pw.verify_secret(doc["hash"], typed)
-        if good and doc.get("disabled"):
-            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
-                         detail={"reason": "account disabled", "remote": remote})
-            return LoginResult(False, reason="account disabled")
-        now = CLOCK.wall()
-        if not good:
-            new_state = lockout.failure(key, doc.get("lockout"))
+            pw.burn_verify(typed, admission.priority)  # an unknown name costs what a wrong PIN costs
+            good = False
+        else:
+            good = pw.verify_secret(doc["hash"], typed, admission.priority)
+    except pw.Busy:
+        guard.done(remote, key)
+        return _refused(store, guard, remote, shown_name, doc["role"] if doc else "", "busy", 1.0)
+    if not good:
+        delay = guard.failed(remote, key)
+        return _refused(store, guard, remote, shown_name, doc["role"] if doc else "",
+                        "unknown user" if doc is None else "wrong secret", delay)
+    if doc.get("disabled"):
+        guard.done(remote, key)
+        return _refused(store, guard, remote, doc["name"], doc["role"], "account disabled")
+    guard.succeeded(remote, key)
+    now = CLOCK.wall()
+    changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
+    if pw.needs_rehash(doc["hash"]):
+        changes["hash"] = pw.hash_secret(typed)
 
-            def fail_tx(db):
-                db.table(T_USERS).update({"lockout": new_state}, Query().key == key)
-                _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.FAILED,
-                        {"reason": "wrong secret", "failures": new_state["failures"], "remote": remote})
+    def ok_tx(db):
+        db.table(T_USERS).update(changes, Query().key == key)
+        _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK,
+                {"remote": remote})
 
-            store.write(fail_tx)
-            return LoginResult(False, reason="wrong secret", retry_after=new_state["delay"])
-        changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
-        if pw.needs_rehash(doc["hash"]):
-            changes["hash"] = pw.hash_secret(typed)
-
-        def ok_tx(db):
-            db.table(T_USERS).update(changes, Query().key == key)
-            _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK, {"remote": remote})
-
-        store.write(ok_tx)
-        return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
+    store.write(ok_tx)
+    return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
 
 
-# Names that are not accounts get the same backoff as accounts (kept in memory only):
-# otherwise "Too many attempts" after N guesses would tell which names exist.
-_unknown_lockouts: "weakref.WeakKeyDictionary[Any, OrderedDict[str, dict]]" = weakref.WeakKeyDictionary()
-_unknown_guard = threading.Lock()
-_UNKNOWN_KEPT = 10_000
-
-
-def _unknown_user(store, key: str, shown_name: str, typed: str, lockout: pw.Lockout, remote: str) -> LoginResult:
-    with _unknown_guard:
-        states = _unknown_lockouts.setdefault(store, OrderedDict())
-        state = states.get(key)
-    remaining, _ = lockout.remaining(key, state)
-    if remaining > 0:
-        audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.DENIED,
-                     detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
-        return LoginResult(False, reason="locked out", retry_after=remaining)
-    pw.burn_verify(typed)
-    new_state = lockout.failure(key, state)
-    with _unknown_guard:
-        states[key] = new_state
-        states.move_to_end(key)
-        while len(states) > _UNKNOWN_KEPT:
-            states.popitem(last=False)
-    audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.FAILED,
-                 detail={"reason": "unknown user", "remote": remote})
-    return LoginResult(False, reason="unknown user", retry_after=new_state["delay"])
+def _refused(store, guard: SigninGuard, remote: str, shown_name: str, role: str, reason: str,
+             retry_after: float = 0.0) -> LoginResult:
+    """A refused sign-in: audited at once when it is the first of its address in the
+    window, else counted into that window's summary."""
+    if guard.note(remote, shown_name, reason):
+        outcome = _audit.FAILED if reason in ("wrong secret", "unknown user", "malformed") else _audit.DENIED
+        detail = {"reason": reason, "remote": remote}
+        if retry_after:
+            detail["retry_after"] = round(retry_after, 1)
+        audit_append(store, actor=shown_name, role=role, action="login", object=shown_name if role else "",
+                     outcome=outcome, detail=detail)
+    return LoginResult(False, reason=reason, retry_after=retry_after)
 
 
 def user_principal(store, name: str) -> Principal | None:
