@@ -8,8 +8,9 @@ Who may try, and how often, is decided here before any Argon2 work is spent:
 - **per account and address**: the backoff of `passwords.Lockout` (free failures, then a
   doubling delay). It is keyed by the address too, so guessing at an account from one
   address delays that address only: the account's owner, elsewhere, is never kept out;
-- **per account**: a token bucket for addresses that have not signed in to it lately, so
-  guessing from many addresses is slowed too, but only ever delayed.
+- **per account**: a token bucket shared by the addresses that failed lately (and have not
+  signed in lately), so guessing from many addresses is slowed too, but only ever
+  delayed; an address with no recent failure is never held back by it.
 
 Addresses with a recent successful sign-in are served first by the Argon2 queue
 (`passwords.Argon2Gate`), addresses with recent failures last.
@@ -170,15 +171,17 @@ class SigninGuard:
             failures = int((state or {}).get("failures") or 0)
             if self._inflight[(account, address)] >= max(1, p.lockout.free_failures - failures):
                 return Admission(False, "locked out", 1.0)
-            if not known:
+            suspect = not known and bool(self._recent_failures(address, now))
+            if suspect:
+                capacity = max(float(p.lockout.free_failures), _capacity(p.account_per_minute))
                 bucket = self._acct_bucket.get(account)
                 if bucket is None:
-                    bucket = _Bucket(_capacity(p.account_per_minute), now)
-                wait = bucket.take(_capacity(p.account_per_minute), p.account_per_minute / 60, now)
+                    bucket = _Bucket(capacity, now)
+                wait = bucket.take(capacity, p.account_per_minute / 60, now)
                 self._remember(self._acct_bucket, account, bucket)
                 if wait > 0:
                     return Admission(False, "too many attempts on this account", wait)
-            prio = KNOWN if known else (SUSPECT if self._recent_failures(address, now) else CLEAN)
+            prio = KNOWN if known else (SUSPECT if suspect else CLEAN)
             self._inflight[(account, address)] += 1
         return Admission(True, priority=prio)
 
