@@ -151,6 +151,13 @@ class SigninGuard:
                 if now < until:
                     return Admission(False, "address blocked", until - now)
                 del self._blocked[address]
+            state = self._pair.get((account, address))
+        remaining, reanchored = self.lockout.remaining(f"{account}\0{address}", state)
+        with self._lock:
+            if reanchored is not None:
+                self._pair[(account, address)] = reanchored
+            if remaining > 0:
+                return Admission(False, "locked out", remaining)
             known = self._is_known(address, now)
             bucket = self._addr_bucket.get(address)
             if bucket is None:
@@ -159,13 +166,6 @@ class SigninGuard:
             self._remember(self._addr_bucket, address, bucket)
             if wait > 0:
                 return Admission(False, "too many attempts", wait)
-            state = self._pair.get((account, address))
-        remaining, reanchored = self.lockout.remaining(f"{account}\0{address}", state)
-        with self._lock:
-            if reanchored is not None:
-                self._pair[(account, address)] = reanchored
-            if remaining > 0:
-                return Admission(False, "locked out", remaining)
             # Attempts being checked count as possible failures: parallel guesses from one
             # address cannot outrun the backoff.
             failures = int((state or {}).get("failures") or 0)
