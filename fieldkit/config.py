@@ -71,6 +71,7 @@ SETTINGS: dict[str, Setting] = {
     "security.login_address_block_failures": Setting(10, "Wrong sign-ins from one address within 10 minutes that block the address."),
     "security.login_address_block_seconds": Setting(300.0, "How long an address that kept guessing is blocked from signing in, in seconds."),
     "security.login_account_per_minute": Setting(12.0, "Sign-in attempts per minute on one account from addresses with recent wrong attempts, all together (guessing from many addresses is slowed, never locked)."),
+    "security.login_suspect_per_minute": Setting(20.0, "Sign-in attempts per minute, kit-wide, from all addresses with recent wrong attempts together (a flood spends little Argon2 time; a clean address is never held back)."),
     "security.login_audit_window_seconds": Setting(60.0, "Failed sign-ins of one address are audited as one event per this many seconds, with a count (the first one at once)."),
     "security.session_max_hours": Setting(12.0, "A tablet session ends after this many hours even when in use."),
     "security.auto_lock_minutes": Setting(0, "Lock the kit (drop the data key) after this many minutes with no signed-in person active; 0 never auto-locks."),

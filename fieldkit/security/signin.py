@@ -10,7 +10,9 @@ Who may try, and how often, is decided here before any Argon2 work is spent:
   address delays that address only: the account's owner, elsewhere, is never kept out;
 - **per account**: a token bucket shared by the addresses that failed lately (and have not
   signed in lately), so guessing from many addresses is slowed too, but only ever
-  delayed; an address with no recent failure is never held back by it.
+  delayed; an address with no recent failure is never held back by it;
+- **kit-wide for addresses that failed lately**: one more bucket, so that a flood from
+  many addresses spends little Argon2 time and a real sign-in rarely waits behind one.
 
 Addresses with a recent successful sign-in are served first by the Argon2 queue
 (`passwords.Argon2Gate`), addresses with recent failures last.
@@ -45,6 +47,7 @@ class SigninPolicy:
     block_window: float = 600.0
     block_seconds: float = 300.0
     account_per_minute: float = 12.0
+    suspect_per_minute: float = 20.0
     known_seconds: float = 86400.0  # an address that signed in within this is "known"
     audit_window: float = 60.0
     lockout: pw.LockoutPolicy = field(default_factory=pw.LockoutPolicy)
@@ -55,6 +58,7 @@ class SigninPolicy:
                    block_failures=int(cfg.get("security.login_address_block_failures", 10)),
                    block_seconds=float(cfg.get("security.login_address_block_seconds", 300)),
                    account_per_minute=float(cfg.get("security.login_account_per_minute", 12)),
+                   suspect_per_minute=float(cfg.get("security.login_suspect_per_minute", 20)),
                    audit_window=float(cfg.get("security.login_audit_window_seconds", 60)),
                    lockout=pw.LockoutPolicy(free_failures=int(cfg.get("security.login_free_failures", 5)),
                                             base_delay=float(cfg.get("security.login_backoff_seconds", 30.0)),
@@ -114,6 +118,7 @@ class SigninGuard:
         self._known: OrderedDict[str, float] = OrderedDict()  # address -> mono time of its last success
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._inflight: Counter = Counter()  # (account, address) -> attempts being checked now
+        self._suspects = _Bucket(_capacity(self.policy.suspect_per_minute), self.clock.mono())
 
     @staticmethod
     def _remember(table: OrderedDict, key, value) -> None:
@@ -181,6 +186,9 @@ class SigninGuard:
                 self._remember(self._acct_bucket, account, bucket)
                 if wait > 0:
                     return Admission(False, "too many attempts on this account", wait)
+                wait = self._suspects.take(_capacity(p.suspect_per_minute), p.suspect_per_minute / 60, now)
+                if wait > 0:
+                    return Admission(False, "too many attempts", wait)
             prio = KNOWN if known else (SUSPECT if suspect else CLEAN)
             self._inflight[(account, address)] += 1
         return Admission(True, priority=prio)
