@@ -142,13 +142,37 @@ def test_revoked_token_is_refused(sec_store):
         accounts.create_token(sec_store, "superuser", None, "")
 
 
-def test_token_of_a_disabled_owner_stops_working(sec_store):
+def test_disabling_the_owner_revokes_its_tokens_for_good(sec_store):
     accounts.create_user(sec_store, "root1", "correct horse battery", roles.ADMIN)
     accounts.create_user(sec_store, "amina", "483920", roles.CLINICIAN)
-    token = accounts.create_token(sec_store, roles.CLINICIAN, None, "amina's viewer", owner="amina")
+    token = accounts.create_token(sec_store, roles.PROBE, None, "amina's probe", owner="Amina")
+    other = accounts.create_token(sec_store, roles.SYNC, None, "hospital", owner="root1")
     assert accounts.verify_token(sec_store, token) is not None
     accounts.set_disabled(sec_store, "amina", True)
     assert accounts.verify_token(sec_store, token) is None
+    accounts.set_disabled(sec_store, "amina", False)  # re-enabling does not revive it
+    assert accounts.verify_token(sec_store, token) is None
+    states = {t["label"]: (t["state"], t["owner"]) for t in accounts.list_tokens(sec_store)}
+    assert states == {"amina's probe": ("revoked", "amina"), "hospital": ("active", "root1")}
+    assert accounts.verify_token(sec_store, other) is not None
+    revoke = [e for e in accounts.audit_events(sec_store) if e["action"] == "token.revoke"]
+    assert len(revoke) == 1 and revoke[0]["detail"]["reason"] == "owner disabled"
+
+
+@pytest.mark.parametrize("role", roles.HUMAN_ROLES)
+def test_a_token_for_a_persons_role_is_refused(sec_store, role):
+    with pytest.raises(BadInput, match="people sign in with their own account"):
+        accounts.create_token(sec_store, role, None, "automation")
+    assert accounts.list_tokens(sec_store) == []
+
+
+def test_every_token_has_an_owner_and_a_token_for_ever_is_flagged(sec_store, fake_clock):
+    _, info = accounts.create_token_info(sec_store, roles.PROBE, None, "probe A", actor="cli:nurse")
+    assert info["owner"] == "cli:nurse" and info["expires"] == 0 and "never expires" in info["warning"]
+    _, info = accounts.create_token_info(sec_store, roles.PROBE, fake_clock.wall() + 60, "probe B")
+    assert info["owner"] == "system" and "warning" not in info
+    with pytest.raises(BadInput, match="not an enabled account"):
+        accounts.create_token(sec_store, roles.PROBE, None, "x", owner="ghost")
 
 
 def test_every_account_change_and_sign_in_is_audited_and_the_chain_verifies(sec_store):

@@ -2,8 +2,8 @@
 
 Who may try, and how often, is decided here before any Argon2 work is spent:
 
-- **per address**: a token bucket of attempts, and a block for the address that keeps
-  guessing (`block_failures` failures within `block_window` seconds block it for
+- **per address**: a token bucket of attempts (not for an address that signed in lately:
+  a shared tablet), and a block for the address that keeps guessing (`block_failures` failures within `block_window` seconds block it for
   `block_seconds`);
 - **per account and address**: the backoff of `passwords.Lockout` (free failures, then a
   doubling delay). It is keyed by the address too, so guessing at an account from one
@@ -164,13 +164,14 @@ class SigninGuard:
             if remaining > 0:
                 return Admission(False, "locked out", remaining)
             known = self._is_known(address, now)
-            bucket = self._addr_bucket.get(address)
-            if bucket is None:
-                bucket = _Bucket(_capacity(p.address_per_minute), now)
-            wait = bucket.take(_capacity(p.address_per_minute), p.address_per_minute / 60, now)
-            self._remember(self._addr_bucket, address, bucket)
-            if wait > 0:
-                return Admission(False, "too many attempts", wait)
+            if not known:  # a shared tablet that signs people in all day is not held back
+                bucket = self._addr_bucket.get(address)
+                if bucket is None:
+                    bucket = _Bucket(_capacity(p.address_per_minute), now)
+                wait = bucket.take(_capacity(p.address_per_minute), p.address_per_minute / 60, now)
+                self._remember(self._addr_bucket, address, bucket)
+                if wait > 0:
+                    return Admission(False, "too many attempts", wait)
             # Attempts being checked count as possible failures: parallel guesses from one
             # address cannot outrun the backoff.
             failures = int((state or {}).get("failures") or 0)

@@ -151,12 +151,23 @@ def _update_user(store, name: str, changes_fn, action: str, actor: str, actor_ro
 
 
 def set_disabled(store, name: str, disabled: bool, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
-    """Disable (or re-enable) an account. The last enabled admin cannot be disabled."""
+    """Disable (or re-enable) an account. The last enabled admin cannot be disabled.
+    Disabling revokes the tokens the account owns (re-enabling does not revive them)."""
     def changes(doc, db):
         if disabled and doc["role"] == _roles.ADMIN and not doc.get("disabled"):
             admins = [d for d in db.table(T_USERS).all() if d["role"] == _roles.ADMIN and not d.get("disabled")]
             if len(admins) <= 1:
                 raise Conflict("refusing to disable the last enabled admin (add another admin first)")
+        if disabled:
+            now = CLOCK.wall()
+            tokens = db.table(T_TOKENS)
+            for t in tokens.all():
+                owned = t.get("owner_key") == doc["key"] or (not t.get("owner_key") and t.get("owner")
+                                                             and pw.username_key(t["owner"]) == doc["key"])
+                if owned and not t.get("revoked"):
+                    tokens.update({"revoked": now}, doc_ids=[t.doc_id])
+                    _append(db, store.audit_key, now, actor, actor_role, "token.revoke", f"token:{t['id']}",
+                            _audit.OK, {"reason": "owner disabled", "owner": doc["name"]})
         return {"disabled": bool(disabled)}
 
     return _update_user(store, name, changes, "user.disable" if disabled else "user.enable", actor, actor_role)
@@ -276,40 +287,61 @@ def _public_token(doc: dict, now: float | None = None) -> dict:
     now = CLOCK.wall() if now is None else now
     expires = float(doc.get("expires") or 0.0)
     state = "revoked" if doc.get("revoked") else ("expired" if expires and now >= expires else "active")
-    return {"id": doc["id"], "role": doc["role"], "label": doc.get("label", ""), "owner": doc.get("owner", ""),
+    return {"id": doc["id"], "role": doc["role"], "label": doc.get("label", ""), "owner": doc.get("owner", "") or "?",
             "created": doc.get("created", 0.0), "expires": expires, "revoked": float(doc.get("revoked") or 0.0),
             "last_used": float(doc.get("last_used") or 0.0), "state": state}
 
 
 def create_token(store, role: str, expires: float | None = None, label: str = "", *,
                  owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> str:
-    """Create a bearer token scoped to `role`; `expires` is an absolute time (seconds since
-    the epoch) or None for no expiry. Returns the plaintext token: shown once, never stored."""
+    """Create a bearer token scoped to a machine `role`; `expires` is an absolute time
+    (seconds since the epoch) or None for no expiry. Returns the plaintext token: shown
+    once, never stored."""
     token, _info = create_token_info(store, role, expires, label, owner=owner, actor=actor, actor_role=actor_role)
     return token
 
 
 def create_token_info(store, role: str, expires: float | None = None, label: str = "", *,
                       owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> tuple[str, dict]:
+    """Every token has an owner: the account it belongs to (disabling the account revokes
+    it), else the operator who made it (`actor`, e.g. "cli:root"). A token that never
+    expires comes back with a "warning" in its info."""
+    if role in _roles.HUMAN_ROLES:
+        raise BadInput(f"role {role!r} is a role for a person: people sign in with their own account "
+                       "(`fieldkit users add`); tokens are for machines "
+                       f"(choose from {', '.join(_roles.MACHINE_ROLES)})")
     if not _roles.is_role(role):
-        raise BadInput(f"unknown role {role!r} (choose from {', '.join(_roles.ROLES)})")
+        raise BadInput(f"unknown role {role!r} (choose from {', '.join(_roles.MACHINE_ROLES)})")
     label = str(label or "")
     if len(label) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in label):
         raise BadInput("the token label must be at most 128 printable characters")
     now = CLOCK.wall()
     if expires is not None and float(expires) <= now:
         raise BadInput("the token's expiry is in the past")
+    owner_key = ""
+    if owner:
+        owner_doc = store.read(lambda db: db.table(T_USERS).get(Query().key == pw.username_key(str(owner))))
+        if owner_doc is None or owner_doc.get("disabled"):
+            raise BadInput(f"the owner {str(owner)[:64]!r} is not an enabled account (see `fieldkit users list`)")
+        owner, owner_key = owner_doc["name"], owner_doc["key"]
+    else:
+        owner = str(actor or SYSTEM)
     token = _tokens.new_token()
     doc = {"id": _tokens.new_id(), "digest": _tokens.token_digest(token), "role": role, "label": label,
-           "owner": owner, "created": now, "expires": float(expires or 0.0), "revoked": 0.0, "last_used": 0.0}
+           "owner": owner, "owner_key": owner_key, "created": now, "expires": float(expires or 0.0),
+           "revoked": 0.0, "last_used": 0.0}
 
     def tx(db):
         db.table(T_TOKENS).insert(doc)
         _append(db, store.audit_key, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
-                {"role": role, "label": label, "expires": doc["expires"]})
+                {"role": role, "label": label, "owner": owner, "expires": doc["expires"]})
 
     store.write(tx)
-    return token, _public_token(doc, now)
+    info = _public_token(doc, now)
+    if not doc["expires"]:
+        info["warning"] = (f"token {doc['id']} never expires: revoke it (`fieldkit token revoke {doc['id']}`) "
+                           "when the machine leaves service")
+    return token, info
 
 
 _last_used_flush: dict[str, float] = {}
@@ -334,8 +366,9 @@ def verify_token(store, token: str, *, remote: str = "", audit_failure: bool = T
         expires = float(doc.get("expires") or 0.0)
         if expires and _now(store) >= expires:
             reason = "expired token"
-        elif doc.get("owner"):
-            owner = store.read(lambda db: db.table(T_USERS).get(Query().key == pw.username_key(doc["owner"])))
+        elif doc.get("owner_key") or (doc.get("owner") and ":" not in doc["owner"] and doc["owner"] != SYSTEM):
+            owner_key = doc.get("owner_key") or pw.username_key(doc["owner"])
+            owner = store.read(lambda db: db.table(T_USERS).get(Query().key == owner_key))
             if owner is None or owner.get("disabled"):
                 reason = "token owner disabled"
     if reason:

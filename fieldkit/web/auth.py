@@ -826,12 +826,14 @@ def tokens():
     if request.method == "GET":
         return jsonify({"tokens": accounts.list_tokens(store)})
     data = _body()
-    days = data.get("days", 365)
+    days = data.get("days", _kit().config.get("security.token_days", 365))
     if not isinstance(days, (int, float)) or isinstance(days, bool) or not (0 <= days <= 3650):
         raise BadInput("days must be a number from 0 (no expiry) to 3650")
     expires = accounts.CLOCK.wall() + days * 86400 if days else None
+    p = current_principal()
     token, info = accounts.create_token_info(store, str(data.get("role", "")), expires,
-                                             str(data.get("label", ""))[:200], **_actor())
+                                             str(data.get("label", ""))[:200],
+                                             owner=p.name if p.kind == "user" else "", **_actor())
     return jsonify(dict(info, token=token)), 201
 
 
