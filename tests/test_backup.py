@@ -532,7 +532,7 @@ def test_an_upgrade_cut_before_format_was_rewritten_finishes_at_the_next_open(tm
     try:
         assert kit.store.journal_bytes == size  # no step ran twice: the store knew its format
         meta = kit.store.read(lambda db: [dict(d) for d in db.table(T_META).all()])
-        assert [d for d in meta if d.get("name") == "data_format"] == [{"name": "data_format", "format": 2}]
+        assert [d for d in meta if d.get("name") == "data_format"] == [{"name": "data_format", "format": DATA_FORMAT_VERSION}]
     finally:
         kit.close()
     assert json.loads((old / "FORMAT").read_text())["format"] == DATA_FORMAT_VERSION

@@ -159,6 +159,9 @@ def verify_chain(events: Iterable[dict], *, start: tuple[int, str] | None = None
                                 "(re-chained without the kit's key)")
         if alg == KEYED and keyed_from is None:
             keyed_from = seq
+            if start is None and ev.get("action") != MARKER:
+                return VerifyResult(False, count, seq, f"the keyed part starts at event {seq} without the marker "
+                                    "(the trail before it was re-chained without the kit's key)")
         if alg is None or key:
             if not hmac.compare_digest(event_hash(ev, key), str(ev.get("hash"))):
                 why = "its keyed hash does not match its content: altered, or re-chained without the kit's key" \

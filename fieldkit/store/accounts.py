@@ -412,23 +412,44 @@ def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str =
 def _append(db, key: bytes, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
             detail: dict | str | None) -> dict:
     """Append one event inside an open store transaction (the store lock orders the chain).
-    `key` is the store's audit key: a trail that is not keyed yet (a new kit, or one from
-    an older fieldkit) first gets the marker event from which every event is keyed."""
-    head_table = db.table(T_AUDIT_HEAD)
-    head = head_table.get(doc_id=1)
+    `key` is the store's audit key. A new trail starts with the marker event; an older one
+    got it when it was migrated (`start_keyed_trail`). A trail found unkeyed later was
+    re-chained by someone else: it is not marked again (verify names it)."""
+    head = db.table(T_AUDIT_HEAD).get(doc_id=1)
     prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]} if head else None
-    if not (head and head.get("keyed")):
-        prev = _insert_event(db, prev, key, at, SYSTEM, "", _audit.MARKER, "audit", _audit.OK,
-                             {"note": "from here on every event is keyed (HMAC-SHA256)",
-                              "unkeyed_events": prev["seq"] if prev else 0})
+    if prev is None:
+        prev = _marker(db, None, key, at)
     event = _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail)
-    new_head = {"seq": event["seq"], "hash": event["hash"], "at": max(at, prev["at"] if prev else at),
-                "keyed": True, "mac": _audit.head_mac(key, event["seq"], event["hash"])}
-    if head:
+    _set_head(db, key, event, max(at, prev["at"]))
+    return event
+
+
+def _marker(db, prev, key, at) -> dict:
+    return _insert_event(db, prev, key, at, SYSTEM, "", _audit.MARKER, "audit", _audit.OK,
+                         {"note": "from here on every event is keyed (HMAC-SHA256)",
+                          "unkeyed_events": prev["seq"] if prev else 0})
+
+
+def _set_head(db, key, event, at) -> None:
+    head_table = db.table(T_AUDIT_HEAD)
+    new_head = {"seq": event["seq"], "hash": event["hash"], "at": at,
+                "mac": _audit.head_mac(key, event["seq"], event["hash"])}
+    if head_table.get(doc_id=1):
         head_table.update(new_head, doc_ids=[1])
     else:
         head_table.insert(new_head)
-    return event
+
+
+def start_keyed_trail(db, key: bytes) -> None:
+    """Data format 2 -> 3: an older (SHA-256) trail gets the marker from which every event
+    is keyed; its events stay as they were and still verify up to it."""
+    head = db.table(T_AUDIT_HEAD).get(doc_id=1)
+    if head is None:
+        return  # an empty trail starts with the marker at its first event
+    prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]}
+    at = max(CLOCK.wall(), float(head["at"]))
+    marker = _marker(db, prev, key, at)
+    _set_head(db, key, marker, at)
 
 
 def _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail) -> dict:
@@ -490,27 +511,22 @@ def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | No
             "events": events}
 
 
-_SECRET_WORDS = ("password", "token", "secret", "key")
-
-
 def audit_config(store, values: dict) -> dict | None:
     """Record the settings the kit runs with: the first time a baseline, afterwards one
     `config.change` event naming what changed since the last open (the file is edited by
     hand, by `hospital set` or by provisioning: the kit notices at its next open). Also
-    starts the keyed part of an older trail. Returns the event written, if any."""
-    def shown(name, value):
-        if any(w in name for w in _SECRET_WORDS) and value:
-            return "(set)"  # a path to a secret file, never printed in the trail
+    Returns the event written, if any. (Settings hold no secret: secrets live in files
+    the settings name.)"""
+    def shown(value):
         return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
-    now = [(str(k), shown(str(k), v)) for k, v in sorted(values.items())]
+    now = [(str(k), shown(v)) for k, v in sorted(values.items())]
     box: dict = {}
 
     def tx(db):
         from . import meta
         seen = meta.get(db, "config_seen")
         old = dict(seen["values"]) if seen else None
-        head = db.table(T_AUDIT_HEAD).get(doc_id=1)
         if old is None:
             box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.baseline", "config",
                                _audit.OK, {"settings": len(now)}))
@@ -522,8 +538,6 @@ def audit_config(store, values: dict) -> dict | None:
                 detail.update({k: f"{old.get(k)!r} -> {new.get(k)!r}" for k in changed[:14]})
                 box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.change", "config",
                                    _audit.OK, detail))
-            elif head and not head.get("keyed"):
-                box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "kit.open", "kit", _audit.OK, None))
             else:
                 return
         meta.put(db, "config_seen", {"values": [list(p) for p in now]})
@@ -536,6 +550,15 @@ def audit_synced(store) -> tuple[int, str]:
     """(seq, hash) of the last event the hospital confirmed; (0, GENESIS) before the first."""
     doc = store.read(lambda db: db.table(T_AUDIT_SYNC).get(doc_id=1))
     return (int(doc["seq"]), doc["hash"]) if doc else (0, _audit.GENESIS)
+
+
+def audit_anchor(store) -> dict:
+    """Where the trail is anchored at the hospital (for the device page): the last event
+    the hospital confirmed (seq, keyed hash, when) and the kit's own head."""
+    doc = store.read(lambda db: db.table(T_AUDIT_SYNC).get(doc_id=1))
+    head = audit_head(store)
+    return {"seq": int(doc["seq"]) if doc else 0, "hash": doc["hash"] if doc else "",
+            "at": float(doc.get("at") or 0.0) if doc else 0.0, "head_seq": head[0] if head else 0}
 
 
 def audit_mark_synced(store, seq: int, hash_: str, sop_instance_uid: str = "") -> None:

@@ -406,4 +406,6 @@ def device():
     out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
     out["damage"] = damage(kit.store)
     out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
+    from ..store.accounts import audit_anchor
+    out["audit"] = audit_anchor(kit.store)
     return jsonify(out)

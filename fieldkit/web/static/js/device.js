@@ -24,6 +24,12 @@ function backupText(b) {
   return b.ok ? `${when} to ${b.target}: ok` : `${when} to ${b.target}: FAILED — ${b.error}`;
 }
 
+function auditText(a) {
+  if (!a) return "–";
+  if (!a.seq) return `not anchored at the hospital yet (${a.head_seq} events on the kit)`;
+  return `last anchored at ${fmtTime(a.at)} : seq ${a.seq} (${a.head_seq} events on the kit)`;
+}
+
 async function refresh() {
   try {
     const d = await api("/api/v1/ui/device");
@@ -50,6 +56,7 @@ async function refresh() {
     document.getElementById("dv-damage").replaceChildren(...damage.map((x) =>
       el("li", "", `capture ${x.sop_instance_uid} (blob ${String(x.blob).slice(0, 12)}…): ${x.reason}`)));
     set("dv-clock", clockText(d.clock));
+    set("dv-audit", auditText(d.audit));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
