@@ -60,7 +60,7 @@ def main() -> None:
 
         app = create_app(kit, testing=True)
         c = app.test_client()
-        token = accounts.create_token(kit.store, "admin", None, "bench")
+        token = accounts.create_token(kit.store, "sync", None, "bench")  # a machine token (status.read)
         hdr = {"Authorization": f"Bearer {token}"}
         open_ = _median(lambda: c.get("/healthz", base_url="https://localhost"), 200)
         guarded = _median(lambda: c.get("/api/v1/status", base_url="https://localhost", headers=hdr), 200)
