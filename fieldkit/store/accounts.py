@@ -225,8 +225,9 @@ def verify_login(store, name: str, secret: str, *, remote: str = "", policy: Sig
     admission = guard.admit(remote, key)
     if not admission.ok:
         return _refused(store, guard, remote, shown_name, "", admission.reason, admission.retry_after)
-    doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    doc = None
     try:
+        doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
         if doc is None:
             pw.burn_verify(typed, admission.priority)  # an unknown name costs what a wrong PIN costs
             good = False
@@ -235,6 +236,9 @@ def verify_login(store, name: str, secret: str, *, remote: str = "", policy: Sig
     except pw.Busy:
         guard.done(remote, key)
         return _refused(store, guard, remote, shown_name, doc["role"] if doc else "", "busy", 1.0)
+    except BaseException:
+        guard.done(remote, key)  # the attempt is over: it no longer counts as under way
+        raise
     if not good:
         delay = guard.failed(remote, key)
         return _refused(store, guard, remote, shown_name, doc["role"] if doc else "",
