@@ -89,8 +89,6 @@ def test_an_older_unkeyed_trail_verifies_up_to_the_marker_and_is_keyed_after(tmp
     with tarfile.open(FIXTURE) as tar:
         tar.extractall(tmp_path, filter="data")
     old = tmp_path / "kit"
-    pp = tmp_path / "pp"
-    pp.write_text(PASSPHRASE + "\n")
     from fieldkit.runtime import open_kit
 
     kit = open_kit(old, passphrase=PASSPHRASE)  # the first open by this version starts the keyed part
