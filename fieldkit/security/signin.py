@@ -211,10 +211,8 @@ class SigninGuard:
         address block. Returns the delay now imposed on this pair (0.0: none yet)."""
         p = self.policy
         now = self.clock.mono()
-        with self._lock:
-            state = self._pair.get((account, address))
-        new_state = self.lockout.failure(f"{account}\0{address}", state)
-        with self._lock:
+        with self._lock:  # (one read-modify-write: parallel failures all count)
+            new_state = self.lockout.failure(f"{account}\0{address}", self._pair.get((account, address)))
             self._release(address, account)
             self._remember(self._pair, (account, address), new_state)
             times = self._recent_failures(address, now) + [now]
