@@ -125,7 +125,6 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     set_config(data_dir, inference__enabled=False)
     kit = KitProcess(data_dir).start()
     try:
-        auth = kit.auth("admin")
         proc = storescu(kit.dicom_port, files)
         assert store_responses(proc) == ["Success"] * n, proc.stdout + proc.stderr
     finally:
@@ -134,7 +133,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     set_config(data_dir, inference__enabled=True, inference__commit_group=8)
     kit = KitProcess(data_dir).start()
     try:
-        get = _api(kit, auth)
+        get = _api(kit, kit.auth("admin"))  # sessions end with the process
 
         seen = [{}]
 
@@ -149,7 +148,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     logged_before = kit.log_path.stat().st_size
     kit.start()
     try:
-        get = _api(kit, auth)
+        get = _api(kit, kit.auth("admin"))  # sessions end with the process
         # n finding jobs, then n report jobs (the SRs)
         assert wait_until(lambda: get("/api/v1/status").json()["queue"][KIND_INFER]["done"] == 2 * n,
                           timeout=300), kit.log()
