@@ -166,6 +166,12 @@ class Kit:
         self.stop_services()
         self.stop_locked_services()
         if self._store is not None:
+            from .errors import FieldkitError
+            from .store import accounts
+            try:  # sign-in failures still counted in memory reach the trail
+                accounts.flush_signin_audit(self._store, flush_all=True)
+            except FieldkitError as exc:
+                log.warning("could not record the last sign-in failures: %s", exc.message)
             self._store.close()
 
     def start_services(self, names: list[str] | None = None) -> None:
@@ -216,8 +222,14 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
         return _locked_kit(data_dir, config, keyring)
     key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
     store = Store.open(data_dir, key, config)
+    from .errors import FieldkitError
+    from .store import accounts
     try:
         seal_plain_keys(data_dir, key, store, config)
+        try:
+            accounts.audit_config(store, config.as_dict())
+        except FieldkitError as exc:  # a full disk must not keep the kit from opening
+            log.warning("could not record the settings in the audit trail: %s", exc.message)
     except BaseException:
         store.close()
         raise

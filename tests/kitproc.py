@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import requests
 PASSPHRASE = "test passphrase for the kit"
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin password 123"
+PEOPLE = ("clinician", "triage", "admin")  # roles that sign in (fieldkit.security.roles.HUMAN_ROLES)
 FIELDKIT = [sys.executable, "-m", "fieldkit"]
 
 
@@ -54,6 +56,7 @@ class KitProcess:
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        self._sessions: dict[str, dict] = {}  # role -> headers of a signed-in session (this run)
 
     @property
     def ca(self) -> str:
@@ -74,6 +77,7 @@ class KitProcess:
     def start(self, timeout: float = 60.0, *extra) -> "KitProcess":
         run_file = self.data_dir / "run.json"
         run_file.unlink(missing_ok=True)
+        self._sessions.clear()  # sessions live in the kit's memory only
         env = dict(os.environ, **(self.env or {}))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(FIELDKIT + ["serve", "--data-dir", str(self.data_dir), "--bind", "127.0.0.1",
@@ -108,9 +112,36 @@ class KitProcess:
     def post(self, path: str, **kw) -> requests.Response:
         return requests.post(self.url + path, verify=self.ca, timeout=kw.pop("timeout", 30), **kw)
 
-    def token(self, role: str = "admin") -> str:
+    def token(self, role: str = "probe") -> str:
+        """A bearer token for a machine role (people sign in: see `auth`)."""
+        if role in PEOPLE:
+            raise AssertionError(f"{role!r} is a person's role: tokens are for machines; use auth({role!r})")
         out = run_cli("token", "create", "--data-dir", self.data_dir, "--role", role).stdout
         return out.strip().splitlines()[-1].strip()
+
+    def auth(self, role: str = "admin", again: bool = False) -> dict:
+        """Request headers that authenticate as `role`: a bearer token for a machine role,
+        else a signed-in session of an account with that role (cookie and CSRF token).
+        `again`: sign in anew (a lock signs everybody out)."""
+        if role not in PEOPLE:
+            return {"Authorization": f"Bearer {self.token(role)}"}
+        if role in self._sessions and not again:
+            return dict(self._sessions[role])
+        user, secret = f"test-{role}", f"test secret for {role}"
+        secret_file = self.data_dir.parent / f".{self.data_dir.name}-{user}"
+        secret_file.write_text(secret + "\n")
+        run_cli("users", "add", user, "--role", role, "--password-file", secret_file, "--data-dir", self.data_dir,
+                check=False)  # made once per data dir (a restarted kit keeps it)
+        s = requests.Session()
+        page = s.get(self.url + "/login", verify=self.ca, timeout=30)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        r = s.post(self.url + "/login", json={"username": user, "password": secret},
+                   headers={"X-CSRF-Token": csrf}, verify=self.ca, timeout=30)
+        assert r.status_code == 200, f"sign-in as {user} failed: {r.status_code} {r.text}"
+        session = s.get(self.url + "/api/v1/session", verify=self.ca, timeout=30).json()
+        self._sessions[role] = {"Cookie": f"__Host-fk_session={s.cookies.get('__Host-fk_session')}",
+                                "X-CSRF-Token": session["csrf_token"]}
+        return dict(self._sessions[role])
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc and self.proc.poll() is None:

@@ -101,7 +101,7 @@ def test_a_route_added_without_a_declaration_is_refused(kit):
     app.extensions.pop("fieldkit.permission_table", None)
     table = route_permissions(app)
     assert permission_for(table, "sneaky.sneaky_view", "GET") is None
-    token = __import__("fieldkit.store.accounts", fromlist=["x"]).create_token(kit.store, R.ADMIN, None, "t")
+    token = __import__("fieldkit.store.accounts", fromlist=["x"]).create_token(kit.store, R.SYNC, None, "t")
     r = app.test_client().get("/sneaky", base_url="https://localhost",
                               headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
     assert r.status_code == 403 and b"patient list" not in r.data

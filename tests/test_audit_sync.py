@@ -11,7 +11,7 @@ import requests
 
 from fieldkit.errors import PermanentError
 from fieldkit.security import audit as A
-from fieldkit.security.audit_dicom import read_audit_sr
+from fieldkit.security.audit_dicom import read_audit_head, read_audit_sr
 from fieldkit.store import accounts
 
 from fixtures.sync import sync_config
@@ -25,6 +25,16 @@ def _documents(orthanc):
         r.raise_for_status()
         docs.append(read_audit_sr(pydicom.dcmread(io.BytesIO(r.content))))
     return sorted(docs, key=lambda d: d["events"][0]["seq"])
+
+
+def _heads(orthanc):
+    """The chain heads the hospital holds, in order."""
+    heads = []
+    for iid in orthanc.rest("/instances"):
+        r = requests.get(f"{orthanc.rest_url}/instances/{iid}/file", auth=orthanc.auth, timeout=30)
+        r.raise_for_status()
+        heads.append(read_audit_head(pydicom.dcmread(io.BytesIO(r.content))))
+    return sorted(heads)
 
 
 def test_audit_trail_reaches_the_hospital_and_continues(data_dir, orthanc):
@@ -50,14 +60,18 @@ def test_audit_trail_reaches_the_hospital_and_continues(data_dir, orthanc):
         assert r2.ok and r2.head == accounts.audit_head(kit.store)
         assert docs[1]["events"][-1]["action"] == "export"
 
-        # history the hospital already holds is rewritten on the kit: the next sync refuses
+        # each document carries the chain head it ends at, the anchor the hospital keeps
+        assert _heads(orthanc)[-1] == accounts.audit_synced(kit.store) == r2.head
+
+        # history the hospital already holds is rewritten on the kit, even with the kit's
+        # own key (a thief who runs the kit): the next sync refuses
         synced_seq, _ = accounts.audit_synced(kit.store)
 
         def edit(db):
             t = db.table(accounts.T_AUDIT)
             doc = t.get(lambda e: e["seq"] == synced_seq)
             forged = dict(doc, actor="mallory")
-            forged["hash"] = A.event_hash(forged)
+            forged["hash"] = A.event_hash(forged, kit.store.audit_key)
             t.update({"actor": "mallory", "hash": forged["hash"]}, doc_ids=[doc.doc_id])
 
         kit.store.write(edit)

@@ -119,7 +119,7 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
     target.parent.mkdir()
     kit = KitProcess(src).start()
     try:
-        auth = {"Authorization": f"Bearer {kit.token('admin')}"}
+        auth = kit.auth("admin")
         qido = {"Authorization": f"Bearer {kit.token('dicomweb-client')}", "Accept": "application/dicom+json"}
 
         def status():
@@ -198,7 +198,7 @@ def test_backup_while_storescu_sends_restores_every_acknowledged_object_and_sync
     _configure_hospital(restored, link2.url())
     kit2 = KitProcess(restored).start()
     try:
-        auth2 = {"Authorization": f"Bearer {kit2.token('admin')}"}
+        auth2 = kit2.auth("admin")
         assert wait_until(lambda: (s := kit2.get("/api/v1/status", headers=auth2).json())["queue"]["sync"]["ready"] == 0
                           and s["queue"]["sync"]["leased"] == 0 and s["queue"]["infer"]["ready"] == 0
                           and s["queue"]["infer"]["leased"] == 0, 120), kit2.log()
@@ -446,7 +446,7 @@ def test_scheduled_backup_runs_and_its_result_is_on_the_status_and_the_device_pa
     (tmp_path / "ui").mkdir()
     kit = start_ui_kit(tmp_path / "ui", before_serve=prepare)
     try:
-        auth = {"Authorization": f"Bearer {kit.token('admin')}"}
+        auth = kit.auth("admin")
         assert wait_until(lambda: (kit.get("/api/v1/status", headers=auth).json().get("backup") or {}).get("ok"),
                           60), kit.log()
         st = kit.get("/api/v1/status", headers=auth).json()["backup"]
@@ -532,7 +532,7 @@ def test_an_upgrade_cut_before_format_was_rewritten_finishes_at_the_next_open(tm
     try:
         assert kit.store.journal_bytes == size  # no step ran twice: the store knew its format
         meta = kit.store.read(lambda db: [dict(d) for d in db.table(T_META).all()])
-        assert [d for d in meta if d.get("name") == "data_format"] == [{"name": "data_format", "format": 2}]
+        assert [d for d in meta if d.get("name") == "data_format"] == [{"name": "data_format", "format": DATA_FORMAT_VERSION}]
     finally:
         kit.close()
     assert json.loads((old / "FORMAT").read_text())["format"] == DATA_FORMAT_VERSION

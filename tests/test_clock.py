@@ -107,7 +107,7 @@ def test_device_page_and_status_show_the_jump(kit, role_clients):
 
 def test_serve_watches_the_clock(kit_server):
     status = kit_server.get("/api/v1/status",
-                            headers={"Authorization": f"Bearer {kit_server.token('admin')}"}).json()
+                            headers=kit_server.auth("admin")).json()
     assert "clock" in status["services"]
     assert status["clock"] == {"jumps": [], "last_jump": None}
 

@@ -61,8 +61,7 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
     kit.log_path = tmp_path / "serve.log"  # the log is not what fills the disk
     kit.start()
     try:
-        writer, reader = kit.token("probe"), kit.token("clinician")
-        auth = {"Authorization": f"Bearer {reader}"}
+        writer, auth = kit.token("probe"), kit.auth("clinician")
 
         acknowledged, refused = [], None
         for _ in range(40):
@@ -94,7 +93,7 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
         fill_disk(small_disk / "filler2")
         assert kit.get("/healthz").status_code == 200
         assert kit.get("/api/v1/ui/board", headers=auth).status_code == 200
-        late_token = kit.token("clinician")  # an operator action, journaled on a full disk
+        late_token = kit.token("dicomweb-client")  # an operator action, journaled on a full disk
         for uids in acknowledged:
             assert wado(kit, late_token, uids).status_code == 200, uids
         assert stow(kit, writer, capture()[0]).status_code == 507
@@ -119,7 +118,7 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
     kit.log_path = tmp_path / "serve.log"
     kit.start()
     try:
-        token = kit.token("clinician")
+        token = kit.token("dicomweb-client")
         for uids in acknowledged:
             answer = wado(kit, token, uids)
             assert answer.status_code == 200 and uids[2].encode() in answer.content, uids

@@ -109,8 +109,8 @@ def test_worker_yields_to_a_burst_for_a_bounded_time_and_keeps_analysing(kit, re
     assert w.status()["yielded_to_ingest_s"] > 0  # it did give way to the probe
 
 
-def _api(kit_proc, token):
-    return lambda path: kit_proc.get(path, headers={"Authorization": f"Bearer {token}"})
+def _api(kit_proc, headers):
+    return lambda path: kit_proc.get(path, headers=headers)
 
 
 def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_capture(data_dir, need, tmp_path):
@@ -125,7 +125,6 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     set_config(data_dir, inference__enabled=False)
     kit = KitProcess(data_dir).start()
     try:
-        token = kit.token("admin")
         proc = storescu(kit.dicom_port, files)
         assert store_responses(proc) == ["Success"] * n, proc.stdout + proc.stderr
     finally:
@@ -134,7 +133,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     set_config(data_dir, inference__enabled=True, inference__commit_group=8)
     kit = KitProcess(data_dir).start()
     try:
-        get = _api(kit, token)
+        get = _api(kit, kit.auth("admin"))  # sessions end with the process
 
         seen = [{}]
 
@@ -149,7 +148,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     logged_before = kit.log_path.stat().st_size
     kit.start()
     try:
-        get = _api(kit, token)
+        get = _api(kit, kit.auth("admin"))  # sessions end with the process
         # n finding jobs, then n report jobs (the SRs)
         assert wait_until(lambda: get("/api/v1/status").json()["queue"][KIND_INFER]["done"] == 2 * n,
                           timeout=300), kit.log()
@@ -196,8 +195,7 @@ def test_a_red_finding_arrives_while_a_probe_keeps_sending(data_dir, need, tmp_p
 
 
 def _red_finding_during_burst(kit_server, tmp_path):
-    token = kit_server.token("admin")
-    get = _api(kit_server, token)
+    get = _api(kit_server, kit_server.auth("admin"))
     burst = []
     for i in range(40):
         path = tmp_path / f"b{i}.dcm"

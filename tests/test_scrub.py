@@ -69,7 +69,7 @@ def test_damaged_blob_is_found_by_the_scrub_refused_by_wado_and_repaired_by_a_re
 
     kit = KitProcess(data_dir).start()
     try:
-        auth = {"Authorization": f"Bearer {kit.token('admin')}"}
+        auth = kit.auth("admin")
         client = {"Authorization": f"Bearer {kit.token('dicomweb-client')}"}
 
         def damage():

@@ -52,8 +52,7 @@ def test_erase_needs_confirmation_and_then_nothing_opens(data_dir):
 
 def test_lock_and_erase_through_the_running_kit(kit_server, tmp_path):
     data_dir = kit_server.data_dir
-    token = kit_server.token("admin")
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = kit_server.auth("admin")
     assert kit_server.get("/api/v1/status", headers=auth).status_code == 200
     run_cli("lock", "--data-dir", data_dir)
     assert kit_server.get("/api/v1/status", headers=auth).status_code == 423
@@ -65,6 +64,8 @@ def test_lock_and_erase_through_the_running_kit(kit_server, tmp_path):
     assert run_cli("unlock", "--data-dir", data_dir, "--passphrase-file", pp, check=False).returncode != 0
     pp.write_text(PASSPHRASE + "\n")
     run_cli("unlock", "--data-dir", data_dir, "--passphrase-file", pp)
+    assert kit_server.get("/api/v1/status", headers=auth).status_code == 401  # the lock signed everybody out
+    auth = kit_server.auth("admin", again=True)
     assert kit_server.get("/api/v1/status", headers=auth).status_code == 200
     run_cli("erase", "--data-dir", data_dir, "--confirm", "TEST1")
     assert kit_server.get("/api/v1/status", headers=auth).status_code == 423

@@ -105,7 +105,7 @@ def test_a_running_kit_logs_no_canary_token_or_password(kit_server, tmp_path, ne
                                                  "csrf_token": csrf}, timeout=30, allow_redirects=False,
                 verify=kit_server.ca)
     assert ok.status_code == 303
-    token = kit_server.token("admin")
+    token = kit_server.token("sync")  # a machine token (status.read), for the redaction check
     r = requests.get(kit_server.url + "/api/v1/status", headers={"Authorization": f"Bearer {token}"},
                      verify=kit_server.ca, timeout=30)
     assert r.status_code == 200 and r.json()["instances"] >= 1

@@ -262,7 +262,7 @@ def test_watermarks_through_the_web_api(data_dir):
     from kitproc import dataset_bytes, run_cli
 
     tokens = {role: run_cli("token", "create", "--data-dir", data_dir, "--role", role).stdout.strip().splitlines()[-1]
-              for role in ("probe", "clinician")}
+              for role in ("probe", "sync")}  # machine tokens (sync reads the status)
     set_config(data_dir, store__warn_free_mb=1000, store__refuse_free_mb=200)
     kit = open_kit(data_dir)
     free = {"mb": 150.0}
@@ -270,7 +270,7 @@ def test_watermarks_through_the_web_api(data_dir):
     kit.store.space._checked_at = float("-inf")
     client = create_app(kit, testing=True).test_client()
 
-    def get(path, role="clinician"):
+    def get(path, role="sync"):
         return client.get(path, base_url="https://localhost", headers={"Authorization": f"Bearer {tokens[role]}"})
 
     def stow():

@@ -51,6 +51,8 @@ def test_admin_signs_in_and_sees_the_board_without_new_patient(ui_browser, ui_ki
     page.goto("/device")
     page.wait_for_function("() => document.getElementById('dv-kit').textContent === 'TEST1'")
     assert page.locator("#dv-version").inner_text() != "–"
+    # no hospital yet: the audit trail is not anchored anywhere, and the page says so
+    page.wait_for_function("() => document.getElementById('dv-audit').textContent.startsWith('not anchored')")
     shot(page, "device")
     ctx.close()
 

@@ -68,7 +68,7 @@ def op_token_create(kit, args, emit):
     if days is None:
         days = kit.config.get("security.token_days", 365)
     expires = accounts.CLOCK.wall() + float(days) * 86400 if days else None
-    token, info = accounts.create_token_info(kit.store, args["role"], expires, args.get("label", ""),
+    token, info = accounts.create_token_info(kit.store, str(args["role"]), expires, args.get("label", ""),
                                              owner=args.get("owner", ""), actor=args.get("actor", accounts.SYSTEM),
                                              actor_role="operator")
     return dict(info, token=token)
@@ -377,17 +377,21 @@ def token():
 
 @token.command("create")
 @DATA_DIR
-@click.option("--role", required=True, type=click.Choice(list(R.ROLES)), help="Role the token acts as.")
+@click.option("--role", required=True, help=f"Machine role the token acts as ({', '.join(R.MACHINE_ROLES)}); "
+              "people sign in with an account instead.")
 @click.option("--label", default="", help="What the token is for (shown in `token list`).")
 @click.option("--days", type=click.IntRange(0, 3650), default=None,
-              help="Lifetime in days (default: setting security.token_days; 0: no expiry).")
-@click.option("--owner", default="", help="Account the token belongs to: disabling it disables the token.")
+              help="Lifetime in days (default: setting security.token_days; 0: no expiry, with a warning).")
+@click.option("--owner", default="", help="Account the token belongs to (disabling it revokes the token); "
+              "default: you, the operator at the command line.")
 def token_create(data_dir, role, label, days, owner):
-    """Create a token and print it (shown once: the kit keeps only its hash)."""
+    """Create a machine token and print it (shown once: the kit keeps only its hash)."""
     info = run_op(data_dir, "token.create", {"role": role, "label": label, "days": days, "owner": owner,
                                              "actor": _actor()})
-    click.echo(f"token {info['id']} for role {info['role']}, expires {_when(info['expires']) if info['expires'] else 'never'}"
-               " (shown once; store it safely):", err=True)
+    click.echo(f"token {info['id']} for role {info['role']}, owner {info['owner']}, expires "
+               f"{_when(info['expires']) if info['expires'] else 'never'} (shown once; store it safely):", err=True)
+    if info.get("warning"):
+        click.echo(f"warning: {info['warning']}", err=True)
     click.echo(info["token"])
 
 
@@ -401,7 +405,7 @@ def token_list(data_dir, as_json):
         return _print_json(rows)
     for t in rows:
         click.echo(f"{t['id']}  {t['role']:15} {t['state']:8} expires {_when(t['expires'])}  "
-                   f"last used {_when(t['last_used'])}  {t['label']}")
+                   f"last used {_when(t['last_used'])}  owner {t['owner']}  {t['label']}")
     if not rows:
         click.echo("no tokens")
 

@@ -24,6 +24,7 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SCHEME = "99FIELDKIT"  # private coding scheme for the two concepts below
 TITLE = ("AUDIT", "Audit trail export")
 EVENTS = ("AUDITJSON", "Audit events (fieldkit-audit/1 JSON)")
+HEAD = ("AUDITHEAD", "Audit chain head (seq and keyed hash of the last event)")
 
 
 def _code(value: tuple[str, str]) -> Dataset:
@@ -65,7 +66,13 @@ def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
     item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
     item.ConceptNameCodeSequence = Sequence([_code(EVENTS)])
     item.TextValue = json.dumps(export, separators=(",", ":"), ensure_ascii=False)
-    ds.ContentSequence = Sequence([item])
+    # The head of the chain this document ends at, on its own: the hospital keeps it as the
+    # anchor a later export must continue (a rewrite on the kit, even with its key, shows).
+    head = Dataset()
+    head.RelationshipType, head.ValueType = "CONTAINS", "TEXT"
+    head.ConceptNameCodeSequence = Sequence([_code(HEAD)])
+    head.TextValue = f"{last} {export['events'][-1]['hash']} {export['events'][-1].get('alg') or 'sha256'}"
+    ds.ContentSequence = Sequence([item, head])
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: user names may be in any script
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
@@ -79,6 +86,16 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def read_audit_head(ds: Dataset) -> tuple[int, str]:
+    """The (seq, hash) anchor an audit SR ends at."""
+    for item in ds.get("ContentSequence", []):
+        code = item.ConceptNameCodeSequence[0]
+        if code.CodeValue == HEAD[0] and code.CodingSchemeDesignator == SCHEME:
+            seq, hash_, _alg = item.TextValue.split(" ")
+            return int(seq), hash_
+    raise ValueError("not a fieldkit audit SR (no chain head item)")
 
 
 def read_audit_sr(ds: Dataset) -> dict:

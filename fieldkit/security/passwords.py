@@ -31,9 +31,69 @@ MAX_SECRET_LENGTH = 256  # bounded work per attempt (Argon2 is fed the whole sec
 MAX_NAME_LENGTH = 64
 
 
-# One Argon2 computation at a time: on a 2-core kit a burst of sign-in attempts (or an
-# attacker's flood) must queue rather than starve the web server and the DICOM receiver.
-_ARGON2_SLOT = threading.BoundedSemaphore(1)
+class Busy(Exception):
+    """The Argon2 queue is full (or the wait too long): try again shortly."""
+
+
+class Argon2Gate:
+    """One Argon2 computation at a time: on a 2-core kit a burst of sign-in attempts (or
+    an attacker's flood) must queue rather than starve the web server and the DICOM
+    receiver. Waiters are served by priority (0 first), then in arrival order; at most
+    `max_waiting` wait, and a newcomer of better priority takes the place of the worst
+    waiter, who gets `Busy`. So a flood can fill the queue but not delay, by more than
+    one computation, someone the flood does not look like."""
+
+    def __init__(self, max_waiting: int = 8, max_wait: float = 10.0):
+        self.max_waiting, self.max_wait = max_waiting, max_wait
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: list[list] = []  # [priority, arrival, bumped]
+        self._arrivals = 0
+
+    def acquire(self, priority: int = 1) -> None:
+        with self._cond:
+            if not self._busy and not self._waiting:
+                self._busy = True
+                return
+            me = [priority, self._arrivals, False]
+            self._arrivals += 1
+            if len(self._waiting) >= self.max_waiting:
+                worst = max(self._waiting)
+                if worst[:2] < me[:2]:
+                    raise Busy("too many sign-ins at once")
+                worst[2] = True
+                self._waiting.remove(worst)
+                self._cond.notify_all()
+            self._waiting.append(me)
+            deadline = time.monotonic() + self.max_wait
+            while True:
+                if me[2]:
+                    raise Busy("too many sign-ins at once")
+                if not self._busy and min(self._waiting) is me:
+                    self._waiting.remove(me)
+                    self._busy = True
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._waiting.remove(me)
+                    self._cond.notify_all()
+                    raise Busy("sign-in queue wait too long")
+                self._cond.wait(left)
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def run(self, fn, priority: int = 1):
+        self.acquire(priority)
+        try:
+            return fn()
+        finally:
+            self.release()
+
+
+GATE = Argon2Gate()
 
 
 def peppered(secret: str, pepper: bytes | None) -> str:
@@ -46,17 +106,16 @@ def peppered(secret: str, pepper: bytes | None) -> str:
 
 
 def hash_secret(secret: str, pepper: bytes | None = None) -> str:
-    with _ARGON2_SLOT:
-        return _HASHER.hash(peppered(secret, pepper))
+    return GATE.run(lambda: _HASHER.hash(peppered(secret, pepper)), priority=0)
 
 
-def verify_secret(stored_hash: str, secret: str, pepper: bytes | None = None) -> bool:
-    """Constant-work check of `secret` against an Argon2 hash; never raises on a mismatch."""
+def verify_secret(stored_hash: str, secret: str, pepper: bytes | None = None, priority: int = 1) -> bool:
+    """Constant-work check of `secret` against an Argon2 hash; never raises on a mismatch
+    (raises `Busy` when the queue has no room for this priority)."""
     if not isinstance(secret, str) or len(secret) > MAX_SECRET_LENGTH:
         return False
     try:
-        with _ARGON2_SLOT:
-            return _HASHER.verify(stored_hash, peppered(secret, pepper))
+        return GATE.run(lambda: _HASHER.verify(stored_hash, peppered(secret, pepper)), priority)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
@@ -74,12 +133,12 @@ _dummy_lock = threading.Lock()
 _dummy_hash: str | None = None
 
 
-def burn_verify(secret: str) -> None:
+def burn_verify(secret: str, priority: int = 1) -> None:
     global _dummy_hash
     with _dummy_lock:
         if _dummy_hash is None:
             _dummy_hash = hash_secret("fieldkit-no-such-user")
-    verify_secret(_dummy_hash, secret)
+    verify_secret(_dummy_hash, secret, priority=priority)
 
 
 # ----------------------------------------------------------------------------- policy

@@ -128,6 +128,7 @@ class Store:
         self._backup_key = derive_subkey(data_key, "backup")  # seals backup manifests (store.backup)
         self.pepper = derive_subkey(data_key, "pin-pepper")  # mixed into PIN/password hashes (accounts)
         self.secrets = SecretBox(data_key)  # opens the kit's sealed secret files (hospital credentials)
+        self.audit_key = derive_subkey(data_key, "audit")  # keys the audit chain (store.accounts)
         self._compact_failed_at = float("-inf")
 
     @classmethod

@@ -14,15 +14,15 @@ The latest audit time doubles as a high-water mark of the clock: expiry checks u
 max(wall clock, last audit time), so a device clock that jumps backwards cannot revive an
 expired token.
 
-Argon2 verification (~0.1 s) happens outside the store lock; attempts on one account are
-serialised by a per-account lock so that parallel guesses cannot outrun the lockout.
+Argon2 verification (~0.1 s) happens outside the store lock, in the Argon2 queue
+(`security.passwords.Argon2Gate`); who may try and how often is `security.signin`'s rule,
+held in memory per kit (`signin_guard`).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..security import audit as _audit
 from ..security import passwords as pw
 from ..security import roles as _roles
 from ..security import tokens as _tokens
+from ..security.signin import SigninGuard, SigninPolicy
 
 T_AUDIT = "audit"
 T_AUDIT_HEAD = "audit_head"
@@ -42,12 +43,6 @@ T_AUDIT_SYNC = "audit_sync"  # the last event the hospital confirmed
 SYSTEM = "system"  # actor for the kit itself and for the command line without a user
 
 CLOCK: pw.Clock = pw.SYSTEM_CLOCK  # replaced in tests to move time without sleeping
-_LOCKOUT = pw.Lockout()
-_stripes = [threading.Lock() for _ in range(64)]
-
-
-def _account_lock(key: str) -> threading.Lock:
-    return _stripes[hash(key) % len(_stripes)]
 
 
 @dataclass(frozen=True)
@@ -84,12 +79,12 @@ def _now(store, clock: pw.Clock | None = None) -> float:
 
 # ----------------------------------------------------------------------------- users
 
-def _public_user(doc: dict) -> dict:
+def _public_user(doc: dict, store=None) -> dict:
+    locked_from = signin_guard(store).locked_addresses(doc["key"]) if store is not None else 0
     return {
         "name": doc["name"], "role": doc["role"], "disabled": bool(doc.get("disabled")),
         "created": doc.get("created", 0.0), "last_login": doc.get("last_login", 0.0),
-        "locked": bool((doc.get("lockout") or {}).get("delay")),
-        "failures": int((doc.get("lockout") or {}).get("failures") or 0),
+        "locked": bool(locked_from), "locked_addresses": locked_from,
     }
 
 
@@ -113,7 +108,7 @@ def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM
         if users.get(Query().key == key) is not None:
             raise Conflict(f"a user named {name!r} already exists")
         users.insert(doc)
-        _append(db, now, actor, actor_role, "user.create", name, _audit.OK, {"role": role})
+        _append(db, store.audit_key, now, actor, actor_role, "user.create", name, _audit.OK, {"role": role})
 
     store.write(tx)
     return _public_user(doc)
@@ -122,12 +117,12 @@ def create_user(store, name: str, secret: str, role: str, *, actor: str = SYSTEM
 def get_user(store, name: str) -> dict | None:
     key = pw.username_key(name) if isinstance(name, str) else ""
     doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
-    return _public_user(doc) if doc else None
+    return _public_user(doc, store) if doc else None
 
 
 def list_users(store) -> list[dict]:
     docs = store.read(lambda db: db.table(T_USERS).all())
-    return sorted((_public_user(d) for d in docs), key=lambda u: u["name"].casefold())
+    return sorted((_public_user(d, store) for d in docs), key=lambda u: u["name"].casefold())
 
 
 def count_admins(store) -> int:
@@ -149,19 +144,30 @@ def _update_user(store, name: str, changes_fn, action: str, actor: str, actor_ro
         changes["updated"] = now
         users.update(changes, doc_ids=[doc.doc_id])
         out.update(dict(doc, **changes))
-        _append(db, now, actor, actor_role, action, doc["name"], _audit.OK, detail)
+        _append(db, store.audit_key, now, actor, actor_role, action, doc["name"], _audit.OK, detail)
 
     store.write(tx)
     return _public_user(out)
 
 
 def set_disabled(store, name: str, disabled: bool, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
-    """Disable (or re-enable) an account. The last enabled admin cannot be disabled."""
+    """Disable (or re-enable) an account. The last enabled admin cannot be disabled.
+    Disabling revokes the tokens the account owns (re-enabling does not revive them)."""
     def changes(doc, db):
         if disabled and doc["role"] == _roles.ADMIN and not doc.get("disabled"):
             admins = [d for d in db.table(T_USERS).all() if d["role"] == _roles.ADMIN and not d.get("disabled")]
             if len(admins) <= 1:
                 raise Conflict("refusing to disable the last enabled admin (add another admin first)")
+        if disabled:
+            now = CLOCK.wall()
+            tokens = db.table(T_TOKENS)
+            for t in tokens.all():
+                owned = t.get("owner_key") == doc["key"] or (not t.get("owner_key") and t.get("owner")
+                                                             and pw.username_key(t["owner"]) == doc["key"])
+                if owned and not t.get("revoked"):
+                    tokens.update({"revoked": now}, doc_ids=[t.doc_id])
+                    _append(db, store.audit_key, now, actor, actor_role, "token.revoke", f"token:{t['id']}",
+                            _audit.OK, {"reason": "owner disabled", "owner": doc["name"]})
         return {"disabled": bool(disabled)}
 
     return _update_user(store, name, changes, "user.disable" if disabled else "user.enable", actor, actor_role)
@@ -172,98 +178,105 @@ def reset_secret(store, name: str, secret: str, *, actor: str = SYSTEM, actor_ro
     """Set a new PIN/password; also clears the lockout."""
     secret = pw.check_secret(secret, min_pin=min_pin, min_password=min_password)
     hashed = pw.hash_secret(secret, store.pepper)
+    signin_guard(store).clear_account(pw.username_key(name) if isinstance(name, str) else "")
     return _update_user(store, name, lambda doc, db: {"hash": hashed, "peppered": True,
                                                        "lockout": pw.Lockout.success()},
                         "user.reset", actor, actor_role)
 
 
 def clear_lockout(store, name: str, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    signin_guard(store).clear_account(pw.username_key(name) if isinstance(name, str) else "")
     return _update_user(store, name, lambda doc, db: {"lockout": pw.Lockout.success()},
                         "user.unlock", actor, actor_role)
 
 
-def verify_login(store, name: str, secret: str, *, lockout: pw.Lockout | None = None,
-                 remote: str = "") -> LoginResult:
-    """Check a sign-in. Every outcome is audited. While an account is locked out, even
-    the right secret is refused until the backoff ends."""
-    lockout = lockout or _LOCKOUT
+_guards: "weakref.WeakKeyDictionary[Any, SigninGuard]" = weakref.WeakKeyDictionary()
+_guards_lock = threading.Lock()
+
+
+def signin_guard(store, policy: SigninPolicy | None = None) -> SigninGuard:
+    """The sign-in limits of the kit that owns `store` (made with `policy` at first use)."""
+    with _guards_lock:
+        guard = _guards.get(store)
+        if guard is None:
+            guard = _guards[store] = SigninGuard(policy, CLOCK)
+        return guard
+
+
+def flush_signin_audit(store, *, flush_all: bool = False) -> int:
+    """Write the summaries of the sign-in failure windows that ended; returns how many."""
+    rows = signin_guard(store).due(flush_all)
+    for row in rows:
+        audit_append(store, actor=row["remote"] or "?", role="", action="login.failures", object="login",
+                     outcome=_audit.FAILED, detail=row)
+    return len(rows)
+
+
+def verify_login(store, name: str, secret: str, *, remote: str = "", policy: SigninPolicy | None = None) -> LoginResult:
+    """Check a sign-in. Successes are audited one by one, failures in compacted form (the
+    first of an address at once, the rest as a summary per window). An address that keeps
+    guessing is delayed, then blocked; the account itself is never locked for everyone."""
+    guard = signin_guard(store, policy)
+    flush_signin_audit(store)
     if not isinstance(name, str) or not isinstance(secret, str) or len(name) > 4 * pw.MAX_NAME_LENGTH:
-        pw.burn_verify("")
-        audit_append(store, actor="?", role="", action="login", outcome=_audit.FAILED,
-                     detail={"reason": "malformed", "remote": remote})
-        return LoginResult(False, reason="malformed")
+        return _refused(store, guard, remote, "?", "", "malformed")
     key = pw.username_key(name)
     typed = pw.normalize_login_secret(secret)
     shown_name = name if len(name) <= pw.MAX_NAME_LENGTH else name[:pw.MAX_NAME_LENGTH] + "…"
-    with _account_lock(key):
+    admission = guard.admit(remote, key)
+    if not admission.ok:
+        return _refused(store, guard, remote, shown_name, "", admission.reason, admission.retry_after)
+    doc = None
+    try:
         doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
         if doc is None:
-            return _unknown_user(store, key, shown_name, typed, lockout, remote)
-        remaining, reanchored = lockout.remaining(key, doc.get("lockout"))
-        if reanchored is not None:
-            store.write(lambda db: db.table(T_USERS).update({"lockout": reanchored}, Query().key == key))
-            audit_append(store, actor=doc["name"], role=doc["role"], action="clock.backwards",
-                         outcome=_audit.OK, detail={"note": "lockout restarted: the clock went backwards"})
-        if remaining > 0:
-            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
-                         detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
-            return LoginResult(False, reason="locked out", retry_after=remaining)
-        # hashes made before the pepper verify as they are, and are rehashed with it below
-        good = pw.verify_secret(doc["hash"], typed, store.pepper if doc.get("peppered") else None)
-        if good and doc.get("disabled"):
-            audit_append(store, actor=doc["name"], role=doc["role"], action="login", outcome=_audit.DENIED,
-                         detail={"reason": "account disabled", "remote": remote})
-            return LoginResult(False, reason="account disabled")
-        now = CLOCK.wall()
-        if not good:
-            new_state = lockout.failure(key, doc.get("lockout"))
+            pw.burn_verify(typed, admission.priority)  # an unknown name costs what a wrong PIN costs
+            good = False
+        else:
+            # hashes made before the pepper verify as they are, and are rehashed with it below
+            good = pw.verify_secret(doc["hash"], typed, store.pepper if doc.get("peppered") else None,
+                                    priority=admission.priority)
+    except pw.Busy:
+        guard.done(remote, key)
+        return _refused(store, guard, remote, shown_name, doc["role"] if doc else "", "busy", 1.0)
+    except BaseException:
+        guard.done(remote, key)  # the attempt is over: it no longer counts as under way
+        raise
+    if not good:
+        delay = guard.failed(remote, key)
+        return _refused(store, guard, remote, shown_name, doc["role"] if doc else "",
+                        "unknown user" if doc is None else "wrong secret", delay)
+    if doc.get("disabled"):
+        guard.done(remote, key)
+        return _refused(store, guard, remote, doc["name"], doc["role"], "account disabled")
+    guard.succeeded(remote, key)
+    now = CLOCK.wall()
+    changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
+    if pw.needs_rehash(doc["hash"]) or not doc.get("peppered"):
+        changes["hash"] = pw.hash_secret(typed, store.pepper)
+        changes["peppered"] = True
 
-            def fail_tx(db):
-                db.table(T_USERS).update({"lockout": new_state}, Query().key == key)
-                _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.FAILED,
-                        {"reason": "wrong secret", "failures": new_state["failures"], "remote": remote})
+    def ok_tx(db):
+        db.table(T_USERS).update(changes, Query().key == key)
+        _append(db, store.audit_key, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK,
+                {"remote": remote})
 
-            store.write(fail_tx)
-            return LoginResult(False, reason="wrong secret", retry_after=new_state["delay"])
-        changes: dict[str, Any] = {"lockout": pw.Lockout.success(), "last_login": now}
-        if pw.needs_rehash(doc["hash"]) or not doc.get("peppered"):
-            changes["hash"] = pw.hash_secret(typed, store.pepper)
-            changes["peppered"] = True
-
-        def ok_tx(db):
-            db.table(T_USERS).update(changes, Query().key == key)
-            _append(db, now, doc["name"], doc["role"], "login", doc["name"], _audit.OK, {"remote": remote})
-
-        store.write(ok_tx)
-        return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
+    store.write(ok_tx)
+    return LoginResult(True, Principal("user", doc["name"], doc["role"], id=key))
 
 
-# Names that are not accounts get the same backoff as accounts (kept in memory only):
-# otherwise "Too many attempts" after N guesses would tell which names exist.
-_unknown_lockouts: "weakref.WeakKeyDictionary[Any, OrderedDict[str, dict]]" = weakref.WeakKeyDictionary()
-_unknown_guard = threading.Lock()
-_UNKNOWN_KEPT = 10_000
-
-
-def _unknown_user(store, key: str, shown_name: str, typed: str, lockout: pw.Lockout, remote: str) -> LoginResult:
-    with _unknown_guard:
-        states = _unknown_lockouts.setdefault(store, OrderedDict())
-        state = states.get(key)
-    remaining, _ = lockout.remaining(key, state)
-    if remaining > 0:
-        audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.DENIED,
-                     detail={"reason": "locked out", "retry_after": round(remaining, 1), "remote": remote})
-        return LoginResult(False, reason="locked out", retry_after=remaining)
-    pw.burn_verify(typed)
-    new_state = lockout.failure(key, state)
-    with _unknown_guard:
-        states[key] = new_state
-        states.move_to_end(key)
-        while len(states) > _UNKNOWN_KEPT:
-            states.popitem(last=False)
-    audit_append(store, actor=shown_name, role="", action="login", outcome=_audit.FAILED,
-                 detail={"reason": "unknown user", "remote": remote})
-    return LoginResult(False, reason="unknown user", retry_after=new_state["delay"])
+def _refused(store, guard: SigninGuard, remote: str, shown_name: str, role: str, reason: str,
+             retry_after: float = 0.0) -> LoginResult:
+    """A refused sign-in: audited at once when it is the first of its address in the
+    window, else counted into that window's summary."""
+    if guard.note(remote, shown_name, reason):
+        outcome = _audit.FAILED if reason in ("wrong secret", "unknown user", "malformed") else _audit.DENIED
+        detail = {"reason": reason, "remote": remote}
+        if retry_after:
+            detail["retry_after"] = round(retry_after, 1)
+        audit_append(store, actor=shown_name, role=role, action="login", object=shown_name if role else "",
+                     outcome=outcome, detail=detail)
+    return LoginResult(False, reason=reason, retry_after=retry_after)
 
 
 def user_principal(store, name: str) -> Principal | None:
@@ -282,40 +295,61 @@ def _public_token(doc: dict, now: float | None = None) -> dict:
     now = CLOCK.wall() if now is None else now
     expires = float(doc.get("expires") or 0.0)
     state = "revoked" if doc.get("revoked") else ("expired" if expires and now >= expires else "active")
-    return {"id": doc["id"], "role": doc["role"], "label": doc.get("label", ""), "owner": doc.get("owner", ""),
+    return {"id": doc["id"], "role": doc["role"], "label": doc.get("label", ""), "owner": doc.get("owner", "") or "?",
             "created": doc.get("created", 0.0), "expires": expires, "revoked": float(doc.get("revoked") or 0.0),
             "last_used": float(doc.get("last_used") or 0.0), "state": state}
 
 
 def create_token(store, role: str, expires: float | None = None, label: str = "", *,
                  owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> str:
-    """Create a bearer token scoped to `role`; `expires` is an absolute time (seconds since
-    the epoch) or None for no expiry. Returns the plaintext token: shown once, never stored."""
+    """Create a bearer token scoped to a machine `role`; `expires` is an absolute time
+    (seconds since the epoch) or None for no expiry. Returns the plaintext token: shown
+    once, never stored."""
     token, _info = create_token_info(store, role, expires, label, owner=owner, actor=actor, actor_role=actor_role)
     return token
 
 
 def create_token_info(store, role: str, expires: float | None = None, label: str = "", *,
                       owner: str = "", actor: str = SYSTEM, actor_role: str = "") -> tuple[str, dict]:
+    """Every token has an owner: the account it belongs to (disabling the account revokes
+    it), else the operator who made it (`actor`, e.g. "cli:root"). A token that never
+    expires comes back with a "warning" in its info."""
+    if role in _roles.HUMAN_ROLES:
+        raise BadInput(f"role {role!r} is a role for a person: people sign in with their own account "
+                       "(`fieldkit users add`); tokens are for machines "
+                       f"(choose from {', '.join(_roles.MACHINE_ROLES)})")
     if not _roles.is_role(role):
-        raise BadInput(f"unknown role {role!r} (choose from {', '.join(_roles.ROLES)})")
+        raise BadInput(f"unknown role {role!r} (choose from {', '.join(_roles.MACHINE_ROLES)})")
     label = str(label or "")
     if len(label) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in label):
         raise BadInput("the token label must be at most 128 printable characters")
     now = CLOCK.wall()
     if expires is not None and float(expires) <= now:
         raise BadInput("the token's expiry is in the past")
+    owner_key = ""
+    if owner:
+        owner_doc = store.read(lambda db: db.table(T_USERS).get(Query().key == pw.username_key(str(owner))))
+        if owner_doc is None or owner_doc.get("disabled"):
+            raise BadInput(f"the owner {str(owner)[:64]!r} is not an enabled account (see `fieldkit users list`)")
+        owner, owner_key = owner_doc["name"], owner_doc["key"]
+    else:
+        owner = str(actor or SYSTEM)
     token = _tokens.new_token()
     doc = {"id": _tokens.new_id(), "digest": _tokens.token_digest(token), "role": role, "label": label,
-           "owner": owner, "created": now, "expires": float(expires or 0.0), "revoked": 0.0, "last_used": 0.0}
+           "owner": owner, "owner_key": owner_key, "created": now, "expires": float(expires or 0.0),
+           "revoked": 0.0, "last_used": 0.0}
 
     def tx(db):
         db.table(T_TOKENS).insert(doc)
-        _append(db, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
-                {"role": role, "label": label, "expires": doc["expires"]})
+        _append(db, store.audit_key, now, actor, actor_role, "token.create", f"token:{doc['id']}", _audit.OK,
+                {"role": role, "label": label, "owner": owner, "expires": doc["expires"]})
 
     store.write(tx)
-    return token, _public_token(doc, now)
+    info = _public_token(doc, now)
+    if not doc["expires"]:
+        info["warning"] = (f"token {doc['id']} never expires: revoke it (`fieldkit token revoke {doc['id']}`) "
+                           "when the machine leaves service")
+    return token, info
 
 
 _last_used_flush: dict[str, float] = {}
@@ -340,8 +374,9 @@ def verify_token(store, token: str, *, remote: str = "", audit_failure: bool = T
         expires = float(doc.get("expires") or 0.0)
         if expires and _now(store) >= expires:
             reason = "expired token"
-        elif doc.get("owner"):
-            owner = store.read(lambda db: db.table(T_USERS).get(Query().key == pw.username_key(doc["owner"])))
+        elif doc.get("owner_key") or (doc.get("owner") and ":" not in doc["owner"] and doc["owner"] != SYSTEM):
+            owner_key = doc.get("owner_key") or pw.username_key(doc["owner"])
+            owner = store.read(lambda db: db.table(T_USERS).get(Query().key == owner_key))
             if owner is None or owner.get("disabled"):
                 reason = "token owner disabled"
     if reason:
@@ -373,7 +408,7 @@ def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str =
             raise NotFound(f"no token with id {token_id!r} (see `fieldkit token list`)")
         if not doc.get("revoked"):
             table.update({"revoked": now}, doc_ids=[doc.doc_id])
-            _append(db, now, actor, actor_role, "token.revoke", f"token:{doc['id']}", _audit.OK, None)
+            _append(db, store.audit_key, now, actor, actor_role, "token.revoke", f"token:{doc['id']}", _audit.OK, None)
         out.update(table.get(doc_id=doc.doc_id))
 
     store.write(tx)
@@ -382,23 +417,54 @@ def revoke_token(store, token_id: str, *, actor: str = SYSTEM, actor_role: str =
 
 # ----------------------------------------------------------------------------- audit
 
-def _append(db, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
+def _append(db, key: bytes, at: float, actor: str, role: str, action: str, obj: str, outcome: str,
             detail: dict | str | None) -> dict:
-    """Append one event inside an open store transaction (the store lock orders the chain)."""
+    """Append one event inside an open store transaction (the store lock orders the chain).
+    `key` is the store's audit key. A new trail starts with the marker event; an older one
+    got it when it was migrated (`start_keyed_trail`). A trail found unkeyed later was
+    re-chained by someone else: it is not marked again (verify names it)."""
+    head = db.table(T_AUDIT_HEAD).get(doc_id=1)
+    prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]} if head else None
+    if prev is None:
+        prev = _marker(db, None, key, at)
+    event = _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail)
+    _set_head(db, key, event, max(at, prev["at"]))
+    return event
+
+
+def _marker(db, prev, key, at) -> dict:
+    return _insert_event(db, prev, key, at, SYSTEM, "", _audit.MARKER, "audit", _audit.OK,
+                         {"note": "from here on every event is keyed (HMAC-SHA256)",
+                          "unkeyed_events": prev["seq"] if prev else 0})
+
+
+def _set_head(db, key, event, at) -> None:
     head_table = db.table(T_AUDIT_HEAD)
-    head = head_table.get(doc_id=1)
-    prev = None
-    if head:
-        prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]}
-    event = _audit.make_event(prev, at=at, actor=actor, role=role, action=action, object=obj,
-                              outcome=outcome, detail=detail)
-    db.table(T_AUDIT).insert(event)
-    new_head = {"seq": event["seq"], "hash": event["hash"], "at": max(at, prev["at"] if prev else at)}
-    if head:
+    new_head = {"seq": event["seq"], "hash": event["hash"], "at": at,
+                "mac": _audit.head_mac(key, event["seq"], event["hash"])}
+    if head_table.get(doc_id=1):
         head_table.update(new_head, doc_ids=[1])
     else:
         head_table.insert(new_head)
-    return event
+
+
+def start_keyed_trail(db, key: bytes) -> None:
+    """Data format 2 -> 3: an older (SHA-256) trail gets the marker from which every event
+    is keyed; its events stay as they were and still verify up to it."""
+    head = db.table(T_AUDIT_HEAD).get(doc_id=1)
+    if head is None:
+        return  # an empty trail starts with the marker at its first event
+    prev = {"seq": head["seq"], "hash": head["hash"], "at": head["at"]}
+    at = max(CLOCK.wall(), float(head["at"]))
+    marker = _marker(db, prev, key, at)
+    _set_head(db, key, marker, at)
+
+
+def _insert_event(db, prev, key, at, actor, role, action, obj, outcome, detail) -> dict:
+    event = _audit.make_event(prev, at=at, actor=actor, role=role, action=action, object=obj,
+                              outcome=outcome, detail=detail, key=key)
+    db.table(T_AUDIT).insert(event)
+    return dict(event, at=max(at, float(prev["at"])) if prev else at)
 
 
 def audit_append(store, *, actor: str, role: str = "", action: str, object: str = "",
@@ -406,7 +472,7 @@ def audit_append(store, *, actor: str, role: str = "", action: str, object: str 
     """Append an event to the trail (durable when this returns)."""
     at = CLOCK.wall() if at is None else at
     box: dict = {}
-    store.write(lambda db: box.update(_append(db, at, actor, role, action, object, outcome, detail)))
+    store.write(lambda db: box.update(_append(db, store.audit_key, at, actor, role, action, object, outcome, detail)))
     return box
 
 
@@ -425,10 +491,18 @@ def audit_head(store) -> tuple[int, str] | None:
 
 
 def audit_verify(store) -> _audit.VerifyResult:
+    """Every link and every keyed hash, under the kit's key, and the recorded head's tag."""
     events, head = store.read(lambda db: ([dict(e) for e in db.table(T_AUDIT).all()],
                                           db.table(T_AUDIT_HEAD).get(doc_id=1)))
     expected = (int(head["seq"]), head["hash"]) if head else None
-    return _audit.verify_chain(events, expected_head=expected)
+    result = _audit.verify_chain(events, expected_head=expected, key=store.audit_key, require_keyed=True)
+    if result.ok and events and not head:
+        return _audit.VerifyResult(False, result.count, int(events[-1]["seq"]), "the recorded head of the trail is gone")
+    if result.ok and head and not _tokens.same(str(head.get("mac", "")),
+                                              _audit.head_mac(store.audit_key, head["seq"], head["hash"])):
+        return _audit.VerifyResult(False, result.count, int(head["seq"]),
+                                   "the recorded head of the trail was changed without the kit's key")
+    return result
 
 
 def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | None = None) -> dict:
@@ -445,10 +519,54 @@ def audit_export(store, since_seq: int = 0, *, kit_id: str = "", limit: int | No
             "events": events}
 
 
+def audit_config(store, values: dict) -> dict | None:
+    """Record the settings the kit runs with: the first time a baseline, afterwards one
+    `config.change` event naming what changed since the last open (the file is edited by
+    hand, by `hospital set` or by provisioning: the kit notices at its next open). Also
+    Returns the event written, if any. (Settings hold no secret: secrets live in files
+    the settings name.)"""
+    def shown(value):
+        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+    now = [(str(k), shown(v)) for k, v in sorted(values.items())]
+    box: dict = {}
+
+    def tx(db):
+        from . import meta
+        seen = meta.get(db, "config_seen")
+        old = dict(seen["values"]) if seen else None
+        if old is None:
+            box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.baseline", "config",
+                               _audit.OK, {"settings": len(now)}))
+        else:
+            new = dict(now)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if changed:
+                detail = {"changed": ", ".join(changed)[:400]}
+                detail.update({k: f"{old.get(k)!r} -> {new.get(k)!r}" for k in changed[:14]})
+                box.update(_append(db, store.audit_key, CLOCK.wall(), SYSTEM, "", "config.change", "config",
+                                   _audit.OK, detail))
+            else:
+                return
+        meta.put(db, "config_seen", {"values": [list(p) for p in now]})
+
+    store.write(tx)
+    return box or None
+
+
 def audit_synced(store) -> tuple[int, str]:
     """(seq, hash) of the last event the hospital confirmed; (0, GENESIS) before the first."""
     doc = store.read(lambda db: db.table(T_AUDIT_SYNC).get(doc_id=1))
     return (int(doc["seq"]), doc["hash"]) if doc else (0, _audit.GENESIS)
+
+
+def audit_anchor(store) -> dict:
+    """Where the trail is anchored at the hospital (for the device page): the last event
+    the hospital confirmed (seq, keyed hash, when) and the kit's own head."""
+    doc = store.read(lambda db: db.table(T_AUDIT_SYNC).get(doc_id=1))
+    head = audit_head(store)
+    return {"seq": int(doc["seq"]) if doc else 0, "hash": doc["hash"] if doc else "",
+            "at": float(doc.get("at") or 0.0) if doc else 0.0, "head_seq": head[0] if head else 0}
 
 
 def audit_mark_synced(store, seq: int, hash_: str, sop_instance_uid: str = "") -> None:

@@ -9,7 +9,8 @@ Before the first step the journal is copied aside (still sealed) as
 (the file `check_format` reads before anything is opened) is rewritten last.
 
 A step must check everything before it changes anything: like any `Store.write`, what it
-changed before raising is committed.
+changed before raising is committed. A step that needs the store's keys takes
+`fn(db, store)`.
 """
 
 from __future__ import annotations
@@ -51,8 +52,15 @@ def _record_format(db) -> None:
     """1 -> 2: the store records its own format (the note itself is the change)."""
 
 
+def _key_audit_trail(db, store) -> None:
+    """2 -> 3: the audit chain is keyed from here on (HMAC under the store's audit key)."""
+    from .accounts import start_keyed_trail
+    start_keyed_trail(db, store.audit_key)
+
+
 MIGRATIONS = {
     1: _record_format,
+    2: _key_audit_trail,
 }
 
 
@@ -85,7 +93,8 @@ def upgrade(store) -> list[int]:
             fsync_dir(journal.parent)
         for version in range(current, DATA_FORMAT_VERSION):
             step = MIGRATIONS[version]
-            store.write(lambda db, step=step, version=version: (step(db), _set_format(db, version + 1)))
+            store.write(lambda db, step=step, version=version: (
+                step(db, store) if step.__code__.co_argcount == 2 else step(db), _set_format(db, version + 1)))
             log.info("data dir migrated from format %d to %d", version, version + 1)
             done.append(version)
     if file_format(store.data_dir) != DATA_FORMAT_VERSION:

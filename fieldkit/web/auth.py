@@ -67,6 +67,7 @@ from ..security import audit as _audit
 from ..security import passwords as pw
 from ..security import roles as R
 from ..security import tokens as _tokens
+from ..security.signin import SigninPolicy
 from ..store import accounts
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,9 @@ class KitState:
     unlock_state: dict = field(default_factory=dict)
     unlock_failures: int = 0
     recent_views: dict = field(default_factory=dict)  # (actor, path) -> monotonic time of the last "view" event
-    login_lockout: pw.Lockout | None = None
     pre_secret: bytes = field(default_factory=lambda: os.urandom(32))
     denials: list = field(default_factory=lambda: [0.0, 0, 0])  # window start, count, suppressed
+    signin_flushed: float = 0.0  # monotonic time sign-in failure summaries were last written
 
 
 _states: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -163,16 +164,8 @@ def kit_state(kit) -> KitState:
         if st is None:
             st = KitState()
             st.last_human = accounts.CLOCK.mono()
-            st.login_lockout = lockout_from_config(kit.config)
             _states[kit] = st
         return st
-
-
-def lockout_from_config(cfg) -> pw.Lockout:
-    policy = pw.LockoutPolicy(free_failures=int(cfg.get("security.login_free_failures", 5)),
-                              base_delay=float(cfg.get("security.login_backoff_seconds", 30.0)),
-                              max_delay=float(cfg.get("security.login_backoff_max_seconds", 900.0)))
-    return pw.Lockout(policy, accounts.CLOCK)
 
 
 def secret_policy(cfg) -> dict:
@@ -470,7 +463,25 @@ def _guard():
     return None
 
 
+def _flush_signin_summaries(kit) -> None:
+    """Sign-in failure windows that ended are written within ~10 s even when nobody signs
+    in any more (a flood that stopped)."""
+    st = kit_state(kit)
+    now = _mono()
+    with st.lock:
+        if now - st.signin_flushed < 10.0:
+            return
+        st.signin_flushed = now
+    try:
+        accounts.flush_signin_audit(kit.store)
+    except FieldkitError as exc:
+        log.warning("could not write sign-in failure summaries: %s", exc.message)
+
+
 def _after(response: Response) -> Response:
+    kit = _kit()
+    if not kit.locked:
+        _flush_signin_summaries(kit)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.endpoint != "static" and "Cache-Control" not in response.headers:
@@ -578,18 +589,20 @@ def login():
     if not isinstance(name, str) or not isinstance(secret, str):
         name, secret = "", ""
     result = accounts.verify_login(kit.store, name, secret, remote=request.remote_addr or "",
-                                   lockout=kit_state(kit).login_lockout)
+                                   policy=SigninPolicy.from_config(kit.config))
     if not result.ok or not R.is_human(result.principal.role):
-        if result.reason == "locked out":
+        if result.reason in ("locked out", "address blocked") or result.reason.startswith("too many"):
             message = f"Too many wrong attempts. Try again in {int(result.retry_after) + 1} seconds."
             status = 429
+        elif result.reason == "busy":
+            message, status = "The kit is busy with other sign-ins. Try again in a moment.", 503
         else:
             message, status = "Wrong user name or PIN/password.", 401
         if request.is_json:
             resp = make_response(jsonify({"error": message, "status": status}), status)
         else:
             resp = make_response(render_template("login.html", error=message, next=nxt, username=name[:64]), status)
-        if status == 429:
+        if status in (429, 503):
             resp.headers["Retry-After"] = str(int(result.retry_after) + 1)
         return resp
     sid = _new_session(kit, result.principal)
@@ -634,6 +647,7 @@ def lock_kit(kit, *, actor: str = accounts.SYSTEM, role: str = "") -> bool:
         if kit.locked:
             return False
         try:
+            accounts.flush_signin_audit(kit.store, flush_all=True)
             accounts.audit_append(kit.store, actor=actor, role=role, action="kit.lock", object="kit")
         except FieldkitError as exc:
             log.warning("could not audit the lock: %s", exc.message)
@@ -852,12 +866,14 @@ def tokens():
     if request.method == "GET":
         return jsonify({"tokens": accounts.list_tokens(store)})
     data = _body()
-    days = data.get("days", 365)
+    days = data.get("days", _kit().config.get("security.token_days", 365))
     if not isinstance(days, (int, float)) or isinstance(days, bool) or not (0 <= days <= 3650):
         raise BadInput("days must be a number from 0 (no expiry) to 3650")
     expires = accounts.CLOCK.wall() + days * 86400 if days else None
+    p = current_principal()
     token, info = accounts.create_token_info(store, str(data.get("role", "")), expires,
-                                             str(data.get("label", ""))[:200], **_actor())
+                                             str(data.get("label", ""))[:200],
+                                             owner=p.name if p.kind == "user" else "", **_actor())
     return jsonify(dict(info, token=token)), 201
 
 

@@ -411,4 +411,6 @@ def device():
     from ..security.tls import server_expiry
     expires = server_expiry(kit.data_dir)  # what is on disk: a renewed one is served after a restart
     out["tls"] = {"server_expires": expires.timestamp() if expires else None}
+    from ..store.accounts import audit_anchor
+    out["audit"] = audit_anchor(kit.store)
     return jsonify(out)

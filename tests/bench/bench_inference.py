@@ -272,10 +272,9 @@ def bench_red_latency(seconds=60, every=4):
         kit = KitProcess(data_dir).start()
         try:
             import requests
-            token = kit.token("admin")
             session = requests.Session()
             session.verify, session.trust_env = kit.ca, False
-            session.headers["Authorization"] = f"Bearer {token}"
+            session.headers.update(kit.auth("clinician"))  # a signed-in clinician's session
             acked, seen = {}, {}
             done = threading.Event()
 

@@ -114,7 +114,7 @@ def measure(kit, tokens: dict[str, str], rng: random.Random) -> dict[str, list[f
     pids = kit.store.read(lambda db: db.storage.values("instances", "patient_id"))
 
     def get(path):
-        token = tokens["admin" if path.startswith("/api/") else "dicomweb-client"]
+        token = tokens["sync" if path.startswith("/api/") else "dicomweb-client"]  # (status.read)
         r = client.get(path, base_url=BASE, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, (path, r.status_code, r.data[:200])
         return r
@@ -204,7 +204,7 @@ def main() -> None:
         tmp = Path(tmp)
         data_dir = init_kit(tmp / "kit")
         kit = open_kit(data_dir)
-        tokens = {role: accounts.create_token(kit.store, role) for role in ("admin", "dicomweb-client")}
+        tokens = {role: accounts.create_token(kit.store, role) for role in ("sync", "dicomweb-client")}
         orthanc = None
         if args.orthanc:
             from fixtures.orthanc import start_orthanc

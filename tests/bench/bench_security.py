@@ -47,7 +47,7 @@ def main() -> None:
             accounts.audit_append(kit.store, actor="a", role="clinician", action="view", object="patient:P1")
         events = accounts.audit_events(kit.store)
         t0 = time.perf_counter()
-        assert A.verify_chain(events).ok
+        assert A.verify_chain(events, key=kit.store.audit_key).ok  # keyed: every HMAC checked
         per = (time.perf_counter() - t0) / len(events)
         print(f"audit verify: {per * 1e6:.1f} us per event ({len(events)} events)")
 
@@ -60,7 +60,7 @@ def main() -> None:
 
         app = create_app(kit, testing=True)
         c = app.test_client()
-        token = accounts.create_token(kit.store, "admin", None, "bench")
+        token = accounts.create_token(kit.store, "sync", None, "bench")  # a machine token (status.read)
         hdr = {"Authorization": f"Bearer {token}"}
         open_ = _median(lambda: c.get("/healthz", base_url="https://localhost"), 200)
         guarded = _median(lambda: c.get("/api/v1/status", base_url="https://localhost", headers=hdr), 200)

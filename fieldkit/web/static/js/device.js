@@ -30,6 +30,10 @@ function tlsText(t) {
   const when = new Date(t.server_expires * 1000).toLocaleDateString();
   return days < 0 ? `EXPIRED on ${when}: run \`fieldkit tls renew\``
     : `valid until ${when} (${days} days)${days < 30 ? ": run `fieldkit tls renew` soon" : ""}`;
+function auditText(a) {
+  if (!a) return "–";
+  if (!a.seq) return `not anchored at the hospital yet (${a.head_seq} events on the kit)`;
+  return `last anchored at ${fmtTime(a.at)} : seq ${a.seq} (${a.head_seq} events on the kit)`;
 }
 
 async function refresh() {
@@ -59,6 +63,7 @@ async function refresh() {
       el("li", "", `capture ${x.sop_instance_uid} (blob ${String(x.blob).slice(0, 12)}…): ${x.reason}`)));
     set("dv-clock", clockText(d.clock));
     set("dv-tls", tlsText(d.tls));
+    set("dv-audit", auditText(d.audit));
     const models = (d.inference && d.inference.models) || [];
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
