@@ -117,7 +117,7 @@ def test_tls_renew_issues_from_the_same_ca_and_the_kit_serves_it_after_a_restart
             ssl.get_server_certificate(("127.0.0.1", kit.http_port)).encode())
         assert served.serial_number == new.serial_number
         assert kit.get("/healthz").status_code == 200  # verified against the unchanged ca.pem
-        auth = {"Authorization": f"Bearer {kit.token('admin')}"}
+        auth = kit.auth("admin")
         shown = kit.get("/api/v1/ui/device", headers=auth).json()["tls"]["server_expires"]
         assert shown == new.not_valid_after_utc.timestamp()  # the device page shows the expiry
     finally:
