@@ -697,7 +697,8 @@ def unlock_kit(kit, passphrase: str, *, remote: str = "", admin: tuple[str, str]
         actor = "passphrase"
         if admin is not None:
             try:
-                result = accounts.verify_login(store, admin[0], admin[1], remote=remote, lockout=st.login_lockout)
+                result = accounts.verify_login(store, admin[0], admin[1], remote=remote,
+                                               policy=SigninPolicy.from_config(kit.config))
             except BaseException:
                 store.close()
                 st.held_fd = acquire_dir_lock(kit.data_dir)

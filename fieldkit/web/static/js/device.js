@@ -30,6 +30,8 @@ function tlsText(t) {
   const when = new Date(t.server_expires * 1000).toLocaleDateString();
   return days < 0 ? `EXPIRED on ${when}: run \`fieldkit tls renew\``
     : `valid until ${when} (${days} days)${days < 30 ? ": run `fieldkit tls renew` soon" : ""}`;
+}
+
 function auditText(a) {
   if (!a) return "–";
   if (!a.seq) return `not anchored at the hospital yet (${a.head_seq} events on the kit)`;
