@@ -40,7 +40,9 @@ SETTINGS: dict[str, Setting] = {
     "dicom.allowed_ae_titles": Setting([], "Calling AE titles allowed to send when allow_any_ae is false."),
     "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB."),
     "dicom.max_associations": Setting(16, "Most DICOM associations received at once (per port); one more is refused with A-ASSOCIATE-RJ (transient), so the probe can retry."),
-    "dicom.idle_timeout_s": Setting(60, "Seconds an association may stay silent before its slot is released; a connection that never asks for an association is dropped after at most 30 s."),
+    "dicom.idle_timeout_s": Setting(60, "Seconds an association may stay silent before it is aborted and its slot released."),
+    "dicom.associate_timeout_s": Setting(5.0, "A connection that has not asked for an association (A-ASSOCIATE-RQ) this many seconds after connecting is closed; until then it holds no association slot."),
+    "dicom.max_connections_per_address": Setting(16, "Most connections open at once from one network address (per port); one more is closed at once, so one host cannot tie up the receiver."),
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi)."),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port."),
