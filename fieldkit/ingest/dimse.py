@@ -202,6 +202,10 @@ class Receiver:
         if titles is not None:
             self._server.ae.require_calling_aet = titles
 
+    def open_connections(self) -> dict[str, int]:
+        """Connections open now, per address."""
+        return self._server.open_connections()
+
     def stop(self) -> None:
         if not self._stopped.is_set():
             self._stopped.set()
