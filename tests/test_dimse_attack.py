@@ -223,7 +223,7 @@ def test_an_object_over_the_limit_is_refused_while_it_streams_without_memory_or_
         assert status.Status == 0xA700, status
         assert "16 MiB limit" in status.ErrorComment
         grew = rss.peak - rss.start
-        assert grew < size * 0.3, f"kit RSS grew {grew / 1e6:.0f} MB for a {size / 1e6:.0f} MB object"
+        assert grew < size * 0.5, f"kit RSS grew {grew / 1e6:.0f} MB for a {size / 1e6:.0f} MB object"
         # under the limit but spooled (over 4 MiB): stored, and never in clear on disk
         middle = _cine(50, CANARY)  # ~12 MB
         assert _send(kit.dicom_port, middle).Status == 0x0000
