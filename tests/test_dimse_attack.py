@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -236,3 +237,44 @@ def test_an_object_over_the_limit_is_refused_while_it_streams_without_memory_or_
         kit.stop()
     with io.open(kit.log_path, errors="replace") as fh:
         assert "Traceback" not in fh.read()
+
+
+def test_a_stalled_tls_handshake_is_closed_at_the_deadline(kit, need):
+    from fieldkit.ingest import dimse_tls
+
+    echoscu = need("echoscu")
+    kit.config = kit.config.with_overrides(dicom__tls_port=0, dicom__bind="127.0.0.1", dicom__allow_any_ae=True,
+                                           dicom__associate_timeout_s=2)
+    receiver = dimse_tls.start(kit)
+    stalled = _idle(receiver.port, "127.0.0.4")
+    try:
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then nothing
+        started = time.monotonic()
+        echo = subprocess.run([echoscu, "+tla", "+cf", str(kit.data_dir / "tls" / "ca.pem"), "-to", "10",
+                               "-aec", "FIELDKIT", "127.0.0.1", str(receiver.port)],
+                              capture_output=True, text=True, timeout=30)
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        assert _closed_by_peer(stalled, 8)
+        assert time.monotonic() - started < 8
+        assert wait_until(lambda: "127.0.0.4" not in receiver.open_connections(), 5)
+    finally:
+        stalled.close()
+        receiver.stop()
+
+
+def test_a_damaged_large_object_is_refused_with_a_status_not_a_crash(kit):
+    """A cine cut short (its frames do not fill NumberOfFrames) over the 4 MiB memory
+    threshold: read back from the spool, refused with a status and a reason."""
+    receiver = _receiver(kit)
+    try:
+        ds = _cine(40)  # ~9 MB
+        ds.NumberOfFrames = 50
+        status = _send(receiver.port, ds)
+        assert status.Status in (0xC000, 0xA900), status
+        assert status.ErrorComment
+        assert instances.instance_rows(kit.store) == []
+        good = _cine(40)
+        assert _send(receiver.port, good).Status == 0x0000
+        assert instances.get_instance(kit.store, str(good.SOPInstanceUID))["frames"] == 40
+    finally:
+        receiver.stop()

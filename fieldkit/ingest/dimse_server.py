@@ -7,6 +7,7 @@ one misbehaving host from stopping the probes.
   (pynetdicom counts every connected socket).
 - At most `dicom.max_connections_per_address` connections from one address at once; one
   more is closed on accept.
+- On the TLS port the handshake must also finish within that deadline.
 - A C-STORE data set is written as it arrives into a `StoreSink` (memory while small, the
   store's encrypted spool once large, nothing kept past `dicom.max_object_mb`), never into
   pynetdicom's in-memory buffer or its plaintext temp file.
@@ -16,6 +17,7 @@ one misbehaving host from stopping the probes.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import Counter
 from datetime import datetime
@@ -100,6 +102,8 @@ class _GuardedHandler(RequestHandler):
     def handle(self) -> None:
         server = self.server
         host = str(self.client_address[0])
+        if isinstance(self.request, ssl.SSLSocket) and not self._handshake(host):
+            return
         try:
             assoc = self._create_association()
             assoc.dimse = _StreamedStoreProvider(assoc, server.new_sink)
@@ -117,6 +121,23 @@ class _GuardedHandler(RequestHandler):
         except BaseException:
             server.connection_ended(host, None)
             raise
+
+
+    def _handshake(self, host: str) -> bool:
+        """The TLS handshake, in this connection's own thread and under the associate
+        deadline: a peer that starts one and stalls would otherwise block its association's
+        reader for good (the accept thread only wraps the socket, see dimse_tls)."""
+        sock = self.request
+        try:
+            sock.settimeout(self.server.ae.acse_timeout)
+            sock.do_handshake()
+            sock.settimeout(None)
+            return True
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            log.info("DICOM TLS connection from %s closed: handshake failed (%s)", host, type(exc).__name__)
+            self.server.shutdown_request(sock)
+            self.server.connection_ended(host, None)
+            return False
 
 
 class GuardedServer(ThreadedAssociationServer):
