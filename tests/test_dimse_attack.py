@@ -278,3 +278,50 @@ def test_a_damaged_large_object_is_refused_with_a_status_not_a_crash(kit):
         assert instances.get_instance(kit.store, str(good.SOPInstanceUID))["frames"] == 40
     finally:
         receiver.stop()
+
+
+def test_fuzzed_large_objects_get_a_status_each_and_the_receiver_keeps_working(kit, tmp_path, monkeypatch, caplog):
+    """Mutated cines over the memory threshold, sent as raw bytes (pynetdicom's chunked
+    send, so the damage reaches the kit as it is): every one gets a DIMSE status, none an
+    internal error, and a good object still stores afterwards."""
+    import random
+
+    from pynetdicom import _config
+    from pynetdicom.dsutils import split_dataset
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    receiver = _receiver(kit)
+    rng = random.Random(14)
+    base = tmp_path / "base.dcm"
+    _cine(25).save_as(base, enforce_file_format=True)  # ~5.8 MB
+    _, offset = split_dataset(base)
+    raw = base.read_bytes()
+    try:
+        for i in range(12):
+            data = bytearray(raw)
+            kind = i % 3
+            if kind == 0:  # flipped bytes in the header part of the data set
+                for _ in range(30):
+                    data[rng.randrange(offset, offset + 4096)] ^= rng.randrange(1, 256)
+            elif kind == 1:  # cut short anywhere
+                del data[rng.randrange(offset + 8, len(data) - 1):]
+            else:  # a huge length where an element's length was
+                pos = rng.randrange(offset, offset + 2048)
+                data[pos:pos + 4] = b"\xff\xff\xff\x7f"
+            path = tmp_path / f"fuzz{i}.dcm"
+            path.write_bytes(bytes(data))
+            ae = AE(ae_title="PROBE")
+            ae.add_requested_context(US_MULTIFRAME, "1.2.840.10008.1.2.1")
+            assoc = ae.associate("127.0.0.1", receiver.port, ae_title="FIELDKIT")
+            try:
+                status = assoc.send_c_store(path)
+            finally:
+                assoc.release()
+                ae.shutdown()
+            assert "Status" in status, f"no answer to mutation {i}"
+            assert status.Status != dimse.PROCESSING_FAILURE, (i, status)
+        assert "failed unexpectedly" not in caplog.text
+        good = _cine(25)
+        assert _send(receiver.port, good).Status == 0x0000
+    finally:
+        receiver.stop()
