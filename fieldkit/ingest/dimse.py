@@ -1,9 +1,12 @@
 """The DIMSE receiver: C-ECHO and C-STORE for handheld probes (pynetdicom, one thread).
 
 Handler contract (pynetdicom `evt.EVT_C_STORE`): the handler gets the raw dataset in the
-negotiated transfer syntax, hands it to `put_instance`, and answers Success only after
-that returned, which is when the object is durable in the store. Every refusal becomes a
+negotiated transfer syntax (as it arrived: in memory while small, else in the encrypted
+spool, nothing past dicom.max_object_mb - see dimse_server, which also holds the
+connection limits), hands it to `put_instance`, and answers Success only after that
+returned, which is when the object is durable in the store. Every refusal becomes a
 DIMSE status with an ErrorComment in `status_for` - the one place errors are mapped.
+Refused associations and a summary of each association's stores are audited.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, StorageCommitm
 
 from ..dicom import parse, uids
 from ..dicom.status import status as _status
-from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
 from ..dicom.prepare import prepare
+from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
+from ..security import audit
 from ..store import probes
 from ..store.blobs import open_reader
 from ..store.instances import CONFLICT, put_instance
@@ -120,7 +124,7 @@ class StoreTally:
         try:
             accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.store",
                                   object=str(assoc.requestor.address),
-                                  outcome="ok" if t["refused"] == 0 else "partial", detail=t)
+                                  outcome=audit.OK if t["stored"] else audit.FAILED, detail=t)
         except Exception as exc:  # a locked or full store must not break the receiver
             log.info("C-STORE summary not audited: %s", type(exc).__name__)
 
@@ -172,12 +176,12 @@ class RefusedCallers:
                                                              "count": 0, "first": now}
             entry["count"] += 1
             entry["last"] = now
-        log.info("DICOM association from %s (%s) refused: %s", ae, address, reason)
-        if first:
+        if first:  # repeats are only counted: a flood must not flood the log or the trail either
+            log.info("DICOM association from %s (%s) refused: %s", ae, address, reason)
             try:
                 from ..store import accounts
                 accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.association.refused",
-                                      object=address, outcome="denied", detail={"reason": reason})
+                                      object=address, outcome=audit.DENIED, detail={"reason": reason})
             except Exception as exc:  # a locked or full store must not break the receiver
                 log.info("refused association not audited: %s", type(exc).__name__)
 
