@@ -143,6 +143,10 @@ class _GuardedHandler(RequestHandler):
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with a per-address connection cap."""
 
+    # socketserver's listen backlog is 5: a burst of connections (an attacker's) would make
+    # the kernel drop a probe's SYN and the probe wait a second or more to retry
+    request_queue_size = 128
+
     def __init__(self, *args, per_address: int, new_sink, on_end=None, **kwargs):
         self.per_address = max(1, int(per_address))
         self.new_sink = new_sink
