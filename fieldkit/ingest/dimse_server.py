@@ -2,7 +2,8 @@
 one misbehaving host from stopping the probes.
 
 - A connection must send its A-ASSOCIATE-RQ within `dicom.associate_timeout_s` (the AE's
-  acse_timeout) or it is closed; until then it holds no association slot: the limit
+  acse_timeout) or it is closed; until it sends anything it is one sleeping thread, and
+  until the request has arrived it holds no association slot: the limit
   (`dicom.max_associations`) counts only connections that asked for an association
   (pynetdicom counts every connected socket).
 - At most `dicom.max_connections_per_address` connections from one address at once; one
@@ -17,8 +18,10 @@ one misbehaving host from stopping the probes.
 from __future__ import annotations
 
 import logging
+import selectors
 import ssl
 import threading
+import time
 from collections import Counter
 from datetime import datetime
 from io import BytesIO
@@ -99,13 +102,29 @@ def received_data(request) -> tuple[StoreSink | None, bytes]:
 
 
 class _GuardedHandler(RequestHandler):
+    """Runs in the connection's own thread (never the accept thread). Until the peer has
+    sent something, the connection costs one thread asleep in a poll: pynetdicom's reader
+    thread, started only then, polls its socket every millisecond, and 50 idle connections
+    each with one of those would slow the probes."""
+
     def handle(self) -> None:
         server = self.server
         host = str(self.client_address[0])
-        if isinstance(self.request, ssl.SSLSocket) and not self._handshake(host):
+        deadline = time.monotonic() + float(server.ae.acse_timeout)
+        sock = self.request
+        why = ""
+        if isinstance(sock, ssl.SSLSocket):
+            why = self._handshake(deadline)
+        if not why and not _readable(sock, deadline):
+            why = "nothing sent before the associate deadline (dicom.associate_timeout_s)"
+        if why:
+            log.debug("DICOM connection from %s closed: %s", host, why)
+            server.shutdown_request(sock)
+            server.connection_ended(host, None)
             return
         try:
             assoc = self._create_association()
+            assoc.acse_timeout = max(0.5, deadline - time.monotonic())  # the rest of the deadline
             assoc.dimse = _StreamedStoreProvider(assoc, server.new_sink)
             run = assoc.run
 
@@ -122,22 +141,27 @@ class _GuardedHandler(RequestHandler):
             server.connection_ended(host, None)
             raise
 
-
-    def _handshake(self, host: str) -> bool:
-        """The TLS handshake, in this connection's own thread and under the associate
-        deadline: a peer that starts one and stalls would otherwise block its association's
-        reader for good (the accept thread only wraps the socket, see dimse_tls)."""
+    def _handshake(self, deadline: float) -> str:
+        """The TLS handshake under the associate deadline ('' when done): a peer that starts
+        one and stalls must not hold its connection (the accept thread only wraps the
+        socket, see dimse_tls)."""
         sock = self.request
         try:
-            sock.settimeout(self.server.ae.acse_timeout)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
             sock.do_handshake()
             sock.settimeout(None)
-            return True
+            return ""
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
-            log.info("DICOM TLS connection from %s closed: handshake failed (%s)", host, type(exc).__name__)
-            self.server.shutdown_request(sock)
-            self.server.connection_ended(host, None)
-            return False
+            return f"TLS handshake failed ({type(exc).__name__})"
+
+
+def _readable(sock, deadline: float) -> bool:
+    """Wait (asleep) until the peer sent something or closed, or the deadline passed."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        return bool(sel.select(max(0.0, deadline - time.monotonic())))
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -164,7 +188,7 @@ class GuardedServer(ThreadedAssociationServer):
                 full = False
                 self._open[host] += 1
         if full:
-            log.info("DICOM connection from %s closed: %d already open from that address "
+            log.debug("DICOM connection from %s closed: %d already open from that address "
                      "(dicom.max_connections_per_address)", host, self.per_address)
         return not full
 
