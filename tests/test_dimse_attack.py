@@ -331,3 +331,30 @@ def test_fuzzed_large_objects_get_a_status_each_and_the_receiver_keeps_working(k
         assert _send(receiver.port, good).Status == 0x0000
     finally:
         receiver.stop()
+
+
+def test_a_stalled_or_oversized_pdu_before_any_association_is_closed(kit):
+    """No AE title needed for either: an A-ASSOCIATE-RQ that stops half way is closed at the
+    associate deadline, and one that declares 4 GiB is closed without being buffered."""
+    import struct
+
+    receiver = _receiver(kit, dicom__associate_timeout_s=2)
+    stalled = _idle(receiver.port, "127.0.0.5")
+    huge = _idle(receiver.port, "127.0.0.6")
+    try:
+        stalled.sendall(struct.pack(">BBL", 1, 0, 1000) + b"x" * 10)
+        started = time.monotonic()
+        assert _closed_by_peer(stalled, 8)
+        assert time.monotonic() - started < 4
+        huge.sendall(struct.pack(">BBL", 1, 0, 0xFFFFFFF0))
+        sent = 0
+        with pytest.raises(OSError):  # broken pipe or reset once the kit has closed it
+            while sent < 256 << 20:
+                huge.sendall(bytes(1 << 20))
+                sent += 1 << 20
+        assert sent < 32 << 20, f"the kit read {sent >> 20} MiB of a PDU it cannot take"
+        assert wait_until(lambda: receiver.open_connections() == {}, 5)
+    finally:
+        stalled.close()
+        huge.close()
+        receiver.stop()

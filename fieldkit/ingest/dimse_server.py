@@ -29,7 +29,7 @@ from io import BytesIO
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .spoolio import PartBuffer
 
@@ -125,6 +125,7 @@ class _GuardedHandler(RequestHandler):
         try:
             assoc = self._create_association()
             assoc.acse_timeout = max(0.5, deadline - time.monotonic())  # the rest of the deadline
+            _BoundedSocket.adopt(assoc.dul.socket, deadline, max(server.ae.maximum_pdu_size, 1 << 16) + 1024)
             assoc.dimse = _StreamedStoreProvider(assoc, server.new_sink)
             run = assoc.run
 
@@ -153,6 +154,53 @@ class _GuardedHandler(RequestHandler):
             return ""
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
             return f"TLS handshake failed ({type(exc).__name__})"
+
+
+class _BoundedSocket(AssociationSocket):
+    """pynetdicom reads a PDU by its declared length, as long as the peer takes: a peer
+    that declares 4 GiB (before any association, no AE title needed) would be buffered
+    whole, and one that stops mid-PDU would hold its connection for good. Here a PDU
+    longer than the kit's maximum is not read at all, and one must arrive within the
+    associate deadline (before the association) or the idle timeout (after); either way
+    the read comes back short, which pynetdicom treats as a closed connection."""
+
+    @classmethod
+    def adopt(cls, sock: AssociationSocket, associate_deadline: float, max_pdu: int) -> None:
+        sock.__class__ = cls  # pynetdicom made the socket; only its reads change
+        sock.associate_deadline = associate_deadline
+        sock.max_pdu = max_pdu
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        out = bytearray()
+        raw = self.socket
+        address = self.assoc.requestor.address
+        if nr_bytes > self.max_pdu:
+            log.info("DICOM connection from %s closed: a PDU of %d bytes is over the kit's maximum", address, nr_bytes)
+            return out
+        if self.assoc.is_established:
+            deadline = time.monotonic() + float(self.assoc.network_timeout or 60)
+        else:
+            deadline = self.associate_deadline
+        try:
+            while len(out) < nr_bytes and raw is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.info("DICOM connection from %s closed: a PDU was not complete in time", address)
+                    break
+                raw.settimeout(remaining)
+                chunk = raw.recv(min(1 << 16, nr_bytes - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:  # timed out or reset: what arrived is short, the connection ends
+            pass
+        finally:
+            if raw is not None:
+                try:
+                    raw.settimeout(None)  # sends stay blocking, as pynetdicom expects
+                except OSError:
+                    pass
+        return out
 
 
 def _readable(sock, deadline: float) -> bool:
