@@ -124,6 +124,10 @@ def test_one_address_cannot_open_more_than_its_share(kit, tmp_path):
         held += [_idle(receiver.port, "127.0.0.3") for _ in range(3)]
         assert wait_until(lambda: receiver.open_connections().get("127.0.0.3") == 3, 5)
         assert not any(_closed_by_peer(s, 0.2) for s in held[-3:])
+        # stopping the receiver does not wait for idle connections to time out
+        stopping = time.monotonic()
+        receiver.stop()
+        assert time.monotonic() - stopping < 2
     finally:
         for s in held:
             s.close()

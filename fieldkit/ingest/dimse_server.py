@@ -175,7 +175,7 @@ class _BoundedSocket(AssociationSocket):
         raw = self.socket
         address = self.assoc.requestor.address
         if nr_bytes > self.max_pdu:
-            log.info("DICOM connection from %s closed: a PDU of %d bytes is over the kit's maximum", address, nr_bytes)
+            log.debug("DICOM connection from %s closed: a PDU of %d bytes is over the kit's maximum", address, nr_bytes)
             return out
         if self.assoc.is_established:
             deadline = time.monotonic() + float(self.assoc.network_timeout or 60)
@@ -185,7 +185,7 @@ class _BoundedSocket(AssociationSocket):
             while len(out) < nr_bytes and raw is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    log.info("DICOM connection from %s closed: a PDU was not complete in time", address)
+                    log.debug("DICOM connection from %s closed: a PDU was not complete in time", address)
                     break
                 raw.settimeout(remaining)
                 chunk = raw.recv(min(1 << 16, nr_bytes - len(out)))
@@ -218,6 +218,9 @@ class GuardedServer(ThreadedAssociationServer):
     # socketserver's listen backlog is 5: a burst of connections (an attacker's) would make
     # the kernel drop a probe's SYN and the probe wait a second or more to retry
     request_queue_size = 128
+    # a connection's thread may sit out the associate deadline: stopping the kit must not
+    # wait for an idle attacker's (socketserver joins non-daemon handler threads)
+    daemon_threads = True
 
     def __init__(self, *args, per_address: int, new_sink, on_end=None, **kwargs):
         self.per_address = max(1, int(per_address))
