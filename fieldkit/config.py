@@ -164,7 +164,9 @@ SETTINGS: dict[str, Setting] = {
     "dicom.allowed_ae_titles": Setting([], "Calling AE titles allowed to send when allow_any_ae is false.", rule=AE_TITLE),
     "dicom.max_object_mb": Setting(1024, "Largest DICOM object accepted, in MiB.", min=1),
     "dicom.max_associations": Setting(16, "Most DICOM associations received at once (per port); one more is refused with A-ASSOCIATE-RJ (transient), so the probe can retry.", min=1, max=1000),
-    "dicom.idle_timeout_s": Setting(60, "Seconds an association may stay silent before its slot is released; a connection that never asks for an association is dropped after at most 30 s.", min=1, max=86400),
+    "dicom.idle_timeout_s": Setting(60, "Seconds an association may stay silent before it is aborted and its slot released.", min=1, max=86400),
+    "dicom.associate_timeout_s": Setting(5.0, "A connection that has not asked for an association (A-ASSOCIATE-RQ) this many seconds after connecting is closed; until then it holds no association slot.", above=0, max=300),
+    "dicom.max_connections_per_address": Setting(16, "Most connections open at once from one network address (per port); one more is closed at once, so one host cannot tie up the receiver.", min=1, max=10000),
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi).", rule=ADDRESS),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port.", min=-1, max=65535),

@@ -325,7 +325,7 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     limit_malloc_arenas()
     overrides = {}
     if bind is not None:
-        overrides["http.bind"] = bind
+        overrides["http.bind"] = overrides["dicom.bind"] = bind  # DICOM (and DICOM TLS) too
     if http_port is not None:
         overrides["http.port"] = http_port
     if dicom_port is not None:

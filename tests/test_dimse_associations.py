@@ -43,11 +43,12 @@ def _captures(directory, n):
     return paths
 
 
-def _hold(port, n):
-    """n established associations that stay open until released."""
+def _hold(port, n, source="127.0.0.2"):
+    """n established associations that stay open until released, from another address
+    than the probes' (each address has its own connection cap)."""
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", port, ae_title="FIELDKIT") for _ in range(n)]
+    held = [ae.associate("127.0.0.1", port, ae_title="FIELDKIT", bind_address=(source, 0)) for _ in range(n)]
     return ae, held
 
 
@@ -108,15 +109,15 @@ def test_one_beyond_the_limit_is_refused_then_stores_when_a_slot_frees(kit, tmp_
 
 
 def test_silent_connections_do_not_hold_a_slot_forever(kit, tmp_path):
-    receiver = _receiver(kit, dicom__max_associations=2, dicom__idle_timeout_s=2)
+    receiver = _receiver(kit, dicom__max_associations=1, dicom__idle_timeout_s=2, dicom__associate_timeout_s=1)
     (capture,) = _captures(tmp_path / "c", 1)
-    bare = socket.create_connection(("127.0.0.1", receiver.port))  # says nothing at all
+    bare = socket.create_connection(("127.0.0.1", receiver.port))  # says nothing at all: holds no slot
     ae, (silent,) = _hold(receiver.port, 1)                         # associates, then says nothing
     try:
         assert silent.is_established
         refused = storescu(receiver.port, [capture])
         assert "Association Rejected" in refused.stdout + refused.stderr
-        # both silent peers are dropped by the kit, which frees their slots
+        # both silent peers are dropped by the kit, which frees the slot
         bare.settimeout(10)
         assert bare.recv(1) == b""
         assert _wait_until(lambda: silent.is_aborted, 10)

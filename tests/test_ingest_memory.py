@@ -99,3 +99,27 @@ def test_a_stow_batch_of_large_cines_holds_about_one_at_a_time(store):
         tracemalloc.stop()
     assert [r["status"] for r in results] == ["stored"] * 4
     assert peak < 2.5 * len(cines[0]), f"peak {peak / 1e6:.0f} MB for 4 objects of {len(cines[0]) / 1e6:.0f} MB"
+
+
+def test_a_large_zip_member_streams_through_the_spool(store):
+    """A zip member is copied into the encrypted spool, not read whole and then copied:
+    storing it costs about one copy of the member, like any other upload."""
+    import zipfile
+
+    from fieldkit.ingest.upload import store_stream
+
+    member = _cine_bytes(130)  # ~30 MB
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("cine.dcm", member)
+    body = zbuf.getvalue()
+    chunks = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+    del zbuf, body
+    tracemalloc.start()
+    try:
+        out = store_stream(store, iter(chunks), "bundle.zip", "upload", 1 << 30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r["status"] for r in out] == ["stored"], out
+    assert peak < 1.5 * len(member), f"peak {peak / 1e6:.0f} MB for a {len(member) / 1e6:.0f} MB member"

@@ -80,7 +80,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
         fsio.makedirs(data_dir, 0o700)
         values = {"kit.id": kit_id}
         if demo:
-            values.update({"dicom.allow_any_ae": True, "http.bind": "127.0.0.1"})
+            values.update({"dicom.allow_any_ae": True, "http.bind": "127.0.0.1", "dicom.bind": "127.0.0.1"})
         if tpm_tcti:
             values["security.tpm_tcti"] = tpm_tcti
         write_atomic(data_dir / CONFIG_FILE, config_mod.render_toml(values).encode())
@@ -112,7 +112,7 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
 
 @click.command()
 @DATA_DIR
-@click.option("--bind", help="Address to listen on (default from config http.bind).")
+@click.option("--bind", help="Address HTTPS and DICOM listen on (default from config http.bind and dicom.bind).")
 @click.option("--http-port", type=int, help="HTTPS port (default from config; 0 picks a free one).")
 @click.option("--dicom-port", type=int, help="DICOM port (default from config; 0 picks a free one).")
 @click.option("--passphrase-file", type=click.Path(path_type=Path),

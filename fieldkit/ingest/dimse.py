@@ -1,9 +1,12 @@
 """The DIMSE receiver: C-ECHO and C-STORE for handheld probes (pynetdicom, one thread).
 
 Handler contract (pynetdicom `evt.EVT_C_STORE`): the handler gets the raw dataset in the
-negotiated transfer syntax, hands it to `put_instance`, and answers Success only after
-that returned, which is when the object is durable in the store. Every refusal becomes a
+negotiated transfer syntax (as it arrived: in memory while small, else in the encrypted
+spool, nothing past dicom.max_object_mb - see dimse_server, which also holds the
+connection limits), hands it to `put_instance`, and answers Success only after that
+returned, which is when the object is durable in the store. Every refusal becomes a
 DIMSE status with an ErrorComment in `status_for` - the one place errors are mapped.
+Refused associations and a summary of each association's stores are audited.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, StorageCommitm
 
 from ..dicom import parse, uids
 from ..dicom.status import status as _status
+from ..dicom.prepare import prepare
 from ..errors import ConfigError, FieldkitError, KitLocked, StorageFull, TooLarge
+from ..security import audit
 from ..store import probes
+from ..store.blobs import open_reader
 from ..store.instances import CONFLICT, put_instance
-from . import commitment, worklist
+from . import commitment, dimse_server, worklist
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +61,26 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     return PROCESSING_FAILURE, "internal error while storing; nothing was kept (see the kit log)"
 
 
-def handle_store(event, kit) -> Dataset:
+def handle_store(event, kit, tally: "StoreTally | None" = None) -> Dataset:
     """EVT_C_STORE: store the dataset durably, then answer."""
     calling = event.assoc.requestor.ae_title
+    sink, raw = dimse_server.received_data(event.request)
+    size = sink.size if sink is not None else len(raw)
+    code = PROCESSING_FAILURE
     try:
         store = kit.store
-        raw = event.request.DataSet.getvalue()
         ts = str(event.context.transfer_syntax)
-        cap = int(kit.config["dicom.max_object_mb"]) * (1 << 20)
-        if len(raw) > cap:
-            raise TooLarge(f"object over the {kit.config['dicom.max_object_mb']} MiB limit")
+        if (sink is not None and sink.over_cap) or size > int(kit.config["dicom.max_object_mb"]) * (1 << 20):
+            raise TooLarge(f"object over the {kit.config['dicom.max_object_mb']} MiB limit (dicom.max_object_mb)")
         requested_class = str(event.request.AffectedSOPClassUID)
         store.space.check_capture()
-        result = put_instance(store, raw, "dimse", transfer_syntax=ts, calling_ae=str(calling).strip())
+        if sink is not None and not sink.in_memory:
+            # read once from the encrypted spool, straight into the dataset
+            data = prepare(open_reader(sink), transfer_syntax=ts)
+        else:
+            data = sink.read_all() if sink is not None else raw
+        result = put_instance(store, data, "dimse", transfer_syntax=ts, calling_ae=str(calling).strip())
+        code = SUCCESS
         if result["instance"]["sop_class_uid"] != requested_class:
             # stored already (it is a valid object); tell the probe its request was odd
             return _status(WARNING_COERCION, "SOP class differs from the C-STORE request")
@@ -81,6 +94,39 @@ def handle_store(event, kit) -> Dataset:
         else:
             log.info("C-STORE from %s refused (0x%04X): %s", calling, code, reason)
         return _status(code, reason)
+    finally:
+        if tally is not None:
+            tally.add(event.assoc, size, code == SUCCESS)
+
+
+class StoreTally:
+    """C-STORE counts per association, audited as one summary event when the connection
+    ends (one event per object would flood the audit chain during a cine burst)."""
+
+    def __init__(self, store):
+        self._store = store
+        self._lock = threading.Lock()
+        self._by_assoc: dict[int, dict] = {}
+
+    def add(self, assoc, size: int, stored: bool) -> None:
+        with self._lock:
+            t = self._by_assoc.setdefault(id(assoc), {"stored": 0, "refused": 0, "bytes": 0})
+            t["stored" if stored else "refused"] += 1
+            t["bytes"] += size if stored else 0
+
+    def on_end(self, assoc) -> None:
+        with self._lock:
+            t = self._by_assoc.pop(id(assoc), None)
+        if t is None:
+            return
+        from ..store import accounts
+        ae = str(assoc.requestor.ae_title or "").strip()
+        try:
+            accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.store",
+                                  object=str(assoc.requestor.address),
+                                  outcome=audit.OK if t["stored"] else audit.FAILED, detail=t)
+        except Exception as exc:  # a locked or full store must not break the receiver
+            log.info("C-STORE summary not audited: %s", type(exc).__name__)
 
 
 def handle_echo(event) -> int:
@@ -95,43 +141,62 @@ def handle_store_locked(event) -> Dataset:
     log.info("C-STORE from %s refused: the kit is locked", str(event.assoc.requestor.ae_title).strip())
     return _status(REFUSED_OUT_OF_RESOURCES, LOCKED_COMMENT)
 
+# A-ASSOCIATE-RJ (result, source, diagnostic) -> reason (PS3.8 9.3.4)
+REJECT_REASONS = {
+    (0x01, 0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x03, 0x02): "local limit exceeded",
+}
+CALLING_NOT_ALLOWED = REJECT_REASONS[(0x01, 0x01, 0x03)]
+
+
+def reject_reason(assoc) -> str:
+    p = assoc.acceptor.primitive
+    key = (getattr(p, "result", None), getattr(p, "result_source", None), getattr(p, "diagnostic", None))
+    return REJECT_REASONS.get(key, "rejected")
+
 
 class RefusedCallers:
-    """Associations refused for their calling AE title, for the device page: (AE, address)
-    -> count, first and last time. Bounded, so a flood cannot grow it; the first refusal of
-    a caller is audited, repeats only counted."""
+    """Associations refused (A-ASSOCIATE-RJ): (AE, address, reason) -> count, first and last
+    time. Bounded, so a flood cannot grow it; the first refusal of each is audited, repeats
+    only counted. `list()` gives the callers refused for their calling AE title, for the
+    device page (where an admin may let them in)."""
 
     LIMIT = 100
 
     def __init__(self, store):
         self._store = store
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], dict] = {}
+        self._seen: dict[tuple[str, str, str], dict] = {}
 
     def on_rejected(self, event) -> None:
         ae = str(event.assoc.requestor.ae_title).strip()
         address = str(event.assoc.requestor.address)
+        reason = reject_reason(event.assoc)
         now = time.time()
         with self._lock:
-            entry = self._seen.get((ae, address))
+            entry = self._seen.get((ae, address, reason))
             first = entry is None
             if first:
                 if len(self._seen) >= self.LIMIT:
                     del self._seen[min(self._seen, key=lambda k: self._seen[k]["last"])]
-                entry = self._seen[(ae, address)] = {"ae": ae, "address": address, "count": 0, "first": now}
+                entry = self._seen[(ae, address, reason)] = {"ae": ae, "address": address, "reason": reason,
+                                                             "count": 0, "first": now}
             entry["count"] += 1
             entry["last"] = now
-        if first:
+        if first:  # repeats are only counted: a flood must not flood the log or the trail either
+            log.info("DICOM association from %s (%s) refused: %s", ae, address, reason)
             try:
                 from ..store import accounts
                 accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.association.refused",
-                                      object=address, outcome="denied", detail={"reason": "calling AE title not allowed"})
+                                      object=address, outcome=audit.DENIED, detail={"reason": reason})
             except Exception as exc:  # a locked or full store must not break the receiver
                 log.info("refused association not audited: %s", type(exc).__name__)
 
     def list(self) -> list[dict]:
         with self._lock:
-            return sorted((dict(e) for e in self._seen.values()), key=lambda e: -e["last"])
+            entries = [dict(e) for e in self._seen.values() if e["reason"] == CALLING_NOT_ALLOWED]
+        return sorted(entries, key=lambda e: -e["last"])
 
 
 class Receiver:
@@ -149,6 +214,10 @@ class Receiver:
         if titles is not None:
             self._server.ae.require_calling_aet = titles
 
+    def open_connections(self) -> dict[str, int]:
+        """Connections open now, per address."""
+        return self._server.open_connections()
+
     def stop(self) -> None:
         if not self._stopped.is_set():
             self._stopped.set()
@@ -157,18 +226,18 @@ class Receiver:
 
 def make_ae(config, registered: list[str] = ()) -> AE:
     try:
-        ae = AE(ae_title=config["dicom.ae_title"])
+        ae = dimse_server.GuardedAE(ae_title=config["dicom.ae_title"])
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"dicom.ae_title {config['dicom.ae_title']!r} is not a usable AE title: {exc}") from None
+    # counts only connections that asked for an association (GuardedAE)
     ae.maximum_associations = max(1, int(config["dicom.max_associations"]))
+    ae.require_called_aet = True  # a probe must call the kit by its AE title
     # large PDUs: a cine arrives in a few hundred PDVs instead of thousands of 16 KiB ones
     ae.maximum_pdu_size = 4 << 20
-    # Every connection holds a slot until its thread ends, so silence must end it: a socket
-    # that never sends an A-ASSOCIATE-RQ goes after acse_timeout, an association that stops
-    # talking after network_timeout (pynetdicom's idle timer).
-    idle = max(1.0, float(config["dicom.idle_timeout_s"]))
-    ae.network_timeout = idle
-    ae.acse_timeout = min(30.0, idle)
+    # Silence must end a connection: a socket that never sends an A-ASSOCIATE-RQ goes after
+    # acse_timeout, an association that stops talking after network_timeout (the idle timer).
+    ae.network_timeout = max(1.0, float(config["dicom.idle_timeout_s"]))
+    ae.acse_timeout = max(0.5, float(config["dicom.associate_timeout_s"]))
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)
@@ -200,20 +269,29 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     hears C-ECHO answered and every C-STORE refused (0xA700, "kit locked ...")."""
     config = kit.config
     if getattr(kit, "locked", False):
-        ae, refused = make_ae(config), None
+        ae, refused, tally = make_ae(config), None, None
         ae.require_calling_aet = []
         handlers = [(evt.EVT_C_STORE, handle_store_locked), (evt.EVT_C_ECHO, handle_echo)]
     else:
         ae = make_ae(config, probes.registered_titles(kit.store))
         refused = RefusedCallers(kit.store)
-        handlers = [(evt.EVT_C_STORE, handle_store, [kit]), (evt.EVT_C_ECHO, handle_echo),
+        tally = StoreTally(kit.store)
+        handlers = [(evt.EVT_C_STORE, handle_store, [kit, tally]), (evt.EVT_C_ECHO, handle_echo),
                     (evt.EVT_REJECTED, refused.on_rejected),
                     (evt.EVT_C_FIND, worklist.handle_find, [kit]),
                     (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
                     (evt.EVT_DIMSE_SENT, commitment.on_sent)]
+    if tally is None:  # locked: there is no store, and nothing of a refused object is kept
+        def new_sink():
+            return dimse_server.StoreSink(None, 0)
+    else:
+        def new_sink():
+            return dimse_server.StoreSink(kit.store.blobs.open_spool, int(config["dicom.max_object_mb"]) * (1 << 20))
     try:
-        server = ae.start_server((config["dicom.bind"], port), block=False, evt_handlers=handlers,
-                                 ssl_context=ssl_context)
+        server = dimse_server.start_server(
+            ae, (config["dicom.bind"], port), evt_handlers=handlers, ssl_context=ssl_context,
+            per_address=int(config["dicom.max_connections_per_address"]),
+            on_end=tally.on_end if tally is not None else None, new_sink=new_sink)
     except OSError as exc:
         raise ConfigError(f"cannot listen for DICOM on {config['dicom.bind']}:{port}: "
                           f"{exc.strerror or exc} (another receiver running? see {setting})") from None

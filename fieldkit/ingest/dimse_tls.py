@@ -15,7 +15,8 @@ from .dimse import listen
 class _HandshakeInAssociationThread(ssl.SSLContext):
     """pynetdicom wraps an accepted socket in its one accept thread, and a blocking handshake
     there lets a connection that sends nothing stop every other probe. Deferred, the
-    handshake runs on the association's first read, under its timeouts."""
+    handshake runs in the connection's own thread, under the associate deadline
+    (dimse_server)."""
 
     def wrap_socket(self, sock, *args, **kwargs):
         kwargs["do_handshake_on_connect"] = False

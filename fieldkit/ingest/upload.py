@@ -271,45 +271,51 @@ def store_zip(store, spool, name: str, source: str) -> list[dict]:
                 results.append(refusal(label, BadInput(f"zip member expands {m.file_size // max(1, m.compress_size)}"
                                                        f" times its compressed size: refused as a zip bomb")))
                 continue
+            member = PartBuffer(store.blobs.open_spool)
             try:
-                data = _read_member(zf, m, cap, max_ratio)
-            except BadInput as exc:
-                results.append(refusal(label, exc))
-                continue
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-                results.append(refusal(label, BadInput(f"zip member cannot be read: {str(exc)[:120]}")))
-                continue
-            kind = sniff(data[:132])
-            if kind == DICOM:
-                if _is_dicomdir(data):
-                    results.append(outcome(label, SKIPPED, "DICOMDIR index: the files it lists are read directly"))
+                try:
+                    _read_member(zf, m, cap, member)
+                except BadInput as exc:
+                    results.append(refusal(label, exc))
                     continue
-                results.append(store_dicom_bytes(store, data, label, source))
-            elif kind == ZIP:
-                results.append(refusal(label, BadInput("zip inside a zip is not opened")))
-            else:
-                results.append(outcome(label, SKIPPED, "not a DICOM file"))
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+                    results.append(refusal(label, BadInput(f"zip member cannot be read: {str(exc)[:120]}")))
+                    continue
+                head = next(iter(member.chunks()), b"")[:1024]
+                kind = sniff(head[:132])
+                if kind == DICOM:
+                    if _is_dicomdir(head):
+                        results.append(outcome(label, SKIPPED, "DICOMDIR index: the files it lists are read directly"))
+                        continue
+                    # a small member is read as it is; a large one through the decrypting reader
+                    data = member.read_all() if member.in_memory else open_reader(member)
+                    results.append(store_dicom_bytes(store, data, label, source))
+                elif kind == ZIP:
+                    results.append(refusal(label, BadInput("zip inside a zip is not opened")))
+                else:
+                    results.append(outcome(label, SKIPPED, "not a DICOM file"))
+            finally:
+                member.close()
     return results
 
 
-def _read_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, cap: int, max_ratio: float) -> bytes:
-    """Read a member, stopping as soon as it outgrows its declared size or the cap (a
-    forged header must not get past the checks above)."""
+def _read_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, cap: int, out: PartBuffer) -> None:
+    """Copy a member into `out` (memory while small, the encrypted spool once large),
+    stopping as soon as it outgrows its declared size or the cap (a forged header must not
+    get past the checks above)."""
     limit = min(cap, m.file_size)
-    out = bytearray()
     with zf.open(m) as fh:
         while True:
             chunk = fh.read(1 << 20)
             if not chunk:
                 break
-            out += chunk
-            if len(out) > limit:
+            out.write(chunk)
+            if out.size > limit:
                 raise BadInput("zip member is larger than its header says: refused as a zip bomb")
-    return bytes(out)
 
 
-def _is_dicomdir(data: bytes) -> bool:
-    return DICOMDIR_CLASS.encode() in data[:1024]
+def _is_dicomdir(head: bytes) -> bool:
+    return DICOMDIR_CLASS.encode() in head[:1024]
 
 
 def store_picture(store, data: bytes, name: str, source: str, options: dict) -> dict:
