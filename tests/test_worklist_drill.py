@@ -84,6 +84,7 @@ def run_drill(work_dir: Path) -> dict:
     from fieldkit.runtime import open_kit
     from fieldkit.store import instances, patients, probes
 
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
     kit = open_kit(init_kit(Path(work_dir) / "kit"))
     receiver = None
     probes_open: list[Probe] = []
