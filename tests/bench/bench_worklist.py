@@ -5,7 +5,10 @@
    (written with pydicom from the kit's own items). The same C-FIND identifier (the keys a
    probe's worklist client asks for) is sent by pynetdicom to each, alternately, one
    association per query; per query we time association to final status and count the
-   answers. Printed: medians, answers per second, and the kit/Orthanc answer-rate ratio.
+   answers. Printed: the first query of each, then medians, answers per second, and the
+   kit/Orthanc answer-rate ratio. A third server, pynetdicom alone answering the same
+   items from memory (no store, no matching), shows how much of the kit's time is
+   pynetdicom's own per-message cost.
 2. The drill (tests/test_worklist_drill.py, run here once on a fresh kit): 50 captures from
    3 probes for 20 patients, and the share filed to the right patient without a human step.
 
@@ -15,7 +18,9 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # noqa: E402
 
-from fixtures.orthanc import start_orthanc  # noqa: E402
+from fixtures.orthanc import free_port, start_orthanc  # noqa: E402
 from kitproc import KitProcess, init_kit, set_config  # noqa: E402
 
 WORKLIST_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
@@ -103,6 +108,46 @@ def write_wl(items: list[Dataset], folder: Path) -> None:
         ds.save_as(folder / f"item{i:05d}.wl", enforce_file_format=True)
 
 
+def serve_bare(port: int, folder: Path) -> None:
+    """pynetdicom alone: every .wl item in `folder`, encoded once, answered to any C-FIND."""
+    from io import BytesIO
+
+    import pydicom
+    from pynetdicom import _config, evt
+    from pynetdicom.dsutils import decode, encode
+
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+    items = []
+    for path in sorted(folder.glob("*.wl")):
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        items.append(decode(BytesIO(encode(ds, True, True)), True, True))
+
+    def on_find(event):
+        for item in items:
+            yield 0xFF00, item
+        yield 0x0000, None
+
+    ae = AE(ae_title="BARE")
+    ae.add_supported_context(ModalityWorklistInformationFind, ["1.2.840.10008.1.2"])
+    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+
+
+def start_bare(port: int, folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(port), str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the bare pynetdicom server did not start")
+
+
 def bench_worklist(work: Path, n: int, repeats: int) -> None:
     data_dir = init_kit(work / "kit")
     set_config(data_dir, worklist__max_items=n, dicom__allowed_ae_titles=["PROBE1"])
@@ -110,8 +155,10 @@ def bench_worklist(work: Path, n: int, repeats: int) -> None:
     items = board(data_dir, n)
     print(f"board: {n} patients created in {time.perf_counter() - t0:.1f}s")
     write_wl(items, work / "worklists")
-    kit = orthanc = None
+    kit = orthanc = bare = None
     try:
+        bare_port = free_port()
+        bare = start_bare(bare_port, work / "worklists")
         kit = KitProcess(data_dir).start()
         orthanc = start_orthanc(work / "orthanc", extra={
             "Plugins": [str(Path(p)) for p in (WORKLIST_PLUGIN,)] + [
@@ -119,24 +166,32 @@ def bench_worklist(work: Path, n: int, repeats: int) -> None:
             "Worklists": {"Enable": True, "Database": str(work / "worklists")},
             "DicomAlwaysAllowFindWorklist": True, "DicomCheckCalledAet": False})
         query = probe_query()
-        kit_times, orthanc_times = [], []
-        for run in range(repeats + 1):  # the first of each warms up (not counted)
-            for label, port, called, times in (("kit", kit.dicom_port, "FIELDKIT", kit_times),
-                                                ("Orthanc", orthanc.dicom_port, "HOSPITAL", orthanc_times)):
+        servers = (("kit", kit.dicom_port, "FIELDKIT"), ("Orthanc", orthanc.dicom_port, "HOSPITAL"),
+                   ("pynetdicom alone", bare_port, "BARE"))
+        times: dict[str, list[float]] = {label: [] for label, _, _ in servers}
+        for run in range(repeats + 1):  # the first of each is printed, not counted
+            for label, port, called in servers:
                 seconds, answers, final = find(port, called, query)
                 if answers != n or final != 0:
                     raise RuntimeError(f"{label}: {answers} answers, final status {final:#06x} (expected {n}, 0)")
                 if run:
-                    times.append(seconds)
-        k, o = statistics.median(kit_times), statistics.median(orthanc_times)
-        print(f"worklist C-FIND, {n} items, median of {repeats}: kit {k * 1000:.0f} ms "
-              f"({n / k:.0f} answers/s), Orthanc {o * 1000:.0f} ms ({n / o:.0f} answers/s)")
-        print(f"ratio worklist answer rate kit/orthanc = {o / k:.2f} (target >= 1.0)")
+                    times[label].append(seconds)
+                else:
+                    print(f"first query: {label} {seconds * 1000:.0f} ms")
+        med = {label: statistics.median(t) for label, t in times.items()}
+        print(f"worklist C-FIND, {n} items, median of {repeats}: "
+              + ", ".join(f"{label} {m * 1000:.0f} ms ({n / m:.0f} answers/s)" for label, m in med.items()))
+        print(f"ratio worklist answer rate kit/orthanc = {med['Orthanc'] / med['kit']:.2f} (target >= 1.0)")
+        print(f"ratio worklist answer rate pynetdicom-alone/orthanc = {med['Orthanc'] / med['pynetdicom alone']:.2f}, "
+              f"kit/pynetdicom-alone = {med['pynetdicom alone'] / med['kit']:.2f}")
     finally:
         if kit is not None:
             kit.stop()
         if orthanc is not None:
             orthanc.stop()
+        if bare is not None:
+            bare.kill()
+            bare.wait(10)
 
 
 def bench_drill(work: Path) -> None:
@@ -150,6 +205,8 @@ def bench_drill(work: Path) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--bare-scp"]:
+        return serve_bare(int(sys.argv[2]), Path(sys.argv[3]))
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=9)
