@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
-
 import time
+import weakref
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -161,7 +160,7 @@ def report_on_new_association(kit, requestor: tuple[str, str], event_type: int, 
         if assoc.is_established:
             try:
                 status, _ = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
-                                                   WELL_KNOWN_INSTANCE)
+                                                      WELL_KNOWN_INSTANCE)
             finally:
                 assoc.release()
             if _answered_ok(status):

@@ -445,11 +445,11 @@ class SyncWorker:
                 set_sync_state(self.store, p.uid, sync_state=pg.CONFIRMED, confirmed_at=now,
                                retrieve_url=retrieve_url or "", sync_reason="", sync_alone=False,
                                confirmed_patient_id=sent_as, correction=None)
-                # moved to another patient while it was on its way: correct it at once
-                correct_hospital_copy(db, self.store, p.uid)
             pg.bump_stats(db, confirmed=1, confirmed_bytes=size, found_by_qido=1 if asked else 0,
                           confirmed_wire_bytes=0 if asked else p.part.size, first_confirmed_at=now)
             self.store.queue.ack(p.item.row.id)
+            if p.item.instance is not None:  # moved to another patient while on its way: correct it
+                correct_hospital_copy(db, self.store, p.uid)  # (after the ack: its row is free again)
         self.store.write(fn)
         self._unknown.pop(p.uid, None)
         self.store.events.publish(SYNC_CONFIRMED, sop_instance_uid=p.uid,
