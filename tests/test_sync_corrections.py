@@ -88,3 +88,29 @@ def test_a_merge_undone_after_a_capture_went_out_corrects_it(kit, orthanc):
     assert images == {uid}  # the copy sent during the undo time stays, disowned:
     assert [_content(d)["Belongs to"] for d in docs] == [[first["id"]]]
     assert instances.get_instance(store, uid)["confirmed_patient_id"] == first["id"]
+
+
+def test_a_capture_moved_while_on_its_way_is_corrected_when_its_send_is_confirmed(kit):
+    """The worker took the capture (under the old patient), a tablet moved it, then the
+    hospital confirmed the old copy: the correction is queued right then, not absorbed by
+    the row that just finished."""
+    from fieldkit.sync.client import Part
+    from fieldkit.sync.planner import classify
+    from fieldkit.sync.worker import Prepared
+
+    store = kit.store
+    wrong = patients.create_patient(store, tag="T-0721", triage="green")
+    right = patients.create_patient(store, tag="T-0722", triage="red")
+    uid = instances.put_instance(store, capture("T-0721"), "dimse")["sop_instance_uid"]
+    row = store.queue.lease(KIND_SYNC)
+    assert row.payload == {"sop_instance_uid": uid}
+    taken = classify(store, row)  # what the worker sends: the catalogue row as it was
+    patients.assign_capture(store, uid, right["id"], by="tri")
+    worker = SyncWorker(store, sync_config(kit.config, "http://127.0.0.1:9/dicom-web"), kit.data_dir)
+    worker._confirm(Prepared(taken, Part(uid, 0, lambda: []), uid), "http://127.0.0.1:9/dicom-web/x")
+    assert store.queue.get(row.id).state == "done"
+    doc = instances.get_instance(store, uid)
+    assert (doc["sync_state"], doc["correction"]["from"], doc["patient_id"]) == ("queued", wrong["id"], right["id"])
+    ready = [q.payload for q in store.queue.rows(kind=KIND_SYNC, state="ready")]
+    assert {"sop_instance_uid": uid} in ready
+    assert {"patient_id": wrong["id"], "what": "moved", "capture": uid} in ready
