@@ -34,10 +34,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # noqa: E402
 
-from fixtures.orthanc import free_port, start_orthanc  # noqa: E402
+from fixtures.orthanc import dicomweb_plugin, free_port, start_orthanc  # noqa: E402
 from kitproc import KitProcess, init_kit, set_config  # noqa: E402
 
-WORKLIST_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
+WORKLIST_PLUGINS = ("/usr/share/orthanc/plugins/libModalityWorklists.so",  # Debian's orthanc package
+                    "/usr/lib/orthanc/libModalityWorklists.so")
+
+
+def worklist_plugin() -> str | None:
+    return next((p for p in WORKLIST_PLUGINS if Path(p).exists()), None)
 CATEGORIES = ("red", "yellow", "green", "grey", "none")
 
 
@@ -149,6 +154,9 @@ def start_bare(port: int, folder: Path) -> subprocess.Popen:
 
 
 def bench_worklist(work: Path, n: int, repeats: int) -> None:
+    if not worklist_plugin() or not dicomweb_plugin():
+        print("worklist: Orthanc's ModalityWorklists plugin is not installed (Debian: orthanc); no comparison")
+        return
     data_dir = init_kit(work / "kit")
     set_config(data_dir, worklist__max_items=n, dicom__allowed_ae_titles=["PROBE1"])
     t0 = time.perf_counter()
@@ -161,8 +169,7 @@ def bench_worklist(work: Path, n: int, repeats: int) -> None:
         bare = start_bare(bare_port, work / "worklists")
         kit = KitProcess(data_dir).start()
         orthanc = start_orthanc(work / "orthanc", extra={
-            "Plugins": [str(Path(p)) for p in (WORKLIST_PLUGIN,)] + [
-                "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "Plugins": [dicomweb_plugin(), worklist_plugin()],
             "Worklists": {"Enable": True, "Database": str(work / "worklists")},
             "DicomAlwaysAllowFindWorklist": True, "DicomCheckCalledAet": False})
         query = probe_query()
