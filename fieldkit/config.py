@@ -170,6 +170,7 @@ SETTINGS: dict[str, Setting] = {
     # ingest (DIMSE bind address, uploads, import)
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi).", rule=ADDRESS),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port.", min=-1, max=65535),
+    "dicom.commitment_report_port": Setting(104, "Port the kit calls a probe on to send a storage commitment report when the probe's own association has ended (the address is the registered probe's host, else the one it called from).", min=1, max=65535),
     # patients
     "patients.merge_undo_seconds": Setting(60.0, "A merge made on a tablet can be undone for this many seconds; nothing of it is sent to the hospital meanwhile.", min=0),
     # worklist (the kit's Modality Worklist for probes)

@@ -4,6 +4,7 @@ instances the kit holds, and each one it does not hold with the reason."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pydicom
 from pydicom.data import get_testdata_file
@@ -14,6 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, UltrasoundImageStorage
 
 from fieldkit.ingest import commitment
+from kitproc import wait_until
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 
@@ -96,3 +98,71 @@ def test_all_committed_and_bad_requests(dimse_kit):
     finally:
         assoc.release()
     assert [event_type for event_type, _ in reports] == [commitment.ALL_COMMITTED]
+
+
+def _listening_probe(host: str, port: int):
+    """The probe's own SCP, where it takes storage commitment reports on a new association."""
+    reports, got, callers = [], threading.Event(), []
+
+    def on_report(event):
+        callers.append(str(event.assoc.requestor.ae_title).strip())
+        reports.append((event.event_type, event.event_information))
+        got.set()
+        return 0x0000, None
+
+    ae = AE(ae_title="PROBE2")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    return server, reports, got, callers
+
+
+def test_a_probe_that_hung_up_gets_its_report_on_a_new_association(dimse_kit):
+    """The probe sends, asks, releases, and listens on its registered host (127.0.0.2 here,
+    not the address it called from) and the configured port."""
+    from fieldkit.store import probes
+    from fixtures.orthanc import free_port
+
+    port = free_port()
+    dimse_kit.config = dimse_kit.config.with_overrides(dicom__commitment_report_port=port)
+    probes.add_probe(dimse_kit.store, "PROBE2", host="127.0.0.2")
+    ae = AE(ae_title="PROBE2")
+    ae.add_requested_context(UltrasoundImageStorage, ["1.2.840.10008.1.2.1"])
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", dimse_kit.receiver.port, ae_title="FIELDKIT")
+    assert assoc.is_established
+    ds = _capture()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    assert assoc.send_c_store(ds).Status == 0x0000
+    never_sent = generate_uid()
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = Sequence([_ref(UltrasoundImageStorage, ds.SOPInstanceUID),
+                                              _ref(UltrasoundImageStorage, never_sent)])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
+    assert status.Status == 0x0000
+    assoc.release()  # (no report handler on this association: a report offered on it is refused)
+    server, reports, got, callers = _listening_probe("127.0.0.2", port)
+    try:
+        assert got.wait(30), "no N-EVENT-REPORT came on a new association"
+        # the kit got the answer and hung up: no second try comes
+        assert wait_until(lambda: not server.active_associations, 30)
+        time.sleep(commitment.REPORT_RETRY_SECONDS + 1)  # (a retry would have come by now)
+    finally:
+        server.shutdown()
+    (event_type, info), = reports
+    assert callers == ["FIELDKIT"] and event_type == commitment.SOME_FAILED
+    assert info.TransactionUID == request.TransactionUID
+    assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [ds.SOPInstanceUID]
+    assert [(i.ReferencedSOPInstanceUID, int(i.FailureReason)) for i in info.FailedSOPSequence] == \
+        [(never_sent, commitment.NO_SUCH_INSTANCE)]
+
+
+def test_a_probe_that_never_listens_is_tried_a_bounded_number_of_times(kit):
+    from fixtures.orthanc import free_port
+
+    kit.config = kit.config.with_overrides(dicom__commitment_report_port=free_port())  # nobody listens there
+    event_type, info = commitment.report(kit, generate_uid(), [_ref(UltrasoundImageStorage, generate_uid())])
+    t0 = time.monotonic()
+    assert commitment.report_on_new_association(kit, ("GONE", "127.0.0.1"), event_type, info,
+                                                tries=3, wait=0.2) is False
+    assert time.monotonic() - t0 < 20

@@ -258,3 +258,42 @@ def test_a_malformed_query_gets_a_failure_status_not_a_crash(dimse_kit):
         assert [code for code, _ in answers] == [0xFF00, 0x0000] and answers[0][1].PatientID == "T-1"
     finally:
         assoc.release()
+
+
+def test_a_repeated_query_sees_every_change_since_the_last_one(board, tmp_path):
+    """Answers are kept encoded between queries: a renamed, re-triaged, new or deceased
+    patient must still show at once, and in both transfer syntaxes the same way."""
+    kit, made = board
+    port = kit.receiver.port
+    _, first = findscu(port, *PROBE_KEYS, out=tmp_path / "1")
+    _, second = findscu(port, *PROBE_KEYS, out=tmp_path / "2")
+    assert [(a.PatientID, a.PatientName, a.AccessionNumber) for a in second] == \
+        [(a.PatientID, a.PatientName, a.AccessionNumber) for a in first]
+    grey = next(p for p in made.values() if p["triage"] == "grey")
+    patients.update_details(kit.store, grey["id"], name="Roe^Rick")
+    patients.set_triage(kit.store, grey["id"], "red")
+    patients.set_triage(kit.store, "T-1001", "black")
+    newcomer = patients.create_patient(kit.store, tag="T-5000", triage="red")
+    _, third = findscu(port, *PROBE_KEYS, out=tmp_path / "3")
+    ids = [str(a.PatientID) for a in third]
+    assert "T-1001" not in ids and newcomer["id"] in ids and len(ids) == len(first)
+    moved = next(a for a in third if a.PatientID == grey["id"])
+    assert str(moved.PatientName) == "Roe^Rick"
+    assert moved.ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription.startswith("RED")
+    assert ids.index(grey["id"]) < ids.index("T-1006")  # now red: ahead of the yellow ones
+    # pynetdicom proposing implicit VR only: the same answers, encoded for that syntax
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(ModalityWorklistInformationFind, ["1.2.840.10008.1.2"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="FIELDKIT")
+    assert assoc.is_established
+    query = Dataset()
+    query.PatientID, query.PatientName = "", ""
+    try:
+        got = [(str(i.PatientID), str(i.PatientName)) for s, i in
+               assoc.send_c_find(query, ModalityWorklistInformationFind) if int(s.Status) == 0xFF00]
+    finally:
+        assoc.release()
+    assert got == [(str(a.PatientID), str(a.PatientName)) for a in third]

@@ -5,13 +5,24 @@ one Pending per matching board patient, most urgent first, then Success. A query
 cannot answer gets one Failure with an ErrorComment; it never raises into pynetdicom.
 Every patient on the board who is not deceased (and not merged away) is one scheduled
 procedure step; see fieldkit.dicom.worklist for the items and the matching rules.
+
+Probes ask the same question again and again (every time the sonographer opens the list),
+and most patients have not changed since the last time: each patient's item, and each
+answer to one query (same identifier bytes, same transfer syntax), is kept already encoded
+until that patient's row changes, so a repeated query costs lookups, not pydicom work.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
+from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import _handlers, evt
+from pynetdicom.dsutils import decode, encode
 
 from ..dicom import worklist as wl
 from ..dicom.status import status as _status
@@ -24,23 +35,124 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
+MAX_CACHED_ANSWERS = 50_000  # ~ 25 query shapes x 2 000 patients, a few hundred bytes each
+
+# pynetdicom would pretty-print every query and every answer (patient data) for its log.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+# It would also log one INFO line per answer (thousands per worklist query); the kit
+# answers no C-GET/C-MOVE, the only other INFO lines of that logger.
+logging.getLogger("pynetdicom.service_class").setLevel(logging.WARNING)
+
+# The per-message debug dumps pynetdicom binds to every association cost more than
+# the answer itself; an association that asks for the worklist drops them.
+_DEBUG_DUMPS = ((evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+                (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler))
+
+
+def _fingerprint(patient: dict, config) -> tuple:
+    """Everything an item is made of: a change in any of it makes a new item."""
+    return (tuple(str(patient.get(k) or "") for k in ("id", "triage", "created", "name", "tag", "birth_date", "sex"))
+            + (config.issuer_of_patient_id, config["kit.uid_root"], config["worklist.procedure"]))
+
+
+class _Cache:
+    """Items per patient fingerprint; encoded answers per (fingerprint, query, syntax)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items: dict[str, tuple[tuple, Dataset]] = {}
+        self.answers: OrderedDict = OrderedDict()
+
+    def item(self, patient: dict, config) -> tuple[tuple, Dataset]:
+        mark = _fingerprint(patient, config)
+        with self.lock:
+            known = self.items.get(patient["id"])
+        if known is not None and known[0] == mark:
+            return known
+        made = (mark, wl.item_for(patient, issuer=config.issuer_of_patient_id, uid_root=config["kit.uid_root"],
+                                  procedure=config["worklist.procedure"]))
+        with self.lock:
+            self.items[patient["id"]] = made
+        return made
+
+    def answer(self, mark: tuple, item: Dataset, query: Dataset, query_key, syntax) -> Dataset | None:
+        """The encoded answer of `item` to `query` (None: no match). QueryError propagates."""
+        key = (mark, query_key)
+        with self.lock:
+            if key in self.answers:
+                self.answers.move_to_end(key)
+                return self.answers[key]
+        found = None
+        if wl.matches(item, query):
+            found = wl.response(item, query)
+            if syntax is not None:  # re-read as raw elements: pydicom writes those as they are
+                implicit, little = syntax
+                data = encode(found, implicit, little)
+                found = decode(BytesIO(data), implicit, little) if data else found
+        with self.lock:
+            self.answers[key] = found
+            while len(self.answers) > MAX_CACHED_ANSWERS:
+                self.answers.popitem(last=False)
+        return found
+
+
+# Keys are the content itself (fingerprint, query bytes), so one cache serves every kit.
+_CACHE = _Cache()
+
+
+def board(kit) -> list[dict]:
+    """The board patients that are scheduled steps, most urgent first (red before yellow,
+    then oldest first)."""
+    return sorted((p for p in patients.list_patients(kit.store) if wl.scheduled(p)), key=wl.urgency)
 
 
 def items(kit) -> list[Dataset]:
-    """Every scheduled step, most urgent first (red before yellow, then oldest first)."""
-    config = kit.config
-    board = sorted((p for p in patients.list_patients(kit.store) if wl.scheduled(p)), key=wl.urgency)
-    return [wl.item_for(p, issuer=config.issuer_of_patient_id, uid_root=config["kit.uid_root"],
-                        procedure=config["worklist.procedure"]) for p in board]
+    """Every scheduled step, most urgent first."""
+    return [_CACHE.item(p, kit.config)[1] for p in board(kit)]
+
+
+def _syntax(event):
+    """(implicit VR, little endian) of the association's context, or None (deflated: not cached)."""
+    try:
+        ts = event.context.transfer_syntax
+        return None if ts.is_deflated else (ts.is_implicit_VR, ts.is_little_endian)
+    except Exception:
+        return None
+
+
+def _query_key(event, syntax):
+    try:
+        raw = event.request.Identifier
+        return (raw.getvalue(), syntax) if raw is not None and syntax is not None else None
+    except Exception:
+        return None
 
 
 def handle_find(event, kit):
     """EVT_C_FIND for Modality Worklist Information Model - FIND."""
+    for event_type, handler in _DEBUG_DUMPS:
+        try:
+            event.assoc.unbind(event_type, handler)
+        except Exception:  # not bound (logging level "none"): nothing to drop
+            pass
     try:
         query = event.identifier
         limit = int(kit.config["worklist.max_items"])
-        found = [item for item in items(kit) if wl.matches(item, query)]
-        answers = [wl.response(item, query) for item in found[:limit]]
+        syntax = _syntax(event)
+        key = _query_key(event, syntax)
+        cache = _CACHE
+        found = []
+        for patient in board(kit):
+            mark, item = cache.item(patient, kit.config)
+            if key is None:  # nothing to key the answer on: computed, not kept
+                answer = wl.response(item, query) if wl.matches(item, query) else None
+            else:
+                answer = cache.answer(mark, item, query, key, syntax)
+            if answer is not None:
+                found.append(answer)
+        answers = found[:limit]
     except wl.QueryError as exc:
         yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return

@@ -70,7 +70,7 @@ def _update(db, sop_uid: str, fields: dict) -> None:
 
 
 SYNC_FIELDS = {"sync_state", "sync_reason", "sync_wire", "sync_wire_syntax", "sync_alone", "confirmed_at",
-               "retrieve_url"}
+               "retrieve_url", "confirmed_patient_id", "correction"}
 
 
 def set_sync_state(store, sop_uid: str, **fields) -> None:

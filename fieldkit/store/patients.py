@@ -407,6 +407,9 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
         keys = [k for uid in undo["moved"] for k in db.storage.keys(T_INSTANCES, "sop_instance_uid", uid)]
         if keys:
             db.table(T_INSTANCES).update({"patient_id": src["id"]}, doc_ids=[int(k) for k in keys])
+        update_fields(db, src["id"], {"merged_into": None})  # (so the correction sees two patients)
+        for uid in undo["moved"]:  # a capture's own first send may have gone under the survivor
+            correct_hospital_copy(db, store, uid)
         src_history = list(src.get("triage_history") or []) + [{"triage": src.get("triage", "none"), "at": now,
                                                                 "by": by, "unmerged_from": dst["id"]}]
         update_fields(db, src["id"], {"merged_into": None, "merge_undo": None, "updated": now,
@@ -488,9 +491,49 @@ def assign_capture(store, sop_uid: str, to_pid: str, *, expected_from: str | Non
             row_id = store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=priority, key=sop_uid)
             if store.queue.get(row_id).state == "ready":
                 store.queue.set_priority(row_id, priority)
+        correct_hospital_copy(db, store, sop_uid, sent_as=current)
         return {"capture": sop_uid, "from": current, "to": target["id"]}
 
     moved = store.write(fn)
     for pid in (moved["from"], moved["to"]):
         store.events.publish(PATIENT_UPDATED, patient_id=pid)
     return moved
+
+
+def correct_hospital_copy(db, store, sop_uid: str, *, sent_as: str = "") -> bool:
+    """Inside store.write, after a capture moved to another patient (assign, unmerge): when
+    the hospital confirmed it under a PatientID that is not (by merges) its patient now, send
+    it again under the current one and, under the old ID, a status document saying which
+    capture was filed there in error and where it belongs (fieldkit.sync.updates, "moved").
+    The old copy stays where it is: the kit never deletes from the hospital. `sent_as` is the
+    ID it was confirmed under when the row does not record it (confirmed before it did).
+    Moving it back before anything went out withdraws the correction. True when queued."""
+    keys = db.storage.keys(T_INSTANCES, "sop_instance_uid", sop_uid)
+    if not keys:
+        return False
+    row = dict(db.storage.doc(T_INSTANCES, keys[0]))
+    now_id = (resolve_row(db, row["patient_id"]) or {}).get("id", row["patient_id"])
+    pending = row.get("correction") if row.get("sync_state") != "confirmed" else None
+    if pending:
+        if (resolve_row(db, pending["from"]) or {}).get("id") != now_id:
+            return False  # the queued correction reads the current patient when it is sent
+        cancelled = [store.queue.cancel(rid, "capture moved back before the correction was sent")
+                     for rid in pending["rows"]]
+        if all(cancelled):
+            db.table(T_INSTANCES).update({"sync_state": "confirmed", "correction": None}, doc_ids=[int(keys[0])])
+        return False
+    if row.get("sync_state") != "confirmed":
+        return False
+    confirmed_as = row.get("confirmed_patient_id") or sent_as
+    if not confirmed_as or (resolve_row(db, confirmed_as) or {}).get("id", confirmed_as) == now_id:
+        return False
+    target = resolve_row(db, now_id) or {}
+    triage = target.get("triage") or "none"
+    is_sr = str(row.get("sop_class_uid") or "").startswith("1.2.840.10008.5.1.4.1.1.88.")
+    rows = [store.queue.enqueue(KIND_SYNC, {"patient_id": confirmed_as, "what": "moved", "capture": sop_uid},
+                                priority=sync_priority(triage, "triage"), key=f"moved:{sop_uid}:{confirmed_as}"),
+            store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid},
+                                priority=sync_priority(triage, "finding" if is_sr else "image"), key=sop_uid)]
+    db.table(T_INSTANCES).update({"sync_state": "queued", "correction": {
+        "from": confirmed_as, "to": now_id, "at": time.time(), "rows": rows}}, doc_ids=[int(keys[0])])
+    return True

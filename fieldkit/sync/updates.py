@@ -14,6 +14,13 @@ Patient IDs; the merged (old) kit ID gets a last document of its own, under its 
 PatientID, that names the surviving ID ("Merged into" and Other Patient IDs), so a
 hospital that filed images under the old ID finds where they belong.
 
+Captures moved after the hospital confirmed them (assigned to another patient, or a merge
+undone after one was sent): the capture is sent again under its current PatientID (same
+UIDs), and under the PatientID the hospital had it under, a last status document names the
+capture ("Capture filed in error", its SOP Instance UID) and the patient it belongs to
+("Belongs to"). The copy already there stays (STOW-RS cannot delete it); that document is
+what tells the hospital it is not that patient's.
+
 Reviews: a clinician's accept/reject of a finding travels as a Basic Text SR "Clinician
 review of finding" in the finding's study, referencing the finding's SR by UID and
 carrying the verdict, the note, who and when.
@@ -50,6 +57,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 _CODES = {"Triage category": "FK-TRIAGE", "Update": "FK-UPDATE", "Triage tag": "FK-TAG",
           "Merged kit ID": "FK-MERGED", "Merged into": "FK-MERGED-INTO",
+          "Capture filed in error": "FK-MOVED-CAPTURE", "Belongs to": "FK-MOVED-TO",
           "Verdict": "FK-VERDICT", "Note": "FK-NOTE", "Reviewer": "FK-REVIEWER",
           "Reviewed finding": "FK-FINDING-REF", "Finding": "FK-FINDING", "Reviewed at": "FK-REVIEWED-AT"}
 
@@ -144,8 +152,9 @@ def _text_sr(sop_uid: str, study_uid: str, series_uid: str, patient_id: str, iss
 
 
 def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
-                 what: str, when: dt.datetime | None = None) -> tuple[bytes, str]:
-    """-> (Part-10 bytes, SOP Instance UID) of the status document for this patient."""
+                 what: str, when: dt.datetime | None = None, moved: tuple[str, str] | None = None) -> tuple[bytes, str]:
+    """-> (Part-10 bytes, SOP Instance UID) of the status document for this patient;
+    `moved` = (SOP Instance UID, kit ID): a capture filed here in error and where it belongs."""
     state = patient_state(patient_doc)
     # `when` is the time the change was queued, so a re-send is byte-identical
     stamp = (when or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d%H%M%S")
@@ -167,6 +176,8 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
         items.append(_text("Merged kit ID", other))
     if state.get("merged_into"):
         items.append(_text("Merged into", state["merged_into"]))
+    if moved:
+        items += [_text("Capture filed in error", moved[0]), _text("Belongs to", moved[1])]
     ds.ContentSequence = Sequence(items)
     return _part10(ds), sop_uid
 
@@ -291,6 +302,19 @@ def document_for(store, payload: dict, created: float, issuer: str, kit_id: str)
         doc = {**new, "tag": old.get("tag") or "", "merged_into": into}
         doc.pop("merged_ids", None)
         return build_update(pid, issuer, doc, kit_id, f"merged into {into}", when)
+
+    if what == "moved":  # under the ID the hospital had the capture under: where it belongs
+        uid = str(payload.get("capture") or "")
+
+        def fn(db):
+            row = instances.get_instance(store, uid)
+            return row, resolve_row(db, pid) or {}, resolve_row(db, (row or {}).get("patient_id") or "") or {}
+        row, old, now = store.read(fn)
+        if row is None:
+            raise PermanentError(f"capture {uid} is no longer on the kit; its correction cannot be sent")
+        doc = dict(old, merged_ids=[])
+        to = str(now.get("id") or row.get("patient_id") or "")
+        return build_update(pid, issuer, doc, kit_id, f"capture moved to {to}", when, moved=(uid, to))
 
     def fn(db):
         prow = resolve_row(db, pid) or {}

@@ -21,6 +21,7 @@ from fieldkit.errors import ConfigError, PermanentError, TransientError
 from fieldkit.events import SYNC_CONFIRMED, SYNC_QUARANTINED
 from fieldkit.records import sync_priority
 from fieldkit.store.instances import get_instance, set_sync_state
+from fieldkit.store.patients import correct_hospital_copy
 
 from . import progress as pg
 from .client import (HospitalConfigError, LinkDown, Part, RateLimiter,
@@ -245,7 +246,8 @@ class SyncWorker:
             return None
         resend = doc.get("sync_state") == pg.SENDING
         size = int(doc.get("size") or 0)
-        if resend and size >= QIDO_BEFORE_RESEND_BYTES:
+        if resend and size >= QIDO_BEFORE_RESEND_BYTES and not doc.get("correction"):
+            # (a correction's old copy has the same UID: finding it says nothing)
             url = client.find_instance(uid)  # TransientError propagates: whole batch waits
             if url is not None:
                 self._confirm(Prepared(item, Part(uid, 0, lambda: []), uid), url, asked=True)
@@ -287,6 +289,13 @@ class SyncWorker:
         ds = pydicom.dcmread(io.BytesIO(self.store.blobs.get_bytes(addr)))
         if not stamp(ds, str(doc.get("patient_id", "")), self.issuer):
             return None
+        wrong = str((doc.get("correction") or {}).get("from") or "")
+        if wrong and "OtherPatientIDsSequence" in ds:  # filed there in error: not another ID of this patient
+            keep = [o for o in ds.OtherPatientIDsSequence if str(o.get("PatientID", "")) != wrong]
+            if keep:
+                ds.OtherPatientIDsSequence = keep
+            else:
+                del ds.OtherPatientIDsSequence
         return encode_part10(ds)
 
     def _send(self, client: StowClient, lane: str, batch: list[Item]) -> None:
@@ -432,11 +441,15 @@ class SyncWorker:
 
         def fn(db):
             if p.item.instance is not None:
+                sent_as = str(p.item.instance.get("patient_id") or "")
                 set_sync_state(self.store, p.uid, sync_state=pg.CONFIRMED, confirmed_at=now,
-                               retrieve_url=retrieve_url or "", sync_reason="", sync_alone=False)
+                               retrieve_url=retrieve_url or "", sync_reason="", sync_alone=False,
+                               confirmed_patient_id=sent_as, correction=None)
             pg.bump_stats(db, confirmed=1, confirmed_bytes=size, found_by_qido=1 if asked else 0,
                           confirmed_wire_bytes=0 if asked else p.part.size, first_confirmed_at=now)
             self.store.queue.ack(p.item.row.id)
+            if p.item.instance is not None:  # moved to another patient while on its way: correct it
+                correct_hospital_copy(db, self.store, p.uid)  # (after the ack: its row is free again)
         self.store.write(fn)
         self._unknown.pop(p.uid, None)
         self.store.events.publish(SYNC_CONFIRMED, sop_instance_uid=p.uid,
