@@ -33,6 +33,10 @@ SETTINGS: dict[str, Setting] = {
     "http.threads": Setting(32, "Worker threads of the HTTPS server; each live-update stream holds one, so set this to the number of tablets plus 8."),
     "http.max_request_mb": Setting(1024, "Largest request body accepted, in MiB (a long cine upload)."),
     "http.session_idle_minutes": Setting(15, "A tablet session expires after this many idle minutes."),
+    "http.handshake_timeout_s": Setting(5, "Seconds a new HTTPS connection has to finish its TLS handshake before it is closed (a client that connects and says nothing holds nothing longer)."),
+    "http.header_timeout_s": Setting(10, "Seconds a client has to send a complete request head (request line and headers) before the connection is closed; no worker thread waits for it."),
+    "http.max_connections_per_address": Setting(32, "Most HTTPS connections open at once from one client address; one more is closed at once."),
+    "http.max_connections": Setting(256, "Most HTTPS connections open at once in all; when full, the oldest connection that has not yet sent a request is closed to make room, else the new one is refused."),
     # DIMSE receiver
     "dicom.port": Setting(11112, "DICOM C-STORE/C-ECHO port for handheld probes."),
     "dicom.ae_title": Setting("FIELDKIT", "The kit's own AE title."),
