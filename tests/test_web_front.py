@@ -162,3 +162,40 @@ def test_kept_alive_connection_serves_request_after_request(kit):
 def test_plain_http_on_the_https_port_is_told_to_use_https(kit):
     r = requests.get(f"http://127.0.0.1:{kit.http_port}/healthz", timeout=5)
     assert r.status_code == 400 and "https" in r.text
+
+
+def test_when_full_the_oldest_silent_connection_makes_room(kit):
+    """The kit's server stack in this process with room for 4 connections in all: 4 silent
+    ones hold it, and a tablet's request still gets in (the oldest silent one is closed)."""
+    import threading
+
+    from fieldkit.runtime import _tls_adapter
+    from fieldkit.web.front import FrontServer
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    server = FrontServer(("127.0.0.1", 0), app, handshake_timeout_s=30, header_timeout_s=30,
+                         max_connections_per_address=8, max_connections=4, numthreads=2)
+    tls = kit.data_dir / "tls"
+    server.ssl_adapter = _tls_adapter(str(tls / "server.pem"), str(tls / "server.key"))
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    port = server.bind_addr[1]
+    silent = []
+    try:
+        for i in range(4):
+            silent.append(connect(port, f"127.0.0.{20 + i}"))
+        # (accepted in the order they connected, whether or not the front has seen them yet)
+        r = requests.get(f"https://127.0.0.1:{port}/", verify=kit.ca, timeout=5)
+        assert r.status_code == 200 and r.text == "ok"
+        assert _seconds_until_closed(silent[0], 2.0) < 2.0  # the oldest made room
+        assert not any(closed_by_peer(s) for s in silent[1:])
+    finally:
+        for s in silent:
+            s.close()
+        server.stop()
+        thread.join(10)
+    assert not thread.is_alive()

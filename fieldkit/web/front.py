@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # TLS 1.2 with forward secrecy and AEAD only (no CBC, no static RSA); TLS 1.3 suites are all AEAD.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 TLS_RECORD_HANDSHAKE = 0x16
+DEFAULT_HEAD_LIMIT = 64 << 10
 KEEPALIVE_IDLE_S = 30.0  # how long a served connection may wait for its next request
 PLAIN_HTTP_REFUSAL = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                       b"Content-Length: 47\r\n\r\nThis port speaks HTTPS only: use https:// here.")
@@ -87,7 +88,7 @@ class FrontServer(wsgi.Server):
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = None
         self._front_stop = threading.Event()
-        self.refused = 0  # connections refused by a cap (for tests and status)
+        self._front_done = threading.Event()
 
     # -- cheroot hooks ------------------------------------------------------------------------
     def serve(self):
@@ -101,13 +102,18 @@ class FrontServer(wsgi.Server):
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while self.ready and not self._front_stop.is_set():
-                self._tick()
+                try:
+                    self._tick()
+                except Exception:  # a bug must not end HTTPS for every tablet (cheroot's loop does the same)
+                    log.exception("error in the HTTPS front loop")
+                    self._front_stop.wait(0.1)
         finally:
             for p in list(self._pending.values()):
                 self._drop(p)
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
+            self._front_done.set()
 
     def put_conn(self, conn):
         """A worker finished a request on a keep-alive connection: the front waits for the next."""
@@ -127,6 +133,7 @@ class FrontServer(wsgi.Server):
                 self._wake_w.send(b"\0")
             except OSError:
                 pass
+            self._front_done.wait(5)  # the loop lets go of the listener before cheroot closes it
         super().stop()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -161,7 +168,6 @@ class FrontServer(wsgi.Server):
                 return
             host = addr[0] if isinstance(addr, tuple) else ""
             if not self._admit(host):
-                self.refused += 1
                 log.debug("connection from %s refused: too many open", host)
                 sock.close()
                 continue
@@ -269,9 +275,13 @@ class FrontServer(wsgi.Server):
                 p.deadline = time.monotonic() + self.header_timeout_s
             p.head += data
             # cheroot skips blank lines before a request line
-            if b"\r\n\r\n" in p.head.lstrip(b"\r\n") or len(p.head) > self.max_request_header_size:
+            if b"\r\n\r\n" in p.head.lstrip(b"\r\n") or len(p.head) > self._head_limit():
                 self._hand_over(p)  # cheroot refuses an oversized head itself (413)
                 return
+
+    def _head_limit(self) -> int:
+        # cheroot's 0 means "no limit"; the front still needs one to bound what it buffers
+        return self.max_request_header_size or DEFAULT_HEAD_LIMIT
 
     def _hand_over(self, p: _Pending):
         self._unhold(p)
