@@ -48,12 +48,12 @@ def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
 
 class _Pending:
     """A connection the front holds: not yet handshaken, or waiting for a complete request head."""
-    __slots__ = ("sock", "fd", "addr", "stage", "deadline", "head", "conn", "opened")
+    __slots__ = ("sock", "fd", "addr", "port", "stage", "deadline", "head", "conn", "opened")
 
     def __init__(self, sock, addr, deadline, stage="hello", conn=None):
         self.sock, self.addr, self.deadline, self.stage, self.conn = sock, addr, deadline, stage, conn
         self.head = bytearray()
-        self.fd = -1
+        self.fd, self.port = -1, 0
         self.opened = time.monotonic()
 
 
@@ -165,6 +165,7 @@ class FrontServer(wsgi.Server):
                 return
             except OSError as e:  # out of descriptors, or the listener closed at stop
                 log.warning("accept failed: %s", e)
+                self._front_stop.wait(0.1)  # the listener stays readable: do not spin
                 return
             host = addr[0] if isinstance(addr, tuple) else ""
             if not self._admit(host):
@@ -172,7 +173,9 @@ class FrontServer(wsgi.Server):
                 sock.close()
                 continue
             sock.setblocking(False)
-            self._hold(_Pending(sock, host, time.monotonic() + self.handshake_timeout_s))
+            p = _Pending(sock, host, time.monotonic() + self.handshake_timeout_s)
+            p.port = addr[1] if isinstance(addr, tuple) else 0
+            self._hold(p)
 
     def _admit(self, host: str) -> bool:
         with self._count_lock:
@@ -289,7 +292,7 @@ class FrontServer(wsgi.Server):
         conn = p.conn
         if conn is None:
             conn = self.ConnectionClass(self, p.sock, self.ssl_adapter.makefile)
-            conn.remote_addr, conn.remote_port = p.addr, p.sock.getpeername()[1]
+            conn.remote_addr, conn.remote_port = p.addr, p.port
             conn.ssl_env = self.ssl_adapter.get_environ(p.sock)
             conn._release = lambda host=p.addr: self._release(host)
         _prime(conn.rfile, bytes(p.head))
