@@ -157,6 +157,10 @@ SETTINGS: dict[str, Setting] = {
     "http.threads": Setting(32, "Worker threads of the HTTPS server; each live-update stream holds one, so set this to the number of tablets plus 8.", min=1, max=1024),
     "http.max_request_mb": Setting(1024, "Largest request body accepted, in MiB (a long cine upload).", min=1),
     "http.session_idle_minutes": Setting(15, "A tablet session expires after this many idle minutes.", min=1),
+    "http.handshake_timeout_s": Setting(5, "Seconds a new HTTPS connection has to finish its TLS handshake before it is closed (a client that connects and says nothing holds nothing longer).", min=1, max=300),
+    "http.header_timeout_s": Setting(10, "Seconds a client has to send a complete request head (request line and headers) before the connection is closed; no worker thread waits for it.", min=1, max=600),
+    "http.max_connections_per_address": Setting(32, "Most HTTPS connections open at once from one client address; one more is closed at once.", min=1, max=100000),
+    "http.max_connections": Setting(256, "Most HTTPS connections open at once in all; when full, the oldest connection that has not yet sent a request is closed to make room, else the new one is refused.", min=1, max=100000),
     # DIMSE receiver
     "dicom.port": Setting(11112, "DICOM C-STORE/C-ECHO port for handheld probes.", **PORT),
     "dicom.ae_title": Setting("FIELDKIT", "The kit's own AE title.", rule=AE_TITLE),

@@ -284,6 +284,8 @@ def _tls_adapter(cert: str, key: str):
     from cheroot.makefile import StreamReader
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+    from .web.front import harden_tls
+
     class BodyReader(StreamReader):
         def read(self, size=-1):
             if size is None or not (64 << 10) <= size <= (16 << 20):  # the kit reads bodies in 1 MiB
@@ -310,17 +312,18 @@ def _tls_adapter(cert: str, key: str):
                 return BodyReader(sock, mode, bufsize if bufsize > 0 else 8192)
             return super().makefile(sock, mode, bufsize)
 
-    return Adapter(cert, key)
+    adapter = Adapter(cert, key)
+    harden_tls(adapter.context)
+    return adapter
 
 
 def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
           dicom_port: int | None = None, ready=None) -> None:
-    """Run until SIGTERM/SIGINT: HTTPS (cheroot, TLS), control socket, every service."""
-    from cheroot import wsgi
-
+    """Run until SIGTERM/SIGINT: HTTPS (cheroot behind the front, TLS), control socket, every service."""
     from .cli.control import ControlServer
     from .security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
     from .web import create_app
+    from .web.front import FrontServer
 
     limit_malloc_arenas()
     overrides = {}
@@ -340,7 +343,13 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     # the cyclic collector need not walk them again and again (with 100 000 instances a
     # full collection is a visible pause in the middle of a C-STORE burst).
     gc.freeze()
-    server = wsgi.Server((kit.config["http.bind"], kit.config["http.port"]), app,
+    # TLS handshakes and request heads are read by the front's selector thread under deadlines
+    # and caps; cheroot's workers only see connections with a complete request head.
+    server = FrontServer((kit.config["http.bind"], kit.config["http.port"]), app,
+                         handshake_timeout_s=kit.config["http.handshake_timeout_s"],
+                         header_timeout_s=kit.config["http.header_timeout_s"],
+                         max_connections_per_address=kit.config["http.max_connections_per_address"],
+                         max_connections=kit.config["http.max_connections"],
                          numthreads=kit.config["http.threads"], server_name="fieldkit",
                          timeout=30, shutdown_timeout=5)
     server.max_request_body_size = kit.config["http.max_request_mb"] * (1 << 20)

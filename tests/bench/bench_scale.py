@@ -330,7 +330,8 @@ def main() -> None:
 
     def config(data_dir):
         from kitproc import set_config
-        set_config(data_dir, http__threads=TABLETS + 12)
+        # the simulated tablets all connect from one loopback address
+        set_config(data_dir, http__threads=TABLETS + 12, http__max_connections_per_address=4 * TABLETS + 32)
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)

@@ -47,7 +47,9 @@ def main() -> None:
         from fieldkit.cli.sync import _load_values, _save_values
         values = _load_values(data_dir)
         # every tablet holds a stream (one server thread each) and still needs threads to browse
-        values.update({"http.threads": args.tablets + 12})
+        values.update({"http.threads": args.tablets + 12,
+                       # the simulated tablets all connect from one loopback address
+                       "http.max_connections_per_address": 4 * args.tablets + 32})
         _save_values(data_dir, values)
 
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:

@@ -196,15 +196,27 @@ export function registerServiceWorker(onControl) {
   if (onControl) navigator.serviceWorker.addEventListener("controllerchange", onControl);
 }
 
+// What this tablet keeps that names patients: the offline board (sw.js's data cache), the
+// cached board page, and form drafts. Sign-out removes them before the session ends, so a
+// signed-out tablet that is then stolen gives up none of it.
+export async function forgetPatientData() {
+  try {
+    Object.keys(sessionStorage).filter((k) => k.startsWith(DRAFT_PREFIX)).forEach((k) => sessionStorage.removeItem(k));
+  } catch (e) { /* storage disabled: nothing kept */ }
+  if (!window.caches) return;
+  await caches.delete("fieldkit-data-v1");
+  await (await caches.open("fieldkit-shell-v1")).delete("/");
+}
+
 function wireLogout() {
   const f = document.getElementById("logout-form");
   if (!f) return;
-  f.addEventListener("submit", () => {
-    // the cached board holds patient data: drop it on sign-out
-    if (navigator.serviceWorker && navigator.serviceWorker.controller) {
-      navigator.serviceWorker.controller.postMessage({ type: "signout" });
-    }
-    if (window.caches) caches.delete("fieldkit-data-v1");
+  f.addEventListener("submit", (event) => {
+    // wait for the removal (not a fire-and-forget that the next page load may cut short),
+    // but never more than 3 s: signing out must not hang
+    event.preventDefault();
+    const bounded = new Promise((resolve) => setTimeout(resolve, 3000));
+    Promise.race([forgetPatientData(), bounded]).catch(() => {}).finally(() => f.submit());
   });
 }
 

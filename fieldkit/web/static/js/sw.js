@@ -29,16 +29,6 @@ self.addEventListener("activate", (event) => {
   })());
 });
 
-self.addEventListener("message", (event) => {
-  if (event.data && event.data.type === "signout") {
-    event.waitUntil((async () => {
-      await caches.delete(DATA);
-      const shell = await caches.open(SHELL);
-      await shell.delete("/");
-    })());
-  }
-});
-
 async function stamped(res) {
   // remember when this copy was taken, for the stale banner
   const headers = new Headers(res.headers);
@@ -66,7 +56,7 @@ self.addEventListener("fetch", (event) => {
           const cache = await caches.open(DATA);
           await cache.put(BOARD_API, await stamped(res));
         } else if (res.status === 401) {
-          await caches.delete(DATA); // signed out: the copy goes too
+          await caches.delete(DATA); // signed out (or expired): the copy goes too; sign-out itself: common.js
         }
         return res;
       } catch (e) {
