@@ -184,7 +184,7 @@ SETTINGS: dict[str, Setting] = {
     "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle.", min=1),
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb).", min=1),
     # store
-    "store.compact_min_mb": Setting(8, "The journal is compacted once it holds this many MiB of superseded records.", min=1),
+    "store.compact_min_mb": Setting(8, "The journal is compacted once it holds this many MiB of superseded records (0: as soon as any record is superseded, which costs disk writes).", min=0),
     "store.reserve_mb": Setting(8, "MiB kept preallocated at the end of the journal, so that acknowledgements, leases and operator actions are still recorded when the disk is full.", min=0),
     "store.warn_free_mb": Setting(10240, "Below this much free space (MiB) on the data dir's disk the board and device page warn and say what to do.", min=0),
     "store.refuse_free_mb": Setting(2048, "Below this much free space (MiB) new captures are refused (DIMSE 0xA700, HTTP 507) before the disk is full; reads and the rest keep working.", min=0),
