@@ -284,7 +284,7 @@ def _tls_adapter(cert: str, key: str):
     from cheroot.makefile import StreamReader
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-    from .web.front import harden_tls
+    from .security.tls import harden_tls
 
     class BodyReader(StreamReader):
         def read(self, size=-1):

@@ -2,7 +2,7 @@
 
 A second listener beside the plain one, with the same AE title, allow-list and handlers,
 using the kit's own HTTPS certificate: a probe trusts `tls/ca.pem` as tablets do. TLS 1.2
-or newer only. Off unless `dicom.tls_port` is set.
+(AEAD suites only) or newer. Off unless `dicom.tls_port` is set.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ class _HandshakeInAssociationThread(ssl.SSLContext):
 
 
 def server_context(data_dir) -> ssl.SSLContext:
-    from ..security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+    from ..security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR, harden_tls
 
-    ctx = _HandshakeInAssociationThread(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = harden_tls(_HandshakeInAssociationThread(ssl.PROTOCOL_TLS_SERVER))
     tls = data_dir / TLS_DIR
     ctx.load_cert_chain(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
     return ctx

@@ -29,21 +29,11 @@ from cheroot import wsgi
 
 log = logging.getLogger(__name__)
 
-# TLS 1.2 with forward secrecy and AEAD only (no CBC, no static RSA); TLS 1.3 suites are all AEAD.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 TLS_RECORD_HANDSHAKE = 0x16
 DEFAULT_HEAD_LIMIT = 64 << 10
 KEEPALIVE_IDLE_S = 30.0  # how long a served connection may wait for its next request
 PLAIN_HTTP_REFUSAL = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                       b"Content-Length: 47\r\n\r\nThis port speaks HTTPS only: use https:// here.")
-
-
-def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
-    """TLS 1.2 or 1.3, AEAD suites only, no renegotiation (a handshake per request is a cheap DoS)."""
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
-    return context
 
 
 class _Pending:
