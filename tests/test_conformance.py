@@ -100,6 +100,10 @@ def test_transfer_syntaxes_per_sop_class_match_the_receiver(contexts):
     others = {_code(r["UID"]) for r in _table("for Verification, Modality Worklist and Storage Commitment")}
     refused = {_code(r["UID"]) for r in _table("Transfer syntaxes refused")}
     assert len(storage) == len(set(storage)), "a transfer syntax is listed twice"
+    # the statement says the kit picks the first of the table's order that was proposed
+    ae = make_ae(fk_config.Config({"dicom.allow_any_ae": True}))
+    us_image = next(cx for cx in ae.supported_contexts if cx.abstract_syntax == uids.US_IMAGE)
+    assert [str(ts) for ts in us_image.transfer_syntax] == storage
     for sop_class, syntaxes in contexts.items():
         if sop_class in (VERIFICATION, WORKLIST_FIND, COMMITMENT_PUSH):
             assert syntaxes == others, sop_class
@@ -241,3 +245,19 @@ def test_a_refused_transfer_syntax_is_refused_by_the_running_receiver(dimse_kit,
         assert out.count("(Proposed)") == 1 and "(Transfer Syntaxes Not Supported)" in out, syntax
         assert store_responses(proc) == []
     assert len(instances.instance_rows(dimse_kit.store)) == held
+
+
+def test_the_kit_picks_the_first_of_its_order_among_the_syntaxes_proposed(dimse_kit):
+    from pynetdicom import AE
+
+    storage = [_code(r["UID"]) for r in _table("Transfer syntaxes accepted for the storage SOP classes")]
+    later, earlier = storage[1], storage[0]  # proposed in the opposite order to the kit's
+    probe = AE(ae_title="PROBE")
+    probe.acse_timeout = probe.network_timeout = 10
+    probe.add_requested_context(uids.US_IMAGE, [later, earlier, uids.JPEG_BASELINE])
+    assoc = probe.associate("127.0.0.1", dimse_kit.receiver.port, ae_title=dimse_kit.config["dicom.ae_title"])
+    try:
+        assert assoc.is_established
+        assert [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [earlier]
+    finally:
+        assoc.release()
