@@ -220,3 +220,45 @@ def test_large_stow_bodies_arrive_whole_chunked_or_not(kit_server):
         back = client.retrieve_instance(str(sent[0].StudyInstanceUID), str(sent[0].SeriesInstanceUID),
                                         str(sent[0].SOPInstanceUID))
         assert back.PixelData == sent[0].PixelData
+
+
+def _parts(response) -> list[tuple[str, bytes]]:
+    """(part Content-Type, bytes) of a multipart/related answer."""
+    media = response.headers["Content-Type"]
+    boundary = media.split("boundary=")[1].split(";")[0].strip('"').encode()
+    out = []
+    for chunk in response.content.split(b"--" + boundary)[1:-1]:
+        head, _, body = chunk[2:].partition(b"\r\n\r\n")
+        ctype = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
+                 if h.lower().startswith(b"content-type:")][0]
+        out.append((ctype, body[:-2]))
+    return out
+
+
+OHIF_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def test_frames_are_sent_as_stored_unless_pixels_are_asked_for(kit_server):
+    client = _client(kit_server)
+    cine = _fresh("examples_ybr_color.dcm")  # the SonoSite cine: 30 JPEG baseline frames
+    client.store_instances([cine])
+    stored = list(pydicom.encaps.generate_frames(cine.PixelData, number_of_frames=30))
+    token = kit_server.token("dicomweb-client")
+    url = (f"/dicom-web/studies/{cine.StudyInstanceUID}/series/{cine.SeriesInstanceUID}"
+           f"/instances/{cine.SOPInstanceUID}/frames/1,30")
+    jpeg = "1.2.840.10008.1.2.4.50"
+    for accept in (OHIF_FRAMES, f'multipart/related; type="application/octet-stream"; transfer-syntax={jpeg}',
+                   f'multipart/related; type="image/jpeg"; transfer-syntax={jpeg}'):
+        r = kit_server.get(url, headers={"Authorization": f"Bearer {token}", "Accept": accept})
+        assert r.status_code == 200, accept
+        parts = _parts(r)
+        assert [body for _, body in parts] == [stored[0], stored[29]], accept
+        assert all(f"transfer-syntax={jpeg}" in ctype for ctype, _ in parts), accept
+    # raw pixels only when asked for explicitly (dicomweb-client's default frames request)
+    raw = client.retrieve_instance_frames(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID,
+                                          frame_numbers=[2], media_types=("application/octet-stream",))
+    assert raw[0] == cine.pixel_array[1].tobytes()
+    # a syntax the kit does not hold and cannot make
+    r = kit_server.get(url, headers={"Authorization": f"Bearer {token}",
+                                     "Accept": 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'})
+    assert r.status_code == 406

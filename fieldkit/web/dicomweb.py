@@ -495,6 +495,25 @@ def _frame_numbers(frame_list: str, n: int) -> list[int]:
     return numbers
 
 
+def _frames_as_stored(accept: str, stored_ts: str) -> str | None:
+    """The part media type to send the stored frames under, untouched, when the Accept
+    header allows them: `transfer-syntax=*` (OHIF's default), the stored syntax named, or
+    the stored syntax's own media type. None: the client wants decoded pixels."""
+    stored_media = _FRAME_MEDIA.get(stored_ts)
+    if not stored_media:  # native or video data: nothing to gain from sending it as stored
+        return None
+    for item in accept.split(","):
+        media, params = content_type_params(item.strip())
+        if media == "multipart/related":
+            media = (params.get("type") or "").lower()
+        ts = params.get("transfer-syntax")
+        if media == "application/octet-stream" and ts in ("*", stored_ts):
+            return media
+        if media == stored_media and ts in (None, "*", stored_ts):
+            return media
+    return None
+
+
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frame_list>", endpoint="frames")
 def frames(study, series, instance, frame_list):
     row = _rows_for(study, series, instance)[0]
@@ -502,11 +521,13 @@ def frames(study, series, instance, frame_list):
     numbers = _frame_numbers(frame_list, row["frames"] or 0)
     ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     accept = request.headers.get("Accept", "")
-    stored_media = _FRAME_MEDIA.get(row["transfer_syntax"])
-    if stored_media and stored_media in accept:
+    stored_ts = row["transfer_syntax"]
+    stored_media = _FRAME_MEDIA.get(stored_ts)
+    as_stored = _frames_as_stored(accept, stored_ts)
+    if as_stored:  # the stored bytes, split into frames, never decoded
         all_frames = list(generate_frames(ds.PixelData, number_of_frames=row["frames"]))
-        parts = ((f"{stored_media}; transfer-syntax={row['transfer_syntax']}", [all_frames[i - 1]]) for i in numbers)
-        return _multipart(parts, stored_media)
+        parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [all_frames[i - 1]]) for i in numbers)
+        return _multipart(parts, as_stored)
     if accept and not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related; type=\"*")) \
             and "application/octet-stream" not in accept:
         raise _NotAcceptable("frames are served as application/octet-stream (uncompressed) "
@@ -514,7 +535,7 @@ def frames(study, series, instance, frame_list):
     from pydicom.pixels import pixel_array
 
     def frame_bytes(i: int) -> bytes:
-        if uids.is_video(row["transfer_syntax"]):
+        if uids.is_video(stored_ts):
             return decode_frames(ds, [i - 1])[0].tobytes()
         arr = pixel_array(ds, index=i - 1) if row["frames"] > 1 else pixel_array(ds)
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
