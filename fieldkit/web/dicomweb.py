@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import itertools
 import uuid
 
 import pydicom
@@ -525,7 +526,8 @@ def frames(study, series, instance, frame_list):
     stored_media = _FRAME_MEDIA.get(stored_ts)
     as_stored = _frames_as_stored(accept, stored_ts)
     if as_stored:  # the stored bytes, split into frames, never decoded
-        all_frames = list(generate_frames(ds.PixelData, number_of_frames=row["frames"]))
+        wanted = itertools.islice(generate_frames(ds.PixelData, number_of_frames=row["frames"]), max(numbers))
+        all_frames = list(wanted)
         parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [all_frames[i - 1]]) for i in numbers)
         return _multipart(parts, as_stored)
     if accept and not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related; type=\"*")) \
