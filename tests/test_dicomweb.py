@@ -262,3 +262,46 @@ def test_frames_are_sent_as_stored_unless_pixels_are_asked_for(kit_server):
     r = kit_server.get(url, headers={"Authorization": f"Bearer {token}",
                                      "Accept": 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'})
     assert r.status_code == 406
+
+
+def test_qido_matches_descriptions_and_times_and_warns_about_what_it_ignores(kit_server):
+    client = _client(kit_server)
+    a, b = _fresh("examples_rgb_color.dcm"), _fresh("examples_palette.dcm")
+    a.StudyInstanceUID, b.StudyInstanceUID = generate_uid(), generate_uid()
+    a.StudyDescription, b.StudyDescription = "Lung left", "FAST abdomen"
+    a.ReferringPhysicianName, b.ReferringPhysicianName = "Curie^Marie", "Lister^Joseph"
+    a.StudyTime, b.StudyTime = "083000", "141500"
+    a.SeriesDescription, b.SeriesDescription = "B-lines", "Morison pouch"
+    client.store_instances([a, b])
+    token = kit_server.token("dicomweb-client")
+
+    def qido(path="/dicom-web/studies", **params):
+        r = kit_server.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text[:200]
+        return [s["0020000D"]["Value"][0] for s in r.json()], r.headers.get("Warning", "")
+
+    for params, want in (({"StudyDescription": "lung*"}, [a]), ({"00081030": "FAST abdomen"}, [b]),
+                         ({"ReferringPhysicianName": "lister*"}, [b]), ({"StudyTime": "120000-"}, [b]),
+                         ({"StudyTime": "-0900"}, [a]), ({"SeriesDescription": "morison*"}, [b])):
+        found, warning = qido(**params)
+        assert found == [d.StudyInstanceUID for d in want], params
+        assert warning == "", params
+    found, warning = qido("/dicom-web/series", SeriesDescription="B-lines")
+    assert found == [a.StudyInstanceUID] and warning == ""
+    # what the kit does not match is named, not silently dropped
+    found, warning = qido(InstitutionName="Field*", StudyDescription="lung*")
+    assert found == [a.StudyInstanceUID]
+    assert warning.startswith('299 fieldkit "') and "InstitutionName" in warning
+    _, warning = qido(PatientName="curie", fuzzymatching="true")
+    assert warning.startswith("299 ") and "fuzzymatching" in warning
+    _, warning = qido(fuzzymatching="false")
+    assert warning == ""
+    _, warning = qido(includefield="StudyDescription,00080090")
+    assert warning == ""  # both are returned at study level
+    _, warning = qido(includefield="InstitutionName")
+    assert "299 " in warning and "InstitutionName" in warning
+    _, warning = qido(includefield="all")
+    assert "299 " in warning and "includefield=all" in warning
+    # a parameter that is no DICOM attribute at all is an error, not a warning
+    r = kit_server.get("/dicom-web/studies", params={"NoSuchKey": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400

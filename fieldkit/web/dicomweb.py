@@ -4,10 +4,13 @@
   answers with ReferencedSOPSequence / FailedSOPSequence (FailureReason, plus the reason in
   words as ErrorComment): 200 all stored, 202 some failed, 409 none stored.
 - QIDO-RS answers studies, series and instances with the usual matching keys (PatientID,
-  PatientName, StudyDate ranges, ModalitiesInStudy, Modality, the UIDs, AccessionNumber)
-  and limit/offset, as application/dicom+json.
+  PatientName, StudyDate and StudyTime ranges, ModalitiesInStudy, Modality, the UIDs,
+  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName) and limit/offset, as
+  application/dicom+json; a key, fuzzymatching or includefield it does not honour is named
+  in a `Warning: 299` header rather than silently ignored.
 - WADO-RS returns instances (as stored, or Explicit VR Little Endian on request), metadata,
-  frames (uncompressed, or the stored compressed frame when its media type is asked for)
+  frames (the stored compressed frames untouched for transfer-syntax=*, the stored syntax
+  or its media type; decoded pixels only when another syntax is asked for)
   and rendered frames as PNG or JPEG.
 """
 
@@ -110,11 +113,27 @@ def stow(study: str | None = None):
 
 # -- QIDO-RS ------------------------------------------------------------------------------
 
-_STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyInstanceUID", "ModalitiesInStudy",
-               "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"}
-_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber"}
+_STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy",
+               "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "StudyDescription",
+               "ReferringPhysicianName"}
+_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}
 _INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID", "InstanceNumber"}
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+# what each level answers (the tags of _study_json, _series_json, _instance_json), for includefield
+_PATIENT_TAGS = {"00100010", "00100020", "00100021", "00100030", "00100040"}
+_RETURNED = {
+    "studies": _PATIENT_TAGS | {"00080020", "00080030", "00080050", "00080061", "00080090", "00081030",
+                                "0020000D", "00200010", "00201206", "00201208", "00081190"},
+    "series": {"00080060", "0008103E", "0020000D", "0020000E", "00200011", "00201209", "00081190"},
+    "instances": _PATIENT_TAGS | {"00080016", "00080018", "00080020", "00080060", "0020000D", "0020000E",
+                                  "00200013", "00280008", "00280010", "00280011", "00020010", "00081190"},
+}
+
+
+def _keyword(key: str) -> str:
+    if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
+        return keyword_for_tag(int(key, 16)) or key
+    return key
 
 
 def _filters() -> dict[str, str]:
@@ -122,14 +141,31 @@ def _filters() -> dict[str, str]:
     for key, value in request.args.items():
         if key in _CONTROL:
             continue
-        name = key
-        if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
-            name = keyword_for_tag(int(key, 16)) or key
+        name = _keyword(key)
         if name in _STUDY_KEYS | _SERIES_KEYS | _INSTANCE_KEYS:
             out[name] = value
         elif tag_for_keyword(name) is None and name == key:
             raise BadInput(f"unknown query parameter {key[:40]!r}")
     return out
+
+
+def _qido_warnings(level: str) -> list[str]:
+    """PS3.18 8.3.4/8.6: what the search did not do as asked, one Warning: 299 each, so a
+    client never takes an unfiltered answer for a filtered one."""
+    out = []
+    ignored = sorted({_keyword(k) for k in request.args if k not in _CONTROL}
+                     - _STUDY_KEYS - _SERIES_KEYS - _INSTANCE_KEYS)
+    if ignored:
+        out.append(f"The following query keys are not supported and were ignored: {', '.join(ignored)[:300]}")
+    if request.args.get("fuzzymatching", "").lower() == "true":
+        out.append("The fuzzymatching parameter is not supported. Only literal matching has been performed.")
+    fields = [_keyword(f.strip()) for v in request.args.getlist("includefield") for f in v.split(",") if f.strip()]
+    if "all" in fields:
+        out.append("includefield=all is not supported: only the attributes the catalogue holds are returned")
+    missing = sorted({f for f in fields if f != "all"} - {keyword_for_tag(int(t, 16)) for t in _RETURNED[level]})
+    if missing:
+        out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
+    return [f'299 fieldkit "{w}"' for w in out]
 
 
 def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
@@ -162,6 +198,10 @@ def _row_matches(row: dict, patient: dict, f: dict) -> bool:
         "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
         "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
         "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
+        "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
+        "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
+        "ReferringPhysicianName": lambda p: _match_text(row.get("referring_physician") or "", p, fold=True),
+        "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
         "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
         "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
         "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
@@ -269,8 +309,11 @@ def _json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _dicom_json(items: list) -> Response:
-    return Response(_json(items), status=200, content_type=DICOM_JSON)
+def _dicom_json(items: list, warnings: list[str] = ()) -> Response:
+    response = Response(_json(items), status=200, content_type=DICOM_JSON)
+    for warning in warnings:
+        response.headers.add("Warning", warning)
+    return response
 
 
 @bp.get("/studies", endpoint="search_studies")
@@ -280,7 +323,7 @@ def search_studies():
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
     found = catalogue.search_studies(store, **q)
-    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found])
+    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found], _qido_warnings("studies"))
 
 
 @bp.get("/series", endpoint="search_series")
@@ -290,7 +333,7 @@ def search_series(study: str | None = None):
     q.pop("patient_id", None)  # a row test in `match` still checks it
     q.pop("sop_uids", None)
     found = catalogue.search_series(kit_of().store, **q)
-    return _dicom_json([_series_json(s) for s in found])
+    return _dicom_json([_series_json(s) for s in found], _qido_warnings("series"))
 
 
 @bp.get("/instances", endpoint="search_instances")
@@ -307,7 +350,7 @@ def search_instances(study: str | None = None, series: str | None = None):
                                            and (match is None or match(row, patient)))
     rows = catalogue.search_instances(store, **q)
     pats = catalogue.patient_map(store, {r["patient_id"] for r in rows})
-    return _dicom_json([_instance_json(r, pats) for r in rows])
+    return _dicom_json([_instance_json(r, pats) for r in rows], _qido_warnings("instances"))
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
