@@ -305,3 +305,56 @@ def test_qido_matches_descriptions_and_times_and_warns_about_what_it_ignores(kit
     # a parameter that is no DICOM attribute at all is an error, not a warning
     r = kit_server.get("/dicom-web/studies", params={"NoSuchKey": "x"}, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 400
+
+
+def test_bulk_data_uris_answer_the_element_value(kit_server, data_dir):
+    from urllib.parse import urljoin
+
+    from kitproc import set_config
+
+    client = _client(kit_server)
+    palette = _fresh("examples_palette.dcm")  # PALETTE COLOR with 16-bit LUT entries
+    nested = pydicom.Dataset()
+    nested.add_new(0x00420011, "OB", bytes(range(256)) * 20)  # 5 KiB inside a sequence item
+    palette.add_new(0x00400555, "SQ", [nested])
+    cine = _fresh("examples_ybr_color.dcm")  # 30 JPEG frames
+    client.store_instances([palette, cine])
+    root = f"{kit_server.url}/dicom-web/"
+    meta = client.retrieve_instance_metadata(palette.StudyInstanceUID, palette.SeriesInstanceUID,
+                                             palette.SOPInstanceUID)
+    for tag, keyword in (("00281201", "RedPaletteColorLookupTableData"),
+                         ("00281202", "GreenPaletteColorLookupTableData"),
+                         ("00281203", "BluePaletteColorLookupTableData")):
+        uri = meta[tag]["BulkDataURI"]
+        # no configured public address: relative to the DICOMweb root, never from the Host header
+        assert uri.startswith("studies/") and uri.endswith(f"/bulkdata/{tag}")
+        got = client.retrieve_bulkdata(urljoin(root, uri))  # multipart/related octet-stream
+        assert got == [palette[keyword].value] and len(got[0]) == 512
+        single = kit_server.get(f"/dicom-web/{uri}", headers={
+            "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Accept": "application/octet-stream"})
+        assert single.headers["Content-Type"] == "application/octet-stream"
+        assert single.content == palette[keyword].value
+    pixels = client.retrieve_bulkdata(urljoin(root, meta["7FE00010"]["BulkDataURI"]))
+    assert pixels == [palette.PixelData]
+    uri = meta["00400555"]["Value"][0]["00420011"]["BulkDataURI"]
+    assert uri.endswith("/bulkdata/00400555/0/00420011")
+    assert client.retrieve_bulkdata(urljoin(root, uri)) == [nested[0x00420011].value]
+    # encapsulated pixel data: the stored frames, one part each
+    meta = client.retrieve_instance_metadata(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID)
+    frames = client.retrieve_bulkdata(urljoin(root, meta["7FE00010"]["BulkDataURI"]))
+    assert frames == list(pydicom.encaps.generate_frames(cine.PixelData, number_of_frames=30))
+    # an unknown bulk path is a 404 with the reason, not a crash
+    token = kit_server.token("dicomweb-client")
+    base = (f"/dicom-web/studies/{palette.StudyInstanceUID}/series/{palette.SeriesInstanceUID}"
+            f"/instances/{palette.SOPInstanceUID}/bulkdata/")
+    for bad in ("00091234", "zz", "00281201/0/00100010", "00100010/x"):
+        r = kit_server.get(base + bad, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 404 and "bulk data" in r.json()["error"], bad
+    # with a configured public address, the URIs are built from it whatever Host says
+    kit_server.stop()
+    set_config(data_dir, **{"onboarding.kit_url": "https://fieldkit.example:8443/"})
+    kit_server.start()
+    r = kit_server.get(base.replace("/bulkdata/", "/metadata"), headers={
+        "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Host": "evil.example"})
+    assert r.status_code == 200
+    assert r.json()[0]["00281201"]["BulkDataURI"] == f"https://fieldkit.example:8443{base}00281201"

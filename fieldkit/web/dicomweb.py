@@ -11,7 +11,8 @@
 - WADO-RS returns instances (as stored, or Explicit VR Little Endian on request), metadata,
   frames (the stored compressed frames untouched for transfer-syntax=*, the stored syntax
   or its media type; decoded pixels only when another syntax is asked for)
-  and rendered frames as PNG or JPEG.
+  and rendered frames as PNG or JPEG; every BulkDataURI in metadata (pixel data, palette
+  LUT data, values over 4 KiB) is a resource of its own under .../bulkdata/<tag path>.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uuid
 import pydicom
 from flask import Blueprint, Response, jsonify, request
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
 from ..dicom.frames import DecodeError, decode_frames
@@ -46,7 +47,7 @@ ROUTE_PERMISSIONS = {
     "dicomweb.retrieve_study": READ, "dicomweb.retrieve_series": READ, "dicomweb.retrieve_instance": READ,
     "dicomweb.study_metadata": READ, "dicomweb.series_metadata": READ, "dicomweb.instance_metadata": READ,
     "dicomweb.frames": READ, "dicomweb.rendered_instance": READ, "dicomweb.rendered_frames": READ,
-    "dicomweb.thumbnail": READ,
+    "dicomweb.thumbnail": READ, "dicomweb.bulkdata": READ,
 }
 # STOW bodies may be as large as http.max_request_mb; checked while streaming
 ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
@@ -299,8 +300,8 @@ def _instance_json(r: dict, pats: dict) -> dict:
             "00020010": _v("UI", r["transfer_syntax"]), "00081190": _v("UR", _instance_url(r))}
 
 
-def _instance_url(r: dict) -> str:
-    return (f"{_base()}/studies/{r['study_instance_uid']}/series/{r['series_instance_uid']}"
+def _instance_url(r: dict, base: str | None = None) -> str:
+    return (f"{_base() if base is None else base}/studies/{r['study_instance_uid']}/series/{r['series_instance_uid']}"
             f"/instances/{r['sop_instance_uid']}")
 
 
@@ -490,20 +491,96 @@ def retrieve_instance(study, series, instance):
     return _retrieve(_rows_for(study, series, instance))
 
 
+# palette colour LUT data: always its own bulk data resource, whatever its size, so a
+# viewer that loads from metadata fetches the table, not the instance
+_LUT_DATA = {0x00281201, 0x00281202, 0x00281203, 0x00281221, 0x00281222, 0x00281223}
+_BULK_THRESHOLD = 4096  # bytes: larger values get a BulkDataURI in /metadata
+
+
+def _bulk_root() -> str:
+    """Where BulkDataURIs point: the configured public address (onboarding.kit_url), never
+    the request's Host header; without it, URIs relative to the DICOMweb root."""
+    kit_url = (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
+    return f"{kit_url}{bp.url_prefix}/" if kit_url else ""
+
+
+def _element_paths(ds, prefix: str = "") -> dict[int, str]:
+    """id(element) -> its bulk data path ("00281201", "00540016/0/00181072")."""
+    out = {}
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        out[id(elem)] = path
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                out.update(_element_paths(item, f"{path}/{i}/"))
+    return out
+
+
 def _metadata(rows: list[dict]) -> Response:
     store = kit_of().store
+    root = _bulk_root()
     out = []
     for row in rows:
         with store.blobs.open(row["blob"], row["size"]) as fh:  # header only: no pixels decrypted
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        url = _instance_url(row)
-        item = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda elem, url=url: url)
+        bulk = root + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
+        paths = _element_paths(ds)
+        item = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
+                               bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+        for tag in _LUT_DATA:
+            key = f"{tag:08X}"
+            if key in item and "InlineBinary" in item[key]:
+                item[key] = {"vr": item[key]["vr"], "BulkDataURI": bulk + key}
         if row["rows"]:
             item["7FE00010"] = {"vr": "OB" if row["transfer_syntax"] not in uids.NATIVE_SYNTAXES else "OW",
-                                "BulkDataURI": url}
+                                "BulkDataURI": bulk + "7FE00010"}
         item["00020010"] = _v("UI", row["transfer_syntax"])
         out.append(item)
     return _dicom_json(out)
+
+
+def _element_at(ds, tag_path: str):
+    """The data element at a bulk data path, or NotFound naming the path."""
+    steps = tag_path.strip("/").split("/")
+    node, elem = ds, None
+    try:
+        for i, step in enumerate(steps):
+            if i % 2 == 0:
+                if len(step) != 8:
+                    raise ValueError
+                elem = node[int(step, 16)]
+            else:
+                node = elem.value[int(step)]
+        if len(steps) % 2 == 0 or elem.VR == "SQ":
+            raise ValueError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise NotFound(f"no bulk data at {tag_path[:80]!r} in this instance") from None
+    return elem
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<path:tag_path>", endpoint="bulkdata")
+def bulkdata(study, series, instance, tag_path):
+    """An element's value as application/octet-stream (multipart/related when the Accept
+    header asks for it). Encapsulated pixel data: one part per frame, as stored."""
+    row = _rows_for(study, series, instance)[0]
+    store = kit_of().store
+    ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
+    elem = _element_at(ds, tag_path)
+    ts = row["transfer_syntax"]
+    octet = "application/octet-stream"
+    if elem.tag == 0x7FE00010 and ts not in uids.NATIVE_SYNTAXES and tag_path.strip("/") == "7FE00010":
+        if uids.is_video(ts):  # a video stream is one item: sent whole
+            values = [b"".join(generate_fragments(elem.value))]
+        else:
+            values = list(generate_frames(elem.value, number_of_frames=row["frames"] or 1))
+        return _multipart(((f"{octet}; transfer-syntax={ts}", [v]) for v in values), octet)
+    value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+    accept = request.headers.get("Accept", "")
+    if "multipart/related" in accept:
+        return _multipart([(octet, [value])], octet)
+    if accept and not any(m in accept for m in (octet, "*/*", "application/*")):
+        raise _NotAcceptable("bulk data is served as application/octet-stream or multipart/related")
+    return Response(value, content_type=octet)
 
 
 @bp.get("/studies/<study>/metadata", endpoint="study_metadata")
