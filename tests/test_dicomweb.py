@@ -358,3 +358,26 @@ def test_bulk_data_uris_answer_the_element_value(kit_server, data_dir):
         "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Host": "evil.example"})
     assert r.status_code == 200
     assert r.json()[0]["00281201"]["BulkDataURI"] == f"https://fieldkit.example:8443{base}00281201"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789ABCDEFabcdefxyz/-.", max_size=40))
+def test_bulk_data_paths_resolve_or_are_refused_cleanly(path):
+    """Any path gives the element it names or NotFound with the reason, never another error."""
+    from fieldkit.errors import NotFound
+    from fieldkit.web.dicomweb import _element_at
+
+    ds = pydicom.dcmread(pydicom_file("examples_palette.dcm"))
+    item = pydicom.Dataset()
+    item.add_new(0x00420011, "OB", b"\x01" * 10)
+    ds.add_new(0x00400555, "SQ", [item])
+    try:
+        elem = _element_at(ds, path)
+    except NotFound as exc:
+        assert "no bulk data" in str(exc)
+    else:
+        assert elem.VR != "SQ"
