@@ -300,6 +300,8 @@ def test_qido_matches_descriptions_and_times_and_warns_about_what_it_ignores(kit
     assert warning == ""  # both are returned at study level
     _, warning = qido(includefield="InstitutionName")
     assert "299 " in warning and "InstitutionName" in warning
+    _, warning = qido(includefield='Bad"\r\nX-Injected: 1')
+    assert "299 " in warning and "Bad?" in warning
     _, warning = qido(includefield="all")
     assert "299 " in warning and "includefield=all" in warning
     # a parameter that is no DICOM attribute at all is an error, not a warning

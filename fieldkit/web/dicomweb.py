@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import itertools
+import re
 import uuid
 
 import pydicom
@@ -164,6 +165,7 @@ def _qido_warnings(level: str) -> list[str]:
     if "all" in fields:
         out.append("includefield=all is not supported: only the attributes the catalogue holds are returned")
     missing = sorted({f for f in fields if f != "all"} - {keyword_for_tag(int(t, 16)) for t in _RETURNED[level]})
+    missing = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in missing]  # client text inside a header
     if missing:
         out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
     return [f'299 fieldkit "{w}"' for w in out]
