@@ -220,3 +220,166 @@ def test_large_stow_bodies_arrive_whole_chunked_or_not(kit_server):
         back = client.retrieve_instance(str(sent[0].StudyInstanceUID), str(sent[0].SeriesInstanceUID),
                                         str(sent[0].SOPInstanceUID))
         assert back.PixelData == sent[0].PixelData
+
+
+def _parts(response) -> list[tuple[str, bytes]]:
+    """(part Content-Type, bytes) of a multipart/related answer."""
+    media = response.headers["Content-Type"]
+    boundary = media.split("boundary=")[1].split(";")[0].strip('"').encode()
+    out = []
+    for chunk in response.content.split(b"--" + boundary)[1:-1]:
+        head, _, body = chunk[2:].partition(b"\r\n\r\n")
+        ctype = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
+                 if h.lower().startswith(b"content-type:")][0]
+        out.append((ctype, body[:-2]))
+    return out
+
+
+OHIF_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def test_frames_are_sent_as_stored_unless_pixels_are_asked_for(kit_server):
+    client = _client(kit_server)
+    cine = _fresh("examples_ybr_color.dcm")  # the SonoSite cine: 30 JPEG baseline frames
+    client.store_instances([cine])
+    stored = list(pydicom.encaps.generate_frames(cine.PixelData, number_of_frames=30))
+    token = kit_server.token("dicomweb-client")
+    url = (f"/dicom-web/studies/{cine.StudyInstanceUID}/series/{cine.SeriesInstanceUID}"
+           f"/instances/{cine.SOPInstanceUID}/frames/1,30")
+    jpeg = "1.2.840.10008.1.2.4.50"
+    for accept in (OHIF_FRAMES, f'multipart/related; type="application/octet-stream"; transfer-syntax={jpeg}',
+                   f'multipart/related; type="image/jpeg"; transfer-syntax={jpeg}'):
+        r = kit_server.get(url, headers={"Authorization": f"Bearer {token}", "Accept": accept})
+        assert r.status_code == 200, accept
+        parts = _parts(r)
+        assert [body for _, body in parts] == [stored[0], stored[29]], accept
+        assert all(f"transfer-syntax={jpeg}" in ctype for ctype, _ in parts), accept
+    # raw pixels only when asked for explicitly (dicomweb-client's default frames request)
+    raw = client.retrieve_instance_frames(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID,
+                                          frame_numbers=[2], media_types=("application/octet-stream",))
+    assert raw[0] == cine.pixel_array[1].tobytes()
+    # a syntax the kit does not hold and cannot make
+    r = kit_server.get(url, headers={"Authorization": f"Bearer {token}",
+                                     "Accept": 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'})
+    assert r.status_code == 406
+
+
+def test_qido_matches_descriptions_and_times_and_warns_about_what_it_ignores(kit_server):
+    client = _client(kit_server)
+    a, b = _fresh("examples_rgb_color.dcm"), _fresh("examples_palette.dcm")
+    a.StudyInstanceUID, b.StudyInstanceUID = generate_uid(), generate_uid()
+    a.StudyDescription, b.StudyDescription = "Lung left", "FAST abdomen"
+    a.ReferringPhysicianName, b.ReferringPhysicianName = "Curie^Marie", "Lister^Joseph"
+    a.StudyTime, b.StudyTime = "083000", "141500"
+    a.SeriesDescription, b.SeriesDescription = "B-lines", "Morison pouch"
+    client.store_instances([a, b])
+    token = kit_server.token("dicomweb-client")
+
+    def qido(path="/dicom-web/studies", **params):
+        r = kit_server.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text[:200]
+        return [s["0020000D"]["Value"][0] for s in r.json()], r.headers.get("Warning", "")
+
+    for params, want in (({"StudyDescription": "lung*"}, [a]), ({"00081030": "FAST abdomen"}, [b]),
+                         ({"ReferringPhysicianName": "lister*"}, [b]), ({"StudyTime": "120000-"}, [b]),
+                         ({"StudyTime": "-0900"}, [a]), ({"SeriesDescription": "morison*"}, [b])):
+        found, warning = qido(**params)
+        assert found == [d.StudyInstanceUID for d in want], params
+        assert warning == "", params
+    found, warning = qido("/dicom-web/series", SeriesDescription="B-lines")
+    assert found == [a.StudyInstanceUID] and warning == ""
+    # what the kit does not match is named, not silently dropped
+    found, warning = qido(InstitutionName="Field*", StudyDescription="lung*")
+    assert found == [a.StudyInstanceUID]
+    assert warning.startswith('299 fieldkit "') and "InstitutionName" in warning
+    _, warning = qido(PatientName="curie", fuzzymatching="true")
+    assert warning.startswith("299 ") and "fuzzymatching" in warning
+    _, warning = qido(fuzzymatching="false")
+    assert warning == ""
+    _, warning = qido(includefield="StudyDescription,00080090")
+    assert warning == ""  # both are returned at study level
+    _, warning = qido(includefield="InstitutionName")
+    assert "299 " in warning and "InstitutionName" in warning
+    _, warning = qido(includefield='Bad"\r\nX-Injected: 1')
+    assert "299 " in warning and "Bad?" in warning
+    _, warning = qido(includefield="all")
+    assert "299 " in warning and "includefield=all" in warning
+    # a parameter that is no DICOM attribute at all is an error, not a warning
+    r = kit_server.get("/dicom-web/studies", params={"NoSuchKey": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400
+
+
+def test_bulk_data_uris_answer_the_element_value(kit_server, data_dir):
+    from urllib.parse import urljoin
+
+    from kitproc import set_config
+
+    client = _client(kit_server)
+    palette = _fresh("examples_palette.dcm")  # PALETTE COLOR with 16-bit LUT entries
+    nested = pydicom.Dataset()
+    nested.add_new(0x00420011, "OB", bytes(range(256)) * 20)  # 5 KiB inside a sequence item
+    palette.add_new(0x00400555, "SQ", [nested])
+    cine = _fresh("examples_ybr_color.dcm")  # 30 JPEG frames
+    client.store_instances([palette, cine])
+    root = f"{kit_server.url}/dicom-web/"
+    meta = client.retrieve_instance_metadata(palette.StudyInstanceUID, palette.SeriesInstanceUID,
+                                             palette.SOPInstanceUID)
+    for tag, keyword in (("00281201", "RedPaletteColorLookupTableData"),
+                         ("00281202", "GreenPaletteColorLookupTableData"),
+                         ("00281203", "BluePaletteColorLookupTableData")):
+        uri = meta[tag]["BulkDataURI"]
+        # no configured public address: relative to the DICOMweb root, never from the Host header
+        assert uri.startswith("studies/") and uri.endswith(f"/bulkdata/{tag}")
+        got = client.retrieve_bulkdata(urljoin(root, uri))  # multipart/related octet-stream
+        assert got == [palette[keyword].value] and len(got[0]) == 512
+        single = kit_server.get(f"/dicom-web/{uri}", headers={
+            "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Accept": "application/octet-stream"})
+        assert single.headers["Content-Type"] == "application/octet-stream"
+        assert single.content == palette[keyword].value
+    pixels = client.retrieve_bulkdata(urljoin(root, meta["7FE00010"]["BulkDataURI"]))
+    assert pixels == [palette.PixelData]
+    uri = meta["00400555"]["Value"][0]["00420011"]["BulkDataURI"]
+    assert uri.endswith("/bulkdata/00400555/0/00420011")
+    assert client.retrieve_bulkdata(urljoin(root, uri)) == [nested[0x00420011].value]
+    # encapsulated pixel data: the stored frames, one part each
+    meta = client.retrieve_instance_metadata(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID)
+    frames = client.retrieve_bulkdata(urljoin(root, meta["7FE00010"]["BulkDataURI"]))
+    assert frames == list(pydicom.encaps.generate_frames(cine.PixelData, number_of_frames=30))
+    # an unknown bulk path is a 404 with the reason, not a crash
+    token = kit_server.token("dicomweb-client")
+    base = (f"/dicom-web/studies/{palette.StudyInstanceUID}/series/{palette.SeriesInstanceUID}"
+            f"/instances/{palette.SOPInstanceUID}/bulkdata/")
+    for bad in ("00091234", "zz", "00281201/0/00100010", "00100010/x"):
+        r = kit_server.get(base + bad, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 404 and "bulk data" in r.json()["error"], bad
+    # with a configured public address, the URIs are built from it whatever Host says
+    kit_server.stop()
+    set_config(data_dir, **{"onboarding.kit_url": "https://fieldkit.example:8443/"})
+    kit_server.start()
+    r = kit_server.get(base.replace("/bulkdata/", "/metadata"), headers={
+        "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Host": "evil.example"})
+    assert r.status_code == 200
+    assert r.json()[0]["00281201"]["BulkDataURI"] == f"https://fieldkit.example:8443{base}00281201"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789ABCDEFabcdefxyz/-.", max_size=40))
+def test_bulk_data_paths_resolve_or_are_refused_cleanly(path):
+    """Any path gives the element it names or NotFound with the reason, never another error."""
+    from fieldkit.errors import NotFound
+    from fieldkit.web.dicomweb import _element_at
+
+    ds = pydicom.dcmread(pydicom_file("examples_palette.dcm"))
+    item = pydicom.Dataset()
+    item.add_new(0x00420011, "OB", b"\x01" * 10)
+    ds.add_new(0x00400555, "SQ", [item])
+    try:
+        elem = _element_at(ds, path)
+    except NotFound as exc:
+        assert "no bulk data" in str(exc)
+    else:
+        assert elem.VR != "SQ"

@@ -324,3 +324,30 @@ def test_the_decode_helper_runs_at_the_inference_threads_priority(registry):
     t.start()
     t.join()
     assert len(seen) == 2 and set(seen.values()) == {10}  # caller and helper alike
+
+
+def _text_items(items, found=None):
+    """(concept meaning, text) of every TEXT content item, depth first."""
+    found = [] if found is None else found
+    for item in items:
+        if item.ValueType == "TEXT":
+            found.append((item.ConceptNameCodeSequence[0].CodeMeaning, item.TextValue))
+        _text_items(item.get("ContentSequence", []), found)
+    return found
+
+
+def test_not_assessable_says_why_and_an_invalid_accession_is_not_copied(registry, caplog):
+    ds = _read("examples_ybr_color.dcm")  # an apical cardiac cine: neither a lung nor a FAST view
+    ds.AccessionNumber = ["PR", "US"]  # two values where one is allowed, as one source sent it
+    a = runner.analyse(ds, registry)
+    with caplog.at_level("WARNING"):
+        report = _roundtrip(sr.build_sr(ds, a))
+    hd.sr.Comprehensive3DSR.from_dataset(report)
+    reasons = [text for meaning, text in _text_items(report.ContentSequence) if meaning == "Reason not assessable"]
+    assert sorted(reasons) == sorted(r.reason for r in a.results) and all(reasons)
+    assert report.AccessionNumber == ""
+    assert "AccessionNumber" in caplog.text and "PR" not in caplog.text
+    ds.AccessionNumber = "A" * 17
+    assert _roundtrip(sr.build_sr(ds, a)).AccessionNumber == ""
+    ds.AccessionNumber = "ACC-42"
+    assert _roundtrip(sr.build_sr(ds, a)).AccessionNumber == "ACC-42"

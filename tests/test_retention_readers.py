@@ -65,6 +65,7 @@ def test_every_reader_copes_with_a_purged_instance(purged, orthanc):
     auth = {"Authorization": f"Bearer {token}"}
     inst = f"/dicom-web/studies/{study}/series/{series}/instances/{uid}"
     for path in (inst, inst + "/metadata", inst + "/frames/1", inst + "/rendered", inst + "/thumbnail",
+                 inst + "/bulkdata/7FE00010",
                  f"/dicom-web/studies/{study}", f"/dicom-web/studies/{study}/metadata"):
         r = c.get(path, base_url=BASE, headers=auth)
         assert r.status_code == 410, (path, r.status_code, r.data[:200])

@@ -3,13 +3,15 @@
 Each clinical model gives one measurement group (TID 1501) that references the source
 instance and the frames it read, names the algorithm once for the group (name, version and
 model SHA-256 as a parameter), and carries its results: per-frame B-line counts and the clip pattern, or
-free-fluid presence and area, or a "not assessable" evaluation with the reason.
+free-fluid presence and area, or a "not assessable" evaluation with the reason (a TEXT
+"Reason not assessable" property of the Assessability evaluation).
 
 Handheld exports often lack attributes highdicom insists on (type-2 patient and study
 attributes, which it copies from the evidence). The SR is built against a header-only copy
 of the source with those filled in as empty values, which is what type 2 allows, so a
 sparse export still gets its report. No 3D coordinates are used, so a missing Frame of
-Reference does not matter.
+Reference does not matter. A source's AccessionNumber or StudyID that is not a valid SH
+value (two values such as `PR\\US`, over 16 characters) is left empty rather than copied.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .runner import Analysis
 # highdicom logs every module it copies at INFO, naming the source's UIDs: a cost per
 # report, and nothing an operator needs
 logging.getLogger("highdicom").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 # highdicom warns about odd person names by quoting them: patient data must not reach a log
 warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name",
@@ -53,6 +56,7 @@ ASSESSABILITY = _code("ASSESS", "Assessability")
 NOT_ASSESSABLE = _code("NA", "Not assessable")
 ASSESSABLE = _code("OK", "Assessable")
 PLEURA_ROW = _code("PLROW", "Pleural line row")
+NA_REASON = _code("NAREASON", "Reason not assessable")
 UNIT_LINES = CodedConcept(value="{lines}", scheme_designator="UCUM", meaning="lines")
 UNIT_PX = CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
 
@@ -100,6 +104,13 @@ def evidence_header(ds: Dataset, minimal: bool = False) -> Dataset:
             continue
         header.add(copy.deepcopy(elem))
     header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
+    for keyword in ("AccessionNumber", "StudyID"):
+        # a source's invalid value (`PR\\US`, too long) is not passed on: left empty (type 2),
+        # and said so in the log (naming the attribute, never its value)
+        if keyword in header and not _valid_sh(header[keyword]):
+            header[keyword].value = ""
+            log.warning("the source's %s is not a valid SH value (one value, 16 characters at most): "
+                        "left empty in the report", keyword)
     for keyword, empty in TYPE2.items():
         if keyword not in header or header.get(keyword) is None:
             setattr(header, keyword, empty)
@@ -133,6 +144,26 @@ def _algorithm(name: str, version: str, sha256: str) -> hd.sr.AlgorithmIdentific
     return hd.sr.AlgorithmIdentification(name=name, version=version, parameters=[f"sha256={sha256}"])
 
 
+def _assessability(assessable: bool, reason: str) -> hd.sr.QualitativeEvaluation:
+    """The Assessability evaluation; "Not assessable" carries its reason (wrong view,
+    Doppler, decode failure...) as a TEXT property, so the hospital sees why."""
+    evaluation = hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if assessable else NOT_ASSESSABLE)
+    if not assessable and reason:
+        evaluation[0].ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+            name=NA_REASON, value=reason[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
+    return evaluation
+
+
+def _valid_sh(elem) -> bool:
+    """A value fit for a single-valued SH attribute (AccessionNumber, StudyID): one value
+    (`PR\\US` is two), at most 16 characters, no control characters."""
+    if elem.VM > 1:
+        return False
+    text = str(elem.value or "")
+    return len(text) <= 16 and "\\" not in text and all(c >= " " for c in text)
+
+
 def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id: str = "",
              manufacturer: str = "fieldkit", device_uid: str | None = None) -> Dataset:
     source_uid = str(ds.SOPInstanceUID)
@@ -146,7 +177,7 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
             referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=source_uid,
             referenced_frame_numbers=(r.frames or analysis.frame_numbers or None) if frames else None)]
         site = codes.SCT.Lung if r.task == "lung" else codes.SCT.Abdomen
-        evaluations = [hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if r.assessable else NOT_ASSESSABLE)]
+        evaluations = [_assessability(r.assessable, r.reason)]
         measurements = []
         if r.assessable and r.task == "lung":
             evaluations.append(hd.sr.QualitativeEvaluation(

@@ -4,23 +4,29 @@
   answers with ReferencedSOPSequence / FailedSOPSequence (FailureReason, plus the reason in
   words as ErrorComment): 200 all stored, 202 some failed, 409 none stored.
 - QIDO-RS answers studies, series and instances with the usual matching keys (PatientID,
-  PatientName, StudyDate ranges, ModalitiesInStudy, Modality, the UIDs, AccessionNumber)
-  and limit/offset, as application/dicom+json.
+  PatientName, StudyDate and StudyTime ranges, ModalitiesInStudy, Modality, the UIDs,
+  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName) and limit/offset, as
+  application/dicom+json; a key, fuzzymatching or includefield it does not honour is named
+  in a `Warning: 299` header rather than silently ignored.
 - WADO-RS returns instances (as stored, or Explicit VR Little Endian on request), metadata,
-  frames (uncompressed, or the stored compressed frame when its media type is asked for)
-  and rendered frames as PNG or JPEG.
+  frames (the stored compressed frames untouched for transfer-syntax=*, the stored syntax
+  or its media type; decoded pixels only when another syntax is asked for)
+  and rendered frames as PNG or JPEG; every BulkDataURI in metadata (pixel data, palette
+  LUT data, values over 4 KiB) is a resource of its own under .../bulkdata/<tag path>.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import itertools
+import re
 import uuid
 
 import pydicom
 from flask import Blueprint, Response, jsonify, request
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
 from ..dicom.frames import DecodeError, decode_frames
@@ -42,7 +48,7 @@ ROUTE_PERMISSIONS = {
     "dicomweb.retrieve_study": READ, "dicomweb.retrieve_series": READ, "dicomweb.retrieve_instance": READ,
     "dicomweb.study_metadata": READ, "dicomweb.series_metadata": READ, "dicomweb.instance_metadata": READ,
     "dicomweb.frames": READ, "dicomweb.rendered_instance": READ, "dicomweb.rendered_frames": READ,
-    "dicomweb.thumbnail": READ,
+    "dicomweb.thumbnail": READ, "dicomweb.bulkdata": READ,
 }
 # STOW bodies may be as large as http.max_request_mb; checked while streaming
 ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
@@ -109,11 +115,27 @@ def stow(study: str | None = None):
 
 # -- QIDO-RS ------------------------------------------------------------------------------
 
-_STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyInstanceUID", "ModalitiesInStudy",
-               "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"}
-_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber"}
+_STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy",
+               "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "StudyDescription",
+               "ReferringPhysicianName"}
+_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}
 _INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID", "InstanceNumber"}
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+# what each level answers (the tags of _study_json, _series_json, _instance_json), for includefield
+_PATIENT_TAGS = {"00100010", "00100020", "00100021", "00100030", "00100040"}
+_RETURNED = {
+    "studies": _PATIENT_TAGS | {"00080020", "00080030", "00080050", "00080061", "00080090", "00081030",
+                                "0020000D", "00200010", "00201206", "00201208", "00081190"},
+    "series": {"00080060", "0008103E", "0020000D", "0020000E", "00200011", "00201209", "00081190"},
+    "instances": _PATIENT_TAGS | {"00080016", "00080018", "00080020", "00080060", "0020000D", "0020000E",
+                                  "00200013", "00280008", "00280010", "00280011", "00020010", "00081190"},
+}
+
+
+def _keyword(key: str) -> str:
+    if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
+        return keyword_for_tag(int(key, 16)) or key
+    return key
 
 
 def _filters() -> dict[str, str]:
@@ -121,14 +143,32 @@ def _filters() -> dict[str, str]:
     for key, value in request.args.items():
         if key in _CONTROL:
             continue
-        name = key
-        if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
-            name = keyword_for_tag(int(key, 16)) or key
+        name = _keyword(key)
         if name in _STUDY_KEYS | _SERIES_KEYS | _INSTANCE_KEYS:
             out[name] = value
         elif tag_for_keyword(name) is None and name == key:
             raise BadInput(f"unknown query parameter {key[:40]!r}")
     return out
+
+
+def _qido_warnings(level: str) -> list[str]:
+    """PS3.18 8.3.4/8.6: what the search did not do as asked, one Warning: 299 each, so a
+    client never takes an unfiltered answer for a filtered one."""
+    out = []
+    ignored = sorted({_keyword(k) for k in request.args if k not in _CONTROL}
+                     - _STUDY_KEYS - _SERIES_KEYS - _INSTANCE_KEYS)
+    if ignored:
+        out.append(f"The following query keys are not supported and were ignored: {', '.join(ignored)[:300]}")
+    if request.args.get("fuzzymatching", "").lower() == "true":
+        out.append("The fuzzymatching parameter is not supported. Only literal matching has been performed.")
+    fields = [_keyword(f.strip()) for v in request.args.getlist("includefield") for f in v.split(",") if f.strip()]
+    if "all" in fields:
+        out.append("includefield=all is not supported: only the attributes the catalogue holds are returned")
+    missing = sorted({f for f in fields if f != "all"} - {keyword_for_tag(int(t, 16)) for t in _RETURNED[level]})
+    missing = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in missing]  # client text inside a header
+    if missing:
+        out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
+    return [f'299 fieldkit "{w}"' for w in out]
 
 
 def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
@@ -161,6 +201,10 @@ def _row_matches(row: dict, patient: dict, f: dict) -> bool:
         "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
         "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
         "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
+        "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
+        "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
+        "ReferringPhysicianName": lambda p: _match_text(row.get("referring_physician") or "", p, fold=True),
+        "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
         "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
         "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
         "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
@@ -258,8 +302,8 @@ def _instance_json(r: dict, pats: dict) -> dict:
             "00020010": _v("UI", r["transfer_syntax"]), "00081190": _v("UR", _instance_url(r))}
 
 
-def _instance_url(r: dict) -> str:
-    return (f"{_base()}/studies/{r['study_instance_uid']}/series/{r['series_instance_uid']}"
+def _instance_url(r: dict, base: str | None = None) -> str:
+    return (f"{_base() if base is None else base}/studies/{r['study_instance_uid']}/series/{r['series_instance_uid']}"
             f"/instances/{r['sop_instance_uid']}")
 
 
@@ -268,8 +312,11 @@ def _json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _dicom_json(items: list) -> Response:
-    return Response(_json(items), status=200, content_type=DICOM_JSON)
+def _dicom_json(items: list, warnings: list[str] = ()) -> Response:
+    response = Response(_json(items), status=200, content_type=DICOM_JSON)
+    for warning in warnings:
+        response.headers.add("Warning", warning)
+    return response
 
 
 @bp.get("/studies", endpoint="search_studies")
@@ -279,7 +326,7 @@ def search_studies():
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
     found = catalogue.search_studies(store, **q)
-    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found])
+    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found], _qido_warnings("studies"))
 
 
 @bp.get("/series", endpoint="search_series")
@@ -289,7 +336,7 @@ def search_series(study: str | None = None):
     q.pop("patient_id", None)  # a row test in `match` still checks it
     q.pop("sop_uids", None)
     found = catalogue.search_series(kit_of().store, **q)
-    return _dicom_json([_series_json(s) for s in found])
+    return _dicom_json([_series_json(s) for s in found], _qido_warnings("series"))
 
 
 @bp.get("/instances", endpoint="search_instances")
@@ -306,7 +353,7 @@ def search_instances(study: str | None = None, series: str | None = None):
                                            and (match is None or match(row, patient)))
     rows = catalogue.search_instances(store, **q)
     pats = catalogue.patient_map(store, {r["patient_id"] for r in rows})
-    return _dicom_json([_instance_json(r, pats) for r in rows])
+    return _dicom_json([_instance_json(r, pats) for r in rows], _qido_warnings("instances"))
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
@@ -446,20 +493,96 @@ def retrieve_instance(study, series, instance):
     return _retrieve(_rows_for(study, series, instance))
 
 
+# palette colour LUT data: always its own bulk data resource, whatever its size, so a
+# viewer that loads from metadata fetches the table, not the instance
+_LUT_DATA = {0x00281201, 0x00281202, 0x00281203, 0x00281221, 0x00281222, 0x00281223}
+_BULK_THRESHOLD = 4096  # bytes: larger values get a BulkDataURI in /metadata
+
+
+def _bulk_root() -> str:
+    """Where BulkDataURIs point: the configured public address (onboarding.kit_url), never
+    the request's Host header; without it, URIs relative to the DICOMweb root."""
+    kit_url = (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
+    return f"{kit_url}{bp.url_prefix}/" if kit_url else ""
+
+
+def _element_paths(ds, prefix: str = "") -> dict[int, str]:
+    """id(element) -> its bulk data path ("00281201", "00540016/0/00181072")."""
+    out = {}
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        out[id(elem)] = path
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                out.update(_element_paths(item, f"{path}/{i}/"))
+    return out
+
+
 def _metadata(rows: list[dict]) -> Response:
     store = kit_of().store
+    root = _bulk_root()
     out = []
     for row in rows:
         with store.blobs.open(row["blob"], row["size"]) as fh:  # header only: no pixels decrypted
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        url = _instance_url(row)
-        item = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda elem, url=url: url)
+        bulk = root + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
+        paths = _element_paths(ds)
+        item = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
+                               bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+        for tag in _LUT_DATA:
+            key = f"{tag:08X}"
+            if key in item and "InlineBinary" in item[key]:
+                item[key] = {"vr": item[key]["vr"], "BulkDataURI": bulk + key}
         if row["rows"]:
             item["7FE00010"] = {"vr": "OB" if row["transfer_syntax"] not in uids.NATIVE_SYNTAXES else "OW",
-                                "BulkDataURI": url}
+                                "BulkDataURI": bulk + "7FE00010"}
         item["00020010"] = _v("UI", row["transfer_syntax"])
         out.append(item)
     return _dicom_json(out)
+
+
+def _element_at(ds, tag_path: str):
+    """The data element at a bulk data path, or NotFound naming the path."""
+    steps = tag_path.strip("/").split("/")
+    node, elem = ds, None
+    try:
+        for i, step in enumerate(steps):
+            if i % 2 == 0:
+                if len(step) != 8:
+                    raise ValueError
+                elem = node[int(step, 16)]
+            else:
+                node = elem.value[int(step)]
+        if len(steps) % 2 == 0 or elem.VR == "SQ":
+            raise ValueError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise NotFound(f"no bulk data at {tag_path[:80]!r} in this instance") from None
+    return elem
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<path:tag_path>", endpoint="bulkdata")
+def bulkdata(study, series, instance, tag_path):
+    """An element's value as application/octet-stream (multipart/related when the Accept
+    header asks for it). Encapsulated pixel data: one part per frame, as stored."""
+    row = _rows_for(study, series, instance)[0]
+    store = kit_of().store
+    ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
+    elem = _element_at(ds, tag_path)
+    ts = row["transfer_syntax"]
+    octet = "application/octet-stream"
+    if elem.tag == 0x7FE00010 and ts not in uids.NATIVE_SYNTAXES and tag_path.strip("/") == "7FE00010":
+        if uids.is_video(ts):  # a video stream is one item: sent whole
+            values = [b"".join(generate_fragments(elem.value))]
+        else:
+            values = list(generate_frames(elem.value, number_of_frames=row["frames"] or 1))
+        return _multipart(((f"{octet}; transfer-syntax={ts}", [v]) for v in values), octet)
+    value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+    accept = request.headers.get("Accept", "")
+    if "multipart/related" in accept:
+        return _multipart([(octet, [value])], octet)
+    if accept and not any(m in accept for m in (octet, "*/*", "application/*")):
+        raise _NotAcceptable("bulk data is served as application/octet-stream or multipart/related")
+    return Response(value, content_type=octet)
 
 
 @bp.get("/studies/<study>/metadata", endpoint="study_metadata")
@@ -495,6 +618,25 @@ def _frame_numbers(frame_list: str, n: int) -> list[int]:
     return numbers
 
 
+def _frames_as_stored(accept: str, stored_ts: str) -> str | None:
+    """The part media type to send the stored frames under, untouched, when the Accept
+    header allows them: `transfer-syntax=*` (OHIF's default), the stored syntax named, or
+    the stored syntax's own media type. None: the client wants decoded pixels."""
+    stored_media = _FRAME_MEDIA.get(stored_ts)
+    if not stored_media:  # native or video data: nothing to gain from sending it as stored
+        return None
+    for item in accept.split(","):
+        media, params = content_type_params(item.strip())
+        if media == "multipart/related":
+            media = (params.get("type") or "").lower()
+        ts = params.get("transfer-syntax")
+        if media == "application/octet-stream" and ts in ("*", stored_ts):
+            return media
+        if media == stored_media and ts in (None, "*", stored_ts):
+            return media
+    return None
+
+
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frame_list>", endpoint="frames")
 def frames(study, series, instance, frame_list):
     row = _rows_for(study, series, instance)[0]
@@ -502,11 +644,14 @@ def frames(study, series, instance, frame_list):
     numbers = _frame_numbers(frame_list, row["frames"] or 0)
     ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     accept = request.headers.get("Accept", "")
-    stored_media = _FRAME_MEDIA.get(row["transfer_syntax"])
-    if stored_media and stored_media in accept:
-        all_frames = list(generate_frames(ds.PixelData, number_of_frames=row["frames"]))
-        parts = ((f"{stored_media}; transfer-syntax={row['transfer_syntax']}", [all_frames[i - 1]]) for i in numbers)
-        return _multipart(parts, stored_media)
+    stored_ts = row["transfer_syntax"]
+    stored_media = _FRAME_MEDIA.get(stored_ts)
+    as_stored = _frames_as_stored(accept, stored_ts)
+    if as_stored:  # the stored bytes, split into frames, never decoded
+        wanted = itertools.islice(generate_frames(ds.PixelData, number_of_frames=row["frames"]), max(numbers))
+        all_frames = list(wanted)
+        parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [all_frames[i - 1]]) for i in numbers)
+        return _multipart(parts, as_stored)
     if accept and not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related; type=\"*")) \
             and "application/octet-stream" not in accept:
         raise _NotAcceptable("frames are served as application/octet-stream (uncompressed) "
@@ -514,7 +659,7 @@ def frames(study, series, instance, frame_list):
     from pydicom.pixels import pixel_array
 
     def frame_bytes(i: int) -> bytes:
-        if uids.is_video(row["transfer_syntax"]):
+        if uids.is_video(stored_ts):
             return decode_frames(ds, [i - 1])[0].tobytes()
         arr = pixel_array(ds, index=i - 1) if row["frames"] > 1 else pixel_array(ds)
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
