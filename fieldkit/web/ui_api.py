@@ -191,8 +191,11 @@ def triage(pid):
     store = kit_of().store
     data = _body()
     category = _category(data.get("triage"))
+    undo = data.get("undo", False)
+    if not isinstance(undo, bool):
+        raise BadInput("undo must be true or false")
     _patient_or_404(store, pid)
-    row = pstore.set_triage(store, pid, category, by=_actor())
+    row = pstore.set_triage(store, pid, category, by=_actor(), undo=undo)
     after_triage_change(store, row["id"], category)
     return jsonify({"patient": public_patient(row), "triage_history": row.get("triage_history")})
 
