@@ -17,7 +17,7 @@ import weakref
 from tinydb import Query
 
 from ..dicom import worklist
-from ..errors import BadInput, NotFound
+from ..errors import BadInput, Conflict, NotFound
 from ..events import PATIENT_MERGED, PATIENT_UPDATED
 from ..records import (KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority,
                        sync_priority)
@@ -241,10 +241,12 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
     return None, ""
 
 
-def set_triage(store, pid: str, category: str, by: str = "", undo: bool = False) -> dict:
+def set_triage(store, pid: str, category: str, by: str = "", undo: bool = False,
+               expected: str | None = None) -> dict:
     """Record a triage category (history kept) and re-prioritise the patient's infer rows
     (its sync rows are re-prioritised by the sync planner). `undo`: this puts back the
-    category a mis-tap replaced, and the history says so."""
+    category a mis-tap replaced, and the history says so; `expected`: the category the
+    caller saw, refused (Conflict) when someone changed it meanwhile."""
     if category not in TRIAGE_CATEGORIES:
         raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}, got {category!r}")
 
@@ -252,6 +254,8 @@ def set_triage(store, pid: str, category: str, by: str = "", undo: bool = False)
         row = resolve_row(db, pid)
         if not row:
             raise NotFound(f"no patient {pid}")
+        if expected is not None and (row.get("triage") or "none") != expected:
+            raise Conflict(f"{row['id']} was re-triaged meanwhile (now {row.get('triage')}); look again first")
         now = time.time()
         entry = {"triage": category, "at": now, "by": by} | ({"undo": True} if undo else {})
         history = list(row.get("triage_history") or []) + [entry]

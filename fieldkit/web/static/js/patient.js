@@ -415,8 +415,8 @@ function askConfirm(p, to) {
   });
 }
 
-async function setTriage(triage, undo = false) {
-  await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/triage`, { method: "POST", body: { triage, undo } });
+async function setTriage(triage, expected, undo = false) {
+  await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/triage`, { method: "POST", body: { triage, expected, undo } });
   await load();
 }
 
@@ -427,9 +427,9 @@ document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click",
   try {
     if ((CONFIRMED.has(to) || p.triage === "red") && !(await askConfirm(p, to))) return;
     const before = p.triage;
-    await setTriage(to);
+    await setTriage(to, before);
     offerUndo(`${who(p)}: ${TRIAGE_LABEL[before] || before} → ${TRIAGE_LABEL[to]}.`, `Undo: back to ${TRIAGE_LABEL[before] || before}`,
-      () => setTriage(before, true), UNDO_SECONDS);
+      () => setTriage(before, to, true), UNDO_SECONDS);
   } catch (e) { if (e.status !== 401) showError(e.message); }
 }));
 
