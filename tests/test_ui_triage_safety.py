@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from fixtures.ui import CLINICIAN_USER, TABLET, sign_in
+from fixtures.ui import CLINICIAN_USER, TABLET, shot, sign_in
 from test_ui_board_live import BOARD_API, api_session, browser, kit  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(300)
@@ -48,6 +48,7 @@ def test_time_since_triage_shows_who_and_ticks_without_asking_the_kit(kit, brows
                                timeout=5000)
         assert re.fullmatch(r"triaged \d+ s ago", since.text_content())
         assert len(fetches) == n  # ticked on the tablet: the board was not asked again
+        shot(page, "board-time-since-triage")
     finally:
         ctx.close()
 
@@ -74,6 +75,7 @@ def test_deceased_needs_a_confirmation_and_undo_restores_immediate(kit, browser)
         dialog.wait_for(state="visible", timeout=5000)
         assert "Tag MT-1" in page.locator("#triage-confirm-question").text_content()
         assert page.locator("#triage-confirm-yes").text_content() == "Yes: Tag MT-1 is Deceased"
+        shot(page, "triage-confirm-deceased")
         page.click("#triage-confirm-no")  # the mis-tap caught: nothing changes
         dialog.wait_for(state="hidden", timeout=5000)
         assert s.get(kit.url + "/api/v1/ui/patients/MT-1", timeout=30).json()["triage"] == "red"
@@ -85,6 +87,7 @@ def test_deceased_needs_a_confirmation_and_undo_restores_immediate(kit, browser)
         bar = page.locator("#undo-bar")
         bar.wait_for(state="visible", timeout=5000)
         assert page.locator("#undo-btn").text_content() == "Undo: back to Immediate"
+        shot(page, "triage-undo-bar")
         page.click("#undo-btn")
         page.wait_for_function("() => document.getElementById('p-cat').textContent === 'Immediate'", timeout=10000)
         history = s.get(kit.url + "/api/v1/ui/patients/MT-1", timeout=30).json()["triage_history"]
