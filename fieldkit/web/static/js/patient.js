@@ -421,6 +421,7 @@ async function setTriage(triage, expected, undo = false) {
 }
 
 document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click", async () => {
+  if (!current) await load(); // a tap before the page has its data still knows what it changes
   const p = current;
   const to = b.dataset.triage;
   if (!p || p.triage === to) return;
