@@ -42,6 +42,8 @@ def reference_board(store) -> dict[str, dict]:
         unassigned = (p.get("origin") == "capture" and not p.get("tag") and not p.get("tags")
                       and (p.get("triage") or "none") == "none")
         states = [str(r.get("sync_state") or "queued") for r in mine]
+        # category changes only (an assigned capture is in the history too)
+        changes = [h for h in p.get("triage_history") or [] if h.get("triage") != "none" and "assigned" not in h]
         sync = ("none" if not states else "quarantined" if "quarantined" in states
                 else "confirmed" if all(s == "confirmed" for s in states)
                 else "sending" if "sending" in states else "queued")
@@ -58,6 +60,9 @@ def reference_board(store) -> dict[str, dict]:
             "name_from_probe": bool(p.get("name")) and not p.get("name_confirmed")
             and (p.get("origin") == "capture" or p.get("name_from") == "probe"),
             "unassigned": unassigned,
+            "triaged_at": changes[0]["at"] if changes else None,
+            "retriaged_at": changes[-1]["at"] if len(changes) > 1 else None,
+            "triaged_by": changes[-1].get("by") or "" if changes else "",
             "tray": [{"uid": r["sop_instance_uid"], "received_at": r["received_at"], "probe": r.get("calling_ae") or "",
                       "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}
                      for r in sorted(mine, key=lambda r: r["received_at"]) if r.get("modality") != "SR"]
@@ -97,6 +102,24 @@ def test_a_patients_row_equals_their_row_on_the_full_board_after_each_change(sto
     board = rows.board()
     assert {c["id"]: c for c in board["patients"]} == reference
     assert board["counts"]["red"] == 1 and board["total"] == 2
+
+
+def test_inside_a_category_the_longest_waiting_patient_comes_first(store):
+    grow(store, ["W-1", "W-2", "W-3", "W-4"], 1)
+    for pid in ("W-2", "W-1", "W-3"):  # W-2 waits longest, then W-1, then W-3
+        pstore.set_triage(store, pid, "yellow", by="medic-a")
+    pstore.set_triage(store, "W-4", "red", by="medic-b")
+    # activity on W-3 and a re-triage of W-1 (yellow -> green -> yellow) do not move them up
+    pstore.update_details(store, "W-3", note="new note", actor="medic-a")
+    pstore.set_triage(store, "W-1", "green", by="medic-b")
+    pstore.set_triage(store, "W-1", "yellow", by="medic-b", undo=True)
+    order = [c["id"] for c in rows_for(store).board()["patients"]]
+    assert order == ["W-4", "W-2", "W-1", "W-3"]
+    w1 = rows_for(store).row("W-1")
+    first, last = pstore.get_patient(store, "W-1")["triage_history"][0], pstore.get_patient(store, "W-1")["triage_history"][-1]
+    assert w1["triaged_at"] == first["at"] and w1["retriaged_at"] == last["at"] > first["at"]
+    assert w1["triaged_by"] == "medic-b" and last["undo"] is True
+    assert rows_for(store).row("W-2")["retriaged_at"] is None
 
 
 def test_an_event_names_the_patients_it_concerns(store):

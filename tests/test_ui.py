@@ -205,6 +205,7 @@ def test_second_tablet_sees_retriage_live_and_sync_rows_move_up(tablet, ui_brows
     page = tablet
     page.goto(f"/patients/{TAG}")
     page.click("button.tri-btn[data-triage=yellow]")
+    page.click("#triage-confirm-yes")  # out of Immediate: the second tap names the patient
     page.wait_for_selector("button.tri-btn[data-triage=yellow][aria-pressed=true]")
     # the other tablet, without reloading
     board.wait_for_selector(f"li.card[data-patient-id='{TAG}'][data-triage=yellow]", timeout=10000)

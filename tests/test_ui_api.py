@@ -137,6 +137,27 @@ def test_retriage_keeps_history_and_moves_pending_sync_rows(ui):
     assert sprite.status_code == 200 and sprite.headers["Cache-Control"] == "no-store"
 
 
+def test_an_undo_is_recorded_and_never_overwrites_another_tablets_change(ui):
+    kit, app = ui
+    first, second = Tablet(app, "clin", "clin password 123"), Tablet(app, "tri", "tri password 123")
+    assert first.post("/api/v1/ui/patients", {"tag": "U-1", "triage": "red"}).status_code == 201
+    assert first.post("/api/v1/ui/patients/U-1/triage", {"triage": "black", "expected": "red"}).status_code == 200
+    r = first.post("/api/v1/ui/patients/U-1/triage", {"triage": "red", "expected": "black", "undo": True})
+    assert r.status_code == 200
+    assert [(h["triage"], h["by"], bool(h.get("undo"))) for h in r.json["triage_history"]] == [
+        ("red", "clin", False), ("black", "clin", False), ("red", "clin", True)]
+    # a mis-tap undone too late: another tablet re-triaged meanwhile, the undo is refused
+    assert first.post("/api/v1/ui/patients/U-1/triage", {"triage": "green", "expected": "red"}).status_code == 200
+    assert second.post("/api/v1/ui/patients/U-1/triage", {"triage": "yellow"}).status_code == 200
+    r = first.post("/api/v1/ui/patients/U-1/triage", {"triage": "red", "expected": "green", "undo": True})
+    assert r.status_code == 409 and "re-triaged meanwhile" in r.json["error"]
+    assert first.get("/api/v1/ui/patients/U-1").json["triage"] == "yellow"
+    for bad in ({"triage": "red", "undo": "yes"}, {"triage": "red", "expected": "purple"}):
+        r = first.post("/api/v1/ui/patients/U-1/triage", bad)
+        assert r.status_code == 400, bad
+    assert len(first.get("/api/v1/ui/patients/U-1").json["triage_history"]) == 5  # nothing recorded
+
+
 def test_sync_view_shows_quarantined_reason_and_retry(ui):
     kit, app = ui
     t = Tablet(app, "clin", "clin password 123")

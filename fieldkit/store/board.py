@@ -72,6 +72,7 @@ def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
                 sync=sync_badge([str(r.get("sync_state") or "queued") for r in insts]),
                 last_capture=max((float(r.get("received_at") or 0) for r in insts), default=0.0),
                 identified=bool(p.get("name")),
+                **pstore.triage_times(p),
                 tags=pstore.all_tags(p),  # merged tags too: a search by any of them finds the survivor
                 display_name=format_person_name(p.get("name")), name_from_probe=pstore.name_from_probe(p),
                 # a record only a capture made: its captures wait in the tray, it is no patient card
@@ -122,7 +123,9 @@ def concerned(store, event: Event) -> list[str]:
 
 
 def sort_key(card: dict):
-    return (TRIAGE_CATEGORIES.index(card["triage"]) if card["triage"] != "none" else 4.5, -(card.get("updated") or 0))
+    """Most urgent category first; inside one, who has waited longest (oldest triage) first."""
+    return (TRIAGE_CATEGORIES.index(card["triage"]) if card["triage"] != "none" else 4.5,
+            card.get("triaged_at") or card.get("created") or 0)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import weakref
 from tinydb import Query
 
 from ..dicom import worklist
-from ..errors import BadInput, NotFound
+from ..errors import BadInput, Conflict, NotFound
 from ..events import PATIENT_MERGED, PATIENT_UPDATED
 from ..records import (KIND_INFER, KIND_SYNC, READY, T_INSTANCES, T_PATIENTS, TRIAGE_CATEGORIES, infer_priority,
                        sync_priority)
@@ -241,9 +241,12 @@ def link_with_reason(db, *, patient_id: str, issuer: str, kit_issuer: str, is_ge
     return None, ""
 
 
-def set_triage(store, pid: str, category: str, by: str = "") -> dict:
+def set_triage(store, pid: str, category: str, by: str = "", undo: bool = False,
+               expected: str | None = None) -> dict:
     """Record a triage category (history kept) and re-prioritise the patient's infer rows
-    (its sync rows are re-prioritised by the sync planner)."""
+    (its sync rows are re-prioritised by the sync planner). `undo`: this puts back the
+    category a mis-tap replaced, and the history says so; `expected`: the category the
+    caller saw, refused (Conflict) when someone changed it meanwhile."""
     if category not in TRIAGE_CATEGORIES:
         raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}, got {category!r}")
 
@@ -251,8 +254,11 @@ def set_triage(store, pid: str, category: str, by: str = "") -> dict:
         row = resolve_row(db, pid)
         if not row:
             raise NotFound(f"no patient {pid}")
+        if expected is not None and (row.get("triage") or "none") != expected:
+            raise Conflict(f"{row['id']} was re-triaged meanwhile (now {row.get('triage')}); look again first")
         now = time.time()
-        history = list(row.get("triage_history") or []) + [{"triage": category, "at": now, "by": by}]
+        entry = {"triage": category, "at": now, "by": by} | ({"undo": True} if undo else {})
+        history = list(row.get("triage_history") or []) + [entry]
         update_fields(db, row["id"], {"triage": category, "triage_history": history, "updated": now})
         row.update(triage=category, triage_history=history, updated=now)
         return row
@@ -420,6 +426,18 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
     store.events.publish(PATIENT_UPDATED, patient_id=src["id"])
     store.events.publish(PATIENT_UPDATED, patient_id=dst_id)
     return src
+
+
+def triage_times(row: dict) -> dict:
+    """When the patient was first triaged, when last re-triaged (None if never) and by whom
+    the category they have now was set, from the triage history (a capture assigned to
+    them is in the history too, but changes no category)."""
+    changes = [h for h in row.get("triage_history") or [] if "assigned" not in h and h.get("triage") != "none"]
+    if not changes:
+        return {"triaged_at": None, "retriaged_at": None, "triaged_by": ""}
+    last = changes[-1]
+    return {"triaged_at": changes[0].get("at"), "retriaged_at": last.get("at") if len(changes) > 1 else None,
+            "triaged_by": last.get("by") or ""}
 
 
 def all_tags(row: dict) -> list[str]:

@@ -23,6 +23,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.ui_api:bp",  # JSON behind the tablet UI
     "fieldkit.web.live:bp",  # live updates (Server-Sent Events)
     "fieldkit.web.linking:bp",  # registered probes, probe sessions, undoing a merge
+    "fieldkit.web.handover:bp",  # the board as a CSV and a printable list for the transport team
 ]
 
 

@@ -191,8 +191,13 @@ def triage(pid):
     store = kit_of().store
     data = _body()
     category = _category(data.get("triage"))
+    undo = data.get("undo", False)
+    if not isinstance(undo, bool):
+        raise BadInput("undo must be true or false")
+    # the category the tablet saw: an undo never overwrites another tablet's change
+    expected = _category(data["expected"]) if data.get("expected") is not None else None
     _patient_or_404(store, pid)
-    row = pstore.set_triage(store, pid, category, by=_actor())
+    row = pstore.set_triage(store, pid, category, by=_actor(), undo=undo, expected=expected)
     after_triage_change(store, row["id"], category)
     return jsonify({"patient": public_patient(row), "triage_history": row.get("triage_history")})
 

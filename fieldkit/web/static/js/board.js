@@ -13,6 +13,7 @@ let state = { patients: [], counts: {} };
 let filter = null;
 let inflight = null;
 let probeNames = {}; // registered probes: AE title -> label
+let skewMs = 0; // the kit's clock minus the tablet's, so waiting times count from the kit's timestamps
 const canAssign = document.getElementById("tray").dataset.canAssign === "yes";
 
 // One card, filled in place (a card that changes keeps its element).
@@ -26,10 +27,32 @@ function fillCard(li, p) {
   li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "Unidentified");
   li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
   li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
+  const since = li.querySelector(".since");
+  since.dataset.triagedAt = p.triaged_at || "";
+  since.dataset.retriagedAt = p.retriaged_at || "";
+  li.querySelector(".tri-by").textContent = p.triaged_by ? `by ${p.triaged_by}` : "";
+  fillSince(since);
   const badge = li.querySelector(".sync-badge");
   badge.textContent = SYNC_LABEL[p.sync] || p.sync;
   badge.dataset.sync = p.sync;
 }
+
+// "4 min" since a kit timestamp (seconds in the first minute, so a fresh triage visibly counts)
+function ago(at) {
+  const s = Math.max(0, Math.floor((Date.now() + skewMs) / 1000 - at));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function fillSince(span) {
+  const t = parseFloat(span.dataset.triagedAt);
+  const r = parseFloat(span.dataset.retriagedAt);
+  span.textContent = !t ? "" : `triaged ${ago(t)} ago` + (r ? ` · re-triaged ${ago(r)} ago` : "");
+}
+
+// The waiting times tick on the tablet from the timestamps the kit sent: no request.
+setInterval(() => document.querySelectorAll("#board .since").forEach(fillSince), 1000);
 
 function countsOf(patients) {
   const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
@@ -98,7 +121,9 @@ function render() {
     (!q || [p.id, p.tag, p.name, p.display_name, ...(p.tags || [])].some((v) => (v || "").toLowerCase().includes(q))));
   if (sort === "recent") rows.sort((a, b) => Math.max(b.updated, b.last_capture) - Math.max(a.updated, a.last_capture));
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
-  else rows.sort((a, b) => (ORDER[a.triage] - ORDER[b.triage]) || (b.updated - a.updated));
+  // inside one category, who has waited longest (oldest triage) first
+  else rows.sort((a, b) => (ORDER[a.triage] - ORDER[b.triage]) ||
+    ((a.triaged_at || a.created || 0) - (b.triaged_at || b.created || 0)));
   const shown = new Map();
   list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.patientId, li));
   const frag = document.createDocumentFragment();
@@ -133,6 +158,7 @@ async function refresh() {
     try {
       const data = await api("/api/v1/ui/board");
       state = data;
+      if (!data.__stale && data.at) skewMs = data.at * 1000 - Date.now();
       if (data.__stale) {
         const when = typeof data.__stale === "number" ? fmtTime(data.__stale) : "earlier";
         showStale(`Stale: the kit cannot be reached. This is the board as last seen at ${when}.`);

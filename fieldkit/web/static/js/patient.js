@@ -174,7 +174,7 @@ function renderDetails(p) {
   notes.replaceChildren(...(p.notes || []).map((n) => el("li", "", `${fmtTime(n.at)} ${n.by || ""}: ${n.text}`)));
   const hist = document.getElementById("history");
   hist.replaceChildren(...(p.triage_history || []).map((h) => el("li", `h-${h.triage}`,
-    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
+    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.undo ? " (undo)" : ""}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
 }
 
 // ----------------------------------------------------------------------------- probe sessions
@@ -389,10 +389,48 @@ function ensureZoneSelect(c) {
 }
 
 // ----------------------------------------------------------------------------- actions
+// Mis-taps: Deceased and Expectant, and taking a patient out of Immediate, need a second
+// tap on a button naming the patient; every change can be undone for UNDO_SECONDS.
+const UNDO_SECONDS = 10;
+const CONFIRMED = new Set(["black", "grey"]);
+
+function askConfirm(p, to) {
+  const dlg = document.getElementById("triage-confirm");
+  return new Promise((resolve) => {
+    const yes = document.getElementById("triage-confirm-yes");
+    const no = document.getElementById("triage-confirm-no");
+    document.getElementById("triage-confirm-question").textContent =
+      `${who(p)} is ${TRIAGE_LABEL[p.triage] || p.triage}. Mark ${who(p)} as ${TRIAGE_LABEL[to]}?`;
+    yes.textContent = `Yes: ${who(p)} is ${TRIAGE_LABEL[to]}`;
+    const done = (answer) => {
+      yes.onclick = no.onclick = dlg.onclose = null;
+      if (dlg.open) dlg.close();
+      resolve(answer);
+    };
+    yes.onclick = () => done(true);
+    no.onclick = () => done(false);
+    dlg.onclose = () => done(false); // Escape
+    dlg.showModal();
+    no.focus(); // a second stray tap lands on Cancel
+  });
+}
+
+async function setTriage(triage, expected, undo = false) {
+  await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/triage`, { method: "POST", body: { triage, expected, undo } });
+  await load();
+}
+
 document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click", async () => {
+  if (!current) await load(); // a tap before the page has its data still knows what it changes
+  const p = current;
+  const to = b.dataset.triage;
+  if (!p || p.triage === to) return;
   try {
-    await api(`/api/v1/ui/patients/${encodeURIComponent(pid)}/triage`, { method: "POST", body: { triage: b.dataset.triage } });
-    await load();
+    if ((CONFIRMED.has(to) || p.triage === "red") && !(await askConfirm(p, to))) return;
+    const before = p.triage;
+    await setTriage(to, before);
+    offerUndo(`${who(p)}: ${TRIAGE_LABEL[before] || before} → ${TRIAGE_LABEL[to]}.`, `Undo: back to ${TRIAGE_LABEL[before] || before}`,
+      () => setTriage(before, to, true), UNDO_SECONDS);
   } catch (e) { if (e.status !== 401) showError(e.message); }
 }));
 

@@ -1,0 +1,120 @@
+"""Handover: the board as a list for the transport team or incident command, as a CSV
+(`/api/v1/export/patients.csv`) and as a printable page (`/handover`). Both need the
+`export` permission and each one is an audited export event.
+
+One row per patient on the board, most urgent first and, inside a category, longest
+waiting first (the board's own order). The CSV is built in memory (patients' data never
+goes to a file in clear) and every cell a spreadsheet could read as a formula is
+neutralised.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+from flask import Blueprint, Response, render_template
+
+from ..security import roles as R
+from ..store import accounts
+from ..store import patients as pstore
+from ..store.board import findings_of
+from ..store.board import rows_for as board_rows
+from . import kit_of
+
+bp = Blueprint("handover", __name__)
+
+ROUTE_PERMISSIONS = {
+    "handover.export_csv": R.EXPORT,
+    "handover.print_view": R.EXPORT,
+}
+
+COLUMNS = ("tag", "category", "triaged", "last re-triage", "triaged by", "name", "interventions", "notes",
+           "findings", "sync")
+# The board's words (static/js/common.js TRIAGE_LABEL)
+TRIAGE_LABELS = {"red": "Immediate", "yellow": "Delayed", "green": "Minor", "black": "Deceased",
+                 "grey": "Expectant", "none": "Not triaged"}
+SYNC_TEXT = {"none": "no captures", "queued": "to send", "sending": "sending", "confirmed": "at hospital",
+             "quarantined": "refused"}
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading formula character gets a quote."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def when(at) -> str:
+    """A kit timestamp as local time with its offset (what a reader on the kit's site expects)."""
+    return time.strftime("%Y-%m-%d %H:%M %z", time.localtime(float(at))) if at else ""
+
+
+def finding_text(f: dict) -> str:
+    r = f.get("result") or {}
+    if not f.get("assessable"):
+        return f"{f.get('task')}: not assessable"
+    if f.get("task") == "lung":
+        return f"lung: {r.get('pattern') or 'assessed'}, up to {r.get('max_b_lines')} B-lines"
+    if f.get("task") == "fast":
+        return "FAST: free fluid" if r.get("fluid_present") else "FAST: no free fluid"
+    return str(f.get("task"))
+
+
+def _timed(items, key: str) -> str:
+    return "; ".join(f"{when(i.get('at'))} {i.get(key) or ''}".strip() for i in items or [] if isinstance(i, dict))
+
+
+def handover_rows(store) -> list[dict]:
+    """What the handover shows of every patient on the board, in the board's order."""
+    out = []
+    for card in board_rows(store).board()["patients"]:
+        if card["unassigned"]:
+            continue  # captures waiting for their patient, no patient to hand over
+        p = pstore.get_patient(store, card["id"]) or {}
+        out.append({
+            "tag": card.get("tag") or card["id"], "category": TRIAGE_LABELS.get(card["triage"], card["triage"]),
+            "triage": card["triage"], "triaged": when(card.get("triaged_at")),
+            "last re-triage": when(card.get("retriaged_at")), "triaged by": card.get("triaged_by") or "",
+            "name": card.get("display_name") or "",
+            "interventions": _timed(p.get("interventions"), "what"),
+            "notes": _timed(p.get("notes"), "text"),
+            "findings": "; ".join(finding_text(f) for f in findings_of(store, card["id"])),
+            "sync": SYNC_TEXT.get(card["sync"], card["sync"]),
+        })
+    return out
+
+
+def patients_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for row in rows:
+        w.writerow([safe_cell(row[c]) for c in COLUMNS])
+    return buf.getvalue().encode("utf-8-sig")  # the BOM makes spreadsheets read it as UTF-8
+
+
+def _audit(fmt: str, n: int) -> None:
+    from .auth import current_principal
+    p = current_principal()
+    accounts.audit_append(kit_of().store, actor=p.actor if p else "", role=p.role if p else "",
+                          action="patients.export", object="board", detail={"format": fmt, "patients": n})
+
+
+@bp.get("/api/v1/export/patients.csv")
+def export_csv():
+    rows = handover_rows(kit_of().store)
+    _audit("csv", len(rows))
+    name = time.strftime("handover-%Y%m%d-%H%M.csv")
+    return Response(patients_csv(rows), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@bp.get("/handover")
+def print_view():
+    rows = handover_rows(kit_of().store)
+    _audit("print", len(rows))
+    return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
+                           printed=when(time.time()))

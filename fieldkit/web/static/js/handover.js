@@ -1,0 +1,2 @@
+// The printable handover list: its one button prints (the CSP allows no inline handler).
+document.getElementById("print-btn").addEventListener("click", () => window.print());
