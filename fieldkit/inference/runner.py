@@ -40,11 +40,15 @@ class Result:
     model: dict  # name, version, sha256
     assessable: bool
     reason: str
-    confidence: float
+    # the view/quality gate's mean probability that the frames used are this model's view
+    # (lung or FAST): how sure the kit is of the view, NOT of the finding
+    view_probability: float
     result: dict
     view: str
     quality: str
     frames: list[int]  # 1-based frame numbers the result rests on
+    # a probability of the finding itself; None: the model gives no calibrated one
+    finding_probability: float | None = None
 
 
 @dataclass
