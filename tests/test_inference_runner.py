@@ -108,6 +108,27 @@ def test_simulated_lung_cine_gives_b_line_counts(registry):
     assert len(lung.result["column_evidence"]) == 64
 
 
+def test_sr_names_the_view_probability_as_such_and_claims_no_finding_probability(registry):
+    """The gate's figure is the probability of the view, not of the finding: the SR carries
+    it under that name, and no finding probability the model does not give."""
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11)
+    a = runner.analyse(_roundtrip(ds), registry)
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable and lung.finding_probability is None
+    report = _roundtrip(sr.build_sr(ds, a))
+    values = sr_values(report)
+    assert sr.VIEW_PROBABILITY.meaning in values
+    assert sr.FINDING_PROBABILITY.meaning not in values
+
+    def items(ds):
+        for i in getattr(ds, "ContentSequence", []):
+            yield i
+            yield from items(i)
+    nums = [float(i.MeasuredValueSequence[0].NumericValue) for i in items(report)
+            if "ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeValue == "VIEWP"]
+    assert nums == [pytest.approx(100 * lung.view_probability, abs=0.06)]
+
+
 def test_an_sr_instance_is_skipped_with_the_reason(registry):
     ds = _read("examples_ybr_color.dcm")
     report = sr.build_sr(ds, runner.analyse(ds, registry))
