@@ -55,6 +55,7 @@ IN_VIEW = 0.02  # below this the image is black: outside the field of view
 MIN_CONTRAST = 0.04  # a line brighter than its surroundings by less is no line
 FADE_RATIO = 0.45  # deep contrast below this share of the contrast near the pleura: it fades
 ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of the one below: starts above
+ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
 
 
 def _contrast(img: np.ndarray, row: int, col: int) -> float:
@@ -110,7 +111,7 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float) -
     above = [_contrast(img, r, int(round(start + slope * (r - rows[0]))))
              for r in range(max(0, prow // 3), prow - 8) if 0 <= round(start + slope * (r - rows[0])) < w]
     above = [c for c in above if not np.isnan(c)]
-    if len(above) >= 4 and float(np.median(above)) > ABOVE_RATIO * near:
+    if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
         return "starts above the pleural line (E-line or needle artefact)"
     if deep < FADE_RATIO * near:
         return "fades before the bottom of the image (Z-line or comet tail)"
