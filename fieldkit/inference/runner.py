@@ -393,7 +393,8 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
         # the model scores columns at the pleura; a column whose line starts above it or
         # fades is a mimic, not a B-line (kept apart, with the reason)
         to_px = in_w / pc.shape[0]
-        why = [post.bline_mimic(img[0], (a * to_px, b * to_px), prow) for a, b in runs]
+        maps = post.line_maps(img[0]) if runs else None
+        why = [post.bline_mimic(img[0], (a * to_px, b * to_px), prow, maps) for a, b in runs]
         scale = w / pc.shape[0]
         per_frame.append({"frame": f, "b_lines": sum(not y for y in why),
                           "columns": [[round(a * scale), round(b * scale)] for (a, b), y in zip(runs, why) if not y],
