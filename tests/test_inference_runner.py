@@ -345,3 +345,15 @@ def test_the_decode_helper_runs_at_the_inference_threads_priority(registry):
     t.start()
     t.join()
     assert len(seen) == 2 and set(seen.values()) == {10}  # caller and helper alike
+
+
+def test_findings_stored_before_the_rename_still_read_their_view_probability():
+    """Rows written when the gate's figure was called "confidence" keep it, under its new name."""
+    from fieldkit.inference import worker
+    from fieldkit.records import view_probability
+    old = {"task": "lung", "model": "lung-bline", "model_version": "1", "model_sha256": "0" * 64,
+           "assessable": True, "reason": "", "confidence": 0.93, "result": {}, "frames": [1]}
+    assert view_probability(old) == 0.93
+    assert view_probability({**old, "view_probability": 0.5}) == 0.5
+    r = worker._analysis_of([old]).results[0]
+    assert r.view_probability == 0.93 and r.finding_probability is None
