@@ -13,8 +13,12 @@ without the check): see README, "B-line mimics".
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner
 from fixtures.inference import lung_cine_dataset
 
@@ -64,3 +68,15 @@ def test_true_b_lines_still_make_a_pattern(registry):
     any_before, any_after, pat_before, pat_after = _rates(registry, None, n_blines=4)
     assert any_after >= 0.95, f"true B-lines: only {any_after:.0%} of frames show one"
     assert pat_after >= 0.70, f"true B-lines: pattern on {pat_after:.0%} of clips (before the check {pat_before:.0%})"
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), a=st.floats(-10, 140), width=st.floats(0, 40), pleura=st.floats(-20, 150),
+       black=st.booleans())
+def test_the_mimic_check_answers_for_any_column_and_pleural_row(seed, a, width, pleura, black):
+    """Columns at the edges, a pleural row off the image, a black frame: a reason or "", never an error."""
+    img = np.random.default_rng(seed).random((128, 128)).astype(np.float32)
+    if black:
+        img[:] = 0
+    why = post.bline_mimic(img, (a, a + width), pleura)
+    assert isinstance(why, str)

@@ -75,7 +75,6 @@ def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from numpy.lib.stride_tricks import sliding_window_view
     s, n = _box(img, -LINE_HALF, LINE_HALF)
     line = s / np.maximum(n, 1)
-    h, w = img.shape
     pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
     win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
     k = SIDE[1] - SIDE[0] + 1
