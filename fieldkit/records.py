@@ -134,7 +134,8 @@ class FindingRow(TypedDict, total=False):
     quality: Any
     assessable: bool
     reason: str
-    confidence: float
+    view_probability: float      # gate's probability of the view (older rows: "confidence")
+    finding_probability: float | None  # probability of the finding itself; None: not calibrated
     result: Any
     overlay: str | None
     sr_sop_instance_uid: str | None
@@ -147,6 +148,12 @@ class FindingRow(TypedDict, total=False):
     created: float
     review: dict
     review_history: list[dict]
+
+
+def view_probability(row: dict) -> float:
+    """The gate's view probability of a finding row; rows stored before it had its own
+    name called it "confidence" (it was the same figure)."""
+    return float(row.get("view_probability", row.get("confidence")) or 0.0)
 
 
 # Triage categories (START, plus SALT's expectant) and how urgent each is for sync.

@@ -65,8 +65,10 @@ def test_lung_speaks_only_on_frames_the_gate_was_sure_of(registry, offset, asses
     lung = next(r for r in a.results if r.task == "lung")
     assert lung.assessable is assessable, lung.reason
     if assessable:
-        # "confidence" is the gate's mean probability of the view on the frames used
-        assert lung.confidence == pytest.approx(p_lung, abs=1e-3)
+        # the view probability is the gate's mean probability of the view on the frames used;
+        # the lung model gives no calibrated probability of its finding
+        assert lung.view_probability == pytest.approx(p_lung, abs=1e-3)
+        assert lung.finding_probability is None
         assert np.median(lung.result["b_line_counts"]) == pytest.approx(len(truth[0].bline_cols), abs=1)
     else:
         assert "uncertain" in lung.reason and f"p>={min_prob:g}" in lung.reason

@@ -108,6 +108,27 @@ def test_simulated_lung_cine_gives_b_line_counts(registry):
     assert len(lung.result["column_evidence"]) == 64
 
 
+def test_sr_names_the_view_probability_as_such_and_claims_no_finding_probability(registry):
+    """The gate's figure is the probability of the view, not of the finding: the SR carries
+    it under that name, and no finding probability the model does not give."""
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11)
+    a = runner.analyse(_roundtrip(ds), registry)
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable and lung.finding_probability is None
+    report = _roundtrip(sr.build_sr(ds, a))
+    values = sr_values(report)
+    assert sr.VIEW_PROBABILITY.meaning in values
+    assert sr.FINDING_PROBABILITY.meaning not in values
+
+    def items(ds):
+        for i in getattr(ds, "ContentSequence", []):
+            yield i
+            yield from items(i)
+    nums = [float(i.MeasuredValueSequence[0].NumericValue) for i in items(report)
+            if "ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeValue == "VIEWP"]
+    assert nums == [pytest.approx(100 * lung.view_probability, abs=0.06)]
+
+
 def test_an_sr_instance_is_skipped_with_the_reason(registry):
     ds = _read("examples_ybr_color.dcm")
     report = sr.build_sr(ds, runner.analyse(ds, registry))
@@ -351,3 +372,15 @@ def test_not_assessable_says_why_and_an_invalid_accession_is_not_copied(registry
     assert _roundtrip(sr.build_sr(ds, a)).AccessionNumber == ""
     ds.AccessionNumber = "ACC-42"
     assert _roundtrip(sr.build_sr(ds, a)).AccessionNumber == "ACC-42"
+
+
+def test_findings_stored_before_the_rename_still_read_their_view_probability():
+    """Rows written when the gate's figure was called "confidence" keep it, under its new name."""
+    from fieldkit.inference import worker
+    from fieldkit.records import view_probability
+    old = {"task": "lung", "model": "lung-bline", "model_version": "1", "model_sha256": "0" * 64,
+           "assessable": True, "reason": "", "confidence": 0.93, "result": {}, "frames": [1]}
+    assert view_probability(old) == 0.93
+    assert view_probability({**old, "view_probability": 0.5}) == 0.5
+    r = worker._analysis_of([old]).results[0]
+    assert r.view_probability == 0.93 and r.finding_probability is None

@@ -1,9 +1,11 @@
 """The reference models still do what their model cards say, on freshly simulated data.
 
 Each test simulates a new held-out set (its own seeds, never used in training or for the
-card), recomputes the headline metrics with onnxruntime (no torch), and fails when a
-metric is below the card: when even the upper end of the fresh 95 % interval does not
-reach the lower end of the card's interval, or a floor no reference model may go under.
+card), recomputes the headline metrics with onnxruntime (no torch), and fails when a fresh
+point estimate is below the lower end of the card's 95 % interval (what the cards promise),
+or under a floor no reference model may go under. The fresh sets are as large as the
+card's own (600 lung frames, 250 per gate class, 300 FAST frames), so a model that is as
+good as its card passes by a margin, not by luck.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _card(name):
 def _check(fresh: dict, card: dict, names, floor: float):
     for name in names:
         got, want = fresh[name], card[name]
-        assert got["ci95"][1] >= want["ci95"][0], f"{name}: fresh {got} is below the card's {want}"
+        assert got["value"] >= want["ci95"][0], f"{name}: fresh {got} is below the card's {want}"
         assert got["value"] >= floor, f"{name}: fresh {got['value']} is under the floor {floor}"
 
 
@@ -38,7 +40,7 @@ def _card_shows(text: str, metrics: dict):
 def test_view_quality_gate_matches_its_card(registry, evaluate):
     entry, text = _card("view_quality")
     model = registry.get("gate")
-    fresh = evaluate.gate_metrics(model.session, entry["thresholds"], n_per_class=30, seed=91_001)
+    fresh = evaluate.gate_metrics(model.session, entry["thresholds"], n_per_class=250, seed=91_001)
     _check(fresh, entry["metrics"], ["accuracy", "lung_specificity", "fast_specificity",
                                      "lung_sensitivity", "fast_sensitivity", "poor_quality_sensitivity"], 0.85)
     _card_shows(text, entry["metrics"])
@@ -47,10 +49,12 @@ def test_view_quality_gate_matches_its_card(registry, evaluate):
 def test_lung_bline_model_matches_its_card(registry, evaluate):
     entry, text = _card("lung_bline")
     model = registry.get("lung")
-    fresh = evaluate.lung_metrics(model.session, entry["thresholds"], n=150, seed=92_001)
+    fresh = evaluate.lung_metrics(model.session, entry["thresholds"], n=600, seed=92_001)
     _check(fresh, entry["metrics"], ["bline_pattern_sensitivity", "bline_pattern_specificity",
                                      "bline_count_within_1"], 0.7)
-    # pleural line position: lower is better, so the fresh mean must not exceed the card's upper bound by much
+    # pleural line position (lower is better): the intervals must overlap. The card's mean error
+    # (0.21 px, 95 % CI 0.14-0.28) is lower than fresh sets of the same size give (0.29-0.46 px:
+    # a few large misses dominate the mean); its signed manifest needs the signing key to fix
     assert fresh["pleura_row_mae_px"]["ci95"][0] <= entry["metrics"]["pleura_row_mae_px"]["ci95"][1]
     _card_shows(text, entry["metrics"])
 
@@ -58,6 +62,6 @@ def test_lung_bline_model_matches_its_card(registry, evaluate):
 def test_fast_fluid_model_matches_its_card(registry, evaluate):
     entry, text = _card("fast_fluid")
     model = registry.get("fast")
-    fresh = evaluate.fast_metrics(model.session, entry["thresholds"], n=120, seed=93_001)
+    fresh = evaluate.fast_metrics(model.session, entry["thresholds"], n=300, seed=93_001)
     _check(fresh, entry["metrics"], ["fluid_sensitivity", "fluid_specificity", "fluid_dice_positive"], 0.6)
     _card_shows(text, entry["metrics"])

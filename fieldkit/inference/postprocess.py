@@ -43,3 +43,93 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+# A B-line (consensus definition) arises from the pleural line and reaches the bottom of
+# the screen without fading. The lung model scores columns at the pleura; these checks
+# follow each scored column in the image itself and turn away vertical artefacts that do
+# not: E-lines and needle ring-down start above the pleura, Z-lines and comet tails fade.
+LINE_HALF = 1  # half-width (input pixels) of the line sampled along its track
+SIDE = (4, 8)  # background band either side of the line (input pixels from its centre)
+IN_VIEW = 0.02  # below this the image is black: outside the field of view
+MIN_CONTRAST = 0.04  # a line brighter than its surroundings by less is no line
+FADE_RATIO = 0.45  # deep contrast below this share of the contrast near the pleura: it fades
+ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of the one below: starts above
+ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
+
+
+def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges)."""
+    h, w = img.shape
+    c = np.concatenate([np.zeros((h, 1)), np.cumsum(img, axis=1)], axis=1)
+    cols = np.arange(w)
+    a, b = np.clip(cols + lo, 0, w), np.clip(cols + hi + 1, 0, w)
+    return c[:, b] - c[:, a], np.maximum(b - a, 0)
+
+
+def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(line brightness, contrast) per pixel: the mean over the line's width, and that
+    minus the median of the background bands either side (a median: a neighbouring line
+    in one band does not lift it; nan outside the field of view). Computed once per frame
+    so following a line costs a lookup per row."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    s, n = _box(img, -LINE_HALF, LINE_HALF)
+    line = s / np.maximum(n, 1)
+    pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
+    win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
+    k = SIDE[1] - SIDE[0] + 1
+    sides = np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2)
+    side = np.nanmedian(sides, axis=2)
+    return line, np.where(line < IN_VIEW, np.nan, line - side)
+
+
+def _track(line: np.ndarray, contrast: np.ndarray, row0: int, col0: int) -> list[tuple[int, int, float]]:
+    """(row, column, contrast) down a near-vertical line from (row0, col0) to the bottom of
+    the field of view; the column may drift one pixel per row (lines fan out on a convex
+    or phased probe)."""
+    w = line.shape[1]
+    col, out = col0, []
+    for row in range(row0, line.shape[0]):
+        lo, hi = max(0, col - 1), min(w, col + 2)
+        col = lo + int(np.argmax(line[row, lo:hi]))
+        c = contrast[row, col]
+        if np.isnan(c):
+            break
+        out.append((row, col, float(c)))
+    return out
+
+
+def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, maps=None) -> str:
+    """Why a run of columns the model scored as a B-line is not one, or "" when it is one.
+
+    img: one frame as the model saw it ((H, W) float, 0-1); cols ([start, end)) and
+    pleura_row in the same pixels; maps: `line_maps(img)` when already computed for the frame."""
+    h, w = img.shape
+    prow = int(round(pleura_row))
+    lo, hi = max(0, int(cols[0])), min(w, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
+    band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
+    if band.size == 0:
+        return ""
+    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
+    line, con = maps if maps is not None else line_maps(img)
+    below = _track(line, con, min(h - 1, prow + 3), start)
+    if len(below) < 8:
+        return ""  # too little image below the pleura to judge: leave the model's call
+    q = max(2, len(below) // 4)
+    contrast = [c for _, _, c in below]
+    near, deep = float(np.median(contrast[:q])), float(np.median(contrast[-q:]))
+    if near < MIN_CONTRAST:
+        return "no bright line below the pleura"
+    # above the pleura, follow the line's own direction (no search: a search finds speckle)
+    rows = np.array([r for r, _, _ in below[:16]], float)
+    slope = np.polyfit(rows, [c for _, c, _ in below[:16]], 1)[0] if len(rows) > 2 else 0.0
+    r = np.arange(max(0, prow // 3), max(0, prow - 8))
+    c = np.round(start + slope * (r - rows[0])).astype(int)
+    ok = (c >= 0) & (c < w)
+    above = con[r[ok], c[ok]]
+    above = above[~np.isnan(above)]
+    if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
+        return "starts above the pleural line (E-line or needle artefact)"
+    if deep < FADE_RATIO * near:
+        return "fades before the bottom of the image (Z-line or comet tail)"
+    return ""

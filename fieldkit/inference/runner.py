@@ -40,11 +40,15 @@ class Result:
     model: dict  # name, version, sha256
     assessable: bool
     reason: str
-    confidence: float
+    # the view/quality gate's mean probability that the frames used are this model's view
+    # (lung or FAST): how sure the kit is of the view, NOT of the finding
+    view_probability: float
     result: dict
     view: str
     quality: str
     frames: list[int]  # 1-based frame numbers the result rests on
+    # a probability of the finding itself; None: the model gives no calibrated one
+    finding_probability: float | None = None
 
 
 @dataclass
@@ -182,7 +186,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         outs = _batched(model, x, batch_size)
         conf = float(np.mean(p[rows, want]))
         fn = _lung if task == "lung" else _fast
-        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2])
+        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2], x)
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 [c + 1 for c in chosen]))
@@ -376,19 +380,27 @@ def _batched(model, x, batch_size):
     return [np.concatenate(v) for v in outs]
 
 
-def _lung(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
+def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
     th = model.thresholds
     cols, rows = outs
     h, w = size
     in_h, in_w = model.entry["input"]["shape"][2:]
     probs = post.sigmoid(cols)
     per_frame = []
-    for f, pc, pr in zip(frame_numbers, probs, rows):
-        n, runs = post.count_blines(pc, float(th["bline"]))
+    for f, pc, pr, img in zip(frame_numbers, probs, rows, x):
+        _, runs = post.count_blines(pc, float(th["bline"]))
+        prow = post.pleura_row(pr, in_h)
+        # the model scores columns at the pleura; a column whose line starts above it or
+        # fades is a mimic, not a B-line (kept apart, with the reason)
+        to_px = in_w / pc.shape[0]
+        maps = post.line_maps(img[0]) if runs else None
+        why = [post.bline_mimic(img[0], (a * to_px, b * to_px), prow, maps) for a, b in runs]
         scale = w / pc.shape[0]
-        per_frame.append({"frame": f, "b_lines": n,
-                          "columns": [[round(a * scale), round(b * scale)] for a, b in runs],
-                          "pleura_row": round(post.pleura_row(pr, in_h) * h / in_h)})
+        per_frame.append({"frame": f, "b_lines": sum(not y for y in why),
+                          "columns": [[round(a * scale), round(b * scale)] for (a, b), y in zip(runs, why) if not y],
+                          "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
+                                          for (a, b), y in zip(runs, why) if y],
+                          "pleura_row": round(prow * h / in_h)})
     counts = [r["b_lines"] for r in per_frame]
     pattern_min = int(th.get("pattern_min_blines", 3))
     pattern = "B-line pattern" if max(counts) >= pattern_min else "A-line pattern"
@@ -396,13 +408,15 @@ def _lung(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
     result = {"b_line_counts": counts, "max_b_lines": max(counts), "pattern": pattern,
               "pattern_rule": f">= {pattern_min} B-lines in a frame", "frames": per_frame,
               "pleural_line_row": int(np.median([r["pleura_row"] for r in per_frame])),
+              # "vertical artefacts present, not B-lines": the most in a frame
+              "max_vertical_artefacts_not_b_lines": max(len(r["not_b_lines"]) for r in per_frame),
               "column_evidence": [round(float(v), 3) for v in probs[best]]}
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}
     return result, best, overlay
 
 
-def _fast(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
+def _fast(model, outs, frame_numbers, size, x=None) -> tuple[dict, int, dict]:
     th = model.thresholds
     (logits,) = outs
     h, w = size

@@ -57,6 +57,11 @@ NOT_ASSESSABLE = _code("NA", "Not assessable")
 ASSESSABLE = _code("OK", "Assessable")
 PLEURA_ROW = _code("PLROW", "Pleural line row")
 NA_REASON = _code("NAREASON", "Reason not assessable")
+# two different figures, each under its own name: the gate's probability of the view
+# (not of the finding), and a probability of the finding itself when the model gives one
+VIEW_PROBABILITY = _code("VIEWP", "View probability (view/quality gate, not of the finding)")
+FINDING_PROBABILITY = _code("FINDP", "Probability of the finding")
+UNIT_PERCENT = CodedConcept(value="%", scheme_designator="UCUM", meaning="percent")
 UNIT_LINES = CodedConcept(value="{lines}", scheme_designator="UCUM", meaning="lines")
 UNIT_PX = CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
 
@@ -179,6 +184,12 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
         site = codes.SCT.Lung if r.task == "lung" else codes.SCT.Abdomen
         evaluations = [_assessability(r.assessable, r.reason)]
         measurements = []
+        if r.assessable:
+            measurements.append(hd.sr.Measurement(VIEW_PROBABILITY, round(100 * float(r.view_probability), 1),
+                                                  UNIT_PERCENT))
+            if r.finding_probability is not None:
+                measurements.append(hd.sr.Measurement(FINDING_PROBABILITY,
+                                                      round(100 * float(r.finding_probability), 1), UNIT_PERCENT))
         if r.assessable and r.task == "lung":
             evaluations.append(hd.sr.QualitativeEvaluation(
                 LUNG_PATTERN, B_PATTERN if r.result["pattern"] == "B-line pattern" else A_PATTERN))

@@ -31,7 +31,7 @@ import threading
 import time
 
 from ..events import FINDING_STORED, INFERENCE_SKIPPED, INSTANCE_STORED
-from ..records import KIND_INFER, PRIORITY_BULK
+from ..records import KIND_INFER, PRIORITY_BULK, view_probability
 from . import findings, overlay, runner, sr
 from .registry import Registry
 
@@ -143,9 +143,9 @@ def _analysis_of(rows: list[dict]) -> runner.Analysis:
     a.frame_numbers = sorted({f for r in rows for f in r.get("frames") or []})
     a.results = [runner.Result(r["task"],
                                {"name": r["model"], "version": r["model_version"], "sha256": r["model_sha256"]},
-                               bool(r["assessable"]), r.get("reason") or "", float(r.get("confidence") or 0.0),
+                               bool(r["assessable"]), r.get("reason") or "", view_probability(r),
                                dict(r.get("result") or {}), r.get("view") or "", r.get("quality") or "",
-                               list(r.get("frames") or [])) for r in rows]
+                               list(r.get("frames") or []), r.get("finding_probability")) for r in rows]
     return a
 
 

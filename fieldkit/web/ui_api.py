@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify
 
 from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
-from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority
+from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority, view_probability
 from ..security import roles as R
 from ..store import clinician, findings, probes
 from ..store import instances as catalogue
@@ -179,11 +179,14 @@ def patient(pid):
 
 
 def _finding_json(f: dict) -> dict:
-    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable", "reason", "confidence",
+    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable", "reason",
                                   "result", "frames", "frames_analysed", "frames_total", "view", "quality",
                                   "created", "review", "review_history")} | {
         # the overlay shows evidence; a finding that abstained has none to show
-        "has_overlay": bool(f.get("overlay")) and bool(f.get("assessable"))}
+        "has_overlay": bool(f.get("overlay")) and bool(f.get("assessable")),
+        # two different figures, kept apart: how sure the gate is of the view, and (when the
+        # model gives one) the probability of the finding itself
+        "view_probability": view_probability(f), "finding_probability": f.get("finding_probability")}
 
 
 @bp.post("/patients/<pid>/triage")

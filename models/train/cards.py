@@ -98,6 +98,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+LUNG_MIMICS = '## B-line mimics (kit post-processing)\n\nThe kit does not take this model\'s columns as they are: `fieldkit/inference/postprocess.py`\n(`bline_mimic`) follows each scored column through the frame, from the model\'s own pleural\nrow to the bottom, and turns away lines that start above the pleura (E-lines, needle\nring-down), fade before the bottom (Z-lines, comet tails) or are no brighter than their\nsurroundings (beside a shadow). Through the kit\'s path on fresh simulated clips with no\ntrue B-line (`tests/test_inference_mimics.py`: 30 clips of 3 frames per type; frames with\nany B-line / clips read as "B-line pattern", before -> after the check): E-lines 100 % -> 62 %\n/ 23 % -> 3 %; needle ring-down 100 % -> 36 % / 23 % -> 0 %; Z-lines 52 % -> 2 % / 0 %;\nacoustic shadows 13 % -> 3 % / 0 %; A-line control 0 % / 0 %. Cost: clips with 4 true\nB-lines read "B-line pattern" 30/30 -> 22/30. The model was not trained on mimics; the\nheld-out metrics above are the model\'s alone, without the check.\n\n'
+CONFIDENCE = '## What the percentage next to a finding means\n\nThe kit shows and reports the view/quality gate\'s probability that the frames are this\nmodel\'s view ("view quality 94 %"; `view_probability` in the finding, "View probability"\nin the SR). It is not the probability of the finding: it is about the same whether the\nfinding is right or wrong. This model gives no calibrated probability of its finding, so\n`finding_probability` is empty and the page says "no calibrated confidence".\n\n'
+
+
 def write_card(bundle_dir: Path, real: list[str]) -> None:
     e = json.loads((bundle_dir / "manifest.json").read_text())
     metrics = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in e.get("metrics", {}).items())
@@ -146,7 +150,7 @@ answer must be "not assessable"); what the kit answered with this model set:
 
 {chr(10).join(real)}
 
-## Limitations
+{(LUNG_MIMICS if e['task'] == 'lung' else '') + (CONFIDENCE if e['task'] != 'gate' else '')}## Limitations
 
 - Trained and tested on simulated images only: the simulator's idea of a B-line, a
   pleural line or free fluid is simpler than a patient's. Metrics here say the model

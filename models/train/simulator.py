@@ -201,8 +201,53 @@ def add_clutter(rng, rgb, geom):
 
 # ----------------------------------------------------------------------------- lung
 
-def lung_echo(rng, n_blines=None, consolidation=None):
-    """Beam-domain lung: chest wall, ribs, pleura, A-lines or B-lines, consolidation."""
+MIMICS = ("e_line", "needle", "z_line", "shadow", "a_line")
+
+
+def add_mimic(rng, echo, kind: str, p: float, ribs):
+    """A vertical artefact that is NOT a B-line (a B-line arises from the pleural line and
+    reaches the bottom of the screen without fading):
+
+    e_line: subcutaneous air, a laser-like line from above the pleura to the bottom;
+    needle: a bright shaft through the chest wall with ring-down below its tip;
+    z_line: a short comet tail from the pleura that fades within a few millimetres;
+    shadow: a dark band below a strong reflector (no line at all);
+    a_line: nothing added (the A-line control).
+    Returns the echo map and the artefact's centre (fraction of the scan lines) or None."""
+    d, l = _grid()
+    if kind == "a_line":
+        return echo, None
+    for _ in range(50):  # keep clear of ribs, where the pleura is not seen
+        c = rng.uniform(0.15, 0.85)
+        if not any(abs(c - rc) < rh + 0.04 for rc, rh in ribs):
+            break
+    wdt = rng.uniform(0.008, 0.02)
+    prof = np.exp(-((l - c) / wdt) ** 2)
+    strength = rng.uniform(1.0, 2.5)
+    if kind == "e_line":
+        start = rng.uniform(0.03, 0.6 * p)
+        return np.where(d > start, echo * (1 - 0.8 * prof) + strength * prof, echo), c
+    if kind == "needle":
+        tip = rng.uniform(0.3 * p, 0.85 * p)
+        shaft = (d <= tip) * 3.0 * np.exp(-((l - c) / 0.006) ** 2)
+        ring = (d > tip) * strength * (0.6 + 0.4 * np.cos((d - tip) * 2 * np.pi / 0.02) ** 2)
+        return echo * (1 - 0.8 * prof * (d > tip)) + shaft + ring * prof, c
+    if kind == "z_line":
+        fade = rng.uniform(0.03, 0.1)
+        tail = (d > p) * strength * np.exp(-(d - p) / fade)
+        return echo + tail * prof, c
+    if kind == "shadow":
+        top = rng.uniform(0.02, p)
+        half = rng.uniform(0.02, 0.06)
+        span = np.abs(l - c) < half
+        echo = np.where(span & (np.abs(d - top) < 0.006), 2.5, echo)
+        return np.where(span & (d > top + 0.006), 0.01, echo), c
+    raise ValueError(f"unknown mimic {kind!r} (one of {', '.join(MIMICS)})")
+
+
+def lung_echo(rng, n_blines=None, consolidation=None, mimic=None):
+    """Beam-domain lung: chest wall, ribs, pleura, A-lines or B-lines, consolidation, and
+    optionally one B-line mimic (see `add_mimic`)."""
     d, l = _grid()
     p = rng.uniform(0.18, 0.4)  # pleural depth (fraction of imaging depth)
     echo = np.full((BEAM_DEPTH, BEAM_LINES), 0.25) * texture(rng, 8)
@@ -254,6 +299,9 @@ def lung_echo(rng, n_blines=None, consolidation=None):
         tissue = 0.35 * texture(rng, 6)
         bronchi = (rng.random(echo.shape) < 0.01) * 3.0
         echo = np.where(region, tissue + bronchi, echo)
+    if mimic is not None:  # one to four of them, as subcutaneous air or comet tails come
+        for _ in range(rng.integers(1, 5)):
+            echo, _ = add_mimic(rng, echo, mimic, p, ribs)
     # rib shadows last: nothing below the rib surface shows
     for c, half in ribs:
         span = np.abs(l - c) < half
@@ -264,10 +312,10 @@ def lung_echo(rng, n_blines=None, consolidation=None):
     return echo, p, blines, ribs
 
 
-def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=None) -> Sample:
+def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=None, mimic=None) -> Sample:
     if geom is None:
         geom = random_geometry(rng, "linear" if rng.random() < 0.5 else "convex")
-    echo, p, blines, ribs = lung_echo(rng, n_blines, consolidation)
+    echo, p, blines, ribs = lung_echo(rng, n_blines, consolidation, mimic)
     img = form_image(rng, echo, geom, gain_db)
     row = geom.to_display(p, 0.5)[0]
     cols = []
@@ -276,18 +324,19 @@ def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=Non
         x1 = geom.to_display(p, min(1.0, c + wdt))[1]
         cols.append((float(min(x0, x1)), float(max(x0, x1))))
     return Sample(img, 0, pleura_row=float(row), bline_cols=sorted(cols),
-                  params={"n_blines": len(blines), "pleura_depth": p, "ribs": len(ribs), "probe": geom.kind})
+                  params={"n_blines": len(blines), "pleura_depth": p, "ribs": len(ribs), "probe": geom.kind,
+                          "mimic": mimic})
 
 
-def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320)):
-    """A short lung clip: the same anatomy and B-lines in every frame (a probe held still),
-    with fresh electronic noise per frame. Returns (frames (n, H, W, 3) uint8, [Sample])."""
-    geom = random_geometry(rng, "convex", size)
+def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None, probe="convex"):
+    """A short lung clip: the same anatomy and B-lines (or mimic) in every frame (a probe
+    held still), with fresh electronic noise per frame. Returns (frames (n, H, W, 3) uint8, [Sample])."""
+    geom = random_geometry(rng, probe, size)
     seed = int(rng.integers(2**31))
     frames, truth = [], []
     for i in range(n_frames):
         s = simulate_lung(np.random.default_rng(seed), n_blines=n_blines, geom=geom, gain_db=0.0,
-                          consolidation=False)
+                          consolidation=False, mimic=mimic)
         noise = rng.normal(0, 2.0, s.image.shape[:2])[:, :, None]
         img = np.where(s.image > 0, np.clip(s.image + noise, 1, 255), 0).astype(np.uint8)
         frames.append(img)

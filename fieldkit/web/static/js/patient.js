@@ -100,7 +100,10 @@ function renderFindings(p) {
     li.dataset.task = f.task;
     li.querySelector(".f-task").textContent = `${f.task === "lung" ? "Lung" : f.task === "fast" ? "FAST" : f.task} (capture #${i + 1})`;
     li.querySelector(".f-result").textContent = findingText(f);
-    const conf = f.assessable ? `confidence ${(100 * (f.confidence || 0)).toFixed(0)}% · ` : "";
+    // the view figure is the gate's probability of the view, not of the finding
+    const finding = f.finding_probability == null ? "finding: no calibrated confidence"
+      : `finding probability ${(100 * f.finding_probability).toFixed(0)}%`;
+    const conf = f.assessable ? `view quality ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
     li.querySelector(".f-meta").textContent = `${conf}model ${f.model} v${f.model_version} · ${f.frames_analysed}/${f.frames_total} frames analysed`;
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");
