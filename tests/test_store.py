@@ -225,6 +225,72 @@ def test_compaction_keeps_everything_and_shrinks_the_journal(data_dir):
     kit.close()
 
 
+def _journal_with(tmp_path, n: int):
+    from fieldkit.security.crypto import Sealer
+    from fieldkit.store.journal import Journal
+
+    journal = Journal(tmp_path / "journal.fkj", Sealer(os.urandom(32)))
+    list(journal.open())
+    for i in range(n):
+        journal.append({"i": i, "pad": "x" * 200})
+    return journal
+
+
+def test_a_ticket_from_before_a_compaction_is_durable_after_it(tmp_path):
+    """A writer whose record went into the old file, waiting after a compaction shrank the
+    journal, returns at once (the new file holds its record and was fsynced)."""
+    import threading
+
+    journal = _journal_with(tmp_path, 50)
+    ticket = journal.append({"i": "last"})
+    journal.compact(iter([{"i": "live state"}]))  # much smaller than what the ticket names
+    waiter = threading.Thread(target=journal.wait_durable, args=(ticket,), daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "a ticket of the old file waits forever"
+    assert journal.wait_durable(journal.append({"i": "after"})) is None
+    journal.close()
+
+
+def test_compaction_waits_for_a_group_commit_in_progress(tmp_path, monkeypatch):
+    """Compaction closes the old file: never while another writer's fdatasync uses it."""
+    import threading
+
+    from fieldkit import fsio
+
+    journal = _journal_with(tmp_path, 20)
+    ticket = journal.append({"i": "waiting"})
+    real, entered, release = fsio.fdatasync, threading.Event(), threading.Event()
+
+    def slow_fdatasync(fd):  # the group commit is slow (a busy disk)
+        entered.set()
+        release.wait(10)
+        return real(fd)
+
+    monkeypatch.setattr(fsio, "fdatasync", slow_fdatasync)
+    errors: list[BaseException] = []
+
+    def wait():
+        try:
+            journal.wait_durable(ticket)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    syncer = threading.Thread(target=wait, daemon=True)
+    syncer.start()
+    assert entered.wait(10)
+    compactor = threading.Thread(target=journal.compact, args=(iter([{"i": "live"}]),), daemon=True)
+    compactor.start()
+    compactor.join(0.5)
+    assert compactor.is_alive(), "compaction swapped the file under a running fdatasync"
+    release.set()
+    syncer.join(10)
+    compactor.join(10)
+    assert not syncer.is_alive() and not compactor.is_alive()
+    assert errors == []
+    journal.close()
+
+
 def test_write_cost_does_not_grow_with_the_store(store):
     """A write appends a record the size of the change, not of the database."""
     _fill(store, 2000)

@@ -119,6 +119,9 @@ class Journal:
         self._end = 0  # end of the last record (maybe not yet durable)
         self._alloc = 0  # physical size: records, then zeros
         self._durable_end = 0
+        # Tickets are logical offsets: bytes of every earlier file (before a compaction)
+        # plus the offset in this one, so they keep growing across compactions.
+        self._base = 0
         self._syncing = False
         self._cond = threading.Condition()
         self.size_after_compaction = 0
@@ -368,7 +371,7 @@ class Journal:
             raise storage_error(exc, self.path) from None
         self._seq += 1
         self._end = end
-        return self._end
+        return self._base + self._end
 
     def ensure_reserve(self) -> None:
         """Top the reserve up (after open); a full disk is logged, not raised."""
@@ -411,10 +414,12 @@ class Journal:
                     self._cond.wait()
                     continue
                 self._syncing = True
-                target = self._end
+                # the file and end as of now: a compaction waits for this sync to finish
+                # before it closes the file, so the descriptor stays this file's
+                fd, target = self._fd, self._base + self._end
                 self._cond.release()
                 try:
-                    fsio.fdatasync(self._fd)
+                    fsio.fdatasync(fd)
                 except OSError as exc:
                     raise storage_error(exc, self.path) from None
                 finally:
@@ -464,9 +469,15 @@ class Journal:
             except OSError:
                 pass
             raise storage_error(exc, self.path) from None
-        os.close(self._fd)
-        self._fd, self._seq, self._end, self._alloc = fd, seq, end, alloc
-        self._durable_end = end
+        with self._cond:  # never close the file under a group commit's fdatasync
+            while self._syncing:
+                self._cond.wait()
+            old_fd = self._fd
+            self._base += self._end  # later tickets stay above every earlier one
+            self._fd, self._seq, self._end, self._alloc = fd, seq, end, alloc
+            self._durable_end = self._base + end  # the new file was fsynced whole: all durable
+            self._cond.notify_all()
+        os.close(old_fd)
         self.size_after_compaction = end
         try:
             fsync_dir(self.path.parent)
