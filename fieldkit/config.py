@@ -93,7 +93,7 @@ def _no_control(text: str) -> bool:
     return text.isprintable()
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
         return True
@@ -122,7 +122,7 @@ def _ed25519(text: str) -> bool:
 
 _HHMM = r"([01][0-9]|2[0-3]):[0-5][0-9]"
 
-ADDRESS = Rule("an IP address (0.0.0.0 or :: for every interface, 127.0.0.1 for this box only)", _is_ip)
+ADDRESS = Rule("an IP address (0.0.0.0 or :: for every interface, 127.0.0.1 for this box only)", is_ip)
 AE_TITLE = Rule("an AE title: 1 to 16 characters, no backslash or control characters, not only spaces",
                 lambda v: bool(re.fullmatch(r"[ -\[\]-~]{1,16}", v)) and bool(v.strip()))
 KIT_ID = Rule("empty, or letters, digits, '-', '_' and '.', at most 32",

@@ -27,6 +27,31 @@ def connect(port: int, src: str, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(src, 0))
 
 
+CBC_ONLY = ("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256", "AES128-SHA:AES256-SHA")
+
+
+def assert_aead_only(port: int, src: str = "127.0.0.1") -> None:
+    """What the kit's listeners offer (HTTPS and DICOM over TLS alike): a client offering only
+    CBC suites over TLS 1.2 is refused, the default one gets AES-GCM or ChaCha20, TLS 1.3 works."""
+    import pytest
+
+    def handshake(ciphers: str | None, version: ssl.TLSVersion):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.maximum_version = version
+        if ciphers:
+            ctx.set_ciphers(ciphers)
+        with ctx.wrap_socket(connect(port, src)) as s:
+            return s.version(), s.cipher()[0]
+
+    for cbc in CBC_ONLY:
+        with pytest.raises(ssl.SSLError):
+            handshake(cbc, ssl.TLSVersion.TLSv1_2)
+    version, cipher = handshake(None, ssl.TLSVersion.TLSv1_2)
+    assert version == "TLSv1.2" and ("GCM" in cipher or "CHACHA20" in cipher), cipher
+    assert handshake(None, ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
+
+
 def closed_by_peer(sock: socket.socket) -> bool:
     """True when the server has closed this connection (without waiting)."""
     if not select.select([sock], [], [], 0)[0]:

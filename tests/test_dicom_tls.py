@@ -3,13 +3,12 @@ one that does not trust it, or speaks plain TCP to the TLS port, stores nothing.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import subprocess
 
 import pytest
 from pydicom.data import get_testdata_file
 
+from front_attack import assert_aead_only
 from kitproc import KitProcess, set_config
 
 
@@ -60,23 +59,7 @@ def test_untrusted_or_plain_clients_store_nothing(tls_kit, need):
 
 def test_tls12_offers_aead_suites_only(tls_kit):
     """The probes' TLS port is held to the same suites as HTTPS: no CBC, TLS 1.3 allowed."""
-    port = tls_kit.info["dicom_tls_port"]
-
-    def handshake(ciphers: str | None, version: ssl.TLSVersion):
-        ctx = ssl.create_default_context(cafile=str(tls_kit.ca))
-        ctx.check_hostname = False
-        ctx.maximum_version = version
-        if ciphers:
-            ctx.set_ciphers(ciphers)
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
-            return s.version(), s.cipher()[0]
-
-    for cbc in ("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256", "AES128-SHA:AES256-SHA"):
-        with pytest.raises(ssl.SSLError):
-            handshake(cbc, ssl.TLSVersion.TLSv1_2)
-    version, cipher = handshake(None, ssl.TLSVersion.TLSv1_2)
-    assert version == "TLSv1.2" and ("GCM" in cipher or "CHACHA20" in cipher), cipher
-    assert handshake(None, ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
+    assert_aead_only(tls_kit.info["dicom_tls_port"])
 
 
 def test_tls_receiver_is_off_by_default(kit_server):

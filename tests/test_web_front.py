@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from front_attack import Attack, closed_by_peer, connect, tablet_polls
+from front_attack import Attack, assert_aead_only, closed_by_peer, connect, tablet_polls
 from kitproc import KitProcess, init_kit, run_cli, set_config, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -119,20 +119,7 @@ def test_per_address_cap_refuses_one_too_many(kit):
 
 
 def test_tls12_offers_aead_suites_only(kit):
-    def handshake(ciphers: str | None, version: ssl.TLSVersion):
-        ctx = _tls()
-        ctx.maximum_version = version
-        if ciphers:
-            ctx.set_ciphers(ciphers)
-        with ctx.wrap_socket(connect(kit.http_port, "127.0.0.6")) as s:
-            return s.version(), s.cipher()[0]
-
-    for cbc in ("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256", "AES128-SHA:AES256-SHA"):
-        with pytest.raises(ssl.SSLError):
-            handshake(cbc, ssl.TLSVersion.TLSv1_2)
-    version, cipher = handshake(None, ssl.TLSVersion.TLSv1_2)
-    assert version == "TLSv1.2" and ("GCM" in cipher or "CHACHA20" in cipher), cipher
-    assert handshake(None, ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
+    assert_aead_only(kit.http_port, "127.0.0.6")
 
 
 def test_kept_alive_connection_serves_request_after_request(kit):

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import click
 
 from .. import __version__, fsio
-from ..config import SETTINGS, Config, render_toml
+from ..config import SETTINGS, Config, is_ip, render_toml
 from ..errors import ConfigError, FieldkitError
 from ..security.files import write_atomic
 
@@ -242,7 +242,7 @@ def validate(a: Answers) -> None:
                 problems.append(f"network.dhcp_start..dhcp_end must lie in {net} and not include {addr}")
         except ValueError as exc:
             problems.append(f"network addresses: {exc}")
-    if a.time_mode != "none" and not all(HOST_RE.match(s) or _is_ip(s) for s in a.time_servers):
+    if a.time_mode != "none" and not all(HOST_RE.match(s) or is_ip(s) for s in a.time_servers):
         problems.append(f"time.servers must be host names or addresses, got {a.time_servers!r}")
     if problems:
         raise ProvisionError("the answers file has problems:\n  - " + "\n  - ".join(problems))
@@ -260,14 +260,6 @@ def _secret(path: Path | None, name: str, problems: list[str]) -> str | None:
         problems.append(f"{name}: {path} is empty")
         return None
     return text[0]
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def load_answers(path: Path) -> Answers:
