@@ -7,15 +7,13 @@ import socket
 import subprocess
 import time
 
-import pydicom
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from fieldkit.ingest import dimse
 from fieldkit.store import instances
-from fixtures.dcmtk import pydicom_file, store_responses, storescu
+from fixtures.dcmtk import captures, store_responses, storescu
 
 
 @pytest.fixture(autouse=True)
@@ -27,20 +25,6 @@ def _receiver(kit, **overrides):
     kit.config = kit.config.with_overrides(dicom__port=0, dicom__bind="127.0.0.1", dicom__allow_any_ae=True,
                                            **overrides)
     return dimse.start(kit)
-
-
-def _captures(directory, n):
-    """n distinct small captures (fresh UIDs on pydicom's RGB ultrasound frame)."""
-    directory.mkdir(exist_ok=True)
-    src = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
-    paths = []
-    for i in range(n):
-        src.SOPInstanceUID = generate_uid()
-        src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
-        path = directory / f"{i}.dcm"
-        src.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def _hold(port, n, source="127.0.0.2"):
@@ -64,7 +48,7 @@ def _wait_until(condition, timeout):
 def test_twelve_probes_at_once_all_store(kit, tmp_path):
     receiver = _receiver(kit)
     try:
-        files = _captures(tmp_path / "c", 36)
+        files = captures(tmp_path / "c", 36)
         procs = [subprocess.Popen(["storescu", "-v", "-aet", f"PROBE{i}", "-aec", "FIELDKIT", "127.0.0.1",
                                    str(receiver.port), *map(str, files[i * 3:(i + 1) * 3])],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -81,7 +65,7 @@ def test_twelve_probes_at_once_all_store(kit, tmp_path):
 def test_one_beyond_the_limit_is_refused_then_stores_when_a_slot_frees(kit, tmp_path):
     receiver = _receiver(kit)  # default: 16
     assert kit.config["dicom.max_associations"] == 16
-    (capture,) = _captures(tmp_path / "c", 1)
+    (capture,) = captures(tmp_path / "c", 1)
     ae, held = _hold(receiver.port, 16)
     try:
         assert all(a.is_established for a in held)
@@ -110,7 +94,7 @@ def test_one_beyond_the_limit_is_refused_then_stores_when_a_slot_frees(kit, tmp_
 
 def test_silent_connections_do_not_hold_a_slot_forever(kit, tmp_path):
     receiver = _receiver(kit, dicom__max_associations=1, dicom__idle_timeout_s=2, dicom__associate_timeout_s=1)
-    (capture,) = _captures(tmp_path / "c", 1)
+    (capture,) = captures(tmp_path / "c", 1)
     bare = socket.create_connection(("127.0.0.1", receiver.port))  # says nothing at all: holds no slot
     ae, (silent,) = _hold(receiver.port, 1)                         # associates, then says nothing
     try:

@@ -23,9 +23,10 @@ from fieldkit.config import Config
 from fieldkit.dicom.uids import US_MULTIFRAME
 from fieldkit.ingest import dimse
 from fieldkit.store import accounts, instances
-from fixtures.dcmtk import pydicom_file, store_responses, storescu
+from fixtures.dcmtk import captures, pydicom_file, store_responses, storescu
 from kitproc import KitProcess, set_config, wait_until
 from test_canary import _encodings, _files_containing
+from test_dimse_associations import _receiver
 
 CANARY = "ZZSTREAMCANARY^Asdfghjkl"
 
@@ -33,24 +34,6 @@ CANARY = "ZZSTREAMCANARY^Asdfghjkl"
 @pytest.fixture(autouse=True)
 def _dcmtk(need):
     need("storescu")
-
-
-def _receiver(kit, **overrides):
-    kit.config = kit.config.with_overrides(dicom__port=0, dicom__bind="127.0.0.1", dicom__allow_any_ae=True,
-                                           **overrides)
-    return dimse.start(kit)
-
-
-def _captures(directory, n):
-    directory.mkdir(exist_ok=True)
-    src = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
-    paths = []
-    for i in range(n):
-        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = directory / f"{i}.dcm"
-        src.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def _idle(port, source):
@@ -80,7 +63,7 @@ def test_fifty_idle_connections_do_not_stop_probes_and_are_closed_after_the_dead
         # 50 silent sockets from 10 addresses (5 each), opened before the probe sends
         idle = [_idle(receiver.port, f"127.0.0.{2 + i % 10}") for i in range(50)]
         assert wait_until(lambda: sum(receiver.open_connections().values()) == 50, 5)
-        files = _captures(tmp_path / "c", 8)
+        files = captures(tmp_path / "c", 8)
         for batch in (files[:4], files[4:]):
             sent = storescu(receiver.port, batch, "-xe", timeout=60)
             assert store_responses(sent) == ["Success"] * 4, sent.stdout + sent.stderr
@@ -115,7 +98,7 @@ def test_one_address_cannot_open_more_than_its_share(kit, tmp_path):
             with pytest.raises(socket.timeout):
                 s.recv(1)
         # another address (a probe) is not affected
-        (capture,) = _captures(tmp_path / "c", 1)
+        (capture,) = captures(tmp_path / "c", 1)
         sent = storescu(receiver.port, [capture], "-xe", timeout=60)
         assert store_responses(sent) == ["Success"], sent.stdout + sent.stderr
         # the silent ones are closed at the deadline, which gives their places back
@@ -137,7 +120,7 @@ def test_one_address_cannot_open_more_than_its_share(kit, tmp_path):
 def test_a_wrong_called_ae_title_is_refused_with_its_reason_and_audited(kit, tmp_path):
     receiver = _receiver(kit)
     try:
-        (capture,) = _captures(tmp_path / "c", 1)
+        (capture,) = captures(tmp_path / "c", 1)
         for _ in range(2):
             refused = storescu(receiver.port, [capture], "-xe", aec="NOTTHEKIT", timeout=60)
             out = refused.stdout + refused.stderr

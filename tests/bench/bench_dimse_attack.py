@@ -30,21 +30,10 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
+from fixtures.dcmtk import captures  # noqa: E402
 from kitproc import KitProcess, init_kit, set_config  # noqa: E402
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
-
-
-def captures(directory: Path, n: int) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
-    paths = []
-    for i in range(n):
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = directory / f"{i}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 class IdleAttack:
