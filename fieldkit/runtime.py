@@ -220,7 +220,7 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
     check_format(data_dir)
     if passphrase is None and allow_locked and keyring.mode == "passphrase":
         return _locked_kit(data_dir, config, keyring)
-    key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
+    key = keyring.unlock(passphrase)
     store = Store.open(data_dir, key, config)
     from .errors import FieldkitError
     from .store import accounts
@@ -254,7 +254,7 @@ def unlock_data_key(data_dir: Path, passphrase: str | None = None) -> bytes:
     """The data key alone, without opening the store (works while `serve` runs): for
     commands that only read or write sealed files (`tls renew`, `hospital test`, doctor)."""
     keyring = Keyring(data_dir, sealer=sealer_for(load_config(data_dir)))
-    return keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
+    return keyring.unlock(passphrase)
 
 
 def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config) -> None:

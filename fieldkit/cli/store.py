@@ -33,7 +33,7 @@ def salvage(data_dir: Path, passphrase_file):
     check_format(data_dir)
     keyring = Keyring(data_dir, sealer=sealer_for(load_config(data_dir)))
     passphrase = read_secret_file(passphrase_file, "passphrase")
-    key = keyring.unlock_with_passphrase(passphrase) if passphrase is not None else keyring.unlock_with_device_key()
+    key = keyring.unlock(passphrase)
     report = salvage_store(data_dir, key)
     for line in report.lines():
         click.echo(line)

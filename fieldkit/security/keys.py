@@ -120,6 +120,11 @@ class Keyring:
                                      f"(format {doc['version']}, this one reads {KEYRING_VERSION}); upgrade fieldkit")
         return doc
 
+    def unlock(self, passphrase: str | None = None) -> bytes:
+        """The data key: by the passphrase when one is given, else as the key mode allows
+        (device key file or TPM; a "passphrase" kit refuses)."""
+        return self.unlock_with_passphrase(passphrase) if passphrase is not None else self.unlock_with_device_key()
+
     def unlock_with_passphrase(self, passphrase: str) -> bytes:
         doc = self._load()
         try:
