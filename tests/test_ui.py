@@ -284,6 +284,10 @@ def test_expired_session_keeps_what_was_typed(tablet, ui_browser, ui_kit):
     except Exception:
         pass
     page.wait_for_selector("#username", timeout=10000)
+    # both the live refresh and the submit may send the page to sign-in: let the second
+    # load land before typing, or the form carries the first load's CSRF token
+    page.wait_for_load_state("networkidle", timeout=10000)
+    page.wait_for_selector("#username", timeout=10000)
     assert "/login" in page.url
     page.fill("#username", "clin1")
     page.fill("#password", "clinician password 1")
