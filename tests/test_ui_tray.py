@@ -340,7 +340,7 @@ def test_scan_this_patient_with_a_registered_probe(kit, api, page, tmp_path):
     register(api, kit, "T-701", "yellow")
     page.goto("/patients/T-701")
     probe = page.get_by_role("combobox", name="Probe")
-    probe.wait_for()
+    probe.locator("option").first.wait_for(state="attached", timeout=15000)  # filled once the probe list loads
     assert probe.locator("option").all_inner_texts() == ["Lumify tent B (LUMIFY1)"]
     page.get_by_role("button", name="Scan this patient with this probe").click()
     session = page.get_by_role("list", name="Probe sessions").get_by_role("listitem")
