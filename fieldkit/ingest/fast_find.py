@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 BATCH_BYTES = 64 * 1024  # a few hundred answers: the granularity of C-CANCEL
-MIN_PDU = 1024  # a peer taking less than this gets the normal path (pathological, rare)
+MIN_PDU = 64  # below this a command set alone takes several PDUs: the normal path (pathological)
 _EMPTY_P_DATA_TF = b"\x04\x00\x00\x00\x00\x00"
 _COMMAND, _DATA = 0x01, 0x00  # message control header bits (PS3.8 E.2)
 _LAST = 0x02
