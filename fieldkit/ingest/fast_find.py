@@ -146,7 +146,7 @@ def send_pending(event, identifiers: Sequence[bytes]) -> Sent | None:
     """Send each encoded identifier (in the context's transfer syntax) as a Pending
     C-FIND-RSP to the peer of `event` (pynetdicom's EVT_C_FIND), in batches, checking for
     a C-CANCEL before each. None: nothing was sent, use the normal path."""
-    if not usable(event):
+    if not usable(event) or not all(identifiers):  # an empty data set is not an answer
         return None
     assoc = event.assoc
     dul = assoc.dul
@@ -169,7 +169,9 @@ def send_pending(event, identifiers: Sequence[bytes]) -> Sent | None:
         # wait until written: a C-CANCEL read meanwhile is seen before the next batch
         deadline = time.monotonic() + patience
         while not batch.written.wait(0.5):
-            if not assoc.is_established or time.monotonic() > deadline:
+            if not assoc.is_established:  # aborted or closed meanwhile: nothing more to send
+                return Sent(sent, True)
+            if time.monotonic() > deadline:
                 # a peer that reads nothing for the idle timeout: close the connection (the
                 # DUL thread, blocked sending, then sees it closed and ends the association)
                 log.info("C-FIND answers to %s not taken in %.0f s: connection closed",
