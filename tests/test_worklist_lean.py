@@ -57,7 +57,7 @@ def _statuses(log: str) -> list[str]:
 
 
 def test_findscu_gets_the_same_answers_from_both_paths(board, tmp_path, lean_calls):  # noqa: F811
-    kit, made = board
+    kit, _ = board
     for max_pdu in ("4096", "131072"):  # findscu's smallest and largest
         runs = {}
         for on in (False, True):
