@@ -181,6 +181,7 @@ SETTINGS: dict[str, Setting] = {
     "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched.", min=1),
     "worklist.session_minutes": Setting(20.0, "A probe session (captures from one probe go to one patient) ends after this many minutes.", above=0),
     "worklist.procedure": Setting("POCUS eFAST / lung", "Procedure named on every worklist item (the probe shows it).", rule=DICOM_TEXT),
+    "worklist.lean_answers": Setting(True, "Write worklist answers as ready-made DICOM messages (off: pynetdicom builds each one, slower; for a probe that cannot read them)."),
     "ingest.max_zip_members": Setting(10000, "Most files read from one uploaded zip bundle.", min=1),
     "ingest.max_zip_ratio": Setting(200, "A zip member that expands more than this many times its compressed size is refused (zip bomb).", min=1),
     # store

@@ -10,6 +10,8 @@ Probes ask the same question again and again (every time the sonographer opens t
 and most patients have not changed since the last time: each patient's item, and each
 answer to one query (same identifier bytes, same transfer syntax), is kept already encoded
 until that patient's row changes, so a repeated query costs lookups, not pydicom work.
+Those encoded answers are then written as ready-made messages (fieldkit.ingest.fast_find)
+rather than passed one by one through pynetdicom's message machinery.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pynetdicom.dsutils import decode, encode
 from ..dicom import worklist as wl
 from ..dicom.status import status as _status
 from ..store import patients
+from . import fast_find
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,9 @@ class _Cache:
             self.items[patient["id"]] = made
         return made
 
-    def answer(self, mark: tuple, item: Dataset, query: Dataset, query_key, syntax) -> Dataset | None:
-        """The encoded answer of `item` to `query` (None: no match). QueryError propagates."""
+    def answer(self, mark: tuple, item: Dataset, query: Dataset, query_key, syntax) -> tuple[bytes, Dataset] | None:
+        """The answer of `item` to `query`, encoded and as a Dataset of those raw elements
+        (None: no match). QueryError propagates."""
         key = (mark, query_key)
         with self.lock:
             if key in self.answers:
@@ -86,11 +90,12 @@ class _Cache:
                 return self.answers[key]
         found = None
         if wl.matches(item, query):
-            found = wl.response(item, query)
-            if syntax is not None:  # re-read as raw elements: pydicom writes those as they are
-                implicit, little = syntax
-                data = encode(found, implicit, little)
-                found = decode(BytesIO(data), implicit, little) if data else found
+            implicit, little = syntax
+            data = encode(wl.response(item, query), implicit, little)
+            if not data:
+                raise ValueError("an answer pydicom cannot encode")
+            # re-read as raw elements: pynetdicom's normal path writes those as they are
+            found = (data, decode(BytesIO(data), implicit, little))
         with self.lock:
             self.answers[key] = found
             while len(self.answers) > MAX_CACHED_ANSWERS:
@@ -143,15 +148,16 @@ def handle_find(event, kit):
         syntax = _syntax(event)
         key = _query_key(event, syntax)
         cache = _CACHE
-        found = []
+        found = []  # (encoded or None, Dataset)
         for patient in board(kit):
             mark, item = cache.item(patient, kit.config)
             if key is None:  # nothing to key the answer on: computed, not kept
-                answer = wl.response(item, query) if wl.matches(item, query) else None
+                if wl.matches(item, query):
+                    found.append((None, wl.response(item, query)))
             else:
                 answer = cache.answer(mark, item, query, key, syntax)
-            if answer is not None:
-                found.append(answer)
+                if answer is not None:
+                    found.append(answer)
         answers = found[:limit]
     except wl.QueryError as exc:
         yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
@@ -160,11 +166,18 @@ def handle_find(event, kit):
         log.info("worklist query from %s refused: %s", event.assoc.requestor.ae_title, type(exc).__name__)
         yield _status(UNABLE_TO_PROCESS, f"cannot read the query: {type(exc).__name__}"), None
         return
-    for answer in answers:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, answer
+    sent = None
+    if key is not None and kit.config["worklist.lean_answers"]:  # all encoded: straight onto the wire
+        sent = fast_find.send_pending(event, [data for data, _ in answers])
+    if sent is None:  # the normal path: pynetdicom encodes each answer as a message
+        for _, answer in answers:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, answer
+    elif sent.cancelled:
+        yield CANCEL, None
+        return
     if len(found) > limit:
         yield _status(SUCCESS, f"{len(found) - limit} more items not sent; narrow the query"), None
     else:

@@ -7,17 +7,20 @@
    association per query; per query we time association to final status and count the
    answers. Printed: the first query of each, then medians, answers per second, and the
    kit/Orthanc answer-rate ratio. A third server, pynetdicom alone answering the same
-   items from memory (no store, no matching), shows how much of the kit's time is
-   pynetdicom's own per-message cost.
+   items from memory (no store, no matching), shows pynetdicom's own per-message cost;
+   a second kit with `worklist.lean_answers = false` shows the kit's normal path. The
+   same query is then asked by dcmtk's `findscu` too (a C++ client: with pynetdicom as the
+   client, its own per-PDU cost is part of every figure).
 2. The drill (tests/test_worklist_drill.py, run here once on a fresh kit): 50 captures from
    3 probes for 20 patients, and the share filed to the right patient without a human step.
 
-    python tests/bench/bench_worklist.py [--patients 2000] [--repeats 9]
+    python tests/bench/bench_worklist.py [--patients 2000] [--repeats 9] [--no-drill]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import subprocess
@@ -82,6 +85,29 @@ def find(port: int, called: str, query: Dataset) -> tuple[float, int, int]:
     finally:
         assoc.release()
     return time.perf_counter() - t0, answers, final
+
+
+FINDSCU_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                "AccessionNumber", "StudyInstanceUID", "RequestedProcedureID", "RequestedProcedureDescription",
+                "ScheduledProcedureStepSequence[0].Modality=US",
+                "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription")
+
+
+def find_dcmtk(port: int, called: str) -> tuple[float, int, int]:
+    """The same C-FIND from dcmtk's findscu (a C++ client, so the servers' own speed shows):
+    (seconds including the process start, answers, 0 if the final status was Success)."""
+    args = ["findscu", "-v", "-W", "-aet", "PROBE1", "-aec", called]
+    for key in FINDSCU_KEYS:
+        args += ["-k", key]
+    t0 = time.perf_counter()
+    proc = subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - t0
+    log = proc.stdout + proc.stderr
+    answers = sum(1 for line in log.splitlines() if "Find Response" in line and "(Pending)" in line)
+    return seconds, answers, 0 if proc.returncode == 0 and "Final Find Response (Success)" in log else -1
 
 
 def board(data_dir: Path, n: int) -> list[Dataset]:
@@ -163,37 +189,52 @@ def bench_worklist(work: Path, n: int, repeats: int) -> None:
     items = board(data_dir, n)
     print(f"board: {n} patients created in {time.perf_counter() - t0:.1f}s")
     write_wl(items, work / "worklists")
-    kit = orthanc = bare = None
+    # a second kit, the same board size, answering through pynetdicom's normal path
+    normal_dir = init_kit(work / "kit-normal")
+    set_config(normal_dir, worklist__max_items=n, dicom__allowed_ae_titles=["PROBE1"], worklist__lean_answers=False)
+    board(normal_dir, n)
+    kit = normal = orthanc = bare = None
     try:
         bare_port = free_port()
         bare = start_bare(bare_port, work / "worklists")
         kit = KitProcess(data_dir).start()
+        normal = KitProcess(normal_dir).start()
         orthanc = start_orthanc(work / "orthanc", extra={
             "Plugins": [dicomweb_plugin(), worklist_plugin()],
             "Worklists": {"Enable": True, "Database": str(work / "worklists")},
             "DicomAlwaysAllowFindWorklist": True, "DicomCheckCalledAet": False})
         query = probe_query()
         servers = (("kit", kit.dicom_port, "FIELDKIT"), ("Orthanc", orthanc.dicom_port, "HOSPITAL"),
-                   ("pynetdicom alone", bare_port, "BARE"))
-        times: dict[str, list[float]] = {label: [] for label, _, _ in servers}
+                   ("pynetdicom alone", bare_port, "BARE"), ("kit, normal path", normal.dicom_port, "FIELDKIT"))
+        clients = [("pynetdicom", lambda port, called: find(port, called, query))]
+        if shutil.which("findscu"):
+            clients.append(("findscu", find_dcmtk))
+        times: dict[tuple[str, str], list[float]] = {(c, s): [] for c, _ in clients for s, _, _ in servers}
         for run in range(repeats + 1):  # the first of each is printed, not counted
-            for label, port, called in servers:
-                seconds, answers, final = find(port, called, query)
-                if answers != n or final != 0:
-                    raise RuntimeError(f"{label}: {answers} answers, final status {final:#06x} (expected {n}, 0)")
-                if run:
-                    times[label].append(seconds)
-                else:
-                    print(f"first query: {label} {seconds * 1000:.0f} ms")
-        med = {label: statistics.median(t) for label, t in times.items()}
-        print(f"worklist C-FIND, {n} items, median of {repeats}: "
-              + ", ".join(f"{label} {m * 1000:.0f} ms ({n / m:.0f} answers/s)" for label, m in med.items()))
-        print(f"ratio worklist answer rate kit/orthanc = {med['Orthanc'] / med['kit']:.2f} (target >= 1.0)")
-        print(f"ratio worklist answer rate pynetdicom-alone/orthanc = {med['Orthanc'] / med['pynetdicom alone']:.2f}, "
-              f"kit/pynetdicom-alone = {med['pynetdicom alone'] / med['kit']:.2f}")
+            for client, ask in clients:
+                for label, port, called in servers:
+                    seconds, answers, final = ask(port, called)
+                    if answers != n or final != 0:
+                        raise RuntimeError(f"{label} ({client}): {answers} answers, final status {final:#06x} "
+                                           f"(expected {n}, 0)")
+                    if run:
+                        times[(client, label)].append(seconds)
+                    else:
+                        print(f"first query ({client}): {label} {seconds * 1000:.0f} ms")
+        for client, _ in clients:
+            med = {label: statistics.median(times[(client, label)]) for label, _, _ in servers}
+            print(f"worklist C-FIND from {client}, {n} items, median of {repeats}: "
+                  + ", ".join(f"{label} {m * 1000:.0f} ms ({n / m:.0f} answers/s)" for label, m in med.items()))
+            print(f"ratio worklist answer rate ({client}) kit/orthanc = {med['Orthanc'] / med['kit']:.2f} "
+                  f"(target >= 1.0)")
+            print(f"ratio worklist answer rate ({client}) pynetdicom-alone/orthanc = "
+                  f"{med['Orthanc'] / med['pynetdicom alone']:.2f}, "
+                  f"kit/pynetdicom-alone = {med['pynetdicom alone'] / med['kit']:.2f}, "
+                  f"kit lean/normal path = {med['kit, normal path'] / med['kit']:.2f}")
     finally:
-        if kit is not None:
-            kit.stop()
+        for proc in (kit, normal):
+            if proc is not None:
+                proc.stop()
         if orthanc is not None:
             orthanc.stop()
         if bare is not None:
@@ -217,10 +258,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--no-drill", action="store_true", help="the worklist figures only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-worklist-") as tmp:
         bench_worklist(Path(tmp), args.patients, args.repeats)
-        bench_drill(Path(tmp))
+        if not args.no_drill:
+            bench_drill(Path(tmp))
 
 
 if __name__ == "__main__":
