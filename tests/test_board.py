@@ -52,7 +52,7 @@ def reference_board(store) -> dict[str, dict]:
             "id": p["id"], "tag": p.get("tag"), "name": p.get("name"), "birth_date": p.get("birth_date"),
             "sex": p.get("sex"), "age": p.get("age"), "created": p.get("created"), "updated": p.get("updated"),
             "triage": p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none",
-            "captures": len([r for r in mine if r.get("modality") != "SR"]),
+            "captures": len([r for r in mine if r.get("modality") not in ("SR", "DOC")]),
             "findings": len([f for f in fnds if f["patient_id"] == p["id"] and f.get("assessable")]),
             "sync": sync, "last_capture": max([float(r["received_at"]) for r in mine], default=0.0),
             "identified": bool(p.get("name")),

@@ -28,6 +28,7 @@ from . import patients as pstore
 BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PATIENT_UPDATED, PATIENT_MERGED,
                           SYNC_CONFIRMED, SYNC_QUARANTINED})
 BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
+NOT_CAPTURES = ("SR", "DOC")  # the kit's own reports and documents (a handover sheet) are no captures
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
 
 
@@ -64,7 +65,7 @@ def tray_item(r: dict) -> dict:
 
 def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
     card = public_patient(p)
-    images = [r for r in insts if str(r.get("modality") or "") != "SR"]
+    images = [r for r in insts if str(r.get("modality") or "") not in NOT_CAPTURES]
     unassigned = pstore.is_unassigned(p)
     card.update(triage=triage_of(p),
                 captures=len(images),

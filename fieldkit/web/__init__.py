@@ -25,6 +25,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.linking:bp",  # registered probes, probe sessions, undoing a merge
     "fieldkit.web.handover:bp",  # the board as a CSV and a printable list for the transport team
     "fieldkit.web.care:bp",  # interventions, zone, disposition from the tablets
+    "fieldkit.web.handover_sheet:bp",  # per-patient handover sheet: print view, PDF kept in the patient's study
 ]
 
 

@@ -24,7 +24,7 @@ from ..security import roles as R
 from ..store import care, clinician, findings, probes
 from ..store import instances as catalogue
 from ..store import patients as pstore
-from ..store.board import findings_of, public_patient, sync_badge
+from ..store.board import NOT_CAPTURES, findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
 from .clip_cache import CLIPS
@@ -154,8 +154,8 @@ def patient(pid):
         by_uid.setdefault(f["sop_instance_uid"], []).append(_finding_json(f))
     captures = []
     for r in sorted(rows, key=lambda r: r.get("received_at") or 0):
-        if str(r.get("modality") or "") == "SR":
-            continue  # the kit's own reports are shown as findings
+        if str(r.get("modality") or "") in NOT_CAPTURES:
+            continue  # the kit's own reports are shown as findings; documents are no captures
         captures.append({
             "uid": r["sop_instance_uid"], "received_at": r.get("received_at"), "frames": r.get("frames") or 1,
             "frame_time_ms": r.get("frame_time_ms"), "modality": r.get("modality", ""),
