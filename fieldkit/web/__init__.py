@@ -26,6 +26,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.handover:bp",  # the board as a CSV and a printable list for the transport team
     "fieldkit.web.care:bp",  # interventions, zone, disposition from the tablets
     "fieldkit.web.handover_sheet:bp",  # per-patient handover sheet: print view, PDF kept in the patient's study
+    "fieldkit.web.incident:bp",  # incident summary for incident command: per category over time, zone, destination
 ]
 
 
