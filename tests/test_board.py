@@ -22,7 +22,7 @@ from fieldkit.events import BOARD_ROW, REFETCH, Event, EventBus
 from fieldkit.inference import findings as inference_findings
 from fieldkit.records import TRIAGE_CATEGORIES
 from fieldkit.runtime import open_kit
-from fieldkit.store import care
+from fieldkit.store import care, finding_words
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore
 from fieldkit.dicom.names import format_person_name
@@ -70,7 +70,9 @@ def reference_board(store) -> dict[str, dict]:
             if unassigned else [],
             "zone": p.get("zone") or "", "disposition": p.get("disposition") or None,
             "disposition_text": care.disposition_text(p.get("disposition")),
-            "interventions": [{"kind": i["kind"], "what": i["what"], "at": i["at"]} for i in p.get("interventions") or []]}
+            "interventions": [{"kind": i["kind"], "what": i["what"], "at": i["at"]} for i in p.get("interventions") or []],
+            **finding_words.card_fields(p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none", mine,
+                                        [f for f in fnds if f["patient_id"] == p["id"]])}
     return cards
 
 

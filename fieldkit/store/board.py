@@ -19,7 +19,7 @@ from ..dicom.names import format_person_name
 from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
                       SYNC_CONFIRMED, SYNC_QUARANTINED)
 from ..records import TRIAGE_CATEGORIES
-from . import care, findings
+from . import care, finding_words, findings
 from . import instances as catalogue
 from . import patients as pstore
 
@@ -81,6 +81,7 @@ def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
                 tray=[tray_item(r) for r in sorted(images, key=lambda r: r.get("received_at") or 0)]
                 if unassigned else [])
     card.update(care.card_fields(p))  # zone, disposition, interventions
+    card.update(finding_words.card_fields(card["triage"], insts, fnds))  # positive findings in words
     return card
 
 

@@ -35,6 +35,11 @@ function fillCard(li, p) {
   li.querySelector(".tri-by").textContent = p.triaged_by ? `by ${p.triaged_by}` : "";
   fillSince(since);
   li.querySelector(".place").textContent = placeText(p);
+  li.querySelector(".fwords").textContent = (p.finding_words || []).join(" · ");
+  const argues = li.querySelector(".argues");
+  argues.hidden = !p.finding_argues;
+  argues.textContent = p.finding_argues
+    ? `▲ Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
   const overdue = li.querySelector(".overdue");
   overdue.dataset.due = dueAt(p, retriageMinutes) || "";
   fillOverdue(overdue);
