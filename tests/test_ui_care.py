@@ -5,7 +5,8 @@ as the triage role:
   ambulance are recorded; the page lists them with who did it, and the board card shows
   them compactly ("Red area · left by Ambulance 3 to St X · Tourniquet: left thigh 14:32");
 - a patient triaged Immediate 20 minutes ago (interval 15 min) is flagged overdue on the
-  board, one triaged just now is not.
+  board, one triaged just now is not;
+- a Delayed patient with free fluid found shows it in words and "Finding suggests Immediate".
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def kit(tmp_path_factory):
             row = pstore.get_patient(k.store, "OD-1")
             history = [dict(h, at=h["at"] - 20 * 60) for h in row["triage_history"]]
             k.store.write(lambda db: pstore.update_fields(db, "OD-1", {"triage_history": history}))
+            # FF-1: Delayed, with free fluid found on a capture of the right upper quadrant
+            from fieldkit.inference import findings as inference_findings
+            from fieldkit.store import instances as catalogue
+            from fixtures.board import grow
+            grow(k.store, ["FF-1"], 1)
+            pstore.set_triage(k.store, "FF-1", "yellow", by="medic-a")
+            uid = catalogue.instance_rows(k.store, patient_id="FF-1")[0]["sop_instance_uid"]
+            inference_findings.replace(k.store, uid, [{
+                "id": "f-ff1", "sop_instance_uid": uid, "patient_id": "FF-1", "model": "m", "model_sha256": "0" * 64,
+                "model_version": "1", "task": "fast", "assessable": True, "reason": "",
+                "result": {"fluid_present": True}, "overlay": None, "created": time.time()}])
         finally:
             k.close()
 
@@ -93,7 +105,7 @@ def test_triage_records_place_and_movement_and_the_card_shows_it(kit, browser):
         ctx.close()
 
 
-def test_a_patient_past_the_interval_is_flagged_overdue(kit, browser):
+def test_overdue_and_a_finding_that_argues_for_immediate_are_flagged(kit, browser):
     ctx, page = _page(browser, kit)
     try:
         overdue = page.locator("li.card[data-patient-id='OD-1'] .overdue")
@@ -101,6 +113,10 @@ def test_a_patient_past_the_interval_is_flagged_overdue(kit, browser):
                                arg=overdue.element_handle(timeout=20000), timeout=20000)
         assert page.locator("li.card[data-patient-id='OD-1']").get_attribute("class").count("is-overdue") == 1
         assert page.locator("li.card[data-patient-id='OK-1'] .overdue").is_hidden()
+        argues = page.locator("li.card[data-patient-id='FF-1'] .argues")
+        page.wait_for_function("el => el.textContent.length > 0", arg=argues.element_handle(timeout=20000), timeout=20000)
+        assert argues.text_content() == "▲ Finding suggests Immediate: free fluid"
+        assert page.locator("li.card[data-patient-id='FF-1'] .fwords").text_content() == "free fluid"
         shot(page, "board-retriage-overdue")
     finally:
         ctx.close()
