@@ -13,6 +13,7 @@ tablet follow.
 
 from __future__ import annotations
 
+import math
 import time
 
 from ..errors import BadInput, NotFound
@@ -43,6 +44,15 @@ def _clean(value, what: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _change(store, pid: str, make) -> dict:
     """Apply `make(row, now) -> fields` to the live row of `pid` in one write; publish after."""
     def fn(db):
@@ -64,13 +74,13 @@ def add_intervention(store, pid: str, kind: str, text: str = "", *, at: float | 
                      by: str = "") -> dict:
     """Record an intervention (tourniquet, airway, fluids, analgesia, or other with its words)
     done at `at` (default now); returns the row."""
-    if kind not in INTERVENTIONS:
+    if not isinstance(kind, str) or kind not in INTERVENTIONS:
         raise BadInput(f"intervention must be one of {', '.join(INTERVENTIONS)}")
     text = _clean(text, "the intervention's text")
     if kind == "other" and not text:
         raise BadInput("say what was done (free text) for another intervention")
     what = ": ".join(t for t in (INTERVENTIONS[kind], text) if t)
-    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float))):
+    if at is not None and not _finite_number(at):
         raise BadInput("the intervention's time must be a timestamp in seconds")
 
     def make(row, now):
@@ -97,7 +107,7 @@ def set_zone(store, pid: str, zone: str, zones: list[str], *, by: str = "") -> d
 def set_disposition(store, pid: str, state: str, *, destination: str = "", vehicle: str = "",
                     by: str = "") -> dict:
     """Where the patient is in their way off the scene; leaving needs a destination."""
-    if state not in DISPOSITIONS:
+    if not isinstance(state, str) or state not in DISPOSITIONS:
         raise BadInput(f"disposition must be one of {', '.join(DISPOSITIONS)}")
     destination, vehicle = _clean(destination, "the destination"), _clean(vehicle, "the vehicle")
     if state == "left" and not destination:
