@@ -6,7 +6,8 @@
 - bad input (unknown kind, zone or disposition, a departure without destination, a time
   in the future, text with control characters) is refused and changes nothing;
 - a card is overdue for re-triage after its category's interval, not before, and not once
-  the patient has left; a bad triage.retriage_minutes or triage.zones value is refused.
+  the patient has left; a bad triage.retriage_minutes or triage.zones value is refused;
+- fuzzed JSON bodies get a 200 or one clear 400, and a 400 changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import io
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fieldkit.config import Config
 from fieldkit.errors import ConfigError
@@ -132,3 +135,26 @@ def test_bad_triage_settings_are_refused():
         with pytest.raises(ConfigError):
             Config(values)
     assert Config({"triage.retriage_minutes": ["red=5"]})["triage.retriage_minutes"] == ["red=5"]
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=6)
+_field = st.sampled_from(["kind", "text", "at", "zone", "state", "destination", "vehicle"])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(what=st.sampled_from(["interventions", "place", "disposition"]),
+       body=st.dictionaries(_field, _json | st.sampled_from(["tourniquet", "other", "Red area", "left", "discharged"]),
+                            max_size=4))
+def test_fuzzed_bodies_get_one_clear_answer_and_a_refusal_changes_nothing(ui, what, body):
+    kit, app = ui
+    if pstore.get_patient(kit.store, "Z-1") is None:
+        grow(kit.store, ["Z-1"], 1)
+    before = pstore.get_patient(kit.store, "Z-1")
+    tri = getattr(kit, "_fuzz_tablet", None) or Tablet(app, "tri", "tri password 123")
+    kit._fuzz_tablet = tri
+    r = tri.post(f"{UI}/Z-1/{what}", body)
+    assert r.status_code in (200, 400), (what, body, r.status_code, r.data[:200])
+    if r.status_code == 400:
+        assert r.json["error"] and pstore.get_patient(kit.store, "Z-1") == before
