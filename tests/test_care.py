@@ -158,3 +158,27 @@ def test_fuzzed_bodies_get_one_clear_answer_and_a_refusal_changes_nothing(ui, wh
     assert r.status_code in (200, 400), (what, body, r.status_code, r.data[:200])
     if r.status_code == 400:
         assert r.json["error"] and pstore.get_patient(kit.store, "Z-1") == before
+
+
+def test_a_merge_keeps_both_records_care_and_undo_gives_it_back(store):
+    pstore.create_patient(store, tag="M-1")
+    pstore.create_patient(store, tag="M-2")
+    care.add_intervention(store, "M-1", "tourniquet", "left thigh", at=time.time() - 600, by="a")
+    care.set_zone(store, "M-1", "Red area", ["Red area", "Green area"], by="a")
+    pstore.update_details(store, "M-1", note="found under rubble", actor="a")
+    care.add_intervention(store, "M-2", "analgesia", "morphine 5 mg", by="b")
+    care.set_disposition(store, "M-2", "awaiting_transport", by="b")
+    survivor_before = pstore.get_patient(store, "M-2")
+
+    merged = pstore.merge_patients(store, "M-1", "M-2", by="c", undo_seconds=30)
+    assert [i["what"] for i in merged["interventions"]] == ["Tourniquet: left thigh", "Analgesia: morphine 5 mg"]
+    assert merged["zone"] == "Red area" and merged["disposition"]["state"] == "awaiting_transport"
+    assert [n["text"] for n in merged["notes"]] == ["found under rubble"]
+    assert [h.get("zone") or h["disposition"]["state"] for h in merged["movement_history"]] == [
+        "Red area", "awaiting_transport"]
+
+    pstore.unmerge(store, "M-1", by="c")
+    after = pstore.get_patient(store, "M-2")
+    for key in pstore.CARE_FIELDS:
+        assert (after.get(key) or None) == (survivor_before.get(key) or None), key
+    assert pstore.get_patient(store, "M-1")["zone"] == "Red area"
