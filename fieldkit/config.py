@@ -140,6 +140,10 @@ HOSPITAL_URL = Rule("empty, or an https:// (or http://) URL with a host and no u
                     lambda v: v == "" or _url(v, ("https", "http")))
 KIT_URL = Rule("empty, or an https:// URL with a host", lambda v: v == "" or _url(v, ("https",)))
 TIME_WINDOW = Rule('"HH:MM-HH:MM" (24-hour local time)', lambda v: bool(re.fullmatch(f"{_HHMM}-{_HHMM}", v)))
+RETRIAGE_MINUTES = Rule('"<category>=<minutes>": red, yellow, green or grey, and 1 to 1440 minutes',
+                        lambda v: bool(re.fullmatch(r"(red|yellow|green|grey)=([1-9][0-9]{0,3})", v))
+                        and int(v.split("=")[1]) <= 1440)
+ZONE_NAME = Rule("a zone name: 1 to 40 characters, one line", lambda v: 0 < len(v.strip()) <= 40 and _no_control(v))
 ED25519_KEY = Rule('"ed25519:<base64 of the 32-byte public key>"', _ed25519)
 
 PORT = {"min": 0, "max": 65535}   # 0 picks a free port
@@ -177,6 +181,9 @@ SETTINGS: dict[str, Setting] = {
     "dicom.commitment_report_port": Setting(104, "Port the kit calls a probe on to send a storage commitment report when the probe's own association has ended (the address is the registered probe's host, else the one it called from).", min=1, max=65535),
     # patients
     "patients.merge_undo_seconds": Setting(60.0, "A merge made on a tablet can be undone for this many seconds; nothing of it is sent to the hospital meanwhile.", min=0),
+    # triage board: time, place and movement
+    "triage.retriage_minutes": Setting(["red=15", "yellow=30", "green=60", "grey=30"], "How long after the last (re-)triage a patient of a category is due to be seen again; a card past it is flagged overdue. A category not listed is never flagged.", rule=RETRIAGE_MINUTES),
+    "triage.zones": Setting(["Triage point", "Red area", "Yellow area", "Green area", "Casualty collection point", "Ambulance loading"], "The zones and collection points a patient can be placed in, as the tablets offer them.", rule=ZONE_NAME),
     # worklist (the kit's Modality Worklist for probes)
     "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched.", min=1),
     "worklist.session_minutes": Setting(20.0, "A probe session (captures from one probe go to one patient) ends after this many minutes.", above=0),

@@ -87,8 +87,17 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass  # not glibc: nothing to tune
 
 
+# Library chatter nobody at the kit can act on, kept off the console: highdicom says which
+# module it copies for every report it builds (INFO), and pynetdicom warns at start-up
+# that the kit's video and private syntaxes are "not a transfer syntax" it knows. Their
+# errors (and highdicom's warnings) still show.
+QUIET_LOGGERS = {"highdicom": logging.WARNING, "pynetdicom.presentation": logging.ERROR}
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, quiet in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet)
     from .security.redact import install  # secrets and patient data never reach a log
     install()
 

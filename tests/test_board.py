@@ -22,6 +22,7 @@ from fieldkit.events import BOARD_ROW, REFETCH, Event, EventBus
 from fieldkit.inference import findings as inference_findings
 from fieldkit.records import TRIAGE_CATEGORIES
 from fieldkit.runtime import open_kit
+from fieldkit.store import care, finding_words
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore
 from fieldkit.dicom.names import format_person_name
@@ -51,7 +52,7 @@ def reference_board(store) -> dict[str, dict]:
             "id": p["id"], "tag": p.get("tag"), "name": p.get("name"), "birth_date": p.get("birth_date"),
             "sex": p.get("sex"), "age": p.get("age"), "created": p.get("created"), "updated": p.get("updated"),
             "triage": p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none",
-            "captures": len([r for r in mine if r.get("modality") != "SR"]),
+            "captures": len([r for r in mine if r.get("modality") not in ("SR", "DOC")]),
             "findings": len([f for f in fnds if f["patient_id"] == p["id"] and f.get("assessable")]),
             "sync": sync, "last_capture": max([float(r["received_at"]) for r in mine], default=0.0),
             "identified": bool(p.get("name")),
@@ -66,7 +67,12 @@ def reference_board(store) -> dict[str, dict]:
             "tray": [{"uid": r["sop_instance_uid"], "received_at": r["received_at"], "probe": r.get("calling_ae") or "",
                       "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}
                      for r in sorted(mine, key=lambda r: r["received_at"]) if r.get("modality") != "SR"]
-            if unassigned else []}
+            if unassigned else [],
+            "zone": p.get("zone") or "", "disposition": p.get("disposition") or None,
+            "disposition_text": care.disposition_text(p.get("disposition")),
+            "interventions": [{"kind": i["kind"], "what": i["what"], "at": i["at"]} for i in p.get("interventions") or []],
+            **finding_words.card_fields(p.get("triage") if p.get("triage") in TRIAGE_CATEGORIES else "none", mine,
+                                        [f for f in fnds if f["patient_id"] == p["id"]])}
     return cards
 
 
@@ -91,6 +97,9 @@ def test_a_patients_row_equals_their_row_on_the_full_board_after_each_change(sto
         ("A-3", lambda: grow(store, ["A-3"], 1)),
         ("A-1", lambda: add_finding(store, uid, "A-1")),
         ("A-1", lambda: add_finding(store, uid, "A-1", assessable=False)),  # replaced: no longer counted
+        ("A-1", lambda: care.add_intervention(store, "A-1", "tourniquet", "left thigh", by="t")),
+        ("A-2", lambda: care.set_zone(store, "A-2", "Red area", ["Red area"], by="t")),
+        ("A-2", lambda: care.set_disposition(store, "A-2", "left", destination="St X", vehicle="Amb 3", by="t")),
     ]
     for pid, change in changes:
         change()

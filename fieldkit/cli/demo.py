@@ -7,11 +7,19 @@ from pathlib import Path
 import click
 
 from ..runtime import CONFIG_FILE
+from .control import run_op
 from .core import init, serve
+
+ROLE_DOES = {"admin": "accounts, settings, audit, export; does not triage",
+             "clinician": "triages, examines, reviews findings, exports handovers",
+             "triage": "registers and triages patients, records care, zone and disposition"}
 
 DEMO_PASSPHRASE = "fieldkit demo passphrase"
 DEMO_ADMIN = "demo"
 DEMO_PASSWORD = "demo-password-2468"
+# One account per person's role, so a newcomer can run a drill as each (demo only)
+DEMO_ACCOUNTS = ((DEMO_ADMIN, "admin", DEMO_PASSWORD), ("demo-clinician", "clinician", "demo-clinician-1357"),
+                 ("demo-triage", "triage", "demo-triage-8642"))
 
 # Real ultrasound captures that ship inside pydicom's test data.
 SAMPLES = ("examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "examples_jpeg2k.dcm")
@@ -38,11 +46,14 @@ def demo(ctx, data_dir: Path, http_port: int, dicom_port: int, no_serve: bool):
         (secrets / "admin").write_text(DEMO_PASSWORD + "\n")
         ctx.invoke(init, data_dir=data_dir, passphrase_file=secrets / "passphrase", kit_id="DEMO",
                    admin_user=DEMO_ADMIN, admin_password_file=secrets / "admin", demo=True, hostnames=())
+        for name, role, password in DEMO_ACCOUNTS[1:]:
+            run_op(data_dir, "users.add", {"name": name, "secret": password, "role": role, "actor": "demo"})
     importer = ctx.parent.command.get_command(ctx, "import") if ctx.parent else None
     if importer is not None:
         ctx.invoke(importer, paths=tuple(sample_paths()), data_dir=data_dir)
-    click.echo(f"demo kit passphrase: {DEMO_PASSPHRASE!r}; sign in as {DEMO_ADMIN!r} "
-               f"with password {DEMO_PASSWORD!r} (demo only: never use these on a real kit)")
+    click.echo(f"demo kit passphrase: {DEMO_PASSPHRASE!r} (demo only: never use these on a real kit)")
+    for name, role, password in DEMO_ACCOUNTS:
+        click.echo(f"  sign in as {name!r} with password {password!r}: {role} ({ROLE_DOES[role]})")
     if not no_serve:
         ctx.invoke(serve, data_dir=data_dir, bind="127.0.0.1", http_port=http_port, dicom_port=dicom_port,
                    passphrase_file=None)

@@ -115,7 +115,7 @@ def _check(ds: Dataset) -> dict:
         refuse(f"SOPClassUID is missing or not a valid UID: {sop_class[:70]!r}")
     if sop_class not in uids.ACCEPTED_SOP_CLASSES:
         refuse(f"SOP class {sop_class} ({pydicom.uid.UID(sop_class).name}) is not stored by the kit; "
-               "it keeps ultrasound, secondary capture and structured reports", UNSUPPORTED_SOP_CLASS)
+               "it keeps ultrasound, secondary capture, structured reports and PDF documents", UNSUPPORTED_SOP_CLASS)
     meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
     if meta_class and meta_class != sop_class:
         refuse(f"file meta says SOP class {meta_class} but the dataset says {sop_class}",
@@ -133,6 +133,11 @@ def _check(ds: Dataset) -> dict:
              "transfer_syntax": ts, "frames": 0, "rows": 0, "columns": 0, "frame_time_ms": None,
              "is_image": sop_class in uids.IMAGE_STORAGE_CLASSES,
              "modality": str(ds.get("Modality", "") or "")[:16], "study_date": str(ds.get("StudyDate", "") or "")[:8]}
+    if sop_class in uids.DOCUMENT_STORAGE_CLASSES:
+        if not ds.get("EncapsulatedDocument"):
+            refuse("encapsulated document has no document (0042,0011): missing or truncated",
+                   DOES_NOT_MATCH_SOP_CLASS)
+        return facts
     if sop_class in uids.SR_STORAGE_CLASSES:
         if "ContentSequence" not in ds and "ValueType" not in ds:
             refuse("structured report has no content (ContentSequence missing: truncated?)",

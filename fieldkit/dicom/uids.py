@@ -70,7 +70,10 @@ SR_STORAGE_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.68": "Radiopharmaceutical Radiation Dose SR Storage",
     "1.2.840.10008.5.1.4.1.1.88.71": "Acquisition Context SR Storage",
 }
-ACCEPTED_SOP_CLASSES: dict[str, str] = {**IMAGE_STORAGE_CLASSES, **SR_STORAGE_CLASSES}
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+# documents: the kit's own per-patient handover sheet (and a probe's PDF report)
+DOCUMENT_STORAGE_CLASSES: dict[str, str] = {ENCAPSULATED_PDF: "Encapsulated PDF Storage"}
+ACCEPTED_SOP_CLASSES: dict[str, str] = {**IMAGE_STORAGE_CLASSES, **SR_STORAGE_CLASSES, **DOCUMENT_STORAGE_CLASSES}
 
 
 def is_video(transfer_syntax: str) -> bool:

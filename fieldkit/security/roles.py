@@ -33,6 +33,7 @@ AUTHENTICATED = "authenticated"  # any signed-in person or any valid token
 PATIENTS_READ = "patients.read"  # see patients, studies, images, findings
 PATIENTS_WRITE = "patients.write"  # edit identity, notes, merge records
 TRIAGE_WRITE = "triage.write"  # set a triage category or tag number
+CARE_WRITE = "care.write"  # record notes, age, sex, interventions, zone and disposition
 FINDINGS_WRITE = "findings.write"  # confirm, reject or sign a finding
 INGEST_UPLOAD = "ingest.upload"  # upload captures over HTTP (tablet or probe)
 DICOMWEB_READ = "dicomweb.read"  # QIDO-RS / WADO-RS
@@ -47,7 +48,7 @@ KIT_LOCK = "kit.lock"  # lock the kit (drop the data key from memory)
 SETTINGS_MANAGE = "settings.manage"  # change kit settings, models, sync target
 
 PERMISSIONS = (
-    PATIENTS_READ, PATIENTS_WRITE, TRIAGE_WRITE, FINDINGS_WRITE, INGEST_UPLOAD,
+    PATIENTS_READ, PATIENTS_WRITE, TRIAGE_WRITE, CARE_WRITE, FINDINGS_WRITE, INGEST_UPLOAD,
     DICOMWEB_READ, DICOMWEB_WRITE, EXPORT, QUEUE_READ, QUEUE_MANAGE, STATUS_READ,
     USERS_MANAGE, AUDIT_READ, KIT_LOCK, SETTINGS_MANAGE,
 )
@@ -55,12 +56,14 @@ PERMISSIONS = (
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     # A clinician examines, documents and exports; also sees the queues to know what reached the hospital.
     CLINICIAN: frozenset({
-        PATIENTS_READ, PATIENTS_WRITE, TRIAGE_WRITE, FINDINGS_WRITE, INGEST_UPLOAD,
+        PATIENTS_READ, PATIENTS_WRITE, TRIAGE_WRITE, CARE_WRITE, FINDINGS_WRITE, INGEST_UPLOAD,
         DICOMWEB_READ, EXPORT, QUEUE_READ, STATUS_READ,
     }),
-    # A triage officer registers and tags patients and captures images; does not sign findings or export.
+    # A triage officer registers and tags patients, records what was done and where they are
+    # (notes, age, sex, interventions, zone, disposition) and captures images; does not
+    # change a name, merge records, sign findings or export.
     TRIAGE: frozenset({
-        PATIENTS_READ, TRIAGE_WRITE, INGEST_UPLOAD, QUEUE_READ, STATUS_READ,
+        PATIENTS_READ, TRIAGE_WRITE, CARE_WRITE, INGEST_UPLOAD, QUEUE_READ, STATUS_READ,
     }),
     # The admin runs the kit: accounts, tokens, audit, queues, settings. In a field team the
     # admin is often also a clinician, so reading patients is allowed (and audited).

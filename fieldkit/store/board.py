@@ -19,7 +19,7 @@ from ..dicom.names import format_person_name
 from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
                       SYNC_CONFIRMED, SYNC_QUARANTINED)
 from ..records import TRIAGE_CATEGORIES
-from . import findings
+from . import care, finding_words, findings
 from . import instances as catalogue
 from . import patients as pstore
 
@@ -28,6 +28,7 @@ from . import patients as pstore
 BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PATIENT_UPDATED, PATIENT_MERGED,
                           SYNC_CONFIRMED, SYNC_QUARANTINED})
 BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
+NOT_CAPTURES = ("SR", "DOC")  # the kit's own reports and documents (a handover sheet) are no captures
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
 
 
@@ -64,7 +65,7 @@ def tray_item(r: dict) -> dict:
 
 def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
     card = public_patient(p)
-    images = [r for r in insts if str(r.get("modality") or "") != "SR"]
+    images = [r for r in insts if str(r.get("modality") or "") not in NOT_CAPTURES]
     unassigned = pstore.is_unassigned(p)
     card.update(triage=triage_of(p),
                 captures=len(images),
@@ -79,6 +80,8 @@ def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
                 unassigned=unassigned,
                 tray=[tray_item(r) for r in sorted(images, key=lambda r: r.get("received_at") or 0)]
                 if unassigned else [])
+    card.update(care.card_fields(p))  # zone, disposition, interventions
+    card.update(finding_words.card_fields(card["triage"], insts, fnds))  # positive findings in words
     return card
 
 

@@ -325,6 +325,27 @@ def note_proposal(store, pid: str, proposed: str, answers: dict) -> None:
 MERGE_URGENCY = ("red", "yellow", "green", "grey", "black", "none")
 
 
+# What people recorded of a patient's care and movement (notes here, the rest in store.care):
+# a merge keeps both records' entries, interleaved by time; the survivor's zone and
+# disposition win, the merged record's fill in when the survivor has none.
+CARE_FIELDS = ("notes", "interventions", "movement_history", "zone", "disposition")
+
+
+def _entry_at(entry: dict) -> float:
+    return float(entry.get("at") or (entry.get("disposition") or {}).get("at") or 0)
+
+
+def merged_care(dst: dict, src: dict) -> dict:
+    out = {}
+    for key in ("notes", "interventions", "movement_history"):
+        if dst.get(key) or src.get(key):
+            out[key] = sorted(list(dst.get(key) or []) + list(src.get(key) or []), key=_entry_at)
+    for key in ("zone", "disposition"):
+        if not dst.get(key) and src.get(key):
+            out[key] = src[key]
+    return out
+
+
 def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seconds: float = 0.0) -> dict:
     """Fold `from_id` into `into_id` (e.g. an unidentified patient who was identified),
     losing nothing: the survivor keeps the most urgent category, every tag (a merged tag
@@ -344,7 +365,8 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
         if src["id"] == dst["id"]:
             raise BadInput(f"{from_id} and {into_id} are already the same patient")
         now = time.time()
-        before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags")}
+        before = {k: dst.get(k) for k in ("aliases", "name", "birth_date", "sex", "triage", "triage_history", "tags",
+                                          *CARE_FIELDS)}
         aliases = dst.get("aliases", []) + [a for a in src.get("aliases", []) if a not in dst.get("aliases", [])]
         fill = {k: src[k] for k in ("name", "birth_date", "sex") if not dst.get(k) and src.get(k)}
         if "name" in fill and name_from_probe(src):
@@ -355,7 +377,7 @@ def merge_patients(store, from_id: str, into_id: str, *, by: str = "", undo_seco
                          key=lambda h: h.get("at", 0))
         history.append({"triage": triage, "at": now, "by": by, "merged": src["id"]})
         changes = {"aliases": aliases, "updated": now, "triage": triage, "tags": tags,
-                   "triage_history": history, **fill}
+                   "triage_history": history, **fill, **merged_care(dst, src)}
         update_fields(db, dst["id"], changes)
         keys = db.storage.keys(T_INSTANCES, "patient_id", src["id"])
         src_rows = [dict(db.storage.doc(T_INSTANCES, k)) for k in keys]
@@ -407,7 +429,7 @@ def unmerge(store, merged_id: str, *, by: str = "") -> dict:
             raise BadInput(f"{undo['into']} was merged again since; undo that merge first")
         for row_id in undo["queued"]:
             store.queue.cancel(row_id, f"merge of {merged_id} undone")
-        restored = {k: v for k, v in undo["survivor_before"].items() if v is not None or k == "tags"}
+        restored = {k: v for k, v in undo["survivor_before"].items() if v is not None or k in ("tags", *CARE_FIELDS)}
         restored["triage_history"] = list(restored.get("triage_history") or [])
         update_fields(db, dst["id"], {**restored, "updated": now})
         keys = [k for uid in undo["moved"] for k in db.storage.keys(T_INSTANCES, "sop_instance_uid", uid)]

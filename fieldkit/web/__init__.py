@@ -24,6 +24,9 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.live:bp",  # live updates (Server-Sent Events)
     "fieldkit.web.linking:bp",  # registered probes, probe sessions, undoing a merge
     "fieldkit.web.handover:bp",  # the board as a CSV and a printable list for the transport team
+    "fieldkit.web.care:bp",  # interventions, zone, disposition from the tablets
+    "fieldkit.web.handover_sheet:bp",  # per-patient handover sheet: print view, PDF kept in the patient's study
+    "fieldkit.web.incident:bp",  # incident summary for incident command: per category over time, zone, destination
 ]
 
 
@@ -61,7 +64,7 @@ def create_app(kit, testing: bool = False) -> Flask:
 
     @app.errorhandler(FieldkitError)
     def fieldkit_error(exc: FieldkitError):
-        return _error(exc.http_status, exc.message)
+        return _error(exc.http_status, exc.message, needs=getattr(exc, "needs", None))
 
     @app.errorhandler(413)
     def too_large(exc):
@@ -82,14 +85,24 @@ def create_app(kit, testing: bool = False) -> Flask:
     return app
 
 
-def _error(status: int, message: str):
+def _error(status: int, message: str, needs: str | None = None):
+    """The answer to a refused or failed request: JSON for API clients, else a page in the
+    kit's style; a refusal for a missing permission (`needs`) names the roles that hold it."""
     wants_json = request.path.startswith(("/api/", "/dicom-web/", "/healthz")) or \
         request.accept_mimetypes.best == "application/json"
     if wants_json:
         return jsonify({"error": message, "status": status}), status
+    from flask import render_template
+    from jinja2 import TemplateError
     from markupsafe import escape
-    return (f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>",
-            status, {"Content-Type": "text/html; charset=utf-8"})
+
+    from ..security import roles as R
+    roles = [r for r in R.HUMAN_ROLES if needs in R.ROLE_PERMISSIONS[r]] if needs else []
+    try:
+        page = render_template("error.html", page="error", status=status, message=message, roles=roles)
+    except (TemplateError, RuntimeError, KeyError):  # an error page must not fail: the bare one
+        page = f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
+    return page, status, {"Content-Type": "text/html; charset=utf-8"}
 
 
 def json_object() -> dict:

@@ -314,7 +314,9 @@ def require(permission: str) -> None:
     p = current_principal()
     if not R.has_permission(p.role if p else None, permission):
         from ..errors import Forbidden
-        raise Forbidden(f"this needs the {permission!r} permission")
+        refusal = Forbidden(f"this needs the {permission!r} permission")
+        refusal.needs = permission  # the page names the roles that hold it
+        raise refusal
 
 
 # ----------------------------------------------------------------------------- CSRF
@@ -366,7 +368,7 @@ def _wants_html() -> bool:
     return best == "text/html"
 
 
-def _deny(status: int, message: str, *, audit: bool = True, reason: str = ""):
+def _deny(status: int, message: str, *, audit: bool = True, reason: str = "", needs: str | None = None):
     if audit:
         p = current_principal()
         _audit_quiet(_kit(), actor=p.actor if p else "?", role=p.role if p else "", action="access",
@@ -377,7 +379,7 @@ def _deny(status: int, message: str, *, audit: bool = True, reason: str = ""):
         nxt = request.full_path if request.query_string else request.path
         return redirect(url_for("auth.login", next=nxt), 303)
     from . import _error
-    resp = make_response(_error(status, message))
+    resp = make_response(_error(status, message, needs=needs))
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="fieldkit"'
     return resp
@@ -456,7 +458,8 @@ def _guard():
     if principal is None:
         return _deny(401, "sign in first (or send a bearer token)", reason="not authenticated")
     if not R.has_permission(principal.role, permission):
-        return _deny(403, f"your role ({principal.role}) may not do this", reason=f"needs {permission}")
+        return _deny(403, f"your role ({principal.role}) may not do this", reason=f"needs {permission}",
+                     needs=permission)
     if request.method in STATE_CHANGING and g.auth == "session" and not _csrf_ok():
         return _deny(403, "missing or invalid CSRF token (reload the page)", reason="csrf")
     g.permission = permission

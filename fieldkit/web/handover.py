@@ -17,7 +17,7 @@ import time
 from flask import Blueprint, Response, render_template
 
 from ..security import roles as R
-from ..store import accounts
+from ..store import accounts, care
 from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
@@ -30,8 +30,8 @@ ROUTE_PERMISSIONS = {
     "handover.print_view": R.EXPORT,
 }
 
-COLUMNS = ("tag", "category", "triaged", "last re-triage", "triaged by", "name", "interventions", "notes",
-           "findings", "sync")
+COLUMNS = ("tag", "category", "triaged", "last re-triage", "triaged by", "re-triage due", "name", "zone",
+           "disposition", "interventions", "notes", "findings", "sync")
 # The board's words (static/js/common.js TRIAGE_LABEL)
 TRIAGE_LABELS = {"red": "Immediate", "yellow": "Delayed", "green": "Minor", "black": "Deceased",
                  "grey": "Expectant", "none": "Not triaged"}
@@ -67,9 +67,18 @@ def _timed(items, key: str) -> str:
     return "; ".join(f"{when(i.get('at'))} {i.get(key) or ''}".strip() for i in items or [] if isinstance(i, dict))
 
 
-def handover_rows(store) -> list[dict]:
+def due_text(card: dict, minutes: dict, now: float) -> str:
+    """When the patient is due to be re-triaged, and whether that time has passed."""
+    due = care.retriage_due_at(card, minutes)
+    if due is None:
+        return ""
+    return ("OVERDUE since " if now > due else "") + when(due)
+
+
+def handover_rows(store, retriage_minutes: dict | None = None) -> list[dict]:
     """What the handover shows of every patient on the board, in the board's order."""
     out = []
+    now = time.time()
     for card in board_rows(store).board()["patients"]:
         if card["unassigned"]:
             continue  # captures waiting for their patient, no patient to hand over
@@ -79,6 +88,8 @@ def handover_rows(store) -> list[dict]:
             "triage": card["triage"], "triaged": when(card.get("triaged_at")),
             "last re-triage": when(card.get("retriaged_at")), "triaged by": card.get("triaged_by") or "",
             "name": card.get("display_name") or "",
+            "re-triage due": due_text(card, retriage_minutes or {}, now),
+            "zone": card.get("zone") or "", "disposition": card.get("disposition_text") or "",
             "interventions": _timed(p.get("interventions"), "what"),
             "notes": _timed(p.get("notes"), "text"),
             "findings": "; ".join(finding_text(f) for f in findings_of(store, card["id"])),
@@ -96,6 +107,10 @@ def patients_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8-sig")  # the BOM makes spreadsheets read it as UTF-8
 
 
+def _minutes() -> dict:
+    return care.retriage_minutes(kit_of().config["triage.retriage_minutes"])
+
+
 def _audit(fmt: str, n: int) -> None:
     from .auth import current_principal
     p = current_principal()
@@ -105,7 +120,7 @@ def _audit(fmt: str, n: int) -> None:
 
 @bp.get("/api/v1/export/patients.csv")
 def export_csv():
-    rows = handover_rows(kit_of().store)
+    rows = handover_rows(kit_of().store, _minutes())
     _audit("csv", len(rows))
     name = time.strftime("handover-%Y%m%d-%H%M.csv")
     return Response(patients_csv(rows), mimetype="text/csv",
@@ -114,7 +129,7 @@ def export_csv():
 
 @bp.get("/handover")
 def print_view():
-    rows = handover_rows(kit_of().store)
+    rows = handover_rows(kit_of().store, _minutes())
     _audit("print", len(rows))
     return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
                            printed=when(time.time()))

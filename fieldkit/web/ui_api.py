@@ -21,10 +21,10 @@ from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
 from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority, view_probability
 from ..security import roles as R
-from ..store import clinician, findings, probes
+from ..store import care, clinician, findings, probes
 from ..store import instances as catalogue
 from ..store import patients as pstore
-from ..store.board import findings_of, public_patient, sync_badge
+from ..store.board import NOT_CAPTURES, findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
 from .clip_cache import CLIPS
@@ -41,7 +41,7 @@ ROUTE_PERMISSIONS = {
     "ui_api.create_patient": R.TRIAGE_WRITE,
     "ui_api.patient": R.PATIENTS_READ,
     "ui_api.triage": R.TRIAGE_WRITE,
-    "ui_api.details": R.PATIENTS_WRITE,
+    "ui_api.details": R.CARE_WRITE,  # a name change also needs patients.write (checked inside)
     "ui_api.merge": R.PATIENTS_WRITE,
     "ui_api.confirm_name": R.PATIENTS_WRITE,
     "ui_api.thumbnail": R.PATIENTS_READ,
@@ -154,8 +154,8 @@ def patient(pid):
         by_uid.setdefault(f["sop_instance_uid"], []).append(_finding_json(f))
     captures = []
     for r in sorted(rows, key=lambda r: r.get("received_at") or 0):
-        if str(r.get("modality") or "") == "SR":
-            continue  # the kit's own reports are shown as findings
+        if str(r.get("modality") or "") in NOT_CAPTURES:
+            continue  # the kit's own reports are shown as findings; documents are no captures
         captures.append({
             "uid": r["sop_instance_uid"], "received_at": r.get("received_at"), "frames": r.get("frames") or 1,
             "frame_time_ms": r.get("frame_time_ms"), "modality": r.get("modality", ""),
@@ -175,6 +175,7 @@ def patient(pid):
                name_from_probe=pstore.name_from_probe(p), unassigned=pstore.is_unassigned(p),
                tags=pstore.all_tags(p), probe_sessions=probes.sessions_for(store, p["id"]),
                sync=sync_badge([c["sync"] for c in captures]))
+    out.update(care.card_fields(p), movement_history=p.get("movement_history") or [])
     return jsonify(out)
 
 
@@ -211,6 +212,9 @@ def details(pid):
     store = kit_of().store
     data = _body()
     name, note = _text(data, "name", MAX_NAME), _text(data, "note", MAX_TEXT)
+    if name is not None:  # identity is the clinician's: triage records notes, age and sex only
+        from .auth import require
+        require(R.PATIENTS_WRITE)
     age_raw, sex = data.get("age"), data.get("sex")
     age = None
     if age_raw not in (None, ""):

@@ -5,6 +5,7 @@
 // when the kit is unreachable (marked stale).
 import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, shownName } from "./actions.js";
+import { careOptions, dueAt, placeText } from "./care.js";
 
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
@@ -13,6 +14,7 @@ let state = { patients: [], counts: {} };
 let filter = null;
 let inflight = null;
 let probeNames = {}; // registered probes: AE title -> label
+let retriageMinutes = {}; // category -> minutes before a re-triage is due (the kit's setting)
 let skewMs = 0; // the kit's clock minus the tablet's, so waiting times count from the kit's timestamps
 const canAssign = document.getElementById("tray").dataset.canAssign === "yes";
 
@@ -32,6 +34,15 @@ function fillCard(li, p) {
   since.dataset.retriagedAt = p.retriaged_at || "";
   li.querySelector(".tri-by").textContent = p.triaged_by ? `by ${p.triaged_by}` : "";
   fillSince(since);
+  li.querySelector(".place").textContent = placeText(p);
+  li.querySelector(".fwords").textContent = (p.finding_words || []).join(" · ");
+  const argues = li.querySelector(".argues");
+  argues.hidden = !p.finding_argues;
+  argues.textContent = p.finding_argues
+    ? `▲ Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
+  const overdue = li.querySelector(".overdue");
+  overdue.dataset.due = dueAt(p, retriageMinutes) || "";
+  fillOverdue(overdue);
   const badge = li.querySelector(".sync-badge");
   badge.textContent = SYNC_LABEL[p.sync] || p.sync;
   badge.dataset.sync = p.sync;
@@ -51,8 +62,20 @@ function fillSince(span) {
   span.textContent = !t ? "" : `triaged ${ago(t)} ago` + (r ? ` · re-triaged ${ago(r)} ago` : "");
 }
 
+// Past the category's re-triage interval (triage.retriage_minutes): flagged on the card
+function fillOverdue(span) {
+  const due = parseFloat(span.dataset.due);
+  const late = due && (Date.now() + skewMs) / 1000 > due;
+  span.hidden = !late;
+  span.textContent = late ? `Re-triage overdue ${ago(due)}` : "";
+  span.closest(".card").classList.toggle("is-overdue", !!late);
+}
+
 // The waiting times tick on the tablet from the timestamps the kit sent: no request.
-setInterval(() => document.querySelectorAll("#board .since").forEach(fillSince), 1000);
+setInterval(() => {
+  document.querySelectorAll("#board .since").forEach(fillSince);
+  document.querySelectorAll("#board .overdue").forEach(fillOverdue);
+}, 1000);
 
 function countsOf(patients) {
   const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
@@ -207,6 +230,7 @@ async function loadProbes() {
 }
 
 loadProbes();
+careOptions().then((o) => { retriageMinutes = o.retriage_minutes || {}; redrawSoon(); }).catch(() => {});
 diskBanner();
 setInterval(diskBanner, 30000);
 refresh().then((data) => {

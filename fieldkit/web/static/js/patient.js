@@ -5,6 +5,7 @@
 // Everything the kit sends is put in the page with textContent.
 import { api, el, fmtTime, initPage, live, showError, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, fillPill, findPatient, offerUndo, shownName, who } from "./actions.js";
+import { initCarePanel, renderPlace } from "./care.js";
 
 const root = document.getElementById("patient");
 const pid = root.dataset.patientId;
@@ -239,6 +240,7 @@ async function load() {
     renderThumbs(p);
     renderFindings(p);
     renderDetails(p);
+    renderPlace(p);
     renderSessions(p);
     const sel = p.captures.find((c) => c.uid === selected);
     if (sel) { renderZoneSelect(sel); player.setFindings(sel); }
@@ -564,5 +566,5 @@ live((topic, data) => {
   if (!data.patient_id || data.patient_id === pid || (current && data.patient_id === current.id) || topic.startsWith("sync.")) soon();
 }, () => soon());
 
-load();
+initCarePanel(pid).then(load);
 initPage();

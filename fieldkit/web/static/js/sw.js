@@ -5,7 +5,8 @@ const SHELL = "fieldkit-shell-v1";
 const DATA = "fieldkit-data-v1";
 const ASSETS = ["/static/css/app.css", "/static/js/theme.js", "/static/js/common.js", "/static/js/board.js", "/static/js/actions.js",
   "/static/js/start.js", "/static/js/scan.js", "/static/js/new_patient.js", "/static/js/patient.js", "/static/js/sync.js",
-  "/static/js/device.js", "/static/icons/icon.svg", "/static/icons/icon-192.png", "/manifest.webmanifest"];
+  "/static/js/device.js", "/static/icons/icon.svg", "/static/icons/icon-192.png", "/manifest.webmanifest",
+  "/static/js/care.js"];
 const BOARD_API = "/api/v1/ui/board";
 
 self.addEventListener("install", (event) => {

@@ -1,0 +1,62 @@
+"""A patient's positive AI findings in the words the board shows ("B-lines 4, R2",
+"free fluid: RUQ"), and whether one of them argues for a more urgent category than the one
+the patient has (layer 2: pure functions of the patient's catalogue and finding rows).
+
+Only assessable findings count, and not one a clinician rejected. The rules are the
+field's rough ones, a prompt to look again and never a category set for anyone:
+free fluid on FAST argues for Immediate (possible internal bleeding); a B-line pattern
+argues for at least Delayed.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The most urgent first, as the board orders them
+URGENCY = ("red", "yellow", "green")
+FAST_WINDOWS = re.compile(r"\b(RUQ|LUQ|pelvi[cs]|suprapubic|pericardi(al|um)|subxiphoid)\b", re.IGNORECASE)
+
+
+def _counted(f: dict) -> bool:
+    return bool(f.get("assessable")) and (f.get("review") or {}).get("decision") != "rejected"
+
+
+def _window(inst: dict) -> str:
+    text = " ".join(str(inst.get(k) or "") for k in ("series_description", "study_description"))
+    m = FAST_WINDOWS.search(text)
+    if not m:
+        return ""
+    word = m.group(1)
+    return word.upper() if word.upper() in ("RUQ", "LUQ") else word.lower()
+
+
+def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
+    """[{"text", "argues"}] for each positive finding, in capture order; `argues` is the
+    category it argues for."""
+    by_uid = {r["sop_instance_uid"]: r for r in insts}
+    out = []
+    for f in sorted(fnds, key=lambda f: (by_uid.get(f.get("sop_instance_uid")) or {}).get("received_at") or 0):
+        if not _counted(f):
+            continue
+        r, inst = f.get("result") or {}, by_uid.get(f.get("sop_instance_uid")) or {}
+        if f.get("task") == "lung" and r.get("pattern") == "B-line pattern":
+            zone = inst.get("lung_zone") or ""
+            out.append({"text": f"B-lines {r.get('max_b_lines')}" + (f", {zone}" if zone else ""), "argues": "yellow"})
+        elif f.get("task") == "fast" and r.get("fluid_present"):
+            window = _window(inst)
+            out.append({"text": "free fluid" + (f": {window}" if window else ""), "argues": "red"})
+    return out
+
+
+def card_fields(triage: str, insts: list[dict], fnds: list[dict]) -> dict:
+    """What a board card shows: the findings in words, and the most urgent category one of
+    them argues for when it is more urgent than the patient's (else None)."""
+    found = positives(insts, fnds)
+    argues = None
+    if triage in URGENCY:
+        for item in found:
+            if URGENCY.index(item["argues"]) < URGENCY.index(argues or triage):
+                argues = item["argues"]
+    why = [item["text"] for item in found if item["argues"] == argues] if argues else []
+    return {"finding_words": [item["text"] for item in found],
+            "finding_argues": {"category": argues, "why": why[0]} if argues else None}

@@ -1,0 +1,54 @@
+"""Positive findings on the board in words, and the flag for a finding that argues for a
+more urgent category: "B-lines 4, R2" (the capture's lung zone), "free fluid: RUQ" (the
+FAST window named by the capture); a finding not assessable, negative or rejected by a
+clinician says nothing; free fluid on a Delayed patient argues for Immediate, a B-line
+pattern on a Minor one for Delayed, nothing argues for a patient already as urgent."""
+
+from __future__ import annotations
+
+import time
+
+from fieldkit.inference import findings as inference_findings
+from fieldkit.store import instances as catalogue
+from fieldkit.store import patients as pstore
+from fieldkit.store.board import rows_for
+from fieldkit.store.finding_words import card_fields
+from fixtures.board import grow
+
+
+def _f(uid, task, result, assessable=True, review=None):
+    return {"sop_instance_uid": uid, "task": task, "result": result, "assessable": assessable, "review": review}
+
+
+LUNG = {"pattern": "B-line pattern", "max_b_lines": 4}
+FLUID = {"fluid_present": True}
+
+
+def test_words_and_what_they_argue_for():
+    insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "R2"},
+             {"sop_instance_uid": "2", "received_at": 2, "series_description": "eFAST RUQ view"}]
+    both = [_f("2", "fast", FLUID), _f("1", "lung", LUNG)]
+    assert card_fields("yellow", insts, both) == {
+        "finding_words": ["B-lines 4, R2", "free fluid: RUQ"],
+        "finding_argues": {"category": "red", "why": "free fluid: RUQ"}}
+    assert card_fields("green", insts, [_f("1", "lung", LUNG)])["finding_argues"] == {
+        "category": "yellow", "why": "B-lines 4, R2"}
+    assert card_fields("red", insts, both)["finding_argues"] is None
+    assert card_fields("none", insts, both)["finding_argues"] is None  # not triaged: nothing to raise
+    quiet = [_f("1", "lung", {"pattern": "A-line pattern", "max_b_lines": 1}), _f("2", "fast", {"fluid_present": False}),
+             _f("2", "fast", FLUID, assessable=False), _f("1", "lung", LUNG, review={"decision": "rejected"})]
+    assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_argues": None}
+
+
+def test_the_board_card_shows_them(store):
+    grow(store, ["FW-1"], 1)
+    pstore.set_triage(store, "FW-1", "yellow", by="t")
+    uid = catalogue.instance_rows(store, patient_id="FW-1")[0]["sop_instance_uid"]
+    row = {"id": f"f-{uid[-12:]}", "sop_instance_uid": uid, "patient_id": "FW-1", "model": "m", "model_sha256": "0" * 64,
+           "model_version": "1", "task": "fast", "assessable": True, "reason": "", "result": FLUID, "overlay": None,
+           "created": time.time()}
+    inference_findings.replace(store, uid, [row])
+    store.events.publish("finding.stored", sop_instance_uid=uid, patient_id="FW-1", task="fast")
+    card = rows_for(store).row("FW-1")
+    assert card["finding_words"] == ["free fluid"]
+    assert card["finding_argues"] == {"category": "red", "why": "free fluid"}
