@@ -140,6 +140,9 @@ HOSPITAL_URL = Rule("empty, or an https:// (or http://) URL with a host and no u
                     lambda v: v == "" or _url(v, ("https", "http")))
 KIT_URL = Rule("empty, or an https:// URL with a host", lambda v: v == "" or _url(v, ("https",)))
 TIME_WINDOW = Rule('"HH:MM-HH:MM" (24-hour local time)', lambda v: bool(re.fullmatch(f"{_HHMM}-{_HHMM}", v)))
+ORIGIN = Rule('an origin, "https://host[:port]" (or http://) with no path, or "*" for any',
+              lambda v: v == "*" or (_url(v, ("https", "http")) and urlsplit(v).path == ""
+                                     and not urlsplit(v).query and not urlsplit(v).fragment and " " not in v))
 ED25519_KEY = Rule('"ed25519:<base64 of the 32-byte public key>"', _ed25519)
 
 PORT = {"min": 0, "max": 65535}   # 0 picks a free port
@@ -161,6 +164,7 @@ SETTINGS: dict[str, Setting] = {
     "http.header_timeout_s": Setting(10, "Seconds a client has to send a complete request head (request line and headers) before the connection is closed; no worker thread waits for it.", min=1, max=600),
     "http.max_connections_per_address": Setting(32, "Most HTTPS connections open at once from one client address; one more is closed at once.", min=1, max=100000),
     "http.max_connections": Setting(256, "Most HTTPS connections open at once in all; when full, the oldest connection that has not yet sent a request is closed to make room, else the new one is refused.", min=1, max=100000),
+    "http.cors_origins": Setting([], "Web origins whose pages may call DICOMweb and WADO-URI from a browser (CORS), e.g. a viewer served at https://viewer.lan; empty: none. With \"*\" any origin may, but never with cookies.", rule=ORIGIN),
     # DIMSE receiver
     "dicom.port": Setting(11112, "DICOM C-STORE/C-ECHO port for handheld probes.", **PORT),
     "dicom.ae_title": Setting("FIELDKIT", "The kit's own AE title.", rule=AE_TITLE),

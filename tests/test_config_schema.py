@@ -35,6 +35,7 @@ RULE_EXAMPLES = {
     config.KIT_URL: "http://fieldkit.lan:8443/",
     config.TIME_WINDOW: "25:00-06:00",
     config.ED25519_KEY: "ed25519:AAAA",
+    config.ORIGIN: "https://viewer.lan/ohif",
 }
 
 

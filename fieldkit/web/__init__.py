@@ -17,6 +17,7 @@ from ..errors import BadInput, FieldkitError
 BLUEPRINTS: list[str] = [
     "fieldkit.web.api:bp",
     "fieldkit.web.dicomweb:bp",
+    "fieldkit.web.wado_uri:bp",  # WADO-URI (/wado), legacy links to the same objects
     "fieldkit.web.upload:bp",
     "fieldkit.web.onboarding:bp",
     "fieldkit.web.ui:bp",  # tablet UI pages, manifest, service worker
@@ -58,6 +59,8 @@ def create_app(kit, testing: bool = False) -> Flask:
             raise
     else:
         auth.init_app(app)
+    from . import cors
+    cors.init_app(app)  # after the guard: a CORS preflight is answered before it
 
     @app.errorhandler(FieldkitError)
     def fieldkit_error(exc: FieldkitError):
@@ -83,7 +86,7 @@ def create_app(kit, testing: bool = False) -> Flask:
 
 
 def _error(status: int, message: str):
-    wants_json = request.path.startswith(("/api/", "/dicom-web/", "/healthz")) or \
+    wants_json = request.path.startswith(("/api/", "/dicom-web/", "/wado", "/healthz")) or \
         request.accept_mimetypes.best == "application/json"
     if wants_json:
         return jsonify({"error": message, "status": status}), status

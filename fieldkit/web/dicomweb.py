@@ -669,15 +669,21 @@ def frames(study, series, instance, frame_list):
 
 
 def _rendered(row: dict, index: int) -> Response:
+    accept = request.headers.get("Accept", "")
+    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
+    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
+    return rendered_response(row, index, media)
+
+
+def rendered_response(row: dict, index: int, media: str) -> Response:
+    """Frame `index` (0-based) of a stored instance as `media` (image/png or image/jpeg);
+    also WADO-URI's rendered answer."""
     store = kit_of().store
     ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     try:
         frame = decode_frames(ds, [index])[0]
     except DecodeError as exc:
         raise BadInput(f"cannot render: {exc}") from None
-    accept = request.headers.get("Accept", "")
-    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
-    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
     return Response(render(frame, media), content_type=media)
 
 
