@@ -158,3 +158,23 @@ def test_a_bad_cors_origin_setting_is_refused():
     for bad in (["https://viewer.lan/"], ["https://viewer.lan/ohif"], ["ftp://x"], ["viewer.lan"],
                 ["https://a b"], ["https://u:p@h"]):
         assert setting.problem(bad) is not None, bad
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NAMES = ["requestType", "studyUID", "seriesUID", "objectUID", "contentType", "frameNumber", "transferSyntax",
+          "charset", "rows", "x"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(_NAMES), st.text(max_size=30), max_size=6))
+def test_any_wado_uri_query_gets_an_answer_or_a_clear_refusal(kit, query):
+    """Fuzzed queries (the real object's UIDs or garbage): an object, or a 4xx with a reason."""
+    ds = kit.cine
+    real = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+            "objectUID": ds.SOPInstanceUID}
+    r = kit.get("/wado", params={**real, **query}, headers=kit.reader)
+    assert r.status_code in (200, 400, 404, 406), (query, r.status_code)
+    if r.status_code != 200:
+        assert r.json()["error"]

@@ -11,6 +11,8 @@ answer as asked is a 400 naming the parameter, never an answer to another questi
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, request
 from pydicom.uid import UID
 
@@ -85,7 +87,7 @@ def wado():
     n = row["frames"] or 1
     if frame is None:
         index = 0
-    elif not frame.isdigit() or not 1 <= int(frame) <= n:
+    elif not re.fullmatch(r"[0-9]{1,9}", frame) or not 1 <= int(frame) <= n:
         raise BadInput(f"frameNumber must be a whole number from 1 to {n}")
     else:
         index = int(frame) - 1
