@@ -21,6 +21,7 @@ import fnmatch
 import io
 import itertools
 import re
+import unicodedata
 import uuid
 
 import pydicom
@@ -118,7 +119,8 @@ def stow(study: str | None = None):
 _STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy",
                "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "StudyDescription",
                "ReferringPhysicianName"}
-_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}
+_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+                "InstitutionName"}
 _INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID", "InstanceNumber"}
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 # what each level answers (the tags of _study_json, _series_json, _instance_json), for includefield
@@ -130,6 +132,21 @@ _RETURNED = {
     "instances": _PATIENT_TAGS | {"00080016", "00080018", "00080020", "00080060", "0020000D", "0020000E",
                                   "00200013", "00280008", "00280010", "00280011", "00020010", "00081190"},
 }
+# includefield=all at study and series level: these, read from a stored header, besides
+# the attributes above (an instance's own header is all instance-level)
+_ALL_AT = {
+    "studies": {"IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+                "EthnicGroup", "PatientComments", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+                "AdmittingDiagnosesDescription", "ProcedureCodeSequence", "ReferencedStudySequence",
+                "RequestingPhysician", "IssuerOfAccessionNumberSequence", "TimezoneOffsetFromUTC"},
+    "series": {"SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName", "OperatorsName",
+               "PerformingPhysicianName", "InstitutionName", "InstitutionalDepartmentName", "StationName",
+               "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
+               "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+               "PerformedProcedureStepID", "PerformedProcedureStepDescription", "RequestAttributesSequence"},
+}
+# header reads (includefield beyond the catalogue) are bounded: at most this many results a page
+_HEADER_PAGE = 200
 
 
 def _keyword(key: str) -> str:
@@ -139,16 +156,45 @@ def _keyword(key: str) -> str:
 
 
 def _filters() -> dict[str, str]:
+    """The matching keys asked for (by keyword), each value checked: 400 for an invalid one."""
     out = {}
     for key, value in request.args.items():
         if key in _CONTROL:
             continue
         name = _keyword(key)
         if name in _STUDY_KEYS | _SERIES_KEYS | _INSTANCE_KEYS:
+            problem = _invalid(name, value)
+            if problem:
+                raise BadInput(f"invalid value for {name}: {problem}")
             out[name] = value
         elif tag_for_keyword(name) is None and name == key:
             raise BadInput(f"unknown query parameter {key[:40]!r}")
     return out
+
+
+def _fuzzy() -> bool:
+    value = request.args.get("fuzzymatching", "false")
+    if value not in ("true", "false"):
+        raise BadInput("fuzzymatching must be true or false")
+    return value == "true"
+
+
+def _includefields() -> tuple[bool, list[str]]:
+    """(includefield=all asked, the tags asked for as 8 hex digits); 400 for a name that is
+    no DICOM attribute."""
+    everything, tags = False, []
+    for value in request.args.getlist("includefield"):
+        for field in (f.strip() for f in value.split(",")):
+            if not field:
+                continue
+            if field == "all":
+                everything = True
+                continue
+            tag = int(field, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", field) else tag_for_keyword(field)
+            if tag is None:
+                raise BadInput(f"includefield {field[:40]!r} is not a DICOM attribute keyword or tag")
+            tags.append(f"{tag:08X}")
+    return everything, tags
 
 
 def _qido_warnings(level: str) -> list[str]:
@@ -157,18 +203,45 @@ def _qido_warnings(level: str) -> list[str]:
     out = []
     ignored = sorted({_keyword(k) for k in request.args if k not in _CONTROL}
                      - _STUDY_KEYS - _SERIES_KEYS - _INSTANCE_KEYS)
+    ignored = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in ignored]  # client text inside a header
     if ignored:
         out.append(f"The following query keys are not supported and were ignored: {', '.join(ignored)[:300]}")
-    if request.args.get("fuzzymatching", "").lower() == "true":
-        out.append("The fuzzymatching parameter is not supported. Only literal matching has been performed.")
-    fields = [_keyword(f.strip()) for v in request.args.getlist("includefield") for f in v.split(",") if f.strip()]
-    if "all" in fields:
-        out.append("includefield=all is not supported: only the attributes the catalogue holds are returned")
-    missing = sorted({f for f in fields if f != "all"} - {keyword_for_tag(int(t, 16)) for t in _RETURNED[level]})
-    missing = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in missing]  # client text inside a header
-    if missing:
-        out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
     return [f'299 fieldkit "{w}"' for w in out]
+
+
+# -- matching (the QIDO keys against catalogue rows) ---------------------------------------
+
+_DATE = re.compile(r"[0-9]{8}")
+_TIME = re.compile(r"[0-9]{2}(:?[0-9]{2}(:?[0-9]{2}(\.[0-9]{1,6})?)?)?")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_DATE_KEYS, _TIME_KEYS = {"StudyDate", "PatientBirthDate"}, {"StudyTime"}
+_UID_KEYS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
+_NUMBER_KEYS = {"SeriesNumber", "InstanceNumber"}
+_PN_KEYS = {"PatientName", "ReferringPhysicianName"}
+
+
+def _invalid(name: str, value: str) -> str | None:
+    """Why a matching key's value is invalid per its VR (PS3.18 8.3.4: a 400), or None."""
+    def ranged(rx) -> bool:
+        lo, dash, hi = value.partition("-")
+        return bool(rx.fullmatch(value)) or (bool(dash) and (lo or hi) != "" and
+                                              all(rx.fullmatch(v) for v in (lo, hi) if v))
+    if name in _DATE_KEYS and not ranged(_DATE):
+        return "a date is YYYYMMDD, or a range YYYYMMDD-YYYYMMDD (either side may be empty)"
+    if name in _TIME_KEYS and not ranged(_TIME):
+        return "a time is HHMMSS (minutes and seconds optional), or a range of two"
+    if name in _UID_KEYS and not all(len(u) <= 64 and _UID.fullmatch(u) for u in _uid_list(value)):
+        return "UIDs are digits and dots (at most 64), several separated by commas or backslashes"
+    if name in _NUMBER_KEYS and not re.fullmatch(r"-?[0-9]{1,12}", value):
+        return "a whole number"
+    if len(value) > 256 or not value.isprintable():
+        return "at most 256 printable characters"
+    return None
+
+
+def _fold(text: str) -> str:
+    """Case and accents folded away: "Müller" and "MULLER" compare equal."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
 
 
 def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
@@ -179,6 +252,17 @@ def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
     if "*" in pattern or "?" in pattern:
         return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
     return value == pattern
+
+
+def _match_name(value: str, pattern: str, fuzzy: bool) -> bool:
+    """A person name. Literal: the whole value (wildcards allowed), case-insensitive.
+    fuzzymatching=true: each word of the query begins some word of the name, in any order
+    of components, case and accents ignored ("marie curie" finds "Curie^Marie")."""
+    if not fuzzy:
+        return _match_text(value, pattern, fold=True)
+    words = [w for w in re.split(r"[\^=\s,]+", _fold(value)) if w]
+    wanted = [w for w in re.split(r"[\^=\s,]+", _fold(pattern)) if w and w != "*"]
+    return all(any(fnmatch.fnmatchcase(w, p.replace("[", "[[]") + "*") for w in words) for p in wanted)
 
 
 def _match_date(value: str, pattern: str) -> bool:
@@ -194,17 +278,19 @@ def _match_uids(value: str, pattern: str) -> bool:
     return value in [p.strip() for p in pattern.replace("\\", ",").split(",")]
 
 
-def _row_matches(row: dict, patient: dict, f: dict) -> bool:
+def _row_matches(row: dict, patient: dict, f: dict, fuzzy: bool = False) -> bool:
     checks = {
         "PatientID": lambda p: _match_text(row["patient_id"], p),
-        "PatientName": lambda p: _match_text(patient.get("name") or "", p, fold=True),
+        "PatientName": lambda p: _match_name(patient.get("name") or "", p, fuzzy),
         "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
         "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
         "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
         "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
         "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
-        "ReferringPhysicianName": lambda p: _match_text(row.get("referring_physician") or "", p, fold=True),
+        "ReferringPhysicianName": lambda p: _match_name(row.get("referring_physician") or "", p, fuzzy),
         "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
+        "BodyPartExamined": lambda p: _match_text(row.get("body_part") or "", p),
+        "InstitutionName": lambda p: _match_text(row.get("institution_name") or "", p, fold=True),
         "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
         "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
         "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
@@ -226,12 +312,15 @@ def _query() -> dict:
     """The request's filters, split into what the store's indexes answer (UIDs, an exact
     PatientID) and a row test for the rest, plus offset/limit."""
     f = _filters()
-    try:
-        offset = max(0, int(request.args.get("offset", 0)))
-        limit = max(0, int(request.args.get("limit", 0)))
-    except ValueError:
-        raise BadInput("limit and offset must be whole numbers") from None
-    q = {"offset": offset, "limit": limit or None}
+    fuzzy = _fuzzy()
+    _includefields()  # checked before anything is searched
+    numbers = {}
+    for name in ("offset", "limit"):
+        value = request.args.get(name, "0")
+        if not re.fullmatch(r"[0-9]{1,9}", value):
+            raise BadInput(f"{name} must be a whole number, 0 or more")
+        numbers[name] = int(value)
+    q = {"offset": numbers["offset"], "limit": numbers["limit"] or None}
     modalities = f.pop("ModalitiesInStudy", None)
     if modalities:
         q["modalities"] = set(_uid_list(modalities))
@@ -243,7 +332,7 @@ def _query() -> dict:
         if key in f:
             q[arg] = _uid_list(f[key])
     if f:
-        q["match"] = lambda row, patient: _row_matches(row, patient, f)
+        q["match"] = lambda row, patient: _row_matches(row, patient, f, fuzzy)
     return q
 
 
@@ -275,20 +364,29 @@ def _patient_attrs(pid: str, pats: dict) -> dict:
             "00100030": _v("DA", p.get("birth_date")), "00100040": _v("CS", p.get("sex"))}
 
 
+def _study_attrs(s: dict, pats: dict) -> dict:
+    """Study-level attributes of a study summary or of any of its instance rows."""
+    return {"00080020": _v("DA", s.get("study_date")), "00080030": _v("TM", s.get("study_time")),
+            "00080050": _v("SH", s.get("accession_number")), "00080090": _v("PN", s.get("referring_physician")),
+            "00081030": _v("LO", s.get("study_description")), **_patient_attrs(s["patient_id"], pats),
+            "0020000D": _v("UI", s["study_instance_uid"]), "00200010": _v("SH", s.get("study_id"))}
+
+
 def _study_json(s: dict, pats: dict) -> dict:
-    return {"00080020": _v("DA", s["study_date"]), "00080030": _v("TM", s["study_time"]),
-            "00080050": _v("SH", s["accession_number"]), "00080061": _v("CS", s["modalities"]),
-            "00080090": _v("PN", s["referring_physician"]), "00081030": _v("LO", s["study_description"]),
-            **_patient_attrs(s["patient_id"], pats),
-            "0020000D": _v("UI", s["study_instance_uid"]), "00200010": _v("SH", s["study_id"]),
+    return {**_study_attrs(s, pats), "00080061": _v("CS", s["modalities"]),
             "00201206": _v("IS", s["series"]), "00201208": _v("IS", s["instances"]),
             "00081190": _v("UR", f"{_base()}/studies/{s['study_instance_uid']}")}
 
 
+def _series_attrs(s: dict) -> dict:
+    """Series-level attributes of a series summary or of any of its instance rows."""
+    return {"00080060": _v("CS", s.get("modality")), "0008103E": _v("LO", s.get("series_description")),
+            "0020000E": _v("UI", s["series_instance_uid"]), "00200011": _v("IS", s.get("series_number"))}
+
+
 def _series_json(s: dict) -> dict:
-    return {"00080060": _v("CS", s["modality"]), "0008103E": _v("LO", s["series_description"]),
-            "0020000D": _v("UI", s["study_instance_uid"]), "0020000E": _v("UI", s["series_instance_uid"]),
-            "00200011": _v("IS", s["series_number"]), "00201209": _v("IS", s["instances"]),
+    return {**_series_attrs(s), "0020000D": _v("UI", s["study_instance_uid"]),
+            "00201209": _v("IS", s["instances"]),
             "00081190": _v("UR", f"{_base()}/studies/{s['study_instance_uid']}/series/{s['series_instance_uid']}")}
 
 
@@ -319,24 +417,95 @@ def _dicom_json(items: list, warnings: list[str] = ()) -> Response:
     return response
 
 
+def _header_page(q: dict) -> bool:
+    """Bound a search whose answers need stored headers read (includefield beyond the
+    catalogue) to _HEADER_PAGE results: asks for one more, to know whether it cut."""
+    everything, tags = _includefields()
+    if not (everything or tags) or (q["limit"] and q["limit"] <= _HEADER_PAGE):
+        return False
+    q["limit"] = _HEADER_PAGE + 1
+    return True
+
+
+def _cut(found: list, bounded: bool, offset: int) -> tuple[list, list[str]]:
+    """The page of a bounded search, and the PS3.18 warning when results were left out."""
+    if not bounded or len(found) <= _HEADER_PAGE:
+        return found, []
+    return found[:_HEADER_PAGE], [
+        f'299 fieldkit "includefield reads stored headers: only {_HEADER_PAGE} results were returned; '
+        f'ask for more with offset={offset + _HEADER_PAGE}"']
+
+
+def _included(level: str, item: dict, row: dict | None) -> dict:
+    """`item` with the includefield attributes it lacks, read from the stored header of
+    `row` (an instance of the study/series; none held: left out)."""
+    everything, tags = _includefields()
+    wanted = set(tags) - set(item)
+    if everything:
+        if level in _ALL_AT:
+            wanted |= {f"{tag_for_keyword(k):08X}" for k in _ALL_AT[level]} - set(item)
+    if not (wanted or (everything and level == "instances")) or row is None or _purged(row):
+        return item
+    store = kit_of().store
+    with store.blobs.open(row["blob"], row["size"]) as fh:  # header only: no pixels decrypted
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    bulk = _bulk_root() + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
+    paths = _element_paths(ds)
+    header = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
+                             bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+    if everything and level == "instances":
+        wanted |= set(header) - set(item)
+    return {**item, **{t: header[t] for t in sorted(wanted) if t in header}}
+
+
+def _first_rows(store, key: str, uids: list[str]) -> dict[str, dict]:
+    """One held instance row per study (key "study") or series ("series"), for header reads."""
+    everything, tags = _includefields()
+    if not (everything or tags):
+        return {}
+    out = {}
+    for uid in uids:
+        rows = catalogue.instance_rows(store, **{f"{key}_uid": uid}, match=lambda r, p: not _purged(r), limit=1)
+        if rows:
+            out[uid] = rows[0]
+    return out
+
+
 @bp.get("/studies", endpoint="search_studies")
 def search_studies():
     store = kit_of().store
     q = _query()
+    bounded = _header_page(q)
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
-    found = catalogue.search_studies(store, **q)
-    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found], _qido_warnings("studies"))
+    found, warnings = _cut(catalogue.search_studies(store, **q), bounded, q["offset"])
+    first = _first_rows(store, "study", [s["study_instance_uid"] for s in found])
+    return _dicom_json([_included("studies", _study_json(s, {s["patient_id"]: s["patient"]}),
+                                  first.get(s["study_instance_uid"])) for s in found],
+                       _qido_warnings("studies") + warnings)
 
 
 @bp.get("/series", endpoint="search_series")
 @bp.get("/studies/<study>/series", endpoint="search_study_series")
 def search_series(study: str | None = None):
+    store = kit_of().store
     q = _scoped(_query(), study)
+    bounded = _header_page(q)
     q.pop("patient_id", None)  # a row test in `match` still checks it
     q.pop("sop_uids", None)
-    found = catalogue.search_series(kit_of().store, **q)
-    return _dicom_json([_series_json(s) for s in found], _qido_warnings("series"))
+    found, warnings = _cut(catalogue.search_series(store, **q), bounded, q["offset"])
+    first = _first_rows(store, "series", [s["series_instance_uid"] for s in found])
+    items = [_included("series", _series_json(s), first.get(s["series_instance_uid"])) for s in found]
+    if study is None:  # PS3.18 10.6.3.3.2: not scoped to a study, the study's attributes too
+        studies = {s["study_instance_uid"]: s for s in catalogue.search_studies(
+            store, study_uids=list(dict.fromkeys(s["study_instance_uid"] for s in found)))}
+        items = [{**_study_json(studies[s["study_instance_uid"]], {studies[s["study_instance_uid"]]["patient_id"]:
+                                                                   studies[s["study_instance_uid"]]["patient"]}),
+                  **item} if s["study_instance_uid"] in studies else item for s, item in zip(found, items)]
+        for item in items:
+            item["00081190"] = _v("UR", f"{_base()}/studies/{item['0020000D']['Value'][0]}/series/"
+                                        f"{item['0020000E']['Value'][0]}")
+    return _dicom_json(items, _qido_warnings("series") + warnings)
 
 
 @bp.get("/instances", endpoint="search_instances")
@@ -345,15 +514,23 @@ def search_series(study: str | None = None):
 def search_instances(study: str | None = None, series: str | None = None):
     store = kit_of().store
     q = _scoped(_query(), study, series)
+    bounded = _header_page(q)
     if "modalities" in q:  # ModalitiesInStudy is a study key: kept for the study's rows
         wanted, match = q.pop("modalities"), q.get("match")
         in_study = {s["study_instance_uid"] for s in catalogue.search_studies(
             store, study_uids=q.get("study_uids"), patient_id=q.get("patient_id"), modalities=wanted)}
         q["match"] = lambda row, patient: (row["study_instance_uid"] in in_study
                                            and (match is None or match(row, patient)))
-    rows = catalogue.search_instances(store, **q)
+    rows, warnings = _cut(catalogue.search_instances(store, **q), bounded, q["offset"])
     pats = catalogue.patient_map(store, {r["patient_id"] for r in rows})
-    return _dicom_json([_instance_json(r, pats) for r in rows], _qido_warnings("instances"))
+    items = []
+    for r in rows:
+        # PS3.18 10.6.3.3.3: the series' attributes unless scoped to a series, the study's
+        # unless scoped to a study
+        item = {**(_study_attrs(r, pats) if study is None else {}), **(_series_attrs(r) if series is None else {}),
+                **_instance_json(r, pats)}
+        items.append(_included("instances", item, r))
+    return _dicom_json(items, _qido_warnings("instances") + warnings)
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
