@@ -36,6 +36,7 @@ RULE_EXAMPLES = {
     config.TIME_WINDOW: "25:00-06:00",
     config.ED25519_KEY: "ed25519:AAAA",
     config.ORIGIN: "https://viewer.lan/ohif",
+    config.PROXY_ADDRESS: "proxy.lan",
 }
 
 

@@ -359,16 +359,16 @@ def _same_content(store, existing: dict, prepared: Prepared) -> bool:
         with store.blobs.open(existing["blob"], existing["size"]) as fh:
             held = pydicom.dcmread(fh)
         new = pydicom.dcmread(io.BytesIO(prepared.encoded.part10()))
-    except Exception as exc:  # a copy that does not read back is not shown to be the same
+        src = prepared.source  # the identity as received, which the stored copy carries stamped
+        others = {(str(o.get("PatientID", "")), str(o.get("IssuerOfPatientID", "")))
+                  for o in held.get("OtherPatientIDsSequence", []) or []}
+        if src.patient_id and src.patient_id != str(held.get("PatientID", "")) and \
+                (src.patient_id, src.issuer) not in others:
+            return False
+        return same_content(held, new)
+    except Exception as exc:  # a copy that does not read or compare is not shown to be the same
         log.warning("could not compare a re-sent instance with the stored copy: %s", type(exc).__name__)
         return False
-    src = prepared.source  # the identity as received, which the stored copy carries stamped
-    others = {(str(o.get("PatientID", "")), str(o.get("IssuerOfPatientID", "")))
-              for o in held.get("OtherPatientIDsSequence", []) or []}
-    if src.patient_id and src.patient_id != str(held.get("PatientID", "")) and \
-            (src.patient_id, src.issuer) not in others:
-        return False
-    return same_content(held, new)
 
 
 def _digests(row: dict) -> set[str]:

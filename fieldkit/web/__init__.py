@@ -59,8 +59,9 @@ def create_app(kit, testing: bool = False) -> Flask:
             raise
     else:
         auth.init_app(app)
-    from . import cors
+    from . import compress, cors
     cors.init_app(app)  # after the guard: a CORS preflight is answered before it
+    compress.init_app(app)
 
     @app.errorhandler(FieldkitError)
     def fieldkit_error(exc: FieldkitError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import logging
 import itertools
 import re
 import unicodedata
@@ -27,6 +28,8 @@ import uuid
 import pydicom
 from flask import Blueprint, Response, jsonify, request
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
 from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
@@ -37,8 +40,10 @@ from ..ingest.multipart import content_type_params
 from ..ingest.upload import REFUSED, SKIPPED, store_multipart
 from ..store import instances as catalogue
 from . import kit_of
+from .compress import worth_compressing
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+log = logging.getLogger(__name__)
 
 READ, WRITE = "dicomweb.read", "dicomweb.write"
 ROUTE_PERMISSIONS = {
@@ -57,8 +62,37 @@ ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
 DICOM_JSON = "application/dicom+json"
 
 
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _forwarded() -> str | None:
+    """scheme://host the last trusted proxy says the client asked for (RFC 7239
+    `Forwarded`, else X-Forwarded-Proto/-Host), or None: only from an address in
+    http.trusted_proxies, and only a well-formed host."""
+    if request.remote_addr not in (kit_of().config["http.trusted_proxies"] or []):
+        return None
+    proto = host = None
+    if "Forwarded" in request.headers:
+        last = request.headers["Forwarded"].split(",")[-1]  # what the nearest proxy added
+        pairs = dict(p.strip().split("=", 1) for p in last.split(";") if "=" in p)
+        proto, host = (pairs.get(k, "").strip('"') or None for k in ("proto", "host"))
+    else:
+        proto = (request.headers.get("X-Forwarded-Proto") or "").split(",")[-1].strip() or None
+        host = (request.headers.get("X-Forwarded-Host") or "").split(",")[-1].strip() or None
+    if not host or not _HOST.fullmatch(host) or (proto or "https") not in ("http", "https"):
+        return None
+    return f"{proto or 'https'}://{host}"
+
+
+def _public_root() -> str:
+    """The kit's public address for links: a trusted proxy's Forwarded header, else
+    onboarding.kit_url, else "" (the caller decides)."""
+    return _forwarded() or (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
+
+
 def _base() -> str:
-    return request.url_root.rstrip("/") + bp.url_prefix
+    """The DICOMweb root in RetrieveURLs: the public address, else the request's own."""
+    return (_public_root() or request.url_root.rstrip("/")) + bp.url_prefix
 
 
 # -- STOW-RS ------------------------------------------------------------------------------
@@ -451,8 +485,7 @@ def _included(level: str, item: dict, row: dict | None) -> dict:
         ds = pydicom.dcmread(fh, stop_before_pixels=True)
     bulk = _bulk_root() + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
     paths = _element_paths(ds)
-    header = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
-                             bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+    header = _to_json(ds, lambda elem: bulk + paths[id(elem)])
     if everything and level == "instances":
         wanted |= set(header) - set(item)
     return {**item, **{t: header[t] for t in sorted(wanted) if t in header}}
@@ -649,10 +682,17 @@ def _multipart(parts, part_type: str) -> Response:
                     content_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
 
 
+# syntaxes whose bytes gzip shrinks (deflated and encapsulated ones are compressed already)
+PLAIN_SYNTAXES = (uids.IMPLICIT_LE, uids.EXPLICIT_LE, uids.EXPLICIT_BE)
+
+
 def _retrieve(rows: list[dict]) -> Response:
     ts = _accepted_syntax()
     parts = ((f"application/dicom; transfer-syntax={syntax}", chunks) for syntax, chunks in _instance_parts(rows, ts))
-    return _multipart(parts, "application/dicom")
+    response = _multipart(parts, "application/dicom")
+    if all((r["transfer_syntax"] if ts == "*" else ts) in PLAIN_SYNTAXES for r in rows):
+        worth_compressing(response)
+    return response
 
 
 @bp.get("/studies/<study>", endpoint="retrieve_study")
@@ -677,10 +717,36 @@ _BULK_THRESHOLD = 4096  # bytes: larger values get a BulkDataURI in /metadata
 
 
 def _bulk_root() -> str:
-    """Where BulkDataURIs point: the configured public address (onboarding.kit_url), never
-    the request's Host header; without it, URIs relative to the DICOMweb root."""
-    kit_url = (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
-    return f"{kit_url}{bp.url_prefix}/" if kit_url else ""
+    """Where BulkDataURIs point: the public address (a trusted proxy's Forwarded header,
+    else onboarding.kit_url), never the request's Host header; without one, URIs relative
+    to the DICOMweb root."""
+    root = _public_root()
+    return f"{root}{bp.url_prefix}/" if root else ""
+
+
+def _to_json(ds, bulk_uri) -> dict:
+    """A dataset as DICOM JSON (PS3.18 F.2): values over _BULK_THRESHOLD become the
+    BulkDataURI `bulk_uri(elem)` names; an empty value of a multi-valued attribute is
+    `null` (F.2.5), where pydicom would write "" or fail (DS, IS, PN); an element whose
+    value cannot be written keeps its VR alone rather than failing the whole answer."""
+    out = {}
+    for elem in ds:
+        key = f"{elem.tag:08X}"
+        try:
+            if elem.VR == "SQ":
+                items = [_to_json(item, bulk_uri) for item in elem.value]
+                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            elif isinstance(elem.value, MultiValue) and any(v in ("", None) for v in elem.value):
+                out[key] = {"vr": elem.VR, "Value": [
+                    None if v in ("", None) else
+                    DataElement(elem.tag, elem.VR, v).to_json_dict(bulk_uri, _BULK_THRESHOLD)["Value"][0]
+                    for v in elem.value]}
+            else:
+                out[key] = elem.to_json_dict(bulk_uri, _BULK_THRESHOLD)
+        except (ValueError, TypeError, IndexError, KeyError):
+            log.warning("an element of tag %s could not be written as DICOM JSON: left empty", key)
+            out[key] = {"vr": elem.VR}
+    return out
 
 
 def _element_paths(ds, prefix: str = "") -> dict[int, str]:
@@ -704,8 +770,7 @@ def _metadata(rows: list[dict]) -> Response:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
         bulk = root + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
         paths = _element_paths(ds)
-        item = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
-                               bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+        item = _to_json(ds, lambda elem: bulk + paths[id(elem)])
         for tag in _LUT_DATA:
             key = f"{tag:08X}"
             if key in item and "InlineBinary" in item[key]:
@@ -756,10 +821,10 @@ def bulkdata(study, series, instance, tag_path):
     value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
     accept = request.headers.get("Accept", "")
     if "multipart/related" in accept:
-        return _multipart([(octet, [value])], octet)
+        return worth_compressing(_multipart([(octet, [value])], octet))
     if accept and not any(m in accept for m in (octet, "*/*", "application/*")):
         raise _NotAcceptable("bulk data is served as application/octet-stream or multipart/related")
-    return Response(value, content_type=octet)
+    return worth_compressing(Response(value, content_type=octet))
 
 
 @bp.get("/studies/<study>/metadata", endpoint="study_metadata")
@@ -842,7 +907,7 @@ def frames(study, series, instance, frame_list):
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
 
     parts = ((f"application/octet-stream; transfer-syntax={uids.EXPLICIT_LE}", [frame_bytes(i)]) for i in numbers)
-    return _multipart(parts, "application/octet-stream")
+    return worth_compressing(_multipart(parts, "application/octet-stream"))
 
 
 def _rendered(row: dict, index: int) -> Response:

@@ -20,6 +20,7 @@ from ..dicom import uids
 from ..errors import BadInput
 from ..ingest.multipart import content_type_params
 from . import dicomweb
+from .compress import worth_compressing
 
 bp = Blueprint("wado_uri", __name__)
 
@@ -81,7 +82,8 @@ def wado():
         if syntax is not None and not UID(syntax).is_valid:
             raise BadInput("transferSyntax must be a transfer syntax UID")
         [(sent, chunks)] = list(dicomweb._instance_parts([row], ts))
-        return Response(chunks, content_type=f"{_DICOM}; transfer-syntax={sent}")
+        response = Response(chunks, content_type=f"{_DICOM}; transfer-syntax={sent}")
+        return worth_compressing(response) if sent in dicomweb.PLAIN_SYNTAXES else response
     if syntax is not None:
         raise BadInput("transferSyntax applies to application/dicom only")
     n = row["frames"] or 1
