@@ -4,6 +4,7 @@ that follow a trusted proxy's Forwarded header and nobody else's."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 
 import pydicom
@@ -147,3 +148,45 @@ def test_a_bad_trusted_proxy_setting_is_refused():
     setting = SETTINGS["http.trusted_proxies"]
     assert setting.default == [] and setting.problem(["10.0.0.1", "::1"]) is None
     assert setting.problem(["proxy.lan"]) is not None and setting.problem(["10.0.0.0/8"]) is not None
+
+
+def test_study_and_series_rendered_and_thumbnail(kit):
+    from email.parser import BytesParser
+
+    first, second = _fresh("examples_rgb_color.dcm"), _fresh("examples_rgb_color.dcm")
+    second.StudyInstanceUID = first.StudyInstanceUID = generate_uid()
+    second.SeriesInstanceUID = first.SeriesInstanceUID = generate_uid()
+    first.InstanceNumber, second.InstanceNumber = 1, 2
+    arr = second.pixel_array.copy()
+    arr[:10] = 255  # tell the two apart
+    second.PixelData = arr.tobytes()
+    boundary = "group"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset_bytes(d) + b"\r\n"
+                    for d in (second, first)) + f"--{boundary}--\r\n".encode()
+    r = kit.post("/dicom-web/studies", data=body, headers={
+        **kit.reader, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 200
+    import numpy as np
+    from PIL import Image
+    study = f"/dicom-web/studies/{first.StudyInstanceUID}"
+    for path in (f"{study}/rendered", f"{study}/series/{first.SeriesInstanceUID}/rendered"):
+        r = kit.get(path, headers={**kit.reader, "Accept": 'multipart/related; type="image/png"'})
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith('multipart/related; type="image/png"')
+        message = BytesParser().parsebytes(b"Content-Type: " + r.headers["Content-Type"].encode() + b"\r\n\r\n"
+                                           + r.content)
+        parts = [p.get_payload(decode=True) for p in message.get_payload()]
+        assert len(parts) == 2, path
+        for part, ds in zip(parts, (first, second)):  # instance number order
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(part))), ds.pixel_array)
+    r = kit.get(f"{study}/rendered", headers=kit.reader)  # JPEG by default
+    assert r.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"')
+    thumbs = [kit.get(p, headers=kit.reader) for p in (f"{study}/thumbnail",
+                                                         f"{study}/series/{first.SeriesInstanceUID}/thumbnail")]
+    own = kit.get(f"{study}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}/thumbnail",
+                  headers=kit.reader)
+    assert all(t.status_code == 200 and t.headers["Content-Type"] == "image/jpeg" and t.content == own.content
+               for t in thumbs)
+    assert kit.get("/dicom-web/studies/1.2.3.4/rendered", headers=kit.reader).status_code == 404
+    assert kit.get(f"{study}/thumbnail", headers={}).status_code == 401
+    probe = {"Authorization": f"Bearer {kit.token('probe')}"}
+    assert kit.get(f"{study}/rendered", headers=probe).status_code == 403

@@ -26,7 +26,7 @@ import unicodedata
 import uuid
 
 import pydicom
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
@@ -55,6 +55,8 @@ ROUTE_PERMISSIONS = {
     "dicomweb.study_metadata": READ, "dicomweb.series_metadata": READ, "dicomweb.instance_metadata": READ,
     "dicomweb.frames": READ, "dicomweb.rendered_instance": READ, "dicomweb.rendered_frames": READ,
     "dicomweb.thumbnail": READ, "dicomweb.bulkdata": READ,
+    "dicomweb.study_thumbnail": READ, "dicomweb.series_thumbnail": READ,
+    "dicomweb.study_rendered": READ, "dicomweb.series_rendered": READ,
 }
 # STOW bodies may be as large as http.max_request_mb; checked while streaming
 ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
@@ -952,6 +954,43 @@ def thumbnail(study, series, instance):
         raise NotFound("this instance has no thumbnail")
     return Response(catalogue.thumbnail_bytes(kit_of().store, row), content_type="image/jpeg",
                     headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _images(rows: list[dict]) -> list[dict]:
+    """The image instances of a study or series, in QIDO's order (series, instance number)."""
+    images = [r for r in rows if r["rows"]]
+    if not images:
+        raise NotFound("no image in this study/series to render")
+    return sorted(images, key=lambda r: (str(r.get("series_number") or "").zfill(8), r["series_instance_uid"],
+                                         str(r.get("instance_number") or "").zfill(8), r["received_at"]))
+
+
+@bp.get("/studies/<study>/thumbnail", endpoint="study_thumbnail")
+@bp.get("/studies/<study>/series/<series>/thumbnail", endpoint="series_thumbnail")
+def group_thumbnail(study, series=None):
+    """PS3.18 10.4: one representative image, the thumbnail of the first image instance."""
+    row = next((r for r in _images(_rows_for(study, series)) if r.get("thumbnail")), None)
+    if row is None:
+        raise NotFound("no image with a thumbnail in this study/series")
+    return Response(catalogue.thumbnail_bytes(kit_of().store, row), content_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.get("/studies/<study>/rendered", endpoint="study_rendered")
+@bp.get("/studies/<study>/series/<series>/rendered", endpoint="series_rendered")
+def group_rendered(study, series=None):
+    """PS3.18 10.4: every image instance of the study/series rendered (its first frame),
+    one part each, as multipart/related of image/jpeg (or image/png when asked first)."""
+    rows = _images(_rows_for(study, series))
+    accept = request.headers.get("Accept", "")
+    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
+    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
+
+    def parts():
+        for row in rows:
+            yield media, [rendered_response(row, 0, media).get_data()]
+    # rendered one by one as the answer streams, each within the request's context
+    return _multipart(stream_with_context(parts()), media)
 
 
 def _problem(status: int, message: str):
