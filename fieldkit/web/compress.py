@@ -19,7 +19,7 @@ from flask import Response, request
 
 PATHS = ("/dicom-web/", "/wado")
 _JSON = ("application/json", "application/dicom+json")
-MIN_BYTES = 860  # below about one packet, gzip saves nothing worth its header
+MIN_BYTES = 256  # below this, gzip saves too little to be worth its 18-byte frame
 JSON_LEVEL, BINARY_LEVEL = 6, 1  # binaries are large: the fastest level keeps the CPU free
 
 
