@@ -5,14 +5,19 @@
   words as ErrorComment): 200 all stored, 202 some failed, 409 none stored.
 - QIDO-RS answers studies, series and instances with the usual matching keys (PatientID,
   PatientName, StudyDate and StudyTime ranges, ModalitiesInStudy, Modality, the UIDs,
-  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName) and limit/offset, as
-  application/dicom+json; a key, fuzzymatching or includefield it does not honour is named
-  in a `Warning: 299` header rather than silently ignored.
+  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName, BodyPartExamined,
+  InstitutionName), fuzzymatching for person names, includefield (read from stored headers
+  beyond what the catalogue holds) and limit/offset, as application/dicom+json; a valid key
+  it does not match is named in a `Warning: 299` header rather than silently ignored, an
+  invalid value is a 400 (PS3.18 8.3.4).
 - WADO-RS returns instances (as stored, or Explicit VR Little Endian on request), metadata,
   frames (the stored compressed frames untouched for transfer-syntax=*, the stored syntax
-  or its media type; decoded pixels only when another syntax is asked for)
-  and rendered frames as PNG or JPEG; every BulkDataURI in metadata (pixel data, palette
-  LUT data, values over 4 KiB) is a resource of its own under .../bulkdata/<tag path>.
+  or its media type; decoded pixels only when another syntax is asked for), rendered
+  instances, frames, studies and series as PNG or JPEG, and thumbnails; every BulkDataURI in
+  metadata (pixel data, palette LUT data, values over 4 KiB) is a resource of its own under
+  .../bulkdata/<tag path>.
+- Links (RetrieveURL, BulkDataURI) use a trusted proxy's Forwarded header, else
+  onboarding.kit_url; DICOM JSON writes empty values of multi-valued attributes as null.
 """
 
 from __future__ import annotations
@@ -159,17 +164,8 @@ _SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescript
                 "InstitutionName"}
 _INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID", "InstanceNumber"}
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-# what each level answers (the tags of _study_json, _series_json, _instance_json), for includefield
-_PATIENT_TAGS = {"00100010", "00100020", "00100021", "00100030", "00100040"}
-_RETURNED = {
-    "studies": _PATIENT_TAGS | {"00080020", "00080030", "00080050", "00080061", "00080090", "00081030",
-                                "0020000D", "00200010", "00201206", "00201208", "00081190"},
-    "series": {"00080060", "0008103E", "0020000D", "0020000E", "00200011", "00201209", "00081190"},
-    "instances": _PATIENT_TAGS | {"00080016", "00080018", "00080020", "00080060", "0020000D", "0020000E",
-                                  "00200013", "00280008", "00280010", "00280011", "00020010", "00081190"},
-}
 # includefield=all at study and series level: these, read from a stored header, besides
-# the attributes above (an instance's own header is all instance-level)
+# the attributes the catalogue answers with (an instance's own header is all instance-level)
 _ALL_AT = {
     "studies": {"IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
                 "EthnicGroup", "PatientComments", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
@@ -233,7 +229,7 @@ def _includefields() -> tuple[bool, list[str]]:
     return everything, tags
 
 
-def _qido_warnings(level: str) -> list[str]:
+def _qido_warnings() -> list[str]:
     """PS3.18 8.3.4/8.6: what the search did not do as asked, one Warning: 299 each, so a
     client never takes an unfiltered answer for a filtered one."""
     out = []
@@ -517,7 +513,7 @@ def search_studies():
     first = _first_rows(store, "study", [s["study_instance_uid"] for s in found])
     return _dicom_json([_included("studies", _study_json(s, {s["patient_id"]: s["patient"]}),
                                   first.get(s["study_instance_uid"])) for s in found],
-                       _qido_warnings("studies") + warnings)
+                       _qido_warnings() + warnings)
 
 
 @bp.get("/series", endpoint="search_series")
@@ -540,7 +536,7 @@ def search_series(study: str | None = None):
         for item in items:
             item["00081190"] = _v("UR", f"{_base()}/studies/{item['0020000D']['Value'][0]}/series/"
                                         f"{item['0020000E']['Value'][0]}")
-    return _dicom_json(items, _qido_warnings("series") + warnings)
+    return _dicom_json(items, _qido_warnings() + warnings)
 
 
 @bp.get("/instances", endpoint="search_instances")
@@ -565,7 +561,7 @@ def search_instances(study: str | None = None, series: str | None = None):
         item = {**(_study_attrs(r, pats) if study is None else {}), **(_series_attrs(r) if series is None else {}),
                 **_instance_json(r, pats)}
         items.append(_included("instances", item, r))
-    return _dicom_json(items, _qido_warnings("instances") + warnings)
+    return _dicom_json(items, _qido_warnings() + warnings)
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
