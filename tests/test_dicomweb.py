@@ -326,7 +326,7 @@ def test_bulk_data_uris_answer_the_element_value(kit_server, data_dir):
         assert got == [palette[keyword].value] and len(got[0]) == 512
         single = kit_server.get(f"/dicom-web/{uri}", headers={
             "Authorization": f"Bearer {kit_server.token('dicomweb-client')}", "Accept": "application/octet-stream"})
-        assert single.headers["Content-Type"] == "application/octet-stream"
+        assert single.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
         assert single.content == palette[keyword].value
     pixels = client.retrieve_bulkdata(urljoin(root, meta["7FE00010"]["BulkDataURI"]))
     assert pixels == [palette.PixelData]

@@ -9,6 +9,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
+from fieldkit.web import dicomweb
 from fixtures.dcmtk import pydicom_file
 from kitproc import KitProcess, init_kit
 
@@ -179,3 +180,25 @@ def test_a_key_the_kit_cannot_match_is_named_in_a_warning(kit):
     assert r.status_code == 200 and len(r.json()) == 2
     assert r.headers["Warning"] == ('299 fieldkit "The following query keys are not supported and were '
                                     'ignored: OperatorsName"')
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ROW = {"patient_id": "T-1", "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4",
+        "sop_instance_uid": "1.2.3.4.5", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.6.1", "study_date": "20240105",
+        "study_time": "083000", "referring_physician": "Müller^Hans", "study_description": "Lung",
+        "series_number": "1", "instance_number": "1", "modality": "US", "body_part": "CHEST",
+        "institution_name": "Field", "accession_number": "A1", "study_id": "S1", "series_description": "B"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(dicomweb._STUDY_KEYS | dicomweb._SERIES_KEYS | dicomweb._INSTANCE_KEYS)),
+       st.text(max_size=40), st.booleans())
+def test_any_query_value_is_refused_with_a_reason_or_matched_without_error(key, value, fuzzy):
+    problem = dicomweb._invalid(key, value)
+    if problem is None:
+        assert dicomweb._row_matches(_ROW, {"name": "Curie^Marie", "birth_date": "19670107", "sex": "F"},
+                            {key: value}, fuzzy) in (True, False)
+    else:
+        assert isinstance(problem, str) and problem

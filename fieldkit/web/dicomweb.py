@@ -817,12 +817,15 @@ def bulkdata(study, series, instance, tag_path):
             values = list(generate_frames(elem.value, number_of_frames=row["frames"] or 1))
         return _multipart(((f"{octet}; transfer-syntax={ts}", [v]) for v in values), octet)
     value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+    # the value's bytes as stored: their byte order is the stored syntax's (a deflated
+    # object is inflated on reading, so Explicit VR Little Endian)
+    labelled = f"{octet}; transfer-syntax={uids.EXPLICIT_LE if ts == uids.DEFLATED_LE else ts}"
     accept = request.headers.get("Accept", "")
     if "multipart/related" in accept:
-        return worth_compressing(_multipart([(octet, [value])], octet))
+        return worth_compressing(_multipart([(labelled, [value])], octet))
     if accept and not any(m in accept for m in (octet, "*/*", "application/*")):
         raise _NotAcceptable("bulk data is served as application/octet-stream or multipart/related")
-    return worth_compressing(Response(value, content_type=octet))
+    return worth_compressing(Response(value, content_type=labelled))
 
 
 @bp.get("/studies/<study>/metadata", endpoint="study_metadata")
