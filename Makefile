@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_DATA ?= demo-data
 DEMO_PORT ?= 8443
 DEMO_DICOM_PORT ?= 11112
-PEERS := dcmtk orthanc orthanc-dicomweb chromium systemd swtpm swtpm-tools tpm2-tools
+PEERS := dcmtk orthanc orthanc-dicomweb chromium systemd swtpm swtpm-tools tpm2-tools dicom3tools
 
 .PHONY: demo test soak bench install install-test peers clean docs
 
@@ -29,7 +29,7 @@ install-test: $(VENV)/.installed-test
 # The real peers the tests talk to. Installed when missing and we are root.
 peers:
 	@if command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v systemd-analyze >/dev/null && [ -x /usr/bin/chromium ] \
-	    && command -v swtpm >/dev/null && command -v tpm2_createprimary >/dev/null \
+	    && command -v swtpm >/dev/null && command -v tpm2_createprimary >/dev/null && command -v dciodvfy >/dev/null \
 	    && dpkg -s orthanc-dicomweb >/dev/null 2>&1; then \
 	  echo "peers present: $(PEERS)"; \
 	elif [ "$$(id -u)" = 0 ]; then \

@@ -144,6 +144,10 @@ RETRIAGE_MINUTES = Rule('"<category>=<minutes>": red, yellow, green or grey, and
                         lambda v: bool(re.fullmatch(r"(red|yellow|green|grey)=([1-9][0-9]{0,3})", v))
                         and int(v.split("=")[1]) <= 1440)
 ZONE_NAME = Rule("a zone name: 1 to 40 characters, one line", lambda v: 0 < len(v.strip()) <= 40 and _no_control(v))
+ORIGIN = Rule('an origin, "https://host[:port]" (or http://) with no path, or "*" for any',
+              lambda v: v == "*" or (_url(v, ("https", "http")) and urlsplit(v).path == ""
+                                     and not urlsplit(v).query and not urlsplit(v).fragment and " " not in v))
+PROXY_ADDRESS = Rule("the IP address a reverse proxy connects from", is_ip)
 ED25519_KEY = Rule('"ed25519:<base64 of the 32-byte public key>"', _ed25519)
 
 PORT = {"min": 0, "max": 65535}   # 0 picks a free port
@@ -165,6 +169,8 @@ SETTINGS: dict[str, Setting] = {
     "http.header_timeout_s": Setting(10, "Seconds a client has to send a complete request head (request line and headers) before the connection is closed; no worker thread waits for it.", min=1, max=600),
     "http.max_connections_per_address": Setting(32, "Most HTTPS connections open at once from one client address; one more is closed at once.", min=1, max=100000),
     "http.max_connections": Setting(256, "Most HTTPS connections open at once in all; when full, the oldest connection that has not yet sent a request is closed to make room, else the new one is refused.", min=1, max=100000),
+    "http.cors_origins": Setting([], "Web origins whose pages may call DICOMweb and WADO-URI from a browser (CORS), e.g. a viewer served at https://viewer.lan; empty: none. With \"*\" any origin may, but never with cookies.", rule=ORIGIN),
+    "http.trusted_proxies": Setting([], "Addresses of reverse proxies whose Forwarded (or X-Forwarded-Host/-Proto) header names the kit's public address in the links DICOMweb answers with; from anyone else those headers are ignored and links use onboarding.kit_url.", rule=PROXY_ADDRESS),
     # DIMSE receiver
     "dicom.port": Setting(11112, "DICOM C-STORE/C-ECHO port for handheld probes.", **PORT),
     "dicom.ae_title": Setting("FIELDKIT", "The kit's own AE title.", rule=AE_TITLE),

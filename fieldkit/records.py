@@ -89,6 +89,8 @@ class InstanceRow(TypedDict, total=False):
     instance_number: str
     photometric_interpretation: str
     manufacturer: str
+    body_part: str               # BodyPartExamined
+    institution_name: str
     # sync and retention
     sync_state: str              # queued | sending | confirmed | quarantined
     sync_reason: str

@@ -26,6 +26,7 @@ PEERS = {
     "node": "nodejs (apt-get install nodejs)",
     "swtpm": "swtpm (apt-get install swtpm swtpm-tools)",
     "tpm2_createprimary": "tpm2-tools (apt-get install tpm2-tools)",
+    "dciodvfy": "dicom3tools (apt-get install dicom3tools)",
 }
 
 

@@ -37,6 +37,8 @@ RULE_EXAMPLES = {
     config.ED25519_KEY: "ed25519:AAAA",
     config.RETRIAGE_MINUTES: "red=0",
     config.ZONE_NAME: "z" * 41,
+    config.ORIGIN: "https://viewer.lan/ohif",
+    config.PROXY_ADDRESS: "proxy.lan",
 }
 
 

@@ -154,13 +154,14 @@ def test_settings_named_exist_and_every_receiver_setting_is_named():
 
 
 def test_dicomweb_resources_are_exactly_the_routes_served():
-    from fieldkit.web import dicomweb
+    from fieldkit.web import dicomweb, wado_uri
 
     app = Flask(__name__)
     app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(wado_uri.bp)
     served = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint.startswith("dicomweb."):
+        if rule.endpoint.startswith(("dicomweb.", "wado_uri.")):
             path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
             served |= {(m, path) for m in rule.methods - {"HEAD", "OPTIONS"}}
     stated = {(r["Method"], _code(r["Path"])) for r in _table("4.1 Resources")}

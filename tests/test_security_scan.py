@@ -62,11 +62,11 @@ def test_scan_running_kit_finds_no_server_error_and_no_open_route(kit_server, tm
     # The admin is a signed-in session (a cookie, which ignored_auth, replaying without the
     # declared bearer scheme, would keep): its run checks for server errors; the replay
     # without credentials runs with machine tokens, one for the API and one for DICOMweb.
-    admin_args = ["--exclude-path-regex", "^/dicom-web", "--exclude-operation-id", "revokeToken",
+    admin_args = ["--exclude-path-regex", "^/(dicom-web|wado)", "--exclude-operation-id", "revokeToken",
                   "--exclude-operation-id", "disableUser", "--exclude-operation-id", "resetUser"]
     runs = [("admin", admin, admin_args, "not_a_server_error"),
             ("sync", kit_server.auth("sync"), admin_args, "not_a_server_error,ignored_auth"),
-            ("dicomweb", kit_server.auth("dicomweb-client"), ["--include-path-regex", "^/dicom-web"],
+            ("dicomweb", kit_server.auth("dicomweb-client"), ["--include-path-regex", "^/(dicom-web|wado)"],
              "not_a_server_error,ignored_auth")]
     out = ""
     for name, headers, extra, checks in runs:

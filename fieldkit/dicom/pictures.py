@@ -75,7 +75,12 @@ def picture_to_dataset(data: bytes, *, patient_id: str, issuer: str, patient_nam
         setattr(ds, f"{prefix}Date", when.strftime("%Y%m%d"))
         setattr(ds, f"{prefix}Time", when.strftime("%H%M%S"))
     ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S%z")
-    ds.InstanceCreationDate = dt.date.today().strftime("%Y%m%d")
+    now = dt.datetime.now().astimezone()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.TimezoneOffsetFromUTC = when.strftime("%z")  # every date and time above is the kit's local time
+    ds.Manufacturer = ""  # type 2: the camera or phone that took the picture is not known
+    ds.Laterality = ""  # type 2C: not known from a picture
+    ds.PatientOrientation = ""  # type 2C: not known from a picture
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.StudyID = ""

@@ -80,6 +80,7 @@ _DESCRIPTIVE = {
     "study_id": "StudyID", "referring_physician": "ReferringPhysicianName", "series_number": "SeriesNumber",
     "series_description": "SeriesDescription", "instance_number": "InstanceNumber",
     "photometric_interpretation": "PhotometricInterpretation", "manufacturer": "Manufacturer",
+    "body_part": "BodyPartExamined", "institution_name": "InstitutionName",
 }
 
 

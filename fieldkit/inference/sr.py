@@ -20,6 +20,7 @@ import copy
 import datetime
 import functools
 import logging
+import re
 import warnings
 
 import highdicom as hd
@@ -116,6 +117,13 @@ def evidence_header(ds: Dataset, minimal: bool = False) -> Dataset:
             header[keyword].value = ""
             log.warning("the source's %s is not a valid SH value (one value, 16 characters at most): "
                         "left empty in the report", keyword)
+    for keyword in COPIED:
+        # any other attribute highdicom copies into the report: checked against its VR
+        # (length, characters, number of values); an invalid one is left empty, with a note
+        if keyword in header and not _valid_copy(header[keyword]):
+            header[keyword].value = ""
+            log.warning("the source's %s is not a valid %s value: left empty in the report",
+                        keyword, header[keyword].VR)
     for keyword, empty in TYPE2.items():
         if keyword not in header or header.get(keyword) is None:
             setattr(header, keyword, empty)
@@ -158,6 +166,39 @@ def _assessability(assessable: bool, reason: str) -> hd.sr.QualitativeEvaluation
             name=NA_REASON, value=reason[:1024],
             relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
     return evaluation
+
+
+# attributes of the source the report carries (dates and times are repaired or dropped
+# on their own, in evidence_header)
+COPIED = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientSex", "StudyID", "AccessionNumber",
+          "ReferringPhysicianName", "PatientAge", "StudyDescription")
+
+
+def _valid_copy(elem) -> bool:
+    """A value valid for its VR (pydicom's checks) and, for a single-valued attribute, one value."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VM
+    from pydicom.valuerep import validate_value
+    try:
+        if elem.VM > 1 and dictionary_VM(elem.tag) == "1":
+            return False
+        values = elem.value if elem.VM > 1 else [elem.value]
+        for value in values:
+            validate_value(elem.VR, "" if value is None else str(value), config.RAISE)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _source_zone(ds: Dataset) -> datetime.tzinfo:
+    """The time zone of the source's dates and times (its TimezoneOffsetFromUTC), else the
+    kit's own: a probe in the field keeps the local time the kit keeps."""
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "").strip()
+    match = re.fullmatch(r"([+-])([01][0-9])([0-5][0-9])", offset)
+    if match:
+        sign = -1 if match.group(1) == "-" else 1
+        return datetime.timezone(sign * datetime.timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+    return datetime.datetime.now().astimezone().tzinfo
 
 
 def _valid_sh(elem) -> bool:
@@ -238,6 +279,13 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
     for keyword in ("PatientID", "IssuerOfPatientID"):
         if keyword in ds:
             setattr(sr, keyword, ds.data_element(keyword).value)
+    # its own dates and times in the zone of the source's, which it copies, and said so
+    now = datetime.datetime.now(_source_zone(ds))
+    for prefix in ("Content", "InstanceCreation"):
+        if f"{prefix}Date" in sr or prefix == "Content":
+            setattr(sr, f"{prefix}Date", now.strftime("%Y%m%d"))
+            setattr(sr, f"{prefix}Time", now.strftime("%H%M%S"))
+    sr.TimezoneOffsetFromUTC = now.strftime("%z")
     return sr
 
 

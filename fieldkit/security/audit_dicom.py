@@ -58,6 +58,9 @@ def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
     ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
     ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.TimezoneOffsetFromUTC = "+0000"  # the times above are UTC: said so, not left to guess
+    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2 (SR Document Series): empty
+    ds.PerformedProcedureCodeSequence = Sequence()  # type 2 (SR Document General): empty
     ds.Manufacturer = "fieldkit"
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"

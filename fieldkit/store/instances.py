@@ -14,7 +14,9 @@ the kit makes). In order:
    thumbnail as encrypted blobs, then in ONE store.write (for the whole batch): the
    patient (if new), the catalogue row, an `infer` job and a `sync` job.
 
-Same UID with different content is kept as a conflict (row flagged, the other copy kept
+Same UID with the same content in another encoding (transfer syntax, byte order: equal
+attributes and decoded pixels, dicom.compare) is a duplicate too. Same UID with different
+content is kept as a conflict (row flagged, the other copy kept
 under `conflicts`), never silently overwritten. Same UID with the same content while the
 stored copy is missing or fails verification is a repair: the damaged file is set aside,
 the re-sent copy written in its place and the damage record cleared ("stored"). Nothing
@@ -23,15 +25,18 @@ is acknowledged before the store.write returned, which is when it is durable.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+import pydicom
 from pydicom.dataset import Dataset
 from tinydb.table import Document
 
 from ..dicom import parse
+from ..dicom.compare import same_content
 from ..dicom.identity import stamp
 from ..dicom.prepare import Prepared, guarded, prepare
 from ..dicom.frames import DecodeError
@@ -170,6 +175,10 @@ class Batch:
                   and existing.get("blob") and verify_blob(self.store, existing["blob"]) is not None)
         if existing and prepared.encoded.digest in _digests(existing) and not repair:
             self._entries.append(_result(DUPLICATE, existing, "already stored with identical content"))
+            return len(self._entries) - 1
+        if existing and not repair and _same_content(self.store, existing, prepared):
+            self._entries.append(_result(DUPLICATE, existing, "already stored with the same content "
+                                                              "(in another encoding)"))
             return len(self._entries) - 1
         item = _Item(prepared, from_picture, self.calling_ae)
         if repair:  # the same capture again, and the stored copy is damaged: it takes its place
@@ -338,6 +347,28 @@ def _commit(store, db, item: _Item):
     what = "image" if facts["is_image"] else "finding"
     store.queue.enqueue(KIND_SYNC, {"sop_instance_uid": sop_uid}, priority=sync_priority(triage, what), key=sop_uid)
     return STORED, row
+
+
+def _same_content(store, existing: dict, prepared: Prepared) -> bool:
+    """The same object as the stored copy, in another encoding (transfer syntax, byte
+    order, VR form): attributes and decoded pixels equal, identity as the kit stamped it.
+    Both copies are read in memory only; rare (same UID, other bytes), so not indexed."""
+    if not existing.get("blob") or existing.get("purged_at"):
+        return False
+    try:
+        with store.blobs.open(existing["blob"], existing["size"]) as fh:
+            held = pydicom.dcmread(fh)
+        new = pydicom.dcmread(io.BytesIO(prepared.encoded.part10()))
+        src = prepared.source  # the identity as received, which the stored copy carries stamped
+        others = {(str(o.get("PatientID", "")), str(o.get("IssuerOfPatientID", "")))
+                  for o in held.get("OtherPatientIDsSequence", []) or []}
+        if src.patient_id and src.patient_id != str(held.get("PatientID", "")) and \
+                (src.patient_id, src.issuer) not in others:
+            return False
+        return same_content(held, new)
+    except Exception as exc:  # a copy that does not read or compare is not shown to be the same
+        log.warning("could not compare a re-sent instance with the stored copy: %s", type(exc).__name__)
+        return False
 
 
 def _digests(row: dict) -> set[str]:

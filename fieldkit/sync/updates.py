@@ -138,6 +138,9 @@ def _text_sr(sop_uid: str, study_uid: str, series_uid: str, patient_id: str, iss
     _patient_module(ds, patient_id, issuer, state)
     ds.StudyDate = ds.ContentDate = stamp[:8]
     ds.StudyTime = ds.ContentTime = stamp[8:]
+    ds.TimezoneOffsetFromUTC = "+0000"  # `stamp` is the kit's clock in UTC: said so, not left to guess
+    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2 (SR Document Series): empty
+    ds.PerformedProcedureCodeSequence = Sequence()  # type 2 (SR Document General): empty
     ds.StudyDescription = study_description
     ds.SeriesDescription = series_description
     ds.SeriesNumber = series_number

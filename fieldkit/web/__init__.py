@@ -17,6 +17,7 @@ from ..errors import BadInput, FieldkitError
 BLUEPRINTS: list[str] = [
     "fieldkit.web.api:bp",
     "fieldkit.web.dicomweb:bp",
+    "fieldkit.web.wado_uri:bp",  # WADO-URI (/wado), legacy links to the same objects
     "fieldkit.web.upload:bp",
     "fieldkit.web.onboarding:bp",
     "fieldkit.web.ui:bp",  # tablet UI pages, manifest, service worker
@@ -61,6 +62,9 @@ def create_app(kit, testing: bool = False) -> Flask:
             raise
     else:
         auth.init_app(app)
+    from . import compress, cors
+    cors.init_app(app)  # after the guard: a CORS preflight is answered before it
+    compress.init_app(app)
 
     @app.errorhandler(FieldkitError)
     def fieldkit_error(exc: FieldkitError):
@@ -88,7 +92,7 @@ def create_app(kit, testing: bool = False) -> Flask:
 def _error(status: int, message: str, needs: str | None = None):
     """The answer to a refused or failed request: JSON for API clients, else a page in the
     kit's style; a refusal for a missing permission (`needs`) names the roles that hold it."""
-    wants_json = request.path.startswith(("/api/", "/dicom-web/", "/healthz")) or \
+    wants_json = request.path.startswith(("/api/", "/dicom-web/", "/wado", "/healthz")) or \
         request.accept_mimetypes.best == "application/json"
     if wants_json:
         return jsonify({"error": message, "status": status}), status

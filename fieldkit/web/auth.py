@@ -362,7 +362,7 @@ def _csrf_ok() -> bool:
 # ----------------------------------------------------------------------------- responses
 
 def _wants_html() -> bool:
-    if request.path.startswith(("/api/", "/dicom-web/", "/dicomweb/", "/healthz")):
+    if request.path.startswith(("/api/", "/dicom-web/", "/dicomweb/", "/wado", "/healthz")):
         return False
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "text/html"

@@ -5,27 +5,36 @@
   words as ErrorComment): 200 all stored, 202 some failed, 409 none stored.
 - QIDO-RS answers studies, series and instances with the usual matching keys (PatientID,
   PatientName, StudyDate and StudyTime ranges, ModalitiesInStudy, Modality, the UIDs,
-  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName) and limit/offset, as
-  application/dicom+json; a key, fuzzymatching or includefield it does not honour is named
-  in a `Warning: 299` header rather than silently ignored.
+  AccessionNumber, Study/SeriesDescription, ReferringPhysicianName, BodyPartExamined,
+  InstitutionName), fuzzymatching for person names, includefield (read from stored headers
+  beyond what the catalogue holds) and limit/offset, as application/dicom+json; a valid key
+  it does not match is named in a `Warning: 299` header rather than silently ignored, an
+  invalid value is a 400 (PS3.18 8.3.4).
 - WADO-RS returns instances (as stored, or Explicit VR Little Endian on request), metadata,
   frames (the stored compressed frames untouched for transfer-syntax=*, the stored syntax
-  or its media type; decoded pixels only when another syntax is asked for)
-  and rendered frames as PNG or JPEG; every BulkDataURI in metadata (pixel data, palette
-  LUT data, values over 4 KiB) is a resource of its own under .../bulkdata/<tag path>.
+  or its media type; decoded pixels only when another syntax is asked for), rendered
+  instances, frames, studies and series as PNG or JPEG, and thumbnails; every BulkDataURI in
+  metadata (pixel data, palette LUT data, values over 4 KiB) is a resource of its own under
+  .../bulkdata/<tag path>.
+- Links (RetrieveURL, BulkDataURI) use a trusted proxy's Forwarded header, else
+  onboarding.kit_url; DICOM JSON writes empty values of multi-valued attributes as null.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import logging
 import itertools
 import re
+import unicodedata
 import uuid
 
 import pydicom
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
 from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
@@ -36,8 +45,10 @@ from ..ingest.multipart import content_type_params
 from ..ingest.upload import REFUSED, SKIPPED, store_multipart
 from ..store import instances as catalogue
 from . import kit_of
+from .compress import worth_compressing
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+log = logging.getLogger(__name__)
 
 READ, WRITE = "dicomweb.read", "dicomweb.write"
 ROUTE_PERMISSIONS = {
@@ -49,6 +60,8 @@ ROUTE_PERMISSIONS = {
     "dicomweb.study_metadata": READ, "dicomweb.series_metadata": READ, "dicomweb.instance_metadata": READ,
     "dicomweb.frames": READ, "dicomweb.rendered_instance": READ, "dicomweb.rendered_frames": READ,
     "dicomweb.thumbnail": READ, "dicomweb.bulkdata": READ,
+    "dicomweb.study_thumbnail": READ, "dicomweb.series_thumbnail": READ,
+    "dicomweb.study_rendered": READ, "dicomweb.series_rendered": READ,
 }
 # STOW bodies may be as large as http.max_request_mb; checked while streaming
 ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
@@ -56,8 +69,37 @@ ROUTE_MAX_BYTES = {"dicomweb.stow": 1 << 40, "dicomweb.stow_study": 1 << 40}
 DICOM_JSON = "application/dicom+json"
 
 
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _forwarded() -> str | None:
+    """scheme://host the last trusted proxy says the client asked for (RFC 7239
+    `Forwarded`, else X-Forwarded-Proto/-Host), or None: only from an address in
+    http.trusted_proxies, and only a well-formed host."""
+    if request.remote_addr not in (kit_of().config["http.trusted_proxies"] or []):
+        return None
+    proto = host = None
+    if "Forwarded" in request.headers:
+        last = request.headers["Forwarded"].split(",")[-1]  # what the nearest proxy added
+        pairs = dict(p.strip().split("=", 1) for p in last.split(";") if "=" in p)
+        proto, host = (pairs.get(k, "").strip('"') or None for k in ("proto", "host"))
+    else:
+        proto = (request.headers.get("X-Forwarded-Proto") or "").split(",")[-1].strip() or None
+        host = (request.headers.get("X-Forwarded-Host") or "").split(",")[-1].strip() or None
+    if not host or not _HOST.fullmatch(host) or (proto or "https") not in ("http", "https"):
+        return None
+    return f"{proto or 'https'}://{host}"
+
+
+def _public_root() -> str:
+    """The kit's public address for links: a trusted proxy's Forwarded header, else
+    onboarding.kit_url, else "" (the caller decides)."""
+    return _forwarded() or (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
+
+
 def _base() -> str:
-    return request.url_root.rstrip("/") + bp.url_prefix
+    """The DICOMweb root in RetrieveURLs: the public address, else the request's own."""
+    return (_public_root() or request.url_root.rstrip("/")) + bp.url_prefix
 
 
 # -- STOW-RS ------------------------------------------------------------------------------
@@ -118,18 +160,25 @@ def stow(study: str | None = None):
 _STUDY_KEYS = {"PatientID", "PatientName", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy",
                "AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "StudyDescription",
                "ReferringPhysicianName"}
-_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}
+_SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+                "InstitutionName"}
 _INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID", "InstanceNumber"}
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-# what each level answers (the tags of _study_json, _series_json, _instance_json), for includefield
-_PATIENT_TAGS = {"00100010", "00100020", "00100021", "00100030", "00100040"}
-_RETURNED = {
-    "studies": _PATIENT_TAGS | {"00080020", "00080030", "00080050", "00080061", "00080090", "00081030",
-                                "0020000D", "00200010", "00201206", "00201208", "00081190"},
-    "series": {"00080060", "0008103E", "0020000D", "0020000E", "00200011", "00201209", "00081190"},
-    "instances": _PATIENT_TAGS | {"00080016", "00080018", "00080020", "00080060", "0020000D", "0020000E",
-                                  "00200013", "00280008", "00280010", "00280011", "00020010", "00081190"},
+# includefield=all at study and series level: these, read from a stored header, besides
+# the attributes the catalogue answers with (an instance's own header is all instance-level)
+_ALL_AT = {
+    "studies": {"IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+                "EthnicGroup", "PatientComments", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+                "AdmittingDiagnosesDescription", "ProcedureCodeSequence", "ReferencedStudySequence",
+                "RequestingPhysician", "IssuerOfAccessionNumberSequence", "TimezoneOffsetFromUTC"},
+    "series": {"SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName", "OperatorsName",
+               "PerformingPhysicianName", "InstitutionName", "InstitutionalDepartmentName", "StationName",
+               "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
+               "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+               "PerformedProcedureStepID", "PerformedProcedureStepDescription", "RequestAttributesSequence"},
 }
+# header reads (includefield beyond the catalogue) are bounded: at most this many results a page
+_HEADER_PAGE = 200
 
 
 def _keyword(key: str) -> str:
@@ -139,36 +188,92 @@ def _keyword(key: str) -> str:
 
 
 def _filters() -> dict[str, str]:
+    """The matching keys asked for (by keyword), each value checked: 400 for an invalid one."""
     out = {}
     for key, value in request.args.items():
         if key in _CONTROL:
             continue
         name = _keyword(key)
         if name in _STUDY_KEYS | _SERIES_KEYS | _INSTANCE_KEYS:
+            problem = _invalid(name, value)
+            if problem:
+                raise BadInput(f"invalid value for {name}: {problem}")
             out[name] = value
         elif tag_for_keyword(name) is None and name == key:
             raise BadInput(f"unknown query parameter {key[:40]!r}")
     return out
 
 
-def _qido_warnings(level: str) -> list[str]:
+def _fuzzy() -> bool:
+    value = request.args.get("fuzzymatching", "false")
+    if value not in ("true", "false"):
+        raise BadInput("fuzzymatching must be true or false")
+    return value == "true"
+
+
+def _includefields() -> tuple[bool, list[str]]:
+    """(includefield=all asked, the tags asked for as 8 hex digits); 400 for a name that is
+    no DICOM attribute."""
+    everything, tags = False, []
+    for value in request.args.getlist("includefield"):
+        for field in (f.strip() for f in value.split(",")):
+            if not field:
+                continue
+            if field == "all":
+                everything = True
+                continue
+            tag = int(field, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", field) else tag_for_keyword(field)
+            if tag is None:
+                raise BadInput(f"includefield {field[:40]!r} is not a DICOM attribute keyword or tag")
+            tags.append(f"{tag:08X}")
+    return everything, tags
+
+
+def _qido_warnings() -> list[str]:
     """PS3.18 8.3.4/8.6: what the search did not do as asked, one Warning: 299 each, so a
     client never takes an unfiltered answer for a filtered one."""
     out = []
     ignored = sorted({_keyword(k) for k in request.args if k not in _CONTROL}
                      - _STUDY_KEYS - _SERIES_KEYS - _INSTANCE_KEYS)
+    ignored = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in ignored]  # client text inside a header
     if ignored:
         out.append(f"The following query keys are not supported and were ignored: {', '.join(ignored)[:300]}")
-    if request.args.get("fuzzymatching", "").lower() == "true":
-        out.append("The fuzzymatching parameter is not supported. Only literal matching has been performed.")
-    fields = [_keyword(f.strip()) for v in request.args.getlist("includefield") for f in v.split(",") if f.strip()]
-    if "all" in fields:
-        out.append("includefield=all is not supported: only the attributes the catalogue holds are returned")
-    missing = sorted({f for f in fields if f != "all"} - {keyword_for_tag(int(t, 16)) for t in _RETURNED[level]})
-    missing = [re.sub(r"[^A-Za-z0-9]", "?", f[:64]) for f in missing]  # client text inside a header
-    if missing:
-        out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
     return [f'299 fieldkit "{w}"' for w in out]
+
+
+# -- matching (the QIDO keys against catalogue rows) ---------------------------------------
+
+_DATE = re.compile(r"[0-9]{8}")
+_TIME = re.compile(r"[0-9]{2}(:?[0-9]{2}(:?[0-9]{2}(\.[0-9]{1,6})?)?)?")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_DATE_KEYS, _TIME_KEYS = {"StudyDate", "PatientBirthDate"}, {"StudyTime"}
+_UID_KEYS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
+_NUMBER_KEYS = {"SeriesNumber", "InstanceNumber"}
+_PN_KEYS = {"PatientName", "ReferringPhysicianName"}
+
+
+def _invalid(name: str, value: str) -> str | None:
+    """Why a matching key's value is invalid per its VR (PS3.18 8.3.4: a 400), or None."""
+    def ranged(rx) -> bool:
+        lo, dash, hi = value.partition("-")
+        return bool(rx.fullmatch(value)) or (bool(dash) and (lo or hi) != "" and
+                                              all(rx.fullmatch(v) for v in (lo, hi) if v))
+    if name in _DATE_KEYS and not ranged(_DATE):
+        return "a date is YYYYMMDD, or a range YYYYMMDD-YYYYMMDD (either side may be empty)"
+    if name in _TIME_KEYS and not ranged(_TIME):
+        return "a time is HHMMSS (minutes and seconds optional), or a range of two"
+    if name in _UID_KEYS and not all(len(u) <= 64 and _UID.fullmatch(u) for u in _uid_list(value)):
+        return "UIDs are digits and dots (at most 64), several separated by commas or backslashes"
+    if name in _NUMBER_KEYS and not re.fullmatch(r"-?[0-9]{1,12}", value):
+        return "a whole number"
+    if len(value) > 256 or not value.isprintable():
+        return "at most 256 printable characters"
+    return None
+
+
+def _fold(text: str) -> str:
+    """Case and accents folded away: "Müller" and "MULLER" compare equal."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
 
 
 def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
@@ -179,6 +284,17 @@ def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
     if "*" in pattern or "?" in pattern:
         return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
     return value == pattern
+
+
+def _match_name(value: str, pattern: str, fuzzy: bool) -> bool:
+    """A person name. Literal: the whole value (wildcards allowed), case-insensitive.
+    fuzzymatching=true: each word of the query begins some word of the name, in any order
+    of components, case and accents ignored ("marie curie" finds "Curie^Marie")."""
+    if not fuzzy:
+        return _match_text(value, pattern, fold=True)
+    words = [w for w in re.split(r"[\^=\s,]+", _fold(value)) if w]
+    wanted = [w for w in re.split(r"[\^=\s,]+", _fold(pattern)) if w and w != "*"]
+    return all(any(fnmatch.fnmatchcase(w, p.replace("[", "[[]") + "*") for w in words) for p in wanted)
 
 
 def _match_date(value: str, pattern: str) -> bool:
@@ -194,17 +310,19 @@ def _match_uids(value: str, pattern: str) -> bool:
     return value in [p.strip() for p in pattern.replace("\\", ",").split(",")]
 
 
-def _row_matches(row: dict, patient: dict, f: dict) -> bool:
+def _row_matches(row: dict, patient: dict, f: dict, fuzzy: bool = False) -> bool:
     checks = {
         "PatientID": lambda p: _match_text(row["patient_id"], p),
-        "PatientName": lambda p: _match_text(patient.get("name") or "", p, fold=True),
+        "PatientName": lambda p: _match_name(patient.get("name") or "", p, fuzzy),
         "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
         "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
         "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
         "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
         "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
-        "ReferringPhysicianName": lambda p: _match_text(row.get("referring_physician") or "", p, fold=True),
+        "ReferringPhysicianName": lambda p: _match_name(row.get("referring_physician") or "", p, fuzzy),
         "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
+        "BodyPartExamined": lambda p: _match_text(row.get("body_part") or "", p),
+        "InstitutionName": lambda p: _match_text(row.get("institution_name") or "", p, fold=True),
         "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
         "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
         "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
@@ -226,12 +344,15 @@ def _query() -> dict:
     """The request's filters, split into what the store's indexes answer (UIDs, an exact
     PatientID) and a row test for the rest, plus offset/limit."""
     f = _filters()
-    try:
-        offset = max(0, int(request.args.get("offset", 0)))
-        limit = max(0, int(request.args.get("limit", 0)))
-    except ValueError:
-        raise BadInput("limit and offset must be whole numbers") from None
-    q = {"offset": offset, "limit": limit or None}
+    fuzzy = _fuzzy()
+    _includefields()  # checked before anything is searched
+    numbers = {}
+    for name in ("offset", "limit"):
+        value = request.args.get(name, "0")
+        if not re.fullmatch(r"[0-9]{1,9}", value):
+            raise BadInput(f"{name} must be a whole number, 0 or more")
+        numbers[name] = int(value)
+    q = {"offset": numbers["offset"], "limit": numbers["limit"] or None}
     modalities = f.pop("ModalitiesInStudy", None)
     if modalities:
         q["modalities"] = set(_uid_list(modalities))
@@ -243,7 +364,7 @@ def _query() -> dict:
         if key in f:
             q[arg] = _uid_list(f[key])
     if f:
-        q["match"] = lambda row, patient: _row_matches(row, patient, f)
+        q["match"] = lambda row, patient: _row_matches(row, patient, f, fuzzy)
     return q
 
 
@@ -275,20 +396,29 @@ def _patient_attrs(pid: str, pats: dict) -> dict:
             "00100030": _v("DA", p.get("birth_date")), "00100040": _v("CS", p.get("sex"))}
 
 
+def _study_attrs(s: dict, pats: dict) -> dict:
+    """Study-level attributes of a study summary or of any of its instance rows."""
+    return {"00080020": _v("DA", s.get("study_date")), "00080030": _v("TM", s.get("study_time")),
+            "00080050": _v("SH", s.get("accession_number")), "00080090": _v("PN", s.get("referring_physician")),
+            "00081030": _v("LO", s.get("study_description")), **_patient_attrs(s["patient_id"], pats),
+            "0020000D": _v("UI", s["study_instance_uid"]), "00200010": _v("SH", s.get("study_id"))}
+
+
 def _study_json(s: dict, pats: dict) -> dict:
-    return {"00080020": _v("DA", s["study_date"]), "00080030": _v("TM", s["study_time"]),
-            "00080050": _v("SH", s["accession_number"]), "00080061": _v("CS", s["modalities"]),
-            "00080090": _v("PN", s["referring_physician"]), "00081030": _v("LO", s["study_description"]),
-            **_patient_attrs(s["patient_id"], pats),
-            "0020000D": _v("UI", s["study_instance_uid"]), "00200010": _v("SH", s["study_id"]),
+    return {**_study_attrs(s, pats), "00080061": _v("CS", s["modalities"]),
             "00201206": _v("IS", s["series"]), "00201208": _v("IS", s["instances"]),
             "00081190": _v("UR", f"{_base()}/studies/{s['study_instance_uid']}")}
 
 
+def _series_attrs(s: dict) -> dict:
+    """Series-level attributes of a series summary or of any of its instance rows."""
+    return {"00080060": _v("CS", s.get("modality")), "0008103E": _v("LO", s.get("series_description")),
+            "0020000E": _v("UI", s["series_instance_uid"]), "00200011": _v("IS", s.get("series_number"))}
+
+
 def _series_json(s: dict) -> dict:
-    return {"00080060": _v("CS", s["modality"]), "0008103E": _v("LO", s["series_description"]),
-            "0020000D": _v("UI", s["study_instance_uid"]), "0020000E": _v("UI", s["series_instance_uid"]),
-            "00200011": _v("IS", s["series_number"]), "00201209": _v("IS", s["instances"]),
+    return {**_series_attrs(s), "0020000D": _v("UI", s["study_instance_uid"]),
+            "00201209": _v("IS", s["instances"]),
             "00081190": _v("UR", f"{_base()}/studies/{s['study_instance_uid']}/series/{s['series_instance_uid']}")}
 
 
@@ -319,24 +449,94 @@ def _dicom_json(items: list, warnings: list[str] = ()) -> Response:
     return response
 
 
+def _header_page(q: dict) -> bool:
+    """Bound a search whose answers need stored headers read (includefield beyond the
+    catalogue) to _HEADER_PAGE results: asks for one more, to know whether it cut."""
+    everything, tags = _includefields()
+    if not (everything or tags) or (q["limit"] and q["limit"] <= _HEADER_PAGE):
+        return False
+    q["limit"] = _HEADER_PAGE + 1
+    return True
+
+
+def _cut(found: list, bounded: bool, offset: int) -> tuple[list, list[str]]:
+    """The page of a bounded search, and the PS3.18 warning when results were left out."""
+    if not bounded or len(found) <= _HEADER_PAGE:
+        return found, []
+    return found[:_HEADER_PAGE], [
+        f'299 fieldkit "includefield reads stored headers: only {_HEADER_PAGE} results were returned; '
+        f'ask for more with offset={offset + _HEADER_PAGE}"']
+
+
+def _included(level: str, item: dict, row: dict | None) -> dict:
+    """`item` with the includefield attributes it lacks, read from the stored header of
+    `row` (an instance of the study/series; none held: left out)."""
+    everything, tags = _includefields()
+    wanted = set(tags) - set(item)
+    if everything:
+        if level in _ALL_AT:
+            wanted |= {f"{tag_for_keyword(k):08X}" for k in _ALL_AT[level]} - set(item)
+    if not (wanted or (everything and level == "instances")) or row is None or _purged(row):
+        return item
+    store = kit_of().store
+    with store.blobs.open(row["blob"], row["size"]) as fh:  # header only: no pixels decrypted
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    bulk = _bulk_root() + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
+    paths = _element_paths(ds)
+    header = _to_json(ds, lambda elem: bulk + paths[id(elem)])
+    if everything and level == "instances":
+        wanted |= set(header) - set(item)
+    return {**item, **{t: header[t] for t in sorted(wanted) if t in header}}
+
+
+def _first_rows(store, key: str, uids: list[str]) -> dict[str, dict]:
+    """One held instance row per study (key "study") or series ("series"), for header reads."""
+    everything, tags = _includefields()
+    if not (everything or tags):
+        return {}
+    out = {}
+    for uid in uids:
+        rows = catalogue.instance_rows(store, **{f"{key}_uid": uid}, match=lambda r, p: not _purged(r), limit=1)
+        if rows:
+            out[uid] = rows[0]
+    return out
+
+
 @bp.get("/studies", endpoint="search_studies")
 def search_studies():
     store = kit_of().store
     q = _query()
+    bounded = _header_page(q)
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
-    found = catalogue.search_studies(store, **q)
-    return _dicom_json([_study_json(s, {s["patient_id"]: s["patient"]}) for s in found], _qido_warnings("studies"))
+    found, warnings = _cut(catalogue.search_studies(store, **q), bounded, q["offset"])
+    first = _first_rows(store, "study", [s["study_instance_uid"] for s in found])
+    return _dicom_json([_included("studies", _study_json(s, {s["patient_id"]: s["patient"]}),
+                                  first.get(s["study_instance_uid"])) for s in found],
+                       _qido_warnings() + warnings)
 
 
 @bp.get("/series", endpoint="search_series")
 @bp.get("/studies/<study>/series", endpoint="search_study_series")
 def search_series(study: str | None = None):
+    store = kit_of().store
     q = _scoped(_query(), study)
+    bounded = _header_page(q)
     q.pop("patient_id", None)  # a row test in `match` still checks it
     q.pop("sop_uids", None)
-    found = catalogue.search_series(kit_of().store, **q)
-    return _dicom_json([_series_json(s) for s in found], _qido_warnings("series"))
+    found, warnings = _cut(catalogue.search_series(store, **q), bounded, q["offset"])
+    first = _first_rows(store, "series", [s["series_instance_uid"] for s in found])
+    items = [_included("series", _series_json(s), first.get(s["series_instance_uid"])) for s in found]
+    if study is None:  # PS3.18 10.6.3.3.2: not scoped to a study, the study's attributes too
+        studies = {s["study_instance_uid"]: s for s in catalogue.search_studies(
+            store, study_uids=list(dict.fromkeys(s["study_instance_uid"] for s in found)))}
+        items = [{**_study_json(studies[s["study_instance_uid"]], {studies[s["study_instance_uid"]]["patient_id"]:
+                                                                   studies[s["study_instance_uid"]]["patient"]}),
+                  **item} if s["study_instance_uid"] in studies else item for s, item in zip(found, items)]
+        for item in items:
+            item["00081190"] = _v("UR", f"{_base()}/studies/{item['0020000D']['Value'][0]}/series/"
+                                        f"{item['0020000E']['Value'][0]}")
+    return _dicom_json(items, _qido_warnings() + warnings)
 
 
 @bp.get("/instances", endpoint="search_instances")
@@ -345,15 +545,23 @@ def search_series(study: str | None = None):
 def search_instances(study: str | None = None, series: str | None = None):
     store = kit_of().store
     q = _scoped(_query(), study, series)
+    bounded = _header_page(q)
     if "modalities" in q:  # ModalitiesInStudy is a study key: kept for the study's rows
         wanted, match = q.pop("modalities"), q.get("match")
         in_study = {s["study_instance_uid"] for s in catalogue.search_studies(
             store, study_uids=q.get("study_uids"), patient_id=q.get("patient_id"), modalities=wanted)}
         q["match"] = lambda row, patient: (row["study_instance_uid"] in in_study
                                            and (match is None or match(row, patient)))
-    rows = catalogue.search_instances(store, **q)
+    rows, warnings = _cut(catalogue.search_instances(store, **q), bounded, q["offset"])
     pats = catalogue.patient_map(store, {r["patient_id"] for r in rows})
-    return _dicom_json([_instance_json(r, pats) for r in rows], _qido_warnings("instances"))
+    items = []
+    for r in rows:
+        # PS3.18 10.6.3.3.3: the series' attributes unless scoped to a series, the study's
+        # unless scoped to a study
+        item = {**(_study_attrs(r, pats) if study is None else {}), **(_series_attrs(r) if series is None else {}),
+                **_instance_json(r, pats)}
+        items.append(_included("instances", item, r))
+    return _dicom_json(items, _qido_warnings() + warnings)
 
 
 # -- WADO-RS ------------------------------------------------------------------------------
@@ -472,10 +680,17 @@ def _multipart(parts, part_type: str) -> Response:
                     content_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
 
 
+# syntaxes whose bytes gzip shrinks (deflated and encapsulated ones are compressed already)
+PLAIN_SYNTAXES = (uids.IMPLICIT_LE, uids.EXPLICIT_LE, uids.EXPLICIT_BE)
+
+
 def _retrieve(rows: list[dict]) -> Response:
     ts = _accepted_syntax()
     parts = ((f"application/dicom; transfer-syntax={syntax}", chunks) for syntax, chunks in _instance_parts(rows, ts))
-    return _multipart(parts, "application/dicom")
+    response = _multipart(parts, "application/dicom")
+    if all((r["transfer_syntax"] if ts == "*" else ts) in PLAIN_SYNTAXES for r in rows):
+        worth_compressing(response)
+    return response
 
 
 @bp.get("/studies/<study>", endpoint="retrieve_study")
@@ -500,10 +715,36 @@ _BULK_THRESHOLD = 4096  # bytes: larger values get a BulkDataURI in /metadata
 
 
 def _bulk_root() -> str:
-    """Where BulkDataURIs point: the configured public address (onboarding.kit_url), never
-    the request's Host header; without it, URIs relative to the DICOMweb root."""
-    kit_url = (kit_of().config["onboarding.kit_url"] or "").rstrip("/")
-    return f"{kit_url}{bp.url_prefix}/" if kit_url else ""
+    """Where BulkDataURIs point: the public address (a trusted proxy's Forwarded header,
+    else onboarding.kit_url), never the request's Host header; without one, URIs relative
+    to the DICOMweb root."""
+    root = _public_root()
+    return f"{root}{bp.url_prefix}/" if root else ""
+
+
+def _to_json(ds, bulk_uri) -> dict:
+    """A dataset as DICOM JSON (PS3.18 F.2): values over _BULK_THRESHOLD become the
+    BulkDataURI `bulk_uri(elem)` names; an empty value of a multi-valued attribute is
+    `null` (F.2.5), where pydicom would write "" or fail (DS, IS, PN); an element whose
+    value cannot be written keeps its VR alone rather than failing the whole answer."""
+    out = {}
+    for elem in ds:
+        key = f"{elem.tag:08X}"
+        try:
+            if elem.VR == "SQ":
+                items = [_to_json(item, bulk_uri) for item in elem.value]
+                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            elif isinstance(elem.value, MultiValue) and any(v in ("", None) for v in elem.value):
+                out[key] = {"vr": elem.VR, "Value": [
+                    None if v in ("", None) else
+                    DataElement(elem.tag, elem.VR, v).to_json_dict(bulk_uri, _BULK_THRESHOLD)["Value"][0]
+                    for v in elem.value]}
+            else:
+                out[key] = elem.to_json_dict(bulk_uri, _BULK_THRESHOLD)
+        except (ValueError, TypeError, IndexError, KeyError):
+            log.warning("an element of tag %s could not be written as DICOM JSON: left empty", key)
+            out[key] = {"vr": elem.VR}
+    return out
 
 
 def _element_paths(ds, prefix: str = "") -> dict[int, str]:
@@ -527,8 +768,7 @@ def _metadata(rows: list[dict]) -> Response:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
         bulk = root + _instance_url(row, base="").lstrip("/") + "/bulkdata/"
         paths = _element_paths(ds)
-        item = ds.to_json_dict(bulk_data_threshold=_BULK_THRESHOLD,
-                               bulk_data_element_handler=lambda elem: bulk + paths[id(elem)])
+        item = _to_json(ds, lambda elem: bulk + paths[id(elem)])
         for tag in _LUT_DATA:
             key = f"{tag:08X}"
             if key in item and "InlineBinary" in item[key]:
@@ -577,12 +817,15 @@ def bulkdata(study, series, instance, tag_path):
             values = list(generate_frames(elem.value, number_of_frames=row["frames"] or 1))
         return _multipart(((f"{octet}; transfer-syntax={ts}", [v]) for v in values), octet)
     value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+    # the value's bytes as stored: their byte order is the stored syntax's (a deflated
+    # object is inflated on reading, so Explicit VR Little Endian)
+    labelled = f"{octet}; transfer-syntax={uids.EXPLICIT_LE if ts == uids.DEFLATED_LE else ts}"
     accept = request.headers.get("Accept", "")
     if "multipart/related" in accept:
-        return _multipart([(octet, [value])], octet)
+        return worth_compressing(_multipart([(labelled, [value])], octet))
     if accept and not any(m in accept for m in (octet, "*/*", "application/*")):
         raise _NotAcceptable("bulk data is served as application/octet-stream or multipart/related")
-    return Response(value, content_type=octet)
+    return worth_compressing(Response(value, content_type=labelled))
 
 
 @bp.get("/studies/<study>/metadata", endpoint="study_metadata")
@@ -665,19 +908,25 @@ def frames(study, series, instance, frame_list):
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
 
     parts = ((f"application/octet-stream; transfer-syntax={uids.EXPLICIT_LE}", [frame_bytes(i)]) for i in numbers)
-    return _multipart(parts, "application/octet-stream")
+    return worth_compressing(_multipart(parts, "application/octet-stream"))
 
 
 def _rendered(row: dict, index: int) -> Response:
+    accept = request.headers.get("Accept", "")
+    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
+    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
+    return rendered_response(row, index, media)
+
+
+def rendered_response(row: dict, index: int, media: str) -> Response:
+    """Frame `index` (0-based) of a stored instance as `media` (image/png or image/jpeg);
+    also WADO-URI's rendered answer."""
     store = kit_of().store
     ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     try:
         frame = decode_frames(ds, [index])[0]
     except DecodeError as exc:
         raise BadInput(f"cannot render: {exc}") from None
-    accept = request.headers.get("Accept", "")
-    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
-    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
     return Response(render(frame, media), content_type=media)
 
 
@@ -704,6 +953,43 @@ def thumbnail(study, series, instance):
         raise NotFound("this instance has no thumbnail")
     return Response(catalogue.thumbnail_bytes(kit_of().store, row), content_type="image/jpeg",
                     headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _images(rows: list[dict]) -> list[dict]:
+    """The image instances of a study or series, in QIDO's order (series, instance number)."""
+    images = [r for r in rows if r["rows"]]
+    if not images:
+        raise NotFound("no image in this study/series to render")
+    return sorted(images, key=lambda r: (str(r.get("series_number") or "").zfill(8), r["series_instance_uid"],
+                                         str(r.get("instance_number") or "").zfill(8), r["received_at"]))
+
+
+@bp.get("/studies/<study>/thumbnail", endpoint="study_thumbnail")
+@bp.get("/studies/<study>/series/<series>/thumbnail", endpoint="series_thumbnail")
+def group_thumbnail(study, series=None):
+    """PS3.18 10.4: one representative image, the thumbnail of the first image instance."""
+    row = next((r for r in _images(_rows_for(study, series)) if r.get("thumbnail")), None)
+    if row is None:
+        raise NotFound("no image with a thumbnail in this study/series")
+    return Response(catalogue.thumbnail_bytes(kit_of().store, row), content_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.get("/studies/<study>/rendered", endpoint="study_rendered")
+@bp.get("/studies/<study>/series/<series>/rendered", endpoint="series_rendered")
+def group_rendered(study, series=None):
+    """PS3.18 10.4: every image instance of the study/series rendered (its first frame),
+    one part each, as multipart/related of image/jpeg (or image/png when asked first)."""
+    rows = _images(_rows_for(study, series))
+    accept = request.headers.get("Accept", "")
+    png, jpeg = accept.find("image/png"), accept.find("image/jpeg")
+    media = "image/png" if png >= 0 and (jpeg < 0 or png < jpeg) else "image/jpeg"
+
+    def parts():
+        for row in rows:
+            yield media, [rendered_response(row, 0, media).get_data()]
+    # rendered one by one as the answer streams, each within the request's context
+    return _multipart(stream_with_context(parts()), media)
 
 
 def _problem(status: int, message: str):

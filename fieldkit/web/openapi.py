@@ -77,6 +77,13 @@ PATHS: dict = {
     "/api/v1/audit/verify": {"get": {"operationId": "auditVerify", "responses": {
         **_ok({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
         "409": {"description": "the trail is broken", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    "/wado": {"get": {"operationId": "wadoUri", "parameters": [
+        {"name": n, "in": "query", "required": n in ("requestType", "studyUID", "seriesUID", "objectUID"),
+         "schema": {"type": "string", "maxLength": 200}}
+        for n in ("requestType", "studyUID", "seriesUID", "objectUID", "contentType", "frameNumber",
+                  "transferSyntax")],
+        "responses": {"200": {"description": "the object, or a rendered frame"}, **_STD,
+                      "406": _JSON_ERR, "410": _JSON_ERR}}},
 }
 
 _CONVERTER = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
