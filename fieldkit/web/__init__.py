@@ -24,6 +24,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.live:bp",  # live updates (Server-Sent Events)
     "fieldkit.web.linking:bp",  # registered probes, probe sessions, undoing a merge
     "fieldkit.web.handover:bp",  # the board as a CSV and a printable list for the transport team
+    "fieldkit.web.offline:bp",  # offline tablet writes: the queue key, the replay
 ]
 
 
