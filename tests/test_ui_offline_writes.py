@@ -151,7 +151,7 @@ def test_two_tablets_retriaging_one_patient_offline(browser, kit):
     ctx_a.set_offline(False)
     a.goto("/")
     to_send(a, 0)
-    a.wait_for_function("() => (document.getElementById('offline-banner') || {}).textContent.includes('to review')",
+    a.wait_for_function("() => ((document.getElementById('offline-banner') || {}).textContent || '').includes('to review')",
                         timeout=WAIT)
     p = kit_patient(kit, "BOTH-1")
     assert p["triage"] == "red"
@@ -186,7 +186,7 @@ def test_an_altered_queue_is_refused_and_set_aside(browser, kit):
     page.evaluate(ALTER_QUEUE)
     ctx.set_offline(False)
     page.goto("/")
-    page.wait_for_function("() => (document.getElementById('offline-banner') || {}).textContent.includes('could not be read')",
+    page.wait_for_function("() => ((document.getElementById('offline-banner') || {}).textContent || '').includes('could not be read')",
                            timeout=WAIT)
     to_send(page, 0)
     assert kit_patient(kit, "ALTERED-1") is None  # never sent
