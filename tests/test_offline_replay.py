@@ -3,7 +3,7 @@ applied once by its client-made IDs and keeps the original times; two tablets th
 re-triaged one patient offline resolve to the later time, both in the history, flagged; a
 tag registered twice becomes one patient, flagged; a change for a merged patient goes to the
 survivor; bad changes are refused one by one with a reason and change nothing; the queue key
-is per session and refused to roles that may not write."""
+is the person's (the same after a restart), kept sealed, refused to roles that may not write."""
 
 from __future__ import annotations
 
@@ -134,15 +134,31 @@ def test_bad_changes_are_refused_one_by_one_and_change_nothing(ui):  # noqa: F81
     assert t.post("/api/v1/offline/replay", {"changes": [ok]}, csrf=False).status_code == 403
 
 
-def test_queue_key_is_per_session_and_only_for_those_who_may_write(ui):  # noqa: F811
+def test_queue_key_is_the_persons_and_only_for_those_who_may_write(ui):  # noqa: F811
     kit, app = ui
     t1, t2 = Tablet(app, "clin", "clin password 123"), Tablet(app, "clin", "clin password 123")
     k1, k1b, k2 = (t.get("/api/v1/offline/key").json for t in (t1, t1, t2))
-    assert k1 == k1b and len(base64.b64decode(k1["key"])) == 32
-    assert k1["key"] != k2["key"] and k1["kid"] != k2["kid"]
+    assert k1 == k1b == k2 and len(base64.b64decode(k1["key"])) == 32  # the same person on two tablets
+    other = Tablet(app, "tri", "tri password 123").get("/api/v1/offline/key").json
+    assert other["key"] != k1["key"] and other["kid"] != k1["kid"]
+    sealed = kit.data_dir / "secrets" / "offline-queue.key"
+    assert sealed.exists() and base64.b64decode(k1["key"]) not in sealed.read_bytes()  # sealed, never in clear
     admin = Tablet(app, ADMIN_USER, ADMIN_PASSWORD)
     assert admin.get("/api/v1/offline/key").status_code == 403
     assert admin.post("/api/v1/offline/replay", {"changes": []}).status_code == 403
     assert app.test_client().get("/api/v1/offline/key", base_url=BASE).status_code == 401
     assert t1.post("/logout", {}).status_code in (200, 303)
     assert t1.get("/api/v1/offline/key").status_code == 401
+
+
+def test_the_queue_key_survives_a_restart_of_the_kit(data_dir, tmp_path):
+    from fieldkit.runtime import open_kit
+    from fieldkit.web.offline import queue_key
+    keys = []
+    for _ in range(2):
+        kit = open_kit(data_dir)
+        try:
+            keys.append(queue_key(kit, "someone"))
+        finally:
+            kit.close()
+    assert keys[0] == keys[1]

@@ -211,3 +211,46 @@ def test_a_signed_out_tablet_shows_no_cached_patient_and_keeps_no_queue(browser,
         assert page.inner_text("h1") == "Not available offline"
         assert "GONE-1" not in page.content()
     ctx.close()
+
+
+def lock_and_unlock(kit):
+    """The kit locked by an admin and unlocked again: every session ends."""
+    import re
+
+    import requests
+
+    from kitproc import PASSPHRASE
+    assert kit.post("/admin/lock", headers=kit.auth("admin")).status_code == 200
+    s = requests.Session()
+    page = s.get(kit.url + "/unlock", verify=kit.ca, timeout=30)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = s.post(kit.url + "/unlock", data={"passphrase": PASSPHRASE, "csrf_token": csrf}, verify=kit.ca,
+               allow_redirects=False, timeout=60)
+    assert r.status_code in (200, 303), r.text
+    kit.auth("clinician", again=True)
+
+
+def test_a_tablet_whose_session_ended_shows_and_sends_nothing_until_the_person_signs_in(browser, kit):
+    ctx, page = ready_tablet(browser, kit)
+    ctx.set_offline(True)
+    register(page, "LOCKED-1", "red")
+    to_send(page, 1)
+    lock_and_unlock(kit)
+    ctx.set_offline(False)
+    page.goto("/")  # the kit answers 401: the tablet forgets the key and goes to sign-in
+    page.wait_for_url(lambda url: "/login" in url, timeout=WAIT)
+    keys = page.evaluate("""() => new Promise((resolve) => { const r = indexedDB.open('fieldkit-offline');
+        r.onsuccess = () => { const q = r.result.transaction(['keys']).objectStore('keys').count();
+          q.onsuccess = () => { r.result.close(); resolve(q.result); }; }; })""")
+    assert keys == 0
+    ctx.set_offline(True)
+    page.goto("/patients/LOCKED-1")  # the page shell is kept, the patient cannot be read
+    page.wait_for_function("() => document.getElementById('error-banner').textContent.includes('Not available offline')",
+                           timeout=WAIT)
+    assert "LOCKED-1" not in page.inner_text("main")
+    assert kit_patient(kit, "LOCKED-1") is None
+    ctx.set_offline(False)
+    sign_in(page)  # the same person again: what was kept is sent
+    to_send(page, 0)
+    assert kit_patient(kit, "LOCKED-1")["triage"] == "red"
+    ctx.close()

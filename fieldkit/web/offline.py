@@ -1,28 +1,31 @@
-"""Offline tablet writes: the key a session encrypts its offline queue with, and the replay.
+"""Offline tablet writes: the key a tablet encrypts its offline queue with, and the replay.
 
 A tablet that cannot reach the kit keeps registrations, re-triages and notes in IndexedDB,
-encrypted (AES-GCM, WebCrypto) under a key it got from here while signed in. The key is
-derived from a secret this kit process holds and the session, so a page asks again and gets
-the same key; the tablet forgets it at sign-out. The kit never sees the queue encrypted: the
-tablet decrypts it and sends the changes, in order, to /replay (store.offline applies each
-once, by its ID, with its original time).
+encrypted (AES-GCM, WebCrypto) under a key it got from here while signed in. The key is the
+signed-in person's: derived from a secret of this kit (kept sealed by the data key) and the
+person's name, so the same person gets it again after a kit restart or an expired session
+and can still send what was kept. The tablet forgets it when the session ends (sign-out,
+expiry, the kit locked): a tablet nobody is signed in to can neither read nor send its
+queue. The kit never sees the queue encrypted: the tablet decrypts it and sends the changes,
+in order, to /replay (store.offline applies each once, by its ID, with its original time).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import threading
 import time
 import weakref
+from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, jsonify
 
 from ..errors import BadInput
 from ..security import roles as R
+from ..security.secrets import SECRETS_DIR
 from ..store import offline as changes
 from . import json_object as _body, kit_of
 from .ui_api import after_triage_change
@@ -38,15 +41,20 @@ MAX_CHANGES = 200  # per request; a longer queue is sent in several
 # what each kind of change needs, beyond triage.write (checked per change, at replay)
 NEEDS = {"register": R.TRIAGE_WRITE, "triage": R.TRIAGE_WRITE, "note": R.PATIENTS_WRITE}
 
+SECRET_FILE = "offline-queue.key"  # under the data dir's secrets/, sealed by the data key
+
 _secrets: "weakref.WeakKeyDictionary[object, bytes]" = weakref.WeakKeyDictionary()
 _secrets_lock = threading.Lock()
 
 
 def _kit_secret(kit) -> bytes:
-    # per running kit, never written anywhere: a restart gives new keys (a queue made under
-    # the old one is still readable on the tablet, which keeps its key until sign-out)
     with _secrets_lock:
-        return _secrets.setdefault(kit, os.urandom(32))
+        if kit not in _secrets:
+            path = Path(kit.data_dir) / SECRETS_DIR / SECRET_FILE
+            if not path.exists():
+                kit.store.secrets.seal(path, os.urandom(32))
+            _secrets[kit] = kit.store.secrets.open(path)
+        return _secrets[kit]
 
 
 def _principal():
@@ -54,18 +62,16 @@ def _principal():
     return current_principal()
 
 
-def session_key(kit, session: str) -> tuple[str, bytes]:
-    """(key id, 32-byte AES key) for one session (`session`: the kit's digest of its id)."""
+def queue_key(kit, person: str) -> tuple[str, bytes]:
+    """(key id, 32-byte AES key) of one person's offline queue."""
     out = HKDF(algorithm=hashes.SHA256(), length=48, salt=None,
-               info=b"fieldkit/offline-queue/" + session.encode()).derive(_kit_secret(kit))
+               info=b"fieldkit/offline-queue/" + person.encode()).derive(_kit_secret(kit))
     return out[32:].hex(), out[:32]
 
 
 @bp.get("/key")
 def key():
-    p = _principal()
-    session = getattr(g, "session_key", None) or hashlib.sha256(p.actor.encode()).hexdigest()
-    kid, raw = session_key(kit_of(), session)
+    kid, raw = queue_key(kit_of(), _principal().actor)
     return jsonify({"kid": kid, "key": base64.b64encode(raw).decode(), "alg": "AES-GCM"})
 
 

@@ -1,7 +1,7 @@
 // Shared by every page: API calls with CSRF, sign-in recovery that keeps what was typed,
 // the live-update stream (with a polling fallback), the stale banner and the service
 // worker. Data is only ever put in the page with textContent (never innerHTML).
-import { forgetOffline, keepWrite, keptPatient, startOffline } from "./offline.js";
+import { backOnline, forgetKeys, forgetOffline, keepWrite, keptPatient, startOffline } from "./offline.js";
 
 const DRAFT_PREFIX = "fieldkit.draft.";
 
@@ -51,7 +51,10 @@ export function toSignIn() {
   leaving = true;
   saveDrafts();
   const next = location.pathname + location.search;
-  location.assign("/login?next=" + encodeURIComponent(next));
+  // the session ended: the offline key goes first (bounded: going to sign-in must not hang)
+  const bounded = new Promise((resolve) => setTimeout(resolve, 2000));
+  Promise.race([forgetKeys(), bounded]).catch(() => {}).finally(() =>
+    location.assign("/login?next=" + encodeURIComponent(next)));
 }
 
 let staleShown = false;
@@ -101,6 +104,7 @@ export async function api(path, { method = "GET", body = undefined } = {}) {
       : "The kit cannot be reached. Check the kit's Wi-Fi.");
   }
   if (res.status === 401) { toSignIn(); throw new ApiError(401, "Signed out: sign in again."); }
+  if (!res.headers.get("X-Fieldkit-Stale")) backOnline();
   let data = null;
   try { data = await res.json(); } catch (e) { data = null; }
   if (!res.ok) throw new ApiError(res.status, (data && data.error) || `The kit answered ${res.status}.`);

@@ -3,10 +3,12 @@
 // the ID the tablet made for it and the time it was made (the kit applies each once).
 //
 // What is kept names patients, so it is never in clear: each change is encrypted with
-// AES-GCM (WebCrypto) under a key the kit gave this session (/api/v1/offline/key), kept as a
-// non-extractable CryptoKey. Sign-out deletes the keys and the queue (forgetOffline). A queue
-// that does not decrypt (changed, or from keys this tablet no longer has) is refused as a
-// whole: set aside, never sent, and the tablet says so.
+// AES-GCM (WebCrypto) under the signed-in person's key, which the kit gives a session
+// (/api/v1/offline/key) and the tablet keeps as a non-extractable CryptoKey. When the session
+// ends the tablet forgets the key (forgetKeys: expiry, the kit locked; the encrypted queue
+// stays, to be sent when the same person signs in again); sign-out deletes keys and queue
+// (forgetOffline). A queue that does not decrypt (altered, or kept under another person's
+// key) is refused as a whole: set aside, never sent, and the tablet says so.
 // This module needs nothing from the others (common.js calls it).
 
 const DB_NAME = "fieldkit-offline";
@@ -58,12 +60,20 @@ function csrf() {
   return m ? m.getAttribute("content") : "";
 }
 
-// Ask the kit for this session's key (when it can be reached); keep it for offline use.
+// The session ended: without the key, nothing kept can be read or sent until the same
+// person signs in again.
+export async function forgetKeys() {
+  try { await tx(["keys"], "readwrite", (t) => t.objectStore("keys").clear()); } catch (e) { /* no database */ }
+}
+
+// Ask the kit for the signed-in person's key (when it can be reached); keep it for offline use.
+// "offline" when the kit cannot be reached (the key kept earlier is used).
 export async function fetchKey() {
   let res;
   try {
     res = await fetch("/api/v1/offline/key", { credentials: "same-origin", headers: { Accept: "application/json" } });
-  } catch (e) { return false; } // offline: the key kept earlier is used
+  } catch (e) { return "offline"; }
+  if (res.status === 401) await forgetKeys();
   if (!res.ok) return false; // signed out, or a role that may not write
   const { kid, key } = await res.json();
   const raw = Uint8Array.from(atob(key), (c) => c.charCodeAt(0));
@@ -163,7 +173,13 @@ export async function showCount() {
   box.hidden = n === 0;
 }
 
-function say(text) {
+// The note that a page shows what this tablet kept: gone once the kit answers again.
+export function backOnline() {
+  const box = document.getElementById("offline-banner");
+  if (box && box.dataset.kind === "offline") say("");
+}
+
+function say(text, kind = "") {
   let box = document.getElementById("offline-banner");
   if (!box) {
     const after = document.getElementById("error-banner");
@@ -175,6 +191,7 @@ function say(text) {
     after.after(box);
   }
   box.textContent = text;
+  box.dataset.kind = kind;
   box.hidden = !text;
 }
 
@@ -260,7 +277,7 @@ export async function keptPatient(path) {
   shown[pid] = { age: row.age, sex: row.sex };
   const at = board && board.at ? board.at : localAt;
   say(`Offline — as of ${at ? hhmm(at) : "earlier"}: the kit cannot be reached. This is what this tablet kept; ` +
-    "changes are kept and sent when the kit is back.");
+    "changes are kept and sent when the kit is back.", "offline");
   return { ...row, triage_history: [], notes, captures: [], tags: row.tag ? [row.tag] : [], probe_sessions: [],
     display_name: row.display_name || "", name_from_probe: false, unassigned: false, __stale: at || true };
 }
@@ -294,6 +311,7 @@ let replaying = null;
 // The session's CSRF token as the kit says it now (a page served offline may carry an older one)
 async function freshCsrf() {
   const res = await fetch("/api/v1/session", { credentials: "same-origin", headers: { Accept: "application/json" } });
+  if (res.status === 401) await forgetKeys();
   if (!res.ok) throw Object.assign(new Error(`The kit answered ${res.status}.`), { status: res.status });
   return (await res.json()).csrf_token || csrf();
 }
@@ -310,16 +328,16 @@ async function sendChunk(changes, token) {
 export function replay() {
   if (replaying) return replaying;
   replaying = (async () => {
+    if (!(await pendingCount())) return;
+    let token;
+    try { token = await freshCsrf(); } catch (e) { return; } // kit still away, or signed out: later
     const items = await queued();
     if (items === null) {
       await setAside();
-      say("The changes kept on this tablet could not be read (altered, or kept under a key this tablet no longer " +
-        "has). They were set aside and not sent: enter them again.");
+      say("The changes kept on this tablet could not be read (altered, or kept under another person's key). " +
+        "They were set aside and not sent: enter them again.");
       return;
     }
-    if (!items.length) return;
-    let token;
-    try { token = await freshCsrf(); } catch (e) { return; } // kit still away, or signed out: later
     const notes = [];
     for (let i = 0; i < items.length; i += CHUNK) {
       const part = items.slice(i, i + CHUNK);
@@ -351,11 +369,16 @@ export async function startOffline() {
   if (started || !document.getElementById("logout-form")) return; // signed-in pages only
   started = true;
   await showCount();
-  if (await fetchKey()) {
+  const got = await fetchKey();
+  if (got === true) {
     document.body.dataset.offline = "ready"; // this tablet can keep changes if the kit goes away
     await replay();
-  } else if (await currentKid()) {
+  } else if (got === "offline" && await currentKid()) {
     document.body.dataset.offline = "ready";
+    if (document.body.dataset.page === "new") {
+      say("Offline: the kit cannot be reached. Patients registered now are kept on this tablet and sent when " +
+        "it is back.", "offline");
+    }
   }
   window.addEventListener("online", () => { fetchKey().then(() => replay()); });
   setInterval(async () => { if (await pendingCount()) replay(); }, RETRY_MS);
