@@ -162,3 +162,35 @@ def test_the_queue_key_survives_a_restart_of_the_kit(data_dir, tmp_path):
         finally:
             kit.close()
     assert keys[0] == keys[1]
+
+
+def test_fuzzed_changes_get_a_clear_refusal_or_are_applied_never_a_crash():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fieldkit.errors import BadInput
+    from fieldkit.store.offline import check_change
+
+    now = 1_700_000_000.0
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=80))
+    value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                         max_leaves=6)
+    fields = st.fixed_dictionaries({}, optional={
+        "id": st.one_of(value, st.text("abcdef0123456789-_", min_size=6, max_size=70)),
+        "kind": st.one_of(value, st.sampled_from(["register", "triage", "note"])),
+        "at": st.one_of(value, st.floats(now - 8 * 86400, now + 900), st.integers(-10 ** 400, 10 ** 400)),
+        "tag": value, "patient": value, "ref": value, "text": value,
+        "triage": st.one_of(value, st.sampled_from(["red", "green", "none"])),
+        "expected": st.one_of(value, st.sampled_from(["red", "yellow"]))})
+
+    @settings(max_examples=1500, deadline=None)
+    @given(st.one_of(value, fields))
+    def check(raw):
+        try:
+            out = check_change(raw, now)
+        except BadInput as exc:
+            assert exc.message
+            return
+        assert out["kind"] in ("register", "triage", "note") and now - 7 * 86400 <= out["at"] <= now + 600
+    check()

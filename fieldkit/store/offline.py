@@ -44,7 +44,7 @@ def check_change(raw, now: float) -> dict:
     if kind not in KINDS:
         raise BadInput(f"kind must be one of {', '.join(KINDS)}")
     at = raw.get("at")
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or (isinstance(at, float) and not math.isfinite(at)):
         raise BadInput("at must be the time the change was made (seconds since 1970)")
     if at > now + MAX_AHEAD_SECONDS:
         raise BadInput("the change is dated in the future: check the tablet's clock")
