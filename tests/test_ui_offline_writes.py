@@ -254,3 +254,31 @@ def test_a_tablet_whose_session_ended_shows_and_sends_nothing_until_the_person_s
     to_send(page, 0)
     assert kit_patient(kit, "LOCKED-1")["triage"] == "red"
     ctx.close()
+
+
+def test_a_note_written_offline_arrives_with_its_time_and_identity_waits_for_the_kit(browser, kit):
+    r = kit.post("/api/v1/ui/patients", json={"tag": "NOTE-1", "triage": "yellow"}, headers=kit.auth("clinician"))
+    assert r.status_code == 201
+    ctx, page = ready_tablet(browser, kit)
+    page.locator("li.card[data-patient-id='NOTE-1']").wait_for(timeout=WAIT)
+    ctx.set_offline(True)
+    page.goto("/patients/NOTE-1")
+    page.wait_for_selector(".tri-btn[data-triage=yellow][aria-pressed=true]", timeout=WAIT)
+    page.fill("#d-age", "40")  # identity needs the kit: refused, nothing kept
+    page.click("#details button[type=submit]")
+    page.wait_for_function("() => document.getElementById('details-error').textContent.includes('need the kit')",
+                           timeout=WAIT)
+    page.fill("#d-age", "")
+    before = time.time()
+    page.fill("#d-note", "tourniquet right arm 14:32")
+    page.click("#details button[type=submit]")
+    to_send(page, 1)
+    page.wait_for_function("() => document.getElementById('notes').textContent.includes('(to send)')", timeout=WAIT)
+    after = time.time()
+    ctx.set_offline(False)
+    page.goto("/")
+    to_send(page, 0)
+    p = kit_patient(kit, "NOTE-1")
+    assert [n["text"] for n in p["notes"]] == ["tourniquet right arm 14:32"] and p["age"] is None
+    assert before - 1 <= p["notes"][0]["at"] <= after + 1
+    ctx.close()

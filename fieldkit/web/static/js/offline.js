@@ -192,6 +192,7 @@ function say(text, kind = "") {
   }
   box.textContent = text;
   box.dataset.kind = kind;
+  box.className = kind === "offline" ? "banner stale" : "banner error";
   box.hidden = !text;
 }
 
