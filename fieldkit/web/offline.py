@@ -98,7 +98,9 @@ def replay():
                             "patient_id": "", "flagged": ""})
             continue
         result = changes.apply_change(kit.store, change, by=p.actor, now=now)
-        if result["status"] == changes.APPLIED and not result.get("duplicate") and change["kind"] != "note":
+        moved = change["kind"] == "triage" or (change["kind"] == "register" and change["triage"] != "none")
+        if result["status"] == changes.APPLIED and not result.get("duplicate") and moved:
+            # as online: pending sync rows take the new priority, the hospital gets a status document
             after_triage_change(kit.store, result["patient_id"], result.get("triage") or "none")
         results.append(result)
     return jsonify({"results": results})
