@@ -145,11 +145,9 @@ def test_two_tablets_retriaging_one_patient_offline(browser, kit):
     retriage(b, "BOTH-1", "green", "red")  # the later change
     to_send(a, 1)
     to_send(b, 1)
-    ctx_b.set_offline(False)  # the later one arrives first
-    b.goto("/")
+    ctx_b.set_offline(False)  # the later one arrives first (each page sends when it is back online)
     to_send(b, 0)
     ctx_a.set_offline(False)
-    a.goto("/")
     to_send(a, 0)
     a.wait_for_function("() => ((document.getElementById('offline-banner') || {}).textContent || '').includes('to review')",
                         timeout=WAIT)
@@ -184,8 +182,7 @@ def test_an_altered_queue_is_refused_and_set_aside(browser, kit):
     register(page, "ALTERED-1", "red")
     to_send(page, 1)
     page.evaluate(ALTER_QUEUE)
-    ctx.set_offline(False)
-    page.goto("/")
+    ctx.set_offline(False)  # the page (the board, after the registration) tries to send when back online
     page.wait_for_function("() => ((document.getElementById('offline-banner') || {}).textContent || '').includes('could not be read')",
                            timeout=WAIT)
     to_send(page, 0)
