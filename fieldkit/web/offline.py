@@ -16,7 +16,6 @@ import base64
 import os
 import threading
 import time
-import weakref
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -43,18 +42,16 @@ NEEDS = {"register": R.TRIAGE_WRITE, "triage": R.TRIAGE_WRITE, "note": R.PATIENT
 
 SECRET_FILE = "offline-queue.key"  # under the data dir's secrets/, sealed by the data key
 
-_secrets: "weakref.WeakKeyDictionary[object, bytes]" = weakref.WeakKeyDictionary()
-_secrets_lock = threading.Lock()
+_create_lock = threading.Lock()  # two first requests at once must not make two secrets
 
 
 def _kit_secret(kit) -> bytes:
-    with _secrets_lock:
-        if kit not in _secrets:
-            path = Path(kit.data_dir) / SECRETS_DIR / SECRET_FILE
-            if not path.exists():
-                kit.store.secrets.seal(path, os.urandom(32))
-            _secrets[kit] = kit.store.secrets.open(path)
-        return _secrets[kit]
+    # opened from its sealed file each time: nothing of it stays in memory while the kit is locked
+    path = Path(kit.data_dir) / SECRETS_DIR / SECRET_FILE
+    with _create_lock:
+        if not path.exists():
+            kit.store.secrets.seal(path, os.urandom(32))
+    return kit.store.secrets.open(path)
 
 
 def _principal():
