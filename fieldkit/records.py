@@ -18,6 +18,7 @@ T_TOKENS = "tokens"
 T_META = "meta"
 T_PROBES = "probes"
 T_DAMAGE = "damage"  # blobs the scrub (or a read) found damaged or missing, until repaired
+T_OFFLINE = "offline_changes"  # changes a tablet made offline and replayed: applied once, by their id
 
 # Queue vocabulary
 KIND_INFER = "infer"

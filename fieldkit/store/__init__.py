@@ -20,7 +20,7 @@ from .. import DATA_FORMAT_VERSION
 from ..config import Config
 from ..errors import StorageFull, StoreBusy, UnsupportedVersion
 from ..events import EventBus
-from ..records import T_FINDINGS, T_INSTANCES, T_META, T_PATIENTS
+from ..records import T_FINDINGS, T_INSTANCES, T_META, T_OFFLINE, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from ..security.files import write_atomic
 from ..security.secrets import SecretBox
@@ -100,6 +100,7 @@ INDEXED = {
     T_PATIENTS: ("id", "tag", "merged_into"),
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
     T_META: ("name",),
+    T_OFFLINE: ("id",),
 }
 # Fields whose text values repeat across rows and tables: kept once in memory (documents.py).
 SHARED = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id", "sop_class_uid",

@@ -174,7 +174,8 @@ def patient(pid):
                captures=captures, display_name=format_person_name(p.get("name")),
                name_from_probe=pstore.name_from_probe(p), unassigned=pstore.is_unassigned(p),
                tags=pstore.all_tags(p), probe_sessions=probes.sessions_for(store, p["id"]),
-               sync=sync_badge([c["sync"] for c in captures]))
+               sync=sync_badge([c["sync"] for c in captures]),
+               review=p.get("review") or [])  # offline changes that need a look (store.offline)
     out.update(care.card_fields(p), movement_history=p.get("movement_history") or [])
     return jsonify(out)
 

@@ -6,6 +6,7 @@
 import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, shownName } from "./actions.js";
 import { careOptions, dueAt, placeText } from "./care.js";
+import { withPending } from "./offline.js";
 
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
@@ -179,7 +180,8 @@ async function refresh() {
   if (inflight) return inflight;
   inflight = (async () => {
     try {
-      const data = await api("/api/v1/ui/board");
+      let data = await api("/api/v1/ui/board");
+      if (data.__stale) data = await withPending(data); // with the changes this tablet keeps to send
       state = data;
       if (!data.__stale && data.at) skewMs = data.at * 1000 - Date.now();
       if (data.__stale) {

@@ -1,6 +1,7 @@
 // Shared by every page: API calls with CSRF, sign-in recovery that keeps what was typed,
 // the live-update stream (with a polling fallback), the stale banner and the service
 // worker. Data is only ever put in the page with textContent (never innerHTML).
+import { backOnline, forgetKeys, forgetOffline, keepWrite, keptPatient, startOffline } from "./offline.js";
 
 const DRAFT_PREFIX = "fieldkit.draft.";
 
@@ -50,7 +51,10 @@ export function toSignIn() {
   leaving = true;
   saveDrafts();
   const next = location.pathname + location.search;
-  location.assign("/login?next=" + encodeURIComponent(next));
+  // the session ended: the offline key goes first (bounded: going to sign-in must not hang)
+  const bounded = new Promise((resolve) => setTimeout(resolve, 2000));
+  Promise.race([forgetKeys(), bounded]).catch(() => {}).finally(() =>
+    location.assign("/login?next=" + encodeURIComponent(next)));
 }
 
 let staleShown = false;
@@ -87,9 +91,20 @@ export async function api(path, { method = "GET", body = undefined } = {}) {
     res = await fetch(path, { method, headers, credentials: "same-origin",
       body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (e) {
-    throw new ApiError(0, "The kit cannot be reached. Check the kit's Wi-Fi.");
+    // out of reach: a write that can wait is kept on the tablet (offline.js), a patient is
+    // shown as this tablet last saw them; anything else says the kit cannot be reached
+    let kept = null;
+    try {
+      kept = method === "GET" ? await keptPatient(path) : await keepWrite(path, body || {});
+    } catch (err) {
+      throw new ApiError(0, `The kit cannot be reached, and this was not kept: ${err.message}`);
+    }
+    if (kept) return kept;
+    throw new ApiError(0, method === "GET" ? "Not available offline: the kit cannot be reached. Check the kit's Wi-Fi."
+      : "The kit cannot be reached. Check the kit's Wi-Fi.");
   }
   if (res.status === 401) { toSignIn(); throw new ApiError(401, "Signed out: sign in again."); }
+  if (!res.headers.get("X-Fieldkit-Stale")) backOnline();
   let data = null;
   try { data = await res.json(); } catch (e) { data = null; }
   if (!res.ok) throw new ApiError(res.status, (data && data.error) || `The kit answered ${res.status}.`);
@@ -203,9 +218,11 @@ export async function forgetPatientData() {
   try {
     Object.keys(sessionStorage).filter((k) => k.startsWith(DRAFT_PREFIX)).forEach((k) => sessionStorage.removeItem(k));
   } catch (e) { /* storage disabled: nothing kept */ }
+  await forgetOffline(); // the offline queue and its keys
   if (!window.caches) return;
   await caches.delete("fieldkit-data-v1");
-  await (await caches.open("fieldkit-shell-v1")).delete("/");
+  const shell = await caches.open("fieldkit-shell-v1");
+  await Promise.all(["/", "/patients/new", "/patients/__offline__"].map((page) => shell.delete(page)));
 }
 
 function wireLogout() {
@@ -225,4 +242,5 @@ export function initPage(onControl) {
   restoreDrafts();
   wireLogout();
   registerServiceWorker(onControl);
+  startOffline();
 }

@@ -1,13 +1,60 @@
 // fieldkit service worker: keeps the app shell and the last-seen board, so a reload while
 // the kit is briefly unreachable shows the last board marked stale instead of an error.
 // Only the board is kept (it is what a triage team needs first); patient images never are.
+// Offline, each page is either itself (the board, New patient, a patient page filled from the
+// kept board by offline.js) or a page saying it is not available offline; never another page.
 const SHELL = "fieldkit-shell-v1";
 const DATA = "fieldkit-data-v1";
 const ASSETS = ["/static/css/app.css", "/static/js/theme.js", "/static/js/common.js", "/static/js/board.js", "/static/js/actions.js",
   "/static/js/start.js", "/static/js/scan.js", "/static/js/new_patient.js", "/static/js/patient.js", "/static/js/sync.js",
   "/static/js/device.js", "/static/icons/icon.svg", "/static/icons/icon-192.png", "/manifest.webmanifest",
-  "/static/js/care.js"];
+  "/static/js/care.js", "/static/js/offline.js"];
 const BOARD_API = "/api/v1/ui/board";
+const NEW_PAGE = "/patients/new";
+const PATIENT_SHELL = "/patients/__offline__"; // the patient page for no one: offline, any patient's
+const PATIENT_PAGE = /^\/patients\/([^/]+)$/;
+
+// The New-patient page and the patient page shell, kept once per sign-in (their data comes
+// from the API; sign-out deletes them with the board)
+async function keepShells(cache) {
+  for (const page of [NEW_PAGE, PATIENT_SHELL]) {
+    if (await cache.match(page)) continue;
+    try {
+      const res = await fetch(page, { credentials: "same-origin" });
+      if (res.ok && !res.redirected) await cache.put(page, res);
+    } catch (e) { /* kept at the next board visit */ }
+  }
+}
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+async function offlinePage(url) {
+  const cache = await caches.open(SHELL);
+  if (url.pathname === "/" || url.pathname === NEW_PAGE) {
+    const page = await cache.match(url.pathname);
+    if (page) return page;
+  }
+  const m = url.pathname.match(PATIENT_PAGE);
+  const shell = m && await cache.match(PATIENT_SHELL);
+  if (shell) {
+    let pid;
+    try { pid = decodeURIComponent(m[1]); } catch (e) { pid = ""; }
+    if (pid) {
+      const html = (await shell.text()).split("__offline__").join(escapeHtml(pid));
+      return new Response(html, { status: 200, headers: shell.headers });
+    }
+  }
+  return new Response("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">" +
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">" +
+    "<title>Not available offline · fieldkit</title><link rel=\"stylesheet\" href=\"/static/css/app.css\"></head>" +
+    "<body><main id=\"main\"><h1>Not available offline</h1>" +
+    "<p>The kit cannot be reached, and this page is not kept on this tablet.</p>" +
+    "<p><a class=\"btn primary\" href=\"/\">Back to the board</a> (as last seen; registrations and re-triage are kept " +
+    "and sent when the kit is back)</p></main></body></html>",
+    { status: 503, headers: { "Content-Type": "text/html; charset=utf-8" } });
+}
 
 self.addEventListener("install", (event) => {
   event.waitUntil((async () => {
@@ -75,17 +122,13 @@ self.addEventListener("fetch", (event) => {
       try {
         const res = await fetch(req);
         if (url.pathname === "/" && res.ok && !res.redirected) {
-          await (await caches.open(SHELL)).put("/", res.clone());
+          const cache = await caches.open(SHELL);
+          await cache.put("/", res.clone());
+          event.waitUntil(keepShells(cache));
         }
         return res;
       } catch (e) {
-        // kit unreachable: the last board page (its script then shows the kept board, stale)
-        const cache = await caches.open(SHELL);
-        const page = (await cache.match("/")) || null;
-        if (page) return page;
-        return new Response("<!doctype html><title>Kit unreachable</title><h1>The kit cannot be reached</h1>" +
-          "<p>Check that this tablet is on the kit's Wi-Fi, then reload.</p>",
-          { status: 503, headers: { "Content-Type": "text/html; charset=utf-8" } });
+        return offlinePage(url); // kit unreachable
       }
     })());
     return;
