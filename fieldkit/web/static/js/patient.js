@@ -100,10 +100,13 @@ function renderFindings(p) {
     li.dataset.task = f.task;
     li.querySelector(".f-task").textContent = `${f.task === "lung" ? "Lung" : f.task === "fast" ? "FAST" : f.task} (capture #${i + 1})`;
     li.querySelector(".f-result").textContent = findingText(f);
-    // the view figure is the gate's probability of the view, not of the finding
-    const finding = f.finding_probability == null ? "finding: no calibrated confidence"
-      : `finding probability ${(100 * f.finding_probability).toFixed(0)}%`;
-    const conf = f.assessable ? `view quality ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
+    // two figures, each named: the gate's probability of the view, and the calibrated
+    // probability of the finding itself (what it is the probability of, from the model)
+    const of = (f.result && f.result.finding_probability_of) || "";
+    const finding = f.finding_probability == null || !of ? "finding: no calibrated confidence"
+      : `finding: ${of} ${(100 * f.finding_probability).toFixed(0)}%`;
+    const viewName = f.task === "lung" ? "lung" : f.task === "fast" ? "FAST" : f.task;
+    const conf = f.assessable ? `view: ${viewName} ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
     li.querySelector(".f-meta").textContent = `${conf}model ${f.model} v${f.model_version} · ${f.frames_analysed}/${f.frames_total} frames analysed`;
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");
