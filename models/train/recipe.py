@@ -38,9 +38,9 @@ def seed(task: str, what: str) -> int:
     return SEED + RECIPE[task]["seed_offsets"][what]
 
 
-def training_facts(task: str) -> dict:
+def training_facts(task: str, seed: int = SEED) -> dict:
     r = RECIPE[task]
     return {"train_size": r["train_size"], "epochs": r["epochs"], "loss": r["loss"],
-            "seeds": {k: SEED + v for k, v in r["seed_offsets"].items()},
+            "seeds": {k: seed + v for k, v in r["seed_offsets"].items()},
             "test_size": r["test_size"], "commands": COMMANDS,
             "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"]}}
