@@ -6,6 +6,8 @@ returns an `Analysis`; the worker stores it. Every way an input can be unusable 
 
 - no pixel data, pixels that do not decode, frames too small or of an unexpected layout;
 - colour-flow Doppler on the frame (the models read greyscale B-mode only);
+- most frames are no B-mode image: an M-mode strip, horizontal or vertical stripes
+  (`preprocess.not_b_mode`);
 - the view gate says the frames are not a lung / FAST view, or not usable (no contact,
   too dark, saturated), or is unsure (below its probability threshold).
 
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import postprocess as post
-from .preprocess import colour_fraction, preprocess
+from .preprocess import colour_fraction, not_b_mode, preprocess
 
 MIN_SIDE = 64  # smaller frames carry too little to say anything
 COLOUR_LIMIT = 0.01  # share of strongly coloured pixels above which a frame counts as colour Doppler
@@ -118,7 +120,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     # decode + preprocess (helper thread) and gate (this thread) as a pipeline, in batches,
     # so a long cine never sits in memory at once
     spec = gate.entry["preprocessing"]
-    used, probs, keep = [], [], {}
+    used, probs, keep, odd = [], [], {}, []
     t_prep = t_gate = 0.0
     batches = _prepared(ds, idx, batch_size, decode, spec)
     try:
@@ -141,6 +143,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
+            odd += not_b_mode(x)
             t = time.perf_counter()
             probs.append(post.softmax(gate.run(x)[0]))
             t_gate += time.perf_counter() - t
@@ -155,6 +158,10 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     a.frames_analysed = len(used)
     a.subsampled = a.frames_analysed < a.frames_total
     a.subsample_reasons = reasons if a.subsampled else []
+    why = [w for w in odd if w]
+    if len(why) * 2 >= len(odd) > 0:  # most frames are no B-mode image: no model may speak
+        return not_assessable(f"{max(set(why), key=why.count)} on {len(why)} of {len(odd)} frames",
+                              view="other", quality="not B-mode")
     p = np.concatenate(probs)
     labels = registry.get("gate").entry["labels"]
     min_prob = float(gate.thresholds.get("min_prob", 0.6))
