@@ -128,6 +128,9 @@ def main(argv=None):
         else:
             entry["calibration"] = calibration(task, session, entry["thresholds"])
         if task == "lung":
+            # the card's test metrics, through the kit's post-processing (mimic check included)
+            entry["metrics"] = E.lung_metrics(session, entry["thresholds"], n=R.RECIPE["lung"]["test_size"],
+                                              seed=R.seed("lung", "test"))
             entry["mimics"] = mimic_table(session, entry["thresholds"])
             entry["counts_by_true_count"] = count_table(session, entry["thresholds"])
             x, _, rows, _ = E.make_lung_set(PLEURA_FRAMES, R.seed("lung", "test") + 300)

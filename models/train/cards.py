@@ -110,12 +110,12 @@ def training_section(e: dict) -> str:
 
 | | |
 |---|---|
-| training set size | {t['train_size']} simulated frames (simulator seed {t['seeds']['train']}) |
+| training set size | {t['train_size']} simulated frames{' (' + t['train_size_rule'] + ')' if t.get('train_size_rule') else ''} |
 | epochs | {t['epochs']} (AdamW, one-cycle learning rate, batches of 64) |
 | loss | {t['loss']} |
 | seeds | {seeds} (train.py --seed {t['seed']}: the training set is simulated from the seed plus an offset per model) |
 | test set size | {t['test_size']} frames (the metrics below) |
-| reproduce | {commands} (in this order; train.py trains gate, lung, FAST from one seeded random state, so the lung model alone needs `--only gate --only lung`) |
+| reproduce | {commands} (in this order; train.py trains gate, lung and FAST in this order from one seeded state, so a model is reproduced with the ones before it) |
 | wall time | training {t['wall_minutes']['train']} min, calibration {t['wall_minutes']['calibrate']} min (2 busy shared CPU cores; this run: {t['seconds']} s of training) |
 
 """
@@ -243,7 +243,7 @@ own model before any clinical use (see `models/README.md`).
 Freshly simulated images never seen in training (their own seed); 95 % confidence
 intervals are Wilson intervals for proportions and bootstrap percentile intervals for means.
 The tests (`tests/test_models_metrics.py`) recompute these on another fresh set and fail
-when a model falls below the lower bound here.
+when a model falls below the lower bound here.{' B-line counts and the pattern are what the kit reports: the model' + chr(39) + 's columns after the mimic check (below).' if e['task'] == 'lung' else ''}
 
 | metric | value |
 |---|---|

@@ -130,7 +130,8 @@ def lung_metrics(session, thresholds: dict, n=300, seed=20_001):
     x, _, rows, counts = make_lung_set(n, seed)
     cols_logit, row_logit = _run(session, x)
     probs = post.sigmoid(cols_logit)
-    pred = np.array([post.count_blines(p, thresholds["bline"])[0] for p in probs])
+    # what the kit reports: the model's columns after the mimic check (post.lung_frame)
+    pred = np.array([len(post.lung_frame(p, r, img[0], thresholds)["runs"]) for p, r, img in zip(probs, row_logit, x)])
     pat_true = counts >= thresholds["pattern_min_blines"]
     pat_pred = pred >= thresholds["pattern_min_blines"]
     tp = int((pat_true & pat_pred).sum()); fp = int((~pat_true & pat_pred).sum()); fn = int((pat_true & ~pat_pred).sum())

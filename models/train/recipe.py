@@ -21,14 +21,17 @@ RECIPE = {
              "test_size": 400, "calibration_size": 400},
 }
 
-# the exact commands, in order (train.py trains gate, lung, FAST in this order from one
-# seeded random state: reproducing the lung model alone needs `--only gate --only lung`)
-COMMANDS = [
-    "pip install -e '.[train]'",
-    f"python models/train/train.py --seed {SEED} --key SIGNING_KEY.pem",
-    "python models/train/calibrate.py --key SIGNING_KEY.pem",
-    "python models/train/cards.py",
-]
+# the exact commands, in order. train.py trains gate, lung, FAST in this order from one
+# seeded random state, so a model is reproduced by training the ones before it too
+ONLY = {"gate": " --only gate", "lung": " --only gate --only lung", "fast": ""}
+
+
+def commands(task: str, seed: int = SEED) -> list[str]:
+    return ["pip install -e '.[train]'",
+            f"python models/train/train.py --seed {seed}{ONLY[task]} --key SIGNING_KEY.pem",
+            "python models/train/calibrate.py --key SIGNING_KEY.pem",
+            "python models/train/cards.py"]
+
 
 # wall time of each step on 2 busy shared CPU cores, minutes (train.py: gate, lung, FAST)
 WALL_MINUTES = {"gate": 4, "lung": 8, "fast": 21, "calibrate": 3}
@@ -40,7 +43,8 @@ def seed(task: str, what: str) -> int:
 
 def training_facts(task: str, seed: int = SEED) -> dict:
     r = RECIPE[task]
-    return {"train_size": r["train_size"], "epochs": r["epochs"], "loss": r["loss"],
+    return {"train_size": r["train_size"], "train_size_rule": r.get("train_size_rule", ""),
+            "epochs": r["epochs"], "loss": r["loss"],
             "seeds": {k: seed + v for k, v in r["seed_offsets"].items()},
-            "test_size": r["test_size"], "commands": COMMANDS,
+            "test_size": r["test_size"], "commands": commands(task, seed),
             "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"]}}
