@@ -144,6 +144,9 @@ def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, t
     # two figures, each named for what it is: the gate's of the view, the calibrated one of the finding
     meta = lung.first.locator(".f-meta").inner_text()
     assert re.search(r"view: lung \d+%", meta) and re.search(r"finding: B-line pattern \d+%", meta), meta
+    # the clip's count names the frame it comes from
+    result = lung.first.locator(".f-result").inner_text()
+    assert re.search(r"\d+ B-lines? \(frame \d+\), up to \d+ in a frame", result), result
     assert "confidence 9" not in meta
     page.click("#thumbs li:nth-child(2) .thumb-btn")
     page.wait_for_selector("#cine[data-ready=true][data-frames='10']", timeout=30000)

@@ -80,7 +80,14 @@ function renderThumbs(p) {
 function findingText(f) {
   if (!f.assessable) return `Not assessable: ${f.reason || "no reason given"}`;
   const r = f.result || {};
-  if (f.task === "lung") return `${r.pattern || "lung"} — up to ${r.max_b_lines} B-line${r.max_b_lines === 1 ? "" : "s"} in a frame`;
+  if (f.task === "lung") {
+    const lines = (n) => `${n} B-line${n === 1 ? "" : "s"}`;
+    // the clip's count is that of its summary frame (rows stored before it give the maximum)
+    const count = r.summary_frame ? `${lines(r.b_lines)} (frame ${r.summary_frame}), up to ${r.max_b_lines} in a frame`
+      : `up to ${lines(r.max_b_lines)} in a frame`;
+    const mimics = r.max_vertical_artefacts_not_b_lines ? " · vertical artefacts present, not B-lines" : "";
+    return `${r.pattern || "lung"} — ${count}${mimics}`;
+  }
   if (f.task === "fast") {
     const area = r.fluid_area_cm2 ? `, largest area ${r.fluid_area_cm2} cm²` : "";
     return r.fluid_present ? `Free fluid seen in ${r.frames_with_fluid} frame(s)${area}` : "No free fluid seen";
