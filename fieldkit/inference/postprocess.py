@@ -137,10 +137,11 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
 
 # --------------------------------------------------------------------- finding scores
 # A finding's probability comes from one score per frame, a logit that is >= 0 exactly when
-# the frame shows the finding by the model's thresholds, so the call and the probability
-# never disagree about which side of 50 % they are on. The score is then calibrated
-# (Platt scaling: sigmoid(a * score + b), fitted on held-out simulated data; the bundle's
-# signed `calibration` field) into the probability the kit shows.
+# the frame shows the finding by the model's thresholds (the score and the call agree).
+# Calibration maps the score to the probability the kit shows (Platt scaling:
+# sigmoid(a * score + b), fitted on held-out simulated data; the bundle's signed
+# `calibration` field). The thresholds were chosen for the call, not for even odds, so a
+# frame just under the threshold may still have a probability above 50 %.
 
 def logit(p, eps: float = 1e-6):
     p = np.clip(np.asarray(p, float), eps, 1 - eps)
