@@ -260,7 +260,7 @@ SETTINGS: dict[str, Setting] = {
     "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
     "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive.", min=1, max=256),
     "inference.model_dirs": Setting([], "Extra directories of signed model bundles; the bundled models/ and DIR/models are always searched.", rule=DIR_PATH),
-    "inference.trusted_keys": Setting(["ed25519:Txpd1eFnbBEHInXzEn+vmbBixB2SAIAaretkltpAEkY="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's key for the bundled reference models.", rule=ED25519_KEY),
+    "inference.trusted_keys": Setting(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's key for the bundled reference models.", rule=ED25519_KEY),
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding).", above=0),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call.", min=1, max=1024),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fieldkit.config import Config
@@ -186,3 +187,34 @@ def test_a_refused_model_leaves_the_kit_working(kit, model_copy):
     assert out["outcome"] == "analysed"
     rows = findings.for_instance(kit.store, stored["sop_instance_uid"])
     assert [r["model"] for r in rows] == ["fast-fluid"]  # no finding from a model that was refused
+
+
+@pytest.mark.parametrize("bundle,cut,named", [
+    ("lung_bline", "| epochs |", "'epochs'"),
+    ("lung_bline", "| reproduce |", "'reproduce'"),
+    ("view_quality", "| wall time |", "'wall time'"),
+    ("fast_fluid", "| ECE |", "'ECE'"),
+    ("lung_bline", "## Mimic false positives", "section 'Mimic false positives'"),
+    ("lung_bline", "## Counts by true count", "section 'Counts by true count'"),
+    ("fast_fluid", "## Calibration", "section 'Calibration'"),
+])
+def test_verify_refuses_a_bundle_whose_card_lacks_a_field_and_names_it(model_copy, bundle, cut, named):
+    """The card is not signed, so a signed bundle with a thin card still verifies its
+    signature; `models verify` refuses it all the same, naming what the card lacks."""
+    from fieldkit.cli import main
+    card = model_copy / bundle / "MODEL_CARD.md"
+    text = card.read_text()
+    assert cut in text
+    card.write_text("\n".join(line for line in text.splitlines() if not line.startswith(cut)) + "\n")
+    out = CliRunner().invoke(main, ["models", "verify", str(model_copy / bundle)])
+    assert out.exit_code == 1, out.output
+    assert "REFUSED" in out.output and f"lacks {named}" in out.output, out.output
+    others = [str(model_copy / b) for b in ("view_quality", "lung_bline", "fast_fluid") if b != bundle]
+    assert CliRunner().invoke(main, ["models", "verify", *others]).exit_code == 0
+
+
+def test_verify_refuses_a_bundle_without_its_card(model_copy):
+    from fieldkit.cli import main
+    (model_copy / "fast_fluid" / "MODEL_CARD.md").unlink()
+    out = CliRunner().invoke(main, ["models", "verify", str(model_copy / "fast_fluid")])
+    assert out.exit_code == 1 and "model card MODEL_CARD.md is missing" in out.output, out.output

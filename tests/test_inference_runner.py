@@ -108,17 +108,17 @@ def test_simulated_lung_cine_gives_b_line_counts(registry):
     assert len(lung.result["column_evidence"]) == 64
 
 
-def test_sr_names_the_view_probability_as_such_and_claims_no_finding_probability(registry):
+def test_sr_names_the_view_probability_and_the_finding_probability_apart(registry):
     """The gate's figure is the probability of the view, not of the finding: the SR carries
-    it under that name, and no finding probability the model does not give."""
+    each under its own name (tests/test_inference_calibration.py checks the values)."""
     ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11)
     a = runner.analyse(_roundtrip(ds), registry)
     lung = next(r for r in a.results if r.task == "lung")
-    assert lung.assessable and lung.finding_probability is None
+    assert lung.assessable and lung.finding_probability is not None
     report = _roundtrip(sr.build_sr(ds, a))
     values = sr_values(report)
     assert sr.VIEW_PROBABILITY.meaning in values
-    assert sr.FINDING_PROBABILITY.meaning not in values
+    assert sr.FINDING_PROBABILITY.meaning in values
 
     def items(ds):
         for i in getattr(ds, "ContentSequence", []):

@@ -141,9 +141,12 @@ def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, t
     page.locator("#thumbs li").nth(1).wait_for(timeout=30000)
     lung = page.locator("#findings li.finding[data-task=lung]", has_text="B-line")
     lung.first.wait_for(timeout=120000)
-    # the gate's figure is named for what it is, and no finding probability is claimed
+    # two figures, each named for what it is: the gate's of the view, the calibrated one of the finding
     meta = lung.first.locator(".f-meta").inner_text()
-    assert re.search(r"view quality \d+%", meta) and "finding: no calibrated confidence" in meta, meta
+    assert re.search(r"view: lung \d+%", meta) and re.search(r"finding: B-line pattern \d+%", meta), meta
+    # the clip's count names the frame it comes from
+    result = lung.first.locator(".f-result").inner_text()
+    assert re.search(r"\d+ B-lines? \(frame \d+\), up to \d+ in a frame", result), result
     assert "confidence 9" not in meta
     page.click("#thumbs li:nth-child(2) .thumb-btn")
     page.wait_for_selector("#cine[data-ready=true][data-frames='10']", timeout=30000)

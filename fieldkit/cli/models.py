@@ -58,10 +58,15 @@ def verify(data_dir, bundles):
     config = _config(data_dir)
     if bundles:
         trusted = B.trusted_keys(list(config.get("inference.trusted_keys") or []))
-        results = [B.verify_bundle(B.read_bundle(p), trusted) for p in bundles]
-        rows = [{"name": b.name, "ok": b.ok, "status": b.status} for b in results]
+        found = [B.verify_bundle(B.read_bundle(p), trusted) for p in bundles]
     else:
-        rows = [{"name": r["name"], "ok": r["ok"], "status": r["status"]} for r in Registry(config, data_dir).status()]
+        found = Registry(config, data_dir).bundles
+    rows = []
+    for b in found:
+        # a verified bundle whose card does not tell everything is refused here, by name
+        card = B.card_problems(b) if b.ok else []
+        rows.append({"name": b.name, "ok": b.ok and not card,
+                     "status": f"refused: {'; '.join(card)}" if card else b.status})
     for r in rows:
         click.echo(f"{'verified' if r['ok'] else 'REFUSED '}  {r['name']}: {r['status']}")
     if not rows:

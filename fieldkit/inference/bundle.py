@@ -178,6 +178,27 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
     return bundle
 
 
+# What a model card must tell (models/train/cards.py writes it): each field is a table row
+# or a section heading of the card. `fieldkit models verify` refuses a card without one.
+CARD_ROWS = ("training set size", "epochs", "loss", "seeds", "test set size", "reproduce", "wall time", "ECE")
+CARD_SECTIONS = {"lung": ("Mimic false positives", "Counts by true count")}
+CARD_ANY = ("Calibration", "Held-out simulated test metrics")
+
+
+def card_problems(bundle: Bundle) -> list[str]:
+    """The fields the bundle's model card lacks, each named (empty: the card tells everything)."""
+    name = str(bundle.entry.get("model_card") or "")
+    path = bundle.path / name
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+        return [f"model card {name or '(none named)'} is missing"]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("|") and line.count("|") > 2}
+    heads = {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("## ")}
+    missing = [f"'{r}'" for r in CARD_ROWS if r not in rows]
+    missing += [f"section '{h}'" for h in CARD_ANY + CARD_SECTIONS.get(str(bundle.entry.get("task")), ()) if h not in heads]
+    return [f"model card {name} lacks {m}" for m in missing]
+
+
 def _refuse(bundle: Bundle, why: str) -> Bundle:
     bundle.ok = False
     bundle.status = f"refused: {why}"

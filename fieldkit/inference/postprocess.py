@@ -133,3 +133,66 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     if deep < FADE_RATIO * near:
         return "fades before the bottom of the image (Z-line or comet tail)"
     return ""
+
+
+# --------------------------------------------------------------------- finding scores
+# A finding's probability comes from one score per frame, a logit that is >= 0 exactly when
+# the frame shows the finding by the model's thresholds (the score and the call agree).
+# Calibration maps the score to the probability the kit shows (Platt scaling:
+# sigmoid(a * score + b), fitted on held-out simulated data; the bundle's signed
+# `calibration` field). The thresholds were chosen for the call, not for even odds, so a
+# frame just under the threshold may still have a probability above 50 %.
+
+def logit(p, eps: float = 1e-6):
+    p = np.clip(np.asarray(p, float), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray, thresholds: dict) -> dict:
+    """One frame of the lung model: accepted B-line runs, mimics turned away (with why),
+    the pleural row and the frame's pattern score (input pixels; columns in bins).
+
+    The score is the logit of the k-th strongest B-line (k = pattern_min_blines): the
+    accepted runs' peaks, then any weaker bumps of evidence below the threshold."""
+    th = float(thresholds["bline"])
+    k = int(thresholds.get("pattern_min_blines", 3))
+    in_h, in_w = img.shape
+    _, found = count_blines(col_prob, th)
+    prow = pleura_row(pleura_logits, in_h)
+    to_px = in_w / col_prob.shape[0]
+    maps = line_maps(img) if found else None
+    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps) for a, b in found]
+    accepted = [r for r, y in zip(found, why) if not y]
+    peaks = sorted((float(col_prob[a:b].max()) for a, b in accepted), reverse=True)
+    weak = col_prob.copy()
+    for a, b in found:
+        weak[a:b] = 0  # the strong runs are counted above (or turned away as mimics)
+    bumps = sorted((float(weak[a:b].max()) for a, b in runs(weak >= 0.02)), reverse=True)
+    ranked = peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k
+    score = float(logit(ranked[k - 1]) - logit(th))
+    return {"runs": accepted, "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
+            "score": score}
+
+
+def fluid_score(fluid_logits: np.ndarray, thresholds: dict) -> float:
+    """A frame's free-fluid score: the logit of its min_area_px-th most likely fluid pixel
+    (>= 0 exactly when at least min_area_px pixels pass the pixel threshold)."""
+    v = np.sort(np.ravel(fluid_logits))[::-1]
+    k = max(1, int(thresholds["min_area_px"]))
+    return float(v[min(k, v.size) - 1] - logit(float(thresholds["pixel"])))
+
+
+def clip_score(scores, share: float) -> tuple[float, int]:
+    """(score, index of its frame): the score at the given upper share of frames, e.g. 0.3:
+    the frame that 30 % of the clip's frames reach or exceed (robust to one noisy frame)."""
+    s = np.asarray(scores, float)
+    order = np.argsort(-s, kind="stable")
+    i = int(order[max(1, int(np.ceil(share * len(s)))) - 1])
+    return float(s[i]), i
+
+
+def calibrated(score: float, calibration: dict | None) -> float | None:
+    """The probability of the finding from its score; None without a fitted calibration."""
+    if not calibration:
+        return None
+    return float(sigmoid(np.asarray(calibration["a"] * score + calibration["b"], float)))

@@ -81,3 +81,36 @@ def colour_fraction(frames: np.ndarray) -> float:
     r, g, b = f[..., 0], f[..., 1], f[..., 2]
     chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8, no overflow
     return float((chroma > 80).mean())
+
+
+# A B-mode image changes about as much across as down (speckle, tissue edges). A frame that
+# hardly changes across is a time trace (an M-mode strip: each column is one moment of the
+# same scan line) or horizontal stripes; one that hardly changes down is vertical stripes.
+# Neither is an image the models were made for. Measured on simulated lung, FAST and other
+# views, across/down lies in 0.56-2.0; simulated M-mode strips (with a granular seashore
+# below the pleura) stay under 0.35.
+STEP = 8  # pixels of the model input between the compared samples
+MIN_ACROSS = 0.4
+MAX_ACROSS = 4.0
+
+
+def not_b_mode(x: np.ndarray) -> list[str]:
+    """Per model-input frame ((N, 1, H, W) 0-1), why it is not a B-mode image, or ""."""
+    out = []
+    for img in x[:, 0]:
+        a, b = img[:, STEP:], img[:, :-STEP]
+        c, d = img[STEP:, :], img[:-STEP, :]
+        across = (a > 0.02) & (b > 0.02)  # inside the field of view on both sides
+        down = (c > 0.02) & (d > 0.02)
+        h = float(np.abs(a - b)[across].mean()) if across.any() else 0.0
+        v = float(np.abs(c - d)[down].mean()) if down.any() else 0.0
+        if h + v < 1e-3:
+            out.append("")  # flat: the view gate says "too dark" or "saturated"
+        elif h < MIN_ACROSS * v:
+            out.append("every row is about the same across the image (an M-mode strip or horizontal stripes, "
+                       "not a B-mode image)")
+        elif h > MAX_ACROSS * v:
+            out.append("every column is about the same down the image (vertical stripes, not a B-mode image)")
+        else:
+            out.append("")
+    return out

@@ -6,6 +6,8 @@ returns an `Analysis`; the worker stores it. Every way an input can be unusable 
 
 - no pixel data, pixels that do not decode, frames too small or of an unexpected layout;
 - colour-flow Doppler on the frame (the models read greyscale B-mode only);
+- most frames are no B-mode image: an M-mode strip, horizontal or vertical stripes
+  (`preprocess.not_b_mode`);
 - the view gate says the frames are not a lung / FAST view, or not usable (no contact,
   too dark, saturated), or is unsure (below its probability threshold).
 
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import postprocess as post
-from .preprocess import colour_fraction, preprocess
+from .preprocess import colour_fraction, not_b_mode, preprocess
 
 MIN_SIDE = 64  # smaller frames carry too little to say anything
 COLOUR_LIMIT = 0.01  # share of strongly coloured pixels above which a frame counts as colour Doppler
@@ -118,7 +120,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     # decode + preprocess (helper thread) and gate (this thread) as a pipeline, in batches,
     # so a long cine never sits in memory at once
     spec = gate.entry["preprocessing"]
-    used, probs, keep = [], [], {}
+    used, probs, keep, odd = [], [], {}, []
     t_prep = t_gate = 0.0
     batches = _prepared(ds, idx, batch_size, decode, spec)
     try:
@@ -141,6 +143,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
+            odd += not_b_mode(x)
             t = time.perf_counter()
             probs.append(post.softmax(gate.run(x)[0]))
             t_gate += time.perf_counter() - t
@@ -155,6 +158,10 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     a.frames_analysed = len(used)
     a.subsampled = a.frames_analysed < a.frames_total
     a.subsample_reasons = reasons if a.subsampled else []
+    why = [w for w in odd if w]
+    if len(why) * 2 >= len(odd) > 0:  # most frames are no B-mode image: no model may speak
+        return not_assessable(f"{max(set(why), key=why.count)} on {len(why)} of {len(odd)} frames",
+                              view="other", quality="not B-mode")
     p = np.concatenate(probs)
     labels = registry.get("gate").entry["labels"]
     min_prob = float(gate.thresholds.get("min_prob", 0.6))
@@ -189,7 +196,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2], x)
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
-                                [c + 1 for c in chosen]))
+                                [c + 1 for c in chosen], result.get("finding_probability")))
         a.overlay_frame, a.overlay = _rgb(frames[overlay_i]), overlay
         a.timing_ms[task] = round((time.perf_counter() - t) * 1000, 1)
     if a.overlay_frame is None and keep:
@@ -380,40 +387,56 @@ def _batched(model, x, batch_size):
     return [np.concatenate(v) for v in outs]
 
 
+CLIP_SHARE = 0.3  # a clip shows a finding when this share of its confident frames does
+
+
 def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
     th = model.thresholds
     cols, rows = outs
     h, w = size
-    in_h, in_w = model.entry["input"]["shape"][2:]
+    in_h = model.entry["input"]["shape"][2]
     probs = post.sigmoid(cols)
-    per_frame = []
+    scale = w / probs.shape[1]
+    per_frame, scores = [], []
     for f, pc, pr, img in zip(frame_numbers, probs, rows, x):
-        _, runs = post.count_blines(pc, float(th["bline"]))
-        prow = post.pleura_row(pr, in_h)
         # the model scores columns at the pleura; a column whose line starts above it or
         # fades is a mimic, not a B-line (kept apart, with the reason)
-        to_px = in_w / pc.shape[0]
-        maps = post.line_maps(img[0]) if runs else None
-        why = [post.bline_mimic(img[0], (a * to_px, b * to_px), prow, maps) for a, b in runs]
-        scale = w / pc.shape[0]
-        per_frame.append({"frame": f, "b_lines": sum(not y for y in why),
-                          "columns": [[round(a * scale), round(b * scale)] for (a, b), y in zip(runs, why) if not y],
+        fr = post.lung_frame(pc, pr, img[0], th)
+        scores.append(fr["score"])
+        per_frame.append({"frame": f, "b_lines": len(fr["runs"]),
+                          "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
                           "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
-                                          for (a, b), y in zip(runs, why) if y],
-                          "pleura_row": round(prow * h / in_h)})
+                                          for (a, b), y in fr["mimics"]],
+                          "pleura_row": round(fr["pleura_row"] * h / in_h),
+                          "pattern_score": round(fr["score"], 3)})
     counts = [r["b_lines"] for r in per_frame]
     pattern_min = int(th.get("pattern_min_blines", 3))
-    pattern = "B-line pattern" if max(counts) >= pattern_min else "A-line pattern"
-    best = int(np.argmax(counts))
+    # the clip's summary: not the maximum of noisy frames but the frame that a share of
+    # the confident frames reach (all frames here passed the gate as this view)
+    score, best = post.clip_score(scores, CLIP_SHARE)
+    pattern = "B-line pattern" if score >= 0 else "A-line pattern"
     result = {"b_line_counts": counts, "max_b_lines": max(counts), "pattern": pattern,
-              "pattern_rule": f">= {pattern_min} B-lines in a frame", "frames": per_frame,
+              "b_lines": counts[best], "summary_frame": per_frame[best]["frame"],
+              "pattern_rule": f">= {pattern_min} B-lines in at least {CLIP_SHARE:.0%} of the frames",
+              "frames": per_frame,
               "pleural_line_row": int(np.median([r["pleura_row"] for r in per_frame])),
               # "vertical artefacts present, not B-lines": the most in a frame
               "max_vertical_artefacts_not_b_lines": max(len(r["not_b_lines"]) for r in per_frame),
               "column_evidence": [round(float(v), 3) for v in probs[best]]}
+    _probability(result, model, score)
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}
     return result, best, overlay
+
+
+def _probability(result: dict, model, score: float) -> None:
+    """The calibrated probability of the finding (the bundle's signed `calibration`), and
+    what it is the probability of; nothing when the bundle carries no calibration."""
+    cal = model.entry.get("calibration")
+    p = post.calibrated(score, cal)
+    if p is not None:
+        result["finding_probability"] = round(p, 3)
+        result["finding_probability_of"] = str(cal.get("of", ""))
 
 
 def _fast(model, outs, frame_numbers, size, x=None) -> tuple[dict, int, dict]:
@@ -424,7 +447,9 @@ def _fast(model, outs, frame_numbers, size, x=None) -> tuple[dict, int, dict]:
     areas = masks.reshape(len(masks), -1).sum(1)
     min_px = int(th["min_area_px"])
     with_fluid = int((areas >= min_px).sum())
-    present = with_fluid >= max(1, int(np.ceil(0.3 * len(masks))))
+    # present when CLIP_SHARE of the frames show fluid: the same frame gives the probability
+    score, _ = post.clip_score([post.fluid_score(l, th) for l in logits], CLIP_SHARE)
+    present = score >= 0
     best = int(np.argmax(areas))
     px_per_cell = (h / masks.shape[1]) * (w / masks.shape[2])
     result = {"fluid_present": bool(present), "frames_with_fluid": with_fluid,
@@ -432,6 +457,7 @@ def _fast(model, outs, frame_numbers, size, x=None) -> tuple[dict, int, dict]:
               "fluid_area_fraction": round(float(areas[best]) / masks[0].size, 4),
               "frame_of_max_area": frame_numbers[best],
               "area_per_frame_px": [int(round(float(v) * px_per_cell)) for v in areas]}
+    _probability(result, model, score)
     overlay = {"kind": "fast", "mask": masks[best], "frame": frame_numbers[best]}
     return result, best, overlay
 

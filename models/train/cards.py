@@ -98,8 +98,118 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-LUNG_MIMICS = '## B-line mimics (kit post-processing)\n\nThe kit does not take this model\'s columns as they are: `fieldkit/inference/postprocess.py`\n(`bline_mimic`) follows each scored column through the frame, from the model\'s own pleural\nrow to the bottom, and turns away lines that start above the pleura (E-lines, needle\nring-down), fade before the bottom (Z-lines, comet tails) or are no brighter than their\nsurroundings (beside a shadow). Through the kit\'s path on fresh simulated clips with no\ntrue B-line (`tests/test_inference_mimics.py`: 30 clips of 3 frames per type; frames with\nany B-line / clips read as "B-line pattern", before -> after the check): E-lines 100 % -> 62 %\n/ 23 % -> 3 %; needle ring-down 100 % -> 36 % / 23 % -> 0 %; Z-lines 52 % -> 2 % / 0 %;\nacoustic shadows 13 % -> 3 % / 0 %; A-line control 0 % / 0 %. Cost: clips with 4 true\nB-lines read "B-line pattern" 30/30 -> 22/30. The model was not trained on mimics; the\nheld-out metrics above are the model\'s alone, without the check.\n\n'
-CONFIDENCE = '## What the percentage next to a finding means\n\nThe kit shows and reports the view/quality gate\'s probability that the frames are this\nmodel\'s view ("view quality 94 %"; `view_probability` in the finding, "View probability"\nin the SR). It is not the probability of the finding: it is about the same whether the\nfinding is right or wrong. This model gives no calibrated probability of its finding, so\n`finding_probability` is empty and the page says "no calibrated confidence".\n\n'
+MIMIC_NAMES = {"e_line": "E-lines (start above the pleura)", "needle": "needle with ring-down",
+               "z_line": "Z-lines / comet tails (fade)", "shadow": "acoustic shadow", "a_line": "A-line control"}
+
+
+def training_section(e: dict) -> str:
+    t = e["training"]
+    seeds = ", ".join(f"{k} {v}" for k, v in t["seeds"].items())
+    commands = "<br>".join(f"`{c}`" for c in t["commands"])
+    return f"""## How it was made
+
+| | |
+|---|---|
+| training set size | {t['train_size']} simulated frames{' (' + t['train_size_rule'] + ')' if t.get('train_size_rule') else ''} |
+| epochs | {t['epochs']} (AdamW, one-cycle learning rate, batches of 64) |
+| loss | {t['loss']} |
+| seeds | {seeds} (train.py --seed {t['seed']}: the training set is simulated from the seed plus an offset per model) |
+| test set size | {t['test_size']} frames (the metrics below) |
+| reproduce | {commands} (in this order; train.py trains gate, lung and FAST in this order from one seeded state, so a model is reproduced with the ones before it) |
+| wall time | training {t['wall_minutes']['train']} min, calibration {t['wall_minutes']['calibrate']} min (2 busy shared CPU cores; this run: {t['seconds']} s of training) |
+
+"""
+
+
+def _reliability(rows) -> str:
+    return "\n".join(f"| {lo:.1f}-{hi:.1f} | {n} | {p:.3f} | {o:.3f} |" for lo, hi, n, p, o in rows)
+
+
+def calibration_section(e: dict) -> str:
+    c = e["calibration"]
+    if c["method"] == "none":
+        return f"""## Calibration
+
+The view probability this gate gives (the probability shown as "view: lung 94 %") is not
+rescaled. Its reliability on fresh simulated frames (seed {c['ece_measured_on']['seed']},
+{c['ece_measured_on']['frames']} frames called lung or FAST):
+
+| ECE | {c['ece']:.4f} (before and after: no calibration applied) |
+|---|---|
+
+| probability bin | frames | mean probability | observed share |
+|---|---|---|---|
+{_reliability(c['reliability'])}
+
+"""
+    return f"""## Calibration
+
+The kit shows "finding: {c['of']} 87 %": the probability of the finding itself, from
+the frame's finding score (`fieldkit/inference/postprocess.py`, "finding scores": the
+logit of the evidence that decides the call, 0 at the decision threshold) by Platt
+scaling, sigmoid(a x score + b) with a = {c['a']}, b = {c['b']}, fitted on
+{c['fitted_on']['frames']} held-out frames (seed {c['fitted_on']['seed']}: not trained on,
+not the test set) and signed in the manifest (`calibration`). A clip's probability is that
+of the frame its summary comes from. The ECE (expected calibration error: the
+frame-weighted mean gap between probability and observed share over ten bins) on
+{c['ece_measured_on']['frames']} other fresh frames (seed {c['ece_measured_on']['seed']}):
+
+| ECE | before calibration (sigmoid of the score) {c['ece_before']:.4f} | after {c['ece_after']:.4f} |
+|---|---|---|
+
+Reliability before:
+
+| probability bin | frames | mean probability | observed share |
+|---|---|---|---|
+{_reliability(c['reliability_before'])}
+
+Reliability after:
+
+| probability bin | frames | mean probability | observed share |
+|---|---|---|---|
+{_reliability(c['reliability_after'])}
+
+The view probability shown beside it ("view: lung 94 %") is the view gate's, about the view
+and not the finding (see the gate's card for its reliability).
+
+"""
+
+
+def mimic_section(e: dict) -> str:
+    rows = "\n".join(f"| {MIMIC_NAMES.get(k, k)} | {v['frames']} | {v['any_before']:.1%} | {v['any_after']:.1%} | "
+                     f"{v['pattern_before']:.1%} | {v['pattern_after']:.1%} |" for k, v in e["mimics"].items())
+    return f"""## Mimic false positives
+
+A B-line arises from the pleural line and reaches the bottom of the screen without fading.
+The kit does not take this model's columns as they are: `fieldkit/inference/postprocess.py`
+(`bline_mimic`) follows each scored column from the model's own pleural row to the bottom
+and turns away lines that start above the pleura, fade, or are no brighter than their
+surroundings; they are reported as "vertical artefacts, not B-lines". Fresh simulated
+frames with no true B-line, per mimic type (before = the model's columns alone, after =
+with the check; "pattern" = at least {e['thresholds']['pattern_min_blines']} B-lines in the frame):
+
+| mimic | frames | any B-line before | after | pattern before | after |
+|---|---|---|---|---|---|
+{rows}
+
+"""
+
+
+def counts_section(e: dict) -> str:
+    rows = "\n".join(f"| {k} | {v['frames']} | {v['exact']:.1%} | {v['within_1']:.1%} | {v['mean_count']:.2f} |"
+                     for k, v in e["counts_by_true_count"].items())
+    return f"""## Counts by true count
+
+Per-frame B-line count after the mimic check, on fresh simulated frames with a set number
+of true B-lines:
+
+| true B-lines | frames | exact | within one | mean count |
+|---|---|---|---|---|
+{rows}
+
+Counts above four are under-counted: this model does not count to confluence.
+
+"""
 
 
 def write_card(bundle_dir: Path, real: list[str]) -> None:
@@ -133,7 +243,7 @@ own model before any clinical use (see `models/README.md`).
 Freshly simulated images never seen in training (their own seed); 95 % confidence
 intervals are Wilson intervals for proportions and bootstrap percentile intervals for means.
 The tests (`tests/test_models_metrics.py`) recompute these on another fresh set and fail
-when a model falls below the lower bound here.
+when a model falls below the lower bound here.{' B-line counts and the pattern are what the kit reports: the model' + chr(39) + 's columns after the mimic check (below).' if e['task'] == 'lung' else ''}
 
 | metric | value |
 |---|---|
@@ -150,7 +260,7 @@ answer must be "not assessable"); what the kit answered with this model set:
 
 {chr(10).join(real)}
 
-{(LUNG_MIMICS if e['task'] == 'lung' else '') + (CONFIDENCE if e['task'] != 'gate' else '')}## Limitations
+{training_section(e)}{calibration_section(e)}{(mimic_section(e) + counts_section(e)) if e['task'] == 'lung' else ''}## Limitations
 
 - Trained and tested on simulated images only: the simulator's idea of a B-line, a
   pleural line or free fluid is simpler than a patient's. Metrics here say the model

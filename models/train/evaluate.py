@@ -130,7 +130,8 @@ def lung_metrics(session, thresholds: dict, n=300, seed=20_001):
     x, _, rows, counts = make_lung_set(n, seed)
     cols_logit, row_logit = _run(session, x)
     probs = post.sigmoid(cols_logit)
-    pred = np.array([post.count_blines(p, thresholds["bline"])[0] for p in probs])
+    # what the kit reports: the model's columns after the mimic check (post.lung_frame)
+    pred = np.array([len(post.lung_frame(p, r, img[0], thresholds)["runs"]) for p, r, img in zip(probs, row_logit, x)])
     pat_true = counts >= thresholds["pattern_min_blines"]
     pat_pred = pred >= thresholds["pattern_min_blines"]
     tp = int((pat_true & pat_pred).sum()); fp = int((~pat_true & pat_pred).sum()); fn = int((pat_true & ~pat_pred).sum())
@@ -160,3 +161,75 @@ def fast_metrics(session, thresholds: dict, n=200, seed=30_001):
         "fluid_specificity": wilson(int((~present_pred & ~present_true).sum()), int((~present_true).sum())),
         "fluid_dice_positive": bootstrap_mean(dices, seed),
     }
+
+
+# ----------------------------------------------------------------------- calibration
+
+def fit_platt(scores, labels, iters: int = 200) -> dict:
+    """Platt scaling: (a, b) maximising the likelihood of labels under sigmoid(a*s + b)
+    (damped Newton steps on two parameters; a small ridge keeps it finite on separable data)."""
+    s = np.asarray(scores, float)
+    y = np.asarray(labels, float)
+    X = np.stack([s, np.ones_like(s)], axis=1)
+    ridge = 1e-3
+
+    def loss(w):
+        z = X @ w
+        return float(np.sum(np.logaddexp(0, z) - y * z) + ridge / 2 * w @ w)
+
+    w = np.array([1.0, 0.0])
+    for _ in range(iters):
+        p = post.sigmoid(X @ w)
+        g = X.T @ (p - y) + ridge * w
+        H = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(H, g)
+        t, f0 = 1.0, loss(w)
+        while loss(w - t * step) > f0 and t > 1e-8:
+            t /= 2
+        w = w - t * step
+        if np.abs(t * step).max() < 1e-9:
+            break
+    return {"a": round(float(w[0]), 5), "b": round(float(w[1]), 5)}
+
+
+def ece(probs, labels, bins: int = 10) -> float:
+    """Expected calibration error: the mean |observed share - mean probability| over equal-width
+    probability bins, weighted by how many predictions fall in each."""
+    p = np.asarray(probs, float)
+    y = np.asarray(labels, float)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(y[m].mean() - p[m].mean())
+    return float(total / max(1, len(p)))
+
+
+def lung_scores(session, thresholds: dict, n: int, seed: int):
+    """Per frame: the pattern score (post.lung_frame, mimic check included), whether the frame
+    truly has a B-line pattern, the accepted count and the true count."""
+    x, _, _, counts = make_lung_set(n, seed)
+    cols_logit, row_logit = _run(session, x)
+    probs = post.sigmoid(cols_logit)
+    frames = [post.lung_frame(p, r, img[0], thresholds) for p, r, img in zip(probs, row_logit, x)]
+    return (np.array([f["score"] for f in frames]), counts >= thresholds["pattern_min_blines"],
+            np.array([len(f["runs"]) for f in frames]), counts)
+
+
+def fast_scores(session, thresholds: dict, n: int, seed: int):
+    """Per frame: the free-fluid score and whether the frame truly shows free fluid."""
+    x, masks = make_fast_set(n, seed)
+    logits = _run(session, x)[0]
+    truth = masks.reshape(n, -1).sum(1) >= thresholds["min_area_px"]
+    return np.array([post.fluid_score(l, thresholds) for l in logits]), truth
+
+
+def gate_view_probs(session, n_per_class: int, seed: int):
+    """The shown view probabilities (p of lung, p of FAST on frames called that view) and
+    whether each frame truly is that view."""
+    x, y = make_gate_set(n_per_class, seed)
+    probs = post.softmax(_run(session, x)[0])
+    called = probs.argmax(1)
+    shown = np.isin(called, (0, 1))
+    return probs[shown, called[shown]], y[shown] == called[shown]

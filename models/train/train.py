@@ -1,6 +1,6 @@
 """Train the three reference models on simulated data and export them as ONNX bundles.
 
-    python models/train/train.py --key SIGNING_KEY.pem          # everything, ~10 min on 2 cores
+    python models/train/train.py --key SIGNING_KEY.pem          # everything, ~33 min on 2 busy cores
     python models/train/train.py --only gate --key ...          # one model
 
 CPU only and seeded: the same seed gives the same simulated data and the same training
@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import evaluate as E  # noqa: E402
+import recipe as R  # noqa: E402
 import simulator as S  # noqa: E402
 from fieldkit.inference import bundle as B  # noqa: E402
 
@@ -137,9 +138,9 @@ def session(path: Path):
 
 def train_gate(out: Path, seed: int, scale: float):
     print("gate: simulating", flush=True)
-    x, y = E.make_gate_set(int(700 * scale), seed)
+    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed)
     model = fit(GateNet(), x, [y.astype(np.int64)], lambda o, t: F.cross_entropy(o, t[0], label_smoothing=0.05),
-                epochs=8, seed=seed, log="gate")
+                epochs=R.RECIPE["gate"]["epochs"], seed=seed, log="gate")
     path = out / "view_quality" / "model.onnx"
     export(model, path, ["logits"])
     thresholds = {"min_prob": 0.6}
@@ -149,13 +150,13 @@ def train_gate(out: Path, seed: int, scale: float):
 
 def train_lung(out: Path, seed: int, scale: float):
     print("lung: simulating", flush=True)
-    x, cols, rows, _ = E.make_lung_set(int(3000 * scale), seed + 1)
+    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1)
 
     def loss(o, t):
         pos = torch.tensor(4.0)  # B-line columns are rare; weigh them up
         return F.binary_cross_entropy_with_logits(o[0], t[0], pos_weight=pos) + 0.5 * F.cross_entropy(o[1], t[1])
 
-    model = fit(LungNet(), x, [cols, rows.astype(np.int64)], loss, epochs=10, seed=seed, log="lung")
+    model = fit(LungNet(), x, [cols, rows.astype(np.int64)], loss, epochs=R.RECIPE["lung"]["epochs"], seed=seed, log="lung")
     path = out / "lung_bline" / "model.onnx"
     export(model, path, ["bline_logits", "pleura_logits"])
     thresholds = {"bline": 0.5, "pattern_min_blines": 3}
@@ -165,7 +166,7 @@ def train_lung(out: Path, seed: int, scale: float):
 
 def train_fast(out: Path, seed: int, scale: float):
     print("fast: simulating", flush=True)
-    x, masks = E.make_fast_set(int(2400 * scale), seed + 2)
+    x, masks = E.make_fast_set(int(R.RECIPE["fast"]["train_size"] * scale), seed + 2)
 
     def loss(o, t):
         m = t[0][:, None]
@@ -174,7 +175,7 @@ def train_fast(out: Path, seed: int, scale: float):
         soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + m.sum((1, 2, 3)) + 1)
         return F.binary_cross_entropy_with_logits(o, m, pos_weight=torch.tensor(3.0)) + soft_dice.mean()
 
-    model = fit(FluidNet(), x, [masks], loss, epochs=10, seed=seed, log="fast")
+    model = fit(FluidNet(), x, [masks], loss, epochs=R.RECIPE["fast"]["epochs"], seed=seed, log="fast")
     path = out / "fast_fluid" / "model.onnx"
     export(model, path, ["fluid_logits"])
     thresholds = {"pixel": 0.5, "min_area_px": 8}
@@ -209,7 +210,7 @@ def write_bundle(out: Path, task: str, path: Path, thresholds: dict, metrics: di
         "thresholds": thresholds, "intended_views": spec["intended_views"],
         "model_card": "MODEL_CARD.md", "metrics": metrics,
         "training": {"data": "simulated (models/train/simulator.py)", "seed": seed, "seconds": round(seconds),
-                     "torch": torch.__version__, "python": platform.python_version()},
+                     "torch": torch.__version__, "python": platform.python_version(), **R.training_facts(task, seed)},
         "sha256": "", "key_id": "", "signature": "",
     }
     (path.parent / B.MANIFEST).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n", encoding="utf-8")

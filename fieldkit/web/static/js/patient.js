@@ -81,7 +81,14 @@ function renderThumbs(p) {
 function findingText(f) {
   if (!f.assessable) return `Not assessable: ${f.reason || "no reason given"}`;
   const r = f.result || {};
-  if (f.task === "lung") return `${r.pattern || "lung"} — up to ${r.max_b_lines} B-line${r.max_b_lines === 1 ? "" : "s"} in a frame`;
+  if (f.task === "lung") {
+    const lines = (n) => `${n} B-line${n === 1 ? "" : "s"}`;
+    // the clip's count is that of its summary frame (rows stored before it give the maximum)
+    const count = r.summary_frame ? `${lines(r.b_lines)} (frame ${r.summary_frame}), up to ${r.max_b_lines} in a frame`
+      : `up to ${lines(r.max_b_lines)} in a frame`;
+    const mimics = r.max_vertical_artefacts_not_b_lines ? " · vertical artefacts present, not B-lines" : "";
+    return `${r.pattern || "lung"} — ${count}${mimics}`;
+  }
   if (f.task === "fast") {
     const area = r.fluid_area_cm2 ? `, largest area ${r.fluid_area_cm2} cm²` : "";
     return r.fluid_present ? `Free fluid seen in ${r.frames_with_fluid} frame(s)${area}` : "No free fluid seen";
@@ -101,10 +108,13 @@ function renderFindings(p) {
     li.dataset.task = f.task;
     li.querySelector(".f-task").textContent = `${f.task === "lung" ? "Lung" : f.task === "fast" ? "FAST" : f.task} (capture #${i + 1})`;
     li.querySelector(".f-result").textContent = findingText(f);
-    // the view figure is the gate's probability of the view, not of the finding
-    const finding = f.finding_probability == null ? "finding: no calibrated confidence"
-      : `finding probability ${(100 * f.finding_probability).toFixed(0)}%`;
-    const conf = f.assessable ? `view quality ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
+    // two figures, each named: the gate's probability of the view, and the calibrated
+    // probability of the finding itself (what it is the probability of, from the model)
+    const of = (f.result && f.result.finding_probability_of) || "";
+    const finding = f.finding_probability == null || !of ? "finding: no calibrated confidence"
+      : `finding: ${of} ${(100 * f.finding_probability).toFixed(0)}%`;
+    const viewName = f.task === "lung" ? "lung" : f.task === "fast" ? "FAST" : f.task;
+    const conf = f.assessable ? `view: ${viewName} ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
     li.querySelector(".f-meta").textContent = `${conf}model ${f.model} v${f.model_version} · ${f.frames_analysed}/${f.frames_total} frames analysed`;
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");

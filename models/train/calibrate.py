@@ -1,0 +1,147 @@
+"""Fit each clinical model's finding calibration on held-out simulated data, measure what
+the kit's post-processing does (B-line mimics, counts by true count, reliability before and
+after calibration), write it all and the training recipe into the manifests, and sign them.
+
+    python models/train/calibrate.py --key SIGNING_KEY.pem     # after train.py; needs no torch
+
+The finding probability is Platt scaling of the frame's finding score (see
+`fieldkit/inference/postprocess.py`, "finding scores"): sigmoid(a * score + b), with a and b
+fitted on a calibration set (its own seed, never trained on and not the card's test set),
+and its expected calibration error measured on yet another seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import evaluate as E  # noqa: E402
+import recipe as R  # noqa: E402
+import simulator as S  # noqa: E402
+from fieldkit.inference import bundle as B  # noqa: E402
+from fieldkit.inference import postprocess as post  # noqa: E402
+from fieldkit.inference.preprocess import preprocess  # noqa: E402
+
+DIRS = {"gate": "view_quality", "lung": "lung_bline", "fast": "fast_fluid"}
+FINDING = {"lung": "B-line pattern", "fast": "free fluid"}
+MIMIC_FRAMES = 200  # per mimic type
+COUNT_FRAMES = 60  # per true count 0..8
+PLEURA_FRAMES = 2400  # the pleural-row error: a mean dominated by a few misses needs a large set
+
+
+def reliability(p, y, bins: int = 10) -> list[list]:
+    """[bin low, bin high, frames, mean probability, observed share] per non-empty bin."""
+    p, y = np.asarray(p, float), np.asarray(y, float)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    return [[b / bins, (b + 1) / bins, int((idx == b).sum()), round(float(p[idx == b].mean()), 3),
+             round(float(y[idx == b].mean()), 3)] for b in range(bins) if (idx == b).any()]
+
+
+def calibration(task: str, session, thresholds: dict) -> dict:
+    n = R.RECIPE[task]["calibration_size"]
+    scores = E.lung_scores if task == "lung" else E.fast_scores
+    fit_s, fit_y = scores(session, thresholds, n, R.seed(task, "calibration"))[:2]
+    ece_s, ece_y = scores(session, thresholds, n, R.seed(task, "ece"))[:2]
+    cal = E.fit_platt(fit_s, fit_y)
+    before = post.sigmoid(ece_s)
+    after = np.array([post.calibrated(s, cal) for s in ece_s])
+    return {"method": "platt", "of": FINDING[task], **cal,
+            "fitted_on": {"seed": R.seed(task, "calibration"), "frames": n},
+            "ece_measured_on": {"seed": R.seed(task, "ece"), "frames": n},
+            "ece_before": round(E.ece(before, ece_y), 4), "ece_after": round(E.ece(after, ece_y), 4),
+            "reliability_before": reliability(before, ece_y), "reliability_after": reliability(after, ece_y)}
+
+
+def gate_reliability(session) -> dict:
+    p, y = E.gate_view_probs(session, 250, R.seed("gate", "ece"))
+    return {"method": "none", "of": "view (lung or FAST)", "ece": round(E.ece(p, y), 4),
+            "ece_measured_on": {"seed": R.seed("gate", "ece"), "frames": int(len(p))},
+            "reliability": reliability(p, y)}
+
+
+def lung_frames(session, thresholds, samples):
+    """Per sample: (the model's own count, post.lung_frame after the mimic check)."""
+    x = np.stack([preprocess(s.image[None], E.SPEC)[0] for s in samples])
+    cols, rows = E._run(session, x)
+    probs = post.sigmoid(cols)
+    return [(post.count_blines(p, thresholds["bline"])[0], post.lung_frame(p, r, img[0], thresholds))
+            for p, r, img in zip(probs, rows, x)]
+
+
+def mimic_table(session, thresholds) -> dict:
+    """Per mimic type (no true B-line): share of frames with any B-line and with a B-line
+    pattern, by the model's columns alone ("before") and after the kit's mimic check."""
+    out = {}
+    for i, kind in enumerate(S.MIMICS):
+        seed = R.seed("lung", "test") + 1000 + i
+        rng = np.random.default_rng(seed)
+        res = lung_frames(session, thresholds, [S.simulate_lung(rng, n_blines=0, mimic=kind) for _ in range(MIMIC_FRAMES)])
+        k = thresholds["pattern_min_blines"]
+        out[kind] = {"frames": MIMIC_FRAMES, "seed": seed,
+                     "any_before": round(np.mean([c > 0 for c, _ in res]), 4),
+                     "any_after": round(np.mean([len(f["runs"]) > 0 for _, f in res]), 4),
+                     "pattern_before": round(np.mean([c >= k for c, _ in res]), 4),
+                     "pattern_after": round(np.mean([f["score"] >= 0 for _, f in res]), 4)}
+    return out
+
+
+def count_table(session, thresholds) -> dict:
+    """Per true count 0-8: share of frames counted exactly and within one, mean count."""
+    out = {}
+    for n in range(9):
+        seed = R.seed("lung", "test") + 2000 + n
+        rng = np.random.default_rng(seed)
+        samples = [S.simulate_lung(rng, n_blines=n) for _ in range(COUNT_FRAMES)]
+        true = np.array([len(s.bline_cols) for s in samples])
+        got = np.array([len(f["runs"]) for _, f in lung_frames(session, thresholds, samples)])
+        out[str(n)] = {"frames": COUNT_FRAMES, "seed": seed, "exact": round(float(np.mean(got == true)), 4),
+                       "within_1": round(float(np.mean(np.abs(got - true) <= 1)), 4),
+                       "mean_count": round(float(got.mean()), 2)}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, default=ROOT / "models")
+    ap.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM) to sign the bundles with")
+    args = ap.parse_args(argv)
+    import onnxruntime as ort
+    key = B.load_private_key(args.key)
+    for task, d in DIRS.items():
+        t0 = time.time()
+        path = args.models / d / B.MANIFEST
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        session = ort.InferenceSession(str(path.parent / entry["file"]), providers=["CPUExecutionProvider"])
+        entry["training"].update(R.training_facts(task))
+        if task == "gate":
+            entry["calibration"] = gate_reliability(session)
+        else:
+            entry["calibration"] = calibration(task, session, entry["thresholds"])
+        if task == "lung":
+            # the card's test metrics, through the kit's post-processing (mimic check included)
+            entry["metrics"] = E.lung_metrics(session, entry["thresholds"], n=R.RECIPE["lung"]["test_size"],
+                                              seed=R.seed("lung", "test"))
+            entry["mimics"] = mimic_table(session, entry["thresholds"])
+            entry["counts_by_true_count"] = count_table(session, entry["thresholds"])
+            x, _, rows, _ = E.make_lung_set(PLEURA_FRAMES, R.seed("lung", "test") + 300)
+            row_px = np.array([post.pleura_row(r, E.SPEC["size"][0]) for r in E._run(session, x)[1]])
+            err = np.abs(row_px - (rows + 0.5) * E.SPEC["size"][0] / E.PLEURA_BINS)
+            entry["metrics"]["pleura_row_mae_px"] = E.bootstrap_mean(err, R.seed("lung", "test") + 300)
+        path.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        B.sign_bundle(path.parent, key)
+        print(f"{task}: calibrated and signed in {time.time() - t0:.0f}s: "
+              f"{json.dumps({k: v for k, v in entry['calibration'].items() if not k.startswith('reliab')})}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
