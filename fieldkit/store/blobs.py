@@ -141,6 +141,38 @@ def _read_sealed_file(path: Path, sealer: Sealer) -> Iterator[bytes]:
             offset += 4 + length
 
 
+def _read_sealed_chunk(path: Path, sealer: Sealer, index: int) -> bytes:
+    """Chunk `index` alone: every chunk but the last holds exactly CHUNK bytes, so its place
+    in the file is known and one frame of a long cine decrypts only the chunks it spans."""
+    full = 4 + CHUNK + sealer.overhead
+    offset = 20 + index * full
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound(f"blob {path.name} is not in the store") from None
+    with fh:
+        head = fh.read(20)
+        if len(head) < 20 or head[:4] != MAGIC:
+            raise StoreCorrupt(path, 0, "not a fieldkit blob", remedy=BLOB_REMEDY)
+        fh.seek(offset)
+        raw_len = fh.read(4)
+        if len(raw_len) < 4:
+            raise StoreCorrupt(path, offset, "blob is truncated", remedy=BLOB_REMEDY)
+        (length,) = _LEN.unpack(raw_len)
+        if length > full - 4:
+            raise StoreCorrupt(path, offset, "blob chunk has an impossible length", remedy=BLOB_REMEDY)
+        sealed = fh.read(length)
+    for last in (False, True):
+        try:
+            chunk = sealer.open(sealed, _aad(head[4:], index, last))
+        except InvalidTag:
+            continue
+        if not last and len(chunk) != CHUNK:  # cannot be: a sealed non-last chunk is always full
+            break
+        return chunk
+    raise StoreCorrupt(path, offset, "blob chunk fails its authentication tag", remedy=BLOB_REMEDY)
+
+
 def _unlink_missing_ok(path: Path) -> None:
     try:
         fsio.unlink(path)
@@ -315,7 +347,8 @@ class SealedReader(io.RawIOBase):
         self._iter = None
         self._next_index = 0     # index of the chunk the iterator yields next
         self._cache: dict[int, bytes] = {}
-        self._chunk_size: int | None = None
+        # a blob's chunks are all CHUNK bytes but the last; a spool learns its size from chunk 0
+        self._chunk_size: int | None = CHUNK if hasattr(source, "chunk") else None
 
     @property
     def name(self) -> str:  # readers (pydicom) ask; there is no file name to give
@@ -338,15 +371,18 @@ class SealedReader(io.RawIOBase):
     def _chunk(self, index: int) -> bytes:
         if index in self._cache:
             return self._cache[index]
-        if self._iter is None or index < self._next_index:
-            self._iter = iter(self._spool.chunks())
-            self._next_index = 0
-        data = b""
-        while self._next_index <= index:
-            data = next(self._iter, b"")
-            if self._chunk_size is None and data:
-                self._chunk_size = len(data)
-            self._next_index += 1
+        if hasattr(self._spool, "chunk"):  # a blob: read the one chunk asked for, never replay
+            data = self._spool.chunk(index)
+        else:
+            if self._iter is None or index < self._next_index:
+                self._iter = iter(self._spool.chunks())
+                self._next_index = 0
+            data = b""
+            while self._next_index <= index:
+                data = next(self._iter, b"")
+                if self._chunk_size is None and data:
+                    self._chunk_size = len(data)
+                self._next_index += 1
         if len(self._cache) >= 2:
             self._cache.pop(next(iter(self._cache)))
         self._cache[index] = data
@@ -377,6 +413,9 @@ class _BlobSource:
 
     def chunks(self) -> Iterator[bytes]:
         return self._store.iter_chunks(self._addr)
+
+    def chunk(self, index: int) -> bytes:
+        return _read_sealed_chunk(self._store.path(self._addr), self._store._sealer, index)
 
 
 class BlobStore:

@@ -37,6 +37,7 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.encaps import generate_fragments, generate_frames
 
+from ..dicom.frame_index import FrameIndexCache, frame_spans
 from ..dicom import uids
 from ..dicom.frames import DecodeError, decode_frames
 from ..dicom.thumbnails import render
@@ -885,11 +886,16 @@ def frames(study, series, instance, frame_list):
     row = _rows_for(study, series, instance)[0]
     store = kit_of().store
     numbers = _frame_numbers(frame_list, row["frames"] or 0)
-    ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     accept = request.headers.get("Accept", "")
     stored_ts = row["transfer_syntax"]
     stored_media = _FRAME_MEDIA.get(stored_ts)
     as_stored = _frames_as_stored(accept, stored_ts)
+    if as_stored and pydicom.uid.UID(stored_ts).is_encapsulated and not uids.is_video(stored_ts):
+        found = _stored_frames(store, row, numbers)
+        if found is not None:  # read through the frame index: only the chunks that hold them
+            parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [data]) for data in found)
+            return _multipart(parts, as_stored)
+    ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     if as_stored:  # the stored bytes, split into frames, never decoded
         wanted = itertools.islice(generate_frames(ds.PixelData, number_of_frames=row["frames"]), max(numbers))
         all_frames = list(wanted)
@@ -909,6 +915,29 @@ def frames(study, series, instance, frame_list):
 
     parts = ((f"application/octet-stream; transfer-syntax={uids.EXPLICIT_LE}", [frame_bytes(i)]) for i in numbers)
     return worth_compressing(_multipart(parts, "application/octet-stream"))
+
+
+_FRAME_INDEX = FrameIndexCache()
+
+
+def _stored_frames(store, row: dict, numbers: list[int]) -> list[bytes] | None:
+    """The stored bytes of frames `numbers` (1-based), or None when the index cannot say."""
+    def build():
+        with store.blobs.open(row["blob"], row["size"]) as fh:
+            return frame_spans(fh, row["frames"] or 1)
+
+    spans = _FRAME_INDEX.get(row["blob"], build)
+    if spans is None or max(numbers) > len(spans):
+        return None
+    out = []
+    with store.blobs.open(row["blob"], row["size"]) as fh:
+        for i in numbers:
+            pieces = []
+            for offset, length in spans[i - 1]:
+                fh.seek(offset)
+                pieces.append(fh.read(length))
+            out.append(b"".join(pieces))
+    return out
 
 
 def _rendered(row: dict, index: int) -> Response:
