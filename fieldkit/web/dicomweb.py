@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import itertools
 import re
@@ -29,6 +28,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
+from ..dicom.matching import row_matches as _row_matches, uid_list as _uid_list
 from ..dicom.frames import DecodeError, decode_frames
 from ..dicom.thumbnails import render
 from ..errors import BadInput, NotFound
@@ -169,57 +169,6 @@ def _qido_warnings(level: str) -> list[str]:
     if missing:
         out.append(f"The following includefield attributes are not returned: {', '.join(missing)[:300]}")
     return [f'299 fieldkit "{w}"' for w in out]
-
-
-def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
-    if pattern in ("", "*"):
-        return True
-    if fold:
-        value, pattern = value.lower(), pattern.lower()
-    if "*" in pattern or "?" in pattern:
-        return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
-    return value == pattern
-
-
-def _match_date(value: str, pattern: str) -> bool:
-    if "-" not in pattern:
-        return value == pattern
-    lo, _, hi = pattern.partition("-")
-    if not value:
-        return False
-    return (not lo or value >= lo) and (not hi or value <= hi)
-
-
-def _match_uids(value: str, pattern: str) -> bool:
-    return value in [p.strip() for p in pattern.replace("\\", ",").split(",")]
-
-
-def _row_matches(row: dict, patient: dict, f: dict) -> bool:
-    checks = {
-        "PatientID": lambda p: _match_text(row["patient_id"], p),
-        "PatientName": lambda p: _match_text(patient.get("name") or "", p, fold=True),
-        "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
-        "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
-        "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
-        "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
-        "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
-        "ReferringPhysicianName": lambda p: _match_text(row.get("referring_physician") or "", p, fold=True),
-        "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
-        "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
-        "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
-        "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
-        "SeriesInstanceUID": lambda p: _match_uids(row["series_instance_uid"], p),
-        "Modality": lambda p: _match_text(row.get("modality") or "", p),
-        "SeriesNumber": lambda p: str(row.get("series_number") or "") == p,
-        "SOPInstanceUID": lambda p: _match_uids(row["sop_instance_uid"], p),
-        "SOPClassUID": lambda p: _match_uids(row["sop_class_uid"], p),
-        "InstanceNumber": lambda p: str(row.get("instance_number") or "") == p,
-    }
-    return all(checks[k](v) for k, v in f.items() if k in checks)
-
-
-def _uid_list(pattern: str) -> list[str]:
-    return [p.strip() for p in pattern.replace("\\", ",").split(",")]
 
 
 def _query() -> dict:
