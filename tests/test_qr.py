@@ -373,3 +373,45 @@ def test_matching_rules_are_the_same_as_qido():
     with pytest.raises(qr.QueryError) as err:
         qr.parse_query(_query("IMAGE", SeriesInstanceUID="1.2"), qr.STUDY_ROOT, retrieve=True)
     assert err.value.status == qr.IDENTIFIER_DOES_NOT_MATCH and "SOPInstanceUID" in err.value.message
+
+
+def test_answers_in_big_endian_and_in_utf8_read_back_right(library):
+    kit, port = library, library.receiver.port
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    ds.SpecificCharacterSet, ds.PatientName, ds.PatientID = "ISO_IR 192", "Müller^Jörg", "P-9"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    assert instances.put_instance(kit.store, _part10(ds), "stow")["status"] == "stored"
+    ae = AE("VIEWER")
+    ae.add_requested_context(STUDY_FIND, ["1.2.840.10008.1.2.2"])  # Explicit VR Big Endian only
+    assoc = ae.associate("127.0.0.1", port, ae_title="FIELDKIT")
+    assert assoc.is_established
+    try:
+        answers = [a for s, a in assoc.send_c_find(_query("IMAGE", StudyInstanceUID=ds.StudyInstanceUID,
+                                                          PatientName="", Rows="", Columns="",
+                                                          SOPInstanceUID=""), STUDY_FIND) if a is not None]
+    finally:
+        assoc.release()
+    assert len(answers) == 1
+    got = answers[0]
+    assert got.SpecificCharacterSet == "ISO_IR 192"
+    got.decode()
+    assert str(got.PatientName) == "Müller^Jörg"
+    assert (got.Rows, got.Columns) == (ds.Rows, ds.Columns)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_locked_kit_refuses_queries_with_a_reason(kit):
+    from types import SimpleNamespace
+
+    locked = SimpleNamespace(locked=True, config=kit.config.with_overrides(dicom__port=0, dicom__bind="127.0.0.1"))
+    receiver = dimse.listen(locked, 0, "dicom.port")
+    try:
+        assoc = _assoc(receiver.port, "VIEWER", STUDY_FIND)
+        try:
+            (status, _), = list(assoc.send_c_find(_query("STUDY", StudyInstanceUID=""), STUDY_FIND))
+        finally:
+            assoc.release()
+        assert (status.Status, status.ErrorComment) == (qr.REFUSED_OUT_OF_RESOURCES, dimse.LOCKED_COMMENT)
+    finally:
+        receiver.stop()
