@@ -415,3 +415,44 @@ def test_a_locked_kit_refuses_queries_with_a_reason(kit):
         assert (status.Status, status.ErrorComment) == (qr.REFUSED_OUT_OF_RESOURCES, dimse.LOCKED_COMMENT)
     finally:
         receiver.stop()
+
+
+def test_fuzzed_identifiers_get_an_answer_or_a_status_never_a_crash(kit):
+    """Random identifiers (levels, keys of every level, wildcards, ranges, junk, control
+    characters, long values) through the parser, the search and the answer builder."""
+    import random
+
+    from pynetdicom.dsutils import decode, encode
+
+    instances.put_instance(kit.store, _part10(pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))), "stow")
+    rng = random.Random(20)
+    keywords = list(qr.KEYS) + ["OtherPatientIDs", "ReferencedStudySequence", "PatientAge", "QueryRetrieveLevel"]
+    pieces = ["", "*", "?", "doe*", "2024", "20240101-", "-20231231", "1.2.3", "1.2\\1.3", "a\\b", "x" * 300,
+              "\x00\x1b", "ü", "[a-z]", "--", "US", "0", "-", "1.2.a", "20241301"]
+    outcomes = set()
+    for _ in range(400):
+        ds = Dataset()
+        ds.QueryRetrieveLevel = rng.choice(["PATIENT", "STUDY", "SERIES", "IMAGE", "", "study", "X" * 20])
+        for keyword in rng.sample(keywords, rng.randint(0, 6)):
+            value = rng.choice(pieces)
+            try:
+                if keyword == "ReferencedStudySequence":
+                    setattr(ds, keyword, [Dataset()] if value else [])
+                else:
+                    setattr(ds, keyword, value)
+            except Exception:  # pydicom refuses the value for this VR: not an identifier a peer could send
+                continue
+        root = rng.choice([qr.PATIENT_ROOT, qr.STUDY_ROOT])
+        try:
+            q = qr.parse_query(ds, root, retrieve=rng.random() < 0.3)
+        except qr.QueryError as exc:
+            assert exc.status in (qr.IDENTIFIER_DOES_NOT_MATCH, qr.UNABLE_TO_PROCESS) and exc.message
+            assert len(exc.message) <= 200
+            outcomes.add(exc.status)
+            continue
+        for view in qr.find(kit, q):
+            syntax = (rng.random() < 0.5, rng.random() < 0.8)
+            data = encode(qr.answer(view, q, kit, syntax), *syntax)
+            assert decode(io.BytesIO(data), *syntax).QueryRetrieveLevel == q.level
+        outcomes.add(qr.SUCCESS)
+    assert outcomes == {qr.SUCCESS, qr.IDENTIFIER_DOES_NOT_MATCH, qr.UNABLE_TO_PROCESS}

@@ -8,6 +8,8 @@ catalogue row (records.InstanceRow fields) and its patient row.
 from __future__ import annotations
 
 import fnmatch
+import re
+from typing import Callable
 
 
 def match_text(value: str, pattern: str, fold: bool = False) -> bool:
@@ -37,28 +39,65 @@ def uid_list(pattern: str) -> list[str]:
     return [p.strip() for p in pattern.replace("\\", ",").split(",")]
 
 
-def row_matches(row: dict, patient: dict, f: dict) -> bool:
-    """Does the catalogue row (and its patient) meet every filter {keyword: pattern}?
-    Keywords this table does not know are not tested here."""
-    checks = {
-        "PatientID": lambda p: match_text(row["patient_id"], p),
-        "PatientName": lambda p: match_text(patient.get("name") or "", p, fold=True),
-        "PatientBirthDate": lambda p: match_date(patient.get("birth_date") or "", p),
-        "PatientSex": lambda p: match_text(patient.get("sex") or "", p),
-        "StudyDate": lambda p: match_date(row.get("study_date") or "", p),
-        "StudyTime": lambda p: match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
-        "StudyDescription": lambda p: match_text(row.get("study_description") or "", p, fold=True),
-        "ReferringPhysicianName": lambda p: match_text(row.get("referring_physician") or "", p, fold=True),
-        "SeriesDescription": lambda p: match_text(row.get("series_description") or "", p, fold=True),
-        "StudyInstanceUID": lambda p: match_uids(row["study_instance_uid"], p),
-        "AccessionNumber": lambda p: match_text(row.get("accession_number") or "", p),
-        "StudyID": lambda p: match_text(row.get("study_id") or "", p),
-        "SeriesInstanceUID": lambda p: match_uids(row["series_instance_uid"], p),
-        "Modality": lambda p: match_text(row.get("modality") or "", p),
-        "SeriesNumber": lambda p: str(row.get("series_number") or "") == p,
-        "SOPInstanceUID": lambda p: match_uids(row["sop_instance_uid"], p),
-        "SOPClassUID": lambda p: match_uids(row["sop_class_uid"], p),
-        "InstanceNumber": lambda p: str(row.get("instance_number") or "") == p,
-    }
-    return all(checks[k](v) for k, v in f.items() if k in checks)
+def _text_test(pattern: str, fold: bool = False) -> Callable[[str], bool]:
+    """match_text(value, pattern, fold) for one pattern, its work done once."""
+    if pattern in ("", "*"):
+        return lambda value: True
+    if fold:
+        pattern = pattern.lower()
+    if "*" in pattern or "?" in pattern:
+        rx = re.compile(fnmatch.translate(pattern.replace("[", "[[]")))
+        return (lambda value: rx.match(value.lower()) is not None) if fold else (lambda value: rx.match(value) is not None)
+    return (lambda value: value.lower() == pattern) if fold else (lambda value: value == pattern)
 
+
+def _date_test(pattern: str) -> Callable[[str], bool]:
+    return lambda value: match_date(value, pattern)
+
+
+def _uids_test(pattern: str) -> Callable[[str], bool]:
+    wanted = frozenset(uid_list(pattern))
+    return wanted.__contains__
+
+
+def _number_test(pattern: str) -> Callable[[str], bool]:
+    return lambda value: value == pattern
+
+
+# keyword -> (its value in a catalogue row and its patient, how a pattern becomes a test)
+_FIELDS: dict[str, tuple[Callable[[dict, dict], str], Callable[[str], Callable[[str], bool]]]] = {
+    "PatientID": (lambda r, p: r["patient_id"], _text_test),
+    "PatientName": (lambda r, p: p.get("name") or "", lambda v: _text_test(v, fold=True)),
+    "PatientBirthDate": (lambda r, p: p.get("birth_date") or "", _date_test),
+    "PatientSex": (lambda r, p: p.get("sex") or "", _text_test),
+    "StudyDate": (lambda r, p: r.get("study_date") or "", _date_test),
+    "StudyTime": (lambda r, p: (r.get("study_time") or "").replace(":", ""), lambda v: _date_test(v.replace(":", ""))),
+    "StudyDescription": (lambda r, p: r.get("study_description") or "", lambda v: _text_test(v, fold=True)),
+    "ReferringPhysicianName": (lambda r, p: r.get("referring_physician") or "", lambda v: _text_test(v, fold=True)),
+    "SeriesDescription": (lambda r, p: r.get("series_description") or "", lambda v: _text_test(v, fold=True)),
+    "StudyInstanceUID": (lambda r, p: r["study_instance_uid"], _uids_test),
+    "AccessionNumber": (lambda r, p: r.get("accession_number") or "", _text_test),
+    "StudyID": (lambda r, p: r.get("study_id") or "", _text_test),
+    "SeriesInstanceUID": (lambda r, p: r["series_instance_uid"], _uids_test),
+    "Modality": (lambda r, p: r.get("modality") or "", _text_test),
+    "SeriesNumber": (lambda r, p: str(r.get("series_number") or ""), _number_test),
+    "SOPInstanceUID": (lambda r, p: r["sop_instance_uid"], _uids_test),
+    "SOPClassUID": (lambda r, p: r["sop_class_uid"], _uids_test),
+    "InstanceNumber": (lambda r, p: str(r.get("instance_number") or ""), _number_test),
+}
+
+
+def matcher(f: dict) -> Callable[[dict, dict], bool]:
+    """A test of a catalogue row (and its patient) against every filter {keyword: pattern},
+    the patterns prepared once (a search calls it for every row). Keywords this table
+    does not know are not tested here."""
+    tests = [(_FIELDS[k][0], _FIELDS[k][1](v)) for k, v in f.items() if k in _FIELDS]
+
+    def match(row: dict, patient: dict) -> bool:
+        return all(test(get(row, patient)) for get, test in tests)
+    return match
+
+
+def row_matches(row: dict, patient: dict, f: dict) -> bool:
+    """Does the catalogue row (and its patient) meet every filter {keyword: pattern}?"""
+    return matcher(f)(row, patient)

@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from ..config import move_destination
-from ..dicom.matching import row_matches, uid_list
+from ..dicom.matching import matcher, uid_list
 from ..dicom.status import status as _status
 from ..security import audit, roles
 from ..store import instances as catalogue
@@ -254,7 +254,8 @@ def _search_args(q: Query, level: str) -> dict:
                      ("SOPInstanceUID", "sop_uids")):
         if key in f:
             args[arg] = uid_list(f[key])
-    args["match"] = lambda row, patient: _held(row) and row_matches(row, patient, f)
+    match = matcher(f)
+    args["match"] = lambda row, patient: _held(row) and match(row, patient)
     return args
 
 

@@ -28,7 +28,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom import uids
-from ..dicom.matching import row_matches as _row_matches, uid_list as _uid_list
+from ..dicom.matching import matcher, uid_list as _uid_list
 from ..dicom.frames import DecodeError, decode_frames
 from ..dicom.thumbnails import render
 from ..errors import BadInput, NotFound
@@ -192,7 +192,7 @@ def _query() -> dict:
         if key in f:
             q[arg] = _uid_list(f[key])
     if f:
-        q["match"] = lambda row, patient: _row_matches(row, patient, f)
+        q["match"] = matcher(f)
     return q
 
 

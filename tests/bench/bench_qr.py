@@ -3,7 +3,8 @@ Orthanc holding the same instances, asked by the same pynetdicom SCU, alternatel
 
 - N small ultrasound instances (default 10 000: 1 000 studies of 10, 200 patients) plus
   pydicom's 30-frame SonoSite cine (JPEG baseline) are loaded into both (the kit through
-  its catalogue, Orthanc through its REST API, the same Part-10 bytes).
+  its catalogue, Orthanc through its REST API, the same Part-10 bytes); the kit's analysis
+  and sync jobs are then marked done, as on a kit that kept up.
 - C-FIND, Study Root, STUDY level: every study (1 000 answers) and a filtered query
   (PatientName wildcard and a StudyDate range); one association per query, timed from
   association to the final status.
@@ -86,8 +87,27 @@ def load_kit(data_dir: Path, objects: list[bytes]) -> None:
             for data in objects[at:at + 250]:
                 batch.add(data)
             batch.commit()
+        # a kit that kept up: no analysis or sync work left to compete with the queries
+        for kind in ("infer", "sync"):
+            drain(kit.store, kind)
     finally:
         kit.close()
+
+
+def drain(store, kind: str) -> None:
+    """Lease and acknowledge every row of `kind`, 500 per record."""
+    while True:
+        def fn(db):
+            n = 0
+            while n < 500:
+                row = store.queue.lease(kind)
+                if row is None:
+                    break
+                store.queue.ack(row.id)
+                n += 1
+            return n
+        if not store.write(fn):
+            return
 
 
 def load_orthanc(orthanc, objects: list[bytes]) -> None:
