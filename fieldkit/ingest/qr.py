@@ -266,7 +266,7 @@ def find(kit, q: Query) -> list[dict]:
     if q.level in ("PATIENT", "STUDY"):
         args.pop("series_uids", None)
         args.pop("sop_uids", None)
-        studies = catalogue.search_studies(store, **args)
+        studies = catalogue.study_summaries(store, **args)
         for s in studies:
             s["series_count"] = s["series"]
         if q.level == "STUDY":
