@@ -23,12 +23,16 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from io import BytesIO
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
@@ -298,13 +302,21 @@ def find(kit, q: Query) -> list[dict]:
 
 
 def answer(view: dict, q: Query, kit, syntax: tuple[bool, bool] = (True, True)) -> Dataset:
-    """The identifier of one C-FIND answer: every key asked, with what the kit holds.
-
-    Made of raw elements already in the association's encoding (`syntax`: implicit VR,
-    little endian), which pydicom writes as they are: building and validating a pydicom
-    element per key costs more than the search (about 2 ms an answer)."""
-    view.setdefault("issuer", kit.config.issuer_of_patient_id)
+    """The identifier of one C-FIND answer: every key asked, with what the kit holds,
+    made of raw elements already in the association's encoding (`syntax`: implicit VR,
+    little endian), which pydicom writes as they are."""
     implicit, little = syntax
+    ds = Dataset()
+    for tag, vr, data in _elements(view, q, kit, syntax):
+        ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, implicit, little, True, False)
+    return ds
+
+
+def _elements(view: dict, q: Query, kit, syntax: tuple[bool, bool]) -> tuple[tuple[int, str, bytes], ...]:
+    """(tag, VR, value bytes) of every element of an answer (building and validating a
+    pydicom element per key would cost more than the search)."""
+    view.setdefault("issuer", kit.config.issuer_of_patient_id)
+    little = syntax[1]
     values: list[tuple[int, str, bytes]] = []
     non_ascii = False
     for tag, vr, keyword in _plan(q):
@@ -322,10 +334,52 @@ def answer(view: dict, q: Query, kit, syntax: tuple[bool, bool] = (True, True)) 
     values += [(0x00080052, "CS", _even(q.level)), (0x00080054, "AE", _even(kit.config["dicom.ae_title"]))]
     if non_ascii:
         values.append((0x00080005, "CS", _even("ISO_IR 192")))
-    ds = Dataset()
-    for tag, vr, data in values:
-        ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, implicit, little, True, False)
-    return ds
+    return tuple(values)
+
+
+class _Encoded:
+    """Encoded answers by their content (elements, syntax): a viewer asks for the same
+    study list again and again, and pydicom's encoding is most of an answer's cost.
+    Keys are the content itself, so an answer whose study changed is a new key."""
+
+    LIMIT = 50_000
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._data: OrderedDict = OrderedDict()
+
+    def get(self, elements, syntax: tuple[bool, bool], deflated: bool) -> bytes:
+        key = (elements, syntax, deflated)
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._data.move_to_end(key)
+                return data
+        implicit, little = syntax
+        ds = Dataset()
+        for tag, vr, value in elements:
+            ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, little, True, False)
+        data = encode(ds, implicit, little, deflated)
+        with self._lock:
+            self._data[key] = data
+            while len(self._data) > self.LIMIT:
+                self._data.popitem(last=False)
+        return data
+
+
+_ENCODED = _Encoded()
+
+
+def _send_pending(event, status: int, data: bytes) -> None:
+    """One Pending C-FIND response, its identifier already encoded. (Yielded as a dataset,
+    pynetdicom would encode every answer again with pydicom, about a millisecond each:
+    most of the time of a long answer. pynetdicom still sends the final response.)"""
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = event.request.MessageID
+    rsp.AffectedSOPClassUID = event.request.AffectedSOPClassUID
+    rsp.Status = status
+    rsp.Identifier = BytesIO(data)
+    event.assoc.dimse.send_msg(rsp, event.context.context_id)
 
 
 def _even(text: str) -> bytes:
@@ -384,7 +438,7 @@ def handle_find(event, kit, tally: "QRTally | None" = None):
         views = find(kit, q)
         ts = event.context.transfer_syntax
         syntax = (False, True) if ts.is_deflated else (ts.is_implicit_VR, ts.is_little_endian)
-        answers = [answer(v, q, kit, syntax) for v in views]
+        answers = [_ENCODED.get(_elements(v, q, kit, syntax), syntax, ts.is_deflated) for v in views]
     except QueryError as exc:
         yield _status(exc.status, exc.message), None
         return
@@ -394,11 +448,13 @@ def handle_find(event, kit, tally: "QRTally | None" = None):
         return
     _tally(tally, event, "queries", answers=len(answers))
     pending = PENDING_KEYS_NOT_SUPPORTED if q.unsupported else PENDING
-    for ds in answers:
+    for data in answers:
         if event.is_cancelled:
             yield CANCEL, None
             return
-        yield pending, ds
+        if not event.assoc.is_established:
+            return
+        _send_pending(event, pending, data)
     yield SUCCESS, None
 
 
