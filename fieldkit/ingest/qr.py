@@ -11,6 +11,8 @@ time ranges, UID lists; every key of the identifier is returned (empty when the 
 no value for it). A key with a value the kit cannot match on is returned but answers
 0xFF01 ("optional keys not supported"), so the viewer knows the list is wider than asked.
 A query the kit cannot read gets one failure status with an ErrorComment, never a crash.
+Answers are encoded once per content and kept (a viewer repeats its study list query), and
+sent as encoded: pynetdicom's per-answer pydicom encoding was most of a long answer's time.
 
 Retrieves send the stored objects as they are (decrypted in memory, one at a time, never
 written anywhere in clear), over the caller's association (C-GET) or a new one to a
