@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -33,7 +34,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
@@ -372,16 +375,46 @@ class _Encoded:
 _ENCODED = _Encoded()
 
 
-def _send_pending(event, status: int, data: bytes) -> None:
-    """One Pending C-FIND response, its identifier already encoded. (Yielded as a dataset,
-    pynetdicom would encode every answer again with pydicom, about a millisecond each:
-    most of the time of a long answer. pynetdicom still sends the final response.)"""
-    rsp = C_FIND()
-    rsp.MessageIDBeingRespondedTo = event.request.MessageID
-    rsp.AffectedSOPClassUID = event.request.AffectedSOPClassUID
-    rsp.Status = status
-    rsp.Identifier = BytesIO(data)
-    event.assoc.dimse.send_msg(rsp, event.context.context_id)
+class _PendingSender:
+    """The Pending responses of one C-FIND, each identifier already encoded. Yielded as
+    datasets, pynetdicom would encode every answer and its command set again with pydicom,
+    about a millisecond each: most of the time of a long answer. The command set is the
+    same for every Pending response of a query (message ID, SOP class, status), so it is
+    encoded once; each answer then goes out as P-DATA fragments (PS3.8 9.3.5.1: a command
+    fragment, then data fragments, the last one flagged). pynetdicom sends the final one."""
+
+    def __init__(self, event, status: int):
+        rsp = C_FIND()
+        rsp.MessageIDBeingRespondedTo = event.request.MessageID
+        rsp.AffectedSOPClassUID = event.request.AffectedSOPClassUID
+        rsp.Status = status
+        rsp.Identifier = BytesIO(b"\0")  # says a data set follows
+        message = C_FIND_RSP()
+        message.primitive_to_message(rsp)
+        self._command = encode(message.command_set, True, True)
+        self._assoc, self._dul = event.assoc, event.assoc.dul
+        self._context = event.context.context_id
+        max_pdu = event.assoc.dimse.maximum_pdu_size
+        self._room = max_pdu - 6 if max_pdu else 1 << 30  # PDV item header: length 4, id 1, flags 1
+
+    BACKLOG = 64  # PDUs queued for the association's sender thread, at most
+
+    def send(self, data: bytes) -> None:
+        # pynetdicom's sender thread writes queued PDUs to the socket: keep its queue short,
+        # so a long answer neither piles up in memory nor outruns a C-CANCEL
+        queue = self._dul.to_provider_queue
+        deadline = time.monotonic() + 60
+        while queue.qsize() > self.BACKLOG and self._assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        command = P_DATA()
+        command.presentation_data_value_list.append((self._context, b"\x03" + self._command))
+        self._dul.send_pdu(command)
+        for at in range(0, len(data), self._room):
+            last = at + self._room >= len(data)
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((self._context, (b"\x02" if last else b"\x00")
+                                                       + data[at:at + self._room]))
+            self._dul.send_pdu(pdata)
 
 
 def _even(text: str) -> bytes:
@@ -449,14 +482,14 @@ def handle_find(event, kit, tally: "QRTally | None" = None):
         yield _status(UNABLE_TO_PROCESS, "internal error while searching (see the kit log)"), None
         return
     _tally(tally, event, "queries", answers=len(answers))
-    pending = PENDING_KEYS_NOT_SUPPORTED if q.unsupported else PENDING
+    sender = _PendingSender(event, PENDING_KEYS_NOT_SUPPORTED if q.unsupported else PENDING)
     for data in answers:
         if event.is_cancelled:
             yield CANCEL, None
             return
         if not event.assoc.is_established:
             return
-        _send_pending(event, pending, data)
+        sender.send(data)
     yield SUCCESS, None
 
 
