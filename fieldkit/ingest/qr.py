@@ -310,9 +310,13 @@ def answer(view: dict, q: Query, kit, syntax: tuple[bool, bool] = (True, True)) 
     """The identifier of one C-FIND answer: every key asked, with what the kit holds,
     made of raw elements already in the association's encoding (`syntax`: implicit VR,
     little endian), which pydicom writes as they are."""
+    return _dataset(_elements(view, q, kit, syntax), syntax)
+
+
+def _dataset(elements, syntax: tuple[bool, bool]) -> Dataset:
     implicit, little = syntax
     ds = Dataset()
-    for tag, vr, data in _elements(view, q, kit, syntax):
+    for tag, vr, data in elements:
         ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, implicit, little, True, False)
     return ds
 
@@ -360,11 +364,7 @@ class _Encoded:
             if data is not None:
                 self._data.move_to_end(key)
                 return data
-        implicit, little = syntax
-        ds = Dataset()
-        for tag, vr, value in elements:
-            ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, little, True, False)
-        data = encode(ds, implicit, little, deflated)
+        data = encode(_dataset(elements, syntax), *syntax, deflated)
         with self._lock:
             self._data[key] = data
             while len(self._data) > self.LIMIT:
