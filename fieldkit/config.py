@@ -120,11 +120,22 @@ def _ed25519(text: str) -> bool:
         return False
 
 
+def move_destination(text: str) -> tuple[str, str, int] | None:
+    """'AET@host:port' -> (AE title, host, port); None when it is not one."""
+    m = re.fullmatch(r"(?P<ae>[ -\[\]-~]{1,16})@(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})",
+                     text or "")
+    if m is None or not m["ae"].strip() or not 1 <= int(m["port"]) <= 65535:
+        return None
+    return m["ae"].strip(), m["host"].strip("[]"), int(m["port"])
+
+
 _HHMM = r"([01][0-9]|2[0-3]):[0-5][0-9]"
 
 ADDRESS = Rule("an IP address (0.0.0.0 or :: for every interface, 127.0.0.1 for this box only)", is_ip)
 AE_TITLE = Rule("an AE title: 1 to 16 characters, no backslash or control characters, not only spaces",
                 lambda v: bool(re.fullmatch(r"[ -\[\]-~]{1,16}", v)) and bool(v.strip()))
+MOVE_DESTINATION = Rule("'AET@host:port': an AE title, an IP address or host name, a port 1-65535",
+                        lambda v: move_destination(v) is not None)
 KIT_ID = Rule("empty, or letters, digits, '-', '_' and '.', at most 32",
               lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]{0,32}", v)))
 UID_ROOT = Rule("a UID root: numbers joined by dots (e.g. 2.25), at most 24 characters",
@@ -185,6 +196,8 @@ SETTINGS: dict[str, Setting] = {
     "dicom.bind": Setting("0.0.0.0", "Address the DIMSE receiver listens on (the kit's own Wi-Fi).", rule=ADDRESS),
     "dicom.tls_port": Setting(-1, "Port for DICOM over TLS with the kit's certificate (probes trust tls/ca.pem); -1 turns it off, 0 picks a free port.", min=-1, max=65535),
     "dicom.commitment_report_port": Setting(104, "Port the kit calls a probe on to send a storage commitment report when the probe's own association has ended (the address is the registered probe's host, else the one it called from).", min=1, max=65535),
+    "dicom.qr_ae_titles": Setting([], "Calling AE titles of viewers and workstations allowed to query and retrieve (C-FIND, C-MOVE, C-GET); the AE titles of dicom.move_destinations may too. Anyone else, registered probes included, is refused.", rule=AE_TITLE),
+    "dicom.move_destinations": Setting([], "Where C-MOVE may send, each 'AET@host:port' (a workstation's or PACS's storage SCP); any other move destination is refused (0xA801).", rule=MOVE_DESTINATION),
     # patients
     "patients.merge_undo_seconds": Setting(60.0, "A merge made on a tablet can be undone for this many seconds; nothing of it is sent to the hospital meanwhile.", min=0),
     # triage board: time, place and movement

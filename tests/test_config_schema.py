@@ -24,6 +24,7 @@ PASSPHRASE = "correct horse battery staple"
 RULE_EXAMPLES = {
     config.ADDRESS: "kit.local",
     config.AE_TITLE: "X" * 17,
+    config.MOVE_DESTINATION: "VIEWER@127.0.0.1",
     config.KIT_ID: "K 42/../x",
     config.UID_ROOT: "2.25.",
     config.DICOM_TEXT: "back\\slash",

@@ -16,7 +16,7 @@ from pydicom.uid import UID
 
 from fieldkit import config as fk_config
 from fieldkit.dicom import uids
-from fieldkit.ingest import commitment, dimse, worklist
+from fieldkit.ingest import commitment, dimse, qr, worklist
 from fieldkit.ingest.dimse import make_ae
 from fieldkit.store import instances
 from fixtures.dcmtk import pydicom_file, store_responses, storescu
@@ -105,7 +105,7 @@ def test_transfer_syntaxes_per_sop_class_match_the_receiver(contexts):
     us_image = next(cx for cx in ae.supported_contexts if cx.abstract_syntax == uids.US_IMAGE)
     assert [str(ts) for ts in us_image.transfer_syntax] == storage
     for sop_class, syntaxes in contexts.items():
-        if sop_class in (VERIFICATION, WORKLIST_FIND, COMMITMENT_PUSH):
+        if sop_class in (VERIFICATION, WORKLIST_FIND, COMMITMENT_PUSH, *qr.SOP_CLASSES):
             assert syntaxes == others, sop_class
         else:
             assert syntaxes == set(storage), sop_class
@@ -135,7 +135,7 @@ def test_status_codes_listed_are_the_ones_the_services_return():
         module = importlib.import_module(f"fieldkit.{module_name}")
         assert getattr(module, name) == int(row["Status"], 16), row
         listed.add((module.__name__, name))
-    for module in (dimse, worklist, commitment):
+    for module in (dimse, worklist, commitment, qr):
         for name, value in vars(module).items():
             if name.isupper() and type(value) is int and name not in _NOT_STATUSES:
                 assert (module.__name__, name) in listed, f"{module.__name__}.{name} is not in the statement"
@@ -144,7 +144,8 @@ def test_status_codes_listed_are_the_ones_the_services_return():
 def test_settings_named_exist_and_every_receiver_setting_is_named():
     text = STATEMENT.read_text(encoding="utf-8")
     sections = {name.split(".")[0] for name in fk_config.SETTINGS}
-    audit_actions = set(re.findall(r'action="([a-z.]+)"', Path(dimse.__file__).read_text(encoding="utf-8")))
+    audit_actions = {a for module in (dimse, qr)
+                     for a in re.findall(r'action="([a-z._]+)"', Path(module.__file__).read_text(encoding="utf-8"))}
     named = {m for m in re.findall(r"`([a-z_]+\.[a-z_]+)`", text)
              if m.split(".")[0] in sections and m not in audit_actions}
     assert named, "the statement names no settings"

@@ -28,7 +28,7 @@ from ..security import audit
 from ..store import probes
 from ..store.blobs import open_reader
 from ..store.instances import CONFLICT, put_instance
-from . import commitment, dimse_server, worklist
+from . import commitment, dimse_server, qr, worklist
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,13 @@ def make_ae(config, registered: list[str] = ()) -> AE:
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)
     ae.add_supported_context(StorageCommitmentPushModel)
+    for sop_class in qr.SOP_CLASSES:
+        ae.add_supported_context(sop_class)
+    # scp_role: a C-GET caller takes the SCP role for storage, to get the objects back
     for sop_class in uids.ACCEPTED_SOP_CLASSES:
-        ae.add_supported_context(sop_class, list(uids.ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(sop_class, list(uids.ACCEPTED_TRANSFER_SYNTAXES), scu_role=True, scp_role=True)
+    # a C-MOVE's own association to its destination must not hang on a silent host
+    ae.connection_timeout = ae.acse_timeout
     titles = allowed_titles(config, registered)
     if titles is not None:
         try:
@@ -254,11 +259,11 @@ def make_ae(config, registered: list[str] = ()) -> AE:
 
 
 def allowed_titles(config, registered: list[str]) -> list[str] | None:
-    """Calling AE titles let in (the setting plus registered probes); None: anyone."""
+    """Calling AE titles let in (the setting, registered probes, Q/R AEs); None: anyone."""
     if config["dicom.allow_any_ae"]:
         return None
     # an empty list refuses every caller: a provisioned kit is closed until configured
-    allowed = [str(t) for t in config["dicom.allowed_ae_titles"]] + list(registered)
+    allowed = [str(t) for t in config["dicom.allowed_ae_titles"]] + list(registered) + qr.qr_titles(config)
     # (pynetdicom reads an empty list as "anyone", so use a random title nobody has)
     return allowed or [secrets.token_hex(8).upper()]
 
@@ -271,14 +276,24 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
     if getattr(kit, "locked", False):
         ae, refused, tally = make_ae(config), None, None
         ae.require_calling_aet = []
-        handlers = [(evt.EVT_C_STORE, handle_store_locked), (evt.EVT_C_ECHO, handle_echo)]
+        handlers = [(evt.EVT_C_STORE, handle_store_locked), (evt.EVT_C_ECHO, handle_echo),
+                    (evt.EVT_C_FIND, qr.handle_find_locked), (evt.EVT_C_GET, qr.handle_get_locked),
+                    (evt.EVT_C_MOVE, qr.handle_move_locked)]
+        on_end = None
     else:
         ae = make_ae(config, probes.registered_titles(kit.store))
         refused = RefusedCallers(kit.store)
         tally = StoreTally(kit.store)
+        qr_tally = qr.QRTally(kit.store)
+
+        def on_end(assoc):
+            tally.on_end(assoc)
+            qr_tally.on_end(assoc)
         handlers = [(evt.EVT_C_STORE, handle_store, [kit, tally]), (evt.EVT_C_ECHO, handle_echo),
                     (evt.EVT_REJECTED, refused.on_rejected),
-                    (evt.EVT_C_FIND, worklist.handle_find, [kit]),
+                    # the worklist's queries go on to worklist.handle_find
+                    (evt.EVT_C_FIND, qr.handle_find, [kit, qr_tally]),
+                    (evt.EVT_C_MOVE, qr.handle_move, [kit, qr_tally]), (evt.EVT_C_GET, qr.handle_get, [kit, qr_tally]),
                     (evt.EVT_N_ACTION, commitment.handle_action, [kit]),
                     (evt.EVT_DIMSE_SENT, commitment.on_sent)]
     if tally is None:  # locked: there is no store, and nothing of a refused object is kept
@@ -291,7 +306,7 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
         server = dimse_server.start_server(
             ae, (config["dicom.bind"], port), evt_handlers=handlers, ssl_context=ssl_context,
             per_address=int(config["dicom.max_connections_per_address"]),
-            on_end=tally.on_end if tally is not None else None, new_sink=new_sink)
+            on_end=on_end, new_sink=new_sink)
     except OSError as exc:
         raise ConfigError(f"cannot listen for DICOM on {config['dicom.bind']}:{port}: "
                           f"{exc.strerror or exc} (another receiver running? see {setting})") from None

@@ -545,6 +545,26 @@ def search_studies(store, *, patient_id: str | None = None, study_uids=None, mat
     return store.read(fn)
 
 
+def study_summaries(store, *, patient_id: str | None = None, study_uids=None, match: Match | None = None,
+                    modalities: set[str] | None = None) -> list[dict]:
+    """Every study with a row meeting the conditions, summed over those rows, newest first:
+    one pass over the candidate rows, for a search that answers every match (C-FIND) where
+    search_studies pages. With `modalities`, studies whose matching rows hold one of them."""
+    def fn(db):
+        groups: dict[str, list[dict]] = {}
+        for d in _matching(db, patient_id, study_uids, None, None, match):
+            groups.setdefault(d["study_instance_uid"], []).append(d)
+        out = [_study_summary(rows) for rows in groups.values()]
+        if modalities:
+            out = [s for s in out if modalities & set(s["modalities"])]
+        out.sort(key=lambda s: s["received_at"], reverse=True)
+        patient = _patient_of(db)
+        for s in out:
+            s["patient"] = dict(patient(s["patient_id"]))
+        return out
+    return store.read(fn)
+
+
 def _series_of(rows) -> list[dict]:
     """Group instance rows into series, in series number order."""
     by_series: dict[str, dict] = {}

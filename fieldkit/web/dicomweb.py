@@ -22,12 +22,10 @@
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import logging
 import itertools
 import re
-import unicodedata
 import uuid
 
 import pydicom
@@ -39,6 +37,7 @@ from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom.frame_index import FrameIndexCache, frame_spans
 from ..dicom import uids
+from ..dicom.matching import matcher, uid_list as _uid_list
 from ..dicom.frames import DecodeError, decode_frames
 from ..dicom.thumbnails import render
 from ..errors import BadInput, NotFound
@@ -272,75 +271,6 @@ def _invalid(name: str, value: str) -> str | None:
     return None
 
 
-def _fold(text: str) -> str:
-    """Case and accents folded away: "Müller" and "MULLER" compare equal."""
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
-
-
-def _match_text(value: str, pattern: str, fold: bool = False) -> bool:
-    if pattern in ("", "*"):
-        return True
-    if fold:
-        value, pattern = value.lower(), pattern.lower()
-    if "*" in pattern or "?" in pattern:
-        return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
-    return value == pattern
-
-
-def _match_name(value: str, pattern: str, fuzzy: bool) -> bool:
-    """A person name. Literal: the whole value (wildcards allowed), case-insensitive.
-    fuzzymatching=true: each word of the query begins some word of the name, in any order
-    of components, case and accents ignored ("marie curie" finds "Curie^Marie")."""
-    if not fuzzy:
-        return _match_text(value, pattern, fold=True)
-    words = [w for w in re.split(r"[\^=\s,]+", _fold(value)) if w]
-    wanted = [w for w in re.split(r"[\^=\s,]+", _fold(pattern)) if w and w != "*"]
-    return all(any(fnmatch.fnmatchcase(w, p.replace("[", "[[]") + "*") for w in words) for p in wanted)
-
-
-def _match_date(value: str, pattern: str) -> bool:
-    if "-" not in pattern:
-        return value == pattern
-    lo, _, hi = pattern.partition("-")
-    if not value:
-        return False
-    return (not lo or value >= lo) and (not hi or value <= hi)
-
-
-def _match_uids(value: str, pattern: str) -> bool:
-    return value in [p.strip() for p in pattern.replace("\\", ",").split(",")]
-
-
-def _row_matches(row: dict, patient: dict, f: dict, fuzzy: bool = False) -> bool:
-    checks = {
-        "PatientID": lambda p: _match_text(row["patient_id"], p),
-        "PatientName": lambda p: _match_name(patient.get("name") or "", p, fuzzy),
-        "PatientBirthDate": lambda p: _match_date(patient.get("birth_date") or "", p),
-        "PatientSex": lambda p: _match_text(patient.get("sex") or "", p),
-        "StudyDate": lambda p: _match_date(row.get("study_date") or "", p),
-        "StudyTime": lambda p: _match_date((row.get("study_time") or "").replace(":", ""), p.replace(":", "")),
-        "StudyDescription": lambda p: _match_text(row.get("study_description") or "", p, fold=True),
-        "ReferringPhysicianName": lambda p: _match_name(row.get("referring_physician") or "", p, fuzzy),
-        "SeriesDescription": lambda p: _match_text(row.get("series_description") or "", p, fold=True),
-        "BodyPartExamined": lambda p: _match_text(row.get("body_part") or "", p),
-        "InstitutionName": lambda p: _match_text(row.get("institution_name") or "", p, fold=True),
-        "StudyInstanceUID": lambda p: _match_uids(row["study_instance_uid"], p),
-        "AccessionNumber": lambda p: _match_text(row.get("accession_number") or "", p),
-        "StudyID": lambda p: _match_text(row.get("study_id") or "", p),
-        "SeriesInstanceUID": lambda p: _match_uids(row["series_instance_uid"], p),
-        "Modality": lambda p: _match_text(row.get("modality") or "", p),
-        "SeriesNumber": lambda p: str(row.get("series_number") or "") == p,
-        "SOPInstanceUID": lambda p: _match_uids(row["sop_instance_uid"], p),
-        "SOPClassUID": lambda p: _match_uids(row["sop_class_uid"], p),
-        "InstanceNumber": lambda p: str(row.get("instance_number") or "") == p,
-    }
-    return all(checks[k](v) for k, v in f.items() if k in checks)
-
-
-def _uid_list(pattern: str) -> list[str]:
-    return [p.strip() for p in pattern.replace("\\", ",").split(",")]
-
-
 def _query() -> dict:
     """The request's filters, split into what the store's indexes answer (UIDs, an exact
     PatientID) and a row test for the rest, plus offset/limit."""
@@ -365,7 +295,7 @@ def _query() -> dict:
         if key in f:
             q[arg] = _uid_list(f[key])
     if f:
-        q["match"] = lambda row, patient: _row_matches(row, patient, f, fuzzy)
+        q["match"] = matcher(f, fuzzy=fuzzy)
     return q
 
 
