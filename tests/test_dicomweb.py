@@ -62,6 +62,7 @@ def test_storescu_then_wado_rs_gives_back_the_same_pixels(kit_server, need, tmp_
     plain = client.retrieve_instance(cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID,
                                      media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
     assert plain.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert plain.SOPInstanceUID == plain.file_meta.MediaStorageSOPInstanceUID == cine.SOPInstanceUID  # the same instance
     assert np.abs(plain.pixel_array.astype(int) - expected.astype(int)).max() <= 2
 
 

@@ -576,7 +576,7 @@ def _as_explicit_le(store, row: dict) -> bytes:
             ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
             ds["PixelData"].VR = "OW" if arr.dtype.itemsize > 1 else "OB"
         else:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # the same instance, in another syntax (pydicom 3 would make a new UID)
     ds.file_meta.TransferSyntaxUID = uids.EXPLICIT_LE
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
