@@ -185,6 +185,8 @@ def test_a_key_the_kit_cannot_match_is_named_in_a_warning(kit):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from fieldkit.dicom.matching import row_matches  # noqa: E402
+
 _ROW = {"patient_id": "T-1", "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4",
         "sop_instance_uid": "1.2.3.4.5", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.6.1", "study_date": "20240105",
         "study_time": "083000", "referring_physician": "Müller^Hans", "study_description": "Lung",
@@ -198,7 +200,7 @@ _ROW = {"patient_id": "T-1", "study_instance_uid": "1.2.3", "series_instance_uid
 def test_any_query_value_is_refused_with_a_reason_or_matched_without_error(key, value, fuzzy):
     problem = dicomweb._invalid(key, value)
     if problem is None:
-        assert dicomweb._row_matches(_ROW, {"name": "Curie^Marie", "birth_date": "19670107", "sex": "F"},
-                            {key: value}, fuzzy) in (True, False)
+        assert row_matches(_ROW, {"name": "Curie^Marie", "birth_date": "19670107", "sex": "F"},
+                           {key: value}, fuzzy) in (True, False)
     else:
         assert isinstance(problem, str) and problem
