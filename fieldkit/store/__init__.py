@@ -94,9 +94,11 @@ def dir_is_locked(data_dir: Path) -> bool:
 
 
 # Fields the store keeps indexes on (see documents.MemoryStorage): what the kit looks rows
-# up by - patient, study, series, SOP Instance UID (QIDO's keys among them), finding ids.
+# up by - patient, study, series, SOP Instance UID, and the QIDO study filters a PACS
+# sends (AccessionNumber, StudyDate: a date range walks the few distinct dates), finding ids.
 INDEXED = {
-    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+                  "accession_number", "study_date"),
     T_PATIENTS: ("id", "tag", "merged_into"),
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
     T_META: ("name",),
