@@ -104,9 +104,13 @@ INDEXED = {
     T_META: ("name",),
 }
 # Fields whose text values repeat across rows and tables: kept once in memory (documents.py).
+# The study's own attributes repeat in each of its rows; `linked_by` and `calling_ae` take
+# a few values.
 SHARED = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id", "sop_class_uid",
                     "transfer_syntax", "modality", "source", "study_date", "manufacturer",
-                    "photometric_interpretation", "kind", "state", "key", "payload", "what"})
+                    "photometric_interpretation", "kind", "state", "key", "payload", "what",
+                    "accession_number", "study_time", "study_id", "study_description", "referring_physician",
+                    "series_description", "series_number", "instance_number", "linked_by", "calling_ae"})
 
 
 class Store:
