@@ -2,7 +2,8 @@
 instance rows as at 1 000?
 
 One kit grows to each size in turn (small generated US images, 10 captures per patient,
-one study each, put through the store API in-process, 500 per journal record; each batch's
+one study each, the patients triaged under their tag and the captures carrying it as
+PatientID, put through the store API in-process, 500 per journal record; each batch's
 jobs are then leased and acknowledged through the queue API, as the analysis and sync
 workers would have done). Then a real `fieldkit serve` runs on it with:
 
@@ -117,18 +118,13 @@ def _template(n: int) -> bytes:
 _TEMPLATE = _template(0)
 
 
-def capture(n: int, patient_id: bool = True) -> bytes:
-    """Instance n: patient n // 10, its one study, a 64×48 grey US frame. Deterministic, so
-    the kit and Orthanc get the same objects. Every varying value has a fixed length, so a
-    byte substitution in one encoded template makes it (pydicom per object is the slow part).
-
-    The kit gets them without the probe's PatientID (`patient_id=False`), as an emergency
-    probe sends: the kit links them by study. With one, today's linking scans every patient
-    for every capture, and growing to 100 000 rows would take hours."""
+def capture(n: int) -> bytes:
+    """Instance n: patient n // 10 (PatientID "SCALE<p>", the triage tag the kit knows them
+    by), their one study, a 64×48 grey US frame. Deterministic, so the kit and Orthanc get
+    the same objects. Every varying value has a fixed length, so a byte substitution in one
+    encoded template makes it (pydicom per object is the slow part)."""
     p = n // PER_PATIENT
     out = _TEMPLATE
-    if not patient_id:  # PatientID (0010,0020) LO "SCALE000000 " -> empty
-        out = out.replace(b"\x10\x00\x20\x00LO\x0c\x00SCALE000000 ", b"\x10\x00\x20\x00LO\x00\x00")
     for old, new in ((b"2.25.77000000000", f"2.25.77{n:09d}"), (b"2.25.78000000000", f"2.25.78{p:09d}"),
                      (b"2.25.79000000000", f"2.25.79{p:09d}"), (b"SCALE000000", f"SCALE{p:06d}"),
                      (b"Scale^000000", f"Scale^{p:06d}"), (b"ACC000000", f"ACC{p:06d}"),
@@ -156,9 +152,21 @@ def finish_jobs(store) -> int:
     return store.write(fn)
 
 
+def add_patients(store, start: int, stop: int) -> None:
+    """The patients of instances start..stop-1 that are new, triaged on a tablet under their
+    tag (one journal record): the captures then link to them by PatientID."""
+    from fieldkit.records import TRIAGE_CATEGORIES
+    from fieldkit.store import patients
+
+    def fn(db):
+        for p in range((start + PER_PATIENT - 1) // PER_PATIENT, (stop + PER_PATIENT - 1) // PER_PATIENT):
+            patients.create_patient(store, tag=f"SCALE{p:06d}", triage=TRIAGE_CATEGORIES[p % 4])
+    store.write(fn)
+
+
 def grow(data_dir: Path, start: int, stop: int) -> float:
     """Put instances start..stop-1 through the store API, a batch (one journal record) at
-    a time; each batch's jobs are then finished, as on a kit that has been analysing and
+    a time, their patients first; each batch's jobs are then finished, as on a kit that has been analysing and
     syncing all along. Returns seconds taken."""
     from fieldkit.runtime import open_kit
     from fieldkit.dicom.prepare import prepare
@@ -169,11 +177,11 @@ def grow(data_dir: Path, start: int, stop: int) -> float:
     kit = open_kit(data_dir)
     try:
         for first in range(start, stop, BATCH):
+            add_patients(kit.store, first, min(stop, first + BATCH))
             batch = Batch(kit.store, "import")
             for n in range(first, min(stop, first + BATCH)):
                 # every frame is the same, so its preview is made once, not 100 000 times
-                batch.add(dataclasses.replace(prepare(capture(n, patient_id=False), thumbnail=False),
-                                              thumbnail=thumb))
+                batch.add(dataclasses.replace(prepare(capture(n), thumbnail=False), thumbnail=thumb))
             batch.commit()
             finish_jobs(kit.store)
             if (first + BATCH) % 10000 == 0:
