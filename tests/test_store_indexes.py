@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from fieldkit.errors import StorageFull
 from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, T_INSTANCES, T_META, T_PATIENTS, T_QUEUE
 from fieldkit.runtime import open_kit
 from fieldkit.store import INDEXED, instances, patients
@@ -162,4 +165,96 @@ def test_live_rows_find_a_patients_sync_rows_for_re_triage(data_dir):
     assert store.read(lambda db: db.storage.keys(T_PATIENTS, "id", pid)) != []
     assert instances.set_lung_zone(store, uids[0], "R1") == pid
     assert instances.get_instance(store, uids[0])["lung_zone"] == "R1"
+    kit.close()
+
+
+def _study_searches(store, accessions, dates) -> list[tuple]:
+    """(filter, found through the indexes, found by a plain scan) for every filter tried."""
+    out = []
+
+    def plain(lo, hi, acc):
+        def match(r, p):
+            d = r.get("study_date") or ""
+            return (acc is None or r.get("accession_number") == acc) and \
+                (lo is None or (d and (not lo or d >= lo) and (not hi or d <= hi)))
+        return match
+    tries = [({"accession": a}, plain(None, None, a)) for a in accessions]
+    tries += [({"study_dates": (lo, hi)}, plain(lo, hi, None)) for lo, hi in dates]
+    tries += [({"accession": a, "study_dates": (lo, hi)}, plain(lo, hi, a)) for a, (lo, hi) in zip(accessions, dates)]
+    for hints, match in tries:
+        for page in ({}, {"limit": 3}, {"offset": 1, "limit": 2}):
+            indexed = instances.search_studies(store, match=match, **hints, **page)
+            scanned = instances.search_studies(store, match=match, **page)
+            out.append((hints, page, indexed, scanned))
+    return out
+
+
+def _assert_searches_agree(store, accessions, dates) -> int:
+    found = 0
+    for hints, page, indexed, scanned in _study_searches(store, accessions, dates):
+        assert indexed == scanned, (hints, page)
+        found += len(indexed)
+    return found
+
+
+def test_study_filters_through_indexes_answer_like_a_scan(data_dir, monkeypatch):
+    """QIDO's AccessionNumber and StudyDate filters pick studies through the indexes: the
+    same studies, in the same order, as testing every row - on a randomised store, after a
+    merge and its undo, after a write rolled back on a full disk, and after reopening."""
+    rng = random.Random(17)
+    kit = open_kit(data_dir)
+    store = kit.store
+    grow(store, 4, per_patient=3)  # real captures and patients (AccessionNumber "A<PatientID>")
+    accessions = ["AP00000", "AP00003", "ACC-3", "ACC-0", "nothing"]
+    dates = [("20260301", "20260310"), ("", "20260105"), ("20260320", ""), ("20261204", "20261204"), ("2027", "")]
+    clock = iter(range(10**6))
+
+    def random_writes(n):
+        for _ in range(n):
+            def fn(db):
+                t = db.table(T_INSTANCES)
+                ids = [int(k) for k in db.storage.read().get(T_INSTANCES, {})]
+                op = rng.random()
+                if op < 0.6:
+                    study = rng.randrange(15)
+                    t.insert({"sop_instance_uid": f"1.2.{next(clock)}", "study_instance_uid": f"1.3.{study}",
+                              "series_instance_uid": f"1.4.{study}", "patient_id": f"R{study % 5}",
+                              "accession_number": rng.choice(["", f"ACC-{study % 4}"]),
+                              "study_date": rng.choice(["", f"202603{rng.randrange(1, 31):02d}", "20260101"]),
+                              "modality": "US", "received_at": 2e9 + next(clock)})  # after the real ones
+                elif op < 0.85:
+                    t.update({"accession_number": f"ACC-{rng.randrange(4)}",
+                              "study_date": f"202603{rng.randrange(1, 31):02d}"}, doc_ids=[rng.choice(ids)])
+                else:
+                    t.remove(doc_ids=[rng.choice(ids)])
+            store.write(fn)
+
+    random_writes(150)
+    assert _assert_searches_agree(store, accessions, dates) > 0
+    _scan_matches_index(store)
+
+    first, second = sorted({r["patient_id"] for r in instances.instance_rows(store) if r["patient_id"][0] != "R"})[:2]
+    patients.merge_patients(store, first, second, undo_seconds=600)
+    _assert_searches_agree(store, accessions, dates)
+    patients.unmerge(store, first)
+    _assert_searches_agree(store, accessions, dates)
+
+    import fieldkit.store.journal as journal
+
+    def full_disk(fd, data, offset):
+        raise OSError(28, "No space left on device")
+    before = _study_searches(store, accessions, dates)
+    monkeypatch.setattr(journal.os, "pwrite", full_disk)
+    with pytest.raises(StorageFull):
+        random_writes(1)
+    monkeypatch.undo()
+    assert _study_searches(store, accessions, dates) == before  # the rolled-back write left no trace
+    random_writes(50)
+    after = _study_searches(store, accessions, dates)
+    kit.close()
+
+    kit = open_kit(data_dir)  # indexes rebuilt from the journal
+    assert _study_searches(kit.store, accessions, dates) == after
+    _assert_searches_agree(kit.store, accessions, dates)
+    _scan_matches_index(kit.store)
     kit.close()

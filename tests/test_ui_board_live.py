@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import need_peer
-from fixtures.ui import (CLINICIAN_PASSWORD, CLINICIAN_USER, TABLET, capture_file, launch_chromium, push, sign_in,
+from fixtures.ui import (chromium, CLINICIAN_PASSWORD, CLINICIAN_USER, TABLET, capture_file, push, sign_in,
                          start_ui_kit)
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,12 +42,8 @@ def kit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(kit):
-    need_peer("chromium")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p, kit.data_dir)
+    with chromium(kit) as b:
         yield b
-        b.close()
 
 
 def api_session(kit) -> requests.Session:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from fixtures.ui import TABLET, launch_chromium, shot, sign_in, start_ui_kit
+from fixtures.ui import chromium, TABLET, shot, sign_in, start_ui_kit
 
 pytestmark = pytest.mark.timeout(300)
 TRIAGE_USER, TRIAGE_SECRET = "test-triage", "test secret for triage"
@@ -57,13 +57,8 @@ def kit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(kit):
-    from conftest import need_peer
-    need_peer("chromium")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p, kit.data_dir)
+    with chromium(kit) as b:
         yield b
-        b.close()
 
 
 def _page(browser, kit, path="/"):

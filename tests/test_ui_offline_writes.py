@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import need_peer
-from fixtures.ui import launch_chromium, new_context, shot, sign_in, start_ui_kit
+from fixtures.ui import chromium, new_context, shot, sign_in, start_ui_kit
 
 pytestmark = pytest.mark.timeout(300)
 WAIT = 20000
@@ -29,12 +28,8 @@ def kit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(kit):
-    need_peer("chromium")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p, kit.data_dir)
+    with chromium(kit) as b:
         yield b
-        b.close()
 
 
 def kit_patient(kit, pid):
@@ -62,9 +57,15 @@ def ready_tablet(browser, kit):
 
 
 def to_send(page, n):
-    if n == 0:
+    if n == 0:  # the badge is hidden before the queue is read too: wait for the queue itself to empty
         page.wait_for_function("() => { const b = document.getElementById('offline-count'); return b && b.hidden; }",
                                timeout=WAIT)
+        page.wait_for_function("""() => new Promise((resolve) => { const r = indexedDB.open('fieldkit-offline');
+            r.onsuccess = () => { const db = r.result;
+              if (!db.objectStoreNames.contains('queue')) { db.close(); resolve(true); return; }
+              const q = db.transaction(['queue']).objectStore('queue').count();
+              q.onsuccess = () => { db.close(); resolve(q.result === 0); }; };
+            r.onerror = () => resolve(false); })""", timeout=WAIT)
     else:
         page.wait_for_function(f"() => (document.getElementById('offline-count') || {{}}).textContent === '{n} to send'",
                                timeout=WAIT)
@@ -276,6 +277,7 @@ def test_a_note_written_offline_arrives_with_its_time_and_identity_waits_for_the
     page.goto("/")
     to_send(page, 0)
     p = kit_patient(kit, "NOTE-1")
-    assert [n["text"] for n in p["notes"]] == ["tourniquet right arm 14:32"] and p["age"] is None
+    said = page.evaluate("() => (document.getElementById('offline-banner') || {}).textContent || ''")
+    assert [n["text"] for n in p["notes"]] == ["tourniquet right arm 14:32"] and p["age"] is None, said
     assert before - 1 <= p["notes"][0]["at"] <= after + 1
     ctx.close()

@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 
 from conftest import need_peer
 from fixtures.dcmtk import store_responses, storescu
-from fixtures.ui import (ADMIN_PASSWORD, ADMIN_USER, axe_violations, launch_chromium, new_context, shot, sign_in,
+from fixtures.ui import (chromium, ADMIN_PASSWORD, ADMIN_USER, axe_violations, new_context, shot, sign_in,
                          start_ui_kit)
 from fixtures.orthanc import _require_orthanc, dicomweb_plugin, orthanc_binary, start_orthanc
 from kitproc import run_cli, set_config, wait_until
@@ -64,13 +64,9 @@ def kit(tmp_path_factory, hospital):
 
 @pytest.fixture(scope="module")
 def browser(kit):
-    need_peer("chromium")
     need_peer("storescu")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p, kit.data_dir)
+    with chromium(kit) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -94,18 +94,24 @@ def dir_is_locked(data_dir: Path) -> bool:
 
 
 # Fields the store keeps indexes on (see documents.MemoryStorage): what the kit looks rows
-# up by - patient, study, series, SOP Instance UID (QIDO's keys among them), finding ids.
+# up by - patient, study, series, SOP Instance UID, and the QIDO study filters a PACS
+# sends (AccessionNumber, StudyDate: a date range walks the few distinct dates), finding ids.
 INDEXED = {
-    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+    T_INSTANCES: ("patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+                  "accession_number", "study_date"),
     T_PATIENTS: ("id", "tag", "merged_into"),
     T_FINDINGS: ("id", "patient_id", "sop_instance_uid"),
     T_META: ("name",),
     T_OFFLINE: ("id",),
 }
 # Fields whose text values repeat across rows and tables: kept once in memory (documents.py).
+# The study's own attributes repeat in each of its rows; `linked_by` and `calling_ae` take
+# a few values.
 SHARED = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id", "sop_class_uid",
                     "transfer_syntax", "modality", "source", "study_date", "manufacturer",
-                    "photometric_interpretation", "kind", "state", "key", "payload", "what"})
+                    "photometric_interpretation", "kind", "state", "key", "payload", "what",
+                    "accession_number", "study_time", "study_id", "study_description", "referring_physician",
+                    "series_description", "series_number", "instance_number", "linked_by", "calling_ae"})
 
 
 class Store:

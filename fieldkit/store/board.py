@@ -10,6 +10,7 @@ O(that patient): the live stream sends the changed rows, never the whole board.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import weakref
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from ..dicom.names import format_person_name
 from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
                       SYNC_CONFIRMED, SYNC_QUARANTINED)
-from ..records import TRIAGE_CATEGORIES
+from ..records import T_PATIENTS, TRIAGE_CATEGORIES
 from . import care, finding_words, findings
 from . import instances as catalogue
 from . import patients as pstore
@@ -147,6 +148,7 @@ class BoardRows:
         self._lock = threading.Lock()
         self._catching_up = threading.Lock()
         self._rows: dict[str, dict | None] = {}
+        self._encoded: dict[str, tuple[dict, str]] = {}  # pid -> (card, its JSON), for board_json
         self._cursor = store.events.last_seq
         self._generation = 0  # bumped when rows are dropped: a computation begun before is not kept
 
@@ -190,10 +192,10 @@ class BoardRows:
         row = self._get(pid)
         return dict(row) if row is not None else None
 
-    def board(self) -> dict:
-        """The whole board: every live patient's card, counts per category."""
+    def _sorted_cards(self) -> list[tuple[str, dict]]:
+        """(patient id, cached card) of every live patient, in board order (not copies)."""
         self._catch_up()
-        patients = pstore.list_patients(self.store)
+        patients = _live_patients(self.store)
         with self._lock:
             missing = [p for p in patients if p["id"] not in self._rows]
             generation = self._generation
@@ -206,18 +208,66 @@ class BoardRows:
                     self._rows.update(cards)
         else:
             cards = {}
-        out = []
-        for p in patients:
-            card = cards.get(p["id"]) or self._get(p["id"], p)
+        out, late = [], []
+        with self._lock:  # once for the whole board, not once per card
+            for p in patients:
+                card = cards.get(p["id"]) or self._rows.get(p["id"], _MISSING)
+                if card is _MISSING:
+                    late.append(p)
+                elif card is not None:
+                    out.append((p["id"], card))
+        for p in late:
+            card = self._get(p["id"], p)
             if card is not None:
-                out.append(dict(card))
-        out.sort(key=sort_key)
+                out.append((p["id"], card))
+        out.sort(key=lambda pc: sort_key(pc[1]))
+        return out
+
+    @staticmethod
+    def _summary(cards: list[tuple[str, dict]]) -> dict:
         counts = {c: 0 for c in TRIAGE_CATEGORIES}
-        for card in out:
-            if not card["unassigned"]:
+        unassigned = 0
+        for _, card in cards:
+            if card["unassigned"]:
+                unassigned += len(card["tray"])
+            else:
                 counts[card["triage"]] += 1
-        return {"patients": out, "counts": counts, "total": len(out), "at": time.time(),
-                "unassigned": sum(len(card["tray"]) for card in out)}
+        return {"counts": counts, "total": len(cards), "at": time.time(), "unassigned": unassigned}
+
+    def board(self) -> dict:
+        """The whole board: every live patient's card, counts per category."""
+        cards = self._sorted_cards()
+        return {"patients": [dict(card) for _, card in cards], **self._summary(cards)}
+
+    def board_json(self, **extra) -> str:
+        """`board()` (and `extra`) as JSON text, joined from each card's JSON, which is kept
+        with the card until the card changes: a board of 10 000 patients is neither copied
+        nor encoded again for every tablet that loads it."""
+        cards = self._sorted_cards()
+        known, fresh, parts = self._encoded, {}, []
+        for pid, card in cards:
+            held = known.get(pid)
+            if held is None or held[0] is not card:  # a card is replaced, never changed in place
+                held = (card, _encode(card))
+            fresh[pid] = held
+            parts.append(held[1])
+        self._encoded = fresh  # patients who left the board leave it too
+        tail = _encode({**self._summary(cards), **extra})
+        return '{"patients":[' + ",".join(parts) + "]" + ("," + tail[1:] if len(tail) > 2 else "}")
+
+
+def _encode(obj) -> str:
+    return json.dumps(obj, default=str, separators=(",", ":"), sort_keys=True)
+
+
+_MISSING = object()
+
+
+def _live_patients(store) -> list[dict]:
+    """The rows of every patient on the board (not merged away), read in place: a write
+    replaces a row, never changes it, so they are read without copying 10 000 of them."""
+    return store.read(lambda db: [p for p in db.storage.read().get(T_PATIENTS, {}).values()
+                                  if not p.get("merged_into")])
 
 
 _caches_lock = threading.Lock()

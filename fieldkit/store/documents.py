@@ -98,10 +98,14 @@ class JournalTable(Table):
 
 
 class FieldIndex:
-    """value -> the doc keys holding it (in the order they got it), and back."""
+    """value -> the doc keys holding it (in the order they got it), and back.
+
+    Most indexed values belong to one doc (a SOP Instance UID): such a value maps to its
+    key alone, and only a value several docs share gets a dict of keys (ordered, so the
+    last one to take the value is known). One dict per UID cost ~180 bytes a row."""
 
     def __init__(self):
-        self.keys_of: dict[Any, dict[str, None]] = {}
+        self.keys_of: dict[Any, str | dict[str, None]] = {}
         self.value_of: dict[str, Any] = {}
 
     def put(self, key: str, doc: dict, field: str) -> None:
@@ -114,15 +118,31 @@ class FieldIndex:
         self.drop(key)
         if value is not None:
             self.value_of[key] = value
-            self.keys_of.setdefault(value, {})[key] = None
+            held = self.keys_of.get(value)
+            if held is None:
+                self.keys_of[value] = key
+            elif type(held) is str:
+                self.keys_of[value] = {held: None, key: None}
+            else:
+                held[key] = None
 
     def drop(self, key: str) -> None:
         if key in self.value_of:
             value = self.value_of.pop(key)
-            keys = self.keys_of[value]
-            keys.pop(key, None)
-            if not keys:
+            held = self.keys_of[value]
+            if type(held) is str:
                 del self.keys_of[value]
+                return
+            held.pop(key, None)
+            if not held:
+                del self.keys_of[value]
+
+    def keys(self, value) -> tuple | dict:
+        """The keys holding `value`, in the order they took it."""
+        held = self.keys_of.get(value)
+        if held is None:
+            return ()
+        return (held,) if type(held) is str else held
 
 
 class MemoryStorage(Storage):
@@ -232,8 +252,8 @@ class MemoryStorage(Storage):
 
     def keys(self, table: str, field: str, value) -> list[str]:
         """Keys of the docs of `table` whose `field` is `value`, in table order."""
-        keys = self._indexes[table][field].keys_of.get(value)
-        return sorted(keys, key=int) if keys else []
+        keys = self._indexes[table][field].keys(value)
+        return sorted(keys, key=int) if len(keys) > 1 else list(keys)
 
     def values(self, table: str, field: str) -> list:
         """The distinct values of an indexed field."""
@@ -241,11 +261,11 @@ class MemoryStorage(Storage):
 
     def last_key(self, table: str, field: str, value) -> str | None:
         """The key that took `value` last (the newest row of a study, say)."""
-        keys = self._indexes[table][field].keys_of.get(value)
+        keys = self._indexes[table][field].keys(value)
         return next(reversed(keys)) if keys else None
 
     def count(self, table: str, field: str, value) -> int:
-        return len(self._indexes[table][field].keys_of.get(value, ()))
+        return len(self._indexes[table][field].keys(value))
 
     def doc(self, table: str, key: str) -> dict | None:
         """The live doc (not a copy: callers copy what they hand out)."""

@@ -505,20 +505,45 @@ def _newest_studies(table: dict) -> Iterator[str]:
             yield uid
 
 
+def _studies_by_filter(storage, table, accession: str | None, study_dates: tuple[str, str] | None) -> list[str] | None:
+    """Studies holding a row with this exact AccessionNumber, or else a StudyDate in
+    [lo, hi] (either end may be ""), from their indexes: a superset of the studies the
+    same filter matches row by row. None when neither filter is given."""
+    if accession is not None:
+        keys = storage.keys(T_INSTANCES, "accession_number", accession)
+    elif study_dates is not None:
+        lo, hi = study_dates
+        keys = [k for v in storage.values(T_INSTANCES, "study_date")
+                if isinstance(v, str) and v and (not lo or v >= lo) and (not hi or v <= hi)
+                for k in storage.keys(T_INSTANCES, "study_date", v)]
+    else:
+        return None
+    return list(dict.fromkeys(table[k]["study_instance_uid"] for k in keys))
+
+
 def search_studies(store, *, patient_id: str | None = None, study_uids=None, match: Match | None = None,
-                   modalities: set[str] | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+                   modalities: set[str] | None = None, offset: int = 0, limit: int | None = None,
+                   accession: str | None = None, study_dates: tuple[str, str] | None = None) -> list[dict]:
     """QIDO-RS study search, newest first. Studies are taken in the order of their latest
     row and tested one by one until the page is full: only the studies returned are summed
     up. A study matches when one of its rows matches `match`
-    (and, with `modalities`, holds one of them); its figures count the matching rows."""
+    (and, with `modalities`, holds one of them); its figures count the matching rows.
+
+    `accession` (an exact AccessionNumber) and `study_dates` (a StudyDate range) only pick
+    the candidate studies through their indexes; `match` must still test them on the rows."""
     def fn(db):
         storage, table = db.storage, _table(db)
-        if study_uids is not None or patient_id is not None:
+        by_filter = None
+        if study_uids is None and patient_id is None:
+            by_filter = _studies_by_filter(storage, table, accession, study_dates)
+        if study_uids is not None or patient_id is not None or by_filter is not None:
             if study_uids is not None:
                 uids = [u for u in dict.fromkeys(study_uids) if storage.count(T_INSTANCES, "study_instance_uid", u)]
-            else:
+            elif patient_id is not None:
                 uids = list(dict.fromkeys(table[k]["study_instance_uid"]
                                           for k in storage.keys(T_INSTANCES, "patient_id", patient_id)))
+            else:
+                uids = by_filter
             latest = {u: table[storage.last_key(T_INSTANCES, "study_instance_uid", u)]["received_at"]
                       for u in uids}
             uids.sort(key=latest.__getitem__, reverse=True)

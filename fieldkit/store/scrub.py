@@ -56,7 +56,9 @@ def targets(store) -> list[tuple[str, str]]:
     """(sop_instance_uid, blob address) of every stored capture, conflict copies included."""
     def fn(db):
         out = []
-        for row in db.table(T_INSTANCES).all():
+        # the live rows, read in place: copying 100 000 documents under the store lock at
+        # every pass (and at every start) stalled requests and left the heap fragmented
+        for row in db.storage.read().get(T_INSTANCES, {}).values():
             if row.get("blob"):
                 out.append((row["sop_instance_uid"], row["blob"]))
             out += [(row["sop_instance_uid"], c["blob"]) for c in row.get("conflicts") or [] if c.get("blob")]

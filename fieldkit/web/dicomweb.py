@@ -299,6 +299,20 @@ def _query() -> dict:
     return q
 
 
+def _study_hints(f: dict) -> dict:
+    """The study filters the catalogue's indexes narrow down (an exact AccessionNumber, a
+    StudyDate or range); `match` still tests every row against them."""
+    hints = {}
+    accession = f.get("AccessionNumber")
+    if accession and "*" not in accession and "?" not in accession:
+        hints["accession"] = accession
+    date = f.get("StudyDate")
+    if date:
+        lo, dash, hi = date.partition("-")
+        hints["study_dates"] = (lo, hi) if dash else (date, date)
+    return hints
+
+
 def _scoped(q: dict, study: str | None, series: str | None = None) -> dict:
     """Narrow the query to the study/series of the URL path."""
     for uid, arg in ((study, "study_uids"), (series, "series_uids")):
@@ -440,7 +454,7 @@ def search_studies():
     bounded = _header_page(q)
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
-    found, warnings = _cut(catalogue.search_studies(store, **q), bounded, q["offset"])
+    found, warnings = _cut(catalogue.search_studies(store, **q, **_study_hints(_filters())), bounded, q["offset"])
     first = _first_rows(store, "study", [s["study_instance_uid"] for s in found])
     return _dicom_json([_included("studies", _study_json(s, {s["patient_id"]: s["patient"]}),
                                   first.get(s["study_instance_uid"])) for s in found],

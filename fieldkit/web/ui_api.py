@@ -107,17 +107,23 @@ def after_triage_change(store, pid: str, triage: str) -> None:
 
 # ----------------------------------------------------------------------------- board
 
+def _live_id(store) -> str:
+    bus = store.events
+    return f"{bus.epoch}.{bus.last_seq}"
+
+
 def board_data(store) -> dict:
     """The whole board, with the live-stream position it reflects (`live_id`): a tablet
     opens its stream from there and patches the board with the rows the stream sends."""
-    bus = store.events
-    live_id = f"{bus.epoch}.{bus.last_seq}"  # taken first: what happens next is sent again, harmlessly
+    live_id = _live_id(store)  # taken first: what happens next is sent again, harmlessly
     return board_rows(store).board() | {"live_id": live_id}
 
 
 @bp.get("/board")
 def board():
-    return jsonify(board_data(kit_of().store))
+    store = kit_of().store
+    live_id = _live_id(store)  # as in board_data; the cards' JSON is reused, not made again
+    return Response(board_rows(store).board_json(live_id=live_id), mimetype="application/json")
 
 
 @bp.post("/start")

@@ -2,17 +2,33 @@
 instance rows as at 1 000?
 
 One kit grows to each size in turn (small generated US images, 10 captures per patient,
-one study each, put through the store API in-process), then a real `fieldkit serve` runs
-on it with simulated tablets (each signed in, holding the live stream open and fetching
-the board, a patient and the status like the tablet pages do), a DICOMweb client running
-QIDO, and storescu as the probe sending 5 cines per association. At every size it prints
-p95 latencies and the probe's C-STORE rate; at the end one ratio line per figure (largest
-size ÷ smallest), QIDO against a real Orthanc holding the same instances (measured side by
-side while both are idle), and the serve RSS over a longer soak at the largest size.
+one study each, the patients triaged under their tag and the captures carrying it as
+PatientID, put through the store API in-process, 500 per journal record; each batch's
+jobs are then leased and acknowledged through the queue API, as the analysis and sync
+workers would have done). Then a real `fieldkit serve` runs on it with:
+
+- simulated tablets that do what the tablet pages do (board.js, patient.js, device.js,
+  common.js `live()`): a board tablet loads the board once, opens the live stream with
+  `board=1` from the board's `live_id` and from then on only takes the per-patient cards
+  (`board.row`) the stream sends, fetching the whole board again only when the stream
+  says it could not replay (`resumed: false` or `refetch`), as the page does; it asks
+  `/api/v1/status` on load and every 30 s (the disk banner). Now and then (every 20-40 s)
+  it opens a patient's page (the patient, its own live stream, the patient again on an
+  event naming them, 5-15 s there) and goes back to the board, which loads it again.
+  One tablet in four has the device page open instead (`/api/v1/ui/device` every 10 s,
+  its live stream open). A stream that ends (`ui.live_max_seconds`) reconnects with the
+  last event id, as the browser does;
+- a DICOMweb client running QIDO (one study's instances every 0.5 s);
+- storescu as the probe sending 5 cines per association.
+
+At every size it prints p95 latencies, the board cards received by the tablets, and the
+probe's C-STORE rate; at the end one ratio line per figure (largest size ÷ smallest), QIDO
+against a real Orthanc holding the same instances (measured side by side while both are
+idle), and the serve RSS over a longer soak at the largest size.
 
     SCALE_SIZES=1000,10000,100000  sizes to grow to (cumulative, ascending)
-    SCALE_SECONDS=30               load duration at each size
-    SCALE_SOAK_SECONDS=60          load duration at the largest size (RSS sampled; the issue's figure is 600)
+    SCALE_SECONDS=60               load duration at each size
+    SCALE_SOAK_SECONDS=120         load duration at the largest size (RSS sampled; the issue's figure is 600)
     SCALE_TABLETS=20
     SCALE_ORTHANC_MAX=10000        most instances loaded into Orthanc (0: no Orthanc)
 
@@ -23,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import random
 import signal
@@ -46,11 +63,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from fixtures.ui import capture_file, start_ui_kit  # noqa: E402
 from kitproc import KitProcess  # noqa: E402
-from test_ui_live import Stream, _signed_in  # noqa: E402
+from test_ui_live import _signed_in  # noqa: E402
 
 SIZES = [int(s) for s in os.environ.get("SCALE_SIZES", "1000,10000,100000").split(",")]
-SECONDS = float(os.environ.get("SCALE_SECONDS", "30"))
-SOAK_SECONDS = float(os.environ.get("SCALE_SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("SCALE_SECONDS", "60"))
+SOAK_SECONDS = float(os.environ.get("SCALE_SOAK_SECONDS", "120"))
 TABLETS = int(os.environ.get("SCALE_TABLETS", "20"))
 ORTHANC_MAX = int(os.environ.get("SCALE_ORTHANC_MAX", "10000"))
 PER_PATIENT = 10
@@ -101,18 +118,13 @@ def _template(n: int) -> bytes:
 _TEMPLATE = _template(0)
 
 
-def capture(n: int, patient_id: bool = True) -> bytes:
-    """Instance n: patient n // 10, its one study, a 64×48 grey US frame. Deterministic, so
-    the kit and Orthanc get the same objects. Every varying value has a fixed length, so a
-    byte substitution in one encoded template makes it (pydicom per object is the slow part).
-
-    The kit gets them without the probe's PatientID (`patient_id=False`), as an emergency
-    probe sends: the kit links them by study. With one, today's linking scans every patient
-    for every capture, and growing to 100 000 rows would take hours."""
+def capture(n: int) -> bytes:
+    """Instance n: patient n // 10 (PatientID "SCALE<p>", the triage tag the kit knows them
+    by), their one study, a 64×48 grey US frame. Deterministic, so the kit and Orthanc get
+    the same objects. Every varying value has a fixed length, so a byte substitution in one
+    encoded template makes it (pydicom per object is the slow part)."""
     p = n // PER_PATIENT
     out = _TEMPLATE
-    if not patient_id:  # PatientID (0010,0020) LO "SCALE000000 " -> empty
-        out = out.replace(b"\x10\x00\x20\x00LO\x0c\x00SCALE000000 ", b"\x10\x00\x20\x00LO\x00\x00")
     for old, new in ((b"2.25.77000000000", f"2.25.77{n:09d}"), (b"2.25.78000000000", f"2.25.78{p:09d}"),
                      (b"2.25.79000000000", f"2.25.79{p:09d}"), (b"SCALE000000", f"SCALE{p:06d}"),
                      (b"Scale^000000", f"Scale^{p:06d}"), (b"ACC000000", f"ACC{p:06d}"),
@@ -124,10 +136,38 @@ def capture(n: int, patient_id: bool = True) -> bytes:
     return out
 
 
+def finish_jobs(store) -> int:
+    """Lease and acknowledge every ready job through the queue API, in one journal record
+    (nested writes join the outer one), as the workers would have done one by one: done
+    rows beyond the newest few leave the table and are only counted, as on a running kit."""
+    from fieldkit.records import KINDS
+
+    def fn(db):
+        n = 0
+        for kind in KINDS:
+            while (row := store.queue.lease(kind, lease_seconds=60)) is not None:
+                store.queue.ack(row.id)
+                n += 1
+        return n
+    return store.write(fn)
+
+
+def add_patients(store, start: int, stop: int) -> None:
+    """The patients of instances start..stop-1 that are new, triaged on a tablet under their
+    tag (one journal record): the captures then link to them by PatientID."""
+    from fieldkit.records import TRIAGE_CATEGORIES
+    from fieldkit.store import patients
+
+    def fn(db):
+        for p in range((start + PER_PATIENT - 1) // PER_PATIENT, (stop + PER_PATIENT - 1) // PER_PATIENT):
+            patients.create_patient(store, tag=f"SCALE{p:06d}", triage=TRIAGE_CATEGORIES[p % 4])
+    store.write(fn)
+
+
 def grow(data_dir: Path, start: int, stop: int) -> float:
-    """Put instances start..stop-1 through the store API; their jobs are then marked done,
-    as on a kit that has been analysing and syncing all along. Returns seconds taken."""
-    from fieldkit.records import DONE, T_QUEUE
+    """Put instances start..stop-1 through the store API, a batch (one journal record) at
+    a time, their patients first; each batch's jobs are then finished, as on a kit that has been analysing and
+    syncing all along. Returns seconds taken."""
     from fieldkit.runtime import open_kit
     from fieldkit.dicom.prepare import prepare
     from fieldkit.store.instances import Batch
@@ -137,16 +177,15 @@ def grow(data_dir: Path, start: int, stop: int) -> float:
     kit = open_kit(data_dir)
     try:
         for first in range(start, stop, BATCH):
+            add_patients(kit.store, first, min(stop, first + BATCH))
             batch = Batch(kit.store, "import")
             for n in range(first, min(stop, first + BATCH)):
                 # every frame is the same, so its preview is made once, not 100 000 times
-                batch.add(dataclasses.replace(prepare(capture(n, patient_id=False), thumbnail=False),
-                                              thumbnail=thumb))
+                batch.add(dataclasses.replace(prepare(capture(n), thumbnail=False), thumbnail=thumb))
             batch.commit()
+            finish_jobs(kit.store)
             if (first + BATCH) % 10000 == 0:
                 print(f"    {first + BATCH} rows, {time.perf_counter() - t0:.0f} s", flush=True)
-        kit.store.write(lambda db: db.table(T_QUEUE).update({"state": DONE, "lease_until": 0.0},
-                                                            lambda d: d["state"] != DONE))
     finally:
         kit.close()
     return time.perf_counter() - t0
@@ -165,6 +204,73 @@ def load_orthanc(orthanc, start: int, stop: int) -> float:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(post, range(start, stop)))
     return time.perf_counter() - t0
+
+
+class LiveStream:
+    """A tablet page's live stream (common.js `live()`): read in a thread; when the server
+    ends it, it reconnects from the last event id, as the browser does. `resync` is set
+    when the stream says it could not replay what was missed (the page refetches)."""
+
+    def __init__(self, session: requests.Session, url: str, stop: threading.Event, board: bool = False,
+                 last: str = "", on_event=None):
+        self.session, self.url, self.stop, self.board = session, url, stop, board
+        self.last, self.on_event = last, on_event
+        self.rows = 0          # board cards received
+        self.connected = False
+        self.resync = threading.Event()
+        self.closed = threading.Event()
+        self.resp = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for _attempt in range(1000):  # bounded: a stream lives minutes, a run at most an hour
+            if self.stop.is_set() or self.closed.is_set():
+                return
+            params = {"board": "1"} if self.board else {}
+            if self.last:
+                params["last"] = self.last
+            try:
+                self.resp = self.session.get(self.url + "/api/v1/live", params=params, stream=True, timeout=(30, 60))
+                if self.resp.status_code != 200:  # refused (busy): the page polls, then tries again
+                    self.resync.set()
+                    self.resp.close()
+                    if self.stop.wait(5.0):
+                        return
+                    continue
+                self.connected = True
+                self._read(self.resp)
+            except Exception:  # the stream broke, or the page closed it under the reader
+                if self.closed.is_set():
+                    return
+            if self.stop.wait(2.0):  # the browser's retry delay
+                return
+
+    def _read(self, resp) -> None:
+        topic, ident = None, None
+        for line in resp.iter_lines(decode_unicode=True):
+            if self.closed.is_set():
+                return
+            if line.startswith("id: "):
+                ident = line[4:]
+            elif line.startswith("event: "):
+                topic = line[7:]
+            elif line.startswith("data: ") and topic:
+                data = json.loads(line[6:])
+                if ident:
+                    self.last = ident
+                if topic == "board.row":
+                    self.rows += 1
+                elif topic == "refetch" or (topic == "hello" and not data.get("resumed")):
+                    self.resync.set()
+                elif self.on_event is not None:
+                    self.on_event(topic, data)
+                topic, ident = None, None
+
+    def close(self) -> None:
+        self.closed.set()
+        if self.resp is not None:
+            self.resp.close()
 
 
 # -- the load ------------------------------------------------------------------------------
@@ -214,54 +320,97 @@ def qido_pair(kit: KitProcess, token: str, orthanc, studies: list[str], rounds: 
 
 def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], seconds: float,
              sample_rss: bool) -> dict:
-    lat: dict[str, list[float]] = {"board": [], "patient": [], "status": [], "qido": []}
+    lat: dict[str, list[float]] = {"board": [], "patient": [], "status": [], "device": [], "qido": []}
+    cards, resyncs, signin_retries = [0], [0], [0]  # board cards the streams brought; board refetches
     errors: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
-    streams: list[Stream] = []
+    streams: list[LiveStream] = []
     probe: list[tuple[int, float]] = []
     rss: list[tuple[float, float]] = []
     token = kit.token("dicomweb-client")
 
-    def timed(s: requests.Session, kind: str, url: str, **kw) -> None:
+    def timed(s: requests.Session, kind: str, url: str) -> dict | None:
+        """A timed GET; its JSON (what the page uses), None when it failed."""
         t0 = time.perf_counter()
         try:
-            r = s.get(url, timeout=120, **kw)
+            r = s.get(url, timeout=120)
             ok, detail = r.status_code == 200, f"HTTP {r.status_code}"
         except requests.RequestException as exc:
-            ok, detail = False, type(exc).__name__
+            r, ok, detail = None, False, type(exc).__name__
         dt = time.perf_counter() - t0
         with lock:
             if ok:
                 lat[kind].append(dt)
             else:
                 errors.append(f"{kind}: {detail}")
+        return r.json() if ok else None
+
+    def board_page(s: requests.Session, rng: random.Random) -> list[str]:
+        """board.js: the board once, its stream from the board's live_id, the disk banner's
+        status on load and every 30 s; the board again only when the stream cannot replay.
+        Returns the patients on the board (the cards a person may open)."""
+        board = timed(s, "board", kit.url + "/api/v1/ui/board")
+        timed(s, "status", kit.url + "/api/v1/status")
+        st = LiveStream(s, kit.url, stop, board=True, last=(board or {}).get("live_id", ""))
+        streams.append(st)
+        until, banner = time.monotonic() + rng.uniform(20, 40), time.monotonic() + 30
+        while not stop.wait(0.25) and time.monotonic() < until:
+            if st.resync.is_set():
+                st.resync.clear()
+                board = timed(s, "board", kit.url + "/api/v1/ui/board") or board
+                with lock:
+                    resyncs[0] += 1
+            if time.monotonic() >= banner:
+                banner += 30
+                timed(s, "status", kit.url + "/api/v1/status")
+        st.close()
+        with lock:
+            cards[0] += st.rows
+        return [p["id"] for p in (board or {}).get("patients", []) if not p.get("unassigned")] or pids
+
+    def patient_page(s: requests.Session, rng: random.Random, pid: str) -> None:
+        """patient.js: the patient, its stream; the patient again (200 ms later) on an event
+        naming them; 5-15 s there."""
+        changed = threading.Event()
+        timed(s, "patient", kit.url + f"/api/v1/ui/patients/{pid}")
+        st = LiveStream(s, kit.url, stop, on_event=lambda t, d: d.get("patient_id") == pid and changed.set())
+        until = time.monotonic() + rng.uniform(5, 15)
+        while not stop.wait(0.25) and time.monotonic() < until:
+            if changed.is_set() or st.resync.is_set():
+                changed.clear()
+                st.resync.clear()
+                stop.wait(0.2)
+                timed(s, "patient", kit.url + f"/api/v1/ui/patients/{pid}")
+        st.close()
+
+    def device_page(s: requests.Session) -> None:
+        """device.js: /api/v1/ui/device on load and every 10 s, its stream open."""
+        st = LiveStream(s, kit.url, stop)
+        streams.append(st)
+        while not stop.is_set():
+            timed(s, "device", kit.url + "/api/v1/ui/device")
+            stop.wait(10.0)
+        st.close()
 
     def tablet(n: int) -> None:
-        st = None
-        while st is None:  # a slow kit times sign-ins out: the tablet tries again, as a person would
+        s = None
+        while s is None:  # a slow kit times sign-ins out: the tablet tries again, as a person would
             try:
                 s = _signed_in(kit)
-                st = Stream(s, kit.url)
-            except Exception as exc:
+            except Exception:  # "busy with other sign-ins" (503), as a person would see it
                 with lock:
-                    errors.append(f"tablet {n} sign-in/stream: {str(exc)[:120]}")
+                    signin_retries[0] += 1
                 if stop.wait(2.0):
                     return
-        with lock:
-            streams.append(st)
         rng = random.Random(n)
+        if n % 4 == 0:
+            device_page(s)
+            return
         while not stop.is_set():
-            timed(s, "board", kit.url + "/api/v1/ui/board")
-            if stop.wait(0.5):
-                break
-            timed(s, "patient", kit.url + f"/api/v1/ui/patients/{rng.choice(pids)}")
-            if stop.wait(0.5):
-                break
-            if n % 4 == 0:  # a few tablets have the device page open
-                timed(s, "status", kit.url + "/api/v1/status")
-                stop.wait(0.5)
-        st.resp.close()
+            on_board = board_page(s, rng)
+            if not stop.is_set():
+                patient_page(s, rng, rng.choice(on_board))
 
     def pacs() -> None:
         s = requests.Session()
@@ -308,10 +457,11 @@ def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], se
     stop.set()
     for t in threads:
         t.join(330)
-    held = sum(1 for st in streams if st.resp.status_code == 200)
+    held = sum(1 for st in streams if st.connected)
     sent = sum(n for n, _ in probe)
     rate = sent / sum(dt for _, dt in probe) if probe else float("nan")
     return {"lat": lat, "errors": errors, "held": held, "rate": rate, "sent": sent, "rss": rss,
+            "cards": cards[0], "resyncs": resyncs[0], "opened": len(streams), "signin_retries": signin_retries[0],
             "hung": sum(t.is_alive() for t in threads)}
 
 
@@ -386,7 +536,9 @@ def main() -> None:
 def report_size(size: int, res: dict) -> None:
     lat = res["lat"]
     parts = [f"{k} p50 {pct(v, .5) * 1e3:.0f} p95 {pct(v, .95) * 1e3:.0f} ms (n={len(v)})" for k, v in lat.items()]
-    print(f"  @ {size} rows, {TABLETS} tablets ({res['held']} live streams held): " + "; ".join(parts))
+    print(f"  @ {size} rows, {TABLETS} tablets ({res['held']} of {res['opened']} board/device streams connected, "
+          f"{res['cards']} board cards received, {res['resyncs']} board refetches, "
+          f"{res['signin_retries']} sign-ins retried): " + "; ".join(parts))
     print(f"  probe: {res['sent']} cines, {res['rate']:.2f} C-STORE/s; serve RSS {res['rss_end']:.0f} MB; "
           f"errors {len(res['errors'])}" + (f" (first: {res['errors'][:3]})" if res["errors"] else "")
           + (f"; {res['hung']} load threads did not stop" if res["hung"] else ""), flush=True)
@@ -404,7 +556,7 @@ def report_ratios(results: dict, qido: dict, soak: dict) -> None:
     lo, hi = min(results), max(results)
     print(f"== ratios, {hi} rows ÷ {lo} rows (targets from the issue)")
     for kind, name in (("board", "board"), ("patient", "patient page"), ("qido", "QIDO one-study"),
-                       ("status", "/api/v1/status")):
+                       ("status", "/api/v1/status"), ("device", "device page")):
         a, b = pct(results[lo]["lat"][kind], .95), pct(results[hi]["lat"][kind], .95)
         print(f"{name} p95 ratio {hi}/{lo}: {b / a:.2f} ({a * 1e3:.0f} -> {b * 1e3:.0f} ms; target <= 1.5)")
     a, b = results[lo]["rate"], results[hi]["rate"]
