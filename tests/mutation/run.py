@@ -40,10 +40,14 @@ def equivalents() -> dict[str, str]:
 
 def mutmut_config(module: dict) -> str:
     tests = "\n    ".join(module["tests"])
+    extra = "\n    ".join(sorted(p.name for p in ROOT.iterdir()
+                               if p.name not in ("fieldkit", "tests", "mutants") and not p.name.startswith(".")))
     return ("[mutmut]\n"
             "source_paths = fieldkit\n"
             f"only_mutate = {module['path']}\n"
             f"pytest_add_cli_args_test_selection =\n    {tests}\n"
+            # what tests read besides the code (models, docs, provisioning files)
+            f"also_copy =\n    {extra}\n"
             "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n")
 
 
