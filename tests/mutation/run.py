@@ -10,6 +10,7 @@ any other survivor is printed, and the exit code is 1 when one is left.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -62,7 +63,7 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
         # the folder must exist before mutmut starts, or Python caches it as "nothing here"
         (work / "mutants").mkdir()
         env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1")
-        names = [f"{_dotted(path)}.{f}" for f in module.get("functions", [])]
+        names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
         cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
         log = work / "mutmut.log"
         with log.open("w") as out:
@@ -94,8 +95,7 @@ def _dotted(path: str) -> str:
 
 
 def _match(mutant: str, pattern: str) -> bool:
-    import fnmatch
-    return fnmatch.fnmatch(mutant.split("__mutmut_")[0], pattern) or fnmatch.fnmatch(mutant, pattern)
+    return fnmatch.fnmatch(mutant, pattern)
 
 
 def main() -> int:
