@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import zlib
 
 import numpy as np
 import pydicom
@@ -65,7 +66,7 @@ def part10(sop_uid: str, ts: str, body: list[tuple[int, int, str, bytes]]) -> by
 def image(name: str, ts: str, *, pi: str, rows: int, cols: int, samples: int, bits: int,
           pixels: bytes, more: list | None = None) -> bytes:
     big = ts == EXPLICIT_BE
-    sop = f"1.2.826.0.1.3680043.10.999.7.{abs(hash(name)) % 10**8}"
+    sop = f"1.2.826.0.1.3680043.10.999.7.{zlib.crc32(name.encode())}"
     body = [
         (0x0008, 0x0016, "UI", US_IMAGE.encode()),
         (0x0008, 0x0018, "UI", sop.encode()),
