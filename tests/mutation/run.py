@@ -62,7 +62,8 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
         # kit processes started by the tests must import the mutated copy, not the installed one;
         # the folder must exist before mutmut starts, or Python caches it as "nothing here"
         (work / "mutants").mkdir()
-        env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1",
+                   **{k: str(v) for k, v in module.get("env", {}).items()})
         names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
         cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
         log = work / "mutmut.log"
