@@ -132,3 +132,24 @@ def test_no_bright_line_under_the_scored_columns():
 def test_too_little_image_below_the_pleura_leaves_the_models_call():
     assert post.bline_mimic(frame(line_from=0), COLS, H - 6.0) == ""
     assert post.bline_mimic(frame(line_from=0), (W + 5.0, W + 9.0), PLEURA) == ""  # columns off the image
+
+
+def test_dice_reads_any_non_zero_pixel_as_marked():
+    # label images often mark with 255 or a class number, not 1
+    assert post.dice(np.array([255, 0, 0], np.uint8), np.array([1, 0, 0])) == 1.0
+    assert post.dice(np.array([1, 0, 2]), np.array([2, 0, 1], np.uint8)) == 1.0
+    assert post.dice(np.array([0.5, 0.0]), np.array([1, 0])) == 1.0
+
+
+def test_a_line_at_the_left_edge_is_followed_and_judged():
+    img = frame()
+    img[42:, 0:2] = 0.7  # a B-line hugging the image's left edge
+    line, contrast = post.line_maps(img)
+    track = post._track(line, contrast, 43, 0)
+    assert [c for _, c, _ in track] == [0] * len(track) and len(track) == H - 43
+    assert post.bline_mimic(img, (0.0, 2.0), PLEURA) == ""
+    img[:38, 0:2] = 0.7  # the same line from the top of the image: an E-line
+    assert post.bline_mimic(img, (0.0, 2.0), PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+    one = frame()
+    one[:, 0] = 0.7  # one pixel wide, in the first column, from the top: still judged
+    assert post.bline_mimic(one, (0.0, 1.0), PLEURA) == "starts above the pleural line (E-line or needle artefact)"
