@@ -197,3 +197,40 @@ def test_destroy_overwrites_and_removes_both_key_files(tmp_path):
     with pytest.raises(KeyUnavailable, match="is missing"):
         ring.unlock("correct horse")
     ring.destroy()  # nothing left: nothing to do, no error
+
+
+def test_a_new_passphrase_gets_a_new_16_byte_salt(tmp_path):
+    ring = Keyring(tmp_path)
+    ring.create("correct horse", scrypt_n=N)
+    ring.change_passphrase("correct horse", "battery staple")
+    assert len(base64.b64decode(doc(ring)["kdf"]["salt"])) == 16
+
+
+def test_a_device_kits_backup_key_file_opens_with_the_passphrase_only(tmp_path):
+    ring = Keyring(tmp_path / "a")
+    key = ring.create("correct horse", scrypt_n=N)
+    backup = json.loads(ring.passphrase_only())
+    assert set(backup["wrapped"]) == {"passphrase"} and backup["mode"] == "device"
+    restored = Keyring(tmp_path / "b")
+    restored.dir.mkdir(parents=True)
+    restored.path.write_bytes(ring.passphrase_only())
+    with pytest.raises(KeyUnavailable):
+        restored.unlock()
+    assert restored.unlock("correct horse") == key
+
+
+def test_a_tpm_kit_given_a_device_key_forgets_its_tpm(tmp_path, swtpm_factory):
+    ring = Keyring(tmp_path, sealer=Tpm2Sealer(swtpm_factory().tcti))
+    key = ring.create("correct horse", scrypt_n=N, mode="tpm")
+    ring.add_device_key(key)  # e.g. its disk moved to a box with another TPM
+    d = doc(ring)
+    assert d["mode"] == "device" and "tpm_sealed" not in d and set(d["wrapped"]) == {"passphrase", "device"}
+    assert Keyring(tmp_path).unlock() == key  # no TPM needed any more
+
+
+def test_destroy_removes_the_device_key_even_when_the_key_file_is_already_gone(tmp_path):
+    ring = Keyring(tmp_path)
+    ring.create("correct horse", scrypt_n=N)
+    ring.path.unlink()
+    ring.destroy()
+    assert not ring.device_key_path.exists()
