@@ -280,6 +280,7 @@ def test_a_restart_gives_every_row_back_and_crash_leases_are_ready_again(kit):
     leased = q.enqueue(KIND_SYNC, {"patient_id": "P2"}, priority=10)
     delayed = q.enqueue(KIND_SYNC, {"patient_id": "P3"}, priority=5)
     failed = q.enqueue(KIND_INFER, {"n": "f"})
+    clock.advance(1)  # infer rows come newest first: "d" is leased first
     done = q.enqueue(KIND_INFER, {"n": "d"})
     q.lease(KIND_SYNC)  # P3 (most urgent)
     q.fail(delayed, "link down", retry_in=100)

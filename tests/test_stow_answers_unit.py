@@ -171,7 +171,9 @@ def test_xml_that_is_not_a_stow_answer_is_refused():
     for body, why in [(b"<a/>", "not a NativeDicomModel"), (b"<NativeDicomModel>", "invalid DICOM XML"),
                       (xml(""), "neither ReferencedSOPSequence nor FailedSOPSequence"),
                       (b'<!DOCTYPE x [<!ENTITY a "b">]><NativeDicomModel/>', "declaring entities"),
-                      (b'<?xml version="1.0"?><!ENTITY a "b"><NativeDicomModel/>', "declaring entities")]:
+                      (b'<?xml version="1.0"?><!ENTITY a "b"><NativeDicomModel/>', "declaring entities"),
+                      (b'<!DOCTYPE NativeDicomModel SYSTEM "http://elsewhere/x.dtd"><NativeDicomModel/>',
+                       "declaring entities")]:
         with pytest.raises(c.BadResponse, match=why):
             c.parse_xml(body)
 
