@@ -49,7 +49,8 @@ def test_stored_failed_and_warnings_from_dicom_json():
 def test_an_answer_wrapped_in_a_list_is_read_and_other_shapes_are_refused():
     out = c.parse_json(b"[" + answer([item("1.1")], None) + b"]")
     assert out["stored"] == {"1.1": ""} and out["failed"] == {}
-    for body, why in [(b"[]", "not a DICOM dataset"), (b"[1, 2]", "not a DICOM dataset"), (b'"x"', "not a DICOM dataset"),
+    for body, why in [(b"[]", "^hospital answered with JSON that is not a DICOM dataset$"), (b"[1, 2]", "not a DICOM dataset"),
+                      (b'"x"', "not a DICOM dataset"),
                       (b"{", "invalid DICOM JSON"), (b"\xff\xfe", "invalid DICOM JSON"),
                       (b"{}", "neither ReferencedSOPSequence nor FailedSOPSequence")]:
         with pytest.raises(c.BadResponse, match=why):
@@ -142,10 +143,10 @@ def xitem(*attrs: str) -> str:
 def test_stored_failed_and_warnings_from_dicom_xml(ns):
     body = xml(
         attr("00081199", "SQ",
-             xitem(attr("00081155", "UI", val(" 1.1 ")), attr("00081190", "UR", val("http://pacs/1.1")))
-             + xitem(attr("00081155", "UI", val("1.2")), attr("00081196", "US", val("45056")))
-             + xitem(attr("00081190", "UR", val("http://pacs/none")))
-             + "<Other/>")
+             "<Other/>"  # not an item: skipped, and the items after it still read
+             + xitem(attr("00081190", "UR", val("http://pacs/none")))  # no UID: confirms nothing
+             + xitem(attr("00081155", "UI", val(" 1.1 ")), attr("00081190", "UR", val("http://pacs/1.1")))
+             + xitem(attr("00081155", "UI", val("1.2")), attr("00081196", "US", val("45056"))))
         + attr("00081198", "SQ",
                xitem(attr("00081155", "UI", val("2.1")), attr("00081197", "US", val("42752")))
                + xitem(attr("00081155", "UI", val("2.2")))
@@ -168,9 +169,10 @@ def test_xml_tags_are_read_in_any_case_and_as_text():
 
 
 def test_xml_that_is_not_a_stow_answer_is_refused():
-    for body, why in [(b"<a/>", "not a NativeDicomModel"), (b"<NativeDicomModel>", "invalid DICOM XML"),
+    for body, why in [(b"<a/>", "^hospital answered with XML that is not a NativeDicomModel$"), (b"<NativeDicomModel>", "invalid DICOM XML"),
                       (xml(""), "neither ReferencedSOPSequence nor FailedSOPSequence"),
-                      (b'<!DOCTYPE x [<!ENTITY a "b">]><NativeDicomModel/>', "declaring entities"),
+                      (b'<!DOCTYPE x [<!ENTITY a "b">]><NativeDicomModel/>',
+                       "^hospital answered with XML declaring entities; refused$"),
                       (b'<?xml version="1.0"?><!ENTITY a "b"><NativeDicomModel/>', "declaring entities"),
                       (b'<!DOCTYPE NativeDicomModel SYSTEM "http://elsewhere/x.dtd"><NativeDicomModel/>',
                        "declaring entities")]:
@@ -187,3 +189,5 @@ def test_the_media_type_decides_and_json_is_never_sniffed_as_xml():
         c.parse_stow_response("application/json", xml(attr("00081199", "SQ", "")))
     with pytest.raises(c.BadResponse, match="invalid DICOM XML"):  # xml declared: not read as JSON
         c.parse_stow_response("application/dicom+xml", js)
+    with pytest.raises(c.BadResponse, match="invalid DICOM JSON"):  # parameters do not hide the type
+        c.parse_stow_response("application/dicom+json; charset=utf-8", xml(attr("00081199", "SQ", "")))
