@@ -153,3 +153,107 @@ def test_a_line_at_the_left_edge_is_followed_and_judged():
     one = frame()
     one[:, 0] = 0.7  # one pixel wide, in the first column, from the top: still judged
     assert post.bline_mimic(one, (0.0, 1.0), PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+
+
+def test_softmax_normalises_each_row_on_its_own_scale():
+    x = np.array([[0.0, np.log(3.0)], [1000.0, 1000.0 + np.log(3.0)], [5.0, 5.0]])
+    np.testing.assert_allclose(post.softmax(x), [[0.25, 0.75], [0.25, 0.75], [0.5, 0.5]])
+    np.testing.assert_allclose(post.softmax(x[:2].T, axis=0), [[0.25, 0.25], [0.75, 0.75]])
+
+
+def test_runs_of_a_mask_given_as_numbers():
+    assert post.runs(np.array([0, 2, 1, 0, 3])) == [(1, 3), (4, 5)]
+
+
+def test_box_windows_beside_the_pixel_are_clipped_to_the_image():
+    img = np.array([[1.0, 2.0, 3.0, 4.0]])
+    s, n = post._box(img, 2, 3)  # the two pixels right of +2
+    assert s.tolist() == [[7.0, 4.0, 0.0, 0.0]] and n.tolist() == [2, 1, 0, 0]
+    s, n = post._box(img, -3, -2)  # the two pixels left of -2
+    assert s.tolist() == [[0.0, 0.0, 1.0, 3.0]] and n.tolist() == [0, 0, 1, 2]
+
+
+def test_contrast_of_an_even_background_is_zero_up_to_the_edges():
+    _, contrast = post.line_maps(np.full((4, 30), 0.5))
+    np.testing.assert_allclose(contrast, 0.0, atol=1e-6)
+
+
+def test_contrast_is_measured_against_the_bands_four_to_eight_pixels_either_side():
+    cols = np.arange(40, dtype=float)
+    img = np.tile((cols / 40.0) ** 2 + 0.1, (3, 1))  # a background that curves: bands matter
+    line, contrast = post.line_maps(img)
+    for c in (10, 20, 30):
+        bands = np.concatenate([img[1, c - 8:c - 3], img[1, c + 4:c + 9]])
+        assert line[1, c] == pytest.approx(img[1, c - 1:c + 2].mean())
+        assert contrast[1, c] == pytest.approx(line[1, c] - np.median(bands), abs=1e-6)
+
+
+def track_image(step: int, width: int = 1) -> np.ndarray:
+    img = np.full((20, 40), 0.2)
+    img[:10, 20:20 + width] = 0.9
+    img[10:, 20 + step:20 + step + width] = 0.9  # the line moves `step` columns at row 10
+    return img
+
+
+@pytest.mark.parametrize("step", [1, -1])
+def test_a_track_follows_a_line_that_drifts_one_column(step):
+    track = post._track(*post.line_maps(track_image(step, width=3)), 0, 21)
+    assert [c for _, c, _ in track][-5:] == [21 + step] * 5
+
+
+@pytest.mark.parametrize("step", [2, -2, 3, -3])
+def test_a_track_moves_at_most_one_column_a_row(step):
+    track = post._track(*post.line_maps(track_image(step)), 0, 20)
+    cols = [c for _, c, _ in track]
+    assert len(cols) == 20 and all(abs(a - b) <= 1 for a, b in zip(cols, cols[1:])), cols
+
+
+def test_a_track_does_not_jump_to_a_line_three_columns_to_the_right():
+    track = post._track(*post.line_maps(track_image(3)), 0, 20)
+    assert 23 not in {c for _, c, _ in track}
+
+
+def test_a_track_ends_where_the_field_of_view_ends():
+    img = track_image(0)
+    img[15:, :] = 0.0  # black below row 15: outside the image sector
+    track = post._track(*post.line_maps(img), 0, 20)
+    assert [r for r, _, _ in track] == list(range(15))
+
+
+def test_the_brightest_column_of_a_wide_run_is_the_one_followed():
+    assert post.bline_mimic(frame(line_from=42), (22.0, 40.0), PLEURA) == ""
+
+
+def test_eight_rows_below_the_pleura_are_enough_to_judge():
+    short = frame(line_from=0)[:51]  # rows 43..50 below the pleura: eight
+    assert post.bline_mimic(short, COLS, PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+    assert post.bline_mimic(short[:50], COLS, PLEURA) == ""  # seven: the model's call stands
+
+
+def oblique(start_col: float, slope: float, from_row: int = 0) -> np.ndarray:
+    """A line 3 pixels wide through (row 42, start_col) leaning `slope` columns a row, from
+    `from_row` down."""
+    img = frame()
+    for r in range(from_row, H):
+        c = int(round(start_col + slope * (r - 42)))
+        if not 38 <= r < 42:
+            img[r, max(0, c - 1):max(0, c + 2)] = 0.9
+    return img
+
+
+def test_an_oblique_e_line_is_followed_upwards_along_its_own_slope():
+    img = oblique(20.0, 0.25)
+    assert post.bline_mimic(img, (19.0, 22.0), PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+    below_only = oblique(20.0, 0.25, from_row=42)
+    assert post.bline_mimic(below_only, (19.0, 22.0), PLEURA) == ""
+
+
+def test_an_artefact_that_starts_just_above_the_pleura_is_seen():
+    img = frame(line_from=42)
+    img[22:38, 30:33] = 0.7  # from row 22 down, through the pleura: a needle's ring-down
+    assert post.bline_mimic(img, COLS, PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+
+
+def test_a_line_whose_upward_path_leaves_the_image_is_judged_on_what_is_inside():
+    img = oblique(60.0, -0.5, from_row=42)  # leans so that upwards it runs off the right edge
+    assert post.bline_mimic(img, (59.0, 62.0), PLEURA) == ""
