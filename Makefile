@@ -52,9 +52,10 @@ soak: install-test peers
 	POWERCUT_CUTS=20000 CRASH_ROUNDS=500 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_powercut.py tests/test_crash.py $(SOAK_TESTS)
 
 # Mutation testing of the modules that hold the promises (tests/mutation/modules.toml), one
-# module at a time at low priority; MUTATE_ONLY=fieldkit/store/queue.py runs one shard.
+# module at a time at low priority; MUTATE_ONLY=fieldkit/store/queue.py runs one module,
+# MUTATE_SHARD=1/2 every second module (to split the run across machines).
 mutate: install-test
-	$(BIN)/python tests/mutation/run.py $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY))
+	$(BIN)/python tests/mutation/run.py $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY)) $(if $(MUTATE_SHARD),--shard $(MUTATE_SHARD))
 
 bench: install-test peers
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

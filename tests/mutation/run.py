@@ -14,6 +14,7 @@ import fnmatch
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,9 +68,16 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
         names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
         cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
         log = work / "mutmut.log"
+        minutes = module.get("timeout_minutes", 40)
         with log.open("w") as out:
-            subprocess.run(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
-                           timeout=module.get("timeout_minutes", 40) * 60)
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # its own group: a timeout stops every worker
+            try:
+                proc.wait(timeout=minutes * 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+                print(f"{path}: stopped after {minutes} minutes; mutants not run count as survivors")
         listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                                  capture_output=True, text=True, check=False).stdout
         statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
@@ -102,12 +110,21 @@ def _match(mutant: str, pattern: str) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="module path(s) to run (default: all)")
+    parser.add_argument("--shard", help="K/N: run every N-th module from the K-th (modules split across runs)")
     parser.add_argument("--children", type=int, default=2, help="parallel mutants (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep the work copy (to `mutmut show` a mutant)")
     args = parser.parse_args()
     modules = tomllib.loads((HERE / "modules.toml").read_text())["module"]
     if args.only:
         modules = [m for m in modules if m["path"] in args.only]
+        missing = set(args.only) - {m["path"] for m in modules}
+        if missing:
+            sys.exit(f"not in tests/mutation/modules.toml: {', '.join(sorted(missing))}")
+    if args.shard:
+        k, _, n = args.shard.partition("/")
+        if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            sys.exit("--shard takes K/N with 1 <= K <= N, e.g. 1/2")
+        modules = modules[int(k) - 1::int(n)]
     left = 0
     for module in modules:
         start = time.monotonic()
