@@ -10,7 +10,7 @@ import pytest
 
 from fieldkit.config import Config
 from fieldkit.errors import BadInput, NotFound
-from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, LEASED, READY
+from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, LEASED, READY, T_QUEUE
 from fieldkit.store import Store, write_format
 from fieldkit.store import queue as queue_module
 from fieldkit.store.queue import UPDATE_BYTES, Queue
@@ -301,3 +301,63 @@ def test_a_restart_gives_every_row_back_and_crash_leases_are_ready_again(kit):
     assert q.lease(KIND_SYNC).id == delayed
     q = kit.reopen()
     assert kit.resumed == 3  # the journal still says leased until a row changes again
+
+
+def test_the_most_urgent_priority_skips_rows_reprioritised_or_gone(kit):
+    q = kit.q
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    q.enqueue(KIND_SYNC, {"n": "b"}, priority=60)
+    q.set_priority(a, 70)  # its old place at 50 is stale now
+    assert q.most_urgent_ready(KIND_SYNC) == 60
+    assert q.most_urgent_ready(KIND_SYNC) == 60  # asking again changes nothing
+    assert [q.lease(KIND_SYNC).payload["n"] for _ in range(2)] == ["b", "a"]
+    c = q.enqueue(KIND_SYNC, {"n": "c"}, priority=5)
+    assert q.cancel(c, "merged")
+    assert q.most_urgent_ready(KIND_SYNC) is None  # a cancelled row is not waiting
+
+
+def test_what_a_failure_and_a_retry_write_into_the_row(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC, lease_seconds=100)
+    q.fail(row_id, "e" * 2500, retry_in=50)
+    row = q.get(row_id)
+    assert row.lease_until == 0.0 and len(row.last_error) == 2000
+    assert row.updated == pytest.approx(clock.wall())
+    clock.advance(50)
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "refused", permanent=True)
+    failed = q.get(row_id)
+    assert failed.lease_until == 0.0 and failed.state == FAILED
+    clock.advance(1000)
+    q.retry(row_id)
+    again = q.get(row_id)
+    assert again.next_at == pytest.approx(clock.wall()) and again.attempts == 0
+    assert q.most_urgent_ready(KIND_SYNC) == 50  # due at once, not at some earlier deadline
+
+
+def test_a_cancel_reason_is_kept_short(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.cancel(row_id, "r" * 3000)
+    doc = kit.store.read(lambda db: db.table(T_QUEUE).get(doc_id=q._doc_ids[row_id]))
+    assert doc["dismissed"] == ("cancelled: " + "r" * 3000)[:2000]
+
+
+def test_listings_honour_their_limit_and_both_filters(kit):
+    q = kit.q
+    for i in range(3):
+        row_id = q.enqueue(KIND_SYNC, {"n": i})
+        q.lease(KIND_SYNC)
+        q.fail(row_id, "no", permanent=True)
+    q.enqueue(KIND_INFER, {"n": "i"})
+    assert len(q.first(KIND_SYNC, FAILED, 2)) == 2
+    assert [r.kind for r in q.rows(KIND_INFER, READY)] == [KIND_INFER]
+    assert q.rows(KIND_INFER, FAILED) == [] and q.rows(KIND_SYNC, READY) == []
+
+
+def test_rows_asked_for_by_an_unknown_id_are_not_other_rows(kit):
+    q = kit.q
+    first = q.enqueue(KIND_SYNC, {"n": "first"})  # the table's document 1
+    assert q.rows_by_id(["no-such-row"]) == [] and q.priorities(["no-such-row"]) == {}
+    assert [r.id for r in q.rows_by_id([first, "no-such-row"])] == [first]
