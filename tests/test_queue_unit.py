@@ -361,3 +361,28 @@ def test_rows_asked_for_by_an_unknown_id_are_not_other_rows(kit):
     first = q.enqueue(KIND_SYNC, {"n": "first"})  # the table's document 1
     assert q.rows_by_id(["no-such-row"]) == [] and q.priorities(["no-such-row"]) == {}
     assert [r.id for r in q.rows_by_id([first, "no-such-row"])] == [first]
+
+
+def test_a_finished_update_is_no_longer_live_for_its_patient(kit):
+    q = kit.q
+    upd = q.enqueue(KIND_SYNC, {"patient_id": "P1", "what": "triage"})
+    assert [r.id for r in q.live_rows(KIND_SYNC, ["P1"])] == [upd]
+    q.lease(KIND_SYNC)
+    q.ack(upd)
+    assert q.live_rows(KIND_SYNC, ["P1"]) == []
+
+
+def test_every_dismissal_counts_and_archived_ones_still_count_as_dismissed(kit, monkeypatch):
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 2)
+    q = kit.q
+    for _ in range(2):
+        row_id = q.enqueue(KIND_SYNC, {})
+        q.lease(KIND_SYNC)
+        q.fail(row_id, "refused", permanent=True)
+        q.dismiss(row_id)
+    assert q.dismissed(KIND_SYNC) == 2
+    for _ in range(3):  # newer done rows push the dismissed ones out of the table
+        q.ack(q.lease(KIND_SYNC).id if q.enqueue(KIND_SYNC, {}) else None)
+    assert len(q.rows(KIND_SYNC)) == 2
+    q = kit.reopen()
+    assert q.dismissed(KIND_SYNC) == 2 and q.counts()[KIND_SYNC]["done"] == 5
