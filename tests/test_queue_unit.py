@@ -382,7 +382,8 @@ def test_every_dismissal_counts_and_archived_ones_still_count_as_dismissed(kit, 
         q.dismiss(row_id)
     assert q.dismissed(KIND_SYNC) == 2
     for _ in range(3):  # newer done rows push the dismissed ones out of the table
-        q.ack(q.lease(KIND_SYNC).id if q.enqueue(KIND_SYNC, {}) else None)
+        q.enqueue(KIND_SYNC, {})
+        q.ack(q.lease(KIND_SYNC).id)
     assert len(q.rows(KIND_SYNC)) == 2
     q = kit.reopen()
     assert q.dismissed(KIND_SYNC) == 2 and q.counts()[KIND_SYNC]["done"] == 5
