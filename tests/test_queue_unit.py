@@ -387,3 +387,27 @@ def test_every_dismissal_counts_and_archived_ones_still_count_as_dismissed(kit, 
     assert len(q.rows(KIND_SYNC)) == 2
     q = kit.reopen()
     assert q.dismissed(KIND_SYNC) == 2 and q.counts()[KIND_SYNC]["done"] == 5
+
+
+def test_waiting_bytes_count_the_stored_size_of_each_instance_waiting(kit):
+    from pathlib import Path
+
+    from fieldkit.store import instances
+    from fixtures.dcmtk import pydicom_file
+
+    data = Path(pydicom_file("examples_rgb_color.dcm")).read_bytes()
+    stored = instances.put_instance(kit.store, data, "stow")
+    uid, size = stored["sop_instance_uid"], stored["instance"]["size"]
+    assert size > 0
+    q = kit.q  # the kit's own queue indexed the sync row put_instance queued
+    before = q.waiting_bytes(KIND_SYNC)
+    row_id = q.enqueue(KIND_SYNC, {"sop_instance_uid": uid}, priority=1)
+    assert q.waiting_bytes(KIND_SYNC) == before + size
+    q.enqueue(KIND_SYNC, {"patient_id": "P1"})
+    assert q.waiting_bytes(KIND_SYNC) == before + size + UPDATE_BYTES
+    leased = q.lease(KIND_SYNC)
+    assert leased.id == row_id and q.waiting_bytes(KIND_SYNC) == before + size + UPDATE_BYTES
+    q.ack(row_id)
+    assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
+    q = kit.reopen()  # counted again from the rows at the next start
+    assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
