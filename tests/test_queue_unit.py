@@ -411,3 +411,16 @@ def test_waiting_bytes_count_the_stored_size_of_each_instance_waiting(kit):
     assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
     q = kit.reopen()  # counted again from the rows at the next start
     assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
+
+
+def test_an_expired_lease_behind_a_finished_one_is_still_reclaimed(kit):
+    q, clock = kit.q, kit.clock
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=1)
+    b = q.enqueue(KIND_SYNC, {"n": "b"}, priority=2)
+    assert q.lease(KIND_SYNC, lease_seconds=10).id == a
+    assert q.lease(KIND_SYNC, lease_seconds=20).id == b
+    q.ack(a)
+    clock.advance(21)
+    again = q.lease(KIND_SYNC)
+    assert again.id == b and again.attempts == 2 and q.get(a).state == DONE
+    assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 1, "failed": 0}
