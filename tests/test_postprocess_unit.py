@@ -201,9 +201,10 @@ def test_a_track_follows_a_line_that_drifts_one_column(step):
     assert [c for _, c, _ in track][-5:] == [21 + step] * 5
 
 
+@pytest.mark.parametrize("width", [1, 3])
 @pytest.mark.parametrize("step", [2, -2, 3, -3])
-def test_a_track_moves_at_most_one_column_a_row(step):
-    track = post._track(*post.line_maps(track_image(step)), 0, 20)
+def test_a_track_moves_at_most_one_column_a_row(step, width):
+    track = post._track(*post.line_maps(track_image(step, width)), 0, 20 + width // 2)
     cols = [c for _, c, _ in track]
     assert len(cols) == 20 and all(abs(a - b) <= 1 for a, b in zip(cols, cols[1:])), cols
 
