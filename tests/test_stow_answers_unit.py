@@ -191,3 +191,9 @@ def test_the_media_type_decides_and_json_is_never_sniffed_as_xml():
         c.parse_stow_response("application/dicom+xml", js)
     with pytest.raises(c.BadResponse, match="invalid DICOM JSON"):  # parameters do not hide the type
         c.parse_stow_response("application/dicom+json; charset=utf-8", xml(attr("00081199", "SQ", "")))
+
+
+def test_an_xml_answer_with_only_failures_lists_them():
+    body = xml(attr("00081198", "SQ", xitem(attr("00081155", "UI", val("2.1")), attr("00081197", "US", val("272")))))
+    out = c.parse_xml(body)
+    assert out["stored"] == {} and out["failed"] == {"2.1": (0x0110, "processing failure (0x0110)")}
