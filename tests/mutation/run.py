@@ -84,9 +84,10 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
         if names:  # only the functions that hold the promise
             statuses = {k: v for k, v in statuses.items()
                         if any(_match(k, n) for n in names)}
-        if not statuses:
-            print(log.read_text()[-3000:])
-            sys.exit(f"no mutants were run for {path}")
+        if not statuses or all(v == "not checked" for v in statuses.values()):
+            # usually a test that fails without any mutant (the clean run): say so, with its output
+            print(log.read_text(errors="replace").replace("\r", "\n")[-3000:])
+            sys.exit(f"no mutants were run for {path}: see the output above")
         skip = equivalents()
         counted = {k: v for k, v in statuses.items() if k not in skip}
         killed = sum(v in KILLED for v in counted.values())
