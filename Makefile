@@ -9,7 +9,7 @@ DEMO_PORT ?= 8443
 DEMO_DICOM_PORT ?= 11112
 PEERS := dcmtk orthanc orthanc-dicomweb chromium systemd swtpm swtpm-tools tpm2-tools dicom3tools
 
-.PHONY: demo test soak bench install install-test peers clean docs
+.PHONY: demo test soak bench mutate install install-test peers clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ test: install-test peers
 # 20 000 simulated power cuts (POWERCUT_CUTS; prints cuts per second) and 500 SIGKILL rounds
 soak: install-test peers
 	POWERCUT_CUTS=20000 CRASH_ROUNDS=500 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_powercut.py tests/test_crash.py $(SOAK_TESTS)
+
+# Mutation testing of the modules that hold the promises (tests/mutation/modules.toml), one
+# module at a time at low priority; MUTATE_ONLY=fieldkit/store/queue.py runs one module,
+# MUTATE_SHARD=1/2 every second module (to split the run across machines).
+mutate: install-test
+	$(BIN)/python tests/mutation/run.py $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY)) $(if $(MUTATE_SHARD),--shard $(MUTATE_SHARD))
 
 bench: install-test peers
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

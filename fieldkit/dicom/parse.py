@@ -169,10 +169,12 @@ def _check_pixels(ds: Dataset, ts: str, refuse) -> dict:
     if value is None:
         refuse("Pixel Data has no value")
     if ts in uids.NATIVE_SYNTAXES:
-        need = (rows * cols * spp * n * bits + 7) // 8
+        # native YBR_FULL_422 keeps one Cb and one Cr per pair of pixels: two samples a pixel
+        stored = 2 if spp == 3 and str(ds.PhotometricInterpretation).strip().upper() == "YBR_FULL_422" else spp
+        need = (rows * cols * stored * n * bits + 7) // 8
         if len(value) < need:
             refuse(f"Pixel Data truncated or wrong length: {len(value)} bytes, {need} needed for "
-                   f"{rows}x{cols}x{spp} samples x {bits} bits x {n} frame(s)")
+                   f"{rows}x{cols}x{stored} samples x {bits} bits x {n} frame(s)")
     else:
         try:
             fragments = sum(1 for _ in generate_fragments(value))

@@ -1,0 +1,143 @@
+"""`make mutate`: mutmut over the modules that hold the kit's promises, one at a time.
+
+Each module of tests/mutation/modules.toml is mutated in its own copy of the checkout with
+only its own tests (so modules are independent shards: `--only PATH` runs one). Prints, per
+module, `mutation score <module>: <killed>/<total> (<percent>%)` and its wall time. Mutants
+listed in tests/mutation/equivalent.txt (each with a reason) are left out of the total;
+any other survivor is printed, and the exit code is 1 when one is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def equivalents() -> dict[str, str]:
+    """mutant name -> why it cannot change behaviour (tests/mutation/equivalent.txt)."""
+    out = {}
+    for line in (HERE / "equivalent.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, reason = line.partition(" ")
+            if not reason.strip():
+                sys.exit(f"equivalent.txt: {name} has no reason")
+            out[name] = reason.strip()
+    return out
+
+
+def mutmut_config(module: dict) -> str:
+    tests = "\n    ".join(module["tests"])
+    extra = "\n    ".join(sorted(p.name for p in ROOT.iterdir()
+                               if p.name not in ("fieldkit", "tests", "mutants") and not p.name.startswith(".")))
+    return ("[mutmut]\n"
+            "source_paths = fieldkit\n"
+            f"only_mutate = {module['path']}\n"
+            f"pytest_add_cli_args_test_selection =\n    {tests}\n"
+            # what tests read besides the code (models, docs, provisioning files)
+            f"also_copy =\n    {extra}\n"
+            "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n")
+
+
+def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str]]:
+    path = module["path"]
+    work = Path(tempfile.mkdtemp(prefix="mutate-"))
+    try:
+        shutil.copytree(ROOT, work, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".git", "mutants", ".venv", "__pycache__", "*.egg-info"))
+        (work / "setup.cfg").write_text(mutmut_config(module))
+        # kit processes started by the tests must import the mutated copy, not the installed one;
+        # the folder must exist before mutmut starts, or Python caches it as "nothing here"
+        (work / "mutants").mkdir()
+        env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1",
+                   **{k: str(v) for k, v in module.get("env", {}).items()})
+        names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
+        cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
+        log = work / "mutmut.log"
+        minutes = module.get("timeout_minutes", 40)
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # its own group: a timeout stops every worker
+            try:
+                proc.wait(timeout=minutes * 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+                print(f"{path}: stopped after {minutes} minutes; mutants not run count as survivors")
+        listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                                 capture_output=True, text=True, check=False).stdout
+        statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
+        if names:  # only the functions that hold the promise
+            statuses = {k: v for k, v in statuses.items()
+                        if any(_match(k, n) for n in names)}
+        if not statuses or all(v == "not checked" for v in statuses.values()):
+            # usually a test that fails without any mutant (the clean run): say so, with its output
+            print(log.read_text(errors="replace").replace("\r", "\n")[-3000:])
+            sys.exit(f"no mutants were run for {path}: see the output above")
+        skip = equivalents()
+        counted = {k: v for k, v in statuses.items() if k not in skip}
+        killed = sum(v in KILLED for v in counted.values())
+        survivors = sorted(f"{k}: {v}" for k, v in counted.items() if v not in KILLED)
+        if keep:
+            print(f"kept {work}")
+        return killed, len(counted), survivors
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _dotted(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def _match(mutant: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(mutant, pattern)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="module path(s) to run (default: all)")
+    parser.add_argument("--shard", help="K/N: run every N-th module from the K-th (modules split across runs)")
+    parser.add_argument("--children", type=int, default=2, help="parallel mutants (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the work copy (to `mutmut show` a mutant)")
+    args = parser.parse_args()
+    modules = tomllib.loads((HERE / "modules.toml").read_text())["module"]
+    if args.only:
+        modules = [m for m in modules if m["path"] in args.only]
+        missing = set(args.only) - {m["path"] for m in modules}
+        if missing:
+            sys.exit(f"not in tests/mutation/modules.toml: {', '.join(sorted(missing))}")
+    if args.shard:
+        k, _, n = args.shard.partition("/")
+        if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            sys.exit("--shard takes K/N with 1 <= K <= N, e.g. 1/2")
+        modules = modules[int(k) - 1::int(n)]
+    left = 0
+    for module in modules:
+        start = time.monotonic()
+        killed, total, survivors = run_module(module, args.children, args.keep)
+        wall = time.monotonic() - start
+        print(f"mutation score {module['path']}: {killed}/{total} ({100 * killed / total:.1f}%) in {wall:.0f} s",
+              flush=True)
+        for s in survivors:
+            print(f"    survived {s}")
+        left += len(survivors)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""store/queue.py on a real encrypted store (opened directly, no kit around it) with a clock
+the test moves: the order jobs come out in, leases, retries and what a person sees; a
+reopened store gives every row back as it was, crash leases ready again."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fieldkit.config import Config
+from fieldkit.errors import BadInput, NotFound
+from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, LEASED, READY, T_QUEUE
+from fieldkit.store import Store, write_format
+from fieldkit.store import queue as queue_module
+from fieldkit.store.queue import UPDATE_BYTES, Queue
+from fixtures.security import FakeClock
+
+KEY = os.urandom(32)
+
+
+class Kit:
+    """A store on disk whose queue runs on a clock the test moves; `reopen()` is a restart."""
+
+    def __init__(self, path):
+        self.path, self.clock = path, FakeClock()
+        path.mkdir()
+        write_format(path)
+        self.store = None
+        self.reopen()
+
+    def reopen(self):
+        if self.store is not None:
+            self.store.close()
+        self.store = Store.open(self.path, KEY, Config())
+        self.resumed = self.store.resumed_leases  # reset by the store's own load at open
+        q = Queue(self.store, clock=self.clock)
+        self.store.read(q.load)
+        self.store.queue = q
+        return q
+
+    @property
+    def q(self) -> Queue:
+        return self.store.queue
+
+
+@pytest.fixture
+def kit(tmp_path):
+    k = Kit(tmp_path / "kit")
+    yield k
+    k.store.close()
+
+
+def test_urgent_first_then_oldest_first_for_sync_and_newest_first_for_infer(kit):
+    q, clock = kit.q, kit.clock
+    ids = {}
+    for name, prio in (("s-a", 50), ("s-b", 50), ("s-urgent", 10), ("s-late", 90)):
+        ids[name] = q.enqueue(KIND_SYNC, {"n": name}, priority=prio)
+        clock.advance(1)
+    for name in ("i-old", "i-new"):
+        ids[name] = q.enqueue(KIND_INFER, {"n": name})
+        clock.advance(1)
+    assert q.most_urgent_ready(KIND_SYNC) == 10
+    assert [q.lease(KIND_SYNC).payload["n"] for _ in range(4)] == ["s-urgent", "s-a", "s-b", "s-late"]
+    assert q.lease(KIND_SYNC) is None and q.most_urgent_ready(KIND_SYNC) is None
+    assert [q.lease(KIND_INFER).payload["n"] for _ in range(2)] == ["i-new", "i-old"]
+
+
+def test_a_lease_counts_the_attempt_and_records_wall_times(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {"patient_id": "P1"})
+    row = q.lease(KIND_SYNC, lease_seconds=120)
+    assert (row.id, row.state, row.attempts) == (row_id, LEASED, 1)
+    assert row.lease_until == pytest.approx(clock.wall() + 120, abs=1e-3)
+    assert row.created == pytest.approx(clock.wall(), abs=1e-3)
+    assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 0, "failed": 0}
+    q.ack(row_id)
+    done = q.get(row_id)
+    assert done.state == DONE and done.lease_until == 0.0
+    assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 0, "done": 1, "failed": 0}
+    q.ack(row_id)  # a second ack changes nothing
+    assert q.counts()[KIND_SYNC]["done"] == 1
+
+
+def test_an_expired_lease_comes_back_on_the_monotonic_clock_only(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_INFER, {})
+    q.lease(KIND_INFER, lease_seconds=60)
+    clock._wall += 3600  # the device clock is set forward: the lease does not expire
+    assert q.lease(KIND_INFER) is None
+    clock._mono += 59.9
+    assert q.lease(KIND_INFER) is None
+    clock._mono += 0.1
+    again = q.lease(KIND_INFER)
+    assert again.id == row_id and again.attempts == 2
+    assert again.last_error == "lease expired (worker stopped or stuck)"
+
+
+def test_an_acked_row_is_not_reclaimed_when_its_old_lease_runs_out(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_INFER, {})
+    q.lease(KIND_INFER, lease_seconds=10)
+    q.ack(row_id)
+    clock.advance(11)
+    assert q.lease(KIND_INFER) is None and q.get(row_id).state == DONE
+
+
+def test_a_failure_waits_its_retry_delay_then_comes_back(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"})
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "link down", retry_in=30)
+    row = q.get(row_id)
+    assert row.state == READY and row.last_error == "link down"
+    assert row.next_at == pytest.approx(clock.wall() + 30, abs=1e-3)
+    assert q.lease(KIND_SYNC) is None and q.most_urgent_ready(KIND_SYNC) is None
+    assert [r.id for r in q.first(KIND_SYNC, READY, 5)] == [row_id]  # listed, though delayed
+    clock._wall -= 7200  # a clock set back does not stretch the wait
+    clock._mono += 29
+    assert q.lease(KIND_SYNC) is None
+    clock._mono += 1
+    assert q.most_urgent_ready(KIND_SYNC) == 50
+    assert q.lease(KIND_SYNC).attempts == 2
+
+
+def test_permanent_failure_stays_until_a_person_retries_or_dismisses_it(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2")
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "refused: " + "x" * 3000, permanent=True)
+    row = q.get(row_id)
+    assert row.state == FAILED and len(row.last_error) == 2000
+    assert q.lease(KIND_SYNC) is None
+    assert [r.id for r in q.first(KIND_SYNC, FAILED, 5)] == [row_id]
+    assert q.counts()[KIND_SYNC]["failed"] == 1
+    with pytest.raises(BadInput, match="is ready, not failed"):
+        q.retry(q.enqueue(KIND_INFER, {}))
+    q.retry(row_id)
+    again = q.lease(KIND_SYNC)
+    assert again.id == row_id and again.attempts == 1  # a person's retry starts the count anew
+    q.fail(row_id, "still refused", permanent=True)
+    q.dismiss(row_id, "wrong patient")
+    row = q.get(row_id)
+    assert row.state == DONE and q.dismissed(KIND_SYNC) == 1
+    assert q.first(KIND_SYNC, DONE, 5) == []  # dismissed rows are not "recently done"
+    assert q.live_id(KIND_SYNC, "1.2") is None
+    with pytest.raises(BadInput, match="is done, not failed"):
+        q.retry(row_id)
+    with pytest.raises(BadInput, match="is done, not failed"):
+        q.dismiss(row_id)
+
+
+def test_fail_and_ack_of_a_row_not_leased_change_nothing(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.fail(row_id, "x", permanent=True)
+    q.ack(row_id)
+    assert q.get(row_id).state == READY and q.get(row_id).last_error == ""
+    with pytest.raises(NotFound, match="no queue row nope"):
+        q.ack("nope")
+
+
+def test_one_live_row_per_key_until_it_is_done(kit):
+    q = kit.q
+    first = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2")
+    assert q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2") == first
+    assert q.enqueue(KIND_INFER, {"sop_instance_uid": "1.2"}, key="1.2") != first  # per kind
+    assert q.enqueue(KIND_SYNC, {}, key="") != q.enqueue(KIND_SYNC, {}, key="")  # no key: no dedupe
+    assert q.live_id(KIND_SYNC, "1.2") == first
+    q.lease(KIND_SYNC)
+    assert q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2") == first  # leased is live
+    q.ack(first)
+    assert q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2") != first
+
+
+def test_unknown_kind_is_refused(kit):
+    with pytest.raises(BadInput, match="unknown queue kind 'mail'"):
+        kit.q.enqueue("mail", {})
+
+
+def test_cancel_withdraws_only_rows_nobody_started(kit):
+    q = kit.q
+    a = q.enqueue(KIND_SYNC, {"patient_id": "P1"}, delay=60)
+    b = q.enqueue(KIND_SYNC, {"patient_id": "P2"})
+    assert q.cancel(a, "patient merged") is True
+    assert q.get(a).state == DONE
+    assert q.lease(KIND_SYNC).id == b
+    assert q.cancel(b, "too late") is False and q.get(b).state == LEASED
+    assert q.dismissed(KIND_SYNC) == 1
+
+
+def test_reprioritising_moves_a_ready_row_and_keeps_a_leased_one_leased(kit):
+    q = kit.q
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    b = q.enqueue(KIND_SYNC, {"n": "b"}, priority=60)
+    q.set_priority(b, 5)
+    q.set_priority(a, 50)  # unchanged
+    assert q.priorities([a, b, "gone"]) == {a: 50, b: 5}
+    assert q.most_urgent_ready(KIND_SYNC) == 5
+    leased = q.lease(KIND_SYNC)
+    assert leased.id == b
+    q.set_priority(b, 1)
+    assert q.get(b).state == LEASED and q.get(b).priority == 1
+    assert q.lease(KIND_SYNC).id == a and q.lease(KIND_SYNC) is None
+
+
+def test_waiting_bytes_and_the_oldest_waiting_row(kit):
+    q, clock = kit.q, kit.clock
+    assert q.oldest(KIND_SYNC) is None and q.waiting_bytes(KIND_SYNC) == 0
+    first = q.enqueue(KIND_SYNC, {"patient_id": "P1"})
+    t0 = clock.wall()
+    clock.advance(10)
+    second = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2.3"})  # not in the catalogue: 0 bytes
+    assert q.waiting_bytes(KIND_SYNC) == UPDATE_BYTES
+    assert q.oldest(KIND_SYNC) == pytest.approx(t0, abs=1e-3)
+    q.lease(KIND_SYNC)
+    assert q.oldest(KIND_SYNC) == pytest.approx(t0, abs=1e-3)  # leased still waits
+    q.ack(first)
+    assert q.oldest(KIND_SYNC) == pytest.approx(t0 + 10, abs=1e-3)
+    assert q.waiting_bytes(KIND_SYNC) == 0
+    q.lease(KIND_SYNC)
+    q.fail(second, "refused", permanent=True)
+    assert q.oldest(KIND_SYNC) is None
+
+
+def test_live_rows_by_instance_or_patient(kit):
+    q = kit.q
+    img = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, key="1.2")
+    upd = q.enqueue(KIND_SYNC, {"patient_id": "P1", "what": "triage"})
+    other = q.enqueue(KIND_SYNC, {"patient_id": "P9"}, key="1.3")  # a key that is not its subject
+    assert {r.id for r in q.live_rows(KIND_SYNC, ["1.2", "P1"])} == {img, upd}
+    assert q.live_rows(KIND_SYNC, ["1.3"]) == []
+    assert [r.id for r in q.live_rows(KIND_SYNC, ["P9"])] == [other]
+    assert q.live_rows(KIND_INFER, ["1.2"]) == []
+    q.lease(KIND_SYNC)
+    q.ack(img)
+    assert [r.id for r in q.live_rows(KIND_SYNC, ["1.2", "P1"])] == [upd]
+
+
+def test_first_lists_ready_by_urgency_done_newest_first_and_leased(kit):
+    q, clock = kit.q, kit.clock
+    ids = [q.enqueue(KIND_SYNC, {"n": i}, priority=50 - i) for i in range(5)]
+    delayed = q.enqueue(KIND_SYNC, {"n": "later"}, priority=0, delay=60)
+    assert [r.payload["n"] for r in q.first(KIND_SYNC, READY, 3)] == [4, 3, 2]
+    assert [r.payload["n"] for r in q.first(KIND_SYNC, READY, 10)] == [4, 3, 2, 1, 0, "later"]
+    for _ in range(2):
+        row = q.lease(KIND_SYNC)
+        clock.advance(1)
+        q.ack(row.id)
+    assert [r.payload["n"] for r in q.first(KIND_SYNC, DONE, 10)] == [3, 4]
+    assert [r.payload["n"] for r in q.first(KIND_SYNC, DONE, 1)] == [3]
+    leased = q.lease(KIND_SYNC)
+    assert [r.id for r in q.first(KIND_SYNC, LEASED, 5)] == [leased.id]
+    assert q.first(KIND_SYNC, LEASED, 0) == []
+    assert delayed in {r.id for r in q.rows(KIND_SYNC, READY)} and ids[0] in {r.id for r in q.rows(state=READY)}
+    assert {r.kind for r in q.rows()} == {KIND_SYNC}
+
+
+def test_old_done_rows_leave_the_table_but_stay_counted(kit, monkeypatch):
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 3)
+    q = kit.q
+    ids = [q.enqueue(KIND_INFER, {"n": i}) for i in range(5)]
+    for _ in ids:
+        q.ack(q.lease(KIND_INFER).id)
+    failed = q.enqueue(KIND_INFER, {"n": "f"})
+    q.lease(KIND_INFER)
+    q.fail(failed, "bad", permanent=True)
+    q.dismiss(failed)
+    assert q.counts()[KIND_INFER]["done"] == 6
+    assert len(q.rows(KIND_INFER)) == 3 and len(q.rows_by_id(ids + [failed])) == 3
+    assert q.dismissed(KIND_INFER) == 1
+    q = kit.reopen()  # the archive is in the store: the counts survive a restart
+    assert q.counts()[KIND_INFER] == {"ready": 0, "leased": 0, "done": 6, "failed": 0}
+    assert q.dismissed(KIND_INFER) == 1
+
+
+def test_a_restart_gives_every_row_back_and_crash_leases_are_ready_again(kit):
+    q, clock = kit.q, kit.clock
+    ready = q.enqueue(KIND_SYNC, {"patient_id": "P1"}, priority=20, key="P1")
+    leased = q.enqueue(KIND_SYNC, {"patient_id": "P2"}, priority=10)
+    delayed = q.enqueue(KIND_SYNC, {"patient_id": "P3"}, priority=5)
+    failed = q.enqueue(KIND_INFER, {"n": "f"})
+    clock.advance(1)  # infer rows come newest first: "d" is leased first
+    done = q.enqueue(KIND_INFER, {"n": "d"})
+    q.lease(KIND_SYNC)  # P3 (most urgent)
+    q.fail(delayed, "link down", retry_in=100)
+    assert q.lease(KIND_SYNC).id == leased
+    q.ack(q.lease(KIND_INFER).id)  # newest first: "d"
+    q.lease(KIND_INFER)
+    q.fail(failed, "broken", permanent=True)
+    q = kit.reopen()  # as if the process died here
+    assert kit.resumed == 1
+    assert q.counts() == {KIND_SYNC: {"ready": 3, "leased": 0, "done": 0, "failed": 0},
+                          KIND_INFER: {"ready": 0, "leased": 0, "done": 1, "failed": 1}}
+    assert q.live_id(KIND_SYNC, "P1") == ready and q.get(done).state == DONE
+    assert [r.id for r in q.first(KIND_INFER, FAILED, 5)] == [failed]
+    order = [q.lease(KIND_SYNC) for _ in range(3)]
+    assert [r.id if r else None for r in order] == [leased, ready, None]  # the delayed one still waits
+    assert order[0].attempts == 2
+    clock.advance(100)
+    assert q.lease(KIND_SYNC).id == delayed
+    q = kit.reopen()
+    assert kit.resumed == 3  # the journal still says leased until a row changes again
+
+
+def test_the_most_urgent_priority_skips_rows_reprioritised_or_gone(kit):
+    q = kit.q
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    q.enqueue(KIND_SYNC, {"n": "b"}, priority=60)
+    q.set_priority(a, 70)  # its old place at 50 is stale now
+    assert q.most_urgent_ready(KIND_SYNC) == 60
+    assert q.most_urgent_ready(KIND_SYNC) == 60  # asking again changes nothing
+    assert [q.lease(KIND_SYNC).payload["n"] for _ in range(2)] == ["b", "a"]
+    c = q.enqueue(KIND_SYNC, {"n": "c"}, priority=5)
+    assert q.cancel(c, "merged")
+    assert q.most_urgent_ready(KIND_SYNC) is None  # a cancelled row is not waiting
+
+
+def test_what_a_failure_and_a_retry_write_into_the_row(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC, lease_seconds=100)
+    q.fail(row_id, "e" * 2500, retry_in=50)
+    row = q.get(row_id)
+    assert row.lease_until == 0.0 and len(row.last_error) == 2000
+    assert row.updated == pytest.approx(clock.wall(), abs=1e-3)
+    clock.advance(50)
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "refused", permanent=True)
+    failed = q.get(row_id)
+    assert failed.lease_until == 0.0 and failed.state == FAILED
+    clock.advance(1000)
+    q.retry(row_id)
+    again = q.get(row_id)
+    assert again.next_at == pytest.approx(clock.wall(), abs=1e-3) and again.attempts == 0
+    assert q.most_urgent_ready(KIND_SYNC) == 50  # due at once, not at some earlier deadline
+
+
+def test_a_cancel_reason_is_kept_short(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.cancel(row_id, "r" * 3000)
+    doc = kit.store.read(lambda db: db.table(T_QUEUE).get(doc_id=q._doc_ids[row_id]))
+    assert doc["dismissed"] == ("cancelled: " + "r" * 3000)[:2000]
+
+
+def test_listings_honour_their_limit_and_both_filters(kit):
+    q = kit.q
+    for i in range(3):
+        row_id = q.enqueue(KIND_SYNC, {"n": i})
+        q.lease(KIND_SYNC)
+        q.fail(row_id, "no", permanent=True)
+    q.enqueue(KIND_INFER, {"n": "i"})
+    assert len(q.first(KIND_SYNC, FAILED, 2)) == 2
+    assert [r.kind for r in q.rows(KIND_INFER, READY)] == [KIND_INFER]
+    assert q.rows(KIND_INFER, FAILED) == [] and q.rows(KIND_SYNC, READY) == []
+
+
+def test_rows_asked_for_by_an_unknown_id_are_not_other_rows(kit):
+    q = kit.q
+    first = q.enqueue(KIND_SYNC, {"n": "first"})  # the table's document 1
+    assert q.rows_by_id(["no-such-row"]) == [] and q.priorities(["no-such-row"]) == {}
+    assert [r.id for r in q.rows_by_id([first, "no-such-row"])] == [first]
+
+
+def test_a_finished_update_is_no_longer_live_for_its_patient(kit):
+    q = kit.q
+    upd = q.enqueue(KIND_SYNC, {"patient_id": "P1", "what": "triage"})
+    assert [r.id for r in q.live_rows(KIND_SYNC, ["P1"])] == [upd]
+    q.lease(KIND_SYNC)
+    q.ack(upd)
+    assert q.live_rows(KIND_SYNC, ["P1"]) == []
+
+
+def test_every_dismissal_counts_and_archived_ones_still_count_as_dismissed(kit, monkeypatch):
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 2)
+    q = kit.q
+    for _ in range(2):
+        row_id = q.enqueue(KIND_SYNC, {})
+        q.lease(KIND_SYNC)
+        q.fail(row_id, "refused", permanent=True)
+        q.dismiss(row_id)
+    assert q.dismissed(KIND_SYNC) == 2
+    for _ in range(3):  # newer done rows push the dismissed ones out of the table
+        q.enqueue(KIND_SYNC, {})
+        q.ack(q.lease(KIND_SYNC).id)
+    assert len(q.rows(KIND_SYNC)) == 2
+    q = kit.reopen()
+    assert q.dismissed(KIND_SYNC) == 2 and q.counts()[KIND_SYNC]["done"] == 5
+
+
+def test_waiting_bytes_count_the_stored_size_of_each_instance_waiting(kit):
+    from pathlib import Path
+
+    from fieldkit.store import instances
+    from fixtures.dcmtk import pydicom_file
+
+    data = Path(pydicom_file("examples_rgb_color.dcm")).read_bytes()
+    stored = instances.put_instance(kit.store, data, "stow")
+    uid, size = stored["sop_instance_uid"], stored["instance"]["size"]
+    assert size > 0
+    q = kit.q  # the kit's own queue indexed the sync row put_instance queued
+    before = q.waiting_bytes(KIND_SYNC)
+    row_id = q.enqueue(KIND_SYNC, {"sop_instance_uid": uid}, priority=1)
+    assert q.waiting_bytes(KIND_SYNC) == before + size
+    q.enqueue(KIND_SYNC, {"patient_id": "P1"})
+    assert q.waiting_bytes(KIND_SYNC) == before + size + UPDATE_BYTES
+    leased = q.lease(KIND_SYNC)
+    assert leased.id == row_id and q.waiting_bytes(KIND_SYNC) == before + size + UPDATE_BYTES
+    q.ack(row_id)
+    assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
+    q = kit.reopen()  # counted again from the rows at the next start
+    assert q.waiting_bytes(KIND_SYNC) == before + UPDATE_BYTES
+
+
+def test_an_expired_lease_behind_a_finished_one_is_still_reclaimed(kit):
+    q, clock = kit.q, kit.clock
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=1)
+    b = q.enqueue(KIND_SYNC, {"n": "b"}, priority=2)
+    assert q.lease(KIND_SYNC, lease_seconds=10).id == a
+    assert q.lease(KIND_SYNC, lease_seconds=20).id == b
+    q.ack(a)
+    clock.advance(21)
+    again = q.lease(KIND_SYNC)
+    assert again.id == b and again.attempts == 2 and q.get(a).state == DONE
+    assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 1, "failed": 0}
