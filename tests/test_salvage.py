@@ -22,12 +22,14 @@ def _journal(data_dir: Path) -> Path:
 
 
 def _fill(kit, n: int) -> list[tuple[int, int]]:
-    """n patients p0..p{n-1}, one journal record each; returns each record's (start, end)."""
+    """n patients p0..p{n-1}, one journal record each, over two sectors long (so it holds a
+    whole sector wherever it starts); returns each record's (start, end)."""
     spans = []
     for i in range(n):
         start = kit.store.journal_bytes
-        kit.store.write(lambda db, i=i: db.table("patients").insert({"id": f"p{i}", "n": i, "pad": "x" * 700}))
+        kit.store.write(lambda db, i=i: db.table("patients").insert({"id": f"p{i}", "n": i, "pad": "x" * 1400}))
         spans.append((start, kit.store.journal_bytes))
+        assert spans[-1][1] - start > 2 * SECTOR
     return spans
 
 
