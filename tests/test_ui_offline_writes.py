@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from kitproc import wait_until
 from fixtures.ui import chromium, new_context, shot, sign_in, start_ui_kit
 
 pytestmark = pytest.mark.timeout(300)
@@ -115,6 +116,7 @@ def test_offline_drill_five_registrations_two_retriages_arrive_once_in_order(bro
     ctx.set_offline(False)
     page.goto("/")
     to_send(page, 0)
+    wait_until(lambda: len(kit_board(kit)["patients"]) >= len(tags), 20)  # bounded: the kit answers the replay
     board = kit_board(kit)
     assert sorted(p["id"] for p in board["patients"]) == tags
     entries = []
@@ -250,6 +252,7 @@ def test_a_tablet_whose_session_ended_shows_and_sends_nothing_until_the_person_s
     ctx.set_offline(False)
     sign_in(page)  # the same person again: what was kept is sent
     to_send(page, 0)
+    wait_until(lambda: kit_patient(kit, "LOCKED-1") is not None, 20)
     assert kit_patient(kit, "LOCKED-1")["triage"] == "red"
     ctx.close()
 
@@ -276,6 +279,7 @@ def test_a_note_written_offline_arrives_with_its_time_and_identity_waits_for_the
     ctx.set_offline(False)
     page.goto("/")
     to_send(page, 0)
+    wait_until(lambda: (kit_patient(kit, "NOTE-1") or {}).get("notes"), 20)
     p = kit_patient(kit, "NOTE-1")
     said = page.evaluate("() => (document.getElementById('offline-banner') || {}).textContent || ''")
     assert [n["text"] for n in p["notes"]] == ["tourniquet right arm 14:32"] and p["age"] is None, said
