@@ -99,34 +99,20 @@ def handle_store(event, kit, tally: "StoreTally | None" = None) -> Dataset:
             tally.add(event.assoc, size, code == SUCCESS)
 
 
-class StoreTally:
-    """C-STORE counts per association, audited as one summary event when the connection
-    ends (one event per object would flood the audit chain during a cine burst)."""
+class StoreTally(dimse_server.AssociationTally):
+    """C-STORE counts per association, audited as one `dicom.store` event."""
 
-    def __init__(self, store):
-        self._store = store
-        self._lock = threading.Lock()
-        self._by_assoc: dict[int, dict] = {}
+    ACTION = "dicom.store"
+    COUNTS = {"stored": 0, "refused": 0, "bytes": 0}
 
     def add(self, assoc, size: int, stored: bool) -> None:
-        with self._lock:
-            t = self._by_assoc.setdefault(id(assoc), {"stored": 0, "refused": 0, "bytes": 0})
-            t["stored" if stored else "refused"] += 1
-            t["bytes"] += size if stored else 0
+        if stored:
+            self._add(assoc, stored=1, bytes=size)
+        else:
+            self._add(assoc, refused=1)
 
-    def on_end(self, assoc) -> None:
-        with self._lock:
-            t = self._by_assoc.pop(id(assoc), None)
-        if t is None:
-            return
-        from ..store import accounts
-        ae = str(assoc.requestor.ae_title or "").strip()
-        try:
-            accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.store",
-                                  object=str(assoc.requestor.address),
-                                  outcome=audit.OK if t["stored"] else audit.FAILED, detail=t)
-        except Exception as exc:  # a locked or full store must not break the receiver
-            log.info("C-STORE summary not audited: %s", type(exc).__name__)
+    def outcome(self, counts: dict) -> str:
+        return audit.OK if counts["stored"] else audit.FAILED
 
 
 def handle_echo(event) -> int:

@@ -274,3 +274,39 @@ def start_server(ae: AE, address, *, evt_handlers, ssl_context=None, per_address
     thread.start()
     ae._servers.append(server)
     return server
+
+
+class AssociationTally:
+    """Counts kept per association and audited as one summary event when the connection
+    ends (an event per message would flood the audit chain during a cine burst). A
+    subclass names its `ACTION`, its fresh `COUNTS` and the event's `outcome`."""
+
+    ACTION = ""
+    COUNTS: dict[str, int] = {}
+
+    def __init__(self, store):
+        self._store = store
+        self._lock = threading.Lock()
+        self._by_assoc: dict[int, dict] = {}
+
+    def _add(self, assoc, **increments) -> None:
+        with self._lock:
+            t = self._by_assoc.setdefault(id(assoc), dict(self.COUNTS))
+            for k, v in increments.items():
+                t[k] += v
+
+    def outcome(self, counts: dict) -> str:
+        raise NotImplementedError
+
+    def on_end(self, assoc) -> None:
+        with self._lock:
+            t = self._by_assoc.pop(id(assoc), None)
+        if t is None:
+            return
+        from ..store import accounts
+        ae = str(assoc.requestor.ae_title or "").strip()
+        try:
+            accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action=self.ACTION,
+                                  object=str(assoc.requestor.address), outcome=self.outcome(t), detail=t)
+        except Exception as exc:  # a locked or full store must not break the receiver
+            log.info("%s summary not audited: %s", self.ACTION, type(exc).__name__)

@@ -51,6 +51,7 @@ from ..security import audit, roles
 from ..store import instances as catalogue
 from ..store import probes
 from . import worklist
+from .dimse_server import AssociationTally
 
 log = logging.getLogger(__name__)
 
@@ -605,33 +606,16 @@ def _tally(tally, event, what: str, **counts) -> None:
         tally.add(event.assoc, what, **counts)
 
 
-class QRTally:
-    """Queries and retrieves per association, audited as one event when it ends (counts
-    only: the keys asked may name a patient, and the trail keeps no patient data)."""
+class QRTally(AssociationTally):
+    """Queries and retrieves per association, audited as one `dicom.query_retrieve` event
+    (counts only: the keys asked may name a patient, and the trail keeps no patient data)."""
 
-    def __init__(self, store):
-        self._store = store
-        self._lock = threading.Lock()
-        self._by_assoc: dict[int, dict] = {}
+    ACTION = "dicom.query_retrieve"
+    COUNTS = {"queries": 0, "answers": 0, "retrieves": 0, "instances": 0, "refused": 0}
 
     def add(self, assoc, what: str, **counts) -> None:
-        with self._lock:
-            t = self._by_assoc.setdefault(id(assoc), {"queries": 0, "answers": 0, "retrieves": 0, "instances": 0,
-                                                      "refused": 0})
-            t[what] += 1
-            for k, v in counts.items():
-                t[k] += v
+        counts[what] = counts.get(what, 0) + 1
+        self._add(assoc, **counts)
 
-    def on_end(self, assoc) -> None:
-        with self._lock:
-            t = self._by_assoc.pop(id(assoc), None)
-        if t is None:
-            return
-        from ..store import accounts
-        ae = str(assoc.requestor.ae_title or "").strip()
-        try:
-            accounts.audit_append(self._store, actor=f"dicom:{ae}"[:80], action="dicom.query_retrieve",
-                                  object=str(assoc.requestor.address),
-                                  outcome=audit.DENIED if t["refused"] else audit.OK, detail=t)
-        except Exception as exc:  # a locked or full store must not break the receiver
-            log.info("query/retrieve summary not audited: %s", type(exc).__name__)
+    def outcome(self, counts: dict) -> str:
+        return audit.DENIED if counts["refused"] else audit.OK
