@@ -186,6 +186,9 @@ def _study_searches(store, accessions, dates) -> list[tuple]:
             indexed = instances.search_studies(store, match=match, **hints, **page)
             scanned = instances.search_studies(store, match=match, **page)
             out.append((hints, page, indexed, scanned))
+        # C-FIND's every-match summaries take the same hints
+        out.append((hints, "C-FIND", instances.study_summaries(store, match=match, **hints),
+                    instances.study_summaries(store, match=match)))
     return out
 
 
@@ -198,7 +201,7 @@ def _assert_searches_agree(store, accessions, dates) -> int:
 
 
 def test_study_filters_through_indexes_answer_like_a_scan(data_dir, monkeypatch):
-    """QIDO's AccessionNumber and StudyDate filters pick studies through the indexes: the
+    """QIDO's and C-FIND's AccessionNumber and StudyDate filters pick studies through the indexes: the
     same studies, in the same order, as testing every row - on a randomised store, after a
     merge and its undo, after a write rolled back on a full disk, and after reopening."""
     rng = random.Random(17)

@@ -128,3 +128,17 @@ def matcher(f: dict, fuzzy: bool = False) -> Callable[[dict, dict], bool]:
 def row_matches(row: dict, patient: dict, f: dict, fuzzy: bool = False) -> bool:
     """Does the catalogue row (and its patient) meet every filter {keyword: pattern}?"""
     return matcher(f, fuzzy)(row, patient)
+
+
+def study_hints(f: dict) -> dict:
+    """The study filters the catalogue's indexes narrow down (an exact AccessionNumber, a
+    StudyDate or range), as search arguments; the row test still checks every row."""
+    hints = {}
+    accession = f.get("AccessionNumber")
+    if accession and "*" not in accession and "?" not in accession:
+        hints["accession"] = accession
+    date = f.get("StudyDate") or ""
+    if re.fullmatch(r"[0-9]{8}|[0-9]{8}-|-[0-9]{8}|[0-9]{8}-[0-9]{8}", date):  # else: the row test alone
+        lo, dash, hi = date.partition("-")
+        hints["study_dates"] = (lo, hi) if dash else (date, date)
+    return hints

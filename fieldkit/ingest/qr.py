@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from ..config import move_destination
-from ..dicom.matching import matcher, uid_list
+from ..dicom.matching import matcher, study_hints, uid_list
 from ..dicom.status import status as _status
 from ..security import audit, roles
 from ..store import instances as catalogue
@@ -276,7 +276,7 @@ def find(kit, q: Query) -> list[dict]:
     if q.level in ("PATIENT", "STUDY"):
         args.pop("series_uids", None)
         args.pop("sop_uids", None)
-        studies = catalogue.study_summaries(store, **args)
+        studies = catalogue.study_summaries(store, **args, **study_hints(q.filters))
         for s in studies:
             s["series_count"] = s["series"]
         if q.level == "STUDY":

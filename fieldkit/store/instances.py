@@ -571,13 +571,19 @@ def search_studies(store, *, patient_id: str | None = None, study_uids=None, mat
 
 
 def study_summaries(store, *, patient_id: str | None = None, study_uids=None, match: Match | None = None,
-                    modalities: set[str] | None = None) -> list[dict]:
+                    modalities: set[str] | None = None, accession: str | None = None,
+                    study_dates: tuple[str, str] | None = None) -> list[dict]:
     """Every study with a row meeting the conditions, summed over those rows, newest first:
     one pass over the candidate rows, for a search that answers every match (C-FIND) where
-    search_studies pages. With `modalities`, studies whose matching rows hold one of them."""
+    search_studies pages. With `modalities`, studies whose matching rows hold one of them.
+    `accession` and `study_dates` pick the candidate studies through their indexes, as in
+    search_studies; `match` still tests the rows."""
     def fn(db):
+        uids = study_uids
+        if uids is None and patient_id is None:
+            uids = _studies_by_filter(db.storage, _table(db), accession, study_dates)
         groups: dict[str, list[dict]] = {}
-        for d in _matching(db, patient_id, study_uids, None, None, match):
+        for d in _matching(db, patient_id, uids, None, None, match):
             groups.setdefault(d["study_instance_uid"], []).append(d)
         out = [_study_summary(rows) for rows in groups.values()]
         if modalities:

@@ -37,7 +37,7 @@ from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom.frame_index import FrameIndexCache, frame_spans
 from ..dicom import uids
-from ..dicom.matching import matcher, uid_list as _uid_list
+from ..dicom.matching import matcher, study_hints, uid_list as _uid_list
 from ..dicom.frames import DecodeError, decode_frames
 from ..dicom.thumbnails import render
 from ..errors import BadInput, NotFound
@@ -299,20 +299,6 @@ def _query() -> dict:
     return q
 
 
-def _study_hints(f: dict) -> dict:
-    """The study filters the catalogue's indexes narrow down (an exact AccessionNumber, a
-    StudyDate or range); `match` still tests every row against them."""
-    hints = {}
-    accession = f.get("AccessionNumber")
-    if accession and "*" not in accession and "?" not in accession:
-        hints["accession"] = accession
-    date = f.get("StudyDate")
-    if date:
-        lo, dash, hi = date.partition("-")
-        hints["study_dates"] = (lo, hi) if dash else (date, date)
-    return hints
-
-
 def _scoped(q: dict, study: str | None, series: str | None = None) -> dict:
     """Narrow the query to the study/series of the URL path."""
     for uid, arg in ((study, "study_uids"), (series, "series_uids")):
@@ -454,7 +440,7 @@ def search_studies():
     bounded = _header_page(q)
     q.pop("series_uids", None)  # checked row by row in `match`
     q.pop("sop_uids", None)
-    found, warnings = _cut(catalogue.search_studies(store, **q, **_study_hints(_filters())), bounded, q["offset"])
+    found, warnings = _cut(catalogue.search_studies(store, **q, **study_hints(_filters())), bounded, q["offset"])
     first = _first_rows(store, "study", [s["study_instance_uid"] for s in found])
     return _dicom_json([_included("studies", _study_json(s, {s["patient_id"]: s["patient"]}),
                                   first.get(s["study_instance_uid"])) for s in found],
