@@ -111,17 +111,18 @@ def _minutes() -> dict:
     return care.retriage_minutes(kit_of().config["triage.retriage_minutes"])
 
 
-def _audit(fmt: str, n: int) -> None:
+def audit_export(what: str, fmt: str, n: int, **detail) -> None:
+    """One `patients.export` audit event per export (board, incident summary, one patient's sheet)."""
     from .auth import current_principal
     p = current_principal()
     accounts.audit_append(kit_of().store, actor=p.actor if p else "", role=p.role if p else "",
-                          action="patients.export", object="board", detail={"format": fmt, "patients": n})
+                          action="patients.export", object=what, detail={"format": fmt, "patients": n, **detail})
 
 
 @bp.get("/api/v1/export/patients.csv")
 def export_csv():
     rows = handover_rows(kit_of().store, _minutes())
-    _audit("csv", len(rows))
+    audit_export("board", "csv", len(rows))
     name = time.strftime("handover-%Y%m%d-%H%M.csv")
     return Response(patients_csv(rows), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -130,6 +131,6 @@ def export_csv():
 @bp.get("/handover")
 def print_view():
     rows = handover_rows(kit_of().store, _minutes())
-    _audit("print", len(rows))
+    audit_export("board", "print", len(rows))
     return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
                            printed=when(time.time()))

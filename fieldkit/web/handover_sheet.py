@@ -22,13 +22,13 @@ from ..dicom.document import encapsulated_pdf
 from ..dicom.uids import derived_uid
 from ..errors import NotFound
 from ..security import roles as R
-from ..store import accounts, care
+from ..store import care
 from ..store import instances as catalogue
 from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
-from .handover import SYNC_TEXT, TRIAGE_LABELS, due_text, finding_text, when
+from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, when
 
 bp = Blueprint("handover_sheet", __name__)
 
@@ -125,13 +125,6 @@ def store_as_dicom(store, pid: str, pdf: bytes) -> str:
     return result["sop_instance_uid"]
 
 
-def _audit(fmt: str, pid: str, **detail) -> None:
-    from .auth import current_principal
-    p = current_principal()
-    accounts.audit_append(kit_of().store, actor=p.actor if p else "", role=p.role if p else "",
-                          action="patients.export", object=pid, detail={"format": fmt, "patients": 1, **detail})
-
-
 def _minutes() -> dict:
     return care.retriage_minutes(kit_of().config["triage.retriage_minutes"])
 
@@ -139,7 +132,7 @@ def _minutes() -> dict:
 @bp.get("/patients/<pid>/handover")
 def print_view(pid):
     s = sheet(kit_of().store, pid, _minutes())
-    _audit("print-patient", s["id"])
+    audit_export(s["id"], "print-patient", 1)
     return render_template("handover_sheet.html", page="handover", s=s, title=TITLE)
 
 
@@ -150,7 +143,7 @@ def pdf(pid):
     s = sheet(store, pid, _minutes())
     data = sheet_pdf(s)
     uid = store_as_dicom(store, s["id"], data)
-    _audit("pdf", s["id"], stored=uid)
+    audit_export(s["id"], "pdf", 1, stored=uid)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"handover-{s['id']}-{time.strftime('%Y%m%d-%H%M')}.pdf")
     return Response(data, mimetype="application/pdf",
                     headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",

@@ -17,10 +17,9 @@ import time
 from flask import Blueprint, Response, render_template
 
 from ..security import roles as R
-from ..store import accounts
 from ..store import patients as pstore
 from . import kit_of
-from .handover import TRIAGE_LABELS, safe_cell, when
+from .handover import TRIAGE_LABELS, audit_export, safe_cell, when
 
 bp = Blueprint("incident", __name__)
 
@@ -97,17 +96,10 @@ def _summary() -> dict:
     return summary(pstore.list_patients(kit_of().store))
 
 
-def _audit(fmt: str, n: int) -> None:
-    from .auth import current_principal
-    p = current_principal()
-    accounts.audit_append(kit_of().store, actor=p.actor if p else "", role=p.role if p else "",
-                          action="patients.export", object="incident", detail={"format": fmt, "patients": n})
-
-
 @bp.get("/incident")
 def page():
     s = _summary()
-    _audit("incident-page", s["total"])
+    audit_export("incident", "incident-page", s["total"])
     return render_template("incident.html", page="incident", s=s, categories=CATEGORIES, labels=TRIAGE_LABELS,
                            when=when)
 
@@ -115,7 +107,7 @@ def page():
 @bp.get("/api/v1/export/incident.csv")
 def export_csv():
     s = _summary()
-    _audit("incident-csv", s["total"])
+    audit_export("incident", "incident-csv", s["total"])
     name = time.strftime("incident-%Y%m%d-%H%M.csv")
     return Response(summary_csv(s), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
