@@ -46,6 +46,8 @@ from pynetdicom.sop_class import (  # noqa: E402
 
 from fixtures.orthanc import dicomweb_plugin, free_port, orthanc_binary, start_orthanc  # noqa: E402
 from kitproc import KitProcess, init_kit, set_config  # noqa: E402
+from bench_reads import drain  # noqa: E402  (beside this script)
+from bench_worklist import find as c_find  # noqa: E402
 
 SCU = "BENCHSCU"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -94,22 +96,6 @@ def load_kit(data_dir: Path, objects: list[bytes]) -> None:
         kit.close()
 
 
-def drain(store, kind: str) -> None:
-    """Lease and acknowledge every row of `kind`, 500 per record."""
-    while True:
-        def fn(db):
-            n = 0
-            while n < 500:
-                row = store.queue.lease(kind)
-                if row is None:
-                    break
-                store.queue.ack(row.id)
-                n += 1
-            return n
-        if not store.write(fn):
-            return
-
-
 def load_orthanc(orthanc, objects: list[bytes]) -> None:
     def post(chunk):
         with requests.Session() as s:
@@ -121,24 +107,7 @@ def load_orthanc(orthanc, objects: list[bytes]) -> None:
 
 
 def find(port: int, called: str, query: Dataset) -> tuple[float, int, int]:
-    ae = AE(ae_title=SCU)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    ae.add_requested_context(FIND)
-    t0 = time.perf_counter()
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
-        raise RuntimeError(f"{called} refused the association")
-    answers, final = 0, -1
-    try:
-        for status, _ in assoc.send_c_find(query, FIND):
-            code = int(getattr(status, "Status", -1))
-            if code in (0xFF00, 0xFF01):
-                answers += 1
-            else:
-                final = code
-    finally:
-        assoc.release()
-    return time.perf_counter() - t0, answers, final
+    return c_find(port, called, query, FIND, calling=SCU)
 
 
 def move(port: int, called: str, study: str, sop: str) -> tuple[float, int, int]:

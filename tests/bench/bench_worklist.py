@@ -65,18 +65,19 @@ def probe_query() -> Dataset:
     return q
 
 
-def find(port: int, called: str, query: Dataset) -> tuple[float, int, int]:
+def find(port: int, called: str, query: Dataset, sop_class=ModalityWorklistInformationFind,
+         calling: str = "PROBE1") -> tuple[float, int, int]:
     """(seconds, answers, final status) of one C-FIND on its own association."""
-    ae = AE(ae_title="PROBE1")
+    ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    ae.add_requested_context(ModalityWorklistInformationFind)
+    ae.add_requested_context(sop_class)
     t0 = time.perf_counter()
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         raise RuntimeError(f"{called} refused the association")
     answers, final = 0, -1
     try:
-        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+        for status, identifier in assoc.send_c_find(query, sop_class):
             code = int(getattr(status, "Status", -1))
             if code in (0xFF00, 0xFF01):
                 answers += 1
