@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from kitproc import set_config  # noqa: E402
 from fixtures.ui import start_ui_kit  # noqa: E402
 from test_ui_live import _signed_in  # noqa: E402
 
@@ -81,11 +82,8 @@ def main() -> None:
     args = ap.parse_args()
 
     def config(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
-        values = _load_values(data_dir)
-        values.update({"http.threads": args.tablets + 12, "http.max_connections_per_address": 4 * args.tablets + 32,
-                       "ui.live_max_streams": args.tablets + 4})
-        _save_values(data_dir, values)
+        set_config(data_dir, http__threads=args.tablets + 12,
+                   http__max_connections_per_address=4 * args.tablets + 32, ui__live_max_streams=args.tablets + 4)
 
     with tempfile.TemporaryDirectory(prefix="bench-board-live-") as tmp:
         kit = start_ui_kit(Path(tmp), before_serve=config)
