@@ -4,10 +4,12 @@ real Flask app over a real store (test client; the running-kit tests use HTTPS).
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
 from fieldkit.security import roles as R
+from fieldkit.security.passwords import Clock
 from fieldkit.store import accounts
 from fieldkit.web.auth import (PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, permission_for,
                                route_permissions)
@@ -277,3 +279,41 @@ def test_auto_lock_after_no_signed_in_person_for_the_configured_time(fake_clock,
         assert [e for e in accounts.audit_events(kit.store) if e["action"] == "kit.lock"][-1]["actor"] == "auto-lock"
     finally:
         service.stop()
+
+
+class _YieldingClock(Clock):
+    """The system clock, but the thread that read it gives way at once: the gap a loaded
+    box opens between reading the time and acting on it."""
+
+    def mono(self) -> float:
+        now = super().mono()
+        time.sleep(0.0002)
+        return now
+
+
+def test_parallel_requests_of_one_session_keep_it_signed_in(monkeypatch, sec_app, kit):
+    """A board page sends several requests at once with one session cookie: none may find
+    the session 'used in the future' by another and drop it (a tablet sent back to sign-in
+    right after signing in)."""
+    import threading
+
+    accounts.create_user(kit.store, "amina", "604817", R.CLINICIAN)
+    c = sec_app.test_client()
+    _sign_in(c, "amina", "604817")
+    sid = c.get_cookie(SESSION_COOKIE, domain="localhost").value
+    monkeypatch.setattr(accounts, "CLOCK", _YieldingClock())
+    codes: list[int] = []
+
+    def tablet_requests():
+        client = sec_app.test_client()
+        client.set_cookie(SESSION_COOKIE, sid, domain="localhost")
+        for _ in range(50):
+            codes.append(client.get("/api/v1/session", base_url=HTTPS,
+                                    headers={"Accept": "application/json"}).status_code)
+
+    threads = [threading.Thread(target=tablet_requests) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(codes) == 300 and codes.count(401) == 0, f"{codes.count(401)} of {len(codes)} signed out"

@@ -263,8 +263,10 @@ def _session_lookup(kit, st: KitState) -> tuple[str, Session] | None:
     cfg = kit.config
     idle = float(cfg["http.session_idle_minutes"]) * 60
     max_age = float(cfg.get("security.session_max_hours", 12)) * 3600
-    now = _mono()
     with st.lock:
+        # read under the lock: a parallel request of the same session may have moved `last`
+        # on after our read, and `now < last` would then look like a clock gone backwards
+        now = _mono()
         sess = st.sessions.get(key)
         if sess is None:
             return None
