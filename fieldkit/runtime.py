@@ -234,7 +234,7 @@ def open_kit(data_dir: Path, passphrase: str | None = None, config: Config | Non
     from .errors import FieldkitError
     from .store import accounts
     try:
-        seal_plain_keys(data_dir, key, store, config)
+        seal_plain_keys(data_dir, key, store, config, unattended=keyring.mode != "passphrase")
         try:
             accounts.audit_config(store, config.as_dict())
         except FieldkitError as exc:  # a full disk must not keep the kit from opening
@@ -266,14 +266,19 @@ def unlock_data_key(data_dir: Path, passphrase: str | None = None) -> bytes:
     return keyring.unlock(passphrase)
 
 
-def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config) -> None:
-    """A kit from before secrets were sealed keeps its CA key and hospital credentials in
-    plaintext files: seal them by the data key and overwrite the plaintext (once; a no-op after)."""
-    from .security.tls import seal_plain_ca_key
+def seal_plain_keys(data_dir: Path, data_key: bytes, store: Store, config: Config, *,
+                    unattended: bool = True) -> None:
+    """A kit from before secrets were sealed keeps its CA key, server key and hospital
+    credentials in plaintext files: seal them by the data key and overwrite the plaintext
+    (once; a no-op after). The server key stays a file where the kit starts locked
+    (`unattended` False: key mode passphrase), since it serves the unlock page."""
+    from .security.tls import seal_plain_ca_key, seal_plain_server_key
     from .sync.hospital import seal_plain_secrets
 
     if seal_plain_ca_key(data_dir, data_key):
         log.warning("the kit CA's key was a plaintext file: it is now sealed by the data key")
+    if unattended and seal_plain_server_key(data_dir, data_key):
+        log.warning("the HTTPS server key was a plaintext file: it is now sealed by the data key")
     sealed = seal_plain_secrets(data_dir, store.secrets, config)
     if sealed:
         log.warning("hospital secret files sealed by the data key: %s", ", ".join(sealed))
@@ -330,7 +335,7 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
           dicom_port: int | None = None, ready=None) -> None:
     """Run until SIGTERM/SIGINT: HTTPS (cheroot behind the front, TLS), control socket, every service."""
     from .cli.control import ControlServer
-    from .security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+    from .security.tls import SERVER_CERT, TLS_DIR, server_key_path
     from .web import create_app
     from .web.front import FrontServer
 
@@ -366,7 +371,8 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
     from .security.redact import cheroot_error_log
     server.error_log = cheroot_error_log()  # cheroot writes to stderr itself: route it through redaction
     tls = kit.data_dir / TLS_DIR
-    server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    with server_key_path(kit.data_dir, None if kit.locked else kit.store.secrets) as key:
+        server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), key)  # the key is read here, once
     server.prepare()
     kit.http_port = server.bind_addr[1]
 

@@ -52,7 +52,9 @@ def test_init_writes_a_documented_config_keys_and_tls(data_dir):
     Config.load(data_dir / "fieldkit.toml")
     assert oct((data_dir / "keys" / "device.key").stat().st_mode & 0o777) == "0o600"
     assert b"BEGIN CERTIFICATE" in (data_dir / "tls" / "ca.pem").read_bytes()
-    assert oct((data_dir / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
+    # key mode device: the server key is sealed by the data key, like the CA's; no plaintext key file
+    assert oct((data_dir / "tls" / "server.key.sealed").stat().st_mode & 0o777) == "0o600"
+    assert not (data_dir / "tls" / "server.key").exists()
     # the data key is never stored bare: the keyring holds only wrapped forms
     ring = json.loads((data_dir / "keys" / "keyring.json").read_text())
     assert ring["kdf"]["name"] == "scrypt" and ring["kdf"]["n"] >= 2**14

@@ -142,13 +142,14 @@ def _reissue_server_cert(data_dir: Path, not_before: dt.datetime, not_after: dt.
                          signer_key=None) -> None:
     tls = data_dir / "tls"
     ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
+    from fieldkit.runtime import unlock_data_key
+    from fieldkit.security.secrets import SecretBox
     if signer_key is None:  # the kit CA's key is sealed by the data key
-        from fieldkit.runtime import unlock_data_key
-        from fieldkit.security.secrets import SecretBox
         signer_key = serialization.load_pem_private_key(
             SecretBox(unlock_data_key(data_dir)).open(tls / "ca.key.sealed"), None)
     ca_key = signer_key
-    key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), None)
+    from fieldkit.security.tls import load_server_key
+    key = load_server_key(data_dir, SecretBox(unlock_data_key(data_dir)))
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "kit")]))
             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_after)

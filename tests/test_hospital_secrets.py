@@ -257,10 +257,10 @@ def test_erase_leaves_no_private_key_and_no_secret(data_dir, tmp_path):
     (tmp_path / "k.pem").write_bytes(_pem(key))
     run_cli("hospital", "set", "--data-dir", data_dir, "--url", "https://pacs.example/dicom-web", "--auth", "basic",
             "--username", "kit", "--password-file", pw, "--token-file", tok, "--client-key", tmp_path / "k.pem")
-    assert list(key_files(data_dir)) == [data_dir / "tls" / "server.key"]
+    assert key_files(data_dir) == {}  # every key sealed, the server's too
     r = run_cli("erase", "--data-dir", data_dir, "--confirm", "TEST1")
     removed = r.stdout.split("removed: ")[1].splitlines()[0].split(", ")
-    assert set(removed) == {"keys/keyring.json", "keys/device.key", "tls/ca.key.sealed", "tls/server.key",
+    assert set(removed) == {"keys/keyring.json", "keys/device.key", "tls/ca.key.sealed", "tls/server.key.sealed",
                             "secrets/hospital-password", "secrets/hospital-token", "secrets/hospital-client-key"}
     assert key_files(data_dir) == {}
     names = {p.relative_to(data_dir).as_posix() for p in files(data_dir)}

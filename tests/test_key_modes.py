@@ -19,6 +19,7 @@ from fieldkit.security.keys import Keyring
 from fieldkit.store import instances
 from fixtures.dcmtk import echoscu, store_responses, storescu
 from fixtures.security import csrf_from
+from keyscan import key_files
 from kitproc import ADMIN_PASSWORD, ADMIN_USER, PASSPHRASE, KitProcess, init_kit, run_cli, set_config, wait_until
 from test_canary import CANARY, _encodings, _files_containing
 
@@ -66,6 +67,10 @@ def test_a_stolen_disk_opens_only_in_device_mode_and_holds_the_canary_in_no_file
 
     needles = _encodings(CANARY) + [CANARY_ID.encode()]
     assert _files_containing(stolen, needles, started) == []
+    # no private key lies on the disk in clear, but a passphrase kit's HTTPS key: it serves
+    # the unlock page before anyone has typed the passphrase (README, threat table)
+    assert sorted(p.relative_to(stolen).as_posix() for p in key_files(stolen)) == \
+        (["tls/server.key"] if mode == "passphrase" else [])
     if mode == "device":
         # the unattended key file is on the disk: this mode protects nothing against theft
         kit = open_kit(stolen)

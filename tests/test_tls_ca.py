@@ -50,9 +50,7 @@ def test_the_ca_is_name_constrained_and_its_key_is_in_no_file(data_dir):
     ca_key = _ca_key(data_dir)  # the data key opens it...
     assert public_der(ca_key) == public_der_of_cert(data_dir / "tls" / "ca.pem")
     assert not (data_dir / "tls" / CA_KEY).exists()
-    found = key_files(data_dir)  # ...but no file holds it: only the server key is a key file
-    assert [p.relative_to(data_dir).as_posix() for p in found] == ["tls/server.key"]
-    assert all(public_der(k) != public_der(ca_key) for keys in found.values() for k in keys)
+    assert key_files(data_dir) == {}  # ...but no file holds it, nor the server's key (sealed too)
     scalar = ca_key.private_numbers().private_value.to_bytes(32, "big")
     assert containing(data_dir, scalar) == []
 
@@ -147,7 +145,35 @@ def test_a_plaintext_ca_key_from_an_older_kit_is_sealed_at_the_first_open(data_d
     assert data_dir / "tls" / CA_KEY in key_files(data_dir)
     open_kit(data_dir).close()
     assert not (data_dir / "tls" / CA_KEY).exists()
-    assert list(key_files(data_dir)) == [data_dir / "tls" / "server.key"]
+    assert key_files(data_dir) == {}
     assert public_der(_ca_key(data_dir)) == public_der(ca_key)
     run_cli("tls", "renew", "--data-dir", data_dir)
     assert _openssl("verify", "-CAfile", data_dir / "tls" / "ca.pem", data_dir / "tls" / "server.pem").returncode == 0
+
+
+def test_a_plaintext_server_key_from_an_older_kit_is_sealed_at_the_first_open_and_still_served(data_dir):
+    """Key mode device: the HTTPS key is sealed by the data key like the CA's; a kit made
+    before keeps serving the same key, now sealed, and its plaintext file is gone."""
+    from fieldkit.runtime import open_kit
+    from fieldkit.security.tls import SERVER_KEY, SERVER_KEY_SEALED, load_server_key
+
+    tls = data_dir / "tls"
+    key = load_server_key(data_dir, SecretBox(Keyring(data_dir).unlock_with_device_key()))
+    (tls / SERVER_KEY_SEALED).unlink()
+    (tls / SERVER_KEY).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))  # as `init` wrote it before
+    assert list(key_files(data_dir)) == [tls / SERVER_KEY]
+    open_kit(data_dir).close()
+    assert key_files(data_dir) == {} and not (tls / SERVER_KEY).exists()
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    assert containing(data_dir, scalar) == []
+    kit = KitProcess(data_dir).start()
+    try:  # the kit serves the certificate of that same key, from the sealed copy
+        served = x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", kit.http_port)).encode())
+        assert served.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo) == public_der(key)
+        assert kit.get("/healthz").status_code == 200
+    finally:
+        kit.stop()
+    r = run_cli("tls", "renew", "--data-dir", data_dir)  # a renewed key is sealed too
+    assert "issued by the same kit CA" in r.stdout and key_files(data_dir) == {}

@@ -155,7 +155,9 @@ def test_when_full_the_oldest_silent_connection_makes_room(kit):
     ones hold it, and a tablet's request still gets in (the oldest silent one is closed)."""
     import threading
 
-    from fieldkit.runtime import _tls_adapter
+    from fieldkit.runtime import _tls_adapter, unlock_data_key
+    from fieldkit.security.secrets import SecretBox
+    from fieldkit.security.tls import server_key_path
     from fieldkit.web.front import FrontServer
 
     def app(environ, start_response):
@@ -165,7 +167,8 @@ def test_when_full_the_oldest_silent_connection_makes_room(kit):
     server = FrontServer(("127.0.0.1", 0), app, handshake_timeout_s=30, header_timeout_s=30,
                          max_connections_per_address=8, max_connections=4, numthreads=2)
     tls = kit.data_dir / "tls"
-    server.ssl_adapter = _tls_adapter(str(tls / "server.pem"), str(tls / "server.key"))
+    with server_key_path(kit.data_dir, SecretBox(unlock_data_key(kit.data_dir))) as key:  # sealed by the data key
+        server.ssl_adapter = _tls_adapter(str(tls / "server.pem"), key)
     server.prepare()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()

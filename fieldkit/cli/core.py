@@ -89,7 +89,8 @@ def init(data_dir: Path, passphrase_file, kit_id, admin_user, admin_password_fil
         sealer = sealer_for(cfg) if key_mode == "tpm" else None
         data_key = Keyring(data_dir, sealer=sealer).create(passphrase, scrypt_n=cfg["security.scrypt_n"],
                                                            mode=key_mode)
-        ca = create_tls(data_dir, kit_id, data_key, hostnames=list(hostnames), subnets=list(subnets) or None)
+        ca = create_tls(data_dir, kit_id, data_key, hostnames=list(hostnames), subnets=list(subnets) or None,
+                        seal_server_key=key_mode != "passphrase")  # passphrase: the unlock page needs it
         store = Store.open(data_dir, data_key, cfg)
         try:
             if admin_user:

@@ -192,6 +192,18 @@ def check_ports(ctx: Context) -> list[Check]:
     return out
 
 
+def _server_key(ctx: Context):
+    """The server key: a sealed one is opened with the device key (or the TPM)."""
+    from ..security.keys import Keyring
+    from ..security.secrets import SecretBox
+    from ..security.tls import SERVER_KEY_SEALED, TLS_DIR, load_server_key
+    from ..security.tpm import sealer_for
+    box = None
+    if (ctx.data_dir / TLS_DIR / SERVER_KEY_SEALED).exists():
+        box = SecretBox(Keyring(ctx.data_dir, sealer=sealer_for(ctx.config)).unlock_with_device_key())
+    return load_server_key(ctx.data_dir, box)
+
+
 def check_tls(ctx: Context) -> Check:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
@@ -200,13 +212,15 @@ def check_tls(ctx: Context) -> Check:
     try:
         ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
         chain = x509.load_pem_x509_certificates((tls / "server.pem").read_bytes())
-        key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), password=None)
+        key = _server_key(ctx)
     except FileNotFoundError as exc:
         return Check("tls", FAIL, f"{exc.filename} is missing", "run `fieldkit provision` again (or `fieldkit init` on a new data dir)")
     except PermissionError as exc:
         return Check("tls", FAIL, f"cannot read {exc.filename}", "run doctor as the kit's service user or root")
     except ValueError as exc:
         return Check("tls", FAIL, f"a certificate or key in {tls} is unreadable ({exc})", "restore the tls folder from the kit's backup or re-provision")
+    except FieldkitError as exc:  # a sealed server key that the device key (or TPM) cannot open
+        return Check("tls", FAIL, f"the server key cannot be opened: {exc.message}", "check the kit's key (doctor's keys line)")
     cert = chain[0]
     now = dt.datetime.now(dt.timezone.utc)
     try:

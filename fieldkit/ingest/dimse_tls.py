@@ -23,13 +23,26 @@ class _HandshakeInAssociationThread(ssl.SSLContext):
         return super().wrap_socket(sock, *args, **kwargs)
 
 
-def server_context(data_dir) -> ssl.SSLContext:
-    from ..security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR, harden_tls
+def server_context(data_dir, secrets=None) -> ssl.SSLContext:
+    """`secrets`: the data key's SecretBox, which opens a sealed server key."""
+    from ..security.tls import SERVER_CERT, TLS_DIR, harden_tls, server_key_path
 
     ctx = harden_tls(_HandshakeInAssociationThread(ssl.PROTOCOL_TLS_SERVER))
-    tls = data_dir / TLS_DIR
-    ctx.load_cert_chain(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    with server_key_path(data_dir, secrets) as key:
+        ctx.load_cert_chain(str(data_dir / TLS_DIR / SERVER_CERT), key)
     return ctx
+
+
+_contexts: dict[str, ssl.SSLContext] = {}  # data dir -> the context made while the key was held
+
+
+def _context_for(kit) -> ssl.SSLContext:
+    """A kit locked after it started (the data key dropped) keeps answering probes over TLS
+    ("locked") with the context made while it held the key, which opens a sealed server key."""
+    where = str(kit.data_dir)
+    if not kit.locked or where not in _contexts:
+        _contexts[where] = server_context(kit.data_dir, None if kit.locked else kit.store.secrets)
+    return _contexts[where]
 
 
 def start(kit):
@@ -39,7 +52,7 @@ def start(kit):
         kit.dicom_tls_port = None
         return _Off()
     receiver = listen(kit, port or (getattr(kit, "dicom_tls_port", None) or 0), "dicom.tls_port",
-                      ssl_context=server_context(kit.data_dir))
+                      ssl_context=_context_for(kit))
     kit.dicom_tls_port = receiver.port
     return receiver
 

@@ -5,11 +5,16 @@ the kit's host names and addresses. The CA is name-constrained (critical) to the
 own host names, its loopback and Wi-Fi subnets, so even its key could not vouch for
 another site to an onboarded tablet; and that key is never a plaintext file: it is kept
 sealed by the data key (`ca.key.sealed`, see security/secrets.py) and opened only to
-issue a server certificate (`fieldkit init`, `fieldkit tls renew`). Keys are EC P-256.
+issue a server certificate (`fieldkit init`, `fieldkit tls renew`). The server's own key
+is sealed the same way (`server.key.sealed`) where the kit opens its data key unattended
+(key modes `tpm`, `device`) and handed to TLS as an in-memory file; a kit in key mode
+`passphrase` keeps it as a plaintext file, because it serves its unlock page before anyone
+has given the passphrase. Keys are EC P-256.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import socket
@@ -24,7 +29,7 @@ import ssl
 
 from ..errors import ConfigError
 from .files import write_atomic
-from .secrets import SecretBox, shred
+from .secrets import MemoryFile, SecretBox, is_sealed, shred
 
 
 # TLS 1.2 with forward secrecy and AEAD only (no CBC, no static RSA); TLS 1.3 suites are all AEAD.
@@ -42,7 +47,8 @@ def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
 TLS_DIR = "tls"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"  # ca.key: the plaintext file of kits made before sealing
 CA_KEY_SEALED = "ca.key.sealed"
-SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
+SERVER_CERT, SERVER_KEY = "server.pem", "server.key"  # server.key: key mode passphrase (and older kits)
+SERVER_KEY_SEALED = "server.key.sealed"
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the most a browser accepts for a server certificate
 WIFI_SUBNET = "10.42.0.0/24"  # the kit's access point (provisioning's default address 10.42.0.1)
@@ -78,9 +84,10 @@ def _pem_key(key) -> bytes:
 
 def create_tls(data_dir: Path, kit_id: str, data_key: bytes, hostnames: list[str] | None = None,
                addresses: list[str] | None = None, subnets: list[str] | None = None,
-               days: int = SERVER_DAYS) -> Path:
+               days: int = SERVER_DAYS, seal_server_key: bool = True) -> Path:
     """Write a name-constrained CA (its key sealed by `data_key`) and a server certificate
-    signed by it under DIR/tls. Returns the CA certificate's path."""
+    signed by it under DIR/tls; the server key sealed too unless `seal_server_key` is False
+    (key mode passphrase). Returns the CA certificate's path."""
     tls = Path(data_dir) / TLS_DIR
     tls.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
@@ -110,12 +117,13 @@ def create_tls(data_dir: Path, kit_id: str, data_key: bytes, hostnames: list[str
     write_atomic(tls / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), 0o644)
     sans = [x509.DNSName(n) for n in names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ips)]
-    _issue_server(tls, ca, ca_key, sans, _name(_own_name(kit_id), kit_id), days)
+    _issue_server(tls, ca, ca_key, sans, _name(_own_name(kit_id), kit_id), days,
+                  SecretBox(data_key) if seal_server_key else None)
     return tls / CA_CERT
 
 
 def _issue_server(tls: Path, ca: x509.Certificate, ca_key, sans: list, subject: x509.Name,
-                  days: int) -> x509.Certificate:
+                  days: int, box: SecretBox | None) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
@@ -128,7 +136,11 @@ def _issue_server(tls: Path, ca: x509.Certificate, ca_key, sans: list, subject: 
             .sign(ca_key, hashes.SHA256()))
     # key first: a power cut between the two writes leaves a mismatch `doctor` names, never
     # a certificate whose key is gone
-    write_atomic(tls / SERVER_KEY, _pem_key(key), 0o600)
+    if box is not None:
+        box.seal(tls / SERVER_KEY_SEALED, _pem_key(key))
+        shred(tls / SERVER_KEY)
+    else:
+        write_atomic(tls / SERVER_KEY, _pem_key(key), 0o600)
     write_atomic(tls / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM)
                  + ca.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert
@@ -144,7 +156,8 @@ def _open_ca_key(tls: Path, data_key: bytes):
 
 def renew_server(data_dir: Path, data_key: bytes, days: int = SERVER_DAYS) -> x509.Certificate:
     """A new server key and certificate from the same CA (so onboarded tablets keep trusting
-    the kit), for the same names and addresses as the current one."""
+    the kit), for the same names and addresses as the current one. The new key is kept as
+    the old one was: sealed, or a plaintext file in key mode passphrase."""
     tls = Path(data_dir) / TLS_DIR
     try:
         ca = x509.load_pem_x509_certificate((tls / CA_CERT).read_bytes())
@@ -164,7 +177,8 @@ def renew_server(data_dir: Path, data_key: bytes, days: int = SERVER_DAYS) -> x5
         sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a))
                                                    for a in ("127.0.0.1", "::1", "10.42.0.1")]
         subject = _name(_own_name(kit_id), kit_id)
-    return _issue_server(tls, ca, ca_key, sans, subject, days)
+    box = None if (tls / SERVER_KEY).exists() and not (tls / SERVER_KEY_SEALED).exists() else SecretBox(data_key)
+    return _issue_server(tls, ca, ca_key, sans, subject, days, box)
 
 
 def seal_plain_ca_key(data_dir: Path, data_key: bytes) -> bool:
@@ -181,10 +195,47 @@ def seal_plain_ca_key(data_dir: Path, data_key: bytes) -> bool:
     return True
 
 
+def seal_plain_server_key(data_dir: Path, data_key: bytes) -> bool:
+    """A kit that opens its data key unattended but still has a plaintext server key (made
+    before it was sealed): seal it, and overwrite and remove the plaintext file."""
+    tls = Path(data_dir) / TLS_DIR
+    plain = tls / SERVER_KEY
+    if not plain.exists() or is_sealed(plain):
+        return False
+    if not (tls / SERVER_KEY_SEALED).exists():
+        SecretBox(data_key).seal(tls / SERVER_KEY_SEALED, plain.read_bytes())
+    shred(plain)
+    return True
+
+
+@contextlib.contextmanager
+def server_key_path(data_dir: Path, box: SecretBox | None):
+    """A path TLS can load the server key from (`load_cert_chain` reads it at once): the
+    sealed key opened into an in-memory file (closed on leaving), else the plaintext file."""
+    tls = Path(data_dir) / TLS_DIR
+    if not (tls / SERVER_KEY_SEALED).exists():
+        yield str(tls / SERVER_KEY)
+        return
+    if box is None:
+        raise ConfigError(f"{tls / SERVER_KEY_SEALED} is sealed by the data key, which this kit does not "
+                          "hold yet: unlock it first")
+    memory = MemoryFile(box.open(tls / SERVER_KEY_SEALED))
+    try:
+        yield memory.path
+    finally:
+        memory.close()
+
+
+def load_server_key(data_dir: Path, box: SecretBox | None):
+    """The server's private key (for checks such as doctor's)."""
+    with server_key_path(data_dir, box) as path, open(path, "rb") as f:
+        return serialization.load_pem_private_key(f.read(), password=None)
+
+
 def private_key_files(data_dir: Path) -> list[Path]:
     """Every file of DIR/tls that holds a private key (sealed or not), for `erase`."""
     tls = Path(data_dir) / TLS_DIR
-    return [tls / CA_KEY, tls / CA_KEY_SEALED, tls / SERVER_KEY]
+    return [tls / CA_KEY, tls / CA_KEY_SEALED, tls / SERVER_KEY, tls / SERVER_KEY_SEALED]
 
 
 def server_expiry(data_dir: Path) -> dt.datetime | None:

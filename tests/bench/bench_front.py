@@ -68,7 +68,9 @@ def stack(data_dir: Path, front: bool, body_only: bool = False):
     from flask import Flask, Response, request
 
     from fieldkit.runtime import _tls_adapter
-    from fieldkit.security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+    from fieldkit.runtime import unlock_data_key
+    from fieldkit.security.secrets import SecretBox
+    from fieldkit.security.tls import SERVER_CERT, TLS_DIR, server_key_path
     from fieldkit.web.front import FrontServer
 
     app = Flask("bench")
@@ -93,7 +95,8 @@ def stack(data_dir: Path, front: bool, body_only: bool = False):
         server = wsgi.Server(("127.0.0.1", port), app, numthreads=32, timeout=30)
     server.error_log = lambda msg="", level=20, traceback=False: None  # clients cut off by the attack
     tls = data_dir / TLS_DIR
-    server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    with server_key_path(data_dir, SecretBox(unlock_data_key(data_dir))) as key:  # sealed by the data key
+        server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), key)
     server.prepare()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()

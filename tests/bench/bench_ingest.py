@@ -105,7 +105,9 @@ def ceiling_stow(data_dir: Path, ca: str, paths: list[Path]) -> float:
     from flask import Flask, Response, request
 
     from fieldkit.runtime import _tls_adapter
-    from fieldkit.security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
+    from fieldkit.runtime import unlock_data_key
+    from fieldkit.security.secrets import SecretBox
+    from fieldkit.security.tls import SERVER_CERT, TLS_DIR, server_key_path
 
     app = Flask("ceiling")
 
@@ -120,7 +122,8 @@ def ceiling_stow(data_dir: Path, ca: str, paths: list[Path]) -> float:
         port = s.getsockname()[1]
     server = wsgi.Server(("127.0.0.1", port), app, numthreads=4)
     tls = data_dir / TLS_DIR
-    server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), str(tls / SERVER_KEY))
+    with server_key_path(data_dir, SecretBox(unlock_data_key(data_dir))) as key:  # sealed by the data key
+        server.ssl_adapter = _tls_adapter(str(tls / SERVER_CERT), key)
     server.prepare()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
