@@ -8,7 +8,8 @@
     var b = document.getElementById("theme-toggle");
     if (b) {
       b.setAttribute("aria-pressed", mode === "night" ? "true" : "false");
-      b.textContent = mode === "night" ? "Day mode" : "Night mode";
+      // the page's language gives both labels (base.html), English when it does not
+      b.textContent = mode === "night" ? (b.dataset.dayLabel || "Day mode") : (b.dataset.nightLabel || "Night mode");
     }
   }
   var saved = null;
