@@ -109,6 +109,9 @@ def choose():
     p = current_principal()
     if p is not None and p.kind == "user":
         accounts.set_language(kit_of().store, p.name, lang, actor=p.actor, actor_role=p.role)
-    resp = make_response(redirect(_safe_next(request.form.get("next")), 303))
+    nxt = request.form.get("next") or "/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in nxt):
+        nxt = "/"  # a control character is no page of the kit's (and no header may carry it)
+    resp = make_response(redirect(_safe_next(nxt), 303))
     resp.set_cookie(COOKIE, lang, max_age=COOKIE_MAX_AGE, secure=True, httponly=True, samesite="Strict", path="/")
     return resp

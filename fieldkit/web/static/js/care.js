@@ -50,9 +50,10 @@ export function renderPlace(p) {
     const d = h.disposition;
     const left = (x) => (x.vehicle ? t("left by {vehicle} to {destination}", x) : t("left to {destination}", x));
     const by = h.by ? " " + t("by {who}", { who: h.by }) : "";
+    const none = t("none");
     const text = d ? `${fmtTime(d.at)} ${d.state === "left" ? left(d) : (options && options.dispositions[d.state]) || d.state}`
       + (d.by ? " " + t("by {who}", { who: d.by }) : "")
-      : `${fmtTime(h.at)} ${t("zone: {zone}", { zone: h.zone || t("none") })}${by}`;
+      : fmtTime(h.at) + " " + t("zone: {zone}", { zone: h.zone || none }) + by;
     return el("li", "", text);
   }));
 }

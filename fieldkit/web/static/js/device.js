@@ -50,7 +50,7 @@ async function refresh() {
     set("dv-version", d.version);
     const r = (d.power && d.power.reading) || {};
     set("dv-battery", r.battery_percent === null || r.battery_percent === undefined ? t("no battery sensor")
-      : `${fmtNumber(Math.round(r.battery_percent))}% ${r.on_battery ? t("(on battery)") : t("(charging / mains)")}`);
+      : fmtNumber(Math.round(r.battery_percent)) + "% " + (r.on_battery ? t("(on battery)") : t("(charging / mains)")));
     set("dv-temp", r.temperature_c === null || r.temperature_c === undefined ? t("no temperature sensor") : `${fmtNumber(r.temperature_c, { maximumFractionDigits: 1, minimumFractionDigits: 1 })} °C`);
     set("dv-disk", r.disk_free_bytes ? t("{free} free of {total}", { free: fmtBytes(r.disk_free_bytes), total: fmtBytes(r.disk_total_bytes) }) : "–");
     set("dv-space", !d.disk ? "–" : d.disk.message || t("enough space; captures accepted"));
@@ -76,7 +76,8 @@ async function refresh() {
     const list = document.getElementById("dv-models");
     if (Array.isArray(models) && models.length) {
       list.replaceChildren(...models.map((m) => el("li", "", typeof m === "string" ? m
-        : `${m.name || "?"} v${m.version || "?"} — ${m.status || (m.loaded ? t("loaded") : t("not loaded"))}${m.reason ? ": " + m.reason : ""}`)));
+        : `${m.name || "?"} v${m.version || "?"} — ` + (m.status || (m.loaded ? t("loaded") : t("not loaded")))
+          + (m.reason ? ": " + m.reason : ""))));
     } else {
       list.replaceChildren(el("li", "", d.inference && d.inference.running ? t("no model loaded")
       : t("inference not running") + (d.inference && d.inference.reason ? ": " + d.inference.reason : "")));

@@ -274,12 +274,13 @@ export async function keptPatient(path) {
   changes.forEach(({ change: c }) => {
     if (!mine(c) && !(c.kind === "register" && LOCAL + c.id === pid)) return;
     if (c.kind === "triage") row.triage = c.triage;
-    if (c.kind === "note") notes.push({ text: `${c.text} ${t("(to send)")}`, at: c.at, by: "" });
+    if (c.kind === "note") notes.push({ text: c.text + " " + t("(to send)"), at: c.at, by: "" });
   });
   shown[pid] = { age: row.age, sex: row.sex };
   const at = board && board.at ? board.at : localAt;
+  const earlier = t("earlier");
   say(t("Offline — as of {when}: the kit cannot be reached. This is what this tablet kept; changes are kept and sent when the kit is back.",
-    { when: at ? hhmm(at) : t("earlier") }), "offline");
+    { when: at ? hhmm(at) : earlier }), "offline");
   return { ...row, triage_history: [], notes, captures: [], tags: row.tag ? [row.tag] : [], probe_sessions: [],
     display_name: row.display_name || "", name_from_probe: false, unassigned: false, __stale: at || true };
 }

@@ -39,7 +39,7 @@ const LINKED = { "worklist": t("linked by worklist"), "probe session": t("linked
 
 function linkedText(c) {
   const why = LINKED[c.linked_by] || (c.linked_by ? t("linked by {how}", { how: c.linked_by }) : "");
-  return c.probe ? `${why}${why ? " · " : ""}${t("probe {probe}", { probe: c.probe })}` : why;
+  return c.probe ? why + (why ? " · " : "") + t("probe {probe}", { probe: c.probe }) : why;
 }
 
 function renderThumbs(p) {
@@ -53,7 +53,8 @@ function renderThumbs(p) {
     const btn = li.querySelector("button");
     const img = li.querySelector("img");
     if (c.decode_error || !c.has_thumbnail) {
-      const ph = el("span", "failed", t("Cannot show this capture: {reason}", { reason: c.decode_error || t("no image") }));
+      const noImage = t("no image");
+      const ph = el("span", "failed", t("Cannot show this capture: {reason}", { reason: c.decode_error || noImage }));
       img.replaceWith(ph);
       li.dataset.failed = "1";
     } else {
@@ -190,7 +191,7 @@ function renderDetails(p) {
   notes.replaceChildren(...(p.notes || []).map((n) => el("li", "", `${fmtTime(n.at)} ${n.by || ""}: ${n.text}`)));
   const hist = document.getElementById("history");
   hist.replaceChildren(...(p.triage_history || []).map((h) => el("li", `h-${h.triage}`,
-    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.undo ? " " + t("(undo)") : ""}`
+    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}` + (h.undo ? " " + t("(undo)") : "")
     + (h.by ? " " + t("by {who}", { who: h.by }) : "")
     + (h.proposed ? " " + t("(START proposed {category})", { category: TRIAGE_LABEL[h.proposed] || h.proposed }) : ""))));
 }
@@ -202,8 +203,8 @@ function renderSessions(p) {
   const list = document.getElementById("sessions");
   if (!list) return;
   list.replaceChildren(...(p.probe_sessions || []).map((s) => {
-    const li = el("li", "", t("Probe {probe} is scanning this patient until {when}",
-      { probe: s.name ? `${s.name} (${s.probe})` : s.probe, when: fmtTime(s.until) }));
+    const probe = s.name ? `${s.name} (${s.probe})` : s.probe;
+    const li = el("li", "", t("Probe {probe} is scanning this patient until {when}", { probe, when: fmtTime(s.until) }));
     li.dataset.probe = s.probe;
     const end = el("button", "btn", t("End probe session"));
     end.type = "button";

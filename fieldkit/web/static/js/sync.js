@@ -11,8 +11,12 @@ function eta(s) {
   return t("{n} min", { n: (s / 60).toFixed(1) });
 }
 
+const updateWord = t("update");
+const itemWord = t("item");
+const noReason = t("no reason given");
+
 function render(st) {
-  document.getElementById("s-link").textContent = `${st.link_up ? t("up") : t("down")}${st.link ? " — " + st.link : ""}`;
+  document.getElementById("s-link").textContent = (st.link_up ? t("up") : t("down")) + (st.link ? " — " + st.link : "");
   document.getElementById("s-link").dataset.up = String(!!st.link_up);
   document.getElementById("s-rate").textContent = st.rate_bytes_per_s ? `${fmtBytes(st.rate_bytes_per_s)}/s` : "–";
   document.getElementById("s-bytes").textContent = fmtBytes(st.queue_bytes || 0);
@@ -33,16 +37,16 @@ function render(st) {
     li.querySelector(".si-state").textContent = STATE[it.state] || it.state;
     li.querySelector(".si-what").textContent = it.sop_instance_uid
       ? t("Patient {pid} · {uid}", { pid: it.patient_id || "?", uid: it.sop_instance_uid })
-      : t("{what} for patient {pid}", { what: it.what || t("update"), pid: it.patient_id || "?" });
+      : t("{what} for patient {pid}", { what: it.what || updateWord, pid: it.patient_id || "?" });
     const p = li.querySelector(".si-progress");
     if (it.state === "confirmed") p.value = 1;
     else if (it.bytes_total) p.value = it.bytes_done / it.bytes_total;
     else p.value = 0;
-    p.setAttribute("aria-label", t("progress of {what}", { what: it.sop_instance_uid || it.what || t("item") }));
+    p.setAttribute("aria-label", t("progress of {what}", { what: it.sop_instance_uid || it.what || itemWord }));
     li.querySelector(".si-bytes").textContent = it.bytes_total
       ? t("{done} of {total}", { done: fmtBytes(it.bytes_done), total: fmtBytes(it.bytes_total) }) : fmtBytes(it.size || 0);
     if (it.state === "quarantined") {
-      li.querySelector(".si-reason").textContent = t("Hospital said: {reason}", { reason: it.reason || t("no reason given") });
+      li.querySelector(".si-reason").textContent = t("Hospital said: {reason}", { reason: it.reason || noReason });
       const b = li.querySelector(".si-retry");
       b.hidden = false;
       b.addEventListener("click", async () => {
