@@ -95,7 +95,7 @@ def _csrf(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def test_accept_language_picks_the_page_language_and_an_unknown_one_gives_english(sec_app):
+def test_accept_language_then_the_tablets_cookie_pick_the_page_language(sec_app):
     c = sec_app.test_client()
     for header, lang, word in [("fr-FR,fr;q=0.9", "fr", "Se connecter"), ("es", "es", "Iniciar sesión"),
                                ("ar", "ar", "تسجيل الدخول"), ("xx, tlh;q=0.8", "en", "Sign in"),
@@ -104,8 +104,7 @@ def test_accept_language_picks_the_page_language_and_an_unknown_one_gives_englis
         assert _lang_of(page) == (lang, "rtl" if lang == "ar" else "ltr"), header
         assert f"<h1>{word}</h1>" in page, header
 
-
-def test_the_tablet_picker_sets_a_cookie_that_beats_accept_language(sec_app):
+    # the tablet's picker: a cookie that beats Accept-Language
     c = sec_app.test_client()
     page = c.get("/login", base_url=HTTPS).get_data(as_text=True)
     r = c.post("/language", base_url=HTTPS, data={"lang": "es", "next": "/login?next=/sync", "csrf_token": _csrf(page)})
@@ -116,7 +115,7 @@ def test_the_tablet_picker_sets_a_cookie_that_beats_accept_language(sec_app):
     assert _lang_of(page) == ("es", "ltr") and "Iniciar sesión" in page
 
 
-def test_a_persons_language_follows_them_to_another_tablet(sec_app, kit, role_clients):
+def test_a_persons_language_follows_them_and_an_unknown_one_is_refused(sec_app, kit, role_clients):
     from fieldkit.store import accounts
     clin = role_clients["clinician"]
     r = clin.open("POST", "/language", data={"lang": "ar", "next": "/device"})
@@ -131,9 +130,7 @@ def test_a_persons_language_follows_them_to_another_tablet(sec_app, kit, role_cl
     events = accounts.audit_events(kit.store)
     assert any(e["action"] == "user.language" and e["object"] == "u-clinician" for e in events)
 
-
-def test_an_unknown_language_is_refused_clearly_and_changes_nothing(sec_app, kit, role_clients):
-    from fieldkit.store import accounts
+    # an unknown language is refused clearly and changes nothing (same kit: one set-up)
     clin = role_clients["triage"]
     before = accounts.language_of(kit.store, "u-triage")
     r = clin.open("POST", "/language", data={"lang": "klingon", "next": "/"})
