@@ -17,7 +17,8 @@ HTTPS = "https://localhost"
 WEB = Path(C.__file__).parent
 PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s")
 # the pages and scripts translated this round (board, new patient and scan.js come later)
-TEMPLATES = ["base", "login", "patient", "device", "sync", "handover", "handover_sheet", "incident", "error", "_assign"]
+TEMPLATES = ["base", "login", "patient", "device", "sync", "handover", "handover_sheet", "incident", "error", "_assign",
+             "onboarding"]
 SCRIPTS = ["common", "actions", "patient", "care", "offline", "device", "sync", "handover_sheet", "theme"]
 
 
@@ -103,6 +104,11 @@ def test_accept_language_then_the_tablets_cookie_pick_the_page_language(sec_app)
         page = c.get("/login", base_url=HTTPS, headers={"Accept-Language": header}).get_data(as_text=True)
         assert _lang_of(page) == (lang, "rtl" if lang == "ar" else "ltr"), header
         assert f"<h1>{word}</h1>" in page, header
+
+    # the onboarding page (a tablet's first page) too, its steps whole sentences with their markup
+    page = c.get("/onboarding", base_url=HTTPS, headers={"Accept-Language": "fr"}).get_data(as_text=True)
+    assert _lang_of(page) == ("fr", "ltr") and "Connecter une tablette au kit" in page
+    assert "<b>Installer quand même</b>" in page  # the translation's markup is markup, not text
 
     # the tablet's picker: a cookie that beats Accept-Language
     c = sec_app.test_client()
