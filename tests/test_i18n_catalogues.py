@@ -165,3 +165,15 @@ def test_picker_fuzz_gives_a_redirect_home_or_a_clear_400(sec_app):
             assert lang in i18n.LANGUAGES
             loc = r.headers["Location"]
             assert loc.startswith("/") and not loc.startswith("//") or loc.startswith(HTTPS + "/"), loc
+
+
+def test_server_side_dates_follow_the_page_language_with_latin_digits_and_the_offset(sec_app):
+    at = 1_000_000_000  # 2001-09-09 01:46:40 UTC
+    for lang, month in [("fr", "sept."), ("es", "sept"), ("en", "Sep")]:
+        with sec_app.test_request_context("/", base_url=HTTPS, headers={"Accept-Language": lang}):
+            text = i18n.fmt_datetime(at)
+            assert month in text and "2001" in text and re.search(r" [+-]\d{4}$", text), text
+    with sec_app.test_request_context("/", base_url=HTTPS, headers={"Accept-Language": "ar"}):
+        text = i18n.fmt_datetime(at)
+        assert "2001" in text and not re.search("[\u0660-\u0669]", text), text  # no Arabic-Indic digits
+    assert i18n.fmt_datetime(None) == "" and i18n.fmt_datetime(0) == ""

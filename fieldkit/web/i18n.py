@@ -10,8 +10,11 @@ catalogues: `make i18n` writes, next to each compiled `.mo`, the script words as
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from babel.dates import format_datetime
 from flask import Blueprint, g, make_response, redirect, request
-from flask_babel import Babel, format_datetime, get_locale
+from flask_babel import Babel, get_locale
 from flask_babel import gettext as _
 
 from ..errors import BadInput
@@ -83,11 +86,12 @@ def page_language() -> dict:
 
 
 def fmt_datetime(at) -> str:
-    """A kit timestamp in the page's language (Latin digits in every language: tags and
-    times are read aloud and typed across teams)."""
+    """A kit timestamp in the page's language, as local time with its offset (what a reader on
+    the kit's site expects); Latin digits in every language (Babel's default)."""
     if not at:
         return ""
-    return format_datetime(float(at), "medium")
+    local = datetime.fromtimestamp(float(at)).astimezone()
+    return f"{format_datetime(local, 'medium', tzinfo=local.tzinfo, locale=get_locale() or DEFAULT)} {local:%z}"
 
 
 @bp.record_once
