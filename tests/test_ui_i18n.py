@@ -33,7 +33,8 @@ WORDS = {
 
 @pytest.fixture(scope="module")
 def patient_id(ui_kit):
-    r = ui_kit.post("/api/v1/ui/patients", json={"tag": TAG, "triage": "red"}, headers=ui_kit.auth("clinician"))
+    r = ui_kit.post("/api/v1/ui/patients", json={"tag": TAG, "triage": "red"},
+                    headers=ui_kit.auth("clinician"))
     assert r.status_code == 201, r.text
     return r.json()["patient"]["id"]
 
@@ -47,8 +48,9 @@ def person(ui_kit):
 
 
 def _text_has(page, selector: str, word: str) -> None:
-    page.wait_for_function("([s, w]) => { const e = document.querySelector(s); return !!e && e.textContent.includes(w); }",
-                           arg=[selector, word], timeout=WAIT)
+    page.wait_for_function(
+        "([s, w]) => { const e = document.querySelector(s); return !!e && e.textContent.includes(w); }",
+        arg=[selector, word], timeout=WAIT)
 
 
 def _lang(page) -> tuple[str, str]:
@@ -128,7 +130,8 @@ def test_a_language_picked_on_a_tablet_sticks_across_pages(ui_browser, ui_kit):
         page.wait_for_function("() => document.documentElement.lang === 'es'", timeout=WAIT)
         assert page.inner_text("h1") == "Iniciar sesión"
         sign_in(page, ADMIN_USER, ADMIN_PASSWORD, next_path="/sync")  # the admin chose no language
-        for path, selector, word in [("/sync", "h1", "Sincronización con el hospital"), ("/device", "#dv-live", "abiertos de"),
+        for path, selector, word in [("/sync", "h1", "Sincronización con el hospital"),
+                                     ("/device", "#dv-live", "abiertos de"),
                                      ("/patients/new", "h1", "No permitido para su rol")]:
             page.goto(path)
             assert _lang(page) == ("es", "ltr"), path

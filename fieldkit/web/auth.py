@@ -772,7 +772,8 @@ def unlock():
         resp.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return resp
     except KeyUnavailable:
-        return page(gettext("Wrong admin sign-in or kit passphrase.") if need_admin else gettext("Wrong kit passphrase."), 401)
+        wrong = gettext("Wrong admin sign-in or kit passphrase.") if need_admin else gettext("Wrong kit passphrase.")
+        return page(wrong, 401)
     if request.is_json:
         return jsonify({"ok": True, "locked": False})
     return redirect(url_for("auth.login"), 303)
