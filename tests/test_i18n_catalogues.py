@@ -177,3 +177,15 @@ def test_server_side_dates_follow_the_page_language_with_latin_digits_and_the_of
         text = i18n.fmt_datetime(at)
         assert "2001" in text and not re.search("[\u0660-\u0669]", text), text  # no Arabic-Indic digits
     assert i18n.fmt_datetime(None) == "" and i18n.fmt_datetime(0) == ""
+
+
+def test_plurals_follow_each_languages_rules(sec_app):
+    from flask_babel import ngettext
+    one, many = "%(num)s patient registered.", "%(num)s patients registered."
+    expected = {"fr": {1: "1 patient enregistré.", 0: "0 patient enregistré.", 2: "2 patients enregistrés."},
+                "es": {1: "1 paciente registrado.", 3: "3 pacientes registrados."},
+                "ar": {1: "مريض واحد مسجَّل (1).", 5: "5 مرضى مسجَّلون.", 12: "12 مرضى مسجَّلون."}}
+    for lang, cases in expected.items():
+        with sec_app.test_request_context("/", base_url=HTTPS, headers={"Accept-Language": lang}):
+            for n, text in cases.items():
+                assert ngettext(one, many, n) == text, (lang, n)

@@ -18,6 +18,8 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
+from .. import __version__
+
 WEB = Path(__file__).parent
 TRANSLATIONS = WEB / "translations"
 SCRIPT_CATALOGUES = WEB / "static" / "i18n"
@@ -78,10 +80,15 @@ def update(lang: str, template: Catalog) -> Catalog:
     path = po_path(lang)
     if path.exists():
         cat = read(lang)
+        template.creation_date = cat.creation_date  # a run that adds nothing changes nothing
     else:
         cat = Catalog(locale=lang, project="fieldkit", charset="utf-8")
     cat.update(template, no_fuzzy_matching=True)
     cat.obsolete.clear()
+    cat.fuzzy = False  # the header is the project's, not a guess
+    cat.version, cat.copyright_holder = __version__, "the fieldkit authors"
+    cat.msgid_bugs_address = cat.last_translator = cat.language_team = "the fieldkit authors"
+    cat.revision_date = cat.creation_date
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         write_po(f, cat, width=100, omit_header=False, sort_output=True)
