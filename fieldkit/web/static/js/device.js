@@ -135,7 +135,7 @@ async function refreshProbes() {
   const refused = data.refused.filter((r) => !registered.has(r.ae));
   document.getElementById("no-refused").hidden = refused.length > 0;
   document.getElementById("refused").replaceChildren(...refused.map((r) => {
-    const li = el("li", "", (r.count === 1 ? t("{ae} from {address}: refused once, last at {when}", { ae: r.ae, address: r.address, when: fmtTime(r.last) })
+    const li = el("li", "", (r.count === 1 ? t("{ae} from {address}: refused 1 time, last at {when}", { ae: r.ae, address: r.address, when: fmtTime(r.last) })
       : t("{ae} from {address}: refused {n} times, last at {when}", { ae: r.ae, address: r.address, n: r.count, when: fmtTime(r.last) })) + " ");
     li.dataset.ae = r.ae;
     li.appendChild(button(t("Allow"), t("Allow {ae}", { ae: r.ae }), () => probeAction(() =>

@@ -3,8 +3,11 @@
 // catalogues as the pages by `make i18n`); a text the catalogue lacks stays in English.
 // No imports, so every module (offline.js too) can use it without an import cycle.
 export const LANG = document.documentElement.lang || "en";
-// Latin digits in every language: tags, times and counts read the same across a team
-export const LOCALE = LANG === "ar" ? "ar-u-nu-latn" : LANG;
+// Dates and numbers: the tablet's own region when it speaks the page's language (en-GB keeps
+// its 24-hour clock, es-MX its formats), else the page's language; Latin digits in every
+// language (tags, times and counts read the same across a team)
+const REGIONAL = (navigator.languages || [navigator.language || ""]).find((l) => l.split("-")[0] === LANG);
+export const LOCALE = `${REGIONAL || LANG}${LANG === "ar" ? "-u-nu-latn" : ""}`;
 
 let catalogue = {};
 if (LANG !== "en") {
