@@ -8,7 +8,7 @@
     var b = document.getElementById("theme-toggle");
     if (b) {
       b.setAttribute("aria-pressed", mode === "night" ? "true" : "false");
-      // the page's language gives both labels (base.html), English when it does not
+      // both labels come in the page's language from base.html (data-day-label, data-night-label)
       b.textContent = mode === "night" ? (b.dataset.dayLabel || "Day mode") : (b.dataset.nightLabel || "Night mode");
     }
   }
