@@ -9,7 +9,7 @@ DEMO_PORT ?= 8443
 DEMO_DICOM_PORT ?= 11112
 PEERS := dcmtk orthanc orthanc-dicomweb chromium systemd swtpm swtpm-tools tpm2-tools dicom3tools
 
-.PHONY: demo test soak bench mutate install install-test peers clean docs
+.PHONY: demo test soak bench mutate install install-test peers clean docs i18n
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +72,8 @@ docs: install
 	t = re.sub(r"<!-- settings -->.*<!-- /settings -->", lambda m: "<!-- settings -->\n" + settings_markdown() + "\n<!-- /settings -->", t, flags=re.S)
 	p.write_text(t)
 	PY
+
+# The UI's languages: find new texts, add them to each messages.po (translate the empty ones),
+# compile the .mo files and the scripts' catalogues (static/i18n/<lang>.json).
+i18n: install
+	$(BIN)/python -m fieldkit.web.i18n_catalogues

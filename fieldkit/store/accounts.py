@@ -85,6 +85,7 @@ def _public_user(doc: dict, store=None) -> dict:
         "name": doc["name"], "role": doc["role"], "disabled": bool(doc.get("disabled")),
         "created": doc.get("created", 0.0), "last_login": doc.get("last_login", 0.0),
         "locked": bool(locked_from), "locked_addresses": locked_from,
+        "language": doc.get("language", ""),
     }
 
 
@@ -188,6 +189,22 @@ def clear_lockout(store, name: str, *, actor: str = SYSTEM, actor_role: str = ""
     signin_guard(store).clear_account(pw.username_key(name) if isinstance(name, str) else "")
     return _update_user(store, name, lambda doc, db: {"lockout": pw.Lockout.success()},
                         "user.unlock", actor, actor_role)
+
+
+def set_language(store, name: str, language: str, *, actor: str = SYSTEM, actor_role: str = "") -> dict:
+    """A person's language for the tablet UI ("" to follow the tablet). The caller checks
+    that the language is one the UI speaks; this only refuses what is not a language tag."""
+    if not isinstance(language, str) or len(language) > 16 or not all(c.isalnum() or c in "-_" for c in language):
+        raise BadInput("language must be a language tag such as 'fr' (or empty to follow the tablet)")
+    return _update_user(store, name, lambda doc, db: {"language": language}, "user.language", actor, actor_role,
+                        {"language": language})
+
+
+def language_of(store, name: str) -> str:
+    """A person's chosen UI language, or "" when they chose none (or there is no such account)."""
+    key = pw.username_key(name) if isinstance(name, str) else ""
+    doc = store.read(lambda db: db.table(T_USERS).get(Query().key == key))
+    return (doc or {}).get("language", "")
 
 
 _guards: "weakref.WeakKeyDictionary[Any, SigninGuard]" = weakref.WeakKeyDictionary()

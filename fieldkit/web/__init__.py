@@ -29,6 +29,7 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.handover_sheet:bp",  # per-patient handover sheet: print view, PDF kept in the patient's study
     "fieldkit.web.incident:bp",  # incident summary for incident command: per category over time, zone, destination
     "fieldkit.web.offline:bp",  # offline tablet writes: the queue key, the replay
+    "fieldkit.web.i18n:bp",  # the UI's languages: the picker, Flask-Babel
 ]
 
 

@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 
 from flask import (Blueprint, Response, current_app, g, jsonify, make_response, redirect, render_template,
                    request, url_for)
+from flask_babel import gettext
 
 from ..errors import BadInput, FieldkitError, KeyUnavailable
 from ..security import audit as _audit
@@ -597,12 +598,12 @@ def login():
                                    policy=SigninPolicy.from_config(kit.config))
     if not result.ok or not R.is_human(result.principal.role):
         if result.reason in ("locked out", "address blocked") or result.reason.startswith("too many"):
-            message = f"Too many wrong attempts. Try again in {int(result.retry_after) + 1} seconds."
+            message = gettext("Too many wrong attempts. Try again in %(n)s seconds.", n=int(result.retry_after) + 1)
             status = 429
         elif result.reason == "busy":
-            message, status = "The kit is busy with other sign-ins. Try again in a moment.", 503
+            message, status = gettext("The kit is busy with other sign-ins. Try again in a moment."), 503
         else:
-            message, status = "Wrong user name or PIN/password.", 401
+            message, status = gettext("Wrong user name or PIN/password."), 401
         if request.is_json:
             resp = make_response(jsonify({"error": message, "status": status}), status)
         else:
@@ -773,7 +774,8 @@ def unlock():
         resp.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return resp
     except KeyUnavailable:
-        return page("Wrong admin sign-in or kit passphrase." if need_admin else "Wrong kit passphrase.", 401)
+        wrong = gettext("Wrong admin sign-in or kit passphrase.") if need_admin else gettext("Wrong kit passphrase.")
+        return page(wrong, 401)
     if request.is_json:
         return jsonify({"ok": True, "locked": False})
     return redirect(url_for("auth.login"), 303)
@@ -922,5 +924,8 @@ label{display:block;font-size:1.2rem;margin:.8rem 0 .3rem}
 input{font-size:1.4rem;width:100%;box-sizing:border-box;padding:.7rem;border:2px solid #222;border-radius:8px}
 button{font-size:1.4rem;width:100%;min-height:3.5rem;margin-top:1.2rem;border:0;border-radius:8px;
 background:#0b4f8a;color:#fff}
+select{font-size:1.2rem;width:100%;min-height:3rem}
+#lang-form{margin-top:1.5rem;border-top:1px solid #999}
+#lang-form button{background:#444}
 .error{background:#fde2e1;border:2px solid #a40000;color:#600;padding:.7rem;border-radius:8px}
 """

@@ -133,4 +133,4 @@ def print_view():
     rows = handover_rows(kit_of().store, _minutes())
     audit_export("board", "print", len(rows))
     return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
-                           printed=when(time.time()))
+                           printed_at=time.time())

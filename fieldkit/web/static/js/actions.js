@@ -2,20 +2,20 @@
 // find a patient by a typed or scanned tag, assign a capture to them after a confirmation
 // that shows both sides, and the undo bar offered after every move. What the kit sends is
 // put in the page with textContent only.
-import { api, showError, TRIAGE_LABEL } from "./common.js";
+import { api, showError, t, TRIAGE_LABEL } from "./common.js";
 import { setupScan } from "./scan.js";
 
 export const ASSIGN_UNDO_SECONDS = 15;
 
 const $ = (id) => document.getElementById(id);
 
-export function who(p) { return p.tag ? `Tag ${p.tag}` : p.id; }
+export function who(p) { return p.tag ? t("Tag {tag}", { tag: p.tag }) : p.id; }
 
 // A person's name as people write it; a probe's guess says so until a clinician confirms it.
 export function shownName(p) {
   const name = p.display_name || "";
-  if (!name) return "Unidentified";
-  return p.name_from_probe ? `${name} (name from probe)` : name;
+  if (!name) return t("Unidentified");
+  return p.name_from_probe ? t("{name} (name from probe)", { name }) : name;
 }
 
 export function fillPill(pill, triage) {
@@ -26,11 +26,11 @@ export function fillPill(pill, triage) {
 // The patient a typed or scanned tag (or kit ID) names, following merges; a clear refusal otherwise.
 export async function findPatient(text) {
   const q = (text || "").trim();
-  if (!q) throw new Error("Type or scan the patient's tag number.");
+  if (!q) throw new Error(t("Type or scan the patient's tag number."));
   try {
     return await api(`/api/v1/ui/patients/${encodeURIComponent(q)}`);
   } catch (e) {
-    if (e.status === 404) throw new Error(`No patient has tag ${q}. Check the tag, or register the patient first (+ New patient).`);
+    if (e.status === 404) throw new Error(t("No patient has tag {tag}. Check the tag, or register the patient first (+ New patient).", { tag: q }));
     throw e;
   }
 }
@@ -58,7 +58,7 @@ export function offerUndo(text, label, onUndo, seconds) {
   $("undo-text").textContent = text;
   btn.disabled = false;
   const show = () => {
-    $("undo-left").textContent = `${Math.max(0, Math.ceil((until - Date.now()) / 1000))} s`;
+    $("undo-left").textContent = t("{n} s", { n: Math.max(0, Math.ceil((until - Date.now()) / 1000)) });
   };
   btn.textContent = label;
   show();
@@ -80,7 +80,7 @@ function wireUndo() {
       hideUndo();
     } catch (e) {
       hideUndo();
-      if (e.status !== 401) showError(`Not undone: ${e.message}`);
+      if (e.status !== 401) showError(t("Not undone: {reason}", { reason: e.message }));
     }
   });
 }
@@ -102,7 +102,7 @@ function showTarget(p) {
   $("assign-name").textContent = shownName(p);
   box.hidden = false;
   const ok = $("assign-confirm");
-  ok.textContent = `Assign to ${who(p)}`;
+  ok.textContent = t("Assign to {who}", { who: who(p) });
   ok.hidden = false;
 }
 
@@ -129,9 +129,9 @@ async function lookUp(ev) {
   assigning.target = null;
   try {
     const p = await findPatient($("assign-query").value);
-    if (p.id === assigning.from) throw new Error(`The capture is already on ${who(p)}.`);
-    if (p.triage === "black") throw new Error(`${who(p)} is recorded as deceased: captures are not assigned to deceased patients.`);
-    if (p.unassigned) throw new Error(`${p.id} holds unassigned captures; it is not a registered patient.`);
+    if (p.id === assigning.from) throw new Error(t("The capture is already on {who}.", { who: who(p) }));
+    if (p.triage === "black") throw new Error(t("{who} is recorded as deceased: captures are not assigned to deceased patients.", { who: who(p) }));
+    if (p.unassigned) throw new Error(t("{id} holds unassigned captures; it is not a registered patient.", { id: p.id }));
     assigning.target = p;
     showTarget(p);
     $("assign-confirm").focus();
@@ -151,7 +151,7 @@ async function confirmAssign() {
     $("assign-dialog").close();
     assigning = null;
     const name = who(job.target);
-    offerUndo(`Capture assigned to ${name} (${TRIAGE_LABEL[job.target.triage] || job.target.triage}).`, "Undo",
+    offerUndo(t("Capture assigned to {name} ({category}).", { name, category: TRIAGE_LABEL[job.target.triage] || job.target.triage }), t("Undo"),
       async () => {
         await api(`/api/v1/ui/instances/${encodeURIComponent(job.uid)}/assign`,
           { method: "POST", body: { patient: moved.from, from: moved.to } });

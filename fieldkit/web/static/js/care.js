@@ -1,7 +1,7 @@
 // Time, place and movement: what a card says of zone, disposition and interventions, when a
 // patient is due to be re-triaged, and the patient page's "Place and care" section (the
 // triage role may write it). Text goes in the page with textContent only.
-import { api, el, fmtTime, showError } from "./common.js";
+import { api, el, fmtTime, LOCALE, showError, t } from "./common.js";
 
 let options = null; // the kit's zones, intervention kinds, dispositions, re-triage intervals
 
@@ -10,8 +10,8 @@ export async function careOptions() {
   return options;
 }
 
-function hhmm(t) {
-  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+function hhmm(at) {
+  return new Date(at * 1000).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit" });
 }
 
 // "Red area · left by Amb 3 to St X · Tourniquet: left thigh 14:32 (+1)" — one line on the card
@@ -42,15 +42,18 @@ export function renderPlace(p) {
   if (!document.getElementById("care")) return;
   const zone = document.getElementById("c-zone");
   if (zone && document.activeElement !== zone) zone.value = p.zone || "";
-  document.getElementById("c-disp-now").textContent = p.disposition_text ? `Now: ${p.disposition_text}` : "";
+  document.getElementById("c-disp-now").textContent = p.disposition_text ? t("Now: {what}", { what: p.disposition_text }) : "";
   const list = document.getElementById("interventions");
   list.replaceChildren(...(p.interventions || []).map((i) => el("li", "", `${fmtTime(i.at)} ${i.what}`)));
   const hist = document.getElementById("movement");
   hist.replaceChildren(...(p.movement_history || []).map((h) => {
     const d = h.disposition;
-    const text = d ? `${fmtTime(d.at)} ${d.state === "left" ? "left" + (d.vehicle ? " by " + d.vehicle : "") + " to " + d.destination
-      : (options && options.dispositions[d.state]) || d.state}${d.by ? " by " + d.by : ""}`
-      : `${fmtTime(h.at)} zone: ${h.zone || "none"}${h.by ? " by " + h.by : ""}`;
+    const left = (x) => (x.vehicle ? t("left by {vehicle} to {destination}", x) : t("left to {destination}", x));
+    const by = h.by ? " " + t("by {who}", { who: h.by }) : "";
+    const none = t("none");
+    const text = d ? `${fmtTime(d.at)} ${d.state === "left" ? left(d) : (options && options.dispositions[d.state]) || d.state}`
+      + (d.by ? " " + t("by {who}", { who: d.by }) : "")
+      : fmtTime(h.at) + " " + t("zone: {zone}", { zone: h.zone || none }) + by;
     return el("li", "", text);
   }));
 }
@@ -74,7 +77,7 @@ export async function initCarePanel(pid) {
   try { await careOptions(); } catch (e) { if (e.status !== 401) showError(e.message); return; }
   const zone = document.getElementById("c-zone");
   if (zone) {
-    zone.replaceChildren(el("option", "", "– no zone –"), ...options.zones.map((z) => el("option", "", z)));
+    zone.replaceChildren(el("option", "", t("– no zone –")), ...options.zones.map((z) => el("option", "", z)));
     zone.options[0].value = "";
     zone.addEventListener("change", () => post(pid, "place", { zone: zone.value }, box));
   }

@@ -2,6 +2,9 @@
 // the live-update stream (with a polling fallback), the stale banner and the service
 // worker. Data is only ever put in the page with textContent (never innerHTML).
 import { backOnline, forgetKeys, forgetOffline, keepWrite, keptPatient, startOffline } from "./offline.js";
+import { LOCALE, t } from "./i18n.js";
+
+export { t, fmtNumber, LANG, LOCALE } from "./i18n.js";
 
 const DRAFT_PREFIX = "fieldkit.draft.";
 
@@ -97,17 +100,17 @@ export async function api(path, { method = "GET", body = undefined } = {}) {
     try {
       kept = method === "GET" ? await keptPatient(path) : await keepWrite(path, body || {});
     } catch (err) {
-      throw new ApiError(0, `The kit cannot be reached, and this was not kept: ${err.message}`);
+      throw new ApiError(0, t("The kit cannot be reached, and this was not kept: {reason}", { reason: err.message }));
     }
     if (kept) return kept;
-    throw new ApiError(0, method === "GET" ? "Not available offline: the kit cannot be reached. Check the kit's Wi-Fi."
-      : "The kit cannot be reached. Check the kit's Wi-Fi.");
+    throw new ApiError(0, method === "GET" ? t("Not available offline: the kit cannot be reached. Check the kit's Wi-Fi.")
+      : t("The kit cannot be reached. Check the kit's Wi-Fi."));
   }
-  if (res.status === 401) { toSignIn(); throw new ApiError(401, "Signed out: sign in again."); }
+  if (res.status === 401) { toSignIn(); throw new ApiError(401, t("Signed out: sign in again.")); }
   if (!res.headers.get("X-Fieldkit-Stale")) backOnline();
   let data = null;
   try { data = await res.json(); } catch (e) { data = null; }
-  if (!res.ok) throw new ApiError(res.status, (data && data.error) || `The kit answered ${res.status}.`);
+  if (!res.ok) throw new ApiError(res.status, (data && data.error) || t("The kit answered {status}.", { status: res.status }));
   if (res.headers.get("X-Fieldkit-Stale")) {
     const at = Number(res.headers.get("X-Fieldkit-Cached-At") || 0);
     data.__stale = at || true;
@@ -122,13 +125,14 @@ export function el(tag, cls, text) {
   return e;
 }
 
-export const TRIAGE_LABEL = { red: "Immediate", yellow: "Delayed", green: "Minor", black: "Deceased",
-  grey: "Expectant", none: "Not triaged" };
+// START category names in the page's language (which words each language uses: README, Languages)
+export const TRIAGE_LABEL = { red: t("Immediate"), yellow: t("Delayed"), green: t("Minor"), black: t("Deceased"),
+  grey: t("Expectant"), none: t("Not triaged") };
 
 export function fmtTime(t) {
   if (!t) return "–";
   const d = new Date(t * 1000);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return new Intl.DateTimeFormat(LOCALE, { hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(d);
 }
 
 export function fmtBytes(n) {
@@ -178,7 +182,7 @@ export function live(onEvent, onResync, topics, opts = {}) {
       remember(ev);
       failures = 0;
       stopPolling();
-      setLiveState("live", true);
+      setLiveState(t("live"), true);
       if (!parse(ev).resumed) onResync && onResync();
     });
     es.addEventListener("refetch", (ev) => { remember(ev); onResync && onResync(); });
@@ -191,12 +195,12 @@ export function live(onEvent, onResync, topics, opts = {}) {
         // refused (busy or signed out) or the kit is gone: poll, try again later
         es.close();
         failures += 1;
-        setLiveState(navigator.onLine ? "reconnecting…" : "offline", false);
+        setLiveState(navigator.onLine ? t("reconnecting…") : t("offline"), false);
         startPolling();
         const delay = Math.min(30000, 2000 * failures) + Math.random() * 2000;
         if (!retryTimer) retryTimer = setTimeout(connect, delay);
       } else {
-        setLiveState("reconnecting…", false); // the browser reconnects, sending Last-Event-ID
+        setLiveState(t("reconnecting…"), false); // the browser reconnects, sending Last-Event-ID
       }
     });
   }

@@ -9,7 +9,8 @@
 // stays, to be sent when the same person signs in again); sign-out deletes keys and queue
 // (forgetOffline). A queue that does not decrypt (altered, or kept under another person's
 // key) is refused as a whole: set aside, never sent, and the tablet says so.
-// This module needs nothing from the others (common.js calls it).
+// This module needs nothing from the others but its words (common.js calls it).
+import { LOCALE, t } from "./i18n.js";
 
 const DB_NAME = "fieldkit-offline";
 const BOARD_API = "/api/v1/ui/board";
@@ -99,7 +100,7 @@ async function currentKid() {
 async function seal(change) {
   const kid = await currentKid();
   const key = kid && await keyFor(kid);
-  if (!key) throw new Error("this tablet holds no offline key (sign in while the kit is reachable first)");
+  if (!key) throw new Error(t("this tablet holds no offline key (sign in while the kit is reachable first)"));
   const iv = crypto.getRandomValues(new Uint8Array(12));
   const ct = await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: enc.encode(kid) }, key,
     enc.encode(JSON.stringify(change)));
@@ -168,7 +169,7 @@ export async function showCount() {
   const box = countBox();
   if (!box) return;
   const n = await pendingCount();
-  box.textContent = `${n} to send`;
+  box.textContent = t("{n} to send", { n });
   box.dataset.count = String(n);
   box.hidden = n === 0;
 }
@@ -229,7 +230,7 @@ export async function keepWrite(path, body) {
     const was = shown[pid] || {};
     const changed = body.name !== undefined || String(body.age ?? "") !== String(was.age ?? "") ||
       String(body.sex ?? "") !== String(was.sex ?? "");
-    if (changed) throw new Error("Name, age and sex need the kit: only a note can be kept on this tablet while it is out of reach.");
+    if (changed) throw new Error(t("Name, age and sex need the kit: only a note can be kept on this tablet while it is out of reach."));
     if (!(body.note || "").trim()) return null;
     await enqueue({ id, kind: "note", at, ...target(pid), text: body.note });
     return { patient: { id: pid }, notes: [], offline: true };
@@ -238,8 +239,8 @@ export async function keepWrite(path, body) {
 }
 
 // ----------------------------------------------------------------------------- reads offline
-function hhmm(t) {
-  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+function hhmm(at) {
+  return new Date(at * 1000).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit" });
 }
 
 async function cachedBoard() {
@@ -273,12 +274,13 @@ export async function keptPatient(path) {
   changes.forEach(({ change: c }) => {
     if (!mine(c) && !(c.kind === "register" && LOCAL + c.id === pid)) return;
     if (c.kind === "triage") row.triage = c.triage;
-    if (c.kind === "note") notes.push({ text: `${c.text} (to send)`, at: c.at, by: "" });
+    if (c.kind === "note") notes.push({ text: c.text + " " + t("(to send)"), at: c.at, by: "" });
   });
   shown[pid] = { age: row.age, sex: row.sex };
   const at = board && board.at ? board.at : localAt;
-  say(`Offline — as of ${at ? hhmm(at) : "earlier"}: the kit cannot be reached. This is what this tablet kept; ` +
-    "changes are kept and sent when the kit is back.", "offline");
+  const earlier = t("earlier");
+  say(t("Offline — as of {when}: the kit cannot be reached. This is what this tablet kept; changes are kept and sent when the kit is back.",
+    { when: at ? hhmm(at) : earlier }), "offline");
   return { ...row, triage_history: [], notes, captures: [], tags: row.tag ? [row.tag] : [], probe_sessions: [],
     display_name: row.display_name || "", name_from_probe: false, unassigned: false, __stale: at || true };
 }
@@ -313,7 +315,7 @@ let replaying = null;
 async function freshCsrf() {
   const res = await fetch("/api/v1/session", { credentials: "same-origin", headers: { Accept: "application/json" } });
   if (res.status === 401) await forgetKeys();
-  if (!res.ok) throw Object.assign(new Error(`The kit answered ${res.status}.`), { status: res.status });
+  if (!res.ok) throw Object.assign(new Error(t("The kit answered {status}.", { status: res.status })), { status: res.status });
   return (await res.json()).csrf_token || csrf();
 }
 
@@ -321,7 +323,7 @@ async function sendChunk(changes, token) {
   const res = await fetch("/api/v1/offline/replay", { method: "POST", credentials: "same-origin",
     headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": token },
     body: JSON.stringify({ changes }) });
-  if (!res.ok) throw Object.assign(new Error(`The kit answered ${res.status}.`), { status: res.status });
+  if (!res.ok) throw Object.assign(new Error(t("The kit answered {status}.", { status: res.status })), { status: res.status });
   return (await res.json()).results;
 }
 
@@ -335,8 +337,7 @@ export function replay() {
     const items = await queued();
     if (items === null) {
       await setAside();
-      say("The changes kept on this tablet could not be read (altered, or kept under another person's key). " +
-        "They were set aside and not sent: enter them again.");
+      say(t("The changes kept on this tablet could not be read (altered, or kept under another person's key). They were set aside and not sent: enter them again."));
       return;
     }
     const notes = [];
@@ -346,8 +347,8 @@ export function replay() {
       try { results = await sendChunk(part.map((x) => x.change), token); } catch (e) { break; }
       await tx(["queue"], "readwrite", (t) => part.forEach((x) => t.objectStore("queue").delete(x.seq)));
       results.forEach((r) => {
-        if (r.status === "refused") notes.push(`Not recorded: ${r.reason}`);
-        else if (r.flagged) notes.push(`Recorded, to review: ${r.flagged}`);
+        if (r.status === "refused") notes.push(t("Not recorded: {reason}", { reason: r.reason }));
+        else if (r.flagged) notes.push(t("Recorded, to review: {what}", { what: r.flagged }));
         else if (r.reason) notes.push(r.reason);
       });
     }
@@ -377,8 +378,7 @@ export async function startOffline() {
   } else if (got === "offline" && await currentKid()) {
     document.body.dataset.offline = "ready";
     if (document.body.dataset.page === "new") {
-      say("Offline: the kit cannot be reached. Patients registered now are kept on this tablet and sent when " +
-        "it is back.", "offline");
+      say(t("Offline: the kit cannot be reached. Patients registered now are kept on this tablet and sent when it is back."), "offline");
     }
   }
   window.addEventListener("online", () => { fetchKey().then(() => replay()); });

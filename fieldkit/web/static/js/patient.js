@@ -3,7 +3,7 @@
 // with a probe (probe sessions), moving a capture to another patient, and merging another
 // record in (only from the "More actions" menu, confirmed, undoable).
 // Everything the kit sends is put in the page with textContent.
-import { api, el, fmtTime, initPage, live, showError, TRIAGE_LABEL } from "./common.js";
+import { api, el, fmtTime, initPage, live, showError, t, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, fillPill, findPatient, offerUndo, shownName, who } from "./actions.js";
 import { initCarePanel, renderPlace } from "./care.js";
 
@@ -19,26 +19,27 @@ function renderHead(p) {
   const pill = document.getElementById("p-cat");
   pill.className = `cat-pill tri-${p.triage}`;
   pill.textContent = TRIAGE_LABEL[p.triage] || p.triage;
-  document.getElementById("p-title").textContent = p.unassigned ? `Unassigned captures (${p.id})`
-    : (p.display_name && !p.name_from_probe ? p.display_name : (p.tag ? `Tag ${p.tag}` : p.id));
-  const bits = [`ID ${p.id}`];
-  (p.tags || (p.tag ? [p.tag] : [])).forEach((t) => bits.push(`tag ${t}`));
-  if (p.age !== null && p.age !== undefined) bits.push(`${p.age} y`);
+  document.getElementById("p-title").textContent = p.unassigned ? t("Unassigned captures ({id})", { id: p.id })
+    : (p.display_name && !p.name_from_probe ? p.display_name : who(p));
+  const bits = [t("ID {id}", { id: p.id })];
+  (p.tags || (p.tag ? [p.tag] : [])).forEach((tag) => bits.push(t("tag {tag}", { tag })));
+  if (p.age !== null && p.age !== undefined) bits.push(t("{n} y", { n: p.age }));
   if (p.sex) bits.push(p.sex);
   document.getElementById("p-sub").textContent = bits.join(" · ");
-  document.title = `${p.tag ? "Tag " + p.tag : p.id} · fieldkit`;
+  document.title = `${who(p)} · fieldkit`;
   document.querySelectorAll(".tri-btn").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.triage === p.triage)));
   document.getElementById("p-probe-name").hidden = !p.name_from_probe;
-  document.getElementById("p-probe-name-text").textContent = p.name_from_probe ? `${shownName(p)}: not confirmed by a clinician` : "";
+  document.getElementById("p-probe-name-text").textContent = p.name_from_probe ? t("{name}: not confirmed by a clinician", { name: shownName(p) }) : "";
 }
 
-const LINKED = { "worklist": "linked by worklist", "probe session": "linked by probe session", "assigned": "assigned by hand",
-  "tag": "linked by tag number", "patient id": "linked by patient ID", "study": "linked by its study",
-  "probe's patient id": "linked by the probe's patient ID", "new patient": "no patient found" };
+const LINKED = { "worklist": t("linked by worklist"), "probe session": t("linked by probe session"),
+  "assigned": t("assigned by hand"), "tag": t("linked by tag number"), "patient id": t("linked by patient ID"),
+  "study": t("linked by its study"), "probe's patient id": t("linked by the probe's patient ID"),
+  "new patient": t("no patient found") };
 
 function linkedText(c) {
-  const why = LINKED[c.linked_by] || (c.linked_by ? `linked by ${c.linked_by}` : "");
-  return c.probe ? `${why}${why ? " · " : ""}probe ${c.probe}` : why;
+  const why = LINKED[c.linked_by] || (c.linked_by ? t("linked by {how}", { how: c.linked_by }) : "");
+  return c.probe ? why + (why ? " · " : "") + t("probe {probe}", { probe: c.probe }) : why;
 }
 
 function renderThumbs(p) {
@@ -52,25 +53,27 @@ function renderThumbs(p) {
     const btn = li.querySelector("button");
     const img = li.querySelector("img");
     if (c.decode_error || !c.has_thumbnail) {
-      const ph = el("span", "failed", `Cannot show this capture: ${c.decode_error || "no image"}`);
+      const noImage = t("no image");
+      const ph = el("span", "failed", t("Cannot show this capture: {reason}", { reason: c.decode_error || noImage }));
       img.replaceWith(ph);
       li.dataset.failed = "1";
     } else {
       img.src = `/api/v1/ui/instances/${encodeURIComponent(c.uid)}/thumbnail.jpg`;
-      img.alt = `Capture ${i + 1}`;
+      img.alt = t("Capture {n}", { n: i + 1 });
     }
-    const zone = c.zone ? ` · zone ${c.zone}` : "";
-    li.querySelector(".t-meta").textContent = `#${i + 1} ${fmtTime(c.received_at)} · ${c.frames} frame${c.frames === 1 ? "" : "s"}${zone}`;
-    li.querySelector(".t-sync").textContent = c.sync === "confirmed" ? "at hospital" : (c.sync === "quarantined" ? "refused by hospital" : c.sync);
+    const zone = c.zone ? " · " + t("zone {zone}", { zone: c.zone }) : "";
+    const frames = c.frames === 1 ? t("1 frame") : t("{n} frames", { n: c.frames });
+    li.querySelector(".t-meta").textContent = `#${i + 1} ${fmtTime(c.received_at)} · ${frames}${zone}`;
+    li.querySelector(".t-sync").textContent = c.sync === "confirmed" ? t("at hospital") : (c.sync === "quarantined" ? t("refused by hospital") : c.sync);
     li.querySelector(".t-linked").textContent = linkedText(c);
     btn.setAttribute("aria-current", String(c.uid === selected));
     btn.addEventListener("click", () => openCapture(c));
     if (canTriage) { // re-assigning is always possible, from the capture itself
-      const move = el("button", "btn move", p.unassigned ? "Assign to patient" : "Move to another patient");
+      const move = el("button", "btn move", p.unassigned ? t("Assign to patient") : t("Move to another patient"));
       move.type = "button";
-      move.setAttribute("aria-label", `${move.textContent}: capture ${i + 1}`);
+      move.setAttribute("aria-label", t("{action}: capture {n}", { action: move.textContent, n: i + 1 }));
       move.addEventListener("click", () => assignCapture({ uid: c.uid, from: p.id, hasThumbnail: !!c.has_thumbnail,
-        label: `Capture ${i + 1} of ${who(p)}, ${fmtTime(c.received_at)}`, onDone: () => load() }));
+        label: t("Capture {n} of {who}, {when}", { n: i + 1, who: who(p), when: fmtTime(c.received_at) }), onDone: () => load() }));
       li.appendChild(move);
     }
     frag.appendChild(li);
@@ -188,7 +191,9 @@ function renderDetails(p) {
   notes.replaceChildren(...(p.notes || []).map((n) => el("li", "", `${fmtTime(n.at)} ${n.by || ""}: ${n.text}`)));
   const hist = document.getElementById("history");
   hist.replaceChildren(...(p.triage_history || []).map((h) => el("li", `h-${h.triage}`,
-    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}${h.undo ? " (undo)" : ""}${h.by ? " by " + h.by : ""}${h.proposed ? " (START proposed " + (TRIAGE_LABEL[h.proposed] || h.proposed) + ")" : ""}`)));
+    `${fmtTime(h.at)} ${TRIAGE_LABEL[h.triage] || h.triage}` + (h.undo ? " " + t("(undo)") : "")
+    + (h.by ? " " + t("by {who}", { who: h.by }) : "")
+    + (h.proposed ? " " + t("(START proposed {category})", { category: TRIAGE_LABEL[h.proposed] || h.proposed }) : ""))));
 }
 
 // ----------------------------------------------------------------------------- probe sessions
@@ -198,11 +203,12 @@ function renderSessions(p) {
   const list = document.getElementById("sessions");
   if (!list) return;
   list.replaceChildren(...(p.probe_sessions || []).map((s) => {
-    const li = el("li", "", `Probe ${s.name ? s.name + " (" + s.probe + ")" : s.probe} is scanning this patient until ${fmtTime(s.until)}`);
+    const probe = s.name ? `${s.name} (${s.probe})` : s.probe;
+    const li = el("li", "", t("Probe {probe} is scanning this patient until {when}", { probe, when: fmtTime(s.until) }));
     li.dataset.probe = s.probe;
-    const end = el("button", "btn", "End probe session");
+    const end = el("button", "btn", t("End probe session"));
     end.type = "button";
-    end.setAttribute("aria-label", `End probe session of ${s.probe}`);
+    end.setAttribute("aria-label", t("End probe session of {probe}", { probe: s.probe }));
     end.addEventListener("click", () => probeCall("DELETE", s.probe));
     li.appendChild(end);
     return li;
@@ -299,8 +305,8 @@ const player = (() => {
   }
   function setPlaying(on) {
     playing = on && meta && meta.frames > 1;
-    playBtn.textContent = playing ? "Pause" : "Play";
-    playBtn.setAttribute("aria-label", playing ? "Pause" : "Play");
+    playBtn.textContent = playing ? t("Pause") : t("Play");
+    playBtn.setAttribute("aria-label", playBtn.textContent);
     canvas.dataset.playing = String(playing);
     if (playing) { last = 0; acc = 0; requestAnimationFrame(tick); }
   }
@@ -311,7 +317,7 @@ const player = (() => {
   ovBtn.addEventListener("click", () => {
     overlayOn = !overlayOn;
     ovBtn.setAttribute("aria-pressed", String(overlayOn));
-    ovBtn.textContent = `AI overlay: ${overlayOn ? "on" : "off"}`;
+    ovBtn.textContent = overlayOn ? t("AI overlay: on") : t("AI overlay: off");
     layer.dataset.on = String(overlayOn);
     draw();
   });
@@ -366,7 +372,7 @@ const player = (() => {
     } catch (e) {
       if (myToken !== token) return;
       canvas.hidden = true;
-      errBox.textContent = `This capture cannot be played: ${e.message}`;
+      errBox.textContent = t("This capture cannot be played: {reason}", { reason: e.message });
       errBox.hidden = false;
     }
   }
@@ -385,7 +391,7 @@ function ensureZoneSelect(c) {
   let sel = document.getElementById("zone-select");
   if (!sel) {
     const wrap = el("div", "field");
-    const label = el("label", "", "Lung zone of this capture");
+    const label = el("label", "", t("Lung zone of this capture"));
     label.setAttribute("for", "zone-select");
     sel = document.createElement("select");
     sel.id = "zone-select";
@@ -415,8 +421,8 @@ function askConfirm(p, to) {
     const yes = document.getElementById("triage-confirm-yes");
     const no = document.getElementById("triage-confirm-no");
     document.getElementById("triage-confirm-question").textContent =
-      `${who(p)} is ${TRIAGE_LABEL[p.triage] || p.triage}. Mark ${who(p)} as ${TRIAGE_LABEL[to]}?`;
-    yes.textContent = `Yes: ${who(p)} is ${TRIAGE_LABEL[to]}`;
+      t("{who} is {now}. Mark {who} as {to}?", { who: who(p), now: TRIAGE_LABEL[p.triage] || p.triage, to: TRIAGE_LABEL[to] });
+    yes.textContent = t("Yes: {who} is {to}", { who: who(p), to: TRIAGE_LABEL[to] });
     const done = (answer) => {
       yes.onclick = no.onclick = dlg.onclose = null;
       if (dlg.open) dlg.close();
@@ -444,7 +450,8 @@ document.querySelectorAll(".tri-btn").forEach((b) => b.addEventListener("click",
     if ((CONFIRMED.has(to) || p.triage === "red") && !(await askConfirm(p, to))) return;
     const before = p.triage;
     await setTriage(to, before);
-    offerUndo(`${who(p)}: ${TRIAGE_LABEL[before] || before} → ${TRIAGE_LABEL[to]}.`, `Undo: back to ${TRIAGE_LABEL[before] || before}`,
+    offerUndo(`${who(p)}: ${TRIAGE_LABEL[before] || before} → ${TRIAGE_LABEL[to]}.`,
+      t("Undo: back to {category}", { category: TRIAGE_LABEL[before] || before }),
       () => setTriage(before, to, true), UNDO_SECONDS);
   } catch (e) { if (e.status !== 401) showError(e.message); }
 }));
@@ -529,18 +536,19 @@ if (document.getElementById("merge-form")) {
     document.getElementById("merge-confirm").hidden = true;
     try {
       const other = await findPatient(document.getElementById("merge-query").value);
-      if (other.id === current.id) throw new Error(`${who(other)} is this patient.`);
+      if (other.id === current.id) throw new Error(t("{who} is this patient.", { who: who(other) }));
       mergeSource = other;
       side("merge-src", other);
       side("merge-dst", current);
       document.getElementById("merge-both").hidden = false;
       const kept = [current.triage, other.triage].sort((a, b) => MERGE_URGENCY.indexOf(a) - MERGE_URGENCY.indexOf(b))[0];
       const q = document.getElementById("merge-question");
-      q.textContent = `Merge ${who(other)} (${TRIAGE_LABEL[other.triage]}) into ${who(current)} (${TRIAGE_LABEL[current.triage]})? ` +
-        `${who(current)} stays ${TRIAGE_LABEL[kept]} and keeps both tags.`;
+      q.textContent = t("Merge {other} ({otherCategory}) into {current} ({currentCategory})? {current} stays {kept} and keeps both tags.",
+        { other: who(other), otherCategory: TRIAGE_LABEL[other.triage], current: who(current),
+          currentCategory: TRIAGE_LABEL[current.triage], kept: TRIAGE_LABEL[kept] });
       q.hidden = false;
       const ok = document.getElementById("merge-confirm");
-      ok.textContent = `Merge ${who(other)} into ${who(current)}`;
+      ok.textContent = t("Merge {other} into {current}", { other: who(other), current: who(current) });
       ok.hidden = false;
       ok.focus();
     } catch (e) { if (e.status !== 401) mergeError(e.message); }
@@ -554,7 +562,7 @@ if (document.getElementById("merge-form")) {
       document.getElementById("merge-dialog").close();
       const seconds = Math.max(0, (out.undo_seconds || 0) - 1); // the kit's own window, a second to spare
       if (seconds > 0) {
-        offerUndo(`${who(other)} merged into ${who(current)}.`, "Undo merge", async () => {
+        offerUndo(t("{other} merged into {current}.", { other: who(other), current: who(current) }), t("Undo merge"), async () => {
           await api(`/api/v1/ui/patients/${encodeURIComponent(out.merged)}/unmerge`, { method: "POST", body: {} });
           await load();
         }, seconds);

@@ -8,7 +8,8 @@
     var b = document.getElementById("theme-toggle");
     if (b) {
       b.setAttribute("aria-pressed", mode === "night" ? "true" : "false");
-      b.textContent = mode === "night" ? "Day mode" : "Night mode";
+      // both labels come in the page's language from base.html (data-day-label, data-night-label)
+      b.textContent = mode === "night" ? (b.dataset.dayLabel || "Day mode") : (b.dataset.nightLabel || "Night mode");
     }
   }
   var saved = null;
