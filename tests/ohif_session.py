@@ -11,6 +11,7 @@ bytes on the wire and decoded); tests check them, benchmarks count them.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Exchange:
     url: str
     about: dict = field(default_factory=dict)  # study, series, sop, frame, tag, item (metadata of the instance)
     reply: Reply | None = None
+    seconds: float = 0.0  # from sending the request to the last byte of the answer
 
 
 def requests_of_session() -> list[dict]:
@@ -83,7 +85,9 @@ def replay(http: requests.Session, root: str, studies: list[str], filters: dict)
             if query:
                 url += "?" + urlencode(query, safe="*,")
             ex = Exchange(req, url, dict(about))
+            t0 = time.perf_counter()
             ex.reply = get(http, url, req["headers"])
+            ex.seconds = time.perf_counter() - t0
             out.append(ex)
             done.append(ex)
         return done
