@@ -47,8 +47,8 @@ class GuardedAE(AE):
         return [a for a in super().active_associations if a.requestor.primitive is not None]
 
     def _create_socket(self, assoc, address, tls_args):
-        """The socket of an association the kit asks for (a C-MOVE's to its destination,
-        a storage commitment report), sent without Nagle's delay (see `no_delay`)."""
+        """The socket of an association the kit asks for from its receiver's AE (a
+        C-MOVE's to its destination), sent without Nagle's delay (see `no_delay`)."""
         sock = super()._create_socket(assoc, address, tls_args)
         no_delay(sock.socket)
         return sock
