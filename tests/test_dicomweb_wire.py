@@ -35,13 +35,14 @@ def kit(tmp_path_factory):
     plain.add_new(0x00401010, "PN", ["Curie^Marie", ""])  # NamesOfIntendedRecipientsOfResults
     plain.add_new(0x00181063, "DS", "")  # FrameTime, empty
     cine = _fresh("examples_ybr_color.dcm")  # JPEG baseline frames
+    j2k = _fresh("examples_jpeg2k.dcm")  # a JPEG 2000 frame: gzip cannot shrink it
     boundary = "wire"
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset_bytes(d) + b"\r\n"
-                    for d in (plain, cine)) + f"--{boundary}--\r\n".encode()
+                    for d in (plain, cine, j2k)) + f"--{boundary}--\r\n".encode()
     r = proc.post("/dicom-web/studies", data=body, headers={
         **proc.reader, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert r.status_code == 200, r.text
-    proc.plain, proc.cine, proc.data_dir = plain, cine, data_dir
+    proc.plain, proc.cine, proc.j2k, proc.data_dir = plain, cine, j2k, data_dir
     yield proc
     proc.stop()
 
@@ -83,13 +84,21 @@ def test_json_and_uncompressed_answers_are_gzipped_when_accepted(kit):
 
 
 def test_compressed_answers_are_sent_as_they_are(kit):
-    cine = kit.cine
-    for path, headers in ((_url(cine, "/frames/1"), {"Accept": 'multipart/related; type="application/octet-stream"; '
-                                                               'transfer-syntax=*'}),
+    cine, j2k = kit.cine, kit.j2k
+    ohif = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+    for path, headers in ((_url(j2k, "/frames/1"), ohif),
                           (_url(cine, "/rendered"), {"Accept": "image/jpeg"}),
                           (_url(cine), {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})):
         _, _, r = _wire(kit, path, **headers)
         assert r.status_code == 200 and "Content-Encoding" not in r.headers, path
+    # stored frames whose bytes gzip does shrink (the SonoSite JPEG's tables repeat in
+    # every frame) are gzipped; decoded, they are the stored bytes
+    stored = list(pydicom.encaps.generate_frames(cine.PixelData, number_of_frames=30))
+    wire, decoded, r = _wire(kit, _url(cine, "/frames/1,2"), **ohif)
+    assert r.headers["Content-Encoding"] == "gzip" and len(wire) < len(decoded) * 0.95
+    assert stored[0] in decoded and stored[1] in decoded
+    _, same, r = _wire(kit, _url(cine, "/frames/1,2"), encoding="identity", **ohif)
+    assert "Content-Encoding" not in r.headers and len(same) == len(decoded)
     frames = requests.get(kit.url + _url(cine, "/frames/2"), verify=kit.ca, timeout=60, headers={
         **kit.reader, "Accept": 'multipart/related; type="image/jpeg"'})
     assert "Content-Type: image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50" in frames.content[:300].decode("latin-1")

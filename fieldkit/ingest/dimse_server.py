@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +45,23 @@ class GuardedAE(AE):
     @property
     def active_associations(self):
         return [a for a in super().active_associations if a.requestor.primitive is not None]
+
+    def _create_socket(self, assoc, address, tls_args):
+        """The socket of an association the kit asks for from its receiver's AE (a
+        C-MOVE's to its destination), sent without Nagle's delay (see `no_delay`)."""
+        sock = super()._create_socket(assoc, address, tls_args)
+        no_delay(sock.socket)
+        return sock
+
+
+def no_delay(sock) -> None:
+    """TCP_NODELAY, as dcmtk sets by default: DIMSE sends small PDUs (a command, a
+    pending status) back to back, which Nagle's algorithm would hold until the peer's
+    delayed ACK."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket
+        pass
 
 
 class StoreSink(PartBuffer):
@@ -112,6 +130,7 @@ class _GuardedHandler(RequestHandler):
         host = str(self.client_address[0])
         deadline = time.monotonic() + float(server.ae.acse_timeout)
         sock = self.request
+        no_delay(sock)
         why = ""
         if isinstance(sock, ssl.SSLSocket):
             why = self._handshake(deadline)

@@ -824,13 +824,13 @@ def frames(study, series, instance, frame_list):
         found = _stored_frames(store, row, numbers)
         if found is not None:  # read through the frame index: only the chunks that hold them
             parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [data]) for data in found)
-            return _multipart(parts, as_stored)
+            return worth_compressing(_multipart(parts, as_stored), if_it_pays=True)
     ds = pydicom.dcmread(io.BytesIO(store.blobs.get_bytes(row["blob"])))
     if as_stored:  # the stored bytes, split into frames, never decoded
         wanted = itertools.islice(generate_frames(ds.PixelData, number_of_frames=row["frames"]), max(numbers))
         all_frames = list(wanted)
         parts = ((f"{as_stored}; transfer-syntax={stored_ts}", [all_frames[i - 1]]) for i in numbers)
-        return _multipart(parts, as_stored)
+        return worth_compressing(_multipart(parts, as_stored), if_it_pays=True)
     if accept and not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related; type=\"*")) \
             and "application/octet-stream" not in accept:
         raise _NotAcceptable("frames are served as application/octet-stream (uncompressed) "

@@ -1,11 +1,13 @@
-"""DICOMweb viewer-session benchmark (measured, never asserted): the requests an OHIF-style
-viewer makes (study list, each study's series and series metadata, then every frame of
-every image with OHIF's `Accept: multipart/related; type="application/octet-stream";
-transfer-syntax=*`), replayed against a running kit and a real Orthanc (DICOMweb plugin,
-HTTP compression on) holding the same instances, both asked with `Accept-Encoding: gzip`.
-Printed: bytes on the wire per kind of request and in all, session time, and frames/s of
-the 30-frame SonoSite cine, each as kit/Orthanc, measured side by side in the same run
-(sessions alternate which server goes first).
+"""DICOMweb viewer-session benchmark (measured, never asserted): the request sequence OHIF v3
+makes, recorded in `tests/data/ohif_session.json` (study lists with filters, each study's
+series, series metadata and thumbnail, the palette LUT's bulk data, then every frame of
+every image with OHIF's `Accept: multipart/related; type=application/octet-stream;
+transfer-syntax=*`), replayed by `tests/ohif_session.py` against a running kit and a real
+Orthanc (DICOMweb plugin, HTTP compression on) holding the same instances, both asked with
+a browser's `Accept-Encoding: gzip, deflate`. Printed: bytes on the wire per kind of
+request and in all, session time, and frames/s of the 30-frame SonoSite cine, each as
+kit/Orthanc, measured side by side in the same run (sessions alternate which server goes
+first). A request one server does not answer with 200 is counted apart, not in the bytes.
 
     python tests/bench/bench_web.py [--sessions 5]
 """
@@ -13,12 +15,9 @@ the 30-frame SonoSite cine, each as kit/Orthanc, measured side by side in the sa
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +30,9 @@ from pydicom.uid import generate_uid  # noqa: E402
 from fixtures.dcmtk import pydicom_file  # noqa: E402
 from fixtures.orthanc import start_orthanc  # noqa: E402
 from kitproc import KitProcess, dataset_bytes, init_kit, set_config  # noqa: E402
+from ohif_session import replay, requests_of_session  # noqa: E402
 
 FILES = ("examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_palette.dcm")
-JSON = {"Accept": "application/dicom+json"}
-FRAMES = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 
 
 def _stow(http: requests.Session, root: str, datasets) -> None:
@@ -46,39 +44,19 @@ def _stow(http: requests.Session, root: str, datasets) -> None:
     assert r.status_code == 200, r.text[:300]
 
 
-def _get(http, url, headers, tally, kind) -> bytes:
-    r = http.get(url, headers={**headers, "Accept-Encoding": "gzip"}, timeout=120, stream=True)
-    assert r.status_code == 200, (url, r.status_code)
-    wire = r.raw.read(decode_content=False)
-    tally[kind] = tally.get(kind, 0) + len(wire)
-    return gzip.decompress(wire) if r.headers.get("Content-Encoding") == "gzip" else wire
-
-
-def session(http, root, studies) -> tuple[dict, float, float]:
-    """One viewer session: (bytes per kind, seconds in all, seconds for the cine's frames)."""
-    tally: dict = {}
-    t0 = time.perf_counter()
-    _get(http, f"{root}/studies?limit=101&offset=0&fuzzymatching=false&includefield=00081030,00080060",
-         JSON, tally, "study list")
-    cine_s = 0.0
-    for study in studies:
-        series = json.loads(_get(http, f"{root}/studies/{study}/series?includefield=0008103E,00080021",
-                                 JSON, tally, "series list"))
-        for s in series:
-            uid = s["0020000E"]["Value"][0]
-            meta = json.loads(_get(http, f"{root}/studies/{study}/series/{uid}/metadata", JSON, tally, "metadata"))
-            for item in meta:
-                sop = item["00080018"]["Value"][0]
-                if "00280010" not in item:  # not an image: a viewer asks for no frames
-                    continue
-                n = int((item.get("00280008") or {}).get("Value", [1])[0])
-                t1 = time.perf_counter()
-                for frame in range(1, n + 1):
-                    _get(http, f"{root}/studies/{study}/series/{uid}/instances/{sop}/frames/{frame}",
-                         FRAMES, tally, "frames")
-                if n > 1:
-                    cine_s += time.perf_counter() - t1
-    return tally, time.perf_counter() - t0, cine_s
+def session(http, root, studies, filters) -> tuple[dict, dict, float, float]:
+    """One viewer session: (bytes per kind, requests not answered 200 per kind, seconds in
+    all, seconds for the cine's frames)."""
+    exchanges = replay(http, root, studies, filters)
+    tally, failed = {}, {}
+    for ex in exchanges:
+        kind = ex.request["kind"]
+        if ex.reply.status == 200:
+            tally[kind] = tally.get(kind, 0) + len(ex.reply.wire)
+        else:
+            failed[kind] = failed.get(kind, 0) + 1
+    cine = [ex for ex in exchanges if ex.request["kind"] == "frames" and ex.about["study"] == studies[0]]
+    return tally, failed, sum(ex.seconds for ex in exchanges), sum(ex.seconds for ex in cine)
 
 
 def main() -> None:
@@ -92,6 +70,9 @@ def main() -> None:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         datasets.append(ds)
     studies = [d.StudyInstanceUID for d in datasets]
+    first = datasets[0]
+    filters = {"patient_name": str(first.PatientName).split("^")[0], "study_date": first.StudyDate,
+               "modality": first.Modality}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = init_kit(Path(tmp) / "kit")
         # both servers hold the same three instances: no AI report added to the kit's studies
@@ -111,15 +92,20 @@ def main() -> None:
             for run in range(args.sessions):
                 order = list(servers) if run % 2 else list(reversed(servers))
                 for name in order:
-                    results[name].append(session(*servers[name], studies))
-            kinds = ["study list", "series list", "metadata", "frames"]
+                    results[name].append(session(*servers[name], studies, filters))
+            kinds = list(dict.fromkeys(r["kind"] for r in requests_of_session()))
+            tallies = {n: v[-1][0] for n, v in results.items()}  # the same bytes every session
             print(f"{'bytes on the wire':18s} {'kit':>10s} {'orthanc':>10s} {'kit/orthanc':>12s}")
-            tallies = {n: v[0][0] for n, v in results.items()}  # the same bytes every session
-            for kind in kinds + ["all"]:
-                got = {n: (sum(t.values()) if kind == "all" else t.get(kind, 0)) for n, t in tallies.items()}
+            both = [k for k in kinds if all(k in t for t in tallies.values())]
+            for kind in kinds + ["all", "all both answer"]:
+                got = {n: (sum(t.values()) if kind == "all" else sum(t.get(k, 0) for k in both)
+                           if kind == "all both answer" else t.get(kind, 0)) for n, t in tallies.items()}
                 print(f"{kind:18s} {got['kit']:10d} {got['orthanc']:10d} {got['kit'] / max(1, got['orthanc']):12.2f}")
-            secs = {n: statistics.median(r[1] for r in v) for n, v in results.items()}
-            cine = {n: statistics.median(r[2] for r in v) for n, v in results.items()}
+            for name, v in results.items():
+                if v[-1][1]:
+                    print(f"not answered 200 by {name}: {v[-1][1]}")
+            secs = {n: statistics.median(r[2] for r in v) for n, v in results.items()}
+            cine = {n: statistics.median(r[3] for r in v) for n, v in results.items()}
             fps = {n: 30 / cine[n] for n in cine}
             print(f"session time (median of {args.sessions}): kit {secs['kit'] * 1000:.0f} ms, "
                   f"orthanc {secs['orthanc'] * 1000:.0f} ms, kit/orthanc {secs['kit'] / secs['orthanc']:.2f}")
