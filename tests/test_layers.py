@@ -9,11 +9,11 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "fieldkit"
 
 LAYERS = {
-    "config": 0, "errors": 0, "records": 0, "events": 0, "fsio": 0, "__init__": 0,
+    "config": 0, "errors": 0, "records": 0, "events": 0, "fsio": 0, "service": 0, "__init__": 0,
     "security": 1, "hardware": 1, "dicom": 1,
     "store": 2,
     "ingest": 3, "inference": 3, "sync": 3,
-    "web": 4, "cli": 4, "runtime": 4, "__main__": 4,
+    "web": 4, "cli": 4, "kit": 4, "__main__": 4,
 }
 SIBLINGS_APART = {"ingest", "inference", "sync"}
 

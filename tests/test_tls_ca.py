@@ -138,7 +138,7 @@ def test_tls_renew_refuses_clearly_without_the_ca_key(data_dir, tmp_path):
 
 
 def test_a_plaintext_ca_key_from_an_older_kit_is_sealed_at_the_first_open(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     ca_key = _ca_key(data_dir)
     pem = ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())

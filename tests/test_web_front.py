@@ -155,7 +155,7 @@ def test_when_full_the_oldest_silent_connection_makes_room(kit):
     ones hold it, and a tablet's request still gets in (the oldest silent one is closed)."""
     import threading
 
-    from fieldkit.runtime import _tls_adapter
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.web.front import FrontServer
 
     def app(environ, start_response):

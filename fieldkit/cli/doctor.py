@@ -567,7 +567,7 @@ def _store_facts(ctx: Context) -> dict[str, Any]:
 def _read_store(ctx: Context) -> dict[str, Any]:
     from ..store.scrub import damage, scrub_all
     if ctx.kit_running:
-        from .control import call
+        from ..kit.control import call
         checked = call(ctx.data_dir, "store.scrub", {})["checked"] if ctx.scrub else None
         status = call(ctx.data_dir, "status", {}, timeout=ctx.timeout)
         return {"patients": status.get("patients", 0), "instances": status.get("instances", 0),
@@ -599,7 +599,7 @@ def summarise_rows(rows, now: float) -> dict[str, Any]:
 
 def _queue_from_kit(ctx: Context) -> dict[str, Any]:
     """Ask the running kit through its owner-only control socket, never opening the store."""
-    from .control import call
+    from ..kit.control import call
     status = call(ctx.data_dir, "status", {}, timeout=ctx.timeout)
     queue = status.get("queue") or {}
     sync = queue.get("sync", {}) if isinstance(queue, dict) else {}

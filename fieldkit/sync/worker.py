@@ -493,7 +493,7 @@ def _power_policy_of(kit):
 
 
 def start(kit):
-    """Service entry for `fieldkit serve` (runtime.SERVICES)."""
+    """Service entry for `fieldkit serve` (kit.registry.SERVICES)."""
     config = kit.config
     if not config["sync.enabled"]:
         return Idle("sync is disabled (sync.enabled = false)")

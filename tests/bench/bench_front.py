@@ -67,7 +67,7 @@ def stack(data_dir: Path, front: bool, body_only: bool = False):
     from cheroot import wsgi
     from flask import Flask, Response, request
 
-    from fieldkit.runtime import _tls_adapter
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
     from fieldkit.web.front import FrontServer
 

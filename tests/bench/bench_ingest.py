@@ -104,7 +104,7 @@ def ceiling_stow(data_dir: Path, ca: str, paths: list[Path]) -> float:
     from cheroot import wsgi
     from flask import Flask, Response, request
 
-    from fieldkit.runtime import _tls_adapter
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.security.tls import SERVER_CERT, SERVER_KEY, TLS_DIR
 
     app = Flask("ceiling")
