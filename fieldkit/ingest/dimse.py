@@ -119,7 +119,7 @@ def handle_echo(event) -> int:
     return SUCCESS
 
 
-LOCKED_COMMENT = "kit locked: an admin must unlock it"
+LOCKED_COMMENT = dimse_server.LOCKED_COMMENT
 
 
 def handle_store_locked(event) -> Dataset:
