@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
+CONFIG_FILE = "fieldkit.toml"  # the settings, in the data dir
+
 
 @dataclass(frozen=True)
 class Rule:

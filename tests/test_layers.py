@@ -18,7 +18,7 @@ LAYERS = {
     "security": 1, "hardware": 1, "dicom": 1,
     "store": 2,
     "ingest": 3, "inference": 3, "sync": 3,
-    "web": 4, "cli": 4, "kit": 4, "__main__": 4,
+    "web": 4, "cli": 4, "kit": 4, "provision": 4, "__main__": 4,
 }
 SIBLINGS_APART = {"ingest", "inference", "sync"}
 # "fieldkit.area.module:attribute", or the head of an f-string building one

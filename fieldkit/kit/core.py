@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..config import Config
+from ..config import CONFIG_FILE, Config
 from ..errors import FieldkitError, KitLocked
 from ..events import EventBus
 from ..security.keys import Keyring
@@ -19,7 +19,6 @@ from .registry import LOCKED_SERVICES, SERVICES, resolve
 
 log = logging.getLogger("fieldkit")
 
-CONFIG_FILE = "fieldkit.toml"
 RUN_FILE = "run.json"  # what `serve` listens on, for commands and doctor; gone when it stops
 
 
