@@ -13,7 +13,11 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Service(Protocol):
-    """A background service of the running kit: started by its `start(kit)`, stopped once."""
+    """A background service of the running kit: started by its `start(kit)`, stopped once.
+
+    What a service offers the rest of the kit it holds as attributes, which the kit takes
+    when it starts the service (a service reads the kit and never sets its attributes):
+    `port` (where it listens), `monitor` (the power monitor), `watch` (the clock watch)."""
 
     def stop(self) -> None: ...
 

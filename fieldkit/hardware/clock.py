@@ -63,5 +63,4 @@ class ClockService(Periodic):
 
 
 def start(kit) -> ClockService:
-    kit.clock_watch = ClockWatch()
-    return ClockService(kit.clock_watch)
+    return ClockService(ClockWatch())  # its watch becomes kit.clock_watch

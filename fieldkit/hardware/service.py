@@ -1,9 +1,10 @@
 """The power service `fieldkit serve` runs: reads the probe on a timer, keeps the policy
 current for the workers, and says when it changes.
 
-`start(kit)` sets `kit.hardware` to the shared PowerMonitor (workers ask it, or
-`current_policy(kit.config, kit.data_dir)`, which is the same object), logs each change of
-policy with its reasons, and publishes a `power.policy` event for the device page.
+`start(kit)` returns the service; its `monitor`, the shared PowerMonitor, becomes
+`kit.hardware` (workers ask it, or `current_policy(kit.config, kit.data_dir)`, which is the
+same object). It logs each change of policy with its reasons, and publishes a
+`power.policy` event for the device page.
 """
 
 from __future__ import annotations
@@ -50,6 +51,4 @@ class PowerService(Periodic):
 
 
 def start(kit) -> PowerService:
-    service = PowerService(kit)
-    kit.hardware = service.monitor
-    return service
+    return PowerService(kit)

@@ -305,9 +305,7 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
 def start(kit) -> Receiver:
     """Start the plain receiver on dicom.bind:dicom.port (port 0: a free port, then the
     same one again after a lock and unlock, so probes and run.json keep one port)."""
-    receiver = listen(kit, int(kit.config["dicom.port"]) or (kit.dicom_port or 0), "dicom.port")
-    kit.dicom_port = receiver.port
-    return receiver
+    return listen(kit, int(kit.config["dicom.port"]) or (kit.dicom_port or 0), "dicom.port")
 
 
 start_locked = start  # the same listener; `listen` answers "locked" while kit.locked

@@ -13,6 +13,7 @@ from ..errors import FieldkitError, KitLocked
 from ..events import EventBus
 from ..security.keys import Keyring
 from ..security.tpm import sealer_for
+from ..service import Service
 from ..store import Store, accounts, acquire_dir_lock, check_format
 from .lock import LockState, lock_kit, unlock_kit
 from .registry import LOCKED_SERVICES, SERVICES, resolve
@@ -35,10 +36,12 @@ class Kit:
         self.services: dict[str, object] = {}
         self.locked_services: dict[str, object] = {}  # LOCKED_SERVICES running while locked
         self.lock_state = LockState()
-        self.hardware = None  # a hardware probe (fieldkit.hardware) when one is wired
+        # What running services offer the rest of the kit, taken from the service objects
+        # when they start (services read the kit; they never set its attributes):
+        self.hardware = None  # the power monitor (a probe: tests and tools may set their own)
         self.clock_watch = None  # fieldkit.hardware.clock.ClockWatch once serve runs
+        self.ports: dict[str, int] = {}  # service name -> its listening port, kept across lock/unlock
         self.http_port: int | None = None
-        self.dicom_port: int | None = None
         self._events = store.events if store is not None else EventBus()
 
     @property
@@ -54,6 +57,14 @@ class Kit:
     @property
     def locked(self) -> bool:
         return self._store is None
+
+    @property
+    def dicom_port(self) -> int | None:
+        return self.ports.get("dicom")
+
+    @property
+    def dicom_tls_port(self) -> int | None:
+        return self.ports.get("dicom-tls")
 
     def detach_store(self) -> Store:
         """The lock takes the store away (fieldkit.kit.lock): from now on the kit is locked."""
@@ -112,14 +123,26 @@ class Kit:
         for name, spec in SERVICES:
             if names is not None and name not in names:
                 continue
-            self.services[name] = resolve(spec)(self)
+            self.services[name] = self._started(name, spec)
             log.info("service %s started", name)
 
     def start_locked_services(self, names: list[str] | None = None) -> None:
         for name, spec in LOCKED_SERVICES:
             if names is None or name in names:
-                self.locked_services[name] = resolve(spec)(self)
+                self.locked_services[name] = self._started(name, spec)
                 log.info("service %s answers while locked", name)
+
+    def _started(self, name: str, spec: str) -> Service:
+        """Start one service and take what it offers (see fieldkit.service.Service)."""
+        service = resolve(spec)(self)
+        port = getattr(service, "port", None)
+        if port:
+            self.ports[name] = port
+        if getattr(service, "monitor", None) is not None:
+            self.hardware = service.monitor
+        if getattr(service, "watch", None) is not None:
+            self.clock_watch = service.watch
+        return service
 
     def stop_locked_services(self) -> None:
         for name, service in reversed(list(self.locked_services.items())):

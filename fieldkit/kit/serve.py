@@ -147,7 +147,7 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
         host = kit.config["http.bind"]
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
         info = {"pid": os.getpid(), "url": f"https://{shown}:{kit.http_port}/", "http_port": kit.http_port,
-                "dicom_port": kit.dicom_port, "dicom_tls_port": getattr(kit, "dicom_tls_port", None),
+                "dicom_port": kit.dicom_port, "dicom_tls_port": kit.dicom_tls_port,
                 "ae_title": kit.config["dicom.ae_title"]}
         (kit.data_dir / RUN_FILE).write_text(json.dumps(info) + "\n")
         print(f"fieldkit {kit.version} serving {info['url']} (DICOM port {kit.dicom_port}, "
