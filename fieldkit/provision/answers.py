@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import SETTINGS, is_ip
+from ..config import SETTINGS, is_ip, read_toml
 from . import ProvisionError
 
 
@@ -232,10 +231,4 @@ def _secret(path: Path | None, name: str, problems: list[str]) -> str | None:
 
 
 def load_answers(path: Path) -> Answers:
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProvisionError(f"answers file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProvisionError(f"answers file {path} is not valid TOML: {exc}") from None
-    return parse_answers(raw, Path(path).resolve().parent)
+    return parse_answers(read_toml(path, "answers file", error=ProvisionError), Path(path).resolve().parent)
