@@ -225,6 +225,11 @@ def test_registry_strings_name_what_exists():
         specs += _named(ast.parse(source, module))
     assert len(specs) > 30, specs  # SERVICES, LOCKED_SERVICES, CONTROL_OPS and BLUEPRINTS are all seen
     assert unresolved(specs) == []
+    # the entries built by f-strings (CONTROL_OPS) as the kit builds them: every function exists
+    from fieldkit.kit.registry import CONTROL_OPS, LOCKED_SERVICES, SERVICES
+    built = [tuple(spec.split(":")) for spec in [*CONTROL_OPS.values(), *dict(SERVICES).values(),
+                                                 *dict(LOCKED_SERVICES).values()]]
+    assert unresolved(built) == []
 
 
 def test_no_import_circles():
