@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, FieldkitError
+
+CONFIG_FILE = "fieldkit.toml"  # the settings, in the data dir
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,17 @@ def _cross_problems(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+def read_toml(path: Path, what: str, *, missing: str = "does not exist",
+              error: type[FieldkitError] = ConfigError) -> dict:
+    """A TOML file as a dict, or one `error` naming the file: missing, or not TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {path} {missing}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 class Config:
     """Read-only view of the settings, with defaults filled in.
 
@@ -371,12 +384,7 @@ class Config:
 
     @classmethod
     def load(cls, path: Path) -> "Config":
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} is missing (run `fieldkit init` first)") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, "config file", missing="is missing (run `fieldkit init` first)")
         try:
             return cls(_flatten(raw))
         except ConfigError as exc:

@@ -5,6 +5,13 @@ line uses for it, and the HTTP status the web layer answers with (datasette styl
 """
 
 
+def short(exc: BaseException, limit: int = 200) -> str:
+    """An exception in one bounded line for a message: its first line (or its type's name
+    when it says nothing), at most `limit` characters. Libraries' errors can run to pages."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class FieldkitError(Exception):
     """Base class: a clear, single-line reason for the operator."""
 

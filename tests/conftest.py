@@ -55,7 +55,7 @@ def data_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def store(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     yield kit.store
@@ -65,7 +65,7 @@ def store(data_dir):
 @pytest.fixture
 def kit(data_dir):
     """An opened Kit (no services, no server) for in-process tests."""
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     yield kit

@@ -8,7 +8,7 @@ import random
 import sys
 import threading
 
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 
 data_dir, prefix = sys.argv[1], sys.argv[2]
 kit = open_kit(data_dir)

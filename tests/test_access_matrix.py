@@ -44,7 +44,7 @@ def test_every_route_and_method_is_declared(sec_app):
 
 
 def test_access_matrix_by_enumeration(sec_app, kit, role_clients, passphrase):
-    from fieldkit.web.auth import unlock_kit
+    from fieldkit.kit.lock import unlock_kit
 
     table = route_permissions(sec_app)
     problems = []

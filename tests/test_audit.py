@@ -75,7 +75,7 @@ def test_a_clock_that_went_backwards_is_recorded_in_the_event():
 
 
 def _tamper(data_dir, fn):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     try:
@@ -85,7 +85,7 @@ def _tamper(data_dir, fn):
 
 
 def _seed(data_dir, n=6):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     try:

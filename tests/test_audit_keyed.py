@@ -20,7 +20,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "data" / "format1-kit.tar.gz"
 
 
 def _seed(data_dir, n=6) -> int:
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     try:
@@ -35,7 +35,7 @@ def _rechain(data_dir, from_seq: int, key: bytes | None, edit) -> None:
     """What a thief with the disk (so the data key) but not the chain's key can do: edit
     an event and rebuild every hash after it, with plain SHA-256 (key None) or a key of
     their own, head included."""
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     try:
@@ -89,7 +89,7 @@ def test_an_older_unkeyed_trail_verifies_up_to_the_marker_and_is_keyed_after(tmp
     with tarfile.open(FIXTURE) as tar:
         tar.extractall(tmp_path, filter="data")
     old = tmp_path / "kit"
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(old, passphrase=PASSPHRASE)  # the first open by this version starts the keyed part
     try:

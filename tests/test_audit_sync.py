@@ -38,8 +38,8 @@ def _heads(orthanc):
 
 
 def test_audit_trail_reaches_the_hospital_and_continues(data_dir, orthanc):
-    from fieldkit.cli.security import sync_audit_once
-    from fieldkit.runtime import load_config, open_kit
+    from fieldkit.sync.audit import sync_audit_once
+    from fieldkit.kit import load_config, open_kit
 
     kit = open_kit(data_dir, config=sync_config(load_config(data_dir), orthanc.base_url))
     try:

@@ -20,7 +20,7 @@ import pytest
 from fieldkit import DATA_FORMAT_VERSION
 from fieldkit.errors import FieldkitError
 from fieldkit.records import T_INSTANCES, T_META
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store import backup as store_backup
 from fixtures.dcmtk import pydicom_file, store_responses, storescu
 from fixtures.sync import add_to_store, corpus

@@ -21,7 +21,7 @@ import pytest
 from fieldkit.events import BOARD_ROW, REFETCH, Event, EventBus
 from fieldkit.inference import findings as inference_findings
 from fieldkit.records import TRIAGE_CATEGORIES
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store import care, finding_words
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 
 CANARY = "ZZCANARY^Qwertyuiop"
 

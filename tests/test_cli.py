@@ -125,7 +125,7 @@ def test_serve_on_a_data_dir_from_a_newer_version(data_dir):
 
 
 def test_passphrase_change_rewraps_without_touching_data(data_dir, tmp_path, passphrase):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     kit.store.write(lambda db: db.table("patients").insert({"id": "P1"}))

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "50"))
 WRITER = Path(__file__).with_name("crash_writer.py")

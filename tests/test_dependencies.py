@@ -119,7 +119,7 @@ def test_the_lock_file_pins_and_hashes_every_runtime_dependency():
 
 
 def test_provisioning_installs_from_the_lock_with_hashes():
-    from fieldkit.cli.provision import pip_install_commands
+    from fieldkit.provision.steps import pip_install_commands
 
     python = Path("/opt/fieldkit/venv/bin/python")
     deps, kit = pip_install_commands(python, REPO, None)

@@ -73,13 +73,12 @@ def test_a_kit_locked_while_running_answers_tls_probes_locked_then_stores(kit, p
     """The server key is sealed by the data key; a kit locked after it started has dropped
     that key, yet its TLS receiver (restarted for the locked state) still completes the
     handshake and answers C-STORE 'locked', then stores once unlocked."""
-    from fieldkit.ingest import dimse_tls
     from fieldkit.store import instances
-    from fieldkit.web.auth import lock_kit, unlock_kit
+    from fieldkit.kit.lock import lock_kit, unlock_kit
 
     need("storescu")
     kit.config = kit.config.with_overrides(dicom__tls_port=0, dicom__bind="127.0.0.1")
-    kit.services["dicom-tls"] = dimse_tls.start(kit)
+    kit.start_services(["dicom-tls"])
     sample = get_testdata_file("examples_rgb_color.dcm")
 
     def send():  # -d: the response's comment is printed too

@@ -144,7 +144,7 @@ def session(tmp_path_factory):
                                  get(http, url, {"Accept": "multipart/related; type=application/octet-stream"}))
     finally:
         kit.stop()
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import instances
 
     opened = open_kit(data_dir)

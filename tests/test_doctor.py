@@ -142,7 +142,7 @@ def _reissue_server_cert(data_dir: Path, not_before: dt.datetime, not_after: dt.
                          signer_key=None) -> None:
     tls = data_dir / "tls"
     ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-    from fieldkit.runtime import unlock_data_key
+    from fieldkit.kit import unlock_data_key
     from fieldkit.security.secrets import SecretBox
     if signer_key is None:  # the kit CA's key is sealed by the data key
         signer_key = serialization.load_pem_private_key(

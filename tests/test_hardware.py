@@ -211,7 +211,7 @@ def test_power_service_sets_the_kit_monitor_and_publishes_changes(tmp_path, fake
     import queue as _queue
     import time as _time
     from fieldkit.events import EventBus
-    from fieldkit.hardware import current_policy
+    from fieldkit.hardware import current_policy, monitor_for
     from fieldkit.hardware.service import start
 
     class FakeKit:  # only what the service uses of the real Kit
@@ -226,7 +226,8 @@ def test_power_service_sets_the_kit_monitor_and_publishes_changes(tmp_path, fake
     events = kit.events.subscribe()
     service = start(kit)
     try:
-        assert kit.hardware is service.monitor
+        assert kit.hardware is None  # the service never sets the kit's attributes: the kit takes its monitor
+        assert monitor_for(kit.config, kit.data_dir) is service.monitor  # the one the workers ask
         assert current_policy(kit.config, kit.data_dir).normal
         fake_power.set(battery_percent=9, on_battery=True, temperature_c=40)
         deadline = _time.monotonic() + 10

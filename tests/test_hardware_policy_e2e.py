@@ -13,7 +13,7 @@ import time
 from fieldkit.config import Config, render_toml
 from fieldkit.inference import findings
 from fieldkit.records import KIND_INFER
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store.instances import put_instance
 from fieldkit.store.patients import set_triage
 from fixtures.inference import dataset_bytes, lung_cine_dataset

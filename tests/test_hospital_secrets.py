@@ -53,7 +53,7 @@ def test_basic_password_is_sealed_audited_and_sync_still_sends_to_orthanc(data_d
         assert len(events) == 1 and events[0]["object"] == h.base_url
         assert "hospital.password_file" in json.dumps(events[0]["detail"]) and PASSWORD not in json.dumps(events)
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
-        from fieldkit.runtime import open_kit
+        from fieldkit.kit import open_kit
         kit = open_kit(data_dir)
         try:
             add_to_store(kit.store, corpus("T-0601"), triage="yellow")
@@ -135,7 +135,7 @@ def test_bearer_token_set_through_the_running_kit_is_sealed(kit_server, tmp_path
 
 
 def test_plaintext_secrets_from_an_older_kit_are_sealed_at_the_first_open(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.sync.hospital import endpoint_from_config
     (data_dir / "secrets").mkdir(mode=0o700)
     (data_dir / "secrets" / "hospital-password").write_text(PASSWORD + "\n")
@@ -230,7 +230,7 @@ def test_client_key_is_sealed_and_opened_in_memory_for_a_server_that_requires_it
         assert is_sealed(data_dir / "secrets" / "hospital-client-key")
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
         assert seen and dict(x[0] for x in seen[-1])["commonName"] == "kit TEST1"
-        from fieldkit.runtime import open_kit
+        from fieldkit.kit import open_kit
         from fieldkit.sync.client import StowClient
         from fieldkit.sync.hospital import endpoint_from_config
         kit = open_kit(data_dir)  # the first open seals nothing more, and the sync client connects

@@ -159,7 +159,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
     finally:
         kit.stop()
 
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     store_kit = open_kit(data_dir)
     try:
         store = store_kit.store
@@ -181,7 +181,7 @@ def test_sigkill_mid_group_then_restart_leaves_exactly_one_finding_set_per_captu
 
 def test_a_red_finding_arrives_while_a_probe_keeps_sending(data_dir, need, tmp_path):
     need("storescu")
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     opened = open_kit(data_dir)
     try:
         pstore.create_patient(opened.store, tag="R7", triage="red")  # tagged at the scene, then scanned

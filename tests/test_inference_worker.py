@@ -119,7 +119,7 @@ def test_worker_pauses_non_urgent_jobs_when_hot(kit, registry):
 CHILD = r"""
 import sys, time, logging
 from pathlib import Path
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.inference import worker
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 kit = open_kit(Path(sys.argv[1]))
@@ -131,7 +131,7 @@ time.sleep(120)
 
 
 def test_sigkill_mid_job_then_restart_gives_exactly_one_set_of_findings(data_dir, registry):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(data_dir)
     ds, _ = lung_cine_dataset(n_frames=60, n_blines=3, seed=24, size=(480, 640))
     uid = put_instance(kit.store, dataset_bytes(ds), "upload")["sop_instance_uid"]

@@ -183,7 +183,7 @@ def test_sigkill_mid_batch_loses_nothing_storescu_saw_succeed(kit_server, tmp_pa
     assert len(succeeded) >= 15
     restarted = KitProcess(kit_server.data_dir).start()
     restarted.stop()
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(kit_server.data_dir)
     try:
         for path in succeeded:

@@ -112,7 +112,7 @@ def test_sigkill_mid_stow_loses_nothing_a_response_listed(kit_server):
     assert len(errors) == 1 and isinstance(errors[0], requests.ConnectionError), errors
     assert len(acknowledged) == 8 * (killed_in - 1)
     KitProcess(kit_server.data_dir).start().stop()  # a restart recovers the journal
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(kit_server.data_dir)
     try:
         for uid in acknowledged:

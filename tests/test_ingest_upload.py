@@ -138,7 +138,7 @@ def test_import_is_idempotent_locally_and_through_the_running_kit(data_dir, tmp_
         assert "importing" in third.stderr  # the progress bar
     finally:
         kit.stop()
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import instances
     k = open_kit(data_dir)
     try:

@@ -14,7 +14,7 @@ import requests
 from pydicom.data import get_testdata_file
 
 from fieldkit.errors import KeyUnavailable
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.security.keys import Keyring
 from fieldkit.store import instances
 from fixtures.dcmtk import echoscu, store_responses, storescu
@@ -215,11 +215,10 @@ def test_a_kit_locked_while_running_answers_probes_locked_then_stores_on_the_sam
     from pynetdicom import AE
     from pynetdicom.sop_class import UltrasoundMultiFrameImageStorage, Verification
 
-    from fieldkit.ingest import dimse
-    from fieldkit.web.auth import lock_kit, unlock_kit
+    from fieldkit.kit.lock import lock_kit, unlock_kit
 
     kit.config = kit.config.with_overrides(dicom__port=0, dicom__bind="127.0.0.1")
-    kit.services["dicom"] = dimse.start(kit)
+    kit.start_services(["dicom"])
     port = kit.dicom_port
     ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
 

@@ -27,7 +27,7 @@ def ui(tmp_path_factory):
         secret = root / f".{name}"
         secret.write_text(f"{name} password 123\n")
         run_cli("users", "add", name, "--data-dir", data_dir, "--role", role, "--password-file", secret)
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(data_dir)
     yield kit, create_app(kit, testing=True)
     kit.close()
@@ -171,7 +171,7 @@ def test_queue_key_is_the_persons_and_only_for_those_who_may_write(ui):
 
 
 def test_the_queue_key_survives_a_restart_of_the_kit(data_dir, tmp_path):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.web.offline import queue_key
     keys = []
     for _ in range(2):

@@ -58,7 +58,7 @@ def test_onboarding_is_public_and_its_qr_decodes_to_url_and_fingerprint(kit_serv
 
 
 def test_configured_kit_url_goes_into_the_qr_and_nothing_private_is_shown(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.web import create_app
     path = data_dir / "fieldkit.toml"
     values = Config.load(path).as_dict()

@@ -249,7 +249,8 @@ def test_cut_during_key_creation_leaves_a_kit_or_none(scratch):
 
 
 def test_cut_during_provisioning_writes_keeps_the_kit(scratch):
-    from fieldkit.cli.provision import STATE_FILE, Answers, Provisioner
+    from fieldkit.provision.answers import Answers
+    from fieldkit.provision.steps import STATE_FILE, Provisioner
 
     host = scratch / "root"
     data_dir = host / "var" / "lib" / "fieldkit"

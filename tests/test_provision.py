@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fieldkit.cli.provision import check_unit_keys, verify_unit
+from fieldkit.provision.systemd import check_unit_keys, verify_unit
 from fieldkit.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_unit_key_check_catches_missing_hardening():
 
 
 def test_key_mode_passphrase_is_provisioned_and_the_tpm_unit_sees_only_the_tpm(answers, tmp_path, need):
-    from fieldkit.cli.provision import DEVICE_ACCESS
+    from fieldkit.provision.systemd import DEVICE_ACCESS
     from fieldkit.security.keys import Keyring
 
     answers.write_text(answers.read_text().replace('key_mode = "device"', 'key_mode = "passphrase"'))

@@ -30,7 +30,7 @@ def purged(data_dir, tmp_path, orthanc):
     secret.write_text("clin password 123\n")
     run_cli("users", "add", "clin", "--data-dir", data_dir, "--role", "clinician", "--password-file", secret)
     from fieldkit.ingest.upload import store_dicom_bytes
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store.accounts import create_token_info
     kit = open_kit(data_dir)
     try:

@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from fieldkit import runtime
+from fieldkit import kit as running_kit
 from fieldkit.cli.demo import DEMO_ACCOUNTS
 from fieldkit.web import create_app
 from fixtures.board import grow
@@ -30,7 +30,7 @@ def test_demo_makes_and_prints_an_account_per_role_and_each_signs_in(tmp_path):
         assert f"sign in as {name!r} with password {password!r}: {role}" in out, out
     listed = run_cli("users", "list", "--data-dir", data_dir).stdout
     assert {line.split()[1] for line in listed.splitlines() if line.strip()} == {"admin", "clinician", "triage"}
-    kit = runtime.open_kit(data_dir)
+    kit = running_kit.open_kit(data_dir)
     try:
         app = create_app(kit, testing=True)
         for name, role, password in DEMO_ACCOUNTS:
@@ -60,7 +60,7 @@ def test_a_refused_person_gets_a_styled_page_naming_the_role_and_api_clients_jso
 
 @pytest.fixture
 def restore_levels():
-    before = {name: logging.getLogger(name).level for name in runtime.QUIET_LOGGERS}
+    before = {name: logging.getLogger(name).level for name in running_kit.QUIET_LOGGERS}
     yield
     for name, level in before.items():
         logging.getLogger(name).setLevel(level)
@@ -86,14 +86,14 @@ def _library_chatter():
 
 
 def test_serve_logging_keeps_library_chatter_off_the_console(caplog, restore_levels):
-    runtime.setup_logging()
+    running_kit.setup_logging()
     with caplog.at_level(logging.INFO):
         _library_chatter()
     said = [r.getMessage() for r in caplog.records]
     assert "kit line" in said
     assert not [m for m in said if "copy attributes of module" in m or "not a transfer syntax" in m], said
     # without the levels serve sets, the same calls do print them (so the check above can fail)
-    for name in runtime.QUIET_LOGGERS:
+    for name in running_kit.QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
     caplog.clear()
     with caplog.at_level(logging.INFO):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fieldkit.errors import StoreCorrupt
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from kitproc import run_cli
 
 SECTOR = 512

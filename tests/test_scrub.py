@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store import instances, scrub
 from fixtures.dcmtk import pydicom_file, store_responses, storescu
 from kitproc import KitProcess, run_cli, set_config, wait_until

@@ -13,7 +13,7 @@ CANARY = "CANARYERASE^Vb77q"
 
 
 def _store_canary(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     kit = open_kit(data_dir)
     try:
@@ -29,7 +29,7 @@ def _files_containing(root, needle: bytes):
 
 
 def test_erase_needs_confirmation_and_then_nothing_opens(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
 
     _store_canary(data_dir)
     assert _files_containing(data_dir, CANARY.encode()) == []
@@ -71,6 +71,6 @@ def test_lock_and_erase_through_the_running_kit(kit_server, tmp_path):
     assert kit_server.get("/api/v1/status", headers=auth).status_code == 423
     assert run_cli("unlock", "--data-dir", data_dir, "--passphrase-file", pp, check=False).returncode != 0
     kit_server.stop()
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     with pytest.raises(KeyUnavailable):
         open_kit(data_dir, passphrase=PASSPHRASE)

@@ -52,7 +52,7 @@ def test_the_logging_setup_redacts_every_logger_and_traceback(tmp_path):
     token = new_token()
     script = textwrap.dedent(f"""
         import logging
-        from fieldkit.runtime import setup_logging
+        from fieldkit.kit import setup_logging
         setup_logging()
         import pydicom
         from pydicom.data import get_testdata_file
@@ -123,7 +123,7 @@ def test_a_running_kit_logs_no_canary_token_or_password(kit_server, tmp_path, ne
 def test_patients_are_registered_with_the_redactor_as_they_arrive(kit):
     import time
 
-    from fieldkit.cli.security import start_redact_learner
+    from fieldkit.kit.redaction import start as start_redact_learner
     from fieldkit.store import patients
 
     redact.forget_all()

@@ -245,7 +245,7 @@ def test_lock_refuses_everything_but_unlock_and_drops_sessions(sec_app, kit, rol
 
 
 def test_unlock_attempts_are_throttled(fake_clock, sec_app, kit):
-    from fieldkit.web.auth import UnlockThrottled, lock_kit, unlock_kit
+    from fieldkit.kit.lock import UnlockThrottled, lock_kit, unlock_kit
     from fieldkit.errors import KeyUnavailable
 
     lock_kit(kit)
@@ -261,10 +261,10 @@ def test_unlock_attempts_are_throttled(fake_clock, sec_app, kit):
 def test_auto_lock_after_no_signed_in_person_for_the_configured_time(fake_clock, kit, passphrase):
     import time
 
-    from fieldkit.web.auth import AutoLock, kit_state
+    from fieldkit.kit.lock import AutoLock
 
     kit.config = kit.config.with_overrides(security__auto_lock_minutes=2)
-    kit_state(kit).last_human = fake_clock.mono()
+    kit.lock_state.last_human = fake_clock.mono()
     service = AutoLock(kit, interval=0.02)
     try:
         fake_clock.advance(100)  # under two minutes: stays unlocked

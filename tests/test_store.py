@@ -10,7 +10,7 @@ import pytest
 
 from fieldkit.errors import KeyUnavailable, NotFound, StorageFull, StoreBusy, StoreCorrupt, UnsupportedVersion
 from fieldkit.records import DONE, FAILED, LEASED
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 
 
 def _journal(data_dir: Path) -> Path:

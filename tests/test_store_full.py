@@ -12,7 +12,7 @@ import pytest
 
 from fieldkit.errors import StorageFull
 from fieldkit.records import LEASED, READY
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store.documents import MemoryStorage
 from fieldkit.store.journal import Journal
 from fieldkit.store.space import CapturesRefused, DiskSpace

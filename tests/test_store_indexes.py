@@ -10,7 +10,7 @@ import pytest
 
 from fieldkit.errors import StorageFull
 from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, T_INSTANCES, T_META, T_PATIENTS, T_QUEUE
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fieldkit.store import INDEXED, instances, patients
 from fieldkit.store.queue import ARCHIVE, KEEP_DONE
 from fieldkit.sync.progress import status

@@ -100,7 +100,7 @@ def test_hospital_set_keeps_secrets_out_of_the_toml_and_sync_once_sends(data_dir
         show = run_cli("hospital", "show", "--data-dir", data_dir).stdout
         assert "s3cret" not in show and h.base_url in show
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
-        from fieldkit.runtime import open_kit
+        from fieldkit.kit import open_kit
         kit = open_kit(data_dir)
         try:
             add_to_store(kit.store, corpus("T-0502"), triage="yellow")

@@ -7,7 +7,7 @@ import random
 import time
 
 from fieldkit.records import T_INSTANCES
-from fieldkit.runtime import open_kit
+from fieldkit.kit import open_kit
 from fixtures.sync import add_to_store, corpus, finding_sr
 from kitproc import KitProcess, run_cli
 from proxy import Proxy

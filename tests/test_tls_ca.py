@@ -136,7 +136,7 @@ def test_tls_renew_refuses_clearly_without_the_ca_key(data_dir, tmp_path):
 
 
 def test_a_plaintext_ca_key_from_an_older_kit_is_sealed_at_the_first_open(data_dir):
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     ca_key = _ca_key(data_dir)
     pem = ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
@@ -154,7 +154,7 @@ def test_a_plaintext_ca_key_from_an_older_kit_is_sealed_at_the_first_open(data_d
 def test_a_plaintext_server_key_from_an_older_kit_is_sealed_at_the_first_open_and_still_served(data_dir):
     """Key mode device: the HTTPS key is sealed by the data key like the CA's; a kit made
     before keeps serving the same key, now sealed, and its plaintext file is gone."""
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.security.tls import SERVER_KEY, SERVER_KEY_SEALED, load_server_key
 
     tls = data_dir / "tls"

@@ -43,7 +43,7 @@ def ui(data_dir, tmp_path):
         secret = tmp_path / f".{name}"
         secret.write_text(f"{name} password 123\n")
         run_cli("users", "add", name, "--data-dir", data_dir, "--role", role, "--password-file", secret)
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(data_dir)
     app = create_app(kit, testing=True)
     yield kit, app

@@ -24,7 +24,7 @@ TRIAGE_USER, TRIAGE_SECRET = "test-triage", "test secret for triage"
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     def patients_waiting(data_dir):
-        from fieldkit.runtime import open_kit
+        from fieldkit.kit import open_kit
         from fieldkit.store import patients as pstore
         k = open_kit(data_dir)
         try:

@@ -155,7 +155,8 @@ def test_when_full_the_oldest_silent_connection_makes_room(kit):
     ones hold it, and a tablet's request still gets in (the oldest silent one is closed)."""
     import threading
 
-    from fieldkit.runtime import _tls_adapter, unlock_data_key
+    from fieldkit.kit import unlock_data_key
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.security.secrets import SecretBox
     from fieldkit.security.tls import server_key_path
     from fieldkit.web.front import FrontServer

@@ -81,7 +81,7 @@ class Probe:
 def run_drill(work_dir: Path) -> dict:
     """Run the drill on a fresh kit in `work_dir`; returns the outcome counts."""
     from fieldkit.ingest import dimse
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import instances, patients, probes
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)

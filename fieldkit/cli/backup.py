@@ -15,11 +15,12 @@ from pathlib import Path
 import click
 
 from ..errors import FieldkitError
-from ..runtime import CONFIG_FILE
+from ..kit import CONFIG_FILE
+from ..kit.control import run_op
 from ..security.tls import TLS_DIR
+from ..service import Periodic
 from ..store import backup as store_backup
 from ..sync.hospital import SECRETS_DIR
-from .control import run_op
 from .core import DATA_DIR, read_secret_file
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def op_backup(kit, args: dict, emit) -> dict:
     return _run_backup(kit, Path(args["to"]), emit)
 
 
-class BackupScheduler:
+class BackupScheduler(Periodic):
     """Backs up to backup.path every backup.every_hours (counted from the last backup
     there, so a restart does not postpone it), and keeps the last result for the status."""
 
@@ -54,14 +55,12 @@ class BackupScheduler:
         self.every_s = float(kit.config["backup.every_hours"]) * 3600.0
         self.last: dict = {"at": None, "ok": None, "target": self.path or None, "error": "", "result": None}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
-        if self.path and self.every_s > 0:
+        self.scheduled = bool(self.path and self.every_s > 0)
+        if self.scheduled:
             marker = store_backup.read_marker(Path(self.path))
             if marker and marker.get("last_backup_at"):
                 self.last.update(at=marker["last_backup_at"], ok=True)
-            self._thread = threading.Thread(target=self._run, name="backup", daemon=True)
-            self._thread.start()
+        super().__init__(self.every_s, "backup", join_timeout=30)
 
     def record(self, target: str, at: float, result: dict | None = None, error: str = "") -> None:
         with self._lock:
@@ -72,39 +71,38 @@ class BackupScheduler:
             last = self.last["at"] if self.last["ok"] and self.last["target"] == self.path else None
         return 0.0 if last is None else last + self.every_s - time.time()
 
-    def _run(self) -> None:
+    def enabled(self) -> bool:
+        return self.scheduled
+
+    def next_wait(self) -> float:
+        return max(0.0, min(self._due_in(), 3600.0))
+
+    def tick(self) -> float | None:
+        if self._due_in() > 0:
+            return None
         retry_s = min(self.every_s, 600.0)  # a missing stick is tried again, not every second
-        while not self._stop.wait(max(0.0, min(self._due_in(), 3600.0))):
-            if self._due_in() > 0:
-                continue
-            try:
-                _run_backup(self.kit, Path(self.path), lambda progress: None, scheduler=self)
-                log.info("scheduled backup to %s done", self.path)
-            except FieldkitError as exc:
-                log.warning("scheduled backup to %s failed: %s", self.path, exc.message)
-                if self._stop.wait(retry_s):
-                    return
-            except Exception:
-                log.exception("scheduled backup failed")
-                if self._stop.wait(retry_s):
-                    return
+        try:
+            _run_backup(self.kit, Path(self.path), lambda progress: None, scheduler=self)
+            log.info("scheduled backup to %s done", self.path)
+        except FieldkitError as exc:
+            log.warning("scheduled backup to %s failed: %s", self.path, exc.message)
+            return retry_s
+        except Exception:
+            log.exception("scheduled backup failed")
+            return retry_s
+        return None
 
     def status(self) -> dict:
         with self._lock:
             out = {k: v for k, v in self.last.items() if k != "result"}
             if self.last["result"]:
                 out.update({k: self.last["result"][k] for k in ("generation", "blobs_copied", "bytes_copied")})
-        out["scheduled"] = bool(self._thread)
+        out["scheduled"] = self.scheduled
         out["path"] = self.path
         out["every_hours"] = self.every_s / 3600.0
-        if self._thread is not None:
+        if self.scheduled:
             out["next_at"] = time.time() + max(0.0, self._due_in())
         return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
 
 def start_scheduled(kit) -> BackupScheduler:

@@ -11,13 +11,13 @@ import click
 
 from .. import config as config_mod, fsio
 from ..errors import BadInput, ConfigError
-from ..runtime import CONFIG_FILE, open_kit, serve as run_server, setup_logging
+from ..kit import CONFIG_FILE, open_kit, serve as run_server, setup_logging
+from ..kit.control import run_op
 from ..security.files import write_atomic
 from ..security.keys import KEY_MODES, Keyring
 from ..security.tpm import sealer_for
 from ..security.tls import ca_fingerprint, create_tls
 from ..store import Store, write_format
-from .control import run_op
 
 DATA_DIR = click.option("--data-dir", "data_dir", required=True, type=click.Path(path_type=Path),
                         help="The kit's data directory.")

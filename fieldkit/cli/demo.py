@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..runtime import CONFIG_FILE
-from .control import run_op
+from ..kit import CONFIG_FILE
+from ..kit.control import run_op
 from .core import init, serve
 
 ROLE_DOES = {"admin": "accounts, settings, audit, export; does not triage",

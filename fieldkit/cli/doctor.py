@@ -26,9 +26,11 @@ from typing import Any, Callable
 import click
 import psutil
 
-from ..config import Config
-from ..errors import FieldkitError, KeyUnavailable, StoreCorrupt
+from ..config import CONFIG_FILE, Config
+from ..errors import FieldkitError, KeyUnavailable, StoreCorrupt, short
 from ..hardware import Reading, load_profile, probe_from_config, temperature_limit
+from ..kit import RUN_FILE
+from ..store import LOCK_FILE
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 1 << 30
@@ -262,40 +264,44 @@ def check_models(ctx: Context) -> Check:
 
 
 def check_hospital(ctx: Context) -> Check:
-    """A QIDO-RS query for one study: cheap, read-only, and it exercises the kit's credentials."""
-    import requests
+    """The sync client's own probe (a QIDO-RS query that asks for nothing): cheap, read-only,
+    and it exercises the kit's endpoint exactly as the sync worker builds it."""
+    from ..sync.client import HospitalTLSError, LinkDown, StowClient
+
     url = str(ctx.config.get("hospital.url", "") or "")
     if not url:
         return Check("hospital", WARN, "no hospital endpoint configured (hospital.url)",
                      "set hospital.url in fieldkit.toml so studies can be sent")
     try:
-        session = _hospital_session(ctx)
-    except (OSError, ValueError) as exc:
-        return Check("hospital", FAIL, f"the hospital credentials cannot be read: {exc}",
+        client = StowClient(_hospital_endpoint(ctx))
+    except (OSError, ValueError, FieldkitError) as exc:
+        return Check("hospital", FAIL, f"the hospital credentials cannot be read: {getattr(exc, 'message', exc)}",
                      "check hospital.auth and the password/token/certificate files in fieldkit.toml")
     started = time.monotonic()
     try:
-        with session:
-            response = session.get(url.rstrip("/") + "/studies", params={"limit": "1"},
-                                   headers={"Accept": "application/dicom+json"},
-                                   timeout=(ctx.timeout, ctx.timeout), stream=True)
-            status = response.status_code
-            response.close()
-    except requests.exceptions.SSLError as exc:
-        return Check("hospital", FAIL, f"{_redact(url)}: TLS verification failed ({_first_line(exc)})",
+        status = client.probe()
+    except HospitalTLSError as exc:
+        return Check("hospital", FAIL, f"{_redact(url)}: TLS verification failed "
+                     f"({short(exc.__context__ or exc, 160)})",
                      "set hospital.ca_bundle to the hospital's CA, or check the kit's clock")
-    except requests.RequestException as exc:
-        return Check("hospital", FAIL, f"{_redact(url)} does not answer ({_net_reason(exc, ctx.timeout)})",
+    except LinkDown as exc:
+        return Check("hospital", FAIL, f"{_redact(url)} does not answer ({_net_reason(exc.__context__ or exc, ctx.timeout)})",
                      "normal in the field: studies wait in the queue. Otherwise check the uplink, "
                      "hospital.url and the hospital's firewall")
+    except FieldkitError as exc:
+        status = getattr(exc, "status", None)
+        if status in (401, 403, 407):
+            return Check("hospital", FAIL, f"{_redact(url)} refuses the kit's credentials (HTTP {status})",
+                         "check hospital.auth, hospital.username and the password or token file")
+        if status is not None:
+            return Check("hospital", FAIL, f"{_redact(url)} answered HTTP {status}",
+                         "check hospital.url points to the DICOMweb root (e.g. .../dicom-web)" if status < 500
+                         else "the hospital's server has a problem; tell its administrators")
+        return Check("hospital", FAIL, f"{_redact(url)}: {exc.message}",
+                     "check hospital.url points to the DICOMweb root (e.g. .../dicom-web)")
+    finally:
+        client.close()
     ms = (time.monotonic() - started) * 1000
-    if status in (401, 403):
-        return Check("hospital", FAIL, f"{_redact(url)} refuses the kit's credentials (HTTP {status})",
-                     "check hospital.auth, hospital.username and the password or token file")
-    if status == 404 or status >= 500:
-        return Check("hospital", FAIL, f"{_redact(url)} answered HTTP {status}",
-                     "check hospital.url points to the DICOMweb root (e.g. .../dicom-web)" if status == 404
-                     else "the hospital's server has a problem; tell its administrators")
     return Check("hospital", OK, f"{_redact(url)} answers (HTTP {status}, {ms:.0f} ms"
                  + (f", auth {ctx.config.get('hospital.auth')})" if ctx.config.get("hospital.auth", "none") != "none" else ")"))
 
@@ -388,7 +394,7 @@ def doctor(data_dir: Path, as_json: bool, timeout: float, scrub: bool) -> None:
     """Check the box and the kit against its hardware profile; exit 1 if anything failed."""
     if not data_dir.is_dir():
         raise click.ClickException(f"data dir {data_dir} does not exist (run `fieldkit init` or `fieldkit provision`)")
-    config = Config.load(data_dir / "fieldkit.toml")  # a bad setting: one message, exit 2
+    config = Config.load(data_dir / CONFIG_FILE)  # a bad setting: one message, exit 2
     checks = run_checks(data_dir, config, timeout, scrub)
     failed = [c for c in checks if c.status == FAIL]
     if as_json:
@@ -416,7 +422,7 @@ def _kit_running(data_dir: Path) -> bool:
 
 def _run_info(data_dir: Path) -> dict:
     try:
-        info = json.loads((data_dir / "run.json").read_text())
+        info = json.loads((data_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
@@ -424,7 +430,7 @@ def _run_info(data_dir: Path) -> dict:
 
 def _kit_pid(data_dir: Path) -> int | None:
     try:
-        return int((data_dir / "kit.lock").read_text().strip())
+        return int((data_dir / LOCK_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -482,29 +488,15 @@ def _ntp_synchronized() -> bool | None:
     return {"yes": True, "no": False}.get(value)
 
 
-def _hospital_session(ctx: Context):
-    """A requests session authenticated the way the sync worker is (hospital.* settings,
-    sealed secrets opened in memory)."""
-    import requests
+def _hospital_endpoint(ctx: Context):
+    """The endpoint the sync worker uses (hospital.* settings, sealed secrets opened in
+    memory), with doctor's timeout."""
+    from dataclasses import replace
 
     from ..sync.hospital import endpoint_from_config
     from .sync import open_secret_box
-    try:
-        ep = endpoint_from_config(ctx.config, ctx.data_dir, open_secret_box(ctx.data_dir))
-    except FieldkitError as exc:
-        raise ValueError(exc.message) from None
-    session = requests.Session()
-    session.headers["User-Agent"] = "fieldkit-doctor"
-    session.endpoint = ep  # keeps an in-memory client key open while the session lives
-    if ep.auth_mode == "basic":
-        session.auth = (ep.username, ep.password)
-    elif ep.auth_mode == "bearer":
-        session.headers["Authorization"] = f"Bearer {ep.token}"
-    elif ep.auth_mode == "client-cert":
-        session.cert = (ep.client_cert, ep.client_key) if ep.client_key else ep.client_cert
-    if ep.ca_bundle:
-        session.verify = ep.ca_bundle
-    return session
+    ep = endpoint_from_config(ctx.config, ctx.data_dir, open_secret_box(ctx.data_dir))
+    return replace(ep, connect_timeout=ctx.timeout, read_timeout=ctx.timeout)
 
 
 def _net_reason(exc: BaseException, timeout: float) -> str:
@@ -523,12 +515,8 @@ def _net_reason(exc: BaseException, timeout: float) -> str:
         node = node.__cause__ or node.__context__ or (inner[0] if inner else getattr(node, "reason", None))
         if not isinstance(node, BaseException):
             node = None
-    return _first_line(exc)
+    return short(exc, 160)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
 
 
 def _resolve(ctx: Context, path: str) -> Path:
@@ -581,7 +569,7 @@ def _store_facts(ctx: Context) -> dict[str, Any]:
 def _read_store(ctx: Context) -> dict[str, Any]:
     from ..store.scrub import damage, scrub_all
     if ctx.kit_running:
-        from .control import call
+        from ..kit.control import call
         checked = call(ctx.data_dir, "store.scrub", {})["checked"] if ctx.scrub else None
         status = call(ctx.data_dir, "status", {}, timeout=ctx.timeout)
         return {"patients": status.get("patients", 0), "instances": status.get("instances", 0),
@@ -613,7 +601,7 @@ def summarise_rows(rows, now: float) -> dict[str, Any]:
 
 def _queue_from_kit(ctx: Context) -> dict[str, Any]:
     """Ask the running kit through its owner-only control socket, never opening the store."""
-    from .control import call
+    from ..kit.control import call
     status = call(ctx.data_dir, "status", {}, timeout=ctx.timeout)
     queue = status.get("queue") or {}
     sync = queue.get("sync", {}) if isinstance(queue, dict) else {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .control import run_op
+from ..kit.control import run_op
 
 
 def op_import(kit, args: dict, emit) -> dict:

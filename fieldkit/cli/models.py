@@ -17,7 +17,7 @@ from ..inference.registry import Registry, model_dirs
 def _config(data_dir: Path | None) -> Config:
     if data_dir is None:
         return Config()
-    from ..runtime import load_config
+    from ..kit import load_config
     return load_config(data_dir)
 
 

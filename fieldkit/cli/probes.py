@@ -12,13 +12,13 @@ import json
 import click
 
 from ..ingest import dimse
+from ..kit.control import run_op
 from ..store import probes
-from .control import run_op
 from .core import DATA_DIR
 from .security import _actor
 
 
-# fn(kit, args, emit) -> JSON-able; registered in fieldkit.runtime.CONTROL_OPS
+# fn(kit, args, emit) -> JSON-able; registered in fieldkit.kit.registry.CONTROL_OPS
 def op_probes_add(kit, args, emit):
     return dimse.register_probe(kit, args["ae"], name=args.get("name", ""), host=args.get("host", ""),
                                 actor=args.get("actor", ""), role="operator")

@@ -17,10 +17,12 @@ from pathlib import Path
 import click
 
 from ..errors import BadInput, ConfigError, FieldkitError
-from ..events import FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED
+from ..kit import load_config
+from ..kit.control import call, run_op
+from ..kit.lock import lock_kit, unlock_kit
 from ..security import roles as R
 from ..store import accounts, dir_is_locked
-from .control import call, run_op
+from ..sync.audit import sync_audit_once
 from .core import DATA_DIR, read_secret_file
 
 
@@ -37,7 +39,7 @@ def _policy(kit) -> dict:
 
 
 # ----------------------------------------------------------------------------- control ops
-# fn(kit, args, emit) -> JSON-able; registered in fieldkit.runtime.CONTROL_OPS
+# fn(kit, args, emit) -> JSON-able; registered in fieldkit.kit.registry.CONTROL_OPS
 
 def op_users_add(kit, args, emit):
     return accounts.create_user(kit.store, args["name"], args["secret"], args["role"],
@@ -96,184 +98,19 @@ def op_audit_sync(kit, args, emit):
 
 
 def op_lock(kit, args, emit):
-    from ..web.auth import lock_kit
     return {"locked": True, "changed": lock_kit(kit, actor=args.get("actor", accounts.SYSTEM), role="operator")}
 
 
 def op_unlock(kit, args, emit):
-    from ..web.auth import unlock_kit
     return {"locked": False, "changed": unlock_kit(kit, args.get("passphrase", ""), remote="control socket")}
 
 
 def op_erase(kit, args, emit):
     """Crypto-erase from inside the running kit: lock (drop the key), then destroy the
     wrapped keys on disk. The kit stays locked for good; stop it afterwards."""
-    from ..web.auth import lock_kit
     lock_kit(kit, actor=args.get("actor", accounts.SYSTEM), role="operator")
     kit.keyring.destroy()
     return {"erased": True}
-
-
-# ----------------------------------------------------------------------------- audit to the hospital
-
-AUDIT_SYNC_BATCH = 5000  # events per SR document (about 2 MB of JSON)
-
-
-def sync_audit_once(kit) -> dict:
-    """Send the events the hospital has not yet confirmed, as audit SRs over the same
-    STOW-RS link as the studies (see fieldkit.security.audit_dicom). An event counts as
-    synced only when the hospital lists the document as stored. Sending is not itself
-    audited (it would always leave one more event to send)."""
-    import logging
-
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    from ..errors import PermanentError
-    from ..security.audit_dicom import audit_sr, to_bytes
-    from ..sync.client import Part, StowClient, failure_text
-    from ..sync.hospital import endpoint_from_config
-
-    store = kit.store
-    client = StowClient(endpoint_from_config(kit.config, kit.data_dir, store.secrets))
-    kit_id = kit.config["kit.id"] or "KIT"
-    sent = documents = 0
-    try:
-        for _ in range(10_000):  # bounded: at most this many documents per call
-            seq, head_hash = accounts.audit_synced(store)
-            export = accounts.audit_export(store, seq, kit_id=kit_id, limit=AUDIT_SYNC_BATCH)
-            if not export["events"]:
-                break
-            if list(export["start"]) != [seq, head_hash]:
-                raise PermanentError(f"the audit trail no longer continues the copy the hospital holds "
-                                     f"(event {seq} differs): run `fieldkit audit verify`")
-            ds = audit_sr(export, kit_id=kit_id, issuer=kit.config.issuer_of_patient_id)
-            uid = ds.SOPInstanceUID
-            result = client.store([Part.from_bytes(uid, to_bytes(ds), ExplicitVRLittleEndian)])
-            if uid not in result.stored:
-                code, text = result.failed.get(uid, (None, "not listed as stored"))
-                raise PermanentError(f"the hospital did not store the audit document: "
-                                     f"{failure_text(code) if code is not None else text}")
-            last = export["events"][-1]
-            accounts.audit_mark_synced(store, last["seq"], last["hash"], uid)
-            sent += len(export["events"])
-            documents += 1
-    finally:
-        client.close()
-    seq, _ = accounts.audit_synced(store)
-    if sent:
-        logging.getLogger(__name__).info("audit trail synced: %d events in %d documents, up to event %d",
-                                         sent, documents, seq)
-    return {"events": sent, "documents": documents, "synced_up_to": seq}
-
-
-class AuditSync:
-    """Background service: every `security.audit_sync_minutes`, send new audit events to
-    the hospital (when one is configured and the kit is unlocked)."""
-
-    def __init__(self, kit):
-        import threading
-
-        self.kit = kit
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-sync", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        import logging
-
-        log = logging.getLogger(__name__)
-        minutes = float(self.kit.config.get("security.audit_sync_minutes", 15) or 0)
-        if minutes <= 0 or not str(self.kit.config.get("hospital.url", "") or "").strip():
-            return
-        while not self._stop.wait(minutes * 60):
-            if self.kit.locked:
-                continue
-            try:
-                sync_audit_once(self.kit)
-            except FieldkitError as exc:
-                log.warning("audit sync postponed: %s", exc.message)
-            except Exception:  # never let the thread die: try again next round
-                log.exception("audit sync failed")
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(5)
-
-
-def start_audit_sync(kit) -> AuditSync:
-    return AuditSync(kit)
-
-
-# ----------------------------------------------------------------------------- redaction learns patients
-
-class RedactLearner:
-    """Background service: tells the log redactor every patient's name, kit ID, tag number,
-    birth date and the probes' own IDs, at start and whenever a patient or capture event
-    is published, so that they are masked in any log line, whatever its shape."""
-
-    TOPICS = (PATIENT_UPDATED, PATIENT_MERGED, INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED)
-
-    def __init__(self, kit):
-        import queue as _queue
-        import threading
-
-        self.kit = kit
-        self._empty = _queue.Empty
-        self._events = kit.events.subscribe()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redact-learner", daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _values(row: dict) -> list:
-        out = [row.get("id"), row.get("tag"), row.get("name"), row.get("birth_date")]
-        out += [alias[1] for alias in row.get("aliases") or [] if isinstance(alias, (list, tuple)) and len(alias) > 1]
-        return [v for v in out if v]
-
-    def _learn_all(self) -> None:
-        from ..security import redact
-        from ..store import patients
-
-        rows = patients.list_patients(self.kit.store, include_merged=True)
-        rows.sort(key=lambda r: r.get("updated") or 0)  # the newest are kept when the bound is hit
-        for row in rows[-2000:]:
-            redact.remember(*self._values(row))
-
-    def _run(self) -> None:
-        import logging
-
-        from ..security import redact
-        from ..store import patients
-
-        log = logging.getLogger(__name__)
-        try:
-            if not self.kit.locked:
-                self._learn_all()
-        except Exception:
-            log.exception("could not preload patient values for log redaction")
-        while not self._stop.is_set():
-            try:
-                event = self._events.get(timeout=0.5)
-            except self._empty:
-                continue
-            if event.topic not in self.TOPICS or self.kit.locked:
-                continue
-            try:
-                pid = event.data.get("patient_id")
-                row = patients.get_patient(self.kit.store, pid, follow_merges=False) if pid else None
-                if row:
-                    redact.remember(*self._values(row))
-            except Exception:
-                log.exception("could not register a patient for log redaction")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.kit.events.unsubscribe(self._events)
-        self._thread.join(5)
-
-
-def start_redact_learner(kit) -> RedactLearner:
-    return RedactLearner(kit)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -497,7 +334,6 @@ def erase(data_dir, confirm_id):
     """Crypto-erase the kit: overwrite and delete the wrapped data key, the device key, the
     TLS private keys and the hospital secrets, so that everything stored becomes unreadable
     noise. Names every file it removed. There is no undo."""
-    from ..runtime import load_config
     from .erase import erase_key_files, key_files
 
     data_dir = Path(data_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import StoreBusy
-from ..runtime import load_config
+from ..kit import load_config
 from ..security.keys import Keyring
 from ..security.tpm import sealer_for
 from ..store import Store, check_format, dir_is_locked

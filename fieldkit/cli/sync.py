@@ -10,10 +10,10 @@ import click
 
 from .. import config as config_mod
 from ..errors import BadInput, Conflict
-from ..runtime import CONFIG_FILE, open_kit
+from ..kit import CONFIG_FILE, open_kit
+from ..kit.control import run_op
 from ..store import dir_is_locked
 from ..sync.hospital import AUTH_MODES, SECRET_FILES, SECRETS_DIR, check_url
-from .control import run_op
 from .core import DATA_DIR, read_secret_file
 
 
@@ -214,7 +214,7 @@ def open_secret_box(data_dir: Path):
     """What opens the sealed hospital secrets, or None when the data key cannot be had
     unattended (then a sealed secret is reported as such)."""
     from ..errors import KeyUnavailable
-    from ..runtime import unlock_data_key
+    from ..kit import unlock_data_key
     from ..security.secrets import SecretBox
     try:
         return SecretBox(unlock_data_key(data_dir))
@@ -278,7 +278,7 @@ def sync(ctx, data_dir, once, timeout, passphrase_file):
 @click.pass_context
 def sync_status(ctx, data_dir, as_json):
     """Per-item sync state, queue bytes, link and ETA."""
-    from .control import run_op
+    from ..kit.control import run_op
     data_dir = data_dir or (ctx.obj or {}).get("data_dir")
     if data_dir is None:
         raise click.UsageError("--data-dir is required")

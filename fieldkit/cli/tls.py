@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..runtime import unlock_data_key
+from ..kit import unlock_data_key
 from ..security.tls import SERVER_DAYS, renew_server
 from ..store import dir_is_locked
 from .core import DATA_DIR, read_secret_file

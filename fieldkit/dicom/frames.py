@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
+from ..errors import short
 from . import uids
 
 
@@ -63,7 +64,7 @@ def decode_frames(ds: Dataset, indices: Iterable[int] | None = None) -> np.ndarr
         try:
             arr = pixel_array(ds, index=i) if n > 1 else pixel_array(ds)
         except Exception as exc:  # codecs raise many types; callers need one with a reason
-            raise DecodeError(f"pixel data does not decode: {_short(exc)} [{_ts_label(ts)}]") from None
+            raise DecodeError(f"pixel data does not decode: {short(exc)} [{_ts_label(ts)}]") from None
         out.append(_normalise(ds, arr))
     return np.stack(out)
 
@@ -83,7 +84,7 @@ def _normalise(ds: Dataset, arr: np.ndarray) -> np.ndarray:
             try:
                 rgb = apply_color_lut(arr, ds)
             except Exception as exc:
-                raise DecodeError(f"palette colour lookup failed: {_short(exc)}") from None
+                raise DecodeError(f"palette colour lookup failed: {short(exc)}") from None
             return _to_uint8(rgb, 16 if rgb.dtype.itemsize > 1 else 8)
         gray = _grayscale(ds, arr)
         if pi == "MONOCHROME1":
@@ -125,7 +126,7 @@ def _decode_video(ds: Dataset, ts: str, wanted: list[int]) -> np.ndarray:
     try:
         stream_bytes = b"".join(generate_fragments(ds.PixelData))
     except Exception as exc:
-        raise DecodeError(f"video pixel data is not encapsulated properly: {_short(exc)}") from None
+        raise DecodeError(f"video pixel data is not encapsulated properly: {short(exc)}") from None
     fmt = "hevc" if ts in uids.HEVC_SYNTAXES else ("mpegvideo" if ts in uids.MPEG2_SYNTAXES else "h264")
     want = set(wanted)
     last = max(wanted)
@@ -138,7 +139,7 @@ def _decode_video(ds: Dataset, ts: str, wanted: list[int]) -> np.ndarray:
                 if i >= last:
                     break
     except Exception as exc:
-        raise DecodeError(f"video stream does not decode: {_short(exc)} [{_ts_label(ts)}]") from None
+        raise DecodeError(f"video stream does not decode: {short(exc)} [{_ts_label(ts)}]") from None
     missing = [i for i in wanted if i not in got]
     if missing:
         raise DecodeError(f"video stream holds {len(got) and max(got) + 1 or 0} decodable frame(s); "
@@ -148,8 +149,3 @@ def _decode_video(ds: Dataset, ts: str, wanted: list[int]) -> np.ndarray:
 
 def _ts_label(ts: str) -> str:
     return uids.transfer_syntax_name(ts) if ts else "no transfer syntax"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]

@@ -46,7 +46,7 @@ def source_identity(ds: Dataset) -> SourceIdentity:
 def stamp(ds: Dataset, patient_id: str, issuer: str, before: SourceIdentity | None = None) -> bool:
     """Set PatientID/IssuerOfPatientID to the kit's; keep a differing source ID in
     OtherPatientIDsSequence. Returns True when anything changed (a coercion). Only these
-    three attributes change (parse.STAMPED_TAGS: the stored copy re-encodes just them)."""
+    three attributes change (encode.STAMPED_TAGS: the stored copy re-encodes just them)."""
     before = before or source_identity(ds)  # the identity as received (callers that read it pass it in)
     if str(ds.get("PatientID", "") or "").strip() == patient_id and \
             str(ds.get("IssuerOfPatientID", "") or "").strip() == issuer:

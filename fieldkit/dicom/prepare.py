@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 
-from . import parse, uids
+from . import encode, parse, uids
 from .frames import DecodeError
 from .identity import SourceIdentity, source_identity
 from .thumbnails import thumbnail_of
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Prepared:
     facts: dict               # parse.check's catalogue facts
-    encoded: parse.Encoded    # the copy to keep, identity not yet stamped
+    encoded: encode.Encoded    # the copy to keep, identity not yet stamped
     source: SourceIdentity    # the identity the object came with
     thumbnail: bytes | None   # JPEG preview of the first frame (images)
     decode_error: str         # a video frame the kit cannot decode: kept, flagged
@@ -49,7 +49,7 @@ def prepare(data: bytes | BinaryIO | Dataset, *, transfer_syntax: str | None = N
         raw = dict(ds._dict)  # the elements as received, before checking converts any
     facts = parse.check(ds)
     sop_uid = facts["sop_instance_uid"]
-    encoded = guarded(lambda: parse.Encoded(ds, raw), sop_uid)  # the one full encoding
+    encoded = guarded(lambda: encode.Encoded(ds, raw), sop_uid)  # the one full encoding
     decode_error, thumb = "", None
     if facts["is_image"] and thumbnail:
         try:

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 
 from ..security.passwords import SYSTEM_CLOCK, Clock
+from ..service import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,16 @@ class ClockWatch:
         return {"jumps": jumps, "last_jump": jumps[-1] if jumps else None}
 
 
-class ClockService:
+class ClockService(Periodic):
     """`fieldkit serve`'s thread looking at the clock every CHECK_SECONDS."""
 
     def __init__(self, watch: ClockWatch, interval: float = CHECK_SECONDS):
         self.watch = watch
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), name="clock-watch", daemon=True)
-        self._thread.start()
+        super().__init__(interval, "clock-watch")
 
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.watch.check()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def tick(self) -> None:
+        self.watch.check()
 
 
 def start(kit) -> ClockService:
-    kit.clock_watch = ClockWatch()
-    return ClockService(kit.clock_watch)
+    return ClockService(ClockWatch())  # its watch becomes kit.clock_watch

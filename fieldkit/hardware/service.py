@@ -1,32 +1,30 @@
 """The power service `fieldkit serve` runs: reads the probe on a timer, keeps the policy
 current for the workers, and says when it changes.
 
-`start(kit)` sets `kit.hardware` to the shared PowerMonitor (workers ask it, or
-`current_policy(kit.config, kit.data_dir)`, which is the same object), logs each change of
-policy with its reasons, and publishes a `power.policy` event for the device page.
+`start(kit)` returns the service; its `monitor`, the shared PowerMonitor, becomes
+`kit.hardware` (workers ask it, or `current_policy(kit.config, kit.data_dir)`, which is the
+same object). It logs each change of policy with its reasons, and publishes a
+`power.policy` event for the device page.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 from ..events import POWER_POLICY
+from ..service import Periodic
 from .policy import monitor_for
 
 log = logging.getLogger(__name__)
 
 
-class PowerService:
+class PowerService(Periodic):
     def __init__(self, kit):
         self.kit = kit
         self.monitor = monitor_for(kit.config, kit.data_dir)
-        self.interval = max(1.0, float(kit.config.get("power.probe_interval_seconds", 10.0) or 0) or 1.0)
-        self._stop = threading.Event()
         self._last = None
         self._check()  # the first policy is known before the workers take a job
-        self._thread = threading.Thread(target=self._loop, name="power", daemon=True)
-        self._thread.start()
+        super().__init__(max(1.0, float(kit.config.get("power.probe_interval_seconds", 10.0) or 0) or 1.0), "power")
 
     def _check(self) -> None:
         try:
@@ -45,19 +43,12 @@ class PowerService:
             except Exception:
                 log.debug("no event bus to publish the power policy on")
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._check()
+    def tick(self) -> None:
+        self._check()
 
     def state(self) -> dict:
         return self.monitor.state()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
 
 def start(kit) -> PowerService:
-    service = PowerService(kit)
-    kit.hardware = service.monitor
-    return service
+    return PowerService(kit)

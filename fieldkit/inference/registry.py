@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import short
 from . import bundle as B
 from .preprocess import check_spec
 
@@ -98,7 +99,7 @@ class Registry:
                 bundle = B.verify_bundle(B.read_bundle(path), trusted)
             except Exception as exc:  # a manifest no check foresaw: refused, never a crash
                 bundle = B.read_bundle(path)
-                bundle.ok, bundle.status = False, f"refused: manifest malformed ({_short(exc)})"
+                bundle.ok, bundle.status = False, f"refused: manifest malformed ({short(exc)})"
                 bundle.problems.append(bundle.status)
             self.bundles.append(bundle)
             if not bundle.ok:
@@ -113,7 +114,7 @@ class Registry:
                 self.models[task] = self._session(bundle, threads)
             except Exception as exc:  # not ONNX, wrong shape, unsupported preprocessing
                 bundle.ok = False
-                bundle.status = f"refused: does not load ({_short(exc)})"
+                bundle.status = f"refused: does not load ({short(exc)})"
                 bundle.problems.append(bundle.status)
                 log.warning("model bundle %s refused: %s", path.name, bundle.status)
 
@@ -143,8 +144,3 @@ class Registry:
                         "loaded": b.ok and self.models.get(e.get("task"), None) is not None
                         and self.models[e["task"]].bundle is b})
         return out
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]

@@ -119,7 +119,7 @@ def handle_echo(event) -> int:
     return SUCCESS
 
 
-LOCKED_COMMENT = "kit locked: an admin must unlock it"
+LOCKED_COMMENT = dimse_server.LOCKED_COMMENT
 
 
 def handle_store_locked(event) -> Dataset:
@@ -305,9 +305,7 @@ def listen(kit, port: int, setting: str, ssl_context=None) -> Receiver:
 def start(kit) -> Receiver:
     """Start the plain receiver on dicom.bind:dicom.port (port 0: a free port, then the
     same one again after a lock and unlock, so probes and run.json keep one port)."""
-    receiver = listen(kit, int(kit.config["dicom.port"]) or (kit.dicom_port or 0), "dicom.port")
-    kit.dicom_port = receiver.port
-    return receiver
+    return listen(kit, int(kit.config["dicom.port"]) or (kit.dicom_port or 0), "dicom.port")
 
 
 start_locked = start  # the same listener; `listen` answers "locked" while kit.locked

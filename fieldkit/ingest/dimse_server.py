@@ -36,6 +36,9 @@ from .spoolio import PartBuffer
 
 log = logging.getLogger(__name__)
 
+# what every DIMSE service of a locked kit answers (C-STORE, Q/R, worklist)
+LOCKED_COMMENT = "kit locked: an admin must unlock it"
+
 
 class GuardedAE(AE):
     """An AE whose association limit counts only connections that sent an A-ASSOCIATE-RQ:

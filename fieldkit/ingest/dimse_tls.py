@@ -49,12 +49,8 @@ def start(kit):
     """Start the TLS receiver on dicom.bind:dicom.tls_port; nothing when the port is -1."""
     port = int(kit.config["dicom.tls_port"])
     if port < 0:
-        kit.dicom_tls_port = None
         return _Off()
-    receiver = listen(kit, port or (getattr(kit, "dicom_tls_port", None) or 0), "dicom.tls_port",
-                      ssl_context=_context_for(kit))
-    kit.dicom_tls_port = receiver.port
-    return receiver
+    return listen(kit, port or (kit.dicom_tls_port or 0), "dicom.tls_port", ssl_context=_context_for(kit))
 
 
 start_locked = start  # `listen` answers "locked" while kit.locked

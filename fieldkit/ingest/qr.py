@@ -585,12 +585,12 @@ def handle_get(event, kit, tally: "QRTally | None" = None):
 
 def handle_find_locked(event):
     """Q/R and worklist queries while the kit is locked: nothing can be read."""
-    from .dimse import LOCKED_COMMENT
+    from .dimse_server import LOCKED_COMMENT
     yield _status(REFUSED_OUT_OF_RESOURCES, LOCKED_COMMENT), None
 
 
 def handle_get_locked(event):
-    from .dimse import LOCKED_COMMENT
+    from .dimse_server import LOCKED_COMMENT
     yield 1
     yield _status(REFUSED_OUT_OF_RESOURCES, LOCKED_COMMENT), None
 

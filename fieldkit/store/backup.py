@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from .. import DATA_FORMAT_VERSION, fsio
-from ..config import Config
+from ..config import CONFIG_FILE, Config
 from ..errors import BadInput, KeyUnavailable, StorageFull, UnsupportedVersion
 from ..security.crypto import InvalidTag, Sealer, derive_subkey
 from ..security.files import write_atomic
@@ -433,7 +433,7 @@ def _restore_into(source: Path, stage: Path, manifest: dict, sealer: Sealer, dat
         fsync_dir(d)
 
     # the proof: the restored store opens (migrating if need be) with every row of the backup
-    config_path = stage / "fieldkit.toml"
+    config_path = stage / CONFIG_FILE
     store = Store.open(stage, data_key, Config.load(config_path) if config_path.exists() else Config())
     try:
         got = store.read(lambda db: {name: len(db.table(name)) for name in db.tables()})

@@ -35,7 +35,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from tinydb.table import Document
 
-from ..dicom import parse
+from ..dicom import encode
 from ..dicom.compare import same_content
 from ..dicom.identity import stamp
 from ..dicom.prepare import Prepared, guarded, prepare
@@ -125,7 +125,7 @@ class _Item:
         self.facts, self.src, self.digest = prepared.facts, prepared.source, prepared.encoded.digest
         self.calling_ae = calling_ae  # the probe that sent it (DIMSE), for probe sessions
         self.linked_by = ""
-        self.encoded: parse.Encoded | None = prepared.encoded
+        self.encoded: encode.Encoded | None = prepared.encoded
         self.thumb, self.decode_error, self.meta = prepared.thumbnail, prepared.decode_error, prepared.descriptive
         self.from_picture = from_picture
         self.linked: dict | None = None

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 import requests
 
-from fieldkit.errors import PermanentError, TransientError
+from fieldkit.errors import FieldkitError, PermanentError, TransientError, short
 
 REFERENCED_SOP_SEQ = "00081199"
 FAILED_SOP_SEQ = "00081198"
@@ -74,6 +74,10 @@ class HospitalConfigError(TransientError):
     """The endpoint refuses the kit itself (401/403, 404/405: wrong credentials or not a
     DICOMweb URL). Not an instance's fault, so no instance is quarantined: items wait
     until the operator fixes the configuration."""
+
+
+class HospitalTLSError(HospitalConfigError):
+    """The hospital's certificate does not match or is not trusted (hospital.ca_bundle, clock)."""
 
 
 class RequestRefused(PermanentError):
@@ -427,14 +431,14 @@ class StowClient:
             r = self.session.request(method, url, timeout=self.timeouts, stream=True,
                                      verify=self.session.verify, cert=self.session.cert, **kw)
         except requests.exceptions.SSLError as exc:
-            raise HospitalConfigError(f"TLS with the hospital failed (certificate does not "
-                                      f"match or is not trusted): {_short(exc)}") from None
+            raise HospitalTLSError(f"TLS with the hospital failed (certificate does not "
+                                   f"match or is not trusted): {short(exc)}") from None
         except requests.exceptions.Timeout:
             raise LinkDown(f"hospital did not answer within {self.endpoint.read_timeout:g}s") from None
         except requests.exceptions.ConnectionError as exc:
-            raise LinkDown(f"cannot reach the hospital: {_short(exc)}") from None
+            raise LinkDown(f"cannot reach the hospital: {short(exc)}") from None
         except requests.exceptions.RequestException as exc:
-            raise LinkDown(f"request to the hospital failed: {_short(exc)}") from None
+            raise LinkDown(f"request to the hospital failed: {short(exc)}") from None
         return r
 
     @staticmethod
@@ -447,7 +451,7 @@ class StowClient:
                     raise BadResponse("hospital's answer is too large to be a STOW-RS response")
                 chunks.append(chunk)
         except requests.exceptions.RequestException as exc:
-            raise LinkDown(f"connection dropped while reading the hospital's answer: {_short(exc)}") from None
+            raise LinkDown(f"connection dropped while reading the hospital's answer: {short(exc)}") from None
         finally:
             r.close()
         return b"".join(chunks)
@@ -505,9 +509,10 @@ class StowClient:
                 return url if isinstance(url, str) else ""
         return None
 
-    def probe(self) -> None:
-        """A QIDO that asks for nothing: proves URL, TLS, credentials and DICOMweb.
-        Raises the same errors as store()."""
+    def probe(self) -> int:
+        """A QIDO that asks for nothing: proves URL, TLS, credentials and DICOMweb; returns
+        the HTTP status (200 or 204). Raises the same errors as store(); an answer's HTTP
+        status is the error's `status`. The request's error stays as its __context__."""
         r = self._request("GET", self._url("/studies"), params={"limit": "1", "StudyInstanceUID": "0"},
                           headers={"Accept": "application/dicom+json"})
         raw = self._read_body(r)
@@ -521,9 +526,11 @@ class StowClient:
                 if not isinstance(doc, list):
                     raise HospitalConfigError("the hospital URL does not answer like a DICOMweb "
                                               "service (QIDO reply is not a list)")
-            return
+            return r.status_code
         _raise_for_status_without_body(r.status_code, r.headers, raw)
-        raise BadResponse(f"hospital answered HTTP {r.status_code} to a QIDO probe")
+        error = BadResponse(f"hospital answered HTTP {r.status_code} to a QIDO probe")
+        error.status = r.status_code
+        raise error
 
 
 def _retry_after(headers) -> float | None:
@@ -534,22 +541,21 @@ def _retry_after(headers) -> float | None:
 
 
 def _raise_for_status_without_body(status: int, headers, raw: bytes) -> None:
+    error: FieldkitError | None = None
     if status in (401, 407):
-        raise HospitalConfigError(f"hospital refused the kit's credentials (HTTP {status})")
-    if status == 403:
-        raise HospitalConfigError("hospital says the kit is not allowed to store (HTTP 403)")
-    if status in (404, 405):
-        raise HospitalConfigError(f"hospital URL is not a DICOMweb STOW-RS endpoint (HTTP {status})")
-    if status == 429 or status >= 500:
-        raise HospitalBusy(f"hospital answered HTTP {status}", _retry_after(headers))
+        error = HospitalConfigError(f"hospital refused the kit's credentials (HTTP {status})")
+    elif status == 403:
+        error = HospitalConfigError("hospital says the kit is not allowed to store (HTTP 403)")
+    elif status in (404, 405):
+        error = HospitalConfigError(f"hospital URL is not a DICOMweb STOW-RS endpoint (HTTP {status})")
+    elif status == 429 or status >= 500:
+        error = HospitalBusy(f"hospital answered HTTP {status}", _retry_after(headers))
+    if error is not None:
+        error.status = status  # for whoever words it differently (doctor)
+        raise error
 
 
 def _snippet(raw: bytes) -> str:
     """A printable, bounded piece of a peer's error body for the operator."""
     text = raw[:300].decode("utf-8", "replace")
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:200]
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "…"

@@ -32,7 +32,6 @@ Patient documents are read leniently: `triage`, `name` (or `patient_name`),
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 
@@ -40,13 +39,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from ..dicom.uids import derived_uid
+
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 IMPLEMENTATION_UID = "2.25.301913385263297432245473496787437290147"
-
-
-def _uid(*parts: str) -> str:
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+# status SRs' UIDs stay under 2.25 whatever dicom.uid_root says: those already at the
+# hospital keep their meaning (a re-send replaces, never duplicates)
+STATUS_UID_ROOT = "2.25"
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -162,9 +161,9 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
     # `when` is the time the change was queued, so a re-send is byte-identical
     stamp = (when or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d%H%M%S")
     fingerprint = json.dumps(state, sort_keys=True)
-    sop_uid = _uid("fieldkit-update", kit_id, issuer, patient_id, fingerprint, what, stamp)
-    study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
-    series_uid = _uid("fieldkit-status-series", kit_id, issuer, patient_id)
+    sop_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-update", kit_id, issuer, patient_id, fingerprint, what, stamp)
+    study_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-status-study", kit_id, issuer, patient_id)
+    series_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-status-series", kit_id, issuer, patient_id)
 
     ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp,
                   "Field kit triage and identity", "Triage status", 9000)
@@ -200,11 +199,12 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
     ref_uid, ref_class = str(target["sop_instance_uid"]), str(target.get("sop_class_uid") or "")
     study_uid = str(target.get("study_instance_uid") or finding.get("study_instance_uid") or "")
     if not study_uid:
-        study_uid = _uid("fieldkit-status-study", kit_id, issuer, patient_id)
-    sop_uid = _uid("fieldkit-review", kit_id, str(finding.get("id", "")), ref_uid, decision, note, by, f"{at:.6f}")
-
-    ds = _text_sr(sop_uid, study_uid, _uid("fieldkit-review-series", kit_id, study_uid), patient_id, issuer,
-                  state, stamp, "Field kit findings", "Clinician review of findings", 9001)
+        study_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-status-study", kit_id, issuer, patient_id)
+    sop_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-review", kit_id, str(finding.get("id", "")), ref_uid, decision,
+                          note, by, f"{at:.6f}")
+    series_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-review-series", kit_id, study_uid)
+    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp, "Field kit findings",
+                  "Clinician review of findings", 9001)
     if target.get("series_instance_uid"):  # the evidence this document refers to (1C)
         sop = Dataset()
         sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid

@@ -285,7 +285,7 @@ class SyncWorker:
         except Exception:  # header larger than a chunk, or odd: check on the full object
             pass
         from fieldkit.dicom.identity import stamp
-        from fieldkit.dicom.parse import encode_part10
+        from fieldkit.dicom.encode import encode_part10
         ds = pydicom.dcmread(io.BytesIO(self.store.blobs.get_bytes(addr)))
         if not stamp(ds, str(doc.get("patient_id", "")), self.issuer):
             return None
@@ -493,7 +493,7 @@ def _power_policy_of(kit):
 
 
 def start(kit):
-    """Service entry for `fieldkit serve` (runtime.SERVICES)."""
+    """Service entry for `fieldkit serve` (kit.registry.SERVICES)."""
     config = kit.config
     if not config["sync.enabled"]:
         return Idle("sync is disabled (sync.enabled = false)")

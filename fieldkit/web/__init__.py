@@ -57,14 +57,8 @@ def create_app(kit, testing: bool = False) -> Flask:
         route_permissions.update(getattr(module, "ROUTE_PERMISSIONS", {}))
     app.extensions["fieldkit.route_permissions"] = route_permissions
 
-    try:
-        auth = importlib.import_module("fieldkit.web.auth")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fieldkit.web.auth":
-            raise
-    else:
-        auth.init_app(app)
-    from . import compress, cors
+    from . import auth, compress, cors
+    auth.init_app(app)  # the guard: never optional, every request passes it
     cors.init_app(app)  # after the guard: a CORS preflight is answered before it
     compress.init_app(app)
 

@@ -64,12 +64,13 @@ from flask import (Blueprint, Response, current_app, g, jsonify, make_response, 
 from flask_babel import gettext
 
 from ..errors import BadInput, FieldkitError, KeyUnavailable
+from ..kit.lock import UnlockThrottled, lock_kit, unlock_kit
 from ..security import audit as _audit
-from ..security import passwords as pw
 from ..security import roles as R
 from ..security import tokens as _tokens
 from ..security.signin import SigninPolicy
 from ..store import accounts
+from .openapi import describe
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +139,11 @@ class Session:
 
 @dataclass
 class KitState:
-    """In-memory security state of one running kit: sessions, lock generation, unlock throttle."""
+    """In-memory web state of one running kit: sessions, the CSRF secret, denial counts.
+    Its lock is the kit's lock state's (fieldkit.kit.lock): locking the kit signs everybody out."""
 
+    lock: threading.RLock
     sessions: dict = field(default_factory=dict)  # sha256(session id) -> Session
-    generation: int = 0  # bumped at lock: every older session dies
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    held_fd: int | None = None  # the data-dir lock kept while the store is closed
-    stopped_services: list = field(default_factory=list)  # restarted at unlock
-    last_human: float = 0.0  # monotonic time of the last request by a signed-in person
-    unlock_lockout: pw.Lockout = field(default_factory=lambda: pw.Lockout(clock=accounts.CLOCK))
-    unlock_state: dict = field(default_factory=dict)
-    unlock_failures: int = 0
     recent_views: dict = field(default_factory=dict)  # (actor, path) -> monotonic time of the last "view" event
     pre_secret: bytes = field(default_factory=lambda: os.urandom(32))
     denials: list = field(default_factory=lambda: [0.0, 0, 0])  # window start, count, suppressed
@@ -163,8 +158,8 @@ def kit_state(kit) -> KitState:
     with _states_lock:
         st = _states.get(kit)
         if st is None:
-            st = KitState()
-            st.last_human = accounts.CLOCK.mono()
+            st = KitState(lock=kit.lock_state.lock)
+            kit.lock_state.on_lock.append(st.sessions.clear)
             _states[kit] = st
         return st
 
@@ -271,7 +266,7 @@ def _session_lookup(kit, st: KitState) -> tuple[str, Session] | None:
         sess = st.sessions.get(key)
         if sess is None:
             return None
-        if sess.generation != st.generation or now - sess.last > idle or now - sess.created > max_age \
+        if sess.generation != kit.lock_state.generation or now - sess.last > idle or now - sess.created > max_age \
                 or now < sess.last:
             del st.sessions[key]
             return None
@@ -302,7 +297,7 @@ def authenticate(kit, st: KitState):
             st.sessions.pop(key, None)
         return None
     with st.lock:
-        sess.last = st.last_human = _mono()
+        sess.last = kit.lock_state.last_human = _mono()
     g.principal, g.auth, g.session_key, g.session = principal, "session", key, sess
     return None
 
@@ -556,8 +551,8 @@ def _new_session(kit, principal) -> str:
             oldest = min(st.sessions, key=lambda k: st.sessions[k].last)
             del st.sessions[oldest]
         st.sessions[_digest(sid)] = Session(principal.name, principal.role, _tokens.new_secret(), now, now,
-                                            st.generation)
-        st.last_human = now
+                                            kit.lock_state.generation)
+        kit.lock_state.last_human = now
     return sid
 
 
@@ -643,102 +638,6 @@ def session_info():
 
 # ----------------------------------------------------------------------------- lock / unlock
 
-def lock_kit(kit, *, actor: str = accounts.SYSTEM, role: str = "") -> bool:
-    """Drop the data key: stop services, close the store, sign everybody out. Returns False
-    when it was already locked. The data dir stays locked against other processes."""
-    from ..store import acquire_dir_lock
-
-    st = kit_state(kit)
-    with st.lock:
-        if kit.locked:
-            return False
-        try:
-            accounts.flush_signin_audit(kit.store, flush_all=True)
-            accounts.audit_append(kit.store, actor=actor, role=role, action="kit.lock", object="kit")
-        except FieldkitError as exc:
-            log.warning("could not audit the lock: %s", exc.message)
-        st.stopped_services = list(kit.services)
-        kit.stop_services()
-        store = kit._store
-        kit._store = None
-        store.close()
-        st.held_fd = acquire_dir_lock(kit.data_dir)
-        st.generation += 1
-        st.sessions.clear()
-        kit.start_locked_services(st.stopped_services)  # probes hear "locked", not silence
-    log.warning("kit locked: the data key is no longer in memory")
-    return True
-
-
-def unlock_kit(kit, passphrase: str, *, remote: str = "", admin: tuple[str, str] | None = None) -> bool:
-    """Unwrap the data key with the kit passphrase and reopen the store. Wrong passphrases
-    are throttled like PINs. Returns False when it was not locked.
-
-    With `admin` (name, PIN/password), the account must be an enabled admin of this kit,
-    checked in the reopened store; otherwise the store closes again and the kit stays
-    locked, with the same answer as a wrong passphrase."""
-    from ..store import Store, acquire_dir_lock
-
-    st = kit_state(kit)
-    with st.lock:
-        if not kit.locked:
-            return False
-        remaining, reanchored = st.unlock_lockout.remaining("__kit__", st.unlock_state)
-        if reanchored is not None:
-            st.unlock_state = reanchored
-        if remaining > 0:
-            raise UnlockThrottled(remaining)
-        try:
-            key = kit.keyring.unlock_with_passphrase(passphrase if isinstance(passphrase, str) else "")
-        except KeyUnavailable:
-            st.unlock_state = st.unlock_lockout.failure("__kit__", st.unlock_state)
-            st.unlock_failures += 1  # audited at the next unlock (the trail is closed now)
-            log.warning("unlock refused: wrong passphrase (from %s)", remote or "the command line")
-            raise
-        if st.held_fd is not None:
-            os.close(st.held_fd)
-            st.held_fd = None
-        store = Store.open(kit.data_dir, key, kit.config)
-        store.events = kit.events  # live-update subscribers keep their bus
-        actor = "passphrase"
-        if admin is not None:
-            try:
-                result = accounts.verify_login(store, admin[0], admin[1], remote=remote,
-                                               policy=SigninPolicy.from_config(kit.config))
-            except BaseException:
-                store.close()
-                st.held_fd = acquire_dir_lock(kit.data_dir)
-                raise
-            if not result.ok or result.principal.role != R.ADMIN:
-                store.close()
-                st.held_fd = acquire_dir_lock(kit.data_dir)
-                st.unlock_state = st.unlock_lockout.failure("__kit__", st.unlock_state)
-                st.unlock_failures += 1
-                log.warning("unlock refused: not an admin's sign-in (from %s)", remote or "?")
-                raise KeyUnavailable("wrong passphrase or admin sign-in")
-            actor = f"passphrase+{result.principal.actor}"
-        st.unlock_state = {}
-        kit._store = store
-        accounts.audit_append(store, actor=actor, role=R.ADMIN if admin is not None else "", action="kit.unlock",
-                              object="kit",
-                              detail={"remote": remote, "failed_attempts_while_locked": st.unlock_failures})
-        st.unlock_failures = 0
-        kit.stop_locked_services()  # they hold the DICOM ports the real receivers take over
-        if st.stopped_services:
-            kit.start_services(st.stopped_services)
-    log.warning("kit unlocked")
-    return True
-
-
-class UnlockThrottled(FieldkitError):
-    http_status = 429
-    exit_code = 5
-
-    def __init__(self, remaining: float):
-        super().__init__(f"too many wrong passphrases: try again in {int(remaining) + 1} seconds")
-        self.retry_after = remaining
-
-
 def _unlock_needs_admin(kit) -> bool:
     """A kit that keeps no key on disk (key mode passphrase) is unlocked over the network
     only by an admin who also knows the passphrase."""
@@ -792,34 +691,6 @@ def lock():
         resp = redirect(url_for("auth.unlock"), 303)
     resp.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="Strict", path="/")
     return resp
-
-
-class AutoLock:
-    """Locks the kit after `security.auto_lock_minutes` with no signed-in person active."""
-
-    def __init__(self, kit, interval: float = 15.0):
-        self.kit, self.interval = kit, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="autolock", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        minutes = float(self.kit.config.get("security.auto_lock_minutes", 0) or 0)
-        if minutes <= 0:
-            return
-        st = kit_state(self.kit)
-        while not self._stop.wait(self.interval):
-            if not self.kit.locked and _mono() - st.last_human > minutes * 60:
-                threading.Thread(target=lock_kit, args=(self.kit,), kwargs={"actor": "auto-lock"},
-                                 name="autolock-lock", daemon=True).start()
-                return  # the services (this one included) are stopped by the lock
-
-    def stop(self):
-        self._stop.set()
-
-
-def start_autolock(kit) -> AutoLock:
-    return AutoLock(kit)
 
 
 # ----------------------------------------------------------------------------- admin JSON API
@@ -911,8 +782,8 @@ def audit_verify():
 
 @bp.get("/api/v1/openapi.json")
 def openapi():
-    from .openapi import describe
-    return jsonify(describe(current_app))
+    table = route_permissions(current_app)
+    return jsonify(describe(current_app, lambda endpoint, method: permission_for(table, endpoint, method)))
 
 
 _LOGIN_CSS = """

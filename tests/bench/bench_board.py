@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.web import create_app
 
     results = {}

@@ -84,7 +84,7 @@ def index_bench(data_dir: Path, runs: int) -> None:
     from pydicom.encaps import encapsulate, generate_frames
 
     from fieldkit.dicom.frame_index import frame_spans
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from kitproc import init_kit as init
 
     kit = open_kit(init(data_dir))

@@ -67,8 +67,8 @@ def stack(data_dir: Path, front: bool, body_only: bool = False):
     from cheroot import wsgi
     from flask import Flask, Response, request
 
-    from fieldkit.runtime import _tls_adapter
-    from fieldkit.runtime import unlock_data_key
+    from fieldkit.kit import unlock_data_key
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.security.secrets import SecretBox
     from fieldkit.security.tls import SERVER_CERT, TLS_DIR, server_key_path
     from fieldkit.web.front import FrontServer

@@ -151,7 +151,7 @@ def bench_latency(reg):
 
     from fieldkit.hardware.policy import NORMAL
     from fieldkit.inference import findings, worker
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store.instances import put_instance
 
     path = get_testdata_file("examples_ybr_color.dcm")
@@ -196,7 +196,7 @@ def bench_jobs(reg, n=60, rounds=3):
 
     from fieldkit.inference import worker
     from fieldkit.records import KIND_INFER
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store.instances import put_instance
     from fixtures.inference import dataset_bytes, lung_cine_dataset
 
@@ -251,7 +251,7 @@ def bench_red_latency(seconds=60, every=4):
 
     from kitproc import KitProcess, init_kit
 
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import patients as pstore
     from fixtures.dcmtk import store_responses, storescu
     from fixtures.inference import lung_cine_dataset

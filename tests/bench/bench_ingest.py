@@ -104,8 +104,8 @@ def ceiling_stow(data_dir: Path, ca: str, paths: list[Path]) -> float:
     from cheroot import wsgi
     from flask import Flask, Response, request
 
-    from fieldkit.runtime import _tls_adapter
-    from fieldkit.runtime import unlock_data_key
+    from fieldkit.kit import unlock_data_key
+    from fieldkit.kit.serve import _tls_adapter
     from fieldkit.security.secrets import SecretBox
     from fieldkit.security.tls import SERVER_CERT, TLS_DIR, server_key_path
 

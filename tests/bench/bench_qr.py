@@ -79,7 +79,7 @@ def small_instances(n: int, per_study: int = 10, patients: int = 200):
 
 
 def load_kit(data_dir: Path, objects: list[bytes]) -> None:
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import instances
 
     kit = open_kit(data_dir)

@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--rss")
     args = ap.parse_args()
     if args.rss:  # child: RSS of a process that opened the store and answered one status
-        from fieldkit.runtime import open_kit
+        from fieldkit.kit import open_kit
         before = rss_mb()
         kit = open_kit(Path(args.rss))
         kit.status()
@@ -190,7 +190,7 @@ def main() -> None:
         kit.close()
         return
 
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import accounts, instances
     from fixtures.catalogue import grow
     from kitproc import init_kit

@@ -168,7 +168,7 @@ def grow(data_dir: Path, start: int, stop: int) -> float:
     """Put instances start..stop-1 through the store API, a batch (one journal record) at
     a time, their patients first; each batch's jobs are then finished, as on a kit that has been analysing and
     syncing all along. Returns seconds taken."""
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.dicom.prepare import prepare
     from fieldkit.store.instances import Batch
 

@@ -25,7 +25,7 @@ def _median(fn, n):
 def main() -> None:
     from kitproc import ADMIN_PASSWORD, ADMIN_USER, init_kit
 
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.security import audit as A
     from fieldkit.security import passwords as pw
     from fieldkit.security import redact

@@ -30,7 +30,7 @@ from fixtures.sync import add_to_store, corpus, finding_sr, sync_config  # noqa:
 from kitproc import init_kit  # noqa: E402
 from proxy import Proxy  # noqa: E402
 
-from fieldkit.runtime import open_kit  # noqa: E402
+from fieldkit.kit import open_kit  # noqa: E402
 from fieldkit.sync.worker import SyncWorker  # noqa: E402
 
 LINK_KBPS = int(os.environ.get("LINK_KBPS", "2000"))   # kilobits/s

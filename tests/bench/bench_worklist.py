@@ -114,7 +114,7 @@ def find_dcmtk(port: int, called: str) -> tuple[float, int, int]:
 def board(data_dir: Path, n: int) -> list[Dataset]:
     """N tagged patients in the kit's store; their worklist items as the kit makes them."""
     from fieldkit.dicom import worklist as wl
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     from fieldkit.store import patients
 
     kit = open_kit(data_dir)

@@ -18,13 +18,16 @@ from typing import Callable
 
 from ..errors import FieldkitError, StoreBusy
 from ..store import dir_is_locked
+from .core import open_kit
+from .registry import CONTROL_OPS, resolve
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20
+SOCKET_FILE = "kit.sock"
 
 
 class ControlServer:
-    def __init__(self, kit, path: Path, ops: dict[str, str]):
+    def __init__(self, kit, path: Path, ops: dict[str, str] = CONTROL_OPS):
         self.kit, self.path, self.ops = kit, Path(path), ops
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -53,8 +56,6 @@ class ControlServer:
             threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        from ..runtime import resolve
-
         with conn, conn.makefile("rwb") as f:
             def emit(progress: dict) -> None:
                 f.write(json.dumps({"progress": progress}).encode() + b"\n")
@@ -91,7 +92,7 @@ class ControlServer:
 def call(data_dir: Path, op: str, args: dict, on_progress: Callable[[dict], None] | None = None,
          timeout: float = 3600.0):
     """Ask the running kit to perform `op`; raises FieldkitError with its message."""
-    path = Path(data_dir) / "kit.sock"
+    path = Path(data_dir) / SOCKET_FILE
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -120,8 +121,6 @@ def call(data_dir: Path, op: str, args: dict, on_progress: Callable[[dict], None
 def run_op(data_dir: Path, op: str, args: dict, on_progress: Callable[[dict], None] | None = None,
            passphrase: str | None = None):
     """Run `op` through the running kit, or locally when none runs."""
-    from ..runtime import CONTROL_OPS, open_kit, resolve
-
     if dir_is_locked(data_dir):
         return call(data_dir, op, args, on_progress)
     kit = open_kit(data_dir, passphrase=passphrase)
