@@ -140,7 +140,7 @@ def create_patient():
     category = _category(data.get("triage", "none"))
     answers = parse_answers(data.get("answers"))
     proposed = start_category(answers) if answers else None
-    row = pstore.create_patient(store, tag=tag)
+    row = pstore.create_patient(store, tag=tag, registered=True)
     if category != "none":
         row = pstore.set_triage(store, row["id"], category, by=_actor())
         if proposed is not None:
