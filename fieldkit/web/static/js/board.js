@@ -27,9 +27,11 @@ function fillCard(li, p) {
   li.querySelector("a").href = "/patients/" + encodeURIComponent(p.id);
   li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
   li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
-  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "Unidentified");
+  // only lines that say something: a tag-only card is its category, tag and time
+  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "");
   li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
   li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
+  li.querySelector(".meta").hidden = !p.captures && !p.findings; // "0 captures" says nothing
   const since = li.querySelector(".since");
   since.dataset.triagedAt = p.triaged_at || "";
   since.dataset.retriagedAt = p.retriaged_at || "";
@@ -47,6 +49,7 @@ function fillCard(li, p) {
   const badge = li.querySelector(".sync-badge");
   badge.textContent = SYNC_LABEL[p.sync] || p.sync;
   badge.dataset.sync = p.sync;
+  badge.hidden = !p.sync || p.sync === "none";
 }
 
 // "4 min" since a kit timestamp (seconds in the first minute, so a fresh triage visibly counts)

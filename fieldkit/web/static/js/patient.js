@@ -18,6 +18,7 @@ const noteDrafts = {}; // finding id -> note being typed (survives re-renders fr
 function renderHead(p) {
   const pill = document.getElementById("p-cat");
   pill.className = `cat-pill tri-${p.triage}`;
+  document.querySelector(".p-head").className = `p-head band tri-${p.triage}`; // the band in the category's colour
   pill.textContent = TRIAGE_LABEL[p.triage] || p.triage;
   document.getElementById("p-title").textContent = p.unassigned ? `Unassigned captures (${p.id})`
     : (p.display_name && !p.name_from_probe ? p.display_name : (p.tag ? `Tag ${p.tag}` : p.id));

@@ -8,7 +8,9 @@
     var b = document.getElementById("theme-toggle");
     if (b) {
       b.setAttribute("aria-pressed", mode === "night" ? "true" : "false");
-      b.textContent = mode === "night" ? "Day mode" : "Night mode";
+      var txt = b.querySelector(".txt"), ico = b.querySelector(".ico");
+      if (txt) txt.textContent = mode === "night" ? "Day mode" : "Night mode"; // the icon shows alone on a phone
+      if (ico) ico.textContent = mode === "night" ? "☀" : "☾";
     }
   }
   var saved = null;
