@@ -1,7 +1,8 @@
 """Fast registration, in process (Flask test client on a real store): a patient registered
 with no tag gets an N- ID, unlike the U- record an unlinked capture makes (old U- IDs still
 read); the tag field brings up the keypad the kit's tag format asks for; the page loads the
-vendored barcode reader and the CSP lets its WebAssembly compile and nothing more."""
+vendored barcode reader and the CSP lets its WebAssembly compile and nothing more. And the
+AI in plain words: a model's abstention is acknowledged, never accepted or rejected."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import re
 
 import pytest
 
-from fieldkit.records import T_PATIENTS
-from fieldkit.store import patients
+from fieldkit.records import T_FINDINGS, T_PATIENTS
+from fieldkit.store import findings, patients
 from fieldkit.web import create_app
 from kitproc import run_cli, set_config
 from test_ui_api import BASE, Tablet
 
 
 def _app(data_dir, tmp_path, **settings):
-    secret = tmp_path / ".tri"
-    secret.write_text("tri password 123\n")
-    run_cli("users", "add", "tri", "--data-dir", data_dir, "--role", "triage", "--password-file", secret)
+    for name, role in (("tri", "triage"), ("clin", "clinician")):
+        secret = tmp_path / f".{name}"
+        secret.write_text(f"{name} password 123\n")
+        run_cli("users", "add", name, "--data-dir", data_dir, "--role", role, "--password-file", secret)
     if settings:
         set_config(data_dir, **settings)
     from fieldkit.runtime import open_kit
@@ -105,3 +107,30 @@ def test_vendored_reader_is_served_and_the_csp_allows_only_its_wasm(kit_app):
     script_src = re.search(r"script-src ([^;]*)", csp).group(1).split()
     assert script_src == ["'self'", "'wasm-unsafe-eval'"]
     assert "unsafe-inline" not in csp
+
+
+def _finding(kit, fid: str, patient: str, assessable: bool) -> None:
+    row = {"id": fid, "sop_instance_uid": "1.2.3." + fid[-1], "sr_sop_instance_uid": "", "study_instance_uid": "1.2.3",
+           "patient_id": patient, "task": "lung", "model": "lung-test", "model_version": "1.0",
+           "assessable": assessable, "confidence": 0.9 if assessable else None,
+           "reason": "" if assessable else "view/quality gate per frame: uncertain 30/30; threshold p>=0.6",
+           "result": {"pattern": "B-line pattern", "max_b_lines": 4} if assessable else {}}
+    kit.store.write(lambda db: db.table(T_FINDINGS).insert(row))
+
+
+def test_an_abstention_is_acknowledged_not_accepted(kit_app):
+    kit, app = kit_app
+    t = Tablet(app, "clin", "clin password 123")
+    patients.create_patient(kit.store, tag="AI-1")
+    _finding(kit, "f-abst1", "AI-1", assessable=False)
+    _finding(kit, "f-blin2", "AI-1", assessable=True)
+    for fid, decision, words in (("f-abst1", "accepted", "nothing to accept or reject"),
+                                 ("f-abst1", "rejected", "nothing to accept or reject"),
+                                 ("f-blin2", "acknowledged", "accepted or rejected")):
+        r = t.post(f"/api/v1/ui/findings/{fid}/review", {"decision": decision})
+        assert r.status_code == 400 and words in r.json["error"], r.json
+    assert all(f.get("review") is None for f in findings.for_patient(kit.store, "AI-1"))  # nothing changed
+    r = t.post("/api/v1/ui/findings/f-abst1/review", {"decision": "acknowledged", "note": "re-scan later"})
+    assert r.status_code == 200, r.json
+    assert findings.get(kit.store, "f-abst1")["review"]["decision"] == "acknowledged"
+    assert t.post("/api/v1/ui/findings/f-blin2/review", {"decision": "accepted"}).status_code == 200

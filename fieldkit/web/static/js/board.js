@@ -8,6 +8,7 @@ import { assignCapture, shownName } from "./actions.js";
 import { careOptions, dueAt, placeText } from "./care.js";
 import { withPending } from "./offline.js";
 
+const SHAPE = { red: "▲", yellow: "◆", green: "●" }; // the categories' shapes, as in app.css
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
   quarantined: "refused — see Sync" };
@@ -42,7 +43,7 @@ function fillCard(li, p) {
   const argues = li.querySelector(".argues");
   argues.hidden = !p.finding_argues;
   argues.textContent = p.finding_argues
-    ? `▲ Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
+    ? `${SHAPE[p.finding_argues.category]} Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
   const overdue = li.querySelector(".overdue");
   overdue.dataset.due = dueAt(p, retriageMinutes) || "";
   fillOverdue(overdue);

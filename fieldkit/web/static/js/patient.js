@@ -79,8 +79,11 @@ function renderThumbs(p) {
   list.replaceChildren(frag);
 }
 
+const TASK_NAME = { lung: "lung", fast: "FAST" };
+
 function findingText(f) {
-  if (!f.assessable) return `Not assessable: ${f.reason || "no reason given"}`;
+  // an abstention in plain words; the model's own reason is behind "Why no assessment"
+  if (!f.assessable) return `No assessment: image not usable for ${TASK_NAME[f.task] || f.task}`;
   const r = f.result || {};
   if (f.task === "lung") {
     const lines = (n) => `${n} B-line${n === 1 ? "" : "s"}`;
@@ -120,6 +123,14 @@ function renderFindings(p) {
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");
     const rej = li.querySelector(".f-reject");
+    const ack = li.querySelector(".f-ack");
+    // nothing to accept or reject where the model gave no assessment: it is acknowledged
+    li.dataset.assessable = String(!!f.assessable);
+    acc.hidden = rej.hidden = !f.assessable;
+    ack.hidden = !!f.assessable;
+    li.querySelector(".f-why").hidden = !!f.assessable;
+    li.querySelector(".f-reason").textContent = f.assessable ? "" : (f.reason || "The model gave no reason.");
+    ack.setAttribute("aria-pressed", String(!!review && review.decision === "acknowledged"));
     const note = li.querySelector(".f-note");
     const noteId = `note-${f.id}`;
     note.id = noteId;
@@ -141,6 +152,7 @@ function renderFindings(p) {
     if (!canReview) li.querySelector(".f-review").hidden = true;
     acc.addEventListener("click", () => send("accepted"));
     rej.addEventListener("click", () => send("rejected"));
+    ack.addEventListener("click", () => send("acknowledged"));
     frag.appendChild(li);
   }));
   list.replaceChildren(frag);
