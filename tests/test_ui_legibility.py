@@ -151,6 +151,7 @@ def test_patient_page_header_band_in_the_category_colour(ui_browser, ui_kit, ids
             page.wait_for_function(f"() => document.querySelector('.p-head').classList.contains('tri-{cat}')", timeout=WAIT)
             assert page.locator(".p-head").evaluate("e => getComputedStyle(e).backgroundColor") == card[cat]
         shot(page, "patient-band-green")
+        assert page.locator("header.top").bounding_box()["height"] <= 64  # one row on a portrait tablet too
     finally:
         ctx.close()
 
