@@ -153,7 +153,11 @@ function watchKit() {
   const check = async () => {
     if (streaming) return;
     let ok = false;
-    try { ok = (await fetch("/healthz", { cache: "no-store", credentials: "same-origin" })).ok; } catch (e) { ok = false; }
+    try {
+      const res = await fetch("/healthz", { cache: "no-store", credentials: "same-origin" });
+      await res.arrayBuffer(); // read to the end: an unread body keeps the request open
+      ok = res.ok;
+    } catch (e) { ok = false; }
     if (!streaming) setLiveState(ok ? "kit reachable" : "kit unreachable", ok);
   };
   check();
