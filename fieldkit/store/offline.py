@@ -143,7 +143,8 @@ def apply_change(store, change: dict, *, by: str, now: float | None = None) -> d
                 row = _add_triage(db, existing, change, dict(entry, triage=change["triage"], conflict=True),
                                   result["flagged"], now)
             else:
-                row = patients.make_row(tag or patients.fresh_id(db, patients.TAGLESS_PREFIX), tag=tag, now=change["at"])
+                pid = tag or patients.fresh_id(db, patients.TAGLESS_PREFIX)  # registered by a person
+                row = patients.make_row(pid, tag=tag, now=change["at"])
                 row["updated"] = now
                 if change["triage"] != "none":
                     row["triage"] = change["triage"]

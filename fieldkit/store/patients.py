@@ -3,8 +3,9 @@
 A row: {"id", "tag", "name", "birth_date", "sex", "triage", "triage_history", "merged_into",
 "created", "updated", "aliases"}. `id` is the triage tag number when there is one, else a
 generated ID: "N-XXXXXX" for a person registered without a tag, "U-XXXXXX" for a record an
-unlinked capture made (both read alike; the prefix only tells them apart on sight). `aliases` are the (issuer, PatientID) pairs
-probes used for this patient, so later captures from the same probe exam find it again.
+unlinked capture made (both read alike; the prefix only tells them apart on sight).
+`aliases` are the (issuer, PatientID) pairs probes used for this patient, so later
+captures from the same probe exam find it again.
 A merged patient keeps its row with `merged_into` set; lookups follow that pointer.
 """
 
