@@ -128,6 +128,13 @@ def test_green_patient_in_three_taps_and_a_scan_then_the_next_without_going_back
     assert re.fullmatch(r"N-[0-9A-F]{6}", pid) and page.inner_text("#last-registered a") == pid
     assert patient(page, pid)["triage"] == "green"
     assert len(taps(page)) == len(done) + 2
+    # a tag scanner that types and presses Enter: on to the first question, nothing saved yet
+    page.fill("#tag", "47119")
+    page.press("#tag", "Enter")
+    assert page.evaluate("document.activeElement.closest('[data-q]')?.dataset.q") == "walking"
+    assert page.locator("#form-error").is_hidden()
+    status = page.evaluate("fetch('/api/v1/ui/patients/47119').then(r => r.status)")
+    assert status == 404
 
 
 def test_red_patient_in_five_taps_and_a_scan(camera_tablet):
