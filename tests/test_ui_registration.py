@@ -157,3 +157,34 @@ def test_red_patient_in_five_taps_and_a_scan(camera_tablet):
     card = page.locator("li.card[data-patient-id='47111']")
     card.wait_for(timeout=WAIT)
     assert card.get_attribute("data-triage") == "red"
+
+
+def test_register_next_while_the_kit_is_out_of_reach(ui_browser, ui_kit):
+    """Offline, "Add and register next" keeps each patient on the tablet, says so, and is
+    ready for the next; back online both reach the kit once (offline.js does the sending)."""
+    from kitproc import wait_until
+    from test_ui_offline_writes import ready_tablet, to_send
+    ctx, page = ready_tablet(ui_browser, ui_kit)
+    try:
+        ctx.set_offline(True)
+        page.goto("/patients/new")
+        page.wait_for_selector("#create-next")
+        for n, tag in enumerate(("OFF-N1", "OFF-N2"), start=1):
+            page.fill("#tag", tag)
+            page.tap("[data-q=walking] [data-v=yes]")
+            page.tap("#create-next")
+            page.wait_for_function(f"() => document.getElementById('last-registered').textContent.includes('Tag {tag}')",
+                                   timeout=WAIT)
+            assert page.inner_text("#last-registered").startswith("Kept on this tablet, sent when the kit is back")
+            assert page.input_value("#tag") == ""
+            to_send(page, n)
+        ctx.set_offline(False)
+        page.goto("/")
+        to_send(page, 0)
+
+        def arrived():
+            got = [ui_kit.get(f"/api/v1/ui/patients/{t}", headers=ui_kit.auth("clinician")) for t in ("OFF-N1", "OFF-N2")]
+            return all(r.status_code == 200 and r.json()["triage"] == "green" for r in got)
+        assert wait_until(arrived, 20)  # bounded
+    finally:
+        ctx.close()
