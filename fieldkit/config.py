@@ -205,6 +205,7 @@ SETTINGS: dict[str, Setting] = {
     # triage board: time, place and movement
     "triage.retriage_minutes": Setting(["red=15", "yellow=30", "green=60", "grey=30"], "How long after the last (re-)triage a patient of a category is due to be seen again; a card past it is flagged overdue. A category not listed is never flagged.", rule=RETRIAGE_MINUTES),
     "triage.zones": Setting(["Triage point", "Red area", "Yellow area", "Green area", "Casualty collection point", "Ambulance loading"], "The zones and collection points a patient can be placed in, as the tablets offer them.", rule=ZONE_NAME),
+    "triage.tag_format": Setting("numeric", "What the kit's triage tags carry: 'numeric' (digits only: the tablets bring up the number keypad for the tag) or 'text' (letters too: the full keyboard). Either way a scanned or typed tag is taken as it is.", choices=("numeric", "text")),
     # worklist (the kit's Modality Worklist for probes)
     "worklist.max_items": Setting(500, "Most items one worklist query (C-FIND) returns; the answer says how many more matched.", min=1),
     "worklist.session_minutes": Setting(20.0, "A probe session (captures from one probe go to one patient) ends after this many minutes.", above=0),

@@ -105,7 +105,7 @@ class InstanceRow(TypedDict, total=False):
 
 class PatientRow(TypedDict, total=False):
     """A kit patient (`patients` table); see fieldkit.store.patients."""
-    id: str                      # the triage tag number, or U-XXXXXX
+    id: str                      # the triage tag number, N-XXXXXX (registered tagless), U-XXXXXX (capture)
     tag: str | None
     name: str
     birth_date: str

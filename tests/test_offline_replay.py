@@ -57,7 +57,7 @@ def test_replay_applies_each_change_once_in_order_with_its_original_time(ui):
     assert [r["status"] for r in first] == ["applied"] * 7 and not any(r.get("duplicate") for r in first)
     assert not any(r["flagged"] for r in first)
     tagless = first[3]["patient_id"]
-    assert tagless.startswith("U-") and first[5]["patient_id"] == tagless
+    assert tagless.startswith("N-") and first[5]["patient_id"] == tagless
     again = replay(t, queue)["results"]  # the same queue sent twice (the answer was lost)
     assert all(r["duplicate"] for r in again) and [r["patient_id"] for r in again] == [r["patient_id"] for r in first]
     board = t.get("/api/v1/ui/board").json

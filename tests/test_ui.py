@@ -114,7 +114,7 @@ def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, t
     page.locator("#findings li.finding").first.wait_for(timeout=120000)
     finding = page.locator("#findings li.finding").first
     # a cardiac clip is no lung view: the models abstain, and say why and which model
-    assert "Not assessable:" in finding.locator(".f-result").inner_text()
+    assert "No assessment: image not usable for" in finding.locator(".f-result").inner_text()
     assert "model lung-" in finding.locator(".f-meta").inner_text() or "model fast-" in finding.locator(".f-meta").inner_text()
     shot(page, "patient-live-capture")
 
@@ -189,12 +189,13 @@ def test_capture_that_does_not_decode_shows_a_placeholder_with_the_reason(tablet
 def test_finding_review_with_hostile_note_stays_text(tablet):
     page = tablet
     page.goto(f"/patients/{TAG}")
-    finding = page.locator("#findings li.finding").first
+    finding = page.locator("#findings li.finding[data-assessable=true]").first  # one to accept
     finding.wait_for(timeout=15000)
     finding.locator(".f-note").fill(XSS)
     finding.locator(".f-accept").click()
-    page.wait_for_function("() => document.querySelector('#findings .f-state').textContent.includes('accepted')")
-    assert XSS in page.locator("#findings .f-state").first.inner_text()
+    page.wait_for_function("() => document.querySelector('#findings li[data-assessable=true] .f-state')"
+                           ".textContent.includes('accepted')")
+    assert XSS in finding.locator(".f-state").inner_text()
     assert page.locator("#findings img[src='x']").count() == 0
     assert page.evaluate("window.__pwned === undefined")
     data = page.evaluate(f"fetch('/api/v1/ui/patients/{TAG}').then(r => r.json())")

@@ -211,7 +211,7 @@ class Batch:
                 item.linked = earlier  # created by an earlier object of this batch
                 return
         item.new_patient = patients.make_row(
-            store.read(patients._fresh_id), name=src.name, birth_date=src.birth_date,
+            store.read(patients.fresh_id), name=src.name, birth_date=src.birth_date,
             sex=src.sex if src.sex in ("M", "F", "O") else "", aliases=[list(alias)] if alias else [],
             origin=patients.ORIGIN_CAPTURE)
         if in_batch:

@@ -121,14 +121,6 @@ def _add_triage(db, row: dict, change: dict, entry: dict, conflict: str, now: fl
     return dict(row, **fields)
 
 
-def _fresh_id(db) -> str:
-    for _ in range(100):
-        pid = patients.new_patient_id()
-        if not db.storage.keys(T_PATIENTS, "id", pid):
-            return pid
-    raise RuntimeError("could not find a free patient id")
-
-
 def apply_change(store, change: dict, *, by: str, now: float | None = None) -> dict:
     """Apply one checked change (check_change) once. Returns what came of it:
     {"id", "kind", "status": "applied"|"refused", "patient_id", "reason", "flagged",
@@ -151,7 +143,8 @@ def apply_change(store, change: dict, *, by: str, now: float | None = None) -> d
                 row = _add_triage(db, existing, change, dict(entry, triage=change["triage"], conflict=True),
                                   result["flagged"], now)
             else:
-                row = patients.make_row(tag or _fresh_id(db), tag=tag, now=change["at"])
+                pid = tag or patients.fresh_id(db, patients.TAGLESS_PREFIX)  # registered by a person
+                row = patients.make_row(pid, tag=tag, now=change["at"])
                 row["updated"] = now
                 if change["triage"] != "none":
                     row["triage"] = change["triage"]

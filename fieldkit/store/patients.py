@@ -2,8 +2,10 @@
 
 A row: {"id", "tag", "name", "birth_date", "sex", "triage", "triage_history", "merged_into",
 "created", "updated", "aliases"}. `id` is the triage tag number when there is one, else a
-generated "U-XXXXXX" (an unidentified patient). `aliases` are the (issuer, PatientID) pairs
-probes used for this patient, so later captures from the same probe exam find it again.
+generated ID: "N-XXXXXX" for a person registered without a tag, "U-XXXXXX" for a record an
+unlinked capture made (both read alike; the prefix only tells them apart on sight).
+`aliases` are the (issuer, PatientID) pairs probes used for this patient, so later
+captures from the same probe exam find it again.
 A merged patient keeps its row with `merged_into` set; lookups follow that pointer.
 """
 
@@ -26,8 +28,13 @@ _P = Query()
 MAX_MERGE_HOPS = 32
 
 
-def new_patient_id() -> str:
-    return "U-" + secrets.token_hex(3).upper()
+# Tagless IDs: a person registered with no tag ("N-") must not look like a record an
+# unlinked capture made ("U-"), which waits in the tray for someone to assign it.
+TAGLESS_PREFIX, CAPTURE_PREFIX = "N-", "U-"
+
+
+def new_patient_id(prefix: str = CAPTURE_PREFIX) -> str:
+    return prefix + secrets.token_hex(3).upper()
 
 
 # Where a patient record came from: a person registered it, or a capture nobody could link
@@ -105,8 +112,9 @@ def find_patients(store, text: str) -> list[dict]:
 
 
 def create_patient(store, *, tag: str | None = None, name: str = "", birth_date: str = "",
-                   sex: str = "", triage: str = "none") -> dict:
-    """A new patient: id = the tag number when given (must be new), else U-XXXXXX."""
+                   sex: str = "", triage: str = "none", registered: bool = False) -> dict:
+    """A new patient: id = the tag number when given (must be new), else N-XXXXXX when a
+    person registered them (`registered`), U-XXXXXX when a capture did."""
     tag = (tag or "").strip() or None
     if tag is not None and (len(tag) > 64 or "\\" in tag or not tag.isprintable()):
         raise BadInput(f"triage tag {tag[:70]!r} is not a usable patient ID (printable, at most 64 characters)")
@@ -114,7 +122,7 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
     def fn(db):
         if tag is not None and (_get(db, tag) or _keys(db, "tag", tag)):
             raise BadInput(f"a patient with tag {tag} already exists")
-        pid = tag or _fresh_id(db)
+        pid = tag or fresh_id(db, TAGLESS_PREFIX if registered else CAPTURE_PREFIX)
         row = make_row(pid, tag=tag, name=name, birth_date=birth_date, sex=sex, triage=triage)
         db.table(T_PATIENTS).insert(row)
         return row
@@ -124,9 +132,9 @@ def create_patient(store, *, tag: str | None = None, name: str = "", birth_date:
     return row
 
 
-def _fresh_id(db) -> str:
+def fresh_id(db, prefix: str = CAPTURE_PREFIX) -> str:
     for _ in range(100):
-        pid = new_patient_id()
+        pid = new_patient_id(prefix)
         if not _get(db, pid):
             return pid
     raise RuntimeError("could not find a free patient id")

@@ -109,7 +109,8 @@ LOCKED_ALLOWED = frozenset({"auth.unlock", "auth.login", "auth.login_css", "api.
 # Reads that are audited as "viewed" (everything state-changing is audited anyway)
 AUDITED_READS = frozenset({R.PATIENTS_READ, R.DICOMWEB_READ, R.EXPORT, R.AUDIT_READ, R.USERS_MANAGE})
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+# 'wasm-unsafe-eval' lets the vendored barcode reader compile its WebAssembly (no eval of JS)
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; "
        "media-src 'self' blob:; connect-src 'self'; font-src 'self'; worker-src 'self'; "
        "manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")

@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import Blueprint, Response, render_template
 
 from ..security import roles as R
+from . import kit_of
 
 bp = Blueprint("ui", __name__)
 
@@ -44,7 +45,8 @@ def board():
 
 @bp.get("/patients/new")
 def new_patient():
-    return render_template("new_patient.html", page="new")
+    # the keypad the tablet brings up for the tag (it cannot be guessed before the first key)
+    return render_template("new_patient.html", page="new", tag_format=kit_of().config["triage.tag_format"])
 
 
 @bp.get("/patients/<pid>")

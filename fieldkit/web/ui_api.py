@@ -140,7 +140,7 @@ def create_patient():
     category = _category(data.get("triage", "none"))
     answers = parse_answers(data.get("answers"))
     proposed = start_category(answers) if answers else None
-    row = pstore.create_patient(store, tag=tag)
+    row = pstore.create_patient(store, tag=tag, registered=True)
     if category != "none":
         row = pstore.set_triage(store, row["id"], category, by=_actor())
         if proposed is not None:
@@ -365,12 +365,18 @@ def zone(uid):
 
 @bp.post("/findings/<fid>/review")
 def review(fid):
-    """Accept or reject a finding, with a note; kept on the finding with its history."""
+    """Accept or reject a finding (acknowledge one where the model gave no assessment), with
+    a note; kept on the finding with its history."""
     store = kit_of().store
     data = _body()
     decision = data.get("decision")
-    if decision not in ("accepted", "rejected", "pending"):
-        raise BadInput("decision must be accepted, rejected or pending")
+    if decision not in ("accepted", "rejected", "acknowledged", "pending"):
+        raise BadInput("decision must be accepted, rejected, acknowledged or pending")
+    found = findings.get(store, fid)
+    if found is not None and decision != "pending" and (decision == "acknowledged") == bool(found.get("assessable")):
+        raise BadInput("a finding is accepted or rejected; a 'no assessment' is acknowledged (there is nothing to accept)"
+                       if found.get("assessable") else
+                       "the model gave no assessment here: there is nothing to accept or reject, acknowledge it")
     note = _text(data, "note", MAX_TEXT) or ""
     entry = {"decision": decision, "note": note, "by": _actor(), "at": time.time()}
     from ..sync.updates import enqueue_review

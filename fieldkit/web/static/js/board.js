@@ -8,6 +8,7 @@ import { assignCapture, shownName } from "./actions.js";
 import { careOptions, dueAt, placeText } from "./care.js";
 import { withPending } from "./offline.js";
 
+const SHAPE = { red: "▲", yellow: "◆", green: "●" }; // the categories' shapes, as in app.css
 const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
   quarantined: "refused — see Sync" };
@@ -27,9 +28,11 @@ function fillCard(li, p) {
   li.querySelector("a").href = "/patients/" + encodeURIComponent(p.id);
   li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
   li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
-  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "Unidentified");
+  // only lines that say something: a tag-only card is its category, tag and time
+  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "");
   li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
   li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
+  li.querySelector(".meta").hidden = !p.captures && !p.findings; // "0 captures" says nothing
   const since = li.querySelector(".since");
   since.dataset.triagedAt = p.triaged_at || "";
   since.dataset.retriagedAt = p.retriaged_at || "";
@@ -40,13 +43,14 @@ function fillCard(li, p) {
   const argues = li.querySelector(".argues");
   argues.hidden = !p.finding_argues;
   argues.textContent = p.finding_argues
-    ? `▲ Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
+    ? `${SHAPE[p.finding_argues.category]} Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
   const overdue = li.querySelector(".overdue");
   overdue.dataset.due = dueAt(p, retriageMinutes) || "";
   fillOverdue(overdue);
   const badge = li.querySelector(".sync-badge");
   badge.textContent = SYNC_LABEL[p.sync] || p.sync;
   badge.dataset.sync = p.sync;
+  badge.hidden = !p.sync || p.sync === "none";
 }
 
 // "4 min" since a kit timestamp (seconds in the first minute, so a fresh triage visibly counts)

@@ -148,6 +148,29 @@ function setLiveState(text, ok) {
   if (s) { s.textContent = text; s.dataset.state = ok ? "live" : "down"; }
 }
 
+let streaming = false; // a page that calls live() shows the stream's state
+
+// A page without a live stream (New patient, handover…) says whether the kit answers, rather
+// than "connecting…" for ever; checked every 15 s and when the tablet's network changes.
+function watchKit() {
+  if (!document.getElementById("live-state")) return;
+  const check = async () => {
+    if (streaming) return;
+    let ok = false;
+    try {
+      const res = await fetch("/healthz", { cache: "no-store", credentials: "same-origin" });
+      await res.arrayBuffer(); // read to the end: an unread body keeps the request open
+      ok = res.ok;
+    } catch (e) { ok = false; }
+    if (!streaming) setLiveState(ok ? t("kit reachable") : t("kit unreachable"), ok);
+  };
+  check();
+  const timer = setInterval(check, 15000);
+  window.addEventListener("online", check);
+  window.addEventListener("offline", check);
+  window.addEventListener("pagehide", () => clearInterval(timer));
+}
+
 // Live updates: onEvent(topic, data) for every event; onResync() when the view must be
 // fetched again: after (re)connecting when the kit could not replay what was missed (the
 // stream says `resumed: false` or sends `refetch`), and while polling. A stream that
@@ -155,6 +178,7 @@ function setLiveState(text, ok) {
 // opts.board: also receive "board.row" (a patient's new card); opts.since: the event id
 // the view was fetched at (the board's live_id), so nothing between is lost.
 export function live(onEvent, onResync, topics, opts = {}) {
+  streaming = true;
   let es = null;
   let pollTimer = null;
   let retryTimer = null;
@@ -247,4 +271,5 @@ export function initPage(onControl) {
   wireLogout();
   registerServiceWorker(onControl);
   startOffline();
+  watchKit();
 }

@@ -1,6 +1,7 @@
-// New patient: tag number (typed, or scanned where the browser has BarcodeDetector), the
-// START assistant proposing a category, the clinician confirming or overriding it.
-import { api, initPage, TRIAGE_LABEL } from "./common.js";
+// New patient: tag number (typed, or scanned with the camera), the START assistant proposing
+// a category, the clinician confirming or overriding it. "Add and register next" saves and
+// leaves the form empty for the next patient, naming the one just registered.
+import { api, el, initPage, TRIAGE_LABEL } from "./common.js";
 import { setupScan } from "./scan.js";
 import { startCategory } from "./start.js";
 
@@ -56,35 +57,67 @@ form.querySelectorAll(".q").forEach((div) => {
     update();
   }));
 });
-document.getElementById("start-reset").addEventListener("click", () => {
+function startOver() {
   ORDER.forEach((k) => delete answers[k]);
   form.querySelectorAll('input[name="triage"]').forEach((r) => { r.checked = false; });
   markChoices();
   update();
-});
+}
+document.getElementById("start-reset").addEventListener("click", startOver);
 form.querySelectorAll('input[name="triage"]').forEach((r) => r.addEventListener("change", markChoices));
+
+const tagInput = document.getElementById("tag");
+const lastBox = document.getElementById("last-registered");
+
+// The form again, empty, for the next patient; the one just registered named with a link.
+function readyForNext(patient, offline) {
+  const name = patient.tag ? `Tag ${patient.tag}` : patient.id;
+  const cat = TRIAGE_LABEL[patient.triage] || patient.triage;
+  const link = el("a", null, name);
+  link.href = "/patients/" + encodeURIComponent(patient.id);
+  lastBox.replaceChildren(offline ? "Kept on this tablet, sent when the kit is back: " : "Registered: ", link,
+    ` · ${cat}. Next patient: scan or type the tag.`);
+  lastBox.dataset.patientId = patient.id;
+  lastBox.hidden = false;
+  tagInput.value = "";
+  startOver();
+  tagInput.focus();
+}
+
+// Enter in the tag (a tag scanner that types, or the keypad's Done) moves on to the questions
+// rather than submitting a patient with no category.
+tagInput.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !chosen()) {
+    ev.preventDefault();
+    form.querySelector(".q:not([hidden]) .yn-b").focus();
+  }
+});
 
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   errorBox.hidden = true;
+  const next = !ev.submitter || ev.submitter.id !== "create"; // Enter: the primary button
   const triage = chosen();
   if (!triage) {
     errorBox.textContent = "Choose a category (or answer the START questions).";
     errorBox.hidden = false;
     return;
   }
-  const btn = document.getElementById("create");
-  btn.disabled = true;
+  const buttons = form.querySelectorAll("button[type=submit]");
+  buttons.forEach((b) => { b.disabled = true; });
   try {
     const out = await api("/api/v1/ui/patients", { method: "POST",
-      body: { tag: document.getElementById("tag").value, triage, answers } });
-    location.assign("/#" + encodeURIComponent(out.patient.id));
+      body: { tag: tagInput.value, triage, answers } });
+    if (next) readyForNext(out.patient, !!out.offline);
+    else location.assign("/#" + encodeURIComponent(out.patient.id));
   } catch (e) {
     if (e.status !== 401) { errorBox.textContent = e.message; errorBox.hidden = false; }
-  } finally { btn.disabled = false; }
+  } finally { buttons.forEach((b) => { b.disabled = false; }); }
 });
 
 update();
-setupScan(document.getElementById("scan"), document.getElementById("scan-video"), document.getElementById("tag"));
+// a read tag moves on to the first question
+setupScan(document.getElementById("scan"), document.getElementById("scan-video"), tagInput,
+  () => form.querySelector(".q:not([hidden]) .yn-b").focus(), { preload: true });
 initPage();
 markChoices();

@@ -18,6 +18,7 @@ const noteDrafts = {}; // finding id -> note being typed (survives re-renders fr
 function renderHead(p) {
   const pill = document.getElementById("p-cat");
   pill.className = `cat-pill tri-${p.triage}`;
+  document.querySelector(".p-head").className = `p-head band tri-${p.triage}`; // the band in the category's colour
   pill.textContent = TRIAGE_LABEL[p.triage] || p.triage;
   document.getElementById("p-title").textContent = p.unassigned ? t("Unassigned captures ({id})", { id: p.id })
     : (p.display_name && !p.name_from_probe ? p.display_name : who(p));
@@ -81,8 +82,11 @@ function renderThumbs(p) {
   list.replaceChildren(frag);
 }
 
+const TASK_NAME = { lung: "lung", fast: "FAST" };
+
 function findingText(f) {
-  if (!f.assessable) return `Not assessable: ${f.reason || "no reason given"}`;
+  // an abstention in plain words; the model's own reason is behind "Why no assessment"
+  if (!f.assessable) return t("No assessment: image not usable for {task}", { task: TASK_NAME[f.task] || f.task });
   const r = f.result || {};
   if (f.task === "lung") {
     const lines = (n) => `${n} B-line${n === 1 ? "" : "s"}`;
@@ -122,6 +126,14 @@ function renderFindings(p) {
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");
     const rej = li.querySelector(".f-reject");
+    const ack = li.querySelector(".f-ack");
+    // nothing to accept or reject where the model gave no assessment: it is acknowledged
+    li.dataset.assessable = String(!!f.assessable);
+    acc.hidden = rej.hidden = !f.assessable;
+    ack.hidden = !!f.assessable;
+    li.querySelector(".f-why").hidden = !!f.assessable;
+    li.querySelector(".f-reason").textContent = f.assessable ? "" : (f.reason || t("The model gave no reason."));
+    ack.setAttribute("aria-pressed", String(!!review && review.decision === "acknowledged"));
     const note = li.querySelector(".f-note");
     const noteId = `note-${f.id}`;
     note.id = noteId;
@@ -143,6 +155,7 @@ function renderFindings(p) {
     if (!canReview) li.querySelector(".f-review").hidden = true;
     acc.addEventListener("click", () => send("accepted"));
     rej.addEventListener("click", () => send("rejected"));
+    ack.addEventListener("click", () => send("acknowledged"));
     frag.appendChild(li);
   }));
   list.replaceChildren(frag);

@@ -9,7 +9,9 @@
     if (b) {
       b.setAttribute("aria-pressed", mode === "night" ? "true" : "false");
       // both labels come in the page's language from base.html (data-day-label, data-night-label)
-      b.textContent = mode === "night" ? (b.dataset.dayLabel || "Day mode") : (b.dataset.nightLabel || "Night mode");
+      var txt = b.querySelector(".txt"), ico = b.querySelector(".ico");
+      if (txt) txt.textContent = mode === "night" ? (b.dataset.dayLabel || "Day mode") : (b.dataset.nightLabel || "Night mode");
+      if (ico) ico.textContent = mode === "night" ? "☀" : "☾"; // the icon shows alone on a phone
     }
   }
   var saved = null;
