@@ -16,6 +16,7 @@ import binascii
 import bisect
 import itertools
 import json
+import logging
 import threading
 import time
 import weakref
@@ -30,6 +31,8 @@ from . import care, finding_words, findings
 from . import instances as catalogue
 from . import patients as pstore
 
+
+log = logging.getLogger(__name__)
 
 # Topics after which a patient's card may look different; the others leave it as it was
 BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PATIENT_UPDATED, PATIENT_MERGED,
@@ -369,3 +372,28 @@ def rows_for(store) -> BoardRows:
         if rows is None:
             rows = _caches[store] = BoardRows(store)
         return rows
+
+
+class _Warming:
+    """The board being built in the background when `serve` starts (a SERVICES entry)."""
+
+    def __init__(self, store):
+        self.thread = threading.Thread(target=self._run, args=(store,), name="board-warm", daemon=True)
+
+    @staticmethod
+    def _run(store) -> None:
+        try:
+            rows_for(store).summary()
+        except Exception:  # the kit stopped or locked meanwhile: the first page builds it then
+            log.debug("board not built at start", exc_info=True)
+
+    def stop(self) -> None:
+        self.thread.join(timeout=1.0)
+
+
+def start(kit) -> _Warming:
+    """SERVICES entry: build the board (every card, in order) once when `serve` starts, so
+    the first tablet to open the board gets a page instead of waiting for 10 000 cards."""
+    warming = _Warming(kit.store)
+    warming.thread.start()
+    return warming
