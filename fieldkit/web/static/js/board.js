@@ -159,7 +159,9 @@ function render() {
     const c = document.querySelector(`[data-count="${cat}"]`);
     if (c) c.textContent = String(n);
   });
-  const rows = state.patients.slice(); // the kit filtered and ordered them; other sorts order what is loaded
+  // the kit filtered and ordered them; filtered here again so typing narrows the loaded cards
+  // at once, before the kit's answer comes; other sorts order what is loaded
+  const rows = state.patients.filter(inView);
   if (sort === "recent") rows.sort((a, b) => Math.max(b.updated, b.last_capture) - Math.max(a.updated, a.last_capture));
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
   const shown = new Map();
@@ -273,6 +275,7 @@ document.querySelectorAll(".count").forEach((b) => b.addEventListener("click", (
 let typing = null;
 document.getElementById("board-search").addEventListener("input", () => { // the kit searches, once typing pauses
   clearTimeout(typing);
+  render();
   typing = setTimeout(() => refresh(), 300);
 });
 document.getElementById("board-more").addEventListener("click", showMore);
