@@ -270,6 +270,7 @@ async function refresh() {
 document.querySelectorAll(".count").forEach((b) => b.addEventListener("click", () => {
   filter = filter === b.dataset.filter ? null : b.dataset.filter;
   document.querySelectorAll(".count").forEach((o) => o.setAttribute("aria-pressed", String(o.dataset.filter === filter)));
+  render(); // the loaded cards of that category at once, then the kit's first page of it
   refresh();
 }));
 let typing = null;
