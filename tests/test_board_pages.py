@@ -21,7 +21,7 @@ from fieldkit.records import TRIAGE_CATEGORIES
 from fieldkit.runtime import open_kit
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore
-from fieldkit.store.board import decode_cursor, rows_for, sort_key
+from fieldkit.store.board import decode_cursor, encode_cursor, rows_for, sort_key
 from fixtures.board import grow, tiny_capture
 from kitproc import init_kit
 from test_board import SSE, add_finding, reference_board
@@ -179,3 +179,20 @@ def test_each_live_card_comes_with_the_whole_boards_counts(ui):  # noqa: F811
         assert card["counts"]["red"] == 1 and card["counts"]["green"] == 0 and card["total"] == 1
     finally:
         stream.close()
+
+
+def test_the_first_page_carries_the_oldest_tray_captures_only(store):
+    grow(store, ["T-1"], 1)
+    for seed in range(3):  # three captures no patient claims, one record holds them
+        b = catalogue.Batch(store, "stow")
+        b.add(tiny_capture("PROBE-ONLY-2", "2.25.992", seed=seed))
+        b.commit()
+    rows = rows_for(store)
+    holder = next(c for c in reference_board(store).values() if c["unassigned"])
+    oldest = [i["uid"] for i in holder["tray"]][:2]
+    page = json.loads(rows.page_json(10, tray_max=2))
+    held = [c for c in page["patients"] if c["unassigned"]]
+    assert [c["id"] for c in held] == [holder["id"]] and [i["uid"] for i in held[0]["tray"]] == oldest
+    assert page["unassigned"] == 3 and [c["id"] for c in page["patients"] if not c["unassigned"]] == ["T-1"]
+    nxt = json.loads(rows.page_json(10, after=encode_cursor(rows.row("T-1"))))
+    assert nxt["patients"] == []  # later pages carry no tray

@@ -290,10 +290,14 @@ class BoardRows:
             summary = self._summary()
         return {"patients": [dict(card) for _, card in cards], **summary}
 
-    def _tray(self, most: int) -> list[str]:
-        """The holders of the oldest `most` tray captures (the tray shows the oldest first)."""
-        oldest = sorted((item.get("received_at") or 0, pid) for pid in self._holders for item in self._cards[pid]["tray"])
-        return list(dict.fromkeys(pid for _, pid in oldest[:most]))
+    def _tray(self, most: int) -> list[dict]:
+        """The holders of the oldest `most` tray captures (the tray shows the oldest first),
+        each card carrying only those of its captures."""
+        oldest = sorted(((item.get("received_at") or 0, item["uid"], pid)
+                         for pid in self._holders for item in self._cards[pid]["tray"]))[:most]
+        keep = {uid for _, uid, _ in oldest}
+        return [dict(self._cards[pid], tray=[i for i in self._cards[pid]["tray"] if i["uid"] in keep])
+                for pid in dict.fromkeys(pid for _, _, pid in oldest)]
 
     def _page(self, limit: int, after: str | None, triage: str | None, q: str) -> tuple[list[str], int]:
         """The patient ids of one page in board order, and how many more match after it."""
@@ -330,7 +334,8 @@ class BoardRows:
         """One page of the board as JSON text: up to `limit` cards in board order after the
         cursor `after` (of one category, `triage`; matching a search `q` by tag, ID or name),
         with `more` (cards matching after this page) and `next` (the cursor for them, or
-        null), the holders of the oldest `tray_max` tray captures (cards with `unassigned`),
+        null), on the first page the holders of the oldest `tray_max` tray captures (cards
+        with `unassigned`, carrying only those captures),
         and the whole board's counts, total and unassigned captures. Each card's JSON is kept
         until the card changes."""
         if triage is not None and triage not in TRIAGE_CATEGORIES:
@@ -338,13 +343,14 @@ class BoardRows:
         with self._lock:
             self._catch_up()
             pids, more = self._page(limit, after, triage, q)
-            holders = self._tray(tray_max) if after is None else []
             parts = []
-            for pid in pids + holders:
+            for pid in pids:
                 text = self._json.get(pid)
                 if text is None:
                     text = self._json[pid] = _encode(self._cards[pid])
                 parts.append(text)
+            if after is None:
+                parts += [_encode(card) for card in self._tray(tray_max)]
             tail = {**self._summary(), "more": more,
                     "next": encode_cursor(self._cards[pids[-1]]) if more and pids else None, **extra}
         return '{"patients":[' + ",".join(parts) + "]," + _encode(tail)[1:]
