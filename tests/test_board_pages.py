@@ -196,3 +196,21 @@ def test_the_first_page_carries_the_oldest_tray_captures_only(store):
     assert page["unassigned"] == 3 and [c["id"] for c in page["patients"] if not c["unassigned"]] == ["T-1"]
     nxt = json.loads(rows.page_json(10, after=encode_cursor(rows.row("T-1"))))
     assert nxt["patients"] == []  # later pages carry no tray
+
+
+def test_the_board_is_built_once_when_serve_starts(tmp_path):
+    from fieldkit.runtime import SERVICES
+    from fieldkit.store import board
+    assert ("board", "fieldkit.store.board:start") in SERVICES
+    kit = open_kit(init_kit(tmp_path / "kit"))
+    try:
+        grow(kit.store, ["S-1", "S-2"], 1)
+        warming = board.start(kit)
+        warming.thread.join(60)
+        rows = rows_for(kit.store)
+        assert not warming.thread.is_alive() and (rows.stats.cleared, rows.stats.computed) == (1, 2)
+        assert [c["id"] for c in json.loads(rows.page_json(10))["patients"]] == ["S-1", "S-2"]
+        assert (rows.stats.cleared, rows.stats.computed) == (1, 2)  # the page computed nothing again
+        warming.stop()
+    finally:
+        kit.close()
