@@ -152,7 +152,7 @@ def _haystack(card: dict) -> str:
 
 
 def encode_cursor(card: dict) -> str:
-    """The opaque position after `card` in board order (`page(after=...)`)."""
+    """The opaque position after `card` in board order (`page_json(after=...)`)."""
     raw = json.dumps([card["triage"], sort_key(card)[1], card["id"]], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
