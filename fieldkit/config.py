@@ -291,6 +291,7 @@ SETTINGS: dict[str, Setting] = {
     "ui.live_max_streams": Setting(0, "Most live-update streams open at once (each holds an HTTPS worker thread); 0 means http.threads minus 4. Tablets over the limit poll instead.", min=0),
     "ui.live_heartbeat_seconds": Setting(10, "Seconds between keep-alive lines on an idle live-update stream.", min=1),
     "ui.live_max_seconds": Setting(300, "A live-update stream is closed after this many seconds; the tablet reconnects and resumes after the last event it had.", min=1),
+    "ui.board_page_size": Setting(100, "Patient cards per page of the tablet board (Show more loads the next page); the counts on top are always the whole board's.", min=10, max=1000),
 }
 
 

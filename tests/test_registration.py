@@ -24,7 +24,7 @@ def _app(data_dir, tmp_path, **settings):
         run_cli("users", "add", name, "--data-dir", data_dir, "--role", role, "--password-file", secret)
     if settings:
         set_config(data_dir, **settings)
-    from fieldkit.runtime import open_kit
+    from fieldkit.kit import open_kit
     kit = open_kit(data_dir)
     return kit, create_app(kit, testing=True)
 

@@ -20,6 +20,7 @@ SERVICES: list[tuple[str, str]] = [
     ("sync", "fieldkit.sync.worker:start"),
     ("backup", "fieldkit.cli.backup:start_scheduled"),  # scheduled backups (backup.path)
     ("scrub", "fieldkit.store.scrub:start"),
+    ("board", "fieldkit.store.board:start"),  # the board built once at start, kept in order after
 ]
 
 # What answers for a service while the kit is locked (same names as SERVICES): the DICOM

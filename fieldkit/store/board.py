@@ -1,22 +1,29 @@
-"""The triage board: one row per live patient, each computed from that patient's own rows
-and cached until that patient changes (layer 2).
+"""The triage board: one card per live patient, each computed from that patient's own rows
+and kept, in board order, until that patient changes (layer 2).
 
 Every write that changes what a card shows publishes an event naming the patient (or one
-of their captures) once it has committed. The cache reads the event bus's history
-(fieldkit.events) before answering and drops the rows of the patients those events name,
-so the whole board costs one computation per patient once, and then each change costs
-O(that patient): the live stream sends the changed rows, never the whole board.
+of their captures) once it has committed. The board reads the event bus's history
+(fieldkit.events) before answering and recomputes the cards of the patients those events
+name, moving them in the order, so the whole board costs one computation per patient
+once, each change costs O(that patient), and a page costs the page: the tablets load
+the board a page at a time and the live stream sends the changed cards.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import itertools
 import json
+import logging
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 
 from ..dicom.names import format_person_name
+from ..errors import BadInput
 from ..events import (Event, FINDING_STORED, INSTANCE_CONFLICT, INSTANCE_STORED, PATIENT_MERGED, PATIENT_UPDATED,
                       SYNC_CONFIRMED, SYNC_QUARANTINED)
 from ..records import T_PATIENTS, TRIAGE_CATEGORIES
@@ -25,10 +32,11 @@ from . import instances as catalogue
 from . import patients as pstore
 
 
+log = logging.getLogger(__name__)
+
 # Topics after which a patient's card may look different; the others leave it as it was
 BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PATIENT_UPDATED, PATIENT_MERGED,
                           SYNC_CONFIRMED, SYNC_QUARANTINED})
-BULK_FROM = 16  # more rows missing than this: computed in one pass over the tables
 NOT_CAPTURES = ("SR", "DOC")  # the kit's own reports and documents (a handover sheet) are no captures
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
 
@@ -132,135 +140,224 @@ def sort_key(card: dict):
             card.get("triaged_at") or card.get("created") or 0)
 
 
+def _place(pid: str, card: dict) -> tuple:
+    """Where a card stands inside its category (ties broken by patient id, so every card has one place)."""
+    return (sort_key(card)[1], pid)
+
+
+def _haystack(card: dict) -> str:
+    """What a board search by tag, ID or name looks in (lower case)."""
+    return "\n".join(str(v).lower() for v in (card["id"], card.get("tag"), card.get("name"), card.get("display_name"),
+                                               *(card.get("tags") or [])) if v)
+
+
+def encode_cursor(card: dict) -> str:
+    """The opaque position after `card` in board order (`page_json(after=...)`)."""
+    raw = json.dumps([card["triage"], sort_key(card)[1], card["id"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[str, tuple]:
+    """(category, place) of a cursor `encode_cursor` made; BadInput for anything else."""
+    try:
+        if len(text) > 400:
+            raise ValueError
+        raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode())
+        category, at, pid = raw
+        if category not in TRIAGE_CATEGORIES or not isinstance(pid, str) or isinstance(at, bool) \
+                or not isinstance(at, (int, float)) or at != at:
+            raise ValueError
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        raise BadInput("after is not a board position this kit gave") from None
+    return category, (at, pid)
+
+
 @dataclass
 class Stats:
     computed: int = 0    # rows computed (cache misses)
     rows_read: int = 0   # patient, instance and finding rows those computations read
-    cleared: int = 0     # times the whole cache was dropped (the bus history had moved on)
+    cleared: int = 0     # times the whole board was computed again (first use, or the bus history had moved on)
 
 
 class BoardRows:
-    """Per-patient board rows of one store, cached and dropped when the patient changes."""
+    """The board of one store: every live patient's card, kept in board order per category
+    (a sorted list each) with the category counts, the tray's holders and each card's
+    JSON. An event naming a patient recomputes that patient's card and moves it in the
+    order, so a page of the board costs the page, not the number of patients."""
 
     def __init__(self, store):
         self.store = store
         self.stats = Stats()
-        self._lock = threading.Lock()
-        self._catching_up = threading.Lock()
-        self._rows: dict[str, dict | None] = {}
-        self._encoded: dict[str, tuple[dict, str]] = {}  # pid -> (card, its JSON), for board_json
+        self._lock = threading.Lock()  # one updater and reader of the index at a time
+        self._built = False
         self._cursor = store.events.last_seq
-        self._generation = 0  # bumped when rows are dropped: a computation begun before is not kept
+        self._seen = 0  # patient rows (merged ones too) when the board was built or last changed
+        self._cards: dict[str, dict] = {}  # pid -> card of everyone on the board
+        self._order: dict[str, list[tuple]] = {c: [] for c in TRIAGE_CATEGORIES}  # category -> sorted places
+        self._holders: dict[str, int] = {}  # pid -> captures waiting in the tray (unassigned records)
+        self._hay: dict[str, str] = {}
+        self._json: dict[str, str] = {}  # pid -> the card's JSON, made when first sent
+
+    # -- keeping the index -------------------------------------------------------------
+
+    def _drop(self, pid: str) -> None:
+        card = self._cards.pop(pid, None)
+        self._hay.pop(pid, None)
+        self._json.pop(pid, None)
+        if card is None:
+            return
+        if self._holders.pop(pid, None) is None:
+            places = self._order[card["triage"]]
+            i = bisect.bisect_left(places, _place(pid, card))
+            if i < len(places) and places[i][1] == pid:
+                del places[i]
+
+    def _put(self, pid: str, card: dict | None) -> None:
+        self._drop(pid)
+        if card is None:
+            return
+        self._cards[pid] = card
+        self._hay[pid] = _haystack(card)
+        if card["unassigned"]:  # its captures wait in the tray; it is no card of the board
+            self._holders[pid] = len(card["tray"])
+        else:
+            bisect.insort(self._order[card["triage"]], _place(pid, card))
+
+    def _patient_rows(self) -> int:
+        return self.store.read(lambda db: len(db.storage.read().get(T_PATIENTS, {})))
+
+    def _build(self) -> None:
+        bus = self.store.events
+        cursor = bus.last_seq  # taken first: what happens while we compute is applied again
+        patients = _live_patients(self.store)
+        seen = self._patient_rows()
+        cards, read = compute_rows(self.store, patients)
+        self._cards, self._holders, self._hay, self._json = {}, {}, {}, {}
+        self._order = {c: [] for c in TRIAGE_CATEGORIES}
+        for pid, card in cards.items():
+            self._put(pid, card)
+        self._built, self._cursor, self._seen = True, cursor, seen
+        self.stats.computed += len(cards)
+        self.stats.rows_read += read
+        self.stats.cleared += 1
 
     def _catch_up(self) -> None:
-        bus = self.store.events
-        with self._catching_up:  # one reader at a time, so no reader answers before its events are applied
-            events = bus.since(self._cursor)
-            if events is None:  # more happened than the history keeps: start over
-                with self._lock:
-                    self._rows.clear()
-                    self._cursor = bus.last_seq
-                    self._generation += 1
-                    self.stats.cleared += 1
-                return
-            if not events:
-                return
-            stale = [pid for e in events for pid in concerned(self.store, e)]
-            with self._lock:
-                for pid in stale:
-                    self._rows.pop(pid, None)
-                self._cursor = events[-1].seq
-                if stale:
-                    self._generation += 1
+        """Apply what the event bus says changed since the last look (under self._lock)."""
+        if not self._built:
+            self._build()
+            return
+        events = self.store.events.since(self._cursor)
+        if events is None:  # more happened than the history keeps: start over
+            self._build()
+            return
+        if events:
+            for pid in dict.fromkeys(pid for e in events for pid in concerned(self.store, e)):
+                card, read = compute_row(self.store, pid)
+                self._put(pid, card)
+                self.stats.computed += 1
+                self.stats.rows_read += read
+            self._cursor = events[-1].seq
+            self._seen = self._patient_rows()
+        elif self._patient_rows() != self._seen:  # a patient row written without an event
+            self._build()
 
-    def _get(self, pid: str, patient: dict | None = None) -> dict | None:
-        with self._lock:
-            if pid in self._rows:
-                return self._rows[pid]
-            generation = self._generation
-        row, read = compute_row(self.store, pid, patient)
-        with self._lock:
-            self.stats.computed += 1
-            self.stats.rows_read += read
-            if self._generation == generation:
-                self._rows[pid] = row
-        return row
+    # -- reading -----------------------------------------------------------------------
 
     def row(self, pid: str) -> dict | None:
         """The card of patient `pid` as it is now, None when they are not on the board."""
-        self._catch_up()
-        row = self._get(pid)
-        return dict(row) if row is not None else None
-
-    def _sorted_cards(self) -> list[tuple[str, dict]]:
-        """(patient id, cached card) of every live patient, in board order (not copies)."""
-        self._catch_up()
-        patients = _live_patients(self.store)
         with self._lock:
-            missing = [p for p in patients if p["id"] not in self._rows]
-            generation = self._generation
-        if len(missing) > BULK_FROM:
-            cards, read = compute_rows(self.store, missing)
-            with self._lock:
-                self.stats.computed += len(cards)
-                self.stats.rows_read += read
-                if self._generation == generation:
-                    self._rows.update(cards)
-        else:
-            cards = {}
-        out, late = [], []
-        with self._lock:  # once for the whole board, not once per card
-            for p in patients:
-                card = cards.get(p["id"]) or self._rows.get(p["id"], _MISSING)
-                if card is _MISSING:
-                    late.append(p)
-                elif card is not None:
-                    out.append((p["id"], card))
-        for p in late:
-            card = self._get(p["id"], p)
-            if card is not None:
-                out.append((p["id"], card))
-        out.sort(key=lambda pc: sort_key(pc[1]))
-        return out
+            self._catch_up()
+            card = self._cards.get(pid)
+        return dict(card) if card is not None else None
 
-    @staticmethod
-    def _summary(cards: list[tuple[str, dict]]) -> dict:
-        counts = {c: 0 for c in TRIAGE_CATEGORIES}
-        unassigned = 0
-        for _, card in cards:
-            if card["unassigned"]:
-                unassigned += len(card["tray"])
-            else:
-                counts[card["triage"]] += 1
-        return {"counts": counts, "total": len(cards), "at": time.time(), "unassigned": unassigned}
+    def _summary(self) -> dict:
+        counts = {c: len(self._order[c]) for c in TRIAGE_CATEGORIES}
+        return {"counts": counts, "total": len(self._cards), "at": time.time(),
+                "unassigned": sum(self._holders.values())}
+
+    def summary(self) -> dict:
+        """Counts per category, total of patients and unassigned captures of the whole board."""
+        with self._lock:
+            self._catch_up()
+            return self._summary()
 
     def board(self) -> dict:
-        """The whole board: every live patient's card, counts per category."""
-        cards = self._sorted_cards()
-        return {"patients": [dict(card) for _, card in cards], **self._summary(cards)}
+        """The whole board: every live patient's card, counts per category (for the exports:
+        the tablets load it a page at a time, `page()`)."""
+        with self._lock:
+            self._catch_up()
+            cards = sorted(self._cards.items(), key=lambda pc: (sort_key(pc[1]), pc[0]))
+            summary = self._summary()
+        return {"patients": [dict(card) for _, card in cards], **summary}
 
-    def board_json(self, **extra) -> str:
-        """`board()` (and `extra`) as JSON text, joined from each card's JSON, which is kept
-        with the card until the card changes: a board of 10 000 patients is neither copied
-        nor encoded again for every tablet that loads it."""
-        cards = self._sorted_cards()
-        known, fresh, parts = self._encoded, {}, []
-        for pid, card in cards:
-            held = known.get(pid)
-            if held is None or held[0] is not card:  # a card is replaced, never changed in place
-                held = (card, _encode(card))
-            fresh[pid] = held
-            parts.append(held[1])
-        self._encoded = fresh  # patients who left the board leave it too
-        tail = _encode({**self._summary(cards), **extra})
-        return '{"patients":[' + ",".join(parts) + "]" + ("," + tail[1:] if len(tail) > 2 else "}")
+    def _tray(self, most: int) -> list[dict]:
+        """The holders of the oldest `most` tray captures (the tray shows the oldest first),
+        each card carrying only those of its captures."""
+        oldest = sorted(((item.get("received_at") or 0, item["uid"], pid)
+                         for pid in self._holders for item in self._cards[pid]["tray"]))[:most]
+        keep = {uid for _, uid, _ in oldest}
+        return [dict(self._cards[pid], tray=[i for i in self._cards[pid]["tray"] if i["uid"] in keep])
+                for pid in dict.fromkeys(pid for _, _, pid in oldest)]
+
+    def _page(self, limit: int, after: str | None, triage: str | None, q: str) -> tuple[list[str], int]:
+        """The patient ids of one page in board order, and how many more match after it."""
+        start = decode_cursor(after) if after else None
+        needle = q.strip().lower()
+        out: list[str] = []
+        more = 0
+        order = sorted(TRIAGE_CATEGORIES, key=lambda c: sort_key({"triage": c})[0])
+        for category in order:
+            if triage and category != triage:
+                continue
+            places = self._order[category]
+            first = 0
+            if start is not None:
+                if sort_key({"triage": category})[0] < sort_key({"triage": start[0]})[0]:
+                    continue
+                if category == start[0]:
+                    first = bisect.bisect_right(places, start[1])
+            if not needle:  # counted, not walked
+                take = places[first:first + max(0, limit - len(out))]
+                out.extend(pid for _, pid in take)
+                more += len(places) - first - len(take)
+                continue
+            for _, pid in itertools.islice(places, first, None):  # a search looks at every card once
+                if needle in self._hay[pid]:
+                    if len(out) < limit:
+                        out.append(pid)
+                    else:
+                        more += 1
+        return out, more
+
+    def page_json(self, limit: int, after: str | None = None, triage: str | None = None, q: str = "",
+                  tray_max: int = 100, **extra) -> str:
+        """One page of the board as JSON text: up to `limit` cards in board order after the
+        cursor `after` (of one category, `triage`; matching a search `q` by tag, ID or name),
+        with `more` (cards matching after this page) and `next` (the cursor for them, or
+        null), on the first page the holders of the oldest `tray_max` tray captures (cards
+        with `unassigned`, carrying only those captures),
+        and the whole board's counts, total and unassigned captures. Each card's JSON is kept
+        until the card changes."""
+        if triage is not None and triage not in TRIAGE_CATEGORIES:
+            raise BadInput(f"triage must be one of {', '.join(TRIAGE_CATEGORIES)}")
+        with self._lock:
+            self._catch_up()
+            pids, more = self._page(limit, after, triage, q)
+            parts = []
+            for pid in pids:
+                text = self._json.get(pid)
+                if text is None:
+                    text = self._json[pid] = _encode(self._cards[pid])
+                parts.append(text)
+            if after is None:
+                parts += [_encode(card) for card in self._tray(tray_max)]
+            tail = {**self._summary(), "more": more,
+                    "next": encode_cursor(self._cards[pids[-1]]) if more and pids else None, **extra}
+        return '{"patients":[' + ",".join(parts) + "]," + _encode(tail)[1:]
 
 
 def _encode(obj) -> str:
     return json.dumps(obj, default=str, separators=(",", ":"), sort_keys=True)
-
-
-_MISSING = object()
 
 
 def _live_patients(store) -> list[dict]:
@@ -281,3 +378,28 @@ def rows_for(store) -> BoardRows:
         if rows is None:
             rows = _caches[store] = BoardRows(store)
         return rows
+
+
+class _Warming:
+    """The board being built in the background when `serve` starts (a SERVICES entry)."""
+
+    def __init__(self, store):
+        self.thread = threading.Thread(target=self._run, args=(store,), name="board-warm", daemon=True)
+
+    @staticmethod
+    def _run(store) -> None:
+        try:
+            rows_for(store).summary()
+        except Exception:  # the kit stopped or locked meanwhile: the first page builds it then
+            log.debug("board not built at start", exc_info=True)
+
+    def stop(self) -> None:
+        self.thread.join(timeout=1.0)
+
+
+def start(kit) -> _Warming:
+    """SERVICES entry: build the board (every card, in order) once when `serve` starts, so
+    the first tablet to open the board gets a page instead of waiting for 10 000 cards."""
+    warming = _Warming(kit.store)
+    warming.thread.start()
+    return warming

@@ -4,7 +4,8 @@ Each stream reads the kit's event bus (fieldkit.events) and forwards events as
 `id: <bus>.<n>` / `event: <topic>` / `data: <json>` lines. Events carry ids only (patient
 id, SOP Instance UID, queue row id), never names. A board opens its stream with `board=1`
 and also gets, before each event that changes a card, that patient's new card
-(`board.row`: `{"id": ..., "row": {...} | null}`, null when the patient left the board;
+(`board.row`: `{"id": ..., "row": {...} | null, "counts": ..., "total": n, "unassigned": n}`,
+row null when the patient left the board, with the whole board's counts after the change;
 the card is what the board itself shows, under the same permission), so it patches
 itself instead of fetching the whole board again.
 
@@ -158,7 +159,9 @@ def stream():
                     # the cards first, without an id: a stream cut after them replays the events
                     changed = dict.fromkeys(pid for e in events for pid in concerned(store, e))
                     for pid in changed:
-                        yield format_event(BOARD_ROW, {"id": pid, "row": rows.row(pid)})
+                        row = rows.row(pid)
+                        # the whole board's counts come along: a tablet shows only a page of it
+                        yield format_event(BOARD_ROW, {"id": pid, "row": row, **rows.summary()})
                 for e in events:
                     cursor = e.seq
                     yield format_event(e.topic, dict(e.data), ident(e.seq))

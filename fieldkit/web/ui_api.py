@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
@@ -119,11 +119,35 @@ def board_data(store) -> dict:
     return board_rows(store).board() | {"live_id": live_id}
 
 
+BOARD_MAX_LIMIT = 1000  # most cards one page may ask for
+TRAY_MAX = 100  # most tray captures sent with the first page (the banner counts them all)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
+        raise BadInput(f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
 @bp.get("/board")
 def board():
-    store = kit_of().store
-    live_id = _live_id(store)  # as in board_data; the cards' JSON is reused, not made again
-    return Response(board_rows(store).board_json(live_id=live_id), mimetype="application/json")
+    """One page of the board in board order (`limit`, default ui.board_page_size; the next
+    page `after` the `next` cursor of this one), of one category (`triage`) or matching a
+    search (`q`: tag, ID or name), with the whole board's counts and the live position."""
+    kit = kit_of()
+    store = kit.store
+    live_id = _live_id(store)  # taken first, as in board_data
+    limit = _int_arg("limit", int(kit.config.get("ui.board_page_size", 100)), 1, BOARD_MAX_LIMIT)
+    after = request.args.get("after") or None
+    triage = request.args.get("triage") or None
+    q = request.args.get("q", "")
+    if len(q) > MAX_NAME:
+        raise BadInput(f"q is longer than {MAX_NAME} characters")
+    text = board_rows(store).page_json(limit, after=after, triage=triage, q=q, tray_max=TRAY_MAX, live_id=live_id)
+    return Response(text, mimetype="application/json")
 
 
 @bp.post("/start")

@@ -1,18 +1,21 @@
 // The triage board: a card per patient, coloured by category, counts on top, sort and
-// filter. Fetched once; then the live stream sends the card of each patient who changed
-// ("board.row") and the board patches itself; it fetches the whole board again only when
-// the stream says it cannot replay what was missed. Works from the service worker's copy
-// when the kit is unreachable (marked stale).
+// filter. The kit sends it a page at a time in board order ("Show more" loads the next
+// page; the category filter and the search ask the kit) with the whole board's counts.
+// Then the live stream sends the card of each patient who changed ("board.row", with the
+// new counts) and the board patches the cards it shows; it loads the first page again only
+// when the stream says it cannot replay what was missed. Works from the service worker's
+// copy of the first page when the kit is unreachable (marked stale).
 import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, shownName } from "./actions.js";
 import { careOptions, dueAt, placeText } from "./care.js";
 import { withPending } from "./offline.js";
 
 const SHAPE = { red: "▲", yellow: "◆", green: "●" }; // the categories' shapes, as in app.css
-const ORDER = { red: 0, yellow: 1, green: 2, grey: 3, black: 4, none: 5 };
+const ORDER = { red: 0, yellow: 1, green: 2, black: 3, grey: 4, none: 5 }; // the kit's board order
 const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
   quarantined: "refused — see Sync" };
-let state = { patients: [], counts: {} };
+// patients: the cards loaded so far, in board order; holders: records whose captures wait in the tray
+let state = { patients: [], holders: [], counts: {}, more: 0, next: null };
 let filter = null;
 let inflight = null;
 let probeNames = {}; // registered probes: AE title -> label
@@ -82,10 +85,26 @@ setInterval(() => {
   document.querySelectorAll("#board .overdue").forEach(fillOverdue);
 }, 1000);
 
-function countsOf(patients) {
-  const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
-  patients.forEach((p) => { if (!p.unassigned) counts[p.triage] = (counts[p.triage] || 0) + 1; });
-  return counts;
+// Board order, as the kit pages it: most urgent category first, then who has waited longest
+function before(a, b) {
+  return (ORDER[a.triage] - ORDER[b.triage]) || ((a.triaged_at || a.created || 0) - (b.triaged_at || b.created || 0)) ||
+    (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+function searchText() { return document.getElementById("board-search").value.trim(); }
+
+// Whether a card belongs in the view asked of the kit (its category filter and search)
+function inView(p) {
+  const q = searchText().toLowerCase();
+  return !p.unassigned && (!filter || p.triage === filter) &&
+    (!q || [p.id, p.tag, p.name, p.display_name, ...(p.tags || [])].some((v) => (v || "").toLowerCase().includes(q)));
+}
+
+// Cards matching the view after the loaded ones: known from the counts unless searching
+function moreAfter() {
+  if (searchText()) return Math.max(0, state.more);
+  const n = filter ? (state.counts[filter] || 0) : Object.values(state.counts || {}).reduce((a, b) => a + b, 0);
+  return Math.max(0, n - state.patients.length);
 }
 
 function probeText(ae) {
@@ -96,7 +115,7 @@ function probeText(ae) {
 // The tray: every capture of a record only a capture made, oldest first, above the cards.
 function renderTray() {
   const items = [];
-  state.patients.filter((p) => p.unassigned).forEach((p) => (p.tray || []).forEach((c) => items.push([p, c])));
+  state.holders.forEach((p) => (p.tray || []).forEach((c) => items.push([p, c])));
   items.sort((a, b) => (a[1].received_at || 0) - (b[1].received_at || 0));
   const tray = document.getElementById("tray");
   const banner = document.getElementById("unassigned-banner");
@@ -139,19 +158,16 @@ function render() {
   renderTray();
   const list = document.getElementById("board");
   const tpl = document.getElementById("card-template");
-  const q = document.getElementById("board-search").value.trim().toLowerCase();
   const sort = document.getElementById("board-sort").value;
   Object.entries(state.counts || {}).forEach(([cat, n]) => {
     const c = document.querySelector(`[data-count="${cat}"]`);
     if (c) c.textContent = String(n);
   });
-  let rows = state.patients.filter((p) => !p.unassigned && (!filter || p.triage === filter) &&
-    (!q || [p.id, p.tag, p.name, p.display_name, ...(p.tags || [])].some((v) => (v || "").toLowerCase().includes(q))));
+  // the kit filtered and ordered them; filtered here again so typing narrows the loaded cards
+  // at once, before the kit's answer comes; other sorts order what is loaded
+  const rows = state.patients.filter(inView);
   if (sort === "recent") rows.sort((a, b) => Math.max(b.updated, b.last_capture) - Math.max(a.updated, a.last_capture));
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
-  // inside one category, who has waited longest (oldest triage) first
-  else rows.sort((a, b) => (ORDER[a.triage] - ORDER[b.triage]) ||
-    ((a.triaged_at || a.created || 0) - (b.triaged_at || b.created || 0)));
   const shown = new Map();
   list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.patientId, li));
   const frag = document.createDocumentFragment();
@@ -161,7 +177,11 @@ function render() {
     frag.appendChild(li);
   });
   list.replaceChildren(frag);
-  document.getElementById("board-empty").hidden = state.patients.some((p) => !p.unassigned);
+  document.getElementById("board-empty").hidden = Object.values(state.counts || {}).some((n) => n > 0);
+  const more = document.getElementById("board-more");
+  const left = state.next ? moreAfter() : 0;
+  more.hidden = !left;
+  more.textContent = `Show more (${left} more)`;
 }
 
 let drawing = null;
@@ -169,24 +189,68 @@ function redrawSoon() { // a burst of rows (a cine push, a sync batch) is drawn 
   if (!drawing) drawing = requestAnimationFrame(() => { drawing = null; render(); });
 }
 
-// A patient's new card from the live stream, or their removal (row null: merged away).
-function patch(id, row) {
-  const i = state.patients.findIndex((p) => p.id === id);
-  if (row && i >= 0) state.patients[i] = row;
-  else if (row) state.patients.push(row);
-  else if (i >= 0) state.patients.splice(i, 1);
-  else return;
-  state.counts = countsOf(state.patients);
+// A patient's new card from the live stream, or their removal (row null: merged away), with
+// the whole board's counts after it. A card is shown when it falls inside the loaded window
+// (up to where the last page loaded ended, or everything is loaded); beyond it, only
+// "N more" changes (the next page brings it).
+function patch(data) {
+  const { id, row } = data;
+  if (data.counts) Object.assign(state, { counts: data.counts, total: data.total, unassigned: data.unassigned });
+  const was = state.patients.findIndex((p) => p.id === id);
+  if (was >= 0) state.patients.splice(was, 1);
+  const held = state.holders.findIndex((p) => p.id === id);
+  if (held >= 0) state.holders.splice(held, 1);
+  if (row && row.unassigned) state.holders.push(row);
+  else if (row && inView(row) && (!state.next || before(row, state.edge) <= 0)) {
+    const at = state.patients.findIndex((p) => before(row, p) < 0);
+    state.patients.splice(at < 0 ? state.patients.length : at, 0, row);
+  }
   redrawSoon();
 }
 
-async function refresh() {
-  if (inflight) return inflight;
-  inflight = (async () => {
+function boardUrl(after) {
+  const q = new URLSearchParams();
+  if (filter) q.set("triage", filter);
+  if (searchText()) q.set("q", searchText());
+  if (after) q.set("after", after);
+  return "/api/v1/ui/board" + (q.toString() ? "?" + q : "");
+}
+
+// The next page after the loaded cards ("Show more")
+let loadingMore = null;
+async function showMore() {
+  if (loadingMore || !state.next) return;
+  loadingMore = (async () => {
     try {
-      let data = await api("/api/v1/ui/board");
+      const from = state;
+      const data = await api(boardUrl(state.next));
+      if (data.__stale || state !== from) return; // offline, or the view changed meanwhile
+      const shown = new Set(state.patients.map((p) => p.id));
+      state.patients.push(...data.patients.filter((p) => !p.unassigned && !shown.has(p.id)));
+      Object.assign(state, { counts: data.counts, total: data.total, unassigned: data.unassigned,
+        more: data.more, next: data.next, edge: data.patients.filter((p) => !p.unassigned).pop() || state.edge });
+      showError("");
+      render();
+    } catch (e) {
+      if (e.status !== 401) showError(e.message);
+    } finally { loadingMore = null; }
+  })();
+}
+
+// The first page of the view asked (category filter, search); a newer view asked while it
+// loads wins
+let inflightUrl = null;
+async function refresh() {
+  const url = boardUrl(null);
+  if (inflight && inflightUrl === url) return inflight;
+  inflightUrl = url;
+  const mine = inflight = (async () => {
+    try {
+      let data = await api(url);
+      if (inflightUrl !== url) return data;
       if (data.__stale) data = await withPending(data); // with the changes this tablet keeps to send
-      state = data;
+      const cards = data.patients.filter((p) => !p.unassigned);
+      state = { ...data, patients: cards, holders: data.patients.filter((p) => p.unassigned), edge: cards[cards.length - 1] };
       if (!data.__stale && data.at) skewMs = data.at * 1000 - Date.now();
       if (data.__stale) {
         const when = typeof data.__stale === "number" ? fmtTime(data.__stale) : "earlier";
@@ -202,17 +266,24 @@ async function refresh() {
     } catch (e) {
       if (e.status !== 401) showError(e.message);
       return null;
-    } finally { inflight = null; }
+    } finally { if (inflight === mine) inflight = null; }
   })();
-  return inflight;
+  return mine;
 }
 
 document.querySelectorAll(".count").forEach((b) => b.addEventListener("click", () => {
   filter = filter === b.dataset.filter ? null : b.dataset.filter;
   document.querySelectorAll(".count").forEach((o) => o.setAttribute("aria-pressed", String(o.dataset.filter === filter)));
-  render();
+  render(); // the loaded cards of that category at once, then the kit's first page of it
+  refresh();
 }));
-document.getElementById("board-search").addEventListener("input", render);
+let typing = null;
+document.getElementById("board-search").addEventListener("input", () => { // the kit searches, once typing pauses
+  clearTimeout(typing);
+  render();
+  typing = setTimeout(() => refresh(), 300);
+});
+document.getElementById("board-more").addEventListener("click", showMore);
 document.getElementById("board-sort").addEventListener("change", render);
 
 // Disk space: a banner when the kit's disk runs low (what to do) or captures are refused.
@@ -241,7 +312,7 @@ diskBanner();
 setInterval(diskBanner, 30000);
 refresh().then((data) => {
   // the stream starts where the fetched board stands; from then on, only changed cards come
-  live((topic, data) => { if (topic === "board.row") patch(data.id, data.row); },
+  live((topic, data) => { if (topic === "board.row") patch(data); },
     () => refresh(), [], { board: true, since: data && !data.__stale ? data.live_id : "" });
 });
 initPage(() => refresh());

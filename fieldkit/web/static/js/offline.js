@@ -290,22 +290,29 @@ export async function withPending(data) {
   const changes = await queued();
   if (!changes || !changes.length) return data;
   const patients = (data.patients || []).map((p) => ({ ...p }));
+  // the kept copy is the board's first page: the whole board's counts are moved by each change
+  const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0, ...(data.counts || {}) };
+  let total = data.total || 0;
   changes.forEach(({ change: c }) => {
     if (c.kind === "register") {
       const pid = c.tag || LOCAL + c.id;
       if (!patients.some((p) => p.id === pid || p.tag === pid)) {
         patients.push({ id: pid, tag: c.tag || null, triage: c.triage, captures: 0, findings: 0, sync: "none",
           updated: c.at, last_capture: 0, created: c.at, triaged_at: c.at, display_name: "", pending: true });
+        counts[c.triage] = (counts[c.triage] || 0) + 1;
+        total += 1;
       }
     } else if (c.kind === "triage") {
       const pid = c.patient || LOCAL + c.ref;
       const p = patients.find((x) => x.id === pid || x.tag === pid);
-      if (p) { p.triage = c.triage; p.retriaged_at = c.at; }
+      if (p) {
+        if (!p.unassigned) { counts[p.triage] = Math.max(0, (counts[p.triage] || 0) - 1); counts[c.triage] = (counts[c.triage] || 0) + 1; }
+        p.triage = c.triage;
+        p.retriaged_at = c.at;
+      }
     }
   });
-  const counts = { red: 0, yellow: 0, green: 0, grey: 0, black: 0, none: 0 };
-  patients.forEach((p) => { if (!p.unassigned) counts[p.triage] = (counts[p.triage] || 0) + 1; });
-  return { ...data, patients, counts, total: patients.length };
+  return { ...data, patients, counts, total };
 }
 
 // ----------------------------------------------------------------------------- replay

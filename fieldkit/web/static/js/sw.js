@@ -1,6 +1,6 @@
 // fieldkit service worker: keeps the app shell and the last-seen board, so a reload while
 // the kit is briefly unreachable shows the last board marked stale instead of an error.
-// Only the board is kept (it is what a triage team needs first); patient images never are.
+// Only the board's first page is kept (it is what a triage team needs first); patient images never are.
 // Offline, each page is either itself (the board, New patient, a patient page filled from the
 // kept board by offline.js) or a page saying it is not available offline; never another page.
 const SHELL = "fieldkit-shell-v1";
@@ -99,7 +99,7 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(req.url);
   if (url.origin !== self.location.origin) return;
 
-  if (url.pathname === BOARD_API) {
+  if (url.pathname === BOARD_API && !url.search) { // the board's first page; further pages and searches need the kit
     event.respondWith((async () => {
       try {
         const res = await fetch(req);

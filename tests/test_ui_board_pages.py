@@ -1,0 +1,98 @@
+"""The board in a real Chromium with more patients than a page (`ui.board_page_size` 10,
+25 patients): the first page in board order, "Show more (N more)" loads the rest, the
+category filter and the search ask the kit and show the right cards, the counts on top
+are the whole board's, and a live re-triage on a second tablet moves a card from beyond
+the loaded page into the first page (and the counts with it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fixtures.ui import TABLET, chromium, sign_in, start_ui_kit
+from test_ui_board_live import api_session
+
+pytestmark = pytest.mark.timeout(300)
+WAIT = 20000
+N = 25
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    def small_pages(data_dir):
+        from fieldkit.cli.sync import _load_values, _save_values
+        values = _load_values(data_dir)
+        values.update({"ui.board_page_size": 10})
+        _save_values(data_dir, values)
+
+    kit = start_ui_kit(tmp_path_factory.mktemp("pages"), before_serve=small_pages)
+    s = api_session(kit)
+    # green patients G-00..G-19 (G-00 waits longest), then five yellow ones
+    for i in range(20):
+        assert s.post(kit.url + "/api/v1/ui/patients", json={"tag": f"G-{i:02d}", "triage": "green"},
+                      timeout=30).status_code == 201
+    for i in range(5):
+        assert s.post(kit.url + "/api/v1/ui/patients", json={"tag": f"Y-{i}", "triage": "yellow"},
+                      timeout=30).status_code == 201
+    yield kit
+    kit.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(kit):
+    with chromium(kit) as b:
+        yield b
+
+
+def shown(page) -> list[str]:
+    return page.eval_on_selector_all("#board li.card", "els => els.map(e => e.dataset.patientId)")
+
+
+def wait_cards(page, expected: list[str]) -> None:
+    page.wait_for_function("ids => JSON.stringify([...document.querySelectorAll('#board li.card')]"
+                           ".map(e => e.dataset.patientId)) === JSON.stringify(ids)", arg=expected, timeout=WAIT)
+
+
+def test_pages_filter_search_and_a_live_move_into_the_first_page(kit, browser):
+    ctx = browser.new_context(base_url=kit.url, viewport=TABLET, has_touch=True)
+    page = ctx.new_page()
+    try:
+        sign_in(page)
+        first = [f"Y-{i}" for i in range(5)] + [f"G-{i:02d}" for i in range(5)]
+        wait_cards(page, first)
+        more = page.locator("#board-more")
+        page.wait_for_function("() => document.querySelector('#board-more').textContent === 'Show more (15 more)'",
+                               timeout=WAIT)
+        assert page.inner_text("[data-count=green]") == "20" and page.inner_text("[data-count=yellow]") == "5"
+
+        more.click()
+        wait_cards(page, first + [f"G-{i:02d}" for i in range(5, 15)])
+        assert more.inner_text() == "Show more (5 more)"
+        more.click()
+        wait_cards(page, first + [f"G-{i:02d}" for i in range(5, 20)])
+        assert more.is_hidden()
+
+        # the category filter asks the kit: the yellow ones only, all on one page
+        page.click("button.count[data-filter=yellow]")
+        wait_cards(page, [f"Y-{i}" for i in range(5)])
+        assert more.is_hidden()
+        page.click("button.count[data-filter=yellow]")  # off again: the first page of the whole board
+        wait_cards(page, first)
+
+        # the search asks the kit: tags G-10..G-19 match "g-1"; a page of ten, none more
+        page.fill("#board-search", "g-1")
+        wait_cards(page, [f"G-{i}" for i in range(10, 20)])
+        assert more.is_hidden()
+        page.fill("#board-search", "")
+        wait_cards(page, first)
+
+        # G-19 (the last green, beyond the first page) is re-triaged red on another tablet:
+        # it comes first on this board, live, and the counts follow
+        s = api_session(kit)
+        assert s.post(kit.url + "/api/v1/ui/patients/G-19/triage", json={"triage": "red"}, timeout=30).status_code == 200
+        wait_cards(page, ["G-19"] + first)
+        page.wait_for_function("() => document.querySelector('[data-count=red]').textContent === '1' && "
+                               "document.querySelector('[data-count=green]').textContent === '19'", timeout=WAIT)
+        page.wait_for_function("() => document.querySelector('#board-more').textContent === 'Show more (14 more)'",
+                               timeout=WAIT)
+    finally:
+        ctx.close()
