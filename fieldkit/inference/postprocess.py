@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -56,6 +58,9 @@ MIN_CONTRAST = 0.04  # a line brighter than its surroundings by less is no line
 FADE_RATIO = 0.45  # deep contrast below this share of the contrast near the pleura: it fades
 ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of the one below: starts above
 ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
+CONFLUENT_BINS = 6  # a B-line run at least this many columns wide (of 64: ~1/10 of the width) is
+# lines merged over a wide sector ("confluent", white lung); single lines are 1-3 wide
+BAND_SIDE = 10  # confluent: the background is this many input pixels either side of the band
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +112,8 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     h, w = img.shape
     prow = int(round(pleura_row))
     lo, hi = max(0, int(cols[0])), min(w, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
+    if hi - lo >= 2 * SIDE[0]:  # wider than a line: its background bands would lie on it
+        return _band_mimic(img, lo, hi, prow)
     band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
     if band.size == 0:
         return ""
@@ -135,6 +142,39 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     return ""
 
 
+def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
+    """bline_mimic for a band wider than a line's background bands (confluent lines): the
+    band's brightness over the background either side of it, row by row."""
+    h, w = img.shape
+    inner = img[:, lo:hi]
+    outer = np.concatenate([img[:, max(0, lo - BAND_SIDE):max(0, lo - 2)], img[:, min(w, hi + 2):min(w, hi + BAND_SIDE)]], 1)
+    inner = np.where(inner < IN_VIEW, np.nan, inner)
+    outer = np.where(outer < IN_VIEW, np.nan, outer)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows outside the field of view: all nan
+        con = np.nanmean(inner, 1) - np.nanmedian(outer, 1) if outer.shape[1] else np.nanmean(inner, 1)
+    below = con[min(h - 1, prow + 3):]
+    below = below[~np.isnan(below)]
+    if len(below) < 8:
+        return ""
+    q = max(2, len(below) // 4)
+    near, deep = float(np.median(below[:q])), float(np.median(below[-q:]))
+    if near < MIN_CONTRAST:
+        return "no bright band below the pleura"
+    above = con[max(0, prow // 3):max(0, prow - 8)]
+    above = above[~np.isnan(above)]
+    if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
+        return "starts above the pleural line (E-line or needle artefact)"
+    if deep < FADE_RATIO * near:
+        return "fades before the bottom of the image (Z-line or comet tail)"
+    return ""
+
+
+def confluent(runs_: list[tuple[int, int]]) -> bool:
+    """Lines merged over a wide sector: an accepted run of at least CONFLUENT_BINS columns."""
+    return any(b - a >= CONFLUENT_BINS for a, b in runs_)
+
+
 # --------------------------------------------------------------------- finding scores
 # A finding's probability comes from one score per frame, a logit that is >= 0 exactly when
 # the frame shows the finding by the model's thresholds (the score and the call agree).
@@ -153,7 +193,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     the pleural row and the frame's pattern score (input pixels; columns in bins).
 
     The score is the logit of the k-th strongest B-line (k = pattern_min_blines): the
-    accepted runs' peaks, then any weaker bumps of evidence below the threshold."""
+    accepted runs' peaks (a confluent run stands for k lines: it is a pattern by itself),
+    then any weaker bumps of evidence below the threshold."""
     th = float(thresholds["bline"])
     k = int(thresholds.get("pattern_min_blines", 3))
     in_h, in_w = img.shape
@@ -163,7 +204,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     maps = line_maps(img) if found else None
     why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps) for a, b in found]
     accepted = [r for r, y in zip(found, why) if not y]
-    peaks = sorted((float(col_prob[a:b].max()) for a, b in accepted), reverse=True)
+    peaks = sorted((float(col_prob[a:b].max()) for a, b in accepted for _ in range(k if confluent([(a, b)]) else 1)),
+                   reverse=True)
     weak = col_prob.copy()
     for a, b in found:
         weak[a:b] = 0  # the strong runs are counted above (or turned away as mimics)
@@ -171,7 +213,7 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     ranked = peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k
     score = float(logit(ranked[k - 1]) - logit(th))
     return {"runs": accepted, "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
-            "score": score}
+            "score": score, "confluent": confluent(accepted)}
 
 
 def fluid_score(fluid_logits: np.ndarray, thresholds: dict) -> float:

@@ -150,7 +150,8 @@ def train_gate(out: Path, seed: int, scale: float):
 
 def train_lung(out: Path, seed: int, scale: float):
     print("lung: simulating", flush=True)
-    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1)
+    torch.manual_seed(R.seed("lung", "train"))  # its own seed: retrained alone, it is reproduced alone
+    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1, training=True)
 
     def loss(o, t):
         pos = torch.tensor(4.0)  # B-line columns are rare; weigh them up
