@@ -12,9 +12,7 @@ and its SR.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner, sr
 
 FRAMES_PER_COUNT, SEED = 40, 810_000  # 360 frames in all: a 90 % share is measured to about +-3 %
@@ -87,9 +85,3 @@ def _walk(ds):
     for item in getattr(ds, "ContentSequence", []):
         yield item
         yield from _walk(item)
-
-
-@pytest.mark.parametrize("width", [0, 5, 6, 40, 64])
-def test_confluent_is_a_run_as_wide_as_the_rule_says(width):
-    assert post.confluent([(3, 3 + width)]) is (width >= post.CONFLUENT_BINS)
-    assert post.confluent([]) is False

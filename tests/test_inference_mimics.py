@@ -78,24 +78,6 @@ def test_no_mimic_clip_reads_b_line_pattern(registry, mimic):
     assert any_after <= any_before  # the check only ever removes lines
 
 
-def _frame(top, bottom, width=3, seed=0):
-    """A 128 x 128 frame: speckle, a pleural line at row 40, one bright vertical line from row
-    top to row bottom at columns 60.. (0 width: none)."""
-    img = 0.25 + 0.05 * np.random.default_rng(seed).random((128, 128))
-    img[39:42] = 0.9
-    img[top:bottom, 60:60 + width] = 0.8
-    return img.astype(np.float32)
-
-
-@pytest.mark.parametrize("width", [3, 30])  # a line, and confluent lines (a band)
-def test_the_mimic_check_names_what_it_turned_away(width):
-    cols = (59, 61 + width)
-    assert post.bline_mimic(_frame(42, 128, width), cols, 40.0) == ""  # pleura to bottom: a B-line
-    assert "starts above" in post.bline_mimic(_frame(5, 128, width), cols, 40.0)
-    assert "fades" in post.bline_mimic(_frame(42, 70, width), cols, 40.0)
-    assert post.bline_mimic(_frame(0, 0, 0), cols, 40.0).startswith("no bright")
-
-
 def test_the_finding_counts_what_was_turned_away(registry):
     ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=SEED, mimic="e_line", probe="convex")
     lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")

@@ -129,6 +129,58 @@ def test_no_bright_line_under_the_scored_columns():
     assert post.bline_mimic(frame(), COLS, PLEURA) == "no bright line below the pleura"
 
 
+# --- confluent lines: a band wider than a line's background bands, 128 x 128 ---
+
+def band(top: int, bottom: int, fade_to: int | None = None, lo: int = 50, hi: int = 80) -> np.ndarray:
+    img = 0.2 + 0.05 * np.random.default_rng(0).random((H, 128))
+    img[38:42, :] = 0.8
+    level = np.full(bottom - top, 0.7)
+    if fade_to is not None:
+        level = np.interp(np.arange(top, bottom), [42, fade_to], [0.7, 0.2])
+    img[top:bottom, lo:hi] = np.maximum(img[top:bottom, lo:hi], level[:, None])
+    return img
+
+
+BAND = (50.0, 80.0)
+
+
+def test_a_band_from_the_pleura_to_the_bottom_is_confluent_b_lines():
+    assert post.bline_mimic(band(42, H), BAND, PLEURA) == ""
+    assert post.bline_mimic(band(42, H, lo=0), (0.0, 80.0), PLEURA) == ""  # at the edge: one side only
+
+
+def test_a_band_that_starts_above_the_pleura_or_fades_is_a_mimic():
+    assert post.bline_mimic(band(0, H), BAND, PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+    assert post.bline_mimic(band(42, H, fade_to=80), BAND, PLEURA) == \
+        "fades before the bottom of the image (Z-line or comet tail)"
+    assert post.bline_mimic(band(42, 42), BAND, PLEURA) == "no bright band below the pleura"
+    assert post.bline_mimic(band(42, H), BAND, H - 6.0) == ""  # too little below the pleura to judge
+
+
+def test_a_run_eight_pixels_wide_is_judged_as_a_band():
+    # the same drawn line, 8 pixels wide: a line's background bands (4-8 px out) would lie on it
+    assert post.bline_mimic(band(42, H, lo=50, hi=58), (50.0, 58.0), PLEURA) == ""
+    assert post.bline_mimic(band(42, H, lo=50, hi=57), (50.0, 57.0), PLEURA) == ""
+
+
+def test_confluent_is_an_accepted_run_at_least_confluent_bins_wide():
+    k = post.CONFLUENT_BINS
+    assert post.confluent([(3, 3 + k)]) is True
+    assert post.confluent([(3, 3 + k - 1), (20, 22)]) is False
+    assert post.confluent([]) is False
+
+
+def test_a_confluent_run_makes_a_pattern_by_itself():
+    th = {"bline": 0.5, "pattern_min_blines": 3}
+    prob = np.zeros(64)
+    prob[20:20 + post.CONFLUENT_BINS] = 0.9
+    fr = post.lung_frame(prob, np.eye(32)[10] * 10, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS), th)
+    assert fr["confluent"] is True and len(fr["runs"]) == 1 and fr["score"] > 0
+    prob[20 + post.CONFLUENT_BINS - 1] = 0  # one column narrower: a single line, no pattern
+    fr = post.lung_frame(prob, np.eye(32)[10] * 10, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS), th)
+    assert fr["confluent"] is False and fr["score"] < 0
+
+
 def test_too_little_image_below_the_pleura_leaves_the_models_call():
     assert post.bline_mimic(frame(line_from=0), COLS, H - 6.0) == ""
     assert post.bline_mimic(frame(line_from=0), (W + 5.0, W + 9.0), PLEURA) == ""  # columns off the image

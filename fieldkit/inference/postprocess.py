@@ -83,8 +83,9 @@ def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
     win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
     k = SIDE[1] - SIDE[0] + 1
-    sides = np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2)
-    side = np.nanmedian(sides, axis=2)
+    sides = np.sort(np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2), axis=2)  # nan (off the edge) last
+    n = np.maximum((~np.isnan(sides)).sum(axis=2, keepdims=True), 1)  # the median of the values present:
+    side = 0.5 * (np.take_along_axis(sides, (n - 1) // 2, 2) + np.take_along_axis(sides, n // 2, 2))[:, :, 0]
     return line, np.where(line < IN_VIEW, np.nan, line - side)
 
 
