@@ -41,7 +41,9 @@ Lung: chest wall with 1-3 fascia lines, pleural line at 18-40 % depth with a gra
 depth (fading 0.7x each), 0-8 B-lines (width 0.8-2.5 % of the sector, at least 4 %
 apart, never under a rib) that erase the A-lines, or confluent B-lines (one band over 30-55 %
 of the sector), consolidation in 15 % of frames; B-line mimics (E-lines, needle ring-down,
-Z-lines, shadows, instrument reverberation, a dead element, subcutaneous emphysema).
+Z-lines, shadows, instrument reverberation, a dead element, subcutaneous emphysema). The
+lung model was trained before the 8-line frames, the confluent bands and the mimics were
+added (0-7 separate lines): they are test sets only.
 FAST: RUQ/LUQ (liver or spleen parenchyma, kidney with cortex and bright sinus,
 diaphragm) or pelvis (bladder with posterior enhancement, bowel rings); free fluid in half
 the frames as an anechoic crescent around the kidney (thickness 6-25 % of depth) or a
@@ -121,7 +123,7 @@ def training_section(e: dict) -> str:
 | loss | {t['loss']} |
 | seeds | {seeds} (train.py --seed {t['seed']}: the training set is simulated from the seed plus an offset per model) |
 | test set size | {t['test_size']} frames (the metrics below) |
-| reproduce | {commands} (in this order; {'the lung model is seeded on its own, so it is reproduced alone' if e['task'] == 'lung' else 'train.py trains gate, lung and FAST in this order from one seeded state, so a model is reproduced with the ones before it'}) |
+| reproduce | {commands} (in this order; train.py trains gate, lung and FAST in this order from one seeded state, so a model is reproduced with the ones before it) |
 | wall time | training {t['wall_minutes']['train']} min, calibration {t['wall_minutes']['calibrate']} min (2 busy shared CPU cores; this run: {t['seconds']} s of training) |
 
 """
@@ -187,8 +189,8 @@ def mimic_section(e: dict) -> str:
     return f"""## Mimic false positives
 
 A B-line arises from the pleural line and reaches the bottom of the screen without fading.
-The model is trained with every mimic below as a negative (their columns are no B-line),
-and the kit does not take its columns as they are: `fieldkit/inference/postprocess.py`
+The model was not trained on mimics, and the kit does not take its columns as they are:
+`fieldkit/inference/postprocess.py`
 (`bline_mimic`) follows each scored column from the model's own pleural row to the bottom
 and turns away lines that start above the pleura, fade, or are no brighter than their
 surroundings; they are reported as "vertical artefacts, not B-lines". Fresh simulated
@@ -222,11 +224,13 @@ def confluent_text(e: dict) -> str:
     c = e.get("confluent")
     if not c:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
-    return f"""Confluent B-lines (lines merged over a wide sector, white lung) are reported as
-"confluent" when an accepted run of B-line columns is at least {post.CONFLUENT_BINS} of 64 columns wide (it then
-makes a B-line pattern by itself): on {c['frames']} fresh frames with them (seed {c['seed']})
-{c['detected']:.1%} were called confluent; on {c['frames']} frames with 0-8 separate lines
-{c['called_on_separate_lines']:.1%} were.
+    return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
+peaks either side), so touching lines count apart; lines above five are still under-counted.
+Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
+when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_BINS} of its 64
+columns and that band passes the mimic check (it then makes a B-line pattern by itself): on
+{c['frames']} fresh frames with them (seed {c['seed']}) {c['detected']:.1%} were called confluent; on
+{c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.
 """
 
 

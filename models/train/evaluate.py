@@ -28,18 +28,9 @@ FLUID_SIZE = 64
 
 # ----------------------------------------------------------------------- targets
 
-NARROW = 0.08  # a line narrower than this share of the width is one B-line, wider is confluent
-
-
 def lung_targets(s: S.Sample, w: int, h: int):
-    """Column targets: the middle half of each B-line (so neighbouring lines stay apart in
-    the model's columns and are counted apart), the whole band of confluent lines; the row bin
-    of the pleura. Mimics are no B-line: their columns are 0."""
     cols = np.zeros(LUNG_BINS, np.float32)
     for c0, c1 in s.bline_cols:
-        if c1 - c0 < NARROW * w:
-            mid, half = (c0 + c1) / 2, max((c1 - c0) / 4, 0.5 * w / LUNG_BINS)
-            c0, c1 = mid - half, mid + half
         b0 = int(np.clip(c0 / w * LUNG_BINS, 0, LUNG_BINS - 1))
         b1 = int(np.clip(c1 / w * LUNG_BINS, 0, LUNG_BINS - 1))
         cols[b0:b1 + 1] = 1
@@ -64,28 +55,11 @@ def make_gate_set(n_per_class: int, seed: int):
     return np.stack(xs), np.array(ys)
 
 
-TRAIN_MIMICS = [m for m in S.MIMICS if m != "a_line"]
-
-
-def lung_training_sample(rng) -> S.Sample:
-    """The training mixture: 35 % of frames carry a mimic (mostly without any true B-line:
-    their columns are negatives), 12 % confluent B-lines, the rest B-lines 0-8 at random depth
-    and gain."""
-    r = rng.random()
-    if r < 0.35:
-        kind = str(rng.choice(TRAIN_MIMICS))
-        return S.simulate_lung(rng, n_blines=0 if rng.random() < 0.7 else None, mimic=kind)
-    if r < 0.47:
-        return S.simulate_lung(rng, n_blines=int(rng.integers(0, 3)), confluent=True)
-    return S.simulate_lung(rng)
-
-
-def make_lung_set(n: int, seed: int, training: bool = False):
-    """n lung frames; training: from the training mixture (`lung_training_sample`)."""
+def make_lung_set(n: int, seed: int):
     rng = np.random.default_rng(seed)
     xs, cols, rows, counts = [], [], [], []
     for _ in range(n):
-        s = lung_training_sample(rng) if training else S.simulate_lung(rng)
+        s = S.simulate_lung(rng)
         h, w = s.image.shape[:2]
         xs.append(preprocess(s.image[None], SPEC)[0])
         c, r = lung_targets(s, w, h)
@@ -248,7 +222,7 @@ def lung_frames(session, thresholds: dict, samples):
     x = np.stack([preprocess(s.image[None], SPEC)[0] for s in samples])
     cols, rows = _run(session, x)
     probs = post.sigmoid(cols)
-    return [(post.count_blines(p, thresholds["bline"])[0], post.lung_frame(p, r, img[0], thresholds))
+    return [(post.count_blines(p, thresholds["bline"], dip=post.SPLIT_DIP)[0], post.lung_frame(p, r, img[0], thresholds))
             for p, r, img in zip(probs, rows, x)]
 
 

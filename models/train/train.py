@@ -150,12 +150,7 @@ def train_gate(out: Path, seed: int, scale: float):
 
 def train_lung(out: Path, seed: int, scale: float):
     print("lung: simulating", flush=True)
-    # the lung model draws from its own seed, so it is reproduced alone; FAST, trained next,
-    # finds the state the earlier recipe left (one LungNet drawn after the gate), as before
-    LungNet()
-    after = torch.get_rng_state()
-    torch.manual_seed(R.seed("lung", "train"))
-    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1, training=True)
+    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1)
 
     def loss(o, t):
         pos = torch.tensor(4.0)  # B-line columns are rare; weigh them up
@@ -166,7 +161,6 @@ def train_lung(out: Path, seed: int, scale: float):
     export(model, path, ["bline_logits", "pleura_logits"])
     thresholds = {"bline": 0.5, "pattern_min_blines": 3}
     metrics = E.lung_metrics(session(path), thresholds, n=int(600 * scale), seed=seed + 502)
-    torch.set_rng_state(after)
     return path, thresholds, metrics
 
 
