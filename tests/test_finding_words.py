@@ -40,6 +40,13 @@ def test_words_and_what_they_argue_for():
     assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_argues": None}
 
 
+def test_confluent_lines_are_said_in_words():
+    insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "L1"}]
+    white = _f("1", "lung", {"pattern": "B-line pattern", "max_b_lines": 2, "confluent": True})
+    assert card_fields("green", insts, [white]) == {
+        "finding_words": ["B-lines confluent, L1"], "finding_argues": {"category": "yellow", "why": "B-lines confluent, L1"}}
+
+
 def test_the_board_card_shows_them(store):
     grow(store, ["FW-1"], 1)
     pstore.set_triage(store, "FW-1", "yellow", by="t")

@@ -1,14 +1,19 @@
-"""B-line mimics through the kit's own path (DICOM cine -> runner.analyse -> findings).
+"""B-line mimics, on fresh simulated frames and through the kit's own path (DICOM cine ->
+runner.analyse -> findings).
 
 A B-line arises from the pleural line and reaches the bottom of the screen without fading.
-Simulated clips with no true B-line but a vertical artefact that is not one (E-lines and
-needle ring-down that start above the pleura, Z-lines that fade, acoustic shadows, and an
-A-line control) must not read as B-lines; the lung model alone calls many of them B-lines,
-the post-processing check on the model's pleural row turns them away. Seeds here were not
-used to choose the check's thresholds.
+Simulated frames with no true B-line but a vertical artefact that is not one (E-lines and
+needle ring-down that start above the pleura, Z-lines that fade, acoustic shadows,
+instrument reverberation, a dead transducer element, subcutaneous emphysema, and an A-line
+control) must not read as B-lines. The issue's target is, per mimic type, at most 5 % of
+frames with any B-line and at most 1 % with a B-line pattern. The bundled lung model was not
+trained on mimics; the post-processing check on its pleural row turns away what it scores.
+Z-lines, shadows, reverberation, a dead element and the control meet the target; E-lines,
+needle ring-down and subcutaneous emphysema do NOT (BOUNDS hold today's figures with a
+margin so that they do not get worse). The seeds here were used neither in training nor to
+choose the check's thresholds.
 
-Measured on these seeds (30 clips of 3 frames per type; "before" = the model's columns
-without the check): see README, "B-line mimics".
+Measured on these seeds: see README, "B-line mimics".
 """
 
 from __future__ import annotations
@@ -20,21 +25,47 @@ from hypothesis import strategies as st
 
 from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner
-from fixtures.inference import lung_cine_dataset
+from fixtures.inference import load_train_module, lung_cine_dataset
 
-CLIPS, FRAMES, SEED = 30, 3, 700_000
+MIMICS = load_train_module("simulator").MIMICS
+FRAMES, SEED = 200, 700_000  # per mimic type: 1 % is at most 2 frames of 200
+TARGET = (0.05, 0.01)  # (max share of frames with any B-line, with a B-line pattern)
+# measured on these seeds: E-lines 31 % / 0.5 %, needle 34 % / 0.5 %, emphysema 57.5 % / 11 %
+BOUNDS = {"e_line": (0.40, 0.02), "needle": (0.45, 0.02), "emphysema": (0.65, 0.16)}
+CLIPS, CLIP_FRAMES = 8, 3
+# the lower end of the pattern sensitivity's 95 % interval on the card of the model trained
+# without mimics: learning the mimics must not cost true B-lines more than that
+PREVIOUS_SENSITIVITY_LOW = 0.7146
 
-# per mimic type: (max share of frames with any B-line, max share of clips with a "B-line pattern")
-BOUNDS = {"e_line": (0.65, 0.05), "needle": (0.60, 0.05), "z_line": (0.10, 0.05),
-          "shadow": (0.05, 0.0), "a_line": (0.02, 0.0)}
+
+@pytest.mark.parametrize("mimic", MIMICS)
+def test_b_line_mimics_are_not_called_b_lines_in_frames(registry, evaluate, simulator, mimic):
+    model = registry.get("lung")
+    rng = np.random.default_rng(SEED + MIMICS.index(mimic))
+    res = evaluate.lung_frames(model.session, model.thresholds,
+                               [simulator.simulate_lung(rng, n_blines=0, mimic=mimic) for _ in range(FRAMES)])
+    before = np.mean([c > 0 for c, _ in res])
+    any_after = np.mean([len(f["runs"]) > 0 for _, f in res])
+    pattern = np.mean([f["score"] >= 0 for _, f in res])
+    print(f"{mimic}: any B-line {before:.1%} (model alone) -> {any_after:.1%}, pattern {pattern:.1%}")
+    max_any, max_pattern = BOUNDS.get(mimic, TARGET)
+    assert any_after <= max_any, f"{mimic}: {any_after:.1%} of frames show a B-line (model alone {before:.1%})"
+    assert pattern <= max_pattern, f"{mimic}: {pattern:.1%} of frames read 'B-line pattern'"
+
+
+def test_true_b_line_patterns_are_still_found(registry, evaluate):
+    model = registry.get("lung")
+    fresh = evaluate.lung_metrics(model.session, model.thresholds, n=600, seed=SEED + 50)
+    sens = fresh["bline_pattern_sensitivity"]["value"]
+    assert sens >= PREVIOUS_SENSITIVITY_LOW, f"pattern sensitivity {sens} on true B-lines"
 
 
 def _rates(registry, mimic, n_blines=0):
     """(frames with any B-line before/after the check, clips with a pattern before/after, frames, clips)."""
     any0 = any1 = pat0 = pat1 = frames = clips = 0
     for i in range(CLIPS):
-        ds, _ = lung_cine_dataset(n_frames=FRAMES, n_blines=n_blines or 0, seed=SEED + i, mimic=mimic,
-                                  probe="linear" if i % 2 else "convex")
+        ds, _ = lung_cine_dataset(n_frames=CLIP_FRAMES, n_blines=n_blines or 0, seed=SEED + 100 * MIMICS.index(mimic) + i
+                                  if mimic else SEED + i, mimic=mimic, probe="linear" if i % 2 else "convex")
         lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
         assert lung.assessable, lung.reason  # a lung view with an artefact is still a lung view
         after = lung.result["b_line_counts"]
@@ -46,20 +77,19 @@ def _rates(registry, mimic, n_blines=0):
     return any0 / frames, any1 / frames, pat0 / clips, pat1 / clips
 
 
-@pytest.mark.parametrize("mimic", list(BOUNDS))
-def test_b_line_mimics_are_not_called_b_lines(registry, mimic):
+@pytest.mark.parametrize("mimic", MIMICS)
+def test_no_mimic_clip_reads_b_line_pattern(registry, mimic):
     any_before, any_after, pat_before, pat_after = _rates(registry, mimic)
-    max_any, max_pattern = BOUNDS[mimic]
-    assert any_after <= max_any, f"{mimic}: {any_after:.0%} of frames show a B-line (before the check {any_before:.0%})"
-    assert pat_after <= max_pattern, f"{mimic}: {pat_after:.0%} of clips read 'B-line pattern' (before {pat_before:.0%})"
-    assert any_after <= any_before and pat_after <= pat_before  # the check only ever removes lines
+    # clips: the pattern needs 30 % of the frames; emphysema still makes one now and then
+    assert pat_after <= (0.25 if mimic == "emphysema" else 0), \
+        f"{mimic}: {pat_after:.0%} of clips read 'B-line pattern' (before the check {pat_before:.0%})"
+    assert any_after <= any_before  # the check only ever removes lines
 
 
-def test_the_mimic_check_names_what_it_turned_away(registry):
-    ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=SEED, mimic="z_line", probe="convex")
+def test_the_finding_counts_what_was_turned_away(registry):
+    ds, _ = lung_cine_dataset(n_frames=2, n_blines=0, seed=SEED, mimic="e_line", probe="convex")
     lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
-    rejected = [m for f in lung.result["frames"] for m in f["not_b_lines"]]
-    assert rejected and all(m["why"] for m in rejected)
+    assert all(m["why"] for f in lung.result["frames"] for m in f["not_b_lines"])
     assert lung.result["max_vertical_artefacts_not_b_lines"] == max(len(f["not_b_lines"]) for f in lung.result["frames"])
 
 

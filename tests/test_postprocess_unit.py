@@ -46,6 +46,18 @@ def test_count_blines_counts_runs_at_or_above_the_threshold():
     assert post.count_blines(probs, 0.95) == (0, [])
 
 
+def test_touching_lines_are_counted_apart_where_their_evidence_dips():
+    two = np.array([0.1, 0.9, 0.7, 0.8, 0.1])  # one run over the threshold, a dip of 0.1 inside
+    assert post.count_blines(two, 0.5) == (1, [(1, 4)])
+    assert post.count_blines(two, 0.5, dip=0.05) == (2, [(1, 2), (3, 4)])
+    assert post.count_blines(two, 0.5, dip=0.15) == (1, [(1, 4)])  # too shallow a dip
+    flat = np.array([0.1, 0.9, 0.9, 0.9, 0.9, 0.1])  # confluent: no dip, one run
+    assert post.count_blines(flat, 0.5, dip=0.05) == (1, [(1, 5)])
+    three = np.array([0.8, 0.6, 0.9, 0.6, 0.8])
+    assert post.split_run(three, 0, 5, 0.05) == [(0, 1), (2, 3), (4, 5)]
+    assert post.split_run(np.array([0.9, 0.8, 0.7]), 0, 3, 0.05) == [(0, 3)]  # falling edge: no minimum inside
+
+
 def test_pleura_row_is_the_centre_of_the_likeliest_bin_in_input_pixels():
     logits = np.zeros(8)
     logits[2] = 5.0
@@ -127,6 +139,67 @@ def test_a_line_that_fades_is_a_z_line_or_comet_tail():
 
 def test_no_bright_line_under_the_scored_columns():
     assert post.bline_mimic(frame(), COLS, PLEURA) == "no bright line below the pleura"
+
+
+# --- confluent lines: a band wider than a line's background bands, 128 x 128 ---
+
+def band(top: int, bottom: int, fade_to: int | None = None, lo: int = 50, hi: int = 80) -> np.ndarray:
+    img = 0.2 + 0.05 * np.random.default_rng(0).random((H, 128))
+    img[38:42, :] = 0.8
+    level = np.full(bottom - top, 0.7)
+    if fade_to is not None:
+        level = np.interp(np.arange(top, bottom), [42, fade_to], [0.7, 0.2])
+    img[top:bottom, lo:hi] = np.maximum(img[top:bottom, lo:hi], level[:, None])
+    return img
+
+
+BAND = (50.0, 80.0)
+
+
+def test_a_band_from_the_pleura_to_the_bottom_is_confluent_b_lines():
+    assert post.bline_mimic(band(42, H), BAND, PLEURA) == ""
+    assert post.bline_mimic(band(42, H, lo=0), (0.0, 80.0), PLEURA) == ""  # at the edge: one side only
+
+
+def test_a_band_that_starts_above_the_pleura_or_fades_is_a_mimic():
+    assert post.bline_mimic(band(0, H), BAND, PLEURA) == "starts above the pleural line (E-line or needle artefact)"
+    assert post.bline_mimic(band(42, H, fade_to=80), BAND, PLEURA) == \
+        "fades before the bottom of the image (Z-line or comet tail)"
+    assert post.bline_mimic(band(42, 42), BAND, PLEURA) == "no bright band below the pleura"
+    assert post.bline_mimic(band(42, H), BAND, H - 6.0) == ""  # too little below the pleura to judge
+
+
+def test_a_run_eight_pixels_wide_is_judged_as_a_band():
+    # the same drawn line, 8 pixels wide: a line's background bands (4-8 px out) would lie on it
+    assert post.bline_mimic(band(42, H, lo=50, hi=58), (50.0, 58.0), PLEURA) == ""
+    assert post.bline_mimic(band(42, H, lo=50, hi=57), (50.0, 57.0), PLEURA) == ""
+
+
+PLEURA_LOGITS = np.eye(32)[10] * 10  # row bin 10: the pleura at row 42 of 128
+
+
+def test_confluent_is_wide_evidence_over_a_band_from_the_pleura_to_the_bottom():
+    k, img = post.CONFLUENT_BINS, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS)
+    prob = np.zeros(64)
+    prob[20:20 + k] = 0.3  # a plateau under the B-line threshold counts: the model dips inside a band
+    assert post.confluent(prob, img, 42.0) == (20, 20 + k)
+    prob[20 + k - 1] = post.CONFLUENT_FLOOR - 0.01  # one column narrower: not a wide sector
+    assert post.confluent(prob, img, 42.0) is None
+    prob[20:20 + k] = 0.3
+    assert post.confluent(prob, band(0, H, lo=40, hi=40 + 2 * k), 42.0) is None  # starts above: a mimic
+    assert post.confluent(np.zeros(64), img, 42.0) is None
+
+
+def test_a_confluent_band_makes_a_pattern_by_itself():
+    th = {"bline": 0.5, "pattern_min_blines": 3}
+    k, img = post.CONFLUENT_BINS, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS)
+    prob = np.zeros(64)
+    prob[20:20 + k] = 0.9
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, th)
+    assert fr["confluent"] is True and len(fr["runs"]) == 1 and fr["score"] > 0
+    prob[20 + k - 1] = 0  # one column narrower: one wide line, no pattern
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, th)
+    assert fr["confluent"] is False and fr["score"] < 0
 
 
 def test_too_little_image_below_the_pleura_leaves_the_models_call():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -21,9 +23,32 @@ def runs(mask: np.ndarray, min_len: int = 1) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_len]
 
 
-def count_blines(col_prob: np.ndarray, threshold: float, min_width: int = 1) -> tuple[int, list]:
-    """One frame's per-column B-line probabilities -> (count, [start, end) column runs)."""
+SPLIT_DIP = 0.05  # evidence dipping this far below the peaks either side parts two lines
+
+
+def split_run(col_prob: np.ndarray, a: int, b: int, dip: float) -> list[tuple[int, int]]:
+    """[a, b) cut at each column where the evidence is a local minimum at least `dip` below
+    the highest evidence on both sides of it: neighbouring B-lines whose evidence touches are
+    still two lines (the columns of a minimum belong to neither)."""
+    seg = np.asarray(col_prob[a:b], float)
+    out, start = [], 0
+    for i in range(1, len(seg) - 1):
+        if seg[i] <= seg[i - 1] and seg[i] <= seg[i + 1] and \
+                seg[i] <= min(seg[start:i].max(), seg[i + 1:].max()) - dip:
+            if i > start:
+                out.append((a + start, a + i))
+            start = i + 1
+    out.append((a + start, b))
+    return out
+
+
+def count_blines(col_prob: np.ndarray, threshold: float, min_width: int = 1,
+                 dip: float | None = None) -> tuple[int, list]:
+    """One frame's per-column B-line probabilities -> (count, [start, end) column runs);
+    with dip, runs are cut where their evidence dips (split_run)."""
     r = runs(col_prob >= threshold, min_width)
+    if dip is not None:
+        r = [p for a, b in r for p in split_run(col_prob, a, b, dip)]
     return len(r), r
 
 
@@ -56,6 +81,12 @@ MIN_CONTRAST = 0.04  # a line brighter than its surroundings by less is no line
 FADE_RATIO = 0.45  # deep contrast below this share of the contrast near the pleura: it fades
 ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of the one below: starts above
 ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
+ABOVE_FROM, ABOVE_GAP = 0.65, 4  # the chest wall looked at: from 2/3 of the pleura's row to 4 rows
+# above it, where every E-line and needle ring-down passes (they start higher or lower up)
+CONFLUENT_BINS = 12  # B-line evidence at least this many columns wide (of 64: ~1/5 of the width)
+CONFLUENT_FLOOR = 0.1  # ... all at or above this: lines merged over a wide sector ("confluent",
+# white lung), which the model scores as a plateau with dips, not as separate peaks
+BAND_SIDE = 10  # confluent: the background is this many input pixels either side of the band
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +109,9 @@ def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
     win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
     k = SIDE[1] - SIDE[0] + 1
-    sides = np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2)
-    side = np.nanmedian(sides, axis=2)
+    sides = np.sort(np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2), axis=2)  # nan (off the edge) last
+    n = np.maximum((~np.isnan(sides)).sum(axis=2, keepdims=True), 1)  # the median of the values present:
+    side = 0.5 * (np.take_along_axis(sides, (n - 1) // 2, 2) + np.take_along_axis(sides, n // 2, 2))[:, :, 0]
     return line, np.where(line < IN_VIEW, np.nan, line - side)
 
 
@@ -107,6 +139,8 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     h, w = img.shape
     prow = int(round(pleura_row))
     lo, hi = max(0, int(cols[0])), min(w, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
+    if hi - lo >= 2 * SIDE[0]:  # wider than a line: its background bands would lie on it
+        return _band_mimic(img, lo, hi, prow)
     band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
     if band.size == 0:
         return ""
@@ -123,7 +157,7 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     # above the pleura, follow the line's own direction (no search: a search finds speckle)
     rows = np.array([r for r, _, _ in below[:16]], float)
     slope = np.polyfit(rows, [c for _, c, _ in below[:16]], 1)[0] if len(rows) > 2 else 0.0
-    r = np.arange(max(0, prow // 3), max(0, prow - 8))
+    r = np.arange(max(0, int(ABOVE_FROM * prow)), max(0, prow - ABOVE_GAP))
     c = np.round(start + slope * (r - rows[0])).astype(int)
     ok = (c >= 0) & (c < w)
     above = con[r[ok], c[ok]]
@@ -133,6 +167,45 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     if deep < FADE_RATIO * near:
         return "fades before the bottom of the image (Z-line or comet tail)"
     return ""
+
+
+def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
+    """bline_mimic for a band wider than a line's background bands (confluent lines): the
+    band's brightness over the background either side of it, row by row."""
+    h, w = img.shape
+    inner = img[:, lo:hi]
+    outer = np.concatenate([img[:, max(0, lo - BAND_SIDE):max(0, lo - 2)], img[:, min(w, hi + 2):min(w, hi + BAND_SIDE)]], 1)
+    inner = np.where(inner < IN_VIEW, np.nan, inner)
+    outer = np.where(outer < IN_VIEW, np.nan, outer)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows outside the field of view: all nan
+        con = np.nanmean(inner, 1) - np.nanmedian(outer, 1) if outer.shape[1] else np.nanmean(inner, 1)
+    below = con[min(h - 1, prow + 3):]
+    below = below[~np.isnan(below)]
+    if len(below) < 8:
+        return ""
+    q = max(2, len(below) // 4)
+    near, deep = float(np.median(below[:q])), float(np.median(below[-q:]))
+    if near < MIN_CONTRAST:
+        return "no bright band below the pleura"
+    above = con[max(0, int(ABOVE_FROM * prow)):max(0, prow - ABOVE_GAP)]
+    above = above[~np.isnan(above)]
+    if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
+        return "starts above the pleural line (E-line or needle artefact)"
+    if deep < FADE_RATIO * near:
+        return "fades before the bottom of the image (Z-line or comet tail)"
+    return ""
+
+
+def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple[int, int] | None:
+    """Lines merged over a wide sector: the first run of evidence >= CONFLUENT_FLOOR at least
+    CONFLUENT_BINS columns wide whose band passes the mimic check (arises from the pleura,
+    reaches the bottom); None when there is none. Columns in bins of col_prob."""
+    to_px = img.shape[1] / col_prob.shape[0]
+    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, CONFLUENT_BINS):
+        if not bline_mimic(img, (a * to_px, b * to_px), pleura_row):
+            return a, b
+    return None
 
 
 # --------------------------------------------------------------------- finding scores
@@ -153,17 +226,23 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     the pleural row and the frame's pattern score (input pixels; columns in bins).
 
     The score is the logit of the k-th strongest B-line (k = pattern_min_blines): the
-    accepted runs' peaks, then any weaker bumps of evidence below the threshold."""
+    accepted runs' peaks (a confluent band, see `confluent`, stands for k lines),
+    then any weaker bumps of evidence below the threshold."""
     th = float(thresholds["bline"])
     k = int(thresholds.get("pattern_min_blines", 3))
     in_h, in_w = img.shape
-    _, found = count_blines(col_prob, th)
+    _, found = count_blines(col_prob, th, dip=SPLIT_DIP)
     prow = pleura_row(pleura_logits, in_h)
     to_px = in_w / col_prob.shape[0]
     maps = line_maps(img) if found else None
     why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps) for a, b in found]
     accepted = [r for r, y in zip(found, why) if not y]
-    peaks = sorted((float(col_prob[a:b].max()) for a, b in accepted), reverse=True)
+    band = confluent(col_prob, img, prow)
+    # a confluent band stands for k lines: it is a pattern by itself
+    peaks = [float(col_prob[a:b].max()) for a, b in accepted]
+    if band:
+        peaks += [max(th, float(col_prob[band[0]:band[1]].max()))] * k
+    peaks.sort(reverse=True)
     weak = col_prob.copy()
     for a, b in found:
         weak[a:b] = 0  # the strong runs are counted above (or turned away as mimics)
@@ -171,7 +250,7 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     ranked = peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k
     score = float(logit(ranked[k - 1]) - logit(th))
     return {"runs": accepted, "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
-            "score": score}
+            "score": score, "confluent": band is not None}
 
 
 def fluid_score(fluid_logits: np.ndarray, thresholds: dict) -> float:

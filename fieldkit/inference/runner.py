@@ -403,7 +403,7 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
         # fades is a mimic, not a B-line (kept apart, with the reason)
         fr = post.lung_frame(pc, pr, img[0], th)
         scores.append(fr["score"])
-        per_frame.append({"frame": f, "b_lines": len(fr["runs"]),
+        per_frame.append({"frame": f, "b_lines": len(fr["runs"]), "confluent": fr["confluent"],
                           "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
                           "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
                                           for (a, b), y in fr["mimics"]],
@@ -415,7 +415,9 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
     # the confident frames reach (all frames here passed the gate as this view)
     score, best = post.clip_score(scores, CLIP_SHARE)
     pattern = "B-line pattern" if score >= 0 else "A-line pattern"
-    result = {"b_line_counts": counts, "max_b_lines": max(counts), "pattern": pattern,
+    # confluent (lines merged over a wide sector) by the same robust share of frames
+    confluent = sum(r["confluent"] for r in per_frame) >= max(1, np.ceil(CLIP_SHARE * len(per_frame)))
+    result = {"b_line_counts": counts, "max_b_lines": max(counts), "pattern": pattern, "confluent": bool(confluent),
               "b_lines": counts[best], "summary_frame": per_frame[best]["frame"],
               "pattern_rule": f">= {pattern_min} B-lines in at least {CLIP_SHARE:.0%} of the frames",
               "frames": per_frame,

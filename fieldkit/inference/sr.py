@@ -52,6 +52,7 @@ MAX_BLINE_COUNT = _code("BLMAX", "Maximum B-line count in a frame")
 LUNG_PATTERN = _code("LPAT", "Lung ultrasound pattern")
 A_PATTERN = _code("APAT", "A-line pattern")
 B_PATTERN = _code("BPAT", "B-line pattern")
+CONFLUENT = _code("BCONF", "Confluent B-lines")
 FREE_FLUID = _code("FFL", "Free fluid")
 ASSESSABILITY = _code("ASSESS", "Assessability")
 NOT_ASSESSABLE = _code("NA", "Not assessable")
@@ -234,6 +235,8 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
         if r.assessable and r.task == "lung":
             evaluations.append(hd.sr.QualitativeEvaluation(
                 LUNG_PATTERN, B_PATTERN if r.result["pattern"] == "B-line pattern" else A_PATTERN))
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                CONFLUENT, codes.DCM.Present if r.result.get("confluent") else codes.DCM.Absent))
             measurements.append(hd.sr.Measurement(MAX_BLINE_COUNT, float(r.result["max_b_lines"]), UNIT_LINES))
             for fr in r.result["frames"]:
                 refs = [hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), source_uid,

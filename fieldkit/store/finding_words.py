@@ -41,7 +41,8 @@ def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
         r, inst = f.get("result") or {}, by_uid.get(f.get("sop_instance_uid")) or {}
         if f.get("task") == "lung" and r.get("pattern") == "B-line pattern":
             zone = inst.get("lung_zone") or ""
-            out.append({"text": f"B-lines {r.get('max_b_lines')}" + (f", {zone}" if zone else ""), "argues": "yellow"})
+            lines = "B-lines confluent" if r.get("confluent") else f"B-lines {r.get('max_b_lines')}"
+            out.append({"text": lines + (f", {zone}" if zone else ""), "argues": "yellow"})
         elif f.get("task") == "fast" and r.get("fluid_present"):
             window = _window(inst)
             out.append({"text": "free fluid" + (f": {window}" if window else ""), "argues": "red"})

@@ -57,7 +57,8 @@ def finding_text(f: dict) -> str:
     if not f.get("assessable"):
         return f"{f.get('task')}: not assessable"
     if f.get("task") == "lung":
-        return f"lung: {r.get('pattern') or 'assessed'}, up to {r.get('max_b_lines')} B-lines"
+        confluent = ", confluent" if r.get("confluent") else ""
+        return f"lung: {r.get('pattern') or 'assessed'}, up to {r.get('max_b_lines')} B-lines{confluent}"
     if f.get("task") == "fast":
         return "FAST: free fluid" if r.get("fluid_present") else "FAST: no free fluid"
     return str(f.get("task"))

@@ -30,7 +30,6 @@ import recipe as R  # noqa: E402
 import simulator as S  # noqa: E402
 from fieldkit.inference import bundle as B  # noqa: E402
 from fieldkit.inference import postprocess as post  # noqa: E402
-from fieldkit.inference.preprocess import preprocess  # noqa: E402
 
 DIRS = {"gate": "view_quality", "lung": "lung_bline", "fast": "fast_fluid"}
 FINDING = {"lung": "B-line pattern", "fast": "free fluid"}
@@ -69,15 +68,6 @@ def gate_reliability(session) -> dict:
             "reliability": reliability(p, y)}
 
 
-def lung_frames(session, thresholds, samples):
-    """Per sample: (the model's own count, post.lung_frame after the mimic check)."""
-    x = np.stack([preprocess(s.image[None], E.SPEC)[0] for s in samples])
-    cols, rows = E._run(session, x)
-    probs = post.sigmoid(cols)
-    return [(post.count_blines(p, thresholds["bline"])[0], post.lung_frame(p, r, img[0], thresholds))
-            for p, r, img in zip(probs, rows, x)]
-
-
 def mimic_table(session, thresholds) -> dict:
     """Per mimic type (no true B-line): share of frames with any B-line and with a B-line
     pattern, by the model's columns alone ("before") and after the kit's mimic check."""
@@ -85,7 +75,7 @@ def mimic_table(session, thresholds) -> dict:
     for i, kind in enumerate(S.MIMICS):
         seed = R.seed("lung", "test") + 1000 + i
         rng = np.random.default_rng(seed)
-        res = lung_frames(session, thresholds, [S.simulate_lung(rng, n_blines=0, mimic=kind) for _ in range(MIMIC_FRAMES)])
+        res = E.lung_frames(session, thresholds, [S.simulate_lung(rng, n_blines=0, mimic=kind) for _ in range(MIMIC_FRAMES)])
         k = thresholds["pattern_min_blines"]
         out[kind] = {"frames": MIMIC_FRAMES, "seed": seed,
                      "any_before": round(np.mean([c > 0 for c, _ in res]), 4),
@@ -103,21 +93,40 @@ def count_table(session, thresholds) -> dict:
         rng = np.random.default_rng(seed)
         samples = [S.simulate_lung(rng, n_blines=n) for _ in range(COUNT_FRAMES)]
         true = np.array([len(s.bline_cols) for s in samples])
-        got = np.array([len(f["runs"]) for _, f in lung_frames(session, thresholds, samples)])
+        got = np.array([len(f["runs"]) for _, f in E.lung_frames(session, thresholds, samples)])
         out[str(n)] = {"frames": COUNT_FRAMES, "seed": seed, "exact": round(float(np.mean(got == true)), 4),
                        "within_1": round(float(np.mean(np.abs(got - true) <= 1)), 4),
                        "mean_count": round(float(got.mean()), 2)}
     return out
 
 
+CONFLUENT_FRAMES = 200
+
+
+def confluent_table(session, thresholds) -> dict:
+    """Confluent B-lines (merged over a wide sector): the share of fresh frames with them that
+    the kit calls confluent, and the share of frames with 0-8 separate lines it wrongly does."""
+    seed = R.seed("lung", "test") + 3000
+    rng = np.random.default_rng(seed)
+    white = [S.simulate_lung(rng, n_blines=int(rng.integers(0, 3)), confluent=True) for _ in range(CONFLUENT_FRAMES)]
+    apart = [S.simulate_lung(rng, n_blines=int(rng.integers(0, 9))) for _ in range(CONFLUENT_FRAMES)]
+    return {"frames": CONFLUENT_FRAMES, "seed": seed,
+            "detected": round(float(np.mean([f["confluent"] for _, f in E.lung_frames(session, thresholds, white)])), 4),
+            "called_on_separate_lines": round(float(np.mean([f["confluent"] for _, f in
+                                                             E.lung_frames(session, thresholds, apart)])), 4)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=ROOT / "models")
     ap.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM) to sign the bundles with")
+    ap.add_argument("--only", choices=list(DIRS), action="append", help="only these models (default: all)")
     args = ap.parse_args(argv)
     import onnxruntime as ort
     key = B.load_private_key(args.key)
     for task, d in DIRS.items():
+        if args.only and task not in args.only:
+            continue
         t0 = time.time()
         path = args.models / d / B.MANIFEST
         entry = json.loads(path.read_text(encoding="utf-8"))
@@ -133,6 +142,7 @@ def main(argv=None):
                                               seed=R.seed("lung", "test"))
             entry["mimics"] = mimic_table(session, entry["thresholds"])
             entry["counts_by_true_count"] = count_table(session, entry["thresholds"])
+            entry["confluent"] = confluent_table(session, entry["thresholds"])
             x, _, rows, _ = E.make_lung_set(PLEURA_FRAMES, R.seed("lung", "test") + 300)
             row_px = np.array([post.pleura_row(r, E.SPEC["size"][0]) for r in E._run(session, x)[1]])
             err = np.abs(row_px - (rows + 0.5) * E.SPEC["size"][0] / E.PLEURA_BINS)

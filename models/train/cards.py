@@ -18,6 +18,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from fieldkit.inference import postprocess as post  # noqa: E402
+
 REAL_FILES = {
     "examples_ybr_color.dcm": "SonoSite 30-frame cine, apical cardiac view (JPEG baseline, YBR_FULL_422)",
     "examples_rgb_color.dcm": "lymph node with colour Doppler, single frame (RGB)",
@@ -36,8 +38,12 @@ to a 45-60 dB dynamic range with -4..+4 dB gain, and scan-converted to a 240x320
 sector), phased (72-90 deg) or linear probe, with vendor-style text clutter in the margins.
 Lung: chest wall with 1-3 fascia lines, pleural line at 18-40 % depth with a granular
 "sliding" texture, 0-2 ribs (bright cap, full shadow), A-lines at multiples of the pleural
-depth (fading 0.7x each), 0-7 B-lines (width 0.8-2.5 % of the sector, at least 4 %
-apart, never under a rib) that erase the A-lines, consolidation in 15 % of frames.
+depth (fading 0.7x each), 0-8 B-lines (width 0.8-2.5 % of the sector, at least 4 %
+apart, never under a rib) that erase the A-lines, or confluent B-lines (one band over 30-55 %
+of the sector), consolidation in 15 % of frames; B-line mimics (E-lines, needle ring-down,
+Z-lines, shadows, instrument reverberation, a dead element, subcutaneous emphysema). The
+lung model was trained before the 8-line frames, the confluent bands and the mimics were
+added (0-7 separate lines): they are test sets only.
 FAST: RUQ/LUQ (liver or spleen parenchyma, kidney with cortex and bright sinus,
 diaphragm) or pelvis (bladder with posterior enhancement, bowel rings); free fluid in half
 the frames as an anechoic crescent around the kidney (thickness 6-25 % of depth) or a
@@ -99,7 +105,9 @@ def _timed(fn) -> float:
 
 
 MIMIC_NAMES = {"e_line": "E-lines (start above the pleura)", "needle": "needle with ring-down",
-               "z_line": "Z-lines / comet tails (fade)", "shadow": "acoustic shadow", "a_line": "A-line control"}
+               "z_line": "Z-lines / comet tails (fade)", "shadow": "acoustic shadow", "a_line": "A-line control",
+               "reverb": "instrument reverberation", "dead_element": "dead transducer element",
+               "emphysema": "subcutaneous emphysema (E-lines)"}
 
 
 def training_section(e: dict) -> str:
@@ -181,7 +189,8 @@ def mimic_section(e: dict) -> str:
     return f"""## Mimic false positives
 
 A B-line arises from the pleural line and reaches the bottom of the screen without fading.
-The kit does not take this model's columns as they are: `fieldkit/inference/postprocess.py`
+The model was not trained on mimics, and the kit does not take its columns as they are:
+`fieldkit/inference/postprocess.py`
 (`bline_mimic`) follows each scored column from the model's own pleural row to the bottom
 and turns away lines that start above the pleura, fade, or are no brighter than their
 surroundings; they are reported as "vertical artefacts, not B-lines". Fresh simulated
@@ -207,8 +216,21 @@ of true B-lines:
 |---|---|---|---|---|
 {rows}
 
-Counts above four are under-counted: this model does not count to confluence.
+{confluent_text(e)}
+"""
 
+
+def confluent_text(e: dict) -> str:
+    c = e.get("confluent")
+    if not c:
+        return "Counts above four are under-counted: this model does not count to confluence.\n"
+    return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
+peaks either side), so touching lines count apart; lines above five are still under-counted.
+Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
+when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_BINS} of its 64
+columns and that band passes the mimic check (it then makes a B-line pattern by itself): on
+{c['frames']} fresh frames with them (seed {c['seed']}) {c['detected']:.1%} were called confluent; on
+{c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.
 """
 
 

@@ -217,6 +217,15 @@ def lung_scores(session, thresholds: dict, n: int, seed: int):
             np.array([len(f["runs"]) for f in frames]), counts)
 
 
+def lung_frames(session, thresholds: dict, samples):
+    """Per sample: (the model's own count, post.lung_frame after the mimic check)."""
+    x = np.stack([preprocess(s.image[None], SPEC)[0] for s in samples])
+    cols, rows = _run(session, x)
+    probs = post.sigmoid(cols)
+    return [(post.count_blines(p, thresholds["bline"], dip=post.SPLIT_DIP)[0], post.lung_frame(p, r, img[0], thresholds))
+            for p, r, img in zip(probs, rows, x)]
+
+
 def fast_scores(session, thresholds: dict, n: int, seed: int):
     """Per frame: the free-fluid score and whether the frame truly shows free fluid."""
     x, masks = make_fast_set(n, seed)

@@ -201,7 +201,7 @@ def add_clutter(rng, rgb, geom):
 
 # ----------------------------------------------------------------------------- lung
 
-MIMICS = ("e_line", "needle", "z_line", "shadow", "a_line")
+MIMICS = ("e_line", "needle", "z_line", "shadow", "a_line", "reverb", "dead_element", "emphysema")
 
 
 def add_mimic(rng, echo, kind: str, p: float, ribs):
@@ -212,7 +212,12 @@ def add_mimic(rng, echo, kind: str, p: float, ribs):
     needle: a bright shaft through the chest wall with ring-down below its tip;
     z_line: a short comet tail from the pleura that fades within a few millimetres;
     shadow: a dark band below a strong reflector (no line at all);
-    a_line: nothing added (the A-line control).
+    a_line: nothing added (the A-line control);
+    reverb: an instrument lying across the beam in the chest wall, its echo repeated at
+        equal steps below it (horizontal bars stacked down one sector);
+    dead_element: a failed transducer element, a dark stripe from the probe face down;
+    emphysema: subcutaneous air, a bright irregular band in the chest wall with several
+        E-lines below it that hide the pleura.
     Returns the echo map and the artefact's centre (fraction of the scan lines) or None."""
     d, l = _grid()
     if kind == "a_line":
@@ -242,12 +247,34 @@ def add_mimic(rng, echo, kind: str, p: float, ribs):
         span = np.abs(l - c) < half
         echo = np.where(span & (np.abs(d - top) < 0.006), 2.5, echo)
         return np.where(span & (d > top + 0.006), 0.01, echo), c
+    if kind == "reverb":
+        top, step = rng.uniform(0.05, 0.7 * p), rng.uniform(0.03, 0.07)
+        half = rng.uniform(0.04, 0.12)
+        span = np.abs(l - c) < half
+        bars = sum(strength * 0.8 ** k * np.exp(-((d - top - k * step) / 0.006) ** 2) for k in range(int((1 - top) / step)))
+        return echo + span * bars, c
+    if kind == "dead_element":
+        return echo * (1 - 0.97 * np.exp(-((l - c) / 0.006) ** 2)), c
+    if kind == "emphysema":
+        top = rng.uniform(0.03, 0.5 * p)
+        half = rng.uniform(0.1, 0.3)
+        span = np.abs(l - c) < half
+        foci = (rng.random(echo.shape) < 0.08) * 3.0 * span * (np.abs(d - top) < 0.02)
+        echo = np.where(span & (d > top + 0.02), echo * 0.3, echo) + foci
+        for cc in c + rng.uniform(-half, half, rng.integers(2, 6)):
+            pr = np.exp(-((l - cc) / rng.uniform(0.006, 0.015)) ** 2)
+            echo = np.where(d > top, echo * (1 - 0.8 * pr) + strength * pr * span, echo)
+        return echo, c
     raise ValueError(f"unknown mimic {kind!r} (one of {', '.join(MIMICS)})")
 
 
-def lung_echo(rng, n_blines=None, consolidation=None, mimic=None):
+CONFLUENT_SPAN = (0.3, 0.55)  # share of the scan lines confluent B-lines cover (white lung)
+
+
+def lung_echo(rng, n_blines=None, consolidation=None, mimic=None, confluent=False):
     """Beam-domain lung: chest wall, ribs, pleura, A-lines or B-lines, consolidation, and
-    optionally one B-line mimic (see `add_mimic`)."""
+    optionally one B-line mimic (see `add_mimic`). confluent: B-lines merged into one bright
+    band over a wide sector (white lung), with n_blines separate lines beside it."""
     d, l = _grid()
     p = rng.uniform(0.18, 0.4)  # pleural depth (fraction of imaging depth)
     echo = np.full((BEAM_DEPTH, BEAM_LINES), 0.25) * texture(rng, 8)
@@ -266,15 +293,23 @@ def lung_echo(rng, n_blines=None, consolidation=None, mimic=None):
     sliding = texture(rng, 3)  # lung sliding gives a shimmering, granular pleura
     echo += pleura * sliding
     if n_blines is None:
-        n_blines = int(rng.choice([0, 0, 0, 1, 2, 3, 4, 5, 6, 7]))
+        n_blines = int(rng.choice([0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]))
+    if confluent:  # the band lies between the ribs, where the pleura is seen
+        ribs = [r for r in ribs if r[0] < 0.2 or r[0] > 0.8][:1]
     # A-lines: reverberations of the pleura at multiples of its depth, fading with depth
-    a_strength = rng.uniform(0.5, 1.2) * (1.0 if n_blines <= 2 else rng.uniform(0.1, 0.6))
+    a_strength = rng.uniform(0.5, 1.2) * (1.0 if n_blines <= 2 and not confluent else rng.uniform(0.1, 0.6))
     k = 2
     while k * p < 1:
         echo += air * a_strength * 0.7 ** (k - 2) * np.exp(-((d - k * p) / 0.008) ** 2)
         k += 1
     # B-lines: laser-like vertical artefacts from the pleura to the bottom, erasing A-lines
     blines = []
+    if confluent:
+        half = rng.uniform(*CONFLUENT_SPAN) / 2
+        c = rng.uniform(0.5 - (0.44 - half), 0.5 + (0.44 - half))
+        blines.append((c, half))
+        ribs = [r for r in ribs if abs(r[0] - c) > r[1] + half]
+        n_blines += 1
     lo, hi = 0.06, 0.94
     tries = 0
     while len(blines) < n_blines and tries < 200:
@@ -288,6 +323,8 @@ def lung_echo(rng, n_blines=None, consolidation=None, mimic=None):
         blines.append((c, wdt))
     for c, wdt in blines:
         prof = np.exp(-((l - c) / wdt) ** 2)
+        if wdt > 0.1:  # confluent: a flat-topped band, its edges as soft as a line's
+            prof = np.exp(-(np.maximum(0, np.abs(l - c) - wdt + 0.015) / 0.015) ** 2)
         strength = rng.uniform(1.0, 2.5)
         echo = np.where(below, echo * (1 - 0.8 * prof) + air * strength * prof, echo)
     if consolidation is None:
@@ -312,10 +349,11 @@ def lung_echo(rng, n_blines=None, consolidation=None, mimic=None):
     return echo, p, blines, ribs
 
 
-def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=None, mimic=None) -> Sample:
+def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=None, mimic=None,
+                  confluent=False) -> Sample:
     if geom is None:
         geom = random_geometry(rng, "linear" if rng.random() < 0.5 else "convex")
-    echo, p, blines, ribs = lung_echo(rng, n_blines, consolidation, mimic)
+    echo, p, blines, ribs = lung_echo(rng, n_blines, consolidation, mimic, confluent)
     img = form_image(rng, echo, geom, gain_db)
     row = geom.to_display(p, 0.5)[0]
     cols = []
@@ -325,10 +363,10 @@ def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=Non
         cols.append((float(min(x0, x1)), float(max(x0, x1))))
     return Sample(img, 0, pleura_row=float(row), bline_cols=sorted(cols),
                   params={"n_blines": len(blines), "pleura_depth": p, "ribs": len(ribs), "probe": geom.kind,
-                          "mimic": mimic})
+                          "mimic": mimic, "confluent": bool(confluent)})
 
 
-def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None, probe="convex"):
+def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None, probe="convex", confluent=False):
     """A short lung clip: the same anatomy and B-lines (or mimic) in every frame (a probe
     held still), with fresh electronic noise per frame. Returns (frames (n, H, W, 3) uint8, [Sample])."""
     geom = random_geometry(rng, probe, size)
@@ -336,7 +374,7 @@ def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None
     frames, truth = [], []
     for i in range(n_frames):
         s = simulate_lung(np.random.default_rng(seed), n_blines=n_blines, geom=geom, gain_db=0.0,
-                          consolidation=False, mimic=mimic)
+                          consolidation=False, mimic=mimic, confluent=confluent)
         noise = rng.normal(0, 2.0, s.image.shape[:2])[:, :, None]
         img = np.where(s.image > 0, np.clip(s.image + noise, 1, 255), 0).astype(np.uint8)
         frames.append(img)

@@ -94,7 +94,8 @@ function findingText(f) {
     const count = r.summary_frame ? `${lines(r.b_lines)} (frame ${r.summary_frame}), up to ${r.max_b_lines} in a frame`
       : `up to ${lines(r.max_b_lines)} in a frame`;
     const mimics = r.max_vertical_artefacts_not_b_lines ? " · vertical artefacts present, not B-lines" : "";
-    return `${r.pattern || "lung"} — ${count}${mimics}`;
+    const confluent = r.confluent ? " · confluent B-lines (merged over a wide sector)" : "";
+    return `${r.pattern || "lung"} — ${count}${confluent}${mimics}`;
   }
   if (f.task === "fast") {
     const area = r.fluid_area_cm2 ? `, largest area ${r.fluid_area_cm2} cm²` : "";
