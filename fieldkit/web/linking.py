@@ -33,7 +33,7 @@ def _probe_field(data: dict) -> str:
 
 
 def _principal():
-    from .auth import current_principal
+    from .sessions import current_principal
     p = current_principal()
     return (p.actor, p.role) if p else ("", "")
 
