@@ -31,6 +31,17 @@ PASSWORD = "s3cret-Hospital-pw-77"
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
 
 
+def _capture_then_sync_once(data_dir, patient_id: str):
+    """Four captures of one patient into the (stopped) kit, then `fieldkit sync --once`."""
+    from fieldkit.kit import open_kit
+    kit = open_kit(data_dir)
+    try:
+        add_to_store(kit.store, corpus(patient_id), triage="yellow")
+    finally:
+        kit.close()
+    return run_cli("sync", "--once", "--data-dir", data_dir, "--timeout", "60")
+
+
 def _toml(data_dir) -> str:
     return (data_dir / "fieldkit.toml").read_text()
 
@@ -55,13 +66,7 @@ def test_basic_password_is_sealed_audited_and_sync_still_sends_to_orthanc(data_d
         assert len(events) == 1 and events[0]["object"] == h.base_url
         assert "hospital.password_file" in json.dumps(events[0]["detail"]) and PASSWORD not in json.dumps(events)
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
-        from fieldkit.kit import open_kit
-        kit = open_kit(data_dir)
-        try:
-            add_to_store(kit.store, corpus("T-0601"), triage="yellow")
-        finally:
-            kit.close()
-        out = run_cli("sync", "--once", "--data-dir", data_dir, "--timeout", "60")
+        out = _capture_then_sync_once(data_dir, "T-0601")
         assert "4 confirmed" in out.stdout and PASSWORD not in out.stdout + out.stderr
         assert h.instance_count() == 4
         doctor = run_cli("doctor", "--data-dir", data_dir, "--json", check=False)
@@ -315,13 +320,7 @@ def test_hospital_set_keeps_secrets_out_of_the_toml_and_sync_once_sends(data_dir
         show = run_cli("hospital", "show", "--data-dir", data_dir).stdout
         assert "s3cret" not in show and h.base_url in show
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
-        from fieldkit.kit import open_kit
-        kit = open_kit(data_dir)
-        try:
-            add_to_store(kit.store, corpus("T-0502"), triage="yellow")
-        finally:
-            kit.close()
-        out = run_cli("sync", "--once", "--data-dir", data_dir, "--timeout", "60")
+        out = _capture_then_sync_once(data_dir, "T-0502")
         assert "4 confirmed" in out.stdout and "0 queued" in out.stdout
         assert "s3cret" not in out.stdout + out.stderr
         assert h.instance_count() == 4

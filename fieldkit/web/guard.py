@@ -67,32 +67,26 @@ SECURITY_HEADERS = {
 
 # ----------------------------------------------------------------------------- permission table
 
-def _blueprint_tables(app, name: str) -> dict:
-    merged: dict = {}
-    for blueprint in app.blueprints.values():
-        module = sys.modules.get(blueprint.import_name)
-        merged.update(getattr(module, name, {}) or {})
-    return merged
+def _merged(app, key: str, name: str, own: dict) -> dict:
+    """The blueprint modules' `name` dicts merged (then `own`), kept in app.extensions[key]."""
+    table = app.extensions.get(key)
+    if table is None:
+        table = {}
+        for blueprint in app.blueprints.values():
+            table.update(getattr(sys.modules.get(blueprint.import_name), name, {}) or {})
+        table.update(own)
+        app.extensions[key] = table
+    return table
 
 
 def route_permissions(app=None) -> dict:
     """The merged {endpoint: permission} table of an app (built once)."""
-    app = app or current_app
-    table = app.extensions.get("fieldkit.permission_table")
-    if table is None:
-        table = _blueprint_tables(app, "ROUTE_PERMISSIONS")
-        table.update(ROUTE_PERMISSIONS)
-        app.extensions["fieldkit.permission_table"] = table
-    return table
+    return _merged(app or current_app, "fieldkit.permission_table", "ROUTE_PERMISSIONS", ROUTE_PERMISSIONS)
 
 
 def route_max_bytes(app=None) -> dict:
-    app = app or current_app
-    sizes = app.extensions.get("fieldkit.route_max_bytes")
-    if sizes is None:
-        sizes = _blueprint_tables(app, "ROUTE_MAX_BYTES")
-        app.extensions["fieldkit.route_max_bytes"] = sizes
-    return sizes
+    """The merged {endpoint: largest request body in bytes} of the upload endpoints."""
+    return _merged(app or current_app, "fieldkit.route_max_bytes", "ROUTE_MAX_BYTES", {})
 
 
 def permission_for(table: dict, endpoint: str | None, method: str) -> str | None:
