@@ -19,7 +19,7 @@ from ..kit.lock import UnlockThrottled, lock_kit, unlock_kit
 from ..security import roles as R
 from ..security.signin import SigninPolicy
 from ..store import accounts
-from .guard import audit_quiet, require, wants_html  # noqa: F401  (ui_api imports require and current_principal from here)
+from .guard import audit_quiet, require, wants_html  # noqa: F401  (ui_api imports require from here)
 from .sessions import SESSION_COOKIE, csrf_token, current_kit, current_principal, end_session, new_session
 
 bp = Blueprint("auth", __name__, template_folder="templates")
