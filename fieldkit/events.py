@@ -26,6 +26,7 @@ REFETCH = "refetch"       # the stream could not replay what was missed: fetch t
 # Topics: every publisher and subscriber spells them through these names.
 INSTANCE_STORED = "instance.stored"
 INSTANCE_CONFLICT = "instance.conflict"
+INSTANCE_REPAIRED = "instance.repaired"
 PATIENT_UPDATED = "patient.updated"
 PATIENT_MERGED = "patient.merged"
 FINDING_STORED = "finding.stored"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fieldkit.security import roles as R
-from fieldkit.web.auth import permission_for, route_permissions
+from fieldkit.web.guard import permission_for, route_permissions
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 SAMPLE = {"int": "1", "float": "1.0", "uuid": "00000000-0000-0000-0000-000000000000",

@@ -8,7 +8,9 @@ import datetime as dt
 import http.server
 import ipaddress
 import json
+import os
 import ssl
+import stat
 import threading
 
 import pytest
@@ -20,13 +22,24 @@ from hypothesis import given, settings, strategies as st
 
 from fieldkit.errors import BadInput, ConfigError
 from fieldkit.security.secrets import is_sealed
-from fixtures.orthanc import start_orthanc
+from fixtures.orthanc import _require_orthanc, start_orthanc
 from fixtures.sync import add_to_store, corpus
 from keyscan import containing, files, key_files
 from kitproc import run_cli, set_config
 
 PASSWORD = "s3cret-Hospital-pw-77"
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
+
+
+def _capture_then_sync_once(data_dir, patient_id: str):
+    """Four captures of one patient into the (stopped) kit, then `fieldkit sync --once`."""
+    from fieldkit.kit import open_kit
+    kit = open_kit(data_dir)
+    try:
+        add_to_store(kit.store, corpus(patient_id), triage="yellow")
+    finally:
+        kit.close()
+    return run_cli("sync", "--once", "--data-dir", data_dir, "--timeout", "60")
 
 
 def _toml(data_dir) -> str:
@@ -53,13 +66,7 @@ def test_basic_password_is_sealed_audited_and_sync_still_sends_to_orthanc(data_d
         assert len(events) == 1 and events[0]["object"] == h.base_url
         assert "hospital.password_file" in json.dumps(events[0]["detail"]) and PASSWORD not in json.dumps(events)
         assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
-        from fieldkit.kit import open_kit
-        kit = open_kit(data_dir)
-        try:
-            add_to_store(kit.store, corpus("T-0601"), triage="yellow")
-        finally:
-            kit.close()
-        out = run_cli("sync", "--once", "--data-dir", data_dir, "--timeout", "60")
+        out = _capture_then_sync_once(data_dir, "T-0601")
         assert "4 confirmed" in out.stdout and PASSWORD not in out.stdout + out.stderr
         assert h.instance_count() == 4
         doctor = run_cli("doctor", "--data-dir", data_dir, "--json", check=False)
@@ -296,3 +303,33 @@ def test_fuzz_client_key_and_certificate_files_refuse_cleanly(body, head):
             parse(head + body, "f.pem")
         except BadInput:
             pass
+
+
+def test_hospital_set_keeps_secrets_out_of_the_toml_and_sync_once_sends(data_dir, tmp_path):
+    _require_orthanc()
+    h = start_orthanc(tmp_path / "o", username="kit", password="s3cret-hospital-pw")
+    try:
+        pw = tmp_path / "pw"
+        pw.write_text("s3cret-hospital-pw\n")
+        run_cli("hospital", "set", "--data-dir", data_dir, "--url", h.base_url, "--auth", "basic",
+                "--username", "kit", "--password-file", pw, "--window", "00:00-23:59")
+        toml = (data_dir / "fieldkit.toml").read_text()
+        assert "s3cret" not in toml and 'password_file = "secrets/hospital-password"' in toml
+        mode = stat.S_IMODE(os.stat(data_dir / "secrets" / "hospital-password").st_mode)
+        assert mode == 0o600
+        show = run_cli("hospital", "show", "--data-dir", data_dir).stdout
+        assert "s3cret" not in show and h.base_url in show
+        assert "hospital OK" in run_cli("hospital", "test", "--data-dir", data_dir).stdout
+        out = _capture_then_sync_once(data_dir, "T-0502")
+        assert "4 confirmed" in out.stdout and "0 queued" in out.stdout
+        assert "s3cret" not in out.stdout + out.stderr
+        assert h.instance_count() == 4
+        st = run_cli("sync", "status", "--data-dir", data_dir, "--json").stdout
+        assert '"confirmed": 4' in st
+        # wrong password: clear line, nothing lost, exit code says "not done"
+        pw.write_text("wrong\n")
+        run_cli("hospital", "set", "--data-dir", data_dir, "--password-file", pw)
+        bad = run_cli("hospital", "test", "--data-dir", data_dir, check=False)
+        assert bad.returncode != 0 and "credentials" in bad.stderr
+    finally:
+        h.stop()

@@ -17,17 +17,19 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 import fieldkit.store.blobs as blobs_mod
+from fieldkit import fsio
 from fieldkit.store import instances
 
 
 def test_blob_directory_entry_is_fsynced_before_the_first_blob_in_it_is_acknowledged(store, monkeypatch):
     synced: list[str] = []
-    real = blobs_mod.fsync_dir
-    monkeypatch.setattr(blobs_mod, "fsync_dir", lambda p: (synced.append(str(p)), real(p)))
+    real = fsio.fsync_dir
+    monkeypatch.setattr(fsio, "fsync_dir", lambda p: (synced.append(str(p)), real(p)))
     root = store.blobs.root
     first = store.blobs.put_bytes(b"first blob")
     fan_out = str(store.blobs.path(first.addr).parent)
-    assert synced == [fan_out, str(root)]  # the new blob's directory, then the directory's entry
+    # the new directory's entry as it is made, the new blob's directory, then the directory's entry
+    assert synced == [str(root), fan_out, str(root)]
     synced.clear()
     def addr(d: bytes) -> str:  # where a blob will land, without writing it
         return hmac.new(store.blobs._id_key, d, hashlib.sha256).hexdigest()

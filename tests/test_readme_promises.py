@@ -71,7 +71,7 @@ def test_the_mutation_tool_lists_modules_whose_tests_exist():
     paths = [m["path"] for m in modules]
     for required in ("fieldkit/store/journal.py", "fieldkit/store/blobs.py", "fieldkit/store/queue.py",
                      "fieldkit/security/keys.py", "fieldkit/security/crypto.py", "fieldkit/dicom/identity.py",
-                     "fieldkit/sync/client.py", "fieldkit/web/auth.py", "fieldkit/inference/postprocess.py",
+                     "fieldkit/sync/client.py", "fieldkit/web/guard.py", "fieldkit/inference/postprocess.py",
                      "fieldkit/inference/runner.py"):
         assert required in paths
     for m in modules:
@@ -98,10 +98,10 @@ def test_a_data_dir_in_use_exits_7_with_the_reason(store, data_dir):
 
 def test_anonymous_denials_are_recorded_up_to_120_a_minute_then_summarised(kit, monkeypatch):
     from fieldkit.store import accounts
-    from fieldkit.web import auth, create_app
+    from fieldkit.web import create_app, sessions
 
     now = [1000.0]
-    monkeypatch.setattr(auth, "_mono", lambda: now[0])
+    monkeypatch.setattr(sessions, "mono", lambda: now[0])
     client = create_app(kit, testing=True).test_client()
 
     def denials():

@@ -11,8 +11,8 @@ import pytest
 from fieldkit.security import roles as R
 from fieldkit.security.passwords import Clock
 from fieldkit.store import accounts
-from fieldkit.web.auth import (PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, permission_for,
-                               route_permissions)
+from fieldkit.web.guard import SECURITY_HEADERS, permission_for, route_permissions
+from fieldkit.web.sessions import PRE_COOKIE, SESSION_COOKIE
 
 from fixtures.security import HTTPS, ROLE_SECRETS, csrf_from
 
@@ -32,7 +32,7 @@ def _sign_in(client, name, secret, **extra):
 def test_security_headers_on_every_kind_of_response(sec_app):
     c = sec_app.test_client()
     responses = [c.get(p, base_url=HTTPS) for p in ("/login", "/healthz", "/api/v1/status", "/no/such/page",
-                                                    "/auth/login.css")]
+                                                    "/static/css/login.css")]
     responses.append(c.post("/login", base_url=HTTPS, data={}))  # refused: no CSRF
     for r in responses:
         for name, value in SECURITY_HEADERS.items():
@@ -220,7 +220,7 @@ def test_lock_refuses_everything_but_unlock_and_drops_sessions(sec_app, kit, rol
     assert r.status_code == 200 and kit.locked
     table = route_permissions(sec_app)
     for rule in sec_app.url_map.iter_rules():
-        if rule.endpoint in ("auth.unlock", "auth.login", "auth.login_css", "api.healthz", "static"):
+        if rule.endpoint in ("auth.unlock", "auth.login", "api.healthz", "static"):
             continue
         url = rule.build({a: "x" for a in rule.arguments}, append_unknown=False)[1]
         for method in sorted(rule.methods - {"OPTIONS", "HEAD"}):

@@ -21,6 +21,7 @@ from ..kit import load_config
 from ..kit.control import call, run_op
 from ..kit.lock import lock_kit, unlock_kit
 from ..security import roles as R
+from ..security.passwords import secret_policy
 from ..store import accounts, dir_is_locked
 from ..sync.audit import sync_audit_once
 from .core import DATA_DIR, read_secret_file
@@ -33,17 +34,12 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
-def _policy(kit) -> dict:
-    return {"min_pin": int(kit.config.get("security.pin_min_length", 6)),
-            "min_password": int(kit.config.get("security.password_min_length", 10))}
-
-
 # ----------------------------------------------------------------------------- control ops
 # fn(kit, args, emit) -> JSON-able; registered in fieldkit.kit.registry.CONTROL_OPS
 
 def op_users_add(kit, args, emit):
     return accounts.create_user(kit.store, args["name"], args["secret"], args["role"],
-                                actor=args.get("actor", accounts.SYSTEM), actor_role="operator", **_policy(kit))
+                                actor=args.get("actor", accounts.SYSTEM), actor_role="operator", **secret_policy(kit.config))
 
 
 def op_users_list(kit, args, emit):
@@ -57,7 +53,7 @@ def op_users_disable(kit, args, emit):
 
 def op_users_reset(kit, args, emit):
     return accounts.reset_secret(kit.store, args["name"], args["secret"], actor=args.get("actor", accounts.SYSTEM),
-                                 actor_role="operator", **_policy(kit))
+                                 actor_role="operator", **secret_policy(kit.config))
 
 
 def op_users_unlock(kit, args, emit):

@@ -16,6 +16,7 @@ import datetime as _dt
 import io
 import json
 
+from highdicom.sr import CodedConcept, RelationshipTypeValues, TextContentItem
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -27,10 +28,8 @@ EVENTS = ("AUDITJSON", "Audit events (fieldkit-audit/1 JSON)")
 HEAD = ("AUDITHEAD", "Audit chain head (seq and keyed hash of the last event)")
 
 
-def _code(value: tuple[str, str]) -> Dataset:
-    c = Dataset()
-    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value[0], SCHEME, value[1]
-    return c
+def _code(value: tuple[str, str]) -> CodedConcept:
+    return CodedConcept(value[0], SCHEME, value[1])
 
 
 def _uid(*parts) -> str:
@@ -65,16 +64,12 @@ def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
     ds.ConceptNameCodeSequence = Sequence([_code(TITLE)])
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
-    item.ConceptNameCodeSequence = Sequence([_code(EVENTS)])
-    item.TextValue = json.dumps(export, separators=(",", ":"), ensure_ascii=False)
+    item = TextContentItem(name=_code(EVENTS), value=json.dumps(export, separators=(",", ":"), ensure_ascii=False),
+                           relationship_type=RelationshipTypeValues.CONTAINS)
     # The head of the chain this document ends at, on its own: the hospital keeps it as the
     # anchor a later export must continue (a rewrite on the kit, even with its key, shows).
-    head = Dataset()
-    head.RelationshipType, head.ValueType = "CONTAINS", "TEXT"
-    head.ConceptNameCodeSequence = Sequence([_code(HEAD)])
-    head.TextValue = f"{last} {export['events'][-1]['hash']} {export['events'][-1].get('alg') or 'sha256'}"
+    head = TextContentItem(name=_code(HEAD), relationship_type=RelationshipTypeValues.CONTAINS,
+                           value=f"{last} {export['events'][-1]['hash']} {export['events'][-1].get('alg') or 'sha256'}")
     ds.ContentSequence = Sequence([item, head])
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: user names may be in any script
     meta = FileMetaDataset()

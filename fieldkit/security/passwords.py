@@ -143,6 +143,12 @@ def burn_verify(secret: str, priority: int = 1) -> None:
 
 # ----------------------------------------------------------------------------- policy
 
+def secret_policy(config) -> dict:
+    """The configured PIN/password lengths, as keyword arguments for `check_secret` callers."""
+    return {"min_pin": int(config.get("security.pin_min_length", 6)),
+            "min_password": int(config.get("security.password_min_length", 10))}
+
+
 def check_secret(secret: str, *, min_pin: int = 6, min_password: int = 10) -> str:
     """Validate a new PIN or password and return it NFKC-normalised.
 

@@ -37,7 +37,6 @@ from ..errors import BadInput, KeyUnavailable, StorageFull, UnsupportedVersion
 from ..security.crypto import InvalidTag, Sealer, derive_subkey
 from ..security.files import write_atomic
 from ..security.keys import KEYRING_FILE, KEYS_DIR, Keyring
-from .journal import fsync_dir
 
 BACKUP_FORMAT = 1
 MARKER = "FIELDKIT-BACKUP.json"
@@ -171,7 +170,7 @@ def backup(store, target: Path, include: list[str], kit_id: str, emit=lambda pro
             if not target.exists():
                 target.mkdir(mode=0o700)
                 created.append(target)
-                fsync_dir(target.parent)
+                fsio.fsync_dir(target.parent)
             dir_fd = os.open(target, os.O_RDONLY)
         except OSError as exc:
             raise _io_error(exc, target) from None
@@ -229,7 +228,7 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
     tables = store.snapshot_to(tmp / "journal.fkj")
     created.append(target / journal_name)
     fsio.replace(tmp / "journal.fkj", target / journal_name)
-    fsync_dir(target / "db")
+    fsio.fsync_dir(target / "db")
     journal = {"name": journal_name, "size": (target / journal_name).stat().st_size,
                "sha256": _sha256((target / journal_name).read_bytes())}
 
@@ -269,9 +268,9 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
         if i % 50 == 0:
             emit({"step": "blobs", "copied": i + 1, "of": len(todo)})
     for d in dirs:
-        fsync_dir(d)
+        fsio.fsync_dir(d)
     if dirs:
-        fsync_dir(target / "blobs")
+        fsio.fsync_dir(target / "blobs")
 
     # 3. config, TLS and secrets (sealed), and the passphrase-only key file
     files_name = f"kit-files-{generation}.sealed"
@@ -302,7 +301,7 @@ def _backup_locked(store, target, include, kit_id, sealer, kid, marker, created,
             path.unlink()
             pruned += 1
     shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(target)
+    fsio.fsync_dir(target)
     return {"target": str(target), "generation": generation, "blobs": len(blobs), "blobs_copied": len(todo),
             "bytes_copied": copied_bytes, "blobs_pruned": pruned, "journal_bytes": journal["size"],
             "rows": sum(tables.values()), "seconds": round(time.time() - started, 2), "at": started}
@@ -365,7 +364,7 @@ def restore(source: Path, data_dir: Path, passphrase: str, emit=lambda progress:
         if data_dir.exists():
             data_dir.rmdir()  # empty (checked above); the staging dir takes its place
         os.rename(stage, data_dir)
-        fsync_dir(data_dir.parent)
+        fsio.fsync_dir(data_dir.parent)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
         raise StorageFull(f"cannot write {data_dir}: {exc.strerror}; nothing was restored") from None
@@ -419,7 +418,7 @@ def _restore_into(source: Path, stage: Path, manifest: dict, sealer: Sealer, dat
         if i % 50 == 0:
             emit({"step": "blobs", "checked": i + 1, "of": len(blobs)})
     for fan in (stage / "blobs").iterdir():
-        fsync_dir(fan)
+        fsio.fsync_dir(fan)
 
     # keys: the backup's passphrase wrapping plus a new device key; then the format
     (stage / KEYS_DIR).mkdir(mode=0o700, exist_ok=True)
@@ -430,7 +429,7 @@ def _restore_into(source: Path, stage: Path, manifest: dict, sealer: Sealer, dat
     Keyring(stage).add_device_key(data_key)
     _write_file(stage / FORMAT_FILE, (json.dumps({"format": manifest["data_format"]}) + "\n").encode(), 0o644)
     for d in (stage / "db", stage / "blobs", stage):
-        fsync_dir(d)
+        fsio.fsync_dir(d)
 
     # the proof: the restored store opens (migrating if need be) with every row of the backup
     config_path = stage / CONFIG_FILE

@@ -29,7 +29,7 @@ from typing import Iterator
 from .. import fsio
 from ..errors import NotFound, StoreCorrupt
 from ..security.crypto import InvalidTag, Sealer, random_key
-from .journal import fsync_dir, storage_error, _write_all
+from .journal import storage_error, _write_all
 
 MAGIC = b"FKB1"
 CHUNK = 1 << 20
@@ -502,10 +502,10 @@ class BlobStore:
         it and was killed."""
         new = False
         for parent in parents:
-            fsync_dir(parent)
+            fsio.fsync_dir(parent)
             new = new or parent.name not in self._durable_dirs
         if new:
-            fsync_dir(self.root)
+            fsio.fsync_dir(self.root)
             self._durable_dirs.update(p.name for p in parents)  # only after the root's fsync
 
     def batch(self) -> BlobBatch:
@@ -556,8 +556,8 @@ class BlobStore:
             fsio.replace(src, dest)
         except FileNotFoundError:
             return None
-        fsync_dir(src.parent)
-        fsync_dir(aside)
+        fsio.fsync_dir(src.parent)
+        fsio.fsync_dir(aside)
         return dest
 
     def delete(self, addr: str) -> None:

@@ -42,7 +42,7 @@ from ..dicom.prepare import Prepared, guarded, prepare
 from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
-from ..events import INSTANCE_CONFLICT, INSTANCE_STORED
+from ..events import INSTANCE_CONFLICT, INSTANCE_REPAIRED, INSTANCE_STORED
 from ..records import KIND_INFER, KIND_SYNC, T_INSTANCES, T_PATIENTS, infer_priority, sync_priority
 from . import findings, patients, probes
 from .scrub import clear_damage, verify_blob
@@ -284,7 +284,7 @@ class Batch:
             return _result(STORED, stored, "stored")
         if status == REPAIRED:
             log.warning("a damaged stored capture was repaired by a re-sent identical copy")
-            store.events.publish("instance.repaired", sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
+            store.events.publish(INSTANCE_REPAIRED, sop_instance_uid=sop_uid, patient_id=stored["patient_id"])
             return _result(STORED, stored, "the stored copy was damaged: replaced by this identical one")
         if status == CONFLICT:
             log.warning("instance stored as a conflict: same SOP Instance UID, different content")

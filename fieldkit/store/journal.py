@@ -73,10 +73,6 @@ SCAN_RECORDS = 16
 SCAN_BYTES = 64 << 20
 
 
-def fsync_dir(path: Path) -> None:
-    fsio.fsync_dir(path)
-
-
 def _frame(sealed: bytes) -> bytes:
     n = struct.pack(">I", len(sealed))
     return n + struct.pack(">I", zlib.crc32(n)) + sealed
@@ -137,7 +133,7 @@ class Journal:
         if not self.path.exists():  # made whole under the temp name: a cut never leaves half a header
             self._create(tmp)
             fsio.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            fsio.fsync_dir(self.path.parent)
         try:
             self._fd = fsio.open(self.path, os.O_RDWR)
         except OSError as exc:
@@ -337,7 +333,7 @@ class Journal:
             os.close(fd)
         fsio.ftruncate(self._fd, off)
         fsio.fsync(self._fd)
-        fsync_dir(self.path.parent)
+        fsio.fsync_dir(self.path.parent)
         self.cut_bytes = size - off
         log.warning("journal %s: cut a torn final write at offset %d (%d bytes, %s); kept in %s",
                     self.path.name, off, size - off, why, keep.name)
@@ -480,7 +476,7 @@ class Journal:
         os.close(old_fd)
         self.size_after_compaction = end
         try:
-            fsync_dir(self.path.parent)
+            fsio.fsync_dir(self.path.parent)
         except OSError as exc:  # the rename is done; a later fsync of the dir will carry it
             log.warning("journal compaction: directory fsync failed: %s", exc)
 

@@ -20,12 +20,11 @@ import logging
 import os
 import shutil
 
-from .. import DATA_FORMAT_VERSION
+from .. import DATA_FORMAT_VERSION, fsio
 from ..errors import UnsupportedVersion
 from ..records import T_META
 from ..security.files import write_atomic
 from . import FORMAT_FILE
-from .journal import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def upgrade(store) -> list[int]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, aside)
-            fsync_dir(journal.parent)
+            fsio.fsync_dir(journal.parent)
         for version in range(current, DATA_FORMAT_VERSION):
             step = MIGRATIONS[version]
             store.write(lambda db, step=step, version=version: (

@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import fsio
 from ..records import T_FINDINGS, T_INSTANCES, T_PATIENTS
 from ..security.crypto import Sealer, derive_subkey
 from . import acquire_dir_lock, check_format
 from .documents import MemoryStorage
-from .journal import Journal, fsync_dir
+from .journal import Journal
 
 JOURNAL = Path("db") / "journal.fkj"
 
@@ -97,7 +98,7 @@ def salvage(data_dir: Path, data_key: bytes) -> Report:
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
                                f"-{time.time_ns() % 1000000:06d}")
         os.link(path, aside)
-        fsync_dir(path.parent)
+        fsio.fsync_dir(path.parent)
         report.kept_aside = str(aside)
         try:
             journal.compact(state.snapshot_records())

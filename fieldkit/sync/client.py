@@ -25,15 +25,9 @@ from typing import Callable, Iterable, Iterator
 
 import requests
 
+from fieldkit.dicom.stow_tags import (FAILED_SOP_SEQ, FAILURE_REASON, REF_SOP_INSTANCE, REFERENCED_SOP_SEQ,
+                                      RETRIEVE_URL, WARNING_REASON)
 from fieldkit.errors import FieldkitError, PermanentError, TransientError, short
-
-REFERENCED_SOP_SEQ = "00081199"
-FAILED_SOP_SEQ = "00081198"
-REF_SOP_CLASS = "00081150"
-REF_SOP_INSTANCE = "00081155"
-RETRIEVE_URL = "00081190"
-FAILURE_REASON = "00081197"
-WARNING_REASON = "00081196"
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a STOW response is small; more is not a response
 

@@ -35,6 +35,8 @@ import datetime as dt
 import io
 import json
 
+from highdicom.sr import (CodedConcept, CompositeContentItem, DateTimeContentItem, RelationshipTypeValues,
+                          TextContentItem)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
@@ -42,16 +44,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 from ..dicom.uids import derived_uid
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+CONTAINS = RelationshipTypeValues.CONTAINS
 IMPLEMENTATION_UID = "2.25.301913385263297432245473496787437290147"
 # status SRs' UIDs stay under 2.25 whatever dicom.uid_root says: those already at the
 # hospital keep their meaning (a re-send replaces, never duplicates)
 STATUS_UID_ROOT = "2.25"
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    c = Dataset()
-    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
-    return c
 
 
 _CODES = {"Triage category": "FK-TRIAGE", "Update": "FK-UPDATE", "Triage tag": "FK-TAG",
@@ -61,21 +58,12 @@ _CODES = {"Triage category": "FK-TRIAGE", "Update": "FK-UPDATE", "Triage tag": "
           "Reviewed finding": "FK-FINDING-REF", "Finding": "FK-FINDING", "Reviewed at": "FK-REVIEWED-AT"}
 
 
-def _text(name: str, value: str) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    item.ValueType = "TEXT"
-    item.ConceptNameCodeSequence = Sequence([_code(_CODES[name], "99FIELDKIT", name)])
-    item.TextValue = value[:1024]
-    return item
+def _concept(name: str) -> CodedConcept:
+    return CodedConcept(_CODES[name], "99FIELDKIT", name)
 
 
-def _item(value_type: str, name: str) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = Sequence([_code(_CODES[name], "99FIELDKIT", name)])
-    return item
+def _text(name: str, value: str) -> TextContentItem:
+    return TextContentItem(name=_concept(name), value=value[:1024], relationship_type=CONTAINS)
 
 
 def patient_state(doc: dict) -> dict:
@@ -169,7 +157,7 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
                   "Field kit triage and identity", "Triage status", 9000)
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
-    ds.ConceptNameCodeSequence = Sequence([_code("FK-STATUS", "99FIELDKIT", "Field triage status")])
+    ds.ConceptNameCodeSequence = Sequence([CodedConcept("FK-STATUS", "99FIELDKIT", "Field triage status")])
     items = [_text("Triage category", state["triage"]),
              _text("Update", what)]
     if state["tag"]:
@@ -217,11 +205,9 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
         ds.CurrentRequestedProcedureEvidenceSequence = Sequence([study])
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
-    ds.ConceptNameCodeSequence = Sequence([_code("FK-REVIEW", "99FIELDKIT", "Clinician review of finding")])
-    ref = _item("COMPOSITE", "Reviewed finding")
-    sop = Dataset()
-    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
-    ref.ReferencedSOPSequence = Sequence([sop])
+    ds.ConceptNameCodeSequence = Sequence([CodedConcept("FK-REVIEW", "99FIELDKIT", "Clinician review of finding")])
+    ref = CompositeContentItem(name=_concept("Reviewed finding"), referenced_sop_class_uid=ref_class,
+                               referenced_sop_instance_uid=ref_uid, relationship_type=CONTAINS)
     items = [ref, _text("Verdict", decision)]
     what = " ".join(x for x in (str(finding.get("task") or ""), str(finding.get("model") or ""),
                                 str(finding.get("model_version") or "")) if x)
@@ -231,9 +217,7 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
         items.append(_text("Note", note))
     if by:
         items.append(_text("Reviewer", by))
-    when = _item("DATETIME", "Reviewed at")
-    when.DateTime = stamp
-    items.append(when)
+    items.append(DateTimeContentItem(name=_concept("Reviewed at"), value=stamp, relationship_type=CONTAINS))
     ds.ContentSequence = Sequence(items)
     return _part10(ds), sop_uid
 

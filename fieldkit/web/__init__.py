@@ -2,7 +2,7 @@
 
 Blueprints are listed in BLUEPRINTS as "module:attribute"; each blueprint module declares
 the permission of each of its endpoints in a module-level ROUTE_PERMISSIONS dict, which
-the access guard (fieldkit.web.auth) enforces. A route without a declaration is refused.
+the access guard (fieldkit.web.guard) enforces. A route without a declaration is refused.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ BLUEPRINTS: list[str] = [
     "fieldkit.web.incident:bp",  # incident summary for incident command: per category over time, zone, destination
     "fieldkit.web.offline:bp",  # offline tablet writes: the queue key, the replay
     "fieldkit.web.i18n:bp",  # the UI's languages: the picker, Flask-Babel
+    "fieldkit.web.auth:bp",  # sign-in/out, the session's JSON, lock and unlock
+    "fieldkit.web.admin:bp",  # users, tokens, the audit trail
+    "fieldkit.web.openapi:bp",  # the API's OpenAPI description
 ]
 
 
 def _load(spec: str):
     module, _, attr = spec.partition(":")
-    mod = importlib.import_module(module)
-    return mod, getattr(mod, attr)
+    return getattr(importlib.import_module(module), attr)
 
 
 def create_app(kit, testing: bool = False) -> Flask:
@@ -50,15 +52,11 @@ def create_app(kit, testing: bool = False) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["fieldkit"] = kit
-    route_permissions: dict[str, str] = {}
     for spec in BLUEPRINTS:
-        module, bp = _load(spec)
-        app.register_blueprint(bp)
-        route_permissions.update(getattr(module, "ROUTE_PERMISSIONS", {}))
-    app.extensions["fieldkit.route_permissions"] = route_permissions
+        app.register_blueprint(_load(spec))
 
-    from . import auth, compress, cors
-    auth.init_app(app)  # the guard: never optional, every request passes it
+    from . import compress, cors, guard
+    guard.init_app(app)  # never optional: every request passes it (an import error stops the kit)
     cors.init_app(app)  # after the guard: a CORS preflight is answered before it
     compress.init_app(app)
 

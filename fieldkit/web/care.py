@@ -25,7 +25,7 @@ ROUTE_PERMISSIONS = {
 
 
 def _actor() -> str:
-    from .auth import current_principal
+    from .sessions import current_principal
     p = current_principal()
     return p.actor if p else ""
 

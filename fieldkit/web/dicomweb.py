@@ -36,6 +36,7 @@ from pydicom.multival import MultiValue
 from pydicom.encaps import generate_fragments, generate_frames
 
 from ..dicom.frame_index import FrameIndexCache, frame_spans
+from ..dicom import stow_tags as T
 from ..dicom import uids
 from ..dicom.matching import matcher, study_hints, uid_list as _uid_list
 from ..dicom.frames import DecodeError, decode_frames
@@ -130,22 +131,22 @@ def stow(study: str | None = None):
     body: dict = {}
     studies = {catalogue.get_instance(store, r["sop_instance_uid"])["study_instance_uid"] for r in stored}
     if len(studies) == 1:
-        body["00081190"] = _v("UR", f"{_base()}/studies/{next(iter(studies))}")
+        body[T.RETRIEVE_URL] = _v("UR", f"{_base()}/studies/{next(iter(studies))}")
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [{
-            "00081150": _v("UI", r["sop_class_uid"]), "00081155": _v("UI", r["sop_instance_uid"]),
-            "00081197": _v("US", r["code"]), "00000902": _v("LO", r["reason"][:64].replace("\\", "/")),
+        body[T.FAILED_SOP_SEQ] = {"vr": "SQ", "Value": [{
+            T.REF_SOP_CLASS: _v("UI", r["sop_class_uid"]), T.REF_SOP_INSTANCE: _v("UI", r["sop_instance_uid"]),
+            T.FAILURE_REASON: _v("US", r["code"]), T.ERROR_COMMENT: _v("LO", r["reason"][:64].replace("\\", "/")),
         } for r in failed]}
     if stored:
         items = []
         for r in stored:
             row = catalogue.get_instance(store, r["sop_instance_uid"])
-            item = {"00081150": _v("UI", r["sop_class_uid"]), "00081155": _v("UI", r["sop_instance_uid"]),
-                    "00081190": _v("UR", _instance_url(row))}
+            item = {T.REF_SOP_CLASS: _v("UI", r["sop_class_uid"]), T.REF_SOP_INSTANCE: _v("UI", r["sop_instance_uid"]),
+                    T.RETRIEVE_URL: _v("UR", _instance_url(row))}
             if r["status"] == "conflict":
-                item["00081196"] = _v("US", 0xB000)  # kept, but as a conflict for review
+                item[T.WARNING_REASON] = _v("US", 0xB000)  # kept, but as a conflict for review
             items.append(item)
-        body["00081199"] = {"vr": "SQ", "Value": items}
+        body[T.REFERENCED_SOP_SEQ] = {"vr": "SQ", "Value": items}
     status = 200 if stored and not failed else (202 if stored else 409)
     if not results:
         status, body = 400, {"error": "the body held no parts", "status": 400}

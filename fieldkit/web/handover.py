@@ -114,7 +114,7 @@ def _minutes() -> dict:
 
 def audit_export(what: str, fmt: str, n: int, **detail) -> None:
     """One `patients.export` audit event per export (board, incident summary, one patient's sheet)."""
-    from .auth import current_principal
+    from .sessions import current_principal
     p = current_principal()
     accounts.audit_append(kit_of().store, actor=p.actor if p else "", role=p.role if p else "",
                           action="patients.export", object=what, detail={"format": fmt, "patients": n, **detail})

@@ -61,7 +61,7 @@ def known(code) -> str | None:
 
 
 def _person_language() -> str | None:
-    from .auth import current_principal  # the guard has run: who is asking is known
+    from .sessions import current_principal  # the guard has run: who is asking is known
     from . import kit_of
     kit = kit_of()
     p = current_principal()
@@ -104,7 +104,8 @@ def _setup(state) -> None:
 def choose():
     """The picker: this tablet's language (a cookie) and, for a signed-in person, their own."""
     from . import kit_of
-    from .auth import _safe_next, current_principal
+    from .auth import safe_next
+    from .sessions import current_principal
     code = request.form.get("lang", "")
     lang = known(code)
     if lang is None or lang != code:
@@ -116,6 +117,6 @@ def choose():
     nxt = request.form.get("next") or "/"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in nxt):
         nxt = "/"  # a control character is no page of the kit's (and no header may carry it)
-    resp = make_response(redirect(_safe_next(nxt), 303))
+    resp = make_response(redirect(safe_next(nxt), 303))
     resp.set_cookie(COOKIE, lang, max_age=COOKIE_MAX_AGE, secure=True, httponly=True, samesite="Strict", path="/")
     return resp

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from ..errors import BadInput
+from ..events import PATIENT_UPDATED
 from ..security import roles as R
 from ..ingest import dimse
 from ..store import accounts, patients, probes
@@ -33,7 +34,7 @@ def _probe_field(data: dict) -> str:
 
 
 def _principal():
-    from .auth import current_principal
+    from .sessions import current_principal
     p = current_principal()
     return (p.actor, p.role) if p else ("", "")
 
@@ -73,7 +74,7 @@ def start_session(pid):
     actor, _ = _principal()
     session = probes.start_session(kit.store, _probe_field(data), pid,
                                    minutes=float(kit.config["worklist.session_minutes"]), by=actor)
-    kit.events.publish("patient.updated", patient_id=session["patient_id"])
+    kit.events.publish(PATIENT_UPDATED, patient_id=session["patient_id"])
     return jsonify(session), 201
 
 
@@ -81,7 +82,7 @@ def start_session(pid):
 def end_session(pid):
     kit, data = kit_of(), _body()
     ended = probes.end_session(kit.store, _probe_field(data), pid)
-    kit.events.publish("patient.updated", patient_id=pid)
+    kit.events.publish(PATIENT_UPDATED, patient_id=pid)
     return jsonify({"ended": ended})
 
 

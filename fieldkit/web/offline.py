@@ -55,7 +55,7 @@ def _kit_secret(kit) -> bytes:
 
 
 def _principal():
-    from .auth import current_principal
+    from .sessions import current_principal
     return current_principal()
 
 

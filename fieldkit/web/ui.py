@@ -32,7 +32,7 @@ STATIC = Path(__file__).parent / "static"
 def _permissions():
     """`can("triage.write")` in templates: show only what the signed-in role may use."""
     def can(permission: str) -> bool:
-        from .auth import current_principal
+        from .sessions import current_principal
         p = current_principal()
         return R.has_permission(p.role if p else None, permission)
     return {"can": can}
