@@ -88,8 +88,13 @@ def test_scan_running_kit_finds_no_server_error_and_no_open_route(kit_server, tm
 def test_running_kit_refuses_oversized_headers_plain_http_and_bad_tokens(kit_server):
     import requests
 
-    r = kit_server.get("/healthz", headers={"X-Padding": "a" * 200_000})
-    assert r.status_code in (413, 431, 400)
+    try:
+        r = kit_server.get("/healthz", headers={"X-Padding": "a" * 200_000})
+        assert r.status_code in (413, 431, 400)
+    except requests.exceptions.ConnectionError:
+        # the kit answers 413 and closes while the client may still be sending the rest of
+        # its head; the client then sees the connection cut instead of the answer
+        pass
     assert kit_server.get("/healthz").status_code == 200
     # plain HTTP to the HTTPS port gets no answer from the application
     try:
