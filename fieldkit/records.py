@@ -153,6 +153,12 @@ class FindingRow(TypedDict, total=False):
     review_history: list[dict]
 
 
+def is_purged(row: dict) -> bool:
+    """Retention kept only a tombstone of this instance: the hospital has the object (it
+    confirmed it), the kit no longer holds its bytes."""
+    return bool(row.get("purged_at")) or not row.get("blob")
+
+
 def view_probability(row: dict) -> float:
     """The gate's view probability of a finding row; rows stored before it had its own
     name called it "confidence" (it was the same figure)."""

@@ -31,7 +31,7 @@ import threading
 import time
 
 from ..events import FINDING_STORED, INFERENCE_SKIPPED, INSTANCE_STORED
-from ..records import KIND_INFER, PRIORITY_BULK, view_probability
+from ..records import KIND_INFER, PRIORITY_BULK, is_purged, view_probability
 from . import findings, overlay, runner, sr
 from .registry import Registry
 
@@ -78,7 +78,7 @@ def analyse(kit, registry: Registry, sop_uid: str, policy=None, blobs=None, job=
     row = get_instance(store, sop_uid)
     if row is None:
         return Done(job, sop_uid, {"outcome": "skipped", "reason": f"instance {sop_uid} is not in the catalogue"})
-    if row.get("purged_at") or not row.get("blob"):  # retention kept only a tombstone
+    if is_purged(row):  # retention kept only a tombstone
         return Done(job, sop_uid, {"outcome": "skipped", "reason": "pixel data purged after the hospital "
                                    f"confirmed it; retrieve it at {row.get('retrieve_url') or 'the hospital'}"})
     ds = read_dataset(store, sop_uid)

@@ -46,6 +46,7 @@ from pynetdicom.sop_class import (
 
 from ..config import move_destination
 from ..dicom.matching import matcher, study_hints, uid_list
+from ..records import is_purged
 from ..dicom.status import status as _status
 from ..security import audit, roles
 from ..store import instances as catalogue
@@ -247,7 +248,7 @@ def refusal(kit, calling_ae: str) -> str:
 
 def _held(row: dict) -> bool:
     """Rows whose object the kit still holds (retention may have purged it)."""
-    return bool(row.get("blob")) and not row.get("purged_at")
+    return not is_purged(row)
 
 
 def _search_args(q: Query, level: str) -> dict:

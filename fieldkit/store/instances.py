@@ -43,7 +43,7 @@ from ..dicom.frames import DecodeError
 from ..dicom.thumbnails import thumbnail_of
 from ..errors import NotFound, StoreCorrupt, TooLarge
 from ..events import INSTANCE_CONFLICT, INSTANCE_REPAIRED, INSTANCE_STORED
-from ..records import KIND_INFER, KIND_SYNC, T_INSTANCES, T_PATIENTS, infer_priority, sync_priority
+from ..records import KIND_INFER, KIND_SYNC, T_INSTANCES, T_PATIENTS, infer_priority, is_purged, sync_priority
 from . import findings, patients, probes
 from .scrub import clear_damage, verify_blob
 
@@ -353,7 +353,7 @@ def _same_content(store, existing: dict, prepared: Prepared) -> bool:
     """The same object as the stored copy, in another encoding (transfer syntax, byte
     order, VR form): attributes and decoded pixels equal, identity as the kit stamped it.
     Both copies are read in memory only; rare (same UID, other bytes), so not indexed."""
-    if not existing.get("blob") or existing.get("purged_at"):
+    if is_purged(existing):
         return False
     try:
         with store.blobs.open(existing["blob"], existing["size"]) as fh:

@@ -103,8 +103,11 @@ def _error(status: int, message: str, needs: str | None = None):
     return page, status, {"Content-Type": "text/html; charset=utf-8"}
 
 
-def json_object() -> dict:
-    """The request's JSON body, which must be an object (else a clear 400)."""
+def json_object(*, form: bool = False) -> dict:
+    """The request's JSON body, which must be an object (else a clear 400). `form`: a
+    request that is not JSON gives its form fields instead (the admin forms post them)."""
+    if form and not request.is_json:
+        return request.form.to_dict()
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise BadInput("send a JSON object (Content-Type: application/json)")

@@ -8,6 +8,7 @@ from ..errors import BadInput
 from ..security import roles as R
 from ..security.passwords import secret_policy
 from ..store import accounts
+from . import json_object
 from .sessions import current_kit, current_principal
 
 bp = Blueprint("admin", __name__)
@@ -30,19 +31,12 @@ def _actor():
     return {"actor": p.actor, "actor_role": p.role}
 
 
-def _body() -> dict:
-    data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
-    if not isinstance(data, dict):
-        raise BadInput("send a JSON object")
-    return data
-
-
 @bp.route("/api/v1/users", methods=["GET", "POST"])
 def users():
     store = current_kit().store
     if request.method == "GET":
         return jsonify({"users": accounts.list_users(store)})
-    data = _body()
+    data = json_object(form=True)
     user = accounts.create_user(store, data.get("name", ""), data.get("secret", ""), data.get("role", ""),
                                 **_actor(), **secret_policy(current_kit().config))
     return jsonify(user), 201
@@ -60,7 +54,7 @@ def user_enable(name):
 
 @bp.post("/api/v1/users/<name>/reset")
 def user_reset(name):
-    return jsonify(accounts.reset_secret(current_kit().store, name, _body().get("secret", ""), **_actor(),
+    return jsonify(accounts.reset_secret(current_kit().store, name, json_object(form=True).get("secret", ""), **_actor(),
                                          **secret_policy(current_kit().config)))
 
 
@@ -74,7 +68,7 @@ def tokens():
     store = current_kit().store
     if request.method == "GET":
         return jsonify({"tokens": accounts.list_tokens(store)})
-    data = _body()
+    data = json_object(form=True)
     days = data.get("days", current_kit().config.get("security.token_days", 365))
     if not isinstance(days, (int, float)) or isinstance(days, bool) or not (0 <= days <= 3650):
         raise BadInput("days must be a number from 0 (no expiry) to 3650")

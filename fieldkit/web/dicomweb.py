@@ -44,6 +44,7 @@ from ..dicom.thumbnails import render
 from ..errors import BadInput, NotFound
 from ..ingest.multipart import content_type_params
 from ..ingest.upload import REFUSED, SKIPPED, store_multipart
+from ..records import is_purged as _purged
 from ..store import instances as catalogue
 from . import kit_of
 from .compress import worth_compressing
@@ -501,10 +502,6 @@ def search_instances(study: str | None = None, series: str | None = None):
 class _Gone(NotFound):
     """Purged by retention after the hospital confirmed it: only a tombstone is left."""
     http_status = 410
-
-
-def _purged(row: dict) -> bool:
-    return bool(row.get("purged_at")) or not row.get("blob")
 
 
 def _gone(rows: list[dict]) -> _Gone:

@@ -50,7 +50,7 @@ PATHS: dict = {
         "post": {"operationId": "addUser", "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"type": "object", "properties": {
                 "name": {"type": "string", "maxLength": 80}, "secret": {"type": "string", "maxLength": 300},
-                "role": {"type": "string", "enum": list(R.HUMAN_ROLES) + ["bogus"]}},
+                "role": {"type": "string", "enum": list(R.HUMAN_ROLES)}},
                 "required": ["name", "secret", "role"]}}}},
             "responses": _ok(_USER, "201")},
     },

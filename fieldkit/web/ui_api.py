@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..dicom.names import format_person_name
 from ..errors import BadInput, NotFound
-from ..records import KIND_SYNC, TRIAGE_CATEGORIES, sync_priority, view_probability
+from ..records import KIND_SYNC, TRIAGE_CATEGORIES, is_purged as _purged, sync_priority, view_probability
 from ..security import roles as R
 from ..store import care, clinician, findings, probes
 from ..store import instances as catalogue
@@ -291,11 +291,6 @@ def confirm_name(pid):
 
 class Gone(NotFound):
     http_status = 410
-
-
-def _purged(row: dict) -> bool:
-    """Retention kept only a tombstone: the hospital has the object, the kit does not."""
-    return bool(row.get("purged_at")) or not row.get("blob")
 
 
 def _purged_text(row: dict) -> str:
