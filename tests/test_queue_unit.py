@@ -424,3 +424,41 @@ def test_an_expired_lease_behind_a_finished_one_is_still_reclaimed(kit):
     again = q.lease(KIND_SYNC)
     assert again.id == b and again.attempts == 2 and q.get(a).state == DONE
     assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 1, "failed": 0}
+
+
+def test_an_archived_rows_old_place_in_line_is_skipped(kit, monkeypatch):
+    """A row re-prioritised, then done and archived, leaves its old heap place behind: it
+    must read as gone, not as some other row of the table (here the delayed one)."""
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 1)
+    q = kit.q
+    waiting = q.enqueue(KIND_SYNC, {"n": "waiting"}, priority=90, delay=60)  # the table's document 1
+    moved = q.enqueue(KIND_SYNC, {"n": "moved"}, priority=90)
+    q.set_priority(moved, 10)  # its place at 90 is stale now
+    q.ack(q.lease(KIND_SYNC).id)
+    q.enqueue(KIND_SYNC, {"n": "next"}, priority=5)
+    q.ack(q.lease(KIND_SYNC).id)  # "moved" leaves the table
+    assert q.rows_by_id([moved]) == []
+    assert [r.id for r in q.first(KIND_SYNC, READY, 1)] == [waiting]
+    assert q.most_urgent_ready(KIND_SYNC) is None  # the only ready row still waits its delay
+    assert q.lease(KIND_SYNC) is None
+
+
+def test_a_leased_row_is_not_listed_as_ready_through_its_old_place(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    q.set_priority(row_id, 10)
+    assert q.lease(KIND_SYNC).id == row_id
+    assert q.first(KIND_SYNC, READY, 5) == []
+    assert [r.id for r in q.first(KIND_SYNC, LEASED, 5)] == [row_id]
+
+
+def test_a_failure_without_a_delay_comes_back_after_30_seconds(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "link down")
+    assert q.get(row_id).next_at == pytest.approx(clock.wall() + 30, abs=1e-3)
+    clock.advance(29.9)
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(0.1)
+    assert q.lease(KIND_SYNC).id == row_id
