@@ -424,3 +424,102 @@ def test_an_expired_lease_behind_a_finished_one_is_still_reclaimed(kit):
     again = q.lease(KIND_SYNC)
     assert again.id == b and again.attempts == 2 and q.get(a).state == DONE
     assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 1, "failed": 0}
+
+
+def test_an_archived_rows_old_place_in_line_is_skipped(kit, monkeypatch):
+    """A row re-prioritised, then done and archived, leaves its old heap place behind: it
+    must read as gone, not as some other row of the table (here the delayed one)."""
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 1)
+    q = kit.q
+    waiting = q.enqueue(KIND_SYNC, {"n": "waiting"}, priority=90, delay=60)  # the table's document 1
+    moved = q.enqueue(KIND_SYNC, {"n": "moved"}, priority=90)
+    q.set_priority(moved, 10)  # its place at 90 is stale now
+    q.ack(q.lease(KIND_SYNC).id)
+    q.enqueue(KIND_SYNC, {"n": "next"}, priority=5)
+    q.ack(q.lease(KIND_SYNC).id)  # "moved" leaves the table
+    assert q.rows_by_id([moved]) == []
+    assert [r.id for r in q.first(KIND_SYNC, READY, 1)] == [waiting]
+    assert q.most_urgent_ready(KIND_SYNC) is None  # the only ready row still waits its delay
+    assert q.lease(KIND_SYNC) is None
+
+
+def test_a_leased_row_is_not_listed_as_ready_through_its_old_place(kit):
+    q = kit.q
+    row_id = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    q.set_priority(row_id, 10)
+    assert q.lease(KIND_SYNC).id == row_id
+    assert q.first(KIND_SYNC, READY, 5) == []
+    assert [r.id for r in q.first(KIND_SYNC, LEASED, 5)] == [row_id]
+
+
+def test_a_failure_without_a_delay_comes_back_after_30_seconds(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "link down")
+    assert q.get(row_id).next_at == pytest.approx(clock.wall() + 30, abs=1e-3)
+    clock.advance(29.9)
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(0.1)
+    assert q.lease(KIND_SYNC).id == row_id
+
+
+def test_a_new_row_reads_as_not_yet_tried_and_waits_its_delay(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {"patient_id": "P1"}, priority="7", delay=60)
+    row = q.get(row_id)
+    assert (row.state, row.priority, row.attempts, row.last_error, row.lease_until) == (READY, 7, 0, "", 0.0)
+    assert row.next_at == pytest.approx(clock.wall() + 60, abs=1e-3) and row.created == row.updated
+    clock._wall += 3600  # the device clock set forward does not shorten the wait
+    clock._mono += 59.9
+    assert q.lease(KIND_SYNC) is None
+    clock._mono += 0.1
+    assert q.lease(KIND_SYNC).id == row_id
+
+
+def test_an_expired_lease_is_returned_when_a_worker_of_any_kind_asks(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC, lease_seconds=10)
+    clock.advance(10)
+    assert q.lease(KIND_INFER) is None
+    row = q.get(row_id)
+    assert (row.state, row.lease_until) == (READY, 0.0)
+    assert row.last_error == "lease expired (worker stopped or stuck)"
+    assert q.counts()[KIND_SYNC] == {"ready": 1, "leased": 0, "done": 0, "failed": 0}
+    assert q.most_urgent_ready(KIND_SYNC) == 50
+
+
+def test_after_a_restart_the_index_reads_as_before(kit, monkeypatch):
+    """Everything kept in memory is rebuilt from the rows: order, recent history, live rows
+    by key and subject, and the archive keeps dropping the oldest done rows."""
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 2)
+    q, clock = kit.q, kit.clock
+    first_queued = q.enqueue(KIND_SYNC, {"n": 0}, priority=2)
+    q.enqueue(KIND_SYNC, {"n": 1}, priority=1)
+    done = []
+    for _ in range(2):  # finished in another order than queued
+        done.append(q.lease(KIND_SYNC).id)
+        q.ack(done[-1])
+        clock.advance(1)
+    assert done[1] == first_queued
+    crashed = q.enqueue(KIND_SYNC, {"patient_id": "P2"}, priority=3)
+    q.lease(KIND_SYNC)
+    keyed = q.enqueue(KIND_SYNC, {"sop_instance_uid": "1.2"}, priority=5, key="1.2")
+    update = q.enqueue(KIND_SYNC, {"patient_id": "P1"}, priority=4)
+    infer_old = q.enqueue(KIND_INFER, {"n": "old"})
+    clock.advance(1)
+    infer_new = q.enqueue(KIND_INFER, {"n": "new"})
+    q = kit.reopen()
+    reset = q.get(crashed)
+    assert (reset.state, reset.lease_until, reset.attempts) == (READY, 0.0, 1)
+    assert [r.id for r in q.first(KIND_SYNC, DONE, 5)] == [done[1], done[0]]  # newest first
+    assert q.live_id(KIND_SYNC, "1.2") == keyed
+    assert {r.id for r in q.live_rows(KIND_SYNC, ["1.2", "P1", "P2"])} == {keyed, update, crashed}
+    assert q.oldest(KIND_SYNC) == pytest.approx(q.get(crashed).created, abs=1e-3)
+    assert q.waiting_bytes(KIND_SYNC) == 2 * UPDATE_BYTES  # "1.2" is not in the catalogue
+    assert [q.lease(KIND_SYNC).id for _ in range(3)] == [crashed, update, keyed]
+    assert [q.lease(KIND_INFER).id for _ in range(2)] == [infer_new, infer_old]
+    q.ack(crashed)  # a third done row: the oldest leaves the table, still counted
+    assert q.rows_by_id(done) == [q.get(done[1])]
+    assert q.counts()[KIND_SYNC]["done"] == 3

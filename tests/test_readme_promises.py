@@ -78,8 +78,14 @@ def test_the_mutation_tool_lists_modules_whose_tests_exist():
         assert (ROOT / m["path"]).is_file(), m["path"]
         assert m["tests"] and all((ROOT / t).is_file() for t in m["tests"]), m
         source = (ROOT / m["path"]).read_text()
-        for f in m.get("functions", []):  # x_<name> for a function, as mutmut names them
-            assert re.search(rf"^\s*def {re.escape(f.removeprefix('x_'))}\(", source, re.M), (m["path"], f)
+        for f in m.get("functions", []):  # x_<name> for a function, xǁ<Class>ǁ<method>, as mutmut names them
+            if f.startswith("xǁ"):
+                cls, method = f.removeprefix("xǁ").split("ǁ")
+                assert re.search(rf"^class {re.escape(cls)}\b", source, re.M), (m["path"], f)
+                if method != "*":
+                    assert re.search(rf"^\s+def {re.escape(method)}\(", source, re.M), (m["path"], f)
+            else:
+                assert re.search(rf"^\s*def {re.escape(f.removeprefix('x_'))}\(", source, re.M), (m["path"], f)
     for line in (ROOT / "tests/mutation/equivalent.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, reason = line.partition(" ")
