@@ -83,6 +83,7 @@ function renderThumbs(p) {
 }
 
 const TASK_NAME = { lung: t("lung"), fast: "FAST" };
+const TASK_TITLE = { lung: t("Lung"), fast: "FAST" };
 const PATTERN = { "B-line pattern": t("B-line pattern"), "A-line pattern": t("A-line pattern") };
 
 function findingText(f) {
@@ -117,7 +118,7 @@ function renderFindings(p) {
     li.dataset.findingId = f.id;
     li.dataset.task = f.task;
     li.querySelector(".f-task").textContent = t("{task} (capture #{n})",
-      { task: f.task === "lung" ? t("Lung") : f.task === "fast" ? "FAST" : f.task, n: i + 1 });
+      { task: TASK_TITLE[f.task] || f.task, n: i + 1 });
     li.querySelector(".f-result").textContent = findingText(f);
     // two figures, each named: the gate's probability of the view, and the calibrated
     // probability of the finding itself (what it is the probability of, from the model)
