@@ -84,6 +84,8 @@ function renderThumbs(p) {
 
 const TASK_NAME = { lung: t("lung"), fast: "FAST" };
 const TASK_TITLE = { lung: t("Lung"), fast: "FAST" };
+const DECISION = { accepted: t("accepted"), rejected: t("rejected"), acknowledged: t("acknowledged"),
+  pending: t("pending") };
 const PATTERN = { "B-line pattern": t("B-line pattern"), "A-line pattern": t("A-line pattern") };
 
 function findingText(f) {
@@ -150,7 +152,9 @@ function renderFindings(p) {
     note.value = f.id in noteDrafts ? noteDrafts[f.id] : ((review && review.note) || "");
     note.addEventListener("input", () => { noteDrafts[f.id] = note.value; });
     if (review) {
-      li.querySelector(".f-state").textContent = `${review.decision} by ${review.by || "?"} at ${fmtTime(review.at)}${review.note ? " — " + review.note : ""}`;
+      li.querySelector(".f-state").textContent = t("{decision} by {who} at {when}",
+        { decision: DECISION[review.decision] || review.decision, who: review.by || "?", when: fmtTime(review.at) })
+        + (review.note ? " — " + review.note : "");
     }
     const send = async (decision) => {
       try {
