@@ -2,7 +2,8 @@
 more urgent category: "B-lines 4, R2" (the capture's lung zone), "free fluid: RUQ" (the
 FAST window named by the capture); a finding not assessable, negative or rejected by a
 clinician says nothing; free fluid on a Delayed patient argues for Immediate, a B-line
-pattern on a Minor one for Delayed, nothing argues for a patient already as urgent."""
+pattern on a Minor one for Delayed, nothing argues for a patient already as urgent; the same
+words also go as codes, for a tablet to say them in its language."""
 
 from __future__ import annotations
 
@@ -28,23 +29,26 @@ def test_words_and_what_they_argue_for():
     insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "R2"},
              {"sop_instance_uid": "2", "received_at": 2, "series_description": "eFAST RUQ view"}]
     both = [_f("2", "fast", FLUID), _f("1", "lung", LUNG)]
+    lines, fluid = {"kind": "b_lines", "n": 4, "where": "R2"}, {"kind": "free_fluid", "n": None, "where": "RUQ"}
     assert card_fields("yellow", insts, both) == {
-        "finding_words": ["B-lines 4, R2", "free fluid: RUQ"],
-        "finding_argues": {"category": "red", "why": "free fluid: RUQ"}}
+        "finding_words": ["B-lines 4, R2", "free fluid: RUQ"], "finding_codes": [lines, fluid],
+        "finding_argues": {"category": "red", "why": "free fluid: RUQ", "why_code": fluid}}
     assert card_fields("green", insts, [_f("1", "lung", LUNG)])["finding_argues"] == {
-        "category": "yellow", "why": "B-lines 4, R2"}
+        "category": "yellow", "why": "B-lines 4, R2", "why_code": lines}
     assert card_fields("red", insts, both)["finding_argues"] is None
     assert card_fields("none", insts, both)["finding_argues"] is None  # not triaged: nothing to raise
     quiet = [_f("1", "lung", {"pattern": "A-line pattern", "max_b_lines": 1}), _f("2", "fast", {"fluid_present": False}),
              _f("2", "fast", FLUID, assessable=False), _f("1", "lung", LUNG, review={"decision": "rejected"})]
-    assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_argues": None}
+    assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_codes": [], "finding_argues": None}
 
 
 def test_confluent_lines_are_said_in_words():
     insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "L1"}]
     white = _f("1", "lung", {"pattern": "B-line pattern", "max_b_lines": 2, "confluent": True})
+    code = {"kind": "b_lines_confluent", "n": 2, "where": "L1"}
     assert card_fields("green", insts, [white]) == {
-        "finding_words": ["B-lines confluent, L1"], "finding_argues": {"category": "yellow", "why": "B-lines confluent, L1"}}
+        "finding_words": ["B-lines confluent, L1"], "finding_codes": [code],
+        "finding_argues": {"category": "yellow", "why": "B-lines confluent, L1", "why_code": code}}
 
 
 def test_the_board_card_shows_them(store):
@@ -58,4 +62,5 @@ def test_the_board_card_shows_them(store):
     store.events.publish("finding.stored", sop_instance_uid=uid, patient_id="FW-1", task="fast")
     card = rows_for(store).row("FW-1")
     assert card["finding_words"] == ["free fluid"]
-    assert card["finding_argues"] == {"category": "red", "why": "free fluid"}
+    assert card["finding_argues"] == {"category": "red", "why": "free fluid",
+                                      "why_code": {"kind": "free_fluid", "n": None, "where": ""}}

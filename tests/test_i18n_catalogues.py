@@ -16,10 +16,11 @@ from fieldkit.web import i18n, i18n_catalogues as C
 HTTPS = "https://localhost"
 WEB = Path(C.__file__).parent
 PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s")
-# the pages and scripts translated this round (board, new patient and scan.js come later)
+# every page and script with words on it
 TEMPLATES = ["base", "login", "patient", "device", "sync", "handover", "handover_sheet", "incident", "error", "_assign",
-             "onboarding"]
-SCRIPTS = ["common", "actions", "patient", "care", "offline", "device", "sync", "handover_sheet", "theme"]
+             "onboarding", "board", "new_patient"]
+SCRIPTS = ["common", "actions", "patient", "care", "offline", "device", "sync", "handover_sheet", "theme", "board",
+           "new_patient", "scan", "finding_words"]
 
 
 def _scanned_texts() -> set[str]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.ui import ADMIN_PASSWORD, ADMIN_USER, LANDSCAPE, axe_violations, new_context, shot, sign_in
+import time
+
+from fixtures.ui import ADMIN_PASSWORD, ADMIN_USER, LANDSCAPE, axe_violations, new_context, shot, sign_in, start_ui_kit
 from kitproc import run_cli
 
 pytestmark = pytest.mark.timeout(400)
@@ -29,6 +31,68 @@ WORDS = {
            "handover": "قائمة التسليم", "incident": "ملخص الحادث", "sheet": "ورقة التسليم",
            "state": "مباشر", "device": "الجهاز"},
 }
+
+
+# the board and New patient: words a reader checks, and English that must not be left in them
+BOARD = {
+    "fr": {"search": "Étiquette, identifiant ou nom", "more": "Afficher plus", "caps": "1 acquisition",
+           "fnd": "1 résultat", "since": "trié il y a", "fluid": "épanchement",
+           "argues": "Le résultat suggère Immédiat : épanchement", "place": "Zone rouge", "iv": "Garrot: left thigh",
+           "delayed": "Différé", "new": "Nouveau patient", "walk": "Le patient peut-il marcher ?", "yes": "Oui",
+           "proposes": "START propose : Mineur", "registered": "Enregistré :", "next": "Patient suivant"},
+    "es": {"search": "Etiqueta, ID o nombre", "more": "Mostrar más", "caps": "1 captura", "fnd": "1 hallazgo",
+           "since": "triado hace", "fluid": "líquido libre", "argues": "El hallazgo sugiere Inmediato: líquido libre",
+           "place": "Área roja", "iv": "Torniquete: left thigh", "delayed": "Diferido", "new": "Nuevo paciente",
+           "walk": "¿Puede caminar el paciente?", "yes": "Sí", "proposes": "START propone: Leve",
+           "registered": "Registrado:", "next": "Siguiente paciente"},
+    "ar": {"search": "البطاقة أو المعرّف أو الاسم", "more": "عرض المزيد", "caps": "لقطة واحدة", "fnd": "نتيجة واحدة",
+           "since": "فُرِز منذ", "fluid": "سائل حر", "argues": "النتيجة ترجّح فوري: سائل حر", "place": "المنطقة الحمراء",
+           "iv": "عاصبة: left thigh", "delayed": "مؤجَّل", "new": "مريض جديد", "walk": "هل يستطيع المريض المشي؟",
+           "yes": "نعم", "proposes": "يقترح START: طفيف", "registered": "سُجِّل:", "next": "المريض التالي"},
+}
+BOARD_ENGLISH = ("Show more", "triaged", "capture", "free fluid", "Finding suggests", "Red area", "Tourniquet",
+                 "New patient", "Handover list", "Unassigned", "Find tag")
+NEW_ENGLISH = ("New patient", "Can the patient walk", "START proposes", "Triage tag number", "Add and register",
+               "Registered", "Next patient", "Category (confirm")
+
+
+@pytest.fixture(scope="module")
+def ui_kit(tmp_path_factory):
+    """A kit whose board has more patients than a page (10): eleven Minor ones, a Delayed one
+    with free fluid found on its capture, an Immediate one in the red area with a tourniquet."""
+    def board_of_a_few(data_dir):
+        from fieldkit.cli.sync import _load_values, _save_values
+        from fieldkit.inference import findings as inference_findings
+        from fieldkit.kit import open_kit
+        from fieldkit.store import care
+        from fieldkit.store import instances as catalogue
+        from fieldkit.store import patients as pstore
+        from fixtures.board import grow
+        values = _load_values(data_dir)
+        values.update({"ui.board_page_size": 10})
+        _save_values(data_dir, values)
+        k = open_kit(data_dir)
+        try:
+            for i in range(11):
+                pstore.create_patient(k.store, tag=f"M-{i:02d}")
+                pstore.set_triage(k.store, f"M-{i:02d}", "green", by="medic-a")
+            grow(k.store, ["FF-1"], 1)
+            pstore.set_triage(k.store, "FF-1", "yellow", by="medic-a")
+            uid = catalogue.instance_rows(k.store, patient_id="FF-1")[0]["sop_instance_uid"]
+            inference_findings.replace(k.store, uid, [{
+                "id": "f-ff1", "sop_instance_uid": uid, "patient_id": "FF-1", "model": "m", "model_sha256": "0" * 64,
+                "model_version": "1", "task": "fast", "assessable": True, "reason": "",
+                "result": {"fluid_present": True}, "overlay": None, "created": time.time()}])
+            pstore.create_patient(k.store, tag="RZ-1")
+            pstore.set_triage(k.store, "RZ-1", "red", by="medic-a")
+            care.set_zone(k.store, "RZ-1", "Red area", ["Red area"], by="medic-a")
+            care.add_intervention(k.store, "RZ-1", "tourniquet", "left thigh", by="medic-a")
+        finally:
+            k.close()
+
+    kit = start_ui_kit(tmp_path_factory.mktemp("ui-i18n"), before_serve=board_of_a_few)
+    yield kit
+    kit.stop()
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +265,68 @@ def test_arabic_is_right_to_left_and_the_header_mirrors(ui_browser, ui_kit):
     # ... right to left: the navigation starts at the right, the tools sit at the left
     assert ar["nav"][1] > ar["tools"][1] and ar["board"][0] > ar["sync"][0]
     assert abs(ar["nav"][1] - ar["width"]) < 40 and ar["tools"][0] < 40
+
+
+def _no_english(page, selectors: str, english: tuple[str, ...], where: str) -> None:
+    text = "\n".join(page.eval_on_selector_all(selectors, "els => els.map((e) => e.innerText)"))
+    left = [w for w in english if w.lower() in text.lower()]
+    assert not left, f"{where}: English left {left} in {text!r}"
+
+
+def _card(lang_page, pid: str, part: str, word: str) -> None:
+    _text_has(lang_page, f"li.card[data-patient-id='{pid}'] {part}", word)
+
+
+@pytest.mark.parametrize("lang", ["fr", "es", "ar"])
+def test_the_board_and_new_patient_speak_the_browsers_language(ui_browser, ui_kit, lang):
+    w, cat = BOARD[lang], WORDS[lang]
+    ctx = new_context(ui_browser, ui_kit)
+    ctx.set_extra_http_headers({"Accept-Language": lang})
+    page = ctx.new_page()
+    try:
+        sign_in(page, next_path="/")
+        assert _lang(page) == (lang, "rtl" if lang == "ar" else "ltr")
+        _text_has(page, "#counts", cat["red"])
+        page.wait_for_function("() => document.querySelector('[data-count=yellow]').textContent === '1'", timeout=WAIT)
+        assert page.get_attribute("#board-search", "placeholder") == w["search"]
+        # the card lines, made by the script from the kit's data and codes
+        _card(page, "FF-1", ".caps", w["caps"])
+        _card(page, "FF-1", ".fnd", w["fnd"])
+        _card(page, "FF-1", ".since", w["since"])
+        _card(page, "FF-1", ".fwords", w["fluid"])
+        _card(page, "FF-1", ".argues", w["argues"])
+        _card(page, "RZ-1", ".place", w["place"])
+        _card(page, "RZ-1", ".place", w["iv"])  # the kind translated, what was typed kept
+        _text_has(page, "#board-more", w["more"])
+        # the page's own words (the disk banner says what the kit's API says, still English)
+        _no_english(page, "#counts, .board-tools, #board, .board-more", BOARD_ENGLISH, f"{lang} board")
+        _no_bad_axe(page, f"{lang} board")
+        if lang == "ar":
+            shot(page, "rtl-board")
+            boxes = page.evaluate("""() => Object.fromEntries(['red', 'yellow'].map((c) => [c,
+                document.querySelector(`[data-filter=${c}]`).getBoundingClientRect().left]))""")
+            assert boxes["red"] > boxes["yellow"], boxes  # the counts run right to left
+            assert page.evaluate("() => getComputedStyle(document.getElementById('board')).direction") == "rtl"
+        page.click("#board-more")  # the next page
+        page.wait_for_function("() => document.querySelectorAll('#board li.card').length > 10", timeout=WAIT)
+        page.click("[data-filter=yellow]")  # the filter: the Delayed patient alone
+        page.wait_for_function("() => [...document.querySelectorAll('#board li.card')].map(e => e.dataset.patientId)"
+                               ".join() === 'FF-1'", timeout=WAIT)
+        _text_has(page, "[data-filter=yellow]", w["delayed"])
+
+        page.goto("/patients/new")
+        _text_has(page, "h1", w["new"])
+        _text_has(page, "#q-walking", w["walk"])
+        page.click(".q[data-q=walking] .yn-b[data-v=yes]")
+        _text_has(page, "#proposal", w["proposes"])
+        assert page.inner_text(".q[data-q=walking] .yn-b[data-v=yes]") == w["yes"]
+        _no_bad_axe(page, f"{lang} new patient")
+        page.fill("#tag", f"NP-{lang}")
+        page.click("#create-next")
+        _text_has(page, "#last-registered", w["registered"])
+        _text_has(page, "#last-registered", w["next"])
+        _no_english(page, "main h1, #new-patient, #last-registered", NEW_ENGLISH, f"{lang} new patient")
+        if lang == "ar":
+            shot(page, "rtl-new-patient")
+    finally:
+        ctx.close()

@@ -31,8 +31,9 @@ def _window(inst: dict) -> str:
 
 
 def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
-    """[{"text", "argues"}] for each positive finding, in capture order; `argues` is the
-    category it argues for."""
+    """[{"text", "argues", "code"}] for each positive finding, in capture order; `argues` is
+    the category it argues for; `code` is the same words as data ({"kind", "n", "where"}), so
+    that a tablet can say them in its own language."""
     by_uid = {r["sop_instance_uid"]: r for r in insts}
     out = []
     for f in sorted(fnds, key=lambda f: (by_uid.get(f.get("sop_instance_uid")) or {}).get("received_at") or 0):
@@ -42,10 +43,13 @@ def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
         if f.get("task") == "lung" and r.get("pattern") == "B-line pattern":
             zone = inst.get("lung_zone") or ""
             lines = "B-lines confluent" if r.get("confluent") else f"B-lines {r.get('max_b_lines')}"
-            out.append({"text": lines + (f", {zone}" if zone else ""), "argues": "yellow"})
+            code = {"kind": "b_lines_confluent" if r.get("confluent") else "b_lines", "n": r.get("max_b_lines"),
+                    "where": zone}
+            out.append({"text": lines + (f", {zone}" if zone else ""), "argues": "yellow", "code": code})
         elif f.get("task") == "fast" and r.get("fluid_present"):
             window = _window(inst)
-            out.append({"text": "free fluid" + (f": {window}" if window else ""), "argues": "red"})
+            out.append({"text": "free fluid" + (f": {window}" if window else ""), "argues": "red",
+                        "code": {"kind": "free_fluid", "n": None, "where": window}})
     return out
 
 
@@ -58,6 +62,7 @@ def card_fields(triage: str, insts: list[dict], fnds: list[dict]) -> dict:
         for item in found:
             if URGENCY.index(item["argues"]) < URGENCY.index(argues or triage):
                 argues = item["argues"]
-    why = [item["text"] for item in found if item["argues"] == argues] if argues else []
+    why = [item for item in found if item["argues"] == argues] if argues else []
     return {"finding_words": [item["text"] for item in found],
-            "finding_argues": {"category": argues, "why": why[0]} if argues else None}
+            "finding_codes": [item["code"] for item in found],
+            "finding_argues": {"category": argues, "why": why[0]["text"], "why_code": why[0]["code"]} if argues else None}

@@ -25,12 +25,9 @@ TRANSLATIONS = WEB / "translations"
 SCRIPT_CATALOGUES = WEB / "static" / "i18n"
 TRANSLATED = ("fr", "es", "ar")  # English is the source language
 
-# What is searched, and how: the pages and their scripts this round (the board, the new
-# patient page and scan.js are not translated yet)
+# What is searched, and how: every page and script (the service worker shows no text)
 METHODS = [
-    ("templates/board.html", "ignore"), ("templates/new_patient.html", "ignore"),
     ("templates/**.html", "jinja2.ext:babel_extract"),
-    ("static/js/board.js", "ignore"), ("static/js/new_patient.js", "ignore"), ("static/js/scan.js", "ignore"),
     ("static/js/sw.js", "ignore"), ("static/js/**.js", "javascript"),
     ("i18n.py", "python"), ("auth.py", "python"),
 ]

@@ -5,15 +5,16 @@
 // new counts) and the board patches the cards it shows; it loads the first page again only
 // when the stream says it cannot replay what was missed. Works from the service worker's
 // copy of the first page when the kit is unreachable (marked stale).
-import { api, fmtTime, initPage, live, showError, showStale, clearStale, TRIAGE_LABEL } from "./common.js";
+import { api, fmtTime, initPage, live, showError, showStale, clearStale, t, TRIAGE_LABEL } from "./common.js";
 import { assignCapture, shownName } from "./actions.js";
 import { careOptions, dueAt, placeText } from "./care.js";
+import { cardFindingWords } from "./finding_words.js";
 import { withPending } from "./offline.js";
 
 const SHAPE = { red: "▲", yellow: "◆", green: "●" }; // the categories' shapes, as in app.css
 const ORDER = { red: 0, yellow: 1, green: 2, black: 3, grey: 4, none: 5 }; // the kit's board order
-const SYNC_LABEL = { none: "no captures", queued: "to send", sending: "sending", confirmed: "at hospital",
-  quarantined: "refused — see Sync" };
+const SYNC_LABEL = { none: t("no captures"), queued: t("to send"), sending: t("sending"), confirmed: t("at hospital"),
+  quarantined: t("refused — see Sync") };
 // patients: the cards loaded so far, in board order; holders: records whose captures wait in the tray
 let state = { patients: [], holders: [], counts: {}, more: 0, next: null };
 let filter = null;
@@ -30,23 +31,25 @@ function fillCard(li, p) {
   li.dataset.triage = p.triage;
   li.querySelector("a").href = "/patients/" + encodeURIComponent(p.id);
   li.querySelector(".cat-label").textContent = TRIAGE_LABEL[p.triage] || p.triage;
-  li.querySelector(".pid").textContent = p.tag ? `Tag ${p.tag}` : p.id;
+  li.querySelector(".pid").textContent = p.tag ? t("Tag {tag}", { tag: p.tag }) : p.id;
   // only lines that say something: a tag-only card is its category, tag and time
-  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? `${p.age} y` : "");
-  li.querySelector(".caps").textContent = `${p.captures} capture${p.captures === 1 ? "" : "s"}`;
-  li.querySelector(".fnd").textContent = p.findings ? `· ${p.findings} finding${p.findings === 1 ? "" : "s"}` : "";
+  li.querySelector(".pname").textContent = p.display_name ? shownName(p) : (p.age ? t("{n} y", { n: p.age }) : "");
+  li.querySelector(".caps").textContent = p.captures === 1 ? t("1 capture") : t("{n} captures", { n: p.captures });
+  li.querySelector(".fnd").textContent = p.findings ? "· " + (p.findings === 1 ? t("1 finding") : t("{n} findings", { n: p.findings })) : "";
   li.querySelector(".meta").hidden = !p.captures && !p.findings; // "0 captures" says nothing
   const since = li.querySelector(".since");
   since.dataset.triagedAt = p.triaged_at || "";
   since.dataset.retriagedAt = p.retriaged_at || "";
-  li.querySelector(".tri-by").textContent = p.triaged_by ? `by ${p.triaged_by}` : "";
+  li.querySelector(".tri-by").textContent = p.triaged_by ? t("by {who}", { who: p.triaged_by }) : "";
   fillSince(since);
   li.querySelector(".place").textContent = placeText(p);
-  li.querySelector(".fwords").textContent = (p.finding_words || []).join(" · ");
+  const words = cardFindingWords(p);
+  li.querySelector(".fwords").textContent = words.all.join(" · ");
   const argues = li.querySelector(".argues");
   argues.hidden = !p.finding_argues;
   argues.textContent = p.finding_argues
-    ? `${SHAPE[p.finding_argues.category]} Finding suggests ${TRIAGE_LABEL[p.finding_argues.category]}: ${p.finding_argues.why}` : "";
+    ? `${SHAPE[p.finding_argues.category]} ` + t("Finding suggests {category}: {why}",
+      { category: TRIAGE_LABEL[p.finding_argues.category], why: words.why }) : "";
   const overdue = li.querySelector(".overdue");
   overdue.dataset.due = dueAt(p, retriageMinutes) || "";
   fillOverdue(overdue);
@@ -59,15 +62,16 @@ function fillCard(li, p) {
 // "4 min" since a kit timestamp (seconds in the first minute, so a fresh triage visibly counts)
 function ago(at) {
   const s = Math.max(0, Math.floor((Date.now() + skewMs) / 1000 - at));
-  if (s < 60) return `${s} s`;
+  if (s < 60) return t("{n} s", { n: s });
   const m = Math.floor(s / 60);
-  return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`;
+  return m < 60 ? t("{n} min", { n: m }) : t("{h} h {m} min", { h: Math.floor(m / 60), m: m % 60 });
 }
 
 function fillSince(span) {
-  const t = parseFloat(span.dataset.triagedAt);
+  const at = parseFloat(span.dataset.triagedAt);
   const r = parseFloat(span.dataset.retriagedAt);
-  span.textContent = !t ? "" : `triaged ${ago(t)} ago` + (r ? ` · re-triaged ${ago(r)} ago` : "");
+  span.textContent = !at ? "" : t("triaged {ago} ago", { ago: ago(at) })
+    + (r ? " · " + t("re-triaged {ago} ago", { ago: ago(r) }) : "");
 }
 
 // Past the category's re-triage interval (triage.retriage_minutes): flagged on the card
@@ -75,7 +79,7 @@ function fillOverdue(span) {
   const due = parseFloat(span.dataset.due);
   const late = due && (Date.now() + skewMs) / 1000 > due;
   span.hidden = !late;
-  span.textContent = late ? `Re-triage overdue ${ago(due)}` : "";
+  span.textContent = late ? t("Re-triage overdue {ago}", { ago: ago(due) }) : "";
   span.closest(".card").classList.toggle("is-overdue", !!late);
 }
 
@@ -108,8 +112,8 @@ function moreAfter() {
 }
 
 function probeText(ae) {
-  if (!ae) return "probe unknown";
-  return probeNames[ae] ? `probe ${probeNames[ae]} (${ae})` : `probe ${ae}`;
+  if (!ae) return t("probe unknown");
+  return probeNames[ae] ? t("probe {name} ({ae})", { name: probeNames[ae], ae }) : t("probe {probe}", { probe: ae });
 }
 
 // The tray: every capture of a record only a capture made, oldest first, above the cards.
@@ -121,7 +125,9 @@ function renderTray() {
   const banner = document.getElementById("unassigned-banner");
   tray.hidden = !items.length;
   banner.hidden = !items.length;
-  document.getElementById("unassigned-link").textContent = `${items.length} unassigned capture${items.length === 1 ? "" : "s"}: assign ${items.length === 1 ? "it" : "them"} to ${items.length === 1 ? "its patient" : "their patients"}`;
+  document.getElementById("unassigned-link").textContent = items.length === 1
+    ? t("1 unassigned capture: assign it to its patient")
+    : t("{n} unassigned captures: assign them to their patients", { n: items.length });
   banner.dataset.count = String(items.length);
   const tpl = document.getElementById("tray-template");
   const list = document.getElementById("tray-items");
@@ -135,20 +141,21 @@ function renderTray() {
       li.dataset.uid = c.uid;
       const img = li.querySelector("img");
       if (c.has_thumbnail) img.src = `/api/v1/ui/instances/${encodeURIComponent(c.uid)}/thumbnail.jpg`;
-      else img.replaceWith(Object.assign(document.createElement("span"), { className: "failed", textContent: "no image" }));
+      else img.replaceWith(Object.assign(document.createElement("span"), { className: "failed", textContent: t("no image") }));
       const btn = li.querySelector(".tray-assign");
       if (!canAssign) btn.remove();
       else btn.addEventListener("click", () => assignCapture({ uid: li.dataset.uid, from: li.dataset.from,
         label: li.dataset.label, hasThumbnail: !!li.querySelector("img"), onDone: () => {} }));
     }
-    const meta = `${fmtTime(c.received_at)} · ${probeText(c.probe)} · ${c.frames} frame${c.frames === 1 ? "" : "s"}`;
+    const frames = c.frames === 1 ? t("1 frame") : t("{n} frames", { n: c.frames });
+    const meta = `${fmtTime(c.received_at)} · ${probeText(c.probe)} · ${frames}`;
     li.dataset.from = p.id;
-    li.dataset.label = `Unassigned capture, ${meta}`;
+    li.dataset.label = t("Unassigned capture, {meta}", { meta });
     li.querySelector(".tray-view").href = "/patients/" + encodeURIComponent(p.id);
-    li.querySelector(".tray-view").setAttribute("aria-label", `View the capture of ${fmtTime(c.received_at)}`);
+    li.querySelector(".tray-view").setAttribute("aria-label", t("View the capture of {when}", { when: fmtTime(c.received_at) }));
     li.querySelector(".t-meta").textContent = meta;
     const btn = li.querySelector(".tray-assign");
-    if (btn) btn.setAttribute("aria-label", `Assign to patient: capture of ${fmtTime(c.received_at)} from ${probeText(c.probe)}`);
+    if (btn) btn.setAttribute("aria-label", t("Assign to patient: capture of {when} from {probe}", { when: fmtTime(c.received_at), probe: probeText(c.probe) }));
     frag.appendChild(li);
   });
   list.replaceChildren(frag);
@@ -181,7 +188,7 @@ function render() {
   const more = document.getElementById("board-more");
   const left = state.next ? moreAfter() : 0;
   more.hidden = !left;
-  more.textContent = `Show more (${left} more)`;
+  more.textContent = t("Show more ({n} more)", { n: left });
 }
 
 let drawing = null;
@@ -253,8 +260,8 @@ async function refresh() {
       state = { ...data, patients: cards, holders: data.patients.filter((p) => p.unassigned), edge: cards[cards.length - 1] };
       if (!data.__stale && data.at) skewMs = data.at * 1000 - Date.now();
       if (data.__stale) {
-        const when = typeof data.__stale === "number" ? fmtTime(data.__stale) : "earlier";
-        showStale(`Stale: the kit cannot be reached. This is the board as last seen at ${when}.`);
+        const when = typeof data.__stale === "number" ? fmtTime(data.__stale) : t("earlier");
+        showStale(t("Stale: the kit cannot be reached. This is the board as last seen at {when}.", { when }));
         document.getElementById("board").classList.add("stale");
       } else {
         clearStale();
@@ -293,7 +300,7 @@ async function diskBanner() {
     const disk = (await api("/api/v1/status")).disk;
     box.hidden = !disk || disk.level === "ok";
     box.dataset.level = (disk && disk.level) || "";
-    box.textContent = (disk && disk.message) ? `Storage: ${disk.message}.` : "";
+    box.textContent = (disk && disk.message) ? t("Storage: {message}.", { message: disk.message }) : "";
   } catch (e) { /* the board's own errors are shown by refresh() */ }
 }
 

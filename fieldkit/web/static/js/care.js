@@ -14,15 +14,42 @@ function hhmm(at) {
   return new Date(at * 1000).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit" });
 }
 
+// The kit's built-in names (store/care.py, the default triage.zones) in the page's language;
+// a zone a site named itself is shown as it was named.
+const ZONE = { "Triage point": t("Triage point"), "Red area": t("Red area"), "Yellow area": t("Yellow area"),
+  "Green area": t("Green area"), "Casualty collection point": t("Casualty collection point"),
+  "Ambulance loading": t("Ambulance loading") };
+const INTERVENTION = { tourniquet: ["Tourniquet", t("Tourniquet")], airway: ["Airway", t("Airway")],
+  fluids: ["Fluids", t("Fluids")], analgesia: ["Analgesia", t("Analgesia")] };
+const DISPOSITION = { in_treatment: t("in treatment"), awaiting_transport: t("awaiting transport"),
+  left: t("left"), discharged: t("discharged"), deceased: t("deceased") };
+
+export function zoneName(zone) { return ZONE[zone] || zone; }
+
+// "Tourniquet: left thigh" with the kind's name translated (what was typed stays as typed)
+export function interventionText(i) {
+  const known = INTERVENTION[i.kind];
+  return known && (i.what || "").startsWith(known[0]) ? known[1] + i.what.slice(known[0].length) : i.what;
+}
+
+// "left by Amb 3 to St X", "in treatment"
+export function dispositionText(d, english) {
+  if (!d || !d.state) return english || "";
+  if (d.state === "left" && d.destination) {
+    return d.vehicle ? t("left by {vehicle} to {destination}", d) : t("left to {destination}", d);
+  }
+  return DISPOSITION[d.state] || english || d.state;
+}
+
 // "Red area · left by Amb 3 to St X · Tourniquet: left thigh 14:32 (+1)" — one line on the card
 export function placeText(p) {
   const parts = [];
-  if (p.zone) parts.push(p.zone);
-  if (p.disposition_text) parts.push(p.disposition_text);
+  if (p.zone) parts.push(zoneName(p.zone));
+  if (p.disposition_text) parts.push(dispositionText(p.disposition, p.disposition_text));
   const iv = p.interventions || [];
   if (iv.length) {
     const last = iv[iv.length - 1];
-    parts.push(`${last.what} ${hhmm(last.at)}` + (iv.length > 1 ? ` (+${iv.length - 1})` : ""));
+    parts.push(`${interventionText(last)} ${hhmm(last.at)}` + (iv.length > 1 ? ` (+${iv.length - 1})` : ""));
   }
   return parts.join(" · ");
 }
@@ -42,18 +69,17 @@ export function renderPlace(p) {
   if (!document.getElementById("care")) return;
   const zone = document.getElementById("c-zone");
   if (zone && document.activeElement !== zone) zone.value = p.zone || "";
-  document.getElementById("c-disp-now").textContent = p.disposition_text ? t("Now: {what}", { what: p.disposition_text }) : "";
+  document.getElementById("c-disp-now").textContent = p.disposition_text ? t("Now: {what}", { what: dispositionText(p.disposition, p.disposition_text) }) : "";
   const list = document.getElementById("interventions");
-  list.replaceChildren(...(p.interventions || []).map((i) => el("li", "", `${fmtTime(i.at)} ${i.what}`)));
+  list.replaceChildren(...(p.interventions || []).map((i) => el("li", "", `${fmtTime(i.at)} ${interventionText(i)}`)));
   const hist = document.getElementById("movement");
   hist.replaceChildren(...(p.movement_history || []).map((h) => {
     const d = h.disposition;
-    const left = (x) => (x.vehicle ? t("left by {vehicle} to {destination}", x) : t("left to {destination}", x));
     const by = h.by ? " " + t("by {who}", { who: h.by }) : "";
     const none = t("none");
-    const text = d ? `${fmtTime(d.at)} ${d.state === "left" ? left(d) : (options && options.dispositions[d.state]) || d.state}`
+    const text = d ? `${fmtTime(d.at)} ${dispositionText(d, (options && options.dispositions[d.state]) || d.state)}`
       + (d.by ? " " + t("by {who}", { who: d.by }) : "")
-      : fmtTime(h.at) + " " + t("zone: {zone}", { zone: h.zone || none }) + by;
+      : fmtTime(h.at) + " " + t("zone: {zone}", { zone: h.zone ? zoneName(h.zone) : none }) + by;
     return el("li", "", text);
   }));
 }
@@ -77,13 +103,15 @@ export async function initCarePanel(pid) {
   try { await careOptions(); } catch (e) { if (e.status !== 401) showError(e.message); return; }
   const zone = document.getElementById("c-zone");
   if (zone) {
-    zone.replaceChildren(el("option", "", t("– no zone –")), ...options.zones.map((z) => el("option", "", z)));
+    zone.replaceChildren(el("option", "", t("– no zone –")), ...options.zones.map((z) => {
+      const o = el("option", "", zoneName(z)); o.value = z; return o;
+    }));
     zone.options[0].value = "";
     zone.addEventListener("change", () => post(pid, "place", { zone: zone.value }, box));
   }
   const kind = document.getElementById("c-kind");
   if (kind) kind.replaceChildren(...Object.entries(options.interventions).map(([k, label]) => {
-    const o = el("option", "", label); o.value = k; return o;
+    const o = el("option", "", INTERVENTION[k] ? INTERVENTION[k][1] : (k === "other" ? t("Other") : label)); o.value = k; return o;
   }));
   const ivForm = document.getElementById("c-intervention");
   if (ivForm) ivForm.addEventListener("submit", async (ev) => {
@@ -103,7 +131,7 @@ export async function initCarePanel(pid) {
   });
   const state = document.getElementById("c-state");
   if (state) state.replaceChildren(...Object.entries(options.dispositions).map(([k, label]) => {
-    const o = el("option", "", label); o.value = k; return o;
+    const o = el("option", "", DISPOSITION[k] || label); o.value = k; return o;
   }));
   const leave = document.getElementById("c-leave");
   if (state) state.addEventListener("change", () => { leave.hidden = state.value !== "left"; });

@@ -1,7 +1,7 @@
 // New patient: tag number (typed, or scanned with the camera), the START assistant proposing
 // a category, the clinician confirming or overriding it. "Add and register next" saves and
 // leaves the form empty for the next patient, naming the one just registered.
-import { api, el, initPage, TRIAGE_LABEL } from "./common.js";
+import { api, el, initPage, t, TRIAGE_LABEL } from "./common.js";
 import { setupScan } from "./scan.js";
 import { startCategory } from "./start.js";
 
@@ -40,10 +40,11 @@ function update() {
     });
   });
   if (cat !== "none") {
-    proposal.textContent = `START proposes: ${TRIAGE_LABEL[cat]} (${cat}). Confirm below, or choose another category.`;
+    proposal.textContent = t("START proposes: {category} ({code}). Confirm below, or choose another category.",
+      { category: TRIAGE_LABEL[cat], code: cat });
     choose(cat);
   } else {
-    proposal.textContent = "Answer the questions, or choose a category below.";
+    proposal.textContent = t("Answer the questions, or choose a category below.");
   }
 }
 
@@ -71,12 +72,12 @@ const lastBox = document.getElementById("last-registered");
 
 // The form again, empty, for the next patient; the one just registered named with a link.
 function readyForNext(patient, offline) {
-  const name = patient.tag ? `Tag ${patient.tag}` : patient.id;
+  const name = patient.tag ? t("Tag {tag}", { tag: patient.tag }) : patient.id;
   const cat = TRIAGE_LABEL[patient.triage] || patient.triage;
   const link = el("a", null, name);
   link.href = "/patients/" + encodeURIComponent(patient.id);
-  lastBox.replaceChildren(offline ? "Kept on this tablet, sent when the kit is back: " : "Registered: ", link,
-    ` · ${cat}. Next patient: scan or type the tag.`);
+  lastBox.replaceChildren(offline ? t("Kept on this tablet, sent when the kit is back:") + " " : t("Registered:") + " ", link,
+    " · " + t("{category}. Next patient: scan or type the tag.", { category: cat }));
   lastBox.dataset.patientId = patient.id;
   lastBox.hidden = false;
   tagInput.value = "";
@@ -99,7 +100,7 @@ form.addEventListener("submit", async (ev) => {
   const next = !ev.submitter || ev.submitter.id !== "create"; // Enter: the primary button
   const triage = chosen();
   if (!triage) {
-    errorBox.textContent = "Choose a category (or answer the START questions).";
+    errorBox.textContent = t("Choose a category (or answer the START questions).");
     errorBox.hidden = false;
     return;
   }

@@ -82,24 +82,29 @@ function renderThumbs(p) {
   list.replaceChildren(frag);
 }
 
-const TASK_NAME = { lung: "lung", fast: "FAST" };
+const TASK_NAME = { lung: t("lung"), fast: "FAST" };
+const TASK_TITLE = { lung: t("Lung"), fast: "FAST" };
+const DECISION = { accepted: t("accepted"), rejected: t("rejected"), acknowledged: t("acknowledged"),
+  pending: t("pending") };
+const PATTERN = { "B-line pattern": t("B-line pattern"), "A-line pattern": t("A-line pattern") };
 
 function findingText(f) {
   // an abstention in plain words; the model's own reason is behind "Why no assessment"
   if (!f.assessable) return t("No assessment: image not usable for {task}", { task: TASK_NAME[f.task] || f.task });
   const r = f.result || {};
   if (f.task === "lung") {
-    const lines = (n) => `${n} B-line${n === 1 ? "" : "s"}`;
+    const lines = (n) => (n === 1 ? t("1 B-line") : t("{n} B-lines", { n }));
     // the clip's count is that of its summary frame (rows stored before it give the maximum)
-    const count = r.summary_frame ? `${lines(r.b_lines)} (frame ${r.summary_frame}), up to ${r.max_b_lines} in a frame`
-      : `up to ${lines(r.max_b_lines)} in a frame`;
-    const mimics = r.max_vertical_artefacts_not_b_lines ? " · vertical artefacts present, not B-lines" : "";
-    const confluent = r.confluent ? " · confluent B-lines (merged over a wide sector)" : "";
-    return `${r.pattern || "lung"} — ${count}${confluent}${mimics}`;
+    const count = r.summary_frame
+      ? t("{lines} (frame {frame}), up to {max} in a frame", { lines: lines(r.b_lines), frame: r.summary_frame, max: r.max_b_lines })
+      : t("up to {lines} in a frame", { lines: lines(r.max_b_lines) });
+    const mimics = r.max_vertical_artefacts_not_b_lines ? " · " + t("vertical artefacts present, not B-lines") : "";
+    const confluent = r.confluent ? " · " + t("confluent B-lines (merged over a wide sector)") : "";
+    return `${PATTERN[r.pattern] || r.pattern || t("lung")} — ${count}${confluent}${mimics}`;
   }
   if (f.task === "fast") {
-    const area = r.fluid_area_cm2 ? `, largest area ${r.fluid_area_cm2} cm²` : "";
-    return r.fluid_present ? `Free fluid seen in ${r.frames_with_fluid} frame(s)${area}` : "No free fluid seen";
+    const area = r.fluid_area_cm2 ? ", " + t("largest area {area} cm²", { area: r.fluid_area_cm2 }) : "";
+    return r.fluid_present ? t("Free fluid seen in {n} frame(s)", { n: r.frames_with_fluid }) + area : t("No free fluid seen");
   }
   return JSON.stringify(r).slice(0, 200);
 }
@@ -114,16 +119,19 @@ function renderFindings(p) {
     const li = tpl.content.firstElementChild.cloneNode(true);
     li.dataset.findingId = f.id;
     li.dataset.task = f.task;
-    li.querySelector(".f-task").textContent = `${f.task === "lung" ? "Lung" : f.task === "fast" ? "FAST" : f.task} (capture #${i + 1})`;
+    li.querySelector(".f-task").textContent = t("{task} (capture #{n})",
+      { task: TASK_TITLE[f.task] || f.task, n: i + 1 });
     li.querySelector(".f-result").textContent = findingText(f);
     // two figures, each named: the gate's probability of the view, and the calibrated
     // probability of the finding itself (what it is the probability of, from the model)
     const of = (f.result && f.result.finding_probability_of) || "";
-    const finding = f.finding_probability == null || !of ? "finding: no calibrated confidence"
-      : `finding: ${of} ${(100 * f.finding_probability).toFixed(0)}%`;
-    const viewName = f.task === "lung" ? "lung" : f.task === "fast" ? "FAST" : f.task;
-    const conf = f.assessable ? `view: ${viewName} ${(100 * (f.view_probability || 0)).toFixed(0)}% · ${finding} · ` : "";
-    li.querySelector(".f-meta").textContent = `${conf}model ${f.model} v${f.model_version} · ${f.frames_analysed}/${f.frames_total} frames analysed`;
+    const finding = f.finding_probability == null || !of ? t("finding: no calibrated confidence")
+      : t("finding: {of} {pct}%", { of, pct: (100 * f.finding_probability).toFixed(0) });
+    const viewName = TASK_NAME[f.task] || f.task;
+    const conf = f.assessable ? t("view: {view} {pct}%", { view: viewName, pct: (100 * (f.view_probability || 0)).toFixed(0) })
+      + ` · ${finding} · ` : "";
+    li.querySelector(".f-meta").textContent = conf + t("model {model} v{version} · {done}/{total} frames analysed",
+      { model: f.model, version: f.model_version, done: f.frames_analysed, total: f.frames_total });
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");
     const rej = li.querySelector(".f-reject");
@@ -144,7 +152,9 @@ function renderFindings(p) {
     note.value = f.id in noteDrafts ? noteDrafts[f.id] : ((review && review.note) || "");
     note.addEventListener("input", () => { noteDrafts[f.id] = note.value; });
     if (review) {
-      li.querySelector(".f-state").textContent = `${review.decision} by ${review.by || "?"} at ${fmtTime(review.at)}${review.note ? " — " + review.note : ""}`;
+      li.querySelector(".f-state").textContent = t("{decision} by {who} at {when}",
+        { decision: DECISION[review.decision] || review.decision, who: review.by || "?", when: fmtTime(review.at) })
+        + (review.note ? " — " + review.note : "");
     }
     const send = async (decision) => {
       try {

@@ -3,6 +3,8 @@
 // wherever there is a camera API; a code read fills the input and calls onCode (e.g. to look
 // the tag up or move on). Without a camera the tag is typed (a tag scanner that types and
 // presses Enter works too).
+import { t } from "./i18n.js";
+
 const VENDOR = "/static/vendor/barcode-detector/";
 // the symbologies triage tags carry; fewer formats, faster reads on a slow tablet
 const WANTED = ["qr_code", "code_128", "code_39", "code_93", "codabar", "ean_13", "ean_8", "itf", "upc_a",
@@ -15,7 +17,7 @@ function loadScript(src) {
     const s = document.createElement("script");
     s.src = src;
     s.onload = resolve;
-    s.onerror = () => reject(new Error("the barcode reader could not be loaded"));
+    s.onerror = () => reject(new Error(t("the barcode reader could not be loaded")));
     document.head.appendChild(s);
   });
 }
@@ -54,7 +56,7 @@ export async function setupScan(button, video, input, onCode, opts = {}) {
         const Detector = await detectorClass();
         const supported = await Detector.getSupportedFormats();
         const formats = WANTED.filter((f) => supported.includes(f));
-        if (!formats.length) throw new Error("no barcode format");
+        if (!formats.length) throw new Error(t("no barcode format"));
         button.dataset.reader = Detector === window.BarcodeDetector ? "native" : "zxing";
         return { Detector, formats };
       })();
@@ -68,16 +70,16 @@ export async function setupScan(button, video, input, onCode, opts = {}) {
     if (scanning) return;
     let got;
     try { got = await ready(); }
-    catch (e) { button.textContent = "Scanner not available: type the tag"; return; }
+    catch (e) { button.textContent = t("Scanner not available: type the tag"); return; }
     let stream;
     try { stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }); }
-    catch (e) { button.textContent = "Camera not available: type the tag"; return; }
+    catch (e) { button.textContent = t("Camera not available: type the tag"); return; }
     scanning = true;
     const detector = new got.Detector({ formats: got.formats });
     video.srcObject = stream; video.hidden = false;
     try { await video.play(); } catch (e) { /* frames still come */ }
     const started = Date.now();
-    const stop = () => { scanning = false; stream.getTracks().forEach((t) => t.stop()); video.srcObject = null; video.hidden = true; };
+    const stop = () => { scanning = false; stream.getTracks().forEach((track) => track.stop()); video.srcObject = null; video.hidden = true; };
     const tick = async () => {
       if (Date.now() - started > 30000) { stop(); return; } // bounded: 30 s, then type the tag
       try {

@@ -8,7 +8,7 @@ const DATA = "fieldkit-data-v1";
 const ASSETS = ["/static/css/app.css", "/static/js/theme.js", "/static/js/common.js", "/static/js/board.js", "/static/js/actions.js",
   "/static/js/start.js", "/static/js/scan.js", "/static/js/new_patient.js", "/static/js/patient.js", "/static/js/sync.js",
   "/static/js/device.js", "/static/icons/icon.svg", "/static/icons/icon-192.png", "/manifest.webmanifest",
-  "/static/js/care.js", "/static/js/offline.js", "/static/js/i18n.js",
+  "/static/js/care.js", "/static/js/finding_words.js", "/static/js/offline.js", "/static/js/i18n.js",
   "/static/i18n/fr.json", "/static/i18n/es.json", "/static/i18n/ar.json",
   // the tag reader for browsers without BarcodeDetector: scanning works while the kit is out of reach
   "/static/vendor/barcode-detector/ponyfill.js", "/static/vendor/barcode-detector/zxing_reader.wasm"];
