@@ -42,6 +42,14 @@ def test_words_and_what_they_argue_for():
     assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_codes": [], "finding_argues": None}
 
 
+def test_a_clip_is_said_by_its_summary_count_not_its_noisiest_frame():
+    insts = [{"sop_instance_uid": "1", "received_at": 1}]
+    clip = _f("1", "lung", {"pattern": "B-line pattern", "b_lines": 4, "summary_frame": 12, "max_b_lines": 7})
+    assert card_fields("none", insts, [clip])["finding_words"] == ["B-lines 4"]  # as the patient page says it
+    old_row = _f("1", "lung", {"pattern": "B-line pattern", "max_b_lines": 7})  # made before clip summaries
+    assert card_fields("none", insts, [old_row])["finding_words"] == ["B-lines 7"]
+
+
 def test_confluent_lines_are_said_in_words():
     insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "L1"}]
     white = _f("1", "lung", {"pattern": "B-line pattern", "max_b_lines": 2, "confluent": True})

@@ -42,9 +42,11 @@ def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
         r, inst = f.get("result") or {}, by_uid.get(f.get("sop_instance_uid")) or {}
         if f.get("task") == "lung" and r.get("pattern") == "B-line pattern":
             zone = inst.get("lung_zone") or ""
-            lines = "B-lines confluent" if r.get("confluent") else f"B-lines {r.get('max_b_lines')}"
-            code = {"kind": "b_lines_confluent" if r.get("confluent") else "b_lines", "n": r.get("max_b_lines"),
-                    "where": zone}
+            # the clip's robust count (its summary frame's), as the patient page shows it; rows
+            # made before the summary existed have only the maximum over frames
+            n = r.get("b_lines") if r.get("summary_frame") else r.get("max_b_lines")
+            lines = "B-lines confluent" if r.get("confluent") else f"B-lines {n}"
+            code = {"kind": "b_lines_confluent" if r.get("confluent") else "b_lines", "n": n, "where": zone}
             out.append({"text": lines + (f", {zone}" if zone else ""), "argues": "yellow", "code": code})
         elif f.get("task") == "fast" and r.get("fluid_present"):
             window = _window(inst)
