@@ -34,7 +34,7 @@ def release_freed_heap() -> bool:
     """Give the system back the heap pages glibc keeps after a burst. Requests of the
     board, QIDO and C-STORE leave many small freed chunks between live ones; free() only
     returns memory at the top of the heap, so without this the kit's resident memory stays
-    at its busiest (about 190 MB more at 100 000 rows under 20 tablets). malloc_trim(0)
+    at its busiest (80-100 MB of it at 100 000 rows under 20 tablets). malloc_trim(0)
     releases the free pages anywhere in the heap. False where there is no glibc."""
     global _malloc_trim
     if _malloc_trim is None:
