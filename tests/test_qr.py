@@ -475,3 +475,23 @@ def test_fuzzed_identifiers_get_an_answer_or_a_status_never_a_crash(kit):
             assert decode(io.BytesIO(data), *syntax).QueryRetrieveLevel == q.level
         outcomes.add(qr.SUCCESS)
     assert outcomes == {qr.SUCCESS, qr.IDENTIFIER_DOES_NOT_MATCH, qr.UNABLE_TO_PROCESS}
+
+
+def test_encoded_answer_cache_is_bounded_in_bytes():
+    """The C-FIND answer cache keeps recent answers (the same one comes back without a new
+    encoding) but never holds more than its byte bound, however many answers pass."""
+    cache = qr._Encoded()
+    cache.LIMIT_BYTES = 64 << 10
+    syntax = (True, True)
+
+    def elements(n: int):
+        return ((0x00080052, "CS", b"PATIENT "), (0x00100010, "PN", f"Scale^{n:06d}".encode()),
+                (0x00100020, "LO", f"PID{n:07d}".encode() + b" " * 200))
+
+    for n in range(5000):
+        data = cache.get(elements(n), syntax, False)
+        assert cache.bytes <= cache.LIMIT_BYTES
+    assert cache.get(elements(4999), syntax, False) is data  # the newest answer is still held
+    assert len(cache._data) < 5000 // 10
+    assert cache.bytes == sum(qr._cost(k, v) for k, v in cache._data.items())
+    assert b"Scale^004999" in data and b"PID0004999" in data  # the answer asked for

@@ -354,10 +354,12 @@ class _Encoded:
     Keys are the content itself, so an answer whose study changed is a new key."""
 
     LIMIT = 50_000
+    LIMIT_BYTES = 16 << 20  # of answers and their keys' values: a 50 000-answer cache held ~100 MB
 
     def __init__(self):
         self._lock = threading.Lock()
         self._data: OrderedDict = OrderedDict()
+        self.bytes = 0  # encoded answers and their keys' element values held
 
     def get(self, elements, syntax: tuple[bool, bool], deflated: bool) -> bytes:
         key = (elements, syntax, deflated)
@@ -368,10 +370,16 @@ class _Encoded:
                 return data
         data = encode(_dataset(elements, syntax), *syntax, deflated)
         with self._lock:
+            if key not in self._data:
+                self.bytes += _cost(key, data)
             self._data[key] = data
-            while len(self._data) > self.LIMIT:
-                self._data.popitem(last=False)
+            while len(self._data) > self.LIMIT or (self.bytes > self.LIMIT_BYTES and len(self._data) > 1):
+                self.bytes -= _cost(*self._data.popitem(last=False))
         return data
+
+
+def _cost(key, data: bytes) -> int:
+    return len(data) + sum(len(value) for _, _, value in key[0])
 
 
 _ENCODED = _Encoded()

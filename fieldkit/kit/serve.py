@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from ..config import Config
 from .control import SOCKET_FILE, ControlServer
@@ -28,6 +29,28 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 
+
+def release_freed_heap() -> bool:
+    """Give the system back the heap pages glibc keeps after a burst. Requests of the
+    board, QIDO and C-STORE leave many small freed chunks between live ones; free() only
+    returns memory at the top of the heap, so without this the kit's resident memory stays
+    at its busiest (80-100 MB of it at 100 000 rows under 20 tablets). malloc_trim(0)
+    releases the free pages anywhere in the heap. False where there is no glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim = None
+TRIM_EVERY_S = 20  # short enough that a burst's pages go back soon; a trim takes milliseconds
 
 # Library chatter nobody at the kit can act on, kept off the console: highdicom says which
 # module it copies for every report it builds (INFO), and pynetdicom warns at start-up
@@ -157,8 +180,11 @@ def serve(kit: Kit, bind: str | None = None, http_port: int | None = None,
             ready(info)
         http = threading.Thread(target=server.serve, name="https", daemon=True)
         http.start()
+        trimmed = time.monotonic()
         while not stop.wait(0.5) and http.is_alive():
-            pass
+            if time.monotonic() - trimmed >= TRIM_EVERY_S:
+                release_freed_heap()
+                trimmed = time.monotonic()
     finally:
         stop.set()
         server.stop()

@@ -33,6 +33,9 @@ idle), and the serve RSS over a longer soak at the largest size.
     SCALE_SOAK_SECONDS=120         load duration at the largest size (RSS sampled; the issue's figure is 600)
     SCALE_TABLETS=20
     SCALE_ORTHANC_MAX=10000        most instances loaded into Orthanc (0: no Orthanc)
+    SCALE_DIR=                     keep the grown kit in this directory and reuse it on the next run
+                                   (sizes it already holds are not grown again), so two versions
+                                   of the code can be measured on the same rows
 
     python tests/bench/bench_scale.py   (part of `make bench`)
 """
@@ -72,6 +75,7 @@ SECONDS = float(os.environ.get("SCALE_SECONDS", "60"))
 SOAK_SECONDS = float(os.environ.get("SCALE_SOAK_SECONDS", "120"))
 TABLETS = int(os.environ.get("SCALE_TABLETS", "20"))
 ORTHANC_MAX = int(os.environ.get("SCALE_ORTHANC_MAX", "10000"))
+KEEP_DIR = os.environ.get("SCALE_DIR", "")
 PER_PATIENT = 10
 BATCH = 500
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -495,9 +499,15 @@ def main() -> None:
         set_config(data_dir, http__threads=TABLETS + 12, http__max_connections_per_address=4 * TABLETS + 32)
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        tmp = Path(tmp)
-        kit = start_ui_kit(tmp, before_serve=config)  # init + clinician account
-        kit.stop()
+        tmp = Path(KEEP_DIR or tmp)
+        grown = tmp / "rows-grown"  # how many rows the kept kit holds
+        if KEEP_DIR and grown.exists():
+            kit = KitProcess(tmp / "kit")
+        else:
+            tmp.mkdir(parents=True, exist_ok=True)
+            kit = start_ui_kit(tmp, before_serve=config)  # init + clinician account
+            kit.stop()
+            grown.write_text("0")
         try:
             if ORTHANC_MAX > 0:
                 from fixtures.orthanc import start_orthanc
@@ -505,12 +515,17 @@ def main() -> None:
                     orthanc = start_orthanc(tmp / "orthanc", extra={"HttpThreadsCount": 4})
                 except RuntimeError as exc:
                     print(f"no Orthanc comparison: {exc}")
-            have = in_orthanc = 0
+            have = int(grown.read_text())
+            in_orthanc = 0
             for size in SIZES:
-                took = grow(kit.data_dir, have, size)
-                print(f"grew the kit {have} -> {size} instance rows in {took:.0f} s "
-                      f"({(size - have) / took:.0f} rows/s, in-process store API)", flush=True)
-                have = size
+                if size > have:
+                    took = grow(kit.data_dir, have, size)
+                    print(f"grew the kit {have} -> {size} instance rows in {took:.0f} s "
+                          f"({(size - have) / took:.0f} rows/s, in-process store API)", flush=True)
+                    have = size
+                    grown.write_text(str(have))
+                elif size < have:
+                    raise SystemExit(f"{KEEP_DIR} already holds {have} rows, more than {size}")
                 if orthanc is not None and in_orthanc < min(size, ORTHANC_MAX):
                     top = min(size, ORTHANC_MAX)
                     took = load_orthanc(orthanc, in_orthanc, top)
