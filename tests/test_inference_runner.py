@@ -399,3 +399,23 @@ def test_findings_stored_before_the_rename_still_read_their_view_probability():
     assert view_probability({**old, "view_probability": 0.5}) == 0.5
     r = worker._analysis_of([old]).results[0]
     assert r.view_probability == 0.93 and r.finding_probability is None
+
+
+class _NoGate:
+    """The registry as loaded when the gate model failed verification."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def get(self, task):
+        return None if task == "gate" else self._real.get(task)
+
+
+def test_each_refusal_before_any_frame_is_read_says_its_own_reason(registry):
+    ds = _read("examples_ybr_color.dcm")
+    a = runner.analyse(ds, _NoGate(registry))
+    assert [r.reason for r in a.results] == ["no verified view/quality gate model is loaded"] * 2
+    bare = _read("examples_ybr_color.dcm")
+    del bare.PixelData
+    a = runner.analyse(bare, registry)
+    assert a.skipped == "the object has no pixel data (not an image)" and a.results == []
