@@ -99,3 +99,30 @@ def test_half_sure_frames_are_not_enough(registry):
     lung = next(r for r in a.results if r.task == "lung")
     assert not lung.assessable
     assert a.gate["counts"] == {"lung": 3, "uncertain": 5}
+
+
+def test_an_abstention_names_the_view_and_every_label_count_most_frequent_first(registry):
+    """What a clinician reads when the gate abstains: the view wanted, each label's share of
+    the frames (most frequent first) and the threshold."""
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    per_frame = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
+
+    class PerFrame(_InjectedGate):
+        def __init__(self, real):
+            super().__init__(real, sure)
+            self._next = 0
+
+        def run(self, x):
+            rows = np.stack(per_frame[self._next:self._next + len(x)])
+            self._next += len(x)
+            return [np.log(rows)]
+
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    reasons = {r.task: r.reason for r in a.results}
+    gate_says = f"view/quality gate per frame: uncertain 5/8, lung 3/8; threshold p>={min_prob:g}"
+    assert reasons["lung"] == f"not a lung view of usable quality ({gate_says})"
+    assert reasons["fast"] == f"not a FAST (abdominal) view of usable quality ({gate_says})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import time
 
 import highdicom as hd
 import numpy as np
@@ -189,6 +190,20 @@ def test_pixels_that_do_not_decode_are_not_assessable(registry):
     ds.PixelData = ds.PixelData[:200]  # truncated JPEG stream
     a = runner.analyse(ds, registry)
     assert all(not r.assessable and "does not decode" in r.reason for r in a.results)
+
+
+def test_a_not_assessable_result_claims_no_view_quality_probability_or_frames(registry):
+    ds = _read("examples_ybr_color.dcm")
+    ds.PixelData = ds.PixelData[:200]  # truncated JPEG stream
+    t = time.perf_counter()
+    a = runner.analyse(ds, registry)
+    wall_ms = (time.perf_counter() - t) * 1000
+    assert {r.task for r in a.results} == {"lung", "fast"}
+    for r in a.results:
+        assert (r.view, r.quality, r.view_probability, r.frames) == ("unknown", "unknown", 0.0, [])
+        assert r.finding_probability is None and r.result == {}
+    assert (a.view, a.quality) == ("unknown", "unknown")
+    assert 0 < a.timing_ms["total"] <= wall_ms + 0.1  # milliseconds spent, to 0.1 ms
 
 
 def _native_rgb_cine(planar: int = 0, n_frames: int = 8):
@@ -384,3 +399,23 @@ def test_findings_stored_before_the_rename_still_read_their_view_probability():
     assert view_probability({**old, "view_probability": 0.5}) == 0.5
     r = worker._analysis_of([old]).results[0]
     assert r.view_probability == 0.93 and r.finding_probability is None
+
+
+class _NoGate:
+    """The registry as loaded when the gate model failed verification."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def get(self, task):
+        return None if task == "gate" else self._real.get(task)
+
+
+def test_each_refusal_before_any_frame_is_read_says_its_own_reason(registry):
+    ds = _read("examples_ybr_color.dcm")
+    a = runner.analyse(ds, _NoGate(registry))
+    assert [r.reason for r in a.results] == ["no verified view/quality gate model is loaded"] * 2
+    bare = _read("examples_ybr_color.dcm")
+    del bare.PixelData
+    a = runner.analyse(bare, registry)
+    assert a.skipped == "the object has no pixel data (not an image)" and a.results == []

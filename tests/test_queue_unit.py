@@ -523,3 +523,35 @@ def test_after_a_restart_the_index_reads_as_before(kit, monkeypatch):
     q.ack(crashed)  # a third done row: the oldest leaves the table, still counted
     assert q.rows_by_id(done) == [q.get(done[1])]
     assert q.counts()[KIND_SYNC]["done"] == 3
+
+
+def test_a_row_waiting_its_retry_is_not_the_most_urgent_through_an_old_place(kit):
+    q, clock = kit.q, kit.clock
+    r = q.enqueue(KIND_SYNC, {"n": "r"}, priority=50)
+    q.set_priority(r, 10)
+    assert q.lease(KIND_SYNC).id == r  # its old place at 50 stays behind in the heap
+    q.fail(r, "PACS busy", retry_in=30)
+    q.set_priority(r, 50)  # back to 50 while it waits: the old place matches it again
+    z = q.enqueue(KIND_SYNC, {"n": "z"}, priority=90)
+    assert q.most_urgent_ready(KIND_SYNC) == 90  # r is not due for 30 s
+    assert q.most_urgent_ready(KIND_SYNC) == 90
+    assert q.lease(KIND_SYNC).id == z
+    assert q.most_urgent_ready(KIND_SYNC) is None
+    clock.advance(31)
+    assert q.most_urgent_ready(KIND_SYNC) == 50
+    assert q.lease(KIND_SYNC).id == r
+
+
+def test_a_lease_does_not_hand_out_a_row_still_waiting_its_retry_through_an_old_place(kit):
+    q, clock = kit.q, kit.clock
+    r = q.enqueue(KIND_SYNC, {"n": "r"}, priority=50)
+    q.set_priority(r, 10)
+    assert q.lease(KIND_SYNC).id == r  # its old place at 50 stays behind in the heap
+    q.fail(r, "PACS busy", retry_in=30)
+    q.set_priority(r, 50)  # back to 50 while it waits: the old place matches it again
+    z = q.enqueue(KIND_SYNC, {"n": "z"}, priority=90)
+    assert q.lease(KIND_SYNC).id == z  # r is not due for 30 s
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(31)
+    row = q.lease(KIND_SYNC)
+    assert row.id == r and row.attempts == 2

@@ -50,7 +50,10 @@ def mutmut_config(module: dict) -> str:
             f"pytest_add_cli_args_test_selection =\n    {tests}\n"
             # what tests read besides the code (models, docs, provisioning files)
             f"also_copy =\n    {extra}\n"
-            "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n")
+            "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n"
+            # CPU seconds a mutant may take, as a multiple of its tests' clean time: mutmut's 15 (x2)
+            # spends most of a fast module's run waiting on mutants that loop forever
+            f"timeout_multiplier = {module.get('timeout_multiplier', 15)}\n")
 
 
 def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str]]:
