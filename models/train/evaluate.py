@@ -67,6 +67,32 @@ def make_lung_set(n: int, seed: int):
     return np.stack(xs), np.stack(cols), np.array(rows), np.array(counts)
 
 
+def make_lung_mixture(n: int, seed: int, mimic_share: float, confluent_share: float = 0.1):
+    """A lung training set with B-line mimics as negatives: a `mimic_share` of the frames
+    hold one mimic type and no B-line (all-zero column targets), E-lines, needles and
+    emphysema twice as often as the others (the mimics the kit's check misses most); a
+    `confluent_share` hold a confluent band; the rest hold 0-8 separate lines, counts 4-8
+    twice as often as 0-3 (the counts the model undercounts)."""
+    rng = np.random.default_rng(seed)
+    kinds = list(S.MIMICS)
+    kind_w = np.array([2.0 if k in ("e_line", "needle", "emphysema") else 1.0 for k in kinds])
+    count_w = np.array([1.0] * 4 + [2.0] * 5)
+    xs, cols, rows, counts = [], [], [], []
+    for _ in range(n):
+        u = rng.random()
+        if u < mimic_share:
+            s = S.simulate_lung(rng, n_blines=0, mimic=str(rng.choice(kinds, p=kind_w / kind_w.sum())))
+        elif u < mimic_share + confluent_share:
+            s = S.simulate_lung(rng, n_blines=int(rng.integers(0, 3)), confluent=True)
+        else:
+            s = S.simulate_lung(rng, n_blines=int(rng.choice(9, p=count_w / count_w.sum())))
+        h, w = s.image.shape[:2]
+        xs.append(preprocess(s.image[None], SPEC)[0])
+        c, r = lung_targets(s, w, h)
+        cols.append(c); rows.append(r); counts.append(len(s.bline_cols))
+    return np.stack(xs), np.stack(cols), np.array(rows), np.array(counts)
+
+
 def make_fast_set(n: int, seed: int):
     rng = np.random.default_rng(seed)
     xs, masks = [], []

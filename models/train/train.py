@@ -148,15 +148,20 @@ def train_gate(out: Path, seed: int, scale: float):
     return path, thresholds, metrics
 
 
-def train_lung(out: Path, seed: int, scale: float):
+def train_lung(out: Path, seed: int, scale: float, mimic_share: float = 0.0, epochs: int | None = None):
     print("lung: simulating", flush=True)
-    x, cols, rows, _ = E.make_lung_set(int(R.RECIPE["lung"]["train_size"] * scale), seed + 1)
+    n = int(R.RECIPE["lung"]["train_size"] * scale)
+    if mimic_share:  # the mixture with mimics as negatives (tried, not shipped: see the lung card)
+        x, cols, rows, _ = E.make_lung_mixture(n, seed + 1, mimic_share)
+    else:
+        x, cols, rows, _ = E.make_lung_set(n, seed + 1)
 
     def loss(o, t):
         pos = torch.tensor(4.0)  # B-line columns are rare; weigh them up
         return F.binary_cross_entropy_with_logits(o[0], t[0], pos_weight=pos) + 0.5 * F.cross_entropy(o[1], t[1])
 
-    model = fit(LungNet(), x, [cols, rows.astype(np.int64)], loss, epochs=R.RECIPE["lung"]["epochs"], seed=seed, log="lung")
+    model = fit(LungNet(), x, [cols, rows.astype(np.int64)], loss, epochs=epochs or R.RECIPE["lung"]["epochs"], seed=seed,
+                log="lung")
     path = out / "lung_bline" / "model.onnx"
     export(model, path, ["bline_logits", "pleura_logits"])
     thresholds = {"bline": 0.5, "pattern_min_blines": 3}
@@ -223,13 +228,19 @@ def main(argv=None):
     ap.add_argument("--only", choices=list(SPECS), action="append")
     ap.add_argument("--scale", type=float, default=1.0, help="scale the data set sizes (smoke runs)")
     ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign the bundles with")
+    ap.add_argument("--lung-mimic-share", type=float, default=0.0,
+                    help="share of lung training frames holding a B-line mimic and no B-line (0: the recipe's set)")
+    ap.add_argument("--lung-epochs", type=int, help="lung epochs instead of the recipe's")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.lung_mimic_share <= 0.9:
+        ap.error("--lung-mimic-share must be between 0 and 0.9")
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     np.random.seed(args.seed)
     for task in args.only or list(SPECS):
         t0 = time.time()
-        path, thresholds, metrics = SPECS[task]["fn"](args.out, args.seed, args.scale)
+        extra = {"mimic_share": args.lung_mimic_share, "epochs": args.lung_epochs} if task == "lung" else {}
+        path, thresholds, metrics = SPECS[task]["fn"](args.out, args.seed, args.scale, **extra)
         write_bundle(args.out, task, path, thresholds, metrics, args.seed, time.time() - t0)
         print(f"{task}: {path} ({path.stat().st_size / 1024:.0f} KiB) in {time.time() - t0:.0f}s", flush=True)
         print(json.dumps(metrics, indent=1), flush=True)
