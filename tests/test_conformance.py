@@ -193,7 +193,7 @@ def _private_codes_in_code() -> dict[str, str]:
     codes.update({value: meaning for meaning, value in updates._CODES.items()})
     # the two document titles are written where the documents are built
     source = Path(updates.__file__).read_text(encoding="utf-8")
-    codes.update(dict(re.findall(r'_code\("(FK-[A-Z-]+)", "99FIELDKIT", "([^"]+)"\)', source)))
+    codes.update(dict(re.findall(r'(?:_code|CodedConcept)\("(FK-[A-Z-]+)", "99FIELDKIT", "([^"]+)"\)', source)))
     assert wl.PROCEDURE_CODE[1] == sr.SCHEME == audit_dicom.SCHEME
     codes[wl.PROCEDURE_CODE[0]] = None  # its meaning is the worklist.procedure setting
     return codes
