@@ -161,7 +161,12 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     c = np.round(start + slope * (r - rows[0])).astype(int)
     ok = (c >= 0) & (c < w)
     above = con[r[ok], c[ok]]
-    above = above[~np.isnan(above)]
+    return _verdict(above[~np.isnan(above)], near, deep)
+
+
+def _verdict(above: np.ndarray, near: float, deep: float) -> str:
+    """What a bright vertical stripe is not, by its contrast above the pleura (`above`), just
+    below it (`near`) and at the bottom (`deep`): "" when it may be a B-line."""
     if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
         return "starts above the pleural line (E-line or needle artefact)"
     if deep < FADE_RATIO * near:
@@ -189,12 +194,7 @@ def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
     if near < MIN_CONTRAST:
         return "no bright band below the pleura"
     above = con[max(0, int(ABOVE_FROM * prow)):max(0, prow - ABOVE_GAP)]
-    above = above[~np.isnan(above)]
-    if len(above) >= 4 and float(np.median(above)) > max(ABOVE_MIN, ABOVE_RATIO * near):
-        return "starts above the pleural line (E-line or needle artefact)"
-    if deep < FADE_RATIO * near:
-        return "fades before the bottom of the image (Z-line or comet tail)"
-    return ""
+    return _verdict(above[~np.isnan(above)], near, deep)
 
 
 def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple[int, int] | None:
