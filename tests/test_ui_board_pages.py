@@ -96,3 +96,42 @@ def test_pages_filter_search_and_a_live_move_into_the_first_page(kit, browser):
                                timeout=WAIT)
     finally:
         ctx.close()
+
+
+def board_ids(kit, limit: int) -> list[str]:
+    """The kit's own board order: the first `limit` cards' ids."""
+    data = api_session(kit).get(kit.url + f"/api/v1/ui/board?limit={limit}", timeout=30).json()
+    return [p["id"] for p in data["patients"] if not p.get("unassigned")]
+
+
+def test_a_reload_while_a_page_loads_neither_drops_it_nor_the_pages_shown(kit, browser):
+    """The first page is loaded again when the service worker takes over or the live stream
+    reconnects. A "Show more" answered after such a reload still adds its cards, and a
+    reload keeps the cards the tablet had shown instead of going back to the first page."""
+    ctx = browser.new_context(base_url=kit.url, viewport=TABLET, has_touch=True)
+    page = ctx.new_page()
+    held = []
+    try:
+        sign_in(page)
+        wait_cards(page, board_ids(kit, 10))
+        page.route("**/api/v1/ui/board?after=*", lambda route: held.append(route))  # the next page waits here
+        page.locator("#board-more").click()
+        for _ in range(100):  # bounded: 10 s
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "Show more asked the kit for nothing"
+        with page.expect_response(lambda r: "/api/v1/ui/board" in r.url and "after=" not in r.url):
+            page.evaluate("() => navigator.serviceWorker.dispatchEvent(new Event('controllerchange'))")
+        held[0].continue_()
+        page.unroute("**/api/v1/ui/board?after=*")
+        wait_cards(page, board_ids(kit, 20))
+
+        # a second reload keeps the twenty cards shown, in the kit's order
+        with page.expect_response(lambda r: "/api/v1/ui/board" in r.url and "after=" not in r.url):
+            page.evaluate("() => navigator.serviceWorker.dispatchEvent(new Event('controllerchange'))")
+        page.wait_for_timeout(500)
+        assert shown(page) == board_ids(kit, 20)
+        assert page.inner_text("#board-more") == "Show more (5 more)"
+    finally:
+        ctx.close()

@@ -215,29 +215,41 @@ function patch(data) {
   redrawSoon();
 }
 
-function boardUrl(after) {
+// The view asked (category filter, search); `after` a page's cursor, `limit` cards at most
+function boardUrl(after, limit) {
   const q = new URLSearchParams();
   if (filter) q.set("triage", filter);
   if (searchText()) q.set("q", searchText());
   if (after) q.set("after", after);
+  if (limit) q.set("limit", String(limit));
   return "/api/v1/ui/board" + (q.toString() ? "?" + q : "");
 }
+const MAX_RELOAD = 1000; // the kit's most cards per page: what a reload keeps of the loaded pages
 
-// The next page after the loaded cards ("Show more")
+// The next page after the loaded cards ("Show more"). If the first page was loaded again
+// meanwhile (the live stream reconnected), the page is asked again after the new cursor
+// rather than dropped; if the view changed (filter, search), it is dropped.
 let loadingMore = null;
 async function showMore() {
   if (loadingMore || !state.next) return;
   loadingMore = (async () => {
     try {
-      const from = state;
-      const data = await api(boardUrl(state.next));
-      if (data.__stale || state !== from) return; // offline, or the view changed meanwhile
-      const shown = new Set(state.patients.map((p) => p.id));
-      state.patients.push(...data.patients.filter((p) => !p.unassigned && !shown.has(p.id)));
-      Object.assign(state, { counts: data.counts, total: data.total, unassigned: data.unassigned,
-        more: data.more, next: data.next, edge: data.patients.filter((p) => !p.unassigned).pop() || state.edge });
-      showError("");
-      render();
+      for (let tries = 0; tries < 3; tries++) {
+        const { view, next } = state;
+        const data = await api(boardUrl(next));
+        if (data.__stale || state.view !== view) return; // offline, or another view meanwhile
+        if (state.next !== next) { // reloaded meanwhile: ask after where it now ends
+          if (!state.next) return;
+          continue;
+        }
+        const shown = new Set(state.patients.map((p) => p.id));
+        state.patients.push(...data.patients.filter((p) => !p.unassigned && !shown.has(p.id)));
+        Object.assign(state, { counts: data.counts, total: data.total, unassigned: data.unassigned,
+          more: data.more, next: data.next, pages: state.pages + 1, edge: data.patients.filter((p) => !p.unassigned).pop() || state.edge });
+        showError("");
+        render();
+        return;
+      }
     } catch (e) {
       if (e.status !== 401) showError(e.message);
     } finally { loadingMore = null; }
@@ -248,7 +260,10 @@ async function showMore() {
 // loads wins
 let inflightUrl = null;
 async function refresh() {
-  const url = boardUrl(null);
+  const view = boardUrl(null);
+  // the same view loaded again (the stream reconnected) keeps as many cards as were loaded
+  const loaded = state.view === view && state.pages > 1 ? state.patients.length : 0;
+  const url = loaded > 0 ? boardUrl(null, Math.min(loaded, MAX_RELOAD)) : view;
   if (inflight && inflightUrl === url) return inflight;
   inflightUrl = url;
   const mine = inflight = (async () => {
@@ -257,7 +272,7 @@ async function refresh() {
       if (inflightUrl !== url) return data;
       if (data.__stale) data = await withPending(data); // with the changes this tablet keeps to send
       const cards = data.patients.filter((p) => !p.unassigned);
-      state = { ...data, patients: cards, holders: data.patients.filter((p) => p.unassigned), edge: cards[cards.length - 1] };
+      state = { ...data, view, pages: loaded ? state.pages : 1, patients: cards, holders: data.patients.filter((p) => p.unassigned), edge: cards[cards.length - 1] };
       if (!data.__stale && data.at) skewMs = data.at * 1000 - Date.now();
       if (data.__stale) {
         const when = typeof data.__stale === "number" ? fmtTime(data.__stale) : t("earlier");

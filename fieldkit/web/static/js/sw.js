@@ -99,7 +99,10 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(req.url);
   if (url.origin !== self.location.origin) return;
 
-  if (url.pathname === BOARD_API && !url.search) { // the board's first page; further pages and searches need the kit
+  // the board's first page (asked with a larger `limit` when a tablet reloads the pages it had
+  // shown); further pages, categories and searches need the kit
+  const firstPage = url.pathname === BOARD_API && [...url.searchParams.keys()].every((k) => k === "limit");
+  if (firstPage) {
     event.respondWith((async () => {
       try {
         const res = await fetch(req);
