@@ -9,7 +9,7 @@ import time
 from fieldkit.records import T_INSTANCES
 from fieldkit.kit import open_kit
 from fixtures.sync import add_to_store, corpus, finding_sr
-from kitproc import KitProcess, run_cli
+from kitproc import KitProcess, run_cli, set_config
 from proxy import Proxy
 
 KILLS = 20
@@ -17,11 +17,8 @@ KILLS = 20
 
 def _configure(data_dir, url: str) -> None:
     run_cli("hospital", "set", "--data-dir", data_dir, "--url", url)
-    from fieldkit.cli.sync import _load_values, _save_values
-    values = _load_values(data_dir)
-    values.update({"sync.backoff_max_seconds": 1.0, "hospital.read_timeout_seconds": 5.0,
-                   "hospital.connect_timeout_seconds": 2.0})
-    _save_values(data_dir, values)
+    set_config(data_dir, sync__backoff_max_seconds=1.0, hospital__read_timeout_seconds=5.0,
+               hospital__connect_timeout_seconds=2.0)
 
 
 def _orthanc_uids(orthanc) -> list[str]:

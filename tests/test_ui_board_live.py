@@ -22,6 +22,7 @@ import requests
 from conftest import need_peer
 from fixtures.ui import (chromium, CLINICIAN_PASSWORD, CLINICIAN_USER, TABLET, capture_file, push, sign_in,
                          start_ui_kit)
+from kitproc import set_config
 
 pytestmark = pytest.mark.timeout(300)
 BOARD_API = "/api/v1/ui/board"
@@ -29,13 +30,8 @@ BOARD_API = "/api/v1/ui/board"
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    def short_streams(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
-        values = _load_values(data_dir)
-        values.update({"ui.live_max_seconds": 6})
-        _save_values(data_dir, values)
-
-    kit = start_ui_kit(tmp_path_factory.mktemp("board"), before_serve=short_streams)
+    kit = start_ui_kit(tmp_path_factory.mktemp("board"),
+                       before_serve=lambda data_dir: set_config(data_dir, ui__live_max_seconds=6))
     yield kit
     kit.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fixtures.ui import TABLET, chromium, sign_in, start_ui_kit
+from kitproc import set_config
 from test_ui_board_live import api_session
 
 pytestmark = pytest.mark.timeout(300)
@@ -18,13 +19,8 @@ N = 25
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    def small_pages(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
-        values = _load_values(data_dir)
-        values.update({"ui.board_page_size": 10})
-        _save_values(data_dir, values)
-
-    kit = start_ui_kit(tmp_path_factory.mktemp("pages"), before_serve=small_pages)
+    kit = start_ui_kit(tmp_path_factory.mktemp("pages"),
+                       before_serve=lambda data_dir: set_config(data_dir, ui__board_page_size=10))
     s = api_session(kit)
     # green patients G-00..G-19 (G-00 waits longest), then five yellow ones
     for i in range(20):

@@ -23,7 +23,7 @@ import requests
 from fieldkit.web.live import format_event
 from fieldkit.web.ui_api import START_QUESTIONS, start_category
 from fixtures.ui import CLINICIAN_PASSWORD, CLINICIAN_USER, start_ui_kit
-from kitproc import KitProcess, wait_until
+from kitproc import KitProcess, set_config, wait_until
 
 START_JS = Path(__file__).resolve().parent.parent / "fieldkit" / "web" / "static" / "js" / "start.js"
 
@@ -118,13 +118,8 @@ class Stream:
 
 
 def test_stream_delivers_events_caps_streams_and_ends_on_stop(tmp_path):
-    def cap(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
-        values = _load_values(data_dir)
-        values.update({"ui.live_max_streams": 2, "ui.live_heartbeat_seconds": 1})
-        _save_values(data_dir, values)
-
-    kit = start_ui_kit(tmp_path, before_serve=cap)
+    kit = start_ui_kit(tmp_path, before_serve=lambda data_dir: set_config(
+        data_dir, ui__live_max_streams=2, ui__live_heartbeat_seconds=1))
     try:
         s = _signed_in(kit)
         a, b = Stream(s, kit.url), Stream(s, kit.url)

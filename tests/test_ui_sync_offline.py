@@ -12,7 +12,7 @@ import pytest
 from conftest import need_peer
 from fixtures.orthanc import dicomweb_plugin, orthanc_binary, start_orthanc
 from fixtures.ui import capture_file, launch_chromium, new_context, push, shot, sign_in, start_ui_kit
-from kitproc import run_cli
+from kitproc import run_cli, set_config
 
 pytestmark = pytest.mark.timeout(300)
 TAG = "T-200"
@@ -31,10 +31,7 @@ def hospital(tmp_path_factory):
 def synced_kit(tmp_path_factory, hospital):
     def configure(data_dir):
         run_cli("hospital", "set", "--data-dir", data_dir, "--url", hospital.base_url)
-        from fieldkit.cli.sync import _load_values, _save_values
-        values = _load_values(data_dir)
-        values.update({"sync.backoff_max_seconds": 1.0})
-        _save_values(data_dir, values)
+        set_config(data_dir, sync__backoff_max_seconds=1.0)
     kit = start_ui_kit(tmp_path_factory.mktemp("ui-sync"), before_serve=configure)
     yield kit
     kit.stop()
@@ -60,7 +57,7 @@ def test_sync_page_watches_progress_reach_confirmed(page, synced_kit, hospital, 
     page.fill("#tag", TAG)
     page.check("input[name=triage][value=red]")
     page.click("#create")
-    page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=10000)
+    page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=20000)
     page.goto("/sync")
     page.wait_for_selector("#s-counts:not(:empty)")
     before = hospital.instance_count()
@@ -86,7 +83,7 @@ def test_reload_with_kit_stopped_shows_cached_board_marked_stale(page, synced_ki
     page.wait_for_function("() => navigator.serviceWorker && navigator.serviceWorker.controller !== null",
                            timeout=15000)
     page.reload()  # with the worker in control: the page and the board are kept
-    page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=10000)
+    page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=20000)
     assert page.locator("#stale-banner").is_hidden()
     synced_kit.stop()
     assert synced_kit.proc.poll() is not None
@@ -95,7 +92,7 @@ def test_reload_with_kit_stopped_shows_cached_board_marked_stale(page, synced_ki
     banner.wait_for(state="visible", timeout=15000)
     assert "Stale" in banner.inner_text() and "cannot be reached" in banner.inner_text()
     card = page.locator(f"li.card[data-patient-id='{TAG}']")
-    card.wait_for(timeout=5000)
+    card.wait_for(timeout=20000)
     assert card.get_attribute("data-triage") == "red"
     assert page.inner_text("[data-count=red]") == "1"
     shot(page, "board-offline-stale")
