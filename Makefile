@@ -42,10 +42,11 @@ demo: install
 	$(BIN)/fieldkit demo --data-dir $(DEMO_DATA) --http-port $(DEMO_PORT) --dicom-port $(DEMO_DICOM_PORT)
 
 # Two workers, a test file each at a time: most tests wait on real peers and kit processes.
+# The 25 slowest tests are listed at the end, to keep the suite under its 20 minutes.
 TEST_WORKERS ?= 2
 
 test: install-test peers
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # 20 000 simulated power cuts (POWERCUT_CUTS; prints cuts per second) and 500 SIGKILL rounds
 soak: install-test peers
