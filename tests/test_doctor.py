@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,10 +53,23 @@ def doctor_kit(tmp_path) -> Path:
     result = run("init", "--data-dir", data_dir, "--passphrase-file", tmp_path / "pp", "--kit-id", "DOC1")
     assert result.returncode == 0, result.stderr
     set_config(data_dir, http__port=free_port(), dicom__port=free_port(), http__bind="127.0.0.1",
-               power__fake_probe_file=str(tmp_path / "power.json"))
+               power__fake_probe_file=str(tmp_path / "power.json"),
+               hardware__profiles_dir=str(small_disk_profiles(tmp_path / "profiles")))
     write_power(data_dir, battery_percent=90, on_battery=False, temperature_c=45)
     make_model_bundle(data_dir)
     return data_dir
+
+
+def small_disk_profiles(folder: Path) -> Path:
+    """The shipped hardware profiles, asking 1 GB free instead of 10: the disk check reads
+    the real disk this suite runs on, which need not have a deployed kit's headroom."""
+    from fieldkit.hardware.profiles import default_profiles_dir
+    folder.mkdir()
+    for profile in default_profiles_dir().glob("*.toml"):
+        text = profile.read_text()
+        assert "min_free_gb = " in text, profile.name
+        (folder / profile.name).write_text(re.sub(r"min_free_gb = [0-9.]+", "min_free_gb = 1", text))
+    return folder
 
 
 def write_power(data_dir: Path, **values) -> None:
