@@ -39,15 +39,17 @@ class JournalTable(Table):
         return self.storage.docs(self.name)
 
     def insert(self, document: Mapping) -> int:
+        if isinstance(document, self.document_class):
+            self.storage.restart_ids(self.name)  # as TinyDB: the next id is then found anew
         return self.insert_multiple([document])[0]
 
     def insert_multiple(self, documents: Iterable[Mapping]) -> list[int]:
-        live, puts, ids, given_ids = self._docs(), {}, [], False
+        live, puts, ids = self._docs(), {}, []
         for document in documents:
             if not isinstance(document, Mapping):
                 raise ValueError("Document is not a Mapping")
             if isinstance(document, self.document_class):
-                doc_id, given_ids = document.doc_id, True
+                doc_id = document.doc_id
                 if str(doc_id) in live or str(doc_id) in puts:
                     raise ValueError(f"Document with ID {doc_id} already exists")
             else:
@@ -55,8 +57,6 @@ class JournalTable(Table):
             ids.append(doc_id)
             puts[str(doc_id)] = dict(document)
         self._change(puts, ())
-        if given_ids:
-            self.storage.restart_ids(self.name)  # as TinyDB: the next id is found anew
         return ids
 
     def update(self, fields: Mapping | Callable[[MutableMapping], None], cond: QueryLike | None = None,
@@ -195,8 +195,8 @@ class MemoryStorage(Storage):
         # Only TinyDB.drop_table(s) comes here (JournalTable writes through `change`):
         # journal the full replacement (rare).
         self._undo.append({"reset": self.data})
+        self._next_ids = {t: n for t, n in self._next_ids.items() if data.get(t) is self.data.get(t)}
         self.data = data
-        self._next_ids.clear()
         self._reindex_all()
         self._on_change({"reset": data})
 
