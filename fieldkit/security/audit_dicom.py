@@ -19,7 +19,9 @@ import json
 from highdicom.sr import CodedConcept, RelationshipTypeValues, TextContentItem
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID
+
+from ..dicom.uids import derived_uid
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SCHEME = "99FIELDKIT"  # private coding scheme for the two concepts below
@@ -33,7 +35,8 @@ def _code(value: tuple[str, str]) -> CodedConcept:
 
 
 def _uid(*parts) -> str:
-    return generate_uid(entropy_srcs=["fieldkit-audit", *[str(p) for p in parts]])
+    # under pydicom's root since the first export: a re-sent export keeps its UIDs
+    return derived_uid(PYDICOM_ROOT_UID, "fieldkit-audit", *parts)
 
 
 def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
