@@ -4,7 +4,7 @@ TinyDB's stock write methods rebuild the whole table dict on every write and han
 whole database to the storage. `JournalTable` (plugged in through TinyDB's public
 `table_class`) overrides those public methods to hand the storage only the documents set
 and removed, as one journal record. Nothing here touches TinyDB's private attributes
-(`tests/test_store_schema.py` checks). Documents are held in memory (the database is
+(`tests/test_store_tinydb_public.py` checks). Documents are held in memory (the database is
 metadata; pixels live in blobs).
 
 Secondary indexes (`FieldIndex`, one per indexed field of a table) are kept by the storage
