@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from pydicom.uid import UID
+from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 
 # -- transfer syntaxes ---------------------------------------------------------------
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -88,9 +88,18 @@ def transfer_syntax_name(uid: str) -> str:
     return name
 
 
-def derived_uid(root: str, *parts: str) -> str:
-    """A UID that is the same for the same inputs (a re-run, a stable encounter), under the
-    kit's root: 2.25 gives the UUID-derived form, another root a digest suffix cut to 64."""
+def derived_uid(root: str, *parts) -> str:
+    """The kit's one deterministic UID: the same for the same inputs (a re-run, a stable
+    encounter, a re-sent document), so a re-send names the object the hospital holds.
+
+    Two forms, each kept as it was because UIDs already at a hospital must not change:
+    under pydicom's root (`PYDICOM_ROOT_UID`, where the audit exports have always been) it
+    is pydicom's `generate_uid(entropy_srcs=parts)`; under the kit's root (2.25, or the
+    `kit.uid_root` setting, which cannot end in "." as pydicom's root does) a SHA-256 of the
+    parts kept apart: 2.25 gives the UUID-derived form, another root a digest suffix cut to 64."""
+    parts = [str(part) for part in parts]
+    if root == PYDICOM_ROOT_UID:
+        return str(generate_uid(PYDICOM_ROOT_UID, entropy_srcs=parts))
     n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
     root = (root or "2.25").rstrip(".")
     if root == "2.25":

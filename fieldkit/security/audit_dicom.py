@@ -13,15 +13,17 @@ previous "head"), which `read_audit_sr` + `verify_chain(start=...)` make one cal
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 
 from highdicom.sr import CodedConcept, RelationshipTypeValues, TextContentItem
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+from ..dicom.text_sr import text_sr, to_bytes
+from ..dicom.uids import derived_uid
+
+__all__ = ["audit_sr", "read_audit_head", "read_audit_sr", "to_bytes"]
+
 SCHEME = "99FIELDKIT"  # private coding scheme for the two concepts below
 TITLE = ("AUDIT", "Audit trail export")
 EVENTS = ("AUDITJSON", "Audit events (fieldkit-audit/1 JSON)")
@@ -33,7 +35,8 @@ def _code(value: tuple[str, str]) -> CodedConcept:
 
 
 def _uid(*parts) -> str:
-    return generate_uid(entropy_srcs=["fieldkit-audit", *[str(p) for p in parts]])
+    # under pydicom's root since the first export: a re-sent export keeps its UIDs
+    return derived_uid(PYDICOM_ROOT_UID, "fieldkit-audit", *parts)
 
 
 def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
@@ -41,49 +44,24 @@ def audit_sr(export: dict, *, kit_id: str, issuer: str) -> Dataset:
     if export.get("format") != "fieldkit-audit/1" or not export.get("events"):
         raise ValueError("an audit SR needs a fieldkit-audit/1 export with at least one event")
     first, last = export["events"][0]["seq"], export["events"][-1]["seq"]
-    now = _dt.datetime.now(_dt.timezone.utc)
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = _uid(kit_id, first, last, export["events"][-1]["hash"])
-    ds.Modality = "SR"
-    ds.PatientName = f"{kit_id}^AUDIT TRAIL"
-    ds.PatientID = f"{kit_id}-AUDIT"
-    ds.IssuerOfPatientID = issuer
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
-    ds.StudyInstanceUID = _uid(kit_id, "study")
-    ds.SeriesInstanceUID = _uid(kit_id, "series")
-    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "AUDIT", 1, int(last)
-    ds.StudyDescription = ds.SeriesDescription = f"fieldkit {kit_id} audit trail"
-    ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
-    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.TimezoneOffsetFromUTC = "+0000"  # the times above are UTC: said so, not left to guess
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2 (SR Document Series): empty
-    ds.PerformedProcedureCodeSequence = Sequence()  # type 2 (SR Document General): empty
-    ds.Manufacturer = "fieldkit"
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.ConceptNameCodeSequence = Sequence([_code(TITLE)])
     item = TextContentItem(name=_code(EVENTS), value=json.dumps(export, separators=(",", ":"), ensure_ascii=False),
                            relationship_type=RelationshipTypeValues.CONTAINS)
     # The head of the chain this document ends at, on its own: the hospital keeps it as the
     # anchor a later export must continue (a rewrite on the kit, even with its key, shows).
     head = TextContentItem(name=_code(HEAD), relationship_type=RelationshipTypeValues.CONTAINS,
                            value=f"{last} {export['events'][-1]['hash']} {export['events'][-1].get('alg') or 'sha256'}")
-    ds.ContentSequence = Sequence([item, head])
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: user names may be in any script
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    description = f"fieldkit {kit_id} audit trail"
+    ds = text_sr(sop_uid=_uid(kit_id, first, last, export["events"][-1]["hash"]),
+                 study_uid=_uid(kit_id, "study"), series_uid=_uid(kit_id, "series"),
+                 stamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d%H%M%S"), title=_code(TITLE),
+                 items=[item, head], study_description=description, series_description=description,
+                 series_number=1, instance_number=int(last), study_id="AUDIT",
+                 implementation_uid=PYDICOM_IMPLEMENTATION_UID)
+    ds.PatientName = f"{kit_id}^AUDIT TRAIL"
+    ds.PatientID = f"{kit_id}-AUDIT"
+    ds.IssuerOfPatientID = issuer
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
     return ds
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def read_audit_head(ds: Dataset) -> tuple[int, str]:

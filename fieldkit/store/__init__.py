@@ -25,7 +25,7 @@ from ..security.crypto import Sealer, derive_subkey
 from ..security.files import write_atomic
 from ..security.secrets import SecretBox
 from .blobs import BlobRef, BlobStore, EncryptedSpool
-from .documents import MemoryStorage, make_tinydb
+from .documents import MemoryStorage, clear_caches, make_tinydb
 from .journal import Journal, storage_error
 from .queue import Queue
 from .space import DiskSpace
@@ -160,9 +160,7 @@ class Store:
             self._storage.apply(record)
         self._pending.clear()
         self._storage.committed()
-        self.db.clear_cache()
-        for table in list(self.db._tables.values()):
-            table._next_id = None
+        clear_caches(self.db)
         self.resumed_leases = self.queue.load(self.db)
         if self.resumed_leases:
             log.info("resumed %d queue rows leased before the last stop", self.resumed_leases)
@@ -208,8 +206,7 @@ class Store:
 
     def _rollback(self) -> None:
         self._storage.rollback()
-        for table in list(self.db._tables.values()):
-            table.clear_cache()
+        clear_caches(self.db)
         self.queue.reindex(self.db)
 
     def _maybe_compact(self) -> None:

@@ -1,14 +1,15 @@
 """TinyDB on top of the journal, with write cost proportional to what changed.
 
-TinyDB's stock `Table._update_table` rebuilds the whole table dict on every write and hands
-the whole database to the storage. `JournalTable` instead lets TinyDB's own updaters run on
-a view that records which documents were set, changed or removed, and hands only those to
-the storage as one journal record. Documents are held in memory (the database is
+TinyDB's stock write methods rebuild the whole table dict on every write and hand the
+whole database to the storage. `JournalTable` (plugged in through TinyDB's public
+`table_class`) overrides those public methods to hand the storage only the documents set
+and removed, as one journal record. Nothing here touches TinyDB's private attributes
+(`tests/test_store_tinydb_public.py` checks). Documents are held in memory (the database is
 metadata; pixels live in blobs).
 
 Secondary indexes (`FieldIndex`, one per indexed field of a table) are kept by the storage
 itself, in `_changed`, the one place every change passes through: a live write
-(`record_change`), a journal record replayed at open (`apply`) and a whole-table
+(`change`), a journal record replayed at open (`apply`) and a whole-table
 replacement (`write`, `clear`). Reads by patient, study, series or UID then cost what
 they return, not a scan of the table.
 """
@@ -16,85 +17,106 @@ they return, not a scan of the table.
 from __future__ import annotations
 
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Iterator
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
 
 from tinydb import TinyDB
+from tinydb.queries import QueryLike
 from tinydb.storages import Storage
 from tinydb.table import Table
 
 
-class _TrackingView(MutableMapping):
-    """A table as TinyDB's updaters see it (int doc ids), noting what they change."""
-
-    def __init__(self, raw: dict[str, dict], id_class):
-        self._raw = raw
-        self._id = id_class
-        self._handed_out: dict[str, tuple[dict, dict]] = {}
-        self.puts: set[str] = set()
-        self.dels: set[str] = set()
-        self.before: dict[str, dict | None] = {}  # pre-images (None: absent), to roll back
-
-    def _note_before(self, key: str) -> None:
-        if key not in self.before:
-            handed = self._handed_out.get(key)
-            self.before[key] = handed[0] if handed else self._raw.get(key)
-
-    def __getitem__(self, doc_id) -> dict:
-        key = str(doc_id)
-        if key in self._handed_out:
-            return self._handed_out[key][1]
-        original = self._raw[key]
-        copy = dict(original)  # the updater may change it in place; compared afterwards
-        self._handed_out[key] = (original, copy)
-        return copy
-
-    def __setitem__(self, doc_id, doc: dict) -> None:
-        key = str(doc_id)
-        self._note_before(key)
-        self._handed_out.pop(key, None)
-        self._raw[key] = doc
-        self.puts.add(key)
-        self.dels.discard(key)
-
-    def __delitem__(self, doc_id) -> None:
-        key = str(doc_id)
-        self._note_before(key)
-        del self._raw[key]
-        self._handed_out.pop(key, None)
-        self.puts.discard(key)
-        self.dels.add(key)
-
-    def __contains__(self, doc_id) -> bool:
-        return str(doc_id) in self._raw
-
-    def __iter__(self) -> Iterator:
-        return (self._id(k) for k in list(self._raw))
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def finish(self) -> tuple[dict[str, dict], list[str]]:
-        for key, (original, copy) in self._handed_out.items():
-            if self._raw.get(key) is original and copy != original:
-                self._note_before(key)
-                self._raw[key] = copy
-                self.puts.add(key)
-        return {k: self._raw[k] for k in self.puts}, sorted(self.dels)
-
-
 class JournalTable(Table):
-    def _update_table(self, updater) -> None:
-        tables = self._storage.read()
-        raw = tables.setdefault(self.name, {})
-        view = _TrackingView(raw, self.document_id_class)
-        try:
-            updater(view)
-        finally:
-            puts, dels = view.finish()
-            if puts or dels:
-                self._storage.record_change(self.name, puts, dels, view.before)
+    """TinyDB's table, whose writes hand the storage only what they changed.
+
+    TinyDB's own write methods rebuild the whole table and hand the whole database to the
+    storage on every write. These overrides of its public write methods keep their
+    signatures and semantics (ids, return values, errors) but give `MemoryStorage.change`
+    the documents set and the ids removed. Reads are TinyDB's own. A call that raises
+    changes nothing."""
+
+    def _docs(self) -> dict[str, dict]:
+        return self.storage.docs(self.name)
+
+    def insert(self, document: Mapping) -> int:
+        if isinstance(document, self.document_class):
+            self.storage.restart_ids(self.name)  # as TinyDB: the next id is then found anew
+        return self.insert_multiple([document])[0]
+
+    def insert_multiple(self, documents: Iterable[Mapping]) -> list[int]:
+        live, puts, ids = self._docs(), {}, []
+        for document in documents:
+            if not isinstance(document, Mapping):
+                raise ValueError("Document is not a Mapping")
+            if isinstance(document, self.document_class):
+                doc_id = document.doc_id
+                if str(doc_id) in live or str(doc_id) in puts:
+                    raise ValueError(f"Document with ID {doc_id} already exists")
+            else:
+                doc_id = self.storage.new_id(self.name)
+            ids.append(doc_id)
+            puts[str(doc_id)] = dict(document)
+        self._change(puts, ())
+        return ids
+
+    def update(self, fields: Mapping | Callable[[MutableMapping], None], cond: QueryLike | None = None,
+               doc_ids: Iterable[int] | None = None) -> list[int]:
+        live = self._docs()
+        if doc_ids is not None:
+            ids = [doc_id for doc_id in doc_ids if str(doc_id) in live]
+        else:
+            ids = [self.document_id_class(key) for key, doc in live.items() if cond is None or cond(doc)]
+        puts: dict[str, dict] = {}
+        for doc_id in ids:
+            key = str(doc_id)
+            puts[key] = _edited(puts.get(key, live[key]), fields)
+        self._change({key: doc for key, doc in puts.items() if doc != live[key]}, ())
+        return ids
+
+    def update_multiple(self, updates: Iterable[tuple[Mapping | Callable[[MutableMapping], None], QueryLike]]
+                        ) -> list[int]:
+        updates = list(updates)
+        puts, ids = {}, []
+        for key, old in self._docs().items():
+            doc = old
+            for fields, cond in updates:
+                if cond(doc):
+                    ids.append(self.document_id_class(key))
+                    doc = _edited(doc, fields)
+            if doc != old:
+                puts[key] = doc
+        self._change(puts, ())
+        return ids
+
+    def remove(self, cond: QueryLike | None = None, doc_ids: Iterable[int] | None = None) -> list[int]:
+        live = self._docs()
+        if doc_ids is not None:
+            ids = [doc_id for doc_id in dict.fromkeys(doc_ids) if str(doc_id) in live]
+        elif cond is not None:
+            ids = [self.document_id_class(key) for key, doc in live.items() if cond(doc)]
+        else:
+            raise RuntimeError("Use truncate() to remove all documents")
+        self._change({}, [str(doc_id) for doc_id in ids])
+        return ids
+
+    def truncate(self) -> None:
+        self._change({}, list(self._docs()))
+        self.storage.restart_ids(self.name)
+
+    def _change(self, puts: dict[str, dict], dels) -> None:
+        if puts or dels:
+            self.storage.change(self.name, puts, dels)
             self.clear_cache()
+
+
+def _edited(doc: Mapping, fields) -> dict:
+    """A copy of `doc` with `fields` applied (a mapping to merge, or a callable that edits)."""
+    doc = dict(doc)
+    if callable(fields):
+        fields(doc)
+    else:
+        doc.update(fields)
+    return doc
 
 
 class FieldIndex:
@@ -161,15 +183,19 @@ class MemoryStorage(Storage):
         self._indexed = dict(indexed or {})
         self._shared = shared
         self._indexes: dict[str, dict[str, FieldIndex]] = {}
+        self._next_ids: dict[str, int] = {}  # per table, found from the largest id when missing
         self._reindex_all()
 
     def read(self) -> dict:
-        return self.data
+        # A new outer dict (the tables are shared, not copied): TinyDB's drop_table deletes
+        # from what it reads, and the live one must stay whole for a rollback.
+        return dict(self.data)
 
     def write(self, data: dict) -> None:
-        # Only TinyDB.drop_table(s) comes here (JournalDB hands a new dict): journal the
-        # full replacement (rare).
+        # Only TinyDB.drop_table(s) comes here (JournalTable writes through `change`):
+        # journal the full replacement (rare).
         self._undo.append({"reset": self.data})
+        self._next_ids = {t: n for t, n in self._next_ids.items() if data.get(t) is self.data.get(t)}
         self.data = data
         self._reindex_all()
         self._on_change({"reset": data})
@@ -177,18 +203,36 @@ class MemoryStorage(Storage):
     def clear(self) -> None:
         """Forget everything held (before a replay)."""
         self.data = {}
+        self._next_ids.clear()
         self._reindex_all()
 
-    def record_change(self, table: str, puts: dict, dels: list, before: dict | None = None) -> None:
-        """A live write: the docs are already in `data` (TinyDB's updaters put them);
-        `before` holds their pre-images (None: the doc was new), for a rollback."""
-        if before is not None:
-            self._undo.append({"t": table, "p": {k: v for k, v in before.items() if v is not None},
-                               "d": [k for k, v in before.items() if v is None]})
-        self._on_change({"t": table, "p": puts, "d": dels})
-        live = self.data[table]
+    def docs(self, table: str) -> dict[str, dict]:
+        """The live docs of `table` by key (not copies: callers copy what they hand out)."""
+        return self.data.get(table, {})
+
+    def new_id(self, table: str) -> int:
+        """The next document id of `table`: one past the largest, then counting on (as TinyDB)."""
+        next_id = self._next_ids.get(table)
+        if next_id is None:
+            next_id = max(map(int, self.data.get(table, ())), default=0) + 1
+        self._next_ids[table] = next_id + 1
+        return next_id
+
+    def restart_ids(self, table: str) -> None:
+        self._next_ids.pop(table, None)
+
+    def change(self, table: str, puts: dict[str, dict], dels) -> None:
+        """A live write of one table: `puts` (key -> new doc) and `dels` (keys); keeps
+        the pre-images for a rollback."""
+        live = self.data.setdefault(table, {})
+        keys = [*puts, *dels]
+        self._undo.append({"t": table, "p": {k: live[k] for k in keys if k in live},
+                           "d": [k for k in keys if k not in live]})
+        self._on_change({"t": table, "p": puts, "d": list(dels)})
         compacted = {key: self._compact(doc) for key, doc in puts.items()}
         live.update(compacted)
+        for key in dels:
+            live.pop(key, None)
         self._changed(table, compacted, dels)
 
     def _compact(self, doc):
@@ -221,6 +265,7 @@ class MemoryStorage(Storage):
         """Replay one journal record into memory (also how a change is undone: replaying
         the inverse record keeps the indexes right)."""
         for rec in record.get("batch", [record]):
+            self._next_ids.clear()
             if "reset" in rec:
                 self.data = {name: {key: self._compact(doc) for key, doc in docs.items()}
                              for name, docs in rec["reset"].items()}
@@ -282,17 +327,13 @@ class MemoryStorage(Storage):
                 yield {"t": name, "p": dict(items[i:i + per_record]), "d": []}
 
 
-class JournalDB(TinyDB):
-    def drop_table(self, name: str) -> None:
-        # TinyDB's own deletes the table from the live dict in place; hand the storage a new
-        # dict instead, so that the old one stays whole for a rollback.
-        self._tables.pop(name, None)
-        data = self.storage.read()
-        if name in data:
-            self.storage.write({k: v for k, v in data.items() if k != name})
-
-
 def make_tinydb(storage: MemoryStorage) -> TinyDB:
-    db = JournalDB(storage=lambda: storage)
+    db = TinyDB(storage=lambda: storage)
     db.table_class = JournalTable
     return db
+
+
+def clear_caches(db: TinyDB) -> None:
+    """Drop every table's query cache (after memory was rolled back or replayed)."""
+    for name in db.tables():
+        db.table(name).clear_cache()

@@ -32,18 +32,16 @@ Patient documents are read leniently: `triage`, `name` (or `patient_name`),
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 
 from highdicom.sr import (CodedConcept, CompositeContentItem, DateTimeContentItem, RelationshipTypeValues,
                           TextContentItem)
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
+from ..dicom.text_sr import text_sr, to_bytes
 from ..dicom.uids import derived_uid
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 CONTAINS = RelationshipTypeValues.CONTAINS
 IMPLEMENTATION_UID = "2.25.301913385263297432245473496787437290147"
 # status SRs' UIDs stay under 2.25 whatever dicom.uid_root says: those already at the
@@ -100,44 +98,15 @@ def _patient_module(ds: Dataset, patient_id: str, issuer: str, state: dict) -> N
         ds.OtherPatientIDsSequence = Sequence(seq)
 
 
-def _part10(ds: Dataset) -> bytes:
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
-    ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _text_sr(sop_uid: str, study_uid: str, series_uid: str, patient_id: str, issuer: str, state: dict,
-             stamp: str, study_description: str, series_description: str, series_number: int) -> Dataset:
-    """The header every Basic Text SR the kit writes shares (content items are added after)."""
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "SR"
+             stamp: str, title: CodedConcept, items: list, study_description: str, series_description: str,
+             series_number: int) -> Dataset:
+    """A status or review document: the kit's Basic Text SR with the patient the kit knows."""
+    ds = text_sr(sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, stamp=stamp, title=title,
+                 items=items, study_description=study_description, series_description=series_description,
+                 series_number=series_number, instance_number=int(sop_uid[-8:]) or 1,
+                 implementation_uid=IMPLEMENTATION_UID)
     _patient_module(ds, patient_id, issuer, state)
-    ds.StudyDate = ds.ContentDate = stamp[:8]
-    ds.StudyTime = ds.ContentTime = stamp[8:]
-    ds.TimezoneOffsetFromUTC = "+0000"  # `stamp` is the kit's clock in UTC: said so, not left to guess
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2 (SR Document Series): empty
-    ds.PerformedProcedureCodeSequence = Sequence()  # type 2 (SR Document General): empty
-    ds.StudyDescription = study_description
-    ds.SeriesDescription = series_description
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = int(sop_uid[-8:]) or 1
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.Manufacturer = "fieldkit"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
     return ds
 
 
@@ -153,11 +122,6 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
     study_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-status-study", kit_id, issuer, patient_id)
     series_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-status-series", kit_id, issuer, patient_id)
 
-    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp,
-                  "Field kit triage and identity", "Triage status", 9000)
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.ConceptNameCodeSequence = Sequence([CodedConcept("FK-STATUS", "99FIELDKIT", "Field triage status")])
     items = [_text("Triage category", state["triage"]),
              _text("Update", what)]
     if state["tag"]:
@@ -168,8 +132,10 @@ def build_update(patient_id: str, issuer: str, patient_doc: dict, kit_id: str,
         items.append(_text("Merged into", state["merged_into"]))
     if moved:
         items += [_text("Capture filed in error", moved[0]), _text("Belongs to", moved[1])]
-    ds.ContentSequence = Sequence(items)
-    return _part10(ds), sop_uid
+    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp,
+                  CodedConcept("FK-STATUS", "99FIELDKIT", "Field triage status"), items,
+                  "Field kit triage and identity", "Triage status", 9000)
+    return to_bytes(ds), sop_uid
 
 
 def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str, finding: dict,
@@ -191,21 +157,6 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
     sop_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-review", kit_id, str(finding.get("id", "")), ref_uid, decision,
                           note, by, f"{at:.6f}")
     series_uid = derived_uid(STATUS_UID_ROOT, "fieldkit-review-series", kit_id, study_uid)
-    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp, "Field kit findings",
-                  "Clinician review of findings", 9001)
-    if target.get("series_instance_uid"):  # the evidence this document refers to (1C)
-        sop = Dataset()
-        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
-        series = Dataset()
-        series.SeriesInstanceUID = str(target["series_instance_uid"])
-        series.ReferencedSOPSequence = Sequence([sop])
-        study = Dataset()
-        study.StudyInstanceUID = study_uid
-        study.ReferencedSeriesSequence = Sequence([series])
-        ds.CurrentRequestedProcedureEvidenceSequence = Sequence([study])
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.ConceptNameCodeSequence = Sequence([CodedConcept("FK-REVIEW", "99FIELDKIT", "Clinician review of finding")])
     ref = CompositeContentItem(name=_concept("Reviewed finding"), referenced_sop_class_uid=ref_class,
                                referenced_sop_instance_uid=ref_uid, relationship_type=CONTAINS)
     items = [ref, _text("Verdict", decision)]
@@ -218,8 +169,20 @@ def build_review(*, patient_id: str, issuer: str, patient_doc: dict, kit_id: str
     if by:
         items.append(_text("Reviewer", by))
     items.append(DateTimeContentItem(name=_concept("Reviewed at"), value=stamp, relationship_type=CONTAINS))
-    ds.ContentSequence = Sequence(items)
-    return _part10(ds), sop_uid
+    ds = _text_sr(sop_uid, study_uid, series_uid, patient_id, issuer, state, stamp,
+                  CodedConcept("FK-REVIEW", "99FIELDKIT", "Clinician review of finding"), items,
+                  "Field kit findings", "Clinician review of findings", 9001)
+    if target.get("series_instance_uid"):  # the evidence this document refers to (1C)
+        sop = Dataset()
+        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref_class, ref_uid
+        series = Dataset()
+        series.SeriesInstanceUID = str(target["series_instance_uid"])
+        series.ReferencedSOPSequence = Sequence([sop])
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = Sequence([series])
+        ds.CurrentRequestedProcedureEvidenceSequence = Sequence([study])
+    return to_bytes(ds), sop_uid
 
 
 def review_row_key(finding_id: str, review: dict) -> str:

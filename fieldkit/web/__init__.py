@@ -1,8 +1,8 @@
 """The Flask app factory (layer 4): one blueprint per area, every asset local.
 
 Blueprints are listed in BLUEPRINTS as "module:attribute"; each blueprint module declares
-the permission of each of its endpoints in a module-level ROUTE_PERMISSIONS dict, which
-the access guard (fieldkit.web.guard) enforces. A route without a declaration is refused.
+the permission of each of its endpoints in a module-level ROUTE_PERMISSIONS dict, or at
+the view with `@guard.requires(...)`, which the access guard (fieldkit.web.guard) enforces. A route without a declaration is refused.
 """
 
 from __future__ import annotations

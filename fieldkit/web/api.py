@@ -2,17 +2,15 @@
 
 from flask import Blueprint, jsonify
 
+from ..security import roles as R
 from . import kit_of
+from .guard import requires
 
 bp = Blueprint("api", __name__)
 
-ROUTE_PERMISSIONS = {
-    "api.healthz": "public",
-    "api.status": "status.read",
-}
-
 
 @bp.get("/healthz")
+@requires(R.PUBLIC)
 def healthz():
     """Liveness for probes and load balancers: says nothing about patients."""
     kit = kit_of()
@@ -20,5 +18,6 @@ def healthz():
 
 
 @bp.get("/api/v1/status")
+@requires(R.STATUS_READ)
 def status():
     return jsonify(kit_of().status())

@@ -13,15 +13,9 @@ from ..security import roles as R
 from ..store import care
 from ..store.board import public_patient
 from . import json_object as _body, kit_of
+from .guard import requires
 
 bp = Blueprint("care", __name__, url_prefix="/api/v1/ui")
-
-ROUTE_PERMISSIONS = {
-    "care.options": R.PATIENTS_READ,
-    "care.intervention": R.CARE_WRITE,
-    "care.place": R.CARE_WRITE,
-    "care.disposition": R.CARE_WRITE,
-}
 
 
 def _actor() -> str:
@@ -43,12 +37,14 @@ def options_of(config) -> dict:
 
 
 @bp.get("/care/options")
+@requires(R.PATIENTS_READ)
 def options():
     """The kit's zones, intervention kinds, dispositions and re-triage intervals."""
     return jsonify(options_of(kit_of().config))
 
 
 @bp.post("/patients/<pid>/interventions")
+@requires(R.CARE_WRITE)
 def intervention(pid):
     data = _body()
     at = data.get("at")
@@ -58,6 +54,7 @@ def intervention(pid):
 
 
 @bp.post("/patients/<pid>/place")
+@requires(R.CARE_WRITE)
 def place(pid):
     kit = kit_of()
     zone = _body().get("zone", "")
@@ -67,6 +64,7 @@ def place(pid):
 
 
 @bp.post("/patients/<pid>/disposition")
+@requires(R.CARE_WRITE)
 def disposition(pid):
     data = _body()
     row = care.set_disposition(kit_of().store, pid, data.get("state"), destination=data.get("destination"),

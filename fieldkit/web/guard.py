@@ -14,7 +14,8 @@ Each blueprint module declares its endpoints in a module-level dict:
 
 Values are a permission from `fieldkit.security.roles` (or "public", "authenticated"), or a
 dict per HTTP method (HEAD follows GET; OPTIONS needs "authenticated" unless the whole
-endpoint is public). The table is built once, when the app factory installs the guard,
+endpoint is public). A view may instead carry its permission itself, `@requires(R.STATUS_READ)`
+under its route decorator; an endpoint declared both ways is an error. The table is built once, when the app factory installs the guard,
 from every registered blueprint's module plus this module's own. An optional
 `ROUTE_MAX_BYTES = {endpoint: bytes}` raises the request body limit of an upload
 endpoint; every other endpoint accepts at most `security.max_body_kb`.
@@ -80,9 +81,31 @@ def _merged(app, key: str, name: str, own: dict) -> dict:
     return table
 
 
+def requires(permission: str | dict):
+    """Declare the permission of a view at the view (a value as in ROUTE_PERMISSIONS); the
+    permission table takes it in when it is built."""
+    def declare(view):
+        view.required_permission = permission
+        return view
+    return declare
+
+
 def route_permissions(app=None) -> dict:
-    """The merged {endpoint: permission} table of an app (built once)."""
-    return _merged(app or current_app, "fieldkit.permission_table", "ROUTE_PERMISSIONS", ROUTE_PERMISSIONS)
+    """The merged {endpoint: permission} table of an app (built once): the blueprint
+    modules' ROUTE_PERMISSIONS, then what views declare with `@requires`."""
+    app = app or current_app
+    built = "fieldkit.permission_table" in app.extensions
+    table = _merged(app, "fieldkit.permission_table", "ROUTE_PERMISSIONS", ROUTE_PERMISSIONS)
+    if not built:
+        for endpoint, view in app.view_functions.items():
+            permission = getattr(view, "required_permission", None)
+            if permission is None:
+                continue
+            if endpoint in table:
+                raise RuntimeError(f"endpoint {endpoint} declares its permission twice "
+                                   "(in ROUTE_PERMISSIONS and with @requires)")
+            table[endpoint] = permission
+    return table
 
 
 def route_max_bytes(app=None) -> dict:
