@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify
 
 from . import kit_of
+from .messages import translate
 
 bp = Blueprint("api", __name__)
 
@@ -21,4 +22,12 @@ def healthz():
 
 @bp.get("/api/v1/status")
 def status():
-    return jsonify(kit_of().status())
+    return jsonify(shown_disk(kit_of().status()))
+
+
+def shown_disk(out: dict) -> dict:
+    """`out` with its disk message in the request's language (the board's banner shows it)."""
+    disk = out.get("disk")
+    if isinstance(disk, dict) and disk.get("message"):
+        out = out | {"disk": disk | {"message": translate(disk["message"])}}
+    return out

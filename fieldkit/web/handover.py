@@ -22,6 +22,7 @@ from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
+from .messages import translate
 
 bp = Blueprint("handover", __name__)
 
@@ -64,8 +65,8 @@ def finding_text(f: dict) -> str:
     return str(f.get("task"))
 
 
-def _timed(items, key: str) -> str:
-    return "; ".join(f"{when(i.get('at'))} {i.get(key) or ''}".strip() for i in items or [] if isinstance(i, dict))
+def _timed(items, key: str, tr=str) -> str:
+    return "; ".join(f"{when(i.get('at'))} {tr(i.get(key) or '')}".strip() for i in items or [] if isinstance(i, dict))
 
 
 def due_text(card: dict, minutes: dict, now: float) -> str:
@@ -76,8 +77,10 @@ def due_text(card: dict, minutes: dict, now: float) -> str:
     return ("OVERDUE since " if now > due else "") + when(due)
 
 
-def handover_rows(store, retriage_minutes: dict | None = None) -> list[dict]:
-    """What the handover shows of every patient on the board, in the board's order."""
+def handover_rows(store, retriage_minutes: dict | None = None, tr=str) -> list[dict]:
+    """What the handover shows of every patient on the board, in the board's order; `tr`
+    puts the kit's own words (zone, disposition, interventions, findings) in the page's
+    language (the CSV keeps them in English)."""
     out = []
     now = time.time()
     for card in board_rows(store).board()["patients"]:
@@ -89,11 +92,11 @@ def handover_rows(store, retriage_minutes: dict | None = None) -> list[dict]:
             "triage": card["triage"], "triaged": when(card.get("triaged_at")),
             "last re-triage": when(card.get("retriaged_at")), "triaged by": card.get("triaged_by") or "",
             "name": card.get("display_name") or "",
-            "re-triage due": due_text(card, retriage_minutes or {}, now),
-            "zone": card.get("zone") or "", "disposition": card.get("disposition_text") or "",
-            "interventions": _timed(p.get("interventions"), "what"),
+            "re-triage due": tr(due_text(card, retriage_minutes or {}, now)),
+            "zone": tr(card.get("zone") or ""), "disposition": tr(card.get("disposition_text") or ""),
+            "interventions": _timed(p.get("interventions"), "what", tr),
             "notes": _timed(p.get("notes"), "text"),
-            "findings": "; ".join(finding_text(f) for f in findings_of(store, card["id"])),
+            "findings": "; ".join(tr(finding_text(f)) for f in findings_of(store, card["id"])),
             "sync": SYNC_TEXT.get(card["sync"], card["sync"]),
         })
     return out
@@ -131,7 +134,7 @@ def export_csv():
 
 @bp.get("/handover")
 def print_view():
-    rows = handover_rows(kit_of().store, _minutes())
+    rows = handover_rows(kit_of().store, _minutes(), tr=translate)
     audit_export("board", "print", len(rows))
     return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
                            printed_at=time.time())

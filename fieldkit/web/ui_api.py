@@ -27,8 +27,10 @@ from ..store import patients as pstore
 from ..store.board import NOT_CAPTURES, findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
+from .api import shown_disk
 from .clip_cache import CLIPS
 from .clip_images import evidence_layer
+from .messages import translate
 from .start_rule import START_QUESTIONS, parse_answers, start_category
 
 __all__ = ["bp", "ROUTE_PERMISSIONS", "START_QUESTIONS", "start_category", "board_data"]
@@ -211,11 +213,13 @@ def patient(pid):
 
 
 def _finding_json(f: dict) -> dict:
-    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable", "reason",
+    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable",
                                   "result", "frames", "frames_analysed", "frames_total", "view", "quality",
                                   "created", "review", "review_history")} | {
         # the overlay shows evidence; a finding that abstained has none to show
         "has_overlay": bool(f.get("overlay")) and bool(f.get("assessable")),
+        # the model's reason for no assessment, shown behind a tap in the page's language
+        "reason": translate(f.get("reason")),
         # two different figures, kept apart: how sure the gate is of the view, and (when the
         # model gives one) the probability of the finding itself
         "view_probability": view_probability(f), "finding_probability": f.get("finding_probability")}
@@ -430,6 +434,7 @@ def device():
     kit = kit_of()
     out = {"kit_id": kit.config["kit.id"], "version": kit.version, "uptime_s": round(time.time() - kit.started_at),
            "queues": kit.store.queue.counts(), "disk": kit.store.space.state()}
+    out = shown_disk(out)
     try:
         from ..hardware.policy import monitor_for
         monitor = kit.hardware or monitor_for(kit.config, kit.data_dir)
