@@ -28,8 +28,7 @@ from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
-from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, when
-from .messages import translate
+from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, for_page, when
 
 bp = Blueprint("handover_sheet", __name__)
 
@@ -44,9 +43,10 @@ TITLE = "Handover sheet"
 UNICODE_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
 
 
-def sheet(store, pid: str, retriage_minutes: dict, tr=str) -> dict:
-    """Everything the sheet shows of patient `pid` (following merges); `tr` puts the kit's
-    own words in the page's language (the PDF, the hospital's record, keeps them in English)."""
+def sheet(store, pid: str, retriage_minutes: dict, page: bool = False) -> dict:
+    """Everything the sheet shows of patient `pid` (following merges); for the `page`, the
+    kit's own words in the page's language (the PDF, the hospital's record, keeps English)."""
+    tr, stamp = for_page(page)
     p = pstore.get_patient(store, pid)
     card = board_rows(store).row(p["id"]) if p else None
     if p is None or card is None:
@@ -55,20 +55,20 @@ def sheet(store, pid: str, retriage_minutes: dict, tr=str) -> dict:
              ("Category", TRIAGE_LABELS.get(card["triage"], card["triage"])),
              ("Triaged", when(card.get("triaged_at"))), ("Last re-triage", when(card.get("retriaged_at"))),
              ("Triaged by", card.get("triaged_by") or ""),
-             ("Re-triage due", tr(due_text(card, retriage_minutes, time.time()))),
+             ("Re-triage due", tr(due_text(card, retriage_minutes, time.time(), stamp))),
              ("Name", card.get("display_name") or "Unidentified"),
              ("Age", tr(f"{p['age']} y") if p.get("age") not in (None, "") else ""), ("Sex", p.get("sex") or ""),
              ("Zone", tr(card.get("zone") or "")), ("Disposition", tr(card.get("disposition_text") or "")),
              ("Captures", str(card.get("captures") or 0)), ("Sync", SYNC_TEXT.get(card["sync"], card["sync"]))]
-    history = [f"{when(h.get('at'))} {tr(TRIAGE_LABELS.get(h.get('triage'), h.get('triage')))}"
+    history = [f"{stamp(when(h.get('at')))} {tr(TRIAGE_LABELS.get(h.get('triage'), h.get('triage')))}"
                + (f" {tr('(undo)')}" if h.get("undo") else "") + (f" {tr('by ' + h['by'])}" if h.get("by") else "")
                for h in p.get("triage_history") or [] if "assigned" not in h]
     return {"id": card["id"], "triage": card["triage"], "facts": [(k, v) for k, v in facts if v],
-            "interventions": [f"{when(i.get('at'))} {tr(i.get('what'))}" + (f" ({i['by']})" if i.get("by") else "")
+            "interventions": [f"{stamp(when(i.get('at')))} {tr(i.get('what'))}" + (f" ({i['by']})" if i.get("by") else "")
                               for i in p.get("interventions") or []],
-            "notes": [f"{when(n.get('at'))} {n.get('by') or ''}: {n.get('text')}" for n in p.get("notes") or []],
+            "notes": [f"{stamp(when(n.get('at')))} {n.get('by') or ''}: {n.get('text')}" for n in p.get("notes") or []],
             "findings": [tr(finding_text(f)) for f in findings_of(store, card["id"])],
-            "history": history, "printed": when(time.time())}
+            "history": history, "printed": stamp(when(time.time()))}
 
 
 def sheet_pdf(s: dict) -> bytes:
@@ -133,7 +133,7 @@ def _minutes() -> dict:
 
 @bp.get("/patients/<pid>/handover")
 def print_view(pid):
-    s = sheet(kit_of().store, pid, _minutes(), tr=translate)
+    s = sheet(kit_of().store, pid, _minutes(), page=True)
     audit_export(s["id"], "print-patient", 1)
     return render_template("handover_sheet.html", page="handover", s=s, title=TITLE)
 
