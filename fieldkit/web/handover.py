@@ -103,8 +103,8 @@ def handover_rows(store, retriage_minutes: dict | None = None, page: bool = Fals
         p = pstore.get_patient(store, card["id"]) or {}
         out.append({
             "tag": card.get("tag") or card["id"], "category": TRIAGE_LABELS.get(card["triage"], card["triage"]),
-            "triage": card["triage"], "triaged": when(card.get("triaged_at")),
-            "last re-triage": when(card.get("retriaged_at")), "triaged by": card.get("triaged_by") or "",
+            "triage": card["triage"], "triaged": stamp(when(card.get("triaged_at"))),
+            "last re-triage": stamp(when(card.get("retriaged_at"))), "triaged by": card.get("triaged_by") or "",
             "name": card.get("display_name") or "",
             "re-triage due": tr(due_text(card, retriage_minutes or {}, now, stamp)),
             "zone": tr(card.get("zone") or ""), "disposition": tr(card.get("disposition_text") or ""),

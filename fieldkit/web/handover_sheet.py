@@ -53,7 +53,8 @@ def sheet(store, pid: str, retriage_minutes: dict, page: bool = False) -> dict:
         raise NotFound(f"no patient {pid[:64]} on the board")
     facts = [("Tag", card.get("tag") or card["id"]), ("Kit ID", card["id"]),
              ("Category", TRIAGE_LABELS.get(card["triage"], card["triage"])),
-             ("Triaged", when(card.get("triaged_at"))), ("Last re-triage", when(card.get("retriaged_at"))),
+             ("Triaged", stamp(when(card.get("triaged_at")))),
+             ("Last re-triage", stamp(when(card.get("retriaged_at")))),
              ("Triaged by", card.get("triaged_by") or ""),
              ("Re-triage due", tr(due_text(card, retriage_minutes, time.time(), stamp))),
              ("Name", card.get("display_name") or "Unidentified"),
