@@ -1,6 +1,6 @@
 """The kit's own sentences in the page's language: the API's refusals that the pages show,
-the disk banner, a model's reason for giving no assessment, and the words the handover
-list, handover sheet and incident summary compute.
+the disk banner, a model's reason for giving no assessment (and why the models are not
+running), and the words the handover list, handover sheet and incident summary compute.
 
 These sentences are made in English by the layers below the web (the store, inference),
 with values in them ("no patient T-12"), and they stay English there (logs, the command
@@ -105,6 +105,8 @@ TEMPLATES = (
     N_("every column is about the same down the image (vertical stripes, not a B-mode image) on %(n)s of "
        "%(total)s frames"),
     N_("NumberOfFrames is not a number: %(value)s"),
+    # why the models or the scrub are not running, on the Device page (inference/worker.py, store/scrub.py)
+    N_("inference.enabled is false"), N_("not started"), N_("store.scrub_days is 0"),
     # the handover list, handover sheet and incident summary (web/handover.py, store/care.py)
     N_("Triage point"), N_("Red area"), N_("Yellow area"), N_("Green area"), N_("Casualty collection point"),
     N_("Ambulance loading"),

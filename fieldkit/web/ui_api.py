@@ -447,6 +447,8 @@ def device():
                                                                               "reason": "not started"}
     except Exception as exc:
         out["inference"] = {"running": False, "reason": str(exc)[:200]}
+    if out["inference"].get("reason"):  # shown on the Device page
+        out["inference"] = out["inference"] | {"reason": translate(out["inference"]["reason"])}
     from .live import max_streams, open_streams
     out["live"] = {"open": open_streams(), "max": max_streams(kit.config)}
     backup = kit.services.get("backup")
@@ -455,6 +457,8 @@ def device():
     from ..store.scrub import damage
     scrub = kit.services.get("scrub")
     out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
+    if out["scrub"].get("reason"):
+        out["scrub"] = out["scrub"] | {"reason": translate(out["scrub"]["reason"])}
     out["damage"] = damage(kit.store)
     out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
     from ..security.tls import server_expiry
