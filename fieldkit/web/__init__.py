@@ -85,7 +85,10 @@ def create_app(kit, testing: bool = False) -> Flask:
 
 def _error(status: int, message: str, needs: str | None = None):
     """The answer to a refused or failed request: JSON for API clients, else a page in the
-    kit's style; a refusal for a missing permission (`needs`) names the roles that hold it."""
+    kit's style; a refusal for a missing permission (`needs`) names the roles that hold it.
+    The message is in the request's language (the pages show it to the person)."""
+    from .messages import translate
+    message = translate(message)
     wants_json = request.path.startswith(("/api/", "/dicom-web/", "/wado", "/healthz")) or \
         request.accept_mimetypes.best == "application/json"
     if wants_json:

@@ -5,6 +5,7 @@ from flask import Blueprint, jsonify
 from ..security import roles as R
 from . import kit_of
 from .guard import requires
+from .messages import translate
 
 bp = Blueprint("api", __name__)
 
@@ -20,4 +21,12 @@ def healthz():
 @bp.get("/api/v1/status")
 @requires(R.STATUS_READ)
 def status():
-    return jsonify(kit_of().status())
+    return jsonify(shown_disk(kit_of().status()))
+
+
+def shown_disk(out: dict) -> dict:
+    """`out` with its disk message in the request's language (the board's banner shows it)."""
+    disk = out.get("disk")
+    if isinstance(disk, dict) and disk.get("message"):
+        out = out | {"disk": disk | {"message": translate(disk["message"])}}
+    return out

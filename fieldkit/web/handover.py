@@ -22,6 +22,7 @@ from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
+from .messages import translate
 
 bp = Blueprint("handover", __name__)
 
@@ -64,20 +65,36 @@ def finding_text(f: dict) -> str:
     return str(f.get("task"))
 
 
-def _timed(items, key: str) -> str:
-    return "; ".join(f"{when(i.get('at'))} {i.get(key) or ''}".strip() for i in items or [] if isinstance(i, dict))
+def ltr(text: str) -> str:
+    """`text` (a time) kept left to right inside a line of a right-to-left page: Unicode
+    isolates, so "2026-12-05 07:10 +0000" is not reordered around the Arabic words."""
+    return f"\u2066{text}\u2069" if text else text
 
 
-def due_text(card: dict, minutes: dict, now: float) -> str:
+def for_page(page: bool):
+    """(words, times) for a page: the kit's own words in the page's language and times kept
+    left to right; for a file (CSV, the hospital's PDF): English words and plain times."""
+    return (translate, ltr) if page else (str, str)
+
+
+def _timed(items, key: str, tr=str, stamp=str) -> str:
+    return "; ".join(f"{stamp(when(i.get('at')))} {tr(i.get(key) or '')}".strip()
+                     for i in items or [] if isinstance(i, dict))
+
+
+def due_text(card: dict, minutes: dict, now: float, stamp=str) -> str:
     """When the patient is due to be re-triaged, and whether that time has passed."""
     due = care.retriage_due_at(card, minutes)
     if due is None:
         return ""
-    return ("OVERDUE since " if now > due else "") + when(due)
+    return ("OVERDUE since " if now > due else "") + stamp(when(due))
 
 
-def handover_rows(store, retriage_minutes: dict | None = None) -> list[dict]:
-    """What the handover shows of every patient on the board, in the board's order."""
+def handover_rows(store, retriage_minutes: dict | None = None, page: bool = False) -> list[dict]:
+    """What the handover shows of every patient on the board, in the board's order; for the
+    `page`, the kit's own words (zone, disposition, interventions, findings) in the page's
+    language (the CSV keeps them in English: see README "Handover")."""
+    tr, stamp = for_page(page)
     out = []
     now = time.time()
     for card in board_rows(store).board()["patients"]:
@@ -86,14 +103,14 @@ def handover_rows(store, retriage_minutes: dict | None = None) -> list[dict]:
         p = pstore.get_patient(store, card["id"]) or {}
         out.append({
             "tag": card.get("tag") or card["id"], "category": TRIAGE_LABELS.get(card["triage"], card["triage"]),
-            "triage": card["triage"], "triaged": when(card.get("triaged_at")),
-            "last re-triage": when(card.get("retriaged_at")), "triaged by": card.get("triaged_by") or "",
+            "triage": card["triage"], "triaged": stamp(when(card.get("triaged_at"))),
+            "last re-triage": stamp(when(card.get("retriaged_at"))), "triaged by": card.get("triaged_by") or "",
             "name": card.get("display_name") or "",
-            "re-triage due": due_text(card, retriage_minutes or {}, now),
-            "zone": card.get("zone") or "", "disposition": card.get("disposition_text") or "",
-            "interventions": _timed(p.get("interventions"), "what"),
-            "notes": _timed(p.get("notes"), "text"),
-            "findings": "; ".join(finding_text(f) for f in findings_of(store, card["id"])),
+            "re-triage due": tr(due_text(card, retriage_minutes or {}, now, stamp)),
+            "zone": tr(card.get("zone") or ""), "disposition": tr(card.get("disposition_text") or ""),
+            "interventions": _timed(p.get("interventions"), "what", tr, stamp),
+            "notes": _timed(p.get("notes"), "text", stamp=stamp),
+            "findings": "; ".join(tr(finding_text(f)) for f in findings_of(store, card["id"])),
             "sync": SYNC_TEXT.get(card["sync"], card["sync"]),
         })
     return out
@@ -131,7 +148,7 @@ def export_csv():
 
 @bp.get("/handover")
 def print_view():
-    rows = handover_rows(kit_of().store, _minutes())
+    rows = handover_rows(kit_of().store, _minutes(), page=True)
     audit_export("board", "print", len(rows))
     return render_template("handover.html", page="handover", rows=rows, columns=COLUMNS,
                            printed_at=time.time())

@@ -28,7 +28,7 @@ from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
-from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, when
+from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, for_page, when
 
 bp = Blueprint("handover_sheet", __name__)
 
@@ -43,30 +43,33 @@ TITLE = "Handover sheet"
 UNICODE_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
 
 
-def sheet(store, pid: str, retriage_minutes: dict) -> dict:
-    """Everything the sheet shows of patient `pid` (following merges)."""
+def sheet(store, pid: str, retriage_minutes: dict, page: bool = False) -> dict:
+    """Everything the sheet shows of patient `pid` (following merges); for the `page`, the
+    kit's own words in the page's language (the PDF, the hospital's record, keeps English)."""
+    tr, stamp = for_page(page)
     p = pstore.get_patient(store, pid)
     card = board_rows(store).row(p["id"]) if p else None
     if p is None or card is None:
         raise NotFound(f"no patient {pid[:64]} on the board")
     facts = [("Tag", card.get("tag") or card["id"]), ("Kit ID", card["id"]),
              ("Category", TRIAGE_LABELS.get(card["triage"], card["triage"])),
-             ("Triaged", when(card.get("triaged_at"))), ("Last re-triage", when(card.get("retriaged_at"))),
+             ("Triaged", stamp(when(card.get("triaged_at")))),
+             ("Last re-triage", stamp(when(card.get("retriaged_at")))),
              ("Triaged by", card.get("triaged_by") or ""),
-             ("Re-triage due", due_text(card, retriage_minutes, time.time())),
+             ("Re-triage due", tr(due_text(card, retriage_minutes, time.time(), stamp))),
              ("Name", card.get("display_name") or "Unidentified"),
-             ("Age", f"{p['age']} y" if p.get("age") not in (None, "") else ""), ("Sex", p.get("sex") or ""),
-             ("Zone", card.get("zone") or ""), ("Disposition", card.get("disposition_text") or ""),
+             ("Age", tr(f"{p['age']} y") if p.get("age") not in (None, "") else ""), ("Sex", p.get("sex") or ""),
+             ("Zone", tr(card.get("zone") or "")), ("Disposition", tr(card.get("disposition_text") or "")),
              ("Captures", str(card.get("captures") or 0)), ("Sync", SYNC_TEXT.get(card["sync"], card["sync"]))]
-    history = [f"{when(h.get('at'))} {TRIAGE_LABELS.get(h.get('triage'), h.get('triage'))}"
-               + (" (undo)" if h.get("undo") else "") + (f" by {h['by']}" if h.get("by") else "")
+    history = [f"{stamp(when(h.get('at')))} {tr(TRIAGE_LABELS.get(h.get('triage'), h.get('triage')))}"
+               + (f" {tr('(undo)')}" if h.get("undo") else "") + (f" {tr('by ' + h['by'])}" if h.get("by") else "")
                for h in p.get("triage_history") or [] if "assigned" not in h]
     return {"id": card["id"], "triage": card["triage"], "facts": [(k, v) for k, v in facts if v],
-            "interventions": [f"{when(i.get('at'))} {i.get('what')}" + (f" ({i['by']})" if i.get("by") else "")
+            "interventions": [f"{stamp(when(i.get('at')))} {tr(i.get('what'))}" + (f" ({i['by']})" if i.get("by") else "")
                               for i in p.get("interventions") or []],
-            "notes": [f"{when(n.get('at'))} {n.get('by') or ''}: {n.get('text')}" for n in p.get("notes") or []],
-            "findings": [finding_text(f) for f in findings_of(store, card["id"])],
-            "history": history, "printed": when(time.time())}
+            "notes": [f"{stamp(when(n.get('at')))} {n.get('by') or ''}: {n.get('text')}" for n in p.get("notes") or []],
+            "findings": [tr(finding_text(f)) for f in findings_of(store, card["id"])],
+            "history": history, "printed": stamp(when(time.time()))}
 
 
 def sheet_pdf(s: dict) -> bytes:
@@ -131,7 +134,7 @@ def _minutes() -> dict:
 
 @bp.get("/patients/<pid>/handover")
 def print_view(pid):
-    s = sheet(kit_of().store, pid, _minutes())
+    s = sheet(kit_of().store, pid, _minutes(), page=True)
     audit_export(s["id"], "print-patient", 1)
     return render_template("handover_sheet.html", page="handover", s=s, title=TITLE)
 

@@ -29,7 +29,7 @@ TRANSLATED = ("fr", "es", "ar")  # English is the source language
 METHODS = [
     ("templates/**.html", "jinja2.ext:babel_extract"),
     ("static/js/sw.js", "ignore"), ("static/js/**.js", "javascript"),
-    ("i18n.py", "python"), ("auth.py", "python"),
+    ("i18n.py", "python"), ("auth.py", "python"), ("messages.py", "python"),
 ]
 OPTIONS = {"templates/**.html": {"extensions": "jinja2.ext.i18n"}, "static/js/**.js": {"jsx": "false"}}
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "t": None}

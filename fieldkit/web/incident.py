@@ -20,6 +20,7 @@ from ..security import roles as R
 from ..store import patients as pstore
 from . import kit_of
 from .handover import TRIAGE_LABELS, audit_export, safe_cell, when
+from .messages import translate
 
 bp = Blueprint("incident", __name__)
 
@@ -101,7 +102,7 @@ def page():
     s = _summary()
     audit_export("incident", "incident-page", s["total"])
     return render_template("incident.html", page="incident", s=s, categories=CATEGORIES, labels=TRIAGE_LABELS,
-                           when=when)
+                           when=when, kit_words=translate)  # built-in zone names in the page's language
 
 
 @bp.get("/api/v1/export/incident.csv")

@@ -27,6 +27,7 @@ from ..security import roles as R
 from ..security.secrets import SECRETS_DIR
 from ..store import offline as changes
 from . import json_object as _body, kit_of
+from .messages import translate
 from .ui_api import after_triage_change
 
 bp = Blueprint("offline", __name__, url_prefix="/api/v1/offline")
@@ -100,4 +101,5 @@ def replay():
             # as online: pending sync rows take the new priority, the hospital gets a status document
             after_triage_change(kit.store, result["patient_id"], result.get("triage") or "none")
         results.append(result)
-    return jsonify({"results": results})
+    # the tablet shows each reason to the person who made the change
+    return jsonify({"results": [r | {"reason": translate(r.get("reason") or "")} for r in results]})

@@ -133,7 +133,7 @@ main{max-width:46rem;margin:0 auto;padding:1rem}
 h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.25rem;margin-top:1.5rem}
 .qr{display:block;width:min(80vw,320px);height:auto;margin:1rem auto;border:1px solid #ccc;image-rendering:pixelated}
 .fp{font:1.05rem/1.6 ui-monospace,monospace;background:#f3f3f3;padding:.5rem;border-radius:.3rem;word-break:break-all}
-a.button{display:inline-block;min-height:48px;padding:.7rem 1.2rem;margin:.3rem .3rem .3rem 0;background:#0b5;color:#fff;
+a.button{display:inline-block;min-height:48px;padding:.7rem 1.2rem;margin:.3rem .3rem .3rem 0;background:#08703a;color:#fff;
 text-decoration:none;border-radius:.4rem;font-weight:600}
 ol li{margin:.4rem 0}.note{color:#444;font-size:.95rem}
 """

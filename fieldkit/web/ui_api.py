@@ -27,8 +27,10 @@ from ..store import patients as pstore
 from ..store.board import NOT_CAPTURES, findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
+from .api import shown_disk
 from .clip_cache import CLIPS
 from .clip_images import evidence_layer
+from .messages import translate
 from .start_rule import START_QUESTIONS, parse_answers, start_category
 
 __all__ = ["bp", "ROUTE_PERMISSIONS", "START_QUESTIONS", "start_category", "board_data"]
@@ -211,11 +213,13 @@ def patient(pid):
 
 
 def _finding_json(f: dict) -> dict:
-    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable", "reason",
+    return {k: f.get(k) for k in ("id", "task", "model", "model_version", "assessable",
                                   "result", "frames", "frames_analysed", "frames_total", "view", "quality",
                                   "created", "review", "review_history")} | {
         # the overlay shows evidence; a finding that abstained has none to show
         "has_overlay": bool(f.get("overlay")) and bool(f.get("assessable")),
+        # the model's reason for no assessment, shown behind a tap in the page's language
+        "reason": translate(f.get("reason")),
         # two different figures, kept apart: how sure the gate is of the view, and (when the
         # model gives one) the probability of the finding itself
         "view_probability": view_probability(f), "finding_probability": f.get("finding_probability")}
@@ -430,6 +434,7 @@ def device():
     kit = kit_of()
     out = {"kit_id": kit.config["kit.id"], "version": kit.version, "uptime_s": round(time.time() - kit.started_at),
            "queues": kit.store.queue.counts(), "disk": kit.store.space.state()}
+    out = shown_disk(out)
     try:
         from ..hardware.policy import monitor_for
         monitor = kit.hardware or monitor_for(kit.config, kit.data_dir)
@@ -442,6 +447,8 @@ def device():
                                                                               "reason": "not started"}
     except Exception as exc:
         out["inference"] = {"running": False, "reason": str(exc)[:200]}
+    if out["inference"].get("reason"):  # shown on the Device page
+        out["inference"] = out["inference"] | {"reason": translate(out["inference"]["reason"])}
     from .live import max_streams, open_streams
     out["live"] = {"open": open_streams(), "max": max_streams(kit.config)}
     backup = kit.services.get("backup")
@@ -450,6 +457,8 @@ def device():
     from ..store.scrub import damage
     scrub = kit.services.get("scrub")
     out["scrub"] = scrub.status() if scrub is not None else {"running": False, "reason": "not started"}
+    if out["scrub"].get("reason"):
+        out["scrub"] = out["scrub"] | {"reason": translate(out["scrub"]["reason"])}
     out["damage"] = damage(kit.store)
     out["clock"] = kit.clock_watch.state() if kit.clock_watch is not None else None
     from ..security.tls import server_expiry

@@ -7,6 +7,10 @@ import { api, el, fmtTime, initPage, live, showError, t, TRIAGE_LABEL } from "./
 import { assignCapture, fillPill, findPatient, offerUndo, shownName, who } from "./actions.js";
 import { initCarePanel, renderPlace } from "./care.js";
 
+// where a capture is on its way to the hospital (records.py sync states)
+const CAPTURE_SYNC = { queued: t("to send"), sending: t("sending"), confirmed: t("at hospital"),
+  quarantined: t("refused by hospital") };
+
 const root = document.getElementById("patient");
 const pid = root.dataset.patientId;
 let current = null; // the patient JSON
@@ -65,7 +69,7 @@ function renderThumbs(p) {
     const zone = c.zone ? " · " + t("zone {zone}", { zone: c.zone }) : "";
     const frames = c.frames === 1 ? t("1 frame") : t("{n} frames", { n: c.frames });
     li.querySelector(".t-meta").textContent = `#${i + 1} ${fmtTime(c.received_at)} · ${frames}${zone}`;
-    li.querySelector(".t-sync").textContent = c.sync === "confirmed" ? t("at hospital") : (c.sync === "quarantined" ? t("refused by hospital") : c.sync);
+    li.querySelector(".t-sync").textContent = CAPTURE_SYNC[c.sync] || c.sync;
     li.querySelector(".t-linked").textContent = linkedText(c);
     btn.setAttribute("aria-current", String(c.uid === selected));
     btn.addEventListener("click", () => openCapture(c));
