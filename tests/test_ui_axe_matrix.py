@@ -16,6 +16,7 @@ import time
 import pytest
 
 from fixtures.ui import axe_violations, new_context, shot, sign_in, start_ui_kit
+from kitproc import set_config
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -47,16 +48,13 @@ def ui_kit(tmp_path_factory):
     """A board with a Delayed patient whose capture got a finding and an abstention, and an
     Immediate one in the red area with a tourniquet, leaving by ambulance."""
     def patients(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
         from fieldkit.inference import findings as inference_findings
         from fieldkit.kit import open_kit
         from fieldkit.store import care
         from fieldkit.store import instances as catalogue
         from fieldkit.store import patients as pstore
         from fixtures.board import grow
-        values = _load_values(data_dir)
-        values.update({"inference.enabled": False})  # the findings are the ones made here
-        _save_values(data_dir, values)
+        set_config(data_dir, inference__enabled=False)  # the findings are the ones made here
         k = open_kit(data_dir)
         try:
             grow(k.store, ["FF-1"], 2)

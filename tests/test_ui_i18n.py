@@ -11,7 +11,7 @@ import pytest
 import time
 
 from fixtures.ui import ADMIN_PASSWORD, ADMIN_USER, LANDSCAPE, axe_violations, new_context, shot, sign_in, start_ui_kit
-from kitproc import run_cli
+from kitproc import run_cli, set_config
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -61,16 +61,13 @@ def ui_kit(tmp_path_factory):
     """A kit whose board has more patients than a page (10): eleven Minor ones, a Delayed one
     with free fluid found on its capture, an Immediate one in the red area with a tourniquet."""
     def board_of_a_few(data_dir):
-        from fieldkit.cli.sync import _load_values, _save_values
         from fieldkit.inference import findings as inference_findings
         from fieldkit.kit import open_kit
         from fieldkit.store import care
         from fieldkit.store import instances as catalogue
         from fieldkit.store import patients as pstore
         from fixtures.board import grow
-        values = _load_values(data_dir)
-        values.update({"ui.board_page_size": 10})
-        _save_values(data_dir, values)
+        set_config(data_dir, ui__board_page_size=10)
         k = open_kit(data_dir)
         try:
             for i in range(11):
