@@ -74,6 +74,10 @@ def session_options(threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # warnings about unused initialisers are noise here
+    # onnxruntime's arena keeps the largest batch's tensors for the whole run (~70 MB of the
+    # kit's growth under load); without it they go back to malloc, which the kit trims.
+    # Measured side by side: no slower per batch of 16 frames.
+    so.enable_cpu_mem_arena = False
     return so
 
 

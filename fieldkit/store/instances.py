@@ -443,6 +443,13 @@ def _window(items, offset: int, limit: int | None) -> list:
     return items[offset:offset + limit] if limit else items[offset:]
 
 
+def rows_as_held(store, patient_id: str) -> list[dict]:
+    """A patient's catalogue rows as the store holds them, not copies, in the order they
+    were stored: for a reader that only reads them (the board). A write replaces a row and
+    never changes it in place, so they stay as read."""
+    return store.read(lambda db: list(_matching(db, patient_id)))
+
+
 def instance_rows(store, *, patient_id: str | None = None, study_uid: str | None = None,
                   series_uid: str | None = None, match: Match | None = None, offset: int = 0,
                   limit: int | None = None, sort: Callable[[dict], Any] | None = None) -> list[dict]:

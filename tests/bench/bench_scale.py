@@ -35,7 +35,10 @@ idle), and the serve RSS over a longer soak at the largest size.
     SCALE_ORTHANC_MAX=10000        most instances loaded into Orthanc (0: no Orthanc)
     SCALE_DIR=                     keep the grown kit in this directory and reuse it on the next run
                                    (sizes it already holds are not grown again), so two versions
-                                   of the code can be measured on the same rows
+                                   of the code can be measured on the same rows: the kit is kept
+                                   as grown to each size (`at-<size>`), and each load runs on a
+                                   fresh copy of it, so the probe's captures of one run are not in
+                                   the next
 
     python tests/bench/bench_scale.py   (part of `make bench`)
 """
@@ -516,23 +519,34 @@ def main() -> None:
                 except RuntimeError as exc:
                     print(f"no Orthanc comparison: {exc}")
             have = int(grown.read_text())
+            grown_dir = kit.data_dir
             in_orthanc = 0
             for size in SIZES:
-                if size > have:
-                    took = grow(kit.data_dir, have, size)
-                    print(f"grew the kit {have} -> {size} instance rows in {took:.0f} s "
-                          f"({(size - have) / took:.0f} rows/s, in-process store API)", flush=True)
-                    have = size
-                    grown.write_text(str(have))
-                elif size < have:
-                    raise SystemExit(f"{KEEP_DIR} already holds {have} rows, more than {size}")
+                kept = tmp / f"at-{size}"  # the kit as grown to this size (with SCALE_DIR)
+                if not (KEEP_DIR and kept.exists()):
+                    if size > have:
+                        took = grow(grown_dir, have, size)
+                        print(f"grew the kit {have} -> {size} instance rows in {took:.0f} s "
+                              f"({(size - have) / took:.0f} rows/s, in-process store API)", flush=True)
+                        have = size
+                        grown.write_text(str(have))
+                    elif size < have:
+                        raise SystemExit(f"{KEEP_DIR} already holds {have} rows, more than {size}")
+                    if KEEP_DIR:
+                        subprocess.run(["cp", "-a", str(grown_dir), str(kept)], check=True)
                 if orthanc is not None and in_orthanc < min(size, ORTHANC_MAX):
                     top = min(size, ORTHANC_MAX)
                     took = load_orthanc(orthanc, in_orthanc, top)
                     print(f"loaded Orthanc {in_orthanc} -> {top} instances in {took:.0f} s "
                           f"({(top - in_orthanc) / took:.0f}/s over REST)", flush=True)
                     in_orthanc = top
-                kit = KitProcess(kit.data_dir)
+                run_dir = grown_dir
+                if KEEP_DIR:  # a fresh copy of the kept rows for this load
+                    run_dir = tmp / "run" / "kit"
+                    subprocess.run(["rm", "-rf", str(run_dir.parent)], check=True)
+                    run_dir.parent.mkdir()
+                    subprocess.run(["cp", "-a", str(kept), str(run_dir)], check=True)
+                kit = KitProcess(run_dir)
                 t0 = time.perf_counter()
                 kit.start(timeout=600)
                 print(f"  serve started on {size} rows in {time.perf_counter() - t0:.1f} s; "
