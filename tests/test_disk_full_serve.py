@@ -78,7 +78,7 @@ def test_full_disk_refuses_captures_keeps_everything_and_resumes(small_disk, tmp
         upload = kit.post("/api/v1/upload", data=capture()[0], headers={
             "Authorization": f"Bearer {writer}", "Content-Type": "application/dicom", "X-Filename": "a.dcm"})
         assert upload.status_code == 507 and "new captures are refused" in upload.json()["error"]
-        assert wait_until(lambda: kit.get("/api/v1/status", headers=auth).json()["queue"]["sync"]["leased"] > 0, 60)
+        assert wait_until(lambda: kit.get("/api/v1/status", headers=auth).json()["queue"]["sync"]["leased"] > 0, 120)
         status = kit.get("/api/v1/status", headers=auth).json()
         assert status["disk"]["level"] == "full" and "sync to the hospital" in status["disk"]["message"]
 
