@@ -129,3 +129,17 @@ def test_fuzzed_text_never_breaks_translation(app):
             out = translate(text)
             assert isinstance(out, str)
         assert translate(None) is None and translate(3) == 3
+
+
+
+def test_a_refusal_names_the_field_in_words_and_keeps_what_it_does_not_know(app):
+    long_vehicle = _refusal(care.set_disposition, None, "T-1", "left", destination="St X", vehicle="V" * 500)
+    assert long_vehicle.startswith("the vehicle is longer than")
+    assert _in(app, "fr", long_vehicle).startswith("le véhicule dépasse ")
+    for lang in ("fr", "es", "ar"):
+        shown = _in(app, lang, "note is longer than 2000 characters")
+        assert not shown.startswith("note ") and "longer" not in shown and "2000" in shown, (lang, shown)
+        assert "tag" not in _in(app, lang, "tag must be text"), lang
+    # a field the kit does not list is shown as sent, inside the translated sentence
+    shown = _in(app, "fr", "colour must be text")
+    assert "colour" in shown and "must be text" not in shown

@@ -123,6 +123,18 @@ TEMPLATES = (
     N_("%(age)s y"), N_("(undo)"), N_("by %(person)s"),
 )
 
+# The form fields a refusal names (`%(field)s` above), in words; any other value stays as sent.
+FIELD_WORDS = {
+    "tag": N_("tag"),
+    "name": N_("name"),
+    "note": N_("note"),
+    "into": N_("the patient to merge into"),
+    "q": N_("the search"),
+    "the intervention's text": N_("the intervention's text"),
+    "the destination": N_("the destination"),
+    "the vehicle": N_("the vehicle"),
+}
+
 _FIELD = re.compile(r"%\((\w+)\)s")
 
 
@@ -171,4 +183,6 @@ def translate(text):
     if found is None:
         return text
     template, values = found
+    if values.get("field") in FIELD_WORDS:
+        values = values | {"field": gettext(FIELD_WORDS[values["field"]])}
     return gettext(template, **values) if values else gettext(template)
