@@ -86,7 +86,8 @@ def test_sentences_are_translated_and_values_kept(app, lang, word):
     low = _in(app, lang, s["low"])
     assert low != s["low"] and "900" in low and "100" in low
     gate = _in(app, lang, s["gate"])
-    assert gate != s["gate"] and "uncertain 28/30, other 2/30" in gate and "p>=0.6" in gate
+    assert gate != s["gate"] and "28/30" in gate and "2/30" in gate and "p>=0.6" in gate
+    assert "uncertain" not in gate and "other 2" not in gate  # the gate's labels in words too
     left = _in(app, lang, s["left"])
     assert left != s["left"] and "Amb 3" in left and "St X (north)" in left  # typed words stay as typed
     for name in ("triage", "intervention", "other", "zone", "disposition", "destination", "gate-fast", "fluid", "lung"):
@@ -143,3 +144,11 @@ def test_a_refusal_names_the_field_in_words_and_keeps_what_it_does_not_know(app)
     # a field the kit does not list is shown as sent, inside the translated sentence
     shown = _in(app, "fr", "colour must be text")
     assert "colour" in shown and "must be text" not in shown
+
+
+def test_a_models_reason_says_the_gate_labels_in_words(app):
+    reason = _why_not("lung", {"uncertain": 28, "too_dark": 1, "weird_label": 1}, 30, 0.6)
+    fr = _in(app, "fr", reason)
+    assert "incertaine 28/30" in fr and "trop sombre 1/30" in fr, fr
+    assert "weird_label 1/30" in fr  # a label the kit does not know stays as the model names it
+    assert _in(app, "en", reason) == reason

@@ -19,10 +19,12 @@ WAIT = 20000
 SAID = {
     "fr": {"exists": "un patient avec l'étiquette AB-1 existe déjà", "role": "votre rôle (admin) ne permet pas ceci",
            "disk": "espace disque faible", "reason": "pas une vue pulmonaire de qualité exploitable",
+           "counts": "incertaine 28/30, autre vue 2/30",
            "zone": "Zone rouge", "iv": "Garrot : left thigh", "disp": "parti en Amb 3 vers St X",
            "fluid": "FAST : épanchement"},
     "ar": {"exists": "يوجد بالفعل مريض بالبطاقة AB-1", "role": "لا يسمح دورك (admin) بهذا",
            "disk": "مساحة القرص منخفضة", "reason": "ليس منظرًا رئويًا بجودة صالحة",
+           "counts": "غير مؤكد 28/30, منظر آخر 2/30",
            "zone": "المنطقة الحمراء", "iv": "عاصبة: left thigh", "disp": "غادر في Amb 3 إلى St X",
            "fluid": "FAST: سائل حر"},
 }
@@ -112,7 +114,7 @@ def test_the_kits_own_sentences_speak_the_tablets_language(ui_browser, ui_kit, l
         page.click("li[data-task=lung] .f-why summary")
         page.wait_for_selector("li[data-task=lung] .f-reason", state="visible", timeout=WAIT)
         reason = page.text_content("li[data-task=lung] .f-reason")
-        assert "uncertain 28/30" in reason and "p>=0.6" in reason  # the figures as the model gave them
+        assert said["counts"] in reason and "p>=0.6" in reason  # the figures as the model gave them
         _no_english(reason, f"{lang} reason")
 
         page.goto("/handover")  # the kit's words in the handover list

@@ -135,6 +135,19 @@ FIELD_WORDS = {
     "the vehicle": N_("the vehicle"),
 }
 
+# The view/quality gate's labels inside a reason's per-frame counts (`%(counts)s`: "uncertain
+# 28/30, other 2/30"), in words; a label not listed stays as the model names it.
+GATE_WORDS = {
+    "lung": N_("lung"),
+    "fast": N_("FAST"),
+    "other": N_("other view"),
+    "no_contact": N_("no probe contact"),
+    "too_dark": N_("too dark"),
+    "saturated": N_("saturated"),
+    "uncertain": N_("uncertain"),
+}
+_COUNT = re.compile(r"(\w+) (\d+/\d+)")
+
 _FIELD = re.compile(r"%\((\w+)\)s")
 
 
@@ -185,4 +198,7 @@ def translate(text):
     template, values = found
     if values.get("field") in FIELD_WORDS:
         values = values | {"field": gettext(FIELD_WORDS[values["field"]])}
+    if "counts" in values:
+        values = values | {"counts": _COUNT.sub(
+            lambda m: f"{gettext(GATE_WORDS[m[1]]) if m[1] in GATE_WORDS else m[1]} {m[2]}", values["counts"])}
     return gettext(template, **values) if values else gettext(template)

@@ -117,6 +117,8 @@ function renderFindings(p) {
   const list = document.getElementById("findings");
   const tpl = document.getElementById("finding-template");
   const frag = document.createDocumentFragment();
+  // a reason opened by the reader stays open when the page is drawn again (a live update)
+  const opened = new Set([...list.querySelectorAll("details.f-why[open]")].map((d) => d.closest("li").dataset.findingId));
   let n = 0;
   p.captures.forEach((c, i) => c.findings.forEach((f) => {
     n += 1;
@@ -145,6 +147,7 @@ function renderFindings(p) {
     acc.hidden = rej.hidden = !f.assessable;
     ack.hidden = !!f.assessable;
     li.querySelector(".f-why").hidden = !!f.assessable;
+    li.querySelector(".f-why").open = opened.has(f.id);
     li.querySelector(".f-reason").textContent = f.assessable ? "" : (f.reason || t("The model gave no reason."));
     ack.setAttribute("aria-pressed", String(!!review && review.decision === "acknowledged"));
     const note = li.querySelector(".f-note");
