@@ -419,3 +419,71 @@ def test_each_refusal_before_any_frame_is_read_says_its_own_reason(registry):
     del bare.PixelData
     a = runner.analyse(bare, registry)
     assert a.skipped == "the object has no pixel data (not an image)" and a.results == []
+
+
+def test_the_default_frame_bound_is_the_kit_setting(registry):
+    """Called without bounds, a long cine is sampled to `inference.max_frames`'s default."""
+    from fieldkit.config import SETTINGS
+    ds = _read("examples_ybr_color.dcm")
+    frames = runner._decode(ds, [0])[0]
+    big = copy.deepcopy(ds)
+    big.NumberOfFrames = 130
+    a = runner.analyse(big, registry, decode=lambda _ds, idx: np.repeat(frames[None], len(idx), axis=0))
+    assert a.frames_analysed == SETTINGS["inference.max_frames"].default == 120
+    assert a.subsample_reasons == ["120 of 130 frames, evenly spread (inference.max_frames=120)"]
+
+
+@pytest.mark.parametrize("keyword", ["FloatPixelData", "DoubleFloatPixelData"])
+def test_float_pixel_data_is_an_image_the_kit_cannot_read_not_a_non_image(registry, keyword):
+    ds = _read("examples_ybr_color.dcm")
+    del ds.PixelData
+    setattr(ds, keyword, b"\0" * 64)
+    a = runner.analyse(ds, registry)
+    assert a.skipped == ""
+    assert {r.task for r in a.results} == {"lung", "fast"}
+    assert all(not r.assessable and "does not decode" in r.reason for r in a.results)
+
+
+def test_an_empty_number_of_frames_is_one_frame(registry):
+    ds, _ = _native_rgb_cine(n_frames=1)
+    ds.NumberOfFrames = None
+    a = runner.analyse(ds, registry)
+    assert (a.frames_total, a.frames_analysed, a.frame_numbers) == (1, 1, [1])
+
+
+def test_a_number_of_frames_that_is_not_a_number_is_named_in_the_reason(registry):
+    ds, _ = _native_rgb_cine(n_frames=2)
+    del ds.NumberOfFrames
+    ds.add_new(0x00280008, "LO", "two")  # a broken export: text where IS digits belong
+    a = runner.analyse(_roundtrip(ds), registry)
+    assert [r.reason for r in a.results] == ["NumberOfFrames is not a number: 'two'"] * 2
+
+
+def test_power_reasons_are_recorded_only_when_frames_were_skipped_for_power(registry):
+    ds = _read("examples_ybr_color.dcm")  # 30 frames
+    why = ("battery low (15%)", "hot (80 C)")
+    full = runner.analyse(ds, registry, frame_stride=1, power_reasons=why)
+    assert full.frames_analysed == 30 and not full.subsampled and full.subsample_reasons == []
+    strided = runner.analyse(ds, registry, frame_stride=2, power_reasons=why)
+    assert strided.subsample_reasons == ["every 2th frame (power policy): battery low (15%); hot (80 C)"]
+
+
+def test_the_time_spent_is_recorded_in_milliseconds(registry):
+    """Each stage's time is part of the total; the total is what the call took, to 0.1 ms."""
+    ds, _ = _native_rgb_cine(n_frames=8)
+    delay = 0.3
+
+    def slow_decode(_ds, idx):  # a decoder that takes a known time
+        time.sleep(delay)
+        return runner._decode(_ds, idx)
+
+    for failing in (False, True):  # a result, and a refusal
+        ds.PixelData = ds.PixelData if not failing else ds.PixelData[:100]  # too short: does not decode
+        t = time.perf_counter()
+        a = runner.analyse(ds, registry, decode=slow_decode)
+        wall_ms = (time.perf_counter() - t) * 1000
+        total = a.timing_ms["total"]
+        assert delay * 1000 <= total <= wall_ms + 0.1 and round(total, 1) == total
+        if not failing:  # decoding overlaps the gate on a helper thread, so it may exceed the total
+            assert delay * 1000 <= a.timing_ms["decode_preprocess"] <= 2 * wall_ms
+            assert a.timing_ms["gate"] <= total
