@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import time
 
 import highdicom as hd
@@ -473,17 +474,82 @@ def test_the_time_spent_is_recorded_in_milliseconds(registry):
     ds, _ = _native_rgb_cine(n_frames=8)
     delay = 0.3
 
+    calls = []
+
     def slow_decode(_ds, idx):  # a decoder that takes a known time
+        calls.append(idx)
         time.sleep(delay)
         return runner._decode(_ds, idx)
 
     for failing in (False, True):  # a result, and a refusal
         ds.PixelData = ds.PixelData if not failing else ds.PixelData[:100]  # too short: does not decode
+        calls.clear()
         t = time.perf_counter()
-        a = runner.analyse(ds, registry, decode=slow_decode)
+        a = runner.analyse(ds, registry, decode=slow_decode, batch_size=4)
         wall_ms = (time.perf_counter() - t) * 1000
         total = a.timing_ms["total"]
         assert delay * 1000 <= total <= wall_ms + 0.1 and round(total, 1) == total
-        if not failing:  # decoding overlaps the gate on a helper thread, so it may exceed the total
-            assert delay * 1000 <= a.timing_ms["decode_preprocess"] <= 2 * wall_ms
+        if not failing:  # two batches of 4; decoding overlaps the gate on a helper thread
+            assert len(calls) == 2
+            assert 2 * delay * 1000 <= a.timing_ms["decode_preprocess"] <= 2 * wall_ms
             assert a.timing_ms["gate"] <= total
+
+
+def _rgb_frame(side: int, coloured: int) -> np.ndarray:
+    """One grey speckle frame with `coloured` pure-red pixels where the colour check samples
+    (every 2nd row and column)."""
+    rng = np.random.default_rng(1)
+    frame = np.repeat(rng.integers(0, 200, (side, side, 1), dtype=np.uint8), 3, axis=2)
+    rows, cols = np.divmod(np.arange(coloured), side // 2)
+    frame[2 * rows, 2 * cols] = (255, 0, 0)
+    return frame[None]
+
+
+def test_colour_at_the_limit_is_still_b_mode_and_above_it_is_doppler(registry):
+    """COLOUR_LIMIT is the largest share of coloured pixels a B-mode frame may have."""
+    from fieldkit.inference.preprocess import colour_fraction
+    ds = _read("examples_rgb_color.dcm")
+    side = 200  # 100 x 100 sampled pixels: 100 coloured is exactly 1 %
+    at, above = _rgb_frame(side, 100), _rgb_frame(side, 101)
+    assert colour_fraction(at) == runner.COLOUR_LIMIT < colour_fraction(above)
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: at)
+    assert a.quality != "colour Doppler" and not any("colour-flow" in r.reason for r in a.results)
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: above)
+    assert a.quality == "colour Doppler" and all("colour-flow" in r.reason for r in a.results)
+
+
+def test_colour_doppler_is_refused_with_the_frames_it_was_seen_on(registry):
+    from fieldkit.inference.decode import luma_frames
+    ds, _ = _native_rgb_cine(n_frames=32)
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(32, int(ds.Rows), int(ds.Columns), 3).copy()
+    rgb[16:, 60:180, 100:220] = (220, 30, 30)  # a colour-flow box on the second batch only
+    ds.PixelData = rgb.tobytes()
+    a = runner.analyse(ds, registry, batch_size=16)
+    assert (a.view, a.quality) == ("other", "colour Doppler")
+    # colour is checked on the chunk of 4 frames holding the batch's middle frame (0-based 24),
+    # and that chunk is refused on its own: its frames, 1-based, and its middle frame shown
+    assert a.frame_numbers == [25, 26, 27, 28]
+    middle, _ = luma_frames(ds, [26], None)
+    assert np.array_equal(a.overlay_frame, np.repeat(middle[0][:, :, None], 3, axis=2))
+    for r in a.results:
+        assert re.fullmatch(r"colour-flow Doppler on the image \(\d+% of pixels coloured\); "
+                            r"the models read greyscale B-mode only", r.reason), r.reason
+        assert (r.view, r.quality, r.assessable) == ("other", "colour Doppler", False)
+
+
+def test_frames_of_the_smallest_side_are_read_and_smaller_ones_are_named(registry):
+    ds = _read("examples_rgb_color.dcm")
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: np.zeros((1, 32, 320, 3), np.uint8))
+    assert [r.reason for r in a.results] == ["frames of 32x320 pixels are too small (< 64)"] * 2
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: np.zeros((1, 64, 64, 3), np.uint8))
+    assert a.frames_analysed == 1 and not any("too small" in r.reason for r in a.results)
+
+
+def test_a_codec_failure_is_named_in_at_most_200_characters(registry):
+    ds = _read("examples_rgb_color.dcm")
+
+    def failing(_ds, idx):
+        raise ValueError("x" * 300)
+
+    a = runner.analyse(ds, registry, decode=failing)
+    assert [r.reason for r in a.results] == ["pixel data does not decode: " + "x" * 200] * 2
