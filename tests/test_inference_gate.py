@@ -5,6 +5,7 @@ oracle is the threshold itself, not the gate model's opinion of a simulated imag
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pydicom
@@ -126,3 +127,21 @@ def test_an_abstention_names_the_view_and_every_label_count_most_frequent_first(
     gate_says = f"view/quality gate per frame: uncertain 5/8, lung 3/8; threshold p>={min_prob:g}"
     assert reasons["lung"] == f"not a lung view of usable quality ({gate_says})"
     assert reasons["fast"] == f"not a FAST (abdominal) view of usable quality ({gate_says})"
+
+
+def test_the_gate_time_is_recorded(registry):
+    """timing_ms["gate"] is the time spent in the gate model over every batch."""
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    delay, calls = 0.2, []
+
+    class SlowGate(_InjectedGate):
+        def run(self, x):
+            calls.append(len(x))
+            time.sleep(delay)  # a gate that takes a known time per batch
+            return super().run(x)
+
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, SlowGate(gate, _lung_probs(labels, 0.99))), batch_size=4)
+    assert calls == [4, 4]
+    assert len(calls) * delay * 1000 <= a.timing_ms["gate"] <= a.timing_ms["total"]

@@ -553,3 +553,29 @@ def test_a_codec_failure_is_named_in_at_most_200_characters(registry):
 
     a = runner.analyse(ds, registry, decode=failing)
     assert [r.reason for r in a.results] == ["pixel data does not decode: " + "x" * 200] * 2
+
+
+STRIPES = "every column is about the same down the image (vertical stripes, not a B-mode image)"
+
+
+def _cine_with_stripes(n_frames: int, striped: int):
+    """A simulated lung cine whose first `striped` frames are vertical stripes."""
+    ds, _ = _native_rgb_cine(n_frames=n_frames)
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(n_frames, int(ds.Rows), int(ds.Columns), 3).copy()
+    band = ((np.arange(int(ds.Columns)) // 8) % 2 * 200 + 30).astype(np.uint8)
+    rgb[:striped] = band[None, None, :, None]
+    ds.PixelData = rgb.tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("n_frames, striped, refused", [(12, 8, True), (8, 4, True), (12, 4, False), (1, 1, True)])
+def test_no_model_speaks_when_half_the_frames_or_more_are_no_b_mode_image(registry, n_frames, striped, refused):
+    """Counted over every batch of the cine (4 frames a batch here), half is enough."""
+    a = runner.analyse(_cine_with_stripes(n_frames, striped), registry, batch_size=4)
+    if refused:
+        assert (a.view, a.quality) == ("other", "not B-mode")
+        for r in a.results:
+            assert r.reason == f"{STRIPES} on {striped} of {n_frames} frames"
+            assert (r.view, r.quality, r.assessable) == ("other", "not B-mode", False)
+    else:
+        assert a.quality != "not B-mode" and not any("not a B-mode image" in r.reason for r in a.results)
