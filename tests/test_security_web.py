@@ -317,3 +317,30 @@ def test_parallel_requests_of_one_session_keep_it_signed_in(monkeypatch, sec_app
     for t in threads:
         t.join(60)
     assert len(codes) == 300 and codes.count(401) == 0, f"{codes.count(401)} of {len(codes)} signed out"
+
+
+def test_the_permission_a_request_needs_is_read_from_a_hand_written_table():
+    """The table's rules, with the expected answer written out (not the live table's own)."""
+    table = {
+        "one": R.PATIENTS_READ,  # every method
+        "split": {"GET": R.PATIENTS_READ, "PUT": R.PATIENTS_WRITE},
+        "public_only": {"GET": R.PUBLIC, "POST": R.PUBLIC},
+        "post_only": {"POST": R.PATIENTS_WRITE},
+        "empty": {},
+        "broken": 42,  # neither a permission nor a dict: refused
+    }
+    expected = [
+        ("one", "DELETE", R.PATIENTS_READ),
+        ("split", "GET", R.PATIENTS_READ), ("split", "PUT", R.PATIENTS_WRITE),
+        ("split", "HEAD", R.PATIENTS_READ),  # HEAD follows GET
+        ("split", "POST", None),  # undeclared method
+        ("split", "OPTIONS", R.AUTHENTICATED),  # OPTIONS: signed in, unless all is public
+        ("public_only", "OPTIONS", R.PUBLIC), ("public_only", "HEAD", R.PUBLIC),
+        ("post_only", "HEAD", None),  # no GET to follow
+        ("post_only", "OPTIONS", R.AUTHENTICATED),
+        ("empty", "OPTIONS", R.AUTHENTICATED), ("empty", "GET", None),
+        ("broken", "GET", None),
+        ("missing", "GET", None), (None, "GET", None),
+    ]
+    got = [(endpoint, method, permission_for(table, endpoint, method)) for endpoint, method, _ in expected]
+    assert got == expected
