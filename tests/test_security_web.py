@@ -344,3 +344,70 @@ def test_the_permission_a_request_needs_is_read_from_a_hand_written_table():
     ]
     got = [(endpoint, method, permission_for(table, endpoint, method)) for endpoint, method, _ in expected]
     assert got == expected
+
+
+def _refusals(kit, reason: str) -> list[dict]:
+    return [e for e in accounts.audit_events(kit.store)
+            if e["outcome"] == "denied" and (e["detail"] or {}).get("reason") == reason]
+
+
+def test_each_refusal_says_why_and_the_trail_records_it(sec_app, kit, role_clients):
+    """What a client reads (status, message) and what the audit trail keeps, per refusal."""
+    anon, clin = role_clients[None], role_clients["clinician"]
+    r = anon.open("GET", "/api/v1/session")
+    assert (r.status_code, r.json["error"]) == (401, "sign in first (or send a bearer token)")
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="fieldkit"'
+    assert _refusals(kit, "not authenticated")
+    r = clin.open("GET", "/api/v1/users")
+    assert (r.status_code, r.json["error"]) == (403, "your role (clinician) may not do this")
+    assert _refusals(kit, f"needs {R.USERS_MANAGE}")
+    page = clin.client.get("/api/v1/users", base_url=HTTPS, headers={"Accept": "text/html"})
+    assert page.status_code == 403
+    r = role_clients["admin"].open("POST", "/api/v1/users", csrf=False, json={})
+    assert (r.status_code, r.json["error"]) == (403, "missing or invalid CSRF token (reload the page)")
+    r = anon.open("POST", "/login", data={"username": "u-admin", "password": ROLE_SECRETS["admin"]})
+    assert (r.status_code, r.json["error"]) == (403, "missing or invalid CSRF token (reload the page)")
+    assert len(_refusals(kit, "csrf")) == 2
+
+
+def test_a_token_needs_no_csrf_token_even_on_a_public_form(sec_app, kit):
+    token = accounts.create_token(kit.store, R.SYNC, None, "t")
+    r = sec_app.test_client().post("/login", base_url=HTTPS, data={"username": "nobody", "password": "x" * 12},
+                                   headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    assert r.status_code != 403 and not _refusals(kit, "csrf")
+
+
+def test_the_body_limit_is_the_endpoints_own_capped_by_the_largest_request(sec_app, kit):
+    """security.max_body_kb by default; an endpoint's own ROUTE_MAX_BYTES (smaller for the
+    language form, larger for uploads); http.max_request_mb over all. Exactly the limit is
+    accepted. The guard refuses on the declared length, before reading or signing in."""
+    c = sec_app.test_client()
+    default = kit.config["security.max_body_kb"] * 1024
+    largest = kit.config["http.max_request_mb"] * (1 << 20)
+
+    def status(path, length):  # the declared length only: the guard must not need the body
+        r = c.post(path, base_url=HTTPS, data=b"", environ_overrides={"CONTENT_LENGTH": str(length)},
+                   headers={"Accept": "application/json", "Content-Type": "application/octet-stream"})
+        return r.status_code, (r.json or {}).get("error")
+
+    assert status("/api/v1/users", default) == (401, "sign in first (or send a bearer token)")
+    assert status("/api/v1/users", default + 1) == (413, f"request body larger than {default} bytes")
+    assert status("/language", 4096)[0] != 413 and status("/language", 4097) == (413, "request body larger than 4096 bytes")
+    assert status("/api/v1/upload", default + 1)[0] == 401
+    assert status("/api/v1/upload", largest + 1) == (413, f"request body larger than {largest} bytes")
+
+
+def test_a_locked_kit_sends_a_browser_to_unlock_and_tells_a_client_why(sec_app, kit):
+    from fieldkit.kit.lock import lock_kit
+    lock_kit(kit)
+    c = sec_app.test_client()
+    r = c.get("/", base_url=HTTPS, headers={"Accept": "text/html"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/unlock")
+    r = c.get("/api/v1/session", base_url=HTTPS)
+    assert (r.status_code, r.json["error"]) == (423, "the kit is locked: unlock it with the kit passphrase")
+
+
+def test_no_such_page_or_method_is_answered_by_flask_not_the_guard(sec_app):
+    c = sec_app.test_client()
+    assert c.get("/no/such/page", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 404
+    assert c.delete("/healthz", base_url=HTTPS).status_code == 405
