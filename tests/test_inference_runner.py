@@ -579,3 +579,13 @@ def test_no_model_speaks_when_half_the_frames_or_more_are_no_b_mode_image(regist
             assert (r.view, r.quality, r.assessable) == ("other", "not B-mode", False)
     else:
         assert a.quality != "not B-mode" and not any("not a B-mode image" in r.reason for r in a.results)
+
+
+def test_the_not_b_mode_reason_is_the_most_frequent_one(registry):
+    ds = _cine_with_stripes(8, 5)  # frames 1-5 vertical stripes
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(8, int(ds.Rows), int(ds.Columns), 3).copy()
+    band = ((np.arange(int(ds.Rows)) // 8) % 2 * 200 + 30).astype(np.uint8)
+    rgb[5:7] = band[None, :, None, None]  # frames 6-7 horizontal stripes ("every row ..." sorts last)
+    ds.PixelData = rgb.tobytes()
+    a = runner.analyse(ds, registry, batch_size=4)
+    assert [r.reason for r in a.results] == [f"{STRIPES} on 7 of 8 frames"] * 2
