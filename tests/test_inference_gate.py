@@ -145,3 +145,63 @@ def test_the_gate_time_is_recorded(registry):
     a = runner.analyse(ds, _Registry(registry, SlowGate(gate, _lung_probs(labels, 0.99))), batch_size=4)
     assert calls == [4, 4]
     assert len(calls) * delay * 1000 <= a.timing_ms["gate"] <= a.timing_ms["total"]
+
+
+class _GateWithThresholds(_InjectedGate):
+    """An injected gate whose manifest states another `min_prob`, or none."""
+
+    def __init__(self, real, probs, thresholds: dict):
+        super().__init__(real, probs)
+        self.thresholds = thresholds
+
+
+@pytest.mark.parametrize("thresholds, p_lung, assessable", [
+    ({"min_prob": 0.8}, 0.75, False), ({"min_prob": 0.8}, 0.85, True),  # the manifest's own threshold
+    ({}, 0.55, False), ({}, 0.65, True),  # none stated: 0.6
+])
+def test_the_threshold_is_the_gate_manifests_own(registry, thresholds, p_lung, assessable):
+    gate = registry.get("gate")
+    probs = _lung_probs(gate.entry["labels"], p_lung)
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, _GateWithThresholds(gate, probs, thresholds)))
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable is assessable, lung.reason
+    if not assessable:
+        assert f"p>={thresholds.get('min_prob', 0.6):g}" in lung.reason
+
+
+def test_a_frame_exactly_at_the_threshold_is_decided(registry):
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    certain = np.array([1.0 if name == "lung" else 0.0 for name in labels])  # softmax gives exactly 1.0
+    ds, _ = _lung_cine()
+    with np.errstate(divide="ignore"):  # log(0): the other classes' logits are -inf
+        a = runner.analyse(ds, _Registry(registry, _GateWithThresholds(gate, certain, {"min_prob": 1.0})))
+    assert a.gate["counts"] == {"lung": N_FRAMES}
+    assert next(r for r in a.results if r.task == "lung").assessable
+
+
+def test_the_view_is_the_gates_most_frequent_label(registry):
+    """5 of 8 frames surely lung, 3 uncertain: the view is lung (not the label that sorts last)."""
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    per_frame = [unsure if i % 3 == 0 else sure for i in range(N_FRAMES)]  # 5 of 8 sure
+
+    class PerFrame(_InjectedGate):
+        def __init__(self, real):
+            super().__init__(real, sure)
+            self._next = 0
+
+        def run(self, x):
+            rows = np.stack(per_frame[self._next:self._next + len(x)])
+            self._next += len(x)
+            return [np.log(rows)]
+
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    assert a.gate["counts"] == {"lung": 5, "uncertain": 3}
+    assert a.view == "lung"
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable and lung.view == "lung"
