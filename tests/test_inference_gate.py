@@ -205,3 +205,33 @@ def test_the_view_is_the_gates_most_frequent_label(registry):
     assert a.view == "lung"
     lung = next(r for r in a.results if r.task == "lung")
     assert lung.assessable and lung.view == "lung"
+
+
+def _sure_of(labels: list[str], label: str, p: float) -> np.ndarray:
+    rest = (1.0 - p) / (len(labels) - 1)
+    return np.array([p if name == label else rest for name in labels], dtype=np.float64)
+
+
+def test_the_view_and_quality_follow_the_gates_label(registry):
+    """Every frame surely one label: lung/fast/other is the view; anything else is no view
+    ("unknown"), and a poor-quality label is the quality."""
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    ds, _ = _lung_cine()
+    for label in labels:
+        a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, label, 0.95))))
+        assert a.view == (label if label in ("lung", "fast", "other") else "unknown"), label
+        poor = label in ("no_contact", "too_dark", "saturated")
+        assert a.quality == (label if poor else "good"), label
+    unsure = _sure_of(labels, "lung", float(gate.thresholds["min_prob"]) - 0.1)
+    a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, unsure)))
+    assert (a.view, a.quality) == ("unknown", "good")
+
+
+def test_the_gates_record_names_each_frame_its_label_probability_and_the_model(registry):
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, "lung", 0.8123456))))
+    assert a.gate["per_frame"] == [{"frame": f, "label": "lung", "p": 0.812} for f in range(1, N_FRAMES + 1)]
+    assert a.gate["model"] == {"name": gate.name, "version": gate.version, "sha256": gate.sha256}
