@@ -235,3 +235,31 @@ def test_the_gates_record_names_each_frame_its_label_probability_and_the_model(r
     a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, "lung", 0.8123456))))
     assert a.gate["per_frame"] == [{"frame": f, "label": "lung", "p": 0.812} for f in range(1, N_FRAMES + 1)]
     assert a.gate["model"] == {"name": gate.name, "version": gate.version, "sha256": gate.sha256}
+
+
+class _PerFrameGate(_InjectedGate):
+    """An injected gate answering each frame, in order, with its own probability row."""
+
+    def __init__(self, real, rows: list[np.ndarray]):
+        super().__init__(real, rows[0])
+        self._rows, self._next = rows, 0
+
+    def run(self, x):
+        rows = np.stack(self._rows[self._next:self._next + len(x)])
+        self._next += len(x)
+        return [np.log(rows)]
+
+
+@pytest.mark.parametrize("per_label, quality", [
+    ({"no_contact": 5, "too_dark": 3}, "no_contact"),  # the most frequent poor label
+    ({"saturated": 3, "too_dark": 1, "lung": 4}, "saturated"),  # poor on half the frames: poor
+    ({"too_dark": 3, "lung": 5}, "good"),  # poor on fewer than half
+])
+def test_the_quality_is_the_most_frequent_poor_label_on_half_the_frames_or_more(registry, per_label, quality):
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    rows = [_sure_of(labels, label, 0.95) for label, n in per_label.items() for _ in range(n)]
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
+    assert a.gate["counts"] == dict(sorted(per_label.items()))
+    assert a.quality == quality
