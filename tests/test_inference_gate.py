@@ -263,3 +263,19 @@ def test_the_quality_is_the_most_frequent_poor_label_on_half_the_frames_or_more(
     a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
     assert a.gate["counts"] == dict(sorted(per_label.items()))
     assert a.quality == quality
+
+
+def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
+    """VIEW_SHARE (half) of the frames surely lung: the lung model speaks, on those frames only."""
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    rows = [sure if i % 2 else unsure for i in range(N_FRAMES)]  # frames 2, 4, 6, 8 sure
+    ds, _ = _lung_cine()
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
+    lung, fast = (next(r for r in a.results if r.task == t) for t in ("lung", "fast"))
+    assert lung.assessable and lung.frames == [2, 4, 6, 8] and lung.result["view_share"] == 0.5
+    assert lung.view_probability == pytest.approx(min_prob + 0.1, abs=1e-3)
+    assert not fast.assessable and fast.result == {"view_share": 0.0}
+    assert 0 < a.timing_ms["lung"] <= a.timing_ms["total"] and "fast" not in a.timing_ms
