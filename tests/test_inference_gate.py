@@ -279,3 +279,37 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
     assert lung.view_probability == pytest.approx(min_prob + 0.1, abs=1e-3)
     assert not fast.assessable and fast.result == {"view_share": 0.0}
     assert 0 < a.timing_ms["lung"] <= a.timing_ms["total"] and "fast" not in a.timing_ms
+
+
+def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(registry, monkeypatch):
+    """A clock the test moves: decoding takes 10 000 s and the gate 20 000 s (one batch, so
+    the two never overlap); each figure is that, in ms, to 0.1 ms, plus the real time spent."""
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    real = time.perf_counter
+    offset = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def decode(ds, idx):
+        offset[0] += 10_000
+        return runner._decode(ds, idx)
+
+    class TimedGate(_InjectedGate):
+        def run(self, x):
+            offset[0] += 20_000
+            return super().run(x)
+
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=5)
+    a = runner.analyse(ds, _Registry(registry, TimedGate(gate, _lung_probs(labels, 0.99))), decode=decode)
+    for stage, ms in (("decode_preprocess", 10_000_000), ("gate", 20_000_000), ("total", 30_000_000)):
+        got = a.timing_ms[stage]
+        assert isinstance(got, float) and round(got, 1) == got, (stage, got)
+        assert ms <= got < ms + 5_000, (stage, got)  # a scale error of 0.1 % would add 10 000+ ms
+
+
+def test_a_single_frame_in_view_is_all_of_the_frames(registry):
+    gate = registry.get("gate")
+    ds, _ = lung_cine_dataset(n_frames=1, n_blines=4, seed=5)
+    a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _lung_probs(gate.entry["labels"], 0.99))))
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.assessable and lung.frames == [1] and lung.result["view_share"] == 1.0
