@@ -277,7 +277,9 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
     lung, fast = (next(r for r in a.results if r.task == t) for t in ("lung", "fast"))
     assert lung.assessable and lung.frames == [2, 4, 6, 8] and lung.result["view_share"] == 0.5
     assert lung.view_probability == pytest.approx(min_prob + 0.1, abs=1e-3)
-    assert not fast.assessable and fast.result == {"view_share": 0.0}
+    assert [f["frame"] for f in lung.result["frames"]] == [2, 4, 6, 8]  # each frame's B-lines, named
+    assert not fast.assessable and fast.result == {"view_share": 0.0} and fast.view_probability == 0.0
+    assert (fast.view, fast.quality, fast.frames) == ("lung", "good", list(range(1, N_FRAMES + 1)))
     assert 0 < a.timing_ms["lung"] <= a.timing_ms["total"] and "fast" not in a.timing_ms
 
 
@@ -313,3 +315,15 @@ def test_a_single_frame_in_view_is_all_of_the_frames(registry):
     a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _lung_probs(gate.entry["labels"], 0.99))))
     lung = next(r for r in a.results if r.task == "lung")
     assert lung.assessable and lung.frames == [1] and lung.result["view_share"] == 1.0
+
+
+@pytest.mark.parametrize("n_frames, sure, share", [(6, 2, 0.333), (7, 5, 0.714)])
+def test_the_view_share_is_given_to_three_places(registry, n_frames, sure, share):
+    gate = registry.get("gate")
+    min_prob = float(gate.thresholds["min_prob"])
+    labels = gate.entry["labels"]
+    rows = [_lung_probs(labels, min_prob + (0.1 if i < sure else -0.1)) for i in range(n_frames)]
+    ds, _ = lung_cine_dataset(n_frames=n_frames, n_blines=4, seed=5)
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.result["view_share"] == share

@@ -589,3 +589,14 @@ def test_the_not_b_mode_reason_is_the_most_frequent_one(registry):
     ds.PixelData = rgb.tobytes()
     a = runner.analyse(ds, registry, batch_size=4)
     assert [r.reason for r in a.results] == [f"{STRIPES} on 7 of 8 frames"] * 2
+
+
+def test_frames_trimmed_from_memory_are_decoded_again_for_the_clinical_model(registry):
+    """A cine longer than what is held in memory (32 frames past 3 batches): the lung model
+    reads the first frames again from the object, and finds what it finds with all held."""
+    ds, _ = _native_rgb_cine(n_frames=40)
+    held = runner.analyse(ds, registry, batch_size=64, decode=runner._decode)
+    trimmed = runner.analyse(ds, registry, batch_size=4, decode=runner._decode)
+    lung_held, lung_trimmed = (next(r for r in a.results if r.task == "lung") for a in (held, trimmed))
+    assert lung_held.assessable and lung_trimmed.frames == lung_held.frames == list(range(1, 41))
+    assert lung_trimmed.result["frames"] == lung_held.result["frames"]
