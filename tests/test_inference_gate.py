@@ -276,6 +276,7 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
     a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
     lung, fast = (next(r for r in a.results if r.task == t) for t in ("lung", "fast"))
     assert lung.assessable and lung.frames == [2, 4, 6, 8] and lung.result["view_share"] == 0.5
+    assert (lung.reason, lung.view, lung.quality) == ("", "lung", "good")
     assert lung.view_probability == pytest.approx(min_prob + 0.1, abs=1e-3)
     assert [f["frame"] for f in lung.result["frames"]] == [2, 4, 6, 8]  # each frame's B-lines, named
     assert not fast.assessable and fast.result == {"view_share": 0.0} and fast.view_probability == 0.0
