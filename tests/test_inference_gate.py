@@ -285,8 +285,9 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
 
 
 def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(registry, monkeypatch):
-    """A clock the test moves: decoding takes 10 000 s and the gate 20 000 s (one batch, so
-    the two never overlap); each figure is that, in ms, to 0.1 ms, plus the real time spent."""
+    """A clock the test moves: decoding takes 10 000 s, the gate 20 000 s and the lung model
+    40 000 s (one batch, so they never overlap); each figure is that, in ms, to 0.1 ms, plus
+    the real time spent."""
     gate = registry.get("gate")
     labels = gate.entry["labels"]
     real = time.perf_counter
@@ -302,9 +303,26 @@ def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(registry, monkey
             offset[0] += 20_000
             return super().run(x)
 
+    class TimedLung:
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def run(self, x):
+            offset[0] += 40_000
+            return self._real.run(x)
+
+    class Timed(_Registry):
+        def get(self, task):
+            return TimedLung(self._real.get(task)) if task == "lung" else super().get(task)
+
     ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=5)
-    a = runner.analyse(ds, _Registry(registry, TimedGate(gate, _lung_probs(labels, 0.99))), decode=decode)
-    for stage, ms in (("decode_preprocess", 10_000_000), ("gate", 20_000_000), ("total", 30_000_000)):
+    a = runner.analyse(ds, Timed(registry, TimedGate(gate, _lung_probs(labels, 0.99))), decode=decode)
+    assert next(r for r in a.results if r.task == "lung").assessable
+    for stage, ms in (("decode_preprocess", 10_000_000), ("gate", 20_000_000), ("lung", 40_000_000),
+                      ("total", 70_000_000)):
         got = a.timing_ms[stage]
         assert isinstance(got, float) and round(got, 1) == got, (stage, got)
         assert ms <= got < ms + 5_000, (stage, got)  # a scale error of 0.1 % would add 10 000+ ms
@@ -328,3 +346,26 @@ def test_the_view_share_is_given_to_three_places(registry, n_frames, sure, share
     a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))
     lung = next(r for r in a.results if r.task == "lung")
     assert lung.result["view_share"] == share
+
+
+def _shown(ds, frame_index: int) -> np.ndarray:
+    """The picture the kit shows for a frame (0-based): its luma, as RGB."""
+    from fieldkit.inference.decode import luma_frames
+    gray, _ = luma_frames(ds, [frame_index], None)
+    return np.repeat(gray[0][:, :, None], 3, axis=2)
+
+
+def test_the_frame_shown_is_the_findings_frame_or_else_the_middle_one(registry):
+    gate = registry.get("gate")
+    labels = gate.entry["labels"]
+    ds, _ = _lung_cine()
+    spoke = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, "lung", 0.8123456))))
+    lung = next(r for r in spoke.results if r.task == "lung")
+    assert lung.assessable and lung.view_probability == 0.812  # to 3 places
+    summary = lung.result["summary_frame"]
+    assert np.array_equal(spoke.overlay_frame, _shown(ds, summary - 1))
+    unsure = _lung_probs(labels, float(gate.thresholds["min_prob"]) - 0.1)
+    silent = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, unsure)))
+    assert not any(r.assessable for r in silent.results)
+    assert np.array_equal(silent.overlay_frame, _shown(ds, N_FRAMES // 2))
+    assert summary - 1 != N_FRAMES // 2  # so the two cases show different frames
