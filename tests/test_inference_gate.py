@@ -369,3 +369,14 @@ def test_the_frame_shown_is_the_findings_frame_or_else_the_middle_one(registry):
     assert not any(r.assessable for r in silent.results)
     assert np.array_equal(silent.overlay_frame, _shown(ds, N_FRAMES // 2))
     assert summary - 1 != N_FRAMES // 2  # so the two cases show different frames
+
+
+def test_a_long_cine_nobody_spoke_on_shows_a_frame_still_in_memory(registry):
+    """80 frames, 4 a batch: only the last 32 stay in memory, so the middle one is gone and
+    the first frame still held (0-based 48) is shown, a picture, not a model input."""
+    gate = registry.get("gate")
+    unsure = _lung_probs(gate.entry["labels"], float(gate.thresholds["min_prob"]) - 0.1)
+    ds, _ = lung_cine_dataset(n_frames=80, n_blines=4, seed=5)
+    a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, unsure)), batch_size=4)
+    assert not any(r.assessable for r in a.results)
+    assert np.array_equal(a.overlay_frame, _shown(ds, 48))
