@@ -411,3 +411,37 @@ def test_no_such_page_or_method_is_answered_by_flask_not_the_guard(sec_app):
     c = sec_app.test_client()
     assert c.get("/no/such/page", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 404
     assert c.delete("/healthz", base_url=HTTPS).status_code == 405
+
+
+def test_a_route_declared_with_an_unknown_permission_is_refused_to_everyone(kit):
+    """A typo in a ROUTE_PERMISSIONS table refuses the route (403 to all, signed in or not)."""
+    from flask import Blueprint
+
+    from fieldkit.web import create_app
+    from fixtures.security import RoleClient
+
+    app = create_app(kit, testing=True)
+    typo = Blueprint("typo", __name__)
+
+    @typo.get("/typo")
+    def typo_view():
+        return "patient list"
+
+    app.register_blueprint(typo)
+    app.extensions.pop("fieldkit.permission_table", None)
+    route_permissions(app)["typo.typo_view"] = "patients.reed"
+    accounts.create_user(kit.store, "u-admin", ROLE_SECRETS["admin"], R.ADMIN)
+    for client in (RoleClient(app, kit, None), RoleClient(app, kit, R.ADMIN)):
+        r = client.open("GET", "/typo")
+        assert (r.status_code, r.json["error"]) == (403, "this route is not declared in the kit's permission table")
+
+
+def test_a_name_change_needs_patients_write_checked_inside_the_view(sec_app, kit, role_clients):
+    """Triage may add notes but not a name: the view's own check refuses it and says which
+    permission is missing."""
+    triage, clin = role_clients["triage"], role_clients["clinician"]
+    url = "/api/v1/ui/patients/no-such-patient/details"
+    r = triage.open("POST", url, json={"name": "Amina"})
+    assert (r.status_code, r.json["error"]) == (403, "this needs the 'patients.write' permission")
+    assert triage.open("POST", url, json={"note": "pain 7/10"}).status_code == 404  # no name: allowed, no patient
+    assert clin.open("POST", url, json={"name": "Amina"}).status_code == 404
