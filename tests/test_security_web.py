@@ -413,8 +413,9 @@ def test_no_such_page_or_method_is_answered_by_flask_not_the_guard(sec_app):
     assert c.delete("/healthz", base_url=HTTPS).status_code == 405
 
 
-def test_a_route_declared_with_an_unknown_permission_is_refused_to_everyone(kit):
-    """A typo in a ROUTE_PERMISSIONS table refuses the route (403 to all, signed in or not)."""
+def test_a_route_declared_with_an_unknown_permission_is_refused_to_everyone(kit, caplog):
+    """A typo in a ROUTE_PERMISSIONS table refuses the route (403 to all, signed in or not),
+    and the log names the request and the endpoint to fix."""
     from flask import Blueprint
 
     from fieldkit.web import create_app
@@ -434,6 +435,8 @@ def test_a_route_declared_with_an_unknown_permission_is_refused_to_everyone(kit)
     for client in (RoleClient(app, kit, None), RoleClient(app, kit, R.ADMIN)):
         r = client.open("GET", "/typo")
         assert (r.status_code, r.json["error"]) == (403, "this route is not declared in the kit's permission table")
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "fieldkit.web.guard"]
+    assert logged.count("refused GET /typo: endpoint typo.typo_view is not declared in a ROUTE_PERMISSIONS table") == 2
 
 
 def test_a_name_change_needs_patients_write_checked_inside_the_view(sec_app, kit, role_clients):
