@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import time
 
 import highdicom as hd
@@ -419,3 +420,183 @@ def test_each_refusal_before_any_frame_is_read_says_its_own_reason(registry):
     del bare.PixelData
     a = runner.analyse(bare, registry)
     assert a.skipped == "the object has no pixel data (not an image)" and a.results == []
+
+
+def test_the_default_frame_bound_is_the_kit_setting(registry):
+    """Called without bounds, a long cine is sampled to `inference.max_frames`'s default."""
+    from fieldkit.config import SETTINGS
+    ds = _read("examples_ybr_color.dcm")
+    frames = runner._decode(ds, [0])[0]
+    big = copy.deepcopy(ds)
+    big.NumberOfFrames = 130
+    a = runner.analyse(big, registry, decode=lambda _ds, idx: np.repeat(frames[None], len(idx), axis=0))
+    assert a.frames_analysed == SETTINGS["inference.max_frames"].default == 120
+    assert a.subsample_reasons == ["120 of 130 frames, evenly spread (inference.max_frames=120)"]
+
+
+@pytest.mark.parametrize("keyword", ["FloatPixelData", "DoubleFloatPixelData"])
+def test_float_pixel_data_is_an_image_the_kit_cannot_read_not_a_non_image(registry, keyword):
+    ds = _read("examples_ybr_color.dcm")
+    del ds.PixelData
+    setattr(ds, keyword, b"\0" * 64)
+    a = runner.analyse(ds, registry)
+    assert a.skipped == ""
+    assert {r.task for r in a.results} == {"lung", "fast"}
+    assert all(not r.assessable and "does not decode" in r.reason for r in a.results)
+
+
+def test_an_empty_number_of_frames_is_one_frame(registry):
+    ds, _ = _native_rgb_cine(n_frames=1)
+    ds.NumberOfFrames = None
+    a = runner.analyse(ds, registry)
+    assert (a.frames_total, a.frames_analysed, a.frame_numbers) == (1, 1, [1])
+
+
+def test_a_number_of_frames_that_is_not_a_number_is_named_in_the_reason(registry):
+    ds, _ = _native_rgb_cine(n_frames=2)
+    del ds.NumberOfFrames
+    ds.add_new(0x00280008, "LO", "two")  # a broken export: text where IS digits belong
+    a = runner.analyse(_roundtrip(ds), registry)
+    assert [r.reason for r in a.results] == ["NumberOfFrames is not a number: 'two'"] * 2
+
+
+def test_power_reasons_are_recorded_only_when_frames_were_skipped_for_power(registry):
+    ds = _read("examples_ybr_color.dcm")  # 30 frames
+    why = ("battery low (15%)", "hot (80 C)")
+    full = runner.analyse(ds, registry, frame_stride=1, power_reasons=why)
+    assert full.frames_analysed == 30 and not full.subsampled and full.subsample_reasons == []
+    strided = runner.analyse(ds, registry, frame_stride=2, power_reasons=why)
+    assert strided.subsample_reasons == ["every 2th frame (power policy): battery low (15%); hot (80 C)"]
+
+
+def test_the_time_spent_is_recorded_in_milliseconds(registry):
+    """Each stage's time is part of the total; the total is what the call took, to 0.1 ms."""
+    ds, _ = _native_rgb_cine(n_frames=8)
+    delay = 0.3
+
+    calls = []
+
+    def slow_decode(_ds, idx):  # a decoder that takes a known time
+        calls.append(idx)
+        time.sleep(delay)
+        return runner._decode(_ds, idx)
+
+    for failing in (False, True):  # a result, and a refusal
+        ds.PixelData = ds.PixelData if not failing else ds.PixelData[:100]  # too short: does not decode
+        calls.clear()
+        t = time.perf_counter()
+        a = runner.analyse(ds, registry, decode=slow_decode, batch_size=4)
+        wall_ms = (time.perf_counter() - t) * 1000
+        total = a.timing_ms["total"]
+        assert delay * 1000 <= total <= wall_ms + 0.1 and round(total, 1) == total
+        if not failing:  # two batches of 4; decoding overlaps the gate on a helper thread
+            assert len(calls) == 2
+            assert 2 * delay * 1000 <= a.timing_ms["decode_preprocess"] <= 2 * wall_ms
+            assert a.timing_ms["gate"] <= total
+
+
+def _rgb_frame(side: int, coloured: int) -> np.ndarray:
+    """One grey speckle frame with `coloured` pure-red pixels where the colour check samples
+    (every 2nd row and column)."""
+    rng = np.random.default_rng(1)
+    frame = np.repeat(rng.integers(0, 200, (side, side, 1), dtype=np.uint8), 3, axis=2)
+    rows, cols = np.divmod(np.arange(coloured), side // 2)
+    frame[2 * rows, 2 * cols] = (255, 0, 0)
+    return frame[None]
+
+
+def test_colour_at_the_limit_is_still_b_mode_and_above_it_is_doppler(registry):
+    """COLOUR_LIMIT is the largest share of coloured pixels a B-mode frame may have."""
+    from fieldkit.inference.preprocess import colour_fraction
+    ds = _read("examples_rgb_color.dcm")
+    side = 200  # 100 x 100 sampled pixels: 100 coloured is exactly 1 %
+    at, above = _rgb_frame(side, 100), _rgb_frame(side, 101)
+    assert colour_fraction(at) == runner.COLOUR_LIMIT < colour_fraction(above)
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: at)
+    assert a.quality != "colour Doppler" and not any("colour-flow" in r.reason for r in a.results)
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: above)
+    assert a.quality == "colour Doppler" and all("colour-flow" in r.reason for r in a.results)
+
+
+def test_colour_doppler_is_refused_with_the_frames_it_was_seen_on(registry):
+    from fieldkit.inference.decode import luma_frames
+    ds, _ = _native_rgb_cine(n_frames=32)
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(32, int(ds.Rows), int(ds.Columns), 3).copy()
+    rgb[16:, 60:180, 100:220] = (220, 30, 30)  # a colour-flow box on the second batch only
+    ds.PixelData = rgb.tobytes()
+    a = runner.analyse(ds, registry, batch_size=16)
+    assert (a.view, a.quality) == ("other", "colour Doppler")
+    # colour is checked on the chunk of 4 frames holding the batch's middle frame (0-based 24),
+    # and that chunk is refused on its own: its frames, 1-based, and its middle frame shown
+    assert a.frame_numbers == [25, 26, 27, 28]
+    middle, _ = luma_frames(ds, [26], None)
+    assert np.array_equal(a.overlay_frame, np.repeat(middle[0][:, :, None], 3, axis=2))
+    for r in a.results:
+        assert re.fullmatch(r"colour-flow Doppler on the image \(\d+% of pixels coloured\); "
+                            r"the models read greyscale B-mode only", r.reason), r.reason
+        assert (r.view, r.quality, r.assessable) == ("other", "colour Doppler", False)
+
+
+def test_frames_of_the_smallest_side_are_read_and_smaller_ones_are_named(registry):
+    ds = _read("examples_rgb_color.dcm")
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: np.zeros((1, 32, 320, 3), np.uint8))
+    assert [r.reason for r in a.results] == ["frames of 32x320 pixels are too small (< 64)"] * 2
+    a = runner.analyse(ds, registry, decode=lambda _ds, idx: np.zeros((1, 64, 64, 3), np.uint8))
+    assert a.frames_analysed == 1 and not any("too small" in r.reason for r in a.results)
+
+
+def test_a_codec_failure_is_named_in_at_most_200_characters(registry):
+    ds = _read("examples_rgb_color.dcm")
+
+    def failing(_ds, idx):
+        raise ValueError("x" * 300)
+
+    a = runner.analyse(ds, registry, decode=failing)
+    assert [r.reason for r in a.results] == ["pixel data does not decode: " + "x" * 200] * 2
+
+
+STRIPES = "every column is about the same down the image (vertical stripes, not a B-mode image)"
+
+
+def _cine_with_stripes(n_frames: int, striped: int):
+    """A simulated lung cine whose first `striped` frames are vertical stripes."""
+    ds, _ = _native_rgb_cine(n_frames=n_frames)
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(n_frames, int(ds.Rows), int(ds.Columns), 3).copy()
+    band = ((np.arange(int(ds.Columns)) // 8) % 2 * 200 + 30).astype(np.uint8)
+    rgb[:striped] = band[None, None, :, None]
+    ds.PixelData = rgb.tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("n_frames, striped, refused", [(12, 8, True), (8, 4, True), (12, 4, False), (1, 1, True)])
+def test_no_model_speaks_when_half_the_frames_or_more_are_no_b_mode_image(registry, n_frames, striped, refused):
+    """Counted over every batch of the cine (4 frames a batch here), half is enough."""
+    a = runner.analyse(_cine_with_stripes(n_frames, striped), registry, batch_size=4)
+    if refused:
+        assert (a.view, a.quality) == ("other", "not B-mode")
+        for r in a.results:
+            assert r.reason == f"{STRIPES} on {striped} of {n_frames} frames"
+            assert (r.view, r.quality, r.assessable) == ("other", "not B-mode", False)
+    else:
+        assert a.quality != "not B-mode" and not any("not a B-mode image" in r.reason for r in a.results)
+
+
+def test_the_not_b_mode_reason_is_the_most_frequent_one(registry):
+    ds = _cine_with_stripes(8, 5)  # frames 1-5 vertical stripes
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(8, int(ds.Rows), int(ds.Columns), 3).copy()
+    band = ((np.arange(int(ds.Rows)) // 8) % 2 * 200 + 30).astype(np.uint8)
+    rgb[5:7] = band[None, :, None, None]  # frames 6-7 horizontal stripes ("every row ..." sorts last)
+    ds.PixelData = rgb.tobytes()
+    a = runner.analyse(ds, registry, batch_size=4)
+    assert [r.reason for r in a.results] == [f"{STRIPES} on 7 of 8 frames"] * 2
+
+
+def test_frames_trimmed_from_memory_are_decoded_again_for_the_clinical_model(registry):
+    """A cine longer than what is held in memory (32 frames past 3 batches): the lung model
+    reads the first frames again from the object, and finds what it finds with all held."""
+    ds, _ = _native_rgb_cine(n_frames=40)
+    held = runner.analyse(ds, registry, batch_size=64, decode=runner._decode)
+    trimmed = runner.analyse(ds, registry, batch_size=4, decode=runner._decode)
+    lung_held, lung_trimmed = (next(r for r in a.results if r.task == "lung") for a in (held, trimmed))
+    assert lung_held.assessable and lung_trimmed.frames == lung_held.frames == list(range(1, 41))
+    assert lung_trimmed.result["frames"] == lung_held.result["frames"]

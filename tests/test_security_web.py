@@ -317,3 +317,136 @@ def test_parallel_requests_of_one_session_keep_it_signed_in(monkeypatch, sec_app
     for t in threads:
         t.join(60)
     assert len(codes) == 300 and codes.count(401) == 0, f"{codes.count(401)} of {len(codes)} signed out"
+
+
+def test_the_permission_a_request_needs_is_read_from_a_hand_written_table():
+    """The table's rules, with the expected answer written out (not the live table's own)."""
+    table = {
+        "one": R.PATIENTS_READ,  # every method
+        "split": {"GET": R.PATIENTS_READ, "PUT": R.PATIENTS_WRITE},
+        "public_only": {"GET": R.PUBLIC, "POST": R.PUBLIC},
+        "post_only": {"POST": R.PATIENTS_WRITE},
+        "empty": {},
+        "broken": 42,  # neither a permission nor a dict: refused
+    }
+    expected = [
+        ("one", "DELETE", R.PATIENTS_READ),
+        ("split", "GET", R.PATIENTS_READ), ("split", "PUT", R.PATIENTS_WRITE),
+        ("split", "HEAD", R.PATIENTS_READ),  # HEAD follows GET
+        ("split", "POST", None),  # undeclared method
+        ("split", "OPTIONS", R.AUTHENTICATED),  # OPTIONS: signed in, unless all is public
+        ("public_only", "OPTIONS", R.PUBLIC), ("public_only", "HEAD", R.PUBLIC),
+        ("post_only", "HEAD", None),  # no GET to follow
+        ("post_only", "OPTIONS", R.AUTHENTICATED),
+        ("empty", "OPTIONS", R.AUTHENTICATED), ("empty", "GET", None),
+        ("broken", "GET", None),
+        ("missing", "GET", None), (None, "GET", None),
+    ]
+    got = [(endpoint, method, permission_for(table, endpoint, method)) for endpoint, method, _ in expected]
+    assert got == expected
+
+
+def _refusals(kit, reason: str) -> list[dict]:
+    return [e for e in accounts.audit_events(kit.store)
+            if e["outcome"] == "denied" and (e["detail"] or {}).get("reason") == reason]
+
+
+def test_each_refusal_says_why_and_the_trail_records_it(sec_app, kit, role_clients):
+    """What a client reads (status, message) and what the audit trail keeps, per refusal."""
+    anon, clin = role_clients[None], role_clients["clinician"]
+    r = anon.open("GET", "/api/v1/session")
+    assert (r.status_code, r.json["error"]) == (401, "sign in first (or send a bearer token)")
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="fieldkit"'
+    assert _refusals(kit, "not authenticated")
+    r = clin.open("GET", "/api/v1/users")
+    assert (r.status_code, r.json["error"]) == (403, "your role (clinician) may not do this")
+    assert _refusals(kit, f"needs {R.USERS_MANAGE}")
+    page = clin.client.get("/api/v1/users", base_url=HTTPS, headers={"Accept": "text/html"})
+    assert page.status_code == 403
+    r = role_clients["admin"].open("POST", "/api/v1/users", csrf=False, json={})
+    assert (r.status_code, r.json["error"]) == (403, "missing or invalid CSRF token (reload the page)")
+    r = anon.open("POST", "/login", data={"username": "u-admin", "password": ROLE_SECRETS["admin"]})
+    assert (r.status_code, r.json["error"]) == (403, "missing or invalid CSRF token (reload the page)")
+    assert len(_refusals(kit, "csrf")) == 2
+
+
+def test_a_token_needs_no_csrf_token_even_on_a_public_form(sec_app, kit):
+    token = accounts.create_token(kit.store, R.SYNC, None, "t")
+    r = sec_app.test_client().post("/login", base_url=HTTPS, data={"username": "nobody", "password": "x" * 12},
+                                   headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    assert r.status_code != 403 and not _refusals(kit, "csrf")
+
+
+def test_the_body_limit_is_the_endpoints_own_capped_by_the_largest_request(sec_app, kit):
+    """security.max_body_kb by default; an endpoint's own ROUTE_MAX_BYTES (smaller for the
+    language form, larger for uploads); http.max_request_mb over all. Exactly the limit is
+    accepted. The guard refuses on the declared length, before reading or signing in."""
+    c = sec_app.test_client()
+    default = kit.config["security.max_body_kb"] * 1024
+    largest = kit.config["http.max_request_mb"] * (1 << 20)
+
+    def status(path, length):  # the declared length only: the guard must not need the body
+        r = c.post(path, base_url=HTTPS, data=b"", environ_overrides={"CONTENT_LENGTH": str(length)},
+                   headers={"Accept": "application/json", "Content-Type": "application/octet-stream"})
+        return r.status_code, (r.json or {}).get("error")
+
+    assert status("/api/v1/users", default) == (401, "sign in first (or send a bearer token)")
+    assert status("/api/v1/users", default + 1) == (413, f"request body larger than {default} bytes")
+    assert status("/language", 4096)[0] != 413 and status("/language", 4097) == (413, "request body larger than 4096 bytes")
+    assert status("/api/v1/upload", default + 1)[0] == 401
+    assert status("/api/v1/upload", largest + 1) == (413, f"request body larger than {largest} bytes")
+
+
+def test_a_locked_kit_sends_a_browser_to_unlock_and_tells_a_client_why(sec_app, kit):
+    from fieldkit.kit.lock import lock_kit
+    lock_kit(kit)
+    c = sec_app.test_client()
+    r = c.get("/", base_url=HTTPS, headers={"Accept": "text/html"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/unlock")
+    r = c.get("/api/v1/session", base_url=HTTPS)
+    assert (r.status_code, r.json["error"]) == (423, "the kit is locked: unlock it with the kit passphrase")
+
+
+def test_no_such_page_or_method_is_answered_by_flask_not_the_guard(sec_app):
+    c = sec_app.test_client()
+    assert c.get("/no/such/page", base_url=HTTPS, headers={"Accept": "application/json"}).status_code == 404
+    assert c.delete("/healthz", base_url=HTTPS).status_code == 405
+
+
+def test_a_route_declared_with_an_unknown_permission_is_refused_to_everyone(kit, caplog):
+    """A typo in a ROUTE_PERMISSIONS table refuses the route (403 to all, signed in or not),
+    and the log names the request and the endpoint to fix."""
+    from flask import Blueprint
+
+    from fieldkit.web import create_app
+    from fixtures.security import RoleClient
+
+    app = create_app(kit, testing=True)
+    typo = Blueprint("typo", __name__)
+
+    @typo.get("/typo")
+    def typo_view():
+        return "patient list"
+
+    app.register_blueprint(typo)
+    app.extensions.pop("fieldkit.permission_table", None)
+    route_permissions(app)["typo.typo_view"] = "patients.reed"
+    accounts.create_user(kit.store, "u-admin", ROLE_SECRETS["admin"], R.ADMIN)
+    for client in (RoleClient(app, kit, None), RoleClient(app, kit, R.ADMIN)):
+        r = client.open("GET", "/typo")
+        assert (r.status_code, r.json["error"]) == (403, "this route is not declared in the kit's permission table")
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "fieldkit.web.guard"]
+    assert logged.count("refused GET /typo: endpoint typo.typo_view is not declared in a ROUTE_PERMISSIONS table") == 2
+    # a fault of the kit, not of the person asking: logged, not put on the audit trail
+    assert not [e for e in accounts.audit_events(kit.store) if "/typo" in (e.get("object") or "")]
+
+
+def test_a_name_change_needs_patients_write_checked_inside_the_view(sec_app, kit, role_clients):
+    """Triage may add notes but not a name: the view's own check refuses it and says which
+    permission is missing."""
+    triage, clin = role_clients["triage"], role_clients["clinician"]
+    url = "/api/v1/ui/patients/no-such-patient/details"
+    r = triage.open("POST", url, json={"name": "Amina"})
+    assert (r.status_code, r.json["error"]) == (403, "this needs the 'patients.write' permission")
+    assert triage.open("POST", url, json={"note": "pain 7/10"}).status_code == 404  # no name: allowed, no patient
+    assert clin.open("POST", url, json={"name": "Amina"}).status_code == 404

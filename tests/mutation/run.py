@@ -25,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 KILLED = {"killed", "timeout", "caught by type check"}
+RECHECK = 5  # a timed-out mutant is re-run with this many times its first bound
 
 
 def equivalents() -> dict[str, str]:
@@ -40,7 +41,7 @@ def equivalents() -> dict[str, str]:
     return out
 
 
-def mutmut_config(module: dict) -> str:
+def mutmut_config(module: dict, multiplier: float) -> str:
     tests = "\n    ".join(module["tests"])
     extra = "\n    ".join(sorted(p.name for p in ROOT.iterdir()
                                if p.name not in ("fieldkit", "tests", "mutants") and not p.name.startswith(".")))
@@ -53,7 +54,7 @@ def mutmut_config(module: dict) -> str:
             "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n"
             # CPU seconds a mutant may take, as a multiple of its tests' clean time: mutmut's 15 (x2)
             # spends most of a fast module's run waiting on mutants that loop forever
-            f"timeout_multiplier = {module.get('timeout_multiplier', 15)}\n")
+            f"timeout_multiplier = {multiplier}\n")
 
 
 def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str]]:
@@ -62,31 +63,33 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
     try:
         shutil.copytree(ROOT, work, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git", "mutants", ".venv", "__pycache__", "*.egg-info"))
-        (work / "setup.cfg").write_text(mutmut_config(module))
+        multiplier = module.get("timeout_multiplier", 15)
+        (work / "setup.cfg").write_text(mutmut_config(module, multiplier))
         # kit processes started by the tests must import the mutated copy, not the installed one;
         # the folder must exist before mutmut starts, or Python caches it as "nothing here"
         (work / "mutants").mkdir()
         env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1",
                    **{k: str(v) for k, v in module.get("env", {}).items()})
         names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
-        cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
+        cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
         log = work / "mutmut.log"
-        minutes = module.get("timeout_minutes", 40)
+        deadline = time.monotonic() + module.get("timeout_minutes", 40) * 60
         with log.open("w") as out:
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # its own group: a timeout stops every worker
-            try:
-                proc.wait(timeout=minutes * 60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
-                print(f"{path}: stopped after {minutes} minutes; mutants not run count as survivors")
-        listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
-                                 capture_output=True, text=True, check=False).stdout
-        statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
-        if names:  # only the functions that hold the promise
-            statuses = {k: v for k, v in statuses.items()
-                        if any(_match(k, n) for n in names)}
+            finished = _run_until(cmd + names, work, env, out, deadline)
+            timeouts = [k for k, v in _statuses(work, env, names).items() if v == "timeout"]
+            if finished and timeouts:
+                # mutmut's timeout is wall time: on a loaded machine a mutant whose tests merely ran
+                # slowly is "timed out" and would count as killed. Re-run exactly those (named: a
+                # glob would re-run every mutant it matches), with RECHECK times the room.
+                (work / "setup.cfg").write_text(mutmut_config(module, multiplier * RECHECK))
+                finished = _run_until(cmd + timeouts, work, env, out, deadline)
+                still = sum(v == "timeout" for v in _statuses(work, env, names).values())
+                print(f"{path}: {len(timeouts)} timed-out mutants re-run with {RECHECK}x the time: "
+                      f"{still} still time out")
+            if not finished:
+                print(f"{path}: stopped after {module.get('timeout_minutes', 40)} minutes; "
+                      "mutants not run count as survivors")
+        statuses = _statuses(work, env, names)
         if not statuses or all(v == "not checked" for v in statuses.values()):
             # usually a test that fails without any mutant (the clean run): say so, with its output
             print(log.read_text(errors="replace").replace("\r", "\n")[-3000:])
@@ -101,6 +104,29 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_until(cmd: list[str], work: Path, env: dict, out, deadline: float) -> bool:
+    """Runs mutmut until it ends or the module's deadline; False when it was stopped."""
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own group: a timeout stops every worker
+    try:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        return False
+
+
+def _statuses(work: Path, env: dict, names: list[str]) -> dict[str, str]:
+    """mutant name -> mutmut's verdict, for the functions that hold the promise (all when none named)."""
+    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True, check=False).stdout
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
+    if names:
+        statuses = {k: v for k, v in statuses.items() if any(_match(k, n) for n in names)}
+    return statuses
 
 
 def _dotted(path: str) -> str:
