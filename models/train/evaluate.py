@@ -44,7 +44,9 @@ def fluid_target(s: S.Sample) -> np.ndarray:
     return (np.asarray(m) >= 128).astype(np.float32)
 
 
-def make_gate_set(n_per_class: int, seed: int):
+def make_gate_set(n_per_class: int, seed: int, misoriented: int = 0):
+    """n_per_class frames of each gate class; with misoriented, that many more lung and FAST
+    frames turned on the screen (S.simulate_misoriented), labelled "other"."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label in range(len(S.GATE_CLASSES)):
@@ -52,6 +54,10 @@ def make_gate_set(n_per_class: int, seed: int):
             s = S.simulate_gate(rng, label)
             xs.append(preprocess(s.image[None], SPEC)[0])
             ys.append(label)
+    for _ in range(misoriented):
+        s = S.simulate_misoriented(rng)
+        xs.append(preprocess(s.image[None], SPEC)[0])
+        ys.append(s.gate)
     return np.stack(xs), np.array(ys)
 
 
@@ -149,6 +155,19 @@ def gate_metrics(session, thresholds: dict, n_per_class=60, seed=10_001):
         out[f"{name}_specificity"] = wilson(int((pred[~pos] != i).sum()), int((~pos).sum()))
     bad = y >= 3
     out["poor_quality_sensitivity"] = wilson(int((pred[bad] >= 3).sum()), int(bad.sum()))
+    return out
+
+
+def misoriented_metrics(session, thresholds: dict, n_per_view=100, seed=10_002):
+    """Lung and FAST frames turned on the screen (S.simulate_misoriented): the share the gate
+    still passes as a lung or FAST view (the clinical models would then misread them)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for view in ("lung", "fast"):
+        x = np.stack([preprocess(S.simulate_misoriented(rng, view).image[None], SPEC)[0] for _ in range(n_per_view)])
+        probs = post.softmax(_run(session, x)[0])
+        passed = (probs.max(axis=1) >= thresholds["min_prob"]) & (probs.argmax(axis=1) <= 1)
+        out[f"misoriented_{view}_passed"] = wilson(int(passed.sum()), n_per_view)
     return out
 
 

@@ -152,15 +152,17 @@ def session(path: Path):
 
 # -------------------------------------------------------------------------- the three models
 
-def train_gate(out: Path, seed: int, scale: float):
+def train_gate(out: Path, seed: int, scale: float, misoriented: int = 0):
     print("gate: simulating", flush=True)
-    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed)
+    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed,
+                           misoriented=int(misoriented * scale))
     model = fit(GateNet(), x, [y.astype(np.int64)], lambda o, t: F.cross_entropy(o, t[0], label_smoothing=0.05),
                 epochs=R.RECIPE["gate"]["epochs"], seed=seed, log="gate")
     path = out / "view_quality" / "model.onnx"
     export(model, path, ["logits"])
     thresholds = {"min_prob": 0.6}
     metrics = E.gate_metrics(session(path), thresholds, n_per_class=int(250 * scale), seed=seed + 501)
+    metrics |= E.misoriented_metrics(session(path), thresholds, n_per_view=int(200 * scale), seed=seed + 504)
     return path, thresholds, metrics
 
 
@@ -254,6 +256,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=list(SPECS), action="append")
     ap.add_argument("--scale", type=float, default=1.0, help="scale the data set sizes (smoke runs)")
     ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign the bundles with")
+    ap.add_argument("--gate-misoriented", type=int, default=0,
+                    help="extra gate training frames: lung and FAST views turned on the screen, labelled other")
     ap.add_argument("--lung-mimic-share", type=float, default=0.0,
                     help="share of lung training frames holding a B-line mimic and no B-line (0: the recipe's set)")
     ap.add_argument("--lung-epochs", type=int, help="lung epochs instead of the recipe's")
@@ -272,7 +276,8 @@ def main(argv=None):
     for task in args.only or list(SPECS):
         t0 = time.time()
         extra = {"mimic_share": args.lung_mimic_share, "epochs": args.lung_epochs, "bins": args.lung_bins,
-                 "confluent_share": args.lung_confluent_share} if task == "lung" else {}
+                 "confluent_share": args.lung_confluent_share} if task == "lung" else \
+            {"misoriented": args.gate_misoriented} if task == "gate" else {}
         path, thresholds, metrics = SPECS[task]["fn"](args.out, args.seed, args.scale, **extra)
         write_bundle(args.out, task, path, thresholds, metrics, args.seed, time.time() - t0)
         print(f"{task}: {path} ({path.stat().st_size / 1024:.0f} KiB) in {time.time() - t0:.0f}s", flush=True)
