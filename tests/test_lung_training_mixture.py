@@ -33,3 +33,19 @@ def test_the_same_seed_gives_the_same_mixture(evaluate):
     a = evaluate.make_lung_mixture(10, seed=13, mimic_share=0.3)
     b = evaluate.make_lung_mixture(10, seed=13, mimic_share=0.3)
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_column_targets_at_128_bins_keep_close_lines_apart(evaluate, simulator):
+    """Why `train.py --lung-bins 128` exists: at 64 bins (2 input pixels each) the targets
+    of neighbouring lines touch and merge into one run; at 128 they stay apart."""
+    from fieldkit.inference import postprocess as post
+    rng = np.random.default_rng(14)
+    samples = [simulator.simulate_lung(rng, n_blines=8) for _ in range(30)]
+    runs = {}
+    for bins in (64, 128):
+        targets = [evaluate.lung_targets(s, s.image.shape[1], s.image.shape[0], bins)[0] for s in samples]
+        assert all(t.shape == (bins,) for t in targets)
+        runs[bins] = np.mean([len(post.runs(t > 0.5)) for t in targets])
+    true = np.mean([len(s.bline_cols) for s in samples])
+    assert runs[64] < runs[128] <= true, (runs, true)
+    assert true - runs[128] < 0.5 * (true - runs[64]), (runs, true)

@@ -179,7 +179,8 @@ PLEURA_LOGITS = np.eye(32)[10] * 10  # row bin 10: the pleura at row 42 of 128
 
 
 def test_confluent_is_wide_evidence_over_a_band_from_the_pleura_to_the_bottom():
-    k, img = post.CONFLUENT_BINS, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS)
+    k = post.confluent_bins(64)
+    img = band(42, H, lo=40, hi=40 + 2 * k)
     prob = np.zeros(64)
     prob[20:20 + k] = 0.3  # a plateau under the B-line threshold counts: the model dips inside a band
     assert post.confluent(prob, img, 42.0) == (20, 20 + k)
@@ -190,9 +191,21 @@ def test_confluent_is_wide_evidence_over_a_band_from_the_pleura_to_the_bottom():
     assert post.confluent(np.zeros(64), img, 42.0) is None
 
 
+def test_the_confluent_width_is_a_share_of_the_image_whatever_the_models_column_bins():
+    # a model with one bin per input column: the same band in pixels is twice as many bins
+    assert post.confluent_bins(64) == 12 and post.confluent_bins(128) == 24
+    img = band(42, H, lo=40, hi=40 + 24)
+    prob = np.zeros(128)
+    prob[40:64] = 0.3
+    assert post.confluent(prob, img, 42.0) == (40, 64)
+    prob[63] = 0  # 23 of 128 bins: under a fifth of the width
+    assert post.confluent(prob, img, 42.0) is None
+
+
 def test_a_confluent_band_makes_a_pattern_by_itself():
     th = {"bline": 0.5, "pattern_min_blines": 3}
-    k, img = post.CONFLUENT_BINS, band(42, H, lo=40, hi=40 + 2 * post.CONFLUENT_BINS)
+    k = post.confluent_bins(64)
+    img = band(42, H, lo=40, hi=40 + 2 * k)
     prob = np.zeros(64)
     prob[20:20 + k] = 0.9
     fr = post.lung_frame(prob, PLEURA_LOGITS, img, th)

@@ -83,7 +83,8 @@ ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of th
 ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
 ABOVE_FROM, ABOVE_GAP = 0.65, 4  # the chest wall looked at: from 2/3 of the pleura's row to 4 rows
 # above it, where every E-line and needle ring-down passes (they start higher or lower up)
-CONFLUENT_BINS = 12  # B-line evidence at least this many columns wide (of 64: ~1/5 of the width)
+CONFLUENT_SHARE = 12 / 64  # B-line evidence over at least this share of the width (~1/5:
+# 12 of 64 column bins, 24 of 128)
 CONFLUENT_FLOOR = 0.1  # ... all at or above this: lines merged over a wide sector ("confluent",
 # white lung), which the model scores as a plateau with dips, not as separate peaks
 BAND_SIDE = 10  # confluent: the background is this many input pixels either side of the band
@@ -197,12 +198,18 @@ def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
     return _verdict(above[~np.isnan(above)], near, deep)
 
 
+def confluent_bins(bins: int) -> int:
+    """The narrowest confluent band, in column bins of a model with this many bins."""
+    return int(round(CONFLUENT_SHARE * bins))
+
+
 def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple[int, int] | None:
-    """Lines merged over a wide sector: the first run of evidence >= CONFLUENT_FLOOR at least
-    CONFLUENT_BINS columns wide whose band passes the mimic check (arises from the pleura,
-    reaches the bottom); None when there is none. Columns in bins of col_prob."""
-    to_px = img.shape[1] / col_prob.shape[0]
-    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, CONFLUENT_BINS):
+    """Lines merged over a wide sector: the first run of evidence >= CONFLUENT_FLOOR over at
+    least CONFLUENT_SHARE of the width whose band passes the mimic check (arises from the
+    pleura, reaches the bottom); None when there is none. Columns in bins of col_prob."""
+    bins = col_prob.shape[0]
+    to_px = img.shape[1] / bins
+    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, confluent_bins(bins)):
         if not bline_mimic(img, (a * to_px, b * to_px), pleura_row):
             return a, b
     return None

@@ -222,12 +222,13 @@ of true B-lines:
 
 def confluent_text(e: dict) -> str:
     c = e.get("confluent")
+    bins = int(e["outputs"]["bline_logits"].split(",")[1].split(")")[0])  # "(N, 64) per-column ..."
     if not c:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
     return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
 peaks either side), so touching lines count apart; lines above five are still under-counted.
 Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
-when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_BINS} of its 64
+when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.confluent_bins(bins)} of its {bins}
 columns and that band passes the mimic check (it then makes a B-line pattern by itself): on
 {c['frames']} fresh frames with them (seed {c['seed']}) {c['detected']:.1%} were called confluent; on
 {c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.

@@ -28,11 +28,11 @@ FLUID_SIZE = 64
 
 # ----------------------------------------------------------------------- targets
 
-def lung_targets(s: S.Sample, w: int, h: int):
-    cols = np.zeros(LUNG_BINS, np.float32)
+def lung_targets(s: S.Sample, w: int, h: int, bins: int = LUNG_BINS):
+    cols = np.zeros(bins, np.float32)
     for c0, c1 in s.bline_cols:
-        b0 = int(np.clip(c0 / w * LUNG_BINS, 0, LUNG_BINS - 1))
-        b1 = int(np.clip(c1 / w * LUNG_BINS, 0, LUNG_BINS - 1))
+        b0 = int(np.clip(c0 / w * bins, 0, bins - 1))
+        b1 = int(np.clip(c1 / w * bins, 0, bins - 1))
         cols[b0:b1 + 1] = 1
     row = int(np.clip(s.pleura_row / h * PLEURA_BINS, 0, PLEURA_BINS - 1))
     return cols, row
@@ -44,7 +44,9 @@ def fluid_target(s: S.Sample) -> np.ndarray:
     return (np.asarray(m) >= 128).astype(np.float32)
 
 
-def make_gate_set(n_per_class: int, seed: int):
+def make_gate_set(n_per_class: int, seed: int, misoriented: int = 0):
+    """n_per_class frames of each gate class; with misoriented, that many more lung and FAST
+    frames turned on the screen (S.simulate_misoriented), labelled "other"."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label in range(len(S.GATE_CLASSES)):
@@ -52,22 +54,26 @@ def make_gate_set(n_per_class: int, seed: int):
             s = S.simulate_gate(rng, label)
             xs.append(preprocess(s.image[None], SPEC)[0])
             ys.append(label)
+    for _ in range(misoriented):
+        s = S.simulate_misoriented(rng)
+        xs.append(preprocess(s.image[None], SPEC)[0])
+        ys.append(s.gate)
     return np.stack(xs), np.array(ys)
 
 
-def make_lung_set(n: int, seed: int):
+def make_lung_set(n: int, seed: int, bins: int = LUNG_BINS):
     rng = np.random.default_rng(seed)
     xs, cols, rows, counts = [], [], [], []
     for _ in range(n):
         s = S.simulate_lung(rng)
         h, w = s.image.shape[:2]
         xs.append(preprocess(s.image[None], SPEC)[0])
-        c, r = lung_targets(s, w, h)
+        c, r = lung_targets(s, w, h, bins)
         cols.append(c); rows.append(r); counts.append(len(s.bline_cols))
     return np.stack(xs), np.stack(cols), np.array(rows), np.array(counts)
 
 
-def make_lung_mixture(n: int, seed: int, mimic_share: float, confluent_share: float = 0.1):
+def make_lung_mixture(n: int, seed: int, mimic_share: float, confluent_share: float = 0.1, bins: int = LUNG_BINS):
     """A lung training set with B-line mimics as negatives: a `mimic_share` of the frames
     hold one mimic type and no B-line (all-zero column targets), E-lines, needles and
     emphysema twice as often as the others (the mimics the kit's check misses most); a
@@ -88,7 +94,7 @@ def make_lung_mixture(n: int, seed: int, mimic_share: float, confluent_share: fl
             s = S.simulate_lung(rng, n_blines=int(rng.choice(9, p=count_w / count_w.sum())))
         h, w = s.image.shape[:2]
         xs.append(preprocess(s.image[None], SPEC)[0])
-        c, r = lung_targets(s, w, h)
+        c, r = lung_targets(s, w, h, bins)
         cols.append(c); rows.append(r); counts.append(len(s.bline_cols))
     return np.stack(xs), np.stack(cols), np.array(rows), np.array(counts)
 
@@ -149,6 +155,19 @@ def gate_metrics(session, thresholds: dict, n_per_class=60, seed=10_001):
         out[f"{name}_specificity"] = wilson(int((pred[~pos] != i).sum()), int((~pos).sum()))
     bad = y >= 3
     out["poor_quality_sensitivity"] = wilson(int((pred[bad] >= 3).sum()), int(bad.sum()))
+    return out
+
+
+def misoriented_metrics(session, thresholds: dict, n_per_view=100, seed=10_002):
+    """Lung and FAST frames turned on the screen (S.simulate_misoriented): the share the gate
+    still passes as a lung or FAST view (the clinical models would then misread them)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for view in ("lung", "fast"):
+        x = np.stack([preprocess(S.simulate_misoriented(rng, view).image[None], SPEC)[0] for _ in range(n_per_view)])
+        probs = post.softmax(_run(session, x)[0])
+        passed = (probs.max(axis=1) >= thresholds["min_prob"]) & (probs.argmax(axis=1) <= 1)
+        out[f"misoriented_{view}_passed"] = wilson(int(passed.sum()), n_per_view)
     return out
 
 

@@ -556,6 +556,22 @@ def simulate_saturated(rng) -> Sample:
     return Sample(s.image, 5, params={"from": s.params})
 
 
+ORIENTATIONS = ("rotated 90", "rotated 270", "upside down")
+
+
+def simulate_misoriented(rng, view=None, orientation=None) -> Sample:
+    """A lung or FAST frame turned on the screen (rotated a quarter turn either way or upside
+    down: the pleura or the near field is no longer at the top). The models would misread
+    it, so the gate is taught to call it "other" (not a view it may speak about); a
+    left-right mirror is still a valid view (the probe marker's side) and is not made here."""
+    view = view or ("lung" if rng.random() < 0.5 else "fast")
+    orientation = orientation or ORIENTATIONS[rng.integers(len(ORIENTATIONS))]
+    s = (simulate_lung if view == "lung" else simulate_fast)(rng)
+    k = {"rotated 90": 1, "rotated 270": 3, "upside down": 2}[orientation]
+    return Sample(np.ascontiguousarray(np.rot90(s.image, k)), 2,
+                  params={"from": s.params, "view": view, "orientation": orientation})
+
+
 GENERATORS = (simulate_lung, simulate_fast, simulate_other, simulate_no_contact,
               simulate_too_dark, simulate_saturated)
 

@@ -58,19 +58,35 @@ class GateNet(nn.Module):
 
 
 class LungNet(nn.Module):
-    """Per-column B-line evidence over the width and the pleural line's row."""
+    """Per-column B-line evidence over the width and the pleural line's row.
 
-    def __init__(self):
+    cols=64: the bundled design, every column bin 2 input pixels wide. cols=128 (one bin per
+    input column) adds a shallow full-width branch (kept at the input's width, pooled over
+    the rows) beside the deep features, upsampled: at 64 bins the targets of neighbouring
+    lines already touch (8 simulated lines are 6.1 runs of target bins at 64, 7.6 at 128)."""
+
+    def __init__(self, cols: int = 64):
         super().__init__()
         self.stem = nn.Sequential(block(1, 16, 2), block(16, 32, (2, 1)))  # 32 x 64
         self.deep = nn.Sequential(block(32, 32, (2, 1)), block(32, 48, (2, 1)), block(48, 48, (2, 1)))  # 4 x 64
         self.rows = nn.Sequential(nn.Conv1d(32, 32, 5, padding=2), nn.ReLU(), nn.Conv1d(32, 1, 1))
-        self.cols = nn.Sequential(nn.Conv1d(48, 32, 5, padding=2), nn.ReLU(), nn.Conv1d(32, 1, 1))
+        self.fine = None
+        width = 48
+        if cols != 64:
+            if cols != 2 * 64:
+                raise ValueError("lung column bins: 64 or 128")
+            self.fine = nn.Sequential(block(1, 8, (2, 1)), block(8, 16, (2, 1)))  # 32 x 128
+            width += 16
+        self.cols = nn.Sequential(nn.Conv1d(width, 32, 5, padding=2), nn.ReLU(), nn.Conv1d(32, 1, 1))
 
     def forward(self, x):
         s = self.stem(x)
         rows = self.rows(s.mean(3))[:, 0]  # (N, 32) logits over row bins
-        cols = self.cols(self.deep(s).mean(2))[:, 0]  # (N, 64) logits over column bins
+        z = self.deep(s).mean(2)  # (N, 48, 64)
+        if self.fine is not None:
+            z = torch.cat([F.interpolate(z, scale_factor=2.0, mode="linear", align_corners=False),
+                           self.fine(x).mean(2)], 1)  # (N, 64, 128)
+        cols = self.cols(z)[:, 0]  # (N, bins) logits over column bins
         return cols, rows
 
 
@@ -136,31 +152,34 @@ def session(path: Path):
 
 # -------------------------------------------------------------------------- the three models
 
-def train_gate(out: Path, seed: int, scale: float):
+def train_gate(out: Path, seed: int, scale: float, misoriented: int = 0):
     print("gate: simulating", flush=True)
-    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed)
+    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed,
+                           misoriented=int(misoriented * scale))
     model = fit(GateNet(), x, [y.astype(np.int64)], lambda o, t: F.cross_entropy(o, t[0], label_smoothing=0.05),
                 epochs=R.RECIPE["gate"]["epochs"], seed=seed, log="gate")
     path = out / "view_quality" / "model.onnx"
     export(model, path, ["logits"])
     thresholds = {"min_prob": 0.6}
     metrics = E.gate_metrics(session(path), thresholds, n_per_class=int(250 * scale), seed=seed + 501)
+    metrics |= E.misoriented_metrics(session(path), thresholds, n_per_view=int(200 * scale), seed=seed + 504)
     return path, thresholds, metrics
 
 
-def train_lung(out: Path, seed: int, scale: float, mimic_share: float = 0.0, epochs: int | None = None):
+def train_lung(out: Path, seed: int, scale: float, mimic_share: float = 0.0, epochs: int | None = None,
+               bins: int = E.LUNG_BINS, confluent_share: float = 0.1):
     print("lung: simulating", flush=True)
     n = int(R.RECIPE["lung"]["train_size"] * scale)
-    if mimic_share:  # the mixture with mimics as negatives (tried, not shipped: see the lung card)
-        x, cols, rows, _ = E.make_lung_mixture(n, seed + 1, mimic_share)
+    if mimic_share:  # the mixture with mimics as negatives (tried, not shipped: see models/README.md)
+        x, cols, rows, _ = E.make_lung_mixture(n, seed + 1, mimic_share, confluent_share, bins=bins)
     else:
-        x, cols, rows, _ = E.make_lung_set(n, seed + 1)
+        x, cols, rows, _ = E.make_lung_set(n, seed + 1, bins=bins)
 
     def loss(o, t):
         pos = torch.tensor(4.0)  # B-line columns are rare; weigh them up
         return F.binary_cross_entropy_with_logits(o[0], t[0], pos_weight=pos) + 0.5 * F.cross_entropy(o[1], t[1])
 
-    model = fit(LungNet(), x, [cols, rows.astype(np.int64)], loss, epochs=epochs or R.RECIPE["lung"]["epochs"], seed=seed,
+    model = fit(LungNet(bins), x, [cols, rows.astype(np.int64)], loss, epochs=epochs or R.RECIPE["lung"]["epochs"], seed=seed,
                 log="lung")
     path = out / "lung_bline" / "model.onnx"
     export(model, path, ["bline_logits", "pleura_logits"])
@@ -205,13 +224,22 @@ SPECS = {
 }
 
 
+def outputs(task: str, path: Path) -> dict:
+    """The task's output descriptions, with the exported model's own column bins."""
+    out = dict(SPECS[task]["outputs"])
+    if task == "lung":
+        bins = session(path).get_outputs()[0].shape[-1]
+        out["bline_logits"] = out["bline_logits"].replace(f"(N, {E.LUNG_BINS})", f"(N, {bins})")
+    return out
+
+
 def write_bundle(out: Path, task: str, path: Path, thresholds: dict, metrics: dict, seed: int, seconds: float):
     spec = SPECS[task]
     entry = {
         "name": spec["name"], "version": VERSION, "task": task, "file": "model.onnx",
         "summary": spec["summary"],
         "input": {"name": "image", "shape": [None, 1, *E.SPEC["size"]], "dtype": "float32"},
-        "preprocessing": E.SPEC, "outputs": spec["outputs"], "labels": spec["labels"],
+        "preprocessing": E.SPEC, "outputs": outputs(task, path), "labels": spec["labels"],
         "thresholds": thresholds, "intended_views": spec["intended_views"],
         "model_card": "MODEL_CARD.md", "metrics": metrics,
         "training": {"data": "simulated (models/train/simulator.py)", "seed": seed, "seconds": round(seconds),
@@ -228,18 +256,28 @@ def main(argv=None):
     ap.add_argument("--only", choices=list(SPECS), action="append")
     ap.add_argument("--scale", type=float, default=1.0, help="scale the data set sizes (smoke runs)")
     ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign the bundles with")
+    ap.add_argument("--gate-misoriented", type=int, default=0,
+                    help="extra gate training frames: lung and FAST views turned on the screen, labelled other")
     ap.add_argument("--lung-mimic-share", type=float, default=0.0,
                     help="share of lung training frames holding a B-line mimic and no B-line (0: the recipe's set)")
     ap.add_argument("--lung-epochs", type=int, help="lung epochs instead of the recipe's")
+    ap.add_argument("--lung-bins", type=int, choices=(64, 128), default=E.LUNG_BINS,
+                    help="lung column bins over the input width (128: one per input column)")
+    ap.add_argument("--lung-confluent-share", type=float, default=0.1,
+                    help="with --lung-mimic-share: share of frames holding a confluent band")
     args = ap.parse_args(argv)
     if not 0.0 <= args.lung_mimic_share <= 0.9:
         ap.error("--lung-mimic-share must be between 0 and 0.9")
+    if not 0.0 <= args.lung_confluent_share <= 0.9 - args.lung_mimic_share:
+        ap.error("--lung-confluent-share must be between 0 and 0.9 minus --lung-mimic-share")
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     np.random.seed(args.seed)
     for task in args.only or list(SPECS):
         t0 = time.time()
-        extra = {"mimic_share": args.lung_mimic_share, "epochs": args.lung_epochs} if task == "lung" else {}
+        extra = {"mimic_share": args.lung_mimic_share, "epochs": args.lung_epochs, "bins": args.lung_bins,
+                 "confluent_share": args.lung_confluent_share} if task == "lung" else \
+            {"misoriented": args.gate_misoriented} if task == "gate" else {}
         path, thresholds, metrics = SPECS[task]["fn"](args.out, args.seed, args.scale, **extra)
         write_bundle(args.out, task, path, thresholds, metrics, args.seed, time.time() - t0)
         print(f"{task}: {path} ({path.stat().st_size / 1024:.0f} KiB) in {time.time() - t0:.0f}s", flush=True)

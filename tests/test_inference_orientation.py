@@ -1,0 +1,54 @@
+"""Views turned on the screen: the view gate must not pass a lung or FAST frame rotated a
+quarter turn or upside down (the pleura or the near field no longer at the top), or the
+clinical models would read it as if it were upright. Fresh seeds, used neither in training
+nor for the card.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fieldkit.inference import runner
+from fixtures.inference import lung_cine_dataset
+
+SEED = 730_000
+FRAMES_PER_VIEW = 200  # per view, the three orientations mixed
+# share of turned frames the gate still passes as a lung / FAST view, at most
+BOUNDS = {"lung": 0.06, "fast": 0.45}
+
+
+@pytest.mark.parametrize("view", ["lung", "fast"])
+def test_turned_views_are_not_passed_as_views(registry, evaluate, view):
+    gate = registry.get("gate")
+    m = evaluate.misoriented_metrics(gate.session, gate.thresholds, n_per_view=FRAMES_PER_VIEW,
+                                     seed=SEED + (view == "fast"))
+    passed = m[f"misoriented_{view}_passed"]["value"]
+    print(f"{view} turned on the screen: passed as a view on {passed:.1%} of {FRAMES_PER_VIEW} frames")
+    assert passed <= BOUNDS[view], f"{view}: {passed:.1%} of turned frames pass the gate"
+
+
+def test_upright_views_still_pass(registry, evaluate):
+    """The control: the same gate passes upright lung and FAST frames."""
+    gate = registry.get("gate")
+    m = evaluate.gate_metrics(gate.session, gate.thresholds, n_per_class=100, seed=SEED + 2)
+    assert m["lung_sensitivity"]["value"] >= 0.9 and m["fast_sensitivity"]["value"] >= 0.9, m
+
+
+@pytest.mark.parametrize("quarter_turns", [1, 2])
+def test_a_turned_lung_clip_abstains_with_a_reason_in_words(registry, quarter_turns):
+    ds, _ = lung_cine_dataset(n_frames=3, n_blines=3, seed=SEED + quarter_turns, quarter_turns=quarter_turns)
+    lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
+    assert not lung.assessable
+    assert lung.reason.startswith("not a lung view"), lung.reason
+    upright, _ = lung_cine_dataset(n_frames=3, n_blines=3, seed=SEED + quarter_turns)
+    assert next(r for r in runner.analyse(upright, registry).results if r.task == "lung").assessable
+
+
+def test_the_simulator_turns_frames_as_asked(simulator):
+    rng = np.random.default_rng(SEED)
+    for orientation in simulator.ORIENTATIONS:
+        s = simulator.simulate_misoriented(rng, "fast", orientation)
+        assert s.gate == simulator.GATE_CLASSES.index("other") and s.params["orientation"] == orientation
+    with pytest.raises(KeyError):
+        simulator.simulate_misoriented(rng, "lung", "sideways")
