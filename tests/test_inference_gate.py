@@ -31,6 +31,19 @@ class _InjectedGate:
         return [np.log(np.repeat(self._probs[None, :], len(x), axis=0))]
 
 
+class _PerFrameGate(_InjectedGate):
+    """The real gate's bundle and identity, answering each frame in turn its own row."""
+
+    def __init__(self, real, rows: list[np.ndarray]):
+        super().__init__(real, rows[0])
+        self._rows, self._next = rows, 0
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        rows = np.stack(self._rows[self._next:self._next + len(x)])
+        self._next += len(x)
+        return [np.log(rows)]
+
+
 class _Registry:
     def __init__(self, real, gate):
         self._real, self._gate = real, gate
@@ -85,18 +98,8 @@ def test_half_sure_frames_are_not_enough(registry):
     sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
     frames = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
 
-    class PerFrame(_InjectedGate):
-        def __init__(self, real):
-            super().__init__(real, sure)
-            self._next = 0
-
-        def run(self, x):
-            rows = np.stack(frames[self._next:self._next + len(x)])
-            self._next += len(x)
-            return [np.log(rows)]
-
     ds, _ = _lung_cine()
-    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, frames)))
     lung = next(r for r in a.results if r.task == "lung")
     assert not lung.assessable
     assert a.gate["counts"] == {"lung": 3, "uncertain": 5}
@@ -111,18 +114,8 @@ def test_an_abstention_names_the_view_and_every_label_count_most_frequent_first(
     sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
     per_frame = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
 
-    class PerFrame(_InjectedGate):
-        def __init__(self, real):
-            super().__init__(real, sure)
-            self._next = 0
-
-        def run(self, x):
-            rows = np.stack(per_frame[self._next:self._next + len(x)])
-            self._next += len(x)
-            return [np.log(rows)]
-
     ds, _ = _lung_cine()
-    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, per_frame)))
     reasons = {r.task: r.reason for r in a.results}
     gate_says = f"view/quality gate per frame: uncertain 5/8, lung 3/8; threshold p>={min_prob:g}"
     assert reasons["lung"] == f"not a lung view of usable quality ({gate_says})"
@@ -189,18 +182,8 @@ def test_the_view_is_the_gates_most_frequent_label(registry):
     sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
     per_frame = [unsure if i % 3 == 0 else sure for i in range(N_FRAMES)]  # 5 of 8 sure
 
-    class PerFrame(_InjectedGate):
-        def __init__(self, real):
-            super().__init__(real, sure)
-            self._next = 0
-
-        def run(self, x):
-            rows = np.stack(per_frame[self._next:self._next + len(x)])
-            self._next += len(x)
-            return [np.log(rows)]
-
     ds, _ = _lung_cine()
-    a = runner.analyse(ds, _Registry(registry, PerFrame(gate)))
+    a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, per_frame)))
     assert a.gate["counts"] == {"lung": 5, "uncertain": 3}
     assert a.view == "lung"
     lung = next(r for r in a.results if r.task == "lung")
@@ -235,19 +218,6 @@ def test_the_gates_record_names_each_frame_its_label_probability_and_the_model(r
     a = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, "lung", 0.8123456))))
     assert a.gate["per_frame"] == [{"frame": f, "label": "lung", "p": 0.812} for f in range(1, N_FRAMES + 1)]
     assert a.gate["model"] == {"name": gate.name, "version": gate.version, "sha256": gate.sha256}
-
-
-class _PerFrameGate(_InjectedGate):
-    """An injected gate answering each frame, in order, with its own probability row."""
-
-    def __init__(self, real, rows: list[np.ndarray]):
-        super().__init__(real, rows[0])
-        self._rows, self._next = rows, 0
-
-    def run(self, x):
-        rows = np.stack(self._rows[self._next:self._next + len(x)])
-        self._next += len(x)
-        return [np.log(rows)]
 
 
 @pytest.mark.parametrize("per_label, quality", [
