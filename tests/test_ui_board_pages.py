@@ -131,3 +131,23 @@ def test_a_reload_while_a_page_loads_neither_drops_it_nor_the_pages_shown(kit, b
         assert page.inner_text("#board-more") == "Show more (5 more)"
     finally:
         ctx.close()
+
+
+def test_a_tap_on_a_card_while_the_board_redraws_is_not_lost(kit, browser):
+    """A live update redraws the board while a finger is on a card: the card that stays in
+    place is not taken out of the page, so the tap still opens the patient."""
+    ctx = browser.new_context(base_url=kit.url, viewport=TABLET, has_touch=True)
+    page = ctx.new_page()
+    try:
+        sign_in(page)
+        first = board_ids(kit, 10)
+        wait_cards(page, first)
+        box = page.locator(f"#board li.card[data-patient-id='{first[0]}'] a").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        # a redraw with nothing moved (the same sort asked again), as a live card change does
+        page.evaluate("() => document.getElementById('board-sort').dispatchEvent(new Event('change'))")
+        page.mouse.up()
+        page.wait_for_url(f"**/patients/{first[0]}", timeout=WAIT)
+    finally:
+        ctx.close()

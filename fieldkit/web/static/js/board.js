@@ -133,7 +133,7 @@ function renderTray() {
   const list = document.getElementById("tray-items");
   const shown = new Map();
   list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.uid, li));
-  const frag = document.createDocumentFragment();
+  const placed = [];
   items.forEach(([p, c]) => {
     let li = shown.get(c.uid);
     if (!li) {
@@ -156,9 +156,18 @@ function renderTray() {
     li.querySelector(".t-meta").textContent = meta;
     const btn = li.querySelector(".tray-assign");
     if (btn) btn.setAttribute("aria-label", t("Assign to patient: capture of {when} from {probe}", { when: fmtTime(c.received_at), probe: probeText(c.probe) }));
-    frag.appendChild(li);
+    placed.push(li);
   });
-  list.replaceChildren(frag);
+  placeChildren(list, placed);
+}
+
+// `items` as the children of `list`, in order, moved only when the order changed: an item
+// that stays where it was is never detached, so a tap that lands while a live update
+// redraws the board still reaches it (a detached button gets no click).
+function placeChildren(list, items) {
+  const now = list.children;
+  if (now.length === items.length && items.every((el, i) => now[i] === el)) return;
+  list.replaceChildren(...items);
 }
 
 function render() {
@@ -177,13 +186,11 @@ function render() {
   else if (sort === "tag") rows.sort((a, b) => String(a.tag || a.id).localeCompare(String(b.tag || b.id), undefined, { numeric: true }));
   const shown = new Map();
   list.querySelectorAll(":scope > li").forEach((li) => shown.set(li.dataset.patientId, li));
-  const frag = document.createDocumentFragment();
-  rows.forEach((p) => {
+  placeChildren(list, rows.map((p) => {
     const li = shown.get(p.id) || tpl.content.firstElementChild.cloneNode(true);
     fillCard(li, p);
-    frag.appendChild(li);
-  });
-  list.replaceChildren(frag);
+    return li;
+  }));
   document.getElementById("board-empty").hidden = Object.values(state.counts || {}).some((n) => n > 0);
   const more = document.getElementById("board-more");
   const left = state.next ? moreAfter() : 0;
