@@ -44,6 +44,12 @@ class _PerFrameGate(_InjectedGate):
         return [np.log(rows)]
 
 
+def _sure_and_unsure(gate) -> tuple[np.ndarray, np.ndarray]:
+    """Probability rows for a lung frame 0.1 above and 0.1 below the gate's own threshold."""
+    min_prob, labels = float(gate.thresholds["min_prob"]), gate.entry["labels"]
+    return _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+
+
 class _Registry:
     def __init__(self, real, gate):
         self._real, self._gate = real, gate
@@ -93,9 +99,7 @@ def test_lung_speaks_only_on_frames_the_gate_was_sure_of(registry, offset, asses
 def test_half_sure_frames_are_not_enough(registry):
     """Half the frames above the threshold is below the required view share: abstain."""
     gate = registry.get("gate")
-    min_prob = float(gate.thresholds["min_prob"])
-    labels = gate.entry["labels"]
-    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    sure, unsure = _sure_and_unsure(gate)
     frames = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
 
     ds, _ = _lung_cine()
@@ -110,8 +114,7 @@ def test_an_abstention_names_the_view_and_every_label_count_most_frequent_first(
     the frames (most frequent first) and the threshold."""
     gate = registry.get("gate")
     min_prob = float(gate.thresholds["min_prob"])
-    labels = gate.entry["labels"]
-    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    sure, unsure = _sure_and_unsure(gate)
     per_frame = [sure if i % 3 == 0 else unsure for i in range(N_FRAMES)]  # 3 of 8 sure
 
     ds, _ = _lung_cine()
@@ -177,9 +180,7 @@ def test_a_frame_exactly_at_the_threshold_is_decided(registry):
 def test_the_view_is_the_gates_most_frequent_label(registry):
     """5 of 8 frames surely lung, 3 uncertain: the view is lung (not the label that sorts last)."""
     gate = registry.get("gate")
-    min_prob = float(gate.thresholds["min_prob"])
-    labels = gate.entry["labels"]
-    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    sure, unsure = _sure_and_unsure(gate)
     per_frame = [unsure if i % 3 == 0 else sure for i in range(N_FRAMES)]  # 5 of 8 sure
 
     ds, _ = _lung_cine()
@@ -239,8 +240,7 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
     """VIEW_SHARE (half) of the frames surely lung: the lung model speaks, on those frames only."""
     gate = registry.get("gate")
     min_prob = float(gate.thresholds["min_prob"])
-    labels = gate.entry["labels"]
-    sure, unsure = _lung_probs(labels, min_prob + 0.1), _lung_probs(labels, min_prob - 0.1)
+    sure, unsure = _sure_and_unsure(gate)
     rows = [sure if i % 2 else unsure for i in range(N_FRAMES)]  # frames 2, 4, 6, 8 sure
     ds, _ = _lung_cine()
     a = runner.analyse(ds, _Registry(registry, _PerFrameGate(gate, rows)))

@@ -525,14 +525,20 @@ def test_after_a_restart_the_index_reads_as_before(kit, monkeypatch):
     assert q.counts()[KIND_SYNC]["done"] == 3
 
 
-def test_a_row_waiting_its_retry_is_not_the_most_urgent_through_an_old_place(kit):
-    q, clock = kit.q, kit.clock
+def _waiting_row_with_an_old_place(q):
+    """(r, z): r waits 30 s for its retry at priority 50 with an old place at 50 left in the
+    ready heap; z is ready at 90."""
     r = q.enqueue(KIND_SYNC, {"n": "r"}, priority=50)
     q.set_priority(r, 10)
     assert q.lease(KIND_SYNC).id == r  # its old place at 50 stays behind in the heap
     q.fail(r, "PACS busy", retry_in=30)
     q.set_priority(r, 50)  # back to 50 while it waits: the old place matches it again
-    z = q.enqueue(KIND_SYNC, {"n": "z"}, priority=90)
+    return r, q.enqueue(KIND_SYNC, {"n": "z"}, priority=90)
+
+
+def test_a_row_waiting_its_retry_is_not_the_most_urgent_through_an_old_place(kit):
+    q, clock = kit.q, kit.clock
+    r, z = _waiting_row_with_an_old_place(q)
     assert q.most_urgent_ready(KIND_SYNC) == 90  # r is not due for 30 s
     assert q.most_urgent_ready(KIND_SYNC) == 90
     assert q.lease(KIND_SYNC).id == z
@@ -544,12 +550,7 @@ def test_a_row_waiting_its_retry_is_not_the_most_urgent_through_an_old_place(kit
 
 def test_a_lease_does_not_hand_out_a_row_still_waiting_its_retry_through_an_old_place(kit):
     q, clock = kit.q, kit.clock
-    r = q.enqueue(KIND_SYNC, {"n": "r"}, priority=50)
-    q.set_priority(r, 10)
-    assert q.lease(KIND_SYNC).id == r  # its old place at 50 stays behind in the heap
-    q.fail(r, "PACS busy", retry_in=30)
-    q.set_priority(r, 50)  # back to 50 while it waits: the old place matches it again
-    z = q.enqueue(KIND_SYNC, {"n": "z"}, priority=90)
+    r, z = _waiting_row_with_an_old_place(q)
     assert q.lease(KIND_SYNC).id == z  # r is not due for 30 s
     assert q.lease(KIND_SYNC) is None
     clock.advance(31)
