@@ -48,6 +48,26 @@ def test_remembered_values_are_masked_anywhere():
         redact.forget_all()
 
 
+def test_patients_arriving_one_by_one_do_not_pile_up_old_patterns_in_memory():
+    """Each new value recompiles one pattern of every remembered value; the old ones must
+    not stay behind (re's own cache kept the last 512: ~100 MB at the bound)."""
+    import tracemalloc
+
+    redact.forget_all()
+    redact.remember(*(f"Patient{n:05d}^Given{n:05d}" for n in range(500)))  # 1 500 values
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(60):  # new patients at a busy post, one at a time
+            redact.remember(f"Arrival{n:04d}^Late{n:04d}")
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert "Arrival0059" not in redact.redact("stored for Arrival0059 Late0059")
+    finally:
+        tracemalloc.stop()
+        redact.forget_all()
+    assert grown < 2**20, f"{grown / 2**20:.1f} MB kept after 60 new patients"
+
+
 def test_the_logging_setup_redacts_every_logger_and_traceback(tmp_path):
     token = new_token()
     script = textwrap.dedent(f"""
