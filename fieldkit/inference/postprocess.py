@@ -282,3 +282,78 @@ def calibrated(score: float, calibration: dict | None) -> float | None:
     if not calibration:
         return None
     return float(sigmoid(np.asarray(calibration["a"] * score + calibration["b"], float)))
+
+
+# --------------------------------------------------------------------- lung sliding
+# With the lung sliding, the pleural line and the lung just below it change from frame to
+# frame (its granular texture shifts, its speckle shimmers) while the chest wall above stays
+# still: the cine's version of the M-mode seashore sign. Without sliding (air between the
+# pleurae: a pneumothorax cannot be excluded) the band below changes no more than the band
+# above, which only electronic noise changes. When the band above changes too, the probe
+# moved and nothing can be said. Rows in model-input pixels; thresholds chosen on simulated
+# clips of one seed and measured on another (models/train/sliding.py).
+SLIDING_MIN_FRAMES = 4  # fewer lung frames than this: too little motion to judge
+SLIDING_GAP = 3  # rows between the pleural row and the chest-wall band (the line's own blur)
+SLIDING_ABOVE = 12  # rows of chest wall looked at above the pleura
+SLIDING_BELOW = (-2, 6)  # rows around and just below the pleural row that move with the lung
+PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter than the wall above
+PLEURA_MIN_SHARE = 0.15  # share of the width that must show it, else "no pleural line found"
+PLEURA_SPREAD = 6.0  # the model's pleural rows spread more than this (IQR): it is not one line
+SLIDING_MOVED = 0.09  # the chest wall changes by more than this share of its brightness: probe moved
+CHANGE_FLOOR = 0.5 / 255  # frame-to-frame change (0-1 scale) below which a band is still
+SLIDING_MIN_SCORE = 0.45  # log ratio of change below to change above at and over which it slides
+
+
+def lung_sliding(frames: np.ndarray, pleura_rows, frame_numbers) -> dict:
+    """Lung sliding over a clip's lung frames: {"status": present | absent | not
+    assessable, "reason": words, "reason_code", "score" (log ratio of frame-to-frame change
+    in the band at and below the pleura to that in the chest wall above; >= SLIDING_MIN_SCORE
+    is sliding), "frames" (1-based, the frames used), "pleura_row"}.
+
+    frames: (N, H, W) float as the model saw them (0-1); pleura_rows: the lung model's
+    pleural row per frame (input pixels)."""
+    frames = np.asarray(frames, np.float32)
+    out = {"frames": [int(f) for f in frame_numbers], "score": None, "pleura_row": None}
+
+    def abstain(code: str, reason: str) -> dict:
+        return out | {"status": "not assessable", "reason_code": code, "reason": reason}
+
+    n = len(frames)
+    if n < 2:
+        return abstain("single_frame", "a single frame: lung sliding needs motion (a cine)")
+    if n < SLIDING_MIN_FRAMES:
+        return abstain("too_few_frames", f"{n} lung frames: at least {SLIDING_MIN_FRAMES} are needed "
+                                         "to judge lung sliding")
+    rows = np.asarray(pleura_rows, float)
+    q1, q3 = np.percentile(rows, [25, 75])
+    h = frames.shape[1]
+    prow = int(round(float(np.median(rows))))
+    out["pleura_row"] = prow
+    if q3 - q1 > PLEURA_SPREAD or prow - SLIDING_GAP - 4 < 0 or prow + SLIDING_BELOW[1] > h:
+        return abstain("no_pleura", "no steady pleural line found")
+    mean = frames.mean(0)
+    above = slice(max(0, prow - SLIDING_GAP - SLIDING_ABOVE), prow - SLIDING_GAP)
+    below = slice(prow + SLIDING_BELOW[0], prow + SLIDING_BELOW[1])
+    wall = mean[above].mean(0)
+    line = mean[below].max(0)
+    in_view = wall > IN_VIEW
+    visible = in_view & (line > PLEURA_VISIBLE * wall)  # not under a rib
+    out["pleura_seen"] = round(float(visible.sum() / max(1, in_view.sum())), 3)  # share of the width in view
+    if out["pleura_seen"] < PLEURA_MIN_SHARE:
+        return abstain("no_pleura", "no pleural line found (none seen, or only rib shadows)")
+    change = np.abs(np.diff(frames, axis=0)).mean(0)
+    wall_change = float(change[above][:, visible].mean())
+    moved = wall_change / max(float(wall[visible].mean()), 1e-6)
+    out["chest_wall_change"] = round(moved, 4)
+    if moved > SLIDING_MOVED:
+        return abstain("probe_moved", "the probe moved: the chest wall changes between frames")
+    lung_change = float(change[below][:, visible].mean())
+    # the floor (half a grey level) keeps two still, noiseless bands at a ratio of about 1
+    score = float(np.log((lung_change + CHANGE_FLOOR) / (wall_change + CHANGE_FLOOR)))
+    out["score"] = round(score, 3)
+    if score >= SLIDING_MIN_SCORE:
+        return out | {"status": "present", "reason_code": "", "reason":
+                      "the pleural line and the lung below it move between frames, the chest wall does not"}
+    return out | {"status": "absent", "reason_code": "", "reason":
+                  "nothing below the pleural line moves more than the still chest wall above it"}
+

@@ -415,16 +415,17 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
     d, l = _grid()
     between_ribs = ~np.any([np.abs(l - c) < h for c, h in ribs], axis=0) if ribs else np.ones_like(l, bool)
     moving = (d > p - 0.015) & between_ribs  # the pleura and the lung below it
-    gain_db = rng.uniform(-6, 6) if gain_db is None else gain_db
-    noise_sd = rng.uniform(1.0, 6.0) if noise_sd is None else noise_sd
+    gain_db = rng.uniform(-4, 4) if gain_db is None else gain_db
+    noise_sd = rng.uniform(1.0, 8.0) if noise_sd is None else noise_sd
     atten = np.exp(-rng.uniform(1.0, 2.5) * d)
     dr = rng.uniform(45, 60)
-    amp = rng.uniform(1.0, 3.0)  # peak lateral excursion of the pleura, scan lines
+    amp = rng.uniform(0.3, 3.0)  # peak lateral excursion of the pleura, scan lines
     period, phase = rng.uniform(6, 16), rng.uniform(0, 2 * np.pi)  # frames per breath
-    keep = rng.uniform(0.2, 0.6)  # share of the speckle that keeps its pattern between frames
+    keep = rng.uniform(0.2, 0.9)  # share of the speckle that keeps its pattern between frames
     grain = texture(rng, 3, (BEAM_DEPTH, 3 * BEAM_LINES))  # the pleura's granular texture, wider
     z0 = rng.standard_normal(echo.shape) + 1j * rng.standard_normal(echo.shape)
     floor = 1e-3 * speckle(rng)
+    norm = float(np.mean(np.abs(_smooth(_smooth(z0, 0, 2), 1, 3)) ** 2))  # as `speckle`: mean 1
     clutter_seed = int(rng.integers(2**31))
     di, li, inside = geom.beam_index()
     walk = np.cumsum(rng.normal(0, motion, (n_frames, 2)), axis=0) if motion > 0 else np.zeros((n_frames, 2))
@@ -437,7 +438,7 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
             fresh = rng.standard_normal(echo.shape) + 1j * rng.standard_normal(echo.shape)
             z = np.where(moving, np.sqrt(keep) * z0 + np.sqrt(1 - keep) * fresh, z0)
         spk = np.abs(_smooth(_smooth(z, 0, 2), 1, 3)) ** 2
-        env = e * spk / 2.0 * atten + floor  # 2.0: the mean of |smoothed z|^2 before normalising
+        env = e * spk / norm * atten + floor
         db = 10 * np.log10(env + 1e-9) + gain_db
         beam = np.clip((db + 0.5 * dr + 5) / dr, 0, 1) * 255
         img = np.where(inside, beam[di, li], 0).astype(np.float32)
