@@ -296,22 +296,32 @@ SLIDING_MIN_FRAMES = 4  # fewer lung frames than this: too little motion to judg
 SLIDING_GAP = 3  # rows between the pleural row and the chest-wall band (the line's own blur)
 SLIDING_ABOVE = 12  # rows of chest wall looked at above the pleura
 SLIDING_BELOW = (-2, 6)  # rows around and just below the pleural row that move with the lung
-PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter than the wall above
-PLEURA_MIN_SHARE = 0.15  # share of the width that must show it, else "no pleural line found"
+PLEURA_MIN_CONF = 0.9  # the lung model's pleural-row probability within one bin of its peak
 PLEURA_SPREAD = 6.0  # the model's pleural rows spread more than this (IQR): it is not one line
+PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter than the wall above
+PLEURA_MIN_SHARE = 0.05  # share of the width in view that must show it (not all rib shadow)
 SLIDING_MOVED = 0.09  # the chest wall changes by more than this share of its brightness: probe moved
 CHANGE_FLOOR = 0.5 / 255  # frame-to-frame change (0-1 scale) below which a band is still
 SLIDING_MIN_SCORE = 0.45  # log ratio of change below to change above at and over which it slides
 
 
-def lung_sliding(frames: np.ndarray, pleura_rows, frame_numbers) -> dict:
-    """Lung sliding over a clip's lung frames: {"status": present | absent | not
-    assessable, "reason": words, "reason_code", "score" (log ratio of frame-to-frame change
-    in the band at and below the pleura to that in the chest wall above; >= SLIDING_MIN_SCORE
-    is sliding), "frames" (1-based, the frames used), "pleura_row"}.
+def pleura_confidence(row_logits: np.ndarray) -> float:
+    """How sure the lung model is of the pleural row: its probability within one row bin of
+    the most likely one (a line seen gives a sharp peak; no line, a spread)."""
+    p = softmax(np.asarray(row_logits, float))
+    a = int(np.argmax(p))
+    return float(p[max(0, a - 1):a + 2].sum())
 
-    frames: (N, H, W) float as the model saw them (0-1); pleura_rows: the lung model's
-    pleural row per frame (input pixels)."""
+
+def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
+    """Lung sliding over a clip's lung frames: {"status": present | absent | not
+    assessable, "reason" (words), "reason_code" (single_frame, too_few_frames, no_pleura,
+    probe_moved; "" when judged), "score" (log ratio of the frame-to-frame change in the
+    band at and just below the pleura to that in the chest wall above; >= SLIDING_MIN_SCORE
+    is sliding), "frames" (1-based, the frames used), "pleura_row" (input pixels)}.
+
+    frames: (N, H, W) float as the lung model saw them (0-1); pleura_logits: (N, bins) the
+    lung model's pleural-row logits for them."""
     frames = np.asarray(frames, np.float32)
     out = {"frames": [int(f) for f in frame_numbers], "score": None, "pleura_row": None}
 
@@ -324,23 +334,23 @@ def lung_sliding(frames: np.ndarray, pleura_rows, frame_numbers) -> dict:
     if n < SLIDING_MIN_FRAMES:
         return abstain("too_few_frames", f"{n} lung frames: at least {SLIDING_MIN_FRAMES} are needed "
                                          "to judge lung sliding")
-    rows = np.asarray(pleura_rows, float)
-    q1, q3 = np.percentile(rows, [25, 75])
     h = frames.shape[1]
+    rows = np.array([pleura_row(r, h) for r in pleura_logits])
+    conf = float(np.median([pleura_confidence(r) for r in pleura_logits]))
+    q1, q3 = np.percentile(rows, [25, 75])
     prow = int(round(float(np.median(rows))))
     out["pleura_row"] = prow
-    if q3 - q1 > PLEURA_SPREAD or prow - SLIDING_GAP - 4 < 0 or prow + SLIDING_BELOW[1] > h:
-        return abstain("no_pleura", "no steady pleural line found")
+    if conf < PLEURA_MIN_CONF or q3 - q1 > PLEURA_SPREAD or prow - SLIDING_GAP - 4 < 0 \
+            or prow + SLIDING_BELOW[1] > h:
+        return abstain("no_pleura", "no clear pleural line found")
     mean = frames.mean(0)
     above = slice(max(0, prow - SLIDING_GAP - SLIDING_ABOVE), prow - SLIDING_GAP)
     below = slice(prow + SLIDING_BELOW[0], prow + SLIDING_BELOW[1])
     wall = mean[above].mean(0)
-    line = mean[below].max(0)
     in_view = wall > IN_VIEW
-    visible = in_view & (line > PLEURA_VISIBLE * wall)  # not under a rib
-    out["pleura_seen"] = round(float(visible.sum() / max(1, in_view.sum())), 3)  # share of the width in view
-    if out["pleura_seen"] < PLEURA_MIN_SHARE:
-        return abstain("no_pleura", "no pleural line found (none seen, or only rib shadows)")
+    visible = in_view & (mean[below].max(0) > PLEURA_VISIBLE * wall)  # columns not under a rib
+    if visible.sum() < PLEURA_MIN_SHARE * max(1, in_view.sum()):
+        return abstain("no_pleura", "the pleural line is hidden (rib shadows)")
     change = np.abs(np.diff(frames, axis=0)).mean(0)
     wall_change = float(change[above][:, visible].mean())
     moved = wall_change / max(float(wall[visible].mean()), 1e-6)
@@ -356,4 +366,3 @@ def lung_sliding(frames: np.ndarray, pleura_rows, frame_numbers) -> dict:
                       "the pleural line and the lung below it move between frames, the chest wall does not"}
     return out | {"status": "absent", "reason_code": "", "reason":
                   "nothing below the pleural line moves more than the still chest wall above it"}
-

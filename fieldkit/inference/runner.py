@@ -397,13 +397,12 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
     in_h = model.entry["input"]["shape"][2]
     probs = post.sigmoid(cols)
     scale = w / probs.shape[1]
-    per_frame, scores, prows = [], [], []
+    per_frame, scores = [], []
     for f, pc, pr, img in zip(frame_numbers, probs, rows, x):
         # the model scores columns at the pleura; a column whose line starts above it or
         # fades is a mimic, not a B-line (kept apart, with the reason)
         fr = post.lung_frame(pc, pr, img[0], th)
         scores.append(fr["score"])
-        prows.append(fr["pleura_row"])
         per_frame.append({"frame": f, "b_lines": len(fr["runs"]), "confluent": fr["confluent"],
                           "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
                           "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
@@ -426,8 +425,8 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
               # "vertical artefacts present, not B-lines": the most in a frame
               "max_vertical_artefacts_not_b_lines": max(len(r["not_b_lines"]) for r in per_frame),
               "column_evidence": [round(float(v), 3) for v in probs[best]]}
-    # lung sliding over the same frames, at the model's own pleural rows (input pixels)
-    result["sliding"] = post.lung_sliding(x[:, 0], prows, frame_numbers)
+    # lung sliding over the same frames, at the model's own pleural row
+    result["sliding"] = post.lung_sliding(x[:, 0], rows, frame_numbers)
     _probability(result, model, score)
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}
