@@ -302,7 +302,8 @@ PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter
 PLEURA_MIN_SHARE = 0.05  # share of the width in view that must show it (not all rib shadow)
 SLIDING_MOVED = 0.09  # the chest wall changes by more than this share of its brightness: probe moved
 CHANGE_FLOOR = 0.5 / 255  # frame-to-frame change (0-1 scale) below which a band is still
-SLIDING_MIN_SCORE = 0.45  # log ratio of change below to change above at and over which it slides
+SLIDING_PRESENT = 0.5  # score (log ratio of change below to above) at and over which it slides
+SLIDING_ABSENT = 0.35  # ... under which nothing slides; between the two the kit cannot tell
 
 
 def pleura_confidence(row_logits: np.ndarray) -> float:
@@ -316,9 +317,10 @@ def pleura_confidence(row_logits: np.ndarray) -> float:
 def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
     """Lung sliding over a clip's lung frames: {"status": present | absent | not
     assessable, "reason" (words), "reason_code" (single_frame, too_few_frames, no_pleura,
-    probe_moved; "" when judged), "score" (log ratio of the frame-to-frame change in the
-    band at and just below the pleura to that in the chest wall above; >= SLIDING_MIN_SCORE
-    is sliding), "frames" (1-based, the frames used), "pleura_row" (input pixels)}.
+    probe_moved, uncertain; "" when judged), "score" (log ratio of the frame-to-frame change
+    in the band at and just below the pleura to that in the chest wall above: >=
+    SLIDING_PRESENT slides, < SLIDING_ABSENT does not), "frames" (1-based, the frames
+    used), "pleura_row" (input pixels)}.
 
     frames: (N, H, W) float as the lung model saw them (0-1); pleura_logits: (N, bins) the
     lung model's pleural-row logits for them."""
@@ -361,8 +363,11 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     # the floor (half a grey level) keeps two still, noiseless bands at a ratio of about 1
     score = float(np.log((lung_change + CHANGE_FLOOR) / (wall_change + CHANGE_FLOOR)))
     out["score"] = round(score, 3)
-    if score >= SLIDING_MIN_SCORE:
+    if score >= SLIDING_PRESENT:
         return out | {"status": "present", "reason_code": "", "reason":
                       "the pleural line and the lung below it move between frames, the chest wall does not"}
+    if score >= SLIDING_ABSENT:
+        return abstain("uncertain", "the lung below the pleural line moves a little more than the chest wall: "
+                                    "too little to tell whether it slides")
     return out | {"status": "absent", "reason_code": "", "reason":
                   "nothing below the pleural line moves more than the still chest wall above it"}

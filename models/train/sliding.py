@@ -98,28 +98,29 @@ def figures(t: dict) -> dict:
     return res
 
 
+MARGIN = 0.1  # log ratio: about 10 % more or less change than any clip of the other class showed
+
+
 def tune(registry, seed: int, n_per_class: int) -> dict:
     """Thresholds from one seed's clips: the chest-wall change over which the probe moved
-    (a quarter above the most any clip with a still or slightly drifting probe shows), then
-    the score threshold that maximises the sum of both sensitivities while calling no more
-    than 1 % of the clips without sliding "present" (the error that would wrongly exclude
-    a pneumothorax)."""
+    (a quarter above the most any clip with a still or slightly drifting probe shows); then
+    "present" from MARGIN above the highest score of a clip without sliding (calling one of
+    them "present" would wrongly exclude a pneumothorax) and "absent" below MARGIN under the
+    lowest score of a clip with sliding; between the two the kit says it cannot tell."""
     from fieldkit.inference import postprocess as post
-    saved = post.SLIDING_MOVED, post.SLIDING_MIN_SCORE
+    saved = post.SLIDING_MOVED
     post.SLIDING_MOVED = float("inf")
     try:
         t = table(registry, seed, n_per_class)
     finally:
-        post.SLIDING_MOVED, post.SLIDING_MIN_SCORE = saved
+        post.SLIDING_MOVED = saved
     moved = 1.25 * max(t[True]["wall"] + t[False]["wall"])
-    pos, neg = np.array(t[True]["scores"]), np.array(t[False]["scores"])
-    best = None
-    for th in np.unique(np.round(np.concatenate([pos, neg]), 2)):
-        fp = float((neg >= th).mean())
-        j = float((pos >= th).mean() + (neg < th).mean())
-        if fp <= 0.01 and (best is None or j > best[1]):
-            best = (float(th), j)
-    return {"moved": round(moved, 3), "min_score": best[0], "table": t}
+    present_from = max(t[False]["scores"]) + MARGIN
+    absent_below = min(t[True]["scores"]) - MARGIN
+    if absent_below > present_from:  # the classes lie far apart: one threshold halfway
+        absent_below = present_from = (absent_below + present_from) / 2
+    return {"moved": round(moved, 2), "present_from": round(present_from, 2),
+            "absent_below": round(absent_below, 2), "table": t}
 
 
 if __name__ == "__main__":
@@ -134,5 +135,6 @@ if __name__ == "__main__":
         s, w = np.array(t[truth]["scores"]), np.array(t[truth]["wall"])
         print("tune", "sliding" if truth else "no sliding", "score pct 0/1/5/50/95/99/100:",
               np.round(np.percentile(s, [0, 1, 5, 50, 95, 99, 100]), 3), "chest wall change max:", round(float(w.max()), 4))
-    print("chosen on the tuning seed:", chosen, "in the kit:", {"moved": post.SLIDING_MOVED, "min_score": post.SLIDING_MIN_SCORE})
+    print("chosen on the tuning seed:", chosen, "in the kit:", {"moved": post.SLIDING_MOVED,
+          "present_from": post.SLIDING_PRESENT, "absent_below": post.SLIDING_ABSENT})
     print("test seed", TEST_SEED, figures(table(reg, TEST_SEED, n)))

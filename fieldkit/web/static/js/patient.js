@@ -117,7 +117,7 @@ function findingText(f) {
 // never reads as a diagnosis; an abstention says why in words
 const SLIDING_WHY = { single_frame: t("a single image: sliding needs a clip"),
   too_few_frames: t("too few lung frames in the clip"), no_pleura: t("no clear pleural line found"),
-  probe_moved: t("the probe moved during the clip") };
+  probe_moved: t("the probe moved during the clip"), uncertain: t("too little movement to tell") };
 
 function slidingText(s) {
   if (s.status === "present") return t("Lung sliding: present");
