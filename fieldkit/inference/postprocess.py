@@ -300,10 +300,13 @@ PLEURA_MIN_CONF = 0.9  # the lung model's pleural-row probability within one bin
 PLEURA_SPREAD = 6.0  # the model's pleural rows spread more than this (IQR): it is not one line
 PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter than the wall above
 PLEURA_MIN_SHARE = 0.05  # share of the width in view that must show it (not all rib shadow)
-SLIDING_MOVED = 0.09  # the chest wall changes by more than this share of its brightness: probe moved
+SLIDING_MOVED = 0.1  # the chest wall changes by more than this share of its brightness: probe moved
 CHANGE_FLOOR = 0.5 / 255  # frame-to-frame change (0-1 scale) below which a band is still
-SLIDING_PRESENT = 0.5  # score (log ratio of change below to above) at and over which it slides
-SLIDING_ABSENT = 0.35  # ... under which nothing slides; between the two the kit cannot tell
+SLIDING_PRESENT = 0.47  # score (log ratio of change below to above) at and over which it slides
+SLIDING_ABSENT = 0.34  # ... under which nothing slides; between the two the kit cannot tell
+POINT_SIDE = 0.25  # a lung point: sliding on one side of a line, none on the other, each side
+# at least this share of the columns where the pleura shows ...
+POINT_STILL = 0.23  # ... and the still side's score under this while the other's is "present"
 
 
 def pleura_confidence(row_logits: np.ndarray) -> float:
@@ -317,7 +320,7 @@ def pleura_confidence(row_logits: np.ndarray) -> float:
 def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
     """Lung sliding over a clip's lung frames: {"status": present | absent | not
     assessable, "reason" (words), "reason_code" (single_frame, too_few_frames, no_pleura,
-    probe_moved, uncertain; "" when judged), "score" (log ratio of the frame-to-frame change
+    probe_moved, partial (sliding on one side of a line only), uncertain; "" when judged), "score" (log ratio of the frame-to-frame change
     in the band at and just below the pleura to that in the chest wall above: >=
     SLIDING_PRESENT slides, < SLIDING_ABSENT does not), "frames" (1-based, the frames
     used), "pleura_row" (input pixels)}.
@@ -363,6 +366,13 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     # the floor (half a grey level) keeps two still, noiseless bands at a ratio of about 1
     score = float(np.log((lung_change + CHANGE_FLOOR) / (wall_change + CHANGE_FLOOR)))
     out["score"] = round(score, 3)
+    out["sides"] = _split_scores(change[below][:, visible].mean(0), change[above][:, visible].mean(0))
+    if score >= SLIDING_ABSENT and out["sides"] and min(out["sides"]) < POINT_STILL \
+            and max(out["sides"]) >= SLIDING_PRESENT:
+        # sliding on one side of a line only: the edge of a pneumothorax (a lung point)
+        # may lie here, so the clip must not read "present"
+        return abstain("partial", "the lung slides in part of the view only (a lung point?): "
+                                  "pneumothorax not excluded")
     if score >= SLIDING_PRESENT:
         return out | {"status": "present", "reason_code": "", "reason":
                       "the pleural line and the lung below it move between frames, the chest wall does not"}
@@ -371,3 +381,20 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
                                     "too little to tell whether it slides")
     return out | {"status": "absent", "reason_code": "", "reason":
                   "nothing below the pleural line moves more than the still chest wall above it"}
+
+
+def _split_scores(lung: np.ndarray, wall: np.ndarray) -> list[float]:
+    """The two sides' scores where the width splits into the most different halves (each
+    at least POINT_SIDE of the columns): per column frame-to-frame change at the pleura
+    (`lung`) and in the chest wall (`wall`)."""
+    n = len(lung)
+    lo = max(1, int(np.ceil(POINT_SIDE * n)))
+    if n - lo < lo:
+        return []
+    cl, cw = np.cumsum(lung), np.cumsum(wall)
+    k = np.arange(lo, n - lo + 1)
+    left = np.log((cl[k - 1] / k + CHANGE_FLOOR) / (cw[k - 1] / k + CHANGE_FLOOR))
+    right = np.log(((cl[-1] - cl[k - 1]) / (n - k) + CHANGE_FLOOR) / ((cw[-1] - cw[k - 1]) / (n - k) + CHANGE_FLOOR))
+    i = int(np.argmax(np.abs(left - right)))
+    return [round(float(left[i]), 3), round(float(right[i]), 3)]
+

@@ -396,7 +396,7 @@ def _shift(img, dy: float, dx: float):
 
 
 def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe=None, motion=0.0,
-                          n_blines=None, gain_db=None, noise_sd=None):
+                          n_blines=None, gain_db=None, noise_sd=None, lung_point=False):
     """A lung clip for lung sliding (the sign that excludes a pneumothorax under the probe).
 
     The anatomy of `lung_echo` is drawn once and held still (a probe held on the chest: the
@@ -404,8 +404,10 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
     `sliding`, the visceral pleura moves to and fro under the parietal one with breathing: the
     pleural line's granular texture shifts sideways and the speckle at and below it
     decorrelates from frame to frame (the shimmer), between the ribs. Without it (air in the
-    pleural space) nothing below the pleura changes either. `motion`: display pixels per frame
-    the whole image drifts (a random walk), the probe moving on the chest.
+    pleural space) nothing below the pleura changes either. `lung_point`: the edge of a
+    pneumothorax under the probe, sliding on one side of a random line (30-70 % of the
+    width) and none on the other (`sliding` is then ignored). `motion`: display pixels per
+    frame the whole image drifts (a random walk), the probe moving on the chest.
     Returns (frames (n, H, W, 3) uint8, truth dict: sliding, pleura_row, params)."""
     probe = probe or ("linear" if rng.random() < 0.5 else "convex")
     geom = random_geometry(rng, probe, size)
@@ -415,6 +417,11 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
     d, l = _grid()
     between_ribs = ~np.any([np.abs(l - c) < h for c, h in ribs], axis=0) if ribs else np.ones_like(l, bool)
     moving = (d > p - 0.015) & between_ribs  # the pleura and the lung below it
+    point = None
+    if lung_point:
+        point = float(rng.uniform(0.3, 0.7))
+        moving = moving & ((l < point) if rng.random() < 0.5 else (l >= point))
+        sliding = True
     gain_db = rng.uniform(-4, 4) if gain_db is None else gain_db
     noise_sd = rng.uniform(1.0, 8.0) if noise_sd is None else noise_sd
     atten = np.exp(-rng.uniform(1.0, 2.5) * d)
@@ -449,7 +456,8 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
         add_clutter(np.random.default_rng(clutter_seed), rgb, geom)
         frames.append(rgb)
     row = geom.to_display(p, 0.5)[0]
-    return np.stack(frames), {"sliding": bool(sliding), "pleura_row": float(row),
+    return np.stack(frames), {"sliding": bool(sliding and point is None), "lung_point": point,
+                              "pleura_row": float(row),
                               "params": {"probe": geom.kind, "pleura_depth": p, "ribs": len(ribs),
                                          "n_blines": n_blines, "gain_db": gain_db, "noise_sd": noise_sd,
                                          "motion": motion, "keep": keep, "amp": amp}}

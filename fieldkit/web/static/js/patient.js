@@ -122,6 +122,7 @@ const SLIDING_WHY = { single_frame: t("a single image: sliding needs a clip"),
 function slidingText(s) {
   if (s.status === "present") return t("Lung sliding: present");
   if (s.status === "absent") return t("Lung sliding: absent (pneumothorax not excluded)");
+  if (s.reason_code === "partial") return t("Lung sliding: in part of the view only (pneumothorax not excluded)");
   return t("Lung sliding: not assessable ({why})", { why: SLIDING_WHY[s.reason_code] || s.reason || "?" });
 }
 
@@ -130,8 +131,11 @@ function renderSliding(li, f) {
   const s = f.task === "lung" && f.assessable && f.result ? f.result.sliding : null;
   box.hidden = !s;
   if (!s) return;
+  // no sliding, or sliding on one side of a line only (a lung point): a red flag
+  const flag = s.status === "absent" || s.reason_code === "partial";
   box.dataset.status = s.status;
-  box.textContent = (s.status === "absent" ? "▲ " : "") + slidingText(s);
+  box.dataset.flag = String(flag);
+  box.textContent = (flag ? "▲ " : "") + slidingText(s);
 }
 
 function renderFindings(p) {
