@@ -1,7 +1,8 @@
 """Lung sliding on the patient page, in a real Chromium against a real `fieldkit serve`
 whose models run on simulated cines pushed by storescu: a clip without sliding reads
 "Lung sliding: absent (pneumothorax not excluded)" as a red flag, one with sliding reads
-"Lung sliding: present", and a single lung frame says in words why sliding cannot be judged."""
+"Lung sliding: present", one sliding on one side of a line only (a lung point) is flagged
+and not called present, and a single lung frame says in words why sliding cannot be judged."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ pytestmark = pytest.mark.timeout(300)
 PID = "PTX-1"
 
 
-def _clip(tmp_path, name: str, slides: bool, seed: int):
+def _clip(tmp_path, name: str, slides: bool, seed: int, lung_point: bool = False):
     load_train_module("simulator")
     load_train_module("evaluate")
     sliding = load_train_module("sliding")
     frames, _ = sliding.S.simulate_sliding_cine(np.random.default_rng(seed), sliding=slides, n_frames=8,
-                                                noise_sd=2.0, n_blines=0)
+                                                noise_sd=2.0, n_blines=0, lung_point=lung_point)
     ds = sliding.cine_dataset(frames)
     ds.PatientID = PID
     path = tmp_path / name
@@ -45,21 +46,26 @@ def test_patient_page_shows_lung_sliding_and_flags_its_absence(ui_browser, ui_ki
             body: JSON.stringify({tag, triage: 'yellow'})})).status""", PID)
         assert status == 201
         push(ui_kit, _clip(tmp_path, "absent.dcm", False, 71), _clip(tmp_path, "present.dcm", True, 72),
-             tmp_path / "single.dcm", flag="-xs")
+             _clip(tmp_path, "point.dcm", True, 73, lung_point=True), tmp_path / "single.dcm", flag="-xs")
         page.goto(f"/patients/{PID}")
-        # wait for the content (the page redraws as findings arrive): three lung findings,
+        # wait for the content (the page redraws as findings arrive): four lung findings,
         # each with its sliding line
         page.wait_for_function("() => document.querySelectorAll('#findings li.finding[data-task=lung] "
-                               ".f-sliding:not([hidden])').length === 3", timeout=120000)
-        by_status = {el.get_attribute("data-status"): el.inner_text() for el in
-                     page.locator("#findings li.finding[data-task=lung] .f-sliding").all()}
-        assert by_status == {
-            "absent": "▲ Lung sliding: absent (pneumothorax not excluded)",
-            "present": "Lung sliding: present",
-            "not assessable": "Lung sliding: not assessable (a single image: sliding needs a clip)"}, by_status
-        flag = page.locator(".f-sliding[data-status=absent]")
-        assert flag.evaluate("el => getComputedStyle(el).fontWeight") == "800"
-        assert flag.evaluate("el => getComputedStyle(el).borderInlineStartWidth") == "6px"
+                               ".f-sliding:not([hidden])').length === 4", timeout=120000)
+        shown = sorted((el.get_attribute("data-flag"), el.get_attribute("data-status"), el.inner_text()) for el in
+                       page.locator("#findings li.finding[data-task=lung] .f-sliding").all())
+        assert shown == [
+            ("false", "not assessable", "Lung sliding: not assessable (a single image: sliding needs a clip)"),
+            ("false", "present", "Lung sliding: present"),
+            ("true", "absent", "▲ Lung sliding: absent (pneumothorax not excluded)"),
+            # sliding on one side of a line only (a lung point): flagged, never "present"
+            ("true", "not assessable", "▲ Lung sliding: in part of the view only (pneumothorax not excluded)"),
+        ], shown
+        for flag in page.locator(".f-sliding[data-flag=true]").all():
+            assert flag.evaluate("el => getComputedStyle(el).fontWeight") == "800"
+            assert flag.evaluate("el => getComputedStyle(el).borderInlineStartWidth") == "6px"
+        assert page.locator(".f-sliding[data-flag=false]").first.evaluate(
+            "el => getComputedStyle(el).borderInlineStartWidth") == "0px"
         shot(page, "patient-lung-sliding")
     finally:
         ctx.close()
