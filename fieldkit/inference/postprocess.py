@@ -320,9 +320,11 @@ def pleura_confidence(row_logits: np.ndarray) -> float:
 def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
     """Lung sliding over a clip's lung frames: {"status": present | absent | not
     assessable, "reason" (words), "reason_code" (single_frame, too_few_frames, no_pleura,
-    probe_moved, partial (sliding on one side of a line only), uncertain; "" when judged), "score" (log ratio of the frame-to-frame change
-    in the band at and just below the pleura to that in the chest wall above: >=
-    SLIDING_PRESENT slides, < SLIDING_ABSENT does not), "frames" (1-based, the frames
+    probe_moved, partial: sliding on one side of a line only, uncertain; "" when judged),
+    "score" (log ratio of the frame-to-frame change in the band at and just below the
+    pleura to that in the chest wall above: >= SLIDING_PRESENT slides, < SLIDING_ABSENT
+    does not), "sides" (the scores of the two sides of the width's most different split),
+    "chest_wall_change" (its change over its brightness), "frames" (1-based, the frames
     used), "pleura_row" (input pixels)}.
 
     frames: (N, H, W) float as the lung model saw them (0-1); pleura_logits: (N, bins) the
@@ -397,4 +399,3 @@ def _split_scores(lung: np.ndarray, wall: np.ndarray) -> list[float]:
     right = np.log(((cl[-1] - cl[k - 1]) / (n - k) + CHANGE_FLOOR) / ((cw[-1] - cw[k - 1]) / (n - k) + CHANGE_FLOOR))
     i = int(np.argmax(np.abs(left - right)))
     return [round(float(left[i]), 3), round(float(right[i]), 3)]
-

@@ -168,7 +168,12 @@ def _assessability(assessable: bool, reason: str) -> hd.sr.QualitativeEvaluation
     """The Assessability evaluation; "Not assessable" carries its reason (wrong view,
     Doppler, decode failure...) as a TEXT property, so the hospital sees why."""
     evaluation = hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if assessable else NOT_ASSESSABLE)
-    if not assessable and reason:
+    return _with_reason(evaluation, reason) if not assessable else evaluation
+
+
+def _with_reason(evaluation: hd.sr.QualitativeEvaluation, reason: str) -> hd.sr.QualitativeEvaluation:
+    """The evaluation with a TEXT "Reason not assessable" property (none for no reason)."""
+    if reason:
         evaluation[0].ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
             name=NA_REASON, value=reason[:1024],
             relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
@@ -180,12 +185,7 @@ def _sliding(sliding: dict) -> hd.sr.QualitativeEvaluation:
     status = sliding.get("status")
     if status in ("present", "absent"):
         return hd.sr.QualitativeEvaluation(LUNG_SLIDING, codes.DCM.Present if status == "present" else codes.DCM.Absent)
-    evaluation = hd.sr.QualitativeEvaluation(LUNG_SLIDING, NOT_ASSESSABLE)
-    if sliding.get("reason"):
-        evaluation[0].ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
-            name=NA_REASON, value=str(sliding["reason"])[:1024],
-            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
-    return evaluation
+    return _with_reason(hd.sr.QualitativeEvaluation(LUNG_SLIDING, NOT_ASSESSABLE), str(sliding.get("reason") or ""))
 
 
 # attributes of the source the report carries (dates and times are repaired or dropped
