@@ -2,7 +2,8 @@
 whose models run on simulated cines pushed by storescu: a clip without sliding reads
 "Lung sliding: absent (pneumothorax not excluded)" as a red flag, one with sliding reads
 "Lung sliding: present", one sliding on one side of a line only (a lung point) is flagged
-and not called present, and a single lung frame says in words why sliding cannot be judged."""
+and not called present, and a single lung frame says in words why sliding cannot be judged;
+the board's card says "no lung sliding" as a finding that argues for Immediate."""
 
 from __future__ import annotations
 
@@ -67,5 +68,12 @@ def test_patient_page_shows_lung_sliding_and_flags_its_absence(ui_browser, ui_ki
         assert page.locator(".f-sliding[data-flag=false]").first.evaluate(
             "el => getComputedStyle(el).borderInlineStartWidth") == "0px"
         shot(page, "patient-lung-sliding")
+        # the board flags the patient: absent sliding argues for Immediate (a prompt, never set)
+        page.goto("/")
+        card = page.locator(f"li.card[data-patient-id='{PID}']")
+        page.wait_for_function("el => el.textContent.length > 0", arg=card.locator(".argues").element_handle(timeout=20000),
+                               timeout=20000)
+        assert card.locator(".argues").text_content() == "▲ Finding suggests Immediate: no lung sliding"
+        assert card.get_attribute("data-triage") == "yellow"
     finally:
         ctx.close()
