@@ -170,3 +170,19 @@ def _codes(ds, analysis):
             yield i
             yield from walk(getattr(i, "ContentSequence", []))
     return [i for i in walk(report.ContentSequence) if getattr(i, "ValueType", "") == "CODE"]
+
+
+@pytest.mark.parametrize("kind", ["blank", "saturated", "noise", "stripes"])
+def test_frames_no_lung_shows_never_read_as_sliding(kind):
+    """Whatever the frames (and a confident pleural row): a verdict or a reason, never an
+    exception, and never "present" for frames without a still chest wall over a moving lung."""
+    rng = np.random.default_rng(5)
+    frames = {"blank": np.zeros((8, 128, 128)), "saturated": np.ones((8, 128, 128)),
+              "noise": rng.random((8, 128, 128)),
+              "stripes": np.tile((np.arange(128) % 8 < 4).astype(float)[None, :, None], (8, 1, 128))}[kind]
+    logits = np.full((8, 32), -5.0)
+    logits[:, 10] = 5.0  # the model sure of a row at a third of the height
+    got = post.lung_sliding(frames, logits, range(1, 9))
+    assert got["status"] in ("absent", "not assessable") and got["reason"], got
+    if got["status"] == "not assessable":
+        assert got["reason_code"] in ("no_pleura", "probe_moved"), got
