@@ -357,7 +357,7 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     in_view = wall > IN_VIEW
     visible = in_view & (mean[below].max(0) > PLEURA_VISIBLE * wall)  # columns not under a rib
     if visible.sum() < PLEURA_MIN_SHARE * max(1, in_view.sum()):
-        return abstain("no_pleura", "the pleural line is hidden (rib shadows)")
+        return abstain("no_pleura", "no pleural line seen where the model places it (rib shadows, or no image)")
     change = np.abs(np.diff(frames, axis=0)).mean(0)
     wall_change = float(change[above][:, visible].mean())
     moved = wall_change / max(float(wall[visible].mean()), 1e-6)
