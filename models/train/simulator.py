@@ -384,7 +384,8 @@ def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None
 
 def _shift(img, dy: float, dx: float):
     """A display frame moved by (dy, dx) pixels, fractional by bilinear weights (the probe
-    moved on the chest: everything in the image moves together)."""
+    moved on the chest: everything in the image moves together; it wraps at the edges, which
+    a drift of a few pixels leaves in the black margins)."""
     out = np.zeros(img.shape, np.float32)
     iy, ix = int(np.floor(dy)), int(np.floor(dx))
     fy, fx = dy - iy, dx - ix
@@ -408,7 +409,8 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
     pneumothorax under the probe, sliding on one side of a random line (30-70 % of the
     width) and none on the other (`sliding` is then ignored). `motion`: display pixels per
     frame the whole image drifts (a random walk), the probe moving on the chest.
-    Returns (frames (n, H, W, 3) uint8, truth dict: sliding, pleura_row, params)."""
+    Returns (frames (n, H, W, 3) uint8, truth dict: sliding (everywhere), lung_point (the
+    line, a fraction of the width, or None), pleura_row (display), params)."""
     probe = probe or ("linear" if rng.random() < 0.5 else "convex")
     geom = random_geometry(rng, probe, size)
     if n_blines is None:
