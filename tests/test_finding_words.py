@@ -75,8 +75,8 @@ def test_the_board_card_shows_them(store):
 
 
 def test_absent_or_partial_lung_sliding_argues_for_immediate():
-    """No lung sliding (or sliding in part of the view only, a possible lung point) is a
-    possible pneumothorax: the other positive eFAST sign, flagged like free fluid."""
+    """No lung sliding (or sliding in part of the view only, a possible lung point) with A-lines
+    is a possible pneumothorax: the other positive eFAST sign, flagged like free fluid."""
     insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "L2"}, {"sop_instance_uid": "2", "received_at": 2}]
     still = _f("1", "lung", {"pattern": "A-line pattern", "max_b_lines": 0, "sliding": {"status": "absent"}})
     code = {"kind": "no_lung_sliding", "n": None, "where": "L2"}
@@ -90,4 +90,8 @@ def test_absent_or_partial_lung_sliding_argues_for_immediate():
              for s, c in (("present", ""), ("not assessable", "single_frame"), ("not assessable", "probe_moved"))]
     quiet.append(_f("1", "lung", {"pattern": "A-line pattern", "sliding": {"status": "absent"}}, review={"decision": "rejected"}))
     assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_codes": [], "finding_argues": None}
+    # B-lines arise from the visceral pleura: with a B-line pattern, absent sliding is no
+    # pneumothorax sign, and the card says the B-lines (which argue for Delayed) only
+    wet = _f("1", "lung", {"pattern": "B-line pattern", "b_lines": 4, "summary_frame": 2, "sliding": {"status": "absent"}})
+    assert card_fields("green", insts, [wet])["finding_words"] == ["B-lines 4, L2"]
 
