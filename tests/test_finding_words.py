@@ -72,3 +72,26 @@ def test_the_board_card_shows_them(store):
     assert card["finding_words"] == ["free fluid"]
     assert card["finding_argues"] == {"category": "red", "why": "free fluid",
                                       "why_code": {"kind": "free_fluid", "n": None, "where": ""}}
+
+
+def test_absent_or_partial_lung_sliding_argues_for_immediate():
+    """No lung sliding (or sliding in part of the view only, a possible lung point) with A-lines
+    is a possible pneumothorax: the other positive eFAST sign, flagged like free fluid."""
+    insts = [{"sop_instance_uid": "1", "received_at": 1, "lung_zone": "L2"}, {"sop_instance_uid": "2", "received_at": 2}]
+    still = _f("1", "lung", {"pattern": "A-line pattern", "max_b_lines": 0, "sliding": {"status": "absent"}})
+    code = {"kind": "no_lung_sliding", "n": None, "where": "L2"}
+    assert card_fields("yellow", insts, [still]) == {
+        "finding_words": ["no lung sliding, L2"], "finding_codes": [code],
+        "finding_argues": {"category": "red", "why": "no lung sliding, L2", "why_code": code}}
+    point = _f("2", "lung", {"pattern": "A-line pattern", "max_b_lines": 0,
+                             "sliding": {"status": "not assessable", "reason_code": "partial"}})
+    assert card_fields("green", insts, [point])["finding_words"] == ["lung sliding in part only"]
+    quiet = [_f("1", "lung", {"pattern": "A-line pattern", "max_b_lines": 0, "sliding": {"status": s, "reason_code": c}})
+             for s, c in (("present", ""), ("not assessable", "single_frame"), ("not assessable", "probe_moved"))]
+    quiet.append(_f("1", "lung", {"pattern": "A-line pattern", "sliding": {"status": "absent"}}, review={"decision": "rejected"}))
+    assert card_fields("green", insts, quiet) == {"finding_words": [], "finding_codes": [], "finding_argues": None}
+    # B-lines arise from the visceral pleura: with a B-line pattern, absent sliding is no
+    # pneumothorax sign, and the card says the B-lines (which argue for Delayed) only
+    wet = _f("1", "lung", {"pattern": "B-line pattern", "b_lines": 4, "summary_frame": 2, "sliding": {"status": "absent"}})
+    assert card_fields("green", insts, [wet])["finding_words"] == ["B-lines 4, L2"]
+

@@ -100,3 +100,23 @@ def test_the_print_view_escapes_what_people_typed(ui):
     page = Tablet(app, "clin", "clin password 123").get("/handover")
     assert page.status_code == 200
     assert b"<script>alert(1)" not in page.data and b"&lt;script&gt;" in page.data
+
+
+def test_lung_sliding_reaches_the_handover(ui):
+    """Absent lung sliding (a possible pneumothorax) is handed over in words, after the lung
+    finding it belongs to; a single frame's "not assessable" sliding adds nothing."""
+    from fieldkit.inference import findings as inference_findings
+    kit, app = ui
+    store = kit.store
+    grow(store, ["S-1", "S-2"], 1)
+    for pid, sliding in (("S-1", {"status": "absent", "reason_code": ""}),
+                         ("S-2", {"status": "not assessable", "reason_code": "single_frame"})):
+        uid = catalogue.instance_rows(store, patient_id=pid)[0]["sop_instance_uid"]
+        inference_findings.replace(store, uid, [{
+            "id": f"f-{pid}", "sop_instance_uid": uid, "patient_id": pid, "model": "lung-test", "model_sha256": "0" * 64,
+            "model_version": "1", "task": "lung", "assessable": True, "reason": "", "overlay": None,
+            "result": {"pattern": "A-line pattern", "max_b_lines": 0, "sliding": sliding}, "created": time.time()}])
+    rows = {row["tag"]: row for row in _rows(Tablet(app, "clin", "clin password 123").get(CSV).data)}
+    assert rows["S-1"]["findings"] == ("lung: A-line pattern, up to 0 B-lines; "
+                                       "lung sliding: absent (pneumothorax not excluded)")
+    assert rows["S-2"]["findings"] == "lung: A-line pattern, up to 0 B-lines"

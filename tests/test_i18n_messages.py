@@ -66,6 +66,9 @@ def _real_sentences() -> dict[str, str]:
         "fluid": handover.finding_text({"task": "fast", "assessable": True, "result": {"fluid_present": True}}),
         "lung": handover.finding_text({"task": "lung", "assessable": True,
                                        "result": {"pattern": "B-line pattern", "max_b_lines": 4, "confluent": True}}),
+        "sliding": handover.finding_texts({"task": "lung", "assessable": True,
+                                           "result": {"pattern": "A-line pattern", "max_b_lines": 0,
+                                                      "sliding": {"status": "absent"}}})[1],
     }
 
 
@@ -90,7 +93,8 @@ def test_sentences_are_translated_and_values_kept(app, lang, word):
     assert "uncertain" not in gate and "other 2" not in gate  # the gate's labels in words too
     left = _in(app, lang, s["left"])
     assert left != s["left"] and "Amb 3" in left and "St X (north)" in left  # typed words stay as typed
-    for name in ("triage", "intervention", "other", "zone", "disposition", "destination", "gate-fast", "fluid", "lung"):
+    for name in ("triage", "intervention", "other", "zone", "disposition", "destination", "gate-fast", "fluid", "lung",
+                 "sliding"):
         assert _in(app, lang, s[name]) != s[name], name
     tag = "T-(1)+.*"  # a value with characters a pattern would read as syntax
     assert _in(app, lang, f"a patient with tag {tag} already exists").count(tag) == 1

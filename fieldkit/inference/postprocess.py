@@ -282,3 +282,120 @@ def calibrated(score: float, calibration: dict | None) -> float | None:
     if not calibration:
         return None
     return float(sigmoid(np.asarray(calibration["a"] * score + calibration["b"], float)))
+
+
+# --------------------------------------------------------------------- lung sliding
+# With the lung sliding, the pleural line and the lung just below it change from frame to
+# frame (its granular texture shifts, its speckle shimmers) while the chest wall above stays
+# still: the cine's version of the M-mode seashore sign. Without sliding (air between the
+# pleurae: a pneumothorax cannot be excluded) the band below changes no more than the band
+# above, which only electronic noise changes. When the band above changes too, the probe
+# moved and nothing can be said. Rows in model-input pixels; thresholds chosen on simulated
+# clips of one seed and measured on another (models/train/sliding.py).
+SLIDING_MIN_FRAMES = 4  # fewer lung frames than this: too little motion to judge
+SLIDING_GAP = 3  # rows between the pleural row and the chest-wall band (the line's own blur)
+SLIDING_ABOVE = 12  # rows of chest wall looked at above the pleura
+SLIDING_BELOW = (-2, 6)  # rows around and just below the pleural row that move with the lung
+PLEURA_MIN_CONF = 0.9  # the lung model's pleural-row probability within one bin of its peak
+PLEURA_SPREAD = 6.0  # the model's pleural rows spread more than this (IQR): it is not one line
+PLEURA_VISIBLE = 1.15  # a column shows the pleura when it is this much brighter than the wall above
+PLEURA_MIN_SHARE = 0.05  # share of the width in view that must show it (not all rib shadow)
+SLIDING_MOVED = 0.1  # the chest wall changes by more than this share of its brightness: probe moved
+CHANGE_FLOOR = 0.5 / 255  # frame-to-frame change (0-1 scale) below which a band is still
+SLIDING_PRESENT = 0.47  # score (log ratio of change below to above) at and over which it slides
+SLIDING_ABSENT = 0.34  # ... under which nothing slides; between the two the kit cannot tell
+POINT_SIDE = 0.25  # a lung point: sliding on one side of a line, none on the other, each side
+# at least this share of the columns where the pleura shows ...
+POINT_STILL = 0.23  # ... and the still side's score under this while the other's is "present"
+
+
+def pleura_confidence(row_logits: np.ndarray) -> float:
+    """How sure the lung model is of the pleural row: its probability within one row bin of
+    the most likely one (a line seen gives a sharp peak; no line, a spread)."""
+    p = softmax(np.asarray(row_logits, float))
+    a = int(np.argmax(p))
+    return float(p[max(0, a - 1):a + 2].sum())
+
+
+def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
+    """Lung sliding over a clip's lung frames: {"status": present | absent | not
+    assessable, "reason" (words), "reason_code" (single_frame, too_few_frames, no_pleura,
+    probe_moved, partial: sliding on one side of a line only, uncertain; "" when judged),
+    "score" (log ratio of the frame-to-frame change in the band at and just below the
+    pleura to that in the chest wall above: >= SLIDING_PRESENT slides, < SLIDING_ABSENT
+    does not), "sides" (the scores of the two sides of the width's most different split),
+    "chest_wall_change" (its change over its brightness), "frames" (1-based, the frames
+    used), "pleura_row" (input pixels)}.
+
+    frames: (N, H, W) float as the lung model saw them (0-1); pleura_logits: (N, bins) the
+    lung model's pleural-row logits for them."""
+    frames = np.asarray(frames, np.float32)
+    out = {"frames": [int(f) for f in frame_numbers], "score": None, "pleura_row": None}
+
+    def abstain(code: str, reason: str) -> dict:
+        return out | {"status": "not assessable", "reason_code": code, "reason": reason}
+
+    n = len(frames)
+    if n < 2:
+        return abstain("single_frame", "a single frame: lung sliding needs motion (a cine)")
+    if n < SLIDING_MIN_FRAMES:
+        return abstain("too_few_frames", f"{n} lung frames: at least {SLIDING_MIN_FRAMES} are needed "
+                                         "to judge lung sliding")
+    h = frames.shape[1]
+    rows = np.array([pleura_row(r, h) for r in pleura_logits])
+    conf = float(np.median([pleura_confidence(r) for r in pleura_logits]))
+    q1, q3 = np.percentile(rows, [25, 75])
+    prow = int(round(float(np.median(rows))))
+    out["pleura_row"] = prow
+    if conf < PLEURA_MIN_CONF or q3 - q1 > PLEURA_SPREAD or prow - SLIDING_GAP - 4 < 0 \
+            or prow + SLIDING_BELOW[1] > h:
+        return abstain("no_pleura", "no clear pleural line found")
+    mean = frames.mean(0)
+    above = slice(max(0, prow - SLIDING_GAP - SLIDING_ABOVE), prow - SLIDING_GAP)
+    below = slice(prow + SLIDING_BELOW[0], prow + SLIDING_BELOW[1])
+    wall = mean[above].mean(0)
+    in_view = wall > IN_VIEW
+    visible = in_view & (mean[below].max(0) > PLEURA_VISIBLE * wall)  # columns not under a rib
+    if visible.sum() < PLEURA_MIN_SHARE * max(1, in_view.sum()):
+        return abstain("no_pleura", "no pleural line seen where the model places it (rib shadows, or no image)")
+    change = np.abs(np.diff(frames, axis=0)).mean(0)
+    wall_change = float(change[above][:, visible].mean())
+    moved = wall_change / max(float(wall[visible].mean()), 1e-6)
+    out["chest_wall_change"] = round(moved, 4)
+    if moved > SLIDING_MOVED:
+        return abstain("probe_moved", "the probe moved: the chest wall changes between frames")
+    lung_change = float(change[below][:, visible].mean())
+    # the floor (half a grey level) keeps two still, noiseless bands at a ratio of about 1
+    score = float(np.log((lung_change + CHANGE_FLOOR) / (wall_change + CHANGE_FLOOR)))
+    out["score"] = round(score, 3)
+    out["sides"] = _split_scores(change[below][:, visible].mean(0), change[above][:, visible].mean(0))
+    if score >= SLIDING_ABSENT and out["sides"] and min(out["sides"]) < POINT_STILL \
+            and max(out["sides"]) >= SLIDING_PRESENT:
+        # sliding on one side of a line only: the edge of a pneumothorax (a lung point)
+        # may lie here, so the clip must not read "present"
+        return abstain("partial", "the lung slides in part of the view only (a lung point?): "
+                                  "pneumothorax not excluded")
+    if score >= SLIDING_PRESENT:
+        return out | {"status": "present", "reason_code": "", "reason":
+                      "the pleural line and the lung below it move between frames, the chest wall does not"}
+    if score >= SLIDING_ABSENT:
+        return abstain("uncertain", "the lung below the pleural line moves a little more than the chest wall: "
+                                    "too little to tell whether it slides")
+    return out | {"status": "absent", "reason_code": "", "reason":
+                  "nothing below the pleural line moves more than the still chest wall above it"}
+
+
+def _split_scores(lung: np.ndarray, wall: np.ndarray) -> list[float]:
+    """The two sides' scores where the width splits into the most different halves (each
+    at least POINT_SIDE of the columns): per column frame-to-frame change at the pleura
+    (`lung`) and in the chest wall (`wall`)."""
+    n = len(lung)
+    lo = max(1, int(np.ceil(POINT_SIDE * n)))
+    if n - lo < lo:
+        return []
+    cl, cw = np.cumsum(lung), np.cumsum(wall)
+    k = np.arange(lo, n - lo + 1)
+    left = np.log((cl[k - 1] / k + CHANGE_FLOOR) / (cw[k - 1] / k + CHANGE_FLOOR))
+    right = np.log(((cl[-1] - cl[k - 1]) / (n - k) + CHANGE_FLOOR) / ((cw[-1] - cw[k - 1]) / (n - k) + CHANGE_FLOOR))
+    i = int(np.argmax(np.abs(left - right)))
+    return [round(float(left[i]), 3), round(float(right[i]), 3)]

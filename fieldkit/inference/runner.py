@@ -425,6 +425,8 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
               # "vertical artefacts present, not B-lines": the most in a frame
               "max_vertical_artefacts_not_b_lines": max(len(r["not_b_lines"]) for r in per_frame),
               "column_evidence": [round(float(v), 3) for v in probs[best]]}
+    # lung sliding over the same frames, at the model's own pleural row
+    result["sliding"] = post.lung_sliding(x[:, 0], rows, frame_numbers)
     _probability(result, model, score)
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}

@@ -2,7 +2,8 @@
 
 Each clinical model gives one measurement group (TID 1501) that references the source
 instance and the frames it read, names the algorithm once for the group (name, version and
-model SHA-256 as a parameter), and carries its results: per-frame B-line counts and the clip pattern, or
+model SHA-256 as a parameter), and carries its results: per-frame B-line counts, the clip pattern
+and lung sliding (present, absent, or not assessable with the reason), or
 free-fluid presence and area, or a "not assessable" evaluation with the reason (a TEXT
 "Reason not assessable" property of the Assessability evaluation).
 
@@ -53,6 +54,11 @@ LUNG_PATTERN = _code("LPAT", "Lung ultrasound pattern")
 A_PATTERN = _code("APAT", "A-line pattern")
 B_PATTERN = _code("BPAT", "B-line pattern")
 CONFLUENT = _code("BCONF", "Confluent B-lines")
+# neither DCM (PS3.16) nor the SNOMED CT subset DICOM uses has a concept for the lung
+# sliding sign, so it is coded in the private scheme like the B-line concepts; its value is
+# DCM Present / Absent, or Not assessable with the reason. "Absent" is not coded as
+# pneumothorax (SCT 36118008): absent sliding does not prove one (adhesions, apnoea).
+LUNG_SLIDING = _code("LSLIDE", "Lung sliding")
 FREE_FLUID = _code("FFL", "Free fluid")
 ASSESSABILITY = _code("ASSESS", "Assessability")
 NOT_ASSESSABLE = _code("NA", "Not assessable")
@@ -162,11 +168,24 @@ def _assessability(assessable: bool, reason: str) -> hd.sr.QualitativeEvaluation
     """The Assessability evaluation; "Not assessable" carries its reason (wrong view,
     Doppler, decode failure...) as a TEXT property, so the hospital sees why."""
     evaluation = hd.sr.QualitativeEvaluation(ASSESSABILITY, ASSESSABLE if assessable else NOT_ASSESSABLE)
-    if not assessable and reason:
+    return _with_reason(evaluation, reason) if not assessable else evaluation
+
+
+def _with_reason(evaluation: hd.sr.QualitativeEvaluation, reason: str) -> hd.sr.QualitativeEvaluation:
+    """The evaluation with a TEXT "Reason not assessable" property (none for no reason)."""
+    if reason:
         evaluation[0].ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
             name=NA_REASON, value=reason[:1024],
             relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
     return evaluation
+
+
+def _sliding(sliding: dict) -> hd.sr.QualitativeEvaluation:
+    """Lung sliding present / absent, or not assessable with its reason (as _assessability)."""
+    status = sliding.get("status")
+    if status in ("present", "absent"):
+        return hd.sr.QualitativeEvaluation(LUNG_SLIDING, codes.DCM.Present if status == "present" else codes.DCM.Absent)
+    return _with_reason(hd.sr.QualitativeEvaluation(LUNG_SLIDING, NOT_ASSESSABLE), str(sliding.get("reason") or ""))
 
 
 # attributes of the source the report carries (dates and times are repaired or dropped
@@ -237,6 +256,8 @@ def build_sr(ds: Dataset, analysis: Analysis, *, uid_root: str = "2.25", kit_id:
                 LUNG_PATTERN, B_PATTERN if r.result["pattern"] == "B-line pattern" else A_PATTERN))
             evaluations.append(hd.sr.QualitativeEvaluation(
                 CONFLUENT, codes.DCM.Present if r.result.get("confluent") else codes.DCM.Absent))
+            if r.result.get("sliding"):
+                evaluations.append(_sliding(r.result["sliding"]))
             measurements.append(hd.sr.Measurement(MAX_BLINE_COUNT, float(r.result["max_b_lines"]), UNIT_LINES))
             for fr in r.result["frames"]:
                 refs = [hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), source_uid,

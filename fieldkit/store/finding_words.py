@@ -4,8 +4,11 @@ the patient has (layer 2: pure functions of the patient's catalogue and finding 
 
 Only assessable findings count, and not one a clinician rejected. The rules are the
 field's rough ones, a prompt to look again and never a category set for anyone:
-free fluid on FAST argues for Immediate (possible internal bleeding); a B-line pattern
-argues for at least Delayed.
+free fluid on FAST argues for Immediate (possible internal bleeding); so does lung sliding
+absent, or seen in part of the view only, in a clip without a B-line pattern (a possible
+pneumothorax: the other half of a positive eFAST; B-lines arise from the visceral pleura,
+so where they are seen the lung touches the chest wall and sliding absent there is no
+pneumothorax sign); a B-line pattern argues for at least Delayed.
 """
 
 from __future__ import annotations
@@ -48,7 +51,15 @@ def positives(insts: list[dict], fnds: list[dict]) -> list[dict]:
             lines = "B-lines confluent" if r.get("confluent") else f"B-lines {n}"
             code = {"kind": "b_lines_confluent" if r.get("confluent") else "b_lines", "n": n, "where": zone}
             out.append({"text": lines + (f", {zone}" if zone else ""), "argues": "yellow", "code": code})
-        elif f.get("task") == "fast" and r.get("fluid_present"):
+        sliding = r.get("sliding") or {}
+        if f.get("task") == "lung" and r.get("pattern") != "B-line pattern" \
+                and (sliding.get("status") == "absent" or sliding.get("reason_code") == "partial"):
+            zone = inst.get("lung_zone") or ""
+            kind = "no_lung_sliding" if sliding.get("status") == "absent" else "partial_lung_sliding"
+            words = "no lung sliding" if kind == "no_lung_sliding" else "lung sliding in part only"
+            out.append({"text": words + (f", {zone}" if zone else ""), "argues": "red",
+                        "code": {"kind": kind, "n": None, "where": zone}})
+        if f.get("task") == "fast" and r.get("fluid_present"):
             window = _window(inst)
             out.append({"text": "free fluid" + (f": {window}" if window else ""), "argues": "red",
                         "code": {"kind": "free_fluid", "n": None, "where": window}})

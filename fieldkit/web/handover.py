@@ -65,6 +65,18 @@ def finding_text(f: dict) -> str:
     return str(f.get("task"))
 
 
+SLIDING_TEXT = {"present": "lung sliding: present", "absent": "lung sliding: absent (pneumothorax not excluded)",
+                "partial": "lung sliding: in part of the view only (pneumothorax not excluded)"}
+
+
+def finding_texts(f: dict) -> list[str]:
+    """finding_text, and for a lung clip whose sliding was judged (or seen in part of the
+    view only) a second line saying so: absent sliding must reach the next team."""
+    s = ((f.get("result") or {}).get("sliding") or {}) if f.get("assessable") and f.get("task") == "lung" else {}
+    said = SLIDING_TEXT.get("partial" if s.get("reason_code") == "partial" else s.get("status"))
+    return [finding_text(f)] + ([said] if said else [])
+
+
 def ltr(text: str) -> str:
     """`text` (a time) kept left to right inside a line of a right-to-left page: Unicode
     isolates, so "2026-12-05 07:10 +0000" is not reordered around the Arabic words."""
@@ -110,7 +122,7 @@ def handover_rows(store, retriage_minutes: dict | None = None, page: bool = Fals
             "zone": tr(card.get("zone") or ""), "disposition": tr(card.get("disposition_text") or ""),
             "interventions": _timed(p.get("interventions"), "what", tr, stamp),
             "notes": _timed(p.get("notes"), "text", stamp=stamp),
-            "findings": "; ".join(tr(finding_text(f)) for f in findings_of(store, card["id"])),
+            "findings": "; ".join(tr(t) for f in findings_of(store, card["id"]) for t in finding_texts(f)),
             "sync": SYNC_TEXT.get(card["sync"], card["sync"]),
         })
     return out

@@ -28,7 +28,7 @@ from ..store import patients as pstore
 from ..store.board import findings_of
 from ..store.board import rows_for as board_rows
 from . import kit_of
-from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_text, for_page, when
+from .handover import SYNC_TEXT, TRIAGE_LABELS, audit_export, due_text, finding_texts, for_page, when
 
 bp = Blueprint("handover_sheet", __name__)
 
@@ -68,7 +68,7 @@ def sheet(store, pid: str, retriage_minutes: dict, page: bool = False) -> dict:
             "interventions": [f"{stamp(when(i.get('at')))} {tr(i.get('what'))}" + (f" ({i['by']})" if i.get("by") else "")
                               for i in p.get("interventions") or []],
             "notes": [f"{stamp(when(n.get('at')))} {n.get('by') or ''}: {n.get('text')}" for n in p.get("notes") or []],
-            "findings": [tr(finding_text(f)) for f in findings_of(store, card["id"])],
+            "findings": [tr(t) for f in findings_of(store, card["id"]) for t in finding_texts(f)],
             "history": history, "printed": stamp(when(time.time()))}
 
 

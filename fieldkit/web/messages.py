@@ -119,6 +119,8 @@ TEMPLATES = (
     N_("lung: B-line pattern, up to %(n)s B-lines"), N_("lung: B-line pattern, up to %(n)s B-lines, confluent"),
     N_("lung: A-line pattern, up to %(n)s B-lines"), N_("lung: A-line pattern, up to %(n)s B-lines, confluent"),
     N_("FAST: free fluid"), N_("FAST: no free fluid"),
+    N_("lung sliding: present"), N_("lung sliding: absent (pneumothorax not excluded)"),
+    N_("lung sliding: in part of the view only (pneumothorax not excluded)"),
     N_("Immediate"), N_("Delayed"), N_("Minor"), N_("Deceased"), N_("Expectant"), N_("Not triaged"),
     N_("%(age)s y"), N_("(undo)"), N_("by %(person)s"),
 )

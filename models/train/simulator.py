@@ -382,6 +382,100 @@ def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None
     return np.stack(frames), truth
 
 
+def _shift(img, dy: float, dx: float):
+    """A display frame moved by (dy, dx) pixels, fractional by bilinear weights (the probe
+    moved on the chest: everything in the image moves together; it wraps at the edges, which
+    a drift of a few pixels leaves in the black margins)."""
+    out = np.zeros(img.shape, np.float32)
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    for sy, wy in ((iy, 1 - fy), (iy + 1, fy)):
+        for sx, wx in ((ix, 1 - fx), (ix + 1, fx)):
+            if wy * wx > 0:
+                out += wy * wx * np.roll(img, (sy, sx), axis=(0, 1))
+    return out
+
+
+def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe=None, motion=0.0,
+                          n_blines=None, gain_db=None, noise_sd=None, lung_point=False):
+    """A lung clip for lung sliding (the sign that excludes a pneumothorax under the probe).
+
+    The anatomy of `lung_echo` is drawn once and held still (a probe held on the chest: the
+    chest wall's speckle is the same in every frame, only electronic noise changes). With
+    `sliding`, the visceral pleura moves to and fro under the parietal one with breathing: the
+    pleural line's granular texture shifts sideways and the speckle at and below it
+    decorrelates from frame to frame (the shimmer), between the ribs. Without it (air in the
+    pleural space) nothing below the pleura changes either. `lung_point`: the edge of a
+    pneumothorax under the probe, sliding on one side of a random line (30-70 % of the
+    width) and none on the other (`sliding` is then ignored). `motion`: display pixels per
+    frame the whole image drifts (a random walk), the probe moving on the chest.
+    Returns (frames (n, H, W, 3) uint8, truth dict: sliding (everywhere), lung_point (the
+    line, a fraction of the width, or None), pleura_row (display), params)."""
+    probe = probe or ("linear" if rng.random() < 0.5 else "convex")
+    geom = random_geometry(rng, probe, size)
+    if n_blines is None:
+        n_blines = int(rng.choice([0, 0, 1, 2]))
+    echo, p, _, ribs = lung_echo(rng, n_blines, consolidation=False)
+    d, l = _grid()
+    between_ribs = ~np.any([np.abs(l - c) < h for c, h in ribs], axis=0) if ribs else np.ones_like(l, bool)
+    moving = (d > p - 0.015) & between_ribs  # the pleura and the lung below it
+    point = None
+    if lung_point:
+        point = float(rng.uniform(0.3, 0.7))
+        moving = moving & ((l < point) if rng.random() < 0.5 else (l >= point))
+        sliding = True
+    gain_db = rng.uniform(-4, 4) if gain_db is None else gain_db
+    noise_sd = rng.uniform(1.0, 8.0) if noise_sd is None else noise_sd
+    atten = np.exp(-rng.uniform(1.0, 2.5) * d)
+    dr = rng.uniform(45, 60)
+    amp = rng.uniform(0.3, 3.0)  # peak lateral excursion of the pleura, scan lines
+    period, phase = rng.uniform(6, 16), rng.uniform(0, 2 * np.pi)  # frames per breath
+    keep = rng.uniform(0.2, 0.9)  # share of the speckle that keeps its pattern between frames
+    grain = texture(rng, 3, (BEAM_DEPTH, 3 * BEAM_LINES))  # the pleura's granular texture, wider
+    z0 = rng.standard_normal(echo.shape) + 1j * rng.standard_normal(echo.shape)
+    floor = 1e-3 * speckle(rng)
+    norm = float(np.mean(np.abs(_smooth(_smooth(z0, 0, 2), 1, 3)) ** 2))  # as `speckle`: mean 1
+    clutter_seed = int(rng.integers(2**31))
+    di, li, inside = geom.beam_index()
+    walk = np.cumsum(rng.normal(0, motion, (n_frames, 2)), axis=0) if motion > 0 else np.zeros((n_frames, 2))
+    frames = []
+    for t in range(n_frames):
+        e, z = echo, z0
+        if sliding:
+            off = int(round(amp * np.sin(2 * np.pi * t / period + phase))) + BEAM_LINES
+            e = np.where(moving, echo * grain[:, off:off + BEAM_LINES], echo)
+            fresh = rng.standard_normal(echo.shape) + 1j * rng.standard_normal(echo.shape)
+            z = np.where(moving, np.sqrt(keep) * z0 + np.sqrt(1 - keep) * fresh, z0)
+        spk = np.abs(_smooth(_smooth(z, 0, 2), 1, 3)) ** 2
+        env = e * spk / norm * atten + floor
+        db = 10 * np.log10(env + 1e-9) + gain_db
+        beam = np.clip((db + 0.5 * dr + 5) / dr, 0, 1) * 255
+        img = np.where(inside, beam[di, li], 0).astype(np.float32)
+        if motion > 0:
+            img = _shift(img, *walk[t])
+        img = np.where(img > 0, np.clip(img + rng.normal(0, noise_sd, img.shape), 1, 255), 0)
+        rgb = np.repeat(img.astype(np.uint8)[:, :, None], 3, axis=2)
+        add_clutter(np.random.default_rng(clutter_seed), rgb, geom)
+        frames.append(rgb)
+    row = geom.to_display(p, 0.5)[0]
+    return np.stack(frames), {"sliding": bool(sliding and point is None), "lung_point": point,
+                              "pleura_row": float(row),
+                              "params": {"probe": geom.kind, "pleura_depth": p, "ribs": len(ribs),
+                                         "n_blines": n_blines, "gain_db": gain_db, "noise_sd": noise_sd,
+                                         "motion": motion, "keep": keep, "amp": amp}}
+
+
+def m_mode(frames, col=None):
+    """An M-mode strip from a cine: one display column (the centre by default) over time,
+    (H, n_frames) grey. Seashore when the lung slides (steady lines above the pleura, sand
+    below it); barcode or stratosphere when it does not (lines all the way down)."""
+    g = frames.astype(np.float32)
+    if g.ndim == 4:
+        g = g @ np.array([0.299, 0.587, 0.114], np.float32)
+    col = g.shape[2] // 2 if col is None else col
+    return np.clip(g[:, :, col].T + 0.5, 0, 255).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------- FAST
 
 def fast_echo(rng, fluid=None):

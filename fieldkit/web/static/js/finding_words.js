@@ -1,5 +1,5 @@
 // A board card's positive AI findings in the page's language ("B-lines 4, R2", "free fluid:
-// RUQ"): the kit sends each as a code (store/finding_words.py) next to its English words; a
+// RUQ", "no lung sliding, L2"): the kit sends each as a code (store/finding_words.py) next to its English words; a
 // code this script does not know is shown in the kit's words.
 import { t } from "./common.js";
 
@@ -13,6 +13,10 @@ function say(code, english) {
   if (code.kind === "b_lines" || code.kind === "b_lines_confluent") {
     const lines = code.kind === "b_lines" ? t("B-lines {n}", { n: code.n }) : t("B-lines confluent");
     return where ? t("{lines}, {zone}", { lines, zone: where }) : lines;
+  }
+  if (code.kind === "no_lung_sliding" || code.kind === "partial_lung_sliding") {
+    const what = code.kind === "no_lung_sliding" ? t("no lung sliding") : t("lung sliding in part only");
+    return where ? t("{lines}, {zone}", { lines: what, zone: where }) : what;
   }
   if (code.kind === "free_fluid") {
     return where ? t("free fluid: {window}", { window: WINDOW[where] || where }) : t("free fluid");

@@ -113,6 +113,31 @@ function findingText(f) {
   return JSON.stringify(r).slice(0, 200);
 }
 
+// lung sliding (the pneumothorax sign): absent is a red flag the clinician must see, and
+// never reads as a diagnosis; an abstention says why in words
+const SLIDING_WHY = { single_frame: t("a single image: sliding needs a clip"),
+  too_few_frames: t("too few lung frames in the clip"), no_pleura: t("no clear pleural line found"),
+  probe_moved: t("the probe moved during the clip"), uncertain: t("too little movement to tell") };
+
+function slidingText(s) {
+  if (s.status === "present") return t("Lung sliding: present");
+  if (s.status === "absent") return t("Lung sliding: absent (pneumothorax not excluded)");
+  if (s.reason_code === "partial") return t("Lung sliding: in part of the view only (pneumothorax not excluded)");
+  return t("Lung sliding: not assessable ({why})", { why: SLIDING_WHY[s.reason_code] || s.reason || "?" });
+}
+
+function renderSliding(li, f) {
+  const box = li.querySelector(".f-sliding");
+  const s = f.task === "lung" && f.assessable && f.result ? f.result.sliding : null;
+  box.hidden = !s;
+  if (!s) return;
+  // no sliding, or sliding on one side of a line only (a lung point): a red flag
+  const flag = s.status === "absent" || s.reason_code === "partial";
+  box.dataset.status = s.status;
+  box.dataset.flag = String(flag);
+  box.textContent = (flag ? "▲ " : "") + slidingText(s);
+}
+
 function renderFindings(p) {
   const list = document.getElementById("findings");
   const tpl = document.getElementById("finding-template");
@@ -128,6 +153,7 @@ function renderFindings(p) {
     li.querySelector(".f-task").textContent = t("{task} (capture #{n})",
       { task: TASK_TITLE[f.task] || f.task, n: i + 1 });
     li.querySelector(".f-result").textContent = findingText(f);
+    renderSliding(li, f);
     // two figures, each named: the gate's probability of the view, and the calibrated
     // probability of the finding itself (what it is the probability of, from the model)
     const of = (f.result && f.result.finding_probability_of) || "";
