@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import need_peer
-from fixtures.ui import capture_file, lung_file, new_context, push, shot, sign_in
+from fixtures.ui import add_patient, capture_file, lung_file, new_context, push, shot, sign_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -22,11 +22,7 @@ def test_findings_in_plain_words_and_an_abstention_acknowledged(ui_browser, ui_k
     page = ctx.new_page()
     try:
         sign_in(page)
-        status = page.evaluate("""async (tag) => (await fetch('/api/v1/ui/patients', {method: 'POST',
-            headers: {'Content-Type': 'application/json',
-                      'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content},
-            body: JSON.stringify({tag, triage: 'green'})})).status""", PID)
-        assert status == 201
+        assert add_patient(page, PID, 'green') == 201
         push(ui_kit, capture_file(tmp_path, patient_id=PID))
         push(ui_kit, lung_file(tmp_path, patient_id=PID, n_blines=6, seed=31), flag="-xs")
 

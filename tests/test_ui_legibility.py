@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.ui import axe_violations, new_context, shot, sign_in
+from fixtures.ui import add_patient, axe_violations, new_context, shot, sign_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,11 +70,7 @@ def ids(ui_browser, ui_kit):
     page = ctx.new_page()
     sign_in(page)
     for cat in CATS:
-        status = page.evaluate("""async (cat) => (await fetch('/api/v1/ui/patients', {method: 'POST',
-            headers: {'Content-Type': 'application/json',
-                      'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content},
-            body: JSON.stringify({tag: 'L-' + cat, triage: cat})})).status""", cat)
-        assert status == 201
+        assert add_patient(page, 'L-' + cat, cat) == 201
     ctx.close()
     return {cat: f"L-{cat}" for cat in CATS}
 

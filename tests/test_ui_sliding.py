@@ -12,7 +12,7 @@ import pytest
 
 from conftest import need_peer
 from fixtures.inference import load_train_module, lung_cine_dataset
-from fixtures.ui import new_context, push, shot, sign_in
+from fixtures.ui import add_patient, new_context, push, shot, sign_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,11 +41,7 @@ def test_patient_page_shows_lung_sliding_and_flags_its_absence(ui_browser, ui_ki
     page = ctx.new_page()
     try:
         sign_in(page)
-        status = page.evaluate("""async (tag) => (await fetch('/api/v1/ui/patients', {method: 'POST',
-            headers: {'Content-Type': 'application/json',
-                      'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content},
-            body: JSON.stringify({tag, triage: 'yellow'})})).status""", PID)
-        assert status == 201
+        assert add_patient(page, PID, 'yellow') == 201
         push(ui_kit, _clip(tmp_path, "absent.dcm", False, 71), _clip(tmp_path, "present.dcm", True, 72),
              _clip(tmp_path, "point.dcm", True, 73, lung_point=True), tmp_path / "single.dcm", flag="-xs")
         page.goto(f"/patients/{PID}")
