@@ -49,8 +49,8 @@ def test_patient_page_shows_lung_sliding_and_flags_its_absence(ui_browser, ui_ki
         # each with its sliding line
         page.wait_for_function("() => document.querySelectorAll('#findings li.finding[data-task=lung] "
                                ".f-sliding:not([hidden])').length === 4", timeout=120000)
-        shown = sorted((el.get_attribute("data-flag"), el.get_attribute("data-status"), el.inner_text()) for el in
-                       page.locator("#findings li.finding[data-task=lung] .f-sliding").all())
+        shown = sorted(tuple(row) for row in page.evaluate("""() => [...document.querySelectorAll(
+            '#findings li.finding[data-task=lung] .f-sliding')].map((el) => [el.dataset.flag, el.dataset.status, el.innerText])"""))
         assert shown == [
             ("false", "not assessable", "Lung sliding: not assessable (a single image: sliding needs a clip)"),
             ("false", "present", "Lung sliding: present"),
@@ -58,11 +58,12 @@ def test_patient_page_shows_lung_sliding_and_flags_its_absence(ui_browser, ui_ki
             # sliding on one side of a line only (a lung point): flagged, never "present"
             ("true", "not assessable", "▲ Lung sliding: in part of the view only (pneumothorax not excluded)"),
         ], shown
-        for flag in page.locator(".f-sliding[data-flag=true]").all():
-            assert flag.evaluate("el => getComputedStyle(el).fontWeight") == "800"
-            assert flag.evaluate("el => getComputedStyle(el).borderInlineStartWidth") == "6px"
-        assert page.locator(".f-sliding[data-flag=false]").first.evaluate(
-            "el => getComputedStyle(el).borderInlineStartWidth") == "0px"
+        # the flagged lines stand out (bold, a red edge), the others do not; read in one
+        # go in the page, since a live update may redraw the list between two reads
+        styles = page.evaluate("""() => [...document.querySelectorAll('#findings .f-sliding:not([hidden])')].map(
+            (el) => [el.dataset.flag, getComputedStyle(el).fontWeight, getComputedStyle(el).borderInlineStartWidth])""")
+        assert sorted(styles) == [["false", "400", "0px"], ["false", "400", "0px"],
+                                  ["true", "800", "6px"], ["true", "800", "6px"]], styles
         shot(page, "patient-lung-sliding")
         # the board flags the patient: absent sliding argues for Immediate (a prompt, never set)
         page.goto("/")
