@@ -33,6 +33,8 @@ idle), and the serve RSS over a longer soak at the largest size.
     SCALE_SOAK_SECONDS=120         load duration at the largest size (RSS sampled; the issue's figure is 600)
     SCALE_TABLETS=20
     SCALE_ORTHANC_MAX=10000        most instances loaded into Orthanc (0: no Orthanc)
+    SCALE_PROBE=1                  0: no probe sends during the load (a leak check: nothing is stored,
+                                   so the serve's memory should not grow at all)
     SCALE_DIR=                     keep the grown kit in this directory and reuse it on the next run
                                    (sizes it already holds are not grown again), so two versions
                                    of the code can be measured on the same rows: the kit is kept
@@ -78,6 +80,7 @@ SECONDS = float(os.environ.get("SCALE_SECONDS", "60"))
 SOAK_SECONDS = float(os.environ.get("SCALE_SOAK_SECONDS", "120"))
 TABLETS = int(os.environ.get("SCALE_TABLETS", "20"))
 ORTHANC_MAX = int(os.environ.get("SCALE_ORTHANC_MAX", "10000"))
+PROBE = os.environ.get("SCALE_PROBE", "1") != "0"
 KEEP_DIR = os.environ.get("SCALE_DIR", "")
 PER_PATIENT = 10
 BATCH = 500
@@ -468,7 +471,9 @@ def run_load(kit: KitProcess, tmp: Path, pids: list[str], studies: list[str], se
             rss.append((time.monotonic() - t0, rss_mb(kit.proc.pid), stored))
 
     threads = [threading.Thread(target=tablet, args=(n,), daemon=True) for n in range(TABLETS)]
-    threads += [threading.Thread(target=pacs, daemon=True), threading.Thread(target=prober, daemon=True)]
+    threads.append(threading.Thread(target=pacs, daemon=True))
+    if PROBE:
+        threads.append(threading.Thread(target=prober, daemon=True))
     if sample_rss:
         threads.append(threading.Thread(target=sampler, daemon=True))
     for t in threads:
