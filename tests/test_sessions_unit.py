@@ -74,6 +74,8 @@ def test_a_bearer_or_basic_token_is_read_and_anything_else_is_a_failed_one():
     assert _bearer("BASIC " + _basic("token:fkt_a:b")[6:]) == "fkt_a:b"  # only the first ":" splits
     assert _bearer(_basic("amina:fkt_abc")) == ""  # Basic is for tokens only
     assert _bearer("Basic not*base64") == ""
+    good = _basic("token:fkt_abc")[6:]
+    assert _bearer(f"Basic {good[:4]}*{good[4:]}") == ""  # not base64 (a lenient decoder would skip the "*")
     assert _bearer("Basic " + base64.b64encode(b"token:\xff\xfe").decode()) == ""  # not UTF-8
     assert _bearer("Digest fkt_abc") == ""
     assert _bearer("fkt_abc") == ""
@@ -106,6 +108,21 @@ def test_a_session_ends_after_its_longest_life_even_when_used(fake_clock, app, l
     assert _lookup(app, light_kit, sid) is None and not st.sessions
 
 
+def test_the_longest_life_is_the_configured_one(fake_clock, app, light_kit, st):
+    from fieldkit.config import Config
+
+    configured = light_kit.config
+    light_kit.config = Config({"security.session_max_hours": 0.5, "http.session_idle_minutes": 60})
+    try:
+        sid = _sign_in(app, light_kit)
+        fake_clock.advance(1800)
+        assert _lookup(app, light_kit, sid) is not None  # 30 minutes, idle for all of them: the idle limit is 60
+        fake_clock.advance(1)
+        assert _lookup(app, light_kit, sid) is None
+    finally:
+        light_kit.config = configured
+
+
 def test_a_session_ends_when_the_clock_runs_backwards_or_the_kit_was_locked(fake_clock, app, light_kit, st):
     sid = _sign_in(app, light_kit)
     fake_clock.advance(-1)
@@ -129,6 +146,9 @@ def test_an_unknown_missing_or_oversized_cookie_is_no_session(app, light_kit, st
     st.sessions[hashlib.sha256(long_sid.encode()).hexdigest()] = st.sessions[hashlib.sha256(sid.encode()).hexdigest()]
     assert _lookup(app, light_kit, long_sid) is None  # never even looked up
     assert _lookup(app, light_kit, "a" * 128) is None and _lookup(app, light_kit, sid) is not None
+    longest = "b" * 128  # the longest id still looked up
+    st.sessions[hashlib.sha256(longest.encode()).hexdigest()] = st.sessions[hashlib.sha256(sid.encode()).hexdigest()]
+    assert _lookup(app, light_kit, longest) is not None
 
 
 def test_signing_in_gives_a_fresh_id_and_drops_the_one_sent(fake_clock, app, light_kit, st):
@@ -145,6 +165,8 @@ def test_signing_in_gives_a_fresh_id_and_drops_the_one_sent(fake_clock, app, lig
         g.session_key = hashlib.sha256(second.encode()).hexdigest()
         third = sessions.new_session(light_kit, _principal(light_kit))
     assert _lookup(app, light_kit, second) is None and set(st.sessions) == {hashlib.sha256(third.encode()).hexdigest()}
+    fourth = _sign_in(app, light_kit, cookie="expired-or-forged-session-id")  # nothing to drop: still signs in
+    assert _lookup(app, light_kit, fourth) is not None and len(st.sessions) == 2
 
 
 def test_the_session_cap_drops_the_least_recently_used(fake_clock, app, light_kit, st):
@@ -166,6 +188,9 @@ def test_signing_out_forgets_only_that_session(app, light_kit, st):
         g.session_key = hashlib.sha256(mine.encode()).hexdigest()
         sessions.end_session(light_kit)
     assert _lookup(app, light_kit, mine) is None and _lookup(app, light_kit, other) is not None
+    with app.test_request_context("/logout", method="POST"):
+        g.session_key = hashlib.sha256(mine.encode()).hexdigest()
+        sessions.end_session(light_kit)  # already gone (a second tab signed out): nothing to forget
     with app.test_request_context("/logout", method="POST"):
         sessions.end_session(light_kit)  # no session: nothing to forget
     assert len(st.sessions) == 1
@@ -194,6 +219,8 @@ def test_a_session_request_must_carry_its_own_csrf_token(app, light_kit, st):
     assert _csrf_ok(app, session=sess, data={"csrf_token": sess.csrf})  # a form's field
     assert _csrf_ok(app, session=sess, data={"csrf_token": sess.csrf, "f": (io.BytesIO(b"x"), "a.bin")})
     assert not _csrf_ok(app, session=sess, json={"csrf_token": sess.csrf})  # only a form or the header
+    assert _csrf_ok(app, session=sess, header=sess.csrf, data={"note": "x"})  # a form sent by a script
+    assert not _csrf_ok(app, session=sess, header="0" * 43, data={"csrf_token": sess.csrf})  # the header is read
     assert not _csrf_ok(app, session=sess)
     assert not _csrf_ok(app, session=sess, header="")
     assert not _csrf_ok(app, session=sess, header=sess.csrf[:-1])
@@ -212,8 +239,10 @@ def test_a_public_form_carries_a_token_bound_to_its_pre_session_cookie(app, ligh
     assert not _csrf_ok(app, pre=pre)
     assert not _csrf_ok(app, pre="q" * 40, header=token)  # another visitor's cookie
     assert not _csrf_ok(app, header=token)  # no cookie
-    long_pre = "p" * 129
+    long_pre = "p" * 129  # too long to be one the kit gave: refused even with its right token
     assert not _csrf_ok(app, pre=long_pre, header=_pre_token(app, long_pre))
+    secret = sessions.kit_state(light_kit).pre_secret
+    assert not _csrf_ok(app, pre=long_pre, header=hmac.new(secret, long_pre.encode(), hashlib.sha256).hexdigest())
     assert _csrf_ok(app, pre="p" * 128, header=_pre_token(app, "p" * 128))
 
 
