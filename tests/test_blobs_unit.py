@@ -262,8 +262,9 @@ def test_a_blob_is_fsynced_then_named_then_its_directories_fsynced(store, trace)
         ("replace", tmp, dest), ("fsync_dir", fan_out),  # then its name
         ("fsync_dir", root)]  # and the fan-out directory's own entry, once a process
     trace.calls.clear()
-    other = next(store.put_bytes(bytes([i]) * 100) for i in range(256)
-                 if store.path(hmac.new(store._id_key, bytes([i]) * 100, hashlib.sha256).hexdigest()).parent
+    # content whose address falls in the same fan-out directory (1 in 256: one of 10 000 does, all but surely)
+    other = next(store.put_bytes(i.to_bytes(2, "big") * 50) for i in range(10_000)
+                 if store.path(hmac.new(store._id_key, i.to_bytes(2, "big") * 50, hashlib.sha256).hexdigest()).parent
                  == store.path(ref.addr).parent)
     # the fan-out directory's own entry was made durable once: only the directory now
     assert [c[0] for c in trace.calls if c[0] in ("fsync", "replace", "fsync_dir")] == ["fsync", "replace", "fsync_dir"]
