@@ -107,3 +107,92 @@ def test_every_crash_shaped_tail_is_cut(written, tmp_path):
         path.write_bytes(bytes(data))
         assert _open(path, key) == records[:last], (round_, cut)
         assert not any(path.read_bytes()[start:])  # cut there; the reserve is zeros again
+
+
+# -- salvage, case by case: what it keeps and what it reports lost --------------------------
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _salvaged(path: Path, key: bytes, records: list[dict]) -> tuple[list[int], list[tuple]]:
+    kept, losses = _salvage(path, key)
+    return [r["i"] for r in kept], [(loss["seq"], loss["last_seq"]) for loss in losses]
+
+
+def test_a_damaged_record_header_loses_only_that_record(written, tmp_path):
+    """A broken length or checksum: salvage finds the next record by scanning for it."""
+    _, key, spans, records = written
+    for k in (0, 5, 20, 38):
+        for at in (spans[k][0] + 1, spans[k][0] + 6):  # the length, the checksum
+            path = _copy(written, tmp_path / f"{k}-{at}")
+            _flip(path, at)
+            with pytest.raises(StoreCorrupt) as err:
+                _open(path, key)
+            assert (err.value.offset, err.value.seq) == (spans[k][0], k)
+            assert _salvaged(path, key, records) == ([i for i in range(40) if i != k], [(k, k)])
+
+
+def test_damage_to_the_last_record_loses_it_alone(written, tmp_path):
+    _, key, spans, records = written
+    for at in (spans[39][0] + 1, spans[39][1] - 5):  # its header, its sealed bytes
+        path = _copy(written, tmp_path / str(at))
+        _flip(path, at)
+        kept, losses = _salvaged(path, key, records)
+        assert kept == list(range(39)) and [seq for seq, _ in losses] == [39]
+
+
+def test_a_journal_ending_at_its_last_record_keeps_it_after_damage_before(written, tmp_path):
+    """No preallocated zeros after the last record (a journal copied off the kit)."""
+    _, key, spans, records = written
+    path = _copy(written, tmp_path)
+    path.write_bytes(path.read_bytes()[:spans[39][1]])
+    _flip(path, spans[38][0] + 1)
+    assert _salvaged(path, key, records) == ([i for i in range(40) if i != 38], [(38, 38)])
+
+
+@pytest.mark.parametrize("lost", [2, 16, 17])
+def test_damage_over_several_records_loses_exactly_those_up_to_sixteen(written, tmp_path, lost):
+    """Salvage looks for the next 16 record numbers after damage (SCAN_RECORDS): damage over
+    more records than that ends the salvage there, and says it does not know how many."""
+    _, key, spans, records = written
+    k = 3
+    path = _copy(written, tmp_path)
+    data = bytearray(path.read_bytes())
+    start, end = spans[k][0] + 20, spans[k + lost - 1][1] - 5  # sealed bytes of the first to the last
+    data[start:end] = random.Random(lost).randbytes(end - start)
+    path.write_bytes(bytes(data))
+    kept, losses = _salvaged(path, key, records)
+    if lost <= 16:
+        assert (kept, losses) == ([i for i in range(40) if not k <= i < k + lost], [(k, k + lost - 1)])
+    else:
+        assert (kept, losses) == (list(range(k)), [(k, None)])
+
+
+def test_a_record_after_damage_with_a_broken_header_is_counted_lost_with_it(written, tmp_path):
+    _, key, spans, records = written
+    path = _copy(written, tmp_path)
+    _flip(path, spans[10][1] - 5)  # record 10's sealed bytes
+    _flip(path, spans[11][0] + 6)  # record 11's header checksum
+    assert _salvaged(path, key, records) == ([i for i in range(40) if i not in (10, 11)], [(10, 11)])
+
+
+def test_a_copy_of_another_record_is_not_taken_for_the_next_one(written, tmp_path):
+    """Bytes of an earlier record inside damage, or of the next record over a damaged one,
+    are not read as records in their place: each record is kept once, in order."""
+    _, key, spans, records = written
+    sizes = [end - start for start, end in spans]
+    k = next(i for i in range(5, 38) if sizes[i] > max(sizes[:5]) + 40 and sizes[i + 1] < sizes[i] - 40)
+    raw = written[0].read_bytes()
+    for case, (source, at) in {"earlier, inside": (min(range(5), key=lambda j: sizes[j]), spans[k][0] + 16),
+                               "next, over": (k + 1, spans[k][0])}.items():
+        path = _copy(written, tmp_path / case.replace(", ", "-"))
+        data = bytearray(path.read_bytes())
+        if case.startswith("earlier"):
+            data[spans[k][0] + 1] ^= 0x10  # record k's header broken: salvage scans byte by byte
+        copy = raw[spans[source][0]:spans[source][1]]
+        data[at:at + len(copy)] = copy
+        path.write_bytes(bytes(data))
+        assert _salvaged(path, key, records) == ([i for i in range(40) if i != k], [(k, k)]), case
