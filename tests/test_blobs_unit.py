@@ -116,7 +116,7 @@ def _tmp_files(store) -> list[str]:
 # ----------------------------------------------------------------------------- layout
 
 @pytest.mark.parametrize("sizes", [[0], [1], [CHUNK - 1], [CHUNK], [CHUNK + 1], [CHUNK, 1], [7, CHUNK],
-                                   [CHUNK // 2] * 3, [2 * CHUNK + 5]])
+                                   [CHUNK // 2] * 2, [CHUNK // 2] * 3, [2 * CHUNK + 5]])
 def test_a_blob_is_sealed_chunk_by_chunk_as_the_layout_says(store, keys, sizes):
     sealer, id_key = keys
     parts = [os.urandom(n) for n in sizes]
@@ -163,6 +163,15 @@ def test_a_blob_is_read_in_pieces_from_any_place(store):
 
 
 # ----------------------------------------------------------------------------- damage
+
+def _refusal(read, path, offset: int, reason: str) -> None:
+    """`read()` refuses the blob at `path`, naming the file, the offset, why, and how to repair it."""
+    with pytest.raises(StoreCorrupt) as caught:
+        read()
+    err = caught.value
+    assert (err.path, err.offset, err.reason) == (str(path), offset, reason)
+    assert str(err).endswith(blobs.BLOB_REMEDY)
+
 
 def _damaged(store, ref, change) -> StoreCorrupt:
     path = store.path(ref.addr)
@@ -236,6 +245,38 @@ def test_a_chunk_from_another_blob_or_place_is_refused(store):
         store.get_bytes(a.addr)
     with pytest.raises(StoreCorrupt, match="authentication"):
         blobs._read_sealed_chunk(pa, store._sealer, 0)
+
+
+def test_each_refusal_names_the_file_the_place_and_the_repair(store):
+    data = os.urandom(2 * CHUNK + 10)
+    ref = store.put_bytes(data)
+    path, sealer = store.path(ref.addr), store._sealer
+    raw = path.read_bytes()
+    full = 4 + CHUNK + sealer.overhead
+
+    def whole():
+        return store.get_bytes(ref.addr)
+
+    def chunk(i):
+        return lambda: blobs._read_sealed_chunk(path, sealer, i)
+
+    path.write_bytes(b"FKB2" + raw[4:])
+    _refusal(whole, path, 0, "not a fieldkit blob")
+    _refusal(chunk(0), path, 0, "not a fieldkit blob")
+    path.write_bytes(raw[:20 + full])
+    _refusal(whole, path, 20 + full, "blob is truncated")
+    _refusal(chunk(1), path, 20 + full, "blob is truncated")
+    path.write_bytes(raw[:20 + full] + struct.pack(">I", full - 3) + raw[20 + full + 4:])
+    _refusal(chunk(1), path, 20 + full, "blob chunk has an impossible length")
+    flipped = bytearray(raw)
+    flipped[20 + full + 100] ^= 1
+    path.write_bytes(bytes(flipped))
+    _refusal(whole, path, 20 + full, "blob chunk fails its authentication tag")
+    _refusal(chunk(1), path, 20 + full, "blob chunk fails its authentication tag")
+    path.unlink()
+    for read in (whole, chunk(0)):
+        with pytest.raises(NotFound, match=f"^blob {ref.addr} is not in the store$"):
+            read()
 
 
 def test_a_missing_or_malformed_address_is_not_found(store):
@@ -315,7 +356,7 @@ def test_a_batch_whose_fsync_fails_reports_it_and_leaves_no_half_written_file(st
 
     monkeypatch.setattr(fsio, "fsync", failing)
     bad = batch.put_bytes(b"b" * 1000)
-    with pytest.raises(StorageFull):
+    with pytest.raises(StorageFull, match=f"^cannot write {store.root / 'tmp'}/[0-9a-f]+: I/O error$"):
         batch.wait()
     monkeypatch.setattr(fsio, "fsync", real)
     assert not store.exists(bad.addr) and store.get_bytes(good.addr) == b"g" * 1000
@@ -324,6 +365,7 @@ def test_a_batch_whose_fsync_fails_reports_it_and_leaves_no_half_written_file(st
 
 
 def test_a_batch_whose_directory_fsync_fails_reports_it(store, monkeypatch):
+    store.put_bytes(b"d" * 1000)  # its fan-out directory exists: only the batch's own fsync is left to fail
     batch = store.batch()
     batch.put_bytes(b"d" * 1000)
 
@@ -331,7 +373,7 @@ def test_a_batch_whose_directory_fsync_fails_reports_it(store, monkeypatch):
         raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(fsio, "fsync_dir", failing)
-    with pytest.raises(StorageFull):
+    with pytest.raises(StorageFull, match=f"^cannot write {store.root}: I/O error$"):
         batch.wait()
 
 
@@ -352,6 +394,20 @@ def test_a_cached_blob_is_put_in_place_without_fsync_and_repairs_a_damaged_copy(
     assert not [c for c in trace.calls if c[0] == "fsync"]
 
 
+def test_a_disk_full_during_a_write_leaves_nothing_behind_and_closes_only_its_file(store, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageFull, match="disk full while writing"):
+        with store.writer() as w:
+            w.write(b"a" * 100)
+            monkeypatch.setattr(fsio, "write", full)
+            w.write(os.urandom(2 * CHUNK))  # a chunk is sealed and written: the disk is full
+    monkeypatch.undo()
+    assert w.ref is None and not list((store.root / "tmp").iterdir())
+    os.fstat(1)  # the writer closed its own file once, and nothing else (a second close could hit another)
+
+
 def test_a_write_that_fails_leaves_nothing_behind(store, monkeypatch):
     with pytest.raises(RuntimeError):
         with store.writer() as w:
@@ -364,7 +420,7 @@ def test_a_write_that_fails_leaves_nothing_behind(store, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fsio, "fsync", full)
-    with pytest.raises(StorageFull):
+    with pytest.raises(StorageFull, match=f"^disk full while writing {store.root / 'tmp'}/[0-9a-f]+: "):
         store.put_bytes(b"z" * 1000)
     monkeypatch.setattr(fsio, "fsync", real)
     assert not list((store.root / "tmp").iterdir())
@@ -415,3 +471,69 @@ def test_a_reader_decrypts_a_long_blob_one_chunk_at_a_time(store, monkeypatch):
     raw.seek(2 * CHUNK)
     raw.readinto(buf)
     assert asked == [2, 0, 1, 2]  # at most two chunks are kept: chunk 2 was dropped for 1
+
+
+def test_a_spool_is_read_in_order_decrypting_each_chunk_once(tmp_path):
+    data = os.urandom(2 * CHUNK + 777)
+    with EncryptedSpool(tmp_path / "spool") as spool:
+        spool.write(data)
+        replays = []
+        real = spool.chunks
+        spool.chunks = lambda: replays.append(1) or real()
+        raw = blobs.SealedReader(spool)
+        buf = bytearray(CHUNK)
+        got = b""
+        while n := raw.readinto(buf):
+            got += bytes(buf[:n])
+        assert got == data and len(replays) == 1  # one pass over the file for a read from start to end
+        raw.seek(CHUNK + 5)  # after the short last chunk: chunks are still CHUNK bytes long
+        assert raw.readinto(buf) == CHUNK - 5 and bytes(buf[:CHUNK - 5]) == data[CHUNK + 5:2 * CHUNK]
+        assert raw.tell() == 2 * CHUNK and len(replays) == 1  # chunk 1 is one of the two kept
+
+
+def test_a_blob_of_whole_chunks_reads_to_its_end_and_no_further(store):
+    data = os.urandom(2 * CHUNK)
+    ref = store.put_bytes(data)
+    raw = blobs.SealedReader(blobs._BlobSource(store, ref.addr, ref.size))
+    raw.seek(0, io.SEEK_END)
+    assert raw.readinto(bytearray(10)) == 0  # the end: no chunk 2 is asked for
+    with store.open(ref.addr, ref.size) as fh:
+        assert fh.read() == data
+
+
+def test_a_fan_out_directory_is_private(store):
+    cached = store.put_cache(b"preview")
+    durable = next(store.put_bytes(bytes([i])) for i in range(256)
+                   if store.path(hmac.new(store._id_key, bytes([i]), hashlib.sha256).hexdigest()).parent
+                   != store.path(cached.addr).parent)
+    for ref in (cached, durable):
+        assert os.stat(store.path(ref.addr).parent).st_mode & 0o777 == 0o700
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_writing_and_reading_blobs_leaves_no_file_open(store, tmp_path):
+    before = _open_fds()
+    for _ in range(5):
+        ref = store.put_bytes(os.urandom(3000))
+        store.put_cache(os.urandom(3000))
+        store.get_bytes(ref.addr)
+        with EncryptedSpool(tmp_path / "spool") as spool:
+            spool.write(b"s" * 100)
+            assert spool.read_all() == b"s" * 100
+    assert _open_fds() == before
+
+
+def test_a_blob_that_cannot_be_named_is_not_acknowledged_and_closes_only_its_file(store, monkeypatch):
+    def failing(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsio, "replace", failing)
+    with pytest.raises(StorageFull, match=f"^cannot write {store.root / 'tmp'}/[0-9a-f]+: I/O error$"):
+        store.put_bytes(b"n" * 1000)
+    monkeypatch.undo()
+    assert not list((store.root / "tmp").iterdir())
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    os.fstat(1)  # the finished file was closed once, and nothing else after it

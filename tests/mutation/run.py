@@ -59,7 +59,11 @@ def mutmut_config(module: dict, multiplier: float) -> str:
             "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -p\n    mutation_order\n    -q\n"
             # CPU seconds a mutant may take, as a multiple of its tests' clean time: mutmut's 15 (x2)
             # spends most of a fast module's run waiting on mutants that loop forever
-            f"timeout_multiplier = {multiplier}\n")
+            f"timeout_multiplier = {multiplier}\n"
+            # each mutant forked from a process that has only collected the tests: forked from
+            # mutmut's own, which ran them, a mutant inherits thread pools whose threads are
+            # gone (the blob store's fsync pool) and hangs, which would count as a kill
+            "process_isolation = forkserver\n")
 
 
 def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str], list[str]]:
