@@ -196,3 +196,23 @@ def test_a_copy_of_another_record_is_not_taken_for_the_next_one(written, tmp_pat
         data[at:at + len(copy)] = copy
         path.write_bytes(bytes(data))
         assert _salvaged(path, key, records) == ([i for i in range(40) if i != k], [(k, k)]), case
+
+
+def test_a_cut_tail_is_kept_aside_private_and_whole_and_logged(written, tmp_path, caplog):
+    """What is cut is not thrown away: the torn bytes (sealed) go to a file beside the
+    journal, readable by the kit's user only, up to the last byte written ("X" here, a byte
+    a careless strip would also take), and the log says what was cut and where it went."""
+    _, key, spans, records = written
+    path = _copy(written, tmp_path)
+    data = bytearray(path.read_bytes())
+    end = spans[-1][1]
+    data[end + 3000] = ord("X")
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
+        assert _open(path, key) == records
+    (kept,) = path.parent.glob("journal.fkj.torn-*")
+    assert kept.name.endswith(f"-{end}") and kept.stat().st_mode & 0o777 == 0o600
+    assert kept.read_bytes() == bytes(data[end:end + 3001])
+    assert [r.getMessage() for r in caplog.records if r.name == "fieldkit.store.journal"] == [
+        f"journal journal.fkj: cut a torn final write at offset {end} ({len(data) - end} bytes, "
+        f"a record that never reached the disk, with later unsynced bytes after it); kept in {kept.name}"]
