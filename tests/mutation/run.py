@@ -20,8 +20,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import threading
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
