@@ -216,3 +216,51 @@ def test_a_cut_tail_is_kept_aside_private_and_whole_and_logged(written, tmp_path
     assert [r.getMessage() for r in caplog.records if r.name == "fieldkit.store.journal"] == [
         f"journal journal.fkj: cut a torn final write at offset {end} ({len(data) - end} bytes, "
         f"a record that never reached the disk, with later unsynced bytes after it); kept in {kept.name}"]
+
+
+def test_a_record_with_a_sector_that_never_reached_the_disk_ends_the_journal(written, tmp_path):
+    """A whole 512-byte sector of zeros inside a record (written out of order, the power cut
+    before the rest): that record and everything after it were never acknowledged, so the
+    journal is cut there, not refused; a shorter run of zeros is damage."""
+    _, key, spans, records = written
+    rng = random.Random(17)
+    inside = [i for i, (s, e) in enumerate(spans) if (s // SECTOR + 2) * SECTOR + SECTOR < e - 1]
+    for k in rng.sample(inside, 6):
+        start, end = spans[k]
+        path = _copy(written, tmp_path / str(k))
+        data = bytearray(path.read_bytes())
+        first = (start // SECTOR + 1) * SECTOR
+        sector = rng.choice(range(first, end - SECTOR, SECTOR))
+        data[sector:sector + SECTOR] = bytes(SECTOR)
+        path.write_bytes(bytes(data))
+        assert _open(path, key) == records[:k], (k, sector)
+        assert not any(path.read_bytes()[start:])
+    k = inside[0]
+    path = _copy(written, tmp_path / "short")
+    data = bytearray(path.read_bytes())
+    at = (spans[k][0] // SECTOR + 1) * SECTOR
+    data[at:at + SECTOR - 1] = bytes(SECTOR - 1)  # one byte short of a sector: damage
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt):
+        _open(path, key)
+    path = _copy(written, tmp_path / "unaligned")
+    data = bytearray(path.read_bytes())
+    data[at + 100:at + 100 + SECTOR] = bytes(SECTOR)  # a sector's worth, not on a sector: damage
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt):
+        _open(path, key)
+
+
+def test_zeros_from_a_record_start_to_its_sector_end_are_a_torn_write(written, tmp_path):
+    """The head of a record up to the end of its first sector never written (at least
+    MIN_TORN bytes of it), the rest of the record there: torn, cut, nothing after it kept."""
+    _, key, spans, records = written
+    k = next(i for i, (s, e) in enumerate(spans)
+             if 16 <= (s // SECTOR + 1) * SECTOR - s <= SECTOR - 8 and e - s > 3 * SECTOR and i > 0)
+    start, _ = spans[k]
+    boundary = (start // SECTOR + 1) * SECTOR
+    path = _copy(written, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[start:boundary] = bytes(boundary - start)
+    path.write_bytes(bytes(data))
+    assert _open(path, key) == records[:k]
