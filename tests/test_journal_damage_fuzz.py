@@ -264,3 +264,54 @@ def test_zeros_from_a_record_start_to_its_sector_end_are_a_torn_write(written, t
     data[start:boundary] = bytes(boundary - start)
     path.write_bytes(bytes(data))
     assert _open(path, key) == records[:k]
+
+
+def _journal_with_record_at(tmp_path: Path, *, start: int | None = None, end: int | None = None):
+    """A journal whose record "target" starts (or ends) at the given offset modulo 512,
+    followed by one more record: (path, key, (start, end) of the target, records)."""
+    key = random_key()
+    path = tmp_path / "db" / "journal.fkj"
+    path.parent.mkdir(parents=True)
+    journal = Journal(path, Sealer(key))
+    list(journal.open())
+    records = []
+
+    def add(record):
+        before = journal.size
+        journal.wait_durable(journal.append(record))
+        records.append(record)
+        return before, journal.size
+
+    b, a = add({"i": 0, "pad": ""})
+    fixed = a - b  # a record's size is this plus its pad's length
+    if start is not None:  # a filler that ends where the target should start
+        pad = (start - journal.size - fixed) % SECTOR
+        add({"i": 1, "pad": "f" * pad})
+        span = add({"i": 2, "pad": "t" * 1500})
+    else:
+        add({"i": 1, "pad": "f" * 100})
+        pad = (end - journal.size - fixed) % SECTOR
+        if fixed + pad <= SECTOR:
+            pad += SECTOR  # longer than one sector, shorter than two: one whole sector inside it
+        span = add({"i": 2, "pad": "t" * pad})
+    add({"i": 3, "pad": "after"})
+    journal.close()
+    return path, key, span, records
+
+
+def test_exactly_sixteen_zero_bytes_before_a_sector_end_are_a_torn_head(tmp_path):
+    path, key, (start, end), records = _journal_with_record_at(tmp_path, start=SECTOR - 16)
+    assert start % SECTOR == SECTOR - 16
+    data = bytearray(path.read_bytes())
+    data[start:start + 16] = bytes(16)  # the least that counts as never written (MIN_TORN)
+    path.write_bytes(bytes(data))
+    assert _open(path, key) == records[:2]
+
+
+def test_a_zero_last_sector_of_a_record_ending_on_a_sector_is_torn(tmp_path):
+    path, key, (start, end), records = _journal_with_record_at(tmp_path, end=0)
+    assert end % SECTOR == 0 and SECTOR < end - start <= 2 * SECTOR
+    data = bytearray(path.read_bytes())
+    data[end - SECTOR:end] = bytes(SECTOR)  # its last sector, the next record after it written
+    path.write_bytes(bytes(data))
+    assert _open(path, key) == records[:2]
