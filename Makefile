@@ -56,7 +56,7 @@ soak: install-test peers
 # module at a time at low priority; MUTATE_ONLY=fieldkit/store/queue.py runs one module,
 # MUTATE_SHARD=1/2 every second module (to split the run across machines).
 mutate: install-test
-	$(BIN)/python tests/mutation/run.py $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY)) $(if $(MUTATE_SHARD),--shard $(MUTATE_SHARD))
+	$(BIN)/python tests/mutation/run.py $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY)) $(if $(MUTATE_SHARD),--shard $(MUTATE_SHARD)) $(if $(MUTATE_JOBS),--jobs $(MUTATE_JOBS))
 
 bench: install-test peers
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -76,7 +76,11 @@ def test_the_mutation_tool_lists_modules_whose_tests_exist():
         assert required in paths
     for m in modules:
         assert (ROOT / m["path"]).is_file(), m["path"]
-        assert m["tests"] and all((ROOT / t).is_file() for t in m["tests"]), m
+        assert m["tests"], m
+        for t in m["tests"]:  # a file, or one test of it (file::name)
+            file, _, test = t.partition("::")
+            assert (ROOT / file).is_file(), t
+            assert not test or re.search(rf"^def {re.escape(test)}\(", (ROOT / file).read_text(), re.M), t
         source = (ROOT / m["path"]).read_text()
         for f in m.get("functions", []):  # x_<name> for a function, xǁ<Class>ǁ<method>, as mutmut names them
             if f.startswith("xǁ"):

@@ -1,10 +1,12 @@
-"""`make mutate`: mutmut over the modules that hold the kit's promises, one at a time.
+"""`make mutate`: mutmut over the modules that hold the kit's promises, two shards at a time.
 
 Each module of tests/mutation/modules.toml is mutated in its own copy of the checkout with
-only its own tests (so modules are independent shards: `--only PATH` runs one). Prints, per
-module, `mutation score <module>: <killed>/<total> (<percent>%)` and its wall time. Mutants
-listed in tests/mutation/equivalent.txt (each with a reason) are left out of the total;
-any other survivor is printed, and the exit code is 1 when one is left.
+only its own tests (so modules are independent shards: `--only PATH` runs one); `--jobs`
+shards run side by side, the longest (by its bound) first, so the whole run ends about when
+its longest shard does. Prints, per module, `mutation score <module>: <killed>/<total>
+(<percent>%)` and its wall time, then the total wall time. Mutants listed in
+tests/mutation/equivalent.txt (each with a reason) are left out of the total; any other
+survivor is printed, and the exit code is 1 when one is left.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,14 +55,21 @@ def mutmut_config(module: dict, multiplier: float) -> str:
             f"pytest_add_cli_args_test_selection =\n    {tests}\n"
             # what tests read besides the code (models, docs, provisioning files)
             f"also_copy =\n    {extra}\n"
-            "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -q\n"
+            # mutation_order.py: the tests in the order listed (fastest first)
+            "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    no:xdist\n    -p\n    mutation_order\n    -q\n"
             # CPU seconds a mutant may take, as a multiple of its tests' clean time: mutmut's 15 (x2)
             # spends most of a fast module's run waiting on mutants that loop forever
-            f"timeout_multiplier = {multiplier}\n")
+            f"timeout_multiplier = {multiplier}\n"
+            # each mutant forked from a process that has only collected the tests: forked from
+            # mutmut's own, which ran them, a mutant inherits thread pools whose threads are
+            # gone (the blob store's fsync pool) and hangs, which would count as a kill
+            "process_isolation = forkserver\n")
 
 
-def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str]]:
+def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[str], list[str]]:
+    """(killed, counted, survivors, notes) of one module; notes are printed with its score."""
     path = module["path"]
+    notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="mutate-"))
     try:
         shutil.copytree(ROOT, work, dirs_exist_ok=True,
@@ -68,7 +79,8 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
         # kit processes started by the tests must import the mutated copy, not the installed one;
         # the folder must exist before mutmut starts, or Python caches it as "nothing here"
         (work / "mutants").mkdir()
-        env = dict(os.environ, PYTHONPATH=str(work / "mutants"), PYTHONDONTWRITEBYTECODE="1",
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work / "mutants"), str(work / "tests" / "mutation")]),
+                   PYTHONDONTWRITEBYTECODE="1", MUTATE_TEST_ORDER="\n".join(module["tests"]),
                    **{k: str(v) for k, v in module.get("env", {}).items()})
         names = [f"{_dotted(path)}.{f}__mutmut_*" for f in module.get("functions", [])]
         cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
@@ -84,26 +96,30 @@ def run_module(module: dict, children: int, keep: bool) -> tuple[int, int, list[
                 (work / "setup.cfg").write_text(mutmut_config(module, multiplier * RECHECK))
                 finished = _run_until(cmd + timeouts, work, env, out, deadline)
                 still = sum(v == "timeout" for v in _statuses(work, env, names).values())
-                print(f"{path}: {len(timeouts)} timed-out mutants re-run with {RECHECK}x the time: "
-                      f"{still} still time out")
+                notes.append(f"{path}: {len(timeouts)} timed-out mutants re-run with {RECHECK}x the time: "
+                             f"{still} still time out")
             if not finished:
-                print(f"{path}: stopped after {module.get('timeout_minutes', 40)} minutes; "
-                      "mutants not run count as survivors")
+                notes.append(f"{path}: stopped after {module.get('timeout_minutes', 40)} minutes; "
+                             "mutants not run count as survivors")
         statuses = _statuses(work, env, names)
         if not statuses or all(v == "not checked" for v in statuses.values()):
             # usually a test that fails without any mutant (the clean run): say so, with its output
-            print(log.read_text(errors="replace").replace("\r", "\n")[-3000:])
-            sys.exit(f"no mutants were run for {path}: see the output above")
+            tail = log.read_text(errors="replace").replace("\r", "\n")[-3000:]
+            raise NoMutantsRun(f"{tail}\nno mutants were run for {path}: see the output above")
         skip = equivalents()
         counted = {k: v for k, v in statuses.items() if k not in skip}
         killed = sum(v in KILLED for v in counted.values())
         survivors = sorted(f"{k}: {v}" for k, v in counted.items() if v not in KILLED)
         if keep:
-            print(f"kept {work}")
-        return killed, len(counted), survivors
+            notes.append(f"kept {work}")
+        return killed, len(counted), survivors, notes
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class NoMutantsRun(Exception):
+    """A shard ran no mutant (usually its tests fail without any mutant)."""
 
 
 def _run_until(cmd: list[str], work: Path, env: dict, out, deadline: float) -> bool:
@@ -141,7 +157,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="module path(s) to run (default: all)")
     parser.add_argument("--shard", help="K/N: run every N-th module from the K-th (modules split across runs)")
-    parser.add_argument("--children", type=int, default=2, help="parallel mutants (default 2)")
+    parser.add_argument("--jobs", type=int, default=2, help="shards run side by side (default 2)")
+    parser.add_argument("--children", type=int, default=1, help="parallel mutants per shard (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the work copy (to `mutmut show` a mutant)")
     args = parser.parse_args()
     modules = tomllib.loads((HERE / "modules.toml").read_text())["module"]
@@ -155,16 +172,36 @@ def main() -> int:
         if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
             sys.exit("--shard takes K/N with 1 <= K <= N, e.g. 1/2")
         modules = modules[int(k) - 1::int(n)]
-    left = 0
-    for module in modules:
+    if args.jobs < 1 or args.children < 1:
+        sys.exit("--jobs and --children take 1 or more")
+    # longest first: with two at a time the short ones fill in beside the long ones
+    modules = sorted(modules, key=lambda m: -m.get("timeout_minutes", 40))
+    printing = threading.Lock()
+    start_all = time.monotonic()
+
+    def one(module: dict) -> int:
         start = time.monotonic()
-        killed, total, survivors = run_module(module, args.children, args.keep)
+        try:
+            killed, total, survivors, notes = run_module(module, args.children, args.keep)
+        except NoMutantsRun as exc:
+            with printing:
+                print(exc, flush=True)
+            return 1
         wall = time.monotonic() - start
-        print(f"mutation score {module['path']}: {killed}/{total} ({100 * killed / total:.1f}%) in {wall:.0f} s",
-              flush=True)
-        for s in survivors:
-            print(f"    survived {s}")
-        left += len(survivors)
+        with printing:
+            for note in notes:
+                print(note)
+            print(f"mutation score {module['path']}: {killed}/{total} ({100 * killed / max(total, 1):.1f}%) in {wall:.0f} s",
+                  flush=True)
+            for s in survivors:
+                print(f"    survived {s}", flush=True)
+        return len(survivors)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        left = sum(pool.map(one, modules))
+    load = os.getloadavg()
+    print(f"mutation testing: {len(modules)} modules in {time.monotonic() - start_all:.0f} s "
+          f"({args.jobs} at a time; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})", flush=True)
     return 1 if left else 0
 
 
