@@ -140,6 +140,34 @@ def test_a_running_kit_logs_no_canary_token_or_password(kit_server, tmp_path, ne
             assert secret not in text, f"{secret!r} found in a log"
 
 
+def test_the_patients_already_stored_are_registered_with_one_pattern_compiled(kit, monkeypatch):
+    """At start the learner hands the redactor every stored patient at once: each call
+    compiles the pattern of all remembered values again, and one call per patient took
+    minutes of CPU on a kit with thousands of patients."""
+    import time
+
+    from fieldkit.kit.redaction import start as start_redact_learner
+    from fieldkit.store import patients
+
+    redact.forget_all()
+    made = [patients.create_patient(kit.store, tag=f"TAG-7{n:04d}", name=f"Stored{n:03d}^Given{n:03d}")
+            for n in range(40)]
+    calls = []
+    real = redact.remember
+    monkeypatch.setattr(redact, "remember", lambda *values: (calls.append(len(values)), real(*values)))
+    learner = start_redact_learner(kit)
+    try:
+        deadline = time.monotonic() + 10  # until the newest patient is masked: all are registered
+        while "TAG-70039" in redact.redact("TAG-70039") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) == 1 and calls[0] >= 3 * len(made), calls
+        line = redact.redact("moved TAG-70039 (Given039 Stored039) and TAG-70000 to red")
+        assert "TAG-70039" not in line and "Given039" not in line and "TAG-70000" not in line
+    finally:
+        learner.stop()
+        redact.forget_all()
+
+
 def test_patients_are_registered_with_the_redactor_as_they_arrive(kit):
     import time
 

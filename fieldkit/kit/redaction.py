@@ -38,8 +38,9 @@ class RedactLearner:
     def _learn_all(self) -> None:
         rows = patients.list_patients(self.kit.store, include_merged=True)
         rows.sort(key=lambda r: r.get("updated") or 0)  # the newest are kept when the bound is hit
-        for row in rows[-2000:]:
-            redact.remember(*self._values(row))
+        # one call: each call compiles the pattern of every remembered value again (one call
+        # per patient took minutes of CPU at the start of a kit with 10 000 patients)
+        redact.remember(*(v for row in rows[-2000:] for v in self._values(row)))
 
     def _run(self) -> None:
         try:
