@@ -26,7 +26,7 @@ from fieldkit.store import care, finding_words
 from fieldkit.store import instances as catalogue
 from fieldkit.store import patients as pstore
 from fieldkit.dicom.names import format_person_name
-from fieldkit.store.board import concerned, rows_for
+from fieldkit.store.board import TRAY_MAX, concerned, rows_for
 from fixtures.board import grow
 from kitproc import init_kit
 from test_ui_api import BASE, Tablet, ui  # noqa: F401  (ui: a fixture)
@@ -66,8 +66,9 @@ def reference_board(store) -> dict[str, dict]:
             "triaged_by": changes[-1].get("by") or "" if changes else "",
             "tray": [{"uid": r["sop_instance_uid"], "received_at": r["received_at"], "probe": r.get("calling_ae") or "",
                       "frames": r.get("frames") or 1, "has_thumbnail": bool(r.get("thumbnail")) and bool(r.get("blob"))}
-                     for r in sorted(mine, key=lambda r: r["received_at"]) if r.get("modality") != "SR"]
+                     for r in sorted(mine, key=lambda r: r["received_at"]) if r.get("modality") != "SR"][:TRAY_MAX]
             if unassigned else [],
+            "tray_total": len([r for r in mine if r.get("modality") not in ("SR", "DOC")]) if unassigned else 0,
             "zone": p.get("zone") or "", "disposition": p.get("disposition") or None,
             "disposition_text": care.disposition_text(p.get("disposition")),
             "interventions": [{"kind": i["kind"], "what": i["what"], "at": i["at"]} for i in p.get("interventions") or []],

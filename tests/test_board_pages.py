@@ -198,6 +198,29 @@ def test_the_first_page_carries_the_oldest_tray_captures_only(store):
     assert nxt["patients"] == []  # later pages carry no tray
 
 
+def test_a_holder_card_carries_its_oldest_tray_captures_and_counts_the_rest(store, monkeypatch):
+    """A probe sending under one unknown ID all day: the record's card (sent to every tablet on
+    every event about it) carries the oldest TRAY_MAX captures, not all of them; the counts
+    stay whole."""
+    from fieldkit.store import board
+    monkeypatch.setattr(board, "TRAY_MAX", 3)
+    grow(store, ["T-1"], 1)
+    b = catalogue.Batch(store, "stow")
+    for seed in range(5):
+        b.add(tiny_capture("PROBE-ALL-DAY", "2.25.993", seed=seed))
+    b.commit()
+    rows = rows_for(store)
+    holder = next(c for c in reference_board(store).values() if c["unassigned"])
+    card = rows.row(holder["id"])
+    everything = sorted(catalogue.rows_as_held(store, holder["id"]), key=lambda r: r["received_at"])
+    assert [i["uid"] for i in card["tray"]] == [r["sop_instance_uid"] for r in everything[:3]]
+    assert card["tray_total"] == 5 and card["captures"] == 5
+    assert rows.summary()["unassigned"] == 5
+    page = json.loads(rows.page_json(10, tray_max=100))
+    assert page["unassigned"] == 5
+    assert [len(c["tray"]) for c in page["patients"] if c["unassigned"]] == [3]
+
+
 def test_the_board_is_built_once_when_serve_starts(tmp_path):
     from fieldkit.kit import SERVICES
     from fieldkit.store import board

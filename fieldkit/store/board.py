@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import heapq
 import itertools
 import json
 import logging
@@ -39,6 +40,10 @@ BOARD_TOPICS = frozenset({INSTANCE_STORED, INSTANCE_CONFLICT, FINDING_STORED, PA
                           SYNC_CONFIRMED, SYNC_QUARANTINED})
 NOT_CAPTURES = ("SR", "DOC")  # the kit's own reports and documents (a handover sheet) are no captures
 PUBLIC_FIELDS = ("id", "tag", "name", "birth_date", "sex", "age", "triage", "created", "updated")
+# Tray captures a holder's card carries, the oldest (the tray shows the oldest first; the
+# card counts the rest in `tray_total`): a probe that sends under one unknown ID all day
+# would otherwise make every event about it carry, and every tablet receive, thousands.
+TRAY_MAX = 100
 
 
 def public_patient(p: dict) -> dict:
@@ -87,8 +92,9 @@ def _card(p: dict, insts: list[dict], fnds: list[dict]) -> dict:
                 display_name=format_person_name(p.get("name")), name_from_probe=pstore.name_from_probe(p),
                 # a record only a capture made: its captures wait in the tray, it is no patient card
                 unassigned=unassigned,
-                tray=[tray_item(r) for r in sorted(images, key=lambda r: r.get("received_at") or 0)]
-                if unassigned else [])
+                tray=[tray_item(r) for r in heapq.nsmallest(TRAY_MAX, images, key=lambda r: r.get("received_at") or 0)]
+                if unassigned else [],
+                tray_total=len(images) if unassigned else 0)
     card.update(care.card_fields(p))  # zone, disposition, interventions
     card.update(finding_words.card_fields(card["triage"], insts, fnds))  # positive findings in words
     return card
@@ -216,7 +222,7 @@ class BoardRows:
         self._cards[pid] = card
         self._hay[pid] = _haystack(card)
         if card["unassigned"]:  # its captures wait in the tray; it is no card of the board
-            self._holders[pid] = len(card["tray"])
+            self._holders[pid] = card["tray_total"]
         else:
             bisect.insort(self._order[card["triage"]], _place(pid, card))
 

@@ -24,7 +24,7 @@ from ..security import roles as R
 from ..store import care, clinician, findings, probes
 from ..store import instances as catalogue
 from ..store import patients as pstore
-from ..store.board import NOT_CAPTURES, findings_of, public_patient, sync_badge
+from ..store.board import NOT_CAPTURES, TRAY_MAX, findings_of, public_patient, sync_badge
 from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
 from .api import shown_disk
@@ -122,7 +122,6 @@ def board_data(store) -> dict:
 
 
 BOARD_MAX_LIMIT = 1000  # most cards one page may ask for
-TRAY_MAX = 100  # most tray captures sent with the first page (the banner counts them all)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -123,12 +123,14 @@ function renderTray() {
   items.sort((a, b) => (a[1].received_at || 0) - (b[1].received_at || 0));
   const tray = document.getElementById("tray");
   const banner = document.getElementById("unassigned-banner");
+  // the kit sends the oldest of them (per record and on the first page); the banner counts them all
+  const total = Math.max(items.length, state.unassigned || 0);
   tray.hidden = !items.length;
-  banner.hidden = !items.length;
-  document.getElementById("unassigned-link").textContent = items.length === 1
+  banner.hidden = !total;
+  document.getElementById("unassigned-link").textContent = total === 1
     ? t("1 unassigned capture: assign it to its patient")
-    : t("{n} unassigned captures: assign them to their patients", { n: items.length });
-  banner.dataset.count = String(items.length);
+    : t("{n} unassigned captures: assign them to their patients", { n: total });
+  banner.dataset.count = String(total);
   const tpl = document.getElementById("tray-template");
   const list = document.getElementById("tray-items");
   const shown = new Map();
