@@ -33,6 +33,14 @@ VIEW_SHARE = 0.5  # share of analysed frames that must be the model's view
 
 CLINICAL = ("lung", "fast")
 VIEW_OF = {"lung": 0, "fast": 1}
+# A view turned on the screen (a quarter turn or upside down) can still pass the gate (a
+# turned FAST view did on about 4 frames in 10), and the clinical models would read it as
+# if upright. The gate reads an upright view as that view more surely than any turn of it,
+# and a turned one less surely than the turn that sets it upright: a clip whose view frames
+# read better turned (by TURN_MARGIN) is turned. Orientation does not change within a clip,
+# so a few of its view frames are checked (three gate runs each).
+TURN_CHECK_FRAMES = 3
+TURN_MARGIN = 0.05
 
 
 @dataclass
@@ -120,7 +128,8 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     # decode + preprocess (helper thread) and gate (this thread) as a pipeline, in batches,
     # so a long cine never sits in memory at once
     spec = gate.entry["preprocessing"]
-    used, probs, keep, odd = [], [], {}, []
+    min_prob = float(gate.thresholds.get("min_prob", 0.6))
+    used, probs, keep, odd, turned = [], [], {}, [], []
     t_prep = t_gate = 0.0
     batches = _prepared(ds, idx, batch_size, decode, spec)
     try:
@@ -146,6 +155,8 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
             odd += not_b_mode(x)
             t = time.perf_counter()
             probs.append(post.softmax(gate.run(x)[0]))
+            if len(turned) < TURN_CHECK_FRAMES:
+                turned += _reads_better_turned(gate, x, probs[-1], min_prob, TURN_CHECK_FRAMES - len(turned))
             t_gate += time.perf_counter() - t
             for j, i in enumerate(chunk):
                 keep[i] = (frames[j], x[j])
@@ -164,9 +175,12 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                               view="other", quality="not B-mode")
     p = np.concatenate(probs)
     labels = registry.get("gate").entry["labels"]
-    min_prob = float(gate.thresholds.get("min_prob", 0.6))
     decided = np.where(p.max(1) >= min_prob, p.argmax(1), -1)
     names = [labels[d] if d >= 0 else "uncertain" for d in decided]
+    if sum(turned) * 2 > len(turned):  # the clip is turned: none of its frames is a view
+        views = np.isin(decided, list(VIEW_OF.values()))
+        decided[views] = -1
+        names = ["turned" if v else nm for v, nm in zip(views, names)]
     counts = {k: names.count(k) for k in sorted(set(names))}
     top = max(counts, key=counts.get)
     a.gate = {"per_frame": [{"frame": f, "label": nm, "p": round(float(p[i].max()), 3)}
@@ -206,8 +220,27 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     return a
 
 
+def _reads_better_turned(gate, x: np.ndarray, p: np.ndarray, min_prob: float, most: int) -> list[bool]:
+    """For up to `most` frames of `x` the gate passes as a lung or FAST view (`p`: its
+    probabilities): whether a quarter turn either way or a half turn of the frame reads as a
+    view more surely than the frame itself (by TURN_MARGIN). Quarter turns only for square
+    input."""
+    views = list(VIEW_OF.values())
+    rows = [j for j in range(len(x)) if p[j].argmax() in views and p[j].max() >= min_prob][:most]
+    if not rows:
+        return []
+    turns = (1, 2, 3) if x.shape[2] == x.shape[3] else (2,)
+    batch = np.concatenate([np.rot90(x[rows], k, axes=(2, 3)) for k in turns])
+    q = post.softmax(gate.run(np.ascontiguousarray(batch))[0])[:, views].max(1)
+    best_turned = q.reshape(len(turns), len(rows)).max(0)
+    return [bool(b > a + TURN_MARGIN) for a, b in zip(p[rows][:, views].max(1), best_turned)]
+
+
 def _why_not(task: str, counts: dict, n: int, min_prob: float) -> str:
     view = "lung" if task == "lung" else "FAST (abdominal)"
+    if counts.get("turned", 0) * 2 >= n:
+        return (f"the {view} view seems turned on the screen (the view gate reads it better turned a "
+                "quarter or half turn); the models read upright views only")
     parts = ", ".join(f"{k} {v}/{n}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     return f"not a {view} view of usable quality (view/quality gate per frame: {parts}; threshold p>={min_prob:g})"
 

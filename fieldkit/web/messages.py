@@ -96,6 +96,10 @@ TEMPLATES = (
     N_("not a lung view of usable quality (view/quality gate per frame: %(counts)s; threshold p>=%(p)s)"),
     N_("not a FAST (abdominal) view of usable quality (view/quality gate per frame: %(counts)s; threshold "
        "p>=%(p)s)"),
+    N_("the lung view seems turned on the screen (the view gate reads it better turned a quarter or half turn); "
+       "the models read upright views only"),
+    N_("the FAST (abdominal) view seems turned on the screen (the view gate reads it better turned a quarter or "
+       "half turn); the models read upright views only"),
     N_("no verified view/quality gate model is loaded"),
     N_("pixel data does not decode: %(detail)s"),
     N_("frames of %(width)sx%(height)s pixels are too small (< %(min)s)"),
@@ -147,6 +151,7 @@ GATE_WORDS = {
     "too_dark": N_("too dark"),
     "saturated": N_("saturated"),
     "uncertain": N_("uncertain"),
+    "turned": N_("turned on the screen"),
 }
 _COUNT = re.compile(r"(\w+) (\d+/\d+)")
 
