@@ -609,7 +609,8 @@ def report_size(size: int, res: dict) -> None:
           f"{res['signin_retries']} sign-ins retried): " + "; ".join(parts))
     print(f"  probe: {res['sent']} cines, {res['rate']:.2f} C-STORE/s; serve RSS {res['rss_end']:.0f} MB; "
           f"errors {len(res['errors'])}" + (f" (first: {res['errors'][:3]})" if res["errors"] else "")
-          + (f"; {res['hung']} load threads did not stop" if res["hung"] else ""), flush=True)
+          + (f"; {res['hung']} load threads did not stop" if res["hung"] else "")
+          + f"; load average {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)", flush=True)
 
 
 def report_qido(size: int, q: dict) -> None:
