@@ -51,8 +51,11 @@ class Seam:
         raise OSError(self.error, os.strerror(self.error))
 
     def open(self, path, flags, mode=0o777):
+        self.calls.append(("open", Path(path).name, None))
+        if self._failing("open"):
+            self._raise()
         fd = self.real.open(path, flags, mode)
-        self.calls.append(("open", Path(path).name, fd))
+        self.calls[-1] = ("open", Path(path).name, fd)
         return fd
 
     def close(self, fd):
@@ -255,8 +258,9 @@ def test_a_failed_fdatasync_is_a_storage_error_and_a_later_wait_syncs_again(path
     ticket = journal.append({"i": 0})
     seam.fail_on("fdatasync", 1)
     seam.error = errno.EIO
-    with pytest.raises(StorageFull, match="cannot write"):
+    with pytest.raises(StorageFull, match="cannot write") as err:
         journal.wait_durable(ticket)
+    assert str(err.value) == f"cannot write {path}: Input/output error"
     journal.wait_durable(ticket)  # not counted durable after the failure: synced now
     assert len(seam.named("fdatasync")) == 2
     journal.close()
@@ -264,9 +268,9 @@ def test_a_failed_fdatasync_is_a_storage_error_and_a_later_wait_syncs_again(path
 
 def test_writing_before_open_is_refused(path, key):
     journal = Journal(path, Sealer(key))
-    with pytest.raises(RuntimeError, match="before it was opened"):
+    with pytest.raises(RuntimeError, match="^journal written before it was opened$"):
         journal.append({"i": 0})
-    with pytest.raises(RuntimeError, match="before it was opened"):
+    with pytest.raises(RuntimeError, match="^journal compacted before it was opened$"):
         journal.compact(iter([]))
     assert not path.exists()
 
@@ -353,10 +357,13 @@ def test_a_full_disk_writes_acknowledgements_into_the_reserve_and_retries_later(
     filler = {"pad": "y" * 2000}
     while journal.size + _record_size(filler) + 4096 <= alloc:  # up to the reserve
         journal.append(filler)
+    left = alloc - journal.size
     seam.fail_on("pwrite", 1)  # the extension fails: the record goes into the reserve
     with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
         t = journal.append({"i": "into the reserve", "pad": "y" * 2000})
-    assert "writing into its reserve" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal writing into its reserve ({left} bytes left): disk full while writing {path}: "
+        "nothing was acknowledged; free space and retry"]
     journal.wait_durable(t)
     assert journal.size + journal.reserve_left == alloc and len(path.read_bytes()) == alloc
     tries = len(seam.named("pwrite"))
@@ -367,6 +374,31 @@ def test_a_full_disk_writes_acknowledgements_into_the_reserve_and_retries_later(
     assert len(path.read_bytes()) == journal.size + 4096 + PREALLOC
     journal.close()
     assert _read(path, key)[-3:] == [{"i": "into the reserve", "pad": "y" * 2000}, {"i": "no retry yet"}, {"i": "retried"}]
+
+
+def _sized(n: int) -> dict:
+    """A record that takes exactly n bytes in the journal."""
+    record = {"pad": ""}
+    record["pad"] = "e" * (n - _record_size(record))
+    assert _record_size(record) == n
+    return record
+
+
+def test_a_record_up_to_the_reserve_does_not_extend_and_one_filling_the_reserve_is_kept_on_a_full_disk(path, key, seam):
+    journal, _ = _opened(path, key, reserve=600)
+    journal.wait_durable(journal.append({"i": 0}))
+    alloc = journal.size + journal.reserve_left
+    syncs = len(seam.named("fsync"))
+    up_to_reserve = _sized(alloc - 600 - journal.size)
+    journal.wait_durable(journal.append(up_to_reserve))  # ends where the reserve begins: nothing to extend
+    assert journal.reserve_left == 600 and len(seam.named("fsync")) == syncs
+    assert len(path.read_bytes()) == alloc
+    seam.fail_on("pwrite", 1)  # the disk is full: the extension fails
+    whole_reserve = _sized(600)
+    journal.wait_durable(journal.append(whole_reserve))  # its last byte is the file's last byte
+    assert journal.reserve_left == 0 and len(path.read_bytes()) == alloc
+    journal.close()
+    assert _read(path, key) == [{"i": 0}, up_to_reserve, whole_reserve]
 
 
 def test_ensure_reserve_tops_up_and_a_full_disk_there_is_logged_not_raised(path, key, seam, caplog):
@@ -384,6 +416,18 @@ def test_ensure_reserve_tops_up_and_a_full_disk_there_is_logged_not_raised(path,
 
 # -- reopening: torn tails cut, damage refused --------------------------------------------
 
+@pytest.mark.parametrize("code, says", [(errno.EACCES, "(Permission denied): the data dir is read-only"),
+                                        (errno.EIO, ": Input/output error")])
+def test_a_journal_that_cannot_be_opened_for_writing_is_a_storage_error(path, key, seam, code, says):
+    _written(path, key, RECORDS[:1])
+    seam.fail_on("open", 1)
+    seam.error = code
+    with pytest.raises(StorageFull) as err:
+        _read(path, key)
+    assert str(err.value) == f"cannot write {path} {says}".replace(" :", ":")
+    assert _read(path, key) == RECORDS[:1]
+
+
 def test_a_leftover_compaction_temp_file_is_removed_at_open(path, key):
     _written(path, key, RECORDS[:2])
     tmp = path.with_name("journal.fkj.tmp")
@@ -391,14 +435,19 @@ def test_a_leftover_compaction_temp_file_is_removed_at_open(path, key):
     assert _read(path, key) == RECORDS[:2] and not tmp.exists()
 
 
-@pytest.mark.parametrize("keep", [3, 7, 8, -1])
-def test_a_tail_cut_short_is_cut_at_its_record_and_kept_aside(path, key, keep):
+@pytest.mark.parametrize("keep, why", [(3, "the file ends inside a record header"),
+                                       (7, "the file ends inside a record header"),
+                                       (8, "record extends past the end of the file"),
+                                       (-1, "record extends past the end of the file")])
+def test_a_tail_cut_short_is_cut_at_its_record_and_kept_aside(path, key, keep, why, caplog):
     spans = _written(path, key)
     start, end = spans[-1]
     # the file ends inside the last header (3, 7), at its end, one byte short of the record
     data = path.read_bytes()[:start + keep if keep > 0 else end + keep]
     path.write_bytes(data)
-    assert _read(path, key) == RECORDS[:-1]
+    with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
+        assert _read(path, key) == RECORDS[:-1]
+    assert f"cut a torn final write at offset {start} ({len(data) - start} bytes, {why})" in caplog.text
     assert len(path.read_bytes()) == start
     (kept,) = path.parent.glob("journal.fkj.torn-*")
     assert kept.name.endswith(f"-{start}") and kept.read_bytes() == data[start:].rstrip(b"\0")
@@ -445,15 +494,20 @@ def test_a_record_moved_or_from_another_key_is_refused(path, key, tmp_path):
         _read(path, random_key())
 
 
-def test_written_bytes_after_the_end_of_the_journal_are_damage(path, key):
+@pytest.mark.parametrize("written_to", ["two sectors on", "the sector before the first one wholly past 1 KiB"])
+def test_written_bytes_after_the_end_of_the_journal_are_damage(path, key, written_to):
+    """An empty header, then written bytes: damage unless a whole unwritten sector within
+    1 KiB of it explains them."""
     spans = _written(path, key)
     end = spans[-1][1]
+    upto = end + 2 * SECTOR + 8 if written_to == "two sectors on" else ((end + SECTOR) // SECTOR + 1) * SECTOR
     data = bytearray(path.read_bytes())
-    data[end + 8:end + 2 * SECTOR + 8] = b"\x5a" * (2 * SECTOR)  # an empty header, then written bytes
+    data[end + 8:upto] = b"\x5a" * (upto - end - 8)
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreCorrupt, match="data found after the end") as err:
+    with pytest.raises(StoreCorrupt) as err:
         _read(path, key)
-    assert (err.value.offset, err.value.seq) == (end, len(RECORDS))
+    assert (err.value.offset, err.value.seq, err.value.reason) == (
+        end, len(RECORDS), "data found after the end of the journal")
 
 
 def test_a_broken_header_with_written_bytes_around_it_is_damage(path, key):
@@ -477,28 +531,108 @@ def test_a_length_over_the_limit_is_a_bad_header(path, key):
     assert (err.value.offset, err.value.seq) == (spans[2][0], 2)
 
 
-@pytest.mark.parametrize("later", [False, True])
-def test_a_header_half_written_across_a_sector_is_torn(path, key, later):
+def _placed(start_mod: int, target: int) -> list[dict]:
+    """Records: one, a filler, then one of `target` bytes starting at `start_mod` modulo 512."""
+    pos = HEADER.size + _record_size({"i": 0})
+    gap = (start_mod - pos) % SECTOR
+    gap += SECTOR if gap < 64 else 0
+    return [{"i": 0}, _sized(gap), _sized(target)]
+
+
+@pytest.mark.parametrize("case", ["nothing after it", "a later record written", "the file ends 10 bytes on"])
+def test_a_header_half_written_across_a_sector_is_torn(path, key, case, caplog):
     """The last record's header straddles a sector boundary and the sector after it never
-    reached the disk (and nothing after it either, or a later record did)."""
-    journal, _ = _opened(path, key)
-    before = journal.size
-    journal.wait_durable(journal.append({"pad": ""}))
-    fixed = journal.size - before
-    pad = (SECTOR - 4 - journal.size - fixed) % SECTOR  # the next record starts 4 bytes before a boundary
-    journal.wait_durable(journal.append({"pad": "f" * pad}))
-    start = journal.size
-    journal.wait_durable(journal.append({"pad": "t" * 1500}))
-    journal.wait_durable(journal.append({"pad": "after"}))
-    journal.close()
+    reached the disk (and nothing after it either, or a later record did, or the file ends
+    a few bytes after the boundary)."""
+    records = _placed(SECTOR - 4, 1500) + [{"i": "after"}]
+    spans = _written(path, key, records)
+    start = spans[2][0]
     boundary = start + 4
-    assert boundary % SECTOR == 0
     data = bytearray(path.read_bytes())
-    zeroed = boundary + SECTOR if later else len(data)
+    if case == "the file ends 10 bytes on":
+        data = data[:boundary + 10]
+    zeroed = boundary + SECTOR if case == "a later record written" else len(data)
     data[boundary:zeroed] = bytes(zeroed - boundary)
     path.write_bytes(bytes(data))
-    assert _read(path, key) == [{"pad": ""}, {"pad": "f" * pad}]
+    with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
+        assert _read(path, key) == records[:2]
+    assert f"cut a torn final write at offset {start} " in caplog.text and "bytes, half-written record header)" in caplog.text
     assert not any(path.read_bytes()[start:])
+
+
+@pytest.mark.parametrize("start_mod, zero_next", [(SECTOR - 4, False), (SECTOR - 8, True)])
+def test_a_damaged_header_beside_a_sector_boundary_is_damage(path, key, start_mod, zero_next):
+    """A header across a boundary with written sectors on both sides, or a header that ends
+    on a boundary (so no unwritten sector can explain it), with a bad checksum: damage."""
+    records = _placed(start_mod, 1500) + [{"i": "after"}]
+    spans = _written(path, key, records)
+    start = spans[2][0]
+    data = bytearray(path.read_bytes())
+    data[start + 1] ^= 0x10
+    if zero_next:
+        data[start + 8:start + 8 + SECTOR] = bytes(SECTOR)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt) as err:
+        _read(path, key)
+    assert (err.value.offset, err.value.seq, err.value.reason) == (start, 2, "record header checksum does not match")
+
+
+@pytest.mark.parametrize("length, torn", [(1 << 30, True), ((1 << 30) + 1, False)])
+def test_a_header_may_give_up_to_one_gibibyte(path, key, length, torn):
+    """The last header giving 1 GiB (MAX_RECORD), its record cut short by the end of the
+    file: a torn write, cut; one byte more is no header a kit writes: damage."""
+    spans = _written(path, key)
+    start = spans[-1][0]
+    data = bytearray(path.read_bytes())
+    n = struct.pack(">I", length)
+    data[start:start + 8] = n + struct.pack(">I", zlib.crc32(n))
+    path.write_bytes(bytes(data))
+    if torn:
+        assert _read(path, key) == RECORDS[:-1]
+    else:
+        with pytest.raises(StoreCorrupt, match="header checksum"):
+            _read(path, key)
+
+
+def test_a_last_record_written_to_its_end_but_changed_is_damage(path, key):
+    """Its last 600 bytes overwritten (with one repeated byte, across a sector boundary),
+    nothing after it: every sector of it was written, so it is damage, not a torn write."""
+    spans = _written(path, key, RECORDS[:4])  # the 3 000-byte record last
+    start, end = spans[-1]
+    data = bytearray(path.read_bytes())
+    data[end - 600:end] = b"X" * 600
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt) as err:
+        _read(path, key)
+    assert (err.value.offset, err.value.seq) == (start, 3)
+
+
+def test_a_last_record_with_only_the_first_byte_of_its_last_sector_is_damage(path, key):
+    """A disk writes whole sectors: a sector holding one byte of the record and zeros after
+    it was written (changed), not left unwritten."""
+    spans = _written(path, key, RECORDS[:4])
+    start, end = spans[-1]
+    last_boundary = (end - 1) // SECTOR * SECTOR
+    assert start < last_boundary < end - 1
+    data = bytearray(path.read_bytes())
+    data[last_boundary + 1:] = bytes(len(data) - last_boundary - 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt) as err:
+        _read(path, key)
+    assert (err.value.offset, err.value.seq) == (start, 3)
+
+
+def test_a_changed_last_record_ending_on_a_sector_boundary_is_damage(path, key):
+    records = _placed(100, 1024 - 100)  # ends on a boundary
+    spans = _written(path, key, records)
+    start, end = spans[-1]
+    assert end % SECTOR == 0
+    data = bytearray(path.read_bytes())
+    data[start + 300] ^= 0x01 if data[start + 300] != 0x01 else 0x02
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt) as err:
+        _read(path, key)
+    assert (err.value.offset, err.value.seq) == (start, 2)
 
 
 def test_headers_it_cannot_read_are_refused(path, key):
@@ -526,14 +660,19 @@ def test_compaction_keeps_every_live_record_and_reserves_room_ahead(path, key, s
     before = journal.append({"i": "before"})
     live = RECORDS + [{"i": "live"}]
     old_id = path.read_bytes()[8:24]
+    calls_before = len(seam.calls)
     journal.compact(iter(live))
     data = path.read_bytes()
     end = journal.size
     assert len(data) == end + 3000 + PREALLOC and not any(data[end:])
     assert journal.reserve_left == 3000 + PREALLOC and journal.size_after_compaction == end
-    assert len(_frames(data, end)) == len(live) and data[8:24] != old_id  # a new file, framed as documented
-    # the temp file was synced whole before it replaced the journal, and the rename made durable
-    replaced = seam.calls.index(("replace", "journal.fkj.tmp", "journal.fkj"))
+    assert data[8:24] != old_id  # a new file, its records framed and sealed as documented
+    assert [Sealer(key).open(sealed, data[8:24] + struct.pack(">Q", seq))
+            for seq, (_, _, sealed) in enumerate(_frames(data, end))] == [
+        json.dumps(r, separators=(",", ":")).encode() for r in live]
+    # made under the temp name an interrupted compaction leaves (removed at open), synced whole
+    # before it replaced the journal, and the rename made durable
+    replaced = seam.calls.index(("replace", "journal.fkj.tmp", "journal.fkj"), calls_before)
     tmp_fd = [c[2] for c in seam.calls[:replaced] if c[:2] == ("open", "journal.fkj.tmp")][-1]
     last_write = max(i for i, c in enumerate(seam.calls[:replaced]) if c[:2] == ("write", tmp_fd))
     assert ("fsync", tmp_fd) in seam.calls[last_write:replaced] and ("fsync_dir", "db") in seam.calls[replaced:]
@@ -594,8 +733,9 @@ def test_a_failed_compaction_leaves_the_journal_and_its_records_as_they_were(pat
         seam.fail_on("fsync", 2)  # the temp file's header sync passes, its whole sync fails
     else:
         seam.fail_on("write", {"header": 1, "record": 2, "zeros": 6}[fail])
-    with pytest.raises(StorageFull, match="disk full"):
+    with pytest.raises(StorageFull, match="disk full") as err:
         journal.compact(iter(records + [{"i": "more"}]))
+    assert str(err.value).startswith(f"disk full while writing {path}:")
     assert path.read_bytes() == data and not path.with_name("journal.fkj.tmp").exists()
     assert (journal.size, journal.reserve_left, journal.size_after_compaction) == state
     journal.wait_durable(journal.append({"i": "next"}))  # still sealed for the file that was kept
@@ -609,7 +749,8 @@ def test_a_failed_directory_sync_after_compaction_is_logged_and_the_compaction_s
     seam.fail_on("fsync_dir", 1)
     with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
         journal.compact(iter(records[:1]))
-    assert "directory fsync failed" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "journal compaction: directory fsync failed: [Errno 28] No space left on device"]
     journal.close()
     assert _read(path, key) == RECORDS[:1]
 
@@ -621,3 +762,38 @@ def test_a_leftover_temp_file_does_not_stop_a_compaction(path, key):
     journal.compact(iter(records))
     journal.close()
     assert _read(path, key) == RECORDS[:2] and not path.with_name("journal.fkj.tmp").exists()
+
+
+def test_tickets_keep_growing_over_compactions_that_shrink_the_journal(path, key, seam):
+    journal, _ = _opened(path, key)
+    tickets = [journal.append({"pad": "big" * 2000}) for _ in range(5)]
+    for _ in range(3):
+        journal.compact(iter([{"i": "small"}]))
+        tickets.append(journal.append({"i": "after"}))
+    assert tickets == sorted(set(tickets))
+    syncs = len(seam.named("fdatasync"))
+    journal.wait_durable(tickets[-1])  # the last record, appended after the last compaction, needs a sync
+    assert len(seam.named("fdatasync")) == syncs + 1
+    journal.close()
+    assert _read(path, key) == [{"i": "small"}, {"i": "after"}]
+
+
+@pytest.mark.parametrize("gap", [1 << 20, (1 << 20) + 2])
+def test_salvage_finds_the_next_record_a_mebibyte_past_a_broken_header(path, key, gap):
+    """Past a record whose header is broken, salvage scans byte by byte in blocks of 1 MiB:
+    a record starting 1 MiB after the broken one (the first block's last position) or two
+    bytes further (the second block's first) is found and kept."""
+    before, after = {"i": 0}, {"i": 2}
+    spans = _written(path, key, [before, _sized(gap), after])
+    assert spans[2][0] - spans[1][0] == gap
+    data = bytearray(path.read_bytes())
+    data[spans[1][0] + 1] ^= 0x10  # its length: the header's checksum fails
+    path.write_bytes(bytes(data))
+    losses: list[dict] = []
+    journal = Journal(path, Sealer(key))
+    try:
+        kept = list(journal.salvage_records(losses))
+    finally:
+        journal.close()
+    assert kept == [before, after]
+    assert [(loss["seq"], loss["last_seq"], loss["offset"]) for loss in losses] == [(1, 1, spans[1][0])]
