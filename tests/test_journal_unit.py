@@ -454,14 +454,47 @@ def test_a_tail_cut_short_is_cut_at_its_record_and_kept_aside(path, key, keep, w
     assert _read(path, key) == RECORDS[:-1]  # and the next open finds nothing more to cut
 
 
-def test_a_last_record_unwritten_from_a_sector_on_is_cut(path, key):
+def test_a_last_record_unwritten_from_a_sector_on_is_cut(path, key, caplog):
     spans = _written(path, key)
     start, end = spans[3]  # the 3 000-byte record, then one more
     data = bytearray(path.read_bytes())
     data[(start // SECTOR + 2) * SECTOR:] = bytes(len(data) - (start // SECTOR + 2) * SECTOR)
     path.write_bytes(bytes(data))
-    assert _read(path, key) == RECORDS[:3]
+    with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
+        assert _read(path, key) == RECORDS[:3]
+    assert f"at offset {start} " in caplog.text and "bytes, last record was not completely written)" in caplog.text
     assert not any(path.read_bytes()[start:])
+
+
+def test_a_record_with_an_unwritten_sector_before_a_later_written_one_is_cut_there(path, key, caplog):
+    """Unsynced writes reach the disk in any order: a whole zero sector inside a record, the
+    next record written; neither was acknowledged, both are cut."""
+    spans = _written(path, key)
+    start, end = spans[3]
+    data = bytearray(path.read_bytes())
+    sector = (start // SECTOR + 2) * SECTOR
+    data[sector:sector + SECTOR] = bytes(SECTOR)
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
+        assert _read(path, key) == RECORDS[:3]
+    assert f"at offset {start} " in caplog.text and "bytes, record with sectors that never reached the disk)" in caplog.text
+    assert not any(path.read_bytes()[start:])
+
+
+def test_salvage_reports_a_torn_tail_as_never_acknowledged_and_leaves_the_file(path, key):
+    spans = _written(path, key)
+    start = spans[-1][0]
+    data = path.read_bytes()[:start + 20]
+    path.write_bytes(data)
+    losses: list[dict] = []
+    journal = Journal(path, Sealer(key))
+    try:
+        assert list(journal.salvage_records(losses)) == RECORDS[:-1]
+    finally:
+        journal.close()
+    assert losses == [{"seq": 4, "last_seq": 4, "offset": start, "torn": True,
+                       "reason": "torn final write (record extends past the end of the file); it was never acknowledged"}]
+    assert path.read_bytes() == data
 
 
 def test_a_flipped_byte_is_refused_with_its_offset_and_record_and_nothing_is_cut(path, key):
@@ -474,6 +507,8 @@ def test_a_flipped_byte_is_refused_with_its_offset_and_record_and_nothing_is_cut
         with pytest.raises(StoreCorrupt) as err:
             _read(path, key)
         assert (err.value.offset, err.value.seq, err.value.path) == (spans[k][0], k, str(path))
+        assert err.value.reason == ("record header checksum does not match" if k == 2 else
+                                    "record fails its authentication tag (changed, moved or from another key)")
         assert f"byte offset {spans[k][0]} (record {k})" in str(err.value) and "fieldkit store salvage" in str(err.value)
         assert path.read_bytes() == bytes(data) and not list(path.parent.glob("*.torn-*"))
         data[at] ^= flip
@@ -639,15 +674,17 @@ def test_headers_it_cannot_read_are_refused(path, key):
     _written(path, key, RECORDS[:1])
     data = path.read_bytes()
     path.write_bytes(data[:HEADER.size - 1])
-    with pytest.raises(StoreCorrupt, match="header is truncated") as err:
+    with pytest.raises(StoreCorrupt) as err:
         _read(path, key)
-    assert err.value.offset == 0
+    assert (err.value.path, err.value.offset, err.value.reason) == (str(path), 0, "header is truncated")
     path.write_bytes(b"FKJ0" + data[4:])
-    with pytest.raises(StoreCorrupt, match="not a fieldkit journal"):
+    with pytest.raises(StoreCorrupt) as err:
         _read(path, key)
+    assert (err.value.path, err.value.offset, err.value.reason) == (str(path), 0, "not a fieldkit journal")
     path.write_bytes(data[:4] + struct.pack(">I", FORMAT + 1) + data[8:])
-    with pytest.raises(UnsupportedVersion, match="newer fieldkit"):
+    with pytest.raises(UnsupportedVersion) as version:
         _read(path, key)
+    assert str(version.value) == f"{path} was written by a newer fieldkit (journal format 2); upgrade fieldkit"
     path.write_bytes(data)
     assert _read(path, key) == RECORDS[:1] and (MAGIC, FORMAT) == (b"FKJ1", 1)
 
