@@ -19,6 +19,9 @@ from fieldkit.inference import bundle as B
 from fieldkit.inference import runner
 from fieldkit.inference.registry import BUILTIN_DIR, LoadedModel
 
+# each test takes milliseconds: an analysis that never ends fails here, not at the suite's bound
+pytestmark = pytest.mark.timeout(10)
+
 LABELS = ["lung", "fast", "other", "no_contact", "too_dark", "saturated"]
 LEVEL0 = 10  # grey level of frame 0; frame i is LEVEL0 + i
 

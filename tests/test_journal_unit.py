@@ -23,6 +23,9 @@ from fieldkit.security.crypto import Sealer, random_key
 import fieldkit.store.journal as journal_module
 from fieldkit.store.journal import FORMAT, HEADER, MAGIC, PREALLOC, SECTOR, Journal
 
+# each test takes milliseconds: a journal that loops forever fails here, not at the suite's bound
+pytestmark = pytest.mark.timeout(10)
+
 RECORDS = [{"i": 0}, {"i": 1, "text": "Zoë, ½ 日本"}, {"i": 2, "nested": {"a": [1, 2.5, None, True]}},
            {"i": 3, "pad": "p" * 3000}, {"i": 4, "empty": ""}]
 
@@ -451,7 +454,11 @@ def test_a_tail_cut_short_is_cut_at_its_record_and_kept_aside(path, key, keep, w
     assert len(path.read_bytes()) == start
     (kept,) = path.parent.glob("journal.fkj.torn-*")
     assert kept.name.endswith(f"-{start}") and kept.read_bytes() == data[start:].rstrip(b"\0")
-    assert _read(path, key) == RECORDS[:-1]  # and the next open finds nothing more to cut
+    journal, records = _opened(path, key)  # the next open finds nothing more to cut
+    assert records == RECORDS[:-1]
+    journal.wait_durable(journal.append({"i": "after the cut"}))  # where the cut record began
+    journal.close()
+    assert _read(path, key) == RECORDS[:-1] + [{"i": "after the cut"}]
 
 
 def test_a_last_record_unwritten_from_a_sector_on_is_cut(path, key, caplog):
@@ -479,6 +486,22 @@ def test_a_record_with_an_unwritten_sector_before_a_later_written_one_is_cut_the
         assert _read(path, key) == RECORDS[:3]
     assert f"at offset {start} " in caplog.text and "bytes, record with sectors that never reached the disk)" in caplog.text
     assert not any(path.read_bytes()[start:])
+
+
+def test_salvage_reports_a_changed_last_record_lost_and_keeps_the_rest(path, key):
+    spans = _written(path, key)
+    start, end = spans[-1]
+    data = bytearray(path.read_bytes())
+    data[end - 10] ^= 0x01 if data[end - 10] != 0x01 else 0x02
+    path.write_bytes(bytes(data))
+    losses: list[dict] = []
+    journal = Journal(path, Sealer(key))
+    try:
+        assert list(journal.salvage_records(losses)) == RECORDS[:-1]
+    finally:
+        journal.close()
+    assert losses == [{"seq": 4, "last_seq": 4, "offset": start,
+                       "reason": "record fails its authentication tag (changed, moved or from another key)"}]
 
 
 def test_salvage_reports_a_torn_tail_as_never_acknowledged_and_leaves_the_file(path, key):
@@ -509,7 +532,10 @@ def test_a_flipped_byte_is_refused_with_its_offset_and_record_and_nothing_is_cut
         assert (err.value.offset, err.value.seq, err.value.path) == (spans[k][0], k, str(path))
         assert err.value.reason == ("record header checksum does not match" if k == 2 else
                                     "record fails its authentication tag (changed, moved or from another key)")
-        assert f"byte offset {spans[k][0]} (record {k})" in str(err.value) and "fieldkit store salvage" in str(err.value)
+        assert str(err.value) == (
+            f"store file {path} is damaged at byte offset {spans[k][0]} (record {k}): {err.value.reason}; "
+            f"refusing to open. Run `fieldkit store salvage --data-dir {path.parent.parent}` to keep every "
+            "record that still authenticates (the damaged file is kept aside)")
         assert path.read_bytes() == bytes(data) and not list(path.parent.glob("*.torn-*"))
         data[at] ^= flip
         path.write_bytes(bytes(data))
@@ -834,3 +860,24 @@ def test_salvage_finds_the_next_record_a_mebibyte_past_a_broken_header(path, key
         journal.close()
     assert kept == [before, after]
     assert [(loss["seq"], loss["last_seq"], loss["offset"]) for loss in losses] == [(1, 1, spans[1][0])]
+
+
+@pytest.mark.parametrize("gap, found", [(1 << 16, True), ((1 << 16) + 10, False)])
+def test_salvage_looks_for_the_next_record_up_to_scan_bytes_past_the_damage(path, key, monkeypatch, gap, found):
+    """The search past damage is bounded (SCAN_BYTES, 64 KiB here): a record starting at the
+    bound is found; one starting 10 bytes past it is not looked for, and the loss says it
+    does not know how many records were lost."""
+    monkeypatch.setattr(journal_module, "SCAN_BYTES", 1 << 16)
+    before, after = {"i": 0}, {"i": 2}
+    spans = _written(path, key, [before, _sized(gap), after])
+    data = bytearray(path.read_bytes())
+    data[spans[1][0] + 1] ^= 0x10  # its length: the header's checksum fails
+    path.write_bytes(bytes(data))
+    losses: list[dict] = []
+    journal = Journal(path, Sealer(key))
+    try:
+        kept = list(journal.salvage_records(losses))
+    finally:
+        journal.close()
+    assert kept == ([before, after] if found else [before])
+    assert [(loss["seq"], loss["last_seq"]) for loss in losses] == [(1, 1 if found else None)]
