@@ -449,16 +449,15 @@ def test_a_tail_cut_short_is_cut_at_its_record_and_kept_aside(path, key, keep, w
     data = path.read_bytes()[:start + keep if keep > 0 else end + keep]
     path.write_bytes(data)
     with caplog.at_level("WARNING", logger="fieldkit.store.journal"):
-        assert _read(path, key) == RECORDS[:-1]
+        journal, records = _opened(path, key)
+    assert records == RECORDS[:-1] and journal.size == start
     assert f"cut a torn final write at offset {start} ({len(data) - start} bytes, {why})" in caplog.text
     assert len(path.read_bytes()) == start
     (kept,) = path.parent.glob("journal.fkj.torn-*")
     assert kept.name.endswith(f"-{start}") and kept.read_bytes() == data[start:].rstrip(b"\0")
-    journal, records = _opened(path, key)  # the next open finds nothing more to cut
-    assert records == RECORDS[:-1]
     journal.wait_durable(journal.append({"i": "after the cut"}))  # where the cut record began
     journal.close()
-    assert _read(path, key) == RECORDS[:-1] + [{"i": "after the cut"}]
+    assert _read(path, key) == RECORDS[:-1] + [{"i": "after the cut"}]  # nothing more to cut
 
 
 def test_a_last_record_unwritten_from_a_sector_on_is_cut(path, key, caplog):
