@@ -491,3 +491,17 @@ def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(monkeypatch):
     reg = Registry(gate=_model("view_quality", answer), lung=_model("lung_bline", lung_answer))
     a = run(cine(4), reg, Frames(make=decode), batch_size=4)
     assert a.timing_ms == {"decode_preprocess": 10_000.0, "gate": 20_000.0, "lung": 40_000.0, "total": 70_000.0}
+
+
+def test_with_batches_of_16_frames_the_last_32_to_48_stay_in_memory(monkeypatch):
+    """Memory is trimmed to the last 32 frames once more than 3 batches are held: with
+    batches of 16 (decoded a whole batch at a time here, so every batch is 16 frames), an
+    80-frame cine ends holding frames 32 to 79. The middle frame (40) is still there to be
+    shown when no model spoke; when the lung model speaks, frames 0 to 31 are decoded again."""
+    monkeypatch.setattr(runner, "PREP_CHUNK", 16)
+    silent = run(cine(80), models([UNSURE]))
+    assert silent.overlay_frame[0, 0, 0] == LEVEL0 + 40
+    frames = Frames()
+    spoke = run(cine(80), models([SURE]), frames)
+    assert result(spoke, "lung").assessable
+    assert sorted(i for c in frames.calls for i in c) == sorted(list(range(80)) + list(range(32)))
