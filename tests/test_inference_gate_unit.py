@@ -505,3 +505,15 @@ def test_with_batches_of_16_frames_the_last_32_to_48_stay_in_memory(monkeypatch)
     spoke = run(cine(80), models([SURE]), frames)
     assert result(spoke, "lung").assessable
     assert sorted(i for c in frames.calls for i in c) == sorted(list(range(80)) + list(range(32)))
+
+
+def test_a_refusal_records_its_time_in_milliseconds_to_a_tenth(monkeypatch):
+    clock = [1000.0]
+
+    def perf_counter():  # each reading 12.34 ms after the one before
+        clock[0] += 0.01234
+        return clock[0]
+
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    a = run(cine(), Registry(lung=lung()))  # no gate: refused before any frame is read
+    assert a.timing_ms == {"total": 12.3}
