@@ -96,6 +96,32 @@ def test_the_mutation_tool_lists_modules_whose_tests_exist():
             assert "__mutmut_" in name and len(reason.split()) >= 3, line
 
 
+def test_the_mutation_tool_runs_every_mutant_but_the_listed_equivalents():
+    """Listed equivalents are left out of the score and not run: the globs handed to mutmut
+    for a function named in full match each of its mutant numbers except the listed ones."""
+    import fnmatch
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("mutation_run", ROOT / "tests/mutation/run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    listed = set(run.equivalents())
+    modules = tomllib.loads((ROOT / "tests/mutation/modules.toml").read_text())["module"]
+    functions = [f"{m['path'].removesuffix('.py').replace('/', '.')}.{f}" for m in modules for f in m.get("functions", [])]
+    skipped = 0
+    for function in functions:
+        globs = run._without_equivalents(function)
+        if "*" in function:
+            assert globs == [f"{function}__mutmut_*"]
+            continue
+        for n in range(1, 3000):
+            name = f"{function}__mutmut_{n}"
+            assert any(fnmatch.fnmatchcase(name, g) for g in globs) == (name not in listed), name
+            skipped += name in listed
+    assert skipped > 20  # the journal's and the runner's listed mutants among them
+
+
 # ----------------------------------------------------------------- promises that had no test
 
 def test_a_data_dir_in_use_exits_7_with_the_reason(store, data_dir):
