@@ -258,6 +258,7 @@ def test_the_time_budget_stops_after_a_batch_and_says_so():
 
 
 def test_the_default_time_budget_is_a_minute(monkeypatch):
+    monkeypatch.setattr(runner, "TURN_CHECK_FRAMES", 0)  # only the frames' batches take time (the check: below)
     start = time.perf_counter()
     clock = [start]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
@@ -298,7 +299,8 @@ def test_the_threshold_is_the_gate_manifests_own_or_else_0_6(thresholds, p, deci
         assert result(a, "lung").reason.endswith(f"threshold p>={thresholds.get('min_prob', 0.6):g})")
 
 
-def test_the_gates_record_names_each_frame_its_label_probability_and_the_model():
+def test_the_gates_record_names_each_frame_its_label_probability_and_the_model(monkeypatch):
+    monkeypatch.setattr(runner, "TURN_CHECK_FRAMES", 0)  # the gate sees each frame once (the check: below)
     rows = [_row("lung", 0.8123456), _row("fast", 0.91), UNSURE, _row("too_dark", 0.99)]
     reg = models(rows)
     a = run(cine(4), reg)
@@ -490,7 +492,8 @@ def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(monkeypatch):
 
     reg = Registry(gate=_model("view_quality", answer), lung=_model("lung_bline", lung_answer))
     a = run(cine(4), reg, Frames(make=decode), batch_size=4)
-    assert a.timing_ms == {"decode_preprocess": 10_000.0, "gate": 20_000.0, "lung": 40_000.0, "total": 70_000.0}
+    # the gate ran twice: the batch, and the check of the view's orientation (its 3 frames turned)
+    assert a.timing_ms == {"decode_preprocess": 10_000.0, "gate": 40_000.0, "lung": 40_000.0, "total": 90_000.0}
 
 
 def test_with_batches_of_16_frames_the_last_32_to_48_stay_in_memory(monkeypatch):
@@ -517,3 +520,68 @@ def test_a_refusal_records_its_time_in_milliseconds_to_a_tenth(monkeypatch):
     monkeypatch.setattr(time, "perf_counter", perf_counter)
     a = run(cine(), Registry(lung=lung()))  # no gate: refused before any frame is read
     assert a.timing_ms == {"total": 12.3}
+
+
+# -- a view turned on the screen -----------------------------------------------------------
+
+TURNED = 190  # what a turned frame's top-left corner reads as: its other three corners hold 200 + i
+
+
+def corner_frames(indices):
+    """Frame i: grey LEVEL0 + i in its top-left quarter (what the session reads), 200 + i in
+    the other three, so a quarter or half turn of it reads as TURNED + i."""
+    out = np.full((len(indices), 64, 64, 3), 0, np.uint8)
+    for n, i in enumerate(indices):
+        out[n] = 200 + i
+        out[n, :32, :32] = LEVEL0 + i
+    return out
+
+
+def turned_gate(p_upright: float, p_turned: dict[int, float]) -> LoadedModel:
+    """Every upright frame reads as lung at p_upright; frame i turned reads as lung at
+    p_turned[i] (at p_upright for a frame not listed)."""
+    def answer(ids):
+        return [np.log(np.stack([_row("lung", p_turned.get(i - TURNED, p_upright) if i >= TURNED else p_upright)
+                                 for i in ids]))]
+    return _model("view_quality", answer)
+
+
+@pytest.mark.parametrize("p_turned, turned", [(0.7 + runner.TURN_MARGIN + 0.001, True),
+                                              (0.7 + runner.TURN_MARGIN - 0.001, False), (0.5, False)])
+def test_a_clip_whose_view_frames_read_better_turned_is_not_assessable(p_turned, turned):
+    reg = Registry(gate=turned_gate(0.7, {i: p_turned for i in range(8)}), lung=lung())
+    a = run(cine(8), reg, Frames(make=corner_frames))
+    lung_result = result(a, "lung")
+    assert lung_result.assessable is not turned
+    if turned:
+        assert lung_result.reason == ("the lung view seems turned on the screen (the view gate reads it better "
+                                      "turned a quarter or half turn); the models read upright views only")
+        assert a.gate["counts"] == {"turned": 8} and {f["label"] for f in a.gate["per_frame"]} == {"turned"}
+        assert a.view == "unknown"
+    else:
+        assert a.gate["counts"] == {"lung": 8}
+
+
+def test_three_view_frames_are_checked_each_turned_three_ways_and_most_of_them_decide():
+    g = turned_gate(0.7, {0: 0.9, 1: 0.9})  # frames 0 and 1 read better turned, frame 2 does not
+    a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert g.session.seen[1] == [TURNED + i for i in (0, 1, 2)] * 3  # the first 3 frames, three turns each
+    assert len(g.session.seen) == 2 and not result(a, "lung").assessable
+    g = turned_gate(0.7, {0: 0.9})  # one of the three: the clip is upright
+    a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert result(a, "lung").assessable and a.gate["counts"] == {"lung": 8}
+
+
+def test_only_frames_the_gate_passes_as_a_view_are_checked_and_a_fast_view_is_named():
+    rows = {0: UNSURE, 1: _row("other", 0.9), 2: _row("fast", 0.8), 3: _row("fast", 0.8)}
+
+    def answer(ids):
+        return [np.log(np.stack([_row("fast", 0.95) if i >= TURNED else rows.get(i, _row("fast", 0.8))
+                                 for i in ids]))]
+    g = _model("view_quality", answer)
+    a = run(cine(4), Registry(gate=g, fast=fast()), Frames(make=corner_frames))
+    assert g.session.seen[1] == [TURNED + 2, TURNED + 3] * 3  # not the unsure frame, nor the other view
+    fast_result = result(a, "fast")
+    assert not fast_result.assessable and fast_result.reason.startswith(
+        "the FAST (abdominal) view seems turned on the screen")
+    assert a.gate["counts"] == {"other": 1, "turned": 2, "uncertain": 1}
