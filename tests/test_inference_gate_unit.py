@@ -524,32 +524,48 @@ def test_a_refusal_records_its_time_in_milliseconds_to_a_tenth(monkeypatch):
 
 # -- a view turned on the screen -----------------------------------------------------------
 
-TURNED = 190  # what a turned frame's top-left corner reads as: its other three corners hold 200 + i
+# Frame i holds grey LEVEL0 + i in its top-left quarter (what the session reads) and another
+# grey in each of the other three, so the session can tell which turn of which frame it sees:
+# a quarter turn (counter-clockwise) brings the top-right quarter to the top left, a half turn
+# the bottom-right one, three quarters the bottom-left one.
+CORNER = {1: (slice(None, 32), slice(32, None), 150), 2: (slice(32, None), slice(32, None), 200),
+          3: (slice(32, None), slice(None, 32), 170)}
+TURN_ID = {k: level - LEVEL0 for k, (_, _, level) in CORNER.items()}  # turn k of frame i reads TURN_ID[k] + i
 
 
-def corner_frames(indices):
-    """Frame i: grey LEVEL0 + i in its top-left quarter (what the session reads), 200 + i in
-    the other three, so a quarter or half turn of it reads as TURNED + i."""
-    out = np.full((len(indices), 64, 64, 3), 0, np.uint8)
+def corner_frames(indices, shape=(64, 64)):
+    out = np.zeros((len(indices), *shape, 3), np.uint8)
+    h, w = shape[0] // 2, shape[1] // 2
     for n, i in enumerate(indices):
-        out[n] = 200 + i
-        out[n, :32, :32] = LEVEL0 + i
+        out[n, :h, :w] = LEVEL0 + i
+        out[n, :h, w:], out[n, h:, w:], out[n, h:, :w] = 150 + i, 200 + i, 170 + i
     return out
 
 
-def turned_gate(p_upright: float, p_turned: dict[int, float]) -> LoadedModel:
-    """Every upright frame reads as lung at p_upright; frame i turned reads as lung at
-    p_turned[i] (at p_upright for a frame not listed)."""
+def turned_gate(view_p, turned_p, shape=None) -> LoadedModel:
+    """Frame i upright reads as view_p(i) (a probability row); turn k of frame i as the view
+    "lung" at turned_p(k, i)."""
     def answer(ids):
-        return [np.log(np.stack([_row("lung", p_turned.get(i - TURNED, p_upright) if i >= TURNED else p_upright)
-                                 for i in ids]))]
-    return _model("view_quality", answer)
+        rows = []
+        for i in ids:
+            k = next((k for k, base in TURN_ID.items() if base <= i < base + 10), None)
+            rows.append(view_p(i) if k is None else _row("lung", turned_p(k, i - TURN_ID[k])))
+        return [np.log(np.stack(rows))]
+    m = _model("view_quality", answer)
+    if shape is not None:  # a gate whose input is not square
+        pre = dict(m.entry["preprocessing"], size=list(shape))
+        m = dataclasses.replace(m, bundle=dataclasses.replace(m.bundle, entry=dict(m.entry, preprocessing=pre)))
+    return m
+
+
+def lung_at(p):
+    return lambda i: _row("lung", p)
 
 
 @pytest.mark.parametrize("p_turned, turned", [(0.7 + runner.TURN_MARGIN + 0.001, True),
                                               (0.7 + runner.TURN_MARGIN - 0.001, False), (0.5, False)])
 def test_a_clip_whose_view_frames_read_better_turned_is_not_assessable(p_turned, turned):
-    reg = Registry(gate=turned_gate(0.7, {i: p_turned for i in range(8)}), lung=lung())
+    reg = Registry(gate=turned_gate(lung_at(0.7), lambda k, i: p_turned), lung=lung())
     a = run(cine(8), reg, Frames(make=corner_frames))
     lung_result = result(a, "lung")
     assert lung_result.assessable is not turned
@@ -562,26 +578,59 @@ def test_a_clip_whose_view_frames_read_better_turned_is_not_assessable(p_turned,
         assert a.gate["counts"] == {"lung": 8}
 
 
-def test_three_view_frames_are_checked_each_turned_three_ways_and_most_of_them_decide():
-    g = turned_gate(0.7, {0: 0.9, 1: 0.9})  # frames 0 and 1 read better turned, frame 2 does not
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_each_turn_alone_can_show_the_view_is_turned(k):
+    g = turned_gate(lung_at(0.7), lambda turn, i: 0.9 if turn == k else 0.5)
     a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
-    assert g.session.seen[1] == [TURNED + i for i in (0, 1, 2)] * 3  # the first 3 frames, three turns each
-    assert len(g.session.seen) == 2 and not result(a, "lung").assessable
-    g = turned_gate(0.7, {0: 0.9})  # one of the three: the clip is upright
+    assert not result(a, "lung").assessable and a.gate["counts"] == {"turned": 8}
+    # the first 3 view frames, a quarter turn, a half turn and three quarters of each
+    assert g.session.seen[1] == [TURN_ID[turn] + i for turn in (1, 2, 3) for i in range(3)]
+
+
+def test_a_frame_at_the_threshold_is_a_view_and_is_checked():
+    g = turned_gate(lung_at(0.6), lambda k, i: 0.9)  # the gate's min_prob is 0.6
+    a = run(cine(4), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert a.gate["counts"] == {"turned": 4}
+
+
+def test_most_of_the_frames_checked_decide():
+    g = turned_gate(lung_at(0.7), lambda k, i: 0.9 if i in (0, 1) else 0.5)  # two of the three read better turned
+    assert not result(run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames)), "lung").assessable
+    g = turned_gate(lung_at(0.7), lambda k, i: 0.9 if i == 0 else 0.5)  # one of three: the clip is upright
     a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
     assert result(a, "lung").assessable and a.gate["counts"] == {"lung": 8}
 
 
 def test_only_frames_the_gate_passes_as_a_view_are_checked_and_a_fast_view_is_named():
-    rows = {0: UNSURE, 1: _row("other", 0.9), 2: _row("fast", 0.8), 3: _row("fast", 0.8)}
-
-    def answer(ids):
-        return [np.log(np.stack([_row("fast", 0.95) if i >= TURNED else rows.get(i, _row("fast", 0.8))
-                                 for i in ids]))]
-    g = _model("view_quality", answer)
+    rows = {0: UNSURE, 1: _row("other", 0.9)}
+    g = turned_gate(lambda i: rows.get(i, _row("fast", 0.8)), lambda k, i: 0.95)
     a = run(cine(4), Registry(gate=g, fast=fast()), Frames(make=corner_frames))
-    assert g.session.seen[1] == [TURNED + 2, TURNED + 3] * 3  # not the unsure frame, nor the other view
+    assert g.session.seen[1] == [TURN_ID[k] + i for k in (1, 2, 3) for i in (2, 3)]  # not the unsure frame, nor the other view
     fast_result = result(a, "fast")
     assert not fast_result.assessable and fast_result.reason.startswith(
         "the FAST (abdominal) view seems turned on the screen")
     assert a.gate["counts"] == {"other": 1, "turned": 2, "uncertain": 1}
+
+
+def test_a_clip_mostly_of_another_view_is_named_so_even_when_its_few_view_frames_are_turned():
+    rows = {i: _row("other", 0.9) for i in range(3, 8)}  # 3 lung frames (turned), 5 of another view
+    g = turned_gate(lambda i: rows.get(i, _row("lung", 0.7)), lambda k, i: 0.9)
+    a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert a.gate["counts"] == {"other": 5, "turned": 3}
+    assert result(a, "lung").reason.startswith("not a lung view of usable quality (view/quality gate per frame: "
+                                               "other 5/8, turned 3/8")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_short_clip_of_another_view_is_not_called_turned(n):
+    g = turned_gate(lambda i: _row("other", 0.9), lambda k, i: 0.9)
+    a = run(cine(n), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert result(a, "lung").reason.startswith("not a lung view of usable quality")
+    assert len(g.session.seen) == 1  # no view frame: nothing to check
+
+
+def test_a_gate_of_input_that_is_not_square_is_asked_about_the_half_turn_only():
+    g = turned_gate(lung_at(0.7), lambda k, i: 0.9, shape=(64, 96))
+    a = run(cine(4), Registry(gate=g, lung=lung()), Frames(make=lambda idx: corner_frames(idx, (64, 96))))
+    assert g.session.seen[1] == [TURN_ID[2] + i for i in range(3)]
+    assert a.gate["counts"] == {"turned": 4}
