@@ -135,13 +135,6 @@ def _kits_strips(registry, sliding, frames):
     return s, strips, margins
 
 
-def _seashore(strip, row: int) -> float:
-    """Frame-to-frame change of an M-mode strip just below the pleural row over that in the
-    chest wall above it (as the simulator's own strip is measured above)."""
-    change = np.abs(np.diff(strip, axis=1)).mean(1)
-    return float(change[row - 1:row + 12].mean() / change[row - 30:row - 4].mean())
-
-
 def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry, sliding, simulator):
     """The strip the patient page shows, made by the kit where its sliding judge saw the
     pleura, read against the simulator's truth: a real image column of every frame in time
@@ -153,7 +146,6 @@ def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry
                                                         n_frames=n, probe="linear", n_blines=0, noise_sd=2.0)
         s, strips, margins = _kits_strips(registry, sliding, frames)
         assert len(strips) == 1, s
-        row = int(round(truth["pleura_row"]))
         wide = strips[0]
         assert wide.shape == (frames.shape[1], n * clip_images.M_MODE_FRAME_PX)
         strip = wide[:, ::clip_images.M_MODE_FRAME_PX]
@@ -163,12 +155,12 @@ def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry
         grey = frames.astype(float) @ np.array([0.299, 0.587, 0.114])
         col = int(np.argmin([np.abs(grey[0, :, c] - strip[:, 0]).mean() for c in range(frames.shape[2])]))
         assert np.abs(grey[:, :, col].T - strip).max() <= 1, col
-        ratio = _seashore(strip, row)
+        ratio = sliding.m_mode_strip_ratio(strip, truth["pleura_row"])
         assert (ratio > 2.0) if slides else (ratio < 1.5), (slides, ratio, s)
         for m in margins:  # dark but for a tick at the pleural row (the lung model gives
             # its row in 32 bins of the height: within one bin of the truth)
             lit = np.flatnonzero(m.max(1) > 128)
-            assert len(lit) and abs(lit.mean() - truth["pleura_row"]) <= frames.shape[1] / 32, (lit, truth["pleura_row"])
+            assert len(lit) and abs(lit.mean() - truth["pleura_row"]) <= frames.shape[1] / 32, lit
             assert m[lit.max() + 2:].max() == 0 and m[:lit.min() - 1].max() == 0
 
 
@@ -187,7 +179,7 @@ def test_a_lung_point_gets_a_strip_per_side_one_seashore_one_barcode(registry, s
         judged += 1
         left, right = s["m_mode"]["columns"]
         assert left < right and len(strips) == 2, s
-        ratios = sorted(_seashore(strip[:, ::clip_images.M_MODE_FRAME_PX], int(round(truth["pleura_row"])))
+        ratios = sorted(sliding.m_mode_strip_ratio(strip[:, ::clip_images.M_MODE_FRAME_PX], truth["pleura_row"])
                         for strip in strips)
         assert ratios[0] < 1.5 and ratios[1] > 2.0, (ratios, s, truth["lung_point"])
     assert judged >= 3  # measured: most lung points abstain as "partial"

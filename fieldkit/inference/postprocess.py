@@ -380,7 +380,7 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
         # may lie here, so the clip must not read "present"; an M-mode line on each side
         line = int(np.flatnonzero(visible)[split])  # the first column right of the split
         left = visible & (np.arange(len(visible)) < line)
-        out["columns"] = [m_mode_column(lung_cols, wall_cols, left), m_mode_column(lung_cols, wall_cols, visible & ~left)]
+        out["columns"] = [m_mode_column(lung_cols, wall_cols, side) for side in (left, visible & ~left)]
         return abstain("partial", "the lung slides in part of the view only (a lung point?): "
                                   "pneumothorax not excluded")
     if score >= SLIDING_PRESENT:

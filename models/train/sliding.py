@@ -1,6 +1,7 @@
 """Lung sliding on simulated cines: the clips, the kit's verdict on each, and the figures.
 
     python models/train/sliding.py              # features on the tuning seed, figures on the test seed
+    python models/train/sliding.py --m-mode [N]  # the page's M-mode strips read against the truth
 
 Each clip goes through the kit's own path (`runner.analyse` with the bundled gate and lung
 models on a DICOM cine), so the pleural row is the lung model's and only frames the gate
@@ -140,7 +141,54 @@ def tune(registry, seed: int, n_per_class: int) -> dict:
             "lung_points_caught": round(float(caught), 3), "table": t}
 
 
-if __name__ == "__main__":
+M_MODE_SEED = 64_001  # neither the tuning nor the test seed, nor the tests'
+M_MODE_FRAMES = 30  # a second of cine: the strip the page shows is read over time
+
+
+def m_mode_strip_ratio(strip: np.ndarray, row: float) -> float:
+    """An M-mode strip (depth, one sample per frame) read as a clinician reads it: the
+    frame-to-frame change just below the pleural row `row` over that in the chest wall above
+    it (seashore: several times more below; barcode: about the same)."""
+    change = np.abs(np.diff(strip.astype(float), axis=1)).mean(1)
+    r = int(round(row))
+    return float(change[r - 1:r + 12].mean() / change[r - 30:r - 4].mean())
+
+
+def m_mode_table(registry, seed: int, n_per_class: int) -> dict:
+    """The strips the kit draws for the patient page (fieldkit.web.clip_images.m_mode_png, at
+    the column the sliding judge chose), read at the simulator's true pleural row: per true
+    class (sliding everywhere, none) the ratios, and the clips without a strip."""
+    import io
+
+    from PIL import Image
+
+    from fieldkit.inference import runner
+    from fieldkit.web import clip_images as CI
+    out = {c: {"ratios": [], "no_strip": 0} for c in (True, False)}
+    for frames, truth in clips(seed, n_per_class, n_frames=M_MODE_FRAMES):
+        lung = next(r for r in runner.analyse(cine_dataset(frames), registry).results if r.task == "lung")
+        where = lung.result.get("sliding", {}).get("m_mode") if lung.assessable else None
+        row = out[truth["sliding"]]
+        if not where:
+            row["no_strip"] += 1
+            continue
+        png = CI.m_mode_png(CI.clip_of(frames, {"frames": len(frames)}), where["columns"], where["pleura_row"])
+        img = np.asarray(Image.open(io.BytesIO(png)))
+        strip = img[:, CI.M_MODE_MARGIN:CI.M_MODE_MARGIN + len(frames) * CI.M_MODE_FRAME_PX:CI.M_MODE_FRAME_PX]
+        row["ratios"].append(m_mode_strip_ratio(strip, truth["pleura_row"]))
+    return out
+
+
+if __name__ == "__main__" and "--m-mode" in sys.argv:
+    from fieldkit.config import Config
+    from fieldkit.inference.registry import Registry
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    for truth, row in m_mode_table(Registry(Config(), data_dir=None), M_MODE_SEED, n).items():
+        r = np.array(row["ratios"])
+        print("M-mode", "sliding" if truth else "no sliding", f"{len(r)} strips ({row['no_strip']} clips without):",
+              "ratio pct 0/5/50/95/100", np.round(np.percentile(r, [0, 5, 50, 95, 100]), 2),
+              "seashore (> 2)", int((r > 2).sum()), "barcode (< 1.5)", int((r < 1.5).sum()))
+elif __name__ == "__main__":
     from fieldkit.config import Config
     from fieldkit.inference import postprocess as post
     from fieldkit.inference.registry import Registry
