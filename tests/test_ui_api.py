@@ -142,7 +142,7 @@ def test_m_mode_strip_of_a_lung_finding_or_the_reason_there_is_none(ui):
     """On a stored 30-frame cine (its pixels are no lung: the rows say what the models found):
     a strip 4 pixels a frame wide with the pleural row ticked in its margins; a 404 with the
     reason for a finding without a sliding result (made before it existed), one whose judge
-    found no pleural line, and one that is not lung."""
+    found no pleural line or too few lung frames, and one that is not lung."""
     import io
     import time
 
@@ -162,6 +162,8 @@ def test_m_mode_strip_of_a_lung_finding_or_the_reason_there_is_none(ui):
              "m_mode": {"columns": [300], "pleura_row": 150}}
     rows = {"strip": ("lung", found), "before": ("lung", None),
             "no-line": ("lung", dict(found, status="not assessable", reason_code="no_pleura", columns=[], m_mode=None)),
+            "few": ("lung", dict(found, status="not assessable", reason_code="too_few_frames", columns=[],
+                                 pleura_row=None, m_mode=None)),
             "fast": ("fast", None)}
     inference_findings.replace(kit.store, uid, [{
         "id": f"f-{name}", "sop_instance_uid": uid, "patient_id": "M-1", "model": "m", "model_sha256": "0" * 64,
@@ -177,6 +179,7 @@ def test_m_mode_strip_of_a_lung_finding_or_the_reason_there_is_none(ui):
         assert set(np.flatnonzero(margin.max(1))) == {tick - 1, tick}, np.flatnonzero(margin.max(1))
     for fid, words in (("before", "this finding has no lung sliding result"),
                        ("no-line", "no pleural line was found to take an M-mode through"),
+                       ("few", "too few lung frames in the clip for an M-mode strip"),
                        ("fast", "an M-mode strip is made for lung findings only")):
         r = t.get(f"/api/v1/ui/findings/f-{fid}/mmode.png")
         assert r.status_code == 404 and r.json["error"] == words, (fid, r.status_code, r.json)

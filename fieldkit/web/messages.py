@@ -67,6 +67,7 @@ TEMPLATES = (
     N_("this finding has no lung sliding result"),
     N_("a single frame has no M-mode: it needs a cine"),
     N_("no pleural line was found to take an M-mode through"),
+    N_("too few lung frames in the clip for an M-mode strip"),
     N_("patient %(patient)s is recorded as deceased: captures are not assigned to them"),
     N_("the capture was moved meanwhile (it is now on %(patient)s); look again before moving it"),
     N_("the capture is already on %(patient)s"),

@@ -390,7 +390,9 @@ def m_mode(fid):
         raise NotFound("a single frame has no M-mode: it needs a cine")
     where = sliding.get("m_mode")
     if not where:
-        raise NotFound("no pleural line was found to take an M-mode through")
+        raise NotFound("too few lung frames in the clip for an M-mode strip"
+                       if sliding.get("reason_code") == "too_few_frames" else
+                       "no pleural line was found to take an M-mode through")
     clip = CLIPS.get(store, row)
     if "error" in clip:
         raise NotFound(clip["error"])
