@@ -135,15 +135,17 @@ def _kits_strips(registry, sliding, frames):
     return s, strips, margins
 
 
-def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry, sliding, simulator):
+@pytest.mark.parametrize("probe", ["linear", "convex"])
+def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry, sliding, simulator, probe):
     """The strip the patient page shows, made by the kit where its sliding judge saw the
     pleura, read against the simulator's truth: a real image column of every frame in time
     order, sand below the pleura when the lung slides and lines all the way down when it
-    does not, the pleural row ticked in the margins only."""
+    does not, the pleural row ticked in the margins only. (A convex probe's sector: the
+    column has chest wall in view above the pleura, not the black beside the sector.)"""
     n = 30
     for slides in (True, False):
         frames, truth = simulator.simulate_sliding_cine(np.random.default_rng(FRESH_SEED + 21), sliding=slides,
-                                                        n_frames=n, probe="linear", n_blines=0, noise_sd=2.0)
+                                                        n_frames=n, probe=probe, n_blines=0, noise_sd=2.0)
         s, strips, margins = _kits_strips(registry, sliding, frames)
         assert len(strips) == 1, s
         wide = strips[0]
@@ -155,12 +157,16 @@ def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry
         grey = frames.astype(float) @ np.array([0.299, 0.587, 0.114])
         col = int(np.argmin([np.abs(grey[0, :, c] - strip[:, 0]).mean() for c in range(frames.shape[2])]))
         assert np.abs(grey[:, :, col].T - strip).max() <= 1, col
-        ratio = sliding.m_mode_strip_ratio(strip, truth["pleura_row"])
-        assert (ratio > 2.0) if slides else (ratio < 1.5), (slides, ratio, s)
+        # read at the true pleural row of that column; the truth of that column says
+        # whether it slides (between the ribs of a lung that slides)
+        c = s["m_mode"]["columns"][0]
+        assert truth["sliding_columns"][c] == slides, (c, s)
+        ratio = sliding.m_mode_strip_ratio(strip, truth["pleura_rows"][c])
+        assert (ratio > sliding.SEASHORE) if slides else (ratio < sliding.BARCODE), (slides, ratio, s)
         for m in margins:  # dark but for a tick at the pleural row (the lung model gives
             # its row in 32 bins of the height: within one bin of the truth)
             lit = np.flatnonzero(m.max(1) > 128)
-            assert len(lit) and abs(lit.mean() - truth["pleura_row"]) <= frames.shape[1] / 32, lit
+            assert len(lit) and abs(lit.mean() - truth["pleura_rows"][c]) <= frames.shape[1] / 32, lit
             assert m[lit.max() + 2:].max() == 0 and m[:lit.min() - 1].max() == 0
 
 
@@ -179,9 +185,11 @@ def test_a_lung_point_gets_a_strip_per_side_one_seashore_one_barcode(registry, s
         judged += 1
         left, right = s["m_mode"]["columns"]
         assert left < right and len(strips) == 2, s
-        ratios = sorted(sliding.m_mode_strip_ratio(strip[:, ::clip_images.M_MODE_FRAME_PX], truth["pleura_row"])
-                        for strip in strips)
-        assert ratios[0] < 1.5 and ratios[1] > 2.0, (ratios, s, truth["lung_point"])
+        # one on each side of the simulator's line: one where the pleura slides, one where it does not
+        assert sorted(truth["sliding_columns"][[left, right]]) == [False, True], (s, truth["lung_point"])
+        for col, strip in zip((left, right), strips):
+            ratio = sliding.m_mode_strip_ratio(strip[:, ::clip_images.M_MODE_FRAME_PX], truth["pleura_rows"][col])
+            assert (ratio > sliding.SEASHORE) if truth["sliding_columns"][col] else (ratio < sliding.BARCODE), (ratio, s)
     assert judged >= 3  # measured: most lung points abstain as "partial"
 
 

@@ -308,6 +308,7 @@ POINT_SIDE = 0.25  # a lung point: sliding on one side of a line, none on the ot
 # at least this share of the columns where the pleura shows ...
 POINT_STILL = 0.23  # ... and the still side's score under this while the other's is "present"
 M_MODE_SMOOTH = 5  # columns averaged when choosing where the page's M-mode strip is taken
+M_MODE_MIDDLE = 60  # ... from the middle this percentage of the columns in view
 
 
 def pleura_confidence(row_logits: np.ndarray) -> float:
@@ -363,7 +364,16 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
         return abstain("no_pleura", "no pleural line seen where the model places it (rib shadows, or no image)")
     change = np.abs(np.diff(frames, axis=0)).mean(0)
     lung_cols, wall_cols = change[below].mean(0), change[above].mean(0)
-    out["columns"] = [m_mode_column(lung_cols, wall_cols, visible)]
+    # an M-mode line where the whole chest-wall band is in view and in the middle of the view,
+    # where the model's one row is the pleura's (a convex probe's pleura is an arc, higher at
+    # the sides); when no such column shows the pleura, any that does
+    cols = np.flatnonzero(in_view)
+    lo, hi = np.percentile(cols, [50 - M_MODE_MIDDLE / 2, 50 + M_MODE_MIDDLE / 2])
+    good = (mean[above].min(0) > IN_VIEW) & (np.arange(len(in_view)) >= lo) & (np.arange(len(in_view)) <= hi)
+
+    def m_mode_at(where: np.ndarray) -> int:
+        return m_mode_column(lung_cols, wall_cols, where & good if (where & good).any() else where)
+    out["columns"] = [m_mode_at(visible)]
     wall_change = float(change[above][:, visible].mean())
     moved = wall_change / max(float(wall[visible].mean()), 1e-6)
     out["chest_wall_change"] = round(moved, 4)
@@ -380,7 +390,7 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
         # may lie here, so the clip must not read "present"; an M-mode line on each side
         line = int(np.flatnonzero(visible)[split])  # the first column right of the split
         left = visible & (np.arange(len(visible)) < line)
-        out["columns"] = [m_mode_column(lung_cols, wall_cols, side) for side in (left, visible & ~left)]
+        out["columns"] = [m_mode_at(side) for side in (left, visible & ~left)]
         return abstain("partial", "the lung slides in part of the view only (a lung point?): "
                                   "pneumothorax not excluded")
     if score >= SLIDING_PRESENT:

@@ -93,13 +93,13 @@ def m_mode_png(clip: dict, columns: list[int], pleura_row: int) -> bytes:
     meta, small = clip["meta"], clip["small"]
     th, tw = small.shape[1:3]
     row = min(th - 1, max(0, int(pleura_row * th / meta["height"])))
+    edge = np.zeros((th, M_MODE_MARGIN), np.uint8)
+    edge[max(0, row - 1):row + 1, 1:M_MODE_MARGIN - 1] = TICK
     parts = []
     for i, col in enumerate(columns):
         c = min(tw - 1, max(0, int(col * tw / meta["width"])))
         line = small[:, :, c].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # (time, depth)
         strip = np.repeat(np.clip(line.T + 0.5, 0, 255).astype(np.uint8), M_MODE_FRAME_PX, axis=1)
-        edge = np.zeros((th, M_MODE_MARGIN), np.uint8)
-        edge[max(0, row - 1):row + 1, 1:M_MODE_MARGIN - 1] = TICK
         if i:
             parts.append(np.zeros((th, M_MODE_GAP), np.uint8))
         parts += [edge, strip, edge]
