@@ -361,3 +361,13 @@ def test_the_m_mode_column_is_where_the_pleura_moves_most_of_the_columns_allowed
     assert post.m_mode_column(lung, wall, not_there) not in range(8, 22)
     only_right = np.arange(40) >= 25
     assert 28 <= post.m_mode_column(lung, wall, only_right) <= 32  # the best allowed: a window holding it
+
+
+def test_a_still_noiseless_wall_over_a_lung_that_hardly_changes_is_not_where_the_m_mode_goes():
+    """Without the floor of half a grey level, a chest wall that does not change at all
+    (no noise) would make any change below it look like infinite sliding: columns 0-9
+    change by 0.003 below a wall that does not change (with the floor a ratio of 2.5),
+    columns 20-29 by 0.6 below a wall that changes by 0.2 (a ratio of 3)."""
+    lung = np.concatenate([np.full(10, 0.003), np.zeros(10), np.full(10, 0.6), np.zeros(10)])
+    wall = np.concatenate([np.zeros(20), np.full(10, 0.2), np.zeros(10)])
+    assert 20 <= post.m_mode_column(lung, wall, np.arange(40) < 30) < 30

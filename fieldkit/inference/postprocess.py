@@ -410,8 +410,9 @@ def m_mode_column(lung: np.ndarray, wall: np.ndarray, where: np.ndarray) -> int:
     line sees sliding best, so a barcode there means none slides where the pleura shows.
     (Rib caps pass the brightness test for the pleura; they never slide.)"""
     k = np.ones(M_MODE_SMOOTH) / M_MODE_SMOOTH
-    score = np.log((np.convolve(lung, k, "same") + CHANGE_FLOOR) / (np.convolve(wall, k, "same") + CHANGE_FLOOR))
-    return int(np.argmax(np.where(where, score, -np.inf)))
+    # the floor (half a grey level), as for the score: a still, noiseless wall is no sliding
+    ratio = (np.convolve(lung, k, "same") + CHANGE_FLOOR) / (np.convolve(wall, k, "same") + CHANGE_FLOOR)
+    return int(np.argmax(np.where(where, ratio, -np.inf)))
 
 
 def _split_scores(lung: np.ndarray, wall: np.ndarray) -> tuple[list[float], int]:
