@@ -2,7 +2,8 @@
 through the kit's own path (gate, lung model, its pleural row) and are called present,
 absent or not assessable; a fresh seed meets the floors measured on another
 (models/train/sliding.py), a moving probe and a single frame abstain with the reason in
-words, the M-mode strip shows seashore or barcode, and the SR carries the coded item."""
+words, the M-mode strip shows seashore or barcode (the simulator's and the one the kit makes
+for the patient page), and the SR carries the coded item."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from PIL import Image
+
 from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner, sr
+from fieldkit.web import clip_images
 from fixtures.inference import load_train_module, lung_cine_dataset
 
 FRESH_SEED = 63_001  # neither the tuning seed nor the seed of the published figures
@@ -110,6 +114,83 @@ def test_m_mode_seashore_with_sliding_barcode_without(simulator):
         return out
     assert max(below_over_above(True)) > 2.0  # seashore
     assert max(below_over_above(False)) < 1.5  # barcode
+
+
+def _kits_strips(registry, sliding, frames):
+    """The kit's sliding result on a clip, and the M-mode PNG it makes from it for the
+    patient page as (depth, time) arrays with one sample per frame, and their margins."""
+    s = next(r for r in runner.analyse(sliding.cine_dataset(frames), registry).results if r.task == "lung").result["sliding"]
+    assert s["m_mode"], s
+    clip = clip_images.clip_of(frames, {"frames": len(frames)})
+    png = clip_images.m_mode_png(clip, s["m_mode"]["columns"], s["m_mode"]["pleura_row"])
+    assert png.startswith(b"\x89PNG")
+    img = np.asarray(Image.open(io.BytesIO(png)), float)
+    n, px, edge, gap = len(frames), clip_images.M_MODE_FRAME_PX, clip_images.M_MODE_MARGIN, clip_images.M_MODE_GAP
+    strips, margins, x = [], [], 0
+    while x < img.shape[1]:
+        strips.append(img[:, x + edge:x + edge + n * px])
+        margins += [img[:, x:x + edge], img[:, x + edge + n * px:x + 2 * edge + n * px]]
+        x += 2 * edge + n * px + gap
+    assert x - gap == img.shape[1], img.shape  # nothing else in the image
+    return s, strips, margins
+
+
+@pytest.mark.parametrize("probe", ["linear", "convex"])
+def test_the_kits_m_mode_strip_is_seashore_with_sliding_barcode_without(registry, sliding, simulator, probe):
+    """The strip the patient page shows, made by the kit where its sliding judge saw the
+    pleura, read against the simulator's truth: a real image column of every frame in time
+    order, sand below the pleura when the lung slides and lines all the way down when it
+    does not, the pleural row ticked in the margins only. (A convex probe's sector: the
+    column has chest wall in view above the pleura, not the black beside the sector.)"""
+    n = 30
+    for slides in (True, False):
+        frames, truth = simulator.simulate_sliding_cine(np.random.default_rng(FRESH_SEED + 21), sliding=slides,
+                                                        n_frames=n, probe=probe, n_blines=0, noise_sd=2.0)
+        s, strips, margins = _kits_strips(registry, sliding, frames)
+        assert len(strips) == 1, s
+        wide = strips[0]
+        assert wide.shape == (frames.shape[1], n * clip_images.M_MODE_FRAME_PX)
+        strip = wide[:, ::clip_images.M_MODE_FRAME_PX]
+        assert all(np.array_equal(wide[:, k::clip_images.M_MODE_FRAME_PX], strip)
+                   for k in range(clip_images.M_MODE_FRAME_PX))  # each frame widened, not resampled
+        # one column of the frames, the same in every frame, in time order
+        grey = frames.astype(float) @ np.array([0.299, 0.587, 0.114])
+        col = int(np.argmin([np.abs(grey[0, :, c] - strip[:, 0]).mean() for c in range(frames.shape[2])]))
+        assert np.abs(grey[:, :, col].T - strip).max() <= 1, col
+        # read at the true pleural row of that column; the truth of that column says
+        # whether it slides (between the ribs of a lung that slides)
+        c = s["m_mode"]["columns"][0]
+        assert truth["sliding_columns"][c] == slides, (c, s)
+        ratio = sliding.m_mode_strip_ratio(strip, truth["pleura_rows"][c])
+        assert (ratio > sliding.SEASHORE) if slides else (ratio < sliding.BARCODE), (slides, ratio, s)
+        for m in margins:  # dark but for a tick at the pleural row (the lung model gives
+            # its row in 32 bins of the height: within one bin of the truth)
+            lit = np.flatnonzero(m.max(1) > 128)
+            assert len(lit) and abs(lit.mean() - truth["pleura_rows"][c]) <= frames.shape[1] / 32, lit
+            assert m[lit.max() + 2:].max() == 0 and m[:lit.min() - 1].max() == 0
+
+
+def test_a_lung_point_gets_a_strip_per_side_one_seashore_one_barcode(registry, sliding, simulator):
+    """Sliding on one side of a line only (the simulator's lung point): where the kit
+    abstains as "partial" it draws a strip on each side, left to right, and the simulator's
+    truth (one side slides, the other does not) shows in them."""
+    rng = np.random.default_rng(FRESH_SEED + 23)
+    judged = 0
+    for _ in range(6):
+        frames, truth = simulator.simulate_sliding_cine(rng, sliding=True, lung_point=True, n_frames=30,
+                                                        probe="linear", n_blines=0, noise_sd=2.0)
+        s, strips, _ = _kits_strips(registry, sliding, frames)
+        if s["reason_code"] != "partial":
+            continue
+        judged += 1
+        left, right = s["m_mode"]["columns"]
+        assert left < right and len(strips) == 2, s
+        # one on each side of the simulator's line: one where the pleura slides, one where it does not
+        assert sorted(truth["sliding_columns"][[left, right]]) == [False, True], (s, truth["lung_point"])
+        for col, strip in zip((left, right), strips):
+            ratio = sliding.m_mode_strip_ratio(strip[:, ::clip_images.M_MODE_FRAME_PX], truth["pleura_rows"][col])
+            assert (ratio > sliding.SEASHORE) if truth["sliding_columns"][col] else (ratio < sliding.BARCODE), (ratio, s)
+    assert judged >= 3  # measured: most lung points abstain as "partial"
 
 
 def _sliding_item(report):

@@ -344,3 +344,30 @@ def test_an_artefact_that_starts_just_above_the_pleura_is_seen():
 def test_a_line_whose_upward_path_leaves_the_image_is_judged_on_what_is_inside():
     img = oblique(60.0, -0.5, from_row=42)  # leans so that upwards it runs off the right edge
     assert post.bline_mimic(img, (59.0, 62.0), PLEURA) == ""
+
+
+def test_the_m_mode_column_is_where_the_pleura_moves_most_of_the_columns_allowed():
+    """Worked by hand: change at the pleura 1 over columns 10-19 and 0.2 elsewhere, a still
+    chest wall; one lone column (30) changes more but its neighbours do not, so the 5-column
+    average keeps it out; a column outside `where` (a rib, the other side) is never chosen."""
+    lung = np.full(40, 0.2)
+    lung[10:20] = 1.0
+    lung[30] = 3.0  # one noisy column: 3/5 = 0.6 + 4 * 0.2/5 = 0.76 < 1 averaged
+    wall = np.full(40, 0.1)
+    everywhere = np.ones(40, bool)
+    assert 12 <= post.m_mode_column(lung, wall, everywhere) <= 17  # inside the moving run, off its edges
+    not_there = everywhere.copy()
+    not_there[8:22] = False
+    assert post.m_mode_column(lung, wall, not_there) not in range(8, 22)
+    only_right = np.arange(40) >= 25
+    assert 28 <= post.m_mode_column(lung, wall, only_right) <= 32  # the best allowed: a window holding it
+
+
+def test_a_still_noiseless_wall_over_a_lung_that_hardly_changes_is_not_where_the_m_mode_goes():
+    """Without the floor of half a grey level, a chest wall that does not change at all
+    (no noise) would make any change below it look like infinite sliding: columns 0-9
+    change by 0.003 below a wall that does not change (with the floor a ratio of 2.5),
+    columns 20-29 by 0.6 below a wall that changes by 0.2 (a ratio of 3)."""
+    lung = np.concatenate([np.full(10, 0.003), np.zeros(10), np.full(10, 0.6), np.zeros(10)])
+    wall = np.concatenate([np.zeros(20), np.full(10, 0.2), np.zeros(10)])
+    assert 20 <= post.m_mode_column(lung, wall, np.arange(40) < 30) < 30

@@ -1,7 +1,8 @@
 """The JSON behind the tablet UI, in process (Flask test client on a real store):
 bad input is refused with a clear message and changes nothing; roles are enforced; a
 re-triage keeps history and re-prioritises pending sync rows; the sync view shows a
-quarantined item with its reason and the retry puts it back in the queue."""
+quarantined item with its reason and the retry puts it back in the queue; a lung finding's
+M-mode strip is a PNG of the stored cine or a 404 that says why there is none."""
 
 from __future__ import annotations
 
@@ -135,6 +136,53 @@ def test_retriage_keeps_history_and_moves_pending_sync_rows(ui):
     assert meta["frames"] == 30 and abs(meta["frame_time_ms"] - 33.333) < 0.01
     sprite = t.get(f"/api/v1/ui/instances/{uid}/sprite.jpg")
     assert sprite.status_code == 200 and sprite.headers["Cache-Control"] == "no-store"
+
+
+def test_m_mode_strip_of_a_lung_finding_or_the_reason_there_is_none(ui):
+    """On a stored 30-frame cine (its pixels are no lung: the rows say what the models found):
+    a strip 4 pixels a frame wide with the pleural row ticked in its margins; a 404 with the
+    reason for a finding without a sliding result (made before it existed), one whose judge
+    found no pleural line or too few lung frames, and one that is not lung."""
+    import io
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from fieldkit.inference import findings as inference_findings
+    from fieldkit.store.instances import put_instance
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    kit, app = ui
+    t = Tablet(app, "clin", "clin password 123")
+    ds = dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    ds.PatientID = "M-1"
+    uid = put_instance(kit.store, ds, "kit")["sop_instance_uid"]
+    found = {"status": "present", "reason_code": "", "columns": [60], "pleura_row": 40,
+             "m_mode": {"columns": [300], "pleura_row": 150}}
+    rows = {"strip": ("lung", found), "before": ("lung", None),
+            "no-line": ("lung", dict(found, status="not assessable", reason_code="no_pleura", columns=[], m_mode=None)),
+            "few": ("lung", dict(found, status="not assessable", reason_code="too_few_frames", columns=[],
+                                 pleura_row=None, m_mode=None)),
+            "fast": ("fast", None)}
+    inference_findings.replace(kit.store, uid, [{
+        "id": f"f-{name}", "sop_instance_uid": uid, "patient_id": "M-1", "model": "m", "model_sha256": "0" * 64,
+        "model_version": "1", "task": task, "assessable": True, "reason": "", "overlay": None, "created": time.time(),
+        "result": {"sliding": sliding} if sliding else {}} for name, (task, sliding) in rows.items()])
+    r = t.get("/api/v1/ui/findings/f-strip/mmode.png")
+    assert r.status_code == 200 and r.mimetype == "image/png" and r.headers["Cache-Control"] == "no-store"
+    meta = t.get(f"/api/v1/ui/instances/{uid}/cine").json
+    img = np.asarray(Image.open(io.BytesIO(r.data)))
+    assert img.shape == (meta["tile_h"], 30 * 4 + 2 * 8), (img.shape, meta)  # 30 frames, a margin each side
+    tick = round(150 * meta["tile_h"] / meta["height"])
+    for margin in (img[:, :8], img[:, -8:]):
+        assert set(np.flatnonzero(margin.max(1))) == {tick - 1, tick}, np.flatnonzero(margin.max(1))
+    for fid, words in (("before", "this finding has no lung sliding result"),
+                       ("no-line", "no pleural line was found to take an M-mode through"),
+                       ("few", "too few lung frames in the clip for an M-mode strip"),
+                       ("fast", "an M-mode strip is made for lung findings only")):
+        r = t.get(f"/api/v1/ui/findings/f-{fid}/mmode.png")
+        assert r.status_code == 404 and r.json["error"] == words, (fid, r.status_code, r.json)
 
 
 def test_an_undo_is_recorded_and_never_overwrites_another_tablets_change(ui):

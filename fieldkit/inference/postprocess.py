@@ -307,6 +307,8 @@ SLIDING_ABSENT = 0.34  # ... under which nothing slides; between the two the kit
 POINT_SIDE = 0.25  # a lung point: sliding on one side of a line, none on the other, each side
 # at least this share of the columns where the pleura shows ...
 POINT_STILL = 0.23  # ... and the still side's score under this while the other's is "present"
+M_MODE_SMOOTH = 5  # columns averaged when choosing where the page's M-mode strip is taken
+M_MODE_MIDDLE = 60  # ... from the middle this percentage of the columns in view
 
 
 def pleura_confidence(row_logits: np.ndarray) -> float:
@@ -325,12 +327,14 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     pleura to that in the chest wall above: >= SLIDING_PRESENT slides, < SLIDING_ABSENT
     does not), "sides" (the scores of the two sides of the width's most different split),
     "chest_wall_change" (its change over its brightness), "frames" (1-based, the frames
-    used), "pleura_row" (input pixels)}.
+    used), "pleura_row" (input pixels), "columns" (input pixels: where an M-mode line sees
+    sliding best where the pleura shows; one per side of the split for "partial", none when
+    no pleura shows)}.
 
     frames: (N, H, W) float as the lung model saw them (0-1); pleura_logits: (N, bins) the
     lung model's pleural-row logits for them."""
     frames = np.asarray(frames, np.float32)
-    out = {"frames": [int(f) for f in frame_numbers], "score": None, "pleura_row": None}
+    out = {"frames": [int(f) for f in frame_numbers], "score": None, "pleura_row": None, "columns": []}
 
     def abstain(code: str, reason: str) -> dict:
         return out | {"status": "not assessable", "reason_code": code, "reason": reason}
@@ -359,6 +363,17 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     if visible.sum() < PLEURA_MIN_SHARE * max(1, in_view.sum()):
         return abstain("no_pleura", "no pleural line seen where the model places it (rib shadows, or no image)")
     change = np.abs(np.diff(frames, axis=0)).mean(0)
+    lung_cols, wall_cols = change[below].mean(0), change[above].mean(0)
+    # an M-mode line where the whole chest-wall band is in view and in the middle of the view,
+    # where the model's one row is the pleura's (a convex probe's pleura is an arc, higher at
+    # the sides); when no such column shows the pleura, any that does
+    cols = np.flatnonzero(in_view)
+    lo, hi = np.percentile(cols, [50 - M_MODE_MIDDLE / 2, 50 + M_MODE_MIDDLE / 2])
+    good = (mean[above].min(0) > IN_VIEW) & (np.arange(len(in_view)) >= lo) & (np.arange(len(in_view)) <= hi)
+
+    def m_mode_at(where: np.ndarray) -> int:
+        return m_mode_column(lung_cols, wall_cols, where & good if (where & good).any() else where)
+    out["columns"] = [m_mode_at(visible)]
     wall_change = float(change[above][:, visible].mean())
     moved = wall_change / max(float(wall[visible].mean()), 1e-6)
     out["chest_wall_change"] = round(moved, 4)
@@ -368,11 +383,14 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
     # the floor (half a grey level) keeps two still, noiseless bands at a ratio of about 1
     score = float(np.log((lung_change + CHANGE_FLOOR) / (wall_change + CHANGE_FLOOR)))
     out["score"] = round(score, 3)
-    out["sides"] = _split_scores(change[below][:, visible].mean(0), change[above][:, visible].mean(0))
+    out["sides"], split = _split_scores(change[below][:, visible].mean(0), change[above][:, visible].mean(0))
     if score >= SLIDING_ABSENT and out["sides"] and min(out["sides"]) < POINT_STILL \
             and max(out["sides"]) >= SLIDING_PRESENT:
         # sliding on one side of a line only: the edge of a pneumothorax (a lung point)
-        # may lie here, so the clip must not read "present"
+        # may lie here, so the clip must not read "present"; an M-mode line on each side
+        line = int(np.flatnonzero(visible)[split])  # the first column right of the split
+        left = visible & (np.arange(len(visible)) < line)
+        out["columns"] = [m_mode_at(side) for side in (left, visible & ~left)]
         return abstain("partial", "the lung slides in part of the view only (a lung point?): "
                                   "pneumothorax not excluded")
     if score >= SLIDING_PRESENT:
@@ -385,17 +403,29 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
                   "nothing below the pleural line moves more than the still chest wall above it"}
 
 
-def _split_scores(lung: np.ndarray, wall: np.ndarray) -> list[float]:
+def m_mode_column(lung: np.ndarray, wall: np.ndarray, where: np.ndarray) -> int:
+    """Of the columns `where` the pleura shows, the one whose band at the pleura changes most
+    over the chest wall above it (per column frame-to-frame change `lung`, `wall`; averaged
+    over M_MODE_SMOOTH neighbours, so a lone noisy column does not win): where an M-mode
+    line sees sliding best, so a barcode there means none slides where the pleura shows.
+    (Rib caps pass the brightness test for the pleura; they never slide.)"""
+    k = np.ones(M_MODE_SMOOTH) / M_MODE_SMOOTH
+    # the floor (half a grey level), as for the score: a still, noiseless wall is no sliding
+    ratio = (np.convolve(lung, k, "same") + CHANGE_FLOOR) / (np.convolve(wall, k, "same") + CHANGE_FLOOR)
+    return int(np.argmax(np.where(where, ratio, -np.inf)))
+
+
+def _split_scores(lung: np.ndarray, wall: np.ndarray) -> tuple[list[float], int]:
     """The two sides' scores where the width splits into the most different halves (each
-    at least POINT_SIDE of the columns): per column frame-to-frame change at the pleura
-    (`lung`) and in the chest wall (`wall`)."""
+    at least POINT_SIDE of the columns), and the number of columns left of that split:
+    per column frame-to-frame change at the pleura (`lung`) and in the chest wall (`wall`)."""
     n = len(lung)
     lo = max(1, int(np.ceil(POINT_SIDE * n)))
     if n - lo < lo:
-        return []
+        return [], 0
     cl, cw = np.cumsum(lung), np.cumsum(wall)
     k = np.arange(lo, n - lo + 1)
     left = np.log((cl[k - 1] / k + CHANGE_FLOOR) / (cw[k - 1] / k + CHANGE_FLOOR))
     right = np.log(((cl[-1] - cl[k - 1]) / (n - k) + CHANGE_FLOOR) / ((cw[-1] - cw[k - 1]) / (n - k) + CHANGE_FLOOR))
     i = int(np.argmax(np.abs(left - right)))
-    return [round(float(left[i]), 3), round(float(right[i]), 3)]
+    return [round(float(left[i]), 3), round(float(right[i]), 3)], int(k[i])

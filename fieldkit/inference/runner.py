@@ -459,7 +459,13 @@ def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
               "max_vertical_artefacts_not_b_lines": max(len(r["not_b_lines"]) for r in per_frame),
               "column_evidence": [round(float(v), 3) for v in probs[best]]}
     # lung sliding over the same frames, at the model's own pleural row
-    result["sliding"] = post.lung_sliding(x[:, 0], rows, frame_numbers)
+    sliding = post.lung_sliding(x[:, 0], rows, frame_numbers)
+    # where the page's M-mode strip is taken, in image pixels (as the B-line columns; a
+    # column's centre)
+    in_w = x.shape[-1]
+    sliding["m_mode"] = {"columns": [round((c + 0.5) * w / in_w) for c in sliding["columns"]],
+                         "pleura_row": round(sliding["pleura_row"] * h / in_h)} if sliding["columns"] else None
+    result["sliding"] = sliding
     _probability(result, model, score)
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}

@@ -1,5 +1,6 @@
-"""Images for the tablet's player: a cine as one sprite sheet of downscaled frames, and a
-finding's evidence as a transparent layer to draw over every frame."""
+"""Images for the tablet's player: a cine as one sprite sheet of downscaled frames, a
+finding's evidence as a transparent layer to draw over every frame, and a lung finding's
+M-mode strip through the pleura."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def build_clip(store, row: dict) -> dict:
         frames = decode_frames(ds, idx)
     except DecodeError as exc:
         return {"error": str(exc)}
+    return clip_of(frames, row)
+
+
+def clip_of(frames: np.ndarray, row: dict) -> dict:
+    """The player's clip from decoded (N, H, W, 3) frames of the capture `row`: the sprite
+    sheet, its tiles as an array (`small`) and their layout (`meta`)."""
+    n = int(row.get("frames") or 1)
     h, w = frames.shape[1:3]
     scale = min(1.0, TILE_MAX_W / w)
     tw, th = max(1, int(w * scale)), max(1, int(h * scale))
@@ -67,4 +75,34 @@ def evidence_layer(overlay_png: bytes, clip: dict) -> bytes:
     rgba[..., 3] = np.where(changed, 235, 0).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+M_MODE_FRAME_PX = 4  # each frame this many pixels wide: a 2-3 s clip spans a tablet's width
+M_MODE_MARGIN = 8  # dark margin at both ends of a strip, where the pleural row is ticked
+M_MODE_GAP = 12  # between the strips of the two sides of a lung point
+TICK = 255  # the tick's grey (the strip itself is the image's greys)
+
+
+def m_mode_png(clip: dict, columns: list[int], pleura_row: int) -> bytes:
+    """The M-mode strip of a clip: one image column (in the capture's pixels) taken in every
+    frame, time running left to right, each frame M_MODE_FRAME_PX wide, the pleural row
+    ticked in the margins either side (never over the texture). Several columns (the two
+    sides of a lung point) give strips side by side, left to right as in the image. A grey
+    PNG, made in memory."""
+    meta, small = clip["meta"], clip["small"]
+    th, tw = small.shape[1:3]
+    row = min(th - 1, max(0, int(pleura_row * th / meta["height"])))
+    edge = np.zeros((th, M_MODE_MARGIN), np.uint8)
+    edge[max(0, row - 1):row + 1, 1:M_MODE_MARGIN - 1] = TICK
+    parts = []
+    for i, col in enumerate(columns):
+        c = min(tw - 1, max(0, int(col * tw / meta["width"])))
+        line = small[:, :, c].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # (time, depth)
+        strip = np.repeat(np.clip(line.T + 0.5, 0, 255).astype(np.uint8), M_MODE_FRAME_PX, axis=1)
+        if i:
+            parts.append(np.zeros((th, M_MODE_GAP), np.uint8))
+        parts += [edge, strip, edge]
+    buf = io.BytesIO()
+    Image.fromarray(np.hstack(parts), "L").save(buf, "PNG")
     return buf.getvalue()

@@ -29,7 +29,7 @@ from ..store.board import rows_for as board_rows
 from . import json_object as _body, kit_of
 from .api import shown_disk
 from .clip_cache import CLIPS
-from .clip_images import evidence_layer
+from .clip_images import evidence_layer, m_mode_png
 from .messages import translate
 from .start_rule import START_QUESTIONS, parse_answers, start_category
 
@@ -50,6 +50,7 @@ ROUTE_PERMISSIONS = {
     "ui_api.cine": R.PATIENTS_READ,
     "ui_api.sprite": R.PATIENTS_READ,
     "ui_api.overlay": R.PATIENTS_READ,
+    "ui_api.m_mode": R.PATIENTS_READ,
     "ui_api.review": R.FINDINGS_WRITE,
     "ui_api.zone": R.PATIENTS_WRITE,
     "ui_api.sync": R.QUEUE_READ,
@@ -367,6 +368,34 @@ def overlay(fid):
     if "error" in clip:
         raise NotFound(clip["error"])
     return _image(evidence_layer(store.blobs.get_bytes(f["overlay"]), clip), "image/png")
+
+
+@bp.get("/findings/<fid>/mmode.png")
+def m_mode(fid):
+    """A lung finding's M-mode strip through the pleura, made from the stored cine (the
+    player's decoded clip), for the clinician to check the kit's lung sliding call:
+    seashore when the lung slides, barcode when it does not."""
+    store = kit_of().store
+    f = findings.get(store, fid)
+    if f is None:
+        raise NotFound("no such finding")
+    if f.get("task") != "lung":
+        raise NotFound("an M-mode strip is made for lung findings only")
+    sliding = (f.get("result") or {}).get("sliding")
+    if not sliding:
+        raise NotFound("this finding has no lung sliding result")
+    row = _held_or_410(store, f["sop_instance_uid"])
+    if int(row.get("frames") or 1) < 2 or sliding.get("reason_code") == "single_frame":
+        raise NotFound("a single frame has no M-mode: it needs a cine")
+    where = sliding.get("m_mode")
+    if not where:
+        raise NotFound("too few lung frames in the clip for an M-mode strip"
+                       if sliding.get("reason_code") == "too_few_frames" else
+                       "no pleural line was found to take an M-mode through")
+    clip = CLIPS.get(store, row)
+    if "error" in clip:
+        raise NotFound(clip["error"])
+    return _image(m_mode_png(clip, where["columns"], where["pleura_row"]), "image/png")
 
 
 LUNG_ZONES = ("R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4")

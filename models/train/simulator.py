@@ -410,7 +410,9 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
     width) and none on the other (`sliding` is then ignored). `motion`: display pixels per
     frame the whole image drifts (a random walk), the probe moving on the chest.
     Returns (frames (n, H, W, 3) uint8, truth dict: sliding (everywhere), lung_point (the
-    line, a fraction of the width, or None), pleura_row (display), params)."""
+    line, a fraction of the width, or None), pleura_row (display, at the centre line),
+    pleura_rows and sliding_columns (per display column: the pleura's row, NaN out of view,
+    and whether it slides there), params)."""
     probe = probe or ("linear" if rng.random() < 0.5 else "convex")
     geom = random_geometry(rng, probe, size)
     if n_blines is None:
@@ -458,8 +460,19 @@ def simulate_sliding_cine(rng, sliding: bool, n_frames=8, size=(240, 320), probe
         add_clutter(np.random.default_rng(clutter_seed), rgb, geom)
         frames.append(rgb)
     row = geom.to_display(p, 0.5)[0]
+    # per display column: the pleura's row there (NaN where it is out of view) and whether it
+    # slides there (between the ribs, on the sliding side of a lung point)
+    ls = np.linspace(0, 1, 4 * geom.width, endpoint=False)
+    rows_at, cols_at = (np.broadcast_to(v, ls.shape) for v in geom.to_display(p, ls))
+    x = np.arange(geom.width)
+    line_at = np.interp(x, cols_at, ls, left=np.nan, right=np.nan)
+    ok = ~np.isnan(line_at)
+    pleura_rows = np.where(ok, np.interp(x, cols_at, rows_at), np.nan)
+    di = min(BEAM_DEPTH - 1, int(p * BEAM_DEPTH))
+    li = np.clip((np.nan_to_num(line_at) * BEAM_LINES).astype(int), 0, BEAM_LINES - 1)
+    slides_at = ok & moving[di, li] if sliding else np.zeros(geom.width, bool)
     return np.stack(frames), {"sliding": bool(sliding and point is None), "lung_point": point,
-                              "pleura_row": float(row),
+                              "pleura_row": float(row), "pleura_rows": pleura_rows, "sliding_columns": slides_at,
                               "params": {"probe": geom.kind, "pleura_depth": p, "ribs": len(ribs),
                                          "n_blines": n_blines, "gain_db": gain_db, "noise_sd": noise_sd,
                                          "motion": motion, "keep": keep, "amp": amp}}

@@ -1,6 +1,7 @@
 """Lung sliding on simulated cines: the clips, the kit's verdict on each, and the figures.
 
     python models/train/sliding.py              # features on the tuning seed, figures on the test seed
+    python models/train/sliding.py --m-mode [N]  # the page's M-mode strips read against the truth
 
 Each clip goes through the kit's own path (`runner.analyse` with the bundled gate and lung
 models on a DICOM cine), so the pleural row is the lung model's and only frames the gate
@@ -140,7 +141,79 @@ def tune(registry, seed: int, n_per_class: int) -> dict:
             "lung_points_caught": round(float(caught), 3), "table": t}
 
 
-if __name__ == "__main__":
+M_MODE_SEED = 64_001  # neither the tuning nor the test seed, nor the tests'
+M_MODE_FRAMES = 30  # a second of cine: the strip the page shows is read over time
+SEASHORE, BARCODE = 2.0, 1.5  # strip ratios read as sand below still waves / lines all the way down
+
+
+def m_mode_strip_ratio(strip: np.ndarray, row: float) -> float:
+    """An M-mode strip (depth, one sample per frame) read as a clinician reads it: the
+    frame-to-frame change just below the pleural row `row` over that in the chest wall above
+    it, over the rows in view (seashore: several times more below; barcode: about the same).
+    NaN when no chest wall is in view above the pleura (or `row` is NaN: no pleura there)."""
+    if np.isnan(row):
+        return float("nan")
+    s = strip.astype(float)
+    change = np.abs(np.diff(s, axis=1)).mean(1)
+    in_view = s.min(1) > 0  # the simulator's image is never 0 inside the field of view
+    r = int(round(row))
+    rows = np.arange(len(s))
+    above = in_view & (rows >= r - 30) & (rows < r - 4)
+    below = in_view & (rows >= r - 1) & (rows < r + 12)
+    if not above.any() or not below.any():
+        return float("nan")
+    return float(change[below].mean() / max(change[above].mean(), 1e-9))
+
+
+def m_mode_table(registry, seed: int, n_per_class: int) -> dict:
+    """The strips the kit draws for the patient page (fieldkit.web.clip_images.m_mode_png, at
+    the columns the sliding judge chose), each read at the simulator's pleural row for its
+    column and judged by the simulator's truth for that column (the pleura slides there, or
+    not: no sliding, a rib, the still side of a lung point): the ratios per truth, how far
+    the ticked row lies from the true one, and the clips without a strip. Clips of the three
+    classes, a little probe drift in half."""
+    import io
+
+    from PIL import Image
+
+    from fieldkit.inference import runner
+    from fieldkit.web import clip_images as CI
+    out = {"slides": [], "still": [], "no_strip": 0, "no_wall": 0, "row_error": []}
+    for frames, truth in clips(seed, n_per_class, n_frames=M_MODE_FRAMES, classes=(True, False, POINT)):
+        lung = next(r for r in runner.analyse(cine_dataset(frames), registry).results if r.task == "lung")
+        where = lung.result.get("sliding", {}).get("m_mode") if lung.assessable else None
+        if not where:
+            out["no_strip"] += 1
+            continue
+        png = CI.m_mode_png(CI.clip_of(frames, {"frames": len(frames)}), where["columns"], where["pleura_row"])
+        img = np.asarray(Image.open(io.BytesIO(png)))
+        step = 2 * CI.M_MODE_MARGIN + len(frames) * CI.M_MODE_FRAME_PX + CI.M_MODE_GAP
+        for i, col in enumerate(where["columns"]):
+            x = i * step + CI.M_MODE_MARGIN
+            strip = img[:, x:x + len(frames) * CI.M_MODE_FRAME_PX:CI.M_MODE_FRAME_PX]
+            ratio = m_mode_strip_ratio(strip, truth["pleura_rows"][col])
+            out["row_error"].append(abs(where["pleura_row"] - truth["pleura_rows"][col]))
+            if np.isnan(ratio):
+                out["no_wall"] += 1
+            else:
+                out["slides" if truth["sliding_columns"][col] else "still"].append(ratio)
+    return out
+
+
+if __name__ == "__main__" and "--m-mode" in sys.argv:
+    from fieldkit.config import Config
+    from fieldkit.inference.registry import Registry
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    t = m_mode_table(Registry(Config(), data_dir=None), M_MODE_SEED, n)
+    print(f"M-mode: {t['no_strip']} clips without a strip, {t['no_wall']} strips without chest wall in view;",
+          "ticked row off the true pleura by pct 50/95/100", np.round(np.nanpercentile(t["row_error"], [50, 95, 100]), 1),
+          "pixels, NaN (no pleura at the column)", int(np.isnan(t["row_error"]).sum()))
+    for truth in ("slides", "still"):
+        r = np.array(t[truth])
+        print(f"M-mode where the pleura {truth}: {len(r)} strips, ratio pct 0/5/50/95/100",
+              np.round(np.percentile(r, [0, 5, 50, 95, 100]), 2),
+              f"seashore (> {SEASHORE}) {int((r > SEASHORE).sum())}, barcode (< {BARCODE}) {int((r < BARCODE).sum())}")
+elif __name__ == "__main__":
     from fieldkit.config import Config
     from fieldkit.inference import postprocess as post
     from fieldkit.inference.registry import Registry

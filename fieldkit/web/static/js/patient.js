@@ -138,6 +138,19 @@ function renderSliding(li, f) {
   box.textContent = (flag ? "▲ " : "") + slidingText(s);
 }
 
+// the M-mode strip under the words, for the clinician to check the call: made by the kit
+// from the stored cine where the pleura shows (none for a single frame or no pleural line)
+function renderMMode(li, f, c) {
+  const fig = li.querySelector(".f-mmode");
+  const s = f.task === "lung" && f.assessable && f.result ? f.result.sliding : null;
+  fig.hidden = !(s && s.m_mode && c.frames > 1 && !c.purged);
+  if (fig.hidden) return;
+  fig.dataset.sides = String(s.m_mode.columns.length);
+  fig.querySelector("img").src = `/api/v1/ui/findings/${encodeURIComponent(f.id)}/mmode.png`;
+  fig.querySelector("figcaption").textContent = t("M-mode through the pleural line, time →: seashore = sliding, barcode = no sliding")
+    + (s.m_mode.columns.length > 1 ? " " + t("Left strip: left side of the view; right strip: right side.") : "");
+}
+
 function renderFindings(p) {
   const list = document.getElementById("findings");
   const tpl = document.getElementById("finding-template");
@@ -154,6 +167,7 @@ function renderFindings(p) {
       { task: TASK_TITLE[f.task] || f.task, n: i + 1 });
     li.querySelector(".f-result").textContent = findingText(f);
     renderSliding(li, f);
+    renderMMode(li, f, c);
     // two figures, each named: the gate's probability of the view, and the calibrated
     // probability of the finding itself (what it is the probability of, from the model)
     const of = (f.result && f.result.finding_probability_of) || "";
