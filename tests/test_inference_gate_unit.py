@@ -478,22 +478,22 @@ def test_each_stage_time_is_recorded_in_milliseconds_to_a_tenth(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
-    def decode(idx):
-        clock[0] += 10.0
+    def decode(idx):  # each stage's time with more decimals than the tenth of a millisecond kept
+        clock[0] += 10.00123
         return np.stack([np.full((64, 64, 3), LEVEL0 + i, np.uint8) for i in idx])
 
     def answer(ids):
-        clock[0] += 20.0
+        clock[0] += 20.00456
         return [np.log(np.stack([SURE] * len(ids)))]
 
     def lung_answer(ids):
-        clock[0] += 40.0
+        clock[0] += 40.00789
         return [np.full((len(ids), 64), -8.0, np.float32), np.zeros((len(ids), 32), np.float32)]
 
     reg = Registry(gate=_model("view_quality", answer), lung=_model("lung_bline", lung_answer))
     a = run(cine(4), reg, Frames(make=decode), batch_size=4)
     # the gate ran twice: the batch, and the check of the view's orientation (its 3 frames turned)
-    assert a.timing_ms == {"decode_preprocess": 10_000.0, "gate": 40_000.0, "lung": 40_000.0, "total": 90_000.0}
+    assert a.timing_ms == {"decode_preprocess": 10_001.2, "gate": 40_009.1, "lung": 40_007.9, "total": 90_018.2}
 
 
 def test_with_batches_of_16_frames_the_last_32_to_48_stay_in_memory(monkeypatch):
@@ -634,3 +634,24 @@ def test_a_gate_of_input_that_is_not_square_is_asked_about_the_half_turn_only():
     a = run(cine(4), Registry(gate=g, lung=lung()), Frames(make=lambda idx: corner_frames(idx, (64, 96))))
     assert g.session.seen[1] == [TURN_ID[2] + i for i in range(3)]
     assert a.gate["counts"] == {"turned": 4}
+
+
+def test_the_check_gathers_its_frames_across_batches():
+    # one lung frame a batch: the three frames checked come from three batches, and all count
+    g = turned_gate(lung_at(0.7), lambda k, i: 0.9 if i in (0, 1) else 0.5)  # frames 0 and 1 read better turned
+    a = run(cine(6), Registry(gate=g, lung=lung()), Frames(make=corner_frames), batch_size=1)
+    assert [len(s) for s in g.session.seen[:6]] == [1, 3, 1, 3, 1, 3]
+    assert not result(a, "lung").assessable and a.gate["counts"] == {"turned": 6}
+
+
+def test_a_later_batch_checks_only_what_the_first_left_to_check():
+    rows = {i: _row("other", 0.9) for i in (1, 2, 3)}  # the first batch holds one lung frame (0)
+    g = turned_gate(lambda i: rows.get(i, _row("lung", 0.7)), lambda k, i: 0.5)
+    run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames), batch_size=4)
+    assert [len(s) for s in g.session.seen] == [4, 1 * 3, 4, 2 * 3]  # frame 0, then frames 4 and 5
+
+
+def test_two_frames_checked_one_turned_is_no_majority():
+    g = turned_gate(lung_at(0.7), lambda k, i: 0.9 if i == 0 else 0.5)
+    a = run(cine(2), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert result(a, "lung").assessable and a.gate["counts"] == {"lung": 2}
