@@ -542,7 +542,7 @@ def corner_frames(indices, shape=(64, 64)):
     return out
 
 
-def turned_gate(view_p, turned_p, shape=None) -> LoadedModel:
+def turned_gate(view_p, turned_p, shape=None, thresholds=None) -> LoadedModel:
     """Frame i upright reads as view_p(i) (a probability row); turn k of frame i as the view
     "lung" at turned_p(k, i)."""
     def answer(ids):
@@ -551,7 +551,7 @@ def turned_gate(view_p, turned_p, shape=None) -> LoadedModel:
             k = next((k for k, base in TURN_ID.items() if base <= i < base + 10), None)
             rows.append(view_p(i) if k is None else _row("lung", turned_p(k, i - TURN_ID[k])))
         return [np.log(np.stack(rows))]
-    m = _model("view_quality", answer)
+    m = _model("view_quality", answer, thresholds)
     if shape is not None:  # a gate whose input is not square
         pre = dict(m.entry["preprocessing"], size=list(shape))
         m = dataclasses.replace(m, bundle=dataclasses.replace(m.bundle, entry=dict(m.entry, preprocessing=pre)))
@@ -588,7 +588,9 @@ def test_each_turn_alone_can_show_the_view_is_turned(k):
 
 
 def test_a_frame_at_the_threshold_is_a_view_and_is_checked():
-    g = turned_gate(lung_at(0.6), lambda k, i: 0.9)  # the gate's min_prob is 0.6
+    # min_prob set to exactly the probability the frames get (0.6 reads back as 0.6000000000000001)
+    at = float(runner.post.softmax(np.log(_row("lung", 0.6)))[0])
+    g = turned_gate(lung_at(0.6), lambda k, i: 0.9, thresholds={"min_prob": at})
     a = run(cine(4), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
     assert a.gate["counts"] == {"turned": 4}
 
