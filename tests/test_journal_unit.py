@@ -493,12 +493,8 @@ def test_salvage_reports_a_changed_last_record_lost_and_keeps_the_rest(path, key
     data = bytearray(path.read_bytes())
     data[end - 10] ^= 0x01 if data[end - 10] != 0x01 else 0x02
     path.write_bytes(bytes(data))
-    losses: list[dict] = []
-    journal = Journal(path, Sealer(key))
-    try:
-        assert list(journal.salvage_records(losses)) == RECORDS[:-1]
-    finally:
-        journal.close()
+    kept, losses = _salvage(path, key)
+    assert kept == RECORDS[:-1]
     assert losses == [{"seq": 4, "last_seq": 4, "offset": start,
                        "reason": "record fails its authentication tag (changed, moved or from another key)"}]
 
@@ -508,12 +504,8 @@ def test_salvage_reports_a_torn_tail_as_never_acknowledged_and_leaves_the_file(p
     start = spans[-1][0]
     data = path.read_bytes()[:start + 20]
     path.write_bytes(data)
-    losses: list[dict] = []
-    journal = Journal(path, Sealer(key))
-    try:
-        assert list(journal.salvage_records(losses)) == RECORDS[:-1]
-    finally:
-        journal.close()
+    kept, losses = _salvage(path, key)
+    assert kept == RECORDS[:-1]
     assert losses == [{"seq": 4, "last_seq": 4, "offset": start, "torn": True,
                        "reason": "torn final write (record extends past the end of the file); it was never acknowledged"}]
     assert path.read_bytes() == data
@@ -840,6 +832,25 @@ def test_tickets_keep_growing_over_compactions_that_shrink_the_journal(path, key
     assert _read(path, key) == [{"i": "small"}, {"i": "after"}]
 
 
+def _salvage(path, key) -> tuple[list[dict], list[dict]]:
+    """Salvage the journal at `path`: the records kept and the losses reported."""
+    losses: list[dict] = []
+    journal = Journal(path, Sealer(key))
+    try:
+        kept = list(journal.salvage_records(losses))
+    finally:
+        journal.close()
+    return kept, losses
+
+
+def _salvage_with_second_header_broken(path, key, spans) -> tuple[list[dict], list[dict]]:
+    """Break the second record's length (its header's checksum then fails) and salvage."""
+    data = bytearray(path.read_bytes())
+    data[spans[1][0] + 1] ^= 0x10
+    path.write_bytes(bytes(data))
+    return _salvage(path, key)
+
+
 @pytest.mark.parametrize("gap", [1 << 20, (1 << 20) + 2])
 def test_salvage_finds_the_next_record_a_mebibyte_past_a_broken_header(path, key, gap):
     """Past a record whose header is broken, salvage scans byte by byte in blocks of 1 MiB:
@@ -848,15 +859,7 @@ def test_salvage_finds_the_next_record_a_mebibyte_past_a_broken_header(path, key
     before, after = {"i": 0}, {"i": 2}
     spans = _written(path, key, [before, _sized(gap), after])
     assert spans[2][0] - spans[1][0] == gap
-    data = bytearray(path.read_bytes())
-    data[spans[1][0] + 1] ^= 0x10  # its length: the header's checksum fails
-    path.write_bytes(bytes(data))
-    losses: list[dict] = []
-    journal = Journal(path, Sealer(key))
-    try:
-        kept = list(journal.salvage_records(losses))
-    finally:
-        journal.close()
+    kept, losses = _salvage_with_second_header_broken(path, key, spans)
     assert kept == [before, after]
     assert [(loss["seq"], loss["last_seq"], loss["offset"]) for loss in losses] == [(1, 1, spans[1][0])]
 
@@ -869,14 +872,6 @@ def test_salvage_looks_for_the_next_record_up_to_scan_bytes_past_the_damage(path
     monkeypatch.setattr(journal_module, "SCAN_BYTES", 1 << 16)
     before, after = {"i": 0}, {"i": 2}
     spans = _written(path, key, [before, _sized(gap), after])
-    data = bytearray(path.read_bytes())
-    data[spans[1][0] + 1] ^= 0x10  # its length: the header's checksum fails
-    path.write_bytes(bytes(data))
-    losses: list[dict] = []
-    journal = Journal(path, Sealer(key))
-    try:
-        kept = list(journal.salvage_records(losses))
-    finally:
-        journal.close()
+    kept, losses = _salvage_with_second_header_broken(path, key, spans)
     assert kept == ([before, after] if found else [before])
     assert [(loss["seq"], loss["last_seq"]) for loss in losses] == [(1, 1 if found else None)]
