@@ -140,8 +140,10 @@ def test_a_probe_that_hung_up_gets_its_report_on_a_new_association(dimse_kit):
                                               _ref(UltrasoundImageStorage, never_sent)])
     status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
     assert status.Status == 0x0000
-    assoc.release()  # (no report handler on this association: a report offered on it is refused)
+    # the probe listens for its report as it hangs up (the kit's tries on a new association
+    # start at once: listening only after the release raced them on a loaded machine)
     server, reports, got, callers = _listening_probe("127.0.0.2", port)
+    assoc.release()  # (no report handler on this association: a report offered on it is refused)
     try:
         assert got.wait(30), "no N-EVENT-REPORT came on a new association"
         # the kit got the answer and hung up: no second try comes
