@@ -116,7 +116,8 @@ def test_expectant_and_leaving_immediate_ask_first(kit, browser):  # noqa: F811
 
         page.click(".tri-btn[data-triage='red']")  # up to Immediate: one tap, with an undo
         page.wait_for_function("() => document.getElementById('p-cat').textContent === 'Immediate'", timeout=10000)
-        assert not dialog.is_visible() and page.locator("#undo-bar").is_visible()
+        page.locator("#undo-bar").wait_for(state="visible", timeout=10000)  # (shown just after the category)
+        assert not dialog.is_visible()
         page.click(".tri-btn[data-triage='green']")  # out of Immediate: asks first
         dialog.wait_for(state="visible", timeout=5000)
         page.click("#triage-confirm-no")
