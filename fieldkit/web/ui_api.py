@@ -345,13 +345,19 @@ def cine(uid):
     return jsonify(clip["meta"])
 
 
+def _clip_or_404(store, row) -> dict:
+    """The capture's decoded clip (the player's), or 404 with why it does not decode."""
+    clip = CLIPS.get(store, row)
+    if "error" in clip:
+        raise NotFound(clip["error"])
+    return clip
+
+
 @bp.get("/instances/<uid>/sprite.jpg")
 def sprite(uid):
     store = kit_of().store
     row = _held_or_410(store, uid)
-    clip = CLIPS.get(store, row)
-    if "error" in clip:
-        raise NotFound(clip["error"])
+    clip = _clip_or_404(store, row)
     return _image(clip["sprite"], "image/jpeg")
 
 
@@ -364,9 +370,7 @@ def overlay(fid):
     if f is None or not f.get("overlay"):
         raise NotFound("this finding has no overlay")
     row = _held_or_410(store, f["sop_instance_uid"])
-    clip = CLIPS.get(store, row)
-    if "error" in clip:
-        raise NotFound(clip["error"])
+    clip = _clip_or_404(store, row)
     return _image(evidence_layer(store.blobs.get_bytes(f["overlay"]), clip), "image/png")
 
 
@@ -392,9 +396,7 @@ def m_mode(fid):
         raise NotFound("too few lung frames in the clip for an M-mode strip"
                        if sliding.get("reason_code") == "too_few_frames" else
                        "no pleural line was found to take an M-mode through")
-    clip = CLIPS.get(store, row)
-    if "error" in clip:
-        raise NotFound(clip["error"])
+    clip = _clip_or_404(store, row)
     return _image(m_mode_png(clip, where["columns"], where["pleura_row"]), "image/png")
 
 
