@@ -314,6 +314,7 @@ class Worker:
             policy = _policy(self.kit)
             if policy.pause_non_urgent_inference and self._triage(uid) != "red":
                 store.queue.fail(job.id, f"deferred: {policy.summary()}", retry_in=PAUSED_RETRY_SECONDS)
+                log.info("infer job %s deferred for %.0f s: %s", job.id, PAUSED_RETRY_SECONDS, policy.summary())
                 return None
             if job.payload.get("report"):
                 return build_report(self.kit, uid, job=job)
