@@ -281,8 +281,12 @@ def test_pynetdicom_find_and_get_with_cancel_and_warnings(library):
         assoc.release()
 
 
-def test_a_cancelled_find_stops_with_0xfe00(kit):
-    """400 matches: the C-CANCEL sent after the first answer arrives long before the last."""
+def test_a_cancelled_find_stops_with_0xfe00(kit, monkeypatch):
+    """400 matches: the C-CANCEL sent after the first answer arrives long before the last.
+    The kit queues at most BACKLOG answers ahead of the socket and looks for a C-CANCEL
+    before each; a backlog of 2 (instead of 64) keeps that so even when a busy machine
+    delays the canceller."""
+    monkeypatch.setattr(qr._PendingSender, "BACKLOG", 2)
     ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
     batch = instances.Batch(kit.store, "stow")
     for _ in range(400):
