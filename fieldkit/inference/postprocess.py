@@ -101,17 +101,13 @@ def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
 
 def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(line brightness, contrast) per pixel: the mean over the line's width, and that
-    minus the median of the background bands either side, of their pixels inside the field
-    of view (a median: a neighbouring line in one band does not lift it; nan outside the
-    field of view). Computed once per frame
+    minus the median of the background bands either side (a median: a neighbouring line
+    in one band does not lift it; nan outside the field of view). Computed once per frame
     so following a line costs a lookup per row."""
     from numpy.lib.stride_tricks import sliding_window_view
     s, n = _box(img, -LINE_HALF, LINE_HALF)
     line = s / np.maximum(n, 1)
-    # black outside the field of view is no background: a line at the edge of the fan would
-    # stand out against it (nan, like the pixels off the image)
-    seen = np.where(img < IN_VIEW, np.nan, img).astype(np.float32)
-    pad = np.pad(seen, ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
+    pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
     win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
     k = SIDE[1] - SIDE[0] + 1
     sides = np.sort(np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2), axis=2)  # nan (off the edge) last
