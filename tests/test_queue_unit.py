@@ -688,3 +688,22 @@ def test_only_rows_failed_now_are_listed_as_failed(kit):
     q.dismiss(failed)
     assert q.first(KIND_SYNC, FAILED, 5) == []
     assert q.get(done).state == DONE
+
+
+def test_after_a_restart_recent_history_is_in_the_order_rows_finished(kit):
+    """Queued first, finished last: the done list is ordered by the time each row changed
+    last (its `updated`), which every change stamps."""
+    q, clock = kit.q, kit.clock
+    early = q.enqueue(KIND_SYNC, {"n": "early"}, priority=2)
+    clock.advance(1)
+    late = q.enqueue(KIND_SYNC, {"n": "late"}, priority=1)
+    clock.advance(1)
+    assert q.lease(KIND_SYNC).id == late
+    q.ack(late)
+    clock.advance(1)
+    assert q.lease(KIND_SYNC).id == early
+    clock.advance(1)
+    q.ack(early)
+    assert q.get(early).updated == pytest.approx(clock.wall(), abs=1e-3)
+    q = kit.reopen()
+    assert [r.id for r in q.first(KIND_SYNC, DONE, 5)] == [early, late]
