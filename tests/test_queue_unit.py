@@ -4,12 +4,14 @@ reopened store gives every row back as it was, crash leases ready again."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
+from fieldkit import fsio
 from fieldkit.config import Config
-from fieldkit.errors import BadInput, NotFound
+from fieldkit.errors import BadInput, NotFound, StorageFull
 from fieldkit.records import DONE, FAILED, KIND_INFER, KIND_SYNC, LEASED, READY, T_QUEUE
 from fieldkit.store import Store, write_format
 from fieldkit.store import queue as queue_module
@@ -468,7 +470,7 @@ def test_a_new_row_reads_as_not_yet_tried_and_waits_its_delay(kit):
     q, clock = kit.q, kit.clock
     row_id = q.enqueue(KIND_SYNC, {"patient_id": "P1"}, priority="7", delay=60)
     row = q.get(row_id)
-    assert (row.state, row.priority, row.attempts, row.last_error, row.lease_until) == (READY, 7, 0, "", 0.0)
+    assert (row.state, row.priority, row.attempts, row.last_error, row.lease_until, row.key) == (READY, 7, 0, "", 0.0, "")
     assert row.next_at == pytest.approx(clock.wall() + 60, abs=1e-3) and row.created == row.updated
     clock._wall += 3600  # the device clock set forward does not shorten the wait
     clock._mono += 59.9
@@ -556,3 +558,152 @@ def test_a_lease_does_not_hand_out_a_row_still_waiting_its_retry_through_an_old_
     clock.advance(31)
     row = q.lease(KIND_SYNC)
     assert row.id == r and row.attempts == 2
+
+
+def test_a_lease_without_a_length_lasts_five_minutes(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    assert q.lease(KIND_SYNC).lease_until == pytest.approx(clock.wall() + 300, abs=1e-3)
+    clock.advance(299.9)
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(0.1)
+    assert q.lease(KIND_SYNC).id == row_id
+
+
+def test_a_lease_alone_passes_over_old_places_in_line(kit):
+    """lease() finds stale heap places itself (nothing asked most_urgent_ready() first): a row
+    moved away from its place, and a row moved back to a priority it had before."""
+    q = kit.q
+    a = q.enqueue(KIND_SYNC, {"n": "a"}, priority=50)
+    b = q.enqueue(KIND_SYNC, {"n": "b"}, priority=60)
+    q.set_priority(a, 70)  # its place at 50 is stale now, in front of b
+    assert q.lease(KIND_SYNC).id == b
+    assert q.lease(KIND_SYNC).id == a
+    r = q.enqueue(KIND_SYNC, {"n": "r"}, priority=50)
+    q.set_priority(r, 10)
+    q.set_priority(r, 50)  # two places at 50 now: the row is handed out once
+    row = q.lease(KIND_SYNC)
+    assert (row.id, row.attempts) == (r, 1)
+    assert q.lease(KIND_SYNC) is None
+    assert q.get(r).attempts == 1
+
+
+def test_a_lease_alone_skips_an_archived_rows_old_place_in_line(kit, monkeypatch):
+    """As test_an_archived_rows_old_place_in_line_is_skipped, with lease() the first to meet
+    the old place: it must not read the delayed row (document 1) in its stead."""
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 1)
+    q, clock = kit.q, kit.clock
+    waiting = q.enqueue(KIND_SYNC, {"n": "waiting"}, priority=90, delay=60)  # the table's document 1
+    moved = q.enqueue(KIND_SYNC, {"n": "moved"}, priority=90)
+    q.set_priority(moved, 10)
+    q.ack(q.lease(KIND_SYNC).id)
+    q.enqueue(KIND_SYNC, {"n": "next"}, priority=5)
+    q.ack(q.lease(KIND_SYNC).id)  # "moved" leaves the table
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(60)
+    assert q.lease(KIND_SYNC).id == waiting
+
+
+def test_a_delayed_row_cancelled_and_archived_before_its_time_never_comes_back(kit, monkeypatch):
+    monkeypatch.setattr(queue_module, "KEEP_DONE", 1)
+    q, clock = kit.q, kit.clock
+    gone = q.enqueue(KIND_SYNC, {"n": "gone"}, delay=60)
+    assert q.cancel(gone, "patient merged")
+    q.enqueue(KIND_SYNC, {"n": "other"})
+    q.ack(q.lease(KIND_SYNC).id)  # the cancelled row leaves the table
+    assert q.rows_by_id([gone]) == []
+    clock.advance(60)
+    assert q.lease(KIND_SYNC) is None and q.most_urgent_ready(KIND_SYNC) is None
+
+
+def test_dismissed_rows_in_the_table_all_count_after_a_restart(kit):
+    q = kit.q
+    for _ in range(2):
+        row_id = q.enqueue(KIND_SYNC, {})
+        q.lease(KIND_SYNC)
+        q.fail(row_id, "refused", permanent=True)
+        q.dismiss(row_id)
+    q = kit.reopen()
+    assert q.dismissed(KIND_SYNC) == 2 and q.counts()[KIND_SYNC]["done"] == 2
+
+
+def test_a_lease_taken_before_a_refused_write_still_runs_out(kit, monkeypatch):
+    """A write refused for a full disk puts memory back as the journal has it (the queue's
+    index is rebuilt): a row leased before it stays leased until its lease runs out."""
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {"n": "a"})
+    q.lease(KIND_SYNC, lease_seconds=60)
+
+    def full_disk(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(fsio, "pwrite", full_disk)
+        with pytest.raises(StorageFull, match="disk full"):
+            q.enqueue(KIND_SYNC, {"n": "lost"})
+    assert q.counts()[KIND_SYNC] == {"ready": 0, "leased": 1, "done": 0, "failed": 0}
+    clock.advance(59.9)
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(0.1)
+    again = q.lease(KIND_SYNC)
+    assert again.id == row_id and again.attempts == 2
+
+
+def test_an_expired_lease_is_ready_at_once_though_the_device_clock_was_set_back(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC, lease_seconds=60)
+    clock.jump_wall(-3600)
+    clock.advance(60)
+    again = q.lease(KIND_SYNC)
+    assert again.id == row_id and again.attempts == 2
+
+
+def test_reprioritising_a_row_waiting_its_retry_keeps_its_wait_though_the_clock_was_set_back(kit):
+    q, clock = kit.q, kit.clock
+    row_id = q.enqueue(KIND_SYNC, {})
+    q.lease(KIND_SYNC)
+    q.fail(row_id, "link down", retry_in=30)
+    clock.jump_wall(-3600)
+    q.set_priority(row_id, 10)
+    clock.advance(29.9)
+    assert q.lease(KIND_SYNC) is None
+    clock.advance(0.1)
+    assert q.lease(KIND_SYNC).id == row_id
+
+
+def test_only_rows_failed_now_are_listed_as_failed(kit):
+    q = kit.q
+    done, leased, failed = (q.enqueue(KIND_SYNC, {"n": n}, priority=p) for n, p in (("d", 1), ("l", 2), ("f", 3)))
+    q.ack(q.lease(KIND_SYNC).id)
+    assert q.lease(KIND_SYNC).id == leased
+    assert q.lease(KIND_SYNC).id == failed
+    q.fail(failed, "refused", permanent=True)
+    assert [r.id for r in q.first(KIND_SYNC, FAILED, 5)] == [failed]
+    q.retry(failed)
+    assert q.first(KIND_SYNC, FAILED, 5) == []
+    q.lease(KIND_SYNC)
+    q.fail(failed, "refused again", permanent=True)
+    assert [r.id for r in q.first(KIND_SYNC, FAILED, 5)] == [failed]
+    q.dismiss(failed)
+    assert q.first(KIND_SYNC, FAILED, 5) == []
+    assert q.get(done).state == DONE
+
+
+def test_after_a_restart_recent_history_is_in_the_order_rows_finished(kit):
+    """Queued first, finished last: the done list is ordered by the time each row changed
+    last (its `updated`), which every change stamps."""
+    q, clock = kit.q, kit.clock
+    early = q.enqueue(KIND_SYNC, {"n": "early"}, priority=2)
+    clock.advance(1)
+    late = q.enqueue(KIND_SYNC, {"n": "late"}, priority=1)
+    clock.advance(1)
+    assert q.lease(KIND_SYNC).id == late
+    q.ack(late)
+    clock.advance(1)
+    assert q.lease(KIND_SYNC).id == early
+    clock.advance(1)
+    q.ack(early)
+    assert q.get(early).updated == pytest.approx(clock.wall(), abs=1e-3)
+    q = kit.reopen()
+    assert [r.id for r in q.first(KIND_SYNC, DONE, 5)] == [early, late]
