@@ -371,3 +371,316 @@ def test_a_still_noiseless_wall_over_a_lung_that_hardly_changes_is_not_where_the
     lung = np.concatenate([np.full(10, 0.003), np.zeros(10), np.full(10, 0.6), np.zeros(10)])
     wall = np.concatenate([np.zeros(20), np.full(10, 0.2), np.zeros(10)])
     assert 20 <= post.m_mode_column(lung, wall, np.arange(40) < 30) < 30
+
+
+# --- the finding scores: clip summary, free fluid, calibration ---
+
+def test_the_clip_score_is_the_one_the_given_share_of_frames_reach():
+    scores = [0.1, 0.5, -0.3, 0.9, 0.2]
+    assert post.clip_score(scores, 0.3) == (0.5, 1)  # 30 % of 5 frames: 1.5, so the 2nd best
+    assert post.clip_score(scores, 0.2) == (0.9, 3)  # 20 %: exactly one frame, the best
+    assert post.clip_score(scores, 0.4) == (0.5, 1)  # 40 %: exactly two frames
+    assert post.clip_score(scores, 0.41) == (0.2, 4)  # a little over two frames: the third
+    assert post.clip_score(scores, 1.0) == (-0.3, 2)  # every frame: the lowest
+    assert post.clip_score(scores, 0.0) == (0.9, 3)  # no share at all still names one frame
+    assert post.clip_score([0.7], 0.3) == (0.7, 0)
+
+
+def test_the_clip_score_names_the_first_of_equal_frames():
+    assert post.clip_score([0.2, 0.6, 0.6, 0.6], 0.5) == (0.6, 2)  # 2nd best of three equal: frame 2
+    score, i = post.clip_score(np.array([1, 3], np.int64), 0.5)
+    assert (score, i) == (3.0, 1) and type(score) is float and type(i) is int
+
+
+def test_the_fluid_score_is_the_logit_of_the_min_area_th_pixel_over_the_pixel_threshold():
+    logits = np.array([[[0.5, -1.0, 2.0], [1.5, -3.0, 0.0]]])  # (1, h, w) as the model gives it
+    assert post.fluid_score(logits, {"min_area_px": 3, "pixel": 0.5}) == pytest.approx(0.5)  # 3rd most likely
+    assert post.fluid_score(logits, {"min_area_px": 1, "pixel": 0.75}) == pytest.approx(2.0 - np.log(3.0))
+    assert post.fluid_score(logits, {"min_area_px": 2, "pixel": 0.25}) == pytest.approx(1.5 + np.log(3.0))
+    assert post.fluid_score(logits, {"min_area_px": 0, "pixel": 0.5}) == pytest.approx(2.0)  # at least one pixel
+    assert post.fluid_score(logits, {"min_area_px": 99, "pixel": 0.5}) == pytest.approx(-3.0)  # all of a small image
+    assert post.fluid_score(logits, {"min_area_px": "6", "pixel": "0.5"}) == pytest.approx(-3.0)  # as a manifest may hold
+    assert type(post.fluid_score(logits, {"min_area_px": 3, "pixel": 0.5})) is float
+
+
+def test_the_fluid_score_is_non_negative_exactly_when_enough_pixels_pass():
+    logits = np.full((4, 4), -5.0)
+    logits[0, :3] = 1.0  # three pixels over a 0.5 threshold
+    th = {"pixel": 0.5}
+    assert post.fluid_score(logits, th | {"min_area_px": 3}) >= 0
+    assert post.fluid_score(logits, th | {"min_area_px": 4}) < 0
+    mask_area = post.fluid_mask(logits, 0.5).sum()
+    assert mask_area == 3
+
+
+def test_calibrated_is_platt_scaling_of_the_score():
+    assert post.calibrated(0.0, {"a": 1.0, "b": np.log(3.0)}) == pytest.approx(0.75)
+    assert post.calibrated(2.0, {"a": -0.5, "b": 1.0}) == pytest.approx(0.5)  # -0.5 * 2 + 1 = 0
+    assert post.calibrated(1.0, {"a": 2.0, "b": 0.0}) == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert post.calibrated(-1.0, {"a": 2.0, "b": 0.5}) == pytest.approx(1 / (1 + np.exp(1.5)))
+    assert type(post.calibrated(1.0, {"a": 2.0, "b": 0.0})) is float
+
+
+def test_calibrated_is_none_without_a_fitted_calibration():
+    assert post.calibrated(1.0, None) is None
+    assert post.calibrated(1.0, {}) is None
+
+
+# --- lung sliding: drawn cines, 64 x 40, the lung model's pleural row in 32 row bins ---
+
+SH, SW, SBINS = 64, 40, 32
+FLOOR = 0.5 / 255  # half a grey level: the change a still, noiseless band is given
+
+
+def rows_logits(bins_per_frame, n_bins: int = SBINS) -> np.ndarray:
+    """Pleural-row logits with one sure peak per frame (row = (bin + 0.5) * 64 / 32 = 2 bin + 1)."""
+    out = np.full((len(bins_per_frame), n_bins), -20.0)
+    out[np.arange(len(bins_per_frame)), bins_per_frame] = 20.0
+    return out
+
+
+def cine(n: int = 8, prow: int = 31, lung=0.02, wall_step: float = 0.0, wall=0.3, pleura=0.6) -> np.ndarray:
+    """n frames: a chest wall of brightness `wall`, the band at and below the pleura (rows
+    prow-2 .. prow+5) of `pleura`; from one frame to the next that band changes by `lung` (per
+    column when an array) and the rows above it by `wall_step`, nothing else changes."""
+    img = np.broadcast_to(np.asarray(wall, float), (SH, SW)).copy()
+    img[prow - 2:prow + 6] = np.broadcast_to(np.asarray(pleura, float), (8, SW))
+    frames = np.repeat(img[None], n, 0)
+    odd = np.arange(n) % 2 == 1
+    frames[odd, prow - 2:prow + 6] += np.broadcast_to(np.asarray(lung, float), (8, SW))
+    frames[odd, :prow - 2] += wall_step
+    return frames
+
+
+def slide(frames, bins=None, frame_numbers=None) -> dict:
+    n = len(frames)
+    bins = [15] * n if bins is None else bins  # row 31
+    return post.lung_sliding(frames, rows_logits(bins), range(1, n + 1) if frame_numbers is None else frame_numbers)
+
+
+def log_ratio(lung: float, wall: float) -> float:
+    """The documented score: log of the change below over the change above, each floored."""
+    return float(np.log((lung + FLOOR) / (wall + FLOOR)))
+
+
+SLIDES = "the pleural line and the lung below it move between frames, the chest wall does not"
+STILL = "nothing below the pleural line moves more than the still chest wall above it"
+UNCERTAIN = ("the lung below the pleural line moves a little more than the chest wall: "
+             "too little to tell whether it slides")
+NO_LINE = "no clear pleural line found"
+NOT_SEEN = "no pleural line seen where the model places it (rib shadows, or no image)"
+
+
+def test_a_lung_that_moves_under_a_still_chest_wall_slides():
+    lung = np.full(SW, 0.02)
+    lung[20:25] = 0.03  # where it moves most: the M-mode line goes to the middle of these
+    got = slide(cine(lung=lung))
+    assert got["status"] == "present" and got["reason_code"] == "" and got["reason"] == SLIDES
+    assert got["score"] == pytest.approx(log_ratio((35 * 0.02 + 5 * 0.03) / 40, 0.0), abs=1e-3)
+    assert got["pleura_row"] == 31 and got["columns"] == [22]
+    assert got["chest_wall_change"] == 0.0
+    # the most different halves: columns 0-19 against 20-39, which hold the stronger motion
+    assert got["sides"] == [pytest.approx(log_ratio(0.02, 0), abs=1e-3), pytest.approx(log_ratio(0.0225, 0), abs=1e-3)]
+    assert got["frames"] == list(range(1, 9))
+
+
+def test_a_still_lung_under_a_still_chest_wall_does_not_slide():
+    got = slide(cine(lung=0.0))
+    assert got["status"] == "absent" and got["reason_code"] == "" and got["reason"] == STILL
+    assert got["score"] == 0.0 and got["pleura_row"] == 31 and len(got["columns"]) == 1
+    assert 8 <= got["columns"][0] <= 31  # in the middle of the view
+
+
+def test_noise_alike_above_and_below_is_no_sliding():
+    got = slide(cine(lung=0.004, wall_step=0.004))
+    assert got["status"] == "absent" and got["score"] == 0.0
+    assert got["chest_wall_change"] == pytest.approx(0.004 / 0.302, abs=1e-4)
+
+
+@pytest.mark.parametrize("target,status", [(0.33, "absent"), (0.35, "not assessable"), (0.46, "not assessable"),
+                                           (0.48, "present")])
+def test_the_score_thresholds_part_present_uncertain_and_absent(target, status):
+    lung = FLOOR * (np.exp(target) - 1)  # a still wall: the score is log(1 + lung / floor)
+    got = slide(cine(lung=lung))
+    assert got["score"] == pytest.approx(target, abs=2e-3) and got["status"] == status, got
+    if status == "not assessable":
+        assert got["reason_code"] == "uncertain" and got["reason"] == UNCERTAIN
+
+
+def test_the_score_is_the_log_ratio_of_the_change_below_to_the_change_above():
+    got = slide(cine(lung=0.05, wall_step=0.01))
+    assert got["status"] == "present"
+    assert got["score"] == pytest.approx(log_ratio(0.05, 0.01), abs=1e-3)
+    assert got["chest_wall_change"] == pytest.approx(0.01 / 0.305, abs=1e-4)
+
+
+def test_a_single_frame_or_too_few_frames_are_not_assessable():
+    one = slide(cine(n=1, lung=0.0))
+    assert one["status"] == "not assessable" and one["reason_code"] == "single_frame"
+    assert one["reason"] == "a single frame: lung sliding needs motion (a cine)"
+    assert one["score"] is None and one["pleura_row"] is None and one["columns"] == [] and one["frames"] == [1]
+    for n in (2, 3):
+        few = slide(cine(n=n))
+        assert few["status"] == "not assessable" and few["reason_code"] == "too_few_frames", few
+        assert few["reason"] == f"{n} lung frames: at least 4 are needed to judge lung sliding"
+        assert few["score"] is None and few["pleura_row"] is None and few["columns"] == []
+    four = slide(cine(n=4))
+    assert four["status"] == "present" and four["frames"] == [1, 2, 3, 4]
+
+
+def test_the_frames_are_reported_as_plain_numbers():
+    got = slide(cine(n=4, lung=0.0), frame_numbers=np.array([3, 5, 7, 9], np.int64))
+    assert got["frames"] == [3, 5, 7, 9] and all(type(f) is int for f in got["frames"])
+    assert type(got["pleura_row"]) is int and all(type(c) is int for c in got["columns"])
+
+
+def test_no_sure_pleural_row_is_not_assessable():
+    flat = post.lung_sliding(cine(), np.zeros((8, SBINS)), range(1, 9))
+    assert flat["status"] == "not assessable" and flat["reason_code"] == "no_pleura" and flat["reason"] == NO_LINE
+    assert flat["score"] is None and flat["columns"] == []
+    assert flat["pleura_row"] == 1  # the likeliest bin (the first of equals), kept for the page
+
+
+def conf_logits(share_outside: float) -> np.ndarray:
+    """Row logits whose probability within one bin of the peak (bins 15, 16) is
+    2 / (2 + share_outside): bin 17, outside, holds the rest."""
+    lg = np.full(SBINS, -np.inf)
+    lg[15:17] = 0.0
+    lg[17] = np.log(share_outside) if share_outside else -np.inf
+    return lg
+
+
+def test_the_pleura_must_be_at_least_90_percent_sure():
+    at, sure = conf_logits(0.5), conf_logits(0.0)  # 0.8 and 1.0: a median of exactly 0.9
+    assert post.pleura_confidence(at) == pytest.approx(0.8) and post.pleura_confidence(sure) == 1.0
+    got = post.lung_sliding(cine(), np.array([at, sure] * 4), range(1, 9))
+    assert got["status"] == "present" and got["pleura_row"] == 31, got
+    under = conf_logits(2 / 9 + 1e-9)  # a hair under 0.9 in every frame
+    assert post.pleura_confidence(under) < 0.9
+    got = post.lung_sliding(cine(), np.array([under] * 8), range(1, 9))
+    assert got["reason_code"] == "no_pleura" and got["reason"] == NO_LINE, got
+    got = post.lung_sliding(cine(), np.array([under, sure] * 4), range(1, 9))  # the median: just over 0.9
+    assert got["status"] == "present", got
+
+
+def test_pleural_rows_that_spread_more_than_six_rows_are_no_line():
+    # 5 frames: the quartiles are the 2nd and 4th rows; bins 14 .. 17 are rows 29 .. 35
+    spread6 = slide(cine(n=5), bins=[14, 14, 15, 17, 17])  # rows 29, 29, 31, 35, 35: 6 apart
+    assert spread6["status"] == "present" and spread6["pleura_row"] == 31, spread6
+    spread8 = slide(cine(n=5), bins=[14, 14, 15, 18, 18])  # rows 29 .. 37: 8 apart
+    assert spread8["reason_code"] == "no_pleura" and spread8["reason"] == NO_LINE, spread8
+    assert spread8["pleura_row"] == 31  # the median row
+
+
+def test_the_pleural_row_must_leave_room_for_the_chest_wall_above_and_the_band_below():
+    # the chest wall needs rows above prow - 3 - 4: a pleura at row 7 is the highest judged
+    top = slide(cine(prow=7), bins=[3] * 8)  # row 7
+    assert top["status"] == "present" and top["pleura_row"] == 7, top
+    high = slide(cine(prow=7), bins=[2, 3] * 4)  # rows 5 and 7: the median row 6
+    assert high["pleura_row"] == 6 and high["reason"] == NO_LINE, high
+    # the band below reaches prow + 6: a pleura at row 58 of 64 is the lowest judged
+    low = slide(cine(prow=58), bins=[28, 29] * 4)  # rows 57 and 59: the median row 58
+    assert low["pleura_row"] == 58 and low["status"] == "present", low
+    lower = slide(cine(prow=58), bins=[29] * 8)  # row 59
+    assert lower["pleura_row"] == 59 and lower["reason"] == NO_LINE, lower
+
+
+def test_the_pleural_row_is_the_median_of_the_frames_rows():
+    got = slide(cine(), bins=[14, 15, 15, 16, 15, 15, 14, 16])  # rows 29, 31, 33: median 31
+    assert got["pleura_row"] == 31 and got["status"] == "present"
+
+
+def test_no_column_brighter_at_the_pleura_than_above_is_not_assessable():
+    got = slide(cine(pleura=0.3, lung=0.02))  # the band at the pleura no brighter than the wall
+    assert got["status"] == "not assessable" and got["reason_code"] == "no_pleura" and got["reason"] == NOT_SEEN
+    assert got["score"] is None and got["columns"] == [] and got["pleura_row"] == 31
+    black = slide(np.zeros((8, SH, SW)))  # no image at all
+    assert black["reason"] == NOT_SEEN
+
+
+def test_two_columns_of_forty_showing_the_pleura_are_enough():
+    pleura = np.full(SW, 0.3)  # rib shadows: the pleura is not seen ...
+    pleura[[10, 30]] = 0.6  # ... but in two columns: 5 % of 40
+    got = slide(cine(pleura=pleura, lung=0.02))
+    assert got["status"] == "present", got
+    assert got["columns"] in ([10], [30])
+    pleura[30] = 0.3  # one column: under 5 %
+    got = slide(cine(pleura=pleura, lung=0.02))
+    assert got["reason"] == NOT_SEEN, got
+
+
+def test_the_pleura_must_be_more_than_1_15_times_as_bright_as_the_wall():
+    pleura = np.full(SW, 0.5)  # rib shadows (as bright as the wall) ...
+    pleura[[10, 30]] = np.float32(1.15) * np.float32(0.5)  # ... and two columns exactly 1.15 times
+    got = slide(cine(pleura=pleura, wall=0.5, lung=0.0))
+    assert got["reason"] == NOT_SEEN, got
+    pleura[[10, 30]] = 0.58  # a little more
+    got = slide(cine(pleura=pleura, wall=0.5, lung=0.0))
+    assert got["status"] == "absent", got
+
+
+def test_only_columns_in_view_can_show_the_pleura():
+    wall = np.full(SW, 0.3)
+    wall[:20] = 0.0  # the left half outside the field of view above the pleura ...
+    pleura = np.full(SW, 0.3)
+    pleura[:20] = 0.6  # ... bright at the pleura there (no chest wall to compare); a rib shadow elsewhere
+    got = slide(cine(wall=wall, pleura=pleura))
+    assert got["reason"] == NOT_SEEN, got
+
+
+def test_a_chest_wall_that_changes_by_more_than_a_tenth_means_the_probe_moved():
+    # wall 0.59375 and 0.65625 in turn: a mean of 0.625 and a change of 0.0625, exactly a tenth
+    at = slide(cine(wall=0.59375, wall_step=0.0625, pleura=0.5, lung=0.5))
+    assert at["chest_wall_change"] == 0.1 and at["status"] == "present", at
+    assert at["score"] == pytest.approx(log_ratio(0.5, 0.0625), abs=1e-3)
+    moved = slide(cine(wall=0.59375, wall_step=0.125, pleura=0.6, lung=0.5))  # 0.125 / 0.65625
+    assert moved["status"] == "not assessable" and moved["reason_code"] == "probe_moved"
+    assert moved["reason"] == "the probe moved: the chest wall changes between frames"
+    assert moved["chest_wall_change"] == round(0.125 / 0.65625, 4) and moved["score"] is None
+    assert len(moved["columns"]) == 1  # where the page's M-mode strip is taken, all the same
+
+
+def test_the_chest_wall_change_is_measured_where_the_pleura_shows():
+    """Rib shadows (wall as bright as the pleura band, so no pleura seen) whose wall changes a
+    lot do not make the probe look moved: only columns that show the pleura count."""
+    wall = np.full(SW, 0.3)
+    pleura = np.full(SW, 0.6)
+    pleura[20:] = 0.3  # right half: rib shadow
+    frames = cine(wall=wall, pleura=pleura, lung=0.02)
+    frames[1::2, :29, 20:] += 0.2  # the wall over the ribs flickers
+    got = slide(frames)
+    assert got["status"] == "present" and got["chest_wall_change"] == 0.0, got
+    assert got["score"] == pytest.approx(log_ratio(0.02, 0.0), abs=1e-3)
+
+
+def test_the_m_mode_line_is_taken_in_the_middle_of_the_view_where_the_chest_wall_is_whole():
+    lung = np.full(SW, 0.01)
+    lung[2:7] = 0.05  # moves most near the edge of the view (columns 0-7 are outside the middle 60 %)
+    lung[12:17] = 0.03  # ... then here, under chest wall that is partly out of view
+    lung[24:29] = 0.02  # ... and here, in the middle under a whole chest wall
+    frames = cine(lung=lung)
+    frames[:, 16:20, 10:19] = 0.0  # the top of the chest-wall band is black over columns 10-18
+    got = slide(frames)
+    assert got["status"] == "present" and got["columns"] == [26], got
+
+
+def test_the_m_mode_line_goes_anywhere_the_pleura_shows_when_the_middle_shows_none():
+    lung = np.full(SW, 0.02)
+    lung[2:7] = 0.04
+    pleura = np.full(SW, 0.3)
+    pleura[:8] = 0.6  # the pleura shows only left of the middle 60 % of the view
+    got = slide(cine(lung=lung, pleura=pleura))
+    assert got["status"] == "present" and got["columns"] == [4], got
+
+
+def test_the_middle_of_the_view_is_the_middle_of_the_columns_in_view():
+    """The view is columns 20-39 (black left of them): its middle 60 % is columns 23.8-35.2,
+    not 7.8-31.2 as it would be of the whole width."""
+    wall = np.full(SW, 0.3)
+    wall[:20] = 0.0
+    lung = np.full(SW, 0.02)
+    lung[21:26] = 0.04  # moves most around column 23, just left of the middle
+    assert slide(cine(lung=lung, wall=wall))["columns"] == [24]  # the nearest allowed column
+    lung = np.full(SW, 0.02)
+    lung[34:39] = 0.04  # around column 36, just right of it
+    assert slide(cine(lung=lung, wall=wall))["columns"] == [35]
