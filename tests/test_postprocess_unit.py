@@ -684,3 +684,198 @@ def test_the_middle_of_the_view_is_the_middle_of_the_columns_in_view():
     lung = np.full(SW, 0.02)
     lung[34:39] = 0.04  # around column 36, just right of it
     assert slide(cine(lung=lung, wall=wall))["columns"] == [35]
+
+
+def test_sliding_on_one_side_of_a_line_only_is_a_possible_lung_point():
+    lung = np.zeros(SW)
+    lung[:20] = 0.02  # the left half slides, the right half does not
+    lung[12:17] = 0.03  # most around column 14
+    got = slide(cine(lung=lung))
+    assert got["status"] == "not assessable" and got["reason_code"] == "partial", got
+    assert got["reason"] == "the lung slides in part of the view only (a lung point?): pneumothorax not excluded"
+    assert got["sides"] == [pytest.approx(log_ratio(0.0225, 0), abs=1e-3), 0.0]
+    assert got["score"] == pytest.approx(log_ratio(0.45 / 40, 0), abs=1e-3)
+    # an M-mode line on each side: where the left moves most, and the right's best (its
+    # first column, whose 5-column average still holds two moving columns)
+    assert got["columns"] == [14, 20]
+
+
+def test_a_lung_point_is_found_among_the_columns_that_show_the_pleura():
+    lung = np.zeros(SW)
+    lung[30:] = 0.02  # the right side slides: columns 30-39
+    pleura = np.full(SW, 0.6)
+    pleura[:20] = 0.3  # columns 0-19 a rib shadow: the pleura shows in 20-39, split at 30
+    got = slide(cine(lung=lung, pleura=pleura))
+    assert got["reason_code"] == "partial", got
+    assert got["sides"] == [0.0, pytest.approx(log_ratio(0.02, 0), abs=1e-3)]
+    assert got["columns"][1] >= 30 and 20 <= got["columns"][0] < 30
+
+
+def test_a_clip_that_hardly_moves_as_a_whole_is_absent_even_with_one_sliding_side():
+    lung = np.zeros(SW)
+    lung[:20] = FLOOR * (np.exp(0.5) - 1)  # the left side's score 0.5; the clip's about 0.28
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [pytest.approx(0.5, abs=2e-3), 0.0]
+    assert got["score"] == pytest.approx(np.log(1 + (np.exp(0.5) - 1) / 2), abs=2e-3)
+    assert got["status"] == "absent" and len(got["columns"]) == 1, got
+
+
+def test_two_sides_that_both_slide_are_sliding_however_unequal():
+    lung = np.full(SW, FLOOR * (np.exp(0.3) - 1))  # the right side's score 0.3: it slides a little
+    lung[:20] = 0.02
+    got = slide(cine(lung=lung))
+    assert got["sides"][1] == pytest.approx(0.3, abs=2e-3) and got["status"] == "present", got
+    lung[20:] = FLOOR * (np.exp(0.2) - 1)  # 0.2: under the still side's 0.23
+    assert slide(cine(lung=lung))["reason_code"] == "partial"
+
+
+def test_an_unequal_clip_whose_better_side_does_not_reach_present_is_uncertain():
+    lung = np.full(SW, 0.25 * FLOOR)  # right: log 1.25 = 0.22, still
+    lung[:20] = 0.58 * FLOOR  # left: log 1.58 = 0.46, not quite "present"; the clip: log 1.415 = 0.35
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [pytest.approx(np.log(1.58), abs=2e-3), pytest.approx(np.log(1.25), abs=2e-3)]
+    assert got["score"] == pytest.approx(np.log(1.415), abs=2e-3)
+    assert got["reason_code"] == "uncertain", got
+
+
+def test_one_column_showing_the_pleura_has_no_two_sides():
+    pleura = np.full(SW, 0.3)
+    pleura[10] = 0.6  # the pleura in one column of 20 in view: 5 %
+    wall = np.full(SW, 0.3)
+    wall[20:] = 0.0
+    got = slide(cine(pleura=pleura, wall=wall))
+    assert got["status"] == "present" and got["sides"] == [] and got["columns"] == [10], got
+
+
+def test_the_split_scores_are_the_two_most_different_sides_worked_by_hand():
+    # 4 columns: splits after 1, 2 or 3 columns; the change at the pleura 1, 1, 0, 0 under a still wall
+    f = FLOOR
+    sides, split = post._split_scores(np.array([1.0, 1.0, 0.0, 0.0]), np.zeros(4))
+    assert split == 2 and sides == [round(np.log((1 + f) / f), 3), 0.0]
+    # the wall changes too: the scores are log ratios per side
+    sides, split = post._split_scores(np.array([0.0, 0.0, 0.0, 0.3]), np.array([0.1, 0.1, 0.1, 0.1]))
+    assert split == 3
+    assert sides == [round(np.log(f / (0.1 + f)), 3), round(np.log((0.3 + f) / (0.1 + f)), 3)]
+
+
+def test_each_side_of_the_split_holds_at_least_a_quarter_of_the_columns():
+    # only the first column moves: the best split would be after it, but a side needs 2 of 8
+    lung = np.zeros(8)
+    lung[0] = 0.8
+    sides, split = post._split_scores(lung, np.zeros(8))
+    assert split == 2 and sides == [round(np.log((0.4 + FLOOR) / FLOOR), 3), 0.0]
+    lung = np.zeros(8)
+    lung[7] = 0.8  # the last column: split before the last two
+    sides, split = post._split_scores(lung, np.zeros(8))
+    assert split == 6 and sides == [0.0, round(np.log((0.4 + FLOOR) / FLOOR), 3)]
+    # 9 columns: a quarter is 2.25, so 3 columns a side
+    lung = np.zeros(9)
+    lung[0] = 0.9
+    sides, split = post._split_scores(lung, np.zeros(9))
+    assert split == 3 and sides == [round(np.log((0.3 + FLOOR) / FLOOR), 3), 0.0]
+
+
+def test_too_few_columns_for_two_sides_give_no_split():
+    assert post._split_scores(np.array([0.5]), np.array([0.0])) == ([], 0)
+    sides, split = post._split_scores(np.array([0.5, 0.0]), np.zeros(2))  # two: one column a side
+    assert split == 1 and sides == [round(np.log((0.5 + FLOOR) / FLOOR), 3), 0.0]
+    sides, split = post._split_scores(np.array([0.0, 0.0, 0.6]), np.zeros(3))
+    assert split == 2 and sides == [0.0, round(np.log((0.6 + FLOOR) / FLOOR), 3)]
+
+
+def test_the_split_scores_are_plain_numbers():
+    sides, split = post._split_scores(np.array([1.0, 1.0, 0.0, 0.0]), np.zeros(4))
+    assert all(type(v) is float for v in sides) and type(split) is int
+
+
+def test_the_pleura_confidence_is_the_probability_within_one_bin_of_the_peak():
+    # probabilities 1/8, 2/8, 4/8, 1/8 (logits the logs of 1, 2, 4, 1)
+    assert post.pleura_confidence(np.log([1.0, 2.0, 4.0, 1.0])) == pytest.approx(7 / 8)
+    assert post.pleura_confidence(np.log([4.0, 2.0, 1.0, 1.0])) == pytest.approx(6 / 8)  # peak at the first bin
+    assert post.pleura_confidence(np.log([1.0, 1.0, 2.0, 4.0])) == pytest.approx(6 / 8)  # at the last
+    assert post.pleura_confidence(np.log([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(2 / 6)  # the first of equals
+    assert post.pleura_confidence([0.0, 30.0, 0.0]) == pytest.approx(1.0)
+    assert type(post.pleura_confidence(np.log([1.0, 2.0]))) is float
+
+
+# --- one lung frame's score: drawn frames 128 x 64 scored in 32 column bins (2 pixels a bin) ---
+
+def lines(px, wide=(), from_row: int = 42) -> np.ndarray:
+    """A frame with 3-pixel B-lines starting at the given columns and bands [a, b), from
+    `from_row` (the pleura at rows 38-41) to the bottom."""
+    img = np.full((H, W), 0.2)
+    img[38:42] = 0.8
+    for c in px:
+        img[from_row:, c:c + 3] = 0.7
+    for a, b in wide:
+        img[from_row:, a:b] = 0.7
+    return img
+
+
+def evidence(**bins) -> np.ndarray:
+    prob = np.zeros(32)
+    for b, p in bins.items():
+        prob[int(b[1:])] = p
+    return prob
+
+
+def test_the_frame_score_is_the_logit_of_the_k_th_strongest_line_over_the_threshold():
+    img = lines([8, 24, 40, 56])  # bins 4, 12, 20, 28
+    prob = evidence(b4=0.9, b12=0.8, b20=0.7, b28=0.65)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.6})  # k: 3 lines when not given
+    assert fr["runs"] == [(4, 5), (12, 13), (20, 21), (28, 29)] and fr["mimics"] == []
+    assert fr["score"] == pytest.approx(np.log(0.7 / 0.3) - np.log(0.6 / 0.4))
+    assert fr["pleura_row"] == pytest.approx(42.0) and fr["confluent"] is False
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.6, "pattern_min_blines": 2})
+    assert fr["score"] == pytest.approx(np.log(0.8 / 0.2) - np.log(0.6 / 0.4))
+
+
+def test_a_mimic_is_kept_apart_with_its_reason_and_does_not_count():
+    img = lines([8, 24])
+    img[:38, 40:43] = 0.7  # bin 20: a line from the top of the image, through the pleura
+    img[42:, 40:43] = 0.7
+    prob = evidence(b4=0.9, b12=0.8, b20=0.95)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 2})
+    assert fr["runs"] == [(4, 5), (12, 13)]
+    assert fr["mimics"] == [((20, 21), "starts above the pleural line (E-line or needle artefact)")]
+    assert fr["score"] == pytest.approx(np.log(0.8 / 0.2))  # the 2nd accepted line; the mimic's 0.95 is no line
+
+
+def test_with_fewer_lines_than_a_pattern_the_score_is_the_strongest_weak_bump():
+    """No line over the threshold: the k-th strongest bump of evidence under it (the bumps from
+    0.02 up, the rest counted as no evidence)."""
+    img = lines([])
+    prob = evidence(b4=0.3, b12=0.2, b20=0.1, b28=0.02)
+    th = {"bline": 0.5, "pattern_min_blines": 4}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(0.02 / 0.98))
+    th = {"bline": 0.5, "pattern_min_blines": 2}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(0.2 / 0.8))
+    prob[28] = 0.019  # under 0.02: no bump, no evidence (clipped at 1e-6)
+    th = {"bline": 0.5, "pattern_min_blines": 4}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+
+
+def test_lines_found_are_not_counted_again_as_bumps():
+    img = lines([8, 24])
+    prob = evidence(b4=0.9, b12=0.8)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert len(fr["runs"]) == 2 and fr["score"] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+
+
+def test_the_dip_between_two_touching_lines_is_no_third_line():
+    """Evidence 0.9, 0.7, 0.9: two lines parted by a dip that is itself over the threshold; the
+    dip counts as a bump just under the threshold, so two lines stay short of a 3-line pattern."""
+    img = lines([], wide=[(20, 26)])
+    prob = evidence(b10=0.9, b11=0.7, b12=0.9)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert fr["runs"] == [(10, 11), (12, 13)]
+    assert -1e-4 < fr["score"] < 0
+
+
+def test_a_confluent_band_adds_k_lines_to_the_stronger_ones():
+    img = lines([4, 12, 20], wide=[(36, 48)])  # three lines (bins 2, 6, 10) and a band (bins 18-23)
+    prob = evidence(b2=0.95, b6=0.95, b10=0.95)
+    prob[18:24] = 0.6
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert fr["confluent"] is True and fr["runs"] == [(2, 3), (6, 7), (10, 11), (18, 24)]
+    assert fr["score"] == pytest.approx(np.log(0.95 / 0.05))
