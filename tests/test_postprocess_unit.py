@@ -58,6 +58,14 @@ def test_touching_lines_are_counted_apart_where_their_evidence_dips():
     assert post.split_run(np.array([0.9, 0.8, 0.7]), 0, 3, 0.05) == [(0, 3)]  # falling edge: no minimum inside
 
 
+def test_a_flat_minimum_parts_two_lines_and_belongs_to_neither():
+    # two or three equal columns at the bottom of the dip (model outputs are often equal)
+    assert post.count_blines(np.array([0.1, 0.9, 0.7, 0.7, 0.9, 0.1]), 0.5, dip=0.05) == (2, [(1, 2), (4, 5)])
+    assert post.split_run(np.array([0.9, 0.7, 0.7, 0.7, 0.8]), 0, 5, 0.05) == [(0, 1), (4, 5)]
+    assert post.split_run(np.array([0.9, 0.7, 0.7, 0.8, 0.9]), 0, 5, 0.05) == [(0, 1), (3, 5)]
+    assert post.split_run(np.array([0.9, 0.88, 0.88, 0.9]), 0, 4, 0.05) == [(0, 4)]  # too shallow: one line
+
+
 def test_pleura_row_is_the_centre_of_the_likeliest_bin_in_input_pixels():
     logits = np.zeros(8)
     logits[2] = 5.0
