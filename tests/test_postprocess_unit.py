@@ -887,3 +887,164 @@ def test_a_confluent_band_adds_k_lines_to_the_stronger_ones():
     fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
     assert fr["confluent"] is True and fr["runs"] == [(2, 3), (6, 7), (10, 11), (18, 24)]
     assert fr["score"] == pytest.approx(np.log(0.95 / 0.05))
+
+
+# --- the verdict's thresholds, at their edges ---
+
+E_LINE = "starts above the pleural line (E-line or needle artefact)"
+FADES = "fades before the bottom of the image (Z-line or comet tail)"
+
+
+def test_a_line_starts_above_when_four_rows_above_show_it_over_an_eighth_of_its_contrast_below():
+    assert post._verdict(np.full(4, 0.2), 0.5, 0.5) == E_LINE
+    assert post._verdict(np.full(3, 0.2), 0.5, 0.5) == ""  # three rows above: too few to say
+    assert post._verdict(np.full(4, 0.06), 0.5, 0.5) == ""  # exactly 0.12 of the 0.5 below: not over it
+    assert post._verdict(np.full(4, 0.061), 0.5, 0.5) == E_LINE
+    assert post._verdict(np.array([0.0, 0.0, 0.2, 0.2, 0.2]), 0.5, 0.5) == E_LINE  # the median over 0.06
+    assert post._verdict(np.array([0.0, 0.0, 0.0, 0.2, 0.2]), 0.5, 0.5) == ""
+
+
+def test_a_faint_line_needs_more_than_chest_wall_speckle_above_to_start_above():
+    # 0.12 of a faint line's 0.1 is 0.012; speckle reaches 0.03, so that is the bar
+    assert post._verdict(np.full(4, 0.03), 0.1, 0.1) == ""
+    assert post._verdict(np.full(4, 0.031), 0.1, 0.1) == E_LINE
+
+
+def test_a_line_fades_when_its_deep_contrast_is_under_45_percent_of_the_near_one():
+    assert post._verdict(np.zeros(4), 0.5, 0.225) == ""  # exactly 45 %
+    assert post._verdict(np.zeros(4), 0.5, 0.2249) == FADES
+    assert post._verdict(np.zeros(4), 0.5, 0.6) == ""
+
+
+# --- a band (8 pixels or wider): its background, row by row, either side of it ---
+
+NO_BAND = "no bright band below the pleura"
+
+
+def plain(h: int = H, w: int = 128, bg: float = 0.2, pleura: bool = True) -> np.ndarray:
+    img = np.full((h, w), bg)
+    if pleura:
+        img[38:42] = 0.8
+    return img
+
+
+def beside(left: float, right: float) -> np.ndarray:
+    """A faint band (columns 50-59, 0.33) whose background is `left` on one side and `right`
+    on the other, with a bright edge (0.9) in the two columns next to it, which are no
+    background."""
+    img = plain()
+    img[42:, :48] = left
+    img[42:, 48:50] = img[42:, 60:62] = 0.9
+    img[42:, 50:60] = 0.33
+    img[42:, 62:] = right
+    return img
+
+
+def test_the_background_of_a_band_is_the_median_of_both_sides_leaving_out_its_edges():
+    # 0.1 on one side, 0.3 on the other: a background of 0.2, so the band stands 0.13 over it
+    assert post.bline_mimic(beside(0.1, 0.3), (50.0, 60.0), PLEURA) == ""
+    assert post.bline_mimic(beside(0.3, 0.1), (50.0, 60.0), PLEURA) == ""
+    # one side alone, or either edge counted as background, would read 0.3 and no band
+    assert post.bline_mimic(beside(0.3, 0.3), (50.0, 60.0), PLEURA) == NO_BAND
+
+
+def test_a_band_near_the_left_edge_takes_its_background_from_the_first_column_on():
+    img = plain()
+    img[42:, 0] = 0.2
+    img[42:, 1:3] = 0.1
+    img[42:, 3:5] = img[42:, 13:15] = 0.9  # the band's edges
+    img[42:, 5:13] = 0.33  # the band, columns 5-12
+    img[42:, 15:18] = 0.1
+    img[42:, 18:23] = 0.7  # background columns 0-2 and 15-22: 0.1 x 5, 0.2, 0.7 x 5, a median of 0.2
+    assert post.bline_mimic(img, (5.0, 13.0), PLEURA) == ""
+    img[42:, 0] = 0.7  # the first column brighter: the median is 0.7, over the band
+    assert post.bline_mimic(img, (5.0, 13.0), PLEURA) == NO_BAND
+
+
+def test_a_band_cut_by_the_edge_of_the_sector_is_judged_on_what_is_in_view():
+    img = plain()
+    img[42:, 50:80] = 0.7
+    img[90:, 65:] = 0.0  # deep down, the right half of the band and its right side are outside the image
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+    img[90:, 65:80] = 0.02  # as dim as the image gets but in view: the band fades there
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == FADES
+
+
+def test_a_band_whose_one_side_is_outside_the_image_is_compared_with_the_other_side():
+    img = plain()
+    img[:, 82:] = 0.0  # right of the band: outside the sector
+    img[42:, 50:80] = 0.23  # 0.03 over the background on its left: too faint
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == NO_BAND
+    img = plain()
+    img[42:, 82:] = 0.02  # the right side in view, as dim as can be: background of 0.11
+    img[42:, 50:80] = 0.23
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+
+
+def test_a_band_the_width_of_the_image_is_judged_by_its_brightness_alone():
+    img = plain(w=64, bg=0.05)
+    img[42:] = np.interp(np.arange(42, H), [42, 80], [0.7, 0.2])[:, None]  # bright under the pleura, then dim
+    assert post.bline_mimic(img, (0.0, 64.0), PLEURA) == FADES
+    img[42:] = 0.7
+    assert post.bline_mimic(img, (0.0, 64.0), PLEURA) == ""
+
+
+def test_a_band_is_compared_with_its_background_row_by_row():
+    img = plain()
+    bg = np.interp(np.arange(42, H), [42, H - 1], [0.4, 0.15])  # the image darkens with depth
+    img[42:] = bg[:, None]
+    img[42:, 50:80] = (bg + 0.2)[:, None]  # the band stays 0.2 over it all the way down
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+
+
+def test_eight_rows_below_the_pleura_are_enough_to_judge_a_band():
+    img = plain()
+    img[:, 50:80] = 0.7  # from the top: starts above
+    img[38:42] = 0.8
+    assert post.bline_mimic(img[:51], (50.0, 80.0), PLEURA) == E_LINE  # rows 43-50
+    assert post.bline_mimic(img[:50], (50.0, 80.0), PLEURA) == ""
+
+
+def band_rows(contrast, bg: float = 0.2) -> np.ndarray:
+    """A band (columns 20-27) whose contrast over the background in row 43 + i is contrast[i],
+    in an image that ends with the last of them; nothing above the pleura."""
+    img = plain(h=43 + len(contrast), w=64, bg=bg)
+    img[43:, 20:28] = bg + np.asarray(contrast, float)[:, None]
+    return img
+
+
+def test_near_is_the_median_of_the_first_quarter_of_the_rows_below_at_least_two():
+    # 8 rows: the first two (0.3 and 0) make near 0.15; the third (0.01) is not in it
+    assert post.bline_mimic(band_rows([0.3, 0.0, 0.01] + [0.1] * 5), (20.0, 28.0), PLEURA) == ""
+    # 12 rows: the first three, a median of 0.01: too faint
+    assert post.bline_mimic(band_rows([0.3, 0.0, 0.01] + [0.1] * 9), (20.0, 28.0), PLEURA) == NO_BAND
+
+
+def test_deep_is_the_median_of_the_last_quarter_of_the_rows_below():
+    assert post.bline_mimic(band_rows([0.3] * 12 + [0.05] * 4), (20.0, 28.0), PLEURA) == FADES
+    assert post.bline_mimic(band_rows([0.3] * 12 + [0.05, 0.05, 0.3, 0.3]), (20.0, 28.0), PLEURA) == ""  # a median of 0.175
+
+
+def test_a_band_exactly_at_the_minimum_contrast_is_bright_enough():
+    # 0.08 over 0.04: exactly 0.04 in binary too
+    assert post.bline_mimic(band_rows([0.04] * 8, bg=0.04), (20.0, 28.0), PLEURA) == ""
+    assert post.bline_mimic(band_rows([0.039] * 8, bg=0.04), (20.0, 28.0), PLEURA) == NO_BAND
+
+
+def test_what_lies_near_the_skin_is_not_looked_at_for_a_start_above_the_pleura():
+    img = plain()
+    img[:21, 50:80] = 0.7  # bright in the top 20 rows (above 2/3 of the pleura's depth) ...
+    img[42:, 50:80] = 0.7  # ... and from the pleura down
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+    img[:36, 50:80] = 0.7  # down to 4 rows above the pleura: an E-line
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == E_LINE
+
+
+@pytest.mark.parametrize("cols", [(50.0, 80.0), (50.0, 53.0)], ids=["band", "line"])
+def test_the_rows_just_above_the_pleura_are_its_blur_not_a_start_above(cols):
+    img = plain(pleura=False)
+    img[8:, int(cols[0]):int(cols[1])] = 0.7  # from 4 rows above the pleura's row 12 down
+    assert post.bline_mimic(img, cols, 12.0) == ""
+    img[:8, int(cols[0]):int(cols[1])] = 0.7  # from the top
+    img = np.vstack([plain(h=20, pleura=False), img])  # the pleura 20 rows lower: room above to see it
+    assert post.bline_mimic(img, cols, 32.0) == E_LINE
