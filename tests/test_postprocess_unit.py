@@ -4,6 +4,8 @@ that fades, or no line at all is turned away with the reason a clinician reads."
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -1048,3 +1050,103 @@ def test_the_rows_just_above_the_pleura_are_its_blur_not_a_start_above(cols):
     img[:8, int(cols[0]):int(cols[1])] = 0.7  # from the top
     img = np.vstack([plain(h=20, pleura=False), img])  # the pleura 20 rows lower: room above to see it
     assert post.bline_mimic(img, cols, 32.0) == E_LINE
+
+
+def test_judging_a_frame_whose_bottom_is_outside_the_image_raises_no_warning():
+    img = plain()
+    img[42:, 50:80] = 0.7
+    img[100:] = 0.0  # the bottom rows black: no image, nothing to average there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be an error here (and noise in the kit's log)
+        assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+        assert post.bline_mimic(img, (50.0, 53.0), PLEURA) == ""
+
+
+# --- which column of a run is followed, and how a run's width decides line or band ---
+
+def test_an_eight_pixel_run_is_judged_as_a_band_over_its_whole_width():
+    """An 8-pixel stripe from the pleura down with an E-line in its last column: the band's
+    mean over its width shows the E-line above the pleura (a line check would follow the
+    stripe's first column and miss it)."""
+    img = frame()
+    img[42:, 30:38] = 0.7
+    img[:38, 37] = 0.9  # the E-line
+    assert post.bline_mimic(img, (30.0, 38.0), PLEURA) == E_LINE
+    # a run that ends before the E-line's column is 7 pixels wide: a line, followed from its first column
+    assert post.bline_mimic(img, (30.0, 37.0), PLEURA) == ""
+
+
+def test_the_column_followed_is_the_brightest_in_rows_3_to_10_below_the_pleura():
+    """A run over two things: a short blob and a faint line (3 pixels each) that reaches the
+    bottom. What is followed is the one brighter on average in rows 43-50 (the pleura at 40):
+    the blob turns the run away, the line keeps it."""
+    def run(blob_rows, blob_cols, line_cols):
+        img = frame()
+        img[42:, line_cols] = 0.25
+        img[blob_rows, blob_cols] = 1.0
+        return post.bline_mimic(img, (30.0, 37.0), PLEURA)
+    assert run(slice(37, 43), slice(30, 33), slice(34, 37)) == ""  # a blob in the pleural line (rows 37-42): the line wins
+    assert run(slice(43, 44), slice(30, 33), slice(34, 37)) == "no bright line below the pleura"  # row 43 counts
+    assert run(slice(51, 52), slice(30, 33), slice(34, 37)) == ""  # row 51 does not
+
+
+def test_a_single_column_run_follows_that_column():
+    """A one-column run between a fading line two columns left of it and a B-line three
+    columns right, its right neighbour a little brighter: the track starts at the run's own
+    column and takes the fading line."""
+    img = frame()
+    img[42:, 28] = np.interp(np.arange(42, H), [42, 80], [0.7, 0.2])  # fades
+    img[42:, 33] = 0.7
+    img[43:51, 31] = 0.21
+    assert post.bline_mimic(img, (30.0, 31.0), PLEURA) == FADES
+
+
+def test_near_and_deep_of_a_line_are_the_first_and_last_quarter_of_its_track():
+    short = frame()[:51]  # rows 43-50 below the pleura: 8, so a quarter is 2
+    short[43:51, 30:33] = (0.2 + np.array([0.3, 0.0, 0.01] + [0.1] * 5))[:, None]
+    assert post.bline_mimic(short, COLS, PLEURA) == ""  # near: the median of 0.3 and 0
+    ends = frame()
+    ends[42:106, 30:33] = 0.7  # bright from the pleura to row 105, then nothing to the bottom (127)
+    assert post.bline_mimic(ends, COLS, PLEURA) == FADES
+
+
+def test_an_oblique_line_is_followed_upwards_from_its_start_column():
+    """A line leaning one column a row below the pleura (3 pixels wide, the brightest column
+    in rows 43-50 is 21) whose continuation above it, one pixel wide, lies one column right
+    of the slope through column 21 at row 43: within the line's width of that path, so seen
+    (an E-line); two columns further left of it, it is not."""
+    def img(shift):
+        im = np.full((H, 128), 0.2)
+        im[38:42] = 0.8
+        for r in range(0, H):
+            c = 20 + (r - 43)
+            if r >= 42:
+                im[r, c - 1:c + 2] = 0.9
+            elif r < 36 and c + shift >= 0:
+                im[r, c + shift] = 0.6
+        return im
+    assert post.bline_mimic(img(2), (19.0, 22.0), PLEURA) == E_LINE
+    assert post.bline_mimic(img(-1), (19.0, 22.0), PLEURA) == ""
+
+
+def test_evidence_exactly_at_the_confluent_floor_counts():
+    k = post.confluent_bins(64)
+    img = band(42, H, lo=40, hi=40 + 2 * k)
+    prob = np.zeros(64)
+    prob[20:20 + k] = post.CONFLUENT_FLOOR
+    assert post.confluent(prob, img, 42.0) == (20, 20 + k)
+
+
+def test_the_confluent_band_is_judged_at_its_own_pixels():
+    """32 bins over 64 pixels: bins 12-18 are pixels 24-37. A needle's reverberation left of
+    it (pixels 8-19, from the top) and an E-line on its first pixel (24) lie outside the band
+    or are too narrow to make the band a mimic; judged at other pixels they would."""
+    img = frame()
+    img[42:, 24:38] = 0.7
+    img[:, 8:20] = 0.7
+    img[38:42] = 0.8
+    prob = np.zeros(32)
+    prob[12:18] = 0.5
+    assert post.confluent(prob, img, 40.0) == (12, 18)
+    img[:38, 24] = 0.9
+    assert post.confluent(prob, img, 40.0) == (12, 18)
