@@ -1150,3 +1150,148 @@ def test_the_confluent_band_is_judged_at_its_own_pixels():
     assert post.confluent(prob, img, 40.0) == (12, 18)
     img[:38, 24] = 0.9
     assert post.confluent(prob, img, 40.0) == (12, 18)
+
+
+def test_of_equal_scores_the_clip_names_the_earliest_frame():
+    # 17 frames (more than a sort keeps in order by chance): five at 2, six at 1, six at 0
+    s = [2, 1, 1, 0, 0, 0, 0, 0, 0, 2, 1, 2, 1, 1, 2, 2, 1]
+    assert post.clip_score(s, 0.2) == (2.0, 14)  # 3.4 frames: the 4th of the 2s (frames 0, 9, 11, 14, 15)
+    assert post.clip_score(s, 0.3) == (1.0, 1)  # 5.1: the 6th, the first of the 1s
+    assert post.clip_score(s, 0.6) == (1.0, 16)  # 10.2: the 11th, the last of the 1s
+
+
+def test_a_certain_frame_still_has_a_finite_score():
+    assert post.logit(1.0) == pytest.approx(np.log((1 - 1e-6) / 1e-6))
+    assert post.logit(0.0) == pytest.approx(-np.log((1 - 1e-6) / 1e-6))
+    assert post.logit(0.75) == pytest.approx(np.log(3.0))
+
+
+def test_contrast_with_one_background_pixel_or_an_odd_number_of_them():
+    _, c = post.line_maps(np.array([[0.5, 0.5, 0.5, 0.5, 0.3]]))
+    assert c[0, 0] == pytest.approx(0.5 - 0.3, abs=1e-6)  # its one background pixel, 4 columns right
+    img = np.array([[0.5] * 6 + [0.1, 0.2, 0.3, 0.4, 0.9] + [0.5] * 5])
+    _, c = post.line_maps(img)
+    assert c[0, 2] == pytest.approx(0.5 - 0.3, abs=1e-6)  # columns 6-10 only: their median, 0.3
+
+
+def test_a_pixel_exactly_at_the_in_view_level_is_in_view():
+    line, c = post.line_maps(np.full((1, 20), post.IN_VIEW))
+    assert line[0, 0] == post.IN_VIEW and not np.isnan(c[0, 0])
+
+
+def test_split_run_cuts_only_at_a_minimum_at_least_the_dip_below_both_sides():
+    # a column rising again after a cut is the next line's, even below the left peak
+    assert post.split_run(np.array([0.9, 0.6, 0.7, 0.8, 0.95]), 0, 5, 0.05) == [(0, 1), (2, 5)]
+    # a falling column is no minimum, however far under the peaks
+    assert post.split_run(np.array([0.9, 0.8, 0.6, 0.9]), 0, 4, 0.05) == [(0, 2), (3, 4)]
+    # exactly the dip below (in binary too): cut
+    assert post.split_run(np.array([1.0, 0.75, 1.0]), 0, 3, 0.25) == [(0, 1), (2, 3)]
+    assert post.split_run(np.array([1.0, 0.8, 1.0]), 0, 3, 0.25) == [(0, 3)]
+
+
+def test_the_m_mode_column_weighs_the_pleuras_change_against_the_walls():
+    """Worked by hand (floor F): columns 0-9 change 3 F at the pleura under a still wall, a
+    ratio (3F + F) / F = 4; columns 10-19 change 0.7 + 2.5 F under a wall changing 0.2, a
+    ratio 3.5 although both change far more: the first place is where the M-mode goes."""
+    lung = np.concatenate([np.full(10, 3 * FLOOR), np.full(10, 0.7 + 2.5 * FLOOR)])
+    wall = np.concatenate([np.zeros(10), np.full(10, 0.2)])
+    assert 2 <= post.m_mode_column(lung, wall, np.ones(20, bool)) <= 7
+
+
+def test_a_wide_run_is_judged_at_its_own_pixels_in_a_frame():
+    """32 bins over 64 pixels: a run of bins 15-18 is pixels 30-37, a band whose last column
+    carries an E-line above the pleura."""
+    img = frame()
+    img[42:, 30:38] = 0.7
+    img[:38, 37] = 0.9
+    prob = np.zeros(32)
+    prob[15:19] = 0.9
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5})
+    assert fr["runs"] == [] and fr["mimics"] == [((15, 19), E_LINE)]
+
+
+def test_the_spread_of_the_pleural_rows_is_their_interquartile_range_up_to_six():
+    # 4 frames, quartiles by linear interpolation: rows 5, 31, 31, 31 spread 31 - 24.5 = 6.5
+    assert slide(cine(n=4), bins=[2, 15, 15, 15])["reason"] == NO_LINE
+    # rows 31, 31, 31, 55: 37 - 31 = 6, at the bar
+    assert slide(cine(n=4), bins=[15, 15, 15, 27])["status"] == "present"
+
+
+def test_the_chest_wall_compared_is_the_12_rows_above_the_pleura():
+    frames = cine()
+    frames[1::2, :16] += 0.2  # rows 0-15 (near the skin, the gel) flicker; rows 16-27 are still
+    got = slide(frames)
+    assert got["status"] == "present" and got["chest_wall_change"] == 0.0, got
+
+
+def test_a_high_pleura_compares_the_chest_wall_from_the_first_row():
+    frames = cine(prow=7)
+    frames[1::2, 0] += 0.4  # the top row changes: a quarter of the wall rows 0-3
+    got = slide(frames, bins=[3] * 8)
+    assert got["reason_code"] == "probe_moved", got
+    assert got["chest_wall_change"] == pytest.approx(0.1 / 0.35, abs=1e-4)
+
+
+def test_the_pleural_line_itself_moving_is_sliding():
+    frames = cine(lung=0.0)
+    frames[1::2, 29:33] += 0.02  # rows 29-32 (the pleural row 31 and the rows around it) only
+    got = slide(frames)
+    assert got["status"] == "present", got
+    assert got["score"] == pytest.approx(log_ratio(0.01, 0.0), abs=1e-3)  # half the band's rows
+
+
+def test_a_chest_wall_exactly_at_the_in_view_level_is_out_of_view():
+    wall = np.full(SW, 0.3)
+    wall[:20] = post.IN_VIEW
+    pleura = np.full(SW, 0.3)  # a rib shadow where the wall is in view ...
+    pleura[:20] = 0.6  # ... and the pleura bright where it is not
+    # 4 frames and a pleura at row 7 (4 wall rows): the wall's mean is exactly the level
+    assert slide(cine(n=4, prow=7, wall=wall, pleura=pleura), bins=[3] * 4)["reason"] == NOT_SEEN
+    wall[:20] = 0.03
+    assert slide(cine(n=4, prow=7, wall=wall, pleura=pleura), bins=[3] * 4)["status"] == "present"
+
+
+@pytest.mark.parametrize("view,moving,column", [
+    (slice(0, 40), slice(4, 9), 8),  # 40 columns in view: the middle is 7.8-31.2
+    (slice(13, 40), slice(33, 38), 33),  # 27 (13-39): 18.2-33.8
+    (slice(4, 40), slice(7, 12), 11),  # 36 (4-39): exactly 11-32, both ends allowed
+    (slice(4, 40), slice(32, 37), 32),
+])
+def test_the_m_mode_line_stays_within_the_middle_60_percent_of_the_view(view, moving, column):
+    wall = np.zeros(SW)
+    wall[view] = 0.3
+    lung = np.full(SW, 0.02)
+    lung[moving] = 0.04
+    got = slide(cine(wall=wall, lung=lung))
+    assert got["status"] == "present" and got["columns"] == [column], got
+
+
+def test_a_chest_wall_band_whose_top_is_at_the_in_view_level_is_not_whole():
+    lung = np.full(SW, 0.01)
+    lung[12:17] = 0.03
+    lung[24:29] = 0.02
+    frames = cine(n=4, lung=lung)  # 4 frames: their mean is exactly the level
+    frames[:, 16:20, 10:19] = post.IN_VIEW
+    assert slide(frames)["columns"] == [26]
+    frames[:, 16:20, 10:19] = 0.03  # dim but in view: the best place, column 14, is allowed
+    assert slide(frames)["columns"] == [14]
+
+
+def test_the_score_is_reported_to_three_decimals():
+    lung = np.full(SW, 0.02)
+    lung[20:25] = 0.03
+    assert slide(cine(lung=lung))["score"] == 2.471  # log(1 + 0.02125 / F) = 2.47127
+
+
+def test_a_side_that_slides_as_little_as_0_23_is_not_still():
+    lung = np.full(SW, FLOOR * (np.exp(0.23) - 1))
+    lung[:20] = 0.02
+    got = slide(cine(lung=lung))
+    assert got["sides"][1] == 0.23 and got["status"] == "present", got
+
+
+def test_a_side_that_reaches_0_47_slides_for_the_lung_point():
+    lung = np.full(SW, FLOOR * (np.exp(0.2) - 1))  # right 0.2: still
+    lung[:20] = FLOOR * (np.exp(0.47) - 1)  # left 0.47: slides; the clip 0.344
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [0.47, 0.2] and got["reason_code"] == "partial", got
