@@ -1105,6 +1105,9 @@ def test_near_and_deep_of_a_line_are_the_first_and_last_quarter_of_its_track():
     short = frame()[:51]  # rows 43-50 below the pleura: 8, so a quarter is 2
     short[43:51, 30:33] = (0.2 + np.array([0.3, 0.0, 0.01] + [0.1] * 5))[:, None]
     assert post.bline_mimic(short, COLS, PLEURA) == ""  # near: the median of 0.3 and 0
+    twelve = frame()[:55]  # 12 rows below: a quarter is 3, and the third (0.01) makes near too faint
+    twelve[43:55, 30:33] = (0.2 + np.array([0.3, 0.0, 0.01] + [0.1] * 9))[:, None]
+    assert post.bline_mimic(twelve, COLS, PLEURA) == "no bright line below the pleura"
     ends = frame()
     ends[42:106, 30:33] = 0.7  # bright from the pleura to row 105, then nothing to the bottom (127)
     assert post.bline_mimic(ends, COLS, PLEURA) == FADES
