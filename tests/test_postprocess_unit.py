@@ -4,6 +4,8 @@ that fades, or no line at all is turned away with the reason a clinician reads."
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,14 @@ def test_touching_lines_are_counted_apart_where_their_evidence_dips():
     three = np.array([0.8, 0.6, 0.9, 0.6, 0.8])
     assert post.split_run(three, 0, 5, 0.05) == [(0, 1), (2, 3), (4, 5)]
     assert post.split_run(np.array([0.9, 0.8, 0.7]), 0, 3, 0.05) == [(0, 3)]  # falling edge: no minimum inside
+
+
+def test_a_flat_minimum_parts_two_lines_and_belongs_to_neither():
+    # two or three equal columns at the bottom of the dip (model outputs are often equal)
+    assert post.count_blines(np.array([0.1, 0.9, 0.7, 0.7, 0.9, 0.1]), 0.5, dip=0.05) == (2, [(1, 2), (4, 5)])
+    assert post.split_run(np.array([0.9, 0.7, 0.7, 0.7, 0.8]), 0, 5, 0.05) == [(0, 1), (4, 5)]
+    assert post.split_run(np.array([0.9, 0.7, 0.7, 0.8, 0.9]), 0, 5, 0.05) == [(0, 1), (3, 5)]
+    assert post.split_run(np.array([0.9, 0.88, 0.88, 0.9]), 0, 4, 0.05) == [(0, 4)]  # too shallow: one line
 
 
 def test_pleura_row_is_the_centre_of_the_likeliest_bin_in_input_pixels():
@@ -371,3 +381,920 @@ def test_a_still_noiseless_wall_over_a_lung_that_hardly_changes_is_not_where_the
     lung = np.concatenate([np.full(10, 0.003), np.zeros(10), np.full(10, 0.6), np.zeros(10)])
     wall = np.concatenate([np.zeros(20), np.full(10, 0.2), np.zeros(10)])
     assert 20 <= post.m_mode_column(lung, wall, np.arange(40) < 30) < 30
+
+
+# --- the finding scores: clip summary, free fluid, calibration ---
+
+def test_the_clip_score_is_the_one_the_given_share_of_frames_reach():
+    scores = [0.1, 0.5, -0.3, 0.9, 0.2]
+    assert post.clip_score(scores, 0.3) == (0.5, 1)  # 30 % of 5 frames: 1.5, so the 2nd best
+    assert post.clip_score(scores, 0.2) == (0.9, 3)  # 20 %: exactly one frame, the best
+    assert post.clip_score(scores, 0.4) == (0.5, 1)  # 40 %: exactly two frames
+    assert post.clip_score(scores, 0.41) == (0.2, 4)  # a little over two frames: the third
+    assert post.clip_score(scores, 1.0) == (-0.3, 2)  # every frame: the lowest
+    assert post.clip_score(scores, 0.0) == (0.9, 3)  # no share at all still names one frame
+    assert post.clip_score([0.7], 0.3) == (0.7, 0)
+
+
+def test_the_clip_score_names_the_first_of_equal_frames():
+    assert post.clip_score([0.2, 0.6, 0.6, 0.6], 0.5) == (0.6, 2)  # 2nd best of three equal: frame 2
+    score, i = post.clip_score(np.array([1, 3], np.int64), 0.5)
+    assert (score, i) == (3.0, 1) and type(score) is float and type(i) is int
+
+
+def test_the_fluid_score_is_the_logit_of_the_min_area_th_pixel_over_the_pixel_threshold():
+    logits = np.array([[[0.5, -1.0, 2.0], [1.5, -3.0, 0.0]]])  # (1, h, w) as the model gives it
+    assert post.fluid_score(logits, {"min_area_px": 3, "pixel": 0.5}) == pytest.approx(0.5)  # 3rd most likely
+    assert post.fluid_score(logits, {"min_area_px": 1, "pixel": 0.75}) == pytest.approx(2.0 - np.log(3.0))
+    assert post.fluid_score(logits, {"min_area_px": 2, "pixel": 0.25}) == pytest.approx(1.5 + np.log(3.0))
+    assert post.fluid_score(logits, {"min_area_px": 0, "pixel": 0.5}) == pytest.approx(2.0)  # at least one pixel
+    assert post.fluid_score(logits, {"min_area_px": 99, "pixel": 0.5}) == pytest.approx(-3.0)  # all of a small image
+    assert post.fluid_score(logits, {"min_area_px": "6", "pixel": "0.5"}) == pytest.approx(-3.0)  # as a manifest may hold
+    assert type(post.fluid_score(logits, {"min_area_px": 3, "pixel": 0.5})) is float
+
+
+def test_the_fluid_score_is_non_negative_exactly_when_enough_pixels_pass():
+    logits = np.full((4, 4), -5.0)
+    logits[0, :3] = 1.0  # three pixels over a 0.5 threshold
+    th = {"pixel": 0.5}
+    assert post.fluid_score(logits, th | {"min_area_px": 3}) >= 0
+    assert post.fluid_score(logits, th | {"min_area_px": 4}) < 0
+    mask_area = post.fluid_mask(logits, 0.5).sum()
+    assert mask_area == 3
+
+
+def test_calibrated_is_platt_scaling_of_the_score():
+    assert post.calibrated(0.0, {"a": 1.0, "b": np.log(3.0)}) == pytest.approx(0.75)
+    assert post.calibrated(2.0, {"a": -0.5, "b": 1.0}) == pytest.approx(0.5)  # -0.5 * 2 + 1 = 0
+    assert post.calibrated(1.0, {"a": 2.0, "b": 0.0}) == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert post.calibrated(-1.0, {"a": 2.0, "b": 0.5}) == pytest.approx(1 / (1 + np.exp(1.5)))
+    assert type(post.calibrated(1.0, {"a": 2.0, "b": 0.0})) is float
+
+
+def test_calibrated_is_none_without_a_fitted_calibration():
+    assert post.calibrated(1.0, None) is None
+    assert post.calibrated(1.0, {}) is None
+
+
+# --- lung sliding: drawn cines, 64 x 40, the lung model's pleural row in 32 row bins ---
+
+SH, SW, SBINS = 64, 40, 32
+FLOOR = 0.5 / 255  # half a grey level: the change a still, noiseless band is given
+
+
+def rows_logits(bins_per_frame, n_bins: int = SBINS) -> np.ndarray:
+    """Pleural-row logits with one sure peak per frame (row = (bin + 0.5) * 64 / 32 = 2 bin + 1)."""
+    out = np.full((len(bins_per_frame), n_bins), -20.0)
+    out[np.arange(len(bins_per_frame)), bins_per_frame] = 20.0
+    return out
+
+
+def cine(n: int = 8, prow: int = 31, lung=0.02, wall_step: float = 0.0, wall=0.3, pleura=0.6) -> np.ndarray:
+    """n frames: a chest wall of brightness `wall`, the band at and below the pleura (rows
+    prow-2 .. prow+5) of `pleura`; from one frame to the next that band changes by `lung` (per
+    column when an array) and the rows above it by `wall_step`, nothing else changes."""
+    img = np.broadcast_to(np.asarray(wall, float), (SH, SW)).copy()
+    img[prow - 2:prow + 6] = np.broadcast_to(np.asarray(pleura, float), (8, SW))
+    frames = np.repeat(img[None], n, 0)
+    odd = np.arange(n) % 2 == 1
+    frames[odd, prow - 2:prow + 6] += np.broadcast_to(np.asarray(lung, float), (8, SW))
+    frames[odd, :prow - 2] += wall_step
+    return frames
+
+
+def slide(frames, bins=None, frame_numbers=None) -> dict:
+    n = len(frames)
+    bins = [15] * n if bins is None else bins  # row 31
+    return post.lung_sliding(frames, rows_logits(bins), range(1, n + 1) if frame_numbers is None else frame_numbers)
+
+
+def log_ratio(lung: float, wall: float) -> float:
+    """The documented score: log of the change below over the change above, each floored."""
+    return float(np.log((lung + FLOOR) / (wall + FLOOR)))
+
+
+SLIDES = "the pleural line and the lung below it move between frames, the chest wall does not"
+STILL = "nothing below the pleural line moves more than the still chest wall above it"
+UNCERTAIN = ("the lung below the pleural line moves a little more than the chest wall: "
+             "too little to tell whether it slides")
+NO_LINE = "no clear pleural line found"
+NOT_SEEN = "no pleural line seen where the model places it (rib shadows, or no image)"
+
+
+def test_a_lung_that_moves_under_a_still_chest_wall_slides():
+    lung = np.full(SW, 0.02)
+    lung[20:25] = 0.03  # where it moves most: the M-mode line goes to the middle of these
+    got = slide(cine(lung=lung))
+    assert got["status"] == "present" and got["reason_code"] == "" and got["reason"] == SLIDES
+    assert got["score"] == pytest.approx(log_ratio((35 * 0.02 + 5 * 0.03) / 40, 0.0), abs=1e-3)
+    assert got["pleura_row"] == 31 and got["columns"] == [22]
+    assert got["chest_wall_change"] == 0.0
+    # the most different halves: columns 0-19 against 20-39, which hold the stronger motion
+    assert got["sides"] == [pytest.approx(log_ratio(0.02, 0), abs=1e-3), pytest.approx(log_ratio(0.0225, 0), abs=1e-3)]
+    assert got["frames"] == list(range(1, 9))
+
+
+def test_a_still_lung_under_a_still_chest_wall_does_not_slide():
+    got = slide(cine(lung=0.0))
+    assert got["status"] == "absent" and got["reason_code"] == "" and got["reason"] == STILL
+    assert got["score"] == 0.0 and got["pleura_row"] == 31 and len(got["columns"]) == 1
+    assert 8 <= got["columns"][0] <= 31  # in the middle of the view
+
+
+def test_noise_alike_above_and_below_is_no_sliding():
+    got = slide(cine(lung=0.004, wall_step=0.004))
+    assert got["status"] == "absent" and got["score"] == 0.0
+    assert got["chest_wall_change"] == pytest.approx(0.004 / 0.302, abs=1e-4)
+
+
+@pytest.mark.parametrize("target,status", [(0.33, "absent"), (0.35, "not assessable"), (0.46, "not assessable"),
+                                           (0.48, "present")])
+def test_the_score_thresholds_part_present_uncertain_and_absent(target, status):
+    lung = FLOOR * (np.exp(target) - 1)  # a still wall: the score is log(1 + lung / floor)
+    got = slide(cine(lung=lung))
+    assert got["score"] == pytest.approx(target, abs=2e-3) and got["status"] == status, got
+    if status == "not assessable":
+        assert got["reason_code"] == "uncertain" and got["reason"] == UNCERTAIN
+
+
+def test_the_score_is_the_log_ratio_of_the_change_below_to_the_change_above():
+    got = slide(cine(lung=0.05, wall_step=0.01))
+    assert got["status"] == "present"
+    assert got["score"] == pytest.approx(log_ratio(0.05, 0.01), abs=1e-3)
+    assert got["chest_wall_change"] == pytest.approx(0.01 / 0.305, abs=1e-4)
+
+
+def test_a_single_frame_or_too_few_frames_are_not_assessable():
+    one = slide(cine(n=1, lung=0.0))
+    assert one["status"] == "not assessable" and one["reason_code"] == "single_frame"
+    assert one["reason"] == "a single frame: lung sliding needs motion (a cine)"
+    assert one["score"] is None and one["pleura_row"] is None and one["columns"] == [] and one["frames"] == [1]
+    for n in (2, 3):
+        few = slide(cine(n=n))
+        assert few["status"] == "not assessable" and few["reason_code"] == "too_few_frames", few
+        assert few["reason"] == f"{n} lung frames: at least 4 are needed to judge lung sliding"
+        assert few["score"] is None and few["pleura_row"] is None and few["columns"] == []
+    four = slide(cine(n=4))
+    assert four["status"] == "present" and four["frames"] == [1, 2, 3, 4]
+
+
+def test_the_frames_are_reported_as_plain_numbers():
+    got = slide(cine(n=4, lung=0.0), frame_numbers=np.array([3, 5, 7, 9], np.int64))
+    assert got["frames"] == [3, 5, 7, 9] and all(type(f) is int for f in got["frames"])
+    assert type(got["pleura_row"]) is int and all(type(c) is int for c in got["columns"])
+
+
+def test_no_sure_pleural_row_is_not_assessable():
+    flat = post.lung_sliding(cine(), np.zeros((8, SBINS)), range(1, 9))
+    assert flat["status"] == "not assessable" and flat["reason_code"] == "no_pleura" and flat["reason"] == NO_LINE
+    assert flat["score"] is None and flat["columns"] == []
+    assert flat["pleura_row"] == 1  # the likeliest bin (the first of equals), kept for the page
+
+
+def conf_logits(share_outside: float) -> np.ndarray:
+    """Row logits whose probability within one bin of the peak (bins 15, 16) is
+    2 / (2 + share_outside): bin 17, outside, holds the rest."""
+    lg = np.full(SBINS, -np.inf)
+    lg[15:17] = 0.0
+    lg[17] = np.log(share_outside) if share_outside else -np.inf
+    return lg
+
+
+def test_the_pleura_must_be_at_least_90_percent_sure():
+    at, sure = conf_logits(0.5), conf_logits(0.0)  # 0.8 and 1.0: a median of exactly 0.9
+    assert post.pleura_confidence(at) == pytest.approx(0.8) and post.pleura_confidence(sure) == 1.0
+    got = post.lung_sliding(cine(), np.array([at, sure] * 4), range(1, 9))
+    assert got["status"] == "present" and got["pleura_row"] == 31, got
+    under = conf_logits(2 / 9 + 1e-9)  # a hair under 0.9 in every frame
+    assert post.pleura_confidence(under) < 0.9
+    got = post.lung_sliding(cine(), np.array([under] * 8), range(1, 9))
+    assert got["reason_code"] == "no_pleura" and got["reason"] == NO_LINE, got
+    got = post.lung_sliding(cine(), np.array([under, sure] * 4), range(1, 9))  # the median: just over 0.9
+    assert got["status"] == "present", got
+
+
+def test_pleural_rows_that_spread_more_than_six_rows_are_no_line():
+    # 5 frames: the quartiles are the 2nd and 4th rows; bins 14 .. 17 are rows 29 .. 35
+    spread6 = slide(cine(n=5), bins=[14, 14, 15, 17, 17])  # rows 29, 29, 31, 35, 35: 6 apart
+    assert spread6["status"] == "present" and spread6["pleura_row"] == 31, spread6
+    spread8 = slide(cine(n=5), bins=[14, 14, 15, 18, 18])  # rows 29 .. 37: 8 apart
+    assert spread8["reason_code"] == "no_pleura" and spread8["reason"] == NO_LINE, spread8
+    assert spread8["pleura_row"] == 31  # the median row
+
+
+def test_the_pleural_row_must_leave_room_for_the_chest_wall_above_and_the_band_below():
+    # the chest wall needs rows above prow - 3 - 4: a pleura at row 7 is the highest judged
+    top = slide(cine(prow=7), bins=[3] * 8)  # row 7
+    assert top["status"] == "present" and top["pleura_row"] == 7, top
+    high = slide(cine(prow=7), bins=[2, 3] * 4)  # rows 5 and 7: the median row 6
+    assert high["pleura_row"] == 6 and high["reason"] == NO_LINE, high
+    # the band below reaches prow + 6: a pleura at row 58 of 64 is the lowest judged
+    low = slide(cine(prow=58), bins=[28, 29] * 4)  # rows 57 and 59: the median row 58
+    assert low["pleura_row"] == 58 and low["status"] == "present", low
+    lower = slide(cine(prow=58), bins=[29] * 8)  # row 59
+    assert lower["pleura_row"] == 59 and lower["reason"] == NO_LINE, lower
+
+
+def test_the_pleural_row_is_the_median_of_the_frames_rows():
+    got = slide(cine(), bins=[14, 15, 15, 16, 15, 15, 14, 16])  # rows 29, 31, 33: median 31
+    assert got["pleura_row"] == 31 and got["status"] == "present"
+
+
+def test_no_column_brighter_at_the_pleura_than_above_is_not_assessable():
+    got = slide(cine(pleura=0.3, lung=0.02))  # the band at the pleura no brighter than the wall
+    assert got["status"] == "not assessable" and got["reason_code"] == "no_pleura" and got["reason"] == NOT_SEEN
+    assert got["score"] is None and got["columns"] == [] and got["pleura_row"] == 31
+    black = slide(np.zeros((8, SH, SW)))  # no image at all
+    assert black["reason"] == NOT_SEEN
+
+
+def test_two_columns_of_forty_showing_the_pleura_are_enough():
+    pleura = np.full(SW, 0.3)  # rib shadows: the pleura is not seen ...
+    pleura[[10, 30]] = 0.6  # ... but in two columns: 5 % of 40
+    got = slide(cine(pleura=pleura, lung=0.02))
+    assert got["status"] == "present", got
+    assert got["columns"] in ([10], [30])
+    pleura[30] = 0.3  # one column: under 5 %
+    got = slide(cine(pleura=pleura, lung=0.02))
+    assert got["reason"] == NOT_SEEN, got
+
+
+def test_the_pleura_must_be_more_than_1_15_times_as_bright_as_the_wall():
+    pleura = np.full(SW, 0.5)  # rib shadows (as bright as the wall) ...
+    pleura[[10, 30]] = np.float32(1.15) * np.float32(0.5)  # ... and two columns exactly 1.15 times
+    got = slide(cine(pleura=pleura, wall=0.5, lung=0.0))
+    assert got["reason"] == NOT_SEEN, got
+    pleura[[10, 30]] = 0.58  # a little more
+    got = slide(cine(pleura=pleura, wall=0.5, lung=0.0))
+    assert got["status"] == "absent", got
+
+
+def test_only_columns_in_view_can_show_the_pleura():
+    wall = np.full(SW, 0.3)
+    wall[:20] = 0.0  # the left half outside the field of view above the pleura ...
+    pleura = np.full(SW, 0.3)
+    pleura[:20] = 0.6  # ... bright at the pleura there (no chest wall to compare); a rib shadow elsewhere
+    got = slide(cine(wall=wall, pleura=pleura))
+    assert got["reason"] == NOT_SEEN, got
+
+
+def test_a_chest_wall_that_changes_by_more_than_a_tenth_means_the_probe_moved():
+    # wall 0.59375 and 0.65625 in turn: a mean of 0.625 and a change of 0.0625, exactly a tenth
+    at = slide(cine(wall=0.59375, wall_step=0.0625, pleura=0.5, lung=0.5))
+    assert at["chest_wall_change"] == 0.1 and at["status"] == "present", at
+    assert at["score"] == pytest.approx(log_ratio(0.5, 0.0625), abs=1e-3)
+    moved = slide(cine(wall=0.59375, wall_step=0.125, pleura=0.6, lung=0.5))  # 0.125 / 0.65625
+    assert moved["status"] == "not assessable" and moved["reason_code"] == "probe_moved"
+    assert moved["reason"] == "the probe moved: the chest wall changes between frames"
+    assert moved["chest_wall_change"] == round(0.125 / 0.65625, 4) and moved["score"] is None
+    assert len(moved["columns"]) == 1  # where the page's M-mode strip is taken, all the same
+
+
+def test_the_chest_wall_change_is_measured_where_the_pleura_shows():
+    """Rib shadows (wall as bright as the pleura band, so no pleura seen) whose wall changes a
+    lot do not make the probe look moved: only columns that show the pleura count."""
+    wall = np.full(SW, 0.3)
+    pleura = np.full(SW, 0.6)
+    pleura[20:] = 0.3  # right half: rib shadow
+    frames = cine(wall=wall, pleura=pleura, lung=0.02)
+    frames[1::2, :29, 20:] += 0.2  # the wall over the ribs flickers
+    got = slide(frames)
+    assert got["status"] == "present" and got["chest_wall_change"] == 0.0, got
+    assert got["score"] == pytest.approx(log_ratio(0.02, 0.0), abs=1e-3)
+
+
+def test_the_m_mode_line_is_taken_in_the_middle_of_the_view_where_the_chest_wall_is_whole():
+    lung = np.full(SW, 0.01)
+    lung[2:7] = 0.05  # moves most near the edge of the view (columns 0-7 are outside the middle 60 %)
+    lung[12:17] = 0.03  # ... then here, under chest wall that is partly out of view
+    lung[24:29] = 0.02  # ... and here, in the middle under a whole chest wall
+    frames = cine(lung=lung)
+    frames[:, 16:20, 10:19] = 0.0  # the top of the chest-wall band is black over columns 10-18
+    got = slide(frames)
+    assert got["status"] == "present" and got["columns"] == [26], got
+
+
+def test_the_m_mode_line_goes_anywhere_the_pleura_shows_when_the_middle_shows_none():
+    lung = np.full(SW, 0.02)
+    lung[2:7] = 0.04
+    pleura = np.full(SW, 0.3)
+    pleura[:8] = 0.6  # the pleura shows only left of the middle 60 % of the view
+    got = slide(cine(lung=lung, pleura=pleura))
+    assert got["status"] == "present" and got["columns"] == [4], got
+
+
+def test_the_middle_of_the_view_is_the_middle_of_the_columns_in_view():
+    """The view is columns 20-39 (black left of them): its middle 60 % is columns 23.8-35.2,
+    not 7.8-31.2 as it would be of the whole width."""
+    wall = np.full(SW, 0.3)
+    wall[:20] = 0.0
+    lung = np.full(SW, 0.02)
+    lung[21:26] = 0.04  # moves most around column 23, just left of the middle
+    assert slide(cine(lung=lung, wall=wall))["columns"] == [24]  # the nearest allowed column
+    lung = np.full(SW, 0.02)
+    lung[34:39] = 0.04  # around column 36, just right of it
+    assert slide(cine(lung=lung, wall=wall))["columns"] == [35]
+
+
+def test_sliding_on_one_side_of_a_line_only_is_a_possible_lung_point():
+    lung = np.zeros(SW)
+    lung[:20] = 0.02  # the left half slides, the right half does not
+    lung[12:17] = 0.03  # most around column 14
+    got = slide(cine(lung=lung))
+    assert got["status"] == "not assessable" and got["reason_code"] == "partial", got
+    assert got["reason"] == "the lung slides in part of the view only (a lung point?): pneumothorax not excluded"
+    assert got["sides"] == [pytest.approx(log_ratio(0.0225, 0), abs=1e-3), 0.0]
+    assert got["score"] == pytest.approx(log_ratio(0.45 / 40, 0), abs=1e-3)
+    # an M-mode line on each side: where the left moves most, and the right's best (its
+    # first column, whose 5-column average still holds two moving columns)
+    assert got["columns"] == [14, 20]
+
+
+def test_a_lung_point_is_found_among_the_columns_that_show_the_pleura():
+    lung = np.zeros(SW)
+    lung[30:] = 0.02  # the right side slides: columns 30-39
+    pleura = np.full(SW, 0.6)
+    pleura[:20] = 0.3  # columns 0-19 a rib shadow: the pleura shows in 20-39, split at 30
+    got = slide(cine(lung=lung, pleura=pleura))
+    assert got["reason_code"] == "partial", got
+    assert got["sides"] == [0.0, pytest.approx(log_ratio(0.02, 0), abs=1e-3)]
+    assert got["columns"][1] >= 30 and 20 <= got["columns"][0] < 30
+
+
+def test_a_clip_that_hardly_moves_as_a_whole_is_absent_even_with_one_sliding_side():
+    lung = np.zeros(SW)
+    lung[:20] = FLOOR * (np.exp(0.5) - 1)  # the left side's score 0.5; the clip's about 0.28
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [pytest.approx(0.5, abs=2e-3), 0.0]
+    assert got["score"] == pytest.approx(np.log(1 + (np.exp(0.5) - 1) / 2), abs=2e-3)
+    assert got["status"] == "absent" and len(got["columns"]) == 1, got
+
+
+def test_two_sides_that_both_slide_are_sliding_however_unequal():
+    lung = np.full(SW, FLOOR * (np.exp(0.3) - 1))  # the right side's score 0.3: it slides a little
+    lung[:20] = 0.02
+    got = slide(cine(lung=lung))
+    assert got["sides"][1] == pytest.approx(0.3, abs=2e-3) and got["status"] == "present", got
+    lung[20:] = FLOOR * (np.exp(0.2) - 1)  # 0.2: under the still side's 0.23
+    assert slide(cine(lung=lung))["reason_code"] == "partial"
+
+
+def test_an_unequal_clip_whose_better_side_does_not_reach_present_is_uncertain():
+    lung = np.full(SW, 0.25 * FLOOR)  # right: log 1.25 = 0.22, still
+    lung[:20] = 0.58 * FLOOR  # left: log 1.58 = 0.46, not quite "present"; the clip: log 1.415 = 0.35
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [pytest.approx(np.log(1.58), abs=2e-3), pytest.approx(np.log(1.25), abs=2e-3)]
+    assert got["score"] == pytest.approx(np.log(1.415), abs=2e-3)
+    assert got["reason_code"] == "uncertain", got
+
+
+def test_one_column_showing_the_pleura_has_no_two_sides():
+    pleura = np.full(SW, 0.3)
+    pleura[10] = 0.6  # the pleura in one column of 20 in view: 5 %
+    wall = np.full(SW, 0.3)
+    wall[20:] = 0.0
+    got = slide(cine(pleura=pleura, wall=wall))
+    assert got["status"] == "present" and got["sides"] == [] and got["columns"] == [10], got
+
+
+def test_the_split_scores_are_the_two_most_different_sides_worked_by_hand():
+    # 4 columns: splits after 1, 2 or 3 columns; the change at the pleura 1, 1, 0, 0 under a still wall
+    f = FLOOR
+    sides, split = post._split_scores(np.array([1.0, 1.0, 0.0, 0.0]), np.zeros(4))
+    assert split == 2 and sides == [round(np.log((1 + f) / f), 3), 0.0]
+    # the wall changes too: the scores are log ratios per side
+    sides, split = post._split_scores(np.array([0.0, 0.0, 0.0, 0.3]), np.array([0.1, 0.1, 0.1, 0.1]))
+    assert split == 3
+    assert sides == [round(np.log(f / (0.1 + f)), 3), round(np.log((0.3 + f) / (0.1 + f)), 3)]
+
+
+def test_each_side_of_the_split_holds_at_least_a_quarter_of_the_columns():
+    # only the first column moves: the best split would be after it, but a side needs 2 of 8
+    lung = np.zeros(8)
+    lung[0] = 0.8
+    sides, split = post._split_scores(lung, np.zeros(8))
+    assert split == 2 and sides == [round(np.log((0.4 + FLOOR) / FLOOR), 3), 0.0]
+    lung = np.zeros(8)
+    lung[7] = 0.8  # the last column: split before the last two
+    sides, split = post._split_scores(lung, np.zeros(8))
+    assert split == 6 and sides == [0.0, round(np.log((0.4 + FLOOR) / FLOOR), 3)]
+    # 9 columns: a quarter is 2.25, so 3 columns a side
+    lung = np.zeros(9)
+    lung[0] = 0.9
+    sides, split = post._split_scores(lung, np.zeros(9))
+    assert split == 3 and sides == [round(np.log((0.3 + FLOOR) / FLOOR), 3), 0.0]
+
+
+def test_too_few_columns_for_two_sides_give_no_split():
+    assert post._split_scores(np.array([0.5]), np.array([0.0])) == ([], 0)
+    sides, split = post._split_scores(np.array([0.5, 0.0]), np.zeros(2))  # two: one column a side
+    assert split == 1 and sides == [round(np.log((0.5 + FLOOR) / FLOOR), 3), 0.0]
+    sides, split = post._split_scores(np.array([0.0, 0.0, 0.6]), np.zeros(3))
+    assert split == 2 and sides == [0.0, round(np.log((0.6 + FLOOR) / FLOOR), 3)]
+
+
+def test_the_split_scores_are_plain_numbers():
+    sides, split = post._split_scores(np.array([1.0, 1.0, 0.0, 0.0]), np.zeros(4))
+    assert all(type(v) is float for v in sides) and type(split) is int
+
+
+def test_the_pleura_confidence_is_the_probability_within_one_bin_of_the_peak():
+    # probabilities 1/8, 2/8, 4/8, 1/8 (logits the logs of 1, 2, 4, 1)
+    assert post.pleura_confidence(np.log([1.0, 2.0, 4.0, 1.0])) == pytest.approx(7 / 8)
+    assert post.pleura_confidence(np.log([4.0, 2.0, 1.0, 1.0])) == pytest.approx(6 / 8)  # peak at the first bin
+    assert post.pleura_confidence(np.log([1.0, 1.0, 2.0, 4.0])) == pytest.approx(6 / 8)  # at the last
+    assert post.pleura_confidence(np.log([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(2 / 6)  # the first of equals
+    assert post.pleura_confidence([0.0, 30.0, 0.0]) == pytest.approx(1.0)
+    assert type(post.pleura_confidence(np.log([1.0, 2.0]))) is float
+
+
+# --- one lung frame's score: drawn frames 128 x 64 scored in 32 column bins (2 pixels a bin) ---
+
+def lines(px, wide=(), from_row: int = 42) -> np.ndarray:
+    """A frame with 3-pixel B-lines starting at the given columns and bands [a, b), from
+    `from_row` (the pleura at rows 38-41) to the bottom."""
+    img = np.full((H, W), 0.2)
+    img[38:42] = 0.8
+    for c in px:
+        img[from_row:, c:c + 3] = 0.7
+    for a, b in wide:
+        img[from_row:, a:b] = 0.7
+    return img
+
+
+def evidence(**bins) -> np.ndarray:
+    prob = np.zeros(32)
+    for b, p in bins.items():
+        prob[int(b[1:])] = p
+    return prob
+
+
+def test_the_frame_score_is_the_logit_of_the_k_th_strongest_line_over_the_threshold():
+    img = lines([8, 24, 40, 56])  # bins 4, 12, 20, 28
+    prob = evidence(b4=0.9, b12=0.8, b20=0.7, b28=0.65)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.6})  # k: 3 lines when not given
+    assert fr["runs"] == [(4, 5), (12, 13), (20, 21), (28, 29)] and fr["mimics"] == []
+    assert fr["score"] == pytest.approx(np.log(0.7 / 0.3) - np.log(0.6 / 0.4))
+    assert fr["pleura_row"] == pytest.approx(42.0) and fr["confluent"] is False
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.6, "pattern_min_blines": 2})
+    assert fr["score"] == pytest.approx(np.log(0.8 / 0.2) - np.log(0.6 / 0.4))
+
+
+def test_a_mimic_is_kept_apart_with_its_reason_and_does_not_count():
+    img = lines([8, 24])
+    img[:38, 40:43] = 0.7  # bin 20: a line from the top of the image, through the pleura
+    img[42:, 40:43] = 0.7
+    prob = evidence(b4=0.9, b12=0.8, b20=0.95)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 2})
+    assert fr["runs"] == [(4, 5), (12, 13)]
+    assert fr["mimics"] == [((20, 21), "starts above the pleural line (E-line or needle artefact)")]
+    assert fr["score"] == pytest.approx(np.log(0.8 / 0.2))  # the 2nd accepted line; the mimic's 0.95 is no line
+
+
+def test_with_fewer_lines_than_a_pattern_the_score_is_the_strongest_weak_bump():
+    """No line over the threshold: the k-th strongest bump of evidence under it (the bumps from
+    0.02 up, the rest counted as no evidence)."""
+    img = lines([])
+    prob = evidence(b4=0.3, b12=0.2, b20=0.1, b28=0.02)
+    th = {"bline": 0.5, "pattern_min_blines": 4}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(0.02 / 0.98))
+    th = {"bline": 0.5, "pattern_min_blines": 2}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(0.2 / 0.8))
+    prob[28] = 0.019  # under 0.02: no bump, no evidence (clipped at 1e-6)
+    th = {"bline": 0.5, "pattern_min_blines": 4}
+    assert post.lung_frame(prob, PLEURA_LOGITS, img, th)["score"] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+
+
+def test_lines_found_are_not_counted_again_as_bumps():
+    img = lines([8, 24])
+    prob = evidence(b4=0.9, b12=0.8)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert len(fr["runs"]) == 2 and fr["score"] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+
+
+def test_the_dip_between_two_touching_lines_is_no_third_line():
+    """Evidence 0.9, 0.7, 0.9: two lines parted by a dip that is itself over the threshold; the
+    dip counts as a bump just under the threshold, so two lines stay short of a 3-line pattern."""
+    img = lines([], wide=[(20, 26)])
+    prob = evidence(b10=0.9, b11=0.7, b12=0.9)
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert fr["runs"] == [(10, 11), (12, 13)]
+    assert -1e-4 < fr["score"] < 0
+
+
+def test_a_confluent_band_adds_k_lines_to_the_stronger_ones():
+    img = lines([4, 12, 20], wide=[(36, 48)])  # three lines (bins 2, 6, 10) and a band (bins 18-23)
+    prob = evidence(b2=0.95, b6=0.95, b10=0.95)
+    prob[18:24] = 0.6
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
+    assert fr["confluent"] is True and fr["runs"] == [(2, 3), (6, 7), (10, 11), (18, 24)]
+    assert fr["score"] == pytest.approx(np.log(0.95 / 0.05))
+
+
+# --- the verdict's thresholds, at their edges ---
+
+E_LINE = "starts above the pleural line (E-line or needle artefact)"
+FADES = "fades before the bottom of the image (Z-line or comet tail)"
+
+
+def test_a_line_starts_above_when_four_rows_above_show_it_over_an_eighth_of_its_contrast_below():
+    assert post._verdict(np.full(4, 0.2), 0.5, 0.5) == E_LINE
+    assert post._verdict(np.full(3, 0.2), 0.5, 0.5) == ""  # three rows above: too few to say
+    assert post._verdict(np.full(4, 0.06), 0.5, 0.5) == ""  # exactly 0.12 of the 0.5 below: not over it
+    assert post._verdict(np.full(4, 0.061), 0.5, 0.5) == E_LINE
+    assert post._verdict(np.array([0.0, 0.0, 0.2, 0.2, 0.2]), 0.5, 0.5) == E_LINE  # the median over 0.06
+    assert post._verdict(np.array([0.0, 0.0, 0.0, 0.2, 0.2]), 0.5, 0.5) == ""
+
+
+def test_a_faint_line_needs_more_than_chest_wall_speckle_above_to_start_above():
+    # 0.12 of a faint line's 0.1 is 0.012; speckle reaches 0.03, so that is the bar
+    assert post._verdict(np.full(4, 0.03), 0.1, 0.1) == ""
+    assert post._verdict(np.full(4, 0.031), 0.1, 0.1) == E_LINE
+
+
+def test_a_line_fades_when_its_deep_contrast_is_under_45_percent_of_the_near_one():
+    assert post._verdict(np.zeros(4), 0.5, 0.225) == ""  # exactly 45 %
+    assert post._verdict(np.zeros(4), 0.5, 0.2249) == FADES
+    assert post._verdict(np.zeros(4), 0.5, 0.6) == ""
+
+
+# --- a band (8 pixels or wider): its background, row by row, either side of it ---
+
+NO_BAND = "no bright band below the pleura"
+
+
+def plain(h: int = H, w: int = 128, bg: float = 0.2, pleura: bool = True) -> np.ndarray:
+    img = np.full((h, w), bg)
+    if pleura:
+        img[38:42] = 0.8
+    return img
+
+
+def beside(left: float, right: float) -> np.ndarray:
+    """A faint band (columns 50-59, 0.33) whose background is `left` on one side and `right`
+    on the other, with a bright edge (0.9) in the two columns next to it, which are no
+    background."""
+    img = plain()
+    img[42:, :48] = left
+    img[42:, 48:50] = img[42:, 60:62] = 0.9
+    img[42:, 50:60] = 0.33
+    img[42:, 62:] = right
+    return img
+
+
+def test_the_background_of_a_band_is_the_median_of_both_sides_leaving_out_its_edges():
+    # 0.1 on one side, 0.3 on the other: a background of 0.2, so the band stands 0.13 over it
+    assert post.bline_mimic(beside(0.1, 0.3), (50.0, 60.0), PLEURA) == ""
+    assert post.bline_mimic(beside(0.3, 0.1), (50.0, 60.0), PLEURA) == ""
+    # one side alone, or either edge counted as background, would read 0.3 and no band
+    assert post.bline_mimic(beside(0.3, 0.3), (50.0, 60.0), PLEURA) == NO_BAND
+
+
+def test_a_band_near_the_left_edge_takes_its_background_from_the_first_column_on():
+    img = plain()
+    img[42:, 0] = 0.2
+    img[42:, 1:3] = 0.1
+    img[42:, 3:5] = img[42:, 13:15] = 0.9  # the band's edges
+    img[42:, 5:13] = 0.33  # the band, columns 5-12
+    img[42:, 15:18] = 0.1
+    img[42:, 18:23] = 0.7  # background columns 0-2 and 15-22: 0.1 x 5, 0.2, 0.7 x 5, a median of 0.2
+    assert post.bline_mimic(img, (5.0, 13.0), PLEURA) == ""
+    img[42:, 0] = 0.7  # the first column brighter: the median is 0.7, over the band
+    assert post.bline_mimic(img, (5.0, 13.0), PLEURA) == NO_BAND
+
+
+def test_a_band_cut_by_the_edge_of_the_sector_is_judged_on_what_is_in_view():
+    img = plain()
+    img[42:, 50:80] = 0.7
+    img[90:, 65:] = 0.0  # deep down, the right half of the band and its right side are outside the image
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+    img[90:, 65:80] = 0.02  # as dim as the image gets but in view: the band fades there
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == FADES
+
+
+def test_a_band_whose_one_side_is_outside_the_image_is_compared_with_the_other_side():
+    img = plain()
+    img[:, 82:] = 0.0  # right of the band: outside the sector
+    img[42:, 50:80] = 0.23  # 0.03 over the background on its left: too faint
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == NO_BAND
+    img = plain()
+    img[42:, 82:] = 0.02  # the right side in view, as dim as can be: background of 0.11
+    img[42:, 50:80] = 0.23
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+
+
+def test_a_band_the_width_of_the_image_is_judged_by_its_brightness_alone():
+    img = plain(w=64, bg=0.05)
+    img[42:] = np.interp(np.arange(42, H), [42, 80], [0.7, 0.2])[:, None]  # bright under the pleura, then dim
+    assert post.bline_mimic(img, (0.0, 64.0), PLEURA) == FADES
+    img[42:] = 0.7
+    assert post.bline_mimic(img, (0.0, 64.0), PLEURA) == ""
+
+
+def test_a_band_is_compared_with_its_background_row_by_row():
+    img = plain()
+    bg = np.interp(np.arange(42, H), [42, H - 1], [0.4, 0.15])  # the image darkens with depth
+    img[42:] = bg[:, None]
+    img[42:, 50:80] = (bg + 0.2)[:, None]  # the band stays 0.2 over it all the way down
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+
+
+def test_eight_rows_below_the_pleura_are_enough_to_judge_a_band():
+    img = plain()
+    img[:, 50:80] = 0.7  # from the top: starts above
+    img[38:42] = 0.8
+    assert post.bline_mimic(img[:51], (50.0, 80.0), PLEURA) == E_LINE  # rows 43-50
+    assert post.bline_mimic(img[:50], (50.0, 80.0), PLEURA) == ""
+
+
+def band_rows(contrast, bg: float = 0.2) -> np.ndarray:
+    """A band (columns 20-27) whose contrast over the background in row 43 + i is contrast[i],
+    in an image that ends with the last of them; nothing above the pleura."""
+    img = plain(h=43 + len(contrast), w=64, bg=bg)
+    img[43:, 20:28] = bg + np.asarray(contrast, float)[:, None]
+    return img
+
+
+def test_near_is_the_median_of_the_first_quarter_of_the_rows_below_at_least_two():
+    # 8 rows: the first two (0.3 and 0) make near 0.15; the third (0.01) is not in it
+    assert post.bline_mimic(band_rows([0.3, 0.0, 0.01] + [0.1] * 5), (20.0, 28.0), PLEURA) == ""
+    # 12 rows: the first three, a median of 0.01: too faint
+    assert post.bline_mimic(band_rows([0.3, 0.0, 0.01] + [0.1] * 9), (20.0, 28.0), PLEURA) == NO_BAND
+
+
+def test_deep_is_the_median_of_the_last_quarter_of_the_rows_below():
+    assert post.bline_mimic(band_rows([0.3] * 12 + [0.05] * 4), (20.0, 28.0), PLEURA) == FADES
+    assert post.bline_mimic(band_rows([0.3] * 12 + [0.05, 0.05, 0.3, 0.3]), (20.0, 28.0), PLEURA) == ""  # a median of 0.175
+
+
+def test_a_band_exactly_at_the_minimum_contrast_is_bright_enough():
+    # 0.08 over 0.04: exactly 0.04 in binary too
+    assert post.bline_mimic(band_rows([0.04] * 8, bg=0.04), (20.0, 28.0), PLEURA) == ""
+    assert post.bline_mimic(band_rows([0.039] * 8, bg=0.04), (20.0, 28.0), PLEURA) == NO_BAND
+
+
+def test_what_lies_near_the_skin_is_not_looked_at_for_a_start_above_the_pleura():
+    img = plain()
+    img[:21, 50:80] = 0.7  # bright in the top 20 rows (above 2/3 of the pleura's depth) ...
+    img[42:, 50:80] = 0.7  # ... and from the pleura down
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+    img[:36, 50:80] = 0.7  # down to 4 rows above the pleura: an E-line
+    assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == E_LINE
+
+
+@pytest.mark.parametrize("cols", [(50.0, 80.0), (50.0, 53.0)], ids=["band", "line"])
+def test_the_rows_just_above_the_pleura_are_its_blur_not_a_start_above(cols):
+    img = plain(pleura=False)
+    img[8:, int(cols[0]):int(cols[1])] = 0.7  # from 4 rows above the pleura's row 12 down
+    assert post.bline_mimic(img, cols, 12.0) == ""
+    img[:8, int(cols[0]):int(cols[1])] = 0.7  # from the top
+    img = np.vstack([plain(h=20, pleura=False), img])  # the pleura 20 rows lower: room above to see it
+    assert post.bline_mimic(img, cols, 32.0) == E_LINE
+
+
+def test_judging_a_frame_whose_bottom_is_outside_the_image_raises_no_warning():
+    img = plain()
+    img[42:, 50:80] = 0.7
+    img[100:] = 0.0  # the bottom rows black: no image, nothing to average there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be an error here (and noise in the kit's log)
+        assert post.bline_mimic(img, (50.0, 80.0), PLEURA) == ""
+        assert post.bline_mimic(img, (50.0, 53.0), PLEURA) == ""
+
+
+# --- which column of a run is followed, and how a run's width decides line or band ---
+
+def test_an_eight_pixel_run_is_judged_as_a_band_over_its_whole_width():
+    """An 8-pixel stripe from the pleura down with an E-line in its last column: the band's
+    mean over its width shows the E-line above the pleura (a line check would follow the
+    stripe's first column and miss it)."""
+    img = frame()
+    img[42:, 30:38] = 0.7
+    img[:38, 37] = 0.9  # the E-line
+    assert post.bline_mimic(img, (30.0, 38.0), PLEURA) == E_LINE
+    # a run that ends before the E-line's column is 7 pixels wide: a line, followed from its first column
+    assert post.bline_mimic(img, (30.0, 37.0), PLEURA) == ""
+
+
+def test_the_column_followed_is_the_brightest_in_rows_3_to_10_below_the_pleura():
+    """A run over two things: a short blob and a faint line (3 pixels each) that reaches the
+    bottom. What is followed is the one brighter on average in rows 43-50 (the pleura at 40):
+    the blob turns the run away, the line keeps it."""
+    def run(blob_rows, blob_cols, line_cols):
+        img = frame()
+        img[42:, line_cols] = 0.25
+        img[blob_rows, blob_cols] = 1.0
+        return post.bline_mimic(img, (30.0, 37.0), PLEURA)
+    assert run(slice(37, 43), slice(30, 33), slice(34, 37)) == ""  # a blob in the pleural line (rows 37-42): the line wins
+    assert run(slice(43, 44), slice(30, 33), slice(34, 37)) == "no bright line below the pleura"  # row 43 counts
+    assert run(slice(51, 52), slice(30, 33), slice(34, 37)) == ""  # row 51 does not
+
+
+def test_a_single_column_run_follows_that_column():
+    """A one-column run between a fading line two columns left of it and a B-line three
+    columns right, its right neighbour a little brighter: the track starts at the run's own
+    column and takes the fading line."""
+    img = frame()
+    img[42:, 28] = np.interp(np.arange(42, H), [42, 80], [0.7, 0.2])  # fades
+    img[42:, 33] = 0.7
+    img[43:51, 31] = 0.21
+    assert post.bline_mimic(img, (30.0, 31.0), PLEURA) == FADES
+
+
+def test_near_and_deep_of_a_line_are_the_first_and_last_quarter_of_its_track():
+    short = frame()[:51]  # rows 43-50 below the pleura: 8, so a quarter is 2
+    short[43:51, 30:33] = (0.2 + np.array([0.3, 0.0, 0.01] + [0.1] * 5))[:, None]
+    assert post.bline_mimic(short, COLS, PLEURA) == ""  # near: the median of 0.3 and 0
+    twelve = frame()[:55]  # 12 rows below: a quarter is 3, and the third (0.01) makes near too faint
+    twelve[43:55, 30:33] = (0.2 + np.array([0.3, 0.0, 0.01] + [0.1] * 9))[:, None]
+    assert post.bline_mimic(twelve, COLS, PLEURA) == "no bright line below the pleura"
+    ends = frame()
+    ends[42:106, 30:33] = 0.7  # bright from the pleura to row 105, then nothing to the bottom (127)
+    assert post.bline_mimic(ends, COLS, PLEURA) == FADES
+
+
+def test_an_oblique_line_is_followed_upwards_from_its_start_column():
+    """A line leaning one column a row below the pleura (3 pixels wide, the brightest column
+    in rows 43-50 is 21) whose continuation above it, one pixel wide, lies one column right
+    of the slope through column 21 at row 43: within the line's width of that path, so seen
+    (an E-line); two columns further left of it, it is not."""
+    def img(shift):
+        im = np.full((H, 128), 0.2)
+        im[38:42] = 0.8
+        for r in range(0, H):
+            c = 20 + (r - 43)
+            if r >= 42:
+                im[r, c - 1:c + 2] = 0.9
+            elif r < 36 and c + shift >= 0:
+                im[r, c + shift] = 0.6
+        return im
+    assert post.bline_mimic(img(2), (19.0, 22.0), PLEURA) == E_LINE
+    assert post.bline_mimic(img(-1), (19.0, 22.0), PLEURA) == ""
+
+
+def test_evidence_exactly_at_the_confluent_floor_counts():
+    k = post.confluent_bins(64)
+    img = band(42, H, lo=40, hi=40 + 2 * k)
+    prob = np.zeros(64)
+    prob[20:20 + k] = post.CONFLUENT_FLOOR
+    assert post.confluent(prob, img, 42.0) == (20, 20 + k)
+
+
+def test_the_confluent_band_is_judged_at_its_own_pixels():
+    """32 bins over 64 pixels: bins 12-18 are pixels 24-37. A needle's reverberation left of
+    it (pixels 8-19, from the top) and an E-line on its first pixel (24) lie outside the band
+    or are too narrow to make the band a mimic; judged at other pixels they would."""
+    img = frame()
+    img[42:, 24:38] = 0.7
+    img[:, 8:20] = 0.7
+    img[38:42] = 0.8
+    prob = np.zeros(32)
+    prob[12:18] = 0.5
+    assert post.confluent(prob, img, 40.0) == (12, 18)
+    img[:38, 24] = 0.9
+    assert post.confluent(prob, img, 40.0) == (12, 18)
+
+
+def test_of_equal_scores_the_clip_names_the_earliest_frame():
+    # 17 frames (more than a sort keeps in order by chance): five at 2, six at 1, six at 0
+    s = [2, 1, 1, 0, 0, 0, 0, 0, 0, 2, 1, 2, 1, 1, 2, 2, 1]
+    assert post.clip_score(s, 0.2) == (2.0, 14)  # 3.4 frames: the 4th of the 2s (frames 0, 9, 11, 14, 15)
+    assert post.clip_score(s, 0.3) == (1.0, 1)  # 5.1: the 6th, the first of the 1s
+    assert post.clip_score(s, 0.6) == (1.0, 16)  # 10.2: the 11th, the last of the 1s
+
+
+def test_a_certain_frame_still_has_a_finite_score():
+    assert post.logit(1.0) == pytest.approx(np.log((1 - 1e-6) / 1e-6))
+    assert post.logit(0.0) == pytest.approx(-np.log((1 - 1e-6) / 1e-6))
+    assert post.logit(0.75) == pytest.approx(np.log(3.0))
+
+
+def test_contrast_with_one_background_pixel_or_an_odd_number_of_them():
+    _, c = post.line_maps(np.array([[0.5, 0.5, 0.5, 0.5, 0.3]]))
+    assert c[0, 0] == pytest.approx(0.5 - 0.3, abs=1e-6)  # its one background pixel, 4 columns right
+    img = np.array([[0.5] * 6 + [0.1, 0.2, 0.3, 0.4, 0.9] + [0.5] * 5])
+    _, c = post.line_maps(img)
+    assert c[0, 2] == pytest.approx(0.5 - 0.3, abs=1e-6)  # columns 6-10 only: their median, 0.3
+
+
+def test_a_pixel_exactly_at_the_in_view_level_is_in_view():
+    line, c = post.line_maps(np.full((1, 20), post.IN_VIEW))
+    assert line[0, 0] == post.IN_VIEW and not np.isnan(c[0, 0])
+
+
+def test_split_run_cuts_only_at_a_minimum_at_least_the_dip_below_both_sides():
+    # a column rising again after a cut is the next line's, even below the left peak
+    assert post.split_run(np.array([0.9, 0.6, 0.7, 0.8, 0.95]), 0, 5, 0.05) == [(0, 1), (2, 5)]
+    # a falling column is no minimum, however far under the peaks
+    assert post.split_run(np.array([0.9, 0.8, 0.6, 0.9]), 0, 4, 0.05) == [(0, 2), (3, 4)]
+    # exactly the dip below (in binary too): cut
+    assert post.split_run(np.array([1.0, 0.75, 1.0]), 0, 3, 0.25) == [(0, 1), (2, 3)]
+    assert post.split_run(np.array([1.0, 0.8, 1.0]), 0, 3, 0.25) == [(0, 3)]
+
+
+def test_the_m_mode_column_weighs_the_pleuras_change_against_the_walls():
+    """Worked by hand (floor F): columns 0-9 change 3 F at the pleura under a still wall, a
+    ratio (3F + F) / F = 4; columns 10-19 change 0.7 + 2.5 F under a wall changing 0.2, a
+    ratio 3.5 although both change far more: the first place is where the M-mode goes."""
+    lung = np.concatenate([np.full(10, 3 * FLOOR), np.full(10, 0.7 + 2.5 * FLOOR)])
+    wall = np.concatenate([np.zeros(10), np.full(10, 0.2)])
+    assert 2 <= post.m_mode_column(lung, wall, np.ones(20, bool)) <= 7
+
+
+def test_a_wide_run_is_judged_at_its_own_pixels_in_a_frame():
+    """32 bins over 64 pixels: a run of bins 15-18 is pixels 30-37, a band whose last column
+    carries an E-line above the pleura."""
+    img = frame()
+    img[42:, 30:38] = 0.7
+    img[:38, 37] = 0.9
+    prob = np.zeros(32)
+    prob[15:19] = 0.9
+    fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5})
+    assert fr["runs"] == [] and fr["mimics"] == [((15, 19), E_LINE)]
+
+
+def test_the_spread_of_the_pleural_rows_is_their_interquartile_range_up_to_six():
+    # 4 frames, quartiles by linear interpolation: rows 5, 31, 31, 31 spread 31 - 24.5 = 6.5
+    assert slide(cine(n=4), bins=[2, 15, 15, 15])["reason"] == NO_LINE
+    # rows 31, 31, 31, 55: 37 - 31 = 6, at the bar
+    assert slide(cine(n=4), bins=[15, 15, 15, 27])["status"] == "present"
+
+
+def test_the_chest_wall_compared_is_the_12_rows_above_the_pleura():
+    frames = cine()
+    frames[1::2, :16] += 0.2  # rows 0-15 (near the skin, the gel) flicker; rows 16-27 are still
+    got = slide(frames)
+    assert got["status"] == "present" and got["chest_wall_change"] == 0.0, got
+
+
+def test_a_high_pleura_compares_the_chest_wall_from_the_first_row():
+    frames = cine(prow=7)
+    frames[1::2, 0] += 0.4  # the top row changes: a quarter of the wall rows 0-3
+    got = slide(frames, bins=[3] * 8)
+    assert got["reason_code"] == "probe_moved", got
+    assert got["chest_wall_change"] == pytest.approx(0.1 / 0.35, abs=1e-4)
+
+
+def test_the_pleural_line_itself_moving_is_sliding():
+    frames = cine(lung=0.0)
+    frames[1::2, 29:33] += 0.02  # rows 29-32 (the pleural row 31 and the rows around it) only
+    got = slide(frames)
+    assert got["status"] == "present", got
+    assert got["score"] == pytest.approx(log_ratio(0.01, 0.0), abs=1e-3)  # half the band's rows
+
+
+def test_a_chest_wall_exactly_at_the_in_view_level_is_out_of_view():
+    wall = np.full(SW, 0.3)
+    wall[:20] = post.IN_VIEW
+    pleura = np.full(SW, 0.3)  # a rib shadow where the wall is in view ...
+    pleura[:20] = 0.6  # ... and the pleura bright where it is not
+    # 4 frames and a pleura at row 7 (4 wall rows): the wall's mean is exactly the level
+    assert slide(cine(n=4, prow=7, wall=wall, pleura=pleura), bins=[3] * 4)["reason"] == NOT_SEEN
+    wall[:20] = 0.03
+    assert slide(cine(n=4, prow=7, wall=wall, pleura=pleura), bins=[3] * 4)["status"] == "present"
+
+
+@pytest.mark.parametrize("view,moving,column", [
+    (slice(0, 40), slice(4, 9), 8),  # 40 columns in view: the middle is 7.8-31.2
+    (slice(13, 40), slice(33, 38), 33),  # 27 (13-39): 18.2-33.8
+    (slice(4, 40), slice(7, 12), 11),  # 36 (4-39): exactly 11-32, both ends allowed
+    (slice(4, 40), slice(32, 37), 32),
+])
+def test_the_m_mode_line_stays_within_the_middle_60_percent_of_the_view(view, moving, column):
+    wall = np.zeros(SW)
+    wall[view] = 0.3
+    lung = np.full(SW, 0.02)
+    lung[moving] = 0.04
+    got = slide(cine(wall=wall, lung=lung))
+    assert got["status"] == "present" and got["columns"] == [column], got
+
+
+def test_a_chest_wall_band_whose_top_is_at_the_in_view_level_is_not_whole():
+    lung = np.full(SW, 0.01)
+    lung[12:17] = 0.03
+    lung[24:29] = 0.02
+    frames = cine(n=4, lung=lung)  # 4 frames: their mean is exactly the level
+    frames[:, 16:20, 10:19] = post.IN_VIEW
+    assert slide(frames)["columns"] == [26]
+    frames[:, 16:20, 10:19] = 0.03  # dim but in view: the best place, column 14, is allowed
+    assert slide(frames)["columns"] == [14]
+
+
+def test_the_score_is_reported_to_three_decimals():
+    lung = np.full(SW, 0.02)
+    lung[20:25] = 0.03
+    assert slide(cine(lung=lung))["score"] == 2.471  # log(1 + 0.02125 / F) = 2.47127
+
+
+def test_a_side_that_slides_as_little_as_0_23_is_not_still():
+    lung = np.full(SW, FLOOR * (np.exp(0.23) - 1))
+    lung[:20] = 0.02
+    got = slide(cine(lung=lung))
+    assert got["sides"][1] == 0.23 and got["status"] == "present", got
+
+
+def test_a_side_that_reaches_0_47_slides_for_the_lung_point():
+    lung = np.full(SW, FLOOR * (np.exp(0.2) - 1))  # right 0.2: still
+    lung[:20] = FLOOR * (np.exp(0.47) - 1)  # left 0.47: slides; the clip 0.344
+    got = slide(cine(lung=lung))
+    assert got["sides"] == [0.47, 0.2] and got["reason_code"] == "partial", got

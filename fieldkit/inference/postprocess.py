@@ -33,10 +33,11 @@ def split_run(col_prob: np.ndarray, a: int, b: int, dip: float) -> list[tuple[in
     seg = np.asarray(col_prob[a:b], float)
     out, start = [], 0
     for i in range(1, len(seg) - 1):
-        if seg[i] <= seg[i - 1] and seg[i] <= seg[i + 1] and \
+        if i == start and seg[i] <= seg[i - 1]:  # a flat minimum goes on (its columns too
+            start = i + 1  # belong to neither line; nothing of a line left of it to compare)
+        elif seg[i] <= seg[i - 1] and seg[i] <= seg[i + 1] and \
                 seg[i] <= min(seg[start:i].max(), seg[i + 1:].max()) - dip:
-            if i > start:
-                out.append((a + start, a + i))
+            out.append((a + start, a + i))
             start = i + 1
     out.append((a + start, b))
     return out
