@@ -62,7 +62,8 @@ def test_pages_filter_search_and_a_live_move_into_the_first_page(kit, browser):
 
         more.click()
         wait_cards(page, first + [f"G-{i:02d}" for i in range(5, 15)])
-        assert more.inner_text() == "Show more (5 more)"
+        page.wait_for_function("() => document.querySelector('#board-more').textContent === 'Show more (5 more)'",
+                               timeout=WAIT)
         more.click()
         wait_cards(page, first + [f"G-{i:02d}" for i in range(5, 20)])
         assert more.is_hidden()
@@ -129,6 +130,37 @@ def test_a_reload_while_a_page_loads_neither_drops_it_nor_the_pages_shown(kit, b
         page.wait_for_timeout(500)
         assert shown(page) == board_ids(kit, 20)
         assert page.inner_text("#board-more") == "Show more (5 more)"
+    finally:
+        ctx.close()
+
+
+def test_a_page_shown_while_a_reload_loads_is_kept_when_the_reload_answers(kit, browser):
+    """The other order: the first page is being loaded again (the stream reconnected) when
+    "Show more" adds its cards. The reload's answer, asked before those cards were shown,
+    must not take the tablet back to the first page."""
+    ctx = browser.new_context(base_url=kit.url, viewport=TABLET, has_touch=True)
+    page = ctx.new_page()
+    held = []
+    try:
+        sign_in(page)
+        wait_cards(page, board_ids(kit, 10))
+        first_page = lambda url: "/api/v1/ui/board" in url and "after=" not in url and "limit=" not in url  # noqa: E731
+        # the reload waits here (the service worker fetches the first page: routed on the context)
+        ctx.route(first_page, lambda route: held.append(route))
+        page.evaluate("() => navigator.serviceWorker.dispatchEvent(new Event('controllerchange'))")
+        for _ in range(100):  # bounded: 10 s
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the reload asked the kit for nothing"
+        page.locator("#board-more").click()
+        wait_cards(page, board_ids(kit, 20))
+        with page.expect_response(lambda r: "/api/v1/ui/board" in r.url and "limit=20" in r.url):
+            held[0].continue_()  # the stale first page answers; the kit is asked for all twenty
+        ctx.unroute(first_page)
+        page.wait_for_function("() => document.querySelector('#board-more').textContent === 'Show more (5 more)'",
+                               timeout=WAIT)
+        assert shown(page) == board_ids(kit, 20)
     finally:
         ctx.close()
 

@@ -275,10 +275,14 @@ async function refresh() {
   const url = loaded > 0 ? boardUrl(null, Math.min(loaded, MAX_RELOAD)) : view;
   if (inflight && inflightUrl === url) return inflight;
   inflightUrl = url;
+  const pagesBefore = state.view === view ? state.pages || 0 : 0;
   const mine = inflight = (async () => {
     try {
       let data = await api(url);
       if (inflightUrl !== url) return data;
+      // "Show more" added a page while this one loaded: ask again for every card now shown,
+      // rather than take the tablet back to fewer cards than it just showed
+      if (!data.__stale && state.view === view && (state.pages || 0) > Math.max(pagesBefore, 1)) return refresh();
       if (data.__stale) data = await withPending(data); // with the changes this tablet keeps to send
       const cards = data.patients.filter((p) => !p.unassigned);
       state = { ...data, view, pages: loaded ? state.pages : 1, patients: cards, holders: data.patients.filter((p) => p.unassigned), edge: cards[cards.length - 1] };
