@@ -95,6 +95,15 @@ def test_pages_filter_search_and_a_live_move_into_the_first_page(kit, browser):
         ctx.close()
 
 
+def wait_held(page, held: list) -> bool:
+    """Whether a routed request was held within 10 s (bounded)."""
+    for _ in range(100):
+        if held:
+            return True
+        page.wait_for_timeout(100)
+    return bool(held)
+
+
 def board_ids(kit, limit: int) -> list[str]:
     """The kit's own board order: the first `limit` cards' ids."""
     data = api_session(kit).get(kit.url + f"/api/v1/ui/board?limit={limit}", timeout=30).json()
@@ -113,11 +122,7 @@ def test_a_reload_while_a_page_loads_neither_drops_it_nor_the_pages_shown(kit, b
         wait_cards(page, board_ids(kit, 10))
         page.route("**/api/v1/ui/board?after=*", lambda route: held.append(route))  # the next page waits here
         page.locator("#board-more").click()
-        for _ in range(100):  # bounded: 10 s
-            if held:
-                break
-            page.wait_for_timeout(100)
-        assert held, "Show more asked the kit for nothing"
+        assert wait_held(page, held), "Show more asked the kit for nothing"
         with page.expect_response(lambda r: "/api/v1/ui/board" in r.url and "after=" not in r.url):
             page.evaluate("() => navigator.serviceWorker.dispatchEvent(new Event('controllerchange'))")
         held[0].continue_()
@@ -148,11 +153,7 @@ def test_a_page_shown_while_a_reload_loads_is_kept_when_the_reload_answers(kit, 
         # the reload waits here (the service worker fetches the first page: routed on the context)
         ctx.route(first_page, lambda route: held.append(route))
         page.evaluate("() => navigator.serviceWorker.dispatchEvent(new Event('controllerchange'))")
-        for _ in range(100):  # bounded: 10 s
-            if held:
-                break
-            page.wait_for_timeout(100)
-        assert held, "the reload asked the kit for nothing"
+        assert wait_held(page, held), "the reload asked the kit for nothing"
         page.locator("#board-more").click()
         wait_cards(page, board_ids(kit, 20))
         with page.expect_response(lambda r: "/api/v1/ui/board" in r.url and "limit=20" in r.url):
