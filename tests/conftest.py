@@ -47,10 +47,21 @@ def need():
     return need_peer
 
 
+@pytest.fixture(scope="session")
+def initialised_kit(tmp_path_factory) -> Path:
+    """One `fieldkit init` per test process, which `data_dir` copies (init is the same for
+    every test and took a second or more each time). A test that needs a kit with keys of
+    its own beside it calls `init_kit` itself."""
+    return init_kit(tmp_path_factory.mktemp("initialised") / "kit")
+
+
 @pytest.fixture
-def data_dir(tmp_path) -> Path:
-    """A freshly initialised kit (demo settings: any AE title accepted)."""
-    return init_kit(tmp_path / "kit")
+def data_dir(tmp_path, initialised_kit) -> Path:
+    """A freshly initialised kit (demo settings: any AE title accepted), with its secrets
+    beside it as `init_kit` leaves them."""
+    secrets = f".{initialised_kit.name}-secrets"
+    shutil.copytree(initialised_kit.parent / secrets, tmp_path / secrets)
+    return Path(shutil.copytree(initialised_kit, tmp_path / "kit"))
 
 
 @pytest.fixture
