@@ -207,6 +207,17 @@ def test_tampered_model_fails(doctor_kit):
     assert "view-gate" in checks["models"]["message"] and "SHA-256 mismatch" in checks["models"]["message"]
 
 
+def test_a_model_signed_by_a_key_the_kit_does_not_list_says_which_key_and_what_to_do(doctor_kit):
+    kit = doctor_kit  # as a kit made by an earlier release: its fieldkit.toml lists fewer keys
+    trusted = Config.load(kit / "fieldkit.toml")["inference.trusted_keys"]
+    set_config(kit, inference__trusted_keys=trusted[:-1])
+    code, checks = doctor(kit)
+    assert code == 1 and failed(checks) == {"models"}
+    assert "view-gate" in checks["models"]["message"] and "not in inference.trusted_keys" in checks["models"]["message"]
+    assert "add it to inference.trusted_keys" in checks["models"]["fix"]
+    assert "reinstall" not in checks["models"]["fix"]
+
+
 def test_unreachable_hospital_fails(doctor_kit):
     kit = doctor_kit
     set_config(doctor_kit, hospital__url=f"http://127.0.0.1:{free_port()}/dicom-web")

@@ -254,6 +254,12 @@ def check_models(ctx: Context) -> Check:
     except Exception as exc:  # a broken bundle must be a doctor line, not a traceback
         return Check("models", FAIL, f"cannot verify the model bundles: {exc}",
                      "reinstall the model bundles from the release")
+    if problems and all("not in inference.trusted_keys" in p for p in problems):
+        # nothing is damaged: reinstalling would not help (a hospital's bundle dropped in before
+        # its key was listed, or a kit whose fieldkit.toml predates a new release key)
+        return Check("models", FAIL, "; ".join(problems),
+                     "if you trust that key, add it to inference.trusted_keys; the kit will not load a model "
+                     "signed by a key it does not trust")
     if problems:
         return Check("models", FAIL, "; ".join(problems),
                      "reinstall the model bundle from the release; the kit will not load a model whose hash or signature fails")
