@@ -208,7 +208,7 @@ def test_tampered_model_fails(doctor_kit):
 
 
 def test_a_model_signed_by_a_key_the_kit_does_not_list_says_which_key_and_what_to_do(doctor_kit):
-    kit = doctor_kit  # as a kit made by an earlier release: its fieldkit.toml lists fewer keys
+    kit = doctor_kit  # its bundle is signed by the key listed last: take that key out
     trusted = Config.load(kit / "fieldkit.toml")["inference.trusted_keys"]
     set_config(kit, inference__trusted_keys=trusted[:-1])
     code, checks = doctor(kit)

@@ -1,5 +1,6 @@
 """The loop the timed background services share (fieldkit.service.Periodic): it keeps going
-after a bad round, waits what tick() asks, ends when tick() says so, and stop() ends it."""
+after a bad round, waits what tick() asks, ends when tick() says so, and stop() ends it; and
+a kit stops all its services at once."""
 
 from __future__ import annotations
 
@@ -46,3 +47,25 @@ def test_stop_ends_a_long_wait_at_once_and_a_disabled_service_never_ticks():
     off._thread.join(15)
     assert not off._thread.is_alive() and off.ticks == 0
     off.stop()
+
+
+def test_a_kit_stops_its_services_at_once_and_a_failing_stop_keeps_none_running(kit, caplog):
+    both = threading.Barrier(2, timeout=10)  # one stop after the other would wait out the timeout
+    stopped = []
+
+    class WaitsForTheOther:
+        def __init__(self, name):
+            self.name = name
+
+        def stop(self):
+            both.wait()  # returns only once the other service's stop has begun too
+            stopped.append(self.name)
+
+    class Stuck:
+        def stop(self):
+            raise RuntimeError("stuck")
+
+    kit.services = {"a": WaitsForTheOther("a"), "stuck": Stuck(), "b": WaitsForTheOther("b")}
+    kit.stop_services()
+    assert sorted(stopped) == ["a", "b"] and kit.services == {}
+    assert "service stuck did not stop cleanly" in caplog.text
