@@ -50,6 +50,8 @@ class Setting:
     above: float | None = None    # numbers: must be more than this (for "any positive time")
     choices: tuple = ()           # the only values allowed
     rule: Rule | None = None      # text: the value; lists: each element
+    earlier_defaults: tuple = ()  # defaults of earlier releases: a kit whose file still holds one
+    # (written there by `fieldkit init`, never chosen) follows the default instead
 
     def allowed(self) -> str:
         """What values pass, in words ("" when any value of the right type does)."""
@@ -276,7 +278,8 @@ SETTINGS: dict[str, Setting] = {
     "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
     "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive.", min=1, max=256),
     "inference.model_dirs": Setting([], "Extra directories of signed model bundles; the bundled models/ and DIR/models are always searched.", rule=DIR_PATH),
-    "inference.trusted_keys": Setting(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's key for the bundled reference models.", rule=ED25519_KEY),
+    "inference.trusted_keys": Setting(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E=", "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's two release keys for the bundled reference models (a kit that still lists only the first, the earlier default, trusts both).", rule=ED25519_KEY,
+                                     earlier_defaults=(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="],)),
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding).", above=0),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call.", min=1, max=1024),
@@ -347,6 +350,8 @@ class Config:
             except ConfigError as exc:
                 problems.append(exc.message)
                 continue
+            if merged[name] in SETTINGS[name].earlier_defaults:
+                merged[name] = SETTINGS[name].default
             allowed = SETTINGS[name].problem(merged[name]) if check_values else None
             if allowed:
                 problems.append(f"{name} = {_shown(merged[name])} is not allowed; allowed: {allowed}")

@@ -212,3 +212,16 @@ def test_fieldkit_toml_and_the_readme_say_what_is_allowed():
     assert "port = 8443" in text and "allowed: 0 to 65535" in text
     assert "allowed: one of auto, jpeg-ls, jpeg2000, rle, none" in text
     assert "| `http.port` | `8443` | 0 to 65535 |" in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_a_kit_that_still_lists_an_earlier_default_follows_the_default():
+    """`fieldkit init` writes every setting out; a kit made before the second release key
+    still lists only the first, and must load the reference models signed with the second."""
+    first = ["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="]
+    default = SETTINGS["inference.trusted_keys"].default
+    assert first in SETTINGS["inference.trusted_keys"].earlier_defaults and first != default
+    assert Config({"inference.trusted_keys": first})["inference.trusted_keys"] == default
+    # a list the operator chose is kept as it is, even with the first key in it
+    own = "ed25519:" + "A" * 43 + "="
+    assert Config({"inference.trusted_keys": [*first, own]})["inference.trusted_keys"] == [*first, own]
+    assert Config({"inference.trusted_keys": []})["inference.trusted_keys"] == []

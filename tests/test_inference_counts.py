@@ -5,9 +5,10 @@ Per frame, through the kit's post-processing (`postprocess.lung_frame`, mimic ch
 included). The issue's targets (within one on >= 90 % of frames for 0-8 true lines,
 confluent detected on >= 90 %) are NOT met by the bundled lung model: these tests hold what
 it does now (see the lung card's "Counts by true count"), so that it does not get worse:
-0-4 lines are counted within one on >= 80 % of frames each, 0-8 on >= 65 % pooled (the
-mimic check turns away some of many close lines), confluent lines are called confluent on
->= 65 % of frames (measured 75-80 %) and separate lines or mimics almost never are.
+0-4 lines are counted within one on >= 80 % of frames each (measured 85-100 %), 0-8 on
+>= 75 % pooled (measured 82.5 %; 65 % before the learned line check: the mimic check
+turns away some of many close lines), confluent lines are called confluent on >= 65 % of
+frames (measured 75-80 %) and separate lines or mimics almost never are.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def test_counts_are_right_within_one_from_zero_to_eight(registry, evaluate, simu
         rows.append((n, round(float(ok.mean()), 3), round(float(got.mean()), 2)))
         within += int(ok.sum()); total += len(ok)
     print("true count, within one, mean count:", rows)
-    assert within / total >= 0.65, f"within one on {within / total:.1%} of frames; per count {rows}"
+    assert within / total >= 0.75, f"within one on {within / total:.1%} of frames; per count {rows}"
     assert min(r[1] for r in rows[:5]) >= 0.80, rows
     assert [r[2] for r in rows] == sorted(r[2] for r in rows), f"more true lines must read as more: {rows}"
 

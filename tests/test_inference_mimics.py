@@ -7,16 +7,19 @@ needle ring-down that start above the pleura, Z-lines that fade, acoustic shadow
 instrument reverberation, a dead transducer element, subcutaneous emphysema, and an A-line
 control) must not read as B-lines. The issue's target is, per mimic type, at most 5 % of
 frames with any B-line and at most 1 % with a B-line pattern. The bundled lung model was not
-trained on mimics; the post-processing check on its pleural row turns away what it scores.
-Z-lines, shadows, reverberation, a dead element and the control meet the target; E-lines,
-needle ring-down and subcutaneous emphysema do NOT (BOUNDS hold today's figures with a
-margin so that they do not get worse). The seeds here were used neither in training nor to
-choose the check's thresholds.
+trained on mimics; the post-processing check on its pleural row (the bundle's learned line
+check, with the rules for wide bands) turns away what it scores. Z-lines, shadows,
+reverberation, a dead element and the control meet the target; E-lines, needle ring-down
+and subcutaneous emphysema do NOT (BOUNDS hold today's figures with a margin so that they
+do not get worse). The seeds here were used neither in training, nor to fit or choose the
+check.
 
 Measured on these seeds: see README, "B-line mimics".
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -25,13 +28,16 @@ from hypothesis import strategies as st
 
 from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner
+from fieldkit.inference.registry import BUILTIN_DIR
 from fixtures.inference import load_train_module, lung_cine_dataset
 
 MIMICS = load_train_module("simulator").MIMICS
+LINE_CHECK = json.loads((BUILTIN_DIR / "lung_bline" / "manifest.json").read_text())["thresholds"]["line_check"]
 FRAMES, SEED = 200, 700_000  # per mimic type: 1 % is at most 2 frames of 200
 TARGET = (0.05, 0.01)  # (max share of frames with any B-line, with a B-line pattern)
-# measured on these seeds: E-lines 31 % / 0.5 %, needle 34 % / 0.5 %, emphysema 57.5 % / 11 %
-BOUNDS = {"e_line": (0.40, 0.02), "needle": (0.45, 0.02), "emphysema": (0.65, 0.16)}
+# measured on these seeds: E-lines 24 % / 0.5 %, needle 22 % / 0 %, emphysema 39.5 % / 8.5 %
+# (with the rules alone, before the learned line check: 31 % / 0.5 %, 34 % / 0.5 %, 57.5 % / 11 %)
+BOUNDS = {"e_line": (0.32, 0.02), "needle": (0.30, 0.02), "emphysema": (0.48, 0.12)}
 CLIPS, CLIP_FRAMES = 8, 3
 # the lower end of the pattern sensitivity's 95 % interval on the card of the model trained
 # without mimics: learning the mimics must not cost true B-lines more than that
@@ -109,4 +115,7 @@ def test_the_mimic_check_answers_for_any_column_and_pleural_row(seed, a, width, 
     if black:
         img[:] = 0
     why = post.bline_mimic(img, (a, a + width), pleura)
+    assert isinstance(why, str)
+    # and with the bundle's learned line check deciding (measurements of any line are finite)
+    why = post.bline_mimic(img, (a, a + width), pleura, check=LINE_CHECK, peak=0.9)
     assert isinstance(why, str)

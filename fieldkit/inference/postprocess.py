@@ -133,37 +133,119 @@ def _track(line: np.ndarray, contrast: np.ndarray, row0: int, col0: int) -> list
     return out
 
 
-def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, maps=None) -> str:
+def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps) -> tuple[int, list, float] | None:
+    """The line a run of columns [lo, hi) scored: its brightest column just under the
+    pleura, its track from there to the bottom and its slope (columns per row); None when
+    too little image lies below the pleura to judge."""
+    h = img.shape[0]
+    band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
+    if band.size == 0:
+        return None
+    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
+    line, con = maps
+    below = _track(line, con, min(h - 1, prow + 3), start)
+    if len(below) < 8:
+        return None
+    rows = np.array([r for r, _, _ in below[:16]], float)
+    slope = np.polyfit(rows, [c for _, c, _ in below[:16]], 1)[0] if len(rows) > 2 else 0.0
+    return start, below, float(slope)
+
+
+def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, maps=None,
+                check: dict | None = None, peak: float = 1.0) -> str:
     """Why a run of columns the model scored as a B-line is not one, or "" when it is one.
 
     img: one frame as the model saw it ((H, W) float, 0-1); cols ([start, end)) and
-    pleura_row in the same pixels; maps: `line_maps(img)` when already computed for the frame."""
+    pleura_row in the same pixels; maps: `line_maps(img)` when already computed for the
+    frame. check: the bundle's learned line check (`line_check_prob`), which decides for a
+    line-wide run (peak: the model's highest column probability in it); the rules below
+    still give the reason in words, and decide alone without a check."""
     h, w = img.shape
     prow = int(round(pleura_row))
     lo, hi = max(0, int(cols[0])), min(w, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
     if hi - lo >= 2 * SIDE[0]:  # wider than a line: its background bands would lie on it
         return _band_mimic(img, lo, hi, prow)
-    band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
-    if band.size == 0:
-        return ""
-    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
-    line, con = maps if maps is not None else line_maps(img)
-    below = _track(line, con, min(h - 1, prow + 3), start)
-    if len(below) < 8:
+    maps = maps if maps is not None else line_maps(img)
+    followed = _follow(img, lo, hi, prow, maps)
+    if followed is None:
         return ""  # too little image below the pleura to judge: leave the model's call
+    why = _line_rules(img, maps, prow, *followed)
+    if check is None:
+        return why
+    if line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= float(check["threshold"]):
+        return ""
+    return why or NOT_SHAPED
+
+
+NOT_SHAPED = "not shaped like a B-line from the pleural line to the bottom (line check)"
+
+
+def _line_rules(img: np.ndarray, maps, prow: int, start: int, below: list, slope: float) -> str:
+    """The hand-set rules on a followed line (see `_verdict`)."""
+    w = img.shape[1]
     q = max(2, len(below) // 4)
     contrast = [c for _, _, c in below]
     near, deep = float(np.median(contrast[:q])), float(np.median(contrast[-q:]))
     if near < MIN_CONTRAST:
         return "no bright line below the pleura"
     # above the pleura, follow the line's own direction (no search: a search finds speckle)
-    rows = np.array([r for r, _, _ in below[:16]], float)
-    slope = np.polyfit(rows, [c for _, c, _ in below[:16]], 1)[0] if len(rows) > 2 else 0.0
     r = np.arange(max(0, int(ABOVE_FROM * prow)), max(0, prow - ABOVE_GAP))
-    c = np.round(start + slope * (r - rows[0])).astype(int)
+    c = np.round(start + slope * (r - below[0][0])).astype(int)
     ok = (c >= 0) & (c < w)
-    above = con[r[ok], c[ok]]
+    above = maps[1][r[ok], c[ok]]
     return _verdict(above[~np.isnan(above)], near, deep)
+
+
+# The learned line check: a logistic regression over these measurements of a followed line
+# and their pairwise products, fitted by models/train/linecheck.py on simulated frames (true
+# B-lines against the mimics) and carried, signed, in the lung bundle's thresholds.
+ABOVE_WINDOWS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.75), (0.75, 0.9), (0.9, 1.0))
+ABOVE_BRIGHT = 0.03  # a row of the line above the pleura this much brighter than beside it is "bright"
+LINE_FEATURES = (("near", "deep", "median_below", "min_below", "width", "pleura_depth", "slope")
+                 + tuple(f"above_{a}_{b}_{k}" for a, b in ABOVE_WINDOWS for k in ("median", "bright"))
+                 + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak"))
+
+
+def line_features(img: np.ndarray, maps, prow: int, lo: int, hi: int, peak: float, followed) -> np.ndarray:
+    """LINE_FEATURES of one followed line (`_follow`'s result): its contrast just under the
+    pleura, at the bottom and along the way; its width, depth and slope; its contrast over
+    the chest wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of
+    bright rows); how far the pleura stands out on the line (B-lines start at it, E-lines
+    run through it) and along the pleural row; the chest wall beside the line against the
+    whole wall (emphysema darkens it); the model's own peak."""
+    h, w = img.shape
+    line, con = maps
+    start, below, slope = followed
+    cb = np.array([c for _, _, c in below])
+    q = max(2, len(cb) // 4)
+    f = [np.median(cb[:q]), np.median(cb[-q:]), np.median(cb), cb.min(), hi - lo, prow / h, slope]
+    r_all = np.arange(0, max(1, prow - 2))
+    above = con[r_all, np.clip(np.round(start + slope * (r_all - below[0][0])).astype(int), 0, w - 1)]
+    for a, b in ABOVE_WINDOWS:
+        r0 = int(a * prow)
+        seg = above[r0:max(r0 + 1, int(b * prow) - (2 if b == 1.0 else 0))]
+        seg = seg[~np.isnan(seg)]
+        f += [np.median(seg), np.mean(seg > ABOVE_BRIGHT)] if len(seg) else [0.0, 0.0]
+    at = line[max(0, prow - 2):prow + 3, start].max() if prow < h else 0.0
+    over = np.median(line[max(0, prow - 12):max(1, prow - 4), start]) if prow > 4 else 0.0
+    under = np.median(line[prow + 4:prow + 12, start]) if prow + 12 < h else 0.0
+    row = img[max(0, prow - 2):prow + 3]
+    shown = row.max(0) > IN_VIEW
+    f += [at - over, at - under, row[:, start].max() - np.median(row.max(0)[shown]) if shown.any() else 0.0]
+    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)]
+    beside = wall[:, max(0, start - 12):start + 13]
+    wall, beside = wall[wall > IN_VIEW], beside[beside > IN_VIEW]
+    f += [np.median(beside) - np.median(wall) if len(beside) and len(wall) else 0.0, peak]
+    return np.nan_to_num(np.array(f, float))
+
+
+def line_check_prob(features: np.ndarray, check: dict) -> float:
+    """The learned line check's probability that a followed line is a B-line."""
+    if tuple(check["features"]) != LINE_FEATURES:
+        raise ValueError("the bundle's line check was fitted on other line features than this kit measures")
+    z = (np.asarray(features, float) - np.asarray(check["mean"])) / np.asarray(check["scale"])
+    quad = np.concatenate([z, np.outer(z, z)[np.triu_indices(len(z))]])
+    return float(sigmoid(quad @ np.asarray(check["weights"]) + float(check["bias"])))
 
 
 def _verdict(above: np.ndarray, near: float, deep: float) -> str:
@@ -243,7 +325,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     prow = pleura_row(pleura_logits, in_h)
     to_px = in_w / col_prob.shape[0]
     maps = line_maps(img) if found else None
-    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps) for a, b in found]
+    check = thresholds.get("line_check")
+    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps, check, float(col_prob[a:b].max())) for a, b in found]
     accepted = [r for r, y in zip(found, why) if not y]
     band = confluent(col_prob, img, prow)
     # a confluent band stands for k lines: it is a pattern by itself

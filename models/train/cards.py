@@ -124,7 +124,7 @@ def training_section(e: dict) -> str:
 | seeds | {seeds} (train.py --seed {t['seed']}: the training set is simulated from the seed plus an offset per model) |
 | test set size | {t['test_size']} frames (the metrics below) |
 | reproduce | {commands} (in this order; train.py trains gate, lung and FAST in this order from one seeded state, so a model is reproduced with the ones before it) |
-| wall time | training {t['wall_minutes']['train']} min, calibration {t['wall_minutes']['calibrate']} min (2 busy shared CPU cores; this run: {t['seconds']} s of training) |
+| wall time | training {t['wall_minutes']['train']} min,{' line check ' + str(t['wall_minutes']['line_check']) + ' min,' if 'line_check' in t['wall_minutes'] else ''} calibration {t['wall_minutes']['calibrate']} min (2 busy shared CPU cores; this run: {t['seconds']} s of training) |
 
 """
 
@@ -183,6 +183,25 @@ and not the finding (see the gate's card for its reliability).
 """
 
 
+def line_check_text(e: dict) -> str:
+    c = e["thresholds"].get("line_check")
+    if not c:
+        return ""
+    f, t = c["fitted_on"], c["threshold_chosen_on"]
+    return f"""
+
+A line as wide as one B-line is judged by the bundle's learned line check
+(`models/train/linecheck.py`): a logistic regression over {len(c['features'])} measurements of the
+followed line (its contrast under the pleura, at the bottom and in six bands of the chest
+wall above the pleura; how far the pleura stands out on it; its width, slope and the
+model's peak) and their pairwise products, fitted on {f['runs']} runs of the model's
+evidence ({f['true']} on true B-lines; seed {f['seed']}: {f['per_count']} frames per true count
+1-8, {f['per_mimic']} per mimic type, {f['natural']} of the natural mix). A line is a B-line when the
+check's probability is at least {c['threshold']}: the highest threshold that keeps
+{t['keeps_true'] * 100:.0f} % of the true lines' runs on a second seed ({t['seed']}, {t['runs']} runs). The
+rules above then only say why a line was turned away; wider bands are judged by the rules."""
+
+
 def mimic_section(e: dict) -> str:
     rows = "\n".join(f"| {MIMIC_NAMES.get(k, k)} | {v['frames']} | {v['any_before']:.1%} | {v['any_after']:.1%} | "
                      f"{v['pattern_before']:.1%} | {v['pattern_after']:.1%} |" for k, v in e["mimics"].items())
@@ -193,7 +212,7 @@ The model was not trained on mimics, and the kit does not take its columns as th
 `fieldkit/inference/postprocess.py`
 (`bline_mimic`) follows each scored column from the model's own pleural row to the bottom
 and turns away lines that start above the pleura, fade, or are no brighter than their
-surroundings; they are reported as "vertical artefacts, not B-lines". Fresh simulated
+surroundings; they are reported as "vertical artefacts, not B-lines".{line_check_text(e)} Fresh simulated
 frames with no true B-line, per mimic type (before = the model's columns alone, after =
 with the check; "pattern" = at least {e['thresholds']['pattern_min_blines']} B-lines in the frame):
 
@@ -256,7 +275,7 @@ own model before any clinical use (see `models/README.md`).
 | preprocessing | RGB -> luma (BT.601), resize the whole frame to {pre['size'][0]}x{pre['size'][1]} (bilinear, antialiased), x{pre['scale']:.6f} |
 | outputs | {'; '.join(f'`{k}`: {v}' for k, v in e['outputs'].items())} |
 | labels | {', '.join(e['labels'])} |
-| thresholds | {', '.join(f'{k}={v}' for k, v in e['thresholds'].items())} |
+| thresholds | {', '.join(f'{k}={v}' for k, v in e['thresholds'].items() if k != 'line_check')}{' and the learned line check (see "Mimic false positives")' if 'line_check' in e['thresholds'] else ''} |
 | intended views | {', '.join(e['intended_views'])} |
 | speed | {speed(bundle_dir, e)} |
 | training | {e['training']['data']}, seed {e['training']['seed']}, {e['training']['seconds']} s on 2 CPU cores, torch {e['training']['torch']} |

@@ -14,7 +14,8 @@ RECIPE = {
              "test_size": 1500},
     "lung": {"train_size": 3000, "epochs": 10,
              "loss": "column BCE (positive weight 4) + 0.5 x pleural-row cross-entropy",
-             "seed_offsets": {"train": 1, "test": 502, "calibration": 601, "ece": 701},
+             "seed_offsets": {"train": 1, "test": 502, "calibration": 601, "ece": 701,
+                              "line_check": 801, "line_check_threshold": 802},
              "test_size": 600, "calibration_size": 600},
     "fast": {"train_size": 2400, "epochs": 10, "loss": "pixel BCE (positive weight 3) + soft Dice",
              "seed_offsets": {"train": 2, "test": 503, "calibration": 602, "ece": 702},
@@ -27,14 +28,15 @@ ONLY = {"gate": " --only gate", "lung": " --only gate --only lung", "fast": ""}
 
 
 def commands(task: str, seed: int = SEED) -> list[str]:
-    return ["pip install -e '.[train]'",
-            f"python models/train/train.py --seed {seed}{ONLY[task]} --key SIGNING_KEY.pem",
-            "python models/train/calibrate.py --key SIGNING_KEY.pem",
-            "python models/train/cards.py"]
+    return (["pip install -e '.[train]'",
+             f"python models/train/train.py --seed {seed}{ONLY[task]} --key SIGNING_KEY.pem"]
+            + (["python models/train/linecheck.py"] if task == "lung" else [])
+            + ["python models/train/calibrate.py --key SIGNING_KEY.pem",
+               "python models/train/cards.py"])
 
 
 # wall time of each step on 2 busy shared CPU cores, minutes (train.py: gate, lung, FAST)
-WALL_MINUTES = {"gate": 4, "lung": 8, "fast": 21, "calibrate": 3}
+WALL_MINUTES = {"gate": 4, "lung": 8, "fast": 21, "calibrate": 3, "line_check": 2}
 
 
 def seed(task: str, what: str) -> int:
@@ -47,4 +49,5 @@ def training_facts(task: str, seed: int = SEED) -> dict:
             "epochs": r["epochs"], "loss": r["loss"],
             "seeds": {k: seed + v for k, v in r["seed_offsets"].items()},
             "test_size": r["test_size"], "commands": commands(task, seed),
-            "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"]}}
+            "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"],
+                             **({"line_check": WALL_MINUTES["line_check"]} if task == "lung" else {})}}

@@ -1,0 +1,100 @@
+"""The lung bundle's learned line check (`postprocess.line_check_prob`, fitted by
+models/train/linecheck.py): what it measures on a line, that it decides for a line-wide run
+when the bundle carries it (the rules still give the reason in words), that the kit and the
+fitting script expand the measurements alike, and that a check fitted on other
+measurements is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fieldkit.inference import postprocess as post
+
+H, W = 100, 64
+PLEURA = 40.0
+COLS = (30.0, 33.0)
+E_LINE = "starts above the pleural line (E-line or needle artefact)"
+
+
+def frame(line_from: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    img = 0.2 + 0.01 * rng.standard_normal((H, W))
+    img[38:42, :] = 0.8  # the pleural line
+    if line_from is not None:
+        img[line_from:, 30:33] = np.maximum(img[line_from:, 30:33], 0.7)
+    return img
+
+
+def constant_check(bias: float, threshold: float = 0.5) -> dict:
+    """A check that says the same of every line: a B-line (bias > 0) or not."""
+    n = len(post.LINE_FEATURES)
+    return {"features": list(post.LINE_FEATURES), "mean": [0.0] * n, "scale": [1.0] * n,
+            "weights": [0.0] * (n + n * (n + 1) // 2), "bias": bias, "threshold": threshold}
+
+
+def features(img: np.ndarray) -> dict:
+    maps = post.line_maps(img)
+    followed = post._follow(img, 30, 33, int(PLEURA), maps)
+    return dict(zip(post.LINE_FEATURES, post.line_features(img, maps, int(PLEURA), 30, 33, 0.9, followed)))
+
+
+def test_the_measurements_tell_a_line_from_the_pleura_from_one_through_the_chest_wall():
+    b_line, e_line = features(frame(line_from=42)), features(frame(line_from=0))
+    assert len(b_line) == len(post.LINE_FEATURES)
+    for window in ("above_0.6_0.75", "above_0.75_0.9", "above_0.0_0.2"):
+        assert abs(b_line[f"{window}_median"]) < 0.02 and b_line[f"{window}_bright"] == 0.0
+        assert e_line[f"{window}_median"] > 0.3 and e_line[f"{window}_bright"] == 1.0
+    assert b_line["near"] == pytest.approx(0.5, abs=0.03) and b_line["deep"] == pytest.approx(0.5, abs=0.03)
+    assert b_line["width"] == 3 and b_line["pleura_depth"] == pytest.approx(0.4) and b_line["peak"] == 0.9
+    # the pleura stands out above a B-line (which starts at it), not on an E-line running through it
+    assert b_line["pleura_over_above"] > 0.5 > 0.3 > e_line["pleura_over_above"]
+
+
+def test_a_check_that_accepts_keeps_what_the_rules_alone_turn_away():
+    e_line = frame(line_from=0)
+    assert post.bline_mimic(e_line, COLS, PLEURA) == E_LINE
+    assert post.bline_mimic(e_line, COLS, PLEURA, check=constant_check(10.0)) == ""
+
+
+def test_a_check_that_rejects_gives_the_rules_reason_or_says_it_is_not_shaped_like_a_b_line():
+    assert post.bline_mimic(frame(line_from=0), COLS, PLEURA, check=constant_check(-10.0)) == E_LINE
+    assert post.bline_mimic(frame(line_from=42), COLS, PLEURA) == ""
+    assert post.bline_mimic(frame(line_from=42), COLS, PLEURA, check=constant_check(-10.0)) == post.NOT_SHAPED
+
+
+def test_the_threshold_is_where_the_check_decides():
+    b_line = frame(line_from=42)
+    p = post.line_check_prob(np.zeros(len(post.LINE_FEATURES)), constant_check(0.4))  # sigmoid(0.4) = 0.599
+    assert p == pytest.approx(0.5987, abs=1e-4)
+    assert post.bline_mimic(b_line, COLS, PLEURA, check=constant_check(0.4, threshold=0.59)) == ""
+    assert post.bline_mimic(b_line, COLS, PLEURA, check=constant_check(0.4, threshold=0.61)) == post.NOT_SHAPED
+
+
+def test_a_band_and_a_line_with_too_little_image_below_are_not_the_checks_to_judge():
+    assert post.bline_mimic(frame(line_from=42), (28.0, 40.0), PLEURA, check=constant_check(-10.0)) != post.NOT_SHAPED
+    assert post.bline_mimic(frame(line_from=0), COLS, H - 6.0, check=constant_check(-10.0)) == ""
+
+
+def test_a_check_fitted_on_other_measurements_is_refused():
+    check = constant_check(1.0)
+    check["features"] = check["features"][:-1] + ["something else"]
+    with pytest.raises(ValueError, match="other line features"):
+        post.line_check_prob(np.zeros(len(post.LINE_FEATURES)), check)
+    with pytest.raises(ValueError):
+        post.bline_mimic(frame(line_from=42), COLS, PLEURA, check=check)
+
+
+def test_the_fitted_check_learns_a_rule_of_products_and_the_kit_reads_it_as_fitted(evaluate):
+    from fixtures.inference import load_train_module
+    linecheck = load_train_module("linecheck")
+    rng = np.random.default_rng(5)
+    n = len(post.LINE_FEATURES)
+    X = rng.standard_normal((8000, n)) * rng.uniform(0.1, 3, n) + rng.uniform(-1, 1, n)
+    y = (X[:, 0] - X[:, 0].mean()) * (X[:, 4] - X[:, 4].mean()) > 0  # only a product tells them apart
+    check = linecheck.fit(X[:6000], y[:6000])
+    p = np.array([post.line_check_prob(f, check) for f in X[6000:]])
+    assert np.mean((p >= 0.5) == y[6000:]) > 0.9
+    check["threshold"] = linecheck.choose_threshold(check, X[6000:], y[6000:], keep=0.9)
+    assert np.mean(p[y[6000:]] >= check["threshold"]) >= 0.9
+    assert np.mean(p[y[6000:]] >= check["threshold"] + 0.01) < 0.9 or check["threshold"] == 0.99
