@@ -250,8 +250,21 @@ Confluent B-lines (lines merged over a wide sector, white lung) are reported as 
 when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.confluent_bins(bins)} of its {bins}
 columns and that band passes the mimic check (it then makes a B-line pattern by itself): on
 {c['frames']} fresh frames with them (seed {c['seed']}) {c['detected']:.1%} were called confluent; on
-{c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.
+{c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.{pleura_off_text(c)}
 """
+
+
+def pleura_off_text(c: dict) -> str:
+    if "pleura_row_off" not in c:
+        return ""
+    pct = lambda v: f"{v * 100:.1f} %"  # noqa: E731
+    right = c["detected"] - c["detected_with_pleura_row_off"]
+    return f"""
+Doubtful: on {pct(c['pleura_row_off'])} of the frames with confluent lines the model put the pleural row
+more than 10 input rows from the true one (deep in the band: it was not trained on white
+lung). {pct(c['detected_with_pleura_row_off'])} of all the frames were called confluent with the row that far
+off, the band judged from the wrong row (or, with too little image below it, not judged at
+all); {pct(right)} were called confluent with the row where it is (of {pct(1 - c['pleura_row_off'])} that had it there)."""
 
 
 def write_card(bundle_dir: Path, real: list[str]) -> None:
