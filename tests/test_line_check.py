@@ -98,3 +98,37 @@ def test_the_fitted_check_learns_a_rule_of_products_and_the_kit_reads_it_as_fitt
     check["threshold"] = linecheck.choose_threshold(check, X[6000:], y[6000:], keep=0.9)
     assert np.mean(p[y[6000:]] >= check["threshold"]) >= 0.9
     assert np.mean(p[y[6000:]] >= check["threshold"] + 0.01) < 0.9 or check["threshold"] == 0.99
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda c: c["features"].pop(), "other line features"),
+    (lambda c: c["weights"].pop(), "weights must be 324 finite numbers"),
+    (lambda c: c["mean"].__setitem__(0, float("nan")), "mean must be 24 finite numbers"),
+    (lambda c: c["scale"].__setitem__(3, 0.0), "scale must be positive"),
+    (lambda c: c.__setitem__("threshold", 1.5), "threshold between 0 and 1"),
+    (lambda c: c.pop("bias"), "finite bias"),
+])
+def test_a_bundle_whose_line_check_the_kit_cannot_use_is_refused_naming_it(model_copy, signing_key, spoil, words):
+    """Signed by a trusted key, but the check would fail mid-analysis: refused at verification."""
+    import json
+
+    from fieldkit.inference import bundle as B
+    key, config = signing_key
+    path = model_copy / "lung_bline" / "manifest.json"
+    entry = json.loads(path.read_text())
+    spoil(entry["thresholds"]["line_check"])
+    path.write_text(json.dumps(entry))
+    B.sign_bundle(path.parent, key)
+    trusted = B.trusted_keys(config["inference.trusted_keys"])
+    bundle = B.verify_bundle(B.read_bundle(path.parent), trusted)
+    assert not bundle.ok and "thresholds.line_check" in bundle.status and words in bundle.status
+    assert post.line_check_problem(json.loads(path.read_text())["thresholds"]["line_check"])
+
+
+def test_the_shipped_line_check_is_usable():
+    import json
+
+    from fieldkit.inference.registry import BUILTIN_DIR
+    check = json.loads((BUILTIN_DIR / "lung_bline" / "manifest.json").read_text())["thresholds"]["line_check"]
+    assert post.line_check_problem(check) is None
+    assert post.line_check_problem([1, 2]) == "is not an object"

@@ -157,6 +157,11 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
         return _refuse(bundle, f"manifest input.shape {shape!r} is not [N, C, H, W]")
     if e["task"] not in TASKS:
         return _refuse(bundle, f"unknown task {e['task']!r} (known: {', '.join(TASKS)})")
+    if "line_check" in e["thresholds"]:
+        from fieldkit.inference.postprocess import line_check_problem
+        problem = line_check_problem(e["thresholds"]["line_check"])
+        if problem:
+            return _refuse(bundle, f"manifest thresholds.line_check {problem}")
     model = bundle.model_path
     if Path(e["file"]).is_absolute() or ".." in Path(e["file"]).parts:
         return _refuse(bundle, f"model file {e['file']!r} must be inside the bundle")

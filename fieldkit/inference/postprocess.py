@@ -247,6 +247,30 @@ def _median(a) -> float:
     return float((a[(n - 1) // 2] + a[n // 2]) / 2)
 
 
+def line_check_problem(check) -> str | None:
+    """What is wrong with a bundle's `thresholds.line_check` (None: the kit can use it), so a
+    bundle whose check the kit would fail on is refused when it is verified, not mid-analysis."""
+    n = len(LINE_FEATURES)
+    if not isinstance(check, dict):
+        return "is not an object"
+    if check.get("features") != list(LINE_FEATURES):
+        return f"was fitted on other line features than this kit measures (it needs {n}: {', '.join(LINE_FEATURES[:3])}, ...)"
+    sizes = {"mean": n, "scale": n, "weights": n + n * (n + 1) // 2}
+    for key, size in sizes.items():
+        v = check.get(key)
+        if not (isinstance(v, list) and len(v) == size and all(_finite(x) for x in v)):
+            return f"{key} must be {size} finite numbers"
+    if not all(x > 0 for x in check["scale"]):
+        return "scale must be positive"
+    if not (_finite(check.get("bias")) and _finite(check.get("threshold")) and 0 < check["threshold"] < 1):
+        return "needs a finite bias and a threshold between 0 and 1"
+    return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
 def line_check_prob(features: np.ndarray, check: dict) -> float:
     """The learned line check's probability that a followed line is a B-line."""
     if tuple(check["features"]) != LINE_FEATURES:
