@@ -132,3 +132,23 @@ def test_the_shipped_line_check_is_usable():
     check = json.loads((BUILTIN_DIR / "lung_bline" / "manifest.json").read_text())["thresholds"]["line_check"]
     assert post.line_check_problem(check) is None
     assert post.line_check_problem([1, 2]) == "is not an object"
+
+
+def test_the_shipped_check_keeps_nine_in_ten_true_lines_and_turns_mimics_away_on_fresh_frames(registry, evaluate):
+    """The bundle's threshold was chosen to keep 90 % of true lines' runs (on the recipe's
+    seed); on a fresh seed it keeps about as many, and turns away most E-line runs."""
+    from fixtures.inference import load_train_module
+    linecheck = load_train_module("linecheck")
+    model = registry.get("lung")
+    check = model.thresholds["line_check"]
+    X, y = linecheck.line_runs(model.session, model.thresholds, linecheck.frames(730_000, 30, 0, 0))
+    kept = np.array([post.line_check_prob(f, check) >= check["threshold"] for f in X])
+    print(f"true lines' runs kept: {kept[y].mean():.1%} of {y.sum()}")
+    assert y.sum() > 500 and kept[y].mean() >= 0.86, f"true lines' runs kept: {kept[y].mean():.1%} of {y.sum()}"
+    rng = np.random.default_rng(730_001)
+    sim = load_train_module("simulator")
+    X, y = linecheck.line_runs(model.session, model.thresholds,
+                               [sim.simulate_lung(rng, n_blines=0, mimic="e_line") for _ in range(60)])
+    kept = np.array([post.line_check_prob(f, check) >= check["threshold"] for f in X])
+    print(f"E-line runs kept: {kept.mean():.1%} of {len(X)}")
+    assert len(X) > 60 and not y.any() and kept.mean() <= 0.25, f"E-line runs kept: {kept.mean():.1%} of {len(X)}"
