@@ -41,9 +41,8 @@ Lung: chest wall with 1-3 fascia lines, pleural line at 18-40 % depth with a gra
 depth (fading 0.7x each), 0-8 B-lines (width 0.8-2.5 % of the sector, at least 4 %
 apart, never under a rib) that erase the A-lines, or confluent B-lines (one band over 30-55 %
 of the sector), consolidation in 15 % of frames; B-line mimics (E-lines, needle ring-down,
-Z-lines, shadows, instrument reverberation, a dead element, subcutaneous emphysema). The
-lung model was trained before the 8-line frames, the confluent bands and the mimics were
-added (0-7 separate lines): they are test sets only.
+Z-lines, shadows, instrument reverberation, a dead element, subcutaneous emphysema).
+{lung_training}
 FAST: RUQ/LUQ (liver or spleen parenchyma, kidney with cortex and bright sinus,
 diaphragm) or pelvis (bladder with posterior enhancement, bowel rings); free fluid in half
 the frames as an anechoic crescent around the kidney (thickness 6-25 % of depth) or a
@@ -183,6 +182,17 @@ and not the finding (see the gate's card for its reliability).
 """
 
 
+def lung_training_text(e: dict) -> str:
+    """How the lung model's training frames were drawn (the recipe it was trained by)."""
+    t = e.get("training", {})
+    if e["task"] != "lung":
+        return "The lung model's training set is on its own card."
+    if t.get("mimic_share"):
+        return f"The lung model was trained on a mixture: {t['train_size_rule']}."
+    return ("The lung model was trained before the 8-line frames, the confluent bands and the mimics were\n"
+            "added (0-7 separate lines): they are test sets only.")
+
+
 def line_check_text(e: dict) -> str:
     c = e["thresholds"].get("line_check")
     if not c:
@@ -202,13 +212,20 @@ check's probability is at least {c['threshold']}: the highest threshold that kee
 rules above then only say why a line was turned away; wider bands are judged by the rules."""
 
 
+def mimic_training_text(e: dict) -> str:
+    share = e.get("training", {}).get("mimic_share")
+    if share:
+        return f"The model was trained with mimics as negatives ({share * 100:.0f} % of its training frames)"
+    return "The model was not trained on mimics"
+
+
 def mimic_section(e: dict) -> str:
     rows = "\n".join(f"| {MIMIC_NAMES.get(k, k)} | {v['frames']} | {v['any_before']:.1%} | {v['any_after']:.1%} | "
                      f"{v['pattern_before']:.1%} | {v['pattern_after']:.1%} |" for k, v in e["mimics"].items())
     return f"""## Mimic false positives
 
 A B-line arises from the pleural line and reaches the bottom of the screen without fading.
-The model was not trained on mimics, and the kit does not take its columns as they are:
+{mimic_training_text(e)}, and the kit does not take its columns as they are:
 `fieldkit/inference/postprocess.py`
 (`bline_mimic`) follows each scored column from the model's own pleural row to the bottom
 and turns away lines that start above the pleura, fade, or are no brighter than their
@@ -258,13 +275,15 @@ def pleura_off_text(c: dict) -> str:
     if "pleura_row_off" not in c:
         return ""
     pct = lambda v: f"{v * 100:.1f} %"  # noqa: E731
+    if not c["pleura_row_off"]:
+        return "\nOn every one of these frames the model's pleural row lay within 10 input rows of the true one."
     right = c["detected"] - c["detected_with_pleura_row_off"]
     return f"""
 Doubtful: on {pct(c['pleura_row_off'])} of the frames with confluent lines the model put the pleural row
-more than 10 input rows from the true one (deep in the band: it was not trained on white
-lung). {pct(c['detected_with_pleura_row_off'])} of all the frames were called confluent with the row that far
-off, the band judged from the wrong row (or, with too little image below it, not judged at
-all); {pct(right)} were called confluent with the row where it is (of {pct(1 - c['pleura_row_off'])} that had it there)."""
+more than 10 input rows from the true one (deep in the band). {pct(c['detected_with_pleura_row_off'])} of all
+the frames were called confluent with the row that far off, the band judged from the wrong
+row (or, with too little image below it, not judged at all); {pct(right)} were called
+confluent with the row where it is (of {pct(1 - c['pleura_row_off'])} that had it there)."""
 
 
 def write_card(bundle_dir: Path, real: list[str]) -> None:
@@ -306,7 +325,7 @@ when a model falls below the lower bound here.{' B-line counts and the pattern a
 
 ## Simulator
 
-{SIMULATOR}
+{SIMULATOR.format(lung_training=lung_training_text(e))}
 
 ## Real images it was checked against
 

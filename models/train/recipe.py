@@ -12,7 +12,10 @@ RECIPE = {
     "gate": {"train_size": 4200, "train_size_rule": "700 per class x 6 classes", "epochs": 8,
              "loss": "cross-entropy, label smoothing 0.05", "seed_offsets": {"train": 0, "test": 501, "ece": 700},
              "test_size": 1500},
-    "lung": {"train_size": 3000, "epochs": 10,
+    "lung": {"train_size": 3000, "epochs": 20, "mimic_share": 0.3, "confluent_share": 0.2,
+             "train_size_rule": "30 % one B-line mimic and no B-line (E-lines, needles and emphysema twice as "
+                                "often as the other five types), 20 % a confluent band, the rest 0-8 separate "
+                                "lines (4-8 twice as often as 0-3)",
              "loss": "column BCE (positive weight 4) + 0.5 x pleural-row cross-entropy",
              "seed_offsets": {"train": 1, "test": 502, "calibration": 601, "ece": 701,
                               "line_check": 801, "line_check_threshold": 802},
@@ -47,6 +50,7 @@ def training_facts(task: str, seed: int = SEED) -> dict:
     r = RECIPE[task]
     return {"train_size": r["train_size"], "train_size_rule": r.get("train_size_rule", ""),
             "epochs": r["epochs"], "loss": r["loss"],
+            **{k: r[k] for k in ("mimic_share", "confluent_share") if k in r},
             "seeds": {k: seed + v for k, v in r["seed_offsets"].items()},
             "test_size": r["test_size"], "commands": commands(task, seed),
             "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"],

@@ -35,7 +35,7 @@ import recipe as R  # noqa: E402
 import simulator as S  # noqa: E402
 from fieldkit.inference import bundle as B  # noqa: E402
 
-VERSION = "1.0.0"
+VERSIONS = {"view_quality": "1.0.0", "lung_bline": "2.0.0", "fast_fluid": "1.0.0"}  # lung 2: trained on mimics and confluent bands
 
 
 def block(i, o, stride):
@@ -141,7 +141,7 @@ def export(model, path: Path, outputs: list[str]):
     import onnx
     m = onnx.load(str(path))
     m.producer_name = "fieldkit-train"
-    m.doc_string = f"fieldkit reference model {path.parent.name} {VERSION}; simulated training data; not for diagnosis"
+    m.doc_string = f"fieldkit reference model {path.parent.name} {VERSIONS[path.parent.name]}; simulated training data; not for diagnosis"
     onnx.save(m, str(path))
 
 
@@ -170,7 +170,7 @@ def train_lung(out: Path, seed: int, scale: float, mimic_share: float = 0.0, epo
                bins: int = E.LUNG_BINS, confluent_share: float = 0.1):
     print("lung: simulating", flush=True)
     n = int(R.RECIPE["lung"]["train_size"] * scale)
-    if mimic_share:  # the mixture with mimics as negatives (tried, not shipped: see models/README.md)
+    if mimic_share:  # the mixture with mimics as negatives and confluent bands (the recipe's)
         x, cols, rows, _ = E.make_lung_mixture(n, seed + 1, mimic_share, confluent_share, bins=bins)
     else:
         x, cols, rows, _ = E.make_lung_set(n, seed + 1, bins=bins)
@@ -236,7 +236,7 @@ def outputs(task: str, path: Path) -> dict:
 def write_bundle(out: Path, task: str, path: Path, thresholds: dict, metrics: dict, seed: int, seconds: float):
     spec = SPECS[task]
     entry = {
-        "name": spec["name"], "version": VERSION, "task": task, "file": "model.onnx",
+        "name": spec["name"], "version": VERSIONS[spec["dir"]], "task": task, "file": "model.onnx",
         "summary": spec["summary"],
         "input": {"name": "image", "shape": [None, 1, *E.SPEC["size"]], "dtype": "float32"},
         "preprocessing": E.SPEC, "outputs": outputs(task, path), "labels": spec["labels"],
@@ -258,12 +258,13 @@ def main(argv=None):
     ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign the bundles with")
     ap.add_argument("--gate-misoriented", type=int, default=0,
                     help="extra gate training frames: lung and FAST views turned on the screen, labelled other")
-    ap.add_argument("--lung-mimic-share", type=float, default=0.0,
-                    help="share of lung training frames holding a B-line mimic and no B-line (0: the recipe's set)")
+    ap.add_argument("--lung-mimic-share", type=float, default=R.RECIPE["lung"]["mimic_share"],
+                    help="share of lung training frames holding a B-line mimic and no B-line (0: the natural mix "
+                         "of 0-8 lines without mimics or confluent bands)")
     ap.add_argument("--lung-epochs", type=int, help="lung epochs instead of the recipe's")
     ap.add_argument("--lung-bins", type=int, choices=(64, 128), default=E.LUNG_BINS,
                     help="lung column bins over the input width (128: one per input column)")
-    ap.add_argument("--lung-confluent-share", type=float, default=0.1,
+    ap.add_argument("--lung-confluent-share", type=float, default=R.RECIPE["lung"]["confluent_share"],
                     help="with --lung-mimic-share: share of frames holding a confluent band")
     args = ap.parse_args(argv)
     if not 0.0 <= args.lung_mimic_share <= 0.9:
