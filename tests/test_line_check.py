@@ -152,3 +152,94 @@ def test_the_shipped_check_keeps_nine_in_ten_true_lines_and_turns_mimics_away_on
     kept = np.array([post.line_check_prob(f, check) >= check["threshold"] for f in X])
     print(f"E-line runs kept: {kept.mean():.1%} of {len(X)}")
     assert len(X) > 40 and not y.any() and kept.mean() <= 0.25, f"E-line runs kept: {kept.mean():.1%} of {len(X)}"
+
+
+def _oracle_features(img, maps, prow, lo, hi, peak, followed):
+    """LINE_FEATURES written out row by row and pixel by pixel: an independent reading of
+    what `line_features` says it measures."""
+    h, w = img.shape
+    line, con = maps
+    start, below, slope = followed
+    cb = [c for _, _, c in below]
+    q = max(2, len(cb) // 4)
+    out = [np.median(cb[:q]), np.median(cb[len(cb) - q:]), np.median(cb), min(cb), hi - lo, prow / h, slope]
+    row0 = below[0][0]
+    track = {}
+    for r in range(0, max(1, prow - 2)):
+        c = min(w - 1, max(0, int(np.round(start + slope * (r - row0)))))
+        track[r] = con[r, c]
+    for a, b in post.ABOVE_WINDOWS:
+        first = int(a * prow)
+        last = max(first + 1, int(b * prow) - (2 if b == 1.0 else 0))
+        vals = [track[r] for r in range(first, last) if r in track and not np.isnan(track[r])]
+        out += [np.median(vals), np.mean([v > 0.03 for v in vals])] if vals else [0.0, 0.0]
+    at = max(line[r, start] for r in range(max(0, prow - 2), min(h, prow + 3)))
+    over = np.median([line[r, start] for r in range(max(0, prow - 12), prow - 4)])
+    under = np.median([line[r, start] for r in range(prow + 4, prow + 12)])
+    peaks = [max(img[r, c] for r in range(prow - 2, prow + 3)) for c in range(w)]
+    row_median = np.median([v for v in peaks if v > post.IN_VIEW])
+    out += [at - over, at - under, peaks[start] - row_median]
+    rows = range(int(0.3 * prow), prow - 4)
+    wall = [img[r, c] for r in rows for c in range(w) if img[r, c] > post.IN_VIEW]
+    beside = [img[r, c] for r in rows for c in range(max(0, start - 12), min(w, start + 13)) if img[r, c] > post.IN_VIEW]
+    out += [np.median(beside) - np.median(wall), peak]
+    return np.array(out, float)
+
+
+@pytest.mark.parametrize("seed, prow, line_from, black_from", [(1, 40, 42, None), (2, 52, 10, 50), (3, 33, 0, 58)])
+def test_the_measurements_are_what_they_say_row_by_row(seed, prow, line_from, black_from):
+    """Textured frames (every band and window differs), a line from the pleura or through
+    the chest wall, a slanted line, black outside the field of view on one side."""
+    rng = np.random.default_rng(seed)
+    h, w = 110, 80
+    img = 0.15 + 0.25 * rng.random((h, w)) * np.linspace(0.5, 1.5, h)[:, None]
+    img[prow - 1:prow + 2, :] += 0.5  # the pleural line
+    for r in range(line_from, h):  # a line drifting one column every 8 rows
+        c = 30 + (r - line_from) // 8
+        img[r, c:c + 3] += 0.3 + 0.3 * np.sin(r / 5.0) ** 2
+    if black_from is not None:
+        img[:, black_from:] = 0.0
+    img = np.clip(img, 0, 1)
+    maps = post.line_maps(img)
+    a, b = 29 + (prow - line_from) // 8 if line_from < prow else 29, 34 + (prow - line_from) // 8 if line_from < prow else 34
+    followed = post._follow(img, a, b, prow, maps)
+    assert followed is not None
+    got = post.line_features(img, maps, prow, a, b, 0.77, followed)
+    want = _oracle_features(img, maps, prow, a, b, 0.77, followed)
+    assert got.shape == (len(post.LINE_FEATURES),)
+    for name, g, x in zip(post.LINE_FEATURES, got, want):
+        assert g == pytest.approx(x, abs=1e-9), name
+
+
+def test_the_check_is_a_logistic_regression_over_the_measurements_and_their_products():
+    rng = np.random.default_rng(4)
+    n = len(post.LINE_FEATURES)
+    check = {"features": list(post.LINE_FEATURES), "mean": rng.normal(0, 1, n).tolist(),
+             "scale": rng.uniform(0.5, 2, n).tolist(), "weights": rng.normal(0, 0.05, n + n * (n + 1) // 2).tolist(),
+             "bias": 0.3, "threshold": 0.5}
+    f = rng.normal(0, 1, n)
+    z = [(f[i] - check["mean"][i]) / check["scale"][i] for i in range(n)]
+    terms = z + [z[i] * z[j] for i in range(n) for j in range(i, n)]
+    logit = sum(wt * t for wt, t in zip(check["weights"], terms)) + check["bias"]
+    assert post.line_check_prob(f, check) == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-12)
+
+
+@pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, 1.0, 4.0], [2.0, 9.0, 4.0, 7.0], [0.5] * 7])
+def test_the_quick_median_is_the_median(values):
+    assert post._median(np.array(values)) == np.median(values)
+
+
+def test_what_is_wrong_with_a_check_is_said_and_a_usable_one_passes():
+    good = constant_check(0.0)
+    assert post.line_check_problem(good) is None
+    for key, value, words in [("threshold", 0.0, "threshold between 0 and 1"), ("threshold", 1.0, "threshold between 0 and 1"),
+                              ("threshold", True, "threshold between 0 and 1"), ("bias", float("inf"), "finite bias"),
+                              ("bias", "1", "finite bias"), ("features", list(post.LINE_FEATURES)[::-1], "other line features"),
+                              ("mean", [True] * len(post.LINE_FEATURES), "mean must be"),
+                              ("scale", [1.0] * (len(post.LINE_FEATURES) + 1), "scale must be"),
+                              ("scale", [-1.0] * len(post.LINE_FEATURES), "scale must be positive"),
+                              ("weights", "0" * 324, "weights must be")]:
+        check = dict(good, **{key: value})
+        problem = post.line_check_problem(check)
+        assert problem and words in problem, (key, value, problem)
+    assert post.line_check_problem(dict(good, threshold=0.999)) is None and post.line_check_problem(dict(good, bias=-3)) is None
