@@ -160,21 +160,30 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     frame. check: the bundle's learned line check (`line_check_prob`), which decides for a
     line-wide run (peak: the model's highest column probability in it); the rules below
     still give the reason in words, and decide alone without a check."""
-    h, w = img.shape
     prow = int(round(pleura_row))
-    lo, hi = max(0, int(cols[0])), min(w, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
-    if hi - lo >= 2 * SIDE[0]:  # wider than a line: its background bands would lie on it
+    lo, hi = run_pixels(cols, img.shape[1])
+    if is_band(lo, hi):
         return _band_mimic(img, lo, hi, prow)
     maps = maps if maps is not None else line_maps(img)
     followed = _follow(img, lo, hi, prow, maps)
     if followed is None:
         return ""  # too little image below the pleura to judge: leave the model's call
-    why = _line_rules(img, maps, prow, *followed)
-    if check is None:
-        return why
-    if line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= float(check["threshold"]):
+    if check is not None and \
+            line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= float(check["threshold"]):
         return ""
-    return why or NOT_SHAPED
+    why = _line_rules(img, maps, prow, *followed)  # the reason in words (and the verdict without a check)
+    return why or (NOT_SHAPED if check is not None else "")
+
+
+def run_pixels(cols: tuple[float, float], width: int) -> tuple[int, int]:
+    """A run's columns [start, end) in input pixels as whole pixels inside the image (at least one)."""
+    lo = max(0, int(cols[0]))
+    return lo, min(width, max(int(cols[0]) + 1, int(np.ceil(cols[1]))))
+
+
+def is_band(lo: int, hi: int) -> bool:
+    """Wider than a line: its background bands would lie on it, so it is judged as a band."""
+    return hi - lo >= 2 * SIDE[0]
 
 
 NOT_SHAPED = "not shaped like a B-line from the pleural line to the bottom (line check)"

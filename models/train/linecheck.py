@@ -67,8 +67,8 @@ def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarra
         to_px, sx = w / p.shape[0], w / s.image.shape[1]
         true = [(c0 * sx, c1 * sx) for c0, c1 in s.bline_cols]
         for a, b in post.count_blines(p, float(thresholds["bline"]), dip=post.SPLIT_DIP)[1]:
-            lo, hi = max(0, int(a * to_px)), min(w, max(int(a * to_px) + 1, int(np.ceil(b * to_px))))
-            if hi - lo >= 2 * post.SIDE[0]:
+            lo, hi = post.run_pixels((a * to_px, b * to_px), w)
+            if post.is_band(lo, hi):
                 continue  # judged as a band, not by the line check
             followed = post._follow(img, lo, hi, prow, maps)
             if followed is None:
