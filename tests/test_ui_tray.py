@@ -20,6 +20,7 @@ import re
 
 import pydicom
 import pytest
+from playwright.sync_api import expect
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -354,8 +355,10 @@ def test_scan_this_patient_with_a_registered_probe(kit, api, page, tmp_path):
     path, sop = capture(tmp_path, patient_id="ANONYMOUS")
     assert send(kit, path, aet="LUMIFY1") == ["Success"]
     page.goto("/")
-    page.locator(f"li.tray-item[data-uid='{sop}']").wait_for(timeout=20000)  # after the session: the tray
-    assert "Lumify tent B" in page.locator(f"li.tray-item[data-uid='{sop}']").inner_text()
+    item = page.locator(f"li.tray-item[data-uid='{sop}']")
+    item.wait_for(timeout=20000)  # after the session: the tray
+    # the probe's name once the board has loaded the probe list (its AE title alone until then)
+    expect(item).to_contain_text("Lumify tent B (LUMIFY1)", timeout=15000)
     shot(page, "board-tray")
     assert not axe_violations(page)
     page.evaluate("localStorage.setItem('fieldkit.theme', 'night')")  # and in a dark tent
