@@ -52,9 +52,14 @@ def test_finding_probability_is_calibrated_on_a_fresh_seed(registry, evaluate, t
 
 
 def test_view_probability_is_calibrated_on_a_fresh_seed(registry, evaluate):
-    p, truth = evaluate.gate_view_probs(registry.get("gate").session, 200, 95_003)
+    """The view probability as the kit shows it (the gate's, temperature-scaled by its
+    signed calibration: the gate is trained with label smoothing and is under-confident)."""
+    gate = registry.get("gate")
+    cal = _manifest("view_quality")["calibration"]
+    p, truth = evaluate.gate_view_probs(gate.session, 200, 95_003, cal)
     got = evaluate.ece(p, truth)
     assert got <= MAX_ECE, f"view: ECE {got:.3f}; bins {_bins(p, truth)}"
+    assert cal["method"] == "temperature" and cal["ece_after"] <= MAX_ECE
 
 
 def test_ece_tells_an_overconfident_model_from_a_calibrated_one(evaluate):
@@ -118,3 +123,24 @@ def test_a_bundle_without_calibration_claims_no_finding_probability(registry):
     assert r.assessable and r.finding_probability is None and "finding_probability_of" not in r.result
     assert "FINDP" not in [i.ConceptNameCodeSequence[0].CodeValue for i in _items(sr.build_sr(ds, a))
                            if "ConceptNameCodeSequence" in i]
+
+
+@pytest.mark.parametrize("bundle, spoil, words", [
+    ("view_quality", lambda c: c.__setitem__("t", 0), "needs a positive finite temperature t"),
+    ("view_quality", lambda c: c.__setitem__("t", float("inf")), "needs a positive finite temperature t"),
+    ("view_quality", lambda c: c.__setitem__("method", "isotonic"), "method 'isotonic' is not none, platt or temperature"),
+    ("lung_bline", lambda c: c.pop("a"), "needs finite a and b"),
+])
+def test_a_bundle_whose_calibration_the_kit_cannot_use_is_refused_naming_it(model_copy, signing_key, bundle, spoil, words):
+    """Signed by a trusted key, but its probabilities could not be formed: refused at verification."""
+    from fieldkit.inference import bundle as B
+    key, config = signing_key
+    path = model_copy / bundle / "manifest.json"
+    entry = json.loads(path.read_text())
+    spoil(entry["calibration"])
+    path.write_text(json.dumps(entry))
+    B.sign_bundle(path.parent, key)
+    verified = B.verify_bundle(B.read_bundle(path.parent), B.trusted_keys(config["inference.trusted_keys"]))
+    assert not verified.ok and verified.status.endswith(f"manifest calibration {words}"), verified.status
+    assert post.calibration_problem(_manifest(bundle)["calibration"]) is None  # the shipped one is usable
+    assert post.calibration_problem("0.5") == "is not an object"

@@ -2,16 +2,16 @@
 the calibration or for the card).
 
 Per frame, through the kit's post-processing (`postprocess.lung_frame`, mimic check
-included). The issue's targets (within one on >= 90 % of frames for 0-8 true lines,
-confluent detected on >= 90 %) are NOT met by the bundled lung model: these tests hold what
-it does now (see the lung card's "Counts by true count"), so that it does not get worse:
-0-4 lines are counted within one on >= 80 % of frames each (measured 85-100 %), 0-8 on
->= 75 % pooled (measured 83 %; 65 % before the learned line check: the mimic check turns
-away some of many close lines), confluent lines are called confluent on >= 50 % of frames
-(measured 59 %) with the model's pleural row where it is, and separate lines or mimics
-almost never are. The lung model 1.x called 75-80 % confluent, but on about a third of
-those frames its pleural row lay deep in the band (it was never trained on white lung) and
-the band was not judged from the pleura: 2.0.0, trained on confluent bands, finds the row.
+included). The issue's target for counts (within one on >= 90 % of frames for 0-8 true
+lines) is NOT met by the bundled lung model: these tests hold what it does now (see the
+lung card's "Counts by true count"), so that it does not get worse: 0-4 lines are counted
+within one on >= 80 % of frames each (measured 85-100 %), 0-8 on >= 75 % pooled (measured
+83 %; 65 % before the learned line check: the mimic check turns away some of many close
+lines). Confluent lines (white lung) are called confluent on >= 90 % of frames (the card:
+95 %; 55 % while the band had to cover a fifth of the image's width, which a convex probe's
+narrow sector at the pleura rarely gives it), with the model's pleural row where it is, and
+separate lines or mimics almost never are. Whole white-lung clips pass the view gate
+(1.1.0, trained with them) and are read as confluent B-lines.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_confluent_lines_are_called_confluent(registry, evaluate, simulator):
     # the band is judged from the pleura: the model's row must be where the pleura is
     off = [abs(f["pleura_row"] - s.pleura_row * 128 / s.image.shape[0]) > 10 for f, s in zip(frames, white)]
     assert np.mean(off) <= 0.05, f"pleural row more than 10 rows off on {np.mean(off):.1%} of white-lung frames"
-    assert detected >= 0.50, f"confluent lines called confluent on {detected:.1%} of frames"
+    assert detected >= 0.90, f"confluent lines called confluent on {detected:.1%} of frames"
     assert pattern >= detected, "a frame called confluent makes a B-line pattern"
     apart = [simulator.simulate_lung(rng, n_blines=int(rng.integers(0, 9))) for _ in range(200)]
     wrongly = np.mean([f["confluent"] for f in _frames(evaluate, registry, apart)])
@@ -80,19 +80,32 @@ def test_the_finding_and_sr_say_whether_lines_are_confluent(registry):
     assert lung.assessable and lung.result["confluent"] is False
     assert all(f["confluent"] is False for f in lung.result["frames"])
     assert ("Confluent B-lines", "Absent") in _coded(sr.build_sr(ds, analysis))
-    # the view gate does not yet pass simulated white-lung clips (it was not trained on them:
-    # they abstain as "uncertain"), so no real clip reaches this: the same analysis, read as
-    # confluent, shows how the SR carries it
-    lung.result["confluent"] = True
-    assert ("Confluent B-lines", "Present") in _coded(sr.build_sr(ds, analysis))
+    white, _ = lung_cine_dataset(n_frames=3, n_blines=1, seed=SEED, confluent=True)
+    analysis = runner.analyse(white, registry)
+    lung = next(r for r in analysis.results if r.task == "lung")
+    assert lung.assessable and lung.result["confluent"] is True and lung.result["pattern"] == "B-line pattern"
+    assert ("Confluent B-lines", "Present") in _coded(sr.build_sr(white, analysis))
 
 
-def test_white_lung_clips_abstain_at_the_gate_rather_than_read_wrong(registry):
-    """What the kit does today with a confluent clip: not assessable, with the reason."""
+CLIPS = 24  # white-lung clips, half on a convex probe (its sector narrow at the pleura), half linear
+
+
+def test_white_lung_clips_pass_the_gate_and_read_as_confluent_b_lines(registry):
+    """The sickest lungs must not be "not assessable", nor read as normal: the gate 1.0 called
+    them FAST or "other" (11.5 % passed), and a convex probe's band was seldom called
+    confluent (10 % of clips)."""
     from fixtures.inference import lung_cine_dataset
-    ds, _ = lung_cine_dataset(n_frames=3, n_blines=1, seed=SEED, confluent=True)
-    lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
-    assert not lung.assessable and "lung view" in lung.reason
+    read = []
+    for i in range(CLIPS):
+        ds, _ = lung_cine_dataset(n_frames=3, n_blines=i % 3, seed=SEED + 1000 + i, confluent=True,
+                                  probe="convex" if i % 2 else "linear")
+        lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
+        read.append("not assessable" if not lung.assessable else
+                    "confluent" if lung.result["confluent"] else lung.result["pattern"])
+    print("white-lung clips read as:", {k: read.count(k) for k in set(read)})
+    assert read.count("not assessable") <= 2, read
+    assert read.count("confluent") >= 0.8 * CLIPS, read
+    assert read.count("A-line pattern") <= 1, read
 
 
 def _walk(ds):

@@ -11,10 +11,16 @@ import numpy as np
 import pydicom
 import pytest
 
+from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner
 from fixtures.inference import lung_cine_dataset
 
 N_FRAMES = 8
+
+
+def _view_shown(gate, probs: np.ndarray, label: str) -> float:
+    """The view probability the kit shows for these gate probabilities (its signed temperature)."""
+    return float(post.view_calibrated(probs, gate.entry["calibration"])[gate.entry["labels"].index(label)])
 
 
 class _InjectedGate:
@@ -92,9 +98,10 @@ def test_lung_speaks_only_on_frames_the_gate_was_sure_of(registry, offset, asses
     lung = next(r for r in a.results if r.task == "lung")
     assert lung.assessable is assessable, lung.reason
     if assessable:
-        # the view probability is the gate's mean probability of the view on the frames used;
-        # the finding's own probability comes from the lung model, whatever the gate's figure
-        assert lung.view_probability == pytest.approx(p_lung, abs=1e-3)
+        # the view probability is the gate's mean probability of the view on the frames used
+        # (as shown: its signed temperature); the finding's own probability comes from the lung
+        # model, whatever the gate's figure
+        assert lung.view_probability == pytest.approx(_view_shown(gate, _lung_probs(labels, p_lung), "lung"), abs=1e-3)
         assert lung.finding_probability is not None and lung.finding_probability > 0.9
         assert np.median(lung.result["b_line_counts"]) == pytest.approx(len(truth[0].bline_cols), abs=1)
     else:
@@ -256,7 +263,7 @@ def test_half_the_frames_in_view_is_enough_and_the_result_names_them(registry):
     lung, fast = (next(r for r in a.results if r.task == t) for t in ("lung", "fast"))
     assert lung.assessable and lung.frames == [2, 4, 6, 8] and lung.result["view_share"] == 0.5
     assert (lung.reason, lung.view, lung.quality) == ("", "lung", "good")
-    assert lung.view_probability == pytest.approx(min_prob + 0.1, abs=1e-3)
+    assert lung.view_probability == pytest.approx(_view_shown(gate, sure, "lung"), abs=1e-3)
     assert [f["frame"] for f in lung.result["frames"]] == [2, 4, 6, 8]  # each frame's B-lines, named
     assert not fast.assessable and fast.result == {"view_share": 0.0} and fast.view_probability == 0.0
     assert (fast.view, fast.quality, fast.frames) == ("lung", "good", list(range(1, N_FRAMES + 1)))
@@ -338,9 +345,10 @@ def test_the_frame_shown_is_the_findings_frame_or_else_the_middle_one(registry):
     gate = registry.get("gate")
     labels = gate.entry["labels"]
     ds, _ = _lung_cine()
-    spoke = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, _sure_of(labels, "lung", 0.8123456))))
+    probs = _sure_of(labels, "lung", 0.8123456)
+    spoke = runner.analyse(ds, _Registry(registry, _InjectedGate(gate, probs)))
     lung = next(r for r in spoke.results if r.task == "lung")
-    assert lung.assessable and lung.view_probability == 0.812  # to 3 places
+    assert lung.assessable and lung.view_probability == round(_view_shown(gate, probs, "lung"), 3)  # to 3 places
     summary = lung.result["summary_frame"]
     assert np.array_equal(spoke.overlay_frame, _shown(ds, summary - 1))
     unsure = _lung_probs(labels, float(gate.thresholds["min_prob"]) - 0.1)

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from fieldkit.inference import bundle as B
+from fieldkit.inference import postprocess as post
 from fieldkit.inference import runner
 from fieldkit.inference.registry import BUILTIN_DIR, LoadedModel
 
@@ -40,10 +41,11 @@ class Session:
         return self.answer(ids)
 
 
-def _model(bundle_dir: str, answer, thresholds: dict | None = None) -> LoadedModel:
+def _model(bundle_dir: str, answer, thresholds: dict | None = None, **entry) -> LoadedModel:
     bundle = B.read_bundle(BUILTIN_DIR / bundle_dir)
     if thresholds is not None:
-        bundle = dataclasses.replace(bundle, entry=dict(bundle.entry, thresholds=thresholds))
+        entry["thresholds"] = thresholds
+    bundle = dataclasses.replace(bundle, entry=dict(bundle.entry, **entry))
     return LoadedModel(bundle, Session(answer), "image", list(bundle.entry["outputs"]), threading.Lock())
 
 
@@ -52,10 +54,11 @@ def _row(label: str, p: float) -> np.ndarray:
     return np.array([p if name == label else rest for name in LABELS])
 
 
-def gate(rows, thresholds: dict | None = None) -> LoadedModel:
-    """The bundled gate's manifest; frame i gets probabilities rows[i] (the last row for any later frame)."""
+def gate(rows, thresholds: dict | None = None, calibration: dict | None = None) -> LoadedModel:
+    """The bundled gate's manifest; frame i gets probabilities rows[i] (the last row for any
+    later frame). Without a calibration the view probability shown is the gate's own."""
     return _model("view_quality", lambda ids: [np.log(np.stack([rows[min(i, len(rows) - 1)] for i in ids]))],
-                  thresholds)
+                  thresholds, calibration=calibration)
 
 
 def lung() -> LoadedModel:
@@ -370,6 +373,20 @@ def test_the_view_probability_is_the_mean_over_the_frames_used():
     a = run(cine(4), models(rows))
     assert result(a, "lung").view_probability == round((0.9 + 0.8 + 0.61) / 3, 3)
     assert result(a, "lung").frames == [1, 2, 3]
+
+
+def test_a_temperature_rescales_the_view_probability_shown_not_the_gates_decision():
+    """The bundled gate's signed temperature sharpens what is shown (it is under-confident);
+    which frames it passes is still decided on its own probabilities and min_prob."""
+    rows = [_row("lung", p) for p in (0.9, 0.8, 0.61, 0.59)]
+    cal = {"method": "temperature", "t": 0.5}
+    a = run(cine(4), Registry(gate=gate(rows, calibration=cal), lung=lung(), fast=fast()))
+    shown = post.view_calibrated(np.stack(rows[:3]), cal)[:, LABELS.index("lung")]
+    assert result(a, "lung").frames == [1, 2, 3]  # 0.59 sharpened is over 0.6, but not passed
+    assert result(a, "lung").view_probability == round(float(shown.mean()), 3)
+    assert result(a, "lung").view_probability > round((0.9 + 0.8 + 0.61) / 3, 3)
+    bundled = B.read_bundle(BUILTIN_DIR / "view_quality").entry["calibration"]
+    assert bundled["method"] == "temperature" and 0 < bundled["t"] < 1
 
 
 def test_the_fast_model_speaks_on_fast_frames():

@@ -14,8 +14,10 @@ from fixtures.inference import frames_dataset, lung_cine_dataset
 
 SEED = 730_000
 FRAMES_PER_VIEW = 200  # per view, the three orientations mixed
-# share of turned frames the gate still passes as a lung / FAST view, at most
-BOUNDS = {"lung": 0.06, "fast": 0.45}
+# share of turned frames the gate still passes as a lung / FAST view, at most: the gate 1.1,
+# trained with turned views as "other", passes none (measured 0 of 200 each; the gate 1.0
+# passed 2.5-3.5 % of turned lung and 34-35 % of turned FAST frames)
+BOUNDS = {"lung": 0.03, "fast": 0.03}
 
 
 @pytest.mark.parametrize("view", ["lung", "fast"])
@@ -32,7 +34,8 @@ def test_turned_views_are_not_passed_as_views(registry, evaluate, view):
 def test_turned_views_abstain_through_the_kit_and_upright_ones_do_not(registry, simulator, view):
     """What the clinician sees: the kit's whole path (gate, then its check of how the view
     reads turned) on single frames of each orientation and on upright frames of the same view,
-    fresh seeds. The gate alone passes about 4 turned FAST frames in 10 (above)."""
+    fresh seeds. The kit's own turn check stays for a bundle whose gate passes turned views
+    (the gate 1.0 alone passed about 4 turned FAST frames in 10)."""
     rng = np.random.default_rng(SEED + 10 + (view == "fast"))
     n = 60  # per orientation
     for orientation in [*simulator.ORIENTATIONS, "upright"]:

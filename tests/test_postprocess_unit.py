@@ -189,33 +189,59 @@ PLEURA_LOGITS = np.eye(32)[10] * 10  # row bin 10: the pleura at row 42 of 128
 
 
 def test_confluent_is_wide_evidence_over_a_band_from_the_pleura_to_the_bottom():
-    k = post.confluent_bins(64)
-    img = band(42, H, lo=40, hi=40 + 2 * k)
+    img = band(42, H, lo=30, hi=100)
+    k = post.confluent_bins(64, img, 42.0)
+    assert k == 16  # a quarter of the 128 pixels in view at the pleura, in bins of 2 pixels
     prob = np.zeros(64)
     prob[20:20 + k] = 0.3  # a plateau under the B-line threshold counts: the model dips inside a band
     assert post.confluent(prob, img, 42.0) == (20, 20 + k)
     prob[20 + k - 1] = post.CONFLUENT_FLOOR - 0.01  # one column narrower: not a wide sector
     assert post.confluent(prob, img, 42.0) is None
     prob[20:20 + k] = 0.3
-    assert post.confluent(prob, band(0, H, lo=40, hi=40 + 2 * k), 42.0) is None  # starts above: a mimic
+    assert post.confluent(prob, band(0, H, lo=30, hi=100), 42.0) is None  # starts above: a mimic
     assert post.confluent(np.zeros(64), img, 42.0) is None
 
 
-def test_the_confluent_width_is_a_share_of_the_image_whatever_the_models_column_bins():
-    # a model with one bin per input column: the same band in pixels is twice as many bins
-    assert post.confluent_bins(64) == 12 and post.confluent_bins(128) == 24
-    img = band(42, H, lo=40, hi=40 + 24)
+def test_the_confluent_width_is_a_share_of_the_field_of_view_at_the_pleura():
+    """A convex probe's sector is narrow just under the pleura: the band is measured against
+    the width in view there, not the image's, whatever the model's column bins."""
+    img = band(42, H, lo=40, hi=80)
+    img[:, :32] = 0.0  # black outside a 64-pixel-wide field of view
+    img[:, 96:] = 0.0
+    assert post.view_width(img, 45) == 64 and post.view_width(np.zeros((8, 8)), 4) == 8
+    assert post.confluent_bins(64, img, 42.0) == 8 and post.confluent_bins(128, img, 42.0) == 16
     prob = np.zeros(128)
-    prob[40:64] = 0.3
-    assert post.confluent(prob, img, 42.0) == (40, 64)
-    prob[63] = 0  # 23 of 128 bins: under a fifth of the width
+    prob[44:60] = 0.3  # 16 of 128 bins: a quarter of the view, though an eighth of the image
+    assert post.confluent(prob, img, 42.0) == (44, 60)
+    prob[59] = 0  # 15 bins: under a quarter of the view
     assert post.confluent(prob, img, 42.0) is None
+
+
+def test_separate_lines_with_dark_gaps_are_not_one_band():
+    """Close separate B-lines the model's evidence bridges are counted as lines, not called
+    confluent: under the pleura the image is dark between them."""
+    img = band(42, H, lo=30, hi=100)
+    for gap in range(36, 96, 8):
+        img[42:, gap:gap + 3] = 0.2
+    assert post.confluent_band_problem(img, 30, 100, 40) == "separate lines with dark gaps between them, not one band"
+    prob = np.zeros(64)
+    prob[15:50] = 0.4
+    assert post.confluent(prob, img, 42.0) is None
+    assert post.confluent(prob, band(42, H, lo=30, hi=100), 42.0) == (15, 50)
+
+
+def test_a_wide_band_no_brighter_than_the_rest_under_the_pleura_is_not_confluent():
+    img = band(42, 42)  # nothing drawn under the pleura
+    assert post.confluent_band_problem(img, 30, 100, 40) == "no bright band below the pleura"
+    assert post.confluent_band_problem(band(0, H, lo=30, hi=100), 30, 100, 40) == \
+        "starts above the pleural line (E-line or needle artefact)"
+    assert post.confluent_band_problem(band(42, H, lo=30, hi=100), 30, 100, 40) == ""
 
 
 def test_a_confluent_band_makes_a_pattern_by_itself():
     th = {"bline": 0.5, "pattern_min_blines": 3}
-    k = post.confluent_bins(64)
-    img = band(42, H, lo=40, hi=40 + 2 * k)
+    img = band(42, H, lo=40, hi=72)  # a quarter of the view: 16 bins
+    k = post.confluent_bins(64, img, 42.0)
     prob = np.zeros(64)
     prob[20:20 + k] = 0.9
     fr = post.lung_frame(prob, PLEURA_LOGITS, img, th)
@@ -883,11 +909,11 @@ def test_the_dip_between_two_touching_lines_is_no_third_line():
 
 
 def test_a_confluent_band_adds_k_lines_to_the_stronger_ones():
-    img = lines([4, 12, 20], wide=[(36, 48)])  # three lines (bins 2, 6, 10) and a band (bins 18-23)
+    img = lines([4, 12, 20], wide=[(36, 52)])  # three lines (bins 2, 6, 10) and a band (bins 18-25)
     prob = evidence(b2=0.95, b6=0.95, b10=0.95)
-    prob[18:24] = 0.6
+    prob[18:26] = 0.6
     fr = post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, "pattern_min_blines": 3})
-    assert fr["confluent"] is True and fr["runs"] == [(2, 3), (6, 7), (10, 11), (18, 24)]
+    assert fr["confluent"] is True and fr["runs"] == [(2, 3), (6, 7), (10, 11), (18, 26)]
     assert fr["score"] == pytest.approx(np.log(0.95 / 0.05))
 
 
@@ -1133,26 +1159,31 @@ def test_an_oblique_line_is_followed_upwards_from_its_start_column():
 
 
 def test_evidence_exactly_at_the_confluent_floor_counts():
-    k = post.confluent_bins(64)
-    img = band(42, H, lo=40, hi=40 + 2 * k)
+    img = band(42, H, lo=30, hi=100)
+    k = post.confluent_bins(64, img, 42.0)
     prob = np.zeros(64)
     prob[20:20 + k] = post.CONFLUENT_FLOOR
     assert post.confluent(prob, img, 42.0) == (20, 20 + k)
 
 
 def test_the_confluent_band_is_judged_at_its_own_pixels():
-    """32 bins over 64 pixels: bins 12-18 are pixels 24-37. A needle's reverberation left of
-    it (pixels 8-19, from the top) and an E-line on its first pixel (24) lie outside the band
-    or are too narrow to make the band a mimic; judged at other pixels they would."""
+    """32 bins over 64 pixels: bins 12-30 are pixels 24-61. A needle's reverberation left of
+    it (pixels 4-19, from the top) lies outside the band, and a line over the chest wall on
+    its first pixel (24) is too narrow to make the band a mimic; judged at other pixels
+    they would."""
     img = frame()
-    img[42:, 24:38] = 0.7
-    img[:, 8:20] = 0.7
+    img[42:, 24:62] = 0.7
+    img[:, 4:20] = 0.7
     img[38:42] = 0.8
     prob = np.zeros(32)
-    prob[12:18] = 0.5
-    assert post.confluent(prob, img, 40.0) == (12, 18)
+    prob[12:31] = 0.5
+    assert post.confluent(prob, img, 40.0) == (12, 31)
     img[:38, 24] = 0.9
-    assert post.confluent(prob, img, 40.0) == (12, 18)
+    assert post.confluent(prob, img, 40.0) == (12, 31)
+    img[:, 4:20] = 0.2
+    img[38:42] = 0.8
+    img[:38, 24:40] = 0.9  # a wide part of it over the chest wall: a mimic
+    assert post.confluent(prob, img, 40.0) is None
 
 
 def test_of_equal_scores_the_clip_names_the_earliest_frame():

@@ -162,6 +162,10 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
         problem = line_check_problem(e["thresholds"]["line_check"])
         if problem:
             return _refuse(bundle, f"manifest thresholds.line_check {problem}")
+    from fieldkit.inference.postprocess import calibration_problem
+    problem = calibration_problem(e.get("calibration"))
+    if problem:
+        return _refuse(bundle, f"manifest calibration {problem}")
     model = bundle.model_path
     if Path(e["file"]).is_absolute() or ".." in Path(e["file"]).parts:
         return _refuse(bundle, f"model file {e['file']!r} must be inside the bundle")

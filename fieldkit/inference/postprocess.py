@@ -84,11 +84,22 @@ ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of th
 ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
 ABOVE_FROM, ABOVE_GAP = 0.65, 4  # the chest wall looked at: from 2/3 of the pleura's row to 4 rows
 # above it, where every E-line and needle ring-down passes (they start higher or lower up)
-CONFLUENT_SHARE = 12 / 64  # B-line evidence over at least this share of the width (~1/5:
-# 12 of 64 column bins, 24 of 128)
+# Confluent B-lines (white lung): one band of evidence over a wide sector. Measured just under
+# the pleura, where a convex probe's sector is narrow and a band has not yet fanned out.
+CONFLUENT_SHARE = 0.25  # B-line evidence over at least this share of the field of view's width
+# at the pleura (confluent bands span 30-55 % of it; the image's width would ask a convex
+# probe's band for more than it has there)
 CONFLUENT_FLOOR = 0.1  # ... all at or above this: lines merged over a wide sector ("confluent",
 # white lung), which the model scores as a plateau with dips, not as separate peaks
-BAND_SIDE = 10  # confluent: the background is this many input pixels either side of the band
+CONFLUENT_EVEN = 0.9  # ... and evenly bright under the pleura: its dimmest tenth of columns at
+# least this share of its median (close separate lines leave dark gaps the model bridges)
+EVEN_TRIM = 0.3  # the band's outer 30 % either side is left out (its edges fall off like a line's)
+EVEN_ROWS = 16  # rows under the pleura looked at (before a convex probe's band fans out)
+BAND_ABOVE = 0.05  # the band over the chest wall brighter than the wall beside it by more than this
+BAND_ABOVE_RATIO = 0.5  # ... and than this share of its contrast under the pleura: it starts above
+ABOVE_BAND = (0.3, 0.9)  # the chest wall looked at, as shares of the pleura's row (a convex probe's
+# pleura rises towards the sides: rows just above its centre may cross it)
+BAND_SIDE = 10  # a run wider than a line: its background is this many input pixels either side of it
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -322,19 +333,59 @@ def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
     return _verdict(above[~np.isnan(above)], near, deep)
 
 
-def confluent_bins(bins: int) -> int:
+def view_width(img: np.ndarray, row: int) -> int:
+    """Pixels from the first to the last one in the field of view on this row (the image's
+    width when the row shows nothing)."""
+    shown = np.flatnonzero(img[min(img.shape[0] - 1, max(0, row))] > IN_VIEW)
+    return int(shown[-1] - shown[0] + 1) if len(shown) else img.shape[1]
+
+
+def confluent_bins(bins: int, img: np.ndarray, pleura_row: float) -> int:
     """The narrowest confluent band, in column bins of a model with this many bins."""
-    return int(round(CONFLUENT_SHARE * bins))
+    prow = int(round(pleura_row))
+    return max(3, int(round(CONFLUENT_SHARE * view_width(img, prow + 3) * bins / img.shape[1])))
+
+
+def confluent_band_problem(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
+    """Why pixels [lo, hi) are not one band of confluent B-lines from the pleura ("" when they
+    are): not brighter than the lung beside it just under the pleura, not evenly
+    bright there, or as bright over the chest wall above the pleura (a sheet of subcutaneous
+    air or a wide artefact from the probe)."""
+    h, w = img.shape
+    r0 = min(h - 1, prow + 3)
+    under = img[r0:min(h, r0 + EVEN_ROWS)]
+    inside = np.zeros(w, bool)
+    inside[lo:hi] = True
+    rest = under[:, ~inside]
+    rest = rest[rest > IN_VIEW]
+    # against the rest's darker quarter: the lung beside the band (another bright artefact may lie there too)
+    contrast = float(under[:, inside].mean()) - float(np.percentile(rest, 25)) if len(rest) else 1.0
+    if contrast < MIN_CONTRAST:
+        return "no bright band below the pleura"
+    trim = int(round(EVEN_TRIM * (hi - lo)))
+    cols = under[:, lo + trim:hi - trim].mean(axis=0)
+    if len(cols) >= 3 and float(np.percentile(cols, 10)) < CONFLUENT_EVEN * _median(cols):
+        return "separate lines with dark gaps between them, not one band"
+    above = []  # over the chest wall: the band against the wall beside it, row by row
+    for row in img[int(ABOVE_BAND[0] * prow):int(ABOVE_BAND[1] * prow)]:
+        shown = row > IN_VIEW
+        beside = row[~inside & shown]
+        if len(beside) > 4 and shown[lo:hi].any():
+            above.append(float(row[lo:hi][shown[lo:hi]].mean()) - _median(beside))
+    if len(above) >= 4 and _median(above) > max(BAND_ABOVE, BAND_ABOVE_RATIO * contrast):
+        return "starts above the pleural line (E-line or needle artefact)"
+    return ""
 
 
 def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple[int, int] | None:
     """Lines merged over a wide sector: the first run of evidence >= CONFLUENT_FLOOR over at
-    least CONFLUENT_SHARE of the width whose band passes the mimic check (arises from the
-    pleura, reaches the bottom); None when there is none. Columns in bins of col_prob."""
+    least CONFLUENT_SHARE of the field of view at the pleura that is one band of B-lines by
+    the image (`confluent_band_problem`); None when there is none. Columns in bins of col_prob."""
     bins = col_prob.shape[0]
-    to_px = img.shape[1] / bins
-    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, confluent_bins(bins)):
-        if not bline_mimic(img, (a * to_px, b * to_px), pleura_row):
+    prow = int(round(pleura_row))
+    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, confluent_bins(bins, img, pleura_row)):
+        lo, hi = run_pixels((a * img.shape[1] / bins, b * img.shape[1] / bins), img.shape[1])
+        if not confluent_band_problem(img, lo, hi, prow):
             return a, b
     return None
 
@@ -400,6 +451,33 @@ def clip_score(scores, share: float) -> tuple[float, int]:
     order = np.argsort(-s, kind="stable")
     i = int(order[max(1, int(np.ceil(share * len(s)))) - 1])
     return float(s[i]), i
+
+
+def view_calibrated(p: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """The gate's class probabilities as shown: with a fitted temperature t in the bundle's
+    `calibration`, softmax(logits / t), formed from the probabilities themselves (p ** (1/t),
+    renormalised: the same thing); unchanged without one. The gate decides on its own
+    probabilities (its min_prob was chosen on them); only what is shown is rescaled."""
+    if not calibration or calibration.get("method") != "temperature":
+        return p
+    q = np.power(np.clip(np.asarray(p, float), 1e-12, 1.0), 1.0 / float(calibration["t"]))
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+def calibration_problem(calibration) -> str | None:
+    """What is wrong with a bundle's `calibration` (None: the kit can use it or there is none)."""
+    if calibration is None:
+        return None
+    if not isinstance(calibration, dict):
+        return "is not an object"
+    method = calibration.get("method")
+    if method == "temperature" and not (_finite(calibration.get("t")) and calibration["t"] > 0):
+        return "needs a positive finite temperature t"
+    if method == "platt" and not (_finite(calibration.get("a")) and _finite(calibration.get("b"))):
+        return "needs finite a and b"
+    if method not in ("none", "platt", "temperature"):
+        return f"method {str(method)[:40]!r} is not none, platt or temperature"
+    return None
 
 
 def calibrated(score: float, calibration: dict | None) -> float | None:

@@ -205,7 +205,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         chosen = [used[i] for i in rows]
         frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec)
         outs = _batched(model, x, batch_size)
-        conf = float(np.mean(p[rows, want]))
+        conf = float(np.mean(post.view_calibrated(p[rows], gate.entry.get("calibration"))[:, want]))
         fn = _lung if task == "lung" else _fast
         result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2], x)
         result["view_share"] = round(share, 3)

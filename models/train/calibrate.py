@@ -62,11 +62,19 @@ def calibration(task: str, session, thresholds: dict) -> dict:
             "reliability_before": reliability(before, ece_y), "reliability_after": reliability(after, ece_y)}
 
 
-def gate_reliability(session) -> dict:
-    p, y = E.gate_view_probs(session, 250, R.seed("gate", "ece"))
-    return {"method": "none", "of": "view (lung or FAST)", "ece": round(E.ece(p, y), 4),
-            "ece_measured_on": {"seed": R.seed("gate", "ece"), "frames": int(len(p))},
-            "reliability": reliability(p, y)}
+def gate_calibration(session) -> dict:
+    """Temperature scaling of the gate's probabilities (fitted on the calibration seed's
+    frames of every class), and the shown view probability's reliability before and after."""
+    n = R.RECIPE["gate"]["calibration_per_class"]
+    probs, y = E.gate_probs(session, n, R.seed("gate", "calibration"))
+    cal = {"method": "temperature", "t": E.fit_temperature(probs, y)}
+    before, y_before = E.gate_view_probs(session, n, R.seed("gate", "ece"))
+    after, y_after = E.gate_view_probs(session, n, R.seed("gate", "ece"), cal)
+    return {**cal, "of": "view (lung or FAST)",
+            "fitted_on": {"seed": R.seed("gate", "calibration"), "frames": int(len(y))},
+            "ece_measured_on": {"seed": R.seed("gate", "ece"), "frames": int(len(after))},
+            "ece_before": round(E.ece(before, y_before), 4), "ece_after": round(E.ece(after, y_after), 4),
+            "reliability_before": reliability(before, y_before), "reliability_after": reliability(after, y_after)}
 
 
 def mimic_table(session, thresholds) -> dict:
@@ -140,7 +148,7 @@ def main(argv=None):
         session = ort.InferenceSession(str(path.parent / entry["file"]), providers=["CPUExecutionProvider"])
         entry["training"].update(R.training_facts(task))
         if task == "gate":
-            entry["calibration"] = gate_reliability(session)
+            entry["calibration"] = gate_calibration(session)
         else:
             entry["calibration"] = calibration(task, session, entry["thresholds"])
         if task == "lung":

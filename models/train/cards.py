@@ -134,6 +134,33 @@ def _reliability(rows) -> str:
 
 def calibration_section(e: dict) -> str:
     c = e["calibration"]
+    if c["method"] == "temperature":
+        return f"""## Calibration
+
+The view probability the kit shows ("view: lung 94 %") is the gate's probability of the
+view it calls, temperature-scaled: softmax(logits / t) with t = {c['t']} (under 1: the
+gate, trained with label smoothing, is under-confident), fitted on {c['fitted_on']['frames']}
+held-out frames of every class (seed {c['fitted_on']['seed']}: not trained on, not the test set)
+and signed in the manifest (`calibration`). The gate decides on its own probabilities
+(min_prob was chosen on them); only the probability shown is rescaled. ECE on
+{c['ece_measured_on']['frames']} other fresh frames called lung or FAST (seed {c['ece_measured_on']['seed']}):
+
+| ECE | before calibration {c['ece_before']:.4f} | after {c['ece_after']:.4f} |
+|---|---|---|
+
+Reliability before:
+
+| probability bin | frames | mean probability | observed share |
+|---|---|---|---|
+{_reliability(c['reliability_before'])}
+
+Reliability after:
+
+| probability bin | frames | mean probability | observed share |
+|---|---|---|---|
+{_reliability(c['reliability_after'])}
+
+"""
     if c["method"] == "none":
         return f"""## Calibration
 
@@ -258,14 +285,16 @@ of true B-lines:
 
 def confluent_text(e: dict) -> str:
     c = e.get("confluent")
-    bins = int(e["outputs"]["bline_logits"].split(",")[1].split(")")[0])  # "(N, 64) per-column ..."
     if not c:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
     return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
 peaks either side), so touching lines count apart; lines above five are still under-counted.
 Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
-when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.confluent_bins(bins)} of its {bins}
-columns and that band passes the mimic check (it then makes a B-line pattern by itself): on
+when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_SHARE:.0%} of the field of
+view's width at the pleura, and the image shows one band there (`postprocess.confluent_band_problem`:
+brighter than the lung beside it, evenly bright under the pleura (the dimmest tenth of its
+middle columns at least {post.CONFLUENT_EVEN:.0%} of their median: close separate lines leave dark
+gaps), and not as bright over the chest wall); it then makes a B-line pattern by itself. On
 {c['frames']} fresh frames with them (seed {c['seed']}) {c['detected']:.1%} were called confluent; on
 {c['frames']} frames with 0-8 separate lines {c['called_on_separate_lines']:.1%} were.{pleura_off_text(c)}
 """

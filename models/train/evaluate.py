@@ -171,6 +171,16 @@ def misoriented_metrics(session, thresholds: dict, n_per_view=100, seed=10_002):
     return out
 
 
+def white_lung_metrics(session, thresholds: dict, n=200, seed=10_005):
+    """Lung frames with confluent lines (white lung, the sickest lungs): the share the gate
+    passes as a lung view (the lung model reads them only then)."""
+    rng = np.random.default_rng(seed)
+    x = np.stack([preprocess(S.simulate_lung(rng, confluent=True).image[None], SPEC)[0] for _ in range(n)])
+    probs = post.softmax(_run(session, x)[0])
+    passed = (probs.max(axis=1) >= thresholds["min_prob"]) & (probs.argmax(axis=1) == 0)
+    return {"white_lung_passed": wilson(int(passed.sum()), n)}
+
+
 def lung_metrics(session, thresholds: dict, n=300, seed=20_001):
     x, _, rows, counts = make_lung_set(n, seed)
     cols_logit, row_logit = _run(session, x)
@@ -279,11 +289,29 @@ def fast_scores(session, thresholds: dict, n: int, seed: int):
     return np.array([post.fluid_score(l, thresholds) for l in logits]), truth
 
 
-def gate_view_probs(session, n_per_class: int, seed: int):
+def gate_probs(session, n_per_class: int, seed: int, calibration: dict | None = None):
+    """The gate's class probabilities as the kit shows them (post.view_calibrated) on fresh
+    frames of every class, and the true classes."""
+    x, y = make_gate_set(n_per_class, seed)
+    return post.view_calibrated(post.softmax(_run(session, x)[0]), calibration), y
+
+
+def gate_view_probs(session, n_per_class: int, seed: int, calibration: dict | None = None):
     """The shown view probabilities (p of lung, p of FAST on frames called that view) and
     whether each frame truly is that view."""
-    x, y = make_gate_set(n_per_class, seed)
-    probs = post.softmax(_run(session, x)[0])
+    probs, y = gate_probs(session, n_per_class, seed, calibration)
     called = probs.argmax(1)
     shown = np.isin(called, (0, 1))
     return probs[shown, called[shown]], y[shown] == called[shown]
+
+
+def fit_temperature(probs, labels) -> float:
+    """Temperature scaling: the t (a grid over 0.2-5, log-spaced) maximising the likelihood of
+    the true classes under softmax(logits / t)."""
+    best, best_loss = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.2), np.log(5.0), 401)):
+        q = post.view_calibrated(probs, {"method": "temperature", "t": t})
+        loss = -np.mean(np.log(np.clip(q[np.arange(len(labels)), labels], 1e-12, 1)))
+        if loss < best_loss:
+            best, best_loss = float(t), loss
+    return round(best, 4)

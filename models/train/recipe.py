@@ -9,8 +9,12 @@ SEED = 20260  # train.py --seed
 # the seeds are offsets from SEED: the training set, the card's test set, the calibration
 # set (held out: not trained on, not the card's test) and the set the ECE is measured on
 RECIPE = {
-    "gate": {"train_size": 4200, "train_size_rule": "700 per class x 6 classes", "epochs": 8,
-             "loss": "cross-entropy, label smoothing 0.05", "seed_offsets": {"train": 0, "test": 501, "ece": 700},
+    "gate": {"train_size": 4900, "misoriented": 700,
+             "train_size_rule": "700 per class x 6 classes (of the lung views, 15 % white lung: confluent lines) "
+                                "+ 700 lung and FAST views turned on the screen, labelled other",
+             "epochs": 8,
+             "loss": "cross-entropy, label smoothing 0.05",
+             "seed_offsets": {"train": 0, "test": 501, "calibration": 600, "ece": 700}, "calibration_per_class": 250,
              "test_size": 1500},
     "lung": {"train_size": 3000, "epochs": 20, "mimic_share": 0.3, "confluent_share": 0.2,
              "train_size_rule": "30 % one B-line mimic and no B-line (E-lines, needles and emphysema twice as "
@@ -50,7 +54,7 @@ def training_facts(task: str, seed: int = SEED) -> dict:
     r = RECIPE[task]
     return {"train_size": r["train_size"], "train_size_rule": r.get("train_size_rule", ""),
             "epochs": r["epochs"], "loss": r["loss"],
-            **{k: r[k] for k in ("mimic_share", "confluent_share") if k in r},
+            **{k: r[k] for k in ("mimic_share", "confluent_share", "misoriented") if k in r},
             "seeds": {k: seed + v for k, v in r["seed_offsets"].items()},
             "test_size": r["test_size"], "commands": commands(task, seed),
             "wall_minutes": {"train": WALL_MINUTES[task], "calibrate": WALL_MINUTES["calibrate"],

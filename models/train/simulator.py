@@ -679,7 +679,17 @@ def simulate_misoriented(rng, view=None, orientation=None) -> Sample:
                   params={"from": s.params, "view": view, "orientation": orientation})
 
 
-GENERATORS = (simulate_lung, simulate_fast, simulate_other, simulate_no_contact,
+GATE_CONFLUENT_SHARE = 0.15  # the gate's lung frames holding confluent lines (white lung)
+
+
+def simulate_gate_lung(rng) -> Sample:
+    """A lung view as the gate must know it: the natural mix of 0-8 lines, and white lung
+    (confluent lines) on GATE_CONFLUENT_SHARE of the frames: the sickest lungs are lung
+    views too (a gate trained without them called white lung FAST or "other")."""
+    return simulate_lung(rng, confluent=bool(rng.random() < GATE_CONFLUENT_SHARE))
+
+
+GENERATORS = (simulate_gate_lung, simulate_fast, simulate_other, simulate_no_contact,
               simulate_too_dark, simulate_saturated)
 
 

@@ -35,7 +35,8 @@ import recipe as R  # noqa: E402
 import simulator as S  # noqa: E402
 from fieldkit.inference import bundle as B  # noqa: E402
 
-VERSIONS = {"view_quality": "1.0.0", "lung_bline": "2.0.0", "fast_fluid": "1.0.0"}  # lung 2: trained on mimics and confluent bands
+# lung 2: trained on mimics and confluent bands; gate 1.1: white lung among its lung views, turned views as other
+VERSIONS = {"view_quality": "1.1.0", "lung_bline": "2.0.0", "fast_fluid": "1.0.0"}
 
 
 def block(i, o, stride):
@@ -154,7 +155,8 @@ def session(path: Path):
 
 def train_gate(out: Path, seed: int, scale: float, misoriented: int = 0):
     print("gate: simulating", flush=True)
-    x, y = E.make_gate_set(int(R.RECIPE["gate"]["train_size"] / len(S.GATE_CLASSES) * scale), seed,
+    per_class = (R.RECIPE["gate"]["train_size"] - R.RECIPE["gate"]["misoriented"]) / len(S.GATE_CLASSES)
+    x, y = E.make_gate_set(int(per_class * scale), seed,
                            misoriented=int(misoriented * scale))
     model = fit(GateNet(), x, [y.astype(np.int64)], lambda o, t: F.cross_entropy(o, t[0], label_smoothing=0.05),
                 epochs=R.RECIPE["gate"]["epochs"], seed=seed, log="gate")
@@ -163,6 +165,7 @@ def train_gate(out: Path, seed: int, scale: float, misoriented: int = 0):
     thresholds = {"min_prob": 0.6}
     metrics = E.gate_metrics(session(path), thresholds, n_per_class=int(250 * scale), seed=seed + 501)
     metrics |= E.misoriented_metrics(session(path), thresholds, n_per_view=int(200 * scale), seed=seed + 504)
+    metrics |= E.white_lung_metrics(session(path), thresholds, n=int(200 * scale), seed=seed + 505)
     return path, thresholds, metrics
 
 
@@ -256,7 +259,7 @@ def main(argv=None):
     ap.add_argument("--only", choices=list(SPECS), action="append")
     ap.add_argument("--scale", type=float, default=1.0, help="scale the data set sizes (smoke runs)")
     ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign the bundles with")
-    ap.add_argument("--gate-misoriented", type=int, default=0,
+    ap.add_argument("--gate-misoriented", type=int, default=R.RECIPE["gate"]["misoriented"],
                     help="extra gate training frames: lung and FAST views turned on the screen, labelled other")
     ap.add_argument("--lung-mimic-share", type=float, default=R.RECIPE["lung"]["mimic_share"],
                     help="share of lung training frames holding a B-line mimic and no B-line (0: the natural mix "
