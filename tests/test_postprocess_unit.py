@@ -460,6 +460,21 @@ def test_calibrated_is_platt_scaling_of_the_score():
 def test_calibrated_is_none_without_a_fitted_calibration():
     assert post.calibrated(1.0, None) is None
     assert post.calibrated(1.0, {}) is None
+    assert post.calibrated(1.0, {"method": "none", "ece": 0.04}) is None  # measured, not fitted
+    assert post.calibrated(1.0, {"method": "temperature", "t": 0.5}) is None  # a gate's, not a finding's
+    assert post.calibrated(1.0, {"method": "platt", "a": 2.0, "b": 0.0}) == pytest.approx(1 / (1 + np.exp(-2.0)))
+
+
+def test_a_temperature_sharpens_or_softens_the_gate_probabilities_and_keeps_their_order():
+    p = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    sharp = post.view_calibrated(p, {"method": "temperature", "t": 0.5})
+    # softmax(log p / t) is p ** (1/t) renormalised
+    assert sharp[0] == pytest.approx(np.array([0.49, 0.04, 0.01]) / 0.54)
+    assert np.allclose(sharp.sum(1), 1) and (sharp.argmax(1) == p.argmax(1)).all() and sharp[0, 0] > 0.7
+    soft = post.view_calibrated(p, {"method": "temperature", "t": 2.0})
+    assert soft[0, 0] < 0.7 and (soft.argmax(1) == p.argmax(1)).all()
+    assert post.view_calibrated(p, {"method": "temperature", "t": 1.0}) == pytest.approx(p)
+    assert post.view_calibrated(p, None) is p and post.view_calibrated(p, {"method": "none"}) is p
 
 
 # --- lung sliding: drawn cines, 64 x 40, the lung model's pleural row in 32 row bins ---

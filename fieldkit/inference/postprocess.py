@@ -481,8 +481,9 @@ def calibration_problem(calibration) -> str | None:
 
 
 def calibrated(score: float, calibration: dict | None) -> float | None:
-    """The probability of the finding from its score; None without a fitted calibration."""
-    if not calibration:
+    """The probability of the finding from its score; None without a fitted calibration
+    (Platt scaling: a gate's temperature is no finding's calibration)."""
+    if not calibration or calibration.get("method", "platt") != "platt":
         return None
     return float(sigmoid(np.asarray(calibration["a"] * score + calibration["b"], float)))
 
