@@ -132,6 +132,13 @@ def _reliability(rows) -> str:
     return "\n".join(f"| {lo:.1f}-{hi:.1f} | {n} | {p:.3f} | {o:.3f} |" for lo, hi, n, p, o in rows)
 
 
+def _before_after(c: dict) -> str:
+    """The reliability tables before and after a fitted calibration."""
+    table = "| probability bin | frames | mean probability | observed share |\n|---|---|---|---|\n"
+    return (f"Reliability before:\n\n{table}{_reliability(c['reliability_before'])}\n\n"
+            f"Reliability after:\n\n{table}{_reliability(c['reliability_after'])}")
+
+
 def calibration_section(e: dict) -> str:
     c = e["calibration"]
     if c["method"] == "temperature":
@@ -148,17 +155,7 @@ and signed in the manifest (`calibration`). The gate decides on its own probabil
 | ECE | before calibration {c['ece_before']:.4f} | after {c['ece_after']:.4f} |
 |---|---|---|
 
-Reliability before:
-
-| probability bin | frames | mean probability | observed share |
-|---|---|---|---|
-{_reliability(c['reliability_before'])}
-
-Reliability after:
-
-| probability bin | frames | mean probability | observed share |
-|---|---|---|---|
-{_reliability(c['reliability_after'])}
+{_before_after(c)}
 
 """
     if c["method"] == "none":
@@ -191,17 +188,7 @@ frame-weighted mean gap between probability and observed share over ten bins) on
 | ECE | before calibration (sigmoid of the score) {c['ece_before']:.4f} | after {c['ece_after']:.4f} |
 |---|---|---|
 
-Reliability before:
-
-| probability bin | frames | mean probability | observed share |
-|---|---|---|---|
-{_reliability(c['reliability_before'])}
-
-Reliability after:
-
-| probability bin | frames | mean probability | observed share |
-|---|---|---|---|
-{_reliability(c['reliability_after'])}
+{_before_after(c)}
 
 The view probability shown beside it ("view: lung 94 %") is the view gate's, about the view
 and not the finding (see the gate's card for its reliability).
