@@ -1344,3 +1344,119 @@ def test_a_side_that_reaches_0_47_slides_for_the_lung_point():
     lung[:20] = FLOOR * (np.exp(0.47) - 1)  # left 0.47: slides; the clip 0.344
     got = slide(cine(lung=lung))
     assert got["sides"] == [0.47, 0.2] and got["reason_code"] == "partial", got
+
+
+# --- the bundle's calibration, the gate's temperature and the field of view ---
+
+@pytest.mark.parametrize("calibration, problem", [
+    (None, None),
+    ({"method": "none", "ece": 0.04}, None),
+    ({"method": "platt", "a": 0.5, "b": -1}, None),
+    ({"method": "temperature", "t": 0.57}, None),
+    ("platt", "is not an object"),
+    ([0.5, 1.0], "is not an object"),
+    ({"method": "temperature"}, "needs a positive finite temperature t"),
+    ({"method": "temperature", "t": 0}, "needs a positive finite temperature t"),
+    ({"method": "temperature", "t": -0.5}, "needs a positive finite temperature t"),
+    ({"method": "temperature", "t": float("nan")}, "needs a positive finite temperature t"),
+    ({"method": "temperature", "t": "0.5"}, "needs a positive finite temperature t"),
+    ({"method": "temperature", "t": True}, "needs a positive finite temperature t"),
+    ({"method": "platt", "b": 0.0}, "needs finite a and b"),
+    ({"method": "platt", "a": 1.0}, "needs finite a and b"),
+    ({"method": "platt", "a": float("inf"), "b": 0.0}, "needs finite a and b"),
+    ({"method": "platt", "a": 1.0, "b": None}, "needs finite a and b"),
+    ({"method": "isotonic"}, "method 'isotonic' is not none, platt or temperature"),
+    ({}, "method 'None' is not none, platt or temperature"),
+    ({"method": "x" * 50}, f"method {'x' * 40!r} is not none, platt or temperature"),
+])
+def test_calibration_problem_names_what_the_kit_could_not_use(calibration, problem):
+    assert post.calibration_problem(calibration) == problem
+
+
+def test_a_temperature_leaves_certain_classes_certain_and_reads_a_written_number():
+    p = np.array([[1.0, 0.0, 0.0]])
+    q = post.view_calibrated(p, {"method": "temperature", "t": 0.5})
+    assert np.isfinite(q).all() and q[0, 0] == pytest.approx(1.0) and q[0, 1] < 1e-20
+    # a temperature written as text in a hand-edited manifest is read as the number
+    assert post.view_calibrated(np.array([0.6, 0.4]), {"method": "temperature", "t": "0.5"}) == \
+        pytest.approx(np.array([0.36, 0.16]) / 0.52)
+    assert post.view_calibrated(p, {"method": "platt", "a": 1, "b": 0}) is p  # a finding's, not the gate's
+
+
+def test_the_width_in_view_is_from_the_first_to_the_last_pixel_shown_on_the_row():
+    img = np.zeros((10, 20))
+    img[4, 5] = img[4, 12] = 0.5  # a dark gap between them is still inside the view
+    img[9, 2:18] = 0.5
+    assert post.view_width(img, 4) == 8
+    assert post.view_width(img, 3) == 20  # nothing shown on the row: the image's width
+    assert post.view_width(img, 50) == 16 and post.view_width(img, -3) == 20  # rows outside: the nearest row
+    img[0, 19] = post.IN_VIEW  # not above the black level: outside the view
+    img[0, 1] = 0.03
+    assert post.view_width(img, 0) == 1
+
+
+def test_the_narrowest_confluent_band_is_measured_three_rows_under_the_pleura_and_is_three_bins_at_least():
+    img = np.zeros((64, 128))
+    img[40:, 32:96] = 0.5  # 64 pixels in view from row 40 down
+    assert post.confluent_bins(64, img, 37.0) == 8  # row 40: a quarter of 64 pixels is 16, 8 bins
+    assert post.confluent_bins(64, img, 36.0) == 16  # row 39 shows nothing: a quarter of the image's 128
+    img[:40, 60:66] = 0.5
+    assert post.confluent_bins(64, img, 30.0) == 3  # 6 pixels in view: a quarter is under 3 bins
+    assert post.confluent_bins(128, img, 37.0) == 16
+
+
+def _white(lo: int = 30, hi: int = 100) -> np.ndarray:
+    """A clean white-lung frame, 128 x 128: wall 0.2, pleura at rows 38-41, a band from row 42."""
+    img = np.full((H, 128), 0.2)
+    img[38:42] = 0.8
+    img[42:, lo:hi] = 0.7
+    return img
+
+
+GAPS = "separate lines with dark gaps between them, not one band"
+
+
+def test_evenness_is_judged_on_sixteen_rows_under_the_pleura_and_the_bands_middle_columns():
+    assert post.confluent_band_problem(_white(), 30, 100, 40) == ""
+    img = _white()
+    img[43 + 16:, 60:64] = 0.2  # a gap only deeper than the 16 rows looked at (rows 43-58)
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""
+    img[43 + 8:, 60:64] = 0.2  # ... and over half of them
+    assert post.confluent_band_problem(img, 30, 100, 40) == GAPS
+    img = _white()
+    img[42:, 45:48] = 0.2  # in the band's outer 30 % (columns 30-50): its edge, not a gap
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""
+    img[42:, 52:55] = 0.2  # in its middle (columns 51-78)
+    assert post.confluent_band_problem(img, 30, 100, 40) == GAPS
+
+
+def test_over_the_chest_wall_the_band_is_looked_at_from_30_to_90_percent_of_the_pleuras_depth():
+    above = "starts above the pleural line (E-line or needle artefact)"
+    for rows, why in ((slice(0, 12), ""), (slice(12, 36), above), (slice(36, 38), "")):
+        img = _white()
+        img[rows, 30:100] = 0.7  # rows 12-35 are 30-90 % of the pleura's row 40
+        assert post.confluent_band_problem(img, 30, 100, 40) == why, rows
+    img = _white()
+    img[12:15, 30:100] = 0.7  # three rows bright: the median of 24 rows is not
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""
+
+
+def test_a_band_over_the_chest_wall_must_stand_out_by_half_its_contrast_under_the_pleura():
+    # under the pleura the band is 0.5 over the lung beside it: over the wall 0.2 is not enough, 0.3 is
+    for level, why in ((0.4, ""), (0.5, "starts above the pleural line (E-line or needle artefact)")):
+        img = _white()
+        img[12:36, 30:100] = level
+        assert post.confluent_band_problem(img, 30, 100, 40) == why, level
+    img = np.full((H, 128), 0.2)
+    img[38:42] = 0.8
+    img[42:, 30:100] = 0.26  # a faint band (0.06): over the wall 0.04 stays under the 0.05 floor
+    img[12:36, 30:100] = 0.24
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""
+    img[12:36, 30:100] = 0.26  # 0.06 over the wall: above
+    assert post.confluent_band_problem(img, 30, 100, 40).startswith("starts above")
+    narrow = _white(2, 126)  # the wall beside the band is four pixels wide: not judged
+    narrow[12:36, 2:126] = 0.7
+    assert post.confluent_band_problem(narrow, 2, 126, 40) == ""
+    narrow = _white(2, 125)  # five: judged
+    narrow[12:36, 2:125] = 0.7
+    assert post.confluent_band_problem(narrow, 2, 125, 40).startswith("starts above")
