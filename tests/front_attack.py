@@ -9,11 +9,12 @@ every loop is bounded by the attack's lifetime and every socket has a timeout.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import threading
 import time
+
+from kitproc import readable
 
 SLOW_HEAD = b"GET /dicom-web/studies HTTP/1.1\r\nHost: kit\r\nX-Slow: " + b"a" * 4000
 
@@ -54,7 +55,7 @@ def assert_aead_only(port: int, src: str = "127.0.0.1") -> None:
 
 def closed_by_peer(sock: socket.socket) -> bool:
     """True when the server has closed this connection (without waiting)."""
-    if not select.select([sock], [], [], 0)[0]:
+    if not readable(sock, 0):
         return False
     if isinstance(sock, ssl.SSLSocket):  # TLS 1.3 session tickets make it readable too: look inside
         timeout = sock.gettimeout()

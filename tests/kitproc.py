@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
@@ -18,6 +19,16 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin password 123"
 PEOPLE = ("clinician", "triage", "admin")  # roles that sign in (fieldkit.security.roles.HUMAN_ROLES)
 FIELDKIT = [sys.executable, "-m", "fieldkit"]
+
+
+def readable(fileobj, timeout: float) -> bool:
+    """True when a pipe or socket has something to read (or was closed) within `timeout`.
+
+    A selector, not select.select: in a long test process descriptor numbers pass 1024,
+    which select.select refuses."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fileobj, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 def run_cli(*args, check: bool = True, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

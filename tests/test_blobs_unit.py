@@ -12,6 +12,7 @@ import hmac
 import io
 import os
 import struct
+import time
 
 import pytest
 
@@ -85,7 +86,39 @@ def keys():
 
 @pytest.fixture
 def store(tmp_path, keys):
-    return BlobStore(tmp_path / "blobs", *keys)
+    blobs = BlobStore(tmp_path / "blobs", *keys)
+    yield blobs
+    blobs.close()
+
+
+def _open_fds_under(path) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if target.startswith(str(path)):
+            out.append(target)
+    return out
+
+
+def test_closing_the_store_closes_and_removes_its_spare_temp_files(store):
+    batch = store.batch()
+    for i in range(3):
+        with batch.writer() as w:
+            w.write(os.urandom(1000 + i))
+    batch.wait()
+    deadline = time.monotonic() + 10
+    while not store._spare and time.monotonic() < deadline:  # the spares are made in the background
+        time.sleep(0.01)
+    assert store._spare and _open_fds_under(store.root / "tmp")
+    store.close()
+    assert _open_fds_under(store.root) == []
+    assert list((store.root / "tmp").iterdir()) == []
+    store._refill_tmp()  # a closed store makes no more
+    time.sleep(0.05)
+    assert list((store.root / "tmp").iterdir()) == [] and not store._spare
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 from fieldkit.kit import open_kit
+from kitproc import readable
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "50"))
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -34,8 +34,7 @@ def _run_and_kill(data_dir: Path, prefix: str, rng: random.Random) -> tuple[list
     while time.monotonic() < deadline:
         if started is not None and time.monotonic() - started >= kill_after:
             break
-        ready, _, _ = select.select([proc.stdout], [], [], 0.01)
-        if ready:
+        if readable(proc.stdout, 0.01):
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:
                 break

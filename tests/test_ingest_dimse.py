@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
 
@@ -150,7 +149,7 @@ def _corpus(directory, n):
 
 
 def test_sigkill_mid_batch_loses_nothing_storescu_saw_succeed(kit_server, tmp_path):
-    from kitproc import KitProcess
+    from kitproc import KitProcess, readable
 
     paths = _corpus(tmp_path, 80)
     proc = subprocess.Popen(["storescu", "-v", "-aec", "FIELDKIT", "127.0.0.1", str(kit_server.dicom_port),
@@ -159,8 +158,7 @@ def test_sigkill_mid_batch_loses_nothing_storescu_saw_succeed(kit_server, tmp_pa
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline and len(succeeded) < 15:
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if not ready:
+            if not readable(proc.stdout, 1.0):
                 continue
             line = proc.stdout.readline()
             if not line:

@@ -190,7 +190,7 @@ PLEURA_LOGITS = np.eye(32)[10] * 10  # row bin 10: the pleura at row 42 of 128
 
 def test_confluent_is_wide_evidence_over_a_band_from_the_pleura_to_the_bottom():
     img = band(42, H, lo=30, hi=100)
-    k = post.confluent_bins(64, img, 42.0)
+    k = post.confluent_bins(64, img, 42)
     assert k == 16  # a quarter of the 128 pixels in view at the pleura, in bins of 2 pixels
     prob = np.zeros(64)
     prob[20:20 + k] = 0.3  # a plateau under the B-line threshold counts: the model dips inside a band
@@ -209,7 +209,7 @@ def test_the_confluent_width_is_a_share_of_the_field_of_view_at_the_pleura():
     img[:, :32] = 0.0  # black outside a 64-pixel-wide field of view
     img[:, 96:] = 0.0
     assert post.view_width(img, 45) == 64 and post.view_width(np.zeros((8, 8)), 4) == 8
-    assert post.confluent_bins(64, img, 42.0) == 8 and post.confluent_bins(128, img, 42.0) == 16
+    assert post.confluent_bins(64, img, 42) == 8 and post.confluent_bins(128, img, 42) == 16
     prob = np.zeros(128)
     prob[44:60] = 0.3  # 16 of 128 bins: a quarter of the view, though an eighth of the image
     assert post.confluent(prob, img, 42.0) == (44, 60)
@@ -241,7 +241,7 @@ def test_a_wide_band_no_brighter_than_the_rest_under_the_pleura_is_not_confluent
 def test_a_confluent_band_makes_a_pattern_by_itself():
     th = {"bline": 0.5, "pattern_min_blines": 3}
     img = band(42, H, lo=40, hi=72)  # a quarter of the view: 16 bins
-    k = post.confluent_bins(64, img, 42.0)
+    k = post.confluent_bins(64, img, 42)
     prob = np.zeros(64)
     prob[20:20 + k] = 0.9
     fr = post.lung_frame(prob, PLEURA_LOGITS, img, th)
@@ -1175,7 +1175,7 @@ def test_an_oblique_line_is_followed_upwards_from_its_start_column():
 
 def test_evidence_exactly_at_the_confluent_floor_counts():
     img = band(42, H, lo=30, hi=100)
-    k = post.confluent_bins(64, img, 42.0)
+    k = post.confluent_bins(64, img, 42)
     prob = np.zeros(64)
     prob[20:20 + k] = post.CONFLUENT_FLOOR
     assert post.confluent(prob, img, 42.0) == (20, 20 + k)
@@ -1398,11 +1398,11 @@ def test_the_width_in_view_is_from_the_first_to_the_last_pixel_shown_on_the_row(
 def test_the_narrowest_confluent_band_is_measured_three_rows_under_the_pleura_and_is_three_bins_at_least():
     img = np.zeros((64, 128))
     img[40:, 32:96] = 0.5  # 64 pixels in view from row 40 down
-    assert post.confluent_bins(64, img, 37.0) == 8  # row 40: a quarter of 64 pixels is 16, 8 bins
-    assert post.confluent_bins(64, img, 36.0) == 16  # row 39 shows nothing: a quarter of the image's 128
+    assert post.confluent_bins(64, img, 37) == 8  # row 40: a quarter of 64 pixels is 16, 8 bins
+    assert post.confluent_bins(64, img, 36) == 16  # row 39 shows nothing: a quarter of the image's 128
     img[:40, 60:66] = 0.5
-    assert post.confluent_bins(64, img, 30.0) == 3  # 6 pixels in view: a quarter is under 3 bins
-    assert post.confluent_bins(128, img, 37.0) == 16
+    assert post.confluent_bins(64, img, 30) == 3  # 6 pixels in view: a quarter is under 3 bins
+    assert post.confluent_bins(128, img, 37) == 16
 
 
 def _white(lo: int = 30, hi: int = 100) -> np.ndarray:

@@ -124,8 +124,11 @@ def test_flipped_byte_mid_file_is_refused_naming_file_and_offset(data_dir):
         open_kit(data_dir)
     assert str(path) in str(err.value)
     assert err.value.offset <= middle
-    # nothing was cut or rewritten by the failed open
+    # nothing was cut or rewritten by the failed open, and it left no file of the kit open
     assert path.read_bytes() == bytes(data)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [t for t in held if t.startswith(str(data_dir))], held
 
 
 def test_flipped_byte_in_a_blob_is_refused(store):

@@ -340,9 +340,9 @@ def view_width(img: np.ndarray, row: int) -> int:
     return int(shown[-1] - shown[0] + 1) if len(shown) else img.shape[1]
 
 
-def confluent_bins(bins: int, img: np.ndarray, pleura_row: float) -> int:
-    """The narrowest confluent band, in column bins of a model with this many bins."""
-    prow = int(round(pleura_row))
+def confluent_bins(bins: int, img: np.ndarray, prow: int) -> int:
+    """The narrowest confluent band, in column bins of a model with this many bins (the
+    pleura at pixel row prow)."""
     return max(3, int(round(CONFLUENT_SHARE * view_width(img, prow + 3) * bins / img.shape[1])))
 
 
@@ -383,7 +383,7 @@ def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple
     the image (`confluent_band_problem`); None when there is none. Columns in bins of col_prob."""
     bins = col_prob.shape[0]
     prow = int(round(pleura_row))
-    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, confluent_bins(bins, img, pleura_row)):
+    for a, b in runs(np.asarray(col_prob) >= CONFLUENT_FLOOR, confluent_bins(bins, img, prow)):
         lo, hi = run_pixels((a * img.shape[1] / bins, b * img.shape[1] / bins), img.shape[1])
         if not confluent_band_problem(img, lo, hi, prow):
             return a, b

@@ -143,13 +143,17 @@ class Store:
         data_dir = Path(data_dir)
         check_format(data_dir)
         lock_fd = acquire_dir_lock(data_dir)
+        store = None
         try:
             store = cls(data_dir, data_key, config or Config(), lock_fd)
             store._load()
             from .migrations import upgrade
             upgrade(store)
         except BaseException:
-            os.close(lock_fd)
+            if store is None:
+                os.close(lock_fd)
+            else:  # a store refused (a damaged journal) leaves no descriptor open: the lock, the journal, the spares
+                store.close()
             raise
         return store
 
@@ -259,6 +263,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self.blobs.close()
             self._journal.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)

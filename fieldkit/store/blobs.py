@@ -427,6 +427,7 @@ class BlobStore:
         self._durable_dirs: set[str] = set()  # fan-out directories whose entry this process fsynced
         self._spare: deque[tuple[Path, int]] = deque()  # temp files created ahead, open for writing
         self._refilling = threading.Lock()
+        self._closed = False
         fsio.makedirs(self.root, 0o700)
         fsio.makedirs(self._tmp, 0o700)
         for leftover in self._tmp.iterdir():  # half-written blobs from a crash: sealed, unreferenced
@@ -446,12 +447,22 @@ class BlobStore:
             return self._tmp_path(), None
 
     def _refill_tmp(self) -> None:
-        if len(self._spare) < self.SPARE_FILES // 2 and self._refilling.acquire(blocking=False):
+        if len(self._spare) < self.SPARE_FILES // 2 and not self._closed and self._refilling.acquire(blocking=False):
             _sync_pool.submit(self._create_spares)
+
+    def close(self) -> None:
+        """Close and remove the spare temp files: a store opened and closed again and again
+        (the CLI, a restore) must not keep a descriptor for each."""
+        self._closed = True
+        with self._refilling:  # a refill under way finishes first
+            while self._spare:
+                path, fd = self._spare.popleft()
+                fsio.close(fd)
+                fsio.unlink(path)
 
     def _create_spares(self) -> None:
         try:
-            while len(self._spare) < self.SPARE_FILES:
+            while len(self._spare) < self.SPARE_FILES and not self._closed:
                 path = self._tmp_path()
                 self._spare.append((path, fsio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
         except OSError:

@@ -158,6 +158,13 @@ def gate_metrics(session, thresholds: dict, n_per_class=60, seed=10_001):
     return out
 
 
+def _passed_as(session, x, thresholds: dict, views: tuple[int, ...]) -> np.ndarray:
+    """Which frames the gate passes as one of `views` (class indices): its most likely class
+    is one of them, at min_prob or more, as the kit decides."""
+    probs = post.softmax(_run(session, x)[0])
+    return (probs.max(axis=1) >= thresholds["min_prob"]) & np.isin(probs.argmax(axis=1), views)
+
+
 def misoriented_metrics(session, thresholds: dict, n_per_view=100, seed=10_002):
     """Lung and FAST frames turned on the screen (S.simulate_misoriented): the share the gate
     still passes as a lung or FAST view (the clinical models would then misread them)."""
@@ -165,8 +172,7 @@ def misoriented_metrics(session, thresholds: dict, n_per_view=100, seed=10_002):
     out = {}
     for view in ("lung", "fast"):
         x = np.stack([preprocess(S.simulate_misoriented(rng, view).image[None], SPEC)[0] for _ in range(n_per_view)])
-        probs = post.softmax(_run(session, x)[0])
-        passed = (probs.max(axis=1) >= thresholds["min_prob"]) & (probs.argmax(axis=1) <= 1)
+        passed = _passed_as(session, x, thresholds, views=(0, 1))
         out[f"misoriented_{view}_passed"] = wilson(int(passed.sum()), n_per_view)
     return out
 
@@ -176,8 +182,7 @@ def white_lung_metrics(session, thresholds: dict, n=200, seed=10_005):
     passes as a lung view (the lung model reads them only then)."""
     rng = np.random.default_rng(seed)
     x = np.stack([preprocess(S.simulate_lung(rng, confluent=True).image[None], SPEC)[0] for _ in range(n)])
-    probs = post.softmax(_run(session, x)[0])
-    passed = (probs.max(axis=1) >= thresholds["min_prob"]) & (probs.argmax(axis=1) == 0)
+    passed = _passed_as(session, x, thresholds, views=(0,))
     return {"white_lung_passed": wilson(int(passed.sum()), n)}
 
 
