@@ -33,6 +33,18 @@ def constant_check(bias: float, threshold: float = 0.5) -> dict:
             "weights": [0.0] * (n + n * (n + 1) // 2), "bias": bias, "threshold": threshold}
 
 
+def peak_check() -> dict:
+    """A check that hears only the model's peak: a B-line when it is within 0.1 of 1.0
+    (logit 1 - ((peak - 1) / 0.1)^2)."""
+    n = len(post.LINE_FEATURES)
+    k = post.LINE_FEATURES.index("peak")
+    check = constant_check(1.0)
+    check["mean"][k], check["scale"][k] = 1.0, 0.1
+    square = [(i, j) for i in range(n) for j in range(i, n)].index((k, k))  # its product with itself
+    check["weights"][n + square] = -1.0
+    return check
+
+
 def features(img: np.ndarray) -> dict:
     maps = post.line_maps(img)
     followed = post._follow(img, 30, 33, int(PLEURA), maps)
@@ -71,6 +83,26 @@ def test_the_threshold_is_where_the_check_decides():
     assert post.bline_mimic(b_line, COLS, PLEURA, check=constant_check(0.4, threshold=0.61)) == post.NOT_SHAPED
 
 
+def test_the_check_hears_the_models_peak_and_a_run_without_one_is_one_the_model_is_sure_of():
+    b_line = frame(line_from=42)
+    assert post.bline_mimic(b_line, COLS, PLEURA, check=peak_check(), peak=0.95) == ""
+    assert post.bline_mimic(b_line, COLS, PLEURA, check=peak_check(), peak=0.75) == post.NOT_SHAPED
+    assert post.bline_mimic(b_line, COLS, PLEURA, check=peak_check()) == ""  # peak 1.0
+
+
+def test_a_frame_is_judged_by_the_bundles_check_with_each_runs_own_peak():
+    img = frame()
+    for c in (10, 30, 50):  # three lines from the pleura, in bins 5, 15 and 25 of 32
+        img[42:, c:c + 3] = 0.7
+    prob = np.zeros(32)
+    prob[5], prob[15], prob[25] = 0.95, 0.75, 0.97
+    pleura = np.eye(32)[12] * 10  # row 39
+    rules_only = post.lung_frame(prob, pleura, img, {"bline": 0.5})
+    assert rules_only["runs"] == [(5, 6), (15, 16), (25, 26)]
+    checked = post.lung_frame(prob, pleura, img, {"bline": 0.5, "line_check": peak_check()})
+    assert checked["runs"] == [(5, 6), (25, 26)] and checked["mimics"] == [((15, 16), post.NOT_SHAPED)]
+
+
 def test_a_band_and_a_line_with_too_little_image_below_are_not_the_checks_to_judge():
     assert post.bline_mimic(frame(line_from=42), (28.0, 40.0), PLEURA, check=constant_check(-10.0)) != post.NOT_SHAPED
     assert post.bline_mimic(frame(line_from=0), COLS, H - 6.0, check=constant_check(-10.0)) == ""
@@ -79,7 +111,7 @@ def test_a_band_and_a_line_with_too_little_image_below_are_not_the_checks_to_jud
 def test_a_check_fitted_on_other_measurements_is_refused():
     check = constant_check(1.0)
     check["features"] = check["features"][:-1] + ["something else"]
-    with pytest.raises(ValueError, match="other line features"):
+    with pytest.raises(ValueError, match="^the bundle's line check was fitted on other line features than this kit measures$"):
         post.line_check_prob(np.zeros(len(post.LINE_FEATURES)), check)
     with pytest.raises(ValueError):
         post.bline_mimic(frame(line_from=42), COLS, PLEURA, check=check)
@@ -156,7 +188,7 @@ def test_the_shipped_check_keeps_nine_in_ten_true_lines_and_turns_mimics_away_on
 
 def _oracle_features(img, maps, prow, lo, hi, peak, followed):
     """LINE_FEATURES written out row by row and pixel by pixel: an independent reading of
-    what `line_features` says it measures."""
+    what `line_features` says it measures, edges of the image included."""
     h, w = img.shape
     line, con = maps
     start, below, slope = followed
@@ -164,25 +196,27 @@ def _oracle_features(img, maps, prow, lo, hi, peak, followed):
     q = max(2, len(cb) // 4)
     out = [np.median(cb[:q]), np.median(cb[len(cb) - q:]), np.median(cb), min(cb), hi - lo, prow / h, slope]
     row0 = below[0][0]
-    track = {}
+    track = {}  # the line followed up through the chest wall, to 3 rows above the pleura
     for r in range(0, max(1, prow - 2)):
         c = min(w - 1, max(0, int(np.round(start + slope * (r - row0)))))
         track[r] = con[r, c]
     for a, b in post.ABOVE_WINDOWS:
         first = int(a * prow)
-        last = max(first + 1, int(b * prow) - (2 if b == 1.0 else 0))
+        last = max(first + 1, int(b * prow))
         vals = [track[r] for r in range(first, last) if r in track and not np.isnan(track[r])]
         out += [np.median(vals), np.mean([v > 0.03 for v in vals])] if vals else [0.0, 0.0]
     at = max(line[r, start] for r in range(max(0, prow - 2), min(h, prow + 3)))
-    over = np.median([line[r, start] for r in range(max(0, prow - 12), prow - 4)])
-    under = np.median([line[r, start] for r in range(prow + 4, prow + 12)])
-    peaks = [max(img[r, c] for r in range(prow - 2, prow + 3)) for c in range(w)]
-    row_median = np.median([v for v in peaks if v > post.IN_VIEW])
-    out += [at - over, at - under, peaks[start] - row_median]
-    rows = range(int(0.3 * prow), prow - 4)
+    # over and under: 8 rows each, from 4 rows off the pleura; nothing when they do not all fit
+    over = np.median([line[r, start] for r in range(max(0, prow - 12), prow - 4)]) if prow > 4 else 0.0
+    under = np.median([line[r, start] for r in range(prow + 4, prow + 12)]) if prow + 12 < h else 0.0
+    peaks = [max(img[r, c] for r in range(max(0, prow - 2), min(h, prow + 3))) for c in range(w)]
+    shown = [v for v in peaks if v > post.IN_VIEW]
+    out += [at - over, at - under, peaks[start] - np.median(shown) if shown else 0.0]
+    first = int(0.3 * prow)
+    rows = range(first, max(first + 1, prow - 4))  # the chest wall: one row at least
     wall = [img[r, c] for r in rows for c in range(w) if img[r, c] > post.IN_VIEW]
     beside = [img[r, c] for r in rows for c in range(max(0, start - 12), min(w, start + 13)) if img[r, c] > post.IN_VIEW]
-    out += [np.median(beside) - np.median(wall), peak]
+    out += [np.median(beside) - np.median(wall) if beside and wall else 0.0, peak]
     return np.array(out, float)
 
 
@@ -211,6 +245,38 @@ def test_the_measurements_are_what_they_say_row_by_row(seed, prow, line_from, bl
         assert g == pytest.approx(x, abs=1e-9), name
 
 
+EDGE_H, EDGE_W = 60, 40
+
+
+@pytest.mark.parametrize("prow, start, slope, black", [
+    (2, 20, 0.0, None), (4, 20, 0.3, None), (5, 20, -0.3, None), (10, 20, 0.0, None),
+    (30, 20, 2.0, None), (30, 20, -2.0, None), (30, 5, 0.0, None),
+    (EDGE_H - 13, 20, 0.0, None), (EDGE_H - 12, 20, 0.0, None),
+    (30, 20, 0.0, "pleura"), (30, 20, 0.0, "beside")])
+def test_the_measurements_hold_at_the_edges_of_the_image(prow, start, slope, black):
+    """Any maps and any followed line (as `_follow` gives them): a pleura near the top or
+    the bottom, a track that leaves the image on either side, a line near its edge, and
+    black where the pleura or the chest wall beside the line would be."""
+    rng = np.random.default_rng(prow * 100 + start + int(10 * slope))
+    img = rng.uniform(0.05, 1.0, (EDGE_H, EDGE_W))
+    line, con = rng.uniform(0, 1, (EDGE_H, EDGE_W)), rng.uniform(-0.2, 0.3, (EDGE_H, EDGE_W))
+    con[prow // 3, :] = np.nan  # a row outside the field of view
+    line[max(0, prow - 2), start] = 40.0  # the first row the pleura is measured on
+    for r in (prow - 3, prow + 3):  # and just outside them
+        if 0 <= r < EDGE_H:
+            line[r, start] = 50.0
+    if black == "pleura":
+        img[prow - 2:prow + 3, :] = 0.0
+    elif black == "beside":
+        img[:, max(0, start - 12):start + 13] = 0.0
+    below = [(prow + 3 + i, start, float(v)) for i, v in enumerate(rng.uniform(-0.1, 0.5, 9))]
+    followed = (start, below, slope)
+    got = post.line_features(img, (line, con), prow, start - 1, start + 2, 0.6, followed)
+    want = _oracle_features(img, (line, con), prow, start - 1, start + 2, 0.6, followed)
+    for name, g, x in zip(post.LINE_FEATURES, got, want):
+        assert g == pytest.approx(x, abs=1e-9), name
+
+
 def test_the_check_is_a_logistic_regression_over_the_measurements_and_their_products():
     rng = np.random.default_rng(4)
     n = len(post.LINE_FEATURES)
@@ -232,14 +298,16 @@ def test_the_quick_median_is_the_median(values):
 def test_what_is_wrong_with_a_check_is_said_and_a_usable_one_passes():
     good = constant_check(0.0)
     assert post.line_check_problem(good) is None
-    for key, value, words in [("threshold", 0.0, "threshold between 0 and 1"), ("threshold", 1.0, "threshold between 0 and 1"),
-                              ("threshold", True, "threshold between 0 and 1"), ("bias", float("inf"), "finite bias"),
-                              ("bias", "1", "finite bias"), ("features", list(post.LINE_FEATURES)[::-1], "other line features"),
-                              ("mean", [True] * len(post.LINE_FEATURES), "mean must be"),
-                              ("scale", [1.0] * (len(post.LINE_FEATURES) + 1), "scale must be"),
+    bounds = "needs a finite bias and a threshold between 0 and 1"
+    for key, value, words in [("threshold", 0.0, bounds), ("threshold", 1.0, bounds), ("threshold", True, bounds),
+                              ("bias", float("inf"), bounds), ("bias", "1", bounds),
+                              ("features", list(post.LINE_FEATURES)[::-1],
+                               "was fitted on other line features than this kit measures "
+                               "(it needs 24: near, deep, median_below, ...)"),
+                              ("mean", [True] * len(post.LINE_FEATURES), "mean must be 24 finite numbers"),
+                              ("scale", [1.0] * (len(post.LINE_FEATURES) + 1), "scale must be 24 finite numbers"),
                               ("scale", [-1.0] * len(post.LINE_FEATURES), "scale must be positive"),
-                              ("weights", "0" * 324, "weights must be")]:
+                              ("weights", "0" * 324, "weights must be 324 finite numbers")]:
         check = dict(good, **{key: value})
-        problem = post.line_check_problem(check)
-        assert problem and words in problem, (key, value, problem)
+        assert post.line_check_problem(check) == words, (key, value)
     assert post.line_check_problem(dict(good, threshold=0.999)) is None and post.line_check_problem(dict(good, bias=-3)) is None

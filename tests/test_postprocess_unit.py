@@ -1460,3 +1460,9 @@ def test_a_band_over_the_chest_wall_must_stand_out_by_half_its_contrast_under_th
     narrow = _white(2, 125)  # five: judged
     narrow[12:36, 2:125] = 0.7
     assert post.confluent_band_problem(narrow, 2, 125, 40).startswith("starts above")
+
+
+@pytest.mark.parametrize("cols, want", [((5.0, 5.0), (5, 6)), ((5.4, 5.6), (5, 6)), ((2.5, 7.2), (2, 8)),
+                                        ((-1.0, 3.0), (0, 3)), ((60.5, 70.0), (60, 64))])
+def test_a_run_is_whole_pixels_inside_the_image_and_at_least_one(cols, want):
+    assert post.run_pixels(cols, 64) == want

@@ -148,17 +148,15 @@ def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps) -> tuple[int, li
     """The line a run of columns [lo, hi) scored: its brightest column just under the
     pleura, its track from there to the bottom and its slope (columns per row); None when
     too little image lies below the pleura to judge."""
-    h = img.shape[0]
-    band = img[min(h - 1, prow + 3):min(h, prow + 11), lo:hi]
-    if band.size == 0:
+    r0 = prow + 3  # under the pleural line's own echo
+    if r0 + 8 > img.shape[0] or hi <= lo:
         return None
-    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
+    start = lo + int(np.argmax(img[r0:r0 + 8, lo:hi].mean(axis=0)))  # the line's brightest column under the pleura
     line, con = maps
-    below = _track(line, con, min(h - 1, prow + 3), start)
-    if len(below) < 8:
+    below = _track(line, con, r0, start)
+    if len(below) < 8:  # it leaves the field of view
         return None
-    rows = np.array([r for r, _, _ in below[:16]], float)
-    slope = np.polyfit(rows, [c for _, c, _ in below[:16]], 1)[0] if len(rows) > 2 else 0.0
+    slope = np.polyfit([r for r, _, _ in below[:16]], [c for _, c, _ in below[:16]], 1)[0]
     return start, below, float(slope)
 
 
@@ -243,10 +241,10 @@ def line_features(img: np.ndarray, maps, prow: int, lo: int, hi: int, peak: floa
     above = con[r_all, np.clip(np.round(start + slope * (r_all - below[0][0])).astype(int), 0, w - 1)]
     for a, b in ABOVE_WINDOWS:
         r0 = int(a * prow)
-        seg = above[r0:max(r0 + 1, int(b * prow) - (2 if b == 1.0 else 0))]
+        seg = above[r0:max(r0 + 1, int(b * prow))]  # the track ends 3 rows above the pleura
         seg = seg[~np.isnan(seg)]
         f += [_median(seg), np.mean(seg > ABOVE_BRIGHT)] if len(seg) else [0.0, 0.0]
-    at = line[max(0, prow - 2):prow + 3, start].max() if prow < h else 0.0
+    at = line[max(0, prow - 2):prow + 3, start].max()  # a followed line has rows under the pleura
     over = _median(line[max(0, prow - 12):max(1, prow - 4), start]) if prow > 4 else 0.0
     under = _median(line[prow + 4:prow + 12, start]) if prow + 12 < h else 0.0
     row = img[max(0, prow - 2):prow + 3]
