@@ -1466,3 +1466,51 @@ def test_a_band_over_the_chest_wall_must_stand_out_by_half_its_contrast_under_th
                                         ((-1.0, 3.0), (0, 3)), ((60.5, 70.0), (60, 64))])
 def test_a_run_is_whole_pixels_inside_the_image_and_at_least_one(cols, want):
     assert post.run_pixels(cols, 64) == want
+
+
+def test_a_band_is_judged_against_the_darker_quarter_of_the_lung_beside_it_on_sixteen_rows():
+    """The lung beside the band ramps from 0.1 to 0.9, so its quantiles lie apart; the band's
+    first row under the pleural echo (row 43) carries a tenth of the contrast it needs."""
+    img = np.full((H, 128), 0.2)
+    img[38:42] = 0.8
+    img[42:, :] = np.linspace(0.1, 0.9, 128)  # the lung beside the band
+    darker_quarter = float(np.percentile(np.concatenate([img[43, :30], img[43, 100:]]), 25))
+    for over, why in ((0.042, ""), (0.035, "no bright band below the pleura")):
+        img[42:, 30:100] = darker_quarter + 0.035
+        img[43, 30:100] += 16 * (over - 0.035)  # rows 43-58 average `over` above the quarter
+        assert post.confluent_band_problem(img, 30, 100, 40) == why, over
+
+
+def test_a_band_over_the_whole_field_of_view_is_one_band():
+    img = _white(0, 128)
+    assert post.confluent_band_problem(img, 0, 128, 40) == ""
+
+
+def test_a_pleura_too_near_the_bottom_leaves_nothing_to_judge():
+    img = np.full((H, 128), 0.2)
+    img[115:119] = 0.8  # the pleura at row 117 of 128
+    img[119:, 30:100] = 0.7
+    assert post.confluent_band_problem(img, 30, 100, H - 11) == ""  # 8 rows under its echo (120-127)
+    assert post.confluent_band_problem(img, 30, 100, H - 10) == "too little image below the pleura to judge"
+
+
+def test_three_middle_columns_are_enough_to_see_a_gap():
+    img = _white(40, 47)  # 7 columns: 2 trimmed each side, columns 42-44 judged
+    assert post.confluent_band_problem(img, 40, 47, 40) == ""
+    img[42:, 44] = 0.3
+    assert post.confluent_band_problem(img, 40, 47, 40) == GAPS
+
+
+def test_over_the_chest_wall_four_rows_in_view_are_enough_and_the_skin_is_not_looked_at():
+    above = "starts above the pleural line (E-line or needle artefact)"
+    img = _white()
+    img[:38, :] = 0.0  # the chest wall out of view ...
+    img[20:24, :] = 0.2  # ... but four rows
+    img[20:24, 30:100] = 0.7
+    assert post.confluent_band_problem(img, 30, 100, 40) == above
+    img[23, :] = 0.0  # three
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""
+    img = _white()
+    img[12:38, :] = 0.0  # from 30 % of the pleura's depth out of view; the skin above it bright over the band
+    img[0:12, 30:100] = 0.7
+    assert post.confluent_band_problem(img, 30, 100, 40) == ""

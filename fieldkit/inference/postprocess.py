@@ -349,9 +349,10 @@ def confluent_band_problem(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
     are): not brighter than the lung beside it just under the pleura, not evenly
     bright there, or as bright over the chest wall above the pleura (a sheet of subcutaneous
     air or a wide artefact from the probe)."""
-    h, w = img.shape
-    r0 = min(h - 1, prow + 3)
-    under = img[r0:min(h, r0 + EVEN_ROWS)]
+    w = img.shape[1]
+    under = img[prow + 3:prow + 3 + EVEN_ROWS]  # under the pleural line's own echo
+    if len(under) < EVEN_ROWS // 2:
+        return "too little image below the pleura to judge"
     inside = np.zeros(w, bool)
     inside[lo:hi] = True
     rest = under[:, ~inside]
