@@ -458,3 +458,32 @@ def test_batched_blob_that_cannot_be_synced_fails_the_wait(store, monkeypatch):
     with pytest.raises(StorageFull):
         batch.wait()
     monkeypatch.setattr(blobs.os, "fsync", real)
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_store_opened_and_closed_again_and_again_keeps_no_descriptor(data_dir):
+    """The CLI, a restore and the tests open and close stores in one process: each close must
+    give back every file it held (the spare blob files made ahead for batched writers too)."""
+    def cycle(i: int) -> None:
+        kit = open_kit(data_dir)
+        try:
+            batch = kit.store.blobs.batch()
+            for j in range(3):
+                with batch.writer() as w:
+                    w.write(os.urandom(2000 + 10 * i + j))
+            batch.wait()
+            deadline = time.monotonic() + 10
+            while not kit.store.blobs._spare and time.monotonic() < deadline:  # made in the background
+                time.sleep(0.01)
+        finally:
+            kit.close()
+
+    cycle(0)  # first use: thread pools and imports
+    before = _descriptors()
+    for i in range(1, 21):
+        cycle(i)
+    assert _descriptors() <= before
+    assert list((data_dir / "blobs" / "tmp").iterdir()) == []
