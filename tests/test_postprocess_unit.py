@@ -254,6 +254,7 @@ def test_a_confluent_band_makes_a_pattern_by_itself():
 def test_too_little_image_below_the_pleura_leaves_the_models_call():
     assert post.bline_mimic(frame(line_from=0), COLS, H - 6.0) == ""
     assert post.bline_mimic(frame(line_from=0), (W + 5.0, W + 9.0), PLEURA) == ""  # columns off the image
+    assert post.bline_mimic(frame(line_from=0), (float(W), W + 2.0), PLEURA) == ""  # from its very edge
 
 
 def test_dice_reads_any_non_zero_pixel_as_marked():
@@ -1474,8 +1475,8 @@ def test_a_band_is_judged_against_the_darker_quarter_of_the_lung_beside_it_on_si
     img = np.full((H, 128), 0.2)
     img[38:42] = 0.8
     img[42:, :] = np.linspace(0.1, 0.9, 128)  # the lung beside the band
-    darker_quarter = float(np.percentile(np.concatenate([img[43, :30], img[43, 100:]]), 25))
-    for over, why in ((0.042, ""), (0.035, "no bright band below the pleura")):
+    darker_quarter = float(np.percentile(np.concatenate([img[43:59, :30], img[43:59, 100:]], axis=1), 25))
+    for over, why in ((0.0401, ""), (0.039, "no bright band below the pleura"), (0.035, "no bright band below the pleura")):
         img[42:, 30:100] = darker_quarter + 0.035
         img[43, 30:100] += 16 * (over - 0.035)  # rows 43-58 average `over` above the quarter
         assert post.confluent_band_problem(img, 30, 100, 40) == why, over
@@ -1514,3 +1515,12 @@ def test_over_the_chest_wall_four_rows_in_view_are_enough_and_the_skin_is_not_lo
     img[12:38, :] = 0.0  # from 30 % of the pleura's depth out of view; the skin above it bright over the band
     img[0:12, 30:100] = 0.7
     assert post.confluent_band_problem(img, 30, 100, 40) == ""
+
+
+def test_a_line_is_followed_only_with_eight_rows_under_the_pleural_echo():
+    img = np.full((H, W), 0.2)
+    img[:, 30:33] = 0.7
+    maps = post.line_maps(img)
+    followed = post._follow(img, 29, 34, H - 11, maps)  # rows 120-127
+    assert followed is not None and followed[0] in (30, 31, 32) and len(followed[1]) == 8
+    assert post._follow(img, 29, 34, H - 10, maps) is None

@@ -149,9 +149,10 @@ def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps) -> tuple[int, li
     pleura, its track from there to the bottom and its slope (columns per row); None when
     too little image lies below the pleura to judge."""
     r0 = prow + 3  # under the pleural line's own echo
-    if r0 + 8 > img.shape[0] or hi <= lo:
+    band = img[r0:r0 + 8, lo:hi]
+    if len(band) < 8 or hi <= lo:  # too little image below the pleura, or columns off the image
         return None
-    start = lo + int(np.argmax(img[r0:r0 + 8, lo:hi].mean(axis=0)))  # the line's brightest column under the pleura
+    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
     line, con = maps
     below = _track(line, con, r0, start)
     if len(below) < 8:  # it leaves the field of view
