@@ -31,6 +31,20 @@ def readable(fileobj, timeout: float) -> bool:
         return bool(sel.select(timeout))
 
 
+def open_files(under: Path | str | None = None) -> list[str]:
+    """What this process holds open (the targets of its descriptors), only those under a
+    folder when one is given."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if under is None or target.startswith(str(under)):
+            out.append(target)
+    return out
+
+
 def run_cli(*args, check: bool = True, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     proc = subprocess.run(FIELDKIT + [str(a) for a in args], capture_output=True, text=True,
                           input=input, timeout=timeout)

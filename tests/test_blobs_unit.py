@@ -21,6 +21,7 @@ from fieldkit.errors import NotFound, StorageFull, StoreCorrupt
 from fieldkit.security.crypto import Sealer, random_key
 from fieldkit.store import blobs
 from fieldkit.store.blobs import CHUNK, BlobStore, EncryptedSpool, open_reader
+from kitproc import open_files
 
 KB = 1024
 
@@ -91,18 +92,6 @@ def store(tmp_path, keys):
     blobs.close()
 
 
-def _open_fds_under(path) -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile (the listing's own descriptor)
-        if target.startswith(str(path)):
-            out.append(target)
-    return out
-
-
 def test_closing_the_store_closes_and_removes_its_spare_temp_files(store):
     batch = store.batch()
     for i in range(3):
@@ -112,9 +101,9 @@ def test_closing_the_store_closes_and_removes_its_spare_temp_files(store):
     deadline = time.monotonic() + 10
     while not store._spare and time.monotonic() < deadline:  # the spares are made in the background
         time.sleep(0.01)
-    assert store._spare and _open_fds_under(store.root / "tmp")
+    assert store._spare and open_files(store.root / "tmp")
     store.close()
-    assert _open_fds_under(store.root) == []
+    assert open_files(store.root) == []
     assert list((store.root / "tmp").iterdir()) == []
     store._refill_tmp()  # a closed store makes no more
     time.sleep(0.05)
@@ -543,12 +532,8 @@ def test_a_fan_out_directory_is_private(store):
         assert os.stat(store.path(ref.addr).parent).st_mode & 0o777 == 0o700
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_writing_and_reading_blobs_leaves_no_file_open(store, tmp_path):
-    before = _open_fds()
+    before = len(open_files())
     for _ in range(5):
         ref = store.put_bytes(os.urandom(3000))
         store.put_cache(os.urandom(3000))
@@ -556,7 +541,7 @@ def test_writing_and_reading_blobs_leaves_no_file_open(store, tmp_path):
         with EncryptedSpool(tmp_path / "spool") as spool:
             spool.write(b"s" * 100)
             assert spool.read_all() == b"s" * 100
-    assert _open_fds() == before
+    assert len(open_files()) == before
 
 
 def test_a_blob_that_cannot_be_named_is_not_acknowledged_and_closes_only_its_file(store, monkeypatch):

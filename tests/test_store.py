@@ -11,6 +11,7 @@ import pytest
 from fieldkit.errors import KeyUnavailable, NotFound, StorageFull, StoreBusy, StoreCorrupt, UnsupportedVersion
 from fieldkit.records import DONE, FAILED, LEASED
 from fieldkit.kit import open_kit
+from kitproc import open_files
 
 
 def _journal(data_dir: Path) -> Path:
@@ -126,9 +127,7 @@ def test_flipped_byte_mid_file_is_refused_naming_file_and_offset(data_dir):
     assert err.value.offset <= middle
     # nothing was cut or rewritten by the failed open, and it left no file of the kit open
     assert path.read_bytes() == bytes(data)
-    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.exists(f"/proc/self/fd/{fd}")]
-    assert not [t for t in held if t.startswith(str(data_dir))], held
+    assert open_files(under=data_dir) == []
 
 
 def test_flipped_byte_in_a_blob_is_refused(store):
@@ -460,10 +459,6 @@ def test_batched_blob_that_cannot_be_synced_fails_the_wait(store, monkeypatch):
     monkeypatch.setattr(blobs.os, "fsync", real)
 
 
-def _descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_a_store_opened_and_closed_again_and_again_keeps_no_descriptor(data_dir):
     """The CLI, a restore and the tests open and close stores in one process: each close must
     give back every file it held (the spare blob files made ahead for batched writers too)."""
@@ -482,8 +477,8 @@ def test_a_store_opened_and_closed_again_and_again_keeps_no_descriptor(data_dir)
             kit.close()
 
     cycle(0)  # first use: thread pools and imports
-    before = _descriptors()
+    before = len(open_files())
     for i in range(1, 21):
         cycle(i)
-    assert _descriptors() <= before
+    assert len(open_files()) <= before
     assert list((data_dir / "blobs" / "tmp").iterdir()) == []

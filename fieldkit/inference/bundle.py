@@ -157,12 +157,11 @@ def verify_bundle(bundle: Bundle, trusted: dict[str, Ed25519PublicKey]) -> Bundl
         return _refuse(bundle, f"manifest input.shape {shape!r} is not [N, C, H, W]")
     if e["task"] not in TASKS:
         return _refuse(bundle, f"unknown task {e['task']!r} (known: {', '.join(TASKS)})")
+    from fieldkit.inference.postprocess import calibration_problem, line_check_problem
     if "line_check" in e["thresholds"]:
-        from fieldkit.inference.postprocess import line_check_problem
         problem = line_check_problem(e["thresholds"]["line_check"])
         if problem:
             return _refuse(bundle, f"manifest thresholds.line_check {problem}")
-    from fieldkit.inference.postprocess import calibration_problem
     problem = calibration_problem(e.get("calibration"))
     if problem:
         return _refuse(bundle, f"manifest calibration {problem}")

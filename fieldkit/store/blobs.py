@@ -447,14 +447,14 @@ class BlobStore:
             return self._tmp_path(), None
 
     def _refill_tmp(self) -> None:
-        if len(self._spare) < self.SPARE_FILES // 2 and not self._closed and self._refilling.acquire(blocking=False):
+        if len(self._spare) < self.SPARE_FILES // 2 and self._refilling.acquire(blocking=False):
             _sync_pool.submit(self._create_spares)
 
     def close(self) -> None:
         """Close and remove the spare temp files: a store opened and closed again and again
         (the CLI, a restore) must not keep a descriptor for each."""
-        self._closed = True
-        with self._refilling:  # a refill under way finishes first
+        self._closed = True  # a refill under way stops at its next file (the lock waits for it); later ones make none
+        with self._refilling:
             while self._spare:
                 path, fd = self._spare.popleft()
                 fsio.close(fd)
