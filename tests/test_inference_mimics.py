@@ -6,14 +6,14 @@ Simulated frames with no true B-line but a vertical artefact that is not one (E-
 needle ring-down that start above the pleura, Z-lines that fade, acoustic shadows,
 instrument reverberation, a dead transducer element, subcutaneous emphysema, and an A-line
 control) must not read as B-lines. The issue's target is, per mimic type, at most 5 % of
-frames with any B-line and at most 1 % with a B-line pattern. The bundled lung model (2.0.0)
+frames with any B-line and at most 1 % with a B-line pattern. The bundled lung model (3.0.0)
 was trained with mimics as negatives (30 % of its frames), and the post-processing check on
 its pleural row (the bundle's learned line check, with the rules for wide bands) turns away
-what it still scores. Every type meets the pattern target; Z-lines, shadows, reverberation,
-a dead element and the control meet both; E-lines, needle ring-down and subcutaneous
-emphysema do NOT meet the 5 % for any B-line (BOUNDS hold today's figures with a margin so
-that they do not get worse). The seeds here were used neither in training, nor to fit or
-choose the check.
+what it still scores. Every type meets the pattern target, and on these seeds every type
+meets the 5 % too; but on 1 000 other fresh frames per type E-lines show a B-line on 6.7 %
+and needle ring-down on 5.0 % (the card's seeds: 11.5 % and 6 %), so for those two BOUNDS
+hold today's figures with a margin, so that they do not get worse. The seeds here were
+used neither in training, nor to fit or choose the check.
 
 Measured on these seeds: see README, "B-line mimics".
 """
@@ -36,10 +36,11 @@ MIMICS = load_train_module("simulator").MIMICS
 LINE_CHECK = json.loads((BUILTIN_DIR / "lung_bline" / "manifest.json").read_text())["thresholds"]["line_check"]
 FRAMES, SEED = 200, 700_000  # per mimic type: 1 % is at most 2 frames of 200
 TARGET = (0.05, 0.01)  # (max share of frames with any B-line, with a B-line pattern)
-# measured on these seeds: E-lines 9.5 % / 0 %, needle 7 % / 0 %, emphysema 12.5 % / 0 %
-# (lung model 1.1.0, trained without mimics, with the learned line check: 24 % / 0.5 %,
-# 22 % / 0 %, 39.5 % / 8.5 %; with the rules alone: 31 % / 0.5 %, 34 % / 0.5 %, 57.5 % / 11 %)
-BOUNDS = {"e_line": (0.15, 0.01), "needle": (0.13, 0.01), "emphysema": (0.19, 0.01)}
+# measured on these seeds: E-lines 4.5 % / 0 %, needle 5 % / 0 %, emphysema 5 % / 0 % (lung
+# model 2.0.0: 9.5 % / 0 %, 7 % / 0 %, 12.5 % / 0 %; 1.1.0, trained without mimics, with the
+# learned line check: 24 % / 0.5 %, 22 % / 0 %, 39.5 % / 8.5 %; with the rules alone: 31 % /
+# 0.5 %, 34 % / 0.5 %, 57.5 % / 11 %)
+BOUNDS = {"e_line": (0.08, 0.01), "needle": (0.08, 0.01)}
 CLIPS, CLIP_FRAMES = 8, 3
 # the lower end of the pattern sensitivity's 95 % interval on the card of the model trained
 # without mimics: learning the mimics must not cost true B-lines more than that

@@ -32,7 +32,10 @@ def _sync_rows(store, uid):
 
 
 def test_lung_cine_job_writes_findings_overlay_and_sr(kit, registry):
-    ds, truth = lung_cine_dataset(n_frames=6, n_blines=4, seed=21)
+    # the worker's path, not the model's accuracy (tests/test_models_metrics.py): a cine whose
+    # 4 lines lung models 2.0.0 and 3.0.0 both read. Of 12 such cines (seeds 18-29) 3.0.0
+    # reads 9 as a B-line pattern, 2.0.0 8; seed 21, used before, is one 3.0.0 misses
+    ds, truth = lung_cine_dataset(n_frames=6, n_blines=4, seed=23)
     stored = put_instance(kit.store, dataset_bytes(ds), "upload")
     uid = stored["sop_instance_uid"]
     out = worker.process(kit, registry, uid, NORMAL)

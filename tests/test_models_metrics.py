@@ -4,8 +4,8 @@ Each test simulates a new held-out set (its own seeds, never used in training or
 card), recomputes the headline metrics with onnxruntime (no torch), and fails when a fresh
 point estimate is below the lower end of the card's 95 % interval (what the cards promise),
 or under a floor no reference model may go under. The fresh sets are at least as large as
-the card's own (250 per gate class, 300 FAST frames; 1 800 lung frames, three times the
-card's 600): a fresh point estimate falls under the card's lower bound by chance alone on
+the card's own (250 per gate class, 300 FAST frames; 5 400 lung frames, three times the
+card's 1 800): a fresh point estimate falls under the card's lower bound by chance alone on
 about 8 % of honest cards when the two sets are the same size, about 4.5 % at three times.
 """
 
@@ -53,7 +53,7 @@ def test_view_quality_gate_matches_its_card(registry, evaluate):
 def test_lung_bline_model_matches_its_card(registry, evaluate):
     entry, text = _card("lung_bline")
     model = registry.get("lung")
-    fresh = evaluate.lung_metrics(model.session, entry["thresholds"], n=1800, seed=92_001)
+    fresh = evaluate.lung_metrics(model.session, entry["thresholds"], n=5400, seed=92_001)
     _check(fresh, entry["metrics"], ["bline_pattern_sensitivity", "bline_pattern_specificity",
                                      "bline_count_within_1"], 0.7)
     # pleural line position (lower is better): a few large misses dominate the mean error, so

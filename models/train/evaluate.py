@@ -28,12 +28,25 @@ FLUID_SIZE = 64
 
 # ----------------------------------------------------------------------- targets
 
+BAND_SHARE = 0.1  # a run of true columns wider than this share of the image is a confluent band
+CENTRE_SHARE = 0.5  # a separate line's target: the bins within this share of its half-width of its centre
+
+
 def lung_targets(s: S.Sample, w: int, h: int, bins: int = LUNG_BINS):
+    """Column targets and the pleural row bin. A confluent band is marked over its whole
+    width; a separate line only on its centre (at least the nearest bin): marked over
+    their whole width, neighbouring lines 4 % of the sector apart touch at 64 bins and the
+    model learns to score them as one run."""
     cols = np.zeros(bins, np.float32)
+    centres = np.arange(bins) + 0.5
     for c0, c1 in s.bline_cols:
-        b0 = int(np.clip(c0 / w * bins, 0, bins - 1))
-        b1 = int(np.clip(c1 / w * bins, 0, bins - 1))
-        cols[b0:b1 + 1] = 1
+        if c1 - c0 > BAND_SHARE * w:
+            b0 = int(np.clip(c0 / w * bins, 0, bins - 1))
+            b1 = int(np.clip(c1 / w * bins, 0, bins - 1))
+            cols[b0:b1 + 1] = 1
+        else:
+            c, half = (c0 + c1) / 2 / w * bins, (c1 - c0) / 2 / w * bins
+            cols[np.abs(centres - c) <= max(CENTRE_SHARE * half, 0.5)] = 1
     row = int(np.clip(s.pleura_row / h * PLEURA_BINS, 0, PLEURA_BINS - 1))
     return cols, row
 

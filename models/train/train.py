@@ -1,6 +1,6 @@
 """Train the three reference models on simulated data and export them as ONNX bundles.
 
-    python models/train/train.py --key SIGNING_KEY.pem          # everything, ~33 min on 2 busy cores
+    python models/train/train.py --key SIGNING_KEY.pem          # everything, ~38 min on 2 busy cores
     python models/train/train.py --only gate --key ...          # one model
 
 CPU only and seeded: the same seed gives the same simulated data and the same training
@@ -36,7 +36,7 @@ import simulator as S  # noqa: E402
 from fieldkit.inference import bundle as B  # noqa: E402
 
 # lung 2: trained on mimics and confluent bands; gate 1.1: white lung among its lung views, turned views as other
-VERSIONS = {"view_quality": "1.1.0", "lung_bline": "2.0.0", "fast_fluid": "1.0.0"}
+VERSIONS = {"view_quality": "1.1.0", "lung_bline": "3.0.0", "fast_fluid": "1.0.0"}
 
 
 def block(i, o, stride):
@@ -61,10 +61,10 @@ class GateNet(nn.Module):
 class LungNet(nn.Module):
     """Per-column B-line evidence over the width and the pleural line's row.
 
-    cols=64: the bundled design, every column bin 2 input pixels wide. cols=128 (one bin per
-    input column) adds a shallow full-width branch (kept at the input's width, pooled over
-    the rows) beside the deep features, upsampled: at 64 bins the targets of neighbouring
-    lines already touch (8 simulated lines are 6.1 runs of target bins at 64, 7.6 at 128)."""
+    cols=64: the bundled design, every column bin 2 input pixels wide; a line is scored on
+    its centre (`evaluate.lung_targets`), so that neighbours 4 % of the sector apart stay
+    two runs. cols=128 (one bin per input column) adds a shallow full-width branch (kept at
+    the input's width, pooled over the rows) beside the deep features, upsampled."""
 
     def __init__(self, cols: int = 64):
         super().__init__()
@@ -217,7 +217,7 @@ SPECS = {
                  summary="Abstaining view and quality gate: is this frame a lung view, a FAST (abdominal) view, something else, or unusable (no contact, too dark, saturated)?"),
     "lung": dict(name="lung-bline", dir="lung_bline", fn=train_lung, intended_views=["lung"],
                  labels=["bline"],
-                 outputs={"bline_logits": f"(N, {E.LUNG_BINS}) per-column B-line logits over the input width (sigmoid; runs above threshold are B-lines)",
+                 outputs={"bline_logits": f"(N, {E.LUNG_BINS}) per-column B-line logits over the input width (sigmoid; each run above threshold is one B-line, scored on its centre columns; a confluent band over its whole width)",
                           "pleura_logits": f"(N, {E.PLEURA_BINS}) logits over row bins of the input height: where the pleural line is"},
                  summary="Per-frame B-line count with per-column evidence and pleural line position; clip-level A-line / B-line pattern."),
     "fast": dict(name="fast-fluid", dir="fast_fluid", fn=train_fast, intended_views=["fast"],
