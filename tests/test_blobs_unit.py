@@ -21,7 +21,7 @@ from fieldkit.errors import NotFound, StorageFull, StoreCorrupt
 from fieldkit.security.crypto import Sealer, random_key
 from fieldkit.store import blobs
 from fieldkit.store.blobs import CHUNK, BlobStore, EncryptedSpool, open_reader
-from kitproc import open_files
+from kitproc import open_files, wait_until
 
 KB = 1024
 
@@ -98,9 +98,7 @@ def test_closing_the_store_closes_and_removes_its_spare_temp_files(store):
         with batch.writer() as w:
             w.write(os.urandom(1000 + i))
     batch.wait()
-    deadline = time.monotonic() + 10
-    while not store._spare and time.monotonic() < deadline:  # the spares are made in the background
-        time.sleep(0.01)
+    wait_until(lambda: store._spare, 10, step=0.01)  # the spares are made in the background
     assert store._spare and open_files(store.root / "tmp")
     store.close()
     assert open_files(store.root) == []

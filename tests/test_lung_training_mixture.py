@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fieldkit.inference import postprocess as post
+
 FRAMES = 120
 
 
@@ -41,7 +43,6 @@ def test_column_targets_keep_close_lines_apart(evaluate, simulator):
     the model learned to score neighbours as one run. On their centres, 91 % are at 64 bins
     (lines near a convex probe's apex still touch) and all are at 128; every run lies on a
     line's centre, and a line's own run is about half its width."""
-    from fieldkit.inference import postprocess as post
     rng = np.random.default_rng(14)
     samples = [simulator.simulate_lung(rng, n_blines=8) for _ in range(30)]
     for bins, share in ((64, 0.9), (128, 1.0)):
@@ -62,7 +63,6 @@ def test_column_targets_keep_close_lines_apart(evaluate, simulator):
 
 
 def test_a_confluent_band_is_marked_over_its_whole_width(evaluate, simulator):
-    from fieldkit.inference import postprocess as post
     rng = np.random.default_rng(15)
     for s in [simulator.simulate_lung(rng, n_blines=0, confluent=True) for _ in range(10)]:
         w = s.image.shape[1]

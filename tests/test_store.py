@@ -11,7 +11,7 @@ import pytest
 from fieldkit.errors import KeyUnavailable, NotFound, StorageFull, StoreBusy, StoreCorrupt, UnsupportedVersion
 from fieldkit.records import DONE, FAILED, LEASED
 from fieldkit.kit import open_kit
-from kitproc import open_files
+from kitproc import open_files, wait_until
 
 
 def _journal(data_dir: Path) -> Path:
@@ -470,9 +470,7 @@ def test_a_store_opened_and_closed_again_and_again_keeps_no_descriptor(data_dir)
                 with batch.writer() as w:
                     w.write(os.urandom(2000 + 10 * i + j))
             batch.wait()
-            deadline = time.monotonic() + 10
-            while not kit.store.blobs._spare and time.monotonic() < deadline:  # made in the background
-                time.sleep(0.01)
+            wait_until(lambda: kit.store.blobs._spare, 10, step=0.01)  # made in the background
         finally:
             kit.close()
 
