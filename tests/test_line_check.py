@@ -6,6 +6,8 @@ measurements is refused."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -190,7 +192,7 @@ def _oracle_features(img, maps, prow, lo, hi, peak, followed):
     """LINE_FEATURES written out row by row and pixel by pixel: an independent reading of
     what `line_features` says it measures, edges of the image included."""
     h, w = img.shape
-    line, con = maps
+    line, con = maps.line, maps.contrast
     start, below, slope = followed
     cb = [c for _, _, c in below]
     q = max(2, len(cb) // 4)
@@ -270,9 +272,10 @@ def test_the_measurements_hold_at_the_edges_of_the_image(prow, start, slope, bla
     elif black == "beside":
         img[:, max(0, start - 12):start + 13] = 0.0
     below = [(prow + 3 + i, start, float(v)) for i, v in enumerate(rng.uniform(-0.1, 0.5, 9))]
-    followed = (start, below, slope)
-    got = post.line_features(img, (line, con), prow, start - 1, start + 2, 0.6, followed)
-    want = _oracle_features(img, (line, con), prow, start - 1, start + 2, 0.6, followed)
+    followed = (start, np.array(below), slope)
+    maps = SimpleNamespace(line=line, contrast=con)  # what line_features reads of a LineMaps
+    got = post.line_features(img, maps, prow, start - 1, start + 2, 0.6, followed)
+    want = _oracle_features(img, maps, prow, start - 1, start + 2, 0.6, followed)
     for name, g, x in zip(post.LINE_FEATURES, got, want):
         assert g == pytest.approx(x, abs=1e-9), name
 

@@ -103,11 +103,17 @@ def test_box_sums_and_counts_a_window_clipped_at_the_edges():
     assert s.tolist() == [[1.0, 2.0, 3.0]] and n.tolist() == [1, 1, 1]
 
 
+def maps_of(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """line_maps as two whole arrays (the kit computes the contrast only where it is asked)."""
+    maps = post.line_maps(img)
+    return maps.line, maps.contrast[tuple(np.indices(img.shape))]
+
+
 def test_line_maps_give_brightness_contrast_and_nan_outside_the_view():
     img = np.full((3, 40), 0.2)
     img[:, 20] = 0.8
     img[:, :3] = 0.0  # black: outside the field of view
-    line, contrast = post.line_maps(img)
+    line, contrast = maps_of(img)
     assert line[1, 20] == pytest.approx((0.2 + 0.8 + 0.2) / 3)
     assert contrast[1, 20] == pytest.approx(line[1, 20] - 0.2, abs=1e-6)  # background kept as float32
     assert contrast[1, 30] == pytest.approx(0.0, abs=1e-6)
@@ -267,8 +273,7 @@ def test_dice_reads_any_non_zero_pixel_as_marked():
 def test_a_line_at_the_left_edge_is_followed_and_judged():
     img = frame()
     img[42:, 0:2] = 0.7  # a B-line hugging the image's left edge
-    line, contrast = post.line_maps(img)
-    track = post._track(line, contrast, 43, 0)
+    track = post.line_maps(img).track(43, 0)
     assert [c for _, c, _ in track] == [0] * len(track) and len(track) == H - 43
     assert post.bline_mimic(img, (0.0, 2.0), PLEURA) == ""
     img[:38, 0:2] = 0.7  # the same line from the top of the image: an E-line
@@ -297,14 +302,14 @@ def test_box_windows_beside_the_pixel_are_clipped_to_the_image():
 
 
 def test_contrast_of_an_even_background_is_zero_up_to_the_edges():
-    _, contrast = post.line_maps(np.full((4, 30), 0.5))
+    _, contrast = maps_of(np.full((4, 30), 0.5))
     np.testing.assert_allclose(contrast, 0.0, atol=1e-6)
 
 
 def test_contrast_is_measured_against_the_bands_four_to_eight_pixels_either_side():
     cols = np.arange(40, dtype=float)
     img = np.tile((cols / 40.0) ** 2 + 0.1, (3, 1))  # a background that curves: bands matter
-    line, contrast = post.line_maps(img)
+    line, contrast = maps_of(img)
     for c in (10, 20, 30):
         bands = np.concatenate([img[1, c - 8:c - 3], img[1, c + 4:c + 9]])
         assert line[1, c] == pytest.approx(img[1, c - 1:c + 2].mean())
@@ -320,27 +325,27 @@ def track_image(step: int, width: int = 1) -> np.ndarray:
 
 @pytest.mark.parametrize("step", [1, -1])
 def test_a_track_follows_a_line_that_drifts_one_column(step):
-    track = post._track(*post.line_maps(track_image(step, width=3)), 0, 21)
+    track = post.line_maps(track_image(step, width=3)).track(0, 21)
     assert [c for _, c, _ in track][-5:] == [21 + step] * 5
 
 
 @pytest.mark.parametrize("width", [1, 3])
 @pytest.mark.parametrize("step", [2, -2, 3, -3])
 def test_a_track_moves_at_most_one_column_a_row(step, width):
-    track = post._track(*post.line_maps(track_image(step, width)), 0, 20 + width // 2)
+    track = post.line_maps(track_image(step, width)).track(0, 20 + width // 2)
     cols = [c for _, c, _ in track]
     assert len(cols) == 20 and all(abs(a - b) <= 1 for a, b in zip(cols, cols[1:])), cols
 
 
 def test_a_track_does_not_jump_to_a_line_three_columns_to_the_right():
-    track = post._track(*post.line_maps(track_image(3)), 0, 20)
+    track = post.line_maps(track_image(3)).track(0, 20)
     assert 23 not in {c for _, c, _ in track}
 
 
 def test_a_track_ends_where_the_field_of_view_ends():
     img = track_image(0)
     img[15:, :] = 0.0  # black below row 15: outside the image sector
-    track = post._track(*post.line_maps(img), 0, 20)
+    track = post.line_maps(img).track(0, 20)
     assert [r for r, _, _ in track] == list(range(15))
 
 
@@ -1217,15 +1222,15 @@ def test_a_certain_frame_still_has_a_finite_score():
 
 
 def test_contrast_with_one_background_pixel_or_an_odd_number_of_them():
-    _, c = post.line_maps(np.array([[0.5, 0.5, 0.5, 0.5, 0.3]]))
+    _, c = maps_of(np.array([[0.5, 0.5, 0.5, 0.5, 0.3]]))
     assert c[0, 0] == pytest.approx(0.5 - 0.3, abs=1e-6)  # its one background pixel, 4 columns right
     img = np.array([[0.5] * 6 + [0.1, 0.2, 0.3, 0.4, 0.9] + [0.5] * 5])
-    _, c = post.line_maps(img)
+    _, c = maps_of(img)
     assert c[0, 2] == pytest.approx(0.5 - 0.3, abs=1e-6)  # columns 6-10 only: their median, 0.3
 
 
 def test_a_pixel_exactly_at_the_in_view_level_is_in_view():
-    line, c = post.line_maps(np.full((1, 20), post.IN_VIEW))
+    line, c = maps_of(np.full((1, 20), post.IN_VIEW))
     assert line[0, 0] == post.IN_VIEW and not np.isnan(c[0, 0])
 
 
@@ -1524,3 +1529,50 @@ def test_a_line_is_followed_only_with_eight_rows_under_the_pleural_echo():
     followed = post._follow(img, 29, 34, H - 11, maps)  # rows 120-127
     assert followed is not None and followed[0] in (30, 31, 32) and len(followed[1]) == 8
     assert post._follow(img, 29, 34, H - 10, maps) is None
+
+
+def _track_row_by_row(img: np.ndarray, row0: int, col0: int) -> list[tuple[int, int]]:
+    """A track written out row by row: from each row's column, the brightest line pixel of
+    the three around it (the first of equals), until the line leaves the field of view."""
+    line, _ = maps_of(img)
+    h, w = img.shape
+    col, out = col0, []
+    for row in range(row0, h):
+        near = [c for c in (col - 1, col, col + 1) if 0 <= c < w]
+        col = max(near, key=lambda c: (line[row, c], -c))
+        if line[row, col] < post.IN_VIEW:
+            break
+        out.append((row, col))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_track_is_the_brightest_neighbour_row_by_row_on_any_image(seed):
+    """Speckle with ties (a coarse grey scale), lines at the edges, black patches: the
+    track the kit looks up from its per-frame steps is the one followed row by row, and
+    its contrast is the contrast map's."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 6, (40, 24)) / 5.0  # few grey levels: many equal neighbours
+    img[:, 0] = 0.9  # a line hugging the left edge
+    img[25 + seed:, 10:] = 0.0  # black below a row on the right: outside the view
+    _, contrast = maps_of(img)
+    maps = post.line_maps(img)
+    for col0 in (0, 5, 12, 23):
+        got = maps.track(3, col0)
+        want = _track_row_by_row(img, 3, col0)
+        assert [(int(r), int(c)) for r, c, _ in got] == want
+        assert [c for _, _, c in got] == [contrast[r, c] for r, c in want]
+
+
+def test_the_contrast_asked_pixel_by_pixel_is_the_median_of_the_bands_present():
+    rng = np.random.default_rng(7)
+    img = rng.uniform(0.0, 1.0, (6, 20)).astype(np.float32)
+    img[2, 5:9] = 0.0  # black pixels: out of the view, nan contrast
+    line, contrast = maps_of(img)
+    for r in range(6):
+        for c in range(20):
+            bands = [img[r, k] for k in range(c - 8, c + 9) if 4 <= abs(k - c) and 0 <= k < 20]
+            want = np.nan if line[r, c] < post.IN_VIEW else line[r, c] - np.median(bands)
+            assert contrast[r, c] == pytest.approx(want, abs=1e-6, nan_ok=True), (r, c)
+    one = post.line_maps(img).contrast[4, 11]  # one pixel asked alone: the same number
+    assert one == contrast[4, 11]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -111,53 +112,79 @@ def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return c[:, b] - c[:, a], np.maximum(b - a, 0)
 
 
-def line_maps(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(line brightness, contrast) per pixel: the mean over the line's width, and that
-    minus the median of the background bands either side (a median: a neighbouring line
-    in one band does not lift it; nan outside the field of view). Computed once per frame
-    so following a line costs a lookup per row."""
-    from numpy.lib.stride_tricks import sliding_window_view
-    s, n = _box(img, -LINE_HALF, LINE_HALF)
-    line = s / np.maximum(n, 1)
-    pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
-    win = sliding_window_view(pad, 2 * SIDE[1] + 1, axis=1)  # (h, w, 17): columns c-8 .. c+8
-    k = SIDE[1] - SIDE[0] + 1
-    sides = np.sort(np.concatenate([win[:, :, :k], win[:, :, -k:]], axis=2), axis=2)  # nan (off the edge) last
-    n = np.maximum((~np.isnan(sides)).sum(axis=2, keepdims=True), 1)  # the median of the values present:
-    side = 0.5 * (np.take_along_axis(sides, (n - 1) // 2, 2) + np.take_along_axis(sides, n // 2, 2))[:, :, 0]
-    return line, np.where(line < IN_VIEW, np.nan, line - side)
+SIDE_OFFSETS = np.concatenate([np.arange(-SIDE[1], -SIDE[0] + 1), np.arange(SIDE[0], SIDE[1] + 1)])
 
 
-def _track(line: np.ndarray, contrast: np.ndarray, row0: int, col0: int) -> list[tuple[int, int, float]]:
-    """(row, column, contrast) down a near-vertical line from (row0, col0) to the bottom of
-    the field of view; the column may drift one pixel per row (lines fan out on a convex
-    or phased probe)."""
-    w = line.shape[1]
-    col, out = col0, []
-    for row in range(row0, line.shape[0]):
-        lo, hi = max(0, col - 1), min(w, col + 2)
-        col = lo + int(np.argmax(line[row, lo:hi]))
-        c = contrast[row, col]
-        if np.isnan(c):
-            break
-        out.append((row, col, float(c)))
-    return out
+class SideContrast:
+    """The line's contrast, indexed like an (h, w) array ([rows, cols], scalars or arrays):
+    its brightness minus the median of the background bands either side (a median: a
+    neighbouring line in one band does not lift it; nan outside the field of view).
+    Computed only where asked: a frame's lines need a few hundred of its pixels, and the
+    medians of all of them cost more than the rest of the frame's post-processing."""
+
+    def __init__(self, img: np.ndarray, line: np.ndarray):
+        self.line = line
+        self._pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
+
+    def __getitem__(self, where):
+        rows, cols = where
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        line = self.line[rows, cols]
+        sides = np.sort(self._pad[rows.reshape(-1, 1), cols.reshape(-1, 1) + SIDE[1] + SIDE_OFFSETS], axis=1)  # nan (off the edge) last
+        n = np.maximum((~np.isnan(sides)).sum(axis=1), 1)  # the median of the values present
+        i = np.arange(len(sides))
+        side = (0.5 * (sides[i, (n - 1) // 2] + sides[i, n // 2])).reshape(line.shape)
+        return np.where(line < IN_VIEW, np.nan, line - side)
 
 
-def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps) -> tuple[int, list, float] | None:
+class LineMaps:
+    """A frame's line brightness per pixel (`line`: the mean over the line's width), its
+    contrast (`contrast`, a SideContrast) and the way a track goes from each pixel to the
+    next row, computed once per frame so that following a line costs a lookup per row."""
+
+    def __init__(self, img: np.ndarray):
+        s, n = _box(img, -LINE_HALF, LINE_HALF)
+        self.line = s / np.maximum(n, 1)
+        self.contrast = SideContrast(img, self.line)
+        # the brightest of the columns c-1, c, c+1 (the first of equals), as np.argmax picks it
+        pad = np.pad(self.line, ((0, 0), (1, 1)), constant_values=-np.inf)
+        left, mid, right = pad[:, :-2], pad[:, 1:-1], pad[:, 2:]
+        step = np.where((left >= mid) & (left >= right), -1, np.where(mid >= right, 0, 1))
+        self._next = (np.arange(self.line.shape[1]) + step).tolist()
+
+    def track(self, row0: int, col0: int) -> np.ndarray:
+        """(n, 3): (row, column, contrast) down a near-vertical line from (row0, col0) to the
+        bottom of the field of view; the column may drift one pixel per row (lines fan out
+        on a convex or phased probe)."""
+        col, cols = col0, []
+        for row in range(row0, len(self._next)):
+            col = self._next[row][col]
+            cols.append(col)
+        rows, cols = np.arange(row0, row0 + len(cols)), np.array(cols, int)
+        con = self.contrast[rows, cols]
+        end = np.flatnonzero(np.isnan(con))  # the first pixel out of the field of view ends it
+        n = int(end[0]) if len(end) else len(con)
+        return np.column_stack([rows[:n], cols[:n], con[:n]])
+
+
+def line_maps(img: np.ndarray) -> LineMaps:
+    """A frame's LineMaps, made once and shared by all the lines it shows."""
+    return LineMaps(img)
+
+
+def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
     """The line a run of columns [lo, hi) scored: its brightest column just under the
-    pleura, its track from there to the bottom and its slope (columns per row); None when
-    too little image lies below the pleura to judge."""
+    pleura, its track from there to the bottom (`LineMaps.track`) and its slope (columns
+    per row); None when too little image lies below the pleura to judge."""
     r0 = prow + 3  # under the pleural line's own echo
     band = img[r0:r0 + 8, lo:hi]
     if len(band) < 8 or hi <= lo:  # too little image below the pleura, or columns off the image
         return None
     start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
-    line, con = maps
-    below = _track(line, con, r0, start)
+    below = maps.track(r0, start)
     if len(below) < 8:  # it leaves the field of view
         return None
-    slope = np.polyfit([r for r, _, _ in below[:16]], [c for _, c, _ in below[:16]], 1)[0]
+    slope = np.polyfit(below[:16, 0], below[:16, 1], 1)[0]
     return start, below, float(slope)
 
 
@@ -199,11 +226,11 @@ def is_band(lo: int, hi: int) -> bool:
 NOT_SHAPED = "not shaped like a B-line from the pleural line to the bottom (line check)"
 
 
-def _line_rules(img: np.ndarray, maps, prow: int, start: int, below: list, slope: float) -> str:
+def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: np.ndarray, slope: float) -> str:
     """The hand-set rules on a followed line (see `_verdict`)."""
     w = img.shape[1]
     q = max(2, len(below) // 4)
-    contrast = [c for _, _, c in below]
+    contrast = below[:, 2]
     near, deep = float(np.median(contrast[:q])), float(np.median(contrast[-q:]))
     if near < MIN_CONTRAST:
         return "no bright line below the pleura"
@@ -211,7 +238,7 @@ def _line_rules(img: np.ndarray, maps, prow: int, start: int, below: list, slope
     r = np.arange(max(0, int(ABOVE_FROM * prow)), max(0, prow - ABOVE_GAP))
     c = np.round(start + slope * (r - below[0][0])).astype(int)
     ok = (c >= 0) & (c < w)
-    above = maps[1][r[ok], c[ok]]
+    above = maps.contrast[r[ok], c[ok]]
     return _verdict(above[~np.isnan(above)], near, deep)
 
 
@@ -225,7 +252,7 @@ LINE_FEATURES = (("near", "deep", "median_below", "min_below", "width", "pleura_
                  + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak"))
 
 
-def line_features(img: np.ndarray, maps, prow: int, lo: int, hi: int, peak: float, followed) -> np.ndarray:
+def line_features(img: np.ndarray, maps: LineMaps, prow: int, lo: int, hi: int, peak: float, followed) -> np.ndarray:
     """LINE_FEATURES of one followed line (`_follow`'s result): its contrast just under the
     pleura, at the bottom and along the way; its width, depth and slope; its contrast over
     the chest wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of
@@ -233,9 +260,9 @@ def line_features(img: np.ndarray, maps, prow: int, lo: int, hi: int, peak: floa
     run through it) and along the pleural row; the chest wall beside the line against the
     whole wall (emphysema darkens it); the model's own peak."""
     h, w = img.shape
-    line, con = maps
+    line, con = maps.line, maps.contrast
     start, below, slope = followed
-    cb = np.array([c for _, _, c in below])
+    cb = below[:, 2]
     q = max(2, len(cb) // 4)
     f = [_median(cb[:q]), _median(cb[-q:]), _median(cb), cb.min(), hi - lo, prow / h, slope]
     r_all = np.arange(0, max(1, prow - 2))
@@ -244,7 +271,7 @@ def line_features(img: np.ndarray, maps, prow: int, lo: int, hi: int, peak: floa
         r0 = int(a * prow)
         seg = above[r0:max(r0 + 1, int(b * prow))]  # the track ends 3 rows above the pleura
         seg = seg[~np.isnan(seg)]
-        f += [_median(seg), np.mean(seg > ABOVE_BRIGHT)] if len(seg) else [0.0, 0.0]
+        f += [_median(seg), np.count_nonzero(seg > ABOVE_BRIGHT) / len(seg)] if len(seg) else [0.0, 0.0]
     at = line[max(0, prow - 2):prow + 3, start].max()  # a followed line has rows under the pleura
     over = _median(line[max(0, prow - 12):max(1, prow - 4), start]) if prow > 4 else 0.0
     under = _median(line[prow + 4:prow + 12, start]) if prow + 12 < h else 0.0
@@ -290,12 +317,18 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
+@functools.lru_cache(maxsize=4)
+def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.triu_indices(n), made once: the check asks for it on every line."""
+    return np.triu_indices(n)
+
+
 def line_check_prob(features: np.ndarray, check: dict) -> float:
     """The learned line check's probability that a followed line is a B-line."""
     if tuple(check["features"]) != LINE_FEATURES:
         raise ValueError("the bundle's line check was fitted on other line features than this kit measures")
     z = (np.asarray(features, float) - np.asarray(check["mean"])) / np.asarray(check["scale"])
-    quad = np.concatenate([z, np.outer(z, z)[np.triu_indices(len(z))]])
+    quad = np.concatenate([z, np.outer(z, z)[_upper(len(z))]])
     return float(sigmoid(quad @ np.asarray(check["weights"]) + float(check["bias"])))
 
 
