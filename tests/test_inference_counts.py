@@ -2,12 +2,12 @@
 the calibration or for the card).
 
 Per frame, through the kit's post-processing (`postprocess.lung_frame`, mimic check
-included). The issue's target for counts (within one on >= 90 % of frames for 0-8 true
-lines) is NOT met by the bundled lung model: these tests hold what it does now (see the
-lung card's "Counts by true count"), so that it does not get worse: 0-4 lines are counted
-within one on >= 80 % of frames each (measured 85-100 %), 0-8 on >= 75 % pooled (measured
-83 %; 65 % before the learned line check: the mimic check turns away some of many close
-lines). Confluent lines (white lung) are called confluent on >= 90 % of frames (the card:
+included). The issue's target for counts is within one on >= 90 % of frames for 0-8 true
+lines. Pooled over 0-8 it is met and held here (measured 94 % on these seeds; 83 % before
+the line check's threshold among many runs, 65 % before the learned line check). Per
+count it is met at 0-7 lines on the lung card (60 frames each: 90-100 %) but not at 8
+(82 %: close lines still merge), so each count is held at >= 80 % (measured 87.5-100 %
+here, 40 frames each: a 90 % share is measured to about +-5 %). Confluent lines (white lung) are called confluent on >= 90 % of frames (the card:
 95 %; 55 % while the band had to cover a fifth of the image's width, which a convex probe's
 narrow sector at the pleura rarely gives it), with the model's pleural row where it is, and
 separate lines or mimics almost never are. Whole white-lung clips pass the view gate
@@ -39,8 +39,8 @@ def test_counts_are_right_within_one_from_zero_to_eight(registry, evaluate, simu
         rows.append((n, round(float(ok.mean()), 3), round(float(got.mean()), 2)))
         within += int(ok.sum()); total += len(ok)
     print("true count, within one, mean count:", rows)
-    assert within / total >= 0.75, f"within one on {within / total:.1%} of frames; per count {rows}"
-    assert min(r[1] for r in rows[:5]) >= 0.80, rows
+    assert within / total >= 0.90, f"within one on {within / total:.1%} of frames; per count {rows}"
+    assert min(r[1] for r in rows) >= 0.80, rows
     assert [r[2] for r in rows] == sorted(r[2] for r in rows), f"more true lines must read as more: {rows}"
 
 

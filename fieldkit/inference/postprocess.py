@@ -189,14 +189,15 @@ def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tup
 
 
 def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, maps=None,
-                check: dict | None = None, peak: float = 1.0) -> str:
+                check: dict | None = None, peak: float = 1.0, among: int = 1) -> str:
     """Why a run of columns the model scored as a B-line is not one, or "" when it is one.
 
     img: one frame as the model saw it ((H, W) float, 0-1); cols ([start, end)) and
     pleura_row in the same pixels; maps: `line_maps(img)` when already computed for the
     frame. check: the bundle's learned line check (`line_check_prob`), which decides for a
-    line-wide run (peak: the model's highest column probability in it); the rules below
-    still give the reason in words, and decide alone without a check."""
+    line-wide run (peak: the model's highest column probability in it; among: how many
+    runs the model scored in the frame, see `check_threshold`); the rules below still
+    give the reason in words, and decide alone without a check."""
     prow = int(round(pleura_row))
     lo, hi = run_pixels(cols, img.shape[1])
     if is_band(lo, hi):
@@ -206,10 +207,22 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     if followed is None:
         return ""  # too little image below the pleura to judge: leave the model's call
     if check is not None and \
-            line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= float(check["threshold"]):
+            line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= check_threshold(check, among):
         return ""
     why = _line_rules(img, maps, prow, *followed)  # the reason in words (and the verdict without a check)
     return why or (NOT_SHAPED if check is not None else "")
+
+
+def check_threshold(check: dict, among: int) -> float:
+    """The line check's threshold for a run in a frame where the model scored `among` runs:
+    its `among_many` threshold when there are at least that many. B-lines come in numbers,
+    an E-line or a needle alone (almost no mimic frame has three runs), so in a frame of
+    many lines a borderline one is kept: at the one threshold for all, one true line in
+    ten was turned away, and frames of 5-8 lines were counted short."""
+    many = check.get("among_many")
+    if many and among >= int(many["runs"]):
+        return float(many["threshold"])
+    return float(check["threshold"])
 
 
 def run_pixels(cols: tuple[float, float], width: int) -> tuple[int, int]:
@@ -310,6 +323,11 @@ def line_check_problem(check) -> str | None:
         return "scale must be positive"
     if not (_finite(check.get("bias")) and _finite(check.get("threshold")) and 0 < check["threshold"] < 1):
         return "needs a finite bias and a threshold between 0 and 1"
+    many = check.get("among_many")
+    if many is not None and not (isinstance(many, dict) and isinstance(many.get("runs"), int)
+                                 and not isinstance(many["runs"], bool) and many["runs"] >= 2
+                                 and _finite(many.get("threshold")) and 0 < many["threshold"] <= check["threshold"]):
+        return "among_many needs runs (2 or more) and a threshold above 0 and no higher than the check's own"
     return None
 
 
@@ -451,7 +469,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     to_px = in_w / col_prob.shape[0]
     maps = line_maps(img) if found else None
     check = thresholds.get("line_check")
-    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps, check, float(col_prob[a:b].max())) for a, b in found]
+    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps, check, float(col_prob[a:b].max()), len(found))
+           for a, b in found]
     accepted = [r for r, y in zip(found, why) if not y]
     band = confluent(col_prob, img, prow)
     # a confluent band stands for k lines: it is a pattern by itself

@@ -222,8 +222,19 @@ model's peak) and their pairwise products, fitted on {f['runs']} runs of the mod
 evidence ({f['true']} on true B-lines; seed {f['seed']}: {f['per_count']} frames per true count
 1-8, {f['per_mimic']} per mimic type, {f['natural']} of the natural mix). A line is a B-line when the
 check's probability is at least {c['threshold']}: the highest threshold that keeps
-{t['keeps_true'] * 100:.0f} % of the true lines' runs on a second seed ({t['seed']}, {t['runs']} runs). The
+{t['keeps_true'] * 100:.0f} % of the true lines' runs on a second seed ({t['seed']}, {t['runs']} runs).{among_many_text(c)} The
 rules above then only say why a line was turned away; wider bands are judged by the rules."""
+
+
+def among_many_text(c: dict) -> str:
+    m = c.get("among_many")
+    if not m:
+        return ""
+    return f""" In a frame
+where the model scores {m['runs']} runs or more, a line is a B-line from {m['threshold']}: the highest
+threshold that keeps {m['keeps_true'] * 100:.0f} % of the true lines' runs in such frames on the same seed
+({m['true_runs']} runs). B-lines come in numbers, an E-line or a needle alone: with one threshold
+for all, one true line in ten was turned away and frames of 5-8 lines were counted short."""
 
 
 def mimic_training_text(e: dict) -> str:
@@ -270,12 +281,24 @@ of true B-lines:
 """
 
 
+def short_text(e: dict) -> str:
+    """Where the counts fall short, from the table: the true counts whose within-one share is
+    under 90 %, or whose mean count is short by more than half a line."""
+    t = e["counts_by_true_count"]
+    low = [k for k, v in t.items() if v["within_1"] < 0.9]
+    short = [k for k, v in t.items() if int(k) - v["mean_count"] > 0.5]
+    if not low and not short:
+        return "every true count from 0 to 8 is counted within one on at least 90 % of frames"
+    return (f"within one on under 90 % of frames at {', '.join(low) or 'no count'} true lines; "
+            f"short by more than half a line on average at {', '.join(short) or 'no count'} (close lines still merge)")
+
+
 def confluent_text(e: dict) -> str:
     c = e.get("confluent")
     if not c:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
     return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
-peaks either side), so touching lines count apart; lines above five are still under-counted.
+peaks either side), so touching lines count apart; {short_text(e)}.
 Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
 when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_SHARE:.0%} of the field of
 view's width at the pleura, and the image shows one band there (`postprocess.confluent_band_problem`:

@@ -9,8 +9,10 @@ a logistic regression over the line's measurements and their pairwise products
 (`postprocess.LINE_FEATURES`) on simulated frames: true B-lines (1-8 a frame and the
 card's natural mix) against every mimic type, each run labelled by whether it lies on a
 true line. The threshold is then chosen on a second seed: the highest that keeps
-KEEP_TRUE of the true lines' runs. Both seeds are the recipe's (`line_check`,
-`line_check_threshold`), never a test's or the card's. Writes `thresholds.line_check`
+KEEP_TRUE of the true lines' runs; and a lower one for frames where the model scores
+AMONG_MANY runs or more (`postprocess.check_threshold`), the highest that keeps
+KEEP_AMONG_MANY of the true lines' runs in such frames. Both seeds are the recipe's
+(`line_check`, `line_check_threshold`), never a test's or the card's. Writes `thresholds.line_check`
 into the lung manifest; calibrate.py then re-measures the card and signs.
 """
 
@@ -38,6 +40,9 @@ from fieldkit.inference.preprocess import preprocess  # noqa: E402
 FIT = {"per_count": 400, "per_mimic": 500, "natural": 600}  # 7 800 frames
 CHOOSE = {"per_count": 100, "per_mimic": 150, "natural": 300}  # 2 300 frames
 KEEP_TRUE = 0.90  # share of true lines' runs the chosen threshold keeps (the rules alone keep ~80 %)
+AMONG_MANY = 3  # a frame where the model scores this many runs or more: B-lines come in numbers
+KEEP_AMONG_MANY = 0.99  # ... where the check keeps this share of the true lines' runs (mimics are
+# alone: on the choosing seed, under 1 % of the runs in such frames lie on no true line)
 L2 = 1.0  # ridge penalty of the fit (on standardised measurements)
 
 
@@ -54,11 +59,12 @@ def frames(seed: int, per_count: int, per_mimic: int, natural: int) -> list:
     return out + [S.simulate_lung(rng) for _ in range(natural)]
 
 
-def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarray]:
-    """(LINE_FEATURES per line-wide run the model scores, whether it lies on a true line)."""
+def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(LINE_FEATURES per line-wide run the model scores, whether it lies on a true line,
+    how many runs the model scored in its frame)."""
     x = np.stack([preprocess(s.image[None], E.SPEC)[0] for s in samples])
     cols, rows = E._run(session, x)
-    feats, truth = [], []
+    feats, truth, among = [], [], []
     for s, p, r, img in zip(samples, post.sigmoid(cols), rows, x):
         img = img[0]
         h, w = img.shape
@@ -66,7 +72,8 @@ def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarra
         maps = post.line_maps(img)
         to_px, sx = w / p.shape[0], w / s.image.shape[1]
         true = [(c0 * sx, c1 * sx) for c0, c1 in s.bline_cols]
-        for a, b in post.count_blines(p, float(thresholds["bline"]), dip=post.SPLIT_DIP)[1]:
+        found = post.count_blines(p, float(thresholds["bline"]), dip=post.SPLIT_DIP)[1]
+        for a, b in found:
             lo, hi = post.run_pixels((a * to_px, b * to_px), w)
             if post.is_band(lo, hi):
                 continue  # judged as a band, not by the line check
@@ -75,7 +82,8 @@ def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarra
                 continue
             feats.append(post.line_features(img, maps, prow, lo, hi, float(p[a:b].max()), followed))
             truth.append(any(lo < c1 + 1 and hi > c0 - 1 for c0, c1 in true))
-    return np.array(feats), np.array(truth)
+            among.append(len(found))
+    return np.array(feats), np.array(truth), np.array(among)
 
 
 def quadratic(z: np.ndarray) -> np.ndarray:
@@ -118,16 +126,20 @@ def main(argv=None):
     entry = json.loads(path.read_text(encoding="utf-8"))
     session = ort.InferenceSession(str(path.parent / entry["file"]), providers=["CPUExecutionProvider"])
     th = {k: v for k, v in entry["thresholds"].items() if k != "line_check"}
-    X, y = line_runs(session, th, frames(R.seed("lung", "line_check"), **FIT))
+    X, y, _ = line_runs(session, th, frames(R.seed("lung", "line_check"), **FIT))
     check = fit(X, y)
-    Xc, yc = line_runs(session, th, frames(R.seed("lung", "line_check_threshold"), **CHOOSE))
+    Xc, yc, among = line_runs(session, th, frames(R.seed("lung", "line_check_threshold"), **CHOOSE))
     check["threshold"] = choose_threshold(check, Xc, yc)
+    many = among >= AMONG_MANY
+    check["among_many"] = {"runs": AMONG_MANY, "keeps_true": KEEP_AMONG_MANY, "true_runs": int((yc & many).sum()),
+                           "threshold": min(check["threshold"],
+                                            choose_threshold(check, Xc[many], yc[many], KEEP_AMONG_MANY))}
     check["fitted_on"] = {"seed": R.seed("lung", "line_check"), "runs": int(len(y)), "true": int(y.sum()), **FIT}
     check["threshold_chosen_on"] = {"seed": R.seed("lung", "line_check_threshold"), "runs": int(len(yc)),
                                     "keeps_true": KEEP_TRUE, **CHOOSE}
     entry["thresholds"]["line_check"] = check
     path.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    kept = np.mean([post.line_check_prob(f, check) >= check["threshold"] for f in Xc[~yc]])
+    kept = np.mean([post.line_check_prob(f, check) >= post.check_threshold(check, n) for f, n in zip(Xc[~yc], among[~yc])])
     print(f"line check: {len(y)} runs fitted, threshold {check['threshold']} "
           f"(other runs kept on the choosing seed: {kept:.1%}) in {time.time() - t0:.0f}s; now run calibrate.py")
 
