@@ -124,6 +124,14 @@ def test_in_a_frame_of_many_runs_a_borderline_line_is_kept_at_the_lower_threshol
     assert post.lung_frame(prob, pleura, img, {"bline": 0.5, "line_check": check})["runs"] == [(5, 6), (25, 26)]
 
 
+def test_a_threshold_among_two_runs_or_as_high_as_the_checks_own_is_usable():
+    check = constant_check(0.0, threshold=0.6)
+    for many in ({"runs": 2, "threshold": 0.5}, {"runs": 3, "threshold": 0.6}):
+        assert post.line_check_problem(check | {"among_many": many}) is None
+    assert post.line_check_problem(check | {"among_many": {"runs": 3, "threshold": 0.7}}) == \
+        "among_many needs runs (2 or more) and a threshold above 0 and no higher than the check's own"
+
+
 def test_the_threshold_among_many_holds_from_its_number_of_runs():
     check = {"threshold": 0.9, "among_many": {"runs": 3, "threshold": 0.5}}
     assert [post.check_threshold(check, n) for n in (1, 2, 3, 4, 9)] == [0.9, 0.9, 0.5, 0.5, 0.5]

@@ -1576,3 +1576,11 @@ def test_the_contrast_asked_pixel_by_pixel_is_the_median_of_the_bands_present():
             assert contrast[r, c] == pytest.approx(want, abs=1e-6, nan_ok=True), (r, c)
     one = post.line_maps(img).contrast[4, 11]  # one pixel asked alone: the same number
     assert one == contrast[4, 11]
+
+
+def test_a_track_at_the_edge_ends_where_the_image_turns_black_and_never_wraps_round():
+    img = np.full((12, 20), 0.5)
+    img[5:, :3] = 0.0  # black from row 5 at the left edge; the right edge stays bright
+    track = post.line_maps(img).track(0, 0)
+    assert [(int(r), int(c)) for r, c, _ in track] == [(r, 0) for r in range(5)]
+    assert post.line_maps(img).track(12, 0).shape == (0, 3)  # from below the image: nothing to follow
