@@ -12,8 +12,9 @@ true line. The threshold is then chosen on a second seed: the highest that keeps
 KEEP_TRUE of the true lines' runs; and a lower one for frames where the model scores
 AMONG_MANY runs or more (`postprocess.check_threshold`), the highest that keeps
 KEEP_AMONG_MANY of the true lines' runs in such frames. Both seeds are the recipe's
-(`line_check`, `line_check_threshold`), never a test's or the card's. Writes `thresholds.line_check`
-into the lung manifest; calibrate.py then re-measures the card and signs.
+(`line_check`, `line_check_threshold`), never a test's or the card's. Writes
+`thresholds.line_check` into the lung manifest; calibrate.py then re-measures the card and
+signs.
 """
 
 from __future__ import annotations
