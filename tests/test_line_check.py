@@ -92,13 +92,19 @@ def test_the_check_hears_the_models_peak_and_a_run_without_one_is_one_the_model_
     assert post.bline_mimic(b_line, COLS, PLEURA, check=peak_check()) == ""  # peak 1.0
 
 
-def test_a_frame_is_judged_by_the_bundles_check_with_each_runs_own_peak():
+def three_lines() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, column probabilities, pleural-row logits): three lines from the pleura, in bins
+    5, 15 and 25 of 32, the model's peaks 0.95, 0.75 and 0.97; the pleura at row 39."""
     img = frame()
-    for c in (10, 30, 50):  # three lines from the pleura, in bins 5, 15 and 25 of 32
+    for c in (10, 30, 50):
         img[42:, c:c + 3] = 0.7
     prob = np.zeros(32)
     prob[5], prob[15], prob[25] = 0.95, 0.75, 0.97
-    pleura = np.eye(32)[12] * 10  # row 39
+    return img, prob, np.eye(32)[12] * 10
+
+
+def test_a_frame_is_judged_by_the_bundles_check_with_each_runs_own_peak():
+    img, prob, pleura = three_lines()
     rules_only = post.lung_frame(prob, pleura, img, {"bline": 0.5})
     assert rules_only["runs"] == [(5, 6), (15, 16), (25, 26)]
     checked = post.lung_frame(prob, pleura, img, {"bline": 0.5, "line_check": peak_check()})
@@ -108,12 +114,7 @@ def test_a_frame_is_judged_by_the_bundles_check_with_each_runs_own_peak():
 def test_in_a_frame_of_many_runs_a_borderline_line_is_kept_at_the_lower_threshold():
     """The same three lines: the middle one's check probability (peak 0.75: 0.0052) is under
     the check's threshold but over its threshold among many, which holds from 3 runs."""
-    img = frame()
-    for c in (10, 30, 50):
-        img[42:, c:c + 3] = 0.7
-    prob = np.zeros(32)
-    prob[5], prob[15], prob[25] = 0.95, 0.75, 0.97
-    pleura = np.eye(32)[12] * 10
+    img, prob, pleura = three_lines()
     check = peak_check() | {"among_many": {"runs": 3, "threshold": 0.005}}
     assert post.line_check_problem(check) is None
     among_three = post.lung_frame(prob, pleura, img, {"bline": 0.5, "line_check": check})
