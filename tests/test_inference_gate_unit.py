@@ -356,7 +356,9 @@ def test_the_model_speaks_on_half_the_frames_in_view_or_more_and_on_those_only(s
     if speaks:
         assert lung_result.frames == list(range(1, sure + 1)) and lung_result.reason == ""
         assert lung_result.view_probability == 0.7
-        assert reg.get("lung").session.seen == [list(range(sure))]  # those frames only, in order
+        seen = reg.get("lung").session.seen  # those frames only, in order, a few at a time (the
+        assert [i for b in seen for i in b] == list(range(sure))  # model runs ahead of the post-processing)
+        assert all(len(b) <= runner.PREP_CHUNK for b in seen)
         assert [f["frame"] for f in lung_result.result["frames"]] == list(range(1, sure + 1))
         assert lung_result.result["pattern"] == "A-line pattern"  # what the lung session said: no B-line
         assert 0 <= a.timing_ms["lung"] <= a.timing_ms["total"]
@@ -674,3 +676,43 @@ def test_two_frames_checked_one_turned_is_no_majority():
     g = turned_gate(lung_at(0.7), lambda k, i: 0.9 if i == 0 else 0.5)
     a = run(cine(2), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
     assert result(a, "lung").assessable and a.gate["counts"] == {"lung": 2}
+
+
+def test_the_lung_model_runs_the_next_frames_while_the_last_ones_are_post_processed(monkeypatch):
+    """The model's second batch waits until the first frame has been post-processed: it
+    can, because a helper thread runs the model ahead (run one after the other, it would
+    wait in vain). It runs in that helper; the frames come back in order."""
+    first_done, threads = threading.Event(), []
+    frame_post = post.lung_frame
+
+    def lung_frame(*args, **kw):
+        out = frame_post(*args, **kw)
+        first_done.set()
+        return out
+
+    def answer(ids):
+        threads.append(threading.current_thread().name)
+        if ids[0] > 0:
+            threads.append(first_done.wait(10))  # True unless it waited in vain
+        return [np.full((len(ids), 64), -8.0, np.float32), np.zeros((len(ids), 32), np.float32)]
+
+    monkeypatch.setattr(post, "lung_frame", lung_frame)
+    reg = models([SURE])
+    reg.models["lung"] = _model("lung_bline", answer)
+    a = run(cine(8), reg)
+    assert result(a, "lung").assessable and result(a, "lung").frames == list(range(1, 9))
+    assert [i for s in reg.get("lung").session.seen for i in s] == list(range(8))
+    assert threads == ["inference-model_0", "inference-model_0", True], threads
+
+
+def test_a_lung_model_that_fails_on_a_later_batch_fails_the_analysis_and_leaves_no_thread():
+    def answer(ids):
+        if 5 in ids:
+            raise RuntimeError("onnxruntime: out of memory")
+        return [np.full((len(ids), 64), -8.0, np.float32), np.zeros((len(ids), 32), np.float32)]
+
+    reg = models([SURE])
+    reg.models["lung"] = _model("lung_bline", answer)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(cine(8), reg)
+    assert not [t for t in threading.enumerate() if t.name.startswith("inference-model")]

@@ -365,3 +365,76 @@ def test_what_is_wrong_with_a_check_is_said_and_a_usable_one_passes():
         check = dict(good, **{key: value})
         assert post.line_check_problem(check) == words, (key, value)
     assert post.line_check_problem(dict(good, threshold=0.999)) is None and post.line_check_problem(dict(good, bias=-3)) is None
+
+
+def many_lines(seed: int) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
+    """(frame, pleural row, runs): a textured frame with five lines, some from the pleura,
+    some through the chest wall, one at each edge, black beyond a convex probe's edge."""
+    rng = np.random.default_rng(seed)
+    h, w = 120, 96
+    prow = int(rng.integers(30, 60))
+    img = 0.15 + 0.25 * rng.random((h, w))
+    img[prow - 1:prow + 2, :] += 0.5
+    spans = []
+    for c in (0, int(rng.integers(15, 35)), int(rng.integers(40, 60)), int(rng.integers(65, 85)), w - 3):
+        top = prow if rng.random() < 0.6 else int(rng.integers(0, prow))
+        drift = int(rng.integers(-1, 2))
+        for r in range(top, h):
+            cc = min(w - 3, max(0, c + drift * (r - top) // 10))
+            img[r, cc:cc + 3] += 0.3 + 0.2 * rng.random()
+        spans.append((max(0, c - 1), min(w, c + 4)))
+    rows = np.arange(h)[:, None]
+    img[(np.arange(w)[None, :] < (h - rows) // 8)] = 0.0  # black beyond the sector's left edge
+    return np.clip(img, 0, 1), prow, spans
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_frames_lines_measured_together_are_each_measured_alone_to_the_bit(seed):
+    """lung_frame measures and checks a frame's lines together (`lines_features`,
+    `line_check_probs`, `line_mimics`): the same numbers and verdicts as one line at a time."""
+    img, prow, spans = many_lines(seed)
+    maps = post.line_maps(img)
+    followed = post._follow_lines(img, spans, prow, maps)
+    for (lo, hi), f in zip(spans, followed):  # each line's start, track and slope
+        one = post._follow(img, lo, hi, prow, maps)
+        assert (f is None and one is None) or (f[0] == one[0] and np.array_equal(f[1], one[1]) and f[2] == one[2])
+    span_peaks = [0.6 + 0.07 * i for i in range(len(spans))]
+    judged = [(s, f, p) for s, f, p in zip(spans, followed, span_peaks) if f is not None]
+    assert len(judged) >= 4
+    together = post.lines_features(img, maps, prow, [s for s, _, _ in judged], [p for _, _, p in judged],
+                                   [f for _, f, _ in judged])
+    alone = np.array([post.line_features(img, maps, prow, lo, hi, p, f) for (lo, hi), f, p in judged])
+    assert together.shape == (len(judged), len(post.LINE_FEATURES)) and np.array_equal(together, alone)
+    check = peak_check()
+    rng = np.random.default_rng(seed)
+    check["weights"] = list(rng.normal(0, 0.05, len(check["weights"])))  # every measurement counts
+    probs = post.line_check_probs(together, check)
+    assert list(probs) == [post.line_check_prob(f, check) for f in alone]
+    check["threshold"] = float(np.median(probs))  # some lines kept, some turned away with a reason
+    alone_why = [post.bline_mimic(img, s, prow, None, check, p, 1) for s, p in zip(spans, span_peaks)]
+    assert post.line_mimics(img, spans, prow, None, check, span_peaks, 1) == alone_why
+    assert "" in alone_why and any(alone_why)
+    assert post.line_mimics(img, spans, prow) == [post.bline_mimic(img, s, prow) for s in spans]
+
+
+def test_medians_of_many_rows_are_each_rows_median():
+    rng = np.random.default_rng(5)
+    rows = [rng.random(n) for n in (1, 2, 3, 8, 17, 40)] + [np.array([0.3, 0.3, 0.1, 0.9])]
+    assert list(post._medians(rows)) == [np.median(r) for r in rows]
+    grid = rng.random((4, 9))
+    grid[1, 3:] = np.nan  # nan is left out
+    grid[2, :] = np.nan  # no value at all: nan
+    got = post._medians(grid)
+    assert got[0] == np.median(grid[0]) and got[1] == np.median(grid[1, :3]) and np.isnan(got[2])
+    assert got[3] == np.median(grid[3])
+    assert np.isnan(post._medians([np.array([]), np.array([])])).all()
+    assert np.isnan(post._medians(np.zeros((3, 0)))).all()
+
+
+def test_the_slope_is_np_polyfits_to_the_bit():
+    rng = np.random.default_rng(9)
+    for n in (8, 11, 16):
+        for _ in range(200):
+            rows = np.arange(40.0, 40.0 + n)
+            cols = 60 + np.cumsum(rng.integers(-1, 2, n)).astype(float)
+            assert post._slope(rows, cols) == float(np.polyfit(rows, cols, 1)[0])

@@ -124,7 +124,7 @@ class SideContrast:
 
     def __init__(self, img: np.ndarray, line: np.ndarray):
         self.line = line
-        self._pad = np.pad(img.astype(np.float32), ((0, 0), (SIDE[1], SIDE[1])), constant_values=np.nan)
+        self._pad = _padded(img.astype(np.float32), SIDE[1], np.nan)
 
     def __getitem__(self, where):
         rows, cols = where
@@ -147,24 +147,51 @@ class LineMaps:
         self.line = s / np.maximum(n, 1)
         self.contrast = SideContrast(img, self.line)
         # the brightest of the columns c-1, c, c+1 (the first of equals), as np.argmax picks it
-        pad = np.pad(self.line, ((0, 0), (1, 1)), constant_values=-np.inf)
+        pad = _padded(self.line, 1, -np.inf)
         left, mid, right = pad[:, :-2], pad[:, 1:-1], pad[:, 2:]
-        step = np.where((left >= mid) & (left >= right), -1, np.where(mid >= right, 0, 1))
-        self._next = (np.arange(self.line.shape[1]) + step).tolist()
+        self._next = np.arange(self.line.shape[1]) + np.where((left >= mid) & (left >= right), -1,
+                                                               np.where(mid >= right, 0, 1))
 
     def track(self, row0: int, col0: int) -> np.ndarray:
         """(n, 3): (row, column, contrast) down a near-vertical line from (row0, col0) to the
         bottom of the field of view; the column may drift one pixel per row (lines fan out
         on a convex or phased probe)."""
-        col, cols = col0, []
-        for row in range(row0, len(self._next)):
-            col = self._next[row][col]
-            cols.append(col)
-        rows, cols = np.arange(row0, row0 + len(cols)), np.array(cols, int)
-        con = self.contrast[rows, cols]
-        end = np.flatnonzero(np.isnan(con))  # the first pixel out of the field of view ends it
-        n = int(end[0]) if len(end) else len(con)
-        return np.column_stack([rows[:n], cols[:n], con[:n]])
+        return self.tracks(row0, [col0])[0]
+
+    def tracks(self, row0: int, cols0) -> list[np.ndarray]:
+        """`track` from row0 for each of the columns cols0, their contrast looked up at once."""
+        steps = self._next[row0:].tolist()  # list lookups: cheaper than numpy one pixel at a time
+        paths = []
+        for col in cols0:
+            path = []
+            for step in steps:
+                col = step[col]
+                path.append(col)
+            paths.append(path)
+        rows = np.arange(row0, row0 + len(steps))
+        cols = np.array(paths, int).reshape(len(paths), len(steps))
+        con = self.contrast[np.broadcast_to(rows, cols.shape), cols]
+        out = []
+        for c, v in zip(cols, con):
+            end = np.flatnonzero(np.isnan(v))  # the first pixel out of the field of view ends it
+            n = int(end[0]) if len(end) else len(v)
+            out.append(np.column_stack([rows[:n], c[:n], v[:n]]))
+        return out
+
+
+def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
+    """a with n columns of value either side (np.pad's result, without its overhead)."""
+    out = np.full((a.shape[0], a.shape[1] + 2 * n), value, a.dtype)
+    out[:, n:n + a.shape[1]] = a
+    return out
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """np.polyfit(x, y, 1)[0], the same steps (to the bit) without its checks: the scaled
+    Vandermonde matrix and np.linalg.lstsq."""
+    lhs = np.column_stack([x, np.ones_like(x)])  # np.vander(x, 2)
+    scale = np.sqrt((lhs * lhs).sum(axis=0))
+    return float(np.linalg.lstsq(lhs / scale, y, len(x) * np.finfo(x.dtype).eps)[0][0] / scale[0])
 
 
 def line_maps(img: np.ndarray) -> LineMaps:
@@ -173,19 +200,29 @@ def line_maps(img: np.ndarray) -> LineMaps:
 
 
 def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
-    """The line a run of columns [lo, hi) scored: its brightest column just under the
-    pleura, its track from there to the bottom (`LineMaps.track`) and its slope (columns
-    per row); None when too little image lies below the pleura to judge."""
+    """The line a run of columns [lo, hi) scored (`_follow_lines` for one run)."""
+    return _follow_lines(img, [(lo, hi)], prow, maps)[0]
+
+
+def _follow_lines(img: np.ndarray, spans, prow: int, maps: LineMaps) -> list:
+    """For each run of columns [lo, hi) in spans, the line it scored: its brightest column
+    just under the pleura, its track from there to the bottom (`LineMaps.track`) and its
+    slope (columns per row); None when too little image lies below the pleura to judge."""
     r0 = prow + 3  # under the pleural line's own echo
-    band = img[r0:r0 + 8, lo:hi]
-    if len(band) < 8 or hi <= lo:  # too little image below the pleura, or columns off the image
-        return None
-    start = lo + int(np.argmax(band.mean(axis=0)))  # the line's brightest column under the pleura
-    below = maps.track(r0, start)
-    if len(below) < 8:  # it leaves the field of view
-        return None
-    slope = np.polyfit(below[:16, 0], below[:16, 1], 1)[0]
-    return start, below, float(slope)
+    band = img[r0:r0 + 8]
+    if len(band) < 8:  # too little image below the pleura
+        return [None] * len(spans)
+    starts = [lo + int(np.argmax(band[:, lo:hi].mean(axis=0))) if hi > lo else None  # its brightest column
+              for lo, hi in spans]  # under the pleura (None: columns off the image)
+    tracks = iter(maps.tracks(r0, [c for c in starts if c is not None]))
+    out = []
+    for start in starts:
+        below = next(tracks) if start is not None else ()
+        if len(below) < 8:  # it leaves the field of view
+            out.append(None)
+            continue
+        out.append((start, below, _slope(below[:16, 0], below[:16, 1])))
+    return out
 
 
 def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, maps=None,
@@ -198,19 +235,33 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     line-wide run (peak: the model's highest column probability in it; among: how many
     runs the model scored in the frame, see `check_threshold`); the rules below still
     give the reason in words, and decide alone without a check."""
+    return line_mimics(img, [cols], pleura_row, maps, check, [peak], among)[0]
+
+
+def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict | None = None,
+                peaks=None, among: int = 1) -> list[str]:
+    """`bline_mimic` for each of a frame's runs (cols: their [start, end) columns; peaks:
+    the model's peak in each), the frame's lines measured and checked together."""
     prow = int(round(pleura_row))
-    lo, hi = run_pixels(cols, img.shape[1])
-    if is_band(lo, hi):
-        return _band_mimic(img, lo, hi, prow)
+    spans = [run_pixels(c, img.shape[1]) for c in cols]
+    peaks = [1.0] * len(spans) if peaks is None else peaks
+    why = [_band_mimic(img, lo, hi, prow) if is_band(lo, hi) else "" for lo, hi in spans]
+    lines = [i for i, (lo, hi) in enumerate(spans) if not is_band(lo, hi)]
+    if not lines:
+        return why
     maps = maps if maps is not None else line_maps(img)
-    followed = _follow(img, lo, hi, prow, maps)
-    if followed is None:
-        return ""  # too little image below the pleura to judge: leave the model's call
-    if check is not None and \
-            line_check_prob(line_features(img, maps, prow, lo, hi, peak, followed), check) >= check_threshold(check, among):
-        return ""
-    why = _line_rules(img, maps, prow, *followed)  # the reason in words (and the verdict without a check)
-    return why or (NOT_SHAPED if check is not None else "")
+    followed = _follow_lines(img, [spans[i] for i in lines], prow, maps)
+    # too little image below the pleura to judge: leave the model's call ("")
+    judged = [(i, f) for i, f in zip(lines, followed) if f is not None]
+    kept = [False] * len(judged)
+    if check is not None and judged:
+        probs = line_check_probs(lines_features(img, maps, prow, [spans[i] for i, _ in judged],
+                                                [peaks[i] for i, _ in judged], [f for _, f in judged]), check)
+        kept = [p >= check_threshold(check, among) for p in probs]
+    for (i, f), keep in zip(judged, kept):
+        if not keep:  # the reason in words (and the verdict without a check)
+            why[i] = _line_rules(img, maps, prow, *f) or (NOT_SHAPED if check is not None else "")
+    return why
 
 
 def check_threshold(check: dict, among: int) -> float:
@@ -263,39 +314,80 @@ ABOVE_BRIGHT = 0.03  # a row of the line above the pleura this much brighter tha
 LINE_FEATURES = (("near", "deep", "median_below", "min_below", "width", "pleura_depth", "slope")
                  + tuple(f"above_{a}_{b}_{k}" for a, b in ABOVE_WINDOWS for k in ("median", "bright"))
                  + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak"))
+FEATURE_AT = {name: i for i, name in enumerate(LINE_FEATURES)}
 
 
 def line_features(img: np.ndarray, maps: LineMaps, prow: int, lo: int, hi: int, peak: float, followed) -> np.ndarray:
-    """LINE_FEATURES of one followed line (`_follow`'s result): its contrast just under the
+    """LINE_FEATURES of one followed line (`lines_features` for one line)."""
+    return lines_features(img, maps, prow, [(lo, hi)], [peak], [followed])[0]
+
+
+def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, followed) -> np.ndarray:
+    """(lines, LINE_FEATURES) of a frame's followed lines (`_follow_lines`' results; spans:
+    their runs' [lo, hi) columns; peaks: the model's): each line's contrast just under the
     pleura, at the bottom and along the way; its width, depth and slope; its contrast over
     the chest wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of
     bright rows); how far the pleura stands out on the line (B-lines start at it, E-lines
     run through it) and along the pleural row; the chest wall beside the line against the
     whole wall (emphysema darkens it); the model's own peak."""
     h, w = img.shape
-    line, con = maps.line, maps.contrast
-    start, below, slope = followed
-    cb = below[:, 2]
-    q = max(2, len(cb) // 4)
-    f = [_median(cb[:q]), _median(cb[-q:]), _median(cb), cb.min(), hi - lo, prow / h, slope]
+    n, line = len(followed), maps.line
+    starts = np.array([f[0] for f in followed])
+    slopes = np.array([f[2] for f in followed])
+    below = [f[1][:, 2] for f in followed]
+    quarter = [max(2, len(cb) // 4) for cb in below]
     r_all = np.arange(0, max(1, prow - 2))
-    above = con[r_all, np.clip(np.round(start + slope * (r_all - below[0][0])).astype(int), 0, w - 1)]
-    for a, b in ABOVE_WINDOWS:
-        r0 = int(a * prow)
-        seg = above[r0:max(r0 + 1, int(b * prow))]  # the track ends 3 rows above the pleura
-        seg = seg[~np.isnan(seg)]
-        f += [_median(seg), np.count_nonzero(seg > ABOVE_BRIGHT) / len(seg)] if len(seg) else [0.0, 0.0]
-    at = line[max(0, prow - 2):prow + 3, start].max()  # a followed line has rows under the pleura
-    over = _median(line[max(0, prow - 12):max(1, prow - 4), start]) if prow > 4 else 0.0
-    under = _median(line[prow + 4:prow + 12, start]) if prow + 12 < h else 0.0
+    top = np.array([fo[1][0][0] for fo in followed])[:, None]  # the track's first row
+    cols = np.clip(np.round(starts[:, None] + slopes[:, None] * (r_all - top)).astype(int), 0, w - 1)
+    above = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
+    # the track ends 3 rows above the pleura
+    windows = [above[:, int(a * prow):max(int(a * prow) + 1, int(b * prow))] for a, b in ABOVE_WINDOWS]
+    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)]
+    inside = wall[wall > IN_VIEW]
+    beside = [wall[:, max(0, c - 12):c + 13] for c in starts]
+    beside = [v[v > IN_VIEW] for v in beside]
+    # the medians of all lines sorted together, in groups of like length: below the pleura
+    # (near, deep, all), over the chest wall in each window, the chest wall beside the line
+    near, deep, along = _medians([cb[:q] for cb, q in zip(below, quarter)] + [cb[-q:] for cb, q in zip(below, quarter)]
+                                 + below).reshape(3, n)
+    in_windows = _medians([v for win in windows for v in win]).reshape(len(windows), n)
+    f = np.empty((n, len(LINE_FEATURES)))  # column FEATURE_AT[name]: that measurement
+    # the first seven measurements, in LINE_FEATURES' order
+    f[:, :7] = np.column_stack([near, deep, along, [cb.min() for cb in below], [hi - lo for lo, hi in spans],
+                                np.full(n, prow / h), slopes])
+    for (a, b), win, med in zip(ABOVE_WINDOWS, windows, in_windows):
+        shown = np.count_nonzero(~np.isnan(win), axis=1)
+        f[:, FEATURE_AT[f"above_{a}_{b}_median"]] = np.where(shown > 0, med, 0.0)
+        f[:, FEATURE_AT[f"above_{a}_{b}_bright"]] = np.count_nonzero(win > ABOVE_BRIGHT, axis=1) / np.maximum(shown, 1)
+    at = line[max(0, prow - 2):prow + 3, starts].max(axis=0)  # a followed line has rows under the pleura
+    over = _medians(line[max(0, prow - 12):max(1, prow - 4), starts].T) if prow > 4 else 0.0
+    under = _medians(line[prow + 4:prow + 12, starts].T) if prow + 12 < h else 0.0
+    f[:, FEATURE_AT["pleura_over_above"]], f[:, FEATURE_AT["pleura_over_below"]] = at - over, at - under
     row = img[max(0, prow - 2):prow + 3]
     shown = row.max(0) > IN_VIEW
-    f += [at - over, at - under, row[:, start].max() - _median(row.max(0)[shown]) if shown.any() else 0.0]
-    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)]
-    beside = wall[:, max(0, start - 12):start + 13]
-    wall, beside = wall[wall > IN_VIEW], beside[beside > IN_VIEW]
-    f += [_median(beside) - _median(wall) if len(beside) and len(wall) else 0.0, peak]
-    return np.nan_to_num(np.array(f, float))
+    f[:, FEATURE_AT["pleura_over_row"]] = (row[:, starts].max(axis=0) - _median(row.max(0)[shown])
+                                           if shown.any() else 0.0)
+    f[:, FEATURE_AT["wall_beside"]] = np.where([len(v) > 0 for v in beside], _medians(beside) - _median(inside), 0.0) \
+        if len(inside) else 0.0
+    f[:, FEATURE_AT["peak"]] = peaks
+    return np.nan_to_num(f)
+
+
+def _medians(rows) -> np.ndarray:
+    """`_median` of each of a list of 1-D arrays, or of each row of a 2-D array (nan left
+    out), sorted together; nan where there is no value."""
+    if isinstance(rows, np.ndarray):
+        a = rows.astype(float)
+    else:
+        a = np.full((len(rows), max(map(len, rows), default=0)), np.nan)
+        for i, r in enumerate(rows):
+            a[i, :len(r)] = r
+    a.sort(axis=1)  # nan last
+    n = np.count_nonzero(~np.isnan(a), axis=1)
+    if not a.shape[1]:
+        return np.full(len(a), np.nan)
+    i = np.arange(len(a))
+    return np.where(n > 0, (a[i, np.maximum((n - 1) // 2, 0)] + a[i, n // 2]) / 2, np.nan)
 
 
 def _median(a) -> float:
@@ -343,11 +435,19 @@ def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def line_check_prob(features: np.ndarray, check: dict) -> float:
     """The learned line check's probability that a followed line is a B-line."""
+    return float(line_check_probs(np.asarray(features, float)[None], check)[0])
+
+
+def line_check_probs(features: np.ndarray, check: dict) -> np.ndarray:
+    """line_check_prob for each row of (lines, LINE_FEATURES)."""
     if tuple(check["features"]) != LINE_FEATURES:
         raise ValueError("the bundle's line check was fitted on other line features than this kit measures")
     z = (np.asarray(features, float) - np.asarray(check["mean"])) / np.asarray(check["scale"])
-    quad = np.concatenate([z, np.outer(z, z)[_upper(len(z))]])
-    return float(sigmoid(quad @ np.asarray(check["weights"]) + float(check["bias"])))
+    i, j = _upper(z.shape[1])
+    quad = np.concatenate([z, z[:, i] * z[:, j]], axis=1)
+    weights = np.asarray(check["weights"])
+    # one dot product per line, as for a line alone (a matrix product may sum in another order)
+    return np.array([float(sigmoid(q @ weights + float(check["bias"]))) for q in quad])
 
 
 def _verdict(above: np.ndarray, near: float, deep: float) -> str:
@@ -467,10 +567,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     _, found = count_blines(col_prob, th, dip=SPLIT_DIP)
     prow = pleura_row(pleura_logits, in_h)
     to_px = in_w / col_prob.shape[0]
-    maps = line_maps(img) if found else None
-    check = thresholds.get("line_check")
-    why = [bline_mimic(img, (a * to_px, b * to_px), prow, maps, check, float(col_prob[a:b].max()), len(found))
-           for a, b in found]
+    why = line_mimics(img, [(a * to_px, b * to_px) for a, b in found], prow, None, thresholds.get("line_check"),
+                      [float(col_prob[a:b].max()) for a, b in found], len(found))
     accepted = [r for r, y in zip(found, why) if not y]
     band = confluent(col_prob, img, prow)
     # a confluent band stands for k lines: it is a pattern by itself

@@ -204,13 +204,15 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         t = time.perf_counter()
         chosen = [used[i] for i in rows]
         frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec)
-        outs = _batched(model, x, batch_size)
         conf = float(np.mean(post.view_calibrated(p[rows], gate.entry.get("calibration"))[:, want]))
-        fn = _lung if task == "lung" else _fast
-        result, overlay_i, overlay = fn(model, outs, [c + 1 for c in chosen], frames[0].shape[:2], x)
+        numbers, size = [c + 1 for c in chosen], frames[0].shape[:2]
+        if task == "lung":  # post-processed a few frames at a time, while the model runs the next
+            result, overlay_i, overlay = _lung(model, _ahead(model, x, min(batch_size, PREP_CHUNK)), numbers, size, x)
+        else:
+            result, overlay_i, overlay = _fast(model, _batched(model, x, batch_size), numbers, size, x)
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
-                                [c + 1 for c in chosen], result.get("finding_probability")))
+                                numbers, result.get("finding_probability")))
         a.overlay_frame, a.overlay = _rgb(frames[overlay_i]), overlay
         a.timing_ms[task] = round((time.perf_counter() - t) * 1000, 1)
     if a.overlay_frame is None and keep:
@@ -412,36 +414,55 @@ def _gather(ds, chosen, keep, decode, spec, gate_spec):
     return frames, x
 
 
+def _ahead(model, x, batch_size):
+    """The model's outputs on x batch by batch, each batch run by a helper thread while the
+    caller works on the one before: onnxruntime releases the GIL, so the post-processing
+    of a batch (most of a lung clip's analysis) overlaps the model on the next, on the
+    second core. The helper inherits the worker thread's priority."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="inference-model") as pool:
+        pending = [pool.submit(model.run, x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+        try:
+            for p in pending:
+                yield p.result()
+        finally:
+            for p in pending:
+                p.cancel()
+
+
 def _batched(model, x, batch_size):
-    outs = None
-    for s in range(0, len(x), batch_size):
-        o = model.run(x[s:s + batch_size])
-        outs = [[v] for v in o] if outs is None else [a + [v] for a, v in zip(outs, o)]
-    return [np.concatenate(v) for v in outs]
+    """The model's outputs on x, all batches joined."""
+    return [np.concatenate(v) for v in zip(*_ahead(model, x, batch_size))]
 
 
 CLIP_SHARE = 0.3  # a clip shows a finding when this share of its confident frames does
 
 
-def _lung(model, outs, frame_numbers, size, x) -> tuple[dict, int, dict]:
+def _lung(model, batches, frame_numbers, size, x) -> tuple[dict, int, dict]:
+    """The lung result of the model's outputs (`batches`: (column logits, pleura-row
+    logits) per batch of x's frames, in order)."""
     th = model.thresholds
-    cols, rows = outs
     h, w = size
     in_h = model.entry["input"]["shape"][2]
-    probs = post.sigmoid(cols)
-    scale = w / probs.shape[1]
-    per_frame, scores = [], []
-    for f, pc, pr, img in zip(frame_numbers, probs, rows, x):
-        # the model scores columns at the pleura; a column whose line starts above it or
-        # fades is a mimic, not a B-line (kept apart, with the reason)
-        fr = post.lung_frame(pc, pr, img[0], th)
-        scores.append(fr["score"])
-        per_frame.append({"frame": f, "b_lines": len(fr["runs"]), "confluent": fr["confluent"],
-                          "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
-                          "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
-                                          for (a, b), y in fr["mimics"]],
-                          "pleura_row": round(fr["pleura_row"] * h / in_h),
-                          "pattern_score": round(fr["score"], 3)})
+    probs, rows, per_frame, scores = [], [], [], []
+    for cols, pleura in batches:
+        for pc, pr in zip(post.sigmoid(cols), pleura):
+            # the model scores columns at the pleura; a column whose line starts above it
+            # or fades is a mimic, not a B-line (kept apart, with the reason)
+            fr = post.lung_frame(pc, pr, x[len(per_frame)][0], th)
+            scale = w / len(pc)
+            scores.append(fr["score"])
+            per_frame.append({"frame": frame_numbers[len(per_frame)], "b_lines": len(fr["runs"]),
+                              "confluent": fr["confluent"],
+                              "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
+                              "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
+                                              for (a, b), y in fr["mimics"]],
+                              "pleura_row": round(fr["pleura_row"] * h / in_h),
+                              "pattern_score": round(fr["score"], 3)})
+            probs.append(pc)
+            rows.append(pr)
+    probs, rows = np.stack(probs), np.stack(rows)
     counts = [r["b_lines"] for r in per_frame]
     pattern_min = int(th.get("pattern_min_blines", 3))
     # the clip's summary: not the maximum of noisy frames but the frame that a share of
