@@ -373,15 +373,15 @@ def many_lines(seed: int) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
     rng = np.random.default_rng(seed)
     h, w = 120, 96
     prow = int(rng.integers(30, 60))
-    img = 0.15 + 0.25 * rng.random((h, w))
-    img[prow - 1:prow + 2, :] += 0.5
+    img = 0.1 + 0.2 * rng.random((h, w))
+    img[prow - 1:prow + 2, :] += 0.3
     spans = []
     for c in (0, int(rng.integers(15, 35)), int(rng.integers(40, 60)), int(rng.integers(65, 85)), w - 3):
         top = prow if rng.random() < 0.6 else int(rng.integers(0, prow))
         drift = int(rng.integers(-1, 2))
         for r in range(top, h):
             cc = min(w - 3, max(0, c + drift * (r - top) // 10))
-            img[r, cc:cc + 3] += 0.3 + 0.2 * rng.random()
+            img[r, cc:cc + 3] += 0.15 + 0.3 * rng.random()
         spans.append((max(0, c - 1), min(w, c + 4)))
     rows = np.arange(h)[:, None]
     img[(np.arange(w)[None, :] < (h - rows) // 8)] = 0.0  # black beyond the sector's left edge
@@ -415,6 +415,41 @@ def test_a_frames_lines_measured_together_are_each_measured_alone_to_the_bit(see
     assert post.line_mimics(img, spans, prow, None, check, span_peaks, 1) == alone_why
     assert "" in alone_why and any(alone_why)
     assert post.line_mimics(img, spans, prow) == [post.bline_mimic(img, s, prow) for s in spans]
+    # without peaks, each run's peak is 1.0; without a number of runs, the frame has one
+    assert post.line_mimics(img, spans, prow, None, check) == \
+        post.line_mimics(img, spans, prow, None, check, [1.0] * len(spans))
+    many = check | {"among_many": {"runs": 2, "threshold": 0.0001}}
+    assert post.line_mimics(img, spans, prow, None, many, span_peaks) == alone_why
+    assert post.line_mimics(img, spans, prow, None, many, span_peaks, 2) != alone_why
+    assert len(set(together[:, post.FEATURE_AT["pleura_over_row"]])) > 1  # each line its own
+
+
+@pytest.mark.parametrize("case", ["wall_black", "beside_black", "shallow"])
+def test_the_measurements_where_the_image_shows_little(case):
+    """A chest wall all black, black only beside one line, a pleura six rows down (windows
+    of one row): each line's measurements are still what they say, the wall's 0 when
+    there is no wall to compare."""
+    rng = np.random.default_rng(11)
+    h, w = 110, 80
+    prow = 6 if case == "shallow" else 40
+    img = 0.1 + 0.3 * rng.random((h, w))
+    img[prow - 1:prow + 2, :] += 0.3
+    img[prow:, 8:11] += 0.35  # lines from the pleura at columns 8-10 and 50-52
+    img[prow:, 50:53] += 0.3
+    if case == "wall_black":
+        img[:prow - 3, :] = 0.0
+    if case == "beside_black":
+        img[:prow - 3, :25] = 0.0
+    maps = post.line_maps(img)
+    spans, peaks = [(7, 12), (49, 54)], [0.8, 0.9]
+    followed = post._follow_lines(img, spans, prow, maps)
+    got = post.lines_features(img, maps, prow, spans, peaks, followed)
+    for row, (lo, hi), f, p in zip(got, spans, followed, peaks):
+        for name, g, x in zip(post.LINE_FEATURES, row, _oracle_features(img, maps, prow, lo, hi, p, f)):
+            assert g == pytest.approx(x, abs=1e-9), (name, case)
+    beside = got[:, post.FEATURE_AT["wall_beside"]]
+    assert {"wall_black": list(beside) == [0.0, 0.0], "beside_black": beside[0] == 0.0 != beside[1],
+            "shallow": (beside != 0).all()}[case]
 
 
 def test_medians_of_many_rows_are_each_rows_median():
@@ -429,6 +464,17 @@ def test_medians_of_many_rows_are_each_rows_median():
     assert got[3] == np.median(grid[3])
     assert np.isnan(post._medians([np.array([]), np.array([])])).all()
     assert np.isnan(post._medians(np.zeros((3, 0)))).all()
+    kept = grid.copy()
+    post._medians(grid)
+    assert np.array_equal(grid, kept, equal_nan=True)  # the caller's rows are not sorted in place
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float32, np.nan), (np.float64, -np.inf), (np.int64, 7)])
+def test_padding_is_np_pads(dtype, value):
+    a = (np.arange(12).reshape(3, 4) * 1.5).astype(dtype)
+    got = post._padded(a, 2, value)
+    want = np.pad(a, ((0, 0), (2, 2)), constant_values=value)
+    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
 def test_the_slope_is_np_polyfits_to_the_bit():

@@ -188,10 +188,11 @@ def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     """np.polyfit(x, y, 1)[0], the same steps (to the bit) without its checks: the scaled
-    Vandermonde matrix and np.linalg.lstsq."""
+    Vandermonde matrix and np.linalg.lstsq (x: at least two values)."""
     lhs = np.column_stack([x, np.ones_like(x)])  # np.vander(x, 2)
     scale = np.sqrt((lhs * lhs).sum(axis=0))
-    return float(np.linalg.lstsq(lhs / scale, y, len(x) * np.finfo(x.dtype).eps)[0][0] / scale[0])
+    # lstsq's default rcond is np.polyfit's: len(x) times the float's eps
+    return float(np.linalg.lstsq(lhs / scale, y)[0][0] / scale[0])
 
 
 def line_maps(img: np.ndarray) -> LineMaps:
@@ -336,7 +337,7 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     slopes = np.array([f[2] for f in followed])
     below = [f[1][:, 2] for f in followed]
     quarter = [max(2, len(cb) // 4) for cb in below]
-    r_all = np.arange(0, max(1, prow - 2))
+    r_all = np.arange(max(1, prow - 2))
     top = np.array([fo[1][0][0] for fo in followed])[:, None]  # the track's first row
     cols = np.clip(np.round(starts[:, None] + slopes[:, None] * (r_all - top)).astype(int), 0, w - 1)
     above = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
@@ -347,7 +348,7 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     beside = [wall[:, max(0, c - 12):c + 13] for c in starts]
     beside = [v[v > IN_VIEW] for v in beside]
     # the medians of all lines sorted together, in groups of like length: below the pleura
-    # (near, deep, all), over the chest wall in each window, the chest wall beside the line
+    # (near, deep, all) and over the chest wall in each window
     near, deep, along = _medians([cb[:q] for cb, q in zip(below, quarter)] + [cb[-q:] for cb, q in zip(below, quarter)]
                                  + below).reshape(3, n)
     in_windows = _medians([v for win in windows for v in win]).reshape(len(windows), n)
@@ -357,7 +358,7 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
                                 np.full(n, prow / h), slopes])
     for (a, b), win, med in zip(ABOVE_WINDOWS, windows, in_windows):
         shown = np.count_nonzero(~np.isnan(win), axis=1)
-        f[:, FEATURE_AT[f"above_{a}_{b}_median"]] = np.where(shown > 0, med, 0.0)
+        f[:, FEATURE_AT[f"above_{a}_{b}_median"]] = med  # nan (0 below) when no row is in view
         f[:, FEATURE_AT[f"above_{a}_{b}_bright"]] = np.count_nonzero(win > ABOVE_BRIGHT, axis=1) / np.maximum(shown, 1)
     at = line[max(0, prow - 2):prow + 3, starts].max(axis=0)  # a followed line has rows under the pleura
     over = _medians(line[max(0, prow - 12):max(1, prow - 4), starts].T) if prow > 4 else 0.0
@@ -367,8 +368,8 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     shown = row.max(0) > IN_VIEW
     f[:, FEATURE_AT["pleura_over_row"]] = (row[:, starts].max(axis=0) - _median(row.max(0)[shown])
                                            if shown.any() else 0.0)
-    f[:, FEATURE_AT["wall_beside"]] = np.where([len(v) > 0 for v in beside], _medians(beside) - _median(inside), 0.0) \
-        if len(inside) else 0.0
+    wall_median = _median(inside) if len(inside) else 0.0
+    f[:, FEATURE_AT["wall_beside"]] = [_median(v) - wall_median if len(v) and len(inside) else 0.0 for v in beside]
     f[:, FEATURE_AT["peak"]] = peaks
     return np.nan_to_num(f)
 
@@ -377,25 +378,26 @@ def _medians(rows) -> np.ndarray:
     """`_median` of each of a list of 1-D arrays, or of each row of a 2-D array (nan left
     out), sorted together; nan where there is no value."""
     if isinstance(rows, np.ndarray):
-        a = rows.astype(float)
+        a = np.sort(rows, axis=1)  # nan last
     else:
-        a = np.full((len(rows), max(map(len, rows), default=0)), np.nan)
+        a = np.full((len(rows), max(map(len, rows))), np.nan)
         for i, r in enumerate(rows):
             a[i, :len(r)] = r
-    a.sort(axis=1)  # nan last
-    n = np.count_nonzero(~np.isnan(a), axis=1)
+        a.sort(axis=1)
     if not a.shape[1]:
         return np.full(len(a), np.nan)
+    n = np.count_nonzero(~np.isnan(a), axis=1)  # a row without a value picks nan
     i = np.arange(len(a))
-    return np.where(n > 0, (a[i, np.maximum((n - 1) // 2, 0)] + a[i, n // 2]) / 2, np.nan)
+    return (a[i, np.maximum((n - 1) // 2, 0)] + a[i, n // 2]) / 2
 
 
 def _median(a) -> float:
-    """np.median of a small 1-D array (not nan) without its overhead: the learned check takes
-    about 16 medians per line, and np.median's own cost was most of the check's time."""
-    a = np.sort(np.asarray(a, float).ravel())
-    n = len(a)
-    return float((a[(n - 1) // 2] + a[n // 2]) / 2)
+    """np.median of an array (not nan) without its overhead: the middle value(s) picked by a
+    partial sort (the chest wall's median is over thousands of pixels)."""
+    a = np.asarray(a, float).ravel()
+    lo, hi = (len(a) - 1) // 2, len(a) // 2
+    a = np.partition(a, (lo, hi))
+    return float((a[lo] + a[hi]) / 2)
 
 
 def line_check_problem(check) -> str | None:
@@ -435,7 +437,7 @@ def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def line_check_prob(features: np.ndarray, check: dict) -> float:
     """The learned line check's probability that a followed line is a B-line."""
-    return float(line_check_probs(np.asarray(features, float)[None], check)[0])
+    return float(line_check_probs([features], check)[0])
 
 
 def line_check_probs(features: np.ndarray, check: dict) -> np.ndarray:

@@ -209,7 +209,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         if task == "lung":  # post-processed a few frames at a time, while the model runs the next
             result, overlay_i, overlay = _lung(model, _ahead(model, x, min(batch_size, PREP_CHUNK)), numbers, size, x)
         else:
-            result, overlay_i, overlay = _fast(model, _batched(model, x, batch_size), numbers, size, x)
+            result, overlay_i, overlay = _fast(model, _batched(model, x, batch_size), numbers, size)
         result["view_share"] = round(share, 3)
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 numbers, result.get("finding_probability")))
@@ -503,7 +503,7 @@ def _probability(result: dict, model, score: float) -> None:
         result["finding_probability_of"] = str(cal.get("of", ""))
 
 
-def _fast(model, outs, frame_numbers, size, x=None) -> tuple[dict, int, dict]:
+def _fast(model, outs, frame_numbers, size) -> tuple[dict, int, dict]:
     th = model.thresholds
     (logits,) = outs
     h, w = size
