@@ -484,3 +484,10 @@ def test_the_slope_is_np_polyfits_to_the_bit():
             rows = np.arange(40.0, 40.0 + n)
             cols = 60 + np.cumsum(rng.integers(-1, 2, n)).astype(float)
             assert post._slope(rows, cols) == float(np.polyfit(rows, cols, 1)[0])
+
+
+def test_a_median_of_float32_pixels_is_taken_in_double_precision():
+    """The model's input is float32: the two middle values are averaged as float64 (in
+    float32, 1 + (1 + 2^-23) rounds to 2, and the median to 1)."""
+    assert post._median(np.array([1.0, 1 + 2 ** -23], np.float32)) == 1 + 2 ** -24
+    assert post._median(np.array([3, 1, 2, 4])) == 2.5
