@@ -5,7 +5,9 @@
    SonoSite cine (gate only: it is not a lung view) and a simulated lung cine (gate + lung);
    best of 15 interleaved runs each, with the median ratio, the cores the pipeline got
    (process CPU time / wall time: it overlaps decoding with inference on the second core)
-   and the load average, since on a busy machine that second core may not be there;
+   and the load average, since on a busy machine that second core may not be there; and,
+   for the lung cine, the post-processing's share: `lung_frame` on every frame against the
+   lung model's bare `session.run` on the same frames (one thread, medians of 15);
 2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
    matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
 3. capture-to-finding latency of the 30-frame SonoSite cine (stored in a real kit store,
@@ -127,6 +129,37 @@ def bench_pipeline(reg, ds, label, tasks):
           f"median ratio {statistics.median(bare_times) / statistics.median(pipe_times):.2f}; "
           f"pipeline used {statistics.median(pipe_cpu):.2f} cores, load average {os.getloadavg()[0]:.1f}; target >= 0.8)")
     return t_bare / t_pipe
+
+
+def bench_lung_post(reg, ds, label):
+    """The lung post-processing of a cine's frames against the lung model on them."""
+    from fieldkit.inference import postprocess as post
+    lung = reg.get("lung")
+    frames, _ = runner._decode_batch(ds, list(range(int(ds.NumberOfFrames))))
+    x = preprocess(frames, lung.entry["preprocessing"])
+    cols, rows = runner._batched(lung, x, 16)
+    probs = post.sigmoid(cols)
+
+    def model():
+        for s in range(0, len(x), 16):
+            lung.run(x[s:s + 16])
+
+    def postprocess():
+        for pc, pr, img in zip(probs, rows, x):
+            post.lung_frame(pc, pr, img[0], lung.thresholds)
+
+    t_model, t_post = [], []
+    for _ in range(15):  # interleaved
+        for fn, out in ((model, t_model), (postprocess, t_post)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    n = len(x)
+    m, p = statistics.median(t_model), statistics.median(t_post)
+    print(f"lung_postprocess_vs_model[{label}]: {p / m:.2f} (lung_frame {1000 * p / n:.2f} ms/frame, "
+          f"lung session.run {1000 * m / n:.2f} ms/frame, {n} frames, "
+          f"{sum(len(post.lung_frame(pc, pr, img[0], lung.thresholds)['runs']) for pc, pr, img in zip(probs, rows, x)) / n:.1f} "
+          f"B-lines a frame; medians of 15; load average {os.getloadavg()[0]:.1f}; the runner overlaps the two on two cores)")
 
 
 def bench_flops(reg, peak):
@@ -328,6 +361,7 @@ def main():
     bench_pipeline(reg, pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")), "examples_ybr_color.dcm", ["gate"])
     lung, _ = lung_cine_dataset(n_frames=30, n_blines=4, seed=5)
     bench_pipeline(reg, lung, "simulated lung cine 30x240x320 RGB", ["gate", "lung"])
+    bench_lung_post(reg, lung, "simulated lung cine 30x240x320 RGB")
     bench_flops(reg, peak)
     bench_latency(reg)
     bench_jobs(reg)
