@@ -48,7 +48,7 @@ def peak_check() -> dict:
 
 
 def features(img: np.ndarray) -> dict:
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     followed = post._follow(img, 30, 33, int(PLEURA), maps)
     return dict(zip(post.LINE_FEATURES, post.line_features(img, maps, int(PLEURA), 30, 33, 0.9, followed)))
 
@@ -287,7 +287,7 @@ def test_the_measurements_are_what_they_say_row_by_row(seed, prow, line_from, bl
     if black_from is not None:
         img[:, black_from:] = 0.0
     img = np.clip(img, 0, 1)
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     a, b = 29 + (prow - line_from) // 8 if line_from < prow else 29, 34 + (prow - line_from) // 8 if line_from < prow else 34
     followed = post._follow(img, a, b, prow, maps)
     assert followed is not None
@@ -393,7 +393,7 @@ def test_a_frames_lines_measured_together_are_each_measured_alone_to_the_bit(see
     """lung_frame measures and checks a frame's lines together (`lines_features`,
     `line_check_probs`, `line_mimics`): the same numbers and verdicts as one line at a time."""
     img, prow, spans = many_lines(seed)
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     followed = post._follow_lines(img, spans, prow, maps)
     for (lo, hi), f in zip(spans, followed):  # each line's start, track and slope
         one = post._follow(img, lo, hi, prow, maps)
@@ -440,7 +440,7 @@ def test_the_measurements_where_the_image_shows_little(case):
         img[:prow - 3, :] = 0.0
     if case == "beside_black":
         img[:prow - 3, :25] = 0.0
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     spans, peaks = [(7, 12), (49, 54)], [0.8, 0.9]
     followed = post._follow_lines(img, spans, prow, maps)
     got = post.lines_features(img, maps, prow, spans, peaks, followed)

@@ -104,12 +104,12 @@ def test_box_sums_and_counts_a_window_clipped_at_the_edges():
 
 
 def maps_of(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """line_maps as two whole arrays (the kit computes the contrast only where it is asked)."""
-    maps = post.line_maps(img)
+    """LineMaps as two whole arrays (the kit computes the contrast only where it is asked)."""
+    maps = post.LineMaps(img)
     return maps.line, maps.contrast[tuple(np.indices(img.shape))]
 
 
-def test_line_maps_give_brightness_contrast_and_nan_outside_the_view():
+def test_the_line_maps_give_brightness_contrast_and_nan_outside_the_view():
     img = np.full((3, 40), 0.2)
     img[:, 20] = 0.8
     img[:, :3] = 0.0  # black: outside the field of view
@@ -140,7 +140,7 @@ def frame(line_from: int | None = None, fade_to: int | None = None) -> np.ndarra
 def test_a_line_from_the_pleura_to_the_bottom_is_a_b_line():
     assert post.bline_mimic(frame(line_from=42), COLS, PLEURA) == ""
     img = frame(line_from=42)
-    assert post.bline_mimic(img, COLS, PLEURA, post.line_maps(img)) == ""  # same with maps given
+    assert post.bline_mimic(img, COLS, PLEURA, post.LineMaps(img)) == ""  # same with maps given
 
 
 def test_a_line_that_starts_above_the_pleura_is_an_e_line_or_needle():
@@ -273,7 +273,7 @@ def test_dice_reads_any_non_zero_pixel_as_marked():
 def test_a_line_at_the_left_edge_is_followed_and_judged():
     img = frame()
     img[42:, 0:2] = 0.7  # a B-line hugging the image's left edge
-    track = post.line_maps(img).track(43, 0)
+    track = post.LineMaps(img).track(43, 0)
     assert [c for _, c, _ in track] == [0] * len(track) and len(track) == H - 43
     assert post.bline_mimic(img, (0.0, 2.0), PLEURA) == ""
     img[:38, 0:2] = 0.7  # the same line from the top of the image: an E-line
@@ -325,27 +325,27 @@ def track_image(step: int, width: int = 1) -> np.ndarray:
 
 @pytest.mark.parametrize("step", [1, -1])
 def test_a_track_follows_a_line_that_drifts_one_column(step):
-    track = post.line_maps(track_image(step, width=3)).track(0, 21)
+    track = post.LineMaps(track_image(step, width=3)).track(0, 21)
     assert [c for _, c, _ in track][-5:] == [21 + step] * 5
 
 
 @pytest.mark.parametrize("width", [1, 3])
 @pytest.mark.parametrize("step", [2, -2, 3, -3])
 def test_a_track_moves_at_most_one_column_a_row(step, width):
-    track = post.line_maps(track_image(step, width)).track(0, 20 + width // 2)
+    track = post.LineMaps(track_image(step, width)).track(0, 20 + width // 2)
     cols = [c for _, c, _ in track]
     assert len(cols) == 20 and all(abs(a - b) <= 1 for a, b in zip(cols, cols[1:])), cols
 
 
 def test_a_track_does_not_jump_to_a_line_three_columns_to_the_right():
-    track = post.line_maps(track_image(3)).track(0, 20)
+    track = post.LineMaps(track_image(3)).track(0, 20)
     assert 23 not in {c for _, c, _ in track}
 
 
 def test_a_track_ends_where_the_field_of_view_ends():
     img = track_image(0)
     img[15:, :] = 0.0  # black below row 15: outside the image sector
-    track = post.line_maps(img).track(0, 20)
+    track = post.LineMaps(img).track(0, 20)
     assert [r for r, _, _ in track] == list(range(15))
 
 
@@ -1525,7 +1525,7 @@ def test_over_the_chest_wall_four_rows_in_view_are_enough_and_the_skin_is_not_lo
 def test_a_line_is_followed_only_with_eight_rows_under_the_pleural_echo():
     img = np.full((H, W), 0.2)
     img[:, 30:33] = 0.7
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     followed = post._follow(img, 29, 34, H - 11, maps)  # rows 120-127
     assert followed is not None and followed[0] in (30, 31, 32) and len(followed[1]) == 8
     assert post._follow(img, 29, 34, H - 10, maps) is None
@@ -1556,7 +1556,7 @@ def test_a_track_is_the_brightest_neighbour_row_by_row_on_any_image(seed):
     img[:, 0] = 0.9  # a line hugging the left edge
     img[25 + seed:, 10:] = 0.0  # black below a row on the right: outside the view
     _, contrast = maps_of(img)
-    maps = post.line_maps(img)
+    maps = post.LineMaps(img)
     for col0 in (0, 5, 12, 23):
         got = maps.track(3, col0)
         want = _track_row_by_row(img, 3, col0)
@@ -1574,13 +1574,13 @@ def test_the_contrast_asked_pixel_by_pixel_is_the_median_of_the_bands_present():
             bands = [img[r, k] for k in range(c - 8, c + 9) if 4 <= abs(k - c) and 0 <= k < 20]
             want = np.nan if line[r, c] < post.IN_VIEW else line[r, c] - np.median(bands)
             assert contrast[r, c] == pytest.approx(want, abs=1e-6, nan_ok=True), (r, c)
-    one = post.line_maps(img).contrast[4, 11]  # one pixel asked alone: the same number
+    one = post.LineMaps(img).contrast[4, 11]  # one pixel asked alone: the same number
     assert one == contrast[4, 11]
 
 
 def test_a_track_at_the_edge_ends_where_the_image_turns_black_and_never_wraps_round():
     img = np.full((12, 20), 0.5)
     img[5:, :3] = 0.0  # black from row 5 at the left edge; the right edge stays bright
-    track = post.line_maps(img).track(0, 0)
+    track = post.LineMaps(img).track(0, 0)
     assert [(int(r), int(c)) for r, c, _ in track] == [(r, 0) for r in range(5)]
-    assert post.line_maps(img).track(12, 0).shape == (0, 3)  # from below the image: nothing to follow
+    assert post.LineMaps(img).track(12, 0).shape == (0, 3)  # from below the image: nothing to follow

@@ -195,11 +195,6 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.lstsq(lhs / scale, y)[0][0] / scale[0])
 
 
-def line_maps(img: np.ndarray) -> LineMaps:
-    """A frame's LineMaps, made once and shared by all the lines it shows."""
-    return LineMaps(img)
-
-
 def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
     """The line a run of columns [lo, hi) scored (`_follow_lines` for one run)."""
     return _follow_lines(img, [(lo, hi)], prow, maps)[0]
@@ -231,11 +226,12 @@ def bline_mimic(img: np.ndarray, cols: tuple[float, float], pleura_row: float, m
     """Why a run of columns the model scored as a B-line is not one, or "" when it is one.
 
     img: one frame as the model saw it ((H, W) float, 0-1); cols ([start, end)) and
-    pleura_row in the same pixels; maps: `line_maps(img)` when already computed for the
-    frame. check: the bundle's learned line check (`line_check_prob`), which decides for a
-    line-wide run (peak: the model's highest column probability in it; among: how many
-    runs the model scored in the frame, see `check_threshold`); the rules below still
-    give the reason in words, and decide alone without a check."""
+    pleura_row in the same pixels; maps: the frame's `LineMaps` when already made (once a
+    frame, shared by all its lines). check: the bundle's learned line check
+    (`line_check_prob`), which decides for a line-wide run (peak: the model's highest
+    column probability in it; among: how many runs the model scored in the frame, see
+    `check_threshold`); the rules below still give the reason in words, and decide alone
+    without a check."""
     return line_mimics(img, [cols], pleura_row, maps, check, [peak], among)[0]
 
 
@@ -250,7 +246,7 @@ def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict
     lines = [i for i, (lo, hi) in enumerate(spans) if not is_band(lo, hi)]
     if not lines:
         return why
-    maps = maps if maps is not None else line_maps(img)
+    maps = maps if maps is not None else LineMaps(img)
     followed = _follow_lines(img, [spans[i] for i in lines], prow, maps)
     # too little image below the pleura to judge: leave the model's call ("")
     judged = [(i, f) for i, f in zip(lines, followed) if f is not None]

@@ -70,7 +70,7 @@ def line_runs(session, thresholds: dict, samples) -> tuple[np.ndarray, np.ndarra
         img = img[0]
         h, w = img.shape
         prow = int(round(post.pleura_row(r, h)))
-        maps = post.line_maps(img)
+        maps = post.LineMaps(img)
         to_px, sx = w / p.shape[0], w / s.image.shape[1]
         true = [(c0 * sx, c1 * sx) for c0, c1 in s.bline_cols]
         found = post.count_blines(p, float(thresholds["bline"]), dip=post.SPLIT_DIP)[1]
