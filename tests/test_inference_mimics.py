@@ -55,7 +55,7 @@ def test_b_line_mimics_are_not_called_b_lines_in_frames(registry, evaluate, simu
     res = evaluate.lung_frames(model.session, model.thresholds,
                                [simulator.simulate_lung(rng, n_blines=0, mimic=mimic) for _ in range(FRAMES)])
     before = np.mean([c > 0 for c, _ in res])
-    any_after = np.mean([len(f["runs"]) > 0 for _, f in res])
+    any_after = np.mean([f["b_lines"] > 0 for _, f in res])
     pattern = np.mean([f["score"] >= 0 for _, f in res])
     print(f"{mimic}: any B-line {before:.1%} (model alone) -> {any_after:.1%}, pattern {pattern:.1%}")
     max_any, max_pattern = BOUNDS.get(mimic, TARGET)

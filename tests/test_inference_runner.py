@@ -110,6 +110,19 @@ def test_simulated_lung_cine_gives_b_line_counts(registry):
     assert len(lung.result["column_evidence"]) == 64
 
 
+def test_close_lines_in_one_run_are_counted_on_the_clip_and_said_so(registry):
+    """8 B-lines on a convex probe, two of them so close at the pleura that the model scores
+    them as one run: the finding counts 8 (it counted 7 before `postprocess.fan_lines`),
+    and says which columns hold two lines."""
+    ds, truth = lung_cine_dataset(n_frames=3, n_blines=8, seed=11)
+    lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
+    assert {len(s.bline_cols) for s in truth} == {8}
+    assert lung.result["b_lines"] == 8 and lung.result["b_line_counts"] == [8, 8, 8]
+    for f in lung.result["frames"]:
+        assert len(f["lines_in_columns"]) == len(f["columns"]) == 7
+        assert sorted(f["lines_in_columns"]) == [1] * 6 + [2] and sum(f["lines_in_columns"]) == f["b_lines"]
+
+
 def test_sr_names_the_view_probability_and_the_finding_probability_apart(registry):
     """The gate's figure is the probability of the view, not of the finding: the SR carries
     each under its own name (tests/test_inference_calibration.py checks the values)."""

@@ -1584,3 +1584,68 @@ def test_a_track_at_the_edge_ends_where_the_image_turns_black_and_never_wraps_ro
     track = post.LineMaps(img).track(0, 0)
     assert [(int(r), int(c)) for r, c, _ in track] == [(r, 0) for r in range(5)]
     assert post.LineMaps(img).track(12, 0).shape == (0, 3)  # from below the image: nothing to follow
+
+
+# --- close lines in one run: told apart where they fan out (postprocess.fan_lines) ---
+
+def test_peaks_stand_apart_only_across_a_dip():
+    assert post._peaks(np.array([0.2, 0.7, 0.2, 0.2, 0.7, 0.2]), 0.1) == [1, 4]
+    # a dip of less than FAN_DIP below the lower peak: one peak, the higher one
+    assert post._peaks(np.array([0.2, 0.6, 0.55, 0.7, 0.2]), 0.1) == [3]
+    assert post._peaks(np.array([0.2, 0.7, 0.65, 0.6, 0.2]), 0.1) == [1]
+    # exactly FAN_DIP below: two
+    assert post._peaks(np.array([0.2, 0.6, 0.5, 0.7, 0.2]), 0.1) == [1, 3]
+    # a plateau is one peak (its first column); no interior maximum, none
+    assert post._peaks(np.array([0.2, 0.7, 0.7, 0.2]), 0.1) == [1]
+    assert post._peaks(np.array([0.1, 0.2, 0.3, 0.4]), 0.1) == []
+
+
+def _counted(img, prob, **th):
+    return post.lung_frame(prob, PLEURA_LOGITS, img, {"bline": 0.5, **th})
+
+
+def test_two_close_lines_the_model_scores_as_one_run_are_counted_as_two():
+    img = lines([])
+    img[42:, 28] = img[42:, 31] = 0.7  # two 1-pixel lines, 3 pixels apart: bins 14 and 15
+    prob = evidence(b14=0.9, b15=0.9)  # one run of two bins, no dip between them
+    fr = _counted(img, prob, pattern_min_blines=2)
+    assert fr["runs"] == [(14, 16)] and fr["lines"] == [2] and fr["b_lines"] == 2
+    assert fr["score"] == pytest.approx(np.log(0.9 / 0.1))  # the run stands for two lines of a pattern
+    img[42:, 31] = 0.2  # one line: one
+    fr = _counted(img, prob, pattern_min_blines=2)
+    assert fr["lines"] == [1] and fr["b_lines"] == 1 and fr["score"] < 0
+
+
+def test_a_line_that_merely_widens_is_one_line():
+    img = lines([])
+    img[42:, 28:32] = 0.7
+    img[42:, 29:31] = 0.65  # a dip of 0.05 in a 4-pixel line: speckle, not two lines
+    assert _counted(img, evidence(b14=0.9, b15=0.9))["lines"] == [1]
+
+
+def test_the_next_line_is_not_counted_twice():
+    """Two runs 4 pixels apart: looking across each track stops half way to the other, so
+    each holds one line (without that limit each would see both: four)."""
+    img = lines([])
+    img[42:, 28] = img[42:, 32] = 0.7
+    fr = _counted(img, evidence(b14=0.9, b16=0.9))
+    assert fr["runs"] == [(14, 15), (16, 17)] and fr["lines"] == [1, 1] and fr["b_lines"] == 2
+
+
+def test_lines_that_fan_out_below_the_pleura_are_told_apart_there():
+    """Lines of a convex probe's narrow sector touch at the pleura and part below it."""
+    img = lines([])
+    for r in range(42, H):
+        spread = (r - 42) // 4
+        img[r, 29 - spread // 2] = img[r, 30 + spread // 2] = 0.7
+    fr = _counted(img, evidence(b14=0.9, b15=0.9))
+    assert fr["runs"] == [(14, 16)] and fr["lines"] == [2]
+
+
+def test_a_run_too_near_the_edge_to_look_across_is_one_line():
+    img = lines([])
+    img[42:, 1] = img[42:, 4] = 0.7  # bins 0 and 2, within FAN_HALF of the image's edge
+    fr = _counted(img, evidence(b0=0.9, b1=0.9, b2=0.9))
+    assert fr["runs"] == [(0, 3)] and fr["lines"] == [1]
+    assert post.fan_lines(img, [None]) == [1]  # a run that was not followed: one line
+    assert post.fan_lines(img, []) == []

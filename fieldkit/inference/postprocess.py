@@ -239,15 +239,24 @@ def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict
                 peaks=None, among: int = 1) -> list[str]:
     """`bline_mimic` for each of a frame's runs (cols: their [start, end) columns; peaks:
     the model's peak in each), the frame's lines measured and checked together."""
+    return _judged(img, cols, pleura_row, maps, check, peaks, among)[0]
+
+
+def _judged(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict | None = None,
+            peaks=None, among: int = 1) -> tuple[list[str], list]:
+    """`line_mimics`, and each run's `_follow_lines` result (None: a band, or not followed)."""
     prow = int(round(pleura_row))
     spans = [run_pixels(c, img.shape[1]) for c in cols]
     peaks = [1.0] * len(spans) if peaks is None else peaks
     why = [_band_mimic(img, lo, hi, prow) if is_band(lo, hi) else "" for lo, hi in spans]
     lines = [i for i, (lo, hi) in enumerate(spans) if not is_band(lo, hi)]
+    per_run = [None] * len(spans)
     if not lines:
-        return why
+        return why, per_run
     maps = maps if maps is not None else LineMaps(img)
     followed = _follow_lines(img, [spans[i] for i in lines], prow, maps)
+    for i, f in zip(lines, followed):
+        per_run[i] = f
     # too little image below the pleura to judge: leave the model's call ("")
     judged = [(i, f) for i, f in zip(lines, followed) if f is not None]
     kept = [False] * len(judged)
@@ -258,7 +267,7 @@ def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict
     for (i, f), keep in zip(judged, kept):
         if not keep:  # the reason in words (and the verdict without a check)
             why[i] = _line_rules(img, maps, prow, *f) or (NOT_SHAPED if check is not None else "")
-    return why
+    return why, per_run
 
 
 def check_threshold(check: dict, among: int) -> float:
@@ -539,6 +548,53 @@ def confluent(col_prob: np.ndarray, img: np.ndarray, pleura_row: float) -> tuple
     return None
 
 
+# Close B-lines: on a convex probe's narrow sector, lines a few pixels apart at the pleura
+# fall in one of the model's column bins, or in two without a dip between them, and are
+# scored as one line. They fan out below the pleura: a few rows down the track, two lines
+# are two peaks of brightness across it.
+FAN_DEPTH = 8  # rows below the start of a line's track where it is looked across
+FAN_ROWS = 6  # ... over this many rows (the profile across the track, averaged along it)
+FAN_HALF = 6  # pixels either side of the track (never past half way to the next line's track)
+FAN_DIP = 0.1  # two peaks are two lines when the profile between them dips this far below the lower
+
+
+def fan_lines(img: np.ndarray, followed) -> list[int]:
+    """How many lines each of a frame's accepted line-wide runs holds (at least one):
+    `followed` are their `_follow_lines` results, left to right (None: not followed; one)."""
+    h, w = img.shape
+    at = [f[1][FAN_DEPTH, 1] if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS else None for f in followed]
+    out = []
+    for k, f in enumerate(followed):
+        if at[k] is None:
+            out.append(1)
+            continue
+        track = f[1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2].astype(int)
+        if track[:, 1].min() < FAN_HALF or track[:, 1].max() + FAN_HALF >= w:
+            out.append(1)  # too near the image's edge to look across
+            continue
+        across = img[track[:, :1], track[:, 1:] + np.arange(-FAN_HALF, FAN_HALF + 1)].mean(axis=0)
+        lo = max([(at[j] - at[k]) / 2 for j in range(k) if at[j] is not None] + [-FAN_HALF])
+        hi = min([(at[j] - at[k]) / 2 for j in range(k + 1, len(at)) if at[j] is not None] + [FAN_HALF])
+        out.append(max(1, sum(1 for i in _peaks(across, FAN_DIP) if lo < i - FAN_HALF < hi)))
+    return out
+
+
+def _peaks(profile: np.ndarray, dip: float) -> list[int]:
+    """The local maxima of a profile that stand apart: a peak joins the one before it (the
+    higher of the two stays) unless the profile between them dips `dip` below the lower."""
+    v = profile.tolist()
+    kept: list[int] = []
+    for i in range(1, len(v) - 1):
+        if not (v[i] > v[i - 1] and v[i] >= v[i + 1]):
+            continue
+        if kept and min(v[kept[-1]:i + 1]) > min(v[kept[-1]], v[i]) - dip:
+            if v[i] > v[kept[-1]]:
+                kept[-1] = i
+        else:
+            kept.append(i)
+    return kept
+
+
 # --------------------------------------------------------------------- finding scores
 # A finding's probability comes from one score per frame, a logit that is >= 0 exactly when
 # the frame shows the finding by the model's thresholds (the score and the call agree).
@@ -553,24 +609,29 @@ def logit(p, eps: float = 1e-6):
 
 
 def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray, thresholds: dict) -> dict:
-    """One frame of the lung model: accepted B-line runs, mimics turned away (with why),
-    the pleural row and the frame's pattern score (input pixels; columns in bins).
+    """One frame of the lung model: accepted B-line runs ("runs"), how many lines each
+    holds ("lines": close lines scored as one run are told apart where they fan out,
+    `fan_lines`) and the frame's B-line count ("b_lines", their sum), mimics turned away
+    (with why), the pleural row and the frame's pattern score (input pixels; columns in bins).
 
     The score is the logit of the k-th strongest B-line (k = pattern_min_blines): the
-    accepted runs' peaks (a confluent band, see `confluent`, stands for k lines),
-    then any weaker bumps of evidence below the threshold."""
+    accepted runs' peaks, once per line they hold (a confluent band, see `confluent`,
+    stands for k lines), then any weaker bumps of evidence below the threshold."""
     th = float(thresholds["bline"])
     k = int(thresholds.get("pattern_min_blines", 3))
     in_h, in_w = img.shape
     _, found = count_blines(col_prob, th, dip=SPLIT_DIP)
     prow = pleura_row(pleura_logits, in_h)
     to_px = in_w / col_prob.shape[0]
-    why = line_mimics(img, [(a * to_px, b * to_px) for a, b in found], prow, None, thresholds.get("line_check"),
-                      [float(col_prob[a:b].max()) for a, b in found], len(found))
+    why, followed = _judged(img, [(a * to_px, b * to_px) for a, b in found], prow, None, thresholds.get("line_check"),
+                            [float(col_prob[a:b].max()) for a, b in found], len(found))
     accepted = [r for r, y in zip(found, why) if not y]
+    # close lines the model scored as one run are told apart where they fan out (a band
+    # wider than a line counts as one here: confluent lines are judged below)
+    in_run = fan_lines(img, [f for f, y in zip(followed, why) if not y])
     band = confluent(col_prob, img, prow)
     # a confluent band stands for k lines: it is a pattern by itself
-    peaks = [float(col_prob[a:b].max()) for a, b in accepted]
+    peaks = [float(col_prob[a:b].max()) for (a, b), n in zip(accepted, in_run) for _ in range(n)]
     if band:
         peaks += [max(th, float(col_prob[band[0]:band[1]].max()))] * k
     peaks.sort(reverse=True)
@@ -580,7 +641,8 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     bumps = sorted((float(weak[a:b].max()) for a, b in runs(weak >= 0.02)), reverse=True)
     ranked = peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k
     score = float(logit(ranked[k - 1]) - logit(th))
-    return {"runs": accepted, "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
+    return {"runs": accepted, "lines": in_run, "b_lines": sum(in_run),
+            "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
             "score": score, "confluent": band is not None}
 
 

@@ -453,9 +453,10 @@ def _lung(model, batches, frame_numbers, size, x) -> tuple[dict, int, dict]:
             fr = post.lung_frame(pc, pr, x[len(per_frame)][0], th)
             scale = w / len(pc)
             scores.append(fr["score"])
-            per_frame.append({"frame": frame_numbers[len(per_frame)], "b_lines": len(fr["runs"]),
+            per_frame.append({"frame": frame_numbers[len(per_frame)], "b_lines": fr["b_lines"],
                               "confluent": fr["confluent"],
                               "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
+                              "lines_in_columns": fr["lines"],  # close lines scored as one run
                               "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
                                               for (a, b), y in fr["mimics"]],
                               "pleura_row": round(fr["pleura_row"] * h / in_h),

@@ -88,7 +88,7 @@ def mimic_table(session, thresholds) -> dict:
         k = thresholds["pattern_min_blines"]
         out[kind] = {"frames": MIMIC_FRAMES, "seed": seed,
                      "any_before": round(np.mean([c > 0 for c, _ in res]), 4),
-                     "any_after": round(np.mean([len(f["runs"]) > 0 for _, f in res]), 4),
+                     "any_after": round(np.mean([f["b_lines"] > 0 for _, f in res]), 4),
                      "pattern_before": round(np.mean([c >= k for c, _ in res]), 4),
                      "pattern_after": round(np.mean([f["score"] >= 0 for _, f in res]), 4)}
     return out
@@ -102,7 +102,7 @@ def count_table(session, thresholds) -> dict:
         rng = np.random.default_rng(seed)
         samples = [S.simulate_lung(rng, n_blines=n) for _ in range(COUNT_FRAMES)]
         true = np.array([len(s.bline_cols) for s in samples])
-        got = np.array([len(f["runs"]) for _, f in E.lung_frames(session, thresholds, samples)])
+        got = np.array([f["b_lines"] for _, f in E.lung_frames(session, thresholds, samples)])
         out[str(n)] = {"frames": COUNT_FRAMES, "seed": seed, "exact": round(float(np.mean(got == true)), 4),
                        "within_1": round(float(np.mean(np.abs(got - true) <= 1)), 4),
                        "mean_count": round(float(got.mean()), 2)}

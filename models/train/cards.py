@@ -287,10 +287,11 @@ def short_text(e: dict) -> str:
     t = e["counts_by_true_count"]
     low = [k for k, v in t.items() if v["within_1"] < 0.9]
     short = [k for k, v in t.items() if int(k) - v["mean_count"] > 0.5]
-    if not low and not short:
-        return "every true count from 0 to 8 is counted within one on at least 90 % of frames"
-    return (f"within one on under 90 % of frames at {', '.join(low) or 'no count'} true lines; "
-            f"short by more than half a line on average at {', '.join(short) or 'no count'} (close lines still merge)")
+    parts = [f"within one on under 90 % of frames at {', '.join(low)} true lines" if low else
+             "every true count from 0 to 8 is counted within one on at least 90 % of frames"]
+    if short:
+        parts.append(f"short by more than half a line on average at {', '.join(short)} (the closest lines still merge)")
+    return "; ".join(parts)
 
 
 def confluent_text(e: dict) -> str:
@@ -298,7 +299,11 @@ def confluent_text(e: dict) -> str:
     if not c:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
     return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
-peaks either side), so touching lines count apart; {short_text(e)}.
+peaks either side), so touching lines count apart, and a line-wide run holds as many lines
+as its track shows where they fan out (`postprocess.fan_lines`: {post.FAN_ROWS} rows from {post.FAN_DEPTH} below the
+pleura, looked across {post.FAN_HALF} pixels either side, two peaks when the brightness between
+them dips {post.FAN_DIP} below the lower), since close lines near a convex probe's apex
+fall in one of the model's column bins; {short_text(e)}.
 Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
 when the model's evidence stays at or above {post.CONFLUENT_FLOOR} over at least {post.CONFLUENT_SHARE:.0%} of the field of
 view's width at the pleura, and the image shows one band there (`postprocess.confluent_band_problem`:

@@ -204,7 +204,7 @@ def lung_metrics(session, thresholds: dict, n=300, seed=20_001):
     cols_logit, row_logit = _run(session, x)
     probs = post.sigmoid(cols_logit)
     # what the kit reports: the model's columns after the mimic check (post.lung_frame)
-    pred = np.array([len(post.lung_frame(p, r, img[0], thresholds)["runs"]) for p, r, img in zip(probs, row_logit, x)])
+    pred = np.array([post.lung_frame(p, r, img[0], thresholds)["b_lines"] for p, r, img in zip(probs, row_logit, x)])
     pat_true = counts >= thresholds["pattern_min_blines"]
     pat_pred = pred >= thresholds["pattern_min_blines"]
     tp = int((pat_true & pat_pred).sum()); fp = int((~pat_true & pat_pred).sum()); fn = int((pat_true & ~pat_pred).sum())
@@ -287,7 +287,7 @@ def lung_scores(session, thresholds: dict, n: int, seed: int):
     probs = post.sigmoid(cols_logit)
     frames = [post.lung_frame(p, r, img[0], thresholds) for p, r, img in zip(probs, row_logit, x)]
     return (np.array([f["score"] for f in frames]), counts >= thresholds["pattern_min_blines"],
-            np.array([len(f["runs"]) for f in frames]), counts)
+            np.array([f["b_lines"] for f in frames]), counts)
 
 
 def lung_frames(session, thresholds: dict, samples):

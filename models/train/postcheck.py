@@ -66,7 +66,7 @@ def table(post, probs, rows, x, kind, truth, thresholds) -> dict:
     t = time.perf_counter()
     fr = [post.lung_frame(p, r, img[0], thresholds) for p, r, img in zip(probs, rows, x)]
     ms = (time.perf_counter() - t) * 1000 / len(fr)
-    count = np.array([len(f["runs"]) for f in fr])
+    count = np.array([f["b_lines"] for f in fr])
     score = np.array([f["score"] for f in fr])
     conf = np.array([f["confluent"] for f in fr])
     out = {}

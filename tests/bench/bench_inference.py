@@ -158,7 +158,7 @@ def bench_lung_post(reg, ds, label):
     m, p = statistics.median(t_model), statistics.median(t_post)
     print(f"lung_postprocess_vs_model[{label}]: {p / m:.2f} (lung_frame {1000 * p / n:.2f} ms/frame, "
           f"lung session.run {1000 * m / n:.2f} ms/frame, {n} frames, "
-          f"{sum(len(post.lung_frame(pc, pr, img[0], lung.thresholds)['runs']) for pc, pr, img in zip(probs, rows, x)) / n:.1f} "
+          f"{sum(post.lung_frame(pc, pr, img[0], lung.thresholds)['b_lines'] for pc, pr, img in zip(probs, rows, x)) / n:.1f} "
           f"B-lines a frame; medians of 15; load average {os.getloadavg()[0]:.1f}; the runner overlaps the two on two cores)")
 
 
