@@ -561,21 +561,26 @@ FAN_DIP = 0.1  # two peaks are two lines when the profile between them dips this
 def fan_lines(img: np.ndarray, followed) -> list[int]:
     """How many lines each of a frame's accepted line-wide runs holds (at least one):
     `followed` are their `_follow_lines` results, left to right (None: not followed; one)."""
-    h, w = img.shape
-    at = [f[1][FAN_DEPTH, 1] if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS else None for f in followed]
-    out = []
-    for k, f in enumerate(followed):
-        if at[k] is None:
-            out.append(1)
-            continue
-        track = f[1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2].astype(int)
-        if track[:, 1].min() < FAN_HALF or track[:, 1].max() + FAN_HALF >= w:
-            out.append(1)  # too near the image's edge to look across
-            continue
-        across = img[track[:, :1], track[:, 1:] + np.arange(-FAN_HALF, FAN_HALF + 1)].mean(axis=0)
-        lo = max([(at[j] - at[k]) / 2 for j in range(k) if at[j] is not None] + [-FAN_HALF])
-        hi = min([(at[j] - at[k]) / 2 for j in range(k + 1, len(at)) if at[j] is not None] + [FAN_HALF])
-        out.append(max(1, sum(1 for i in _peaks(across, FAN_DIP) if lo < i - FAN_HALF < hi)))
+    w = img.shape[1]
+    # the tracks long enough to look across, their columns FAN_DEPTH rows down
+    seen = [i for i, f in enumerate(followed) if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS]
+    out = [1] * len(followed)
+    if not seen:
+        return out
+    tracks = np.stack([followed[i][1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2] for i in seen]).astype(int)
+    at = tracks[:, 0, 1]
+    # each track's profile across it (FAN_HALF either side), averaged along it; columns off
+    # the image are clipped here and the track left alone below
+    offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
+    across = img[tracks[:, :, :1], np.clip(tracks[:, :, 1:] + offsets, 0, w - 1)].mean(axis=1)
+    inside = (tracks[:, :, 1].min(axis=1) >= FAN_HALF) & (tracks[:, :, 1].max(axis=1) + FAN_HALF < w)
+    gaps = (at[None, :] - at[:, None]) / 2  # half way to each other track
+    for k, i in enumerate(seen):
+        if not inside[k]:
+            continue  # too near the image's edge to look across
+        lo = max(gaps[k, :k].max(initial=-FAN_HALF), -FAN_HALF)
+        hi = min(gaps[k, k + 1:].min(initial=FAN_HALF), FAN_HALF)
+        out[i] = max(1, sum(1 for j in _peaks(across[k], FAN_DIP) if lo < j - FAN_HALF < hi))
     return out
 
 
