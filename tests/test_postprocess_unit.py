@@ -1598,6 +1598,10 @@ def test_peaks_stand_apart_only_across_a_dip():
     # a plateau is one peak (its first column); no interior maximum, none
     assert post._peaks(np.array([0.2, 0.7, 0.7, 0.2]), 0.1) == [1]
     assert post._peaks(np.array([0.1, 0.2, 0.3, 0.4]), 0.1) == []
+    assert post._peaks(np.array([0.7, 0.7, 0.2, 0.7, 0.2]), 0.1) == [3]  # flat from the start: no peak
+    assert post._peaks(np.array([0.7, 0.2, 0.2, 0.5]), 0.1) == []  # the ends are no peaks
+    assert post._peaks(np.array([0.9, 0.2, 0.5, 0.4]), 0.1) == [2]
+    assert post._peaks(np.array([0.2, 0.7, 0.65, 0.7, 0.2]), 0.1) == [1]  # of equal peaks joined, the first
 
 
 def _counted(img, prob, **th):
@@ -1649,3 +1653,58 @@ def test_a_run_too_near_the_edge_to_look_across_is_one_line():
     assert fr["runs"] == [(0, 3)] and fr["lines"] == [1]
     assert post.fan_lines(img, [None]) == [1]  # a run that was not followed: one line
     assert post.fan_lines(img, []) == []
+
+
+def _track(cols, row0: int = 45) -> tuple:
+    """A followed line as `_follow_lines` gives it: (start, (row, column, contrast) per row,
+    slope), down the given columns (one per row; an int: straight down 30 rows)."""
+    cols = [cols] * 30 if isinstance(cols, int) else list(cols)
+    rows = row0 + np.arange(len(cols))
+    return cols[0], np.column_stack([rows, cols, np.zeros(len(cols))]).astype(float), 0.0
+
+
+def _bright(*cols) -> np.ndarray:
+    img = np.full((H, W), 0.2)
+    for c in cols:
+        img[:, c] = 0.7
+    return img
+
+
+DEEP = post.FAN_DEPTH + post.FAN_ROWS  # rows a track needs to be looked across
+
+
+def test_a_track_is_looked_across_from_fan_depth_for_fan_rows():
+    img = _bright(30, 32)  # a second line two pixels right of the track
+    assert post.fan_lines(img, [_track([30] * DEEP)]) == [2]  # just long enough
+    assert post.fan_lines(img, [_track([30] * (DEEP - 1))]) == [1]  # one row short: not looked across
+    img = _bright(30)
+    img[45 + post.FAN_DEPTH:45 + DEEP, 32] = 0.7  # the second line only in the rows looked at
+    assert post.fan_lines(img, [_track(30)]) == [2]
+    img = _bright(30)
+    img[45:45 + post.FAN_DEPTH, 32] = img[45 + DEEP:, 32] = 0.7  # ... and only outside them
+    assert post.fan_lines(img, [_track(30)]) == [1]
+
+
+def test_looking_across_stops_half_way_to_the_neighbouring_tracks():
+    img = _bright(30, 32, 28)
+    # neighbours 5 pixels away: half way is 2.5, so the lines 2 pixels either side count
+    assert post.fan_lines(img, [_track(25), _track(30), _track(35)])[1] == 3
+    # 4 pixels away: half way is 2, and a line exactly there belongs to neither track
+    assert post.fan_lines(img, [_track(26), _track(30), _track(34)])[1] == 1
+    assert post.fan_lines(img, [_track(26), _track(30)])[1] == 2  # the line right of it
+    assert post.fan_lines(img, [_track(30), _track(34)])[0] == 2  # the line left of it
+    # half way is taken where the neighbour's track is first looked across
+    moved = [35] * post.FAN_DEPTH + [35] + [34] * 21
+    assert post.fan_lines(img, [_track(30), _track(moved)])[0] == 3
+
+
+def test_tracks_near_either_edge_are_one_line_and_do_not_stop_the_others():
+    w = W
+    img = _bright(post.FAN_HALF, post.FAN_HALF + 2, 30, 32, w - 1 - post.FAN_HALF, w - 3 - post.FAN_HALF)
+    assert post.fan_lines(img, [_track(post.FAN_HALF), _track(30)]) == [2, 2]  # just inside on the left
+    assert post.fan_lines(img, [_track(post.FAN_HALF - 1), _track(30)]) == [1, 2]  # too near: one line
+    assert post.fan_lines(img, [_track(w - 1 - post.FAN_HALF)]) == [2]  # just inside on the right
+    assert post.fan_lines(img, [_track(30), _track(w - post.FAN_HALF)]) == [2, 1]
+    drifting = [30] * post.FAN_DEPTH + list(range(30, 30 - post.FAN_ROWS, -1)) + [25] * 20
+    assert post.fan_lines(_bright(30, 32), [_track(drifting)]) == [1]  # leaves the lines: none stands apart
+    assert post.fan_lines(img, [None, _track(30), None]) == [1, 2, 1]

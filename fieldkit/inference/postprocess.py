@@ -242,8 +242,8 @@ def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict
     return _judged(img, cols, pleura_row, maps, check, peaks, among)[0]
 
 
-def _judged(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict | None = None,
-            peaks=None, among: int = 1) -> tuple[list[str], list]:
+def _judged(img: np.ndarray, cols, pleura_row: float, maps, check: dict | None, peaks,
+            among: int) -> tuple[list[str], list]:
     """`line_mimics`, and each run's `_follow_lines` result (None: a band, or not followed)."""
     prow = int(round(pleura_row))
     spans = [run_pixels(c, img.shape[1]) for c in cols]
@@ -562,25 +562,19 @@ def fan_lines(img: np.ndarray, followed) -> list[int]:
     """How many lines each of a frame's accepted line-wide runs holds (at least one):
     `followed` are their `_follow_lines` results, left to right (None: not followed; one)."""
     w = img.shape[1]
-    # the tracks long enough to look across, their columns FAN_DEPTH rows down
+    # the tracks long enough to look across, from FAN_DEPTH rows down
     seen = [i for i, f in enumerate(followed) if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS]
     out = [1] * len(followed)
     if not seen:
         return out
     tracks = np.stack([followed[i][1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2] for i in seen]).astype(int)
-    at = tracks[:, 0, 1]
-    # each track's profile across it (FAN_HALF either side), averaged along it; columns off
-    # the image are clipped here and the track left alone below
-    offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
-    across = img[tracks[:, :, :1], np.clip(tracks[:, :, 1:] + offsets, 0, w - 1)].mean(axis=1)
+    gaps = (tracks[None, :, 0, 1] - tracks[:, None, 0, 1]) / 2  # half way to each other track
     inside = (tracks[:, :, 1].min(axis=1) >= FAN_HALF) & (tracks[:, :, 1].max(axis=1) + FAN_HALF < w)
-    gaps = (at[None, :] - at[:, None]) / 2  # half way to each other track
-    for k, i in enumerate(seen):
-        if not inside[k]:
-            continue  # too near the image's edge to look across
-        lo = max(gaps[k, :k].max(initial=-FAN_HALF), -FAN_HALF)
-        hi = min(gaps[k, k + 1:].min(initial=FAN_HALF), FAN_HALF)
-        out[i] = max(1, sum(1 for j in _peaks(across[k], FAN_DIP) if lo < j - FAN_HALF < hi))
+    offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
+    for k in np.flatnonzero(inside):  # the others lie too near the image's edge to look across
+        across = img[tracks[k, :, :1], tracks[k, :, 1:] + offsets].mean(axis=0)  # averaged along the track
+        lo, hi = gaps[k, :k].max(initial=-FAN_HALF), gaps[k, k + 1:].min(initial=FAN_HALF)
+        out[seen[k]] = max(1, sum(1 for j in _peaks(across, FAN_DIP) if lo < j - FAN_HALF < hi))
     return out
 
 
