@@ -1696,6 +1696,15 @@ def test_looking_across_stops_half_way_to_the_neighbouring_tracks():
     # half way is taken where the neighbour's track is first looked across
     moved = [35] * post.FAN_DEPTH + [35] + [34] * 21
     assert post.fan_lines(img, [_track(30), _track(moved)])[0] == 3
+    # ... and so is the track's own column: here 30, then 29 (its lines 0 and 3 pixels across
+    # it), half way to a neighbour at 36 is 3: the line 3 pixels across belongs to neither
+    img = np.full((H, W), 0.2)
+    first = 45 + post.FAN_DEPTH
+    img[first, [30, 33]] = 0.7
+    img[first + 1:, [29, 32]] = 0.7
+    own = [30] * (post.FAN_DEPTH + 1) + [29] * 21
+    assert post.fan_lines(img, [_track(own), _track(36)])[0] == 1
+    assert post.fan_lines(img, [_track(own), _track(37)])[0] == 2
 
 
 def test_tracks_near_either_edge_are_one_line_and_do_not_stop_the_others():
