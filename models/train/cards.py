@@ -300,8 +300,8 @@ def confluent_text(e: dict) -> str:
         return "Counts above four are under-counted: this model does not count to confluence.\n"
     return f"""Counts split a run of columns where the model's evidence dips ({post.SPLIT_DIP} below the
 peaks either side), so touching lines count apart, and a line-wide run holds as many lines
-as its track shows where they fan out (`postprocess.fan_lines`: {post.FAN_ROWS} rows from {post.FAN_DEPTH} below the
-pleura, looked across {post.FAN_HALF} pixels either side, two peaks when the brightness between
+as its track shows where they fan out (`postprocess.fan_lines`: {post.FAN_ROWS} rows from {post.FAN_DEPTH} down the
+track, which starts 3 rows under the pleura, looked across {post.FAN_HALF} pixels either side, two peaks when the brightness between
 them dips {post.FAN_DIP} below the lower), since close lines near a convex probe's apex
 fall in one of the model's column bins; {short_text(e)}.
 Confluent B-lines (lines merged over a wide sector, white lung) are reported as "confluent"
