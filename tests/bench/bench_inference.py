@@ -145,8 +145,7 @@ def bench_lung_post(reg, ds, label):
             lung.run(x[s:s + 16])
 
     def postprocess():
-        for pc, pr, img in zip(probs, rows, x):
-            post.lung_frame(pc, pr, img[0], lung.thresholds)
+        return [post.lung_frame(pc, pr, img[0], lung.thresholds) for pc, pr, img in zip(probs, rows, x)]
 
     t_model, t_post = [], []
     for _ in range(15):  # interleaved
@@ -156,10 +155,9 @@ def bench_lung_post(reg, ds, label):
             out.append(time.perf_counter() - t)
     n = len(x)
     m, p = statistics.median(t_model), statistics.median(t_post)
+    lines = sum(f["b_lines"] for f in postprocess()) / n
     print(f"lung_postprocess_vs_model[{label}]: {p / m:.2f} (lung_frame {1000 * p / n:.2f} ms/frame, "
-          f"lung session.run {1000 * m / n:.2f} ms/frame, {n} frames, "
-          f"{sum(post.lung_frame(pc, pr, img[0], lung.thresholds)['b_lines'] for pc, pr, img in zip(probs, rows, x)) / n:.1f} "
-          f"B-lines a frame; medians of 15; load average {os.getloadavg()[0]:.1f}; the runner overlaps the two on two cores)")
+          f"lung session.run {1000 * m / n:.2f} ms/frame, {n} frames, {lines:.1f} B-lines a frame; medians of 15; load average {os.getloadavg()[0]:.1f}; the runner overlaps the two on two cores)")
 
 
 def bench_flops(reg, peak):
