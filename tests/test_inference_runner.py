@@ -18,9 +18,10 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from pydicom.data import get_testdata_file
 
-from fieldkit.inference import runner, sr
+from fieldkit.inference import overlay, runner, sr
 from fixtures.inference import PYDICOM_US_FILES, lung_cine_dataset, sr_values
 
 
@@ -121,6 +122,26 @@ def test_close_lines_in_one_run_are_counted_on_the_clip_and_said_so(registry):
     for f in lung.result["frames"]:
         assert len(f["lines_in_columns"]) == len(f["columns"]) == 7
         assert sorted(f["lines_in_columns"]) == [1] * 6 + [2] and sum(f["lines_in_columns"]) == f["b_lines"]
+
+
+def _green_bands(png: bytes, row: int) -> int:
+    """How many separate green-tinted bands cross one row of an overlay image."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    tinted = rgb[row, :, 1] - rgb[row, :, 0] > 40  # the frame is grey; the tint is green
+    return int(np.sum(tinted[1:] & ~tinted[:-1]) + tinted[0])
+
+
+def test_the_overlay_draws_as_many_bands_as_lines_counted(registry):
+    """The clinician checks a count against the picture: the 8-line cine whose two close
+    lines the model scored as one run shows 8 green bands, not 7."""
+    ds, _ = lung_cine_dataset(n_frames=3, n_blines=8, seed=11)
+    a = runner.analyse(ds, registry)
+    lung = next(r for r in a.results if r.task == "lung")
+    assert lung.result["b_lines"] == 8 and 2 in a.overlay["lines_in_columns"]
+    row = a.overlay["pleura_row"] + 40
+    assert _green_bands(overlay.render(a.overlay_frame, a.overlay), row) == 8
+    one_band_a_run = dict(a.overlay, lines_in_columns=None)  # as drawn before
+    assert _green_bands(overlay.render(a.overlay_frame, one_band_a_run), row) == 7
 
 
 def test_sr_names_the_view_probability_and_the_finding_probability_apart(registry):

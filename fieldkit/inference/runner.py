@@ -490,6 +490,7 @@ def _lung(model, batches, frame_numbers, size, x) -> tuple[dict, int, dict]:
     result["sliding"] = sliding
     _probability(result, model, score)
     overlay = {"kind": "lung", "columns": per_frame[best]["columns"], "pleura_row": per_frame[best]["pleura_row"],
+               "lines_in_columns": per_frame[best]["lines_in_columns"],
                "frame": per_frame[best]["frame"], "evidence": probs[best].tolist()}
     return result, best, overlay
 
