@@ -16,15 +16,22 @@ def render(frame: np.ndarray, overlay: dict) -> bytes:
     kind = overlay.get("kind")
     if kind == "lung":
         row = int(np.clip(overlay.get("pleura_row", 0), 0, h - 1))
+        # the image as the scanner shows it: inverted top to bottom, the lung lies above
+        # the pleura and the skin is at the bottom
+        inverted = bool(overlay.get("upside_down"))
+        deep = slice(0, row + 1) if inverted else slice(row, None)
         columns = overlay.get("columns", [])
         for (c0, c1), n in zip(columns, overlay.get("lines_in_columns") or [1] * len(columns)):
-            for b0, b1 in bands(int(c0), int(c1), n, w):  # B-lines: green bands below the pleura
-                img[row:, b0:b1] = 0.55 * img[row:, b0:b1] + 0.45 * np.array([40, 220, 90])
+            for b0, b1 in bands(int(c0), int(c1), n, w):  # B-lines: green bands beyond the pleura
+                img[deep, b0:b1] = 0.55 * img[deep, b0:b1] + 0.45 * np.array([40, 220, 90])
         evidence = np.asarray(overlay.get("evidence", []), np.float32)
-        if evidence.size:  # per-column evidence as a bar along the top edge
+        if evidence.size:  # per-column evidence as a bar along the skin's edge
             cols = np.clip((np.arange(w) * evidence.size / w).astype(int), 0, evidence.size - 1)
             bar = (evidence[cols][None, :, None] * np.array([40, 220, 90])).repeat(6, axis=0)
-            img[:6] = bar
+            if inverted:
+                img[h - 6:] = bar
+            else:
+                img[:6] = bar
         img[max(0, row - 1):row + 2] = [0, 200, 255]  # pleural line in cyan
     elif kind == "fast":
         mask = np.asarray(overlay["mask"], bool)

@@ -11,6 +11,11 @@ returns an `Analysis`; the worker stores it. Every way an input can be unusable 
 - the view gate says the frames are not a lung / FAST view, or not usable (no contact,
   too dark, saturated), or is unsure (below its probability threshold).
 
+A clip whose probe-orientation marker is at the bottom of the frame (the scanner shows it
+inverted top to bottom) is set upright before any model reads it, and everything the
+analysis gives in image coordinates (rows, the overlay) is given back as the image shows
+(`marker`).
+
 Cine frames are sampled: every `policy.frame_stride`-th frame (the power policy: battery
 low or box hot), at most `inference.max_frames` (evenly spread), and no further frames
 once `inference.time_budget_seconds` is spent. What was skipped and why is recorded.
@@ -24,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from . import marker
 from . import postprocess as post
-from .preprocess import colour_fraction, not_b_mode, preprocess
+from .preprocess import colour_fraction, not_b_mode, preprocess, to_gray
 
 MIN_SIDE = 64  # smaller frames carry too little to say anything
 COLOUR_LIMIT = 0.01  # share of strongly coloured pixels above which a frame counts as colour Doppler
@@ -77,6 +83,10 @@ class Analysis:
     overlay_frame: np.ndarray | None = None  # (H, W, 3) uint8 of the frame the overlay shows
     overlay: dict = field(default_factory=dict)  # what to draw on it
     image_size: tuple[int, int] = (0, 0)
+    # where the probe-orientation marker is ("top left", ...), None: none found; a clip
+    # whose marker is at the bottom is read set upright (turned_upright)
+    orientation_marker: str | None = None
+    turned_upright: bool = False
 
 
 def select_frames(n: int, stride: int, max_frames: int) -> tuple[list[int], list[str]]:
@@ -152,6 +162,11 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
+            if not used:  # the first frame: the marker does not move within a clip
+                a.orientation_marker = marker.find(to_gray(frames[:1])[0])
+                a.turned_upright = bool(a.orientation_marker and a.orientation_marker.startswith("bottom"))
+            if a.turned_upright:
+                frames, x = _upright(frames), _upright(x)
             odd += not_b_mode(x)
             t = time.perf_counter()
             probs.append(post.softmax(gate.run(x)[0]))
@@ -198,12 +213,15 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         share = len(rows) / max(1, len(decided))
         if share < VIEW_SHARE:
             reason = _why_not(task, counts, len(names), min_prob)
+            if a.turned_upright:
+                reason += (f"; the gate read the clip set upright, as its orientation marker ({a.orientation_marker} "
+                           "of the image) asks")
             a.results.append(Result(task, _model_id(model), False, reason, 0.0,
                                     {"view_share": round(share, 3)}, a.view, a.quality, a.frame_numbers))
             continue
         t = time.perf_counter()
         chosen = [used[i] for i in rows]
-        frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec)
+        frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec, a.turned_upright)
         conf = float(np.mean(post.view_calibrated(p[rows], gate.entry.get("calibration"))[:, want]))
         numbers, size = [c + 1 for c in chosen], frames[0].shape[:2]
         if task == "lung":  # post-processed a few frames at a time, while the model runs the next
@@ -211,13 +229,19 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         else:
             result, overlay_i, overlay = _fast(model, _batched(model, x, batch_size), numbers, size)
         result["view_share"] = round(share, 3)
+        if a.orientation_marker:
+            result["orientation_marker"] = a.orientation_marker
+        if a.turned_upright:
+            _as_shown(result, overlay, size[0])
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 numbers, result.get("finding_probability")))
-        a.overlay_frame, a.overlay = _rgb(frames[overlay_i]), overlay
+        a.overlay_frame, a.overlay = _rgb(_upright(frames[overlay_i][None])[0] if a.turned_upright
+                                          else frames[overlay_i]), overlay
         a.timing_ms[task] = round((time.perf_counter() - t) * 1000, 1)
     if a.overlay_frame is None and keep:
         mid = used[len(used) // 2]
-        a.overlay_frame = _rgb(keep[mid][0] if mid in keep else next(iter(keep.values()))[0])
+        shown = keep[mid][0] if mid in keep else next(iter(keep.values()))[0]
+        a.overlay_frame = _rgb(_upright(shown[None])[0] if a.turned_upright else shown)
     a.timing_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
     return a
 
@@ -386,6 +410,33 @@ def _join(parts):
             max(p[2] for p in parts), np.concatenate([p[3] for p in parts]), sum(p[4] for p in parts))
 
 
+def _upright(a: np.ndarray) -> np.ndarray:
+    """Frames (N, H, W[, 3]) or model input (N, 1, H, W) turned top to bottom: a clip the
+    scanner shows inverted, set upright for the models (and back again to be shown)."""
+    return np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 4 and a.shape[1] == 1 else a[:, ::-1])
+
+
+def _as_shown(result: dict, overlay: dict, h: int) -> None:
+    """A result and its overlay read from frames set upright, given back in the rows of the
+    image as stored and shown (inverted top to bottom): rows counted from the other end,
+    the FAST mask turned back; the overlay draws below-the-pleura upwards."""
+    def row(r):
+        return None if r is None else h - 1 - int(r)
+    for fr in result.get("frames", []):
+        fr["pleura_row"] = row(fr["pleura_row"])
+    if "pleural_line_row" in result:
+        result["pleural_line_row"] = row(result["pleural_line_row"])
+    m_mode = (result.get("sliding") or {}).get("m_mode")
+    if m_mode:
+        m_mode["pleura_row"] = row(m_mode["pleura_row"])
+    if "pleura_row" in overlay:
+        overlay["pleura_row"] = row(overlay["pleura_row"])
+    if "mask" in overlay:
+        overlay["mask"] = np.ascontiguousarray(np.asarray(overlay["mask"])[::-1])
+    overlay["upside_down"] = True
+    result["turned_upright"] = "read set upright: the orientation marker shows the image inverted top to bottom"
+
+
 def _rgb(frame: np.ndarray) -> np.ndarray:
     return frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, axis=2)
 
@@ -395,14 +446,15 @@ def _trim(keep: dict, used: list[int]) -> None:
         keep.pop(i, None)
 
 
-def _gather(ds, chosen, keep, decode, spec, gate_spec):
+def _gather(ds, chosen, keep, decode, spec, gate_spec, upside_down=False):
     """Frames (a list: only one is drawn on, no need to copy them all) and model inputs
-    for the chosen indices: from memory when still held."""
+    for the chosen indices: from memory when still held (set upright as they were)."""
     missing = [i for i in chosen if i not in keep]
     if missing:
         for start in range(0, len(missing), 16):
             part = missing[start:start + 16]
             fr, _ = _decode_batch(ds, part, decode, None)  # colour was checked on the way in
+            fr = _upright(fr) if upside_down else fr
             xs = preprocess(fr, gate_spec)
             for j, i in enumerate(part):
                 keep[i] = (fr[j], xs[j])

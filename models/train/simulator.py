@@ -199,6 +199,42 @@ def add_clutter(rng, rgb, geom):
         rgb[y:y + 3, x:x + 3] = rng.integers(100, 256, 3)
 
 
+MARKER_CORNERS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def add_orientation_marker(rgb, geom: Geometry, grey: int = 235):
+    """The probe-orientation marker as scanners draw it: a bright disc on black beside the
+    left end of the imaging area's near field (the probe notch's side, by the usual
+    convention), clear of the vendor text around it. Draws from no random stream, so a
+    seeded frame is the same frame with its marker. Returns rgb (changed in place)."""
+    h, w, _ = rgb.shape
+    r = max(3, round(0.022 * w))
+    row, _ = geom.to_display(0.0, 0.0)  # the near field's left end
+    cy = int(np.clip(round(row) + (r if geom.kind == "linear" else 0), r + 1, h - r - 2))
+    _, _, inside = geom.beam_index()
+    cols = np.flatnonzero(inside[cy - r:cy + r + 1].any(axis=0))  # the imaging area beside it
+    cx = int(np.clip((cols.min() if len(cols) else w // 2) - 2 * r - 2, r + 1, w - r - 2))  # r + 2 apart
+    yy, xx = np.mgrid[0:h, 0:w]
+    clear = (np.abs(yy - cy) <= 3 * r) & (np.abs(xx - cx) <= 3 * r) & ~inside
+    rgb[clear] = 0
+    rgb[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & ~inside] = grey
+    return rgb
+
+
+def as_shown(frames, corner: str):
+    """Frames (..., H, W, 3) drawn with the marker top left, as a scanner shows them with its
+    marker at `corner`: mirrored left to right (top right), inverted top to bottom (the
+    scanner's invert setting: bottom left), or both (bottom right)."""
+    if corner not in MARKER_CORNERS:
+        raise ValueError(f"corner must be one of {MARKER_CORNERS}, not {corner!r}")
+    out = frames
+    if corner.startswith("bottom"):
+        out = np.flip(out, axis=-3)
+    if corner.endswith("right"):
+        out = np.flip(out, axis=-2)
+    return np.ascontiguousarray(out)
+
+
 # ----------------------------------------------------------------------------- lung
 
 MIMICS = ("e_line", "needle", "z_line", "shadow", "a_line", "reverb", "dead_element", "emphysema")
@@ -366,9 +402,11 @@ def simulate_lung(rng, n_blines=None, geom=None, gain_db=None, consolidation=Non
                           "mimic": mimic, "confluent": bool(confluent)})
 
 
-def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None, probe="convex", confluent=False):
+def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None, probe="convex", confluent=False,
+                       marker=False):
     """A short lung clip: the same anatomy and B-lines (or mimic) in every frame (a probe
-    held still), with fresh electronic noise per frame. Returns (frames (n, H, W, 3) uint8, [Sample])."""
+    held still), with fresh electronic noise per frame; marker: the probe-orientation
+    marker drawn top left (`add_orientation_marker`). Returns (frames (n, H, W, 3) uint8, [Sample])."""
     geom = random_geometry(rng, probe, size)
     seed = int(rng.integers(2**31))
     frames, truth = [], []
@@ -377,7 +415,7 @@ def simulate_lung_cine(rng, n_frames=20, n_blines=3, size=(240, 320), mimic=None
                           consolidation=False, mimic=mimic, confluent=confluent)
         noise = rng.normal(0, 2.0, s.image.shape[:2])[:, :, None]
         img = np.where(s.image > 0, np.clip(s.image + noise, 1, 255), 0).astype(np.uint8)
-        frames.append(img)
+        frames.append(add_orientation_marker(img, geom) if marker else img)
         truth.append(s)
     return np.stack(frames), truth
 

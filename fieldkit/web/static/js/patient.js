@@ -176,7 +176,10 @@ function renderFindings(p) {
     const viewName = TASK_NAME[f.task] || f.task;
     const conf = f.assessable ? t("view: {view} {pct}%", { view: viewName, pct: (100 * (f.view_probability || 0)).toFixed(0) })
       + ` · ${finding} · ` : "";
-    li.querySelector(".f-meta").textContent = conf + t("model {model} v{version} · {done}/{total} frames analysed",
+    // a clip the scanner showed inverted (its orientation marker at the bottom) was read set upright
+    const upright = f.assessable && f.result && f.result.turned_upright
+      ? t("read set upright: its orientation marker shows it inverted") + " · " : "";
+    li.querySelector(".f-meta").textContent = conf + upright + t("model {model} v{version} · {done}/{total} frames analysed",
       { model: f.model, version: f.model_version, done: f.frames_analysed, total: f.frames_total });
     const review = f.review || null;
     const acc = li.querySelector(".f-accept");

@@ -1,0 +1,184 @@
+"""The probe-orientation marker, honoured when present (`inference.marker`, `runner`).
+
+Scanners draw a mark beside one end of the imaging area's near field. With the display
+inverted top to bottom (a scanner setting) the mark is at the bottom: the kit then reads the
+clip set upright, says so, and gives everything it draws or measures in rows back as the
+image shows. Without a mark an inverted clip abstains as before (the gate's own turn check:
+tests/test_inference_orientation.py). Fresh simulated frames (the marker drawn as
+`simulator.add_orientation_marker`), the vendor files pydicom ships, and the kit's whole
+path. Measured on these seeds: see README, "Orientation marker"."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from fieldkit.dicom.frames import decode_frames
+from fieldkit.inference import marker, overlay, runner
+from fieldkit.inference.preprocess import to_gray
+from fixtures.inference import PYDICOM_US_FILES, frames_dataset, lung_cine_dataset
+
+SEED = 760_000
+PER_PROBE = 40  # fresh frames per probe kind, each shown with its marker at every corner
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return to_gray(rgb[None])[0]
+
+
+def test_the_marker_is_found_at_every_corner_and_never_at_a_wrong_one(simulator):
+    rng = np.random.default_rng(SEED)
+    for kind in ("convex", "linear", "phased"):
+        found = dict.fromkeys(CORNERS, 0)
+        for i in range(PER_PROBE):
+            geom = simulator.random_geometry(rng, kind)
+            s = (simulator.simulate_lung if i % 2 else simulator.simulate_fast)(rng, geom=geom)
+            marked = simulator.add_orientation_marker(s.image.copy(), geom)
+            for corner in CORNERS:
+                got = marker.find(_gray(simulator.as_shown(marked, corner)))
+                assert got in (None, corner), f"{kind}: a marker shown {corner} was found {got}"
+                found[corner] += got == corner
+        print(kind, found)
+        assert min(found.values()) >= 0.95 * PER_PROBE, (kind, found)
+
+
+def test_no_marker_is_found_where_none_is_drawn(simulator):
+    """Vendor text, depth scales, the colour bar of a Doppler view, the tip of a sector, a
+    bright pleura or diaphragm, saturated and noisy frames: none is a marker."""
+    rng = np.random.default_rng(SEED + 1)
+    makers = {name: (lambda r, k=k: simulator.simulate_gate(r, k)) for k, name in enumerate(simulator.GATE_CLASSES)}
+    makers["turned"] = simulator.simulate_misoriented
+    makers["mimic"] = lambda r: simulator.simulate_lung(r, n_blines=0, mimic=simulator.MIMICS[r.integers(8)])
+    makers["confluent"] = lambda r: simulator.simulate_lung(r, confluent=True)
+    for name, make in makers.items():
+        found = [marker.find(_gray(make(rng).image)) for _ in range(60)]
+        assert not any(found), (name, [f for f in found if f])
+
+
+@pytest.mark.parametrize("name", PYDICOM_US_FILES)
+def test_the_vendor_files_pydicom_ships(name):
+    """The SonoSite cardiac view's green dot is its marker (top right: the cardiac
+    convention); no file shows one at the bottom (all are shown upright)."""
+    ds = pydicom.dcmread(get_testdata_file(name))
+    frames = decode_frames(ds, list(range(min(3, int(ds.get("NumberOfFrames", 1) or 1)))))
+    found = [marker.find(_gray(f)) for f in frames]
+    if name == "examples_ybr_color.dcm":
+        assert found == ["top right"] * len(frames)
+    assert not any(f and f.startswith("bottom") for f in found), found
+
+
+def _disc(img: np.ndarray, cy: int, cx: int, r: int = 7) -> np.ndarray:
+    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 235
+    return img
+
+
+def test_two_marks_or_a_mark_at_the_side_are_no_marker(simulator):
+    rng = np.random.default_rng(SEED + 2)
+    geom = simulator.random_geometry(rng, "linear", (240, 320))
+    img = simulator.add_orientation_marker(simulator.simulate_lung(rng, geom=geom).image.copy(), geom)
+    assert marker.find(_gray(img)) == "top left"
+    both = np.maximum(img, simulator.as_shown(img, "bottom left"))  # a mark at the top and the bottom
+    assert marker.find(_gray(both)) is None
+    side = np.zeros_like(img)
+    side[:, 60:260] = img[:, 60:260]  # the imaging area alone, then a mark half way down its side
+    assert marker.find(_gray(_disc(side, 120, 40))) is None
+
+
+@pytest.mark.parametrize("shape,value", [((0, 0), 0), ((1, 1), 255), ((1, 400), 255), ((400, 1), 0),
+                                         ((240, 320), 0), ((240, 320), 255), ((64, 64), 128)])
+def test_blank_saturated_and_degenerate_frames(shape, value):
+    assert marker.find(np.full(shape, value, np.uint8)) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 300), st.integers(1, 300))))
+def test_any_frame_gives_a_corner_or_none(gray):
+    assert marker.find(gray) in (None, *CORNERS)
+
+
+# ------------------------------------------------------------------ through the kit's path
+
+def _lung(a):
+    return next(r for r in a.results if r.task == "lung")
+
+
+def _tinted(png: bytes) -> np.ndarray:
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return rgb[:, :, 1] - rgb[:, :, 0] > 40  # the frame is grey; the B-line bands are green
+
+
+@pytest.mark.parametrize("probe", ["convex", "linear"])
+@pytest.mark.parametrize("corner", ["bottom left", "bottom right"])
+def test_an_inverted_clip_with_its_marker_is_read_set_upright_and_shown_as_stored(registry, probe, corner):
+    upright = runner.analyse(lung_cine_dataset(n_frames=4, n_blines=4, seed=11, probe=probe, marker="top left")[0],
+                             registry)
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11, probe=probe, marker=corner)
+    a = runner.analyse(ds, registry)
+    up, lung = _lung(upright), _lung(a)
+    assert up.assessable and lung.assessable, lung.reason
+    assert a.orientation_marker == corner and a.turned_upright
+    assert lung.result["orientation_marker"] == corner and "inverted top to bottom" in lung.result["turned_upright"]
+    if corner == "bottom left":  # the same frames, only inverted: the same reading
+        assert lung.result["b_line_counts"] == up.result["b_line_counts"]
+    assert lung.result["pattern"] == up.result["pattern"] == "B-line pattern"
+    h = ds.Rows
+    assert lung.result["pleural_line_row"] == h - 1 - up.result["pleural_line_row"]  # rows as the image shows
+    # the overlay matches the stored, inverted frame: bands over the lung, which lies above
+    # the pleura here, none over the chest wall below it
+    png = overlay.render(a.overlay_frame, a.overlay)
+    stored = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.NumberOfFrames, h, ds.Columns, 3)
+    i = lung.frames.index(a.overlay["frame"])
+    assert np.array_equal(a.overlay_frame, stored[i])
+    tinted, row = _tinted(png), lung.result["pleural_line_row"]
+    assert tinted[row - 30].sum() >= 4 * 3 and not tinted[row + 8: h - 8].any()
+
+
+def test_an_inverted_clip_without_a_marker_still_abstains(registry):
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11)
+    frames = np.frombuffer(ds.PixelData, np.uint8).reshape(4, ds.Rows, ds.Columns, 3)
+    a = runner.analyse(frames_dataset(np.ascontiguousarray(frames[:, ::-1])), registry)
+    assert a.orientation_marker is None and not _lung(a).assessable
+
+
+def test_a_stray_mark_at_the_bottom_of_an_upright_clip_makes_it_abstain_not_misread(registry):
+    """Set upright by a mark that is not the marker, an upright view reads turned: the gate's
+    own turn check stops it, and the reason names the marker."""
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=12, probe="linear")
+    frames = np.frombuffer(ds.PixelData, np.uint8).reshape(4, ds.Rows, ds.Columns, 3).copy()
+    rows, cols = np.nonzero(frames[0].max(axis=2) > 8)
+    bottom = int(np.percentile(rows, 99.5))
+    left = int(np.percentile(cols[rows > bottom - 20], 1))
+    for f in frames:
+        f[bottom - 30:, :left - 1] = 0  # vendor text cleared where the stray mark goes
+        _disc(f, bottom - 8, left - 12)
+    a = runner.analyse(frames_dataset(frames), registry)
+    assert a.orientation_marker == "bottom left"
+    lung = _lung(a)
+    assert not lung.assessable and "orientation marker (bottom left of the image)" in lung.reason
+
+
+def test_an_inverted_fast_frame_with_its_marker_reads_as_upright(registry, simulator):
+    rng = np.random.default_rng(SEED + 3)
+    geom = simulator.random_geometry(rng, "convex", (240, 320))
+    s = simulator.simulate_fast(rng, fluid=True, geom=geom)
+    img = simulator.add_orientation_marker(s.image.copy(), geom)
+    up = next(r for r in runner.analyse(frames_dataset(img[None]), registry).results if r.task == "fast")
+    a = runner.analyse(frames_dataset(simulator.as_shown(img, "bottom left")[None]), registry)
+    fast = next(r for r in a.results if r.task == "fast")
+    assert up.assessable and fast.assessable and up.result["fluid_present"] and fast.result["fluid_present"]
+    assert fast.result["fluid_area_px"] == up.result["fluid_area_px"]
+    # the red fluid tint lies over the fluid as the stored (inverted) frame shows it
+    rgb = np.asarray(Image.open(io.BytesIO(overlay.render(a.overlay_frame, a.overlay))).convert("RGB")).astype(int)
+    red = rgb[:, :, 0] - rgb[:, :, 1] > 40
+    truth = s.fluid_mask[::-1]
+    assert red[truth].mean() > 0.5 and red[truth].mean() > 5 * red[~truth].mean()
