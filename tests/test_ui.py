@@ -163,6 +163,30 @@ def test_capture_and_finding_appear_live_then_cine_and_overlay(tablet, ui_kit, t
     assert _opaque_pixels(page) == 0
 
 
+def test_a_clip_shown_inverted_is_read_set_upright_and_says_so(tablet, ui_kit, tmp_path):
+    """A probe whose display is inverted top to bottom (its orientation marker at the bottom):
+    the finding is read set upright and the patient page says so beside the figures."""
+    need_peer("storescu")
+    page = tablet
+    page.goto("/patients/new")
+    page.fill("#tag", "T-103")
+    page.check("input[name=triage][value=green]")
+    page.click("#create")
+    page.locator("li.card[data-patient-id='T-103']").wait_for(timeout=10000)
+    push(ui_kit, lung_file(tmp_path, patient_id="T-103", marker="bottom left"), flag="-xs")
+    page.goto("/patients/T-103")
+    lung = page.locator("#findings li.finding[data-task=lung][data-assessable=true]")
+    lung.first.wait_for(timeout=120000)
+    meta = lung.first.locator(".f-meta").inner_text()
+    assert "read set upright: its orientation marker shows it inverted" in meta, meta
+    assert re.search(r"view: lung \d+%", meta), meta
+    page.click("#thumbs li:nth-child(1) .thumb-btn")
+    page.wait_for_selector("#overlay-layer[data-ready=true]", timeout=30000)
+    page.click("#overlay-toggle")
+    assert _opaque_pixels(page) > 200, "the overlay layer drew no evidence over the inverted clip"
+    shot(page, "patient-inverted-clip-read-upright")
+
+
 def test_capture_that_does_not_decode_shows_a_placeholder_with_the_reason(tablet, ui_kit, tmp_path):
     need_peer("storescu")
     from pydicom.encaps import encapsulate
