@@ -182,3 +182,30 @@ def test_an_inverted_fast_frame_with_its_marker_reads_as_upright(registry, simul
     red = rgb[:, :, 0] - rgb[:, :, 1] > 40
     truth = s.fluid_mask[::-1]
     assert red[truth].mean() > 0.5 and red[truth].mean() > 5 * red[~truth].mean()
+
+
+@pytest.mark.parametrize("view", ["lung", "fast"])
+def test_through_the_kit_inverted_frames_with_a_marker_read_as_upright_ones(registry, simulator, view):
+    """What the clinician sees, on fresh single frames: shown inverted (marker bottom left)
+    or inverted and mirrored (bottom right), each frame gives the call the same frame gives
+    upright; inverted without a marker, it abstains (the gate's turn check, as before)."""
+    rng = np.random.default_rng(SEED + 10 + (view == "fast"))
+    n = 40
+    same = {"bottom left": 0, "bottom right": 0}
+    unmarked_assessed = 0
+
+    def call(image):
+        r = next(r for r in runner.analyse(frames_dataset(image[None]), registry).results if r.task == view)
+        return (r.result["pattern"] if view == "lung" else r.result["fluid_present"]) if r.assessable else None
+
+    for i in range(n):
+        geom = simulator.random_geometry(rng, "convex" if view == "fast" or i % 2 else "linear")
+        s = (simulator.simulate_lung if view == "lung" else simulator.simulate_fast)(rng, geom=geom)
+        marked = simulator.add_orientation_marker(s.image.copy(), geom)
+        upright = call(marked)
+        for corner in same:
+            same[corner] += upright is not None and call(simulator.as_shown(marked, corner)) == upright
+        unmarked_assessed += call(np.ascontiguousarray(s.image[::-1])) is not None
+    print(f"{view}: same call as upright {same} of {n}; inverted without a marker assessed {unmarked_assessed}")
+    assert min(same.values()) >= 0.9 * n, same
+    assert unmarked_assessed <= 0.05 * n

@@ -17,7 +17,7 @@ width to the side of that edge's lit extent.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 BRIGHT = 100  # luma of a mark's pixels (a coloured logo is darker in luma than white)
 DARK = 24  # luma of the black around a mark
@@ -27,7 +27,7 @@ MIN_AREA_ROWS = 0.3  # an imaging area spans at least this share of the frame's 
 EDGE_BAND = 0.2  # of the imaging area's height: how near its top or bottom edge a mark lies
 NEAR = 0.12  # of the frame's width: how far to the side of that edge's lit extent
 MAX_SIZE = 0.05  # of the frame's width: the largest mark
-SOLID = 0.0125  # of the frame's width: the side of the solid square a mark holds (at least 3 pixels)
+SOLID = 4  # pixels (at WORK_WIDTH at most): the side of the solid square a mark holds
 OPEN_LIT = 0.5  # most share of a mark's surroundings (MAX_SIZE either side) that is lit (marks measured: at most 0.34)
 MIN_FILL = 0.5  # a mark fills at least this share of its bounding box (a disc: 0.79)
 MAX_ASPECT = 1.5  # a mark is about as tall as wide (a line of text is not)
@@ -98,38 +98,37 @@ def _marks(gray: np.ndarray, lit: np.ndarray, rows: np.ndarray) -> list[tuple[fl
     """Centres (row, column) of the solid bright patches on black (at most three) that
     start on the given rows (a mask)."""
     h, w = gray.shape
+    if h < SOLID + 1 or w < SOLID + 1:
+        return []
     bright = gray >= BRIGHT
-    k = max(4, round(SOLID * w))  # a mark holds a solid k x k square
-    m = max(4, round(MAX_SIZE * w))
-    solid = _window_sum(bright, k) == k * k
-    # inside the imaging area nearly everything round a patch is lit: skip it cheaply
-    near_lit = _window_sum(lit, 2 * m + 1, pad=True)[k // 2:k // 2 + solid.shape[0], k // 2:k // 2 + solid.shape[1]]
-    ys, xs = np.nonzero(solid & (near_lit <= OPEN_LIT * (2 * m + 1) ** 2) & rows[:solid.shape[0], None])
+    m = max(SOLID, round(MAX_SIZE * w))
+    # where a solid SOLID x SOLID square starts (its top-left pixel)
+    down = bright[:h - SOLID + 1].copy()
+    for i in range(1, SOLID):
+        down &= bright[i:h - SOLID + 1 + i]
+    solid = down[:, :w - SOLID + 1].copy()
+    for i in range(1, SOLID):
+        solid &= down[:, i:w - SOLID + 1 + i]
+    # inside the imaging area nearly everything round a patch is lit: skip it cheaply (the
+    # lit share of the square's surroundings, m either side, by Pillow's box blur)
+    c = SOLID // 2
+    lit_round = np.asarray(Image.fromarray(lit.astype(np.uint8) * 255).filter(ImageFilter.BoxBlur(m)))
+    open_round = lit_round[c:c + solid.shape[0], c:c + solid.shape[1]] <= OPEN_LIT * 255
+    ys, xs = np.nonzero(solid & open_round & rows[:solid.shape[0], None])
     found, seen = [], np.zeros_like(bright)
-    for y, x in list(zip(ys.tolist(), xs.tolist()))[: MAX_CANDIDATES * k * k]:
+    for y, x in list(zip(ys.tolist(), xs.tolist()))[: MAX_CANDIDATES * SOLID * SOLID]:
         if seen[y, x]:
             continue
-        (y0, x0), patch = _grow(bright, y, x, k, m)
+        (y0, x0), patch = _grow(bright, y, x, SOLID, m)
         seen[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] |= patch
         # apart from everything else drawn: the lit pixels joined to it (its blurred rim)
         # stay within a mark's size, where the tip of a sector, or text, would not
-        if max(patch.shape) <= m and max(_grow(lit, y, x, k, m + 2)[1].shape) <= m + 2 \
+        if max(patch.shape) <= m and max(_grow(lit, y, x, SOLID, m + 2)[1].shape) <= m + 2 \
                 and _isolated(gray, y0, x0, patch):
             found.append((y0 + patch.shape[0] / 2, x0 + patch.shape[1] / 2))
             if len(found) > 2:
                 break
     return found
-
-
-def _window_sum(mask: np.ndarray, k: int, pad: bool = False) -> np.ndarray:
-    """Sum of `mask` over every k x k window, indexed by its top-left pixel; pad: the
-    windows centred on each pixel instead, the frame padded with zeros."""
-    a = mask.astype(np.int32)
-    if pad:
-        a = np.pad(a, k // 2)
-    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.int32)
-    c[1:, 1:] = a.cumsum(0).cumsum(1)
-    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
 
 
 def _grow(bright: np.ndarray, y: int, x: int, k: int, m: int):

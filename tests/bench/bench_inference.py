@@ -351,6 +351,26 @@ def bench_red_latency(seconds=60, every=4):
           f"load average {os.getloadavg()[0]:.1f}; target <= 10 s)")
 
 
+def bench_marker(reg, ds, label):
+    """The orientation-marker search (once a clip, on its first frame) against the whole
+    analysis of the clip it is part of."""
+    from fieldkit.inference import marker
+    from fieldkit.inference.preprocess import to_gray
+    frames, _ = runner._decode_batch(ds, [0])
+    gray = to_gray(frames[:1])[0]
+    t_find, t_all = [], []
+    for _ in range(15):  # interleaved
+        t = time.perf_counter()
+        found = marker.find(gray)
+        t_find.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        runner.analyse(ds, reg)
+        t_all.append(time.perf_counter() - t)
+    f, a = statistics.median(t_find), statistics.median(t_all)
+    print(f"orientation_marker_search_vs_analysis[{label}]: {f / a:.3f} (search {1000 * f:.2f} ms a clip, "
+          f"found {found or 'none'}; analysis {1000 * a:.1f} ms; medians of 15; load average {os.getloadavg()[0]:.1f})")
+
+
 def main():
     from fixtures.inference import lung_cine_dataset
     reg = Registry(Config({"inference.threads": 1}))
@@ -360,6 +380,9 @@ def main():
     lung, _ = lung_cine_dataset(n_frames=30, n_blines=4, seed=5)
     bench_pipeline(reg, lung, "simulated lung cine 30x240x320 RGB", ["gate", "lung"])
     bench_lung_post(reg, lung, "simulated lung cine 30x240x320 RGB")
+    bench_marker(reg, pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")), "examples_ybr_color.dcm")
+    bench_marker(reg, lung_cine_dataset(n_frames=30, n_blines=4, seed=5, marker="bottom left")[0],
+                 "simulated lung cine 30x240x320 RGB, shown inverted")
     bench_flops(reg, peak)
     bench_latency(reg)
     bench_jobs(reg)
