@@ -1,0 +1,181 @@
+"""The orientation-marker search (`inference.marker`) on hand-built frames: each rule that
+tells a marker from everything else at its limits. A frame here is black with a grey
+imaging area (lit, not bright) and marks drawn where a test puts them. The simulated and
+vendor frames, and the kit's path: tests/test_inference_marker.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fieldkit.inference import marker as M
+
+H, W = 240, 320
+AREA = (40, 200, 100, 220)  # rows top..bottom, columns left..right (inclusive)
+
+
+def frame(area=AREA, grey=60, h=H, w=W) -> np.ndarray:
+    g = np.zeros((h, w), np.uint8)
+    r0, r1, c0, c1 = area
+    g[r0:r1 + 1, c0:c1 + 1] = grey
+    return g
+
+
+def mark(g, top, left, height=8, width=None, value=235):
+    g[top:top + height, left:left + (width or height)] = value
+    return g
+
+
+# the area's top is row 40, its bottom row 200; a fifth of its height is 32 rows
+@pytest.mark.parametrize("top,left,corner", [
+    (30, 80, "top left"), (30, 232, "top right"), (203, 80, "bottom left"), (203, 232, "bottom right"),
+])
+def test_a_mark_beside_each_end_of_the_near_field(top, left, corner):
+    assert M.find(mark(frame(), top, left)) == corner
+
+
+def test_no_mark_and_marks_at_both_ends_say_nothing():
+    assert M.find(frame()) is None
+    assert M.find(mark(mark(frame(), 30, 80), 203, 80)) is None  # top and bottom
+    assert M.find(mark(mark(frame(), 30, 80), 30, 232)) is None  # left and right
+
+
+def test_three_marks_are_no_marker_even_at_one_corner():
+    g = mark(mark(mark(frame(), 30, 80), 12, 60), 20, 40)
+    assert len(M._marks(g, g > M.LIT, np.ones(H, bool))) == 3
+    assert M.find(mark(frame(), 30, 80)) == "top left"
+
+
+@pytest.mark.parametrize("value,found", [(M.BRIGHT, True), (M.BRIGHT - 1, False)])
+def test_a_mark_is_bright(value, found):
+    assert (M.find(mark(frame(), 30, 80, value=value)) == "top left") is found
+
+
+@pytest.mark.parametrize("side,found", [(M.SOLID, True), (M.SOLID - 1, False), (16, True), (17, False)])
+def test_a_mark_holds_a_solid_square_and_is_no_bigger_than_a_twentieth_of_the_width(side, found):
+    assert round(M.MAX_SIZE * W) == 16
+    assert (M.find(mark(frame(), 22, 70, height=side)) == "top left") is found
+
+
+@pytest.mark.parametrize("height,width,found", [(6, 9, True), (9, 6, True), (6, 10, False), (10, 6, False)])
+def test_a_mark_is_about_as_tall_as_wide(height, width, found):
+    assert (M.find(mark(frame(), 28, 76, height=height, width=width)) == "top left") is found
+
+
+def test_a_mark_fills_its_box():
+    g = mark(frame(), 24, 74, height=12)
+    g[28:36, 78:86] = 0  # a square ring: it fills 1 - 64/144 = 0.56 of its box
+    assert M.find(g) == "top left"
+    g[27:37, 77:87] = 0  # ... and now 0.31 (an outline is no mark), solid corners still 4 wide
+    g[24:28, 74:78] = 235
+    assert M.find(g) is None
+
+
+@pytest.mark.parametrize("low,found", [(180, True), (100, False)])
+def test_a_mark_is_of_one_even_brightness(low, found):
+    g = mark(frame(), 26, 76, height=10)
+    g[26:36:2, 76:86] = low  # every other row darker: 235/180 spreads 27.5, 235/100 67.5
+    assert (M.find(g) == "top left") is found
+
+
+@pytest.mark.parametrize("value,found", [(M.DARK, True), (M.DARK + 1, False)])
+def test_black_on_three_sides(value, found):
+    g = mark(frame(), 30, 80)
+    g[30:38, 77:79] = value  # the strip along the left side
+    g[27:29, 80:88] = value  # ... and along the top: two sides left black
+    assert (M.find(g) == "top left") is found
+    g[27:29, 80:88] = 0  # one side not black is allowed (the imaging area may be near)
+    assert M.find(g) == "top left"
+
+
+def test_a_side_cut_off_by_the_frame_counts_as_black():
+    g = frame(area=(10, 200, 100, 220))
+    assert M.find(mark(g, 0, 80)) == "top left"  # its top side is the frame's edge
+
+
+def test_a_mark_joined_to_the_imaging_area_is_part_of_it():
+    g = mark(frame(), 30, 80)
+    assert M.find(g) == "top left"
+    g[33:35, 88:100] = 40  # a lit bridge, not bright: the mark is now the area's tip
+    assert M.find(g) is None
+
+
+@pytest.mark.parametrize("top,found", [(40 - 32 - 4, True), (40 - 32 - 5, False), (40 + 32 - 4, True),
+                                       (40 + 32 - 3, False)])
+def test_within_a_fifth_of_the_area_s_height_of_its_edge(top, found):
+    # the mark's centre is its top + 4 here; the band is 32 rows either side of row 40
+    g = frame()
+    g[:, 88:100] = 0
+    assert (M.find(mark(g, top, 70)) == "top left") is found
+
+
+@pytest.mark.parametrize("left,found", [(62 - 4, True), (61 - 4, False)])
+def test_beside_the_edge_no_further_than_an_eighth_of_the_width(left, found):
+    # the area's columns start at 100; 0.12 of 320 is 38.4: a centre at column 61.6 or more
+    assert (M.find(mark(frame(), 30, left)) == "top left") is found
+
+
+def test_left_and_right_are_of_the_imaging_area_not_of_the_frame():
+    g = frame(area=(40, 200, 200, 300))  # the area's centre is column 250
+    assert M.find(mark(g, 30, 170)) == "top left"  # right of the frame's middle, left of the area's
+
+
+def test_the_edge_of_a_sector_is_followed_up_to_its_apex():
+    g = np.zeros((H, W), np.uint8)
+    for r in range(20, 220):  # a sector from an apex at row 20, 60 degrees wide
+        half = int((r - 20) * 0.58)
+        g[r, 160 - half:160 + half + 1] = 70
+    top, bottom, centre = M._area_edges(g > M.LIT)
+    # the body (a quarter of the width lit) starts at row 89; the edge is followed up the
+    # centre columns (3 % of the width either side) while half of them are lit
+    assert (g[89] > M.LIT).sum() >= 80 > (g[88] > M.LIT).sum()
+    assert top == 29 and bottom == 219 and centre == pytest.approx(160, abs=0.5)
+    assert M.find(mark(g, 14, 140, height=6)) == "top left"  # beside the apex, far above the wide rows
+
+
+@pytest.mark.parametrize("rows,width,found", [(72, 80, True), (71, 80, False), (160, 80, True), (160, 79, False)])
+def test_an_imaging_area_is_a_third_of_the_rows_and_a_quarter_of_the_width(rows, width, found):
+    # 0.3 of 240 rows is 72; 0.25 of 320 columns is 80
+    g = frame(area=(40, 40 + rows - 1, 100, 100 + width - 1))
+    assert (M.find(mark(g, 30, 80)) == "top left") is found
+
+
+def test_a_saturated_frame_is_not_searched():
+    g = mark(frame(area=(20, 235, 60, 300), grey=120), 10, 40)  # the area bright: 68 % of the frame
+    assert (g >= M.BRIGHT).mean() > M.MAX_BRIGHT and M.find(g) is None
+    g = mark(frame(area=(20, 235, 60, 300), grey=60), 10, 40)  # the same, not bright: searched
+    assert M.find(g) == "top left"
+
+
+def test_a_wide_frame_is_searched_at_the_working_width():
+    g = np.repeat(np.repeat(mark(frame(), 30, 80), 2, axis=0), 2, axis=1)  # 480 x 640
+    assert M.find(g) == "top left"
+    g = np.repeat(np.repeat(mark(frame(), 203, 232), 2, axis=0), 2, axis=1)
+    assert M.find(g) == "bottom right"
+
+
+def test_the_lit_columns_next_to_the_edge_count_only_on_most_rows():
+    g = mark(frame(), 30, 20)  # 80 columns left of the area: too far
+    assert M.find(g) is None
+    g[40:50, 30:100] = 60  # text on a few of the rows next to the edge does not widen it
+    assert M.find(g) is None
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (3, 3), (4, 4), (5, 5), (240, 4), (4, 320)])
+def test_frames_too_small_to_hold_a_mark(shape):
+    assert M.find(np.full(shape, 200, np.uint8)) is None
+    assert M._marks(np.full(shape, 200, np.uint8), np.ones(shape, bool), np.ones(shape[0], bool)) == []
+
+
+def test_grow_stops_at_the_crop_and_keeps_the_square():
+    bright = np.zeros((40, 40), bool)
+    bright[10:14, 10:14] = True
+    (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
+    assert (y0, x0) == (10, 10) and patch.shape == (4, 4) and patch.all()
+    bright[:, :] = True  # everything bright: it stops once bigger than m, never past the crop
+    (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
+    assert 2 <= y0 < 10 and 2 <= x0 < 10 and 8 < patch.shape[0] <= 4 + 2 * 8
+    bright[:, :] = False
+    bright[10:14, 10:30] = True  # a bar: grown along it to the crop's edge, m past the square
+    (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
+    assert (y0, x0) == (10, 10) and patch.shape == (4, 12)
