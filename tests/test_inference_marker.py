@@ -133,6 +133,13 @@ def test_an_inverted_clip_with_its_marker_is_read_set_upright_and_shown_as_store
     assert lung.result["pattern"] == up.result["pattern"] == "B-line pattern"
     h = ds.Rows
     assert lung.result["pleural_line_row"] == h - 1 - up.result["pleural_line_row"]  # rows as the image shows
+    in_h = registry.get("lung").entry["input"]["shape"][2]
+    s_up, s_inv = up.result["sliding"], lung.result["sliding"]
+    assert s_inv["pleura_row"] == in_h - 1 - s_up["pleura_row"]  # the sliding check's, in the model's rows
+    if s_up["m_mode"]:
+        assert s_inv["m_mode"]["pleura_row"] == h - 1 - s_up["m_mode"]["pleura_row"]
+        assert s_inv["m_mode"]["columns"] == s_up["m_mode"]["columns"] or corner == "bottom right"
+    assert [f["pleura_row"] for f in lung.result["frames"]] == [h - 1 - f["pleura_row"] for f in up.result["frames"]]
     # the overlay matches the stored, inverted frame: bands over the lung, which lies above
     # the pleura here, none over the chest wall below it
     png = overlay.render(a.overlay_frame, a.overlay)

@@ -8,10 +8,11 @@ the near field at the top: the runner sets a clip whose mark is at the bottom up
 before they read it (`runner`), and says so. A left-right mirror changes nothing they
 read. No mark found, or more than one: nothing is changed.
 
-A mark here is a solid bright patch, at most MAX_SIZE of the frame's width across, on black
-all round (so not inside the imaging area, nor part of text), lying within EDGE_BAND of the
-imaging area's height from its top or bottom edge, and no further than NEAR of the frame's
-width to the side of that edge's lit extent.
+A mark here is a solid, even, roughly square bright patch (SOLID pixels to MAX_SIZE of the
+width across, on the frame reduced to WORK_WIDTH), apart from everything else drawn and on
+black along three of its sides at least (so not inside the imaging area, nor part of text),
+lying within EDGE_BAND of the imaging area's height from its top or bottom edge, and no
+further than NEAR of the frame's width to the side of that edge's lit extent.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def find(gray: np.ndarray) -> str | None:
     h, w = gray.shape
     lit = gray > LIT
     if (gray >= BRIGHT).mean() > MAX_BRIGHT:
-        return None  # nothing, or saturated
+        return None  # saturated: no mark stands out
     edges = _area_edges(lit)
     if edges is None:
         return None

@@ -232,7 +232,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
         if a.orientation_marker:
             result["orientation_marker"] = a.orientation_marker
         if a.turned_upright:
-            _as_shown(result, overlay, size[0])
+            _as_shown(result, overlay, size[0], x.shape[2])
         a.results.append(Result(task, _model_id(model), True, "", round(conf, 3), result, a.view, a.quality,
                                 numbers, result.get("finding_probability")))
         a.overlay_frame, a.overlay = _rgb(_upright(frames[overlay_i][None])[0] if a.turned_upright
@@ -416,19 +416,22 @@ def _upright(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 4 and a.shape[1] == 1 else a[:, ::-1])
 
 
-def _as_shown(result: dict, overlay: dict, h: int) -> None:
+def _as_shown(result: dict, overlay: dict, h: int, in_h: int) -> None:
     """A result and its overlay read from frames set upright, given back in the rows of the
-    image as stored and shown (inverted top to bottom): rows counted from the other end,
-    the FAST mask turned back; the overlay draws below-the-pleura upwards."""
-    def row(r):
-        return None if r is None else h - 1 - int(r)
+    image as stored and shown (inverted top to bottom): rows counted from the other end
+    (image rows of h, the sliding check's own in the model's input rows of in_h), the FAST
+    mask turned back; the overlay draws below-the-pleura upwards."""
+    def row(r, n=h):
+        return None if r is None else n - 1 - int(r)
     for fr in result.get("frames", []):
         fr["pleura_row"] = row(fr["pleura_row"])
     if "pleural_line_row" in result:
         result["pleural_line_row"] = row(result["pleural_line_row"])
-    m_mode = (result.get("sliding") or {}).get("m_mode")
-    if m_mode:
-        m_mode["pleura_row"] = row(m_mode["pleura_row"])
+    sliding = result.get("sliding") or {}
+    if sliding.get("pleura_row") is not None:
+        sliding["pleura_row"] = row(sliding["pleura_row"], in_h)
+    if sliding.get("m_mode"):
+        sliding["m_mode"]["pleura_row"] = row(sliding["m_mode"]["pleura_row"])
     if "pleura_row" in overlay:
         overlay["pleura_row"] = row(overlay["pleura_row"])
     if "mask" in overlay:
