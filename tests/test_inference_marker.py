@@ -216,3 +216,15 @@ def test_through_the_kit_inverted_frames_with_a_marker_read_as_upright_ones(regi
     print(f"{view}: same call as upright {same} of {n}; inverted without a marker assessed {unmarked_assessed}")
     assert min(same.values()) >= 0.9 * n, same
     assert unmarked_assessed <= 0.05 * n
+
+
+def test_a_long_inverted_clip_re_decoded_in_part_is_set_upright_throughout(registry):
+    """Frames no longer held are decoded again for the lung model: they too are set upright
+    (40 frames, batches of 4: the first frames are dropped from memory after the gate)."""
+    up = _lung(runner.analyse(lung_cine_dataset(n_frames=40, n_blines=4, seed=13, marker="top left")[0], registry,
+                              batch_size=4))
+    ds, _ = lung_cine_dataset(n_frames=40, n_blines=4, seed=13, marker="bottom left")
+    lung = _lung(runner.analyse(ds, registry, batch_size=4))
+    assert up.assessable and lung.assessable
+    assert lung.result["b_line_counts"] == up.result["b_line_counts"]
+    assert [f["pleura_row"] for f in lung.result["frames"]] == [ds.Rows - 1 - f["pleura_row"] for f in up.result["frames"]]
