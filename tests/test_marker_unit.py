@@ -176,6 +176,111 @@ def test_grow_stops_at_the_crop_and_keeps_the_square():
     (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
     assert 2 <= y0 < 10 and 2 <= x0 < 10 and 8 < patch.shape[0] <= 4 + 2 * 8
     bright[:, :] = False
-    bright[10:14, 10:30] = True  # a bar: grown along it to the crop's edge, m past the square
+    bright[10:14, 10:30] = True  # a bar: grown along it until wider than m
     (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
-    assert (y0, x0) == (10, 10) and patch.shape == (4, 12)
+    assert (y0, x0) == (10, 10) and patch.shape == (4, 9)
+    bright[:, :] = False
+    bright[10:14, 10:14] = True
+    bright[15, 10] = True  # a bright pixel a row apart is not part of the patch
+    bright[10, 16] = True
+    (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
+    assert (y0, x0) == (10, 10) and patch.shape == (4, 4)
+    bright[14, 10] = True  # joined below: grown into it
+    assert M._grow(bright, 10, 10, 4, 8)[1].shape == (6, 4)
+
+
+# ------------------------------------------------------------- a mark's own rules, exactly
+
+def _patch(size=8, y0=16, x0=16, h=48, w=48, value=235):
+    gray = np.zeros((h, w), np.uint8)
+    gray[y0:y0 + size, x0:x0 + size] = value
+    return gray, np.ones((size, size), bool)
+
+
+def _line(gray, side, offset, y0, x0, size, value=200):
+    """A bright line along one side of the patch, `offset` pixels out from it (1: touching)."""
+    if side == "top":
+        gray[y0 - offset, x0:x0 + size] = value
+    elif side == "bottom":
+        gray[y0 + size - 1 + offset, x0:x0 + size] = value
+    elif side == "left":
+        gray[y0:y0 + size, x0 - offset] = value
+    else:
+        gray[y0:y0 + size, x0 + size - 1 + offset] = value
+
+
+OTHER = {"top": "left", "bottom": "right", "left": "bottom", "right": "top"}
+
+
+@pytest.mark.parametrize("size", [8, 12])  # strips 2 and 3 pixels wide (a quarter of the size, at least 2)
+@pytest.mark.parametrize("side", ["top", "bottom", "left", "right"])
+def test_each_side_s_strip_lies_a_pixel_out_and_a_quarter_of_the_size_wide(side, size):
+    r = max(2, size // 4)
+    for offset in range(1, r + 4):
+        gray, patch = _patch(size)
+        for o in range(1, r + 2):  # another side taken up: this one decides
+            _line(gray, OTHER[side], o, 16, 16, size)
+        _line(gray, side, offset, 16, 16, size)
+        in_strip = 2 <= offset <= r + 1  # the pixel touching the mark is its rim, left out
+        assert M._isolated(gray, 16, 16, patch) is (not in_strip), (side, size, offset)
+
+
+@pytest.mark.parametrize("side", ["top", "left"])
+def test_a_side_at_the_frame_s_edge(side):
+    """Touching the frame's edge, a side has no pixels and counts as black; a pixel or two
+    from it, the strip holds what is there."""
+    for start, bright_edge, want in ((0, False, True), (2, False, True), (2, True, False), (3, True, False),
+                                     (4, True, True)):
+        y0, x0 = (start, 16) if side == "top" else (16, start)
+        gray, patch = _patch(8, y0, x0)
+        for o in range(1, 4):  # the other side taken up
+            _line(gray, OTHER[side], o, y0, x0, 8)
+        if bright_edge:  # the frame's first row (column) bright
+            if side == "top":
+                gray[0, x0:x0 + 8] = 200
+            else:
+                gray[y0:y0 + 8, 0] = 200
+        assert M._isolated(gray, y0, x0, patch) is want, (side, start, bright_edge)
+
+
+def test_a_side_black_on_four_fifths_of_its_strip_counts_as_black():
+    gray, patch = _patch(10)  # strips 2 x 10 = 20 pixels
+    for o in range(1, 4):
+        _line(gray, "left", o, 16, 16, 10)
+    gray[14, 16:20] = 200  # 4 of the top strip's 20 pixels bright: 80 % black
+    assert M._isolated(gray, 16, 16, patch)
+    gray[13, 16] = 200  # 5 of 20: 75 % black
+    assert not M._isolated(gray, 16, 16, patch)
+
+
+def test_a_mark_that_half_fills_its_box_and_one_that_does_not():
+    gray, patch = _patch(8)
+    patch[:, 4:] = False  # exactly half
+    gray[16:24, 20:24] = 0
+    assert M._isolated(gray, 16, 16, patch)
+    patch[0, 0] = False
+    assert not M._isolated(gray, 16, 16, patch)
+
+
+def test_a_mark_spread_up_to_its_limit_and_past_it():
+    gray, patch = _patch(8)
+    gray[16:24:2, 16:24] = 235 - 2 * M.MAX_SPREAD  # two even halves: spread exactly MAX_SPREAD
+    assert M._isolated(gray, 16, 16, patch)
+    gray[16:24:2, 16:24] = 235 - 2 * M.MAX_SPREAD - 2
+    assert not M._isolated(gray, 16, 16, patch)
+
+
+@pytest.mark.parametrize("h,w,want", [(8, 12, True), (8, 13, False), (12, 8, True), (13, 8, False)])
+def test_a_mark_as_tall_as_wide_within_one_and_a_half(h, w, want):
+    gray = np.zeros((48, 48), np.uint8)
+    gray[16:16 + h, 16:16 + w] = 235
+    assert M._isolated(gray, 16, 16, np.ones((h, w), bool)) is want
+
+
+def test_a_mark_with_a_thin_tail_is_bigger_than_a_mark():
+    """16 pixels is the largest mark at 320 wide; one with a tail beyond it is more than a
+    mark, however thin the tail (it is not cut where growing would reach 16)."""
+    g = mark(frame(), 14, 60, height=16)
+    assert M.find(g) == "top left"
+    g[20, 76:82] = 235
+    assert M.find(g) is None

@@ -140,7 +140,7 @@ def _grow(bright: np.ndarray, y: int, x: int, k: int, m: int):
     crop = bright[y0:min(h, y + k + m), x0:min(w, x + k + m)]
     blob = np.zeros_like(crop)
     blob[y - y0:y - y0 + k, x - x0:x - x0 + k] = True
-    for step in range(2 * m):  # grown a pixel a step, 4-connected, within the crop
+    while True:  # a pixel a step, 4-connected, within the crop: it ends (the crop is finite)
         grown = blob.copy()
         grown[1:] |= blob[:-1]
         grown[:-1] |= blob[1:]
@@ -150,7 +150,7 @@ def _grow(bright: np.ndarray, y: int, x: int, k: int, m: int):
         if (grown == blob).all():
             break
         blob = grown
-        if step % 4 == 3 and (np.count_nonzero(blob.any(axis=1)) > m or np.count_nonzero(blob.any(axis=0)) > m):
+        if np.count_nonzero(blob.any(axis=1)) > m or np.count_nonzero(blob.any(axis=0)) > m:
             break  # already bigger than a mark: no need to grow it all
     rr, cc = np.nonzero(blob.any(axis=1))[0], np.nonzero(blob.any(axis=0))[0]
     patch = blob[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]

@@ -422,7 +422,7 @@ def _as_shown(result: dict, overlay: dict, h: int, in_h: int) -> None:
     (image rows of h, the sliding check's own in the model's input rows of in_h), the FAST
     mask turned back; the overlay draws below-the-pleura upwards."""
     def row(r, n=h):
-        return None if r is None else n - 1 - int(r)
+        return n - 1 - int(r)
     for fr in result.get("frames", []):
         fr["pleura_row"] = row(fr["pleura_row"])
     if "pleural_line_row" in result:
