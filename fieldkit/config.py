@@ -283,6 +283,7 @@ SETTINGS: dict[str, Setting] = {
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding).", above=0),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call.", min=1, max=1024),
+    "inference.orientation_marker": Setting(True, "Read the probe-orientation marker: a clip the scanner shows inverted top to bottom (its marker at the bottom) is read set upright, and the finding says so; false ignores the marker (such a clip then abstains as turned)."),
     "inference.yield_to_ingest_ms": Setting(300, "Inference waits while a burst of captures is arriving (two or more, each within this many ms of the last), so a probe is received at full speed; 0 turns this off.", min=0),
     "inference.max_ingest_delay_seconds": Setting(2.0, "Longest inference waits for a burst of captures at a time; it then works at least as long before it yields again, so findings keep coming during a continuous import.", min=0),
     "inference.commit_group": Setting(8, "Findings, reports and acknowledgements of up to this many jobs are stored in one durable write (one fsync); none waits more than 0.25 s for the rest of its group.", min=1, max=1000),

@@ -245,3 +245,18 @@ def test_a_single_capture_is_analysed_at_once(kit, registry):
         w.stop()
     assert kit.store.queue.counts()[KIND_INFER]["done"] >= 1  # the finding job (its report job may follow)
     assert w.status()["yielded_to_ingest_s"] < 0.1
+
+
+def test_an_inverted_clip_is_read_set_upright_unless_the_marker_is_turned_off(kit, registry):
+    """`inference.orientation_marker` (on by default): the stored finding says the clip was
+    read set upright; turned off, the same clip abstains as turned."""
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11, marker="bottom left")
+    uid = put_instance(kit.store, dataset_bytes(ds), "upload")["sop_instance_uid"]
+    assert worker.process(kit, registry, uid, NORMAL)["outcome"] == "analysed"
+    lung = {r["task"]: r for r in findings.for_instance(kit.store, uid)}["lung"]
+    assert lung["assessable"] and lung["result"]["orientation_marker"] == "bottom left"
+    assert lung["result"]["turned_upright"].startswith("read set upright")
+    kit.config = kit.config.with_overrides(inference__orientation_marker=False)
+    worker.process(kit, registry, uid, NORMAL)
+    lung = {r["task"]: r for r in findings.for_instance(kit.store, uid)}["lung"]
+    assert not lung["assessable"] and "orientation marker" not in lung["reason"]

@@ -108,7 +108,7 @@ def _model_id(m) -> dict:
 
 def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ...] = (),
             max_frames: int = 120, time_budget_s: float = 60.0, batch_size: int = 16,
-            decode=None) -> Analysis:
+            decode=None, read_marker: bool = True) -> Analysis:
     t0 = time.perf_counter()
     a = Analysis()
     gate = registry.get("gate")
@@ -162,7 +162,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
-            if not used:  # the first frame: the marker does not move within a clip
+            if not used and read_marker:  # the first frame: the marker does not move within a clip
                 a.orientation_marker = marker.find(to_gray(frames[:1])[0])
                 a.turned_upright = bool(a.orientation_marker and a.orientation_marker.startswith("bottom"))
             if a.turned_upright:

@@ -87,7 +87,8 @@ def analyse(kit, registry: Registry, sop_uid: str, policy=None, blobs=None, job=
     a = runner.analyse(ds, registry, frame_stride=policy.frame_stride, power_reasons=tuple(policy.reasons),
                        max_frames=int(config.get("inference.max_frames") or 120),
                        time_budget_s=float(config.get("inference.time_budget_seconds") or 60.0),
-                       batch_size=int(config.get("inference.batch_size") or 16))
+                       batch_size=int(config.get("inference.batch_size") or 16),
+                       read_marker=bool(config.get("inference.orientation_marker", True)))
     if a.skipped:
         return Done(job, sop_uid, {"outcome": "skipped", "reason": a.skipped})
     if not a.results:
