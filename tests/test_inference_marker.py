@@ -151,6 +151,15 @@ def test_an_inverted_clip_with_its_marker_is_read_set_upright_and_shown_as_store
     assert tinted[row - 30].sum() >= 4 * 3 and not tinted[row + 8: h - 8].any()
 
 
+def test_the_marker_is_not_looked_for_when_turned_off(registry):
+    ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11, marker="bottom left")
+    a = runner.analyse(ds, registry, read_marker=False)
+    assert a.orientation_marker is None and not a.turned_upright and not _lung(a).assessable
+    up = runner.analyse(lung_cine_dataset(n_frames=4, n_blines=4, seed=11, marker="top left")[0], registry,
+                        read_marker=False)
+    assert up.orientation_marker is None and _lung(up).assessable and "orientation_marker" not in _lung(up).result
+
+
 def test_an_inverted_clip_without_a_marker_still_abstains(registry):
     ds, _ = lung_cine_dataset(n_frames=4, n_blines=4, seed=11)
     frames = np.frombuffer(ds.PixelData, np.uint8).reshape(4, ds.Rows, ds.Columns, 3)
