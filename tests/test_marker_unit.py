@@ -284,3 +284,38 @@ def test_a_mark_with_a_thin_tail_is_bigger_than_a_mark():
     assert M.find(g) == "top left"
     g[20, 76:82] = 235
     assert M.find(g) is None
+
+
+@pytest.mark.parametrize("stem,followed", [((0, 1, 2), True), ((1, 2, 3), False), ((-2, -1, 0), True),
+                                           ((-3, -2, -1), False)])
+def test_the_edge_is_followed_along_the_centre_columns_while_half_of_them_are_lit(stem, followed):
+    """64 pixels wide: the centre strip is 2 columns either side of the centre (5 columns):
+    3 of them lit is more than half, 2 is not."""
+    g = np.zeros((64, 64), np.uint8)
+    g[20:61, 16:48] = 70  # the body: half the width
+    top, _, centre = M._area_edges(g > M.LIT)
+    assert (top, round(centre)) == (20, 32)  # 31.5 rounds to 32
+    for dc in stem:
+        g[8:20, 32 + dc] = 70  # a stem above the body, three columns wide
+    top, _, _ = M._area_edges(g > M.LIT)
+    assert top == (8 if followed else 20)
+
+
+def test_an_area_from_the_frame_s_top_row_to_its_bottom_row():
+    g = np.zeros((120, 160), np.uint8)
+    g[:, 40:120] = 70
+    assert M._area_edges(g > M.LIT) == (0, 119, 79.5)
+
+
+def test_the_centre_is_of_the_body_s_lit_pixels():
+    g = np.zeros((120, 160), np.uint8)
+    g[20:100, 40:100] = 70
+    g[20:100, 140:150] = 70  # a lit stripe off to the right pulls the centre towards it
+    assert M._area_edges(g > M.LIT)[2] == pytest.approx((sum(range(40, 100)) + sum(range(140, 150))) / 70)
+
+
+def test_grow_stops_once_taller_than_a_mark():
+    bright = np.zeros((40, 40), bool)
+    bright[4:36, 10:14] = True  # a bar down the frame
+    (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
+    assert patch.shape == (10, 4) and (y0, x0) == (7, 10)  # 2 rows a step, both ways: 4, 6, 8, 10
