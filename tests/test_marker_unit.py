@@ -319,3 +319,29 @@ def test_grow_stops_once_taller_than_a_mark():
     bright[4:36, 10:14] = True  # a bar down the frame
     (y0, x0), patch = M._grow(bright, 10, 10, 4, 8)
     assert patch.shape == (10, 4) and (y0, x0) == (7, 10)  # 2 rows a step, both ways: 4, 6, 8, 10
+
+
+@pytest.mark.parametrize("shape", [(2, 50), (3, 50), (50, 2), (50, 3)])
+def test_too_few_rows_or_columns_for_a_solid_square(shape):
+    g = np.full(shape, 235, np.uint8)
+    assert M._marks(g, g > M.LIT, np.ones(shape[0], bool)) == []
+
+
+@pytest.mark.parametrize("shape,at", [((4, 40), (0, 18)), ((40, 4), (18, 0))])
+def test_a_frame_just_big_enough_for_a_solid_square(shape, at):
+    g = np.zeros(shape, np.uint8)
+    g[at[0]:at[0] + 4, at[1]:at[1] + 4] = 235
+    assert M._marks(g, g > M.LIT, np.ones(shape[0], bool)) == [(at[0] + 2, at[1] + 2)]
+
+
+@pytest.mark.parametrize("dark", ["rows", "columns"])
+def test_a_mark_barred_so_that_no_four_pixels_in_a_row_are_bright_holds_no_solid_square(dark):
+    # 6 x 7 with two dark bars: runs of one and two bright lines, no four in a row
+    if dark == "rows":
+        g = mark(frame(), 28, 76, height=7, width=6)
+        g[29, 76:82] = g[32, 76:82] = 0
+    else:
+        g = mark(frame(), 28, 76, height=6, width=7)
+        g[28:34, 77] = g[28:34, 80] = 0
+    assert M.find(g) is None
+    assert M._marks(g, g > M.LIT, np.ones(H, bool)) == []

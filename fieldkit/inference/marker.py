@@ -96,7 +96,7 @@ def _marks(gray: np.ndarray, lit: np.ndarray, rows: np.ndarray) -> list[tuple[fl
     """Centres (row, column) of the solid bright patches on black (at most three) that
     start on the given rows (a mask)."""
     h, w = gray.shape
-    if h < SOLID + 1 or w < SOLID + 1:
+    if h < SOLID or w < SOLID:
         return []
     bright = gray >= BRIGHT
     m = max(SOLID, round(MAX_SIZE * w))
@@ -108,10 +108,9 @@ def _marks(gray: np.ndarray, lit: np.ndarray, rows: np.ndarray) -> list[tuple[fl
     for i in range(1, SOLID):
         solid &= down[:, i:w - SOLID + 1 + i]
     # inside the imaging area nearly everything round a patch is lit: skip it cheaply (the
-    # lit share of the square's surroundings, m either side, by Pillow's box blur)
-    c = SOLID // 2
+    # lit share of the surroundings of the square's corner, m either side, by Pillow's box blur)
     lit_round = np.asarray(Image.fromarray(lit.astype(np.uint8) * 255).filter(ImageFilter.BoxBlur(m)))
-    open_round = lit_round[c:c + solid.shape[0], c:c + solid.shape[1]] <= OPEN_LIT * 255
+    open_round = lit_round[:solid.shape[0], :solid.shape[1]] <= OPEN_LIT * 255
     ys, xs = np.nonzero(solid & open_round & rows[:solid.shape[0], None])
     found, seen = [], np.zeros_like(bright)
     for y, x in list(zip(ys.tolist(), xs.tolist()))[: MAX_CANDIDATES * SOLID * SOLID]:
