@@ -345,3 +345,72 @@ def test_a_mark_barred_so_that_no_four_pixels_in_a_row_are_bright_holds_no_solid
         g[28:34, 77] = g[28:34, 80] = 0
     assert M.find(g) is None
     assert M._marks(g, g > M.LIT, np.ones(H, bool)) == []
+
+
+def test_the_area_s_edges_are_its_first_and_last_rows_lit_over_a_quarter_of_the_width():
+    g = np.zeros((240, 320), np.uint8)
+    g[40:201, 100:220] = 60
+    g[40, 150:171] = g[200, 150:171] = 0  # the first and last rows dark in the centre (a rib's shadow)
+    assert M._area_edges(g > M.LIT)[:2] == (40, 200)
+
+
+@pytest.mark.parametrize("rows,top", [(range(9, 20), 9), (range(0, 20), 0)])
+def test_an_odd_stem_and_one_up_to_the_frame_s_top_row_are_followed_to_their_end(rows, top):
+    g = np.zeros((64, 64), np.uint8)
+    g[20:61, 16:48] = 70
+    for r in rows:
+        g[r, 31:34] = 70
+    assert M._area_edges(g > M.LIT)[0] == top
+
+
+@pytest.mark.parametrize("rows,bottom", [(range(41, 52), 51), (range(41, 64), 63)])
+def test_a_stem_below_is_followed_to_its_end_too(rows, bottom):
+    g = np.zeros((64, 64), np.uint8)
+    g[10:41, 16:48] = 70
+    for r in rows:
+        g[r, 31:34] = 70
+    assert M._area_edges(g > M.LIT)[1] == bottom
+
+
+@pytest.mark.parametrize("rim,found", [(1, True), (2, False)])
+def test_a_mark_s_blurred_rim_may_be_a_pixel_wide(rim, found):
+    g = frame()
+    g[30 - rim:30 + 16 + rim, 60 - rim:60 + 16 + rim] = 50  # lit, not bright: a blurred edge
+    g = mark(g, 30, 60, height=16)
+    assert (M.find(g) == "top left") is found
+
+
+def test_a_mark_s_centre_is_its_box_s_centre():
+    g = mark(frame(), 28, 76, height=6, width=9)
+    assert M._marks(g, g > M.LIT, np.ones(H, bool)) == [(31.0, 80.5)]
+
+
+def test_no_more_than_three_marks_are_looked_for():
+    g = frame()
+    for left in (10, 30, 50, 70):
+        mark(g, 30, left)
+    assert len(M._marks(g, g > M.LIT, np.ones(H, bool))) == 3
+
+
+def test_patches_whose_surroundings_are_more_than_half_lit_are_not_looked_at():
+    """The cheap skip of patches inside the imaging area: a 4 x 4 mark (one place for the
+    solid square) whose surroundings (16 pixels either side of the square's corner, Pillow's
+    box blur) are lit to 127/255 is looked at; to 128/255, more than half, it is not."""
+    from PIL import Image, ImageFilter
+
+    def blurred(g):
+        lit = (g > M.LIT).astype(np.uint8) * 255
+        return int(np.asarray(Image.fromarray(lit).filter(ImageFilter.BoxBlur(16)))[30, 80])
+
+    base = mark(frame(), 30, 80, height=4)
+    # lit pixels added one at a time, clear of the mark: columns 64-75, then rows 14-25
+    spots = [(r, c) for c in range(64, 76) for r in range(14, 47)] + \
+            [(r, c) for r in range(14, 26) for c in range(76, 97)]
+    seen = {}
+    g = base.copy()
+    for r, c in spots:
+        g[r, c] = 40  # lit, not bright, not touching the mark
+        seen.setdefault(blurred(g), g.copy())
+    assert 127 in seen and 128 in seen
+    assert M.find(seen[127]) == "top left"
+    assert M.find(seen[128]) is None

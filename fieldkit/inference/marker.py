@@ -112,7 +112,7 @@ def _marks(gray: np.ndarray, lit: np.ndarray, rows: np.ndarray) -> list[tuple[fl
     lit_round = np.asarray(Image.fromarray(lit.astype(np.uint8) * 255).filter(ImageFilter.BoxBlur(m)))
     open_round = lit_round[:solid.shape[0], :solid.shape[1]] <= OPEN_LIT * 255
     ys, xs = np.nonzero(solid & open_round & rows[:solid.shape[0], None])
-    found, seen = [], np.zeros_like(bright)
+    found, seen = set(), np.zeros_like(bright)  # seen: only saves growing a patch again
     for y, x in list(zip(ys.tolist(), xs.tolist()))[: MAX_CANDIDATES * SOLID * SOLID]:
         if seen[y, x]:
             continue
@@ -122,10 +122,10 @@ def _marks(gray: np.ndarray, lit: np.ndarray, rows: np.ndarray) -> list[tuple[fl
         # stay within a mark's size, where the tip of a sector, or text, would not
         if max(patch.shape) <= m and max(_grow(lit, y, x, SOLID, m + 2)[1].shape) <= m + 2 \
                 and _isolated(gray, y0, x0, patch):
-            found.append((y0 + patch.shape[0] / 2, x0 + patch.shape[1] / 2))
+            found.add((y0 + patch.shape[0] / 2, x0 + patch.shape[1] / 2))
             if len(found) > 2:
                 break
-    return found
+    return sorted(found)
 
 
 def _grow(bright: np.ndarray, y: int, x: int, k: int, m: int):
