@@ -156,6 +156,8 @@ def test_a_stray_mark_at_the_bottom_of_an_upright_clip_makes_it_abstain_not_misr
     # the gate's own words first, then why it read the clip set upright
     assert lung.reason.startswith(("the lung view seems turned on the screen", "not a lung view")), lung.reason
     assert lung.reason.endswith("as its orientation marker (bottom left of the image) asks"), lung.reason
+    # the frame shown with the finding is the clip's as stored (in grey), not as the gate read it
+    assert np.array_equal(a.overlay_frame[:, :, 0], _gray(frames[len(frames) // 2]))
 
 
 def test_an_inverted_fast_frame_with_its_marker_reads_as_upright(registry, simulator):
