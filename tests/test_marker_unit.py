@@ -414,3 +414,39 @@ def test_patches_whose_surroundings_are_more_than_half_lit_are_not_looked_at():
     assert 127 in seen and 128 in seen
     assert M.find(seen[127]) == "top left"
     assert M.find(seen[128]) is None
+
+
+def test_a_wide_frame_is_box_averaged_to_the_working_width():
+    g = np.zeros((480, 640), np.uint8)
+    g[101, 201] = 200  # one pixel: a quarter of it in the working frame's pixel
+    small = M._working(g)
+    assert small.shape == (240, 320) and small[50, 100] == 50 and small.sum() == 50
+    assert M._working(g[:, :320]) is not None and M._working(g[:, :320]).shape == (480, 320)
+
+
+@pytest.mark.parametrize("grey,found", [(M.LIT, False), (M.LIT + 1, True)])
+def test_an_imaging_area_is_lit_above_the_darkest_greys(grey, found):
+    assert (M.find(mark(frame(grey=grey), 30, 80)) == "top left") is found
+
+
+@pytest.mark.parametrize("grey", [M.BRIGHT, M.BRIGHT + 20])
+def test_a_frame_bright_at_the_limit_of_a_mark_counts_as_saturated(grey):
+    g = mark(frame(area=(20, 235, 60, 300), grey=grey), 10, 40)
+    assert M.find(g) is None
+
+
+def test_a_frame_bright_on_exactly_three_fifths_is_still_searched():
+    g = frame(area=(20, 203, 60, 309), grey=120)  # 184 x 250 = 46 000 bright pixels
+    mark(g, 8, 40)  # 64 more
+    g[238, 0:16] = 120  # and 16: 46 080 of 76 800, exactly 0.6
+    assert (g >= M.BRIGHT).mean() == M.MAX_BRIGHT
+    assert M.find(g) == "top left"
+    g[238, 16] = 120
+    assert M.find(g) is None
+
+
+def test_a_mark_exactly_at_the_area_s_centre_is_on_its_right():
+    g = frame(area=(40, 200, 40, 280))  # centre column 160
+    g[20:28, 156:164] = 235  # a mark centred on column 160, above the area's middle
+    assert M._area_edges(g > M.LIT)[2] == 160.0
+    assert M.find(g) == "top right"

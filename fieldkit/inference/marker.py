@@ -44,9 +44,7 @@ def find(gray: np.ndarray) -> str | None:
     "bottom right"), or None: no marker, or no clear one. `gray`: (H, W) uint8 luma."""
     if gray.size == 0:
         return None
-    if gray.shape[1] > WORK_WIDTH:  # box-averaged: a mark stays solid, text fades to grey
-        small = (WORK_WIDTH, max(1, round(gray.shape[0] * WORK_WIDTH / gray.shape[1])))
-        gray = np.asarray(Image.fromarray(gray).resize(small, Image.BOX))
+    gray = _working(gray)
     h, w = gray.shape
     lit = gray > LIT
     if (gray >= BRIGHT).mean() > MAX_BRIGHT:
@@ -70,6 +68,14 @@ def find(gray: np.ndarray) -> str | None:
             if len(cols) and cols.min() - NEAR * w <= cx <= cols.max() + NEAR * w:
                 corners.add(f"{edge} {'left' if cx < centre else 'right'}")
     return corners.pop() if len(corners) == 1 else None
+
+
+def _working(gray: np.ndarray) -> np.ndarray:
+    """The frame at WORK_WIDTH at most, box-averaged (a mark stays solid, text fades)."""
+    if gray.shape[1] <= WORK_WIDTH:
+        return gray
+    small = (WORK_WIDTH, max(1, round(gray.shape[0] * WORK_WIDTH / gray.shape[1])))
+    return np.asarray(Image.fromarray(gray).resize(small, Image.BOX))
 
 
 def _area_edges(lit: np.ndarray):
