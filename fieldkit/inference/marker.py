@@ -142,7 +142,7 @@ def _grow(bright: np.ndarray, y: int, x: int, k: int, m: int):
     crop = bright[y0:min(h, y + k + m), x0:min(w, x + k + m)]
     blob = np.zeros_like(crop)
     blob[y - y0:y - y0 + k, x - x0:x - x0 + k] = True
-    while True:  # a pixel a step, 4-connected, within the crop: it ends (the crop is finite)
+    for _ in range(crop.size):  # a pixel a step, 4-connected, within the crop (each step adds one or ends)
         grown = blob.copy()
         grown[1:] |= blob[:-1]
         grown[:-1] |= blob[1:]
