@@ -354,22 +354,16 @@ def test_the_area_s_edges_are_its_first_and_last_rows_lit_over_a_quarter_of_the_
     assert M._area_edges(g > M.LIT)[:2] == (40, 200)
 
 
-@pytest.mark.parametrize("rows,top", [(range(9, 20), 9), (range(0, 20), 0)])
-def test_an_odd_stem_and_one_up_to_the_frame_s_top_row_are_followed_to_their_end(rows, top):
+@pytest.mark.parametrize("body,stem,edge,want", [
+    ((20, 61), range(9, 20), 0, 9), ((20, 61), range(0, 20), 0, 0),  # an odd stem above; one up to row 0
+    ((10, 41), range(41, 52), 1, 51), ((10, 41), range(41, 64), 1, 63),  # the same below
+])
+def test_a_stem_is_followed_to_its_end_up_to_the_frame_s_edge(body, stem, edge, want):
     g = np.zeros((64, 64), np.uint8)
-    g[20:61, 16:48] = 70
-    for r in rows:
+    g[body[0]:body[1], 16:48] = 70
+    for r in stem:
         g[r, 31:34] = 70
-    assert M._area_edges(g > M.LIT)[0] == top
-
-
-@pytest.mark.parametrize("rows,bottom", [(range(41, 52), 51), (range(41, 64), 63)])
-def test_a_stem_below_is_followed_to_its_end_too(rows, bottom):
-    g = np.zeros((64, 64), np.uint8)
-    g[10:41, 16:48] = 70
-    for r in rows:
-        g[r, 31:34] = 70
-    assert M._area_edges(g > M.LIT)[1] == bottom
+    assert M._area_edges(g > M.LIT)[edge] == want
 
 
 @pytest.mark.parametrize("rim,found", [(1, True), (2, False)])
