@@ -28,10 +28,7 @@ def render(frame: np.ndarray, overlay: dict) -> bytes:
         if evidence.size:  # per-column evidence as a bar along the skin's edge
             cols = np.clip((np.arange(w) * evidence.size / w).astype(int), 0, evidence.size - 1)
             bar = (evidence[cols][None, :, None] * np.array([40, 220, 90])).repeat(6, axis=0)
-            if inverted:
-                img[h - 6:] = bar
-            else:
-                img[:6] = bar
+            img[slice(h - 6, None) if inverted else slice(0, 6)] = bar
         img[max(0, row - 1):row + 2] = [0, 200, 255]  # pleural line in cyan
     elif kind == "fast":
         mask = np.asarray(overlay["mask"], bool)
