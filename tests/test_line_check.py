@@ -233,7 +233,7 @@ def test_the_shipped_check_keeps_nine_in_ten_true_lines_and_turns_mimics_away_on
     rng = np.random.default_rng(730_001)
     sim = load_train_module("simulator")
     X, y, _ = linecheck.line_runs(model.session, model.thresholds,
-                                  [sim.simulate_lung(rng, n_blines=0, mimic="e_line") for _ in range(120)])
+                                  [sim.simulate_lung(rng, n_blines=0, mimic="e_line") for _ in range(240)])
     kept = np.array([post.line_check_prob(f, check) >= check["threshold"] for f in X])
     print(f"E-line runs kept: {kept.mean():.1%} of {len(X)}")
     assert len(X) > 40 and not y.any() and kept.mean() <= 0.25, f"E-line runs kept: {kept.mean():.1%} of {len(X)}"
