@@ -116,7 +116,7 @@ def test_close_lines_in_one_run_are_counted_on_the_clip_and_said_so(registry):
     them as one run: the finding counts 8 (it counted 7 before `postprocess.fan_lines`),
     and says which columns hold two lines. The clip's first frame: on its next two, lung
     model 4.0.0 also scores the close line, weakly, as a run of its own whose track drifts
-    onto its neighbour, and the frame counts 9 (README, limits: a line counted twice)."""
+    onto its neighbour, and the frame counts 9 (README, "Counts and confluent B-lines")."""
     ds, truth = lung_cine_dataset(n_frames=1, n_blines=8, seed=11)
     lung = next(r for r in runner.analyse(ds, registry).results if r.task == "lung")
     assert {len(s.bline_cols) for s in truth} == {8}
