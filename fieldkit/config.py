@@ -169,6 +169,12 @@ PORT = {"min": 0, "max": 65535}   # 0 picks a free port
 
 
 # Dotted name -> Setting. The part before the first dot is the TOML table.
+# The project's release keys for the bundled models, oldest first: each earlier default of
+# `inference.trusted_keys` was the ones before it, so a kit still listing one follows the default.
+RELEASE_KEYS = ("ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E=",
+                "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg=",
+                "ed25519:UmbnTWRj6UXVy2k1GLMFdIPuKbefeQk0s5JgI5wfKWU=")
+
 SETTINGS: dict[str, Setting] = {
     # kit identity
     "kit.id": Setting("", "Kit identifier, unique across a hospital's kits (set by `fieldkit init --kit-id`).", rule=KIT_ID),
@@ -278,9 +284,8 @@ SETTINGS: dict[str, Setting] = {
     "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
     "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive.", min=1, max=256),
     "inference.model_dirs": Setting([], "Extra directories of signed model bundles; the bundled models/ and DIR/models are always searched.", rule=DIR_PATH),
-    "inference.trusted_keys": Setting(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E=", "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg=", "ed25519:UmbnTWRj6UXVy2k1GLMFdIPuKbefeQk0s5JgI5wfKWU="], "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's three release keys for the bundled reference models (a kit that still lists an earlier default, the first key alone or the first two, trusts all three).", rule=ED25519_KEY,
-                                     earlier_defaults=(["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="],
-                                                       ["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E=", "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg="])),
+    "inference.trusted_keys": Setting(list(RELEASE_KEYS), "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's three release keys for the bundled reference models (a kit that still lists an earlier default, the first key alone or the first two, trusts all three).", rule=ED25519_KEY,
+                                     earlier_defaults=(list(RELEASE_KEYS[:1]), list(RELEASE_KEYS[:2]))),
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
     "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding).", above=0),
     "inference.batch_size": Setting(16, "Frames per onnxruntime call.", min=1, max=1024),

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from kitproc import wait_until
-from fixtures.ui import chromium, new_context, shot, sign_in, start_ui_kit, until_worker_controls
+from fixtures.ui import chromium, new_context, reload_under_worker, shot, sign_in, start_ui_kit
 
 pytestmark = pytest.mark.timeout(300)
 WAIT = 20000
@@ -47,8 +47,7 @@ def ready_tablet(browser, kit):
     ctx = new_context(browser, kit)
     page = ctx.new_page()
     sign_in(page)
-    until_worker_controls(page, WAIT)
-    page.reload()  # with the worker in control: the board and the page shells are kept
+    reload_under_worker(page, WAIT)  # the worker keeps the board and the page shells
     page.wait_for_function("""async () => { const c = await caches.open('fieldkit-shell-v1');
         return !!(await c.match('/patients/new')) && !!(await c.match('/patients/__offline__'))
             && !!(await (await caches.open('fieldkit-data-v1')).match('/api/v1/ui/board')); }""", timeout=WAIT)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import need_peer
-from fixtures.ui import launch_chromium, new_context, sign_in, start_ui_kit, until_worker_controls
+from fixtures.ui import launch_chromium, new_context, reload_under_worker, sign_in, start_ui_kit
 
 pytestmark = pytest.mark.timeout(240)
 TAG = "SIGNOUT-4711"
@@ -59,8 +59,7 @@ def test_sign_out_leaves_no_patient_data_in_the_browser(kit):
             page.check("input[name=triage][value=red]")
             page.click("#create")
             page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=15000)
-            until_worker_controls(page)
-            page.reload()  # with the worker in control: the board page and the board data are cached
+            reload_under_worker(page)  # the worker keeps the board page and the board data
             page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=15000)
             # a half-typed new patient, kept as a draft for a sign-in round trip
             page.goto("/patients/new")

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import need_peer
 from fixtures.orthanc import dicomweb_plugin, orthanc_binary, start_orthanc
-from fixtures.ui import (capture_file, launch_chromium, new_context, push, shot, sign_in, start_ui_kit,
-                         until_worker_controls)
+from fixtures.ui import (capture_file, launch_chromium, new_context, push, reload_under_worker, shot, sign_in,
+                         start_ui_kit)
 from kitproc import run_cli, set_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,8 +81,7 @@ def test_sync_page_watches_progress_reach_confirmed(page, synced_kit, hospital, 
 
 def test_reload_with_kit_stopped_shows_cached_board_marked_stale(page, synced_kit):
     page.goto("/")
-    until_worker_controls(page)
-    page.reload()  # with the worker in control: the page and the board are kept
+    reload_under_worker(page)  # the worker keeps the page and the board
     page.locator(f"li.card[data-patient-id='{TAG}']").wait_for(timeout=20000)
     assert page.locator("#stale-banner").is_hidden()
     synced_kit.stop()
