@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.ui import TABLET, chromium, sign_in, start_ui_kit
+from fixtures.ui import TABLET, chromium, reload_under_worker, sign_in, start_ui_kit
 from kitproc import set_config
 from test_ui_board_live import api_session
 
@@ -121,6 +121,7 @@ def test_a_reload_while_a_page_loads_neither_drops_it_nor_the_pages_shown(kit, p
     reconnects. A "Show more" answered after such a reload still adds its cards, and a
     reload keeps the cards the tablet had shown instead of going back to the first page."""
     held = []
+    reload_under_worker(page)  # the worker's own takeover cannot then reload the board mid-test
     wait_cards(page, board_ids(kit, 10))
     page.route("**/api/v1/ui/board?after=*", lambda route: held.append(route))  # the next page waits here
     page.locator("#board-more").click()
@@ -144,6 +145,9 @@ def test_a_page_shown_while_a_reload_loads_is_kept_when_the_reload_answers(kit, 
     "Show more" adds its cards. The reload's answer, asked before those cards were shown,
     must not take the tablet back to the first page."""
     held = []
+    # under the worker already: its own takeover would start a reload of the same first page
+    # before the route holds it, and the test's reload would join that one
+    reload_under_worker(page)
     wait_cards(page, board_ids(kit, 10))
     first_page = lambda url: "/api/v1/ui/board" in url and "after=" not in url and "limit=" not in url  # noqa: E731
     # the reload waits here (the service worker fetches the first page: routed on the context)
