@@ -104,12 +104,16 @@ BAND_SIDE = 10  # a run wider than a line: its background is this many input pix
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges)."""
+    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges):
+    one shifted add per column of the window (a line's window is three columns wide)."""
     h, w = img.shape
-    c = np.concatenate([np.zeros((h, 1)), np.cumsum(img, axis=1)], axis=1)
-    cols = np.arange(w)
-    a, b = np.clip(cols + lo, 0, w), np.clip(cols + hi + 1, 0, w)
-    return c[:, b] - c[:, a], np.maximum(b - a, 0)
+    s, n = np.zeros((h, w)), np.zeros(w, int)
+    for d in range(lo, hi + 1):
+        a, b = max(0, -d), min(w, w - d)  # the pixels whose window holds column col+d
+        if a < b:
+            s[:, a:b] += img[:, a + d:b + d]
+            n[a:b] += 1
+    return s, n
 
 
 SIDE_OFFSETS = np.concatenate([np.arange(-SIDE[1], -SIDE[0] + 1), np.arange(SIDE[0], SIDE[1] + 1)])
@@ -149,8 +153,9 @@ class LineMaps:
         # the brightest of the columns c-1, c, c+1 (the first of equals), as np.argmax picks it
         pad = _padded(self.line, 1, -np.inf)
         left, mid, right = pad[:, :-2], pad[:, 1:-1], pad[:, 2:]
-        self._next = np.arange(self.line.shape[1]) + np.where((left >= mid) & (left >= right), -1,
-                                                               np.where(mid >= right, 0, 1))
+        to_left = (left >= mid) & (left >= right)
+        to_right = (mid < right) & ~to_left
+        self._next = to_right.astype(np.intp) - to_left + np.arange(self.line.shape[1])
 
     def track(self, row0: int, col0: int) -> np.ndarray:
         """(n, 3): (row, column, contrast) down a near-vertical line from (row0, col0) to the
@@ -186,13 +191,18 @@ def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
     return out
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    """np.polyfit(x, y, 1)[0], the same steps (to the bit) without its checks: the scaled
-    Vandermonde matrix and np.linalg.lstsq (x: at least two values)."""
-    lhs = np.column_stack([x, np.ones_like(x)])  # np.vander(x, 2)
-    scale = np.sqrt((lhs * lhs).sum(axis=0))
-    # lstsq's default rcond is np.polyfit's: len(x) times the float's eps
-    return float(np.linalg.lstsq(lhs / scale, y)[0][0] / scale[0])
+def _slopes(tracks) -> np.ndarray:
+    """The least-squares slope (columns per row) of each track's (row, column) points, all
+    tracks at once: (n sum(xy) - sum(x) sum(y)) / (n sum(x^2) - sum(x)^2). Rows and columns
+    are whole numbers, so both are exact in double precision and the slope is the exact
+    one, correctly rounded (tracks: at least two points each)."""
+    n = np.array([len(t) for t in tracks], float)
+    pts = np.zeros((len(tracks), int(n.max()), 2))
+    for i, t in enumerate(tracks):
+        pts[i, :len(t)] = t  # zeros beyond a track's end add nothing to the sums
+    x, y = pts[..., 0], pts[..., 1]
+    sx, sy = x.sum(axis=1), y.sum(axis=1)
+    return (n * (x * y).sum(axis=1) - sx * sy) / (n * (x * x).sum(axis=1) - sx * sx)
 
 
 def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
@@ -208,16 +218,16 @@ def _follow_lines(img: np.ndarray, spans, prow: int, maps: LineMaps) -> list:
     band = img[r0:r0 + 8]
     if len(band) < 8:  # too little image below the pleura
         return [None] * len(spans)
-    starts = [lo + int(np.argmax(band[:, lo:hi].mean(axis=0))) if hi > lo else None  # its brightest column
+    profile = band.mean(axis=0)
+    starts = [lo + int(np.argmax(profile[lo:hi])) if hi > lo else None  # its brightest column
               for lo, hi in spans]  # under the pleura (None: columns off the image)
     tracks = iter(maps.tracks(r0, [c for c in starts if c is not None]))
-    out = []
-    for start in starts:
-        below = next(tracks) if start is not None else ()
-        if len(below) < 8:  # it leaves the field of view
-            out.append(None)
-            continue
-        out.append((start, below, _slope(below[:16, 0], below[:16, 1])))
+    below = [next(tracks) if start is not None else () for start in starts]
+    kept = [i for i, b in enumerate(below) if len(b) >= 8]  # the others leave the field of view
+    slopes = _slopes([below[i][:16, :2] for i in kept]) if kept else []
+    out = [None] * len(spans)
+    for i, slope in zip(kept, slopes):
+        out[i] = (starts[i], below[i], float(slope))
     return out
 
 
@@ -321,6 +331,7 @@ LINE_FEATURES = (("near", "deep", "median_below", "min_below", "width", "pleura_
                  + tuple(f"above_{a}_{b}_{k}" for a, b in ABOVE_WINDOWS for k in ("median", "bright"))
                  + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak"))
 FEATURE_AT = {name: i for i, name in enumerate(LINE_FEATURES)}
+ABOVE_AT = {k: [FEATURE_AT[f"above_{a}_{b}_{k}"] for a, b in ABOVE_WINDOWS] for k in ("median", "bright")}
 
 
 def line_features(img: np.ndarray, maps: LineMaps, prow: int, lo: int, hi: int, peak: float, followed) -> np.ndarray:
@@ -345,26 +356,32 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     r_all = np.arange(max(1, prow - 2))
     top = np.array([fo[1][0][0] for fo in followed])[:, None]  # the track's first row
     cols = np.clip(np.round(starts[:, None] + slopes[:, None] * (r_all - top)).astype(int), 0, w - 1)
-    above = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
-    # the track ends 3 rows above the pleura
-    windows = [above[:, int(a * prow):max(int(a * prow) + 1, int(b * prow))] for a, b in ABOVE_WINDOWS]
-    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)]
+    # the track ends 3 rows above the pleura; a last column of nan stands for "no row"
+    above = np.full((n, len(r_all) + 1), np.nan)
+    above[:, :-1] = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
+    # each window's rows as columns of `above` (padded with the nan column), all lines at once
+    spans_at = [(int(a * prow), min(len(r_all), max(int(a * prow) + 1, int(b * prow)))) for a, b in ABOVE_WINDOWS]
+    width = max(1, max(b - a for a, b in spans_at))
+    at = np.full((len(spans_at), width), len(r_all))
+    for k, (a, b) in enumerate(spans_at):
+        at[k, :max(0, b - a)] = np.arange(a, b)
+    windows = above[:, at]  # (lines, windows, rows)
+    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)].astype(float)
     inside = wall[wall > IN_VIEW]
-    beside = [wall[:, max(0, c - 12):c + 13] for c in starts]
-    beside = [v[v > IN_VIEW] for v in beside]
+    # the chest wall beside each line (12 columns either side), nan where it is out of view
+    beside = _padded(np.where(wall > IN_VIEW, wall, np.nan), 12, np.nan)[:, starts[:, None] + np.arange(25)]
     # the medians of all lines sorted together, in groups of like length: below the pleura
     # (near, deep, all) and over the chest wall in each window
     near, deep, along = _medians([cb[:q] for cb, q in zip(below, quarter)] + [cb[-q:] for cb, q in zip(below, quarter)]
                                  + below).reshape(3, n)
-    in_windows = _medians([v for win in windows for v in win]).reshape(len(windows), n)
+    in_windows = _medians(windows.reshape(n * len(spans_at), width)).reshape(n, len(spans_at))
     f = np.empty((n, len(LINE_FEATURES)))  # column FEATURE_AT[name]: that measurement
     # the first seven measurements, in LINE_FEATURES' order
     f[:, :7] = np.column_stack([near, deep, along, [cb.min() for cb in below], [hi - lo for lo, hi in spans],
                                 np.full(n, prow / h), slopes])
-    for (a, b), win, med in zip(ABOVE_WINDOWS, windows, in_windows):
-        shown = np.count_nonzero(~np.isnan(win), axis=1)
-        f[:, FEATURE_AT[f"above_{a}_{b}_median"]] = med  # nan (0 below) when no row is in view
-        f[:, FEATURE_AT[f"above_{a}_{b}_bright"]] = np.count_nonzero(win > ABOVE_BRIGHT, axis=1) / np.maximum(shown, 1)
+    shown = np.maximum(np.count_nonzero(~np.isnan(windows), axis=2), 1)
+    f[:, ABOVE_AT["median"]] = in_windows  # nan (0 below) when no row is in view
+    f[:, ABOVE_AT["bright"]] = np.count_nonzero(windows > ABOVE_BRIGHT, axis=2) / shown
     at = line[max(0, prow - 2):prow + 3, starts].max(axis=0)  # a followed line has rows under the pleura
     over = _medians(line[max(0, prow - 12):max(1, prow - 4), starts].T) if prow > 4 else 0.0
     under = _medians(line[prow + 4:prow + 12, starts].T) if prow + 12 < h else 0.0
@@ -373,8 +390,9 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     shown = row.max(0) > IN_VIEW
     f[:, FEATURE_AT["pleura_over_row"]] = (row[:, starts].max(axis=0) - _median(row.max(0)[shown])
                                            if shown.any() else 0.0)
-    wall_median = _median(inside) if len(inside) else 0.0
-    f[:, FEATURE_AT["wall_beside"]] = [_median(v) - wall_median if len(v) and len(inside) else 0.0 for v in beside]
+    wall_median = _median(inside) if len(inside) else np.nan
+    # a line with no wall in view beside it: nan, 0 below
+    f[:, FEATURE_AT["wall_beside"]] = _medians(beside.transpose(1, 0, 2).reshape(n, -1)) - wall_median
     f[:, FEATURE_AT["peak"]] = peaks
     return np.nan_to_num(f)
 
