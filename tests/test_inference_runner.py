@@ -193,7 +193,7 @@ def test_a_cine_of_2000_frames_is_sampled_and_finishes(registry):
 def test_time_budget_stops_a_long_job_and_says_so(registry):
     ds = _read("examples_ybr_color.dcm")
     a = runner.analyse(ds, registry, time_budget_s=0.0, batch_size=4)
-    assert a.frames_analysed == 4 and a.subsampled
+    assert a.frames_analysed == 8 and a.subsampled  # two batches: see test_inference_gate_unit
     assert any("time budget" in r for r in a.subsample_reasons)
 
 
@@ -278,6 +278,25 @@ def test_results_do_not_depend_on_how_frames_are_batched(registry):
         lung = [r for r in a.results if r.task == "lung"][0]
         assert lung.assessable and lung.result["b_line_counts"] == \
             [r for r in ref.results if r.task == "lung"][0].result["b_line_counts"]
+
+
+def test_a_lung_result_is_the_same_whether_its_frames_were_read_beside_the_gate_or_after_it(registry, monkeypatch):
+    """The lung frames are read beside the gate as they come; a clip that became a lung view
+    late has some read after the gate. Both give the same result, to the last figure."""
+    from fixtures.inference import lung_cine_dataset
+    ds, _ = lung_cine_dataset(n_frames=12, n_blines=5, seed=11)
+    beside = runner.analyse(ds, registry, batch_size=4)
+    init = runner._ModelThread.__init__
+
+    def none_ahead(self, *args):  # as if no frame had been a lung view while the gate ran
+        init(self, *args)
+        self.lung = None
+    monkeypatch.setattr(runner._ModelThread, "__init__", none_ahead)
+    after = runner.analyse(ds, registry, batch_size=4)
+    (a,), (b,) = ([r for r in x.results if r.task == "lung"] for x in (beside, after))
+    assert a.assessable and a.result["max_b_lines"] >= 3
+    assert a.result == b.result and a.finding_probability == b.finding_probability
+    assert np.array_equal(beside.overlay_frame, after.overlay_frame) and str(beside.overlay) == str(after.overlay)
 
 
 def test_colour_doppler_later_in_a_cine_is_still_caught(registry):

@@ -360,11 +360,10 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     above = np.full((n, len(r_all) + 1), np.nan)
     above[:, :-1] = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
     # each window's rows as columns of `above` (padded with the nan column), all lines at once
-    spans_at = [(int(a * prow), min(len(r_all), max(int(a * prow) + 1, int(b * prow)))) for a, b in ABOVE_WINDOWS]
-    width = max(1, max(b - a for a, b in spans_at))
-    at = np.full((len(spans_at), width), len(r_all))
-    for k, (a, b) in enumerate(spans_at):
-        at[k, :max(0, b - a)] = np.arange(a, b)
+    rows_in = [range(len(r_all))[int(a * prow):max(int(a * prow) + 1, int(b * prow))] for a, b in ABOVE_WINDOWS]
+    at = np.full((len(rows_in), max(1, max(map(len, rows_in)))), len(r_all))
+    for k, r in enumerate(rows_in):
+        at[k, :len(r)] = r
     windows = above[:, at]  # (lines, windows, rows)
     wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)].astype(float)
     inside = wall[wall > IN_VIEW]
@@ -374,7 +373,7 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     # (near, deep, all) and over the chest wall in each window
     near, deep, along = _medians([cb[:q] for cb, q in zip(below, quarter)] + [cb[-q:] for cb, q in zip(below, quarter)]
                                  + below).reshape(3, n)
-    in_windows = _medians(windows.reshape(n * len(spans_at), width)).reshape(n, len(spans_at))
+    in_windows = _medians(windows.reshape(n * len(rows_in), -1)).reshape(n, len(rows_in))
     f = np.empty((n, len(LINE_FEATURES)))  # column FEATURE_AT[name]: that measurement
     # the first seven measurements, in LINE_FEATURES' order
     f[:, :7] = np.column_stack([near, deep, along, [cb.min() for cb in below], [hi - lo for lo, hi in spans],

@@ -23,9 +23,12 @@ once `inference.time_budget_seconds` is spent. What was skipped and why is recor
 
 from __future__ import annotations
 
+import collections
 import time
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -140,12 +143,21 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     spec = gate.entry["preprocessing"]
     min_prob = float(gate.thresholds.get("min_prob", 0.6))
     used, probs, keep, odd, turned = [], [], {}, [], []
-    t_prep = t_gate = 0.0
+    t_prep = 0.0
+    models = _ModelThread(gate, clinical.get("lung"), min_prob, spec)
     batches = _prepared(ds, idx, batch_size, decode, spec)
+
+    def take(done):  # batches the model thread finished, in order
+        for chunk, p, turned_in_batch in done:
+            used.extend(chunk)
+            probs.append(p)
+            turned.extend(turned_in_batch)
+
     try:
         for item in batches:
-            if time.perf_counter() - t0 > time_budget_s and used:
-                reasons.append(f"time budget of {time_budget_s:g}s reached after {len(used)} frames")
+            ended = models.settle()
+            if ended is not None and ended - t0 > time_budget_s:
+                reasons.append(f"time budget of {time_budget_s:g}s reached after {models.submitted} frames")
                 break
             try:
                 chunk, frames, colour, x, seconds = item
@@ -168,18 +180,17 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
             if a.turned_upright:
                 frames, x = _upright(frames), _upright(x)
             odd += not_b_mode(x)
-            t = time.perf_counter()
-            probs.append(post.softmax(gate.run(x)[0]))
-            if len(turned) < TURN_CHECK_FRAMES:
-                turned += _reads_better_turned(gate, x, probs[-1], min_prob, TURN_CHECK_FRAMES - len(turned))
-            t_gate += time.perf_counter() - t
+            models.submit(chunk, frames, x)
             for j, i in enumerate(chunk):
                 keep[i] = (frames[j], x[j])
-            used += chunk
             if len(keep) > 3 * batch_size:  # hold only what the clinical models may need
-                _trim(keep, used)
+                _trim(keep)
+            take(models.finished(wait=False))  # and the lung frames of those batches analysed
+        take(models.finished(wait=True))
     finally:
         batches.close()
+        models.close()
+    t_gate = models.gate_seconds
     a.frame_numbers = [i + 1 for i in used]
     a.frames_analysed = len(used)
     a.subsampled = a.frames_analysed < a.frames_total
@@ -221,12 +232,21 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
             continue
         t = time.perf_counter()
         chosen = [used[i] for i in rows]
-        frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec, a.turned_upright)
         conf = float(np.mean(post.view_calibrated(p[rows], gate.entry.get("calibration"))[:, want]))
-        numbers, size = [c + 1 for c in chosen], frames[0].shape[:2]
-        if task == "lung":  # post-processed a few frames at a time, while the model runs the next
-            result, overlay_i, overlay = _lung(model, _ahead(model, x, min(batch_size, PREP_CHUNK)), numbers, size, x)
+        numbers, size = [c + 1 for c in chosen], a.image_size
+        if task == "lung":  # most frames analysed already, while the gate read the next ones
+            missing = [i for i in chosen if i not in models.lung_frames]
+            if missing:
+                _, x = _gather(ds, missing, keep, decode, model.entry["preprocessing"], spec, a.turned_upright)
+                models.lung_frames.update(zip(missing, _lung_frames(
+                    model, _ahead(model, x, min(batch_size, PREP_CHUNK)), [i + 1 for i in missing], size, x)))
+            result, best, overlay = _lung(model, [models.lung_frames[i] for i in chosen], size)
+            frames, _ = _gather(ds, [chosen[best]], keep, decode, model.entry["preprocessing"], spec,
+                                a.turned_upright)
+            overlay_i = 0
+            t -= models.lung_seconds  # its frames analysed while the gate ran count too
         else:
+            frames, x = _gather(ds, chosen, keep, decode, model.entry["preprocessing"], spec, a.turned_upright)
             result, overlay_i, overlay = _fast(model, _batched(model, x, batch_size), numbers, size)
         result["view_share"] = round(share, 3)
         if a.orientation_marker:
@@ -444,7 +464,7 @@ def _rgb(frame: np.ndarray) -> np.ndarray:
     return frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, axis=2)
 
 
-def _trim(keep: dict, used: list[int]) -> None:
+def _trim(keep: dict) -> None:
     for i in list(keep)[:-32]:
         keep.pop(i, None)
 
@@ -486,6 +506,131 @@ def _ahead(model, x, batch_size):
                 p.cancel()
 
 
+@dataclass
+class _Job:
+    """A few frames handed to the model thread: `lung` gets the lung model's outputs on
+    those it reads as lung views (or None), `done` everything else of the batch."""
+    chunk: list[int]
+    size: tuple[int, int]
+    x: np.ndarray
+    lung: Future
+    done: Future | None = None
+    analysed: bool = False
+
+
+class _ModelThread:
+    """The gate on each batch, and the lung model on the frames it reads as lung views, run
+    on a model thread while the calling thread analyses the lung frames of the batches
+    before: onnxruntime releases the GIL, and the lung post-processing (numpy, holding it)
+    costs about as much as both models, so the two go on side by side.
+
+    Lung frames are analysed ahead only while the clip so far reads as a lung view (at
+    least VIEW_SHARE of its frames), and only when the lung model reads the gate's own
+    input (the same preprocessing). `analyse` analyses what is left when the clip turns
+    out to be a lung view, and drops what was done ahead when it does not."""
+
+    def __init__(self, gate, lung, min_prob: float, spec: dict):
+        from concurrent.futures import ThreadPoolExecutor
+        self.gate, self.min_prob = gate, min_prob
+        self.lung = lung if lung is not None and lung.entry["preprocessing"] == spec else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="inference-model")
+        self._pending: collections.deque[_Job] = collections.deque()
+        # the model thread's own count: view frames still to check for a turn, frames gated,
+        # frames read as lung views (batches run there one after the other, in order)
+        self._turns_left, self._gated, self._lung_views = TURN_CHECK_FRAMES, 0, 0
+        self.submitted = 0  # frames handed to the model thread
+        self._batches: list[_Job] = []  # the last job of each batch handed over
+        self.gate_seconds = self.lung_seconds = 0.0
+        self.lung_frames: dict[int, _LungFrame] = {}  # frame index -> its lung analysis
+
+    def submit(self, chunk: list[int], frames: np.ndarray, x: np.ndarray) -> None:
+        """Hand over a batch, a few frames at a time (their lung frames are analysed sooner)."""
+        for s in range(0, len(chunk), PREP_CHUNK):
+            job = _Job(chunk[s:s + PREP_CHUNK], frames.shape[1:3], x[s:s + PREP_CHUNK], Future())
+            job.done = self._pool.submit(self._run, job)
+            self._pending.append(job)
+        self._batches.append(job)
+        self.submitted += len(chunk)
+
+    def settle(self) -> float | None:
+        """Before the next batch: wait until the batch handed over two batches ago is
+        finished (the model thread then has the last one to go on with), analysing lung
+        frames meanwhile. When it ended (perf_counter, on the model thread), or None when
+        fewer than two were handed over: the time budget is checked against it, the same
+        however far the model thread has gone since."""
+        if len(self._batches) < 2:
+            return None
+        last = self._batches[-2]
+        while not last.done.done():
+            job = next((j for j in self._pending if not j.analysed), None)
+            if job is not None and job.lung.done():
+                self._analyse(job)
+            else:
+                wait_for([f for f in (job and job.lung, last.done) if f is not None], return_when=FIRST_COMPLETED)
+        return last.done.result()[3]
+
+    def _run(self, job: _Job):
+        """On the model thread: the gate's probabilities, the lung model on the lung view
+        frames (handed over at once), the orientation check of the clip's first
+        TURN_CHECK_FRAMES view frames."""
+        try:
+            x = job.x
+            t = time.perf_counter()
+            p = post.softmax(self.gate.run(x)[0])
+            gate_s = time.perf_counter() - t
+            lung = [j for j in range(len(x)) if p[j].max() >= self.min_prob and p[j].argmax() == VIEW_OF["lung"]]
+            self._gated, self._lung_views = self._gated + len(x), self._lung_views + len(lung)
+            if self.lung is not None and lung and self._lung_views >= VIEW_SHARE * self._gated:
+                t = time.perf_counter()
+                out = self.lung.run(np.ascontiguousarray(x[lung]))
+                job.lung.set_result((lung, out, time.perf_counter() - t))
+            else:
+                job.lung.set_result(None)
+            turned = []
+            if self._turns_left > 0:
+                t = time.perf_counter()
+                turned = _reads_better_turned(self.gate, x, p, self.min_prob, self._turns_left)
+                self._turns_left -= len(turned)
+                gate_s += time.perf_counter() - t
+            return p, turned, gate_s, time.perf_counter()
+        except BaseException as exc:
+            if not job.lung.done():
+                job.lung.set_exception(exc)
+            raise
+
+    def finished(self, wait: bool):
+        """(frame indices, gate probabilities, orientation checks) of each batch the model
+        thread has finished (of every batch when wait), in order; the lung frames of every
+        batch whose lung model outputs are there are analysed first."""
+        for job in self._pending:
+            if not job.analysed:
+                if not (wait or job.lung.done()):
+                    break
+                self._analyse(job)
+        while self._pending and self._pending[0].analysed and (wait or self._pending[0].done.done()):
+            job = self._pending.popleft()
+            p, turned, gate_s, _ = job.done.result()
+            self.gate_seconds += gate_s
+            yield job.chunk, p, turned
+
+    def _analyse(self, job: _Job) -> None:
+        wait_for([job.lung, job.done], return_when=FIRST_COMPLETED)
+        if not job.lung.done():  # the batch failed before its lung frames were handed over
+            job.done.result()
+        ran = job.lung.result()
+        job.analysed = True
+        if ran is None:
+            return
+        t = time.perf_counter()
+        lung, out, lung_s = ran
+        at = [job.chunk[j] for j in lung]
+        self.lung_frames.update(zip(at, _lung_frames(self.lung, [out], [i + 1 for i in at], job.size, job.x[lung])))
+        self.lung_seconds += lung_s + time.perf_counter() - t
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _batched(model, x, batch_size):
     """The model's outputs on x, all batches joined."""
     return [np.concatenate(v) for v in zip(*_ahead(model, x, batch_size))]
@@ -494,31 +639,48 @@ def _batched(model, x, batch_size):
 CLIP_SHARE = 0.3  # a clip shows a finding when this share of its confident frames does
 
 
-def _lung(model, batches, frame_numbers, size, x) -> tuple[dict, int, dict]:
-    """The lung result of the model's outputs (`batches`: (column logits, pleura-row
-    logits) per batch of x's frames, in order)."""
+class _LungFrame(NamedTuple):
+    """One frame's lung analysis: its entry in the result's "frames", its pattern score, the
+    model's column probabilities and pleura-row logits, and the frame as the model saw it."""
+    entry: dict
+    score: float
+    columns: np.ndarray
+    pleura: np.ndarray
+    image: np.ndarray
+
+
+def _lung_frames(model, batches, frame_numbers, size, x):
+    """`_LungFrame` of each frame of x (its model input; frame_numbers: 1-based) from the
+    model's outputs (`batches`: (column logits, pleura-row logits) per batch, in order)."""
     th = model.thresholds
     h, w = size
     in_h = model.entry["input"]["shape"][2]
-    probs, rows, per_frame, scores = [], [], [], []
+    k = 0
     for cols, pleura in batches:
         for pc, pr in zip(post.sigmoid(cols), pleura):
             # the model scores columns at the pleura; a column whose line starts above it
             # or fades is a mimic, not a B-line (kept apart, with the reason)
-            fr = post.lung_frame(pc, pr, x[len(per_frame)][0], th)
+            fr = post.lung_frame(pc, pr, x[k][0], th)
             scale = w / len(pc)
-            scores.append(fr["score"])
-            per_frame.append({"frame": frame_numbers[len(per_frame)], "b_lines": fr["b_lines"],
-                              "confluent": fr["confluent"],
-                              "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
-                              "lines_in_columns": fr["lines"],  # close lines scored as one run
-                              "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
-                                              for (a, b), y in fr["mimics"]],
-                              "pleura_row": round(fr["pleura_row"] * h / in_h),
-                              "pattern_score": round(fr["score"], 3)})
-            probs.append(pc)
-            rows.append(pr)
-    probs, rows = np.stack(probs), np.stack(rows)
+            entry = {"frame": frame_numbers[k], "b_lines": fr["b_lines"], "confluent": fr["confluent"],
+                     "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
+                     "lines_in_columns": fr["lines"],  # close lines scored as one run
+                     "not_b_lines": [{"columns": [round(a * scale), round(b * scale)], "why": y}
+                                     for (a, b), y in fr["mimics"]],
+                     "pleura_row": round(fr["pleura_row"] * h / in_h),
+                     "pattern_score": round(fr["score"], 3)}
+            yield _LungFrame(entry, fr["score"], pc, pr, x[k])
+            k += 1
+
+
+def _lung(model, done: list, size) -> tuple[dict, int, dict]:
+    """The lung result of a clip's frames (`_LungFrame`s, in order)."""
+    th = model.thresholds
+    h, w = size
+    in_h = model.entry["input"]["shape"][2]
+    per_frame, scores = [d.entry for d in done], [d.score for d in done]
+    probs, rows, x = np.stack([d.columns for d in done]), np.stack([d.pleura for d in done]), np.stack([d.image for d in done])
+    frame_numbers = [e["frame"] for e in per_frame]
     counts = [r["b_lines"] for r in per_frame]
     pattern_min = int(th.get("pattern_min_blines", 3))
     # the clip's summary: not the maximum of noisy frames but the frame that a share of
