@@ -138,8 +138,9 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
     if frame_stride > 1 and power_reasons:
         reasons[0] = f"{reasons[0]}: {'; '.join(power_reasons)}"
 
-    # decode + preprocess (helper thread) and gate (this thread) as a pipeline, in batches,
-    # so a long cine never sits in memory at once
+    # decode + preprocess (a helper thread), the gate and the lung model (the model thread)
+    # and the lung frames' analysis (this thread) as a pipeline, in batches, so a long cine
+    # never sits in memory at once
     spec = gate.entry["preprocessing"]
     min_prob = float(gate.thresholds.get("min_prob", 0.6))
     used, probs, keep, odd, turned = [], [], {}, [], []
