@@ -477,23 +477,13 @@ def test_padding_is_np_pads(dtype, value):
     assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
-def test_the_slopes_are_the_exact_least_squares_slopes_of_tracks_of_any_length():
-    """Whole-number rows and columns: the slope is the exact least-squares one, correctly
-    rounded (np.polyfit's, up to its rounding), for tracks of different lengths at once."""
-    from fractions import Fraction
+def test_the_slope_is_np_polyfits_to_the_bit():
     rng = np.random.default_rng(9)
-    for _ in range(200):
-        tracks = []
-        for n in rng.integers(2, 17, 4):
+    for n in (8, 11, 16):
+        for _ in range(200):
             rows = np.arange(40.0, 40.0 + n)
-            tracks.append(np.column_stack([rows, 60 + np.cumsum(rng.integers(-1, 2, n)).astype(float)]))
-        got = post._slopes(tracks)
-        for t, g in zip(tracks, got):
-            x, y = [Fraction(int(v)) for v in t[:, 0]], [Fraction(int(v)) for v in t[:, 1]]
-            mx, my = sum(x) / len(x), sum(y) / len(y)
-            exact = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
-            assert g == float(exact)
-            assert g == pytest.approx(np.polyfit(t[:, 0], t[:, 1], 1)[0], abs=1e-12)
+            cols = 60 + np.cumsum(rng.integers(-1, 2, n)).astype(float)
+            assert post._slope(rows, cols) == float(np.polyfit(rows, cols, 1)[0])
 
 
 def test_a_median_of_float32_pixels_is_taken_in_double_precision():

@@ -104,16 +104,12 @@ BAND_SIDE = 10  # a run wider than a line: its background is this many input pix
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges):
-    one shifted add per column of the window (a line's window is three columns wide)."""
+    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges)."""
     h, w = img.shape
-    s, n = np.zeros((h, w)), np.zeros(w, int)
-    for d in range(lo, hi + 1):
-        a, b = max(0, -d), min(w, w - d)  # the pixels whose window holds column col+d
-        if a < b:
-            s[:, a:b] += img[:, a + d:b + d]
-            n[a:b] += 1
-    return s, n
+    c = np.concatenate([np.zeros((h, 1)), np.cumsum(img, axis=1)], axis=1)
+    cols = np.arange(w)
+    a, b = np.clip(cols + lo, 0, w), np.clip(cols + hi + 1, 0, w)
+    return c[:, b] - c[:, a], np.maximum(b - a, 0)
 
 
 SIDE_OFFSETS = np.concatenate([np.arange(-SIDE[1], -SIDE[0] + 1), np.arange(SIDE[0], SIDE[1] + 1)])
@@ -191,18 +187,13 @@ def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
     return out
 
 
-def _slopes(tracks) -> np.ndarray:
-    """The least-squares slope (columns per row) of each track's (row, column) points, all
-    tracks at once: (n sum(xy) - sum(x) sum(y)) / (n sum(x^2) - sum(x)^2). Rows and columns
-    are whole numbers, so both are exact in double precision and the slope is the exact
-    one, correctly rounded (tracks: at least two points each)."""
-    n = np.array([len(t) for t in tracks], float)
-    pts = np.zeros((len(tracks), int(n.max()), 2))
-    for i, t in enumerate(tracks):
-        pts[i, :len(t)] = t  # zeros beyond a track's end add nothing to the sums
-    x, y = pts[..., 0], pts[..., 1]
-    sx, sy = x.sum(axis=1), y.sum(axis=1)
-    return (n * (x * y).sum(axis=1) - sx * sy) / (n * (x * x).sum(axis=1) - sx * sx)
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """np.polyfit(x, y, 1)[0], the same steps (to the bit) without its checks: the scaled
+    Vandermonde matrix and np.linalg.lstsq (x: at least two values)."""
+    lhs = np.column_stack([x, np.ones_like(x)])  # np.vander(x, 2)
+    scale = np.sqrt((lhs * lhs).sum(axis=0))
+    # lstsq's default rcond is np.polyfit's: len(x) times the float's eps
+    return float(np.linalg.lstsq(lhs / scale, y)[0][0] / scale[0])
 
 
 def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
@@ -224,10 +215,9 @@ def _follow_lines(img: np.ndarray, spans, prow: int, maps: LineMaps) -> list:
     tracks = iter(maps.tracks(r0, [c for c in starts if c is not None]))
     below = [next(tracks) if start is not None else () for start in starts]
     kept = [i for i, b in enumerate(below) if len(b) >= 8]  # the others leave the field of view
-    slopes = _slopes([below[i][:16, :2] for i in kept]) if kept else []
     out = [None] * len(spans)
-    for i, slope in zip(kept, slopes):
-        out[i] = (starts[i], below[i], float(slope))
+    for i in kept:
+        out[i] = (starts[i], below[i], _slope(below[i][:16, 0], below[i][:16, 1]))
     return out
 
 
