@@ -287,8 +287,9 @@ SETTINGS: dict[str, Setting] = {
     "inference.trusted_keys": Setting(list(RELEASE_KEYS), "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's three release keys for the bundled reference models (a kit that still lists an earlier default, the first key alone or the first two, trusts all three).", rule=ED25519_KEY,
                                      earlier_defaults=(list(RELEASE_KEYS[:1]), list(RELEASE_KEYS[:2]))),
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
-    "inference.time_budget_seconds": Setting(60.0, "Time budget of one job; frames not reached by then are skipped (recorded in the finding).", above=0),
-    "inference.batch_size": Setting(16, "Frames per onnxruntime call.", min=1, max=1024),
+    "inference.time_budget_seconds": Setting(60.0, ("Time budget of one job; frames not reached by then are skipped (recorded in the finding). "
+                                                 "It is checked as each batch ends, so the batch already handed to the models is still analysed."), above=0),
+    "inference.batch_size": Setting(16, "Most frames per onnxruntime call (the view gate and the lung model take at most 4 at a time, so their frames are analysed while the next ones are read).", min=1, max=1024),
     "inference.orientation_marker": Setting(True, "Read the probe-orientation marker: a clip the scanner shows inverted top to bottom (its marker at the bottom) is read set upright, and the finding says so; false ignores the marker (such a clip then abstains as turned)."),
     "inference.yield_to_ingest_ms": Setting(300, "Inference waits while a burst of captures is arriving (two or more, each within this many ms of the last), so a probe is received at full speed; 0 turns this off.", min=0),
     "inference.max_ingest_delay_seconds": Setting(2.0, "Longest inference waits for a burst of captures at a time; it then works at least as long before it yields again, so findings keep coming during a continuous import.", min=0),
