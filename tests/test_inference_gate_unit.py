@@ -520,6 +520,39 @@ def test_lung_frames_read_before_the_clip_was_a_lung_view_are_analysed_at_the_en
     assert result(whole, "lung").result["frames"][0] == lung.result["frames"][0]
 
 
+@pytest.mark.parametrize("task", ["fast", "lung"])
+def test_frames_no_longer_held_are_decoded_again_from_the_clip_and_set_upright(task, monkeypatch):
+    """80 frames shown inverted (the marker at the bottom), 4 a batch: the FAST model, and
+    the lung model when no frame was read beside the gate, read all 80 after the gate; the
+    first 48, no longer held, are decoded again from the same object by the decoder given,
+    and set upright as the ones held (each frame's own level is in its bottom-left corner
+    as stored: its top-left corner once upright, where the model's input is read)."""
+    monkeypatch.setattr(runner.marker, "find", lambda image: "bottom left")
+    if task == "lung":
+        init = runner._ModelThread.__init__
+
+        def none_ahead(self, *args):
+            init(self, *args)
+            self.lung = None
+        monkeypatch.setattr(runner._ModelThread, "__init__", none_ahead)
+
+    def inverted(idx):
+        out = np.full((len(idx), 64, 64, 3), 250, np.uint8)
+        for j, i in enumerate(idx):
+            out[j, 32:, :32] = LEVEL0 + i  # a quarter: no stripe across or down the frame
+        return out
+    frames, asked = Frames(make=inverted), []
+
+    def decode(ds, idx):
+        asked.append(ds)
+        return frames(ds, idx)
+    ds, reg = cine(80), models([_row(task, 0.7)])
+    a = runner.analyse(ds, reg, decode=decode, batch_size=4)
+    assert a.turned_upright and result(a, task).assessable
+    assert [i for s in reg.get(task).session.seen for i in s] == list(range(80))
+    assert again(frames, 80)[:48] == list(range(48)) and all(d is ds for d in asked)
+
+
 def test_a_short_cine_is_decoded_once():
     frames = Frames()
     run(cine(12), models([SURE]), frames, batch_size=4)
