@@ -520,15 +520,17 @@ def test_lung_frames_read_before_the_clip_was_a_lung_view_are_analysed_at_the_en
     assert result(whole, "lung").result["frames"][0] == lung.result["frames"][0]
 
 
-@pytest.mark.parametrize("task", ["fast", "lung"])
-def test_frames_no_longer_held_are_decoded_again_from_the_clip_and_set_upright(task, monkeypatch):
-    """80 frames shown inverted (the marker at the bottom), 4 a batch: the FAST model, and
-    the lung model when no frame was read beside the gate, read all 80 after the gate; the
+@pytest.mark.parametrize("task, ahead", [("fast", False), ("lung", False), ("lung", True)])
+def test_frames_no_longer_held_are_decoded_again_from_the_clip_and_set_upright(task, ahead, monkeypatch):
+    """80 frames shown inverted (the marker at the bottom), 4 a batch. The FAST model, and
+    the lung model when no frame was read beside the gate, read all 80 after the gate: the
     first 48, no longer held, are decoded again from the same object by the decoder given,
-    and set upright as the ones held (each frame's own level is in its bottom-left corner
-    as stored: its top-left corner once upright, where the model's input is read)."""
+    and set upright as the ones held. Lung frames read beside the gate are not decoded
+    again, only the overlay's frame when it is no longer held; it is shown as stored. (Each
+    frame's own level is in its bottom-left corner as stored: its top-left corner once
+    upright, where the model's input is read.)"""
     monkeypatch.setattr(runner.marker, "find", lambda image: "bottom left")
-    if task == "lung":
+    if not ahead:
         init = runner._ModelThread.__init__
 
         def none_ahead(self, *args):
@@ -550,7 +552,10 @@ def test_frames_no_longer_held_are_decoded_again_from_the_clip_and_set_upright(t
     a = runner.analyse(ds, reg, decode=decode, batch_size=4)
     assert a.turned_upright and result(a, task).assessable
     assert [i for s in reg.get(task).session.seen for i in s] == list(range(80))
-    assert again(frames, 80)[:48] == list(range(48)) and all(d is ds for d in asked)
+    shown = a.overlay["frame"] - 1
+    assert again(frames, 80) == ([shown] if shown < 48 else []) if ahead else again(frames, 80)[:48] == list(range(48))
+    assert all(d is ds for d in asked)
+    assert np.array_equal(a.overlay_frame, inverted([shown])[0])
 
 
 def test_a_short_cine_is_decoded_once():
