@@ -213,17 +213,20 @@ def test_capture_that_does_not_decode_shows_a_placeholder_with_the_reason(tablet
 def test_finding_review_with_hostile_note_stays_text(tablet):
     page = tablet
     page.goto(f"/patients/{TAG}")
-    finding = page.locator("#findings li.finding[data-assessable=true]").first  # one to accept
-    finding.wait_for(timeout=15000)
+    first = page.locator("#findings li.finding[data-assessable=true]").first  # one to accept
+    first.wait_for(timeout=15000)
+    # held by its id: a capture analysed meanwhile redraws the list and may come first
+    fid = first.get_attribute("data-finding-id")
+    finding = page.locator(f"#findings li.finding[data-finding-id='{fid}']")
     finding.locator(".f-note").fill(XSS)
     finding.locator(".f-accept").click()
-    page.wait_for_function("() => document.querySelector('#findings li[data-assessable=true] .f-state')"
-                           ".textContent.includes('accepted')")
+    page.wait_for_function("id => document.querySelector(`#findings li[data-finding-id='${id}'] .f-state`)"
+                           ".textContent.includes('accepted')", arg=fid)
     assert XSS in finding.locator(".f-state").inner_text()
     assert page.locator("#findings img[src='x']").count() == 0
     assert page.evaluate("window.__pwned === undefined")
     data = page.evaluate(f"fetch('/api/v1/ui/patients/{TAG}').then(r => r.json())")
-    review = [f for c in data["captures"] for f in c["findings"] if f.get("review")][0]["review"]
+    review = [f for c in data["captures"] for f in c["findings"] if f["id"] == fid][0]["review"]
     assert review["decision"] == "accepted" and review["note"] == XSS
 
 
