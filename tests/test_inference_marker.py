@@ -218,3 +218,21 @@ def test_a_long_inverted_clip_re_decoded_in_part_is_set_upright_throughout(regis
         assert lung.result["b_line_counts"] == up.result["b_line_counts"]
         assert [f["pleura_row"] for f in lung.result["frames"]] == \
             [ds.Rows - 1 - f["pleura_row"] for f in up.result["frames"]]
+
+
+def test_the_marker_is_read_once_on_the_first_frame_however_many_batches(registry, monkeypatch):
+    """The marker does not move within a clip: it is read on the first frame only, so a
+    later batch whose first frame hides it cannot set part of the clip back."""
+    ds, _ = lung_cine_dataset(n_frames=24, n_blines=4, seed=11, marker="bottom left")
+    first = to_gray(decode_frames(ds, [0]))[0]
+    seen = []
+    real = marker.find
+
+    def find(gray):
+        seen.append(gray)
+        return real(gray) if len(seen) == 1 else None  # any later frame would read no marker
+
+    monkeypatch.setattr(marker, "find", find)
+    a = runner.analyse(ds, registry, batch_size=4)
+    assert len(seen) == 1 and np.array_equal(seen[0], first)
+    assert a.orientation_marker == "bottom left" and a.turned_upright and _lung(a).assessable

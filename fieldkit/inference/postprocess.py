@@ -161,23 +161,23 @@ class LineMaps:
 
     def tracks(self, row0: int, cols0) -> list[np.ndarray]:
         """`track` from row0 for each of the columns cols0, their contrast looked up at once."""
-        steps = self._next[row0:].tolist()  # list lookups: cheaper than numpy one pixel at a time
+        steps = memoryview(self._next[row0:])  # lookups one pixel at a time: far cheaper than numpy's
         paths = []
         for col in cols0:
             path = []
-            for step in steps:
-                col = step[col]
+            for r in range(steps.shape[0]):
+                col = steps[r, col]
                 path.append(col)
             paths.append(path)
-        rows = np.arange(row0, row0 + len(steps))
-        cols = np.array(paths, int).reshape(len(paths), len(steps))
-        con = self.contrast[np.broadcast_to(rows, cols.shape), cols]
-        out = []
-        for c, v in zip(cols, con):
-            end = np.flatnonzero(np.isnan(v))  # the first pixel out of the field of view ends it
-            n = int(end[0]) if len(end) else len(v)
-            out.append(np.column_stack([rows[:n], c[:n], v[:n]]))
-        return out
+        rows = np.arange(row0, row0 + steps.shape[0])
+        cols = np.array(paths, int).reshape(len(paths), steps.shape[0])
+        rows = np.broadcast_to(rows, cols.shape)
+        con = self.contrast[rows, cols]
+        out = np.stack([rows, cols, con], axis=-1)  # (tracks, rows, 3)
+        gone = np.isnan(con)  # the first pixel out of the field of view ends a track
+        ends = (np.where(gone.any(axis=1), gone.argmax(axis=1), gone.shape[1]) if gone.size
+                else np.zeros(len(gone), int)).tolist()  # no rows (from below the image): nothing
+        return [out[k, :n] for k, n in enumerate(ends)]
 
 
 def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
@@ -578,10 +578,12 @@ def fan_lines(img: np.ndarray, followed) -> list[int]:
     gaps = (tracks[None, :, 0, 1] - tracks[:, None, 0, 1]) / 2  # half way to each other track
     inside = (tracks[:, :, 1].min(axis=1) >= FAN_HALF) & (tracks[:, :, 1].max(axis=1) + FAN_HALF < w)
     offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
-    for k in np.flatnonzero(inside):  # the others lie too near the image's edge to look across
-        across = img[tracks[k, :, :1], tracks[k, :, 1:] + offsets].mean(axis=0)  # averaged along the track
+    looked = np.flatnonzero(inside)  # the others lie too near the image's edge to look across
+    # the profile across each track, averaged along it
+    across = img[tracks[looked, :, :1], tracks[looked, :, 1:] + offsets].mean(axis=1)
+    for k, profile in zip(looked.tolist(), across):
         lo, hi = gaps[k, :k].max(initial=-FAN_HALF), gaps[k, k + 1:].min(initial=FAN_HALF)
-        out[seen[k]] = max(1, sum(1 for j in _peaks(across, FAN_DIP) if lo < j - FAN_HALF < hi))
+        out[seen[k]] = max(1, sum(1 for j in _peaks(profile, FAN_DIP) if lo < j - FAN_HALF < hi))
     return out
 
 

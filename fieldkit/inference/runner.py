@@ -175,7 +175,7 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
-            if not used and read_marker:  # the first frame: the marker does not move within a clip
+            if not models.submitted and read_marker:  # the first frame: the marker does not move within a clip
                 a.orientation_marker = marker.find(to_gray(frames[:1])[0])
                 a.turned_upright = bool(a.orientation_marker and a.orientation_marker.startswith("bottom"))
             if a.turned_upright:
