@@ -173,7 +173,8 @@ PORT = {"min": 0, "max": 65535}   # 0 picks a free port
 # `inference.trusted_keys` was the ones before it, so a kit still listing one follows the default.
 RELEASE_KEYS = ("ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E=",
                 "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg=",
-                "ed25519:UmbnTWRj6UXVy2k1GLMFdIPuKbefeQk0s5JgI5wfKWU=")
+                "ed25519:UmbnTWRj6UXVy2k1GLMFdIPuKbefeQk0s5JgI5wfKWU=",
+                "ed25519:b/AGJ+3q/K0MqdXiSW15WJem/R3999pFswnyes/6UeQ=")
 
 SETTINGS: dict[str, Setting] = {
     # kit identity
@@ -284,8 +285,9 @@ SETTINGS: dict[str, Setting] = {
     "inference.enabled": Setting(True, "Run the inference worker in `fieldkit serve`."),
     "inference.threads": Setting(1, "onnxruntime intra-op threads per model: the CPU budget of inference, so the web server and the receiver stay responsive.", min=1, max=256),
     "inference.model_dirs": Setting([], "Extra directories of signed model bundles; the bundled models/ and DIR/models are always searched.", rule=DIR_PATH),
-    "inference.trusted_keys": Setting(list(RELEASE_KEYS), "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's three release keys for the bundled reference models (a kit that still lists an earlier default, the first key alone or the first two, trusts all three).", rule=ED25519_KEY,
-                                     earlier_defaults=(list(RELEASE_KEYS[:1]), list(RELEASE_KEYS[:2]))),
+    "inference.trusted_keys": Setting(list(RELEASE_KEYS), "Ed25519 public keys (\"ed25519:<base64>\") whose signatures on model bundles are trusted; the default is the project's four release keys for the bundled reference models (a kit that still lists an earlier default, the first key alone, the first two or the first three, trusts all four).", rule=ED25519_KEY,
+                                     earlier_defaults=(list(RELEASE_KEYS[:1]), list(RELEASE_KEYS[:2]),
+                                                       list(RELEASE_KEYS[:3]))),
     "inference.max_frames": Setting(120, "Most frames of one cine analysed; longer cines are sampled evenly (recorded in the finding).", min=1),
     "inference.time_budget_seconds": Setting(60.0, ("Time budget of one job; frames not reached by then are skipped (recorded in the finding). "
                                                  "It is checked as each batch ends, so the batch already handed to the models is still analysed."), above=0),

@@ -216,13 +216,14 @@ def test_fieldkit_toml_and_the_readme_say_what_is_allowed():
 
 def test_a_kit_that_still_lists_an_earlier_default_follows_the_default():
     """`fieldkit init` writes every setting out; a kit made before the second release key
-    still lists only the first, one made before the third lists the first two, and both must
-    load the reference models signed with the later keys."""
+    still lists only the first, one made before the third the first two, one made before the
+    fourth the first three, and all must load the reference models signed with the later keys."""
     first = ["ed25519:pNGyLZmG+7OUf/gRKS7io+9LFLLYVejGRGI3xbmn9+E="]
     first_two = [*first, "ed25519:fNXErZy0s7FAg8/ygXurEKf2N8K8kNmvvLEiiGREIHg="]
+    first_three = [*first_two, "ed25519:UmbnTWRj6UXVy2k1GLMFdIPuKbefeQk0s5JgI5wfKWU="]
     default = SETTINGS["inference.trusted_keys"].default
-    assert default[:2] == first_two and len(default) == 3
-    for earlier in (first, first_two):
+    assert default[:3] == first_three and len(default) == 4
+    for earlier in (first, first_two, first_three):
         assert earlier in SETTINGS["inference.trusted_keys"].earlier_defaults and earlier != default
         assert Config({"inference.trusted_keys": earlier})["inference.trusted_keys"] == default
     # a list the operator chose is kept as it is, even with the first key in it

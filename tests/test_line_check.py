@@ -65,6 +65,22 @@ def test_the_measurements_tell_a_line_from_the_pleura_from_one_through_the_chest
     assert b_line["pleura_over_above"] > 0.5 > 0.3 > e_line["pleura_over_above"]
 
 
+def test_the_chest_wall_averaged_along_a_line_shows_a_line_through_it_and_not_one_from_the_pleura():
+    """The chest wall's profile across the track, averaged along it: a faint line running
+    through the wall stands out by what it adds; a line from the pleura leaves it flat, and
+    so does a wall that is black (out of view) where the track runs."""
+    img = np.full((H, W), 0.3)
+    img[38:42, :] = 0.8  # the pleural line
+    b_line, e_line, dark = img.copy(), img.copy(), img.copy()
+    b_line[42:, 30:33] += 0.4
+    e_line[:, 30:33] += 0.04
+    dark[:, 30:33] += 0.4
+    dark[:36, 27:36] = 0.0  # the wall around the line out of view
+    assert features(e_line)["above_profile"] == pytest.approx(0.04)
+    assert features(b_line)["above_profile"] == pytest.approx(0.0)
+    assert features(dark)["above_profile"] == 0.0
+
+
 def test_a_check_that_accepts_keeps_what_the_rules_alone_turn_away():
     e_line = frame(line_from=0)
     assert post.bline_mimic(e_line, COLS, PLEURA) == E_LINE
@@ -174,8 +190,8 @@ def test_the_fitted_check_learns_a_rule_of_products_and_the_kit_reads_it_as_fitt
 
 @pytest.mark.parametrize("spoil, words", [
     (lambda c: c["features"].pop(), "other line features"),
-    (lambda c: c["weights"].pop(), "weights must be 324 finite numbers"),
-    (lambda c: c["mean"].__setitem__(0, float("nan")), "mean must be 24 finite numbers"),
+    (lambda c: c["weights"].pop(), "weights must be 350 finite numbers"),
+    (lambda c: c["mean"].__setitem__(0, float("nan")), "mean must be 25 finite numbers"),
     (lambda c: c["scale"].__setitem__(3, 0.0), "scale must be positive"),
     (lambda c: c.__setitem__("threshold", 1.5), "threshold between 0 and 1"),
     (lambda c: c.pop("bias"), "finite bias"),
@@ -270,6 +286,20 @@ def _oracle_features(img, maps, prow, lo, hi, peak, followed):
     wall = [img[r, c] for r in rows for c in range(w) if img[r, c] > post.IN_VIEW]
     beside = [img[r, c] for r in rows for c in range(max(0, start - 12), min(w, start + 13)) if img[r, c] > post.IN_VIEW]
     out += [np.median(beside) - np.median(wall) if beside and wall else 0.0, peak]
+    # the chest wall just above the pleura averaged along the track, across it: the peak on
+    # the line over the median beside it, over the rows where the track is in view
+    def seen(r, c):
+        return img[r, c] if 0 <= c < w and img[r, c] > post.IN_VIEW else np.nan
+    rows = [r for r in range(int(post.ABOVE_FROM * prow), prow - post.ABOVE_GAP)
+            if not np.isnan(seen(r, min(w - 1, max(0, int(np.round(start + slope * (r - row0)))))))]
+    profile = {}
+    for o in range(-post.SIDE[1], post.SIDE[1] + 1):
+        vals = [seen(r, min(w - 1, max(0, int(np.round(start + slope * (r - row0))))) + o) for r in rows]
+        vals = [v for v in vals if not np.isnan(v)]
+        profile[o] = np.mean(vals) if vals else np.nan
+    sides = [v for o, v in profile.items() if abs(o) >= post.SIDE[0] and not np.isnan(v)]
+    on_line = [profile[o] for o in (-1, 0, 1) if not np.isnan(profile[o])]
+    out += [max(on_line) - np.median(sides) if len(rows) >= 2 and len(sides) >= 3 else 0.0]
     return np.array(out, float)
 
 
@@ -357,11 +387,11 @@ def test_what_is_wrong_with_a_check_is_said_and_a_usable_one_passes():
                               ("bias", float("inf"), bounds), ("bias", "1", bounds),
                               ("features", list(post.LINE_FEATURES)[::-1],
                                "was fitted on other line features than this kit measures "
-                               "(it needs 24: near, deep, median_below, ...)"),
-                              ("mean", [True] * len(post.LINE_FEATURES), "mean must be 24 finite numbers"),
-                              ("scale", [1.0] * (len(post.LINE_FEATURES) + 1), "scale must be 24 finite numbers"),
+                               "(it needs 25: near, deep, median_below, ...)"),
+                              ("mean", [True] * len(post.LINE_FEATURES), "mean must be 25 finite numbers"),
+                              ("scale", [1.0] * (len(post.LINE_FEATURES) + 1), "scale must be 25 finite numbers"),
                               ("scale", [-1.0] * len(post.LINE_FEATURES), "scale must be positive"),
-                              ("weights", "0" * 324, "weights must be 324 finite numbers")]:
+                              ("weights", "0" * 350, "weights must be 350 finite numbers")]:
         check = dict(good, **{key: value})
         assert post.line_check_problem(check) == words, (key, value)
     assert post.line_check_problem(dict(good, threshold=0.999)) is None and post.line_check_problem(dict(good, bias=-3)) is None

@@ -319,7 +319,8 @@ ABOVE_WINDOWS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.75), (0.75, 0.9), (
 ABOVE_BRIGHT = 0.03  # a row of the line above the pleura this much brighter than beside it is "bright"
 LINE_FEATURES = (("near", "deep", "median_below", "min_below", "width", "pleura_depth", "slope")
                  + tuple(f"above_{a}_{b}_{k}" for a, b in ABOVE_WINDOWS for k in ("median", "bright"))
-                 + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak"))
+                 + ("pleura_over_above", "pleura_over_below", "pleura_over_row", "wall_beside", "peak",
+                    "above_profile"))
 FEATURE_AT = {name: i for i, name in enumerate(LINE_FEATURES)}
 ABOVE_AT = {k: [FEATURE_AT[f"above_{a}_{b}_{k}"] for a, b in ABOVE_WINDOWS] for k in ("median", "bright")}
 
@@ -336,7 +337,8 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     the chest wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of
     bright rows); how far the pleura stands out on the line (B-lines start at it, E-lines
     run through it) and along the pleural row; the chest wall beside the line against the
-    whole wall (emphysema darkens it); the model's own peak."""
+    whole wall (emphysema darkens it); the model's own peak; the chest wall just above the
+    pleura averaged along the line's track (`_profile_contrast`)."""
     h, w = img.shape
     n, line = len(followed), maps.line
     starts = np.array([f[0] for f in followed])
@@ -383,7 +385,34 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     # a line with no wall in view beside it: nan, 0 below
     f[:, FEATURE_AT["wall_beside"]] = _medians(beside.transpose(1, 0, 2).reshape(n, -1)) - wall_median
     f[:, FEATURE_AT["peak"]] = peaks
+    f[:, FEATURE_AT["above_profile"]] = _profile_contrast(img, np.arange(max(0, int(ABOVE_FROM * prow)),
+                                                                         max(0, prow - ABOVE_GAP)), cols)
     return np.nan_to_num(f)
+
+
+PROFILE_OFFSETS = np.arange(-SIDE[1], SIDE[1] + 1)  # columns across a track, from its centre
+PROFILE_SIDES = np.flatnonzero(np.abs(PROFILE_OFFSETS) >= SIDE[0])  # ... in its background bands
+
+
+def _profile_contrast(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Per line (cols: its track's column on every row from the top, (lines, >= rows)), the
+    image across its track averaged over `rows` (the rows where the track is in view): the
+    profile's peak within a pixel of the track over the median of its background bands
+    (SIDE). A line that runs through those rows adds up along them while speckle averages
+    out, so an E-line or a needle shows there even where no row of it stands out; 0 with
+    fewer than two rows or three background columns in view."""
+    if len(rows) < 2:
+        return np.zeros(len(cols))
+    win = _padded(img, SIDE[1], 0.0)[rows[None, :, None], cols[:, rows, None] + SIDE[1] + PROFILE_OFFSETS]
+    used = win > IN_VIEW  # in view (off the image: 0)...
+    used &= used[:, :, SIDE[1], None]  # ... on a row where the track itself is in view
+    shown = used.sum(axis=1)
+    profile = np.divide((win * used).sum(axis=1), shown, out=np.full(shown.shape, np.nan),
+                        where=shown > 0)  # (lines, columns), nan where no row shows
+    peak = np.fmax.reduce(profile[:, SIDE[1] - 1:SIDE[1] + 2], axis=1)
+    sides = profile.take(PROFILE_SIDES, axis=1)
+    enough = (shown[:, SIDE[1]] >= 2) & (np.count_nonzero(shown.take(PROFILE_SIDES, axis=1), axis=1) >= 3)
+    return np.where(enough, peak - _medians(sides), 0.0)
 
 
 def _medians(rows) -> np.ndarray:

@@ -217,13 +217,21 @@ def line_check_text(e: dict) -> str:
 A line as wide as one B-line is judged by the bundle's learned line check
 (`models/train/linecheck.py`): a logistic regression over {len(c['features'])} measurements of the
 followed line (its contrast under the pleura, at the bottom and in six bands of the chest
-wall above the pleura; how far the pleura stands out on it; its width, slope and the
-model's peak) and their pairwise products, fitted on {f['runs']} runs of the model's
-evidence ({f['true']} on true B-lines; seed {f['seed']}: {f['per_count']} frames per true count
-1-8, {f['per_mimic']} per mimic type, {f['natural']} of the natural mix). A line is a B-line when the
+wall above the pleura; the chest wall just above the pleura averaged along the line; how
+far the pleura stands out on it; its width, slope and the model's peak) and their pairwise
+products, fitted on {f['runs']} runs of the model's evidence ({f['true']} on true B-lines; seed
+{f['seed']}: {f['per_count']} frames per true count 1-8, {f['per_mimic']} per mimic type, {f['natural']} of the natural
+mix{more_frames_text(f)}). A line is a B-line when the
 check's probability is at least {c['threshold']}: the highest threshold that keeps
 {t['keeps_true'] * 100:.0f} % of the true lines' runs on a second seed ({t['seed']}, {t['runs']} runs).{among_many_text(c)} The
 rules above then only say why a line was turned away; wider bands are judged by the rules."""
+
+
+def more_frames_text(f: dict) -> str:
+    m = f.get("more")
+    if not m:
+        return ""
+    return f"; and seed {m['seed']}: {m['per_mimic']} frames each of {', '.join(k.replace('_', '-') for k in m['mimics'])}"
 
 
 def among_many_text(c: dict) -> str:

@@ -8,7 +8,9 @@ each and, tuned to keep true lines, let a third of E-lines and needles through. 
 a logistic regression over the line's measurements and their pairwise products
 (`postprocess.LINE_FEATURES`) on simulated frames: true B-lines (1-8 a frame and the
 card's natural mix) against every mimic type, each run labelled by whether it lies on a
-true line. The threshold is then chosen on a second seed: the highest that keeps
+true line, and more frames of the mimics that start above the pleura (E-lines, needles,
+emphysema: the ones the model scores most often) from a third seed, so the fit sees
+hundreds of their runs rather than tens. The threshold is then chosen on a second seed: the highest that keeps
 KEEP_TRUE of the true lines' runs; and a lower one for frames where the model scores
 AMONG_MANY runs or more (`postprocess.check_threshold`), the highest that keeps
 KEEP_AMONG_MANY of the true lines' runs in such frames. Both seeds are the recipe's
@@ -39,6 +41,7 @@ from fieldkit.inference import postprocess as post  # noqa: E402
 from fieldkit.inference.preprocess import preprocess  # noqa: E402
 
 FIT = {"per_count": 400, "per_mimic": 500, "natural": 600}  # 7 800 frames
+FIT_MORE = {"per_count": 0, "per_mimic": 1500, "natural": 0, "mimics": ("e_line", "needle", "emphysema")}  # 4 500
 CHOOSE = {"per_count": 100, "per_mimic": 150, "natural": 300}  # 2 300 frames
 KEEP_TRUE = 0.90  # share of true lines' runs the chosen threshold keeps (the rules alone keep ~80 %)
 AMONG_MANY = 3  # a frame where the model scores this many runs or more: B-lines come in numbers
@@ -47,13 +50,15 @@ KEEP_AMONG_MANY = 0.99  # ... where the check keeps this share of the true lines
 L2 = 1.0  # ridge penalty of the fit (on standardised measurements)
 
 
-def frames(seed: int, per_count: int, per_mimic: int, natural: int) -> list:
-    """1-8 true lines, each mimic type with none, and the natural mix, from one seed."""
+def frames(seed: int, per_count: int, per_mimic: int, natural: int, mimics=S.MIMICS) -> list:
+    """1-8 true lines, each mimic type (of `mimics`) with none, and the natural mix, from one seed."""
     out = []
     for n in range(1, 9):
         rng = np.random.default_rng([seed, n])
         out += [S.simulate_lung(rng, n_blines=n) for _ in range(per_count)]
     for i, m in enumerate(S.MIMICS):
+        if m not in mimics:
+            continue
         rng = np.random.default_rng([seed, 100 + i])
         out += [S.simulate_lung(rng, n_blines=0, mimic=m) for _ in range(per_mimic)]
     rng = np.random.default_rng([seed, 300])
@@ -127,7 +132,8 @@ def main(argv=None):
     entry = json.loads(path.read_text(encoding="utf-8"))
     session = ort.InferenceSession(str(path.parent / entry["file"]), providers=["CPUExecutionProvider"])
     th = {k: v for k, v in entry["thresholds"].items() if k != "line_check"}
-    X, y, _ = line_runs(session, th, frames(R.seed("lung", "line_check"), **FIT))
+    X, y, _ = line_runs(session, th, frames(R.seed("lung", "line_check"), **FIT)
+                        + frames(R.seed("lung", "line_check_more"), **FIT_MORE))
     check = fit(X, y)
     Xc, yc, among = line_runs(session, th, frames(R.seed("lung", "line_check_threshold"), **CHOOSE))
     check["threshold"] = choose_threshold(check, Xc, yc)
@@ -135,7 +141,8 @@ def main(argv=None):
     check["among_many"] = {"runs": AMONG_MANY, "keeps_true": KEEP_AMONG_MANY, "true_runs": int((yc & many).sum()),
                            "threshold": min(check["threshold"],
                                             choose_threshold(check, Xc[many], yc[many], KEEP_AMONG_MANY))}
-    check["fitted_on"] = {"seed": R.seed("lung", "line_check"), "runs": int(len(y)), "true": int(y.sum()), **FIT}
+    check["fitted_on"] = {"seed": R.seed("lung", "line_check"), "runs": int(len(y)), "true": int(y.sum()), **FIT,
+                          "more": {"seed": R.seed("lung", "line_check_more"), **FIT_MORE, "mimics": list(FIT_MORE["mimics"])}}
     check["threshold_chosen_on"] = {"seed": R.seed("lung", "line_check_threshold"), "runs": int(len(yc)),
                                     "keeps_true": KEEP_TRUE, **CHOOSE}
     entry["thresholds"]["line_check"] = check

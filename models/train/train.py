@@ -38,7 +38,8 @@ from fieldkit.inference import bundle as B  # noqa: E402
 # lung 4: 13 500 frames, 45 % of them mimics (3: lines scored on their centres, 9 000 frames;
 # 2: trained on mimics and confluent bands);
 # gate 1.1: white lung among its lung views, turned views as other
-VERSIONS = {"view_quality": "1.1.0", "lung_bline": "4.0.0", "fast_fluid": "1.0.0"}
+# lung 4.1.0: 4.0.0's weights (its ONNX file unchanged), the line check refitted with a new measurement
+VERSIONS = {"view_quality": "1.1.0", "lung_bline": "4.1.0", "fast_fluid": "1.0.0"}
 
 
 def block(i, o, stride):
