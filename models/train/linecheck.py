@@ -10,11 +10,11 @@ a logistic regression over the line's measurements and their pairwise products
 card's natural mix) against every mimic type, each run labelled by whether it lies on a
 true line, and more frames of the mimics that start above the pleura (E-lines, needles,
 emphysema: the ones the model scores most often) from a third seed, so the fit sees
-hundreds of their runs rather than tens. The threshold is then chosen on a second seed: the highest that keeps
-KEEP_TRUE of the true lines' runs; and a lower one for frames where the model scores
-AMONG_MANY runs or more (`postprocess.check_threshold`), the highest that keeps
-KEEP_AMONG_MANY of the true lines' runs in such frames. Both seeds are the recipe's
-(`line_check`, `line_check_threshold`), never a test's or the card's. Writes
+hundreds of their runs rather than tens. The threshold is then chosen on a second seed:
+the highest that keeps KEEP_TRUE of the true lines' runs; and a lower one for frames where
+the model scores AMONG_MANY runs or more (`postprocess.check_threshold`), the highest that
+keeps KEEP_AMONG_MANY of the true lines' runs in such frames. The seeds are the recipe's
+(`line_check`, `line_check_threshold`, `line_check_more`), never a test's or the card's. Writes
 `thresholds.line_check` into the lung manifest; calibrate.py then re-measures the card and
 signs.
 """
