@@ -6,6 +6,7 @@ measurements is refused."""
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +80,50 @@ def test_the_chest_wall_averaged_along_a_line_shows_a_line_through_it_and_not_on
     assert features(e_line)["above_profile"] == pytest.approx(0.04)
     assert features(b_line)["above_profile"] == pytest.approx(0.0)
     assert features(dark)["above_profile"] == 0.0
+
+
+def _wall_with_a_line(h: int = 12, w: int = 40, col: int = 20) -> np.ndarray:
+    """A chest wall of 0.3 with a line of 0.4 on `col` (its contrast 0.1), all in view."""
+    img = np.full((h, w), 0.3)
+    img[:, col] = 0.4
+    return img
+
+
+def test_the_averaged_wall_reads_the_line_within_a_pixel_of_its_track_against_its_sides():
+    rows, cols = np.arange(2, 8), np.full((1, 12), 20)
+    img = _wall_with_a_line()
+    assert post._profile_contrast(img, rows, cols) == pytest.approx([0.1])
+    img[:, 22] = 0.9  # two pixels off the track: neither the line nor its background
+    img[:, 23] = 0.9
+    assert post._profile_contrast(img, rows, cols) == pytest.approx([0.1])
+    img[:, 21] = 0.6  # a pixel off: the line's peak
+    assert post._profile_contrast(img, rows, cols) == pytest.approx([0.3])
+    assert post._profile_contrast(img, rows[:2], cols) == pytest.approx([0.3])  # two rows are enough
+    assert post._profile_contrast(img, rows[:1], cols) == [0.0]  # one is not
+
+
+def test_the_averaged_wall_needs_the_track_in_view_on_two_rows_and_three_columns_beside_it():
+    """Out of view is at or under IN_VIEW; the rows where the track itself is out of view
+    are left out, and so is a line with too little in view to judge (0, no warning)."""
+    rows, cols = np.arange(0, 6), np.full((1, 12), 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # columns no row shows must not warn
+        img = _wall_with_a_line()
+        img[1:6, 20] = post.IN_VIEW  # the track in view on row 0 only
+        assert post._profile_contrast(img, rows, cols) == [0.0]
+        img[1, 20] = 0.4  # ... and on row 1
+        assert post._profile_contrast(img, rows, cols) == pytest.approx([0.1])
+        sides = _wall_with_a_line()
+        sides[:, :24] = post.IN_VIEW  # left of the track and the track's own columns dark...
+        sides[:, 20] = 0.4  # ... but the track
+        sides[:, 27:] = 0.0  # right: only offsets 4, 5 and 6 in view
+        assert post._profile_contrast(sides, rows, cols) == pytest.approx([0.1])
+        sides[:, 26] = 0.0  # two columns beside it: too few
+        assert post._profile_contrast(sides, rows, cols) == [0.0]
+        # each line is judged on its own columns, not on what the frame's other lines show
+        both = post._profile_contrast(np.hstack([sides, _wall_with_a_line()]), rows,
+                                      np.stack([np.full(12, 20), np.full(12, 60)]))
+        assert both == pytest.approx([0.0, 0.1])
 
 
 def test_a_check_that_accepts_keeps_what_the_rules_alone_turn_away():

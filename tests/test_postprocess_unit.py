@@ -1586,6 +1586,19 @@ def test_a_track_at_the_edge_ends_where_the_image_turns_black_and_never_wraps_ro
     assert post.LineMaps(img).track(12, 0).shape == (0, 3)  # from below the image: nothing to follow
 
 
+def test_tracks_followed_together_are_each_the_track_followed_alone():
+    """A frame's lines are followed at once: each still ends where its own column leaves the
+    field of view, whichever of them goes first."""
+    img = np.full((14, 24), 0.5)
+    img[5:, :3] = 0.0  # the left edge black from row 5
+    img[9:, 10:17] = 0.0  # and a patch from row 9 (a flat image: tracks drift left a column a row)
+    maps = post.LineMaps(img)
+    together = maps.tracks(0, [12, 0, 23])
+    assert [len(t) for t in together] == [14, 5, 9]
+    for col, t in zip([12, 0, 23], together):
+        assert np.array_equal(t, maps.track(0, col))
+
+
 # --- close lines in one run: told apart where they fan out (postprocess.fan_lines) ---
 
 def test_peaks_stand_apart_only_across_a_dip():
