@@ -231,7 +231,8 @@ def more_frames_text(f: dict) -> str:
     m = f.get("more")
     if not m:
         return ""
-    return f"; and seed {m['seed']}: {m['per_mimic']} frames each of {', '.join(k.replace('_', '-') for k in m['mimics'])}"
+    names = {"e_line": "E-lines", "needle": "needles", "emphysema": "emphysema"}
+    return f"; and seed {m['seed']}: {m['per_mimic']} frames each of {', '.join(names.get(k, k) for k in m['mimics'])}"
 
 
 def among_many_text(c: dict) -> str:
