@@ -64,7 +64,11 @@ function csrf() {
 // The session ended: without the key, nothing kept can be read or sent until the same
 // person signs in again.
 export async function forgetKeys() {
-  try { await tx(["keys"], "readwrite", (t) => t.objectStore("keys").clear()); } catch (e) { /* no database */ }
+  try {
+    // a tablet that keeps nothing (never signed in, or signed out) is not given an empty database
+    if (indexedDB.databases && !(await indexedDB.databases()).some((d) => d.name === DB_NAME)) return;
+    await tx(["keys"], "readwrite", (t) => t.objectStore("keys").clear());
+  } catch (e) { /* no database */ }
 }
 
 // Ask the kit for the signed-in person's key (when it can be reached); keep it for offline use.
