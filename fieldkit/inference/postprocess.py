@@ -85,6 +85,14 @@ ABOVE_RATIO = 0.12  # median contrast over the chest wall above this share of th
 ABOVE_MIN = 0.03  # ... and above this: chest-wall speckle alone stays under it
 ABOVE_FROM, ABOVE_GAP = 0.65, 4  # the chest wall looked at: from 2/3 of the pleura's row to 4 rows
 # above it, where every E-line and needle ring-down passes (they start higher or lower up)
+
+
+def wall_rows(prow: int) -> np.ndarray:
+    """The rows of chest wall the mimic rules and the averaged wall look at above a pleura
+    at row prow (ABOVE_FROM, ABOVE_GAP); none when it lies too high."""
+    return np.arange(max(0, int(ABOVE_FROM * prow)), max(0, prow - ABOVE_GAP))
+
+
 # Confluent B-lines (white lung): one band of evidence over a wide sector. Measured just under
 # the pleura, where a convex probe's sector is narrow and a band has not yet fanned out.
 CONFLUENT_SHARE = 0.25  # B-line evidence over at least this share of the field of view's width
@@ -305,7 +313,7 @@ def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: n
     if near < MIN_CONTRAST:
         return "no bright line below the pleura"
     # above the pleura, follow the line's own direction (no search: a search finds speckle)
-    r = np.arange(max(0, int(ABOVE_FROM * prow)), max(0, prow - ABOVE_GAP))
+    r = wall_rows(prow)
     c = np.round(start + slope * (r - below[0][0])).astype(int)
     ok = (c >= 0) & (c < w)
     above = maps.contrast[r[ok], c[ok]]
@@ -385,8 +393,7 @@ def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, fol
     # a line with no wall in view beside it: nan, 0 below
     f[:, FEATURE_AT["wall_beside"]] = _medians(beside.transpose(1, 0, 2).reshape(n, -1)) - wall_median
     f[:, FEATURE_AT["peak"]] = peaks
-    f[:, FEATURE_AT["above_profile"]] = _profile_contrast(img, np.arange(max(0, int(ABOVE_FROM * prow)),
-                                                                         max(0, prow - ABOVE_GAP)), cols)
+    f[:, FEATURE_AT["above_profile"]] = _profile_contrast(img, wall_rows(prow), cols)
     return np.nan_to_num(f)
 
 
@@ -403,7 +410,8 @@ def _profile_contrast(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np
     fewer than two rows or three background columns in view."""
     if len(rows) < 2:
         return np.zeros(len(cols))
-    win = _padded(img, SIDE[1], 0.0)[rows[None, :, None], cols[:, rows, None] + SIDE[1] + PROFILE_OFFSETS]
+    win = _padded(img[rows], SIDE[1], 0.0)[np.arange(len(rows))[None, :, None],
+                                           cols[:, rows, None] + SIDE[1] + PROFILE_OFFSETS]
     used = win > IN_VIEW  # in view (off the image: 0)...
     used &= used[:, :, SIDE[1], None]  # ... on a row where the track itself is in view
     shown = used.sum(axis=1)
@@ -522,7 +530,7 @@ def _band_mimic(img: np.ndarray, lo: int, hi: int, prow: int) -> str:
     near, deep = float(np.median(below[:q])), float(np.median(below[-q:]))
     if near < MIN_CONTRAST:
         return "no bright band below the pleura"
-    above = con[max(0, int(ABOVE_FROM * prow)):max(0, prow - ABOVE_GAP)]
+    above = con[wall_rows(prow)]
     return _verdict(above[~np.isnan(above)], near, deep)
 
 
