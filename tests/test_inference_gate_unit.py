@@ -753,14 +753,14 @@ def test_two_frames_checked_one_turned_is_no_majority():
 
 
 def test_the_lung_model_runs_the_next_frames_while_the_last_ones_are_post_processed(monkeypatch):
-    """The model's second batch waits until the first frame has been post-processed: it
+    """The model's second batch waits until the first frames have been post-processed: it
     can, because a helper thread runs the model ahead (run one after the other, it would
     wait in vain). It runs in that helper; the frames come back in order."""
     first_done, threads = threading.Event(), []
-    frame_post = post.lung_frame
+    frames_post = post.lung_frames
 
-    def lung_frame(*args, **kw):
-        out = frame_post(*args, **kw)
+    def lung_frames(*args, **kw):
+        out = frames_post(*args, **kw)
         first_done.set()
         return out
 
@@ -770,7 +770,7 @@ def test_the_lung_model_runs_the_next_frames_while_the_last_ones_are_post_proces
             threads.append(first_done.wait(10))  # True unless it waited in vain
         return [np.full((len(ids), 64), -8.0, np.float32), np.zeros((len(ids), 32), np.float32)]
 
-    monkeypatch.setattr(post, "lung_frame", lung_frame)
+    monkeypatch.setattr(post, "lung_frames", lung_frames)
     reg = models([SURE])
     reg.models["lung"] = _model("lung_bline", answer)
     a = run(cine(8), reg)

@@ -122,3 +122,22 @@ def test_the_mimic_check_answers_for_any_column_and_pleural_row(seed, a, width, 
     # and with the bundle's learned line check deciding (measurements of any line are finite)
     why = post.bline_mimic(img, (a, a + width), pleura, check=LINE_CHECK, peak=0.9)
     assert isinstance(why, str)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), frames=st.integers(1, 6), bins=st.sampled_from([16, 32, 64]),
+       black=st.sampled_from(["none", "one frame", "left half"]))
+def test_a_batch_of_any_frames_is_analysed_as_each_frame_alone(seed, frames, bins, black):
+    """Any stack the runner may hand over (random frames, evidence and pleura, frames or
+    halves of them black): the batch's results are each frame's own, and never an error."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.random((frames, 128, 128)).astype(np.float32)
+    if black == "one frame":
+        imgs[rng.integers(frames)] = 0.0
+    elif black == "left half":
+        imgs[:, :, :64] = 0.0
+    probs = rng.random((frames, bins)) ** 3  # mostly low, with runs above the threshold
+    logits = rng.normal(0, 3, (frames, 16))
+    thresholds = {"bline": 0.5, "pattern_min_blines": 3, "line_check": LINE_CHECK}
+    alone = [post.lung_frame(p, lg, img, thresholds) for p, lg, img in zip(probs, logits, imgs)]
+    assert post.lung_frames(probs, logits, imgs, thresholds) == alone

@@ -399,9 +399,10 @@ def test_the_measurements_hold_at_the_edges_of_the_image(prow, start, slope, bla
         img[:, max(0, start - 12):start + 13] = 0.0
     below = [(prow + 3 + i, start, float(v)) for i, v in enumerate(rng.uniform(-0.1, 0.5, 9))]
     followed = (start, np.array(below), slope)
-    maps = SimpleNamespace(line=line, contrast=con)  # what line_features reads of a LineMaps
+    # what line_features reads of a LineMaps (its frame: the first of a stack of one)
+    maps = SimpleNamespace(line=line, lines=line[None], contrast=SimpleNamespace(at=lambda f, r, c: con[r, c]))
     got = post.line_features(img, maps, prow, start - 1, start + 2, 0.6, followed)
-    want = _oracle_features(img, maps, prow, start - 1, start + 2, 0.6, followed)
+    want = _oracle_features(img, SimpleNamespace(line=line, contrast=con), prow, start - 1, start + 2, 0.6, followed)
     for name, g, x in zip(post.LINE_FEATURES, got, want):
         assert g == pytest.approx(x, abs=1e-9), name
 
@@ -499,6 +500,92 @@ def test_a_frames_lines_measured_together_are_each_measured_alone_to_the_bit(see
     assert len(set(together[:, post.FEATURE_AT["pleura_over_row"]])) > 1  # each line its own
 
 
+def model_outputs(img: np.ndarray, prow: int, spans, peak: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Column probabilities (a bin per pixel column) scoring these runs, and pleura-row
+    logits (a bin per pixel row) putting the pleura at about prow."""
+    h, w = img.shape
+    probs = np.full(w, 0.01)
+    for i, (lo, hi) in enumerate(spans):
+        probs[lo:hi] = peak + 0.07 * i
+    logits = np.zeros(h)
+    logits[prow] = 6.0
+    return probs, logits
+
+
+def stack_of_frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of every kind a batch may hold: textured frames of five lines with their
+    pleura at different rows, one the model scores nothing on, one with a band as wide
+    as confluent lines, one whose pleura lies too low to follow a line below it."""
+    frames, probs, logits = [], [], []
+    for seed in range(6):
+        img, prow, spans = many_lines(seed)
+        frames.append(img)
+        for out, v in zip((probs, logits), model_outputs(img, prow, spans)):
+            out.append(v)
+    img, prow, _ = many_lines(7)
+    frames += [img, img, img]
+    for spans, row in (([], prow), ([(20, 50)], prow), ([(30, 34), (60, 64)], img.shape[0] - 6)):
+        for out, v in zip((probs, logits), model_outputs(img, row, spans)):
+            out.append(v)
+    return np.stack(frames).astype(np.float32), np.stack(probs), np.stack(logits)
+
+
+@pytest.mark.parametrize("check", [None, "peak", "every measurement"])
+def test_frames_analysed_together_are_each_analysed_alone(check):
+    """The kit analyses a batch of frames at once (`lung_frames`): each frame's runs,
+    lines, mimics and their reasons, pleura, score and confluent band are those of the
+    frame analysed alone, to the bit, whatever the batch holds beside it."""
+    imgs, probs, logits = stack_of_frames()
+    thresholds = {"bline": 0.5, "pattern_min_blines": 3}
+    if check is not None:
+        thresholds["line_check"] = peak_check()
+    if check == "every measurement":
+        rng = np.random.default_rng(1)
+        thresholds["line_check"]["weights"] = list(rng.normal(0, 0.3, len(thresholds["line_check"]["weights"])))
+        thresholds["line_check"]["bias"] = 0.0
+        for cut in np.linspace(0.05, 0.95, 19):  # frames of five runs: where it keeps some and turns some away
+            thresholds["line_check"]["among_many"] = {"runs": 5, "threshold": float(cut)}
+            alone = [post.lung_frame(p, lg, img, thresholds) for p, lg, img in zip(probs, logits, imgs)]
+            if any(f["mimics"] for f in alone[:6]):
+                break
+    alone = [post.lung_frame(p, lg, img, thresholds) for p, lg, img in zip(probs, logits, imgs)]
+    assert post.lung_frames(probs, logits, imgs, thresholds) == alone
+    for lo, hi in ((0, 3), (3, 9), (8, 9)):  # any batch: the same frames' results
+        assert post.lung_frames(probs[lo:hi], logits[lo:hi], imgs[lo:hi], thresholds) == alone[lo:hi]
+    assert post.lung_frames(probs[:0], logits[:0], imgs[:0], thresholds) == []
+    kinds = [(f["b_lines"], len(f["mimics"]), f["confluent"]) for f in alone]
+    assert len(set(kinds)) >= 3 and alone[6]["runs"] == alone[6]["mimics"] == []
+    if check is not None:  # lines kept and lines turned away, with their reasons
+        assert any(f["runs"] for f in alone) and any(f["mimics"] for f in alone[:6])
+
+
+def test_a_track_s_slope_is_the_exact_one_or_where_it_rounds_half_way_np_polyfits():
+    """The line's slope is the exact least-squares slope rounded once. The columns the
+    chest wall is read on follow it up from the track's first row; where one of them lies
+    exactly half way between two pixels, the slope is np.polyfit's (`_slope`), whose last
+    bit rounded it when the line check was fitted. Elsewhere both give the same columns."""
+    from fractions import Fraction
+    rng = np.random.default_rng(21)
+    half_way = 0
+    for _ in range(600):
+        n = int(rng.integers(8, 17))
+        rows = np.arange(40.0, 40.0 + n)
+        cols = 60 + np.cumsum(rng.integers(-1, 2, n)).astype(float)
+        got = post._slopes([rows], [cols], [38])[0]
+        xs, ys = [Fraction(int(v)) for v in rows], [Fraction(int(v)) for v in cols]
+        exact = (n * sum(x * y for x, y in zip(xs, ys)) - sum(xs) * sum(ys)) / (n * sum(x * x for x in xs) - sum(xs) ** 2)
+        up = [exact * (r - 40) for r in range(38)]  # the column's offset on each row looked at
+        if any(v - (v.numerator // v.denominator) == Fraction(1, 2) for v in up):
+            half_way += 1
+            assert got == post._slope(rows, cols)
+        else:
+            assert got == float(exact)
+            polyfit = post._slope(rows, cols)
+            assert np.array_equal(np.round(60 + got * (np.arange(38) - 40)), np.round(60 + polyfit * (np.arange(38) - 40)))
+    assert half_way > 10  # both cases were tried
+    assert list(post._slopes([], [], [])) == []
+
+
 @pytest.mark.parametrize("case", ["wall_black", "beside_black", "shallow"])
 def test_the_measurements_where_the_image_shows_little(case):
     """A chest wall all black, black only beside one line, a pleura six rows down (windows
@@ -539,17 +626,16 @@ def test_medians_of_many_rows_are_each_rows_median():
     assert got[3] == np.median(grid[3])
     assert np.isnan(post._medians([np.array([]), np.array([])])).all()
     assert np.isnan(post._medians(np.zeros((3, 0)))).all()
+    wide = rng.random((5, 40))  # rows long enough for a partial sort
+    wide[1, 25:] = np.nan
+    wide[2, :] = np.nan
+    wide[3, 1::2] = np.nan
+    got = post._medians(wide)
+    assert [got[0], got[1], got[3], got[4]] == [np.median(wide[0]), np.median(wide[1, :25]), np.median(wide[3, ::2]),
+                                                np.median(wide[4])] and np.isnan(got[2])
     kept = grid.copy()
     post._medians(grid)
     assert np.array_equal(grid, kept, equal_nan=True)  # the caller's rows are not sorted in place
-
-
-@pytest.mark.parametrize("dtype, value", [(np.float32, np.nan), (np.float64, -np.inf), (np.int64, 7)])
-def test_padding_is_np_pads(dtype, value):
-    a = (np.arange(12).reshape(3, 4) * 1.5).astype(dtype)
-    got = post._padded(a, 2, value)
-    want = np.pad(a, ((0, 0), (2, 2)), constant_values=value)
-    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
 def test_the_slope_is_np_polyfits_to_the_bit():

@@ -1599,6 +1599,49 @@ def test_tracks_followed_together_are_each_the_track_followed_alone():
         assert np.array_equal(t, maps.track(0, col))
 
 
+def test_a_stack_of_frames_has_each_frames_maps_and_tracks():
+    """LineMaps of several frames at once (the kit's batches): each frame's line brightness,
+    contrast and tracks are those of the frame alone, to the bit, and every lookup names
+    its frame."""
+    rng = np.random.default_rng(8)
+    imgs = (0.1 + 0.8 * rng.random((3, 30, 26))).astype(np.float32)
+    imgs[1, :, :4] = 0.0  # one frame black along its left edge
+    stack = post.LineMaps(imgs)
+    assert stack.line.shape == stack.lines.shape == imgs.shape
+    rows, cols = np.indices(imgs.shape[1:])
+    for f, img in enumerate(imgs):
+        alone = post.LineMaps(img)
+        assert np.array_equal(stack.lines[f], alone.line) and alone.lines.shape == (1, *img.shape)
+        assert np.array_equal(stack.contrast[f, rows, cols], alone.contrast[rows, cols], equal_nan=True)
+        assert np.array_equal(stack.contrast.at(f, rows, cols), alone.contrast.at(0, rows, cols), equal_nan=True)
+        for r0, c0 in ((0, 0), (3, 13), (10, 25)):
+            assert np.array_equal(stack.tracks([r0], [c0], [f])[0], alone.track(r0, c0))
+    # tracks of several frames, from rows of their own, followed at once
+    together = stack.tracks([2, 9, 0], [5, 20, 1], [2, 0, 1])
+    assert all(np.array_equal(t, post.LineMaps(imgs[f]).track(r0, c0))
+               for t, (f, r0, c0) in zip(together, [(2, 2, 5), (0, 9, 20), (1, 0, 1)]))
+    s, n = post._box(imgs, -1, 1)
+    assert all(np.array_equal(s[f], post._box(img, -1, 1)[0]) for f, img in enumerate(imgs))
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 7])
+def test_a_track_steps_to_the_brightest_of_the_three_columns_below_the_first_of_equals(w):
+    rng = np.random.default_rng(w)
+    line = rng.integers(0, 3, (2, 5, w)).astype(float)  # many ties
+    want = np.zeros(line.shape, int)
+    for f, r, c in np.ndindex(line.shape):
+        near = [line[f, r, c - 1] if c > 0 else -np.inf, line[f, r, c], line[f, r, c + 1] if c + 1 < w else -np.inf]
+        want[f, r, c] = int(np.argmax(near)) - 1
+    assert np.array_equal(post._steps(line), want)
+
+
+def test_pixels_of_a_stack_are_gathered_as_numpy_indexes_them():
+    stack = np.arange(2 * 5 * 7, dtype=float).reshape(2, 5, 7)
+    frames, rows, cols = np.array([[1], [0]]), np.array([[4], [2]]), np.array([[0, 6, 3], [1, 1, 5]])
+    assert np.array_equal(post._gather(stack, frames, rows, cols), stack[frames, rows, cols])
+    assert post._gather(stack[:, :, ::2], 1, 3, 2) == stack[1, 3, 4]  # a view, not a copy
+
+
 # --- close lines in one run: told apart where they fan out (postprocess.fan_lines) ---
 
 def test_peaks_stand_apart_only_across_a_dip():

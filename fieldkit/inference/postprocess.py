@@ -61,6 +61,13 @@ def pleura_row(row_logits: np.ndarray, input_rows: int) -> float:
     return float((np.argmax(p) + 0.5) * input_rows / bins)
 
 
+def pleura_rows(row_logits: np.ndarray, input_rows: int) -> list[float]:
+    """`pleura_row` of each frame's logits ((frames, bins)), taken at once."""
+    bins = row_logits.shape[-1]
+    p = softmax(row_logits)
+    return ((np.argmax(p, axis=-1) + 0.5) * input_rows / bins).tolist()
+
+
 def fluid_mask(fluid_logits: np.ndarray, threshold: float) -> np.ndarray:
     """(1, h, w) or (h, w) logits -> bool mask."""
     return sigmoid(np.squeeze(fluid_logits)) >= threshold
@@ -112,33 +119,63 @@ BAND_SIDE = 10  # a run wider than a line: its background is this many input pix
 
 
 def _box(img: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the sum and count of img[row, col+lo : col+hi+1] (clipped at the edges)."""
-    h, w = img.shape
-    c = np.concatenate([np.zeros((h, 1)), np.cumsum(img, axis=1)], axis=1)
+    """Per pixel, the sum and count of img[..., row, col+lo : col+hi+1] (clipped at the
+    edges; img: one frame or a stack of them): differences of the row's running sums (in
+    img's own precision, as the line check was fitted), taken in float64. Written into one
+    array, not through a padded copy: arrays of a few frames are fresh memory the system
+    has to map page by page, which cost more than the sums themselves."""
+    w = img.shape[-1]
+    run = np.cumsum(img, axis=-1)  # run[..., k]: the first k + 1 pixels
     cols = np.arange(w)
-    a, b = np.clip(cols + lo, 0, w), np.clip(cols + hi + 1, 0, w)
-    return c[:, b] - c[:, a], np.maximum(b - a, 0)
+    a, b = np.clip(cols + lo, 0, w), np.clip(cols + hi + 1, 0, w)  # the window [a, b)
+    out = np.empty(img.shape)
+    j0, j1 = min(w, max(0, 1 - lo)), max(0, min(w, w - hi))  # columns whose window is not clipped (nor at 0)
+    if j1 > j0:
+        np.subtract(run[..., j0 + hi:j1 + hi], run[..., j0 + lo - 1:j1 + lo - 1], out=out[..., j0:j1], dtype=np.float64)
+    for j in [*range(j0), *range(max(j0, j1), w)]:  # the columns near the edges
+        np.subtract(run[..., b[j] - 1] if b[j] else 0.0, run[..., a[j] - 1] if a[j] else 0.0,
+                    out=out[..., j], dtype=np.float64)
+    return out, np.maximum(b - a, 0)
+
+
+def _gather(stack: np.ndarray, frames, rows, cols) -> np.ndarray:
+    """stack[frames, rows, cols] (index arrays broadcast together) through one flat index:
+    numpy's gather over three index arrays costs a few times more."""
+    _, h, w = stack.shape
+    return np.ascontiguousarray(stack).reshape(-1).take((frames * h + rows) * w + cols)
 
 
 SIDE_OFFSETS = np.concatenate([np.arange(-SIDE[1], -SIDE[0] + 1), np.arange(SIDE[0], SIDE[1] + 1)])
 
 
 class SideContrast:
-    """The line's contrast, indexed like an (h, w) array ([rows, cols], scalars or arrays):
-    its brightness minus the median of the background bands either side (a median: a
-    neighbouring line in one band does not lift it; nan outside the field of view).
-    Computed only where asked: a frame's lines need a few hundred of its pixels, and the
-    medians of all of them cost more than the rest of the frame's post-processing."""
+    """The line's contrast, indexed like an (h, w) array ([rows, cols], scalars or arrays;
+    [frames, rows, cols] for a stack of frames, and `at` for either): its brightness minus
+    the median of the background bands either side (a median: a neighbouring line in one
+    band does not lift it; nan outside the field of view). Computed only where asked: a
+    frame's lines need a few hundred of its pixels, and the medians of all of them cost
+    more than the rest of the frame's post-processing."""
 
     def __init__(self, img: np.ndarray, line: np.ndarray):
-        self.line = line
-        self._pad = _padded(img.astype(np.float32), SIDE[1], np.nan)
+        self._frames = img.ndim == 3
+        self.line = line if self._frames else line[None]
+        self._img = img if self._frames else img[None]
 
     def __getitem__(self, where):
-        rows, cols = where
+        return self.at(*where) if self._frames else self.at(0, *where)
+
+    def at(self, frames, rows, cols) -> np.ndarray:
+        """The contrast at (frames, rows, cols) (rows and cols alike in shape; frames one
+        frame or one for each)."""
         rows, cols = np.asarray(rows), np.asarray(cols)
-        line = self.line[rows, cols]
-        sides = np.sort(self._pad[rows.reshape(-1, 1), cols.reshape(-1, 1) + SIDE[1] + SIDE_OFFSETS], axis=1)  # nan (off the edge) last
+        frames = np.broadcast_to(frames, rows.shape)
+        line = _gather(self.line, frames, rows, cols)
+        w = self._img.shape[2]
+        at = cols.reshape(-1, 1) + SIDE_OFFSETS
+        # the background in float32, the model's input (nan off the edge: sorted last)
+        sides = _gather(self._img, frames.reshape(-1, 1), rows.reshape(-1, 1), np.clip(at, 0, w - 1)).astype(np.float32)
+        sides[(at < 0) | (at >= w)] = np.nan
+        sides.sort(axis=1)
         n = np.maximum((~np.isnan(sides)).sum(axis=1), 1)  # the median of the values present
         i = np.arange(len(sides))
         side = (0.5 * (sides[i, (n - 1) // 2] + sides[i, n // 2])).reshape(line.shape)
@@ -148,51 +185,64 @@ class SideContrast:
 class LineMaps:
     """A frame's line brightness per pixel (`line`: the mean over the line's width), its
     contrast (`contrast`, a SideContrast) and the way a track goes from each pixel to the
-    next row, computed once per frame so that following a line costs a lookup per row."""
+    next row, computed once per frame so that following a line costs a lookup per row.
+    Made for a stack of frames at once (frames, h, w), `line` is a stack too and every
+    lookup names its frame; `lines` is always the stack (one frame: a stack of one)."""
 
     def __init__(self, img: np.ndarray):
         s, n = _box(img, -LINE_HALF, LINE_HALF)
-        self.line = s / np.maximum(n, 1)
-        self.contrast = SideContrast(img, self.line)
-        # the brightest of the columns c-1, c, c+1 (the first of equals), as np.argmax picks it
-        pad = _padded(self.line, 1, -np.inf)
-        left, mid, right = pad[:, :-2], pad[:, 1:-1], pad[:, 2:]
-        to_left = (left >= mid) & (left >= right)
-        to_right = (mid < right) & ~to_left
-        self._next = to_right.astype(np.intp) - to_left + np.arange(self.line.shape[1])
+        s /= np.maximum(n, 1)
+        self.line = s
+        self.lines = s if img.ndim == 3 else s[None]
+        self.contrast = SideContrast(img, s)
+        self._step = _steps(self.lines)
 
     def track(self, row0: int, col0: int) -> np.ndarray:
-        """(n, 3): (row, column, contrast) down a near-vertical line from (row0, col0) to the
-        bottom of the field of view; the column may drift one pixel per row (lines fan out
-        on a convex or phased probe)."""
+        """(n, 3): (row, column, contrast) down a near-vertical line from (row0 >= 0, col0)
+        to the bottom of the field of view; the column may drift one pixel per row (lines
+        fan out on a convex or phased probe)."""
         return self.tracks(row0, [col0])[0]
 
-    def tracks(self, row0: int, cols0) -> list[np.ndarray]:
-        """`track` from row0 for each of the columns cols0, their contrast looked up at once."""
-        steps = memoryview(self._next[row0:])  # lookups one pixel at a time: far cheaper than numpy's
-        paths = []
-        for col in cols0:
-            path = []
-            for r in range(steps.shape[0]):
-                col = steps[r, col]
-                path.append(col)
-            paths.append(path)
-        rows = np.arange(row0, row0 + steps.shape[0])
-        cols = np.array(paths, int).reshape(len(paths), steps.shape[0])
-        rows = np.broadcast_to(rows, cols.shape)
-        con = self.contrast[rows, cols]
-        out = np.stack([rows, cols, con], axis=-1)  # (tracks, rows, 3)
-        gone = np.isnan(con)  # the first pixel out of the field of view ends a track
-        ends = (np.where(gone.any(axis=1), gone.argmax(axis=1), gone.shape[1]) if gone.size
-                else np.zeros(len(gone), int)).tolist()  # no rows (from below the image): nothing
-        return [out[k, :n] for k, n in enumerate(ends)]
+    def tracks(self, row0, cols0, frames=None) -> list[np.ndarray]:
+        """`track` from row0 (one for all, or one for each) for each of the columns cols0 (in
+        frames: one for each, for a stack; frame 0 when None), their contrast looked up at once."""
+        row0 = [row0] * len(cols0) if np.ndim(row0) == 0 else row0
+        frames = [0] * len(cols0) if frames is None else frames
+        h = self._step.shape[1]
+        steps = memoryview(self._step)  # lookups one pixel at a time: far cheaper than numpy's
+        cols, starts, lengths = [], [], []
+        for f, r0, col in zip(frames, row0, cols0):
+            starts.append(len(cols))
+            for r in range(r0, h):
+                col += steps[f, r, col]
+                cols.append(col)
+            lengths.append(len(cols) - starts[-1])
+        rows = np.concatenate([np.arange(r0, r0 + n) for r0, n in zip(row0, lengths)] + [np.zeros(0, int)])
+        at = np.repeat(np.asarray(frames, np.intp), lengths)
+        con = self.contrast.at(at, rows, np.array(cols, np.intp))
+        out = np.column_stack([rows, cols, con]) if len(con) else np.zeros((0, 3))
+        # the first pixel out of the field of view ends a track
+        gone = np.flatnonzero(np.isnan(con))
+        starts, lengths = np.array(starts, np.intp), np.array(lengths, np.intp)
+        first = gone[np.minimum(np.searchsorted(gone, starts), len(gone) - 1)] if len(gone) else starts + lengths
+        ends = np.where((first >= starts) & (first < starts + lengths), first, starts + lengths)
+        return [out[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
 
 
-def _padded(a: np.ndarray, n: int, value: float) -> np.ndarray:
-    """a with n columns of value either side (np.pad's result, without its overhead)."""
-    out = np.full((a.shape[0], a.shape[1] + 2 * n), value, a.dtype)
-    out[:, n:n + a.shape[1]] = a
-    return out
+def _steps(line: np.ndarray) -> np.ndarray:
+    """Per pixel of a stack of line maps, the column step (-1, 0, 1) a track takes to the
+    next row: to the brightest of the columns c-1, c, c+1 (the first of equals, as
+    np.argmax picks it; nothing lies beyond the image's edges)."""
+    step = np.zeros(line.shape, np.int8)
+    if line.shape[-1] < 2:
+        return step
+    left, mid, right = line[..., :-2], line[..., 1:-1], line[..., 2:]
+    to_left = (left >= mid) & (left >= right)
+    step[..., 1:-1] = (mid < right) & ~to_left
+    step[..., 1:-1] -= to_left
+    step[..., 0] = line[..., 0] < line[..., 1]
+    step[..., -1] = -(line[..., -2] >= line[..., -1]).astype(np.int8)
+    return step
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -204,6 +254,29 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.lstsq(lhs / scale, y)[0][0] / scale[0])
 
 
+def _slopes(xs, ys, rows_up) -> np.ndarray:
+    """The slope of each line (xs, ys: the rows and columns of its track's first rows,
+    whole numbers, two rows at least), for following it up through the rows 0 to
+    rows_up - 1 (one for each): the exact least-squares slope, from sums that are exact in
+    floating point, rounded once. Where the line's exact column on one of those rows lies
+    exactly half way between two pixels, the slope is `_slope`'s, whose last bit decided the
+    rounding there when the line check was fitted; the columns it gives elsewhere are the
+    same either way (an exact column is at least 1/(2 x the sums' denominator) from half way)."""
+    n = np.array([len(x) for x in xs], np.int64)
+    x, y = np.zeros((len(xs), int(n.max(initial=0))), np.int64), np.zeros((len(xs), int(n.max(initial=0))), np.int64)
+    for i, (a, b) in enumerate(zip(xs, ys)):
+        x[i, :len(a)], y[i, :len(b)] = a, b
+    sx, sy = x.sum(axis=1), y.sum(axis=1)
+    num, den = n * (x * y).sum(axis=1) - sx * sy, n * (x * x).sum(axis=1) - sx * sx
+    out = num / den
+    rows = np.arange(max(rows_up, default=0))
+    d = rows - x[:, :1]  # from the track's first row to each row looked at
+    half = (2 * num[:, None] * d % (2 * den[:, None]) == den[:, None]) & (rows < np.array(rows_up)[:, None])
+    for i in np.flatnonzero(half.any(axis=1)).tolist():
+        out[i] = _slope(np.asarray(xs[i], float), np.asarray(ys[i], float))
+    return out
+
+
 def _follow(img: np.ndarray, lo: int, hi: int, prow: int, maps: LineMaps) -> tuple[int, np.ndarray, float] | None:
     """The line a run of columns [lo, hi) scored (`_follow_lines` for one run)."""
     return _follow_lines(img, [(lo, hi)], prow, maps)[0]
@@ -213,19 +286,28 @@ def _follow_lines(img: np.ndarray, spans, prow: int, maps: LineMaps) -> list:
     """For each run of columns [lo, hi) in spans, the line it scored: its brightest column
     just under the pleura, its track from there to the bottom (`LineMaps.track`) and its
     slope (columns per row); None when too little image lies below the pleura to judge."""
-    r0 = prow + 3  # under the pleural line's own echo
-    band = img[r0:r0 + 8]
-    if len(band) < 8:  # too little image below the pleura
-        return [None] * len(spans)
-    profile = band.mean(axis=0)
-    starts = [lo + int(np.argmax(profile[lo:hi])) if hi > lo else None  # its brightest column
-              for lo, hi in spans]  # under the pleura (None: columns off the image)
-    tracks = iter(maps.tracks(r0, [c for c in starts if c is not None]))
-    below = [next(tracks) if start is not None else () for start in starts]
-    kept = [i for i, b in enumerate(below) if len(b) >= 8]  # the others leave the field of view
-    out = [None] * len(spans)
-    for i in kept:
-        out[i] = (starts[i], below[i], _slope(below[i][:16, 0], below[i][:16, 1]))
+    return _follow_frames(img[None], [(0, prow, lo, hi) for lo, hi in spans], maps)
+
+
+def _follow_frames(imgs: np.ndarray, runs_at, maps: LineMaps) -> list:
+    """`_follow_lines` for runs in a stack of frames: runs_at holds (frame, pleura row, lo,
+    hi) for each, maps are the stack's."""
+    h = imgs.shape[1]
+    profiles = {}  # per frame: the band under the pleura's mean per column (None: too little image)
+    for f, prow, _, _ in runs_at:
+        if f not in profiles:
+            r0 = prow + 3  # under the pleural line's own echo
+            profiles[f] = imgs[f, r0:r0 + 8].mean(axis=0) if h - r0 >= 8 else None
+    starts = [lo + int(np.argmax(profiles[f][lo:hi])) if profiles[f] is not None and hi > lo else None
+              for f, _, lo, hi in runs_at]  # its brightest column under the pleura (None: off the image)
+    at = [i for i, c in enumerate(starts) if c is not None]
+    below = maps.tracks([runs_at[i][1] + 3 for i in at], [starts[i] for i in at], [runs_at[i][0] for i in at])
+    kept = [(i, b) for i, b in zip(at, below) if len(b) >= 8]  # the others leave the field of view
+    slopes = _slopes([b[:16, 0] for _, b in kept], [b[:16, 1] for _, b in kept],
+                     [max(1, runs_at[i][1] - 2) for i, _ in kept])  # the rows `frames_features` looks at
+    out = [None] * len(runs_at)
+    for (i, b), slope in zip(kept, slopes.tolist()):
+        out[i] = (starts[i], b, slope)
     return out
 
 
@@ -253,29 +335,40 @@ def line_mimics(img: np.ndarray, cols, pleura_row: float, maps=None, check: dict
 def _judged(img: np.ndarray, cols, pleura_row: float, maps, check: dict | None, peaks,
             among: int) -> tuple[list[str], list]:
     """`line_mimics`, and each run's `_follow_lines` result (None: a band, or not followed)."""
-    prow = int(round(pleura_row))
-    spans = [run_pixels(c, img.shape[1]) for c in cols]
-    peaks = [1.0] * len(spans) if peaks is None else peaks
-    why = [_band_mimic(img, lo, hi, prow) if is_band(lo, hi) else "" for lo, hi in spans]
-    lines = [i for i, (lo, hi) in enumerate(spans) if not is_band(lo, hi)]
-    per_run = [None] * len(spans)
+    return _judged_frames(img[None], [cols], [pleura_row], maps, check, [peaks], [among])[0]
+
+
+def _judged_frames(imgs: np.ndarray, cols, pleura_rows, maps, check: dict | None, peaks,
+                   among) -> list[tuple[list[str], list]]:
+    """`_judged` for each frame of a stack (cols, pleura_rows, peaks, among: one for each
+    frame; maps: the stack's, or None), the lines of all its frames followed, measured and
+    checked together."""
+    # the model's pleura lies in the image; a row asked for off it is read at its edge
+    prows = [min(imgs.shape[1] - 1, max(0, int(round(p)))) for p in pleura_rows]
+    spans = [[run_pixels(c, imgs.shape[2]) for c in frame_cols] for frame_cols in cols]
+    peaks = [[1.0] * len(s) if p is None else p for s, p in zip(spans, peaks)]
+    why = [[_band_mimic(img, lo, hi, prow) if is_band(lo, hi) else "" for lo, hi in s]
+           for img, s, prow in zip(imgs, spans, prows)]
+    per_run = [[None] * len(s) for s in spans]
+    lines = [(f, i) for f, s in enumerate(spans) for i, (lo, hi) in enumerate(s) if not is_band(lo, hi)]
     if not lines:
-        return why, per_run
-    maps = maps if maps is not None else LineMaps(img)
-    followed = _follow_lines(img, [spans[i] for i in lines], prow, maps)
-    for i, f in zip(lines, followed):
-        per_run[i] = f
+        return list(zip(why, per_run))
+    maps = maps if maps is not None else LineMaps(imgs)
+    followed = _follow_frames(imgs, [(f, prows[f], *spans[f][i]) for f, i in lines], maps)
+    for (f, i), fo in zip(lines, followed):
+        per_run[f][i] = fo
     # too little image below the pleura to judge: leave the model's call ("")
-    judged = [(i, f) for i, f in zip(lines, followed) if f is not None]
+    judged = [(f, i, fo) for (f, i), fo in zip(lines, followed) if fo is not None]
     kept = [False] * len(judged)
     if check is not None and judged:
-        probs = line_check_probs(lines_features(img, maps, prow, [spans[i] for i, _ in judged],
-                                                [peaks[i] for i, _ in judged], [f for _, f in judged]), check)
-        kept = [p >= check_threshold(check, among) for p in probs]
-    for (i, f), keep in zip(judged, kept):
+        probs = line_check_probs(frames_features(imgs, maps, [f for f, _, _ in judged], [prows[f] for f, _, _ in judged],
+                                                 [spans[f][i] for f, i, _ in judged], [peaks[f][i] for f, i, _ in judged],
+                                                 [fo for _, _, fo in judged]), check)
+        kept = [p >= check_threshold(check, among[f]) for (f, _, _), p in zip(judged, probs)]
+    for (f, i, fo), keep in zip(judged, kept):
         if not keep:  # the reason in words (and the verdict without a check)
-            why[i] = _line_rules(img, maps, prow, *f) or (NOT_SHAPED if check is not None else "")
-    return why, per_run
+            why[f][i] = _line_rules(imgs[f], maps, prows[f], *fo, frame=f) or (NOT_SHAPED if check is not None else "")
+    return list(zip(why, per_run))
 
 
 def check_threshold(check: dict, among: int) -> float:
@@ -304,8 +397,10 @@ def is_band(lo: int, hi: int) -> bool:
 NOT_SHAPED = "not shaped like a B-line from the pleural line to the bottom (line check)"
 
 
-def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: np.ndarray, slope: float) -> str:
-    """The hand-set rules on a followed line (see `_verdict`)."""
+def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: np.ndarray, slope: float,
+                frame: int = 0) -> str:
+    """The hand-set rules on a followed line (see `_verdict`; img: its frame, maps: the
+    stack's, frame: its place in the stack)."""
     w = img.shape[1]
     q = max(2, len(below) // 4)
     contrast = below[:, 2]
@@ -316,7 +411,7 @@ def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: n
     r = wall_rows(prow)
     c = np.round(start + slope * (r - below[0][0])).astype(int)
     ok = (c >= 0) & (c < w)
-    above = maps.contrast[r[ok], c[ok]]
+    above = maps.contrast.at(frame, r[ok], c[ok])
     return _verdict(above[~np.isnan(above)], near, deep)
 
 
@@ -339,61 +434,91 @@ def line_features(img: np.ndarray, maps: LineMaps, prow: int, lo: int, hi: int, 
 
 
 def lines_features(img: np.ndarray, maps: LineMaps, prow: int, spans, peaks, followed) -> np.ndarray:
-    """(lines, LINE_FEATURES) of a frame's followed lines (`_follow_lines`' results; spans:
-    their runs' [lo, hi) columns; peaks: the model's): each line's contrast just under the
-    pleura, at the bottom and along the way; its width, depth and slope; its contrast over
-    the chest wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of
-    bright rows); how far the pleura stands out on the line (B-lines start at it, E-lines
-    run through it) and along the pleural row; the chest wall beside the line against the
-    whole wall (emphysema darkens it); the model's own peak; the chest wall just above the
-    pleura averaged along the line's track (`_profile_contrast`)."""
-    h, w = img.shape
-    n, line = len(followed), maps.line
+    """(lines, LINE_FEATURES) of a frame's followed lines (`frames_features` for one frame)."""
+    return frames_features(img[None], maps, [0] * len(followed), [prow] * len(followed), spans, peaks, followed)
+
+
+def frames_features(imgs: np.ndarray, maps: LineMaps, frames, prows, spans, peaks, followed) -> np.ndarray:
+    """(lines, LINE_FEATURES) of followed lines in a stack of frames (`_follow_frames`'
+    results; for each line its frame, its frame's pleural row, its run's [lo, hi) columns
+    and the model's peak; maps: the stack's): each line's contrast just under the pleura, at
+    the bottom and along the way; its width, depth and slope; its contrast over the chest
+    wall in ABOVE_WINDOWS (shares of the pleura's row: the median, and the share of bright
+    rows); how far the pleura stands out on the line (B-lines start at it, E-lines run
+    through it) and along the pleural row; the chest wall beside the line against the whole
+    wall (emphysema darkens it); the model's own peak; the chest wall just above the pleura
+    averaged along the line's track (`_profile_contrast`). Lines of several frames are
+    measured together: rows a line's frame does not look at are nan (no value) or left out."""
+    _, h, w = imgs.shape
+    n, line = len(followed), maps.lines
+    fr, prow = np.array(frames, np.intp), np.array(prows, np.intp)
     starts = np.array([f[0] for f in followed])
     slopes = np.array([f[2] for f in followed])
     below = [f[1][:, 2] for f in followed]
     quarter = [max(2, len(cb) // 4) for cb in below]
-    r_all = np.arange(max(1, prow - 2))
+    looked = np.maximum(1, prow - 2)  # rows looked at above the pleura, to 3 rows above it
+    r_all = np.arange(looked.max(initial=1))
     top = np.array([fo[1][0][0] for fo in followed])[:, None]  # the track's first row
     cols = np.clip(np.round(starts[:, None] + slopes[:, None] * (r_all - top)).astype(int), 0, w - 1)
-    # the track ends 3 rows above the pleura; a last column of nan stands for "no row"
+    # the line followed up through the chest wall; a last column of nan stands for "no row"
     above = np.full((n, len(r_all) + 1), np.nan)
-    above[:, :-1] = maps.contrast[np.broadcast_to(r_all, cols.shape), cols]
+    above[:, :-1] = maps.contrast.at(fr[:, None], np.broadcast_to(r_all, cols.shape), cols)
+    above[:, :-1][r_all >= looked[:, None]] = np.nan  # rows its own frame does not look at
     # each window's rows as columns of `above` (padded with the nan column), all lines at once
-    rows_in = [range(len(r_all))[int(a * prow):max(int(a * prow) + 1, int(b * prow))] for a, b in ABOVE_WINDOWS]
-    at = np.full((len(rows_in), max(1, max(map(len, rows_in)))), len(r_all))
-    for k, r in enumerate(rows_in):
-        at[k, :len(r)] = r
-    windows = above[:, at]  # (lines, windows, rows)
-    wall = img[int(0.3 * prow):max(int(0.3 * prow) + 1, prow - 4)].astype(float)
-    inside = wall[wall > IN_VIEW]
-    # the chest wall beside each line (12 columns either side), nan where it is out of view
-    beside = _padded(np.where(wall > IN_VIEW, wall, np.nan), 12, np.nan)[:, starts[:, None] + np.arange(25)]
+    first = np.minimum((np.array(ABOVE_WINDOWS)[:, 0] * prow[:, None]).astype(int), looked[:, None])
+    last = np.minimum(np.maximum(first + 1, (np.array(ABOVE_WINDOWS)[:, 1] * prow[:, None]).astype(int)), looked[:, None])
+    at = first[:, :, None] + np.arange(max(1, int((last - first).max(initial=1))))
+    at = np.where(at < last[:, :, None], at, len(r_all))
+    windows = np.take_along_axis(above[:, None, :], at, axis=2)  # (lines, windows, rows)
+    # the chest wall: its median in each frame, and beside each line (12 columns either
+    # side), nan where it is out of view
+    wall_from = (0.3 * prow).astype(int)
+    wall_to = np.maximum(wall_from + 1, prow - 4)
+    wall_median = {}
+    for k, a, b in zip(fr.tolist(), wall_from.tolist(), wall_to.tolist()):
+        if k not in wall_median:
+            wall = imgs[k, a:b].astype(float)
+            inside = wall[wall > IN_VIEW]
+            wall_median[k] = _median(inside) if len(inside) else np.nan
+    rows = wall_from[:, None] + np.arange(int((wall_to - wall_from).max(initial=1)))
+    near_cols = starts[:, None, None] + np.arange(-12, 13)
+    beside = _gather(imgs, fr[:, None, None], np.minimum(rows, h - 1)[:, :, None], np.clip(near_cols, 0, w - 1)).astype(float)
+    beside = np.where((beside > IN_VIEW) & (rows < wall_to[:, None])[:, :, None] & (near_cols >= 0) & (near_cols < w),
+                      beside, np.nan)
     # the medians of all lines sorted together, in groups of like length: below the pleura
     # (near, deep, all) and over the chest wall in each window
     near, deep, along = _medians([cb[:q] for cb, q in zip(below, quarter)] + [cb[-q:] for cb, q in zip(below, quarter)]
                                  + below).reshape(3, n)
-    in_windows = _medians(windows.reshape(n * len(rows_in), -1)).reshape(n, len(rows_in))
+    in_windows = _medians(windows.reshape(n * len(ABOVE_WINDOWS), -1)).reshape(n, len(ABOVE_WINDOWS))
     f = np.empty((n, len(LINE_FEATURES)))  # column FEATURE_AT[name]: that measurement
     # the first seven measurements, in LINE_FEATURES' order
     f[:, :7] = np.column_stack([near, deep, along, [cb.min() for cb in below], [hi - lo for lo, hi in spans],
-                                np.full(n, prow / h), slopes])
+                                prow / h, slopes])
     shown = np.maximum(np.count_nonzero(~np.isnan(windows), axis=2), 1)
     f[:, ABOVE_AT["median"]] = in_windows  # nan (0 below) when no row is in view
     f[:, ABOVE_AT["bright"]] = np.count_nonzero(windows > ABOVE_BRIGHT, axis=2) / shown
-    at = line[max(0, prow - 2):prow + 3, starts].max(axis=0)  # a followed line has rows under the pleura
-    over = _medians(line[max(0, prow - 12):max(1, prow - 4), starts].T) if prow > 4 else 0.0
-    under = _medians(line[prow + 4:prow + 12, starts].T) if prow + 12 < h else 0.0
-    f[:, FEATURE_AT["pleura_over_above"]], f[:, FEATURE_AT["pleura_over_below"]] = at - over, at - under
-    row = img[max(0, prow - 2):prow + 3]
-    shown = row.max(0) > IN_VIEW
-    f[:, FEATURE_AT["pleura_over_row"]] = (row[:, starts].max(axis=0) - _median(row.max(0)[shown])
-                                           if shown.any() else 0.0)
-    wall_median = _median(inside) if len(inside) else np.nan
+    # the line on the pleura (a followed line has rows under it), 8 rows over it and under it
+    near_rows = prow[:, None] + np.arange(-2, 3)
+    on = _gather(line, fr[:, None], np.clip(near_rows, 0, h - 1), starts[:, None])
+    on_pleura = np.where((near_rows >= 0) & (near_rows < h), on, -np.inf).max(axis=1)
+    over_rows = prow[:, None] + np.arange(-12, -4)
+    over = _gather(line, fr[:, None], np.maximum(over_rows, 0), starts[:, None])
+    over = np.where(prow > 4, _medians(np.where(over_rows >= 0, over, np.nan)), 0.0)
+    under_rows = np.minimum(prow[:, None] + np.arange(4, 12), h - 1)
+    under = np.where(prow + 12 < h, _medians(_gather(line, fr[:, None], under_rows, starts[:, None])), 0.0)
+    f[:, FEATURE_AT["pleura_over_above"]], f[:, FEATURE_AT["pleura_over_below"]] = on_pleura - over, on_pleura - under
+    # the pleural row: its brightest pixel per column, on the line against its median in view
+    on_row = np.empty(n)
+    for k, p in set(zip(fr.tolist(), prow.tolist())):
+        peak_of = imgs[k, max(0, p - 2):p + 3].max(axis=0)
+        shown = peak_of > IN_VIEW
+        mine = fr == k
+        on_row[mine] = peak_of[starts[mine]] - _median(peak_of[shown]) if shown.any() else 0.0
+    f[:, FEATURE_AT["pleura_over_row"]] = on_row
     # a line with no wall in view beside it: nan, 0 below
-    f[:, FEATURE_AT["wall_beside"]] = _medians(beside.transpose(1, 0, 2).reshape(n, -1)) - wall_median
+    f[:, FEATURE_AT["wall_beside"]] = _medians(beside.reshape(n, -1)) - np.array([wall_median[k] for k in fr.tolist()])
     f[:, FEATURE_AT["peak"]] = peaks
-    f[:, FEATURE_AT["above_profile"]] = _profile_contrast(img, wall_rows(prow), cols)
+    f[:, FEATURE_AT["above_profile"]] = _profile_contrasts(imgs, fr, [wall_rows(p) for p in prow.tolist()], cols)
     return np.nan_to_num(f)
 
 
@@ -407,12 +532,20 @@ def _profile_contrast(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np
     profile's peak within a pixel of the track over the median of its background bands
     (SIDE). A line that runs through those rows adds up along them while speckle averages
     out, so an E-line or a needle shows there even where no row of it stands out; 0 with
-    fewer than two rows or three background columns in view."""
-    if len(rows) < 2:
-        return np.zeros(len(cols))
-    win = _padded(img[rows], SIDE[1], 0.0)[np.arange(len(rows))[None, :, None],
-                                           cols[:, rows, None] + SIDE[1] + PROFILE_OFFSETS]
-    used = win > IN_VIEW  # in view (off the image: 0)...
+    fewer than two rows or three background columns in view (`_profile_contrasts` for one frame)."""
+    return _profile_contrasts(img[None], np.zeros(len(cols), np.intp), [rows] * len(cols), cols)
+
+
+def _profile_contrasts(imgs: np.ndarray, frames: np.ndarray, rows, cols: np.ndarray) -> np.ndarray:
+    """`_profile_contrast` of lines in a stack of frames (for each line its frame and its rows)."""
+    lengths = np.array([len(r) for r in rows], np.intp)
+    at = np.zeros((len(rows), int(lengths.max(initial=0))), np.intp)  # each line's rows (0: none)
+    for i, r in enumerate(rows):
+        at[i, :len(r)] = r
+    counted = np.arange(at.shape[1]) < lengths[:, None]
+    across = np.take_along_axis(cols, at, axis=1)[:, :, None] + PROFILE_OFFSETS
+    win = _gather(imgs, frames[:, None, None], at[:, :, None], np.clip(across, 0, imgs.shape[2] - 1))
+    used = (win > IN_VIEW) & counted[:, :, None] & (across >= 0) & (across < imgs.shape[2])  # in view...
     used &= used[:, :, SIDE[1], None]  # ... on a row where the track itself is in view
     shown = used.sum(axis=1)
     profile = np.divide((win * used).sum(axis=1), shown, out=np.full(shown.shape, np.nan),
@@ -425,19 +558,21 @@ def _profile_contrast(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np
 
 def _medians(rows) -> np.ndarray:
     """`_median` of each of a list of 1-D arrays, or of each row of a 2-D array (nan left
-    out), sorted together; nan where there is no value."""
+    out), taken together; nan where there is no value."""
     if isinstance(rows, np.ndarray):
-        a = np.sort(rows, axis=1)  # nan last
+        a = rows
     else:
         a = np.full((len(rows), max(map(len, rows))), np.nan)
         for i, r in enumerate(rows):
             a[i, :len(r)] = r
-        a.sort(axis=1)
     if not a.shape[1]:
         return np.full(len(a), np.nan)
     n = np.count_nonzero(~np.isnan(a), axis=1)  # a row without a value picks nan
+    lo, hi = np.maximum((n - 1) // 2, 0), n // 2
+    # the middle values put in place (nan last): a partial sort where rows are long
+    a = np.partition(a, np.union1d(lo, hi), axis=1) if a.shape[1] > 16 else np.sort(a, axis=1)
     i = np.arange(len(a))
-    return (a[i, np.maximum((n - 1) // 2, 0)] + a[i, n // 2]) / 2
+    return (a[i, lo] + a[i, hi]) / 2
 
 
 def _median(a) -> float:
@@ -605,22 +740,33 @@ FAN_DIP = 0.1  # two peaks are two lines when the profile between them dips this
 def fan_lines(img: np.ndarray, followed) -> list[int]:
     """How many lines each of a frame's accepted line-wide runs holds (at least one):
     `followed` are their `_follow_lines` results, left to right (None: not followed; one)."""
-    w = img.shape[1]
+    return _fan_frames(img[None], [followed])[0]
+
+
+def _fan_frames(imgs: np.ndarray, followed) -> list[list[int]]:
+    """`fan_lines` for each frame of a stack (followed: each frame's), looked across at once."""
+    w = imgs.shape[2]
     # the tracks long enough to look across, from FAN_DEPTH rows down
-    seen = [i for i, f in enumerate(followed) if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS]
-    out = [1] * len(followed)
+    seen = [(k, i) for k, frame in enumerate(followed) for i, f in enumerate(frame)
+            if f is not None and len(f[1]) >= FAN_DEPTH + FAN_ROWS]
+    out = [[1] * len(frame) for frame in followed]
     if not seen:
         return out
-    tracks = np.stack([followed[i][1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2] for i in seen]).astype(int)
+    tracks = np.stack([followed[k][i][1][FAN_DEPTH:FAN_DEPTH + FAN_ROWS, :2] for k, i in seen]).astype(int)
+    frames = np.array([k for k, _ in seen])
     gaps = (tracks[None, :, 0, 1] - tracks[:, None, 0, 1]) / 2  # half way to each other track
+    order = np.arange(len(seen))
+    same = frames[:, None] == frames[None, :]  # ... of its own frame, to its left and to its right
+    lows = np.where(same & (order[None, :] < order[:, None]), gaps, -FAN_HALF).max(axis=1, initial=-FAN_HALF)
+    highs = np.where(same & (order[None, :] > order[:, None]), gaps, FAN_HALF).min(axis=1, initial=FAN_HALF)
     inside = (tracks[:, :, 1].min(axis=1) >= FAN_HALF) & (tracks[:, :, 1].max(axis=1) + FAN_HALF < w)
     offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
     looked = np.flatnonzero(inside)  # the others lie too near the image's edge to look across
     # the profile across each track, averaged along it
-    across = img[tracks[looked, :, :1], tracks[looked, :, 1:] + offsets].mean(axis=1)
-    for k, profile in zip(looked.tolist(), across):
-        lo, hi = gaps[k, :k].max(initial=-FAN_HALF), gaps[k, k + 1:].min(initial=FAN_HALF)
-        out[seen[k]] = max(1, sum(1 for j in _peaks(profile, FAN_DIP) if lo < j - FAN_HALF < hi))
+    across = _gather(imgs, frames[looked, None, None], tracks[looked, :, :1], tracks[looked, :, 1:] + offsets).mean(axis=1)
+    for t, profile in zip(looked.tolist(), across):
+        k, i = seen[t]
+        out[k][i] = max(1, sum(1 for j in _peaks(profile, FAN_DIP) if lows[t] < j - FAN_HALF < highs[t]))
     return out
 
 
@@ -662,33 +808,46 @@ def lung_frame(col_prob: np.ndarray, pleura_logits: np.ndarray, img: np.ndarray,
     The score is the logit of the k-th strongest B-line (k = pattern_min_blines): the
     accepted runs' peaks, once per line they hold (a confluent band, see `confluent`,
     stands for k lines), then any weaker bumps of evidence below the threshold."""
+    return lung_frames(col_prob[None], pleura_logits[None], img[None], thresholds)[0]
+
+
+def lung_frames(col_probs: np.ndarray, pleura_logits: np.ndarray, imgs: np.ndarray, thresholds: dict) -> list[dict]:
+    """`lung_frame` of each frame of a stack ((frames, h, w); the model's outputs on them),
+    the same results as one frame at a time: their lines are followed, measured and checked
+    together, which costs a frame far less than on its own."""
     th = float(thresholds["bline"])
     k = int(thresholds.get("pattern_min_blines", 3))
-    in_h, in_w = img.shape
-    _, found = count_blines(col_prob, th, dip=SPLIT_DIP)
-    prow = pleura_row(pleura_logits, in_h)
-    to_px = in_w / col_prob.shape[0]
-    why, followed = _judged(img, [(a * to_px, b * to_px) for a, b in found], prow, None, thresholds.get("line_check"),
-                            [float(col_prob[a:b].max()) for a, b in found], len(found))
-    accepted = [r for r, y in zip(found, why) if not y]
+    in_h, in_w = imgs.shape[1:]
+    found = [count_blines(col_prob, th, dip=SPLIT_DIP)[1] for col_prob in col_probs]
+    prows = pleura_rows(pleura_logits, in_h)
+    to_px = in_w / col_probs.shape[1]
+    judged = _judged_frames(imgs, [[(a * to_px, b * to_px) for a, b in f] for f in found], prows, None,
+                            thresholds.get("line_check"),
+                            [[float(p[a:b].max()) for a, b in f] for p, f in zip(col_probs, found)],
+                            [len(f) for f in found])
     # close lines the model scored as one run are told apart where they fan out (a band
     # wider than a line counts as one here: confluent lines are judged below)
-    in_run = fan_lines(img, [f for f, y in zip(followed, why) if not y])
-    band = confluent(col_prob, img, prow)
-    # a confluent band stands for k lines: it is a pattern by itself
-    peaks = [float(col_prob[a:b].max()) for (a, b), n in zip(accepted, in_run) for _ in range(n)]
-    if band:
-        peaks += [max(th, float(col_prob[band[0]:band[1]].max()))] * k
-    peaks.sort(reverse=True)
-    weak = col_prob.copy()
-    for a, b in found:
-        weak[a:b] = 0  # the strong runs are counted above (or turned away as mimics)
-    bumps = sorted((float(weak[a:b].max()) for a, b in runs(weak >= 0.02)), reverse=True)
-    ranked = peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k
-    score = float(logit(ranked[k - 1]) - logit(th))
-    return {"runs": accepted, "lines": in_run, "b_lines": sum(in_run),
-            "mimics": [(r, y) for r, y in zip(found, why) if y], "pleura_row": prow,
-            "score": score, "confluent": band is not None}
+    in_runs = _fan_frames(imgs, [[f for f, y in zip(followed, why) if not y] for why, followed in judged])
+    out, kth = [], []
+    for col_prob, img, frame_found, prow, (why, _), in_run in zip(col_probs, imgs, found, prows, judged, in_runs):
+        accepted = [r for r, y in zip(frame_found, why) if not y]
+        band = confluent(col_prob, img, prow)
+        # a confluent band stands for k lines: it is a pattern by itself
+        peaks = [float(col_prob[a:b].max()) for (a, b), n in zip(accepted, in_run) for _ in range(n)]
+        if band:
+            peaks += [max(th, float(col_prob[band[0]:band[1]].max()))] * k
+        peaks.sort(reverse=True)
+        weak = col_prob.copy()
+        for a, b in frame_found:
+            weak[a:b] = 0  # the strong runs are counted above (or turned away as mimics)
+        bumps = sorted((float(weak[a:b].max()) for a, b in runs(weak >= 0.02)), reverse=True)
+        kth.append((peaks + [min(v, th - 1e-6) for v in bumps] + [0.0] * k)[k - 1])
+        out.append({"runs": accepted, "lines": in_run, "b_lines": sum(in_run),
+                    "mimics": [(r, y) for r, y in zip(frame_found, why) if y], "pleura_row": prow,
+                    "confluent": band is not None})
+    for frame, score in zip(out, (logit(kth) - logit(th)).tolist()):
+        frame["score"] = score
+    return out
 
 
 def fluid_score(fluid_logits: np.ndarray, thresholds: dict) -> float:

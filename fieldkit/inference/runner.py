@@ -180,8 +180,8 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.turned_upright = bool(a.orientation_marker and a.orientation_marker.startswith("bottom"))
             if a.turned_upright:
                 frames, x = _upright(frames), _upright(x)
-            odd += not_b_mode(x)
             models.submit(chunk, frames, x)
+            odd += not_b_mode(x)  # while the model thread reads the batch
             for j, i in enumerate(chunk):
                 keep[i] = (frames[j], x[j])
             if len(keep) > 3 * batch_size:  # hold only what the clinical models may need
@@ -563,12 +563,24 @@ class _ModelThread:
             return None
         last = self._batches[-2]
         while not last.done.done():
-            job = next((j for j in self._pending if not j.analysed), None)
-            if job is not None and job.lung.done():
-                self._analyse(job)
+            ready = self._ready()
+            if ready:
+                self._analyse(ready)
             else:
+                job = next((j for j in self._pending if not j.analysed), None)
                 wait_for([f for f in (job and job.lung, last.done) if f is not None], return_when=FIRST_COMPLETED)
         return last.done.result()[3]
+
+    def _ready(self) -> list[_Job]:
+        """The batches not yet analysed whose lung model outputs are there (or that failed),
+        the first of them onwards: analysed together, their frames cost less."""
+        ready = []
+        for job in self._pending:
+            if not job.analysed:
+                if not (job.lung.done() or job.done.done()):
+                    break
+                ready.append(job)
+        return ready
 
     def _run(self, job: _Job):
         """On the model thread: the gate's probabilities, the lung model on the lung view
@@ -603,30 +615,35 @@ class _ModelThread:
         """(frame indices, gate probabilities, orientation checks) of each batch the model
         thread has finished (of every batch when wait), in order; the lung frames of every
         batch whose lung model outputs are there are analysed first."""
-        for job in self._pending:
-            if not job.analysed:
-                if not (wait or job.lung.done()):
-                    break
-                self._analyse(job)
+        while any(not job.analysed for job in self._pending):
+            ready = self._ready()
+            if not (ready or wait):
+                break
+            self._analyse(ready or [next(j for j in self._pending if not j.analysed)])  # (waits for it)
         while self._pending and self._pending[0].analysed and (wait or self._pending[0].done.done()):
             job = self._pending.popleft()
             p, turned, gate_s, _ = job.done.result()
             self.gate_seconds += gate_s
             yield job.chunk, p, turned
 
-    def _analyse(self, job: _Job) -> None:
-        wait_for([job.lung, job.done], return_when=FIRST_COMPLETED)
-        if not job.lung.done():  # the batch failed before its lung frames were handed over
-            job.done.result()
-        ran = job.lung.result()
-        job.analysed = True
-        if ran is None:
+    def _analyse(self, jobs: list[_Job]) -> None:
+        """The lung frames of these batches, in order, analysed together."""
+        ran = []
+        for job in jobs:
+            wait_for([job.lung, job.done], return_when=FIRST_COMPLETED)
+            if not job.lung.done():  # the batch failed before its lung frames were handed over
+                job.done.result()
+            job.analysed = True
+            if job.lung.result() is not None:
+                ran.append((job, *job.lung.result()))
+        if not ran:
             return
         t = time.perf_counter()
-        lung, out, lung_s = ran
-        at = [job.chunk[j] for j in lung]
-        self.lung_frames.update(zip(at, _lung_frames(self.lung, [out], [i + 1 for i in at], job.size, job.x[lung])))
-        self.lung_seconds += lung_s + time.perf_counter() - t
+        at = [job.chunk[j] for job, lung, _, _ in ran for j in lung]
+        out = [np.concatenate(parts) for parts in zip(*(out for _, _, out, _ in ran))]
+        x = np.concatenate([job.x[lung] for job, lung, _, _ in ran])
+        self.lung_frames.update(zip(at, _lung_frames(self.lung, [out], [i + 1 for i in at], ran[0][0].size, x)))
+        self.lung_seconds += sum(lung_s for _, _, _, lung_s in ran) + time.perf_counter() - t
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -658,10 +675,11 @@ def _lung_frames(model, batches, frame_numbers, size, x):
     in_h = model.entry["input"]["shape"][2]
     k = 0
     for cols, pleura in batches:
-        for pc, pr in zip(post.sigmoid(cols), pleura):
-            # the model scores columns at the pleura; a column whose line starts above it
-            # or fades is a mimic, not a B-line (kept apart, with the reason)
-            fr = post.lung_frame(pc, pr, x[k][0], th)
+        probs = post.sigmoid(cols)
+        # the model scores columns at the pleura; a column whose line starts above it or
+        # fades is a mimic, not a B-line (kept apart, with the reason): a batch's frames
+        # are analysed together
+        for pc, pr, fr in zip(probs, pleura, post.lung_frames(probs, pleura, x[k:k + len(probs), 0], th)):
             scale = w / len(pc)
             entry = {"frame": frame_numbers[k], "b_lines": fr["b_lines"], "confluent": fr["confluent"],
                      "columns": [[round(a * scale), round(b * scale)] for a, b in fr["runs"]],
