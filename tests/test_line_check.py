@@ -379,7 +379,8 @@ EDGE_H, EDGE_W = 60, 40
 @pytest.mark.parametrize("prow, start, slope, black", [
     (2, 20, 0.0, None), (4, 20, 0.3, None), (5, 20, -0.3, None), (10, 20, 0.0, None),
     (30, 20, 2.0, None), (30, 20, -2.0, None), (30, 5, 0.0, None),
-    (EDGE_H - 13, 20, 0.0, None), (EDGE_H - 12, 20, 0.0, None),
+    (EDGE_H - 13, 20, 0.0, None), (EDGE_H - 12, 20, 0.0, None), (EDGE_H - 11, 20, 0.0, None),
+    (1, 20, 0.0, None), (30, EDGE_W - 2, 0.0, None), (30, EDGE_W - 1, -0.4, None), (30, 2, 0.5, None),
     (30, 20, 0.0, "pleura"), (30, 20, 0.0, "beside")])
 def test_the_measurements_hold_at_the_edges_of_the_image(prow, start, slope, black):
     """Any maps and any followed line (as `_follow` gives them): a pleura near the top or
@@ -557,6 +558,58 @@ def test_frames_analysed_together_are_each_analysed_alone(check):
     assert len(set(kinds)) >= 3 and alone[6]["runs"] == alone[6]["mimics"] == []
     if check is not None:  # lines kept and lines turned away, with their reasons
         assert any(f["runs"] for f in alone) and any(f["mimics"] for f in alone[:6])
+
+
+def test_lines_of_frames_measured_together_are_each_measured_in_their_own_frame():
+    """`frames_features` over the lines of several frames at once (pleural rows apart, so
+    their windows over the chest wall, their walls and their averaged rows differ in
+    length): each line's measurements are those of its frame measured alone, to the bit."""
+    imgs, prows, spans_of = [], [], []
+    for seed in (0, 1, 4, 5):
+        img, prow, spans = many_lines(seed)
+        imgs.append(img)
+        prows.append(prow)
+        spans_of.append(spans)
+    stack = np.stack(imgs)
+    maps = post.LineMaps(stack)
+    runs_at = [(f, prows[f], lo, hi) for f in range(len(imgs)) for lo, hi in spans_of[f]]
+    followed = post._follow_frames(stack, runs_at, maps)
+    kept = [(r, fo) for r, fo in zip(runs_at, followed) if fo is not None]
+    assert len(set(prows)) == 4 and len(kept) >= 16
+    together = post.frames_features(stack, maps, [f for (f, _, _, _), _ in kept], [p for (_, p, _, _), _ in kept],
+                                    [(lo, hi) for (_, _, lo, hi), _ in kept], [0.7] * len(kept), [fo for _, fo in kept])
+    alone = []
+    for f, img in enumerate(imgs):
+        mine = [((lo, hi), fo) for (g, _, lo, hi), fo in kept if g == f]
+        one = post.LineMaps(img)
+        alone.append(post.lines_features(img, one, prows[f], [sp for sp, _ in mine], [0.7] * len(mine),
+                                         post._follow_lines(img, [sp for sp, _ in mine], prows[f], one)))
+    assert np.array_equal(together, np.concatenate(alone))
+
+
+def test_the_rules_read_the_chest_wall_only_where_the_line_s_own_direction_stays_in_the_image():
+    """A line from the pleura at the left edge, slanting so that followed up it leaves the
+    image: the rules read the chest wall on the rows where it is still in view, not on the
+    other side of the frame (bright there)."""
+    h, w, prow = 80, 40, 30
+    img = np.full((h, w), 0.2)
+    img[:prow - 3, w - 10:] = 0.9  # a bright chest wall at the right edge only
+    img[prow - 1:prow + 2, :] = 0.6
+    maps = post.LineMaps(img)
+    below = np.array([(prow + 3 + i, 1 + i // 2, 0.3) for i in range(40)], float)  # bright to the bottom
+    assert post._line_rules(img, maps, prow, 1, below, 0.5, 0) == ""
+    # the same line upright reads that wall: it starts above the pleura
+    assert post._line_rules(img, maps, prow, w - 5, below + [0, w - 6, 0], 0.0, 0).startswith("starts above")
+
+
+def test_a_pleural_row_asked_for_off_the_image_is_read_at_its_edge():
+    img, prow, spans = many_lines(2)
+    h = img.shape[0]
+    for off, edge in ((-7.0, 0.0), (-0.6, 0.0), (h + 3.0, h - 1.0)):
+        assert [post.bline_mimic(img, sp, off) for sp in spans] == [post.bline_mimic(img, sp, edge) for sp in spans]
+    followed = post._judged(img, spans, -7.0, None, None, None, 1)[1]
+    # from the top row: each line followed from 3 rows under it
+    assert [f[1][0][0] for f in followed if f is not None] and all(f[1][0][0] == 3 for f in followed if f is not None)
 
 
 def test_a_track_s_slope_is_the_exact_one_or_where_it_rounds_half_way_np_polyfits():

@@ -63,9 +63,9 @@ def pleura_row(row_logits: np.ndarray, input_rows: int) -> float:
 
 def pleura_rows(row_logits: np.ndarray, input_rows: int) -> list[float]:
     """`pleura_row` of each frame's logits ((frames, bins)), taken at once."""
-    bins = row_logits.shape[-1]
+    bins = row_logits.shape[1]
     p = softmax(row_logits)
-    return ((np.argmax(p, axis=-1) + 0.5) * input_rows / bins).tolist()
+    return ((np.argmax(p, axis=1) + 0.5) * input_rows / bins).tolist()
 
 
 def fluid_mask(fluid_logits: np.ndarray, threshold: float) -> np.ndarray:
@@ -398,7 +398,7 @@ NOT_SHAPED = "not shaped like a B-line from the pleural line to the bottom (line
 
 
 def _line_rules(img: np.ndarray, maps: LineMaps, prow: int, start: int, below: np.ndarray, slope: float,
-                frame: int = 0) -> str:
+                frame: int) -> str:
     """The hand-set rules on a followed line (see `_verdict`; img: its frame, maps: the
     stack's, frame: its place in the stack)."""
     w = img.shape[1]
@@ -451,25 +451,24 @@ def frames_features(imgs: np.ndarray, maps: LineMaps, frames, prows, spans, peak
     measured together: rows a line's frame does not look at are nan (no value) or left out."""
     _, h, w = imgs.shape
     n, line = len(followed), maps.lines
-    fr, prow = np.array(frames, np.intp), np.array(prows, np.intp)
+    fr, prow = np.asarray(frames), np.asarray(prows)
     starts = np.array([f[0] for f in followed])
     slopes = np.array([f[2] for f in followed])
     below = [f[1][:, 2] for f in followed]
     quarter = [max(2, len(cb) // 4) for cb in below]
     looked = np.maximum(1, prow - 2)  # rows looked at above the pleura, to 3 rows above it
-    r_all = np.arange(looked.max(initial=1))
+    r_all = np.arange(looked.max())
     top = np.array([fo[1][0][0] for fo in followed])[:, None]  # the track's first row
     cols = np.clip(np.round(starts[:, None] + slopes[:, None] * (r_all - top)).astype(int), 0, w - 1)
     # the line followed up through the chest wall; a last column of nan stands for "no row"
     above = np.full((n, len(r_all) + 1), np.nan)
     above[:, :-1] = maps.contrast.at(fr[:, None], np.broadcast_to(r_all, cols.shape), cols)
-    above[:, :-1][r_all >= looked[:, None]] = np.nan  # rows its own frame does not look at
     # each window's rows as columns of `above` (padded with the nan column), all lines at once
     first = np.minimum((np.array(ABOVE_WINDOWS)[:, 0] * prow[:, None]).astype(int), looked[:, None])
     last = np.minimum(np.maximum(first + 1, (np.array(ABOVE_WINDOWS)[:, 1] * prow[:, None]).astype(int)), looked[:, None])
-    at = first[:, :, None] + np.arange(max(1, int((last - first).max(initial=1))))
+    at = first[:, :, None] + np.arange((last - first).max())
     at = np.where(at < last[:, :, None], at, len(r_all))
-    windows = np.take_along_axis(above[:, None, :], at, axis=2)  # (lines, windows, rows)
+    windows = np.take_along_axis(above[:, None, :], at, 2)  # (lines, windows, rows)
     # the chest wall: its median in each frame, and beside each line (12 columns either
     # side), nan where it is out of view
     wall_from = (0.3 * prow).astype(int)
@@ -477,12 +476,12 @@ def frames_features(imgs: np.ndarray, maps: LineMaps, frames, prows, spans, peak
     wall_median = {}
     for k, a, b in zip(fr.tolist(), wall_from.tolist(), wall_to.tolist()):
         if k not in wall_median:
-            wall = imgs[k, a:b].astype(float)
+            wall = imgs[k, a:b]
             inside = wall[wall > IN_VIEW]
             wall_median[k] = _median(inside) if len(inside) else np.nan
-    rows = wall_from[:, None] + np.arange(int((wall_to - wall_from).max(initial=1)))
+    rows = wall_from[:, None] + np.arange((wall_to - wall_from).max())  # (the last row: h - 5 at most)
     near_cols = starts[:, None, None] + np.arange(-12, 13)
-    beside = _gather(imgs, fr[:, None, None], np.minimum(rows, h - 1)[:, :, None], np.clip(near_cols, 0, w - 1)).astype(float)
+    beside = _gather(imgs, fr[:, None, None], rows[:, :, None], np.clip(near_cols, 0, w - 1)).astype(float)
     beside = np.where((beside > IN_VIEW) & (rows < wall_to[:, None])[:, :, None] & (near_cols >= 0) & (near_cols < w),
                       beside, np.nan)
     # the medians of all lines sorted together, in groups of like length: below the pleura
@@ -498,9 +497,9 @@ def frames_features(imgs: np.ndarray, maps: LineMaps, frames, prows, spans, peak
     f[:, ABOVE_AT["median"]] = in_windows  # nan (0 below) when no row is in view
     f[:, ABOVE_AT["bright"]] = np.count_nonzero(windows > ABOVE_BRIGHT, axis=2) / shown
     # the line on the pleura (a followed line has rows under it), 8 rows over it and under it
-    near_rows = prow[:, None] + np.arange(-2, 3)
-    on = _gather(line, fr[:, None], np.clip(near_rows, 0, h - 1), starts[:, None])
-    on_pleura = np.where((near_rows >= 0) & (near_rows < h), on, -np.inf).max(axis=1)
+    # (a followed line's pleura lies 11 rows above the bottom at least; a row above the
+    # top is read as the top row, which is read anyway)
+    on_pleura = _gather(line, fr[:, None], np.maximum(prow[:, None] + np.arange(-2, 3), 0), starts[:, None]).max(axis=1)
     over_rows = prow[:, None] + np.arange(-12, -4)
     over = _gather(line, fr[:, None], np.maximum(over_rows, 0), starts[:, None])
     over = np.where(prow > 4, _medians(np.where(over_rows >= 0, over, np.nan)), 0.0)
@@ -538,12 +537,12 @@ def _profile_contrast(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np
 
 def _profile_contrasts(imgs: np.ndarray, frames: np.ndarray, rows, cols: np.ndarray) -> np.ndarray:
     """`_profile_contrast` of lines in a stack of frames (for each line its frame and its rows)."""
-    lengths = np.array([len(r) for r in rows], np.intp)
+    lengths = np.array([len(r) for r in rows])
     at = np.zeros((len(rows), int(lengths.max(initial=0))), np.intp)  # each line's rows (0: none)
     for i, r in enumerate(rows):
         at[i, :len(r)] = r
     counted = np.arange(at.shape[1]) < lengths[:, None]
-    across = np.take_along_axis(cols, at, axis=1)[:, :, None] + PROFILE_OFFSETS
+    across = np.take_along_axis(cols, at, 1)[:, :, None] + PROFILE_OFFSETS
     win = _gather(imgs, frames[:, None, None], at[:, :, None], np.clip(across, 0, imgs.shape[2] - 1))
     used = (win > IN_VIEW) & counted[:, :, None] & (across >= 0) & (across < imgs.shape[2])  # in view...
     used &= used[:, :, SIDE[1], None]  # ... on a row where the track itself is in view
@@ -757,8 +756,8 @@ def _fan_frames(imgs: np.ndarray, followed) -> list[list[int]]:
     gaps = (tracks[None, :, 0, 1] - tracks[:, None, 0, 1]) / 2  # half way to each other track
     order = np.arange(len(seen))
     same = frames[:, None] == frames[None, :]  # ... of its own frame, to its left and to its right
-    lows = np.where(same & (order[None, :] < order[:, None]), gaps, -FAN_HALF).max(axis=1, initial=-FAN_HALF)
-    highs = np.where(same & (order[None, :] > order[:, None]), gaps, FAN_HALF).min(axis=1, initial=FAN_HALF)
+    lows = np.where(same & (order[None, :] < order[:, None]), gaps, -FAN_HALF).max(axis=1)  # (its own column: the
+    highs = np.where(same & (order[None, :] > order[:, None]), gaps, FAN_HALF).min(axis=1)  # bound, when no other)
     inside = (tracks[:, :, 1].min(axis=1) >= FAN_HALF) & (tracks[:, :, 1].max(axis=1) + FAN_HALF < w)
     offsets = np.arange(-FAN_HALF, FAN_HALF + 1)
     looked = np.flatnonzero(inside)  # the others lie too near the image's edge to look across
