@@ -602,6 +602,25 @@ def test_the_rules_read_the_chest_wall_only_where_the_line_s_own_direction_stays
     assert post._line_rules(img, maps, prow, w - 5, below + [0, w - 6, 0], 0.0, 0).startswith("starts above")
 
 
+def test_the_rules_need_four_rows_of_chest_wall_in_view_at_the_right_edge_too():
+    """A line followed up the chest wall that leaves the image at the right edge after three
+    rows: three rows are too few to say it starts above the pleura, however bright (the
+    pixel past the edge, here bright, is not read)."""
+    h, w, prow = 80, 40, 30
+    img = np.full((h, w), 0.2)
+    img[prow - 1:prow + 2, :] = 0.6
+    top, start = prow + 3, w - 11
+    for r in range(int(post.ABOVE_FROM * prow), prow - post.ABOVE_GAP):
+        c = start + top - r  # slope -1: one column right a row up
+        if c < w:
+            img[r, c - 1:c + 2] = 0.9
+    img[23, :2] = 0.9  # just past the right edge of row 22, where the line would be next
+    maps = post.LineMaps(img)
+    below = np.array([(top + i, start, 0.3) for i in range(40)], float)
+    assert post._line_rules(img, maps, prow, start, below, -1.0, 0) == ""
+    assert post._line_rules(img, maps, prow, start - 1, below, -1.0, 0).startswith("starts above")  # four rows
+
+
 def test_a_pleural_row_asked_for_off_the_image_is_read_at_its_edge():
     img, prow, spans = many_lines(2)
     h = img.shape[0]

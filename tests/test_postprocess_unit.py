@@ -1741,6 +1741,15 @@ def test_a_track_is_looked_across_from_fan_depth_for_fan_rows():
     assert post.fan_lines(img, [_track(30)]) == [1]
 
 
+def test_looking_across_reads_fan_half_pixels_either_side_and_no_further():
+    """A line 4 pixels right of the track, and a brighter stripe just past FAN_HALF pixels
+    with no dip between: read FAN_HALF pixels across, the line 4 pixels over is a line of
+    its own (read one pixel further, the stripe would swallow it)."""
+    img = _bright(30)
+    img[:, 34], img[:, 35], img[:, 36] = 0.8, 0.75, 0.85  # 4, 5 and 6 pixels over
+    assert post.FAN_HALF == 6 and post.fan_lines(img, [_track(30)]) == [2]
+
+
 def test_looking_across_stops_half_way_to_the_neighbouring_tracks():
     img = _bright(30, 32, 28)
     # neighbours 5 pixels away: half way is 2.5, so the lines 2 pixels either side count
