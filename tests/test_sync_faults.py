@@ -136,9 +136,12 @@ def test_new_red_finding_overtakes_queued_images_on_a_slow_link(kit, orthanc, pr
         worker.stop()
     cat = catalogue(kit.store)
     red_at = cat[uid]["confirmed_at"]
-    # a batch the bulk lane had already taken when the finding was queued may finish first;
-    # nothing taken after that may
-    taken_before = {u for began, uids in takes if began < queued_at for u in uids}
+    # the express lane took the finding at its next look, not after the bulk lane's next batch
+    red_taken = [began for began, uids in takes if uid in uids]
+    assert len(red_taken) == 1 and red_taken[0] - queued_at < 1.0, (red_taken, queued_at)
+    # the lanes run side by side: a batch the bulk lane had already taken by then may finish
+    # first; nothing it took after that may
+    taken_before = {u for began, uids in takes if began < red_taken[0] for u in uids}
     overtaken = [u for u, d in cat.items() if u != uid and d.get("confirmed_at", 1e18) < red_at
                  and u not in taken_before]
     assert overtaken == []

@@ -17,7 +17,6 @@ than what it holds, so a new red finding is picked up within one poll.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 from fieldkit.records import DONE, FAILED, KIND_SYNC, QueueRow, sync_priority
@@ -82,16 +81,13 @@ def form_batch(candidates: list[Item], max_bytes: int, max_count: int) -> list[I
 class Pool:
     """Rows leased from the queue, waiting for a lane. Thread-safe."""
 
-    def __init__(self, store, *, max_bytes: int, max_count: int, lookahead_count: int = 64,
-                 peek_interval: float = 0.5):
+    def __init__(self, store, *, max_bytes: int, max_count: int, lookahead_count: int = 64):
         self.store = store
         self.max_bytes = max_bytes
         self.max_count = max_count
         self.lookahead_count = lookahead_count
-        self.peek_interval = peek_interval
         self.items: dict[str, Item] = {}
         self.lock = threading.Lock()
-        self._last_peek = 0.0
         self.on_bad_row = None  # callback(row, reason) for rows that cannot be classified
 
     def _lease_one(self) -> bool:
@@ -128,11 +124,9 @@ class Pool:
             if bulk_bytes >= 2 * self.max_bytes and express:
                 break
             if bulk_bytes >= 2 * self.max_bytes and not express:
-                # enough images in hand: only lease on if something more urgent waits
-                now = time.monotonic()
-                if now - self._last_peek < self.peek_interval:
-                    break
-                self._last_peek = now
+                # enough images in hand: only lease on if something more urgent waits (a look
+                # at the top of the queue's heap, cheap enough for every take: a finding
+                # queued now is leased by the express lane's next look, not seconds later)
                 best = self._min_ready_priority()
                 worst = max((i.priority for i in self.items.values()), default=None)
                 if best is None or worst is None or best >= worst:
