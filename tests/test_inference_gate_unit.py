@@ -680,6 +680,24 @@ def test_each_turn_alone_can_show_the_view_is_turned(k):
     assert g.session.seen[1] == [TURN_ID[turn] + i for turn in (1, 2, 3) for i in range(3)]
 
 
+def test_a_frame_read_too_surely_to_be_beaten_by_the_margin_is_not_looked_at_turned():
+    # frames 0 and 2 read as lung just over 1 - TURN_MARGIN (no turn can read better by the
+    # margin: a probability is at most 1); frame 1 just under it, so it alone is turned
+    over, under = 1 - runner.TURN_MARGIN + 1e-9, 1 - runner.TURN_MARGIN - 1e-9
+    g = turned_gate(lambda i: _row("lung", under if i == 1 else over), lambda k, i: 1.0)
+    a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert g.session.seen[1] == [TURN_ID[k] + 1 for k in (1, 2, 3)]
+    # one of the three checked frames reads better turned: the clip is upright
+    assert result(a, "lung").assessable and a.gate["counts"] == {"lung": 8}
+
+
+def test_a_clip_read_surely_upright_is_never_looked_at_turned():
+    g = turned_gate(lung_at(1 - runner.TURN_MARGIN + 1e-9), lambda k, i: 1.0)
+    a = run(cine(8), Registry(gate=g, lung=lung()), Frames(make=corner_frames))
+    assert [len(seen) for seen in g.session.seen] == [4, 4]  # the two batches, nothing turned
+    assert result(a, "lung").assessable
+
+
 def test_a_frame_at_the_threshold_is_a_view_and_is_checked():
     # min_prob set to exactly the probability the frames get (0.6 reads back as 0.6000000000000001)
     at = float(runner.post.softmax(np.log(_row("lung", 0.6)))[0])
