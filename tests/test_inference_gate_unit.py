@@ -808,3 +808,46 @@ def test_a_lung_model_that_fails_on_a_later_batch_fails_the_analysis_and_leaves_
     with pytest.raises(RuntimeError, match="out of memory"):
         run(cine(8), reg)
     assert not [t for t in threading.enumerate() if t.name.startswith("inference-model")]
+
+
+def _job(lung_frames=None, *, failed=False, finished=True):
+    """A batch handed to the model thread: its lung model outputs are there (on
+    `lung_frames` frames, or on none: None), or it failed; `finished`: the model thread is
+    through with it."""
+    from concurrent.futures import Future
+    job = runner._Job([0], (64, 64), np.zeros((1, 1, 64, 64), np.float32), Future(), Future())
+    if failed:
+        job.lung.set_exception(RuntimeError("onnxruntime: out of memory"))
+    else:
+        job.lung.set_result(None if lung_frames is None else (list(range(lung_frames)), [], 0.0))
+    if finished:
+        job.done.set_result(None)
+    return job
+
+
+def _worth(pending, ready):
+    models = runner._ModelThread(_model("view_quality", None), None, 0.6, {})
+    try:
+        models._pending.extend(pending)
+        return models._worth(ready)
+    finally:
+        models.close()
+
+
+def test_lung_frames_wait_for_a_batch_of_eight_while_the_model_thread_runs():
+    eight = runner.LUNG_AT_ONCE
+    running = _job(finished=False)  # the model thread is still on a later batch
+    four, three, one = _job(4), _job(eight - 5), _job(1)
+    assert not _worth([four, three, running], [four, three])  # 7 frames: wait for more
+    assert _worth([four, three, one, running], [four, three, one])  # 8: analysed together
+    assert not _worth([running], [])  # nothing there
+    # batches with no lung frame count none
+    assert not _worth([four, _job(None), _job(None), running], [four, _job(None), _job(None)])
+
+
+def test_lung_frames_are_analysed_at_once_when_the_model_thread_has_run_all_or_a_batch_failed():
+    four = _job(4)
+    assert _worth([four], [four])  # nothing more is coming soon
+    assert not _worth([four], [])
+    failed = _job(failed=True)
+    assert _worth([four, failed, _job(finished=False)], [four, failed])  # its error surfaces now

@@ -524,6 +524,11 @@ class _Job:
     analysed: bool = False
 
 
+# lung frames analysed together while the model thread runs: a frame costs about a quarter
+# less in a batch of 8 than in one of 4 (the last ones are analysed as soon as they are there)
+LUNG_AT_ONCE = 8
+
+
 class _ModelThread:
     """The gate on each batch, and the lung model on the frames it reads as lung views, run
     on a model thread while the calling thread analyses the lung frames of the batches
@@ -569,12 +574,19 @@ class _ModelThread:
         last = self._batches[-2]
         while not last.done.done():
             ready = self._ready()
-            if ready:
+            if self._worth(ready):
                 self._analyse(ready)
             else:
-                job = next((j for j in self._pending if not j.analysed), None)
+                job = next((j for j in self._pending if not (j.analysed or j.lung.done())), None)
                 wait_for([f for f in (job and job.lung, last.done) if f is not None], return_when=FIRST_COMPLETED)
         return last.done.result()[3]
+
+    def _worth(self, ready: list[_Job]) -> bool:
+        """Whether to analyse these now: LUNG_AT_ONCE lung frames are there (together they
+        cost less a frame), or the model thread has run all it was handed."""
+        lung = [j.lung.result() for j in ready if j.lung.exception() is None]
+        return bool(ready) and (sum(len(r[0]) for r in lung if r is not None) >= LUNG_AT_ONCE
+                                or len(lung) < len(ready) or all(j.done.done() for j in self._pending))
 
     def _ready(self) -> list[_Job]:
         """The batches not yet analysed whose lung model outputs are there (or that failed),
@@ -622,7 +634,7 @@ class _ModelThread:
         batch whose lung model outputs are there are analysed first."""
         while any(not job.analysed for job in self._pending):
             ready = self._ready()
-            if not (ready or wait):
+            if not (wait or self._worth(ready)):
                 break
             self._analyse(ready or [next(j for j in self._pending if not j.analysed)])  # (waits for it)
         while self._pending and self._pending[0].analysed and (wait or self._pending[0].done.done()):
