@@ -279,7 +279,7 @@ def _reads_better_turned(gate, x: np.ndarray, p: np.ndarray, min_prob: float, mo
     # margin, and the gate need not look at it turned (most upright views: about a quarter
     # of a lung clip's gate time)
     open_ = [i for i, a in enumerate(upright) if a + TURN_MARGIN < 1]
-    best_turned = np.zeros(len(rows), upright.dtype)
+    best_turned = np.zeros(len(rows))
     if open_:
         turns = (1, 2, 3) if x.shape[2] == x.shape[3] else (2,)
         batch = np.concatenate([np.rot90(x[[rows[i] for i in open_]], k, axes=(2, 3)) for k in turns])
@@ -339,7 +339,8 @@ def _prepared(ds, idx, batch_size, decode, spec):
     thread while the caller runs the model (codecs, Pillow and onnxruntime release the
     GIL; the helper inherits the worker thread's priority). Each batch the caller gets is
     what is ready (at least one chunk), so the model starts after a few frames, not a
-    whole batch. When nothing is ready the caller prepares the next unclaimed chunk itself
+    whole batch: the first chunk the caller prepares itself while the helper starts on
+    the next. When nothing is ready the caller prepares the next unclaimed chunk itself
     rather than wait: decoding a frame costs about as much as analysing it, so with two
     cores both threads share both kinds of work. The helper runs at most a few batches
     ahead. Colour is checked on the middle frame of every `batch_size` frames, as if
@@ -392,8 +393,12 @@ def _prepared(ds, idx, batch_size, decode, spec):
             prep(k)
 
     helper = threading.Thread(target=produce, name="inference-decode", daemon=True)
+    with cond:
+        mine = claim(len(chunks))  # the first chunk
     helper.start()
     try:
+        if mine is not None:
+            prep(mine)
         while nxt[0] < len(chunks):
             with cond:
                 first = done.pop(nxt[0], None)
@@ -545,6 +550,7 @@ class _ModelThread:
         self.gate, self.min_prob = gate, min_prob
         self.lung = lung if lung is not None and lung.entry["preprocessing"] == spec else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="inference-model")
+        self._pool.submit(int)  # its thread starts now, while the first frames are decoded
         self._pending: collections.deque[_Job] = collections.deque()
         # the model thread's own count: view frames still to check for a turn, frames gated,
         # frames read as lung views (batches run there one after the other, in order)
