@@ -6,8 +6,8 @@
    best of 15 interleaved runs each, with the median ratio, the cores the pipeline got
    (process CPU time / wall time: it overlaps decoding with inference on the second core)
    and the load average, since on a busy machine that second core may not be there; and,
-   for the lung cine, the post-processing's share: `lung_frames` on every frame (in the
-   runner's batches, and one frame at a time) against the lung model's bare `session.run`
+   for the lung cine, the post-processing's share: `lung_frames` on every frame (8 at a
+   time, as the runner analyses them while the model runs, and one frame at a time) against the lung model's bare `session.run`
    on the same frames (one thread, medians of 15);
 2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
    matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
@@ -145,8 +145,8 @@ def bench_lung_post(reg, ds, label):
         for s in range(0, len(x), 16):
             lung.run(x[s:s + 16])
 
-    def postprocess():  # as the runner does: the frames of each batch handed over, together
-        step = runner.PREP_CHUNK
+    def postprocess():  # as the runner does while the model runs: LUNG_AT_ONCE frames together
+        step = runner.LUNG_AT_ONCE
         return [f for s in range(0, len(x), step)
                 for f in post.lung_frames(probs[s:s + step], rows[s:s + step], x[s:s + step, 0], lung.thresholds)]
 
@@ -163,7 +163,7 @@ def bench_lung_post(reg, ds, label):
     m, p, one = statistics.median(t_model), statistics.median(t_post), statistics.median(t_one)
     lines = sum(f["b_lines"] for f in postprocess()) / n
     print(f"lung_postprocess_vs_model[{label}]: {p / m:.2f} (lung_frames {1000 * p / n:.2f} ms/frame in batches of "
-          f"{runner.PREP_CHUNK} as the runner hands them over, {1000 * one / n:.2f} one frame at a time; "
+          f"{runner.LUNG_AT_ONCE} as the runner analyses them, {1000 * one / n:.2f} one frame at a time; "
           f"lung session.run {1000 * m / n:.2f} ms/frame, {n} frames, {lines:.1f} B-lines a frame; medians of 15; "
           f"load average {os.getloadavg()[0]:.1f}; the runner overlaps the two on two cores)")
 
