@@ -1782,3 +1782,50 @@ def test_tracks_near_either_edge_are_one_line_and_do_not_stop_the_others():
     drifting = [30] * post.FAN_DEPTH + list(range(30, 30 - post.FAN_ROWS, -1)) + [25] * 20
     assert post.fan_lines(_bright(30, 32), [_track(drifting)]) == [1]  # leaves the lines: none stands apart
     assert post.fan_lines(img, [None, _track(30), None]) == [1, 2, 1]
+
+
+@pytest.mark.parametrize("w", [8, 3])  # a column inside (w 8), and one at the right edge (w 3)
+def test_box_windows_are_float64_differences_of_the_rows_running_sums(w):
+    # the running sums stay in the image's float32; their difference 2**24 - 0.5 is no
+    # float32, so a window summed in float32 would read 2**24
+    img = np.zeros((1, w), np.float32)
+    img[0, :2] = 0.5, 2.0 ** 24
+    run = np.cumsum(img, axis=-1)
+    s, _ = post._box(img, -1, 1)
+    want = [float(run[0, min(j + 1, w - 1)]) - (float(run[0, j - 2]) if j >= 2 else 0.0) for j in range(w)]
+    assert s[0].tolist() == want and s[0, 2] == 2.0 ** 24 - 0.5
+
+
+def test_the_background_median_is_taken_in_float32_like_the_model_input():
+    # the bands either side of column 8: five pixels of 2**-24, five of 1; their median,
+    # (2**-24 + 1) / 2 in float32, is 0.5 (in float64 it would be 0.5 + 2**-25)
+    img = np.zeros((1, 17), np.float32)
+    img[0, :5], img[0, 7:10], img[0, 12:] = 1.0, 1.0, 2.0 ** -24
+    maps = post.LineMaps(img)
+    assert maps.line[0, 8] == 1.0 and maps.contrast[0, 8] == 0.5
+
+
+def test_a_track_ending_on_its_last_row_ends_there_when_followed_with_others():
+    """The first pixel out of the view of the last track followed is the last one found:
+    it still ends that track, not the one before it."""
+    img = np.full((14, 24), 0.5)
+    img[5:, :3] = 0.0  # the left edge black from row 5
+    img[13, 5:] = 0.0  # and the bottom row from column 5 (flat: tracks drift left a column a row)
+    maps = post.LineMaps(img)
+    together = maps.tracks(0, [0, 23])
+    assert [len(t) for t in together] == [5, 13]
+    for col, t in zip([0, 23], together):
+        assert np.array_equal(t, maps.track(0, col))
+
+
+@pytest.mark.parametrize("prow, up", [(20, 18), (3, 1), (2, 1)])
+def test_a_followed_line_checks_half_way_columns_on_the_rows_its_features_read(monkeypatch, prow, up):
+    # the rows above the pleura the slope is followed up through: 0 to 3 rows above the
+    # pleura (at least the top row), those `frames_features` reads
+    seen = []
+    slopes = post._slopes
+    monkeypatch.setattr(post, "_slopes", lambda xs, ys, rows_up: seen.append(list(rows_up)) or slopes(xs, ys, rows_up))
+    img = np.full((40, 32), 0.3)
+    img[:, 15:18] = 0.9
+    followed = post._follow_frames(img[None], [(0, prow, 14, 19)], post.LineMaps(img[None]))
+    assert followed[0] is not None and seen == [[up]]
