@@ -7,8 +7,9 @@
    (process CPU time / wall time: it overlaps decoding with inference on the second core)
    and the load average, since on a busy machine that second core may not be there; and,
    for the lung cine, the post-processing's share: `lung_frames` on every frame (8 at a
-   time, as the runner analyses them while the model runs, and one frame at a time) against the lung model's bare `session.run`
-   on the same frames (one thread, medians of 15);
+   time, as the runner analyses them while the model runs, and one frame at a time)
+   against the lung model's bare `session.run` on the same frames (one thread, medians
+   of 15);
 2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
    matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
 3. capture-to-finding latency of the 30-frame SonoSite cine (stored in a real kit store,
