@@ -568,8 +568,9 @@ def _medians(rows) -> np.ndarray:
         return np.full(len(a), np.nan)
     n = np.count_nonzero(~np.isnan(a), axis=1)  # a row without a value picks nan
     lo, hi = np.maximum((n - 1) // 2, 0), n // 2
-    # the middle values put in place (nan last): a partial sort where rows are long
-    a = np.partition(a, np.union1d(lo, hi), axis=1) if a.shape[1] > 16 else np.sort(a, axis=1)
+    # the middle values put in place (nan last) by a full sort: a partial one at every row's
+    # own middle places (up to two per row) costs more
+    a = np.sort(a, axis=1)
     i = np.arange(len(a))
     return (a[i, lo] + a[i, hi]) / 2
 
@@ -931,9 +932,17 @@ M_MODE_MIDDLE = 60  # ... from the middle this percentage of the columns in view
 def pleura_confidence(row_logits: np.ndarray) -> float:
     """How sure the lung model is of the pleural row: its probability within one row bin of
     the most likely one (a line seen gives a sharp peak; no line, a spread)."""
+    return float(pleura_confidences(np.asarray(row_logits)[None])[0])
+
+
+def pleura_confidences(row_logits: np.ndarray) -> np.ndarray:
+    """`pleura_confidence` of each frame's logits ((frames, bins)), taken at once: the three
+    bins summed left to right, a bin beyond either end counted as 0 (the same sum)."""
     p = softmax(np.asarray(row_logits, float))
-    a = int(np.argmax(p))
-    return float(p[max(0, a - 1):a + 2].sum())
+    a = np.argmax(p, axis=1)
+    padded = np.pad(p, ((0, 0), (1, 1)))
+    i = np.arange(len(p))
+    return padded[i, a] + padded[i, a + 1] + padded[i, a + 2]
 
 
 def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -> dict:
@@ -963,17 +972,21 @@ def lung_sliding(frames: np.ndarray, pleura_logits: np.ndarray, frame_numbers) -
         return abstain("too_few_frames", f"{n} lung frames: at least {SLIDING_MIN_FRAMES} are needed "
                                          "to judge lung sliding")
     h = frames.shape[1]
-    rows = np.array([pleura_row(r, h) for r in pleura_logits])
-    conf = float(np.median([pleura_confidence(r) for r in pleura_logits]))
+    rows = np.array(pleura_rows(pleura_logits, h))
+    conf = float(np.median(pleura_confidences(pleura_logits)))
     q1, q3 = np.percentile(rows, [25, 75])
     prow = int(round(float(np.median(rows))))
     out["pleura_row"] = prow
     if conf < PLEURA_MIN_CONF or q3 - q1 > PLEURA_SPREAD or prow - SLIDING_GAP - 4 < 0 \
             or prow + SLIDING_BELOW[1] > h:
         return abstain("no_pleura", "no clear pleural line found")
+    # only the rows of the chest-wall band and of the band at the pleura are looked at
+    # (one block of rows: the first starts above the second)
+    top = max(0, prow - SLIDING_GAP - SLIDING_ABOVE)
+    frames = frames[:, top:prow + SLIDING_BELOW[1]]
+    above = slice(0, prow - SLIDING_GAP - top)
+    below = slice(prow + SLIDING_BELOW[0] - top, prow + SLIDING_BELOW[1] - top)
     mean = frames.mean(0)
-    above = slice(max(0, prow - SLIDING_GAP - SLIDING_ABOVE), prow - SLIDING_GAP)
-    below = slice(prow + SLIDING_BELOW[0], prow + SLIDING_BELOW[1])
     wall = mean[above].mean(0)
     in_view = wall > IN_VIEW
     visible = in_view & (mean[below].max(0) > PLEURA_VISIBLE * wall)  # columns not under a rib
