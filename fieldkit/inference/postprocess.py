@@ -173,10 +173,11 @@ class SideContrast:
         w = self._img.shape[2]
         at = cols.reshape(-1, 1) + SIDE_OFFSETS
         # the background in float32, the model's input (nan off the edge: sorted last)
-        sides = _gather(self._img, frames.reshape(-1, 1), rows.reshape(-1, 1), np.clip(at, 0, w - 1)).astype(np.float32)
-        sides[(at < 0) | (at >= w)] = np.nan
+        sides = _gather(self._img, frames.reshape(-1, 1), rows.reshape(-1, 1), np.clip(at, 0, w - 1)).astype(np.float32, copy=False)
+        off = (at < 0) | (at >= w)
+        sides[off] = np.nan
         sides.sort(axis=1)
-        n = np.maximum((~np.isnan(sides)).sum(axis=1), 1)  # the median of the values present
+        n = np.maximum(sides.shape[1] - off.sum(axis=1), 1)  # the median of the values present (an image has no nan)
         i = np.arange(len(sides))
         side = (0.5 * (sides[i, (n - 1) // 2] + sides[i, n // 2])).reshape(line.shape)
         return np.where(line < IN_VIEW, np.nan, line - side)
@@ -481,7 +482,7 @@ def frames_features(imgs: np.ndarray, maps: LineMaps, frames, prows, spans, peak
             wall_median[k] = _median(inside) if len(inside) else np.nan
     rows = wall_from[:, None] + np.arange((wall_to - wall_from).max())  # (the last row: h - 5 at most)
     near_cols = starts[:, None, None] + np.arange(-12, 13)
-    beside = _gather(imgs, fr[:, None, None], rows[:, :, None], np.clip(near_cols, 0, w - 1)).astype(float)
+    beside = _gather(imgs, fr[:, None, None], rows[:, :, None], np.clip(near_cols, 0, w - 1))
     beside = np.where((beside > IN_VIEW) & (rows < wall_to[:, None])[:, :, None] & (near_cols >= 0) & (near_cols < w),
                       beside, np.nan)
     # the medians of all lines sorted together, in groups of like length: below the pleura
@@ -569,10 +570,11 @@ def _medians(rows) -> np.ndarray:
     n = np.count_nonzero(~np.isnan(a), axis=1)  # a row without a value picks nan
     lo, hi = np.maximum((n - 1) // 2, 0), n // 2
     # the middle values put in place (nan last) by a full sort: a partial one at every row's
-    # own middle places (up to two per row) costs more
+    # own middle places (up to two per row) costs more. Sorted in their own precision (the
+    # image's float32 sorts faster), the two middle values are added in float64.
     a = np.sort(a, axis=1)
     i = np.arange(len(a))
-    return (a[i, lo] + a[i, hi]) / 2
+    return (a[i, lo].astype(np.float64) + a[i, hi]) / 2
 
 
 def _median(a) -> float:
