@@ -209,11 +209,16 @@ def test_through_the_kit_inverted_frames_with_a_marker_read_as_upright_ones(regi
 def test_a_long_inverted_clip_re_decoded_in_part_is_set_upright_throughout(registry):
     """Frames no longer held are decoded again for the lung model: they too are set upright
     (40 frames, batches of 4: the first frames are dropped from memory after the gate)."""
-    up = _lung(runner.analyse(lung_cine_dataset(n_frames=40, n_blines=4, seed=13, marker="top left")[0], registry,
-                              batch_size=4))
+    upright = runner.analyse(lung_cine_dataset(n_frames=40, n_blines=4, seed=13, marker="top left")[0], registry,
+                             batch_size=4)
+    up = _lung(upright)
     ds, _ = lung_cine_dataset(n_frames=40, n_blines=4, seed=13, marker="bottom left")
     for decode in (None, runner._decode):  # luma frames (the kit's fast path) and RGB ones
-        lung = _lung(runner.analyse(ds, registry, batch_size=4, decode=decode))
+        a = runner.analyse(ds, registry, batch_size=4, decode=decode)
+        lung = _lung(a)
+        # the model thread starts on the first frames before the marker is read: what it
+        # read of them the wrong way up is dropped, each frame is gated once, set upright
+        assert a.gate["per_frame"] == upright.gate["per_frame"] and a.frames_analysed == 40
         assert up.assessable and lung.assessable
         assert lung.result["b_line_counts"] == up.result["b_line_counts"]
         assert [f["pleura_row"] for f in lung.result["frames"]] == \

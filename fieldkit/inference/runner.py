@@ -24,8 +24,6 @@ once `inference.time_budget_seconds` is spent. What was skipped and why is recor
 from __future__ import annotations
 
 import collections
-import os
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for
@@ -329,10 +327,6 @@ def _decode_batch(ds, indices, decode=None, colour_at=-1):
 
 
 PREP_CHUNK = 4  # frames the helper thread decodes + preprocesses at a time
-HELPER_NICE = 5  # the decode helper's nice value above the caller's: with the model thread and
-# the caller's analysis it is a third busy thread on two cores, and a model thread that waits
-# for a core delays the whole clip (side by side: median ratio 0.65 -> 0.69); the caller
-# decodes itself when nothing is ready, so a helper kept waiting does not stop the pipeline
 
 
 class _Failed:
@@ -351,14 +345,16 @@ def _prepared(ds, idx, batch_size, decode, spec):
 
     Frames are decoded and preprocessed in small chunks (PREP_CHUNK frames) by a helper
     thread while the caller runs the model (codecs, Pillow and onnxruntime release the
-    GIL; the helper runs HELPER_NICE below the caller's priority). Each batch the caller
-    gets is what is ready (at least one chunk), so the model starts after a few frames, not a
+    GIL; the helper inherits the worker thread's priority). Each batch the caller gets is
+    what is ready (at least one chunk), so the model starts after a few frames, not a
     whole batch: the first chunk the caller prepares itself while the helper starts on
     the next. When nothing is ready the caller prepares the next unclaimed chunk itself
     rather than wait: decoding a frame costs about as much as analysing it, so with two
     cores both threads share both kinds of work. The helper runs at most a few batches
     ahead. Colour is checked on the middle frame of every `batch_size` frames, as if
     decoded batch by batch."""
+    import threading
+
     size = max(1, min(PREP_CHUNK, batch_size))
     chunks = [idx[s:s + size] for s in range(0, len(idx), size)]
     probes = {idx[s + len(idx[s:s + batch_size]) // 2] for s in range(0, len(idx), batch_size)}
@@ -394,7 +390,6 @@ def _prepared(ds, idx, batch_size, decode, spec):
     nxt = [0]  # next chunk the caller hands on
 
     def produce():
-        _lower_priority(HELPER_NICE)  # the model thread (the pipeline's pace) and the caller come first
         while True:
             with cond:
                 k = claim(nxt[0] + ahead)
@@ -439,16 +434,6 @@ def _prepared(ds, idx, batch_size, decode, spec):
             stop[0] = True
             cond.notify_all()
         helper.join()
-
-
-def _lower_priority(by: int) -> None:
-    """This thread's nice value raised by `by` (Linux; elsewhere, or when refused, it runs as
-    it is: only the order threads get a busy core in changes)."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-    except (AttributeError, OSError):
-        pass
 
 
 def _joinable(parts, nxt, batch_size) -> bool:
