@@ -9,7 +9,9 @@
    for the lung cine, the post-processing's share: `lung_frames` on every frame (8 at a
    time, as the runner analyses them while the model runs, and one frame at a time)
    against the lung model's bare `session.run` on the same frames (one thread, medians
-   of 15);
+   of 15); and where the lung cine's ratio goes: the same runner with the line analysis
+   replaced by nothing, and with the orientation marker, the B-mode check and lung sliding
+   left out too, interleaved with the shipped one (best of 20 each);
 2. bare onnxruntime FLOP/s (FLOPs counted from the ONNX graph) versus the CPU's float32
    matmul peak measured with numpy in the same run, both on one thread (= inference.threads);
 3. capture-to-finding latency of the 30-frame SonoSite cine (stored in a real kit store,
@@ -131,6 +133,57 @@ def bench_pipeline(reg, ds, label, tasks):
           f"median ratio {statistics.median(bare_times) / statistics.median(pipe_times):.2f}; "
           f"pipeline used {statistics.median(pipe_cpu):.2f} cores, load average {os.getloadavg()[0]:.1f}; target >= 0.8)")
     return t_bare / t_pipe
+
+
+def bench_pipeline_parts(reg, ds, label, runs=20):
+    """Where the lung cine's pipeline ratio goes: the real runner against itself with the
+    per-frame line analysis (`postprocess.lung_frames`: the mimic check, the line check,
+    the fan-out) replaced by nothing, and with the orientation marker, the B-mode check
+    and lung sliding left out as well, each against bare `session.run`, interleaved."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    from fieldkit.inference import postprocess as post
+    frames, _ = runner._decode_batch(ds, list(range(int(ds.NumberOfFrames))))
+    tensors = {t: preprocess(frames, reg.get(t).entry["preprocessing"]) for t in ("gate", "lung")}
+
+    def bare():
+        for t, x in tensors.items():
+            for s in range(0, len(x), 16):
+                reg.get(t).run(x[s:s + 16])
+
+    def nothing(probs, pleura, imgs, thresholds):  # each frame as read, with no line looked at
+        return [{"runs": [], "lines": [], "b_lines": 0, "mimics": [], "pleura_row": 0.0, "confluent": False,
+                 "score": -1.0} for _ in probs]
+
+    def still(frames, pleura, numbers):
+        return {"frames": list(numbers), "score": None, "pleura_row": None, "columns": [],
+                "status": "not assessable", "reason_code": "uncertain", "reason": "left out"}
+
+    variants = {
+        "as shipped": [],
+        "without the line analysis": [mock.patch.object(post, "lung_frames", nothing)],
+        "without it, the marker, the B-mode check and lung sliding": [
+            mock.patch.object(post, "lung_frames", nothing), mock.patch.object(post, "lung_sliding", still),
+            mock.patch.object(runner, "not_b_mode", lambda x: [""] * len(x))],
+    }
+    times = {k: [] for k in variants}
+    bare_times = []
+    for _ in range(runs):  # interleaved, so all see the same machine load
+        for name, patches in variants.items():
+            with ExitStack() as stack:
+                for p in patches:
+                    stack.enter_context(p)
+                t = time.perf_counter()
+                runner.analyse(ds, reg, read_marker=not patches)
+                times[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - t)
+    parts = "; ".join(f"{name} {min(bare_times) / min(v):.2f} (median {statistics.median(bare_times) / statistics.median(v):.2f})"
+                      for name, v in times.items())
+    print(f"pipeline_vs_bare_session_run_by_part[{label}]: {parts}; best of {runs} interleaved; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 def bench_lung_post(reg, ds, label):
@@ -388,6 +441,7 @@ def main():
     bench_pipeline(reg, pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")), "examples_ybr_color.dcm", ["gate"])
     lung, _ = lung_cine_dataset(n_frames=30, n_blines=4, seed=5)
     bench_pipeline(reg, lung, "simulated lung cine 30x240x320 RGB", ["gate", "lung"])
+    bench_pipeline_parts(reg, lung, "simulated lung cine 30x240x320 RGB")
     bench_lung_post(reg, lung, "simulated lung cine 30x240x320 RGB")
     bench_marker(reg, pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")), "examples_ybr_color.dcm")
     bench_marker(reg, lung_cine_dataset(n_frames=30, n_blines=4, seed=5, marker="bottom left")[0],
