@@ -216,8 +216,7 @@ def test_a_long_inverted_clip_re_decoded_in_part_is_set_upright_throughout(regis
     for decode in (None, runner._decode):  # luma frames (the kit's fast path) and RGB ones
         a = runner.analyse(ds, registry, batch_size=4, decode=decode)
         lung = _lung(a)
-        # the model thread starts on the first frames before the marker is read: what it
-        # read of them the wrong way up is dropped, each frame is gated once, set upright
+        # each frame gated once, set upright
         assert a.gate["per_frame"] == upright.gate["per_frame"] and a.frames_analysed == 40
         assert up.assessable and lung.assessable
         assert lung.result["b_line_counts"] == up.result["b_line_counts"]

@@ -175,20 +175,12 @@ def analyse(ds, registry, *, frame_stride: int = 1, power_reasons: tuple[str, ..
                 a.overlay_frame = _rgb(frames[len(frames) // 2])
                 return not_assessable(f"colour-flow Doppler on the image ({colour:.0%} of pixels coloured); "
                                       "the models read greyscale B-mode only", view="other", quality="colour Doppler")
-            handed = False
             if not models.submitted and read_marker:  # the first frame: the marker does not move within a clip
-                models.submit(chunk, frames, x)  # the model thread starts on it while the marker is read
-                handed = True
                 a.orientation_marker = marker.find(to_gray(frames[:1])[0])
                 a.turned_upright = bool(a.orientation_marker and a.orientation_marker.startswith("bottom"))
-                if a.turned_upright:  # what it read the wrong way up is dropped: it starts again, turned
-                    models.close()
-                    models = _ModelThread(gate, clinical.get("lung"), min_prob, spec)
-                    handed = False
             if a.turned_upright:
                 frames, x = _upright(frames), _upright(x)
-            if not handed:
-                models.submit(chunk, frames, x)
+            models.submit(chunk, frames, x)
             odd += not_b_mode(x)  # while the model thread reads the batch
             for j, i in enumerate(chunk):
                 keep[i] = (frames[j], x[j])
