@@ -102,18 +102,24 @@ def matmul_peak() -> float:
     return max(rates)
 
 
-def bench_pipeline(reg, ds, label, tasks):
+def bare_session_run(reg, ds, tasks):
+    """(frames, a call running bare `session.run` of each task's model on all of them, in
+    batches of 16): the anchor the pipeline is measured against."""
     frames, _ = runner._decode_batch(ds, list(range(int(ds.get("NumberOfFrames", 1) or 1))))
     tensors = {t: preprocess(frames, reg.get(t).entry["preprocessing"]) for t in tasks}
+
+    def bare():
+        for t, x in tensors.items():
+            for s in range(0, len(x), 16):
+                reg.get(t).run(x[s:s + 16])
+    return frames, bare
+
+
+def bench_pipeline(reg, ds, label, tasks):
+    frames, bare = bare_session_run(reg, ds, tasks)
     a = runner.analyse(ds, reg)
     ran = ["gate"] + [r.task for r in a.results if r.assessable]
     assert set(ran) == set(tasks), (label, ran)
-
-    def bare():
-        for t in tasks:
-            x = tensors[t]
-            for s in range(0, len(x), 16):
-                reg.get(t).run(x[s:s + 16])
 
     pipe_times, bare_times, pipe_cpu = [], [], []
     for _ in range(15):  # interleaved, so both see the same machine load
@@ -144,13 +150,7 @@ def bench_pipeline_parts(reg, ds, label, runs=20):
     from unittest import mock
 
     from fieldkit.inference import postprocess as post
-    frames, _ = runner._decode_batch(ds, list(range(int(ds.NumberOfFrames))))
-    tensors = {t: preprocess(frames, reg.get(t).entry["preprocessing"]) for t in ("gate", "lung")}
-
-    def bare():
-        for t, x in tensors.items():
-            for s in range(0, len(x), 16):
-                reg.get(t).run(x[s:s + 16])
+    _, bare = bare_session_run(reg, ds, ["gate", "lung"])
 
     def nothing(probs, pleura, imgs, thresholds):  # each frame as read, with no line looked at
         return [{"runs": [], "lines": [], "b_lines": 0, "mimics": [], "pleura_row": 0.0, "confluent": False,
