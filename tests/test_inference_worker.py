@@ -125,7 +125,17 @@ from pathlib import Path
 from fieldkit.kit import open_kit
 from fieldkit.inference import worker
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from fieldkit.inference import runner
 kit = open_kit(Path(sys.argv[1]))
+analysed = runner.analyse
+def analyse_then_hold(*args, **kwargs):
+    # the job is held here, analysed (its overlays may be on disk) but nothing stored or
+    # acknowledged, so the kill lands mid-job however fast the analysis has become
+    out = analysed(*args, **kwargs)
+    print("analysed", flush=True)
+    time.sleep(60)
+    return out
+runner.analyse = analyse_then_hold
 w = worker.Worker(kit)
 print("ready", flush=True)
 w.start()
@@ -141,18 +151,18 @@ def test_sigkill_mid_job_then_restart_gives_exactly_one_set_of_findings(data_dir
     kit.close()
 
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60
-        line = ""
-        while time.monotonic() < deadline:
-            line = child.stderr.readline()
-            if "analysing" in line or not line:
+        lines = []
+        while time.monotonic() < deadline:  # (the child ends within 180 s whatever happens)
+            lines.append(child.stdout.readline())
+            if lines[-1].strip() == "analysed" or not lines[-1]:
                 break
-        assert "analysing" in line, "the child never started the job"
-        time.sleep(0.3)  # well inside a 60-frame 640x480 job
-        assert child.poll() is None, "the job finished before it could be killed"
+        assert lines[-1].strip() == "analysed", "the child never analysed the job:\n" + "".join(lines)
+        assert any("analysing (attempt 1)" in line for line in lines)  # as a leased job, the first time
+        assert child.poll() is None, "the job ended before it could be killed"
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
