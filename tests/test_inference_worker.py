@@ -123,9 +123,8 @@ CHILD = r"""
 import sys, time, logging
 from pathlib import Path
 from fieldkit.kit import open_kit
-from fieldkit.inference import worker
+from fieldkit.inference import runner, worker
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from fieldkit.inference import runner
 kit = open_kit(Path(sys.argv[1]))
 analysed = runner.analyse
 def analyse_then_hold(*args, **kwargs):
